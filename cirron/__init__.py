@@ -1,0 +1,1 @@
+from cirron._version import __version__

@@ -1,0 +1,88 @@
+"""The spool contract shared by the writer (flush service) and the reader (CLI, exports).
+
+Spec section 3, schema_version 1. Everything that names a field, a file pattern or an
+encoding rule of the on-disk format lives here so the two sides cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Any
+
+SCHEMA_VERSION = 1
+
+#: ``<created_ns>-<batch_id>.json``; readers ignore every other name.
+BATCH_NAME_RE = re.compile(r"^(\d{1,25})-([0-9a-f]{32})\.json$")
+
+#: Name of the root span every session hangs from.
+SESSION_SPAN_NAME = "cirron.session"
+
+#: ``span_id`` of marks recorded while no session existed.
+ROOT_SENTINEL = "root"
+
+SPAN_FIELDS = (
+    "id", "parent_id", "name", "index", "start_ns", "end_ns", "cpu_ns", "gpu_ns",
+    "memory_peak_bytes", "thread_id", "pid", "rank", "attrs",
+)
+MARK_FIELDS = ("id", "span_id", "name", "value", "value_type", "kind", "ts_ns", "thread_id", "attrs")
+SNAPSHOT_FIELDS = (
+    "id", "span_id", "tensor", "role", "dtype", "shape", "mode", "ts_ns", "stats", "blob_uri",
+)
+
+#: Integer fields a reader coerces from strings (a writer in another language may quote int64s).
+SPAN_INT_FIELDS = ("index", "start_ns", "end_ns", "cpu_ns", "gpu_ns", "memory_peak_bytes", "thread_id", "pid", "rank")
+MARK_INT_FIELDS = ("ts_ns", "thread_id")
+SNAPSHOT_INT_FIELDS = ("ts_ns",)
+
+MARK_KINDS = ("point", "summary")
+VALUE_TYPES = ("float", "int", "str", "bool")
+
+_NONFINITE_TO_STR = {math.inf: "Infinity", -math.inf: "-Infinity"}
+_STR_TO_NONFINITE = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
+
+
+def batch_file_name(created_ns: int, batch_id: str) -> str:
+    return f"{created_ns}-{batch_id}.json"
+
+
+def encode_float(x: float) -> float | str:
+    """A float as strict JSON allows it: non-finite values become ``"NaN"``/``"Infinity"``/``"-Infinity"``."""
+    if x != x:
+        return "NaN"
+    return _NONFINITE_TO_STR.get(x, x)
+
+
+def decode_float(x: Any) -> Any:
+    """Inverse of :func:`encode_float` for fields known to hold floats."""
+    if isinstance(x, str):
+        return _STR_TO_NONFINITE.get(x, x)
+    return x
+
+
+def strict_json(value: Any, _depth: int = 0) -> Any:
+    """Make ``value`` encodable as RFC 8259 JSON: non-finite floats become strings,
+    tuples become lists, non-string keys become strings, anything unknown becomes ``str()``."""
+    t = type(value)
+    if t is str or t is int or t is bool or value is None:
+        return value
+    if t is float:
+        return value if math.isfinite(value) else encode_float(value)
+    if _depth > 32:
+        return str(value)
+    if isinstance(value, dict):
+        return {str(k): strict_json(v, _depth + 1) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [strict_json(v, _depth + 1) for v in value]
+    if isinstance(value, float):
+        return strict_json(float(value))
+    if isinstance(value, int):
+        return int(value)
+    return str(value)
+
+
+def decode_mark_value(value: Any, value_type: str | None) -> Any:
+    """A mark's value as the recording process saw it (``"NaN"`` with ``value_type=float`` is NaN)."""
+    if value_type == "float":
+        return decode_float(value)
+    return value

@@ -1,0 +1,68 @@
+"""Where things live on disk: the spool, the snapshot blobs, the liveness locks.
+
+Layout (spec section 3)::
+
+    .cirron/
+    ├── spool/<created_ns>-<batch_id>.json
+    ├── spool/.live/<session_id>.lock      held (flock) by the writing process
+    └── snapshots/<span_id>/{weights,gradients}.safetensors
+
+``blob_uri`` values in snapshot records are relative to the ``.cirron/`` directory, which is
+the spool directory's parent.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+from pathlib import Path
+
+DEFAULT_SPOOL_DIR = Path(".cirron") / "spool"
+LIVE_DIR_NAME = ".live"
+SNAPSHOTS_DIR_NAME = "snapshots"
+TMP_PREFIX = ".tmp-"
+
+
+def cirron_root(spool_dir: str | os.PathLike[str]) -> Path:
+    """The ``.cirron/`` directory a spool belongs to (blob URIs are relative to it)."""
+    return Path(spool_dir).parent
+
+
+def snapshots_dir(spool_dir: str | os.PathLike[str]) -> Path:
+    return cirron_root(spool_dir) / SNAPSHOTS_DIR_NAME
+
+
+def snapshot_span_dir(spool_dir: str | os.PathLike[str], span_id: str) -> Path:
+    return snapshots_dir(spool_dir) / span_id
+
+
+def live_dir(spool_dir: str | os.PathLike[str]) -> Path:
+    return Path(spool_dir) / LIVE_DIR_NAME
+
+
+def live_lock_path(spool_dir: str | os.PathLike[str], session_id: str) -> Path:
+    return live_dir(spool_dir) / f"{session_id}.lock"
+
+
+def is_session_live(spool_dir: str | os.PathLike[str], session_id: str) -> bool:
+    """True while some process holds the session's liveness lock.
+
+    Probes with a non-blocking shared lock: a writer holds an exclusive one, so the probe
+    fails exactly while the writer lives (even when it is idle or stopped). A missing lock
+    file means no writer. Age and pid are never consulted.
+    """
+    path = live_lock_path(spool_dir, session_id)
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError as exc:
+        return exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES)
+    else:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return False
+    finally:
+        os.close(fd)

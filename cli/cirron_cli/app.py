@@ -1,0 +1,55 @@
+"""Root ``cirron`` command: ``--version`` and the command groups."""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from cirron._version import __version__
+
+app = typer.Typer(
+    name="cirron",
+    help="Read, export and manage the traces cirron records on your disk.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+def _version_callback(value: bool) -> None:
+    if value:
+        typer.echo(f"cirron {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(
+        False, "--version", help="Print the version and exit.", callback=_version_callback, is_eager=True
+    ),
+) -> None:
+    """cirron: local-first profiling and tracing for ML code."""
+
+
+def _register_commands() -> None:
+    # Each command group lives in its own module; this is the one place that wires them up.
+    from cirron_cli import snapshots, spool_cmd, traces
+
+    snapshots.register(traces.traces_app)
+    app.add_typer(traces.traces_app, name="traces")
+    app.add_typer(spool_cmd.spool_app, name="spool")
+
+
+_register_commands()
+
+
+def main() -> None:
+    try:
+        app()
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()
