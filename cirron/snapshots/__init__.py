@@ -1,0 +1,439 @@
+"""Weight and gradient snapshots taken at epoch ends.
+
+Flow (one epoch end)::
+
+    user thread                              flush worker (Cirron._offload)
+    ───────────                              ─────────────────────────────
+    on_epoch_end(span)
+      └─ copy every tensor once into a  ──►  stats per tensor (stats.py)
+         reusable staging buffer             blobs → .cirron/snapshots/<span_id>/{weights,gradients}.safetensors
+                                             records → Cirron._emit_snapshot() → next spool batch
+
+Modes (``snapshots=`` / cirron.yaml ``profiling.snapshots``):
+
+* ``stats``: inline stats only, every epoch.
+* ``sampled``: stats every epoch; blobs on the first epoch and then every N-th one, where
+  ``N = round(1 / sample_rate)`` for ``0 < sample_rate < 1`` and ``N = int(sample_rate)`` for
+  ``sample_rate >= 1`` (``sample_rate <= 0``: the first epoch only). The epoch number is the epoch
+  span's ``index``.
+* ``full``: stats and blobs every epoch.
+* ``off``: nothing.
+
+Sources are torch modules (``named_parameters()``; ``<name>.grad`` with role ``gradient`` where a
+gradient exists), objects with a ``named_parameters()`` method, and mappings of name → numpy array
+(or torch tensor), read again at every epoch end so in-place updates are seen.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import threading
+import time
+import uuid
+import weakref
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from cirron._schema import strict_json
+from cirron.spool.paths import snapshot_span_dir
+
+__all__ = ["SnapshotManager", "blob_every", "dtype_name"]
+
+log = logging.getLogger("cirron")
+
+MODES = ("off", "stats", "sampled", "full")
+WEIGHTS_FILE = "weights.safetensors"
+GRADIENTS_FILE = "gradients.safetensors"
+#: Snapshot jobs allowed to be pending at once; past this the next one runs on the caller's thread
+#: (back-pressure instead of unbounded staging memory).
+MAX_INFLIGHT = 2
+
+
+def blob_every(mode: str, sample_rate: float | None) -> int | None:
+    """Blob period in epochs for ``mode``: 1 for ``full``, N for ``sampled``, ``None`` for no blobs.
+
+    ``0`` means "the first epoch only".
+    """
+    if mode == "full":
+        return 1
+    if mode != "sampled":
+        return None
+    rate = 0.0 if sample_rate is None else float(sample_rate)
+    if rate != rate or rate <= 0:
+        return 0
+    if rate < 1:
+        return max(1, round(1 / rate))
+    return max(1, int(rate))
+
+
+def wants_blob(mode: str, sample_rate: float | None, epoch: int) -> bool:
+    every = blob_every(mode, sample_rate)
+    if every is None:
+        return False
+    if every == 0:
+        return epoch == 0
+    return epoch % every == 0
+
+
+# ----------------------------------------------------------------------------------------- dtypes
+
+_TORCH_DTYPES = {
+    "float64": "F64", "float32": "F32", "float16": "F16", "bfloat16": "BF16",
+    "float8_e4m3fn": "F8_E4M3", "float8_e5m2": "F8_E5M2",
+    "int64": "I64", "int32": "I32", "int16": "I16", "int8": "I8",
+    "uint64": "U64", "uint32": "U32", "uint16": "U16", "uint8": "U8", "bool": "BOOL",
+}
+_NUMPY_DTYPES = {
+    ("f", 8): "F64", ("f", 4): "F32", ("f", 2): "F16",
+    ("i", 8): "I64", ("i", 4): "I32", ("i", 2): "I16", ("i", 1): "I8",
+    ("u", 8): "U64", ("u", 4): "U32", ("u", 2): "U16", ("u", 1): "U8", ("b", 1): "BOOL",
+}
+
+
+def _is_torch_tensor(x: Any) -> bool:
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(x, torch.Tensor)
+
+
+def dtype_name(x: Any) -> str | None:
+    """The safetensors dtype of a numpy array or torch tensor, ``None`` if it has none."""
+    if _is_torch_tensor(x):
+        return _TORCH_DTYPES.get(str(x.dtype).removeprefix("torch."))
+    dt = getattr(x, "dtype", None)
+    if dt is None:
+        return None
+    name = getattr(dt, "name", "")
+    if name == "bfloat16":  # ml_dtypes
+        return "BF16"
+    return _NUMPY_DTYPES.get((getattr(dt, "kind", ""), getattr(dt, "itemsize", 0)))
+
+
+# ----------------------------------------------------------------------------------------- staging
+
+
+@dataclass
+class _Item:
+    name: str
+    role: str  # "weight" | "gradient"
+    dtype: str
+    shape: list[int]
+    data: Any  # private copy: a torch view into a staging buffer, or a numpy array
+    is_torch: bool
+
+
+class _TorchStaging:
+    """Reusable flat staging buffers, one per (dtype, device kind).
+
+    Reusing them matters: copying into warm memory costs about one read pass over the weights,
+    while a fresh allocation of the same size costs several times that in page faults.
+    """
+
+    def __init__(self) -> None:
+        self._free: dict[tuple[Any, bool], list[Any]] = {}
+        self._lock = threading.Lock()
+
+    def acquire(self, dtype: Any, numel: int, pinned: bool) -> Any:
+        import torch
+
+        key = (dtype, pinned)
+        with self._lock:
+            free = self._free.get(key, [])
+            for i, buf in enumerate(free):
+                if buf.numel() >= numel:
+                    return free.pop(i)
+        return torch.empty(numel, dtype=dtype, pin_memory=pinned)
+
+    def release(self, buf: Any, pinned: bool) -> None:
+        with self._lock:
+            free = self._free.setdefault((buf.dtype, pinned), [])
+            free.append(buf)
+            del free[:-2]  # keep at most two per kind
+
+    def clear(self) -> None:
+        with self._lock:
+            self._free.clear()
+
+
+def _copy_torch(entries: list[tuple[str, str, Any]], staging: _TorchStaging) -> tuple[list[_Item], list[Any], Callable[[], None]]:
+    """Copy torch tensors into staging buffers with one copy each. Returns items, CUDA events to
+    wait on before reading, and a release callback."""
+    import torch
+
+    groups: dict[tuple[Any, bool], list[tuple[str, str, Any]]] = {}
+    for name, role, t in entries:
+        groups.setdefault((t.dtype, t.device.type == "cuda"), []).append((name, role, t))
+    items: list[_Item] = []
+    events: list[Any] = []
+    held: list[tuple[Any, bool]] = []
+    with torch.no_grad():
+        for (dtype, on_cuda), group in groups.items():
+            total = sum(t.numel() for _, _, t in group)
+            buf = staging.acquire(dtype, total, pinned=on_cuda)
+            held.append((buf, on_cuda))
+            dsts, srcs = [], []
+            off = 0
+            for name, role, t in group:
+                n = t.numel()
+                view = buf[off : off + n]
+                dsts.append(view.view(t.shape))
+                srcs.append(t.detach())
+                items.append(_Item(name, role, _TORCH_DTYPES[str(dtype).removeprefix("torch.")],
+                                   list(t.shape), view, True))
+                off += n
+            if on_cuda:
+                for d, s in zip(dsts, srcs):
+                    d.copy_(s, non_blocking=True)
+                ev = torch.cuda.Event()
+                ev.record()
+                events.append(ev)
+            else:
+                try:
+                    torch._foreach_copy_(dsts, srcs)
+                except (AttributeError, RuntimeError):
+                    for d, s in zip(dsts, srcs):
+                        d.copy_(s)
+
+    def release() -> None:
+        for buf, pinned in held:
+            staging.release(buf, pinned)
+
+    return items, events, release
+
+
+def _copy_numpy(name: str, role: str, arr: Any) -> _Item | None:
+    import numpy as np
+
+    a = np.asarray(arr)
+    dt = dtype_name(a)
+    if dt is None:
+        return None
+    if a.dtype.byteorder == ">":
+        a = a.astype(a.dtype.newbyteorder("<"), order="C")  # the one copy
+    else:
+        a = np.array(a, copy=True, order="C")
+    return _Item(name, role, dt, list(a.shape), a, False)
+
+
+def _item_buffer(item: _Item) -> Any:
+    if item.is_torch:
+        import torch
+
+        flat = item.data.reshape(-1)
+        return flat.view(torch.uint8).numpy() if flat.numel() else b""
+    return item.data
+
+
+def _item_stats(item: _Item) -> dict[str, Any]:
+    from cirron.snapshots.stats import numpy_stats, torch_stats
+
+    return torch_stats(item.data) if item.is_torch else numpy_stats(item.data)
+
+
+# ----------------------------------------------------------------------------------------- sources
+
+
+class _Source:
+    def __init__(self, obj: Any, prefix: str | None) -> None:
+        self.prefix = prefix
+        try:
+            self._ref: Callable[[], Any] = weakref.ref(obj)
+        except TypeError:  # plain dicts cannot be weakly referenced
+            self._ref = lambda: obj
+
+    @property
+    def obj(self) -> Any:
+        return self._ref()
+
+    def tensors(self) -> Iterator[tuple[str, str, Any]]:
+        obj = self.obj
+        if obj is None:
+            return
+        pre = f"{self.prefix}." if self.prefix else ""
+        if isinstance(obj, Mapping):
+            for k, v in list(obj.items()):
+                yield f"{pre}{k}", "weight", v
+                grad = getattr(v, "grad", None) if _is_torch_tensor(v) else None
+                if grad is not None:
+                    yield f"{pre}{k}.grad", "gradient", grad
+            return
+        params = list(obj.named_parameters())
+        for k, p in params:
+            yield f"{pre}{k}", "weight", p
+        for k, p in params:
+            grad = getattr(p, "grad", None)
+            if grad is not None:
+                yield f"{pre}{k}.grad", "gradient", grad
+
+
+# ----------------------------------------------------------------------------------------- manager
+
+
+class SnapshotManager:
+    """Owns the registered models of one :class:`~cirron.Cirron` and takes their snapshots."""
+
+    def __init__(self, cirron: Any) -> None:
+        self._c = cirron
+        self._sources: list[_Source] = []
+        self._lock = threading.Lock()
+        self._staging = _TorchStaging()
+        self._inflight = 0
+        self._epochs_seen = 0
+        self.errors = 0
+        self.last_error: str | None = None
+
+    # -- registration ---------------------------------------------------------------------------
+
+    def register(self, obj: Any, name: str | None = None) -> None:
+        """Snapshot ``obj`` at every epoch end: a torch module (or anything with
+        ``named_parameters()``) or a mapping of name → array/tensor. ``name`` prefixes its tensor
+        names (``<name>.<param>``). Registering the same object twice is a no-op."""
+        if not (isinstance(obj, Mapping) or callable(getattr(obj, "named_parameters", None))):
+            from cirron._errors import CirronWrapError
+
+            raise CirronWrapError(
+                f"cannot snapshot {type(obj).__name__}: pass a torch module or a dict of name -> numpy array"
+            )
+        with self._lock:
+            for s in self._sources:
+                if s.obj is obj:
+                    return
+            self._sources.append(_Source(obj, name))
+
+    # -- config ---------------------------------------------------------------------------------
+
+    def _mode(self) -> str:
+        mode = getattr(self._c._config, "snapshots", "stats") or "stats"
+        return mode if mode in MODES else "stats"
+
+    def _sample_rate(self) -> float | None:
+        return getattr(self._c._config, "sample_rate", None)
+
+    # -- taking snapshots -----------------------------------------------------------------------
+
+    def on_epoch_end(self, span: Any) -> None:
+        """Called by ``epochs()`` while the epoch span is still open."""
+        mode = self._mode()
+        index = getattr(span, "index", None)
+        epoch = index if isinstance(index, int) else self._epochs_seen
+        self._epochs_seen += 1
+        if mode == "off" or not self._sources:
+            return
+        entries: list[tuple[str, str, Any]] = []
+        for src in list(self._sources):
+            entries.extend(src.tensors())
+        self._take(entries, span, mode, wants_blob(mode, self._sample_rate(), epoch))
+
+    def snapshot(self, tensors: Mapping[str, Any], span: Any, *, mode: str | None = None,
+                 blobs: bool | None = None) -> None:
+        """A one-off snapshot of ``tensors`` (name → numpy array / torch tensor) attached to
+        ``span``. ``blobs`` defaults to what the mode says for a first epoch."""
+        mode = mode or self._mode()
+        if mode == "off":
+            return
+        entries: list[tuple[str, str, Any]] = []
+        for k, v in tensors.items():
+            role = "gradient" if str(k).endswith(".grad") else "weight"
+            entries.append((str(k), role, v))
+        if blobs is None:
+            blobs = mode in ("sampled", "full")
+        self._take(entries, span, mode, blobs)
+
+    def _take(self, entries: list[tuple[str, str, Any]], span: Any, mode: str, blobs: bool) -> None:
+        ts_ns = time.time_ns()
+        span_id = span.id_hex
+        torch_entries: list[tuple[str, str, Any]] = []
+        items: list[_Item] = []
+        seen: set[str] = set()
+        for name, role, value in entries:
+            if name in seen:
+                log.warning("cirron: duplicate snapshot tensor name %r skipped", name)
+                continue
+            seen.add(name)
+            if _is_torch_tensor(value):
+                if dtype_name(value) is None or value.is_sparse:
+                    log.warning("cirron: tensor %r of dtype %s cannot be snapshot; skipped", name, value.dtype)
+                    continue
+                torch_entries.append((name, role, value))
+            else:
+                item = _copy_numpy(name, role, value)
+                if item is None:
+                    log.warning("cirron: %r (%s) is not a numeric array; skipped", name, type(value).__name__)
+                    continue
+                items.append(item)
+        release: Callable[[], None] = lambda: None  # noqa: E731
+        events: list[Any] = []
+        if torch_entries:
+            t_items, events, release = _copy_torch(torch_entries, self._staging)
+            # keep the caller's order: torch items first as they came, then numpy ones
+            order = {name: i for i, (name, _, _) in enumerate(entries)}
+            items = sorted(t_items + items, key=lambda it: order.get(it.name, 0))
+        if not items:
+            release()
+            return
+        session_id = getattr(self._c, "session_id", None)
+        spool_dir = self._c._config.spool_dir
+
+        def job() -> None:
+            try:
+                for ev in events:
+                    ev.synchronize()
+                self._finish(items, span_id, session_id, spool_dir, mode, blobs, ts_ns)
+            except Exception as exc:  # never let a snapshot break the run
+                self.errors += 1
+                self.last_error = f"{type(exc).__name__}: {exc}"
+                log.warning("cirron: snapshot of span %s failed: %s", span_id, self.last_error)
+            finally:
+                release()
+                with self._lock:
+                    self._inflight -= 1
+
+        with self._lock:
+            self._inflight += 1
+            inline = self._inflight > MAX_INFLIGHT
+        offload = getattr(self._c, "_offload", None)
+        if inline or offload is None:
+            job()
+        else:
+            try:
+                offload(job)
+            except Exception:
+                job()
+
+    def _finish(self, items: list[_Item], span_id: str, session_id: str | None, spool_dir: Any,
+                mode: str, blobs: bool, ts_ns: int) -> None:
+        from cirron import safetensors_io
+
+        uris: dict[str, str] = {}
+        if blobs:
+            span_dir = snapshot_span_dir(spool_dir, span_id)
+            meta = {"session_id": session_id or "", "span_id": span_id}
+            for role, fname in (("weight", WEIGHTS_FILE), ("gradient", GRADIENTS_FILE)):
+                chosen = [it for it in items if it.role == role]
+                if not chosen:
+                    continue
+                safetensors_io.write_file(
+                    span_dir / fname,
+                    [(it.name, it.dtype, it.shape, _item_buffer(it)) for it in chosen],
+                    meta,
+                )
+                uris[role] = f"snapshots/{span_id}/{fname}"
+        emit = self._c._emit_snapshot
+        for it in items:
+            record = {
+                "id": uuid.uuid4().hex,
+                "span_id": span_id,
+                "tensor": it.name,
+                "role": it.role,
+                "dtype": it.dtype,
+                "shape": it.shape,
+                "mode": mode,
+                "ts_ns": ts_ns,
+                "stats": strict_json(_item_stats(it)),
+                "blob_uri": uris.get(it.role),
+            }
+            emit(record)
+
+    def close(self) -> None:
+        self._staging.clear()
