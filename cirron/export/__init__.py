@@ -1,0 +1,74 @@
+"""Exporters: spool sessions → open formats. Heavy dependencies (pyarrow, httpx, protobuf) are
+imported inside the functions that need them.
+
+=========  ===================================  ==============================
+format     writer                               default output
+=========  ===================================  ==============================
+parquet    :func:`write_parquet` (3 files)      ``./cirron-traces/``
+otel/otlp  :func:`write_otlp_json`              ``./cirron-traces.otlp.json``
+csv        :func:`write_csv` (streamed)         ``./cirron-traces.csv``
+json       :func:`write_json`                   ``./cirron-traces.json``
+perfetto   :func:`write_perfetto`               ``./cirron-traces.perfetto.json``
+=========  ===================================  ==============================
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+import orjson
+
+from cirron.export._common import NoSessionFound, NoTracesFound, atomic_dir, atomic_file
+from cirron.export._csv import CSV_COLUMNS, write_csv
+from cirron.export._json import to_batch_dict, write_json
+from cirron.export._otlp import build_request, encode_resource_spans, encode_session
+from cirron.export._parquet import PARQUET_FILES, write_parquet
+from cirron.export._perfetto import to_trace_events, write_perfetto
+from cirron.spool.sessions import Session
+
+__all__ = [
+    "CSV_COLUMNS",
+    "DEFAULT_OUTPUTS",
+    "FORMATS",
+    "PARQUET_FILES",
+    "NoSessionFound",
+    "NoTracesFound",
+    "atomic_dir",
+    "atomic_file",
+    "build_request",
+    "encode_resource_spans",
+    "encode_session",
+    "otlp_request",
+    "to_batch_dict",
+    "to_trace_events",
+    "write_csv",
+    "write_json",
+    "write_otlp_json",
+    "write_parquet",
+    "write_perfetto",
+]
+
+FORMATS = ("parquet", "otel", "otlp", "csv", "json", "perfetto")
+
+DEFAULT_OUTPUTS = {
+    "parquet": "cirron-traces",
+    "otel": "cirron-traces.otlp.json",
+    "otlp": "cirron-traces.otlp.json",
+    "csv": "cirron-traces.csv",
+    "json": "cirron-traces.json",
+    "perfetto": "cirron-traces.perfetto.json",
+}
+
+
+def otlp_request(sessions: Sequence[Session]) -> dict:
+    """One OTLP/JSON ``ExportTraceServiceRequest`` with a ``ResourceSpans`` per session."""
+    return build_request([encode_session(s) for s in sessions])
+
+
+def write_otlp_json(sessions: Sequence[Session], path: str | os.PathLike[str]) -> int:
+    """Write the OTLP/JSON request to ``path`` atomically; returns the number of spans."""
+    req = otlp_request(sessions)
+    with atomic_file(path) as tmp:
+        tmp.write_bytes(orjson.dumps(req))
+    return sum(len(s.spans) for s in sessions)

@@ -9,23 +9,9 @@ from typing import NoReturn, TextIO
 
 import typer
 
+from cirron._format import format_duration_ns  # noqa: F401  (re-exported for the commands)
+
 _SIZE_UNITS = ("KB", "MB", "GB", "TB", "PB")
-
-
-def format_duration_ns(ns: int | float | None) -> str:
-    """``973ns``, ``974.0us``, ``42.1ms``, ``1.5s``, as the tree view shows durations."""
-    if ns is None:
-        return "?"
-    ns = float(ns)
-    sign = "-" if ns < 0 else ""
-    ns = abs(ns)
-    if ns < 1_000:
-        return f"{sign}{ns:.0f}ns"
-    if ns < 1_000_000:
-        return f"{sign}{ns / 1_000:.1f}us"
-    if ns < 1_000_000_000:
-        return f"{sign}{ns / 1_000_000:.1f}ms"
-    return f"{sign}{ns / 1_000_000_000:.1f}s"
 
 
 def format_bytes(n: int | float) -> str:
@@ -93,3 +79,58 @@ def fail(message: str, code: int = 1) -> NoReturn:
 
 def warn(message: str) -> None:
     typer.echo(f"Warning: {message}", err=True)
+
+
+# ---------------------------------------------------------------- added for traces/spool commands
+
+_ANSI = {"bold": "1", "dim": "2", "red": "31", "green": "32", "yellow": "33", "blue": "34", "magenta": "35",
+         "cyan": "36"}
+
+
+def style(text: str, *styles: str, color: bool = True) -> str:
+    """``text`` wrapped in ANSI codes when ``color`` is true (callers pass ``use_color(...)``)."""
+    if not color or not styles:
+        return text
+    codes = ";".join(_ANSI[s] for s in styles)
+    return f"\x1b[{codes}m{text}\x1b[0m"
+
+
+def format_iso_ns(ns: int | None) -> str:
+    """``2026-04-21T14:22:05.001Z`` (UTC, milliseconds) for a Unix-ns timestamp; ``?`` if unknown."""
+    import datetime as _dt
+
+    if not isinstance(ns, int):
+        return "?"
+    try:
+        secs, rem = divmod(ns, 1_000_000_000)
+        dt = _dt.datetime.fromtimestamp(secs, _dt.timezone.utc)
+    except (OverflowError, OSError, ValueError):
+        return "?"
+    return dt.strftime("%Y-%m-%dT%H:%M:%S") + f".{rem // 1_000_000:03d}Z"
+
+
+def short_id(session_id: str, n: int = 8) -> str:
+    """The first ``n`` characters and ``…`` (ids that are not longer are shown whole)."""
+    return session_id if len(session_id) <= n or session_id.startswith("(") else session_id[:n] + "…"
+
+
+def plural(n: int, word: str) -> str:
+    return f"{n:,} {word}" if n == 1 else f"{n:,} {word}s"
+
+
+def no_traces(err: bool = False) -> None:
+    """The line every command prints when the spool holds nothing to show."""
+    typer.echo("No traces found. Run ci.profile() from Python to produce some.", err=err)
+
+
+def aligned_table(
+    headers: Sequence[str], rows: Sequence[Sequence[object]], right: Iterable[int] = (), center: Iterable[int] = ()
+) -> str:
+    """:func:`box_table` with the headers of right-aligned columns right-aligned too (``│     SIZE │``)."""
+    right = set(right)
+    cells = [[str(c) for c in r] for r in rows]
+    hdrs = []
+    for i, h in enumerate(headers):
+        w = max([len(h)] + [len(r[i]) for r in cells])
+        hdrs.append(h.rjust(w) if i in right else h)
+    return box_table(hdrs, cells, right=right, center=center)

@@ -1,4 +1,786 @@
-"""`cirron traces …` (being built: view, list, export, clear)."""
+"""`cirron traces view | list | export | clear` (``snapshots``/``snapshot`` are registered by
+:mod:`cirron_cli.snapshots`).
+
+Exit codes: 0 success (an empty spool is not an error for ``view``/``list``), 1 when the command
+cannot do its job (nothing to export, unknown session, unwritable output, refused upload,
+declined prompt), 2 for an invalid option value (bad ``--before`` date, ``--min-wall``
+duration, ``--format``, ``--header``), 130 when interrupted with Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import math
+import os
+import re
+import secrets
+import shutil
+import signal
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, Optional
+
+import orjson
 import typer
 
-traces_app = typer.Typer(help="Read, view, export and clear the traces in the local spool.", no_args_is_help=True)
+from cirron._schema import SESSION_SPAN_NAME
+from cirron.spool import paths
+from cirron.spool.reader import _limit_depth, safe_dumps
+from cirron.spool.sessions import Session, Spool, load_spool
+from cirron_cli import render
+from cirron_cli.render import fail, format_bytes, format_duration_ns, style, use_color, warn
+
+traces_app = typer.Typer(
+    help="Read, view, export and clear the traces in the local spool.", no_args_is_help=True
+)
+
+DEFAULT_SPOOL = str(paths.DEFAULT_SPOOL_DIR)
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+SpoolOpt = typer.Option(DEFAULT_SPOOL, "--spool", help="Spool directory to read.", show_default=True)
+
+
+# ============================================================================ shared helpers
+
+
+def _read_spool(spool: str, progress: bool = False) -> Spool:
+    path = Path(spool)
+    if path.exists() and not path.is_dir():
+        fail(f"Spool path {spool} is not a directory")
+    with _progress("Reading spool", enabled=progress) as tick:
+        return load_spool(path, warn, on_file=tick)
+
+
+@contextlib.contextmanager
+def _progress(label: str, enabled: bool = True, total: int | None = None) -> Iterator[Callable[[Any], None]]:
+    """A rich progress bar on stderr when it is a TTY; otherwise a no-op callback."""
+    if not enabled or not sys.stderr.isatty() or os.environ.get("CIRRON_NO_PROGRESS"):
+        yield lambda _x=None: None
+        return
+    from rich.console import Console
+    from rich.progress import Progress
+
+    if total is None:
+        total = None
+    with Progress(console=Console(stderr=True), transient=True) as prog:
+        task = prog.add_task(label, total=total)
+        yield lambda _x=None: prog.advance(task)
+
+
+def _select(spool: Spool, prefix: str | None) -> list[Session]:
+    if prefix is None:
+        return list(spool.sessions)
+    found = spool.find(prefix)
+    if not found:
+        fail(f"No session found matching {prefix}")
+    return found
+
+
+_DUR_RE = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*(ns|us|µs|μs|ms|s|m|h)?\s*$")
+_DUR_UNITS = {None: 1, "ns": 1, "us": 1_000, "µs": 1_000, "μs": 1_000, "ms": 1_000_000, "s": 1_000_000_000,
+              "m": 60_000_000_000, "h": 3_600_000_000_000}
+
+
+def parse_duration_ns(text: str) -> int | None:
+    """``500us`` → 500000; units ns, us/µs, ms, s, m, h (a bare number is ns). ``None`` if invalid."""
+    m = _DUR_RE.match(text)
+    if not m:
+        return None
+    return int(float(m.group(1)) * _DUR_UNITS[m.group(2)])
+
+
+def parse_iso_date(text: str) -> int | None:
+    """Unix ns of an ISO-8601 date or date-time (naive values are UTC); ``None`` if invalid."""
+    t = text.strip()
+    if not t:
+        return None
+    if t.endswith(("Z", "z")):
+        t = t[:-1] + "+00:00"
+    try:
+        value = dt.datetime.fromisoformat(t)
+    except ValueError:
+        try:
+            value = dt.datetime.combine(dt.date.fromisoformat(t), dt.time())
+        except ValueError:
+            return None
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=dt.timezone.utc)
+    try:
+        return int(value.timestamp()) * 1_000_000_000 + value.microsecond * 1_000
+    except (OverflowError, OSError, ValueError):
+        return None
+
+
+def _ns_str(v: Any) -> str | None:
+    return str(v) if type(v) is int else None
+
+
+# ============================================================================ view
+
+_BARE_RE = re.compile(r'^[^\s"=\x00-\x1f]{1,80}$')
+
+
+def fmt_value(v: Any) -> str:
+    """A value as the tree view shows it inline (``key=value``)."""
+    t = type(v)
+    if t is bool:
+        return "true" if v else "false"
+    if t is int:
+        return str(v)
+    if t is float:
+        if math.isnan(v):
+            return "NaN"
+        if math.isinf(v):
+            return "Infinity" if v > 0 else "-Infinity"
+        return f"{v:.6g}"
+    if t is str:
+        s = v if _BARE_RE.match(v) else safe_dumps(v).decode()
+    elif v is None:
+        s = "null"
+    else:
+        s = safe_dumps(v).decode()
+    return s if len(s) <= 80 else s[:79] + "…"
+
+
+def _mark_value(m: dict) -> Any:
+    return m.get("value")
+
+
+def _label(span: dict) -> str:
+    name = span.get("name")
+    name = name if isinstance(name, str) else str(name)
+    idx = span.get("index")
+    return f"{name}[{idx}]" if type(idx) is int else name
+
+
+def _wall(span: dict) -> int | None:
+    s, e = span.get("start_ns"), span.get("end_ns")
+    return e - s if type(s) is int and type(e) is int else None
+
+
+def _attr_text(span: dict, is_root: bool) -> str:
+    attrs = span.get("attrs") if isinstance(span.get("attrs"), dict) else {}
+    if is_root:
+        parts = []
+        for k in ("pid", "rank"):
+            v = span.get(k)
+            if v is None:
+                v = attrs.get(k)
+            if v is not None:
+                parts.append(f"{k}={fmt_value(v)}")
+        return " ".join(parts)
+    return " ".join(f"{k}={fmt_value(v)}" for k, v in attrs.items())
+
+
+class _SessionView:
+    """The filtered, depth-limited pre-order of one session, as nodes for text or JSON."""
+
+    def __init__(self, session: Session, name: str | None, depth: int | None, min_wall: int | None) -> None:
+        self.session = session
+        top, children = session.tree()
+        marks = session.marks_by_span()
+        by_id = {s["id"]: s for s in session.spans}
+        root_id = session.root["id"] if session.root else None
+
+        matched: set[str] | None = None
+        keep: set[str] | None = None
+        if name is not None:
+            matched = {sid for sid, s in by_id.items() if isinstance(s.get("name"), str) and name in s["name"]}
+            keep = set()
+            for sid in matched:
+                cur: Any = sid
+                while isinstance(cur, str) and cur in by_id and cur not in keep:
+                    keep.add(cur)
+                    cur = by_id[cur].get("parent_id")
+            if root_id:
+                keep.add(root_id)
+
+        def visible(s: dict) -> bool:
+            if s["id"] == root_id:
+                return True
+            if keep is not None and s["id"] not in keep:
+                return False
+            if min_wall is not None:
+                w = _wall(s)
+                if w is not None and w < min_wall:
+                    return False
+            return True
+
+        def show_marks(sid: str) -> bool:
+            return matched is None or sid in matched
+
+        def kids(sid: str) -> list[dict]:
+            return [c for c in children.get(sid, ()) if visible(c)]
+
+        base = 0
+        self.nodes: list[dict] = []
+        if session.root is None:
+            self.nodes.append({"type": "header", "depth": 0, "name": session.id})
+            base = 1
+        stack: list[tuple[str, Any, int]] = [("span", s, base) for s in reversed(top) if visible(s)]
+        while stack:
+            kind, item, d = stack.pop()
+            if kind == "mark":
+                self.nodes.append({"type": "mark", "depth": d, "mark": item})
+                continue
+            span = item
+            sid = span["id"]
+            self.nodes.append({"type": "span", "depth": d, "span": span, "root": sid == root_id})
+            child_spans = kids(sid)
+            child_marks = marks.get(sid, []) if show_marks(sid) else []
+            if depth is not None and d >= depth:
+                if child_spans:
+                    count = 0
+                    walk = list(child_spans)
+                    while walk:
+                        x = walk.pop()
+                        count += 1
+                        walk.extend(kids(x["id"]))
+                    total = sum(w for w in (_wall(c) for c in child_spans) if w is not None)
+                    self.nodes.append({"type": "collapsed", "depth": d + 1, "spans": count, "duration_ns": total})
+                continue
+            merged: list[tuple[int, int, str, Any]] = []
+            for i, c in enumerate(child_spans):
+                st = c.get("start_ns")
+                merged.append((st if type(st) is int else 0, i, "span", c))
+            for j, m in enumerate(child_marks):
+                ts = m.get("ts_ns")
+                merged.append((ts if type(ts) is int else 0, len(child_spans) + j, "mark", m))
+            merged.sort(key=lambda t: (t[0], t[1]))
+            for _, _, k, x in reversed(merged):
+                stack.append((k, x, d + 1))
+
+    def open_text(self) -> str:
+        return "(live)" if self.session.live else "(crashed)"
+
+    def lines(self, color: bool) -> Iterator[str]:
+        for node in self.nodes:
+            indent = "  " * node["depth"]
+            t = node["type"]
+            if t == "header":
+                yield indent + style(node["name"], "bold", color=color)
+            elif t == "span":
+                span = node["span"]
+                w = _wall(span)
+                if w is None:
+                    dur = style(self.open_text(), "green" if self.session.live else "red", color=color)
+                else:
+                    dur = style(format_duration_ns(w), "yellow", color=color)
+                attrs = _attr_text(span, node["root"])
+                line = f"{indent}{style(_label(span), 'bold', color=color)} — {dur}"
+                if attrs:
+                    line += " " + style(attrs, "dim", color=color)
+                yield line
+            elif t == "mark":
+                m = node["mark"]
+                text = f"ci.mark {m.get('name')}={fmt_value(_mark_value(m))}"
+                if m.get("kind") == "summary":
+                    text += " (summary)"
+                yield indent + style(text, "cyan", color=color)
+            else:
+                yield indent + style(
+                    f"… {format_duration_ns(node['duration_ns'])} ({render.plural(node['spans'], 'span')}, collapsed)",
+                    "dim", color=color,
+                )
+
+    def to_json(self) -> dict:
+        s = self.session
+        out_nodes = []
+        for node in self.nodes:
+            t = node["type"]
+            if t == "span":
+                sp = node["span"]
+                out_nodes.append({
+                    "type": "span", "depth": node["depth"], "id": sp["id"], "parent_id": sp.get("parent_id"),
+                    "name": sp.get("name"), "index": sp.get("index"), "start_ns": _ns_str(sp.get("start_ns")),
+                    "end_ns": _ns_str(sp.get("end_ns")), "duration_ns": _ns_str(_wall(sp)),
+                    "attrs": _limit_depth(sp.get("attrs") or {}, 32),
+                })
+            elif t == "mark":
+                m = node["mark"]
+                v = m.get("value")
+                out_nodes.append({
+                    "type": "mark", "depth": node["depth"], "id": m["id"], "span_id": m.get("span_id"),
+                    "name": m.get("name"), "value": _json_scalar(v), "value_type": m.get("value_type"),
+                    "kind": m.get("kind"), "ts_ns": _ns_str(m.get("ts_ns")),
+                })
+            elif t == "collapsed":
+                out_nodes.append({"type": "collapsed", "depth": node["depth"], "spans": node["spans"],
+                                  "duration_ns": str(node["duration_ns"])})
+        return {**_session_summary(s), "nodes": out_nodes}
+
+
+def _json_scalar(v: Any) -> Any:
+    if type(v) is float and not math.isfinite(v):
+        return "NaN" if v != v else ("Infinity" if v > 0 else "-Infinity")
+    if isinstance(v, (dict, list)):
+        return _limit_depth(v, 32)
+    return v
+
+
+def _session_summary(s: Session) -> dict:
+    return {
+        "id": s.id,
+        "started_ns": _ns_str(s.started_ns),
+        "ended_ns": _ns_str(s.ended_ns),
+        "live": s.live,
+        "crashed": s.crashed,
+        "spans": len(s.spans),
+        "marks": len(s.marks),
+        "snapshots": len(s.snapshots),
+        "bytes": s.bytes,
+        "sdk_version": s.sdk_version,
+    }
+
+
+def _dump_json(obj: Any) -> None:
+    typer.echo(orjson.dumps(obj, option=orjson.OPT_INDENT_2).decode())
+
+
+@traces_app.command("view")
+def view(
+    last: Optional[int] = typer.Option(None, "--last", min=1, help="Show the N newest sessions (default: 1)."),
+    name: Optional[str] = typer.Option(None, "--name", help="Keep spans whose name contains this (ancestors kept)."),
+    session: Optional[str] = typer.Option(None, "--session", help="Show the session(s) whose id starts with this."),
+    depth: Optional[int] = typer.Option(None, "--depth", min=0, help="Collapse the tree below depth N."),
+    min_wall: Optional[str] = typer.Option(None, "--min-wall", help="Hide spans shorter than this (ns, us, ms, s, m, h)."),
+    spool: str = SpoolOpt,
+    no_color: bool = typer.Option(False, "--no-color", help="Disable ANSI colour."),
+    json_out: bool = typer.Option(False, "--json", help="Machine-readable JSON."),
+) -> None:
+    """Render sessions as an indented scope tree (a text flamegraph)."""
+    min_ns = None
+    if min_wall is not None:
+        min_ns = parse_duration_ns(min_wall)
+        if min_ns is None:
+            fail(f"Invalid --min-wall duration: {min_wall} (expected e.g. 500us, 1ms, 2s)", EXIT_USAGE)
+    sp = _read_spool(spool)
+    if not sp.sessions:
+        if json_out:
+            typer.echo("[]")
+        else:
+            render.no_traces()
+        return
+    chosen = _select(sp, session)
+    if session is None or last is not None:
+        chosen = chosen[-(last or 1):]
+    views = [_SessionView(s, name, depth, min_ns) for s in chosen]
+    if json_out:
+        _dump_json([v.to_json() for v in views])
+        return
+    color = use_color(no_color)
+    out = sys.stdout
+    for i, v in enumerate(views):
+        if i:
+            out.write("\n")
+        for line in v.lines(color):
+            out.write(line + "\n")
+    out.flush()
+
+
+# ============================================================================ list
+
+
+@traces_app.command("list")
+def list_sessions(
+    spool: str = SpoolOpt,
+    json_out: bool = typer.Option(False, "--json", help="Machine-readable JSON."),
+    no_color: bool = typer.Option(False, "--no-color", help="Disable ANSI colour."),
+) -> None:
+    """Table of the sessions in the spool, newest first."""
+    sp = _read_spool(spool)
+    sessions = list(reversed(sp.sessions))
+    abs_dir = str(Path(spool).resolve())
+    if json_out:
+        _dump_json({"dir": abs_dir, "sessions": [_session_summary(s) for s in sessions]})
+        return
+    if not sessions:
+        render.no_traces()
+        return
+    durations = []
+    for s in sessions:
+        if s.live:
+            durations.append("(live)")
+        elif s.crashed:
+            durations.append("(crashed)")
+        else:
+            e, st = s.ended_ns, s.started_ns
+            durations.append(format_duration_ns(e - st) if e is not None and st is not None else "?")
+    width = max(len("DURATION"), *(len(d) for d in durations))
+    rows = []
+    for s, d in zip(sessions, durations):
+        cell = d.center(width) if d.startswith("(") else d
+        rows.append((render.short_id(s.id), render.format_iso_ns(s.started_ns), cell, len(s.spans), len(s.marks),
+                     len(s.snapshots), format_bytes(s.bytes)))
+    typer.echo(f"Spool: {abs_dir}  ({render.plural(len(sessions), 'session')})")
+    typer.echo(render.aligned_table(["SESSION", "STARTED", "DURATION", "SPANS", "MARKS", "SNAPSHOTS", "SIZE"], rows,
+                                right=(2, 3, 4, 5, 6)))
+
+
+# ============================================================================ export
+
+_EXTS = {"otel": ".otlp.json", "otlp": ".otlp.json", "csv": ".csv", "json": ".json", "perfetto": ".perfetto.json"}
+
+
+def _file_target(output: str | None, fmt: str) -> Path:
+    from cirron.export import DEFAULT_OUTPUTS
+
+    path = Path(output) if output else Path(DEFAULT_OUTPUTS[fmt])
+    if path.is_dir():
+        path = path / ("cirron-traces" + _EXTS[fmt])
+    parent = path.parent
+    if not parent.is_dir():
+        fail(f"Cannot write {path}: directory {parent} does not exist")
+    if not os.access(parent, os.W_OK):
+        fail(f"Cannot write {path}: permission denied")
+    return path
+
+
+def _parse_headers(values: list[str]) -> dict[str, str]:
+    out = {}
+    for h in values:
+        if "=" not in h or not h.split("=", 1)[0].strip():
+            fail(f"Invalid --header: {h} (expected KEY=VALUE)", EXIT_USAGE)
+        k, v = h.split("=", 1)
+        out[k.strip()] = v.strip()
+    return out
+
+
+@traces_app.command("export")
+def export(
+    fmt: str = typer.Option(..., "--format", help="parquet, otel (alias otlp), csv, json or perfetto."),
+    output: Optional[str] = typer.Option(None, "--output", help="Output file (a directory for parquet)."),
+    session: Optional[str] = typer.Option(None, "--session", help="Export the session(s) whose id starts with this."),
+    spool: str = SpoolOpt,
+    endpoint: Optional[str] = typer.Option(None, "--endpoint", help="otel: POST to this OTLP/HTTP receiver instead."),
+    protocol: str = typer.Option("http/json", "--protocol", help="otel --endpoint: http/json or http/protobuf."),
+    header: list[str] = typer.Option([], "--header", help="otel --endpoint: extra HTTP header KEY=VALUE (repeatable)."),
+    timeout: float = typer.Option(30.0, "--timeout", help="otel --endpoint: overall deadline in seconds."),
+) -> None:
+    """Convert traces to Parquet, OTLP/JSON, CSV, JSON or Perfetto, or send them to an OTLP receiver."""
+    from cirron.export import FORMATS, NoSessionFound, NoTracesFound
+
+    fmt = fmt.lower()
+    if fmt not in FORMATS:
+        fail(f"Unknown format {fmt} (expected one of {', '.join(FORMATS)})", EXIT_USAGE)
+    if endpoint is not None and fmt not in ("otel", "otlp"):
+        fail("--endpoint works with --format otel only", EXIT_USAGE)
+    if protocol not in ("http/json", "http/protobuf"):
+        fail(f"Invalid --protocol: {protocol} (expected http/json or http/protobuf)", EXIT_USAGE)
+    headers = _parse_headers(header)
+    spool_path = Path(spool)
+    if spool_path.exists() and not spool_path.is_dir():
+        fail(f"Spool path {spool} is not a directory")
+
+    if fmt == "csv":
+        from cirron.export import write_csv
+
+        target = _file_target(output, fmt)
+        try:
+            with _progress("Exporting CSV") as tick:
+                rows = write_csv(spool_path, target, session_prefix=session, on_warning=warn, on_file=tick)
+        except NoTracesFound:
+            render.no_traces(err=True)
+            raise typer.Exit(1) from None
+        except NoSessionFound as exc:
+            fail(f"No session found matching {exc.prefix}")
+        except OSError as exc:
+            fail(f"Cannot write {target}: {exc.strerror or exc}")
+        typer.echo(f"Exported {render.plural(rows, 'span')} to {target}")
+        return
+
+    sp = _read_spool(spool, progress=True)
+    if not sp.sessions:
+        render.no_traces(err=True)
+        raise typer.Exit(1)
+    chosen = _select(sp, session)
+    n_spans = sum(len(s.spans) for s in chosen)
+    what = f"{render.plural(n_spans, 'span')} from {render.plural(len(chosen), 'session')}"
+
+    if endpoint is not None:
+        _send(chosen, endpoint, protocol, headers, timeout, what)
+        if output is None:
+            return
+
+    from cirron import export as ex
+    from cirron._errors import CirronDependencyError
+
+    try:
+        if fmt == "parquet":
+            target = Path(output) if output else Path(ex.DEFAULT_OUTPUTS[fmt])
+            if target.exists() and not target.is_dir():
+                fail(f"Cannot write {target}: not a directory (parquet export writes three files into a directory)")
+            ex.write_parquet(chosen, target)
+        else:
+            target = _file_target(output, fmt)
+            writer = {"otel": ex.write_otlp_json, "otlp": ex.write_otlp_json, "json": ex.write_json,
+                      "perfetto": ex.write_perfetto}[fmt]
+            writer(chosen, target)
+    except CirronDependencyError as exc:
+        fail(str(exc))
+    except OSError as exc:
+        fail(f"Cannot write {target}: {exc.strerror or exc}")
+    typer.echo(f"Exported {what} to {target}")
+
+
+def _send(chosen: list[Session], endpoint: str, protocol: str, headers: dict[str, str], timeout: float, what: str) -> None:
+    from cirron._errors import CirronDependencyError
+    from cirron.export import otlp_request
+    from cirron.export.otlp_http import OTLPExportError, resolve_traces_url, send_otlp
+
+    if not re.match(r"^https?://[^/\s]+", endpoint):
+        fail(f"Invalid --endpoint: {endpoint} (expected an http:// or https:// URL)", EXIT_USAGE)
+    req = otlp_request(chosen)
+    try:
+        res = send_otlp(req, endpoint, protocol=protocol, headers=headers, deadline=timeout,
+                        timeout=min(10.0, timeout), on_warning=warn)
+    except CirronDependencyError as exc:
+        fail(str(exc))
+    except OTLPExportError as exc:
+        fail(str(exc))
+    attempts = render.plural(res.attempts, "attempt")
+    typer.echo(f"Sent {what} to {resolve_traces_url(endpoint)} (HTTP {res.status}, {attempts})")
+
+
+# ============================================================================ clear
+
+
+class _Interrupt:
+    """Turn SIGINT into a flag checked between atomic steps (restored on exit)."""
+
+    def __init__(self) -> None:
+        self.hit = False
+        self._old: Any = None
+
+    def __enter__(self) -> _Interrupt:
+        try:
+            self._old = signal.signal(signal.SIGINT, self._handler)
+        except ValueError:  # not the main thread
+            self._old = None
+        return self
+
+    def _handler(self, _signum: int, _frame: Any) -> None:
+        self.hit = True
+
+    def __exit__(self, *exc: object) -> None:
+        if self._old is not None:
+            signal.signal(signal.SIGINT, self._old)
+
+
+def _safe_name(name: str) -> bool:
+    return bool(name) and "/" not in name and "\\" not in name and name not in (".", "..") and "\x00" not in name
+
+
+def _snapshot_dir_sessions(d: Path) -> set[str]:
+    """``session_id`` values from the safetensors headers in a snapshot dir (best effort)."""
+    out: set[str] = set()
+    try:
+        entries = list(d.iterdir())
+    except OSError:
+        return out
+    for f in entries:
+        if f.suffix != ".safetensors" or not f.is_file() or f.is_symlink():
+            continue
+        try:
+            with open(f, "rb") as fh:
+                head = fh.read(8)
+                if len(head) < 8:
+                    continue
+                n = int.from_bytes(head, "little")
+                if n <= 0 or n > 100_000_000:
+                    continue
+                meta = orjson.loads(fh.read(n)).get("__metadata__") or {}
+        except (OSError, ValueError, AttributeError):
+            continue
+        sid = meta.get("session_id") if isinstance(meta, dict) else None
+        if isinstance(sid, str):
+            out.add(sid)
+    return out
+
+
+class _Deleter:
+    """Deletes groups of paths atomically: every path of a group is renamed into a trash dir
+    first, then removed; a group whose renames fail halfway is put back."""
+
+    def __init__(self, base: Path) -> None:
+        self.base = base
+        self.trash: Path | None = None
+        self.files = 0
+        self.dirs = 0
+
+    def _trash_dir(self) -> Path:
+        if self.trash is None:
+            self.trash = self.base / f".cirron-trash-{os.getpid()}-{secrets.token_hex(4)}"
+            self.trash.mkdir()
+        return self.trash
+
+    def delete_group(self, files: list[Path], dirs: list[Path]) -> None:
+        trash = self._trash_dir()
+        moved: list[tuple[Path, Path]] = []
+        try:
+            for i, p in enumerate([*files, *dirs]):
+                dst = trash / f"{i}-{p.name}"
+                os.replace(p, dst)
+                moved.append((p, dst))
+        except FileNotFoundError:
+            pass  # already gone: nothing to undo for this one
+        except OSError:
+            for src, dst in reversed(moved):
+                with contextlib.suppress(OSError):
+                    os.replace(dst, src)
+            raise
+        for src, dst in moved:
+            if dst.is_dir() and not dst.is_symlink():
+                shutil.rmtree(dst, ignore_errors=True)
+                self.dirs += 1
+            else:
+                with contextlib.suppress(FileNotFoundError):
+                    dst.unlink()
+                self.files += 1
+
+    def close(self) -> None:
+        if self.trash is not None:
+            shutil.rmtree(self.trash, ignore_errors=True)
+
+
+def _delete_groups(groups: list[tuple[list[Path], list[Path]]], base: Path, intr: _Interrupt) -> tuple[_Deleter, bool]:
+    d = _Deleter(base)
+    try:
+        for files, dirs in groups:
+            if intr.hit:
+                return d, True
+            d.delete_group(files, dirs)
+        return d, intr.hit
+    finally:
+        d.close()
+
+
+def _confirm(question: str) -> bool:
+    typer.echo(f"? {question} (y/N) ", nl=False)
+    try:
+        answer = sys.stdin.readline()
+    except (OSError, ValueError):
+        answer = ""
+    if not answer.endswith("\n"):
+        typer.echo("")
+    return answer.strip().lower() in ("y", "yes")
+
+
+@traces_app.command("clear")
+def clear(
+    before: Optional[str] = typer.Option(None, "--before", help="Only sessions started before this ISO-8601 date."),
+    keep: Optional[int] = typer.Option(None, "--keep", min=0, help="Retain the N most recent finished sessions."),
+    yes: bool = typer.Option(False, "--yes", "-y", help="Skip the confirmation prompt."),
+    no_prune_orphans: bool = typer.Option(False, "--no-prune-orphans", help="Keep snapshot dirs no session references."),
+    spool: str = SpoolOpt,
+) -> None:
+    """Delete sessions (batch files and snapshot dirs); live sessions are never touched."""
+    cutoff = None
+    if before is not None:
+        cutoff = parse_iso_date(before)
+        if cutoff is None:
+            fail(f"Invalid --before date: {before} (expected ISO-8601)", EXIT_USAGE)
+    try:
+        _clear(cutoff, keep, yes, not no_prune_orphans, spool)
+    except KeyboardInterrupt:
+        typer.echo("\nInterrupted: nothing was deleted.", err=True)
+        raise typer.Exit(EXIT_INTERRUPTED) from None
+
+
+def _clear(cutoff: int | None, keep: int | None, yes: bool, prune: bool, spool: str) -> None:
+    sp = _read_spool(spool)
+    spool_dir = Path(spool)
+    live = [s for s in sp.sessions if s.live]
+    candidates = [s for s in sp.sessions if not s.live]
+    eligible = candidates
+    if cutoff is not None:
+        eligible = [s for s in eligible if s.started_ns is not None and s.started_ns < cutoff]
+    if keep is not None:
+        finished = [s for s in reversed(candidates) if not s.crashed]
+        kept = {s.id for s in finished[:keep]} | {s.id for s in candidates if s.crashed}
+        eligible = [s for s in eligible if s.id not in kept]
+    doomed = {s.id for s in eligible}
+
+    # Files: a file goes only when every session it holds records of is being deleted.
+    groups: list[tuple[list[Path], list[Path]]] = []
+    snap_root = paths.snapshots_dir(spool_dir)
+    claimed: set[Path] = set()
+    n_bytes = 0
+    n_dirs = 0
+    n_spans = 0
+    for s in eligible:
+        files = []
+        for bf in s.files:
+            owners = sp.file_sessions.get(bf.path, set()) - {None}
+            if owners <= doomed and bf.path not in claimed:
+                claimed.add(bf.path)
+                files.append(bf.path)
+                n_bytes += bf.size
+        span_ids = {x["id"] for x in s.spans} | {x.get("span_id") for x in s.snapshots}
+        dirs = []
+        for sid in span_ids:
+            if isinstance(sid, str) and _safe_name(sid):
+                d = snap_root / sid
+                if d.is_dir() and not d.is_symlink():
+                    dirs.append(d)
+        lock = paths.live_lock_path(spool_dir, s.id)
+        if _safe_name(s.id) and lock.is_file():
+            files.append(lock)
+        n_dirs += len(dirs)
+        n_spans += len(s.spans)
+        groups.append((files, dirs))
+
+    orphan_dirs: list[Path] = []
+    if prune and snap_root.is_dir():
+        surviving = {s.id for s in sp.sessions if s.id not in doomed}
+        referenced = set()
+        for s in sp.sessions:
+            if s.id in doomed:
+                continue
+            referenced.update(x["id"] for x in s.spans)
+            referenced.update(x.get("span_id") for x in s.snapshots)
+        # Records that belong to no session still reference their dirs.
+        attached = {x["id"] for s in sp.sessions for x in s.spans}
+        referenced.update(k for k in sp.spans if k not in attached)
+        doomed_dirs = {d for _, ds in groups for d in ds}
+        try:
+            entries = sorted(snap_root.iterdir())
+        except OSError:
+            entries = []
+        for d in entries:
+            if d.name.startswith(".") or d in doomed_dirs or d.name in referenced:
+                continue
+            if not d.is_dir() or d.is_symlink():
+                continue
+            if _snapshot_dir_sessions(d) & (surviving | {s.id for s in live}):
+                continue
+            orphan_dirs.append(d)
+    n_dirs += len(orphan_dirs)
+
+    for s in live:
+        typer.echo(f"Keeping live session {render.short_id(s.id)} (its writer still holds the lock)", err=True)
+    if not eligible and not orphan_dirs:
+        typer.echo("Nothing to delete.")
+        return
+    question = (f"Delete {render.plural(len(eligible), 'session')} ({n_spans:,} spans, {format_bytes(n_bytes)}, "
+                f"{n_dirs:,} snapshot dirs)?")
+    if not yes and not _confirm(question):
+        typer.echo("Aborted.", err=True)
+        raise typer.Exit(1)
+    groups.extend(([], [d]) for d in orphan_dirs)
+    with _Interrupt() as intr:
+        try:
+            deleter, interrupted = _delete_groups(groups, spool_dir.parent, intr)
+        except OSError as exc:
+            fail(f"Could not delete: {exc.strerror or exc} ({getattr(exc, 'filename', '')})")
+    summary = f"{render.plural(deleter.files, 'file')} and {render.plural(deleter.dirs, 'snapshot dir')}"
+    if interrupted:
+        typer.echo(f"Interrupted: deleted {summary} before stopping.", err=True)
+        raise typer.Exit(EXIT_INTERRUPTED)
+    typer.echo(f"Deleted {render.plural(len(eligible), 'session')} ({summary}).")
+
+
+__all__ = ["traces_app", "parse_duration_ns", "parse_iso_date", "fmt_value", "SESSION_SPAN_NAME"]

@@ -1,0 +1,90 @@
+"""Helpers every exporter shares: atomic output files and flat span/mark/snapshot rows."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from cirron._schema import encode_float
+from cirron.spool.reader import safe_dumps
+
+__all__ = ["atomic_dir", "atomic_file", "attrs_json", "duration_ns", "json_scalar"]
+
+
+@contextlib.contextmanager
+def atomic_file(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; on success it replaces ``path`` in one rename,
+    on any failure it is removed, so a half-written file never appears under the final name."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.chmod(tmp_path, 0o644 & ~_umask())
+        os.replace(tmp_path, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp_path.unlink()
+        raise
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str | os.PathLike[str], names: tuple[str, ...]) -> Iterator[Path]:
+    """Yield a temporary directory beside ``path`` to write ``names`` into; on success each file is
+    moved into ``path`` (created if needed) with ``os.replace``; on failure nothing is left."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".cirron-export-", dir=path))
+    try:
+        yield tmp
+        for n in names:
+            src = tmp / n
+            os.chmod(src, 0o644 & ~_umask())
+            os.replace(src, path / n)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _umask() -> int:
+    m = os.umask(0)
+    os.umask(m)
+    return m
+
+
+def duration_ns(rec: dict) -> int | None:
+    s, e = rec.get("start_ns"), rec.get("end_ns")
+    if type(s) is int and type(e) is int:
+        return e - s
+    return None
+
+
+def attrs_json(rec: dict) -> str:
+    a = rec.get("attrs")
+    if a is None:
+        return "{}"
+    return safe_dumps(a).decode()
+
+
+def json_scalar(value: Any) -> Any:
+    """A mark value ready for strict JSON (non-finite floats as strings)."""
+    if type(value) is float:
+        return encode_float(value)
+    return value
+
+
+class NoTracesFound(Exception):
+    """The spool holds no session to export."""
+
+
+class NoSessionFound(LookupError):
+    """No session id starts with the requested prefix."""
+
+    def __init__(self, prefix: str) -> None:
+        super().__init__(prefix)
+        self.prefix = prefix
