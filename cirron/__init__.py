@@ -1,1 +1,81 @@
+"""cirron: local-first profiling and tracing for ML code.
+
+``import cirron as ci`` and call the module functions; they are the methods of a process-wide
+default :class:`Cirron`. Build your own ``Cirron(...)`` for an independent profiler.
+"""
+
+from cirron._cirron import Cirron
+from cirron._errors import (
+    CirronConfigError,
+    CirronDependencyError,
+    CirronError,
+    CirronMarkTypeError,
+    CirronSecretNotFound,
+    CirronSpoolError,
+    CirronStateError,
+    CirronWrapError,
+)
 from cirron._version import __version__
+
+_DEFAULT = Cirron(_lazy=True)
+
+aflush = _DEFAULT.aflush
+ashutdown = _DEFAULT.ashutdown
+batches = _DEFAULT.batches
+env = _DEFAULT.env
+epochs = _DEFAULT.epochs
+flush = _DEFAULT.flush
+health = _DEFAULT.health
+load = _DEFAULT.load
+mark = _DEFAULT.mark
+profile = _DEFAULT.profile
+profiling = _DEFAULT.profiling
+scope = _DEFAULT.scope
+secret = _DEFAULT.secret
+shutdown = _DEFAULT.shutdown
+trace = _DEFAULT.trace
+wrap = _DEFAULT.wrap
+
+
+def __getattr__(name: str):  # noqa: ANN202
+    # `ci.inference` is built on first use so `import cirron` stays light.
+    if name == "inference":
+        return _DEFAULT.inference
+    raise AttributeError(f"module 'cirron' has no attribute {name!r}")
+
+
+def default() -> Cirron:
+    """The process-wide instance the module functions use."""
+    return _DEFAULT
+
+
+__all__ = [
+    "Cirron",
+    "CirronConfigError",
+    "CirronDependencyError",
+    "CirronError",
+    "CirronMarkTypeError",
+    "CirronSecretNotFound",
+    "CirronSpoolError",
+    "CirronStateError",
+    "CirronWrapError",
+    "__version__",
+    "aflush",
+    "ashutdown",
+    "batches",
+    "default",
+    "env",
+    "epochs",
+    "flush",
+    "health",
+    "inference",
+    "load",
+    "mark",
+    "profile",
+    "profiling",
+    "scope",
+    "secret",
+    "shutdown",
+    "trace",
+    "wrap",
+]

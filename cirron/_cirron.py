@@ -1,0 +1,631 @@
+"""The :class:`Cirron` class: one recorder, its configuration and its flush service.
+
+``import cirron as ci`` exposes the methods of a process-wide default instance; ``Cirron(...)``
+builds independent ones (own buffers, own spool, own sinks).
+"""
+
+from __future__ import annotations
+
+import atexit
+import enum
+import os
+import threading
+import time
+import weakref
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+from cirron._config import Config
+from cirron._env import env as _env
+from cirron._env import secret as _secret
+from cirron._flush.collector import Collector, TraceStore, resource_attributes
+from cirron._record.span import Recorder, Scope, Span
+from cirron._schema import SESSION_SPAN_NAME
+from cirron._version import __version__
+
+T = TypeVar("T")
+
+
+class State(enum.Enum):
+    IDLE = "idle"  # recording into memory only
+    RUNNING = "running"  # a session and its flush service are up
+    CLOSED = "closed"  # shut down; a later profile() starts a new session
+
+
+def _detect_rank() -> tuple[int, int]:
+    for rank_var, world_var in (("RANK", "WORLD_SIZE"), ("OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE"),
+                                ("SLURM_PROCID", "SLURM_NTASKS")):
+        if os.environ.get(rank_var, "").isdigit():
+            world = os.environ.get(world_var, "")
+            return int(os.environ[rank_var]), int(world) if world.isdigit() else 1
+    import sys
+
+    dist = sys.modules.get("torch.distributed")
+    try:
+        if dist is not None and dist.is_available() and dist.is_initialized():
+            return int(dist.get_rank()), int(dist.get_world_size())
+    except Exception:  # noqa: BLE001
+        pass
+    return 0, 1
+
+
+class Cirron:
+    """An independent profiler: its own buffers, spool directory and sinks."""
+
+    def __init__(
+        self,
+        api_key: str | None = None,
+        api_endpoint: str | None = None,
+        workspace_id: str | None = None,
+        spool_dir: str | os.PathLike[str] | None = None,
+        output: str | list[str] | tuple[str, ...] | None = None,
+        flush_interval: float | None = None,
+        snapshots: str | None = None,
+        sample_rate: float | None = None,
+        trace_buffer_max_spans: int | None = None,
+        mark_buffer_capacity: int | None = None,
+        max_spool_bytes: int | None = None,
+        shutdown_timeout: float | None = None,
+        *,
+        _lazy: bool = False,
+    ) -> None:
+        self._explicit: dict[str, Any] = {
+            "api_key": api_key, "api_endpoint": api_endpoint, "workspace_id": workspace_id,
+            "spool_dir": spool_dir, "output": output, "flush_interval": flush_interval,
+            "snapshots": snapshots, "sample_rate": sample_rate,
+            "trace_buffer_max_spans": trace_buffer_max_spans, "mark_buffer_capacity": mark_buffer_capacity,
+            "max_spool_bytes": max_spool_bytes, "shutdown_timeout": shutdown_timeout,
+        }
+        self._config: Config | None = None if _lazy else self._resolve_config({})
+        mark_cap = mark_buffer_capacity or (self._config.mark_buffer_capacity if self._config else 65_536)
+        max_spans = trace_buffer_max_spans or (self._config.trace_buffer_max_spans if self._config else 100_000)
+        self._rec = Recorder(mark_cap)
+        self._trace = TraceStore(max_spans)
+        self._collector = Collector(self._rec, self._trace, backlog_max_spans=max_spans, backlog_max_marks=mark_cap)
+        self._state = State.IDLE
+        self._lifecycle = threading.RLock()
+        self._runtime: Any = None
+        self._service: Any = None
+        self._sinks: list[Any] = []
+        self._resource: dict[str, Any] = {}
+        self._snapshots: Any = None
+        self._pid = os.getpid()
+        self._forked_child = False
+        self._atexit_registered = False
+        self.session_id: str | None = None
+        # The hot-path entry points are the recorder's own bound methods: no extra call layer.
+        self.mark = self._rec.mark
+        _register_fork_hook(self)
+
+    # -- configuration -----------------------------------------------------------------------
+
+    def _resolve_config(self, overrides: dict[str, Any]) -> Config:
+        from cirron._project import find_project_file, load_project
+
+        merged = dict(self._explicit)
+        merged.update({k: v for k, v in overrides.items() if v is not None})
+        if isinstance(merged.get("output"), str):
+            merged["output"] = [merged["output"]]
+        project_file = None if os.environ.get("CIRRON_NO_PROJECT_FILE") else find_project_file()
+        project = load_project(project_file) if project_file else None
+        return Config.resolve(merged, project, project_file)
+
+    @property
+    def config(self) -> Config:
+        if self._config is None:
+            self._config = self._resolve_config({})
+        return self._config
+
+    # -- sessions ----------------------------------------------------------------------------
+
+    def profile(
+        self,
+        output: str | list[str] | tuple[str, ...] | None = None,
+        *,
+        snapshots: str | None = None,
+        sample_rate: float | None = None,
+        flush_interval: float | None = None,
+        spool_dir: str | os.PathLike[str] | None = None,
+    ) -> Cirron:
+        """Start a session (idempotent: a running session is returned as is)."""
+        with self._lifecycle:
+            if self._state is State.RUNNING:
+                return self
+            self._prepare_session(output, snapshots, sample_rate, flush_interval, spool_dir)
+            from cirron._flush.runtime import ThreadRuntime
+
+            self._runtime = ThreadRuntime(self._service)
+            self._runtime.start(wait=5.0)
+            self._state = State.RUNNING
+            self._register_atexit()
+            return self
+
+    def _prepare_session(self, output: Any, snapshots: Any, sample_rate: Any, flush_interval: Any,
+                         spool_dir: Any) -> None:
+        self._config = self._resolve_config({
+            "output": output, "snapshots": snapshots, "sample_rate": sample_rate,
+            "flush_interval": flush_interval, "spool_dir": spool_dir,
+        })
+        cfg = self._config
+        buffers = self._rec.buffers
+        if buffers.mark_capacity != cfg.mark_buffer_capacity:
+            buffers.mark_capacity = cfg.mark_buffer_capacity
+            for tb in buffers.buffers():
+                tb.mark_capacity = cfg.mark_buffer_capacity
+        self._trace.max_spans = cfg.trace_buffer_max_spans
+        rank, world = _detect_rank()
+        self._resource = resource_attributes(rank, world, cfg.project_name, cfg.project_version)
+        attrs: dict[str, Any] = {"sdk_version": __version__, "pid": self._resource["pid"], "rank": rank,
+                                 "host": self._resource["host"]}
+        if cfg.project_name is not None:
+            attrs["project"] = cfg.project_name
+            attrs["project_version"] = cfg.project_version
+        for var, key in (("CIRRON_RUN_ID", "run_id"), ("CIRRON_PIPELINE_ID", "pipeline_id"),
+                         ("CIRRON_DEPLOYMENT_ID", "deployment_id")):
+            if os.environ.get(var):
+                attrs[key] = os.environ[var]
+        root = self._rec.open_span(SESSION_SPAN_NAME, attrs)
+        self._rec.root = root
+        self.session_id = root.id_hex
+        self._build_service()
+
+    def _build_service(self) -> None:
+        from cirron._flush.service import FlushService
+        from cirron.sinks import make_sink
+
+        self._sinks = [make_sink(name, self) for name in self.config.output]
+        self._service = FlushService(self._sinks, self._flush_sync, self._pending_spans, self.config.flush_interval)
+
+    def profiling(self, output: str | list[str] | tuple[str, ...] | None = None, **kwargs: Any) -> _Profiling:
+        """``with ci.profiling():`` / ``async with ci.profiling():`` — a session for the block."""
+        return _Profiling(self, output, kwargs)
+
+    def _register_atexit(self) -> None:
+        if not self._atexit_registered:
+            atexit.register(self._atexit)
+            self._atexit_registered = True
+
+    def _atexit(self) -> None:
+        try:
+            self.shutdown()
+        except Exception:  # noqa: BLE001 - never turn the host's exit into a traceback
+            pass
+
+    @property
+    def running(self) -> bool:
+        return self._state is State.RUNNING
+
+    # -- recording ---------------------------------------------------------------------------
+
+    def scope(self, name: str, **attrs: Any) -> Scope:
+        """A timed span: ``with``, ``async with`` or a decorator."""
+        return Scope(self._rec, name, attrs or None)
+
+    def epochs(self, iterable: Iterable[T]) -> Iterator[T]:
+        """Yield each item inside a span ``epoch[i]``; registered models are snapshotted at its end."""
+        rec = self._rec
+        for i, item in enumerate(iterable):
+            scope = Scope(rec, "epoch", None, index=i)
+            scope.__enter__()
+            try:
+                yield item
+            except BaseException as exc:
+                scope.__exit__(type(exc), exc, exc.__traceback__) if not isinstance(exc, GeneratorExit) \
+                    else scope.__exit__(None, None, None)
+                raise
+            if self._snapshots is not None and scope.span is not None:
+                try:
+                    self._snapshots.on_epoch_end(scope.span)
+                except Exception as exc:  # noqa: BLE001 - a snapshot failure never stops training
+                    rec.note_internal_error(exc)
+            scope.__exit__(None, None, None)
+
+    def batches(self, iterable: Iterable[T]) -> Iterator[T]:
+        """Yield each item inside a span ``batch[i]``; waiting on the source is a ``data_load`` child."""
+        rec = self._rec
+        it = iter(iterable)
+        i = 0
+        while True:
+            t0 = time.time_ns()
+            c0 = time.thread_time_ns()
+            try:
+                item = next(it)
+            except StopIteration:
+                return
+            t1 = time.time_ns()
+            c1 = time.thread_time_ns()
+            load_ns = t1 - t0
+            scope = Scope(rec, "batch", {"data_load_ns": load_ns}, index=i)
+            scope.__enter__()
+            span = scope.span
+            if span is not None:
+                span.start_ns = t0
+                scope._cpu0 -= c1 - c0
+                load = rec.open_span("data_load", {"data_load_ns": load_ns}, parent=span)
+                load.start_ns, load.cpu_ns, load.end_ns = t0, c1 - c0, t1
+            try:
+                yield item
+            except BaseException as exc:
+                scope.__exit__(type(exc), exc, exc.__traceback__) if not isinstance(exc, GeneratorExit) \
+                    else scope.__exit__(None, None, None)
+                raise
+            scope.__exit__(None, None, None)
+            i += 1
+
+    def current_span(self) -> Span | None:
+        return self._rec.current.get()
+
+    # -- reading back ------------------------------------------------------------------------
+
+    def trace(self, format: str = "tree", name: str | None = None, last: int | None = None) -> Any:
+        """The recorded scope tree: printed (``tree``), ``dict``, ``json`` or a pandas ``df``."""
+        from cirron._trace import render
+
+        if self._state is State.RUNNING:
+            self.flush()
+        else:
+            self._collector.drain_to_trace()
+        spans, marks = self._trace.snapshot()
+        return render(spans, marks, format, name, last)
+
+    # -- flushing and lifecycle --------------------------------------------------------------
+
+    def _pending_spans(self) -> int:
+        return sum(len(tb.spans) for tb in self._rec.buffers.buffers())
+
+    def _flush_sync(self, final: bool = False) -> list[Any]:
+        """Drain and write every sync sink. Runs in the service's worker thread (or the caller's)."""
+        with self._collector.lock:
+            batches = self._collector.collect(self.session_id, self._resource, final=final)
+            for sink in self._sinks:
+                if sink.is_async:
+                    continue
+                for batch in batches:
+                    try:
+                        sink.write_sync(batch)
+                    except Exception as exc:  # noqa: BLE001 - counted per sink
+                        sink.note_error(exc)
+                if final and hasattr(sink, "drop_retained"):
+                    sink.drop_retained()
+            return batches
+
+    def flush(self, timeout: float = 5.0) -> bool:
+        """Write everything recorded so far through every sink; False if ``timeout`` passed first."""
+        if self._state is not State.RUNNING:
+            self._collector.drain_to_trace()
+            return True
+        self._check_fork()
+        runtime = self._runtime
+        try:
+            if runtime is None:
+                return False
+            if runtime.is_service_thread():
+                self._flush_sync()  # called from the service's own loop: write in place
+                return True
+            return bool(runtime.call(self._service.flush, timeout=timeout))
+        except Exception as exc:  # noqa: BLE001
+            self._rec.note_internal_error(exc)
+            return False
+
+    async def aflush(self, timeout: float = 5.0) -> bool:
+        """``flush()`` for async code: awaits instead of blocking the event loop."""
+        import anyio
+
+        if self._state is not State.RUNNING:
+            self._collector.drain_to_trace()
+            return True
+        runtime = self._runtime
+        if runtime is not None and runtime.is_service_thread():
+            with anyio.move_on_after(timeout):
+                return await self._service.flush()
+            return False
+        return await anyio.to_thread.run_sync(self.flush, timeout)
+
+    def shutdown(self, timeout: float | None = None) -> bool:
+        """Close the session root, write everything, stop the service. Safe to call twice."""
+        with self._lifecycle:
+            if self._state is not State.RUNNING:
+                return True
+            timeout = self.config.shutdown_timeout if timeout is None else timeout
+            self._close_root()
+            runtime = self._runtime
+            ok = True
+            if runtime is not None:
+                if hasattr(runtime, "stop") and not _is_coroutine_fn(runtime.stop):
+                    ok = runtime.stop(timeout)
+                elif runtime.is_service_thread():
+                    self._flush_sync(final=True)
+                    self._service._close_sync_sinks()
+                else:
+                    try:
+                        ok = runtime.call(runtime.stop, timeout, timeout=timeout + 0.5)
+                    except Exception:  # noqa: BLE001
+                        ok = False
+            self._finish_shutdown()
+            return ok
+
+    async def ashutdown(self, timeout: float | None = None) -> bool:
+        """``shutdown()`` for async code."""
+        import anyio
+
+        runtime = self._runtime
+        if self._state is not State.RUNNING:
+            return True
+        from cirron._flush.runtime import LoopRuntime
+
+        if isinstance(runtime, LoopRuntime):
+            timeout = self.config.shutdown_timeout if timeout is None else timeout
+            self._close_root()
+            ok = await runtime.stop(timeout)
+            self._finish_shutdown()
+            return ok
+        return await anyio.to_thread.run_sync(self.shutdown, timeout)
+
+    def _close_root(self) -> None:
+        root = self._rec.root
+        if root is not None and root.end_ns is None and not self._forked_child:
+            root.cpu_ns = time.process_time_ns()
+            root.end_ns = time.time_ns()
+
+    def _finish_shutdown(self) -> None:
+        self._state = State.CLOSED
+        self._runtime = None
+        self._rec.root = None
+        if self._atexit_registered:
+            atexit.unregister(self._atexit)
+            self._atexit_registered = False
+
+    # -- fork safety ---------------------------------------------------------------------------
+
+    def _after_fork_in_child(self) -> None:
+        was_running = self._state is State.RUNNING
+        self._pid = os.getpid()
+        self._rec.buffers.reset_after_fork()
+        self._collector.reset_after_fork()
+        self._lifecycle = threading.RLock()
+        self._trace._lock = threading.Lock()
+        for sink in self._sinks:
+            writer = getattr(sink, "writer", None)
+            if writer is not None and writer._lock_fd is not None:
+                try:
+                    os.close(writer._lock_fd)  # close our copy; never unlock the parent's lock
+                except OSError:
+                    pass
+                writer.forget_lock_after_fork()
+        self._runtime = None
+        self._service = None
+        self._sinks = []
+        self._atexit_registered = False
+        if was_running:
+            self._forked_child = True
+            self._state = State.IDLE
+            self._restart_pending = True
+            self._rec.buffers.on_new_buffer = self._start_in_child
+        else:
+            self._state = State.IDLE if self._state is State.IDLE else State.CLOSED
+
+    _restart_pending = False
+
+    def _check_fork(self) -> None:
+        if self._restart_pending:
+            self._start_in_child()
+
+    def _start_in_child(self) -> None:
+        """First record in a forked child: a flush service of its own, writing to the same spool."""
+        with self._lifecycle:
+            if not self._restart_pending:
+                return
+            self._restart_pending = False
+            self._rec.buffers.on_new_buffer = None
+            try:
+                self._resource = dict(self._resource, pid=os.getpid())
+                self._build_service()
+                for sink in self._sinks:
+                    writer = getattr(sink, "writer", None)
+                    if writer is not None:
+                        writer.take_lock = False
+                from cirron._flush.runtime import ThreadRuntime
+
+                self._runtime = ThreadRuntime(self._service)
+                self._runtime.start(wait=None)
+                self._state = State.RUNNING
+                self._register_atexit()
+                import multiprocessing.util
+
+                # multiprocessing children leave through os._exit and skip atexit.
+                multiprocessing.util.Finalize(self, _finalize_child, args=(weakref.ref(self),), exitpriority=100)
+            except Exception as exc:  # noqa: BLE001
+                self._rec.note_internal_error(exc)
+
+    # -- health --------------------------------------------------------------------------------
+
+    def health(self) -> dict[str, Any]:
+        """A plain dict: running state, buffered/written/dropped counts, errors, sink states."""
+        with self._collector.lock:
+            totals = self._rec.buffers.totals()
+            c_spans, c_marks = self._collector.pending()
+            sinks = {s.name: s.state() for s in self._sinks}
+            primary = sinks.get("spool") or (next(iter(sinks.values())) if sinks else None)
+        drops: dict[str, int] = {}
+        if totals["spans_dropped"]:
+            drops["spans_buffer_full"] = totals["spans_dropped"]
+        if totals["marks_dropped"]:
+            drops["marks_buffer_full"] = totals["marks_dropped"]
+        for src in (self._collector.drops, primary["dropped"] if primary else {}):
+            for k, v in src.items():
+                drops[k] = drops.get(k, 0) + v
+        spans_dropped = sum(v for k, v in drops.items() if k.startswith("spans_"))
+        marks_dropped = sum(v for k, v in drops.items() if k.startswith("marks_"))
+        spans_pending = totals["spans_pending"] + c_spans + (primary["spans_pending"] if primary else 0)
+        marks_pending = totals["marks_pending"] + c_marks + (primary["marks_pending"] if primary else 0)
+        errors = [s["last_error"] for s in sinks.values() if s["last_error"]]
+        service = self._service
+        last_error = (errors[-1] if errors else None) or (service.last_error if service else None) \
+            or self._collector.last_job_error or self._rec.last_internal_error
+        runtime_error = getattr(self._runtime, "error", None)
+        return {
+            "running": self._state is State.RUNNING,
+            "state": self._state.value,
+            "session_id": self.session_id,
+            "pid": os.getpid(),
+            "spans_recorded": totals["spans_recorded"],
+            "spans_written": primary["spans_written"] if primary else 0,
+            "spans_dropped": spans_dropped,
+            "spans_pending": spans_pending,
+            "marks_recorded": totals["marks_recorded"],
+            "marks_written": primary["marks_written"] if primary else 0,
+            "marks_dropped": marks_dropped,
+            "marks_pending": marks_pending,
+            "spans_buffered": totals["spans_pending"],
+            "marks_buffered": totals["marks_pending"],
+            "span_drop_count": spans_dropped,
+            "mark_drop_count": marks_dropped,
+            "drops": drops,
+            "batches_written": primary["batches_written"] if primary else 0,
+            "last_flush_ns": service.last_flush_ns if service else None,
+            "last_error": runtime_error or last_error,
+            "internal_errors": self._rec.internal_errors,
+            "sinks": sinks,
+        }
+
+    # -- configuration helpers -------------------------------------------------------------------
+
+    def env(self, name: str, default: Any = None) -> Any:
+        """An environment variable; values starting with ``{``/``[`` are parsed as JSON."""
+        return _env(name, default)
+
+    def secret(self, name: str) -> str:
+        """``CIRRON_SECRET_<NAME>`` or the file ``/etc/cirron/secrets/<name>``."""
+        return _secret(name)
+
+    # -- extension points used by snapshots and integrations -------------------------------------
+
+    def _emit_snapshot(self, record: dict[str, Any]) -> None:
+        self._collector.add_snapshot(record)
+
+    def _offload(self, fn: Any) -> None:
+        """Run ``fn()`` off the caller's thread before the next batch is written (inline if idle)."""
+        if self._state is State.RUNNING:
+            self._collector.add_job(fn)
+            if self._service is not None:
+                self._wake_service()
+        else:
+            fn()
+
+    def _wake_service(self) -> None:
+        runtime = self._runtime
+        if runtime is None:
+            return
+        try:
+            if runtime.is_service_thread():
+                self._service.wake()
+        except Exception:  # noqa: BLE001
+            pass
+
+    def _write_blob(self, relative_path: str | os.PathLike[str], data: bytes) -> Path:
+        """Write a blob under the ``.cirron/`` directory atomically, counted against the disk cap."""
+        from cirron.spool.paths import cirron_root
+        from cirron.spool.writer import atomic_write
+
+        path = cirron_root(self.config.spool_dir) / relative_path
+        for sink in self._sinks:
+            writer = getattr(sink, "writer", None)
+            if writer is not None:
+                writer.write_blob(path, data)
+                return path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(path, data)
+        return path
+
+    # -- integrations (implemented in their own modules) ----------------------------------------
+
+    def wrap(self, obj: Any, **opts: Any) -> Any:
+        """Instrument a torch module, a scikit-learn estimator, an onnxruntime session or a callable."""
+        from cirron._wrap import wrap
+
+        return wrap(self, obj, **opts)
+
+    def load(self, name: str, *, source: str = "local") -> Any:
+        """Load a dataset by alias (cirron.yaml ``data``) or path, inside a ``load`` span."""
+        from cirron._load import load
+
+        return load(self, name, source=source)
+
+    @property
+    def inference(self) -> Any:
+        """``@ci.inference`` / ``@ci.inference(config=...)``: a ``request`` span per call."""
+        from cirron._record.instrument import inference_decorator
+
+        return inference_decorator(self)
+
+    def __repr__(self) -> str:
+        return f"<Cirron state={self._state.value} session={self.session_id}>"
+
+
+def _is_coroutine_fn(fn: Any) -> bool:
+    import inspect
+
+    return inspect.iscoroutinefunction(fn)
+
+
+def _finalize_child(ref: weakref.ref[Cirron]) -> None:
+    c = ref()
+    if c is not None:
+        c._atexit()
+
+
+class _Profiling:
+    def __init__(self, owner: Cirron, output: Any, kwargs: dict[str, Any]) -> None:
+        self._owner = owner
+        self._output = output
+        self._kwargs = kwargs
+        self._started = False
+
+    def __enter__(self) -> Cirron:
+        self._started = not self._owner.running
+        return self._owner.profile(self._output, **self._kwargs)
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._started:
+            self._owner.shutdown()
+
+    async def __aenter__(self) -> Cirron:
+        owner = self._owner
+        with owner._lifecycle:
+            if owner.running:
+                return owner
+            owner._prepare_session(self._output, self._kwargs.get("snapshots"), self._kwargs.get("sample_rate"),
+                                   self._kwargs.get("flush_interval"), self._kwargs.get("spool_dir"))
+        from cirron._flush.runtime import LoopRuntime
+
+        runtime = LoopRuntime(owner._service)
+        await runtime.start()
+        owner._runtime = runtime
+        owner._state = State.RUNNING
+        owner._register_atexit()
+        self._started = True
+        return owner
+
+    async def __aexit__(self, *exc: Any) -> None:
+        if self._started:
+            await self._owner.ashutdown()
+
+
+_INSTANCES: weakref.WeakSet[Cirron] = weakref.WeakSet()
+
+
+def _after_fork_all() -> None:
+    for inst in list(_INSTANCES):
+        try:
+            inst._after_fork_in_child()
+        except Exception:  # noqa: BLE001 - a child must come up whatever happens
+            pass
+
+
+def _register_fork_hook(inst: Cirron) -> None:
+    _INSTANCES.add(inst)
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_all)

@@ -1,0 +1,1 @@
+"""The background half: turn buffered records into batches and hand them to the sinks."""

@@ -1,0 +1,175 @@
+"""The flush service: an anyio task group that drains the buffers on a timer and feeds the sinks.
+
+``run()`` is started with ``tg.start()``: it reports ready once the sync sinks are open (the spool
+directory exists, the liveness lock is held), so the first flush never races their creation.
+Sync sinks are written in a worker thread right after each drain; async sinks each run as a task
+fed through a bounded memory stream. ``stop()`` does the final drain and closes everything under
+one deadline.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from typing import Any
+
+import anyio
+from anyio.abc import TaskStatus
+
+from cirron._flush.batch import Batch
+from cirron.sinks import Sink
+
+#: How often the loop looks at the buffers between two timed flushes (to flush early when full).
+POLL_INTERVAL = 0.1
+#: Buffered spans (all threads) that trigger a flush before the interval is up.
+EARLY_FLUSH_SPANS = 50_000
+#: Batches queued per async sink before new ones are dropped for it.
+ASYNC_SINK_QUEUE = 64
+
+
+class _Barrier:
+    """Passed down an async sink's stream; set once the sink has handled everything before it."""
+
+    def __init__(self) -> None:
+        self.event = anyio.Event()
+
+
+class FlushService:
+    def __init__(self, sinks: list[Sink], flush_sync: Callable[[bool], list[Batch]],
+                 pending_spans: Callable[[], int], interval: float) -> None:
+        self.sinks = sinks
+        self.sync_sinks = [s for s in sinks if not s.is_async]
+        self.async_sinks = [s for s in sinks if s.is_async]
+        self._flush_sync = flush_sync
+        self._pending_spans = pending_spans
+        self.interval = interval
+        self._streams: dict[Sink, Any] = {}
+        self._tg: anyio.abc.TaskGroup | None = None
+        self._wake: anyio.Event | None = None
+        self._lock: anyio.Lock | None = None
+        self._stopping = False
+        self.running = False
+        self.last_flush_ns: int | None = None
+        self.last_error: str | None = None
+        self.async_drops = 0
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        self._wake = anyio.Event()
+        self._lock = anyio.Lock()
+        await anyio.to_thread.run_sync(self._open_sync_sinks)
+        try:
+            async with anyio.create_task_group() as tg:
+                self._tg = tg
+                for sink in self.async_sinks:
+                    send, recv = anyio.create_memory_object_stream[Any](ASYNC_SINK_QUEUE)
+                    self._streams[sink] = send
+                    await tg.start(self._run_async_sink, sink, recv)
+                self.running = True
+                task_status.started()
+                await self._loop()
+        finally:
+            self.running = False
+
+    async def _loop(self) -> None:
+        next_flush = time.monotonic() + self.interval
+        while not self._stopping:
+            wait = max(0.0, min(POLL_INTERVAL, next_flush - time.monotonic()))
+            with anyio.move_on_after(wait):
+                await self._wake.wait()
+            if self._stopping:
+                break
+            if self._wake.is_set():
+                self._wake = anyio.Event()
+            if time.monotonic() >= next_flush or self._pending_spans() >= EARLY_FLUSH_SPANS:
+                try:
+                    await self.flush(wait_async=False)
+                except Exception as exc:  # noqa: BLE001 - the loop must survive a bad tick
+                    self.last_error = f"{type(exc).__name__}: {exc}"
+                next_flush = time.monotonic() + self.interval
+
+    def _open_sync_sinks(self) -> None:
+        for sink in self.sync_sinks:
+            try:
+                sink.open()
+            except Exception as exc:  # noqa: BLE001 - e.g. an unwritable spool: counted, retried
+                sink.note_error(exc)
+
+    def _close_sync_sinks(self) -> None:
+        for sink in self.sync_sinks:
+            try:
+                sink.close()
+            except Exception as exc:  # noqa: BLE001
+                sink.note_error(exc)
+
+    async def _run_async_sink(self, sink: Sink, recv: Any, *, task_status: TaskStatus[None]) -> None:
+        try:
+            await sink.start()
+        except Exception as exc:  # noqa: BLE001
+            sink.note_error(exc)
+        task_status.started()
+        try:
+            async with recv:
+                async for item in recv:
+                    if isinstance(item, _Barrier):
+                        item.event.set()
+                        continue
+                    try:
+                        await sink.write(item)
+                    except Exception as exc:  # noqa: BLE001 - a sink failure is the sink's to count
+                        sink.note_error(exc)
+        finally:
+            with anyio.CancelScope(shield=True), anyio.move_on_after(1.0):
+                try:
+                    await sink.aclose()
+                except Exception as exc:  # noqa: BLE001
+                    sink.note_error(exc)
+
+    # -- flushing --------------------------------------------------------------------------
+
+    async def flush(self, wait_async: bool = True, final: bool = False) -> bool:
+        """Drain now; sync sinks are written before this returns, async ones too if ``wait_async``."""
+        assert self._lock is not None
+        async with self._lock:
+            batches = await anyio.to_thread.run_sync(self._flush_sync, final, abandon_on_cancel=True)
+            self.last_flush_ns = time.time_ns()
+            barriers = []
+            for sink, send in self._streams.items():
+                for batch in batches:
+                    try:
+                        send.send_nowait(batch)
+                    except (anyio.WouldBlock, anyio.ClosedResourceError, anyio.BrokenResourceError):
+                        sink.count_dropped("queue_full", batch)
+                        self.async_drops += 1
+                if wait_async:
+                    barrier = _Barrier()
+                    try:
+                        await send.send(barrier)
+                        barriers.append(barrier)
+                    except (anyio.ClosedResourceError, anyio.BrokenResourceError):
+                        pass
+            for barrier in barriers:
+                await barrier.event.wait()
+        return True
+
+    def wake(self) -> None:
+        if self._wake is not None:
+            self._wake.set()
+
+    async def stop(self, timeout: float) -> bool:
+        """Final flush, then close every sink; all of it within ``timeout`` seconds."""
+        ok = False
+        with anyio.move_on_after(timeout if math.isfinite(timeout) else None):
+            await self.flush(wait_async=True, final=True)
+            for send in self._streams.values():
+                await send.aclose()
+            ok = True
+        self._stopping = True
+        self.wake()
+        if not ok and self._tg is not None:
+            self._tg.cancel_scope.cancel()
+        # Releasing the liveness lock is instant and must happen even after a timeout.
+        self._close_sync_sinks()
+        return ok

@@ -1,0 +1,47 @@
+"""Record ids: cheap integers on the hot path, 32 lowercase hex characters on disk.
+
+An id is ``prefix | n``: a random 64-bit per-process prefix in the high half and a process-wide
+counter in the low half. Making one costs an ``next()`` and an ``|``; turning it into text is
+left to the flush service (:func:`hex_id`). A forked child draws a new prefix, so it never
+repeats its parent's ids even though it inherits the counter.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+
+
+def _new_prefix() -> int:
+    return int.from_bytes(os.urandom(8), "big") << 64
+
+
+class IdSource:
+    __slots__ = ("prefix", "_counter")
+
+    def __init__(self) -> None:
+        self.prefix = _new_prefix()
+        self._counter = itertools.count(1)
+
+    def next_id(self) -> int:
+        return self.prefix | next(self._counter)
+
+    def reseed(self) -> None:
+        """Called in a forked child: new prefix, so ids stay unique across processes."""
+        self.prefix = _new_prefix()
+
+
+IDS = IdSource()
+
+
+def hex_id(value: int) -> str:
+    return value.to_bytes(16, "big").hex()
+
+
+def random_hex() -> str:
+    """A 32-hex id for things made off the hot path (batches)."""
+    return os.urandom(16).hex()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=IDS.reseed)

@@ -1,0 +1,117 @@
+"""Per-thread record buffers and the registry the flush service drains them from.
+
+Each thread that records gets a :class:`ThreadBuffer`: a span deque and a mark ring. Only the
+owning thread appends and bumps the counters, so counting needs no lock; the flush service
+takes records out with ``popleft`` (atomic on a deque) from its own thread.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+from typing import Any
+
+#: Spans waiting for the flush service, per thread. Beyond this the newest spans are dropped.
+SPAN_BUFFER_CAPACITY = 1 << 18
+
+
+class ThreadBuffer:
+    __slots__ = (
+        "spans", "marks", "thread", "thread_id", "mark_capacity", "span_capacity",
+        "spans_recorded", "spans_dropped", "marks_recorded", "marks_dropped",
+    )
+
+    def __init__(self, mark_capacity: int, span_capacity: int) -> None:
+        self.thread = threading.current_thread()
+        self.thread_id = threading.get_ident()
+        self.spans: deque[Any] = deque()
+        self.marks: deque[tuple[Any, ...]] = deque()
+        self.mark_capacity = mark_capacity
+        self.span_capacity = span_capacity
+        self.spans_recorded = 0
+        self.spans_dropped = 0
+        self.marks_recorded = 0
+        self.marks_dropped = 0
+
+    def pending(self) -> tuple[int, int]:
+        return len(self.spans), len(self.marks)
+
+
+class BufferRegistry:
+    """Every thread buffer of one recorder, plus the counts of buffers already retired."""
+
+    def __init__(self, mark_capacity: int, span_capacity: int = SPAN_BUFFER_CAPACITY) -> None:
+        self.mark_capacity = mark_capacity
+        self.span_capacity = span_capacity
+        self.local = threading.local()
+        self._lock = threading.Lock()
+        self._buffers: list[ThreadBuffer] = []
+        #: Called (once per new thread buffer) while set; a forked child starts its service here.
+        self.on_new_buffer = None
+        # Counters of buffers whose thread ended and that were emptied and dropped.
+        self.retired = {"spans_recorded": 0, "spans_dropped": 0, "marks_recorded": 0, "marks_dropped": 0}
+
+    def new_thread_buffer(self) -> ThreadBuffer:
+        tb = ThreadBuffer(self.mark_capacity, self.span_capacity)
+        with self._lock:
+            self._buffers.append(tb)
+        self.local.tb = tb
+        hook = self.on_new_buffer
+        if hook is not None:
+            hook()
+        return tb
+
+    def buffers(self) -> list[ThreadBuffer]:
+        with self._lock:
+            return list(self._buffers)
+
+    def drain(self, max_items: int | None = None) -> tuple[list[Any], list[tuple[Any, ThreadBuffer]]]:
+        """Take out everything buffered so far: ``(spans, [(mark, its thread buffer), ...])``."""
+        spans: list[Any] = []
+        marks: list[tuple[Any, ThreadBuffer]] = []
+        for tb in self.buffers():
+            sq, mq = tb.spans, tb.marks
+            n = len(sq)
+            pop = sq.popleft
+            for _ in range(n):
+                spans.append(pop())
+            n = len(mq)
+            popm = mq.popleft
+            for _ in range(n):
+                marks.append((popm(), tb))
+        self._retire_dead()
+        return spans, marks
+
+    def _retire_dead(self) -> None:
+        with self._lock:
+            keep = []
+            for tb in self._buffers:
+                if not tb.thread.is_alive() and not tb.spans and not tb.marks:
+                    r = self.retired
+                    r["spans_recorded"] += tb.spans_recorded
+                    r["spans_dropped"] += tb.spans_dropped
+                    r["marks_recorded"] += tb.marks_recorded
+                    r["marks_dropped"] += tb.marks_dropped
+                else:
+                    keep.append(tb)
+            self._buffers = keep
+
+    def totals(self) -> dict[str, int]:
+        out = dict(self.retired)
+        out["spans_pending"] = 0
+        out["marks_pending"] = 0
+        for tb in self.buffers():
+            out["spans_recorded"] += tb.spans_recorded
+            out["spans_dropped"] += tb.spans_dropped
+            out["marks_recorded"] += tb.marks_recorded
+            out["marks_dropped"] += tb.marks_dropped
+            out["spans_pending"] += len(tb.spans)
+            out["marks_pending"] += len(tb.marks)
+        return out
+
+    def reset_after_fork(self) -> None:
+        """In a forked child: forget the parent's buffers (the parent writes them) and locks."""
+        self.local = threading.local()
+        self._lock = threading.Lock()
+        self._buffers = []
+        self.retired = dict.fromkeys(self.retired, 0)

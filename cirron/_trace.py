@@ -1,0 +1,195 @@
+"""``ci.trace()``: the in-process views (tree, dict, json, DataFrame) of what was recorded."""
+
+from __future__ import annotations
+
+import html
+import json
+import sys
+from typing import Any
+
+from cirron._errors import CirronConfigError, CirronDependencyError
+from cirron._format import format_value
+from cirron._record.span import Span
+from cirron._schema import SESSION_SPAN_NAME, strict_json
+
+FORMATS = ("tree", "dict", "json", "df")
+
+
+def _short_duration(ns: int | None) -> str:
+    if ns is None:
+        return "(open)"
+    if ns < 1_000:
+        return f"{ns}ns"
+    if ns < 1_000_000:
+        return f"{ns // 1_000}us"
+    if ns < 1_000_000_000:
+        return f"{ns / 1_000_000:.1f}ms"
+    return f"{ns / 1_000_000_000:.2f}s"
+
+
+def _label(span: Span) -> str:
+    return span.name if span.index is None else f"{span.name}[{span.index}]"
+
+
+def build_nodes(spans: list[Span], marks: dict[int | None, list], name: str | None, last: int | None) -> dict[str, Any]:
+    """The ``format="dict"`` structure: ``{"roots": [...], "span_count": n}``."""
+    by_id = {s.id: s for s in spans}
+    wanted = [s for s in spans if s.name != SESSION_SPAN_NAME]
+
+    def node(s: Span, with_children: bool) -> dict[str, Any]:
+        wall = s.end_ns - s.start_ns if s.end_ns is not None else None
+        return {
+            "id": s.id_hex,
+            "name": s.name,
+            "index": s.index,
+            "wall_us": wall / 1_000 if wall is not None else None,
+            "cpu_ns": s.cpu_ns,
+            "gpu_ns": s.gpu_ns,
+            "memory_peak_bytes": s.memory_peak_bytes,
+            "attrs": strict_json(s.attrs) if s.attrs else {},
+            "marks": [
+                {"name": m[2], "value": m[3], "kind": m[4], "ts_ns": m[5]} for m in marks.get(s.id, ())
+            ],
+            "children": [],
+        }
+
+    if last is not None:
+        closed = sorted((s for s in wanted if s.end_ns is not None), key=lambda s: s.end_ns)
+        picked = closed[-last:] if last > 0 else []
+        return {"roots": [node(s, False) for s in picked], "span_count": len(picked)}
+
+    nodes: dict[int, dict[str, Any]] = {}
+    children: dict[int | None, list[Span]] = {}
+    for s in sorted(wanted, key=lambda s: (s.start_ns, s.id)):
+        parent = s.parent
+        key = parent.id if parent is not None and parent.id in by_id and parent.name != SESSION_SPAN_NAME else None
+        if parent is not None and parent.name != SESSION_SPAN_NAME and parent.id not in by_id:
+            key = None  # parent evicted from the buffer: show the span as a root
+        children.setdefault(key, []).append(s)
+
+    count = 0
+
+    def build(s: Span) -> dict[str, Any]:
+        nonlocal count
+        count += 1
+        root = node(s, True)
+        stack = [(root, s)]
+        while stack:
+            n, sp = stack.pop()
+            for child in children.get(sp.id, ()):
+                count += 1
+                cn = node(child, True)
+                n["children"].append(cn)
+                stack.append((cn, child))
+        return root
+
+    if name is None:
+        roots = [build(s) for s in children.get(None, ())]
+    else:
+        matched = [s for s in sorted(wanted, key=lambda s: (s.start_ns, s.id)) if s.name == name]
+        matched_ids = {s.id for s in matched}
+        tops = []
+        for s in matched:  # skip matches nested inside another match: they are in its subtree
+            p, nested = s.parent, False
+            while p is not None:
+                if p.id in matched_ids:
+                    nested = True
+                    break
+                p = p.parent
+            if not nested:
+                tops.append(s)
+        roots = [build(s) for s in tops]
+    return {"roots": roots, "span_count": count}
+
+
+def render_tree(data: dict[str, Any]) -> str:
+    lines: list[str] = []
+    stack = [(n, 0) for n in reversed(data["roots"])]
+    while stack:
+        n, depth = stack.pop()
+        label = n["name"] if n["index"] is None else f"{n['name']}[{n['index']}]"
+        wall = None if n["wall_us"] is None else int(n["wall_us"] * 1_000)
+        parts = [f"{'  ' * depth}{label} - {_short_duration(wall)}"]
+        if n["attrs"]:
+            parts.append(" ".join(f"{k}={format_value(v)}" for k, v in n["attrs"].items()))
+        if n["marks"]:
+            latest: dict[str, Any] = {}
+            for m in n["marks"]:
+                latest[m["name"]] = m["value"]
+            parts.append("{" + ", ".join(f"{k}={format_value(v)}" for k, v in latest.items()) + "}")
+        lines.append(" ".join(parts))
+        for child in reversed(n["children"]):
+            stack.append((child, depth + 1))
+    if not lines:
+        return "(no spans recorded)"
+    return "\n".join(lines)
+
+
+def to_dataframe(data: dict[str, Any]) -> Any:
+    try:
+        import pandas as pd
+    except ImportError:
+        raise CirronDependencyError("pandas", 'ci.trace(format="df")', extra="pandas") from None
+    rows = []
+    stack = [(n, None, 0) for n in reversed(data["roots"])]
+    while stack:
+        n, parent_id, depth = stack.pop()
+        rows.append({
+            "id": n["id"], "parent_id": parent_id, "name": n["name"], "index": n["index"],
+            "wall_us": n["wall_us"], "cpu_ns": n["cpu_ns"], "gpu_ns": n["gpu_ns"],
+            "memory_peak_bytes": n["memory_peak_bytes"], "mark_count": len(n["marks"]), "depth": depth,
+        })
+        for child in reversed(n["children"]):
+            stack.append((child, n["id"], depth + 1))
+    columns = ["id", "parent_id", "name", "index", "wall_us", "cpu_ns", "gpu_ns", "memory_peak_bytes",
+               "mark_count", "depth"]
+    return pd.DataFrame(rows, columns=columns)
+
+
+class TraceTreeRepr:
+    """What ``ci.trace()`` returns in a Jupyter kernel: renders itself in the cell."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    def __str__(self) -> str:
+        return self.text
+
+    def __repr__(self) -> str:
+        return self.text
+
+    def _repr_pretty_(self, p: Any, cycle: bool) -> None:
+        p.text(self.text)
+
+    def _repr_html_(self) -> str:
+        return f"<pre class='cirron-trace'>{html.escape(self.text)}</pre>"
+
+
+def in_notebook() -> bool:
+    ipython_mod = sys.modules.get("IPython")
+    if ipython_mod is None:
+        return False
+    try:
+        shell = ipython_mod.get_ipython()
+    except Exception:  # noqa: BLE001
+        return False
+    return shell is not None and type(shell).__name__ == "ZMQInteractiveShell"
+
+
+def render(spans: list[Span], marks: dict, format: str, name: str | None, last: int | None) -> Any:
+    if format not in FORMATS:
+        raise CirronConfigError(f"ci.trace() format must be one of {', '.join(FORMATS)}, not {format!r}")
+    if last is not None and (not isinstance(last, int) or last < 0):
+        raise CirronConfigError(f"ci.trace() last must be a non-negative int, not {last!r}")
+    data = build_nodes(spans, marks, name, last)
+    if format == "dict":
+        return data
+    if format == "json":
+        return json.dumps(strict_json(data))
+    if format == "df":
+        return to_dataframe(data)
+    text = render_tree(data)
+    if in_notebook():
+        return TraceTreeRepr(text)
+    print(text)
+    return None
