@@ -32,6 +32,7 @@ __all__ = [
     "DTYPES",
     "MAX_HEADER_BYTES",
     "DType",
+    "export_tensor",
     "SafetensorsError",
     "SafetensorsHeader",
     "TensorInfo",
@@ -401,3 +402,41 @@ def write_file(
             pass
         raise
     return 8 + len(blob) + offset
+
+
+def export_tensor(
+    header: SafetensorsHeader,
+    info: TensorInfo,
+    dest: str | os.PathLike[str],
+    metadata: Mapping[str, str] | None = None,
+    *,
+    chunk_bytes: int = 1 << 20,
+) -> int:
+    """Write a fresh single-tensor safetensors file at ``dest`` holding ``info`` from ``header``'s
+    file, streamed in chunks (never the whole tensor in memory). Atomic; returns the file size."""
+    dest = Path(dest)
+    meta = {"__metadata__": {str(k): str(v) for k, v in metadata.items()}} if metadata else {}
+    doc = {**meta, info.name: {"dtype": info.dtype, "shape": list(info.shape), "data_offsets": [0, info.nbytes]}}
+    blob = json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    blob += b" " * (-len(blob) % 8)
+    tmp = dest.parent / f".tmp-{os.getpid()}-{os.urandom(6).hex()}-{dest.name}"
+    try:
+        with open(header.path, "rb") as src, open(tmp, "wb") as out:
+            out.write(struct.pack("<Q", len(blob)))
+            out.write(blob)
+            src.seek(info.start)
+            left = info.nbytes
+            while left:
+                chunk = src.read(min(left, chunk_bytes))
+                if not chunk:
+                    raise SafetensorsError(f"Invalid safetensors file {header.path}: truncated data")
+                out.write(chunk)
+                left -= len(chunk)
+        os.replace(tmp, dest)
+    except BaseException:
+        try:
+            tmp.unlink()
+        except OSError:
+            pass
+        raise
+    return 8 + len(blob) + info.nbytes

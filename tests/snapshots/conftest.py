@@ -1,95 +1,18 @@
-"""Fixtures for snapshot, wrap and load tests.
-
-``fake_cirron`` is a stand-in for :class:`cirron.Cirron` with the small surface the snapshot
-manager, ``wrap`` and ``load`` use (``scope``, ``_config``, ``_emit_snapshot``, ``_offload``,
-``session_id``). Offloaded jobs are queued and run by ``drain()`` so tests decide when the
-"background" work happens, without threads or sleeps.
-"""
+"""Fixtures for snapshot, wrap and load tests (helpers live in snapshot_helpers.py)."""
 
 from __future__ import annotations
 
-import contextvars
-import os
-import time
+import sys
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
-_current: contextvars.ContextVar[Any] = contextvars.ContextVar("fake_current", default=None)
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-
-class FakeSpan:
-    def __init__(self, name: str, parent: "FakeSpan | None", attrs: dict[str, Any], index: int | None = None):
-        self.id_hex = os.urandom(16).hex()
-        self.name = name
-        self.parent = parent
-        self.attrs = dict(attrs)
-        self.index = index
-        self.start_ns = time.time_ns()
-        self.end_ns: int | None = None
-        self.gpu_ns: int | None = None
-        self.memory_peak_bytes: int | None = None
-
-
-class FakeScope:
-    def __init__(self, owner: "FakeCirron", name: str, attrs: dict[str, Any]):
-        self.owner, self.name, self.attrs = owner, name, attrs
-        self.span: FakeSpan | None = None
-        self._token = None
-
-    def __enter__(self) -> "FakeScope":
-        index = self.attrs.pop("index", None)
-        self.span = FakeSpan(self.name, _current.get(), self.attrs, index)
-        self.owner.spans.append(self.span)
-        self._token = _current.set(self.span)
-        return self
-
-    def __exit__(self, et, ev, tb) -> None:
-        assert self.span is not None
-        if ev is not None:
-            self.span.attrs["error"] = f"{type(ev).__name__}: {ev}"
-        self.span.end_ns = time.time_ns()
-        _current.reset(self._token)
-
-
-class FakeCirron:
-    def __init__(self, tmp_path: Path, **config: Any) -> None:
-        cfg = dict(
-            spool_dir=tmp_path / ".cirron" / "spool", snapshots="stats", sample_rate=0.01,
-            framework=None, project_data={}, project_dir=tmp_path,
-        )
-        cfg.update(config)
-        self._config = SimpleNamespace(**cfg)
-        self.session_id = "5da94f46f9ef4db5bfc0a38511ae55b0"
-        self.spans: list[FakeSpan] = []
-        self.records: list[dict[str, Any]] = []
-        self.jobs: list[Any] = []
-        self._snapshots = None
-
-    def scope(self, name: str, **attrs: Any) -> FakeScope:
-        return FakeScope(self, name, attrs)
-
-    def _emit_snapshot(self, record: dict[str, Any]) -> None:
-        self.records.append(record)
-
-    def _offload(self, fn: Any) -> None:
-        self.jobs.append(fn)
-
-    def drain(self) -> None:
-        while self.jobs:
-            self.jobs.pop(0)()
-
-    def tree(self) -> list[tuple[int, str, dict[str, Any]]]:
-        """(depth, name, attrs) in start order."""
-        out = []
-        for s in self.spans:
-            depth, p = 0, s.parent
-            while p is not None:
-                depth, p = depth + 1, p.parent
-            out.append((depth, s.name, s.attrs))
-        return out
+from snapshot_helpers import FakeCirron  # noqa: E402
+from spool_factory import factory  # noqa: E402,F401
 
 
 @pytest.fixture
