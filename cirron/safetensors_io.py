@@ -21,7 +21,7 @@ import math
 import os
 import re
 import struct
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -351,12 +351,14 @@ def write_file(
     metadata: Mapping[str, str] | None = None,
     *,
     fsync: bool = True,
+    reserve: Callable[[int], None] | None = None,
 ) -> int:
     """Write a safetensors file atomically; returns its size in bytes.
 
     ``tensors`` yields ``(name, dtype, shape, buffer)`` where ``buffer`` is any C-contiguous object
     with the buffer protocol (bytes, a numpy array, a memoryview) holding the little-endian values.
-    The data is streamed from the buffers without an intermediate copy.
+    The data is streamed from the buffers without an intermediate copy. ``reserve(size)`` is called
+    with the final file size before anything is written (a disk-cap check may raise there).
     """
     path = Path(path)
     entries: list[tuple[str, memoryview]] = []
@@ -381,6 +383,8 @@ def write_file(
         offset += expected
     blob = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
     blob += b" " * (-len(blob) % 8)  # the reference implementation pads the header to 8 bytes
+    if reserve is not None:
+        reserve(8 + len(blob) + offset)
 
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.parent / f".tmp-{os.getpid()}-{os.urandom(6).hex()}-{path.name}"

@@ -303,12 +303,23 @@ class SnapshotManager:
 
     # -- config ---------------------------------------------------------------------------------
 
+    def _cfg(self) -> Any:
+        return getattr(self._c, "config", None) or self._c._config
+
     def _mode(self) -> str:
-        mode = getattr(self._c._config, "snapshots", "stats") or "stats"
+        mode = getattr(self._cfg(), "snapshots", "stats") or "stats"
         return mode if mode in MODES else "stats"
 
     def _sample_rate(self) -> float | None:
-        return getattr(self._c._config, "sample_rate", None)
+        return getattr(self._cfg(), "sample_rate", None)
+
+    def _spool_writer(self) -> Any:
+        """The running spool sink's writer, so blob writes count against the disk cap."""
+        for sink in getattr(self._c, "_sinks", None) or ():
+            writer = getattr(sink, "writer", None)
+            if writer is not None and callable(getattr(writer, "ensure_room", None)):
+                return writer
+        return None
 
     # -- taking snapshots -----------------------------------------------------------------------
 
@@ -373,7 +384,7 @@ class SnapshotManager:
             release()
             return
         session_id = getattr(self._c, "session_id", None)
-        spool_dir = self._c._config.spool_dir
+        spool_dir = self._cfg().spool_dir
 
         def job() -> None:
             try:
@@ -409,15 +420,26 @@ class SnapshotManager:
         if blobs:
             span_dir = snapshot_span_dir(spool_dir, span_id)
             meta = {"session_id": session_id or "", "span_id": span_id}
+            writer = self._spool_writer()
             for role, fname in (("weight", WEIGHTS_FILE), ("gradient", GRADIENTS_FILE)):
                 chosen = [it for it in items if it.role == role]
                 if not chosen:
                     continue
-                safetensors_io.write_file(
-                    span_dir / fname,
-                    [(it.name, it.dtype, it.shape, _item_buffer(it)) for it in chosen],
-                    meta,
-                )
+                try:
+                    size = safetensors_io.write_file(
+                        span_dir / fname,
+                        [(it.name, it.dtype, it.shape, _item_buffer(it)) for it in chosen],
+                        meta,
+                        fsync=bool(getattr(writer, "fsync", True)),
+                        reserve=writer.ensure_room if writer is not None else None,
+                    )
+                except Exception as exc:  # e.g. the spool is at its cap: keep the stats, drop the blob
+                    self.errors += 1
+                    self.last_error = f"{type(exc).__name__}: {exc}"
+                    log.warning("cirron: snapshot blob %s/%s not written: %s", span_id, fname, self.last_error)
+                    continue
+                if writer is not None and isinstance(getattr(writer, "_used", None), int):
+                    writer._used += size
                 uris[role] = f"snapshots/{span_id}/{fname}"
         emit = self._c._emit_snapshot
         for it in items:

@@ -68,6 +68,10 @@ class FakeCirron:
         self.jobs: list[Any] = []
         self._snapshots = None
 
+    @property
+    def config(self) -> Any:
+        return self._config
+
     def scope(self, name: str, **attrs: Any) -> FakeScope:
         return FakeScope(self, name, attrs)
 

@@ -1,0 +1,193 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from cirron import Cirron, CirronWrapError  # noqa: E402
+from cirron import safetensors_io as st  # noqa: E402
+from cirron.spool import load_spool  # noqa: E402
+
+
+def _tree(spool: Path) -> list[tuple[int, str, dict]]:
+    data = load_spool(spool)
+    (sess,) = data.sessions
+    top, children = sess.tree()
+    out = []
+    stack = [(s, 0) for s in reversed(top)]
+    while stack:
+        s, d = stack.pop()
+        label = s["name"] + (f"[{s['index']}]" if s.get("index") is not None else "")
+        out.append((d, label, s))
+        stack.extend((k, d + 1) for k in reversed(children.get(s["id"], [])))
+    return out
+
+
+def _train(c: Cirron, model, opt, epochs: int = 2, batches: int = 2) -> None:
+    for _ in c.epochs(range(epochs)):
+        for _ in c.batches(range(batches)):
+            x = torch.randn(8, 4)
+            loss = model(x).pow(2).mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+
+
+@pytest.mark.parametrize("pass_optimizer", [True, False])
+def test_forward_backward_step_nest_under_batch(spool_dir: Path, pass_optimizer: bool) -> None:
+    c = Cirron(spool_dir=spool_dir, flush_interval=60, snapshots="full")
+    c.profile()
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    assert c.wrap(model, optimizer=opt if pass_optimizer else None) is model
+    _train(c, model, opt)
+    with torch.no_grad():  # eval forward: no backward span
+        model(torch.randn(2, 4))
+    c.shutdown()
+    tree = _tree(spool_dir)
+    labels = [(d, n) for d, n, _ in tree]
+    assert labels[:8] == [
+        (0, "cirron.session"), (1, "epoch[0]"), (2, "batch[0]"), (3, "data_load"),
+        (3, "forward"), (3, "backward"), (3, "optimizer_step"), (2, "batch[1]"),
+    ]
+    names = [n for _, n, _ in tree]
+    assert names.count("forward") == 5 and names.count("backward") == 4 and names.count("optimizer_step") == 4
+    for d, n, s in tree:
+        assert s["end_ns"] is not None, n
+        if n in ("forward", "backward", "optimizer_step"):
+            assert s["gpu_ns"] is None  # CPU run
+    # backward covers the parameter gradients: it ends before the optimizer step starts
+    fwd, bwd, step = [next(s for _, n, s in tree if n == k) for k in ("forward", "backward", "optimizer_step")]
+    assert fwd["end_ns"] <= bwd["start_ns"] <= bwd["end_ns"] <= step["start_ns"]
+    # snapshots: weights + grads for both epochs, blobs on disk
+    data = load_spool(spool_dir)
+    recs = list(data.snapshots.values())
+    assert len(recs) == 2 * 8
+    assert {r["role"] for r in recs} == {"weight", "gradient"}
+    epoch0 = next(s for _, n, s in tree if n == "epoch[0]")
+    mine = [r for r in recs if r["span_id"] == epoch0["id"]]
+    assert [r["tensor"] for r in mine] == ["0.weight", "0.bias", "2.weight", "2.bias",
+                                           "0.weight.grad", "0.bias.grad", "2.weight.grad", "2.bias.grad"]
+    w = next(r for r in mine if r["tensor"] == "0.weight")
+    assert w["blob_uri"] == f"snapshots/{epoch0['id']}/weights.safetensors" and w["mode"] == "full"
+    assert w["stats"]["numel"] == 32 and len(w["stats"]["histogram"]["counts"]) == 16
+    h = st.read_header(spool_dir.parent / w["blob_uri"])
+    assert h.metadata == {"session_id": c.session_id or h.metadata["session_id"], "span_id": epoch0["id"]}
+    g = st.read_header(spool_dir.parent / "snapshots" / epoch0["id"] / "gradients.safetensors")
+    assert g.names()[0] == "0.weight.grad"
+
+
+def test_raising_forward_closes_its_span(spool_dir: Path) -> None:
+    class Boom(torch.nn.Module):
+        def forward(self, x):
+            raise ValueError("bad input")
+
+    c = Cirron(spool_dir=spool_dir, flush_interval=60)
+    c.profile()
+    m = c.wrap(Boom())
+    with pytest.raises(ValueError, match="bad input"):
+        m(torch.zeros(1))
+    with c.scope("after"):
+        pass
+    c.shutdown()
+    tree = _tree(spool_dir)
+    fwd = next(s for _, n, s in tree if n == "forward")
+    assert fwd["end_ns"] is not None and fwd["attrs"]["error"] == "ValueError: bad input"
+    after = next(d for d, n, _ in tree if n == "after")
+    assert after == 1  # the context was restored: "after" is not nested under forward
+
+
+def test_sampled_mode_blob_schedule(spool_dir: Path) -> None:
+    c = Cirron(spool_dir=spool_dir, flush_interval=60, snapshots="sampled", sample_rate=0.5)
+    c.profile()
+    model = c.wrap(torch.nn.Linear(3, 1))
+    for _ in c.epochs(range(5)):
+        pass
+    c.shutdown()
+    data = load_spool(spool_dir)
+    spans = data.spans
+    by_epoch = sorted(((spans[r["span_id"]]["index"], r["blob_uri"] is not None) for r in data.snapshots.values()))
+    assert by_epoch == [(0, True), (0, True), (1, False), (1, False), (2, True), (2, True),
+                        (3, False), (3, False), (4, True), (4, True)]
+    assert model.weight.grad is None
+
+
+def test_stats_mode_writes_no_blob(spool_dir: Path) -> None:
+    c = Cirron(spool_dir=spool_dir, flush_interval=60, snapshots="stats")
+    c.profile()
+    model = c.wrap(torch.nn.Linear(3, 1))
+    with torch.no_grad():
+        model.weight[0, 0] = float("nan")
+    for _ in c.epochs(range(1)):
+        pass
+    c.shutdown()
+    recs = list(load_spool(spool_dir).snapshots.values())
+    assert len(recs) == 2 and all(r["blob_uri"] is None and r["mode"] == "stats" for r in recs)
+    w = next(r for r in recs if r["tensor"] == "weight")
+    assert w["stats"]["mean"] == "NaN" and w["stats"]["nan_count"] == 1
+    assert not (spool_dir.parent / "snapshots").exists()
+    raw = next(p for p in spool_dir.iterdir() if p.suffix == ".json").read_text()
+    assert "NaN," not in raw.replace('"NaN"', "")  # strict JSON
+
+
+def test_numpy_dict_snapshots_without_torch_models(spool_dir: Path) -> None:
+    import numpy as np
+
+    c = Cirron(spool_dir=spool_dir, flush_interval=60, snapshots="full")
+    c.profile()
+    weights = {"w": np.arange(6, dtype=np.float32).reshape(2, 3)}
+    assert c.wrap(weights, name="linear") is weights
+    for _ in c.epochs(range(2)):
+        weights["w"] += 1
+    c.shutdown()
+    data = load_spool(spool_dir)
+    recs = sorted(data.snapshots.values(), key=lambda r: data.spans[r["span_id"]]["index"])
+    assert [r["tensor"] for r in recs] == ["linear.w", "linear.w"]
+    assert [r["stats"]["mean"] for r in recs] == [3.5, 4.5]
+    h = st.read_header(spool_dir.parent / recs[1]["blob_uri"])
+    assert st.read_values(h, h.get("linear.w"), 0, 6) == [2.0, 3.0, 4.0, 5.0, 6.0, 7.0]
+
+
+def test_wrap_is_idempotent_and_rejects_unknown_objects(spool_dir: Path) -> None:
+    c = Cirron(spool_dir=spool_dir, flush_interval=60)
+    m = torch.nn.Linear(2, 2)
+    c.wrap(m)
+    c.wrap(m)
+    assert len(m._forward_pre_hooks) == 1
+    with pytest.raises(CirronWrapError, match="cannot instrument"):
+        c.wrap(42)
+    with pytest.raises(CirronWrapError, match="class"):
+        c.wrap(torch.nn.Linear)
+    with pytest.raises(CirronWrapError, match="unknown option"):
+        c.wrap(m, bogus=1)
+    with pytest.raises(CirronWrapError, match="framework"):
+        c.wrap(m, framework="sklearn")
+
+
+def test_snapshot_off_the_training_thread(spool_dir: Path) -> None:
+    """With a running service the reductions and the blob write happen in the offloaded job."""
+    import threading
+
+    c = Cirron(spool_dir=spool_dir, flush_interval=60, snapshots="full")
+    c.profile()
+    model = c.wrap(torch.nn.Linear(64, 64))
+    seen: list[str] = []
+    real = c._offload
+
+    def spy(fn):
+        def job():
+            seen.append(threading.current_thread().name)
+            fn()
+        real(job)
+
+    c._offload = spy
+    main = threading.current_thread().name
+    for _ in c.epochs(range(1)):
+        pass
+    assert not (spool_dir.parent / "snapshots").exists() or seen  # nothing written inline
+    c.flush()
+    c.shutdown()
+    assert seen and all(name != main for name in seen)
+    assert len(list((spool_dir.parent / "snapshots").iterdir())) == 1
