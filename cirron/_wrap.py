@@ -364,7 +364,7 @@ _SK_LOCK = threading.Lock()
 def _sk_reduce_ex(self: Any, protocol: int) -> Any:
     base = type(self)._cirron_base
     state = self.__getstate__() if hasattr(self, "__getstate__") else self.__dict__
-    return (copyreg.__newobj__, (base,), state)
+    return (copyreg._reconstructor, (base, object, None), state)
 
 
 class _TracedMethod:
@@ -418,6 +418,13 @@ def _sk_subclass(c: Any, cls: type) -> type:
                 if hasattr(cls, m):
                     ns[m] = _TracedMethod(m)
             sub = type(cls.__name__, (cls,), ns)
+            # __init_subclass__ hooks (sklearn's set_output wrapper) may have replaced our
+            # descriptors on the new class; put them back, the parent's methods stay wrapped.
+            for m in SKLEARN_METHODS:
+                if m in ns:
+                    desc = _TracedMethod(m)
+                    desc.owner = sub
+                    type.__setattr__(sub, m, desc)
             _SK_CLASSES[key] = sub
     return sub
 
