@@ -1,0 +1,784 @@
+"""``@ci.inference``: one ``request`` span per call of a serving function.
+
+How a request is isolated
+-------------------------
+Each call builds a :class:`_Request` holding its own :class:`contextvars.Context` (a copy of the
+caller's), with the recorder's current span set to the new ``request`` span and the module's
+``_CURRENT`` variable set to the request itself. Every piece of user code that belongs to the
+request runs *inside that context* through ``Context.run``:
+
+* a plain function: once;
+* a coroutine: each ``send``/``throw`` step, through the small :class:`_InContext` awaitable
+  (Python 3.10 has no ``create_task(context=...)``);
+* a stream (generator, async generator, the body iterator of a Starlette ``StreamingResponse``,
+  the iterator of an ``openai`` ``Stream``): each ``next``/``send``/``throw``/``close`` step.
+
+So the caller's context is never modified, no ``ContextVar`` token is ever held across a
+``yield`` or an ``await``, and a stream closed early, from another task or by the garbage
+collector, cannot fail to "detach" anything. Concurrent requests (threads, asyncio tasks, or
+both) each have their own context and never see each other's scopes or marks.
+
+Streams
+-------
+A request whose result is a stream stays open until the stream ends; the attribute
+``stream_end`` says how: ``exhausted``, ``closed`` (the consumer closed it early),
+``cancelled``, ``disconnected`` (the HTTP client went away), ``error`` or ``abandoned``
+(never consumed, then garbage collected). ``ttft_ns`` is the time from the start of the request
+to the first chunk that carries content (an OpenAI chunk with only a ``role``, a usage-only chunk,
+``data: [DONE]`` or an SSE comment do not count). No span is opened per chunk.
+
+LLM detection (best effort; a failure is counted in ``health()["internal_errors"]``, never raised)
+-------------------------------------------------------------------------------------------------
+* OpenAI-shaped ``usage`` (objects or dicts) on the return value or on stream chunks
+  (``stream_options={"include_usage": True}``); unknown usage is never recorded as 0.
+* ``transformers`` ``GenerationMixin.generate``: hooked the first time a request starts after
+  ``transformers.generation.utils`` was imported by the user; outside a request the hook only
+  reads one context variable. Each call inside a request gets a ``generate`` child span.
+
+At the end of a request these ``summary`` marks go on its span when known: ``prompt_tokens``,
+``completion_tokens``, ``tokens``, ``tokens_per_s``, and for streams ``ttft_ns`` and ``chunks``.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import functools
+import inspect
+import sys
+import uuid
+import weakref
+from collections.abc import Callable, Mapping
+from time import thread_time_ns, time_ns
+from typing import TYPE_CHECKING, Any, TypeVar, overload
+
+from cirron._record.span import Recorder, Scope, _error_text
+
+if TYPE_CHECKING:
+    from cirron._cirron import Cirron
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+__all__ = ["current_request_id", "inference_decorator"]
+
+#: The request whose context we are in (None outside ``@ci.inference``).
+_CURRENT: contextvars.ContextVar[_Request | None] = contextvars.ContextVar("cirron_request", default=None)
+
+_NO_ARG = object()
+
+
+def current_request_id() -> str | None:
+    """The ``request_id`` (UUID4 string) of the ``@ci.inference`` call we are in, else None."""
+    req = _CURRENT.get()
+    return req.rid if req is not None else None
+
+
+# --------------------------------------------------------------------------- one request
+
+
+def _open_span(rec: Recorder, name: str, attrs: dict, parent: Any) -> Any:
+    """A span that is not made current in the caller's context (the request binds it in its own)."""
+    start = getattr(rec, "start_span", None)
+    if start is not None:
+        return start(name, attrs, parent=parent)
+    return rec.open_span(name, attrs, parent=parent)  # pragma: no cover - older recorder
+
+
+def _close_span(span: Any, cpu_ns: int, end_ns: int) -> None:
+    """Close with the CPU time of the request's own steps (they may run on several threads)."""
+    close = getattr(span, "_close", None)
+    if close is not None:
+        close(None, span._cpu0 + cpu_ns, end_ns)
+    else:  # pragma: no cover - older recorder: plain span record
+        span.cpu_ns = cpu_ns
+        span.end_ns = end_ns  # last: a reader that sees end_ns sees everything else final
+
+
+def _bind(rec: Recorder, span: Any, req: _Request) -> None:
+    rec.current.set(span)
+    _CURRENT.set(req)
+
+
+def _emit(rec: Recorder, span: Any, marks: list[tuple[str, Any]]) -> None:
+    # Runs in a fresh empty Context: the marks land on the request span whatever context
+    # (or thread) ends the request, and nothing outside is touched.
+    rec.current.set(span)
+    for name, value in marks:
+        rec.mark(name, value, kind="summary")
+
+
+class _Request:
+    __slots__ = (
+        "rec", "span", "rid", "ctx", "t0", "cpu", "depth", "ended", "streaming",
+        "chunks", "first_ns", "last_ns", "stream_usage", "prompt", "completion", "in_generate",
+    )
+
+    def __init__(self, rec: Recorder) -> None:
+        self.rec = rec
+        self.rid = str(uuid.uuid4())
+        span = _open_span(rec, "request", {"request_id": self.rid}, rec.current.get() or rec.root)
+        self.span = span
+        self.t0 = span.start_ns
+        self.cpu = 0
+        self.depth = 0  # >0 while one of our steps runs inside self.ctx
+        self.ended = False
+        self.streaming = False
+        self.chunks = 0
+        self.first_ns: int | None = None
+        self.last_ns: int | None = None
+        self.stream_usage: tuple[int | None, int | None] | None = None
+        self.prompt: int | None = None
+        self.completion: int | None = None
+        self.in_generate = False
+        ctx = contextvars.copy_context()
+        ctx.run(_bind, rec, span, self)
+        self.ctx = ctx
+
+    # -- running user code in the request's context ---------------------------------------
+
+    def run(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """``fn(*args, **kwargs)`` inside the request's context, its thread CPU time counted."""
+        if self.depth:  # already inside (a stream consumed by the request's own code)
+            return fn(*args, **kwargs)
+        c0 = thread_time_ns()
+        self.depth = 1
+        try:
+            return self.ctx.run(fn, *args, **kwargs)
+        finally:
+            self.depth = 0
+            self.cpu += thread_time_ns() - c0
+
+    # -- results --------------------------------------------------------------------------
+
+    def on_chunk(self, item: Any) -> None:
+        try:
+            now = time_ns()
+            content, usage = _classify_chunk(item)
+            if usage is not None:
+                self.stream_usage = usage  # cumulative in every API that sends it: last wins
+            if content:
+                self.chunks += 1
+                if self.first_ns is None:
+                    self.first_ns = now
+                self.last_ns = now
+        except Exception as exc:  # noqa: BLE001 - detection never reaches the caller
+            self.rec.note_internal_error(exc)
+
+    def add_usage(self, prompt: int | None, completion: int | None) -> None:
+        if prompt is not None:
+            self.prompt = (self.prompt or 0) + prompt
+        if completion is not None:
+            self.completion = (self.completion or 0) + completion
+
+    def finish(self, exc: BaseException | None = None, stream_end: str | None = None) -> None:
+        """Close the span once (later calls do nothing), with its summary marks."""
+        if self.ended:
+            return
+        self.ended = True
+        try:
+            end = time_ns()
+            span = self.span
+            if exc is not None:
+                if isinstance(exc, Exception):
+                    span.set_attr("error", _error_text(exc))
+                elif not isinstance(exc, GeneratorExit):
+                    span.set_attr("interrupted", type(exc).__name__)
+            if stream_end is not None:
+                span.set_attr("stream_end", stream_end)
+            marks = self._summary(end)
+            if marks:
+                contextvars.Context().run(_emit, self.rec, span, marks)
+            _close_span(span, self.cpu, end)
+        except Exception as exc2:  # noqa: BLE001
+            self.rec.note_internal_error(exc2)
+
+    def _summary(self, end: int) -> list[tuple[str, Any]]:
+        prompt, completion = self.prompt, self.completion
+        if self.stream_usage is not None:
+            sp, sc = self.stream_usage
+            if sp is not None:
+                prompt = (prompt or 0) + sp
+            if sc is not None:
+                completion = (completion or 0) + sc
+        marks: list[tuple[str, Any]] = []
+        if prompt is not None:
+            marks.append(("prompt_tokens", prompt))
+        if completion is not None:
+            marks.append(("completion_tokens", completion))
+        if self.streaming:
+            if self.first_ns is not None:
+                marks.append(("ttft_ns", self.first_ns - self.t0))
+            marks.append(("chunks", self.chunks))
+            tokens: int | None = completion if completion is not None else self.chunks
+            last = self.last_ns if self.last_ns is not None else end
+        else:
+            tokens = completion
+            last = end
+        if tokens is not None:
+            marks.append(("tokens", tokens))
+            if tokens > 0 and last > self.t0:
+                marks.append(("tokens_per_s", tokens * 1e9 / (last - self.t0)))
+        return marks
+
+
+def _end_reason(exc: BaseException) -> str:
+    if isinstance(exc, GeneratorExit):
+        return "closed"
+    name = type(exc).__name__
+    if "Cancel" in name:  # asyncio.CancelledError, trio.Cancelled, anyio's backend class
+        return "cancelled"
+    if name == "ClientDisconnect" or isinstance(exc, (BrokenPipeError, ConnectionResetError)):
+        return "disconnected"
+    if isinstance(exc, Exception):
+        return "error"
+    return "interrupted"
+
+
+# --------------------------------------------------------------------------- coroutines
+
+
+class _InContext:
+    """Await ``coro`` with every step (send/throw/close) run inside the request's context."""
+
+    __slots__ = ("coro", "req")
+
+    def __init__(self, coro: Any, req: _Request) -> None:
+        self.coro = coro
+        self.req = req
+
+    def __await__(self) -> Any:
+        coro, run = self.coro, self.req.run
+        if not hasattr(coro, "send"):  # a generic awaitable: drive its iterator
+            coro = coro.__await__()
+        send, throw = coro.send, coro.throw
+        op, arg = send, None
+        while True:
+            try:
+                y = run(op, arg)
+            except StopIteration as stop:
+                return stop.value
+            try:
+                arg = yield y
+                op = send
+            except GeneratorExit:
+                close = getattr(coro, "close", None)
+                if close is not None:
+                    run(close)
+                raise
+            except BaseException as exc:  # noqa: BLE001 - forwarded into the awaited coroutine
+                op, arg = throw, exc
+
+
+async def _await_in(req: _Request, awaitable: Any) -> Any:
+    try:
+        result = await _InContext(awaitable, req)
+    except BaseException as exc:
+        req.finish(exc)
+        raise
+    return _finish_result(req, result)
+
+
+# --------------------------------------------------------------------------- streams
+
+
+def _gen_steps(req: _Request, it: Any) -> Any:
+    """Yield ``it``'s items, each step run in the request's context; end the request with it."""
+    req.streaming = True
+    run = req.run
+    is_gen = inspect.isgenerator(it)
+    nxt = it.__next__
+    op, arg = nxt, _NO_ARG
+    while True:
+        try:
+            item = run(op) if arg is _NO_ARG else run(op, arg)
+        except StopIteration as stop:
+            req.finish(stream_end="exhausted")
+            return stop.value
+        except BaseException as exc:
+            req.finish(None if isinstance(exc, GeneratorExit) else exc, _end_reason(exc))
+            raise
+        req.on_chunk(item)
+        try:
+            sent = yield item
+        except GeneratorExit:
+            close = getattr(it, "close", None)
+            try:
+                if close is not None:
+                    run(close)
+            except BaseException as exc:
+                req.finish(exc, "error")
+                raise
+            req.finish(stream_end="closed")
+            raise
+        except BaseException as exc:  # noqa: BLE001 - thrown in by the consumer: forward it
+            if is_gen:
+                op, arg = it.throw, exc
+                continue
+            req.finish(exc, _end_reason(exc))
+            raise
+        if sent is None:
+            op, arg = nxt, _NO_ARG
+        elif is_gen:
+            op, arg = it.send, sent
+        else:
+            op, arg = nxt, _NO_ARG
+
+
+async def _agen_steps(req: _Request, ait: Any, on_close: str = "closed") -> Any:
+    """Async twin of :func:`_gen_steps` for async iterators."""
+    req.streaming = True
+    is_agen = inspect.isasyncgen(ait)
+    anext = ait.__anext__
+    op, arg = anext, _NO_ARG
+    while True:
+        try:
+            aw = req.run(op) if arg is _NO_ARG else req.run(op, arg)
+            item = await _InContext(aw, req)
+        except StopAsyncIteration:
+            req.finish(stream_end="exhausted")
+            return
+        except BaseException as exc:
+            req.finish(None if isinstance(exc, GeneratorExit) else exc, _end_reason(exc))
+            raise
+        req.on_chunk(item)
+        try:
+            sent = yield item
+        except GeneratorExit:
+            aclose = getattr(ait, "aclose", None)
+            try:
+                if aclose is not None:
+                    await _InContext(req.run(aclose), req)
+            except BaseException as exc:
+                req.finish(exc, _end_reason(exc) if not isinstance(exc, Exception) else "error")
+                raise
+            req.finish(stream_end=on_close)
+            raise
+        except BaseException as exc:  # noqa: BLE001 - thrown in by the consumer: forward it
+            if is_agen:
+                op, arg = ait.athrow, exc
+                continue
+            req.finish(exc, _end_reason(exc))
+            raise
+        if sent is None or not is_agen:
+            op, arg = anext, _NO_ARG
+        else:
+            op, arg = ait.asend, sent
+
+
+def _abandoned(req: _Request) -> None:
+    if not req.ended:
+        req.finish(stream_end="abandoned")
+
+
+def _track(req: _Request, wrapper: Any) -> Any:
+    # A returned stream that is never consumed would keep the span open forever.
+    try:
+        weakref.finalize(wrapper, _abandoned, req)
+    except TypeError:  # pragma: no cover - every generator type supports weak references
+        pass
+    return wrapper
+
+
+def _wrap_streaming_response(req: _Request, response: Any) -> bool:
+    """A Starlette ``StreamingResponse``: keep the request open until its body is sent."""
+    body = response.body_iterator
+    if not hasattr(body, "__aiter__"):
+        return False
+    wrapped = _track(req, _agen_steps(req, body.__aiter__()))
+    response.body_iterator = wrapped
+    stream_response = getattr(response, "stream_response", None)
+    if stream_response is not None and callable(stream_response):
+        # Starlette does not close the body iterator when the client goes away; do it here so
+        # the span closes now, with the reason, instead of whenever the iterator is collected.
+        @functools.wraps(stream_response)
+        async def _stream_response(send: Any) -> None:
+            try:
+                await stream_response(send)
+            except BaseException as exc:
+                if not req.ended:
+                    req.finish(None, _end_reason(exc) if not isinstance(exc, OSError) else "disconnected")
+                raise
+            finally:
+                if not req.ended:
+                    try:
+                        await wrapped.aclose()
+                    except Exception as exc:  # noqa: BLE001
+                        req.rec.note_internal_error(exc)
+
+        response.stream_response = _stream_response
+    return True
+
+
+def _finish_result(req: _Request, result: Any) -> Any:
+    """The request's result: a stream keeps the span open, anything else closes it now."""
+    try:
+        if inspect.isgenerator(result):
+            return _track(req, _gen_steps(req, result))
+        if inspect.isasyncgen(result):
+            return _track(req, _agen_steps(req, result))
+        if hasattr(result, "body_iterator"):
+            if _wrap_streaming_response(req, result):
+                return result
+        elif _is_werkzeug_stream(result):
+            result.response = _track(req, _gen_steps(req, iter(result.response)))
+            return result
+        elif _wrap_openai_stream(req, result):
+            return result
+        usage = _usage_of(result)
+        if usage is not None:
+            req.add_usage(*usage)
+    except Exception as exc:  # noqa: BLE001 - detection never reaches the caller
+        req.rec.note_internal_error(exc)
+    req.finish()
+    return result
+
+
+def _is_werkzeug_stream(result: Any) -> bool:
+    mod = type(result).__module__
+    if not (mod.startswith("werkzeug") or mod.startswith("flask")):
+        return False
+    body = getattr(result, "response", None)
+    return bool(getattr(result, "is_streamed", False)) and body is not None and \
+        not isinstance(body, (list, tuple, bytes, str))
+
+
+def _wrap_openai_stream(req: _Request, result: Any) -> bool:
+    # openai's Stream / AsyncStream iterate their ``_iterator``; swapping it keeps the object.
+    mod = type(result).__module__
+    if not mod.startswith("openai"):
+        return False
+    inner = getattr(result, "_iterator", None)
+    if inspect.isgenerator(inner):
+        result._iterator = _track(req, _gen_steps(req, inner))
+        return True
+    if inspect.isasyncgen(inner):
+        result._iterator = _track(req, _agen_steps(req, inner))
+        return True
+    return False
+
+
+# --------------------------------------------------------------------------- LLM shapes
+
+
+def _int_or_none(v: Any) -> int | None:
+    return v if type(v) is int and v >= 0 else None
+
+
+def _usage_pair(u: Any) -> tuple[int | None, int | None] | None:
+    if u is None:
+        return None
+    if isinstance(u, Mapping):
+        get = u.get
+    else:
+        d = getattr(u, "__dict__", None)
+        if not d:
+            return None
+        get = d.get
+    p = _int_or_none(get("prompt_tokens"))
+    if p is None:
+        p = _int_or_none(get("input_tokens"))
+    c = _int_or_none(get("completion_tokens"))
+    if c is None:
+        c = _int_or_none(get("output_tokens"))
+    if p is None and c is None:
+        return None
+    return p, c
+
+
+def _field(obj: Any, name: str) -> Any:
+    if isinstance(obj, Mapping):
+        return obj.get(name)
+    d = getattr(obj, "__dict__", None)  # pydantic models keep fields here; no property side effects
+    return d.get(name) if d else None
+
+
+def _usage_of(result: Any) -> tuple[int | None, int | None] | None:
+    if result is None or isinstance(result, (str, bytes, int, float, bool, list, tuple)):
+        return None
+    return _usage_pair(_field(result, "usage"))
+
+
+def _choice_has_content(choice: Any) -> bool:
+    delta = _field(choice, "delta")
+    if delta is None:
+        text = _field(choice, "text")  # completions API
+        if text:
+            return True
+        msg = _field(choice, "message")
+        return bool(msg is not None and (_field(msg, "content") or _field(msg, "tool_calls")))
+    return bool(_field(delta, "content") or _field(delta, "tool_calls") or _field(delta, "function_call")
+                or _field(delta, "refusal") or _field(delta, "reasoning_content"))
+
+
+def _classify_chunk(item: Any) -> tuple[bool, tuple[int | None, int | None] | None]:
+    """``(carries content, usage or None)`` for one streamed item."""
+    t = type(item)
+    if t is str or t is bytes or t is bytearray or t is memoryview:
+        if not item:
+            return False, None
+        head = item[:6]
+        if t is str:
+            if head.startswith(("data:", "event:", ":", "id:", "retry:")):
+                return _classify_sse(item.encode())
+            return True, None
+        head = bytes(head)
+        if head.startswith((b"data:", b"event:", b":", b"id:", b"retry:")):
+            return _classify_sse(bytes(item))
+        return True, None
+    if item is None:
+        return False, None
+    choices = _field(item, "choices")
+    if choices is None:
+        return True, None  # an item of unknown shape: it is the content
+    usage = _usage_pair(_field(item, "usage"))
+    content = any(_choice_has_content(ch) for ch in choices) if isinstance(choices, (list, tuple)) else False
+    return content, usage
+
+
+def _classify_sse(raw: bytes) -> tuple[bool, tuple[int | None, int | None] | None]:
+    content = False
+    usage = None
+    for line in raw.split(b"\n"):
+        if not line.startswith(b"data:"):
+            continue
+        payload = line[5:].strip()
+        if not payload or payload == b"[DONE]":
+            continue
+        if payload[:1] != b"{":
+            content = True
+            continue
+        try:
+            import orjson
+
+            obj = orjson.loads(payload)
+        except Exception:  # noqa: BLE001 - not JSON: plain text data is content
+            content = True
+            continue
+        c, u = _classify_chunk(obj) if isinstance(obj, dict) else (True, None)
+        content = content or c
+        if u is not None:
+            usage = u
+    return content, usage
+
+
+# --------------------------------------------------------------------------- transformers
+
+
+_GENERATE_HOOKED = False
+
+
+def _maybe_hook_generate() -> None:
+    global _GENERATE_HOOKED
+    mod = sys.modules.get("transformers.generation.utils")
+    if mod is None:
+        return
+    _GENERATE_HOOKED = True
+    try:
+        mixin = mod.GenerationMixin
+        original = mixin.generate
+        if getattr(original, "__cirron_hook__", False):
+            return
+
+        @functools.wraps(original)
+        def generate(self: Any, *args: Any, **kwargs: Any) -> Any:
+            req = _CURRENT.get()
+            if req is None or req.in_generate or req.ended:
+                return original(self, *args, **kwargs)
+            return _traced_generate(req, original, self, args, kwargs)
+
+        generate.__cirron_hook__ = True  # type: ignore[attr-defined]
+        mixin.generate = generate
+    except Exception as exc:  # noqa: BLE001 - no hook: generate calls are just not counted
+        _note_global(exc)
+
+
+def _note_global(exc: BaseException) -> None:
+    try:
+        import cirron
+
+        cirron.default()._rec.note_internal_error(exc)
+    except Exception:  # noqa: BLE001
+        pass
+
+
+def _traced_generate(req: _Request, original: Callable[..., Any], model: Any, args: tuple, kwargs: dict) -> Any:
+    req.in_generate = True
+    scope = Scope(req.rec, "generate", None)
+    scope.__enter__()
+    try:
+        out = original(model, *args, **kwargs)
+    except BaseException as exc:
+        scope.__exit__(type(exc), exc, exc.__traceback__)
+        req.in_generate = False
+        raise
+    try:
+        counts = _generate_counts(model, args, kwargs, out)
+        if counts is not None:
+            prompt, completion = counts
+            scope.set(input_tokens=prompt, output_tokens=completion)
+            req.add_usage(prompt, completion)
+    except Exception as exc:  # noqa: BLE001
+        req.rec.note_internal_error(exc)
+    scope.__exit__(None, None, None)
+    req.in_generate = False
+    return out
+
+
+def _generate_counts(model: Any, args: tuple, kwargs: dict, out: Any) -> tuple[int, int] | None:
+    ids = kwargs.get("input_ids")
+    if ids is None:
+        ids = kwargs.get("inputs")
+    if ids is None and args and hasattr(args[0], "shape"):
+        ids = args[0]
+    seqs = getattr(out, "sequences", out)
+    shape = getattr(seqs, "shape", None)
+    if shape is None or len(shape) != 2:
+        return None
+    n_seq, out_len = int(shape[0]), int(shape[1])
+    in_shape = getattr(ids, "shape", None)
+    in_len = int(in_shape[-1]) if in_shape is not None and len(in_shape) >= 1 else 0
+    mask = kwargs.get("attention_mask")
+    if mask is not None and hasattr(mask, "sum"):
+        prompt = int(mask.sum())
+    elif in_shape is not None:
+        prompt = int(ids.numel()) if hasattr(ids, "numel") else in_len
+    else:
+        prompt = 0
+    config = getattr(model, "config", None)
+    if getattr(config, "is_encoder_decoder", False):
+        new = out_len - 1  # the decoder start token is not generated
+    else:
+        new = out_len - in_len
+    completion = max(new, 0) * n_seq
+    gen_cfg = getattr(model, "generation_config", None)
+    pad = getattr(gen_cfg, "pad_token_id", None)
+    eos = getattr(gen_cfg, "eos_token_id", None)
+    eos_ids = set(eos) if isinstance(eos, (list, tuple)) else {eos}
+    if completion and isinstance(pad, int) and pad not in eos_ids and new > 0:
+        completion -= int((seqs[:, -new:] == pad).sum())  # padding after early-finished rows
+    return prompt, completion
+
+
+# --------------------------------------------------------------------------- the decorator
+
+
+def _instrument(c: Cirron, fn: Callable[..., Any], config: Mapping[str, Any] | None) -> Callable[..., Any]:
+    rec = c._rec
+
+    def start() -> _Request | None:
+        try:
+            if not _GENERATE_HOOKED:
+                _maybe_hook_generate()
+            return _Request(rec)
+        except Exception as exc:  # noqa: BLE001 - no span, the call still runs
+            rec.note_internal_error(exc)
+            return None
+
+    if inspect.isasyncgenfunction(fn):
+        @functools.wraps(fn)
+        async def agen_wrapper(*args: Any, **kwargs: Any) -> Any:
+            req = start()
+            if req is None:
+                async for item in fn(*args, **kwargs):
+                    yield item
+                return
+            try:
+                ait = req.run(fn, *args, **kwargs)
+            except BaseException as exc:
+                req.finish(exc)
+                raise
+            steps = _agen_steps(req, ait)
+            try:
+                sent: Any = None
+                pending: BaseException | None = None
+                while True:
+                    try:
+                        if pending is not None:
+                            exc, pending = pending, None
+                            item = await steps.athrow(exc)
+                        elif sent is None:
+                            item = await steps.__anext__()
+                        else:
+                            item = await steps.asend(sent)
+                    except StopAsyncIteration:
+                        return
+                    try:
+                        sent = yield item
+                    except GeneratorExit:
+                        raise
+                    except BaseException as exc:  # noqa: BLE001 - forward what the consumer throws
+                        pending, sent = exc, None
+            finally:
+                await steps.aclose()
+
+        wrapper: Callable[..., Any] = agen_wrapper
+
+    elif inspect.isgeneratorfunction(fn):
+        @functools.wraps(fn)
+        def gen_wrapper(*args: Any, **kwargs: Any) -> Any:
+            req = start()
+            if req is None:
+                return (yield from fn(*args, **kwargs))
+            try:
+                it = req.run(fn, *args, **kwargs)
+            except BaseException as exc:
+                req.finish(exc)
+                raise
+            return (yield from _gen_steps(req, it))
+
+        wrapper = gen_wrapper
+
+    elif inspect.iscoroutinefunction(fn):
+        @functools.wraps(fn)
+        async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
+            req = start()
+            if req is None:
+                return await fn(*args, **kwargs)
+            try:
+                coro = req.run(fn, *args, **kwargs)
+            except BaseException as exc:
+                req.finish(exc)
+                raise
+            return await _await_in(req, coro)
+
+        wrapper = async_wrapper
+
+    else:
+        @functools.wraps(fn)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            req = start()
+            if req is None:
+                return fn(*args, **kwargs)
+            try:
+                result = req.run(fn, *args, **kwargs)
+            except BaseException as exc:
+                req.finish(exc)
+                raise
+            if inspect.iscoroutine(result):  # a callable object with an async __call__, a partial, ...
+                return _await_in(req, result)
+            return _finish_result(req, result)
+
+    wrapper.__cirron_inference_config__ = config  # type: ignore[attr-defined]
+    return wrapper
+
+
+def inference_decorator(c: Cirron) -> Any:
+    """The ``inference`` decorator bound to one :class:`~cirron.Cirron` instance."""
+
+    @overload
+    def inference(fn: F, *, config: Mapping[str, Any] | None = None) -> F: ...
+    @overload
+    def inference(fn: None = None, *, config: Mapping[str, Any] | None = None) -> Callable[[F], F]: ...
+
+    def inference(fn: Any = None, *, config: Mapping[str, Any] | None = None) -> Any:
+        """``@ci.inference`` / ``@ci.inference(config=...)``: one ``request`` span per call."""
+        if config is not None and not isinstance(config, Mapping):
+            from cirron._errors import CirronConfigError
+
+            raise CirronConfigError(f"ci.inference(config=...) takes a dict, not {type(config).__qualname__}")
+        if fn is None:
+            return lambda f: inference(f, config=config)
+        if not callable(fn):
+            raise TypeError(f"ci.inference decorates a function, not {type(fn).__qualname__}")
+        return _instrument(c, fn, config)
+
+    return inference
