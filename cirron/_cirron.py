@@ -174,7 +174,10 @@ class Cirron:
         from cirron._flush.service import FlushService
         from cirron.sinks import make_sink
 
-        self._sinks = [make_sink(name, self) for name in self.config.output]
+        names = list(self.config.output)
+        if "platform" in names and "spool" not in names:
+            names.insert(names.index("platform"), "spool")  # the spool is what the platform upload resumes from
+        self._sinks = [make_sink(name, self) for name in names]
         self._service = FlushService(self._sinks, self._flush_sync, self._pending_spans, self.config.flush_interval)
 
     def profiling(self, output: str | list[str] | tuple[str, ...] | None = None, **kwargs: Any) -> _Profiling:

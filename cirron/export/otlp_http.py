@@ -1,11 +1,15 @@
 """Send an OTLP/JSON request to an OTLP/HTTP traces receiver (``/v1/traces``), with retries.
 
-Shared by ``cirron traces export --format otel --endpoint`` and the live ``otlp`` sink.
+Shared by ``cirron traces export --format otel --endpoint`` (sync, :func:`send_otlp`), the live
+``otlp`` sink and the platform uploader (async, :func:`apost_with_retries`).
 Policy (OTLP/HTTP spec): gzip body; up to ``max_attempts`` attempts within ``deadline`` seconds;
 retry only on 429/502/503/504 and on dropped connections/timeouts, with exponential backoff
 and jitter, honouring ``Retry-After`` (seconds or an HTTP date); never on other status codes.
 A 200 whose body reports ``partialSuccess`` with rejected spans is a warning, not a retry.
-httpx is imported when a request is actually sent.
+The policy lives once, in :class:`_Attempts` (no I/O); the sync and async loops only do the
+sending and the sleeping. httpx is imported when a request is actually sent.
+
+:class:`OtlpSettings` reads the standard ``OTEL_EXPORTER_OTLP_*`` environment variables.
 """
 
 from __future__ import annotations
@@ -25,11 +29,17 @@ import orjson
 from cirron._errors import CirronError
 
 __all__ = [
+    "DEFAULT_TRACES_ENDPOINT",
     "PROTOCOLS",
     "RETRYABLE_STATUS",
     "OTLPExportError",
+    "OtlpSettings",
     "SendResult",
+    "apost_with_retries",
+    "encode_body",
+    "parse_otlp_headers",
     "parse_retry_after",
+    "post_with_retries",
     "resolve_traces_url",
     "send_otlp",
 ]
@@ -113,6 +123,138 @@ def _partial_success(body: bytes, content_type: str) -> tuple[int, str]:
     return 0, ""
 
 
+def encode_body(request: Mapping[str, Any], protocol: str = "http/json",
+                compression: str | None = "gzip") -> tuple[bytes, dict[str, str]]:
+    """The HTTP body and headers for an OTLP/JSON request dict under ``protocol``/``compression``."""
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"unknown OTLP protocol {protocol!r} (expected one of {', '.join(PROTOCOLS)})")
+    body, ctype = _encode(request, protocol)
+    hdrs = {"Content-Type": ctype, "User-Agent": "cirron-otlp"}
+    if compression == "gzip":
+        body = gzip.compress(body, compresslevel=6)
+        hdrs["Content-Encoding"] = "gzip"
+    return body, hdrs
+
+
+class _Attempts:
+    """The retry policy as a small state machine with no I/O, shared by the sync and async loops.
+
+    The loop calls :meth:`attempt_timeout`, sends, then :meth:`on_response` (returns the result
+    on success, raises on a refusal, ``None`` to retry) or :meth:`on_transport_error`; then
+    :meth:`next_delay` says how long to sleep before the next attempt (``None``: give up, and
+    :meth:`give_up` is the error to raise).
+    """
+
+    def __init__(self, url: str, *, timeout: float, deadline: float, max_attempts: int, base_backoff: float,
+                 max_backoff: float, otlp: bool = True, accept: frozenset[int] = frozenset(),
+                 on_warning: Callable[[str], None] | None = None, what: str = "export") -> None:
+        self.url = url
+        self.timeout = timeout
+        self.deadline = deadline
+        self.max_attempts = max(1, max_attempts)
+        self.base_backoff = base_backoff
+        self.max_backoff = max_backoff
+        self.otlp = otlp
+        self.accept = accept
+        self.warn = on_warning or (lambda m: _log.warning("%s", m))
+        self.what = what
+        self.start = time.monotonic()
+        self.attempt = 0
+        self.last_error = ""
+        self.last_status: int | None = None
+        self._retry_after: float | None = None
+
+    def attempt_timeout(self) -> float:
+        self.attempt += 1
+        self._retry_after = None
+        remaining = self.deadline - (time.monotonic() - self.start)
+        return max(0.1, min(self.timeout, remaining))
+
+    def on_response(self, status: int, headers: Mapping[str, str], content: bytes, text: str) -> SendResult | None:
+        self.last_status = status
+        if 200 <= status < 300 or status in self.accept:
+            rejected, msg = (0, "")
+            if self.otlp and 200 <= status < 300:
+                rejected, msg = _partial_success(content, headers.get("content-type", ""))
+                if rejected or msg:
+                    self.warn(f"OTLP receiver accepted the export partially: {rejected} span(s) rejected"
+                              + (f" ({msg})" if msg else ""))
+            return SendResult(status, self.attempt, rejected, msg)
+        snippet = text[:200].strip().replace("\n", " ")
+        self.last_error = f"HTTP {status}" + (f": {snippet}" if snippet else "")
+        if status not in RETRYABLE_STATUS:
+            who = "OTLP receiver" if self.otlp else "Receiver"
+            raise OTLPExportError(f"{who} at {self.url} refused the {self.what} ({self.last_error})",
+                                  status, self.attempt)
+        self._retry_after = parse_retry_after(headers.get("retry-after"))
+        return None
+
+    def on_transport_error(self, exc: BaseException) -> None:
+        self.last_error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        self.last_status = None
+
+    def next_delay(self) -> float | None:
+        if self.attempt >= self.max_attempts:
+            return None
+        if self._retry_after is not None:
+            delay = self._retry_after
+        else:
+            delay = min(self.max_backoff, self.base_backoff * (2 ** (self.attempt - 1)))
+            delay *= 0.5 + random.random() / 2
+        if time.monotonic() - self.start + delay >= self.deadline:
+            return None
+        return delay
+
+    def give_up(self) -> OTLPExportError:
+        return OTLPExportError(f"could not {self.what} to {self.url} after {self.attempt} attempt(s): "
+                               f"{self.last_error}", self.last_status, self.attempt)
+
+
+def post_with_retries(client: Any, url: str, body: bytes, headers: Mapping[str, str], *,
+                      sleep: Callable[[float], None] = time.sleep, **policy: Any) -> SendResult:
+    """POST ``body`` with ``client`` (an ``httpx.Client``) under the retry policy of :class:`_Attempts`."""
+    import httpx
+
+    state = _Attempts(url, **policy)
+    while True:
+        t = state.attempt_timeout()
+        try:
+            resp = client.post(url, content=body, headers=dict(headers), timeout=t)
+        except (httpx.TransportError, OSError) as exc:
+            state.on_transport_error(exc)
+        else:
+            result = state.on_response(resp.status_code, resp.headers, resp.content, resp.text)
+            if result is not None:
+                return result
+        delay = state.next_delay()
+        if delay is None:
+            raise state.give_up()
+        sleep(delay)
+
+
+async def apost_with_retries(client: Any, url: str, body: bytes, headers: Mapping[str, str], *,
+                             sleep: Callable[[float], Any] | None = None, **policy: Any) -> SendResult:
+    """The async twin of :func:`post_with_retries` (``client`` is an ``httpx.AsyncClient``)."""
+    import anyio
+    import httpx
+
+    state = _Attempts(url, **policy)
+    while True:
+        t = state.attempt_timeout()
+        try:
+            resp = await client.post(url, content=body, headers=dict(headers), timeout=t)
+        except (httpx.TransportError, OSError) as exc:
+            state.on_transport_error(exc)
+        else:
+            result = state.on_response(resp.status_code, resp.headers, resp.content, resp.text)
+            if result is not None:
+                return result
+        delay = state.next_delay()
+        if delay is None:
+            raise state.give_up()
+        await (sleep or anyio.sleep)(delay)
+
+
 def send_otlp(
     request: Mapping[str, Any],
     endpoint: str,
@@ -139,58 +281,129 @@ def send_otlp(
         raise ValueError(f"unknown OTLP protocol {protocol!r} (expected one of {', '.join(PROTOCOLS)})")
     import httpx
 
-    warn = on_warning or (lambda m: _log.warning("%s", m))
     url = resolve_traces_url(endpoint)
-    body, ctype = _encode(request, protocol)
-    hdrs = {"Content-Type": ctype, "User-Agent": "cirron-otlp"}
-    if compression == "gzip":
-        body = gzip.compress(body, compresslevel=6)
-        hdrs["Content-Encoding"] = "gzip"
+    body, hdrs = encode_body(request, protocol, compression)
     hdrs.update(headers or {})
-    start = time.monotonic()
     own = client is None
     if own:
         client = httpx.Client(timeout=timeout)
-    attempt = 0
-    last_error = ""
-    last_status: int | None = None
     try:
-        while True:
-            attempt += 1
-            retry_after: float | None = None
-            remaining = deadline - (time.monotonic() - start)
-            try:
-                resp = client.post(url, content=body, headers=hdrs, timeout=max(0.1, min(timeout, remaining)))
-            except (httpx.TransportError, OSError) as exc:
-                last_error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-                last_status = None
-            else:
-                last_status = resp.status_code
-                if 200 <= resp.status_code < 300:
-                    rejected, msg = _partial_success(resp.content, resp.headers.get("content-type", ""))
-                    if rejected or msg:
-                        warn(f"OTLP receiver accepted the export partially: {rejected} span(s) rejected"
-                             + (f" ({msg})" if msg else ""))
-                    return SendResult(resp.status_code, attempt, rejected, msg)
-                text = resp.text[:200].strip().replace("\n", " ")
-                last_error = f"HTTP {resp.status_code}" + (f": {text}" if text else "")
-                if resp.status_code not in RETRYABLE_STATUS:
-                    raise OTLPExportError(f"OTLP receiver at {url} refused the export ({last_error})",
-                                          resp.status_code, attempt)
-                retry_after = parse_retry_after(resp.headers.get("retry-after"))
-            if attempt >= max_attempts:
-                break
-            if retry_after is not None:
-                delay = retry_after
-            else:
-                delay = min(max_backoff, base_backoff * (2 ** (attempt - 1)))
-                delay = delay * (0.5 + random.random() / 2)
-            if time.monotonic() - start + delay >= deadline:
-                break
-            sleep(delay)
-        raise OTLPExportError(
-            f"could not export to {url} after {attempt} attempt(s): {last_error}", last_status, attempt
-        )
+        return post_with_retries(client, url, body, hdrs, sleep=sleep, timeout=timeout, deadline=deadline,
+                                 max_attempts=max_attempts, base_backoff=base_backoff, max_backoff=max_backoff,
+                                 on_warning=on_warning)
     finally:
         if own:
             client.close()
+
+
+# ------------------------------------------------------------------ OTEL_EXPORTER_OTLP_* settings
+
+DEFAULT_TRACES_ENDPOINT = "http://localhost:4318/v1/traces"
+DEFAULT_TIMEOUT_S = 10.0
+ENV_PREFIX = "OTEL_EXPORTER_OTLP_"
+ENV_TRACES_PREFIX = "OTEL_EXPORTER_OTLP_TRACES_"
+
+
+def parse_otlp_headers(value: str) -> dict[str, str]:
+    """``k=v,k2=v2`` (W3C baggage-like, URL-encoded) → dict; raises ``ValueError`` on a bad entry."""
+    from urllib.parse import unquote
+
+    out: dict[str, str] = {}
+    for item in value.split(","):
+        if not item.strip():
+            continue
+        key, sep, val = item.partition("=")
+        key = unquote(key).strip()
+        if not sep or not key:
+            raise ValueError(f"bad header entry {item.strip()!r} (expected key=value)")
+        out[key] = unquote(val).strip()
+    return out
+
+
+@dataclass(frozen=True)
+class OtlpSettings:
+    """Where and how the live ``otlp`` sink sends: the standard ``OTEL_EXPORTER_OTLP_*`` variables.
+
+    Each ``OTEL_EXPORTER_OTLP_TRACES_<X>`` wins over ``OTEL_EXPORTER_OTLP_<X>``. ``sources`` keeps
+    the variable each value came from (``cirron status`` shows it).
+    """
+
+    endpoint: str = DEFAULT_TRACES_ENDPOINT
+    protocol: str = "http/protobuf"
+    headers: Mapping[str, str] = None  # type: ignore[assignment]
+    compression: str | None = None
+    timeout: float = DEFAULT_TIMEOUT_S
+    sources: Mapping[str, str] = None  # type: ignore[assignment]
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> OtlpSettings:
+        """Read the environment; a bad value raises :class:`cirron.CirronConfigError` naming the variable."""
+        import os
+
+        from cirron._errors import CirronConfigError
+
+        env = os.environ if environ is None else environ
+        sources: dict[str, str] = {}
+
+        def get(name: str) -> tuple[str | None, str | None]:
+            for var in (ENV_TRACES_PREFIX + name, ENV_PREFIX + name):
+                v = env.get(var, "").strip()
+                if v:
+                    return v, var
+            return None, None
+
+        endpoint = DEFAULT_TRACES_ENDPOINT
+        sources["endpoint"] = "default"
+        v = env.get(ENV_TRACES_PREFIX + "ENDPOINT", "").strip()
+        if v:
+            endpoint, sources["endpoint"] = v, f"env {ENV_TRACES_PREFIX}ENDPOINT"
+        elif env.get(ENV_PREFIX + "ENDPOINT", "").strip():
+            base = env[ENV_PREFIX + "ENDPOINT"].strip()
+            endpoint, sources["endpoint"] = base.rstrip("/") + "/v1/traces", f"env {ENV_PREFIX}ENDPOINT"
+        if not endpoint.startswith(("http://", "https://")):
+            raise CirronConfigError(f"{sources['endpoint'][4:]}={endpoint!r} must be an http:// or https:// URL")
+
+        protocol, var = get("PROTOCOL")
+        sources["protocol"] = f"env {var}" if var else "default"
+        protocol = protocol or "http/protobuf"
+        if protocol not in PROTOCOLS:
+            raise CirronConfigError(f"{var}={protocol!r} is not supported by cirron's otlp sink; "
+                                    f"use {' or '.join(PROTOCOLS)} (gRPC: put an OpenTelemetry Collector in between)")
+
+        raw, var = get("HEADERS")
+        sources["headers"] = f"env {var}" if var else "default"
+        try:
+            headers = parse_otlp_headers(raw) if raw else {}
+        except ValueError as exc:
+            raise CirronConfigError(f"{var}: {exc}") from None
+
+        comp, var = get("COMPRESSION")
+        sources["compression"] = f"env {var}" if var else "default"
+        comp = (comp or "none").lower()
+        if comp not in ("gzip", "none"):
+            raise CirronConfigError(f"{var}={comp!r} must be gzip or none")
+
+        raw, var = get("TIMEOUT")
+        sources["timeout"] = f"env {var}" if var else "default"
+        timeout = DEFAULT_TIMEOUT_S
+        if raw:
+            try:
+                ms = float(raw)
+            except ValueError:
+                ms = -1.0
+            if not ms > 0:
+                raise CirronConfigError(f"{var}={raw!r} must be a positive number of milliseconds")
+            timeout = ms / 1000.0
+        return cls(endpoint=endpoint, protocol=protocol, headers=headers,
+                   compression="gzip" if comp == "gzip" else None, timeout=timeout, sources=sources)
+
+    def masked(self) -> dict[str, Any]:
+        """For ``cirron status``: header values hidden (they usually carry tokens)."""
+        return {
+            "endpoint": {"value": self.endpoint, "source": self.sources.get("endpoint", "default")},
+            "protocol": {"value": self.protocol, "source": self.sources.get("protocol", "default")},
+            "headers": {"value": {k: "****" for k in (self.headers or {})},
+                        "source": self.sources.get("headers", "default")},
+            "compression": {"value": self.compression or "none", "source": self.sources.get("compression", "default")},
+            "timeout": {"value": self.timeout, "source": self.sources.get("timeout", "default")},
+        }

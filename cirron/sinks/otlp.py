@@ -1,0 +1,309 @@
+"""``output="otlp"``: closed spans, with their marks as events, sent live over OTLP/HTTP.
+
+Where and how it sends comes from the standard ``OTEL_EXPORTER_OTLP_*`` variables
+(:class:`cirron.export.otlp_http.OtlpSettings`); the encoding is the one the file export uses
+(:mod:`cirron.export._otlp`), so a live trace and an exported one look the same to a receiver.
+
+What the sink does with each batch the flush service hands it:
+
+* open span records (``end_ns`` null) are only remembered; a span is sent once, when its closed
+  record arrives. The session root therefore goes out when the session ends.
+* marks travel as events of their span, so a mark whose span is still open (or not seen yet)
+  waits for it, within :data:`MAX_HELD_MARKS`; beyond that, or when its span never shows up,
+  it is counted as dropped (``marks_held_overflow`` / ``marks_orphaned``).
+* ``request`` spans get the GenAI semantic-convention token counts
+  (``gen_ai.usage.input_tokens`` / ``gen_ai.usage.output_tokens``) from their
+  ``prompt_tokens`` / ``completion_tokens`` (or ``tokens``) marks.
+* spans go out in requests of at most :data:`EXPORT_BATCH_SPANS`, each retried under the shared
+  policy of :mod:`cirron.export.otlp_http` (429/502/503/504 and dropped connections only,
+  backoff with jitter, ``Retry-After``). A request that still fails is counted as dropped
+  (``spans_export_failed``). While the sink waits, later batches queue in the flush service's
+  bounded stream and are counted there when it is full (``spans_queue_full``).
+* the user's threads never wait on any of this; at shutdown the sink notices that the session
+  root has closed and gives what is left a bounded final budget
+  (:data:`FINAL_FLUSH_FRACTION` of the shutdown timeout, at most the OTLP timeout); whatever does
+  not make it is counted (``spans_shutdown``/``marks_shutdown``).
+
+``http/protobuf`` (the OpenTelemetry default) needs the ``otlp`` extra
+(``pip install 'cirron[otlp]'``); without it ``ci.profile(output="otlp")`` raises
+:class:`cirron.CirronDependencyError` right away rather than failing later in the background.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import anyio
+
+from cirron._errors import require
+from cirron._flush.batch import Batch
+from cirron._schema import ROOT_SENTINEL
+from cirron.export.otlp_http import OtlpSettings
+from cirron.sinks import Sink
+
+_log = logging.getLogger("cirron.otlp")
+
+#: Spans per OTLP request (the OpenTelemetry SDK's default ``max_export_batch_size``).
+EXPORT_BATCH_SPANS = 512
+#: Marks held back while their span is open (all spans together).
+MAX_HELD_MARKS = 100_000
+#: Open spans remembered; beyond this their marks are treated as orphans.
+MAX_OPEN_TRACKED = 100_000
+#: Writes a mark waits for a span that was never seen open before it counts as orphaned.
+ORPHAN_AFTER_WRITES = 3
+#: Per request: attempts and overall deadline (seconds) before a request counts as dropped.
+MAX_ATTEMPTS = 6
+SEND_DEADLINE = 30.0
+#: Share of the shutdown timeout given to the final sends once the session root has closed.
+FINAL_FLUSH_FRACTION = 0.6
+#: How often an in-flight request checks whether the session is shutting down (seconds).
+STOP_POLL = 0.05
+
+_INPUT_TOKEN_MARKS = ("prompt_tokens", "input_tokens")
+_OUTPUT_TOKEN_MARKS = ("completion_tokens", "output_tokens", "tokens")
+
+
+def genai_attributes(marks: list[dict[str, Any]]) -> dict[str, int]:
+    """``gen_ai.usage.*`` token counts from a request span's marks (``completion_tokens`` wins over ``tokens``)."""
+    found: dict[str, int] = {}
+    for m in marks:
+        v = m.get("value")
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or v != v:
+            continue
+        found[m.get("name")] = int(v)
+    out: dict[str, int] = {}
+    for name in _INPUT_TOKEN_MARKS:
+        if name in found:
+            out["gen_ai.usage.input_tokens"] = found[name]
+            break
+    for name in _OUTPUT_TOKEN_MARKS:
+        if name in found:
+            out["gen_ai.usage.output_tokens"] = found[name]
+            break
+    return out
+
+
+class OtlpSink(Sink):
+    name = "otlp"
+    is_async = True
+
+    def __init__(self, owner: Any, settings: OtlpSettings | None = None) -> None:
+        super().__init__()
+        self.settings = settings or OtlpSettings.from_env()
+        if self.settings.protocol == "http/protobuf":
+            # Fail at profile() time, in the user's thread, with the pip hint; not later in the background.
+            require("opentelemetry.proto.collector.trace.v1.trace_service_pb2", "OTLP http/protobuf export", "otlp")
+            require("google.protobuf.json_format", "OTLP http/protobuf export", "otlp")
+        self._owner = owner
+        cfg = getattr(owner, "_config", None)
+        shutdown_timeout = getattr(cfg, "shutdown_timeout", 5.0) or 5.0
+        self.final_budget = min(self.settings.timeout, FINAL_FLUSH_FRACTION * shutdown_timeout)
+        self._client: Any = None
+        self._root: Any = None
+        self._session_id: str | None = None
+        self._open: dict[str, None] = {}
+        #: span id → [marks]; ``_held_since`` for spans never seen open (write number of the first mark).
+        self._held: dict[str, list[dict[str, Any]]] = {}
+        self._held_since: dict[str, int] = {}
+        self._held_count = 0
+        self._writes = 0
+        self._stop_deadline: float | None = None
+        self._warned_partial = False
+        self.requests_sent = 0
+        self.retries = 0
+        self.spans_rejected = 0
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        import httpx
+
+        self._root = getattr(getattr(self._owner, "_rec", None), "root", None)
+        self._client = httpx.AsyncClient(timeout=self.settings.timeout, headers=dict(self.settings.headers or {}))
+
+    async def aclose(self) -> None:
+        # Anything still held (marks of spans that never closed) cannot be sent any more.
+        if self._held_count:
+            self._drop("shutdown", marks=self._held_count)
+            self._held.clear()
+            self._held_since.clear()
+            self._held_count = 0
+        if self._open:
+            self._drop("open_at_shutdown", spans=len(self._open))
+            self._open.clear()
+        client, self._client = self._client, None
+        if client is not None:
+            with anyio.move_on_after(0.5):
+                await client.aclose()
+
+    def pending(self) -> tuple[int, int]:
+        return 0, self._held_count
+
+    def state(self) -> dict[str, Any]:
+        st = super().state()
+        st.update(endpoint=self.settings.endpoint, protocol=self.settings.protocol, requests_sent=self.requests_sent,
+                  retries=self.retries, spans_rejected=self.spans_rejected, open_spans_tracked=len(self._open))
+        return st
+
+    # -- writing -------------------------------------------------------------------------------
+
+    async def write(self, batch: Batch) -> None:
+        self._writes += 1
+        if batch.session_id is not None:
+            self._session_id = batch.session_id
+        spans, marks = self._sort(batch)
+        if not spans:
+            return
+        session_id = self._session_id or batch.session_id or "unknown"
+        for i in range(0, len(spans), EXPORT_BATCH_SPANS):
+            chunk = spans[i : i + EXPORT_BATCH_SPANS]
+            ids = {s["id"] for s in chunk}
+            chunk_marks = [m for sid in ids for m in marks.get(sid, ())]
+            await self._export(session_id, batch.resource, chunk, chunk_marks)
+
+    def _sort(self, batch: Batch) -> tuple[list[dict[str, Any]], dict[str, list[dict[str, Any]]]]:
+        """Closed spans ready to go, and their marks (the held ones included); hold the rest."""
+        root_id = self._session_id
+        closed: list[dict[str, Any]] = []
+        for s in batch.spans:
+            sid = s.get("id")
+            if not isinstance(sid, str):
+                continue
+            if s.get("end_ns") is None:
+                if len(self._open) < MAX_OPEN_TRACKED:
+                    self._open[sid] = None
+                    self._held_since.pop(sid, None)  # seen open: its marks wait without a limit in writes
+            else:
+                self._open.pop(sid, None)
+                closed.append(s)
+        for m in batch.marks:
+            sid = m.get("span_id")
+            if sid == ROOT_SENTINEL or not isinstance(sid, str):
+                sid = root_id
+                if sid is None:
+                    self._drop("orphaned", marks=1)
+                    continue
+            self._hold(sid, m)
+        ready: dict[str, list[dict[str, Any]]] = {}
+        out = []
+        for s in closed:
+            sid = s["id"]
+            ms = self._held.pop(sid, None)
+            self._held_since.pop(sid, None)
+            if ms:
+                self._held_count -= len(ms)
+                ready[sid] = ms
+            if s.get("name") == "request" and ms:
+                extra = genai_attributes(ms)
+                if extra:
+                    s = dict(s)
+                    s["attrs"] = {**(s.get("attrs") or {}), **extra}
+            out.append(s)
+        # Marks of spans never seen, after a few writes: their span closed before we knew it.
+        if self._held_since:
+            for sid, first in list(self._held_since.items()):
+                if self._writes - first >= ORPHAN_AFTER_WRITES:
+                    ms = self._held.pop(sid, [])
+                    del self._held_since[sid]
+                    self._held_count -= len(ms)
+                    self._drop("orphaned", marks=len(ms))
+        return out, ready
+
+    def _hold(self, sid: str, mark: dict[str, Any]) -> None:
+        if self._held_count >= MAX_HELD_MARKS:
+            self._drop("held_overflow", marks=1)
+            return
+        lst = self._held.get(sid)
+        if lst is None:
+            lst = self._held[sid] = []
+            if sid not in self._open and sid != self._session_id:
+                self._held_since[sid] = self._writes
+        lst.append(mark)
+        self._held_count += 1
+
+    async def _export(self, session_id: str, resource: dict[str, Any], spans: list[dict[str, Any]],
+                      marks: list[dict[str, Any]]) -> None:
+        from cirron.export._otlp import build_request, encode_resource_spans
+        from cirron.export.otlp_http import OTLPExportError, apost_with_retries, encode_body
+
+        if self._client is None or self._final_time_left() == 0.0:
+            self._drop("shutdown", spans=len(spans), marks=len(marks))
+            return
+        try:
+            request = build_request([encode_resource_spans(session_id, resource, spans, marks)])
+            body, headers = encode_body(request, self.settings.protocol, self.settings.compression)
+        except Exception as exc:  # noqa: BLE001 - a record we cannot encode is dropped, not retried
+            self.note_error(exc)
+            self._drop("encode_error", spans=len(spans), marks=len(marks))
+            return
+        box: list[Any] = []
+
+        async def send() -> None:
+            try:
+                box.append(await apost_with_retries(
+                    self._client, self.settings.endpoint, body, headers, timeout=self.settings.timeout,
+                    deadline=SEND_DEADLINE, max_attempts=MAX_ATTEMPTS, base_backoff=0.5, max_backoff=8.0,
+                    on_warning=self._warn_partial))
+            except Exception as exc:  # noqa: BLE001 - reported below
+                box.append(exc)
+            tg.cancel_scope.cancel()
+
+        async def watch_stop() -> None:
+            # The user's shutdown() closed the root: cut this request at the final deadline.
+            while self._final_time_left() is None:
+                await anyio.sleep(STOP_POLL)
+            assert self._stop_deadline is not None
+            tg.cancel_scope.deadline = min(tg.cancel_scope.deadline, self._stop_deadline)
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(send)
+            tg.start_soon(watch_stop)
+        result = box[0] if box else None
+        if result is None:
+            self.note_error(TimeoutError("shutdown deadline reached before the OTLP receiver answered"))
+            self._drop("shutdown", spans=len(spans), marks=len(marks))
+            return
+        if isinstance(result, OTLPExportError):
+            self.retries += max(0, result.attempts - 1)
+            self.note_error(result)
+            self._drop("export_failed", spans=len(spans), marks=len(marks))
+            return
+        if isinstance(result, BaseException):
+            self.note_error(result)
+            self._drop("export_failed", spans=len(spans), marks=len(marks))
+            return
+        self.requests_sent += 1
+        self.retries += max(0, result.attempts - 1)
+        self.batches_written += 1
+        rejected = min(result.rejected_spans, len(spans))
+        self.spans_rejected += rejected
+        if rejected:
+            self.dropped["spans_rejected"] = self.dropped.get("spans_rejected", 0) + rejected
+        self.spans_written += len(spans) - rejected
+        self.marks_written += len(marks)
+
+    # -- helpers -------------------------------------------------------------------------------
+
+    def _final_time_left(self) -> float | None:
+        """``None`` while the session runs; once its root has closed, the seconds left to send (≥ 0)."""
+        root = self._root
+        if root is None or root.end_ns is None:
+            return None
+        now = time.monotonic()
+        if self._stop_deadline is None:
+            self._stop_deadline = now + self.final_budget
+        return max(0.0, self._stop_deadline - now)
+
+    def _warn_partial(self, message: str) -> None:
+        if not self._warned_partial:
+            self._warned_partial = True
+            _log.warning("%s (further partial successes are counted in health() only)", message)
+
+    def _drop(self, reason: str, spans: int = 0, marks: int = 0) -> None:
+        if spans:
+            self.dropped[f"spans_{reason}"] = self.dropped.get(f"spans_{reason}", 0) + spans
+        if marks:
+            self.dropped[f"marks_{reason}"] = self.dropped.get(f"marks_{reason}", 0) + marks
+
