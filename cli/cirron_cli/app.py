@@ -39,6 +39,11 @@ def _register_commands() -> None:
     snapshots.register(traces.traces_app)
     app.add_typer(traces.traces_app, name="traces")
     app.add_typer(spool_cmd.spool_app, name="spool")
+    from cirron_cli import auth, spool_flush, status
+
+    spool_flush.register(spool_cmd.spool_app)
+    status.register(app)
+    auth.register(app)
 
 
 _register_commands()
