@@ -20,7 +20,7 @@ from cirron._config import Config
 from cirron._env import env as _env
 from cirron._env import secret as _secret
 from cirron._flush.collector import Collector, TraceStore, resource_attributes
-from cirron._record.span import Recorder, Scope, Span
+from cirron._record.span import Recorder, Scope
 from cirron._schema import SESSION_SPAN_NAME
 from cirron._version import __version__
 
@@ -165,7 +165,8 @@ class Cirron:
                          ("CIRRON_DEPLOYMENT_ID", "deployment_id")):
             if os.environ.get(var):
                 attrs[key] = os.environ[var]
-        root = self._rec.open_span(SESSION_SPAN_NAME, attrs)
+        root = self._rec.start_span(SESSION_SPAN_NAME, attrs)
+        root._cpu0 = time.process_time_ns()  # the session's CPU time is the whole process's
         self._rec.root = root
         self.session_id = root.id_hex
         self._build_service()
@@ -241,12 +242,10 @@ class Cirron:
             load_ns = t1 - t0
             scope = Scope(rec, "batch", {"data_load_ns": load_ns}, index=i)
             scope.__enter__()
-            span = scope.span
-            if span is not None:
-                span.start_ns = t0
+            if scope.id is not None:
+                scope.start_ns = t0
                 scope._cpu0 -= c1 - c0
-                load = rec.open_span("data_load", {"data_load_ns": load_ns}, parent=span)
-                load.start_ns, load.cpu_ns, load.end_ns = t0, c1 - c0, t1
+                rec.record_closed("data_load", scope, t0, t1, c1 - c0, {"data_load_ns": load_ns})
             try:
                 yield item
             except BaseException as exc:
@@ -256,7 +255,7 @@ class Cirron:
             scope.__exit__(None, None, None)
             i += 1
 
-    def current_span(self) -> Span | None:
+    def current_span(self) -> Scope | None:
         return self._rec.current.get()
 
     # -- reading back ------------------------------------------------------------------------
@@ -269,7 +268,7 @@ class Cirron:
             self.flush()
         else:
             self._collector.drain_to_trace()
-        spans, marks = self._trace.snapshot()
+        spans, marks = self._trace.snapshot(list(self._rec.open.values()))
         return render(spans, marks, format, name, last)
 
     # -- flushing and lifecycle --------------------------------------------------------------
@@ -280,7 +279,7 @@ class Cirron:
     def _flush_sync(self, final: bool = False) -> list[Any]:
         """Drain and write every sync sink. Runs in the service's worker thread (or the caller's)."""
         with self._collector.lock:
-            batches = self._collector.collect(self.session_id, self._resource, final=final)
+            batches = self._collector.collect(self.session_id, self._resource)
             for sink in self._sinks:
                 if sink.is_async:
                     continue
@@ -368,8 +367,7 @@ class Cirron:
     def _close_root(self) -> None:
         root = self._rec.root
         if root is not None and root.end_ns is None and not self._forked_child:
-            root.cpu_ns = time.process_time_ns()
-            root.end_ns = time.time_ns()
+            root._close(None, time.process_time_ns(), time.time_ns())
 
     def _finish_shutdown(self) -> None:
         self._state = State.CLOSED
@@ -385,9 +383,10 @@ class Cirron:
         was_running = self._state is State.RUNNING
         self._pid = os.getpid()
         self._rec.buffers.reset_after_fork()
+        self._rec.open = {}  # the parent's open spans are the parent's to close and write
         self._collector.reset_after_fork()
         self._lifecycle = threading.RLock()
-        self._trace._lock = threading.Lock()
+        self._trace.reset_lock()
         for sink in self._sinks:
             writer = getattr(sink, "writer", None)
             if writer is not None and writer._lock_fd is not None:
@@ -480,6 +479,7 @@ class Cirron:
             "marks_written": primary["marks_written"] if primary else 0,
             "marks_dropped": marks_dropped,
             "marks_pending": marks_pending,
+            "spans_open": len(self._rec.open),
             "spans_buffered": totals["spans_pending"],
             "marks_buffered": totals["marks_pending"],
             "span_drop_count": spans_dropped,

@@ -9,7 +9,7 @@ from typing import Any
 
 from cirron._errors import CirronConfigError, CirronDependencyError
 from cirron._format import format_value
-from cirron._record.span import Span
+from cirron._ids import hex_id
 from cirron._schema import SESSION_SPAN_NAME, strict_json
 
 FORMATS = ("tree", "dict", "json", "df")
@@ -27,79 +27,71 @@ def _short_duration(ns: int | None) -> str:
     return f"{ns / 1_000_000_000:.2f}s"
 
 
-def _label(span: Span) -> str:
-    return span.name if span.index is None else f"{span.name}[{span.index}]"
+def build_nodes(spans: list[tuple], marks: dict[int, list], name: str | None, last: int | None) -> dict[str, Any]:
+    """The ``format="dict"`` structure: ``{"roots": [...], "span_count": n}``.
 
+    ``spans`` are closed-span tuples (``_record.span.CLOSED_FIELDS``; open spans with end None).
+    """
+    session_ids = {s[0] for s in spans if s[2] == SESSION_SPAN_NAME}
+    wanted = [s for s in spans if s[0] not in session_ids]
+    by_id = {s[0]: s for s in wanted}
+    wanted.sort(key=lambda s: (s[4], s[0]))
 
-def build_nodes(spans: list[Span], marks: dict[int | None, list], name: str | None, last: int | None) -> dict[str, Any]:
-    """The ``format="dict"`` structure: ``{"roots": [...], "span_count": n}``."""
-    by_id = {s.id: s for s in spans}
-    wanted = [s for s in spans if s.name != SESSION_SPAN_NAME]
-
-    def node(s: Span, with_children: bool) -> dict[str, Any]:
-        wall = s.end_ns - s.start_ns if s.end_ns is not None else None
+    def node(s: tuple) -> dict[str, Any]:
+        wall = s[5] - s[4] if s[5] is not None else None
         return {
-            "id": s.id_hex,
-            "name": s.name,
-            "index": s.index,
+            "id": hex_id(s[0]),
+            "name": s[2],
+            "index": s[3],
             "wall_us": wall / 1_000 if wall is not None else None,
-            "cpu_ns": s.cpu_ns,
-            "gpu_ns": s.gpu_ns,
-            "memory_peak_bytes": s.memory_peak_bytes,
-            "attrs": strict_json(s.attrs) if s.attrs else {},
-            "marks": [
-                {"name": m[2], "value": m[3], "kind": m[4], "ts_ns": m[5]} for m in marks.get(s.id, ())
-            ],
+            "cpu_ns": s[6],
+            "gpu_ns": s[7],
+            "memory_peak_bytes": s[8],
+            "attrs": strict_json(s[10]) if s[10] else {},
+            "marks": [{"name": m[2], "value": m[3], "kind": m[4], "ts_ns": m[5]} for m in marks.get(s[0], ())],
             "children": [],
         }
 
     if last is not None:
-        closed = sorted((s for s in wanted if s.end_ns is not None), key=lambda s: s.end_ns)
+        closed = sorted((s for s in wanted if s[5] is not None), key=lambda s: s[5])
         picked = closed[-last:] if last > 0 else []
-        return {"roots": [node(s, False) for s in picked], "span_count": len(picked)}
+        return {"roots": [node(s) for s in picked], "span_count": len(picked)}
 
-    nodes: dict[int, dict[str, Any]] = {}
-    children: dict[int | None, list[Span]] = {}
-    for s in sorted(wanted, key=lambda s: (s.start_ns, s.id)):
-        parent = s.parent
-        key = parent.id if parent is not None and parent.id in by_id and parent.name != SESSION_SPAN_NAME else None
-        if parent is not None and parent.name != SESSION_SPAN_NAME and parent.id not in by_id:
-            key = None  # parent evicted from the buffer: show the span as a root
-        children.setdefault(key, []).append(s)
+    children: dict[int | None, list[tuple]] = {}
+    for s in wanted:
+        children.setdefault(s[1] if s[1] in by_id else None, []).append(s)
 
     count = 0
 
-    def build(s: Span) -> dict[str, Any]:
+    def build(s: tuple) -> dict[str, Any]:
         nonlocal count
         count += 1
-        root = node(s, True)
+        root = node(s)
         stack = [(root, s)]
         while stack:
             n, sp = stack.pop()
-            for child in children.get(sp.id, ()):
+            for child in children.get(sp[0], ()):
                 count += 1
-                cn = node(child, True)
+                cn = node(child)
                 n["children"].append(cn)
                 stack.append((cn, child))
         return root
 
     if name is None:
-        roots = [build(s) for s in children.get(None, ())]
-    else:
-        matched = [s for s in sorted(wanted, key=lambda s: (s.start_ns, s.id)) if s.name == name]
-        matched_ids = {s.id for s in matched}
-        tops = []
-        for s in matched:  # skip matches nested inside another match: they are in its subtree
-            p, nested = s.parent, False
-            while p is not None:
-                if p.id in matched_ids:
-                    nested = True
-                    break
-                p = p.parent
-            if not nested:
-                tops.append(s)
-        roots = [build(s) for s in tops]
-    return {"roots": roots, "span_count": count}
+        return {"roots": [build(s) for s in children.get(None, ())], "span_count": count}
+    matched = [s for s in wanted if s[2] == name]
+    matched_ids = {s[0] for s in matched}
+    tops = []
+    for s in matched:  # a match nested in another match is already in that one's subtree
+        p, nested = s[1], False
+        while p in by_id:
+            if p in matched_ids:
+                nested = True
+                break
+            p = by_id[p][1]
+        if not nested:
+            tops.append(s)
+    return {"roots": [build(s) for s in tops], "span_count": count}
 
 
 def render_tree(data: dict[str, Any]) -> str:
@@ -176,7 +168,7 @@ def in_notebook() -> bool:
     return shell is not None and type(shell).__name__ == "ZMQInteractiveShell"
 
 
-def render(spans: list[Span], marks: dict, format: str, name: str | None, last: int | None) -> Any:
+def render(spans: list[tuple], marks: dict, format: str, name: str | None, last: int | None) -> Any:
     if format not in FORMATS:
         raise CirronConfigError(f"ci.trace() format must be one of {', '.join(FORMATS)}, not {format!r}")
     if last is not None and (not isinstance(last, int) or last < 0):

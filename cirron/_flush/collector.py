@@ -1,7 +1,7 @@
 """Drain the hot-path buffers into batches, keep ``ci.trace()``'s view, and keep the books.
 
-The collector is the single consumer of a recorder's buffers. It runs under the flush
-service's I/O lock (in a worker thread), or directly from ``ci.trace()`` when no profiler runs.
+The collector is the single consumer of a recorder's buffers. It runs under its lock, in the
+flush service's worker thread, or directly from ``ci.trace()``/``flush()`` when no profiler runs.
 """
 
 from __future__ import annotations
@@ -18,50 +18,61 @@ from cirron._flush.batch import (
     MAX_SPANS_PER_BATCH,
     YIELD_EVERY,
     Batch,
-    mark_record,
-    span_record,
+    MarkRecord,
+    SpanRecord,
     yield_gil,
 )
-from cirron._record.span import Recorder, Span
+from cirron._ids import hex_id
+from cirron._record.span import Recorder, Scope
+from cirron._schema import ROOT_SENTINEL, encode_float, strict_json
 
 #: ``kind="point"`` marks kept per span for ``ci.trace()`` (summary marks are all kept).
 TRACE_POINT_MARKS_PER_SPAN = 1024
 
+_VALUE_TYPES = {float: "float", int: "int", str: "str", bool: "bool"}
+_INF = float("inf")
+
+
+def open_tuple(span: Scope) -> tuple:
+    """An open span in the closed-tuple layout, ``end_ns`` None."""
+    parent = span.parent
+    return (span.id, parent.id if parent is not None else 0, span.name, span.index, span.start_ns, None, None,
+            span.gpu_ns, span.memory_peak_bytes, span.thread_id, dict(span.attrs) if span.attrs else None)
+
 
 class TraceStore:
-    """The bounded in-memory view ``ci.trace()`` reads: recent spans and their marks."""
+    """The bounded in-memory view ``ci.trace()`` reads: recent closed spans and their marks."""
 
     def __init__(self, max_spans: int) -> None:
         self.max_spans = max_spans
-        self.spans: deque[Span] = deque()
-        self.open: dict[int, Span] = {}
-        self.marks: dict[int | None, tuple[list, deque]] = {}
+        self.spans: deque[tuple] = deque()
+        self.marks: dict[int, tuple[list, deque]] = {}
         self._lock = threading.Lock()
 
-    def add_span(self, span: Span) -> None:
+    def add_spans(self, spans: list[tuple]) -> None:
         with self._lock:
-            self.open.pop(span.id, None)
-            if span.end_ns is None:
-                self.open[span.id] = span
-                return
-            if len(self.spans) >= self.max_spans:
-                old = self.spans.popleft()
-                self.marks.pop(old.id, None)
-            self.spans.append(span)
+            for sp in spans:
+                if len(self.spans) >= self.max_spans:
+                    old = self.spans.popleft()
+                    self.marks.pop(old[0], None)
+                self.spans.append(sp)
 
-    def add_mark(self, span: Span | None, mark: tuple[Any, ...]) -> None:
-        key = span.id if span is not None else None
+    def add_marks(self, marks: list[tuple]) -> None:
         with self._lock:
-            entry = self.marks.get(key)
-            if entry is None:
-                entry = self.marks[key] = ([], deque(maxlen=TRACE_POINT_MARKS_PER_SPAN))
-            (entry[0] if mark[4] == "summary" else entry[1]).append(mark)
+            for mark in marks:
+                entry = self.marks.get(mark[1])
+                if entry is None:
+                    entry = self.marks[mark[1]] = ([], deque(maxlen=TRACE_POINT_MARKS_PER_SPAN))
+                (entry[0] if mark[4] == "summary" else entry[1]).append(mark)
 
-    def snapshot(self) -> tuple[list[Span], dict[int | None, list]]:
+    def snapshot(self, open_spans: list[Scope]) -> tuple[list[tuple], dict[int, list]]:
         with self._lock:
-            spans = list(self.spans) + list(self.open.values())
+            spans = list(self.spans) + [open_tuple(s) for s in open_spans]
             marks = {k: sorted(v[0] + list(v[1]), key=lambda m: m[5]) for k, v in self.marks.items()}
         return spans, marks
+
+    def reset_lock(self) -> None:
+        self._lock = threading.Lock()
 
 
 def resource_attributes(rank: int, world_size: int, project: str | None, project_version: str | None) -> dict[str, Any]:
@@ -77,17 +88,13 @@ class Collector:
         self.rec = rec
         self.trace = trace
         self.lock = threading.RLock()
-        self._watch: list[Span] = []
         self._snapshots: deque[dict[str, Any]] = deque()
         self._jobs: deque[Callable[[], None]] = deque()
         # Records drained while nothing was there to write them (before ci.profile()).
-        self._backlog_spans: deque[Span] = deque()
+        self._backlog_spans: deque[tuple] = deque()
         self._backlog_marks: deque[tuple[tuple, int]] = deque()
         self.backlog_max_spans = backlog_max_spans
         self.backlog_max_marks = backlog_max_marks
-        self.spans_handed = 0
-        self.marks_handed = 0
-        self.snapshots_handed = 0
         self.drops: dict[str, int] = {}
         self.job_errors = 0
         self.last_job_error: str | None = None
@@ -117,100 +124,107 @@ class Collector:
 
     # -- draining --------------------------------------------------------------------------
 
+    def _drain(self) -> tuple[list[tuple], list[tuple[tuple, int]]]:
+        spans, marks = self.rec.buffers.drain()
+        self.trace.add_spans(spans)
+        self.trace.add_marks([m for m, _ in marks])
+        return spans, marks
+
     def drain_to_trace(self) -> None:
         """Without a profiler: feed ``ci.trace()`` and keep the records for a later session."""
         with self.lock:
-            spans, marks = self.rec.buffers.drain()
+            spans, marks = self._drain()
             for sp in spans:
-                self.trace.add_span(sp)
-                if sp.end_ns is None:
-                    self._watch.append(sp)
-                else:
-                    self._keep_backlog_span(sp)
-            for sp in self._watch:
-                if sp.end_ns is not None:
-                    self.trace.add_span(sp)
-                    self._keep_backlog_span(sp)
-            self._watch = [sp for sp in self._watch if sp.end_ns is None]
-            for mark, tb in marks:
-                self.trace.add_mark(mark[1], mark)
+                if len(self._backlog_spans) >= self.backlog_max_spans:
+                    self._backlog_spans.popleft()
+                    self.count_drop("buffer_full", spans=1)
+                self._backlog_spans.append(sp)
+            for mark, tid in marks:
                 if len(self._backlog_marks) >= self.backlog_max_marks:
                     self._backlog_marks.popleft()
                     self.count_drop("buffer_full", marks=1)
-                self._backlog_marks.append((mark, tb.thread_id))
+                self._backlog_marks.append((mark, tid))
 
-    def _keep_backlog_span(self, sp: Span) -> None:
-        if len(self._backlog_spans) >= self.backlog_max_spans:
-            self._backlog_spans.popleft()
-            self.count_drop("buffer_full", spans=1)
-        self._backlog_spans.append(sp)
-
-    def collect(self, session_id: str | None, resource: dict[str, Any], final: bool = False) -> list[Batch]:
+    def collect(self, session_id: str | None, resource: dict[str, Any]) -> list[Batch]:
         """Everything recorded since the last call, as batches ready for the sinks."""
         with self.lock:
             self.run_jobs()
-            spans, marks = self.rec.buffers.drain()
-            pid, rank, root = resource["pid"], resource["rank"], self.rec.root
-            span_out: list[dict[str, Any]] = []
-            closed = 0
+            spans, marks = self._drain()
+            if self._backlog_spans:
+                spans = list(self._backlog_spans) + spans
+                self._backlog_spans.clear()
+            if self._backlog_marks:
+                marks = list(self._backlog_marks) + marks
+                self._backlog_marks.clear()
+            pid, rank = resource["pid"], resource["rank"]
+            root = self.rec.root
+            root_id = root.id if root is not None else 0
+            root_hex = root.id_hex if root is not None else None
+            hexes: dict[int, str] = {}
+
+            def hx(value: int) -> str:
+                h = hexes.get(value)
+                if h is None:
+                    h = hexes[value] = hex_id(value)
+                return h
+
+            out: list[SpanRecord] = []
             n = 0
-            candidates = list(self._backlog_spans) + self._watch + spans
-            self._backlog_spans.clear()
-            watch: list[Span] = []
-            for sp in candidates:
+            for sid, parent, name, index, start, end, cpu, gpu, mem, tid, attrs in spans:
                 n += 1
                 if n % YIELD_EVERY == 0:
                     yield_gil()
-                self.trace.add_span(sp)
-                if sp.end_ns is not None:
-                    span_out.append(span_record(sp, pid, rank, root))
-                    closed += 1
+                if parent:
+                    parent_hex = hx(parent)
                 else:
-                    if not sp.written_open:
-                        span_out.append(span_record(sp, pid, rank, root, closed=False))
-                        sp.written_open = True
-                    watch.append(sp)
-            self._watch = watch
-            mark_out = []
-            for mark, tid in self._backlog_marks:
-                mark_out.append(mark_record(mark, tid))
-            self._backlog_marks.clear()
-            for mark, tb in marks:
+                    parent_hex = root_hex if sid != root_id else None
+                out.append(SpanRecord(hx(sid), parent_hex, name, index, start, end, cpu, gpu, mem, tid, pid, rank,
+                                      strict_json(attrs) if attrs else {}))
+            closed = len(out)
+            for span in list(self.rec.open.values()):
+                if not span.written_open and span.end_ns is None:
+                    span.written_open = True
+                    t = open_tuple(span)
+                    parent_hex = hx(t[1]) if t[1] else (root_hex if t[0] != root_id else None)
+                    out.append(SpanRecord(hx(t[0]), parent_hex, t[2], t[3], t[4], None, None, None, None, t[9], pid,
+                                          rank, strict_json(t[10]) if t[10] else {}))
+            mark_out: list[MarkRecord] = []
+            for (mid, span_id, name, value, kind, ts, attrs), tid in marks:
                 n += 1
                 if n % YIELD_EVERY == 0:
                     yield_gil()
-                self.trace.add_mark(mark[1], mark)
-                mark_out.append(mark_record(mark, tb.thread_id))
+                vt = _VALUE_TYPES.get(type(value), "str")
+                if vt == "float" and (value != value or value == _INF or value == -_INF):
+                    value = encode_float(value)
+                mark_out.append(MarkRecord(hex_id(mid), hx(span_id) if span_id else ROOT_SENTINEL, name, value,
+                                           vt, kind, ts, tid, strict_json(attrs) if attrs else {}))
             snaps = []
             while self._snapshots:
                 snaps.append(self._snapshots.popleft())
-            self.spans_handed += closed
-            self.marks_handed += len(mark_out)
-            self.snapshots_handed += len(snaps)
-            return _split(session_id, resource, span_out, mark_out, snaps)
+            return _split(session_id, resource, out, closed, mark_out, snaps)
 
     def pending(self) -> tuple[int, int]:
-        return len(self._backlog_spans) + len(self._watch), len(self._backlog_marks)
+        return len(self._backlog_spans), len(self._backlog_marks)
 
     def reset_after_fork(self) -> None:
         self.lock = threading.RLock()
-        self._watch = []
         self._snapshots.clear()
         self._jobs.clear()
         self._backlog_spans.clear()
         self._backlog_marks.clear()
 
 
-def _split(session_id: str | None, resource: dict[str, Any], spans: list, marks: list, snaps: list) -> list[Batch]:
+def _split(session_id: str | None, resource: dict[str, Any], spans: list[SpanRecord], closed: int,
+           marks: list[MarkRecord], snaps: list[dict[str, Any]]) -> list[Batch]:
     if not (spans or marks or snaps):
         return []
     batches = []
     si = mi = 0
     while True:
-        b = Batch(session_id, resource, spans[si : si + MAX_SPANS_PER_BATCH], marks[mi : mi + MAX_MARKS_PER_BATCH],
-                  snaps if not batches else [])
-        b.closed_spans = sum(1 for s in b.spans if s["end_ns"] is not None)
-        batches.append(b)
+        chunk = spans[si : si + MAX_SPANS_PER_BATCH]
+        n_closed = max(0, min(len(chunk), closed - si))
+        batches.append(Batch(session_id, resource, chunk, marks[mi : mi + MAX_MARKS_PER_BATCH],
+                             snaps if not batches else [], n_closed))
         si += MAX_SPANS_PER_BATCH
         mi += MAX_MARKS_PER_BATCH
         if si >= len(spans) and mi >= len(marks):

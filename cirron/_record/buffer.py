@@ -65,10 +65,10 @@ class BufferRegistry:
         with self._lock:
             return list(self._buffers)
 
-    def drain(self, max_items: int | None = None) -> tuple[list[Any], list[tuple[Any, ThreadBuffer]]]:
-        """Take out everything buffered so far: ``(spans, [(mark, its thread buffer), ...])``."""
+    def drain(self) -> tuple[list[Any], list[tuple[Any, int]]]:
+        """Take out everything buffered so far: ``(spans, [(mark, its thread id), ...])``."""
         spans: list[Any] = []
-        marks: list[tuple[Any, ThreadBuffer]] = []
+        marks: list[tuple[Any, int]] = []
         for tb in self.buffers():
             sq, mq = tb.spans, tb.marks
             n = len(sq)
@@ -77,8 +77,9 @@ class BufferRegistry:
                 spans.append(pop())
             n = len(mq)
             popm = mq.popleft
+            tid = tb.thread_id
             for _ in range(n):
-                marks.append((popm(), tb))
+                marks.append((popm(), tid))
         self._retire_dead()
         return spans, marks
 

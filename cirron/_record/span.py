@@ -1,8 +1,11 @@
-"""Spans, scopes and marks: the code that runs in the user's thread on every call.
+"""Scopes and marks: the code that runs in the user's thread on every call.
 
 Rules of this module: no I/O, no locks, no id strings, no system calls that can wait for the
-flush service. Everything is appended to the calling thread's buffer and turned into text later.
-A failure of cirron's own never reaches the caller; it is counted in ``Recorder.internal_errors``.
+flush service. A scope object is its own span record while it is open; when it closes, one
+tuple of plain values is appended to the thread's buffer (tuples of atomics drop out of the
+cyclic GC, so a backlog of closed spans never makes a garbage collection slow). Text is made
+later by the flush service. A failure of cirron's own never reaches the caller; it is counted
+in ``Recorder.internal_errors``.
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ from __future__ import annotations
 import contextvars
 import functools
 import inspect
+import threading
 from collections.abc import Callable
 from time import thread_time_ns, time_ns
 from typing import Any
@@ -19,48 +23,15 @@ from cirron._ids import IDS, hex_id
 from cirron._record.buffer import BufferRegistry
 
 MAX_MARK_STR_BYTES = 256
-_MARK_KINDS = ("point", "summary")
 
+#: Layout of a closed-span tuple in a thread buffer.
+#: (id, parent_id or 0, name, index, start_ns, end_ns, cpu_ns, gpu_ns, memory_peak_bytes, thread_id, attrs)
+CLOSED_FIELDS = ("id", "parent", "name", "index", "start_ns", "end_ns", "cpu_ns", "gpu_ns",
+                 "memory_peak_bytes", "thread_id", "attrs")
+#: Layout of a mark tuple: (id, span_id or 0, name, value, kind, ts_ns, attrs)
+MARK_TUPLE_FIELDS = ("id", "span", "name", "value", "kind", "ts_ns", "attrs")
 
-class Span:
-    """One timed scope. ``end_ns`` is set last when it closes, so a reader that sees it set
-    sees every other field final too."""
-
-    __slots__ = (
-        "id", "parent", "name", "index", "start_ns", "end_ns", "cpu_ns", "gpu_ns",
-        "memory_peak_bytes", "thread_id", "attrs", "written_open", "_hex", "__weakref__",
-    )
-
-    def __init__(self, id: int, parent: Span | None, name: str, index: int | None, attrs: dict | None,
-                 thread_id: int) -> None:
-        self.id = id
-        self.parent = parent
-        self.name = name
-        self.index = index
-        self.attrs = attrs
-        self.thread_id = thread_id
-        self.end_ns = None
-        self.cpu_ns = None
-        self.gpu_ns = None
-        self.memory_peak_bytes = None
-        self.written_open = False
-        self._hex = None
-        self.start_ns = time_ns()
-
-    @property
-    def id_hex(self) -> str:
-        h = self._hex
-        if h is None:
-            h = self._hex = hex_id(self.id)
-        return h
-
-    def set_attr(self, key: str, value: Any) -> None:
-        if self.attrs is None:
-            self.attrs = {}
-        self.attrs[key] = value
-
-    def __repr__(self) -> str:
-        return f"Span({self.name!r}, id={self.id_hex}, open={self.end_ns is None})"
+_get_ident = threading.get_ident
 
 
 def _error_text(exc: BaseException) -> str:
@@ -69,40 +40,54 @@ def _error_text(exc: BaseException) -> str:
 
 
 class Recorder:
-    """Hot-path state of one :class:`cirron.Cirron`: its context variable and thread buffers."""
+    """Hot-path state of one :class:`cirron.Cirron`: its context variable, open spans, buffers."""
 
     def __init__(self, mark_capacity: int) -> None:
-        self.current: contextvars.ContextVar[Span | None] = contextvars.ContextVar(
+        self.current: contextvars.ContextVar[Scope | None] = contextvars.ContextVar(
             f"cirron_span_{id(self):x}", default=None
         )
         self.buffers = BufferRegistry(mark_capacity)
+        #: Spans entered and not yet closed, by id (the flush service writes them as open).
+        self.open: dict[int, Scope] = {}
         #: The open ``cirron.session`` span while a session runs.
-        self.root: Span | None = None
+        self.root: Scope | None = None
         self.internal_errors = 0
         self.last_internal_error: str | None = None
 
-    # -- spans ---------------------------------------------------------------------------
+    def start_span(self, name: str, attrs: dict | None = None, index: int | None = None,
+                   parent: Scope | None = None) -> Scope:
+        """Open a span without making it current (session roots, framework hooks)."""
+        scope = Scope(self, name, attrs, index)
+        scope.parent = parent
+        scope.id = IDS.prefix | next(IDS._counter)
+        scope.thread_id = _get_ident()
+        self.open[scope.id] = scope
+        scope.start_ns = time_ns()
+        scope._cpu0 = thread_time_ns()
+        return scope
 
-    def open_span(self, name: str, attrs: dict | None = None, index: int | None = None,
-                  parent: Span | None = None) -> Span:
-        """Create and buffer a span without making it current (for roots and hooks)."""
+    def record_closed(self, name: str, parent: Scope | None, start_ns: int, end_ns: int, cpu_ns: int | None,
+                      attrs: dict | None = None, index: int | None = None) -> int:
+        """Record a span that already happened (e.g. the wait for a batch, measured before)."""
+        sid = IDS.prefix | next(IDS._counter)
+        self._append_closed((sid, parent.id if parent is not None else 0, name, index, start_ns, end_ns, cpu_ns,
+                             None, None, _get_ident(), attrs))
+        return sid
+
+    def _append_closed(self, record: tuple) -> None:
         try:
             tb = self.buffers.local.tb
         except AttributeError:
             tb = self.buffers.new_thread_buffer()
-        span = Span(IDS.prefix | next(IDS._counter), parent, name, index, attrs, tb.thread_id)
         tb.spans_recorded += 1
         if len(tb.spans) < tb.span_capacity:
-            tb.spans.append(span)
+            tb.spans.append(record)
         else:
             tb.spans_dropped += 1
-        return span
 
     def note_internal_error(self, exc: BaseException) -> None:
         self.internal_errors += 1
         self.last_internal_error = _error_text(exc)
-
-    # -- marks ---------------------------------------------------------------------------
 
     def mark(self, name: str, value: Any, *, kind: str = "point", **attrs: Any) -> None:
         t = type(value)
@@ -122,7 +107,8 @@ class Recorder:
                     tb.marks_dropped += 1
                 except IndexError:
                     pass
-            ring.append((IDS.prefix | next(IDS._counter), self.current.get() or self.root, name, value,
+            span = self.current.get() or self.root
+            ring.append((IDS.prefix | next(IDS._counter), span.id if span is not None else 0, name, value,
                          kind, time_ns(), attrs or None))
             tb.marks_recorded += 1
         except Exception as exc:  # pragma: no cover - cirron's own failure must not reach the caller
@@ -143,7 +129,7 @@ def coerce_mark_value(value: Any) -> Any:
         return int(value)
     if isinstance(value, float):
         return float(value)
-    # numpy scalars, 0-d arrays and 0-d tensors: anything with a scalar .item() or __float__.
+    # numpy scalars, 0-d arrays and 0-d tensors: anything with a scalar .item().
     item = getattr(value, "item", None)
     shape = getattr(value, "shape", None)
     if item is not None and (shape is None or tuple(shape) == ()):
@@ -151,11 +137,7 @@ def coerce_mark_value(value: Any) -> Any:
             v = item()
         except Exception:  # noqa: BLE001 - fall through to the type error below
             v = None
-        if isinstance(v, bool):
-            return v
-        if isinstance(v, int):
-            return v
-        if isinstance(v, float):
+        if isinstance(v, (bool, int, float)):
             return v
     if shape is None and hasattr(value, "__float__") and not isinstance(value, complex):
         try:
@@ -169,73 +151,130 @@ def coerce_mark_value(value: Any) -> Any:
 
 
 class Scope:
-    """``with ci.scope("name"):``, ``async with``, and ``@ci.scope("name")``."""
+    """``with ci.scope("name"):``, ``async with``, ``@ci.scope("name")`` — and the open span itself.
 
-    __slots__ = ("_rec", "name", "attrs", "index", "span", "_token", "_cpu0", "_stack")
+    Attributes readable while open: ``id``/``id_hex``, ``parent``, ``name``, ``index``,
+    ``start_ns``, ``attrs``; settable before it closes: ``gpu_ns``, ``memory_peak_bytes``,
+    ``attrs`` (via :meth:`set_attr`).
+    """
+
+    __slots__ = (
+        "_rec", "name", "attrs", "index", "id", "parent", "start_ns", "end_ns", "cpu_ns", "gpu_ns",
+        "memory_peak_bytes", "thread_id", "written_open", "_token", "_cpu0", "_hex", "_outer",
+    )
 
     def __init__(self, rec: Recorder, name: str, attrs: dict | None, index: int | None = None) -> None:
         self._rec = rec
         self.name = name
         self.attrs = attrs
         self.index = index
-        self.span: Span | None = None
-        self._token = None
-        self._stack: list | None = None
+        self.id = None
+        self.end_ns = None
+        self.cpu_ns = None
+        self.gpu_ns = None
+        self.memory_peak_bytes = None
+        self.written_open = False
+        self._hex = None
+        self._outer = None
+
+    # -- the span record ---------------------------------------------------------------------
+
+    @property
+    def span(self) -> Scope | None:
+        """The open span (this object) between enter and exit, else None."""
+        return self if self.id is not None and self.end_ns is None else None
+
+    @property
+    def id_hex(self) -> str:
+        h = self._hex
+        if h is None:
+            h = self._hex = hex_id(self.id)
+        return h
+
+    def set_attr(self, key: str, value: Any) -> None:
+        if self.attrs is None:
+            self.attrs = {}
+        self.attrs[key] = value
+
+    def set(self, **attrs: Any) -> None:
+        """Add attributes to the open span."""
+        for k, v in attrs.items():
+            self.set_attr(k, v)
+
+    def __repr__(self) -> str:
+        state = "new" if self.id is None else ("open" if self.end_ns is None else "closed")
+        return f"<scope {self.name!r} {state}>"
+
+    # -- entering and leaving ----------------------------------------------------------------
 
     def __enter__(self) -> Scope:
+        if self.id is not None:  # this object was entered before: record the new entry separately
+            inner = Scope(self._rec, self.name, dict(self.attrs) if self.attrs else None, self.index)
+            inner._outer = self._outer
+            self._outer = inner
+            return inner.__enter__()
         rec = self._rec
+        cur = rec.current
         try:
-            try:
-                tb = rec.buffers.local.tb
-            except AttributeError:
-                tb = rec.buffers.new_thread_buffer()
-            cur = rec.current
-            span = Span(IDS.prefix | next(IDS._counter), cur.get() or rec.root, self.name, self.index,
-                        self.attrs, tb.thread_id)
-            tb.spans_recorded += 1
-            if len(tb.spans) < tb.span_capacity:
-                tb.spans.append(span)
-            else:
-                tb.spans_dropped += 1
-            if self.span is not None:  # the same Scope object entered again while open
-                if self._stack is None:
-                    self._stack = []
-                self._stack.append((self.span, self._token, self._cpu0))
-            self.span = span
-            self._token = cur.set(span)
-            self._cpu0 = thread_time_ns()
+            self.parent = cur.get() or rec.root
+            self.id = sid = IDS.prefix | next(IDS._counter)
+            self.thread_id = _get_ident()
+            self._token = cur.set(self)
+            rec.open[sid] = self
         except Exception as exc:  # pragma: no cover
             rec.note_internal_error(exc)
+        self.start_ns = time_ns()
+        self._cpu0 = thread_time_ns()
         return self
 
     def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
         cpu1 = thread_time_ns()
-        span = self.span
-        if span is None:
+        if self._outer is not None:  # leaving the latest re-entry of a reused scope object
+            inner = self._outer
+            self._outer = inner._outer
+            return inner.__exit__(exc_type, exc, tb)
+        if self.id is None or self.end_ns is not None:
             return None
+        end = time_ns()
+        rec = self._rec
         try:
-            if exc is not None:
-                if isinstance(exc, Exception):
-                    span.set_attr("error", _error_text(exc))
-                else:
-                    span.set_attr("interrupted", type(exc).__name__)
-            span.cpu_ns = cpu1 - self._cpu0
-            span.end_ns = time_ns()
             token = self._token
-            try:
-                self._rec.current.reset(token)
-            except ValueError:
-                # Closed in another context than it was opened in (e.g. a generator finalised
-                # elsewhere): restore the parent instead of failing.
-                self._rec.current.set(span.parent if span.parent is not self._rec.root else None)
-            if self._stack:
-                self.span, self._token, self._cpu0 = self._stack.pop()
-            else:
-                self.span = None
-                self._token = None
+            self._token = None
+            if token is not None:
+                try:
+                    rec.current.reset(token)
+                except ValueError:
+                    # Closed in another context than it was opened in (a generator finalised
+                    # elsewhere): put the parent back instead of failing.
+                    parent = self.parent
+                    rec.current.set(parent if parent is not rec.root else None)
+            self._close(exc, cpu1, end)
         except Exception as exc2:  # pragma: no cover
-            self._rec.note_internal_error(exc2)
+            rec.note_internal_error(exc2)
         return None
+
+    def finish(self, exc: BaseException | None = None) -> None:
+        """Close a span opened with :meth:`Recorder.start_span` (it never became current)."""
+        if self.id is not None and self.end_ns is None:
+            self._close(exc, thread_time_ns(), time_ns())
+
+    def _close(self, exc: BaseException | None, cpu1: int, end: int) -> None:
+        if exc is not None:
+            if isinstance(exc, Exception):
+                self.set_attr("error", _error_text(exc))
+            else:
+                self.set_attr("interrupted", type(exc).__name__)
+        cpu = cpu1 - self._cpu0
+        rec = self._rec
+        if rec.open.pop(self.id, None) is None:
+            # Not one of ours: a span inherited from the parent process across fork().
+            self.end_ns = end
+            return
+        parent = self.parent
+        rec._append_closed((self.id, parent.id if parent is not None else 0, self.name, self.index, self.start_ns,
+                            end, cpu, self.gpu_ns, self.memory_peak_bytes, self.thread_id, self.attrs))
+        self.cpu_ns = cpu
+        self.end_ns = end
 
     async def __aenter__(self) -> Scope:
         return self.__enter__()
@@ -243,11 +282,7 @@ class Scope:
     async def __aexit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
         return self.__exit__(exc_type, exc, tb)
 
-    def set(self, **attrs: Any) -> None:
-        """Add attributes to the open span."""
-        if self.span is not None:
-            for k, v in attrs.items():
-                self.span.set_attr(k, v)
+    # -- decorator ---------------------------------------------------------------------------
 
     def __call__(self, fn: Callable) -> Callable:
         rec, name, attrs = self._rec, self.name, self.attrs
@@ -279,3 +314,7 @@ class Scope:
             with Scope(rec, name, dict(attrs) if attrs else None):
                 return fn(*args, **kwargs)
         return wrapper
+
+
+#: A span is the scope object that opened it.
+Span = Scope

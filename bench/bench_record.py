@@ -1,0 +1,257 @@
+"""Hot-path cost of cirron next to the OpenTelemetry SDK, measured side by side in one run.
+
+    python bench/bench_record.py            # full run (~1 min)
+    python bench/bench_record.py --quick    # fewer samples
+
+Prints ns/op (median of per-sample means) for cirron and OTel and the ratio cirron/OTel, then
+the flush-service stall test (200,000 scopes/s for 5 s) and the import-time comparison.
+Both sides run with their production pipeline on: cirron with ``ci.profile()`` and the spool
+sink; OTel with a TracerProvider, a BatchSpanProcessor and an exporter that discards.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+INNER = 200  # calls per timing sample
+
+
+def measure(fn: Callable[[int], None], samples: int) -> float:
+    """Median over ``samples`` of the mean ns per call of ``fn(INNER)``."""
+    fn(INNER * 5)  # warm up
+    out = []
+    gc.disable()
+    try:
+        for _ in range(samples):
+            t0 = time.perf_counter_ns()
+            fn(INNER)
+            out.append((time.perf_counter_ns() - t0) / INNER)
+    finally:
+        gc.enable()
+    return statistics.median(out)
+
+
+def measure_async(make: Callable[[int], object], samples: int) -> float:
+    async def main() -> float:
+        await make(INNER * 5)
+        out = []
+        for _ in range(samples):
+            t0 = time.perf_counter_ns()
+            await make(INNER)
+            out.append((time.perf_counter_ns() - t0) / INNER)
+        return statistics.median(out)
+
+    return asyncio.run(main())
+
+
+def otel_setup():  # noqa: ANN201
+    from opentelemetry import trace
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+
+    class Discard(SpanExporter):
+        def export(self, spans):  # noqa: ANN001, ANN201
+            return SpanExportResult.SUCCESS
+
+    provider = TracerProvider()
+    provider.add_span_processor(BatchSpanProcessor(Discard()))
+    trace.set_tracer_provider(provider)
+    return trace, provider.get_tracer("bench"), provider
+
+
+def run_micro(samples: int) -> list[tuple[str, float, float]]:
+    import cirron as ci
+
+    otel, tracer, provider = otel_setup()
+    rows = []
+
+    def ci_mark(n: int) -> None:
+        m = ci.mark
+        for i in range(n):
+            m("loss", 0.5)
+
+    def otel_mark(n: int) -> None:
+        get = otel.get_current_span
+        for i in range(n):
+            get().add_event("loss", {"value": 0.5})
+
+    def ci_scope(n: int) -> None:
+        s = ci.scope
+        for _ in range(n):
+            with s("step"):
+                pass
+
+    def otel_scope(n: int) -> None:
+        s = tracer.start_as_current_span
+        for _ in range(n):
+            with s("step"):
+                pass
+
+    def ci_nested(n: int) -> None:
+        s = ci.scope
+        for _ in range(n):
+            with s("a"):
+                with s("b"):
+                    with s("c"):
+                        pass
+
+    def otel_nested(n: int) -> None:
+        s = tracer.start_as_current_span
+        for _ in range(n):
+            with s("a"):
+                with s("b"):
+                    with s("c"):
+                        pass
+
+    async def ci_scope_async(n: int) -> None:
+        s = ci.scope
+        for _ in range(n):
+            async with s("step"):
+                pass
+
+    async def otel_scope_async(n: int) -> None:
+        s = tracer.start_as_current_span
+        for _ in range(n):
+            with s("step"):
+                pass
+
+    async def ci_mark_async(n: int) -> None:
+        m = ci.mark
+        for _ in range(n):
+            m("loss", 0.5)
+
+    async def otel_mark_async(n: int) -> None:
+        get = otel.get_current_span
+        for _ in range(n):
+            get().add_event("loss", {"value": 0.5})
+
+    async def ci_nested_async(n: int) -> None:
+        s = ci.scope
+        for _ in range(n):
+            async with s("a"):
+                async with s("b"):
+                    async with s("c"):
+                        pass
+
+    async def otel_nested_async(n: int) -> None:
+        s = tracer.start_as_current_span
+        for _ in range(n):
+            with s("a"):
+                with s("b"):
+                    with s("c"):
+                        pass
+
+    with tempfile.TemporaryDirectory() as tmp:
+        ci.profile(spool_dir=Path(tmp) / ".cirron" / "spool")
+        with ci.scope("bench"), tracer.start_as_current_span("bench"):
+            # OTel events accumulate on the open span; bound them like a real long span would be.
+            rows.append(("mark (sync)", measure(ci_mark, samples), measure(otel_mark, samples)))
+            rows.append(("mark (asyncio)", measure_async(ci_mark_async, samples),
+                         measure_async(otel_mark_async, samples)))
+        rows.append(("scope enter+exit (sync)", measure(ci_scope, samples), measure(otel_scope, samples)))
+        rows.append(("scope nested 3 deep (sync)", measure(ci_nested, samples), measure(otel_nested, samples)))
+        rows.append(("scope enter+exit (asyncio)", measure_async(ci_scope_async, samples),
+                     measure_async(otel_scope_async, samples)))
+        rows.append(("scope nested 3 deep (asyncio)", measure_async(ci_nested_async, samples),
+                     measure_async(otel_nested_async, samples)))
+        h = ci.health()
+        ci.shutdown()
+        provider.shutdown()
+        print(f"cirron health after micro run: recorded={h['spans_recorded']} spans, "
+              f"dropped={h['span_drop_count']} spans / {h['mark_drop_count']} marks, last_error={h['last_error']}")
+    return rows
+
+
+def run_stall(rate: int, seconds: float) -> dict[str, float]:
+    """Record ``rate`` scopes/s for ``seconds`` while the flush service writes; time every scope."""
+    import cirron as ci
+
+    with tempfile.TemporaryDirectory() as tmp:
+        c = ci.Cirron(spool_dir=Path(tmp) / ".cirron" / "spool", flush_interval=1.0)
+        c.profile()
+        scope = c.scope
+        period = 1_000_000_000 // rate
+        worst = 0
+        lat = []
+        start = time.perf_counter_ns()
+        end = start + int(seconds * 1e9)
+        n = 0
+        next_t = start
+        pc = time.perf_counter_ns
+        while True:
+            now = pc()
+            if now >= end:
+                break
+            if now < next_t:
+                continue
+            t0 = pc()
+            with scope("step"):
+                pass
+            d = pc() - t0
+            if d > worst:
+                worst = d
+            if n % 64 == 0:
+                lat.append(d)
+            n += 1
+            next_t += period
+        elapsed = (pc() - start) / 1e9
+        t_flush = time.perf_counter()
+        c.flush(timeout=60)
+        flush_s = time.perf_counter() - t_flush
+        h = c.health()
+        c.shutdown()
+        h2 = c.health()
+        lat.sort()
+        return {
+            "scopes": n, "achieved_rate": n / elapsed, "worst_ms": worst / 1e6,
+            "p99_us": lat[int(len(lat) * 0.99)] / 1e3, "p50_us": lat[len(lat) // 2] / 1e3,
+            "pending_at_end": h["spans_pending"], "final_flush_s": flush_s,
+            "written": h2["spans_written"], "dropped": h2["spans_dropped"], "recorded": h2["spans_recorded"],
+        }
+
+
+def import_time(module: str, runs: int = 7) -> float:
+    times = []
+    for _ in range(runs):
+        out = subprocess.run([sys.executable, "-c", f"import time; t=time.perf_counter(); import {module}; "
+                              "print(time.perf_counter()-t)"], capture_output=True, text=True, check=True)
+        times.append(float(out.stdout))
+    return statistics.median(times) * 1e3
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="fewer samples, shorter stall test")
+    args = ap.parse_args()
+    samples = 200 if args.quick else 1000
+
+    print(f"python {sys.version.split()[0]}, {INNER} calls per sample, {samples} samples (median)\n")
+    rows = run_micro(samples)
+    print(f"\n{'operation':32} {'cirron ns/op':>13} {'OTel ns/op':>12} {'cirron/OTel':>12}")
+    for name, c_ns, o_ns in rows:
+        print(f"{name:32} {c_ns:13.0f} {o_ns:12.0f} {c_ns / o_ns:12.3f}")
+
+    seconds = 2.0 if args.quick else 5.0
+    print(f"\nstall test: 200,000 scopes/s for {seconds:.0f} s with the spool sink writing")
+    r = run_stall(200_000, seconds)
+    print(f"  scopes recorded     {r['scopes']:,} ({r['achieved_rate']:,.0f}/s achieved)")
+    print(f"  scope latency       p50 {r['p50_us']:.2f} us, p99 {r['p99_us']:.2f} us, worst {r['worst_ms']:.2f} ms")
+    print(f"  pending at the end  {r['pending_at_end']:,} spans; final flush took {r['final_flush_s']:.2f} s")
+    print(f"  accounting          recorded {r['recorded']:,} = written {r['written']:,} + dropped {r['dropped']:,}")
+
+    ci_ms, httpx_ms = import_time("cirron"), import_time("httpx")
+    print(f"\nimport time (median of 7 fresh interpreters): cirron {ci_ms:.1f} ms, httpx {httpx_ms:.1f} ms, "
+          f"ratio {ci_ms / httpx_ms:.2f}")
+
+
+if __name__ == "__main__":
+    main()
