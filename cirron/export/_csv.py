@@ -110,7 +110,7 @@ def build_span_index(
 ) -> SpanIndex:
     index = SpanIndex()
     for no, bf in enumerate(files):
-        batch = read_batch(bf, on_warning)
+        batch = read_batch(bf, on_warning, "summary")
         if on_file:
             on_file(bf)
         if batch is None:

@@ -23,8 +23,9 @@ import stat
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Optional
 
+import msgspec
 import orjson
 
 from cirron._schema import (
@@ -38,6 +39,9 @@ from cirron._schema import (
 
 __all__ = [
     "BatchFile",
+    "MarkRecord",
+    "SnapshotRecord",
+    "SpanRecord",
     "WarningCallback",
     "coerce_int",
     "list_batch_files",
@@ -142,21 +146,13 @@ def coerce_int(value: Any) -> int | None:
     return None
 
 
-def _coerce_fields(rec: dict, fields: tuple[str, ...]) -> None:
-    for f in fields:
-        v = rec.get(f)
-        if v is not None and type(v) is not int:
-            rec[f] = coerce_int(v)
-        elif v is not None and not (_INT64_MIN <= v <= _INT64_MAX):
-            rec[f] = None
-
-
 def _valid_id(v: Any) -> bool:
     return type(v) is str and v != ""
 
 
-def _clean_records(raw: Any, int_fields: tuple[str, ...]) -> tuple[list[dict], int]:
-    """Keep dict records with a non-empty string id; coerce int fields. Returns (records, dropped)."""
+def _clean_records(raw: Any, int_fields: tuple[str, ...], rec_type: type) -> tuple[list, int]:
+    """Keep dict records with a non-empty string id; coerce int fields; convert to ``rec_type``.
+    Returns (records, dropped)."""
     if not isinstance(raw, list):
         return [], (0 if raw is None else 1)
     out = []
@@ -169,7 +165,13 @@ def _clean_records(raw: Any, int_fields: tuple[str, ...]) -> tuple[list[dict], i
             v = rec.get(f)
             if v is not None and (type(v) is not int or not (_INT64_MIN <= v <= _INT64_MAX)):
                 rec[f] = coerce_int(v)
-        out.append(rec)
+        for k in ("parent_id", "span_id"):
+            if k in rec and not _valid_id(rec[k]):
+                rec[k] = None
+        try:
+            out.append(msgspec.convert(rec, rec_type))
+        except msgspec.ValidationError:
+            dropped += 1
     return out, dropped
 
 
@@ -250,8 +252,210 @@ def _parse(data: bytes) -> Any:
         raise
 
 
-def read_batch(batch: BatchFile | str | os.PathLike[str], on_warning: WarningCallback | None = None) -> dict | None:
-    """Read and normalise one batch file, or return ``None`` (after one warning) if it is unusable."""
+class _Record(msgspec.Struct, gc=False):
+    """Base of the record structs: they also answer ``rec["field"]`` / ``rec.get("field")`` like
+    the dicts of the on-disk format, so tree code works on either."""
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return getattr(self, key, default)
+
+    def __getitem__(self, key: str) -> Any:
+        try:
+            return getattr(self, key)
+        except AttributeError:
+            raise KeyError(key) from None
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        setattr(self, key, value)
+
+    def __contains__(self, key: str) -> bool:
+        return key in self.__struct_fields__
+
+    def to_dict(self) -> dict:
+        return {f: getattr(self, f) for f in self.__struct_fields__}
+
+
+_Id = Annotated[str, msgspec.Meta(min_length=1)]
+_Int = Optional[Annotated[int, msgspec.Meta(ge=_INT64_MIN, le=_INT64_MAX)]]
+
+
+class SpanRecord(_Record):
+    """A span as read from the spool (fields of :data:`cirron._schema.SPAN_FIELDS`)."""
+
+    id: _Id
+    parent_id: Optional[str] = None
+    name: Any = None
+    index: _Int = None
+    start_ns: _Int = None
+    end_ns: _Int = None
+    cpu_ns: _Int = None
+    gpu_ns: _Int = None
+    memory_peak_bytes: _Int = None
+    thread_id: _Int = None
+    pid: _Int = None
+    rank: _Int = None
+    attrs: Any = None
+    session: Optional[str] = msgspec.field(default=None, name="~cirron.session")
+
+
+class MarkRecord(_Record):
+    """A mark; ``batch_session`` is the ``session_id`` of the batch that held it (not on disk)."""
+
+    id: _Id
+    span_id: Optional[str] = None
+    name: Any = None
+    value: Any = None
+    value_type: Any = None
+    kind: Any = None
+    ts_ns: _Int = None
+    thread_id: _Int = None
+    attrs: Any = None
+    # Not on disk (the odd JSON names keep a file from setting them): filled in by the reader.
+    batch_session: Optional[str] = msgspec.field(default=None, name="~cirron.batch_session")
+    session: Optional[str] = msgspec.field(default=None, name="~cirron.session")
+
+
+class SnapshotRecord(_Record):
+    id: _Id
+    span_id: Optional[str] = None
+    tensor: Any = None
+    role: Any = None
+    dtype: Any = None
+    shape: Any = None
+    mode: Any = None
+    ts_ns: _Int = None
+    stats: Any = None
+    blob_uri: Any = None
+    # Not on disk (the odd JSON names keep a file from setting them): filled in by the reader.
+    batch_session: Optional[str] = msgspec.field(default=None, name="~cirron.batch_session")
+    session: Optional[str] = msgspec.field(default=None, name="~cirron.session")
+
+
+class SpanSummary(_Record):
+    """The span fields session reconstruction needs (``fields="summary"`` reads)."""
+
+    id: _Id
+    parent_id: Optional[str] = None
+    name: Any = None
+    start_ns: _Int = None
+    end_ns: _Int = None
+    session: Optional[str] = msgspec.field(default=None, name="~cirron.session")
+
+
+class MarkSummary(_Record):
+    id: _Id
+    span_id: Optional[str] = None
+    # Not on disk (the odd JSON names keep a file from setting them): filled in by the reader.
+    batch_session: Optional[str] = msgspec.field(default=None, name="~cirron.batch_session")
+    session: Optional[str] = msgspec.field(default=None, name="~cirron.session")
+
+
+class SnapshotSummary(_Record):
+    id: _Id
+    span_id: Optional[str] = None
+    # Not on disk (the odd JSON names keep a file from setting them): filled in by the reader.
+    batch_session: Optional[str] = msgspec.field(default=None, name="~cirron.batch_session")
+    session: Optional[str] = msgspec.field(default=None, name="~cirron.session")
+
+
+class _FullBatch(msgspec.Struct, gc=False):
+    schema_version: Any = None
+    sdk_version: Any = None
+    batch_id: Any = None
+    created_ns: Any = None
+    session_id: Any = None
+    resource: Any = None
+    spans: Optional[list[SpanRecord]] = None
+    marks: Optional[list[MarkRecord]] = None
+    snapshots: Optional[list[SnapshotRecord]] = None
+
+
+class _SummaryBatch(msgspec.Struct, gc=False):
+    schema_version: Any = None
+    sdk_version: Any = None
+    batch_id: Any = None
+    created_ns: Any = None
+    session_id: Any = None
+    resource: Any = None
+    spans: Optional[list[SpanSummary]] = None
+    marks: Optional[list[MarkSummary]] = None
+    snapshots: Optional[list[SnapshotSummary]] = None
+
+
+_FULL = _FullBatch
+_SUMMARY = _SummaryBatch
+_DECODERS = {"full": msgspec.json.Decoder(_FULL), "summary": msgspec.json.Decoder(_SUMMARY)}
+_TYPES = {"full": (SpanRecord, MarkRecord, SnapshotRecord), "summary": (SpanSummary, MarkSummary, SnapshotSummary)}
+
+
+def _finish(obj: Any, name: str, warn: WarningCallback, dropped: int = 0) -> dict:
+    version = obj.schema_version
+    if type(version) is int and version > SCHEMA_VERSION:
+        warn(
+            f"{name} has schema_version {version}, newer than this reader's {SCHEMA_VERSION}; "
+            "reading it best-effort"
+        )
+    if dropped:
+        warn(f"{name}: ignored {dropped} malformed record(s)")
+    sid = obj.session_id
+    sid = sid if _valid_id(sid) else None
+    marks = obj.marks or []
+    snaps = obj.snapshots or []
+    for m in marks:
+        m.batch_session = sid
+        if m.get("value_type") == "float" and type(m.get("value")) is str:
+            m.value = decode_mark_value(m.value, "float")
+    for sn in snaps:
+        sn.batch_session = sid
+    sv = obj.sdk_version
+    return {
+        "schema_version": version,
+        "sdk_version": sv if type(sv) is str else None,
+        "batch_id": obj.batch_id,
+        "created_ns": obj.created_ns,
+        "session_id": sid,
+        "resource": obj.resource if type(obj.resource) is dict else {},
+        "spans": obj.spans or [],
+        "marks": marks,
+        "snapshots": snaps,
+    }
+
+
+def _slow_path(data: bytes, name: str, fields: str, warn: WarningCallback) -> dict | None:
+    """Generic parse + clean-up for files the typed decoder refused (odd types, huge numbers,
+    deep nesting), converted into the same record structs."""
+    try:
+        obj = _parse(data)
+    except (ValueError, RecursionError, UnicodeDecodeError):
+        warn(f"skipping {name}: not valid JSON (corrupt or truncated)")
+        return None
+    if type(obj) is not dict:
+        warn(f"skipping {name}: expected a JSON object, found {_json_type(obj)}")
+        return None
+    span_t, mark_t, snap_t = _TYPES[fields]
+    spans, d1 = _clean_records(obj.get("spans"), SPAN_INT_FIELDS, span_t)
+    marks, d2 = _clean_records(obj.get("marks"), MARK_INT_FIELDS, mark_t)
+    snaps, d3 = _clean_records(obj.get("snapshots"), SNAPSHOT_INT_FIELDS, snap_t)
+    batch_t = _FULL if fields == "full" else _SUMMARY
+    b = batch_t(
+        schema_version=obj.get("schema_version"), sdk_version=obj.get("sdk_version"), batch_id=obj.get("batch_id"),
+        created_ns=obj.get("created_ns"), session_id=obj.get("session_id"), resource=obj.get("resource"),
+        spans=spans, marks=marks, snapshots=snaps,
+    )
+    return _finish(b, name, warn, d1 + d2 + d3)
+
+
+def read_batch(
+    batch: BatchFile | str | os.PathLike[str],
+    on_warning: WarningCallback | None = None,
+    fields: str = "full",
+) -> dict | None:
+    """Read and normalise one batch file, or return ``None`` (after one warning) if it is unusable.
+
+    Returns a dict with the batch's top-level fields and ``spans``/``marks``/``snapshots`` as
+    lists of record structs (:class:`SpanRecord`, :class:`MarkRecord`, :class:`SnapshotRecord`;
+    with ``fields="summary"`` only the fields session reconstruction needs).
+    """
     warn = on_warning or _default_warning
     path = batch.path if isinstance(batch, BatchFile) else Path(batch)
     name = path.name
@@ -275,36 +479,10 @@ def read_batch(batch: BatchFile | str | os.PathLike[str], on_warning: WarningCal
         warn(f"skipping {name}: empty file")
         return None
     try:
-        obj = _parse(data)
-    except (ValueError, RecursionError, UnicodeDecodeError):
-        warn(f"skipping {name}: not valid JSON (corrupt or truncated)")
-        return None
-    if type(obj) is not dict:
-        warn(f"skipping {name}: expected a JSON object, found {_json_type(obj)}")
-        return None
-    version = obj.get("schema_version")
-    if type(version) is int and version > SCHEMA_VERSION:
-        warn(
-            f"{name} has schema_version {version}, newer than this reader's {SCHEMA_VERSION}; "
-            "reading it best-effort"
-        )
-    spans, d1 = _clean_records(obj.get("spans"), SPAN_INT_FIELDS)
-    marks, d2 = _clean_records(obj.get("marks"), MARK_INT_FIELDS)
-    snaps, d3 = _clean_records(obj.get("snapshots"), SNAPSHOT_INT_FIELDS)
-    for m in marks:
-        vt = m.get("value_type")
-        if vt == "float":
-            m["value"] = decode_mark_value(m.get("value"), vt)
-    if d1 or d2 or d3:
-        warn(f"{name}: ignored {d1 + d2 + d3} malformed record(s)")
-    obj["spans"], obj["marks"], obj["snapshots"] = spans, marks, snaps
-    sid = obj.get("session_id")
-    obj["session_id"] = sid if _valid_id(sid) else None
-    if type(obj.get("resource")) is not dict:
-        obj["resource"] = {}
-    sv = obj.get("sdk_version")
-    obj["sdk_version"] = sv if type(sv) is str else None
-    return obj
+        obj = _DECODERS[fields].decode(data)
+    except (msgspec.ValidationError, msgspec.DecodeError, RecursionError):
+        return _slow_path(data, name, fields, warn)
+    return _finish(obj, name, warn)
 
 
 def _json_type(obj: Any) -> str:
@@ -320,11 +498,11 @@ def _json_type(obj: Any) -> str:
 
 
 def iter_batches(
-    spool_dir: str | os.PathLike[str], on_warning: WarningCallback | None = None
+    spool_dir: str | os.PathLike[str], on_warning: WarningCallback | None = None, fields: str = "full"
 ) -> Iterator[tuple[BatchFile, dict]]:
     """Yield ``(file, batch)`` for every readable batch file, in ``created_ns`` order."""
     for bf in list_batch_files(spool_dir, on_warning):
-        batch = read_batch(bf, on_warning)
+        batch = read_batch(bf, on_warning, fields)
         if batch is not None:
             yield bf, batch
 

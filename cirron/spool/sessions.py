@@ -52,8 +52,8 @@ __all__ = [
 #: Id (and display name) of the synthetic session holding spans that reach no root.
 ORPHAN_SESSION_ID = "(orphan spans)"
 
-#: Private key the loader adds to mark dicts: the ``session_id`` of the batch that held the mark.
-BATCH_SESSION_KEY = "_batch_session"
+#: Field of mark/snapshot records holding the ``session_id`` of the batch that held them.
+BATCH_SESSION_KEY = "batch_session"
 
 
 # --------------------------------------------------------------------------- tree building
@@ -84,8 +84,12 @@ def assign_sessions(spans: Mapping[str, Mapping[str, Any]]) -> dict[str, str | N
     for sid, s in spans.items():
         if is_session_root(s):
             owner[sid] = sid
-    for start in spans:
+    for start, rec0 in spans.items():
         if start in owner:
+            continue
+        parent0 = rec0.get("parent_id")
+        if type(parent0) is str and parent0 in owner:  # fast path: parent already resolved
+            owner[start] = owner[parent0]
             continue
         path: list[str] = []
         on_path: set[str] = set()
@@ -297,10 +301,13 @@ def load_spool(
     on_warning: WarningCallback | None = None,
     *,
     on_file: Callable[[BatchFile], None] | None = None,
+    fields: str = "full",
 ) -> Spool:
     """Read every batch file of ``spool_dir`` and rebuild its sessions.
 
-    ``on_file`` is called after each file is read (progress reporting). Never raises for bad
+    ``on_file`` is called after each file is read (progress reporting). ``fields="summary"``
+    reads only what session reconstruction, counts and sizes need (ids, parents, names, start
+    and end times): several times faster, for ``list`` and ``clear``. Never raises for bad
     file content; a missing directory is an empty spool.
     """
     spool_dir = Path(spool_dir)
@@ -310,14 +317,17 @@ def load_spool(
     snaps: dict[str, dict] = {}
     ok_files: list[BatchFile] = []
     unreadable: list[BatchFile] = []
-    # Per readable file: the ids it mentions (references, no copies), to map files to sessions.
-    file_refs: list[tuple[list[str], list[dict], list[dict], str | None]] = []
+    # Per readable file: its records (references, no copies), to map files to sessions.
+    file_refs: list[tuple[list, list, list, str | None]] = []
     batch_meta: dict[str, tuple[dict, str | None]] = {}
+    dup_marks: set[str] = set()
+    dup_snaps: set[str] = set()
+    dups: list = []  # span records that lost the dedupe (their file still maps to the session)
     gc_was_enabled = gc.isenabled()
     gc.disable()  # millions of small dicts: the cyclic GC would rescan them over and over
     try:
         for bf in files:
-            batch = read_batch(bf, on_warning)
+            batch = read_batch(bf, on_warning, fields)
             if on_file is not None:
                 on_file(bf)
             if batch is None:
@@ -327,71 +337,132 @@ def load_spool(
             bsid = batch["session_id"]
             if bsid is not None and bsid not in batch_meta:
                 batch_meta[bsid] = (batch["resource"], batch["sdk_version"])
-            span_ids = []
-            for s in batch["spans"]:
-                merge_span(spans, s)
-                span_ids.append(s["id"])
+            bspans = batch["spans"]
+            setdefault = spans.setdefault
+            for s in bspans:
+                old = setdefault(s.id, s)
+                if old is not s:  # seen before: the closed record wins, else the later one
+                    if s.end_ns is not None or old.end_ns is None:
+                        spans[s.id] = s
+                        dups.append(old)
+                    else:
+                        dups.append(s)
             bmarks = batch["marks"]
+            n = len(marks)
             for m in bmarks:
-                m[BATCH_SESSION_KEY] = bsid
-                marks[m["id"]] = m
+                marks[m.id] = m
+            if len(marks) - n != len(bmarks):  # some ids repeated: remember them for the winner check
+                dup_marks.update(m.id for m in bmarks)
             bsnaps = batch["snapshots"]
+            n = len(snaps)
             for sn in bsnaps:
-                sn[BATCH_SESSION_KEY] = bsid
-                snaps[sn["id"]] = sn
-            file_refs.append((span_ids, bmarks, bsnaps, bsid))
+                snaps[sn.id] = sn
+            if len(snaps) - n != len(bsnaps):
+                dup_snaps.update(sn.id for sn in bsnaps)
+            file_refs.append((bspans, bmarks, bsnaps, bsid))
+        return _group(spool_dir, ok_files, unreadable, file_refs, batch_meta, spans, marks, snaps, dups,
+                      dup_marks, dup_snaps)
     finally:
         if gc_was_enabled:
             gc.enable()
 
-    owner = assign_sessions(spans)
+
+def _assign_in_place(spans: dict) -> None:
+    """:func:`assign_sessions` for record structs: sets ``rec.session`` (attribute reads instead
+    of a second big dict; this is the hot loop of ``traces list`` on large spools)."""
+    get = spans.get
+    for sid, rec in spans.items():
+        rec.session = sid if (rec.parent_id is None and rec.name == SESSION_SPAN_NAME) else None
+    unresolved = []
+    for sid, rec in spans.items():
+        if rec.session is not None:
+            continue
+        p = rec.parent_id
+        if p is None:
+            continue
+        parent = get(p)
+        if parent is not None and parent.session is not None:
+            rec.session = parent.session
+        else:
+            unresolved.append(rec)
+    # Slow path for spans whose parent came later in iteration order (or never resolves).
+    done: set[str] = set()
+    for rec in unresolved:
+        if rec.session is not None or rec.id in done:
+            continue
+        path = []
+        on_path: set[str] = set()
+        cur = rec
+        result = None
+        while True:
+            if cur.session is not None:
+                result = cur.session
+                break
+            if cur.id in on_path or cur.id in done:
+                break
+            on_path.add(cur.id)
+            path.append(cur)
+            p = cur.parent_id
+            nxt = get(p) if p is not None else None
+            if nxt is None:
+                break
+            cur = nxt
+        for x in path:
+            x.session = result
+            done.add(x.id)
+
+
+def _group(
+    spool_dir: Path,
+    ok_files: list[BatchFile],
+    unreadable: list[BatchFile],
+    file_refs: list,
+    batch_meta: dict,
+    spans: dict,
+    marks: dict,
+    snaps: dict,
+    dups: list,
+    dup_marks: set[str],
+    dup_snaps: set[str],
+) -> Spool:
+    _assign_in_place(spans)
     sessions: dict[str, Session] = {}
     for sid, s in spans.items():
-        if owner.get(sid) == sid:
+        if s.session == sid:
             sessions[sid] = Session(id=sid, root=s)
-    orphan: Session | None = None
-    if not sessions and spans:
-        orphan = Session(id=ORPHAN_SESSION_ID, root=None)
-
-    def owner_of_span(span_id: Any) -> str | None:
-        o = owner.get(span_id) if isinstance(span_id, str) else None
-        if o is None and orphan is not None and span_id in spans:
-            return ORPHAN_SESSION_ID
-        return o
-
-    def owner_of_record(rec: dict) -> str | None:
-        sid = rec.get("span_id")
-        if isinstance(sid, str) and sid in spans:
-            return owner_of_span(sid)
-        b = rec.get(BATCH_SESSION_KEY)
-        if b in sessions:
-            return b
-        if orphan is not None:
-            return ORPHAN_SESSION_ID
-        return None
-
     all_sessions = dict(sessions)
-    if orphan is not None:
-        all_sessions[ORPHAN_SESSION_ID] = orphan
-    for sid, s in spans.items():
-        o = owner_of_span(sid)
-        if o is not None:
-            all_sessions[o].spans.append(s)
-    for m in marks.values():
-        o = owner_of_record(m)
-        if o is not None:
-            all_sessions[o].marks.append(m)
-    for sn in snaps.values():
-        o = owner_of_record(sn)
-        if o is not None:
-            all_sessions[o].snapshots.append(sn)
+    orphan_mode = not sessions and bool(spans)
+    if orphan_mode:
+        all_sessions[ORPHAN_SESSION_ID] = Session(id=ORPHAN_SESSION_ID, root=None)
+        for s in spans.values():
+            s.session = ORPHAN_SESSION_ID
+    for d in dups:
+        d.session = spans[d.id].session
 
+    for s in spans.values():
+        if s.session is not None:
+            all_sessions[s.session].spans.append(s)
+
+    span_get = spans.get
     file_sessions: dict[Path, set[str | None]] = {}
-    for bf, (span_ids, bmarks, bsnaps, bsid) in zip(ok_files, file_refs):
-        owners: set[str | None] = {owner_of_span(x) for x in span_ids}
-        owners.update(owner_of_record(m) for m in bmarks)
-        owners.update(owner_of_record(sn) for sn in bsnaps)
-        if not (span_ids or bmarks or bsnaps):
+    for bf, (bspans, bmarks, bsnaps, bsid) in zip(ok_files, file_refs):
+        local = {s.id: s.session for s in bspans}  # small and cache-friendly; most marks hit it
+        owners: set[str | None] = set(local.values())
+        for recs, kind, winners, dup_ids in ((bmarks, "marks", marks, dup_marks), (bsnaps, "snapshots", snaps, dup_snaps)):
+            for r in recs:
+                sid = r.span_id
+                o = local.get(sid)
+                if o is None and sid is not None:
+                    target = span_get(sid)
+                    o = target.session if target is not None else None
+                if o is None:
+                    b = r.batch_session
+                    o = b if b in sessions else (ORPHAN_SESSION_ID if orphan_mode else None)
+                r.session = o
+                owners.add(o)
+                if o is not None and (not dup_ids or r.id not in dup_ids or winners[r.id] is r):
+                    getattr(all_sessions[o], kind).append(r)
+        if not (bspans or bmarks or bsnaps):
             owners.add(bsid if bsid in all_sessions else None)
         file_sessions[bf.path] = owners
         for o in owners:

@@ -39,7 +39,7 @@ def list_files(
     files = list_batch_files(p, warn)
     rows = []
     for bf in files:
-        batch = read_batch(bf, warn)
+        batch = read_batch(bf, warn, "summary")
         rows.append({
             "file": bf.name,
             "bytes": bf.size,
@@ -82,7 +82,7 @@ def clear_files(
 
     p = _check_dir(spool)
     try:
-        sp = load_spool(p, warn)
+        sp = load_spool(p, warn, fields="summary")
         live = {s.id for s in sp.sessions if s.live}
         keep: set[Path] = set()
         if live:

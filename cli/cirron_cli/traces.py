@@ -46,12 +46,12 @@ SpoolOpt = typer.Option(DEFAULT_SPOOL, "--spool", help="Spool directory to read.
 # ============================================================================ shared helpers
 
 
-def _read_spool(spool: str, progress: bool = False) -> Spool:
+def _read_spool(spool: str, progress: bool = False, fields: str = "full") -> Spool:
     path = Path(spool)
     if path.exists() and not path.is_dir():
         fail(f"Spool path {spool} is not a directory")
     with _progress("Reading spool", enabled=progress) as tick:
-        return load_spool(path, warn, on_file=tick)
+        return load_spool(path, warn, on_file=tick, fields=fields)
 
 
 @contextlib.contextmanager
@@ -391,7 +391,7 @@ def list_sessions(
     no_color: bool = typer.Option(False, "--no-color", help="Disable ANSI colour."),
 ) -> None:
     """Table of the sessions in the spool, newest first."""
-    sp = _read_spool(spool)
+    sp = _read_spool(spool, fields="summary")
     sessions = list(reversed(sp.sessions))
     abs_dir = str(Path(spool).resolve())
     if json_out:
@@ -691,7 +691,7 @@ def clear(
 
 
 def _clear(cutoff: int | None, keep: int | None, yes: bool, prune: bool, spool: str) -> None:
-    sp = _read_spool(spool)
+    sp = _read_spool(spool, fields="summary")
     spool_dir = Path(spool)
     live = [s for s in sp.sessions if s.live]
     candidates = [s for s in sp.sessions if not s.live]
