@@ -100,22 +100,37 @@ def torch_stats(t: Any) -> dict[str, Any]:
             x = x.to(torch.float64)
         elif x.dtype not in (torch.float32, torch.float64):
             x = x.to(torch.float32)
-        nan = int(torch.isnan(x).sum())
-        inf = int(torch.isinf(x).sum())
-        var, mean = torch.var_mean(x, correction=0)
-        mn, mx = torch.aminmax(x)
-        norm = torch.linalg.vector_norm(x)
-        if nan:  # aminmax may skip NaN on some builds; the record promises NaN propagation
-            mn = mx = torch.tensor(math.nan)
+        norm = float(torch.linalg.vector_norm(x))
+        if math.isfinite(norm):
+            nan = inf = 0  # a NaN or an infinity would have made the norm non-finite
+        else:
+            nan = int(torch.isnan(x).sum())
+            inf = int(torch.isinf(x).sum())
         lo = hi = None
         counts = [0] * HIST_BINS
+        if math.isfinite(norm):
+            mn, mx = (float(v) for v in torch.aminmax(x))
+            mean = float(x.sum()) / n
+            ex2 = norm * norm / n
+            if mean * mean <= 0.5 * ex2:
+                var = max(ex2 - mean * mean, 0.0)  # no cancellation worth the name
+            else:  # the mean dominates: a second, exact pass around it
+                acc2 = 0.0
+                for i in range(0, n, _CHUNK):
+                    acc2 += float(torch.linalg.vector_norm(x[i : i + _CHUNK] - mean)) ** 2
+                var = acc2 / n
+            lo, hi = mn, mx
+        else:
+            v, m = torch.var_mean(x, correction=0)
+            var, mean = float(v), float(m)
+            mn = mx = math.nan if nan else None
+            if not nan:
+                mn, mx = (float(t) for t in torch.aminmax(x))
+            finite = x[torch.isfinite(x)]
+            if finite.numel():
+                lo, hi = (float(t) for t in torch.aminmax(finite))
         finite_n = n - nan - inf
-        if finite_n:
-            if nan + inf == 0:
-                lo, hi = float(mn), float(mx)
-            else:
-                f = x[torch.isfinite(x)]
-                lo, hi = (float(v) for v in torch.aminmax(f))
+        if finite_n and lo is not None:
             if lo == hi:
                 counts = [finite_n] + [0] * (HIST_BINS - 1)
             else:
@@ -126,5 +141,5 @@ def torch_stats(t: Any) -> dict[str, Any]:
                         chunk = chunk[torch.isfinite(chunk)]
                     acc += torch.histc(chunk, bins=HIST_BINS, min=lo, max=hi).to(torch.int64).cpu()
                 counts = acc.tolist()
-        std = math.sqrt(float(var)) if float(var) >= 0 else float(var)
+        std = math.sqrt(var) if var >= 0 else var
     return _finish(_f(mean), std, _f(mn), _f(mx), _f(norm), n, nan, inf, counts, lo, hi)

@@ -80,3 +80,17 @@ def test_torch_histogram_counts_are_exact_past_float32_range() -> None:
     x = torch.linspace(-1, 1, 3 * stats._CHUNK + 7)
     s = torch_stats(x)
     assert sum(s["histogram"]["counts"]) == x.numel()
+
+
+def test_torch_std_is_accurate_when_the_mean_dominates() -> None:
+    torch = pytest.importorskip("torch")
+    g = torch.Generator().manual_seed(0)
+    x = 1.0 + 0.001 * torch.randn(100_000, generator=g)  # a LayerNorm weight
+    s = torch_stats(x)
+    ref = x.double()
+    assert s["std"] == pytest.approx(float(ref.std(correction=0)), rel=1e-4)
+    assert s["mean"] == pytest.approx(float(ref.mean()), rel=1e-6)
+    big = torch.tensor([3e19, -3e19, 1.0])  # finite, but the squares overflow float32
+    b = torch_stats(big)
+    assert b["nan_count"] == 0 and b["inf_count"] == 0 and b["max"] == pytest.approx(3e19)
+    assert sum(b["histogram"]["counts"]) == 3
