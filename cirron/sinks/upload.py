@@ -8,14 +8,17 @@ Upload state lives beside the spool: an empty marker file ``<spool>/.uploaded/<b
 created once the platform has accepted a batch (2xx, or 409 = it already had it). The live sink
 and ``cirron spool flush`` share that state, so a batch is uploaded once by whichever gets to it
 first, and a batch the platform did not take (platform down, no API key yet, retries exhausted)
-simply has no marker: ``cirron spool flush`` picks it up later. Nothing is lost as long as the
-batch file is in the spool, which is why ``output="platform"`` always runs the spool sink too.
+simply has no marker: ``cirron spool flush`` picks it up later. After such a failure the live
+sink leaves new batches to the spool for :data:`LIVE_COOLDOWN` seconds instead of retrying each
+one. Nothing is lost as long as the batch file is in the spool, which is why
+``output="platform"`` always runs the spool sink too.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import time
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -32,6 +35,8 @@ ACCEPTED_STATUS = frozenset({409})
 #: The live sink tries briefly (the spool keeps the batch); ``cirron spool flush`` tries harder.
 LIVE_MAX_ATTEMPTS = 3
 LIVE_DEADLINE = 10.0
+#: After a failed live upload, later batches are left to the spool without trying for this long.
+LIVE_COOLDOWN = 30.0
 FLUSH_MAX_ATTEMPTS = 6
 FLUSH_DEADLINE = 60.0
 DEFAULT_TIMEOUT = 10.0
@@ -128,6 +133,7 @@ class PlatformSink(Sink):
         self.state_store = UploadState(cfg.spool_dir)
         self._client: Any = None
         self._warned = False
+        self._cooldown_until = 0.0
         #: Batches (and their records) the platform has not taken yet; they wait in the spool.
         self.batches_deferred = 0
         self.spans_deferred = 0
@@ -155,7 +161,7 @@ class PlatformSink(Sink):
 
         from cirron.export.otlp_http import OTLPExportError, apost_with_retries
 
-        if self._client is None:
+        if self._client is None or time.monotonic() < self._cooldown_until:
             self._defer(batch)
             return
         body = await anyio.to_thread.run_sync(batch.to_json)
@@ -165,6 +171,7 @@ class PlatformSink(Sink):
         except OTLPExportError as exc:
             self.note_error(exc)
             self._defer(batch)
+            self._cooldown_until = time.monotonic() + LIVE_COOLDOWN
             if exc.status in (401, 403):
                 self._warn_once(f"the platform refused the API key ({exc}); batches stay in the spool")
             return

@@ -1,0 +1,281 @@
+"""The live ``otlp`` sink against a real OTLP/HTTP receiver, including faults."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import cirron
+from cirron._errors import CirronConfigError, CirronDependencyError
+from cirron.export._otlp import derive_span_id
+from cirron.export.otlp_http import OtlpSettings
+
+from .conftest import Receiver, free_port, wait_for
+
+
+def _profiler(tmp_path: Path, **kw: Any) -> cirron.Cirron:
+    kw.setdefault("shutdown_timeout", 3.0)
+    c = cirron.Cirron(spool_dir=tmp_path / "spool", output=["otlp"], flush_interval=0.05, **kw)
+    c.profile()
+    return c
+
+
+def _dropped(h: dict, prefix: str) -> int:
+    return sum(v for k, v in h["sinks"]["otlp"]["dropped"].items() if k.startswith(prefix))
+
+
+def _work(c: cirron.Cirron, steps: int = 3) -> None:
+    with c.scope("train", lr=0.1):
+        for i in range(steps):
+            with c.scope("step", i=i):
+                c.mark("loss", 1.0 / (i + 1))
+        with c.scope("request"):
+            c.mark("prompt_tokens", 12, kind="summary")
+            c.mark("completion_tokens", 34, kind="summary")
+
+
+def test_tree_events_and_genai_over_protobuf(otlp_env: Receiver, tmp_path: Path) -> None:
+    rcv = otlp_env
+    c = _profiler(tmp_path)
+    try:
+        _work(c)
+        # Live: the closed spans arrive while the session is still running.
+        wait_for(lambda: "train" in rcv.span_names(), what="train span exported live")
+        assert "cirron.session" not in rcv.span_names()
+        assert all(r.headers["content-type"] == "application/x-protobuf" for r in rcv.requests)
+        assert all(r.path == "/v1/traces" for r in rcv.requests)
+    finally:
+        assert c.shutdown() is True
+    spans = {s["name"] + str(s["attrs"].get("i", "")): s for s in rcv.spans()}
+    root, train, req = spans["cirron.session"], spans["train"], spans["request"]
+    assert root["parent"] is None
+    assert root["span_id"] == derive_span_id(c.session_id)
+    assert train["parent"] == root["span_id"]
+    assert req["parent"] == train["span_id"]
+    assert len({s["trace_id"] for s in spans.values()}) == 1
+    for i in range(3):
+        step = spans[f"step{i}"]
+        assert step["parent"] == train["span_id"]
+        assert [e["name"] for e in step["events"]] == ["loss"]
+        assert step["events"][0]["attrs"]["value"] == pytest.approx(1.0 / (i + 1))
+        assert step["end"] >= step["start"] > 0
+    assert req["attrs"]["gen_ai.usage.input_tokens"] == 12
+    assert req["attrs"]["gen_ai.usage.output_tokens"] == 34
+    assert train["attrs"]["lr"] == pytest.approx(0.1)
+    assert "gen_ai.usage.input_tokens" not in train["attrs"]
+    h = c.health()["sinks"]["otlp"]
+    assert h["spans_written"] == 6 and h["marks_written"] == 5
+    assert not h["dropped"] and h["errors"] == 0
+
+
+def test_http_json_headers_gzip_and_generic_endpoint(otlp_env: Receiver, tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    rcv = otlp_env
+    monkeypatch.delenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", rcv.url)  # + /v1/traces
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json")
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_HEADERS", "x-api-key=s%20ecret,x-other=1")
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_COMPRESSION", "gzip")
+    c = _profiler(tmp_path)
+    try:
+        with c.scope("a"):
+            with c.scope("b"):
+                c.mark("n", 3)
+    finally:
+        c.shutdown()
+    assert sorted(rcv.span_names()) == ["a", "b", "cirron.session"]
+    r = rcv.requests[0]
+    assert r.path == "/v1/traces"
+    assert r.headers["content-type"] == "application/json"
+    assert r.headers["content-encoding"] == "gzip"
+    assert r.headers["x-api-key"] == "s ecret" and r.headers["x-other"] == "1"
+    b = next(s for s in rcv.spans() if s["name"] == "b")
+    assert b["events"][0]["attrs"]["value"] == 3
+
+
+def test_mark_on_open_span_waits_for_it(otlp_env: Receiver, tmp_path: Path) -> None:
+    rcv = otlp_env
+    c = _profiler(tmp_path)
+    try:
+        with c.scope("outer"):
+            c.mark("early", 1)
+            with c.scope("inner"):
+                pass
+            wait_for(lambda: "inner" in rcv.span_names(), what="inner exported")
+            assert "outer" not in rcv.span_names()
+            c.mark("late", 2)
+        outer = wait_for(lambda: next((s for s in rcv.spans() if s["name"] == "outer"), None), what="outer")
+        assert [e["name"] for e in outer["events"]] == ["early", "late"]
+        c.mark("top", 5)  # no scope: waits for the session root, sent at shutdown
+    finally:
+        c.shutdown()
+    root = next(s for s in rcv.spans() if s["name"] == "cirron.session")
+    assert [e["name"] for e in root["events"]] == ["top"]
+
+
+def test_retry_after_503_is_honoured_and_nothing_lost(otlp_env: Receiver, tmp_path: Path) -> None:
+    rcv = otlp_env
+    rcv.plan = [("status", 503, {"Retry-After": "1"}, b"busy"), ("ok",)]
+    c = _profiler(tmp_path)
+    try:
+        with c.scope("work"):
+            c.mark("x", 1.5)
+        t0 = time.monotonic()
+        wait_for(lambda: "work" in rcv.span_names(), what="delivery after 503")
+        assert time.monotonic() - t0 >= 0.8  # waited for Retry-After
+    finally:
+        c.shutdown()
+    h = c.health()["sinks"]["otlp"]
+    assert h["retries"] >= 1 and h["spans_written"] == 2 and not h["dropped"]
+
+
+def test_dropped_connection_is_retried(otlp_env: Receiver, tmp_path: Path) -> None:
+    rcv = otlp_env
+    rcv.plan = [("close",), ("close",), ("ok",)]
+    c = _profiler(tmp_path)
+    try:
+        with c.scope("work"):
+            pass
+        wait_for(lambda: "work" in rcv.span_names(), what="delivery after dropped connections")
+    finally:
+        c.shutdown()
+    assert rcv.attempts >= 3
+    assert not c.health()["sinks"]["otlp"]["dropped"]
+
+
+def test_400_is_not_retried_and_counted(otlp_env: Receiver, tmp_path: Path) -> None:
+    rcv = otlp_env
+    rcv.plan = [("status", 400, {}, b'{"message":"bad"}')]
+    c = _profiler(tmp_path)
+    try:
+        with c.scope("work"):
+            pass
+        wait_for(lambda: _dropped(c.health(), "spans_export_failed") == 1, what="drop counted")
+        assert rcv.attempts == 1
+    finally:
+        c.shutdown()
+    h = c.health()["sinks"]["otlp"]
+    assert "HTTP 400" in h["last_error"]
+    assert rcv.attempts == 2  # the session root's own request at shutdown, also refused once
+
+
+def test_partial_success_logged_once_not_retried(otlp_env: Receiver, tmp_path: Path,
+                                                 caplog: pytest.LogCaptureFixture,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    rcv = otlp_env
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json")
+    body = b'{"partialSuccess":{"rejectedSpans":"1","errorMessage":"too old"}}'
+    rcv.plan = [("status", 200, {}, body)]
+    c = _profiler(tmp_path)
+    with caplog.at_level(logging.WARNING, logger="cirron.otlp"):
+        try:
+            for name in ("a", "b"):
+                with c.scope(name):
+                    pass
+                c.flush()
+            wait_for(lambda: rcv.attempts >= 2, what="two exports")
+        finally:
+            c.shutdown()
+    assert rcv.attempts == 3  # a, b, root: one attempt each
+    assert len([r for r in caplog.records if "partially" in r.getMessage()]) == 1
+    assert c.health()["sinks"]["otlp"]["spans_rejected"] == 3
+
+
+def test_hanging_receiver_never_blocks_user_and_shutdown_is_bounded(otlp_env: Receiver, tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    rcv = otlp_env
+    rcv.plan = [("hang",)]
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_TIMEOUT", "400")
+    n = 20_000
+    base = cirron.Cirron(spool_dir=tmp_path / "base", output=["none"], flush_interval=0.05)
+    base.profile()
+    t0 = time.perf_counter()
+    for i in range(n):
+        with base.scope("s"):
+            base.mark("m", i)
+    baseline = time.perf_counter() - t0
+    base.shutdown()
+
+    c = _profiler(tmp_path, shutdown_timeout=2.0)
+    wait_for(lambda: True)
+    t0 = time.perf_counter()
+    for i in range(n):
+        with c.scope("s"):
+            c.mark("m", i)
+    elapsed = time.perf_counter() - t0
+    assert elapsed < max(3 * baseline, baseline + 0.5), (elapsed, baseline)
+    wait_for(lambda: rcv.attempts >= 1, what="a request in flight")
+    t0 = time.perf_counter()
+    c.shutdown()
+    took = time.perf_counter() - t0
+    assert took < 2.0 + 1.5, took
+    h = c.health()
+    otlp = h["sinks"]["otlp"]
+    assert otlp["spans_written"] == 0
+    # Nothing silently lost: every closed span (n + the root) is counted as dropped.
+    assert _dropped(h, "spans_") == n + 1, otlp["dropped"]
+
+
+def test_receiver_down_drops_are_counted_and_bounded(otlp_env: Receiver, tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", f"http://127.0.0.1:{free_port()}/v1/traces")
+    c = _profiler(tmp_path, shutdown_timeout=1.5)
+    n = 5_000
+    for i in range(n):
+        with c.scope("s"):
+            c.mark("m", i)
+    t0 = time.perf_counter()
+    c.shutdown()
+    assert time.perf_counter() - t0 < 1.5 + 1.5
+    h = c.health()
+    assert h["sinks"]["otlp"]["spans_written"] == 0
+    assert _dropped(h, "spans_") == n + 1
+    assert _dropped(h, "marks_") == n
+
+
+def test_missing_protobuf_dependency_fails_at_profile(otlp_env: Receiver, tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "opentelemetry.proto.collector.trace.v1.trace_service_pb2", None)
+    c = cirron.Cirron(spool_dir=tmp_path / "spool", output=["otlp"], flush_interval=0.05)
+    with pytest.raises(CirronDependencyError, match=r"pip install 'cirron\[otlp\]'"):
+        c.profile()
+    c.shutdown()
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json")  # json needs no extra
+    c2 = _profiler(tmp_path)
+    with c2.scope("ok"):
+        pass
+    c2.shutdown()
+    assert "ok" in otlp_env.span_names()
+
+
+def test_bad_settings_are_config_errors() -> None:
+    with pytest.raises(CirronConfigError, match="OTEL_EXPORTER_OTLP_PROTOCOL"):
+        OtlpSettings.from_env({"OTEL_EXPORTER_OTLP_PROTOCOL": "grpc"})
+    with pytest.raises(CirronConfigError, match="milliseconds"):
+        OtlpSettings.from_env({"OTEL_EXPORTER_OTLP_TIMEOUT": "soon"})
+    with pytest.raises(CirronConfigError, match="gzip or none"):
+        OtlpSettings.from_env({"OTEL_EXPORTER_OTLP_COMPRESSION": "zstd"})
+    with pytest.raises(CirronConfigError, match="key=value"):
+        OtlpSettings.from_env({"OTEL_EXPORTER_OTLP_HEADERS": "novalue"})
+
+
+def test_settings_precedence_and_defaults() -> None:
+    s = OtlpSettings.from_env({})
+    assert (s.endpoint, s.protocol, s.timeout, s.compression) == (
+        "http://localhost:4318/v1/traces", "http/protobuf", 10.0, None)
+    s = OtlpSettings.from_env({
+        "OTEL_EXPORTER_OTLP_ENDPOINT": "http://gen:4318/",
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "http://tr:9999/custom",
+        "OTEL_EXPORTER_OTLP_TIMEOUT": "5000", "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT": "250",
+        "OTEL_EXPORTER_OTLP_HEADERS": "a=1", "OTEL_EXPORTER_OTLP_TRACES_HEADERS": "b=%3D2",
+        "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf", "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL": "http/json",
+    })
+    assert s.endpoint == "http://tr:9999/custom"  # the traces-specific URL is used as is
+    assert s.timeout == 0.25 and s.headers == {"b": "=2"} and s.protocol == "http/json"
+    assert OtlpSettings.from_env({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://gen:4318/"}).endpoint == \
+        "http://gen:4318/v1/traces"
