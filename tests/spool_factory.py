@@ -29,7 +29,8 @@ _counter = itertools.count(1)
 
 
 def new_id() -> str:
-    return f"{next(_counter):032x}"
+    """32 lowercase hex, unique, with a random (so distinct) 8-character prefix."""
+    return os.urandom(12).hex() + f"{next(_counter):08x}"
 
 
 class SpoolFactory:
