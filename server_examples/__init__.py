@@ -1,0 +1,1 @@
+"""Runnable serving examples for cirron (see README.md in this folder)."""
