@@ -222,6 +222,7 @@ class _TorchHooks:
 
     def _fwd_pre(self, module: Any, args: Any) -> None:
         try:
+            _wait_snapshots(self.c)
             scope = self.c.scope("forward")
             scope.__enter__()
             gpu = _GpuTimer() if self._cuda() else None
@@ -253,6 +254,7 @@ class _TorchHooks:
 
     def _bw_start(self, ctx: contextvars.Context, grad_outputs: Any) -> None:
         try:
+            _wait_snapshots(self.c)
             with self._bw_lock:
                 if self._bw is not None:
                     return None  # already timing this backward pass
@@ -318,6 +320,7 @@ class _TorchHooks:
 
     def _opt_pre(self, opt: Any, args: Any, kwargs: Any) -> None:
         try:
+            _wait_snapshots(self.c)
             while self._opt_open:  # a previous step raised before its post hook ran
                 scope, _ = self._opt_open.pop()
                 if scope.span is not None:
@@ -344,6 +347,20 @@ class _TorchHooks:
         for h in self.handles:
             h.remove()
         self.handles.clear()
+
+
+def is_hooked(c: Any, module: Any) -> bool:
+    """Whether ``c``'s forward/backward/step hooks are on ``module``."""
+    try:
+        return id(c) in _TORCH_WRAPPED.get(module, {})
+    except TypeError:
+        return False
+
+
+def _wait_snapshots(c: Any) -> None:
+    snaps = c._snapshots
+    if snaps is not None and snaps._guard is not None:
+        snaps.wait_pending()
 
 
 def unwrap_torch(c: Any, module: Any) -> None:

@@ -231,6 +231,26 @@ def _item_stats(item: _Item) -> dict[str, Any]:
     return torch_stats(item.data) if item.is_torch else numpy_stats(item.data)
 
 
+class _Worker:
+    """One daemon-free worker thread per manager (recreated after fork). Snapshot jobs start at
+    once instead of waiting for the next flush, so in-place reads finish quickly."""
+
+    def __init__(self) -> None:
+        self._pid: int | None = None
+        self._ex: Any = None
+        self._lock = threading.Lock()
+
+    def submit(self, fn: Callable[[], None]) -> Any:
+        import os
+        from concurrent.futures import ThreadPoolExecutor
+
+        with self._lock:
+            if self._ex is None or self._pid != os.getpid():
+                self._ex = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cirron-snapshot")
+                self._pid = os.getpid()
+            return self._ex.submit(fn)
+
+
 # ----------------------------------------------------------------------------------------- sources
 
 
@@ -245,6 +265,14 @@ class _Source:
     @property
     def obj(self) -> Any:
         return self._ref()
+
+    def hooked(self, cirron: Any) -> bool:
+        """Whether ``cirron``'s hooks guard this module (forward/backward/step wait for snapshots)."""
+        obj = self.obj
+        if obj is None or isinstance(obj, Mapping):
+            return False
+        wrap = sys.modules.get("cirron._wrap")
+        return wrap is not None and wrap.is_hooked(cirron, obj)
 
     def tensors(self) -> Iterator[tuple[str, str, Any]]:
         obj = self.obj
@@ -280,8 +308,15 @@ class SnapshotManager:
         self._staging = _TorchStaging()
         self._inflight = 0
         self._epochs_seen = 0
+        self._worker = _Worker()
+        self._guard: threading.Event | None = None
         self.errors = 0
         self.last_error: str | None = None
+        #: snapshots whose in-place tensors changed while being read
+        self.inconsistent = 0
+        #: times a hook waited for an in-place snapshot, and for how long in total
+        self.barrier_waits = 0
+        self.barrier_wait_ns = 0
 
     # -- registration ---------------------------------------------------------------------------
 
@@ -332,9 +367,13 @@ class SnapshotManager:
         if mode == "off" or not self._sources:
             return
         entries: list[tuple[str, str, Any]] = []
+        guarded: set[str] = set()
         for src in list(self._sources):
-            entries.extend(src.tensors())
-        self._take(entries, span, mode, wants_blob(mode, self._sample_rate(), epoch))
+            got = list(src.tensors())
+            entries.extend(got)
+            if src.hooked(self._c):
+                guarded.update(name for name, _, _ in got)
+        self._take(entries, span, mode, wants_blob(mode, self._sample_rate(), epoch), frozenset(guarded))
 
     def snapshot(self, tensors: Mapping[str, Any], span: Any, *, mode: str | None = None,
                  blobs: bool | None = None) -> None:
@@ -351,11 +390,20 @@ class SnapshotManager:
             blobs = mode in ("sampled", "full")
         self._take(entries, span, mode, blobs)
 
-    def _take(self, entries: list[tuple[str, str, Any]], span: Any, mode: str, blobs: bool) -> None:
+    def _take(self, entries: list[tuple[str, str, Any]], span: Any, mode: str, blobs: bool,
+              guarded: frozenset[str] = frozenset()) -> None:
+        """Capture ``entries`` on the caller's thread, then hand the work to the snapshot worker.
+
+        Tensors named in ``guarded`` belong to a module whose hooks call :meth:`wait_pending`
+        before anything can change them (forward, backward, optimizer step). On a stats-only
+        snapshot those are not copied at all: the worker reads them in place and the next hook
+        waits for it if it is still running. Everything else is copied once, here.
+        """
         ts_ns = time.time_ns()
         span_id = span.id_hex
-        torch_entries: list[tuple[str, str, Any]] = []
+        torch_copy: list[tuple[str, str, Any]] = []
         items: list[_Item] = []
+        versions: list[tuple[Any, int]] = []
         seen: set[str] = set()
         for name, role, value in entries:
             if name in seen:
@@ -363,10 +411,16 @@ class SnapshotManager:
                 continue
             seen.add(name)
             if _is_torch_tensor(value):
-                if dtype_name(value) is None or value.is_sparse:
+                dt = dtype_name(value)
+                if dt is None or value.is_sparse:
                     log.warning("cirron: tensor %r of dtype %s cannot be snapshot; skipped", name, value.dtype)
                     continue
-                torch_entries.append((name, role, value))
+                if not blobs and name in guarded:
+                    live = value.detach()
+                    items.append(_Item(name, role, dt, list(value.shape), live, True))
+                    versions.append((value, value._version))
+                else:
+                    torch_copy.append((name, role, value))
             else:
                 item = _copy_numpy(name, role, value)
                 if item is None:
@@ -375,27 +429,30 @@ class SnapshotManager:
                 items.append(item)
         release: Callable[[], None] = lambda: None  # noqa: E731
         events: list[Any] = []
-        if torch_entries:
-            t_items, events, release = _copy_torch(torch_entries, self._staging)
-            # keep the caller's order: torch items first as they came, then numpy ones
-            order = {name: i for i, (name, _, _) in enumerate(entries)}
-            items = sorted(t_items + items, key=lambda it: order.get(it.name, 0))
+        if torch_copy:
+            t_items, events, release = _copy_torch(torch_copy, self._staging)
+            items += t_items
         if not items:
             release()
             return
+        order = {name: i for i, (name, _, _) in enumerate(entries)}
+        items.sort(key=lambda it: order.get(it.name, 0))
         session_id = getattr(self._c, "session_id", None)
         spool_dir = self._cfg().spool_dir
+        guard = threading.Event() if versions else None
 
         def job() -> None:
             try:
                 for ev in events:
                     ev.synchronize()
-                self._finish(items, span_id, session_id, spool_dir, mode, blobs, ts_ns)
+                self._finish(items, span_id, session_id, spool_dir, mode, blobs, ts_ns, versions)
             except Exception as exc:  # never let a snapshot break the run
                 self.errors += 1
                 self.last_error = f"{type(exc).__name__}: {exc}"
                 log.warning("cirron: snapshot of span %s failed: %s", span_id, self.last_error)
             finally:
+                if guard is not None:
+                    guard.set()
                 release()
                 with self._lock:
                     self._inflight -= 1
@@ -403,17 +460,38 @@ class SnapshotManager:
         with self._lock:
             self._inflight += 1
             inline = self._inflight > MAX_INFLIGHT
-        offload = getattr(self._c, "_offload", None)
-        if inline or offload is None:
+        if inline:
             job()
-        else:
-            try:
-                offload(job)
-            except Exception:
-                job()
+            return
+        try:
+            future = self._worker.submit(job)
+        except Exception:  # noqa: BLE001 - interpreter shutting down, thread limits…
+            job()
+            return
+        if guard is not None:
+            self._guard = guard
+        offload = getattr(self._c, "_offload", None)
+        if offload is not None:
+            # the flush that writes the next batch waits for the records; shutdown waits too
+            offload(lambda: future.result())
+
+    def wait_pending(self) -> None:
+        """Block until an in-place snapshot still reading the live tensors is done.
+
+        Called by the torch hooks before forward, backward and the optimizer step; returns at
+        once (one attribute read) when nothing is pending."""
+        guard = self._guard
+        if guard is None:
+            return
+        if not guard.is_set():
+            t0 = time.perf_counter_ns()
+            guard.wait()
+            self.barrier_waits += 1
+            self.barrier_wait_ns += time.perf_counter_ns() - t0
+        self._guard = None
 
     def _finish(self, items: list[_Item], span_id: str, session_id: str | None, spool_dir: Any,
-                mode: str, blobs: bool, ts_ns: int) -> None:
+                mode: str, blobs: bool, ts_ns: int, versions: list[tuple[Any, int]] = ()) -> None:
         from cirron import safetensors_io
 
         uris: dict[str, str] = {}
@@ -441,8 +519,14 @@ class SnapshotManager:
                 if writer is not None and isinstance(getattr(writer, "_used", None), int):
                     writer._used += size
                 uris[role] = f"snapshots/{span_id}/{fname}"
+        stats = [_item_stats(it) for it in items]
+        if any(t._version != v for t, v in versions):
+            # changed in place by code outside the hooks (e.g. zero_grad(set_to_none=False))
+            self.inconsistent += 1
+            log.warning("cirron: a tensor changed while snapshot %s was reading it; its stats may mix "
+                        "two states", span_id)
         emit = self._c._emit_snapshot
-        for it in items:
+        for it, st in zip(items, stats):
             record = {
                 "id": uuid.uuid4().hex,
                 "span_id": span_id,
@@ -452,7 +536,7 @@ class SnapshotManager:
                 "shape": it.shape,
                 "mode": mode,
                 "ts_ns": ts_ns,
-                "stats": strict_json(_item_stats(it)),
+                "stats": strict_json(st),
                 "blob_uri": uris.get(it.role),
             }
             emit(record)

@@ -166,28 +166,66 @@ def test_wrap_is_idempotent_and_rejects_unknown_objects(spool_dir: Path) -> None
         c.wrap(m, framework="sklearn")
 
 
-def test_snapshot_off_the_training_thread(spool_dir: Path) -> None:
-    """With a running service the reductions and the blob write happen in the offloaded job."""
+def test_snapshot_work_runs_off_the_training_thread(spool_dir: Path) -> None:
     import threading
 
     c = Cirron(spool_dir=spool_dir, flush_interval=60, snapshots="full")
     c.profile()
-    model = c.wrap(torch.nn.Linear(64, 64))
+    model = c.wrap(torch.nn.Linear(64, 64))  # registered weakly: keep a reference
     seen: list[str] = []
-    real = c._offload
+    real = c._snapshots._finish
 
-    def spy(fn):
-        def job():
-            seen.append(threading.current_thread().name)
-            fn()
-        real(job)
+    def spy(*args, **kwargs):
+        seen.append(threading.current_thread().name)
+        return real(*args, **kwargs)
 
-    c._offload = spy
-    main = threading.current_thread().name
+    c._snapshots._finish = spy
+    for _ in c.epochs(range(2)):
+        pass
+    c.shutdown()  # waits for the pending snapshot work
+    assert len(seen) == 2 and all(name.startswith("cirron-snapshot") for name in seen)
+    assert len(list((spool_dir.parent / "snapshots").iterdir())) == 2
+    assert len(load_spool(spool_dir).snapshots) == 4
+    del model
+
+
+def test_stats_mode_reads_in_place_and_the_optimizer_step_waits(spool_dir: Path, monkeypatch) -> None:
+    import threading
+
+    import cirron.snapshots as snaps
+
+    c = Cirron(spool_dir=spool_dir, flush_interval=60, snapshots="stats")
+    c.profile()
+    model = torch.nn.Linear(4, 1, bias=False)
+    opt = torch.optim.SGD(model.parameters(), lr=1.0)
+    c.wrap(model, optimizer=opt)
+    model(torch.ones(2, 4)).sum().backward()
+    before = model.weight.detach().clone()
+    started, release = threading.Event(), threading.Event()
+    observed: list[torch.Tensor] = []
+    real_stats = snaps._item_stats
+
+    def slow_stats(item):
+        started.set()
+        assert release.wait(30)
+        return real_stats(item)
+
+    monkeypatch.setattr(snaps, "_item_stats", slow_stats)
+
+    def watcher():
+        assert started.wait(30)
+        observed.append(model.weight.detach().clone())  # the step must not have run yet
+        release.set()
+
+    w = threading.Thread(target=watcher)
+    w.start()
     for _ in c.epochs(range(1)):
         pass
-    assert not (spool_dir.parent / "snapshots").exists() or seen  # nothing written inline
-    c.flush()
+    opt.step()  # blocks in the step pre-hook until the in-place snapshot is done
+    w.join(30)
     c.shutdown()
-    assert seen and all(name != main for name in seen)
-    assert len(list((spool_dir.parent / "snapshots").iterdir())) == 1
+    assert torch.equal(observed[0], before) and not torch.equal(model.weight.detach(), before)
+    recs = {r["tensor"]: r for r in load_spool(spool_dir).snapshots.values()}
+    assert recs["weight"]["stats"]["mean"] == pytest.approx(float(before.mean()))
+    assert c._snapshots.barrier_waits == 1 and c._snapshots.inconsistent == 0
+    assert not c._snapshots._staging._free  # nothing was copied
