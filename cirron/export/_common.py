@@ -10,10 +10,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import msgspec
+
 from cirron._schema import encode_float
 from cirron.spool.reader import safe_dumps
 
-__all__ = ["atomic_dir", "atomic_file", "attrs_json", "duration_ns", "json_scalar"]
+__all__ = ["atomic_dir", "atomic_file", "attrs_json", "attrs_text", "duration_ns", "json_scalar"]
 
 
 @contextlib.contextmanager
@@ -64,11 +66,17 @@ def duration_ns(rec: dict) -> int | None:
     return None
 
 
-def attrs_json(rec: dict) -> str:
-    a = rec.get("attrs")
+def attrs_text(a: Any) -> str:
+    """``attrs`` as JSON text: raw text read by ``fields="export"`` is passed through."""
+    if type(a) is msgspec.Raw:
+        return bytes(a).decode("utf-8", "replace")
     if a is None:
         return "{}"
     return safe_dumps(a).decode()
+
+
+def attrs_json(rec: Any) -> str:
+    return attrs_text(rec.get("attrs"))
 
 
 def json_scalar(value: Any) -> Any:

@@ -15,8 +15,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from cirron._schema import SESSION_SPAN_NAME
-from cirron.export._common import NoSessionFound, NoTracesFound, atomic_file
-from cirron.spool.reader import BatchFile, WarningCallback, list_batch_files, read_batch, safe_dumps
+from cirron.export._common import NoSessionFound, NoTracesFound, atomic_file, attrs_text
+from cirron.spool.reader import BatchFile, WarningCallback, list_batch_files, read_batch
 from cirron.spool.sessions import ORPHAN_SESSION_ID
 
 __all__ = ["CSV_COLUMNS", "SpanIndex", "build_span_index", "write_csv"]
@@ -161,7 +161,7 @@ def write_csv(
             w = csv.writer(fh)
             w.writerow(CSV_COLUMNS)
             for no, bf in enumerate(files):
-                batch = read_batch(bf, quiet)
+                batch = read_batch(bf, quiet, "export")
                 if on_file:
                     on_file(bf)
                 if batch is None:
@@ -182,13 +182,12 @@ def write_csv(
                         continue
                     emitted[i] = 1
                     st, en = s.get("start_ns"), s.get("end_ns")
-                    a = s.get("attrs")
                     out.append((
                         sess, s["id"], _cell(s.get("parent_id")), _cell(s.get("name")), _cell(s.get("index")),
                         _cell(st), _cell(en), en - st if (type(st) is int and type(en) is int) else "",
                         _cell(s.get("cpu_ns")), _cell(s.get("gpu_ns")), _cell(s.get("memory_peak_bytes")),
                         _cell(s.get("thread_id")), _cell(s.get("pid")), _cell(s.get("rank")),
-                        "{}" if a is None else safe_dumps(a).decode(),
+                        attrs_text(s.attrs),
                     ))
                 w.writerows(out)
                 rows += len(out)

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from typing import Any
 
 from cirron._errors import require
-from cirron.export._common import atomic_dir, attrs_json, duration_ns
+from cirron.export._common import atomic_dir, attrs_text
 from cirron.spool.reader import safe_dumps
 from cirron.spool.sessions import Session
 
@@ -29,9 +30,12 @@ def _str(v: object) -> str | None:
 
 
 def _float(v: object) -> float | None:
-    if type(v) is bool:
-        return float(v)
-    if type(v) in (int, float):
+    t = type(v)
+    if t is float:
+        return v  # type: ignore[return-value]
+    if t is bool:
+        return float(v)  # type: ignore[arg-type]
+    if t is int:
         try:
             return float(v)
         except OverflowError:
@@ -42,46 +46,48 @@ def _float(v: object) -> float | None:
 def write_parquet(sessions: Sequence[Session], out_dir: str | os.PathLike[str]) -> int:
     """Write spans/marks/snapshots Parquet files into ``out_dir``; returns the number of spans."""
     pa = require("pyarrow", "Parquet export")
+    pc = require("pyarrow.compute", "Parquet export")
     pq = require("pyarrow.parquet", "Parquet export")
     i64, f64, s = pa.int64(), pa.float64(), pa.string()
 
-    cols: dict[str, list] = {c: [] for c in SPAN_COLUMNS}
+    spans = [x for sess in sessions for x in sess.spans]
+    sess_col: list = []
     for sess in sessions:
-        sp = sess.spans
-        n = len(sp)
-        cols["session_id"].extend([sess.id] * n)
-        cols["span_id"].extend([x["id"] for x in sp])
-        cols["parent_id"].extend([_str(x.get("parent_id")) for x in sp])
-        cols["name"].extend([_str(x.get("name")) for x in sp])
-        for c in ("index", "start_ns", "end_ns", "cpu_ns", "gpu_ns", "memory_peak_bytes", "thread_id", "pid", "rank"):
-            cols[c].extend([_int(x.get(c)) for x in sp])
-        cols["duration_ns"].extend([duration_ns(x) for x in sp])
-        cols["attrs_json"].extend([attrs_json(x) for x in sp])
-    types = {c: i64 for c in ("index", "start_ns", "end_ns", "duration_ns", "cpu_ns", "gpu_ns", "memory_peak_bytes",
-                              "thread_id", "pid", "rank")}
-    spans_tbl = pa.table({c: pa.array(cols[c], types.get(c, s)) for c in SPAN_COLUMNS})
+        sess_col.extend([sess.id] * len(sess.spans))
+    ints = ("index", "start_ns", "end_ns", "cpu_ns", "gpu_ns", "memory_peak_bytes", "thread_id", "pid", "rank")
+    data: dict[str, Any] = {
+        "session_id": pa.array(sess_col, s),
+        "span_id": pa.array([x.id for x in spans], s),
+        "parent_id": pa.array([x.parent_id for x in spans], s),
+        "name": pa.array([_str(x.name) for x in spans], s),
+    }
+    for c in ints:
+        data[c] = pa.array([x.get(c) for x in spans], i64)
+    data["duration_ns"] = pc.subtract(data["end_ns"], data["start_ns"])
+    data["attrs_json"] = pa.array([attrs_text(x.attrs) for x in spans], s)
+    spans_tbl = pa.table({c: data[c] for c in SPAN_COLUMNS})
     n_spans = spans_tbl.num_rows
-    del cols
+    del data, spans, sess_col
 
-    m: dict[str, list] = {c: [] for c in ("session_id", "mark_id", "span_id", "name", "value", "value_text",
-                                           "value_type", "kind", "ts_ns", "thread_id", "attrs_json")}
+    marks = [x for sess in sessions for x in sess.marks]
+    msess: list = []
     for sess in sessions:
-        for x in sess.marks:
-            v = x.get("value")
-            m["session_id"].append(sess.id)
-            m["mark_id"].append(x["id"])
-            m["span_id"].append(_str(x.get("span_id")))
-            m["name"].append(_str(x.get("name")))
-            m["value"].append(_float(v))
-            m["value_text"].append(v if type(v) is str else None)
-            m["value_type"].append(_str(x.get("value_type")))
-            m["kind"].append(_str(x.get("kind")))
-            m["ts_ns"].append(_int(x.get("ts_ns")))
-            m["thread_id"].append(_int(x.get("thread_id")))
-            m["attrs_json"].append(attrs_json(x))
-    mtypes = {"value": f64, "ts_ns": i64, "thread_id": i64}
-    marks_tbl = pa.table({c: pa.array(v, mtypes.get(c, s)) for c, v in m.items()})
-    del m
+        msess.extend([sess.id] * len(sess.marks))
+    values = [x.value for x in marks]
+    marks_tbl = pa.table({
+        "session_id": pa.array(msess, s),
+        "mark_id": pa.array([x.id for x in marks], s),
+        "span_id": pa.array([x.span_id for x in marks], s),
+        "name": pa.array([_str(x.name) for x in marks], s),
+        "value": pa.array([_float(v) for v in values], f64),
+        "value_text": pa.array([v if type(v) is str else None for v in values], s),
+        "value_type": pa.array([_str(x.value_type) for x in marks], s),
+        "kind": pa.array([_str(x.kind) for x in marks], s),
+        "ts_ns": pa.array([x.ts_ns for x in marks], i64),
+        "thread_id": pa.array([x.thread_id for x in marks], i64),
+        "attrs_json": pa.array([attrs_text(x.attrs) for x in marks], s),
+    })
+    del marks, msess, values
 
     stat_keys = ("mean", "std", "min", "max", "norm")
     n: dict[str, list] = {c: [] for c in ("session_id", "snapshot_id", "span_id", "tensor", "role", "dtype", "shape",

@@ -168,6 +168,9 @@ def _clean_records(raw: Any, int_fields: tuple[str, ...], rec_type: type) -> tup
         for k in ("parent_id", "span_id"):
             if k in rec and not _valid_id(rec[k]):
                 rec[k] = None
+        if rec_type is SpanExport or rec_type is MarkExport:
+            a = rec.get("attrs")
+            rec["attrs"] = msgspec.Raw(b"{}" if a is None else safe_dumps(a))
         try:
             out.append(msgspec.convert(rec, rec_type))
         except msgspec.ValidationError:
@@ -356,6 +359,51 @@ class SnapshotSummary(_Record):
     session: Optional[str] = msgspec.field(default=None, name="~cirron.session")
 
 
+class SpanExport(_Record):
+    """A span with ``attrs`` kept as raw JSON text (``fields="export"``: Parquet/CSV copy it as is)."""
+
+    id: _Id
+    parent_id: Optional[str] = None
+    name: Any = None
+    index: _Int = None
+    start_ns: _Int = None
+    end_ns: _Int = None
+    cpu_ns: _Int = None
+    gpu_ns: _Int = None
+    memory_peak_bytes: _Int = None
+    thread_id: _Int = None
+    pid: _Int = None
+    rank: _Int = None
+    attrs: msgspec.Raw = msgspec.field(default_factory=lambda: msgspec.Raw(b"{}"))
+    session: Optional[str] = msgspec.field(default=None, name="~cirron.session")
+
+
+class MarkExport(_Record):
+    id: _Id
+    span_id: Optional[str] = None
+    name: Any = None
+    value: Any = None
+    value_type: Any = None
+    kind: Any = None
+    ts_ns: _Int = None
+    thread_id: _Int = None
+    attrs: msgspec.Raw = msgspec.field(default_factory=lambda: msgspec.Raw(b"{}"))
+    batch_session: Optional[str] = msgspec.field(default=None, name="~cirron.batch_session")
+    session: Optional[str] = msgspec.field(default=None, name="~cirron.session")
+
+
+class _ExportBatch(msgspec.Struct, gc=False):
+    schema_version: Any = None
+    sdk_version: Any = None
+    batch_id: Any = None
+    created_ns: Any = None
+    session_id: Any = None
+    resource: Any = None
+    spans: Optional[list[SpanExport]] = None
+    marks: Optional[list[MarkExport]] = None
+    snapshots: Optional[list[SnapshotRecord]] = None
+
+
 class _FullBatch(msgspec.Struct, gc=False):
     schema_version: Any = None
     sdk_version: Any = None
@@ -382,8 +430,13 @@ class _SummaryBatch(msgspec.Struct, gc=False):
 
 _FULL = _FullBatch
 _SUMMARY = _SummaryBatch
-_DECODERS = {"full": msgspec.json.Decoder(_FULL), "summary": msgspec.json.Decoder(_SUMMARY)}
-_TYPES = {"full": (SpanRecord, MarkRecord, SnapshotRecord), "summary": (SpanSummary, MarkSummary, SnapshotSummary)}
+_BATCH_TYPES = {"full": _FullBatch, "summary": _SummaryBatch, "export": _ExportBatch}
+_DECODERS = {k: msgspec.json.Decoder(v) for k, v in _BATCH_TYPES.items()}
+_TYPES = {
+    "full": (SpanRecord, MarkRecord, SnapshotRecord),
+    "summary": (SpanSummary, MarkSummary, SnapshotSummary),
+    "export": (SpanExport, MarkExport, SnapshotRecord),
+}
 
 
 def _finish(obj: Any, name: str, warn: WarningCallback, dropped: int = 0) -> dict:
@@ -434,7 +487,7 @@ def _slow_path(data: bytes, name: str, fields: str, warn: WarningCallback) -> di
     spans, d1 = _clean_records(obj.get("spans"), SPAN_INT_FIELDS, span_t)
     marks, d2 = _clean_records(obj.get("marks"), MARK_INT_FIELDS, mark_t)
     snaps, d3 = _clean_records(obj.get("snapshots"), SNAPSHOT_INT_FIELDS, snap_t)
-    batch_t = _FULL if fields == "full" else _SUMMARY
+    batch_t = _BATCH_TYPES[fields]
     b = batch_t(
         schema_version=obj.get("schema_version"), sdk_version=obj.get("sdk_version"), batch_id=obj.get("batch_id"),
         created_ns=obj.get("created_ns"), session_id=obj.get("session_id"), resource=obj.get("resource"),

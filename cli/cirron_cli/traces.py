@@ -492,7 +492,7 @@ def export(
         typer.echo(f"Exported {render.plural(rows, 'span')} to {target}")
         return
 
-    sp = _read_spool(spool, progress=True)
+    sp = _read_spool(spool, progress=True, fields="export" if fmt == "parquet" else "full")
     if not sp.sessions:
         render.no_traces(err=True)
         raise typer.Exit(1)
