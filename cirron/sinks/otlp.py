@@ -14,15 +14,22 @@ What the sink does with each batch the flush service hands it:
 * ``request`` spans get the GenAI semantic-convention token counts
   (``gen_ai.usage.input_tokens`` / ``gen_ai.usage.output_tokens``) from their
   ``prompt_tokens`` / ``completion_tokens`` (or ``tokens``) marks.
-* spans go out in requests of at most :data:`EXPORT_BATCH_SPANS`, each retried under the shared
-  policy of :mod:`cirron.export.otlp_http` (429/502/503/504 and dropped connections only,
-  backoff with jitter, ``Retry-After``). A request that still fails is counted as dropped
-  (``spans_export_failed``). While the sink waits, later batches queue in the flush service's
-  bounded stream and are counted there when it is full (``spans_queue_full``).
+* closed spans (with their marks) wait in the sink's own bounded queue
+  (:data:`MAX_QUEUE_SPANS` spans, :data:`MAX_QUEUE_MARKS` marks; the oldest request is dropped
+  and counted as ``spans_queue_full`` when it is full) and go out in requests of at most
+  :data:`EXPORT_BATCH_SPANS` spans, each retried under the shared policy of
+  :mod:`cirron.export.otlp_http` (429/502/503/504 and dropped connections only, backoff with
+  jitter, ``Retry-After``). A refused request (400, …) is counted as ``spans_export_failed``.
+* when a request still fails after its retries, the receiver is taken as down: the sink stops
+  sending for a while (1 s, doubling up to :data:`MAX_DOWN_BACKOFF`) and only queues; the next
+  batch after that probes with a single attempt. A request that failed :data:`MAX_ROUNDS` times
+  is dropped (``spans_export_failed``). So a dead collector costs one connection attempt now and
+  then, the flush service's stream never backs up, and memory stays bounded by the queue.
 * the user's threads never wait on any of this; at shutdown the sink notices that the session
-  root has closed and gives what is left a bounded final budget
+  root has closed and gives what is queued a bounded final budget
   (:data:`FINAL_FLUSH_FRACTION` of the shutdown timeout, at most the OTLP timeout); whatever does
-  not make it is counted (``spans_shutdown``/``marks_shutdown``).
+  not make it is counted (``spans_shutdown``/``marks_shutdown``). ``ci.flush()`` returns once
+  the sink has taken the batches (sent, queued or counted), within its own timeout.
 
 ``http/protobuf`` (the OpenTelemetry default) needs the ``otlp`` extra
 (``pip install 'cirron[otlp]'``); without it ``ci.profile(output="otlp")`` raises
@@ -33,6 +40,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import deque
 from typing import Any
 
 import anyio
@@ -53,9 +61,16 @@ MAX_HELD_MARKS = 100_000
 MAX_OPEN_TRACKED = 100_000
 #: Writes a mark waits for a span that was never seen open before it counts as orphaned.
 ORPHAN_AFTER_WRITES = 3
-#: Per request: attempts and overall deadline (seconds) before a request counts as dropped.
+#: Per request and round: attempts and overall deadline (seconds).
 MAX_ATTEMPTS = 6
-SEND_DEADLINE = 30.0
+SEND_DEADLINE = 15.0
+#: Rounds (a retry loop each) before a request that keeps failing is dropped.
+MAX_ROUNDS = 3
+#: Queued for sending (closed spans / their marks) while the receiver is slow or down.
+MAX_QUEUE_SPANS = 20_000
+MAX_QUEUE_MARKS = 200_000
+#: Pause after a failed round while the receiver looks down: starts at 1 s, doubles up to this.
+MAX_DOWN_BACKOFF = 30.0
 #: Share of the shutdown timeout given to the final sends once the session root has closed.
 FINAL_FLUSH_FRACTION = 0.6
 #: How often an in-flight request checks whether the session is shutting down (seconds).
@@ -111,6 +126,12 @@ class OtlpSink(Sink):
         self._writes = 0
         self._stop_deadline: float | None = None
         self._warned_partial = False
+        #: Requests waiting to be sent: [session_id, resource, spans, marks, failed rounds].
+        self._queue: deque[list[Any]] = deque()
+        self._queued_spans = 0
+        self._queued_marks = 0
+        self._down_until = 0.0
+        self._down_backoff = 0.0
         self.requests_sent = 0
         self.retries = 0
         self.spans_rejected = 0
@@ -124,7 +145,11 @@ class OtlpSink(Sink):
         self._client = httpx.AsyncClient(timeout=self.settings.timeout, headers=dict(self.settings.headers or {}))
 
     async def aclose(self) -> None:
-        # Anything still held (marks of spans that never closed) cannot be sent any more.
+        # Called by the service after the final batch; whatever is still here cannot be sent now.
+        if self._queue:
+            self._drop("shutdown", spans=self._queued_spans, marks=self._queued_marks)
+            self._queue.clear()
+            self._queued_spans = self._queued_marks = 0
         if self._held_count:
             self._drop("shutdown", marks=self._held_count)
             self._held.clear()
@@ -139,12 +164,13 @@ class OtlpSink(Sink):
                 await client.aclose()
 
     def pending(self) -> tuple[int, int]:
-        return 0, self._held_count
+        return self._queued_spans, self._queued_marks + self._held_count
 
     def state(self) -> dict[str, Any]:
         st = super().state()
         st.update(endpoint=self.settings.endpoint, protocol=self.settings.protocol, requests_sent=self.requests_sent,
-                  retries=self.retries, spans_rejected=self.spans_rejected, open_spans_tracked=len(self._open))
+                  retries=self.retries, spans_rejected=self.spans_rejected, open_spans_tracked=len(self._open),
+                  queued_requests=len(self._queue), receiver_down=time.monotonic() < self._down_until)
         return st
 
     # -- writing -------------------------------------------------------------------------------
@@ -154,14 +180,56 @@ class OtlpSink(Sink):
         if batch.session_id is not None:
             self._session_id = batch.session_id
         spans, marks = self._sort(batch)
-        if not spans:
-            return
         session_id = self._session_id or batch.session_id or "unknown"
         for i in range(0, len(spans), EXPORT_BATCH_SPANS):
             chunk = spans[i : i + EXPORT_BATCH_SPANS]
-            ids = {s["id"] for s in chunk}
-            chunk_marks = [m for sid in ids for m in marks.get(sid, ())]
-            await self._export(session_id, batch.resource, chunk, chunk_marks)
+            chunk_marks = [m for s in chunk for m in marks.get(s["id"], ())]
+            self._enqueue([session_id, batch.resource, chunk, chunk_marks, 0])
+        await self._drain()
+
+    def _enqueue(self, item: list[Any]) -> None:
+        self._queue.append(item)
+        self._queued_spans += len(item[2])
+        self._queued_marks += len(item[3])
+        while len(self._queue) > 1 and (self._queued_spans > MAX_QUEUE_SPANS or self._queued_marks > MAX_QUEUE_MARKS):
+            old = self._queue.popleft()
+            self._unqueue(old)
+            self._drop("queue_full", spans=len(old[2]), marks=len(old[3]))
+
+    def _unqueue(self, item: list[Any]) -> None:
+        self._queued_spans -= len(item[2])
+        self._queued_marks -= len(item[3])
+
+    async def _drain(self) -> None:
+        """Send the queue in order, unless the receiver looks down (then it waits for a later write)."""
+        while self._queue:
+            final = self._final_time_left()
+            if final == 0.0 or self._client is None:
+                return  # counted in aclose()
+            if final is None and time.monotonic() < self._down_until:
+                return
+            item = self._queue[0]
+            probing = self._down_backoff > 0  # the receiver looked down: one attempt, no retry loop
+            outcome = await self._export(item[0], item[1], item[2], item[3], max_attempts=1 if probing else MAX_ATTEMPTS)
+            if outcome == "retry":
+                item[4] += 1
+                if item[4] >= MAX_ROUNDS:
+                    self._queue.popleft()
+                    self._unqueue(item)
+                    self._drop("export_failed", spans=len(item[2]), marks=len(item[3]))
+                self._down_backoff = min(MAX_DOWN_BACKOFF, max(1.0, self._down_backoff * 2))
+                self._down_until = time.monotonic() + self._down_backoff
+                if final is None:
+                    return
+                continue
+            self._queue.popleft()
+            self._unqueue(item)
+            if outcome == "cut":
+                self._drop("shutdown", spans=len(item[2]), marks=len(item[3]))
+                return
+            if outcome == "ok":
+                self._down_backoff = 0.0
+                self._down_until = 0.0
 
     def _sort(self, batch: Batch) -> tuple[list[dict[str, Any]], dict[str, list[dict[str, Any]]]]:
         """Closed spans ready to go, and their marks (the held ones included); hold the rest."""
@@ -224,27 +292,25 @@ class OtlpSink(Sink):
         self._held_count += 1
 
     async def _export(self, session_id: str, resource: dict[str, Any], spans: list[dict[str, Any]],
-                      marks: list[dict[str, Any]]) -> None:
+                      marks: list[dict[str, Any]], max_attempts: int) -> str:
+        """One request with its retries: ``ok`` | ``dropped`` (refused/unencodable) | ``retry`` | ``cut``."""
         from cirron.export._otlp import build_request, encode_resource_spans
-        from cirron.export.otlp_http import OTLPExportError, apost_with_retries, encode_body
+        from cirron.export.otlp_http import RETRYABLE_STATUS, OTLPExportError, apost_with_retries, encode_body
 
-        if self._client is None or self._final_time_left() == 0.0:
-            self._drop("shutdown", spans=len(spans), marks=len(marks))
-            return
         try:
             request = build_request([encode_resource_spans(session_id, resource, spans, marks)])
             body, headers = encode_body(request, self.settings.protocol, self.settings.compression)
         except Exception as exc:  # noqa: BLE001 - a record we cannot encode is dropped, not retried
             self.note_error(exc)
             self._drop("encode_error", spans=len(spans), marks=len(marks))
-            return
+            return "dropped"
         box: list[Any] = []
 
         async def send() -> None:
             try:
                 box.append(await apost_with_retries(
                     self._client, self.settings.endpoint, body, headers, timeout=self.settings.timeout,
-                    deadline=SEND_DEADLINE, max_attempts=MAX_ATTEMPTS, base_backoff=0.5, max_backoff=8.0,
+                    deadline=SEND_DEADLINE, max_attempts=max_attempts, base_backoff=0.5, max_backoff=8.0,
                     on_warning=self._warn_partial))
             except Exception as exc:  # noqa: BLE001 - reported below
                 box.append(exc)
@@ -263,17 +329,18 @@ class OtlpSink(Sink):
         result = box[0] if box else None
         if result is None:
             self.note_error(TimeoutError("shutdown deadline reached before the OTLP receiver answered"))
-            self._drop("shutdown", spans=len(spans), marks=len(marks))
-            return
+            return "cut"
         if isinstance(result, OTLPExportError):
             self.retries += max(0, result.attempts - 1)
             self.note_error(result)
+            if result.status is None or result.status in RETRYABLE_STATUS:
+                return "retry"
             self._drop("export_failed", spans=len(spans), marks=len(marks))
-            return
+            return "dropped"
         if isinstance(result, BaseException):
             self.note_error(result)
             self._drop("export_failed", spans=len(spans), marks=len(marks))
-            return
+            return "dropped"
         self.requests_sent += 1
         self.retries += max(0, result.attempts - 1)
         self.batches_written += 1
@@ -283,6 +350,7 @@ class OtlpSink(Sink):
             self.dropped["spans_rejected"] = self.dropped.get("spans_rejected", 0) + rejected
         self.spans_written += len(spans) - rejected
         self.marks_written += len(marks)
+        return "ok"
 
     # -- helpers -------------------------------------------------------------------------------
 

@@ -279,3 +279,31 @@ def test_settings_precedence_and_defaults() -> None:
     assert s.timeout == 0.25 and s.headers == {"b": "=2"} and s.protocol == "http/json"
     assert OtlpSettings.from_env({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://gen:4318/"}).endpoint == \
         "http://gen:4318/v1/traces"
+
+
+def test_outage_queues_then_delivers_in_order(otlp_env: Receiver, tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    import cirron.sinks.otlp as otlp_mod
+
+    rcv = otlp_env
+    monkeypatch.setattr(otlp_mod, "MAX_ATTEMPTS", 2)
+    rcv.plan = [("close",), ("close",), ("ok",)]
+    c = _profiler(tmp_path)
+    try:
+        with c.scope("first"):
+            pass
+        wait_for(lambda: c.health()["sinks"]["otlp"]["receiver_down"], what="receiver marked down")
+        assert c.health()["sinks"]["otlp"]["queued_requests"] == 1
+        assert c.health()["spans_pending"] >= 0
+
+        def record_and_check() -> bool:
+            with c.scope("later"):
+                pass
+            return "later" in rcv.span_names()
+
+        wait_for(record_and_check, what="queue sent after the pause")
+        names = rcv.span_names()
+        assert names.index("first") < names.index("later")
+    finally:
+        c.shutdown()
+    assert not c.health()["sinks"]["otlp"]["dropped"]
