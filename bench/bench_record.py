@@ -25,30 +25,41 @@ from pathlib import Path
 INNER = 200  # calls per timing sample
 
 
-def measure(fn: Callable[[int], None], samples: int) -> float:
-    """Median over ``samples`` of the mean ns per call of ``fn(INNER)``."""
-    fn(INNER * 5)  # warm up
-    out = []
+def measure_pair(ours: Callable[[int], None], theirs: Callable[[int], None], samples: int) -> tuple[float, float]:
+    """Median over ``samples`` of the mean ns per call, cirron and OTel samples interleaved so a
+    noisy neighbour slows both sides alike."""
+    ours(INNER * 5)
+    theirs(INNER * 5)
+    a, b = [], []
     gc.disable()
     try:
         for _ in range(samples):
             t0 = time.perf_counter_ns()
-            fn(INNER)
-            out.append((time.perf_counter_ns() - t0) / INNER)
+            ours(INNER)
+            t1 = time.perf_counter_ns()
+            theirs(INNER)
+            t2 = time.perf_counter_ns()
+            a.append((t1 - t0) / INNER)
+            b.append((t2 - t1) / INNER)
     finally:
         gc.enable()
-    return statistics.median(out)
+    return statistics.median(a), statistics.median(b)
 
 
-def measure_async(make: Callable[[int], object], samples: int) -> float:
-    async def main() -> float:
-        await make(INNER * 5)
-        out = []
+def measure_pair_async(ours: Callable[[int], object], theirs: Callable[[int], object], samples: int) -> tuple[float, float]:
+    async def main() -> tuple[float, float]:
+        await ours(INNER * 5)
+        await theirs(INNER * 5)
+        a, b = [], []
         for _ in range(samples):
             t0 = time.perf_counter_ns()
-            await make(INNER)
-            out.append((time.perf_counter_ns() - t0) / INNER)
-        return statistics.median(out)
+            await ours(INNER)
+            t1 = time.perf_counter_ns()
+            await theirs(INNER)
+            t2 = time.perf_counter_ns()
+            a.append((t1 - t0) / INNER)
+            b.append((t2 - t1) / INNER)
+        return statistics.median(a), statistics.median(b)
 
     return asyncio.run(main())
 
@@ -154,15 +165,13 @@ def run_micro(samples: int) -> list[tuple[str, float, float]]:
         ci.profile(spool_dir=Path(tmp) / ".cirron" / "spool")
         with ci.scope("bench"), tracer.start_as_current_span("bench"):
             # OTel events accumulate on the open span; bound them like a real long span would be.
-            rows.append(("mark (sync)", measure(ci_mark, samples), measure(otel_mark, samples)))
-            rows.append(("mark (asyncio)", measure_async(ci_mark_async, samples),
-                         measure_async(otel_mark_async, samples)))
-        rows.append(("scope enter+exit (sync)", measure(ci_scope, samples), measure(otel_scope, samples)))
-        rows.append(("scope nested 3 deep (sync)", measure(ci_nested, samples), measure(otel_nested, samples)))
-        rows.append(("scope enter+exit (asyncio)", measure_async(ci_scope_async, samples),
-                     measure_async(otel_scope_async, samples)))
-        rows.append(("scope nested 3 deep (asyncio)", measure_async(ci_nested_async, samples),
-                     measure_async(otel_nested_async, samples)))
+            rows.append(("mark (sync)", *measure_pair(ci_mark, otel_mark, samples)))
+            rows.append(("mark (asyncio)", *measure_pair_async(ci_mark_async, otel_mark_async, samples)))
+        rows.append(("scope enter+exit (sync)", *measure_pair(ci_scope, otel_scope, samples)))
+        rows.append(("scope nested 3 deep (sync)", *measure_pair(ci_nested, otel_nested, samples)))
+        rows.append(("scope enter+exit (asyncio)", *measure_pair_async(ci_scope_async, otel_scope_async, samples)))
+        rows.append(("scope nested 3 deep (asyncio)", *measure_pair_async(ci_nested_async, otel_nested_async,
+                                                                            samples)))
         h = ci.health()
         ci.shutdown()
         provider.shutdown()

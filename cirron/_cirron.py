@@ -179,7 +179,8 @@ class Cirron:
         if "platform" in names and "spool" not in names:
             names.insert(names.index("platform"), "spool")  # the spool is what the platform upload resumes from
         self._sinks = [make_sink(name, self) for name in names]
-        self._service = FlushService(self._sinks, self._flush_sync, self._pending_spans, self.config.flush_interval)
+        self._service = FlushService(self._sinks, self._flush_sync, self._needs_early_flush,
+                                     self.config.flush_interval)
 
     def profiling(self, output: str | list[str] | tuple[str, ...] | None = None, **kwargs: Any) -> _Profiling:
         """``with ci.profiling():`` / ``async with ci.profiling():`` — a session for the block."""
@@ -273,8 +274,12 @@ class Cirron:
 
     # -- flushing and lifecycle --------------------------------------------------------------
 
-    def _pending_spans(self) -> int:
-        return sum(len(tb.spans) for tb in self._rec.buffers.buffers())
+    def _needs_early_flush(self) -> bool:
+        """A thread's buffer is half full: flush now rather than drop at the next interval."""
+        for tb in self._rec.buffers.buffers():
+            if len(tb.spans) * 2 >= tb.span_capacity or len(tb.marks) * 2 >= tb.mark_capacity:
+                return True
+        return False
 
     def _flush_sync(self, final: bool = False) -> list[Any]:
         """Drain and write every sync sink. Runs in the service's worker thread (or the caller's)."""

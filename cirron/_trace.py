@@ -48,7 +48,7 @@ def build_nodes(spans: list[tuple], marks: dict[int, list], name: str | None, la
             "gpu_ns": s[7],
             "memory_peak_bytes": s[8],
             "attrs": strict_json(s[10]) if s[10] else {},
-            "marks": [{"name": m[2], "value": m[3], "kind": m[4], "ts_ns": m[5]} for m in marks.get(s[0], ())],
+            "marks": [{"name": m[1], "value": m[2], "kind": m[3], "ts_ns": m[4]} for m in marks.get(s[0], ())],
             "children": [],
         }
 

@@ -22,7 +22,7 @@ from cirron._flush.batch import (
     SpanRecord,
     yield_gil,
 )
-from cirron._ids import hex_id
+from cirron._ids import IDS, hex_id
 from cirron._record.span import Recorder, Scope
 from cirron._schema import ROOT_SENTINEL, encode_float, strict_json
 
@@ -60,15 +60,15 @@ class TraceStore:
     def add_marks(self, marks: list[tuple]) -> None:
         with self._lock:
             for mark in marks:
-                entry = self.marks.get(mark[1])
+                entry = self.marks.get(mark[0])
                 if entry is None:
-                    entry = self.marks[mark[1]] = ([], deque(maxlen=TRACE_POINT_MARKS_PER_SPAN))
-                (entry[0] if mark[4] == "summary" else entry[1]).append(mark)
+                    entry = self.marks[mark[0]] = ([], deque(maxlen=TRACE_POINT_MARKS_PER_SPAN))
+                (entry[0] if mark[3] == "summary" else entry[1]).append(mark)
 
     def snapshot(self, open_spans: list[Scope]) -> tuple[list[tuple], dict[int, list]]:
         with self._lock:
             spans = list(self.spans) + [open_tuple(s) for s in open_spans]
-            marks = {k: sorted(v[0] + list(v[1]), key=lambda m: m[5]) for k, v in self.marks.items()}
+            marks = {k: sorted(v[0] + list(v[1]), key=lambda m: m[4]) for k, v in self.marks.items()}
         return spans, marks
 
     def reset_lock(self) -> None:
@@ -189,14 +189,15 @@ class Collector:
                     out.append(SpanRecord(hx(t[0]), parent_hex, t[2], t[3], t[4], None, None, None, None, t[9], pid,
                                           rank, strict_json(t[10]) if t[10] else {}))
             mark_out: list[MarkRecord] = []
-            for (mid, span_id, name, value, kind, ts, attrs), tid in marks:
+            prefix, counter = IDS.prefix, IDS._counter
+            for (span_id, name, value, kind, ts, attrs), tid in marks:
                 n += 1
                 if n % YIELD_EVERY == 0:
                     yield_gil()
                 vt = _VALUE_TYPES.get(type(value), "str")
                 if vt == "float" and (value != value or value == _INF or value == -_INF):
                     value = encode_float(value)
-                mark_out.append(MarkRecord(hex_id(mid), hx(span_id) if span_id else ROOT_SENTINEL, name, value,
+                mark_out.append(MarkRecord(hex_id(prefix | next(counter)), hx(span_id) if span_id else ROOT_SENTINEL, name, value,
                                            vt, kind, ts, tid, strict_json(attrs) if attrs else {}))
             snaps = []
             while self._snapshots:

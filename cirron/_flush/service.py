@@ -21,9 +21,7 @@ from cirron._flush.batch import Batch
 from cirron.sinks import Sink
 
 #: How often the loop looks at the buffers between two timed flushes (to flush early when full).
-POLL_INTERVAL = 0.1
-#: Buffered spans (all threads) that trigger a flush before the interval is up.
-EARLY_FLUSH_SPANS = 50_000
+POLL_INTERVAL = 0.05
 #: Batches queued per async sink before new ones are dropped for it.
 ASYNC_SINK_QUEUE = 64
 
@@ -37,12 +35,12 @@ class _Barrier:
 
 class FlushService:
     def __init__(self, sinks: list[Sink], flush_sync: Callable[[bool], list[Batch]],
-                 pending_spans: Callable[[], int], interval: float) -> None:
+                 needs_early_flush: Callable[[], bool], interval: float) -> None:
         self.sinks = sinks
         self.sync_sinks = [s for s in sinks if not s.is_async]
         self.async_sinks = [s for s in sinks if s.is_async]
         self._flush_sync = flush_sync
-        self._pending_spans = pending_spans
+        self._needs_early_flush = needs_early_flush
         self.interval = interval
         self._streams: dict[Sink, Any] = {}
         self._tg: anyio.abc.TaskGroup | None = None
@@ -83,7 +81,7 @@ class FlushService:
                 break
             if self._wake.is_set():
                 self._wake = anyio.Event()
-            if time.monotonic() >= next_flush or self._pending_spans() >= EARLY_FLUSH_SPANS:
+            if time.monotonic() >= next_flush or self._needs_early_flush():
                 try:
                     await self.flush(wait_async=False)
                 except Exception as exc:  # noqa: BLE001 - the loop must survive a bad tick

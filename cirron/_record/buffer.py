@@ -18,7 +18,7 @@ SPAN_BUFFER_CAPACITY = 1 << 18
 class ThreadBuffer:
     __slots__ = (
         "spans", "marks", "thread", "thread_id", "mark_capacity", "span_capacity",
-        "spans_recorded", "spans_dropped", "marks_recorded", "marks_dropped",
+        "spans_dropped", "marks_dropped", "spans_drained", "marks_drained",
     )
 
     def __init__(self, mark_capacity: int, span_capacity: int) -> None:
@@ -28,10 +28,12 @@ class ThreadBuffer:
         self.marks: deque[tuple[Any, ...]] = deque()
         self.mark_capacity = mark_capacity
         self.span_capacity = span_capacity
-        self.spans_recorded = 0
+        # The owner thread only counts drops; the flush service counts what it took out.
+        # Recorded = drained + still buffered + dropped, with no counting on the hot path.
         self.spans_dropped = 0
-        self.marks_recorded = 0
         self.marks_dropped = 0
+        self.spans_drained = 0
+        self.marks_drained = 0
 
     def pending(self) -> tuple[int, int]:
         return len(self.spans), len(self.marks)
@@ -75,11 +77,13 @@ class BufferRegistry:
             pop = sq.popleft
             for _ in range(n):
                 spans.append(pop())
+            tb.spans_drained += n
             n = len(mq)
             popm = mq.popleft
             tid = tb.thread_id
             for _ in range(n):
                 marks.append((popm(), tid))
+            tb.marks_drained += n
         self._retire_dead()
         return spans, marks
 
@@ -89,9 +93,9 @@ class BufferRegistry:
             for tb in self._buffers:
                 if not tb.thread.is_alive() and not tb.spans and not tb.marks:
                     r = self.retired
-                    r["spans_recorded"] += tb.spans_recorded
+                    r["spans_recorded"] += tb.spans_drained + tb.spans_dropped
                     r["spans_dropped"] += tb.spans_dropped
-                    r["marks_recorded"] += tb.marks_recorded
+                    r["marks_recorded"] += tb.marks_drained + tb.marks_dropped
                     r["marks_dropped"] += tb.marks_dropped
                 else:
                     keep.append(tb)
@@ -102,12 +106,14 @@ class BufferRegistry:
         out["spans_pending"] = 0
         out["marks_pending"] = 0
         for tb in self.buffers():
-            out["spans_recorded"] += tb.spans_recorded
-            out["spans_dropped"] += tb.spans_dropped
-            out["marks_recorded"] += tb.marks_recorded
-            out["marks_dropped"] += tb.marks_dropped
-            out["spans_pending"] += len(tb.spans)
-            out["marks_pending"] += len(tb.marks)
+            spans_dropped, marks_dropped = tb.spans_dropped, tb.marks_dropped
+            spans_buffered, marks_buffered = len(tb.spans), len(tb.marks)
+            out["spans_recorded"] += tb.spans_drained + spans_buffered + spans_dropped
+            out["spans_dropped"] += spans_dropped
+            out["marks_recorded"] += tb.marks_drained + marks_buffered + marks_dropped
+            out["marks_dropped"] += marks_dropped
+            out["spans_pending"] += spans_buffered
+            out["marks_pending"] += marks_buffered
         return out
 
     def reset_after_fork(self) -> None:

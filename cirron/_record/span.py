@@ -28,8 +28,8 @@ MAX_MARK_STR_BYTES = 256
 #: (id, parent_id or 0, name, index, start_ns, end_ns, cpu_ns, gpu_ns, memory_peak_bytes, thread_id, attrs)
 CLOSED_FIELDS = ("id", "parent", "name", "index", "start_ns", "end_ns", "cpu_ns", "gpu_ns",
                  "memory_peak_bytes", "thread_id", "attrs")
-#: Layout of a mark tuple: (id, span_id or 0, name, value, kind, ts_ns, attrs)
-MARK_TUPLE_FIELDS = ("id", "span", "name", "value", "kind", "ts_ns", "attrs")
+#: Layout of a mark tuple: (span_id or 0, name, value, kind, ts_ns, attrs)
+MARK_TUPLE_FIELDS = ("span", "name", "value", "kind", "ts_ns", "attrs")
 
 _get_ident = threading.get_ident
 
@@ -79,7 +79,6 @@ class Recorder:
             tb = self.buffers.local.tb
         except AttributeError:
             tb = self.buffers.new_thread_buffer()
-        tb.spans_recorded += 1
         if len(tb.spans) < tb.span_capacity:
             tb.spans.append(record)
         else:
@@ -108,9 +107,8 @@ class Recorder:
                 except IndexError:
                     pass
             span = self.current.get() or self.root
-            ring.append((IDS.prefix | next(IDS._counter), span.id if span is not None else 0, name, value,
-                         kind, time_ns(), attrs or None))
-            tb.marks_recorded += 1
+            # No id here: nothing refers to a mark, so the flush service numbers them.
+            ring.append((span.id if span is not None else 0, name, value, kind, time_ns(), attrs or None))
         except Exception as exc:  # pragma: no cover - cirron's own failure must not reach the caller
             self.note_internal_error(exc)
 

@@ -15,14 +15,21 @@ perfetto   :func:`write_perfetto`               ``./cirron-traces.perfetto.json`
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 import orjson
 
 from cirron.export._common import NoSessionFound, NoTracesFound, atomic_dir, atomic_file
 from cirron.export._csv import CSV_COLUMNS, write_csv
 from cirron.export._json import to_batch_dict, write_json
-from cirron.export._otlp import build_request, encode_resource_spans, encode_session
+from cirron.export._otlp import (
+    build_request,
+    encode_resource_spans,
+    encode_session,
+    iter_encoded_spans,
+    resource_spans_shell,
+)
 from cirron.export._parquet import PARQUET_FILES, write_parquet
 from cirron.export._perfetto import to_trace_events, write_perfetto
 from cirron.spool.sessions import Session
@@ -66,9 +73,36 @@ def otlp_request(sessions: Sequence[Session]) -> dict:
     return build_request([encode_session(s) for s in sessions])
 
 
+def _write_chunked(fh: Any, items: Iterator[bytes], chunk: int = 5000) -> int:
+    """Write JSON array members (already encoded) comma-separated, in chunks; returns the count."""
+    n = 0
+    buf: list[bytes] = []
+    for item in items:
+        buf.append(item)
+        if len(buf) >= chunk:
+            fh.write((b"," if n else b"") + b",".join(buf))
+            n += len(buf)
+            buf.clear()
+    if buf:
+        fh.write((b"," if n else b"") + b",".join(buf))
+        n += len(buf)
+    return n
+
+
 def write_otlp_json(sessions: Sequence[Session], path: str | os.PathLike[str]) -> int:
-    """Write the OTLP/JSON request to ``path`` atomically; returns the number of spans."""
-    req = otlp_request(sessions)
-    with atomic_file(path) as tmp:
-        tmp.write_bytes(orjson.dumps(req))
-    return sum(len(s.spans) for s in sessions)
+    """Write the OTLP/JSON request to ``path`` atomically, streamed span by span (memory stays
+    flat however many spans); returns the number of spans."""
+    n = 0
+    with atomic_file(path) as tmp, open(tmp, "wb") as fh:
+        fh.write(b'{"resourceSpans":[')
+        for i, sess in enumerate(sessions):
+            if i:
+                fh.write(b",")
+            shell = orjson.dumps(resource_spans_shell(sess.id, sess.resource, sess.sdk_version))
+            head, tail = shell[:-4], shell[-4:]  # ...,"spans":[   |   ]}]}
+            fh.write(head)
+            spans = iter_encoded_spans(sess.id, sess.spans, sess.marks, open_end_ns=sess.last_ns)
+            n += _write_chunked(fh, (orjson.dumps(sp) for sp in spans))
+            fh.write(tail)
+        fh.write(b"]}")
+    return n

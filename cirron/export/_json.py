@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable
+from typing import Any
 
 import orjson
 
@@ -16,12 +17,18 @@ from cirron.spool.sessions import Session
 __all__ = ["to_batch_dict", "write_json"]
 
 
-def _clean(rec: dict, fields: tuple[str, ...]) -> dict:
-    out = {f: rec.get(f) for f in fields}
-    for k in ("attrs", "stats"):
-        if k in out and isinstance(out[k], (dict, list)):
-            out[k] = _limit_depth(out[k], 128)
-    return out
+def _clean(rec: Any, fields: tuple[str, ...]) -> dict:
+    return {f: rec.get(f) for f in fields}
+
+
+def _dumps(rec: dict) -> bytes:
+    try:
+        return orjson.dumps(rec)
+    except (TypeError, orjson.JSONEncodeError):  # nested too deep for the encoder
+        for k in ("attrs", "stats"):
+            if isinstance(rec.get(k), (dict, list)):
+                rec[k] = _limit_depth(rec[k], 128)
+        return orjson.dumps(rec, default=str)
 
 
 def to_batch_dict(sessions: Iterable[Session]) -> dict:
@@ -39,8 +46,48 @@ def to_batch_dict(sessions: Iterable[Session]) -> dict:
 
 
 def write_json(sessions: Iterable[Session], path: str | os.PathLike[str]) -> int:
-    """Write the merged batch to ``path`` atomically; returns the number of spans written."""
-    doc = to_batch_dict(sessions)
-    with atomic_file(path) as tmp:
-        tmp.write_bytes(orjson.dumps(doc, option=orjson.OPT_INDENT_2 if len(doc["spans"]) < 10_000 else 0))
-    return len(doc["spans"])
+    """Write the merged batch to ``path`` atomically, streamed in chunks; returns the number of spans."""
+    from cirron.export import _write_chunked
+
+    sessions = list(sessions)
+    head = orjson.dumps({"schema_version": SCHEMA_VERSION, "sdk_version": __version__})[:-1]
+    n = 0
+    with atomic_file(path) as tmp, open(tmp, "wb") as fh:
+        fh.write(head + b',"spans":[')
+        for s in sessions:
+            spans = sorted(s.spans, key=lambda r: (r.get("start_ns") or 0))
+            n += _write_chunked_after(fh, n, (_dumps(_clean(x, SPAN_FIELDS)) for x in spans), _write_chunked)
+        fh.write(b'],"marks":[')
+        m = 0
+        for s in sessions:
+            m += _write_chunked_after(fh, m, (_dumps(_mark(x)) for x in s.marks), _write_chunked)
+        fh.write(b'],"snapshots":[')
+        k = 0
+        for s in sessions:
+            k += _write_chunked_after(fh, k, (_dumps(_clean(x, SNAPSHOT_FIELDS)) for x in s.snapshots),
+                                      _write_chunked)
+        fh.write(b"]}")
+    return n
+
+
+def _mark(m: Any) -> dict:
+    c = _clean(m, MARK_FIELDS)
+    c["value"] = json_scalar(c["value"])
+    return c
+
+
+def _write_chunked_after(fh: Any, already: int, items: Any, write_chunked: Any) -> int:
+    """Continue a JSON array that already has ``already`` members."""
+    first = True
+
+    def gen():  # prefix the first member with a comma when the array is not empty
+        nonlocal first
+        for it in items:
+            if first and already:
+                first = False
+                yield b"," + it
+            else:
+                first = False
+                yield it
+
+    return write_chunked(fh, gen())

@@ -14,7 +14,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 from cirron._schema import ROOT_SENTINEL, SESSION_SPAN_NAME
@@ -31,6 +31,8 @@ __all__ = [
     "encode_attributes",
     "encode_resource_spans",
     "encode_session",
+    "iter_encoded_spans",
+    "resource_spans_shell",
     "to_protobuf",
 ]
 
@@ -137,6 +139,73 @@ def _resource_attributes(session_id: str, resource: Mapping[str, Any] | None, sd
     return attrs
 
 
+def iter_encoded_spans(
+    session_id: str,
+    spans: Iterable[Mapping[str, Any]],
+    marks: Iterable[Mapping[str, Any]] = (),
+    *,
+    open_end_ns: int | None = None,
+) -> Iterator[dict]:
+    """The OTLP ``Span`` dicts of one session, one at a time (see :func:`encode_resource_spans`)."""
+    spans = spans if isinstance(spans, Sequence) else list(spans)
+    trace_id = derive_trace_id(session_id)
+    ids = {s["id"] for s in spans}
+    root_id = next((s["id"] for s in spans if s.get("name") == SESSION_SPAN_NAME and s.get("parent_id") is None), None)
+    events: dict[str, list[dict]] = {}
+    for m in marks:
+        sid = m.get("span_id")
+        if sid not in ids or sid == ROOT_SENTINEL:
+            sid = root_id
+        if sid is not None:
+            events.setdefault(sid, []).append(_event(m))
+    for s in spans:
+        yield _encode_span(s, trace_id, events.get(s["id"]), open_end_ns)
+
+
+def _encode_span(s: Mapping[str, Any], trace_id: str, events: list[dict] | None, open_end_ns: int | None) -> dict:
+    start = s.get("start_ns") if type(s.get("start_ns")) is int else 0
+    end = s.get("end_ns")
+    raw_attrs = s.get("attrs")
+    attrs = encode_attributes(raw_attrs if isinstance(raw_attrs, Mapping) else None)
+    attrs.append({"key": "cirron.span.id", "value": {"stringValue": s["id"]}})
+    if type(s.get("index")) is int:
+        attrs.append({"key": "cirron.index", "value": {"intValue": str(s["index"])}})
+    for k in ("cpu_ns", "gpu_ns", "memory_peak_bytes"):
+        if type(s.get(k)) is int:
+            attrs.append({"key": f"cirron.{k}", "value": {"intValue": str(s[k])}})
+    if type(s.get("thread_id")) is int:
+        attrs.append({"key": "thread.id", "value": {"intValue": str(s["thread_id"])}})
+    if type(end) is not int:
+        end = max(start, open_end_ns or start)
+        attrs.append({"key": "cirron.open", "value": {"boolValue": True}})
+    span = {
+        "traceId": trace_id,
+        "spanId": derive_span_id(s["id"]),
+        "name": str(s.get("name") or "span"),
+        "kind": SPAN_KIND_INTERNAL,
+        "startTimeUnixNano": str(max(start, 0)),
+        "endTimeUnixNano": str(max(end, 0)),
+        "attributes": attrs,
+    }
+    parent = s.get("parent_id")
+    if isinstance(parent, str) and parent:
+        span["parentSpanId"] = derive_span_id(parent)
+    if events:
+        span["events"] = events
+    err = raw_attrs.get("error") if isinstance(raw_attrs, Mapping) else None
+    if err is not None:
+        span["status"] = {"code": STATUS_CODE_ERROR, "message": str(err)}
+    return span
+
+
+def resource_spans_shell(session_id: str, resource: Mapping[str, Any] | None, sdk_version: str | None = None) -> dict:
+    """A ``ResourceSpans`` with an empty span list (fill ``["scopeSpans"][0]["spans"]``)."""
+    return {
+        "resource": {"attributes": _resource_attributes(session_id, resource, sdk_version)},
+        "scopeSpans": [{"scope": {"name": SCOPE_NAME, "version": __version__}, "spans": []}],
+    }
+
+
 def encode_resource_spans(
     session_id: str,
     resource: Mapping[str, Any] | None,
@@ -148,60 +217,15 @@ def encode_resource_spans(
 ) -> dict:
     """One ``ResourceSpans`` for one session.
 
-    ``spans`` are spool span dicts; ``marks`` become events of their span (marks whose span is
-    not among ``spans`` — the ``"root"`` sentinel included — go to the session root span when it
-    is present, else they are dropped). Spans without ``end_ns`` get ``open_end_ns`` (or their
-    start) as end time and the attribute ``cirron.open = true``.
+    ``spans`` are spool span records (dicts or :mod:`cirron.spool` records); ``marks`` become
+    events of their span (marks whose span is not among ``spans`` — the ``"root"`` sentinel
+    included — go to the session root span when it is present, else they are dropped). Spans
+    without ``end_ns`` get ``open_end_ns`` (or their start) as end time and the attribute
+    ``cirron.open = true``.
     """
-    spans = list(spans)
-    trace_id = derive_trace_id(session_id)
-    by_id = {s["id"]: s for s in spans}
-    root_id = next((s["id"] for s in spans if s.get("name") == SESSION_SPAN_NAME and s.get("parent_id") is None), None)
-    events: dict[str, list[dict]] = {}
-    for m in marks:
-        sid = m.get("span_id")
-        if sid not in by_id or sid == ROOT_SENTINEL:
-            sid = root_id
-        if sid is not None:
-            events.setdefault(sid, []).append(_event(m))
-    out = []
-    for s in spans:
-        start = s.get("start_ns") if type(s.get("start_ns")) is int else 0
-        end = s.get("end_ns")
-        attrs = encode_attributes(s.get("attrs") if isinstance(s.get("attrs"), Mapping) else None)
-        attrs.append({"key": "cirron.span.id", "value": {"stringValue": s["id"]}})
-        if type(s.get("index")) is int:
-            attrs.append({"key": "cirron.index", "value": {"intValue": str(s["index"])}})
-        for k in ("cpu_ns", "gpu_ns", "memory_peak_bytes"):
-            if type(s.get(k)) is int:
-                attrs.append({"key": f"cirron.{k}", "value": {"intValue": str(s[k])}})
-        if type(s.get("thread_id")) is int:
-            attrs.append({"key": "thread.id", "value": {"intValue": str(s["thread_id"])}})
-        if type(end) is not int:
-            end = max(start, open_end_ns or start)
-            attrs.append({"key": "cirron.open", "value": {"boolValue": True}})
-        span = {
-            "traceId": trace_id,
-            "spanId": derive_span_id(s["id"]),
-            "name": str(s.get("name") or "span"),
-            "kind": SPAN_KIND_INTERNAL,
-            "startTimeUnixNano": str(max(start, 0)),
-            "endTimeUnixNano": str(max(end, 0)),
-            "attributes": attrs,
-        }
-        parent = s.get("parent_id")
-        if isinstance(parent, str) and parent:
-            span["parentSpanId"] = derive_span_id(parent)
-        if s["id"] in events:
-            span["events"] = events[s["id"]]
-        err = s.get("attrs", {}).get("error") if isinstance(s.get("attrs"), Mapping) else None
-        if err is not None:
-            span["status"] = {"code": STATUS_CODE_ERROR, "message": str(err)}
-        out.append(span)
-    return {
-        "resource": {"attributes": _resource_attributes(session_id, resource, sdk_version)},
-        "scopeSpans": [{"scope": {"name": SCOPE_NAME, "version": __version__}, "spans": out}],
-    }
+    rs = resource_spans_shell(session_id, resource, sdk_version)
+    rs["scopeSpans"][0]["spans"] = list(iter_encoded_spans(session_id, spans, marks, open_end_ns=open_end_ns))
+    return rs
 
 
 def encode_session(session: Any) -> dict:

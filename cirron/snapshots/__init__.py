@@ -26,6 +26,7 @@ gradient exists), objects with a ``named_parameters()`` method, and mappings of 
 
 from __future__ import annotations
 
+import functools
 import logging
 import sys
 import threading
@@ -144,6 +145,13 @@ class _TorchStaging:
                 if buf.numel() >= numel:
                     return free.pop(i)
         return torch.empty(numel, dtype=dtype, pin_memory=pinned)
+
+    def prefault(self, dtype: Any, numel: int, pinned: bool) -> None:
+        """Allocate and touch a buffer now (on the worker) so the first epoch end copies into warm
+        memory instead of paying the page faults on the training thread."""
+        buf = self.acquire(dtype, numel, pinned)
+        buf.zero_()
+        self.release(buf, pinned)
 
     def release(self, buf: Any, pinned: bool) -> None:
         with self._lock:
@@ -335,6 +343,22 @@ class SnapshotManager:
                 if s.obj is obj:
                     return
             self._sources.append(_Source(obj, name))
+        if self._mode() in ("full", "sampled") and not isinstance(obj, Mapping):
+            self._prepare_staging(obj)
+
+    def _prepare_staging(self, module: Any) -> None:
+        """Blob epochs copy weights (and gradients) into a staging buffer: warm it up off-thread."""
+        try:
+            sizes: dict[tuple[Any, bool], int] = {}
+            for _, p in module.named_parameters():
+                if not _is_torch_tensor(p) or dtype_name(p) is None:
+                    continue
+                key = (p.dtype, p.device.type == "cuda")
+                sizes[key] = sizes.get(key, 0) + p.numel() * (2 if p.requires_grad else 1)
+            for (dtype, pinned), numel in sizes.items():
+                self._worker.submit(functools.partial(self._staging.prefault, dtype, numel, pinned))
+        except Exception as exc:  # noqa: BLE001 - only an optimisation
+            log.debug("cirron: staging warm-up skipped: %s", exc)
 
     # -- config ---------------------------------------------------------------------------------
 
