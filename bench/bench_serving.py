@@ -1,0 +1,280 @@
+"""Benchmark ``@ci.inference`` on a trivial FastAPI JSON endpoint under uvicorn.
+
+Variants of the same app, each in its own single-worker uvicorn process, driven from a second
+process by a small asyncio HTTP/1.1 keep-alive load generator at a fixed concurrency:
+
+* ``none``       — no cirron, no OpenTelemetry;
+* ``profile``    — ``async with ci.profiling()`` in the lifespan (spool sink), endpoint undecorated;
+* ``inference``  — the same plus ``@ci.inference`` on the endpoint (what we measure);
+* ``otel``       — ``opentelemetry-instrumentation-fastapi`` with an SDK ``TracerProvider``, a
+  ``BatchSpanProcessor`` and an exporter that writes each batch as JSON lines to a file (the
+  nearest OTel equivalent of cirron's spool sink). Needs
+  ``pip install opentelemetry-sdk opentelemetry-instrumentation-fastapi``; skipped if missing.
+
+Variants run interleaved for ``--repeats`` rounds; the median of each is reported (throughput,
+p50 and p99 latency) with the change against the baseline. Targets for ``inference`` against
+``profile``: throughput loss <= 5 %, p99 latency increase <= 10 %.
+
+    .venv/bin/python bench/bench_serving.py                       # 3 rounds x 8 s, concurrency 32
+    .venv/bin/python bench/bench_serving.py --duration 4 --repeats 2 --concurrency 16
+    .venv/bin/python bench/bench_serving.py --json out.json        # machine-readable results
+
+The load generator writes raw requests and parses only the status line and Content-Length, so it
+is not the bottleneck (an httpx client would be, on a 2-core machine).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+VARIANTS = ("none", "profile", "inference", "otel")
+BODY = b'{"text": "a short review of a movie that was rather good"}'
+
+
+# --------------------------------------------------------------------------- the server side
+
+
+def build_app(variant: str):  # noqa: ANN201
+    from contextlib import asynccontextmanager
+
+    from fastapi import FastAPI
+    from pydantic import BaseModel
+
+    import cirron as ci
+
+    class In(BaseModel):
+        text: str
+
+    @asynccontextmanager
+    async def lifespan(app):  # noqa: ANN001, ANN202
+        if variant in ("profile", "inference"):
+            async with ci.profiling(output="spool"):
+                yield
+        else:
+            yield
+
+    app = FastAPI(lifespan=lifespan)
+
+    async def predict(payload: In) -> dict:
+        return {"label": "positive", "chars": len(payload.text)}
+
+    if variant == "inference":
+        predict = ci.inference(predict)
+    app.post("/predict")(predict)
+
+    @app.get("/health")
+    async def health() -> dict:
+        return {"ok": True}
+
+    if variant == "otel":
+        from opentelemetry import trace
+        from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
+        from opentelemetry.sdk.trace import TracerProvider
+        from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+
+        class FileExporter(SpanExporter):
+            def __init__(self, path: str) -> None:
+                self._f = open(path, "a", encoding="utf-8")  # noqa: SIM115
+
+            def export(self, spans):  # noqa: ANN001, ANN202
+                self._f.write("".join(s.to_json(indent=None) + "\n" for s in spans))
+                self._f.flush()
+                return SpanExportResult.SUCCESS
+
+            def shutdown(self) -> None:
+                self._f.close()
+
+        provider = TracerProvider()
+        provider.add_span_processor(BatchSpanProcessor(FileExporter(os.environ["BENCH_OTEL_FILE"])))
+        trace.set_tracer_provider(provider)
+        FastAPIInstrumentor.instrument_app(app, tracer_provider=provider)
+    return app
+
+
+def serve(variant: str, port: int) -> None:
+    import uvicorn
+
+    uvicorn.run(build_app(variant), host="127.0.0.1", port=port, log_level="warning", access_log=False)
+
+
+# --------------------------------------------------------------------------- the load generator
+
+
+async def _worker(host: str, port: int, request: bytes, stop_at: float, warm_until: float, lat: list[float]) -> int:
+    reader, writer = await asyncio.open_connection(host, port)
+    errors = 0
+    try:
+        while True:
+            t0 = time.perf_counter()
+            if t0 >= stop_at:
+                return errors
+            writer.write(request)
+            status = await reader.readline()
+            length = 0
+            while True:
+                line = await reader.readline()
+                if line in (b"\r\n", b""):
+                    break
+                if line[:15].lower() == b"content-length:":
+                    length = int(line[15:])
+            if length:
+                await reader.readexactly(length)
+            t1 = time.perf_counter()
+            if not status.startswith(b"HTTP/1.1 200"):
+                errors += 1
+            if t0 >= warm_until:
+                lat.append(t1 - t0)
+    finally:
+        writer.close()
+
+
+async def _load(port: int, concurrency: int, duration: float, warmup: float) -> dict:
+    request = (b"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+               b"Content-Length: %d\r\n\r\n%s" % (len(BODY), BODY))
+    now = time.perf_counter()
+    warm_until, stop_at = now + warmup, now + warmup + duration
+    lats: list[list[float]] = [[] for _ in range(concurrency)]
+    errors = await asyncio.gather(*(_worker("127.0.0.1", port, request, stop_at, warm_until, lats[i])
+                                    for i in range(concurrency)))
+    lat = sorted(x for part in lats for x in part)
+    n = len(lat)
+    return {"requests": n, "errors": sum(errors), "rps": n / duration,
+            "p50_ms": lat[n // 2] * 1e3 if n else None, "p99_ms": lat[min(n - 1, int(n * 0.99))] * 1e3 if n else None}
+
+
+def load(port: int, concurrency: int, duration: float, warmup: float) -> None:
+    print(json.dumps(asyncio.run(_load(port, concurrency, duration, warmup))))
+
+
+# --------------------------------------------------------------------------- orchestration
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_ready(port: int, proc: subprocess.Popen, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5) as s:
+                s.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+                if s.recv(64).startswith(b"HTTP/1.1 200"):
+                    return
+        except OSError:
+            pass
+        time.sleep(0.05)
+    raise TimeoutError("server did not come up")
+
+
+def run_variant(variant: str, args: argparse.Namespace, workdir: Path) -> dict:
+    port = _free_port()
+    env = dict(os.environ, CIRRON_SPOOL_DIR=str(workdir / "spool"), CIRRON_NO_PROJECT_FILE="1",
+               BENCH_OTEL_FILE=str(workdir / "otel.jsonl"), PYTHONPATH=str(ROOT))
+    server = subprocess.Popen([sys.executable, __file__, "serve", variant, "--port", str(port)], env=env,
+                              cwd=workdir)
+    try:
+        _wait_ready(port, server)
+        out = subprocess.run([sys.executable, __file__, "load", "--port", str(port), "--concurrency",
+                              str(args.concurrency), "--duration", str(args.duration), "--warmup", str(args.warmup)],
+                             check=True, capture_output=True, text=True, env=env)
+        return json.loads(out.stdout.strip().splitlines()[-1])
+    finally:
+        server.send_signal(signal.SIGINT)
+        try:
+            server.wait(20)
+        except subprocess.TimeoutExpired:
+            server.kill()
+
+
+def _otel_available() -> bool:
+    try:
+        import opentelemetry.instrumentation.fastapi  # noqa: F401
+        import opentelemetry.sdk.trace  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="Benchmark @ci.inference on FastAPI/uvicorn")
+    sub = parser.add_subparsers(dest="cmd")
+    p_serve = sub.add_parser("serve")
+    p_serve.add_argument("variant", choices=VARIANTS)
+    p_serve.add_argument("--port", type=int, required=True)
+    p_load = sub.add_parser("load")
+    p_load.add_argument("--port", type=int, required=True)
+    p_load.add_argument("--concurrency", type=int, default=32)
+    p_load.add_argument("--duration", type=float, default=8.0)
+    p_load.add_argument("--warmup", type=float, default=2.0)
+    parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--duration", type=float, default=8.0, help="measured seconds per run")
+    parser.add_argument("--warmup", type=float, default=2.0, help="unmeasured seconds before each run")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--variants", default=",".join(VARIANTS))
+    parser.add_argument("--json", type=Path, help="also write the results here")
+    args = parser.parse_args()
+    if args.cmd == "serve":
+        serve(args.variant, args.port)
+        return
+    if args.cmd == "load":
+        load(args.port, args.concurrency, args.duration, args.warmup)
+        return
+
+    variants = [v for v in args.variants.split(",") if v]
+    if "otel" in variants and not _otel_available():
+        print("otel: skipped (pip install opentelemetry-sdk opentelemetry-instrumentation-fastapi)")
+        variants.remove("otel")
+    runs: dict[str, list[dict]] = {v: [] for v in variants}
+    with tempfile.TemporaryDirectory(prefix="cirron-bench-serving-") as tmp:
+        for r in range(args.repeats):
+            for v in variants:
+                wd = Path(tmp) / f"{v}-{r}"
+                wd.mkdir()
+                res = run_variant(v, args, wd)
+                runs[v].append(res)
+                print(f"  round {r + 1} {v:<10} {res['rps']:8.0f} req/s  p50 {res['p50_ms']:6.2f} ms  "
+                      f"p99 {res['p99_ms']:6.2f} ms  errors {res['errors']}", flush=True)
+
+    med = {v: {k: statistics.median(x[k] for x in runs[v]) for k in ("rps", "p50_ms", "p99_ms")} for v in variants}
+    print(f"\nconcurrency {args.concurrency}, {args.duration:g} s x {args.repeats} rounds, median per variant")
+    print(f"{'variant':<10} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8}   vs profile (req/s, p99)   vs none")
+    for v in variants:
+        m = med[v]
+        rel = ""
+        for base in ("profile", "none"):
+            if base in med and base != v:
+                b = med[base]
+                rel += f"   {100 * (m['rps'] / b['rps'] - 1):+6.1f}% {100 * (m['p99_ms'] / b['p99_ms'] - 1):+6.1f}%"
+            else:
+                rel += " " * 18
+        print(f"{v:<10} {m['rps']:9.0f} {m['p50_ms']:8.2f} {m['p99_ms']:8.2f}{rel}")
+    if "inference" in med and "profile" in med:
+        loss = 100 * (1 - med["inference"]["rps"] / med["profile"]["rps"])
+        p99 = 100 * (med["inference"]["p99_ms"] / med["profile"]["p99_ms"] - 1)
+        ok = loss <= 5 and p99 <= 10
+        print(f"\n@ci.inference: throughput loss {loss:.1f}% (target <= 5%), p99 +{p99:.1f}% (target <= 10%): "
+              f"{'PASS' if ok else 'FAIL'}")
+    if args.json:
+        args.json.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "runs": runs,
+                                         "median": med}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
