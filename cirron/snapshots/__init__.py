@@ -122,6 +122,20 @@ class _Item:
     shape: list[int]
     data: Any  # private copy: a torch view into a staging buffer, or a numpy array
     is_torch: bool
+    #: ``data`` is the user's live tensor (in-place snapshot), not a copy
+    live: bool = False
+    finished: bool = False
+    version: int = 0
+
+
+class _InPlaceJob:
+    """Shared state of a snapshot that reads live tensors (see ``SnapshotManager.wait_pending``)."""
+
+    def __init__(self, items: list[_Item]) -> None:
+        self.items = items
+        self.lock = threading.Lock()
+        self.done = threading.Event()
+        self.releases: list[Callable[[], None]] = []
 
 
 class _TorchStaging:
@@ -233,10 +247,14 @@ def _item_buffer(item: _Item) -> Any:
     return item.data
 
 
-def _item_stats(item: _Item) -> dict[str, Any]:
+def _item_stats(item: _Item, lock: Any = None) -> dict[str, Any]:
     from cirron.snapshots.stats import numpy_stats, torch_stats
 
-    return torch_stats(item.data) if item.is_torch else numpy_stats(item.data)
+    if not item.is_torch:
+        return numpy_stats(item.data)
+    if lock is None:
+        return torch_stats(item.data)
+    return torch_stats(item.data, source=lambda: item.data, lock=lock)
 
 
 class _Worker:
@@ -317,7 +335,7 @@ class SnapshotManager:
         self._inflight = 0
         self._epochs_seen = 0
         self._worker = _Worker()
-        self._guard: threading.Event | None = None
+        self._guard: _InPlaceJob | None = None
         self.errors = 0
         self.last_error: str | None = None
         #: snapshots whose in-place tensors changed while being read
@@ -427,7 +445,7 @@ class SnapshotManager:
         span_id = span.id_hex
         torch_copy: list[tuple[str, str, Any]] = []
         items: list[_Item] = []
-        versions: list[tuple[Any, int]] = []
+        live_items: list[_Item] = []
         seen: set[str] = set()
         for name, role, value in entries:
             if name in seen:
@@ -440,9 +458,8 @@ class SnapshotManager:
                     log.warning("cirron: tensor %r of dtype %s cannot be snapshot; skipped", name, value.dtype)
                     continue
                 if not blobs and name in guarded:
-                    live = value.detach()
-                    items.append(_Item(name, role, dt, list(value.shape), live, True))
-                    versions.append((value, value._version))
+                    live_items.append(_Item(name, role, dt, list(value.shape), value.detach(), True,
+                                            live=True, version=value._version))
                 else:
                     torch_copy.append((name, role, value))
             else:
@@ -456,6 +473,7 @@ class SnapshotManager:
         if torch_copy:
             t_items, events, release = _copy_torch(torch_copy, self._staging)
             items += t_items
+        items += live_items
         if not items:
             release()
             return
@@ -463,20 +481,24 @@ class SnapshotManager:
         items.sort(key=lambda it: order.get(it.name, 0))
         session_id = getattr(self._c, "session_id", None)
         spool_dir = self._cfg().spool_dir
-        guard = threading.Event() if versions else None
+        guard = _InPlaceJob(live_items) if live_items else None
 
         def job() -> None:
             try:
                 for ev in events:
                     ev.synchronize()
-                self._finish(items, span_id, session_id, spool_dir, mode, blobs, ts_ns, versions)
+                self._finish(items, span_id, session_id, spool_dir, mode, blobs, ts_ns, guard)
             except Exception as exc:  # never let a snapshot break the run
                 self.errors += 1
                 self.last_error = f"{type(exc).__name__}: {exc}"
                 log.warning("cirron: snapshot of span %s failed: %s", span_id, self.last_error)
             finally:
                 if guard is not None:
-                    guard.set()
+                    with guard.lock:
+                        guard.done.set()
+                        late = list(guard.releases)
+                    for r in late:
+                        r()
                 release()
                 with self._lock:
                     self._inflight -= 1
@@ -500,22 +522,39 @@ class SnapshotManager:
             offload(lambda: future.result())
 
     def wait_pending(self) -> None:
-        """Block until an in-place snapshot still reading the live tensors is done.
+        """Called by the torch hooks before forward, backward and the optimizer step, i.e. before
+        anything can change the live tensors an in-place snapshot is reading.
 
-        Called by the torch hooks before forward, backward and the optimizer step; returns at
-        once (one attribute read) when nothing is pending."""
-        guard = self._guard
-        if guard is None:
+        Returns at once when that snapshot is done (or there is none). Otherwise it takes the
+        job's lock (waiting for at most one chunk of reductions), copies the tensors the worker
+        has not finished into staging buffers and points the worker at the copies. The training
+        thread thus pays at most one copy of what is left, and only when it comes back sooner
+        than the worker."""
+        job = self._guard
+        if job is None:
             return
-        if not guard.is_set():
-            t0 = time.perf_counter_ns()
-            guard.wait()
-            self.barrier_waits += 1
-            self.barrier_wait_ns += time.perf_counter_ns() - t0
         self._guard = None
+        if job.done.is_set():
+            return
+        t0 = time.perf_counter_ns()
+        with job.lock:
+            if not job.done.is_set():
+                pending = [it for it in job.items if it.live and not it.finished]
+                if pending:
+                    if any(it.data._version != it.version for it in pending):
+                        self.inconsistent += 1
+                    copies, events, release = _copy_torch([(it.name, it.role, it.data) for it in pending],
+                                                          self._staging)
+                    for ev in events:
+                        ev.synchronize()
+                    for it, cp in zip(pending, copies):
+                        it.data, it.live = cp.data, False
+                    job.releases.append(release)
+        self.barrier_waits += 1
+        self.barrier_wait_ns += time.perf_counter_ns() - t0
 
     def _finish(self, items: list[_Item], span_id: str, session_id: str | None, spool_dir: Any,
-                mode: str, blobs: bool, ts_ns: int, versions: list[tuple[Any, int]] = ()) -> None:
+                mode: str, blobs: bool, ts_ns: int, inplace: _InPlaceJob | None = None) -> None:
         from cirron import safetensors_io
 
         uris: dict[str, str] = {}
@@ -543,12 +582,21 @@ class SnapshotManager:
                 if writer is not None and isinstance(getattr(writer, "_used", None), int):
                     writer._used += size
                 uris[role] = f"snapshots/{span_id}/{fname}"
-        stats = [_item_stats(it) for it in items]
-        if any(t._version != v for t, v in versions):
-            # changed in place by code outside the hooks (e.g. zero_grad(set_to_none=False))
-            self.inconsistent += 1
-            log.warning("cirron: a tensor changed while snapshot %s was reading it; its stats may mix "
-                        "two states", span_id)
+        stats = []
+        for it in items:
+            if it.live and inplace is not None:
+                stats.append(_item_stats(it, inplace.lock))
+                with inplace.lock:
+                    it.finished = True
+                    changed = it.live and it.data._version != it.version
+            else:
+                stats.append(_item_stats(it))
+                changed = False
+            if changed:
+                # changed in place by code outside the hooks (e.g. zero_grad(set_to_none=False))
+                self.inconsistent += 1
+                log.warning("cirron: %s changed while snapshot %s was reading it; its stats may mix "
+                            "two states", it.name, span_id)
         emit = self._c._emit_snapshot
         for it, st in zip(items, stats):
             record = {

@@ -19,7 +19,9 @@ user's thread at the epoch end) and are meant to run on the flush service's work
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Callable
 from typing import Any
 
 HIST_BINS = 16
@@ -87,59 +89,94 @@ def numpy_stats(arr: Any) -> dict[str, Any]:
 # ------------------------------------------------------------------------------------------ torch
 
 
-def torch_stats(t: Any) -> dict[str, Any]:
-    """Stats of a torch tensor (any shape/dtype/device; read only, no autograd)."""
+def torch_stats(t: Any, *, source: Callable[[], Any] | None = None, lock: Any = None) -> dict[str, Any]:
+    """Stats of a torch tensor (any shape/dtype/device; read only, no autograd).
+
+    The work is done in chunks of ``_CHUNK`` elements. With ``lock``, each chunk is read while
+    holding it, and the tensor is fetched again through ``source()`` for every chunk: another
+    thread can take the lock, swap the live tensor for a private copy and know that no chunk of
+    the live one is being read once it holds the lock (see ``SnapshotManager.wait_pending``).
+    """
     import torch
 
+    guard = lock if lock is not None else contextlib.nullcontext()
+    if source is None:
+        flat = t.detach().reshape(-1)
+
+        def source() -> Any:
+            return flat
+
     with torch.no_grad():
-        x = t.detach().reshape(-1)
-        n = int(x.numel())
+        n = int(t.numel())
         if n == 0:
             return empty_stats()
-        if not x.dtype.is_floating_point:
-            x = x.to(torch.float64)
-        elif x.dtype not in (torch.float32, torch.float64):
-            x = x.to(torch.float32)
-        norm = float(torch.linalg.vector_norm(x))
-        if math.isfinite(norm):
-            nan = inf = 0  # a NaN or an infinity would have made the norm non-finite
-        else:
-            nan = int(torch.isnan(x).sum())
-            inf = int(torch.isinf(x).sum())
-        lo = hi = None
-        counts = [0] * HIST_BINS
-        if math.isfinite(norm):
-            mn, mx = (float(v) for v in torch.aminmax(x))
-            mean = float(x.sum()) / n
-            ex2 = norm * norm / n
-            if mean * mean <= 0.5 * ex2:
-                var = max(ex2 - mean * mean, 0.0)  # no cancellation worth the name
-            else:  # the mean dominates: a second, exact pass around it
-                acc2 = 0.0
-                for i in range(0, n, _CHUNK):
-                    acc2 += float(torch.linalg.vector_norm(x[i : i + _CHUNK] - mean)) ** 2
-                var = acc2 / n
-            lo, hi = mn, mx
-        else:
-            v, m = torch.var_mean(x, correction=0)
-            var, mean = float(v), float(m)
-            mn = mx = math.nan if nan else None
-            if not nan:
-                mn, mx = (float(t) for t in torch.aminmax(x))
-            finite = x[torch.isfinite(x)]
-            if finite.numel():
-                lo, hi = (float(t) for t in torch.aminmax(finite))
+
+        def chunk(i: int) -> Any:
+            c = source().reshape(-1)[i : i + _CHUNK]
+            if not c.dtype.is_floating_point:
+                return c.to(torch.float64)
+            if c.dtype not in (torch.float32, torch.float64):
+                return c.to(torch.float32)
+            return c
+
+        # pass 1: sum of squares, sum, min, max; NaN/Inf counted only where the chunk norm says so
+        sq = total = 0.0
+        nan = inf = 0
+        pos_inf = neg_inf = False
+        mn, mx = math.inf, -math.inf
+        for i in range(0, n, _CHUNK):
+            with guard:
+                c = chunk(i)
+                cn = float(torch.linalg.vector_norm(c))
+                if not math.isfinite(cn):
+                    bad_nan = int(torch.isnan(c).sum())
+                    bad_inf = int(torch.isinf(c).sum())
+                    if bad_nan or bad_inf:
+                        nan, inf = nan + bad_nan, inf + bad_inf
+                        if bad_inf:
+                            pos_inf = pos_inf or bool(torch.isposinf(c).any())
+                            neg_inf = neg_inf or bool(torch.isneginf(c).any())
+                        fin = c[torch.isfinite(c)]
+                        cn = float(torch.linalg.vector_norm(fin.to(torch.float64))) if fin.numel() else 0.0
+                        c = fin
+                    else:  # finite values whose squares overflow: redo in float64
+                        cn = float(torch.linalg.vector_norm(c.to(torch.float64)))
+                if c.numel():
+                    total += float(c.sum(dtype=torch.float64) if c.dtype == torch.float64 else c.sum())
+                    lo_c, hi_c = (float(v) for v in torch.aminmax(c))
+                    mn, mx = min(mn, lo_c), max(mx, hi_c)
+                sq += cn * cn
         finite_n = n - nan - inf
-        if finite_n and lo is not None:
-            if lo == hi:
-                counts = [finite_n] + [0] * (HIST_BINS - 1)
-            else:
-                acc = torch.zeros(HIST_BINS, dtype=torch.int64)
-                for i in range(0, n, _CHUNK):
-                    chunk = x[i : i + _CHUNK]
+        lo = hi = None
+        if finite_n:
+            lo, hi = mn, mx
+        mean_f = total / finite_n if finite_n else math.nan
+        ex2 = sq / finite_n if finite_n else math.nan
+
+        # pass 2 (finite values only): histogram, and the variance around the mean when it dominates
+        counts = [0] * HIST_BINS
+        two_pass = finite_n and not (mean_f * mean_f <= 0.5 * ex2)
+        acc2 = 0.0
+        if finite_n and (lo != hi or two_pass):
+            acc = torch.zeros(HIST_BINS, dtype=torch.int64)
+            for i in range(0, n, _CHUNK):
+                with guard:
+                    c = chunk(i)
                     if nan + inf:
-                        chunk = chunk[torch.isfinite(chunk)]
-                    acc += torch.histc(chunk, bins=HIST_BINS, min=lo, max=hi).to(torch.int64).cpu()
-                counts = acc.tolist()
-        std = math.sqrt(var) if var >= 0 else var
-    return _finish(_f(mean), std, _f(mn), _f(mx), _f(norm), n, nan, inf, counts, lo, hi)
+                        c = c[torch.isfinite(c)]
+                    if lo != hi:
+                        acc += torch.histc(c, bins=HIST_BINS, min=lo, max=hi).to(torch.int64).cpu()
+                    if two_pass:
+                        acc2 += float(torch.linalg.vector_norm(c.to(torch.float64) - mean_f)) ** 2
+            counts = acc.tolist()
+        if finite_n and lo == hi:
+            counts = [finite_n] + [0] * (HIST_BINS - 1)
+        var = acc2 / finite_n if two_pass else (max(ex2 - mean_f * mean_f, 0.0) if finite_n else math.nan)
+
+        if nan:
+            return _finish(math.nan, math.nan, math.nan, math.nan, math.nan, n, nan, inf, counts, lo, hi)
+        if inf:
+            mean = math.nan if pos_inf and neg_inf else (math.inf if pos_inf else -math.inf)
+            return _finish(mean, math.nan, -math.inf if neg_inf else mn, math.inf if pos_inf else mx, math.inf,
+                           n, nan, inf, counts, lo, hi)
+        return _finish(mean_f, math.sqrt(var), mn, mx, math.sqrt(sq), n, nan, inf, counts, lo, hi)

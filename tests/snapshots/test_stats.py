@@ -94,3 +94,13 @@ def test_torch_std_is_accurate_when_the_mean_dominates() -> None:
     b = torch_stats(big)
     assert b["nan_count"] == 0 and b["inf_count"] == 0 and b["max"] == pytest.approx(3e19)
     assert sum(b["histogram"]["counts"]) == 3
+
+
+def test_torch_and_numpy_agree_on_infinities() -> None:
+    torch = pytest.importorskip("torch")
+    x = np.array([1.0, np.inf, 2.0, -3.0], dtype=np.float32)
+    a, b = numpy_stats(x), torch_stats(torch.from_numpy(x))
+    for k in ("mean", "min", "max", "norm", "inf_count", "nan_count"):
+        assert a[k] == b[k], k
+    assert math.isnan(a["std"]) and math.isnan(b["std"])
+    assert a["histogram"] == b["histogram"]

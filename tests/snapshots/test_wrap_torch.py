@@ -189,43 +189,55 @@ def test_snapshot_work_runs_off_the_training_thread(spool_dir: Path) -> None:
     del model
 
 
-def test_stats_mode_reads_in_place_and_the_optimizer_step_waits(spool_dir: Path, monkeypatch) -> None:
-    import threading
-
-    import cirron.snapshots as snaps
-
+def _stats_setup(spool_dir: Path):
     c = Cirron(spool_dir=spool_dir, flush_interval=60, snapshots="stats")
     c.profile()
     model = torch.nn.Linear(4, 1, bias=False)
     opt = torch.optim.SGD(model.parameters(), lr=1.0)
     c.wrap(model, optimizer=opt)
     model(torch.ones(2, 4)).sum().backward()
+    return c, model, opt
+
+
+def test_stats_mode_reads_in_place_when_the_worker_is_done_first(spool_dir: Path) -> None:
+    c, model, opt = _stats_setup(spool_dir)
     before = model.weight.detach().clone()
-    started, release = threading.Event(), threading.Event()
-    observed: list[torch.Tensor] = []
-    real_stats = snaps._item_stats
-
-    def slow_stats(item):
-        started.set()
-        assert release.wait(30)
-        return real_stats(item)
-
-    monkeypatch.setattr(snaps, "_item_stats", slow_stats)
-
-    def watcher():
-        assert started.wait(30)
-        observed.append(model.weight.detach().clone())  # the step must not have run yet
-        release.set()
-
-    w = threading.Thread(target=watcher)
-    w.start()
     for _ in c.epochs(range(1)):
         pass
-    opt.step()  # blocks in the step pre-hook until the in-place snapshot is done
-    w.join(30)
+    c._snapshots._worker.submit(lambda: None).result()  # the worker finished the snapshot
+    opt.step()
     c.shutdown()
-    assert torch.equal(observed[0], before) and not torch.equal(model.weight.detach(), before)
     recs = {r["tensor"]: r for r in load_spool(spool_dir).snapshots.values()}
     assert recs["weight"]["stats"]["mean"] == pytest.approx(float(before.mean()))
-    assert c._snapshots.barrier_waits == 1 and c._snapshots.inconsistent == 0
-    assert not c._snapshots._staging._free  # nothing was copied
+    assert recs["weight.grad"]["stats"]["mean"] == pytest.approx(2.0)  # two rows of ones
+    mgr = c._snapshots
+    assert mgr.barrier_waits == 0 and mgr.inconsistent == 0
+    assert not mgr._staging._free  # nothing was ever copied
+
+
+def test_a_step_that_comes_first_copies_what_is_left(spool_dir: Path, monkeypatch) -> None:
+    import threading
+
+    import cirron.snapshots as snaps
+
+    c, model, opt = _stats_setup(spool_dir)
+    before = model.weight.detach().clone()
+    release = threading.Event()
+    real_stats = snaps._item_stats
+
+    def slow_stats(item, lock=None):
+        assert release.wait(30)
+        return real_stats(item, lock)
+
+    monkeypatch.setattr(snaps, "_item_stats", slow_stats)
+    for _ in c.epochs(range(1)):
+        pass
+    opt.step()  # the pre-hook copies the tensors the worker has not read yet, then returns
+    assert not torch.equal(model.weight.detach(), before)
+    release.set()
+    c.shutdown()
+    recs = {r["tensor"]: r for r in load_spool(spool_dir).snapshots.values()}
+    assert recs["weight"]["stats"]["mean"] == pytest.approx(float(before.mean()))  # the epoch-end values
+    mgr = c._snapshots
+    assert mgr.barrier_waits == 1 and mgr.inconsistent == 0
+    assert mgr._staging._free  # the copy went through the staging pool and came back
