@@ -19,6 +19,7 @@ class ConsoleSink(Sink):
     def __init__(self, name: str) -> None:
         super().__init__()
         self.name = name
+        self._parent: dict[str, str | None] = {}
         self._depth: dict[str, int] = {}
 
     def _emit(self, line: str) -> None:
@@ -27,14 +28,25 @@ class ConsoleSink(Sink):
         else:
             sys.stdout.write(line + "\n")
 
+    def depth_of(self, span_id: str | None) -> int:
+        """Distance from the session root, walking parents seen so far (children close first)."""
+        chain = []
+        node = span_id
+        while node is not None and node not in self._depth and node in self._parent and len(chain) < 10_000:
+            chain.append(node)
+            node = self._parent[node]
+        base = self._depth.get(node, -1) if node is not None else -1
+        for i, n in enumerate(reversed(chain)):
+            self._depth[n] = base + 1 + i
+        return self._depth.get(span_id, 0) if span_id is not None else 0
+
     def write_sync(self, batch: Batch) -> None:
-        if len(self._depth) > _MAX_TRACKED:
+        if len(self._parent) > _MAX_TRACKED:
+            self._parent.clear()
             self._depth.clear()
-        depth = self._depth
         for span in batch.spans:
-            parent = span["parent_id"]
-            d = depth[parent] + 1 if parent in depth else 0
-            depth[span["id"]] = d
+            self._parent[span["id"]] = span["parent_id"]
+        depth = {span["id"]: self.depth_of(span["id"]) for span in batch.spans}
         for span in batch.spans:
             if span["end_ns"] is None:
                 continue
@@ -43,7 +55,7 @@ class ConsoleSink(Sink):
             dur = format_duration_ns(span["end_ns"] - span["start_ns"])
             self._emit(f"{'  ' * depth.get(span['id'], 0)}{label} — {dur}{' ' + attrs if attrs else ''}")
         for mark in batch.marks:
-            d = depth.get(mark["span_id"], -1) + 1
+            d = self.depth_of(mark["span_id"]) + 1 if mark["span_id"] in self._parent else 0
             value = format_value(decode_mark_value(mark["value"], mark["value_type"]))
             suffix = " (summary)" if mark["kind"] == "summary" else ""
             self._emit(f"{'  ' * d}ci.mark {mark['name']}={value}{suffix}")

@@ -57,7 +57,7 @@ class SpoolWriter:
 
     def __init__(self, spool_dir: Path, session_id: str | None, max_bytes: int = DEFAULT_MAX_SPOOL_BYTES,
                  fsync: bool = True) -> None:
-        self.spool_dir = Path(spool_dir)
+        self.spool_dir = Path(spool_dir).absolute()  # a later os.chdir() must not move the spool
         self.session_id = session_id
         self.max_bytes = max_bytes
         self.fsync = fsync
@@ -75,6 +75,7 @@ class SpoolWriter:
 
     def open(self) -> None:
         self.spool_dir.mkdir(parents=True, exist_ok=True)
+        self._remove_orphaned_temporaries()
         if self.session_id is not None and self.take_lock and self._lock_fd is None:
             live_dir(self.spool_dir).mkdir(exist_ok=True)
             fd = os.open(live_lock_path(self.spool_dir, self.session_id), os.O_RDWR | os.O_CREAT, 0o644)
@@ -84,6 +85,24 @@ class SpoolWriter:
                 os.close(fd)
                 raise
             self._lock_fd = fd
+
+    def _remove_orphaned_temporaries(self) -> None:
+        """Temporary files left by writers that died mid-write (their pid is gone)."""
+        for entry in os.scandir(self.spool_dir):
+            if not entry.name.startswith(TMP_PREFIX):
+                continue
+            pid = entry.name[len(TMP_PREFIX):].split("-", 1)[0]
+            if not pid.isdigit() or int(pid) == os.getpid():
+                continue
+            try:
+                os.kill(int(pid), 0)
+            except ProcessLookupError:
+                try:
+                    os.unlink(entry.path)
+                except OSError:
+                    pass
+            except OSError:
+                pass
 
     def close(self) -> None:
         """Release the liveness lock: from now on readers see the session as finished or crashed."""

@@ -260,3 +260,57 @@ def test_ids_unique_across_processes(spool_dir: Path) -> None:
 def test_module_level_api_uses_default_instance() -> None:
     assert cirron.mark.__self__ is cirron.default()._rec
     assert cirron.scope.__self__ is cirron.default()
+
+
+def test_cancellation_and_system_exit_pass_through_unchanged(c: Cirron, spool_dir: Path) -> None:
+    async def main() -> None:
+        async def victim() -> None:
+            async with c.scope("cancelled"):
+                await asyncio.sleep(30)
+
+        task = asyncio.create_task(victim())
+        await asyncio.sleep(0)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(main())
+    exit_exc = SystemExit(3)
+    with pytest.raises(SystemExit) as info:
+        with c.scope("exiting"):
+            raise exit_exc
+    assert info.value is exit_exc
+    c.shutdown()
+    spans = read_spool(spool_dir)["spans"]
+    assert by_name(spans, "cancelled")[0]["attrs"] == {"interrupted": "CancelledError"}
+    assert by_name(spans, "exiting")[0]["attrs"] == {"interrupted": "SystemExit"}
+
+
+def test_stdout_and_log_sinks_print_one_line_per_span(spool_dir: Path, capsys: pytest.CaptureFixture[str],
+                                                      caplog: pytest.LogCaptureFixture) -> None:
+    c = Cirron(spool_dir=spool_dir, output=["stdout", "log"], flush_interval=60)
+    c.profile()
+    with caplog.at_level("INFO", logger="cirron"):
+        with c.scope("outer", k="v"):
+            with c.scope("inner"):
+                c.mark("loss", 0.5)
+        c.flush()
+    out = capsys.readouterr().out.splitlines()
+    # Indented as the tree view indents: the session root at 0, then one level per parent.
+    assert any(line.startswith("  outer — ") and line.endswith("k=v") for line in out), out
+    assert any(line.startswith("    inner — ") for line in out), out
+    assert "      ci.mark loss=0.5" in out
+    logged = [r.getMessage() for r in caplog.records if r.name == "cirron"]
+    assert any(m.startswith("    inner — ") for m in logged)
+    c.shutdown()
+    assert not spool_dir.exists()  # no spool sink was asked for
+
+
+def test_stale_temporaries_of_dead_writers_are_removed(spool_dir: Path) -> None:
+    spool_dir.mkdir(parents=True)
+    stale = spool_dir / (".tmp-999999999-1-" + "0" * 32 + ".json")
+    stale.write_text("{")
+    c = Cirron(spool_dir=spool_dir)
+    c.profile()
+    c.shutdown()
+    assert not stale.exists()
