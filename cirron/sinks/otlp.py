@@ -64,11 +64,13 @@ ORPHAN_AFTER_WRITES = 3
 #: Per request and round: attempts and overall deadline (seconds).
 MAX_ATTEMPTS = 6
 SEND_DEADLINE = 15.0
+#: Attempts per request once the session has ended (the program is exiting).
+FINAL_MAX_ATTEMPTS = 2
 #: Rounds (a retry loop each) before a request that keeps failing is dropped.
 MAX_ROUNDS = 3
 #: Queued for sending (closed spans / their marks) while the receiver is slow or down.
-MAX_QUEUE_SPANS = 20_000
-MAX_QUEUE_MARKS = 200_000
+MAX_QUEUE_SPANS = 8_192
+MAX_QUEUE_MARKS = 65_536
 #: Pause after a failed round while the receiver looks down: starts at 1 s, doubles up to this.
 MAX_DOWN_BACKOFF = 30.0
 #: Share of the shutdown timeout given to the final sends once the session root has closed.
@@ -100,6 +102,28 @@ def genai_attributes(marks: list[dict[str, Any]]) -> dict[str, int]:
     return out
 
 
+class _Request:
+    """One queued OTLP request: the records until first encoded, then only the body."""
+
+    __slots__ = ("session_id", "resource", "spans", "marks", "n_spans", "n_marks", "rounds", "body", "headers")
+
+    def __init__(self, session_id: str, resource: dict[str, Any], spans: list[dict[str, Any]],
+                 marks: list[dict[str, Any]]) -> None:
+        self.session_id, self.resource, self.spans, self.marks = session_id, resource, spans, marks
+        self.n_spans, self.n_marks = len(spans), len(marks)
+        self.rounds = 0
+        self.body: bytes | None = None
+        self.headers: dict[str, str] = {}
+
+    def encode(self, settings: OtlpSettings) -> None:
+        from cirron.export._otlp import build_request, encode_resource_spans
+        from cirron.export.otlp_http import encode_body
+
+        request = build_request([encode_resource_spans(self.session_id, self.resource, self.spans, self.marks)])
+        self.body, self.headers = encode_body(request, settings.protocol, settings.compression)
+        self.spans = self.marks = []  # a retry re-sends the bytes; the dicts can go
+
+
 class OtlpSink(Sink):
     name = "otlp"
     is_async = True
@@ -126,8 +150,8 @@ class OtlpSink(Sink):
         self._writes = 0
         self._stop_deadline: float | None = None
         self._warned_partial = False
-        #: Requests waiting to be sent: [session_id, resource, spans, marks, failed rounds].
-        self._queue: deque[list[Any]] = deque()
+        #: Requests waiting to be sent, oldest first.
+        self._queue: deque[_Request] = deque()
         self._queued_spans = 0
         self._queued_marks = 0
         self._down_until = 0.0
@@ -184,21 +208,21 @@ class OtlpSink(Sink):
         for i in range(0, len(spans), EXPORT_BATCH_SPANS):
             chunk = spans[i : i + EXPORT_BATCH_SPANS]
             chunk_marks = [m for s in chunk for m in marks.get(s["id"], ())]
-            self._enqueue([session_id, batch.resource, chunk, chunk_marks, 0])
+            self._enqueue(_Request(session_id, batch.resource, chunk, chunk_marks))
         await self._drain()
 
-    def _enqueue(self, item: list[Any]) -> None:
+    def _enqueue(self, item: _Request) -> None:
         self._queue.append(item)
-        self._queued_spans += len(item[2])
-        self._queued_marks += len(item[3])
+        self._queued_spans += item.n_spans
+        self._queued_marks += item.n_marks
         while len(self._queue) > 1 and (self._queued_spans > MAX_QUEUE_SPANS or self._queued_marks > MAX_QUEUE_MARKS):
             old = self._queue.popleft()
             self._unqueue(old)
-            self._drop("queue_full", spans=len(old[2]), marks=len(old[3]))
+            self._drop("queue_full", spans=old.n_spans, marks=old.n_marks)
 
-    def _unqueue(self, item: list[Any]) -> None:
-        self._queued_spans -= len(item[2])
-        self._queued_marks -= len(item[3])
+    def _unqueue(self, item: _Request) -> None:
+        self._queued_spans -= item.n_spans
+        self._queued_marks -= item.n_marks
 
     async def _drain(self) -> None:
         """Send the queue in order, unless the receiver looks down (then it waits for a later write)."""
@@ -209,23 +233,26 @@ class OtlpSink(Sink):
             if final is None and time.monotonic() < self._down_until:
                 return
             item = self._queue[0]
-            probing = self._down_backoff > 0  # the receiver looked down: one attempt, no retry loop
-            outcome = await self._export(item[0], item[1], item[2], item[3], max_attempts=1 if probing else MAX_ATTEMPTS)
+            if self._down_backoff > 0:
+                attempts = 1  # the receiver looked down: one probe, no retry loop
+            elif final is not None:
+                attempts = FINAL_MAX_ATTEMPTS  # the user's program is exiting: one retry at most
+            else:
+                attempts = MAX_ATTEMPTS
+            outcome = await self._export(item, max_attempts=attempts)
             if outcome == "retry":
-                item[4] += 1
-                if item[4] >= MAX_ROUNDS:
+                item.rounds += 1
+                if item.rounds >= MAX_ROUNDS:
                     self._queue.popleft()
                     self._unqueue(item)
-                    self._drop("export_failed", spans=len(item[2]), marks=len(item[3]))
+                    self._drop("export_failed", spans=item.n_spans, marks=item.n_marks)
                 self._down_backoff = min(MAX_DOWN_BACKOFF, max(1.0, self._down_backoff * 2))
                 self._down_until = time.monotonic() + self._down_backoff
-                if final is None:
-                    return
-                continue
+                return  # at shutdown too: the receiver is down, aclose() counts what is left
             self._queue.popleft()
             self._unqueue(item)
             if outcome == "cut":
-                self._drop("shutdown", spans=len(item[2]), marks=len(item[3]))
+                self._drop("shutdown", spans=item.n_spans, marks=item.n_marks)
                 return
             if outcome == "ok":
                 self._down_backoff = 0.0
@@ -291,19 +318,19 @@ class OtlpSink(Sink):
         lst.append(mark)
         self._held_count += 1
 
-    async def _export(self, session_id: str, resource: dict[str, Any], spans: list[dict[str, Any]],
-                      marks: list[dict[str, Any]], max_attempts: int) -> str:
+    async def _export(self, item: _Request, max_attempts: int) -> str:
         """One request with its retries: ``ok`` | ``dropped`` (refused/unencodable) | ``retry`` | ``cut``."""
-        from cirron.export._otlp import build_request, encode_resource_spans
-        from cirron.export.otlp_http import RETRYABLE_STATUS, OTLPExportError, apost_with_retries, encode_body
+        from cirron.export.otlp_http import RETRYABLE_STATUS, OTLPExportError, apost_with_retries
 
-        try:
-            request = build_request([encode_resource_spans(session_id, resource, spans, marks)])
-            body, headers = encode_body(request, self.settings.protocol, self.settings.compression)
-        except Exception as exc:  # noqa: BLE001 - a record we cannot encode is dropped, not retried
-            self.note_error(exc)
-            self._drop("encode_error", spans=len(spans), marks=len(marks))
-            return "dropped"
+        spans, marks = item.n_spans, item.n_marks
+        if item.body is None:
+            try:
+                item.encode(self.settings)
+            except Exception as exc:  # noqa: BLE001 - a record we cannot encode is dropped, not retried
+                self.note_error(exc)
+                self._drop("encode_error", spans=spans, marks=marks)
+                return "dropped"
+        body, headers = item.body, item.headers
         box: list[Any] = []
 
         async def send() -> None:
@@ -335,21 +362,21 @@ class OtlpSink(Sink):
             self.note_error(result)
             if result.status is None or result.status in RETRYABLE_STATUS:
                 return "retry"
-            self._drop("export_failed", spans=len(spans), marks=len(marks))
+            self._drop("export_failed", spans=spans, marks=marks)
             return "dropped"
         if isinstance(result, BaseException):
             self.note_error(result)
-            self._drop("export_failed", spans=len(spans), marks=len(marks))
+            self._drop("export_failed", spans=spans, marks=marks)
             return "dropped"
         self.requests_sent += 1
         self.retries += max(0, result.attempts - 1)
         self.batches_written += 1
-        rejected = min(result.rejected_spans, len(spans))
+        rejected = min(result.rejected_spans, spans)
         self.spans_rejected += rejected
         if rejected:
             self.dropped["spans_rejected"] = self.dropped.get("spans_rejected", 0) + rejected
-        self.spans_written += len(spans) - rejected
-        self.marks_written += len(marks)
+        self.spans_written += spans - rejected
+        self.marks_written += marks
         return "ok"
 
     # -- helpers -------------------------------------------------------------------------------
