@@ -342,16 +342,20 @@ def _dump_json(obj: Any) -> None:
 
 @traces_app.command("view")
 def view(
-    last: Optional[int] = typer.Option(None, "--last", min=1, help="Show the N newest sessions (default: 1)."),
+    last: Optional[int] = typer.Option(None, "--last", help="Show the N newest sessions (default: 1)."),
     name: Optional[str] = typer.Option(None, "--name", help="Keep spans whose name contains this (ancestors kept)."),
     session: Optional[str] = typer.Option(None, "--session", help="Show the session(s) whose id starts with this."),
-    depth: Optional[int] = typer.Option(None, "--depth", min=0, help="Collapse the tree below depth N."),
+    depth: Optional[int] = typer.Option(None, "--depth", help="Collapse the tree below depth N."),
     min_wall: Optional[str] = typer.Option(None, "--min-wall", help="Hide spans shorter than this (ns, us, ms, s, m, h)."),
     spool: str = SpoolOpt,
     no_color: bool = typer.Option(False, "--no-color", help="Disable ANSI colour."),
     json_out: bool = typer.Option(False, "--json", help="Machine-readable JSON."),
 ) -> None:
     """Render sessions as an indented scope tree (a text flamegraph)."""
+    if last is not None and last < 1:
+        fail(f"Invalid --last: {last} (expected a positive number)", EXIT_USAGE)
+    if depth is not None and depth < 0:
+        fail(f"Invalid --depth: {depth} (expected 0 or more)", EXIT_USAGE)
     min_ns = None
     if min_wall is not None:
         min_ns = parse_duration_ns(min_wall)
@@ -451,7 +455,7 @@ def _parse_headers(values: list[str]) -> dict[str, str]:
 
 @traces_app.command("export")
 def export(
-    fmt: str = typer.Option(..., "--format", help="parquet, otel (alias otlp), csv, json or perfetto."),
+    fmt: Optional[str] = typer.Option(None, "--format", help="parquet, otel (alias otlp), csv, json or perfetto."),
     output: Optional[str] = typer.Option(None, "--output", help="Output file (a directory for parquet)."),
     session: Optional[str] = typer.Option(None, "--session", help="Export the session(s) whose id starts with this."),
     spool: str = SpoolOpt,
@@ -463,6 +467,8 @@ def export(
     """Convert traces to Parquet, OTLP/JSON, CSV, JSON or Perfetto, or send them to an OTLP receiver."""
     from cirron.export import FORMATS, NoSessionFound, NoTracesFound
 
+    if fmt is None:
+        fail(f"Missing option --format (one of {', '.join(FORMATS)})", EXIT_USAGE)
     fmt = fmt.lower()
     if fmt not in FORMATS:
         fail(f"Unknown format {fmt} (expected one of {', '.join(FORMATS)})", EXIT_USAGE)
@@ -672,12 +678,14 @@ def _confirm(question: str) -> bool:
 @traces_app.command("clear")
 def clear(
     before: Optional[str] = typer.Option(None, "--before", help="Only sessions started before this ISO-8601 date."),
-    keep: Optional[int] = typer.Option(None, "--keep", min=0, help="Retain the N most recent finished sessions."),
+    keep: Optional[int] = typer.Option(None, "--keep", help="Retain the N most recent finished sessions."),
     yes: bool = typer.Option(False, "--yes", "-y", help="Skip the confirmation prompt."),
     no_prune_orphans: bool = typer.Option(False, "--no-prune-orphans", help="Keep snapshot dirs no session references."),
     spool: str = SpoolOpt,
 ) -> None:
     """Delete sessions (batch files and snapshot dirs); live sessions are never touched."""
+    if keep is not None and keep < 0:
+        fail(f"Invalid --keep: {keep} (expected 0 or more)", EXIT_USAGE)
     cutoff = None
     if before is not None:
         cutoff = parse_iso_date(before)

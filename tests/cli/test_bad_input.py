@@ -162,7 +162,11 @@ def test_invalid_option_values(factory: SpoolFactory):
     r = run("traces", "export", "--format", "csv", "--endpoint", "http://x", "--spool", str(factory.spool_dir))
     assert r.exit_code == 2
     r = run("traces", "view", "--last", "0", "--spool", str(factory.spool_dir))
-    assert r.exit_code == 2
+    assert r.exit_code == 2 and r.stderr.strip() == "Error: Invalid --last: 0 (expected a positive number)"
+    r = run("traces", "clear", "--keep", "-1", "--spool", str(factory.spool_dir))
+    assert r.exit_code == 2 and r.stderr.strip() == "Error: Invalid --keep: -1 (expected 0 or more)"
+    r = run("traces", "export", "--spool", str(factory.spool_dir))
+    assert r.exit_code == 2 and r.stderr.strip().startswith("Error: Missing option --format")
 
 
 def _subprocess(*args: str, cwd: Path) -> subprocess.CompletedProcess:
