@@ -74,7 +74,8 @@ def flush(
         elif not files:
             typer.echo(f"No batch files in {summary['spool']}")
         else:
-            typer.echo(f"Nothing to upload: all {render.plural(len(files), 'batch file')} are on the platform.")
+            typer.echo(f"Nothing to upload: {render.plural(len(files), 'batch file')} in the spool, "
+                       "all already on the platform.")
         return
     if dry_run:
         if json_out:
