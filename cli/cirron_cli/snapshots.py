@@ -45,6 +45,19 @@ def _short(id_: str | None) -> str:
     return render.short_id(id_) if id_ else "-"
 
 
+def _unique_prefix_len(ids: list[str], start: int = 8) -> int:
+    """The shortest prefix length (from ``start``) that tells every id in ``ids`` apart."""
+    longest = max((len(i) for i in ids), default=start)
+    n = start
+    while n < longest and len({i[:n] for i in ids}) < len(set(ids)):
+        n += 4
+    return n
+
+
+def _short_span(id_: str, n: int) -> str:
+    return id_ if len(id_) <= n else id_[:n] + "…"
+
+
 def _span_label(span: dict | None) -> str:
     if span is None:
         return "(unknown)"
@@ -207,9 +220,10 @@ def snapshots_cmd(
     if not rows:
         typer.echo("No snapshots recorded. Wrap a model with ci.wrap() and loop with ci.epochs() to take some.")
         return
+    width = _unique_prefix_len([g["span_id"] for g in rows])
     typer.echo(render.aligned_table(
         ["SESSION", "SPAN", "NAME", "TENSORS", "MODES", "WITH BLOB"],
-        [[_short(g["session_id"]), _short(g["span_id"]), g["name"], g["tensors"], ",".join(g["modes"]) or "-",
+        [[_short(g["session_id"]), _short_span(g["span_id"], width), g["name"], g["tensors"], ",".join(g["modes"]) or "-",
           g["with_blob"]] for g in rows],
         right=(3, 5),
     ))
