@@ -302,16 +302,19 @@ def load_spool(
     *,
     on_file: Callable[[BatchFile], None] | None = None,
     fields: str = "full",
+    files: Iterable[BatchFile] | None = None,
 ) -> Spool:
     """Read every batch file of ``spool_dir`` and rebuild its sessions.
 
     ``on_file`` is called after each file is read (progress reporting). ``fields="summary"``
     reads only what session reconstruction, counts and sizes need (ids, parents, names, start
     and end times): several times faster, for ``list`` and ``clear``. Never raises for bad
-    file content; a missing directory is an empty spool.
+    file content; a missing directory is an empty spool. ``files`` restricts reading to those
+    batch files (e.g. ``Session.files`` from an earlier ``fields="summary"`` read).
     """
     spool_dir = Path(spool_dir)
-    files = list_batch_files(spool_dir, on_warning)
+    files = list_batch_files(spool_dir, on_warning) if files is None else sorted(
+        files, key=lambda b: (b.created_ns, b.batch_id))
     spans: dict[str, dict] = {}
     marks: dict[str, dict] = {}
     snaps: dict[str, dict] = {}

@@ -70,6 +70,27 @@ def _progress(label: str, enabled: bool = True, total: int | None = None) -> Ite
         yield lambda _x=None: prog.advance(task)
 
 
+def _load_sessions(
+    spool: str, prefix: str | None, last: int | None, fields: str = "full", progress: bool = False
+) -> tuple[Spool, list[Session]]:
+    """The sessions a command works on, fully read: a quick summary read picks them, then only
+    the batch files holding their records are read in full. An empty spool gives ``[]``; an
+    unknown prefix fails with the reference's message."""
+    summary = _read_spool(spool, progress=progress, fields="summary")
+    if not summary.sessions:
+        return summary, []
+    chosen = _select(summary, prefix)
+    if last is not None:
+        chosen = chosen[-last:]
+    wanted = {s.id for s in chosen}
+    files = {bf.path: bf for s in chosen for bf in s.files}
+    if len(files) == len(summary.files) and fields == "summary":
+        return summary, chosen
+    with _progress("Reading sessions", enabled=progress) as tick:
+        full = load_spool(Path(spool), lambda _m: None, on_file=tick, fields=fields, files=files.values())
+    return full, [s for s in full.sessions if s.id in wanted]
+
+
 def _select(spool: Spool, prefix: str | None) -> list[Session]:
     if prefix is None:
         return list(spool.sessions)
@@ -361,16 +382,14 @@ def view(
         min_ns = parse_duration_ns(min_wall)
         if min_ns is None:
             fail(f"Invalid --min-wall duration: {min_wall} (expected e.g. 500us, 1ms, 2s)", EXIT_USAGE)
-    sp = _read_spool(spool)
-    if not sp.sessions:
+    n_last = last if last is not None else (1 if session is None else None)
+    _sp, chosen = _load_sessions(spool, session, n_last)
+    if not chosen:
         if json_out:
             typer.echo("[]")
         else:
             render.no_traces()
         return
-    chosen = _select(sp, session)
-    if session is None or last is not None:
-        chosen = chosen[-(last or 1):]
     views = [_SessionView(s, name, depth, min_ns) for s in chosen]
     if json_out:
         _dump_json([v.to_json() for v in views])
@@ -498,11 +517,11 @@ def export(
         typer.echo(f"Exported {render.plural(rows, 'span')} to {target}")
         return
 
-    sp = _read_spool(spool, progress=True, fields="export" if fmt == "parquet" else "full")
-    if not sp.sessions:
+    _sp, chosen = _load_sessions(spool, session, None, fields="export" if fmt == "parquet" else "full",
+                                 progress=True)
+    if not chosen:
         render.no_traces(err=True)
         raise typer.Exit(1)
-    chosen = _select(sp, session)
     n_spans = sum(len(s.spans) for s in chosen)
     what = f"{render.plural(n_spans, 'span')} from {render.plural(len(chosen), 'session')}"
 
