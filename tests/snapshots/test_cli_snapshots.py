@@ -46,7 +46,10 @@ def test_snapshots_table(demo) -> None:
     assert lines[0].endswith("(3 spans with snapshots)")
     assert "│ NAME     │ TENSORS │ MODES │ WITH BLOB │" in r.output
     # the factory's ids share long prefixes, so the SPAN column shows as much as tells them apart
-    assert f"│ {demo['epochs'][0]} │ epoch[0] │       4 │ full  │         4 │" in r.output
+    from cirron_cli.snapshots import _short_span, _unique_prefix_len
+
+    short = _short_span(demo["epochs"][0], _unique_prefix_len(demo["epochs"]))
+    assert f"│ {short} │ epoch[0] │       4 │ full  │         4 │" in r.output
     # positional span prefix and --span agree
     r2 = run("traces", "snapshots", demo["epochs"][1], "--spool", demo["spool"])
     assert r2.exit_code == 0 and "epoch[1]" in r2.output and "epoch[0]" not in r2.output
