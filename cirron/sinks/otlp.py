@@ -28,8 +28,9 @@ What the sink does with each batch the flush service hands it:
 * the user's threads never wait on any of this; at shutdown the sink notices that the session
   root has closed and gives what is queued a bounded final budget
   (:data:`FINAL_FLUSH_FRACTION` of the shutdown timeout, at most the OTLP timeout); whatever does
-  not make it is counted (``spans_shutdown``/``marks_shutdown``). ``ci.flush()`` returns once
-  the sink has taken the batches (sent, queued or counted), within its own timeout.
+  not make it is counted (``spans_shutdown``/``marks_shutdown``). ``ci.flush()`` waits (within
+  its own timeout) until the sink has sent, queued or counted what it was given: immediate while
+  the receiver is marked down, up to that timeout during a first round of retries.
 
 ``http/protobuf`` (the OpenTelemetry default) needs the ``otlp`` extra
 (``pip install 'cirron[otlp]'``); without it ``ci.profile(output="otlp")`` raises

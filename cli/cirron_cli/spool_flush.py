@@ -145,7 +145,7 @@ def flush(
     if json_out:
         summary["error"] = last_error or None
         report()
-    else:
+    elif summary["uploaded"] or not not_sent:
         typer.echo(f"Uploaded {render.plural(summary['uploaded'], 'batch file')} "
                    f"({format_bytes(summary['bytes_uploaded'])}) to {url}"
                    + (f"; {summary['already_uploaded']} already there" if summary["already_uploaded"] else ""))
