@@ -60,8 +60,11 @@ def derive_trace_id(session_id: str) -> str:
 
 def derive_span_id(span_id: str) -> str:
     """16 hex characters derived (BLAKE2b) from any span id; never all zeros."""
-    h = hashlib.blake2b(span_id.encode("utf-8", "surrogatepass"), digest_size=8, person=b"cirron.span").hexdigest()
-    return h if h.strip("0") else "0" * 15 + "1"
+    h = _blake2b(span_id.encode("utf-8", "surrogatepass"), digest_size=8, person=b"cirron.span").hexdigest()
+    return h if h != "0000000000000000" else "0" * 15 + "1"
+
+
+_blake2b = hashlib.blake2b
 
 
 def _double(x: float) -> dict:
@@ -102,28 +105,34 @@ def any_value(value: Any, _depth: int = 0) -> dict:
 
 def encode_attributes(attrs: Mapping[str, Any] | None) -> list[dict]:
     """``[{"key", "value": AnyValue}]``; ``None`` values are left out."""
-    if not attrs or not isinstance(attrs, Mapping):
+    if not attrs or not (type(attrs) is dict or isinstance(attrs, Mapping)):
         return []
-    return [{"key": str(k), "value": any_value(v)} for k, v in attrs.items() if v is not None]
+    return [{"key": k if type(k) is str else str(k), "value": any_value(v)} for k, v in attrs.items() if v is not None]
 
 
-def _mark_value(mark: Mapping[str, Any]) -> Any:
-    v = mark.get("value")
-    vt = mark.get("value_type")
-    if vt == "float" and isinstance(v, str):
-        return {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}.get(v, v)
-    return v
+_NONFINITE = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
 
 
-def _event(mark: Mapping[str, Any]) -> dict:
-    ts = mark.get("ts_ns")
-    attrs = [{"key": "value", "value": any_value(_mark_value(mark))},
-             {"key": "kind", "value": {"stringValue": str(mark.get("kind") or "point")}}]
-    extra = mark.get("attrs")
-    if isinstance(extra, Mapping):
+def _getter(rec: Any) -> Any:
+    """``rec.get`` for dicts; C-level attribute access for :mod:`cirron.spool` record structs."""
+    return rec.get if type(rec) is dict else rec.__getattribute__
+
+
+def _event(mark: Any) -> dict:
+    g = _getter(mark)
+    ts = g("ts_ns")
+    v = g("value")
+    if type(v) is str and g("value_type") == "float":
+        v = _NONFINITE.get(v, v)
+    kind = g("kind")
+    attrs = [{"key": "value", "value": any_value(v)},
+             {"key": "kind", "value": {"stringValue": kind if type(kind) is str else "point"}}]
+    extra = g("attrs")
+    if extra:
         attrs.extend(a for a in encode_attributes(extra) if a["key"] not in ("value", "kind"))
-    return {"timeUnixNano": str(ts if type(ts) is int and ts >= 0 else 0), "name": str(mark.get("name") or "mark"),
-            "attributes": attrs}
+    name = g("name")
+    return {"timeUnixNano": str(ts if type(ts) is int and ts >= 0 else 0),
+            "name": name if type(name) is str and name else str(name or "mark"), "attributes": attrs}
 
 
 def _resource_attributes(session_id: str, resource: Mapping[str, Any] | None, sdk_version: str | None) -> list[dict]:
@@ -162,37 +171,47 @@ def iter_encoded_spans(
         yield _encode_span(s, trace_id, events.get(s["id"]), open_end_ns)
 
 
-def _encode_span(s: Mapping[str, Any], trace_id: str, events: list[dict] | None, open_end_ns: int | None) -> dict:
-    start = s.get("start_ns") if type(s.get("start_ns")) is int else 0
-    end = s.get("end_ns")
-    raw_attrs = s.get("attrs")
-    attrs = encode_attributes(raw_attrs if isinstance(raw_attrs, Mapping) else None)
-    attrs.append({"key": "cirron.span.id", "value": {"stringValue": s["id"]}})
-    if type(s.get("index")) is int:
-        attrs.append({"key": "cirron.index", "value": {"intValue": str(s["index"])}})
+def _encode_span(s: Any, trace_id: str, events: list[dict] | None, open_end_ns: int | None) -> dict:
+    g = _getter(s)
+    start = g("start_ns")
+    if type(start) is not int:
+        start = 0
+    end = g("end_ns")
+    raw_attrs = g("attrs")
+    if type(raw_attrs) is not dict and not isinstance(raw_attrs, Mapping):
+        raw_attrs = None
+    attrs = encode_attributes(raw_attrs)
+    sid = g("id")
+    attrs.append({"key": "cirron.span.id", "value": {"stringValue": sid}})
+    v = g("index")
+    if type(v) is int:
+        attrs.append({"key": "cirron.index", "value": {"intValue": str(v)}})
     for k in ("cpu_ns", "gpu_ns", "memory_peak_bytes"):
-        if type(s.get(k)) is int:
-            attrs.append({"key": f"cirron.{k}", "value": {"intValue": str(s[k])}})
-    if type(s.get("thread_id")) is int:
-        attrs.append({"key": "thread.id", "value": {"intValue": str(s["thread_id"])}})
+        v = g(k)
+        if type(v) is int:
+            attrs.append({"key": f"cirron.{k}", "value": {"intValue": str(v)}})
+    v = g("thread_id")
+    if type(v) is int:
+        attrs.append({"key": "thread.id", "value": {"intValue": str(v)}})
     if type(end) is not int:
         end = max(start, open_end_ns or start)
         attrs.append({"key": "cirron.open", "value": {"boolValue": True}})
+    name = g("name")
     span = {
         "traceId": trace_id,
-        "spanId": derive_span_id(s["id"]),
-        "name": str(s.get("name") or "span"),
+        "spanId": derive_span_id(sid),
+        "name": name if type(name) is str and name else str(name or "span"),
         "kind": SPAN_KIND_INTERNAL,
         "startTimeUnixNano": str(max(start, 0)),
         "endTimeUnixNano": str(max(end, 0)),
         "attributes": attrs,
     }
-    parent = s.get("parent_id")
-    if isinstance(parent, str) and parent:
+    parent = g("parent_id")
+    if type(parent) is str and parent:
         span["parentSpanId"] = derive_span_id(parent)
     if events:
         span["events"] = events
-    err = raw_attrs.get("error") if isinstance(raw_attrs, Mapping) else None
+    err = raw_attrs.get("error") if raw_attrs else None
     if err is not None:
         span["status"] = {"code": STATUS_CODE_ERROR, "message": str(err)}
     return span

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from operator import attrgetter
 from typing import Any
 
 from cirron._errors import require
@@ -62,7 +63,7 @@ def write_parquet(sessions: Sequence[Session], out_dir: str | os.PathLike[str]) 
         "name": pa.array([_str(x.name) for x in spans], s),
     }
     for c in ints:
-        data[c] = pa.array([x.get(c) for x in spans], i64)
+        data[c] = pa.array(list(map(attrgetter(c), spans)), i64)
     data["duration_ns"] = pc.subtract(data["end_ns"], data["start_ns"])
     data["attrs_json"] = pa.array([attrs_text(x.attrs) for x in spans], s)
     spans_tbl = pa.table({c: data[c] for c in SPAN_COLUMNS})

@@ -249,7 +249,9 @@ class OtlpSink(Sink):
                     self._drop("export_failed", spans=item.n_spans, marks=item.n_marks)
                 self._down_backoff = min(MAX_DOWN_BACKOFF, max(1.0, self._down_backoff * 2))
                 self._down_until = time.monotonic() + self._down_backoff
-                return  # at shutdown too: the receiver is down, aclose() counts what is left
+                if final is not None:
+                    self._stop_deadline = time.monotonic()  # down at exit: no more tries; aclose() counts the rest
+                return
             self._queue.popleft()
             self._unqueue(item)
             if outcome == "cut":
