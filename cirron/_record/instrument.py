@@ -75,24 +75,6 @@ def current_request_id() -> str | None:
 # --------------------------------------------------------------------------- one request
 
 
-def _open_span(rec: Recorder, name: str, attrs: dict, parent: Any) -> Any:
-    """A span that is not made current in the caller's context (the request binds it in its own)."""
-    start = getattr(rec, "start_span", None)
-    if start is not None:
-        return start(name, attrs, parent=parent)
-    return rec.open_span(name, attrs, parent=parent)  # pragma: no cover - older recorder
-
-
-def _close_span(span: Any, cpu_ns: int, end_ns: int) -> None:
-    """Close with the CPU time of the request's own steps (they may run on several threads)."""
-    close = getattr(span, "_close", None)
-    if close is not None:
-        close(None, span._cpu0 + cpu_ns, end_ns)
-    else:  # pragma: no cover - older recorder: plain span record
-        span.cpu_ns = cpu_ns
-        span.end_ns = end_ns  # last: a reader that sees end_ns sees everything else final
-
-
 _getrandbits = random.getrandbits
 _UUID4_CLEAR = ~((0xF << 76) | (0x3 << 62))
 _UUID4_SET = (0x4 << 76) | (0x2 << 62)
@@ -127,7 +109,8 @@ class _Request:
     def __init__(self, rec: Recorder) -> None:
         self.rec = rec
         self.rid = _uuid4()
-        span = _open_span(rec, "request", {"request_id": self.rid}, rec.current.get() or rec.root)
+        # Opened without becoming current in the caller's context; it is bound in self.ctx.
+        span = rec.start_span("request", {"request_id": self.rid}, parent=rec.current.get() or rec.root)
         self.span = span
         self.t0 = span.start_ns
         self.cpu = 0
@@ -206,7 +189,8 @@ class _Request:
             marks = self._summary(end)
             if marks:
                 contextvars.Context().run(_emit, self.rec, span, marks)
-            _close_span(span, self.cpu, end)
+            # CPU time is that of the request's own steps, which may have run on several threads.
+            span._close(None, span._cpu0 + self.cpu, end)
         except Exception as exc2:  # noqa: BLE001
             self.rec.note_internal_error(exc2)
 
@@ -597,11 +581,12 @@ def _classify_sse(raw: bytes) -> tuple[bool, tuple[int | None, int | None] | Non
 
 
 _GENERATE_HOOKED = False
+_GENERATION_MODULE = "transformers.generation.utils"
 
 
 def _maybe_hook_generate() -> None:
     global _GENERATE_HOOKED
-    mod = sys.modules.get("transformers.generation.utils")
+    mod = sys.modules.get(_GENERATION_MODULE)
     if mod is None:
         return
     _GENERATE_HOOKED = True
@@ -697,9 +682,11 @@ def _generate_counts(model: Any, args: tuple, kwargs: dict, out: Any) -> tuple[i
 def _instrument(c: Cirron, fn: Callable[..., Any], config: Mapping[str, Any] | None) -> Callable[..., Any]:
     rec = c._rec
 
+    modules = sys.modules
+
     def start() -> _Request | None:
         try:
-            if not _GENERATE_HOOKED:
+            if not _GENERATE_HOOKED and _GENERATION_MODULE in modules:
                 _maybe_hook_generate()
             return _Request(rec)
         except Exception as exc:  # noqa: BLE001 - no span, the call still runs
@@ -715,7 +702,7 @@ def _instrument(c: Cirron, fn: Callable[..., Any], config: Mapping[str, Any] | N
                     yield item
                 return
             try:
-                ait = req.run(fn, *args, **kwargs)
+                ait = fn(*args, **kwargs)  # runs none of its code
             except BaseException as exc:
                 req.finish(exc)
                 raise
@@ -752,7 +739,7 @@ def _instrument(c: Cirron, fn: Callable[..., Any], config: Mapping[str, Any] | N
             if req is None:
                 return (yield from fn(*args, **kwargs))
             try:
-                it = req.run(fn, *args, **kwargs)
+                it = fn(*args, **kwargs)  # runs none of its code
             except BaseException as exc:
                 req.finish(exc)
                 raise
@@ -767,11 +754,12 @@ def _instrument(c: Cirron, fn: Callable[..., Any], config: Mapping[str, Any] | N
             if req is None:
                 return await fn(*args, **kwargs)
             try:
-                coro = req.run(fn, *args, **kwargs)
+                # Calling an ``async def`` runs none of its code; every step runs in req.ctx.
+                result = await _InContext(fn(*args, **kwargs), req)
             except BaseException as exc:
                 req.finish(exc)
                 raise
-            return await _await_in(req, coro)
+            return _finish_result(req, result)
 
         wrapper = async_wrapper
 
