@@ -45,17 +45,20 @@ BODY = b'{"text": "a short review of a movie that was rather good"}'
 
 # --------------------------------------------------------------------------- the server side
 
+from pydantic import BaseModel  # noqa: E402
+
+
+class PredictIn(BaseModel):
+    text: str
+
+
 
 def build_app(variant: str):  # noqa: ANN201
     from contextlib import asynccontextmanager
 
     from fastapi import FastAPI
-    from pydantic import BaseModel
 
     import cirron as ci
-
-    class In(BaseModel):
-        text: str
 
     @asynccontextmanager
     async def lifespan(app):  # noqa: ANN001, ANN202
@@ -67,7 +70,7 @@ def build_app(variant: str):  # noqa: ANN201
 
     app = FastAPI(lifespan=lifespan)
 
-    async def predict(payload: In) -> dict:
+    async def predict(payload: PredictIn) -> dict:
         return {"label": "positive", "chars": len(payload.text)}
 
     if variant == "inference":
@@ -112,7 +115,8 @@ def serve(variant: str, port: int) -> None:
 # --------------------------------------------------------------------------- the load generator
 
 
-async def _worker(host: str, port: int, request: bytes, stop_at: float, warm_until: float, lat: list[float]) -> int:
+async def _worker(host: str, port: int, request: bytes, stop_at: float, warm_until: float, lat: list[float],
+                  counts: list[int]) -> int:
     reader, writer = await asyncio.open_connection(host, port)
     errors = 0
     try:
@@ -120,6 +124,7 @@ async def _worker(host: str, port: int, request: bytes, stop_at: float, warm_unt
             t0 = time.perf_counter()
             if t0 >= stop_at:
                 return errors
+            counts[0] += 1
             writer.write(request)
             status = await reader.readline()
             length = 0
@@ -146,11 +151,12 @@ async def _load(port: int, concurrency: int, duration: float, warmup: float) -> 
     now = time.perf_counter()
     warm_until, stop_at = now + warmup, now + warmup + duration
     lats: list[list[float]] = [[] for _ in range(concurrency)]
-    errors = await asyncio.gather(*(_worker("127.0.0.1", port, request, stop_at, warm_until, lats[i])
+    counts = [0]
+    errors = await asyncio.gather(*(_worker("127.0.0.1", port, request, stop_at, warm_until, lats[i], counts)
                                     for i in range(concurrency)))
     lat = sorted(x for part in lats for x in part)
     n = len(lat)
-    return {"requests": n, "errors": sum(errors), "rps": n / duration,
+    return {"requests": n, "requests_all": counts[0], "errors": sum(errors), "rps": n / duration,
             "p50_ms": lat[n // 2] * 1e3 if n else None, "p99_ms": lat[min(n - 1, int(n * 0.99))] * 1e3 if n else None}
 
 
@@ -191,16 +197,26 @@ def run_variant(variant: str, args: argparse.Namespace, workdir: Path) -> dict:
                               cwd=workdir)
     try:
         _wait_ready(port, server)
+        cpu0 = _cpu_s(server.pid)
         out = subprocess.run([sys.executable, __file__, "load", "--port", str(port), "--concurrency",
                               str(args.concurrency), "--duration", str(args.duration), "--warmup", str(args.warmup)],
                              check=True, capture_output=True, text=True, env=env)
-        return json.loads(out.stdout.strip().splitlines()[-1])
+        res = json.loads(out.stdout.strip().splitlines()[-1])
+        # Server CPU per request (user+sys, flush service included): far less sensitive to other
+        # load on the machine than throughput is.
+        res["cpu_us_per_req"] = (_cpu_s(server.pid) - cpu0) / max(1, res["requests_all"]) * 1e6
+        return res
     finally:
         server.send_signal(signal.SIGINT)
         try:
             server.wait(20)
         except subprocess.TimeoutExpired:
             server.kill()
+
+
+def _cpu_s(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _otel_available() -> bool:
@@ -250,11 +266,13 @@ def main() -> None:
                 res = run_variant(v, args, wd)
                 runs[v].append(res)
                 print(f"  round {r + 1} {v:<10} {res['rps']:8.0f} req/s  p50 {res['p50_ms']:6.2f} ms  "
-                      f"p99 {res['p99_ms']:6.2f} ms  errors {res['errors']}", flush=True)
+                      f"p99 {res['p99_ms']:6.2f} ms  cpu {res['cpu_us_per_req']:6.0f} us/req  errors {res['errors']}",
+                      flush=True)
 
-    med = {v: {k: statistics.median(x[k] for x in runs[v]) for k in ("rps", "p50_ms", "p99_ms")} for v in variants}
+    med = {v: {k: statistics.median(x[k] for x in runs[v]) for k in ("rps", "p50_ms", "p99_ms", "cpu_us_per_req")} for v in variants}
     print(f"\nconcurrency {args.concurrency}, {args.duration:g} s x {args.repeats} rounds, median per variant")
-    print(f"{'variant':<10} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8}   vs profile (req/s, p99)   vs none")
+    print(f"{'variant':<10} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'cpu us/req':>10}"
+          f"   vs profile (req/s, p99)   vs none (req/s, p99)")
     for v in variants:
         m = med[v]
         rel = ""
@@ -264,13 +282,14 @@ def main() -> None:
                 rel += f"   {100 * (m['rps'] / b['rps'] - 1):+6.1f}% {100 * (m['p99_ms'] / b['p99_ms'] - 1):+6.1f}%"
             else:
                 rel += " " * 18
-        print(f"{v:<10} {m['rps']:9.0f} {m['p50_ms']:8.2f} {m['p99_ms']:8.2f}{rel}")
+        print(f"{v:<10} {m['rps']:9.0f} {m['p50_ms']:8.2f} {m['p99_ms']:8.2f} {m['cpu_us_per_req']:10.0f}{rel}")
     if "inference" in med and "profile" in med:
         loss = 100 * (1 - med["inference"]["rps"] / med["profile"]["rps"])
         p99 = 100 * (med["inference"]["p99_ms"] / med["profile"]["p99_ms"] - 1)
+        cpu = 100 * (med["inference"]["cpu_us_per_req"] / med["profile"]["cpu_us_per_req"] - 1)
         ok = loss <= 5 and p99 <= 10
-        print(f"\n@ci.inference: throughput loss {loss:.1f}% (target <= 5%), p99 +{p99:.1f}% (target <= 10%): "
-              f"{'PASS' if ok else 'FAIL'}")
+        print(f"\n@ci.inference vs profile: throughput loss {loss:.1f}% (target <= 5%), p99 {p99:+.1f}% "
+              f"(target <= +10%), server CPU per request {cpu:+.1f}%: {'PASS' if ok else 'FAIL'}")
     if args.json:
         args.json.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "runs": runs,
                                          "median": med}, indent=2))
