@@ -213,3 +213,31 @@ def test_default_spool_is_cwd(factory: SpoolFactory, monkeypatch):
     monkeypatch.chdir(factory.root)
     r = run("traces", "view")
     assert r.stdout.startswith("cirron.session — 561.7ms")
+
+
+def test_orphan_session_view_and_list(factory: SpoolFactory):
+    top = factory.span("train", parent_id="gone")
+    kid = factory.span("step", parent_id=top["id"], start_ns=BASE_NS + 1)
+    factory.write_batch([top, kid])
+    r = run("traces", "view", "--spool", str(factory.spool_dir))
+    assert r.stdout.splitlines() == ["(orphan spans)", "  train — 1.0ms", "    step — 1.0ms"]
+    r = run("traces", "list", "--spool", str(factory.spool_dir))
+    assert "│ (orphan spans) │" in r.stdout
+
+
+def test_deep_chain_and_cycle_render(factory: SpoolFactory):
+    root = factory.span("cirron.session", dur_ns=10 * MS)
+    spans = [root]
+    prev = root["id"]
+    for i in range(3000):
+        s = factory.span("lvl", parent_id=prev, start_ns=BASE_NS + i, dur_ns=MS)
+        spans.append(s)
+        prev = s["id"]
+    a = factory.span("a", id="cyc-a", parent_id="cyc-b")
+    b = factory.span("b", id="cyc-b", parent_id="cyc-a")
+    factory.write_batch(spans + [a, b], session_id=root["id"])
+    r = run("traces", "view", "--depth", "5", "--spool", str(factory.spool_dir))
+    assert r.exit_code == 0
+    assert r.stdout.splitlines()[-1].strip() == "… 1.0ms (2,995 spans, collapsed)"
+    r = run("traces", "view", "--json", "--spool", str(factory.spool_dir))
+    assert r.exit_code == 0 and len(json.loads(r.stdout)[0]["nodes"]) == 3001
