@@ -301,8 +301,17 @@ def _pick_tensor(tensor: str, headers: list[st.SafetensorsHeader], record: dict 
     fail(f'Tensor "{tensor}" not found in {target.path}. Available: {names}')
 
 
-def _export_dest_file(dest: Path, tensor: str) -> Path:
+def _dir_hint(raw: str) -> bool:
+    """``out/`` names a directory even before it exists."""
+    return raw.endswith("/") or raw.endswith(os.sep)
+
+
+def _export_dest_file(raw: str, tensor: str) -> Path:
+    dest = Path(raw)
     if dest.is_dir():
+        return dest / st.safe_filename(tensor)
+    if _dir_hint(raw):
+        _write_guard(lambda: dest.mkdir(parents=True, exist_ok=True), dest)
         return dest / st.safe_filename(tensor)
     return dest
 
@@ -326,12 +335,15 @@ def _copy_atomic(src: Path, dest: Path) -> None:
         raise
 
 
-def _export_blobs(headers: list[st.SafetensorsHeader], dest: Path) -> list[Path]:
+def _export_blobs(headers: list[st.SafetensorsHeader], raw: str) -> list[Path]:
     if not headers:
         fail("No snapshot blobs on disk for this span (it was recorded in stats mode); nothing to export")
+    dest = Path(raw)
     n = len(headers)
     if dest.exists():
         as_file = not dest.is_dir()
+    elif _dir_hint(raw):
+        as_file = False
     elif dest.name.endswith(".safetensors"):
         as_file = True
     elif n == 1 and not dest.suffix:
@@ -367,7 +379,7 @@ def snapshot_cmd(
     file: Path | None = typer.Option(None, "--file", help="Read this safetensors file instead of the span's blobs."),
     preview: int | None = typer.Option(None, "--preview", min=0, help="Print the first N values of TENSOR."),
     tail: int | None = typer.Option(None, "--tail", min=0, help="Print the last N values of TENSOR."),
-    export: Path | None = typer.Option(None, "--export", help="Write TENSOR (or the span's blobs) to this path."),
+    export: str | None = typer.Option(None, "--export", help="Write TENSOR (or the span's blobs) to this path."),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable JSON."),
     no_color: bool = typer.Option(False, "--no-color", help="Disable ANSI colour."),
 ) -> None:

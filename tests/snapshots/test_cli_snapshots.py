@@ -250,3 +250,36 @@ def test_span_column_shortens_random_ids() -> None:
     assert n == 8 and _short_span(ids[0], n) == "f9480382…"
     same = ["1fb578df59777bc60000000000000002", "1fb578df59777bc6000000000000001a"]
     assert _unique_prefix_len(same) == 32
+
+
+def test_trailing_slash_means_directory(demo, tmp_path: Path) -> None:
+    eid, spool = demo["epochs"][0], demo["spool"]
+    r = run("traces", "snapshot", eid, "0.bias", "--export", f"{tmp_path}/fresh/", "--spool", spool)
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "fresh" / "0.bias.safetensors").is_file()
+    wfile = Path(spool).parent / "snapshots" / eid / "weights.safetensors"
+    r = run("traces", "snapshot", eid, "--file", str(wfile), "--export", f"{tmp_path}/one/", "--spool", spool)
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "one" / "weights.safetensors").is_file()
+
+
+def test_garbage_records_do_not_crash(factory) -> None:
+    info = write_snapshot_session(factory, [{"w": np.ones(3, np.float32)}], mode="stats")
+    eid = info["epochs"][0]
+    junk = [
+        {"id": new_hex(), "span_id": eid, "tensor": 123, "role": None, "dtype": 5, "shape": "x", "mode": 7,
+         "stats": "nope", "blob_uri": 42},
+        {"id": new_hex(), "span_id": eid, "tensor": "h", "stats": {"mean": "Infinity", "histogram": {"counts": "x"}}},
+        {"id": new_hex(), "span_id": eid, "tensor": "g", "stats": {"histogram": {"counts": [1, -5, "a", 3.5]}},
+         "blob_uri": "\x00/../x"},
+        {"id": new_hex(), "span_id": None},
+    ]
+    factory.write_batch([], [], junk, session_id=info["root"])
+    sp = str(factory.spool_dir)
+    for args in (["snapshots"], ["snapshots", "--json"], ["snapshot", eid], ["snapshot", eid, "--json"],
+                 ["snapshot", eid, "h"], ["snapshot", eid, "g"], ["snapshot", eid, "123"]):
+        r = run("traces", *args, "--spool", sp)
+        assert "Traceback" not in r.output and r.exception is None or isinstance(r.exception, SystemExit), (args, r.output)
+        assert r.exit_code in (0, 1), (args, r.output)
+    r = run("traces", "snapshot", eid, "h", "--spool", sp)
+    assert "mean = Infinity" in r.output
