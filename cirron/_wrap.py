@@ -74,11 +74,9 @@ def _is_onnx_session(obj: Any) -> bool:
 
 
 def _snapshots(c: Any) -> Any:
-    if c._snapshots is None:
-        from cirron.snapshots import SnapshotManager
+    from cirron.snapshots import manager
 
-        c._snapshots = SnapshotManager(c)
-    return c._snapshots
+    return manager(c)
 
 
 def _note(c: Any, exc: BaseException) -> None:

@@ -40,7 +40,7 @@ from typing import Any
 from cirron._schema import strict_json
 from cirron.spool.paths import snapshot_span_dir
 
-__all__ = ["SnapshotManager", "blob_every", "dtype_name"]
+__all__ = ["SnapshotManager", "blob_every", "dtype_name", "manager", "snapshot"]
 
 log = logging.getLogger("cirron")
 
@@ -420,7 +420,8 @@ class SnapshotManager:
     def snapshot(self, tensors: Mapping[str, Any], span: Any, *, mode: str | None = None,
                  blobs: bool | None = None) -> None:
         """A one-off snapshot of ``tensors`` (name → numpy array / torch tensor) attached to
-        ``span``. ``blobs`` defaults to what the mode says for a first epoch."""
+        ``span``. ``blobs`` defaults to ``True`` in ``full`` mode only. Names ending in ``.grad``
+        get the role ``gradient``."""
         mode = mode or self._mode()
         if mode == "off":
             return
@@ -429,7 +430,7 @@ class SnapshotManager:
             role = "gradient" if str(k).endswith(".grad") else "weight"
             entries.append((str(k), role, v))
         if blobs is None:
-            blobs = mode in ("sampled", "full")
+            blobs = mode == "full"
         self._take(entries, span, mode, blobs)
 
     def _take(self, entries: list[tuple[str, str, Any]], span: Any, mode: str, blobs: bool,
@@ -615,3 +616,29 @@ class SnapshotManager:
 
     def close(self) -> None:
         self._staging.clear()
+
+
+def manager(cirron: Any) -> SnapshotManager:
+    """``cirron``'s snapshot manager, created on first use."""
+    if cirron._snapshots is None:
+        cirron._snapshots = SnapshotManager(cirron)
+    return cirron._snapshots
+
+
+def snapshot(cirron: Any, tensors: Mapping[str, Any], *, blobs: bool | None = None) -> None:
+    """``ci.snapshot({"w": array, ...})``: snapshot these arrays/tensors now, attached to the
+    innermost open span (the session root outside any scope). Follows the snapshot mode
+    (``off``: nothing); values are saved when ``blobs=True`` or in ``full`` mode."""
+    from cirron._errors import CirronStateError
+
+    if not isinstance(tensors, Mapping):
+        from cirron._errors import CirronWrapError
+
+        raise CirronWrapError(f"snapshot() takes a dict of name -> array, got {type(tensors).__name__}")
+    current = getattr(cirron, "current_span", None)
+    span = current() if callable(current) else None
+    if span is None:
+        span = getattr(getattr(cirron, "_rec", None), "root", None)
+    if span is None:
+        raise CirronStateError("snapshot() needs an open scope or a running session: call ci.profile() first")
+    manager(cirron).snapshot(tensors, span, blobs=blobs)

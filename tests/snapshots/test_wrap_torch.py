@@ -241,3 +241,25 @@ def test_a_step_that_comes_first_copies_what_is_left(spool_dir: Path, monkeypatc
     mgr = c._snapshots
     assert mgr.barrier_waits == 1 and mgr.inconsistent == 0
     assert mgr._staging._free  # the copy went through the staging pool and came back
+
+
+def test_one_off_snapshot_function(spool_dir: Path) -> None:
+    import numpy as np
+
+    from cirron import CirronStateError
+    from cirron.snapshots import snapshot
+
+    c = Cirron(spool_dir=spool_dir, flush_interval=60, snapshots="stats")
+    with pytest.raises(CirronStateError):
+        snapshot(c, {"w": np.ones(2)})
+    c.profile()
+    with c.scope("eval"):
+        snapshot(c, {"w": np.ones(2, np.float32), "w.grad": torch.zeros(2)}, blobs=True)
+    snapshot(c, {"b": np.zeros(1)})  # outside any scope: the session root
+    c.shutdown()
+    data = load_spool(spool_dir)
+    recs = {r["tensor"]: r for r in data.snapshots.values()}
+    assert data.spans[recs["w"]["span_id"]]["name"] == "eval"
+    assert recs["w.grad"]["role"] == "gradient" and recs["w"]["blob_uri"].endswith("weights.safetensors")
+    assert recs["w.grad"]["blob_uri"].endswith("gradients.safetensors")
+    assert data.spans[recs["b"]["span_id"]]["name"] == "cirron.session" and recs["b"]["blob_uri"] is None
