@@ -27,7 +27,7 @@ import typer
 
 from cirron._schema import SESSION_SPAN_NAME
 from cirron.spool import paths
-from cirron.spool.reader import _limit_depth, safe_dumps
+from cirron.spool.reader import _limit_depth, list_batch_files, safe_dumps
 from cirron.spool.sessions import Session, Spool, load_spool
 from cirron_cli import render
 from cirron_cli.render import fail, format_bytes, format_duration_ns, style, use_color, warn
@@ -50,7 +50,8 @@ def _read_spool(spool: str, progress: bool = False, fields: str = "full") -> Spo
     path = Path(spool)
     if path.exists() and not path.is_dir():
         fail(f"Spool path {spool} is not a directory")
-    with _progress("Reading spool", enabled=progress) as tick:
+    total = len(list_batch_files(path, lambda _m: None)) if progress else None
+    with _progress("Reading spool", enabled=progress, total=total) as tick:
         return load_spool(path, warn, on_file=tick, fields=fields)
 
 
@@ -63,8 +64,6 @@ def _progress(label: str, enabled: bool = True, total: int | None = None) -> Ite
     from rich.console import Console
     from rich.progress import Progress
 
-    if total is None:
-        total = None
     with Progress(console=Console(stderr=True), transient=True) as prog:
         task = prog.add_task(label, total=total)
         yield lambda _x=None: prog.advance(task)
@@ -76,6 +75,9 @@ def _load_sessions(
     """The sessions a command works on, fully read: a quick summary read picks them, then only
     the batch files holding their records are read in full. An empty spool gives ``[]``; an
     unknown prefix fails with the reference's message."""
+    if prefix is None and last is None:  # everything: one full read
+        sp = _read_spool(spool, progress=progress, fields=fields)
+        return sp, list(sp.sessions)
     summary = _read_spool(spool, progress=progress, fields="summary")
     if not summary.sessions:
         return summary, []
@@ -86,7 +88,7 @@ def _load_sessions(
     files = {bf.path: bf for s in chosen for bf in s.files}
     if len(files) == len(summary.files) and fields == "summary":
         return summary, chosen
-    with _progress("Reading sessions", enabled=progress) as tick:
+    with _progress("Reading sessions", enabled=progress, total=len(files)) as tick:
         full = load_spool(Path(spool), lambda _m: None, on_file=tick, fields=fields, files=files.values())
     return full, [s for s in full.sessions if s.id in wanted]
 
@@ -505,7 +507,8 @@ def export(
 
         target = _file_target(output, fmt)
         try:
-            with _progress("Exporting CSV") as tick:
+            n_files = len(list_batch_files(spool_path, lambda _m: None))
+            with _progress("Exporting CSV", total=2 * n_files) as tick:
                 rows = write_csv(spool_path, target, session_prefix=session, on_warning=warn, on_file=tick)
         except NoTracesFound:
             render.no_traces(err=True)
