@@ -458,6 +458,10 @@ def _finish(obj: Any, name: str, warn: WarningCallback, dropped: int = 0) -> dic
             m.value = decode_mark_value(m.value, "float")
     for sn in snaps:
         sn.batch_session = sid
+    spans = obj.spans or []
+    for sp in spans:
+        if sp.parent_id == "":  # "no parent" from a writer that does not use null
+            sp.parent_id = None
     sv = obj.sdk_version
     return {
         "schema_version": version,
@@ -466,7 +470,7 @@ def _finish(obj: Any, name: str, warn: WarningCallback, dropped: int = 0) -> dic
         "created_ns": obj.created_ns,
         "session_id": sid,
         "resource": obj.resource if type(obj.resource) is dict else {},
-        "spans": obj.spans or [],
+        "spans": spans,
         "marks": marks,
         "snapshots": snaps,
     }
