@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import gc
 import os
+from operator import attrgetter
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -370,12 +371,17 @@ def load_spool(
             gc.enable()
 
 
-def _assign_in_place(spans: dict) -> None:
+def _assign_in_place(spans: dict) -> list:
     """:func:`assign_sessions` for record structs: sets ``rec.session`` (attribute reads instead
     of a second big dict; this is the hot loop of ``traces list`` on large spools)."""
     get = spans.get
+    roots = []
     for sid, rec in spans.items():
-        rec.session = sid if (rec.parent_id is None and rec.name == SESSION_SPAN_NAME) else None
+        if rec.parent_id is None and rec.name == SESSION_SPAN_NAME:
+            rec.session = sid
+            roots.append(rec)
+        elif rec.session is not None:
+            rec.session = None
     unresolved = []
     for sid, rec in spans.items():
         if rec.session is not None:
@@ -413,6 +419,7 @@ def _assign_in_place(spans: dict) -> None:
         for x in path:
             x.session = result
             done.add(x.id)
+    return roots
 
 
 def _group(
@@ -428,11 +435,8 @@ def _group(
     dup_marks: set[str],
     dup_snaps: set[str],
 ) -> Spool:
-    _assign_in_place(spans)
-    sessions: dict[str, Session] = {}
-    for sid, s in spans.items():
-        if s.session == sid:
-            sessions[sid] = Session(id=sid, root=s)
+    roots = _assign_in_place(spans)
+    sessions: dict[str, Session] = {r.id: Session(id=r.id, root=r) for r in roots}
     all_sessions = dict(sessions)
     orphan_mode = not sessions and bool(spans)
     if orphan_mode:
@@ -442,29 +446,41 @@ def _group(
     for d in dups:
         d.session = spans[d.id].session
 
+    span_lists = {k: v.spans for k, v in all_sessions.items()}
+    span_lists[None] = []  # spans of no session (dropped when real sessions exist)
     for s in spans.values():
-        if s.session is not None:
-            all_sessions[s.session].spans.append(s)
+        span_lists[s.session].append(s)
+    del span_lists[None]
+    mark_lists = {k: v.marks for k, v in all_sessions.items()}
+    snap_lists = {k: v.snapshots for k, v in all_sessions.items()}
+    get_session = attrgetter("session")
 
     span_get = spans.get
+    fallback = ORPHAN_SESSION_ID if orphan_mode else None
     file_sessions: dict[Path, set[str | None]] = {}
     for bf, (bspans, bmarks, bsnaps, bsid) in zip(ok_files, file_refs):
         local = {s.id: s.session for s in bspans}  # small and cache-friendly; most marks hit it
+        local_get = local.get
         owners: set[str | None] = set(local.values())
-        for recs, kind, winners, dup_ids in ((bmarks, "marks", marks, dup_marks), (bsnaps, "snapshots", snaps, dup_snaps)):
+        for recs, lists, winners, dup_ids in ((bmarks, mark_lists, marks, dup_marks),
+                                              (bsnaps, snap_lists, snaps, dup_snaps)):
+            if not recs:
+                continue
             for r in recs:
                 sid = r.span_id
-                o = local.get(sid)
-                if o is None and sid is not None:
-                    target = span_get(sid)
-                    o = target.session if target is not None else None
+                o = local_get(sid)
                 if o is None:
-                    b = r.batch_session
-                    o = b if b in sessions else (ORPHAN_SESSION_ID if orphan_mode else None)
+                    if sid is not None:
+                        target = span_get(sid)
+                        if target is not None:
+                            o = target.session
+                    if o is None:
+                        b = r.batch_session
+                        o = b if b in sessions else fallback
                 r.session = o
-                owners.add(o)
                 if o is not None and (not dup_ids or r.id not in dup_ids or winners[r.id] is r):
-                    getattr(all_sessions[o], kind).append(r)
+                    lists[o].append(r)
+            owners.update(map(get_session, recs))
         if not (bspans or bmarks or bsnaps):
             owners.add(bsid if bsid in all_sessions else None)
         file_sessions[bf.path] = owners

@@ -25,7 +25,6 @@ from typing import Any, Optional
 import orjson
 import typer
 
-from cirron._schema import SESSION_SPAN_NAME
 from cirron.spool import paths
 from cirron.spool.reader import _limit_depth, list_batch_files, safe_dumps
 from cirron.spool.sessions import Session, Spool, load_spool
@@ -813,4 +812,4 @@ def _clear(cutoff: int | None, keep: int | None, yes: bool, prune: bool, spool: 
     typer.echo(f"Deleted {render.plural(len(eligible), 'session')} ({summary}).")
 
 
-__all__ = ["traces_app", "parse_duration_ns", "parse_iso_date", "fmt_value", "SESSION_SPAN_NAME"]
+__all__ = ["fmt_value", "parse_duration_ns", "parse_iso_date", "traces_app"]
