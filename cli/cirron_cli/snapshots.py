@@ -262,6 +262,10 @@ def _candidate_files(spool_dir: Path, span_id: str, records: list[dict], file: P
             found.append(p)
     for name in BLOB_FILES:
         p = span_dir / name
+        if p.is_symlink():  # the SDK never writes one; it could point anywhere
+            warn(f"skipping {p}: a symlink, not a snapshot blob")
+            found = [f for f in found if f != p.resolve()]
+            continue
         if p not in found and p.is_file():
             found.append(p)
     order = {name: i for i, name in enumerate(BLOB_FILES)}

@@ -283,3 +283,13 @@ def test_garbage_records_do_not_crash(factory) -> None:
         assert r.exit_code in (0, 1), (args, r.output)
     r = run("traces", "snapshot", eid, "h", "--spool", sp)
     assert "mean = Infinity" in r.output
+
+
+def test_symlinked_blob_is_not_followed(demo, tmp_path: Path) -> None:
+    eid = demo["epochs"][0]
+    blob = Path(demo["spool"]).parent / "snapshots" / eid / "gradients.safetensors"
+    secret = tmp_path / "secret.safetensors"
+    blob.rename(secret)
+    blob.symlink_to(secret)
+    r = run("traces", "snapshot", eid, "--spool", demo["spool"])
+    assert "a symlink" in r.output and "gradients.safetensors  (" not in r.output
