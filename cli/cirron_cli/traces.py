@@ -676,10 +676,12 @@ class _Deleter:
 def _delete_groups(groups: list[tuple[list[Path], list[Path]]], base: Path, intr: _Interrupt) -> tuple[_Deleter, bool]:
     d = _Deleter(base)
     try:
-        for files, dirs in groups:
-            if intr.hit:
-                return d, True
-            d.delete_group(files, dirs)
+        with _progress("Deleting", enabled=len(groups) > 1, total=len(groups)) as tick:
+            for files, dirs in groups:
+                if intr.hit:
+                    return d, True
+                d.delete_group(files, dirs)
+                tick()
         return d, intr.hit
     finally:
         d.close()
