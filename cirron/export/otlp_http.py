@@ -40,6 +40,7 @@ __all__ = [
     "parse_otlp_headers",
     "parse_retry_after",
     "post_with_retries",
+    "request_to_protobuf",
     "resolve_traces_url",
     "send_otlp",
 ]
@@ -98,10 +99,89 @@ def _encode(request: Mapping[str, Any], protocol: str) -> tuple[bytes, str]:
     if protocol == "http/json":
         return orjson.dumps(request), "application/json"
     if protocol == "http/protobuf":
-        from cirron.export._otlp import to_protobuf
-
-        return to_protobuf(request), "application/x-protobuf"
+        return request_to_protobuf(request), "application/x-protobuf"
     raise ValueError(f"unknown OTLP protocol {protocol!r} (expected one of {', '.join(PROTOCOLS)})")
+
+
+def request_to_protobuf(request: Mapping[str, Any]) -> bytes:
+    """The ``http/protobuf`` body for an OTLP/JSON request dict, built message by message.
+
+    Gives the same bytes as :func:`cirron.export._otlp.to_protobuf` (which goes through
+    ``json_format.ParseDict``) at a fraction of the cost, which matters for the live sink: it runs
+    for every request, in the process being profiled. Needs ``opentelemetry-proto``.
+    """
+    from cirron._errors import require
+
+    feature = "OTLP http/protobuf export"
+    svc = require("opentelemetry.proto.collector.trace.v1.trace_service_pb2", feature, "otlp")
+    # Fields are filled in place (``add()`` then set): constructing messages and copying them into
+    # their parent costs several times more with the upb backend.
+
+    def fill_value(dst: Any, v: Mapping[str, Any]) -> None:
+        if "stringValue" in v:
+            dst.string_value = v["stringValue"]
+        elif "intValue" in v:
+            dst.int_value = int(v["intValue"])
+        elif "doubleValue" in v:
+            dst.double_value = float(v["doubleValue"])  # also "NaN", "Infinity", "-Infinity"
+        elif "boolValue" in v:
+            dst.bool_value = bool(v["boolValue"])
+        elif "arrayValue" in v:
+            arr = dst.array_value
+            arr.SetInParent()
+            for x in v["arrayValue"].get("values", ()):
+                fill_value(arr.values.add(), x)
+        elif "kvlistValue" in v:
+            kvl = dst.kvlist_value
+            kvl.SetInParent()
+            fill_attributes(kvl.values, v["kvlistValue"].get("values", ()))
+        elif "bytesValue" in v:
+            import base64
+
+            dst.bytes_value = base64.b64decode(v["bytesValue"])
+
+    def fill_attributes(container: Any, items: Any) -> None:
+        for a in items:
+            kv = container.add()
+            kv.key = a["key"]
+            value = kv.value
+            value.SetInParent()
+            fill_value(value, a.get("value") or {})
+
+    out = svc.ExportTraceServiceRequest()
+    for rs in request.get("resourceSpans", ()):
+        rs_msg = out.resource_spans.add()
+        rs_msg.resource.SetInParent()
+        fill_attributes(rs_msg.resource.attributes, rs.get("resource", {}).get("attributes", ()))
+        for ss in rs.get("scopeSpans", ()):
+            ss_msg = rs_msg.scope_spans.add()
+            scope = ss.get("scope")
+            if scope is not None:
+                ss_msg.scope.SetInParent()
+                ss_msg.scope.name = scope.get("name", "")
+                ss_msg.scope.version = scope.get("version", "")
+            spans = ss_msg.spans
+            for sp in ss.get("spans", ()):
+                msg = spans.add()
+                msg.trace_id = bytes.fromhex(sp["traceId"])
+                msg.span_id = bytes.fromhex(sp["spanId"])
+                if sp.get("parentSpanId"):
+                    msg.parent_span_id = bytes.fromhex(sp["parentSpanId"])
+                msg.name = sp.get("name", "")
+                msg.kind = sp.get("kind", 0)
+                msg.start_time_unix_nano = int(sp.get("startTimeUnixNano", 0))
+                msg.end_time_unix_nano = int(sp.get("endTimeUnixNano", 0))
+                fill_attributes(msg.attributes, sp.get("attributes", ()))
+                for e in sp.get("events", ()):
+                    ev = msg.events.add()
+                    ev.time_unix_nano = int(e.get("timeUnixNano", 0))
+                    ev.name = e.get("name", "")
+                    fill_attributes(ev.attributes, e.get("attributes", ()))
+                status = sp.get("status")
+                if status:
+                    msg.status.code = status.get("code", 0)
+                    msg.status.message = status.get("message", "")
+    return out.SerializeToString()
 
 
 def _partial_success(body: bytes, content_type: str) -> tuple[int, str]:

@@ -307,3 +307,20 @@ def test_outage_queues_then_delivers_in_order(otlp_env: Receiver, tmp_path: Path
     finally:
         c.shutdown()
     assert not c.health()["sinks"]["otlp"]["dropped"]
+
+
+def test_fast_protobuf_body_matches_the_reference_encoding() -> None:
+    from cirron.export._otlp import build_request, encode_resource_spans, to_protobuf
+    from cirron.export.otlp_http import request_to_protobuf
+
+    spans = [{"id": f"{i + 1:032x}", "parent_id": f"{1:032x}" if i else None, "name": "s", "index": i,
+              "start_ns": 10 + i, "end_ns": None if i == 3 else 20 + i, "cpu_ns": 5, "gpu_ns": None,
+              "memory_peak_bytes": None, "thread_id": 1, "pid": 1, "rank": 0,
+              "attrs": {"f": float("nan") if i == 2 else 1.5, "s": "x", "b": True, "l": [1, "a", None, []],
+                        "d": {"k": {"z": 1}, "e": {}}, "big": 2**70, "error": "E: x" if i == 5 else None}}
+             for i in range(8)]
+    marks = [{"id": f"{i:032x}", "span_id": f"{i + 1:032x}", "name": "m", "value": "Infinity" if i == 1 else 0.5,
+              "value_type": "float", "kind": "point", "ts_ns": 15, "thread_id": 1, "attrs": {"step": i}}
+             for i in range(8)]
+    req = build_request([encode_resource_spans("s" * 32, {"pid": 1, "host": "h"}, spans, marks, open_end_ns=99)])
+    assert request_to_protobuf(req) == to_protobuf(req)
