@@ -10,7 +10,9 @@ What the sink does with each batch the flush service hands it:
   record arrives. The session root therefore goes out when the session ends.
 * marks travel as events of their span, so a mark whose span is still open (or not seen yet)
   waits for it, within :data:`MAX_HELD_MARKS`; beyond that, or when its span never shows up,
-  it is counted as dropped (``marks_held_overflow`` / ``marks_orphaned``).
+  it is counted as dropped (``marks_held_overflow`` / ``marks_orphaned``). Marks recorded outside
+  any scope belong to the session root and wait for the end of the session, within
+  :data:`MAX_ROOT_MARKS` (``marks_root_overflow`` beyond).
 * ``request`` spans get the GenAI semantic-convention token counts
   (``gen_ai.usage.input_tokens`` / ``gen_ai.usage.output_tokens``) from their
   ``prompt_tokens`` / ``completion_tokens`` (or ``tokens``) marks.
@@ -56,8 +58,10 @@ _log = logging.getLogger("cirron.otlp")
 
 #: Spans per OTLP request (the OpenTelemetry SDK's default ``max_export_batch_size``).
 EXPORT_BATCH_SPANS = 512
-#: Marks held back while their span is open (all spans together).
+#: Marks held back while their span is open (all spans together, the session root apart).
 MAX_HELD_MARKS = 100_000
+#: Marks recorded outside any scope wait for the session root, sent at the end: at most this many.
+MAX_ROOT_MARKS = 10_000
 #: Open spans remembered; beyond this their marks are treated as orphans.
 MAX_OPEN_TRACKED = 100_000
 #: Writes a mark waits for a span that was never seen open before it counts as orphaned.
@@ -310,10 +314,16 @@ class OtlpSink(Sink):
         return out, ready
 
     def _hold(self, sid: str, mark: dict[str, Any]) -> None:
-        if self._held_count >= MAX_HELD_MARKS:
+        lst = self._held.get(sid)
+        if sid == self._session_id:
+            # The session root's marks wait for the whole run: a budget of their own, so a long
+            # loop of top-level marks never crowds out the marks of ordinary spans.
+            if lst is not None and len(lst) >= MAX_ROOT_MARKS:
+                self._drop("root_overflow", marks=1)
+                return
+        elif self._held_count - len(self._held.get(self._session_id, ())) >= MAX_HELD_MARKS:
             self._drop("held_overflow", marks=1)
             return
-        lst = self._held.get(sid)
         if lst is None:
             lst = self._held[sid] = []
             if sid not in self._open and sid != self._session_id:

@@ -324,3 +324,24 @@ def test_fast_protobuf_body_matches_the_reference_encoding() -> None:
              for i in range(8)]
     req = build_request([encode_resource_spans("s" * 32, {"pid": 1, "host": "h"}, spans, marks, open_end_ns=99)])
     assert request_to_protobuf(req) == to_protobuf(req)
+
+
+def test_root_marks_have_their_own_budget(otlp_env: Receiver, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import cirron.sinks.otlp as otlp_mod
+
+    monkeypatch.setattr(otlp_mod, "MAX_ROOT_MARKS", 5)
+    monkeypatch.setattr(otlp_mod, "MAX_HELD_MARKS", 5)
+    c = _profiler(tmp_path)
+    try:
+        for i in range(8):
+            c.mark("top", i)  # session root: 5 kept, 3 counted
+        c.flush()
+        with c.scope("work"):
+            for i in range(4):
+                c.mark("inner", i)
+    finally:
+        c.shutdown()
+    spans = {s["name"]: s for s in otlp_env.spans()}
+    assert [e["attrs"]["value"] for e in spans["cirron.session"]["events"]] == [0, 1, 2, 3, 4]
+    assert len(spans["work"]["events"]) == 4
+    assert c.health()["sinks"]["otlp"]["dropped"] == {"marks_root_overflow": 3}
