@@ -139,7 +139,6 @@ class OtlpSink(Sink):
         if self.settings.protocol == "http/protobuf":
             # Fail at profile() time, in the user's thread, with the pip hint; not later in the background.
             require("opentelemetry.proto.collector.trace.v1.trace_service_pb2", "OTLP http/protobuf export", "otlp")
-            require("google.protobuf.json_format", "OTLP http/protobuf export", "otlp")
         self._owner = owner
         cfg = getattr(owner, "_config", None)
         shutdown_timeout = getattr(cfg, "shutdown_timeout", 5.0) or 5.0
