@@ -614,6 +614,18 @@ class SnapshotManager:
             }
             emit(record)
 
+    def health(self) -> dict[str, Any]:
+        """Counters for ``ci.health()``."""
+        return {
+            "models": sum(1 for s in self._sources if s.obj is not None),
+            "pending": self._inflight,
+            "errors": self.errors,
+            "last_error": self.last_error,
+            "inconsistent": self.inconsistent,
+            "hook_waits": self.barrier_waits,
+            "hook_wait_ns": self.barrier_wait_ns,
+        }
+
     def close(self) -> None:
         self._staging.clear()
 

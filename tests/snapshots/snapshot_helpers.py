@@ -15,7 +15,6 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-import pytest
 
 _current: contextvars.ContextVar[Any] = contextvars.ContextVar("fake_current", default=None)
 

@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 from cirron import safetensors_io as st
 from cirron_cli.app import app
 
-from snapshot_helpers import new_id, write_snapshot_session  # noqa: F401
+from snapshot_helpers import write_snapshot_session
 
 runner = CliRunner()
 

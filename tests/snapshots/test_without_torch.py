@@ -34,6 +34,5 @@ def test_numpy_only_snapshots(tmp_path: Path) -> None:
     assert len(blobs) == 2
     from cirron import safetensors_io as st
 
-    h = st.read_header(blobs[0])
     vals = sorted(st.read_values(h, h.get("w"), 0, 4) for h in (st.read_header(b) for b in blobs))
     assert vals == [[0.0, 2.0, 4.0, 6.0], [0.0, 4.0, 8.0, 12.0]]
