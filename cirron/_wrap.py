@@ -357,8 +357,11 @@ def is_hooked(c: Any, module: Any) -> bool:
 
 def _wait_snapshots(c: Any) -> None:
     snaps = c._snapshots
-    if snaps is not None and snaps._guard is not None:
-        snaps.wait_pending()
+    if snaps is not None:
+        if snaps._guard is not None:
+            snaps.wait_pending()
+        if snaps._unwarmed:
+            snaps.warm_up()
 
 
 def unwrap_torch(c: Any, module: Any) -> None:

@@ -336,6 +336,8 @@ class SnapshotManager:
         self._epochs_seen = 0
         self._worker = _Worker()
         self._guard: _InPlaceJob | None = None
+        #: modules whose staging buffers may still need warming up (see warm_up)
+        self._unwarmed: list[Any] = []
         self.errors = 0
         self.last_error: str | None = None
         #: snapshots whose in-place tensors changed while being read
@@ -361,8 +363,25 @@ class SnapshotManager:
                 if s.obj is obj:
                     return
             self._sources.append(_Source(obj, name))
-        if self._mode() in ("full", "sampled") and not isinstance(obj, Mapping):
-            self._prepare_staging(obj)
+        if not isinstance(obj, Mapping):
+            self._unwarmed.append(weakref.ref(obj))
+            self.warm_up()
+
+    def warm_up(self) -> None:
+        """Warm the staging buffers of registered modules up if the mode writes blobs.
+
+        Called at registration and by the forward hook until a session runs, because
+        ``ci.wrap()`` often comes before ``ci.profile(snapshots="full")`` decides the mode."""
+        if not self._unwarmed:
+            return
+        blobs = self._mode() in ("full", "sampled")
+        if blobs or getattr(self._c, "session_id", None) is not None:
+            pending, self._unwarmed = self._unwarmed, []
+            if blobs:
+                for ref in pending:
+                    module = ref()
+                    if module is not None:
+                        self._prepare_staging(module)
 
     def _prepare_staging(self, module: Any) -> None:
         """Blob epochs copy weights (and gradients) into a staging buffer: warm it up off-thread."""

@@ -263,3 +263,17 @@ def test_one_off_snapshot_function(spool_dir: Path) -> None:
     assert recs["w.grad"]["role"] == "gradient" and recs["w"]["blob_uri"].endswith("weights.safetensors")
     assert recs["w.grad"]["blob_uri"].endswith("gradients.safetensors")
     assert data.spans[recs["b"]["span_id"]]["name"] == "cirron.session" and recs["b"]["blob_uri"] is None
+
+
+def test_staging_is_warmed_up_when_the_mode_is_known(spool_dir: Path) -> None:
+    c = Cirron(spool_dir=spool_dir, flush_interval=60)
+    model = c.wrap(torch.nn.Linear(8, 8))        # mode not decided yet (default stats)
+    mgr = c._snapshots
+    assert mgr._unwarmed and not mgr._staging._free
+    c.profile(snapshots="full")
+    model(torch.zeros(1, 8))                      # first forward after profile(): warm-up on the worker
+    mgr._worker.submit(lambda: None).result()
+    assert not mgr._unwarmed and mgr._staging._free
+    free = mgr._staging._free[(torch.float32, False)][0]
+    assert free.numel() == 2 * (64 + 8)           # weights + room for their gradients
+    c.shutdown()
