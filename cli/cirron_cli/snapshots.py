@@ -166,7 +166,7 @@ def _hist_counts(stats: Any) -> tuple[list[int], Any, Any]:
 
 
 def snapshots_cmd(
-    span_arg: str | None = typer.Argument(None, metavar="[SPAN_ID]", help="Span id prefix (same as --span)."),
+    span_arg: str | None = typer.Argument(None, help="Span id prefix (same as --span)."),
     session: str | None = typer.Option(None, "--session", help="Only this session (id prefix)."),
     span: str | None = typer.Option(None, "--span", help="Only this span (id prefix)."),
     spool: str = typer.Option(DEFAULT_SPOOL, "--spool", help="Spool directory to read.", show_default=True),
@@ -377,8 +377,8 @@ def _export_blobs(headers: list[st.SafetensorsHeader], raw: str) -> list[Path]:
 
 
 def snapshot_cmd(
-    span_id: str = typer.Argument(..., metavar="SPAN_ID", help="Span id (prefix allowed)."),
-    tensor: str | None = typer.Argument(None, metavar="[TENSOR]", help="Tensor name, verbatim (e.g. 2.weight)."),
+    span_id: str = typer.Argument(..., help="Span id (prefix allowed)."),
+    tensor: str | None = typer.Argument(None, help="Tensor name, verbatim (e.g. 2.weight)."),
     spool: str = typer.Option(DEFAULT_SPOOL, "--spool", help="Spool directory to read.", show_default=True),
     file: Path | None = typer.Option(None, "--file", help="Read this safetensors file instead of the span's blobs."),
     preview: int | None = typer.Option(None, "--preview", min=0, help="Print the first N values of TENSOR."),
