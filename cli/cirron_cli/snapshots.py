@@ -166,7 +166,7 @@ def _hist_counts(stats: Any) -> tuple[list[int], Any, Any]:
 
 
 def snapshots_cmd(
-    span_arg: str | None = typer.Argument(None, help="Span id prefix (same as --span)."),
+    span_id: str | None = typer.Argument(None, help="Span id prefix (same as --span)."),
     session: str | None = typer.Option(None, "--session", help="Only this session (id prefix)."),
     span: str | None = typer.Option(None, "--span", help="Only this span (id prefix)."),
     spool: str = typer.Option(DEFAULT_SPOOL, "--spool", help="Spool directory to read.", show_default=True),
@@ -183,9 +183,9 @@ def snapshots_cmd(
         sessions = data.find(session)
         if not sessions:
             fail(f"No session found matching {session}")
-    span_prefix = span or span_arg
-    if span and span_arg and not span.startswith(span_arg) and not span_arg.startswith(span):
-        fail(f"--span {span} and the positional span id {span_arg} disagree")
+    span_prefix = span or span_id
+    if span and span_id and not span.startswith(span_id) and not span_id.startswith(span):
+        fail(f"--span {span} and the positional span id {span_id} disagree")
 
     groups: dict[str, dict[str, Any]] = {}
     for sess in sessions:
