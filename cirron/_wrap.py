@@ -31,6 +31,7 @@ import functools
 import inspect
 import sys
 import threading
+import time
 import weakref
 from collections.abc import Mapping
 from typing import Any
@@ -135,24 +136,128 @@ def wrap(c: Any, obj: Any, *, name: str | None = None, optimizer: Any = None, fr
 
 
 class _GpuTimer:
-    """CUDA events around a piece of work; resolved when its span closes (only on CUDA)."""
+    """CUDA events recorded on the current stream when a span opens and when it closes."""
 
-    __slots__ = ("start",)
+    __slots__ = ("start", "end")
 
     def __init__(self) -> None:
         import torch
 
         self.start = torch.cuda.Event(enable_timing=True)
         self.start.record()
+        self.end: Any = None
 
-    def finish(self, span: Any) -> None:
+    def record_end(self) -> None:
         import torch
 
-        end = torch.cuda.Event(enable_timing=True)
-        end.record()
-        end.synchronize()  # only reached on CUDA; the span must be complete when it closes
-        if span is not None:
-            span.gpu_ns = int(self.start.elapsed_time(end) * 1_000_000)
+        self.end = torch.cuda.Event(enable_timing=True)
+        self.end.record()
+
+    def done(self) -> bool:
+        return self.end is not None and self.end.query()
+
+    def wait(self) -> None:
+        self.end.synchronize()
+
+    def elapsed_ns(self) -> int:
+        return int(self.start.elapsed_time(self.end) * 1_000_000)
+
+
+class _PendingGpu:
+    """Spans that ended on the CPU while their GPU work was still queued.
+
+    The span leaves the context at once (later spans are not nested under it), but its record is
+    completed only when the end event has fired: the next hook call picks up the finished ones
+    without blocking (``poll``), and the flush service waits for the rest before it writes a
+    batch (``resolve_all``, offloaded). Until then the span is written as open, like any span
+    that is open at flush time. No synchronisation on the training thread.
+    """
+
+    def __init__(self, c: Any) -> None:
+        self.c = c
+        self.items: list[tuple[Any, _GpuTimer, BaseException | None, int, int]] = []
+        self.lock = threading.Lock()
+        self.scheduled = False
+
+    def add(self, scope: Any, timer: _GpuTimer, exc: BaseException | None, cpu1: int, end: int) -> None:
+        with self.lock:
+            self.items.append((scope, timer, exc, cpu1, end))
+            schedule = not self.scheduled
+            self.scheduled = True
+        if schedule:
+            self.c._offload(self.resolve_all)
+
+    def poll(self) -> None:
+        if not self.items:
+            return
+        with self.lock:
+            ready, keep = [], []
+            for it in self.items:
+                (ready if it[1].done() else keep).append(it)
+            if not ready:
+                return
+            self.items = keep
+        for it in ready:
+            self._complete(*it)
+
+    def resolve_all(self) -> None:
+        with self.lock:
+            items, self.items = self.items, []
+            self.scheduled = False
+        for it in items:
+            try:
+                it[1].wait()
+            except Exception as exc:  # noqa: BLE001
+                _note(self.c, exc)
+            self._complete(*it)
+
+    def _complete(self, scope: Any, timer: _GpuTimer, exc: BaseException | None, cpu1: int, end: int) -> None:
+        try:
+            scope.gpu_ns = timer.elapsed_ns()
+        except Exception as err:  # noqa: BLE001
+            _note(self.c, err)
+        try:
+            scope._close(exc, cpu1, end)
+        except Exception as err:  # noqa: BLE001
+            _note(self.c, err)
+
+
+_PENDING: weakref.WeakKeyDictionary[Any, _PendingGpu] = weakref.WeakKeyDictionary()
+
+
+def _pending(c: Any) -> _PendingGpu:
+    p = _PENDING.get(c)
+    if p is None:
+        p = _PENDING[c] = _PendingGpu(c)
+    return p
+
+
+def _close_scope(c: Any, scope: Any, gpu: _GpuTimer | None, exc: BaseException | None) -> None:
+    """Close ``scope``; with a GPU timer, complete its record once the GPU work is done."""
+    if gpu is None:
+        scope.__exit__(type(exc) if exc else None, exc, None)
+        return
+    gpu.record_end()
+    if gpu.done() or not _can_defer(scope):
+        gpu.wait()  # already done (free), or a scope type we cannot close later: wait now
+        scope.gpu_ns = gpu.elapsed_ns()
+        scope.__exit__(type(exc) if exc else None, exc, None)
+        return
+    cpu1, end = time.thread_time_ns(), time.time_ns()
+    rec = scope._rec
+    token, scope._token = scope._token, None
+    if token is not None:
+        try:
+            rec.current.reset(token)
+        except ValueError:
+            parent = scope.parent
+            rec.current.set(parent if parent is not rec.root else None)
+    _pending(c).add(scope, gpu, exc, cpu1, end)
+
+
+def _can_defer(scope: Any) -> bool:
+    return all(hasattr(scope, a) for a in ("_close", "_token", "_rec", "parent")) and \
+        getattr(scope, "_outer", None) is None
 
 
 _TORCH_WRAPPED: weakref.WeakKeyDictionary[Any, dict[int, _TorchHooks]] = weakref.WeakKeyDictionary()
@@ -221,6 +326,9 @@ class _TorchHooks:
     def _fwd_pre(self, module: Any, args: Any) -> None:
         try:
             _wait_snapshots(self.c)
+            pending = _PENDING.get(self.c)
+            if pending is not None:
+                pending.poll()
             scope = self.c.scope("forward")
             scope.__enter__()
             gpu = _GpuTimer() if self._cuda() else None
@@ -235,9 +343,7 @@ class _TorchHooks:
                 return
             scope, gpu = stack.pop()
             exc = sys.exc_info()[1]  # always_call: set when forward raised
-            if gpu is not None:
-                gpu.finish(scope.span)
-            scope.__exit__(type(exc) if exc else None, exc, None)
+            _close_scope(self.c, scope, gpu, exc)
             if exc is None and output is not None:
                 torch = sys.modules["torch"]
                 if torch.is_grad_enabled():
@@ -273,9 +379,7 @@ class _TorchHooks:
             return
         scope, ctx, gpu = open_
         try:
-            if gpu is not None:
-                gpu.finish(scope.span)
-            ctx.run(scope.__exit__, None, None, None)
+            ctx.run(_close_scope, self.c, scope, gpu, None)
         except Exception as exc:  # noqa: BLE001
             _note(self.c, exc)
 
@@ -335,9 +439,7 @@ class _TorchHooks:
             if not self._opt_open:
                 return
             scope, gpu = self._opt_open.pop()
-            if gpu is not None:
-                gpu.finish(scope.span)
-            scope.__exit__(None, None, None)
+            _close_scope(self.c, scope, gpu, None)
         except Exception as exc:  # noqa: BLE001
             _note(self.c, exc)
 
