@@ -329,9 +329,9 @@ class _TorchHooks:
             pending = _PENDING.get(self.c)
             if pending is not None:
                 pending.poll()
+            gpu = _GpuTimer() if self._cuda() else None
             scope = self.c.scope("forward")
             scope.__enter__()
-            gpu = _GpuTimer() if self._cuda() else None
             self._stack().append((scope, gpu))
         except Exception as exc:  # noqa: BLE001 - never break the forward pass
             _note(self.c, exc)
@@ -362,9 +362,9 @@ class _TorchHooks:
             with self._bw_lock:
                 if self._bw is not None:
                     return None  # already timing this backward pass
+                gpu = _GpuTimer() if self._cuda() else None
                 scope = self.c.scope("backward")
                 ctx.run(scope.__enter__)
-                gpu = _GpuTimer() if self._cuda() else None
                 self._bw = (scope, ctx, gpu)
             torch = sys.modules["torch"]
             torch.autograd.Variable._execution_engine.queue_callback(self._bw_end)
@@ -428,9 +428,10 @@ class _TorchHooks:
                 if scope.span is not None:
                     scope.span.set_attr("error", "optimizer step raised")
                 scope.__exit__(None, None, None)
+            gpu = _GpuTimer() if self._cuda() else None
             scope = self.c.scope("optimizer_step")
             scope.__enter__()
-            self._opt_open.append((scope, _GpuTimer() if self._cuda() else None))
+            self._opt_open.append((scope, gpu))
         except Exception as exc:  # noqa: BLE001
             _note(self.c, exc)
 
