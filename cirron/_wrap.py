@@ -282,6 +282,14 @@ def _first_tensor_with_grad_fn(out: Any, depth: int = 0) -> Any:
     return None
 
 
+def _graph_task_id(torch: Any) -> int | None:
+    fn = getattr(torch._C, "_current_graph_task_id", None)
+    try:
+        return fn() if fn is not None else None
+    except Exception:  # noqa: BLE001
+        return None
+
+
 class _TorchHooks:
     """The hooks one Cirron instance put on one module."""
 
@@ -292,6 +300,7 @@ class _TorchHooks:
         self._param_ids = {id(p) for p in module.parameters()}
         self._bw: tuple[Any, contextvars.Context, _GpuTimer | None] | None = None
         self._bw_lock = threading.Lock()
+        self._bw_task: int | None = None
         self._opt_open: list[tuple[Any, _GpuTimer | None]] = []
         self._opt_match: weakref.WeakKeyDictionary[Any, bool] = weakref.WeakKeyDictionary()
         self.handles: list[Any] = []
@@ -359,15 +368,31 @@ class _TorchHooks:
     def _bw_start(self, ctx: contextvars.Context, grad_outputs: Any) -> None:
         try:
             _wait_snapshots(self.c)
+            torch = sys.modules["torch"]
+            task = _graph_task_id(torch)
+            stale = None
             with self._bw_lock:
                 if self._bw is not None:
-                    return None  # already timing this backward pass
+                    if self._bw_task == task:
+                        return None  # already timing this backward pass
+                    # the previous pass never reached its final callback (it raised)
+                    stale, self._bw = self._bw, None
+            if stale is not None:
+                scope, sctx, _ = stale
+                if scope.span is not None:
+                    scope.span.set_attr("error", "backward pass did not complete")
+                sctx.run(scope.__exit__, None, None, None)
+            with self._bw_lock:
                 gpu = _GpuTimer() if self._cuda() else None
                 scope = self.c.scope("backward")
                 ctx.run(scope.__enter__)
                 self._bw = (scope, ctx, gpu)
-            torch = sys.modules["torch"]
-            torch.autograd.Variable._execution_engine.queue_callback(self._bw_end)
+                self._bw_task = task
+            try:
+                torch.autograd.Variable._execution_engine.queue_callback(self._bw_end)
+            except Exception:
+                self._bw_end()
+                raise
         except Exception as exc:  # noqa: BLE001
             _note(self.c, exc)
         return None

@@ -330,3 +330,23 @@ def test_gpu_time_is_resolved_later_without_blocking(spool_dir: Path, monkeypatc
     assert tree["backward"][1]["gpu_ns"] == 1234 and tree["optimizer_step"][1]["gpu_ns"] == 1234
     assert tree["after"][0] == 2  # a child of batch, not of forward
     assert fwds[0]["end_ns"] <= tree["after"][1]["start_ns"]  # end time taken when the hook ran
+
+
+def test_a_failed_backward_does_not_stop_later_backward_spans(spool_dir: Path) -> None:
+    c = Cirron(spool_dir=spool_dir, flush_interval=60)
+    c.profile()
+    model = c.wrap(torch.nn.Linear(2, 1), snapshot=False)
+
+    def boom(grad):
+        raise RuntimeError("hook failed")
+
+    handle = model.weight.register_hook(boom)  # fires inside the pass, after the span opened
+    with pytest.raises(RuntimeError, match="hook failed"):
+        model(torch.ones(1, 2)).sum().backward()
+    handle.remove()
+    model(torch.ones(1, 2)).sum().backward()
+    c.shutdown()
+    bws = [s for _, n, s in _tree(spool_dir) if n == "backward"]
+    assert len(bws) == 2 and all(s["end_ns"] is not None for s in bws)
+    assert bws[0]["attrs"]["error"] == "backward pass did not complete"
+    assert not (bws[1]["attrs"] or {}).get("error")
