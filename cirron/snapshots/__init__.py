@@ -155,9 +155,9 @@ class _TorchStaging:
         key = (dtype, pinned)
         with self._lock:
             free = self._free.get(key, [])
-            for i, buf in enumerate(free):
-                if buf.numel() >= numel:
-                    return free.pop(i)
+            fits = [i for i, buf in enumerate(free) if buf.numel() >= numel]
+            if fits:  # the smallest that fits, so a small one-off does not take the epoch buffer
+                return free.pop(min(fits, key=lambda i: free[i].numel()))
         return torch.empty(numel, dtype=dtype, pin_memory=pinned)
 
     def prefault(self, dtype: Any, numel: int, pinned: bool) -> None:
