@@ -2,12 +2,18 @@
 
 Flow (one epoch end)::
 
-    user thread                              flush worker (Cirron._offload)
-    ───────────                              ─────────────────────────────
+    training thread                          snapshot worker (one thread, "cirron-snapshot")
+    ───────────────                          ───────────────────────────────────────────────
     on_epoch_end(span)
-      └─ copy every tensor once into a  ──►  stats per tensor (stats.py)
-         reusable staging buffer             blobs → .cirron/snapshots/<span_id>/{weights,gradients}.safetensors
+      ├─ stats-only epoch of a hooked   ──►  chunked reductions on the live tensors (stats.py)
+      │  module: hand over live tensors      under a lock; the module's hooks call
+      │  (no copy)                           wait_pending() before anything can change them
+      └─ otherwise: copy each tensor    ──►  stats, then blobs →
+         once into a reusable staging        .cirron/snapshots/<span_id>/{weights,gradients}.safetensors
+         buffer
                                              records → Cirron._emit_snapshot() → next spool batch
+    Cirron._offload(join)  ─────────────►   the flush that writes the next batch (and shutdown)
+                                             waits for the worker first
 
 Modes (``snapshots=`` / cirron.yaml ``profiling.snapshots``):
 
