@@ -207,6 +207,15 @@ class OtlpSink(Sink):
         self._writes += 1
         if batch.session_id is not None:
             self._session_id = batch.session_id
+        if self._client is None or self._final_time_left() == 0.0:
+            # Past the final deadline (or never started): count without sorting, the exit is waiting.
+            self._drop("shutdown", spans=batch.closed_spans, marks=len(batch.marks))
+            if self._open:  # their closed records are counted here, not again as open_at_shutdown
+                open_ids = self._open
+                for s in batch.spans:
+                    if s.get("end_ns") is not None and s.get("id") in open_ids:
+                        del open_ids[s["id"]]
+            return
         spans, marks = self._sort(batch)
         session_id = self._session_id or batch.session_id or "unknown"
         for i in range(0, len(spans), EXPORT_BATCH_SPANS):
