@@ -5,7 +5,9 @@ process by a small asyncio HTTP/1.1 keep-alive load generator at a fixed concurr
 
 * ``none``       — no cirron, no OpenTelemetry;
 * ``profile``    — ``async with ci.profiling()`` in the lifespan (spool sink), endpoint undecorated;
-* ``inference``  — the same plus ``@ci.inference`` on the endpoint (what we measure);
+* ``scope``      — the same with a plain ``with ci.scope("request")`` in the endpoint instead: the
+  cost of recording and writing one span per request, without the decorator's machinery;
+* ``inference``  — ``profile`` plus ``@ci.inference`` on the endpoint (what we measure);
 * ``otel``       — ``opentelemetry-instrumentation-fastapi`` with an SDK ``TracerProvider``, a
   ``BatchSpanProcessor`` and an exporter that writes each batch as JSON lines to a file (the
   nearest OTel equivalent of cirron's spool sink). Needs
@@ -39,7 +41,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-VARIANTS = ("none", "profile", "inference", "otel")
+VARIANTS = ("none", "profile", "scope", "inference", "otel")
 BODY = b'{"text": "a short review of a movie that was rather good"}'
 
 
@@ -62,7 +64,7 @@ def build_app(variant: str):  # noqa: ANN201
 
     @asynccontextmanager
     async def lifespan(app):  # noqa: ANN001, ANN202
-        if variant in ("profile", "inference"):
+        if variant in ("profile", "scope", "inference"):
             async with ci.profiling(output="spool"):
                 yield
         else:
@@ -75,6 +77,12 @@ def build_app(variant: str):  # noqa: ANN201
 
     if variant == "inference":
         predict = ci.inference(predict)
+    elif variant == "scope":
+        plain = predict
+
+        async def predict(payload: PredictIn) -> dict:
+            with ci.scope("request", request_id="0"):
+                return await plain(payload)
     app.post("/predict")(predict)
 
     @app.get("/health")
@@ -164,6 +172,82 @@ def load(port: int, concurrency: int, duration: float, warmup: float) -> None:
     print(json.dumps(asyncio.run(_load(port, concurrency, duration, warmup))))
 
 
+# --------------------------------------------------------------------------- in-process ASGI mode
+
+
+async def _asgi_call(app, scope: dict, body: bytes) -> int:  # noqa: ANN001
+    status = 0
+    sent = False
+
+    async def receive() -> dict:
+        nonlocal sent
+        if sent:
+            return {"type": "http.disconnect"}
+        sent = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    async def send(message: dict) -> None:
+        nonlocal status
+        if message["type"] == "http.response.start":
+            status = message["status"]
+
+    await app(scope, receive, send)
+    return status
+
+
+async def _asgi_bench(variants: list[str], block: int, blocks: int) -> dict[str, list[float]]:
+    """CPU time (process: event loop + flush service threads) per request, variants interleaved
+    block by block inside one process and one profiling session."""
+    import cirron as ci
+
+    apps = {v: build_app(v) for v in variants}
+    for v in ("profile", "scope", "inference"):
+        if v in apps:  # one session for all the cirron variants; their own lifespans are not run
+            apps[v].router.lifespan_context = None
+    scope = {"type": "http", "asgi": {"version": "3.0", "spec_version": "2.4"}, "http_version": "1.1",
+             "method": "POST", "scheme": "http", "path": "/predict", "raw_path": b"/predict", "query_string": b"",
+             "root_path": "", "headers": [(b"host", b"x"), (b"content-type", b"application/json"),
+                                          (b"content-length", str(len(BODY)).encode())],
+             "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 80)}
+    out: dict[str, list[float]] = {v: [] for v in variants}
+    async with ci.profiling(output="spool"):
+        for v in variants:  # warm-up
+            for _ in range(200):
+                assert await _asgi_call(apps[v], dict(scope), BODY) == 200
+        for r in range(blocks):
+            k = r % len(variants)  # rotate the order so no variant always runs first
+            for v in variants[k:] + variants[:k]:
+                app = apps[v]
+                c0 = time.process_time()
+                for _ in range(block):
+                    await _asgi_call(app, dict(scope), BODY)
+                await ci.aflush()  # this block's spans are written inside its own timing
+                out[v].append((time.process_time() - c0) / block * 1e6)
+    return out
+
+
+def run_asgi(args: argparse.Namespace) -> None:
+    variants = [v for v in args.variants.split(",") if v and v != "none"]
+    if "otel" in variants and not _otel_available():
+        variants.remove("otel")
+    with tempfile.TemporaryDirectory(prefix="cirron-bench-asgi-") as tmp:
+        os.environ["CIRRON_SPOOL_DIR"] = str(Path(tmp) / "spool")
+        os.environ["CIRRON_NO_PROJECT_FILE"] = "1"
+        os.environ["BENCH_OTEL_FILE"] = str(Path(tmp) / "otel.jsonl")
+        res = asyncio.run(_asgi_bench(variants, args.block, args.blocks))
+    print(f"in-process ASGI, {args.blocks} rounds x {args.block} requests per variant; CPU us per request "
+          "(median, min) and the median over rounds of the ratio to the same round's profile block")
+    for v in variants:
+        med = statistics.median(res[v])
+        rel = ""
+        if "profile" in res and v != "profile":
+            ratio = statistics.median(a / b for a, b in zip(res[v], res["profile"]))
+            rel = f"  {100 * (ratio - 1):+6.1f}% vs profile"
+        print(f"{v:<10} {med:8.1f} {min(res[v]):8.1f}{rel}")
+    if args.json:
+        args.json.write_text(json.dumps({"mode": "asgi", "cpu_us_per_req": res}, indent=2))
+
+
 # --------------------------------------------------------------------------- orchestration
 
 
@@ -193,14 +277,20 @@ def run_variant(variant: str, args: argparse.Namespace, workdir: Path) -> dict:
     port = _free_port()
     env = dict(os.environ, CIRRON_SPOOL_DIR=str(workdir / "spool"), CIRRON_NO_PROJECT_FILE="1",
                BENCH_OTEL_FILE=str(workdir / "otel.jsonl"), PYTHONPATH=str(ROOT))
+    cpus = sorted(os.sched_getaffinity(0))
+    pin = args.pin and len(cpus) >= 2
+
+    def on(cpu: int):  # noqa: ANN202 - pins a child process to one CPU
+        return (lambda: os.sched_setaffinity(0, {cpu})) if pin else None
+
     server = subprocess.Popen([sys.executable, __file__, "serve", variant, "--port", str(port)], env=env,
-                              cwd=workdir)
+                              cwd=workdir, preexec_fn=on(cpus[-1]))
     try:
         _wait_ready(port, server)
         cpu0 = _cpu_s(server.pid)
         out = subprocess.run([sys.executable, __file__, "load", "--port", str(port), "--concurrency",
                               str(args.concurrency), "--duration", str(args.duration), "--warmup", str(args.warmup)],
-                             check=True, capture_output=True, text=True, env=env)
+                             check=True, capture_output=True, text=True, env=env, preexec_fn=on(cpus[0]))
         res = json.loads(out.stdout.strip().splitlines()[-1])
         # Server CPU per request (user+sys, flush service included): far less sensitive to other
         # load on the machine than throughput is.
@@ -245,6 +335,11 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--variants", default=",".join(VARIANTS))
     parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument("--pin", action="store_true", help="pin the server and the load generator to one CPU each")
+    parser.add_argument("--asgi", action="store_true",
+                        help="in-process mode: no server, no network; CPU per request of each variant")
+    parser.add_argument("--block", type=int, default=2000, help="--asgi: requests per block")
+    parser.add_argument("--blocks", type=int, default=10, help="--asgi: blocks per variant")
     args = parser.parse_args()
     if args.cmd == "serve":
         serve(args.variant, args.port)
@@ -253,6 +348,9 @@ def main() -> None:
         load(args.port, args.concurrency, args.duration, args.warmup)
         return
 
+    if args.asgi:
+        run_asgi(args)
+        return
     variants = [v for v in args.variants.split(",") if v]
     if "otel" in variants and not _otel_available():
         print("otel: skipped (pip install opentelemetry-sdk opentelemetry-instrumentation-fastapi)")

@@ -103,7 +103,7 @@ def _emit(rec: Recorder, span: Any, marks: list[tuple[str, Any]]) -> None:
 class _Request:
     __slots__ = (
         "rec", "span", "rid", "ctx", "t0", "cpu", "c0", "depth", "ended", "streaming",
-        "chunks", "first_ns", "last_ns", "stream_usage", "prompt", "completion", "in_generate",
+        "chunks", "first_ns", "last_ns", "stream_usage", "prompt", "completion", "in_generate", "coro",
     )
 
     def __init__(self, rec: Recorder) -> None:
@@ -130,8 +130,28 @@ class _Request:
         ctx = contextvars.copy_context()
         ctx.run(_bind, rec, span, self)
         self.ctx = ctx
+        self.coro: Any = None
 
     # -- running user code in the request's context ---------------------------------------
+
+    # ``await req`` drives ``req.coro`` with every step inside the request's context. The
+    # request object is its own iterator (no proxy object, no generator per request); a
+    # StopIteration out of ``send`` ends the await with the coroutine's return value.
+
+    def __await__(self) -> _Request:
+        return self
+
+    def __next__(self) -> Any:
+        return self.run(self.coro.send, None)
+
+    def send(self, value: Any) -> Any:
+        return self.run(self.coro.send, value)
+
+    def throw(self, *exc: Any) -> Any:
+        return self.run(self.coro.throw, *exc)
+
+    def close(self) -> None:
+        self.run(self.coro.close)
 
     def run(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """``fn(*args, **kwargs)`` inside the request's context, its thread CPU time counted."""
@@ -755,7 +775,8 @@ def _instrument(c: Cirron, fn: Callable[..., Any], config: Mapping[str, Any] | N
                 return await fn(*args, **kwargs)
             try:
                 # Calling an ``async def`` runs none of its code; every step runs in req.ctx.
-                result = await _InContext(fn(*args, **kwargs), req)
+                req.coro = fn(*args, **kwargs)
+                result = await req
             except BaseException as exc:
                 req.finish(exc)
                 raise
