@@ -29,8 +29,8 @@ What the sink does with each batch the flush service hands it:
   then, the flush service's stream never backs up, and memory stays bounded by the queue.
 * the user's threads never wait on any of this; at shutdown the sink notices that the session
   root has closed and gives what is queued a bounded final budget
-  (:data:`FINAL_FLUSH_FRACTION` of the shutdown timeout, at most the OTLP timeout); whatever does
-  not make it is counted (``spans_shutdown``/``marks_shutdown``). ``ci.flush()`` waits (within
+  (:data:`FINAL_FLUSH_FRACTION` of the shutdown timeout, at most the OTLP timeout; none at all
+  when the receiver is marked down at that moment); whatever does not make it is counted (``spans_shutdown``/``marks_shutdown``). ``ci.flush()`` waits (within
   its own timeout) until the sink has sent, queued or counted what it was given: immediate while
   the receiver is marked down, up to that timeout during a first round of retries.
 
@@ -207,7 +207,11 @@ class OtlpSink(Sink):
         self._writes += 1
         if batch.session_id is not None:
             self._session_id = batch.session_id
-        if self._client is None or self._final_time_left() == 0.0:
+        final = self._final_time_left()
+        if final is not None and time.monotonic() < self._down_until:
+            self._stop_deadline = time.monotonic()  # exiting while the receiver is down: do not wait for it
+            final = 0.0
+        if self._client is None or final == 0.0:
             # Past the final deadline (or never started): count without sorting, the exit is waiting.
             self._drop("shutdown", spans=batch.closed_spans, marks=len(batch.marks))
             if self._open:  # their closed records are counted here, not again as open_at_shutdown
