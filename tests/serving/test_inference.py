@@ -576,3 +576,71 @@ async def test_contextvars_copy_in_tasks_sees_the_request(prof) -> None:
     assert val == "inside" and var.get() == "outside"
     (r,) = prof.requests()
     assert r.id == rid
+
+
+# --------------------------------------------------------------------------- the openai client
+
+
+def _sse_handler(request):
+    import json
+
+    import httpx
+
+    def chunk(delta, usage=None, choices=True):
+        d = {"id": "c", "object": "chat.completion.chunk", "created": 0, "model": "m",
+             "choices": [{"index": 0, "delta": delta, "finish_reason": None}] if choices else []}
+        if usage:
+            d["usage"] = usage
+        return f"data: {json.dumps(d)}\n\n"
+
+    body = json.loads(request.content)
+    parts = [chunk({"role": "assistant", "content": ""}), chunk({"content": "a"}), chunk({"content": "b"})]
+    if body.get("stream_options", {}).get("include_usage"):
+        parts.append(chunk({}, {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}, choices=False))
+    parts.append("data: [DONE]\n\n")
+    return httpx.Response(200, headers={"content-type": "text/event-stream"}, content="".join(parts).encode())
+
+
+def test_returned_openai_stream_is_measured_and_kept(prof) -> None:
+    openai = pytest.importorskip("openai")
+    import httpx
+
+    client = openai.OpenAI(base_url="http://llm.invalid/v1", api_key="x",
+                           http_client=httpx.Client(transport=httpx.MockTransport(_sse_handler)))
+
+    @prof.c.inference
+    def ask(q, usage):
+        extra = {"stream_options": {"include_usage": True}} if usage else {}
+        return client.chat.completions.create(model="m", messages=[{"role": "user", "content": q}], stream=True,
+                                              **extra)
+
+    for usage in (True, False):
+        s = ask("hi", usage)
+        assert isinstance(s, openai.Stream)  # the object itself is returned
+        assert [ch.choices[0].delta.content for ch in s if ch.choices] == ["", "a", "b"]
+    r1, r2 = prof.requests()
+    assert r1.attrs["stream_end"] == r2.attrs["stream_end"] == "exhausted"
+    assert (r1.summary["prompt_tokens"], r1.summary["completion_tokens"], r1.summary["chunks"]) == (3, 2, 2)
+    assert "prompt_tokens" not in r2.summary and r2.summary["tokens"] == 2
+
+
+async def test_returned_openai_async_stream(prof) -> None:
+    openai = pytest.importorskip("openai")
+    import httpx
+
+    client = openai.AsyncOpenAI(base_url="http://llm.invalid/v1", api_key="x",
+                                http_client=httpx.AsyncClient(transport=httpx.MockTransport(_sse_handler)))
+
+    @prof.c.inference
+    async def ask(q):
+        return await client.chat.completions.create(model="m", messages=[{"role": "user", "content": q}],
+                                                    stream=True, stream_options={"include_usage": True})
+
+    s = await ask("hi")
+    assert isinstance(s, openai.AsyncStream)
+    got = [ch.choices[0].delta.content async for ch in s if ch.choices]
+    assert got == ["", "a", "b"]
+    await client.close()
+    (r,) = prof.requests()
+    assert r.attrs["stream_end"] == "exhausted"
+    assert (r.summary["prompt_tokens"], r.summary["completion_tokens"], r.summary["ttft_ns"] > 0) == (3, 2, True)
