@@ -421,11 +421,10 @@ def _wrap_streaming_response(req: _Request, response: Any) -> bool:
                     req.finish(None, _end_reason(exc) if not isinstance(exc, OSError) else "disconnected")
                 raise
             finally:
-                if not req.ended:
-                    try:
-                        await wrapped.aclose()
-                    except Exception as exc:  # noqa: BLE001
-                        req.rec.note_internal_error(exc)
+                try:  # lets the body's own cleanup run now; a no-op once it has finished
+                    await wrapped.aclose()
+                except Exception as exc:  # noqa: BLE001
+                    req.rec.note_internal_error(exc)
 
         response.stream_response = _stream_response
     return True
