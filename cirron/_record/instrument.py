@@ -8,8 +8,9 @@ caller's), with the recorder's current span set to the new ``request`` span and 
 request runs *inside that context* through ``Context.run``:
 
 * a plain function: once;
-* a coroutine: each ``send``/``throw`` step, through the small :class:`_InContext` awaitable
-  (Python 3.10 has no ``create_task(context=...)``);
+* a coroutine: each ``send``/``throw`` step; the request object itself is the awaitable that
+  forwards them (Python 3.10 has no ``create_task(context=...)``), and :class:`_InContext` does
+  the same for the awaitables of async streams;
 * a stream (generator, async generator, the body iterator of a Starlette ``StreamingResponse``,
   the iterator of an ``openai`` ``Stream``): each ``next``/``send``/``throw``/``close`` step.
 
@@ -151,11 +152,14 @@ class _Request:
         return self.run(self.coro.throw, *exc)
 
     def close(self) -> None:
-        self.run(self.coro.close)
+        coro = self.coro
+        if coro is not None:
+            self.run(coro.close)
 
     def run(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """``fn(*args, **kwargs)`` inside the request's context, its thread CPU time counted."""
-        if self.depth:  # already inside (a stream consumed by the request's own code)
+        ctx = self.ctx
+        if self.depth or ctx is None:  # already inside (a stream read by the request's own code) or ended
             return fn(*args, **kwargs)
         c0 = self.c0
         if c0 is None:
@@ -164,7 +168,7 @@ class _Request:
             self.c0 = None
         self.depth = 1
         try:
-            return self.ctx.run(fn, *args, **kwargs)
+            return ctx.run(fn, *args, **kwargs)
         finally:
             self.depth = 0
             self.cpu += thread_time_ns() - c0
@@ -211,6 +215,10 @@ class _Request:
                 contextvars.Context().run(_emit, self.rec, span, marks)
             # CPU time is that of the request's own steps, which may have run on several threads.
             span._close(None, span._cpu0 + self.cpu, end)
+            # The context refers back to this object (through _CURRENT): break the cycle so a
+            # finished request is freed by reference counting, not left to the cyclic GC.
+            self.ctx = None
+            self.coro = None
         except Exception as exc2:  # noqa: BLE001
             self.rec.note_internal_error(exc2)
 
