@@ -11,9 +11,9 @@ then::
 
 Flask has no event loop, so the flush service runs on cirron's own background thread, started by
 ``ci.profile()`` when the app is created; ``ci.shutdown`` is registered with ``atexit`` and writes
-what is left when the process ends (Ctrl-C or SIGTERM). Under gunicorn the same module works:
-``gunicorn -w 2 'server_examples.flask_app:create_app()'`` — each forked worker starts its own
-flush service on its first request.
+what is left when the process ends (Ctrl-C or SIGTERM). A WSGI server can serve the module's
+``app`` the same way (e.g. ``gunicorn -w 2 server_examples.flask_app:app``); with ``--preload``
+the forked workers each start their own flush service on their first request.
 """
 
 from __future__ import annotations
