@@ -81,7 +81,7 @@ class Cirron:
         mark_cap = mark_buffer_capacity or (self._config.mark_buffer_capacity if self._config else 65_536)
         max_spans = trace_buffer_max_spans or (self._config.trace_buffer_max_spans if self._config else 100_000)
         self._rec = Recorder(mark_cap)
-        self._trace = TraceStore(max_spans)
+        self._trace = TraceStore(max_spans, self._rec.open)
         self._collector = Collector(self._rec, self._trace, backlog_max_spans=max_spans, backlog_max_marks=mark_cap)
         self._state = State.IDLE
         self._lifecycle = threading.RLock()
@@ -389,9 +389,9 @@ class Cirron:
         self._pid = os.getpid()
         self._rec.buffers.reset_after_fork()
         self._rec.open = {}  # the parent's open spans are the parent's to close and write
+        self._trace.reset_after_fork(self._rec.open)
         self._collector.reset_after_fork()
         self._lifecycle = threading.RLock()
-        self._trace.reset_lock()
         for sink in self._sinks:
             writer = getattr(sink, "writer", None)
             if writer is not None and writer._lock_fd is not None:

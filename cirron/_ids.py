@@ -1,8 +1,8 @@
 """Record ids: cheap integers on the hot path, 32 lowercase hex characters on disk.
 
 An id is ``prefix | n``: a random 64-bit per-process prefix in the high half and a process-wide
-counter in the low half. Making one costs an ``next()`` and an ``|``; turning it into text is
-left to the flush service (:func:`hex_id`). A forked child draws a new prefix, so it never
+counter in the low half. Making one costs an ``next()`` and an ``|``; turning it into text, with
+a bijective scramble so it looks random, is left to the flush service (:func:`hex_id`). A forked child draws a new prefix, so it never
 repeats its parent's ids even though it inherits the counter.
 """
 
@@ -34,8 +34,16 @@ class IdSource:
 IDS = IdSource()
 
 
+_MASK = (1 << 128) - 1
+_MIX = 0x9E3779B97F4A7C15F39CC0605CEDC835  # odd, so multiplying by it mod 2**128 is a bijection
+
+
 def hex_id(value: int) -> str:
-    return value.to_bytes(16, "big").hex()
+    """The 32-hex text of an id, scrambled by a bijection so that ids made one after another
+    differ from the first character on (short prefixes stay useful to ``--session``/``--span``)."""
+    y = (value * _MIX) & _MASK
+    y ^= y >> 64
+    return y.to_bytes(16, "big").hex()
 
 
 def random_hex() -> str:

@@ -17,11 +17,16 @@ from cirron._ids import random_hex
 from cirron._schema import SCHEMA_VERSION
 from cirron._version import __version__
 
-#: Records converted or encoded between two voluntary GIL hand-overs.
-YIELD_EVERY = 512
+#: Records converted between two looks at the clock.
+YIELD_EVERY = 64
+#: Longest stretch of GIL-holding work between two voluntary hand-overs. A recording thread
+#: waits at most about this long for the flush service; a longer slice lets the service keep
+#: up with the recorder (after a hand-over the other thread keeps the GIL for up to
+#: ``sys.getswitchinterval()``, 5 ms by default).
+YIELD_AFTER_NS = 2_500_000
 #: Upper bound of span records in one batch file; a bigger flush writes several files.
-MAX_SPANS_PER_BATCH = 50_000
-MAX_MARKS_PER_BATCH = 100_000
+MAX_SPANS_PER_BATCH = 10_000
+MAX_MARKS_PER_BATCH = 20_000
 
 
 class SpanRecord(msgspec.Struct, gc=False):
@@ -55,19 +60,36 @@ class MarkRecord(msgspec.Struct, gc=False):
 _ENCODER = msgspec.json.Encoder()
 
 
-def yield_gil() -> None:
-    time.sleep(0)
+class GilBudget:
+    """Hand the GIL over once ``YIELD_AFTER_NS`` of work has been done since the last time."""
+
+    __slots__ = ("_since",)
+
+    def __init__(self) -> None:
+        self._since = time.perf_counter_ns()
+
+    def tick(self) -> None:
+        now = time.perf_counter_ns()
+        if now - self._since >= YIELD_AFTER_NS:
+            time.sleep(0)
+            self._since = time.perf_counter_ns()
 
 
-def _encode_list(records: list[Any]) -> bytes:
-    parts = []
-    step = YIELD_EVERY * 4
+def _encode_list(records: list[Any], out: list[bytes]) -> None:
+    """Append the JSON array of ``records`` to ``out`` as pieces (no big join holding the GIL)."""
+    step = 2048
+    budget = GilBudget()
+    out.append(b"[")
+    first = True
     for i in range(0, len(records), step):
         chunk = _ENCODER.encode(records[i : i + step])
         if len(chunk) > 2:
-            parts.append(chunk[1:-1])
-        yield_gil()
-    return b"[" + b",".join(parts) + b"]"
+            if not first:
+                out.append(b",")
+            out.append(chunk[1:-1])
+            first = False
+        budget.tick()
+    out.append(b"]")
 
 
 class Batch:
@@ -117,13 +139,15 @@ class Batch:
         d.update(spans=self.spans, marks=self.marks, snapshots=self.snapshots)
         return d
 
+    def json_chunks(self) -> list[bytes]:
+        """The batch as strict JSON (records are already sanitised: no bare NaN/Infinity), in
+        pieces that a writer can hand to ``writelines`` without joining them first."""
+        out = [_ENCODER.encode(self.header())[:-1], b',"spans":']
+        _encode_list(self.span_records, out)
+        out.append(b',"marks":')
+        _encode_list(self.mark_records, out)
+        out += [b',"snapshots":', _ENCODER.encode(self.snapshots), b"}\n"]
+        return out
+
     def to_json(self) -> bytes:
-        """Strict JSON (records are already sanitised: no bare NaN/Infinity)."""
-        head = _ENCODER.encode(self.header())[:-1]
-        return b"".join((
-            head,
-            b',"spans":', _encode_list(self.span_records),
-            b',"marks":', _encode_list(self.mark_records),
-            b',"snapshots":', _ENCODER.encode(self.snapshots),
-            b"}\n",
-        ))
+        return b"".join(self.json_chunks())

@@ -18,9 +18,9 @@ from cirron._flush.batch import (
     MAX_SPANS_PER_BATCH,
     YIELD_EVERY,
     Batch,
+    GilBudget,
     MarkRecord,
     SpanRecord,
-    yield_gil,
 )
 from cirron._ids import IDS, hex_id
 from cirron._record.span import Recorder, Scope
@@ -41,38 +41,72 @@ def open_tuple(span: Scope) -> tuple:
 
 
 class TraceStore:
-    """The bounded in-memory view ``ci.trace()`` reads: recent closed spans and their marks."""
+    """The bounded in-memory view ``ci.trace()`` reads: recent closed spans and their marks.
 
-    def __init__(self, max_spans: int) -> None:
+    Marks are kept in one plain list per span (small for the common span with a mark or two);
+    a list is compacted to every summary mark plus the newest 1,024 point marks once it grows
+    past twice that.
+    """
+
+    def __init__(self, max_spans: int, open_spans: dict[int, Any] | None = None) -> None:
         self.max_spans = max_spans
         self.spans: deque[tuple] = deque()
-        self.marks: dict[int, tuple[list, deque]] = {}
+        self._ids: set[int] = set()
+        self.marks: dict[int, list[tuple]] = {}
+        #: The recorder's open spans: their marks are kept until the span itself arrives.
+        self.open_spans = open_spans if open_spans is not None else {}
         self._lock = threading.Lock()
+
+    def add(self, spans: list[tuple], marks: list[tuple]) -> None:
+        """Marks first, so a span evicted by this very call takes its marks with it."""
+        self.add_marks(marks)
+        self.add_spans(spans)
 
     def add_spans(self, spans: list[tuple]) -> None:
         with self._lock:
             for sp in spans:
                 if len(self.spans) >= self.max_spans:
                     old = self.spans.popleft()
+                    self._ids.discard(old[0])
                     self.marks.pop(old[0], None)
                 self.spans.append(sp)
+                self._ids.add(sp[0])
+            if len(self.marks) > 2 * self.max_spans + 1024:
+                # Marks of spans that never arrived (dropped at a full buffer) or left already.
+                keep, open_ids = self._ids, self.open_spans
+                for sid in [k for k in self.marks if k not in keep and k not in open_ids and k != 0]:
+                    del self.marks[sid]
 
     def add_marks(self, marks: list[tuple]) -> None:
         with self._lock:
+            store = self.marks
             for mark in marks:
-                entry = self.marks.get(mark[0])
-                if entry is None:
-                    entry = self.marks[mark[0]] = ([], deque(maxlen=TRACE_POINT_MARKS_PER_SPAN))
-                (entry[0] if mark[3] == "summary" else entry[1]).append(mark)
+                kept = store.get(mark[0])
+                if kept is None:
+                    store[mark[0]] = [mark]
+                    continue
+                kept.append(mark)
+                if len(kept) > 2 * TRACE_POINT_MARKS_PER_SPAN:
+                    store[mark[0]] = _compact(kept)
 
     def snapshot(self, open_spans: list[Scope]) -> tuple[list[tuple], dict[int, list]]:
         with self._lock:
             spans = list(self.spans) + [open_tuple(s) for s in open_spans]
-            marks = {k: sorted(v[0] + list(v[1]), key=lambda m: m[4]) for k, v in self.marks.items()}
+            marks = {k: _compact(v) for k, v in self.marks.items()}
         return spans, marks
 
-    def reset_lock(self) -> None:
+    def reset_after_fork(self, open_spans: dict[int, Any]) -> None:
         self._lock = threading.Lock()
+        self.open_spans = open_spans
+
+
+def _compact(marks: list[tuple]) -> list[tuple]:
+    """Every summary mark and the newest point marks, in time order."""
+    points = [m for m in marks if m[3] != "summary"]
+    if len(points) <= TRACE_POINT_MARKS_PER_SPAN:
+        return marks
+    keep = set(map(id, points[-TRACE_POINT_MARKS_PER_SPAN:]))
+    return [m for m in marks if m[3] == "summary" or id(m) in keep]
 
 
 def resource_attributes(rank: int, world_size: int, project: str | None, project_version: str | None) -> dict[str, Any]:
@@ -126,8 +160,7 @@ class Collector:
 
     def _drain(self) -> tuple[list[tuple], list[tuple[tuple, int]]]:
         spans, marks = self.rec.buffers.drain()
-        self.trace.add_spans(spans)
-        self.trace.add_marks([m for m, _ in marks])
+        self.trace.add(spans, [m for m, _ in marks])
         return spans, marks
 
     def drain_to_trace(self) -> None:
@@ -170,10 +203,11 @@ class Collector:
 
             out: list[SpanRecord] = []
             n = 0
+            budget = GilBudget()
             for sid, parent, name, index, start, end, cpu, gpu, mem, tid, attrs in spans:
                 n += 1
                 if n % YIELD_EVERY == 0:
-                    yield_gil()
+                    budget.tick()
                 if parent:
                     parent_hex = hx(parent)
                 else:
@@ -193,7 +227,7 @@ class Collector:
             for (span_id, name, value, kind, ts, attrs), tid in marks:
                 n += 1
                 if n % YIELD_EVERY == 0:
-                    yield_gil()
+                    budget.tick()
                 vt = _VALUE_TYPES.get(type(value), "str")
                 if vt == "float" and (value != value or value == _INF or value == -_INF):
                     value = encode_float(value)

@@ -49,7 +49,7 @@ class SpoolSink(Sink):
 
     def _write_one(self, batch: Batch) -> bool:
         try:
-            self.writer.write_batch(batch.created_ns, batch.batch_id, batch.to_json())
+            self.writer.write_batch(batch.created_ns, batch.batch_id, batch.json_chunks())
         except SpoolFullError as exc:
             self._last_reason = "disk_cap"
             self.note_error(exc)

@@ -19,12 +19,16 @@ _SESSION_ID_RE = re.compile(rb'"session_id":\s*"([^"]+)"')
 _SPAN_ID_IN_SNAPSHOT_RE = re.compile(rb'"blob_uri":\s*"snapshots/([^/"]+)/')
 
 
-def atomic_write(path: Path, data: bytes, fsync: bool = True) -> None:
-    """Write ``data`` to ``path`` so that no reader ever sees a partial file under that name."""
+def atomic_write(path: Path, data: bytes | list[bytes], fsync: bool = True) -> None:
+    """Write ``data`` (bytes or a list of pieces) to ``path`` so that no reader ever sees a
+    partial file under that name."""
     tmp = path.with_name(f"{TMP_PREFIX}{os.getpid()}-{path.name}")
     try:
         with open(tmp, "wb") as f:
-            f.write(data)
+            if isinstance(data, (bytes, bytearray, memoryview)):
+                f.write(data)
+            else:
+                f.writelines(data)
             f.flush()
             if fsync:
                 os.fsync(f.fileno())
@@ -119,13 +123,14 @@ class SpoolWriter:
 
     # -- writing -------------------------------------------------------------------------
 
-    def write_batch(self, created_ns: int, batch_id: str, data: bytes) -> Path:
-        self.ensure_room(len(data))
+    def write_batch(self, created_ns: int, batch_id: str, data: bytes | list[bytes]) -> Path:
+        size = len(data) if isinstance(data, bytes) else sum(map(len, data))
+        self.ensure_room(size)
         path = self.spool_dir / batch_file_name(created_ns, batch_id)
         atomic_write(path, data, self.fsync)
-        self._used = (self._used or 0) + len(data)
+        self._used = (self._used or 0) + size
         self.batches_written += 1
-        self.bytes_written += len(data)
+        self.bytes_written += size
         return path
 
     def write_blob(self, path: Path, data: bytes) -> None:

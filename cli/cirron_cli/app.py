@@ -50,10 +50,29 @@ _register_commands()
 
 
 def main() -> None:
+    """Console-script entry point: every error is one ``Error: …`` line, never a traceback."""
+    try:  # typer >= 0.20 vendors its own copy of click
+        from typer._click import exceptions as click_errors
+    except ImportError:  # pragma: no cover
+        from click import exceptions as click_errors
+
     try:
-        app()
-    except KeyboardInterrupt:
+        rv = app(standalone_mode=False)
+    except click_errors.NoArgsIsHelpError as exc:
+        typer.echo(exc.ctx.get_help() if exc.ctx else str(exc))
+        sys.exit(0)
+    except click_errors.UsageError as exc:
+        typer.echo(f"Error: {exc.format_message()}", err=True)
+        hint = f"Try '{exc.ctx.command_path} --help' for help." if exc.ctx else ""
+        if hint:
+            typer.echo(hint, err=True)
+        sys.exit(exc.exit_code)
+    except click_errors.ClickException as exc:
+        typer.echo(f"Error: {exc.format_message()}", err=True)
+        sys.exit(exc.exit_code)
+    except (click_errors.Abort, KeyboardInterrupt):
         sys.exit(130)
+    sys.exit(rv if isinstance(rv, int) else 0)
 
 
 if __name__ == "__main__":

@@ -419,6 +419,8 @@ def list_sessions(
     sessions = list(reversed(sp.sessions))
     abs_dir = str(Path(spool).resolve())
     if json_out:
+        # Same shape with or without sessions (an empty spool has an empty "sessions" list), so
+        # scripts can always read ["sessions"].
         _dump_json({"dir": abs_dir, "sessions": [_session_summary(s) for s in sessions]})
         return
     if not sessions:
