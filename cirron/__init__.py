@@ -33,6 +33,7 @@ profiling = _DEFAULT.profiling
 scope = _DEFAULT.scope
 secret = _DEFAULT.secret
 shutdown = _DEFAULT.shutdown
+snapshot = _DEFAULT.snapshot
 trace = _DEFAULT.trace
 wrap = _DEFAULT.wrap
 
@@ -76,6 +77,7 @@ __all__ = [
     "scope",
     "secret",
     "shutdown",
+    "snapshot",
     "trace",
     "wrap",
 ]

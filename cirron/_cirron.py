@@ -495,6 +495,7 @@ class Cirron:
             "last_error": runtime_error or last_error,
             "internal_errors": self._rec.internal_errors,
             "sinks": sinks,
+            "snapshots": self._snapshots.health() if self._snapshots is not None else None,
         }
 
     # -- configuration helpers -------------------------------------------------------------------
@@ -553,6 +554,12 @@ class Cirron:
         from cirron._wrap import wrap
 
         return wrap(self, obj, **opts)
+
+    def snapshot(self, tensors: Any, *, blobs: bool | None = None) -> None:
+        """Snapshot a dict of arrays/tensors now, attached to the innermost open span."""
+        from cirron.snapshots import snapshot
+
+        snapshot(self, tensors, blobs=blobs)
 
     def load(self, name: str, *, source: str = "local") -> Any:
         """Load a dataset by alias (cirron.yaml ``data``) or path, inside a ``load`` span."""
