@@ -12,17 +12,30 @@ process by a small asyncio HTTP/1.1 keep-alive load generator at a fixed concurr
   ``BatchSpanProcessor`` and an exporter that writes each batch as JSON lines to a file (the
   nearest OTel equivalent of cirron's spool sink). Needs
   ``pip install opentelemetry-sdk opentelemetry-instrumentation-fastapi``; skipped if missing.
+* ``otel_noexport`` — the same with an exporter that drops the spans: the cost of the
+  instrumentation and the SDK alone, a lower bound for any OTel exporter.
 
 Variants run interleaved for ``--repeats`` rounds; the median of each is reported (throughput,
-p50 and p99 latency) with the change against the baseline. Targets for ``inference`` against
-``profile``: throughput loss <= 5 %, p99 latency increase <= 10 %.
+p50 and p99 latency, server CPU time per request) with the change against the baselines. Targets
+for ``inference`` against ``profile``: throughput loss <= 5 %, p99 latency increase <= 10 %.
 
-    .venv/bin/python bench/bench_serving.py                       # 3 rounds x 8 s, concurrency 32
-    .venv/bin/python bench/bench_serving.py --duration 4 --repeats 2 --concurrency 16
-    .venv/bin/python bench/bench_serving.py --json out.json        # machine-readable results
+    .venv/bin/python bench/bench_serving.py --pin                 # 3 rounds x 8 s, concurrency 32
+    .venv/bin/python bench/bench_serving.py --duration 4 --repeats 6 --pin --json out.json
+    .venv/bin/python bench/bench_serving.py --asgi                # in process, no server, no network
 
-The load generator writes raw requests and parses only the status line and Content-Length, so it
-is not the bottleneck (an httpx client would be, on a 2-core machine).
+``--pin`` puts the server and the load generator on one CPU each. The load generator writes raw
+requests and parses only the status line and Content-Length, so it is not the bottleneck (an
+httpx client would be, on a 2-core machine). Server CPU per request (user + system, flush
+threads included) is much less sensitive to other load on the machine than throughput is.
+
+``--asgi`` calls each app's ASGI entry point in a loop inside one process, variants interleaved
+in blocks, and reports CPU per request and the median ratio to the same round's baseline block;
+cirron's flush (and OpenTelemetry's export) runs at the end of each block, inside its timing.
+Without uvicorn and the network the denominator is smaller, so percentages come out larger.
+
+The OpenTelemetry variants pass their ``TracerProvider`` to the instrumentor instead of setting it
+globally: recent FastAPI versions turn on their own telemetry for every app once a global
+provider exists.
 """
 
 from __future__ import annotations
@@ -41,7 +54,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-VARIANTS = ("none", "profile", "scope", "inference", "otel")
+VARIANTS = ("none", "profile", "scope", "inference", "otel", "otel_noexport")
 BODY = b'{"text": "a short review of a movie that was rather good"}'
 
 
@@ -52,6 +65,9 @@ from pydantic import BaseModel  # noqa: E402
 
 class PredictIn(BaseModel):
     text: str
+
+
+_OTEL_PROVIDER = None  # the otel variant's TracerProvider
 
 
 
@@ -89,8 +105,7 @@ def build_app(variant: str):  # noqa: ANN201
     async def health() -> dict:
         return {"ok": True}
 
-    if variant == "otel":
-        from opentelemetry import trace
+    if variant in ("otel", "otel_noexport"):
         from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
         from opentelemetry.sdk.trace import TracerProvider
         from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
@@ -100,6 +115,8 @@ def build_app(variant: str):  # noqa: ANN201
                 self._f = open(path, "a", encoding="utf-8")  # noqa: SIM115
 
             def export(self, spans):  # noqa: ANN001, ANN202
+                if variant == "otel_noexport":
+                    return SpanExportResult.SUCCESS
                 self._f.write("".join(s.to_json(indent=None) + "\n" for s in spans))
                 self._f.flush()
                 return SpanExportResult.SUCCESS
@@ -107,9 +124,12 @@ def build_app(variant: str):  # noqa: ANN201
             def shutdown(self) -> None:
                 self._f.close()
 
-        provider = TracerProvider()
+        global _OTEL_PROVIDER
+        provider = _OTEL_PROVIDER = TracerProvider()
         provider.add_span_processor(BatchSpanProcessor(FileExporter(os.environ["BENCH_OTEL_FILE"])))
-        trace.set_tracer_provider(provider)
+        # Passed explicitly, not set globally: recent FastAPI versions switch on their own built-in
+        # telemetry for every app once a global tracer provider is configured, which would both
+        # slow the other variants down and double the instrumentation of this one.
         FastAPIInstrumentor.instrument_app(app, tracer_provider=provider)
     return app
 
@@ -197,8 +217,12 @@ async def _asgi_call(app, scope: dict, body: bytes) -> int:  # noqa: ANN001
 
 async def _asgi_bench(variants: list[str], block: int, blocks: int) -> dict[str, list[float]]:
     """CPU time (process: event loop + flush service threads) per request, variants interleaved
-    block by block inside one process and one profiling session."""
+    block by block inside one process (and one profiling session for the cirron variants)."""
+    import contextlib
+
     import cirron as ci
+
+    with_cirron = any(v in ("profile", "scope", "inference") for v in variants)
 
     apps = {v: build_app(v) for v in variants}
     for v in ("profile", "scope", "inference"):
@@ -210,7 +234,7 @@ async def _asgi_bench(variants: list[str], block: int, blocks: int) -> dict[str,
                                           (b"content-length", str(len(BODY)).encode())],
              "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 80)}
     out: dict[str, list[float]] = {v: [] for v in variants}
-    async with ci.profiling(output="spool"):
+    async with ci.profiling(output="spool") if with_cirron else contextlib.nullcontext():
         for v in variants:  # warm-up
             for _ in range(200):
                 assert await _asgi_call(apps[v], dict(scope), BODY) == 200
@@ -221,31 +245,51 @@ async def _asgi_bench(variants: list[str], block: int, blocks: int) -> dict[str,
                 c0 = time.process_time()
                 for _ in range(block):
                     await _asgi_call(app, dict(scope), BODY)
-                await ci.aflush()  # this block's spans are written inside its own timing
+                if with_cirron:
+                    await ci.aflush()  # this block's spans are written inside its own timing
+                elif v.startswith("otel") and _OTEL_PROVIDER is not None:
+                    _OTEL_PROVIDER.force_flush()  # the same for OpenTelemetry's exporter
                 out[v].append((time.process_time() - c0) / block * 1e6)
     return out
 
 
 def run_asgi(args: argparse.Namespace) -> None:
-    variants = [v for v in args.variants.split(",") if v and v != "none"]
-    if "otel" in variants and not _otel_available():
-        variants.remove("otel")
+    """Two groups, each in a process of its own so that neither instrumentation touches the other:
+    cirron (``profile`` as the baseline, ``scope``, ``inference``) and OpenTelemetry (``none`` as
+    the baseline, ``otel``)."""
+    wanted = [v for v in args.variants.split(",") if v]
+    groups = [["profile"] + [v for v in ("scope", "inference") if v in wanted]]
+    otel = [v for v in ("otel", "otel_noexport") if v in wanted]
+    if otel and not _otel_available():
+        print("otel: skipped (pip install opentelemetry-sdk opentelemetry-instrumentation-fastapi)")
+    elif otel:  # one process per OpenTelemetry variant: each TracerProvider has its own worker thread
+        groups += [["none", v] for v in otel]
+    results: dict[str, list[float]] = {}
+    print(f"in-process ASGI, {args.blocks} rounds x {args.block} requests per variant; CPU us per request "
+          "(median, min) and the median over rounds of the ratio to the same round's baseline block")
+    for group in groups:
+        out = subprocess.run([sys.executable, __file__, "asgi-group", ",".join(group), "--block", str(args.block),
+                              "--blocks", str(args.blocks)], check=True, capture_output=True, text=True)
+        res = json.loads(out.stdout.strip().splitlines()[-1])
+        results.update(res)
+        base = group[0]
+        for v in group:
+            med = statistics.median(res[v])
+            rel = ""
+            if v != base:
+                ratio = statistics.median(a / b for a, b in zip(res[v], res[base]))
+                rel = f"  {100 * (ratio - 1):+6.1f}% vs {base}"
+            print(f"{v:<10} {med:8.1f} {min(res[v]):8.1f}{rel}")
+    if args.json:
+        args.json.write_text(json.dumps({"mode": "asgi", "cpu_us_per_req": results}, indent=2))
+
+
+def asgi_group(variants: list[str], block: int, blocks: int) -> None:
     with tempfile.TemporaryDirectory(prefix="cirron-bench-asgi-") as tmp:
         os.environ["CIRRON_SPOOL_DIR"] = str(Path(tmp) / "spool")
         os.environ["CIRRON_NO_PROJECT_FILE"] = "1"
         os.environ["BENCH_OTEL_FILE"] = str(Path(tmp) / "otel.jsonl")
-        res = asyncio.run(_asgi_bench(variants, args.block, args.blocks))
-    print(f"in-process ASGI, {args.blocks} rounds x {args.block} requests per variant; CPU us per request "
-          "(median, min) and the median over rounds of the ratio to the same round's profile block")
-    for v in variants:
-        med = statistics.median(res[v])
-        rel = ""
-        if "profile" in res and v != "profile":
-            ratio = statistics.median(a / b for a, b in zip(res[v], res["profile"]))
-            rel = f"  {100 * (ratio - 1):+6.1f}% vs profile"
-        print(f"{v:<10} {med:8.1f} {min(res[v]):8.1f}{rel}")
-    if args.json:
-        args.json.write_text(json.dumps({"mode": "asgi", "cpu_us_per_req": res}, indent=2))
+        print(json.dumps(asyncio.run(_asgi_bench(variants, block, blocks))))
 
 
 # --------------------------------------------------------------------------- orchestration
@@ -324,6 +368,10 @@ def main() -> None:
     p_serve = sub.add_parser("serve")
     p_serve.add_argument("variant", choices=VARIANTS)
     p_serve.add_argument("--port", type=int, required=True)
+    p_group = sub.add_parser("asgi-group")
+    p_group.add_argument("variants")
+    p_group.add_argument("--block", type=int, default=2000)
+    p_group.add_argument("--blocks", type=int, default=10)
     p_load = sub.add_parser("load")
     p_load.add_argument("--port", type=int, required=True)
     p_load.add_argument("--concurrency", type=int, default=32)
@@ -343,6 +391,9 @@ def main() -> None:
     args = parser.parse_args()
     if args.cmd == "serve":
         serve(args.variant, args.port)
+        return
+    if args.cmd == "asgi-group":
+        asgi_group(args.variants.split(","), args.block, args.blocks)
         return
     if args.cmd == "load":
         load(args.port, args.concurrency, args.duration, args.warmup)
