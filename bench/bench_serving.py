@@ -33,6 +33,9 @@ in blocks, and reports CPU per request and the median ratio to the same round's 
 cirron's flush (and OpenTelemetry's export) runs at the end of each block, inside its timing.
 Without uvicorn and the network the denominator is smaller, so percentages come out larger.
 
+``BENCH_CIRRON_OUTPUT=none`` runs the cirron variants with no sink (recording and collecting only),
+which separates the cost of writing the spool from the rest.
+
 The OpenTelemetry variants pass their ``TracerProvider`` to the instrumentor instead of setting it
 globally: recent FastAPI versions turn on their own telemetry for every app once a global
 provider exists.
@@ -81,7 +84,7 @@ def build_app(variant: str):  # noqa: ANN201
     @asynccontextmanager
     async def lifespan(app):  # noqa: ANN001, ANN202
         if variant in ("profile", "scope", "inference"):
-            async with ci.profiling(output="spool"):
+            async with ci.profiling(output=os.environ.get("BENCH_CIRRON_OUTPUT", "spool")):
                 yield
         else:
             yield
