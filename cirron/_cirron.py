@@ -213,12 +213,7 @@ class Cirron:
         for i, item in enumerate(iterable):
             scope = Scope(rec, "epoch", None, index=i)
             scope.__enter__()
-            try:
-                yield item
-            except BaseException as exc:
-                scope.__exit__(type(exc), exc, exc.__traceback__) if not isinstance(exc, GeneratorExit) \
-                    else scope.__exit__(None, None, None)
-                raise
+            yield from _yield_inside(scope, item)
             if self._snapshots is not None and scope.span is not None:
                 try:
                     self._snapshots.on_epoch_end(scope.span)
@@ -247,12 +242,7 @@ class Cirron:
                 scope.start_ns = t0
                 scope._cpu0 -= c1 - c0
                 rec.record_closed("data_load", scope, t0, t1, c1 - c0, {"data_load_ns": load_ns})
-            try:
-                yield item
-            except BaseException as exc:
-                scope.__exit__(type(exc), exc, exc.__traceback__) if not isinstance(exc, GeneratorExit) \
-                    else scope.__exit__(None, None, None)
-                raise
+            yield from _yield_inside(scope, item)
             scope.__exit__(None, None, None)
             i += 1
 
@@ -576,6 +566,19 @@ class Cirron:
 
     def __repr__(self) -> str:
         return f"<Cirron state={self._state.value} session={self.session_id}>"
+
+
+def _yield_inside(scope: Scope, item: T) -> Iterator[T]:
+    """Yield ``item`` with ``scope`` open. Leaving the loop early closes the generator: the span
+    ends cleanly; an exception thrown in closes it with the error."""
+    try:
+        yield item
+    except GeneratorExit:
+        scope.__exit__(None, None, None)
+        raise
+    except BaseException as exc:
+        scope.__exit__(type(exc), exc, exc.__traceback__)
+        raise
 
 
 def _is_coroutine_fn(fn: Any) -> bool:

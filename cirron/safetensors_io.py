@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from cirron._atomic import atomic_file
 from cirron._errors import CirronSpoolError
 
 __all__ = [
@@ -387,24 +388,15 @@ def write_file(
         reserve(8 + len(blob) + offset)
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".tmp-{os.getpid()}-{os.urandom(6).hex()}-{path.name}"
-    try:
-        with open(tmp, "wb") as f:
-            f.write(struct.pack("<Q", len(blob)))
-            f.write(blob)
-            for _, mv in entries:
-                if mv.nbytes:
-                    f.write(mv)
-            f.flush()
-            if fsync:
-                os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            tmp.unlink()
-        except OSError:
-            pass
-        raise
+    with atomic_file(path) as tmp, open(tmp, "wb") as f:
+        f.write(struct.pack("<Q", len(blob)))
+        f.write(blob)
+        for _, mv in entries:
+            if mv.nbytes:
+                f.write(mv)
+        f.flush()
+        if fsync:
+            os.fsync(f.fileno())
     return 8 + len(blob) + offset
 
 
@@ -423,24 +415,15 @@ def export_tensor(
     doc = {**meta, info.name: {"dtype": info.dtype, "shape": list(info.shape), "data_offsets": [0, info.nbytes]}}
     blob = json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
     blob += b" " * (-len(blob) % 8)
-    tmp = dest.parent / f".tmp-{os.getpid()}-{os.urandom(6).hex()}-{dest.name}"
-    try:
-        with open(header.path, "rb") as src, open(tmp, "wb") as out:
-            out.write(struct.pack("<Q", len(blob)))
-            out.write(blob)
-            src.seek(info.start)
-            left = info.nbytes
-            while left:
-                chunk = src.read(min(left, chunk_bytes))
-                if not chunk:
-                    raise SafetensorsError(f"Invalid safetensors file {header.path}: truncated data")
-                out.write(chunk)
-                left -= len(chunk)
-        os.replace(tmp, dest)
-    except BaseException:
-        try:
-            tmp.unlink()
-        except OSError:
-            pass
-        raise
+    with atomic_file(dest) as tmp, open(header.path, "rb") as src, open(tmp, "wb") as out:
+        out.write(struct.pack("<Q", len(blob)))
+        out.write(blob)
+        src.seek(info.start)
+        left = info.nbytes
+        while left:
+            chunk = src.read(min(left, chunk_bytes))
+            if not chunk:
+                raise SafetensorsError(f"Invalid safetensors file {header.path}: truncated data")
+            out.write(chunk)
+            left -= len(chunk)
     return 8 + len(blob) + info.nbytes

@@ -12,28 +12,11 @@ from typing import Any
 
 import msgspec
 
+from cirron._atomic import atomic_file
 from cirron._schema import encode_float
 from cirron.spool.reader import safe_dumps
 
 __all__ = ["atomic_dir", "atomic_file", "attrs_json", "attrs_text", "duration_ns", "json_scalar"]
-
-
-@contextlib.contextmanager
-def atomic_file(path: str | os.PathLike[str]) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; on success it replaces ``path`` in one rename,
-    on any failure it is removed, so a half-written file never appears under the final name."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
-    try:
-        yield tmp_path
-        os.chmod(tmp_path, 0o644 & ~_umask())
-        os.replace(tmp_path, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp_path.unlink()
-        raise
 
 
 @contextlib.contextmanager

@@ -18,10 +18,11 @@ import fcntl
 import os
 from pathlib import Path
 
+from cirron._atomic import TMP_PREFIX
+
 DEFAULT_SPOOL_DIR = Path(".cirron") / "spool"
 LIVE_DIR_NAME = ".live"
 SNAPSHOTS_DIR_NAME = "snapshots"
-TMP_PREFIX = ".tmp-"
 
 
 def cirron_root(spool_dir: str | os.PathLike[str]) -> Path:

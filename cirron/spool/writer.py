@@ -11,34 +11,15 @@ import re
 import shutil
 from pathlib import Path
 
+from cirron._atomic import atomic_write
 from cirron._schema import BATCH_NAME_RE, batch_file_name
 from cirron.spool.paths import TMP_PREFIX, live_dir, live_lock_path, snapshots_dir
+
+__all__ = ["SpoolFullError", "SpoolWriter", "atomic_write"]
 
 DEFAULT_MAX_SPOOL_BYTES = 1 << 30
 _SESSION_ID_RE = re.compile(rb'"session_id":\s*"([^"]+)"')
 _SPAN_ID_IN_SNAPSHOT_RE = re.compile(rb'"blob_uri":\s*"snapshots/([^/"]+)/')
-
-
-def atomic_write(path: Path, data: bytes | list[bytes], fsync: bool = True) -> None:
-    """Write ``data`` (bytes or a list of pieces) to ``path`` so that no reader ever sees a
-    partial file under that name."""
-    tmp = path.with_name(f"{TMP_PREFIX}{os.getpid()}-{path.name}")
-    try:
-        with open(tmp, "wb") as f:
-            if isinstance(data, (bytes, bytearray, memoryview)):
-                f.write(data)
-            else:
-                f.writelines(data)
-            f.flush()
-            if fsync:
-                os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            tmp.unlink()
-        except OSError:
-            pass
-        raise
 
 
 def _dir_bytes(path: Path) -> int:
