@@ -15,6 +15,7 @@ from cirron._errors import (
     CirronStateError,
     CirronWrapError,
 )
+from cirron._record.instrument import current_request_id
 from cirron._version import __version__
 
 _DEFAULT = Cirron(_lazy=True)
@@ -64,6 +65,7 @@ __all__ = [
     "aflush",
     "ashutdown",
     "batches",
+    "current_request_id",
     "default",
     "env",
     "epochs",

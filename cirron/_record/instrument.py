@@ -229,7 +229,7 @@ class _Request:
                 if marks:
                     contextvars.Context().run(_emit, self.rec, span, marks)
             # CPU time is that of the request's own steps, which may have run on several threads.
-            span._close(None, span._cpu0 + self.cpu, end)
+            span.finish(None, cpu_ns=self.cpu, end_ns=end)
             # The context refers back to this object (through _CURRENT): break the cycle so a
             # finished request is freed by reference counting, not left to the cyclic GC.
             self.ctx = None

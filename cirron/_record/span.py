@@ -251,10 +251,15 @@ class Scope:
             rec.note_internal_error(exc2)
         return None
 
-    def finish(self, exc: BaseException | None = None) -> None:
-        """Close a span opened with :meth:`Recorder.start_span` (it never became current)."""
+    def finish(self, exc: BaseException | None = None, *, cpu_ns: int | None = None,
+               end_ns: int | None = None) -> None:
+        """Close a span opened with :meth:`Recorder.start_span` (it never became current).
+
+        ``cpu_ns``/``end_ns`` override the measured values, for spans whose work ran in pieces
+        (on several threads, or between the steps of a stream)."""
         if self.id is not None and self.end_ns is None:
-            self._close(exc, thread_time_ns(), time_ns())
+            cpu1 = thread_time_ns() if cpu_ns is None else self._cpu0 + cpu_ns
+            self._close(exc, cpu1, time_ns() if end_ns is None else end_ns)
 
     def _close(self, exc: BaseException | None, cpu1: int, end: int) -> None:
         if exc is not None:
