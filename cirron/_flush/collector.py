@@ -43,41 +43,50 @@ def open_tuple(span: Scope) -> tuple:
 class TraceStore:
     """The bounded in-memory view ``ci.trace()`` reads: recent closed spans and their marks.
 
-    Marks are kept in one plain list per span (small for the common span with a mark or two);
-    a list is compacted to every summary mark plus the newest 1,024 point marks once it grows
-    past twice that.
+    Spans are kept as the lists the drains produced (adding a drain costs O(1), not a step per
+    span); whole lists fall off the old end once the newer ones hold ``max_spans``, and a read
+    trims to exactly the newest ``max_spans``. Marks are kept in one plain list per span,
+    compacted to every summary mark plus the newest 1,024 point marks once it grows past twice
+    that; marks of spans that left the window are pruned in bulk.
     """
 
     def __init__(self, max_spans: int, open_spans: dict[int, Any] | None = None) -> None:
         self.max_spans = max_spans
-        self.spans: deque[tuple] = deque()
-        self._ids: set[int] = set()
+        self._chunks: deque[list[tuple]] = deque()
+        self._count = 0
         self.marks: dict[int, list[tuple]] = {}
         #: The recorder's open spans: their marks are kept until the span itself arrives.
         self.open_spans = open_spans if open_spans is not None else {}
         self._lock = threading.Lock()
 
     def add(self, spans: list[tuple], marks: list[tuple]) -> None:
-        """Marks first, so a span evicted by this very call takes its marks with it."""
         self.add_marks(marks)
         self.add_spans(spans)
 
     def add_spans(self, spans: list[tuple]) -> None:
+        if not spans:
+            return
         with self._lock:
-            for sp in spans:
-                if len(self.spans) >= self.max_spans:
-                    old = self.spans.popleft()
-                    self._ids.discard(old[0])
-                    self.marks.pop(old[0], None)
-                self.spans.append(sp)
-                self._ids.add(sp[0])
+            self._chunks.append(spans)
+            self._count += len(spans)
+            while self._count - len(self._chunks[0]) >= self.max_spans:
+                self._count -= len(self._chunks.popleft())
             if len(self.marks) > 2 * self.max_spans + 1024:
-                # Marks of spans that never arrived (dropped at a full buffer) or left already.
-                keep, open_ids = self._ids, self.open_spans
-                for sid in [k for k in self.marks if k not in keep and k not in open_ids and k != 0]:
-                    del self.marks[sid]
+                self._prune_marks()
+
+    def _prune_marks(self) -> None:
+        """Drop the marks of spans that left the window or never arrived (dropped when full)."""
+        keep = {sp[0] for sp in self._window()}
+        open_ids = self.open_spans
+        self.marks = {k: v for k, v in self.marks.items() if k in keep or k in open_ids or k == 0}
+
+    def _window(self) -> list[tuple]:
+        spans = [sp for chunk in self._chunks for sp in chunk]
+        return spans[-self.max_spans :] if len(spans) > self.max_spans else spans
 
     def add_marks(self, marks: list[tuple]) -> None:
+        if not marks:
+            return
         with self._lock:
             store = self.marks
             for mark in marks:
@@ -91,8 +100,9 @@ class TraceStore:
 
     def snapshot(self, open_spans: list[Scope]) -> tuple[list[tuple], dict[int, list]]:
         with self._lock:
-            spans = list(self.spans) + [open_tuple(s) for s in open_spans]
-            marks = {k: _compact(v) for k, v in self.marks.items()}
+            spans = self._window() + [open_tuple(s) for s in open_spans]
+            ids = {sp[0] for sp in spans}
+            marks = {k: _compact(v) for k, v in self.marks.items() if k in ids or k == 0}
         return spans, marks
 
     def reset_after_fork(self, open_spans: dict[int, Any]) -> None:
