@@ -15,7 +15,8 @@ measured inside ``SnapshotManager._finish`` together with the thread it ran on.
 * ``stats``: the weights of a hooked module are read in place (no copy); the epoch end only hands
   them to the worker. The price shows up if the next forward/backward/step comes before the worker
   is done: its hook copies what is left. "worst-case wait" is that price, measured by running a
-  forward right after the epoch end (first probe may include allocating the staging buffer).
+  training step right after the epoch end (the first probe may include allocating the staging
+  buffer). A forward pass alone never waits: it changes neither parameters nor gradients.
 * ``full``: weights are copied once into a staging buffer (warmed up by ``wrap``) and the worker
   writes the safetensors blob. The first epoch is reported apart from the steady state.
 """
@@ -61,7 +62,8 @@ def run(mode: str, n_params: int, epochs: int, with_grads: bool, spool: Path) ->
     c = Cirron(spool_dir=spool / mode, flush_interval=3600, snapshots=mode, output="spool",
                max_spool_bytes=64 << 30)
     c.profile()
-    c.wrap(model)
+    opt = torch.optim.SGD(model.parameters(), lr=1e-9)
+    c.wrap(model, optimizer=opt)
     mgr = c._snapshots
 
     user_ns: list[int] = []
@@ -87,16 +89,18 @@ def run(mode: str, n_params: int, epochs: int, with_grads: bool, spool: Path) ->
     mgr._worker.submit(lambda: None).result()  # full mode: wrap() warmed the staging buffer up; wait for it
     for _ in c.epochs(range(epochs)):
         c.flush(timeout=600)  # let the worker finish the previous epoch's job (not timed)
-    # Worst case for in-place (stats) snapshots: the next forward starts right after the epoch
-    # end, so its pre-hook waits for the worker to finish reading the weights.
+    # Worst case for in-place (stats) snapshots: the next training step (forward, backward,
+    # optimizer step) comes right after the epoch end, sooner than the worker finishes, so the
+    # backward/step pre-hook copies what the worker has not read yet.
     worst_waits = []
     for _ in range(2):  # the first one may also allocate the staging buffer
         c.flush(timeout=600)
         waits0 = mgr.barrier_wait_ns
         for _ in c.epochs(range(1)):
             pass
-        with torch.no_grad():
-            model(torch.zeros(1, width))
+        model(torch.zeros(1, width)).sum().backward()
+        opt.step()
+        opt.zero_grad(set_to_none=not with_grads)
         worst_waits.append(mgr.barrier_wait_ns - waits0)
     c.shutdown(timeout=600)  # shutdown waits for the last epoch's job
 
@@ -135,7 +139,7 @@ def main() -> int:
                 f"steady {r['steady_ns'] / 1e6:8.1f} ms ({r['steady_ns']:>11,} ns) | "
                 f"ratio {r['ratio']:.2f}x | worker job {r['job_ns'] / 1e6:8.1f} ms "
                 f"(off thread: {r['job_off_thread']}) | blobs {r['blob_bytes'] / 2**20:.0f} MiB | "
-                "worst-case wait of the next forward " + " / ".join(f"{w / 1e6:.1f}" for w in r["worst_waits"]) + " ms"
+                "worst-case wait of the next step " + " / ".join(f"{w / 1e6:.1f}" for w in r["worst_waits"]) + " ms"
             )
             if mode == "stats" and r["ratio"] > 1.5:
                 ok = False

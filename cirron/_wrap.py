@@ -334,7 +334,10 @@ class _TorchHooks:
 
     def _fwd_pre(self, module: Any, args: Any) -> None:
         try:
-            _wait_snapshots(self.c)
+            # A forward pass reads the parameters and writes neither them nor their .grad, so
+            # an in-place snapshot still being read need not be settled here: the backward and
+            # optimizer-step hooks do it. The worker gets the whole forward pass to finish.
+            _wait_snapshots(self.c, settle=False)
             pending = _PENDING.get(self.c)
             if pending is not None:
                 pending.poll()
@@ -483,10 +486,10 @@ def is_hooked(c: Any, module: Any) -> bool:
         return False
 
 
-def _wait_snapshots(c: Any) -> None:
+def _wait_snapshots(c: Any, settle: bool = True) -> None:
     snaps = c._snapshots
     if snaps is not None:
-        if snaps._guard is not None:
+        if settle and snaps._guard is not None:
             snaps.wait_pending()
         if snaps._unwarmed:
             snaps.warm_up()

@@ -548,8 +548,9 @@ class SnapshotManager:
             offload(lambda: future.result())
 
     def wait_pending(self) -> None:
-        """Called by the torch hooks before forward, backward and the optimizer step, i.e. before
-        anything can change the live tensors an in-place snapshot is reading.
+        """Called by the torch hooks before backward and the optimizer step, i.e. before anything
+        can change the live tensors an in-place snapshot is reading (a forward pass changes
+        neither the parameters nor their gradients).
 
         Returns at once when that snapshot is done (or there is none). Otherwise it takes the
         job's lock (waiting for at most one chunk of reductions), copies the tensors the worker
