@@ -39,11 +39,10 @@ _MIX = 0x9E3779B97F4A7C15F39CC0605CEDC835  # odd, so multiplying by it mod 2**12
 
 
 def hex_id(value: int) -> str:
-    """The 32-hex text of an id, scrambled by a bijection so that ids made one after another
-    differ from the first character on (short prefixes stay useful to ``--session``/``--span``)."""
-    y = (value * _MIX) & _MASK
-    y ^= y >> 64
-    return y.to_bytes(16, "big").hex()
+    """The 32-hex text of an id, scrambled by a bijection (multiplying by an odd constant modulo
+    2**128) so that ids made one after another differ from the first character on: short
+    prefixes stay useful to ``--session``/``--span``."""
+    return ((value * _MIX) & _MASK).to_bytes(16, "big").hex()
 
 
 def random_hex() -> str:

@@ -17,8 +17,6 @@ from cirron._ids import random_hex
 from cirron._schema import SCHEMA_VERSION
 from cirron._version import __version__
 
-#: Records converted between two looks at the clock.
-YIELD_EVERY = 64
 #: Longest stretch of GIL-holding work between two voluntary hand-overs. A recording thread
 #: waits at most about this long for the flush service; a longer slice lets the service keep
 #: up with the recorder (after a hand-over the other thread keeps the GIL for up to

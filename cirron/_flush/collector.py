@@ -16,7 +16,6 @@ from typing import Any
 from cirron._flush.batch import (
     MAX_MARKS_PER_BATCH,
     MAX_SPANS_PER_BATCH,
-    YIELD_EVERY,
     Batch,
     GilBudget,
     MarkRecord,
@@ -30,6 +29,8 @@ from cirron._schema import ROOT_SENTINEL, encode_float, strict_json
 TRACE_POINT_MARKS_PER_SPAN = 1024
 
 _VALUE_TYPES = {float: "float", int: "int", str: "str", bool: "bool"}
+#: Records converted between two looks at the GIL budget.
+_CHUNK = 256
 _INF = float("inf")
 
 
@@ -212,18 +213,15 @@ class Collector:
                 return h
 
             out: list[SpanRecord] = []
-            n = 0
             budget = GilBudget()
-            for sid, parent, name, index, start, end, cpu, gpu, mem, tid, attrs in spans:
-                n += 1
-                if n % YIELD_EVERY == 0:
-                    budget.tick()
-                if parent:
-                    parent_hex = hx(parent)
-                else:
-                    parent_hex = root_hex if sid != root_id else None
-                out.append(SpanRecord(hx(sid), parent_hex, name, index, start, end, cpu, gpu, mem, tid, pid, rank,
-                                      strict_json(attrs) if attrs else {}))
+            record, hid = SpanRecord, hex_id
+            for i in range(0, len(spans), _CHUNK):
+                out += [
+                    record(hid(sid), hx(parent) if parent else (root_hex if sid != root_id else None), name, index,
+                           start, end, cpu, gpu, mem, tid, pid, rank, strict_json(attrs) if attrs else {})
+                    for sid, parent, name, index, start, end, cpu, gpu, mem, tid, attrs in spans[i : i + _CHUNK]
+                ]
+                budget.tick()
             closed = len(out)
             for span in list(self.rec.open.values()):
                 if not span.written_open and span.end_ns is None:
@@ -234,15 +232,14 @@ class Collector:
                                           rank, strict_json(t[10]) if t[10] else {}))
             mark_out: list[MarkRecord] = []
             prefix, counter = IDS.prefix, IDS._counter
-            for (span_id, name, value, kind, ts, attrs), tid in marks:
-                n += 1
-                if n % YIELD_EVERY == 0:
+            for n, ((span_id, name, value, kind, ts, attrs), tid) in enumerate(marks, 1):
+                if n % _CHUNK == 0:
                     budget.tick()
                 vt = _VALUE_TYPES.get(type(value), "str")
                 if vt == "float" and (value != value or value == _INF or value == -_INF):
                     value = encode_float(value)
-                mark_out.append(MarkRecord(hex_id(prefix | next(counter)), hx(span_id) if span_id else ROOT_SENTINEL, name, value,
-                                           vt, kind, ts, tid, strict_json(attrs) if attrs else {}))
+                mark_out.append(MarkRecord(hex_id(prefix | next(counter)), hx(span_id) if span_id else ROOT_SENTINEL,
+                                           name, value, vt, kind, ts, tid, strict_json(attrs) if attrs else {}))
             snaps = []
             while self._snapshots:
                 snaps.append(self._snapshots.popleft())
