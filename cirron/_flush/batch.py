@@ -23,8 +23,8 @@ from cirron._version import __version__
 #: ``sys.getswitchinterval()``, 5 ms by default).
 YIELD_AFTER_NS = 2_500_000
 #: Upper bound of span records in one batch file; a bigger flush writes several files.
-MAX_SPANS_PER_BATCH = 10_000
-MAX_MARKS_PER_BATCH = 20_000
+MAX_SPANS_PER_BATCH = 50_000
+MAX_MARKS_PER_BATCH = 100_000
 
 
 class SpanRecord(msgspec.Struct, gc=False):
