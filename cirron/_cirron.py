@@ -328,17 +328,23 @@ class Cirron:
             self._close_root()
             runtime = self._runtime
             ok = True
-            if runtime is not None:
-                if hasattr(runtime, "stop") and not _is_coroutine_fn(runtime.stop):
-                    ok = runtime.stop(timeout)
-                elif runtime.is_service_thread():
+            from cirron._flush.runtime import LoopRuntime
+
+            if isinstance(runtime, LoopRuntime):
+                # The service runs in an event loop's task group: stop the service now; leaving
+                # the task group is for the task that entered it (ashutdown / async with).
+                self._open_loop_runtime = runtime
+                if runtime.is_service_thread():
                     self._flush_sync(final=True)
                     self._service._close_sync_sinks()
+                    runtime.stop_in_place()
                 else:
                     try:
-                        ok = runtime.call(runtime.stop, timeout, timeout=timeout + 0.5)
-                    except Exception:  # noqa: BLE001
+                        ok = bool(runtime.call(self._service.stop, timeout, timeout=timeout + 0.5))
+                    except Exception:  # noqa: BLE001 - e.g. the loop is gone already
                         ok = False
+            elif runtime is not None:
+                ok = runtime.stop(timeout)
             self._finish_shutdown()
             return ok
 
@@ -347,7 +353,13 @@ class Cirron:
         import anyio
 
         runtime = self._runtime
+        leftover, self._open_loop_runtime = self._open_loop_runtime, None
         if self._state is not State.RUNNING:
+            if leftover is not None:  # stopped by a sync shutdown(): leave its task group here
+                try:
+                    await leftover.close_task_group()
+                except Exception as exc:  # noqa: BLE001 - not the task that entered it
+                    self._rec.note_internal_error(exc)
             return True
         from cirron._flush.runtime import LoopRuntime
 
@@ -403,6 +415,8 @@ class Cirron:
             self._state = State.IDLE if self._state is State.IDLE else State.CLOSED
 
     _restart_pending = False
+    #: A LoopRuntime stopped by a sync shutdown(), whose task group is still to be left.
+    _open_loop_runtime: Any = None
 
     def _check_fork(self) -> None:
         if self._restart_pending:
@@ -579,12 +593,6 @@ def _yield_inside(scope: Scope, item: T) -> Iterator[T]:
     except BaseException as exc:
         scope.__exit__(type(exc), exc, exc.__traceback__)
         raise
-
-
-def _is_coroutine_fn(fn: Any) -> bool:
-    import inspect
-
-    return inspect.iscoroutinefunction(fn)
 
 
 def _finalize_child(ref: weakref.ref[Cirron]) -> None:

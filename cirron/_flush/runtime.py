@@ -123,9 +123,19 @@ class LoopRuntime:
             raise box[0]
         return box[0]
 
+    def stop_in_place(self) -> None:
+        """Sync shutdown from the loop's own thread: we cannot await here, so tell the service
+        loop to end; the task group is left for :meth:`close_task_group`."""
+        self.service._stopping = True
+        self.service.wake()
+
     async def stop(self, timeout: float) -> bool:
         ok = await self.service.stop(timeout)
+        await self.close_task_group()
+        return ok
+
+    async def close_task_group(self) -> None:
+        """Leave the task group entered by :meth:`start` (must run in the task that entered it)."""
         if self._tg is not None:
             tg, self._tg = self._tg, None
             await tg.__aexit__(None, None, None)
-        return ok

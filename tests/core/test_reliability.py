@@ -349,3 +349,31 @@ def test_disk_cap_evicts_oldest_finished_sessions(tmp_path: Path) -> None:
     left = {s["attrs"]["session"] for s in by_name(data["spans"], "old")}
     assert 0 not in left  # the oldest went first
     assert sum(p.stat().st_size for p in spool.rglob("*") if p.is_file()) <= int(sizes * 0.8)
+
+
+@pytest.mark.parametrize("where", ["loop_thread", "other_thread"])
+def test_sync_shutdown_inside_async_profiling_ends_cleanly(spool_dir: Path, where: str) -> None:
+    import asyncio
+
+    import anyio
+
+    async def main() -> None:
+        c = Cirron(spool_dir=spool_dir, flush_interval=0.05)
+        with anyio.fail_after(20):
+            async with c.profiling():
+                with c.scope("work"):
+                    pass
+                if where == "loop_thread":
+                    assert c.shutdown(timeout=2) is True
+                else:
+                    assert await asyncio.to_thread(c.shutdown, 2) is True
+                assert not c.running
+        # leaving the block must not hang or raise, and no service task may be left behind
+        await asyncio.sleep(0)
+        others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        assert others == []
+
+    asyncio.run(main())
+    data = read_spool(spool_dir)
+    assert by_name(data["spans"], "work")
+    assert by_name(data["spans"], "cirron.session")[0]["end_ns"] is not None
