@@ -18,7 +18,7 @@ import fcntl
 import os
 from pathlib import Path
 
-from cirron._atomic import TMP_PREFIX
+from cirron._atomic import TMP_PREFIX  # noqa: F401  (part of the layout this module describes)
 
 DEFAULT_SPOOL_DIR = Path(".cirron") / "spool"
 LIVE_DIR_NAME = ".live"
