@@ -96,19 +96,18 @@ class Cirron:
         self.session_id: str | None = None
         # The hot-path entry points are the recorder's own bound methods: no extra call layer.
         self.mark = self._rec.mark
-        _register_fork_hook(self)
+        _INSTANCES.add(self)
 
     # -- configuration -----------------------------------------------------------------------
 
     def _resolve_config(self, overrides: dict[str, Any]) -> Config:
-        from cirron._project import find_project_file, load_project
+        from cirron._project import project_from_cwd
 
         merged = dict(self._explicit)
         merged.update({k: v for k, v in overrides.items() if v is not None})
         if isinstance(merged.get("output"), str):
             merged["output"] = [merged["output"]]
-        project_file = None if os.environ.get("CIRRON_NO_PROJECT_FILE") else find_project_file()
-        project = load_project(project_file) if project_file else None
+        project, project_file = project_from_cwd()
         return Config.resolve(merged, project, project_file)
 
     @property
@@ -638,6 +637,7 @@ class _Profiling:
             await self._owner.ashutdown()
 
 
+#: Every instance, so a forked child can reset them all (weak: instances are not kept alive).
 _INSTANCES: weakref.WeakSet[Cirron] = weakref.WeakSet()
 
 
@@ -647,10 +647,6 @@ def _after_fork_all() -> None:
             inst._after_fork_in_child()
         except Exception:  # noqa: BLE001 - a child must come up whatever happens
             pass
-
-
-def _register_fork_hook(inst: Cirron) -> None:
-    _INSTANCES.add(inst)
 
 
 if hasattr(os, "register_at_fork"):

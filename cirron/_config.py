@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from cirron._errors import CirronConfigError
+from cirron._project import SNAPSHOT_MODES
 
 ENV_API_KEY = "CIRRON_API_KEY"
 ENV_API_ENDPOINT = "CIRRON_API_ENDPOINT"
@@ -30,7 +31,6 @@ ENV_SHUTDOWN_TIMEOUT = "CIRRON_SHUTDOWN_TIMEOUT"
 ENV_CONFIG_FILE = "CIRRON_CONFIG_FILE"
 
 SINK_NAMES = ("spool", "log", "stdout", "otlp", "platform", "none")
-SNAPSHOT_MODES = ("off", "stats", "sampled", "full")
 
 #: name → (env var, parser, default)
 _FIELDS: dict[str, tuple[str, str, Any]] = {

@@ -36,7 +36,7 @@ def _model():  # noqa: ANN202 - built lazily so `import cirron` never imports py
 
     class Profiling(BaseModel):
         model_config = ConfigDict(extra="allow")
-        snapshots: Literal["off", "stats", "sampled", "full"] | None = None
+        snapshots: Literal[SNAPSHOT_MODES] | None = None
         sample_rate: float | None = Field(default=None, gt=0)
         flush_interval: float | None = Field(default=None, gt=0)
 
@@ -44,8 +44,8 @@ def _model():  # noqa: ANN202 - built lazily so `import cirron` never imports py
         model_config = ConfigDict(extra="allow", populate_by_name=True)
         name: str
         version: str
-        framework: Literal["pytorch", "tensorflow", "sklearn", "onnx"]
-        type: Literal["classification", "regression", "time-series", "embedding", "computer-vision"]
+        framework: Literal[FRAMEWORKS]
+        type: Literal[PROJECT_TYPES]
         description: str | None = None
         profiling: Profiling = Field(default_factory=Profiling)
         serving_config: dict[str, Any] | None = Field(
@@ -88,8 +88,13 @@ def load_project(path: Path) -> Any:
         raise CirronConfigError(f"{path}: field '{field}': {err['msg']}") from None
 
 
-def project_from_cwd() -> Any | None:
-    if os.environ.get("CIRRON_NO_PROJECT_FILE"):
-        return None
+#: Set to skip the project file lookup (tests, tools that must ignore the cwd's project).
+ENV_NO_PROJECT_FILE = "CIRRON_NO_PROJECT_FILE"
+
+
+def project_from_cwd() -> tuple[Any | None, Path | None]:
+    """The validated project found from the working directory upward, and its path."""
+    if os.environ.get(ENV_NO_PROJECT_FILE):
+        return None, None
     path = find_project_file()
-    return load_project(path) if path else None
+    return (load_project(path), path) if path else (None, None)

@@ -35,8 +35,6 @@ SPAN_INT_FIELDS = ("index", "start_ns", "end_ns", "cpu_ns", "gpu_ns", "memory_pe
 MARK_INT_FIELDS = ("ts_ns", "thread_id")
 SNAPSHOT_INT_FIELDS = ("ts_ns",)
 
-MARK_KINDS = ("point", "summary")
-VALUE_TYPES = ("float", "int", "str", "bool")
 
 _NONFINITE_TO_STR = {math.inf: "Infinity", -math.inf: "-Infinity"}
 _STR_TO_NONFINITE = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}

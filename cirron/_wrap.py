@@ -37,10 +37,10 @@ from collections.abc import Mapping
 from typing import Any
 
 from cirron._errors import CirronWrapError
+from cirron._project import FRAMEWORKS
 
 __all__ = ["wrap"]
 
-FRAMEWORKS = ("pytorch", "sklearn", "onnx", "tensorflow")
 _ROOTS = {"torch": "pytorch", "sklearn": "sklearn", "onnxruntime": "onnx", "tensorflow": "tensorflow",
           "keras": "tensorflow"}
 

@@ -121,9 +121,6 @@ class Batch:
             self._marks = msgspec.to_builtins(self.mark_records)
         return self._marks
 
-    def is_empty(self) -> bool:
-        return not (self.span_records or self.mark_records or self.snapshots)
-
     def header(self) -> dict[str, Any]:
         return {
             "schema_version": SCHEMA_VERSION,
@@ -133,11 +130,6 @@ class Batch:
             "session_id": self.session_id,
             "resource": self.resource,
         }
-
-    def to_dict(self) -> dict[str, Any]:
-        d = self.header()
-        d.update(spans=self.spans, marks=self.marks, snapshots=self.snapshots)
-        return d
 
     def json_chunks(self) -> list[bytes]:
         """The batch as strict JSON (records are already sanitised: no bare NaN/Infinity), in

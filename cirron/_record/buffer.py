@@ -35,9 +35,6 @@ class ThreadBuffer:
         self.spans_drained = 0
         self.marks_drained = 0
 
-    def pending(self) -> tuple[int, int]:
-        return len(self.spans), len(self.marks)
-
 
 class BufferRegistry:
     """Every thread buffer of one recorder, plus the counts of buffers already retired."""

@@ -52,7 +52,7 @@ from collections.abc import Callable, Mapping
 from time import thread_time_ns, time_ns
 from typing import TYPE_CHECKING, Any, TypeVar, overload
 
-from cirron._record.span import Recorder, Scope, _error_text
+from cirron._record.span import Recorder, Scope
 
 if TYPE_CHECKING:
     from cirron._cirron import Cirron
@@ -217,11 +217,6 @@ class _Request:
         try:
             end = time_ns()
             span = self.span
-            if exc is not None:
-                if isinstance(exc, Exception):
-                    span.set_attr("error", _error_text(exc))
-                elif not isinstance(exc, GeneratorExit):
-                    span.set_attr("interrupted", type(exc).__name__)
             if stream_end is not None:
                 span.set_attr("stream_end", stream_end)
             if self.streaming or self.prompt is not None or self.completion is not None:
@@ -229,7 +224,8 @@ class _Request:
                 if marks:
                     contextvars.Context().run(_emit, self.rec, span, marks)
             # CPU time is that of the request's own steps, which may have run on several threads.
-            span.finish(None, cpu_ns=self.cpu, end_ns=end)
+            # A closed stream (GeneratorExit) is no error; the span records it as stream_end.
+            span.finish(None if isinstance(exc, GeneratorExit) else exc, cpu_ns=self.cpu, end_ns=end)
             # The context refers back to this object (through _CURRENT): break the cycle so a
             # finished request is freed by reference counting, not left to the cyclic GC.
             self.ctx = None

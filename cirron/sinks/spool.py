@@ -22,6 +22,7 @@ class SpoolSink(Sink):
         self.writer = SpoolWriter(cfg.spool_dir, owner.session_id, cfg.max_spool_bytes)
         self._failed: deque[Batch] = deque()
         self._retained = 0
+        self._last_reason = "write_error"
         self.opened = False
 
     def open(self) -> None:
@@ -44,8 +45,6 @@ class SpoolSink(Sink):
             self._retained -= len(old.spans) + len(old.marks)
         if not self._write_one(batch):
             self._retain(batch, self._last_reason)
-
-    _last_reason = "write_error"
 
     def _write_one(self, batch: Batch) -> bool:
         try:
@@ -86,7 +85,7 @@ class SpoolSink(Sink):
         st = super().state()
         w = self.writer
         st.update(
-            dir=str(w.spool_dir.resolve()) if w.spool_dir.is_absolute() is False else str(w.spool_dir),
+            dir=str(w.spool_dir),
             bytes_written=w.bytes_written,
             evicted_sessions=w.evicted_sessions,
             evicted_files=w.evicted_files,

@@ -150,11 +150,9 @@ def test_status_json_sources_masking_spool_and_reachability(cfg_file: Path, http
 
 
 def test_status_unreachable_and_offline(cfg_file: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import socket
+    from netutil import free_port
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     monkeypatch.setenv("CIRRON_API_ENDPOINT", f"http://127.0.0.1:{port}")
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", f"http://127.0.0.1:{port}/v1/traces")
     res = runner.invoke(app, ["status", "--json", "--timeout", "1"])

@@ -156,12 +156,9 @@ def test_gives_up_after_max_attempts():
 
 
 def test_connection_refused_is_retried_then_reported():
-    import socket
+    from netutil import free_port
 
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
+    port = free_port()
     calls = []
     with pytest.raises(OTLPExportError) as ei:
         send_otlp({"resourceSpans": []}, f"http://127.0.0.1:{port}", sleep=calls.append, max_attempts=3)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,6 +16,7 @@ from typing import Any
 import httpx
 
 from cirron.spool import load_sessions
+from netutil import free_port  # noqa: F401  (re-exported for the server tests)
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -59,11 +59,6 @@ def read_requests(spool_dir: str | os.PathLike[str]) -> tuple[list[Req], list[di
     reqs = sorted(by_id.values(), key=lambda r: r.span["start_ns"])
     return reqs, spans
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def server_env(spool_dir: Path, **extra: str) -> dict[str, str]:

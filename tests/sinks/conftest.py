@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
+from netutil import free_port  # noqa: F401  (re-exported for the sink tests)
 
 
 def wait_for(pred: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:
@@ -210,13 +211,6 @@ def _isolated_config(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.T
     monkeypatch.setenv("CIRRON_CONFIG_FILE", str(tmp_path_factory.mktemp("cfg") / "config.toml"))
     monkeypatch.setenv("CIRRON_NO_PROJECT_FILE", "1")
 
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 
