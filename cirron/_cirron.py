@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 from cirron._config import Config
 from cirron._env import env as _env
 from cirron._env import secret as _secret
+from cirron._flush.batch import GilBudget
 from cirron._flush.collector import Collector, TraceStore, resource_attributes
 from cirron._record.span import Recorder, Scope
 from cirron._schema import SESSION_SPAN_NAME
@@ -284,6 +285,13 @@ class Cirron:
                         sink.note_error(exc)
                 if final and hasattr(sink, "drop_retained"):
                     sink.drop_retained()
+            if not any(sink.is_async for sink in self._sinks):
+                # Nothing else will read them: free the records here, in slices, rather than
+                # in one GIL-holding piece wherever the last reference happens to go.
+                budget = GilBudget()
+                for batch in batches:
+                    if not batch.kept:
+                        batch.release(budget)
             return batches
 
     def flush(self, timeout: float = 5.0) -> bool:

@@ -25,6 +25,8 @@ YIELD_AFTER_NS = 2_500_000
 #: Upper bound of span records in one batch file; a bigger flush writes several files.
 MAX_SPANS_PER_BATCH = 50_000
 MAX_MARKS_PER_BATCH = 100_000
+#: Records freed per slice when a big list of them is let go (see :func:`release`).
+RELEASE_STEP = 4096
 
 
 class SpanRecord(msgspec.Struct, gc=False):
@@ -75,6 +77,15 @@ class GilBudget:
             self._since = time.thread_time_ns()
 
 
+def release(records: list[Any], budget: GilBudget) -> None:
+    """Empty ``records`` a slice at a time, handing the GIL over in between. Letting a list of
+    50,000 records go in one piece frees them all inside one C call, which holds the GIL (and so
+    stalls every recording thread) for 5-10 ms."""
+    while records:
+        del records[-RELEASE_STEP:]
+        budget.tick()
+
+
 def _encode_list(records: list[Any], out: list[bytes]) -> None:
     """Append the JSON array of ``records`` to ``out`` as pieces (no big join holding the GIL)."""
     step = 2048
@@ -108,6 +119,8 @@ class Batch:
         self.batch_id = random_hex()
         self._spans: list[dict[str, Any]] | None = None
         self._marks: list[dict[str, Any]] | None = None
+        #: Set by a sink that holds on to the batch after ``write_sync`` (to retry it later).
+        self.kept = False
 
     @property
     def spans(self) -> list[dict[str, Any]]:
@@ -143,3 +156,9 @@ class Batch:
 
     def to_json(self) -> bytes:
         return b"".join(self.json_chunks())
+
+    def release(self, budget: GilBudget) -> None:
+        """Free the records once every sink is done with them, in slices (see :func:`release`)."""
+        for records in (self.span_records, self.mark_records, self._spans, self._marks):
+            if records:
+                release(records, budget)

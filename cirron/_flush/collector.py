@@ -20,6 +20,7 @@ from cirron._flush.batch import (
     GilBudget,
     MarkRecord,
     SpanRecord,
+    release,
 )
 from cirron._ids import IDS, hex_id
 from cirron._record.span import Recorder, Scope
@@ -58,22 +59,36 @@ class TraceStore:
         self.marks: dict[int, list[tuple]] = {}
         #: The recorder's open spans: their marks are kept until the span itself arrives.
         self.open_spans = open_spans if open_spans is not None else {}
+        #: Lists that fell out of the window, freed by :meth:`release_evicted` off the lock.
+        self._evicted: list[list[tuple]] = []
         self._lock = threading.Lock()
 
-    def add(self, spans: list[tuple], marks: list[tuple]) -> None:
+    def add(self, span_lists: list[list[tuple]], marks: list[tuple]) -> None:
         self.add_marks(marks)
-        self.add_spans(spans)
+        self.add_spans(span_lists)
 
-    def add_spans(self, spans: list[tuple]) -> None:
-        if not spans:
+    def add_spans(self, span_lists: list[list[tuple]]) -> None:
+        span_lists = [spans for spans in span_lists if spans]
+        if not span_lists:
             return
         with self._lock:
-            self._chunks.append(spans)
-            self._count += len(spans)
-            while self._count - len(self._chunks[0]) >= self.max_spans:
-                self._count -= len(self._chunks.popleft())
+            for spans in span_lists:
+                self._chunks.append(spans)
+                self._count += len(spans)
+            while self._chunks and self._count - len(self._chunks[0]) >= self.max_spans:
+                evicted = self._chunks.popleft()
+                self._count -= len(evicted)
+                self._evicted.append(evicted)
             if len(self.marks) > 2 * self.max_spans + 1024:
                 self._prune_marks()
+
+    def release_evicted(self, budget: GilBudget) -> None:
+        """Free the spans that left the window, in slices (see :func:`~cirron._flush.batch.release`).
+        Called once the drain that evicted them has been converted."""
+        with self._lock:
+            evicted, self._evicted = self._evicted, []
+        while evicted:
+            release(evicted.pop(), budget)
 
     def _prune_marks(self) -> None:
         """Drop the marks of spans that left the window or never arrived (dropped when full)."""
@@ -169,7 +184,7 @@ class Collector:
 
     # -- draining --------------------------------------------------------------------------
 
-    def _drain(self) -> tuple[list[tuple], list[tuple[tuple, int]]]:
+    def _drain(self) -> tuple[list[list[tuple]], list[tuple[tuple, int]]]:
         spans, marks = self.rec.buffers.drain()
         self.trace.add(spans, [m for m, _ in marks])
         return spans, marks
@@ -177,8 +192,8 @@ class Collector:
     def drain_to_trace(self) -> None:
         """Without a profiler: feed ``ci.trace()`` and keep the records for a later session."""
         with self.lock:
-            spans, marks = self._drain()
-            for sp in spans:
+            span_lists, marks = self._drain()
+            for sp in (sp for spans in span_lists for sp in spans):
                 if len(self._backlog_spans) >= self.backlog_max_spans:
                     self._backlog_spans.popleft()
                     self.count_drop("buffer_full", spans=1)
@@ -188,14 +203,15 @@ class Collector:
                     self._backlog_marks.popleft()
                     self.count_drop("buffer_full", marks=1)
                 self._backlog_marks.append((mark, tid))
+            self.trace.release_evicted(GilBudget())
 
     def collect(self, session_id: str | None, resource: dict[str, Any]) -> list[Batch]:
         """Everything recorded since the last call, as batches ready for the sinks."""
         with self.lock:
             self.run_jobs()
-            spans, marks = self._drain()
+            span_lists, marks = self._drain()
             if self._backlog_spans:
-                spans = list(self._backlog_spans) + spans
+                span_lists.insert(0, list(self._backlog_spans))
                 self._backlog_spans.clear()
             if self._backlog_marks:
                 marks = list(self._backlog_marks) + marks
@@ -215,13 +231,14 @@ class Collector:
             out: list[SpanRecord] = []
             budget = GilBudget()
             record, hid = SpanRecord, hex_id
-            for i in range(0, len(spans), _CHUNK):
-                out += [
-                    record(hid(sid), hx(parent) if parent else (root_hex if sid != root_id else None), name, index,
-                           start, end, cpu, gpu, mem, tid, pid, rank, strict_json(attrs) if attrs else {})
-                    for sid, parent, name, index, start, end, cpu, gpu, mem, tid, attrs in spans[i : i + _CHUNK]
-                ]
-                budget.tick()
+            for spans in span_lists:
+                for i in range(0, len(spans), _CHUNK):
+                    out += [
+                        record(hid(sid), hx(parent) if parent else (root_hex if sid != root_id else None), name,
+                               index, start, end, cpu, gpu, mem, tid, pid, rank, strict_json(attrs) if attrs else {})
+                        for sid, parent, name, index, start, end, cpu, gpu, mem, tid, attrs in spans[i : i + _CHUNK]
+                    ]
+                    budget.tick()
             closed = len(out)
             for span in list(self.rec.open.values()):
                 if not span.written_open and span.end_ns is None:
@@ -243,7 +260,10 @@ class Collector:
             snaps = []
             while self._snapshots:
                 snaps.append(self._snapshots.popleft())
-            return _split(session_id, resource, out, closed, mark_out, snaps)
+            batches = _split(session_id, resource, out, closed, mark_out, snaps)
+            release(marks, budget)
+            self.trace.release_evicted(budget)
+            return batches
 
     def pending(self) -> tuple[int, int]:
         return len(self._backlog_spans), len(self._backlog_marks)
@@ -260,6 +280,8 @@ def _split(session_id: str | None, resource: dict[str, Any], spans: list[SpanRec
            marks: list[MarkRecord], snaps: list[dict[str, Any]]) -> list[Batch]:
     if not (spans or marks or snaps):
         return []
+    if len(spans) <= MAX_SPANS_PER_BATCH and len(marks) <= MAX_MARKS_PER_BATCH:
+        return [Batch(session_id, resource, spans, marks, snaps, closed)]
     batches = []
     si = mi = 0
     while True:

@@ -13,6 +13,10 @@ from typing import Any
 
 #: Spans waiting for the flush service, per thread. Beyond this the newest spans are dropped.
 SPAN_BUFFER_CAPACITY = 1 << 18
+#: Spans per list that :meth:`BufferRegistry.drain` hands out. The cyclic GC walks every item of
+#: a young list, so one list of 100,000 drained spans would make the next collection, in
+#: whichever thread triggers it (often a recording one), take milliseconds.
+DRAIN_CHUNK = 4096
 
 
 class ThreadBuffer:
@@ -64,16 +68,17 @@ class BufferRegistry:
         with self._lock:
             return list(self._buffers)
 
-    def drain(self) -> tuple[list[Any], list[tuple[Any, int]]]:
-        """Take out everything buffered so far: ``(spans, [(mark, its thread id), ...])``."""
-        spans: list[Any] = []
+    def drain(self) -> tuple[list[list[Any]], list[tuple[Any, int]]]:
+        """Take out everything buffered so far: ``(span lists of at most DRAIN_CHUNK each,
+        [(mark, its thread id), ...])``."""
+        spans: list[list[Any]] = []
         marks: list[tuple[Any, int]] = []
         for tb in self.buffers():
             sq, mq = tb.spans, tb.marks
             n = len(sq)
             pop = sq.popleft
-            for _ in range(n):
-                spans.append(pop())
+            for start in range(0, n, DRAIN_CHUNK):
+                spans.append([pop() for _ in range(min(DRAIN_CHUNK, n - start))])
             tb.spans_drained += n
             n = len(mq)
             popm = mq.popleft

@@ -61,6 +61,7 @@ class SpoolSink(Sink):
         return True
 
     def _retain(self, batch: Batch, reason: str) -> None:
+        batch.kept = True
         self._failed.append(batch)
         self._retained += len(batch.spans) + len(batch.marks)
         while self._retained > MAX_RETAINED_RECORDS and len(self._failed) > 1:
