@@ -1,9 +1,10 @@
 """Record ids: cheap integers on the hot path, 32 lowercase hex characters on disk.
 
-An id is ``prefix | n``: a random 64-bit per-process prefix in the high half and a process-wide
-counter in the low half. Making one costs an ``next()`` and an ``|``; turning it into text, with
-a bijective scramble so it looks random, is left to the flush service (:func:`hex_id`). A forked child draws a new prefix, so it never
-repeats its parent's ids even though it inherits the counter.
+An id is ``prefix + n``: a random 64-bit per-process prefix in the high half and a process-wide
+count in the low half, handed out by one ``itertools.count`` (making one costs a ``next()``).
+Turning it into text, with a bijective scramble so it looks random, is left to the flush service
+(:func:`hex_id`). A forked child draws a new prefix and carries on counting from where its parent
+was, so it never repeats the parent's ids.
 """
 
 from __future__ import annotations
@@ -12,23 +13,29 @@ import itertools
 import os
 
 
+_LOW = (1 << 64) - 1
+
+
 def _new_prefix() -> int:
     return int.from_bytes(os.urandom(8), "big") << 64
 
 
 class IdSource:
-    __slots__ = ("prefix", "_counter")
+    __slots__ = ("prefix", "ids")
 
     def __init__(self) -> None:
         self.prefix = _new_prefix()
-        self._counter = itertools.count(1)
+        #: Yields ``prefix + 1``, ``prefix + 2``, ...: ``next(IDS.ids)`` is the hot path's id.
+        self.ids = itertools.count(self.prefix | 1)
 
     def next_id(self) -> int:
-        return self.prefix | next(self._counter)
+        return next(self.ids)
 
     def reseed(self) -> None:
         """Called in a forked child: new prefix, so ids stay unique across processes."""
+        n = next(self.ids) & _LOW
         self.prefix = _new_prefix()
+        self.ids = itertools.count(self.prefix | n)
 
 
 IDS = IdSource()

@@ -248,14 +248,14 @@ class Collector:
                     out.append(SpanRecord(hx(t[0]), parent_hex, t[2], t[3], t[4], None, None, None, None, t[9], pid,
                                           rank, strict_json(t[10]) if t[10] else {}))
             mark_out: list[MarkRecord] = []
-            prefix, counter = IDS.prefix, IDS._counter
+            ids = IDS.ids
             for n, ((span_id, name, value, kind, ts, attrs), tid) in enumerate(marks, 1):
                 if n % _CHUNK == 0:
                     budget.tick()
                 vt = _VALUE_TYPES.get(type(value), "str")
                 if vt == "float" and (value != value or value == _INF or value == -_INF):
                     value = encode_float(value)
-                mark_out.append(MarkRecord(hex_id(prefix | next(counter)), hx(span_id) if span_id else ROOT_SENTINEL,
+                mark_out.append(MarkRecord(hex_id(next(ids)), hx(span_id) if span_id else ROOT_SENTINEL,
                                            name, value, vt, kind, ts, tid, strict_json(attrs) if attrs else {}))
             snaps = []
             while self._snapshots:

@@ -120,7 +120,9 @@ class BufferRegistry:
 
     def reset_after_fork(self) -> None:
         """In a forked child: forget the parent's buffers (the parent writes them) and locks."""
-        self.local = threading.local()
+        # Cleared in place, not replaced: the recorder keeps a reference to this object. Only
+        # the thread that forked exists in the child, so its value is the only one left.
+        self.local.__dict__.clear()
         self._lock = threading.Lock()
         self._buffers = []
         self.retired = dict.fromkeys(self.retired, 0)

@@ -47,6 +47,8 @@ class Recorder:
             f"cirron_span_{id(self):x}", default=None
         )
         self.buffers = BufferRegistry(mark_capacity)
+        #: The buffers' thread-local (``local.tb`` is this thread's buffer once it has one).
+        self.local = self.buffers.local
         #: Spans entered and not yet closed, by id (the flush service writes them as open).
         self.open: dict[int, Scope] = {}
         #: The open ``cirron.session`` span while a session runs.
@@ -59,7 +61,8 @@ class Recorder:
         """Open a span without making it current (session roots, framework hooks)."""
         scope = Scope(self, name, attrs, index)
         scope.parent = parent
-        scope.id = IDS.prefix | next(IDS._counter)
+        scope._token = None
+        scope.id = next(IDS.ids)
         scope.thread_id = _get_ident()
         self.open[scope.id] = scope
         scope.start_ns = time_ns()
@@ -69,14 +72,14 @@ class Recorder:
     def record_closed(self, name: str, parent: Scope | None, start_ns: int, end_ns: int, cpu_ns: int | None,
                       attrs: dict | None = None, index: int | None = None) -> int:
         """Record a span that already happened (e.g. the wait for a batch, measured before)."""
-        sid = IDS.prefix | next(IDS._counter)
+        sid = next(IDS.ids)
         self._append_closed((sid, parent.id if parent is not None else 0, name, index, start_ns, end_ns, cpu_ns,
                              None, None, _get_ident(), attrs))
         return sid
 
     def _append_closed(self, record: tuple) -> None:
         try:
-            tb = self.buffers.local.tb
+            tb = self.local.tb
         except AttributeError:
             tb = self.buffers.new_thread_buffer()
         if len(tb.spans) < tb.span_capacity:
@@ -96,7 +99,7 @@ class Recorder:
             raise CirronMarkTypeError(f"ci.mark kind must be 'point' or 'summary', not {kind!r}")
         try:
             try:
-                tb = self.buffers.local.tb
+                tb = self.local.tb
             except AttributeError:
                 tb = self.buffers.new_thread_buffer()
             ring = tb.marks
@@ -156,9 +159,11 @@ class Scope:
     ``attrs`` (via :meth:`set_attr`).
     """
 
+    # The rarely set fields (gpu_ns, memory_peak_bytes, the flush service's flags) live in
+    # ``_more``, a dict made on first use: every slot stored in __init__ is paid on every scope.
     __slots__ = (
-        "_rec", "name", "attrs", "index", "id", "parent", "start_ns", "end_ns", "cpu_ns", "gpu_ns",
-        "memory_peak_bytes", "thread_id", "written_open", "_token", "_cpu0", "_hex", "_outer",
+        "_rec", "name", "attrs", "index", "id", "parent", "start_ns", "end_ns", "cpu_ns",
+        "thread_id", "_token", "_cpu0", "_outer", "_more",
     )
 
     def __init__(self, rec: Recorder, name: str, attrs: dict | None, index: int | None = None) -> None:
@@ -169,13 +174,28 @@ class Scope:
         self.id = None
         self.end_ns = None
         self.cpu_ns = None
-        self.gpu_ns = None
-        self.memory_peak_bytes = None
-        self.written_open = False
-        self._hex = None
         self._outer = None
+        self._more = None
 
     # -- the span record ---------------------------------------------------------------------
+
+    def _get(self, key: str) -> Any:
+        more = self._more
+        return None if more is None else more.get(key)
+
+    def _set(self, key: str, value: Any) -> None:
+        if self._more is None:
+            self._more = {}
+        self._more[key] = value
+
+    gpu_ns = property(lambda self: self._get("gpu_ns"), lambda self, v: self._set("gpu_ns", v),
+                      doc="GPU time of the span in ns, set by whoever measured it (e.g. CUDA events).")
+    memory_peak_bytes = property(lambda self: self._get("memory_peak_bytes"),
+                                 lambda self, v: self._set("memory_peak_bytes", v),
+                                 doc="Peak memory while the span was open, when measured.")
+    written_open = property(lambda self: bool(self._get("written_open")),
+                            lambda self, v: self._set("written_open", v),
+                            doc="The flush service has written this span as open.")
 
     @property
     def span(self) -> Scope | None:
@@ -184,9 +204,10 @@ class Scope:
 
     @property
     def id_hex(self) -> str:
-        h = self._hex
+        h = self._get("hex")
         if h is None:
-            h = self._hex = hex_id(self.id)
+            h = hex_id(self.id)
+            self._set("hex", h)
         return h
 
     def set_attr(self, key: str, value: Any) -> None:
@@ -215,7 +236,7 @@ class Scope:
         cur = rec.current
         try:
             self.parent = cur.get() or rec.root
-            self.id = sid = IDS.prefix | next(IDS._counter)
+            self.id = sid = next(IDS.ids)
             self.thread_id = _get_ident()
             self._token = cur.set(self)
             rec.open[sid] = self
@@ -225,20 +246,24 @@ class Scope:
         self._cpu0 = thread_time_ns()
         return self
 
-    def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
-        cpu1 = thread_time_ns()
+    def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any,
+                 cpu1: int | None = None, end: int | None = None) -> None:
+        # ``cpu1``/``end`` are only passed by :meth:`finish`; a ``with`` block measures here.
+        if cpu1 is None:
+            cpu1 = thread_time_ns()
+        if end is None:
+            end = time_ns()
         if self._outer is not None:  # leaving the latest re-entry of a reused scope object
             inner = self._outer
             self._outer = inner._outer
             return inner.__exit__(exc_type, exc, tb)
         if self.id is None or self.end_ns is not None:
             return None
-        end = time_ns()
         rec = self._rec
         try:
             token = self._token
-            self._token = None
             if token is not None:
+                self._token = None
                 try:
                     rec.current.reset(token)
                 except ValueError:
@@ -246,10 +271,40 @@ class Scope:
                     # elsewhere): put the parent back instead of failing.
                     parent = self.parent
                     rec.current.set(parent if parent is not rec.root else None)
-            self._close(exc, cpu1, end)
+            if exc is not None:
+                if isinstance(exc, Exception):
+                    self.set_attr("error", _error_text(exc))
+                else:
+                    self.set_attr("interrupted", type(exc).__name__)
+            sid = self.id
+            if rec.open.pop(sid, None) is None:
+                # Not one of ours: a span inherited from the parent process across fork().
+                self.end_ns = end
+                return None
+            cpu = cpu1 - self._cpu0
+            parent = self.parent
+            more = self._more
+            record = (sid, parent.id if parent is not None else 0, self.name, self.index, self.start_ns, end, cpu,
+                      None if more is None else more.get("gpu_ns"),
+                      None if more is None else more.get("memory_peak_bytes"), self.thread_id, self.attrs)
+            try:
+                buf = rec.local.tb
+            except AttributeError:
+                buf = rec.buffers.new_thread_buffer()
+            spans = buf.spans
+            if len(spans) < buf.span_capacity:
+                spans.append(record)
+            else:
+                buf.spans_dropped += 1
+            self.cpu_ns = cpu
+            self.end_ns = end
         except Exception as exc2:  # pragma: no cover
             rec.note_internal_error(exc2)
         return None
+
+    def _close(self, exc: BaseException | None, cpu1: int, end: int) -> None:
+        """Write the record from readings taken earlier; the context must already be left."""
+        self.__exit__(None, exc, None, cpu1, end)
 
     def finish(self, exc: BaseException | None = None, *, cpu_ns: int | None = None,
                end_ns: int | None = None) -> None:
@@ -258,26 +313,7 @@ class Scope:
         ``cpu_ns``/``end_ns`` override the measured values, for spans whose work ran in pieces
         (on several threads, or between the steps of a stream)."""
         if self.id is not None and self.end_ns is None:
-            cpu1 = thread_time_ns() if cpu_ns is None else self._cpu0 + cpu_ns
-            self._close(exc, cpu1, time_ns() if end_ns is None else end_ns)
-
-    def _close(self, exc: BaseException | None, cpu1: int, end: int) -> None:
-        if exc is not None:
-            if isinstance(exc, Exception):
-                self.set_attr("error", _error_text(exc))
-            else:
-                self.set_attr("interrupted", type(exc).__name__)
-        cpu = cpu1 - self._cpu0
-        rec = self._rec
-        if rec.open.pop(self.id, None) is None:
-            # Not one of ours: a span inherited from the parent process across fork().
-            self.end_ns = end
-            return
-        parent = self.parent
-        rec._append_closed((self.id, parent.id if parent is not None else 0, self.name, self.index, self.start_ns,
-                            end, cpu, self.gpu_ns, self.memory_peak_bytes, self.thread_id, self.attrs))
-        self.cpu_ns = cpu
-        self.end_ns = end
+            self.__exit__(None, exc, None, None if cpu_ns is None else self._cpu0 + cpu_ns, end_ns)
 
     async def __aenter__(self) -> Scope:
         return self.__enter__()

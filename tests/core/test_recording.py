@@ -322,3 +322,21 @@ def test_consecutive_ids_differ_in_their_first_characters() -> None:
     assert len(set(ids)) == 1000
     assert len({i[:8] for i in ids}) == 1000  # short prefixes identify spans and sessions
     assert all(len(i) == 32 and int(i, 16) >= 0 for i in ids)
+
+
+def test_gpu_and_memory_figures_set_on_an_open_scope_are_written(spool_dir: Path) -> None:
+    c = Cirron(spool_dir=spool_dir, flush_interval=60)
+    c.profile()
+    with c.scope("forward") as s:
+        assert s.gpu_ns is None and s.memory_peak_bytes is None
+        s.gpu_ns = 1234
+        s.memory_peak_bytes = 5 << 20
+    with c.scope("plain"):
+        pass
+    assert (s.gpu_ns, s.memory_peak_bytes) == (1234, 5 << 20)
+    c.shutdown()
+    spans = read_spool(spool_dir)["spans"]
+    (fwd,) = by_name(spans, "forward")
+    (plain,) = by_name(spans, "plain")
+    assert (fwd["gpu_ns"], fwd["memory_peak_bytes"]) == (1234, 5 << 20)
+    assert (plain["gpu_ns"], plain["memory_peak_bytes"]) == (None, None)
