@@ -11,6 +11,7 @@ import socket
 import threading
 from collections import deque
 from collections.abc import Callable
+from itertools import chain
 from typing import Any
 
 from cirron._flush.batch import (
@@ -68,13 +69,11 @@ class TraceStore:
         self.add_spans(span_lists)
 
     def add_spans(self, span_lists: list[list[tuple]]) -> None:
-        span_lists = [spans for spans in span_lists if spans]
-        if not span_lists:
-            return
         with self._lock:
             for spans in span_lists:
-                self._chunks.append(spans)
-                self._count += len(spans)
+                if spans:
+                    self._chunks.append(spans)
+                    self._count += len(spans)
             while self._chunks and self._count - len(self._chunks[0]) >= self.max_spans:
                 evicted = self._chunks.popleft()
                 self._count -= len(evicted)
@@ -193,7 +192,7 @@ class Collector:
         """Without a profiler: feed ``ci.trace()`` and keep the records for a later session."""
         with self.lock:
             span_lists, marks = self._drain()
-            for sp in (sp for spans in span_lists for sp in spans):
+            for sp in chain.from_iterable(span_lists):
                 if len(self._backlog_spans) >= self.backlog_max_spans:
                     self._backlog_spans.popleft()
                     self.count_drop("buffer_full", spans=1)
