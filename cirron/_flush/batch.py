@@ -1,20 +1,23 @@
 """Spool batches (spec section 3) and their JSON encoding.
 
-Records are msgspec structs (``gc=False``: a flush of 200,000 spans adds nothing for the cyclic
-garbage collector to walk) encoded in chunks, handing the GIL over between chunks, so a
-recording thread is never stalled behind a big batch. Sinks that want plain dicts read
-``batch.spans`` / ``batch.marks``.
+A batch keeps the hot path's tuples and encodes them in chunks, handing the GIL over between
+chunks, so a recording thread is never stalled behind a big batch: with the compiled encoder
+(``_cencode.c``) straight from the tuples, else through msgspec structs. Sinks that want plain
+dicts read ``batch.spans`` / ``batch.marks``.
 """
 
 from __future__ import annotations
 
+import sys
 import time
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import msgspec
 
-from cirron._ids import random_hex
-from cirron._schema import SCHEMA_VERSION
+from cirron import _native as native
+from cirron._ids import hex_id, random_hex
+from cirron._schema import ROOT_SENTINEL, SCHEMA_VERSION, encode_float, strict_json
 from cirron._version import __version__
 
 #: Longest stretch of GIL-holding work between two voluntary hand-overs. A recording thread
@@ -27,6 +30,8 @@ MAX_SPANS_PER_BATCH = 50_000
 MAX_MARKS_PER_BATCH = 100_000
 #: Records freed per slice when a big list of them is let go (see :func:`release`).
 RELEASE_STEP = 4096
+#: Records encoded per call between two looks at the GIL budget.
+ENCODE_STEP = 4096
 
 
 class SpanRecord(msgspec.Struct, gc=False):
@@ -58,6 +63,27 @@ class MarkRecord(msgspec.Struct, gc=False):
 
 
 _ENCODER = msgspec.json.Encoder()
+_VALUE_TYPES = {float: "float", int: "int", str: "str", bool: "bool"}
+_INF = float("inf")
+#: The compiled encoder of span and mark rows, when built (see :mod:`cirron._native`).
+_cencode = native.load("cirron._flush._cencode")
+
+
+def span_record(row: tuple, pid: int, rank: int, root_id: int, root_hex: str | None) -> SpanRecord:
+    """The spool record of a closed-layout span tuple (``cirron._record.span.CLOSED_FIELDS``)."""
+    sid, parent, name, index, start, end, cpu, gpu, mem, tid, attrs = row
+    return SpanRecord(hex_id(sid), hex_id(parent) if parent else (root_hex if sid != root_id else None), name,
+                      index, start, end, cpu, gpu, mem, tid, pid, rank, strict_json(attrs) if attrs else {})
+
+
+def mark_record(row: tuple[tuple, int], mark_id: int) -> MarkRecord:
+    """The spool record of a drained mark ``((span_id, name, value, kind, ts_ns, attrs), thread_id)``."""
+    (span_id, name, value, kind, ts, attrs), tid = row
+    vt = _VALUE_TYPES.get(type(value), "str")
+    if vt == "float" and (value != value or value == _INF or value == -_INF):
+        value = encode_float(value)
+    return MarkRecord(hex_id(mark_id), hex_id(span_id) if span_id else ROOT_SENTINEL, name, value, vt, kind, ts,
+                      tid, strict_json(attrs) if attrs else {})
 
 
 class GilBudget:
@@ -86,35 +112,61 @@ def release(records: list[Any], budget: GilBudget) -> None:
         budget.tick()
 
 
-def _encode_list(records: list[Any], out: list[bytes]) -> None:
-    """Append the JSON array of ``records`` to ``out`` as pieces (no big join holding the GIL)."""
-    step = 2048
+def release_unshared(lists: list[list[Any]], budget: GilBudget) -> None:
+    """Empty ``lists``, :func:`release`-ing each list in it that nothing else refers to. A shared
+    one is only let go of (a batch and ``ci.trace()``'s store hold the same drained lists); the
+    last of its holders frees it."""
+    while lists:
+        records = lists.pop()
+        if sys.getrefcount(records) <= 2:  # ``records`` and getrefcount's own argument
+            release(records, budget)
+
+
+def _join_pieces(pieces: Iterable[bytes], out: list[bytes]) -> None:
+    """Append the JSON array of comma-joined object runs to ``out``, handing the GIL over in
+    between (no big join holding it)."""
     budget = GilBudget()
     out.append(b"[")
     first = True
-    for i in range(0, len(records), step):
-        chunk = _ENCODER.encode(records[i : i + step])
-        if len(chunk) > 2:
+    for piece in pieces:
+        if piece:
             if not first:
                 out.append(b",")
-            out.append(chunk[1:-1])
+            out.append(piece)
             first = False
         budget.tick()
     out.append(b"]")
 
 
-class Batch:
-    """One spool batch: the unit every sink receives."""
+def _objects(encoded_list: bytes) -> bytes:
+    """``b"[a,b]"`` -> ``b"a,b"``."""
+    return encoded_list[1:-1]
 
-    def __init__(self, session_id: str | None, resource: dict[str, Any], spans: list[SpanRecord],
-                 marks: list[MarkRecord], snapshots: list[dict[str, Any]], closed_spans: int) -> None:
+
+class Batch:
+    """One spool batch: the unit every sink receives.
+
+    It holds the records as the hot path made them (span tuples in the lists the drain handed
+    out, mark tuples with their thread ids) and turns them into spool JSON, or into dicts for
+    the sinks that read ``batch.spans`` / ``batch.marks``, only when asked.
+    """
+
+    def __init__(self, session_id: str | None, resource: dict[str, Any], span_lists: list[list[tuple]],
+                 mark_rows: list[tuple[tuple, int]], mark_ids: list[int], snapshots: list[dict[str, Any]],
+                 closed_spans: int, root: tuple[int, str | None] = (0, None)) -> None:
         self.session_id = session_id
         self.resource = resource
-        self.span_records = spans
-        self.mark_records = marks
+        #: Span tuples in ``cirron._record.span.CLOSED_FIELDS`` layout, closed ones first.
+        self.span_lists = span_lists
+        self.mark_rows = mark_rows
+        self.mark_ids = mark_ids
         self.snapshots = snapshots
         #: Span records among ``spans`` that are the final (closed) version: counted as written.
         self.closed_spans = closed_spans
+        #: The session root's id and hex: a span without a parent hangs under it.
+        self.root = root
+        self.span_count = sum(map(len, span_lists))
+        self.mark_count = len(mark_rows)
         self.created_ns = time.time_ns()
         self.batch_id = random_hex()
         self._spans: list[dict[str, Any]] | None = None
@@ -122,16 +174,26 @@ class Batch:
         #: Set by a sink that holds on to the batch after ``write_sync`` (to retry it later).
         self.kept = False
 
+    def span_records(self) -> Iterator[SpanRecord]:
+        pid, rank = self.resource["pid"], self.resource["rank"]
+        root_id, root_hex = self.root
+        for rows in self.span_lists:
+            for row in rows:
+                yield span_record(row, pid, rank, root_id, root_hex)
+
+    def mark_records(self) -> Iterator[MarkRecord]:
+        return map(mark_record, self.mark_rows, self.mark_ids)
+
     @property
     def spans(self) -> list[dict[str, Any]]:
         if self._spans is None:
-            self._spans = msgspec.to_builtins(self.span_records)
+            self._spans = msgspec.to_builtins(list(self.span_records()))
         return self._spans
 
     @property
     def marks(self) -> list[dict[str, Any]]:
         if self._marks is None:
-            self._marks = msgspec.to_builtins(self.mark_records)
+            self._marks = msgspec.to_builtins(list(self.mark_records()))
         return self._marks
 
     def header(self) -> dict[str, Any]:
@@ -148,17 +210,50 @@ class Batch:
         """The batch as strict JSON (records are already sanitised: no bare NaN/Infinity), in
         pieces that a writer can hand to ``writelines`` without joining them first."""
         out = [_ENCODER.encode(self.header())[:-1], b',"spans":']
-        _encode_list(self.span_records, out)
+        _join_pieces(self._span_pieces(), out)
         out.append(b',"marks":')
-        _encode_list(self.mark_records, out)
+        _join_pieces(self._mark_pieces(), out)
         out += [b',"snapshots":', _ENCODER.encode(self.snapshots), b"}\n"]
         return out
+
+    def _span_pieces(self) -> Iterator[bytes]:
+        pid, rank = self.resource["pid"], self.resource["rank"]
+        root_id, root_hex = self.root
+        if _cencode is not None:
+            def fallback(row: tuple) -> bytes:
+                return _ENCODER.encode(span_record(row, pid, rank, root_id, root_hex))
+
+            for rows in self.span_lists:
+                for i in range(0, len(rows), ENCODE_STEP):
+                    yield _cencode.encode_spans(rows[i : i + ENCODE_STEP] if len(rows) > ENCODE_STEP else rows,
+                                                pid, rank, root_id, root_hex, fallback)
+            return
+        for rows in self.span_lists:
+            for i in range(0, len(rows), ENCODE_STEP // 4):
+                yield _objects(_ENCODER.encode([span_record(row, pid, rank, root_id, root_hex)
+                                                for row in rows[i : i + ENCODE_STEP // 4]]))
+
+    def _mark_pieces(self) -> Iterator[bytes]:
+        rows, ids = self.mark_rows, self.mark_ids
+        if _cencode is not None:
+            def fallback(row: tuple[tuple, int], mark_id: int) -> bytes:
+                return _ENCODER.encode(mark_record(row, mark_id))
+
+            for i in range(0, len(rows), ENCODE_STEP):
+                yield _cencode.encode_marks(rows[i : i + ENCODE_STEP], ids[i : i + ENCODE_STEP], ROOT_SENTINEL,
+                                            fallback)
+            return
+        for i in range(0, len(rows), ENCODE_STEP // 4):
+            end = i + ENCODE_STEP // 4
+            yield _objects(_ENCODER.encode(list(map(mark_record, rows[i:end], ids[i:end]))))
 
     def to_json(self) -> bytes:
         return b"".join(self.json_chunks())
 
     def release(self, budget: GilBudget) -> None:
-        """Free the records once every sink is done with them, in slices (see :func:`release`)."""
-        for records in (self.span_records, self.mark_records, self._spans, self._marks):
-            if records:
-                release(records, budget)
+        """Let go of the records once every sink is done with them, in slices (see :func:`release`);
+        lists that ``ci.trace()`` still shows are only dropped from the batch."""
+        lists = [self.span_lists, self.mark_rows, self.mark_ids, self._spans or [], self._marks or []]
+        self.span_lists, self.mark_rows, self.mark_ids, self._spans, self._marks = [], [], [], None, None
+        release_unshared(lists.pop(0), budget)
+        release_unshared(lists, budget)

@@ -11,7 +11,7 @@ import socket
 import threading
 from collections import deque
 from collections.abc import Callable
-from itertools import chain
+from itertools import chain, islice
 from typing import Any
 
 from cirron._flush.batch import (
@@ -19,21 +19,14 @@ from cirron._flush.batch import (
     MAX_SPANS_PER_BATCH,
     Batch,
     GilBudget,
-    MarkRecord,
-    SpanRecord,
-    release,
+    release_unshared,
 )
-from cirron._ids import IDS, hex_id
+from cirron._ids import IDS
+from cirron._record.buffer import DRAIN_CHUNK
 from cirron._record.span import Recorder, Scope
-from cirron._schema import ROOT_SENTINEL, encode_float, strict_json
 
 #: ``kind="point"`` marks kept per span for ``ci.trace()`` (summary marks are all kept).
 TRACE_POINT_MARKS_PER_SPAN = 1024
-
-_VALUE_TYPES = {float: "float", int: "int", str: "str", bool: "bool"}
-#: Records converted between two looks at the GIL budget.
-_CHUNK = 256
-_INF = float("inf")
 
 
 def open_tuple(span: Scope) -> tuple:
@@ -82,12 +75,11 @@ class TraceStore:
                 self._prune_marks()
 
     def release_evicted(self, budget: GilBudget) -> None:
-        """Free the spans that left the window, in slices (see :func:`~cirron._flush.batch.release`).
-        Called once the drain that evicted them has been converted."""
+        """Free the spans that left the window, in slices (see :func:`~cirron._flush.batch.release`),
+        unless a batch still holds them (it frees them once written)."""
         with self._lock:
             evicted, self._evicted = self._evicted, []
-        while evicted:
-            release(evicted.pop(), budget)
+        release_unshared(evicted, budget)
 
     def _prune_marks(self) -> None:
         """Drop the marks of spans that left the window or never arrived (dropped when full)."""
@@ -210,58 +202,27 @@ class Collector:
             self.run_jobs()
             span_lists, marks = self._drain()
             if self._backlog_spans:
-                span_lists.insert(0, list(self._backlog_spans))
+                span_lists[:0] = _chunked(list(self._backlog_spans))
                 self._backlog_spans.clear()
             if self._backlog_marks:
                 marks = list(self._backlog_marks) + marks
                 self._backlog_marks.clear()
-            pid, rank = resource["pid"], resource["rank"]
             root = self.rec.root
-            root_id = root.id if root is not None else 0
-            root_hex = root.id_hex if root is not None else None
-            hexes: dict[int, str] = {}
-
-            def hx(value: int) -> str:
-                h = hexes.get(value)
-                if h is None:
-                    h = hexes[value] = hex_id(value)
-                return h
-
-            out: list[SpanRecord] = []
-            budget = GilBudget()
-            record, hid = SpanRecord, hex_id
-            for spans in span_lists:
-                for i in range(0, len(spans), _CHUNK):
-                    out += [
-                        record(hid(sid), hx(parent) if parent else (root_hex if sid != root_id else None), name,
-                               index, start, end, cpu, gpu, mem, tid, pid, rank, strict_json(attrs) if attrs else {})
-                        for sid, parent, name, index, start, end, cpu, gpu, mem, tid, attrs in spans[i : i + _CHUNK]
-                    ]
-                    budget.tick()
-            closed = len(out)
+            root_key = (root.id, root.id_hex) if root is not None else (0, None)
+            closed = sum(map(len, span_lists))
+            opened = []
             for span in list(self.rec.open.values()):
                 if not span.written_open and span.end_ns is None:
                     span.written_open = True
-                    t = open_tuple(span)
-                    parent_hex = hx(t[1]) if t[1] else (root_hex if t[0] != root_id else None)
-                    out.append(SpanRecord(hx(t[0]), parent_hex, t[2], t[3], t[4], None, None, None, None, t[9], pid,
-                                          rank, strict_json(t[10]) if t[10] else {}))
-            mark_out: list[MarkRecord] = []
-            ids = IDS.ids
-            for n, ((span_id, name, value, kind, ts, attrs), tid) in enumerate(marks, 1):
-                if n % _CHUNK == 0:
-                    budget.tick()
-                vt = _VALUE_TYPES.get(type(value), "str")
-                if vt == "float" and (value != value or value == _INF or value == -_INF):
-                    value = encode_float(value)
-                mark_out.append(MarkRecord(hex_id(next(ids)), hx(span_id) if span_id else ROOT_SENTINEL,
-                                           name, value, vt, kind, ts, tid, strict_json(attrs) if attrs else {}))
+                    opened.append(open_tuple(span))
+            if opened:
+                span_lists.extend(_chunked(opened))
+            mark_ids = list(islice(IDS.ids, len(marks)))
             snaps = []
             while self._snapshots:
                 snaps.append(self._snapshots.popleft())
-            batches = _split(session_id, resource, out, closed, mark_out, snaps)
-            release(marks, budget)
-            self.trace.release_evicted(budget)
+            batches = _split(session_id, resource, span_lists, closed, marks, mark_ids, snaps, root_key)
+            self.trace.release_evicted(GilBudget())
             return batches
 
     def pending(self) -> tuple[int, int]:
@@ -275,20 +236,39 @@ class Collector:
         self._backlog_marks.clear()
 
 
-def _split(session_id: str | None, resource: dict[str, Any], spans: list[SpanRecord], closed: int,
-           marks: list[MarkRecord], snaps: list[dict[str, Any]]) -> list[Batch]:
-    if not (spans or marks or snaps):
+def _chunked(records: list[Any]) -> list[list[Any]]:
+    """``records`` as lists of at most ``DRAIN_CHUNK`` (see :mod:`cirron._record.buffer`)."""
+    if len(records) <= DRAIN_CHUNK:
+        return [records]
+    return [records[i : i + DRAIN_CHUNK] for i in range(0, len(records), DRAIN_CHUNK)]
+
+
+def _split(session_id: str | None, resource: dict[str, Any], span_lists: list[list[tuple]], closed: int,
+           marks: list[tuple[tuple, int]], mark_ids: list[int], snaps: list[dict[str, Any]],
+           root: tuple[int, str | None]) -> list[Batch]:
+    """One batch, or several when the records exceed a batch's bounds. ``span_lists`` hold the
+    ``closed`` closed spans first, then the open ones."""
+    span_total = sum(map(len, span_lists))
+    if not (span_total or marks or snaps):
         return []
-    if len(spans) <= MAX_SPANS_PER_BATCH and len(marks) <= MAX_MARKS_PER_BATCH:
-        return [Batch(session_id, resource, spans, marks, snaps, closed)]
+    if span_total <= MAX_SPANS_PER_BATCH and len(marks) <= MAX_MARKS_PER_BATCH:
+        return [Batch(session_id, resource, span_lists, marks, mark_ids, snaps, closed, root)]
+    groups: list[list[list[tuple]]] = [[]]
+    size = 0
+    for rows in span_lists:  # each list holds at most DRAIN_CHUNK spans
+        if size + len(rows) > MAX_SPANS_PER_BATCH and groups[-1]:
+            groups.append([])
+            size = 0
+        groups[-1].append(rows)
+        size += len(rows)
     batches = []
-    si = mi = 0
-    while True:
-        chunk = spans[si : si + MAX_SPANS_PER_BATCH]
-        n_closed = max(0, min(len(chunk), closed - si))
-        batches.append(Batch(session_id, resource, chunk, marks[mi : mi + MAX_MARKS_PER_BATCH],
-                             snaps if not batches else [], n_closed))
-        si += MAX_SPANS_PER_BATCH
-        mi += MAX_MARKS_PER_BATCH
-        if si >= len(spans) and mi >= len(marks):
-            return batches
+    seen = 0
+    for i in range(max(len(groups), -(-len(marks) // MAX_MARKS_PER_BATCH))):
+        lists = groups[i] if i < len(groups) else []
+        n = sum(map(len, lists))
+        n_closed = max(0, min(n, closed - seen))
+        seen += n
+        lo, hi = i * MAX_MARKS_PER_BATCH, (i + 1) * MAX_MARKS_PER_BATCH
+        batches.append(Batch(session_id, resource, lists, marks[lo:hi], mark_ids[lo:hi], snaps if i == 0 else [],
+                             n_closed, root))
+    return batches

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from time import thread_time_ns, time_ns
 from typing import Any
 
+from cirron import _native as native
 from cirron._errors import CirronMarkTypeError
 from cirron._ids import IDS, hex_id
 from cirron._record.buffer import BufferRegistry
@@ -151,31 +152,10 @@ def coerce_mark_value(value: Any) -> Any:
     )
 
 
-class Scope:
-    """``with ci.scope("name"):``, ``async with``, ``@ci.scope("name")`` — and the open span itself.
+class _ScopeMethods:
+    """What every scope has besides its fields and its enter/exit (shared by both versions)."""
 
-    Attributes readable while open: ``id``/``id_hex``, ``parent``, ``name``, ``index``,
-    ``start_ns``, ``attrs``; settable before it closes: ``gpu_ns``, ``memory_peak_bytes``,
-    ``attrs`` (via :meth:`set_attr`).
-    """
-
-    # The rarely set fields (gpu_ns, memory_peak_bytes, the flush service's flags) live in
-    # ``_more``, a dict made on first use: every slot stored in __init__ is paid on every scope.
-    __slots__ = (
-        "_rec", "name", "attrs", "index", "id", "parent", "start_ns", "end_ns", "cpu_ns",
-        "thread_id", "_token", "_cpu0", "_outer", "_more",
-    )
-
-    def __init__(self, rec: Recorder, name: str, attrs: dict | None, index: int | None = None) -> None:
-        self._rec = rec
-        self.name = name
-        self.attrs = attrs
-        self.index = index
-        self.id = None
-        self.end_ns = None
-        self.cpu_ns = None
-        self._outer = None
-        self._more = None
+    __slots__ = ()
 
     # -- the span record ---------------------------------------------------------------------
 
@@ -224,14 +204,104 @@ class Scope:
         state = "new" if self.id is None else ("open" if self.end_ns is None else "closed")
         return f"<scope {self.name!r} {state}>"
 
-    # -- entering and leaving ----------------------------------------------------------------
+    # -- the rare turns of enter and exit ----------------------------------------------------
+
+    def _reenter(self) -> Scope:
+        """This object was entered before: record the new entry as a scope of its own."""
+        inner = type(self)(self._rec, self.name, dict(self.attrs) if self.attrs else None, self.index)
+        inner._outer = self._outer
+        self._outer = inner
+        return inner.__enter__()
+
+    def _note_exception(self, exc: BaseException) -> None:
+        if isinstance(exc, Exception):
+            self.set_attr("error", _error_text(exc))
+        else:
+            self.set_attr("interrupted", type(exc).__name__)
+
+    def _close(self, exc: BaseException | None, cpu1: int, end: int) -> None:
+        """Write the record from readings taken earlier; the context must already be left."""
+        self.__exit__(None, exc, None, cpu1, end)
+
+    def finish(self, exc: BaseException | None = None, *, cpu_ns: int | None = None,
+               end_ns: int | None = None) -> None:
+        """Close a span opened with :meth:`Recorder.start_span` (it never became current).
+
+        ``cpu_ns``/``end_ns`` override the measured values, for spans whose work ran in pieces
+        (on several threads, or between the steps of a stream)."""
+        if self.id is not None and self.end_ns is None:
+            self.__exit__(None, exc, None, None if cpu_ns is None else self._cpu0 + cpu_ns, end_ns)
+
+    async def __aenter__(self) -> Scope:
+        return self.__enter__()
+
+    async def __aexit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
+        return self.__exit__(exc_type, exc, tb)
+
+    # -- decorator ---------------------------------------------------------------------------
+
+    def __call__(self, fn: Callable) -> Callable:
+        cls, rec, name, attrs = type(self), self._rec, self.name, self.attrs
+
+        if inspect.iscoroutinefunction(fn):
+            @functools.wraps(fn)
+            async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
+                with cls(rec, name, dict(attrs) if attrs else None):
+                    return await fn(*args, **kwargs)
+            return async_wrapper
+
+        if inspect.isgeneratorfunction(fn):
+            @functools.wraps(fn)
+            def gen_wrapper(*args: Any, **kwargs: Any) -> Any:
+                with cls(rec, name, dict(attrs) if attrs else None):
+                    return (yield from fn(*args, **kwargs))
+            return gen_wrapper
+
+        if inspect.isasyncgenfunction(fn):
+            @functools.wraps(fn)
+            async def agen_wrapper(*args: Any, **kwargs: Any) -> Any:
+                async with cls(rec, name, dict(attrs) if attrs else None):
+                    async for item in fn(*args, **kwargs):
+                        yield item
+            return agen_wrapper
+
+        @functools.wraps(fn)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            with cls(rec, name, dict(attrs) if attrs else None):
+                return fn(*args, **kwargs)
+        return wrapper
+
+
+class PyScope(_ScopeMethods):
+    """The pure-Python scope: the reference for ``_cscope.c`` and the fallback without it.
+
+    ``with ci.scope("name"):``, ``async with``, ``@ci.scope("name")`` — and the open span itself.
+    Attributes readable while open: ``id``/``id_hex``, ``parent``, ``name``, ``index``,
+    ``start_ns``, ``attrs``; settable before it closes: ``gpu_ns``, ``memory_peak_bytes``,
+    ``attrs`` (via :meth:`set_attr`).
+    """
+
+    # The rarely set fields (gpu_ns, memory_peak_bytes, the flush service's flags) live in
+    # ``_more``, a dict made on first use: every slot stored in __init__ is paid on every scope.
+    __slots__ = (
+        "_rec", "name", "attrs", "index", "id", "parent", "start_ns", "end_ns", "cpu_ns",
+        "thread_id", "_token", "_cpu0", "_outer", "_more",
+    )
+
+    def __init__(self, rec: Recorder, name: str, attrs: dict | None, index: int | None = None) -> None:
+        self._rec = rec
+        self.name = name
+        self.attrs = attrs
+        self.index = index
+        self.id = None
+        self.end_ns = None
+        self.cpu_ns = None
+        self._outer = None
+        self._more = None
 
     def __enter__(self) -> Scope:
-        if self.id is not None:  # this object was entered before: record the new entry separately
-            inner = Scope(self._rec, self.name, dict(self.attrs) if self.attrs else None, self.index)
-            inner._outer = self._outer
-            self._outer = inner
-            return inner.__enter__()
+        if self.id is not None:
+            return self._reenter()
         rec = self._rec
         cur = rec.current
         try:
@@ -272,10 +342,7 @@ class Scope:
                     parent = self.parent
                     rec.current.set(parent if parent is not rec.root else None)
             if exc is not None:
-                if isinstance(exc, Exception):
-                    self.set_attr("error", _error_text(exc))
-                else:
-                    self.set_attr("interrupted", type(exc).__name__)
+                self._note_exception(exc)
             sid = self.id
             if rec.open.pop(sid, None) is None:
                 # Not one of ours: a span inherited from the parent process across fork().
@@ -302,57 +369,26 @@ class Scope:
             rec.note_internal_error(exc2)
         return None
 
-    def _close(self, exc: BaseException | None, cpu1: int, end: int) -> None:
-        """Write the record from readings taken earlier; the context must already be left."""
-        self.__exit__(None, exc, None, cpu1, end)
 
-    def finish(self, exc: BaseException | None = None, *, cpu_ns: int | None = None,
-               end_ns: int | None = None) -> None:
-        """Close a span opened with :meth:`Recorder.start_span` (it never became current).
+def _load_c_scope() -> type | None:
+    """The scope with the compiled enter/exit of ``_cscope.c``, when it was built and is wanted."""
+    _cscope = native.load("cirron._record._cscope")
+    if _cscope is None:
+        return None
+    _cscope.set_id_source(IDS)
 
-        ``cpu_ns``/``end_ns`` override the measured values, for spans whose work ran in pieces
-        (on several threads, or between the steps of a stream)."""
-        if self.id is not None and self.end_ns is None:
-            self.__exit__(None, exc, None, None if cpu_ns is None else self._cpu0 + cpu_ns, end_ns)
+    class CScope(_cscope.ScopeBase, _ScopeMethods):
+        __slots__ = ()
+        __doc__ = PyScope.__doc__
 
-    async def __aenter__(self) -> Scope:
-        return self.__enter__()
+    CScope.__name__ = CScope.__qualname__ = "Scope"
+    return CScope
 
-    async def __aexit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
-        return self.__exit__(exc_type, exc, tb)
 
-    # -- decorator ---------------------------------------------------------------------------
-
-    def __call__(self, fn: Callable) -> Callable:
-        rec, name, attrs = self._rec, self.name, self.attrs
-
-        if inspect.iscoroutinefunction(fn):
-            @functools.wraps(fn)
-            async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
-                with Scope(rec, name, dict(attrs) if attrs else None):
-                    return await fn(*args, **kwargs)
-            return async_wrapper
-
-        if inspect.isgeneratorfunction(fn):
-            @functools.wraps(fn)
-            def gen_wrapper(*args: Any, **kwargs: Any) -> Any:
-                with Scope(rec, name, dict(attrs) if attrs else None):
-                    return (yield from fn(*args, **kwargs))
-            return gen_wrapper
-
-        if inspect.isasyncgenfunction(fn):
-            @functools.wraps(fn)
-            async def agen_wrapper(*args: Any, **kwargs: Any) -> Any:
-                async with Scope(rec, name, dict(attrs) if attrs else None):
-                    async for item in fn(*args, **kwargs):
-                        yield item
-            return agen_wrapper
-
-        @functools.wraps(fn)
-        def wrapper(*args: Any, **kwargs: Any) -> Any:
-            with Scope(rec, name, dict(attrs) if attrs else None):
-                return fn(*args, **kwargs)
-        return wrapper
+#: The scope class every recorder uses: compiled enter/exit when available, else :class:`PyScope`.
+Scope: type = _load_c_scope() or PyScope
+#: True when :data:`Scope` runs the compiled enter/exit.
+COMPILED = Scope is not PyScope
 
 
 #: A span is the scope object that opened it.

@@ -58,12 +58,12 @@ class Sink:
     def count_written(self, batch: Batch) -> None:
         self.batches_written += 1
         self.spans_written += batch.closed_spans
-        self.marks_written += len(batch.marks)
+        self.marks_written += batch.mark_count
         self.snapshots_written += len(batch.snapshots)
 
     def count_dropped(self, reason: str, batch: Batch) -> None:
         self.dropped[f"spans_{reason}"] = self.dropped.get(f"spans_{reason}", 0) + batch.closed_spans
-        self.dropped[f"marks_{reason}"] = self.dropped.get(f"marks_{reason}", 0) + len(batch.marks)
+        self.dropped[f"marks_{reason}"] = self.dropped.get(f"marks_{reason}", 0) + batch.mark_count
 
     def note_error(self, exc: BaseException) -> None:
         self.errors += 1

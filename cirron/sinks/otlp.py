@@ -213,7 +213,7 @@ class OtlpSink(Sink):
             final = 0.0
         if self._client is None or final == 0.0:
             # Past the final deadline (or never started): count without sorting, the exit is waiting.
-            self._drop("shutdown", spans=batch.closed_spans, marks=len(batch.marks))
+            self._drop("shutdown", spans=batch.closed_spans, marks=batch.mark_count)
             if self._open:  # their closed records are counted here, not again as open_at_shutdown
                 open_ids = self._open
                 for s in batch.spans:

@@ -42,7 +42,7 @@ class SpoolSink(Sink):
                 self._retain(batch, self._last_reason)
                 return
             old = self._failed.popleft()
-            self._retained -= len(old.spans) + len(old.marks)
+            self._retained -= old.span_count + old.mark_count
         if not self._write_one(batch):
             self._retain(batch, self._last_reason)
 
@@ -63,10 +63,10 @@ class SpoolSink(Sink):
     def _retain(self, batch: Batch, reason: str) -> None:
         batch.kept = True
         self._failed.append(batch)
-        self._retained += len(batch.spans) + len(batch.marks)
+        self._retained += batch.span_count + batch.mark_count
         while self._retained > MAX_RETAINED_RECORDS and len(self._failed) > 1:
             old = self._failed.popleft()
-            self._retained -= len(old.spans) + len(old.marks)
+            self._retained -= old.span_count + old.mark_count
             self.count_dropped(reason, old)
 
     def drop_retained(self) -> None:
@@ -77,7 +77,7 @@ class SpoolSink(Sink):
         self._retained = 0
 
     def pending(self) -> tuple[int, int]:
-        return sum(b.closed_spans for b in self._failed), sum(len(b.marks) for b in self._failed)
+        return sum(b.closed_spans for b in self._failed), sum(b.mark_count for b in self._failed)
 
     def close(self) -> None:
         self.writer.close()

@@ -184,7 +184,7 @@ class PlatformSink(Sink):
     def _defer(self, batch: Batch) -> None:
         self.batches_deferred += 1
         self.spans_deferred += batch.closed_spans
-        self.marks_deferred += len(batch.marks)
+        self.marks_deferred += batch.mark_count
 
     def _warn_once(self, message: str) -> None:
         self.last_error = self.last_error or message

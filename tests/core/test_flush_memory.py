@@ -41,7 +41,7 @@ def test_big_flush_writes_everything_and_trace_keeps_the_newest(spool_dir: Path)
             pass
     batches = c._flush_sync()
     # Every sink is sync and none kept them: their records were freed after writing.
-    assert batches and all(b.span_records == [] and b.closed_spans for b in batches)
+    assert batches and all(b.span_lists == [] and b.mark_rows == [] and b.closed_spans for b in batches)
     kept = c.trace(format="dict")
     c.shutdown()
     written = by_name(read_spool(spool_dir)["spans"], "step")
@@ -74,7 +74,7 @@ def test_batch_kept_for_retry_is_written_once_the_disk_recovers(spool_dir: Path,
         with c.scope("step", i=i):
             pass
     batches = c._flush_sync()
-    assert batches and all(b.kept and b.span_records for b in batches)  # retained, not freed
+    assert batches and all(b.kept and b.span_count and b.span_lists for b in batches)  # retained, not freed
     failing.clear()
     for i in range(100, 150):
         with c.scope("step", i=i):

@@ -1,0 +1,364 @@
+/* JSON text of spool span and mark records straight from the hot path's tuples: the optional
+ * fast path of cirron._flush.batch (its Python encoder is the reference; the tests check that
+ * both give the same records).
+ *
+ * A record this encoder does not handle (nested attributes, a value of an unexpected type, an
+ * int beyond 64 bits, a string that is not valid UTF-8) is handed to the `fallback` callable,
+ * which returns that record's JSON bytes.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <string.h>
+
+typedef struct {
+    char *data;
+    Py_ssize_t len, cap;
+} Buf;
+
+static int buf_reserve(Buf *b, Py_ssize_t extra) {
+    if (b->len + extra <= b->cap) return 0;
+    Py_ssize_t cap = b->cap ? b->cap : 4096;
+    while (cap < b->len + extra) cap *= 2;
+    char *d = PyMem_Realloc(b->data, cap);
+    if (d == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    b->data = d;
+    b->cap = cap;
+    return 0;
+}
+
+static int buf_put(Buf *b, const char *s, Py_ssize_t n) {
+    if (buf_reserve(b, n) < 0) return -1;
+    memcpy(b->data + b->len, s, n);
+    b->len += n;
+    return 0;
+}
+
+/* A string literal: its size is known here, so the copy compiles to a few moves. */
+#define PUT_LIT(b, s) \
+    (buf_reserve((b), (Py_ssize_t)(sizeof(s) - 1)) < 0 \
+         ? -1 \
+         : (memcpy((b)->data + (b)->len, (s), sizeof(s) - 1), (b)->len += (Py_ssize_t)(sizeof(s) - 1), 0))
+
+static const char DIGIT_PAIRS[] =
+    "00010203040506070809101112131415161718192021222324252627282930313233343536373839"
+    "40414243444546474849505152535455565758596061626364656667686970717273747576777879"
+    "8081828384858687888990919293949596979899";
+
+/* 1: written, 0: not a plain int that fits 64 bits (caller falls back), -1: error. */
+static int put_int(Buf *b, PyObject *v) {
+    if (!PyLong_CheckExact(v)) return 0;
+    int overflow = 0;
+    long long x = PyLong_AsLongLongAndOverflow(v, &overflow);
+    if (overflow) return 0;
+    if (x == -1 && PyErr_Occurred()) return -1;
+    char tmp[24], *end = tmp + sizeof tmp, *p = end;
+    unsigned long long u = x < 0 ? 0ULL - (unsigned long long)x : (unsigned long long)x;
+    while (u >= 100) {
+        unsigned d = (unsigned)(u % 100) * 2;
+        u /= 100;
+        *--p = DIGIT_PAIRS[d + 1];
+        *--p = DIGIT_PAIRS[d];
+    }
+    if (u >= 10) {
+        *--p = DIGIT_PAIRS[u * 2 + 1];
+        *--p = DIGIT_PAIRS[u * 2];
+    } else {
+        *--p = (char)('0' + u);
+    }
+    if (x < 0) *--p = '-';
+    return buf_put(b, p, end - p) < 0 ? -1 : 1;
+}
+
+static int put_int_or_null(Buf *b, PyObject *v) {
+    if (v == Py_None) return PUT_LIT(b, "null") < 0 ? -1 : 1;
+    return put_int(b, v);
+}
+
+/* A JSON string from a str: escapes as the stdlib and msgspec do; non-ASCII stays UTF-8. */
+static int put_str(Buf *b, PyObject *v) {
+    if (!PyUnicode_CheckExact(v)) return 0;
+    Py_ssize_t n;
+    const char *s = PyUnicode_AsUTF8AndSize(v, &n);
+    if (s == NULL) {
+        PyErr_Clear(); /* lone surrogates: the fallback decides */
+        return 0;
+    }
+    if (buf_reserve(b, n * 6 + 2) < 0) return -1;
+    char *o = b->data + b->len;
+    *o++ = '"';
+    static const char hexd[] = "0123456789abcdef";
+    for (Py_ssize_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if (c >= 0x20 && c != '"' && c != '\\') {
+            *o++ = (char)c;
+            continue;
+        }
+        *o++ = '\\';
+        switch (c) {
+        case '"': *o++ = '"'; break;
+        case '\\': *o++ = '\\'; break;
+        case '\n': *o++ = 'n'; break;
+        case '\r': *o++ = 'r'; break;
+        case '\t': *o++ = 't'; break;
+        case '\b': *o++ = 'b'; break;
+        case '\f': *o++ = 'f'; break;
+        default:
+            *o++ = 'u'; *o++ = '0'; *o++ = '0';
+            *o++ = hexd[c >> 4]; *o++ = hexd[c & 15];
+        }
+    }
+    *o++ = '"';
+    b->len = o - b->data;
+    return 1;
+}
+
+/* The quoted 32-hex text of an id, as cirron._ids.hex_id: (value * MIX) mod 2**128, big-endian. */
+static const unsigned __int128 MIX =
+    ((unsigned __int128)0x9E3779B97F4A7C15ULL << 64) | (unsigned __int128)0xF39CC0605CEDC835ULL;
+
+static int put_hex_id(Buf *b, PyObject *v) {
+    if (!PyLong_CheckExact(v) || Py_SIZE(v) < 0) return 0;
+    unsigned char raw[16];
+#if PY_VERSION_HEX >= 0x030D0000
+    Py_ssize_t need = PyLong_AsNativeBytes(v, raw, 16, Py_ASNATIVEBYTES_LITTLE_ENDIAN | Py_ASNATIVEBYTES_UNSIGNED_BUFFER);
+    if (need < 0) return -1;
+    if (need > 16) return 0;
+#else
+    if (_PyLong_AsByteArray((PyLongObject *)v, raw, 16, 1, 0) < 0) {
+        if (!PyErr_ExceptionMatches(PyExc_OverflowError)) return -1;
+        PyErr_Clear();
+        return 0;
+    }
+#endif
+    unsigned __int128 x = 0;
+    for (int i = 15; i >= 0; i--) x = (x << 8) | raw[i];
+    x *= MIX;
+    static const char hexd[] = "0123456789abcdef";
+    if (buf_reserve(b, 34) < 0) return -1;
+    char *o = b->data + b->len;
+    o[0] = o[33] = '"';
+    unsigned long long half[2] = {(unsigned long long)(x >> 64), (unsigned long long)x};
+    for (int h = 0; h < 2; h++) {
+        unsigned long long v = half[h];
+        char *q = o + 1 + 16 * h + 16;
+        for (int i = 0; i < 16; i++) {
+            *--q = hexd[v & 15];
+            v >>= 4;
+        }
+    }
+    o += 34;
+    b->len = o - b->data;
+    return 1;
+}
+
+static int put_float(Buf *b, double x) {
+    if (x != x) return PUT_LIT(b, "\"NaN\"") < 0 ? -1 : 1;
+    if (x == HUGE_VAL) return PUT_LIT(b, "\"Infinity\"") < 0 ? -1 : 1;
+    if (x == -HUGE_VAL) return PUT_LIT(b, "\"-Infinity\"") < 0 ? -1 : 1;
+    char *s = PyOS_double_to_string(x, 'r', 0, Py_DTSF_ADD_DOT_0, NULL);
+    if (s == NULL) return -1;
+    int rc = buf_put(b, s, (Py_ssize_t)strlen(s));
+    PyMem_Free(s);
+    return rc < 0 ? -1 : 1;
+}
+
+/* A flat attribute dict (str keys; None, bool, int, float or str values) as a JSON object, the
+ * same as strict_json would make it; anything else (nesting, other types) is left to the
+ * fallback. */
+static int put_attrs(Buf *b, PyObject *attrs) {
+    if (attrs == Py_None) return PUT_LIT(b, "{}") < 0 ? -1 : 1;
+    if (!PyDict_CheckExact(attrs)) return 0;
+    if (PUT_LIT(b, "{") < 0) return -1;
+    Py_ssize_t pos = 0;
+    PyObject *key, *value;
+    int first = 1, r;
+    while (PyDict_Next(attrs, &pos, &key, &value)) {
+        if (!first && PUT_LIT(b, ",") < 0) return -1;
+        first = 0;
+        if ((r = put_str(b, key)) != 1) return r;
+        if (PUT_LIT(b, ":") < 0) return -1;
+        if (value == Py_None) r = PUT_LIT(b, "null") < 0 ? -1 : 1;
+        else if (value == Py_True) r = PUT_LIT(b, "true") < 0 ? -1 : 1;
+        else if (value == Py_False) r = PUT_LIT(b, "false") < 0 ? -1 : 1;
+        else if (PyLong_CheckExact(value)) r = put_int(b, value);
+        else if (PyFloat_CheckExact(value)) r = put_float(b, PyFloat_AS_DOUBLE(value));
+        else r = put_str(b, value);
+        if (r != 1) return r;
+    }
+    return PUT_LIT(b, "}") < 0 ? -1 : 1;
+}
+
+/* Give up on the record being written: drop its partial text and append fallback(args...). */
+static int put_fallback(Buf *b, Py_ssize_t mark, PyObject *fallback, PyObject *const *args, size_t nargs) {
+    b->len = mark;
+    PyObject *out = PyObject_Vectorcall(fallback, args, nargs, NULL);
+    if (out == NULL) return -1;
+    if (!PyBytes_Check(out)) {
+        Py_DECREF(out);
+        PyErr_SetString(PyExc_TypeError, "fallback must return bytes");
+        return -1;
+    }
+    int rc = buf_put(b, PyBytes_AS_STRING(out), PyBytes_GET_SIZE(out));
+    Py_DECREF(out);
+    return rc;
+}
+
+
+#define STEP(expr) do { int _r = (expr); if (_r < 0) goto error; if (_r == 0) goto fallback; } while (0)
+
+/* encode_spans(rows, pid, rank, root_id, root_hex, fallback) -> bytes
+ * rows: closed-span tuples (id, parent, name, index, start_ns, end_ns, cpu_ns, gpu_ns,
+ * memory_peak_bytes, thread_id, attrs). Returns the JSON objects joined by commas. */
+static PyObject *encode_spans(PyObject *Py_UNUSED(m), PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 6 || !PyList_Check(args[0])) {
+        PyErr_SetString(PyExc_TypeError, "encode_spans(rows: list, pid, rank, root_id, root_hex, fallback)");
+        return NULL;
+    }
+    PyObject *rows = args[0], *pid = args[1], *rank = args[2], *root_id = args[3], *root_hex = args[4];
+    PyObject *fallback = args[5];
+    Buf b = {NULL, 0, 0};
+    /* The text of ',"pid":P,"rank":R,"attrs":' is the same for every record. */
+    Buf tail = {NULL, 0, 0};
+    if (PUT_LIT(&tail, ",\"pid\":") < 0 || put_int(&tail, pid) != 1 || PUT_LIT(&tail, ",\"rank\":") < 0 ||
+        put_int(&tail, rank) != 1 || PUT_LIT(&tail, ",\"attrs\":") < 0) {
+        if (!PyErr_Occurred()) PyErr_SetString(PyExc_TypeError, "pid and rank must be ints");
+        PyMem_Free(tail.data);
+        return NULL;
+    }
+    Py_ssize_t n = PyList_GET_SIZE(rows);
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *row = PyList_GET_ITEM(rows, i);
+        if (i && PUT_LIT(&b, ",") < 0) goto error;
+        Py_ssize_t start = b.len;
+        if (!PyTuple_CheckExact(row) || PyTuple_GET_SIZE(row) != 11) goto fallback;
+        PyObject *const *f = &PyTuple_GET_ITEM(row, 0);
+        STEP(PUT_LIT(&b, "{\"id\":") < 0 ? -1 : 1);
+        STEP(put_hex_id(&b, f[0]));
+        STEP(PUT_LIT(&b, ",\"parent_id\":") < 0 ? -1 : 1);
+        int has_parent = PyObject_IsTrue(f[1]);
+        if (has_parent < 0) goto error;
+        if (has_parent) {
+            STEP(put_hex_id(&b, f[1]));
+        } else {
+            int is_root = PyObject_RichCompareBool(f[0], root_id, Py_EQ);
+            if (is_root < 0) goto error;
+            if (is_root || root_hex == Py_None) {
+                STEP(PUT_LIT(&b, "null") < 0 ? -1 : 1);
+            } else {
+                STEP(put_str(&b, root_hex));
+            }
+        }
+        STEP(PUT_LIT(&b, ",\"name\":") < 0 ? -1 : 1);
+        STEP(put_str(&b, f[2]));
+        STEP(PUT_LIT(&b, ",\"index\":") < 0 ? -1 : 1);
+        STEP(put_int_or_null(&b, f[3]));
+        STEP(PUT_LIT(&b, ",\"start_ns\":") < 0 ? -1 : 1);
+        STEP(put_int(&b, f[4]));
+        STEP(PUT_LIT(&b, ",\"end_ns\":") < 0 ? -1 : 1);
+        STEP(put_int_or_null(&b, f[5]));
+        STEP(PUT_LIT(&b, ",\"cpu_ns\":") < 0 ? -1 : 1);
+        STEP(put_int_or_null(&b, f[6]));
+        STEP(PUT_LIT(&b, ",\"gpu_ns\":") < 0 ? -1 : 1);
+        STEP(put_int_or_null(&b, f[7]));
+        STEP(PUT_LIT(&b, ",\"memory_peak_bytes\":") < 0 ? -1 : 1);
+        STEP(put_int_or_null(&b, f[8]));
+        STEP(PUT_LIT(&b, ",\"thread_id\":") < 0 ? -1 : 1);
+        STEP(put_int(&b, f[9]));
+        STEP(buf_put(&b, tail.data, tail.len) < 0 ? -1 : 1);
+        STEP(put_attrs(&b, f[10]));
+        STEP(PUT_LIT(&b, "}") < 0 ? -1 : 1);
+        continue;
+    fallback:
+        if (put_fallback(&b, start, fallback, &row, 1) < 0) goto error;
+    }
+    PyMem_Free(tail.data);
+    PyObject *out = PyBytes_FromStringAndSize(b.data ? b.data : "", b.len);
+    PyMem_Free(b.data);
+    return out;
+error:
+    PyMem_Free(tail.data);
+    PyMem_Free(b.data);
+    return NULL;
+}
+
+/* encode_marks(rows, ids, root_sentinel, fallback) -> bytes
+ * rows: [((span_id, name, value, kind, ts_ns, attrs), thread_id), ...]; ids: the mark ids, one
+ * per row. fallback(row, id) returns one record's JSON. */
+static PyObject *encode_marks(PyObject *Py_UNUSED(m), PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 4 || !PyList_Check(args[0]) || !PyList_Check(args[1]) ||
+        PyList_GET_SIZE(args[0]) != PyList_GET_SIZE(args[1]) || !PyUnicode_CheckExact(args[2])) {
+        PyErr_SetString(PyExc_TypeError, "encode_marks(rows: list, ids: list of the same length, root_sentinel: str, fallback)");
+        return NULL;
+    }
+    PyObject *rows = args[0], *ids = args[1], *sentinel = args[2], *fallback = args[3];
+    Buf b = {NULL, 0, 0};
+    Py_ssize_t n = PyList_GET_SIZE(rows);
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *row = PyList_GET_ITEM(rows, i), *mid = PyList_GET_ITEM(ids, i);
+        if (i && PUT_LIT(&b, ",") < 0) goto error;
+        Py_ssize_t start = b.len;
+        if (!PyTuple_CheckExact(row) || PyTuple_GET_SIZE(row) != 2) goto fallback;
+        PyObject *mark = PyTuple_GET_ITEM(row, 0), *tid = PyTuple_GET_ITEM(row, 1);
+        if (!PyTuple_CheckExact(mark) || PyTuple_GET_SIZE(mark) != 6) goto fallback;
+        PyObject *const *f = &PyTuple_GET_ITEM(mark, 0);
+        PyObject *value = f[2];
+        const char *vt;
+        if (PyFloat_CheckExact(value)) vt = "float";
+        else if (PyBool_Check(value)) vt = "bool";
+        else if (PyLong_CheckExact(value)) vt = "int";
+        else if (PyUnicode_CheckExact(value)) vt = "str";
+        else goto fallback;
+        STEP(PUT_LIT(&b, "{\"id\":") < 0 ? -1 : 1);
+        STEP(put_hex_id(&b, mid));
+        STEP(PUT_LIT(&b, ",\"span_id\":") < 0 ? -1 : 1);
+        int has_span = PyObject_IsTrue(f[0]);
+        if (has_span < 0) goto error;
+        STEP(has_span ? put_hex_id(&b, f[0]) : put_str(&b, sentinel));
+        STEP(PUT_LIT(&b, ",\"name\":") < 0 ? -1 : 1);
+        STEP(put_str(&b, f[1]));
+        STEP(PUT_LIT(&b, ",\"value\":") < 0 ? -1 : 1);
+        if (vt[0] == 'f') STEP(put_float(&b, PyFloat_AS_DOUBLE(value)));
+        else if (vt[0] == 'b') STEP((value == Py_True ? PUT_LIT(&b, "true") : PUT_LIT(&b, "false")) < 0 ? -1 : 1);
+        else if (vt[0] == 'i') STEP(put_int(&b, value));
+        else STEP(put_str(&b, value));
+        STEP(PUT_LIT(&b, ",\"value_type\":\"") < 0 ? -1 : 1);
+        STEP(buf_put(&b, vt, (Py_ssize_t)strlen(vt)) < 0 ? -1 : 1);
+        STEP(PUT_LIT(&b, "\",\"kind\":") < 0 ? -1 : 1);
+        STEP(put_str(&b, f[3]));
+        STEP(PUT_LIT(&b, ",\"ts_ns\":") < 0 ? -1 : 1);
+        STEP(put_int(&b, f[4]));
+        STEP(PUT_LIT(&b, ",\"thread_id\":") < 0 ? -1 : 1);
+        STEP(put_int(&b, tid));
+        STEP(PUT_LIT(&b, ",\"attrs\":") < 0 ? -1 : 1);
+        STEP(put_attrs(&b, f[5]));
+        STEP(PUT_LIT(&b, "}") < 0 ? -1 : 1);
+        continue;
+    fallback:
+        if (put_fallback(&b, start, fallback, (PyObject *[]){row, mid}, 2) < 0) goto error;
+    }
+    PyObject *out = PyBytes_FromStringAndSize(b.data ? b.data : "", b.len);
+    PyMem_Free(b.data);
+    return out;
+error:
+    PyMem_Free(b.data);
+    return NULL;
+}
+
+static PyMethodDef module_methods[] = {
+    {"encode_spans", (PyCFunction)(void (*)(void))encode_spans, METH_FASTCALL,
+     "encode_spans(rows, pid, rank, root_id, root_hex, fallback) -> bytes: span records as JSON objects joined by commas."},
+    {"encode_marks", (PyCFunction)(void (*)(void))encode_marks, METH_FASTCALL,
+     "encode_marks(rows, ids, root_sentinel, fallback) -> bytes: mark records as JSON objects joined by commas."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module_def = {
+    PyModuleDef_HEAD_INIT, "_cencode", "C encoder of spool span and mark records.", -1, module_methods,
+};
+
+PyMODINIT_FUNC PyInit__cencode(void) {
+    return PyModule_Create(&module_def);
+}

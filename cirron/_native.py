@@ -1,0 +1,29 @@
+"""The optional compiled speed-ups (``_record/_cscope.c``, ``_flush/_cencode.c``).
+
+Every one has a pure-Python twin that is the reference; the compiled one is used when the
+build made it and ``CIRRON_PURE_PYTHON`` is not set. The same variable, set while installing,
+skips compiling them.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from types import ModuleType
+
+#: Set to 1 to run (or build) without the compiled modules.
+PURE_PYTHON_ENV = "CIRRON_PURE_PYTHON"
+
+
+def pure_python_wanted() -> bool:
+    return os.environ.get(PURE_PYTHON_ENV, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def load(module: str) -> ModuleType | None:
+    """The compiled module ``module`` (a full dotted name), or None when absent or not wanted."""
+    if pure_python_wanted():
+        return None
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        return None

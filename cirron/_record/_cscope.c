@@ -1,0 +1,354 @@
+/* The scope's enter and exit in C: the optional fast path of cirron._record.span.
+ *
+ * `ScopeBase` holds the same fields as the pure-Python `Scope` and does exactly what its
+ * `__enter__`/`__exit__` do (span.py is the reference; keep the two in step). Everything rare
+ * (re-entering a scope object, an exception inside the scope, a closing in another context)
+ * calls back into Python methods that span.py defines on the subclass. Nothing here raises into
+ * the caller: a failure of cirron's own goes to `Recorder.note_internal_error`.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <structmember.h>
+#include <time.h>
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *rec, *name, *attrs, *index, *id, *parent, *start_ns, *end_ns, *cpu_ns;
+    PyObject *thread_id, *token, *cpu0, *outer, *more;
+} ScopeObject;
+
+static PyTypeObject ScopeBase_Type;
+
+/* Set once by span.py: the process's id source (its `ids` attribute is replaced after a fork). */
+static PyObject *id_source = NULL;
+
+static PyObject *s_current, *s_root, *s_ids, *s_open, *s_local, *s_tb, *s_buffers, *s_new_thread_buffer;
+static PyObject *s_spans, *s_span_capacity, *s_spans_dropped, *s_append, *s_gpu_ns, *s_memory_peak_bytes;
+static PyObject *s_note_internal_error, *s_reenter, *s_note_exception, *s_id, *s_exit;
+
+#define IS_NONE(x) ((x) == NULL || (x) == Py_None)
+
+static inline long long clock_ns(clockid_t clock) {
+    struct timespec ts;
+    clock_gettime(clock, &ts);
+    return (long long)ts.tv_sec * 1000000000LL + ts.tv_nsec;
+}
+
+/* Hand the pending exception to rec.note_internal_error and clear it. */
+static void note_internal_error(PyObject *rec) {
+    PyObject *type, *value, *tb;
+    PyErr_Fetch(&type, &value, &tb);
+    if (type == NULL) return;
+    PyErr_NormalizeException(&type, &value, &tb);
+    PyObject *r = PyObject_CallMethodOneArg(rec, s_note_internal_error, value ? value : Py_None);
+    Py_XDECREF(r);
+    PyErr_Clear();
+    Py_XDECREF(type); Py_XDECREF(value); Py_XDECREF(tb);
+}
+
+static int Scope_init(ScopeObject *self, PyObject *args, PyObject *kwds) {
+    static char *kwlist[] = {"rec", "name", "attrs", "index", NULL};
+    PyObject *rec, *name, *attrs, *index = Py_None;
+    if (kwds == NULL && (PyTuple_GET_SIZE(args) == 3 || PyTuple_GET_SIZE(args) == 4)) {
+        rec = PyTuple_GET_ITEM(args, 0);
+        name = PyTuple_GET_ITEM(args, 1);
+        attrs = PyTuple_GET_ITEM(args, 2);
+        if (PyTuple_GET_SIZE(args) == 4) index = PyTuple_GET_ITEM(args, 3);
+    } else if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOO|O", kwlist, &rec, &name, &attrs, &index)) {
+        return -1;
+    }
+    Py_XSETREF(self->rec, Py_NewRef(rec));
+    Py_XSETREF(self->name, Py_NewRef(name));
+    Py_XSETREF(self->attrs, Py_NewRef(attrs));
+    Py_XSETREF(self->index, Py_NewRef(index));
+    return 0;
+}
+
+static int Scope_traverse(ScopeObject *self, visitproc visit, void *arg) {
+    Py_VISIT(self->rec); Py_VISIT(self->name); Py_VISIT(self->attrs); Py_VISIT(self->index);
+    Py_VISIT(self->id); Py_VISIT(self->parent); Py_VISIT(self->start_ns); Py_VISIT(self->end_ns);
+    Py_VISIT(self->cpu_ns); Py_VISIT(self->thread_id); Py_VISIT(self->token); Py_VISIT(self->cpu0);
+    Py_VISIT(self->outer); Py_VISIT(self->more);
+    return 0;
+}
+
+static int Scope_clear(ScopeObject *self) {
+    Py_CLEAR(self->rec); Py_CLEAR(self->name); Py_CLEAR(self->attrs); Py_CLEAR(self->index);
+    Py_CLEAR(self->id); Py_CLEAR(self->parent); Py_CLEAR(self->start_ns); Py_CLEAR(self->end_ns);
+    Py_CLEAR(self->cpu_ns); Py_CLEAR(self->thread_id); Py_CLEAR(self->token); Py_CLEAR(self->cpu0);
+    Py_CLEAR(self->outer); Py_CLEAR(self->more);
+    return 0;
+}
+
+static void Scope_dealloc(ScopeObject *self) {
+    PyTypeObject *tp = Py_TYPE(self);
+    PyObject_GC_UnTrack(self);
+    Scope_clear(self);
+    tp->tp_free((PyObject *)self);  /* a heap subclass's own dealloc drops its type reference */
+}
+
+static PyObject *Scope_enter(ScopeObject *self, PyObject *Py_UNUSED(ignored)) {
+    if (!IS_NONE(self->id)) /* entered before: span.py records the new entry separately */
+        return PyObject_CallMethodNoArgs((PyObject *)self, s_reenter);
+    PyObject *rec = self->rec, *cur = NULL, *parent = NULL, *ids = NULL, *sid = NULL, *open = NULL;
+    cur = PyObject_GetAttr(rec, s_current);
+    if (cur == NULL) goto error;
+    if (PyContextVar_Get(cur, NULL, &parent) < 0) goto error;
+    if (IS_NONE(parent)) {
+        Py_XDECREF(parent);
+        parent = PyObject_GetAttr(rec, s_root);
+        if (parent == NULL) goto error;
+    }
+    Py_XSETREF(self->parent, parent);
+    parent = NULL;
+    ids = PyObject_GetAttr(id_source, s_ids);
+    if (ids == NULL) goto error;
+    sid = PyIter_Next(ids);
+    if (sid == NULL) goto error;
+    Py_XSETREF(self->id, Py_NewRef(sid));
+    Py_XSETREF(self->thread_id, PyLong_FromUnsignedLong(PyThread_get_thread_ident()));
+    PyObject *token = PyContextVar_Set(cur, (PyObject *)self);
+    if (token == NULL) goto error;
+    Py_XSETREF(self->token, token);
+    open = PyObject_GetAttr(rec, s_open);
+    if (open == NULL || PyObject_SetItem(open, sid, (PyObject *)self) < 0) goto error;
+    goto done;
+error:
+    note_internal_error(rec);
+done:
+    Py_XDECREF(cur); Py_XDECREF(parent); Py_XDECREF(ids); Py_XDECREF(sid); Py_XDECREF(open);
+    Py_XSETREF(self->start_ns, PyLong_FromLongLong(clock_ns(CLOCK_REALTIME)));
+    Py_XSETREF(self->cpu0, PyLong_FromLongLong(clock_ns(CLOCK_THREAD_CPUTIME_ID)));
+    if (self->start_ns == NULL || self->cpu0 == NULL) {
+        note_internal_error(rec);
+    }
+    return Py_NewRef(self);
+}
+
+/* The span's id as stored in a record: 0 for no parent. */
+static PyObject *parent_id(PyObject *parent) {
+    if (parent == NULL || parent == Py_None) return PyLong_FromLong(0);
+    if (PyObject_TypeCheck(parent, &ScopeBase_Type)) {
+        PyObject *pid = ((ScopeObject *)parent)->id;
+        return Py_NewRef(pid ? pid : Py_None);
+    }
+    return PyObject_GetAttr(parent, s_id);
+}
+
+static PyObject *more_get(PyObject *more, PyObject *key) {
+    if (more == NULL || !PyDict_Check(more)) return Py_NewRef(Py_None);
+    PyObject *v = PyDict_GetItemWithError(more, key);
+    if (v == NULL) {
+        if (PyErr_Occurred()) return NULL;
+        v = Py_None;
+    }
+    return Py_NewRef(v);
+}
+
+/* Append a closed record to this thread's buffer, or count it as dropped when the buffer is full. */
+static int buffer_append(PyObject *rec, PyObject *record) {
+    int rc = -1;
+    PyObject *local = NULL, *tb = NULL, *spans = NULL, *cap = NULL, *r = NULL;
+    local = PyObject_GetAttr(rec, s_local);
+    if (local == NULL) goto out;
+    tb = PyObject_GetAttr(local, s_tb);
+    if (tb == NULL) {
+        if (!PyErr_ExceptionMatches(PyExc_AttributeError)) goto out;
+        PyErr_Clear();
+        PyObject *buffers = PyObject_GetAttr(rec, s_buffers);
+        if (buffers == NULL) goto out;
+        tb = PyObject_CallMethodNoArgs(buffers, s_new_thread_buffer);
+        Py_DECREF(buffers);
+        if (tb == NULL) goto out;
+    }
+    spans = PyObject_GetAttr(tb, s_spans);
+    cap = PyObject_GetAttr(tb, s_span_capacity);
+    if (spans == NULL || cap == NULL) goto out;
+    Py_ssize_t n = PyObject_Size(spans);
+    Py_ssize_t limit = PyLong_AsSsize_t(cap);
+    if (n < 0 || (limit == -1 && PyErr_Occurred())) goto out;
+    if (n < limit) {
+        r = PyObject_CallMethodOneArg(spans, s_append, record);
+        if (r == NULL) goto out;
+    } else {
+        PyObject *dropped = PyObject_GetAttr(tb, s_spans_dropped);
+        if (dropped == NULL) goto out;
+        PyObject *one = PyLong_FromLong(1);
+        r = one ? PyNumber_Add(dropped, one) : NULL;
+        Py_XDECREF(one);
+        Py_DECREF(dropped);
+        if (r == NULL || PyObject_SetAttr(tb, s_spans_dropped, r) < 0) goto out;
+    }
+    rc = 0;
+out:
+    Py_XDECREF(local); Py_XDECREF(tb); Py_XDECREF(spans); Py_XDECREF(cap); Py_XDECREF(r);
+    return rc;
+}
+
+/* __exit__(exc_type, exc, tb, cpu1=None, end=None): cpu1/end are only passed by finish(). */
+static PyObject *Scope_exit(ScopeObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    long long cpu1 = clock_ns(CLOCK_THREAD_CPUTIME_ID);
+    long long end = clock_ns(CLOCK_REALTIME);
+    if (nargs < 3 || nargs > 5) {
+        PyErr_SetString(PyExc_TypeError, "__exit__ takes 3 to 5 arguments");
+        return NULL;
+    }
+    PyObject *exc = args[1];
+    PyObject *end_obj = NULL;
+    if (nargs >= 4 && args[3] != Py_None) {
+        cpu1 = PyLong_AsLongLong(args[3]);
+        if (cpu1 == -1 && PyErr_Occurred()) return NULL;
+    }
+    if (nargs >= 5 && args[4] != Py_None) end_obj = Py_NewRef(args[4]);
+    if (!IS_NONE(self->outer)) { /* leaving the latest re-entry of a reused scope object */
+        PyObject *inner = Py_NewRef(self->outer);
+        PyObject *next = PyObject_TypeCheck(inner, &ScopeBase_Type) ? ((ScopeObject *)inner)->outer : NULL;
+        Py_XSETREF(self->outer, Py_XNewRef(next));
+        PyObject *r = PyObject_VectorcallMethod(s_exit, (PyObject *[]){inner, args[0], args[1], args[2]},
+                                                4, NULL);
+        Py_DECREF(inner);
+        Py_XDECREF(end_obj);
+        return r;
+    }
+    if (IS_NONE(self->id) || !IS_NONE(self->end_ns)) {
+        Py_XDECREF(end_obj);
+        Py_RETURN_NONE;
+    }
+    if (end_obj == NULL) {
+        end_obj = PyLong_FromLongLong(end);
+        if (end_obj == NULL) return NULL;
+    }
+    PyObject *rec = self->rec;
+    Py_INCREF(rec);
+    PyObject *cur = NULL, *open = NULL, *record = NULL, *pid = NULL, *gpu = NULL, *mem = NULL, *cpu = NULL;
+    PyObject *sid = NULL;
+    if (!IS_NONE(self->token)) {
+        PyObject *token = self->token;
+        self->token = Py_NewRef(Py_None);
+        cur = PyObject_GetAttr(rec, s_current);
+        if (cur == NULL) { Py_DECREF(token); goto error; }
+        int reset = PyContextVar_Reset(cur, token);
+        Py_DECREF(token);
+        if (reset < 0) {
+            if (!PyErr_ExceptionMatches(PyExc_ValueError)) goto error;
+            /* Closed in another context than it was opened in: put the parent back. */
+            PyErr_Clear();
+            PyObject *root = PyObject_GetAttr(rec, s_root);
+            if (root == NULL) goto error;
+            PyObject *parent = self->parent ? self->parent : Py_None;
+            PyObject *t = PyContextVar_Set(cur, parent == root ? Py_None : parent);
+            Py_DECREF(root);
+            if (t == NULL) goto error;
+            Py_DECREF(t);
+        }
+    }
+    if (!IS_NONE(exc)) {
+        PyObject *r = PyObject_CallMethodOneArg((PyObject *)self, s_note_exception, exc);
+        if (r == NULL) goto error;
+        Py_DECREF(r);
+    }
+    sid = Py_NewRef(self->id);
+    open = PyObject_GetAttr(rec, s_open);
+    if (open == NULL) goto error;
+    if (PyDict_Check(open)) {
+        PyObject *was = PyDict_GetItemWithError(open, sid);
+        if (was == NULL) {
+            if (PyErr_Occurred()) goto error;
+            /* Not one of ours: a span inherited from the parent process across fork(). */
+            Py_XSETREF(self->end_ns, Py_NewRef(end_obj));
+            goto done;
+        }
+        if (PyDict_DelItem(open, sid) < 0) goto error;
+    } else {
+        PyErr_SetString(PyExc_TypeError, "Recorder.open is not a dict");
+        goto error;
+    }
+    long long cpu0 = PyLong_AsLongLong(self->cpu0 ? self->cpu0 : Py_None);
+    if (cpu0 == -1 && PyErr_Occurred()) goto error;
+    cpu = PyLong_FromLongLong(cpu1 - cpu0);
+    pid = parent_id(self->parent);
+    gpu = more_get(self->more, s_gpu_ns);
+    mem = more_get(self->more, s_memory_peak_bytes);
+    if (cpu == NULL || pid == NULL || gpu == NULL || mem == NULL) goto error;
+#define OR_NONE(x) ((x) ? (x) : Py_None)
+    record = PyTuple_Pack(11, sid, pid, OR_NONE(self->name), OR_NONE(self->index), OR_NONE(self->start_ns),
+                          end_obj, cpu, gpu, mem, OR_NONE(self->thread_id), OR_NONE(self->attrs));
+#undef OR_NONE
+    if (record == NULL) goto error;
+    if (buffer_append(rec, record) < 0) goto error;
+    Py_XSETREF(self->cpu_ns, Py_NewRef(cpu));
+    Py_XSETREF(self->end_ns, Py_NewRef(end_obj));
+    goto done;
+error:
+    note_internal_error(rec);
+done:
+    Py_XDECREF(cur); Py_XDECREF(open); Py_XDECREF(record); Py_XDECREF(pid); Py_XDECREF(gpu);
+    Py_XDECREF(mem); Py_XDECREF(cpu); Py_XDECREF(sid); Py_XDECREF(end_obj);
+    Py_DECREF(rec);
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef Scope_methods[] = {
+    {"__enter__", (PyCFunction)Scope_enter, METH_NOARGS, NULL},
+    {"__exit__", (PyCFunction)(void (*)(void))Scope_exit, METH_FASTCALL, NULL},
+    {NULL, NULL, 0, NULL},
+};
+
+#define FIELD(name, member) {name, T_OBJECT, offsetof(ScopeObject, member), 0, NULL}
+static PyMemberDef Scope_members[] = {
+    FIELD("_rec", rec), FIELD("name", name), FIELD("attrs", attrs), FIELD("index", index), FIELD("id", id),
+    FIELD("parent", parent), FIELD("start_ns", start_ns), FIELD("end_ns", end_ns), FIELD("cpu_ns", cpu_ns),
+    FIELD("thread_id", thread_id), FIELD("_token", token), FIELD("_cpu0", cpu0), FIELD("_outer", outer),
+    FIELD("_more", more),
+    {NULL, 0, 0, 0, NULL},
+};
+#undef FIELD
+
+static PyTypeObject ScopeBase_Type = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "cirron._record._cscope.ScopeBase",
+    .tp_basicsize = sizeof(ScopeObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC,
+    .tp_doc = "Storage and enter/exit of a scope; cirron._record.span.Scope adds the rest.",
+    .tp_traverse = (traverseproc)Scope_traverse,
+    .tp_clear = (inquiry)Scope_clear,
+    .tp_dealloc = (destructor)Scope_dealloc,
+    .tp_methods = Scope_methods,
+    .tp_members = Scope_members,
+    .tp_init = (initproc)Scope_init,
+    .tp_new = PyType_GenericNew,
+};
+
+static PyObject *set_id_source(PyObject *Py_UNUSED(module), PyObject *source) {
+    Py_XSETREF(id_source, Py_NewRef(source));
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef module_methods[] = {
+    {"set_id_source", set_id_source, METH_O, "Where enter takes ids from: an object whose .ids is an iterator."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module_def = {
+    PyModuleDef_HEAD_INIT, "_cscope", "C enter/exit for cirron scopes.", -1, module_methods,
+};
+
+#define INTERN(var, text) if ((var = PyUnicode_InternFromString(text)) == NULL) return NULL
+
+PyMODINIT_FUNC PyInit__cscope(void) {
+    INTERN(s_current, "current"); INTERN(s_root, "root"); INTERN(s_ids, "ids"); INTERN(s_open, "open");
+    INTERN(s_local, "local"); INTERN(s_tb, "tb"); INTERN(s_buffers, "buffers");
+    INTERN(s_new_thread_buffer, "new_thread_buffer"); INTERN(s_spans, "spans");
+    INTERN(s_span_capacity, "span_capacity"); INTERN(s_spans_dropped, "spans_dropped");
+    INTERN(s_append, "append"); INTERN(s_gpu_ns, "gpu_ns"); INTERN(s_memory_peak_bytes, "memory_peak_bytes");
+    INTERN(s_note_internal_error, "note_internal_error"); INTERN(s_reenter, "_reenter");
+    INTERN(s_note_exception, "_note_exception"); INTERN(s_id, "id"); INTERN(s_exit, "__exit__");
+    if (PyType_Ready(&ScopeBase_Type) < 0) return NULL;
+    PyObject *m = PyModule_Create(&module_def);
+    if (m == NULL) return NULL;
+    if (PyModule_AddObjectRef(m, "ScopeBase", (PyObject *)&ScopeBase_Type) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}

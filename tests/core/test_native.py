@@ -1,0 +1,154 @@
+"""The compiled speed-ups agree with their pure-Python twins (``cirron._native``)."""
+
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import msgspec
+import orjson
+import pytest
+
+from cirron._flush import batch as batch_mod
+from cirron._flush.batch import Batch, mark_record, span_record
+from cirron._ids import IDS
+from cirron._native import PURE_PYTHON_ENV
+from cirron._record import span as span_mod
+from cirron._schema import ROOT_SENTINEL
+
+_cencode = pytest.importorskip("cirron._flush._cencode", reason="the C encoder was not built")
+
+ROOT = (next(IDS.ids), "f" * 32)
+
+
+def _span_rows() -> list[tuple]:
+    sid = next(IDS.ids)
+    plain = (sid, 0, "step", None, 1_700_000_000_000_000_000, 1_700_000_000_000_100_000, 5_000, None, None, 140, None)
+    return [
+        plain,
+        (next(IDS.ids), sid, "child", 3, 10, 20, 0, 7, 1 << 40, 140, {}),
+        (ROOT[0], 0, "cirron.session", None, 1, None, None, None, None, 140, None),  # the root: no parent
+        (next(IDS.ids), sid, 'quote " back \\ ctl \x01\n\t é 中 \u2028', -1, -5, None, None, None, None, 1, None),
+        (next(IDS.ids), sid, "flat", None, 1, 2, 3, None, None, 4,
+         {"route": "/v1", "status": 200, "ok": True, "no": False, "none": None, "ratio": 0.25, "nan": math.nan,
+          "inf": -math.inf, "big": 1e300}),
+        # handed to the Python fallback: nesting, non-str keys, ints past 64 bits, a lone surrogate,
+        # a bool where an int goes, a float gpu time
+        (next(IDS.ids), sid, "nested", None, 1, 2, 3, None, None, 4, {"shape": (2, 3), "cfg": {"lr": 0.1}}),
+        (next(IDS.ids), sid, "keys", None, 1, 2, 3, None, None, 4, {1: "one"}),
+        (next(IDS.ids), sid, "huge", None, 1, 2, 3, None, 1 << 70, 4, None),
+        (next(IDS.ids), sid, "bad \ud800 name", None, 1, 2, 3, None, None, 4, None),
+        (next(IDS.ids), sid, "flag", True, 1, 2, 3, None, None, 4, None),
+        (next(IDS.ids), sid, "gpu", None, 1, 2, 3, 1.5, None, 4, None),
+    ]
+
+
+def _mark_rows() -> list[tuple[tuple, int]]:
+    sid = next(IDS.ids)
+    return [
+        ((sid, "loss", 0.5, "point", 100, None), 7),
+        ((0, "lr", 1e-7, "summary", 101, None), 7),
+        ((sid, "step", 12, "point", 102, {}), 8),
+        ((sid, "done", True, "summary", 103, None), 8),
+        ((sid, "note", 'text "q" \n', "point", 104, {"k": "v", "n": 2}), 9),
+        ((sid, "nan", math.nan, "point", 105, None), 9),
+        ((sid, "inf", math.inf, "point", 106, None), 9),
+        ((sid, "ninf", -math.inf, "point", 107, None), 9),
+        ((sid, "neg", -0.0, "point", 108, None), 9),
+        ((sid, "big", 1 << 80, "point", 109, None), 9),  # fallback: past 64 bits
+        ((sid, "nested", 1.0, "point", 110, {"a": [1, 2]}), 9),  # fallback: nested attrs
+    ]
+
+
+def _python_spans(rows: list[tuple]) -> list[dict]:
+    return msgspec.to_builtins([span_record(r, 321, 2, *ROOT) for r in rows])
+
+
+def test_span_encoder_matches_the_python_records() -> None:
+    rows = [r for r in _span_rows() if "\ud800" not in r[2]]
+    fallbacks: list[tuple] = []
+
+    def fallback(row: tuple) -> bytes:
+        fallbacks.append(row)
+        return batch_mod._ENCODER.encode(span_record(row, 321, 2, *ROOT))
+
+    out = _cencode.encode_spans(rows, 321, 2, ROOT[0], ROOT[1], fallback)
+    assert orjson.loads(b"[" + out + b"]") == _python_spans(rows)
+    # Only the records the C encoder cannot write went through Python.
+    assert [r[2] for r in fallbacks] == ["nested", "keys", "huge", "flag", "gpu"]
+
+
+def test_span_with_invalid_utf8_name_goes_to_the_fallback() -> None:
+    row = next(r for r in _span_rows() if "\ud800" in r[2])
+    seen = []
+    out = _cencode.encode_spans([row], 1, 0, 0, None, lambda r: seen.append(r) or b'{"x":1}')
+    assert seen == [row] and out == b'{"x":1}'
+
+
+def test_mark_encoder_matches_the_python_records() -> None:
+    rows = _mark_rows()
+    ids = [next(IDS.ids) for _ in rows]
+    fallbacks = []
+
+    def fallback(row: tuple, mark_id: int) -> bytes:
+        fallbacks.append(row[0][1])
+        return batch_mod._ENCODER.encode(mark_record(row, mark_id))
+
+    out = _cencode.encode_marks(rows, ids, ROOT_SENTINEL, fallback)
+    expected = msgspec.to_builtins([mark_record(r, i) for r, i in zip(rows, ids)])
+    assert orjson.loads(b"[" + out + b"]") == expected
+    assert fallbacks == ["big", "nested"]
+    assert expected[1]["span_id"] == ROOT_SENTINEL and expected[5]["value"] == "NaN"
+
+
+def test_encoders_reject_mismatched_arguments() -> None:
+    with pytest.raises(TypeError):
+        _cencode.encode_marks([((0, "a", 1, "point", 1, None), 1)], [], ROOT_SENTINEL, None)
+    with pytest.raises(TypeError):
+        _cencode.encode_spans((), 1, 0, 0, None, None)
+
+
+def test_batch_json_is_the_same_with_and_without_the_c_encoder(monkeypatch: pytest.MonkeyPatch) -> None:
+    span_rows = [r for r in _span_rows() if "\ud800" not in r[2]]
+    mark_rows = _mark_rows()
+    mark_ids = [next(IDS.ids) for _ in mark_rows]
+    resource = {"pid": 321, "rank": 2}
+
+    def encoded() -> dict:
+        b = Batch("s" * 32, resource, [list(span_rows[:4]), list(span_rows[4:])], list(mark_rows), list(mark_ids),
+                  [], len(span_rows), ROOT)
+        return orjson.loads(b.to_json())
+
+    with_c = encoded()
+    monkeypatch.setattr(batch_mod, "_cencode", None)
+    without_c = encoded()
+    with_c.pop("batch_id"), without_c.pop("batch_id")
+    with_c.pop("created_ns"), without_c.pop("created_ns")
+    assert with_c == without_c
+    assert len(with_c["spans"]) == len(span_rows) and len(with_c["marks"]) == len(mark_rows)
+
+
+def test_compiled_scope_is_in_use_when_built() -> None:
+    pytest.importorskip("cirron._record._cscope", reason="the C scope was not built")
+    assert span_mod.COMPILED
+    assert span_mod.Scope.__enter__ is not span_mod.PyScope.__enter__
+    assert issubclass(span_mod.Scope, span_mod._ScopeMethods)
+
+
+@pytest.mark.slow
+def test_recording_tests_pass_on_the_pure_python_path() -> None:
+    """The pure-Python scope and encoder are what runs where nothing could be compiled: the
+    recording, trace and flush tests run again on them, in a child with the compiled ones off."""
+    here = Path(__file__).parent
+    env = dict(os.environ, **{PURE_PYTHON_ENV: "1"})
+    code = ("import sys, pytest; from cirron._record import span; from cirron._flush import batch; "
+            "assert not span.COMPILED and batch._cencode is None; "
+            "sys.exit(pytest.main(sys.argv[1:]))")
+    files = [str(here / name) for name in ("test_recording.py", "test_trace.py", "test_flush_memory.py",
+                                           "test_reliability.py")]
+    proc = subprocess.run([sys.executable, "-c", code, "-q", "-p", "no:cacheprovider", *files],
+                          cwd=here.parent, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
