@@ -21,7 +21,7 @@ from cirron._env import env as _env
 from cirron._env import secret as _secret
 from cirron._flush.batch import GilBudget
 from cirron._flush.collector import Collector, TraceStore, resource_attributes
-from cirron._record.span import Recorder, Scope
+from cirron._record.span import Recorder, Scope, scope_factory
 from cirron._schema import SESSION_SPAN_NAME
 from cirron._version import __version__
 
@@ -82,6 +82,9 @@ class Cirron:
         mark_cap = mark_buffer_capacity or (self._config.mark_buffer_capacity if self._config else 65_536)
         max_spans = trace_buffer_max_spans or (self._config.trace_buffer_max_spans if self._config else 100_000)
         self._rec = Recorder(mark_cap)
+        factory = scope_factory(self._rec)
+        if factory is not None:  # the same call as the scope() method below, made in C
+            self.scope = factory
         self._trace = TraceStore(max_spans, self._rec.open)
         self._collector = Collector(self._rec, self._trace, backlog_max_spans=max_spans, backlog_max_marks=mark_cap)
         self._state = State.IDLE

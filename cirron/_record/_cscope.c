@@ -18,11 +18,21 @@ typedef struct {
 } ScopeObject;
 
 static PyTypeObject ScopeBase_Type;
+static PyTypeObject RecorderBase_Type;
+
+/* The fields of cirron._record.span.Recorder that enter and exit read on every call. */
+typedef struct {
+    PyObject_HEAD
+    PyObject *current, *open, *root, *local, *buffers;
+    PyObject *dict;
+} RecorderObject;
+
+#define REC(o) ((RecorderObject *)(o))
 
 /* Set once by span.py: the process's id source (its `ids` attribute is replaced after a fork). */
 static PyObject *id_source = NULL;
 
-static PyObject *s_current, *s_root, *s_ids, *s_open, *s_local, *s_tb, *s_buffers, *s_new_thread_buffer;
+static PyObject *s_ids, *s_tb, *s_new_thread_buffer;
 static PyObject *s_spans, *s_span_capacity, *s_spans_dropped, *s_append, *s_gpu_ns, *s_memory_peak_bytes;
 static PyObject *s_note_internal_error, *s_reenter, *s_note_exception, *s_id, *s_exit;
 
@@ -55,6 +65,10 @@ static int Scope_init(ScopeObject *self, PyObject *args, PyObject *kwds) {
         attrs = PyTuple_GET_ITEM(args, 2);
         if (PyTuple_GET_SIZE(args) == 4) index = PyTuple_GET_ITEM(args, 3);
     } else if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOO|O", kwlist, &rec, &name, &attrs, &index)) {
+        return -1;
+    }
+    if (!PyObject_TypeCheck(rec, &RecorderBase_Type)) {
+        PyErr_SetString(PyExc_TypeError, "a compiled scope needs a compiled recorder (RecorderBase)");
         return -1;
     }
     Py_XSETREF(self->rec, Py_NewRef(rec));
@@ -91,13 +105,12 @@ static PyObject *Scope_enter(ScopeObject *self, PyObject *Py_UNUSED(ignored)) {
     if (!IS_NONE(self->id)) /* entered before: span.py records the new entry separately */
         return PyObject_CallMethodNoArgs((PyObject *)self, s_reenter);
     PyObject *rec = self->rec, *cur = NULL, *parent = NULL, *ids = NULL, *sid = NULL, *open = NULL;
-    cur = PyObject_GetAttr(rec, s_current);
-    if (cur == NULL) goto error;
+    cur = Py_XNewRef(REC(rec)->current);
+    if (cur == NULL) goto missing;
     if (PyContextVar_Get(cur, NULL, &parent) < 0) goto error;
     if (IS_NONE(parent)) {
         Py_XDECREF(parent);
-        parent = PyObject_GetAttr(rec, s_root);
-        if (parent == NULL) goto error;
+        parent = Py_NewRef(REC(rec)->root ? REC(rec)->root : Py_None);
     }
     Py_XSETREF(self->parent, parent);
     parent = NULL;
@@ -110,9 +123,12 @@ static PyObject *Scope_enter(ScopeObject *self, PyObject *Py_UNUSED(ignored)) {
     PyObject *token = PyContextVar_Set(cur, (PyObject *)self);
     if (token == NULL) goto error;
     Py_XSETREF(self->token, token);
-    open = PyObject_GetAttr(rec, s_open);
-    if (open == NULL || PyObject_SetItem(open, sid, (PyObject *)self) < 0) goto error;
+    open = Py_XNewRef(REC(rec)->open);
+    if (open == NULL) goto missing;
+    if (PyObject_SetItem(open, sid, (PyObject *)self) < 0) goto error;
     goto done;
+missing:
+    PyErr_SetString(PyExc_AttributeError, "recorder not initialised");
 error:
     note_internal_error(rec);
 done:
@@ -149,16 +165,21 @@ static PyObject *more_get(PyObject *more, PyObject *key) {
 static int buffer_append(PyObject *rec, PyObject *record) {
     int rc = -1;
     PyObject *local = NULL, *tb = NULL, *spans = NULL, *cap = NULL, *r = NULL;
-    local = PyObject_GetAttr(rec, s_local);
-    if (local == NULL) goto out;
+    local = Py_XNewRef(REC(rec)->local);
+    if (local == NULL) {
+        PyErr_SetString(PyExc_AttributeError, "recorder not initialised");
+        goto out;
+    }
     tb = PyObject_GetAttr(local, s_tb);
     if (tb == NULL) {
         if (!PyErr_ExceptionMatches(PyExc_AttributeError)) goto out;
         PyErr_Clear();
-        PyObject *buffers = PyObject_GetAttr(rec, s_buffers);
-        if (buffers == NULL) goto out;
+        PyObject *buffers = REC(rec)->buffers;
+        if (buffers == NULL) {
+            PyErr_SetString(PyExc_AttributeError, "recorder not initialised");
+            goto out;
+        }
         tb = PyObject_CallMethodNoArgs(buffers, s_new_thread_buffer);
-        Py_DECREF(buffers);
         if (tb == NULL) goto out;
     }
     spans = PyObject_GetAttr(tb, s_spans);
@@ -225,19 +246,21 @@ static PyObject *Scope_exit(ScopeObject *self, PyObject *const *args, Py_ssize_t
     if (!IS_NONE(self->token)) {
         PyObject *token = self->token;
         self->token = Py_NewRef(Py_None);
-        cur = PyObject_GetAttr(rec, s_current);
-        if (cur == NULL) { Py_DECREF(token); goto error; }
+        cur = Py_XNewRef(REC(rec)->current);
+        if (cur == NULL) {
+            Py_DECREF(token);
+            PyErr_SetString(PyExc_AttributeError, "recorder not initialised");
+            goto error;
+        }
         int reset = PyContextVar_Reset(cur, token);
         Py_DECREF(token);
         if (reset < 0) {
             if (!PyErr_ExceptionMatches(PyExc_ValueError)) goto error;
             /* Closed in another context than it was opened in: put the parent back. */
             PyErr_Clear();
-            PyObject *root = PyObject_GetAttr(rec, s_root);
-            if (root == NULL) goto error;
+            PyObject *root = REC(rec)->root ? REC(rec)->root : Py_None;
             PyObject *parent = self->parent ? self->parent : Py_None;
             PyObject *t = PyContextVar_Set(cur, parent == root ? Py_None : parent);
-            Py_DECREF(root);
             if (t == NULL) goto error;
             Py_DECREF(t);
         }
@@ -248,9 +271,8 @@ static PyObject *Scope_exit(ScopeObject *self, PyObject *const *args, Py_ssize_t
         Py_DECREF(r);
     }
     sid = Py_NewRef(self->id);
-    open = PyObject_GetAttr(rec, s_open);
-    if (open == NULL) goto error;
-    if (PyDict_Check(open)) {
+    open = Py_XNewRef(REC(rec)->open);
+    if (open != NULL && PyDict_Check(open)) {
         PyObject *was = PyDict_GetItemWithError(open, sid);
         if (was == NULL) {
             if (PyErr_Occurred()) goto error;
@@ -319,6 +341,145 @@ static PyTypeObject ScopeBase_Type = {
     .tp_new = PyType_GenericNew,
 };
 
+/* -- RecorderBase: Recorder's hot fields as C slots (the rest of it lives in its __dict__) -- */
+
+static int Recorder_traverse(RecorderObject *self, visitproc visit, void *arg) {
+    Py_VISIT(self->current); Py_VISIT(self->open); Py_VISIT(self->root); Py_VISIT(self->local);
+    Py_VISIT(self->buffers); Py_VISIT(self->dict);
+    return 0;
+}
+
+static int Recorder_clear(RecorderObject *self) {
+    Py_CLEAR(self->current); Py_CLEAR(self->open); Py_CLEAR(self->root); Py_CLEAR(self->local);
+    Py_CLEAR(self->buffers); Py_CLEAR(self->dict);
+    return 0;
+}
+
+static void Recorder_dealloc(RecorderObject *self) {
+    PyObject_GC_UnTrack(self);
+    Recorder_clear(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+#define RFIELD(name) {#name, T_OBJECT, offsetof(RecorderObject, name), 0, NULL}
+static PyMemberDef Recorder_members[] = {
+    RFIELD(current), RFIELD(open), RFIELD(root), RFIELD(local), RFIELD(buffers),
+    {NULL, 0, 0, 0, NULL},
+};
+#undef RFIELD
+
+static PyGetSetDef Recorder_getset[] = {
+    {"__dict__", PyObject_GenericGetDict, PyObject_GenericSetDict, NULL, NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyTypeObject RecorderBase_Type = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "cirron._record._cscope.RecorderBase",
+    .tp_basicsize = sizeof(RecorderObject),
+    .tp_dictoffset = offsetof(RecorderObject, dict),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC,
+    .tp_doc = "The fields a compiled scope reads: current, open, root, local, buffers.",
+    .tp_traverse = (traverseproc)Recorder_traverse,
+    .tp_clear = (inquiry)Recorder_clear,
+    .tp_dealloc = (destructor)Recorder_dealloc,
+    .tp_members = Recorder_members,
+    .tp_getset = Recorder_getset,
+    .tp_new = PyType_GenericNew,
+};
+
+/* -- ScopeFactory: `Cirron.scope` as one C call: factory(name, **attrs) -> Scope(rec, name, attrs) -- */
+
+typedef struct {
+    PyObject_HEAD
+    PyTypeObject *scope_type;
+    PyObject *rec;
+    vectorcallfunc vectorcall;
+} FactoryObject;
+
+static PyObject *Factory_vectorcall(FactoryObject *self, PyObject *const *args, size_t nargsf, PyObject *kwnames) {
+    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+    Py_ssize_t nkw = kwnames ? PyTuple_GET_SIZE(kwnames) : 0;
+    PyObject *name = nargs >= 1 ? args[0] : NULL, *attrs = NULL;
+    if (nargs > 1) {
+        PyErr_Format(PyExc_TypeError, "scope() takes 1 positional argument but %zd were given", nargs);
+        return NULL;
+    }
+    for (Py_ssize_t i = 0; i < nkw; i++) {
+        PyObject *key = PyTuple_GET_ITEM(kwnames, i), *value = args[nargs + i];
+        if (name == NULL && PyUnicode_CompareWithASCIIString(key, "name") == 0) {
+            name = value;
+            continue;
+        }
+        if (attrs == NULL && (attrs = PyDict_New()) == NULL) return NULL;
+        if (PyDict_SetItem(attrs, key, value) < 0) {
+            Py_DECREF(attrs);
+            return NULL;
+        }
+    }
+    if (name == NULL) {
+        Py_XDECREF(attrs);
+        PyErr_SetString(PyExc_TypeError, "scope() missing 1 required positional argument: 'name'");
+        return NULL;
+    }
+    ScopeObject *scope = (ScopeObject *)self->scope_type->tp_alloc(self->scope_type, 0);
+    if (scope == NULL) {
+        Py_XDECREF(attrs);
+        return NULL;
+    }
+    scope->rec = Py_NewRef(self->rec);
+    scope->name = Py_NewRef(name);
+    scope->attrs = attrs ? attrs : Py_NewRef(Py_None);
+    scope->index = Py_NewRef(Py_None);
+    return (PyObject *)scope;
+}
+
+static PyObject *Factory_new(PyTypeObject *type, PyObject *args, PyObject *kwds) {
+    PyObject *scope_type, *rec;
+    if (!PyArg_ParseTuple(args, "O!O!:ScopeFactory", &PyType_Type, &scope_type, &RecorderBase_Type, &rec))
+        return NULL;
+    if (!PyType_IsSubtype((PyTypeObject *)scope_type, &ScopeBase_Type)) {
+        PyErr_SetString(PyExc_TypeError, "ScopeFactory needs a subclass of ScopeBase");
+        return NULL;
+    }
+    FactoryObject *self = (FactoryObject *)type->tp_alloc(type, 0);
+    if (self == NULL) return NULL;
+    self->scope_type = (PyTypeObject *)Py_NewRef(scope_type);
+    self->rec = Py_NewRef(rec);
+    self->vectorcall = (vectorcallfunc)Factory_vectorcall;
+    return (PyObject *)self;
+}
+
+static int Factory_traverse(FactoryObject *self, visitproc visit, void *arg) {
+    Py_VISIT(self->scope_type); Py_VISIT(self->rec);
+    return 0;
+}
+
+static int Factory_clear(FactoryObject *self) {
+    Py_CLEAR(self->scope_type); Py_CLEAR(self->rec);
+    return 0;
+}
+
+static void Factory_dealloc(FactoryObject *self) {
+    PyObject_GC_UnTrack(self);
+    Factory_clear(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyTypeObject Factory_Type = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "cirron._record._cscope.ScopeFactory",
+    .tp_basicsize = sizeof(FactoryObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL,
+    .tp_doc = "ScopeFactory(scope_type, recorder)(name, **attrs): a new, not yet entered scope.",
+    .tp_vectorcall_offset = offsetof(FactoryObject, vectorcall),
+    .tp_call = PyVectorcall_Call,
+    .tp_traverse = (traverseproc)Factory_traverse,
+    .tp_clear = (inquiry)Factory_clear,
+    .tp_dealloc = (destructor)Factory_dealloc,
+    .tp_new = Factory_new,
+};
+
 static PyObject *set_id_source(PyObject *Py_UNUSED(module), PyObject *source) {
     Py_XSETREF(id_source, Py_NewRef(source));
     Py_RETURN_NONE;
@@ -336,17 +497,20 @@ static struct PyModuleDef module_def = {
 #define INTERN(var, text) if ((var = PyUnicode_InternFromString(text)) == NULL) return NULL
 
 PyMODINIT_FUNC PyInit__cscope(void) {
-    INTERN(s_current, "current"); INTERN(s_root, "root"); INTERN(s_ids, "ids"); INTERN(s_open, "open");
-    INTERN(s_local, "local"); INTERN(s_tb, "tb"); INTERN(s_buffers, "buffers");
+    INTERN(s_ids, "ids"); INTERN(s_tb, "tb");
     INTERN(s_new_thread_buffer, "new_thread_buffer"); INTERN(s_spans, "spans");
     INTERN(s_span_capacity, "span_capacity"); INTERN(s_spans_dropped, "spans_dropped");
     INTERN(s_append, "append"); INTERN(s_gpu_ns, "gpu_ns"); INTERN(s_memory_peak_bytes, "memory_peak_bytes");
     INTERN(s_note_internal_error, "note_internal_error"); INTERN(s_reenter, "_reenter");
     INTERN(s_note_exception, "_note_exception"); INTERN(s_id, "id"); INTERN(s_exit, "__exit__");
-    if (PyType_Ready(&ScopeBase_Type) < 0) return NULL;
+    if (PyType_Ready(&ScopeBase_Type) < 0 || PyType_Ready(&RecorderBase_Type) < 0 ||
+        PyType_Ready(&Factory_Type) < 0)
+        return NULL;
     PyObject *m = PyModule_Create(&module_def);
     if (m == NULL) return NULL;
-    if (PyModule_AddObjectRef(m, "ScopeBase", (PyObject *)&ScopeBase_Type) < 0) {
+    if (PyModule_AddObjectRef(m, "ScopeBase", (PyObject *)&ScopeBase_Type) < 0 ||
+        PyModule_AddObjectRef(m, "RecorderBase", (PyObject *)&RecorderBase_Type) < 0 ||
+        PyModule_AddObjectRef(m, "ScopeFactory", (PyObject *)&Factory_Type) < 0) {
         Py_DECREF(m);
         return NULL;
     }

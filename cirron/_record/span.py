@@ -33,6 +33,8 @@ CLOSED_FIELDS = ("id", "parent", "name", "index", "start_ns", "end_ns", "cpu_ns"
 MARK_TUPLE_FIELDS = ("span", "name", "value", "kind", "ts_ns", "attrs")
 
 _get_ident = threading.get_ident
+#: The compiled enter/exit (``_cscope.c``), when built and wanted; None runs :class:`PyScope`.
+_cscope = native.load("cirron._record._cscope")
 
 
 def _error_text(exc: BaseException) -> str:
@@ -40,8 +42,11 @@ def _error_text(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {msg}" if msg else type(exc).__name__
 
 
-class Recorder:
-    """Hot-path state of one :class:`cirron.Cirron`: its context variable, open spans, buffers."""
+class Recorder(_cscope.RecorderBase if _cscope is not None else object):  # type: ignore[misc]
+    """Hot-path state of one :class:`cirron.Cirron`: its context variable, open spans, buffers.
+
+    With the compiled scope, ``current``, ``open``, ``root``, ``local`` and ``buffers`` are C
+    slots of ``RecorderBase`` that enter/exit read directly."""
 
     def __init__(self, mark_capacity: int) -> None:
         self.current: contextvars.ContextVar[Scope | None] = contextvars.ContextVar(
@@ -372,7 +377,6 @@ class PyScope(_ScopeMethods):
 
 def _load_c_scope() -> type | None:
     """The scope with the compiled enter/exit of ``_cscope.c``, when it was built and is wanted."""
-    _cscope = native.load("cirron._record._cscope")
     if _cscope is None:
         return None
     _cscope.set_id_source(IDS)
@@ -389,6 +393,12 @@ def _load_c_scope() -> type | None:
 Scope: type = _load_c_scope() or PyScope
 #: True when :data:`Scope` runs the compiled enter/exit.
 COMPILED = Scope is not PyScope
+
+
+def scope_factory(rec: Recorder) -> Callable[..., Scope] | None:
+    """``factory(name, **attrs)`` making ``Scope(rec, name, attrs or None)`` in one C call, or
+    None without the compiled scope."""
+    return _cscope.ScopeFactory(Scope, rec) if COMPILED else None
 
 
 #: A span is the scope object that opened it.

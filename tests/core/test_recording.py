@@ -258,7 +258,7 @@ def test_ids_unique_across_processes(spool_dir: Path) -> None:
 
 def test_module_level_api_uses_default_instance() -> None:
     assert cirron.mark.__self__ is cirron.default()._rec
-    assert cirron.scope.__self__ is cirron.default()
+    assert cirron.scope("x")._rec is cirron.default()._rec
 
 
 def test_cancellation_and_system_exit_pass_through_unchanged(c: Cirron, spool_dir: Path) -> None:
