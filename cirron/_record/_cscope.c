@@ -29,10 +29,13 @@ typedef struct {
 
 #define REC(o) ((RecorderObject *)(o))
 
-/* Set once by span.py: the process's id source (its `ids` attribute is replaced after a fork). */
-static PyObject *id_source = NULL;
+/* Set once by span.py (`configure`): the process's id source (its `ids` attribute is replaced
+ * after a fork), the mark value coercion for values that are not float/int/bool, and the error
+ * raised for a bad mark kind. */
+static PyObject *id_source = NULL, *coerce_mark_value = NULL, *mark_type_error = NULL;
 
-static PyObject *s_ids, *s_tb, *s_new_thread_buffer;
+static PyObject *s_ids, *s_tb, *s_new_thread_buffer, *s_marks, *s_mark_capacity, *s_marks_dropped, *s_popleft;
+static PyObject *s_kind, *s_point, *s_summary, *s_name, *s_value;
 static PyObject *s_spans, *s_span_capacity, *s_spans_dropped, *s_append, *s_gpu_ns, *s_memory_peak_bytes;
 static PyObject *s_note_internal_error, *s_reenter, *s_note_exception, *s_id, *s_exit;
 
@@ -114,6 +117,10 @@ static PyObject *Scope_enter(ScopeObject *self, PyObject *Py_UNUSED(ignored)) {
     }
     Py_XSETREF(self->parent, parent);
     parent = NULL;
+    if (id_source == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "_cscope.configure() was not called");
+        goto error;
+    }
     ids = PyObject_GetAttr(id_source, s_ids);
     if (ids == NULL) goto error;
     sid = PyIter_Next(ids);
@@ -161,27 +168,40 @@ static PyObject *more_get(PyObject *more, PyObject *key) {
     return Py_NewRef(v);
 }
 
+/* This thread's buffer (a new reference), made on first use: `rec.local.tb`. */
+static PyObject *thread_buffer(PyObject *rec) {
+    PyObject *local = REC(rec)->local, *buffers = REC(rec)->buffers;
+    if (local == NULL || buffers == NULL) {
+        PyErr_SetString(PyExc_AttributeError, "recorder not initialised");
+        return NULL;
+    }
+    PyObject *tb = PyObject_GetAttr(local, s_tb);
+    if (tb == NULL && PyErr_ExceptionMatches(PyExc_AttributeError)) {
+        PyErr_Clear();
+        tb = PyObject_CallMethodNoArgs(buffers, s_new_thread_buffer);
+    }
+    return tb;
+}
+
+/* Add one to an int attribute (a drop counter). */
+static int bump(PyObject *obj, PyObject *attr) {
+    PyObject *n = PyObject_GetAttr(obj, attr);
+    if (n == NULL) return -1;
+    PyObject *one = PyLong_FromLong(1);
+    PyObject *r = one ? PyNumber_Add(n, one) : NULL;
+    Py_XDECREF(one);
+    Py_DECREF(n);
+    int rc = r ? PyObject_SetAttr(obj, attr, r) : -1;
+    Py_XDECREF(r);
+    return rc;
+}
+
 /* Append a closed record to this thread's buffer, or count it as dropped when the buffer is full. */
 static int buffer_append(PyObject *rec, PyObject *record) {
     int rc = -1;
-    PyObject *local = NULL, *tb = NULL, *spans = NULL, *cap = NULL, *r = NULL;
-    local = Py_XNewRef(REC(rec)->local);
-    if (local == NULL) {
-        PyErr_SetString(PyExc_AttributeError, "recorder not initialised");
-        goto out;
-    }
-    tb = PyObject_GetAttr(local, s_tb);
-    if (tb == NULL) {
-        if (!PyErr_ExceptionMatches(PyExc_AttributeError)) goto out;
-        PyErr_Clear();
-        PyObject *buffers = REC(rec)->buffers;
-        if (buffers == NULL) {
-            PyErr_SetString(PyExc_AttributeError, "recorder not initialised");
-            goto out;
-        }
-        tb = PyObject_CallMethodNoArgs(buffers, s_new_thread_buffer);
-        if (tb == NULL) goto out;
-    }
+    PyObject *tb = NULL, *spans = NULL, *cap = NULL, *r = NULL;
+    tb = thread_buffer(rec);
+    if (tb == NULL) goto out;
     spans = PyObject_GetAttr(tb, s_spans);
     cap = PyObject_GetAttr(tb, s_span_capacity);
     if (spans == NULL || cap == NULL) goto out;
@@ -191,18 +211,12 @@ static int buffer_append(PyObject *rec, PyObject *record) {
     if (n < limit) {
         r = PyObject_CallMethodOneArg(spans, s_append, record);
         if (r == NULL) goto out;
-    } else {
-        PyObject *dropped = PyObject_GetAttr(tb, s_spans_dropped);
-        if (dropped == NULL) goto out;
-        PyObject *one = PyLong_FromLong(1);
-        r = one ? PyNumber_Add(dropped, one) : NULL;
-        Py_XDECREF(one);
-        Py_DECREF(dropped);
-        if (r == NULL || PyObject_SetAttr(tb, s_spans_dropped, r) < 0) goto out;
+    } else if (bump(tb, s_spans_dropped) < 0) {
+        goto out;
     }
     rc = 0;
 out:
-    Py_XDECREF(local); Py_XDECREF(tb); Py_XDECREF(spans); Py_XDECREF(cap); Py_XDECREF(r);
+    Py_XDECREF(tb); Py_XDECREF(spans); Py_XDECREF(cap); Py_XDECREF(r);
     return rc;
 }
 
@@ -361,6 +375,98 @@ static void Recorder_dealloc(RecorderObject *self) {
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
+/* Recorder.mark(name, value, *, kind="point", **attrs): span.py's Recorder.mark, in C. */
+static PyObject *Recorder_mark(PyObject *rec, PyObject *const *args, size_t nargsf, PyObject *kwnames) {
+    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+    Py_ssize_t nkw = kwnames ? PyTuple_GET_SIZE(kwnames) : 0;
+    PyObject *name = nargs > 0 ? args[0] : NULL, *value = nargs > 1 ? args[1] : NULL, *kind = s_point;
+    PyObject *attrs = NULL, *result = NULL;
+    if (nargs > 2) {
+        PyErr_Format(PyExc_TypeError, "mark() takes 2 positional arguments but %zd were given", nargs);
+        return NULL;
+    }
+    if (coerce_mark_value == NULL || mark_type_error == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "_cscope.configure() was not called");
+        return NULL;
+    }
+    for (Py_ssize_t i = 0; i < nkw; i++) {
+        PyObject *key = PyTuple_GET_ITEM(kwnames, i), *v = args[nargs + i];
+        if (PyUnicode_Compare(key, s_kind) == 0) kind = v;
+        else if (name == NULL && PyUnicode_Compare(key, s_name) == 0) name = v;
+        else if (value == NULL && PyUnicode_Compare(key, s_value) == 0) value = v;
+        else {
+            if (attrs == NULL && (attrs = PyDict_New()) == NULL) return NULL;
+            if (PyDict_SetItem(attrs, key, v) < 0) goto out;
+        }
+    }
+    if (name == NULL || value == NULL) {
+        PyErr_Format(PyExc_TypeError, "mark() missing 1 required positional argument: '%s'",
+                     name == NULL ? "name" : "value");
+        goto out;
+    }
+    if (PyFloat_CheckExact(value) || PyLong_CheckExact(value) || PyBool_Check(value)) {
+        Py_INCREF(value);
+    } else if ((value = PyObject_CallOneArg(coerce_mark_value, value)) == NULL) {
+        goto out;
+    }
+    if (!PyUnicode_Check(kind) ||
+        (PyUnicode_Compare(kind, s_point) != 0 && PyUnicode_Compare(kind, s_summary) != 0)) {
+        if (!PyErr_Occurred()) {
+            PyObject *r = PyObject_Repr(kind);
+            if (r != NULL) {
+                PyErr_Format(mark_type_error, "ci.mark kind must be 'point' or 'summary', not %U", r);
+                Py_DECREF(r);
+            }
+        }
+        Py_DECREF(value);
+        goto out;
+    }
+    /* From here on, a failure is cirron's own: counted, never raised. */
+    PyObject *tb = NULL, *ring = NULL, *cap = NULL, *span = NULL, *sid = NULL, *ts = NULL, *record = NULL, *r = NULL;
+    if ((tb = thread_buffer(rec)) == NULL) goto failed;
+    if ((ring = PyObject_GetAttr(tb, s_marks)) == NULL || (cap = PyObject_GetAttr(tb, s_mark_capacity)) == NULL)
+        goto failed;
+    Py_ssize_t n = PyObject_Size(ring), limit = PyLong_AsSsize_t(cap);
+    if (n < 0 || (limit == -1 && PyErr_Occurred())) goto failed;
+    if (n >= limit && n > 0) {
+        PyObject *old = PyObject_CallMethodNoArgs(ring, s_popleft);
+        if (old == NULL) goto failed;
+        Py_DECREF(old);
+        if (bump(tb, s_marks_dropped) < 0) goto failed;
+    }
+    if (REC(rec)->current == NULL || PyContextVar_Get(REC(rec)->current, NULL, &span) < 0) {
+        if (!PyErr_Occurred()) PyErr_SetString(PyExc_AttributeError, "recorder not initialised");
+        goto failed;
+    }
+    if (IS_NONE(span)) {
+        Py_XDECREF(span);
+        span = Py_NewRef(REC(rec)->root ? REC(rec)->root : Py_None);
+    }
+    if (span == Py_None) sid = PyLong_FromLong(0);
+    else if (PyObject_TypeCheck(span, &ScopeBase_Type)) sid = Py_NewRef(((ScopeObject *)span)->id ? ((ScopeObject *)span)->id : Py_None);
+    else sid = PyObject_GetAttr(span, s_id);
+    if (sid == NULL || (ts = PyLong_FromLongLong(clock_ns(CLOCK_REALTIME))) == NULL) goto failed;
+    record = PyTuple_Pack(6, sid, name, value, kind, ts, attrs ? attrs : Py_None);
+    if (record == NULL || (r = PyObject_CallMethodOneArg(ring, s_append, record)) == NULL) goto failed;
+    goto recorded;
+failed:
+    note_internal_error(rec);
+recorded:
+    Py_XDECREF(tb); Py_XDECREF(ring); Py_XDECREF(cap); Py_XDECREF(span); Py_XDECREF(sid); Py_XDECREF(ts);
+    Py_XDECREF(record); Py_XDECREF(r);
+    Py_DECREF(value);
+    result = Py_NewRef(Py_None);
+out:
+    Py_XDECREF(attrs);
+    return result;
+}
+
+static PyMethodDef Recorder_methods[] = {
+    {"mark", (PyCFunction)(void (*)(void))Recorder_mark, METH_FASTCALL | METH_KEYWORDS,
+     "mark(name, value, *, kind='point', **attrs): record a value in the current span."},
+    {NULL, NULL, 0, NULL},
+};
+
 #define RFIELD(name) {#name, T_OBJECT, offsetof(RecorderObject, name), 0, NULL}
 static PyMemberDef Recorder_members[] = {
     RFIELD(current), RFIELD(open), RFIELD(root), RFIELD(local), RFIELD(buffers),
@@ -384,6 +490,7 @@ static PyTypeObject RecorderBase_Type = {
     .tp_clear = (inquiry)Recorder_clear,
     .tp_dealloc = (destructor)Recorder_dealloc,
     .tp_members = Recorder_members,
+    .tp_methods = Recorder_methods,
     .tp_getset = Recorder_getset,
     .tp_new = PyType_GenericNew,
 };
@@ -480,13 +587,19 @@ static PyTypeObject Factory_Type = {
     .tp_new = Factory_new,
 };
 
-static PyObject *set_id_source(PyObject *Py_UNUSED(module), PyObject *source) {
-    Py_XSETREF(id_source, Py_NewRef(source));
+static PyObject *configure(PyObject *Py_UNUSED(module), PyObject *args) {
+    PyObject *ids, *coerce, *error;
+    if (!PyArg_ParseTuple(args, "OOO:configure", &ids, &coerce, &error)) return NULL;
+    Py_XSETREF(id_source, Py_NewRef(ids));
+    Py_XSETREF(coerce_mark_value, Py_NewRef(coerce));
+    Py_XSETREF(mark_type_error, Py_NewRef(error));
     Py_RETURN_NONE;
 }
 
 static PyMethodDef module_methods[] = {
-    {"set_id_source", set_id_source, METH_O, "Where enter takes ids from: an object whose .ids is an iterator."},
+    {"configure", configure, METH_VARARGS,
+     "configure(id_source, coerce_mark_value, mark_type_error): where ids come from (an object whose .ids "
+     "is an iterator), how mark values other than float/int/bool are made, the error for a bad kind."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -497,7 +610,9 @@ static struct PyModuleDef module_def = {
 #define INTERN(var, text) if ((var = PyUnicode_InternFromString(text)) == NULL) return NULL
 
 PyMODINIT_FUNC PyInit__cscope(void) {
-    INTERN(s_ids, "ids"); INTERN(s_tb, "tb");
+    INTERN(s_ids, "ids"); INTERN(s_tb, "tb"); INTERN(s_marks, "marks"); INTERN(s_mark_capacity, "mark_capacity");
+    INTERN(s_marks_dropped, "marks_dropped"); INTERN(s_popleft, "popleft"); INTERN(s_kind, "kind");
+    INTERN(s_point, "point"); INTERN(s_summary, "summary"); INTERN(s_name, "name"); INTERN(s_value, "value");
     INTERN(s_new_thread_buffer, "new_thread_buffer"); INTERN(s_spans, "spans");
     INTERN(s_span_capacity, "span_capacity"); INTERN(s_spans_dropped, "spans_dropped");
     INTERN(s_append, "append"); INTERN(s_gpu_ns, "gpu_ns"); INTERN(s_memory_peak_bytes, "memory_peak_bytes");

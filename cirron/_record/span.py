@@ -42,7 +42,36 @@ def _error_text(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {msg}" if msg else type(exc).__name__
 
 
-class Recorder(_cscope.RecorderBase if _cscope is not None else object):  # type: ignore[misc]
+class PyRecorderBase:
+    """The pure-Python half of :class:`Recorder` that ``_cscope.RecorderBase`` replaces when
+    compiled: the reference for its ``mark``."""
+
+    def mark(self, name: str, value: Any, *, kind: str = "point", **attrs: Any) -> None:
+        t = type(value)
+        if t is not float and t is not int and t is not bool:
+            value = coerce_mark_value(value)
+        if kind != "point" and kind != "summary":
+            raise CirronMarkTypeError(f"ci.mark kind must be 'point' or 'summary', not {kind!r}")
+        try:
+            try:
+                tb = self.local.tb
+            except AttributeError:
+                tb = self.buffers.new_thread_buffer()
+            ring = tb.marks
+            if len(ring) >= tb.mark_capacity:
+                try:
+                    ring.popleft()
+                    tb.marks_dropped += 1
+                except IndexError:
+                    pass
+            span = self.current.get() or self.root
+            # No id here: nothing refers to a mark, so the flush service numbers them.
+            ring.append((span.id if span is not None else 0, name, value, kind, time_ns(), attrs or None))
+        except Exception as exc:  # pragma: no cover - cirron's own failure must not reach the caller
+            self.note_internal_error(exc)
+
+
+class Recorder(_cscope.RecorderBase if _cscope is not None else PyRecorderBase):  # type: ignore[misc]
     """Hot-path state of one :class:`cirron.Cirron`: its context variable, open spans, buffers.
 
     With the compiled scope, ``current``, ``open``, ``root``, ``local`` and ``buffers`` are C
@@ -96,31 +125,6 @@ class Recorder(_cscope.RecorderBase if _cscope is not None else object):  # type
     def note_internal_error(self, exc: BaseException) -> None:
         self.internal_errors += 1
         self.last_internal_error = _error_text(exc)
-
-    def mark(self, name: str, value: Any, *, kind: str = "point", **attrs: Any) -> None:
-        t = type(value)
-        if t is not float and t is not int and t is not bool:
-            value = coerce_mark_value(value)
-        if kind != "point" and kind != "summary":
-            raise CirronMarkTypeError(f"ci.mark kind must be 'point' or 'summary', not {kind!r}")
-        try:
-            try:
-                tb = self.local.tb
-            except AttributeError:
-                tb = self.buffers.new_thread_buffer()
-            ring = tb.marks
-            if len(ring) >= tb.mark_capacity:
-                try:
-                    ring.popleft()
-                    tb.marks_dropped += 1
-                except IndexError:
-                    pass
-            span = self.current.get() or self.root
-            # No id here: nothing refers to a mark, so the flush service numbers them.
-            ring.append((span.id if span is not None else 0, name, value, kind, time_ns(), attrs or None))
-        except Exception as exc:  # pragma: no cover - cirron's own failure must not reach the caller
-            self.note_internal_error(exc)
-
 
 def coerce_mark_value(value: Any) -> Any:
     """bool/int stay, float-likes become float, str is capped at 256 UTF-8 bytes; else an error."""
@@ -379,7 +383,7 @@ def _load_c_scope() -> type | None:
     """The scope with the compiled enter/exit of ``_cscope.c``, when it was built and is wanted."""
     if _cscope is None:
         return None
-    _cscope.set_id_source(IDS)
+    _cscope.configure(IDS, coerce_mark_value, CirronMarkTypeError)
 
     class CScope(_cscope.ScopeBase, _ScopeMethods):
         __slots__ = ()

@@ -152,3 +152,79 @@ def test_recording_tests_pass_on_the_pure_python_path() -> None:
     proc = subprocess.run([sys.executable, "-c", code, "-q", "-p", "no:cacheprovider", *files],
                           cwd=here.parent, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
+
+
+def _ring(rec: span_mod.Recorder) -> list[tuple]:
+    """This thread's marks without their timestamps."""
+    marks = list(rec.local.tb.marks)
+    rec.local.tb.marks.clear()
+    return [m[:4] + m[5:] for m in marks]
+
+
+def test_compiled_mark_records_what_the_python_mark_records() -> None:
+    pytest.importorskip("cirron._record._cscope", reason="the C scope was not built")
+    from cirron import Cirron
+    from cirron._errors import CirronMarkTypeError
+
+    np = pytest.importorskip("numpy")
+    c = Cirron()
+    rec = c._rec
+    calls = [
+        (("loss", 0.5), {}),
+        (("step", 3), {"kind": "summary"}),
+        (("ok", True), {"split": "val", "epoch": 2}),
+        ((), {"name": "kw", "value": 1.5}),
+        (("np", np.float32(0.25)), {}),
+        (("text", "é" * 200), {}),
+    ]
+    py_mark = span_mod.PyRecorderBase.mark
+    with c.scope("outer"):
+        for args, kwargs in calls:
+            rec.mark(*args, **kwargs)
+        compiled = _ring(rec)
+        for args, kwargs in calls:
+            py_mark(rec, *args, **kwargs)
+        python = _ring(rec)
+    assert compiled == python and len(compiled) == len(calls)
+    for bad in ({"kind": "nope"}, {"kind": 3}):
+        with pytest.raises(CirronMarkTypeError, match="kind must be"):
+            rec.mark("x", 1, **bad)
+    with pytest.raises(CirronMarkTypeError, match="takes a float"):
+        rec.mark("x", [1, 2])
+    with pytest.raises(TypeError):
+        rec.mark("x", 1, 2)
+    with pytest.raises(TypeError):
+        rec.mark("x")
+    c.shutdown()
+
+
+def test_compiled_scope_records_what_the_python_scope_records() -> None:
+    pytest.importorskip("cirron._record._cscope", reason="the C scope was not built")
+    from cirron import Cirron
+
+    c = Cirron()
+    rec = c._rec
+
+    def run(cls: type) -> list[tuple]:
+        with cls(rec, "a", {"k": 1}):
+            with cls(rec, "b", None, 4) as b:
+                b.gpu_ns = 7
+                b.memory_peak_bytes = 8
+            try:
+                with cls(rec, "c", None):
+                    raise ValueError("boom")
+            except ValueError:
+                pass
+            reused = cls(rec, "d", None)
+            with reused:
+                with reused:
+                    pass
+        spans = list(rec.local.tb.spans)
+        rec.local.tb.spans.clear()
+        ids = {s[0]: i for i, s in enumerate(spans)}
+        # ids and times differ run to run: keep names, parent positions and the rest
+        return [(s[2], ids.get(s[1], -1), s[3], s[7], s[8], s[10], s[5] >= s[4] and s[6] >= 0) for s in spans]
+
+    assert run(span_mod.Scope) == run(span_mod.PyScope)
+    assert not rec.open
+    c.shutdown()
