@@ -399,8 +399,7 @@ class Cirron:
     def _after_fork_in_child(self) -> None:
         was_running = self._state is State.RUNNING
         self._pid = os.getpid()
-        self._rec.buffers.reset_after_fork()
-        self._rec.open = {}  # the parent's open spans are the parent's to close and write
+        self._rec.reset_after_fork()
         self._trace.reset_after_fork(self._rec.open)
         self._collector.reset_after_fork()
         self._lifecycle = threading.RLock()

@@ -25,9 +25,18 @@ typedef struct {
     PyObject_HEAD
     PyObject *current, *open, *root, *local, *buffers;
     PyObject *dict;
+    /* The buffer of the thread that recorded last, so that the next record from the same thread
+     * skips the thread-local lookup: the thread state's unique id, the ThreadBuffer, its
+     * spans.append, its thread_id and its span_capacity (both fixed when a buffer is made).
+     * Emptied by forget_thread() after a fork. */
+    uint64_t cached_thread;
+    PyObject *cached_tb, *cached_append, *cached_tid, *cached_spans;
+    Py_ssize_t cached_capacity;
 } RecorderObject;
 
 #define REC(o) ((RecorderObject *)(o))
+
+static int cache_thread(RecorderObject *rec);
 
 /* Set once by span.py (`configure`): the process's id source (its `ids` attribute is replaced
  * after a fork), the mark value coercion for values that are not float/int/bool, and the error
@@ -35,7 +44,7 @@ typedef struct {
 static PyObject *id_source = NULL, *coerce_mark_value = NULL, *mark_type_error = NULL;
 
 static PyObject *s_ids, *s_tb, *s_new_thread_buffer, *s_marks, *s_mark_capacity, *s_marks_dropped, *s_popleft;
-static PyObject *s_kind, *s_point, *s_summary, *s_name, *s_value;
+static PyObject *s_thread_id, *s_kind, *s_point, *s_summary, *s_name, *s_value;
 static PyObject *s_spans, *s_span_capacity, *s_spans_dropped, *s_append, *s_gpu_ns, *s_memory_peak_bytes;
 static PyObject *s_note_internal_error, *s_reenter, *s_note_exception, *s_id, *s_exit;
 
@@ -126,7 +135,8 @@ static PyObject *Scope_enter(ScopeObject *self, PyObject *Py_UNUSED(ignored)) {
     sid = PyIter_Next(ids);
     if (sid == NULL) goto error;
     Py_XSETREF(self->id, Py_NewRef(sid));
-    Py_XSETREF(self->thread_id, PyLong_FromUnsignedLong(PyThread_get_thread_ident()));
+    if (cache_thread(REC(rec)) < 0) goto error;
+    Py_XSETREF(self->thread_id, Py_NewRef(REC(rec)->cached_tid));
     PyObject *token = PyContextVar_Set(cur, (PyObject *)self);
     if (token == NULL) goto error;
     Py_XSETREF(self->token, token);
@@ -196,28 +206,47 @@ static int bump(PyObject *obj, PyObject *attr) {
     return rc;
 }
 
+static void forget_thread(RecorderObject *rec) {
+    rec->cached_thread = 0;
+    Py_CLEAR(rec->cached_tb); Py_CLEAR(rec->cached_append); Py_CLEAR(rec->cached_tid); Py_CLEAR(rec->cached_spans);
+}
+
+/* Point the recorder's cache at this thread's buffer (see RecorderObject); -1 on error. */
+static int cache_thread(RecorderObject *rec) {
+    uint64_t me = PyThreadState_GetID(PyThreadState_Get());
+    if (rec->cached_tb != NULL && rec->cached_thread == me) return 0;
+    PyObject *tb = thread_buffer((PyObject *)rec);
+    if (tb == NULL) return -1;
+    PyObject *spans = PyObject_GetAttr(tb, s_spans);
+    PyObject *append = spans ? PyObject_GetAttr(spans, s_append) : NULL;
+    PyObject *tid = append ? PyObject_GetAttr(tb, s_thread_id) : NULL;
+    PyObject *cap = tid ? PyObject_GetAttr(tb, s_span_capacity) : NULL;
+    Py_ssize_t limit = cap ? PyLong_AsSsize_t(cap) : -1;
+    Py_XDECREF(cap);
+    if (cap == NULL || (limit == -1 && PyErr_Occurred())) {
+        Py_DECREF(tb); Py_XDECREF(spans); Py_XDECREF(append); Py_XDECREF(tid);
+        return -1;
+    }
+    forget_thread(rec);
+    rec->cached_tb = tb;
+    rec->cached_spans = spans;
+    rec->cached_append = append;
+    rec->cached_tid = tid;
+    rec->cached_capacity = limit;
+    rec->cached_thread = me;
+    return 0;
+}
+
 /* Append a closed record to this thread's buffer, or count it as dropped when the buffer is full. */
 static int buffer_append(PyObject *rec, PyObject *record) {
-    int rc = -1;
-    PyObject *tb = NULL, *spans = NULL, *cap = NULL, *r = NULL;
-    tb = thread_buffer(rec);
-    if (tb == NULL) goto out;
-    spans = PyObject_GetAttr(tb, s_spans);
-    cap = PyObject_GetAttr(tb, s_span_capacity);
-    if (spans == NULL || cap == NULL) goto out;
-    Py_ssize_t n = PyObject_Size(spans);
-    Py_ssize_t limit = PyLong_AsSsize_t(cap);
-    if (n < 0 || (limit == -1 && PyErr_Occurred())) goto out;
-    if (n < limit) {
-        r = PyObject_CallMethodOneArg(spans, s_append, record);
-        if (r == NULL) goto out;
-    } else if (bump(tb, s_spans_dropped) < 0) {
-        goto out;
-    }
-    rc = 0;
-out:
-    Py_XDECREF(tb); Py_XDECREF(spans); Py_XDECREF(cap); Py_XDECREF(r);
-    return rc;
+    RecorderObject *r = REC(rec);
+    if (cache_thread(r) < 0) return -1;
+    Py_ssize_t n = PyObject_Size(r->cached_spans);
+    if (n < 0) return -1;
+    if (n >= r->cached_capacity) return bump(r->cached_tb, s_spans_dropped);
+    PyObject *res = PyObject_CallOneArg(r->cached_append, record);
+    Py_XDECREF(res);
+    return res == NULL ? -1 : 0;
 }
 
 /* __exit__(exc_type, exc, tb, cpu1=None, end=None): cpu1/end are only passed by finish(). */
@@ -359,13 +388,15 @@ static PyTypeObject ScopeBase_Type = {
 
 static int Recorder_traverse(RecorderObject *self, visitproc visit, void *arg) {
     Py_VISIT(self->current); Py_VISIT(self->open); Py_VISIT(self->root); Py_VISIT(self->local);
-    Py_VISIT(self->buffers); Py_VISIT(self->dict);
+    Py_VISIT(self->buffers); Py_VISIT(self->dict); Py_VISIT(self->cached_tb); Py_VISIT(self->cached_append);
+    Py_VISIT(self->cached_tid); Py_VISIT(self->cached_spans);
     return 0;
 }
 
 static int Recorder_clear(RecorderObject *self) {
     Py_CLEAR(self->current); Py_CLEAR(self->open); Py_CLEAR(self->root); Py_CLEAR(self->local);
     Py_CLEAR(self->buffers); Py_CLEAR(self->dict);
+    forget_thread(self);
     return 0;
 }
 
@@ -461,7 +492,14 @@ out:
     return result;
 }
 
+static PyObject *Recorder_forget_thread(PyObject *rec, PyObject *Py_UNUSED(ignored)) {
+    forget_thread(REC(rec));
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef Recorder_methods[] = {
+    {"forget_thread", Recorder_forget_thread, METH_NOARGS,
+     "Drop the cached thread buffer (after a fork, when the buffers were replaced)."},
     {"mark", (PyCFunction)(void (*)(void))Recorder_mark, METH_FASTCALL | METH_KEYWORDS,
      "mark(name, value, *, kind='point', **attrs): record a value in the current span."},
     {NULL, NULL, 0, NULL},
@@ -611,7 +649,7 @@ static struct PyModuleDef module_def = {
 
 PyMODINIT_FUNC PyInit__cscope(void) {
     INTERN(s_ids, "ids"); INTERN(s_tb, "tb"); INTERN(s_marks, "marks"); INTERN(s_mark_capacity, "mark_capacity");
-    INTERN(s_marks_dropped, "marks_dropped"); INTERN(s_popleft, "popleft"); INTERN(s_kind, "kind");
+    INTERN(s_marks_dropped, "marks_dropped"); INTERN(s_popleft, "popleft"); INTERN(s_kind, "kind"); INTERN(s_thread_id, "thread_id");
     INTERN(s_point, "point"); INTERN(s_summary, "summary"); INTERN(s_name, "name"); INTERN(s_value, "value");
     INTERN(s_new_thread_buffer, "new_thread_buffer"); INTERN(s_spans, "spans");
     INTERN(s_span_capacity, "span_capacity"); INTERN(s_spans_dropped, "spans_dropped");

@@ -91,6 +91,13 @@ class Recorder(_cscope.RecorderBase if _cscope is not None else PyRecorderBase):
         self.internal_errors = 0
         self.last_internal_error: str | None = None
 
+    def reset_after_fork(self) -> None:
+        """In a forked child: new buffers, and the parent's open spans are the parent's to close."""
+        self.buffers.reset_after_fork()
+        self.open = {}
+        if _cscope is not None:
+            self.forget_thread()  # the compiled scope's cached buffer is the parent's
+
     def start_span(self, name: str, attrs: dict | None = None, index: int | None = None,
                    parent: Scope | None = None) -> Scope:
         """Open a span without making it current (session roots, framework hooks)."""

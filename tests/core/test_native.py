@@ -228,3 +228,36 @@ def test_compiled_scope_records_what_the_python_scope_records() -> None:
     assert run(span_mod.Scope) == run(span_mod.PyScope)
     assert not rec.open
     c.shutdown()
+
+
+def test_threads_taking_turns_each_record_into_their_own_buffer() -> None:
+    """The compiled scope caches the last recording thread's buffer; turns must not mix them."""
+    import threading
+
+    from cirron import Cirron
+
+    c = Cirron()
+    rec = c._rec
+    turns = [threading.Event() for _ in range(2)]
+    seen: dict[int, int] = {}
+
+    def worker(me: int) -> None:
+        seen[me] = threading.get_ident()
+        for _ in range(50):
+            turns[me].wait(5)
+            turns[me].clear()
+            with c.scope(f"t{me}"):
+                pass
+            turns[1 - me].set()
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    turns[0].set()
+    for t in threads:
+        t.join(10)
+    by_thread = {tb.thread_id: [s[2] for s in tb.spans] for tb in rec.buffers.buffers()}
+    for me in range(2):
+        assert by_thread[seen[me]] == [f"t{me}"] * 50
+        assert all(s[9] == seen[me] for tb in rec.buffers.buffers() if tb.thread_id == seen[me] for s in tb.spans)
+    c.shutdown()
