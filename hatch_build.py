@@ -43,11 +43,13 @@ class NativeBuildHook(BuildHookInterface):
     def initialize(self, version: str, build_data: dict) -> None:
         if self.target_name != "wheel":
             return
-        if os.environ.get("CIRRON_PURE_PYTHON", "").strip().lower() in ("1", "true", "yes", "on"):
-            self.app.display_info("CIRRON_PURE_PYTHON is set: not compiling the C speed-ups")
-            return
         root = Path(self.root)
         suffix = sysconfig.get_config_var("EXT_SUFFIX") or ".so"
+        if os.environ.get("CIRRON_PURE_PYTHON", "").strip().lower() in ("1", "true", "yes", "on"):
+            self.app.display_info("CIRRON_PURE_PYTHON is set: not compiling the C speed-ups")
+            for _source, module in EXTENSIONS:  # nor keeping ones an earlier build left in the tree
+                (root / (module + suffix)).unlink(missing_ok=True)
+            return
         built = []
         for source, module in EXTENSIONS:
             target = root / (module + suffix)

@@ -21,6 +21,7 @@ from cirron._env import env as _env
 from cirron._env import secret as _secret
 from cirron._flush.batch import GilBudget
 from cirron._flush.collector import Collector, TraceStore, resource_attributes
+from cirron._native import compiled_speedups
 from cirron._record.span import Recorder, Scope, scope_factory
 from cirron._schema import SESSION_SPAN_NAME
 from cirron._version import __version__
@@ -507,6 +508,7 @@ class Cirron:
             "last_flush_ns": service.last_flush_ns if service else None,
             "last_error": runtime_error or last_error,
             "internal_errors": self._rec.internal_errors,
+            "compiled": compiled_speedups(),
             "sinks": sinks,
             "snapshots": self._snapshots.health() if self._snapshots is not None else None,
         }

@@ -27,3 +27,11 @@ def load(module: str) -> ModuleType | None:
         return importlib.import_module(module)
     except ImportError:
         return None
+
+
+def compiled_speedups() -> dict[str, bool]:
+    """Which compiled modules this process runs (``health()["compiled"]``)."""
+    from cirron._flush import batch
+    from cirron._record import span
+
+    return {"scope": span.COMPILED, "encoder": batch._cencode is not None}

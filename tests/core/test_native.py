@@ -133,9 +133,12 @@ def test_batch_json_is_the_same_with_and_without_the_c_encoder(monkeypatch: pyte
 
 def test_compiled_scope_is_in_use_when_built() -> None:
     pytest.importorskip("cirron._record._cscope", reason="the C scope was not built")
+    import cirron
+
     assert span_mod.COMPILED
     assert span_mod.Scope.__enter__ is not span_mod.PyScope.__enter__
     assert issubclass(span_mod.Scope, span_mod._ScopeMethods)
+    assert cirron.health()["compiled"] == {"scope": True, "encoder": True}
 
 
 @pytest.mark.slow
@@ -144,8 +147,9 @@ def test_recording_tests_pass_on_the_pure_python_path() -> None:
     recording, trace and flush tests run again on them, in a child with the compiled ones off."""
     here = Path(__file__).parent
     env = dict(os.environ, **{PURE_PYTHON_ENV: "1"})
-    code = ("import sys, pytest; from cirron._record import span; from cirron._flush import batch; "
+    code = ("import sys, pytest, cirron; from cirron._record import span; from cirron._flush import batch; "
             "assert not span.COMPILED and batch._cencode is None; "
+            "assert cirron.health()['compiled'] == {'scope': False, 'encoder': False}; "
             "sys.exit(pytest.main(sys.argv[1:]))")
     files = [str(here / name) for name in ("test_recording.py", "test_trace.py", "test_flush_memory.py",
                                            "test_reliability.py")]
