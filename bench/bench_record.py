@@ -18,6 +18,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -198,6 +199,18 @@ def run_stall(rate: int, seconds: float) -> dict[str, float]:
     """Record ``rate`` scopes/s for ``seconds`` while the flush service writes; time every scope."""
     import cirron as ci
 
+    me = threading.get_ident()
+    collections: list[tuple[int, int]] = []  # (start, end) of each GC pass in this thread
+    gc_start = [0]
+
+    def on_gc(phase: str, info: dict) -> None:
+        if threading.get_ident() != me:
+            return
+        if phase == "start":
+            gc_start[0] = time.perf_counter_ns()
+        else:
+            collections.append((gc_start[0], time.perf_counter_ns()))
+
     with tempfile.TemporaryDirectory() as tmp:
         c = ci.Cirron(spool_dir=Path(tmp) / ".cirron" / "spool", flush_interval=1.0)
         c.profile()
@@ -205,6 +218,8 @@ def run_stall(rate: int, seconds: float) -> dict[str, float]:
         period = 1_000_000_000 // rate
         worst = 0
         lat = []
+        slow: list[tuple[int, int]] = []  # (start, duration) of scopes over 5 ms
+        gc.callbacks.append(on_gc)
         start = time.perf_counter_ns()
         end = start + int(seconds * 1e9)
         n = 0
@@ -222,11 +237,19 @@ def run_stall(rate: int, seconds: float) -> dict[str, float]:
             d = pc() - t0
             if d > worst:
                 worst = d
+            if d > 5_000_000:
+                slow.append((t0, d))
             if n % 64 == 0:
                 lat.append(d)
             n += 1
             next_t += period
         elapsed = (pc() - start) / 1e9
+        gc.callbacks.remove(on_gc)
+        # A garbage collection of the whole heap that this thread ran itself is the program's,
+        # not the flush service's: tell those scopes apart.
+        in_gc, no_gc = [], []
+        for t, d in slow:
+            (in_gc if any(a < t + d and b > t for a, b in collections) else no_gc).append(d)
         t_flush = time.perf_counter()
         c.flush(timeout=60)
         flush_s = time.perf_counter() - t_flush
@@ -236,6 +259,9 @@ def run_stall(rate: int, seconds: float) -> dict[str, float]:
         lat.sort()
         return {
             "scopes": n, "achieved_rate": n / elapsed, "worst_ms": worst / 1e6,
+            "over_5ms_in_gc": len(in_gc), "over_5ms_other": len(no_gc),
+            "worst_no_gc_ms": max(no_gc, default=0) / 1e6, "gc_passes": len(collections),
+            "longest_gc_ms": max((b - a for a, b in collections), default=0) / 1e6,
             "p99_us": lat[int(len(lat) * 0.99)] / 1e3, "p50_us": lat[len(lat) // 2] / 1e3,
             "pending_at_end": h["spans_pending"], "final_flush_s": flush_s,
             "written": h2["spans_written"], "dropped": h2["spans_dropped"], "recorded": h2["spans_recorded"],
@@ -268,6 +294,9 @@ def main() -> None:
     r = run_stall(200_000, seconds)
     print(f"  scopes recorded     {r['scopes']:,} ({r['achieved_rate']:,.0f}/s achieved)")
     print(f"  scope latency       p50 {r['p50_us']:.2f} us, p99 {r['p99_us']:.2f} us, worst {r['worst_ms']:.2f} ms")
+    print(f"  scopes over 5 ms    {r['over_5ms_other']} outside any GC pass (worst {r['worst_no_gc_ms']:.2f} ms), "
+          f"{r['over_5ms_in_gc']} during a GC pass this thread ran ({r['gc_passes']} passes, longest "
+          f"{r['longest_gc_ms']:.2f} ms)")
     print(f"  pending at the end  {r['pending_at_end']:,} spans; final flush took {r['final_flush_s']:.2f} s")
     print(f"  accounting          recorded {r['recorded']:,} = written {r['written']:,} + dropped {r['dropped']:,}")
 

@@ -24,14 +24,17 @@ from cirron._version import __version__
 #: waits at most about this long for the flush service; a longer slice lets the service keep
 #: up with the recorder (after a hand-over the other thread keeps the GIL for up to
 #: ``sys.getswitchinterval()``, 5 ms by default).
-YIELD_AFTER_NS = 2_500_000
+YIELD_AFTER_NS = 1_000_000
+#: How long a hand-over lasts. ``sleep(0)`` releases the GIL but this thread usually takes it
+#: straight back before a waiting thread wakes up; a short real sleep lets the waiter run.
+YIELD_FOR_S = 0.00005
 #: Upper bound of span records in one batch file; a bigger flush writes several files.
 MAX_SPANS_PER_BATCH = 50_000
 MAX_MARKS_PER_BATCH = 100_000
 #: Records freed per slice when a big list of them is let go (see :func:`release`).
 RELEASE_STEP = 4096
-#: Records encoded per call between two looks at the GIL budget.
-ENCODE_STEP = 4096
+#: Records encoded per call between two looks at the GIL budget (about half a millisecond).
+ENCODE_STEP = 2048
 
 
 class SpanRecord(msgspec.Struct, gc=False):
@@ -99,7 +102,7 @@ class GilBudget:
     def tick(self) -> None:
         now = time.thread_time_ns()
         if now - self._since >= YIELD_AFTER_NS:
-            time.sleep(0)
+            time.sleep(YIELD_FOR_S)
             self._since = time.thread_time_ns()
 
 

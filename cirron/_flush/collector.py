@@ -175,15 +175,16 @@ class Collector:
 
     # -- draining --------------------------------------------------------------------------
 
-    def _drain(self) -> tuple[list[list[tuple]], list[tuple[tuple, int]]]:
-        spans, marks = self.rec.buffers.drain()
+    def _drain(self, budget: GilBudget) -> tuple[list[list[tuple]], list[tuple[tuple, int]]]:
+        spans, marks = self.rec.buffers.drain(budget.tick)
         self.trace.add(spans, [m for m, _ in marks])
         return spans, marks
 
     def drain_to_trace(self) -> None:
         """Without a profiler: feed ``ci.trace()`` and keep the records for a later session."""
         with self.lock:
-            span_lists, marks = self._drain()
+            budget = GilBudget()
+            span_lists, marks = self._drain(budget)
             for sp in chain.from_iterable(span_lists):
                 if len(self._backlog_spans) >= self.backlog_max_spans:
                     self._backlog_spans.popleft()
@@ -194,13 +195,14 @@ class Collector:
                     self._backlog_marks.popleft()
                     self.count_drop("buffer_full", marks=1)
                 self._backlog_marks.append((mark, tid))
-            self.trace.release_evicted(GilBudget())
+            self.trace.release_evicted(budget)
 
     def collect(self, session_id: str | None, resource: dict[str, Any]) -> list[Batch]:
         """Everything recorded since the last call, as batches ready for the sinks."""
         with self.lock:
             self.run_jobs()
-            span_lists, marks = self._drain()
+            budget = GilBudget()
+            span_lists, marks = self._drain(budget)
             if self._backlog_spans:
                 span_lists[:0] = _chunked(list(self._backlog_spans))
                 self._backlog_spans.clear()
@@ -222,7 +224,7 @@ class Collector:
             while self._snapshots:
                 snaps.append(self._snapshots.popleft())
             batches = _split(session_id, resource, span_lists, closed, marks, mark_ids, snaps, root_key)
-            self.trace.release_evicted(GilBudget())
+            self.trace.release_evicted(budget)
             return batches
 
     def pending(self) -> tuple[int, int]:

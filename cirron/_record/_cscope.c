@@ -634,7 +634,15 @@ static PyObject *configure(PyObject *Py_UNUSED(module), PyObject *args) {
     Py_RETURN_NONE;
 }
 
+static PyObject *untrack(PyObject *Py_UNUSED(module), PyObject *obj) {
+    if (PyObject_IS_GC(obj) && PyObject_GC_IsTracked(obj)) PyObject_GC_UnTrack(obj);
+    return Py_NewRef(obj);
+}
+
 static PyMethodDef module_methods[] = {
+    {"untrack", untrack, METH_O,
+     "untrack(container) -> container, taken out of the cyclic GC's sight: for the record buffers, "
+     "which hold many records and never take part in a reference cycle. Lists and deques stay untracked."},
     {"configure", configure, METH_VARARGS,
      "configure(id_source, coerce_mark_value, mark_type_error): where ids come from (an object whose .ids "
      "is an iterator), how mark values other than float/int/bool are made, the error for a bad kind."},
