@@ -412,7 +412,8 @@ def main() -> None:
     runs: dict[str, list[dict]] = {v: [] for v in variants}
     with tempfile.TemporaryDirectory(prefix="cirron-bench-serving-") as tmp:
         for r in range(args.repeats):
-            for v in variants:
+            k = r % len(variants)  # rotate the order so no variant always runs in the same slot
+            for v in variants[k:] + variants[:k]:
                 wd = Path(tmp) / f"{v}-{r}"
                 wd.mkdir()
                 res = run_variant(v, args, wd)
