@@ -42,6 +42,8 @@ static int cache_thread(RecorderObject *rec);
  * after a fork), the mark value coercion for values that are not float/int/bool, and the error
  * raised for a bad mark kind. */
 static PyObject *id_source = NULL, *coerce_mark_value = NULL, *mark_type_error = NULL;
+/* The Scope class (ScopeBase + span.py's methods) that start_span makes. */
+static PyTypeObject *scope_type = NULL;
 
 static PyObject *s_ids, *s_tb, *s_new_thread_buffer, *s_marks, *s_mark_capacity, *s_marks_dropped, *s_popleft;
 static PyObject *s_thread_id, *s_kind, *s_point, *s_summary, *s_name, *s_value;
@@ -251,19 +253,21 @@ static int buffer_append(PyObject *rec, PyObject *record) {
 
 /* __exit__(exc_type, exc, tb, cpu1=None, end=None): cpu1/end are only passed by finish(). */
 static PyObject *Scope_exit(ScopeObject *self, PyObject *const *args, Py_ssize_t nargs) {
-    long long cpu1 = clock_ns(CLOCK_THREAD_CPUTIME_ID);
-    long long end = clock_ns(CLOCK_REALTIME);
+    /* A `with` block reads the clocks here, first thing; finish() passes readings it took. */
+    int given_cpu = nargs >= 4 && args[3] != Py_None, given_end = nargs >= 5 && args[4] != Py_None;
+    long long cpu1 = given_cpu ? 0 : clock_ns(CLOCK_THREAD_CPUTIME_ID);
+    long long end = given_end ? 0 : clock_ns(CLOCK_REALTIME);
     if (nargs < 3 || nargs > 5) {
         PyErr_SetString(PyExc_TypeError, "__exit__ takes 3 to 5 arguments");
         return NULL;
     }
     PyObject *exc = args[1];
     PyObject *end_obj = NULL;
-    if (nargs >= 4 && args[3] != Py_None) {
+    if (given_cpu) {
         cpu1 = PyLong_AsLongLong(args[3]);
         if (cpu1 == -1 && PyErr_Occurred()) return NULL;
     }
-    if (nargs >= 5 && args[4] != Py_None) end_obj = Py_NewRef(args[4]);
+    if (given_end) end_obj = Py_NewRef(args[4]);
     if (!IS_NONE(self->outer)) { /* leaving the latest re-entry of a reused scope object */
         PyObject *inner = Py_NewRef(self->outer);
         PyObject *next = PyObject_TypeCheck(inner, &ScopeBase_Type) ? ((ScopeObject *)inner)->outer : NULL;
@@ -492,12 +496,80 @@ out:
     return result;
 }
 
+/* Recorder.start_span(name, attrs=None, index=None, parent=None): span.py's PyRecorderBase.start_span. */
+static PyObject *Recorder_start_span(PyObject *rec, PyObject *const *args, size_t nargsf, PyObject *kwnames) {
+    static const char *const names[] = {"name", "attrs", "index", "parent"};
+    PyObject *values[4] = {NULL, Py_None, Py_None, Py_None};
+    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf), nkw = kwnames ? PyTuple_GET_SIZE(kwnames) : 0;
+    if (nargs > 4) {
+        PyErr_Format(PyExc_TypeError, "start_span() takes at most 4 arguments (%zd given)", nargs);
+        return NULL;
+    }
+    for (Py_ssize_t i = 0; i < nargs; i++) values[i] = args[i];
+    for (Py_ssize_t i = 0; i < nkw; i++) {
+        PyObject *key = PyTuple_GET_ITEM(kwnames, i);
+        int j = 0;
+        while (j < 4 && PyUnicode_CompareWithASCIIString(key, names[j]) != 0) j++;
+        if (j == 4 || j < nargs) {
+            PyErr_Format(PyExc_TypeError, "start_span() got an unexpected or repeated keyword argument %R", key);
+            return NULL;
+        }
+        values[j] = args[nargs + i];
+    }
+    if (values[0] == NULL) {
+        PyErr_SetString(PyExc_TypeError, "start_span() missing 1 required argument: 'name'");
+        return NULL;
+    }
+    if (scope_type == NULL || id_source == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "_cscope.configure() was not called");
+        return NULL;
+    }
+    RecorderObject *r = REC(rec);
+    if (r->open == NULL || cache_thread(r) < 0) {
+        if (!PyErr_Occurred()) PyErr_SetString(PyExc_AttributeError, "recorder not initialised");
+        return NULL;
+    }
+    PyObject *ids = PyObject_GetAttr(id_source, s_ids);
+    PyObject *sid = ids ? PyIter_Next(ids) : NULL;
+    Py_XDECREF(ids);
+    if (sid == NULL) {
+        if (!PyErr_Occurred()) PyErr_SetString(PyExc_RuntimeError, "the id source is exhausted");
+        return NULL;
+    }
+    ScopeObject *scope = (ScopeObject *)scope_type->tp_alloc(scope_type, 0);
+    if (scope == NULL) {
+        Py_DECREF(sid);
+        return NULL;
+    }
+    scope->rec = Py_NewRef(rec);
+    scope->name = Py_NewRef(values[0]);
+    scope->attrs = Py_NewRef(values[1]);
+    scope->index = Py_NewRef(values[2]);
+    scope->parent = Py_NewRef(values[3]);
+    scope->token = Py_NewRef(Py_None);
+    scope->id = sid;
+    scope->thread_id = Py_NewRef(r->cached_tid);
+    if (PyObject_SetItem(r->open, sid, (PyObject *)scope) < 0) {
+        Py_DECREF(scope);
+        return NULL;
+    }
+    scope->start_ns = PyLong_FromLongLong(clock_ns(CLOCK_REALTIME));
+    scope->cpu0 = PyLong_FromLongLong(clock_ns(CLOCK_THREAD_CPUTIME_ID));
+    if (scope->start_ns == NULL || scope->cpu0 == NULL) {
+        Py_DECREF(scope);
+        return NULL;
+    }
+    return (PyObject *)scope;
+}
+
 static PyObject *Recorder_forget_thread(PyObject *rec, PyObject *Py_UNUSED(ignored)) {
     forget_thread(REC(rec));
     Py_RETURN_NONE;
 }
 
 static PyMethodDef Recorder_methods[] = {
+    {"start_span", (PyCFunction)(void (*)(void))Recorder_start_span, METH_FASTCALL | METH_KEYWORDS,
+     "start_span(name, attrs=None, index=None, parent=None): open a span without making it current."},
     {"forget_thread", Recorder_forget_thread, METH_NOARGS,
      "Drop the cached thread buffer (after a fork, when the buffers were replaced)."},
     {"mark", (PyCFunction)(void (*)(void))Recorder_mark, METH_FASTCALL | METH_KEYWORDS,
@@ -626,8 +698,13 @@ static PyTypeObject Factory_Type = {
 };
 
 static PyObject *configure(PyObject *Py_UNUSED(module), PyObject *args) {
-    PyObject *ids, *coerce, *error;
-    if (!PyArg_ParseTuple(args, "OOO:configure", &ids, &coerce, &error)) return NULL;
+    PyObject *ids, *coerce, *error, *type;
+    if (!PyArg_ParseTuple(args, "OOOO!:configure", &ids, &coerce, &error, &PyType_Type, &type)) return NULL;
+    if (!PyType_IsSubtype((PyTypeObject *)type, &ScopeBase_Type)) {
+        PyErr_SetString(PyExc_TypeError, "configure() needs the Scope class, a subclass of ScopeBase");
+        return NULL;
+    }
+    Py_XSETREF(scope_type, (PyTypeObject *)Py_NewRef(type));
     Py_XSETREF(id_source, Py_NewRef(ids));
     Py_XSETREF(coerce_mark_value, Py_NewRef(coerce));
     Py_XSETREF(mark_type_error, Py_NewRef(error));
@@ -644,8 +721,9 @@ static PyMethodDef module_methods[] = {
      "untrack(container) -> container, taken out of the cyclic GC's sight: for the record buffers, "
      "which hold many records and never take part in a reference cycle. Lists and deques stay untracked."},
     {"configure", configure, METH_VARARGS,
-     "configure(id_source, coerce_mark_value, mark_type_error): where ids come from (an object whose .ids "
-     "is an iterator), how mark values other than float/int/bool are made, the error for a bad kind."},
+     "configure(id_source, coerce_mark_value, mark_type_error, scope_type): where ids come from (an object "
+     "whose .ids is an iterator), how mark values other than float/int/bool are made, the error for a bad "
+     "kind, and the Scope class start_span makes."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -44,7 +44,20 @@ def _error_text(exc: BaseException) -> str:
 
 class PyRecorderBase:
     """The pure-Python half of :class:`Recorder` that ``_cscope.RecorderBase`` replaces when
-    compiled: the reference for its ``mark``."""
+    compiled: the reference for its ``start_span`` and ``mark``."""
+
+    def start_span(self, name: str, attrs: dict | None = None, index: int | None = None,
+                   parent: Scope | None = None) -> Scope:
+        """Open a span without making it current (session roots, framework hooks)."""
+        scope = Scope(self, name, attrs, index)
+        scope.parent = parent
+        scope._token = None
+        scope.id = next(IDS.ids)
+        scope.thread_id = _get_ident()
+        self.open[scope.id] = scope
+        scope.start_ns = time_ns()
+        scope._cpu0 = thread_time_ns()
+        return scope
 
     def mark(self, name: str, value: Any, *, kind: str = "point", **attrs: Any) -> None:
         t = type(value)
@@ -97,19 +110,6 @@ class Recorder(_cscope.RecorderBase if _cscope is not None else PyRecorderBase):
         self.open = {}
         if _cscope is not None:
             self.forget_thread()  # the compiled scope's cached buffer is the parent's
-
-    def start_span(self, name: str, attrs: dict | None = None, index: int | None = None,
-                   parent: Scope | None = None) -> Scope:
-        """Open a span without making it current (session roots, framework hooks)."""
-        scope = Scope(self, name, attrs, index)
-        scope.parent = parent
-        scope._token = None
-        scope.id = next(IDS.ids)
-        scope.thread_id = _get_ident()
-        self.open[scope.id] = scope
-        scope.start_ns = time_ns()
-        scope._cpu0 = thread_time_ns()
-        return scope
 
     def record_closed(self, name: str, parent: Scope | None, start_ns: int, end_ns: int, cpu_ns: int | None,
                       attrs: dict | None = None, index: int | None = None) -> int:
@@ -390,13 +390,13 @@ def _load_c_scope() -> type | None:
     """The scope with the compiled enter/exit of ``_cscope.c``, when it was built and is wanted."""
     if _cscope is None:
         return None
-    _cscope.configure(IDS, coerce_mark_value, CirronMarkTypeError)
 
     class CScope(_cscope.ScopeBase, _ScopeMethods):
         __slots__ = ()
         __doc__ = PyScope.__doc__
 
     CScope.__name__ = CScope.__qualname__ = "Scope"
+    _cscope.configure(IDS, coerce_mark_value, CirronMarkTypeError, CScope)
     return CScope
 
 

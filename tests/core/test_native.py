@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import threading
 import os
 import subprocess
 import sys
@@ -264,4 +265,30 @@ def test_threads_taking_turns_each_record_into_their_own_buffer() -> None:
     for me in range(2):
         assert by_thread[seen[me]] == [f"t{me}"] * 50
         assert all(s[9] == seen[me] for tb in rec.buffers.buffers() if tb.thread_id == seen[me] for s in tb.spans)
+    c.shutdown()
+
+
+def test_compiled_start_span_opens_what_the_python_one_opens() -> None:
+    pytest.importorskip("cirron._record._cscope", reason="the C scope was not built")
+    from cirron import Cirron
+
+    c = Cirron()
+    rec = c._rec
+    with c.scope("parent") as parent:
+        made = [rec.start_span("req", {"k": 1}, 3, parent), span_mod.PyRecorderBase.start_span(rec, "req", {"k": 1}, 3,
+                                                                                               parent)]
+        made.append(rec.start_span(name="kw", parent=None, index=None, attrs=None))
+        for s in made:
+            assert rec.open[s.id] is s and s._token is None and s.end_ns is None
+            assert s.thread_id == threading.get_ident() and s.start_ns > 0 and s._cpu0 > 0
+        fields = [(s.name, s.attrs, s.index, s.parent) for s in made]
+        assert fields[0] == fields[1] == ("req", {"k": 1}, 3, parent)
+        assert fields[2] == ("kw", None, None, None)
+        for s in made:
+            s.finish(cpu_ns=5, end_ns=s.start_ns + 10)
+        assert [(s.cpu_ns, s.end_ns - s.start_ns) for s in made] == [(5, 10)] * 3 and not set(rec.open) - {parent.id}
+    with pytest.raises(TypeError):
+        rec.start_span()
+    with pytest.raises(TypeError):
+        rec.start_span("x", nope=1)
     c.shutdown()
