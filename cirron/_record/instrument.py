@@ -52,6 +52,7 @@ from collections.abc import Callable, Mapping
 from time import thread_time_ns, time_ns
 from typing import TYPE_CHECKING, Any, TypeVar, overload
 
+from cirron import _native as native
 from cirron._record.span import Recorder, Scope
 
 if TYPE_CHECKING:
@@ -81,11 +82,21 @@ _UUID4_CLEAR = ~((0xF << 76) | (0x3 << 62))
 _UUID4_SET = (0x4 << 76) | (0x2 << 62)
 
 
-def _uuid4() -> str:
+def _uuid4_py() -> str:
     """A random (version 4, RFC 4122 variant) UUID string, about ten times cheaper than
     ``str(uuid.uuid4())``. ``random`` reseeds itself in forked children, so workers never repeat."""
     h = "%032x" % ((_getrandbits(128) & _UUID4_CLEAR) | _UUID4_SET)
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+def _uuid4_c() -> str:
+    """:func:`_uuid4_py`, the text made in C (four times cheaper again)."""
+    return _uuid4_text(_getrandbits(128))
+
+
+_cscope = native.load("cirron._record._cscope")
+_uuid4_text = _cscope.uuid4_text if _cscope is not None else None
+_uuid4 = _uuid4_c if _cscope is not None else _uuid4_py
 
 
 def _bind(rec: Recorder, span: Any, req: _Request) -> None:

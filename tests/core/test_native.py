@@ -292,3 +292,23 @@ def test_compiled_start_span_opens_what_the_python_one_opens() -> None:
     with pytest.raises(TypeError):
         rec.start_span("x", nope=1)
     c.shutdown()
+
+
+def test_request_ids_made_in_c_are_the_python_ones() -> None:
+    import random
+    import uuid
+
+    from cirron._record import instrument
+
+    pytest.importorskip("cirron._record._cscope", reason="the C scope was not built")
+    assert instrument._uuid4 is instrument._uuid4_c
+    for _ in range(500):
+        state = random.getstate()
+        made_in_c = instrument._uuid4_c()
+        random.setstate(state)
+        assert made_in_c == instrument._uuid4_py()
+        assert uuid.UUID(made_in_c).version == 4 and str(uuid.UUID(made_in_c)) == made_in_c
+    with pytest.raises((TypeError, OverflowError)):
+        instrument._uuid4_text(-1)
+    with pytest.raises(OverflowError):
+        instrument._uuid4_text(1 << 128)
