@@ -58,6 +58,23 @@ def decode_float(x: Any) -> Any:
     return x
 
 
+def scrub_text(value: Any) -> Any:
+    """``value`` with every string made valid UTF-8 (so JSON can hold it): a lone surrogate, as
+    ``os.fsdecode`` makes from undecodable bytes, is written as its backslash escape (``\\ud800``)."""
+    t = type(value)
+    if t is str:
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return value.encode("utf-8", "backslashreplace").decode("utf-8")
+        return value
+    if t is dict:
+        return {scrub_text(k): scrub_text(v) for k, v in value.items()}
+    if t is list or t is tuple:
+        return [scrub_text(v) for v in value]
+    return value
+
+
 def strict_json(value: Any, _depth: int = 0) -> Any:
     """Make ``value`` encodable as RFC 8259 JSON: non-finite floats become strings,
     tuples become lists, non-string keys become strings, anything unknown becomes ``str()``."""

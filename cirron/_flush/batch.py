@@ -17,7 +17,7 @@ import msgspec
 
 from cirron import _native as native
 from cirron._ids import hex_id, random_hex
-from cirron._schema import ROOT_SENTINEL, SCHEMA_VERSION, encode_float, strict_json
+from cirron._schema import ROOT_SENTINEL, SCHEMA_VERSION, encode_float, scrub_text, strict_json
 from cirron._version import __version__
 
 #: Longest stretch of GIL-holding work between two voluntary hand-overs. A recording thread
@@ -141,9 +141,14 @@ def _join_pieces(pieces: Iterable[bytes], out: list[bytes]) -> None:
     out.append(b"]")
 
 
-def _objects(encoded_list: bytes) -> bytes:
-    """``b"[a,b]"`` -> ``b"a,b"``."""
-    return encoded_list[1:-1]
+def encode_records(records: list[Any]) -> bytes:
+    """The JSON objects of ``records`` joined by commas. A string that is not valid UTF-8 (a
+    span named from an undecodable file name) is written escaped rather than failing the batch."""
+    try:
+        encoded = _ENCODER.encode(records)
+    except UnicodeEncodeError:
+        encoded = _ENCODER.encode(scrub_text(msgspec.to_builtins(records)))
+    return encoded[1:-1]
 
 
 class Batch:
@@ -224,7 +229,7 @@ class Batch:
         root_id, root_hex = self.root
         if _cencode is not None:
             def fallback(row: tuple) -> bytes:
-                return _ENCODER.encode(span_record(row, pid, rank, root_id, root_hex))
+                return encode_records([span_record(row, pid, rank, root_id, root_hex)])
 
             for rows in self.span_lists:
                 for i in range(0, len(rows), ENCODE_STEP):
@@ -233,14 +238,14 @@ class Batch:
             return
         for rows in self.span_lists:
             for i in range(0, len(rows), ENCODE_STEP // 4):
-                yield _objects(_ENCODER.encode([span_record(row, pid, rank, root_id, root_hex)
-                                                for row in rows[i : i + ENCODE_STEP // 4]]))
+                yield encode_records([span_record(row, pid, rank, root_id, root_hex)
+                                      for row in rows[i : i + ENCODE_STEP // 4]])
 
     def _mark_pieces(self) -> Iterator[bytes]:
         rows, ids = self.mark_rows, self.mark_ids
         if _cencode is not None:
             def fallback(row: tuple[tuple, int], mark_id: int) -> bytes:
-                return _ENCODER.encode(mark_record(row, mark_id))
+                return encode_records([mark_record(row, mark_id)])
 
             for i in range(0, len(rows), ENCODE_STEP):
                 yield _cencode.encode_marks(rows[i : i + ENCODE_STEP], ids[i : i + ENCODE_STEP], ROOT_SENTINEL,
@@ -248,7 +253,7 @@ class Batch:
             return
         for i in range(0, len(rows), ENCODE_STEP // 4):
             end = i + ENCODE_STEP // 4
-            yield _objects(_ENCODER.encode(list(map(mark_record, rows[i:end], ids[i:end]))))
+            yield encode_records(list(map(mark_record, rows[i:end], ids[i:end])))
 
     def to_json(self) -> bytes:
         return b"".join(self.json_chunks())

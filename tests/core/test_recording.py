@@ -340,3 +340,21 @@ def test_gpu_and_memory_figures_set_on_an_open_scope_are_written(spool_dir: Path
     (plain,) = by_name(spans, "plain")
     assert (fwd["gpu_ns"], fwd["memory_peak_bytes"]) == (1234, 5 << 20)
     assert (plain["gpu_ns"], plain["memory_peak_bytes"]) == (None, None)
+
+
+def test_text_that_is_not_valid_utf8_is_written_escaped_not_lost(c: Cirron, spool_dir: Path) -> None:
+    """A lone surrogate (os.fsdecode of an undecodable file name) cannot go into JSON as it is:
+    it is written as its escape, and the rest of the batch with it."""
+    with c.scope("load \udcff.bin", path="x\ud800y"):
+        c.mark("file \udcfe", "v\ud801")
+    with c.scope("good"):
+        pass
+    assert c.flush()
+    h = c.health()
+    assert (h["spans_written"], h["marks_written"], h["last_error"]) == (2, 1, None)
+    spans = read_spool(spool_dir)["spans"]
+    bad = by_name(spans, "load \\udcff.bin")
+    assert len(bad) == 1 and bad[0]["attrs"] == {"path": "x\\ud800y"}
+    assert len(by_name(spans, "good")) == 1
+    [mark] = read_spool(spool_dir)["marks"].values()
+    assert (mark["name"], mark["value"]) == ("file \\udcfe", "v\\ud801")
