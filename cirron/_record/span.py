@@ -6,6 +6,10 @@ tuple of plain values is appended to the thread's buffer (tuples of atomics drop
 cyclic GC, so a backlog of closed spans never makes a garbage collection slow). Text is made
 later by the flush service. A failure of cirron's own never reaches the caller; it is counted
 in ``Recorder.internal_errors``.
+
+The Python code here is the reference. Where ``_cscope.c`` was built, ``Scope`` enters and
+exits in C, and ``Recorder`` takes ``start_span``, ``mark`` and its hot fields from
+``_cscope.RecorderBase`` instead of :class:`PyRecorderBase` (see :mod:`cirron._native`).
 """
 
 from __future__ import annotations
