@@ -10,6 +10,8 @@
 #include <Python.h>
 #include <string.h>
 
+#include "../_u128.h"
+
 typedef struct {
     char *data;
     Py_ssize_t len, cap;
@@ -115,37 +117,17 @@ static int put_str(Buf *b, PyObject *v) {
     return 1;
 }
 
-/* Whether an int is negative (Py_SIZE no longer tells from Python 3.12 on). */
-static int long_is_negative(PyObject *v) {
-#if PY_VERSION_HEX >= 0x030E0000
-    int sign = 0;
-    PyLong_GetSign(v, &sign);
-    return sign < 0;
-#else
-    return _PyLong_Sign(v) < 0;
-#endif
-}
-
 /* The quoted 32-hex text of an id, as cirron._ids.hex_id: (value * MIX) mod 2**128, big-endian. */
 static const unsigned __int128 MIX =
     ((unsigned __int128)0x9E3779B97F4A7C15ULL << 64) | (unsigned __int128)0xF39CC0605CEDC835ULL;
 
 static int put_hex_id(Buf *b, PyObject *v) {
-    if (!PyLong_CheckExact(v) || long_is_negative(v)) return 0;
     unsigned char raw[16];
-#if PY_VERSION_HEX >= 0x030D0000
-    Py_ssize_t need = PyLong_AsNativeBytes(v, raw, 16, Py_ASNATIVEBYTES_LITTLE_ENDIAN | Py_ASNATIVEBYTES_UNSIGNED_BUFFER);
-    if (need < 0) return -1;
-    if (need > 16) return 0;
-#else
-    if (_PyLong_AsByteArray((PyLongObject *)v, raw, 16, 1, 0) < 0) {
-        if (!PyErr_ExceptionMatches(PyExc_OverflowError)) return -1;
-        PyErr_Clear();
-        return 0;
-    }
-#endif
+    if (!PyLong_CheckExact(v)) return 0;
+    int ok = u128_from_long(v, raw);
+    if (ok != 1) return ok;
     unsigned __int128 x = 0;
-    for (int i = 15; i >= 0; i--) x = (x << 8) | raw[i];
+    for (int i = 0; i < 16; i++) x = (x << 8) | raw[i];
     x *= MIX;
     static const char hexd[] = "0123456789abcdef";
     if (buf_reserve(b, 34) < 0) return -1;

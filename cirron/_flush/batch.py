@@ -227,33 +227,33 @@ class Batch:
     def _span_pieces(self) -> Iterator[bytes]:
         pid, rank = self.resource["pid"], self.resource["rank"]
         root_id, root_hex = self.root
-        if _cencode is not None:
-            def fallback(row: tuple) -> bytes:
-                return encode_records([span_record(row, pid, rank, root_id, root_hex)])
 
-            for rows in self.span_lists:
-                for i in range(0, len(rows), ENCODE_STEP):
-                    yield _cencode.encode_spans(rows[i : i + ENCODE_STEP] if len(rows) > ENCODE_STEP else rows,
-                                                pid, rank, root_id, root_hex, fallback)
-            return
+        def in_python(rows: list[tuple]) -> bytes:
+            return encode_records([span_record(row, pid, rank, root_id, root_hex) for row in rows])
+
+        step = ENCODE_STEP if _cencode is not None else ENCODE_STEP // 4
         for rows in self.span_lists:
-            for i in range(0, len(rows), ENCODE_STEP // 4):
-                yield encode_records([span_record(row, pid, rank, root_id, root_hex)
-                                      for row in rows[i : i + ENCODE_STEP // 4]])
+            for i in range(0, len(rows), step):
+                chunk = rows[i : i + step] if len(rows) > step else rows
+                if _cencode is None:
+                    yield in_python(chunk)
+                else:  # the records it cannot write come back through in_python, one at a time
+                    yield _cencode.encode_spans(chunk, pid, rank, root_id, root_hex, lambda row: in_python([row]))
 
     def _mark_pieces(self) -> Iterator[bytes]:
         rows, ids = self.mark_rows, self.mark_ids
-        if _cencode is not None:
-            def fallback(row: tuple[tuple, int], mark_id: int) -> bytes:
-                return encode_records([mark_record(row, mark_id)])
 
-            for i in range(0, len(rows), ENCODE_STEP):
-                yield _cencode.encode_marks(rows[i : i + ENCODE_STEP], ids[i : i + ENCODE_STEP], ROOT_SENTINEL,
-                                            fallback)
-            return
-        for i in range(0, len(rows), ENCODE_STEP // 4):
-            end = i + ENCODE_STEP // 4
-            yield encode_records(list(map(mark_record, rows[i:end], ids[i:end])))
+        def in_python(rows: list[tuple[tuple, int]], ids: list[int]) -> bytes:
+            return encode_records(list(map(mark_record, rows, ids)))
+
+        step = ENCODE_STEP if _cencode is not None else ENCODE_STEP // 4
+        for i in range(0, len(rows), step):
+            chunk, chunk_ids = rows[i : i + step], ids[i : i + step]
+            if _cencode is None:
+                yield in_python(chunk, chunk_ids)
+            else:
+                yield _cencode.encode_marks(chunk, chunk_ids, ROOT_SENTINEL,
+                                            lambda row, mark_id: in_python([row], [mark_id]))
 
     def to_json(self) -> bytes:
         return b"".join(self.json_chunks())
@@ -261,7 +261,7 @@ class Batch:
     def release(self, budget: GilBudget) -> None:
         """Let go of the records once every sink is done with them, in slices (see :func:`release`);
         lists that ``ci.trace()`` still shows are only dropped from the batch."""
-        lists = [self.span_lists, self.mark_rows, self.mark_ids, self._spans or [], self._marks or []]
+        span_lists, others = self.span_lists, [self.mark_rows, self.mark_ids, self._spans or [], self._marks or []]
         self.span_lists, self.mark_rows, self.mark_ids, self._spans, self._marks = [], [], [], None, None
-        release_unshared(lists.pop(0), budget)
-        release_unshared(lists, budget)
+        release_unshared(span_lists, budget)
+        release_unshared(others, budget)

@@ -11,6 +11,8 @@
 #include <structmember.h>
 #include <time.h>
 
+#include "../_u128.h"
+
 typedef struct {
     PyObject_HEAD
     PyObject *rec, *name, *attrs, *index, *id, *parent, *start_ns, *end_ns, *cpu_ns;
@@ -711,34 +713,16 @@ static PyObject *configure(PyObject *Py_UNUSED(module), PyObject *args) {
     Py_RETURN_NONE;
 }
 
-/* Whether an int is negative (Py_SIZE no longer tells from Python 3.12 on). */
-static int long_is_negative(PyObject *v) {
-#if PY_VERSION_HEX >= 0x030E0000
-    int sign = 0;
-    PyLong_GetSign(v, &sign);
-    return sign < 0;
-#else
-    return _PyLong_Sign(v) < 0;
-#endif
-}
-
 /* uuid4_text(bits) -> "xxxxxxxx-xxxx-4xxx-yxxx-xxxxxxxxxxxx" from 128 random bits (version 4, RFC 4122 variant). */
 static PyObject *uuid4_text(PyObject *Py_UNUSED(module), PyObject *bits) {
     unsigned char raw[16];
-    if (!PyLong_Check(bits) || long_is_negative(bits)) {
-        PyErr_SetString(PyExc_TypeError, "uuid4_text() takes a non-negative int of at most 128 bits");
+    int ok = u128_from_long(bits, raw);
+    if (ok < 0) return NULL;
+    if (ok == 0) {
+        PyErr_SetString(PyLong_Check(bits) ? PyExc_OverflowError : PyExc_TypeError,
+                        "uuid4_text() takes a non-negative int of at most 128 bits");
         return NULL;
     }
-#if PY_VERSION_HEX >= 0x030D0000
-    Py_ssize_t need = PyLong_AsNativeBytes(bits, raw, 16, Py_ASNATIVEBYTES_BIG_ENDIAN | Py_ASNATIVEBYTES_UNSIGNED_BUFFER);
-    if (need < 0) return NULL;
-    if (need > 16) {
-        PyErr_SetString(PyExc_OverflowError, "uuid4_text() takes at most 128 bits");
-        return NULL;
-    }
-#else
-    if (_PyLong_AsByteArray((PyLongObject *)bits, raw, 16, 0, 0) < 0) return NULL;
-#endif
     raw[6] = (unsigned char)((raw[6] & 0x0F) | 0x40);
     raw[8] = (unsigned char)((raw[8] & 0x3F) | 0x80);
     static const char hexd[] = "0123456789abcdef";
