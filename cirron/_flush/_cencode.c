@@ -11,6 +11,7 @@
 #include <string.h>
 
 #include "../_u128.h"
+#include "../_row.h"
 
 typedef struct {
     char *data;
@@ -200,6 +201,23 @@ static int put_fallback(Buf *b, Py_ssize_t mark, PyObject *fallback, PyObject *c
 }
 
 
+/* The Row type of cirron._record._cscope, looked up on first use: records arrive as rows from
+ * the compiled recorder and as tuples from the pure-Python one. Without it, rows take the
+ * fallback. */
+static PyTypeObject *row_type = NULL;
+static int row_type_looked_up = 0;
+
+static void look_up_row_type(void) {
+    if (row_type_looked_up) return;
+    row_type_looked_up = 1;
+    PyObject *m = PyImport_ImportModule("cirron._record._cscope");
+    PyObject *t = m ? PyObject_GetAttrString(m, "Row") : NULL;
+    Py_XDECREF(m);
+    if (t != NULL && PyType_Check(t)) row_type = (PyTypeObject *)t;
+    else Py_XDECREF(t);
+    PyErr_Clear();
+}
+
 #define STEP(expr) do { int _r = (expr); if (_r < 0) goto error; if (_r == 0) goto fallback; } while (0)
 
 /* encode_spans(rows, pid, rank, root_id, root_hex, fallback) -> bytes
@@ -211,6 +229,7 @@ static PyObject *encode_spans(PyObject *Py_UNUSED(m), PyObject *const *args, Py_
         return NULL;
     }
     PyObject *rows = args[0], *pid = args[1], *rank = args[2], *root_id = args[3], *root_hex = args[4];
+    look_up_row_type();
     PyObject *fallback = args[5];
     Buf b = {NULL, 0, 0};
     /* The text of ',"pid":P,"rank":R,"attrs":' is the same for every record. */
@@ -226,8 +245,8 @@ static PyObject *encode_spans(PyObject *Py_UNUSED(m), PyObject *const *args, Py_
         PyObject *row = PyList_GET_ITEM(rows, i);
         if (i && PUT_LIT(&b, ",") < 0) goto error;
         Py_ssize_t start = b.len;
-        if (!PyTuple_CheckExact(row) || PyTuple_GET_SIZE(row) != 11) goto fallback;
-        PyObject *const *f = &PyTuple_GET_ITEM(row, 0);
+        PyObject *const *f = record_fields(row, 11, row_type);
+        if (f == NULL) goto fallback;
         STEP(PUT_LIT(&b, "{\"id\":") < 0 ? -1 : 1);
         STEP(put_hex_id(&b, f[0]));
         STEP(PUT_LIT(&b, ",\"parent_id\":") < 0 ? -1 : 1);
@@ -278,7 +297,7 @@ error:
 }
 
 /* encode_marks(rows, ids, root_sentinel, fallback) -> bytes
- * rows: [((span_id, name, value, kind, ts_ns, attrs), thread_id), ...]; ids: the mark ids, one
+ * rows: [(span_id, name, value, kind, ts_ns, attrs, thread_id), ...]; ids: the mark ids, one
  * per row. fallback(row, id) returns one record's JSON. */
 static PyObject *encode_marks(PyObject *Py_UNUSED(m), PyObject *const *args, Py_ssize_t nargs) {
     if (nargs != 4 || !PyList_Check(args[0]) || !PyList_Check(args[1]) ||
@@ -287,16 +306,15 @@ static PyObject *encode_marks(PyObject *Py_UNUSED(m), PyObject *const *args, Py_
         return NULL;
     }
     PyObject *rows = args[0], *ids = args[1], *sentinel = args[2], *fallback = args[3];
+    look_up_row_type();
     Buf b = {NULL, 0, 0};
     Py_ssize_t n = PyList_GET_SIZE(rows);
     for (Py_ssize_t i = 0; i < n; i++) {
         PyObject *row = PyList_GET_ITEM(rows, i), *mid = PyList_GET_ITEM(ids, i);
         if (i && PUT_LIT(&b, ",") < 0) goto error;
         Py_ssize_t start = b.len;
-        if (!PyTuple_CheckExact(row) || PyTuple_GET_SIZE(row) != 2) goto fallback;
-        PyObject *mark = PyTuple_GET_ITEM(row, 0), *tid = PyTuple_GET_ITEM(row, 1);
-        if (!PyTuple_CheckExact(mark) || PyTuple_GET_SIZE(mark) != 6) goto fallback;
-        PyObject *const *f = &PyTuple_GET_ITEM(mark, 0);
+        PyObject *const *f = record_fields(row, 7, row_type);
+        if (f == NULL) goto fallback;
         PyObject *value = f[2];
         const char *vt;
         if (PyFloat_CheckExact(value)) vt = "float";
@@ -324,7 +342,7 @@ static PyObject *encode_marks(PyObject *Py_UNUSED(m), PyObject *const *args, Py_
         STEP(PUT_LIT(&b, ",\"ts_ns\":") < 0 ? -1 : 1);
         STEP(put_int(&b, f[4]));
         STEP(PUT_LIT(&b, ",\"thread_id\":") < 0 ? -1 : 1);
-        STEP(put_int(&b, tid));
+        STEP(put_int(&b, f[6]));
         STEP(PUT_LIT(&b, ",\"attrs\":") < 0 ? -1 : 1);
         STEP(put_attrs(&b, f[5]));
         STEP(PUT_LIT(&b, "}") < 0 ? -1 : 1);

@@ -79,9 +79,10 @@ def span_record(row: tuple, pid: int, rank: int, root_id: int, root_hex: str | N
                       index, start, end, cpu, gpu, mem, tid, pid, rank, strict_json(attrs) if attrs else {})
 
 
-def mark_record(row: tuple[tuple, int], mark_id: int) -> MarkRecord:
-    """The spool record of a drained mark ``((span_id, name, value, kind, ts_ns, attrs), thread_id)``."""
-    (span_id, name, value, kind, ts, attrs), tid = row
+def mark_record(row: tuple, mark_id: int) -> MarkRecord:
+    """The spool record of a mark ``(span_id, name, value, kind, ts_ns, attrs, thread_id)``
+    (``cirron._record.span.MARK_TUPLE_FIELDS``)."""
+    span_id, name, value, kind, ts, attrs, tid = row
     vt = _VALUE_TYPES.get(type(value), "str")
     if vt == "float" and (value != value or value == _INF or value == -_INF):
         value = encode_float(value)
@@ -160,7 +161,7 @@ class Batch:
     """
 
     def __init__(self, session_id: str | None, resource: dict[str, Any], span_lists: list[list[tuple]],
-                 mark_rows: list[tuple[tuple, int]], mark_ids: list[int], snapshots: list[dict[str, Any]],
+                 mark_rows: list[tuple], mark_ids: list[int], snapshots: list[dict[str, Any]],
                  closed_spans: int, root: tuple[int, str | None] = (0, None)) -> None:
         self.session_id = session_id
         self.resource = resource
@@ -243,7 +244,7 @@ class Batch:
     def _mark_pieces(self) -> Iterator[bytes]:
         rows, ids = self.mark_rows, self.mark_ids
 
-        def in_python(rows: list[tuple[tuple, int]], ids: list[int]) -> bytes:
+        def in_python(rows: list[tuple], ids: list[int]) -> bytes:
             return encode_records(list(map(mark_record, rows, ids)))
 
         step = ENCODE_STEP if _cencode is not None else ENCODE_STEP // 4

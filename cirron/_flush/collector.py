@@ -12,6 +12,7 @@ import threading
 from collections import deque
 from collections.abc import Callable
 from itertools import chain, islice
+from operator import itemgetter
 from typing import Any
 
 from cirron._flush.batch import (
@@ -23,7 +24,7 @@ from cirron._flush.batch import (
 )
 from cirron._ids import IDS
 from cirron._record.buffer import DRAIN_CHUNK
-from cirron._record.span import Recorder, Scope
+from cirron._record.span import MARK_TUPLE_FIELDS, Recorder, Scope
 
 #: ``kind="point"`` marks kept per span for ``ci.trace()`` (summary marks are all kept).
 TRACE_POINT_MARKS_PER_SPAN = 1024
@@ -41,16 +42,16 @@ class TraceStore:
 
     Spans are kept as the lists the drains produced (adding a drain costs O(1), not a step per
     span); whole lists fall off the old end once the newer ones hold ``max_spans``, and a read
-    trims to exactly the newest ``max_spans``. Marks are kept in one plain list per span,
-    compacted to every summary mark plus the newest 1,024 point marks once it grows past twice
-    that; marks of spans that left the window are pruned in bulk.
+    trims to exactly the newest ``max_spans``. Each span keeps every summary mark and its newest
+    1,024 point marks (a bounded deque: adding a mark is one append, whatever the span holds);
+    marks of spans that left the window are pruned in bulk.
     """
 
     def __init__(self, max_spans: int, open_spans: dict[int, Any] | None = None) -> None:
         self.max_spans = max_spans
         self._chunks: deque[list[tuple]] = deque()
         self._count = 0
-        self.marks: dict[int, list[tuple]] = {}
+        self.marks: dict[int, SpanMarks] = {}
         #: The recorder's open spans: their marks are kept until the span itself arrives.
         self.open_spans = open_spans if open_spans is not None else {}
         #: Lists that fell out of the window, freed by :meth:`release_evicted` off the lock.
@@ -99,17 +100,17 @@ class TraceStore:
             for mark in marks:
                 kept = store.get(mark[0])
                 if kept is None:
-                    store[mark[0]] = [mark]
-                    continue
-                kept.append(mark)
-                if len(kept) > 2 * TRACE_POINT_MARKS_PER_SPAN:
-                    store[mark[0]] = _compact(kept)
+                    kept = store[mark[0]] = SpanMarks()
+                if mark[3] == "summary":
+                    kept.summary.append(mark)
+                else:
+                    kept.points.append(mark)
 
     def snapshot(self, open_spans: list[Scope]) -> tuple[list[tuple], dict[int, list]]:
         with self._lock:
             spans = self._window() + [open_tuple(s) for s in open_spans]
             ids = {sp[0] for sp in spans}
-            marks = {k: _compact(v) for k, v in self.marks.items() if k in ids or k == 0}
+            marks = {k: v.in_time_order() for k, v in self.marks.items() if k in ids or k == 0}
         return spans, marks
 
     def reset_after_fork(self, open_spans: dict[int, Any]) -> None:
@@ -117,13 +118,22 @@ class TraceStore:
         self.open_spans = open_spans
 
 
-def _compact(marks: list[tuple]) -> list[tuple]:
-    """Every summary mark and the newest point marks, in time order."""
-    points = [m for m in marks if m[3] != "summary"]
-    if len(points) <= TRACE_POINT_MARKS_PER_SPAN:
-        return marks
-    keep = set(map(id, points[-TRACE_POINT_MARKS_PER_SPAN:]))
-    return [m for m in marks if m[3] == "summary" or id(m) in keep]
+class SpanMarks:
+    """One span's marks as ``ci.trace()`` keeps them: every summary mark, the newest point marks."""
+
+    __slots__ = ("summary", "points")
+
+    def __init__(self) -> None:
+        self.summary: list[tuple] = []
+        self.points: deque[tuple] = deque(maxlen=TRACE_POINT_MARKS_PER_SPAN)
+
+    def in_time_order(self) -> list[tuple]:
+        if not self.summary:
+            return list(self.points)
+        return sorted([*self.summary, *self.points], key=_mark_ts)
+
+
+_mark_ts = itemgetter(MARK_TUPLE_FIELDS.index("ts_ns"))
 
 
 def resource_attributes(rank: int, world_size: int, project: str | None, project_version: str | None) -> dict[str, Any]:
@@ -143,7 +153,7 @@ class Collector:
         self._jobs: deque[Callable[[], None]] = deque()
         # Records drained while nothing was there to write them (before ci.profile()).
         self._backlog_spans: deque[tuple] = deque()
-        self._backlog_marks: deque[tuple[tuple, int]] = deque()
+        self._backlog_marks: deque[tuple] = deque()
         self.backlog_max_spans = backlog_max_spans
         self.backlog_max_marks = backlog_max_marks
         self.drops: dict[str, int] = {}
@@ -175,9 +185,9 @@ class Collector:
 
     # -- draining --------------------------------------------------------------------------
 
-    def _drain(self, budget: GilBudget) -> tuple[list[list[tuple]], list[tuple[tuple, int]]]:
+    def _drain(self, budget: GilBudget) -> tuple[list[list[tuple]], list[tuple]]:
         spans, marks = self.rec.buffers.drain(budget.tick)
-        self.trace.add(spans, [m for m, _ in marks])
+        self.trace.add(spans, marks)
         return spans, marks
 
     def drain_to_trace(self) -> None:
@@ -190,11 +200,11 @@ class Collector:
                     self._backlog_spans.popleft()
                     self.count_drop("buffer_full", spans=1)
                 self._backlog_spans.append(sp)
-            for mark, tid in marks:
+            for mark in marks:
                 if len(self._backlog_marks) >= self.backlog_max_marks:
                     self._backlog_marks.popleft()
                     self.count_drop("buffer_full", marks=1)
-                self._backlog_marks.append((mark, tid))
+                self._backlog_marks.append(mark)
             self.trace.release_evicted(budget)
 
     def collect(self, session_id: str | None, resource: dict[str, Any]) -> list[Batch]:
@@ -246,7 +256,7 @@ def _chunked(records: list[Any]) -> list[list[Any]]:
 
 
 def _split(session_id: str | None, resource: dict[str, Any], span_lists: list[list[tuple]], closed: int,
-           marks: list[tuple[tuple, int]], mark_ids: list[int], snaps: list[dict[str, Any]],
+           marks: list[tuple], mark_ids: list[int], snaps: list[dict[str, Any]],
            root: tuple[int, str | None]) -> list[Batch]:
     """One batch, or several when the records exceed a batch's bounds. ``span_lists`` hold the
     ``closed`` closed spans first, then the open ones."""

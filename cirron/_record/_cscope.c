@@ -12,6 +12,7 @@
 #include <time.h>
 
 #include "../_u128.h"
+#include "../_row.h"
 
 typedef struct {
     PyObject_HEAD
@@ -58,6 +59,155 @@ static inline long long clock_ns(clockid_t clock) {
     struct timespec ts;
     clock_gettime(clock, &ts);
     return (long long)ts.tv_sec * 1000000000LL + ts.tv_nsec;
+}
+
+/* ---- Row: a record outside the cyclic GC (see _row.h) ---- */
+
+static PyTypeObject Row_Type;
+
+/* A row of `n` fields; a NULL field is stored as None. */
+static PyObject *row_new(PyObject *const *items, Py_ssize_t n) {
+    RowObject *row = PyObject_NewVar(RowObject, &Row_Type, n);
+    if (row == NULL) return NULL;
+    for (Py_ssize_t i = 0; i < n; i++) row->item[i] = Py_NewRef(items[i] ? items[i] : Py_None);
+    return (PyObject *)row;
+}
+
+static void Row_dealloc(RowObject *self) {
+    for (Py_ssize_t i = 0; i < Py_SIZE(self); i++) Py_XDECREF(self->item[i]);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyObject *row_as_tuple(RowObject *self) {
+    PyObject *t = PyTuple_New(Py_SIZE(self));
+    if (t == NULL) return NULL;
+    for (Py_ssize_t i = 0; i < Py_SIZE(self); i++) PyTuple_SET_ITEM(t, i, Py_NewRef(self->item[i]));
+    return t;
+}
+
+static PyObject *Row_new(PyTypeObject *Py_UNUSED(type), PyObject *args, PyObject *kwds) {
+    PyObject *iterable;
+    if ((kwds != NULL && PyDict_GET_SIZE(kwds)) || !PyArg_ParseTuple(args, "O:Row", &iterable)) {
+        if (!PyErr_Occurred()) PyErr_SetString(PyExc_TypeError, "Row() takes one iterable");
+        return NULL;
+    }
+    PyObject *t = PySequence_Tuple(iterable);
+    if (t == NULL) return NULL;
+    PyObject *row = row_new(&PyTuple_GET_ITEM(t, 0), PyTuple_GET_SIZE(t));
+    Py_DECREF(t);
+    return row;
+}
+
+static Py_ssize_t Row_length(RowObject *self) { return Py_SIZE(self); }
+
+static PyObject *Row_item(RowObject *self, Py_ssize_t i) {
+    if (i < 0 || i >= Py_SIZE(self)) {
+        PyErr_SetString(PyExc_IndexError, "row index out of range");
+        return NULL;
+    }
+    return Py_NewRef(self->item[i]);
+}
+
+static PyObject *Row_subscript(RowObject *self, PyObject *key) {
+    if (PyLong_CheckExact(key) || PyIndex_Check(key)) {
+        Py_ssize_t i = PyNumber_AsSsize_t(key, PyExc_IndexError);
+        if (i == -1 && PyErr_Occurred()) return NULL;
+        return Row_item(self, i < 0 ? i + Py_SIZE(self) : i);
+    }
+    PyObject *t = row_as_tuple(self);
+    if (t == NULL) return NULL;
+    PyObject *out = PyObject_GetItem(t, key);
+    Py_DECREF(t);
+    return out;
+}
+
+/* Compared, hashed and shown as the tuple of its fields. */
+static PyObject *as_tuple_or_none(PyObject *o) {
+    if (Py_IS_TYPE(o, &Row_Type)) return row_as_tuple((RowObject *)o);
+    if (PyTuple_Check(o)) return Py_NewRef(o);
+    return NULL;
+}
+
+static PyObject *Row_richcompare(PyObject *a, PyObject *b, int op) {
+    PyObject *ta = as_tuple_or_none(a), *tb = ta ? as_tuple_or_none(b) : NULL;
+    PyObject *out = NULL;
+    if (ta != NULL && tb != NULL) out = PyObject_RichCompare(ta, tb, op);
+    else if (!PyErr_Occurred()) out = Py_NewRef(Py_NotImplemented);
+    Py_XDECREF(ta); Py_XDECREF(tb);
+    return out;
+}
+
+static Py_hash_t Row_hash(RowObject *self) {
+    PyObject *t = row_as_tuple(self);
+    if (t == NULL) return -1;
+    Py_hash_t h = PyObject_Hash(t);
+    Py_DECREF(t);
+    return h;
+}
+
+static PyObject *Row_repr(RowObject *self) {
+    PyObject *t = row_as_tuple(self);
+    if (t == NULL) return NULL;
+    PyObject *out = PyUnicode_FromFormat("Row%R", t);
+    Py_DECREF(t);
+    return out;
+}
+
+static PyObject *Row_reduce(RowObject *self, PyObject *Py_UNUSED(ignored)) {
+    PyObject *t = row_as_tuple(self);
+    if (t == NULL) return NULL;
+    return Py_BuildValue("(O(N))", (PyObject *)&Row_Type, t);
+}
+
+static PySequenceMethods Row_as_sequence = {
+    .sq_length = (lenfunc)Row_length,
+    .sq_item = (ssizeargfunc)Row_item,
+};
+
+static PyMappingMethods Row_as_mapping = {
+    .mp_length = (lenfunc)Row_length,
+    .mp_subscript = (binaryfunc)Row_subscript,
+};
+
+static PyMethodDef Row_methods[] = {
+    {"__reduce__", (PyCFunction)Row_reduce, METH_NOARGS, NULL},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyTypeObject Row_Type = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "cirron._record._cscope.Row",
+    .tp_doc = "Row(iterable): the fields of one buffered record, read like a tuple. Not tracked by the "
+              "cyclic GC, so buffering many of them sets off no garbage collections.",
+    .tp_basicsize = sizeof(RowObject) - sizeof(PyObject *),
+    .tp_itemsize = sizeof(PyObject *),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_new = Row_new,
+    .tp_dealloc = (destructor)Row_dealloc,
+    .tp_free = PyObject_Free,
+    .tp_as_sequence = &Row_as_sequence,
+    .tp_as_mapping = &Row_as_mapping,
+    .tp_richcompare = Row_richcompare,
+    .tp_hash = (hashfunc)Row_hash,
+    .tp_repr = (reprfunc)Row_repr,
+    .tp_methods = Row_methods,
+};
+
+/* Take a record's attrs dict out of the cyclic GC while it holds only str keys and plain values
+ * (what CPython itself does to such dicts, but only in a full collection): buffered until the
+ * next flush, it would otherwise be promoted with the long-lived objects and bring on full
+ * collections of the user's heap. A dict tracks itself again when something trackable is put in. */
+static void untrack_plain_attrs(PyObject *attrs) {
+    if (attrs == NULL || !PyDict_CheckExact(attrs) || !PyObject_GC_IsTracked(attrs)) return;
+    Py_ssize_t pos = 0;
+    PyObject *key, *value;
+    while (PyDict_Next(attrs, &pos, &key, &value)) {
+        if (!PyUnicode_CheckExact(key)) return;
+        if (!(value == Py_None || PyUnicode_CheckExact(value) || PyLong_CheckExact(value) ||
+              PyFloat_CheckExact(value) || PyBool_Check(value)))
+            return;
+    }
+    PyObject_GC_UnTrack(attrs);
 }
 
 /* Hand the pending exception to rec.note_internal_error and clear it. */
@@ -341,10 +491,9 @@ static PyObject *Scope_exit(ScopeObject *self, PyObject *const *args, Py_ssize_t
     gpu = more_get(self->more, s_gpu_ns);
     mem = more_get(self->more, s_memory_peak_bytes);
     if (cpu == NULL || pid == NULL || gpu == NULL || mem == NULL) goto error;
-#define OR_NONE(x) ((x) ? (x) : Py_None)
-    record = PyTuple_Pack(11, sid, pid, OR_NONE(self->name), OR_NONE(self->index), OR_NONE(self->start_ns),
-                          end_obj, cpu, gpu, mem, OR_NONE(self->thread_id), OR_NONE(self->attrs));
-#undef OR_NONE
+    untrack_plain_attrs(self->attrs);
+    record = row_new((PyObject *[]){sid, pid, self->name, self->index, self->start_ns, end_obj, cpu, gpu, mem,
+                                    self->thread_id, self->attrs}, 11);
     if (record == NULL) goto error;
     if (buffer_append(rec, record) < 0) goto error;
     Py_XSETREF(self->cpu_ns, Py_NewRef(cpu));
@@ -460,7 +609,8 @@ static PyObject *Recorder_mark(PyObject *rec, PyObject *const *args, size_t narg
     }
     /* From here on, a failure is cirron's own: counted, never raised. */
     PyObject *tb = NULL, *ring = NULL, *cap = NULL, *span = NULL, *sid = NULL, *ts = NULL, *record = NULL, *r = NULL;
-    if ((tb = thread_buffer(rec)) == NULL) goto failed;
+    if (cache_thread(REC(rec)) < 0) goto failed;
+    tb = Py_NewRef(REC(rec)->cached_tb);
     if ((ring = PyObject_GetAttr(tb, s_marks)) == NULL || (cap = PyObject_GetAttr(tb, s_mark_capacity)) == NULL)
         goto failed;
     Py_ssize_t n = PyObject_Size(ring), limit = PyLong_AsSsize_t(cap);
@@ -483,7 +633,8 @@ static PyObject *Recorder_mark(PyObject *rec, PyObject *const *args, size_t narg
     else if (PyObject_TypeCheck(span, &ScopeBase_Type)) sid = Py_NewRef(((ScopeObject *)span)->id ? ((ScopeObject *)span)->id : Py_None);
     else sid = PyObject_GetAttr(span, s_id);
     if (sid == NULL || (ts = PyLong_FromLongLong(clock_ns(CLOCK_REALTIME))) == NULL) goto failed;
-    record = PyTuple_Pack(6, sid, name, value, kind, ts, attrs ? attrs : Py_None);
+    untrack_plain_attrs(attrs);
+    record = row_new((PyObject *[]){sid, name, value, kind, ts, attrs, REC(rec)->cached_tid}, 7);
     if (record == NULL || (r = PyObject_CallMethodOneArg(ring, s_append, record)) == NULL) goto failed;
     goto recorded;
 failed:
@@ -768,14 +919,15 @@ PyMODINIT_FUNC PyInit__cscope(void) {
     INTERN(s_append, "append"); INTERN(s_gpu_ns, "gpu_ns"); INTERN(s_memory_peak_bytes, "memory_peak_bytes");
     INTERN(s_note_internal_error, "note_internal_error"); INTERN(s_reenter, "_reenter");
     INTERN(s_note_exception, "_note_exception"); INTERN(s_id, "id"); INTERN(s_exit, "__exit__");
-    if (PyType_Ready(&ScopeBase_Type) < 0 || PyType_Ready(&RecorderBase_Type) < 0 ||
+    if (PyType_Ready(&Row_Type) < 0 || PyType_Ready(&ScopeBase_Type) < 0 || PyType_Ready(&RecorderBase_Type) < 0 ||
         PyType_Ready(&Factory_Type) < 0)
         return NULL;
     PyObject *m = PyModule_Create(&module_def);
     if (m == NULL) return NULL;
     if (PyModule_AddObjectRef(m, "ScopeBase", (PyObject *)&ScopeBase_Type) < 0 ||
         PyModule_AddObjectRef(m, "RecorderBase", (PyObject *)&RecorderBase_Type) < 0 ||
-        PyModule_AddObjectRef(m, "ScopeFactory", (PyObject *)&Factory_Type) < 0) {
+        PyModule_AddObjectRef(m, "ScopeFactory", (PyObject *)&Factory_Type) < 0 ||
+        PyModule_AddObjectRef(m, "Row", (PyObject *)&Row_Type) < 0) {
         Py_DECREF(m);
         return NULL;
     }

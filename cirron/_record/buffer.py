@@ -89,12 +89,11 @@ class BufferRegistry:
         with self._lock:
             return list(self._buffers)
 
-    def drain(self, between_chunks: Callable[[], None] = _nothing) -> tuple[list[list[Any]], list[tuple[Any, int]]]:
-        """Take out everything buffered so far: ``(span lists of at most DRAIN_CHUNK each,
-        [(mark, its thread id), ...])``. ``between_chunks`` is called after each chunk (the
-        flush service hands the GIL over there)."""
+    def drain(self, between_chunks: Callable[[], None] = _nothing) -> tuple[list[list[Any]], list[Any]]:
+        """Take out everything buffered so far: ``(span lists of at most DRAIN_CHUNK each, marks)``.
+        ``between_chunks`` is called after each chunk (the flush service hands the GIL over there)."""
         spans: list[list[Any]] = []
-        marks: list[tuple[Any, int]] = untrack([])
+        marks: list[Any] = untrack([])
         for tb in self.buffers():
             sq, mq = tb.spans, tb.marks
             n = len(sq)
@@ -105,9 +104,8 @@ class BufferRegistry:
             tb.spans_drained += n
             n = len(mq)
             popm = mq.popleft
-            tid = tb.thread_id
             for start in range(0, n, DRAIN_CHUNK):
-                marks += [(popm(), tid) for _ in range(min(DRAIN_CHUNK, n - start))]
+                marks += [popm() for _ in range(min(DRAIN_CHUNK, n - start))]
                 between_chunks()
             tb.marks_drained += n
         self._retire_dead()

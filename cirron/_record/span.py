@@ -29,12 +29,12 @@ from cirron._record.buffer import BufferRegistry
 
 MAX_MARK_STR_BYTES = 256
 
-#: Layout of a closed-span tuple in a thread buffer.
+#: Layout of a closed-span record in a thread buffer (a tuple here, a ``_cscope.Row`` when compiled).
 #: (id, parent_id or 0, name, index, start_ns, end_ns, cpu_ns, gpu_ns, memory_peak_bytes, thread_id, attrs)
 CLOSED_FIELDS = ("id", "parent", "name", "index", "start_ns", "end_ns", "cpu_ns", "gpu_ns",
                  "memory_peak_bytes", "thread_id", "attrs")
-#: Layout of a mark tuple: (span_id or 0, name, value, kind, ts_ns, attrs)
-MARK_TUPLE_FIELDS = ("span", "name", "value", "kind", "ts_ns", "attrs")
+#: Layout of a mark record: (span_id or 0, name, value, kind, ts_ns, attrs, thread_id)
+MARK_TUPLE_FIELDS = ("span", "name", "value", "kind", "ts_ns", "attrs", "thread_id")
 
 _get_ident = threading.get_ident
 #: The compiled enter/exit (``_cscope.c``), when built and wanted; None runs :class:`PyScope`.
@@ -83,7 +83,7 @@ class PyRecorderBase:
                     pass
             span = self.current.get() or self.root
             # No id here: nothing refers to a mark, so the flush service numbers them.
-            ring.append((span.id if span is not None else 0, name, value, kind, time_ns(), attrs or None))
+            ring.append((span.id if span is not None else 0, name, value, kind, time_ns(), attrs or None, tb.thread_id))
         except Exception as exc:  # pragma: no cover - cirron's own failure must not reach the caller
             self.note_internal_error(exc)
 
