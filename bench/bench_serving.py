@@ -335,6 +335,7 @@ def run_variant(variant: str, args: argparse.Namespace, workdir: Path) -> dict:
     try:
         _wait_ready(port, server)
         cpu0 = _cpu_s(server.pid)
+        sys0 = _cpu_s(server.pid, system_only=True)
         out = subprocess.run([sys.executable, __file__, "load", "--port", str(port), "--concurrency",
                               str(args.concurrency), "--duration", str(args.duration), "--warmup", str(args.warmup)],
                              check=True, capture_output=True, text=True, env=env, preexec_fn=on(cpus[0]))
@@ -342,6 +343,7 @@ def run_variant(variant: str, args: argparse.Namespace, workdir: Path) -> dict:
         # Server CPU per request (user+sys, flush service included): far less sensitive to other
         # load on the machine than throughput is.
         res["cpu_us_per_req"] = (_cpu_s(server.pid) - cpu0) / max(1, res["requests_all"]) * 1e6
+        res["sys_us_per_req"] = (_cpu_s(server.pid, system_only=True) - sys0) / max(1, res["requests_all"]) * 1e6
         return res
     finally:
         server.send_signal(signal.SIGINT)
@@ -351,9 +353,11 @@ def run_variant(variant: str, args: argparse.Namespace, workdir: Path) -> dict:
             server.kill()
 
 
-def _cpu_s(pid: int) -> float:
+def _cpu_s(pid: int, system_only: bool = False) -> float:
+    """CPU seconds of a process so far: user + system, or only the kernel's share."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    user, system = int(fields[11]), int(fields[12])
+    return (system if system_only else user + system) / os.sysconf("SC_CLK_TCK")
 
 
 def _otel_available() -> bool:
@@ -419,7 +423,8 @@ def main() -> None:
                 res = run_variant(v, args, wd)
                 runs[v].append(res)
                 print(f"  round {r + 1} {v:<10} {res['rps']:8.0f} req/s  p50 {res['p50_ms']:6.2f} ms  "
-                      f"p99 {res['p99_ms']:6.2f} ms  cpu {res['cpu_us_per_req']:6.0f} us/req  errors {res['errors']}",
+                      f"p99 {res['p99_ms']:6.2f} ms  cpu {res['cpu_us_per_req']:6.0f} us/req "
+                      f"(sys {res['sys_us_per_req']:4.0f})  errors {res['errors']}",
                       flush=True)
 
     med = {v: {k: statistics.median(x[k] for x in runs[v]) for k in ("rps", "p50_ms", "p99_ms", "cpu_us_per_req")} for v in variants}

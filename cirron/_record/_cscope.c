@@ -886,6 +886,281 @@ static PyObject *uuid4_text(PyObject *Py_UNUSED(module), PyObject *bits) {
     return PyUnicode_FromStringAndSize(out, 36);
 }
 
+/* ---- RequestBase: the per-call state of @ci.inference (instrument.py's _Request) ----
+ *
+ * What every request does is here: open the `request` span, copy the caller's context and bind
+ * the span and the request in the copy, drive the endpoint's coroutine one step at a time inside
+ * that context (counting the steps' thread CPU time), and close the span. Streams, LLM usage and
+ * anything else rare are the Python subclass's (`_Request._finish_slow` and friends); the pure-
+ * Python twin is instrument.py's `_PyRequestBase`. Keep the two in step. */
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *rec, *span, *rid, *ctx, *t0, *c0, *coro, *ended, *streaming, *chunks, *first_ns, *last_ns;
+    PyObject *stream_usage, *prompt, *completion, *in_generate;
+    long long cpu;
+    int depth;
+} RequestObject;
+
+static PyTypeObject RequestBase_Type;
+/* Set by configure_requests(): instrument.py's _CURRENT variable and random.getrandbits. */
+static PyObject *current_request = NULL, *getrandbits = NULL;
+static PyObject *s_request, *s_request_id, *s_finish_slow, *int_128;
+
+#define REQUEST_FIELDS(X) X(rec) X(span) X(rid) X(ctx) X(t0) X(c0) X(coro) X(ended) X(streaming) X(chunks) \
+    X(first_ns) X(last_ns) X(stream_usage) X(prompt) X(completion) X(in_generate)
+
+static PyObject *Request_new(PyTypeObject *type, PyObject *Py_UNUSED(args), PyObject *Py_UNUSED(kwds)) {
+    RequestObject *self = (RequestObject *)type->tp_alloc(type, 0);
+    if (self == NULL) return NULL;
+#define SET_NONE(f) self->f = Py_NewRef(Py_None);
+    REQUEST_FIELDS(SET_NONE)
+#undef SET_NONE
+    Py_SETREF(self->ended, Py_NewRef(Py_False));
+    Py_SETREF(self->streaming, Py_NewRef(Py_False));
+    Py_SETREF(self->in_generate, Py_NewRef(Py_False));
+    Py_SETREF(self->chunks, PyLong_FromLong(0));
+    return (PyObject *)self;
+}
+
+static int Request_traverse(RequestObject *self, visitproc visit, void *arg) {
+#define VISIT(f) Py_VISIT(self->f);
+    REQUEST_FIELDS(VISIT)
+#undef VISIT
+    return 0;
+}
+
+static int Request_clear(RequestObject *self) {
+#define CLEAR(f) Py_CLEAR(self->f);
+    REQUEST_FIELDS(CLEAR)
+#undef CLEAR
+    return 0;
+}
+
+static void Request_dealloc(RequestObject *self) {
+    PyObject_GC_UnTrack(self);
+    Request_clear(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+/* RequestBase(rec): open the request span under the caller's current span (or the root) and
+ * bind it, with the request, in a copy of the caller's context; the caller's is not touched. */
+static int Request_init(RequestObject *self, PyObject *args, PyObject *kwds) {
+    PyObject *rec;
+    if ((kwds != NULL && PyDict_GET_SIZE(kwds)) || !PyArg_ParseTuple(args, "O!:RequestBase", &RecorderBase_Type, &rec)) {
+        if (!PyErr_Occurred()) PyErr_SetString(PyExc_TypeError, "RequestBase(rec) takes no keyword arguments");
+        return -1;
+    }
+    if (current_request == NULL || getrandbits == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "_cscope.configure_requests() was not called");
+        return -1;
+    }
+    RecorderObject *r = REC(rec);
+    if (r->current == NULL) {
+        PyErr_SetString(PyExc_AttributeError, "recorder not initialised");
+        return -1;
+    }
+    PyObject *bits = PyObject_CallOneArg(getrandbits, int_128);
+    PyObject *rid = bits ? uuid4_text(NULL, bits) : NULL;
+    Py_XDECREF(bits);
+    if (rid == NULL) return -1;
+    PyObject *parent = NULL, *attrs = NULL, *span = NULL, *ctx = NULL;
+    if (PyContextVar_Get(r->current, NULL, &parent) < 0) goto error;
+    if (IS_NONE(parent)) Py_XSETREF(parent, Py_NewRef(r->root ? r->root : Py_None));
+    if ((attrs = PyDict_New()) == NULL || PyDict_SetItem(attrs, s_request_id, rid) < 0) goto error;
+    span = Recorder_start_span(rec, (PyObject *[]){s_request, attrs, Py_None, parent}, 4, NULL);
+    if (span == NULL) goto error;
+    ScopeObject *sp = (ScopeObject *)span;
+    if ((ctx = PyContext_CopyCurrent()) == NULL || PyContext_Enter(ctx) < 0) goto opened;
+    PyObject *t1 = PyContextVar_Set(r->current, span);
+    PyObject *t2 = t1 ? PyContextVar_Set(current_request, (PyObject *)self) : NULL;
+    Py_XDECREF(t1);
+    Py_XDECREF(t2);
+    if (PyContext_Exit(ctx) < 0 || t2 == NULL) goto opened;
+    Py_SETREF(self->rec, Py_NewRef(rec));
+    Py_SETREF(self->rid, rid);
+    Py_SETREF(self->t0, Py_NewRef(sp->start_ns ? sp->start_ns : Py_None));
+    /* The span's own CPU reading, taken a moment ago on this thread: the first step (which always
+     * runs right after, on the same thread) starts from it instead of reading the clock again. */
+    Py_SETREF(self->c0, Py_NewRef(sp->cpu0 ? sp->cpu0 : Py_None));
+    Py_SETREF(self->span, span);
+    Py_SETREF(self->ctx, ctx);
+    Py_DECREF(parent);
+    Py_DECREF(attrs);
+    return 0;
+opened: /* the span never reaches the caller: forget it rather than leave it open forever */
+    {
+        PyObject *type, *value, *tb;
+        PyErr_Fetch(&type, &value, &tb);
+        if (PyDict_Check(r->open) && PyDict_DelItem(r->open, sp->id) < 0) PyErr_Clear();
+        PyErr_Restore(type, value, tb);
+    }
+error:
+    Py_XDECREF(ctx); Py_XDECREF(span); Py_XDECREF(attrs); Py_XDECREF(parent); Py_DECREF(rid);
+    return -1;
+}
+
+/* One step of the endpoint's coroutine: inside the request's context, its thread CPU time added
+ * to the request's, unless we are already inside (a stream read by the request's own code) or
+ * the request has ended. */
+static PySendResult request_step(RequestObject *self, PyObject *arg, PyObject **result) {
+    *result = NULL;
+    if (IS_NONE(self->coro)) {
+        PyErr_SetString(PyExc_RuntimeError, "this request has no coroutine to await");
+        return PYGEN_ERROR;
+    }
+    PyObject *coro = Py_NewRef(self->coro);
+    if (self->depth || IS_NONE(self->ctx)) {
+        PySendResult status = PyIter_Send(coro, arg, result);
+        Py_DECREF(coro);
+        return status;
+    }
+    long long c0;
+    if (!IS_NONE(self->c0)) {
+        c0 = PyLong_AsLongLong(self->c0);
+        Py_SETREF(self->c0, Py_NewRef(Py_None));
+        if (c0 == -1 && PyErr_Occurred()) {
+            PyErr_Clear();
+            c0 = clock_ns(CLOCK_THREAD_CPUTIME_ID);
+        }
+    } else {
+        c0 = clock_ns(CLOCK_THREAD_CPUTIME_ID);
+    }
+    PyObject *ctx = Py_NewRef(self->ctx);
+    if (PyContext_Enter(ctx) < 0) {
+        Py_DECREF(ctx);
+        Py_DECREF(coro);
+        return PYGEN_ERROR;
+    }
+    self->depth = 1;
+    PySendResult status = PyIter_Send(coro, arg, result);
+    self->depth = 0;
+    PyObject *type, *value, *tb;
+    PyErr_Fetch(&type, &value, &tb);
+    if (PyContext_Exit(ctx) < 0) PyErr_Clear(); /* cannot fail: we entered it above, on this thread */
+    PyErr_Restore(type, value, tb);
+    Py_DECREF(ctx);
+    Py_DECREF(coro);
+    self->cpu += clock_ns(CLOCK_THREAD_CPUTIME_ID) - c0;
+    return status;
+}
+
+static PyObject *Request_await(RequestObject *self) {
+    return Py_NewRef(self);
+}
+
+static PySendResult Request_am_send(RequestObject *self, PyObject *arg, PyObject **result) {
+    return request_step(self, arg, result);
+}
+
+/* `await request` on Python 3.12+, which steps a non-coroutine awaitable with next() and reads a
+ * return value from StopIteration. */
+static PyObject *Request_iternext(RequestObject *self) {
+    PyObject *result;
+    PySendResult status = request_step(self, Py_None, &result);
+    if (status == PYGEN_NEXT) return result;
+    if (status == PYGEN_RETURN) {
+        if (result != Py_None) {
+            PyObject *stop = PyObject_CallOneArg(PyExc_StopIteration, result);
+            if (stop != NULL) {
+                PyErr_SetObject(PyExc_StopIteration, stop);
+                Py_DECREF(stop);
+            }
+        }
+        Py_DECREF(result);
+    }
+    return NULL;
+}
+
+/* finish(exc=None, stream_end=None): close the span once (later calls do nothing). The common
+ * case (a plain result, no stream, no token usage) is done here; the rest by _finish_slow. */
+static PyObject *Request_finish(RequestObject *self, PyObject *const *args, size_t nargsf, PyObject *kwnames) {
+    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+    if (self->ended == Py_True) Py_RETURN_NONE;
+    if (nargs > 1 || kwnames != NULL || self->streaming != Py_False || !IS_NONE(self->prompt) ||
+        !IS_NONE(self->completion) || !PyObject_TypeCheck(self->span, &ScopeBase_Type)) {
+        PyObject *slow = PyObject_GetAttr((PyObject *)self, s_finish_slow);
+        if (slow == NULL) return NULL;
+        PyObject *r = PyObject_Vectorcall(slow, args, nargsf, kwnames);
+        Py_DECREF(slow);
+        return r;
+    }
+    long long end = clock_ns(CLOCK_REALTIME);
+    PyObject *exc = nargs ? args[0] : Py_None;
+    Py_SETREF(self->ended, Py_NewRef(Py_True));
+    PyObject *rec = Py_NewRef(self->rec), *span = Py_NewRef(self->span);
+    ScopeObject *sp = (ScopeObject *)span;
+    PyObject *cpu1 = NULL, *end_obj = NULL, *r = NULL;
+    if (!IS_NONE(sp->id) && IS_NONE(sp->end_ns)) {
+        long long cpu0 = PyLong_AsLongLong(sp->cpu0 ? sp->cpu0 : Py_None);
+        if (cpu0 == -1 && PyErr_Occurred()) goto failed;
+        if ((cpu1 = PyLong_FromLongLong(cpu0 + self->cpu)) == NULL || (end_obj = PyLong_FromLongLong(end)) == NULL)
+            goto failed;
+        /* A closed stream (GeneratorExit) is no error. */
+        if (PyObject_TypeCheck(exc, (PyTypeObject *)PyExc_GeneratorExit)) exc = Py_None;
+        r = Scope_exit(sp, (PyObject *[]){Py_None, exc, Py_None, cpu1, end_obj}, 5);
+        if (r == NULL) goto failed;
+    }
+    /* The context refers back to this object (through _CURRENT): break the cycle so a finished
+     * request is freed by reference counting, not left to the cyclic GC. */
+    Py_SETREF(self->ctx, Py_NewRef(Py_None));
+    Py_SETREF(self->coro, Py_NewRef(Py_None));
+    goto done;
+failed:
+    note_internal_error(rec);
+done:
+    Py_XDECREF(r); Py_XDECREF(cpu1); Py_XDECREF(end_obj); Py_DECREF(span); Py_DECREF(rec);
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef Request_methods[] = {
+    {"finish", (PyCFunction)(void (*)(void))Request_finish, METH_FASTCALL | METH_KEYWORDS,
+     "finish(exc=None, stream_end=None): close the request span once, with its summary marks."},
+    {NULL, NULL, 0, NULL},
+};
+
+#define RQ_FIELD(f) {#f, T_OBJECT, offsetof(RequestObject, f), 0, NULL},
+static PyMemberDef Request_members[] = {
+    REQUEST_FIELDS(RQ_FIELD)
+    {"cpu", T_LONGLONG, offsetof(RequestObject, cpu), 0, NULL},
+    {"depth", T_INT, offsetof(RequestObject, depth), 0, NULL},
+    {NULL, 0, 0, 0, NULL},
+};
+#undef RQ_FIELD
+
+static PyAsyncMethods Request_as_async = {
+    .am_await = (unaryfunc)Request_await,
+#if PY_VERSION_HEX >= 0x030A0000
+    .am_send = (sendfunc)Request_am_send,
+#endif
+};
+
+static PyTypeObject RequestBase_Type = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "cirron._record._cscope.RequestBase",
+    .tp_doc = "The per-call state of @ci.inference: its span, its context, its coroutine's steps.",
+    .tp_basicsize = sizeof(RequestObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC,
+    .tp_new = Request_new,
+    .tp_init = (initproc)Request_init,
+    .tp_traverse = (traverseproc)Request_traverse,
+    .tp_clear = (inquiry)Request_clear,
+    .tp_dealloc = (destructor)Request_dealloc,
+    .tp_as_async = &Request_as_async,
+    .tp_iter = PyObject_SelfIter,
+    .tp_iternext = (iternextfunc)Request_iternext,
+    .tp_methods = Request_methods,
+    .tp_members = Request_members,
+};
+
+static PyObject *configure_requests(PyObject *Py_UNUSED(module), PyObject *args) {
+    PyObject *var, *bits;
+    if (!PyArg_ParseTuple(args, "O!O:configure_requests", &PyContextVar_Type, &var, &bits)) return NULL;
+    Py_XSETREF(current_request, Py_NewRef(var));
+    Py_XSETREF(getrandbits, Py_NewRef(bits));
+    Py_RETURN_NONE;
+}
+
 static PyObject *untrack(PyObject *Py_UNUSED(module), PyObject *obj) {
     if (PyObject_IS_GC(obj) && PyObject_GC_IsTracked(obj)) PyObject_GC_UnTrack(obj);
     return Py_NewRef(obj);
@@ -897,6 +1172,9 @@ static PyMethodDef module_methods[] = {
     {"untrack", untrack, METH_O,
      "untrack(container) -> container, taken out of the cyclic GC's sight: for the record buffers, "
      "which hold many records and never take part in a reference cycle. Lists and deques stay untracked."},
+    {"configure_requests", configure_requests, METH_VARARGS,
+     "configure_requests(current_request_var, getrandbits): the context variable RequestBase binds each "
+     "request to, and the random bits its request ids are made from."},
     {"configure", configure, METH_VARARGS,
      "configure(id_source, coerce_mark_value, mark_type_error, scope_type): where ids come from (an object "
      "whose .ids is an iterator), how mark values other than float/int/bool are made, the error for a bad "
@@ -919,7 +1197,9 @@ PyMODINIT_FUNC PyInit__cscope(void) {
     INTERN(s_append, "append"); INTERN(s_gpu_ns, "gpu_ns"); INTERN(s_memory_peak_bytes, "memory_peak_bytes");
     INTERN(s_note_internal_error, "note_internal_error"); INTERN(s_reenter, "_reenter");
     INTERN(s_note_exception, "_note_exception"); INTERN(s_id, "id"); INTERN(s_exit, "__exit__");
-    if (PyType_Ready(&Row_Type) < 0 || PyType_Ready(&ScopeBase_Type) < 0 || PyType_Ready(&RecorderBase_Type) < 0 ||
+    INTERN(s_request, "request"); INTERN(s_request_id, "request_id"); INTERN(s_finish_slow, "_finish_slow");
+    if ((int_128 = PyLong_FromLong(128)) == NULL) return NULL;
+    if (PyType_Ready(&Row_Type) < 0 || PyType_Ready(&RequestBase_Type) < 0 || PyType_Ready(&ScopeBase_Type) < 0 || PyType_Ready(&RecorderBase_Type) < 0 ||
         PyType_Ready(&Factory_Type) < 0)
         return NULL;
     PyObject *m = PyModule_Create(&module_def);
@@ -927,7 +1207,8 @@ PyMODINIT_FUNC PyInit__cscope(void) {
     if (PyModule_AddObjectRef(m, "ScopeBase", (PyObject *)&ScopeBase_Type) < 0 ||
         PyModule_AddObjectRef(m, "RecorderBase", (PyObject *)&RecorderBase_Type) < 0 ||
         PyModule_AddObjectRef(m, "ScopeFactory", (PyObject *)&Factory_Type) < 0 ||
-        PyModule_AddObjectRef(m, "Row", (PyObject *)&Row_Type) < 0) {
+        PyModule_AddObjectRef(m, "Row", (PyObject *)&Row_Type) < 0 ||
+        PyModule_AddObjectRef(m, "RequestBase", (PyObject *)&RequestBase_Type) < 0) {
         Py_DECREF(m);
         return NULL;
     }

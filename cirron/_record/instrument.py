@@ -112,7 +112,12 @@ def _emit(rec: Recorder, span: Any, marks: list[tuple[str, Any]]) -> None:
         rec.mark(name, value, kind="summary")
 
 
-class _Request:
+class _PyRequestBase:
+    """The per-call state of ``@ci.inference`` in pure Python; ``_cscope.RequestBase`` is its
+    compiled twin. It opens the request span, binds it in a copy of the caller's context, drives
+    the endpoint's coroutine step by step inside that context and closes the span in the common
+    case; :class:`_Request` adds the rest."""
+
     __slots__ = (
         "rec", "span", "rid", "ctx", "t0", "cpu", "c0", "depth", "ended", "streaming",
         "chunks", "first_ns", "last_ns", "stream_usage", "prompt", "completion", "in_generate", "coro",
@@ -144,13 +149,11 @@ class _Request:
         self.ctx = ctx
         self.coro: Any = None
 
-    # -- running user code in the request's context ---------------------------------------
-
     # ``await req`` drives ``req.coro`` with every step inside the request's context. The
     # request object is its own iterator (no proxy object, no generator per request); a
     # StopIteration out of ``send`` ends the await with the coroutine's return value.
 
-    def __await__(self) -> _Request:
+    def __await__(self) -> _PyRequestBase:
         return self
 
     def __next__(self) -> Any:
@@ -169,6 +172,21 @@ class _Request:
         finally:
             self.depth = 0
             self.cpu += thread_time_ns() - c0
+
+    def finish(self, exc: BaseException | None = None, stream_end: str | None = None) -> None:
+        """Close the span once (later calls do nothing), with its summary marks."""
+        self._finish_slow(exc, stream_end)  # type: ignore[attr-defined]  # defined by _Request
+
+
+_RequestBase: Any = _cscope.RequestBase if _cscope is not None else _PyRequestBase
+if _cscope is not None:
+    _cscope.configure_requests(_CURRENT, _getrandbits)
+
+
+class _Request(_RequestBase):  # type: ignore[misc,valid-type]
+    __slots__ = ()
+
+    # -- running user code in the request's context ---------------------------------------
 
     def send(self, value: Any) -> Any:
         return self.run(self.coro.send, value)
@@ -220,8 +238,8 @@ class _Request:
         if completion is not None:
             self.completion = (self.completion or 0) + completion
 
-    def finish(self, exc: BaseException | None = None, stream_end: str | None = None) -> None:
-        """Close the span once (later calls do nothing), with its summary marks."""
+    def _finish_slow(self, exc: BaseException | None = None, stream_end: str | None = None) -> None:
+        """:meth:`finish` in full: also a stream's end, its summary marks and token usage."""
         if self.ended:
             return
         self.ended = True

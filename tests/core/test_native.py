@@ -155,16 +155,20 @@ def test_compiled_scope_is_in_use_when_built() -> None:
 
 @pytest.mark.slow
 def test_recording_tests_pass_on_the_pure_python_path() -> None:
-    """The pure-Python scope and encoder are what runs where nothing could be compiled: the
-    recording, trace and flush tests run again on them, in a child with the compiled ones off."""
+    """The pure-Python scope, request and encoder are what runs where nothing could be compiled:
+    the recording, trace, flush and @ci.inference tests run again on them, in a child with the
+    compiled ones off."""
     here = Path(__file__).parent
     env = dict(os.environ, **{PURE_PYTHON_ENV: "1"})
-    code = ("import sys, pytest, cirron; from cirron._record import span; from cirron._flush import batch; "
+    code = ("import sys, pytest, cirron; from cirron._record import span, instrument; "
+            "from cirron._flush import batch; "
             "assert not span.COMPILED and batch._cencode is None; "
+            "assert instrument._RequestBase is instrument._PyRequestBase; "
             "assert cirron.health()['compiled'] == {'scope': False, 'encoder': False}; "
             "sys.exit(pytest.main(sys.argv[1:]))")
     files = [str(here / name) for name in ("test_recording.py", "test_trace.py", "test_flush_memory.py",
                                            "test_reliability.py")]
+    files += [str(here.parent / "serving" / name) for name in ("test_inference.py", "test_fastapi_inprocess.py")]
     proc = subprocess.run([sys.executable, "-c", code, "-q", "-p", "no:cacheprovider", *files],
                           cwd=here.parent, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]

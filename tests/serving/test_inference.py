@@ -8,6 +8,7 @@ import contextvars
 import gc
 import inspect
 import threading
+import time
 import uuid
 
 import pytest
@@ -149,6 +150,57 @@ async def test_async_call_and_exception(prof) -> None:
     r1, r2 = prof.requests()
     assert r1.id == out["rid"] and r1.points("x") == [3] and "error" not in r1.attrs
     assert r2.attrs["error"] == "KeyError: 'neg'" and r2.span["end_ns"] is not None
+
+
+async def test_async_return_values_pass_through_unchanged(prof) -> None:
+    """Whatever the coroutine returns comes back as is: tuples, None, even an exception object or
+    a StopIteration (an awaitable's return value travels inside one)."""
+    c = prof.c
+    err = ValueError("returned, not raised")
+    stop = StopIteration("x")
+    values = [(1, 2), (), None, err, stop, [3], {"k": (4,)}]
+
+    @c.inference
+    async def echo(v):
+        await asyncio.sleep(0)
+        return v
+
+    for v in values:
+        assert await echo(v) is v
+    # Driven by hand, the way an event loop does it: a step that suspends, then the return.
+    coro = echo((5, 6))
+    assert coro.send(None) is None  # asyncio.sleep(0) yields None to the loop
+    with pytest.raises(StopIteration) as info:
+        coro.send(None)
+    assert info.value.value == (5, 6)
+    reqs = prof.requests()
+    assert len(reqs) == len(values) + 1
+    assert all(r.span["end_ns"] is not None and "error" not in r.attrs for r in reqs)
+
+
+async def test_async_request_cpu_time_counts_every_step_and_parent_is_the_open_scope(prof) -> None:
+    c = prof.c
+
+    def burn() -> None:
+        t = time.thread_time_ns()
+        while time.thread_time_ns() - t < 3_000_000:
+            pass
+
+    @c.inference
+    async def work():
+        burn()
+        await asyncio.sleep(0.02)  # waiting costs no CPU
+        burn()
+        return "ok"
+
+    with c.scope("batch"):
+        assert await work() == "ok"
+    spans = prof.spans()
+    (req,) = [s for s in spans if s["name"] == "request"]
+    (outer,) = [s for s in spans if s["name"] == "batch"]
+    assert req["parent_id"] == outer["id"]
+    assert 6_000_000 <= req["cpu_ns"] < 20_000_000
+    assert req["end_ns"] - req["start_ns"] >= 20_000_000
 
 
 async def test_async_cancellation_closes_the_span(prof) -> None:
