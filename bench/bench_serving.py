@@ -22,6 +22,7 @@ for ``inference`` against ``profile``: throughput loss <= 5 %, p99 latency incre
     .venv/bin/python bench/bench_serving.py --pin                 # 3 rounds x 8 s, concurrency 32
     .venv/bin/python bench/bench_serving.py --duration 4 --repeats 6 --pin --json out.json
     .venv/bin/python bench/bench_serving.py --asgi                # in process, no server, no network
+    .venv/bin/python bench/bench_serving.py --paired 20000        # in process, request by request
 
 ``--pin`` puts the server and the load generator on one CPU each. The load generator writes raw
 requests and parses only the status line and Content-Length, so it is not the bottleneck (an
@@ -32,6 +33,12 @@ threads included) is much less sensitive to other load on the machine than throu
 in blocks, and reports CPU per request and the median ratio to the same round's baseline block;
 cirron's flush (and OpenTelemetry's export) runs at the end of each block, inside its timing.
 Without uvicorn and the network the denominator is smaller, so percentages come out larger.
+
+``--paired N`` also runs in process, but takes ``profile``, ``scope`` and ``inference`` one
+request at a time in turn and reads each request's CPU time on the event loop thread: the
+difference of the medians is the added cost per request, and it holds still on a machine where
+throughput swings by 10 % from run to run. The flush service's CPU per span written is shown
+apart.
 
 ``BENCH_CIRRON_OUTPUT=none`` runs the cirron variants with no sink (recording and collecting only),
 which separates the cost of writing the spool from the rest.
@@ -218,6 +225,21 @@ async def _asgi_call(app, scope: dict, body: bytes) -> int:  # noqa: ANN001
     return status
 
 
+def _predict_scope() -> dict:
+    return {"type": "http", "asgi": {"version": "3.0", "spec_version": "2.4"}, "http_version": "1.1",
+            "method": "POST", "scheme": "http", "path": "/predict", "raw_path": b"/predict", "query_string": b"",
+            "root_path": "", "headers": [(b"host", b"x"), (b"content-type", b"application/json"),
+                                         (b"content-length", str(len(BODY)).encode())],
+            "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 80)}
+
+
+def _apps_without_lifespan(variants: list[str]) -> dict:
+    apps = {v: build_app(v) for v in variants}
+    for app in apps.values():  # one profiling session for all the cirron ones; no lifespan is run
+        app.router.lifespan_context = None
+    return apps
+
+
 async def _asgi_bench(variants: list[str], block: int, blocks: int) -> dict[str, list[float]]:
     """CPU time (process: event loop + flush service threads) per request, variants interleaved
     block by block inside one process (and one profiling session for the cirron variants)."""
@@ -227,15 +249,8 @@ async def _asgi_bench(variants: list[str], block: int, blocks: int) -> dict[str,
 
     with_cirron = any(v in ("profile", "scope", "inference") for v in variants)
 
-    apps = {v: build_app(v) for v in variants}
-    for v in ("profile", "scope", "inference"):
-        if v in apps:  # one session for all the cirron variants; their own lifespans are not run
-            apps[v].router.lifespan_context = None
-    scope = {"type": "http", "asgi": {"version": "3.0", "spec_version": "2.4"}, "http_version": "1.1",
-             "method": "POST", "scheme": "http", "path": "/predict", "raw_path": b"/predict", "query_string": b"",
-             "root_path": "", "headers": [(b"host", b"x"), (b"content-type", b"application/json"),
-                                          (b"content-length", str(len(BODY)).encode())],
-             "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 80)}
+    apps = _apps_without_lifespan(variants)
+    scope = _predict_scope()
     out: dict[str, list[float]] = {v: [] for v in variants}
     async with ci.profiling(output="spool") if with_cirron else contextlib.nullcontext():
         for v in variants:  # warm-up
@@ -254,6 +269,52 @@ async def _asgi_bench(variants: list[str], block: int, blocks: int) -> dict[str,
                     _OTEL_PROVIDER.force_flush()  # the same for OpenTelemetry's exporter
                 out[v].append((time.process_time() - c0) / block * 1e6)
     return out
+
+
+async def _paired_bench(requests: int) -> dict:
+    """The cirron variants request by request in turn (order rotated), each request's CPU time on
+    the event loop thread read around it. Whatever slows the machine down slows all three alike,
+    so the difference of the medians holds still where throughput swings by 10 %. The flush
+    service's CPU (its own thread) is reported apart, per span written."""
+    import cirron as ci
+
+    variants = ["profile", "scope", "inference"]
+    apps = _apps_without_lifespan(variants)
+    scope = _predict_scope()
+    times: dict[str, list[int]] = {v: [] for v in variants}
+    tt = time.thread_time_ns
+    async with ci.profiling(output="spool"):
+        for v in variants:  # warm-up
+            for _ in range(500):
+                assert await _asgi_call(apps[v], dict(scope), BODY) == 200
+        await ci.aflush()
+        p0, t0, spans0 = time.process_time_ns(), tt(), ci.health()["spans_written"]
+        for i in range(requests):
+            k = i % len(variants)
+            for v in variants[k:] + variants[:k]:
+                app = apps[v]
+                c0 = tt()
+                await _asgi_call(app, dict(scope), BODY)
+                times[v].append(tt() - c0)
+        await ci.aflush()
+        flush_ns = (time.process_time_ns() - p0) - (tt() - t0)
+        spans = ci.health()["spans_written"] - spans0
+    return {"median_us": {v: statistics.median(x) / 1e3 for v, x in times.items()},
+            "flush_us_per_span": flush_ns / max(1, spans) / 1e3, "spans": spans}
+
+
+def run_paired(args: argparse.Namespace) -> None:
+    out = subprocess.run([sys.executable, __file__, "paired-group", "--requests", str(args.paired)],
+                         check=True, capture_output=True, text=True)
+    res = json.loads(out.stdout.strip().splitlines()[-1])
+    med, flush = res["median_us"], res["flush_us_per_span"]
+    print(f"in-process ASGI, paired: {args.paired} requests per variant, taken in turn; median CPU us per "
+          "request on the event loop thread")
+    for v in ("profile", "scope", "inference"):
+        extra = "" if v == "profile" else f"  {med[v] - med['profile']:+6.2f} us vs profile (+{flush:.2f} us flush per span)"
+        print(f"{v:<10} {med[v]:8.2f}{extra}")
+    if args.json:
+        args.json.write_text(json.dumps({"mode": "paired", **res}, indent=2))
 
 
 def run_asgi(args: argparse.Namespace) -> None:
@@ -379,6 +440,8 @@ def main() -> None:
     p_group.add_argument("variants")
     p_group.add_argument("--block", type=int, default=2000)
     p_group.add_argument("--blocks", type=int, default=10)
+    p_paired = sub.add_parser("paired-group")
+    p_paired.add_argument("--requests", type=int, default=20000)
     p_load = sub.add_parser("load")
     p_load.add_argument("--port", type=int, required=True)
     p_load.add_argument("--concurrency", type=int, default=32)
@@ -395,6 +458,8 @@ def main() -> None:
                         help="in-process mode: no server, no network; CPU per request of each variant")
     parser.add_argument("--block", type=int, default=2000, help="--asgi: requests per block")
     parser.add_argument("--blocks", type=int, default=10, help="--asgi: blocks per variant")
+    parser.add_argument("--paired", type=int, metavar="N",
+                        help="in-process, request by request: the added CPU per request of scope and inference")
     args = parser.parse_args()
     if args.cmd == "serve":
         serve(args.variant, args.port)
@@ -402,12 +467,21 @@ def main() -> None:
     if args.cmd == "asgi-group":
         asgi_group(args.variants.split(","), args.block, args.blocks)
         return
+    if args.cmd == "paired-group":
+        with tempfile.TemporaryDirectory(prefix="cirron-bench-paired-") as tmp:
+            os.environ["CIRRON_SPOOL_DIR"] = str(Path(tmp) / "spool")
+            os.environ["CIRRON_NO_PROJECT_FILE"] = "1"
+            print(json.dumps(asyncio.run(_paired_bench(args.requests))))
+        return
     if args.cmd == "load":
         load(args.port, args.concurrency, args.duration, args.warmup)
         return
 
     if args.asgi:
         run_asgi(args)
+        return
+    if args.paired:
+        run_paired(args)
         return
     variants = [v for v in args.variants.split(",") if v]
     if "otel" in variants and not _otel_available():
