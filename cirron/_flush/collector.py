@@ -23,7 +23,7 @@ from cirron._flush.batch import (
     release_unshared,
 )
 from cirron._ids import IDS
-from cirron._record.buffer import DRAIN_CHUNK
+from cirron._record.buffer import DRAIN_CHUNK, untrack
 from cirron._record.span import MARK_TUPLE_FIELDS, Recorder, Scope
 
 #: ``kind="point"`` marks kept per span for ``ci.trace()`` (summary marks are all kept).
@@ -42,16 +42,17 @@ class TraceStore:
 
     Spans are kept as the lists the drains produced (adding a drain costs O(1), not a step per
     span); whole lists fall off the old end once the newer ones hold ``max_spans``, and a read
-    trims to exactly the newest ``max_spans``. Each span keeps every summary mark and its newest
-    1,024 point marks (a bounded deque: adding a mark is one append, whatever the span holds);
-    marks of spans that left the window are pruned in bulk.
+    trims to exactly the newest ``max_spans``. A span's marks are one list, out of the cyclic GC's
+    sight (they hold only records), until it holds over 2,048; then a :class:`SpanMarks` keeps
+    every summary mark and the newest 1,024 point marks, so adding a mark stays one append
+    whatever the span holds. Marks of spans that left the window are pruned in bulk.
     """
 
     def __init__(self, max_spans: int, open_spans: dict[int, Any] | None = None) -> None:
         self.max_spans = max_spans
         self._chunks: deque[list[tuple]] = deque()
         self._count = 0
-        self.marks: dict[int, SpanMarks] = {}
+        self.marks: dict[int, list[tuple] | SpanMarks] = {}
         #: The recorder's open spans: their marks are kept until the span itself arrives.
         self.open_spans = open_spans if open_spans is not None else {}
         #: Lists that fell out of the window, freed by :meth:`release_evicted` off the lock.
@@ -98,19 +99,22 @@ class TraceStore:
         with self._lock:
             store = self.marks
             for mark in marks:
-                kept = store.get(mark[0])
+                sid = mark[0]
+                kept = store.get(sid)
                 if kept is None:
-                    kept = store[mark[0]] = SpanMarks()
-                if mark[3] == "summary":
-                    kept.summary.append(mark)
+                    store[sid] = untrack([mark])
+                elif type(kept) is list:
+                    kept.append(mark)
+                    if len(kept) > 2 * TRACE_POINT_MARKS_PER_SPAN:
+                        store[sid] = SpanMarks(kept)
                 else:
-                    kept.points.append(mark)
+                    kept.add(mark)
 
     def snapshot(self, open_spans: list[Scope]) -> tuple[list[tuple], dict[int, list]]:
         with self._lock:
             spans = self._window() + [open_tuple(s) for s in open_spans]
             ids = {sp[0] for sp in spans}
-            marks = {k: v.in_time_order() for k, v in self.marks.items() if k in ids or k == 0}
+            marks = {k: _in_time_order(v) for k, v in self.marks.items() if k in ids or k == 0}
         return spans, marks
 
     def reset_after_fork(self, open_spans: dict[int, Any]) -> None:
@@ -119,18 +123,36 @@ class TraceStore:
 
 
 class SpanMarks:
-    """One span's marks as ``ci.trace()`` keeps them: every summary mark, the newest point marks."""
+    """The marks of a span that has many: every summary mark and the newest point marks, each
+    new one kept in O(1)."""
 
     __slots__ = ("summary", "points")
 
-    def __init__(self) -> None:
-        self.summary: list[tuple] = []
-        self.points: deque[tuple] = deque(maxlen=TRACE_POINT_MARKS_PER_SPAN)
+    def __init__(self, marks: list[tuple]) -> None:
+        self.summary: list[tuple] = untrack([])
+        self.points: deque[tuple] = untrack(deque(maxlen=TRACE_POINT_MARKS_PER_SPAN))
+        for mark in marks:
+            self.add(mark)
+
+    def add(self, mark: tuple) -> None:
+        if mark[3] == "summary":
+            self.summary.append(mark)
+        else:
+            self.points.append(mark)
 
     def in_time_order(self) -> list[tuple]:
         if not self.summary:
             return list(self.points)
         return sorted([*self.summary, *self.points], key=_mark_ts)
+
+
+def _in_time_order(kept: list[tuple] | SpanMarks) -> list[tuple]:
+    """A span's marks for ``ci.trace()``: every summary mark and the newest 1,024 point marks."""
+    if type(kept) is list:
+        if sum(1 for m in kept if m[3] != "summary") <= TRACE_POINT_MARKS_PER_SPAN:
+            return list(kept)
+        kept = SpanMarks(kept)
+    return kept.in_time_order()
 
 
 _mark_ts = itemgetter(MARK_TUPLE_FIELDS.index("ts_ns"))

@@ -101,6 +101,20 @@ def test_bounds_on_spans_and_point_marks() -> None:
     c.shutdown()
 
 
+@pytest.mark.parametrize("points", [1024, 1500, 2049])
+def test_trace_keeps_the_newest_1024_point_marks_and_every_summary_mark(points: int) -> None:
+    c = Cirron()
+    with c.scope("span"):
+        c.mark("first", 0, kind="summary")
+        for i in range(points):
+            c.mark("p", i)
+        c.mark("last", 1, kind="summary")
+    (node,) = c.trace(format="dict")["roots"]
+    assert [m["value"] for m in node["marks"] if m["name"] == "p"] == list(range(max(0, points - 1024), points))
+    assert [m["name"] for m in node["marks"] if m["kind"] == "summary"] == ["first", "last"]
+    assert node["marks"][0]["name"] == "first" and node["marks"][-1]["name"] == "last"  # in time order
+
+
 def test_trace_without_profiler_writes_nothing(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     c = Cirron()
     with c.scope("standalone"):
