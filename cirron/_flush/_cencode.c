@@ -219,6 +219,8 @@ static void look_up_row_type(void) {
 }
 
 #define STEP(expr) do { int _r = (expr); if (_r < 0) goto error; if (_r == 0) goto fallback; } while (0)
+/* Append a literal to `b`; only running out of memory can fail it. */
+#define LIT(s) do { if (PUT_LIT(&b, s) < 0) goto error; } while (0)
 
 /* encode_spans(rows, pid, rank, root_id, root_hex, fallback) -> bytes
  * rows: closed-span tuples (id, parent, name, index, start_ns, end_ns, cpu_ns, gpu_ns,
@@ -247,9 +249,9 @@ static PyObject *encode_spans(PyObject *Py_UNUSED(m), PyObject *const *args, Py_
         Py_ssize_t start = b.len;
         PyObject *const *f = record_fields(row, 11, row_type);
         if (f == NULL) goto fallback;
-        STEP(PUT_LIT(&b, "{\"id\":") < 0 ? -1 : 1);
+        LIT("{\"id\":");
         STEP(put_hex_id(&b, f[0]));
-        STEP(PUT_LIT(&b, ",\"parent_id\":") < 0 ? -1 : 1);
+        LIT(",\"parent_id\":");
         int has_parent = PyObject_IsTrue(f[1]);
         if (has_parent < 0) goto error;
         if (has_parent) {
@@ -258,30 +260,30 @@ static PyObject *encode_spans(PyObject *Py_UNUSED(m), PyObject *const *args, Py_
             int is_root = PyObject_RichCompareBool(f[0], root_id, Py_EQ);
             if (is_root < 0) goto error;
             if (is_root || root_hex == Py_None) {
-                STEP(PUT_LIT(&b, "null") < 0 ? -1 : 1);
+                LIT("null");
             } else {
                 STEP(put_str(&b, root_hex));
             }
         }
-        STEP(PUT_LIT(&b, ",\"name\":") < 0 ? -1 : 1);
+        LIT(",\"name\":");
         STEP(put_str(&b, f[2]));
-        STEP(PUT_LIT(&b, ",\"index\":") < 0 ? -1 : 1);
+        LIT(",\"index\":");
         STEP(put_int_or_null(&b, f[3]));
-        STEP(PUT_LIT(&b, ",\"start_ns\":") < 0 ? -1 : 1);
+        LIT(",\"start_ns\":");
         STEP(put_int(&b, f[4]));
-        STEP(PUT_LIT(&b, ",\"end_ns\":") < 0 ? -1 : 1);
+        LIT(",\"end_ns\":");
         STEP(put_int_or_null(&b, f[5]));
-        STEP(PUT_LIT(&b, ",\"cpu_ns\":") < 0 ? -1 : 1);
+        LIT(",\"cpu_ns\":");
         STEP(put_int_or_null(&b, f[6]));
-        STEP(PUT_LIT(&b, ",\"gpu_ns\":") < 0 ? -1 : 1);
+        LIT(",\"gpu_ns\":");
         STEP(put_int_or_null(&b, f[7]));
-        STEP(PUT_LIT(&b, ",\"memory_peak_bytes\":") < 0 ? -1 : 1);
+        LIT(",\"memory_peak_bytes\":");
         STEP(put_int_or_null(&b, f[8]));
-        STEP(PUT_LIT(&b, ",\"thread_id\":") < 0 ? -1 : 1);
+        LIT(",\"thread_id\":");
         STEP(put_int(&b, f[9]));
-        STEP(buf_put(&b, tail.data, tail.len) < 0 ? -1 : 1);
+        if (buf_put(&b, tail.data, tail.len) < 0) goto error;
         STEP(put_attrs(&b, f[10]));
-        STEP(PUT_LIT(&b, "}") < 0 ? -1 : 1);
+        LIT("}");
         continue;
     fallback:
         if (put_fallback(&b, start, fallback, &row, 1) < 0) goto error;
@@ -322,30 +324,31 @@ static PyObject *encode_marks(PyObject *Py_UNUSED(m), PyObject *const *args, Py_
         else if (PyLong_CheckExact(value)) vt = "int";
         else if (PyUnicode_CheckExact(value)) vt = "str";
         else goto fallback;
-        STEP(PUT_LIT(&b, "{\"id\":") < 0 ? -1 : 1);
+        LIT("{\"id\":");
         STEP(put_hex_id(&b, mid));
-        STEP(PUT_LIT(&b, ",\"span_id\":") < 0 ? -1 : 1);
+        LIT(",\"span_id\":");
         int has_span = PyObject_IsTrue(f[0]);
         if (has_span < 0) goto error;
         STEP(has_span ? put_hex_id(&b, f[0]) : put_str(&b, sentinel));
-        STEP(PUT_LIT(&b, ",\"name\":") < 0 ? -1 : 1);
+        LIT(",\"name\":");
         STEP(put_str(&b, f[1]));
-        STEP(PUT_LIT(&b, ",\"value\":") < 0 ? -1 : 1);
+        LIT(",\"value\":");
         if (vt[0] == 'f') STEP(put_float(&b, PyFloat_AS_DOUBLE(value)));
-        else if (vt[0] == 'b') STEP((value == Py_True ? PUT_LIT(&b, "true") : PUT_LIT(&b, "false")) < 0 ? -1 : 1);
+        else if (vt[0] == 'b' && value == Py_True) LIT("true");
+        else if (vt[0] == 'b') LIT("false");
         else if (vt[0] == 'i') STEP(put_int(&b, value));
         else STEP(put_str(&b, value));
-        STEP(PUT_LIT(&b, ",\"value_type\":\"") < 0 ? -1 : 1);
-        STEP(buf_put(&b, vt, (Py_ssize_t)strlen(vt)) < 0 ? -1 : 1);
-        STEP(PUT_LIT(&b, "\",\"kind\":") < 0 ? -1 : 1);
+        LIT(",\"value_type\":\"");
+        if (buf_put(&b, vt, (Py_ssize_t)strlen(vt)) < 0) goto error;
+        LIT("\",\"kind\":");
         STEP(put_str(&b, f[3]));
-        STEP(PUT_LIT(&b, ",\"ts_ns\":") < 0 ? -1 : 1);
+        LIT(",\"ts_ns\":");
         STEP(put_int(&b, f[4]));
-        STEP(PUT_LIT(&b, ",\"thread_id\":") < 0 ? -1 : 1);
+        LIT(",\"thread_id\":");
         STEP(put_int(&b, f[6]));
-        STEP(PUT_LIT(&b, ",\"attrs\":") < 0 ? -1 : 1);
+        LIT(",\"attrs\":");
         STEP(put_attrs(&b, f[5]));
-        STEP(PUT_LIT(&b, "}") < 0 ? -1 : 1);
+        LIT("}");
         continue;
     fallback:
         if (put_fallback(&b, start, fallback, (PyObject *[]){row, mid}, 2) < 0) goto error;

@@ -14,10 +14,15 @@
 #include "../_u128.h"
 #include "../_row.h"
 
+/* Every object field of a scope, for the declaration, GC traversal and clearing. */
+#define SCOPE_FIELDS(X) X(rec) X(name) X(attrs) X(index) X(id) X(parent) X(start_ns) X(end_ns) X(cpu_ns) \
+    X(thread_id) X(token) X(cpu0) X(outer) X(more)
+
 typedef struct {
     PyObject_HEAD
-    PyObject *rec, *name, *attrs, *index, *id, *parent, *start_ns, *end_ns, *cpu_ns;
-    PyObject *thread_id, *token, *cpu0, *outer, *more;
+#define DECLARE(f) PyObject *f;
+    SCOPE_FIELDS(DECLARE)
+#undef DECLARE
 } ScopeObject;
 
 static PyTypeObject ScopeBase_Type;
@@ -109,7 +114,7 @@ static PyObject *Row_item(RowObject *self, Py_ssize_t i) {
 }
 
 static PyObject *Row_subscript(RowObject *self, PyObject *key) {
-    if (PyLong_CheckExact(key) || PyIndex_Check(key)) {
+    if (PyIndex_Check(key)) {
         Py_ssize_t i = PyNumber_AsSsize_t(key, PyExc_IndexError);
         if (i == -1 && PyErr_Occurred()) return NULL;
         return Row_item(self, i < 0 ? i + Py_SIZE(self) : i);
@@ -245,18 +250,16 @@ static int Scope_init(ScopeObject *self, PyObject *args, PyObject *kwds) {
 }
 
 static int Scope_traverse(ScopeObject *self, visitproc visit, void *arg) {
-    Py_VISIT(self->rec); Py_VISIT(self->name); Py_VISIT(self->attrs); Py_VISIT(self->index);
-    Py_VISIT(self->id); Py_VISIT(self->parent); Py_VISIT(self->start_ns); Py_VISIT(self->end_ns);
-    Py_VISIT(self->cpu_ns); Py_VISIT(self->thread_id); Py_VISIT(self->token); Py_VISIT(self->cpu0);
-    Py_VISIT(self->outer); Py_VISIT(self->more);
+#define VISIT(f) Py_VISIT(self->f);
+    SCOPE_FIELDS(VISIT)
+#undef VISIT
     return 0;
 }
 
 static int Scope_clear(ScopeObject *self) {
-    Py_CLEAR(self->rec); Py_CLEAR(self->name); Py_CLEAR(self->attrs); Py_CLEAR(self->index);
-    Py_CLEAR(self->id); Py_CLEAR(self->parent); Py_CLEAR(self->start_ns); Py_CLEAR(self->end_ns);
-    Py_CLEAR(self->cpu_ns); Py_CLEAR(self->thread_id); Py_CLEAR(self->token); Py_CLEAR(self->cpu0);
-    Py_CLEAR(self->outer); Py_CLEAR(self->more);
+#define CLEAR(f) Py_CLEAR(self->f);
+    SCOPE_FIELDS(CLEAR)
+#undef CLEAR
     return 0;
 }
 

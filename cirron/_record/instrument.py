@@ -157,21 +157,7 @@ class _PyRequestBase:
         return self
 
     def __next__(self) -> Any:
-        # run(self.coro.send, None), inlined: this is every async request's hot step.
-        ctx = self.ctx
-        if self.depth or ctx is None:
-            return self.coro.send(None)
-        c0 = self.c0
-        if c0 is None:
-            c0 = thread_time_ns()
-        else:
-            self.c0 = None
-        self.depth = 1
-        try:
-            return ctx.run(self.coro.send, None)
-        finally:
-            self.depth = 0
-            self.cpu += thread_time_ns() - c0
+        return self.run(self.coro.send, None)  # type: ignore[attr-defined]  # defined by _Request
 
     def finish(self, exc: BaseException | None = None, stream_end: str | None = None) -> None:
         """Close the span once (later calls do nothing), with its summary marks."""
