@@ -56,6 +56,8 @@ def main() -> None:
     except ImportError:  # pragma: no cover
         from click import exceptions as click_errors
 
+    # Vendored click (typer >= 0.20) has no Abort: there, ^C arrives as KeyboardInterrupt.
+    abort = getattr(click_errors, "Abort", KeyboardInterrupt)
     try:
         rv = app(standalone_mode=False)
     except click_errors.NoArgsIsHelpError as exc:
@@ -70,7 +72,7 @@ def main() -> None:
     except click_errors.ClickException as exc:
         typer.echo(f"Error: {exc.format_message()}", err=True)
         sys.exit(exc.exit_code)
-    except (click_errors.Abort, KeyboardInterrupt):
+    except (abort, KeyboardInterrupt):
         sys.exit(130)
     sys.exit(rv if isinstance(rv, int) else 0)
 
