@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Mapping
 from typing import Any
 
 SCHEMA_VERSION = 1
@@ -85,7 +86,7 @@ def strict_json(value: Any, _depth: int = 0) -> Any:
         return value if math.isfinite(value) else encode_float(value)
     if _depth > 32:
         return str(value)
-    if isinstance(value, dict):
+    if isinstance(value, (dict, Mapping)):  # Mapping: e.g. a closed record's frozen attrs
         return {str(k): strict_json(v, _depth + 1) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [strict_json(v, _depth + 1) for v in value]

@@ -159,28 +159,47 @@ static int put_float(Buf *b, double x) {
     return rc < 0 ? -1 : 1;
 }
 
-/* A flat attribute dict (str keys; None, bool, int, float or str values) as a JSON object, the
- * same as strict_json would make it; anything else (nesting, other types) is left to the
- * fallback. */
+static PyTypeObject *attrs_type = NULL;
+
+/* One attribute value as JSON: None, bool, int, float or str (the only values a plain dict or a
+ * frozen Attrs holds; a str is checked by put_str). */
+static int put_attr_value(Buf *b, PyObject *value) {
+    if (value == Py_None) return PUT_LIT(b, "null") < 0 ? -1 : 1;
+    if (value == Py_True) return PUT_LIT(b, "true") < 0 ? -1 : 1;
+    if (value == Py_False) return PUT_LIT(b, "false") < 0 ? -1 : 1;
+    if (PyLong_CheckExact(value)) return put_int(b, value);
+    if (PyFloat_CheckExact(value)) return put_float(b, PyFloat_AS_DOUBLE(value));
+    return put_str(b, value);
+}
+
+/* A flat attribute dict (str keys; None, bool, int, float or str values) or a frozen Attrs of
+ * cirron._record._cscope as a JSON object, the same as strict_json would make it; anything else
+ * (nesting, other types) is left to the fallback. */
 static int put_attrs(Buf *b, PyObject *attrs) {
     if (attrs == Py_None) return PUT_LIT(b, "{}") < 0 ? -1 : 1;
+    int r;
+    if (attrs_type != NULL && Py_IS_TYPE(attrs, attrs_type)) {
+        RowObject *pairs = (RowObject *)attrs;
+        if (PUT_LIT(b, "{") < 0) return -1;
+        for (Py_ssize_t i = 0; i + 1 < Py_SIZE(pairs); i += 2) {
+            if (i && PUT_LIT(b, ",") < 0) return -1;
+            if ((r = put_str(b, pairs->item[i])) != 1) return r;
+            if (PUT_LIT(b, ":") < 0) return -1;
+            if ((r = put_attr_value(b, pairs->item[i + 1])) != 1) return r;
+        }
+        return PUT_LIT(b, "}") < 0 ? -1 : 1;
+    }
     if (!PyDict_CheckExact(attrs)) return 0;
     if (PUT_LIT(b, "{") < 0) return -1;
     Py_ssize_t pos = 0;
     PyObject *key, *value;
-    int first = 1, r;
+    int first = 1;
     while (PyDict_Next(attrs, &pos, &key, &value)) {
         if (!first && PUT_LIT(b, ",") < 0) return -1;
         first = 0;
         if ((r = put_str(b, key)) != 1) return r;
         if (PUT_LIT(b, ":") < 0) return -1;
-        if (value == Py_None) r = PUT_LIT(b, "null") < 0 ? -1 : 1;
-        else if (value == Py_True) r = PUT_LIT(b, "true") < 0 ? -1 : 1;
-        else if (value == Py_False) r = PUT_LIT(b, "false") < 0 ? -1 : 1;
-        else if (PyLong_CheckExact(value)) r = put_int(b, value);
-        else if (PyFloat_CheckExact(value)) r = put_float(b, PyFloat_AS_DOUBLE(value));
-        else r = put_str(b, value);
-        if (r != 1) return r;
+        if ((r = put_attr_value(b, value)) != 1) return r;
     }
     return PUT_LIT(b, "}") < 0 ? -1 : 1;
 }
@@ -201,9 +220,9 @@ static int put_fallback(Buf *b, Py_ssize_t mark, PyObject *fallback, PyObject *c
 }
 
 
-/* The Row type of cirron._record._cscope, looked up on first use: records arrive as rows from
- * the compiled recorder and as tuples from the pure-Python one. Without it, rows take the
- * fallback. */
+/* The Row and Attrs types of cirron._record._cscope, looked up on first use: records arrive as
+ * rows from the compiled recorder and as tuples from the pure-Python one. Without them, rows
+ * take the fallback. */
 static PyTypeObject *row_type = NULL;
 static int row_type_looked_up = 0;
 
@@ -212,9 +231,12 @@ static void look_up_row_type(void) {
     row_type_looked_up = 1;
     PyObject *m = PyImport_ImportModule("cirron._record._cscope");
     PyObject *t = m ? PyObject_GetAttrString(m, "Row") : NULL;
+    PyObject *a = m ? PyObject_GetAttrString(m, "Attrs") : NULL;
     Py_XDECREF(m);
     if (t != NULL && PyType_Check(t)) row_type = (PyTypeObject *)t;
     else Py_XDECREF(t);
+    if (a != NULL && PyType_Check(a)) attrs_type = (PyTypeObject *)a;
+    else Py_XDECREF(a);
     PyErr_Clear();
 }
 

@@ -198,22 +198,174 @@ static PyTypeObject Row_Type = {
     .tp_methods = Row_methods,
 };
 
-/* Take a record's attrs dict out of the cyclic GC while it holds only str keys and plain values
- * (what CPython itself does to such dicts, but only in a full collection): buffered until the
- * next flush, it would otherwise be promoted with the long-lived objects and bring on full
- * collections of the user's heap. A dict tracks itself again when something trackable is put in. */
-static void untrack_plain_attrs(PyObject *attrs) {
-    if (attrs == NULL || !PyDict_CheckExact(attrs) || !PyObject_GC_IsTracked(attrs)) return;
+/* ---- Attrs: a closed record's attributes, frozen outside the cyclic GC ---- */
+
+/* A span's or mark's attrs dict is a GC allocation; buffered with its record until the next
+ * flush (and kept for ci.trace() after), each one would count towards the next collection, and
+ * at a few thousand records a second set off collections of the user's heap, now and then a full
+ * one. When the dict holds only str keys and plain values (None, bool, int, float, str) it cannot
+ * be part of a cycle, so the record keeps a frozen copy outside the GC instead: the key/value
+ * pairs in a row-shaped object that reads like a read-only dict. Anything else stays a dict. */
+static PyTypeObject Attrs_Type;
+
+static int attrs_are_plain(PyObject *attrs) {
     Py_ssize_t pos = 0;
     PyObject *key, *value;
     while (PyDict_Next(attrs, &pos, &key, &value)) {
-        if (!PyUnicode_CheckExact(key)) return;
+        if (!PyUnicode_CheckExact(key)) return 0;
         if (!(value == Py_None || PyUnicode_CheckExact(value) || PyLong_CheckExact(value) ||
               PyFloat_CheckExact(value) || PyBool_Check(value)))
-            return;
+            return 0;
     }
-    PyObject_GC_UnTrack(attrs);
+    return 1;
 }
+
+/* What a record keeps of `attrs` (new reference): None for none, a frozen Attrs for a plain dict,
+ * the object itself otherwise. */
+static PyObject *freeze_attrs(PyObject *attrs) {
+    if (IS_NONE(attrs) || (PyDict_CheckExact(attrs) && PyDict_GET_SIZE(attrs) == 0)) return Py_NewRef(Py_None);
+    if (!PyDict_CheckExact(attrs) || !attrs_are_plain(attrs)) return Py_NewRef(attrs);
+    Py_ssize_t n = PyDict_GET_SIZE(attrs), pos = 0, i = 0;
+    RowObject *frozen = PyObject_NewVar(RowObject, &Attrs_Type, 2 * n);
+    if (frozen == NULL) return NULL;
+    PyObject *key, *value;
+    while (PyDict_Next(attrs, &pos, &key, &value) && i < 2 * n) {
+        frozen->item[i++] = Py_NewRef(key);
+        frozen->item[i++] = Py_NewRef(value);
+    }
+    for (; i < 2 * n; i++) frozen->item[i] = Py_NewRef(Py_None); /* cannot happen: nothing ran in between */
+    return (PyObject *)frozen;
+}
+
+static PyObject *attrs_as_dict(RowObject *self) {
+    PyObject *d = PyDict_New();
+    if (d == NULL) return NULL;
+    for (Py_ssize_t i = 0; i + 1 < Py_SIZE(self); i += 2) {
+        if (PyDict_SetItem(d, self->item[i], self->item[i + 1]) < 0) {
+            Py_DECREF(d);
+            return NULL;
+        }
+    }
+    return d;
+}
+
+/* The value for `key`, a borrowed reference; NULL (no exception set) when absent. */
+static PyObject *attrs_find(RowObject *self, PyObject *key, int *failed) {
+    *failed = 0;
+    for (Py_ssize_t i = 0; i + 1 < Py_SIZE(self); i += 2) {
+        int eq = self->item[i] == key ? 1 : PyObject_RichCompareBool(self->item[i], key, Py_EQ);
+        if (eq < 0) {
+            *failed = 1;
+            return NULL;
+        }
+        if (eq) return self->item[i + 1];
+    }
+    return NULL;
+}
+
+static Py_ssize_t Attrs_length(RowObject *self) { return Py_SIZE(self) / 2; }
+
+static PyObject *Attrs_subscript(RowObject *self, PyObject *key) {
+    int failed;
+    PyObject *v = attrs_find(self, key, &failed);
+    if (v != NULL) return Py_NewRef(v);
+    if (!failed) PyErr_SetObject(PyExc_KeyError, key);
+    return NULL;
+}
+
+static int Attrs_contains(RowObject *self, PyObject *key) {
+    int failed;
+    PyObject *v = attrs_find(self, key, &failed);
+    return failed ? -1 : v != NULL;
+}
+
+static PyObject *Attrs_get(RowObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs < 1 || nargs > 2) {
+        PyErr_SetString(PyExc_TypeError, "get() takes a key and an optional default");
+        return NULL;
+    }
+    int failed;
+    PyObject *v = attrs_find(self, args[0], &failed);
+    if (failed) return NULL;
+    return Py_NewRef(v != NULL ? v : nargs == 2 ? args[1] : Py_None);
+}
+
+/* keys(), values(), items(), copy(), iteration, ==, repr and pickling go through a plain dict. */
+static PyObject *attrs_dict_call(RowObject *self, const char *method) {
+    PyObject *d = attrs_as_dict(self);
+    if (d == NULL) return NULL;
+    PyObject *out = method ? PyObject_CallMethod(d, method, NULL) : PyObject_GetIter(d);
+    Py_DECREF(d);
+    return out;
+}
+
+static PyObject *Attrs_keys(RowObject *self, PyObject *Py_UNUSED(x)) { return attrs_dict_call(self, "keys"); }
+static PyObject *Attrs_values(RowObject *self, PyObject *Py_UNUSED(x)) { return attrs_dict_call(self, "values"); }
+static PyObject *Attrs_items(RowObject *self, PyObject *Py_UNUSED(x)) { return attrs_dict_call(self, "items"); }
+static PyObject *Attrs_copy(RowObject *self, PyObject *Py_UNUSED(x)) { return attrs_as_dict(self); }
+static PyObject *Attrs_iter(RowObject *self) { return attrs_dict_call(self, NULL); }
+
+static PyObject *Attrs_richcompare(PyObject *a, PyObject *b, int op) {
+    if ((op != Py_EQ && op != Py_NE) || !(PyDict_Check(b) || Py_IS_TYPE(b, &Attrs_Type)))
+        Py_RETURN_NOTIMPLEMENTED;
+    PyObject *da = attrs_as_dict((RowObject *)a);
+    PyObject *db = da == NULL ? NULL : Py_IS_TYPE(b, &Attrs_Type) ? attrs_as_dict((RowObject *)b) : Py_NewRef(b);
+    PyObject *out = db == NULL ? NULL : PyObject_RichCompare(da, db, op);
+    Py_XDECREF(da); Py_XDECREF(db);
+    return out;
+}
+
+static PyObject *Attrs_repr(RowObject *self) {
+    PyObject *d = attrs_as_dict(self);
+    if (d == NULL) return NULL;
+    PyObject *out = PyUnicode_FromFormat("Attrs(%R)", d);
+    Py_DECREF(d);
+    return out;
+}
+
+static PyObject *Attrs_reduce(RowObject *self, PyObject *Py_UNUSED(ignored)) {
+    PyObject *d = attrs_as_dict(self);
+    if (d == NULL) return NULL;
+    return Py_BuildValue("(O(N))", (PyObject *)&PyDict_Type, d);
+}
+
+static PySequenceMethods Attrs_as_sequence = {
+    .sq_contains = (objobjproc)Attrs_contains,
+};
+
+static PyMappingMethods Attrs_as_mapping = {
+    .mp_length = (lenfunc)Attrs_length,
+    .mp_subscript = (binaryfunc)Attrs_subscript,
+};
+
+static PyMethodDef Attrs_methods[] = {
+    {"get", (PyCFunction)(void (*)(void))Attrs_get, METH_FASTCALL, NULL},
+    {"keys", (PyCFunction)Attrs_keys, METH_NOARGS, NULL},
+    {"values", (PyCFunction)Attrs_values, METH_NOARGS, NULL},
+    {"items", (PyCFunction)Attrs_items, METH_NOARGS, NULL},
+    {"copy", (PyCFunction)Attrs_copy, METH_NOARGS, NULL},
+    {"__reduce__", (PyCFunction)Attrs_reduce, METH_NOARGS, NULL},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyTypeObject Attrs_Type = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "cirron._record._cscope.Attrs",
+    .tp_doc = "The attributes of a buffered record: a read-only mapping of str keys to plain values, "
+              "not tracked by the cyclic GC. copy() gives a dict.",
+    .tp_basicsize = sizeof(RowObject) - sizeof(PyObject *),
+    .tp_itemsize = sizeof(PyObject *),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_dealloc = (destructor)Row_dealloc,
+    .tp_free = PyObject_Free,
+    .tp_as_sequence = &Attrs_as_sequence,
+    .tp_as_mapping = &Attrs_as_mapping,
+    .tp_iter = (getiterfunc)Attrs_iter,
+    .tp_richcompare = Attrs_richcompare,
+    .tp_hash = PyObject_HashNotImplemented,
+    .tp_repr = (reprfunc)Attrs_repr,
+    .tp_methods = Attrs_methods,
+};
 
 /* Hand the pending exception to rec.note_internal_error and clear it. */
 static void note_internal_error(PyObject *rec) {
@@ -444,7 +596,7 @@ static PyObject *Scope_exit(ScopeObject *self, PyObject *const *args, Py_ssize_t
     PyObject *rec = self->rec;
     Py_INCREF(rec);
     PyObject *cur = NULL, *open = NULL, *record = NULL, *pid = NULL, *gpu = NULL, *mem = NULL, *cpu = NULL;
-    PyObject *sid = NULL;
+    PyObject *sid = NULL, *attrs = NULL;
     if (!IS_NONE(self->token)) {
         PyObject *token = self->token;
         self->token = Py_NewRef(Py_None);
@@ -494,9 +646,9 @@ static PyObject *Scope_exit(ScopeObject *self, PyObject *const *args, Py_ssize_t
     gpu = more_get(self->more, s_gpu_ns);
     mem = more_get(self->more, s_memory_peak_bytes);
     if (cpu == NULL || pid == NULL || gpu == NULL || mem == NULL) goto error;
-    untrack_plain_attrs(self->attrs);
+    if ((attrs = freeze_attrs(self->attrs)) == NULL) goto error;
     record = row_new((PyObject *[]){sid, pid, self->name, self->index, self->start_ns, end_obj, cpu, gpu, mem,
-                                    self->thread_id, self->attrs}, 11);
+                                    self->thread_id, attrs}, 11);
     if (record == NULL) goto error;
     if (buffer_append(rec, record) < 0) goto error;
     Py_XSETREF(self->cpu_ns, Py_NewRef(cpu));
@@ -506,7 +658,7 @@ error:
     note_internal_error(rec);
 done:
     Py_XDECREF(cur); Py_XDECREF(open); Py_XDECREF(record); Py_XDECREF(pid); Py_XDECREF(gpu);
-    Py_XDECREF(mem); Py_XDECREF(cpu); Py_XDECREF(sid); Py_XDECREF(end_obj);
+    Py_XDECREF(mem); Py_XDECREF(cpu); Py_XDECREF(sid); Py_XDECREF(end_obj); Py_XDECREF(attrs);
     Py_DECREF(rec);
     Py_RETURN_NONE;
 }
@@ -612,6 +764,7 @@ static PyObject *Recorder_mark(PyObject *rec, PyObject *const *args, size_t narg
     }
     /* From here on, a failure is cirron's own: counted, never raised. */
     PyObject *tb = NULL, *ring = NULL, *cap = NULL, *span = NULL, *sid = NULL, *ts = NULL, *record = NULL, *r = NULL;
+    PyObject *frozen = NULL;
     if (cache_thread(REC(rec)) < 0) goto failed;
     tb = Py_NewRef(REC(rec)->cached_tb);
     if ((ring = PyObject_GetAttr(tb, s_marks)) == NULL || (cap = PyObject_GetAttr(tb, s_mark_capacity)) == NULL)
@@ -636,15 +789,15 @@ static PyObject *Recorder_mark(PyObject *rec, PyObject *const *args, size_t narg
     else if (PyObject_TypeCheck(span, &ScopeBase_Type)) sid = Py_NewRef(((ScopeObject *)span)->id ? ((ScopeObject *)span)->id : Py_None);
     else sid = PyObject_GetAttr(span, s_id);
     if (sid == NULL || (ts = PyLong_FromLongLong(clock_ns(CLOCK_REALTIME))) == NULL) goto failed;
-    untrack_plain_attrs(attrs);
-    record = row_new((PyObject *[]){sid, name, value, kind, ts, attrs, REC(rec)->cached_tid}, 7);
+    if ((frozen = freeze_attrs(attrs)) == NULL) goto failed;
+    record = row_new((PyObject *[]){sid, name, value, kind, ts, frozen, REC(rec)->cached_tid}, 7);
     if (record == NULL || (r = PyObject_CallMethodOneArg(ring, s_append, record)) == NULL) goto failed;
     goto recorded;
 failed:
     note_internal_error(rec);
 recorded:
     Py_XDECREF(tb); Py_XDECREF(ring); Py_XDECREF(cap); Py_XDECREF(span); Py_XDECREF(sid); Py_XDECREF(ts);
-    Py_XDECREF(record); Py_XDECREF(r);
+    Py_XDECREF(record); Py_XDECREF(r); Py_XDECREF(frozen);
     Py_DECREF(value);
     result = Py_NewRef(Py_None);
 out:
@@ -1202,7 +1355,7 @@ PyMODINIT_FUNC PyInit__cscope(void) {
     INTERN(s_note_exception, "_note_exception"); INTERN(s_id, "id"); INTERN(s_exit, "__exit__");
     INTERN(s_request, "request"); INTERN(s_request_id, "request_id"); INTERN(s_finish_slow, "_finish_slow");
     if ((int_128 = PyLong_FromLong(128)) == NULL) return NULL;
-    if (PyType_Ready(&Row_Type) < 0 || PyType_Ready(&RequestBase_Type) < 0 || PyType_Ready(&ScopeBase_Type) < 0 || PyType_Ready(&RecorderBase_Type) < 0 ||
+    if (PyType_Ready(&Row_Type) < 0 || PyType_Ready(&Attrs_Type) < 0 || PyType_Ready(&RequestBase_Type) < 0 || PyType_Ready(&ScopeBase_Type) < 0 || PyType_Ready(&RecorderBase_Type) < 0 ||
         PyType_Ready(&Factory_Type) < 0)
         return NULL;
     PyObject *m = PyModule_Create(&module_def);
@@ -1211,6 +1364,7 @@ PyMODINIT_FUNC PyInit__cscope(void) {
         PyModule_AddObjectRef(m, "RecorderBase", (PyObject *)&RecorderBase_Type) < 0 ||
         PyModule_AddObjectRef(m, "ScopeFactory", (PyObject *)&Factory_Type) < 0 ||
         PyModule_AddObjectRef(m, "Row", (PyObject *)&Row_Type) < 0 ||
+        PyModule_AddObjectRef(m, "Attrs", (PyObject *)&Attrs_Type) < 0 ||
         PyModule_AddObjectRef(m, "RequestBase", (PyObject *)&RequestBase_Type) < 0) {
         Py_DECREF(m);
         return NULL;

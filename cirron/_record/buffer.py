@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import threading
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
 from cirron import _native as native
@@ -31,6 +31,8 @@ _cscope = native.load("cirron._record._cscope")
 #: buffered and recently drained spans that is 10-20 ms, in whichever thread triggers it.
 #: These containers hold only records and are never part of a reference cycle.
 untrack = _cscope.untrack if _cscope is not None else _no_untrack
+if _cscope is not None:  # a closed record's frozen attributes read as a (read-only) mapping
+    Mapping.register(_cscope.Attrs)
 
 #: Spans waiting for the flush service, per thread. Beyond this the newest spans are dropped.
 SPAN_BUFFER_CAPACITY = 1 << 18
