@@ -23,6 +23,8 @@ for ``inference`` against ``profile``: throughput loss <= 5 %, p99 latency incre
     .venv/bin/python bench/bench_serving.py --duration 4 --repeats 6 --pin --json out.json
     .venv/bin/python bench/bench_serving.py --asgi                # in process, no server, no network
     .venv/bin/python bench/bench_serving.py --paired 20000        # in process, request by request
+    .venv/bin/python bench/bench_serving.py --ab --pin            # one server, variants slice by slice
+    .venv/bin/python bench/bench_serving.py --callgrind 1000      # instructions and misses per request
 
 ``--pin`` puts the server and the load generator on one CPU each. The load generator writes raw
 requests and parses only the status line and Content-Length, so it is not the bottleneck (an
@@ -39,6 +41,23 @@ request at a time in turn and reads each request's CPU time on the event loop th
 difference of the medians is the added cost per request, and it holds still on a machine where
 throughput swings by 10 % from run to run. The flush service's CPU per span written is shown
 apart.
+
+``--ab`` runs one uvicorn server holding the cirron variants side by side (``profile``, its twin
+``profile_b``, ``scope``, ``inference``: one FastAPI app each behind a path dispatcher, one
+profiling session with the spool sink for all) and switches the load generator from one to the
+next every ``--slice`` seconds, order rotated. Each slice gives throughput, latencies and the
+event loop thread's CPU per request; each variant is compared with the ``profile`` slice of the
+same round. ``profile_b`` is the same app as ``profile``: its figures are the noise floor. What
+the variants share (the flush service writing the spans, the process's memory) is charged to
+whichever slice it falls in, so separate servers (the default mode) remain the end-to-end figure.
+
+``--callgrind N`` runs each variant's server under valgrind's callgrind (with its cache model)
+and counts what N requests at the given concurrency cost in the server, after a warm-up:
+instructions, L1 instruction and data misses, last-level misses and callgrind's cycle estimate
+(Ir + 10 x L1 misses + 100 x LL misses), per request. It is deterministic to a fraction of a per
+cent, so it shows what a change does to the per-request work where wall-clock runs on a shared
+machine cannot; what it leaves out is the kernel's time (system calls, page faults) and the
+threads' contention for the GIL and the CPU. Needs ``valgrind`` (about 40 s per variant).
 
 ``BENCH_CIRRON_OUTPUT=none`` runs the cirron variants with no sink (recording and collecting only),
 which separates the cost of writing the spool from the rest.
@@ -356,6 +375,264 @@ def asgi_group(variants: list[str], block: int, blocks: int) -> None:
         print(json.dumps(asyncio.run(_asgi_bench(variants, block, blocks))))
 
 
+# --------------------------------------------------------------------------- one server, slices
+
+AB_VARIANTS = ("profile", "profile_b", "scope", "inference")
+
+
+def build_ab_app():  # noqa: ANN201
+    """The cirron variants behind one ASGI entry point: ``/<variant>/predict`` goes to that
+    variant's app; ``/cpu`` reports the event loop thread's CPU time. One profiling session
+    (spool sink) serves them all."""
+    import cirron as ci
+
+    apps = {v: build_app("profile" if v == "profile_b" else v) for v in AB_VARIANTS}
+    for app in apps.values():
+        app.router.lifespan_context = None
+    session: list = []
+
+    async def dispatch(scope: dict, receive, send) -> None:  # noqa: ANN001
+        if scope["type"] == "lifespan":
+            while True:
+                message = await receive()
+                if message["type"] == "lifespan.startup":
+                    session.append(ci.profiling(output=os.environ.get("BENCH_CIRRON_OUTPUT", "spool")))
+                    await session[0].__aenter__()
+                    await send({"type": "lifespan.startup.complete"})
+                elif message["type"] == "lifespan.shutdown":
+                    await session[0].__aexit__(None, None, None)
+                    await send({"type": "lifespan.shutdown.complete"})
+                    return
+        variant, _, rest = scope["path"].lstrip("/").partition("/")
+        if variant == "cpu":
+            body = json.dumps({"loop_cpu_s": time.thread_time()}).encode()
+            await send({"type": "http.response.start", "status": 200,
+                        "headers": [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]})
+            await send({"type": "http.response.body", "body": body})
+            return
+        inner = dict(scope, path="/" + rest, raw_path=b"/" + rest.encode())
+        await apps["profile" if variant == "health" else variant](inner if variant != "health" else scope,
+                                                                   receive, send)
+
+    return dispatch
+
+
+async def _read_response(reader: asyncio.StreamReader) -> tuple[bytes, bytes]:
+    status = await reader.readline()
+    length = 0
+    while True:
+        line = await reader.readline()
+        if line in (b"\r\n", b""):
+            break
+        if line[:15].lower() == b"content-length:":
+            length = int(line[15:])
+    return status, (await reader.readexactly(length) if length else b"")
+
+
+async def _ab_load(port: int, concurrency: int, slice_s: float, rounds: int) -> dict:
+    requests = {v: (b"POST /%s/predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                    b"Content-Length: %d\r\n\r\n%s" % (v.encode(), len(BODY), BODY)) for v in AB_VARIANTS}
+    state = {"variant": AB_VARIANTS[0], "measuring": False, "stop": False}
+    done = {v: 0 for v in AB_VARIANTS}
+    lat: dict[str, list[float]] = {v: [] for v in AB_VARIANTS}
+    errors = [0]
+
+    async def worker() -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            while not state["stop"]:
+                v, t0 = state["variant"], time.perf_counter()
+                writer.write(requests[v])
+                status, _ = await _read_response(reader)
+                if not status.startswith(b"HTTP/1.1 200"):
+                    errors[0] += 1
+                if state["measuring"] and state["variant"] == v:
+                    done[v] += 1
+                    lat[v].append(time.perf_counter() - t0)
+        finally:
+            writer.close()
+
+    async def loop_cpu() -> float:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET /cpu HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        _, body = await _read_response(reader)
+        writer.close()
+        return json.loads(body)["loop_cpu_s"]
+
+    slices: dict[str, list[dict]] = {v: [] for v in AB_VARIANTS}
+    tasks = [asyncio.create_task(worker()) for _ in range(concurrency)]
+    for v in AB_VARIANTS:  # warm-up: every variant's code paths and the session's buffers
+        state["variant"] = v
+        await asyncio.sleep(0.5)
+    for r in range(rounds):
+        k = r % len(AB_VARIANTS)
+        order = list(AB_VARIANTS[k:] + AB_VARIANTS[:k])
+        for v in order if (r // len(AB_VARIANTS)) % 2 == 0 else order[::-1]:
+            state["variant"], state["measuring"] = v, False
+            await asyncio.sleep(0.03)  # the previous variant's requests in flight finish first
+            done[v], lat[v] = 0, []
+            c0 = await loop_cpu()
+            state["measuring"], t0 = True, time.perf_counter()
+            await asyncio.sleep(slice_s)
+            state["measuring"], elapsed = False, time.perf_counter() - t0
+            c1 = await loop_cpu()
+            n, ls = done[v], sorted(lat[v])
+            slices[v].append({"rps": n / elapsed, "loop_cpu_us": (c1 - c0) / max(1, n) * 1e6,
+                              "latencies": ls})
+    state["stop"] = True
+    await asyncio.gather(*tasks)
+    return {"slices": slices, "errors": errors[0]}
+
+
+def run_ab(args: argparse.Namespace) -> None:
+    port = _free_port()
+    cpus = sorted(os.sched_getaffinity(0))
+    pin = args.pin and len(cpus) >= 2
+    with tempfile.TemporaryDirectory(prefix="cirron-bench-ab-") as tmp:
+        env = dict(os.environ, CIRRON_SPOOL_DIR=str(Path(tmp) / "spool"), CIRRON_NO_PROJECT_FILE="1",
+                   PYTHONPATH=str(ROOT))
+        server = subprocess.Popen([sys.executable, __file__, "serve-ab", "--port", str(port)], env=env, cwd=tmp,
+                                  preexec_fn=(lambda: os.sched_setaffinity(0, {cpus[-1]})) if pin else None)
+        try:
+            _wait_ready(port, server)
+            if pin:
+                os.sched_setaffinity(0, {cpus[0]})
+            res = asyncio.run(_ab_load(port, args.concurrency, args.slice, args.repeats))
+        finally:
+            server.send_signal(signal.SIGINT)
+            try:
+                server.wait(20)
+            except subprocess.TimeoutExpired:
+                server.kill()
+    slices = res["slices"]
+    base = slices["profile"]
+    print(f"one server, concurrency {args.concurrency}, {args.repeats} rounds of {args.slice:g} s slices per variant; "
+          f"errors {res['errors']}")
+    print(f"{'variant':<10} {'req/s':>7} {'p99 ms':>7} {'loop cpu':>9}   vs profile, paired by round: "
+          f"{'req/s':>6} {'p99':>7} {'loop cpu':>9}")
+    summary = {}
+    for v in AB_VARIANTS:
+        mine = slices[v]
+        pooled = sorted(x for s in mine for x in s["latencies"])
+        p99 = pooled[min(len(pooled) - 1, int(len(pooled) * 0.99))] * 1e3 if pooled else float("nan")
+        base_pooled = sorted(x for s in base for x in s["latencies"])
+        base_p99 = base_pooled[min(len(base_pooled) - 1, int(len(base_pooled) * 0.99))] * 1e3
+        d_rps = statistics.median(a["rps"] / b["rps"] - 1 for a, b in zip(mine, base)) * 100
+        d_cpu = statistics.median(a["loop_cpu_us"] - b["loop_cpu_us"] for a, b in zip(mine, base))
+        rps, cpu = statistics.median(s["rps"] for s in mine), statistics.median(s["loop_cpu_us"] for s in mine)
+        summary[v] = {"rps": rps, "p99_ms": p99, "loop_cpu_us": cpu, "rps_change_pct": d_rps,
+                      "p99_change_pct": (p99 / base_p99 - 1) * 100, "loop_cpu_change_us": d_cpu}
+        rel = "" if v == "profile" else (f"{' ' * 30}{d_rps:+6.1f}% {summary[v]['p99_change_pct']:+6.1f}% "
+                                         f"{d_cpu:+6.1f} us")
+        print(f"{v:<10} {rps:7.0f} {p99:7.2f} {cpu:6.0f} us{rel}")
+    noise = abs(summary["profile_b"]["rps_change_pct"])
+    loss, p99 = -summary["inference"]["rps_change_pct"], summary["inference"]["p99_change_pct"]
+    print(f"\n@ci.inference vs profile: throughput loss {loss:.1f}% (target <= 5%), p99 {p99:+.1f}% "
+          f"(target <= +10%); the profile/profile_b twins differ by {noise:.1f}% (the noise floor)")
+    if args.json:
+        args.json.write_text(json.dumps({"mode": "ab", "summary": summary}, indent=2))
+
+
+# --------------------------------------------------------------------------- under callgrind
+
+CALLGRIND_EVENTS = ("Ir", "I1mr", "D1mr", "D1mw", "ILmr", "DLmr", "DLmw")
+
+
+async def _count_load(port: int, total: int, concurrency: int) -> None:
+    """Exactly ``total`` requests, ``concurrency`` at a time."""
+    request = (b"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+               b"Content-Length: %d\r\n\r\n%s" % (len(BODY), BODY))
+    left = [total]
+
+    async def worker() -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            while left[0] > 0:
+                left[0] -= 1
+                writer.write(request)
+                status, _ = await _read_response(reader)
+                if not status.startswith(b"HTTP/1.1 200"):
+                    raise RuntimeError(f"the server answered {status!r}")
+        finally:
+            writer.close()
+
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+
+
+def _callgrind_totals(outdir: Path) -> dict[str, int]:
+    """The events of the dump taken while instrumentation was on (the largest of the files)."""
+    best: dict[str, int] = {}
+    for path in outdir.glob("cg.out*"):
+        events: list[str] = []
+        for line in path.read_text(errors="replace").splitlines():
+            if line.startswith("events:"):
+                events = line.split()[1:]
+            elif line.startswith("totals:"):
+                totals = dict(zip(events, map(int, line.split()[1:])))
+                if totals.get("Ir", 0) > best.get("Ir", 0):
+                    best = totals
+    return best
+
+
+def run_callgrind_variant(variant: str, requests: int, concurrency: int, workdir: Path) -> dict[str, float]:
+    port = _free_port()
+    env = dict(os.environ, CIRRON_SPOOL_DIR=str(workdir / "spool"), CIRRON_NO_PROJECT_FILE="1",
+               BENCH_OTEL_FILE=str(workdir / "otel.jsonl"), PYTHONPATH=str(ROOT))
+    server = subprocess.Popen(["valgrind", "--tool=callgrind", "--instr-atstart=no", "--cache-sim=yes",
+                               f"--callgrind-out-file={workdir / 'cg.out'}", sys.executable, __file__, "serve",
+                               variant, "--port", str(port)], env=env, cwd=workdir,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        _wait_ready(port, server, timeout=600.0)
+        asyncio.run(_count_load(port, max(200, requests // 3), concurrency))  # warm-up, not counted
+        for command in ("--instr=on", None, "--instr=off", "--dump"):
+            if command is None:
+                asyncio.run(_count_load(port, requests, concurrency))
+            else:
+                subprocess.run(["callgrind_control", command, str(server.pid)], check=True, capture_output=True)
+    finally:
+        server.send_signal(signal.SIGINT)
+        try:
+            server.wait(120)
+        except subprocess.TimeoutExpired:
+            server.kill()
+    totals = _callgrind_totals(workdir)
+    per = {e: totals.get(e, 0) / requests for e in CALLGRIND_EVENTS}
+    l1 = per["I1mr"] + per["D1mr"] + per["D1mw"]
+    ll = per["ILmr"] + per["DLmr"] + per["DLmw"]
+    return {"Ir": per["Ir"], "I1mr": per["I1mr"], "D1m": per["D1mr"] + per["D1mw"], "LLm": ll,
+            "CEst": per["Ir"] + 10 * l1 + 100 * ll}
+
+
+def run_callgrind(args: argparse.Namespace) -> None:
+    import shutil
+
+    if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
+        raise SystemExit("--callgrind needs valgrind (apt install valgrind)")
+    variants = [v for v in args.variants.split(",") if v in ("profile", "scope", "inference", "none", "otel")]
+    if "profile" not in variants:
+        variants.insert(0, "profile")
+    if "otel" in variants and not _otel_available():
+        variants.remove("otel")
+    print(f"under callgrind: {args.callgrind} requests per variant at concurrency {args.concurrency}, "
+          "per request in the server (all threads)")
+    print(f"{'variant':<10} {'instr':>10} {'I1 miss':>8} {'D1 miss':>8} {'LL miss':>8} {'cycles est':>11}   "
+          "vs profile (instr, cycles est)")
+    results = {}
+    with tempfile.TemporaryDirectory(prefix="cirron-bench-callgrind-") as tmp:
+        for v in variants:
+            wd = Path(tmp) / v
+            wd.mkdir()
+            r = results[v] = run_callgrind_variant(v, args.callgrind, args.concurrency, wd)
+            base = results.get("profile")
+            rel = "" if v == "profile" or base is None else \
+                f"   {100 * (r['Ir'] / base['Ir'] - 1):+6.2f}% {100 * (r['CEst'] / base['CEst'] - 1):+6.2f}%"
+            print(f"{v:<10} {r['Ir']:10.0f} {r['I1mr']:8.0f} {r['D1m']:8.0f} {r['LLm']:8.1f} {r['CEst']:11.0f}{rel}",
+                  flush=True)
+    if args.json:
+        args.json.write_text(json.dumps({"mode": "callgrind", "per_request": results}, indent=2))
+
+
 # --------------------------------------------------------------------------- orchestration
 
 
@@ -440,6 +717,8 @@ def main() -> None:
     p_group.add_argument("variants")
     p_group.add_argument("--block", type=int, default=2000)
     p_group.add_argument("--blocks", type=int, default=10)
+    p_ab = sub.add_parser("serve-ab")
+    p_ab.add_argument("--port", type=int, required=True)
     p_paired = sub.add_parser("paired-group")
     p_paired.add_argument("--requests", type=int, default=20000)
     p_load = sub.add_parser("load")
@@ -460,9 +739,19 @@ def main() -> None:
     parser.add_argument("--blocks", type=int, default=10, help="--asgi: blocks per variant")
     parser.add_argument("--paired", type=int, metavar="N",
                         help="in-process, request by request: the added CPU per request of scope and inference")
+    parser.add_argument("--ab", action="store_true",
+                        help="one server with the cirron variants side by side, load switched slice by slice")
+    parser.add_argument("--slice", type=float, default=0.5, help="--ab: seconds per slice")
+    parser.add_argument("--callgrind", type=int, metavar="N",
+                        help="each variant's server under callgrind: instructions and cache misses per request")
     args = parser.parse_args()
     if args.cmd == "serve":
         serve(args.variant, args.port)
+        return
+    if args.cmd == "serve-ab":
+        import uvicorn
+
+        uvicorn.run(build_ab_app(), host="127.0.0.1", port=args.port, log_level="warning", access_log=False)
         return
     if args.cmd == "asgi-group":
         asgi_group(args.variants.split(","), args.block, args.blocks)
@@ -482,6 +771,12 @@ def main() -> None:
         return
     if args.paired:
         run_paired(args)
+        return
+    if args.ab:
+        run_ab(args)
+        return
+    if args.callgrind:
+        run_callgrind(args)
         return
     variants = [v for v in args.variants.split(",") if v]
     if "otel" in variants and not _otel_available():

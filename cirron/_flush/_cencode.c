@@ -118,33 +118,32 @@ static int put_str(Buf *b, PyObject *v) {
     return 1;
 }
 
-/* The quoted 32-hex text of an id, as cirron._ids.hex_id: (value * MIX) mod 2**128, big-endian. */
+/* "000102...ff": the two hex digits of every byte. */
+static const char HEX_PAIRS[513] =
+    "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f"
+    "202122232425262728292a2b2c2d2e2f303132333435363738393a3b3c3d3e3f"
+    "404142434445464748494a4b4c4d4e4f505152535455565758595a5b5c5d5e5f"
+    "606162636465666768696a6b6c6d6e6f707172737475767778797a7b7c7d7e7f"
+    "808182838485868788898a8b8c8d8e8f909192939495969798999a9b9c9d9e9f"
+    "a0a1a2a3a4a5a6a7a8a9aaabacadaeafb0b1b2b3b4b5b6b7b8b9babbbcbdbebf"
+    "c0c1c2c3c4c5c6c7c8c9cacbcccdcecfd0d1d2d3d4d5d6d7d8d9dadbdcdddedf"
+    "e0e1e2e3e4e5e6e7e8e9eaebecedeeeff0f1f2f3f4f5f6f7f8f9fafbfcfdfeff";
+
 static const unsigned __int128 MIX =
     ((unsigned __int128)0x9E3779B97F4A7C15ULL << 64) | (unsigned __int128)0xF39CC0605CEDC835ULL;
 
+/* The quoted 32-hex text of an id, as cirron._ids.hex_id: (value * MIX) mod 2**128, big-endian. */
 static int put_hex_id(Buf *b, PyObject *v) {
-    unsigned char raw[16];
+    unsigned __int128 x;
     if (!PyLong_CheckExact(v)) return 0;
-    int ok = u128_from_long(v, raw);
+    int ok = u128_value(v, &x);
     if (ok != 1) return ok;
-    unsigned __int128 x = 0;
-    for (int i = 0; i < 16; i++) x = (x << 8) | raw[i];
     x *= MIX;
-    static const char hexd[] = "0123456789abcdef";
     if (buf_reserve(b, 34) < 0) return -1;
     char *o = b->data + b->len;
     o[0] = o[33] = '"';
-    unsigned long long half[2] = {(unsigned long long)(x >> 64), (unsigned long long)x};
-    for (int h = 0; h < 2; h++) {
-        unsigned long long v = half[h];
-        char *q = o + 1 + 16 * h + 16;
-        for (int i = 0; i < 16; i++) {
-            *--q = hexd[v & 15];
-            v >>= 4;
-        }
-    }
-    o += 34;
-    b->len = o - b->data;
+    for (int i = 16; i >= 1; i--, x >>= 8) memcpy(o + 2 * i - 1, HEX_PAIRS + 2 * (unsigned)(x & 0xFF), 2);
+    b->len += 34;
     return 1;
 }
 

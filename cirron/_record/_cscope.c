@@ -9,6 +9,8 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <structmember.h>
+#include <stdint.h>
+#include <string.h>
 #include <time.h>
 
 #include "../_u128.h"
@@ -59,6 +61,19 @@ static PyObject *s_spans, *s_span_capacity, *s_spans_dropped, *s_append, *s_gpu_
 static PyObject *s_note_internal_error, *s_reenter, *s_note_exception, *s_id, *s_exit;
 
 #define IS_NONE(x) ((x) == NULL || (x) == Py_None)
+
+/* PyLong_AsLongLong, minus its detour: an int of more than one digit (any clock reading in ns)
+ * goes through _PyLong_AsByteArray there, ten times the work of the digit loop used here. */
+static inline long long as_long_long(PyObject *v) {
+    int overflow = 0;
+    if (!PyLong_Check(v)) return PyLong_AsLongLong(v); /* __index__, None's TypeError */
+    long long x = PyLong_AsLongLongAndOverflow(v, &overflow);
+    if (overflow) {
+        PyErr_SetString(PyExc_OverflowError, "int too big to convert");
+        return -1;
+    }
+    return x;
+}
 
 static inline long long clock_ns(clockid_t clock) {
     struct timespec ts;
@@ -571,7 +586,7 @@ static PyObject *Scope_exit(ScopeObject *self, PyObject *const *args, Py_ssize_t
     PyObject *exc = args[1];
     PyObject *end_obj = NULL;
     if (given_cpu) {
-        cpu1 = PyLong_AsLongLong(args[3]);
+        cpu1 = as_long_long(args[3]);
         if (cpu1 == -1 && PyErr_Occurred()) return NULL;
     }
     if (given_end) end_obj = Py_NewRef(args[4]);
@@ -639,7 +654,7 @@ static PyObject *Scope_exit(ScopeObject *self, PyObject *const *args, Py_ssize_t
         PyErr_SetString(PyExc_TypeError, "Recorder.open is not a dict");
         goto error;
     }
-    long long cpu0 = PyLong_AsLongLong(self->cpu0 ? self->cpu0 : Py_None);
+    long long cpu0 = as_long_long(self->cpu0 ? self->cpu0 : Py_None);
     if (cpu0 == -1 && PyErr_Occurred()) goto error;
     cpu = PyLong_FromLongLong(cpu1 - cpu0);
     pid = parent_id(self->parent);
@@ -1020,16 +1035,7 @@ static PyObject *configure(PyObject *Py_UNUSED(module), PyObject *args) {
     Py_RETURN_NONE;
 }
 
-/* uuid4_text(bits) -> "xxxxxxxx-xxxx-4xxx-yxxx-xxxxxxxxxxxx" from 128 random bits (version 4, RFC 4122 variant). */
-static PyObject *uuid4_text(PyObject *Py_UNUSED(module), PyObject *bits) {
-    unsigned char raw[16];
-    int ok = u128_from_long(bits, raw);
-    if (ok < 0) return NULL;
-    if (ok == 0) {
-        PyErr_SetString(PyLong_Check(bits) ? PyExc_OverflowError : PyExc_TypeError,
-                        "uuid4_text() takes a non-negative int of at most 128 bits");
-        return NULL;
-    }
+static PyObject *uuid4_from_raw(unsigned char raw[16]) {
     raw[6] = (unsigned char)((raw[6] & 0x0F) | 0x40);
     raw[8] = (unsigned char)((raw[8] & 0x3F) | 0x80);
     static const char hexd[] = "0123456789abcdef";
@@ -1040,6 +1046,66 @@ static PyObject *uuid4_text(PyObject *Py_UNUSED(module), PyObject *bits) {
         *o++ = hexd[raw[i] & 15];
     }
     return PyUnicode_FromStringAndSize(out, 36);
+}
+
+/* uuid4_text(bits) -> "xxxxxxxx-xxxx-4xxx-yxxx-xxxxxxxxxxxx" from 128 random bits (version 4, RFC 4122 variant). */
+static PyObject *uuid4_text(PyObject *Py_UNUSED(module), PyObject *bits) {
+    unsigned char raw[16];
+    int ok = u128_from_long(bits, raw);
+    if (ok < 0) return NULL;
+    if (ok == 0) {
+        PyErr_SetString(PyLong_Check(bits) ? PyExc_OverflowError : PyExc_TypeError,
+                        "uuid4_text() takes a non-negative int of at most 128 bits");
+        return NULL;
+    }
+    return uuid4_from_raw(raw);
+}
+
+/* Request ids come from xoshiro256** (Blackman and Vigna), seeded by seed_request_ids() with bytes
+ * from os.urandom when the module is set up and again in every forked child: a couple of
+ * nanoseconds per id, where random.getrandbits(128) and reading its result back cost ~1,000
+ * instructions. Ids only need to be unique, not secret. Used under the GIL. */
+static uint64_t rng_state[4] = {0x9E3779B97F4A7C15ULL, 0xBF58476D1CE4E5B9ULL, 0x94D049BB133111EBULL, 1};
+
+static inline uint64_t rotl64(uint64_t x, int k) { return (x << k) | (x >> (64 - k)); }
+
+static uint64_t rng_next(void) {
+    uint64_t *s = rng_state;
+    uint64_t out = rotl64(s[1] * 5, 7) * 9, t = s[1] << 17;
+    s[2] ^= s[0]; s[3] ^= s[1]; s[1] ^= s[2]; s[0] ^= s[3];
+    s[2] ^= t;
+    s[3] = rotl64(s[3], 45);
+    return out;
+}
+
+static PyObject *new_request_id(void) {
+    unsigned char raw[16];
+    for (int half = 0; half < 2; half++) {
+        uint64_t v = rng_next();
+        for (int i = 7; i >= 0; i--, v >>= 8) raw[8 * half + i] = (unsigned char)v;
+    }
+    return uuid4_from_raw(raw);
+}
+
+/* seed_request_ids(seed: bytes): 32 bytes, not all zero. */
+static PyObject *seed_request_ids(PyObject *Py_UNUSED(module), PyObject *seed) {
+    if (!PyBytes_Check(seed) || PyBytes_GET_SIZE(seed) != 32) {
+        PyErr_SetString(PyExc_ValueError, "seed_request_ids() takes 32 bytes");
+        return NULL;
+    }
+    const unsigned char *b = (const unsigned char *)PyBytes_AS_STRING(seed);
+    uint64_t s[4] = {0, 0, 0, 0};
+    for (int i = 0; i < 32; i++) s[i / 8] = (s[i / 8] << 8) | b[i];
+    if ((s[0] | s[1] | s[2] | s[3]) == 0) {
+        PyErr_SetString(PyExc_ValueError, "seed_request_ids() needs a seed that is not all zero");
+        return NULL;
+    }
+    memcpy(rng_state, s, sizeof rng_state);
+    Py_RETURN_NONE;
+}
+
+static PyObject *request_id(PyObject *Py_UNUSED(module), PyObject *Py_UNUSED(ignored)) {
+    return new_request_id();
 }
 
 /* ---- RequestBase: the per-call state of @ci.inference (instrument.py's _Request) ----
@@ -1059,9 +1125,9 @@ typedef struct {
 } RequestObject;
 
 static PyTypeObject RequestBase_Type;
-/* Set by configure_requests(): instrument.py's _CURRENT variable and random.getrandbits. */
-static PyObject *current_request = NULL, *getrandbits = NULL;
-static PyObject *s_request, *s_request_id, *s_finish_slow, *int_128;
+/* Set by configure_requests(): instrument.py's _CURRENT variable. */
+static PyObject *current_request = NULL;
+static PyObject *s_request, *s_request_id, *s_finish_slow;
 
 #define REQUEST_FIELDS(X) X(rec) X(span) X(rid) X(ctx) X(t0) X(c0) X(coro) X(ended) X(streaming) X(chunks) \
     X(first_ns) X(last_ns) X(stream_usage) X(prompt) X(completion) X(in_generate)
@@ -1102,12 +1168,13 @@ static void Request_dealloc(RequestObject *self) {
 /* RequestBase(rec): open the request span under the caller's current span (or the root) and
  * bind it, with the request, in a copy of the caller's context; the caller's is not touched. */
 static int Request_init(RequestObject *self, PyObject *args, PyObject *kwds) {
-    PyObject *rec;
-    if ((kwds != NULL && PyDict_GET_SIZE(kwds)) || !PyArg_ParseTuple(args, "O!:RequestBase", &RecorderBase_Type, &rec)) {
-        if (!PyErr_Occurred()) PyErr_SetString(PyExc_TypeError, "RequestBase(rec) takes no keyword arguments");
+    if ((kwds != NULL && PyDict_GET_SIZE(kwds)) || PyTuple_GET_SIZE(args) != 1 ||
+        !PyObject_TypeCheck(PyTuple_GET_ITEM(args, 0), &RecorderBase_Type)) {
+        PyErr_SetString(PyExc_TypeError, "RequestBase(rec) takes one recorder");
         return -1;
     }
-    if (current_request == NULL || getrandbits == NULL) {
+    PyObject *rec = PyTuple_GET_ITEM(args, 0);
+    if (current_request == NULL) {
         PyErr_SetString(PyExc_RuntimeError, "_cscope.configure_requests() was not called");
         return -1;
     }
@@ -1116,9 +1183,7 @@ static int Request_init(RequestObject *self, PyObject *args, PyObject *kwds) {
         PyErr_SetString(PyExc_AttributeError, "recorder not initialised");
         return -1;
     }
-    PyObject *bits = PyObject_CallOneArg(getrandbits, int_128);
-    PyObject *rid = bits ? uuid4_text(NULL, bits) : NULL;
-    Py_XDECREF(bits);
+    PyObject *rid = new_request_id();
     if (rid == NULL) return -1;
     PyObject *parent = NULL, *attrs = NULL, *span = NULL, *ctx = NULL;
     if (PyContextVar_Get(r->current, NULL, &parent) < 0) goto error;
@@ -1173,7 +1238,7 @@ static PySendResult request_step(RequestObject *self, PyObject *arg, PyObject **
     }
     long long c0;
     if (!IS_NONE(self->c0)) {
-        c0 = PyLong_AsLongLong(self->c0);
+        c0 = as_long_long(self->c0);
         Py_SETREF(self->c0, Py_NewRef(Py_None));
         if (c0 == -1 && PyErr_Occurred()) {
             PyErr_Clear();
@@ -1248,7 +1313,7 @@ static PyObject *Request_finish(RequestObject *self, PyObject *const *args, size
     ScopeObject *sp = (ScopeObject *)span;
     PyObject *cpu1 = NULL, *end_obj = NULL, *r = NULL;
     if (!IS_NONE(sp->id) && IS_NONE(sp->end_ns)) {
-        long long cpu0 = PyLong_AsLongLong(sp->cpu0 ? sp->cpu0 : Py_None);
+        long long cpu0 = as_long_long(sp->cpu0 ? sp->cpu0 : Py_None);
         if (cpu0 == -1 && PyErr_Occurred()) goto failed;
         if ((cpu1 = PyLong_FromLongLong(cpu0 + self->cpu)) == NULL || (end_obj = PyLong_FromLongLong(end)) == NULL)
             goto failed;
@@ -1309,11 +1374,12 @@ static PyTypeObject RequestBase_Type = {
     .tp_members = Request_members,
 };
 
-static PyObject *configure_requests(PyObject *Py_UNUSED(module), PyObject *args) {
-    PyObject *var, *bits;
-    if (!PyArg_ParseTuple(args, "O!O:configure_requests", &PyContextVar_Type, &var, &bits)) return NULL;
+static PyObject *configure_requests(PyObject *Py_UNUSED(module), PyObject *var) {
+    if (!PyContextVar_CheckExact(var)) {
+        PyErr_SetString(PyExc_TypeError, "configure_requests() takes a ContextVar");
+        return NULL;
+    }
     Py_XSETREF(current_request, Py_NewRef(var));
-    Py_XSETREF(getrandbits, Py_NewRef(bits));
     Py_RETURN_NONE;
 }
 
@@ -1328,9 +1394,12 @@ static PyMethodDef module_methods[] = {
     {"untrack", untrack, METH_O,
      "untrack(container) -> container, taken out of the cyclic GC's sight: for the record buffers, "
      "which hold many records and never take part in a reference cycle. Lists and deques stay untracked."},
-    {"configure_requests", configure_requests, METH_VARARGS,
-     "configure_requests(current_request_var, getrandbits): the context variable RequestBase binds each "
-     "request to, and the random bits its request ids are made from."},
+    {"configure_requests", configure_requests, METH_O,
+     "configure_requests(current_request_var): the context variable RequestBase binds each request to."},
+    {"seed_request_ids", seed_request_ids, METH_O,
+     "seed_request_ids(seed): reseed the request id generator with 32 random bytes (os.urandom(32))."},
+    {"request_id", request_id, METH_NOARGS,
+     "request_id() -> str: a new random version-4 UUID, as RequestBase gives each request."},
     {"configure", configure, METH_VARARGS,
      "configure(id_source, coerce_mark_value, mark_type_error, scope_type): where ids come from (an object "
      "whose .ids is an iterator), how mark values other than float/int/bool are made, the error for a bad "
@@ -1354,7 +1423,6 @@ PyMODINIT_FUNC PyInit__cscope(void) {
     INTERN(s_note_internal_error, "note_internal_error"); INTERN(s_reenter, "_reenter");
     INTERN(s_note_exception, "_note_exception"); INTERN(s_id, "id"); INTERN(s_exit, "__exit__");
     INTERN(s_request, "request"); INTERN(s_request_id, "request_id"); INTERN(s_finish_slow, "_finish_slow");
-    if ((int_128 = PyLong_FromLong(128)) == NULL) return NULL;
     if (PyType_Ready(&Row_Type) < 0 || PyType_Ready(&Attrs_Type) < 0 || PyType_Ready(&RequestBase_Type) < 0 || PyType_Ready(&ScopeBase_Type) < 0 || PyType_Ready(&RecorderBase_Type) < 0 ||
         PyType_Ready(&Factory_Type) < 0)
         return NULL;

@@ -45,6 +45,7 @@ from __future__ import annotations
 import contextvars
 import functools
 import inspect
+import os
 import random
 import sys
 import weakref
@@ -89,14 +90,13 @@ def _uuid4_py() -> str:
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
-def _uuid4_c() -> str:
-    """:func:`_uuid4_py`, the text made in C (four times cheaper again)."""
-    return _uuid4_text(_getrandbits(128))
-
-
 _cscope = native.load("cirron._record._cscope")
-_uuid4_text = _cscope.uuid4_text if _cscope is not None else None
-_uuid4 = _uuid4_c if _cscope is not None else _uuid4_py
+if _cscope is not None:
+    # The compiled module's own generator: seeded from the OS here and in every forked child.
+    _cscope.seed_request_ids(os.urandom(32))
+    if hasattr(os, "register_at_fork"):
+        os.register_at_fork(after_in_child=lambda: _cscope.seed_request_ids(os.urandom(32)))
+_uuid4 = _cscope.request_id if _cscope is not None else _uuid4_py
 
 
 def _bind(rec: Recorder, span: Any, req: _Request) -> None:
@@ -166,7 +166,7 @@ class _PyRequestBase:
 
 _RequestBase: Any = _cscope.RequestBase if _cscope is not None else _PyRequestBase
 if _cscope is not None:
-    _cscope.configure_requests(_CURRENT, _getrandbits)
+    _cscope.configure_requests(_CURRENT)
 
 
 class _Request(_RequestBase):  # type: ignore[misc,valid-type]

@@ -44,6 +44,10 @@ def _span_rows() -> list[tuple]:
         (next(IDS.ids), sid, "bad \ud800 name", None, 1, 2, 3, None, None, 4, None),
         (next(IDS.ids), sid, "flag", True, 1, 2, 3, None, None, 4, None),
         (next(IDS.ids), sid, "gpu", None, 1, 2, 3, 1.5, None, 4, None),
+        # ids at the edges of 128 bits, read straight from the int's digits
+        ((1 << 128) - 1, 1, "edge ids", None, 1, 2, 3, None, None, 4, None),
+        (1 << 127, (1 << 64) + 1, "edge ids", None, 1, 2, 3, None, None, 4, None),
+        (1 << 128, sid, "id past 128 bits", None, 1, 2, 3, None, None, 4, None),
     ]
 
 
@@ -89,7 +93,27 @@ def test_span_encoder_matches_the_python_records(layout: str) -> None:
     out = _cencode.encode_spans(rows, 321, 2, ROOT[0], ROOT[1], fallback)
     assert orjson.loads(b"[" + out + b"]") == _python_spans(rows)
     # Only the records the C encoder cannot write went through Python.
-    assert [r[2] for r in fallbacks] == ["nested", "keys", "huge", "flag", "gpu"]
+    assert [r[2] for r in fallbacks] == ["nested", "keys", "huge", "flag", "gpu", "id past 128 bits"]
+
+
+def test_frozen_attrs_of_recorded_spans_and_marks_encode_as_their_dicts() -> None:
+    pytest.importorskip("cirron._record._cscope", reason="the C scope was not built")
+    from cirron import Cirron
+
+    c = Cirron()
+    with c.scope("flat", route="/v1", status=200, ok=True, none=None, ratio=0.25, nan=math.nan, text='q "x"\n'):
+        c.mark("tokens", 3, unit="tok", final=False)
+    tb = c._rec.local.tb
+    span_row, mark_row = list(tb.spans)[-1], list(tb.marks)[-1]
+    assert type(span_row[10]).__name__ == "Attrs" and type(mark_row[5]).__name__ == "Attrs"
+    fallback_calls: list = []
+    out = _cencode.encode_spans([span_row], 321, 2, ROOT[0], ROOT[1], lambda *a: fallback_calls.append(a) or b"{}")
+    assert orjson.loads(out) == _python_spans([tuple(span_row[:10]) + (dict(span_row[10]),)])[0]
+    out = _cencode.encode_marks([mark_row], [7], ROOT_SENTINEL, lambda *a: fallback_calls.append(a) or b"{}")
+    as_dict = tuple(mark_row[:5]) + (dict(mark_row[5]), mark_row[6])
+    assert orjson.loads(out) == msgspec.to_builtins(mark_record(as_dict, 7))
+    assert orjson.loads(out)["attrs"] == {"unit": "tok", "final": False}
+    assert not fallback_calls
 
 
 def test_span_with_invalid_utf8_name_goes_to_the_fallback() -> None:
@@ -151,6 +175,34 @@ def test_compiled_scope_is_in_use_when_built() -> None:
     assert span_mod.Scope.__enter__ is not span_mod.PyScope.__enter__
     assert issubclass(span_mod.Scope, span_mod._ScopeMethods)
     assert cirron.health()["compiled"] == {"scope": True, "encoder": True}
+
+
+def test_compiled_modules_are_built_from_the_current_sources() -> None:
+    """A C file that no longer compiles only warns at install time (the pure-Python twins take
+    over), and an editable install keeps the last good build: either would let the C paths go
+    untested. Where a compiler is at hand, both modules must be importable and newer than every
+    source they are built from."""
+    import importlib.util
+    import shlex
+    import shutil
+    import sysconfig
+
+    from cirron._native import pure_python_wanted
+
+    if pure_python_wanted():
+        pytest.skip("CIRRON_PURE_PYTHON is set")
+    linker = shlex.split(sysconfig.get_config_var("LDSHARED") or "")
+    if not linker or shutil.which(linker[0]) is None:
+        pytest.skip("no C compiler: the pure-Python twins are what runs here")
+    package = Path(importlib.util.find_spec("cirron").origin).parent
+    for module, source in (("cirron._record._cscope", "_record/_cscope.c"), ("cirron._flush._cencode", "_flush/_cencode.c")):
+        spec = importlib.util.find_spec(module)
+        assert spec is not None and spec.origin is not None, f"{module} was not built (see the install's warnings)"
+        sources = [package / source, package / "_row.h", package / "_u128.h"]
+        if all(p.exists() for p in sources):  # an install from the source tree
+            built = Path(spec.origin).stat().st_mtime
+            stale = [p.name for p in sources if p.stat().st_mtime > built]
+            assert not stale, f"{module} is older than {stale}: reinstall (pip install -e .) to rebuild it"
 
 
 @pytest.mark.slow
@@ -309,24 +361,57 @@ def test_compiled_start_span_opens_what_the_python_one_opens() -> None:
     c.shutdown()
 
 
-def test_request_ids_made_in_c_are_the_python_ones() -> None:
-    import random
+def test_request_ids_made_in_c_are_random_version_4_uuids() -> None:
     import uuid
 
     from cirron._record import instrument
 
-    pytest.importorskip("cirron._record._cscope", reason="the C scope was not built")
-    assert instrument._uuid4 is instrument._uuid4_c
-    for _ in range(500):
-        state = random.getstate()
-        made_in_c = instrument._uuid4_c()
-        random.setstate(state)
-        assert made_in_c == instrument._uuid4_py()
+    cscope = pytest.importorskip("cirron._record._cscope", reason="the C scope was not built")
+    assert instrument._uuid4 is cscope.request_id
+    ids = [instrument._uuid4() for _ in range(5_000)]
+    assert len(set(ids)) == len(ids)
+    for made_in_c in ids[:500]:
         assert uuid.UUID(made_in_c).version == 4 and str(uuid.UUID(made_in_c)) == made_in_c
+    # Every hex digit outside the version and variant nibbles varies.
+    for pos in (0, 7, 9, 15, 21, 35):
+        assert len({i[pos] for i in ids}) > 8
+    # The same seed gives the same ids; the module is reseeded from the OS afterwards.
+    cscope.seed_request_ids(bytes(range(1, 33)))
+    first = [cscope.request_id() for _ in range(3)]
+    cscope.seed_request_ids(bytes(range(1, 33)))
+    assert [cscope.request_id() for _ in range(3)] == first
+    cscope.seed_request_ids(__import__("os").urandom(32))
+    with pytest.raises(ValueError):
+        cscope.seed_request_ids(bytes(32))
+    with pytest.raises(ValueError):
+        cscope.seed_request_ids(b"short")
+    assert cscope.uuid4_text(0x1234) == str(uuid.UUID(int=(0x1234 & ~(0xF << 76) & ~(0x3 << 62)) | (0x4 << 76) | (0x2 << 62)))
     with pytest.raises((TypeError, OverflowError)):
-        instrument._uuid4_text(-1)
+        cscope.uuid4_text(-1)
     with pytest.raises(OverflowError):
-        instrument._uuid4_text(1 << 128)
+        cscope.uuid4_text(1 << 128)
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="needs os.fork")
+def test_a_forked_child_draws_other_request_ids_than_its_parent() -> None:
+    import os
+
+    from cirron._record import instrument
+
+    pytest.importorskip("cirron._record._cscope", reason="the C scope was not built")
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: its next ids, then out without running anything else
+        try:
+            os.write(write, ",".join(instrument._uuid4() for _ in range(5)).encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    parent = [instrument._uuid4() for _ in range(5)]
+    with os.fdopen(read, "rb") as f:
+        child = f.read().decode().split(",")
+    os.waitpid(pid, 0)
+    assert len(child) == 5 and not set(child) & set(parent)
 
 
 def test_a_row_reads_like_the_tuple_of_its_fields() -> None:
