@@ -172,6 +172,18 @@ def serve(variant: str, port: int) -> None:
 # --------------------------------------------------------------------------- the load generator
 
 
+async def _read_response(reader: asyncio.StreamReader) -> tuple[bytes, bytes]:
+    status = await reader.readline()
+    length = 0
+    while True:
+        line = await reader.readline()
+        if line in (b"\r\n", b""):
+            break
+        if line[:15].lower() == b"content-length:":
+            length = int(line[15:])
+    return status, (await reader.readexactly(length) if length else b"")
+
+
 async def _worker(host: str, port: int, request: bytes, stop_at: float, warm_until: float, lat: list[float],
                   counts: list[int]) -> int:
     reader, writer = await asyncio.open_connection(host, port)
@@ -183,16 +195,7 @@ async def _worker(host: str, port: int, request: bytes, stop_at: float, warm_unt
                 return errors
             counts[0] += 1
             writer.write(request)
-            status = await reader.readline()
-            length = 0
-            while True:
-                line = await reader.readline()
-                if line in (b"\r\n", b""):
-                    break
-                if line[:15].lower() == b"content-length:":
-                    length = int(line[15:])
-            if length:
-                await reader.readexactly(length)
+            status, _ = await _read_response(reader)
             t1 = time.perf_counter()
             if not status.startswith(b"HTTP/1.1 200"):
                 errors += 1
@@ -415,18 +418,6 @@ def build_ab_app():  # noqa: ANN201
                                                                    receive, send)
 
     return dispatch
-
-
-async def _read_response(reader: asyncio.StreamReader) -> tuple[bytes, bytes]:
-    status = await reader.readline()
-    length = 0
-    while True:
-        line = await reader.readline()
-        if line in (b"\r\n", b""):
-            break
-        if line[:15].lower() == b"content-length:":
-            length = int(line[15:])
-    return status, (await reader.readexactly(length) if length else b"")
 
 
 async def _ab_load(port: int, concurrency: int, slice_s: float, rounds: int) -> dict:
