@@ -547,11 +547,14 @@ def median_ci(values: list[float], level: float = 0.9, resamples: int = 2000) ->
 
 
 def verdict(loss_pct: list[float], p99_pct: list[float]) -> str:
-    """PASS or FAIL only where the 90 % interval of the median, over the paired rounds, is on one
-    side of both targets (throughput loss <= 5 %, p99 increase <= 10 %); INCONCLUSIVE otherwise."""
+    """PASS or FAIL only where the 90 % interval of the median, over at least five paired rounds,
+    is on one side of both targets (throughput loss <= 5 %, p99 increase <= 10 %); INCONCLUSIVE
+    otherwise."""
     loss, loss_lo, loss_hi = median_ci(loss_pct)
     p99, p99_lo, p99_hi = median_ci(p99_pct)
-    if loss_hi <= 5 and p99_hi <= 10:
+    if len(loss_pct) < 5:
+        outcome = "INCONCLUSIVE (fewer than 5 rounds)"
+    elif loss_hi <= 5 and p99_hi <= 10:
         outcome = "PASS"
     elif loss_lo > 5 or p99_lo > 10:
         outcome = "FAIL"
