@@ -205,6 +205,12 @@ async def _worker(host: str, port: int, request: bytes, stop_at: float, warm_unt
         writer.close()
 
 
+def _p99(sorted_latencies: list[float]) -> float:
+    """The 99th percentile of already sorted latencies (NaN for none)."""
+    n = len(sorted_latencies)
+    return sorted_latencies[min(n - 1, int(n * 0.99))] if n else float("nan")
+
+
 async def _load(port: int, concurrency: int, duration: float, warmup: float) -> dict:
     request = (b"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
                b"Content-Length: %d\r\n\r\n%s" % (len(BODY), BODY))
@@ -217,7 +223,7 @@ async def _load(port: int, concurrency: int, duration: float, warmup: float) -> 
     lat = sorted(x for part in lats for x in part)
     n = len(lat)
     return {"requests": n, "requests_all": counts[0], "errors": sum(errors), "rps": n / duration,
-            "p50_ms": lat[n // 2] * 1e3 if n else None, "p99_ms": lat[min(n - 1, int(n * 0.99))] * 1e3 if n else None}
+            "p50_ms": lat[n // 2] * 1e3 if n else None, "p99_ms": _p99(lat) * 1e3 if n else None}
 
 
 def load(port: int, concurrency: int, duration: float, warmup: float) -> None:
@@ -407,15 +413,16 @@ def build_ab_app():  # noqa: ANN201
                     await send({"type": "lifespan.shutdown.complete"})
                     return
         variant, _, rest = scope["path"].lstrip("/").partition("/")
+        if variant == "health":  # the readiness probe
+            await apps["profile"](scope, receive, send)
+            return
         if variant == "cpu":
             body = json.dumps({"loop_cpu_s": time.thread_time()}).encode()
             await send({"type": "http.response.start", "status": 200,
                         "headers": [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]})
             await send({"type": "http.response.body", "body": body})
             return
-        inner = dict(scope, path="/" + rest, raw_path=b"/" + rest.encode())
-        await apps["profile" if variant == "health" else variant](inner if variant != "health" else scope,
-                                                                   receive, send)
+        await apps[variant](dict(scope, path="/" + rest, raw_path=b"/" + rest.encode()), receive, send)
 
     return dispatch
 
@@ -480,9 +487,8 @@ def run_ab(args: argparse.Namespace) -> None:
     cpus = sorted(os.sched_getaffinity(0))
     pin = args.pin and len(cpus) >= 2
     with tempfile.TemporaryDirectory(prefix="cirron-bench-ab-") as tmp:
-        env = dict(os.environ, CIRRON_SPOOL_DIR=str(Path(tmp) / "spool"), CIRRON_NO_PROJECT_FILE="1",
-                   PYTHONPATH=str(ROOT))
-        server = subprocess.Popen([sys.executable, __file__, "serve-ab", "--port", str(port)], env=env, cwd=tmp,
+        server = subprocess.Popen([sys.executable, __file__, "serve-ab", "--port", str(port)],
+                                  env=_server_env(Path(tmp)), cwd=tmp,
                                   preexec_fn=(lambda: os.sched_setaffinity(0, {cpus[-1]})) if pin else None)
         try:
             _wait_ready(port, server)
@@ -490,24 +496,21 @@ def run_ab(args: argparse.Namespace) -> None:
                 os.sched_setaffinity(0, {cpus[0]})
             res = asyncio.run(_ab_load(port, args.concurrency, args.slice, args.repeats))
         finally:
-            server.send_signal(signal.SIGINT)
-            try:
-                server.wait(20)
-            except subprocess.TimeoutExpired:
-                server.kill()
+            _stop_server(server)
     slices = res["slices"]
     base = slices["profile"]
     print(f"one server, concurrency {args.concurrency}, {args.repeats} rounds of {args.slice:g} s slices per variant; "
           f"errors {res['errors']}")
     print(f"{'variant':<10} {'req/s':>7} {'p99 ms':>7} {'loop cpu':>9}   vs profile, paired by round: "
           f"{'req/s':>6} {'p99':>7} {'loop cpu':>9}")
+    def pooled_p99_ms(variant_slices: list[dict]) -> float:
+        return _p99(sorted(x for s in variant_slices for x in s["latencies"])) * 1e3
+
     summary = {}
+    base_p99 = pooled_p99_ms(base)
     for v in AB_VARIANTS:
         mine = slices[v]
-        pooled = sorted(x for s in mine for x in s["latencies"])
-        p99 = pooled[min(len(pooled) - 1, int(len(pooled) * 0.99))] * 1e3 if pooled else float("nan")
-        base_pooled = sorted(x for s in base for x in s["latencies"])
-        base_p99 = base_pooled[min(len(base_pooled) - 1, int(len(base_pooled) * 0.99))] * 1e3
+        p99 = pooled_p99_ms(mine)
         d_rps = statistics.median(a["rps"] / b["rps"] - 1 for a, b in zip(mine, base)) * 100
         d_cpu = statistics.median(a["loop_cpu_us"] - b["loop_cpu_us"] for a, b in zip(mine, base))
         rps, cpu = statistics.median(s["rps"] for s in mine), statistics.median(s["loop_cpu_us"] for s in mine)
@@ -516,16 +519,12 @@ def run_ab(args: argparse.Namespace) -> None:
         rel = "" if v == "profile" else (f"{' ' * 30}{d_rps:+6.1f}% {summary[v]['p99_change_pct']:+6.1f}% "
                                          f"{d_cpu:+6.1f} us")
         print(f"{v:<10} {rps:7.0f} {p99:7.2f} {cpu:6.0f} us{rel}")
-    def p99_of(s: dict) -> float:
-        ls = s["latencies"]
-        return ls[min(len(ls) - 1, int(len(ls) * 0.99))] if ls else float("nan")
-
     twin, twin_lo, twin_hi = median_ci([100 * (a["rps"] / b["rps"] - 1) for a, b in zip(slices["profile_b"], base)])
     print(f"\nthe profile/profile_b twins (the same app): {twin:+.1f}% [90% CI {twin_lo:+.1f} to {twin_hi:+.1f}], "
           "the noise floor")
     pairs = list(zip(slices["inference"], base))
     print(verdict([100 * (1 - a["rps"] / b["rps"]) for a, b in pairs],
-                  [100 * (p99_of(a) / p99_of(b) - 1) for a, b in pairs]))
+                  [100 * (_p99(a["latencies"]) / _p99(b["latencies"]) - 1) for a, b in pairs]))
     if args.json:
         args.json.write_text(json.dumps({"mode": "ab", "summary": summary}, indent=2))
 
@@ -608,26 +607,22 @@ def _callgrind_totals(outdir: Path) -> dict[str, int]:
 
 def run_callgrind_variant(variant: str, requests: int, concurrency: int, workdir: Path) -> dict[str, float]:
     port = _free_port()
-    env = dict(os.environ, CIRRON_SPOOL_DIR=str(workdir / "spool"), CIRRON_NO_PROJECT_FILE="1",
-               BENCH_OTEL_FILE=str(workdir / "otel.jsonl"), PYTHONPATH=str(ROOT))
     server = subprocess.Popen(["valgrind", "--tool=callgrind", "--instr-atstart=no", "--cache-sim=yes",
                                f"--callgrind-out-file={workdir / 'cg.out'}", sys.executable, __file__, "serve",
-                               variant, "--port", str(port)], env=env, cwd=workdir,
+                               variant, "--port", str(port)], env=_server_env(workdir), cwd=workdir,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    def control(command: str) -> None:
+        subprocess.run(["callgrind_control", command, str(server.pid)], check=True, capture_output=True)
+
     try:
         _wait_ready(port, server, timeout=600.0)
         asyncio.run(_count_load(port, max(200, requests // 3), concurrency))  # warm-up, not counted
-        for command in ("--instr=on", None, "--instr=off", "--dump"):
-            if command is None:
-                asyncio.run(_count_load(port, requests, concurrency))
-            else:
-                subprocess.run(["callgrind_control", command, str(server.pid)], check=True, capture_output=True)
+        control("--instr=on")
+        asyncio.run(_count_load(port, requests, concurrency))
+        control("--instr=off")
+        control("--dump")
     finally:
-        server.send_signal(signal.SIGINT)
-        try:
-            server.wait(120)
-        except subprocess.TimeoutExpired:
-            server.kill()
+        _stop_server(server, timeout=120.0)
     totals = _callgrind_totals(workdir)
     per = {e: totals.get(e, 0) / requests for e in CALLGRIND_EVENTS}
     l1 = per["I1mr"] + per["D1mr"] + per["D1mw"]
@@ -668,6 +663,21 @@ def run_callgrind(args: argparse.Namespace) -> None:
 # --------------------------------------------------------------------------- orchestration
 
 
+def _server_env(workdir: Path) -> dict[str, str]:
+    """A benchmark server's environment: its own spool and OpenTelemetry file under ``workdir``."""
+    return dict(os.environ, CIRRON_SPOOL_DIR=str(workdir / "spool"), CIRRON_NO_PROJECT_FILE="1",
+                BENCH_OTEL_FILE=str(workdir / "otel.jsonl"), PYTHONPATH=str(ROOT))
+
+
+def _stop_server(server: subprocess.Popen, timeout: float = 20.0) -> None:
+    """SIGINT (so the lifespan's profiling session ends and flushes), then SIGKILL if it hangs."""
+    server.send_signal(signal.SIGINT)
+    try:
+        server.wait(timeout)
+    except subprocess.TimeoutExpired:
+        server.kill()
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -692,8 +702,7 @@ def _wait_ready(port: int, proc: subprocess.Popen, timeout: float = 30.0) -> Non
 
 def run_variant(variant: str, args: argparse.Namespace, workdir: Path) -> dict:
     port = _free_port()
-    env = dict(os.environ, CIRRON_SPOOL_DIR=str(workdir / "spool"), CIRRON_NO_PROJECT_FILE="1",
-               BENCH_OTEL_FILE=str(workdir / "otel.jsonl"), PYTHONPATH=str(ROOT))
+    env = _server_env(workdir)
     cpus = sorted(os.sched_getaffinity(0))
     pin = args.pin and len(cpus) >= 2
 
@@ -716,11 +725,7 @@ def run_variant(variant: str, args: argparse.Namespace, workdir: Path) -> dict:
         res["sys_us_per_req"] = (_cpu_s(server.pid, system_only=True) - sys0) / max(1, res["requests_all"]) * 1e6
         return res
     finally:
-        server.send_signal(signal.SIGINT)
-        try:
-            server.wait(20)
-        except subprocess.TimeoutExpired:
-            server.kill()
+        _stop_server(server)
 
 
 def _cpu_s(pid: int, system_only: bool = False) -> float:

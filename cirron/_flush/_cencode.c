@@ -161,7 +161,7 @@ static int put_float(Buf *b, double x) {
 static PyTypeObject *attrs_type = NULL;
 
 /* One attribute value as JSON: None, bool, int, float or str (the only values a plain dict or a
- * frozen Attrs holds; a str is checked by put_str). */
+ * frozen Attrs holds, and a mark's value types; a str is checked by put_str). */
 static int put_attr_value(Buf *b, PyObject *value) {
     if (value == Py_None) return PUT_LIT(b, "null") < 0 ? -1 : 1;
     if (value == Py_True) return PUT_LIT(b, "true") < 0 ? -1 : 1;
@@ -171,34 +171,33 @@ static int put_attr_value(Buf *b, PyObject *value) {
     return put_str(b, value);
 }
 
+/* `"key":value`, preceded by a comma unless it is the first. */
+static int put_attr(Buf *b, PyObject *key, PyObject *value, int first) {
+    int r;
+    if (!first && PUT_LIT(b, ",") < 0) return -1;
+    if ((r = put_str(b, key)) != 1) return r;
+    if (PUT_LIT(b, ":") < 0) return -1;
+    return put_attr_value(b, value);
+}
+
 /* A flat attribute dict (str keys; None, bool, int, float or str values) or a frozen Attrs of
  * cirron._record._cscope as a JSON object, the same as strict_json would make it; anything else
  * (nesting, other types) is left to the fallback. */
 static int put_attrs(Buf *b, PyObject *attrs) {
     if (attrs == Py_None) return PUT_LIT(b, "{}") < 0 ? -1 : 1;
-    int r;
-    if (attrs_type != NULL && Py_IS_TYPE(attrs, attrs_type)) {
-        RowObject *pairs = (RowObject *)attrs;
-        if (PUT_LIT(b, "{") < 0) return -1;
-        for (Py_ssize_t i = 0; i + 1 < Py_SIZE(pairs); i += 2) {
-            if (i && PUT_LIT(b, ",") < 0) return -1;
-            if ((r = put_str(b, pairs->item[i])) != 1) return r;
-            if (PUT_LIT(b, ":") < 0) return -1;
-            if ((r = put_attr_value(b, pairs->item[i + 1])) != 1) return r;
-        }
-        return PUT_LIT(b, "}") < 0 ? -1 : 1;
-    }
-    if (!PyDict_CheckExact(attrs)) return 0;
+    int frozen = attrs_type != NULL && Py_IS_TYPE(attrs, attrs_type);
+    if (!frozen && !PyDict_CheckExact(attrs)) return 0;
     if (PUT_LIT(b, "{") < 0) return -1;
-    Py_ssize_t pos = 0;
-    PyObject *key, *value;
-    int first = 1;
-    while (PyDict_Next(attrs, &pos, &key, &value)) {
-        if (!first && PUT_LIT(b, ",") < 0) return -1;
-        first = 0;
-        if ((r = put_str(b, key)) != 1) return r;
-        if (PUT_LIT(b, ":") < 0) return -1;
-        if ((r = put_attr_value(b, value)) != 1) return r;
+    int r;
+    if (frozen) {
+        RowObject *pairs = (RowObject *)attrs;
+        for (Py_ssize_t i = 0; i + 1 < Py_SIZE(pairs); i += 2)
+            if ((r = put_attr(b, pairs->item[i], pairs->item[i + 1], i == 0)) != 1) return r;
+    } else {
+        Py_ssize_t pos = 0, written = 0;
+        PyObject *key, *value;
+        while (PyDict_Next(attrs, &pos, &key, &value))
+            if ((r = put_attr(b, key, value, written++ == 0)) != 1) return r;
     }
     return PUT_LIT(b, "}") < 0 ? -1 : 1;
 }
@@ -223,11 +222,11 @@ static int put_fallback(Buf *b, Py_ssize_t mark, PyObject *fallback, PyObject *c
  * rows from the compiled recorder and as tuples from the pure-Python one. Without them, rows
  * take the fallback. */
 static PyTypeObject *row_type = NULL;
-static int row_type_looked_up = 0;
+static int record_types_looked_up = 0;
 
-static void look_up_row_type(void) {
-    if (row_type_looked_up) return;
-    row_type_looked_up = 1;
+static void look_up_record_types(void) {
+    if (record_types_looked_up) return;
+    record_types_looked_up = 1;
     PyObject *m = PyImport_ImportModule("cirron._record._cscope");
     PyObject *t = m ? PyObject_GetAttrString(m, "Row") : NULL;
     PyObject *a = m ? PyObject_GetAttrString(m, "Attrs") : NULL;
@@ -252,7 +251,7 @@ static PyObject *encode_spans(PyObject *Py_UNUSED(m), PyObject *const *args, Py_
         return NULL;
     }
     PyObject *rows = args[0], *pid = args[1], *rank = args[2], *root_id = args[3], *root_hex = args[4];
-    look_up_row_type();
+    look_up_record_types();
     PyObject *fallback = args[5];
     Buf b = {NULL, 0, 0};
     /* The text of ',"pid":P,"rank":R,"attrs":' is the same for every record. */
@@ -329,7 +328,7 @@ static PyObject *encode_marks(PyObject *Py_UNUSED(m), PyObject *const *args, Py_
         return NULL;
     }
     PyObject *rows = args[0], *ids = args[1], *sentinel = args[2], *fallback = args[3];
-    look_up_row_type();
+    look_up_record_types();
     Buf b = {NULL, 0, 0};
     Py_ssize_t n = PyList_GET_SIZE(rows);
     for (Py_ssize_t i = 0; i < n; i++) {
@@ -354,11 +353,7 @@ static PyObject *encode_marks(PyObject *Py_UNUSED(m), PyObject *const *args, Py_
         LIT(",\"name\":");
         STEP(put_str(&b, f[1]));
         LIT(",\"value\":");
-        if (vt[0] == 'f') STEP(put_float(&b, PyFloat_AS_DOUBLE(value)));
-        else if (vt[0] == 'b' && value == Py_True) LIT("true");
-        else if (vt[0] == 'b') LIT("false");
-        else if (vt[0] == 'i') STEP(put_int(&b, value));
-        else STEP(put_str(&b, value));
+        STEP(put_attr_value(&b, value));
         LIT(",\"value_type\":\"");
         if (buf_put(&b, vt, (Py_ssize_t)strlen(vt)) < 0) goto error;
         LIT("\",\"kind\":");

@@ -223,33 +223,30 @@ static PyTypeObject Row_Type = {
  * pairs in a row-shaped object that reads like a read-only dict. Anything else stays a dict. */
 static PyTypeObject Attrs_Type;
 
-static int attrs_are_plain(PyObject *attrs) {
-    Py_ssize_t pos = 0;
-    PyObject *key, *value;
-    while (PyDict_Next(attrs, &pos, &key, &value)) {
-        if (!PyUnicode_CheckExact(key)) return 0;
-        if (!(value == Py_None || PyUnicode_CheckExact(value) || PyLong_CheckExact(value) ||
-              PyFloat_CheckExact(value) || PyBool_Check(value)))
-            return 0;
-    }
-    return 1;
+static inline int is_plain_attr(PyObject *key, PyObject *value) {
+    return PyUnicode_CheckExact(key) && (value == Py_None || PyUnicode_CheckExact(value) || PyLong_CheckExact(value) ||
+                                         PyFloat_CheckExact(value) || PyBool_Check(value));
 }
 
 /* What a record keeps of `attrs` (new reference): None for none, a frozen Attrs for a plain dict,
- * the object itself otherwise. */
+ * the object itself otherwise. One pass: the copy is dropped at the first value that is not plain. */
 static PyObject *freeze_attrs(PyObject *attrs) {
     if (IS_NONE(attrs) || (PyDict_CheckExact(attrs) && PyDict_GET_SIZE(attrs) == 0)) return Py_NewRef(Py_None);
-    if (!PyDict_CheckExact(attrs) || !attrs_are_plain(attrs)) return Py_NewRef(attrs);
-    Py_ssize_t n = PyDict_GET_SIZE(attrs), pos = 0, i = 0;
-    RowObject *frozen = PyObject_NewVar(RowObject, &Attrs_Type, 2 * n);
+    if (!PyDict_CheckExact(attrs)) return Py_NewRef(attrs);
+    Py_ssize_t pos = 0, i = 0;
+    RowObject *frozen = PyObject_NewVar(RowObject, &Attrs_Type, 2 * PyDict_GET_SIZE(attrs));
     if (frozen == NULL) return NULL;
     PyObject *key, *value;
-    while (PyDict_Next(attrs, &pos, &key, &value) && i < 2 * n) {
+    while (i < Py_SIZE(frozen) && PyDict_Next(attrs, &pos, &key, &value)) {
+        if (!is_plain_attr(key, value)) break;
         frozen->item[i++] = Py_NewRef(key);
         frozen->item[i++] = Py_NewRef(value);
     }
-    for (; i < 2 * n; i++) frozen->item[i] = Py_NewRef(Py_None); /* cannot happen: nothing ran in between */
-    return (PyObject *)frozen;
+    int complete = i == Py_SIZE(frozen);
+    Py_SET_SIZE(frozen, i); /* what Row_dealloc releases */
+    if (complete) return (PyObject *)frozen;
+    Py_DECREF(frozen);
+    return Py_NewRef(attrs);
 }
 
 static PyObject *attrs_as_dict(RowObject *self) {
