@@ -23,7 +23,7 @@ for ``inference`` against ``profile``: throughput loss <= 5 %, p99 latency incre
     .venv/bin/python bench/bench_serving.py --duration 4 --repeats 6 --pin --json out.json
     .venv/bin/python bench/bench_serving.py --asgi                # in process, no server, no network
     .venv/bin/python bench/bench_serving.py --paired 20000        # in process, request by request
-    .venv/bin/python bench/bench_serving.py --ab --pin            # one server, variants slice by slice
+    .venv/bin/python bench/bench_serving.py --ab --pin --repeats 60   # servers side by side, slice by slice
     .venv/bin/python bench/bench_serving.py --callgrind 1000      # instructions and misses per request
 
 ``--pin`` puts the server and the load generator on one CPU each. The load generator writes raw
@@ -42,14 +42,15 @@ difference of the medians is the added cost per request, and it holds still on a
 throughput swings by 10 % from run to run. The flush service's CPU per span written is shown
 apart.
 
-``--ab`` runs one uvicorn server holding the cirron variants side by side (``profile``, its twin
-``profile_b``, ``scope``, ``inference``: one FastAPI app each behind a path dispatcher, one
-profiling session with the spool sink for all) and switches the load generator from one to the
-next every ``--slice`` seconds, order rotated. Each slice gives throughput, latencies and the
-event loop thread's CPU per request; each variant is compared with the ``profile`` slice of the
-same round. ``profile_b`` is the same app as ``profile``: its figures are the noise floor. What
-the variants share (the flush service writing the spans, the process's memory) is charged to
-whichever slice it falls in, so separate servers (the default mode) remain the end-to-end figure.
+``--ab`` starts one uvicorn server per cirron variant (``profile``, its twin ``profile_b``,
+``scope``, ``inference``), all on the same CPU, and switches the load generator from one to the
+next every ``--slice`` seconds, order rotated. A slice ends by pausing the clients, letting the
+requests in flight finish and asking the server to write out what it buffered (``ci.flush()``),
+all inside the slice's time: every variant pays for its own spans' writing, and no server's
+flush falls into another's slice. Each slice gives throughput, latencies and the server process's
+CPU per request (flush thread included); each variant is compared with the ``profile`` slice of
+the same round, so the machine's slow swings cancel out. ``profile_b`` is the same app as
+``profile``: its figures are the noise floor.
 
 ``--callgrind N`` runs each variant's server under valgrind's callgrind (with its cache model)
 and counts what N requests at the given concurrency cost in the server, after a warm-up:
@@ -133,6 +134,14 @@ def build_app(variant: str):  # noqa: ANN201
     @app.get("/health")
     async def health() -> dict:
         return {"ok": True}
+
+    @app.get("/bench/cpu")
+    async def bench_cpu() -> dict:  # the whole process's CPU time: flush threads included
+        return {"cpu_s": time.process_time()}
+
+    @app.get("/bench/flush")
+    async def bench_flush() -> dict:  # write out what the session buffered, before answering
+        return {"flushed": ci.flush()}
 
     if variant in ("otel", "otel_noexport"):
         from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
@@ -384,125 +393,118 @@ def asgi_group(variants: list[str], block: int, blocks: int) -> None:
         print(json.dumps(asyncio.run(_asgi_bench(variants, block, blocks))))
 
 
-# --------------------------------------------------------------------------- one server, slices
+# --------------------------------------------------------------------------- servers side by side, slices
 
 AB_VARIANTS = ("profile", "profile_b", "scope", "inference")
 
 
-def build_ab_app():  # noqa: ANN201
-    """The cirron variants behind one ASGI entry point: ``/<variant>/predict`` goes to that
-    variant's app; ``/cpu`` reports the event loop thread's CPU time. One profiling session
-    (spool sink) serves them all."""
-    import cirron as ci
-
-    apps = {v: build_app("profile" if v == "profile_b" else v) for v in AB_VARIANTS}
-    for app in apps.values():
-        app.router.lifespan_context = None
-    session: list = []
-
-    async def dispatch(scope: dict, receive, send) -> None:  # noqa: ANN001
-        if scope["type"] == "lifespan":
-            while True:
-                message = await receive()
-                if message["type"] == "lifespan.startup":
-                    session.append(ci.profiling(output=os.environ.get("BENCH_CIRRON_OUTPUT", "spool")))
-                    await session[0].__aenter__()
-                    await send({"type": "lifespan.startup.complete"})
-                elif message["type"] == "lifespan.shutdown":
-                    await session[0].__aexit__(None, None, None)
-                    await send({"type": "lifespan.shutdown.complete"})
-                    return
-        variant, _, rest = scope["path"].lstrip("/").partition("/")
-        if variant == "health":  # the readiness probe
-            await apps["profile"](scope, receive, send)
-            return
-        if variant == "cpu":
-            body = json.dumps({"loop_cpu_s": time.thread_time()}).encode()
-            await send({"type": "http.response.start", "status": 200,
-                        "headers": [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]})
-            await send({"type": "http.response.body", "body": body})
-            return
-        await apps[variant](dict(scope, path="/" + rest, raw_path=b"/" + rest.encode()), receive, send)
-
-    return dispatch
-
-
-async def _ab_load(port: int, concurrency: int, slice_s: float, rounds: int) -> dict:
-    requests = {v: (b"POST /%s/predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-                    b"Content-Length: %d\r\n\r\n%s" % (v.encode(), len(BODY), BODY)) for v in AB_VARIANTS}
-    state = {"variant": AB_VARIANTS[0], "measuring": False, "stop": False}
+async def _ab_load(ports: dict[str, int], concurrency: int, slice_s: float, rounds: int) -> dict:
+    """Switch the load from one server to the next every ``slice_s`` seconds. A slice ends by
+    pausing the clients, letting the requests in flight finish and making the server write out
+    what it buffered (``/bench/flush``), all inside the slice's time: each variant pays for its
+    own spans' writing, and no server's flush falls into another's slice."""
+    request = (b"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+               b"Content-Length: %d\r\n\r\n%s" % (len(BODY), BODY))
+    conns: dict[str, list] = {v: [await asyncio.open_connection("127.0.0.1", ports[v]) for _ in range(concurrency)]
+                              for v in AB_VARIANTS}
+    state = {"variant": None, "stop": False, "in_flight": 0}
+    resume, idle = asyncio.Event(), asyncio.Event()
+    idle.set()
     done = {v: 0 for v in AB_VARIANTS}
     lat: dict[str, list[float]] = {v: [] for v in AB_VARIANTS}
     errors = [0]
 
-    async def worker() -> None:
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        try:
-            while not state["stop"]:
-                v, t0 = state["variant"], time.perf_counter()
-                writer.write(requests[v])
-                status, _ = await _read_response(reader)
-                if not status.startswith(b"HTTP/1.1 200"):
-                    errors[0] += 1
-                if state["measuring"] and state["variant"] == v:
-                    done[v] += 1
-                    lat[v].append(time.perf_counter() - t0)
-        finally:
-            writer.close()
+    async def worker(i: int) -> None:
+        while not state["stop"]:
+            v = state["variant"]
+            if v is None:
+                await resume.wait()
+                continue
+            reader, writer = conns[v][i]
+            state["in_flight"] += 1
+            idle.clear()
+            t0 = time.perf_counter()
+            writer.write(request)
+            status, _ = await _read_response(reader)
+            lat[v].append(time.perf_counter() - t0)
+            done[v] += 1
+            if not status.startswith(b"HTTP/1.1 200"):
+                errors[0] += 1
+            state["in_flight"] -= 1
+            if state["in_flight"] == 0:
+                idle.set()
 
-    async def loop_cpu() -> float:
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        writer.write(b"GET /cpu HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+    async def ask(v: str, path: str) -> bytes:
+        reader, writer = await asyncio.open_connection("127.0.0.1", ports[v])
+        writer.write(b"GET %s HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n" % path.encode())
         _, body = await _read_response(reader)
         writer.close()
-        return json.loads(body)["loop_cpu_s"]
+        return body
 
-    slices: dict[str, list[dict]] = {v: [] for v in AB_VARIANTS}
-    tasks = [asyncio.create_task(worker()) for _ in range(concurrency)]
-    for v in AB_VARIANTS:  # warm-up: every variant's code paths and the session's buffers
+    async def run_slice(v: str, seconds: float) -> dict:
+        done[v], lat[v] = 0, []
+        c0 = json.loads(await ask(v, "/bench/cpu"))["cpu_s"]
+        t0 = time.perf_counter()
         state["variant"] = v
-        await asyncio.sleep(0.5)
+        resume.set()
+        await asyncio.sleep(seconds)
+        state["variant"] = None
+        resume.clear()
+        await idle.wait()
+        await ask(v, "/bench/flush")
+        elapsed = time.perf_counter() - t0
+        c1 = json.loads(await ask(v, "/bench/cpu"))["cpu_s"]
+        n = done[v]
+        return {"rps": n / elapsed, "cpu_us": (c1 - c0) / max(1, n) * 1e6, "latencies": sorted(lat[v])}
+
+    tasks = [asyncio.create_task(worker(i)) for i in range(concurrency)]
+    for v in AB_VARIANTS:  # warm-up: every server's code paths and buffers
+        await run_slice(v, 1.0)
+    slices: dict[str, list[dict]] = {v: [] for v in AB_VARIANTS}
     for r in range(rounds):
         k = r % len(AB_VARIANTS)
         order = list(AB_VARIANTS[k:] + AB_VARIANTS[:k])
         for v in order if (r // len(AB_VARIANTS)) % 2 == 0 else order[::-1]:
-            state["variant"], state["measuring"] = v, False
-            await asyncio.sleep(0.03)  # the previous variant's requests in flight finish first
-            done[v], lat[v] = 0, []
-            c0 = await loop_cpu()
-            state["measuring"], t0 = True, time.perf_counter()
-            await asyncio.sleep(slice_s)
-            state["measuring"], elapsed = False, time.perf_counter() - t0
-            c1 = await loop_cpu()
-            n, ls = done[v], sorted(lat[v])
-            slices[v].append({"rps": n / elapsed, "loop_cpu_us": (c1 - c0) / max(1, n) * 1e6,
-                              "latencies": ls})
+            slices[v].append(await run_slice(v, slice_s))
     state["stop"] = True
+    resume.set()
     await asyncio.gather(*tasks)
+    for pool in conns.values():
+        for _, writer in pool:
+            writer.close()
     return {"slices": slices, "errors": errors[0]}
 
 
 def run_ab(args: argparse.Namespace) -> None:
-    port = _free_port()
     cpus = sorted(os.sched_getaffinity(0))
     pin = args.pin and len(cpus) >= 2
+    servers: dict[str, subprocess.Popen] = {}
+    ports: dict[str, int] = {}
     with tempfile.TemporaryDirectory(prefix="cirron-bench-ab-") as tmp:
-        server = subprocess.Popen([sys.executable, __file__, "serve-ab", "--port", str(port)],
-                                  env=_server_env(Path(tmp)), cwd=tmp,
-                                  preexec_fn=(lambda: os.sched_setaffinity(0, {cpus[-1]})) if pin else None)
         try:
-            _wait_ready(port, server)
+            for v in AB_VARIANTS:
+                wd = Path(tmp) / v
+                wd.mkdir()
+                ports[v] = _free_port()
+                servers[v] = subprocess.Popen(
+                    [sys.executable, __file__, "serve", "profile" if v == "profile_b" else v, "--port", str(ports[v])],
+                    env=_server_env(wd), cwd=wd,
+                    preexec_fn=(lambda: os.sched_setaffinity(0, {cpus[-1]})) if pin else None)
+            for v in AB_VARIANTS:
+                _wait_ready(ports[v], servers[v])
             if pin:
                 os.sched_setaffinity(0, {cpus[0]})
-            res = asyncio.run(_ab_load(port, args.concurrency, args.slice, args.repeats))
+            res = asyncio.run(_ab_load(ports, args.concurrency, args.slice, args.repeats))
         finally:
-            _stop_server(server)
+            for server in servers.values():
+                _stop_server(server)
     slices = res["slices"]
     base = slices["profile"]
-    print(f"one server, concurrency {args.concurrency}, {args.repeats} rounds of {args.slice:g} s slices per variant; "
-          f"errors {res['errors']}")
-    print(f"{'variant':<10} {'req/s':>7} {'p99 ms':>7} {'loop cpu':>9}   vs profile, paired by round: "
-          f"{'req/s':>6} {'p99':>7} {'loop cpu':>9}")
+    print(f"one server per variant, concurrency {args.concurrency}, {args.repeats} rounds of {args.slice:g} s "
+          f"slices per variant; errors {res['errors']}")
+    print(f"{'variant':<10} {'req/s':>7} {'p99 ms':>7} {'cpu/req':>9}   vs profile, paired by round: "
+          f"{'req/s':>6} {'p99':>7} {'cpu/req':>9}")
+
     def pooled_p99_ms(variant_slices: list[dict]) -> float:
         return _p99(sorted(x for s in variant_slices for x in s["latencies"])) * 1e3
 
@@ -512,10 +514,10 @@ def run_ab(args: argparse.Namespace) -> None:
         mine = slices[v]
         p99 = pooled_p99_ms(mine)
         d_rps = statistics.median(a["rps"] / b["rps"] - 1 for a, b in zip(mine, base)) * 100
-        d_cpu = statistics.median(a["loop_cpu_us"] - b["loop_cpu_us"] for a, b in zip(mine, base))
-        rps, cpu = statistics.median(s["rps"] for s in mine), statistics.median(s["loop_cpu_us"] for s in mine)
-        summary[v] = {"rps": rps, "p99_ms": p99, "loop_cpu_us": cpu, "rps_change_pct": d_rps,
-                      "p99_change_pct": (p99 / base_p99 - 1) * 100, "loop_cpu_change_us": d_cpu}
+        d_cpu = statistics.median(a["cpu_us"] - b["cpu_us"] for a, b in zip(mine, base))
+        rps, cpu = statistics.median(s["rps"] for s in mine), statistics.median(s["cpu_us"] for s in mine)
+        summary[v] = {"rps": rps, "p99_ms": p99, "cpu_us_per_req": cpu, "rps_change_pct": d_rps,
+                      "p99_change_pct": (p99 / base_p99 - 1) * 100, "cpu_change_us": d_cpu}
         rel = "" if v == "profile" else (f"{' ' * 30}{d_rps:+6.1f}% {summary[v]['p99_change_pct']:+6.1f}% "
                                          f"{d_cpu:+6.1f} us")
         print(f"{v:<10} {rps:7.0f} {p99:7.2f} {cpu:6.0f} us{rel}")
@@ -754,8 +756,6 @@ def main() -> None:
     p_group.add_argument("variants")
     p_group.add_argument("--block", type=int, default=2000)
     p_group.add_argument("--blocks", type=int, default=10)
-    p_ab = sub.add_parser("serve-ab")
-    p_ab.add_argument("--port", type=int, required=True)
     p_paired = sub.add_parser("paired-group")
     p_paired.add_argument("--requests", type=int, default=20000)
     p_load = sub.add_parser("load")
@@ -777,18 +777,13 @@ def main() -> None:
     parser.add_argument("--paired", type=int, metavar="N",
                         help="in-process, request by request: the added CPU per request of scope and inference")
     parser.add_argument("--ab", action="store_true",
-                        help="one server with the cirron variants side by side, load switched slice by slice")
+                        help="a server per cirron variant side by side, load switched slice by slice")
     parser.add_argument("--slice", type=float, default=0.5, help="--ab: seconds per slice")
     parser.add_argument("--callgrind", type=int, metavar="N",
                         help="each variant's server under callgrind: instructions and cache misses per request")
     args = parser.parse_args()
     if args.cmd == "serve":
         serve(args.variant, args.port)
-        return
-    if args.cmd == "serve-ab":
-        import uvicorn
-
-        uvicorn.run(build_ab_app(), host="127.0.0.1", port=args.port, log_level="warning", access_log=False)
         return
     if args.cmd == "asgi-group":
         asgi_group(args.variants.split(","), args.block, args.blocks)
