@@ -1218,6 +1218,41 @@ error:
     return -1;
 }
 
+/* Where a step's CPU time starts: the span's own reading for the first step (taken a moment
+ * ago on this thread, right before it), the clock for the others. */
+static long long step_cpu_start(RequestObject *self) {
+    if (IS_NONE(self->c0)) return clock_ns(CLOCK_THREAD_CPUTIME_ID);
+    long long c0 = as_long_long(self->c0);
+    Py_SETREF(self->c0, Py_NewRef(Py_None));
+    if (c0 == -1 && PyErr_Occurred()) {
+        PyErr_Clear();
+        c0 = clock_ns(CLOCK_THREAD_CPUTIME_ID);
+    }
+    return c0;
+}
+
+/* Enter the request's context for one step; NULL (with an exception) if it cannot be entered. */
+static PyObject *step_enter(RequestObject *self) {
+    PyObject *ctx = Py_NewRef(self->ctx);
+    if (PyContext_Enter(ctx) < 0) {
+        Py_DECREF(ctx);
+        return NULL;
+    }
+    self->depth = 1;
+    return ctx;
+}
+
+/* Leave it again, keeping whatever exception the step raised, and count the step's CPU time. */
+static void step_exit(RequestObject *self, PyObject *ctx, long long c0) {
+    self->depth = 0;
+    PyObject *type, *value, *tb;
+    PyErr_Fetch(&type, &value, &tb);
+    if (PyContext_Exit(ctx) < 0) PyErr_Clear(); /* cannot fail: entered by step_enter, on this thread */
+    PyErr_Restore(type, value, tb);
+    Py_DECREF(ctx);
+    self->cpu += clock_ns(CLOCK_THREAD_CPUTIME_ID) - c0;
+}
+
 /* One step of the endpoint's coroutine: inside the request's context, its thread CPU time added
  * to the request's, unless we are already inside (a stream read by the request's own code) or
  * the request has ended. */
@@ -1233,34 +1268,33 @@ static PySendResult request_step(RequestObject *self, PyObject *arg, PyObject **
         Py_DECREF(coro);
         return status;
     }
-    long long c0;
-    if (!IS_NONE(self->c0)) {
-        c0 = as_long_long(self->c0);
-        Py_SETREF(self->c0, Py_NewRef(Py_None));
-        if (c0 == -1 && PyErr_Occurred()) {
-            PyErr_Clear();
-            c0 = clock_ns(CLOCK_THREAD_CPUTIME_ID);
-        }
-    } else {
-        c0 = clock_ns(CLOCK_THREAD_CPUTIME_ID);
-    }
-    PyObject *ctx = Py_NewRef(self->ctx);
-    if (PyContext_Enter(ctx) < 0) {
-        Py_DECREF(ctx);
+    long long c0 = step_cpu_start(self);
+    PyObject *ctx = step_enter(self);
+    if (ctx == NULL) {
         Py_DECREF(coro);
         return PYGEN_ERROR;
     }
-    self->depth = 1;
     PySendResult status = PyIter_Send(coro, arg, result);
-    self->depth = 0;
-    PyObject *type, *value, *tb;
-    PyErr_Fetch(&type, &value, &tb);
-    if (PyContext_Exit(ctx) < 0) PyErr_Clear(); /* cannot fail: we entered it above, on this thread */
-    PyErr_Restore(type, value, tb);
-    Py_DECREF(ctx);
+    step_exit(self, ctx, c0);
     Py_DECREF(coro);
-    self->cpu += clock_ns(CLOCK_THREAD_CPUTIME_ID) - c0;
     return status;
+}
+
+/* run(fn, *args, **kwargs): fn(*args, **kwargs) as one step of the request, like request_step. */
+static PyObject *Request_run(RequestObject *self, PyObject *const *args, size_t nargsf, PyObject *kwnames) {
+    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+    if (nargs < 1) {
+        PyErr_SetString(PyExc_TypeError, "run() takes the callable to run");
+        return NULL;
+    }
+    PyObject *fn = args[0];
+    if (self->depth || IS_NONE(self->ctx)) return PyObject_Vectorcall(fn, args + 1, nargs - 1, kwnames);
+    long long c0 = step_cpu_start(self);
+    PyObject *ctx = step_enter(self);
+    if (ctx == NULL) return NULL;
+    PyObject *r = PyObject_Vectorcall(fn, args + 1, nargs - 1, kwnames);
+    step_exit(self, ctx, c0);
+    return r;
 }
 
 static PyObject *Request_await(RequestObject *self) {
@@ -1332,6 +1366,8 @@ done:
 }
 
 static PyMethodDef Request_methods[] = {
+    {"run", (PyCFunction)(void (*)(void))Request_run, METH_FASTCALL | METH_KEYWORDS,
+     "run(fn, *args, **kwargs): fn(*args, **kwargs) inside the request's context, its thread CPU time counted."},
     {"finish", (PyCFunction)(void (*)(void))Request_finish, METH_FASTCALL | METH_KEYWORDS,
      "finish(exc=None, stream_end=None): close the request span once, with its summary marks."},
     {NULL, NULL, 0, NULL},

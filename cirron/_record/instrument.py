@@ -149,6 +149,23 @@ class _PyRequestBase:
         self.ctx = ctx
         self.coro: Any = None
 
+    def run(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """``fn(*args, **kwargs)`` inside the request's context, its thread CPU time counted."""
+        ctx = self.ctx
+        if self.depth or ctx is None:  # already inside (a stream read by the request's own code) or ended
+            return fn(*args, **kwargs)
+        c0 = self.c0
+        if c0 is None:
+            c0 = thread_time_ns()
+        else:
+            self.c0 = None
+        self.depth = 1
+        try:
+            return ctx.run(fn, *args, **kwargs)
+        finally:
+            self.depth = 0
+            self.cpu += thread_time_ns() - c0
+
     # ``await req`` drives ``req.coro`` with every step inside the request's context. The
     # request object is its own iterator (no proxy object, no generator per request); a
     # StopIteration out of ``send`` ends the await with the coroutine's return value.
@@ -184,23 +201,6 @@ class _Request(_RequestBase):  # type: ignore[misc,valid-type]
         coro = self.coro
         if coro is not None:
             self.run(coro.close)
-
-    def run(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        """``fn(*args, **kwargs)`` inside the request's context, its thread CPU time counted."""
-        ctx = self.ctx
-        if self.depth or ctx is None:  # already inside (a stream read by the request's own code) or ended
-            return fn(*args, **kwargs)
-        c0 = self.c0
-        if c0 is None:
-            c0 = thread_time_ns()
-        else:
-            self.c0 = None
-        self.depth = 1
-        try:
-            return ctx.run(fn, *args, **kwargs)
-        finally:
-            self.depth = 0
-            self.cpu += thread_time_ns() - c0
 
     # -- results --------------------------------------------------------------------------
 

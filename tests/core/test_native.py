@@ -392,6 +392,44 @@ def test_request_ids_made_in_c_are_random_version_4_uuids() -> None:
         cscope.uuid4_text(1 << 128)
 
 
+@pytest.mark.parametrize("impl", ["compiled", "python"])
+def test_request_run_steps_inside_the_request_context_in_c_as_in_python(impl: str) -> None:
+    pytest.importorskip("cirron._record._cscope", reason="the C scope was not built")
+    from cirron import Cirron
+    from cirron._record import instrument
+
+    c = Cirron()
+    rec = c._rec
+    req = instrument._Request(rec)
+    run = req.run if impl == "compiled" else (lambda *a, **k: instrument._PyRequestBase.run(req, *a, **k))
+    assert type(req).run is not instrument._PyRequestBase.run
+    outside = rec.current.get()
+
+    def inside(a: int, *, b: int) -> tuple:
+        sum(i * i for i in range(20_000))  # some CPU time to count
+        return a + b, rec.current.get() is req.span, instrument.current_request_id(), req.depth
+
+    assert run(inside, 1, b=2) == (3, True, req.rid, 1)
+    assert rec.current.get() is outside and instrument.current_request_id() is None
+    assert req.depth == 0 and req.c0 is None and req.cpu > 0
+
+    def fails() -> None:
+        raise KeyError("boom")
+
+    with pytest.raises(KeyError, match="boom"):
+        run(fails)
+    assert rec.current.get() is outside and req.depth == 0
+    # A step inside a step (a stream read by the request's own code) runs as it is.
+    assert run(lambda: run(lambda: rec.current.get() is req.span)) is True
+    with pytest.raises(TypeError):
+        run()
+    cpu = req.cpu
+    req.finish()
+    assert req.ctx is None
+    assert run(lambda: rec.current.get()) is outside  # an ended request runs code where it is
+    assert req.cpu == cpu
+
+
 @pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="needs os.fork")
 def test_a_forked_child_draws_other_request_ids_than_its_parent() -> None:
     import os
