@@ -528,7 +528,9 @@ def run_ab(args: argparse.Namespace) -> None:
     print(verdict([100 * (1 - a["rps"] / b["rps"]) for a, b in pairs],
                   [100 * (_p99(a["latencies"]) / _p99(b["latencies"]) - 1) for a, b in pairs]))
     if args.json:
-        args.json.write_text(json.dumps({"mode": "ab", "summary": summary}, indent=2))
+        per_round = {v: [{"rps": s["rps"], "cpu_us": s["cpu_us"], "p99_ms": _p99(s["latencies"]) * 1e3}
+                         for s in slices[v]] for v in AB_VARIANTS}
+        args.json.write_text(json.dumps({"mode": "ab", "summary": summary, "rounds": per_round}, indent=2))
 
 
 # --------------------------------------------------------------------------- verdicts
