@@ -8,6 +8,10 @@ process by a small asyncio HTTP/1.1 keep-alive load generator at a fixed concurr
 * ``scope``      — the same with a plain ``with ci.scope("request")`` in the endpoint instead: the
   cost of recording and writing one span per request, without the decorator's machinery;
 * ``inference``  — ``profile`` plus ``@ci.inference`` on the endpoint (what we measure);
+* ``floor``      — ``profile`` plus a hand-written wrapper that does the least any decorator
+  meeting the spec must do per request: read the thread's CPU clock and the wall clock at both
+  ends, draw a request id, bind it in a copy of the context, keep one record. No span, no
+  writing: the lower bound ``inference`` is compared with;
 * ``otel``       — ``opentelemetry-instrumentation-fastapi`` with an SDK ``TracerProvider``, a
   ``BatchSpanProcessor`` and an exporter that writes each batch as JSON lines to a file (the
   nearest OTel equivalent of cirron's spool sink). Needs
@@ -43,7 +47,7 @@ throughput swings by 10 % from run to run. The flush service's CPU per span writ
 apart.
 
 ``--ab`` starts one uvicorn server per cirron variant (``profile``, its twin ``profile_b``,
-``scope``, ``inference``), all on the same CPU, and switches the load generator from one to the
+``floor``, ``scope``, ``inference``), all on the same CPU, and switches the load generator from one to the
 next every ``--slice`` seconds, order rotated. A slice ends by pausing the clients, letting the
 requests in flight finish and asking the server to write out what it buffered (``ci.flush()``),
 all inside the slice's time: every variant pays for its own spans' writing, and no server's
@@ -84,7 +88,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-VARIANTS = ("none", "profile", "scope", "inference", "otel", "otel_noexport")
+VARIANTS = ("none", "profile", "scope", "inference", "floor", "otel", "otel_noexport")
 BODY = b'{"text": "a short review of a movie that was rather good"}'
 
 
@@ -110,7 +114,7 @@ def build_app(variant: str):  # noqa: ANN201
 
     @asynccontextmanager
     async def lifespan(app):  # noqa: ANN001, ANN202
-        if variant in ("profile", "scope", "inference"):
+        if variant in ("profile", "scope", "inference", "floor"):
             async with ci.profiling(output=os.environ.get("BENCH_CIRRON_OUTPUT", "spool")):
                 yield
         else:
@@ -123,6 +127,8 @@ def build_app(variant: str):  # noqa: ANN201
 
     if variant == "inference":
         predict = ci.inference(predict)
+    elif variant == "floor":
+        predict = _floor_wrapper(predict)
     elif variant == "scope":
         plain = predict
 
@@ -170,6 +176,31 @@ def build_app(variant: str):  # noqa: ANN201
         # slow the other variants down and double the instrumentation of this one.
         FastAPIInstrumentor.instrument_app(app, tracer_provider=provider)
     return app
+
+
+def _floor_wrapper(endpoint):  # noqa: ANN001, ANN202
+    """The ``floor`` variant's wrapper: the spec's per-request minimum, nothing else."""
+    import contextvars
+    import functools
+    from time import thread_time_ns, time_ns
+
+    from cirron._record.instrument import _uuid4
+
+    bound = contextvars.ContextVar("bench_floor_request")
+    records: list = []
+
+    @functools.wraps(endpoint)
+    async def wrapper(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        c0, t0 = thread_time_ns(), time_ns()
+        rid = _uuid4()
+        contextvars.copy_context().run(bound.set, rid)
+        result = await endpoint(*args, **kwargs)
+        records.append((rid, t0, time_ns(), thread_time_ns() - c0))
+        if len(records) >= 4096:
+            records.clear()
+        return result
+
+    return wrapper
 
 
 def serve(variant: str, port: int) -> None:
@@ -395,7 +426,7 @@ def asgi_group(variants: list[str], block: int, blocks: int) -> None:
 
 # --------------------------------------------------------------------------- servers side by side, slices
 
-AB_VARIANTS = ("profile", "profile_b", "scope", "inference")
+AB_VARIANTS = ("profile", "profile_b", "floor", "scope", "inference")
 
 
 async def _ab_load(ports: dict[str, int], concurrency: int, slice_s: float, rounds: int) -> dict:
@@ -524,6 +555,10 @@ def run_ab(args: argparse.Namespace) -> None:
     twin, twin_lo, twin_hi = median_ci([100 * (a["rps"] / b["rps"] - 1) for a, b in zip(slices["profile_b"], base)])
     print(f"\nthe profile/profile_b twins (the same app): {twin:+.1f}% [90% CI {twin_lo:+.1f} to {twin_hi:+.1f}], "
           "the noise floor")
+    floor_pairs = list(zip(slices["inference"], slices["floor"]))
+    beyond, beyond_lo, beyond_hi = median_ci([100 * (1 - a["rps"] / b["rps"]) for a, b in floor_pairs])
+    print(f"@ci.inference against the floor (the spec's per-request minimum): throughput loss {beyond:.1f}% "
+          f"[90% CI {beyond_lo:.1f} to {beyond_hi:.1f}]")
     pairs = list(zip(slices["inference"], base))
     print(verdict([100 * (1 - a["rps"] / b["rps"]) for a, b in pairs],
                   [100 * (_p99(a["latencies"]) / _p99(b["latencies"]) - 1) for a, b in pairs]))
@@ -640,7 +675,7 @@ def run_callgrind(args: argparse.Namespace) -> None:
 
     if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
         raise SystemExit("--callgrind needs valgrind (apt install valgrind)")
-    variants = [v for v in args.variants.split(",") if v in ("profile", "scope", "inference", "none", "otel")]
+    variants = [v for v in args.variants.split(",") if v in ("profile", "scope", "inference", "floor", "none", "otel")]
     if "profile" not in variants:
         variants.insert(0, "profile")
     if "otel" in variants and not _otel_available():
