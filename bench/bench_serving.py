@@ -89,6 +89,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 VARIANTS = ("none", "profile", "scope", "inference", "floor", "otel", "otel_noexport")
+#: The variants that run a cirron profiling session.
+CIRRON_VARIANTS = ("profile", "scope", "inference", "floor")
 BODY = b'{"text": "a short review of a movie that was rather good"}'
 
 
@@ -114,7 +116,7 @@ def build_app(variant: str):  # noqa: ANN201
 
     @asynccontextmanager
     async def lifespan(app):  # noqa: ANN001, ANN202
-        if variant in ("profile", "scope", "inference", "floor"):
+        if variant in CIRRON_VARIANTS:
             async with ci.profiling(output=os.environ.get("BENCH_CIRRON_OUTPUT", "spool")):
                 yield
         else:
@@ -315,7 +317,7 @@ async def _asgi_bench(variants: list[str], block: int, blocks: int) -> dict[str,
 
     import cirron as ci
 
-    with_cirron = any(v in ("profile", "scope", "inference") for v in variants)
+    with_cirron = any(v in CIRRON_VARIANTS for v in variants)
 
     apps = _apps_without_lifespan(variants)
     scope = _predict_scope()
@@ -387,10 +389,10 @@ def run_paired(args: argparse.Namespace) -> None:
 
 def run_asgi(args: argparse.Namespace) -> None:
     """Two groups, each in a process of its own so that neither instrumentation touches the other:
-    cirron (``profile`` as the baseline, ``scope``, ``inference``) and OpenTelemetry (``none`` as
-    the baseline, ``otel``)."""
+    cirron (``profile`` as the baseline, then the other cirron variants) and OpenTelemetry
+    (``none`` as the baseline, ``otel``)."""
     wanted = [v for v in args.variants.split(",") if v]
-    groups = [["profile"] + [v for v in ("scope", "inference") if v in wanted]]
+    groups = [["profile"] + [v for v in CIRRON_VARIANTS if v != "profile" and v in wanted]]
     otel = [v for v in ("otel", "otel_noexport") if v in wanted]
     if otel and not _otel_available():
         print("otel: skipped (pip install opentelemetry-sdk opentelemetry-instrumentation-fastapi)")
@@ -516,11 +518,8 @@ def run_ab(args: argparse.Namespace) -> None:
             for v in AB_VARIANTS:
                 wd = Path(tmp) / v
                 wd.mkdir()
-                ports[v] = _free_port()
-                servers[v] = subprocess.Popen(
-                    [sys.executable, __file__, "serve", "profile" if v == "profile_b" else v, "--port", str(ports[v])],
-                    env=_server_env(wd), cwd=wd,
-                    preexec_fn=(lambda: os.sched_setaffinity(0, {cpus[-1]})) if pin else None)
+                servers[v], ports[v] = _start_server("profile" if v == "profile_b" else v, wd,
+                                                     cpus[-1] if pin else None)
             for v in AB_VARIANTS:
                 _wait_ready(ports[v], servers[v])
             if pin:
@@ -675,7 +674,7 @@ def run_callgrind(args: argparse.Namespace) -> None:
 
     if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
         raise SystemExit("--callgrind needs valgrind (apt install valgrind)")
-    variants = [v for v in args.variants.split(",") if v in ("profile", "scope", "inference", "floor", "none", "otel")]
+    variants = [v for v in args.variants.split(",") if v in (*CIRRON_VARIANTS, "none", "otel")]
     if "profile" not in variants:
         variants.insert(0, "profile")
     if "otel" in variants and not _otel_available():
@@ -739,24 +738,32 @@ def _wait_ready(port: int, proc: subprocess.Popen, timeout: float = 30.0) -> Non
     raise TimeoutError("server did not come up")
 
 
-def run_variant(variant: str, args: argparse.Namespace, workdir: Path) -> dict:
+def _pinned_to(cpu: int | None):  # noqa: ANN202
+    """A ``preexec_fn`` that pins the child process to ``cpu`` (None: no pinning)."""
+    return (lambda: os.sched_setaffinity(0, {cpu})) if cpu is not None else None
+
+
+def _start_server(variant: str, workdir: Path, cpu: int | None) -> tuple[subprocess.Popen, int]:
+    """One variant's uvicorn server, its spool under ``workdir``; returns it with its port."""
     port = _free_port()
+    server = subprocess.Popen([sys.executable, __file__, "serve", variant, "--port", str(port)],
+                              env=_server_env(workdir), cwd=workdir, preexec_fn=_pinned_to(cpu))
+    return server, port
+
+
+def run_variant(variant: str, args: argparse.Namespace, workdir: Path) -> dict:
     env = _server_env(workdir)
     cpus = sorted(os.sched_getaffinity(0))
     pin = args.pin and len(cpus) >= 2
-
-    def on(cpu: int):  # noqa: ANN202 - pins a child process to one CPU
-        return (lambda: os.sched_setaffinity(0, {cpu})) if pin else None
-
-    server = subprocess.Popen([sys.executable, __file__, "serve", variant, "--port", str(port)], env=env,
-                              cwd=workdir, preexec_fn=on(cpus[-1]))
+    server, port = _start_server(variant, workdir, cpus[-1] if pin else None)
     try:
         _wait_ready(port, server)
         cpu0 = _cpu_s(server.pid)
         sys0 = _cpu_s(server.pid, system_only=True)
         out = subprocess.run([sys.executable, __file__, "load", "--port", str(port), "--concurrency",
                               str(args.concurrency), "--duration", str(args.duration), "--warmup", str(args.warmup)],
-                             check=True, capture_output=True, text=True, env=env, preexec_fn=on(cpus[0]))
+                             check=True, capture_output=True, text=True, env=env,
+                             preexec_fn=_pinned_to(cpus[0] if pin else None))
         res = json.loads(out.stdout.strip().splitlines()[-1])
         # Server CPU per request (user+sys, flush service included): far less sensitive to other
         # load on the machine than throughput is.
