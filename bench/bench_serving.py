@@ -208,7 +208,10 @@ def _floor_wrapper(endpoint):  # noqa: ANN001, ANN202
 def serve(variant: str, port: int) -> None:
     import uvicorn
 
-    uvicorn.run(build_app(variant), host="127.0.0.1", port=port, log_level="warning", access_log=False)
+    # --ab leaves each server's connections idle while the others take their slices: keep them
+    # open far longer than uvicorn's default 5 s.
+    uvicorn.run(build_app(variant), host="127.0.0.1", port=port, log_level="warning", access_log=False,
+                timeout_keep_alive=3600)
 
 
 # --------------------------------------------------------------------------- the load generator
@@ -216,6 +219,8 @@ def serve(variant: str, port: int) -> None:
 
 async def _read_response(reader: asyncio.StreamReader) -> tuple[bytes, bytes]:
     status = await reader.readline()
+    if not status:
+        raise ConnectionError("the server closed the connection")
     length = 0
     while True:
         line = await reader.readline()
@@ -446,8 +451,17 @@ async def _ab_load(ports: dict[str, int], concurrency: int, slice_s: float, roun
     done = {v: 0 for v in AB_VARIANTS}
     lat: dict[str, list[float]] = {v: [] for v in AB_VARIANTS}
     errors = [0]
+    failures: list[BaseException] = []
 
     async def worker(i: int) -> None:
+        try:
+            await work(i)
+        except (ConnectionError, asyncio.IncompleteReadError) as exc:  # end the run, do not spin
+            failures.append(exc)
+            state["stop"] = True
+            idle.set()
+
+    async def work(i: int) -> None:
         while not state["stop"]:
             v = state["variant"]
             if v is None:
@@ -484,6 +498,8 @@ async def _ab_load(ports: dict[str, int], concurrency: int, slice_s: float, roun
         state["variant"] = None
         resume.clear()
         await idle.wait()
+        if failures:
+            raise RuntimeError(f"{v}: {failures[0]}")
         await ask(v, "/bench/flush")
         elapsed = time.perf_counter() - t0
         c1 = json.loads(await ask(v, "/bench/cpu"))["cpu_s"]
