@@ -54,7 +54,9 @@ all inside the slice's time: every variant pays for its own spans' writing, and 
 flush falls into another's slice. Each slice gives throughput, latencies and the server process's
 CPU per request (flush thread included); each variant is compared with the ``profile`` slice of
 the same round, so the machine's slow swings cancel out. ``profile_b`` is the same app as
-``profile``: its figures are the noise floor.
+``profile``: its figures are the noise floor. The rounds are split over ``--generations`` sets of
+freshly started servers (4 by default): one process's memory layout and hash seed alone can make
+it a few per cent faster or slower than its twin for as long as it runs.
 
 ``--callgrind N`` runs each variant's server under valgrind's callgrind (with its cache model)
 and counts what N requests at the given concurrency cost in the server, after a warm-up:
@@ -524,9 +526,8 @@ async def _ab_load(ports: dict[str, int], concurrency: int, slice_s: float, roun
     return {"slices": slices, "errors": errors[0]}
 
 
-def run_ab(args: argparse.Namespace) -> None:
-    cpus = sorted(os.sched_getaffinity(0))
-    pin = args.pin and len(cpus) >= 2
+def _ab_generation(rounds: int, args: argparse.Namespace, server_cpu: int | None) -> dict:
+    """One set of fresh --ab servers (one per variant, each with its own spool) for ``rounds`` rounds."""
     servers: dict[str, subprocess.Popen] = {}
     ports: dict[str, int] = {}
     with tempfile.TemporaryDirectory(prefix="cirron-bench-ab-") as tmp:
@@ -534,20 +535,34 @@ def run_ab(args: argparse.Namespace) -> None:
             for v in AB_VARIANTS:
                 wd = Path(tmp) / v
                 wd.mkdir()
-                servers[v], ports[v] = _start_server("profile" if v == "profile_b" else v, wd,
-                                                     cpus[-1] if pin else None)
+                servers[v], ports[v] = _start_server("profile" if v == "profile_b" else v, wd, server_cpu)
             for v in AB_VARIANTS:
                 _wait_ready(ports[v], servers[v])
-            if pin:
-                os.sched_setaffinity(0, {cpus[0]})
-            res = asyncio.run(_ab_load(ports, args.concurrency, args.slice, args.repeats))
+            return asyncio.run(_ab_load(ports, args.concurrency, args.slice, rounds))
         finally:
             for server in servers.values():
                 _stop_server(server)
-    slices = res["slices"]
+
+
+def run_ab(args: argparse.Namespace) -> None:
+    cpus = sorted(os.sched_getaffinity(0))
+    pin = args.pin and len(cpus) >= 2
+    if pin:
+        os.sched_setaffinity(0, {cpus[0]})  # the servers set their own CPU as they start
+    # A process's memory layout and hash seed alone move its throughput by a few per cent, as
+    # much as what is measured: the rounds are spread over fresh servers so that averages out.
+    generations = max(1, min(args.generations, args.repeats))
+    shares = [args.repeats // generations + (g < args.repeats % generations) for g in range(generations)]
+    slices: dict[str, list[dict]] = {v: [] for v in AB_VARIANTS}
+    errors = 0
+    for rounds in shares:
+        res = _ab_generation(rounds, args, cpus[-1] if pin else None)
+        for v in AB_VARIANTS:
+            slices[v].extend(res["slices"][v])
+        errors += res["errors"]
     base = slices["profile"]
     print(f"one server per variant, concurrency {args.concurrency}, {args.repeats} rounds of {args.slice:g} s "
-          f"slices per variant; errors {res['errors']}")
+          f"slices per variant, over {generations} sets of fresh servers; errors {errors}")
     print(f"{'variant':<10} {'req/s':>7} {'p99 ms':>7} {'cpu/req':>9}   vs profile, paired by round: "
           f"{'req/s':>6} {'p99':>7} {'cpu/req':>9}")
 
@@ -580,7 +595,8 @@ def run_ab(args: argparse.Namespace) -> None:
     if args.json:
         per_round = {v: [{"rps": s["rps"], "cpu_us": s["cpu_us"], "p99_ms": _p99(s["latencies"]) * 1e3}
                          for s in slices[v]] for v in AB_VARIANTS}
-        args.json.write_text(json.dumps({"mode": "ab", "summary": summary, "rounds": per_round}, indent=2))
+        args.json.write_text(json.dumps({"mode": "ab", "generations": generations, "summary": summary,
+                                         "rounds": per_round}, indent=2))
 
 
 # --------------------------------------------------------------------------- verdicts
@@ -839,6 +855,8 @@ def main() -> None:
     parser.add_argument("--ab", action="store_true",
                         help="a server per cirron variant side by side, load switched slice by slice")
     parser.add_argument("--slice", type=float, default=0.5, help="--ab: seconds per slice")
+    parser.add_argument("--generations", type=int, default=4,
+                        help="--ab: spread the rounds over this many sets of freshly started servers")
     parser.add_argument("--callgrind", type=int, metavar="N",
                         help="each variant's server under callgrind: instructions and cache misses per request")
     args = parser.parse_args()
