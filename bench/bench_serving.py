@@ -47,9 +47,10 @@ throughput swings by 10 % from run to run. The flush service's CPU per span writ
 apart.
 
 ``--ab`` starts one uvicorn server per cirron variant (``profile``, its twin ``profile_b``,
-``floor``, ``scope``, ``inference``), all on the same CPU, and switches the load generator from one to the
-next every ``--slice`` seconds, order rotated. A slice ends by pausing the clients, letting the
-requests in flight finish and asking the server to write out what it buffered (``ci.flush()``),
+``floor``, ``scope``, ``inference``) and ``otel`` where it is installed, all on the same CPU, and
+switches the load generator from one to the next every ``--slice`` seconds, order rotated. A
+slice ends by pausing the clients, letting the requests in flight finish and asking the server to
+write out what it buffered (``ci.flush()``, or the OpenTelemetry provider's ``force_flush()``),
 all inside the slice's time: every variant pays for its own spans' writing, and no server's
 flush falls into another's slice. Each slice gives throughput, latencies and the server process's
 CPU per request (flush thread included); each variant is compared with the ``profile`` slice of
@@ -151,6 +152,8 @@ def build_app(variant: str):  # noqa: ANN201
 
     @app.get("/bench/flush")
     async def bench_flush() -> dict:  # write out what the session buffered, before answering
+        if _OTEL_PROVIDER is not None:
+            return {"flushed": _OTEL_PROVIDER.force_flush()}
         return {"flushed": ci.flush()}
 
     if variant in ("otel", "otel_noexport"):
@@ -445,13 +448,14 @@ async def _ab_load(ports: dict[str, int], concurrency: int, slice_s: float, roun
     own spans' writing, and no server's flush falls into another's slice."""
     request = (b"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
                b"Content-Length: %d\r\n\r\n%s" % (len(BODY), BODY))
+    variants = list(ports)
     conns: dict[str, list] = {v: [await asyncio.open_connection("127.0.0.1", ports[v]) for _ in range(concurrency)]
-                              for v in AB_VARIANTS}
+                              for v in variants}
     state = {"variant": None, "stop": False, "in_flight": 0}
     resume, idle = asyncio.Event(), asyncio.Event()
     idle.set()
-    done = {v: 0 for v in AB_VARIANTS}
-    lat: dict[str, list[float]] = {v: [] for v in AB_VARIANTS}
+    done = {v: 0 for v in variants}
+    lat: dict[str, list[float]] = {v: [] for v in variants}
     errors = [0]
     failures: list[BaseException] = []
 
@@ -509,13 +513,13 @@ async def _ab_load(ports: dict[str, int], concurrency: int, slice_s: float, roun
         return {"rps": n / elapsed, "cpu_us": (c1 - c0) / max(1, n) * 1e6, "latencies": sorted(lat[v])}
 
     tasks = [asyncio.create_task(worker(i)) for i in range(concurrency)]
-    for v in AB_VARIANTS:  # warm-up: every server's code paths and buffers
+    for v in variants:  # warm-up: every server's code paths and buffers
         await run_slice(v, 1.0)
-    slices: dict[str, list[dict]] = {v: [] for v in AB_VARIANTS}
+    slices: dict[str, list[dict]] = {v: [] for v in variants}
     for r in range(rounds):
-        k = r % len(AB_VARIANTS)
-        order = list(AB_VARIANTS[k:] + AB_VARIANTS[:k])
-        for v in order if (r // len(AB_VARIANTS)) % 2 == 0 else order[::-1]:
+        k = r % len(variants)
+        order = variants[k:] + variants[:k]
+        for v in order if (r // len(variants)) % 2 == 0 else order[::-1]:
             slices[v].append(await run_slice(v, slice_s))
     state["stop"] = True
     resume.set()
@@ -526,17 +530,17 @@ async def _ab_load(ports: dict[str, int], concurrency: int, slice_s: float, roun
     return {"slices": slices, "errors": errors[0]}
 
 
-def _ab_generation(rounds: int, args: argparse.Namespace, server_cpu: int | None) -> dict:
+def _ab_generation(variants: tuple[str, ...], rounds: int, args: argparse.Namespace, server_cpu: int | None) -> dict:
     """One set of fresh --ab servers (one per variant, each with its own spool) for ``rounds`` rounds."""
     servers: dict[str, subprocess.Popen] = {}
     ports: dict[str, int] = {}
     with tempfile.TemporaryDirectory(prefix="cirron-bench-ab-") as tmp:
         try:
-            for v in AB_VARIANTS:
+            for v in variants:
                 wd = Path(tmp) / v
                 wd.mkdir()
                 servers[v], ports[v] = _start_server("profile" if v == "profile_b" else v, wd, server_cpu)
-            for v in AB_VARIANTS:
+            for v in variants:
                 _wait_ready(ports[v], servers[v])
             return asyncio.run(_ab_load(ports, args.concurrency, args.slice, rounds))
         finally:
@@ -551,18 +555,21 @@ def run_ab(args: argparse.Namespace) -> None:
         os.sched_setaffinity(0, {cpus[0]})  # the servers set their own CPU as they start
     # A process's memory layout and hash seed alone move its throughput by a few per cent, as
     # much as what is measured: the rounds are spread over fresh servers so that averages out.
+    variants = AB_VARIANTS + (("otel",) if _otel_available() else ())
+    if "otel" not in variants:
+        print("opentelemetry-sdk / opentelemetry-instrumentation-fastapi not installed: no otel variant")
     generations = max(1, min(args.generations, args.repeats))
     shares = [args.repeats // generations + (g < args.repeats % generations) for g in range(generations)]
-    slices: dict[str, list[dict]] = {v: [] for v in AB_VARIANTS}
+    slices: dict[str, list[dict]] = {v: [] for v in variants}
     errors = 0
     for rounds in shares:
-        res = _ab_generation(rounds, args, cpus[-1] if pin else None)
-        for v in AB_VARIANTS:
+        res = _ab_generation(variants, rounds, args, cpus[-1] if pin else None)
+        for v in variants:
             slices[v].extend(res["slices"][v])
         errors += res["errors"]
     base = slices["profile"]
     print(f"one server per variant, concurrency {args.concurrency}, {args.repeats} rounds of {args.slice:g} s "
-          f"slices per variant, over {generations} sets of fresh servers; errors {errors}")
+          f"slices per variant, over {generations} set{'s' if generations > 1 else ''} of fresh servers; errors {errors}")
     print(f"{'variant':<10} {'req/s':>7} {'p99 ms':>7} {'cpu/req':>9}   vs profile, paired by round: "
           f"{'req/s':>6} {'p99':>7} {'cpu/req':>9}")
 
@@ -571,7 +578,7 @@ def run_ab(args: argparse.Namespace) -> None:
 
     summary = {}
     base_p99 = pooled_p99_ms(base)
-    for v in AB_VARIANTS:
+    for v in variants:
         mine = slices[v]
         p99 = pooled_p99_ms(mine)
         d_rps = statistics.median(a["rps"] / b["rps"] - 1 for a, b in zip(mine, base)) * 100
@@ -594,7 +601,7 @@ def run_ab(args: argparse.Namespace) -> None:
                   [100 * (_p99(a["latencies"]) / _p99(b["latencies"]) - 1) for a, b in pairs]))
     if args.json:
         per_round = {v: [{"rps": s["rps"], "cpu_us": s["cpu_us"], "p99_ms": _p99(s["latencies"]) * 1e3}
-                         for s in slices[v]] for v in AB_VARIANTS}
+                         for s in slices[v]] for v in variants}
         args.json.write_text(json.dumps({"mode": "ab", "generations": generations, "summary": summary,
                                          "rounds": per_round}, indent=2))
 
