@@ -568,8 +568,9 @@ def run_ab(args: argparse.Namespace) -> None:
             slices[v].extend(res["slices"][v])
         errors += res["errors"]
     base = slices["profile"]
+    sets = f"{generations} set{'s' if generations > 1 else ''} of fresh servers"
     print(f"one server per variant, concurrency {args.concurrency}, {args.repeats} rounds of {args.slice:g} s "
-          f"slices per variant, over {generations} set{'s' if generations > 1 else ''} of fresh servers; errors {errors}")
+          f"slices per variant, over {sets}; errors {errors}")
     print(f"{'variant':<10} {'req/s':>7} {'p99 ms':>7} {'cpu/req':>9}   vs profile, paired by round: "
           f"{'req/s':>6} {'p99':>7} {'cpu/req':>9}")
 
