@@ -183,7 +183,7 @@ class Cirron:
         if "platform" in names and "spool" not in names:
             names.insert(names.index("platform"), "spool")  # the spool is what the platform upload resumes from
         self._sinks = [make_sink(name, self) for name in names]
-        self._service = FlushService(self._sinks, self._flush_sync, self._needs_early_flush,
+        self._service = FlushService(self._sinks, self._flush_sync, self._buffer_fill,
                                      self.config.flush_interval)
 
     def profiling(self, output: str | list[str] | tuple[str, ...] | None = None, **kwargs: Any) -> _Profiling:
@@ -268,12 +268,12 @@ class Cirron:
 
     # -- flushing and lifecycle --------------------------------------------------------------
 
-    def _needs_early_flush(self) -> bool:
-        """A thread's buffer is half full: flush now rather than drop at the next interval."""
+    def _buffer_fill(self) -> float:
+        """How full (0-1) the fullest thread buffer is: the flush service flushes early from half."""
+        fill = 0.0
         for tb in self._rec.buffers.buffers():
-            if len(tb.spans) * 2 >= tb.span_capacity or len(tb.marks) * 2 >= tb.mark_capacity:
-                return True
-        return False
+            fill = max(fill, len(tb.spans) / tb.span_capacity, len(tb.marks) / tb.mark_capacity)
+        return fill
 
     def _flush_sync(self, final: bool = False) -> list[Any]:
         """Drain and write every sync sink. Runs in the service's worker thread (or the caller's)."""

@@ -20,10 +20,23 @@ from anyio.abc import TaskStatus
 from cirron._flush.batch import Batch
 from cirron.sinks import Sink
 
-#: How often the loop looks at the buffers between two timed flushes (to flush early when full).
-POLL_INTERVAL = 0.05
+#: A thread buffer this full (0-1) is flushed at once rather than at the next interval.
+EARLY_FLUSH_FILL = 0.5
+#: Bounds on the wait between two looks at the buffers. Quiet buffers are looked at every
+#: POLL_MAX_S (each look wakes a thread, which is not free in an idle server); filling ones
+#: more often, down to POLL_MIN_S, so that they are flushed before they overflow.
+POLL_MIN_S = 0.05
+POLL_MAX_S = 0.25
 #: Batches queued per async sink before new ones are dropped for it.
 ASYNC_SINK_QUEUE = 64
+
+
+def next_look(fill: float, rate: float) -> float:
+    """Seconds until the next look at the buffers: half the time the fullest one needs to reach
+    :data:`EARLY_FLUSH_FILL` at ``rate`` (its fill per second), within the poll bounds."""
+    if rate <= 0.0:
+        return POLL_MAX_S
+    return min(POLL_MAX_S, max(POLL_MIN_S, (EARLY_FLUSH_FILL - fill) / rate / 2))
 
 
 class _Barrier:
@@ -35,12 +48,12 @@ class _Barrier:
 
 class FlushService:
     def __init__(self, sinks: list[Sink], flush_sync: Callable[[bool], list[Batch]],
-                 needs_early_flush: Callable[[], bool], interval: float) -> None:
+                 buffer_fill: Callable[[], float], interval: float) -> None:
         self.sinks = sinks
         self.sync_sinks = [s for s in sinks if not s.is_async]
         self.async_sinks = [s for s in sinks if s.is_async]
         self._flush_sync = flush_sync
-        self._needs_early_flush = needs_early_flush
+        self._buffer_fill = buffer_fill
         self.interval = interval
         self._streams: dict[Sink, Any] = {}
         self._tg: anyio.abc.TaskGroup | None = None
@@ -72,21 +85,31 @@ class FlushService:
             self.running = False
 
     async def _loop(self) -> None:
-        next_flush = time.monotonic() + self.interval
+        now = time.monotonic()
+        next_flush = now + self.interval
+        seen_at, seen_fill, rate = now, 0.0, 0.0
+        look = POLL_MAX_S
         while not self._stopping:
-            wait = max(0.0, min(POLL_INTERVAL, next_flush - time.monotonic()))
+            wait = max(0.0, min(look, next_flush - time.monotonic()))
             with anyio.move_on_after(wait):
                 await self._wake.wait()
             if self._stopping:
                 break
             if self._wake.is_set():
                 self._wake = anyio.Event()
-            if time.monotonic() >= next_flush or self._needs_early_flush():
+            now = time.monotonic()
+            fill = self._buffer_fill()
+            if now > seen_at:
+                rate = max(0.0, (fill - seen_fill) / (now - seen_at))
+            if now >= next_flush or fill >= EARLY_FLUSH_FILL:
                 try:
                     await self.flush(wait_async=False)
                 except Exception as exc:  # noqa: BLE001 - the loop must survive a bad tick
                     self.last_error = f"{type(exc).__name__}: {exc}"
                 next_flush = time.monotonic() + self.interval
+                fill = 0.0  # drained; the rate seen before the flush still predicts the next fill
+            seen_at, seen_fill = now, fill
+            look = next_look(fill, rate)
 
     def _open_sync_sinks(self) -> None:
         for sink in self.sync_sinks:
