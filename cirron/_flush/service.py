@@ -23,10 +23,11 @@ from cirron.sinks import Sink
 #: A thread buffer this full (0-1) is flushed at once rather than at the next interval.
 EARLY_FLUSH_FILL = 0.5
 #: Bounds on the wait between two looks at the buffers. Quiet buffers are looked at every
-#: POLL_MAX_S (each look wakes a thread, which is not free in an idle server); filling ones
-#: more often, down to POLL_MIN_S, so that they are flushed before they overflow.
+#: POLL_MAX_S (each look wakes a thread, which is not free in an idle server), short enough that
+#: a burst starting from quiet is seen before the default mark ring fills; filling buffers more
+#: often, down to POLL_MIN_S, so that they are flushed before they overflow.
 POLL_MIN_S = 0.05
-POLL_MAX_S = 0.25
+POLL_MAX_S = 0.1
 #: Batches queued per async sink before new ones are dropped for it.
 ASYNC_SINK_QUEUE = 64
 
