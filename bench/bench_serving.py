@@ -95,6 +95,9 @@ VARIANTS = ("none", "profile", "scope", "inference", "floor", "otel", "otel_noex
 #: The variants that run a cirron profiling session.
 CIRRON_VARIANTS = ("profile", "scope", "inference", "floor")
 BODY = b'{"text": "a short review of a movie that was rather good"}'
+#: The one request every load generator here sends, over keep-alive connections.
+PREDICT_REQUEST = (b"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                   b"Content-Length: %d\r\n\r\n%s" % (len(BODY), BODY))
 
 
 # --------------------------------------------------------------------------- the server side
@@ -264,13 +267,11 @@ def _p99(sorted_latencies: list[float]) -> float:
 
 
 async def _load(port: int, concurrency: int, duration: float, warmup: float) -> dict:
-    request = (b"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-               b"Content-Length: %d\r\n\r\n%s" % (len(BODY), BODY))
     now = time.perf_counter()
     warm_until, stop_at = now + warmup, now + warmup + duration
     lats: list[list[float]] = [[] for _ in range(concurrency)]
     counts = [0]
-    errors = await asyncio.gather(*(_worker("127.0.0.1", port, request, stop_at, warm_until, lats[i], counts)
+    errors = await asyncio.gather(*(_worker("127.0.0.1", port, PREDICT_REQUEST, stop_at, warm_until, lats[i], counts)
                                     for i in range(concurrency)))
     lat = sorted(x for part in lats for x in part)
     n = len(lat)
@@ -446,8 +447,6 @@ async def _ab_load(ports: dict[str, int], concurrency: int, slice_s: float, roun
     pausing the clients, letting the requests in flight finish and making the server write out
     what it buffered (``/bench/flush``), all inside the slice's time: each variant pays for its
     own spans' writing, and no server's flush falls into another's slice."""
-    request = (b"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-               b"Content-Length: %d\r\n\r\n%s" % (len(BODY), BODY))
     variants = list(ports)
     conns: dict[str, list] = {v: [await asyncio.open_connection("127.0.0.1", ports[v]) for _ in range(concurrency)]
                               for v in variants}
@@ -477,7 +476,7 @@ async def _ab_load(ports: dict[str, int], concurrency: int, slice_s: float, roun
             state["in_flight"] += 1
             idle.clear()
             t0 = time.perf_counter()
-            writer.write(request)
+            writer.write(PREDICT_REQUEST)
             status, _ = await _read_response(reader)
             lat[v].append(time.perf_counter() - t0)
             done[v] += 1
@@ -649,8 +648,6 @@ CALLGRIND_EVENTS = ("Ir", "I1mr", "D1mr", "D1mw", "ILmr", "DLmr", "DLmw")
 
 async def _count_load(port: int, total: int, concurrency: int) -> None:
     """Exactly ``total`` requests, ``concurrency`` at a time."""
-    request = (b"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-               b"Content-Length: %d\r\n\r\n%s" % (len(BODY), BODY))
     left = [total]
 
     async def worker() -> None:
@@ -658,7 +655,7 @@ async def _count_load(port: int, total: int, concurrency: int) -> None:
         try:
             while left[0] > 0:
                 left[0] -= 1
-                writer.write(request)
+                writer.write(PREDICT_REQUEST)
                 status, _ = await _read_response(reader)
                 if not status.startswith(b"HTTP/1.1 200"):
                     raise RuntimeError(f"the server answered {status!r}")
