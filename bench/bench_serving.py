@@ -12,6 +12,10 @@ process by a small asyncio HTTP/1.1 keep-alive load generator at a fixed concurr
   meeting the spec must do per request: read the thread's CPU clock and the wall clock at both
   ends, draw a request id, bind it in a copy of the context, keep one record. No span, no
   writing: the lower bound ``inference`` is compared with;
+* ``floor_nocpu`` — the floor without the thread CPU clock (a system call on Linux, two per
+  request): what request spans without ``cpu_ns`` would save;
+* ``wrap``       — ``profile`` plus a wrapper that only awaits the endpoint: the cost of a
+  decorator as such;
 * ``otel``       — ``opentelemetry-instrumentation-fastapi`` with an SDK ``TracerProvider``, a
   ``BatchSpanProcessor`` and an exporter that writes each batch as JSON lines to a file (the
   nearest OTel equivalent of cirron's spool sink). Needs
@@ -28,6 +32,8 @@ for ``inference`` against ``profile``: throughput loss <= 5 %, p99 latency incre
     .venv/bin/python bench/bench_serving.py --asgi                # in process, no server, no network
     .venv/bin/python bench/bench_serving.py --paired 20000        # in process, request by request
     .venv/bin/python bench/bench_serving.py --ab --pin --repeats 60   # servers side by side, slice by slice
+    .venv/bin/python bench/bench_serving.py --ab --pin --repeats 96 --generations 8 \
+        --variants profile_b,wrap,floor_nocpu,floor,inference           # where the floor's cost goes
     .venv/bin/python bench/bench_serving.py --callgrind 1000      # instructions and misses per request
 
 ``--pin`` puts the server and the load generator on one CPU each. The load generator writes raw
@@ -91,9 +97,11 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-VARIANTS = ("none", "profile", "scope", "inference", "floor", "otel", "otel_noexport")
+VARIANTS = ("none", "profile", "scope", "inference", "floor", "floor_nocpu", "wrap", "otel", "otel_noexport")
+#: What every mode but --ab runs unless --variants says otherwise (the last two breakdowns are opt-in).
+DEFAULT_VARIANTS = tuple(v for v in VARIANTS if v not in ("floor_nocpu", "wrap"))
 #: The variants that run a cirron profiling session.
-CIRRON_VARIANTS = ("profile", "scope", "inference", "floor")
+CIRRON_VARIANTS = ("profile", "scope", "inference", "floor", "floor_nocpu", "wrap")
 BODY = b'{"text": "a short review of a movie that was rather good"}'
 #: The one request every load generator here sends, over keep-alive connections.
 PREDICT_REQUEST = (b"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
@@ -135,8 +143,10 @@ def build_app(variant: str):  # noqa: ANN201
 
     if variant == "inference":
         predict = ci.inference(predict)
-    elif variant == "floor":
-        predict = _floor_wrapper(predict)
+    elif variant in ("floor", "floor_nocpu"):
+        predict = _floor_wrapper(predict, cpu_clock=variant == "floor")
+    elif variant == "wrap":
+        predict = _bare_wrapper(predict)
     elif variant == "scope":
         plain = predict
 
@@ -188,11 +198,26 @@ def build_app(variant: str):  # noqa: ANN201
     return app
 
 
-def _floor_wrapper(endpoint):  # noqa: ANN001, ANN202
-    """The ``floor`` variant's wrapper: the spec's per-request minimum, nothing else."""
+def _bare_wrapper(endpoint):  # noqa: ANN001, ANN202
+    """The ``wrap`` variant's wrapper: an ``async def`` that awaits the endpoint and nothing else."""
+    import functools
+
+    @functools.wraps(endpoint)
+    async def wrapper(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        return await endpoint(*args, **kwargs)
+
+    return wrapper
+
+
+def _floor_wrapper(endpoint, cpu_clock: bool = True):  # noqa: ANN001, ANN202
+    """The ``floor`` variant's wrapper: the spec's per-request minimum, nothing else. Without
+    ``cpu_clock`` the thread CPU clock readings are replaced by (vDSO) monotonic ones."""
     import contextvars
     import functools
-    from time import thread_time_ns, time_ns
+    from time import perf_counter_ns, thread_time_ns, time_ns
+
+    if not cpu_clock:
+        thread_time_ns = perf_counter_ns  # noqa: N806 - same call shape, no system call
 
     from cirron._record.instrument import _uuid4
 
@@ -554,9 +579,17 @@ def run_ab(args: argparse.Namespace) -> None:
         os.sched_setaffinity(0, {cpus[0]})  # the servers set their own CPU as they start
     # A process's memory layout and hash seed alone move its throughput by a few per cent, as
     # much as what is measured: the rounds are spread over fresh servers so that averages out.
-    variants = AB_VARIANTS + (("otel",) if _otel_available() else ())
-    if "otel" not in variants:
-        print("opentelemetry-sdk / opentelemetry-instrumentation-fastapi not installed: no otel variant")
+    if args.variants is None:
+        variants = AB_VARIANTS + (("otel",) if _otel_available() else ())
+        if "otel" not in variants:
+            print("opentelemetry-sdk / opentelemetry-instrumentation-fastapi not installed: no otel variant")
+    else:
+        variants = tuple(dict.fromkeys(["profile", *(v for v in args.variants.split(",") if v)]))
+        unknown = [v for v in variants if v not in (*VARIANTS, "profile_b")]
+        if unknown:
+            raise SystemExit(f"--variants: unknown {', '.join(unknown)} (choose from {', '.join(VARIANTS)}, profile_b)")
+        if "otel" in variants and not _otel_available():
+            raise SystemExit("--variants otel: pip install opentelemetry-sdk opentelemetry-instrumentation-fastapi")
     generations = max(1, min(args.generations, args.repeats))
     shares = [args.repeats // generations + (g < args.repeats % generations) for g in range(generations)]
     slices: dict[str, list[dict]] = {v: [] for v in variants}
@@ -589,16 +622,21 @@ def run_ab(args: argparse.Namespace) -> None:
         rel = "" if v == "profile" else (f"{' ' * 30}{d_rps:+6.1f}% {summary[v]['p99_change_pct']:+6.1f}% "
                                          f"{d_cpu:+6.1f} us")
         print(f"{v:<10} {rps:7.0f} {p99:7.2f} {cpu:6.0f} us{rel}")
-    twin, twin_lo, twin_hi = median_ci([100 * (a["rps"] / b["rps"] - 1) for a, b in zip(slices["profile_b"], base)])
-    print(f"\nthe profile/profile_b twins (the same app): {twin:+.1f}% [90% CI {twin_lo:+.1f} to {twin_hi:+.1f}], "
-          "the noise floor")
-    floor_pairs = list(zip(slices["inference"], slices["floor"]))
-    beyond, beyond_lo, beyond_hi = median_ci([100 * (1 - a["rps"] / b["rps"]) for a, b in floor_pairs])
-    print(f"@ci.inference against the floor (the spec's per-request minimum): throughput loss {beyond:.1f}% "
-          f"[90% CI {beyond_lo:.1f} to {beyond_hi:.1f}]")
-    pairs = list(zip(slices["inference"], base))
-    print(verdict([100 * (1 - a["rps"] / b["rps"]) for a, b in pairs],
-                  [100 * (_p99(a["latencies"]) / _p99(b["latencies"]) - 1) for a, b in pairs]))
+    print()
+    if "profile_b" in slices:
+        twin, twin_lo, twin_hi = median_ci([100 * (a["rps"] / b["rps"] - 1)
+                                            for a, b in zip(slices["profile_b"], base)])
+        print(f"the profile/profile_b twins (the same app): {twin:+.1f}% [90% CI {twin_lo:+.1f} to {twin_hi:+.1f}], "
+              "the noise floor")
+    if "floor" in slices and "inference" in slices:
+        floor_pairs = list(zip(slices["inference"], slices["floor"]))
+        beyond, beyond_lo, beyond_hi = median_ci([100 * (1 - a["rps"] / b["rps"]) for a, b in floor_pairs])
+        print(f"@ci.inference against the floor (the spec's per-request minimum): throughput loss {beyond:.1f}% "
+              f"[90% CI {beyond_lo:.1f} to {beyond_hi:.1f}]")
+    if "inference" in slices:
+        pairs = list(zip(slices["inference"], base))
+        print(verdict([100 * (1 - a["rps"] / b["rps"]) for a, b in pairs],
+                      [100 * (_p99(a["latencies"]) / _p99(b["latencies"]) - 1) for a, b in pairs]))
     if args.json:
         per_round = {v: [{"rps": s["rps"], "cpu_us": s["cpu_us"], "p99_ms": _p99(s["latencies"]) * 1e3}
                          for s in slices[v]] for v in variants}
@@ -848,7 +886,9 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=8.0, help="measured seconds per run")
     parser.add_argument("--warmup", type=float, default=2.0, help="unmeasured seconds before each run")
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--variants", default=",".join(VARIANTS))
+    parser.add_argument("--variants", help=f"comma-separated, from {','.join(VARIANTS)} (default: "
+                        f"{','.join(DEFAULT_VARIANTS)}; --ab: {','.join(AB_VARIANTS)},otel; --ab always "
+                        "adds profile, the baseline, and takes profile_b too)")
     parser.add_argument("--json", type=Path, help="also write the results here")
     parser.add_argument("--pin", action="store_true", help="pin the server and the load generator to one CPU each")
     parser.add_argument("--asgi", action="store_true",
@@ -881,6 +921,8 @@ def main() -> None:
         load(args.port, args.concurrency, args.duration, args.warmup)
         return
 
+    if args.variants is None and not args.ab:
+        args.variants = ",".join(DEFAULT_VARIANTS)
     if args.asgi:
         run_asgi(args)
         return
