@@ -16,6 +16,8 @@ process by a small asyncio HTTP/1.1 keep-alive load generator at a fixed concurr
   request): what request spans without ``cpu_ns`` would save;
 * ``wrap``       — ``profile`` plus a wrapper that only awaits the endpoint: the cost of a
   decorator as such;
+* ``inference_nosink`` — ``inference`` with no sink (``output="none"``): recording and collecting
+  spans, writing none, so that what writing the spool costs shows side by side;
 * ``otel``       — ``opentelemetry-instrumentation-fastapi`` with an SDK ``TracerProvider``, a
   ``BatchSpanProcessor`` and an exporter that writes each batch as JSON lines to a file (the
   nearest OTel equivalent of cirron's spool sink). Needs
@@ -73,8 +75,8 @@ cent, so it shows what a change does to the per-request work where wall-clock ru
 machine cannot; what it leaves out is the kernel's time (system calls, page faults) and the
 threads' contention for the GIL and the CPU. Needs ``valgrind`` (about 40 s per variant).
 
-``BENCH_CIRRON_OUTPUT=none`` runs the cirron variants with no sink (recording and collecting only),
-which separates the cost of writing the spool from the rest.
+``BENCH_CIRRON_OUTPUT=none`` runs all the cirron variants with no sink (recording and collecting
+only); ``inference_nosink`` does that for one variant beside the others.
 
 The OpenTelemetry variants pass their ``TracerProvider`` to the instrumentor instead of setting it
 globally: recent FastAPI versions turn on their own telemetry for every app once a global
@@ -97,11 +99,12 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-VARIANTS = ("none", "profile", "scope", "inference", "floor", "floor_nocpu", "wrap", "otel", "otel_noexport")
-#: What every mode but --ab runs unless --variants says otherwise (the last two breakdowns are opt-in).
-DEFAULT_VARIANTS = tuple(v for v in VARIANTS if v not in ("floor_nocpu", "wrap"))
+VARIANTS = ("none", "profile", "scope", "inference", "floor", "floor_nocpu", "wrap", "inference_nosink", "otel",
+            "otel_noexport")
+#: What every mode but --ab runs unless --variants says otherwise (the breakdowns are opt-in).
+DEFAULT_VARIANTS = tuple(v for v in VARIANTS if v not in ("floor_nocpu", "wrap", "inference_nosink"))
 #: The variants that run a cirron profiling session.
-CIRRON_VARIANTS = ("profile", "scope", "inference", "floor", "floor_nocpu", "wrap")
+CIRRON_VARIANTS = ("profile", "scope", "inference", "floor", "floor_nocpu", "wrap", "inference_nosink")
 BODY = b'{"text": "a short review of a movie that was rather good"}'
 #: The one request every load generator here sends, over keep-alive connections.
 PREDICT_REQUEST = (b"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
@@ -131,7 +134,8 @@ def build_app(variant: str):  # noqa: ANN201
     @asynccontextmanager
     async def lifespan(app):  # noqa: ANN001, ANN202
         if variant in CIRRON_VARIANTS:
-            async with ci.profiling(output=os.environ.get("BENCH_CIRRON_OUTPUT", "spool")):
+            output = "none" if variant == "inference_nosink" else os.environ.get("BENCH_CIRRON_OUTPUT", "spool")
+            async with ci.profiling(output=output):
                 yield
         else:
             yield
@@ -141,7 +145,7 @@ def build_app(variant: str):  # noqa: ANN201
     async def predict(payload: PredictIn) -> dict:
         return {"label": "positive", "chars": len(payload.text)}
 
-    if variant == "inference":
+    if variant in ("inference", "inference_nosink"):
         predict = ci.inference(predict)
     elif variant in ("floor", "floor_nocpu"):
         predict = _floor_wrapper(predict, cpu_clock=variant == "floor")
