@@ -813,10 +813,6 @@ def _instrument(c: Cirron, fn: Callable[..., Any], config: Mapping[str, Any] | N
             except BaseException as exc:
                 req.finish(exc)
                 raise
-            t = type(result)
-            if t in _PLAIN_RESULTS and (t is not dict or "usage" not in result):
-                req.finish()  # the common case, without a call to _finish_result
-                return result
             return _finish_result(req, result)
 
         wrapper = async_wrapper
@@ -832,10 +828,6 @@ def _instrument(c: Cirron, fn: Callable[..., Any], config: Mapping[str, Any] | N
             except BaseException as exc:
                 req.finish(exc)
                 raise
-            t = type(result)
-            if t in _PLAIN_RESULTS and (t is not dict or "usage" not in result):
-                req.finish()  # the common case, without a call to _finish_result
-                return result
             if inspect.iscoroutine(result):  # a callable object with an async __call__, a partial, ...
                 return _await_in(req, result)
             return _finish_result(req, result)
