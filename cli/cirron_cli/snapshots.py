@@ -415,7 +415,7 @@ def snapshot_cmd(
     span_rec = data.spans.get(full_id)
     session_id = next((s.id for s in data.sessions for r in s.snapshots if r.get("span_id") == full_id), None)
     if session_id is None and records:
-        session_id = records[0].get("_batch_session")
+        session_id = records[0].get("batch_session")
 
     files = _candidate_files(spool_dir, full_id, records, file)
     headers = _read_headers(files)

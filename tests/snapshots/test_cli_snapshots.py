@@ -293,3 +293,13 @@ def test_symlinked_blob_is_not_followed(demo, tmp_path: Path) -> None:
     blob.symlink_to(secret)
     r = run("traces", "snapshot", eid, "--spool", demo["spool"])
     assert "a symlink" in r.output and "gradients.safetensors  (" not in r.output
+
+
+def test_snapshot_of_a_session_without_spans_names_its_batch_session(factory) -> None:
+    """Snapshots whose session has no span on disk still say which session's batch held them."""
+    span_id = new_hex()
+    rec = dict(factory.snapshot(span_id, mode="stats"), blob_uri=None)
+    factory.write_batch([], [], [rec], session_id="5e55" * 8)
+    r = run("traces", "snapshot", span_id[:12], "--json", "--spool", str(factory.spool_dir))
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.output)["session_id"] == "5e55" * 8
