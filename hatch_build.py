@@ -50,11 +50,15 @@ class NativeBuildHook(BuildHookInterface):
             for _source, module in EXTENSIONS:  # nor keeping ones an earlier build left in the tree
                 (root / (module + suffix)).unlink(missing_ok=True)
             return
+        if sysconfig.get_config_var("Py_GIL_DISABLED"):
+            # The compiled modules rely on the GIL; a free-threaded build runs the pure-Python twins.
+            self.app.display_info("free-threaded Python: not compiling the C speed-ups")
+            return
         built = []
         for source, module in EXTENSIONS:
             target = root / (module + suffix)
-            cmd = _compile_command(root / source, target)
             try:
+                cmd = _compile_command(root / source, target)
                 subprocess.run(cmd, check=True, capture_output=True, text=True)
             except (OSError, subprocess.CalledProcessError, RuntimeError) as exc:
                 detail = getattr(exc, "stderr", "") or str(exc)

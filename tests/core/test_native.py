@@ -545,3 +545,14 @@ def test_buffered_records_with_attrs_add_nothing_to_the_gcs_count() -> None:
     # enough for several collections of the user's heap. Frozen, they add none.
     assert c.health()["spans_recorded"] >= 2_010
     assert grown < 50, f"{grown} GC allocations outstanding after 2,000 spans and marks"
+
+def test_a_free_threaded_build_runs_the_pure_python_twins(monkeypatch: pytest.MonkeyPatch) -> None:
+    from cirron import _native
+
+    real = _native.sysconfig.get_config_var
+    monkeypatch.delenv(PURE_PYTHON_ENV, raising=False)
+    monkeypatch.setattr(_native.sysconfig, "get_config_var",
+                        lambda name: 1 if name == "Py_GIL_DISABLED" else real(name))
+    assert _native.free_threaded()
+    assert _native.load("cirron._record._cscope") is None
+    assert _native.load("cirron._flush._cencode") is None
