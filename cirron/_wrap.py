@@ -495,13 +495,6 @@ def _wait_snapshots(c: Any, settle: bool = True) -> None:
             snaps.warm_up()
 
 
-def unwrap_torch(c: Any, module: Any) -> None:
-    """Remove the hooks ``c`` put on ``module`` (tests, notebooks re-running a cell)."""
-    hooks = _TORCH_WRAPPED.get(module, {}).pop(id(c), None)
-    if hooks is not None:
-        hooks.remove()
-
-
 # ========================================================================================== sklearn
 
 #: id of the estimator whose traced method is innermost in this context

@@ -37,7 +37,9 @@ RELEASE_STEP = 4096
 ENCODE_STEP = 2048
 
 
-class SpanRecord(msgspec.Struct, gc=False):
+class SpanOut(msgspec.Struct, gc=False):
+    """A span as the flush service writes it (the reader's twin is ``cirron.spool.reader.SpanRecord``)."""
+
     id: str
     parent_id: str | None
     name: str
@@ -53,7 +55,9 @@ class SpanRecord(msgspec.Struct, gc=False):
     attrs: dict
 
 
-class MarkRecord(msgspec.Struct, gc=False):
+class MarkOut(msgspec.Struct, gc=False):
+    """A mark as the flush service writes it."""
+
     id: str
     span_id: str
     name: str
@@ -72,21 +76,21 @@ _INF = float("inf")
 _cencode = native.load("cirron._flush._cencode")
 
 
-def span_record(row: tuple, pid: int, rank: int, root_id: int, root_hex: str | None) -> SpanRecord:
+def span_record(row: tuple, pid: int, rank: int, root_id: int, root_hex: str | None) -> SpanOut:
     """The spool record of a closed-layout span tuple (``cirron._record.span.CLOSED_FIELDS``)."""
     sid, parent, name, index, start, end, cpu, gpu, mem, tid, attrs = row
-    return SpanRecord(hex_id(sid), hex_id(parent) if parent else (root_hex if sid != root_id else None), name,
+    return SpanOut(hex_id(sid), hex_id(parent) if parent else (root_hex if sid != root_id else None), name,
                       index, start, end, cpu, gpu, mem, tid, pid, rank, strict_json(attrs) if attrs else {})
 
 
-def mark_record(row: tuple, mark_id: int) -> MarkRecord:
+def mark_record(row: tuple, mark_id: int) -> MarkOut:
     """The spool record of a mark ``(span_id, name, value, kind, ts_ns, attrs, thread_id)``
     (``cirron._record.span.MARK_TUPLE_FIELDS``)."""
     span_id, name, value, kind, ts, attrs, tid = row
     vt = _VALUE_TYPES.get(type(value), "str")
     if vt == "float" and (value != value or value == _INF or value == -_INF):
         value = encode_float(value)
-    return MarkRecord(hex_id(mark_id), hex_id(span_id) if span_id else ROOT_SENTINEL, name, value, vt, kind, ts,
+    return MarkOut(hex_id(mark_id), hex_id(span_id) if span_id else ROOT_SENTINEL, name, value, vt, kind, ts,
                       tid, strict_json(attrs) if attrs else {})
 
 
@@ -183,14 +187,14 @@ class Batch:
         #: Set by a sink that holds on to the batch after ``write_sync`` (to retry it later).
         self.kept = False
 
-    def span_records(self) -> Iterator[SpanRecord]:
+    def span_records(self) -> Iterator[SpanOut]:
         pid, rank = self.resource["pid"], self.resource["rank"]
         root_id, root_hex = self.root
         for rows in self.span_lists:
             for row in rows:
                 yield span_record(row, pid, rank, root_id, root_hex)
 
-    def mark_records(self) -> Iterator[MarkRecord]:
+    def mark_records(self) -> Iterator[MarkOut]:
         return map(mark_record, self.mark_rows, self.mark_ids)
 
     @property

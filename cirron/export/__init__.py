@@ -22,7 +22,7 @@ import orjson
 
 from cirron.export._common import NoSessionFound, NoTracesFound, atomic_dir, atomic_file
 from cirron.export._csv import CSV_COLUMNS, write_csv
-from cirron.export._json import to_batch_dict, write_json
+from cirron.export._json import write_json
 from cirron.export._otlp import (
     build_request,
     encode_resource_spans,
@@ -47,7 +47,6 @@ __all__ = [
     "encode_resource_spans",
     "encode_session",
     "otlp_request",
-    "to_batch_dict",
     "to_trace_events",
     "write_csv",
     "write_json",

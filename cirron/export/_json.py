@@ -14,7 +14,7 @@ from cirron.export._common import atomic_file, json_scalar
 from cirron.spool.reader import _limit_depth
 from cirron.spool.sessions import Session
 
-__all__ = ["to_batch_dict", "write_json"]
+__all__ = ["write_json"]
 
 
 def _clean(rec: Any, fields: tuple[str, ...]) -> dict:
@@ -29,20 +29,6 @@ def _dumps(rec: dict) -> bytes:
             if isinstance(rec.get(k), (dict, list)):
                 rec[k] = _limit_depth(rec[k], 128)
         return orjson.dumps(rec, default=str)
-
-
-def to_batch_dict(sessions: Iterable[Session]) -> dict:
-    """``{schema_version, sdk_version, spans, marks, snapshots}`` for the given sessions."""
-    spans, marks, snaps = [], [], []
-    for s in sessions:
-        spans.extend(_clean(x, SPAN_FIELDS) for x in sorted(s.spans, key=lambda r: (r.get("start_ns") or 0)))
-        for m in s.marks:
-            c = _clean(m, MARK_FIELDS)
-            c["value"] = json_scalar(c["value"])
-            marks.append(c)
-        snaps.extend(_clean(x, SNAPSHOT_FIELDS) for x in s.snapshots)
-    return {"schema_version": SCHEMA_VERSION, "sdk_version": __version__, "spans": spans, "marks": marks,
-            "snapshots": snaps}
 
 
 def write_json(sessions: Iterable[Session], path: str | os.PathLike[str]) -> int:

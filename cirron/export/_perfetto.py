@@ -22,12 +22,6 @@ from cirron.spool.sessions import Session
 __all__ = ["iter_trace_events", "to_trace_events", "write_perfetto"]
 
 
-def _label(span: dict) -> str:
-    name = str(span.get("name") or "span")
-    idx = span.get("index")
-    return f"{name}[{idx}]" if type(idx) is int else name
-
-
 def iter_trace_events(sessions: Sequence[Session]) -> Iterator[dict]:
     """The trace events of ``sessions``, one at a time (metadata events come before their use)."""
     starts = [x for sess in sessions for x in (sess.started_ns,) if type(x) is int]

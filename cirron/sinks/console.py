@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import sys
-from typing import Any
 
 from cirron._flush.batch import Batch
 from cirron._format import format_attrs, format_duration_ns, format_value
@@ -63,5 +62,3 @@ class ConsoleSink(Sink):
             sys.stdout.flush()
         self.count_written(batch)
 
-    def state(self) -> dict[str, Any]:
-        return super().state()

@@ -107,7 +107,7 @@ def genai_attributes(marks: list[dict[str, Any]]) -> dict[str, int]:
     return out
 
 
-class _Request:
+class _QueuedExport:
     """One queued OTLP request: the records until first encoded, then only the body."""
 
     __slots__ = ("session_id", "resource", "spans", "marks", "n_spans", "n_marks", "rounds", "body", "headers")
@@ -155,7 +155,7 @@ class OtlpSink(Sink):
         self._stop_deadline: float | None = None
         self._warned_partial = False
         #: Requests waiting to be sent, oldest first.
-        self._queue: deque[_Request] = deque()
+        self._queue: deque[_QueuedExport] = deque()
         self._queued_spans = 0
         self._queued_marks = 0
         self._down_until = 0.0
@@ -225,10 +225,10 @@ class OtlpSink(Sink):
         for i in range(0, len(spans), EXPORT_BATCH_SPANS):
             chunk = spans[i : i + EXPORT_BATCH_SPANS]
             chunk_marks = [m for s in chunk for m in marks.get(s["id"], ())]
-            self._enqueue(_Request(session_id, batch.resource, chunk, chunk_marks))
+            self._enqueue(_QueuedExport(session_id, batch.resource, chunk, chunk_marks))
         await self._drain()
 
-    def _enqueue(self, item: _Request) -> None:
+    def _enqueue(self, item: _QueuedExport) -> None:
         self._queue.append(item)
         self._queued_spans += item.n_spans
         self._queued_marks += item.n_marks
@@ -237,7 +237,7 @@ class OtlpSink(Sink):
             self._unqueue(old)
             self._drop("queue_full", spans=old.n_spans, marks=old.n_marks)
 
-    def _unqueue(self, item: _Request) -> None:
+    def _unqueue(self, item: _QueuedExport) -> None:
         self._queued_spans -= item.n_spans
         self._queued_marks -= item.n_marks
 
@@ -343,7 +343,7 @@ class OtlpSink(Sink):
         lst.append(mark)
         self._held_count += 1
 
-    async def _export(self, item: _Request, max_attempts: int) -> str:
+    async def _export(self, item: _QueuedExport, max_attempts: int) -> str:
         """One request with its retries: ``ok`` | ``dropped`` (refused/unencodable) | ``retry`` | ``cut``."""
         from cirron.export.otlp_http import RETRYABLE_STATUS, OTLPExportError, apost_with_retries
 

@@ -197,12 +197,3 @@ class PlatformSink(Sink):
         st.update(endpoint=self.url, batches_deferred=self.batches_deferred, spans_deferred=self.spans_deferred,
                   marks_deferred=self.marks_deferred)
         return st
-
-
-def sinks_for(output: Iterable[str]) -> list[str]:
-    """The sink names to build for ``output``: ``platform`` brings the spool sink along."""
-    names = list(output)
-    if "platform" in names and "spool" not in names:
-        names.insert(names.index("platform"), "spool")
-    return names
-

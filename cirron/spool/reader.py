@@ -428,8 +428,6 @@ class _SummaryBatch(msgspec.Struct, gc=False):
     snapshots: Optional[list[SnapshotSummary]] = None
 
 
-_FULL = _FullBatch
-_SUMMARY = _SummaryBatch
 _BATCH_TYPES = {"full": _FullBatch, "summary": _SummaryBatch, "export": _ExportBatch}
 _DECODERS = {k: msgspec.json.Decoder(v) for k, v in _BATCH_TYPES.items()}
 _TYPES = {

@@ -53,9 +53,6 @@ __all__ = [
 #: Id (and display name) of the synthetic session holding spans that reach no root.
 ORPHAN_SESSION_ID = "(orphan spans)"
 
-#: Field of mark/snapshot records holding the ``session_id`` of the batch that held them.
-BATCH_SESSION_KEY = "batch_session"
-
 
 # --------------------------------------------------------------------------- tree building
 
