@@ -51,28 +51,21 @@ _register_commands()
 
 def main() -> None:
     """Console-script entry point: every error is one ``Error: …`` line, never a traceback."""
-    try:  # typer >= 0.20 vendors its own copy of click
-        from typer._click import exceptions as click_errors
-    except ImportError:  # pragma: no cover
-        from click import exceptions as click_errors
-
-    # Vendored click (typer >= 0.20) has no Abort: there, ^C arrives as KeyboardInterrupt.
-    abort = getattr(click_errors, "Abort", KeyboardInterrupt)
     try:
         rv = app(standalone_mode=False)
-    except click_errors.NoArgsIsHelpError as exc:
-        typer.echo(exc.ctx.get_help() if exc.ctx else str(exc))
-        sys.exit(0)
-    except click_errors.UsageError as exc:
-        typer.echo(f"Error: {exc.format_message()}", err=True)
-        hint = f"Try '{exc.ctx.command_path} --help' for help." if exc.ctx else ""
-        if hint:
-            typer.echo(hint, err=True)
+    except typer.TyperException as exc:  # typer's public base of every usage and click error
+        ctx = getattr(exc, "ctx", None)
+        message = exc.format_message()
+        if ctx is not None and exc.exit_code == 2 and (not message or message.startswith("Usage:")):
+            # A group called without a subcommand: its help (rich has printed it already).
+            if message:
+                typer.echo(message)
+            sys.exit(0)
+        typer.echo(f"Error: {message}", err=True)
+        if ctx is not None and exc.exit_code == 2:  # a usage error
+            typer.echo(f"Try '{ctx.command_path} --help' for help.", err=True)
         sys.exit(exc.exit_code)
-    except click_errors.ClickException as exc:
-        typer.echo(f"Error: {exc.format_message()}", err=True)
-        sys.exit(exc.exit_code)
-    except (abort, KeyboardInterrupt):
+    except (typer.Abort, KeyboardInterrupt):
         sys.exit(130)
     sys.exit(rv if isinstance(rv, int) else 0)
 

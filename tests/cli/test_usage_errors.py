@@ -35,7 +35,7 @@ def test_help_and_version_exit_zero(tmp_path: Path) -> None:
     assert run("--version", cwd=tmp_path).stdout.strip().startswith("cirron ")
     for args in ((), ("traces",), ("traces", "view", "--help")):
         r = run(*args, cwd=tmp_path)
-        assert r.returncode == 0 and "Usage" in r.stdout
+        assert r.returncode == 0 and r.stdout.count("Usage") == 1 and r.stderr == ""
 
 
 def test_json_on_missing_spool_is_empty(tmp_path: Path) -> None:
