@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import re
 import threading
 from pathlib import Path
 
@@ -321,7 +322,7 @@ def test_consecutive_ids_differ_in_their_first_characters() -> None:
     ids = [hex_id(IDS.next_id()) for _ in range(1000)]
     assert len(set(ids)) == 1000
     assert len({i[:8] for i in ids}) == 1000  # short prefixes identify spans and sessions
-    assert all(len(i) == 32 and int(i, 16) >= 0 for i in ids)
+    assert all(re.fullmatch("[0-9a-f]{32}", i) for i in ids)
 
 
 def test_gpu_and_memory_figures_set_on_an_open_scope_are_written(spool_dir: Path) -> None:
