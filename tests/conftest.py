@@ -20,3 +20,20 @@ def _isolated_cirron_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Non
 @pytest.fixture
 def spool_dir(tmp_path: Path) -> Path:
     return tmp_path / ".cirron" / "spool"
+
+
+@pytest.fixture(autouse=True)
+def _internal_errors_fail_the_test(request: pytest.FixtureRequest) -> object:
+    """A failure inside cirron fails the test that met it. The Python paths raise it again under
+    pytest (:mod:`cirron._guard`); the compiled ones can only count it, so the counters of every
+    live profiler are checked after the test. Tests named ``*internal_error*`` expect them."""
+    from cirron import _cirron
+    from cirron._guard import EXPECTED_IN_TEST_NAME
+
+    before = {id(c): c._rec.internal_errors for c in list(_cirron._INSTANCES)}
+    yield
+    if EXPECTED_IN_TEST_NAME in request.node.name:
+        return
+    for c in list(_cirron._INSTANCES):
+        new = c._rec.internal_errors - before.get(id(c), 0)
+        assert new == 0, f"cirron counted {new} internal error(s): {c._rec.last_internal_error}"

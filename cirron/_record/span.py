@@ -24,6 +24,7 @@ from typing import Any
 
 from cirron import _native as native
 from cirron._errors import CirronMarkTypeError
+from cirron._guard import reraise_internal_errors
 from cirron._ids import IDS, hex_id
 from cirron._record.buffer import BufferRegistry
 
@@ -134,8 +135,11 @@ class Recorder(_cscope.RecorderBase if _cscope is not None else PyRecorderBase):
             tb.spans_dropped += 1
 
     def note_internal_error(self, exc: BaseException) -> None:
+        """Count a failure of cirron's own; under pytest raise it again (see :mod:`cirron._guard`)."""
         self.internal_errors += 1
         self.last_internal_error = _error_text(exc)
+        if reraise_internal_errors():
+            raise exc
 
 def coerce_mark_value(value: Any) -> Any:
     """bool/int stay, float-likes become float, str is capped at 256 UTF-8 bytes; else an error."""

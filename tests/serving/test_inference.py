@@ -518,7 +518,7 @@ def test_openai_chunk_objects(prof) -> None:
     assert s["ttft_ns"] > 0 and s["tokens_per_s"] > 0
 
 
-def test_detection_failure_never_reaches_the_caller(prof, monkeypatch) -> None:
+def test_detection_failure_is_an_internal_error_that_never_reaches_the_caller(prof, monkeypatch) -> None:
     def broken(item):
         raise RuntimeError("detector bug")
 
