@@ -11,6 +11,7 @@ from cirron._errors import CirronConfigError, CirronDependencyError
 from cirron._format import format_value
 from cirron._ids import hex_id
 from cirron._schema import SESSION_SPAN_NAME, strict_json
+from cirron.spool.reconstruct import children_index
 
 FORMATS = ("tree", "dict", "json", "df")
 
@@ -57,41 +58,39 @@ def build_nodes(spans: list[tuple], marks: dict[int, list], name: str | None, la
         picked = closed[-last:] if last > 0 else []
         return {"roots": [node(s) for s in picked], "span_count": len(picked)}
 
-    children: dict[int | None, list[tuple]] = {}
-    for s in wanted:
-        children.setdefault(s[1] if s[1] in by_id else None, []).append(s)
-
+    recs = {s[0]: {"id": s[0], "parent_id": s[1], "start_ns": s[4], "rec": s} for s in wanted}
+    top, children = children_index(recs.values())
     count = 0
 
-    def build(s: tuple) -> dict[str, Any]:
+    def build(r: dict) -> dict[str, Any]:
         nonlocal count
         count += 1
-        root = node(s)
-        stack = [(root, s)]
+        root = node(r["rec"])
+        stack = [(root, r)]
         while stack:
             n, sp = stack.pop()
-            for child in children.get(sp[0], ()):
+            for child in children.get(sp["id"], ()):
                 count += 1
-                cn = node(child)
+                cn = node(child["rec"])
                 n["children"].append(cn)
                 stack.append((cn, child))
         return root
 
     if name is None:
-        return {"roots": [build(s) for s in children.get(None, ())], "span_count": count}
-    matched = [s for s in wanted if s[2] == name]
-    matched_ids = {s[0] for s in matched}
+        return {"roots": [build(r) for r in top], "span_count": count}
     tops = []
-    for s in matched:  # a match nested in another match is already in that one's subtree
+    for s in wanted:  # a match nested in another match is already in that one's subtree
+        if s[2] != name:
+            continue
         p, nested = s[1], False
         while p in by_id:
-            if p in matched_ids:
+            if by_id[p][2] == name:
                 nested = True
                 break
             p = by_id[p][1]
         if not nested:
-            tops.append(s)
-    return {"roots": [build(s) for s in tops], "span_count": count}
+            tops.append(recs[s[0]])
+    return {"roots": [build(r) for r in tops], "span_count": count}
 
 
 def render_tree(data: dict[str, Any]) -> str:

@@ -11,13 +11,13 @@ import csv
 import gc
 import os
 from array import array
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
+from typing import Optional
 
-from cirron._schema import SESSION_SPAN_NAME
 from cirron.export._common import NoSessionFound, NoTracesFound, atomic_file, attrs_text
 from cirron.spool.reader import BatchFile, WarningCallback, list_batch_files, read_batch
-from cirron.spool.sessions import ORPHAN_SESSION_ID
+from cirron.spool.reconstruct import ORPHAN_SESSION_ID, assign_owners, is_session_root, span_wins, use_orphan_session
 
 __all__ = ["CSV_COLUMNS", "SpanIndex", "build_span_index", "write_csv"]
 
@@ -56,7 +56,7 @@ class SpanIndex:
     def add(self, span: dict, file_no: int, pos: int) -> None:
         i = self._id(span["id"])
         has_end = span.get("end_ns") is not None
-        if self.seen[i] and self.closed[i] and not has_end:
+        if self.seen[i] and not span_wins(True if self.closed[i] else None, span.get("end_ns")):
             return
         self.seen[i] = 1
         self.closed[i] = has_end
@@ -64,37 +64,16 @@ class SpanIndex:
         self.win_pos[i] = pos
         p = span.get("parent_id")
         self.parent[i] = self._id(p) if type(p) is str and p else -1
-        self.is_root[i] = 1 if (span.get("name") == SESSION_SPAN_NAME and p is None) else 0
+        self.is_root[i] = 1 if is_session_root(span) else 0
 
     def assign(self) -> None:
+        """Owners by :func:`cirron.spool.reconstruct.assign_owners` (-1: no session)."""
         n = len(self.parent)
-        owner = array("q", [-2]) * n
-        parent, seen, is_root = self.parent, self.seen, self.is_root
-        for i in range(n):
-            if is_root[i] and seen[i]:
-                owner[i] = i
-        for start in range(n):
-            if owner[start] != -2 or not seen[start]:
-                continue
-            path = []
-            on_path = set()
-            cur = start
-            result = -1
-            while True:
-                o = owner[cur]
-                if o != -2:
-                    result = o
-                    break
-                if not seen[cur] or cur in on_path:
-                    break
-                on_path.add(cur)
-                path.append(cur)
-                p = parent[cur]
-                if p < 0:
-                    break
-                cur = p
-            for x in path:
-                owner[x] = result
+        owners = assign_owners(_Parents(self), [i for i in range(n) if self.is_root[i] and self.seen[i]])
+        owner = array("q", [-1]) * n
+        for i, o in owners.items():
+            if o is not None:
+                owner[i] = o
         self.owner = owner
 
     def root_ids(self) -> dict[int, str]:
@@ -103,6 +82,35 @@ class SpanIndex:
             if self.is_root[i] and self.seen[i] and self.owner[i] == i:
                 rev[i] = sid
         return rev
+
+
+class _Parents(Mapping[int, Optional[int]]):
+    """The parent links of a :class:`SpanIndex` as a mapping (index → parent index or ``None``)
+    over its arrays, so owner assignment needs no second per-span dict."""
+
+    def __init__(self, index: SpanIndex) -> None:
+        self._parent = index.parent
+        self._seen = index.seen
+
+    def __getitem__(self, i: int) -> int | None:
+        if not (0 <= i < len(self._seen) and self._seen[i]):
+            raise KeyError(i)
+        p = self._parent[i]
+        return p if p >= 0 else None
+
+    def __contains__(self, i: object) -> bool:
+        return type(i) is int and 0 <= i < len(self._seen) and self._seen[i] == 1
+
+    def __iter__(self) -> Iterator[int]:
+        seen = self._seen
+        return (i for i in range(len(seen)) if seen[i])
+
+    def __len__(self) -> int:
+        return sum(self._seen)
+
+    def items(self) -> Iterator[tuple[int, int | None]]:  # type: ignore[override]
+        parent = self._parent
+        return ((i, (parent[i] if parent[i] >= 0 else None)) for i in self)
 
 
 def build_span_index(
@@ -145,7 +153,7 @@ def write_csv(
     try:
         index = build_span_index(files, on_warning, on_file)
         roots = index.root_ids()
-        orphan_mode = not roots
+        orphan_mode = use_orphan_session(len(roots), sum(index.seen))
         if not any(index.seen):
             raise NoTracesFound()
         wanted = None

@@ -17,8 +17,8 @@ import math
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
-from cirron._schema import ROOT_SENTINEL, SESSION_SPAN_NAME
 from cirron._version import __version__
+from cirron.spool.reconstruct import is_session_root, mark_span_id
 
 __all__ = [
     "SCOPE_NAME",
@@ -159,12 +159,10 @@ def iter_encoded_spans(
     spans = spans if isinstance(spans, Sequence) else list(spans)
     trace_id = derive_trace_id(session_id)
     ids = {s["id"] for s in spans}
-    root_id = next((s["id"] for s in spans if s.get("name") == SESSION_SPAN_NAME and s.get("parent_id") is None), None)
+    root_id = next((s["id"] for s in spans if is_session_root(s)), None)
     events: dict[str, list[dict]] = {}
     for m in marks:
-        sid = m.get("span_id")
-        if sid not in ids or sid == ROOT_SENTINEL:
-            sid = root_id
+        sid = mark_span_id(m.get("span_id"), ids, root_id)
         if sid is not None:
             events.setdefault(sid, []).append(_event(m))
     for s in spans:

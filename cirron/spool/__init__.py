@@ -1,5 +1,7 @@
 """Read the local spool: batch files → deduped records → sessions and span trees.
 
+Session reconstruction and dedupe live in one module, :mod:`cirron.spool.reconstruct`.
+
 ::
 
     from cirron.spool import load_spool
@@ -12,21 +14,24 @@ Plain synchronous code with no heavy imports (orjson only), so the CLI, the expo
 """
 
 from cirron.spool.reader import BatchFile, iter_batches, list_batch_files, read_batch
-from cirron.spool.sessions import (
+from cirron.spool.reconstruct import (
     ORPHAN_SESSION_ID,
+    Reconstruction,
+    Reconstructor,
     Session,
-    Spool,
     assign_sessions,
     children_index,
-    load_sessions,
-    load_spool,
     merge_span,
+    reconstruct,
     walk_tree,
 )
+from cirron.spool.sessions import Spool, load_sessions, load_spool
 
 __all__ = [
     "ORPHAN_SESSION_ID",
     "BatchFile",
+    "Reconstruction",
+    "Reconstructor",
     "Session",
     "Spool",
     "assign_sessions",
@@ -37,5 +42,6 @@ __all__ = [
     "load_spool",
     "merge_span",
     "read_batch",
+    "reconstruct",
     "walk_tree",
 ]

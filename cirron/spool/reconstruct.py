@@ -1,0 +1,481 @@
+"""Session reconstruction and dedupe: the one implementation every reader uses.
+
+Pure functions and one accumulator, no I/O. The spool loader (:mod:`cirron.spool.sessions`), the
+exporters, ``ci.trace()`` and the CLI all rebuild sessions and trees through this module, so the
+rules below are written once.
+
+Rules (spec section 3 and the ``cirron traces`` reference):
+
+* spans dedupe by ``id``: the record with ``end_ns`` wins, the later one among equals
+  (:func:`span_wins`); marks and snapshots dedupe by ``id``, last write wins;
+* a session is rooted at each ``cirron.session`` span whose ``parent_id`` is null
+  (:func:`is_session_root`); every other span belongs to the session its ``parent_id`` chain
+  reaches (:func:`assign_owners`, iterative, linear, safe on cycles);
+* marks and snapshots attach to their span's session; those on the ``"root"`` sentinel (or on a
+  span that never reached the spool) attach to the session named by their batch's ``session_id``;
+  inside a session a mark whose span is unknown hangs under the root (:func:`mark_span_id`);
+* spans that reach no root form the synthetic ``(orphan spans)`` session, only when the records
+  hold no real session (:func:`use_orphan_session`).
+
+Interfaces, from the smallest up:
+
+* :func:`assign_owners`, :func:`children_index`, :func:`walk_tree` work on any ids;
+* :class:`Reconstructor` takes batches (``add_batch``), dedupes as it goes and returns the
+  sessions with :meth:`Reconstructor.finish`. A streaming reader feeds it the batches of one
+  session at a time (:func:`reconstruct`); the spool loader feeds it a whole spool.
+
+A batch here is what :func:`cirron.spool.reader.read_batch` returns: a mapping with
+``session_id``, ``resource``, ``sdk_version`` and ``spans``/``marks``/``snapshots`` lists of
+record structs (``.id``, ``.parent_id``, ``.session`` ... attributes).
+"""
+
+from __future__ import annotations
+
+import gc
+from collections.abc import Hashable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from operator import attrgetter
+from typing import Any, TypeVar
+
+from cirron._schema import ROOT_SENTINEL, SESSION_SPAN_NAME
+
+__all__ = [
+    "ORPHAN_SESSION_ID",
+    "Reconstruction",
+    "Reconstructor",
+    "Session",
+    "assign_owners",
+    "assign_sessions",
+    "children_index",
+    "is_session_root",
+    "mark_span_id",
+    "merge_span",
+    "reconstruct",
+    "span_wins",
+    "use_orphan_session",
+    "walk_tree",
+]
+
+#: Id (and display name) of the synthetic session holding spans that reach no root.
+ORPHAN_SESSION_ID = "(orphan spans)"
+
+K = TypeVar("K", bound=Hashable)
+
+
+# --------------------------------------------------------------------------- the rules
+
+
+def is_session_root(span: Mapping[str, Any]) -> bool:
+    return span.get("name") == SESSION_SPAN_NAME and span.get("parent_id") is None
+
+
+def span_wins(old_end_ns: object, new_end_ns: object) -> bool:
+    """Whether a newer record of a span replaces the one already kept: unless the kept one is
+    closed and the newer one open (a closed record wins; the later one among equals)."""
+    return new_end_ns is not None or old_end_ns is None
+
+
+def use_orphan_session(n_sessions: int, n_spans: int) -> bool:
+    """Spans that reach no root are shown as the ``(orphan spans)`` session only when there is
+    no real session at all."""
+    return n_sessions == 0 and n_spans > 0
+
+
+def mark_span_id(span_id: object, span_ids: Iterable[object] | Mapping[Any, Any], root_id: str | None) -> Any:
+    """The span a mark (or snapshot) hangs under inside its session: its own span when the
+    session holds it, else the session root (``root_id``; ``None`` when there is no root)."""
+    if span_id != ROOT_SENTINEL and span_id in span_ids:  # type: ignore[operator]
+        return span_id
+    return root_id
+
+
+def merge_span(spans: dict[str, dict], span: dict) -> bool:
+    """Put ``span`` into ``spans`` (by id) unless :func:`span_wins` says the kept one stays.
+    Returns whether it was stored."""
+    sid = span["id"]
+    old = spans.get(sid)
+    if old is None or span_wins(old.get("end_ns"), span.get("end_ns")):
+        spans[sid] = span
+        return True
+    return False
+
+
+def assign_owners(parents: Mapping[K, K | None], roots: Iterable[K]) -> dict[K, K | None]:
+    """Map every key of ``parents`` (id → parent id, ``None`` for none) to the root its chain
+    reaches, or ``None``: a missing parent, a top-level node that is not a root, a cycle.
+
+    Iterative and linear: each node is walked once, so a chain of any depth is safe.
+    """
+    owner: dict[K, K | None] = {r: r for r in roots if r in parents}
+    for start, p0 in parents.items():
+        if start in owner:
+            continue
+        if p0 is not None and p0 in owner:  # fast path: parent already resolved
+            owner[start] = owner[p0]
+            continue
+        path: list[K] = []
+        on_path: set[K] = set()
+        cur: K | None = start
+        result: K | None = None
+        while cur is not None:
+            if cur in owner:
+                result = owner[cur]
+                break
+            if cur in on_path or cur not in parents:
+                break
+            on_path.add(cur)
+            path.append(cur)
+            cur = parents[cur]
+        for x in path:
+            owner[x] = result
+    return owner
+
+
+def _parent(span: Mapping[str, Any]) -> str | None:
+    p = span.get("parent_id")
+    return p if type(p) is str and p else None
+
+
+def assign_sessions(spans: Mapping[str, Mapping[str, Any]]) -> dict[str, str | None]:
+    """Map every span id (of dict-like records) to the id of the session root its chain reaches,
+    or ``None`` (see :func:`assign_owners`)."""
+    parents = {sid: _parent(s) for sid, s in spans.items()}
+    return assign_owners(parents, [sid for sid, s in spans.items() if is_session_root(s)])
+
+
+# --------------------------------------------------------------------------- trees
+
+
+def _start_key(span: Mapping[str, Any]) -> tuple[int, Any]:
+    s = span.get("start_ns")
+    return (s if type(s) is int else 0, span.get("id", ""))
+
+
+def _reach(start: Iterable[Any], children: Mapping[Any, list[dict]], reached: set[Any]) -> None:
+    stack = list(start)
+    while stack:
+        x = stack.pop()
+        if x in reached:
+            continue
+        reached.add(x)
+        stack.extend(c["id"] for c in children.get(x, ()))
+
+
+def children_index(spans: Iterable[dict], root_ids: Iterable[Any] = ()) -> tuple[list[dict], dict[Any, list[dict]]]:
+    """``(top_level, children)`` for a set of spans: ``children[parent_id]`` sorted by ``start_ns``
+    (then id).
+
+    ``top_level`` holds the spans in ``root_ids``, the spans whose parent is not in the set,
+    and one member of every ``parent_id`` cycle (so nothing is unreachable), sorted by start.
+    Ids may be any hashable (strings from the spool, ints in process).
+    """
+    by_id = {s["id"]: s for s in spans}
+    roots = set(root_ids)
+    children: dict[Any, list[dict]] = {}
+    top: list[dict] = []
+    for sid, s in by_id.items():
+        p = s.get("parent_id")
+        if sid in roots or p is None or p not in by_id or p == sid:
+            top.append(s)
+        else:
+            children.setdefault(p, []).append(s)
+    for lst in children.values():
+        lst.sort(key=_start_key)
+    # Anything not reachable from the top level sits on a cycle: promote one span per cycle.
+    reached: set[Any] = set()
+    _reach((s["id"] for s in top), children, reached)
+    if len(reached) < len(by_id):
+        for sid in sorted(by_id, key=str):
+            if sid in reached:
+                continue
+            s = by_id[sid]
+            p = s.get("parent_id")
+            if p in children:
+                children[p] = [c for c in children[p] if c["id"] != sid]
+            top.append(s)
+            _reach([sid], children, reached)
+    top.sort(key=_start_key)
+    return top, children
+
+
+def walk_tree(top: list[dict], children: Mapping[Any, list[dict]]) -> Iterator[tuple[dict, int]]:
+    """Pre-order ``(span, depth)`` over a forest, children in ``start_ns`` order; no recursion."""
+    stack: list[tuple[dict, int]] = [(s, 0) for s in reversed(top)]
+    seen: set[Any] = set()
+    while stack:
+        span, depth = stack.pop()
+        sid = span["id"]
+        if sid in seen:
+            continue
+        seen.add(sid)
+        yield span, depth
+        kids = children.get(sid)
+        if kids:
+            stack.extend((k, depth + 1) for k in reversed(kids))
+
+
+# --------------------------------------------------------------------------- sessions
+
+
+@dataclass
+class Session:
+    """One ``ci.profile()`` lifetime: its root span and every record that hangs from it.
+
+    ``files`` are the sources of the batches that hold its records (the spool loader passes
+    :class:`cirron.spool.reader.BatchFile` objects); ``live``/``crashed`` are set by whoever
+    can check the writer's liveness (the spool loader).
+    """
+
+    id: str
+    root: Any
+    spans: list[Any] = field(default_factory=list)
+    marks: list[Any] = field(default_factory=list)
+    snapshots: list[Any] = field(default_factory=list)
+    files: list[Any] = field(default_factory=list)
+    live: bool = False
+    crashed: bool = False
+    resource: dict = field(default_factory=dict)
+    sdk_version: str | None = None
+
+    @property
+    def is_orphan(self) -> bool:
+        return self.root is None
+
+    @property
+    def started_ns(self) -> int | None:
+        if self.root is not None:
+            return self.root.get("start_ns")
+        starts = [s["start_ns"] for s in self.spans if type(s.get("start_ns")) is int]
+        return min(starts) if starts else None
+
+    @property
+    def ended_ns(self) -> int | None:
+        if self.root is not None:
+            return self.root.get("end_ns")
+        ends = [s["end_ns"] for s in self.spans if type(s.get("end_ns")) is int]
+        return max(ends) if ends else None
+
+    @property
+    def open(self) -> bool:
+        """The root has no ``end_ns`` (the session is live or crashed)."""
+        return self.root is not None and self.root.get("end_ns") is None
+
+    @property
+    def status(self) -> str:
+        """``"ended"``, ``"live"`` or ``"crashed"``."""
+        if self.live:
+            return "live"
+        if self.crashed:
+            return "crashed"
+        return "ended"
+
+    @property
+    def bytes(self) -> int:
+        """Size of the batch files that hold this session's records."""
+        return sum(f.size for f in self.files)
+
+    @property
+    def last_ns(self) -> int | None:
+        """The latest timestamp known in the session (ends, starts, mark times)."""
+        best: int | None = None
+        for s in self.spans:
+            for k in ("end_ns", "start_ns"):
+                v = s.get(k)
+                if type(v) is int and (best is None or v > best):
+                    best = v
+        for m in self.marks:
+            v = m.get("ts_ns")
+            if type(v) is int and (best is None or v > best):
+                best = v
+        return best
+
+    @property
+    def root_id(self) -> str | None:
+        return self.root["id"] if self.root is not None else None
+
+    def tree(self) -> tuple[list[dict], dict[str, list[dict]]]:
+        """``(top_level, children)`` as :func:`children_index` builds them."""
+        return children_index(self.spans, [self.root["id"]] if self.root else ())
+
+    def marks_by_span(self) -> dict[str, list[dict]]:
+        """Marks grouped under the span they belong to (:func:`mark_span_id`), by ``ts_ns``.
+        Without a root, marks of unknown spans go under the ``"root"`` sentinel."""
+        ids = {s["id"] for s in self.spans}
+        root_id = self.root["id"] if self.root else ROOT_SENTINEL
+        out: dict[str, list[dict]] = {}
+        for m in self.marks:
+            out.setdefault(mark_span_id(m.get("span_id"), ids, root_id), []).append(m)
+        for lst in out.values():
+            lst.sort(key=lambda m: m.get("ts_ns") if type(m.get("ts_ns")) is int else 0)
+        return out
+
+
+@dataclass
+class Reconstruction:
+    """What :meth:`Reconstructor.finish` returns."""
+
+    #: Oldest first (by root start, then id).
+    sessions: list[Session]
+    #: Deduped records by id (the winners), including spans of no session.
+    spans: dict[str, Any]
+    marks: dict[str, Any]
+    snapshots: dict[str, Any]
+    #: For each batch added, in order: ``(source, ids of the sessions its records belong to)``
+    #: (``None`` in the set: records of no session).
+    batch_sessions: list[tuple[Any, set[str | None]]]
+
+
+class Reconstructor:
+    """Accumulates batches, deduping records by id as they come, and rebuilds the sessions.
+
+    Feed batches in write order (oldest first): among equal records the later one wins.
+    """
+
+    def __init__(self) -> None:
+        self.spans: dict[str, Any] = {}
+        self.marks: dict[str, Any] = {}
+        self.snapshots: dict[str, Any] = {}
+        self._batches: list[tuple[Any, list, list, list, str | None]] = []
+        self._meta: dict[str, tuple[dict, str | None]] = {}
+        self._dup_marks: set[str] = set()
+        self._dup_snaps: set[str] = set()
+        self._dups: list = []  # span records that lost the dedupe (their batch still maps to the session)
+
+    def add_batch(self, batch: Mapping[str, Any], source: Any = None) -> None:
+        """Add one batch (as :func:`cirron.spool.reader.read_batch` returns it); ``source`` is
+        what :attr:`Session.files` lists for it."""
+        bsid = batch["session_id"]
+        if bsid is not None and bsid not in self._meta:
+            self._meta[bsid] = (batch["resource"], batch["sdk_version"])
+        spans = self.spans
+        bspans = batch["spans"]
+        setdefault = spans.setdefault
+        for s in bspans:
+            old = setdefault(s.id, s)
+            if old is not s:
+                if span_wins(old.end_ns, s.end_ns):
+                    spans[s.id] = s
+                    self._dups.append(old)
+                else:
+                    self._dups.append(s)
+        bmarks = batch["marks"]
+        self._add_last_wins(self.marks, bmarks, self._dup_marks)
+        bsnaps = batch["snapshots"]
+        self._add_last_wins(self.snapshots, bsnaps, self._dup_snaps)
+        self._batches.append((source, bspans, bmarks, bsnaps, bsid))
+
+    @staticmethod
+    def _add_last_wins(into: dict[str, Any], recs: list, dup_ids: set[str]) -> None:
+        n = len(into)
+        for r in recs:
+            into[r.id] = r
+        if len(into) - n != len(recs):  # some ids repeated: remember them for the winner check
+            dup_ids.update(r.id for r in recs)
+
+    def _assign(self) -> list:
+        """Set ``rec.session`` on every span (:func:`assign_owners`); returns the roots."""
+        spans = self.spans
+        roots = [rec for rec in spans.values() if rec.parent_id is None and rec.name == SESSION_SPAN_NAME]
+        owner = assign_owners({sid: rec.parent_id for sid, rec in spans.items()}, [r.id for r in roots])
+        for sid, rec in spans.items():
+            rec.session = owner[sid]
+        return roots
+
+    def finish(self) -> Reconstruction:
+        spans, marks, snaps = self.spans, self.marks, self.snapshots
+        roots = self._assign()
+        sessions: dict[str, Session] = {r.id: Session(id=r.id, root=r) for r in roots}
+        all_sessions = dict(sessions)
+        orphan_mode = use_orphan_session(len(sessions), len(spans))
+        if orphan_mode:
+            all_sessions[ORPHAN_SESSION_ID] = Session(id=ORPHAN_SESSION_ID, root=None)
+            for s in spans.values():
+                s.session = ORPHAN_SESSION_ID
+        for d in self._dups:
+            d.session = spans[d.id].session
+
+        span_lists = {k: v.spans for k, v in all_sessions.items()}
+        span_lists[None] = []  # spans of no session (dropped when real sessions exist)
+        for s in spans.values():
+            span_lists[s.session].append(s)
+        del span_lists[None]
+        mark_lists = {k: v.marks for k, v in all_sessions.items()}
+        snap_lists = {k: v.snapshots for k, v in all_sessions.items()}
+        get_session = attrgetter("session")
+
+        span_get = spans.get
+        fallback = ORPHAN_SESSION_ID if orphan_mode else None
+        batch_sessions: list[tuple[Any, set[str | None]]] = []
+        for source, bspans, bmarks, bsnaps, bsid in self._batches:
+            local = {s.id: s.session for s in bspans}  # small and cache-friendly; most marks hit it
+            local_get = local.get
+            owners: set[str | None] = set(local.values())
+            for recs, lists, winners, dup_ids in ((bmarks, mark_lists, marks, self._dup_marks),
+                                                  (bsnaps, snap_lists, snaps, self._dup_snaps)):
+                if not recs:
+                    continue
+                for r in recs:
+                    sid = r.span_id
+                    o = local_get(sid)
+                    if o is None:
+                        if sid is not None:
+                            target = span_get(sid)
+                            if target is not None:
+                                o = target.session
+                        if o is None:
+                            b = r.batch_session
+                            o = b if b in sessions else fallback
+                    r.session = o
+                    if o is not None and (not dup_ids or r.id not in dup_ids or winners[r.id] is r):
+                        lists[o].append(r)
+                owners.update(map(get_session, recs))
+            if not (bspans or bmarks or bsnaps):
+                owners.add(bsid if bsid in all_sessions else None)
+            batch_sessions.append((source, owners))
+            for o in owners:
+                if o is not None:
+                    all_sessions[o].files.append(source)
+
+        for sess in all_sessions.values():
+            meta = self._meta.get(sess.id)
+            if meta is not None:
+                sess.resource = dict(meta[0])
+                sess.sdk_version = meta[1]
+            if sess.root is not None:
+                attrs = sess.root.get("attrs")
+                if sess.sdk_version is None and isinstance(attrs, dict) and isinstance(attrs.get("sdk_version"), str):
+                    sess.sdk_version = attrs["sdk_version"]
+                for k in ("pid", "rank"):
+                    if k not in sess.resource and sess.root.get(k) is not None:
+                        sess.resource[k] = sess.root[k]
+
+        ordered = sorted(
+            all_sessions.values(), key=lambda s: (s.started_ns if s.started_ns is not None else 0, s.id)
+        )
+        return Reconstruction(ordered, spans, marks, snaps, batch_sessions)
+
+
+def reconstruct(batches: Iterable[Mapping[str, Any] | tuple[Mapping[str, Any], Any]]) -> Reconstruction:
+    """Dedupe and rebuild the sessions of ``batches`` (oldest first; each a batch or a
+    ``(batch, source)`` pair). For a streaming reader: pass the batches of one session."""
+    r = Reconstructor()
+    with paused_gc():
+        for b in batches:
+            if isinstance(b, tuple):
+                r.add_batch(b[0], b[1])
+            else:
+                r.add_batch(b)
+        return r.finish()
+
+
+class paused_gc:
+    """Turn the cyclic GC off while millions of small records are built (it would rescan them
+    over and over); restores the previous state."""
+
+    def __enter__(self) -> None:
+        self._was = gc.isenabled()
+        gc.disable()
+
+    def __exit__(self, *exc: object) -> None:
+        if self._was:
+            gc.enable()
