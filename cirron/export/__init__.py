@@ -15,7 +15,7 @@ perfetto   :func:`write_perfetto`               ``./cirron-traces.perfetto.json`
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import orjson
@@ -88,7 +88,7 @@ def _write_chunked(fh: Any, items: Iterator[bytes], chunk: int = 5000) -> int:
     return n
 
 
-def write_otlp_json(sessions: Sequence[Session], path: str | os.PathLike[str]) -> int:
+def write_otlp_json(sessions: Iterable[Session], path: str | os.PathLike[str]) -> int:
     """Write the OTLP/JSON request to ``path`` atomically, streamed span by span (memory stays
     flat however many spans); returns the number of spans."""
     n = 0

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from collections.abc import Iterable
 from typing import Any
 
@@ -32,26 +34,28 @@ def _dumps(rec: dict) -> bytes:
 
 
 def write_json(sessions: Iterable[Session], path: str | os.PathLike[str]) -> int:
-    """Write the merged batch to ``path`` atomically, streamed in chunks; returns the number of spans."""
+    """Write the merged batch to ``path`` atomically, one session at a time; returns the number of spans.
+
+    Spans go straight to the file; marks and snapshots wait in two unlinked temporary files beside
+    it until every session is read, so memory holds one session whatever the total."""
     from cirron.export import _write_chunked
 
-    sessions = list(sessions)
     head = orjson.dumps({"schema_version": SCHEMA_VERSION, "sdk_version": __version__})[:-1]
-    n = 0
-    with atomic_file(path) as tmp, open(tmp, "wb") as fh:
+    n = m = k = 0
+    parent = os.path.dirname(os.path.abspath(path))
+    with atomic_file(path) as tmp, open(tmp, "wb") as fh, \
+            tempfile.TemporaryFile(dir=parent) as marks_fh, tempfile.TemporaryFile(dir=parent) as snaps_fh:
         fh.write(head + b',"spans":[')
         for s in sessions:
             spans = sorted(s.spans, key=lambda r: (r.get("start_ns") or 0))
             n += _write_chunked_after(fh, n, (_dumps(_clean(x, SPAN_FIELDS)) for x in spans), _write_chunked)
-        fh.write(b'],"marks":[')
-        m = 0
-        for s in sessions:
-            m += _write_chunked_after(fh, m, (_dumps(_mark(x)) for x in s.marks), _write_chunked)
-        fh.write(b'],"snapshots":[')
-        k = 0
-        for s in sessions:
-            k += _write_chunked_after(fh, k, (_dumps(_clean(x, SNAPSHOT_FIELDS)) for x in s.snapshots),
+            m += _write_chunked_after(marks_fh, m, (_dumps(_mark(x)) for x in s.marks), _write_chunked)
+            k += _write_chunked_after(snaps_fh, k, (_dumps(_clean(x, SNAPSHOT_FIELDS)) for x in s.snapshots),
                                       _write_chunked)
+        for label, side in ((b'],"marks":[', marks_fh), (b'],"snapshots":[', snaps_fh)):
+            fh.write(label)
+            side.seek(0)
+            shutil.copyfileobj(side, fh, 1 << 20)
         fh.write(b"]}")
     return n
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable
 from operator import attrgetter
 from typing import Any
 
@@ -15,6 +15,8 @@ from cirron.spool.sessions import Session
 __all__ = ["PARQUET_FILES", "write_parquet"]
 
 PARQUET_FILES = ("spans.parquet", "marks.parquet", "snapshots.parquet")
+
+_SPAN_INTS = ("index", "start_ns", "end_ns", "cpu_ns", "gpu_ns", "memory_peak_bytes", "thread_id", "pid", "rank")
 
 SPAN_COLUMNS = (
     "session_id", "span_id", "parent_id", "name", "index", "start_ns", "end_ns", "duration_ns", "cpu_ns",
@@ -44,39 +46,28 @@ def _float(v: object) -> float | None:
     return None
 
 
-def write_parquet(sessions: Sequence[Session], out_dir: str | os.PathLike[str]) -> int:
-    """Write spans/marks/snapshots Parquet files into ``out_dir``; returns the number of spans."""
-    pa = require("pyarrow", "Parquet export")
-    pc = require("pyarrow.compute", "Parquet export")
-    pq = require("pyarrow.parquet", "Parquet export")
-    i64, f64, s = pa.int64(), pa.float64(), pa.string()
-
-    spans = [x for sess in sessions for x in sess.spans]
-    sess_col: list = []
-    for sess in sessions:
-        sess_col.extend([sess.id] * len(sess.spans))
-    ints = ("index", "start_ns", "end_ns", "cpu_ns", "gpu_ns", "memory_peak_bytes", "thread_id", "pid", "rank")
+def _span_table(pa: Any, pc: Any, sess: Session) -> Any:
+    i64, s = pa.int64(), pa.string()
+    spans = sess.spans
     data: dict[str, Any] = {
-        "session_id": pa.array(sess_col, s),
+        "session_id": pa.array([sess.id] * len(spans), s),
         "span_id": pa.array([x.id for x in spans], s),
         "parent_id": pa.array([x.parent_id for x in spans], s),
         "name": pa.array([_str(x.name) for x in spans], s),
     }
-    for c in ints:
+    for c in _SPAN_INTS:
         data[c] = pa.array(list(map(attrgetter(c), spans)), i64)
     data["duration_ns"] = pc.subtract(data["end_ns"], data["start_ns"])
     data["attrs_json"] = pa.array([attrs_text(x.attrs) for x in spans], s)
-    spans_tbl = pa.table({c: data[c] for c in SPAN_COLUMNS})
-    n_spans = spans_tbl.num_rows
-    del data, spans, sess_col
+    return pa.table({c: data[c] for c in SPAN_COLUMNS})
 
-    marks = [x for sess in sessions for x in sess.marks]
-    msess: list = []
-    for sess in sessions:
-        msess.extend([sess.id] * len(sess.marks))
+
+def _mark_table(pa: Any, sess: Session) -> Any:
+    i64, f64, s = pa.int64(), pa.float64(), pa.string()
+    marks = sess.marks
     values = [x.value for x in marks]
-    marks_tbl = pa.table({
-        "session_id": pa.array(msess, s),
+    return pa.table({
+        "session_id": pa.array([sess.id] * len(marks), s),
         "mark_id": pa.array([x.id for x in marks], s),
         "span_id": pa.array([x.span_id for x in marks], s),
         "name": pa.array([_str(x.name) for x in marks], s),
@@ -88,36 +79,68 @@ def write_parquet(sessions: Sequence[Session], out_dir: str | os.PathLike[str]) 
         "thread_id": pa.array([x.thread_id for x in marks], i64),
         "attrs_json": pa.array([attrs_text(x.attrs) for x in marks], s),
     })
-    del marks, msess, values
 
-    stat_keys = ("mean", "std", "min", "max", "norm")
-    n: dict[str, list] = {c: [] for c in ("session_id", "snapshot_id", "span_id", "tensor", "role", "dtype", "shape",
-                                           "mode", "ts_ns", *stat_keys, "numel", "nan_count", "inf_count",
-                                           "stats_json", "blob_uri")}
-    for sess in sessions:
-        for x in sess.snapshots:
-            st = x.get("stats") if isinstance(x.get("stats"), dict) else {}
-            shape = x.get("shape")
-            n["session_id"].append(sess.id)
-            n["snapshot_id"].append(x["id"])
-            n["span_id"].append(_str(x.get("span_id")))
-            for c in ("tensor", "role", "dtype", "mode", "blob_uri"):
-                n[c].append(_str(x.get(c)))
-            n["shape"].append([d for d in shape if type(d) is int] if isinstance(shape, list) else None)
-            n["ts_ns"].append(_int(x.get("ts_ns")))
-            for k in stat_keys:
-                n[k].append(_float(_decode(st.get(k))))
-            for k in ("numel", "nan_count", "inf_count"):
-                n[k].append(_int(st.get(k)))
-            n["stats_json"].append(safe_dumps(st).decode())
+
+_STAT_KEYS = ("mean", "std", "min", "max", "norm")
+_SNAP_COLUMNS = ("session_id", "snapshot_id", "span_id", "tensor", "role", "dtype", "shape", "mode", "ts_ns",
+                 *_STAT_KEYS, "numel", "nan_count", "inf_count", "stats_json", "blob_uri")
+
+
+def _snapshot_table(pa: Any, sess: Session) -> Any:
+    i64, f64, s = pa.int64(), pa.float64(), pa.string()
+    n: dict[str, list] = {c: [] for c in _SNAP_COLUMNS}
+    for x in sess.snapshots:
+        st = x.get("stats") if isinstance(x.get("stats"), dict) else {}
+        shape = x.get("shape")
+        n["session_id"].append(sess.id)
+        n["snapshot_id"].append(x["id"])
+        n["span_id"].append(_str(x.get("span_id")))
+        for c in ("tensor", "role", "dtype", "mode", "blob_uri"):
+            n[c].append(_str(x.get(c)))
+        n["shape"].append([d for d in shape if type(d) is int] if isinstance(shape, list) else None)
+        n["ts_ns"].append(_int(x.get("ts_ns")))
+        for k in _STAT_KEYS:
+            n[k].append(_float(_decode(st.get(k))))
+        for k in ("numel", "nan_count", "inf_count"):
+            n[k].append(_int(st.get(k)))
+        n["stats_json"].append(safe_dumps(st).decode())
     ntypes = {"ts_ns": i64, "numel": i64, "nan_count": i64, "inf_count": i64, "shape": pa.list_(i64),
-              **{k: f64 for k in stat_keys}}
-    snaps_tbl = pa.table({c: pa.array(v, ntypes.get(c, s)) for c, v in n.items()})
+              **{k: f64 for k in _STAT_KEYS}}
+    return pa.table({c: pa.array(v, ntypes.get(c, s)) for c, v in n.items()})
 
+
+def write_parquet(sessions: Iterable[Session], out_dir: str | os.PathLike[str]) -> int:
+    """Write spans/marks/snapshots Parquet files into ``out_dir``; returns the number of spans.
+
+    Sessions are converted and written one at a time (a row group or more each), so memory holds
+    one session's records and Arrow columns whatever the total."""
+    pa = require("pyarrow", "Parquet export")
+    pc = require("pyarrow.compute", "Parquet export")
+    pq = require("pyarrow.parquet", "Parquet export")
+    n_spans = 0
     with atomic_dir(out_dir, PARQUET_FILES) as tmp:
-        pq.write_table(spans_tbl, tmp / "spans.parquet")
-        pq.write_table(marks_tbl, tmp / "marks.parquet")
-        pq.write_table(snaps_tbl, tmp / "snapshots.parquet")
+        writers: dict[str, Any] = {}
+        try:
+            for sess in sessions:
+                for name, table in (("spans.parquet", _span_table(pa, pc, sess)),
+                                    ("marks.parquet", _mark_table(pa, sess)),
+                                    ("snapshots.parquet", _snapshot_table(pa, sess))):
+                    w = writers.get(name)
+                    if w is None:
+                        w = writers[name] = pq.ParquetWriter(tmp / name, table.schema)
+                    if table.num_rows:
+                        w.write_table(table)
+                n_spans += len(sess.spans)
+                del sess
+            if not writers:  # no session at all: empty files with the right columns
+                empty = Session(id="", root=None)
+                for name, table in (("spans.parquet", _span_table(pa, pc, empty)),
+                                    ("marks.parquet", _mark_table(pa, empty)),
+                                    ("snapshots.parquet", _snapshot_table(pa, empty))):
+                    pq.write_table(table, tmp / name)
+        finally:
+            for w in writers.values():
+                w.close()
     return n_spans
 
 

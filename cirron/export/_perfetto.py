@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 
 import orjson
 
@@ -22,13 +22,20 @@ from cirron.spool.sessions import Session
 __all__ = ["iter_trace_events", "to_trace_events", "write_perfetto"]
 
 
-def iter_trace_events(sessions: Sequence[Session]) -> Iterator[dict]:
-    """The trace events of ``sessions``, one at a time (metadata events come before their use)."""
-    starts = [x for sess in sessions for x in (sess.started_ns,) if type(x) is int]
-    for sess in sessions:
-        if sess.root is None:
-            starts.extend(s.get("start_ns") for s in sess.spans if type(s.get("start_ns")) is int)
-    base = min(starts) if starts else 0
+def iter_trace_events(sessions: Iterable[Session], base_ns: int | None = None) -> Iterator[dict]:
+    """The trace events of ``sessions``, one at a time (metadata events come before their use).
+
+    ``base_ns`` is the time every ``ts`` counts from; without it, the earliest start of the
+    sessions (which are then held in memory to find it).
+    """
+    if base_ns is None:
+        sessions = list(sessions)
+        starts = [x for sess in sessions for x in (sess.started_ns,) if type(x) is int]
+        for sess in sessions:
+            if sess.root is None:
+                starts.extend(s.get("start_ns") for s in sess.spans if type(s.get("start_ns")) is int)
+        base_ns = min(starts) if starts else 0
+    base = base_ns
     pid_of: dict[tuple[str, object], int] = {}
     threads: set[tuple[int, int]] = set()
 
@@ -106,15 +113,17 @@ def _dumps(ev: dict) -> bytes:
         return orjson.dumps(ev, default=str)
 
 
-def write_perfetto(sessions: Sequence[Session], path: str | os.PathLike[str]) -> int:
-    """Write the trace-event JSON to ``path`` atomically, streamed; returns the number of span events."""
+def write_perfetto(sessions: Iterable[Session], path: str | os.PathLike[str], base_ns: int | None = None) -> int:
+    """Write the trace-event JSON to ``path`` atomically, streamed; returns the number of span events.
+
+    With ``base_ns`` (see :func:`iter_trace_events`) sessions are read and written one at a time."""
     from cirron.export import _write_chunked
 
     n = 0
 
     def events() -> Iterator[bytes]:
         nonlocal n
-        for ev in iter_trace_events(sessions):
+        for ev in iter_trace_events(sessions, base_ns):
             if ev["ph"] == "X":
                 n += 1
             yield _dumps(ev)

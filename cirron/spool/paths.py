@@ -15,7 +15,10 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import glob
 import os
+import re
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from cirron._atomic import TMP_PREFIX  # noqa: F401  (part of the layout this module describes)
@@ -67,3 +70,38 @@ def is_session_live(spool_dir: str | os.PathLike[str], session_id: str) -> bool:
         return False
     finally:
         os.close(fd)
+
+
+_GLOB_CHARS = re.compile(r"[*?[]")
+
+
+def has_glob(pattern: str | os.PathLike[str]) -> bool:
+    """Whether ``pattern`` holds glob characters (``*``, ``?``, ``[``)."""
+    return _GLOB_CHARS.search(os.fspath(pattern)) is not None
+
+
+def resolve_spools(patterns: Iterable[str | os.PathLike[str]],
+                   on_warning: Callable[[str], None] | None = None) -> list[Path]:
+    """The spool directories ``patterns`` name, in the order given, each once.
+
+    A pattern with glob characters (``*``, ``?``, ``[``; ``**`` crosses directories) stands for
+    the directories it matches, sorted; one that matches none is reported through
+    ``on_warning``. A plain path is kept as given, even when it does not exist (an empty spool).
+    """
+    out: list[Path] = []
+    seen: set[str] = set()
+    for pat in patterns:
+        text = os.fspath(pat)
+        if has_glob(text):
+            found = sorted(p for p in glob.glob(os.path.expanduser(text), recursive=True) if os.path.isdir(p))
+            if not found and on_warning is not None:
+                on_warning(f"no spool directory matches {text}")
+            candidates = [Path(p) for p in found]
+        else:
+            candidates = [Path(text).expanduser()]
+        for p in candidates:
+            key = os.path.realpath(p)
+            if key not in seen:
+                seen.add(key)
+                out.append(p)
+    return out

@@ -29,8 +29,10 @@ HIST_CHARS = "▁▂▃▄▅▆▇█"
 # --------------------------------------------------------------------------------------- helpers
 
 
-def _spool_dir(spool: str) -> Path:
-    return Path(spool)
+def _spool_dirs(spools: list[str]) -> list[Path]:
+    """The directories of the ``--spool`` values (globs expanded); at least one."""
+    dirs = spool_paths.resolve_spools(spools, warn)
+    return dirs or [Path(spools[0])]
 
 
 def _load(spool_dir: Path) -> Any:
@@ -169,26 +171,26 @@ def snapshots_cmd(
     span_id: str | None = typer.Argument(None, help="Span id prefix (same as --span)."),
     session: str | None = typer.Option(None, "--session", help="Only this session (id prefix)."),
     span: str | None = typer.Option(None, "--span", help="Only this span (id prefix)."),
-    spool: str = typer.Option(DEFAULT_SPOOL, "--spool", help="Spool directory to read.", show_default=True),
+    spool: list[str] = typer.Option([DEFAULT_SPOOL], "--spool", show_default=True,
+                                    help="Spool directory to read (repeatable; globs allowed)."),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable JSON."),
 ) -> None:
     """Table of the spans that recorded weight/gradient snapshots."""
-    spool_dir = _spool_dir(spool)
-    data = _load(spool_dir)
-    if not data.sessions and not data.snapshots:
+    loaded = [(d, _load(d)) for d in _spool_dirs(spool)]
+    if not any(data.sessions or data.snapshots for _d, data in loaded):
         render.no_traces(err=True)
         raise typer.Exit(1)
-    sessions = data.sessions
-    if session:
-        sessions = data.find(session)
-        if not sessions:
-            fail(f"No session found matching {session}")
+    chosen = []
+    for _d, data in loaded:
+        chosen.extend((data, sess) for sess in (data.find(session) if session else data.sessions))
+    if session and not chosen:
+        fail(f"No session found matching {session}")
     span_prefix = span or span_id
     if span and span_id and not span.startswith(span_id) and not span_id.startswith(span):
         fail(f"--span {span} and the positional span id {span_id} disagree")
 
     groups: dict[str, dict[str, Any]] = {}
-    for sess in sessions:
+    for data, sess in chosen:
         for rec in sess.snapshots:
             sid = rec.get("span_id")
             if not isinstance(sid, str):
@@ -213,10 +215,12 @@ def snapshots_cmd(
         fail(f"No snapshots found for span {span_prefix}")
     rows = sorted(groups.values(), key=lambda g: (g["start_ns"] if type(g["start_ns"]) is int else 0, g["span_id"]))
     if as_json:
-        _echo_json({"dir": str(spool_dir.resolve()), "spans": rows})
+        _echo_json({"dir": str(loaded[0][0].resolve()), "dirs": [str(d.resolve()) for d, _x in loaded],
+                    "spans": rows})
         return
     n = len(rows)
-    typer.echo(f"Spool: {spool_dir.resolve()}  ({n} span{'' if n == 1 else 's'} with snapshots)")
+    where = f"Spool: {loaded[0][0].resolve()}" if len(loaded) == 1 else f"Spools: {len(loaded)} directories"
+    typer.echo(f"{where}  ({n} span{'' if n == 1 else 's'} with snapshots)")
     if not rows:
         typer.echo("No snapshots recorded. Wrap a model with ci.wrap() and loop with ci.epochs() to take some.")
         return
@@ -379,7 +383,8 @@ def _export_blobs(headers: list[st.SafetensorsHeader], raw: str) -> list[Path]:
 def snapshot_cmd(
     span_id: str = typer.Argument(..., help="Span id (prefix allowed)."),
     tensor: str | None = typer.Argument(None, help="Tensor name, verbatim (e.g. 2.weight)."),
-    spool: str = typer.Option(DEFAULT_SPOOL, "--spool", help="Spool directory to read.", show_default=True),
+    spool: list[str] = typer.Option([DEFAULT_SPOOL], "--spool", show_default=True,
+                                    help="Spool directory to read (repeatable; globs allowed)."),
     file: Path | None = typer.Option(None, "--file", help="Read this safetensors file instead of the span's blobs."),
     preview: int | None = typer.Option(None, "--preview", min=0, help="Print the first N values of TENSOR."),
     tail: int | None = typer.Option(None, "--tail", min=0, help="Print the last N values of TENSOR."),
@@ -390,8 +395,11 @@ def snapshot_cmd(
     """Inspect one span's snapshots: stats, safetensors headers, histogram, preview and export."""
     if (preview is not None or tail is not None) and tensor is None:
         fail("--preview/--tail need a tensor name: cirron traces snapshot <span> <tensor> --preview N")
-    spool_dir = _spool_dir(spool)
-    data = _load(spool_dir)
+    loaded = [(d, _load(d)) for d in _spool_dirs(spool)]
+    # The spool holding snapshots of this span (the first one given when none does).
+    spool_dir, data = next(((d, x) for d, x in loaded
+                            if any(isinstance(r.get("span_id"), str) and r["span_id"].startswith(span_id)
+                                   for r in x.snapshots.values())), loaded[0])
     if not data.sessions and not data.snapshots and file is None:
         render.no_traces(err=True)
         raise typer.Exit(1)

@@ -18,6 +18,7 @@ import secrets
 import shutil
 import signal
 import sys
+from dataclasses import dataclass
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Optional
@@ -26,7 +27,8 @@ import orjson
 import typer
 
 from cirron.spool import paths
-from cirron.spool.reader import _limit_depth, list_batch_files, safe_dumps
+from cirron.spool.catalog import Catalog, SessionInfo, open_catalog
+from cirron.spool.reader import _limit_depth, safe_dumps
 from cirron.spool.sessions import Session, Spool, load_spool
 from cirron_cli import render
 from cirron_cli.render import fail, format_bytes, format_duration_ns, style, use_color, warn
@@ -39,19 +41,23 @@ DEFAULT_SPOOL = str(paths.DEFAULT_SPOOL_DIR)
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 
-SpoolOpt = typer.Option(DEFAULT_SPOOL, "--spool", help="Spool directory to read.", show_default=True)
+SpoolOpt = typer.Option(
+    [DEFAULT_SPOOL], "--spool", show_default=True,
+    help="Spool directory to read; repeat it or use a quoted glob ('runs/*/.cirron/spool') for several.",
+)
 
 
 # ============================================================================ shared helpers
 
 
-def _read_spool(spool: str, progress: bool = False, fields: str = "full") -> Spool:
-    path = Path(spool)
-    if path.exists() and not path.is_dir():
-        fail(f"Spool path {spool} is not a directory")
-    total = len(list_batch_files(path, lambda _m: None)) if progress else None
-    with _progress("Reading spool", enabled=progress, total=total) as tick:
-        return load_spool(path, warn, on_file=tick, fields=fields)
+def open_spools(spools: list[str]) -> Catalog:
+    """The catalog of the spool directories the ``--spool`` values name (globs expanded)."""
+    for s in spools:
+        if not paths.has_glob(s):
+            p = Path(s).expanduser()
+            if p.exists() and not p.is_dir():
+                fail(f"Spool path {s} is not a directory")
+    return open_catalog(spools, warn)
 
 
 @contextlib.contextmanager
@@ -68,34 +74,31 @@ def _progress(label: str, enabled: bool = True, total: int | None = None) -> Ite
         yield lambda _x=None: prog.advance(task)
 
 
-def _load_sessions(
-    spool: str, prefix: str | None, last: int | None, fields: str = "full", progress: bool = False
-) -> tuple[Spool, list[Session]]:
-    """The sessions a command works on, fully read: a quick summary read picks them, then only
-    the batch files holding their records are read in full. An empty spool gives ``[]``; an
-    unknown prefix fails with the reference's message."""
-    if prefix is None and last is None:  # everything: one full read
-        sp = _read_spool(spool, progress=progress, fields=fields)
-        return sp, list(sp.sessions)
-    summary = _read_spool(spool, progress=progress, fields="summary")
-    if not summary.sessions:
-        return summary, []
-    chosen = _select(summary, prefix)
+def _pick_sessions(spools: list[str], prefix: str | None, last: int | None) -> tuple[Catalog, list[SessionInfo]]:
+    """The sessions a command works on (summaries; load them with ``Catalog.iter_load``). An empty
+    spool gives ``[]``; an unknown prefix fails with the reference's message."""
+    cat = open_spools(spools)
+    if not cat.sessions:
+        return cat, []
+    chosen = _select(cat, prefix)
     if last is not None:
         chosen = chosen[-last:]
-    wanted = {s.id for s in chosen}
-    files = {bf.path: bf for s in chosen for bf in s.files}
-    if len(files) == len(summary.files) and fields == "summary":
-        return summary, chosen
-    with _progress("Reading sessions", enabled=progress, total=len(files)) as tick:
-        full = load_spool(Path(spool), lambda _m: None, on_file=tick, fields=fields, files=files.values())
-    return full, [s for s in full.sessions if s.id in wanted]
+    return cat, chosen
 
 
-def _select(spool: Spool, prefix: str | None) -> list[Session]:
+def _iter_loaded(cat: Catalog, chosen: list[SessionInfo], fields: str = "full",
+                 progress: bool = False) -> Iterator[Session]:
+    """The chosen sessions rebuilt one at a time, with a progress bar per session on a TTY."""
+    with _progress("Reading sessions", enabled=progress, total=len(chosen)) as tick:
+        for sess in cat.iter_load(chosen, fields):
+            yield sess
+            tick()
+
+
+def _select(cat: Catalog, prefix: str | None) -> list[SessionInfo]:
     if prefix is None:
-        return list(spool.sessions)
-    found = spool.find(prefix)
+        return list(cat.sessions)
+    found = cat.find(prefix)
     if not found:
         fail(f"No session found matching {prefix}")
     return found
@@ -200,7 +203,9 @@ def _attr_text(span: dict, is_root: bool) -> str:
 class _SessionView:
     """The filtered, depth-limited pre-order of one session, as nodes for text or JSON."""
 
-    def __init__(self, session: Session, name: str | None, depth: int | None, min_wall: int | None) -> None:
+    def __init__(self, info: SessionInfo, session: Session, name: str | None, depth: int | None,
+                 min_wall: int | None) -> None:
+        self.info = info
         self.session = session
         top, children = session.tree()
         marks = session.marks_by_span()
@@ -332,7 +337,7 @@ class _SessionView:
             elif t == "collapsed":
                 out_nodes.append({"type": "collapsed", "depth": node["depth"], "spans": node["spans"],
                                   "duration_ns": str(node["duration_ns"])})
-        return {**_session_summary(s), "nodes": out_nodes}
+        return {**_session_summary(self.info), "nodes": out_nodes}
 
 
 def _json_scalar(v: Any) -> Any:
@@ -343,18 +348,23 @@ def _json_scalar(v: Any) -> Any:
     return v
 
 
-def _session_summary(s: Session) -> dict:
+def _session_summary(s: SessionInfo) -> dict:
     return {
         "id": s.id,
         "started_ns": _ns_str(s.started_ns),
         "ended_ns": _ns_str(s.ended_ns),
         "live": s.live,
         "crashed": s.crashed,
-        "spans": len(s.spans),
-        "marks": len(s.marks),
-        "snapshots": len(s.snapshots),
+        "spans": s.spans,
+        "marks": s.marks,
+        "snapshots": s.snapshots,
         "bytes": s.bytes,
         "sdk_version": s.sdk_version,
+        "spool": str(s.spool.resolve()),
+        "run_id": s.run_id,
+        "rank": s.rank,
+        "world_size": s.world_size,
+        "local_rank": s.local_rank,
     }
 
 
@@ -367,9 +377,10 @@ def view(
     last: Optional[int] = typer.Option(None, "--last", help="Show the N newest sessions (default: 1)."),
     name: Optional[str] = typer.Option(None, "--name", help="Keep spans whose name contains this (ancestors kept)."),
     session: Optional[str] = typer.Option(None, "--session", help="Show the session(s) whose id starts with this."),
+    run: Optional[str] = typer.Option(None, "--run", help="Show every rank of the run whose id starts with this."),
     depth: Optional[int] = typer.Option(None, "--depth", help="Collapse the tree below depth N."),
     min_wall: Optional[str] = typer.Option(None, "--min-wall", help="Hide spans shorter than this (ns, us, ms, s, m, h)."),
-    spool: str = SpoolOpt,
+    spool: list[str] = SpoolOpt,
     no_color: bool = typer.Option(False, "--no-color", help="Disable ANSI colour."),
     json_out: bool = typer.Option(False, "--json", help="Machine-readable JSON."),
 ) -> None:
@@ -383,26 +394,54 @@ def view(
         min_ns = parse_duration_ns(min_wall)
         if min_ns is None:
             fail(f"Invalid --min-wall duration: {min_wall} (expected e.g. 500us, 1ms, 2s)", EXIT_USAGE)
-    n_last = last if last is not None else (1 if session is None else None)
-    _sp, chosen = _load_sessions(spool, session, n_last)
+    if run is not None and (session is not None or last is not None):
+        fail("--run cannot be combined with --session or --last", EXIT_USAGE)
+    if run is not None:
+        cat = open_spools(spool)
+        chosen = list(_pick_run(cat, run).sessions)
+    else:
+        n_last = last if last is not None else (1 if session is None else None)
+        cat, chosen = _pick_sessions(spool, session, n_last)
     if not chosen:
         if json_out:
             typer.echo("[]")
         else:
             render.no_traces()
         return
-    views = [_SessionView(s, name, depth, min_ns) for s in chosen]
-    if json_out:
-        _dump_json([v.to_json() for v in views])
-        return
     color = use_color(no_color)
     out = sys.stdout
-    for i, v in enumerate(views):
+    if json_out:
+        out.write("[")
+    for i, (info, sess) in enumerate(zip(chosen, cat.iter_load(chosen))):
+        v = _SessionView(info, sess, name, depth, min_ns)
+        if json_out:
+            out.write(("," if i else "") + orjson.dumps(v.to_json(), option=orjson.OPT_INDENT_2).decode())
+            continue
         if i:
             out.write("\n")
+        if run is not None:
+            out.write(style(_rank_header(info), "bold", "magenta", color=color) + "\n")
         for line in v.lines(color):
             out.write(line + "\n")
+    if json_out:
+        out.write("]\n")
     out.flush()
+
+
+def _rank_header(info: SessionInfo) -> str:
+    rank = "?" if info.rank is None else str(info.rank)
+    world = f"/{info.world_size}" if info.world_size is not None else ""
+    host = f" · host {info.host}" if info.host else ""
+    return f"── rank {rank}{world} · session {render.short_id(info.id)}{host} ──"
+
+
+def _pick_run(cat: Catalog, prefix: str) -> Any:
+    runs = cat.find_run(prefix)
+    if not runs:
+        fail(f"No run found matching {prefix}")
+    if len(runs) > 1:
+        fail(f"Run id {prefix} is ambiguous: it matches {len(runs)} runs ({', '.join(r.id for r in runs[:5])})")
+    return runs[0]
 
 
 # ============================================================================ list
@@ -410,40 +449,100 @@ def view(
 
 @traces_app.command("list")
 def list_sessions(
-    spool: str = SpoolOpt,
+    spool: list[str] = SpoolOpt,
     json_out: bool = typer.Option(False, "--json", help="Machine-readable JSON."),
     no_color: bool = typer.Option(False, "--no-color", help="Disable ANSI colour."),
 ) -> None:
-    """Table of the sessions in the spool, newest first."""
-    sp = _read_spool(spool, fields="summary")
-    sessions = list(reversed(sp.sessions))
-    abs_dir = str(Path(spool).resolve())
+    """Table of the sessions in the spool(s), newest first, and the runs their ranks belong to."""
+    cat = open_spools(spool)
+    sessions = list(reversed(cat.sessions))
+    dirs = [str(d.resolve()) for d in cat.spools]
+    abs_dir = dirs[0] if dirs else str(Path(spool[0]).resolve())
+    runs = cat.runs()
     if json_out:
         # Same shape with or without sessions (an empty spool has an empty "sessions" list), so
         # scripts can always read ["sessions"].
-        _dump_json({"dir": abs_dir, "sessions": [_session_summary(s) for s in sessions]})
+        _dump_json({"dir": abs_dir, "dirs": dirs, "sessions": [_session_summary(s) for s in sessions],
+                    "runs": [_run_summary(r) for r in reversed(runs)]})
         return
     if not sessions:
         render.no_traces()
         return
-    durations = []
-    for s in sessions:
-        if s.live:
-            durations.append("(live)")
-        elif s.crashed:
-            durations.append("(crashed)")
-        else:
-            e, st = s.ended_ns, s.started_ns
-            durations.append(format_duration_ns(e - st) if e is not None and st is not None else "?")
+    durations = [_duration_text(s) for s in sessions]
     width = max(len("DURATION"), *(len(d) for d in durations))
+    with_runs = bool(runs)
+    many = len(cat.spools) > 1
+    headers = ["SESSION", "STARTED", "DURATION", "SPANS", "MARKS", "SNAPSHOTS", "SIZE"]
+    right = [2, 3, 4, 5, 6]
+    if with_runs:
+        headers += ["RUN", "RANK"]
+        right.append(8)
+    if many:
+        headers.append("SPOOL")
     rows = []
     for s, d in zip(sessions, durations):
         cell = d.center(width) if d.startswith("(") else d
-        rows.append((render.short_id(s.id), render.format_iso_ns(s.started_ns), cell, len(s.spans), len(s.marks),
-                     len(s.snapshots), format_bytes(s.bytes)))
-    typer.echo(f"Spool: {abs_dir}  ({render.plural(len(sessions), 'session')})")
-    typer.echo(render.aligned_table(["SESSION", "STARTED", "DURATION", "SPANS", "MARKS", "SNAPSHOTS", "SIZE"], rows,
-                                right=(2, 3, 4, 5, 6)))
+        row: list[object] = [render.short_id(s.id), render.format_iso_ns(s.started_ns), cell, s.spans, s.marks,
+                             s.snapshots, format_bytes(s.bytes)]
+        if with_runs:
+            row += [render.short_id(s.run_id, 12) if s.run_id else "-", "-" if s.rank is None else s.rank]
+        if many:
+            row.append(_short_path(s.spool))
+        rows.append(row)
+    where = f"Spool: {abs_dir}" if not many else f"Spools: {len(dirs)} directories"
+    typer.echo(f"{where}  ({render.plural(len(sessions), 'session')})")
+    typer.echo(render.aligned_table(headers, rows, right=right))
+    if runs:
+        typer.echo("")
+        typer.echo(f"Runs ({len(runs)}):")
+        run_rows = []
+        for r in reversed(runs):
+            ranks = sorted(x for x in r.ranks if x is not None)
+            worlds = {s.world_size for s in r.sessions if s.world_size is not None}
+            statuses = [s.status for s in r.sessions]
+            state = ", ".join(f"{statuses.count(k)} {k}" for k in ("ended", "live", "crashed") if statuses.count(k))
+            run_rows.append((r.id, render.format_iso_ns(r.started_ns), len(r.sessions), _rank_ranges(ranks),
+                             "/".join(map(str, sorted(worlds))) or "?", state, sum(s.spans for s in r.sessions)))
+        typer.echo(render.aligned_table(["RUN", "STARTED", "SESSIONS", "RANKS", "WORLD", "STATUS", "SPANS"],
+                                        run_rows, right=(2, 4, 6)))
+
+
+def _duration_text(s: SessionInfo) -> str:
+    if s.live:
+        return "(live)"
+    if s.crashed:
+        return "(crashed)"
+    e, st = s.ended_ns, s.started_ns
+    return format_duration_ns(e - st) if e is not None and st is not None else "?"
+
+
+def _run_summary(r: Any) -> dict:
+    return {"id": r.id, "started_ns": _ns_str(r.started_ns), "ranks": r.ranks,
+            "sessions": [s.id for s in r.sessions]}
+
+
+def _rank_ranges(ranks: list[int]) -> str:
+    """``0-3,5`` for [0, 1, 2, 3, 5]; ``-`` when empty."""
+    if not ranks:
+        return "-"
+    parts = []
+    lo = prev = ranks[0]
+    for x in ranks[1:] + [None]:
+        if x is not None and x == prev + 1:
+            prev = x
+            continue
+        parts.append(str(lo) if lo == prev else f"{lo}-{prev}")
+        if x is not None:
+            lo = prev = x
+    return ",".join(parts)
+
+
+def _short_path(p: Path) -> str:
+    """A spool path relative to the working directory when it is below it."""
+    try:
+        return str(p.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(p)
 
 
 # ============================================================================ export
@@ -480,14 +579,14 @@ def export(
     fmt: Optional[str] = typer.Option(None, "--format", help="parquet, otel (alias otlp), csv, json or perfetto."),
     output: Optional[str] = typer.Option(None, "--output", help="Output file (a directory for parquet)."),
     session: Optional[str] = typer.Option(None, "--session", help="Export the session(s) whose id starts with this."),
-    spool: str = SpoolOpt,
+    spool: list[str] = SpoolOpt,
     endpoint: Optional[str] = typer.Option(None, "--endpoint", help="otel: POST to this OTLP/HTTP receiver instead."),
     protocol: str = typer.Option("http/json", "--protocol", help="otel --endpoint: http/json or http/protobuf."),
     header: list[str] = typer.Option([], "--header", help="otel --endpoint: extra HTTP header KEY=VALUE (repeatable)."),
     timeout: float = typer.Option(30.0, "--timeout", help="otel --endpoint: overall deadline in seconds."),
 ) -> None:
     """Convert traces to Parquet, OTLP/JSON, CSV, JSON or Perfetto, or send them to an OTLP receiver."""
-    from cirron.export import FORMATS, NoSessionFound, NoTracesFound
+    from cirron.export import FORMATS
 
     if fmt is None:
         fail(f"Missing option --format (one of {', '.join(FORMATS)})", EXIT_USAGE)
@@ -499,55 +598,43 @@ def export(
     if protocol not in ("http/json", "http/protobuf"):
         fail(f"Invalid --protocol: {protocol} (expected http/json or http/protobuf)", EXIT_USAGE)
     headers = _parse_headers(header)
-    spool_path = Path(spool)
-    if spool_path.exists() and not spool_path.is_dir():
-        fail(f"Spool path {spool} is not a directory")
-
-    if fmt == "csv":
-        from cirron.export import write_csv
-
-        target = _file_target(output, fmt)
-        try:
-            n_files = len(list_batch_files(spool_path, lambda _m: None))
-            with _progress("Exporting CSV", total=2 * n_files) as tick:
-                rows = write_csv(spool_path, target, session_prefix=session, on_warning=warn, on_file=tick)
-        except NoTracesFound:
-            render.no_traces(err=True)
-            raise typer.Exit(1) from None
-        except NoSessionFound as exc:
-            fail(f"No session found matching {exc.prefix}")
-        except OSError as exc:
-            fail(f"Cannot write {target}: {exc.strerror or exc}")
-        typer.echo(f"Exported {render.plural(rows, 'span')} to {target}")
-        return
-
-    _sp, chosen = _load_sessions(spool, session, None, fields="export" if fmt == "parquet" else "full",
-                                 progress=True)
+    fields = "export" if fmt in ("parquet", "csv") else "full"
+    cat, chosen = _pick_sessions(spool, session, None)
     if not chosen:
         render.no_traces(err=True)
         raise typer.Exit(1)
-    n_spans = sum(len(s.spans) for s in chosen)
+    n_spans = sum(s.spans for s in chosen)
     what = f"{render.plural(n_spans, 'span')} from {render.plural(len(chosen), 'session')}"
 
     if endpoint is not None:
-        _send(chosen, endpoint, protocol, headers, timeout, what)
+        _send(list(_iter_loaded(cat, chosen)), endpoint, protocol, headers, timeout, what)
         if output is None:
             return
 
     from cirron import export as ex
     from cirron._errors import CirronDependencyError
 
+    sessions = _iter_loaded(cat, chosen, fields, progress=True)
     try:
         if fmt == "parquet":
             target = Path(output) if output else Path(ex.DEFAULT_OUTPUTS[fmt])
             if target.exists() and not target.is_dir():
                 fail(f"Cannot write {target}: not a directory (parquet export writes three files into a directory)")
-            ex.write_parquet(chosen, target)
+            ex.write_parquet(sessions, target)
+        elif fmt == "csv":
+            target = _file_target(output, fmt)
+            rows = ex.write_csv(sessions, target)
+            typer.echo(f"Exported {render.plural(rows, 'span')} to {target}")
+            return
         else:
             target = _file_target(output, fmt)
             writer = {"otel": ex.write_otlp_json, "otlp": ex.write_otlp_json, "json": ex.write_json,
                       "perfetto": ex.write_perfetto}[fmt]
-            writer(chosen, target)
+            if fmt == "perfetto":
+                starts = [s.started_ns for s in chosen if s.started_ns is not None]
+                ex.write_perfetto(sessions, target, base_ns=min(starts) if starts else None)
+            else:
+                writer(sessions, target)
     except CirronDependencyError as exc:
         fail(str(exc))
     except OSError as exc:
@@ -632,22 +719,23 @@ def _snapshot_dir_sessions(d: Path) -> set[str]:
 
 class _Deleter:
     """Deletes groups of paths atomically: every path of a group is renamed into a trash dir
-    first, then removed; a group whose renames fail halfway is put back."""
+    first, then removed; a group whose renames fail halfway is put back. Each ``.cirron/``
+    directory gets its own trash dir (a rename never crosses file systems)."""
 
-    def __init__(self, base: Path) -> None:
-        self.base = base
-        self.trash: Path | None = None
+    def __init__(self) -> None:
+        self.trash: dict[Path, Path] = {}
         self.files = 0
         self.dirs = 0
 
-    def _trash_dir(self) -> Path:
-        if self.trash is None:
-            self.trash = self.base / f".cirron-trash-{os.getpid()}-{secrets.token_hex(4)}"
-            self.trash.mkdir()
-        return self.trash
+    def _trash_dir(self, base: Path) -> Path:
+        trash = self.trash.get(base)
+        if trash is None:
+            trash = self.trash[base] = base / f".cirron-trash-{os.getpid()}-{secrets.token_hex(4)}"
+            trash.mkdir()
+        return trash
 
-    def delete_group(self, files: list[Path], dirs: list[Path]) -> None:
-        trash = self._trash_dir()
+    def delete_group(self, base: Path, files: list[Path], dirs: list[Path]) -> None:
+        trash = self._trash_dir(base)
         moved: list[tuple[Path, Path]] = []
         try:
             for i, p in enumerate([*files, *dirs]):
@@ -671,18 +759,22 @@ class _Deleter:
                 self.files += 1
 
     def close(self) -> None:
-        if self.trash is not None:
-            shutil.rmtree(self.trash, ignore_errors=True)
+        for trash in self.trash.values():
+            shutil.rmtree(trash, ignore_errors=True)
 
 
-def _delete_groups(groups: list[tuple[list[Path], list[Path]]], base: Path, intr: _Interrupt) -> tuple[_Deleter, bool]:
-    d = _Deleter(base)
+#: Paths deleted together, all below one ``.cirron/`` directory (the first item).
+_Group = tuple[Path, list[Path], list[Path]]
+
+
+def _delete_groups(groups: list[_Group], intr: _Interrupt) -> tuple[_Deleter, bool]:
+    d = _Deleter()
     try:
         with _progress("Deleting", enabled=len(groups) > 1, total=len(groups)) as tick:
-            for files, dirs in groups:
+            for base, files, dirs in groups:
                 if intr.hit:
                     return d, True
-                d.delete_group(files, dirs)
+                d.delete_group(base, files, dirs)
                 tick()
         return d, intr.hit
     finally:
@@ -706,7 +798,7 @@ def clear(
     keep: Optional[int] = typer.Option(None, "--keep", help="Retain the N most recent finished sessions."),
     yes: bool = typer.Option(False, "--yes", "-y", help="Skip the confirmation prompt."),
     no_prune_orphans: bool = typer.Option(False, "--no-prune-orphans", help="Keep snapshot dirs no session references."),
-    spool: str = SpoolOpt,
+    spool: list[str] = SpoolOpt,
 ) -> None:
     """Delete sessions (batch files and snapshot dirs); live sessions are never touched."""
     if keep is not None and keep < 0:
@@ -723,20 +815,48 @@ def clear(
         raise typer.Exit(EXIT_INTERRUPTED) from None
 
 
-def _clear(cutoff: int | None, keep: int | None, yes: bool, prune: bool, spool: str) -> None:
-    sp = _read_spool(spool, fields="summary")
-    spool_dir = Path(spool)
-    live = [s for s in sp.sessions if s.live]
-    candidates = [s for s in sp.sessions if not s.live]
+def _clear(cutoff: int | None, keep: int | None, yes: bool, prune: bool, spool: list[str]) -> None:
+    cat = open_spools(spool)
+    loaded = [(d, load_spool(d, warn, fields="summary")) for d in cat.spools]
+    everything = sorted(((d, s) for d, sp in loaded for s in sp.sessions),
+                        key=lambda ds: (ds[1].started_ns if ds[1].started_ns is not None else 0, ds[1].id))
+    live = [s for _d, s in everything if s.live]
+    candidates = [(d, s) for d, s in everything if not s.live]
     eligible = candidates
     if cutoff is not None:
-        eligible = [s for s in eligible if s.started_ns is not None and s.started_ns < cutoff]
+        eligible = [(d, s) for d, s in eligible if s.started_ns is not None and s.started_ns < cutoff]
     if keep is not None:
-        finished = [s for s in reversed(candidates) if not s.crashed]
-        kept = {s.id for s in finished[:keep]} | {s.id for s in candidates if s.crashed}
-        eligible = [s for s in eligible if s.id not in kept]
-    doomed = {s.id for s in eligible}
+        finished = [(d, s) for d, s in reversed(candidates) if not s.crashed]
+        kept = {(d, s.id) for d, s in finished[:keep]} | {(d, s.id) for d, s in candidates if s.crashed}
+        eligible = [(d, s) for d, s in eligible if (d, s.id) not in kept]
+    groups: list[_Group] = []
+    orphan_dirs: list[tuple[Path, Path]] = []
+    n_bytes = n_dirs = n_spans = 0
+    for spool_dir, sp in loaded:
+        mine = [s for d, s in eligible if d == spool_dir]
+        plan = _plan_clear(sp, spool_dir, mine, prune)
+        base = paths.cirron_root(spool_dir)
+        groups.extend((base, files, dirs) for files, dirs in plan.groups)
+        orphan_dirs.extend((base, d) for d in plan.orphan_dirs)
+        n_bytes += plan.n_bytes
+        n_dirs += plan.n_dirs
+        n_spans += plan.n_spans
+    _run_clear(live, [s for _d, s in eligible], groups, orphan_dirs, n_bytes, n_dirs, n_spans, yes)
 
+
+@dataclass
+class _ClearPlan:
+    groups: list[tuple[list[Path], list[Path]]]
+    orphan_dirs: list[Path]
+    n_bytes: int
+    n_dirs: int
+    n_spans: int
+
+
+def _plan_clear(sp: Spool, spool_dir: Path, eligible: list[Session], prune: bool) -> _ClearPlan:
+    """What deleting ``eligible`` (sessions of the one spool ``sp``) removes there."""
+    live = [s for s in sp.sessions if s.live]
+    doomed = {s.id for s in eligible}
     # Files: a file goes only when every session it holds records of is being deleted.
     groups: list[tuple[list[Path], list[Path]]] = []
     snap_root = paths.snapshots_dir(spool_dir)
@@ -792,7 +912,11 @@ def _clear(cutoff: int | None, keep: int | None, yes: bool, prune: bool, spool: 
                 continue
             orphan_dirs.append(d)
     n_dirs += len(orphan_dirs)
+    return _ClearPlan(groups, orphan_dirs, n_bytes, n_dirs, n_spans)
 
+
+def _run_clear(live: list[Session], eligible: list[Session], groups: list[_Group],
+               orphan_dirs: list[tuple[Path, Path]], n_bytes: int, n_dirs: int, n_spans: int, yes: bool) -> None:
     for s in live:
         typer.echo(f"Keeping live session {render.short_id(s.id)} (its writer still holds the lock)", err=True)
     if not eligible and not orphan_dirs:
@@ -803,10 +927,10 @@ def _clear(cutoff: int | None, keep: int | None, yes: bool, prune: bool, spool: 
     if not yes and not _confirm(question):
         typer.echo("Aborted.", err=True)
         raise typer.Exit(1)
-    groups.extend(([], [d]) for d in orphan_dirs)
+    groups.extend((base, [], [d]) for base, d in orphan_dirs)
     with _Interrupt() as intr:
         try:
-            deleter, interrupted = _delete_groups(groups, spool_dir.parent, intr)
+            deleter, interrupted = _delete_groups(groups, intr)
         except OSError as exc:
             fail(f"Could not delete: {exc.strerror or exc} ({getattr(exc, 'filename', '')})")
     summary = f"{render.plural(deleter.files, 'file')} and {render.plural(deleter.dirs, 'snapshot dir')}"

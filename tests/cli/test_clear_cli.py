@@ -129,8 +129,8 @@ def test_ctrl_c_stops_between_sessions_and_exits_130(factory: SpoolFactory, monk
     real = t._Deleter.delete_group
     calls = []
 
-    def group_then_sigint(self, files, dirs):
-        real(self, files, dirs)
+    def group_then_sigint(self, base, files, dirs):
+        real(self, base, files, dirs)
         calls.append(1)
         if len(calls) == 1:
             signal.raise_signal(signal.SIGINT)  # arrives while the first session is being deleted
