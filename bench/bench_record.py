@@ -4,7 +4,9 @@
     python bench/bench_record.py --quick    # fewer samples
 
 Prints ns/op (median of per-sample means) for cirron and OTel and the ratio cirron/OTel, then
-the flush-service stall test (200,000 scopes/s for 5 s) and the import-time comparison.
+what recording costs when it is switched off (``ci.profile(enabled=False)`` next to OTel's
+no-op tracer, the API with no SDK installed), then the flush-service stall test (200,000
+scopes/s for 5 s) and the import-time comparison.
 Both sides run with their production pipeline on: cirron with ``ci.profile()`` and the spool
 sink; OTel with a TracerProvider, a BatchSpanProcessor and an exporter that discards.
 """
@@ -195,6 +197,44 @@ def run_micro(samples: int) -> list[tuple[str, float, float]]:
     return rows
 
 
+def run_disabled(samples: int) -> list[tuple[str, float, float]]:
+    """``profile(enabled=False)``: scope and mark next to OTel's API without an SDK (no-op)."""
+    from opentelemetry import trace as otel_api
+
+    from cirron import Cirron
+
+    c = Cirron(output="none")
+    c.profile(enabled=False)
+    noop = otel_api.NoOpTracer()
+
+    def ci_scope(n: int) -> None:
+        s = c.scope
+        for _ in range(n):
+            with s("step"):
+                pass
+
+    def otel_scope(n: int) -> None:
+        s = noop.start_as_current_span
+        for _ in range(n):
+            with s("step"):
+                pass
+
+    def ci_mark(n: int) -> None:
+        m = c.mark
+        for _ in range(n):
+            m("loss", 0.5)
+
+    def otel_mark(n: int) -> None:
+        get = otel_api.get_current_span
+        for _ in range(n):
+            get().add_event("loss", {"value": 0.5})
+
+    rows = [("scope, disabled", *measure_pair(ci_scope, otel_scope, samples)),
+            ("mark, disabled", *measure_pair(ci_mark, otel_mark, samples))]
+    assert c.trace(format="dict")["span_count"] == 0
+    return rows
+
+
 def run_stall(rate: int, seconds: float) -> dict[str, float]:
     """Record ``rate`` scopes/s for ``seconds`` while the flush service writes; time every scope."""
     import cirron as ci
@@ -287,6 +327,10 @@ def main() -> None:
     rows = run_micro(samples)
     print(f"\n{'operation':32} {'cirron ns/op':>13} {'OTel ns/op':>12} {'cirron/OTel':>12}")
     for name, c_ns, o_ns in rows:
+        print(f"{name:32} {c_ns:13.0f} {o_ns:12.0f} {c_ns / o_ns:12.3f}")
+
+    print(f"\n{'switched off':32} {'cirron ns/op':>13} {'OTel no-op':>12} {'cirron/OTel':>12}")
+    for name, c_ns, o_ns in run_disabled(samples):
         print(f"{name:32} {c_ns:13.0f} {o_ns:12.0f} {c_ns / o_ns:12.3f}")
 
     seconds = 2.0 if args.quick else 5.0

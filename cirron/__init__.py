@@ -23,6 +23,7 @@ _DEFAULT = Cirron(_lazy=True)
 aflush = _DEFAULT.aflush
 ashutdown = _DEFAULT.ashutdown
 batches = _DEFAULT.batches
+deps = _DEFAULT.deps
 env = _DEFAULT.env
 epochs = _DEFAULT.epochs
 flush = _DEFAULT.flush
@@ -36,6 +37,7 @@ secret = _DEFAULT.secret
 shutdown = _DEFAULT.shutdown
 snapshot = _DEFAULT.snapshot
 trace = _DEFAULT.trace
+watch = _DEFAULT.watch
 wrap = _DEFAULT.wrap
 
 
@@ -67,6 +69,7 @@ __all__ = [
     "batches",
     "current_request_id",
     "default",
+    "deps",
     "env",
     "epochs",
     "flush",
@@ -81,5 +84,6 @@ __all__ = [
     "shutdown",
     "snapshot",
     "trace",
+    "watch",
     "wrap",
 ]

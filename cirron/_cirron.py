@@ -11,18 +11,19 @@ import enum
 import os
 import threading
 import time
+import types
 import weakref
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
-from cirron._config import Config
+from cirron._config import Config, enabled_in_env
 from cirron._env import env as _env
 from cirron._env import secret as _secret
 from cirron._flush.batch import GilBudget
 from cirron._flush.collector import Collector, TraceStore, resource_attributes
 from cirron._native import compiled_speedups
-from cirron._record.span import Recorder, Scope, scope_factory
+from cirron._record.span import NOOP_SCOPE, Recorder, Scope, scope_factory
 from cirron._schema import SESSION_SPAN_NAME
 from cirron._version import __version__
 
@@ -83,9 +84,14 @@ class Cirron:
         mark_cap = mark_buffer_capacity or (self._config.mark_buffer_capacity if self._config else 65_536)
         max_spans = trace_buffer_max_spans or (self._config.trace_buffer_max_spans if self._config else 100_000)
         self._rec = Recorder(mark_cap)
-        factory = scope_factory(self._rec)
-        if factory is not None:  # the same call as the scope() method below, made in C
-            self.scope = factory
+        self._scope_factory = scope_factory(self._rec, types.MethodType(Cirron.scope, self))
+        if self._scope_factory is not None:  # the same call as the scope() method below, made in C
+            self.scope = self._scope_factory
+        #: Framework integrations installed by profile() (cirron.integrations), removed by shutdown().
+        self._integrations: Any = None
+        #: GPU time and peak memory for every scope (``profile(gpu=True)``); see cirron._device.
+        self._device: Any = None
+        self._gpu_all = False
         self._trace = TraceStore(max_spans, self._rec.open)
         self._collector = Collector(self._rec, self._trace, backlog_max_spans=max_spans, backlog_max_marks=mark_cap)
         self._state = State.IDLE
@@ -101,19 +107,33 @@ class Cirron:
         self.session_id: str | None = None
         # The hot-path entry points are the recorder's own bound methods: no extra call layer.
         self.mark = self._rec.mark
+        if not enabled_in_env():
+            self._set_recording(False)
         _INSTANCES.add(self)
 
     # -- configuration -----------------------------------------------------------------------
 
-    def _resolve_config(self, overrides: dict[str, Any]) -> Config:
+    def _resolve_config(self, overrides: dict[str, Any], inline: dict[str, Any] | None = None,
+                        path: str | os.PathLike[str] | None = None) -> Config:
         from cirron._project import project_from_cwd
 
         merged = dict(self._explicit)
         merged.update({k: v for k, v in overrides.items() if v is not None})
-        if isinstance(merged.get("output"), str):
-            merged["output"] = [merged["output"]]
-        project, project_file = project_from_cwd()
-        return Config.resolve(merged, project, project_file)
+        for name in ("output", "frameworks"):
+            if isinstance(merged.get(name), str):
+                merged[name] = [merged[name]]
+        project, project_file = project_from_cwd(path)
+        return Config.resolve(merged, project, project_file, inline)
+
+    def _set_recording(self, on: bool) -> None:
+        """Switch the hot path between recording and doing nothing (``enabled=False``)."""
+        self._rec.disabled = not on
+        self._divert_scopes()
+
+    def _divert_scopes(self) -> None:
+        """Send ``scope()`` through the Python method while it has more to do than the C one."""
+        if self._scope_factory is not None:
+            self._scope_factory.divert = self._rec.disabled or self._gpu_all
 
     @property
     def config(self) -> Config:
@@ -131,27 +151,45 @@ class Cirron:
         sample_rate: float | None = None,
         flush_interval: float | None = None,
         spool_dir: str | os.PathLike[str] | None = None,
+        enabled: bool | None = None,
+        frameworks: str | list[str] | tuple[str, ...] | None = None,
+        config: dict[str, Any] | None = None,
+        path: str | os.PathLike[str] | None = None,
+        gpu: bool | None = None,
     ) -> Cirron:
-        """Start a session (idempotent: a running session is returned as is)."""
+        """Start a session (idempotent: a running session is returned as is).
+
+        ``enabled=False`` (or ``CIRRON_ENABLED=0``) starts nothing and turns recording off;
+        ``frameworks`` names the integrations to hook in (default: those imported already);
+        ``config`` is an inline ``profiling`` section; ``path`` the cirron.yaml to use."""
         with self._lifecycle:
             if self._state is State.RUNNING:
                 return self
-            self._prepare_session(output, snapshots, sample_rate, flush_interval, spool_dir)
+            if not self._prepare_session(dict(
+                output=output, snapshots=snapshots, sample_rate=sample_rate, flush_interval=flush_interval,
+                spool_dir=spool_dir, enabled=enabled, frameworks=frameworks, gpu=gpu), config, path):
+                return self
             from cirron._flush.runtime import ThreadRuntime
 
             self._runtime = ThreadRuntime(self._service)
             self._runtime.start(wait=5.0)
             self._state = State.RUNNING
             self._register_atexit()
+            self._install_integrations()
             return self
 
-    def _prepare_session(self, output: Any, snapshots: Any, sample_rate: Any, flush_interval: Any,
-                         spool_dir: Any) -> None:
-        self._config = self._resolve_config({
-            "output": output, "snapshots": snapshots, "sample_rate": sample_rate,
-            "flush_interval": flush_interval, "spool_dir": spool_dir,
-        })
+    def _prepare_session(self, overrides: dict[str, Any], inline: dict[str, Any] | None = None,
+                         path: str | os.PathLike[str] | None = None) -> bool:
+        """Resolve the configuration and open the session root; False when it says disabled."""
+        self._config = self._resolve_config(overrides, inline, path)
         cfg = self._config
+        self._set_recording(cfg.enabled)
+        if not cfg.enabled:
+            return False
+        from cirron.integrations import resolve
+
+        self._frameworks = resolve(cfg.frameworks)  # a bad name fails here, before anything starts
+        self._configure_device(cfg.gpu)
         buffers = self._rec.buffers
         if buffers.mark_capacity != cfg.mark_buffer_capacity:
             buffers.mark_capacity = cfg.mark_buffer_capacity
@@ -169,11 +207,33 @@ class Cirron:
                          ("CIRRON_DEPLOYMENT_ID", "deployment_id")):
             if os.environ.get(var):
                 attrs[key] = os.environ[var]
+        attrs.update(_device_info())
         root = self._rec.start_span(SESSION_SPAN_NAME, attrs)
         root._cpu0 = time.process_time_ns()  # the session's CPU time is the whole process's
         self._rec.root = root
         self.session_id = root.id_hex
         self._build_service()
+        return True
+
+    def _install_integrations(self) -> None:
+        from cirron.integrations import install
+
+        try:
+            self._integrations = install(self, self._frameworks)
+        except Exception as exc:  # noqa: BLE001 - an integration never stops the session
+            self._rec.note_internal_error(exc)
+
+    def _uninstall_integrations(self) -> None:
+        integrations, self._integrations = self._integrations, None
+        if integrations is not None:
+            integrations.uninstall()
+
+    def _configure_device(self, gpu: bool) -> None:
+        from cirron._device import tracker_for
+
+        self._device = tracker_for(self) if gpu else None
+        self._gpu_all = self._device is not None
+        self._divert_scopes()
 
     def _build_service(self) -> None:
         from cirron._flush.service import FlushService
@@ -207,15 +267,40 @@ class Cirron:
 
     # -- recording ---------------------------------------------------------------------------
 
-    def scope(self, name: str, **attrs: Any) -> Scope:
-        """A timed span: ``with``, ``async with`` or a decorator."""
-        return Scope(self._rec, name, attrs or None)
+    def scope(self, name: str, index: int | None = None, gpu: bool | None = None, **attrs: Any) -> Scope:
+        """A timed span: ``with``, ``async with`` or a decorator. ``index`` is the span's index (as
+        epochs/batches set it); ``gpu=True`` adds GPU time and peak memory on CUDA."""
+        rec = self._rec
+        if rec.disabled:
+            return NOOP_SCOPE  # type: ignore[return-value]
+        scope = Scope(rec, name, attrs or None, index)
+        return self._on_device(scope, gpu)
 
-    def epochs(self, iterable: Iterable[T]) -> Iterator[T]:
+    def _on_device(self, scope: Scope, gpu: bool | None) -> Any:
+        """``scope`` measured on the GPU too when asked (``gpu=True``, or ``profile(gpu=True)``)."""
+        if gpu or (gpu is None and self._gpu_all):
+            from cirron._device import tracker_for
+
+            tracker = self._device or tracker_for(self)
+            if tracker is not None:
+                return tracker.scope(scope)
+        return scope
+
+    def watch(self, model: T, name: str | None = None) -> T:
+        """Register ``model`` for epoch-end snapshots without instrumenting it; held weakly."""
+        from cirron.snapshots import manager
+
+        manager(self).register(model, name)
+        return model
+
+    def epochs(self, iterable: Iterable[T], *, gpu: bool | None = None) -> Iterator[T]:
         """Yield each item inside a span ``epoch[i]``; registered models are snapshotted at its end."""
         rec = self._rec
+        if rec.disabled:
+            yield from iterable
+            return
         for i, item in enumerate(iterable):
-            scope = Scope(rec, "epoch", None, index=i)
+            scope = self._on_device(Scope(rec, "epoch", None, index=i), gpu)
             scope.__enter__()
             yield from _yield_inside(scope, item)
             if self._snapshots is not None and scope.span is not None:
@@ -225,10 +310,15 @@ class Cirron:
                     rec.note_internal_error(exc)
             scope.__exit__(None, None, None)
 
-    def batches(self, iterable: Iterable[T]) -> Iterator[T]:
+    def batches(self, iterable: Iterable[T], *, gpu: bool | None = None) -> Iterator[T]:
         """Yield each item inside a span ``batch[i]``; waiting on the source is a ``data_load`` child."""
         rec = self._rec
+        if rec.disabled:
+            yield from iterable
+            return
         it = iter(iterable)
+        if hasattr(it, "cirron_quiet"):
+            it.cirron_quiet = True  # a DataLoader the torch integration times: batches() does it here
         i = 0
         while True:
             t0 = time.time_ns()
@@ -240,7 +330,7 @@ class Cirron:
             t1 = time.time_ns()
             c1 = time.thread_time_ns()
             load_ns = t1 - t0
-            scope = Scope(rec, "batch", {"data_load_ns": load_ns}, index=i)
+            scope = self._on_device(Scope(rec, "batch", {"data_load_ns": load_ns}, index=i), gpu)
             scope.__enter__()
             if scope.id is not None:
                 scope.start_ns = t0
@@ -336,6 +426,7 @@ class Cirron:
             if self._state is not State.RUNNING:
                 return True
             timeout = self.config.shutdown_timeout if timeout is None else timeout
+            self._uninstall_integrations()
             self._close_root()
             runtime = self._runtime
             ok = True
@@ -376,6 +467,7 @@ class Cirron:
 
         if isinstance(runtime, LoopRuntime):
             timeout = self.config.shutdown_timeout if timeout is None else timeout
+            self._uninstall_integrations()
             self._close_root()
             ok = await runtime.stop(timeout)
             self._finish_shutdown()
@@ -519,6 +611,13 @@ class Cirron:
         """An environment variable; values starting with ``{``/``[`` are parsed as JSON."""
         return _env(name, default)
 
+    def deps(self, *names: str) -> dict[str, str | None]:
+        """Which optional integrations are importable, with versions; with ``names``, raise
+        :class:`CirronDependencyError` listing the missing ones."""
+        from cirron._deps import deps
+
+        return deps(*names)
+
     def secret(self, name: str) -> str:
         """``CIRRON_SECRET_<NAME>`` or the file ``/etc/cirron/secrets/<name>``."""
         return _secret(name)
@@ -593,6 +692,13 @@ class Cirron:
         return f"<Cirron state={self._state.value} session={self.session_id}>"
 
 
+def _device_info() -> dict[str, Any]:
+    """The session root's ``device`` attrs on a CUDA machine; nothing (and no import) elsewhere."""
+    from cirron._device import session_device_attrs
+
+    return session_device_attrs()
+
+
 def _yield_inside(scope: Scope, item: T) -> Iterator[T]:
     """Yield ``item`` with ``scope`` open. Leaving the loop early closes the generator: the span
     ends cleanly; an exception thrown in closes it with the error."""
@@ -632,8 +738,10 @@ class _Profiling:
         with owner._lifecycle:
             if owner.running:
                 return owner
-            owner._prepare_session(self._output, self._kwargs.get("snapshots"), self._kwargs.get("sample_rate"),
-                                   self._kwargs.get("flush_interval"), self._kwargs.get("spool_dir"))
+            kwargs = dict(self._kwargs)
+            inline, path = kwargs.pop("config", None), kwargs.pop("path", None)
+            if not owner._prepare_session(dict(kwargs, output=self._output), inline, path):
+                return owner
         from cirron._flush.runtime import LoopRuntime
 
         runtime = LoopRuntime(owner._service)
@@ -641,6 +749,7 @@ class _Profiling:
         owner._runtime = runtime
         owner._state = State.RUNNING
         owner._register_atexit()
+        owner._install_integrations()
         self._started = True
         return owner
 

@@ -1,6 +1,7 @@
 """Resolved configuration: one frozen object, built once per ``Cirron``.
 
-Each value resolves, first match wins: explicit argument → ``CIRRON_*`` environment variable →
+Each value resolves, first match wins: explicit argument → ``profile(config={...})`` (an inline
+dict shaped like the project file's ``profiling`` section) → ``CIRRON_*`` environment variable →
 ``~/.cirron/config.toml`` → the ``profiling`` section of the project file → the default.
 The source of every value is kept (``Config.sources``) so ``cirron status`` can show it.
 """
@@ -27,6 +28,9 @@ ENV_TRACE_BUFFER_MAX_SPANS = "CIRRON_TRACE_BUFFER_MAX_SPANS"
 ENV_MARK_BUFFER_CAPACITY = "CIRRON_MARK_BUFFER_CAPACITY"
 ENV_MAX_SPOOL_BYTES = "CIRRON_MAX_SPOOL_BYTES"
 ENV_SHUTDOWN_TIMEOUT = "CIRRON_SHUTDOWN_TIMEOUT"
+ENV_ENABLED = "CIRRON_ENABLED"
+ENV_FRAMEWORKS = "CIRRON_FRAMEWORKS"
+ENV_GPU = "CIRRON_GPU"
 #: Where ``~/.cirron/config.toml`` is looked for (tests point it elsewhere).
 ENV_CONFIG_FILE = "CIRRON_CONFIG_FILE"
 
@@ -46,7 +50,14 @@ _FIELDS: dict[str, tuple[str, str, Any]] = {
     "mark_buffer_capacity": (ENV_MARK_BUFFER_CAPACITY, "pos_int", 65_536),
     "max_spool_bytes": (ENV_MAX_SPOOL_BYTES, "pos_int", 1 << 30),
     "shutdown_timeout": (ENV_SHUTDOWN_TIMEOUT, "pos_float", 5.0),
+    "enabled": (ENV_ENABLED, "bool", True),
+    #: None: the integrations whose package is imported when the session starts (autodetect).
+    "frameworks": (ENV_FRAMEWORKS, "names", None),
+    #: GPU time and peak memory for every scope (CUDA only; framework spans have them anyway).
+    "gpu": (ENV_GPU, "bool", False),
 }
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off")
 SECRET_FIELDS = ("api_key",)
 
 
@@ -98,6 +109,18 @@ def _parse(name: str, kind: str, value: Any, source: str) -> Any:
         if value not in SNAPSHOT_MODES:
             raise CirronConfigError(f"{where} must be one of {', '.join(SNAPSHOT_MODES)}, got {value!r}")
         return value
+    if kind == "bool":
+        if isinstance(value, bool):
+            return value
+        text = str(value).strip().lower()
+        if text in _TRUE or text in _FALSE:
+            return text in _TRUE
+        raise CirronConfigError(f"{where} must be true or false (1/0), got {value!r}")
+    if kind == "names":
+        names = value.split(",") if isinstance(value, str) else value
+        if isinstance(names, str) or not isinstance(names, (list, tuple)):
+            raise CirronConfigError(f"{where} must be a list of names, got {value!r}")
+        return tuple(str(n).strip() for n in names if str(n).strip())
     if kind in ("pos_float", "pos_int"):
         try:
             num = float(value) if kind == "pos_float" else int(value)
@@ -107,6 +130,25 @@ def _parse(name: str, kind: str, value: Any, source: str) -> Any:
             raise CirronConfigError(f"{where} must be a positive number, got {value!r}")
         return num
     raise AssertionError(kind)
+
+
+def check_inline(inline: Any) -> dict[str, Any]:
+    """``profile(config=...)``: a dict of the names above (as in the ``profiling`` section)."""
+    if inline is None:
+        return {}
+    if not isinstance(inline, dict):
+        raise CirronConfigError(f"config= must be a dict shaped like cirron.yaml's profiling section, "
+                                f"not {type(inline).__name__}")
+    unknown = sorted(str(k) for k in inline if k not in _FIELDS)
+    if unknown:
+        raise CirronConfigError(f"config= has unknown key(s) {', '.join(unknown)}; "
+                                f"known: {', '.join(_FIELDS)}")
+    return inline
+
+
+def enabled_in_env() -> bool:
+    """False when ``CIRRON_ENABLED`` says off (read without resolving anything else)."""
+    return os.environ.get(ENV_ENABLED, "").strip().lower() not in _FALSE
 
 
 @dataclass(frozen=True)
@@ -123,6 +165,9 @@ class Config:
     mark_buffer_capacity: int
     max_spool_bytes: int
     shutdown_timeout: float
+    enabled: bool = True
+    frameworks: tuple[str, ...] | None = None
+    gpu: bool = False
     #: name → "argument" | "env CIRRON_…" | "<config.toml path>" | "<project file>" | "default"
     sources: dict[str, str] = field(default_factory=dict)
     project_name: str | None = None
@@ -133,7 +178,8 @@ class Config:
 
     @classmethod
     def resolve(cls, explicit: dict[str, Any], project: Any | None = None,
-                project_file: Path | None = None) -> Config:
+                project_file: Path | None = None, inline: dict[str, Any] | None = None) -> Config:
+        inline = check_inline(inline)
         env = os.environ
         file_path = config_file_path()
         from_file = read_config_file(file_path)
@@ -145,6 +191,8 @@ class Config:
         for name, (env_name, kind, default) in _FIELDS.items():
             if explicit.get(name) is not None:
                 raw, src = explicit[name], "argument"
+            elif inline.get(name) is not None:
+                raw, src = inline[name], "profile(config=...)"
             elif env.get(env_name):
                 raw, src = env[env_name], f"env {env_name}"
             elif name in from_file:

@@ -39,6 +39,9 @@ def _model():  # noqa: ANN202 - built lazily so `import cirron` never imports py
         snapshots: Literal[SNAPSHOT_MODES] | None = None
         sample_rate: float | None = Field(default=None, gt=0)
         flush_interval: float | None = Field(default=None, gt=0)
+        enabled: bool | None = None
+        frameworks: list[str] | None = None
+        gpu: bool | None = None
 
     class Project(BaseModel):
         model_config = ConfigDict(extra="allow", populate_by_name=True)
@@ -92,8 +95,14 @@ def load_project(path: Path) -> Any:
 ENV_NO_PROJECT_FILE = "CIRRON_NO_PROJECT_FILE"
 
 
-def project_from_cwd() -> tuple[Any | None, Path | None]:
-    """The validated project found from the working directory upward, and its path."""
+def project_from_cwd(path: str | os.PathLike[str] | None = None) -> tuple[Any | None, Path | None]:
+    """The validated project at ``path`` (``profile(path=...)``), else the one found from the
+    working directory upward, and its path."""
+    if path is not None:
+        chosen = Path(path)
+        if not chosen.is_file():
+            raise CirronConfigError(f"{chosen}: project file not found (profile(path=...))")
+        return load_project(chosen), chosen
     if os.environ.get(ENV_NO_PROJECT_FILE):
         return None, None
     path = find_project_file()

@@ -9,7 +9,8 @@ What gets which spans:
   as ``optimizer=``, or, without one, global optimizer hooks that pick any optimizer holding the
   model's parameters). Spans nest under whatever span is current when ``forward`` runs, typically
   ``batch[i]``. The module is registered for epoch-end snapshots. On CUDA, ``gpu_ns`` comes from
-  CUDA events recorded around the work and resolved when the span closes; on CPU it stays null.
+  CUDA events recorded around the work and resolved off the training thread, and
+  ``memory_peak_bytes`` from the allocator (see :mod:`cirron._device`); on CPU both stay null.
 * **scikit-learn estimators and pipelines**: ``fit``, ``predict``, ``transform``, ``fit_transform``,
   ``predict_proba``, ``score``, … each in a span with ``estimator=<ClassName>``; pipeline, union and
   column-transformer steps are instrumented too, so their calls nest under the pipeline's. A call
@@ -31,7 +32,6 @@ import functools
 import inspect
 import sys
 import threading
-import time
 import weakref
 from collections.abc import Mapping
 from typing import Any
@@ -135,129 +135,23 @@ def wrap(c: Any, obj: Any, *, name: str | None = None, optimizer: Any = None, fr
 # ============================================================================================ torch
 
 
-class _GpuTimer:
-    """CUDA events recorded on the current stream when a span opens and when it closes."""
+def _device_begin(c: Any, on_device: bool) -> Any:
+    """Start measuring a span on the device (CUDA only): ``(tracker, entry)``, else None."""
+    if not on_device:
+        return None
+    from cirron._device import tracker_for
 
-    __slots__ = ("start", "end")
-
-    def __init__(self) -> None:
-        import torch
-
-        self.start = torch.cuda.Event(enable_timing=True)
-        self.start.record()
-        self.end: Any = None
-
-    def record_end(self) -> None:
-        import torch
-
-        self.end = torch.cuda.Event(enable_timing=True)
-        self.end.record()
-
-    def done(self) -> bool:
-        return self.end is not None and self.end.query()
-
-    def wait(self) -> None:
-        self.end.synchronize()
-
-    def elapsed_ns(self) -> int:
-        return int(self.start.elapsed_time(self.end) * 1_000_000)
+    tracker = tracker_for(c)
+    return (tracker, tracker.begin()) if tracker is not None else None
 
 
-class _PendingGpu:
-    """Spans that ended on the CPU while their GPU work was still queued.
-
-    The span leaves the context at once (later spans are not nested under it), but its record is
-    completed only when the end event has fired: the next hook call picks up the finished ones
-    without blocking (``poll``), and the flush service waits for the rest before it writes a
-    batch (``resolve_all``, offloaded). Until then the span is written as open, like any span
-    that is open at flush time. No synchronisation on the training thread.
-    """
-
-    def __init__(self, c: Any) -> None:
-        self.c = c
-        self.items: list[tuple[Any, _GpuTimer, BaseException | None, int, int]] = []
-        self.lock = threading.Lock()
-        self.scheduled = False
-
-    def add(self, scope: Any, timer: _GpuTimer, exc: BaseException | None, cpu1: int, end: int) -> None:
-        with self.lock:
-            self.items.append((scope, timer, exc, cpu1, end))
-            schedule = not self.scheduled
-            self.scheduled = True
-        if schedule:
-            self.c._offload(self.resolve_all)
-
-    def poll(self) -> None:
-        if not self.items:
-            return
-        with self.lock:
-            ready, keep = [], []
-            for it in self.items:
-                (ready if it[1].done() else keep).append(it)
-            if not ready:
-                return
-            self.items = keep
-        for it in ready:
-            self._complete(*it)
-
-    def resolve_all(self) -> None:
-        with self.lock:
-            items, self.items = self.items, []
-            self.scheduled = False
-        for it in items:
-            try:
-                it[1].wait()
-            except Exception as exc:  # noqa: BLE001
-                _note(self.c, exc)
-            self._complete(*it)
-
-    def _complete(self, scope: Any, timer: _GpuTimer, exc: BaseException | None, cpu1: int, end: int) -> None:
-        try:
-            scope.gpu_ns = timer.elapsed_ns()
-        except Exception as err:  # noqa: BLE001
-            _note(self.c, err)
-        try:
-            scope._close(exc, cpu1, end)
-        except Exception as err:  # noqa: BLE001
-            _note(self.c, err)
-
-
-_PENDING: weakref.WeakKeyDictionary[Any, _PendingGpu] = weakref.WeakKeyDictionary()
-
-
-def _pending(c: Any) -> _PendingGpu:
-    p = _PENDING.get(c)
-    if p is None:
-        p = _PENDING[c] = _PendingGpu(c)
-    return p
-
-
-def _close_scope(c: Any, scope: Any, gpu: _GpuTimer | None, exc: BaseException | None) -> None:
-    """Close ``scope``; with a GPU timer, complete its record once the GPU work is done."""
-    if gpu is None:
+def _close_scope(scope: Any, device: Any, exc: BaseException | None) -> None:
+    """Close ``scope``; measured on the device, with its peak memory and (later) its GPU time."""
+    if device is None:
         scope.__exit__(type(exc) if exc else None, exc, None)
         return
-    gpu.record_end()
-    if gpu.done() or not _can_defer(scope):
-        gpu.wait()  # already done (free), or a scope type we cannot close later: wait now
-        scope.gpu_ns = gpu.elapsed_ns()
-        scope.__exit__(type(exc) if exc else None, exc, None)
-        return
-    cpu1, end = time.thread_time_ns(), time.time_ns()
-    rec = scope._rec
-    token, scope._token = scope._token, None
-    if token is not None:
-        try:
-            rec.current.reset(token)
-        except ValueError:
-            parent = scope.parent
-            rec.current.set(parent if parent is not rec.root else None)
-    _pending(c).add(scope, gpu, exc, cpu1, end)
-
-
-def _can_defer(scope: Any) -> bool:
-    return all(hasattr(scope, a) for a in ("_close", "_token", "_rec", "parent")) and \
-        getattr(scope, "_outer", None) is None
+    tracker, entry = device
+    tracker.end(scope, entry, exc)
 
 
 _TORCH_WRAPPED: weakref.WeakKeyDictionary[Any, dict[int, _TorchHooks]] = weakref.WeakKeyDictionary()
@@ -298,10 +192,10 @@ class _TorchHooks:
         self._local = threading.local()
         self._first_param = next(iter(module.parameters()), None)
         self._param_ids = {id(p) for p in module.parameters()}
-        self._bw: tuple[Any, contextvars.Context, _GpuTimer | None] | None = None
+        self._bw: tuple[Any, contextvars.Context, Any] | None = None
         self._bw_lock = threading.Lock()
         self._bw_task: int | None = None
-        self._opt_open: list[tuple[Any, _GpuTimer | None]] = []
+        self._opt_open: list[tuple[Any, Any]] = []
         self._opt_match: weakref.WeakKeyDictionary[Any, bool] = weakref.WeakKeyDictionary()
         self.handles: list[Any] = []
 
@@ -338,13 +232,9 @@ class _TorchHooks:
             # an in-place snapshot still being read need not be settled here: the backward and
             # optimizer-step hooks do it. The worker gets the whole forward pass to finish.
             _wait_snapshots(self.c, settle=False)
-            pending = _PENDING.get(self.c)
-            if pending is not None:
-                pending.poll()
-            gpu = _GpuTimer() if self._cuda() else None
             scope = self.c.scope("forward")
             scope.__enter__()
-            self._stack().append((scope, gpu))
+            self._stack().append((scope, _device_begin(self.c, self._cuda())))
         except Exception as exc:  # noqa: BLE001 - never break the forward pass
             _note(self.c, exc)
 
@@ -353,9 +243,9 @@ class _TorchHooks:
             stack = self._stack()
             if not stack:
                 return
-            scope, gpu = stack.pop()
+            scope, device = stack.pop()
             exc = sys.exc_info()[1]  # always_call: set when forward raised
-            _close_scope(self.c, scope, gpu, exc)
+            _close_scope(scope, device, exc)
             if exc is None and output is not None:
                 torch = sys.modules["torch"]
                 if torch.is_grad_enabled():
@@ -377,7 +267,7 @@ class _TorchHooks:
             with self._bw_lock:
                 if self._bw is not None:
                     if self._bw_task == task:
-                        return None  # already timing this backward pass
+                        return  # already timing this backward pass
                     # the previous pass never reached its final callback (it raised)
                     stale, self._bw = self._bw, None
             if stale is not None:
@@ -386,10 +276,9 @@ class _TorchHooks:
                     scope.span.set_attr("error", "backward pass did not complete")
                 sctx.run(scope.__exit__, None, None, None)
             with self._bw_lock:
-                gpu = _GpuTimer() if self._cuda() else None
                 scope = self.c.scope("backward")
                 ctx.run(scope.__enter__)
-                self._bw = (scope, ctx, gpu)
+                self._bw = (scope, ctx, _device_begin(self.c, self._cuda()))
                 self._bw_task = task
             try:
                 torch.autograd.Variable._execution_engine.queue_callback(self._bw_end)
@@ -398,16 +287,16 @@ class _TorchHooks:
                 raise
         except Exception as exc:  # noqa: BLE001
             _note(self.c, exc)
-        return None
+        return
 
     def _bw_end(self) -> None:
         with self._bw_lock:
             open_, self._bw = self._bw, None
         if open_ is None:
             return
-        scope, ctx, gpu = open_
+        scope, ctx, device = open_
         try:
-            ctx.run(_close_scope, self.c, scope, gpu, None)
+            ctx.run(_close_scope, scope, device, None)
         except Exception as exc:  # noqa: BLE001
             _note(self.c, exc)
 
@@ -456,10 +345,9 @@ class _TorchHooks:
                 if scope.span is not None:
                     scope.span.set_attr("error", "optimizer step raised")
                 scope.__exit__(None, None, None)
-            gpu = _GpuTimer() if self._cuda() else None
             scope = self.c.scope("optimizer_step")
             scope.__enter__()
-            self._opt_open.append((scope, gpu))
+            self._opt_open.append((scope, _device_begin(self.c, self._cuda())))
         except Exception as exc:  # noqa: BLE001
             _note(self.c, exc)
 
@@ -467,8 +355,8 @@ class _TorchHooks:
         try:
             if not self._opt_open:
                 return
-            scope, gpu = self._opt_open.pop()
-            _close_scope(self.c, scope, gpu, None)
+            scope, device = self._opt_open.pop()
+            _close_scope(scope, device, None)
         except Exception as exc:  # noqa: BLE001
             _note(self.c, exc)
 

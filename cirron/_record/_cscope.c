@@ -42,6 +42,8 @@ typedef struct {
     uint64_t cached_thread;
     PyObject *cached_tb, *cached_append, *cached_tid, *cached_spans;
     Py_ssize_t cached_capacity;
+    /* Set by `ci.profile(enabled=False)` / CIRRON_ENABLED=0: mark() records nothing. */
+    char disabled;
 } RecorderObject;
 
 #define REC(o) ((RecorderObject *)(o))
@@ -738,6 +740,7 @@ static PyObject *Recorder_mark(PyObject *rec, PyObject *const *args, size_t narg
         PyErr_Format(PyExc_TypeError, "mark() takes 2 positional arguments but %zd were given", nargs);
         return NULL;
     }
+    if (REC(rec)->disabled) Py_RETURN_NONE;
     if (coerce_mark_value == NULL || mark_type_error == NULL) {
         PyErr_SetString(PyExc_RuntimeError, "_cscope.configure() was not called");
         return NULL;
@@ -901,6 +904,7 @@ static PyMethodDef Recorder_methods[] = {
 #define RFIELD(name) {#name, T_OBJECT, offsetof(RecorderObject, name), 0, NULL}
 static PyMemberDef Recorder_members[] = {
     RFIELD(current), RFIELD(open), RFIELD(root), RFIELD(local), RFIELD(buffers),
+    {"disabled", T_BOOL, offsetof(RecorderObject, disabled), 0, "mark() records nothing while set."},
     {NULL, 0, 0, 0, NULL},
 };
 #undef RFIELD
@@ -933,12 +937,17 @@ typedef struct {
     PyTypeObject *scope_type;
     PyObject *rec;
     vectorcallfunc vectorcall;
+    /* span.py's Python scope() (same signature), taken for `gpu=` and whenever `divert` is set
+     * (recording disabled, or GPU timing on for every scope). */
+    PyObject *slow;
+    char divert;
 } FactoryObject;
 
 static PyObject *Factory_vectorcall(FactoryObject *self, PyObject *const *args, size_t nargsf, PyObject *kwnames) {
     Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
     Py_ssize_t nkw = kwnames ? PyTuple_GET_SIZE(kwnames) : 0;
-    PyObject *name = nargs >= 1 ? args[0] : NULL, *attrs = NULL;
+    PyObject *name = nargs >= 1 ? args[0] : NULL, *attrs = NULL, *index = Py_None;
+    if (self->divert && self->slow != NULL) return PyObject_Vectorcall(self->slow, args, nargsf, kwnames);
     if (nargs > 1) {
         PyErr_Format(PyExc_TypeError, "scope() takes 1 positional argument but %zd were given", nargs);
         return NULL;
@@ -948,6 +957,14 @@ static PyObject *Factory_vectorcall(FactoryObject *self, PyObject *const *args, 
         if (name == NULL && PyUnicode_CompareWithASCIIString(key, "name") == 0) {
             name = value;
             continue;
+        }
+        if (PyUnicode_CompareWithASCIIString(key, "index") == 0) {
+            index = value;
+            continue;
+        }
+        if (self->slow != NULL && PyUnicode_CompareWithASCIIString(key, "gpu") == 0) {
+            Py_XDECREF(attrs);
+            return PyObject_Vectorcall(self->slow, args, nargsf, kwnames);
         }
         if (attrs == NULL && (attrs = PyDict_New()) == NULL) return NULL;
         if (PyDict_SetItem(attrs, key, value) < 0) {
@@ -968,13 +985,13 @@ static PyObject *Factory_vectorcall(FactoryObject *self, PyObject *const *args, 
     scope->rec = Py_NewRef(self->rec);
     scope->name = Py_NewRef(name);
     scope->attrs = attrs ? attrs : Py_NewRef(Py_None);
-    scope->index = Py_NewRef(Py_None);
+    scope->index = Py_NewRef(index);
     return (PyObject *)scope;
 }
 
 static PyObject *Factory_new(PyTypeObject *type, PyObject *args, PyObject *kwds) {
-    PyObject *scope_type, *rec;
-    if (!PyArg_ParseTuple(args, "O!O!:ScopeFactory", &PyType_Type, &scope_type, &RecorderBase_Type, &rec))
+    PyObject *scope_type, *rec, *slow = NULL;
+    if (!PyArg_ParseTuple(args, "O!O!|O:ScopeFactory", &PyType_Type, &scope_type, &RecorderBase_Type, &rec, &slow))
         return NULL;
     if (!PyType_IsSubtype((PyTypeObject *)scope_type, &ScopeBase_Type)) {
         PyErr_SetString(PyExc_TypeError, "ScopeFactory needs a subclass of ScopeBase");
@@ -984,17 +1001,18 @@ static PyObject *Factory_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     if (self == NULL) return NULL;
     self->scope_type = (PyTypeObject *)Py_NewRef(scope_type);
     self->rec = Py_NewRef(rec);
+    self->slow = slow == Py_None ? NULL : Py_XNewRef(slow);
     self->vectorcall = (vectorcallfunc)Factory_vectorcall;
     return (PyObject *)self;
 }
 
 static int Factory_traverse(FactoryObject *self, visitproc visit, void *arg) {
-    Py_VISIT(self->scope_type); Py_VISIT(self->rec);
+    Py_VISIT(self->scope_type); Py_VISIT(self->rec); Py_VISIT(self->slow);
     return 0;
 }
 
 static int Factory_clear(FactoryObject *self) {
-    Py_CLEAR(self->scope_type); Py_CLEAR(self->rec);
+    Py_CLEAR(self->scope_type); Py_CLEAR(self->rec); Py_CLEAR(self->slow);
     return 0;
 }
 
@@ -1004,12 +1022,19 @@ static void Factory_dealloc(FactoryObject *self) {
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
+static PyMemberDef Factory_members[] = {
+    {"divert", T_BOOL, offsetof(FactoryObject, divert), 0, "Send every call to `slow`."},
+    {NULL, 0, 0, 0, NULL},
+};
+
 static PyTypeObject Factory_Type = {
     PyVarObject_HEAD_INIT(NULL, 0)
     .tp_name = "cirron._record._cscope.ScopeFactory",
     .tp_basicsize = sizeof(FactoryObject),
     .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL,
-    .tp_doc = "ScopeFactory(scope_type, recorder)(name, **attrs): a new, not yet entered scope.",
+    .tp_doc = "ScopeFactory(scope_type, recorder, slow=None)(name, index=None, **attrs): a new, not yet entered "
+              "scope; `gpu=` and a set `divert` call `slow` with the same arguments.",
+    .tp_members = Factory_members,
     .tp_vectorcall_offset = offsetof(FactoryObject, vectorcall),
     .tp_call = PyVectorcall_Call,
     .tp_traverse = (traverseproc)Factory_traverse,

@@ -51,6 +51,9 @@ class PyRecorderBase:
     """The pure-Python half of :class:`Recorder` that ``_cscope.RecorderBase`` replaces when
     compiled: the reference for its ``start_span`` and ``mark``."""
 
+    #: Set by ``ci.profile(enabled=False)`` / ``CIRRON_ENABLED=0``: ``mark`` records nothing.
+    disabled = False
+
     def start_span(self, name: str, attrs: dict | None = None, index: int | None = None,
                    parent: Scope | None = None) -> Scope:
         """Open a span without making it current (session roots, framework hooks)."""
@@ -65,6 +68,8 @@ class PyRecorderBase:
         return scope
 
     def mark(self, name: str, value: Any, *, kind: str = "point", **attrs: Any) -> None:
+        if self.disabled:
+            return
         t = type(value)
         if t is not float and t is not int and t is not bool:
             value = coerce_mark_value(value)
@@ -414,11 +419,53 @@ Scope: type = _load_c_scope() or PyScope
 COMPILED = Scope is not PyScope
 
 
-def scope_factory(rec: Recorder) -> Callable[..., Scope] | None:
-    """``factory(name, **attrs)`` making ``Scope(rec, name, attrs or None)`` in one C call, or
-    None without the compiled scope."""
-    return _cscope.ScopeFactory(Scope, rec) if COMPILED else None
+def scope_factory(rec: Recorder, slow: Callable[..., Any]) -> Any:
+    """``factory(name, index=None, **attrs)`` making ``Scope(rec, name, attrs or None, index)`` in
+    one C call, or None without the compiled scope. ``gpu=`` and a set ``factory.divert`` call
+    ``slow`` (the Python ``scope()``) with the same arguments instead."""
+    return _cscope.ScopeFactory(Scope, rec, slow) if COMPILED else None
 
 
 #: A span is the scope object that opened it.
 Span = Scope
+
+
+class NoopScope:
+    """What ``scope()`` returns while recording is disabled: every use works, nothing is kept."""
+
+    __slots__ = ()
+    id = None
+    span = None
+    parent = None
+    name = ""
+    index = None
+    attrs = None
+    gpu_ns = None
+    memory_peak_bytes = None
+
+    def __enter__(self) -> NoopScope:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        return None
+
+    async def __aenter__(self) -> NoopScope:
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        return None
+
+    def set_attr(self, key: str, value: Any) -> None:
+        return None
+
+    def set(self, **attrs: Any) -> None:
+        return None
+
+    def finish(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+    def __call__(self, fn: Callable) -> Callable:
+        return fn
+
+
+NOOP_SCOPE = NoopScope()

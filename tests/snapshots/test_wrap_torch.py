@@ -282,35 +282,16 @@ def test_staging_is_warmed_up_when_the_mode_is_known(spool_dir: Path) -> None:
     c.shutdown()
 
 
-class _FakeGpuTimer:
-    """Stands in for CUDA events: the 'GPU' finishes when the test says so."""
-
-    finished = False
-
-    def __init__(self) -> None:
-        self.end = None
-
-    def record_end(self) -> None:
-        self.end = True
-
-    def done(self) -> bool:
-        return _FakeGpuTimer.finished
-
-    def wait(self) -> None:
-        _FakeGpuTimer.finished = True
-
-    def elapsed_ns(self) -> int:
-        return 1234
-
-
 def test_gpu_time_is_resolved_later_without_blocking(spool_dir: Path, monkeypatch) -> None:
     import cirron._wrap as w
+    from cirron._device import use_backend
+    from device_fake import FakeDevice
 
-    monkeypatch.setattr(w, "_GpuTimer", _FakeGpuTimer)
     monkeypatch.setattr(w._TorchHooks, "_cuda", lambda self: True)
-    _FakeGpuTimer.finished = False
+    dev = FakeDevice(elapsed_ns=1234)
     c = Cirron(spool_dir=spool_dir, flush_interval=60)
     c.profile()
+    tracker = use_backend(c, dev)
     model = torch.nn.Linear(2, 2)
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     c.wrap(model, optimizer=opt)
@@ -319,18 +300,18 @@ def test_gpu_time_is_resolved_later_without_blocking(spool_dir: Path, monkeypatc
         opt.step()
         with c.scope("after"):  # the forward span left the context although it is not complete
             pass
-    pending = w._PENDING[c]
-    assert len(pending.items) == 3  # forward, backward, optimizer_step wait for their end events
-    _FakeGpuTimer.finished = True
+    assert len(tracker._pending) == 3  # forward, backward, optimizer_step wait for their end events
+    dev.finish()
     model(torch.ones(1, 2))          # the next forward's pre-hook completes them, no waiting
-    assert not pending.items
-    _FakeGpuTimer.finished = False
+    assert not tracker._pending
+    dev.finished = False
     model(torch.ones(1, 2))          # left pending: the flush waits for it
     c.shutdown()
     tree = {n: (d, s) for d, n, s in _tree(spool_dir) if n != "forward"}
     fwds = [s for _, n, s in _tree(spool_dir) if n == "forward"]
     assert len(fwds) == 3 and all(s["gpu_ns"] == 1234 and s["end_ns"] for s in fwds)
     assert tree["backward"][1]["gpu_ns"] == 1234 and tree["optimizer_step"][1]["gpu_ns"] == 1234
+    assert all(s["memory_peak_bytes"] is not None for s in fwds)
     assert tree["after"][0] == 2  # a child of batch, not of forward
     assert fwds[0]["end_ns"] <= tree["after"][1]["start_ns"]  # end time taken when the hook ran
 
