@@ -4,16 +4,28 @@ Follows the OTLP/JSON encoding rules: lowerCamelCase keys, trace/span ids as low
 (not base64), 64-bit integers as decimal strings, enums as integers, non-finite doubles as the
 strings ``"NaN"``, ``"Infinity"``, ``"-Infinity"``.
 
-The live OTLP sink can reuse :func:`encode_resource_spans` per flush (closed spans plus their
-marks) and :func:`build_request` to wrap them; :func:`to_protobuf` turns a request into the
-binary ``http/protobuf`` body with the official ``opentelemetry-proto`` messages.
+This is the one OTLP encoder: the live ``otlp`` sink calls :func:`encode_resource_spans` per
+request (closed spans plus their marks), the file export and ``--endpoint`` call it per session,
+so a receiver cannot tell them apart. :func:`cirron.export.otlp_http.request_to_protobuf` turns
+a request into the binary ``http/protobuf`` body.
+
+Conventions followed:
+
+* the resource: ``service.name`` from ``OTEL_SERVICE_NAME``, else ``service.name`` in
+  ``OTEL_RESOURCE_ATTRIBUTES``, else the project name from cirron.yaml, else ``cirron``;
+  ``service.version`` is the project version; ``telemetry.sdk.{name,language,version}`` name the
+  program that wrote the session (``cirron``, ``python``, the session's own ``sdk_version``);
+  every ``OTEL_RESOURCE_ATTRIBUTES`` entry wins over what cirron derives, except
+  ``cirron.session.id``;
+* ``request`` spans (``@ci.inference``) have span kind SERVER and the GenAI semantic-convention
+  attributes (:func:`genai_attributes`); every other span is INTERNAL.
 """
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import math
+import os
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
@@ -21,8 +33,10 @@ from cirron._version import __version__
 from cirron.spool.reconstruct import is_session_root, mark_span_id
 
 __all__ = [
+    "REQUEST_SPAN_NAME",
     "SCOPE_NAME",
     "SPAN_KIND_INTERNAL",
+    "SPAN_KIND_SERVER",
     "STATUS_CODE_ERROR",
     "any_value",
     "build_request",
@@ -31,13 +45,17 @@ __all__ = [
     "encode_attributes",
     "encode_resource_spans",
     "encode_session",
+    "genai_attributes",
     "iter_encoded_spans",
+    "parse_resource_attributes",
+    "resource_attributes",
     "resource_spans_shell",
-    "to_protobuf",
 ]
 
 SCOPE_NAME = "cirron"
+REQUEST_SPAN_NAME = "request"
 SPAN_KIND_INTERNAL = 1
+SPAN_KIND_SERVER = 2
 STATUS_CODE_ERROR = 2
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 _MAX_VALUE_DEPTH = 16
@@ -50,6 +68,16 @@ _RESOURCE_KEYS = {
     "project": "cirron.project",
     "project_version": "cirron.project_version",
 }
+#: Keys cirron sets on every resource itself (an OTEL_RESOURCE_ATTRIBUTES entry may still override
+#: all but the session id).
+_SESSION_KEY = "cirron.session.id"
+
+#: Token-count marks of a request span (``@ci.inference`` summary marks), first found wins.
+#: ``tokens`` is not among them: for a stream without usage it is the number of chunks.
+_INPUT_TOKEN_MARKS = ("prompt_tokens", "input_tokens")
+_OUTPUT_TOKEN_MARKS = ("completion_tokens", "output_tokens")
+#: Marks that only an LLM-shaped request has.
+_LLM_MARKS = frozenset(_INPUT_TOKEN_MARKS + _OUTPUT_TOKEN_MARKS + ("ttft_ns", "chunks"))
 
 
 def derive_trace_id(session_id: str) -> str:
@@ -135,17 +163,92 @@ def _event(mark: Any) -> dict:
             "name": name if type(name) is str and name else str(name or "mark"), "attributes": attrs}
 
 
-def _resource_attributes(session_id: str, resource: Mapping[str, Any] | None, sdk_version: str | None) -> list[dict]:
-    attrs = [
-        {"key": "service.name", "value": {"stringValue": "cirron"}},
-        {"key": "sdk.version", "value": {"stringValue": sdk_version or __version__}},
-        {"key": "cirron.session.id", "value": {"stringValue": session_id}},
-    ]
-    for k, v in (resource or {}).items():
-        if v is None or k in ("service.name", "sdk.version", "cirron.session.id"):
-            continue
-        attrs.append({"key": _RESOURCE_KEYS.get(k, f"cirron.resource.{k}"), "value": any_value(v)})
+def parse_resource_attributes(value: str) -> dict[str, str]:
+    """``OTEL_RESOURCE_ATTRIBUTES`` (``k=v,k2=v2``, percent-encoded) → dict; bad entries are skipped."""
+    from urllib.parse import unquote
+
+    out: dict[str, str] = {}
+    for item in value.split(","):
+        key, sep, val = item.partition("=")
+        key = unquote(key).strip()
+        if sep and key:
+            out[key] = unquote(val).strip()
+    return out
+
+
+def resource_attributes(session_id: str, resource: Mapping[str, Any] | None, sdk_version: str | None = None,
+                        environ: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """The OTLP resource of one session as a plain dict (see the module docstring for the rules)."""
+    env = os.environ if environ is None else environ
+    resource = resource or {}
+    project, project_version = resource.get("project"), resource.get("project_version")
+    attrs: dict[str, Any] = {"service.name": project if type(project) is str and project else "cirron"}
+    if project_version is not None:
+        attrs["service.version"] = str(project_version)
+    attrs["telemetry.sdk.name"] = "cirron"
+    attrs["telemetry.sdk.language"] = "python"
+    attrs["telemetry.sdk.version"] = sdk_version or __version__
+    for k, v in resource.items():
+        if v is not None:
+            attrs[_RESOURCE_KEYS.get(k, f"cirron.resource.{k}")] = v
+    attrs.update(parse_resource_attributes(env.get("OTEL_RESOURCE_ATTRIBUTES", "")))
+    service = env.get("OTEL_SERVICE_NAME", "").strip()
+    if service:
+        attrs["service.name"] = service
+    attrs[_SESSION_KEY] = session_id
     return attrs
+
+
+def _is_count(v: Any) -> bool:
+    return (type(v) is int or type(v) is float) and v == v and v >= 0
+
+
+def genai_attributes(span_attrs: Mapping[str, Any] | None, marks: Iterable[Any]) -> dict[str, Any]:
+    """GenAI semantic-convention attributes of a ``request`` span, from its attrs and marks.
+
+    Always ``gen_ai.operation.name`` (the span's own ``gen_ai.operation.name`` attr, else
+    ``chat`` for an LLM-shaped request — token counts, a stream — else ``inference``); the
+    provider (``gen_ai.system`` and ``gen_ai.provider.name``) and the request/response model
+    when the span's ``provider`` / ``model`` / ``response_model`` attrs say them; token usage
+    only when known (``prompt_tokens`` / ``completion_tokens`` marks, never a chunk count), also
+    under the OpenInference names Arize Phoenix totals (``llm.token_count.*``).
+    """
+    found: dict[str, Any] = {}
+    for m in marks:
+        g = _getter(m)
+        name = g("name")
+        if name in _LLM_MARKS:
+            v = g("value")
+            if _is_count(v):
+                found[name] = int(v)
+    attrs = span_attrs or {}
+    llm = bool(found) or attrs.get("stream_end") is not None
+    op = attrs.get("gen_ai.operation.name")
+    out: dict[str, Any] = {"gen_ai.operation.name": op if type(op) is str and op else ("chat" if llm else "inference")}
+    provider = attrs.get("provider")
+    if type(provider) is str and provider:
+        out["gen_ai.system"] = out["gen_ai.provider.name"] = provider
+    model = attrs.get("model")
+    if type(model) is str and model:
+        out["gen_ai.request.model"] = model
+    response_model = attrs.get("response_model")
+    if type(response_model) is str and response_model:
+        out["gen_ai.response.model"] = response_model
+    tokens_in = next((found[n] for n in _INPUT_TOKEN_MARKS if n in found), None)
+    tokens_out = next((found[n] for n in _OUTPUT_TOKEN_MARKS if n in found), None)
+    if tokens_in is not None:
+        out["gen_ai.usage.input_tokens"] = out["llm.token_count.prompt"] = tokens_in
+    if tokens_out is not None:
+        out["gen_ai.usage.output_tokens"] = out["llm.token_count.completion"] = tokens_out
+    if tokens_in is not None or tokens_out is not None:
+        out["llm.token_count.total"] = (tokens_in or 0) + (tokens_out or 0)
+    if llm:
+        out["openinference.span.kind"] = "LLM"
+        if "gen_ai.response.model" in out or "gen_ai.request.model" in out:
+            out["llm.model_name"] = out.get("gen_ai.response.model") or out["gen_ai.request.model"]
+        if "gen_ai.system" in out:
+            out["llm.system"] = out["llm.provider"] = provider
+    return out
 
 
 def iter_encoded_spans(
@@ -160,16 +263,22 @@ def iter_encoded_spans(
     trace_id = derive_trace_id(session_id)
     ids = {s["id"] for s in spans}
     root_id = next((s["id"] for s in spans if is_session_root(s)), None)
+    requests = {s["id"] for s in spans if s.get("name") == REQUEST_SPAN_NAME}
     events: dict[str, list[dict]] = {}
+    raw: dict[str, list[Any]] = {}  # the marks of request spans, for their GenAI attributes
     for m in marks:
         sid = mark_span_id(m.get("span_id"), ids, root_id)
         if sid is not None:
             events.setdefault(sid, []).append(_event(m))
+            if sid in requests:
+                raw.setdefault(sid, []).append(m)
     for s in spans:
-        yield _encode_span(s, trace_id, events.get(s["id"]), open_end_ns)
+        sid = s["id"]
+        yield _encode_span(s, trace_id, events.get(sid), open_end_ns, raw.get(sid, ()))
 
 
-def _encode_span(s: Any, trace_id: str, events: list[dict] | None, open_end_ns: int | None) -> dict:
+def _encode_span(s: Any, trace_id: str, events: list[dict] | None, open_end_ns: int | None,
+                 marks: Sequence[Any] = ()) -> dict:
     g = _getter(s)
     start = g("start_ns")
     if type(start) is not int:
@@ -178,6 +287,10 @@ def _encode_span(s: Any, trace_id: str, events: list[dict] | None, open_end_ns: 
     raw_attrs = g("attrs")
     if type(raw_attrs) is not dict and not isinstance(raw_attrs, Mapping):
         raw_attrs = None
+    name = g("name")
+    request = name == REQUEST_SPAN_NAME
+    if request:
+        raw_attrs = {**(raw_attrs or {}), **genai_attributes(raw_attrs, marks)}
     attrs = encode_attributes(raw_attrs)
     sid = g("id")
     attrs.append({"key": "cirron.span.id", "value": {"stringValue": sid}})
@@ -194,12 +307,11 @@ def _encode_span(s: Any, trace_id: str, events: list[dict] | None, open_end_ns: 
     if type(end) is not int:
         end = max(start, open_end_ns or start)
         attrs.append({"key": "cirron.open", "value": {"boolValue": True}})
-    name = g("name")
     span = {
         "traceId": trace_id,
         "spanId": derive_span_id(sid),
         "name": name if type(name) is str and name else str(name or "span"),
-        "kind": SPAN_KIND_INTERNAL,
+        "kind": SPAN_KIND_SERVER if request else SPAN_KIND_INTERNAL,
         "startTimeUnixNano": str(max(start, 0)),
         "endTimeUnixNano": str(max(end, 0)),
         "attributes": attrs,
@@ -218,7 +330,7 @@ def _encode_span(s: Any, trace_id: str, events: list[dict] | None, open_end_ns: 
 def resource_spans_shell(session_id: str, resource: Mapping[str, Any] | None, sdk_version: str | None = None) -> dict:
     """A ``ResourceSpans`` with an empty span list (fill ``["scopeSpans"][0]["spans"]``)."""
     return {
-        "resource": {"attributes": _resource_attributes(session_id, resource, sdk_version)},
+        "resource": {"attributes": encode_attributes(resource_attributes(session_id, resource, sdk_version))},
         "scopeSpans": [{"scope": {"name": SCOPE_NAME, "version": __version__}, "spans": []}],
     }
 
@@ -256,37 +368,3 @@ def encode_session(session: Any) -> dict:
 def build_request(resource_spans: Sequence[dict]) -> dict:
     """An ``ExportTraceServiceRequest`` (OTLP/JSON) wrapping the given ``ResourceSpans``."""
     return {"resourceSpans": list(resource_spans)}
-
-
-def _hex_to_b64(h: str) -> str:
-    return base64.b64encode(bytes.fromhex(h)).decode()
-
-
-def to_protobuf(request: Mapping[str, Any]) -> bytes:
-    """Serialise an OTLP/JSON request dict to the binary protobuf body (``http/protobuf``).
-
-    Needs ``opentelemetry-proto`` (``pip install 'cirron[otlp]'``). Ids are converted from the
-    OTLP/JSON hex form to the bytes the protobuf JSON mapping expects (base64).
-    """
-    from cirron._errors import require
-
-    pb2 = require("opentelemetry.proto.collector.trace.v1.trace_service_pb2", "OTLP http/protobuf export", "otlp")
-    json_format = require("google.protobuf.json_format", "OTLP http/protobuf export", "otlp")
-    converted = {"resourceSpans": []}
-    for rs in request.get("resourceSpans", []):
-        rs2 = dict(rs)
-        rs2["scopeSpans"] = []
-        for ss in rs.get("scopeSpans", []):
-            ss2 = dict(ss)
-            spans = []
-            for sp in ss.get("spans", []):
-                sp2 = dict(sp)
-                for k in ("traceId", "spanId", "parentSpanId"):
-                    if sp2.get(k):
-                        sp2[k] = _hex_to_b64(sp2[k])
-                spans.append(sp2)
-            ss2["spans"] = spans
-            rs2["scopeSpans"].append(ss2)
-        converted["resourceSpans"].append(rs2)
-    msg = json_format.ParseDict(converted, pb2.ExportTraceServiceRequest())
-    return msg.SerializeToString()

@@ -2,7 +2,7 @@
 
 Shared by ``cirron traces export --format otel --endpoint`` (sync, :func:`send_otlp`), the live
 ``otlp`` sink and the platform uploader (async, :func:`apost_with_retries`).
-Policy (OTLP/HTTP spec): gzip body; up to ``max_attempts`` attempts within ``deadline`` seconds;
+Policy (OTLP/HTTP spec): gzip body when asked (``OTEL_EXPORTER_OTLP_COMPRESSION=gzip``); up to ``max_attempts`` attempts within ``deadline`` seconds;
 retry only on 429/502/503/504 and on dropped connections/timeouts, with exponential backoff
 and jitter, honouring ``Retry-After`` (seconds or an HTTP date); never on other status codes.
 A 200 whose body reports ``partialSuccess`` with rejected spans is a warning, not a retry.
@@ -30,6 +30,7 @@ from cirron._errors import CirronError
 
 __all__ = [
     "DEFAULT_TRACES_ENDPOINT",
+    "COMPRESSIONS",
     "PROTOCOLS",
     "RETRYABLE_STATUS",
     "OTLPExportError",
@@ -48,6 +49,11 @@ __all__ = [
 _log = logging.getLogger("cirron.export")
 
 PROTOCOLS = ("http/json", "http/protobuf")
+#: The retry policy of a one-off export (the live sink has its own, shorter budget).
+DEFAULT_DEADLINE_S = 60.0
+DEFAULT_MAX_ATTEMPTS = 6
+DEFAULT_BASE_BACKOFF_S = 0.5
+DEFAULT_MAX_BACKOFF_S = 8.0
 RETRYABLE_STATUS = frozenset({429, 502, 503, 504})
 
 
@@ -106,8 +112,8 @@ def _encode(request: Mapping[str, Any], protocol: str) -> tuple[bytes, str]:
 def request_to_protobuf(request: Mapping[str, Any]) -> bytes:
     """The ``http/protobuf`` body for an OTLP/JSON request dict, built message by message.
 
-    Gives the same bytes as :func:`cirron.export._otlp.to_protobuf` (which goes through
-    ``json_format.ParseDict``) at a fraction of the cost, which matters for the live sink: it runs
+    Gives the same bytes as the protobuf JSON mapping (``json_format.ParseDict``, which the tests
+    compare it with) at a fraction of the cost, which matters for the live sink: it runs
     for every request, in the process being profiled. Needs ``opentelemetry-proto``.
     """
     from cirron._errors import require
@@ -203,8 +209,8 @@ def _partial_success(body: bytes, content_type: str) -> tuple[int, str]:
     return 0, ""
 
 
-def encode_body(request: Mapping[str, Any], protocol: str = "http/json",
-                compression: str | None = "gzip") -> tuple[bytes, dict[str, str]]:
+def encode_body(request: Mapping[str, Any], protocol: str = "http/protobuf",
+                compression: str | None = None) -> tuple[bytes, dict[str, str]]:
     """The HTTP body and headers for an OTLP/JSON request dict under ``protocol``/``compression``."""
     if protocol not in PROTOCOLS:
         raise ValueError(f"unknown OTLP protocol {protocol!r} (expected one of {', '.join(PROTOCOLS)})")
@@ -339,38 +345,49 @@ def send_otlp(
     request: Mapping[str, Any],
     endpoint: str,
     *,
-    protocol: str = "http/json",
+    protocol: str = "http/protobuf",
     headers: Mapping[str, str] | None = None,
     timeout: float = 10.0,
-    deadline: float = 60.0,
-    max_attempts: int = 6,
-    compression: str | None = "gzip",
+    deadline: float = DEFAULT_DEADLINE_S,
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+    compression: str | None = None,
+    verify: Any = True,
     client: Any = None,
     sleep: Callable[[float], None] = time.sleep,
     on_warning: Callable[[str], None] | None = None,
-    base_backoff: float = 0.5,
-    max_backoff: float = 8.0,
+    base_backoff: float = DEFAULT_BASE_BACKOFF_S,
+    max_backoff: float = DEFAULT_MAX_BACKOFF_S,
 ) -> SendResult:
     """POST ``request`` (an OTLP/JSON ``ExportTraceServiceRequest`` dict) to ``endpoint``.
 
     Returns a :class:`SendResult` on a 2xx answer; raises :class:`OTLPExportError` when the
     receiver refuses it (non-retryable status) or every attempt within ``deadline`` failed.
-    ``client`` may be an ``httpx.Client`` to reuse; ``sleep`` is injectable for tests.
+    The defaults are OpenTelemetry's (``http/protobuf``, no compression); :meth:`OtlpSettings.send`
+    fills every argument from the ``OTEL_EXPORTER_OTLP_*`` variables. ``verify`` is httpx's (an
+    ``ssl.SSLContext`` from :meth:`OtlpSettings.ssl_context`). ``client`` may be an
+    ``httpx.Client`` to reuse; ``sleep`` is injectable for tests.
     """
+    return _post_request(request, resolve_traces_url(endpoint), protocol=protocol, headers=headers, timeout=timeout,
+                         deadline=deadline, max_attempts=max_attempts, compression=compression, verify=verify,
+                         client=client, sleep=sleep, on_warning=on_warning, base_backoff=base_backoff,
+                         max_backoff=max_backoff)
+
+
+def _post_request(request: Mapping[str, Any], url: str, *, protocol: str, headers: Mapping[str, str] | None,
+                  timeout: float, compression: str | None, verify: Any, client: Any,
+                  sleep: Callable[[float], None], **policy: Any) -> SendResult:
+    """:func:`send_otlp` to ``url`` exactly as given."""
     if protocol not in PROTOCOLS:
         raise ValueError(f"unknown OTLP protocol {protocol!r} (expected one of {', '.join(PROTOCOLS)})")
     import httpx
 
-    url = resolve_traces_url(endpoint)
     body, hdrs = encode_body(request, protocol, compression)
     hdrs.update(headers or {})
     own = client is None
     if own:
-        client = httpx.Client(timeout=timeout)
+        client = httpx.Client(timeout=timeout, verify=verify)
     try:
-        return post_with_retries(client, url, body, hdrs, sleep=sleep, timeout=timeout, deadline=deadline,
-                                 max_attempts=max_attempts, base_backoff=base_backoff, max_backoff=max_backoff,
-                                 on_warning=on_warning)
+        return post_with_retries(client, url, body, hdrs, sleep=sleep, timeout=timeout, **policy)
     finally:
         if own:
             client.close()
@@ -400,12 +417,20 @@ def parse_otlp_headers(value: str) -> dict[str, str]:
     return out
 
 
+_TLS_FILES = (("certificate", "CERTIFICATE"), ("client_key", "CLIENT_KEY"),
+              ("client_certificate", "CLIENT_CERTIFICATE"))
+COMPRESSIONS = ("gzip", "none")
+
+
 @dataclass(frozen=True)
 class OtlpSettings:
-    """Where and how the live ``otlp`` sink sends: the standard ``OTEL_EXPORTER_OTLP_*`` variables.
+    """Where and how OTLP goes out: the standard ``OTEL_EXPORTER_OTLP_*`` variables.
 
-    Each ``OTEL_EXPORTER_OTLP_TRACES_<X>`` wins over ``OTEL_EXPORTER_OTLP_<X>``. ``sources`` keeps
-    the variable each value came from (``cirron status`` shows it).
+    The one place both the live ``otlp`` sink and ``cirron traces export --endpoint`` get their
+    endpoint, protocol, headers, compression, timeout and TLS files from. Each
+    ``OTEL_EXPORTER_OTLP_TRACES_<X>`` wins over ``OTEL_EXPORTER_OTLP_<X>``; the command's flags
+    win over both (:meth:`override`). ``sources`` keeps where each value came from
+    (``cirron status`` shows it).
     """
 
     endpoint: str = DEFAULT_TRACES_ENDPOINT
@@ -414,6 +439,10 @@ class OtlpSettings:
     compression: str | None = None
     timeout: float = DEFAULT_TIMEOUT_S
     sources: Mapping[str, str] = None  # type: ignore[assignment]
+    #: CA bundle to verify the receiver with; client certificate and key for mutual TLS (paths).
+    certificate: str | None = None
+    client_key: str | None = None
+    client_certificate: str | None = None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> OtlpSettings:
@@ -447,7 +476,7 @@ class OtlpSettings:
         sources["protocol"] = f"env {var}" if var else "default"
         protocol = protocol or "http/protobuf"
         if protocol not in PROTOCOLS:
-            raise CirronConfigError(f"{var}={protocol!r} is not supported by cirron's otlp sink; "
+            raise CirronConfigError(f"{var}={protocol!r} is not supported by cirron; "
                                     f"use {' or '.join(PROTOCOLS)} (gRPC: put an OpenTelemetry Collector in between)")
 
         raw, var = get("HEADERS")
@@ -460,7 +489,7 @@ class OtlpSettings:
         comp, var = get("COMPRESSION")
         sources["compression"] = f"env {var}" if var else "default"
         comp = (comp or "none").lower()
-        if comp not in ("gzip", "none"):
+        if comp not in COMPRESSIONS:
             raise CirronConfigError(f"{var}={comp!r} must be gzip or none")
 
         raw, var = get("TIMEOUT")
@@ -474,16 +503,77 @@ class OtlpSettings:
             if not ms > 0:
                 raise CirronConfigError(f"{var}={raw!r} must be a positive number of milliseconds")
             timeout = ms / 1000.0
+
+        tls: dict[str, str | None] = {}
+        for field_name, suffix in _TLS_FILES:
+            path, var = get(suffix)
+            sources[field_name] = f"env {var}" if var else "default"
+            if path is not None and not os.path.isfile(path):
+                raise CirronConfigError(f"{var}={path!r}: no such file")
+            tls[field_name] = path
+        if (tls["client_key"] is None) != (tls["client_certificate"] is None):
+            raise CirronConfigError(f"{ENV_PREFIX}CLIENT_KEY and {ENV_PREFIX}CLIENT_CERTIFICATE go together "
+                                    "(mutual TLS needs both)")
         return cls(endpoint=endpoint, protocol=protocol, headers=headers,
-                   compression="gzip" if comp == "gzip" else None, timeout=timeout, sources=sources)
+                   compression="gzip" if comp == "gzip" else None, timeout=timeout, sources=sources, **tls)
+
+    def override(self, *, endpoint: str | None = None, protocol: str | None = None,
+                 headers: Mapping[str, str] | None = None, compression: str | None = None) -> OtlpSettings:
+        """These settings with the command's flags applied (``None``: not given). ``endpoint`` gets
+        ``/v1/traces`` appended unless it already ends so; ``headers`` are added, a flag's value
+        winning over the variable's for the same name."""
+        from dataclasses import replace
+
+        sources = dict(self.sources or {})
+        changes: dict[str, Any] = {}
+        if endpoint is not None:
+            changes["endpoint"], sources["endpoint"] = resolve_traces_url(endpoint), "flag --endpoint"
+        if protocol is not None:
+            changes["protocol"], sources["protocol"] = protocol, "flag --protocol"
+        if headers:
+            changes["headers"], sources["headers"] = {**(self.headers or {}), **headers}, "flag --header"
+        if compression is not None:
+            changes["compression"] = "gzip" if compression == "gzip" else None
+            sources["compression"] = "flag --compression"
+        return replace(self, sources=sources, **changes)
+
+    def ssl_context(self) -> Any:
+        """An ``ssl.SSLContext`` for httpx's ``verify=`` from the TLS files, or ``True`` (the defaults)."""
+        if not (self.certificate or self.client_certificate):
+            return True
+        import ssl
+
+        from cirron._errors import CirronConfigError
+
+        try:
+            ctx = ssl.create_default_context(cafile=self.certificate)
+            if self.client_certificate:
+                ctx.load_cert_chain(self.client_certificate, self.client_key)
+        except (ssl.SSLError, OSError) as exc:
+            raise CirronConfigError(f"cannot use the OTLP TLS files ({self.certificate or ''} "
+                                    f"{self.client_certificate or ''}): {exc}") from None
+        return ctx
+
+    def send(self, request: Mapping[str, Any], **policy: Any) -> SendResult:
+        """:func:`send_otlp` of ``request`` with these settings (``policy``: deadline, attempts, ...;
+        ``timeout``, per attempt, defaults to the settings')."""
+        policy.setdefault("timeout", self.timeout)
+        policy.setdefault("deadline", DEFAULT_DEADLINE_S)
+        policy.setdefault("max_attempts", DEFAULT_MAX_ATTEMPTS)
+        policy.setdefault("base_backoff", DEFAULT_BASE_BACKOFF_S)
+        policy.setdefault("max_backoff", DEFAULT_MAX_BACKOFF_S)
+        return _post_request(request, self.endpoint, protocol=self.protocol, headers=self.headers,
+                             compression=self.compression, verify=self.ssl_context(), client=policy.pop("client", None),
+                             sleep=policy.pop("sleep", time.sleep), **policy)
 
     def masked(self) -> dict[str, Any]:
         """For ``cirron status``: header values hidden (they usually carry tokens)."""
+        src = self.sources or {}
         return {
-            "endpoint": {"value": self.endpoint, "source": self.sources.get("endpoint", "default")},
-            "protocol": {"value": self.protocol, "source": self.sources.get("protocol", "default")},
-            "headers": {"value": {k: "****" for k in (self.headers or {})},
-                        "source": self.sources.get("headers", "default")},
-            "compression": {"value": self.compression or "none", "source": self.sources.get("compression", "default")},
-            "timeout": {"value": self.timeout, "source": self.sources.get("timeout", "default")},
+            "endpoint": {"value": self.endpoint, "source": src.get("endpoint", "default")},
+            "protocol": {"value": self.protocol, "source": src.get("protocol", "default")},
+            "headers": {"value": {k: "****" for k in (self.headers or {})}, "source": src.get("headers", "default")},
+            "compression": {"value": self.compression or "none", "source": src.get("compression", "default")},
+            "timeout": {"value": self.timeout, "source": src.get("timeout", "default")},
+            **{name: {"value": getattr(self, name), "source": src.get(name, "default")} for name, _ in _TLS_FILES},
         }

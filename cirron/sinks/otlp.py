@@ -13,9 +13,8 @@ What the sink does with each batch the flush service hands it:
   it is counted as dropped (``marks_held_overflow`` / ``marks_orphaned``). Marks recorded outside
   any scope belong to the session root and wait for the end of the session, within
   :data:`MAX_ROOT_MARKS` (``marks_root_overflow`` beyond).
-* ``request`` spans get the GenAI semantic-convention token counts
-  (``gen_ai.usage.input_tokens`` / ``gen_ai.usage.output_tokens``) from their
-  ``prompt_tokens`` / ``completion_tokens`` (or ``tokens``) marks.
+* ``request`` spans get the GenAI semantic-convention attributes from the encoder
+  (:func:`cirron.export._otlp.genai_attributes`), from the marks that travel with them.
 * closed spans (with their marks) wait in the sink's own bounded queue
   (:data:`MAX_QUEUE_SPANS` spans, :data:`MAX_QUEUE_MARKS` marks; the oldest request is dropped
   and counted as ``spans_queue_full`` when it is full) and go out in requests of at most
@@ -83,30 +82,6 @@ FINAL_FLUSH_FRACTION = 0.6
 #: How often an in-flight request checks whether the session is shutting down (seconds).
 STOP_POLL = 0.05
 
-_INPUT_TOKEN_MARKS = ("prompt_tokens", "input_tokens")
-_OUTPUT_TOKEN_MARKS = ("completion_tokens", "output_tokens", "tokens")
-
-
-def genai_attributes(marks: list[dict[str, Any]]) -> dict[str, int]:
-    """``gen_ai.usage.*`` token counts from a request span's marks (``completion_tokens`` wins over ``tokens``)."""
-    found: dict[str, int] = {}
-    for m in marks:
-        v = m.get("value")
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or v != v:
-            continue
-        found[m.get("name")] = int(v)
-    out: dict[str, int] = {}
-    for name in _INPUT_TOKEN_MARKS:
-        if name in found:
-            out["gen_ai.usage.input_tokens"] = found[name]
-            break
-    for name in _OUTPUT_TOKEN_MARKS:
-        if name in found:
-            out["gen_ai.usage.output_tokens"] = found[name]
-            break
-    return out
-
-
 class _QueuedExport:
     """One queued OTLP request: the records until first encoded, then only the body."""
 
@@ -139,6 +114,7 @@ class OtlpSink(Sink):
         if self.settings.protocol == "http/protobuf":
             # Fail at profile() time, in the user's thread, with the pip hint; not later in the background.
             require("opentelemetry.proto.collector.trace.v1.trace_service_pb2", "OTLP http/protobuf export", "otlp")
+        self._verify = self.settings.ssl_context()  # a bad TLS file fails profile(), not the background
         self._owner = owner
         cfg = getattr(owner, "_config", None)
         shutdown_timeout = getattr(cfg, "shutdown_timeout", 5.0) or 5.0
@@ -170,7 +146,8 @@ class OtlpSink(Sink):
         import httpx
 
         self._root = getattr(getattr(self._owner, "_rec", None), "root", None)
-        self._client = httpx.AsyncClient(timeout=self.settings.timeout, headers=dict(self.settings.headers or {}))
+        self._client = httpx.AsyncClient(timeout=self.settings.timeout, headers=dict(self.settings.headers or {}),
+                                         verify=self._verify)
 
     async def aclose(self) -> None:
         # Called by the service after the final batch; whatever is still here cannot be sent now.
@@ -309,11 +286,6 @@ class OtlpSink(Sink):
             if ms:
                 self._held_count -= len(ms)
                 ready[sid] = ms
-            if s.get("name") == "request" and ms:
-                extra = genai_attributes(ms)
-                if extra:
-                    s = dict(s)
-                    s["attrs"] = {**(s.get("attrs") or {}), **extra}
             out.append(s)
         # Marks of spans never seen, after a few writes: their span closed before we knew it.
         if self._held_since:

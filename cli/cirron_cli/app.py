@@ -7,6 +7,9 @@ import sys
 import typer
 
 from cirron._version import __version__
+from cirron_cli import _help
+
+_help.install()
 
 app = typer.Typer(
     name="cirron",

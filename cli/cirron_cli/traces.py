@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import enum
 import math
 import os
 import re
@@ -574,30 +575,58 @@ def _parse_headers(values: list[str]) -> dict[str, str]:
     return out
 
 
+class ExportFormat(str, enum.Enum):
+    parquet = "parquet"
+    otel = "otel"
+    otlp = "otlp"
+    csv = "csv"
+    json = "json"
+    perfetto = "perfetto"
+
+
+class OtlpProtocol(str, enum.Enum):
+    protobuf = "http/protobuf"
+    json = "http/json"
+
+
+class Compression(str, enum.Enum):
+    gzip = "gzip"
+    none = "none"
+
+
 @traces_app.command("export")
 def export(
-    fmt: Optional[str] = typer.Option(None, "--format", help="parquet, otel (alias otlp), csv, json or perfetto."),
+    fmt: Optional[ExportFormat] = typer.Option(None, "--format", case_sensitive=False,
+                                               help="Output format (otlp is another name for otel)."),
     output: Optional[str] = typer.Option(None, "--output", help="Output file (a directory for parquet)."),
     session: Optional[str] = typer.Option(None, "--session", help="Export the session(s) whose id starts with this."),
     spool: list[str] = SpoolOpt,
-    endpoint: Optional[str] = typer.Option(None, "--endpoint", help="otel: POST to this OTLP/HTTP receiver instead."),
-    protocol: str = typer.Option("http/json", "--protocol", help="otel --endpoint: http/json or http/protobuf."),
-    header: list[str] = typer.Option([], "--header", help="otel --endpoint: extra HTTP header KEY=VALUE (repeatable)."),
-    timeout: float = typer.Option(30.0, "--timeout", help="otel --endpoint: overall deadline in seconds."),
+    endpoint: Optional[str] = typer.Option(
+        None, "--endpoint", metavar="URL",
+        help="otel: POST to this OTLP/HTTP receiver instead ('env': OTEL_EXPORTER_OTLP_[TRACES_]ENDPOINT)."),
+    protocol: Optional[OtlpProtocol] = typer.Option(
+        None, "--protocol", help="otel --endpoint: body encoding (default: OTEL_EXPORTER_OTLP_PROTOCOL, else http/protobuf)."),
+    header: list[str] = typer.Option([], "--header", metavar="KEY=VALUE",
+                                     help="otel --endpoint: HTTP header, added to OTEL_EXPORTER_OTLP_HEADERS (repeatable)."),
+    compression: Optional[Compression] = typer.Option(
+        None, "--compression", help="otel --endpoint: body compression (default: OTEL_EXPORTER_OTLP_COMPRESSION, else none)."),
+    timeout: float = typer.Option(30.0, "--timeout", metavar="SECONDS",
+                                  help="otel --endpoint: overall deadline, retries included."),
 ) -> None:
-    """Convert traces to Parquet, OTLP/JSON, CSV, JSON or Perfetto, or send them to an OTLP receiver."""
+    """Convert traces to Parquet, OTLP/JSON, CSV, JSON or Perfetto, or send them to an OTLP receiver.
+
+    With --endpoint the standard OTEL_EXPORTER_OTLP_* variables apply (headers, protocol, compression, timeout per attempt, CERTIFICATE, CLIENT_KEY, CLIENT_CERTIFICATE); the flags win over them.
+    """
     from cirron.export import FORMATS
 
     if fmt is None:
         fail(f"Missing option --format (one of {', '.join(FORMATS)})", EXIT_USAGE)
-    fmt = fmt.lower()
-    if fmt not in FORMATS:
-        fail(f"Unknown format {fmt} (expected one of {', '.join(FORMATS)})", EXIT_USAGE)
+    fmt = fmt.value
     if endpoint is not None and fmt not in ("otel", "otlp"):
         fail("--endpoint works with --format otel only", EXIT_USAGE)
-    if protocol not in ("http/json", "http/protobuf"):
-        fail(f"Invalid --protocol: {protocol} (expected http/json or http/protobuf)", EXIT_USAGE)
-    headers = _parse_headers(header)
+    settings = None
+    if endpoint is not None:
+        settings = _otlp_settings(endpoint, protocol, _parse_headers(header), compression)
     fields = "export" if fmt in ("parquet", "csv") else "full"
     cat, chosen = _pick_sessions(spool, session, None)
     if not chosen:
@@ -606,8 +635,8 @@ def export(
     n_spans = sum(s.spans for s in chosen)
     what = f"{render.plural(n_spans, 'span')} from {render.plural(len(chosen), 'session')}"
 
-    if endpoint is not None:
-        _send(list(_iter_loaded(cat, chosen)), endpoint, protocol, headers, timeout, what)
+    if settings is not None:
+        _send(list(_iter_loaded(cat, chosen)), settings, timeout, what)
         if output is None:
             return
 
@@ -642,23 +671,38 @@ def export(
     typer.echo(f"Exported {what} to {target}")
 
 
-def _send(chosen: list[Session], endpoint: str, protocol: str, headers: dict[str, str], timeout: float, what: str) -> None:
+def _otlp_settings(endpoint: str, protocol: OtlpProtocol | None, headers: dict[str, str],
+                   compression: Compression | None) -> Any:
+    """The ``OTEL_EXPORTER_OTLP_*`` settings with the command's flags over them (one-line errors)."""
+    from cirron._errors import CirronConfigError
+    from cirron.export.otlp_http import OtlpSettings
+
+    if endpoint != "env" and not re.match(r"^https?://[^/\s]+", endpoint):
+        fail(f"Invalid --endpoint: {endpoint} (expected an http:// or https:// URL, or env)", EXIT_USAGE)
+    try:
+        settings = OtlpSettings.from_env()
+        settings.ssl_context()  # a bad TLS file: say so before reading the spool
+    except CirronConfigError as exc:
+        fail(str(exc), EXIT_USAGE)
+    return settings.override(endpoint=None if endpoint == "env" else endpoint,
+                             protocol=protocol.value if protocol else None, headers=headers,
+                             compression=compression.value if compression else None)
+
+
+def _send(chosen: list[Session], settings: Any, timeout: float, what: str) -> None:
     from cirron._errors import CirronDependencyError
     from cirron.export import otlp_request
-    from cirron.export.otlp_http import OTLPExportError, resolve_traces_url, send_otlp
+    from cirron.export.otlp_http import OTLPExportError
 
-    if not re.match(r"^https?://[^/\s]+", endpoint):
-        fail(f"Invalid --endpoint: {endpoint} (expected an http:// or https:// URL)", EXIT_USAGE)
     req = otlp_request(chosen)
     try:
-        res = send_otlp(req, endpoint, protocol=protocol, headers=headers, deadline=timeout,
-                        timeout=min(10.0, timeout), on_warning=warn)
+        res = settings.send(req, deadline=timeout, timeout=min(settings.timeout, timeout), on_warning=warn)
     except CirronDependencyError as exc:
         fail(str(exc))
     except OTLPExportError as exc:
         fail(str(exc))
     attempts = render.plural(res.attempts, "attempt")
-    typer.echo(f"Sent {what} to {resolve_traces_url(endpoint)} (HTTP {res.status}, {attempts})")
+    typer.echo(f"Sent {what} to {settings.endpoint} (HTTP {res.status}, {attempts})")
 
 
 # ============================================================================ clear

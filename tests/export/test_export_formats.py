@@ -13,7 +13,8 @@ from spool_factory import BASE_NS, MS, SpoolFactory
 from typer.testing import CliRunner
 
 from cirron.export import CSV_COLUMNS
-from cirron.export._otlp import derive_span_id, derive_trace_id, encode_resource_spans, to_protobuf
+from cirron.export._otlp import derive_span_id, derive_trace_id, encode_resource_spans
+from cirron.export.otlp_http import request_to_protobuf
 from cirron_cli.app import app
 
 runner = CliRunner()
@@ -70,7 +71,9 @@ def test_otlp_json_shape(factory: SpoolFactory, tmp_path):
     rattrs = {a["key"]: a["value"] for a in rs["resource"]["attributes"]}
     assert rattrs["service.name"] == {"stringValue": "cirron"}
     assert rattrs["cirron.session.id"] == {"stringValue": root}
-    assert rattrs["sdk.version"] == {"stringValue": "0.1.0"}
+    assert rattrs["telemetry.sdk.name"] == {"stringValue": "cirron"}
+    assert rattrs["telemetry.sdk.language"] == {"stringValue": "python"}
+    assert rattrs["telemetry.sdk.version"] == {"stringValue": "0.1.0"}  # the session's writer, not the exporter
     assert rattrs["process.pid"] == {"intValue": "1797"}
     (ss,) = rs["scopeSpans"]
     assert ss["scope"]["name"] == "cirron"
@@ -105,7 +108,7 @@ def test_otlp_protobuf_roundtrip(factory: SpoolFactory):
     child = factory.span("x", parent_id=root["id"], attrs={"n": 3, "f": float("nan")})
     req = {"resourceSpans": [encode_resource_spans(root["id"], {"pid": 1}, [root, child], [])]}
     msg = pb2.ExportTraceServiceRequest()
-    msg.ParseFromString(to_protobuf(req))
+    msg.ParseFromString(request_to_protobuf(req))
     spans = msg.resource_spans[0].scope_spans[0].spans
     assert spans[1].parent_span_id.hex() == derive_span_id(root["id"])
     assert spans[1].trace_id.hex() == derive_trace_id(root["id"])
@@ -218,4 +221,5 @@ def test_export_empty_spool_fails(tmp_path):
 
 def test_unknown_format(factory: SpoolFactory, tmp_path):
     r = run("traces", "export", "--format", "xml", "--spool", str(factory.spool_dir))
-    assert r.exit_code == 2 and r.stderr.startswith("Error: Unknown format xml")
+    assert r.exit_code == 2 and "Invalid value for '--format'" in r.stderr
+    assert "'xml' is not one of" in r.stderr and "'perfetto'" in r.stderr

@@ -71,6 +71,7 @@ class Receiver:
                     for sp in ss.spans:
                         out.append({
                             "name": sp.name,
+                            "kind": sp.kind,
                             "trace_id": sp.trace_id.hex(),
                             "span_id": sp.span_id.hex(),
                             "parent": sp.parent_span_id.hex() or None,
