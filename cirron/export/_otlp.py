@@ -200,7 +200,7 @@ def resource_attributes(session_id: str, resource: Mapping[str, Any] | None, sdk
 
 
 def _is_count(v: Any) -> bool:
-    return (type(v) is int or type(v) is float) and v == v and v >= 0
+    return type(v) is int and v >= 0 or type(v) is float and math.isfinite(v) and v >= 0
 
 
 def genai_attributes(span_attrs: Mapping[str, Any] | None, marks: Iterable[Any]) -> dict[str, Any]:

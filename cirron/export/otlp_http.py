@@ -29,8 +29,8 @@ import orjson
 from cirron._errors import CirronError
 
 __all__ = [
-    "DEFAULT_TRACES_ENDPOINT",
     "COMPRESSIONS",
+    "DEFAULT_TRACES_ENDPOINT",
     "PROTOCOLS",
     "RETRYABLE_STATUS",
     "OTLPExportError",

@@ -253,12 +253,13 @@ def test_bad_otel_variable_is_a_one_line_usage_error(factory: SpoolFactory, monk
 
 
 def _self_signed(tmp: Path) -> tuple[Path, Path]:
-    crypto = pytest.importorskip("cryptography")  # noqa: F841
+    pytest.importorskip("cryptography")
+    import ipaddress
+
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec
     from cryptography.x509.oid import NameOID
-    import ipaddress
 
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
