@@ -19,6 +19,7 @@ from cirron._record.instrument import current_request_id
 from cirron._version import __version__
 
 _DEFAULT = Cirron(_lazy=True)
+_DEFAULT._share_with_workers()  # in a worker process of a profiled parent: record into its session
 
 aflush = _DEFAULT.aflush
 ashutdown = _DEFAULT.ashutdown

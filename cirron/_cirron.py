@@ -23,6 +23,7 @@ from cirron._env import secret as _secret
 from cirron._flush.batch import GilBudget
 from cirron._flush.collector import Collector, TraceStore, resource_attributes
 from cirron._native import compiled_speedups
+from cirron._ranks import detect_rank
 from cirron._record.span import NOOP_SCOPE, Recorder, Scope, scope_factory
 from cirron._schema import SESSION_SPAN_NAME
 from cirron._version import __version__
@@ -34,23 +35,6 @@ class State(enum.Enum):
     IDLE = "idle"  # recording into memory only
     RUNNING = "running"  # a session and its flush service are up
     CLOSED = "closed"  # shut down; a later profile() starts a new session
-
-
-def _detect_rank() -> tuple[int, int]:
-    for rank_var, world_var in (("RANK", "WORLD_SIZE"), ("OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE"),
-                                ("SLURM_PROCID", "SLURM_NTASKS")):
-        if os.environ.get(rank_var, "").isdigit():
-            world = os.environ.get(world_var, "")
-            return int(os.environ[rank_var]), int(world) if world.isdigit() else 1
-    import sys
-
-    dist = sys.modules.get("torch.distributed")
-    try:
-        if dist is not None and dist.is_available() and dist.is_initialized():
-            return int(dist.get_rank()), int(dist.get_world_size())
-    except Exception:  # noqa: BLE001
-        pass
-    return 0, 1
 
 
 class Cirron:
@@ -102,9 +86,15 @@ class Cirron:
         self._resource: dict[str, Any] = {}
         self._snapshots: Any = None
         self._pid = os.getpid()
-        self._forked_child = False
         self._atexit_registered = False
         self.session_id: str | None = None
+        from cirron._signals import SignalChain
+
+        self._signals = SignalChain(self._on_signal)
+        #: Set on the default instance only (see :meth:`_share_with_workers`).
+        self._workers: Any = None
+        #: Problems met while starting the session (unreadable config, …), each warned about once.
+        self._warned: set[str] = set()
         # The hot-path entry points are the recorder's own bound methods: no extra call layer.
         self.mark = self._rec.mark
         if not enabled_in_env():
@@ -165,6 +155,9 @@ class Cirron:
         with self._lifecycle:
             if self._state is State.RUNNING:
                 return self
+            if self._restart_pending:  # a worker of another process's session: join it now
+                self._start_in_child()
+                return self
             if not self._prepare_session(dict(
                 output=output, snapshots=snapshots, sample_rate=sample_rate, flush_interval=flush_interval,
                 spool_dir=spool_dir, enabled=enabled, frameworks=frameworks, gpu=gpu), config, path):
@@ -176,6 +169,9 @@ class Cirron:
             self._state = State.RUNNING
             self._register_atexit()
             self._install_integrations()
+            self._signals.install()
+            if self._workers is not None:
+                self._workers.install()
             return self
 
     def _prepare_session(self, overrides: dict[str, Any], inline: dict[str, Any] | None = None,
@@ -183,6 +179,8 @@ class Cirron:
         """Resolve the configuration and open the session root; False when it says disabled."""
         self._config = self._resolve_config(overrides, inline, path)
         cfg = self._config
+        for problem in cfg.problems:
+            self._warn_once(f"cirron: {problem}")
         self._set_recording(cfg.enabled)
         if not cfg.enabled:
             return False
@@ -196,15 +194,18 @@ class Cirron:
             for tb in buffers.buffers():
                 tb.mark_capacity = cfg.mark_buffer_capacity
         self._trace.max_spans = cfg.trace_buffer_max_spans
-        rank, world = _detect_rank()
-        self._resource = resource_attributes(rank, world, cfg.project_name, cfg.project_version)
-        attrs: dict[str, Any] = {"sdk_version": __version__, "pid": self._resource["pid"], "rank": rank,
+        ranks = detect_rank()
+        self._resource = resource_attributes(ranks.rank, ranks.world_size, cfg.project_name, cfg.project_version)
+        self._resource.update(local_rank=ranks.local_rank, run_id=ranks.run_id)
+        attrs: dict[str, Any] = {"sdk_version": __version__, "pid": self._resource["pid"], "rank": ranks.rank,
+                                 "world_size": ranks.world_size, "local_rank": ranks.local_rank,
                                  "host": self._resource["host"]}
         if cfg.project_name is not None:
             attrs["project"] = cfg.project_name
             attrs["project_version"] = cfg.project_version
-        for var, key in (("CIRRON_RUN_ID", "run_id"), ("CIRRON_PIPELINE_ID", "pipeline_id"),
-                         ("CIRRON_DEPLOYMENT_ID", "deployment_id")):
+        if ranks.run_id is not None:
+            attrs["run_id"] = ranks.run_id
+        for var, key in (("CIRRON_PIPELINE_ID", "pipeline_id"), ("CIRRON_DEPLOYMENT_ID", "deployment_id")):
             if os.environ.get(var):
                 attrs[key] = os.environ[var]
         attrs.update(_device_info())
@@ -476,7 +477,7 @@ class Cirron:
 
     def _close_root(self) -> None:
         root = self._rec.root
-        if root is not None and root.end_ns is None and not self._forked_child:
+        if root is not None and root.end_ns is None:
             root._close(None, time.process_time_ns(), time.time_ns())
 
     def _finish_shutdown(self) -> None:
@@ -486,11 +487,85 @@ class Cirron:
         if self._atexit_registered:
             atexit.unregister(self._atexit)
             self._atexit_registered = False
+        self._signals.uninstall()
+        if self._workers is not None:
+            self._workers.uninstall()
+        self._warn_losses()
+
+    def _losses(self) -> list[Any]:
+        """What this session did not keep: per sink, and in the buffers (full, or not drained in time)."""
+        from cirron._losses import Loss, sink_loss
+
+        buffers = Loss("buffers")
+        totals = self._rec.buffers.totals()
+        buffers.add("spans_buffer_full", totals["spans_dropped"])
+        buffers.add("marks_buffer_full", totals["marks_dropped"])
+        for key, count in self._collector.drops.items():
+            buffers.add(key, count)
+        c_spans, c_marks = self._collector.pending()
+        if self._state is not State.RUNNING:
+            buffers.add("spans_not_drained_in_time", totals["spans_pending"] + c_spans)
+            buffers.add("marks_not_drained_in_time", totals["marks_pending"] + c_marks)
+        return [buffers] + [sink_loss(sink.state()) for sink in self._sinks]
+
+    def _warn_losses(self) -> None:
+        from cirron._losses import loss_line
+
+        try:
+            line = loss_line(self.session_id, self._losses())
+        except Exception as exc:  # noqa: BLE001 - the exit must go on
+            self._rec.note_internal_error(exc)
+            return
+        if line is not None:
+            self._warn_once(line)
+
+    def _warn_once(self, line: str) -> None:
+        """One line on stderr, never twice the same one from this instance."""
+        from cirron._losses import warn
+
+        if line not in self._warned:
+            self._warned.add(line)
+            warn(line)
+
+    def _on_signal(self, signum: int, fatal: bool) -> None:
+        """SIGTERM/SIGINT (see :mod:`cirron._signals`): write what we hold before the signal goes on."""
+        from cirron._flush.runtime import ThreadRuntime
+
+        if self._state is not State.RUNNING or not isinstance(self._runtime, ThreadRuntime):
+            return
+        timeout = self.config.shutdown_timeout
+        if not fatal:
+            self.flush(timeout)  # the host's own handler decides what happens next
+            return
+        import signal
+
+        self._close_open_spans(interrupted=signal.Signals(signum).name)
+        self.shutdown(timeout)
+
+    def _close_open_spans(self, interrupted: str) -> None:
+        """Close every open span of this process (the root aside) with ``interrupted`` set: the
+        process is about to end and their ``with`` blocks will never be left."""
+        main = threading.get_ident()
+        root = self._rec.root
+        now = time.time_ns()
+        for span in list(self._rec.open.values()):
+            if span is root or span.end_ns is not None:
+                continue
+            try:
+                span.set_attr("interrupted", interrupted)
+                span._token = None  # leave the context variables alone: other threads own theirs
+                cpu1 = time.thread_time_ns() if span.thread_id == main else span._cpu0
+                span._close(None, cpu1, now)
+            except Exception as exc:  # noqa: BLE001
+                self._rec.note_internal_error(exc)
 
     # -- fork safety ---------------------------------------------------------------------------
 
     def _after_fork_in_child(self) -> None:
         was_running = self._state is State.RUNNING
+        was_worker = self._restart_pending  # a worker that had not recorded yet (a forkserver, say)
+        old_root = self._rec.root
+        anchor = self._rec.current.get()
         self._pid = os.getpid()
         self._rec.reset_after_fork()
         self._trace.reset_after_fork(self._rec.open)
@@ -508,13 +583,68 @@ class Cirron:
         self._service = None
         self._sinks = []
         self._atexit_registered = False
-        if was_running:
-            self._forked_child = True
+        if self._workers is not None:
+            self._workers.active = False  # the parent's to undo; a forked child never patches back
+        if (was_running or was_worker) and old_root is not None:
+            # Records of this child go below a process root of its own, under the span that was
+            # open when it was forked (the parent's root if none; a never-written root's parent).
+            if anchor is None:
+                anchor = old_root if was_running else old_root.parent
             self._state = State.IDLE
-            self._restart_pending = True
-            self._rec.buffers.on_new_buffer = self._start_in_child
+            self._open_process_root(anchor)
+            self._wait_for_first_record()
         else:
+            self._restart_pending = False
+            self._rec.buffers.on_new_buffer = None
             self._state = State.IDLE if self._state is State.IDLE else State.CLOSED
+
+    def _open_process_root(self, parent: Any) -> None:
+        """Open this worker's ``cirron.process`` span below ``parent`` (a span of another process)."""
+        from cirron._workers import PROCESS_SPAN_NAME
+
+        from cirron._record.span import PyRecorderBase
+
+        attrs = {"pid": os.getpid(), "parent_pid": os.getppid()}
+        # The reference start_span: the compiled one makes this thread's buffer, and the first
+        # buffer is what tells a worker that it has recorded something.
+        root = PyRecorderBase.start_span(self._rec, PROCESS_SPAN_NAME, attrs, parent=parent)
+        root._cpu0 = time.process_time_ns()  # the process root's CPU time is the whole process's
+        self._rec.root = root
+        self._rec.current.set(None)
+        self._resource = dict(self._resource, pid=os.getpid())
+
+    def _wait_for_first_record(self) -> None:
+        self._restart_pending = True
+        self._rec.buffers.on_new_buffer = self._start_in_child
+
+    def _join_parent_session(self, info: dict[str, Any]) -> None:
+        """This process is a worker of a session started in another process (see
+        :mod:`cirron._workers`): record into it, starting the flush service on the first record."""
+        from cirron._config import Config
+        from cirron._workers import INHERITED_SETTINGS, RemoteSpan
+
+        explicit = {name: info.get(name) for name in INHERITED_SETTINGS}
+        explicit["spool_dir"] = info["spool_dir"]
+        self._config = Config.resolve(explicit)
+        self.session_id = info["session_id"]
+        ranks = detect_rank()
+        self._resource = resource_attributes(info.get("rank", ranks.rank), info.get("world_size", ranks.world_size),
+                                             None, None)
+        self._resource.update(local_rank=info.get("local_rank", ranks.local_rank), run_id=info.get("run_id"))
+        self._open_process_root(RemoteSpan(info["span"]))
+        self._wait_for_first_record()
+
+    def _share_with_workers(self) -> None:
+        """Make this (the default) instance the one worker processes record through."""
+        from cirron._workers import WorkerPropagation, inherited_session
+
+        self._workers = WorkerPropagation(self)
+        info = inherited_session()
+        if info is not None:
+            try:
+                self._join_parent_session(info)
+            except Exception as exc:  # noqa: BLE001 - a worker must come up whatever its parent set
+                self._rec.note_internal_error(exc)
 
     _restart_pending = False
     #: A LoopRuntime stopped by a sync shutdown(), whose task group is still to be left.
@@ -532,7 +662,6 @@ class Cirron:
             self._restart_pending = False
             self._rec.buffers.on_new_buffer = None
             try:
-                self._resource = dict(self._resource, pid=os.getpid())
                 self._build_service()
                 for sink in self._sinks:
                     writer = getattr(sink, "writer", None)
@@ -544,6 +673,7 @@ class Cirron:
                 self._runtime.start(wait=None)
                 self._state = State.RUNNING
                 self._register_atexit()
+                self._signals.install()  # a spawned worker's own; a forked one has the parent's
                 import multiprocessing.util
 
                 # multiprocessing children leave through os._exit and skip atexit.
@@ -577,6 +707,7 @@ class Cirron:
         last_error = (errors[-1] if errors else None) or (service.last_error if service else None) \
             or self._collector.last_job_error or self._rec.last_internal_error
         runtime_error = getattr(self._runtime, "error", None)
+        config_problems = list(self._config.problems) if self._config is not None else []
         return {
             "running": self._state is State.RUNNING,
             "state": self._state.value,
@@ -598,7 +729,10 @@ class Cirron:
             "drops": drops,
             "batches_written": primary["batches_written"] if primary else 0,
             "last_flush_ns": service.last_flush_ns if service else None,
-            "last_error": runtime_error or last_error,
+            "last_error": runtime_error or last_error or (config_problems[-1] if config_problems else None),
+            "last_flush_ok": service.last_flush_ok if service else None,
+            "last_flush_problem": service.last_flush_problem if service else None,
+            "config_problems": config_problems,
             "internal_errors": self._rec.internal_errors,
             "compiled": compiled_speedups(),
             "sinks": sinks,

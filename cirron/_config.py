@@ -61,9 +61,20 @@ _FALSE = ("0", "false", "no", "off")
 SECRET_FIELDS = ("api_key",)
 
 
+class ConfigFileUnreadable(CirronConfigError):
+    """``~/.cirron/config.toml`` exists (or may) but cannot be read: an unreadable or missing
+    ``$HOME``, a file without read permission. ``Config.resolve`` goes on without it."""
+
+
 def config_file_path() -> Path:
     override = os.environ.get(ENV_CONFIG_FILE)
-    return Path(override) if override else Path.home() / ".cirron" / "config.toml"
+    if override:
+        return Path(override)
+    try:
+        home = Path.home()
+    except (RuntimeError, KeyError, OSError) as exc:  # no $HOME and no passwd entry
+        raise ConfigFileUnreadable(f"~/.cirron/config.toml: no home directory ({exc})") from None
+    return home / ".cirron" / "config.toml"
 
 
 def read_config_file(path: Path | None = None) -> dict[str, Any]:
@@ -73,7 +84,7 @@ def read_config_file(path: Path | None = None) -> dict[str, Any]:
     except FileNotFoundError:
         return {}
     except OSError as exc:
-        raise CirronConfigError(f"{path}: cannot read: {exc.strerror or exc}") from None
+        raise ConfigFileUnreadable(f"{path}: cannot read: {exc.strerror or exc}") from None
     try:
         import tomllib
     except ModuleNotFoundError:  # Python 3.10
@@ -175,14 +186,22 @@ class Config:
     framework: str | None = None
     project_data: dict[str, Any] = field(default_factory=dict)
     project_file: Path | None = None
+    #: What could not be read and was gone without (e.g. an unreadable ``~/.cirron/config.toml``).
+    problems: tuple[str, ...] = ()
 
     @classmethod
     def resolve(cls, explicit: dict[str, Any], project: Any | None = None,
                 project_file: Path | None = None, inline: dict[str, Any] | None = None) -> Config:
         inline = check_inline(inline)
         env = os.environ
-        file_path = config_file_path()
-        from_file = read_config_file(file_path)
+        problems: list[str] = []
+        file_path: Path | str = "~/.cirron/config.toml"
+        try:
+            file_path = config_file_path()
+            from_file = read_config_file(file_path)
+        except ConfigFileUnreadable as exc:
+            from_file = {}
+            problems.append(f"{exc}; going on without it")
         profiling = {}
         if project is not None:
             profiling = {k: v for k, v in project.profiling.model_dump().items() if v is not None}
@@ -214,6 +233,7 @@ class Config:
             framework=getattr(project, "framework", None),
             project_data=dict(getattr(project, "data", {}) or {}),
             project_file=project_file,
+            problems=tuple(problems),
         )
 
     def masked(self) -> dict[str, Any]:

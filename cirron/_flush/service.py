@@ -65,6 +65,9 @@ class FlushService:
         self.last_flush_ns: int | None = None
         self.last_error: str | None = None
         self.async_drops = 0
+        #: Whether the last flush got everything drained into every sink, and if not, why.
+        self.last_flush_ok: bool | None = None
+        self.last_flush_problem: str | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -133,15 +136,18 @@ class FlushService:
             sink.note_error(exc)
         task_status.started()
         try:
-            async with recv:
-                async for item in recv:
-                    if isinstance(item, _Barrier):
-                        item.event.set()
-                        continue
-                    try:
-                        await sink.write(item)
-                    except Exception as exc:  # noqa: BLE001 - a sink failure is the sink's to count
-                        sink.note_error(exc)
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._run_background, sink)
+                async with recv:
+                    async for item in recv:
+                        if isinstance(item, _Barrier):
+                            item.event.set()
+                            continue
+                        try:
+                            await sink.write(item)
+                        except Exception as exc:  # noqa: BLE001 - a sink failure is the sink's to count
+                            sink.note_error(exc)
+                tg.cancel_scope.cancel()
         finally:
             with anyio.CancelScope(shield=True), anyio.move_on_after(1.0):
                 try:
@@ -149,12 +155,24 @@ class FlushService:
                 except Exception as exc:  # noqa: BLE001
                     sink.note_error(exc)
 
+    @staticmethod
+    async def _run_background(sink: Sink) -> None:
+        try:
+            await sink.run_background()
+        except Exception as exc:  # noqa: BLE001 - the sink's own work; counted, never fatal
+            sink.note_error(exc)
+
     # -- flushing --------------------------------------------------------------------------
 
     async def flush(self, wait_async: bool = True, final: bool = False) -> bool:
-        """Drain now; sync sinks are written before this returns, async ones too if ``wait_async``."""
+        """Drain now; sync sinks are written before this returns, async ones too if ``wait_async``.
+
+        True only when every sink took everything drained: nothing it holds back for a retry,
+        nothing it dropped meanwhile. Otherwise False, with the reason in :attr:`last_flush_problem`
+        (a sink known to be down answers at once: it keeps what it can and retries in the background)."""
         assert self._lock is not None
         async with self._lock:
+            before = {sink: sink.losses() for sink in self.sinks}
             batches = await anyio.to_thread.run_sync(self._flush_sync, final, abandon_on_cancel=True)
             self.last_flush_ns = time.time_ns()
             barriers = []
@@ -169,12 +187,17 @@ class FlushService:
                     barrier = _Barrier()
                     try:
                         await send.send(barrier)
-                        barriers.append(barrier)
+                        barriers.append((sink, barrier))
                     except (anyio.ClosedResourceError, anyio.BrokenResourceError):
                         pass
-            for barrier in barriers:
+            for sink, barrier in barriers:
                 await barrier.event.wait()
-        return True
+                await sink.settle()
+            problems = [problem for sink in (self.sinks if wait_async else self.sync_sinks)
+                        if (problem := sink.flush_problem(before[sink])) is not None]
+            self.last_flush_ok = not problems
+            self.last_flush_problem = "; ".join(problems) or None
+        return not problems
 
     def wake(self) -> None:
         if self._wake is not None:

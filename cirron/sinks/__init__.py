@@ -50,10 +50,39 @@ class Sink:
     async def aclose(self) -> None:
         """Async counterpart of :meth:`close`; must finish within the service's deadline."""
 
+    async def run_background(self) -> None:
+        """Work of its own (e.g. retries while a receiver is down), run beside :meth:`write` until
+        the sink is closed. Nothing by default."""
+
+    async def settle(self) -> None:
+        """Return once what :meth:`write` was given is sent, kept for a retry or counted; a sink
+        known to be down returns at once. Awaited by ``flush()``."""
+
     # both
     def pending(self) -> tuple[int, int]:
         """(spans, marks) held by the sink and not yet written (e.g. kept for a retry)."""
         return 0, 0
+
+    def backlog(self) -> tuple[int, int]:
+        """(spans, marks) given to the sink and not taken yet because of a failure (kept for a
+        retry); records it holds back by design (marks waiting for their span) are not counted."""
+        return self.pending()
+
+    def losses(self) -> int:
+        """Records dropped so far, every reason together."""
+        return sum(self.dropped.values())
+
+    def flush_problem(self, losses_before: int) -> str | None:
+        """Why the flush that started at ``losses_before`` did not get everything into this sink,
+        or None when it did."""
+        lost = self.losses() - losses_before
+        spans, marks = self.backlog()
+        why = f" ({self.last_error})" if self.last_error else ""
+        if lost:
+            return f"{self.name}: {lost} records dropped{why}"
+        if spans or marks:
+            return f"{self.name}: {spans} spans and {marks} marks not written yet{why}"
+        return None
 
     def count_written(self, batch: Batch) -> None:
         self.batches_written += 1

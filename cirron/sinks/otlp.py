@@ -21,17 +21,21 @@ What the sink does with each batch the flush service hands it:
   :data:`EXPORT_BATCH_SPANS` spans, each retried under the shared policy of
   :mod:`cirron.export.otlp_http` (429/502/503/504 and dropped connections only, backoff with
   jitter, ``Retry-After``). A refused request (400, …) is counted as ``spans_export_failed``.
-* when a request still fails after its retries, the receiver is taken as down: the sink stops
-  sending for a while (1 s, doubling up to :data:`MAX_DOWN_BACKOFF`) and only queues; the next
-  batch after that probes with a single attempt. A request that failed :data:`MAX_ROUNDS` times
-  is dropped (``spans_export_failed``). So a dead collector costs one connection attempt now and
-  then, the flush service's stream never backs up, and memory stays bounded by the queue.
+* sending runs in the sink's own background task: :meth:`OtlpSink.write` only sorts and queues.
+  The first failed attempt shows the receiver as down in ``health()`` (``receiver_down``,
+  ``errors``, ``last_error``) at once; when a request still fails after its retries, the sink
+  pauses (1 s, doubling up to :data:`MAX_DOWN_BACKOFF`), then probes again with a single attempt,
+  in the background, whether or not new records arrive. A request that failed
+  :data:`MAX_ROUNDS` rounds is dropped (``spans_export_failed``). So a dead collector costs one
+  connection attempt now and then, the flush service's stream never backs up, and memory stays
+  bounded by the queue.
 * the user's threads never wait on any of this; at shutdown the sink notices that the session
   root has closed and gives what is queued a bounded final budget
   (:data:`FINAL_FLUSH_FRACTION` of the shutdown timeout, at most the OTLP timeout; none at all
-  when the receiver is marked down at that moment); whatever does not make it is counted (``spans_shutdown``/``marks_shutdown``). ``ci.flush()`` waits (within
-  its own timeout) until the sink has sent, queued or counted what it was given: immediate while
-  the receiver is marked down, up to that timeout during a first round of retries.
+  when the receiver is marked down at that moment); whatever does not make it is counted
+  (``spans_shutdown``/``marks_shutdown``). ``ci.flush()`` waits (within its own timeout) until
+  the sink has sent what it was given, and returns False at once while the receiver is down
+  (the records stay queued for the background retries).
 
 ``http/protobuf`` (the OpenTelemetry default) needs the ``otlp`` extra
 (``pip install 'cirron[otlp]'``); without it ``ci.profile(output="otlp")`` raises
@@ -136,6 +140,11 @@ class OtlpSink(Sink):
         self._queued_marks = 0
         self._down_until = 0.0
         self._down_backoff = 0.0
+        #: An attempt failed and none has succeeded since: the receiver is shown as down.
+        self._failing = False
+        #: Set to wake the background sender; ``_progress`` is set whenever the queue moved on.
+        self._kick: anyio.Event | None = None
+        self._progress: anyio.Event | None = None
         self.requests_sent = 0
         self.retries = 0
         self.spans_rejected = 0
@@ -146,6 +155,8 @@ class OtlpSink(Sink):
         import httpx
 
         self._root = getattr(getattr(self._owner, "_rec", None), "root", None)
+        self._kick = anyio.Event()
+        self._progress = anyio.Event()
         self._client = httpx.AsyncClient(timeout=self.settings.timeout, headers=dict(self.settings.headers or {}),
                                          verify=self._verify)
 
@@ -171,11 +182,18 @@ class OtlpSink(Sink):
     def pending(self) -> tuple[int, int]:
         return self._queued_spans, self._queued_marks + self._held_count
 
+    def backlog(self) -> tuple[int, int]:
+        return self._queued_spans, self._queued_marks
+
+    @property
+    def receiver_down(self) -> bool:
+        return self._failing or time.monotonic() < self._down_until
+
     def state(self) -> dict[str, Any]:
         st = super().state()
         st.update(endpoint=self.settings.endpoint, protocol=self.settings.protocol, requests_sent=self.requests_sent,
                   retries=self.retries, spans_rejected=self.spans_rejected, open_spans_tracked=len(self._open),
-                  queued_requests=len(self._queue), receiver_down=time.monotonic() < self._down_until)
+                  queued_requests=len(self._queue), receiver_down=self.receiver_down)
         return st
 
     # -- writing -------------------------------------------------------------------------------
@@ -203,7 +221,53 @@ class OtlpSink(Sink):
             chunk = spans[i : i + EXPORT_BATCH_SPANS]
             chunk_marks = [m for s in chunk for m in marks.get(s["id"], ())]
             self._enqueue(_QueuedExport(session_id, batch.resource, chunk, chunk_marks))
-        await self._drain()
+        if self._kick is not None:
+            self._kick.set()
+
+    async def run_background(self) -> None:
+        """Send the queue as it fills; while the receiver is down, probe it again after each pause."""
+        assert self._kick is not None
+        while True:
+            await self._kick.wait()
+            self._kick = anyio.Event()
+            while self._queue and self._client is not None:
+                final = self._final_time_left()
+                if final == 0.0:
+                    break  # counted in aclose()
+                pause = self._down_until - time.monotonic()
+                if pause > 0:
+                    if final is not None:
+                        break  # exiting while the receiver is down: aclose() counts the rest
+                    await anyio.sleep(pause)
+                    continue
+                await self._drain()
+                self._note_progress()
+            self._note_progress()
+
+    async def settle(self) -> None:
+        """Wait until the queue is sent, unless the receiver is down or the exit deadline passed."""
+        while self._queue and self._client is not None and not self.receiver_down:
+            progress = self._progress
+            if progress is None:
+                return
+            final = self._final_time_left()
+            if final == 0.0:
+                return
+            with anyio.move_on_after(final):
+                await progress.wait()
+
+    def _note_progress(self) -> None:
+        if self._progress is not None:
+            self._progress.set()
+            self._progress = anyio.Event()
+
+    async def _pause_after_failed_attempt(self, delay: float) -> None:
+        """Between two attempts of one request: show the receiver as down now, not after the round."""
+        self._failing = True
+        self.note_error(ConnectionError(
+            f"OTLP receiver {self.settings.endpoint} did not take a request; retrying in {delay:.1f} s"))
+        self._note_progress()
+        await anyio.sleep(delay)
 
     def _enqueue(self, item: _QueuedExport) -> None:
         self._queue.append(item)
@@ -235,6 +299,7 @@ class OtlpSink(Sink):
                 attempts = MAX_ATTEMPTS
             outcome = await self._export(item, max_attempts=attempts)
             if outcome == "retry":
+                self._failing = True
                 item.rounds += 1
                 if item.rounds >= MAX_ROUNDS:
                     self._queue.popleft()
@@ -251,6 +316,7 @@ class OtlpSink(Sink):
                 self._drop("shutdown", spans=item.n_spans, marks=item.n_marks)
                 return
             if outcome == "ok":
+                self._failing = False
                 self._down_backoff = 0.0
                 self._down_until = 0.0
 
@@ -335,7 +401,7 @@ class OtlpSink(Sink):
                 box.append(await apost_with_retries(
                     self._client, self.settings.endpoint, body, headers, timeout=self.settings.timeout,
                     deadline=SEND_DEADLINE, max_attempts=max_attempts, base_backoff=0.5, max_backoff=8.0,
-                    on_warning=self._warn_partial))
+                    on_warning=self._warn_partial, sleep=self._pause_after_failed_attempt))
             except Exception as exc:  # noqa: BLE001 - reported below
                 box.append(exc)
             tg.cancel_scope.cancel()

@@ -98,8 +98,9 @@ def test_spool_path_that_is_a_file(tmp_path: Path) -> None:
     c.profile()
     with c.scope("s"):
         c.mark("x", 1)
-    assert c.flush() is True
+    assert c.flush() is False  # nothing reached the disk: flush() says so
     h = c.health()
+    assert h["last_flush_ok"] is False and h["last_flush_problem"].startswith("spool:")
     assert h["last_error"] and ("Not a directory" in h["last_error"] or "File exists" in h["last_error"])
     assert h["spans_written"] == 0 and h["spans_pending"] >= 1  # kept for a retry
     c.shutdown()
@@ -160,7 +161,10 @@ def test_forked_child_after_shutdown_and_while_running(tmp_path: Path) -> None:
     data = read_spool(tmp_path / ".cirron" / "spool")
     (parent,) = by_name(data["spans"], "parent")
     (child,) = by_name(data["spans"], "in_child")
-    assert child["parent_id"] == parent["id"] and child["pid"] != parent["pid"]
+    (process,) = by_name(data["spans"], "cirron.process")  # the child's own root, below "parent"
+    assert process["parent_id"] == parent["id"] and process["pid"] != parent["pid"]
+    assert process["end_ns"] is not None
+    assert child["parent_id"] == process["id"] and child["pid"] == process["pid"]
     assert [m["span_id"] for m in data["marks"].values() if m["name"] == "child_mark"] == [child["id"]]
 
 

@@ -368,3 +368,46 @@ def test_root_marks_have_their_own_budget(otlp_env: Receiver, tmp_path: Path, mo
     assert [e["attrs"]["value"] for e in spans["cirron.session"]["events"]] == [0, 1, 2, 3, 4]
     assert len(spans["work"]["events"]) == 4
     assert c.health()["sinks"]["otlp"]["dropped"] == {"marks_root_overflow": 3}
+
+
+def test_down_receiver_is_shown_at_once_and_flush_answers_at_once(otlp_env: Receiver, tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    # A collector that is not there: every flush() says False at once (no 5 s wait), health()
+    # shows it down with the error, and nothing is dropped while the queue has room.
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", f"http://127.0.0.1:{free_port()}/v1/traces")
+    c = cirron.Cirron(spool_dir=tmp_path / "spool", output=["otlp"], flush_interval=60, shutdown_timeout=3.0)
+    c.profile()
+    try:
+        for i in range(5):
+            with c.scope("work", i=i):
+                pass
+            t0 = time.monotonic()
+            assert c.flush(timeout=5.0) is False
+            assert time.monotonic() - t0 < 1.0
+        h = c.health()
+        otlp = h["sinks"]["otlp"]
+        assert otlp["receiver_down"] is True and otlp["errors"] >= 1 and otlp["last_error"]
+        assert h["last_flush_ok"] is False and h["last_flush_problem"].startswith("otlp:")
+        assert otlp["spans_pending"] == 5 and not otlp["dropped"]
+    finally:
+        c.shutdown(timeout=0.5)
+
+
+def test_outage_is_retried_in_the_background_without_new_records(otlp_env: Receiver, tmp_path: Path) -> None:
+    rcv = otlp_env
+    rcv.plan = [("close",), ("close",), ("ok",)]
+    c = cirron.Cirron(spool_dir=tmp_path / "spool", output=["otlp"], flush_interval=60, shutdown_timeout=3.0)
+    c.profile()
+    try:
+        with c.scope("work"):
+            pass
+        t0 = time.monotonic()
+        assert c.flush() is False  # the first attempt failed: answered at once, receiver down
+        assert time.monotonic() - t0 < 1.0
+        assert c.health()["sinks"]["otlp"]["receiver_down"] is True
+        wait_for(lambda: "work" in rcv.span_names(), what="delivery by the background retries")
+        wait_for(lambda: not c.health()["sinks"]["otlp"]["receiver_down"], what="receiver shown up again")
+        assert c.flush() is True
+    finally:
+        c.shutdown()
+    assert not c.health()["sinks"]["otlp"]["dropped"]

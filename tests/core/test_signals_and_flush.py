@@ -1,0 +1,264 @@
+"""Issue 16: signals hand on exactly as without cirron, flush()/health() tell the truth, and the
+environment (HOME, config file, spool permissions) never crashes ci.profile(). Real processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from core.helpers import by_name, read_spool
+
+STEPS_SCRIPT = """
+    import os, sys, time, cirron as ci
+    if os.environ.get("WITH_CIRRON") == "1":
+        ci.profile(flush_interval=5)
+    {setup}
+    for i in range(100000):
+        with ci.scope("step", i=i):
+            ci.mark("x", i)
+            time.sleep(0.002)
+        print(i, flush=True)
+"""
+
+
+def start(code: str, cwd: Path, env: dict | None = None) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-c", textwrap.dedent(code)], cwd=cwd, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=dict(os.environ, **(env or {})))
+
+
+def signal_after(proc: subprocess.Popen, lines: int, sig: int, timeout: float = 30) -> tuple[list[str], str]:
+    """Read ``lines`` stdout lines, send ``sig``, then collect the rest; bounded by ``timeout``."""
+    seen = [proc.stdout.readline().strip() for _ in range(lines)]
+    proc.send_signal(sig)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
+        raise AssertionError("the process did not end after the signal") from None
+    return seen + out.split(), err
+
+
+@pytest.mark.slow
+def test_sigterm_at_random_moments_keeps_every_closed_span_and_the_exit_status(tmp_path: Path) -> None:
+    rng = random.Random(16)
+    for run in range(10):
+        cwd = tmp_path / f"run{run}"
+        cwd.mkdir()
+        proc = start(STEPS_SCRIPT.format(setup=""), cwd, {"WITH_CIRRON": "1"})
+        closed, err = signal_after(proc, rng.randint(1, 150), signal.SIGTERM)
+        assert proc.returncode == -signal.SIGTERM, err
+        assert "Traceback" not in err
+        data = read_spool(cwd / ".cirron" / "spool")
+        on_disk = {s["attrs"]["i"]: s for s in by_name(data["spans"], "step")}
+        done = [int(i) for i in closed if i.isdigit()]
+        assert done and all(on_disk[i]["end_ns"] is not None for i in done)
+        assert all("interrupted" not in on_disk[i]["attrs"] for i in done)
+        # the one open at the signal is closed as interrupted; the session root is closed too
+        interrupted = [s for s in on_disk.values() if s["attrs"].get("interrupted") == "SIGTERM"]
+        assert len(interrupted) <= 1 and all(s["end_ns"] is not None for s in on_disk.values())
+        (root,) = by_name(data["spans"], "cirron.session")
+        assert root["end_ns"] is not None
+        assert sum(1 for m in data["marks"].values() if m["name"] == "x") >= len(done)
+
+
+def test_sigterm_exit_status_is_the_same_without_cirron(tmp_path: Path) -> None:
+    proc = start(STEPS_SCRIPT.format(setup=""), tmp_path, {"WITH_CIRRON": "0"})
+    signal_after(proc, 3, signal.SIGTERM)
+    assert proc.returncode == -signal.SIGTERM
+    assert not (tmp_path / ".cirron").exists()
+
+
+def test_host_handler_installed_before_runs_and_session_goes_on(tmp_path: Path) -> None:
+    # The host's own SIGTERM handler (set before ci.profile) asks the loop to stop: it must still
+    # run, the program must go on to its own clean end, and the spans after the signal are kept.
+    code = """
+        import signal, time, cirron as ci
+        stop = []
+        signal.signal(signal.SIGTERM, lambda s, f: stop.append(s))
+        ci.profile(flush_interval=60)
+        i = 0
+        while not stop:
+            with ci.scope("step", i=i):
+                time.sleep(0.002)
+            print(i, flush=True)
+            i += 1
+        with ci.scope("after_signal"):
+            pass
+        print("clean-exit", flush=True)
+    """
+    proc = start(code, tmp_path)
+    out, err = signal_after(proc, 5, signal.SIGTERM)
+    assert proc.returncode == 0, err
+    assert out[-1] == "clean-exit"
+    data = read_spool(tmp_path / ".cirron" / "spool")
+    assert by_name(data["spans"], "after_signal")
+    assert len(by_name(data["spans"], "step")) == len(out) - 1
+
+
+def test_sigint_raises_keyboardinterrupt_as_without_cirron_and_spans_record_it(tmp_path: Path) -> None:
+    code = """
+        import time, cirron as ci
+        ci.profile(flush_interval=60)
+        try:
+            i = 0
+            while True:
+                with ci.scope("step", i=i):
+                    time.sleep(0.002)
+                print(i, flush=True)
+                i += 1
+        except KeyboardInterrupt:
+            print("caught", flush=True)
+    """
+    proc = start(code, tmp_path)
+    out, err = signal_after(proc, 5, signal.SIGINT)
+    assert proc.returncode == 0, err
+    assert out[-1] == "caught"
+    data = read_spool(tmp_path / ".cirron" / "spool")
+    steps = by_name(data["spans"], "step")
+    assert all(s["end_ns"] is not None for s in steps)
+    assert len(steps) >= len(out) - 1
+
+
+def test_handler_installed_after_profile_is_never_replaced(tmp_path: Path) -> None:
+    code = """
+        import signal, os, cirron as ci
+        ci.profile(flush_interval=60)
+        mine = lambda s, f: print("host handler", flush=True)
+        signal.signal(signal.SIGTERM, mine)
+        with ci.scope("x"):
+            os.kill(os.getpid(), signal.SIGTERM)
+        assert signal.getsignal(signal.SIGTERM) is mine
+        ci.shutdown()
+        assert signal.getsignal(signal.SIGTERM) is mine  # shutdown leaves the host's handler
+        print("end", flush=True)
+    """
+    proc = start(code, tmp_path)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    assert out.split("\n")[:2] == ["host handler", "end"]
+
+
+def test_shutdown_gives_back_the_earlier_handler(tmp_path: Path) -> None:
+    code = """
+        import signal, cirron as ci
+        before = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
+        ci.profile(flush_interval=60)
+        assert signal.getsignal(signal.SIGTERM) != before[0]
+        ci.shutdown()
+        assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)) == before
+        print("ok")
+    """
+    proc = start(code, tmp_path)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0 and out.strip() == "ok", err
+
+
+# -- the environment: run without the privilege to read what the file modes forbid ---------------
+
+
+def unprivileged(argv: list[str]) -> list[str]:
+    """``argv`` run without the power to ignore file modes (root without CAP_DAC_OVERRIDE)."""
+    if os.geteuid() != 0:
+        return argv
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        pytest.skip("running as root and setpriv is not installed: file modes cannot be enforced")
+    caps = "-dac_override,-dac_read_search"
+    return [setpriv, f"--inh-caps={caps}", f"--bounding-set={caps}", *argv]
+
+
+def run_unprivileged(code: str, cwd: Path, env: dict) -> subprocess.CompletedProcess:
+    return subprocess.run(unprivileged([sys.executable, "-c", textwrap.dedent(code)]), cwd=cwd,
+                          capture_output=True, text=True, timeout=60, env=dict(os.environ, **env))
+
+
+def locked_dir(path: Path, mode: int) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    if os.geteuid() == 0:
+        os.chown(path, 65534, 65534)  # someone else's: root without its capabilities is refused
+    path.chmod(mode)
+    return path
+
+
+READ_ONLY_SCRIPT = """
+    import json, cirron as ci
+    ci.profile(spool_dir="ro/spool", flush_interval=60)
+    with ci.scope("a"):
+        ci.mark("m", 1)
+    ok = ci.flush()
+    h = ci.health()
+    print(json.dumps({"flush": ok, "last_flush_ok": h["last_flush_ok"], "problem": h["last_flush_problem"],
+                      "last_error": h["last_error"], "trace": json.dumps(ci.trace(format="dict"))}))
+"""
+
+
+def test_read_only_spool_flush_is_false_and_exit_warns_once(tmp_path: Path) -> None:
+    locked_dir(tmp_path / "ro", 0o555)
+    try:
+        result = run_unprivileged(READ_ONLY_SCRIPT, tmp_path, {})
+    finally:
+        (tmp_path / "ro").chmod(0o755)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["flush"] is False and report["last_flush_ok"] is False
+    assert "spool" in report["problem"] and "Permission denied" in report["last_error"]
+    assert '"name": "a"' in report["trace"]  # still recorded, in memory
+    lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("cirron: records of session") and "spool: 2 spans and 1 mark" in lines[0]
+    assert "write_error" in lines[0] and "Traceback" not in result.stderr
+
+
+def test_writable_spool_flush_is_true_and_exit_is_silent(tmp_path: Path) -> None:
+    result = run_unprivileged(READ_ONLY_SCRIPT.replace("ro/spool", "rw/spool"), tmp_path, {})
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["flush"] is True and report["last_flush_ok"] is True and report["problem"] is None
+    assert result.stderr == ""
+
+
+@pytest.mark.parametrize("home", ["unreadable", "missing", "unset"])
+def test_unreadable_home_or_config_never_stops_profile(tmp_path: Path, home: str) -> None:
+    home_dir = tmp_path / "home"
+    (home_dir / ".cirron").mkdir(parents=True)
+    (home_dir / ".cirron" / "config.toml").write_text("flush_interval = 3\n")
+    env = {"HOME": str(home_dir), "CIRRON_CONFIG_FILE": ""}
+    if home == "unreadable":
+        locked_dir(home_dir, 0o700)
+    elif home == "missing":
+        env["HOME"] = str(tmp_path / "nowhere")
+    code = """
+        import os, json, cirron as ci
+        if os.environ.get("UNSET_HOME"):
+            del os.environ["HOME"]
+        ci.profile(flush_interval=60)
+        with ci.scope("work"):
+            pass
+        print(json.dumps({"flush": ci.flush(), "problems": ci.health()["config_problems"]}))
+    """
+    if home == "unset":
+        env["UNSET_HOME"] = "1"
+    try:
+        result = run_unprivileged(code, tmp_path, env)
+    finally:
+        home_dir.chmod(0o755)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["flush"] is True
+    assert "Traceback" not in result.stderr
+    if home == "unreadable":
+        assert report["problems"] and "cannot read" in report["problems"][0]
+        assert result.stderr.count("cirron: ") == 1 and "config.toml" in result.stderr
+    else:  # a missing file is not a problem; an unset HOME still finds the passwd entry
+        assert report["problems"] == [] and result.stderr == ""
+    assert by_name(read_spool(tmp_path / ".cirron" / "spool")["spans"], "work")
