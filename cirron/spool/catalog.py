@@ -135,6 +135,8 @@ class Catalog:
         self.use_index = use_index
         self._sessions: list[SessionInfo] | None = None
         self._file_sessions: dict[Path, set[str | None]] = {}
+        #: Spools whose sessions can only be rebuilt from all of their files (see cirron.spool.index).
+        self._whole: set[Path] = set()
 
     # ------------------------------------------------------------------ summaries
     @property
@@ -148,6 +150,8 @@ class Catalog:
                 summary = summarize_spool(d, self.on_warning, use_index=self.use_index)
                 out.extend(summary.sessions)
                 self._file_sessions.update(summary.file_sessions)
+                if summary.whole:
+                    self._whole.add(d)
             out.sort(key=lambda s: (s.started_ns if s.started_ns is not None else 0, s.id))
             self._sessions = out
         return self._sessions
@@ -181,7 +185,9 @@ class Catalog:
     # ------------------------------------------------------------------ records
     def load(self, info: SessionInfo, fields: str = "full") -> Session:
         """``info``'s session rebuilt from the batch files holding its records."""
-        sp = load_spool(info.spool, lambda _m: None, fields=fields, files=info.files)
+        self.sessions  # noqa: B018  (the summary says how the spool must be read)
+        files = None if info.spool in self._whole else info.files
+        sp = load_spool(info.spool, lambda _m: None, fields=fields, files=files)
         for sess in sp.sessions:
             if sess.id == info.id:
                 return sess

@@ -13,6 +13,7 @@ import pytest
 from spool_factory import SpoolFactory
 from typer.testing import CliRunner
 
+from cirron.spool.index import INDEX_NAME
 from cirron_cli.app import app
 
 runner = CliRunner()
@@ -27,7 +28,8 @@ def run(*args: str, **kw):
 
 
 def tree(path: Path) -> set[str]:
-    return {str(p.relative_to(path)) for p in path.rglob("*")}
+    """Every path below ``path`` but the spool index (a cache any reader may refresh)."""
+    return {str(p.relative_to(path)) for p in path.rglob("*") if p.name != INDEX_NAME}
 
 
 def junk_spool(factory: SpoolFactory) -> None:

@@ -1,0 +1,188 @@
+"""The spool index never changes an answer: every summary equals a fresh rebuild from the batch files."""
+
+from __future__ import annotations
+
+import os
+import random
+import threading
+from pathlib import Path
+
+import pytest
+from spool_factory import BASE_NS, MS, SpoolFactory, new_id
+
+from cirron.spool import reader as spool_reader
+from cirron.spool.catalog import info_from_session
+from cirron.spool.index import index_path, summarize_spool
+from cirron.spool.sessions import load_spool
+
+
+def _norm(info) -> tuple:
+    return (info.id, info.started_ns, info.ended_ns, info.last_ns, info.live, info.crashed, info.spans, info.marks,
+            info.snapshots, sorted(f.name for f in info.files), info.sdk_version, info.resource, info.attrs,
+            info.is_orphan)
+
+
+def fresh(spool_dir: Path, files=None) -> list[tuple]:
+    sp = load_spool(spool_dir, lambda _m: None, fields="summary", files=files)
+    return [_norm(info_from_session(s, spool_dir)) for s in sp.sessions]
+
+
+def indexed(spool_dir: Path, warnings: list | None = None):
+    out = warnings if warnings is not None else []
+    return summarize_spool(spool_dir, out.append)
+
+
+def check(spool_dir: Path) -> None:
+    summary = indexed(spool_dir)
+    assert [_norm(s) for s in summary.sessions] == fresh(spool_dir, summary.files)
+    assert [_norm(s) for s in summarize_spool(spool_dir, lambda _m: None, use_index=False).sessions] == \
+        fresh(spool_dir, summary.files)
+
+
+def test_warm_index_reads_no_batch_file(factory: SpoolFactory, monkeypatch):
+    for i in range(3):
+        factory.session(start_ns=BASE_NS + i * 10**9, split=True)
+    first = indexed(factory.spool_dir)
+    assert not first.from_index and index_path(factory.spool_dir).is_file()
+
+    def no_reads(*_a, **_k):
+        raise AssertionError("a warm index must not read batch files")
+
+    monkeypatch.setattr(spool_reader, "read_batch", no_reads)
+    monkeypatch.setattr("cirron.spool.sessions.read_batch", no_reads)
+    monkeypatch.setattr("cirron.spool.index._read_header", no_reads)
+    second = indexed(factory.spool_dir)
+    assert second.from_index
+    assert [_norm(s) for s in second.sessions] == [_norm(s) for s in first.sessions]
+
+
+def test_warnings_are_replayed_from_the_index(factory: SpoolFactory):
+    factory.session()
+    factory.write_raw(factory.batch_name(), b'{"schema_version": 1, "spans": [{"id": "a"')
+    w1: list[str] = []
+    w2: list[str] = []
+    indexed(factory.spool_dir, w1)
+    assert indexed(factory.spool_dir, w2).from_index
+    assert w1 == w2 and len(w1) == 1 and "not valid JSON" in w1[0]
+
+
+def test_only_the_changed_session_is_rebuilt(factory: SpoolFactory, monkeypatch):
+    a = factory.session(open_root=True)
+    factory.session(start_ns=BASE_NS + 10**9)
+    indexed(factory.spool_dir)
+    # a's root closes in a later batch: a's group changes, b's does not.
+    root = next(s for s in a["spans"] if s["id"] == a["root"])
+    factory.write_batch([dict(root, end_ns=root["start_ns"] + 900 * MS)], session_id=a["root"])
+    built = []
+    import cirron.spool.index as index_mod
+
+    real = index_mod._build_group
+    monkeypatch.setattr(index_mod, "_build_group", lambda d, files, fp: built.append(len(files)) or real(d, files, fp))
+    indexed(factory.spool_dir)
+    assert built == [2]
+    check(factory.spool_dir)
+
+
+@pytest.mark.parametrize("damage", [b"", b"not json", b"\x00\xff" * 10, b'{"version": 1}'])
+def test_corrupt_or_foreign_index_is_rebuilt(factory: SpoolFactory, damage: bytes):
+    factory.session()
+    indexed(factory.spool_dir)
+    index_path(factory.spool_dir).write_bytes(damage)
+    check(factory.spool_dir)
+
+
+def test_read_only_spool_still_answers(factory: SpoolFactory, monkeypatch):
+    factory.session()
+    import cirron.spool.index as index_mod
+
+    def refuse(*_a, **_k):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(index_mod, "atomic_file", refuse)
+    check(factory.spool_dir)
+    assert not index_path(factory.spool_dir).exists()
+
+
+def test_spans_crossing_sessions_fall_back_to_one_piece(factory: SpoolFactory):
+    a = factory.session()
+    b = factory.session(start_ns=BASE_NS + 10**9)
+    # A span written under b's header whose parent is one of a's epochs, and a stray span.
+    factory.write_batch([factory.span("late", parent_id=a["epochs"][0])], session_id=b["root"])
+    factory.write_batch([factory.span("stray", parent_id=new_id())])
+    summary = indexed(factory.spool_dir)
+    assert summary.whole
+    check(factory.spool_dir)
+    assert {s.id: s.spans for s in summary.sessions}[a["root"]] == len(a["spans"]) + 1
+
+
+def test_orphan_only_spool(factory: SpoolFactory):
+    p = factory.span("step")
+    factory.write_batch([p, factory.span("fwd", parent_id=p["id"])])
+    check(factory.spool_dir)
+    assert indexed(factory.spool_dir).sessions[0].is_orphan
+
+
+def _random_session(factory: SpoolFactory, rnd: random.Random, t: int) -> dict:
+    return factory.session(start_ns=t, epochs=rnd.randint(1, 3), open_root=rnd.random() < 0.2,
+                           split=rnd.random() < 0.5)
+
+
+def test_random_appends_deletions_and_truncation(factory: SpoolFactory):
+    rnd = random.Random(1234)
+    t = BASE_NS
+    for step in range(40):
+        op = rnd.random()
+        files = sorted(factory.spool_dir.glob("*.json"))
+        if op < 0.45 or not files:
+            t += 10**9
+            _random_session(factory, rnd, t)
+        elif op < 0.6:
+            rnd.choice(files).unlink()
+        elif op < 0.75:
+            f = rnd.choice(files)
+            data = f.read_bytes()
+            f.write_bytes(data[: rnd.randint(0, max(0, len(data) - 1))])
+        elif op < 0.85:
+            f = rnd.choice(files)
+            st = f.stat()
+            f.write_bytes(f.read_bytes().replace(b'"forward"', b'"FORWARD"'))
+            os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns))  # same name, size, mtime and inode
+        elif op < 0.9:
+            index_path(factory.spool_dir).write_bytes(os.urandom(rnd.randint(0, 64)))
+        else:
+            # marks on the root sentinel, in a batch of their own
+            sid = rnd.choice([s.id for s in load_spool(factory.spool_dir, lambda _m: None).sessions] or [None])
+            factory.write_batch(marks=[factory.mark("root", "lr", 0.1, ts_ns=t)], session_id=sid)
+        check(factory.spool_dir)
+
+
+def test_concurrent_writer(factory: SpoolFactory):
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def writer() -> None:
+        rnd = random.Random(7)
+        t = BASE_NS
+        try:
+            for _ in range(40):
+                if stop.is_set():
+                    break
+                t += 10**9
+                _random_session(factory, rnd, t)
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    th = threading.Thread(target=writer)
+    th.start()
+    try:
+        rounds = 0
+        while th.is_alive() or rounds < 3:
+            rounds += 1
+            summary = indexed(factory.spool_dir)
+            assert [_norm(s) for s in summary.sessions] == fresh(factory.spool_dir, summary.files)
+            assert rounds < 500
+    finally:
+        stop.set()
+        th.join(timeout=30)
+    assert not th.is_alive() and not errors
+    check(factory.spool_dir)
