@@ -1,9 +1,18 @@
 """Chrome trace-event JSON (what ui.perfetto.dev, chrome://tracing and speedscope open).
 
-One process per (session, rank), one track per thread; spans are complete events (``ph: X``)
-with microsecond ``ts``/``dur`` relative to the earliest span (the absolute start is kept in a
-final metadata event ``cirron_base_ns``); numeric marks are counter tracks (``ph: C``), other
-marks instant events (``ph: i``).
+One process per (session, rank), one track per thread; timestamps are microseconds relative to
+the earliest span (the absolute start is kept in a final metadata event ``cirron_base_ns``);
+numeric marks are counter tracks (``ph: C``), other marks instant events (``ph: i``).
+
+Each span is a begin/end pair (``ph: B`` / ``ph: E``) named by the span's name alone
+(``batch``, not ``batch[3]``), so every viewer groups the spans of one name: the aggregations
+of Perfetto and chrome://tracing key on the name, speedscope on the name plus the *begin*
+event's args. The span's own details (``index``, ``span_id``, its attrs) are the args of its
+*end* event, which Perfetto and chrome://tracing merge into the slice and speedscope leaves out
+of its frame key. Spans of one thread that overlap without nesting (concurrent requests on one
+event loop) go to extra tracks of that thread, one per level of overlap, so no viewer has to
+mis-nest them. A span that lasts 0 ns has nothing to separate begin from end and is a single
+complete event (``ph: X``) carrying its args.
 """
 
 from __future__ import annotations
@@ -42,6 +51,7 @@ def iter_trace_events(sessions: Iterable[Session], base_ns: int | None = None) -
     for sess in sessions:
         last = sess.last_ns or base
         span_pid: dict[str, int] = {}
+        tracks: dict[tuple[int, int], list[tuple[int, int, dict]]] = {}
         for s in sess.spans:
             g = _getter(s)
             rank = g("rank")
@@ -58,26 +68,24 @@ def iter_trace_events(sessions: Iterable[Session], base_ns: int | None = None) -
             tid = g("thread_id")
             if type(tid) is not int:
                 tid = 0
-            if (pid, tid) not in threads:
-                threads.add((pid, tid))
-                yield {"ph": "M", "name": "thread_name", "pid": pid, "tid": tid, "args": {"name": f"thread {tid}"}}
             start = g("start_ns")
             if type(start) is not int:
                 start = base
             end = g("end_ns")
             attrs = g("attrs")
             args = dict(attrs) if type(attrs) is dict else {}
+            idx = g("index")
+            if type(idx) is int:
+                args["index"] = idx
             args["span_id"] = sid
             if type(end) is not int:
                 end = max(start, last)
                 args["cirron.open"] = True
             name = g("name")
-            idx = g("index")
-            label = name if type(name) is str else str(name)
-            if type(idx) is int:
-                label = f"{label}[{idx}]"
-            yield {"ph": "X", "name": label, "cat": "cirron", "pid": pid, "tid": tid, "ts": (start - base) / 1000.0,
-                   "dur": max(end - start, 0) / 1000.0, "args": args}
+            span = {"name": name if type(name) is str else str(name), "args": args, "id": sid, "parent": g("parent_id")}
+            tracks.setdefault((pid, tid), []).append((start, max(end, start), span))
+        for (pid, tid), spans in tracks.items():
+            yield from _track_events(pid, tid, spans, base, threads)
         default_pid = next(iter(span_pid.values()), None)
         for m in sess.marks:
             g = _getter(m)
@@ -99,6 +107,46 @@ def iter_trace_events(sessions: Iterable[Session], base_ns: int | None = None) -
                 yield {"ph": "i", "s": "t", "name": f"{name}={shown}", "pid": pid,
                        "tid": tid if type(tid) is int else 0, "ts": (ts - base) / 1000.0}
     yield {"ph": "M", "name": "cirron_base_ns", "pid": 0, "tid": 0, "args": {"base_ns": str(base)}}
+
+
+def _track_events(pid: int, tid: int, spans: list[tuple[int, int, dict]], base: int,
+                  threads: set[tuple[int, int]]) -> Iterator[dict]:
+    """B/E events of one thread's spans, properly nested per track (overlaps go to extra tracks)."""
+    spans.sort(key=lambda x: (x[0], -x[1]))
+    lanes: list[list[tuple[int, dict]]] = []  # per track: the stack of open (end, event) pairs
+    lane_tids: list[int] = []
+    lane_of: dict[str, int] = {}
+    for start, end, span in spans:
+        for stack in lanes:
+            while stack and stack[-1][0] <= start:
+                yield stack.pop()[1]
+        parent_lane = lane_of.get(span["parent"])
+        candidates = ([parent_lane] if parent_lane is not None else []) + list(range(len(lanes)))
+        lane = next((i for i in candidates if not lanes[i] or lanes[i][-1][0] >= end), None)
+        if lane is None:
+            lane = len(lanes)
+            lanes.append([])
+            lane_tids.append(tid if lane == 0 else _overlap_tid(tid, lane))
+        lane_of[span["id"]] = lane
+        t = lane_tids[lane]
+        if (pid, t) not in threads:
+            threads.add((pid, t))
+            label = f"thread {tid}" if lane == 0 else f"thread {tid} (overlapping {lane})"
+            yield {"ph": "M", "name": "thread_name", "pid": pid, "tid": t, "args": {"name": label}}
+        common = {"name": span["name"], "cat": "cirron", "pid": pid, "tid": t}
+        if end == start:
+            yield {"ph": "X", **common, "ts": (start - base) / 1000.0, "dur": 0.0, "args": span["args"]}
+            continue
+        yield {"ph": "B", **common, "ts": (start - base) / 1000.0}  # no args: see the module docstring
+        lanes[lane].append((end, {"ph": "E", **common, "ts": (end - base) / 1000.0, "args": span["args"]}))
+    for stack in lanes:
+        while stack:
+            yield stack.pop()[1]
+
+
+def _overlap_tid(tid: int, lane: int) -> int:
+    """A track id for the ``lane``-th level of overlap on thread ``tid`` (never a real thread's)."""
+    return -(abs(tid) * 64 + lane)
 
 
 def to_trace_events(sessions: Sequence[Session]) -> dict:
@@ -124,7 +172,7 @@ def write_perfetto(sessions: Iterable[Session], path: str | os.PathLike[str], ba
     def events() -> Iterator[bytes]:
         nonlocal n
         for ev in iter_trace_events(sessions, base_ns):
-            if ev["ph"] == "X":
+            if ev["ph"] in ("B", "X"):  # one per span
                 n += 1
             yield _dumps(ev)
 

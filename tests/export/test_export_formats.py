@@ -177,23 +177,68 @@ def test_json_merged_batch(factory: SpoolFactory, tmp_path):
     assert "batch_session" not in doc["marks"][0] and "session" not in doc["spans"][0]
 
 
+def _slices(events: list[dict]) -> list[dict]:
+    """Rebuild the slices a viewer sees from B/E/X events, per track (checks proper nesting)."""
+    out, stacks = [], {}
+    order = {"E": 0, "X": 1, "B": 1}
+    for e in sorted((e for e in events if e["ph"] in "BEX"), key=lambda e: (e["ts"], order[e["ph"]])):
+        track = (e["pid"], e["tid"])
+        if e["ph"] == "X":
+            out.append({"name": e["name"], "ts": e["ts"], "dur": e["dur"], "args": e["args"], "track": track,
+                        "depth": len(stacks.get(track, []))})
+        elif e["ph"] == "B":
+            stacks.setdefault(track, []).append(dict(e, depth=len(stacks.get(track, []))))
+        else:
+            b = stacks[track].pop()
+            assert b["name"] == e["name"] and "args" not in b  # begin events carry no args (speedscope's key)
+            out.append({"name": e["name"], "ts": b["ts"], "dur": e["ts"] - b["ts"], "args": e["args"],
+                        "track": track, "depth": b["depth"]})
+    assert all(not s for s in stacks.values())
+    return out
+
+
 def test_perfetto_trace_events(factory: SpoolFactory, tmp_path):
-    s = factory.session(epochs=1)
+    s = factory.session(epochs=2)
     factory.write_batch([], [factory.mark(s["epochs"][0], "phase", "warmup")], session_id=s["root"])
     out = tmp_path / "t.perfetto.json"
     export(factory, "perfetto", out)
     doc = json.loads(out.read_text())
     assert doc["displayTimeUnit"] == "ns"
     ev = doc["traceEvents"]
-    xs = [e for e in ev if e["ph"] == "X"]
-    assert len(xs) == len(s["spans"])
-    fwd = next(e for e in xs if e["name"] == "forward")
+    slices = _slices(ev)
+    assert len(slices) == len(s["spans"])
+    fwd = next(e for e in slices if e["name"] == "forward")
     assert fwd["dur"] == pytest.approx(5100.0) and isinstance(fwd["ts"], float)
     assert any(e["ph"] == "M" and e["name"] == "process_name" for e in ev)
     assert any(e["ph"] == "M" and e["name"] == "thread_name" for e in ev)
     assert any(e["ph"] == "C" and e["name"] == "loss" for e in ev)
     assert any(e["ph"] == "i" and e["name"] == "phase=warmup" for e in ev)
-    assert next(e for e in xs if e["name"] == "epoch[0]")
+    # grouped by name: the index and the unique id are args, never part of the name
+    epochs = [e for e in slices if e["name"] == "epoch"]
+    assert [e["args"]["index"] for e in epochs] == [0, 1]
+    assert {e["args"]["span_id"] for e in epochs} == set(s["epochs"])
+    assert not any("[" in e["name"] for e in slices)
+    assert {e["depth"] for e in epochs} == {1} and fwd["depth"] == 2  # under the session root
+
+
+def test_perfetto_overlapping_spans_get_their_own_track(factory: SpoolFactory, tmp_path):
+    root = factory.span("cirron.session", dur_ns=100 * MS)
+    # two requests interleaved on one event-loop thread: neither nests in the other
+    a = factory.span("request", parent_id=root["id"], start_ns=BASE_NS + 10 * MS, dur_ns=30 * MS)
+    b = factory.span("request", parent_id=root["id"], start_ns=BASE_NS + 20 * MS, dur_ns=30 * MS)
+    inner = factory.span("tokenize", parent_id=b["id"], start_ns=BASE_NS + 45 * MS, dur_ns=MS)
+    zero = factory.span("tick", parent_id=root["id"], start_ns=BASE_NS + 60 * MS, dur_ns=0)
+    factory.write_batch([root, a, b, inner, zero], session_id=root["id"])
+    out = tmp_path / "t.perfetto.json"
+    export(factory, "perfetto", out)
+    ev = json.loads(out.read_text())["traceEvents"]
+    slices = {e["args"]["span_id"]: e for e in _slices(ev)}
+    assert slices[a["id"]]["track"] != slices[b["id"]]["track"]
+    assert slices[inner["id"]]["track"] == slices[b["id"]]["track"]
+    assert slices[inner["id"]]["depth"] == slices[b["id"]]["depth"] + 1
+    assert slices[zero["id"]]["dur"] == 0
+    names = {e["args"]["name"] for e in ev if e["ph"] == "M" and e["name"] == "thread_name"}
+    assert "thread 140245" in names and "thread 140245 (overlapping 1)" in names
 
 
 def test_default_outputs_and_session_prefix(factory: SpoolFactory, monkeypatch):
