@@ -86,7 +86,8 @@ def resolve_spools(patterns: Iterable[str | os.PathLike[str]],
 
     A pattern with glob characters (``*``, ``?``, ``[``; ``**`` crosses directories) stands for
     the directories it matches, sorted; one that matches none is reported through
-    ``on_warning``. A plain path is kept as given, even when it does not exist (an empty spool).
+    ``on_warning``. A plain path is kept as given, even when it does not exist (an empty spool);
+    a missing one other than the default ``.cirron/spool`` is reported too, naming it.
     """
     out: list[Path] = []
     seen: set[str] = set()
@@ -99,6 +100,8 @@ def resolve_spools(patterns: Iterable[str | os.PathLike[str]],
             candidates = [Path(p) for p in found]
         else:
             candidates = [Path(text).expanduser()]
+            if on_warning is not None and not candidates[0].exists() and Path(text) != DEFAULT_SPOOL_DIR:
+                on_warning(f"spool directory {text} does not exist")
         for p in candidates:
             key = os.path.realpath(p)
             if key not in seen:

@@ -15,7 +15,7 @@ app = typer.Typer(
     name="cirron",
     help="Read, export and manage the traces cirron records on your disk.",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,
     pretty_exceptions_enable=False,
 )
 
@@ -42,11 +42,12 @@ def _register_commands() -> None:
     snapshots.register(traces.traces_app)
     app.add_typer(traces.traces_app, name="traces")
     app.add_typer(spool_cmd.spool_app, name="spool")
-    from cirron_cli import auth, spool_flush, status
+    from cirron_cli import auth, completion, spool_flush, status
 
     spool_flush.register(spool_cmd.spool_app)
     status.register(app)
     auth.register(app)
+    completion.register(app)
 
 
 _register_commands()
