@@ -4,6 +4,8 @@
 default :class:`Cirron`. Build your own ``Cirron(...)`` for an independent profiler.
 """
 
+from typing import TYPE_CHECKING
+
 from cirron._cirron import Cirron
 from cirron._errors import (
     CirronConfigError,
@@ -42,7 +44,13 @@ watch = _DEFAULT.watch
 wrap = _DEFAULT.wrap
 
 
-def __getattr__(name: str):  # noqa: ANN202
+if TYPE_CHECKING:
+    from cirron._record.instrument import InferenceDecorator
+
+    inference: InferenceDecorator
+
+
+def __getattr__(name: str) -> InferenceDecorator:
     # `ci.inference` is built on first use so `import cirron` stays light.
     if name == "inference":
         return _DEFAULT.inference

@@ -15,7 +15,7 @@ import types
 import weakref
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from cirron._config import Config, enabled_in_env
 from cirron._env import env as _env
@@ -27,6 +27,9 @@ from cirron._ranks import detect_rank
 from cirron._record.span import NOOP_SCOPE, Recorder, Scope, scope_factory
 from cirron._schema import SESSION_SPAN_NAME
 from cirron._version import __version__
+
+if TYPE_CHECKING:
+    from cirron._record.instrument import InferenceDecorator
 
 T = TypeVar("T")
 
@@ -70,7 +73,7 @@ class Cirron:
         self._rec = Recorder(mark_cap)
         self._scope_factory = scope_factory(self._rec, types.MethodType(Cirron.scope, self))
         if self._scope_factory is not None:  # the same call as the scope() method below, made in C
-            self.scope = self._scope_factory
+            self.scope = self._scope_factory  # type: ignore[method-assign]
         #: Framework integrations installed by profile() (cirron.integrations), removed by shutdown().
         self._integrations: Any = None
         #: GPU time and peak memory for every scope (``profile(gpu=True)``); see cirron._device.
@@ -417,7 +420,8 @@ class Cirron:
         runtime = self._runtime
         if runtime is not None and runtime.is_service_thread():
             with anyio.move_on_after(timeout):
-                return await self._service.flush()
+                done: bool = await self._service.flush()
+                return done
             return False
         return await anyio.to_thread.run_sync(self.flush, timeout)
 
@@ -797,11 +801,13 @@ class Cirron:
 
     # -- integrations (implemented in their own modules) ----------------------------------------
 
-    def wrap(self, obj: Any, **opts: Any) -> Any:
-        """Instrument a torch module, a scikit-learn estimator, an onnxruntime session or a callable."""
+    def wrap(self, obj: T, **opts: Any) -> T:
+        """Instrument a torch module, a scikit-learn estimator, an onnxruntime session or a callable;
+        the result is ``obj`` itself or a stand-in of the same type."""
         from cirron._wrap import wrap
 
-        return wrap(self, obj, **opts)
+        wrapped: T = wrap(self, obj, **opts)
+        return wrapped
 
     def snapshot(self, tensors: Any, *, blobs: bool | None = None) -> None:
         """Snapshot a dict of arrays/tensors now, attached to the innermost open span."""
@@ -816,7 +822,7 @@ class Cirron:
         return load(self, name, source=source)
 
     @property
-    def inference(self) -> Any:
+    def inference(self) -> InferenceDecorator:
         """``@ci.inference`` / ``@ci.inference(config=...)``: a ``request`` span per call."""
         from cirron._record.instrument import inference_decorator
 

@@ -14,6 +14,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class CirronError(Exception):
     """Base class of every error cirron raises."""
@@ -56,7 +58,7 @@ class CirronStateError(CirronError, RuntimeError):
     """The call is not allowed in the session's current state."""
 
 
-def require(module: str, feature: str, extra: str | None = None):  # noqa: ANN201
+def require(module: str, feature: str, extra: str | None = None) -> Any:
     """Import an optional dependency or raise :class:`CirronDependencyError` with an install hint."""
     import importlib
 

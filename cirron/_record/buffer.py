@@ -73,7 +73,7 @@ class BufferRegistry:
         self._lock = threading.Lock()
         self._buffers: list[ThreadBuffer] = []
         #: Called (once per new thread buffer) while set; a forked child starts its service here.
-        self.on_new_buffer = None
+        self.on_new_buffer: Callable[[], None] | None = None
         # Counters of buffers whose thread ended and that were emptied and dropped.
         self.retired = {"spans_recorded": 0, "spans_dropped": 0, "marks_recorded": 0, "marks_dropped": 0}
 

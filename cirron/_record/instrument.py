@@ -51,7 +51,7 @@ import sys
 import weakref
 from collections.abc import Callable, Mapping
 from time import thread_time_ns, time_ns
-from typing import TYPE_CHECKING, Any, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar, overload
 
 from cirron import _native as native
 from cirron._record.span import Recorder, Scope
@@ -60,6 +60,16 @@ if TYPE_CHECKING:
     from cirron._cirron import Cirron
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+
+class InferenceDecorator(Protocol):
+    """The type of ``ci.inference``: ``@ci.inference`` or ``@ci.inference(config=...)``; the
+    decorated function keeps its exact signature."""
+
+    @overload
+    def __call__(self, fn: F, /, *, config: Mapping[str, Any] | None = None) -> F: ...
+    @overload
+    def __call__(self, fn: None = None, /, *, config: Mapping[str, Any] | None = None) -> Callable[[F], F]: ...
 
 __all__ = ["current_request_id", "inference_decorator"]
 
@@ -504,7 +514,7 @@ _PLAIN_RESULTS = frozenset({dict, list, tuple, str, bytes, int, float, bool, typ
 
 def _is_werkzeug_stream(result: Any) -> bool:
     mod = type(result).__module__
-    if not (mod.startswith("werkzeug") or mod.startswith("flask")):
+    if not mod.startswith(("werkzeug", "flask")):
         return False
     body = getattr(result, "response", None)
     return bool(getattr(result, "is_streamed", False)) and body is not None and \
@@ -836,7 +846,7 @@ def _instrument(c: Cirron, fn: Callable[..., Any], config: Mapping[str, Any] | N
     return wrapper
 
 
-def inference_decorator(c: Cirron) -> Any:
+def inference_decorator(c: Cirron) -> InferenceDecorator:
     """The ``inference`` decorator bound to one :class:`~cirron.Cirron` instance."""
 
     @overload

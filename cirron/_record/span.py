@@ -18,9 +18,10 @@ import contextvars
 import functools
 import inspect
 import threading
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable, Generator
 from time import thread_time_ns, time_ns
-from typing import Any
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, cast
 
 from cirron import _native as native
 from cirron._errors import CirronMarkTypeError
@@ -36,6 +37,13 @@ CLOSED_FIELDS = ("id", "parent", "name", "index", "start_ns", "end_ns", "cpu_ns"
                  "memory_peak_bytes", "thread_id", "attrs")
 #: Layout of a mark record: (span_id or 0, name, value, kind, ts_ns, attrs, thread_id)
 MARK_TUPLE_FIELDS = ("span", "name", "value", "kind", "ts_ns", "attrs", "thread_id")
+
+P = ParamSpec("P")
+R = TypeVar("R")
+#: Attributes of a span or mark: plain values keyed by name.
+Attrs = dict[str, Any]
+#: A closed-span record as appended to a thread buffer (layout: :data:`CLOSED_FIELDS`).
+ClosedRow = tuple[Any, ...]
 
 _get_ident = threading.get_ident
 #: The compiled enter/exit (``_cscope.c``), when built and wanted; None runs :class:`PyScope`.
@@ -54,10 +62,23 @@ class PyRecorderBase:
     #: Set by ``ci.profile(enabled=False)`` / ``CIRRON_ENABLED=0``: ``mark`` records nothing.
     disabled = False
 
-    def start_span(self, name: str, attrs: dict | None = None, index: int | None = None,
+    # Set by Recorder.__init__ (C slots when compiled).
+    current: contextvars.ContextVar[Scope | None]
+    buffers: BufferRegistry
+    local: threading.local
+    open: dict[int, Scope]
+    root: Scope | None
+
+    def note_internal_error(self, exc: BaseException) -> None:
+        raise NotImplementedError
+
+    def forget_thread(self) -> None:
+        """Drop what the compiled scope caches about the calling thread (nothing to drop here)."""
+
+    def start_span(self, name: str, attrs: Attrs | None = None, index: int | None = None,
                    parent: Scope | None = None) -> Scope:
         """Open a span without making it current (session roots, framework hooks)."""
-        scope = Scope(self, name, attrs, index)
+        scope = Scope(cast("Recorder", self), name, attrs, index)
         scope.parent = parent
         scope._token = None
         scope.id = next(IDS.ids)
@@ -94,7 +115,13 @@ class PyRecorderBase:
             self.note_internal_error(exc)
 
 
-class Recorder(_cscope.RecorderBase if _cscope is not None else PyRecorderBase):  # type: ignore[misc]
+if TYPE_CHECKING:
+    _RecorderBase = PyRecorderBase
+else:
+    _RecorderBase = _cscope.RecorderBase if _cscope is not None else PyRecorderBase
+
+
+class Recorder(_RecorderBase):
     """Hot-path state of one :class:`cirron.Cirron`: its context variable, open spans, buffers.
 
     With the compiled scope, ``current``, ``open``, ``root``, ``local`` and ``buffers`` are C
@@ -118,18 +145,17 @@ class Recorder(_cscope.RecorderBase if _cscope is not None else PyRecorderBase):
         """In a forked child: new buffers, and the parent's open spans are the parent's to close."""
         self.buffers.reset_after_fork()
         self.open = {}
-        if _cscope is not None:
-            self.forget_thread()  # the compiled scope's cached buffer is the parent's
+        self.forget_thread()  # the compiled scope's cached buffer is the parent's
 
     def record_closed(self, name: str, parent: Scope | None, start_ns: int, end_ns: int, cpu_ns: int | None,
-                      attrs: dict | None = None, index: int | None = None) -> int:
+                      attrs: Attrs | None = None, index: int | None = None) -> int:
         """Record a span that already happened (e.g. the wait for a batch, measured before)."""
         sid = next(IDS.ids)
         self._append_closed((sid, parent.id if parent is not None else 0, name, index, start_ns, end_ns, cpu_ns,
                              None, None, _get_ident(), attrs))
         return sid
 
-    def _append_closed(self, record: tuple) -> None:
+    def _append_closed(self, record: ClosedRow) -> None:
         try:
             tb = self.local.tb
         except AttributeError:
@@ -145,6 +171,7 @@ class Recorder(_cscope.RecorderBase if _cscope is not None else PyRecorderBase):
         self.last_internal_error = _error_text(exc)
         if reraise_internal_errors():
             raise exc
+
 
 def coerce_mark_value(value: Any) -> Any:
     """bool/int stay, float-likes become float, str is capped at 256 UTF-8 bytes; else an error."""
@@ -184,7 +211,32 @@ def coerce_mark_value(value: Any) -> Any:
 class _ScopeMethods:
     """What every scope has besides its fields and its enter/exit (shared by both versions)."""
 
-    __slots__ = ()
+    if not TYPE_CHECKING:  # the subclasses declare the slots of these fields
+        __slots__ = ()
+
+    # The fields, stored by the subclass (PyScope's slots or _cscope.ScopeBase's C members).
+    _rec: Recorder
+    name: str
+    attrs: Attrs | None
+    index: int | None
+    id: int | None
+    parent: Scope | None
+    start_ns: int
+    end_ns: int | None
+    cpu_ns: int | None
+    thread_id: int
+    _token: contextvars.Token[Scope | None] | None
+    _cpu0: int
+    _outer: Scope | None
+    _more: dict[str, Any] | None
+
+    if TYPE_CHECKING:
+        def __init__(self, rec: Recorder, name: str, attrs: Attrs | None, index: int | None = None) -> None: ...
+
+        def __enter__(self) -> Scope: ...
+
+        def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                     tb: TracebackType | None, cpu1: int | None = None, end: int | None = None) -> None: ...
 
     # -- the span record ---------------------------------------------------------------------
 
@@ -209,13 +261,13 @@ class _ScopeMethods:
     @property
     def span(self) -> Scope | None:
         """The open span (this object) between enter and exit, else None."""
-        return self if self.id is not None and self.end_ns is None else None
+        return cast("Scope", self) if self.id is not None and self.end_ns is None else None
 
     @property
     def id_hex(self) -> str:
-        h = self._get("hex")
+        h: str | None = self._get("hex")
         if h is None:
-            h = hex_id(self.id)
+            h = hex_id(self.id or 0)
             self._set("hex", h)
         return h
 
@@ -237,7 +289,7 @@ class _ScopeMethods:
 
     def _reenter(self) -> Scope:
         """This object was entered before: record the new entry as a scope of its own."""
-        inner = type(self)(self._rec, self.name, dict(self.attrs) if self.attrs else None, self.index)
+        inner = cast("Scope", type(self)(self._rec, self.name, dict(self.attrs) if self.attrs else None, self.index))
         inner._outer = self._outer
         self._outer = inner
         return inner.__enter__()
@@ -264,38 +316,41 @@ class _ScopeMethods:
     async def __aenter__(self) -> Scope:
         return self.__enter__()
 
-    async def __aexit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> None:
         return self.__exit__(exc_type, exc, tb)
 
     # -- decorator ---------------------------------------------------------------------------
 
-    def __call__(self, fn: Callable) -> Callable:
+    def __call__(self, fn: Callable[P, R]) -> Callable[P, R]:
+        """Decorate ``fn``: each call (each run of a generator) is a span of this name."""
         cls, rec, name, attrs = type(self), self._rec, self.name, self.attrs
+        f: Any = fn  # one wrapper per kind of function; each keeps fn's signature
 
         if inspect.iscoroutinefunction(fn):
             @functools.wraps(fn)
             async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
                 with cls(rec, name, dict(attrs) if attrs else None):
-                    return await fn(*args, **kwargs)
-            return async_wrapper
+                    return await f(*args, **kwargs)
+            return cast("Callable[P, R]", async_wrapper)
 
         if inspect.isgeneratorfunction(fn):
             @functools.wraps(fn)
-            def gen_wrapper(*args: Any, **kwargs: Any) -> Any:
+            def gen_wrapper(*args: Any, **kwargs: Any) -> Generator[Any, Any, Any]:
                 with cls(rec, name, dict(attrs) if attrs else None):
-                    return (yield from fn(*args, **kwargs))
-            return gen_wrapper
+                    return (yield from f(*args, **kwargs))
+            return cast("Callable[P, R]", gen_wrapper)
 
         if inspect.isasyncgenfunction(fn):
             @functools.wraps(fn)
-            async def agen_wrapper(*args: Any, **kwargs: Any) -> Any:
+            async def agen_wrapper(*args: Any, **kwargs: Any) -> AsyncIterator[Any]:
                 async with cls(rec, name, dict(attrs) if attrs else None):
-                    async for item in fn(*args, **kwargs):
+                    async for item in f(*args, **kwargs):
                         yield item
-            return agen_wrapper
+            return cast("Callable[P, R]", agen_wrapper)
 
         @functools.wraps(fn)
-        def wrapper(*args: Any, **kwargs: Any) -> Any:
+        def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
             with cls(rec, name, dict(attrs) if attrs else None):
                 return fn(*args, **kwargs)
         return wrapper
@@ -317,7 +372,7 @@ class PyScope(_ScopeMethods):
         "thread_id", "_token", "_cpu0", "_outer", "_more",
     )
 
-    def __init__(self, rec: Recorder, name: str, attrs: dict | None, index: int | None = None) -> None:
+    def __init__(self, rec: Recorder, name: str, attrs: Attrs | None, index: int | None = None) -> None:
         self._rec = rec
         self.name = name
         self.attrs = attrs
@@ -345,8 +400,8 @@ class PyScope(_ScopeMethods):
         self._cpu0 = thread_time_ns()
         return self
 
-    def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any,
-                 cpu1: int | None = None, end: int | None = None) -> None:
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None, cpu1: int | None = None, end: int | None = None) -> None:
         # ``cpu1``/``end`` are only passed by :meth:`finish`; a ``with`` block measures here.
         if cpu1 is None:
             cpu1 = thread_time_ns()
@@ -399,31 +454,38 @@ class PyScope(_ScopeMethods):
         return None
 
 
-def _load_c_scope() -> type | None:
+def _load_c_scope() -> type[PyScope] | None:
     """The scope with the compiled enter/exit of ``_cscope.c``, when it was built and is wanted."""
     if _cscope is None:
         return None
 
-    class CScope(_cscope.ScopeBase, _ScopeMethods):
+    class CScope(_cscope.ScopeBase, _ScopeMethods):  # type: ignore[name-defined,misc]
         __slots__ = ()
         __doc__ = PyScope.__doc__
 
     CScope.__name__ = CScope.__qualname__ = "Scope"
     _cscope.configure(IDS, coerce_mark_value, CirronMarkTypeError, CScope)
-    return CScope
+    return cast("type[PyScope]", CScope)
 
 
-#: The scope class every recorder uses: compiled enter/exit when available, else :class:`PyScope`.
-Scope: type = _load_c_scope() or PyScope
+if TYPE_CHECKING:
+    # For type checkers the scope is PyScope: the compiled one has the same fields and methods.
+    Scope = PyScope
+else:
+    #: The scope class every recorder uses: compiled enter/exit when available, else PyScope.
+    Scope = _load_c_scope() or PyScope
 #: True when :data:`Scope` runs the compiled enter/exit.
 COMPILED = Scope is not PyScope
 
 
-def scope_factory(rec: Recorder, slow: Callable[..., Any]) -> Any:
+def scope_factory(rec: Recorder, slow: Callable[..., Any]) -> Callable[..., Scope] | None:
     """``factory(name, index=None, **attrs)`` making ``Scope(rec, name, attrs or None, index)`` in
     one C call, or None without the compiled scope. ``gpu=`` and a set ``factory.divert`` call
     ``slow`` (the Python ``scope()``) with the same arguments instead."""
-    return _cscope.ScopeFactory(Scope, rec, slow) if COMPILED else None
+    if _cscope is None or not COMPILED:
+        return None
+    factory: Callable[..., Scope] = _cscope.ScopeFactory(Scope, rec, slow)
+    return factory
 
 
 #: A span is the scope object that opened it.

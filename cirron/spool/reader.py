@@ -44,8 +44,8 @@ __all__ = [
     "SpanRecord",
     "WarningCallback",
     "coerce_int",
-    "list_batch_files",
     "iter_batches",
+    "list_batch_files",
     "read_batch",
     "safe_dumps",
 ]
@@ -552,7 +552,7 @@ def _json_type(obj: Any) -> str:
 
 def iter_batches(
     spool_dir: str | os.PathLike[str], on_warning: WarningCallback | None = None, fields: str = "full"
-) -> Iterator[tuple[BatchFile, dict]]:
+) -> Iterator[tuple[BatchFile, dict[str, Any]]]:
     """Yield ``(file, batch)`` for every readable batch file, in ``created_ns`` order."""
     for bf in list_batch_files(spool_dir, on_warning):
         batch = read_batch(bf, on_warning, fields)

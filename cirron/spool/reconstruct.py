@@ -234,7 +234,7 @@ class Session:
     files: list[Any] = field(default_factory=list)
     live: bool = False
     crashed: bool = False
-    resource: dict = field(default_factory=dict)
+    resource: dict[str, Any] = field(default_factory=dict)
     sdk_version: str | None = None
 
     @property
