@@ -4,7 +4,7 @@
 default :class:`Cirron`. Build your own ``Cirron(...)`` for an independent profiler.
 """
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING as _TYPE_CHECKING
 
 from cirron._cirron import Cirron
 from cirron._errors import (
@@ -44,13 +44,13 @@ watch = _DEFAULT.watch
 wrap = _DEFAULT.wrap
 
 
-if TYPE_CHECKING:
+if _TYPE_CHECKING:
     from cirron._record.instrument import InferenceDecorator
 
     inference: InferenceDecorator
 
 
-def __getattr__(name: str) -> InferenceDecorator:
+def __getattr__(name: str) -> "InferenceDecorator":
     # `ci.inference` is built on first use so `import cirron` stays light.
     if name == "inference":
         return _DEFAULT.inference
