@@ -482,7 +482,7 @@ async def _ab_load(ports: dict[str, int], concurrency: int, slice_s: float, roun
     state = {"variant": None, "stop": False, "in_flight": 0}
     resume, idle = asyncio.Event(), asyncio.Event()
     idle.set()
-    done = {v: 0 for v in variants}
+    done = dict.fromkeys(variants, 0)
     lat: dict[str, list[float]] = {v: [] for v in variants}
     errors = [0]
     failures: list[BaseException] = []

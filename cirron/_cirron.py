@@ -278,7 +278,8 @@ class Cirron:
         if rec.disabled:
             return NOOP_SCOPE  # type: ignore[return-value]
         scope = Scope(rec, name, attrs or None, index)
-        return self._on_device(scope, gpu)
+        measured: Scope = self._on_device(scope, gpu)  # a DeviceScope stands in for a Scope
+        return measured
 
     def _on_device(self, scope: Scope, gpu: bool | None) -> Any:
         """``scope`` measured on the GPU too when asked (``gpu=True``, or ``profile(gpu=True)``)."""
@@ -604,9 +605,8 @@ class Cirron:
 
     def _open_process_root(self, parent: Any) -> None:
         """Open this worker's ``cirron.process`` span below ``parent`` (a span of another process)."""
-        from cirron._workers import PROCESS_SPAN_NAME
-
         from cirron._record.span import PyRecorderBase
+        from cirron._workers import PROCESS_SPAN_NAME
 
         attrs = {"pid": os.getpid(), "parent_pid": os.getppid()}
         # The reference start_span: the compiled one makes this thread's buffer, and the first

@@ -217,7 +217,8 @@ class DeviceTracker:
         if not self._pending:
             return
         with self._lock:
-            ready, keep = [], []
+            ready: list[Any] = []
+            keep: list[Any] = []
             for item in self._pending:
                 (ready if item[1].done() else keep).append(item)
             self._pending = keep

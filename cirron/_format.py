@@ -25,7 +25,7 @@ def format_value(value: object) -> str:
     return str(value)
 
 
-def format_attrs(attrs: dict | None) -> str:
+def format_attrs(attrs: dict[str, object] | None) -> str:
     if not attrs:
         return ""
     return " ".join(f"{k}={format_value(v)}" for k, v in attrs.items())

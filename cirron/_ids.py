@@ -12,7 +12,6 @@ from __future__ import annotations
 import itertools
 import os
 
-
 _LOW = (1 << 64) - 1
 
 

@@ -78,7 +78,8 @@ def load_project(path: Path) -> Any:
         line = getattr(getattr(exc, "problem_mark", None), "line", None)
         where = f" (line {line + 1})" if line is not None else ""
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CirronConfigError(f"{path}: not valid {'JSON' if path.suffix == '.json' else 'YAML'}{where}: {first}") from None
+        kind = "JSON" if path.suffix == ".json" else "YAML"
+        raise CirronConfigError(f"{path}: not valid {kind}{where}: {first}") from None
     if not isinstance(raw, dict):
         raise CirronConfigError(f"{path}: the top level must be a mapping, not {type(raw).__name__}")
     from pydantic import ValidationError

@@ -151,7 +151,7 @@ class WorkerPropagation:
         start.__wrapped__ = original  # type: ignore[attr-defined]
         start.__doc__ = original.__doc__
         WorkerPropagation._patched = original
-        cls.start = start  # type: ignore[method-assign]
+        cls.start = start  # type: ignore[method-assign,assignment]
 
     def _unpatch_process_start(self) -> None:
         import multiprocessing.process as mp_process

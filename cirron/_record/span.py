@@ -478,14 +478,13 @@ else:
 COMPILED = Scope is not PyScope
 
 
-def scope_factory(rec: Recorder, slow: Callable[..., Any]) -> Callable[..., Scope] | None:
+def scope_factory(rec: Recorder, slow: Callable[..., Any]) -> Any:
     """``factory(name, index=None, **attrs)`` making ``Scope(rec, name, attrs or None, index)`` in
     one C call, or None without the compiled scope. ``gpu=`` and a set ``factory.divert`` call
     ``slow`` (the Python ``scope()``) with the same arguments instead."""
     if _cscope is None or not COMPILED:
         return None
-    factory: Callable[..., Scope] = _cscope.ScopeFactory(Scope, rec, slow)
-    return factory
+    return _cscope.ScopeFactory(Scope, rec, slow)
 
 
 #: A span is the scope object that opened it.
@@ -526,7 +525,7 @@ class NoopScope:
     def finish(self, *args: Any, **kwargs: Any) -> None:
         return None
 
-    def __call__(self, fn: Callable) -> Callable:
+    def __call__(self, fn: Callable[P, R]) -> Callable[P, R]:
         return fn
 
 

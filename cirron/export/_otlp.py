@@ -121,7 +121,8 @@ def any_value(value: Any, _depth: int = 0) -> dict:
 
         return {"stringValue": safe_dumps(value).decode()}
     if isinstance(value, Mapping):
-        return {"kvlistValue": {"values": [{"key": str(k), "value": any_value(v, _depth + 1)} for k, v in value.items()]}}
+        values = [{"key": str(k), "value": any_value(v, _depth + 1)} for k, v in value.items()]
+        return {"kvlistValue": {"values": values}}
     if isinstance(value, (list, tuple)):
         return {"arrayValue": {"values": [any_value(v, _depth + 1) for v in value]}}
     if isinstance(value, float):
@@ -200,7 +201,7 @@ def resource_attributes(session_id: str, resource: Mapping[str, Any] | None, sdk
 
 
 def _is_count(v: Any) -> bool:
-    return type(v) is int and v >= 0 or type(v) is float and math.isfinite(v) and v >= 0
+    return (type(v) is int and v >= 0) or (type(v) is float and math.isfinite(v) and v >= 0)
 
 
 def genai_attributes(span_attrs: Mapping[str, Any] | None, marks: Iterable[Any]) -> dict[str, Any]:

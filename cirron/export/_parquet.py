@@ -105,7 +105,7 @@ def _snapshot_table(pa: Any, sess: Session) -> Any:
             n[k].append(_int(st.get(k)))
         n["stats_json"].append(safe_dumps(st).decode())
     ntypes = {"ts_ns": i64, "numel": i64, "nan_count": i64, "inf_count": i64, "shape": pa.list_(i64),
-              **{k: f64 for k in _STAT_KEYS}}
+              **dict.fromkeys(_STAT_KEYS, f64)}
     return pa.table({c: pa.array(v, ntypes.get(c, s)) for c, v in n.items()})
 
 

@@ -2,7 +2,8 @@
 
 Shared by ``cirron traces export --format otel --endpoint`` (sync, :func:`send_otlp`), the live
 ``otlp`` sink and the platform uploader (async, :func:`apost_with_retries`).
-Policy (OTLP/HTTP spec): gzip body when asked (``OTEL_EXPORTER_OTLP_COMPRESSION=gzip``); up to ``max_attempts`` attempts within ``deadline`` seconds;
+Policy (OTLP/HTTP spec): gzip body when asked (``OTEL_EXPORTER_OTLP_COMPRESSION=gzip``); up to
+``max_attempts`` attempts within ``deadline`` seconds;
 retry only on 429/502/503/504 and on dropped connections/timeouts, with exponential backoff
 and jitter, honouring ``Retry-After`` (seconds or an HTTP date); never on other status codes.
 A 200 whose body reports ``partialSuccess`` with rejected spans is a warning, not a retry.
@@ -572,7 +573,7 @@ class OtlpSettings:
         return {
             "endpoint": {"value": self.endpoint, "source": src.get("endpoint", "default")},
             "protocol": {"value": self.protocol, "source": src.get("protocol", "default")},
-            "headers": {"value": {k: "****" for k in (self.headers or {})}, "source": src.get("headers", "default")},
+            "headers": {"value": dict.fromkeys(self.headers or {}, "****"), "source": src.get("headers", "default")},
             "compression": {"value": self.compression or "none", "source": src.get("compression", "default")},
             "timeout": {"value": self.timeout, "source": src.get("timeout", "default")},
             **{name: {"value": getattr(self, name), "source": src.get(name, "default")} for name, _ in _TLS_FILES},

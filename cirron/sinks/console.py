@@ -29,7 +29,7 @@ class ConsoleSink(Sink):
 
     def depth_of(self, span_id: str | None) -> int:
         """Distance from the session root, walking parents seen so far (children close first)."""
-        chain = []
+        chain: list[str] = []
         node = span_id
         while node is not None and node not in self._depth and node in self._parent and len(chain) < 10_000:
             chain.append(node)

@@ -184,7 +184,9 @@ class _TorchStaging:
             self._free.clear()
 
 
-def _copy_torch(entries: list[tuple[str, str, Any]], staging: _TorchStaging) -> tuple[list[_Item], list[Any], Callable[[], None]]:
+def _copy_torch(
+    entries: list[tuple[str, str, Any]], staging: _TorchStaging
+) -> tuple[list[_Item], list[Any], Callable[[], None]]:
     """Copy torch tensors into staging buffers with one copy each. Returns items, CUDA events to
     wait on before reading, and a release callback."""
     import torch

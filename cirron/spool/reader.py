@@ -155,7 +155,7 @@ def _clean_records(raw: Any, int_fields: tuple[str, ...], rec_type: type) -> tup
     Returns (records, dropped)."""
     if not isinstance(raw, list):
         return [], (0 if raw is None else 1)
-    out = []
+    out: list[Any] = []
     dropped = 0
     for rec in raw:
         if type(rec) is not dict or not _valid_id(rec.get("id")):

@@ -180,7 +180,7 @@ def snapshots_cmd(
     if not any(data.sessions or data.snapshots for _d, data in loaded):
         render.no_traces(err=True)
         raise typer.Exit(1)
-    chosen = []
+    chosen: list[tuple[Any, Any]] = []
     for _d, data in loaded:
         chosen.extend((data, sess) for sess in (data.find(session) if session else data.sessions))
     if session and not chosen:
@@ -227,7 +227,8 @@ def snapshots_cmd(
     width = _unique_prefix_len([g["span_id"] for g in rows])
     typer.echo(render.aligned_table(
         ["SESSION", "SPAN", "NAME", "TENSORS", "MODES", "WITH BLOB"],
-        [[_short(g["session_id"]), _short_span(g["span_id"], width), g["name"], g["tensors"], ",".join(g["modes"]) or "-",
+        [[_short(g["session_id"]), _short_span(g["span_id"], width), g["name"], g["tensors"],
+          ",".join(g["modes"]) or "-",
           g["with_blob"]] for g in rows],
         right=(3, 5),
     ))
@@ -311,7 +312,7 @@ def _pick_tensor(tensor: str, headers: list[st.SafetensorsHeader], record: dict 
 
 def _dir_hint(raw: str) -> bool:
     """``out/`` names a directory even before it exists."""
-    return raw.endswith("/") or raw.endswith(os.sep)
+    return raw.endswith(("/", os.sep))
 
 
 def _export_dest_file(raw: str, tensor: str) -> Path:
@@ -411,7 +412,8 @@ def snapshot_cmd(
             by_span.setdefault(sid, []).append(rec)
     matches = sorted(s for s in by_span if s.startswith(span_id))
     if len(matches) > 1 and span_id not in by_span:
-        fail(f"Span id {span_id} is ambiguous: it matches {len(matches)} spans ({', '.join(_short(m) for m in matches[:5])})")
+        shown = ", ".join(_short(m) for m in matches[:5])
+        fail(f"Span id {span_id} is ambiguous: it matches {len(matches)} spans ({shown})")
     if matches:
         full_id = span_id if span_id in by_span else matches[0]
     elif file is not None:
@@ -438,7 +440,8 @@ def snapshot_cmd(
             names = ", ".join(str(r.get("tensor")) for r in records) or "(none)"
             fail(f'Tensor "{tensor}" not found in span {full_id}. Available: {names}')
         if (preview or tail) and picked is None:
-            fail(f'Tensor "{tensor}" has no blob on disk (mode={record.get("mode") if record else "?"}); nothing to preview')
+            mode = record.get("mode") if record else "?"
+            fail(f'Tensor "{tensor}" has no blob on disk (mode={mode}); nothing to preview')
 
     first: list[Any] = []
     last: list[Any] = []
@@ -519,7 +522,8 @@ def snapshot_cmd(
     else:
         if record is not None:
             stats = record.get("stats") if isinstance(record.get("stats"), dict) else {}
-            typer.echo(f"{bold('Tensor')}   {tensor}  ({record.get('dtype') or '?'}, shape={_shape(record.get('shape'))}, "
+            shape = _shape(record.get("shape"))
+            typer.echo(f"{bold('Tensor')}   {tensor}  ({record.get('dtype') or '?'}, shape={shape}, "
                        f"mode={record.get('mode') or '-'})")
             for key, label in (("mean", "mean"), ("std", "std "), ("min", "min "), ("max", "max "), ("norm", "norm")):
                 typer.echo(f"  {label} = {fmt_stat(stats.get(key))}")

@@ -36,7 +36,9 @@ def register(app: typer.Typer) -> None:
 
 def flush(
     spool: str = SpoolOpt,
-    endpoint: Optional[str] = typer.Option(None, "--endpoint", help="Platform API endpoint (default: resolved config)."),
+    endpoint: Optional[str] = typer.Option(
+        None, "--endpoint", help="Platform API endpoint (default: resolved config)."
+    ),
     workspace: Optional[str] = typer.Option(None, "--workspace", help="Workspace id (default: resolved config)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="List what would be uploaded, send nothing."),
     json_out: bool = typer.Option(False, "--json", help="Machine-readable summary."),

@@ -19,8 +19,8 @@ import secrets
 import shutil
 import signal
 import sys
-from dataclasses import dataclass
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
@@ -315,7 +315,6 @@ class _SessionView:
                 )
 
     def to_json(self) -> dict:
-        s = self.session
         out_nodes = []
         for node in self.nodes:
             t = node["type"]
@@ -380,7 +379,9 @@ def view(
     session: Optional[str] = typer.Option(None, "--session", help="Show the session(s) whose id starts with this."),
     run: Optional[str] = typer.Option(None, "--run", help="Show every rank of the run whose id starts with this."),
     depth: Optional[int] = typer.Option(None, "--depth", help="Collapse the tree below depth N."),
-    min_wall: Optional[str] = typer.Option(None, "--min-wall", help="Hide spans shorter than this (ns, us, ms, s, m, h)."),
+    min_wall: Optional[str] = typer.Option(
+        None, "--min-wall", help="Hide spans shorter than this (ns, us, ms, s, m, h)."
+    ),
     spool: list[str] = SpoolOpt,
     no_color: bool = typer.Option(False, "--no-color", help="Disable ANSI colour."),
     json_out: bool = typer.Option(False, "--json", help="Machine-readable JSON."),
@@ -605,17 +606,21 @@ def export(
         None, "--endpoint", metavar="URL",
         help="otel: POST to this OTLP/HTTP receiver instead ('env': OTEL_EXPORTER_OTLP_[TRACES_]ENDPOINT)."),
     protocol: Optional[OtlpProtocol] = typer.Option(
-        None, "--protocol", help="otel --endpoint: body encoding (default: OTEL_EXPORTER_OTLP_PROTOCOL, else http/protobuf)."),
+        None, "--protocol",
+        help="otel --endpoint: body encoding (default: OTEL_EXPORTER_OTLP_PROTOCOL, else http/protobuf)."),
     header: list[str] = typer.Option([], "--header", metavar="KEY=VALUE",
-                                     help="otel --endpoint: HTTP header, added to OTEL_EXPORTER_OTLP_HEADERS (repeatable)."),
+                                     help="otel --endpoint: HTTP header, added to OTEL_EXPORTER_OTLP_HEADERS "
+                                          "(repeatable)."),
     compression: Optional[Compression] = typer.Option(
-        None, "--compression", help="otel --endpoint: body compression (default: OTEL_EXPORTER_OTLP_COMPRESSION, else none)."),
+        None, "--compression",
+        help="otel --endpoint: body compression (default: OTEL_EXPORTER_OTLP_COMPRESSION, else none)."),
     timeout: float = typer.Option(30.0, "--timeout", metavar="SECONDS",
                                   help="otel --endpoint: overall deadline, retries included."),
 ) -> None:
     """Convert traces to Parquet, OTLP/JSON, CSV, JSON or Perfetto, or send them to an OTLP receiver.
 
-    With --endpoint the standard OTEL_EXPORTER_OTLP_* variables apply (headers, protocol, compression, timeout per attempt, CERTIFICATE, CLIENT_KEY, CLIENT_CERTIFICATE); the flags win over them.
+    With --endpoint the standard OTEL_EXPORTER_OTLP_* variables apply (headers, protocol, compression,
+    timeout per attempt, CERTIFICATE, CLIENT_KEY, CLIENT_CERTIFICATE); the flags win over them.
     """
     from cirron.export import FORMATS
 
@@ -793,7 +798,7 @@ class _Deleter:
                 with contextlib.suppress(OSError):
                     os.replace(dst, src)
             raise
-        for src, dst in moved:
+        for _src, dst in moved:
             if dst.is_dir() and not dst.is_symlink():
                 shutil.rmtree(dst, ignore_errors=True)
                 self.dirs += 1
@@ -841,7 +846,9 @@ def clear(
     before: Optional[str] = typer.Option(None, "--before", help="Only sessions started before this ISO-8601 date."),
     keep: Optional[int] = typer.Option(None, "--keep", help="Retain the N most recent finished sessions."),
     yes: bool = typer.Option(False, "--yes", "-y", help="Skip the confirmation prompt."),
-    no_prune_orphans: bool = typer.Option(False, "--no-prune-orphans", help="Keep snapshot dirs no session references."),
+    no_prune_orphans: bool = typer.Option(
+        False, "--no-prune-orphans", help="Keep snapshot dirs no session references."
+    ),
     spool: list[str] = SpoolOpt,
 ) -> None:
     """Delete sessions (batch files and snapshot dirs); live sessions are never touched."""
@@ -933,7 +940,7 @@ def _plan_clear(sp: Spool, spool_dir: Path, eligible: list[Session], prune: bool
     orphan_dirs: list[Path] = []
     if prune and snap_root.is_dir():
         surviving = {s.id for s in sp.sessions if s.id not in doomed}
-        referenced = set()
+        referenced: set[str | None] = set()
         for s in sp.sessions:
             if s.id in doomed:
                 continue

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import math
-import threading
 import os
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import msgspec

@@ -135,7 +135,7 @@ def test_mark_coercion_types_and_cap(c: Cirron, spool_dir: Path) -> None:
         c.mark("inf", -math.inf)
         c.mark("long", "é" * 300)
         c.mark("summary", 1.0, kind="summary", step=3)
-    with pytest.raises(CirronMarkTypeError, match="ndarray.*snapshots"):
+    with pytest.raises(CirronMarkTypeError, match=r"ndarray.*snapshots"):
         c.mark("arr", np.zeros(3))
     with pytest.raises(TypeError):
         c.mark("obj", object())
@@ -159,7 +159,7 @@ def test_batch_files_are_strict_json(c: Cirron, spool_dir: Path) -> None:
         c.mark("nan", float("nan"))
     c.flush()
     for path in spool_dir.glob("*.json"):
-        json.loads(path.read_text(), parse_constant=lambda name: pytest.fail(f"bare {name} in {path}"))
+        json.loads(path.read_text(), parse_constant=lambda name, path=path: pytest.fail(f"bare {name} in {path}"))
 
 
 def test_mark_attaches_to_innermost_then_session_then_root_sentinel(spool_dir: Path) -> None:

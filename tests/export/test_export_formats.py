@@ -43,7 +43,7 @@ def test_parquet_three_files_readable_by_duckdb(factory: SpoolFactory, tmp_path)
     for c in ("start_ns", "end_ns", "duration_ns", "cpu_ns"):
         assert types[c] == "BIGINT"
     rows = con.execute(f"SELECT name, COUNT(*), AVG(duration_ns)/1e6 FROM '{out}/spans.parquet' GROUP BY name ORDER BY name").fetchall()
-    assert dict((r[0], r[1]) for r in rows) == {"cirron.session": 1, "epoch": 2, "data_load": 2, "forward": 2,
+    assert {r[0]: r[1] for r in rows} == {"cirron.session": 1, "epoch": 2, "data_load": 2, "forward": 2,
                                               "backward": 2, "optimizer_step": 2}
     assert {r[0]: r[2] for r in rows}["forward"] == pytest.approx(5.1)
     sid = con.execute(f"SELECT DISTINCT session_id FROM '{out}/spans.parquet'").fetchall()

@@ -81,7 +81,7 @@ def test_inline_config_ranks_below_arguments_above_env(spool_dir: Path, monkeypa
 
 
 def test_inline_config_rejects_unknown_keys_and_bad_values() -> None:
-    with pytest.raises(CirronConfigError, match="unknown key.*sampel_rate"):
+    with pytest.raises(CirronConfigError, match=r"unknown key.*sampel_rate"):
         Cirron().profile(config={"sampel_rate": 0.1})
     with pytest.raises(CirronConfigError, match="flush_interval"):
         Cirron().profile(config={"flush_interval": -1})

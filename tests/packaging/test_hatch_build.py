@@ -6,7 +6,6 @@ import importlib.util
 import sys
 import sysconfig
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import pytest

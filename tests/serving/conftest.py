@@ -9,8 +9,9 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import cirron  # noqa: E402
 from serving_helpers import Req, read_requests  # noqa: E402
+
+import cirron  # noqa: E402
 
 
 @pytest.fixture(autouse=True)

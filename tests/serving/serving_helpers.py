@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from netutil import free_port  # noqa: F401  (re-exported for the server tests)
 
 from cirron.spool import load_sessions
-from netutil import free_port  # noqa: F401  (re-exported for the server tests)
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -559,7 +559,7 @@ def test_thread_isolation(prof) -> None:
     assert len(reqs) == 200 and len({r.id for r in reqs}) == 200
     spans = {s["id"]: s for s in prof.spans()}
     by_rid = {r.id: r for r in reqs}
-    for n, rid in enumerate(rids):
+    for rid in rids:
         r = by_rid[rid]
         assert r.marks == []  # marks went to the nested scope, nothing leaked onto the request
     model_marks = {}

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import gzip
 import http.server
-
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -200,7 +199,7 @@ def otlp_env(monkeypatch: pytest.MonkeyPatch, otlp_receiver: Receiver) -> Receiv
     import os
 
     for k in list(os.environ):
-        if k.startswith("OTEL_EXPORTER_OTLP_") or k.startswith("CIRRON_"):
+        if k.startswith(("OTEL_EXPORTER_OTLP_", "CIRRON_")):
             monkeypatch.delenv(k)
     monkeypatch.setenv("CIRRON_NO_PROJECT_FILE", "1")
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", otlp_receiver.url + "/v1/traces")

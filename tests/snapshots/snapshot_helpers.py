@@ -15,12 +15,11 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-
 _current: contextvars.ContextVar[Any] = contextvars.ContextVar("fake_current", default=None)
 
 
 class FakeSpan:
-    def __init__(self, name: str, parent: "FakeSpan | None", attrs: dict[str, Any], index: int | None = None):
+    def __init__(self, name: str, parent: FakeSpan | None, attrs: dict[str, Any], index: int | None = None):
         self.id_hex = os.urandom(16).hex()
         self.name = name
         self.parent = parent
@@ -33,12 +32,12 @@ class FakeSpan:
 
 
 class FakeScope:
-    def __init__(self, owner: "FakeCirron", name: str, attrs: dict[str, Any]):
+    def __init__(self, owner: FakeCirron, name: str, attrs: dict[str, Any]):
         self.owner, self.name, self.attrs = owner, name, attrs
         self.span: FakeSpan | None = None
         self._token = None
 
-    def __enter__(self) -> "FakeScope":
+    def __enter__(self) -> FakeScope:
         index = self.attrs.pop("index", None)
         self.span = FakeSpan(self.name, _current.get(), self.attrs, index)
         self.owner.spans.append(self.span)

@@ -6,12 +6,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from snapshot_helpers import write_snapshot_session
 from typer.testing import CliRunner
 
 from cirron import safetensors_io as st
 from cirron_cli.app import app
-
-from snapshot_helpers import write_snapshot_session
 
 runner = CliRunner()
 
@@ -279,7 +278,7 @@ def test_garbage_records_do_not_crash(factory) -> None:
     for args in (["snapshots"], ["snapshots", "--json"], ["snapshot", eid], ["snapshot", eid, "--json"],
                  ["snapshot", eid, "h"], ["snapshot", eid, "g"], ["snapshot", eid, "123"]):
         r = run("traces", *args, "--spool", sp)
-        assert "Traceback" not in r.output and r.exception is None or isinstance(r.exception, SystemExit), (args, r.output)
+        assert ("Traceback" not in r.output and r.exception is None) or isinstance(r.exception, SystemExit), (args, r.output)
         assert r.exit_code in (0, 1), (args, r.output)
     r = run("traces", "snapshot", eid, "h", "--spool", sp)
     assert "mean = Infinity" in r.output

@@ -54,7 +54,7 @@ def test_forward_backward_step_nest_under_batch(spool_dir: Path, pass_optimizer:
     ]
     names = [n for _, n, _ in tree]
     assert names.count("forward") == 5 and names.count("backward") == 4 and names.count("optimizer_step") == 4
-    for d, n, s in tree:
+    for _d, n, s in tree:
         assert s["end_ns"] is not None, n
         if n in ("forward", "backward", "optimizer_step"):
             assert s["gpu_ns"] is None  # CPU run
@@ -108,7 +108,7 @@ def test_sampled_mode_blob_schedule(spool_dir: Path) -> None:
     c.shutdown()
     data = load_spool(spool_dir)
     spans = data.spans
-    by_epoch = sorted(((spans[r["span_id"]]["index"], r["blob_uri"] is not None) for r in data.snapshots.values()))
+    by_epoch = sorted((spans[r["span_id"]]["index"], r["blob_uri"] is not None) for r in data.snapshots.values())
     assert by_epoch == [(0, True), (0, True), (1, False), (1, False), (2, True), (2, True),
                         (3, False), (3, False), (4, True), (4, True)]
     assert model.weight.grad is None
@@ -283,9 +283,10 @@ def test_staging_is_warmed_up_when_the_mode_is_known(spool_dir: Path) -> None:
 
 
 def test_gpu_time_is_resolved_later_without_blocking(spool_dir: Path, monkeypatch) -> None:
+    from device_fake import FakeDevice
+
     import cirron._wrap as w
     from cirron._device import use_backend
-    from device_fake import FakeDevice
 
     monkeypatch.setattr(w._TorchHooks, "_cuda", lambda self: True)
     dev = FakeDevice(elapsed_ns=1234)

@@ -85,7 +85,7 @@ def test_orphans_group_only_without_a_real_session(factory: SpoolFactory):
 def test_csv_export_assigns_sessions_like_the_loader(factory: SpoolFactory, tmp_path):
     from cirron.export import write_csv
 
-    a, b = _two_sessions(factory)
+    _two_sessions(factory)
     stray = factory.span("stray", parent_id=new_id())  # reaches no root: in no session
     factory.write_batch([stray])
     out = tmp_path / "t.csv"
