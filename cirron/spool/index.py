@@ -196,7 +196,8 @@ def _build_group(spool_dir: Path, files: list[BatchFile], fingerprint: list) -> 
         sessions.append(_SessionEntry(
             id=s.id, started_ns=s.started_ns, ended_ns=s.ended_ns, last_ns=s.last_ns, open=s.open,
             spans=len(s.spans), marks=len(s.marks), snapshots=len(s.snapshots), files=[f.name for f in s.files],
-            sdk_version=s.sdk_version, resource=_plain(s.resource), attrs=_plain(attrs if isinstance(attrs, dict) else {}),
+            sdk_version=s.sdk_version, resource=_plain(s.resource),
+            attrs=_plain(attrs if isinstance(attrs, dict) else {}),
             is_orphan=s.is_orphan,
         ))
     owners = {p.name: sorted("" if o is None else o for o in os_) for p, os_ in sp.file_sessions.items()}

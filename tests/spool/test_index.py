@@ -130,7 +130,7 @@ def _random_session(factory: SpoolFactory, rnd: random.Random, t: int) -> dict:
 def test_random_appends_deletions_and_truncation(factory: SpoolFactory):
     rnd = random.Random(1234)
     t = BASE_NS
-    for step in range(40):
+    for _step in range(40):
         op = rnd.random()
         files = sorted(factory.spool_dir.glob("*.json"))
         if op < 0.45 or not files:
