@@ -456,7 +456,56 @@ def _sk_subclass(c: Any, cls: type) -> type:
                     desc.owner = sub
                     type.__setattr__(sub, m, desc)
             _SK_CLASSES[key] = sub
+            _trace_in_workers(sub)
     return sub
+
+
+#: The modules whose picklers carry objects to worker processes (and only there).
+_WORKER_PICKLERS = ("multiprocessing.reduction", "joblib.externals.loky.backend.reduction", "loky.backend.reduction")
+
+
+def _trace_in_workers(sub: type) -> None:
+    """A traced estimator sent to a worker process (a GridSearchCV fit under joblib, a Pool task)
+    is traced there too. Only the picklers of multiprocessing and loky learn this: a model saved
+    with ``pickle``/``joblib.dump`` still pickles as its original class."""
+    for name in _WORKER_PICKLERS:
+        module = sys.modules.get(name)
+        if module is None and name == "multiprocessing.reduction":
+            import multiprocessing.reduction as module
+        if module is None:
+            continue
+        try:
+            if hasattr(module, "ForkingPickler"):
+                module.ForkingPickler.register(sub, _sk_reduce_for_worker)
+            else:
+                module.register(sub, _sk_reduce_for_worker)
+        except Exception:  # noqa: BLE001 - the estimator is still traced here
+            pass
+
+
+def _sk_reduce_for_worker(obj: Any) -> Any:
+    sub = type(obj)
+    base = sub._cirron_base
+    state = obj.__getstate__() if hasattr(obj, "__getstate__") else obj.__dict__
+    import cirron
+
+    if sub._cirron_instance is not cirron.default():
+        return (copyreg._reconstructor, (base, object, None), state)
+    return (_sk_rebuild_in_worker, (base, state))
+
+
+def _sk_rebuild_in_worker(base: type, state: Any) -> Any:
+    """In the worker: the estimator as it was, traced by this process's default instance (which
+    records into the parent's session, see :mod:`cirron._workers`)."""
+    import cirron
+
+    obj = copyreg._reconstructor(base, object, None)
+    if hasattr(obj, "__setstate__"):
+        obj.__setstate__(state)
+    else:
+        obj.__dict__.update(state)
+    _instrument_sklearn(cirron.default(), obj)
+    return obj
 
 
 def _instrument_sklearn(c: Any, est: Any, _depth: int = 0) -> None:

@@ -48,6 +48,15 @@ def signal_after(proc: subprocess.Popen, lines: int, sig: int, timeout: float = 
     return seen + out.split(), err
 
 
+def stopped_cleanly(code: str, cwd: Path, sig: int, last_line: str) -> tuple[list[str], dict]:
+    """Run ``code``, signal it after 5 lines; it must end with status 0 and ``last_line``."""
+    proc = start(code, cwd)
+    out, err = signal_after(proc, 5, sig)
+    assert proc.returncode == 0, err
+    assert out[-1] == last_line
+    return out, read_spool(cwd / ".cirron" / "spool")
+
+
 @pytest.mark.slow
 def test_sigterm_at_random_moments_keeps_every_closed_span_and_the_exit_status(tmp_path: Path) -> None:
     rng = random.Random(16)
@@ -96,11 +105,7 @@ def test_host_handler_installed_before_runs_and_session_goes_on(tmp_path: Path) 
             pass
         print("clean-exit", flush=True)
     """
-    proc = start(code, tmp_path)
-    out, err = signal_after(proc, 5, signal.SIGTERM)
-    assert proc.returncode == 0, err
-    assert out[-1] == "clean-exit"
-    data = read_spool(tmp_path / ".cirron" / "spool")
+    out, data = stopped_cleanly(code, tmp_path, signal.SIGTERM, "clean-exit")
     assert by_name(data["spans"], "after_signal")
     assert len(by_name(data["spans"], "step")) == len(out) - 1
 
@@ -119,11 +124,7 @@ def test_sigint_raises_keyboardinterrupt_as_without_cirron_and_spans_record_it(t
         except KeyboardInterrupt:
             print("caught", flush=True)
     """
-    proc = start(code, tmp_path)
-    out, err = signal_after(proc, 5, signal.SIGINT)
-    assert proc.returncode == 0, err
-    assert out[-1] == "caught"
-    data = read_spool(tmp_path / ".cirron" / "spool")
+    out, data = stopped_cleanly(code, tmp_path, signal.SIGINT, "caught")
     steps = by_name(data["spans"], "step")
     assert all(s["end_ns"] is not None for s in steps)
     assert len(steps) >= len(out) - 1

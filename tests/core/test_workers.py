@@ -1,0 +1,243 @@
+"""Issue 16: worker processes and ranks keep their records in the session that started them.
+
+Every scenario runs a real program in a subprocess (bounded in time) and reads the spool back
+twice: the batch files, and ``cirron traces list --json`` (what a user sees)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from cirron_cli.app import app
+from core.helpers import batch_files, by_name, read_spool
+
+WORK = """
+import os, sys, cirron as ci
+
+def work(n):
+    with ci.scope("work", n=n):
+        ci.mark("n", n)
+    return n
+"""
+
+
+def run_program(code: str, cwd: Path, timeout: float = 120, env: dict | None = None) -> subprocess.CompletedProcess:
+    (cwd / "prog.py").write_text(textwrap.dedent(code))
+    result = subprocess.run([sys.executable, "prog.py"], cwd=cwd, capture_output=True, text=True, timeout=timeout,
+                            env=dict(os.environ, **(env or {})))
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr and "not kept" not in result.stderr, result.stderr
+    return result
+
+
+def listed(cwd: Path) -> list[dict]:
+    """``cirron traces list --json`` on ``cwd``'s spool: the sessions a user sees."""
+    r = CliRunner().invoke(app, ["traces", "list", "--json", "--spool", str(cwd / ".cirron" / "spool")])
+    assert r.exit_code == 0, r.output
+    return json.loads(r.stdout)["sessions"]
+
+
+def check_workers(cwd: Path, made: int, under: str = "submit") -> dict:
+    """Every ``work`` span is on disk, inside a worker's process root below ``under``, in one session."""
+    data = read_spool(cwd / ".cirron" / "spool")
+    spans = data["spans"]
+    work = by_name(spans, "work")
+    assert sorted(s["attrs"]["n"] for s in work) == list(range(made))
+    (parent,) = by_name(spans, under)
+    roots = {s["id"]: s for s in by_name(spans, "cirron.process")}
+    assert roots and all(r["parent_id"] == parent["id"] and r["end_ns"] is not None for r in roots.values())
+    assert all(s["parent_id"] in roots and s["pid"] == roots[s["parent_id"]]["pid"] != parent["pid"] for s in work)
+    (session,) = listed(cwd)
+    # one session holds every span on disk: the work, the worker roots, the parent's own
+    assert session["spans"] == len(spans) >= made + len(roots) + 2
+    assert session["marks"] == made and not session["crashed"] and not session["live"]
+    return data
+
+
+POOLS = {
+    # Pool.__exit__ calls terminate(): the workers are stopped by SIGTERM, not by a clean exit.
+    "Pool": "mp.get_context(method).Pool(2)",
+    "ProcessPoolExecutor": "ProcessPoolExecutor(2, mp_context=mp.get_context(method))",
+}
+
+
+@pytest.mark.parametrize(("pool", "method"), [("Pool", "fork"), ("Pool", "forkserver"), ("Pool", "spawn"),
+                                              ("ProcessPoolExecutor", "fork"), ("ProcessPoolExecutor", "spawn")])
+def test_pools_with_each_start_method(tmp_path: Path, pool: str, method: str) -> None:
+    run_program(WORK + f"""
+if __name__ == "__main__":
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+    method = "{method}"
+    ci.profile(flush_interval=60)
+    with ci.scope("submit"):
+        with {POOLS[pool]} as workers:
+            assert sum(workers.map(work, range(100))) == 4950
+""", tmp_path)
+    check_workers(tmp_path, 100)
+
+
+@pytest.mark.parametrize("method", ["forkserver", "spawn"])
+def test_process_started_inside_a_span_is_below_it(tmp_path: Path, method: str) -> None:
+    run_program(WORK + f"""
+if __name__ == "__main__":
+    import multiprocessing as mp
+    ci.profile(flush_interval=60)
+    with ci.scope("other"):
+        pass
+    with ci.scope("submit"):
+        procs = [mp.get_context("{method}").Process(target=work, args=(i,)) for i in range(3)]
+        for p in procs: p.start()
+        for p in procs: p.join(60)
+        assert [p.exitcode for p in procs] == [0, 0, 0]
+""", tmp_path)
+    data = check_workers(tmp_path, 3)
+    assert len(by_name(data["spans"], "cirron.process")) == 3
+
+
+def test_spawned_python_learns_the_session_from_the_environment(tmp_path: Path) -> None:
+    # Any Python process started while the session runs (here through subprocess) joins it
+    # through CIRRON_PARENT_SESSION, below the session root (only multiprocessing starts name
+    # the span open at the start); after shutdown() the variable is gone.
+    run_program("""
+import os, subprocess, sys, cirron as ci
+ci.profile(flush_interval=60)
+assert "CIRRON_PARENT_SESSION" in os.environ
+child = "import cirron as ci\\nwith ci.scope('work', n=0):\\n    ci.mark('n', 0)\\n"
+with ci.scope("submit"):
+    subprocess.run([sys.executable, "-c", child], check=True, timeout=60)
+ci.shutdown()
+assert "CIRRON_PARENT_SESSION" not in os.environ
+""", tmp_path)
+    check_workers(tmp_path, 1, under="cirron.session")
+
+
+def test_workers_of_a_process_that_never_profiled_write_nothing(tmp_path: Path) -> None:
+    run_program(WORK + """
+if __name__ == "__main__":
+    import multiprocessing as mp
+    for method in ("fork", "spawn"):
+        with mp.get_context(method).Pool(2) as pool:
+            pool.map(work, range(10))
+""", tmp_path)
+    assert not (tmp_path / ".cirron").exists()
+
+
+def test_worker_killed_mid_task_by_sigterm_keeps_what_it_closed(tmp_path: Path) -> None:
+    # terminate() while the workers are still busy: every span a worker closed before the
+    # signal is on disk, and the one it was in is closed as interrupted.
+    run_program(WORK + """
+import time
+
+def slow(n):
+    with ci.scope("work", n=n):
+        ci.mark("n", n)
+    if n >= 20:
+        with ci.scope("stuck"):
+            open(f"stuck-{n}", "w").close()
+            time.sleep(120)
+    return n
+
+if __name__ == "__main__":
+    import multiprocessing as mp
+    ci.profile(flush_interval=60)
+    with ci.scope("submit"):
+        pool = mp.get_context("spawn").Pool(2)
+        results = [pool.apply_async(slow, (i,)) for i in range(22)]
+        for r in results[:20]:
+            r.get(60)
+        deadline = time.monotonic() + 60
+        while not (os.path.exists("stuck-20") and os.path.exists("stuck-21")):
+            assert time.monotonic() < deadline, "the workers never got stuck"
+            time.sleep(0.02)
+        pool.terminate()
+        pool.join()
+""", tmp_path)
+    data = read_spool(tmp_path / ".cirron" / "spool")
+    work = by_name(data["spans"], "work")
+    assert list(range(20)) == sorted(s["attrs"]["n"] for s in work)[:20]
+    stuck = by_name(data["spans"], "stuck")
+    assert len(stuck) == 2 and all(s["end_ns"] is not None and s["attrs"].get("interrupted") == "SIGTERM" for s in stuck)
+
+
+@pytest.mark.slow
+def test_gridsearchcv_n_jobs_2_records_every_fit(tmp_path: Path) -> None:
+    pytest.importorskip("sklearn")
+    run_program("""
+import cirron as ci, numpy as np
+from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import GridSearchCV
+if __name__ == "__main__":
+    ci.profile(flush_interval=60)
+    X = np.random.RandomState(0).rand(60, 3); y = np.array([0, 1] * 30)
+    grid = {"C": [0.1 * (i + 1) for i in range(20)]}
+    with ci.scope("submit"):
+        ci.wrap(GridSearchCV(LogisticRegression(max_iter=50), grid, cv=3, n_jobs=2)).fit(X, y)
+""", tmp_path, timeout=300)
+    data = read_spool(tmp_path / ".cirron" / "spool")
+    spans = data["spans"]
+    roots = {s["id"] for s in by_name(spans, "cirron.process")}
+    in_workers = [s for s in spans.values() if s["parent_id"] in roots]
+    assert sum(s["name"] == "fit" for s in in_workers) == 60  # 20 candidates x 3 folds
+    assert sum(s["name"] == "score" for s in in_workers) == 60
+    (session,) = listed(tmp_path)
+    # + the search's own fit and its refit in the parent, the roots, submit, the session root
+    assert session["spans"] == 120 + 2 + len(roots) + 2
+
+
+def test_dataloader_num_workers_2(tmp_path: Path) -> None:
+    pytest.importorskip("torch")
+    run_program("""
+import cirron as ci, torch
+from torch.utils.data import DataLoader, Dataset
+
+class Items(Dataset):
+    def __len__(self):
+        return 64
+    def __getitem__(self, i):
+        with ci.scope("work", n=i):
+            ci.mark("n", i)
+        return torch.tensor([float(i)])
+
+if __name__ == "__main__":
+    ci.profile(flush_interval=60)
+    with ci.scope("submit"):
+        seen = sum(len(b) for b in DataLoader(Items(), batch_size=4, num_workers=2))
+    assert seen == 64
+""", tmp_path, timeout=180)
+    check_workers(tmp_path, 64)
+
+
+def test_four_ranks_share_one_spool(tmp_path: Path) -> None:
+    code = textwrap.dedent("""
+        import cirron as ci
+        ci.profile(flush_interval=0.02)
+        for i in range(200):
+            with ci.scope("step", i=i):
+                ci.mark("loss", i)
+    """)
+    procs = [subprocess.Popen([sys.executable, "-c", code], cwd=tmp_path, stderr=subprocess.PIPE, text=True,
+                              env=dict(os.environ, RANK=str(r), WORLD_SIZE="4", LOCAL_RANK=str(r % 2),
+                                       TORCHELASTIC_RUN_ID="run-16"))
+             for r in range(4)]
+    for p in procs:
+        _, err = p.communicate(timeout=120)
+        assert p.returncode == 0, err
+    data = read_spool(tmp_path / ".cirron" / "spool")
+    roots = by_name(data["spans"], "cirron.session")
+    assert sorted(r["attrs"]["rank"] for r in roots) == [0, 1, 2, 3]
+    assert {r["attrs"]["world_size"] for r in roots} == {4}
+    assert sorted(r["attrs"]["local_rank"] for r in roots) == [0, 0, 1, 1]
+    assert {r["attrs"]["run_id"] for r in roots} == {"run-16"}
+    assert len(by_name(data["spans"], "step")) == 800 and len(data["marks"]) == 800
+    names = [p.name for p in batch_files(tmp_path / ".cirron" / "spool")]
+    assert len(names) == len(set(names))
+    sessions = listed(tmp_path)
+    assert sorted(s["spans"] for s in sessions) == [201] * 4 and sum(s["marks"] for s in sessions) == 800
