@@ -383,7 +383,7 @@ def test_down_receiver_is_shown_at_once_and_flush_answers_at_once(otlp_env: Rece
                 pass
             t0 = time.monotonic()
             assert c.flush(timeout=5.0) is False
-            assert time.monotonic() - t0 < 1.0
+            assert time.monotonic() - t0 < 2.5  # at once: not the 5 s timeout (margin for a loaded machine)
         h = c.health()
         otlp = h["sinks"]["otlp"]
         assert otlp["receiver_down"] is True and otlp["errors"] >= 1 and otlp["last_error"]
@@ -403,7 +403,7 @@ def test_outage_is_retried_in_the_background_without_new_records(otlp_env: Recei
             pass
         t0 = time.monotonic()
         assert c.flush() is False  # the first attempt failed: answered at once, receiver down
-        assert time.monotonic() - t0 < 1.0
+        assert time.monotonic() - t0 < 2.5
         assert c.health()["sinks"]["otlp"]["receiver_down"] is True
         wait_for(lambda: "work" in rcv.span_names(), what="delivery by the background retries")
         wait_for(lambda: not c.health()["sinks"]["otlp"]["receiver_down"], what="receiver shown up again")
