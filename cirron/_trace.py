@@ -8,24 +8,12 @@ import sys
 from typing import Any
 
 from cirron._errors import CirronConfigError, CirronDependencyError
-from cirron._format import format_value
+from cirron._format import span_label, trace_line
 from cirron._ids import hex_id
 from cirron._schema import SESSION_SPAN_NAME, strict_json
 from cirron.spool.reconstruct import children_index
 
 FORMATS = ("tree", "dict", "json", "df")
-
-
-def _short_duration(ns: int | None) -> str:
-    if ns is None:
-        return "(open)"
-    if ns < 1_000:
-        return f"{ns}ns"
-    if ns < 1_000_000:
-        return f"{ns // 1_000}us"
-    if ns < 1_000_000_000:
-        return f"{ns / 1_000_000:.1f}ms"
-    return f"{ns / 1_000_000_000:.2f}s"
 
 
 def build_nodes(spans: list[tuple], marks: dict[int, list], name: str | None, last: int | None) -> dict[str, Any]:
@@ -98,17 +86,9 @@ def render_tree(data: dict[str, Any]) -> str:
     stack = [(n, 0) for n in reversed(data["roots"])]
     while stack:
         n, depth = stack.pop()
-        label = n["name"] if n["index"] is None else f"{n['name']}[{n['index']}]"
         wall = None if n["wall_us"] is None else int(n["wall_us"] * 1_000)
-        parts = [f"{'  ' * depth}{label} - {_short_duration(wall)}"]
-        if n["attrs"]:
-            parts.append(" ".join(f"{k}={format_value(v)}" for k, v in n["attrs"].items()))
-        if n["marks"]:
-            latest: dict[str, Any] = {}
-            for m in n["marks"]:
-                latest[m["name"]] = m["value"]
-            parts.append("{" + ", ".join(f"{k}={format_value(v)}" for k, v in latest.items()) + "}")
-        lines.append(" ".join(parts))
+        latest = {m["name"]: m["value"] for m in n["marks"]}
+        lines.append(trace_line(depth, span_label(n["name"], n["index"]), wall, n["attrs"], latest))
         for child in reversed(n["children"]):
             stack.append((child, depth + 1))
     if not lines:

@@ -29,6 +29,7 @@ import os
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
+from cirron._schema import decode_mark_value, encode_float
 from cirron._version import __version__
 from cirron.spool.reconstruct import is_session_root, mark_span_id
 
@@ -96,9 +97,7 @@ _blake2b = hashlib.blake2b
 
 
 def _double(x: float) -> dict:
-    if math.isfinite(x):
-        return {"doubleValue": x}
-    return {"doubleValue": "NaN" if x != x else ("Infinity" if x > 0 else "-Infinity")}
+    return {"doubleValue": encode_float(x)}
 
 
 def any_value(value: Any, _depth: int = 0) -> dict:
@@ -139,9 +138,6 @@ def encode_attributes(attrs: Mapping[str, Any] | None) -> list[dict]:
     return [{"key": k if type(k) is str else str(k), "value": any_value(v)} for k, v in attrs.items() if v is not None]
 
 
-_NONFINITE = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
-
-
 def _getter(rec: Any) -> Any:
     """``rec.get`` for dicts; C-level attribute access for :mod:`cirron.spool` record structs."""
     return rec.get if type(rec) is dict else rec.__getattribute__
@@ -151,8 +147,7 @@ def _event(mark: Any) -> dict:
     g = _getter(mark)
     ts = g("ts_ns")
     v = g("value")
-    if type(v) is str and g("value_type") == "float":
-        v = _NONFINITE.get(v, v)
+    v = decode_mark_value(v, g("value_type"))
     kind = g("kind")
     attrs = [{"key": "value", "value": any_value(v)},
              {"key": "kind", "value": {"stringValue": kind if type(kind) is str else "point"}}]

@@ -6,7 +6,7 @@ import logging
 import sys
 
 from cirron._flush.batch import Batch
-from cirron._format import format_attrs, format_duration_ns, format_value
+from cirron._format import format_duration_ns, format_view_value, label_of, view_mark_line, view_span_line
 from cirron._schema import decode_mark_value
 from cirron.sinks import Sink
 
@@ -49,15 +49,13 @@ class ConsoleSink(Sink):
         for span in batch.spans:
             if span["end_ns"] is None:
                 continue
-            label = span["name"] if span["index"] is None else f"{span['name']}[{span['index']}]"
-            attrs = format_attrs(span["attrs"])
+            attrs = " ".join(f"{k}={format_view_value(v)}" for k, v in (span["attrs"] or {}).items())
             dur = format_duration_ns(span["end_ns"] - span["start_ns"])
-            self._emit(f"{'  ' * depth.get(span['id'], 0)}{label} — {dur}{' ' + attrs if attrs else ''}")
+            self._emit(view_span_line(depth.get(span["id"], 0), label_of(span), dur, attrs))
         for mark in batch.marks:
             d = self.depth_of(mark["span_id"]) + 1 if mark["span_id"] in self._parent else 0
-            value = format_value(decode_mark_value(mark["value"], mark["value_type"]))
-            suffix = " (summary)" if mark["kind"] == "summary" else ""
-            self._emit(f"{'  ' * d}ci.mark {mark['name']}={value}{suffix}")
+            value = format_view_value(decode_mark_value(mark["value"], mark["value_type"]))
+            self._emit(view_mark_line(d, mark["name"], value, mark["kind"] == "summary"))
         if self.name == "stdout":
             sys.stdout.flush()
         self.count_written(batch)

@@ -35,6 +35,7 @@ from cirron._schema import (
     SNAPSHOT_INT_FIELDS,
     SPAN_INT_FIELDS,
     decode_mark_value,
+    encode_float,
 )
 
 __all__ = [
@@ -576,8 +577,8 @@ def _limit_depth(value: Any, limit: int = MAX_NESTING) -> Any:
                 else:
                     nv = {} if isinstance(v, dict) else []
                     stack.append((v, nv, depth + 1))
-            elif isinstance(v, float) and not math.isfinite(v):
-                nv = "NaN" if v != v else ("Infinity" if v > 0 else "-Infinity")
+            elif isinstance(v, float):
+                nv = encode_float(v)
             else:
                 nv = v
             if isinstance(dst, dict):

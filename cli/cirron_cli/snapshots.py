@@ -17,6 +17,8 @@ from typing import Any
 import typer
 
 from cirron import safetensors_io as st
+from cirron._format import label_of
+from cirron._schema import decode_float, encode_float
 from cirron.spool import paths as spool_paths
 from cirron_cli import render
 from cirron_cli.render import fail, format_bytes, use_color, warn
@@ -60,14 +62,6 @@ def _short_span(id_: str, n: int) -> str:
     return id_ if len(id_) <= n else id_[:n] + "…"
 
 
-def _span_label(span: dict | None) -> str:
-    if span is None:
-        return "(unknown)"
-    name = str(span.get("name", "?"))
-    idx = span.get("index")
-    return f"{name}[{idx}]" if type(idx) is int else name
-
-
 def _shape(shape: Any) -> str:
     if isinstance(shape, (list, tuple)):
         return "[" + ",".join(str(d) for d in shape) + "]"
@@ -86,7 +80,8 @@ def _num(v: Any) -> float | None:
     if isinstance(v, (int, float)):
         return float(v)
     if isinstance(v, str):
-        return {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}.get(v)
+        x = decode_float(v)
+        return x if isinstance(x, float) else None
     return None
 
 
@@ -96,7 +91,7 @@ def fmt_stat(v: Any) -> str:
     if x is None:
         return "-"
     if not math.isfinite(x):
-        return "NaN" if x != x else ("Infinity" if x > 0 else "-Infinity")
+        return str(encode_float(x))
     if x == 0:
         return "0.000000"
     if abs(x) < 1e-3 or abs(x) >= 1e9:
@@ -112,7 +107,7 @@ def fmt_value(v: Any) -> str:
         return str(v)
     x = float(v)
     if not math.isfinite(x):
-        return "NaN" if x != x else ("Infinity" if x > 0 else "-Infinity")
+        return str(encode_float(x))
     if x != 0 and abs(x) < 1e-3:
         return _compact_exp(f"{x:.3e}")
     s = f"{x:.4g}"
@@ -201,7 +196,7 @@ def snapshots_cmd(
             if g is None:
                 sp = data.spans.get(sid)
                 g = groups[sid] = {
-                    "session_id": sess.id, "span_id": sid, "name": _span_label(sp),
+                    "session_id": sess.id, "span_id": sid, "name": label_of(sp) if sp else "(unknown)",
                     "start_ns": sp.get("start_ns") if sp else None,
                     "tensors": 0, "modes": [], "with_blob": 0,
                 }
@@ -470,7 +465,7 @@ def snapshot_cmd(
 
     if as_json:
         doc: dict[str, Any] = {
-            "span_id": full_id, "name": _span_label(span_rec) if span_rec else None, "session_id": session_id,
+            "span_id": full_id, "name": label_of(span_rec) if span_rec else None, "session_id": session_id,
             "records": [_clean_record(r) for r in records], "files": [_file_json(h) for h in headers],
         }
         if tensor is not None:
@@ -490,7 +485,7 @@ def snapshot_cmd(
 
     bold = (lambda s: f"\x1b[1m{s}\x1b[0m") if color else (lambda s: s)
     typer.echo(f"{bold('Span')}     {full_id}")
-    typer.echo(f"{bold('Name')}     {_span_label(span_rec)}")
+    typer.echo(f"{bold('Name')}     {label_of(span_rec) if span_rec else '(unknown)'}")
     typer.echo(f"{bold('Session')}  {session_id or '-'}")
     typer.echo(f"{bold('Records')}  {len(records)} snapshot record{'' if len(records) == 1 else 's'}")
     typer.echo("")

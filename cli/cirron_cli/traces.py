@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import enum
-import math
 import os
 import re
 import secrets
@@ -27,9 +26,11 @@ from typing import Any, Optional
 import orjson
 import typer
 
+from cirron._format import format_view_value, label_of, view_mark_line, view_span_line
+from cirron._schema import encode_float
 from cirron.spool import paths
 from cirron.spool.catalog import Catalog, SessionInfo, open_catalog
-from cirron.spool.reader import _limit_depth, safe_dumps
+from cirron.spool.reader import _limit_depth
 from cirron.spool.sessions import Session, Spool, load_spool
 from cirron_cli import render
 from cirron_cli.render import fail, format_bytes, format_duration_ns, style, use_color, warn
@@ -146,40 +147,12 @@ def _ns_str(v: Any) -> str | None:
 
 # ============================================================================ view
 
-_BARE_RE = re.compile(r'^[^\s"=\x00-\x1f]{1,80}$')
-
-
-def fmt_value(v: Any) -> str:
-    """A value as the tree view shows it inline (``key=value``)."""
-    t = type(v)
-    if t is bool:
-        return "true" if v else "false"
-    if t is int:
-        return str(v)
-    if t is float:
-        if math.isnan(v):
-            return "NaN"
-        if math.isinf(v):
-            return "Infinity" if v > 0 else "-Infinity"
-        return f"{v:.6g}"
-    if t is str:
-        s = v if _BARE_RE.match(v) else safe_dumps(v).decode()
-    elif v is None:
-        s = "null"
-    else:
-        s = safe_dumps(v).decode()
-    return s if len(s) <= 80 else s[:79] + "…"
+#: Styles of the parts of a view line (cirron._format.view_span_line / view_mark_line).
+_VIEW_STYLES = {"label": "bold", "attrs": "dim", "mark": "cyan"}
 
 
 def _mark_value(m: dict) -> Any:
     return m.get("value")
-
-
-def _label(span: dict) -> str:
-    name = span.get("name")
-    name = name if isinstance(name, str) else str(name)
-    idx = span.get("index")
-    return f"{name}[{idx}]" if type(idx) is int else name
 
 
 def _wall(span: dict) -> int | None:
@@ -196,9 +169,9 @@ def _attr_text(span: dict, is_root: bool) -> str:
             if v is None:
                 v = attrs.get(k)
             if v is not None:
-                parts.append(f"{k}={fmt_value(v)}")
+                parts.append(f"{k}={format_view_value(v)}")
         return " ".join(parts)
-    return " ".join(f"{k}={fmt_value(v)}" for k, v in attrs.items())
+    return " ".join(f"{k}={format_view_value(v)}" for k, v in attrs.items())
 
 
 class _SessionView:
@@ -285,6 +258,10 @@ class _SessionView:
         return "(live)" if self.session.live else "(crashed)"
 
     def lines(self, color: bool) -> Iterator[str]:
+        def paint(text: str, role: str) -> str:  # the duration comes styled by its state
+            styles = _VIEW_STYLES.get(role)
+            return style(text, styles, color=color) if styles else text
+
         for node in self.nodes:
             indent = "  " * node["depth"]
             t = node["type"]
@@ -297,17 +274,11 @@ class _SessionView:
                     dur = style(self.open_text(), "green" if self.session.live else "red", color=color)
                 else:
                     dur = style(format_duration_ns(w), "yellow", color=color)
-                attrs = _attr_text(span, node["root"])
-                line = f"{indent}{style(_label(span), 'bold', color=color)} — {dur}"
-                if attrs:
-                    line += " " + style(attrs, "dim", color=color)
-                yield line
+                yield view_span_line(node["depth"], label_of(span), dur, _attr_text(span, node["root"]), paint)
             elif t == "mark":
                 m = node["mark"]
-                text = f"ci.mark {m.get('name')}={fmt_value(_mark_value(m))}"
-                if m.get("kind") == "summary":
-                    text += " (summary)"
-                yield indent + style(text, "cyan", color=color)
+                yield view_mark_line(node["depth"], m.get("name"), format_view_value(_mark_value(m)),
+                                     m.get("kind") == "summary", paint)
             else:
                 yield indent + style(
                     f"… {format_duration_ns(node['duration_ns'])} ({render.plural(node['spans'], 'span')}, collapsed)",
@@ -341,8 +312,8 @@ class _SessionView:
 
 
 def _json_scalar(v: Any) -> Any:
-    if type(v) is float and not math.isfinite(v):
-        return "NaN" if v != v else ("Infinity" if v > 0 else "-Infinity")
+    if type(v) is float:
+        return encode_float(v)
     if isinstance(v, (dict, list)):
         return _limit_depth(v, 32)
     return v
@@ -991,4 +962,4 @@ def _run_clear(live: list[Session], eligible: list[Session], groups: list[_Group
     typer.echo(f"Deleted {render.plural(len(eligible), 'session')} ({summary}).")
 
 
-__all__ = ["fmt_value", "parse_duration_ns", "parse_iso_date", "traces_app"]
+__all__ = ["parse_duration_ns", "parse_iso_date", "traces_app"]
