@@ -27,7 +27,7 @@ from pathlib import Path
 import orjson
 
 ROOT = Path(__file__).resolve().parents[1]
-CIRRON = ROOT / ".venv" / "bin" / "cirron"
+CIRRON = [sys.executable, "-m", "cirron_cli.app"]
 BASE_NS = 1_776_486_598_051_509_000
 
 
@@ -150,15 +150,15 @@ def main() -> None:
               flush=True)
     out = work / "out"
     out.mkdir(exist_ok=True)
-    c = str(CIRRON)
+    c = CIRRON
     runs = [
-        ("traces list", [c, "traces", "list"]),
-        ("traces view --depth 2", [c, "traces", "view", "--depth", "2"]),
-        ("export parquet", [c, "traces", "export", "--format", "parquet", "--output", str(out / "pq")]),
-        ("export csv", [c, "traces", "export", "--format", "csv", "--output", str(out / "t.csv")]),
-        ("export json", [c, "traces", "export", "--format", "json", "--output", str(out / "t.json")]),
-        ("export otel", [c, "traces", "export", "--format", "otel", "--output", str(out / "t.otlp.json")]),
-        ("export perfetto", [c, "traces", "export", "--format", "perfetto", "--output", str(out / "t.pf.json")]),
+        ("traces list", [*c, "traces", "list"]),
+        ("traces view --depth 2", [*c, "traces", "view", "--depth", "2"]),
+        ("export parquet", [*c, "traces", "export", "--format", "parquet", "--output", str(out / "pq")]),
+        ("export csv", [*c, "traces", "export", "--format", "csv", "--output", str(out / "t.csv")]),
+        ("export json", [*c, "traces", "export", "--format", "json", "--output", str(out / "t.json")]),
+        ("export otel", [*c, "traces", "export", "--format", "otel", "--output", str(out / "t.otlp.json")]),
+        ("export perfetto", [*c, "traces", "export", "--format", "perfetto", "--output", str(out / "t.pf.json")]),
         ("duckdb read_json → parquet (peer)", [sys.executable, "-c", DUCKDB_SCRIPT, str(spool), str(out / "duck.parquet")]),
     ]
     results = {}

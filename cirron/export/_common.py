@@ -21,17 +21,28 @@ __all__ = ["atomic_dir", "atomic_file", "attrs_json", "attrs_text", "duration_ns
 
 @contextlib.contextmanager
 def atomic_dir(path: str | os.PathLike[str], names: tuple[str, ...]) -> Iterator[Path]:
-    """Yield a temporary directory beside ``path`` to write ``names`` into; on success each file is
-    moved into ``path`` (created if needed) with ``os.replace``; on failure nothing is left."""
+    """Yield a temporary directory beside ``path`` to write ``names`` into; on success each one is
+    moved into ``path`` (created if needed) with ``os.replace``; on failure nothing is left.
+
+    A name may be a file or a directory; a directory of that name already in ``path`` is moved
+    aside first and removed once the new one is in place (a file there is never replaced by a
+    directory: that fails with an ``OSError``)."""
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".cirron-export-", dir=path))
     try:
         yield tmp
         for n in names:
-            src = tmp / n
-            os.chmod(src, 0o644 & ~_umask())
-            os.replace(src, path / n)
+            src, dst = tmp / n, path / n
+            if src.is_dir():
+                if dst.is_symlink() or (dst.exists() and not dst.is_dir()):
+                    raise IsADirectoryError(21, "not a directory, refusing to replace it", str(dst))
+                if dst.exists():
+                    os.replace(dst, tmp / f".old-{n}")
+                os.replace(src, dst)
+            else:
+                os.chmod(src, 0o644 & ~_umask())
+                os.replace(src, dst)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

@@ -1,10 +1,11 @@
-"""Flat spans-only CSV, written one session at a time (memory holds one session)."""
+"""Flat spans-only CSV, written as the records come (memory holds one session or one chunk)."""
 
 from __future__ import annotations
 
 import csv
 import os
 from collections.abc import Iterable
+from typing import Any
 
 from cirron.export._common import atomic_file, attrs_text
 from cirron.spool.sessions import Session
@@ -21,14 +22,15 @@ def _cell(v: object) -> object:
     return "" if v is None else v
 
 
-def write_csv(sessions: Iterable[Session], path: str | os.PathLike[str]) -> int:
-    """Write the spans of ``sessions`` to ``path`` atomically, session by session; returns rows written."""
+def write_csv(items: Iterable[Any], path: str | os.PathLike[str]) -> int:
+    """Write the spans of ``items`` (sessions, or chunks of :mod:`cirron.spool.stream`) to ``path``
+    atomically, as they come; returns rows written."""
     rows = 0
     with atomic_file(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as fh:
         w = csv.writer(fh)
         w.writerow(CSV_COLUMNS)
-        for sess in sessions:
-            sid = sess.id
+        for sess in items:
+            sid = sess.id if isinstance(sess, Session) else sess.session.id
             out = []
             for s in sess.spans:
                 st, en = s.get("start_ns"), s.get("end_ns")

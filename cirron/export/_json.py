@@ -33,11 +33,12 @@ def _dumps(rec: dict) -> bytes:
         return orjson.dumps(rec, default=str)
 
 
-def write_json(sessions: Iterable[Session], path: str | os.PathLike[str]) -> int:
-    """Write the merged batch to ``path`` atomically, one session at a time; returns the number of spans.
+def write_json(items: Iterable[Any], path: str | os.PathLike[str]) -> int:
+    """Write the merged batch to ``path`` atomically as the records come; returns the number of spans.
 
-    Spans go straight to the file; marks and snapshots wait in two unlinked temporary files beside
-    it until every session is read, so memory holds one session whatever the total."""
+    ``items`` are sessions or chunks (:mod:`cirron.spool.stream`); spans are in start order within
+    each. Spans go straight to the file; marks and snapshots wait in two unlinked temporary files
+    beside it until everything is read, so memory holds one session or chunk whatever the total."""
     from cirron.export import _write_chunked
 
     head = orjson.dumps({"schema_version": SCHEMA_VERSION, "sdk_version": __version__})[:-1]
@@ -46,7 +47,7 @@ def write_json(sessions: Iterable[Session], path: str | os.PathLike[str]) -> int
     with atomic_file(path) as tmp, open(tmp, "wb") as fh, \
             tempfile.TemporaryFile(dir=parent) as marks_fh, tempfile.TemporaryFile(dir=parent) as snaps_fh:
         fh.write(head + b',"spans":[')
-        for s in sessions:
+        for s in items:
             spans = sorted(s.spans, key=lambda r: (r.get("start_ns") or 0))
             n += _write_chunked_after(fh, n, (_dumps(_clean(x, SPAN_FIELDS)) for x in spans), _write_chunked)
             m += _write_chunked_after(marks_fh, m, (_dumps(_mark(x)) for x in s.marks), _write_chunked)

@@ -1,27 +1,57 @@
-"""Three Parquet files (spans, marks, snapshots) with INT64 ``*_ns`` columns; pyarrow imported lazily."""
+"""Spans, marks and snapshots as Parquet, one file each or hive-partitioned; pyarrow imported lazily.
+
+Columns: the reference's (``*_ns`` as INT64, ``attrs_json`` as text) first, then the analyst
+columns of :data:`PARQUET_SCHEMA_VERSION` 2: ``start``/``end`` (spans) and ``ts`` (marks,
+snapshots) as UTC timestamps, ``status``/``error`` on spans, the enclosing ``epoch``/``batch``
+index on spans and marks, and the session's ``run_id`` (and ``rank`` on marks and snapshots).
+Every file carries ``cirron.parquet_schema_version`` and ``cirron.spool_schema_version`` in its
+key-value metadata.
+
+Records arrive as chunks (:mod:`cirron.spool.stream`) and are written as they come, so memory
+holds one chunk. With ``partition_by`` (``session``, ``rank`` or ``run``) each table is a
+directory of ``<column>=<value>/part-<n>.parquet`` files (hive layout: the partition column lives
+in the path, not in the files; a missing value is ``__HIVE_DEFAULT_PARTITION__``), which DuckDB,
+Polars and Spark read as one table.
+"""
 
 from __future__ import annotations
 
 import os
 from collections.abc import Iterable
 from operator import attrgetter
+from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from cirron._errors import require
+from cirron._schema import SCHEMA_VERSION, decode_float
 from cirron.export._common import atomic_dir, attrs_text
 from cirron.spool.reader import safe_dumps
 from cirron.spool.sessions import Session
 
-__all__ = ["PARQUET_FILES", "write_parquet"]
+__all__ = ["PARQUET_FILES", "PARQUET_SCHEMA_VERSION", "PARTITION_COLUMNS", "write_parquet"]
 
 PARQUET_FILES = ("spans.parquet", "marks.parquet", "snapshots.parquet")
+#: 1: the reference's columns; 2: plus the analyst columns (see the module docstring).
+PARQUET_SCHEMA_VERSION = 2
+#: ``--partition-by`` value → the column that names each partition.
+PARTITION_COLUMNS = {"session": "session_id", "rank": "rank", "run": "run_id"}
+HIVE_NULL = "__HIVE_DEFAULT_PARTITION__"
 
 _SPAN_INTS = ("index", "start_ns", "end_ns", "cpu_ns", "gpu_ns", "memory_peak_bytes", "thread_id", "pid", "rank")
 
 SPAN_COLUMNS = (
     "session_id", "span_id", "parent_id", "name", "index", "start_ns", "end_ns", "duration_ns", "cpu_ns",
     "gpu_ns", "memory_peak_bytes", "thread_id", "pid", "rank", "attrs_json",
+    "start", "end", "status", "error", "epoch", "batch", "run_id",
 )
+MARK_COLUMNS = (
+    "session_id", "mark_id", "span_id", "name", "value", "value_text", "value_type", "kind", "ts_ns", "thread_id",
+    "attrs_json", "ts", "epoch", "batch", "rank", "run_id",
+)
+_STAT_KEYS = ("mean", "std", "min", "max", "norm")
+SNAPSHOT_COLUMNS = ("session_id", "snapshot_id", "span_id", "tensor", "role", "dtype", "shape", "mode", "ts_ns",
+                    *_STAT_KEYS, "numel", "nan_count", "inf_count", "stats_json", "blob_uri", "ts", "rank", "run_id")
 
 
 def _int(v: object) -> int | None:
@@ -46,105 +76,181 @@ def _float(v: object) -> float | None:
     return None
 
 
-def _span_table(pa: Any, pc: Any, sess: Session) -> Any:
-    i64, s = pa.int64(), pa.string()
-    spans = sess.spans
-    data: dict[str, Any] = {
-        "session_id": pa.array([sess.id] * len(spans), s),
-        "span_id": pa.array([x.id for x in spans], s),
-        "parent_id": pa.array([x.parent_id for x in spans], s),
-        "name": pa.array([_str(x.name) for x in spans], s),
-    }
-    for c in _SPAN_INTS:
-        data[c] = pa.array(list(map(attrgetter(c), spans)), i64)
-    data["duration_ns"] = pc.subtract(data["end_ns"], data["start_ns"])
-    data["attrs_json"] = pa.array([attrs_text(x.attrs) for x in spans], s)
-    return pa.table({c: data[c] for c in SPAN_COLUMNS})
+class _Tables:
+    """Arrow tables of one chunk, with the types fixed once."""
+
+    def __init__(self) -> None:
+        self.pa = require("pyarrow", "Parquet export")
+        self.pc = require("pyarrow.compute", "Parquet export")
+        pa = self.pa
+        self.i64, self.f64, self.s = pa.int64(), pa.float64(), pa.string()
+        self.ts = pa.timestamp("ns", tz="UTC")
+
+    def _stamp(self, ns_col: Any) -> Any:
+        return self.pc.cast(ns_col, self.ts)
+
+    def spans(self, chunk: Any) -> Any:
+        from cirron.spool.stream import span_status
+
+        pa, i64, s = self.pa, self.i64, self.s
+        spans = chunk.spans
+        n = len(spans)
+        info = chunk.session
+        attrs = [attrs_text(x.attrs) for x in spans]
+        status = [span_status(x.end_ns, a) for x, a in zip(spans, attrs)]
+        data: dict[str, Any] = {
+            "session_id": pa.array([info.id] * n, s),
+            "span_id": pa.array([x.id for x in spans], s),
+            "parent_id": pa.array([x.parent_id for x in spans], s),
+            "name": pa.array([_str(x.name) for x in spans], s),
+        }
+        for c in _SPAN_INTS:
+            data[c] = pa.array(list(map(attrgetter(c), spans)), i64)
+        data["duration_ns"] = self.pc.subtract(data["end_ns"], data["start_ns"])
+        data["attrs_json"] = pa.array(attrs, s)
+        data["start"] = self._stamp(data["start_ns"])
+        data["end"] = self._stamp(data["end_ns"])
+        data["status"] = pa.array([st for st, _e in status], s)
+        data["error"] = pa.array([e for _st, e in status], s)
+        data["epoch"] = pa.array(chunk.span_epoch, i64)
+        data["batch"] = pa.array(chunk.span_batch, i64)
+        data["run_id"] = pa.array([info.run_id] * n, s)
+        return pa.table({c: data[c] for c in SPAN_COLUMNS})
+
+    def marks(self, chunk: Any) -> Any:
+        pa, i64, f64, s = self.pa, self.i64, self.f64, self.s
+        marks = chunk.marks
+        n = len(marks)
+        info = chunk.session
+        values = [x.value for x in marks]
+        ts_ns = pa.array([x.ts_ns for x in marks], i64)
+        return pa.table({
+            "session_id": pa.array([info.id] * n, s),
+            "mark_id": pa.array([x.id for x in marks], s),
+            "span_id": pa.array([x.span_id for x in marks], s),
+            "name": pa.array([_str(x.name) for x in marks], s),
+            "value": pa.array([_float(v) for v in values], f64),
+            "value_text": pa.array([v if type(v) is str else None for v in values], s),
+            "value_type": pa.array([_str(x.value_type) for x in marks], s),
+            "kind": pa.array([_str(x.kind) for x in marks], s),
+            "ts_ns": ts_ns,
+            "thread_id": pa.array([x.thread_id for x in marks], i64),
+            "attrs_json": pa.array([attrs_text(x.attrs) for x in marks], s),
+            "ts": self._stamp(ts_ns),
+            "epoch": pa.array(chunk.mark_epoch, i64),
+            "batch": pa.array(chunk.mark_batch, i64),
+            "rank": pa.array([info.rank] * n, i64),
+            "run_id": pa.array([info.run_id] * n, s),
+        })
+
+    def snapshots(self, chunk: Any) -> Any:
+        pa, i64, f64, s = self.pa, self.i64, self.f64, self.s
+        info = chunk.session
+        n: dict[str, list] = {c: [] for c in SNAPSHOT_COLUMNS if c != "ts"}
+        for x in chunk.snapshots:
+            st = x.get("stats") if isinstance(x.get("stats"), dict) else {}
+            shape = x.get("shape")
+            n["session_id"].append(info.id)
+            n["snapshot_id"].append(x["id"])
+            n["span_id"].append(_str(x.get("span_id")))
+            for c in ("tensor", "role", "dtype", "mode", "blob_uri"):
+                n[c].append(_str(x.get(c)))
+            n["shape"].append([d for d in shape if type(d) is int] if isinstance(shape, list) else None)
+            n["ts_ns"].append(_int(x.get("ts_ns")))
+            for k in _STAT_KEYS:
+                n[k].append(_float(decode_float(st.get(k))))
+            for k in ("numel", "nan_count", "inf_count"):
+                n[k].append(_int(st.get(k)))
+            n["stats_json"].append(safe_dumps(st).decode())
+            n["rank"].append(info.rank)
+            n["run_id"].append(info.run_id)
+        ntypes = {"ts_ns": i64, "numel": i64, "nan_count": i64, "inf_count": i64, "shape": pa.list_(i64),
+                  "rank": i64, **dict.fromkeys(_STAT_KEYS, f64)}
+        cols = {c: pa.array(v, ntypes.get(c, s)) for c, v in n.items()}
+        cols["ts"] = self._stamp(cols["ts_ns"])
+        return pa.table({c: cols[c] for c in SNAPSHOT_COLUMNS})
 
 
-def _mark_table(pa: Any, sess: Session) -> Any:
-    i64, f64, s = pa.int64(), pa.float64(), pa.string()
-    marks = sess.marks
-    values = [x.value for x in marks]
-    return pa.table({
-        "session_id": pa.array([sess.id] * len(marks), s),
-        "mark_id": pa.array([x.id for x in marks], s),
-        "span_id": pa.array([x.span_id for x in marks], s),
-        "name": pa.array([_str(x.name) for x in marks], s),
-        "value": pa.array([_float(v) for v in values], f64),
-        "value_text": pa.array([v if type(v) is str else None for v in values], s),
-        "value_type": pa.array([_str(x.value_type) for x in marks], s),
-        "kind": pa.array([_str(x.kind) for x in marks], s),
-        "ts_ns": pa.array([x.ts_ns for x in marks], i64),
-        "thread_id": pa.array([x.thread_id for x in marks], i64),
-        "attrs_json": pa.array([attrs_text(x.attrs) for x in marks], s),
-    })
+def _metadata() -> dict[bytes, bytes]:
+    return {b"cirron.parquet_schema_version": str(PARQUET_SCHEMA_VERSION).encode(),
+            b"cirron.spool_schema_version": str(SCHEMA_VERSION).encode()}
 
 
-_STAT_KEYS = ("mean", "std", "min", "max", "norm")
-_SNAP_COLUMNS = ("session_id", "snapshot_id", "span_id", "tensor", "role", "dtype", "shape", "mode", "ts_ns",
-                 *_STAT_KEYS, "numel", "nan_count", "inf_count", "stats_json", "blob_uri")
+def _partition_dir(column: str, value: Any) -> str:
+    text = HIVE_NULL if value is None else str(value)
+    return f"{column}={quote(text, safe='')}"
 
 
-def _snapshot_table(pa: Any, sess: Session) -> Any:
-    i64, f64, s = pa.int64(), pa.float64(), pa.string()
-    n: dict[str, list] = {c: [] for c in _SNAP_COLUMNS}
-    for x in sess.snapshots:
-        st = x.get("stats") if isinstance(x.get("stats"), dict) else {}
-        shape = x.get("shape")
-        n["session_id"].append(sess.id)
-        n["snapshot_id"].append(x["id"])
-        n["span_id"].append(_str(x.get("span_id")))
-        for c in ("tensor", "role", "dtype", "mode", "blob_uri"):
-            n[c].append(_str(x.get(c)))
-        n["shape"].append([d for d in shape if type(d) is int] if isinstance(shape, list) else None)
-        n["ts_ns"].append(_int(x.get("ts_ns")))
-        for k in _STAT_KEYS:
-            n[k].append(_float(_decode(st.get(k))))
-        for k in ("numel", "nan_count", "inf_count"):
-            n[k].append(_int(st.get(k)))
-        n["stats_json"].append(safe_dumps(st).decode())
-    ntypes = {"ts_ns": i64, "numel": i64, "nan_count": i64, "inf_count": i64, "shape": pa.list_(i64),
-              **dict.fromkeys(_STAT_KEYS, f64)}
-    return pa.table({c: pa.array(v, ntypes.get(c, s)) for c, v in n.items()})
+def _as_chunks(items: Iterable[Any]) -> Iterable[Any]:
+    """Chunks as they are; a plain :class:`Session` becomes one chunk."""
+    from cirron.spool.stream import chunk_of_session
+
+    for item in items:
+        yield chunk_of_session(item) if isinstance(item, Session) else item
 
 
-def write_parquet(sessions: Iterable[Session], out_dir: str | os.PathLike[str]) -> int:
-    """Write spans/marks/snapshots Parquet files into ``out_dir``; returns the number of spans.
+def write_parquet(chunks: Iterable[Any], out_dir: str | os.PathLike[str], partition_by: str | None = None) -> int:
+    """Write spans/marks/snapshots into ``out_dir``; returns the number of spans.
 
-    Sessions are converted and written one at a time (a row group or more each), so memory holds
-    one session's records and Arrow columns whatever the total."""
-    pa = require("pyarrow", "Parquet export")
-    pc = require("pyarrow.compute", "Parquet export")
+    ``chunks`` are :class:`cirron.spool.stream.Chunk` objects (or sessions). Without
+    ``partition_by``: ``spans.parquet``, ``marks.parquet``, ``snapshots.parquet``. With it
+    (``session``, ``rank`` or ``run``): directories ``spans/``, ``marks/``, ``snapshots/`` in the
+    hive layout. The output replaces what was there only once everything is written."""
     pq = require("pyarrow.parquet", "Parquet export")
+    if partition_by is not None and partition_by not in PARTITION_COLUMNS:
+        raise ValueError(f"partition_by must be one of {', '.join(PARTITION_COLUMNS)}, not {partition_by!r}")
+    tables = _Tables()
+    column = PARTITION_COLUMNS.get(partition_by or "")
+    names = PARQUET_FILES if column is None else tuple(n.removesuffix(".parquet") for n in PARQUET_FILES)
+    builders = (tables.spans, tables.marks, tables.snapshots)
     n_spans = 0
-    with atomic_dir(out_dir, PARQUET_FILES) as tmp:
-        writers: dict[str, Any] = {}
+    with atomic_dir(out_dir, names) as tmp:
+        writers: dict[tuple[str, str], Any] = {}
         try:
-            for sess in sessions:
-                for name, table in (("spans.parquet", _span_table(pa, pc, sess)),
-                                    ("marks.parquet", _mark_table(pa, sess)),
-                                    ("snapshots.parquet", _snapshot_table(pa, sess))):
-                    w = writers.get(name)
+            for chunk in _as_chunks(chunks):
+                n_spans += len(chunk.spans)
+                for name, build in zip(names, builders):
+                    table = build(chunk)
+                    if column is None:
+                        key, path = (name, ""), tmp / name
+                    else:
+                        part = _partition_dir(column, table.column(column)[0].as_py() if table.num_rows else None)
+                        key = (name, part)
+                        path = tmp / name / part / "part-0.parquet"
+                        table = table.drop_columns([column])
+                    if not table.num_rows and column is not None:
+                        continue
+                    w = writers.get(key)
                     if w is None:
-                        w = writers[name] = pq.ParquetWriter(tmp / name, table.schema)
+                        path.parent.mkdir(parents=True, exist_ok=True)
+                        w = writers[key] = pq.ParquetWriter(path, table.schema.with_metadata(_metadata()))
                     if table.num_rows:
                         w.write_table(table)
-                n_spans += len(sess.spans)
-                del sess
-            if not writers:  # no session at all: empty files with the right columns
-                empty = Session(id="", root=None)
-                for name, table in (("spans.parquet", _span_table(pa, pc, empty)),
-                                    ("marks.parquet", _mark_table(pa, empty)),
-                                    ("snapshots.parquet", _snapshot_table(pa, empty))):
-                    pq.write_table(table, tmp / name)
+            # Tables nothing was written to still get their (empty) file or directory.
+            empty = _Empty()
+            for name, build in zip(names, builders):
+                if column is None and (name, "") not in writers:
+                    table = build(empty)
+                    pq.write_table(table.replace_schema_metadata(_metadata()), tmp / name)
+                elif column is not None:
+                    Path(tmp / name).mkdir(exist_ok=True)
         finally:
             for w in writers.values():
                 w.close()
     return n_spans
 
 
-def _decode(v: object) -> object:
-    from cirron._schema import decode_float
+class _Empty:
+    """A chunk with no records (gives each table its columns)."""
 
-    return decode_float(v)
+    def __init__(self) -> None:
+        from cirron.spool.catalog import SessionInfo
+
+        self.session = SessionInfo("", Path(), None, None, None, False, False, 0, 0, 0, ())
+        self.spans: list = []
+        self.marks: list = []
+        self.snapshots: list = []
+        self.span_epoch: list = []
+        self.span_batch: list = []
+        self.mark_epoch: list = []
+        self.mark_batch: list = []

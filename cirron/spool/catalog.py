@@ -56,6 +56,9 @@ class SessionInfo:
     #: The root span's attributes (``run_id``, ``rank``, ``world_size``, ``host``...).
     attrs: dict = field(default_factory=dict)
     is_orphan: bool = False
+    #: Its batch files hold its records and nothing else, so it can be read file by file
+    #: (:mod:`cirron.spool.stream`) instead of being rebuilt whole.
+    streamable: bool = False
 
     @property
     def status(self) -> str:

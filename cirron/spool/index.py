@@ -270,6 +270,7 @@ def summarize_spool(spool_dir: str | os.PathLike[str], on_warning: WarningCallba
     sessions = []
     file_sessions: dict[Path, set[str | None]] = {}
     for g in groups.values():
+        streamable = g.self_contained and len(g.sessions) == 1 and _WHOLE not in groups
         for name, owners in g.owners.items():
             bf = by_name.get(name)
             if bf is not None:
@@ -280,7 +281,7 @@ def summarize_spool(spool_dir: str | os.PathLike[str], on_warning: WarningCallba
                 id=e.id, spool=spool_dir, started_ns=e.started_ns, ended_ns=e.ended_ns, last_ns=e.last_ns,
                 live=live, crashed=e.open and not live, spans=e.spans, marks=e.marks, snapshots=e.snapshots,
                 files=tuple(by_name[n] for n in e.files if n in by_name), sdk_version=e.sdk_version,
-                resource=dict(e.resource), attrs=dict(e.attrs), is_orphan=e.is_orphan,
+                resource=dict(e.resource), attrs=dict(e.attrs), is_orphan=e.is_orphan, streamable=streamable,
             ))
     sessions.sort(key=lambda s: (s.started_ns if s.started_ns is not None else 0, s.id))
     if use_index and (read_any or old is None or set(old_files) != set(new_files)):

@@ -169,7 +169,7 @@ def _clean_records(raw: Any, int_fields: tuple[str, ...], rec_type: type) -> tup
         for k in ("parent_id", "span_id"):
             if k in rec and not _valid_id(rec[k]):
                 rec[k] = None
-        if rec_type is SpanExport or rec_type is MarkExport:
+        if rec_type is SpanExport or rec_type is MarkExport or rec_type is SpanSummary:
             a = rec.get("attrs")
             rec["attrs"] = msgspec.Raw(b"{}" if a is None else safe_dumps(a))
         try:
@@ -334,13 +334,16 @@ class SnapshotRecord(_Record):
 
 
 class SpanSummary(_Record):
-    """The span fields session reconstruction needs (``fields="summary"`` reads)."""
+    """The span fields session reconstruction needs (``fields="summary"`` reads); ``attrs`` only
+    on top-level spans."""
 
     id: _Id
     parent_id: Optional[str] = None
     name: Any = None
+    index: _Int = None
     start_ns: _Int = None
     end_ns: _Int = None
+    attrs: msgspec.Raw = msgspec.field(default_factory=lambda: msgspec.Raw(b"{}"))
     session: Optional[str] = msgspec.field(default=None, name="~cirron.session")
 
 
@@ -461,6 +464,13 @@ def _finish(obj: Any, name: str, warn: WarningCallback, dropped: int = 0) -> dic
     for sp in spans:
         if sp.parent_id == "":  # "no parent" from a writer that does not use null
             sp.parent_id = None
+    if type(obj) is _SummaryBatch:
+        # Summary reads keep the attributes of top-level spans only (a session root's run id,
+        # rank, host...); the raw text of every other span's is let go (it pins the file's bytes).
+        for sp in spans:
+            a = sp.attrs
+            if a is not None:
+                sp.attrs = _decode_attrs(a) if sp.parent_id is None else None
     sv = obj.sdk_version
     return {
         "schema_version": version,
@@ -473,6 +483,15 @@ def _finish(obj: Any, name: str, warn: WarningCallback, dropped: int = 0) -> dic
         "marks": marks,
         "snapshots": snaps,
     }
+
+
+def _decode_attrs(raw: Any) -> Any:
+    if type(raw) is not msgspec.Raw:
+        return raw
+    try:
+        return msgspec.json.decode(raw)
+    except (msgspec.DecodeError, RecursionError):
+        return None
 
 
 def _slow_path(data: bytes, name: str, fields: str, warn: WarningCallback) -> dict | None:

@@ -88,6 +88,20 @@ def _pick_sessions(spools: list[str], prefix: str | None, last: int | None) -> t
     return cat, chosen
 
 
+def _iter_chunks(cat: Catalog, chosen: list[SessionInfo], fields: str) -> Iterator[Any]:
+    """The chosen sessions' records in chunks (:mod:`cirron.spool.stream`), with a progress bar
+    per session on a TTY."""
+    from cirron.spool.stream import iter_chunks
+
+    with _progress("Exporting", total=len(chosen)) as tick:
+        last = None
+        for chunk in iter_chunks(cat, chosen, fields):
+            if last is not None and chunk.session is not last:
+                tick()
+            last = chunk.session
+            yield chunk
+
+
 def _iter_loaded(cat: Catalog, chosen: list[SessionInfo], fields: str = "full",
                  progress: bool = False) -> Iterator[Session]:
     """The chosen sessions rebuilt one at a time, with a progress bar per session on a TTY."""
@@ -587,6 +601,9 @@ def export(
         help="otel --endpoint: body compression (default: OTEL_EXPORTER_OTLP_COMPRESSION, else none)."),
     timeout: float = typer.Option(30.0, "--timeout", metavar="SECONDS",
                                   help="otel --endpoint: overall deadline, retries included."),
+    partition_by: Optional[str] = typer.Option(
+        None, "--partition-by", metavar="session|rank|run",
+        help="parquet: write a hive-partitioned dataset (one directory per session, rank or run)."),
 ) -> None:
     """Convert traces to Parquet, OTLP/JSON, CSV, JSON or Perfetto, or send them to an OTLP receiver.
 
@@ -603,6 +620,10 @@ def export(
     settings = None
     if endpoint is not None:
         settings = _otlp_settings(endpoint, protocol, _parse_headers(header), compression)
+    if partition_by is not None and fmt != "parquet":
+        fail("--partition-by works with --format parquet only", EXIT_USAGE)
+    if partition_by is not None and partition_by not in ("session", "rank", "run"):
+        fail(f"Invalid --partition-by: {partition_by} (expected session, rank or run)", EXIT_USAGE)
     fields = "export" if fmt in ("parquet", "csv") else "full"
     cat, chosen = _pick_sessions(spool, session, None)
     if not chosen:
@@ -619,27 +640,28 @@ def export(
     from cirron import export as ex
     from cirron._errors import CirronDependencyError
 
-    sessions = _iter_loaded(cat, chosen, fields, progress=True)
     try:
         if fmt == "parquet":
             target = Path(output) if output else Path(ex.DEFAULT_OUTPUTS[fmt])
             if target.exists() and not target.is_dir():
                 fail(f"Cannot write {target}: not a directory (parquet export writes three files into a directory)")
-            ex.write_parquet(sessions, target)
+            ex.write_parquet(_iter_chunks(cat, chosen, fields), target, partition_by=partition_by)
         elif fmt == "csv":
             target = _file_target(output, fmt)
-            rows = ex.write_csv(sessions, target)
+            rows = ex.write_csv(_iter_chunks(cat, chosen, fields), target)
             typer.echo(f"Exported {render.plural(rows, 'span')} to {target}")
             return
+        elif fmt == "json":
+            target = _file_target(output, fmt)
+            ex.write_json(_iter_chunks(cat, chosen, fields), target)
         else:
             target = _file_target(output, fmt)
-            writer = {"otel": ex.write_otlp_json, "otlp": ex.write_otlp_json, "json": ex.write_json,
-                      "perfetto": ex.write_perfetto}[fmt]
+            sessions = _iter_loaded(cat, chosen, fields, progress=True)
             if fmt == "perfetto":
                 starts = [s.started_ns for s in chosen if s.started_ns is not None]
                 ex.write_perfetto(sessions, target, base_ns=min(starts) if starts else None)
             else:
-                writer(sessions, target)
+                ex.write_otlp_json(sessions, target)
     except CirronDependencyError as exc:
         fail(str(exc))
     except OSError as exc:

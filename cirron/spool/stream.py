@@ -1,0 +1,326 @@
+"""One session's records in chunks, deduped, with the enclosing epoch and batch of each.
+
+Exports that copy records (Parquet, CSV, JSON) do not need a session's tree, only its winning
+records. For a session whose batch files hold nothing else (:attr:`SessionInfo.streamable`,
+what cirron's writer produces) :func:`iter_chunks` reads it in two passes over its files:
+
+1. a summary read keeps, per record, a 128-bit key of its id, whether it is closed, its parent's
+   key and, for ``epoch``/``batch`` spans, their index, in numpy arrays (about 40 bytes a
+   record); the dedupe winners (:func:`cirron.spool.reconstruct.span_wins`: the last closed
+   record, else the last one; last write wins for marks and snapshots) and each record's
+   enclosing epoch and batch index are computed on those arrays;
+2. each file is read in full again and its winning records are yielded as one :class:`Chunk`.
+
+Memory holds the arrays plus one batch file's records, whatever the session's size. Any other
+session (records spread over other sessions' files, foreign writers) is rebuilt whole by the one
+reconstruction (:mod:`cirron.spool.reconstruct`) and yielded as a single chunk with the same
+columns.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cirron._schema import ROOT_SENTINEL
+from cirron.spool.catalog import Catalog, SessionInfo, info_from_session
+from cirron.spool.reader import read_batch
+from cirron.spool.reconstruct import paused_gc
+from cirron.spool.sessions import Session
+
+__all__ = ["BATCH_SPAN_NAME", "EPOCH_SPAN_NAME", "Chunk", "chunk_of_session", "iter_chunks", "span_status"]
+
+#: Names of the spans ``ci.epochs()`` / ``ci.batches()`` open, whose ``index`` the analyst columns carry.
+EPOCH_SPAN_NAME = "epoch"
+BATCH_SPAN_NAME = "batch"
+_KIND_EPOCH, _KIND_BATCH = 1, 2
+_MASK64 = (1 << 64) - 1
+#: How many parent links are followed at most when looking for the enclosing epoch/batch.
+_MAX_DEPTH = 256
+
+
+@dataclass
+class Chunk:
+    """Winning records of one session, in write order, with per-record analyst columns."""
+
+    session: SessionInfo
+    spans: list
+    marks: list
+    snapshots: list
+    #: Index of the nearest ``epoch``/``batch`` span at or above each span (None: none).
+    span_epoch: list = field(default_factory=list)
+    span_batch: list = field(default_factory=list)
+    #: The same for the span each mark hangs from.
+    mark_epoch: list = field(default_factory=list)
+    mark_batch: list = field(default_factory=list)
+
+
+def span_status(end_ns: Any, attrs_text: str) -> tuple[str, str | None]:
+    """``(status, error)`` of a span: ``open`` (no end), ``error`` (an exception left it; the
+    error text), ``interrupted`` (a signal or KeyboardInterrupt; its name) or ``ok``."""
+    if end_ns is None:
+        return "open", None
+    if '"error"' in attrs_text or '"interrupted"' in attrs_text:
+        import orjson
+
+        try:
+            attrs = orjson.loads(attrs_text)
+        except orjson.JSONDecodeError:
+            attrs = None
+        if isinstance(attrs, dict):
+            if attrs.get("error") is not None:
+                return "error", str(attrs["error"])
+            if attrs.get("interrupted") is not None:
+                return "interrupted", str(attrs["interrupted"])
+    return "ok", None
+
+
+def _key(rec_id: Any) -> tuple[int, int]:
+    """A 128-bit key of an id: the id itself when it is 32 hex digits, else a BLAKE2 digest."""
+    if type(rec_id) is str and len(rec_id) == 32:
+        try:
+            v = int(rec_id, 16)
+            return v >> 64, v & _MASK64
+        except ValueError:
+            pass
+    d = hashlib.blake2b(str(rec_id).encode("utf-8", "surrogatepass"), digest_size=16).digest()
+    return int.from_bytes(d[:8], "big"), int.from_bytes(d[8:], "big")
+
+
+def _join_key(hi: np.ndarray, lo: np.ndarray) -> np.ndarray:
+    return hi ^ lo
+
+
+def _winners(hi: np.ndarray, lo: np.ndarray, closed: np.ndarray | None) -> np.ndarray:
+    """Boolean mask of the records that win the dedupe (rows are in write order)."""
+    n = len(hi)
+    keep = np.zeros(n, dtype=bool)
+    if n == 0:
+        return keep
+    row = np.arange(n)
+    keys = (row,) if closed is None else (row, closed)
+    order = np.lexsort((*keys, lo, hi))  # last key sorts first: by id, then closed, then row
+    h, l_ = hi[order], lo[order]
+    last = np.ones(n, dtype=bool)
+    last[:-1] = (h[1:] != h[:-1]) | (l_[1:] != l_[:-1])
+    keep[order[last]] = True
+    return keep
+
+
+def _enclosing(join: np.ndarray, parent: np.ndarray, has_parent: np.ndarray, kind: np.ndarray,
+               index: np.ndarray, keep: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For every span row, the index of the nearest epoch and batch span at or above it (-1: none),
+    following parent links among the winning records."""
+    n = len(join)
+    epoch = np.where(kind == _KIND_EPOCH, index, -1)
+    batch = np.where(kind == _KIND_BATCH, index, -1)
+    if n == 0:
+        return epoch, batch
+    win_rows = np.flatnonzero(keep)
+    order = np.argsort(join[win_rows], kind="stable")
+    sorted_keys = join[win_rows][order]
+    pos = np.searchsorted(sorted_keys, parent)
+    pos_c = np.minimum(pos, len(sorted_keys) - 1)
+    found = has_parent & (len(sorted_keys) > 0) & (sorted_keys[pos_c] == parent)
+    parent_row = np.where(found, win_rows[order[pos_c]], -1)
+    ptr = parent_row.copy()
+    for _ in range(_MAX_DEPTH):
+        todo = (ptr >= 0) & ((epoch < 0) | (batch < 0))
+        if not todo.any():
+            break
+        rows = np.flatnonzero(todo)
+        p = ptr[rows]
+        e_miss = epoch[rows] < 0
+        epoch[rows[e_miss]] = np.where(kind[p[e_miss]] == _KIND_EPOCH, index[p[e_miss]], -1)
+        b_miss = batch[rows] < 0
+        batch[rows[b_miss]] = np.where(kind[p[b_miss]] == _KIND_BATCH, index[p[b_miss]], -1)
+        ptr[rows] = parent_row[p]
+    return epoch, batch
+
+
+def _none_list(a: np.ndarray) -> list:
+    return [None if v < 0 else int(v) for v in a.tolist()]
+
+
+@dataclass
+class _Plan:
+    """Pass 1 over a streamable session's files."""
+
+    keep_spans: np.ndarray
+    keep_marks: np.ndarray
+    keep_snaps: np.ndarray
+    span_epoch: np.ndarray
+    span_batch: np.ndarray
+    mark_epoch: np.ndarray
+    mark_batch: np.ndarray
+    #: Per mark/snapshot row: whether it belongs to the session at all.
+    mark_in: np.ndarray
+    snap_in: np.ndarray
+
+
+def _plan(info: SessionInfo) -> _Plan:
+    s_hi: list[int] = []
+    s_lo: list[int] = []
+    s_closed: list[bool] = []
+    p_join: list[int] = []
+    p_has: list[bool] = []
+    kind: list[int] = []
+    index: list[int] = []
+    m_hi: list[int] = []
+    m_lo: list[int] = []
+    m_target: list[int] = []
+    # 1: hangs from a span id; 0: from the sentinel (or no span) in the session's own batch; -1: neither
+    m_attached: list[int] = []
+    n_hi: list[int] = []
+    n_lo: list[int] = []
+    n_target: list[int] = []
+    n_attached: list[int] = []
+    quiet = lambda _m: None  # noqa: E731 - the summary pass already reported every file
+    for bf in info.files:
+        batch = read_batch(bf, quiet, "summary")
+        if batch is None:
+            continue
+        own_batch = batch["session_id"] == info.id
+        for s in batch["spans"]:
+            h, lo = _key(s.id)
+            s_hi.append(h)
+            s_lo.append(lo)
+            s_closed.append(s.end_ns is not None)
+            p = s.parent_id
+            if p is None:
+                p_join.append(0)
+                p_has.append(False)
+            else:
+                ph, pl = _key(p)
+                p_join.append(ph ^ pl)
+                p_has.append(True)
+            name = s.name
+            idx = s.index
+            k = _KIND_EPOCH if name == EPOCH_SPAN_NAME else (_KIND_BATCH if name == BATCH_SPAN_NAME else 0)
+            kind.append(k if type(idx) is int else 0)
+            index.append(idx if k and type(idx) is int else -1)
+        for recs, hi_l, lo_l, tgt, att in ((batch["marks"], m_hi, m_lo, m_target, m_attached),
+                                           (batch["snapshots"], n_hi, n_lo, n_target, n_attached)):
+            for r in recs:
+                h, lo = _key(r.id)
+                hi_l.append(h)
+                lo_l.append(lo)
+                sid = r.span_id
+                if sid is not None and sid != ROOT_SENTINEL:
+                    th, tl = _key(sid)
+                    tgt.append(th ^ tl)
+                    att.append(1)
+                else:
+                    tgt.append(0)
+                    att.append(0 if own_batch else -1)
+        del batch
+
+    u64 = np.uint64
+    shi, slo = np.array(s_hi, dtype=u64), np.array(s_lo, dtype=u64)
+    join = _join_key(shi, slo)
+    keep_spans = _winners(shi, slo, np.array(s_closed, dtype=bool))
+    kind_a = np.array(kind, dtype=np.int8)
+    index_a = np.array(index, dtype=np.int64)
+    epoch, batch_ = _enclosing(join, np.array(p_join, dtype=u64), np.array(p_has, dtype=bool), kind_a, index_a,
+                               keep_spans)
+
+    # Marks: the epoch/batch of their span; a mark on an unknown span hangs from the root (it is
+    # in the session when its batch is the session's, as the reconstruction rules say).
+    win_rows = np.flatnonzero(keep_spans)
+    order = np.argsort(join[win_rows], kind="stable")
+    sorted_keys = join[win_rows][order]
+
+    def attach(hi_l: list, lo_l: list, tgt: list, att: list) -> tuple[np.ndarray, ...]:
+        mhi, mlo = np.array(hi_l, dtype=u64), np.array(lo_l, dtype=u64)
+        keep = _winners(mhi, mlo, None)
+        t = np.array(tgt, dtype=u64)
+        a = np.array(att, dtype=np.int8)
+        if len(sorted_keys):
+            pos = np.minimum(np.searchsorted(sorted_keys, t), len(sorted_keys) - 1)
+            hit = (a == 1) & (sorted_keys[pos] == t)
+            row = np.where(hit, win_rows[order[pos]], -1)
+        else:
+            hit = np.zeros(len(t), dtype=bool)
+            row = np.full(len(t), -1)
+        # A streamable session's marks on span ids all hit (the index checked), so a mark is in
+        # it when it hangs from a span or from the sentinel in one of the session's own batches.
+        member = hit | (a == 0)
+        e = np.where(hit, epoch[np.maximum(row, 0)] if len(epoch) else -1, -1)
+        b = np.where(hit, batch_[np.maximum(row, 0)] if len(batch_) else -1, -1)
+        return keep, member, e, b
+
+    keep_m, mark_in, mark_e, mark_b = attach(m_hi, m_lo, m_target, m_attached)
+    keep_n, snap_in, _e, _b = attach(n_hi, n_lo, n_target, n_attached)
+    return _Plan(keep_spans, keep_m, keep_n, epoch, batch_, mark_e, mark_b, mark_in, snap_in)
+
+
+def _chunks_streamed(info: SessionInfo, fields: str) -> Iterator[Chunk]:
+    with paused_gc():
+        plan = _plan(info)
+    quiet = lambda _m: None  # noqa: E731
+    si = mi = ni = 0
+    for bf in info.files:
+        batch = read_batch(bf, quiet, fields)
+        if batch is None:
+            continue
+        spans, marks, snaps = batch["spans"], batch["marks"], batch["snapshots"]
+        s_sl = slice(si, si + len(spans))
+        m_sl = slice(mi, mi + len(marks))
+        n_sl = slice(ni, ni + len(snaps))
+        si, mi, ni = s_sl.stop, m_sl.stop, n_sl.stop
+        ks = plan.keep_spans[s_sl]
+        km = plan.keep_marks[m_sl] & plan.mark_in[m_sl]
+        kn = plan.keep_snaps[n_sl] & plan.snap_in[n_sl]
+        out_spans = [s for s, k in zip(spans, ks.tolist()) if k]
+        out_marks = [m for m, k in zip(marks, km.tolist()) if k]
+        out_snaps = [x for x, k in zip(snaps, kn.tolist()) if k]
+        if not (out_spans or out_marks or out_snaps):
+            continue
+        yield Chunk(info, out_spans, out_marks, out_snaps,
+                    _none_list(plan.span_epoch[s_sl][ks]), _none_list(plan.span_batch[s_sl][ks]),
+                    _none_list(plan.mark_epoch[m_sl][km]), _none_list(plan.mark_batch[m_sl][km]))
+        del batch, spans, marks, snaps, out_spans, out_marks, out_snaps
+
+
+def chunk_of_session(sess: Session, info: SessionInfo | None = None) -> Chunk:
+    """A whole rebuilt session as one chunk (its analyst columns computed on its tree)."""
+    if info is None:
+        info = info_from_session(sess, Path())
+    n = len(sess.spans)
+    hi = np.empty(n, dtype=np.uint64)
+    lo = np.empty(n, dtype=np.uint64)
+    p_join = np.zeros(n, dtype=np.uint64)
+    p_has = np.zeros(n, dtype=bool)
+    kind = np.zeros(n, dtype=np.int8)
+    index = np.full(n, -1, dtype=np.int64)
+    for i, s in enumerate(sess.spans):
+        hi[i], lo[i] = _key(s["id"])
+        parent = s.get("parent_id")
+        if parent is not None:
+            ph, pl = _key(parent)
+            p_join[i] = ph ^ pl
+            p_has[i] = True
+        idx, name = s.get("index"), s.get("name")
+        if type(idx) is int and name in (EPOCH_SPAN_NAME, BATCH_SPAN_NAME):
+            kind[i] = _KIND_EPOCH if name == EPOCH_SPAN_NAME else _KIND_BATCH
+            index[i] = idx
+    epoch, batch = _enclosing(_join_key(hi, lo), p_join, p_has, kind, index, np.ones(n, dtype=bool))
+    by_id = {s["id"]: i for i, s in enumerate(sess.spans)}
+    rows = [by_id.get(m.get("span_id"), -1) for m in sess.marks]
+    m_e = [None if r < 0 or epoch[r] < 0 else int(epoch[r]) for r in rows]
+    m_b = [None if r < 0 or batch[r] < 0 else int(batch[r]) for r in rows]
+    return Chunk(info, sess.spans, sess.marks, sess.snapshots, _none_list(epoch), _none_list(batch), m_e, m_b)
+
+
+def iter_chunks(cat: Catalog, infos: Sequence[SessionInfo], fields: str = "export") -> Iterator[Chunk]:
+    """The records of ``infos``, session after session, in chunks (see the module docstring)."""
+    for info in infos:
+        if info.streamable:
+            yield from _chunks_streamed(info, fields)
+        else:
+            yield chunk_of_session(cat.load(info, fields), info)
