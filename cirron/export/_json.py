@@ -14,7 +14,6 @@ from cirron._schema import MARK_FIELDS, SCHEMA_VERSION, SNAPSHOT_FIELDS, SPAN_FI
 from cirron._version import __version__
 from cirron.export._common import atomic_file, json_scalar
 from cirron.spool.reader import _limit_depth
-from cirron.spool.sessions import Session
 
 __all__ = ["write_json"]
 

@@ -127,7 +127,7 @@ def test_partitioned_dataset_equals_the_single_files(ranks, tmp_path, by, column
     assert all(d.startswith(f"{column}=") for d in dirs)
     for table, key in (("spans", "span_id"), ("marks", "mark_id")):
         con = duckdb.connect()
-        cols = [c for c in pq.read_schema(flat / f"{table}.parquet").names]
+        cols = list(pq.read_schema(flat / f"{table}.parquet").names)
         select = ", ".join(f'"{c}"' for c in cols)
         want = con.execute(f"SELECT {select} FROM '{flat}/{table}.parquet' ORDER BY {key}").fetchall()
         hive_type = {"rank": "BIGINT", "session_id": "VARCHAR", "run_id": "VARCHAR"}[column]
