@@ -314,10 +314,11 @@ class _TorchHooks:
 
         ref = weakref.ref(self)
 
-        def pre(opt: Any, args: Any, kwargs: Any) -> None:
+        def pre(opt: Any, args: Any, kwargs: Any) -> tuple[Any, Any] | None:
             h = ref()
             if h is not None and h._owns(opt):
-                h._opt_pre(opt, args, kwargs)
+                return h._opt_pre(opt, args, kwargs)
+            return None
 
         def post(opt: Any, args: Any, kwargs: Any) -> None:
             h = ref()
@@ -337,7 +338,11 @@ class _TorchHooks:
         except Exception:  # noqa: BLE001
             return False
 
-    def _opt_pre(self, opt: Any, args: Any, kwargs: Any) -> None:
+    def _opt_pre(self, opt: Any, args: Any, kwargs: Any) -> tuple[Any, Any] | None:
+        """Open ``optimizer_step``. A step given a closure (Lightning, LBFGS) runs the forward and
+        backward passes inside ``step()``: the span then opens when the closure has returned, so
+        those passes stay siblings of the update instead of children (the hook hands torch the
+        timed closure in place of the original)."""
         try:
             _wait_snapshots(self.c)
             while self._opt_open:  # a previous step raised before its post hook ran
@@ -345,6 +350,29 @@ class _TorchHooks:
                 if scope.span is not None:
                     scope.span.set_attr("error", "optimizer step raised")
                 scope.__exit__(None, None, None)
+            closure = kwargs.get("closure") if kwargs else None
+            in_args = closure is None and bool(args) and callable(args[0])
+            if in_args:
+                closure = args[0]
+            if closure is None:
+                self._open_opt_span()
+                return None
+
+            def timed_closure(*a: Any, **k: Any) -> Any:
+                result = closure(*a, **k)
+                if not self._opt_open:  # LBFGS calls it several times: one span
+                    self._open_opt_span()
+                return result
+
+            if in_args:
+                return (timed_closure, *args[1:]), kwargs
+            return args, dict(kwargs, closure=timed_closure)
+        except Exception as exc:  # noqa: BLE001
+            _note(self.c, exc)
+        return None
+
+    def _open_opt_span(self) -> None:
+        try:
             scope = self.c.scope("optimizer_step")
             scope.__enter__()
             self._opt_open.append((scope, _device_begin(self.c, self._cuda())))

@@ -3,6 +3,11 @@
 ================  ===========================================================================
 name              what it records
 ================  ===========================================================================
+``transformers``  ``Trainer``: epochs, steps, evaluation, logged metrics as marks, the model
+                  registered for snapshots (:mod:`cirron.integrations.transformers`)
+``lightning``     ``lightning.pytorch.Trainer``, the same (:mod:`cirron.integrations.lightning`)
+``keras``         Keras 3 ``Model.fit``/``evaluate``, the same; on the torch backend also forward,
+                  backward and optimizer step (:mod:`cirron.integrations.keras`)
 ``torch``         top-level module ``forward``, ``backward``, ``optimizer_step``; implicit
                   ``epoch``/``step`` spans and ``data_load`` from ``DataLoader`` iteration;
                   ``loss`` marks from loss modules (see :mod:`cirron.integrations.torch`)
@@ -24,16 +29,24 @@ from cirron._errors import CirronConfigError
 
 #: Integration name → the package it needs. Trainers first: they claim epoch/step before torch.
 INTEGRATIONS: dict[str, str] = {
+    "transformers": "transformers",
+    "lightning": "lightning",
+    "keras": "keras",
     "torch": "torch",
 }
+#: The module whose presence in ``sys.modules`` autodetects an integration (importing
+#: ``transformers`` alone, e.g. for a tokenizer, does not mean a Trainer runs).
+AUTODETECT: dict[str, str] = {"transformers": "transformers.trainer", "lightning": "lightning.pytorch",
+                              "keras": "keras", "torch": "torch"}
 #: Other names users write for the same integration (the vendor SDK's names included).
-ALIASES = {"pytorch": "torch"}
+ALIASES = {"pytorch": "torch", "hf": "transformers", "huggingface": "transformers",
+           "pytorch_lightning": "lightning", "tensorflow": "keras", "tf": "keras"}
 
 
 def resolve(frameworks: Any) -> list[str]:
     """The integrations to install, in install order; unknown names are a config error."""
     if frameworks is None:
-        return [name for name, pkg in INTEGRATIONS.items() if pkg in sys.modules]
+        return [name for name, module in AUTODETECT.items() if module in sys.modules]
     wanted = set()
     for raw in frameworks:
         name = ALIASES.get(str(raw).lower(), str(raw).lower())
@@ -41,7 +54,21 @@ def resolve(frameworks: Any) -> list[str]:
             known = ", ".join([*INTEGRATIONS, *ALIASES])
             raise CirronConfigError(f"frameworks: unknown integration {raw!r}; known: {known}")
         wanted.add(name)
+    if wanted & {"transformers", "lightning"} or ("keras" in wanted and _keras_on_torch()):
+        wanted.add("torch")  # their forward/backward/optimizer spans are the torch integration's
     return [name for name in INTEGRATIONS if name in wanted]
+
+
+def _keras_on_torch() -> bool:
+    import os
+
+    module = sys.modules.get("keras")
+    if module is not None:
+        try:
+            return bool(module.backend.backend() == "torch")
+        except Exception:  # noqa: BLE001
+            return False
+    return os.environ.get("KERAS_BACKEND", "") == "torch"
 
 
 class Installed:
@@ -52,10 +79,14 @@ class Installed:
         self.handles: dict[str, Any] = {}
         #: span name ("epoch", "step") → how many running trainers open it themselves
         self.claims: dict[str, int] = {}
+        #: Called when a trainer claims spans: the torch integration closes its implicit ones.
+        self.on_claim: list[Any] = []
 
     def claim(self, *names: str) -> None:
         for n in names:
             self.claims[n] = self.claims.get(n, 0) + 1
+        for listener in self.on_claim:
+            listener()
 
     def release(self, *names: str) -> None:
         for n in names:
@@ -105,3 +136,40 @@ def current_installed(c: Any) -> Installed:
     """The running session's integrations, or a detached set for callbacks attached by hand."""
     installed = getattr(c, "_integrations", None)
     return installed if installed is not None else Installed(c)
+
+
+# -- spans opened and closed by hooks rather than by a ``with`` block -----------------------------
+
+
+def open_span(c: Any, name: str, index: int | None = None, **attrs: Any) -> Any:
+    """Open ``name[index]`` as the current span of the caller's context, or None when not recording."""
+    scope = c.scope(name, index=index, **attrs)
+    scope.__enter__()
+    return scope if scope.span is not None else None
+
+
+def close_span(c: Any, scope: Any, error: str | None = None) -> None:
+    """Close a span :func:`open_span` opened: put the context back only if it is still the
+    current span (a hook may run after the user opened spans of their own), else just end it."""
+    if scope is None:
+        return
+    try:
+        if error is not None and scope.span is not None:
+            scope.span.set_attr("error", error)
+        if c._rec.current.get() is scope:
+            scope.__exit__(None, None, None)
+        else:
+            scope._token = None
+            scope.finish()
+    except Exception as exc:  # noqa: BLE001
+        c._rec.note_internal_error(exc)
+
+
+def epoch_end_snapshots(c: Any, epoch: Any) -> None:
+    """Snapshot the registered models into the still-open ``epoch`` span, as ``ci.epochs`` does."""
+    snaps = c._snapshots
+    if snaps is not None and epoch is not None and epoch.span is not None:
+        try:
+            snaps.on_epoch_end(epoch.span)
+        except Exception as exc:  # noqa: BLE001 - a snapshot failure never stops training
+            c._rec.note_internal_error(exc)

@@ -30,6 +30,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from cirron._wrap import _TORCH_WRAPPED, _TorchHooks, is_hooked
+from cirron.integrations import close_span, epoch_end_snapshots, open_span
 
 #: User spans under which no implicit span of that kind is made.
 _EPOCH_NAMES = ("epoch",)
@@ -64,6 +65,7 @@ class TorchIntegration(_TorchHooks):
         self.handles.append(register_module_forward_pre_hook(self._global_pre))
         self.handles.append(register_module_forward_hook(self._global_post, always_call=True))
         self._hook_all_optimizers()
+        self.installed.on_claim.append(self._yield_to_trainer)
         self._orig_iter = DataLoader.__dict__["__iter__"]
         integration = weakref.ref(self)
         orig = self._orig_iter
@@ -134,9 +136,9 @@ class TorchIntegration(_TorchHooks):
                 pass
         return hit
 
-    def _opt_pre(self, opt: Any, args: Any, kwargs: Any) -> None:
+    def _opt_pre(self, opt: Any, args: Any, kwargs: Any) -> tuple[Any, Any] | None:
         self._on_cuda = _on_cuda_opt(opt)
-        super()._opt_pre(opt, args, kwargs)
+        return super()._opt_pre(opt, args, kwargs)
 
     def _opt_post(self, opt: Any, args: Any, kwargs: Any) -> None:
         super()._opt_post(opt, args, kwargs)
@@ -209,26 +211,26 @@ class TorchIntegration(_TorchHooks):
         rec.record_closed("data_load", parent, t0, t1, c1 - c0, {"data_load_ns": t1 - t0})
 
     def _open(self, name: str, index: int) -> Any:
-        scope = self.c.scope(name, index=index)
-        scope.__enter__()
-        return scope if scope.span is not None else None
+        return open_span(self.c, name, index)
 
     def _close_step(self) -> None:
         step, self._step = self._step, None
         if step is not None:
-            _close_implicit(self.c, step)
+            close_span(self.c, step)
+
+    def _yield_to_trainer(self) -> None:
+        """A trainer starts a run and opens epochs and steps itself: end the implicit ones."""
+        self._flush_loss()
+        self._close_step()
+        epoch, self._epoch = self._epoch, None
+        close_span(self.c, epoch)
 
     def _close_epoch(self) -> None:
         epoch, self._epoch = self._epoch, None
         if epoch is None:
             return
-        snaps = self.c._snapshots
-        if snaps is not None and epoch.span is not None:
-            try:
-                snaps.on_epoch_end(epoch.span)
-            except Exception as exc:  # noqa: BLE001 - a snapshot failure never stops training
-                self.c._rec.note_internal_error(exc)
-        _close_implicit(self.c, epoch)
+        epoch_end_snapshots(self.c, epoch)
+        close_span(self.c, epoch)
 
 
 class _LoaderIter:
@@ -267,19 +269,6 @@ class _LoaderIter:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._it, name)
-
-
-def _close_implicit(c: Any, scope: Any) -> None:
-    """Close a span the integration opened outside any ``with``: restore the context only if it
-    is still the current span, else just end it."""
-    try:
-        if c._rec.current.get() is scope:
-            scope.__exit__(None, None, None)
-        else:
-            scope._token = None
-            scope.finish()
-    except Exception as exc:  # noqa: BLE001
-        c._rec.note_internal_error(exc)
 
 
 def _on_cuda(module: Any) -> bool:
