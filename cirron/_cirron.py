@@ -336,11 +336,11 @@ class Cirron:
             c1 = time.thread_time_ns()
             load_ns = t1 - t0
             scope = self._on_device(Scope(rec, "batch", {"data_load_ns": load_ns}, index=i), gpu)
-            scope.__enter__()
-            if scope.id is not None:
-                scope.start_ns = t0
-                scope._cpu0 -= c1 - c0
-                rec.record_closed("data_load", scope, t0, t1, c1 - c0, {"data_load_ns": load_ns})
+            span = scope.__enter__()  # the span itself (``scope`` may be its device measurement)
+            if span.id is not None:
+                span.start_ns = t0
+                span._cpu0 -= c1 - c0
+                rec.record_closed("data_load", span, t0, t1, c1 - c0, {"data_load_ns": load_ns})
             yield from _yield_inside(scope, item)
             scope.__exit__(None, None, None)
             i += 1

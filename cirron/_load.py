@@ -15,6 +15,15 @@ anything else, directories included → the resolved ``pathlib.Path``.
 The span ``load`` carries ``dataset`` (the name as given), ``source`` and ``bytes`` (the file size,
 or the total size of a directory's files).
 
+**Remote data**: a URL (given directly, or as an alias's path/``uri``) with a scheme fsspec
+knows — ``s3://``, ``gs://``/``gcs://``, ``az://``/``abfs://``, ``http(s)://`` — is read with
+fsspec (and its backend: s3fs, gcsfs, adlfs; aiohttp for HTTP) and returned as the same types,
+read through a temporary local copy that is removed afterwards. Credentials come from wherever the
+backend looks (``AWS_*`` variables and ``~/.aws``, ``GOOGLE_APPLICATION_CREDENTIALS``,
+``AZURE_STORAGE_*``; ``AWS_ENDPOINT_URL`` for S3-compatible stores). A remote object of another
+type is returned as its URL. The span's ``source`` is the scheme and ``url`` the URL without
+any user, password or query string.
+
 ``source="platform"`` needs platform credentials (``api_key`` and ``workspace_id``); without them
 it raises :class:`~cirron.CirronConfigError`. Downloading from the platform is not part of this
 SDK yet, so with credentials it raises :class:`~cirron.CirronError` saying so.
@@ -55,19 +64,43 @@ def _entry_path(name: str, entry: Any) -> str:
     )
 
 
-def resolve(cfg: Any, name: str) -> Path:
-    """The local path ``name`` stands for (see the module docstring)."""
+#: URL schemes read through fsspec, and the package each needs.
+REMOTE_SCHEMES = {"s3": "s3fs", "s3a": "s3fs", "gs": "gcsfs", "gcs": "gcsfs", "az": "adlfs", "abfs": "adlfs",
+                  "abfss": "adlfs", "http": "aiohttp", "https": "aiohttp"}
+
+
+def remote_scheme(name: str) -> str | None:
+    scheme, sep, _ = name.partition("://")
+    return scheme.lower() if sep and scheme.lower() in REMOTE_SCHEMES else None
+
+
+def public_url(url: str) -> str:
+    """``url`` without user, password, query string or fragment (what may be written down)."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if parts.port:
+        host = f"{host}:{parts.port}"
+    return urlunsplit((parts.scheme, host, parts.path, "", ""))
+
+
+def resolve(cfg: Any, name: str) -> Path | str:
+    """The local path ``name`` stands for, or its URL when it is remote (see the module docstring)."""
     if not isinstance(name, (str, os.PathLike)) or not os.fspath(name):
         raise CirronConfigError(f"ci.load() needs a dataset alias or a path, got {name!r}")
     name = os.fspath(name)
+    if remote_scheme(name):
+        return name
     data = getattr(cfg, "project_data", None) or {}
     if name in data:
         raw = _entry_path(name, data[name])
-        if raw.startswith(("s3://", "gs://", "http://", "https://", "platform://")):
+        if raw.startswith("platform://"):
             raise CirronConfigError(
-                f"dataset alias {name!r} points at {raw!r}, which is not a local file; "
-                "use source='platform' or download it first"
+                f"dataset alias {name!r} points at {raw!r}, which is not a local file; use source='platform'"
             )
+        if remote_scheme(raw):
+            return raw  # type: ignore[return-value]
         path = Path(raw).expanduser()
         if not path.is_absolute():
             path = _project_dir(cfg) / path
@@ -100,9 +133,11 @@ def _size(path: Path) -> int:
 
 
 def _kind(path: Path) -> str | None:
-    if path.is_dir():
-        return None
-    suffixes = [s.lower() for s in path.suffixes]
+    return None if path.is_dir() else _kind_of_name(path.name)
+
+
+def _kind_of_name(name: str) -> str | None:
+    suffixes = [s.lower() for s in Path(name).suffixes]
     last = suffixes[-1] if suffixes else ""
     if last in (".npy", ".npz", ".safetensors", ".parquet", ".csv"):
         return last
@@ -153,5 +188,41 @@ def load(c: Any, name: str, *, source: str = "local") -> Any:
             "supported by this SDK version; download the data and use source='local'"
         )
     path = resolve(cfg, name)
+    if isinstance(path, str):
+        return _load_remote(c, os.fspath(name), path)
     with c.scope("load", dataset=os.fspath(name), source=source, bytes=_size(path)):
         return _read(path, _kind(path))
+
+
+def _load_remote(c: Any, name: str, url: str) -> Any:
+    """A remote object through fsspec: the same return types as a local file of its kind."""
+    import tempfile
+
+    from cirron._errors import CirronDependencyError, require
+
+    scheme = remote_scheme(url) or ""
+    fsspec = require("fsspec", f"ci.load() of {scheme}:// URLs", "remote")
+    try:
+        fs, fs_path = fsspec.core.url_to_fs(url)
+    except ImportError as exc:
+        raise CirronDependencyError(REMOTE_SCHEMES[scheme], f"ci.load() of {scheme}:// URLs", "remote") from exc
+    shown = public_url(url)
+    with c.scope("load", dataset=name if not remote_scheme(name) else shown, source=scheme, url=shown) as span:
+        try:
+            size = fs.size(fs_path)
+        except FileNotFoundError:
+            raise CirronConfigError(f"ci.load({shown!r}): no such object") from None
+        except Exception as exc:  # noqa: BLE001 - credentials, network, permissions: each backend its own type
+            raise CirronError(f"ci.load({shown!r}): {type(exc).__name__}: {exc}") from exc
+        if span is not None and hasattr(span, "set_attr"):
+            span.set_attr("bytes", int(size or 0))
+        kind = _kind_of_name(shown.rsplit("/", 1)[-1])
+        if kind is None:
+            return url
+        with tempfile.TemporaryDirectory(prefix="cirron-load-") as tmp:
+            local = Path(tmp) / (shown.rsplit("/", 1)[-1] or "object")
+            try:
+                fs.get_file(fs_path, str(local))
+            except Exception as exc:  # noqa: BLE001 - as above
+                raise CirronError(f"ci.load({shown!r}): {type(exc).__name__}: {exc}") from exc
+            return _read(local, kind)

@@ -32,6 +32,11 @@ LLM detection (best effort; a failure is counted in ``health()["internal_errors"
 -------------------------------------------------------------------------------------------------
 * OpenAI-shaped ``usage`` (objects or dicts) on the return value or on stream chunks
   (``stream_options={"include_usage": True}``); unknown usage is never recorded as 0.
+* Anthropic messages (``usage.input_tokens``/``output_tokens``) and streams: the input count
+  from ``message_start``, the cumulative output count from ``message_delta``; only
+  ``content_block_delta`` events are content (for ``ttft_ns`` and ``chunks``).
+* vLLM-style ``RequestOutput`` (``prompt_token_ids`` and ``outputs[i].token_ids``), alone, as
+  the list ``LLM.generate`` returns (summed), or streamed cumulatively.
 * ``transformers`` ``GenerationMixin.generate``: hooked the first time a request starts after
   ``transformers.generation.utils`` was imported by the user; outside a request the hook only
   reads one context variable. Each call inside a request gets a ``generate`` child span.
@@ -219,7 +224,12 @@ class _Request(_RequestBase):  # type: ignore[misc,valid-type]
             now = time_ns()
             content, usage = _classify_chunk(item)
             if usage is not None:
-                self.stream_usage = usage  # cumulative in every API that sends it: last wins
+                # Cumulative in every API that sends it: the last value of each count wins
+                # (Anthropic sends the input count first, the output count in later events).
+                old = self.stream_usage
+                if old is not None:
+                    usage = (old[0] if usage[0] is None else usage[0], old[1] if usage[1] is None else usage[1])
+                self.stream_usage = usage
             if content:
                 self.chunks += 1
                 if self.first_ns is None:
@@ -478,9 +488,9 @@ def _finish_result(req: _Request, result: Any) -> Any:
     """The request's result: a stream keeps the span open, anything else closes it now."""
     t = type(result)
     if t in _PLAIN_RESULTS:  # the common JSON-ish results: nothing to wrap
-        if t is dict and "usage" in result:
+        if (t is dict and "usage" in result) or (t is list and result and type(result[0]) not in _PLAIN_RESULTS):
             try:
-                usage = _usage_pair(result["usage"])
+                usage = _usage_pair(result["usage"]) if t is dict else _batch_token_counts(result)
                 if usage is not None:
                     req.add_usage(*usage)
             except Exception as exc:  # noqa: BLE001
@@ -574,7 +584,53 @@ def _field(obj: Any, name: str) -> Any:
 def _usage_of(result: Any) -> tuple[int | None, int | None] | None:
     if result is None or isinstance(result, (str, bytes, int, float, bool, list, tuple)):
         return None
-    return _usage_pair(_field(result, "usage"))
+    usage = _usage_pair(_field(result, "usage"))
+    return usage if usage is not None else _token_id_counts(result)
+
+
+def _token_id_counts(out: Any) -> tuple[int | None, int | None] | None:
+    """A vLLM-style ``RequestOutput``: ``prompt_token_ids`` and ``outputs[i].token_ids``."""
+    prompt_ids = _field(out, "prompt_token_ids")
+    outputs = _field(out, "outputs")
+    if prompt_ids is None or not isinstance(outputs, (list, tuple)):
+        return None
+    completion = 0
+    for o in outputs:
+        ids = _field(o, "token_ids")
+        if ids is None:
+            return None
+        completion += len(ids)
+    return len(prompt_ids), completion
+
+
+def _batch_token_counts(results: list) -> tuple[int | None, int | None] | None:
+    """``LLM.generate(prompts)``: a list of ``RequestOutput``, one per prompt, summed."""
+    prompt = completion = 0
+    for out in results:
+        counts = _token_id_counts(out)
+        if counts is None:
+            return None
+        prompt += counts[0] or 0
+        completion += counts[1] or 0
+    return prompt, completion
+
+
+#: Anthropic stream events: which carry content, and where their usage sits.
+_ANTHROPIC_EVENTS = frozenset({"message_start", "message_delta", "message_stop", "content_block_start",
+                               "content_block_delta", "content_block_stop", "ping", "error"})
+
+
+def _classify_anthropic(item: Any, kind: str) -> tuple[bool, tuple[int | None, int | None] | None]:
+    """``message_start`` carries the input count (``message.usage``), ``message_delta`` the
+    cumulative output count; only ``content_block_delta`` events are content."""
+    if kind == "content_block_delta":
+        delta = _field(item, "delta")
+        return bool(_field(delta, "text") or _field(delta, "partial_json") or _field(delta, "thinking")), None
+    if kind == "message_start":
+        return False, _usage_pair(_field(_field(item, "message"), "usage"))
+    if kind == "message_delta":
+        return False, _usage_pair(_field(item, "usage"))
+    return False, None
 
 
 def _choice_has_content(choice: Any) -> bool:
@@ -608,7 +664,11 @@ def _classify_chunk(item: Any) -> tuple[bool, tuple[int | None, int | None] | No
         return False, None
     choices = _field(item, "choices")
     if choices is None:
-        return True, None  # an item of unknown shape: it is the content
+        kind = _field(item, "type")
+        if type(kind) is str and kind in _ANTHROPIC_EVENTS:
+            return _classify_anthropic(item, kind)
+        counts = _token_id_counts(item)  # vLLM streams cumulative RequestOutputs
+        return True, counts  # otherwise an item of unknown shape: it is the content
     usage = _usage_pair(_field(item, "usage"))
     content = any(_choice_has_content(ch) for ch in choices) if isinstance(choices, (list, tuple)) else False
     return content, usage

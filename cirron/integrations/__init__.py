@@ -173,3 +173,40 @@ def epoch_end_snapshots(c: Any, epoch: Any) -> None:
             snaps.on_epoch_end(epoch.span)
         except Exception as exc:  # noqa: BLE001 - a snapshot failure never stops training
             c._rec.note_internal_error(exc)
+
+
+class SharedPatch:
+    """``owner.name`` replaced once for every session that asks, put back exactly when the last
+    one leaves, whatever order sessions start and stop in. ``make(original, members)`` builds the
+    replacement; ``members`` is the live list of what joined (sessions or their hooks)."""
+
+    _active: dict[tuple[int, str], SharedPatch] = {}
+
+    @classmethod
+    def join(cls, owner: Any, name: str, make: Any, member: Any) -> SharedPatch:
+        patch = cls._active.get((id(owner), name))
+        if patch is None:
+            patch = cls._active[(id(owner), name)] = cls(owner, name, make)
+        patch.members.append(member)
+        return patch
+
+    def __init__(self, owner: Any, name: str, make: Any) -> None:
+        self.owner = owner
+        self.name = name
+        self.had_own = name in owner.__dict__
+        self.saved = owner.__dict__.get(name)
+        self.members: list[Any] = []
+        self.replacement = make(getattr(owner, name), self.members)
+        setattr(owner, name, self.replacement)
+
+    def leave(self, member: Any) -> None:
+        if member in self.members:
+            self.members.remove(member)
+        if self.members:
+            return
+        SharedPatch._active.pop((id(self.owner), self.name), None)
+        if self.owner.__dict__.get(self.name) is self.replacement:
+            if self.had_own:
+                setattr(self.owner, self.name, self.saved)
+            else:
+                delattr(self.owner, self.name)

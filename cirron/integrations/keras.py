@@ -18,7 +18,7 @@ from typing import Any
 
 import keras
 
-from cirron.integrations import current_installed
+from cirron.integrations import SharedPatch, current_installed
 from cirron.integrations._trainer import TrainerSpans
 
 
@@ -95,47 +95,43 @@ class _OptimizerSpans:
 
 
 class _Installed:
-    """``fit``/``evaluate`` set on ``keras.Model`` itself (they live on a backend base class)."""
-
-    _MISSING = object()
+    """``fit``/``evaluate`` replaced on ``keras.Model`` itself (they live on a backend base class)."""
 
     def __init__(self, c: Any) -> None:
-        self.saved = {name: keras.Model.__dict__.get(name, self._MISSING) for name in ("fit", "evaluate")}
-        self.patched = {name: _with_callback(c, getattr(keras.Model, name)) for name in self.saved}
-        for name, patched in self.patched.items():
-            setattr(keras.Model, name, patched)
+        self.c = c
+        self.patches = [SharedPatch.join(keras.Model, name, _with_callback, c) for name in ("fit", "evaluate")]
 
     def uninstall(self) -> None:
-        for name, patched in self.patched.items():
-            if keras.Model.__dict__.get(name) is patched:
-                if self.saved[name] is self._MISSING:
-                    delattr(keras.Model, name)
-                else:
-                    setattr(keras.Model, name, self.saved[name])
+        for patch in self.patches:
+            patch.leave(self.c)
 
 
 #: Where ``callbacks`` sits among the positional arguments after ``x``.
 _CALLBACKS_AT = {"fit": 5, "evaluate": 6}
 
 
-def _with_callback(c: Any, original: Any) -> Any:
+def _with_callback(original: Any, sessions: list[Any]) -> Any:
     at = _CALLBACKS_AT[original.__name__]
 
     @functools.wraps(original)
     def method(model: Any, *args: Any, **kwargs: Any) -> Any:
         callbacks = kwargs.get("callbacks")
+        live = list(sessions)
         # positional callbacks, or fit's own CallbackList handed to evaluate: leave them alone
         if len(args) <= at and not isinstance(callbacks, keras.callbacks.CallbackList):
             callbacks = list(callbacks or [])
-            if not any(isinstance(cb, CirronCallback) for cb in callbacks):
-                callbacks.append(CirronCallback(c))
+            for c in live:
+                if not any(isinstance(cb, CirronCallback) and cb.c is c for cb in callbacks):
+                    callbacks.append(CirronCallback(c))
             kwargs["callbacks"] = callbacks
-        installed = current_installed(c)
-        installed.claim("epoch", "step")  # fit peeks at a batch before any callback runs
+        claimed = [current_installed(c) for c in live]
+        for installed in claimed:
+            installed.claim("epoch", "step")  # fit peeks at a batch before any callback runs
         try:
             return original(model, *args, **kwargs)
         finally:
-            installed.release("epoch", "step")
+            for installed in claimed:
+                installed.release("epoch", "step")
     return method
 
 

@@ -15,6 +15,7 @@ from typing import Any
 from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import Callback
 
+from cirron.integrations import SharedPatch
 from cirron.integrations._trainer import TrainerSpans
 
 
@@ -58,23 +59,24 @@ class CirronCallback(Callback):
         self.spans.eval_end(metrics)
 
 
-class _Installed:
-    def __init__(self, c: Any) -> None:
-        self.init = Trainer.__dict__["__init__"]
-        original = self.init
-
-        @functools.wraps(original)
-        def __init__(trainer: Any, *args: Any, **kwargs: Any) -> None:
-            original(trainer, *args, **kwargs)
-            if not any(isinstance(cb, CirronCallback) for cb in trainer.callbacks):
+def _with_callbacks(original: Any, sessions: list[Any]) -> Any:
+    @functools.wraps(original)
+    def __init__(trainer: Any, *args: Any, **kwargs: Any) -> None:
+        original(trainer, *args, **kwargs)
+        for c in list(sessions):
+            if not any(isinstance(cb, CirronCallback) and cb.spans.c is c for cb in trainer.callbacks):
                 trainer.callbacks.append(CirronCallback(c))
 
-        self.patched = __init__
-        Trainer.__init__ = __init__  # type: ignore[method-assign]
+    return __init__
+
+
+class _Installed:
+    def __init__(self, c: Any) -> None:
+        self.c = c
+        self.patch = SharedPatch.join(Trainer, "__init__", _with_callbacks, c)
 
     def uninstall(self) -> None:
-        if Trainer.__dict__.get("__init__") is self.patched:
-            Trainer.__init__ = self.init  # type: ignore[method-assign]
+        self.patch.leave(self.c)
 
 
 def install(c: Any, installed: Any) -> _Installed:

@@ -16,11 +16,13 @@
 
 Forward and optimizer hooks are ``torch.nn.modules.module.register_module_forward_*_hook`` and
 ``torch.optim.optimizer.register_optimizer_step_*_hook``; ``DataLoader.__iter__`` is replaced on
-the class. ``uninstall()`` removes every hook handle and puts ``DataLoader.__iter__`` back.
+the class (once for all sessions). ``uninstall()`` removes every hook handle, and the last
+session to leave puts ``DataLoader.__iter__`` back.
 """
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
 import weakref
@@ -30,7 +32,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from cirron._wrap import _TORCH_WRAPPED, _TorchHooks, is_hooked
-from cirron.integrations import close_span, epoch_end_snapshots, open_span
+from cirron.integrations import SharedPatch, close_span, epoch_end_snapshots, open_span
 
 #: User spans under which no implicit span of that kind is made.
 _EPOCH_NAMES = ("epoch",)
@@ -52,7 +54,7 @@ class TorchIntegration(_TorchHooks):
         self._step: Any = None
         self._step_index = 0
         self._loss_pending: list[Any] = []
-        self._orig_iter: Any = None
+        self._iter_patch: Any = None
 
     # -- install / uninstall ------------------------------------------------------------------
 
@@ -66,24 +68,12 @@ class TorchIntegration(_TorchHooks):
         self.handles.append(register_module_forward_hook(self._global_post, always_call=True))
         self._hook_all_optimizers()
         self.installed.on_claim.append(self._yield_to_trainer)
-        self._orig_iter = DataLoader.__dict__["__iter__"]
-        integration = weakref.ref(self)
-        orig = self._orig_iter
-
-        def __iter__(loader: Any) -> Any:
-            it = orig(loader)
-            me = integration()
-            return me._iterate(loader, it) if me is not None else it
-
-        __iter__.__wrapped__ = orig  # type: ignore[attr-defined]
-        self._patched_iter = __iter__
-        DataLoader.__iter__ = __iter__  # type: ignore[method-assign]
+        self._iter_patch = SharedPatch.join(DataLoader, "__iter__", _timed_iter, self)
         return self
 
     def uninstall(self) -> None:
         self.remove()
-        if DataLoader.__dict__.get("__iter__") is self._patched_iter:
-            DataLoader.__iter__ = self._orig_iter  # type: ignore[method-assign]
+        self._iter_patch.leave(self)
         self._flush_loss()
         self._close_step()
         self._close_epoch()
@@ -231,6 +221,19 @@ class TorchIntegration(_TorchHooks):
             return
         epoch_end_snapshots(self.c, epoch)
         close_span(self.c, epoch)
+
+
+def _timed_iter(original: Any, integrations: list[TorchIntegration]) -> Any:
+    """``DataLoader.__iter__`` while integrations run: each times the fetches for its session."""
+
+    @functools.wraps(original)
+    def __iter__(loader: Any) -> Any:
+        it = original(loader)
+        for integration in list(integrations):
+            it = integration._iterate(loader, it)
+        return it
+
+    return __iter__
 
 
 class _LoaderIter:

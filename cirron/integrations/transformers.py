@@ -15,6 +15,7 @@ from typing import Any
 import transformers.trainer as hf_trainer
 from transformers import TrainerCallback
 
+from cirron.integrations import SharedPatch
 from cirron.integrations._trainer import TrainerSpans
 
 
@@ -58,34 +59,33 @@ class CirronCallback(TrainerCallback):
             self.spans.log(logs, step=state.global_step)
 
 
+def _in_evaluate_span(original: Any, sessions: list[Any]) -> Any:
+    @functools.wraps(original)
+    def evaluate(trainer: Any, *args: Any, **kwargs: Any) -> Any:
+        mine = [cb for cb in trainer.callback_handler.callbacks
+                if isinstance(cb, CirronCallback) and cb.spans.c in sessions]
+        for cb in mine:
+            cb.spans.eval_begin()
+        try:
+            return original(trainer, *args, **kwargs)
+        finally:
+            for cb in mine:
+                cb.spans.eval_end()  # nothing left to do when on_evaluate closed it
+    return evaluate
+
+
 class _Installed:
     def __init__(self, c: Any) -> None:
         self.c = c
         # The Trainer instantiates the classes it finds in this list: a subclass bound to ``c``.
         self.callback = type("CirronCallback", (CirronCallback,), {"bound": c})
         hf_trainer.DEFAULT_CALLBACKS.append(self.callback)
-        self.evaluate = hf_trainer.Trainer.__dict__["evaluate"]
-        original = self.evaluate
-
-        @functools.wraps(original)
-        def evaluate(trainer: Any, *args: Any, **kwargs: Any) -> Any:
-            cb = next((cb for cb in trainer.callback_handler.callbacks if isinstance(cb, CirronCallback)), None)
-            if cb is not None:
-                cb.spans.eval_begin()
-            try:
-                return original(trainer, *args, **kwargs)
-            finally:
-                if cb is not None:
-                    cb.spans.eval_end()  # no-op when on_evaluate closed it
-
-        self.patched = evaluate
-        hf_trainer.Trainer.evaluate = evaluate  # type: ignore[method-assign]
+        self.patch = SharedPatch.join(hf_trainer.Trainer, "evaluate", _in_evaluate_span, c)
 
     def uninstall(self) -> None:
         if self.callback in hf_trainer.DEFAULT_CALLBACKS:
             hf_trainer.DEFAULT_CALLBACKS.remove(self.callback)
-        if hf_trainer.Trainer.__dict__.get("evaluate") is self.patched:
-            hf_trainer.Trainer.evaluate = self.evaluate  # type: ignore[method-assign]
+        self.patch.leave(self.c)
 
 
 def install(c: Any, installed: Any) -> _Installed:

@@ -50,7 +50,7 @@ def test_alias_from_project_file(tmp_path: Path, spool_dir: Path) -> None:
     np.save(tmp_path / "data" / "train.npy", np.ones(3))
     (tmp_path / "cirron.yaml").write_text(
         "name: demo\nversion: '1'\nframework: sklearn\ntype: classification\n"
-        "data:\n  train: data/train.npy\n  test: {path: data/missing.npy}\n  remote: {uri: 's3://bucket/x'}\n"
+        "data:\n  train: data/train.npy\n  test: {path: data/missing.npy}\n  remote: {uri: 'platform://datasets/x'}\n"
     )
     sub = tmp_path / "nested"
     sub.mkdir()

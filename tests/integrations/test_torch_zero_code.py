@@ -190,3 +190,19 @@ def test_shutdown_closes_the_open_epoch_in_the_spool(spool_dir) -> None:
         by_name.setdefault(s["name"], []).append(s)
     assert len(by_name["epoch"]) == 1 and by_name["epoch"][0]["end_ns"] is not None
     assert all(s["end_ns"] is not None for s in by_name["step"])
+
+
+def test_sessions_stopping_in_any_order_leave_torch_as_it_was(spool_dir) -> None:  # noqa: ANN001
+    before = DataLoader.__dict__["__iter__"]
+    a = Cirron(spool_dir=spool_dir, output="none")
+    b = Cirron(spool_dir=spool_dir, output="none")
+    a.profile(frameworks=["torch"])
+    b.profile(frameworks=["torch"])
+    _train(_model(), _loader(), epochs=1)
+    a.shutdown()                      # the first one in leaves first
+    assert DataLoader.__dict__["__iter__"] is not before
+    _train(_model(), _loader(), epochs=1)
+    db = b.trace(format="dict")
+    b.shutdown()
+    assert DataLoader.__dict__["__iter__"] is before
+    assert [r["name"] for r in db["roots"]] == ["epoch", "epoch"]  # b saw both runs

@@ -13,7 +13,7 @@ np = pytest.importorskip("numpy")
 keras = pytest.importorskip("keras")
 if keras.backend.backend() != "torch":
     pytest.skip("keras was imported with another backend", allow_module_level=True)
-from trees import find, marks, shape  # noqa: E402
+from integration_trees import find, marks, shape  # noqa: E402
 
 from cirron import Cirron  # noqa: E402
 

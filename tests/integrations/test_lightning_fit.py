@@ -7,7 +7,7 @@ import pytest
 torch = pytest.importorskip("torch")
 pl = pytest.importorskip("lightning.pytorch")
 from torch.utils.data import DataLoader, TensorDataset  # noqa: E402
-from trees import find, marks, shape  # noqa: E402
+from integration_trees import find, marks, shape  # noqa: E402
 
 from cirron import Cirron  # noqa: E402
 
@@ -56,7 +56,8 @@ def test_lightning_run_with_one_line(tmp_path, spool_dir) -> None:  # noqa: ANN0
     c.shutdown()
     roots = d["roots"]
     epochs = find(roots, "epoch")
-    assert [e["index"] for e in epochs] == [0, 1] and epochs[0]["attrs"]["framework"] == "lightning"
+    assert [e["index"] for e in epochs] == [0, 1] and epochs[0]["attrs"].get("framework") == "lightning", \
+        [shape(r) for r in roots]
     for e in epochs:
         steps = [s for s in e["children"] if s["name"] == "step"]
         assert [s["index"] for s in steps] == [0, 1]
@@ -84,3 +85,18 @@ def test_callback_by_hand_and_trainer_restored(tmp_path, spool_dir) -> None:  # 
     d = c2.trace(format="dict")
     c2.shutdown()
     assert len(find(d["roots"], "epoch")) == 2 and len(find(d["roots"], "step")) == 4
+
+
+def test_two_sessions_each_get_their_callback(tmp_path, spool_dir) -> None:  # noqa: ANN001
+    from cirron.integrations.lightning import CirronCallback
+
+    c1, c2 = Cirron(spool_dir=spool_dir, output="none"), Cirron(spool_dir=spool_dir, output="none")
+    c1.profile(frameworks=["lightning"])
+    c2.profile(frameworks=["lightning"])
+    try:
+        mine = [cb.spans.c for cb in _trainer(tmp_path).callbacks
+                if isinstance(cb, CirronCallback) and cb.spans.c in (c1, c2)]
+        assert sorted(map(id, mine)) == sorted(map(id, (c1, c2)))
+    finally:
+        c2.shutdown()
+        c1.shutdown()

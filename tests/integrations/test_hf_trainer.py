@@ -6,7 +6,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
-from trees import find, marks, names, shape  # noqa: E402
+from integration_trees import find, marks, names, shape  # noqa: E402
 
 from cirron import Cirron  # noqa: E402
 
