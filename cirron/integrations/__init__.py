@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import importlib
 import sys
-from typing import Any
+from typing import Any, ClassVar
 
 from cirron._errors import CirronConfigError
 
@@ -180,7 +180,7 @@ class SharedPatch:
     one leaves, whatever order sessions start and stop in. ``make(original, members)`` builds the
     replacement; ``members`` is the live list of what joined (sessions or their hooks)."""
 
-    _active: dict[tuple[int, str], SharedPatch] = {}
+    _active: ClassVar[dict[tuple[int, str], SharedPatch]] = {}
 
     @classmethod
     def join(cls, owner: Any, name: str, make: Any, member: Any) -> SharedPatch:

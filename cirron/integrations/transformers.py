@@ -79,7 +79,8 @@ class _Installed:
         self.c = c
         # The Trainer instantiates the classes it finds in this list: a subclass bound to ``c``.
         self.callback = type("CirronCallback", (CirronCallback,), {"bound": c})
-        hf_trainer.DEFAULT_CALLBACKS.append(self.callback)
+        defaults: list[Any] = hf_trainer.DEFAULT_CALLBACKS
+        defaults.append(self.callback)
         self.patch = SharedPatch.join(hf_trainer.Trainer, "evaluate", _in_evaluate_span, c)
 
     def uninstall(self) -> None:

@@ -6,8 +6,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 pl = pytest.importorskip("lightning.pytorch")
-from torch.utils.data import DataLoader, TensorDataset  # noqa: E402
 from integration_trees import find, marks, shape  # noqa: E402
+from torch.utils.data import DataLoader, TensorDataset  # noqa: E402
 
 from cirron import Cirron  # noqa: E402
 

@@ -9,6 +9,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import pytest
@@ -108,7 +109,7 @@ def test_s3_alias_from_the_project_file_and_a_missing_object(s3, tmp_path: Path,
 
 
 class _Files(http.server.BaseHTTPRequestHandler):
-    files: dict[str, bytes] = {}
+    files: ClassVar[dict[str, bytes]] = {}
 
     def _send(self, body: bool) -> None:
         data = self.files.get(self.path.split("?")[0])
