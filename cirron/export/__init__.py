@@ -97,7 +97,7 @@ def write_otlp_json(sessions: Iterable[Session], path: str | os.PathLike[str]) -
         for i, sess in enumerate(sessions):
             if i:
                 fh.write(b",")
-            shell = orjson.dumps(resource_spans_shell(sess.id, sess.resource, sess.sdk_version))
+            shell = orjson.dumps(resource_spans_shell(sess.id, sess.resource, sess.sdk_version, sess.writer))
             head, tail = shell[:-4], shell[-4:]  # ...,"spans":[   |   ]}]}
             fh.write(head)
             spans = iter_encoded_spans(sess.id, sess.spans, sess.marks, open_end_ns=sess.last_ns)

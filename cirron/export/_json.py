@@ -46,7 +46,10 @@ def write_json(items: Iterable[Any], path: str | os.PathLike[str]) -> int:
     with atomic_file(path) as tmp, open(tmp, "wb") as fh, \
             tempfile.TemporaryFile(dir=parent) as marks_fh, tempfile.TemporaryFile(dir=parent) as snaps_fh:
         fh.write(head + b',"spans":[')
+        writers: dict[str, dict] = {}  # which writer and version wrote each session: "sessions", after the records
         for s in items:
+            info = getattr(s, "session", s)  # a chunk's session summary, or the session itself
+            writers.setdefault(info.id, {"session_id": info.id, "writer": info.writer, "sdk_version": info.sdk_version})
             spans = sorted(s.spans, key=lambda r: (r.get("start_ns") or 0))
             n += _write_chunked_after(fh, n, (_dumps(_clean(x, SPAN_FIELDS)) for x in spans), _write_chunked)
             m += _write_chunked_after(marks_fh, m, (_dumps(_mark(x)) for x in s.marks), _write_chunked)
@@ -56,7 +59,7 @@ def write_json(items: Iterable[Any], path: str | os.PathLike[str]) -> int:
             fh.write(label)
             side.seek(0)
             shutil.copyfileobj(side, fh, 1 << 20)
-        fh.write(b"]}")
+        fh.write(b'],"sessions":' + orjson.dumps(list(writers.values())) + b"}")
     return n
 
 

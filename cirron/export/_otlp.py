@@ -173,8 +173,11 @@ def parse_resource_attributes(value: str) -> dict[str, str]:
 
 
 def resource_attributes(session_id: str, resource: Mapping[str, Any] | None, sdk_version: str | None = None,
-                        environ: Mapping[str, str] | None = None) -> dict[str, Any]:
-    """The OTLP resource of one session as a plain dict (see the module docstring for the rules)."""
+                        environ: Mapping[str, str] | None = None, writer: str = "cirron") -> dict[str, Any]:
+    """The OTLP resource of one session as a plain dict (see the module docstring for the rules).
+
+    ``telemetry.sdk.version`` and ``cirron.writer`` say which writer wrote the session: this SDK's
+    version is used only for sessions this SDK's protocol wrote."""
     env = os.environ if environ is None else environ
     resource = resource or {}
     project, project_version = resource.get("project"), resource.get("project_version")
@@ -183,7 +186,8 @@ def resource_attributes(session_id: str, resource: Mapping[str, Any] | None, sdk
         attrs["service.version"] = str(project_version)
     attrs["telemetry.sdk.name"] = "cirron"
     attrs["telemetry.sdk.language"] = "python"
-    attrs["telemetry.sdk.version"] = sdk_version or __version__
+    attrs["telemetry.sdk.version"] = sdk_version or (__version__ if writer == "cirron" else "unknown")
+    attrs["cirron.writer"] = writer
     for k, v in resource.items():
         if v is not None:
             attrs[_RESOURCE_KEYS.get(k, f"cirron.resource.{k}")] = v
@@ -323,10 +327,13 @@ def _encode_span(s: Any, trace_id: str, events: list[dict] | None, open_end_ns: 
     return span
 
 
-def resource_spans_shell(session_id: str, resource: Mapping[str, Any] | None, sdk_version: str | None = None) -> dict:
+def resource_spans_shell(
+    session_id: str, resource: Mapping[str, Any] | None, sdk_version: str | None = None, writer: str = "cirron"
+) -> dict:
     """A ``ResourceSpans`` with an empty span list (fill ``["scopeSpans"][0]["spans"]``)."""
     return {
-        "resource": {"attributes": encode_attributes(resource_attributes(session_id, resource, sdk_version))},
+        "resource": {"attributes": encode_attributes(resource_attributes(session_id, resource, sdk_version,
+                                                                          writer=writer))},
         "scopeSpans": [{"scope": {"name": SCOPE_NAME, "version": __version__}, "spans": []}],
     }
 
@@ -339,6 +346,7 @@ def encode_resource_spans(
     *,
     sdk_version: str | None = None,
     open_end_ns: int | None = None,
+    writer: str = "cirron",
 ) -> dict:
     """One ``ResourceSpans`` for one session.
 
@@ -348,7 +356,7 @@ def encode_resource_spans(
     without ``end_ns`` get ``open_end_ns`` (or their start) as end time and the attribute
     ``cirron.open = true``.
     """
-    rs = resource_spans_shell(session_id, resource, sdk_version)
+    rs = resource_spans_shell(session_id, resource, sdk_version, writer)
     rs["scopeSpans"][0]["spans"] = list(iter_encoded_spans(session_id, spans, marks, open_end_ns=open_end_ns))
     return rs
 
@@ -357,7 +365,7 @@ def encode_session(session: Any) -> dict:
     """``encode_resource_spans`` for a :class:`cirron.spool.Session`."""
     return encode_resource_spans(
         session.id, session.resource, session.spans, session.marks,
-        sdk_version=session.sdk_version, open_end_ns=session.last_ns,
+        sdk_version=session.sdk_version, open_end_ns=session.last_ns, writer=session.writer,
     )
 
 

@@ -206,9 +206,13 @@ def write_parquet(chunks: Iterable[Any], out_dir: str | os.PathLike[str], partit
     n_spans = 0
     with atomic_dir(out_dir, names) as tmp:
         writers: dict[tuple[str, str], Any] = {}
+        written: dict[str, dict] = {}  # which writer and version wrote each session: "cirron.writers" metadata
         try:
             for chunk in _as_chunks(chunks):
                 n_spans += len(chunk.spans)
+                info = chunk.session
+                written.setdefault(info.id, {"session_id": info.id, "writer": info.writer,
+                                             "sdk_version": info.sdk_version})
                 for name, build in zip(names, builders):
                     table = build(chunk)
                     if column is None:
@@ -234,6 +238,8 @@ def write_parquet(chunks: Iterable[Any], out_dir: str | os.PathLike[str], partit
                     pq.write_table(table.replace_schema_metadata(_metadata()), tmp / name)
                 elif column is not None:
                     Path(tmp / name).mkdir(exist_ok=True)
+            for w in writers.values():
+                w.add_key_value_metadata({"cirron.writers": safe_dumps(list(written.values())).decode()})
         finally:
             for w in writers.values():
                 w.close()

@@ -63,6 +63,8 @@ def iter_trace_events(sessions: Iterable[Session], base_ns: int | None = None) -
                 pid = pid_of[key] = len(pid_of) + 1
                 label = f"session {sess.id[:8]} rank {rank}"
                 yield {"ph": "M", "name": "process_name", "pid": pid, "tid": 0, "args": {"name": label}}
+                yield {"ph": "M", "name": "process_labels", "pid": pid, "tid": 0,
+                       "args": {"labels": f"writer {sess.writer} {sess.sdk_version or 'unknown'}"}}
             sid = g("id")
             span_pid[sid] = pid
             tid = g("thread_id")

@@ -27,7 +27,8 @@ from pathlib import Path
 from typing import Any
 
 from cirron.spool import paths
-from cirron.spool.reader import BatchFile, WarningCallback, _default_warning
+from cirron.spool.reader import BatchFile, WarningCallback, default_warning
+from cirron.spool.reconstruct import is_unfinished, writer_name
 from cirron.spool.sessions import Session, load_spool
 
 __all__ = ["Catalog", "Run", "SessionInfo", "open_catalog"]
@@ -59,11 +60,25 @@ class SessionInfo:
     #: Its batch files hold its records and nothing else, so it can be read file by file
     #: (:mod:`cirron.spool.stream`) instead of being rebuilt whole.
     streamable: bool = False
+    #: Every batch came from a writer with the liveness-lock protocol (:attr:`Session.lock_protocol`).
+    lock_protocol: bool = True
+
+    @property
+    def writer(self) -> str:
+        return writer_name(self.lock_protocol)
+
+    @property
+    def unfinished(self) -> bool:
+        return is_unfinished(self.lock_protocol, not self.is_orphan, self.ended_ns)
 
     @property
     def status(self) -> str:
-        """``"ended"``, ``"live"`` or ``"crashed"``."""
-        return "live" if self.live else ("crashed" if self.crashed else "ended")
+        """``"ended"``, ``"live"``, ``"crashed"`` or ``"unfinished"``."""
+        if self.live:
+            return "live"
+        if self.crashed:
+            return "crashed"
+        return "unfinished" if self.unfinished else "ended"
 
     @property
     def bytes(self) -> int:
@@ -124,7 +139,7 @@ def info_from_session(sess: Session, spool_dir: Path) -> SessionInfo:
         live=sess.live, crashed=sess.crashed, spans=len(sess.spans), marks=len(sess.marks),
         snapshots=len(sess.snapshots), files=tuple(sess.files), sdk_version=sess.sdk_version,
         resource=dict(sess.resource), attrs=dict(root_attrs) if isinstance(root_attrs, dict) else {},
-        is_orphan=sess.is_orphan,
+        is_orphan=sess.is_orphan, lock_protocol=sess.lock_protocol,
     )
 
 
@@ -134,7 +149,7 @@ class Catalog:
     def __init__(self, spools: Sequence[str | os.PathLike[str]], on_warning: WarningCallback | None = None,
                  *, use_index: bool = True) -> None:
         self.spools = [Path(s) for s in spools]
-        self.on_warning = on_warning or _default_warning
+        self.on_warning = on_warning or default_warning
         self.use_index = use_index
         self._sessions: list[SessionInfo] | None = None
         self._file_sessions: dict[Path, set[str | None]] = {}

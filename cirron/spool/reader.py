@@ -37,6 +37,7 @@ from cirron._schema import (
     decode_mark_value,
     encode_float,
 )
+from cirron.spool.tolerant import normalize_mark, normalize_snapshot
 
 __all__ = [
     "BatchFile",
@@ -63,7 +64,7 @@ MAX_NESTING = 64
 _TOO_DEEP = "<nested too deep>"
 
 
-def _default_warning(message: str) -> None:
+def default_warning(message: str) -> None:
     _log.warning("%s", message)
 
 
@@ -89,7 +90,7 @@ def list_batch_files(
     Directories and symlinks that carry a batch name are skipped with a warning (a symlink
     could point anywhere; the writer never creates one). A missing directory is an empty spool.
     """
-    warn = on_warning or _default_warning
+    warn = on_warning or default_warning
     out: list[BatchFile] = []
     try:
         it = os.scandir(spool_dir)
@@ -312,6 +313,7 @@ class MarkRecord(_Record):
     ts_ns: _Int = None
     thread_id: _Int = None
     attrs: Any = None
+    value_nonfinite: Any = None  # other writers: "nan"/"inf"/"-inf" beside a null value
     # Not on disk (the odd JSON names keep a file from setting them): filled in by the reader.
     batch_session: Optional[str] = msgspec.field(default=None, name="~cirron.batch_session")
     session: Optional[str] = msgspec.field(default=None, name="~cirron.session")
@@ -328,6 +330,7 @@ class SnapshotRecord(_Record):
     ts_ns: _Int = None
     stats: Any = None
     blob_uri: Any = None
+    tensor_name: Any = None  # other writers' name for ``tensor``
     # Not on disk (the odd JSON names keep a file from setting them): filled in by the reader.
     batch_session: Optional[str] = msgspec.field(default=None, name="~cirron.batch_session")
     session: Optional[str] = msgspec.field(default=None, name="~cirron.session")
@@ -344,6 +347,7 @@ class SpanSummary(_Record):
     start_ns: _Int = None
     end_ns: _Int = None
     attrs: msgspec.Raw = msgspec.field(default_factory=lambda: msgspec.Raw(b"{}"))
+    pid: _Int = None
     session: Optional[str] = msgspec.field(default=None, name="~cirron.session")
 
 
@@ -392,6 +396,7 @@ class MarkExport(_Record):
     ts_ns: _Int = None
     thread_id: _Int = None
     attrs: msgspec.Raw = msgspec.field(default_factory=lambda: msgspec.Raw(b"{}"))
+    value_nonfinite: Any = None
     batch_session: Optional[str] = msgspec.field(default=None, name="~cirron.batch_session")
     session: Optional[str] = msgspec.field(default=None, name="~cirron.session")
 
@@ -401,7 +406,7 @@ class _ExportBatch(msgspec.Struct, gc=False):
     sdk_version: Any = None
     batch_id: Any = None
     created_ns: Any = None
-    session_id: Any = None
+    session_id: Any = msgspec.UNSET  # absent: a writer without the liveness-lock protocol
     resource: Any = None
     spans: Optional[list[SpanExport]] = None
     marks: Optional[list[MarkExport]] = None
@@ -413,7 +418,7 @@ class _FullBatch(msgspec.Struct, gc=False):
     sdk_version: Any = None
     batch_id: Any = None
     created_ns: Any = None
-    session_id: Any = None
+    session_id: Any = msgspec.UNSET  # absent: a writer without the liveness-lock protocol
     resource: Any = None
     spans: Optional[list[SpanRecord]] = None
     marks: Optional[list[MarkRecord]] = None
@@ -425,7 +430,7 @@ class _SummaryBatch(msgspec.Struct, gc=False):
     sdk_version: Any = None
     batch_id: Any = None
     created_ns: Any = None
-    session_id: Any = None
+    session_id: Any = msgspec.UNSET  # absent: a writer without the liveness-lock protocol
     resource: Any = None
     spans: Optional[list[SpanSummary]] = None
     marks: Optional[list[MarkSummary]] = None
@@ -451,6 +456,7 @@ def _finish(obj: Any, name: str, warn: WarningCallback, dropped: int = 0) -> dic
     if dropped:
         warn(f"{name}: ignored {dropped} malformed record(s)")
     sid = obj.session_id
+    lock_protocol = sid is not msgspec.UNSET
     sid = sid if _valid_id(sid) else None
     marks = obj.marks or []
     snaps = obj.snapshots or []
@@ -458,8 +464,11 @@ def _finish(obj: Any, name: str, warn: WarningCallback, dropped: int = 0) -> dic
         m.batch_session = sid
         if m.get("value_type") == "float" and type(m.get("value")) is str:
             m.value = decode_mark_value(m.value, "float")
+        elif not lock_protocol:
+            normalize_mark(m)
     for sn in snaps:
         sn.batch_session = sid
+        normalize_snapshot(sn)
     spans = obj.spans or []
     for sp in spans:
         if sp.parent_id == "":  # "no parent" from a writer that does not use null
@@ -478,6 +487,7 @@ def _finish(obj: Any, name: str, warn: WarningCallback, dropped: int = 0) -> dic
         "batch_id": obj.batch_id,
         "created_ns": obj.created_ns,
         "session_id": sid,
+        "lock_protocol": lock_protocol,
         "resource": obj.resource if type(obj.resource) is dict else {},
         "spans": spans,
         "marks": marks,
@@ -512,7 +522,7 @@ def _slow_path(data: bytes, name: str, fields: str, warn: WarningCallback) -> di
     batch_t = _BATCH_TYPES[fields]
     b = batch_t(
         schema_version=obj.get("schema_version"), sdk_version=obj.get("sdk_version"), batch_id=obj.get("batch_id"),
-        created_ns=obj.get("created_ns"), session_id=obj.get("session_id"), resource=obj.get("resource"),
+        created_ns=obj.get("created_ns"), session_id=obj.get("session_id", msgspec.UNSET), resource=obj.get("resource"),
         spans=spans, marks=marks, snapshots=snaps,
     )
     return _finish(b, name, warn, d1 + d2 + d3)
@@ -529,7 +539,7 @@ def read_batch(
     lists of record structs (:class:`SpanRecord`, :class:`MarkRecord`, :class:`SnapshotRecord`;
     with ``fields="summary"`` only the fields session reconstruction needs).
     """
-    warn = on_warning or _default_warning
+    warn = on_warning or default_warning
     path = batch.path if isinstance(batch, BatchFile) else Path(batch)
     name = path.name
     try:

@@ -44,16 +44,21 @@ __all__ = [
     "Reconstruction",
     "Reconstructor",
     "Session",
+    "Unplaced",
     "assign_owners",
     "assign_sessions",
     "children_index",
     "is_session_root",
+    "is_unfinished",
     "mark_span_id",
+    "place_by_window",
     "merge_span",
     "reconstruct",
+    "session_windows",
     "span_wins",
     "use_orphan_session",
     "walk_tree",
+    "writer_name",
 ]
 
 #: Id (and display name) of the synthetic session holding spans that reach no root.
@@ -214,6 +219,18 @@ def walk_tree(top: list[dict], children: Mapping[Any, list[dict]]) -> Iterator[t
             stack.extend((k, depth + 1) for k in reversed(kids))
 
 
+def writer_name(lock_protocol: bool) -> str:
+    """``"cirron"`` (this SDK's protocol: batch ``session_id`` and a liveness lock) or ``"other"``
+    (another schema_version 1 writer)."""
+    return "cirron" if lock_protocol else "other"
+
+
+def is_unfinished(lock_protocol: bool, has_root: bool, root_end_ns: object) -> bool:
+    """A session whose writer cannot prove it finished (no closed root) and has no lock to show
+    it is alive: it may still be writing."""
+    return not lock_protocol and (not has_root or root_end_ns is None)
+
+
 # --------------------------------------------------------------------------- sessions
 
 
@@ -236,6 +253,18 @@ class Session:
     crashed: bool = False
     resource: dict[str, Any] = field(default_factory=dict)
     sdk_version: str | None = None
+    #: Every batch of this session came from a writer that holds the liveness lock while it
+    #: writes (a batch-level ``session_id`` key, :data:`cirron.spool.tolerant.LOCK_PROTOCOL_KEY`).
+    lock_protocol: bool = True
+
+    @property
+    def writer(self) -> str:
+        return writer_name(self.lock_protocol)
+
+    @property
+    def unfinished(self) -> bool:
+        return is_unfinished(self.lock_protocol, self.root is not None,
+                             self.root.get("end_ns") if self.root is not None else None)
 
     @property
     def is_orphan(self) -> bool:
@@ -262,11 +291,13 @@ class Session:
 
     @property
     def status(self) -> str:
-        """``"ended"``, ``"live"`` or ``"crashed"``."""
+        """``"ended"``, ``"live"``, ``"crashed"`` or ``"unfinished"`` (:attr:`unfinished`)."""
         if self.live:
             return "live"
         if self.crashed:
             return "crashed"
+        if self.unfinished:
+            return "unfinished"
         return "ended"
 
     @property
@@ -294,8 +325,19 @@ class Session:
         return self.root["id"] if self.root is not None else None
 
     def tree(self) -> tuple[list[dict], dict[str, list[dict]]]:
-        """``(top_level, children)`` as :func:`children_index` builds them."""
-        return children_index(self.spans, [self.root["id"]] if self.root else ())
+        """``(top_level, children)`` as :func:`children_index` builds them; spans placed in the
+        session without a parent in it (another writer's thread or request spans) hang under
+        the root."""
+        if self.root is None:
+            return children_index(self.spans)
+        rid = self.root["id"]
+        top, children = children_index(self.spans, [rid])
+        if len(top) > 1:
+            kids = children.get(rid, []) + [s for s in top if s["id"] != rid]
+            kids.sort(key=_start_key)
+            children[rid] = kids
+            top = [s for s in top if s["id"] == rid]
+        return top, children
 
     def marks_by_span(self) -> dict[str, list[dict]]:
         """Marks grouped under the span they belong to (:func:`mark_span_id`), by ``ts_ns``.
@@ -323,6 +365,21 @@ class Reconstruction:
     #: For each batch added, in order: ``(source, ids of the sessions its records belong to)``
     #: (``None`` in the set: records of no session).
     batch_sessions: list[tuple[Any, set[str | None]]]
+    #: Records of writers without session roots: placed by pid/time, or shown as orphans.
+    unplaced: Unplaced = field(default_factory=lambda: Unplaced())
+
+
+class _Batch:
+    __slots__ = ("source", "spans", "marks", "snaps", "session_id", "sdk_version", "lock_protocol")
+
+    def __init__(self, source: Any, batch: Mapping[str, Any]) -> None:
+        self.source = source
+        self.spans = batch["spans"]
+        self.marks = batch["marks"]
+        self.snaps = batch["snapshots"]
+        self.session_id = batch["session_id"]
+        self.sdk_version = batch.get("sdk_version")
+        self.lock_protocol = batch.get("lock_protocol", True)
 
 
 class Reconstructor:
@@ -335,7 +392,7 @@ class Reconstructor:
         self.spans: dict[str, Any] = {}
         self.marks: dict[str, Any] = {}
         self.snapshots: dict[str, Any] = {}
-        self._batches: list[tuple[Any, list, list, list, str | None]] = []
+        self._batches: list[_Batch] = []
         self._meta: dict[str, tuple[dict, str | None]] = {}
         self._dup_marks: set[str] = set()
         self._dup_snaps: set[str] = set()
@@ -344,13 +401,13 @@ class Reconstructor:
     def add_batch(self, batch: Mapping[str, Any], source: Any = None) -> None:
         """Add one batch (as :func:`cirron.spool.reader.read_batch` returns it); ``source`` is
         what :attr:`Session.files` lists for it."""
-        bsid = batch["session_id"]
+        b = _Batch(source, batch)
+        bsid = b.session_id
         if bsid is not None and bsid not in self._meta:
-            self._meta[bsid] = (batch["resource"], batch["sdk_version"])
+            self._meta[bsid] = (batch["resource"], b.sdk_version)
         spans = self.spans
-        bspans = batch["spans"]
         setdefault = spans.setdefault
-        for s in bspans:
+        for s in b.spans:
             old = setdefault(s.id, s)
             if old is not s:
                 if span_wins(old.end_ns, s.end_ns):
@@ -358,11 +415,9 @@ class Reconstructor:
                     self._dups.append(old)
                 else:
                     self._dups.append(s)
-        bmarks = batch["marks"]
-        self._add_last_wins(self.marks, bmarks, self._dup_marks)
-        bsnaps = batch["snapshots"]
-        self._add_last_wins(self.snapshots, bsnaps, self._dup_snaps)
-        self._batches.append((source, bspans, bmarks, bsnaps, bsid))
+        self._add_last_wins(self.marks, b.marks, self._dup_marks)
+        self._add_last_wins(self.snapshots, b.snaps, self._dup_snaps)
+        self._batches.append(b)
 
     @staticmethod
     def _add_last_wins(into: dict[str, Any], recs: list, dup_ids: set[str]) -> None:
@@ -381,9 +436,37 @@ class Reconstructor:
             rec.session = owner[sid]
         return roots
 
+    def _place_foreign(self, roots: list) -> int:
+        """Spans of writers without the lock protocol that reach no root (parentless thread and
+        request spans, runs whose root was never written) go to the session of the same pid
+        whose time window holds the top of their chain (:func:`place_by_window`). Returns how
+        many spans were placed."""
+        spans = self.spans
+        loose: dict[str, str | None] = {}
+        for b in self._batches:
+            if b.lock_protocol:
+                continue
+            for s in b.spans:
+                if s.session is None and spans.get(s.id) is s:
+                    loose[s.id] = s.parent_id if s.parent_id in spans else None
+        if not loose:
+            return 0
+        tops = [sid for sid, p in loose.items() if p is None or p not in loose]
+        top_of = assign_owners(loose, tops)
+        windows = session_windows(roots)
+        placed_top = {t: place_by_window(windows, spans[t].get("pid"), spans[t].start_ns) for t in tops}
+        placed = 0
+        for sid, top in top_of.items():
+            target = placed_top.get(top) if top is not None else None
+            if target is not None:
+                spans[sid].session = target
+                placed += 1
+        return placed
+
     def finish(self) -> Reconstruction:
         spans, marks, snaps = self.spans, self.marks, self.snapshots
         roots = self._assign()
+        placed = self._place_foreign(roots)
         sessions: dict[str, Session] = {r.id: Session(id=r.id, root=r) for r in roots}
         all_sessions = dict(sessions)
         orphan_mode = use_orphan_session(len(sessions), len(spans))
@@ -391,6 +474,19 @@ class Reconstructor:
             all_sessions[ORPHAN_SESSION_ID] = Session(id=ORPHAN_SESSION_ID, root=None)
             for s in spans.values():
                 s.session = ORPHAN_SESSION_ID
+        unplaced = Unplaced(placed_spans=placed)
+        # Records of writers without the lock protocol are never dropped: what reaches no
+        # session goes to the orphan group, shown even beside real sessions.
+        for b in self._batches:
+            if b.lock_protocol:
+                continue
+            for s in b.spans:
+                if s.session is None:
+                    s.session = ORPHAN_SESSION_ID
+                    if spans.get(s.id) is s:
+                        unplaced.spans += 1
+        if unplaced.spans and ORPHAN_SESSION_ID not in all_sessions:
+            all_sessions[ORPHAN_SESSION_ID] = Session(id=ORPHAN_SESSION_ID, root=None, lock_protocol=False)
         for d in self._dups:
             d.session = spans[d.id].session
 
@@ -406,10 +502,16 @@ class Reconstructor:
         span_get = spans.get
         fallback = ORPHAN_SESSION_ID if orphan_mode else None
         batch_sessions: list[tuple[Any, set[str | None]]] = []
-        for source, bspans, bmarks, bsnaps, bsid in self._batches:
+        for b in self._batches:
+            bspans, bmarks, bsnaps, bsid = b.spans, b.marks, b.snaps, b.session_id
             local = {s.id: s.session for s in bspans}  # small and cache-friendly; most marks hit it
             local_get = local.get
             owners: set[str | None] = set(local.values())
+            if b.lock_protocol:
+                batch_fallback = fallback
+            else:  # no batch session_id: the one session this batch's spans belong to, else the orphan group
+                span_owners = owners - {None}
+                batch_fallback = next(iter(span_owners)) if len(span_owners) == 1 else ORPHAN_SESSION_ID
             for recs, lists, winners, dup_ids in ((bmarks, mark_lists, marks, self._dup_marks),
                                                   (bsnaps, snap_lists, snaps, self._dup_snaps)):
                 if not recs:
@@ -423,24 +525,39 @@ class Reconstructor:
                             if target is not None:
                                 o = target.session
                         if o is None:
-                            b = r.batch_session
-                            o = b if b in sessions else fallback
+                            bs = r.batch_session
+                            o = bs if bs in sessions else batch_fallback
+                    if o == ORPHAN_SESSION_ID and o not in all_sessions:
+                        all_sessions[o] = Session(id=o, root=None, lock_protocol=False)
+                        mark_lists[o] = all_sessions[o].marks
+                        snap_lists[o] = all_sessions[o].snapshots
                     r.session = o
                     if o is not None and (not dup_ids or r.id not in dup_ids or winners[r.id] is r):
                         lists[o].append(r)
+                        if o == ORPHAN_SESSION_ID and not b.lock_protocol:
+                            if recs is bmarks:
+                                unplaced.marks += 1
+                            else:
+                                unplaced.snapshots += 1
                 owners.update(map(get_session, recs))
             if not (bspans or bmarks or bsnaps):
                 owners.add(bsid if bsid in all_sessions else None)
-            batch_sessions.append((source, owners))
+            batch_sessions.append((b.source, owners))
             for o in owners:
                 if o is not None:
-                    all_sessions[o].files.append(source)
+                    sess = all_sessions[o]
+                    sess.files.append(b.source)
+                    if not b.lock_protocol:
+                        sess.lock_protocol = False
+                    if sess.sdk_version is None and type(b.sdk_version) is str:
+                        sess.sdk_version = b.sdk_version
 
         for sess in all_sessions.values():
             meta = self._meta.get(sess.id)
             if meta is not None:
                 sess.resource = dict(meta[0])
-                sess.sdk_version = meta[1]
+                if meta[1] is not None:
+                    sess.sdk_version = meta[1]
             if sess.root is not None:
                 attrs = sess.root.get("attrs")
                 if sess.sdk_version is None and isinstance(attrs, dict) and isinstance(attrs.get("sdk_version"), str):
@@ -452,7 +569,52 @@ class Reconstructor:
         ordered = sorted(
             all_sessions.values(), key=lambda s: (s.started_ns if s.started_ns is not None else 0, s.id)
         )
-        return Reconstruction(ordered, spans, marks, snaps, batch_sessions)
+        return Reconstruction(ordered, spans, marks, snaps, batch_sessions, unplaced)
+
+
+@dataclass
+class Unplaced:
+    """Records of writers without session roots: how many were placed by pid and time window,
+    and how many could not be and went to the ``(orphan spans)`` group (shown, never dropped)."""
+
+    placed_spans: int = 0
+    spans: int = 0
+    marks: int = 0
+    snapshots: int = 0
+
+    def warning(self) -> str | None:
+        if not (self.spans or self.marks or self.snapshots):
+            return None
+        return (f"{self.spans} span(s), {self.marks} mark(s) and {self.snapshots} snapshot(s) from writers without "
+                f"session roots could not be placed in a session; they are shown as {ORPHAN_SESSION_ID}")
+
+
+def session_windows(roots: Iterable[Any]) -> dict[Any, list[tuple[int, float, str]]]:
+    """Per pid, the ``(start, end, session id)`` windows of the session roots (an open root's
+    window has no end), latest start first."""
+    out: dict[Any, list[tuple[int, float, str]]] = {}
+    for r in roots:
+        pid = r.get("pid")
+        if pid is None and isinstance(r.get("attrs"), dict):
+            pid = r["attrs"].get("pid")
+        start, end = r.get("start_ns"), r.get("end_ns")
+        if type(start) is not int:
+            continue
+        out.setdefault(pid, []).append((start, end if type(end) is int else float("inf"), r["id"]))
+    for lst in out.values():
+        lst.sort(reverse=True)
+    return out
+
+
+def place_by_window(windows: Mapping[Any, list[tuple[int, float, str]]], pid: Any, start_ns: Any) -> str | None:
+    """The session of process ``pid`` whose window holds ``start_ns`` (the latest one to start),
+    or ``None``."""
+    if pid is None or type(start_ns) is not int:
+        return None
+    for start, end, sid in windows.get(pid, ()):
+        if start <= start_ns <= end:
+            return sid
+    return None
 
 
 def reconstruct(batches: Iterable[Mapping[str, Any] | tuple[Mapping[str, Any], Any]]) -> Reconstruction:

@@ -5,7 +5,8 @@ session-reconstruction module (:class:`cirron.spool.reconstruct.Reconstructor`: 
 grouping, trees), remembers which batch files hold which session's records (what ``clear``
 deletes and what ``list`` sizes) and checks liveness: a session whose root has no ``end_ns`` is
 *live* while its writer holds the liveness lock (:func:`cirron.spool.paths.is_session_live`) and
-*crashed* otherwise.
+*crashed* otherwise. A session of a writer without the lock protocol whose root is missing or open
+is *unfinished*: it may still be writing (:attr:`Session.unfinished`).
 
 The reconstruction names are re-exported here for existing imports.
 """
@@ -18,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cirron.spool import paths
-from cirron.spool.reader import BatchFile, WarningCallback, list_batch_files, read_batch
+from cirron.spool.reader import BatchFile, WarningCallback, default_warning, list_batch_files, read_batch
 from cirron.spool.reconstruct import (
     ORPHAN_SESSION_ID,
     Reconstructor,
@@ -105,9 +106,12 @@ def load_spool(
             builder.add_batch(batch, bf)
         rec = builder.finish()
     for sess in rec.sessions:
-        if sess.open:
+        if sess.open and sess.lock_protocol:
             sess.live = paths.is_session_live(spool_dir, sess.id)
             sess.crashed = not sess.live
+    message = rec.unplaced.warning()
+    if message is not None:
+        (on_warning or default_warning)(message)
     return Spool(
         dir=spool_dir,
         files=ok_files,

@@ -20,6 +20,7 @@ from cirron import safetensors_io as st
 from cirron._format import label_of
 from cirron._schema import decode_float, encode_float
 from cirron.spool import paths as spool_paths
+from cirron.spool.tolerant import blob_key_candidates, resolve_blob_uri
 from cirron_cli import render
 from cirron_cli.render import fail, format_bytes, use_color, warn
 
@@ -232,34 +233,41 @@ def snapshots_cmd(
 # --------------------------------------------------------------------------------------- snapshot
 
 
-def _resolve_blob_uri(spool_dir: Path, uri: str) -> Path | None:
-    """A record's blob_uri as a path inside ``.cirron/``; ``None`` if it points anywhere else."""
-    root = spool_paths.cirron_root(spool_dir).resolve()
-    if os.path.isabs(uri) or "\x00" in uri:
-        return None
-    p = (root / uri).resolve()
-    return p if p.is_relative_to(root) else None
+def _candidate_files(spool_dir: Path, span_id: str, records: list[dict], file: Path | None) -> tuple[list[Path], list[str]]:
+    """The blob files to read for a span, and what is missing (one line each, already warned).
 
-
-def _candidate_files(spool_dir: Path, span_id: str, records: list[dict], file: Path | None) -> list[Path]:
+    Only regular files are used: a FIFO, device or socket where a blob should be is skipped
+    with a warning (opening one could block forever)."""
     if file is not None:
         if not file.exists():
             fail(f"Snapshot blob not found: {file}")
-        return [file.resolve()]
+        if not file.is_file():
+            fail(f"Not a snapshot blob: {file} (not a regular file)")
+        return [file.resolve()], []
     span_dir = spool_paths.snapshot_span_dir(spool_dir, span_id).resolve()
+    cirron_dir = spool_paths.cirron_root(spool_dir)
     found: list[Path] = []
+    missing: list[str] = []
     for rec in records:
         uri = rec.get("blob_uri")
         if not isinstance(uri, str) or not uri:
             continue
-        p = _resolve_blob_uri(spool_dir, uri)
+        p = resolve_blob_uri(cirron_dir, uri)
         if p is None:
-            warn(f"ignoring blob_uri {uri[:120]!r}: it points outside {spool_paths.cirron_root(spool_dir)}")
+            warn(f"ignoring blob_uri {uri[:120]!r}: it points outside {cirron_dir}")
+            continue
+        if p in found or str(p) in missing:
             continue
         if not p.exists():
-            fail(f"Snapshot blob not found: {p} (referenced by tensor {str(rec.get('tensor'))[:80]!r})")
-        if p not in found:
-            found.append(p)
+            missing.append(str(p))
+            warn(f"Snapshot blob not found: {p} (referenced by tensor {str(rec.get('tensor'))[:80]!r}); "
+                 "showing the recorded stats only")
+            continue
+        if not p.is_file():
+            missing.append(str(p))
+            warn(f"skipping {p}: not a regular file")
+            continue
+        found.append(p)
     for name in BLOB_FILES:
         p = span_dir / name
         if p.is_symlink():  # the SDK never writes one; it could point anywhere
@@ -270,7 +278,7 @@ def _candidate_files(spool_dir: Path, span_id: str, records: list[dict], file: P
             found.append(p)
     order = {name: i for i, name in enumerate(BLOB_FILES)}
     found.sort(key=lambda p: (order.get(p.name, len(order)), str(p)))
-    return found
+    return found, missing
 
 
 def _read_headers(files: list[Path]) -> list[st.SafetensorsHeader]:
@@ -290,9 +298,10 @@ def _file_json(h: st.SafetensorsHeader) -> dict:
 def _pick_tensor(tensor: str, headers: list[st.SafetensorsHeader], record: dict | None,
                  span_id: str) -> tuple[st.SafetensorsHeader, st.TensorInfo] | None:
     for h in headers:
-        info = h.get(tensor)
-        if info is not None:
-            return h, info
+        for key in blob_key_candidates(tensor, h.path.name):
+            info = h.get(key)
+            if info is not None:
+                return h, info
     if not headers:
         return None
     if record is not None and not isinstance(record.get("blob_uri"), str):
@@ -422,15 +431,18 @@ def snapshot_cmd(
     if session_id is None and records:
         session_id = records[0].get("batch_session")
 
-    files = _candidate_files(spool_dir, full_id, records, file)
+    files, missing = _candidate_files(spool_dir, full_id, records, file)
     headers = _read_headers(files)
+    if missing and (export is not None or preview is not None or tail is not None):
+        fail(f"Snapshot blob not found: {missing[0]}")
     color = use_color(no_color)
 
     record = None
     picked: tuple[st.SafetensorsHeader, st.TensorInfo] | None = None
     if tensor is not None:
         record = next((r for r in records if r.get("tensor") == tensor), None)
-        picked = _pick_tensor(tensor, headers, record, full_id)
+        blob = resolve_blob_uri(spool_paths.cirron_root(spool_dir), record.get("blob_uri")) if record else None
+        picked = None if blob is not None and str(blob) in missing else _pick_tensor(tensor, headers, record, full_id)
         if record is None and picked is None:
             names = ", ".join(str(r.get("tensor")) for r in records) or "(none)"
             fail(f'Tensor "{tensor}" not found in span {full_id}. Available: {names}')

@@ -31,6 +31,7 @@ from cirron._schema import encode_float
 from cirron.spool import paths
 from cirron.spool.catalog import Catalog, SessionInfo, open_catalog
 from cirron.spool.reader import _limit_depth
+from cirron.spool.retention import plan_clear
 from cirron.spool.sessions import Session, Spool, load_spool
 from cirron_cli import render
 from cirron_cli.render import fail, format_bytes, format_duration_ns, style, use_color, warn
@@ -269,7 +270,7 @@ class _SessionView:
                 stack.append((k, x, d + 1))
 
     def open_text(self) -> str:
-        return "(live)" if self.session.live else "(crashed)"
+        return f"({self.session.status})" if self.session.status != "ended" else "(open)"
 
     def lines(self, color: bool) -> Iterator[str]:
         def paint(text: str, role: str) -> str:  # the duration comes styled by its state
@@ -350,6 +351,8 @@ def _session_summary(s: SessionInfo) -> dict:
         "rank": s.rank,
         "world_size": s.world_size,
         "local_rank": s.local_rank,
+        "writer": s.writer,
+        "unfinished": s.unfinished,
     }
 
 
@@ -495,10 +498,8 @@ def list_sessions(
 
 
 def _duration_text(s: SessionInfo) -> str:
-    if s.live:
-        return "(live)"
-    if s.crashed:
-        return "(crashed)"
+    if s.status != "ended":
+        return f"({s.status})"
     e, st = s.ended_ns, s.started_ns
     return format_duration_ns(e - st) if e is not None and st is not None else "?"
 
@@ -864,15 +865,10 @@ def _clear(cutoff: int | None, keep: int | None, yes: bool, prune: bool, spool: 
     loaded = [(d, load_spool(d, warn, fields="summary")) for d in cat.spools]
     everything = sorted(((d, s) for d, sp in loaded for s in sp.sessions),
                         key=lambda ds: (ds[1].started_ns if ds[1].started_ns is not None else 0, ds[1].id))
-    live = [s for _d, s in everything if s.live]
-    candidates = [(d, s) for d, s in everything if not s.live]
-    eligible = candidates
-    if cutoff is not None:
-        eligible = [(d, s) for d, s in eligible if s.started_ns is not None and s.started_ns < cutoff]
-    if keep is not None:
-        finished = [(d, s) for d, s in reversed(candidates) if not s.crashed]
-        kept = {(d, s.id) for d, s in finished[:keep]} | {(d, s.id) for d, s in candidates if s.crashed}
-        eligible = [(d, s) for d, s in eligible if (d, s.id) not in kept]
+    rule = plan_clear(everything, cutoff, keep, session=lambda ds: ds[1])
+    live = [s for _d, s in rule.live]
+    unfinished = [s for _d, s in rule.unfinished]
+    eligible = rule.eligible
     groups: list[_Group] = []
     orphan_dirs: list[tuple[Path, Path]] = []
     n_bytes = n_dirs = n_spans = 0
@@ -885,7 +881,7 @@ def _clear(cutoff: int | None, keep: int | None, yes: bool, prune: bool, spool: 
         n_bytes += plan.n_bytes
         n_dirs += plan.n_dirs
         n_spans += plan.n_spans
-    _run_clear(live, [s for _d, s in eligible], groups, orphan_dirs, n_bytes, n_dirs, n_spans, yes)
+    _run_clear(live, unfinished, [s for _d, s in eligible], groups, orphan_dirs, n_bytes, n_dirs, n_spans, yes)
 
 
 @dataclass
@@ -959,10 +955,13 @@ def _plan_clear(sp: Spool, spool_dir: Path, eligible: list[Session], prune: bool
     return _ClearPlan(groups, orphan_dirs, n_bytes, n_dirs, n_spans)
 
 
-def _run_clear(live: list[Session], eligible: list[Session], groups: list[_Group],
+def _run_clear(live: list[Session], unfinished: list[Session], eligible: list[Session], groups: list[_Group],
                orphan_dirs: list[tuple[Path, Path]], n_bytes: int, n_dirs: int, n_spans: int, yes: bool) -> None:
     for s in live:
         typer.echo(f"Keeping live session {render.short_id(s.id)} (its writer still holds the lock)", err=True)
+    for s in unfinished:
+        typer.echo(f"Keeping unfinished session {render.short_id(s.id)} (no closed root and no liveness lock: "
+                   "its writer may still be writing)", err=True)
     if not eligible and not orphan_dirs:
         typer.echo("Nothing to delete.")
         return

@@ -184,7 +184,8 @@ def test_list_json_keys(factory: SpoolFactory):
     assert data["dir"] == str(factory.spool_dir.resolve())
     sess = data["sessions"][0]
     assert set(sess) == {"id", "started_ns", "ended_ns", "live", "crashed", "spans", "marks", "snapshots", "bytes",
-                         "sdk_version", "spool", "run_id", "rank", "world_size", "local_rank"}
+                         "sdk_version", "spool", "run_id", "rank", "world_size", "local_rank", "writer", "unfinished"}
+    assert sess["writer"] == "cirron" and sess["unfinished"] is False
     assert sess["id"] == s["root"]
     assert sess["started_ns"] == str(BASE_NS) and isinstance(sess["ended_ns"], str)
     assert sess["spans"] == 11 and sess["marks"] == 4 and sess["sdk_version"] == "0.1.0"

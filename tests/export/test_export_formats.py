@@ -167,8 +167,9 @@ def test_json_merged_batch(factory: SpoolFactory, tmp_path):
     out = tmp_path / "t.json"
     export(factory, "json", out)
     doc = json.loads(out.read_text())
-    assert set(doc) == {"schema_version", "sdk_version", "spans", "marks", "snapshots"}
+    assert set(doc) == {"schema_version", "sdk_version", "sessions", "spans", "marks", "snapshots"}
     assert doc["schema_version"] == 1
+    assert doc["sessions"] == [{"session_id": s["root"], "writer": "cirron", "sdk_version": "0.1.0"}]
     assert len(doc["spans"]) == len({sp["id"] for sp in doc["spans"]}) == len(s["spans"])
     assert next(sp for sp in doc["spans"] if sp["name"] == "cirron.session")["end_ns"] is not None
     nan = next(m for m in doc["marks"] if m["name"] == "nan_loss")
