@@ -76,11 +76,24 @@ def scrub_text(value: Any) -> Any:
     return value
 
 
+#: Integers every exporter can carry (OTLP intValue, Parquet INT64, most JSON parsers).
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+
+
+def encode_int(x: int) -> int | str:
+    """An int as the spool writes it: inside int64 as a JSON number, outside as its decimal
+    string (a mark keeps ``value_type: "int"``), so no reader or exporter needs more than int64."""
+    return x if INT64_MIN <= x <= INT64_MAX else str(x)
+
+
 def strict_json(value: Any, _depth: int = 0) -> Any:
-    """Make ``value`` encodable as RFC 8259 JSON: non-finite floats become strings,
-    tuples become lists, non-string keys become strings, anything unknown becomes ``str()``."""
+    """Make ``value`` encodable as RFC 8259 JSON: non-finite floats become strings, ints outside
+    int64 become decimal strings (:func:`encode_int`), tuples become lists, non-string keys become
+    strings, anything unknown becomes ``str()``."""
     t = type(value)
-    if t is str or t is int or t is bool or value is None:
+    if t is int:
+        return value if INT64_MIN <= value <= INT64_MAX else str(value)
+    if t is str or t is bool or value is None:
         return value
     if t is float:
         return value if math.isfinite(value) else encode_float(value)
@@ -93,7 +106,7 @@ def strict_json(value: Any, _depth: int = 0) -> Any:
     if isinstance(value, float):
         return strict_json(float(value))
     if isinstance(value, int):
-        return int(value)
+        return encode_int(int(value))
     return str(value)
 
 

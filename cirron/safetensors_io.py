@@ -28,6 +28,7 @@ from typing import Any, BinaryIO
 
 from cirron._atomic import atomic_file
 from cirron._errors import CirronSpoolError
+from cirron._safeopen import NotRegularFile, open_regular
 
 __all__ = [
     "DTYPES",
@@ -152,13 +153,15 @@ def read_header(path: str | os.PathLike[str], *, max_header_bytes: int = MAX_HEA
     """Read and validate the header of ``path``. Raises :class:`SafetensorsError` with a one-line reason."""
     path = Path(path)
     try:
-        with open(path, "rb") as f:
+        with open_regular(path) as f:
             file_size = os.fstat(f.fileno()).st_size
             return _parse_header(f, path, file_size, max_header_bytes)
     except SafetensorsError:
         raise
-    except IsADirectoryError as exc:
-        raise SafetensorsError(f"{path} is a directory, not a safetensors file") from exc
+    except (IsADirectoryError, NotRegularFile) as exc:
+        if path.is_dir():
+            raise SafetensorsError(f"{path} is a directory, not a safetensors file") from exc
+        raise SafetensorsError(f"{path} is not a regular file (a FIFO, device or socket), not a safetensors file") from exc
     except FileNotFoundError as exc:
         raise SafetensorsError(f"Snapshot blob not found: {path}") from exc
     except OSError as exc:
@@ -232,7 +235,7 @@ def _parse_header(f: BinaryIO, path: Path, file_size: int, max_header_bytes: int
 
 def _read_exact(path: Path, offset: int, size: int) -> bytes:
     try:
-        with open(path, "rb") as f:
+        with open_regular(path) as f:
             f.seek(offset)
             data = f.read(size)
     except OSError as exc:

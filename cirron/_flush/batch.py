@@ -17,7 +17,7 @@ import msgspec
 
 from cirron import _native as native
 from cirron._ids import hex_id, random_hex
-from cirron._schema import ROOT_SENTINEL, SCHEMA_VERSION, encode_float, scrub_text, strict_json
+from cirron._schema import ROOT_SENTINEL, SCHEMA_VERSION, encode_float, encode_int, scrub_text, strict_json
 from cirron._version import __version__
 
 #: Longest stretch of GIL-holding work between two voluntary hand-overs. A recording thread
@@ -90,6 +90,8 @@ def mark_record(row: tuple, mark_id: int) -> MarkOut:
     vt = _VALUE_TYPES.get(type(value), "str")
     if vt == "float" and (value != value or value == _INF or value == -_INF):
         value = encode_float(value)
+    elif vt == "int":
+        value = encode_int(value)
     return MarkOut(hex_id(mark_id), hex_id(span_id) if span_id else ROOT_SENTINEL, name, value, vt, kind, ts,
                       tid, strict_json(attrs) if attrs else {})
 

@@ -13,7 +13,7 @@ from typing import Any
 import msgspec
 
 from cirron._atomic import atomic_file
-from cirron._schema import encode_float
+from cirron._schema import encode_float, encode_int
 from cirron.spool.reader import safe_dumps
 
 __all__ = ["atomic_dir", "atomic_file", "attrs_json", "attrs_text", "duration_ns", "json_scalar"]
@@ -74,9 +74,11 @@ def attrs_json(rec: Any) -> str:
 
 
 def json_scalar(value: Any) -> Any:
-    """A mark value ready for strict JSON (non-finite floats as strings)."""
+    """A mark value ready for strict JSON (non-finite floats and ints outside int64 as strings)."""
     if type(value) is float:
         return encode_float(value)
+    if type(value) is int:
+        return encode_int(value)
     return value
 
 

@@ -29,7 +29,7 @@ import os
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
-from cirron._schema import decode_mark_value, encode_float
+from cirron._schema import ROOT_SENTINEL, decode_mark_value, encode_float
 from cirron._version import __version__
 from cirron.spool.reconstruct import is_session_root, mark_span_id
 
@@ -266,15 +266,24 @@ def iter_encoded_spans(
     requests = {s["id"] for s in spans if s.get("name") == REQUEST_SPAN_NAME}
     events: dict[str, list[dict]] = {}
     raw: dict[str, list[Any]] = {}  # the marks of request spans, for their GenAI attributes
+    unwritten: dict[str, list[dict]] = {}  # marks of a span never written, in a session without root
     for m in marks:
         sid = mark_span_id(m.get("span_id"), ids, root_id)
         if sid is not None:
             events.setdefault(sid, []).append(_event(m))
             if sid in requests:
                 raw.setdefault(sid, []).append(m)
+        else:
+            own = m.get("span_id")
+            unwritten.setdefault(own if type(own) is str and own else ROOT_SENTINEL, []).append(_event(m))
     for s in spans:
         sid = s["id"]
         yield _encode_span(s, trace_id, events.get(sid), open_end_ns, raw.get(sid, ()))
+    for sid, evs in unwritten.items():  # every mark is exported: on a placeholder for its span
+        ts = min(int(e["timeUnixNano"]) for e in evs)
+        placeholder = {"id": sid, "name": "(span not written)", "start_ns": ts, "end_ns": ts,
+                       "attrs": {"cirron.placeholder": True}}
+        yield _encode_span(placeholder, trace_id, evs, open_end_ns)
 
 
 def _encode_span(s: Any, trace_id: str, events: list[dict] | None, open_end_ns: int | None,

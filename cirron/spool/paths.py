@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from cirron._atomic import TMP_PREFIX  # noqa: F401  (part of the layout this module describes)
+from cirron._safeopen import open_regular_fd
 
 DEFAULT_SPOOL_DIR = Path(".cirron") / "spool"
 LIVE_DIR_NAME = ".live"
@@ -38,6 +39,9 @@ def snapshots_dir(spool_dir: str | os.PathLike[str]) -> Path:
 
 
 def snapshot_span_dir(spool_dir: str | os.PathLike[str], span_id: str) -> Path:
+    """The blob directory of ``span_id``; ``ValueError`` for an id that is not :func:`is_safe_id`."""
+    if not is_safe_id(span_id):
+        raise ValueError(f"unsafe span id {span_id!r}")
     return snapshots_dir(spool_dir) / span_id
 
 
@@ -45,20 +49,45 @@ def live_dir(spool_dir: str | os.PathLike[str]) -> Path:
     return Path(spool_dir) / LIVE_DIR_NAME
 
 
+#: Longest id used as a file name (lock files, snapshot directories).
+MAX_ID_LENGTH = 200
+
+
+def is_safe_id(value: object) -> bool:
+    """Whether a session or span id read from disk may become one path component: a non-empty
+    string of at most :data:`MAX_ID_LENGTH` characters, no ``/`` or ``\\``, no control
+    character, not ``.``/``..`` and not starting with ``.`` (hidden names are the tools' own)."""
+    return (
+        type(value) is str
+        and 0 < len(value) <= MAX_ID_LENGTH
+        and not value.startswith(".")
+        and "/" not in value
+        and "\\" not in value
+        and value.isprintable()
+    )
+
+
 def live_lock_path(spool_dir: str | os.PathLike[str], session_id: str) -> Path:
+    """The lock file of ``session_id``; ``ValueError`` for an id that is not :func:`is_safe_id`."""
+    if not is_safe_id(session_id):
+        raise ValueError(f"unsafe session id {session_id!r}")
     return live_dir(spool_dir) / f"{session_id}.lock"
 
 
 def is_session_live(spool_dir: str | os.PathLike[str], session_id: str) -> bool:
     """True while some process holds the session's liveness lock.
 
+    An id that cannot be a file name (:func:`is_safe_id`) has no lock; only a regular file
+    counts as a lock file.
+
     Probes with a non-blocking shared lock: a writer holds an exclusive one, so the probe
     fails exactly while the writer lives (even when it is idle or stopped). A missing lock
     file means no writer. Age and pid are never consulted.
     """
-    path = live_lock_path(spool_dir, session_id)
-    try:
-        fd = os.open(path, os.O_RDONLY)
+    if not is_safe_id(session_id):
+        return False
+    try:  # never blocks: a FIFO or device where the lock should be is no lock
+        fd = open_regular_fd(live_lock_path(spool_dir, session_id), follow_symlinks=False)
     except OSError:
         return False
     try:

@@ -28,6 +28,8 @@ from typing import Annotated, Any, Optional
 import msgspec
 import orjson
 
+from cirron._safeopen import NotRegularFile, open_regular
+
 from cirron._schema import (
     BATCH_NAME_RE,
     MARK_INT_FIELDS,
@@ -543,15 +545,11 @@ def read_batch(
     path = batch.path if isinstance(batch, BatchFile) else Path(batch)
     name = path.name
     try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
-        try:
-            if not stat.S_ISREG(os.fstat(fd).st_mode):
-                warn(f"skipping {name}: not a regular file")
-                return None
-            with os.fdopen(fd, "rb", closefd=False) as fh:
-                data = fh.read()
-        finally:
-            os.close(fd)
+        with open_regular(path, follow_symlinks=False) as fh:
+            data = fh.read()
+    except NotRegularFile:
+        warn(f"skipping {name}: not a regular file")
+        return None
     except FileNotFoundError:
         warn(f"skipping {name}: removed while reading")
         return None
@@ -591,8 +589,11 @@ def iter_batches(
 
 
 def _limit_depth(value: Any, limit: int = MAX_NESTING) -> Any:
-    """A copy of ``value`` with containers below ``limit`` levels replaced by a placeholder (iterative)."""
+    """A copy of ``value`` with containers below ``limit`` levels replaced by a placeholder,
+    non-finite floats and ints outside int64 as strings (iterative)."""
     if not isinstance(value, (dict, list)):
+        if type(value) is int and not (_INT64_MIN <= value <= _INT64_MAX):
+            return str(value)
         return value
     root: Any = {} if isinstance(value, dict) else []
     stack = [(value, root, 1)]
@@ -608,6 +609,8 @@ def _limit_depth(value: Any, limit: int = MAX_NESTING) -> Any:
                     stack.append((v, nv, depth + 1))
             elif isinstance(v, float):
                 nv = encode_float(v)
+            elif type(v) is int and not (_INT64_MIN <= v <= _INT64_MAX):
+                nv = str(v)  # outside int64: a decimal string, as the SDK writes it
             else:
                 nv = v
             if isinstance(dst, dict):

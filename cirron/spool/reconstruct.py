@@ -32,7 +32,7 @@ record structs (``.id``, ``.parent_id``, ``.session`` ... attributes).
 from __future__ import annotations
 
 import gc
-from collections.abc import Hashable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from operator import attrgetter
 from typing import Any, TypeVar
@@ -52,6 +52,7 @@ __all__ = [
     "is_unfinished",
     "mark_span_id",
     "place_by_window",
+    "place_loose",
     "merge_span",
     "reconstruct",
     "session_windows",
@@ -438,8 +439,7 @@ class Reconstructor:
 
     def _place_foreign(self, roots: list) -> int:
         """Spans of writers without the lock protocol that reach no root (parentless thread and
-        request spans, runs whose root was never written) go to the session of the same pid
-        whose time window holds the top of their chain (:func:`place_by_window`). Returns how
+        request spans, runs whose root was never written): :func:`place_loose`. Returns how
         many spans were placed."""
         spans = self.spans
         loose: dict[str, str | None] = {}
@@ -448,20 +448,13 @@ class Reconstructor:
                 continue
             for s in b.spans:
                 if s.session is None and spans.get(s.id) is s:
-                    loose[s.id] = s.parent_id if s.parent_id in spans else None
+                    loose[s.id] = s.parent_id
         if not loose:
             return 0
-        tops = [sid for sid, p in loose.items() if p is None or p not in loose]
-        top_of = assign_owners(loose, tops)
-        windows = session_windows(roots)
-        placed_top = {t: place_by_window(windows, spans[t].get("pid"), spans[t].start_ns) for t in tops}
-        placed = 0
-        for sid, top in top_of.items():
-            target = placed_top.get(top) if top is not None else None
-            if target is not None:
-                spans[sid].session = target
-                placed += 1
-        return placed
+        placed = place_loose(loose, lambda k: spans[k].get("pid"), lambda k: spans[k].start_ns, session_windows(roots))
+        for sid, target in placed.items():
+            spans[sid].session = target
+        return len(placed)
 
     def finish(self) -> Reconstruction:
         spans, marks, snaps = self.spans, self.marks, self.snapshots
@@ -603,6 +596,25 @@ def session_windows(roots: Iterable[Any]) -> dict[Any, list[tuple[int, float, st
         out.setdefault(pid, []).append((start, end if type(end) is int else float("inf"), r["id"]))
     for lst in out.values():
         lst.sort(reverse=True)
+    return out
+
+
+def place_loose(
+    loose: Mapping[K, K | None], pid_of: Callable[[K], Any], start_of: Callable[[K], Any],
+    windows: Mapping[Any, list[tuple[int, float, str]]],
+) -> dict[K, str]:
+    """Place spans that reach no session root: each chain of ``loose`` spans (id → parent id)
+    goes, whole, to the session of its top span's pid whose window holds the top's start
+    (:func:`place_by_window`). Returns ``{id: session id}`` for the spans placed."""
+    parents = {k: (p if p in loose else None) for k, p in loose.items()}
+    tops = [k for k, p in parents.items() if p is None]
+    top_of = assign_owners(parents, tops)
+    target = {t: place_by_window(windows, pid_of(t), start_of(t)) for t in tops}
+    out: dict[K, str] = {}
+    for k, top in top_of.items():
+        sid = target.get(top) if top is not None else None
+        if sid is not None:
+            out[k] = sid
     return out
 
 

@@ -13,7 +13,8 @@ from pathlib import Path
 
 from cirron._atomic import atomic_write
 from cirron._schema import BATCH_NAME_RE, batch_file_name
-from cirron.spool.paths import TMP_PREFIX, live_dir, live_lock_path, snapshots_dir
+from cirron._safeopen import open_regular
+from cirron.spool.paths import TMP_PREFIX, is_safe_id, live_dir, live_lock_path, snapshots_dir
 
 __all__ = ["SpoolFullError", "SpoolWriter", "atomic_write"]
 
@@ -151,7 +152,7 @@ class SpoolWriter:
             if not m or not entry.is_file(follow_symlinks=False):
                 continue
             try:
-                with open(entry.path, "rb") as f:
+                with open_regular(entry.path, follow_symlinks=False) as f:
                     head = f.read(1024)
             except OSError:
                 continue
@@ -185,7 +186,7 @@ class SpoolWriter:
             target = snaps / span_id
             if target.parent == snaps and target.is_dir():
                 shutil.rmtree(target, ignore_errors=True)
-        if session_id:
+        if is_safe_id(session_id):
             try:
                 live_lock_path(self.spool_dir, session_id).unlink()
             except OSError:

@@ -244,7 +244,7 @@ def _candidate_files(spool_dir: Path, span_id: str, records: list[dict], file: P
         if not file.is_file():
             fail(f"Not a snapshot blob: {file} (not a regular file)")
         return [file.resolve()], []
-    span_dir = spool_paths.snapshot_span_dir(spool_dir, span_id).resolve()
+    span_dir = spool_paths.snapshot_span_dir(spool_dir, span_id).resolve() if spool_paths.is_safe_id(span_id) else None
     cirron_dir = spool_paths.cirron_root(spool_dir)
     found: list[Path] = []
     missing: list[str] = []
@@ -268,7 +268,7 @@ def _candidate_files(spool_dir: Path, span_id: str, records: list[dict], file: P
             warn(f"skipping {p}: not a regular file")
             continue
         found.append(p)
-    for name in BLOB_FILES:
+    for name in BLOB_FILES if span_dir is not None else ():
         p = span_dir / name
         if p.is_symlink():  # the SDK never writes one; it could point anywhere
             warn(f"skipping {p}: a symlink, not a snapshot blob")

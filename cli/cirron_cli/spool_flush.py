@@ -12,6 +12,7 @@ from typing import Optional
 
 import typer
 
+from cirron._safeopen import open_regular
 from cirron_cli import render
 from cirron_cli.render import fail, format_bytes, warn
 from cirron_cli.spool_cmd import SpoolOpt, _check_dir
@@ -111,7 +112,8 @@ def flush(
         try:
             for bf in pending:
                 try:
-                    body = bf.path.read_bytes()
+                    with open_regular(bf.path, follow_symlinks=False) as fh:
+                        body = fh.read()
                 except FileNotFoundError:  # cleared or evicted meanwhile
                     summary["skipped"] += 1
                     continue

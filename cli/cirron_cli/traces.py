@@ -27,7 +27,9 @@ import orjson
 import typer
 
 from cirron._format import format_view_value, label_of, view_mark_line, view_span_line
-from cirron._schema import encode_float
+from cirron._safeopen import open_regular
+from cirron._schema import ROOT_SENTINEL
+from cirron.export._common import json_scalar
 from cirron.spool import paths
 from cirron.spool.catalog import Catalog, SessionInfo, open_catalog
 from cirron.spool.reader import _limit_depth
@@ -236,6 +238,9 @@ class _SessionView:
         if session.root is None:
             self.nodes.append({"type": "header", "depth": 0, "name": session.id})
             base = 1
+            # marks of spans that were never written (no root to hang them under): under the header
+            self.nodes.extend({"type": "mark", "depth": 1, "mark": m} for m in marks.get(ROOT_SENTINEL, ())
+                              if matched is None)
         stack: list[tuple[str, Any, int]] = [("span", s, base) for s in reversed(top) if visible(s)]
         while stack:
             kind, item, d = stack.pop()
@@ -327,11 +332,9 @@ class _SessionView:
 
 
 def _json_scalar(v: Any) -> Any:
-    if type(v) is float:
-        return encode_float(v)
     if isinstance(v, (dict, list)):
         return _limit_depth(v, 32)
-    return v
+    return json_scalar(v)
 
 
 def _session_summary(s: SessionInfo) -> dict:
@@ -357,7 +360,11 @@ def _session_summary(s: SessionInfo) -> dict:
 
 
 def _dump_json(obj: Any) -> None:
-    typer.echo(orjson.dumps(obj, option=orjson.OPT_INDENT_2).decode())
+    try:
+        text = orjson.dumps(obj, option=orjson.OPT_INDENT_2)
+    except (TypeError, orjson.JSONEncodeError):  # ints beyond int64 from another writer, very deep values
+        text = orjson.dumps(_limit_depth(obj, 1000), option=orjson.OPT_INDENT_2, default=str)
+    typer.echo(text.decode())
 
 
 @traces_app.command("view")
@@ -729,10 +736,6 @@ class _Interrupt:
             signal.signal(signal.SIGINT, self._old)
 
 
-def _safe_name(name: str) -> bool:
-    return bool(name) and "/" not in name and "\\" not in name and name not in (".", "..") and "\x00" not in name
-
-
 def _snapshot_dir_sessions(d: Path) -> set[str]:
     """``session_id`` values from the safetensors headers in a snapshot dir (best effort)."""
     out: set[str] = set()
@@ -744,7 +747,7 @@ def _snapshot_dir_sessions(d: Path) -> set[str]:
         if f.suffix != ".safetensors" or not f.is_file() or f.is_symlink():
             continue
         try:
-            with open(f, "rb") as fh:
+            with open_regular(f, follow_symlinks=False) as fh:
                 head = fh.read(8)
                 if len(head) < 8:
                     continue
@@ -915,13 +918,14 @@ def _plan_clear(sp: Spool, spool_dir: Path, eligible: list[Session], prune: bool
         span_ids = {x["id"] for x in s.spans} | {x.get("span_id") for x in s.snapshots}
         dirs = []
         for sid in span_ids:
-            if isinstance(sid, str) and _safe_name(sid):
+            if paths.is_safe_id(sid):
                 d = snap_root / sid
                 if d.is_dir() and not d.is_symlink():
                     dirs.append(d)
-        lock = paths.live_lock_path(spool_dir, s.id)
-        if _safe_name(s.id) and lock.is_file():
-            files.append(lock)
+        if paths.is_safe_id(s.id):
+            lock = paths.live_lock_path(spool_dir, s.id)
+            if lock.is_file() and not lock.is_symlink():
+                files.append(lock)
         n_dirs += len(dirs)
         n_spans += len(s.spans)
         groups.append((files, dirs))

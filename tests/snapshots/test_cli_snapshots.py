@@ -200,6 +200,11 @@ def test_damaged_blobs_are_one_line_errors(demo, damage) -> None:
         path.write_bytes(b"\x00" * 3)
     for args in ([eid], [eid, "0.weight", "--preview", "4"], [eid, "--json"]):
         r = run("traces", "snapshot", *args, "--spool", demo["spool"])
+        if damage == "missing" and "--preview" not in args:
+            # a missing blob: the recorded stats plus a warning; only value reads fail
+            assert r.exit_code == 0, (args, r.output)
+            assert "Warning: Snapshot blob not found" in r.output and "0.weight" in r.output
+            continue
         assert r.exit_code == 1, (damage, args, r.output)
         errors = [line for line in r.output.splitlines() if line.startswith("Error:")]
         assert len(errors) == 1 and "Traceback" not in r.output, r.output
