@@ -110,7 +110,7 @@ def test_export_otel_stamps_the_writers_version(spool: Path, tmp_path: Path):
     real_spans = 0
     for rs in doc["resourceSpans"]:
         attrs = {a["key"]: a["value"] for a in rs["resource"]["attributes"]}
-        assert attrs["sdk.version"] == {"stringValue": "0.3.0"}
+        assert attrs["telemetry.sdk.version"] == {"stringValue": "0.3.0"}
         assert attrs["cirron.writer"] == {"stringValue": "other"}
         for sp in rs["scopeSpans"][0]["spans"]:
             n_events += len(sp.get("events", []))
@@ -142,7 +142,7 @@ def test_export_csv_perfetto_parquet(spool: Path, tmp_path: Path):
     marks = pq.read_table(pdir / "marks.parquet")
     snaps = pq.read_table(pdir / "snapshots.parquet")
     assert (spans.num_rows, marks.num_rows, snaps.num_rows) == (TOTAL["spans"], TOTAL["marks"], TOTAL["snapshots"])
-    writers = json.loads(spans.schema.metadata[b"cirron.writers"])
+    writers = json.loads(pq.read_metadata(pdir / "spans.parquet").metadata[b"cirron.writers"])
     assert {w["sdk_version"] for w in writers} == {"0.3.0"}
     values = marks.column("value").to_pylist()
     assert any(isinstance(v, float) and math.isnan(v) for v in values)

@@ -172,7 +172,7 @@ def test_preview_reads_only_the_needed_bytes(tmp_path: Path, monkeypatch) -> Non
             reads.append(n)
             return self.f.read(n)
 
-    monkeypatch.setattr(st, "open", lambda p, m="r": Spy(real_open(p, m)), raising=False)
+    monkeypatch.setattr(st, "open_regular", lambda p, **kw: Spy(real_open(p, "rb")))
     assert st.read_values(h, h.get("a"), 999_990, 100) == [float(x) for x in range(999_990, 1_000_000)]
     assert reads == [40]
 
