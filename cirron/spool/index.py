@@ -30,6 +30,7 @@ from typing import Any
 import msgspec
 
 from cirron._atomic import atomic_file
+from cirron._safeopen import open_regular
 from cirron._schema import ROOT_SENTINEL
 from cirron.spool import paths
 from cirron.spool.reader import BatchFile, WarningCallback, list_batch_files
@@ -39,7 +40,7 @@ __all__ = ["INDEX_NAME", "INDEX_VERSION", "SpoolSummary", "index_path", "summari
 
 INDEX_NAME = ".index.msgpack"
 #: Bumped whenever the stored shape or the grouping rules change: an index of another version is rebuilt.
-INDEX_VERSION = 2
+INDEX_VERSION = 3
 #: Key of the group holding batch files whose header names no session.
 _NO_SESSION = ""
 #: Key of the one group used when the spool is not made of self-contained groups.
@@ -73,6 +74,7 @@ class _SessionEntry(msgspec.Struct):
     resource: dict[str, Any]
     attrs: dict[str, Any]
     is_orphan: bool
+    lock_protocol: bool = True
 
 
 class _GroupEntry(msgspec.Struct):
@@ -82,7 +84,8 @@ class _GroupEntry(msgspec.Struct):
     sessions: list[_SessionEntry]
     #: File name → sessions its records belong to ("" for records of no session).
     owners: dict[str, list[str]]
-    #: File name → the warnings reading it gave (replayed on every use, as a fresh read would).
+    #: File name → the warnings reading it gave (replayed on every use, as a fresh read would);
+    #: under "" the ones about the whole group (records that could not be placed in a session).
     warnings: dict[str, list[str]]
 
 
@@ -153,7 +156,7 @@ def _read_header(bf: BatchFile) -> tuple[str | None, bool]:
     """``(session_id, parsed)`` of a batch file's header; ``parsed`` is False when the file is not
     a readable JSON object (the full read then reports why)."""
     try:
-        with open(bf.path, "rb") as fh:
+        with open_regular(bf.path, follow_symlinks=False) as fh:
             data = fh.read()
         hdr = _HEADER.decode(data)
     except (OSError, msgspec.DecodeError, msgspec.ValidationError, RecursionError):
@@ -181,6 +184,8 @@ def _build_group(spool_dir: Path, files: list[BatchFile], fingerprint: list) -> 
             current.clear()
 
     sp = load_spool(spool_dir, collect, fields="summary", files=files, on_file=on_file)
+    if current:
+        warnings[""] = list(current)
     contained = all(s.session is not None for s in sp.spans.values()) and not any(
         s.is_orphan for s in sp.sessions)
     if contained:
@@ -198,7 +203,7 @@ def _build_group(spool_dir: Path, files: list[BatchFile], fingerprint: list) -> 
             spans=len(s.spans), marks=len(s.marks), snapshots=len(s.snapshots), files=[f.name for f in s.files],
             sdk_version=s.sdk_version, resource=_plain(s.resource),
             attrs=_plain(attrs if isinstance(attrs, dict) else {}),
-            is_orphan=s.is_orphan,
+            is_orphan=s.is_orphan, lock_protocol=s.lock_protocol,
         ))
     owners = {p.name: sorted("" if o is None else o for o in os_) for p, os_ in sp.file_sessions.items()}
     return _GroupEntry(fingerprint, contained, sessions, owners, warnings)
@@ -267,6 +272,9 @@ def summarize_spool(spool_dir: str | os.PathLike[str], on_warning: WarningCallba
     for bf in files:  # in file order, as a fresh read gives them
         for m in warnings.get(bf.name, ()):
             on_warning(m)
+    for g in groups.values():
+        for m in g.warnings.get("", ()):
+            on_warning(m)
     sessions = []
     file_sessions: dict[Path, set[str | None]] = {}
     for g in groups.values():
@@ -276,12 +284,14 @@ def summarize_spool(spool_dir: str | os.PathLike[str], on_warning: WarningCallba
             if bf is not None:
                 file_sessions[bf.path] = {o or None for o in owners}
         for e in g.sessions:
-            live = e.open and paths.is_session_live(spool_dir, e.id)
+            locked = e.open and e.lock_protocol  # a writer without the lock protocol is never live/crashed
+            live = locked and paths.is_session_live(spool_dir, e.id)
             sessions.append(SessionInfo(
                 id=e.id, spool=spool_dir, started_ns=e.started_ns, ended_ns=e.ended_ns, last_ns=e.last_ns,
-                live=live, crashed=e.open and not live, spans=e.spans, marks=e.marks, snapshots=e.snapshots,
+                live=live, crashed=locked and not live, spans=e.spans, marks=e.marks, snapshots=e.snapshots,
                 files=tuple(by_name[n] for n in e.files if n in by_name), sdk_version=e.sdk_version,
                 resource=dict(e.resource), attrs=dict(e.attrs), is_orphan=e.is_orphan, streamable=streamable,
+                lock_protocol=e.lock_protocol,
             ))
     sessions.sort(key=lambda s: (s.started_ns if s.started_ns is not None else 0, s.id))
     if use_index and (read_any or old is None or set(old_files) != set(new_files)):

@@ -67,6 +67,8 @@ def test_list_accounts_for_every_record(spool: Path):
     # what could not be placed is counted in a warning, never dropped silently
     n_spans = orphans["spans"]
     assert f"{n_spans} span(s), {orphans['marks']} mark(s)" in r.stderr
+    again = run("traces", "list", "--json", "--spool", str(spool))  # answered from the index this time
+    assert json.loads(again.stdout)["sessions"] == sessions and f"{n_spans} span(s)" in again.stderr
     table = run("traces", "list", "--spool", str(spool)).stdout
     assert "(orphan spans)" in table and "(unfinished)" in table
 
