@@ -161,7 +161,7 @@ def read_header(path: str | os.PathLike[str], *, max_header_bytes: int = MAX_HEA
     except (IsADirectoryError, NotRegularFile) as exc:
         if path.is_dir():
             raise SafetensorsError(f"{path} is a directory, not a safetensors file") from exc
-        raise SafetensorsError(f"{path} is not a regular file (a FIFO, device or socket), not a safetensors file") from exc
+        raise SafetensorsError(f"{path} is not a regular file (a FIFO, device or socket)") from exc
     except FileNotFoundError as exc:
         raise SafetensorsError(f"Snapshot blob not found: {path}") from exc
     except OSError as exc:

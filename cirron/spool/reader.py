@@ -29,7 +29,6 @@ import msgspec
 import orjson
 
 from cirron._safeopen import NotRegularFile, open_regular
-
 from cirron._schema import (
     BATCH_NAME_RE,
     MARK_INT_FIELDS,

@@ -51,9 +51,9 @@ __all__ = [
     "is_session_root",
     "is_unfinished",
     "mark_span_id",
+    "merge_span",
     "place_by_window",
     "place_loose",
-    "merge_span",
     "reconstruct",
     "session_windows",
     "span_wins",
@@ -447,7 +447,7 @@ class Reconstructor:
             if b.lock_protocol:
                 continue
             for s in b.spans:
-                if s.session is None and spans.get(s.id) is s:
+                if s.session is None and spans[s.id] is s:  # the winner of its id
                     loose[s.id] = s.parent_id
         if not loose:
             return 0

@@ -12,8 +12,8 @@ import shutil
 from pathlib import Path
 
 from cirron._atomic import atomic_write
-from cirron._schema import BATCH_NAME_RE, batch_file_name
 from cirron._safeopen import open_regular
+from cirron._schema import BATCH_NAME_RE, batch_file_name
 from cirron.spool.paths import TMP_PREFIX, is_safe_id, live_dir, live_lock_path, snapshots_dir
 
 __all__ = ["SpoolFullError", "SpoolWriter", "atomic_write"]

@@ -233,7 +233,9 @@ def snapshots_cmd(
 # --------------------------------------------------------------------------------------- snapshot
 
 
-def _candidate_files(spool_dir: Path, span_id: str, records: list[dict], file: Path | None) -> tuple[list[Path], list[str]]:
+def _candidate_files(
+    spool_dir: Path, span_id: str, records: list[dict], file: Path | None
+) -> tuple[list[Path], list[str]]:
     """The blob files to read for a span, and what is missing (one line each, already warned).
 
     Only regular files are used: a FIFO, device or socket where a blob should be is skipped
@@ -268,7 +270,9 @@ def _candidate_files(spool_dir: Path, span_id: str, records: list[dict], file: P
             warn(f"skipping {p}: not a regular file")
             continue
         found.append(p)
-    for name in BLOB_FILES if span_dir is not None else ():
+    for name in BLOB_FILES:
+        if span_dir is None:
+            break
         p = span_dir / name
         if p.is_symlink():  # the SDK never writes one; it could point anywhere
             warn(f"skipping {p}: a symlink, not a snapshot blob")
