@@ -134,7 +134,8 @@ def test_export_csv_perfetto_parquet(spool: Path, tmp_path: Path):
     pf = tmp_path / "t.perfetto.json"
     assert run("traces", "export", "--format", "perfetto", "--output", str(pf), "--spool", str(spool)).exit_code == 0
     events = json.loads(pf.read_text())["traceEvents"]
-    assert sum(e["ph"] == "X" for e in events) == TOTAL["spans"]
+    assert sum(e["ph"] == "B" for e in events) == TOTAL["spans"]
+    assert {e["args"]["labels"] for e in events if e["name"] == "process_labels"} == {"writer other 0.3.0"}
     assert sum(e["ph"] in ("C", "i") for e in events) == TOTAL["marks"]
 
     pq = pytest.importorskip("pyarrow.parquet")
