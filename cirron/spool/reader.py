@@ -347,6 +347,7 @@ class SpanSummary(_Record):
     index: _Int = None
     start_ns: _Int = None
     end_ns: _Int = None
+    cpu_ns: _Int = None
     attrs: msgspec.Raw = msgspec.field(default_factory=lambda: msgspec.Raw(b"{}"))
     pid: _Int = None
     session: Optional[str] = msgspec.field(default=None, name="~cirron.session")

@@ -37,9 +37,10 @@ def _root(
 
 def _register_commands() -> None:
     # Each command group lives in its own module; this is the one place that wires them up.
-    from cirron_cli import snapshots, spool_cmd, traces
+    from cirron_cli import ranks, snapshots, spool_cmd, traces
 
     snapshots.register(traces.traces_app)
+    ranks.register(traces.traces_app)
     app.add_typer(traces.traces_app, name="traces")
     app.add_typer(spool_cmd.spool_app, name="spool")
     from cirron_cli import auth, completion, spool_flush, status

@@ -456,6 +456,9 @@ def list_sessions(
     dirs = [str(d.resolve()) for d in cat.spools]
     abs_dir = dirs[0] if dirs else str(Path(spool[0]).resolve())
     runs = cat.runs()
+    # A run id alone is common (a single process makes one up): the run columns and table are
+    # for runs of several ranks.
+    multi_rank = [r for r in runs if len(r.sessions) > 1 or any((s.world_size or 1) > 1 for s in r.sessions)]
     if json_out:
         # Same shape with or without sessions (an empty spool has an empty "sessions" list), so
         # scripts can always read ["sessions"].
@@ -467,7 +470,7 @@ def list_sessions(
         return
     durations = [_duration_text(s) for s in sessions]
     width = max(len("DURATION"), *(len(d) for d in durations))
-    with_runs = bool(runs)
+    with_runs = bool(multi_rank)
     many = len(cat.spools) > 1
     headers = ["SESSION", "STARTED", "DURATION", "SPANS", "MARKS", "SNAPSHOTS", "SIZE"]
     right = [2, 3, 4, 5, 6]
@@ -489,11 +492,11 @@ def list_sessions(
     where = f"Spool: {abs_dir}" if not many else f"Spools: {len(dirs)} directories"
     typer.echo(f"{where}  ({render.plural(len(sessions), 'session')})")
     typer.echo(render.aligned_table(headers, rows, right=right))
-    if runs:
+    if multi_rank:
         typer.echo("")
-        typer.echo(f"Runs ({len(runs)}):")
+        typer.echo(f"Runs ({len(multi_rank)}):")
         run_rows = []
-        for r in reversed(runs):
+        for r in reversed(multi_rank):
             ranks = sorted(x for x in r.ranks if x is not None)
             worlds = {s.world_size for s in r.sessions if s.world_size is not None}
             statuses = [s.status for s in r.sessions]

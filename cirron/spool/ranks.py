@@ -1,0 +1,149 @@
+"""Compare the ranks of one run: per rank and step name, counts and wall/CPU percentiles, the share
+of data loading, and the stragglers.
+
+The *step* that ranks are compared on is ``batch`` when the run has batch spans, else ``epoch``,
+else the most frequent name among the spans right below the session roots. A rank is a straggler
+when its median step wall time exceeds the median rank's by more than ``threshold`` (10% by
+default). Each rank's data-loading share is the wall time of its ``data_load`` spans over that of
+its steps (over its session when it has no steps), so a straggler whose share is well above the
+others' is slow because of its input pipeline.
+
+Records are read chunk by chunk (:mod:`cirron.spool.stream`): memory holds a few numbers per span.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from cirron.spool.catalog import Catalog, Run, SessionInfo
+from cirron.spool.stream import BATCH_SPAN_NAME, EPOCH_SPAN_NAME, iter_chunks
+
+__all__ = ["STEP_NAMES", "RankReport", "RankStats", "StepStats", "compare_ranks"]
+
+#: The span names cirron's training helpers record, compared whatever their depth.
+DATA_LOAD_SPAN_NAME = "data_load"
+STEP_NAMES = (EPOCH_SPAN_NAME, BATCH_SPAN_NAME, DATA_LOAD_SPAN_NAME, "forward", "backward", "optimizer_step")
+DEFAULT_THRESHOLD = 0.10
+
+
+@dataclass
+class StepStats:
+    """Count and wall/CPU percentiles (ns) of one span name on one rank."""
+
+    count: int
+    wall_p50: int | None
+    wall_p95: int | None
+    wall_max: int | None
+    wall_total: int
+    cpu_p50: int | None
+    cpu_p95: int | None
+    cpu_max: int | None
+
+
+@dataclass
+class RankStats:
+    rank: int | None
+    session: SessionInfo
+    steps: dict[str, StepStats] = field(default_factory=dict)
+    #: Wall time of ``data_load`` spans over that of the compared steps (or of the session).
+    data_load_share: float | None = None
+    #: Median wall time (ns) of the compared step.
+    step_p50: int | None = None
+    #: ``step_p50`` over the median rank's, minus 1 (0.25: 25% slower).
+    vs_median: float | None = None
+    straggler: bool = False
+
+
+@dataclass
+class RankReport:
+    run: Run
+    #: The span name ranks are compared on (None when no rank has any).
+    step: str | None
+    ranks: list[RankStats]
+    median_step_ns: int | None
+    threshold: float
+
+    @property
+    def stragglers(self) -> list[RankStats]:
+        return [r for r in self.ranks if r.straggler]
+
+
+def _pct(a: np.ndarray, q: float) -> int | None:
+    return int(np.percentile(a, q, method="nearest")) if len(a) else None
+
+
+def _stats(walls: list[int], cpus: list[int]) -> StepStats:
+    w = np.array(walls, dtype=np.int64)
+    c = np.array(cpus, dtype=np.int64)
+    return StepStats(count=len(w), wall_p50=_pct(w, 50), wall_p95=_pct(w, 95),
+                     wall_max=int(w.max()) if len(w) else None, wall_total=int(w.sum()),
+                     cpu_p50=_pct(c, 50), cpu_p95=_pct(c, 95), cpu_max=int(c.max()) if len(c) else None)
+
+
+def _collect(cat: Catalog, info: SessionInfo) -> tuple[dict[str, StepStats], dict[str, int]]:
+    """Per span name (the step names and the names right below the root): stats; and the count
+    of spans right below the root per name."""
+    walls: dict[str, list[int]] = {}
+    cpus: dict[str, list[int]] = {}
+    top: dict[str, int] = {}
+    for chunk in iter_chunks(cat, [info], "summary"):
+        for s in chunk.spans:
+            name = s.name
+            if type(name) is not str:
+                continue
+            below_root = s.parent_id == info.id
+            if below_root:
+                top[name] = top.get(name, 0) + 1
+            if name not in STEP_NAMES and not below_root:
+                continue
+            st, en = s.start_ns, s.end_ns
+            if type(st) is not int or type(en) is not int:
+                continue
+            walls.setdefault(name, []).append(en - st)
+            cpu = getattr(s, "cpu_ns", None)
+            if type(cpu) is int:
+                cpus.setdefault(name, []).append(cpu)
+    return {n: _stats(w, cpus.get(n, [])) for n, w in walls.items()}, top
+
+
+def _pick_step(per_rank: Iterable[tuple[dict[str, StepStats], dict[str, int]]]) -> str | None:
+    names: dict[str, int] = {}
+    top: dict[str, int] = {}
+    for steps, below in per_rank:
+        for n, st in steps.items():
+            names[n] = names.get(n, 0) + st.count
+        for n, c in below.items():
+            top[n] = top.get(n, 0) + c
+    for preferred in (BATCH_SPAN_NAME, EPOCH_SPAN_NAME):
+        if names.get(preferred):
+            return preferred
+    return max(top, key=lambda n: (top[n], n)) if top else None
+
+
+def compare_ranks(cat: Catalog, run: Run, threshold: float = DEFAULT_THRESHOLD) -> RankReport:
+    """The :class:`RankReport` of ``run`` (see the module docstring)."""
+    collected = [(info, *_collect(cat, info)) for info in run.sessions]
+    step = _pick_step((steps, top) for _i, steps, top in collected)
+    ranks: list[RankStats] = []
+    for info, steps, _top in collected:
+        rs = RankStats(rank=info.rank, session=info, steps=steps)
+        st = steps.get(step) if step else None
+        if st is not None:
+            rs.step_p50 = st.wall_p50
+        load = steps.get(DATA_LOAD_SPAN_NAME)
+        if load is not None:
+            base = st.wall_total if st is not None and step != DATA_LOAD_SPAN_NAME else None
+            if base is None and info.ended_ns is not None and info.started_ns is not None:
+                base = info.ended_ns - info.started_ns
+            rs.data_load_share = load.wall_total / base if base else None
+        ranks.append(rs)
+    p50s = [r.step_p50 for r in ranks if r.step_p50 is not None]
+    median = int(np.median(p50s)) if p50s else None
+    for r in ranks:
+        if r.step_p50 is not None and median:
+            r.vs_median = r.step_p50 / median - 1
+            r.straggler = len(p50s) > 1 and r.vs_median > threshold
+    return RankReport(run, step, ranks, median, threshold)
