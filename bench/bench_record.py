@@ -2,6 +2,7 @@
 
     python bench/bench_record.py            # full run (~1 min)
     python bench/bench_record.py --quick    # fewer samples
+    python bench/bench_record.py --pure     # only the twins: compiled vs pure-Python vs OTel
 
 Prints ns/op (median of per-sample means) for cirron and OTel and the ratio cirron/OTel, then
 what recording costs when it is switched off (``ci.profile(enabled=False)`` next to OTel's
@@ -197,6 +198,85 @@ def run_micro(samples: int) -> list[tuple[str, float, float]]:
     return rows
 
 
+def run_twins(samples: int) -> list[tuple[str, float, float, float]]:
+    """The compiled recorder, its pure-Python twin (``Cirron(_pure_python=True)``) and OTel, the
+    three interleaved per sample: what the C buys on each hot-path call."""
+    from cirron import Cirron
+
+    otel, tracer, provider = otel_setup()
+    rows = []
+
+    def mark_of(c: Cirron) -> Callable[[int], None]:
+        def run(n: int) -> None:
+            m = c.mark
+            for _ in range(n):
+                m("loss", 0.5)
+        return run
+
+    def scope_of(c: Cirron) -> Callable[[int], None]:
+        def run(n: int) -> None:
+            s = c.scope
+            for _ in range(n):
+                with s("step"):
+                    pass
+        return run
+
+    def nested_of(c: Cirron) -> Callable[[int], None]:
+        def run(n: int) -> None:
+            s = c.scope
+            for _ in range(n):
+                with s("a"), s("b"), s("c"):
+                    pass
+        return run
+
+    def otel_mark(n: int) -> None:
+        get = otel.get_current_span
+        for _ in range(n):
+            get().add_event("loss", {"value": 0.5})
+
+    def otel_scope(n: int) -> None:
+        s = tracer.start_as_current_span
+        for _ in range(n):
+            with s("step"):
+                pass
+
+    def otel_nested(n: int) -> None:
+        s = tracer.start_as_current_span
+        for _ in range(n):
+            with s("a"), s("b"), s("c"):
+                pass
+
+    def three(fns: tuple[Callable[[int], None], ...]) -> tuple[float, float, float]:
+        for f in fns:
+            f(INNER * 5)
+        out: list[list[float]] = [[], [], []]
+        gc.disable()
+        try:
+            for _ in range(samples):
+                for i, f in enumerate(fns):
+                    t0 = time.perf_counter_ns()
+                    f(INNER)
+                    out[i].append((time.perf_counter_ns() - t0) / INNER)
+        finally:
+            gc.enable()
+        a, b, c = (statistics.median(x) for x in out)
+        return a, b, c
+
+    with tempfile.TemporaryDirectory() as tmp:
+        compiled = Cirron(spool_dir=Path(tmp) / "c" / ".cirron" / "spool")
+        pure = Cirron(spool_dir=Path(tmp) / "p" / ".cirron" / "spool", _pure_python=True)
+        compiled.profile()
+        pure.profile()
+        with compiled.scope("bench"), pure.scope("bench"), tracer.start_as_current_span("bench"):
+            rows.append(("mark (sync)", *three((mark_of(compiled), mark_of(pure), otel_mark))))
+        rows.append(("scope enter+exit (sync)", *three((scope_of(compiled), scope_of(pure), otel_scope))))
+        rows.append(("scope nested 3 deep (sync)", *three((nested_of(compiled), nested_of(pure), otel_nested))))
+        compiled.shutdown()
+        pure.shutdown()
+        provider.shutdown()
+    return rows
+
+
 def run_disabled(samples: int) -> list[tuple[str, float, float]]:
     """``profile(enabled=False)``: scope and mark next to OTel's API without an SDK (no-op)."""
     from opentelemetry import trace as otel_api
@@ -320,8 +400,22 @@ def import_time(module: str, runs: int = 7) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="fewer samples, shorter stall test")
+    ap.add_argument("--pure", action="store_true", help="only the compiled vs pure-Python table")
     args = ap.parse_args()
     samples = 200 if args.quick else 1000
+
+    if args.pure:
+        from cirron._record import span
+
+        if not span.COMPILED:
+            sys.exit("the compiled scope is not in use here (not built, or CIRRON_PURE_PYTHON is set)")
+        print(f"python {sys.version.split()[0]}, {INNER} calls per sample, {samples} samples (median)\n")
+        print(f"{'operation':28} {'compiled':>9} {'pure':>9} {'OTel':>9} {'compiled/OTel':>14} "
+              f"{'pure/OTel':>10} {'pure/compiled':>14}   (ns/op)")
+        for name, c_ns, p_ns, o_ns in run_twins(samples):
+            print(f"{name:28} {c_ns:9.0f} {p_ns:9.0f} {o_ns:9.0f} {c_ns / o_ns:14.3f} {p_ns / o_ns:10.3f} "
+                  f"{p_ns / c_ns:14.2f}")
+        return
 
     print(f"python {sys.version.split()[0]}, {INNER} calls per sample, {samples} samples (median)\n")
     rows = run_micro(samples)

@@ -15,7 +15,7 @@ import types
 import weakref
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from cirron._config import Config, enabled_in_env
 from cirron._env import env as _env
@@ -24,7 +24,7 @@ from cirron._flush.batch import GilBudget
 from cirron._flush.collector import Collector, TraceStore, resource_attributes
 from cirron._native import compiled_speedups
 from cirron._ranks import detect_rank
-from cirron._record.span import NOOP_SCOPE, Recorder, Scope, scope_factory
+from cirron._record.span import NOOP_SCOPE, PyRecorder, Recorder, Scope, scope_factory
 from cirron._schema import SESSION_SPAN_NAME
 from cirron._version import __version__
 
@@ -59,6 +59,7 @@ class Cirron:
         shutdown_timeout: float | None = None,
         *,
         _lazy: bool = False,
+        _pure_python: bool = False,
     ) -> None:
         self._explicit: dict[str, Any] = {
             "api_key": api_key, "api_endpoint": api_endpoint, "workspace_id": workspace_id,
@@ -70,8 +71,10 @@ class Cirron:
         self._config: Config | None = None if _lazy else self._resolve_config({})
         mark_cap = mark_buffer_capacity or (self._config.mark_buffer_capacity if self._config else 65_536)
         max_spans = trace_buffer_max_spans or (self._config.trace_buffer_max_spans if self._config else 100_000)
-        self._rec = Recorder(mark_cap)
-        self._scope_factory = scope_factory(self._rec, types.MethodType(Cirron.scope, self))
+        # _pure_python: the pure-Python recorder even where the C one is built (the twins' contract tests).
+        # (The two recorders have one interface: PyRecorder stands in for Recorder everywhere.)
+        self._rec: Recorder = cast(Recorder, PyRecorder(mark_cap)) if _pure_python else Recorder(mark_cap)
+        self._scope_factory = None if _pure_python else scope_factory(self._rec, types.MethodType(Cirron.scope, self))
         if self._scope_factory is not None:  # the same call as the scope() method below, made in C
             self.scope = self._scope_factory  # type: ignore[method-assign]
         #: Framework integrations installed by profile() (cirron.integrations), removed by shutdown().
@@ -271,13 +274,13 @@ class Cirron:
 
     # -- recording ---------------------------------------------------------------------------
 
-    def scope(self, name: str, index: int | None = None, gpu: bool | None = None, **attrs: Any) -> Scope:
+    def scope(self, name: str, /, *, index: int | None = None, gpu: bool | None = None, **attrs: Any) -> Scope:
         """A timed span: ``with``, ``async with`` or a decorator. ``index`` is the span's index (as
         epochs/batches set it); ``gpu=True`` adds GPU time and peak memory on CUDA."""
         rec = self._rec
         if rec.disabled:
             return NOOP_SCOPE  # type: ignore[return-value]
-        scope = Scope(rec, name, attrs or None, index)
+        scope = rec.scope_type(rec, name, attrs or None, index)
         measured: Scope = self._on_device(scope, gpu)  # a DeviceScope stands in for a Scope
         return measured
 
@@ -305,7 +308,7 @@ class Cirron:
             yield from iterable
             return
         for i, item in enumerate(iterable):
-            scope = self._on_device(Scope(rec, "epoch", None, index=i), gpu)
+            scope = self._on_device(rec.scope_type(rec, "epoch", None, index=i), gpu)
             scope.__enter__()
             yield from _yield_inside(scope, item)
             if self._snapshots is not None and scope.span is not None:
@@ -335,7 +338,7 @@ class Cirron:
             t1 = time.time_ns()
             c1 = time.thread_time_ns()
             load_ns = t1 - t0
-            scope = self._on_device(Scope(rec, "batch", {"data_load_ns": load_ns}, index=i), gpu)
+            scope = self._on_device(rec.scope_type(rec, "batch", {"data_load_ns": load_ns}, index=i), gpu)
             span = scope.__enter__()  # the span itself (``scope`` may be its device measurement)
             if span.id is not None:
                 span.start_ns = t0

@@ -379,9 +379,9 @@ error:
 
 static PyMethodDef module_methods[] = {
     {"encode_spans", (PyCFunction)(void (*)(void))encode_spans, METH_FASTCALL,
-     "encode_spans(rows, pid, rank, root_id, root_hex, fallback) -> bytes: span records as JSON objects joined by commas."},
+     "encode_spans($module, rows, pid, rank, root_id, root_hex, fallback, /)\n--\n\nSpan records as JSON objects joined by commas."},
     {"encode_marks", (PyCFunction)(void (*)(void))encode_marks, METH_FASTCALL,
-     "encode_marks(rows, ids, root_sentinel, fallback) -> bytes: mark records as JSON objects joined by commas."},
+     "encode_marks($module, rows, ids, root_sentinel, fallback, /)\n--\n\nMark records as JSON objects joined by commas."},
     {NULL, NULL, 0, NULL},
 };
 

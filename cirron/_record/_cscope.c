@@ -58,14 +58,14 @@ static PyObject *id_source = NULL, *coerce_mark_value = NULL, *mark_type_error =
 static PyTypeObject *scope_type = NULL;
 
 static PyObject *s_ids, *s_tb, *s_new_thread_buffer, *s_marks, *s_mark_capacity, *s_marks_dropped, *s_popleft;
-static PyObject *s_thread_id, *s_kind, *s_point, *s_summary, *s_name, *s_value;
+static PyObject *s_thread_id, *s_kind, *s_point, *s_summary;
 static PyObject *s_spans, *s_span_capacity, *s_spans_dropped, *s_append, *s_gpu_ns, *s_memory_peak_bytes;
 static PyObject *s_note_internal_error, *s_reenter, *s_note_exception, *s_id, *s_exit;
 
 #define IS_NONE(x) ((x) == NULL || (x) == Py_None)
 
-/* PyLong_AsLongLong, minus its detour: an int of more than one digit (any clock reading in ns)
- * goes through _PyLong_AsByteArray there, ten times the work of the digit loop used here. */
+/* PyLong_AsLongLong, minus its detour: for an int of more than one digit (any clock reading in ns)
+ * PyLong_AsLongLongAndOverflow is the cheaper public call. */
 static inline long long as_long_long(PyObject *v) {
     int overflow = 0;
     if (!PyLong_Check(v)) return PyLong_AsLongLong(v); /* __index__, None's TypeError */
@@ -678,8 +678,9 @@ done:
 }
 
 static PyMethodDef Scope_methods[] = {
-    {"__enter__", (PyCFunction)Scope_enter, METH_NOARGS, NULL},
-    {"__exit__", (PyCFunction)(void (*)(void))Scope_exit, METH_FASTCALL, NULL},
+    {"__enter__", (PyCFunction)Scope_enter, METH_NOARGS, "__enter__($self, /)\n--\n\nOpen the span and make it current."},
+    {"__exit__", (PyCFunction)(void (*)(void))Scope_exit, METH_FASTCALL,
+     "__exit__($self, exc_type, exc, tb, cpu1=None, end=None, /)\n--\n\nClose the span and record it."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -748,9 +749,7 @@ static PyObject *Recorder_mark(PyObject *rec, PyObject *const *args, size_t narg
     for (Py_ssize_t i = 0; i < nkw; i++) {
         PyObject *key = PyTuple_GET_ITEM(kwnames, i), *v = args[nargs + i];
         if (PyUnicode_Compare(key, s_kind) == 0) kind = v;
-        else if (name == NULL && PyUnicode_Compare(key, s_name) == 0) name = v;
-        else if (value == NULL && PyUnicode_Compare(key, s_value) == 0) value = v;
-        else {
+        else {  /* name and value are positional-only: a keyword of either name is an attribute */
             if (attrs == NULL && (attrs = PyDict_New()) == NULL) return NULL;
             if (PyDict_SetItem(attrs, key, v) < 0) goto out;
         }
@@ -893,11 +892,12 @@ static PyObject *Recorder_forget_thread(PyObject *rec, PyObject *Py_UNUSED(ignor
 
 static PyMethodDef Recorder_methods[] = {
     {"start_span", (PyCFunction)(void (*)(void))Recorder_start_span, METH_FASTCALL | METH_KEYWORDS,
-     "start_span(name, attrs=None, index=None, parent=None): open a span without making it current."},
+     "start_span($self, /, name, attrs=None, index=None, parent=None)\n--\n\n"
+     "Open a span without making it current."},
     {"forget_thread", Recorder_forget_thread, METH_NOARGS,
-     "Drop the cached thread buffer (after a fork, when the buffers were replaced)."},
+     "forget_thread($self, /)\n--\n\nDrop the cached thread buffer (after a fork, when the buffers were replaced)."},
     {"mark", (PyCFunction)(void (*)(void))Recorder_mark, METH_FASTCALL | METH_KEYWORDS,
-     "mark(name, value, *, kind='point', **attrs): record a value in the current span."},
+     "mark($self, name, value, /, *, kind='point', **attrs)\n--\n\nRecord a value in the current span."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -954,10 +954,6 @@ static PyObject *Factory_vectorcall(FactoryObject *self, PyObject *const *args, 
     }
     for (Py_ssize_t i = 0; i < nkw; i++) {
         PyObject *key = PyTuple_GET_ITEM(kwnames, i), *value = args[nargs + i];
-        if (name == NULL && PyUnicode_CompareWithASCIIString(key, "name") == 0) {
-            name = value;
-            continue;
-        }
         if (PyUnicode_CompareWithASCIIString(key, "index") == 0) {
             index = value;
             continue;
@@ -1022,6 +1018,21 @@ static void Factory_dealloc(FactoryObject *self) {
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
+/* inspect.signature(ci.scope): the signature of the Python scope() this factory stands in for. */
+static PyObject *Factory_get_signature(FactoryObject *self, void *closure) {
+    if (self->slow == NULL) Py_RETURN_NONE;
+    PyObject *inspect = PyImport_ImportModule("inspect");
+    if (inspect == NULL) return NULL;
+    PyObject *sig = PyObject_CallMethod(inspect, "signature", "O", self->slow);
+    Py_DECREF(inspect);
+    return sig;
+}
+
+static PyGetSetDef Factory_getset[] = {
+    {"__signature__", (getter)Factory_get_signature, NULL, "The signature of the Python scope().", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
 static PyMemberDef Factory_members[] = {
     {"divert", T_BOOL, offsetof(FactoryObject, divert), 0, "Send every call to `slow`."},
     {NULL, 0, 0, 0, NULL},
@@ -1035,6 +1046,7 @@ static PyTypeObject Factory_Type = {
     .tp_doc = "ScopeFactory(scope_type, recorder, slow=None)(name, index=None, **attrs): a new, not yet entered "
               "scope; `gpu=` and a set `divert` call `slow` with the same arguments.",
     .tp_members = Factory_members,
+    .tp_getset = Factory_getset,
     .tp_vectorcall_offset = offsetof(FactoryObject, vectorcall),
     .tp_call = PyVectorcall_Call,
     .tp_traverse = (traverseproc)Factory_traverse,
@@ -1392,9 +1404,9 @@ done:
 
 static PyMethodDef Request_methods[] = {
     {"run", (PyCFunction)(void (*)(void))Request_run, METH_FASTCALL | METH_KEYWORDS,
-     "run(fn, *args, **kwargs): fn(*args, **kwargs) inside the request's context, its thread CPU time counted."},
+     "run($self, fn, /, *args, **kwargs)\n--\n\nfn(*args, **kwargs) inside the request's context, its thread CPU time counted."},
     {"finish", (PyCFunction)(void (*)(void))Request_finish, METH_FASTCALL | METH_KEYWORDS,
-     "finish(exc=None, stream_end=None): close the request span once, with its summary marks."},
+     "finish($self, /, exc=None, stream_end=None)\n--\n\nClose the request span once, with its summary marks."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -1448,18 +1460,18 @@ static PyObject *untrack(PyObject *Py_UNUSED(module), PyObject *obj) {
 
 static PyMethodDef module_methods[] = {
     {"uuid4_text", uuid4_text, METH_O,
-     "uuid4_text(bits) -> str: the version-4 UUID text made from 128 random bits."},
+     "uuid4_text($module, bits, /)\n--\n\nThe version-4 UUID text made from 128 random bits."},
     {"untrack", untrack, METH_O,
-     "untrack(container) -> container, taken out of the cyclic GC's sight: for the record buffers, "
+     "untrack($module, container, /)\n--\n\nThe container, taken out of the cyclic GC's sight: for the record buffers, "
      "which hold many records and never take part in a reference cycle. Lists and deques stay untracked."},
     {"configure_requests", configure_requests, METH_O,
-     "configure_requests(current_request_var): the context variable RequestBase binds each request to."},
+     "configure_requests($module, current_request_var, /)\n--\n\nThe context variable RequestBase binds each request to."},
     {"seed_request_ids", seed_request_ids, METH_O,
-     "seed_request_ids(seed): reseed the request id generator with 32 random bytes (os.urandom(32))."},
+     "seed_request_ids($module, seed, /)\n--\n\nReseed the request id generator with 32 random bytes (os.urandom(32))."},
     {"request_id", request_id, METH_NOARGS,
-     "request_id() -> str: a new random version-4 UUID, as RequestBase gives each request."},
+     "request_id($module, /)\n--\n\nA new random version-4 UUID, as RequestBase gives each request."},
     {"configure", configure, METH_VARARGS,
-     "configure(id_source, coerce_mark_value, mark_type_error, scope_type): where ids come from (an object "
+     "configure($module, id_source, coerce_mark_value, mark_type_error, scope_type, /)\n--\n\nWhere ids come from (an object "
      "whose .ids is an iterator), how mark values other than float/int/bool are made, the error for a bad "
      "kind, and the Scope class start_span makes."},
     {NULL, NULL, 0, NULL},
@@ -1474,7 +1486,7 @@ static struct PyModuleDef module_def = {
 PyMODINIT_FUNC PyInit__cscope(void) {
     INTERN(s_ids, "ids"); INTERN(s_tb, "tb"); INTERN(s_marks, "marks"); INTERN(s_mark_capacity, "mark_capacity");
     INTERN(s_marks_dropped, "marks_dropped"); INTERN(s_popleft, "popleft"); INTERN(s_kind, "kind"); INTERN(s_thread_id, "thread_id");
-    INTERN(s_point, "point"); INTERN(s_summary, "summary"); INTERN(s_name, "name"); INTERN(s_value, "value");
+    INTERN(s_point, "point"); INTERN(s_summary, "summary");
     INTERN(s_new_thread_buffer, "new_thread_buffer"); INTERN(s_spans, "spans");
     INTERN(s_span_capacity, "span_capacity"); INTERN(s_spans_dropped, "spans_dropped");
     INTERN(s_append, "append"); INTERN(s_gpu_ns, "gpu_ns"); INTERN(s_memory_peak_bytes, "memory_peak_bytes");

@@ -62,6 +62,8 @@ class PyRecorderBase:
     #: Set by ``ci.profile(enabled=False)`` / ``CIRRON_ENABLED=0``: ``mark`` records nothing.
     disabled = False
 
+    #: The scope class this recorder's spans are made of (the compiled one needs the compiled recorder).
+    scope_type: type[PyScope]
     # Set by Recorder.__init__ (C slots when compiled).
     current: contextvars.ContextVar[Scope | None]
     buffers: BufferRegistry
@@ -78,7 +80,7 @@ class PyRecorderBase:
     def start_span(self, name: str, attrs: Attrs | None = None, index: int | None = None,
                    parent: Scope | None = None) -> Scope:
         """Open a span without making it current (session roots, framework hooks)."""
-        scope = Scope(cast("Recorder", self), name, attrs, index)
+        scope = self.scope_type(cast("Recorder", self), name, attrs, index)
         scope.parent = parent
         scope._token = None
         scope.id = next(IDS.ids)
@@ -88,7 +90,7 @@ class PyRecorderBase:
         scope._cpu0 = thread_time_ns()
         return scope
 
-    def mark(self, name: str, value: Any, *, kind: str = "point", **attrs: Any) -> None:
+    def mark(self, name: str, value: Any, /, *, kind: str = "point", **attrs: Any) -> None:
         if self.disabled:
             return
         t = type(value)
@@ -121,11 +123,14 @@ else:
     _RecorderBase = _cscope.RecorderBase if _cscope is not None else PyRecorderBase
 
 
-class Recorder(_RecorderBase):
-    """Hot-path state of one :class:`cirron.Cirron`: its context variable, open spans, buffers.
+class _RecorderState:
+    """What both recorders have besides ``start_span`` and ``mark``: their state and the rare paths."""
 
-    With the compiled scope, ``current``, ``open``, ``root``, ``local`` and ``buffers`` are C
-    slots of ``RecorderBase`` that enter/exit read directly."""
+    if TYPE_CHECKING:
+        buffers: BufferRegistry
+        open: dict[int, Scope]
+
+        def forget_thread(self) -> None: ...
 
     def __init__(self, mark_capacity: int) -> None:
         self.current: contextvars.ContextVar[Scope | None] = contextvars.ContextVar(
@@ -171,6 +176,18 @@ class Recorder(_RecorderBase):
         self.last_internal_error = _error_text(exc)
         if reraise_internal_errors():
             raise exc
+
+
+class Recorder(_RecorderState, _RecorderBase):
+    """Hot-path state of one :class:`cirron.Cirron`: its context variable, open spans, buffers.
+
+    With the compiled scope, ``current``, ``open``, ``root``, ``local`` and ``buffers`` are C
+    slots of ``RecorderBase`` that enter/exit read directly."""
+
+
+class PyRecorder(_RecorderState, PyRecorderBase):
+    """The pure-Python recorder, whatever was compiled: what runs without the C, and the twin the
+    contract tests hold the compiled one to (``Cirron(_pure_python=True)``)."""
 
 
 def coerce_mark_value(value: Any) -> Any:
@@ -476,6 +493,8 @@ else:
     Scope = _load_c_scope() or PyScope
 #: True when :data:`Scope` runs the compiled enter/exit.
 COMPILED = Scope is not PyScope
+Recorder.scope_type = Scope
+PyRecorder.scope_type = PyScope
 
 
 def scope_factory(rec: Recorder, slow: Callable[..., Any]) -> Any:

@@ -245,7 +245,7 @@ def test_compiled_mark_records_what_the_python_mark_records() -> None:
         (("loss", 0.5), {}),
         (("step", 3), {"kind": "summary"}),
         (("ok", True), {"split": "val", "epoch": 2}),
-        ((), {"name": "kw", "value": 1.5}),
+        (("kw", 1.5), {"name": "an attribute", "value": "another"}),
         (("np", np.float32(0.25)), {}),
         (("text", "é" * 200), {}),
     ]
