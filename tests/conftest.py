@@ -7,6 +7,9 @@ from pathlib import Path
 
 import pytest
 
+# The cirron_capture fixture users get from cirron.testing (tests/core/test_testing_helpers.py).
+pytest_plugins = ["cirron.testing"]
+
 
 @pytest.fixture(autouse=True)
 def _isolated_cirron_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -27,6 +27,7 @@ from cirron import (
     CirronWrapError,
 )
 from cirron.spool import Session, Spool, iter_batches, load_sessions, load_spool
+from cirron.testing import Capture, CapturedSpan, ManualClock, capture
 
 
 def train(data: list[float]) -> float:
@@ -134,6 +135,18 @@ def read_back(path: str) -> None:
         print(s.id, len(s.spans))
     for batch in iter_batches(path):
         print(batch)
+
+
+def testing_helpers() -> None:
+    clock = ManualClock(start_ns=1_000)
+    with capture(clock=clock, first_id=1) as rec:
+        with ci.scope("step"):
+            clock.advance(5_000, cpu_ns=1_000)
+    assert_type(rec, Capture)
+    spans: list[CapturedSpan] = rec.spans
+    assert spans[0].duration_ns == 5_000 and rec.span("step").label == "step"
+    marks: dict[str, list[Any]] = rec.marks_of("step")
+    print(marks, rec.tree(), rec.profiler.health())
 
 
 asyncio.run(serve())
