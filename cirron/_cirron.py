@@ -311,11 +311,10 @@ class Cirron:
             scope = self._on_device(rec.scope_type(rec, "epoch", None, index=i), gpu)
             scope.__enter__()
             yield from _yield_inside(scope, item)
-            if self._snapshots is not None and scope.span is not None:
-                try:
-                    self._snapshots.on_epoch_end(scope.span)
-                except Exception as exc:  # noqa: BLE001 - a snapshot failure never stops training
-                    rec.note_internal_error(exc)
+            if self._snapshots is not None:
+                from cirron.integrations import epoch_end_snapshots
+
+                epoch_end_snapshots(self, scope)
             scope.__exit__(None, None, None)
 
     def batches(self, iterable: Iterable[T], *, gpu: bool | None = None) -> Iterator[T]:

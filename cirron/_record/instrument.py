@@ -808,6 +808,8 @@ def _instrument(c: Cirron, fn: Callable[..., Any], config: Mapping[str, Any] | N
     modules = sys.modules
 
     def start() -> _Request | None:
+        if rec.disabled:  # ci.profile(enabled=False) / CIRRON_ENABLED=0: the call just runs
+            return None
         try:
             if not _GENERATE_HOOKED and _GENERATION_MODULE in modules:
                 _maybe_hook_generate()

@@ -37,7 +37,11 @@ def test_enabled_false_records_and_writes_nothing(spool_dir: Path) -> None:
     def f() -> int:
         return 3
 
-    assert f() == 3
+    @c.inference
+    def answer() -> dict:
+        return {"usage": {"prompt_tokens": 1, "completion_tokens": 2}}
+
+    assert f() == 3 and answer() == {"usage": {"prompt_tokens": 1, "completion_tokens": 2}}
     assert c.trace(format="dict") == {"roots": [], "span_count": 0}
     assert c.health()["marks_recorded"] == 0
     assert not spool_dir.exists()
