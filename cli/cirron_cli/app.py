@@ -43,12 +43,13 @@ def _register_commands() -> None:
     ranks.register(traces.traces_app)
     app.add_typer(traces.traces_app, name="traces")
     app.add_typer(spool_cmd.spool_app, name="spool")
-    from cirron_cli import auth, completion, spool_flush, status
+    from cirron_cli import auth, completion, spool_flush, status, ui
 
     spool_flush.register(spool_cmd.spool_app)
     status.register(app)
     auth.register(app)
     completion.register(app)
+    ui.register(app)
 
 
 _register_commands()

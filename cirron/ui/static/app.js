@@ -1,0 +1,389 @@
+/* cirron ui: each page asks the JSON API for its data and draws it with plotly.js. */
+"use strict";
+
+const cirronUI = (() => {
+  const body = () => document.body.dataset;
+  const $ = (html) => { const t = document.createElement("template"); t.innerHTML = html.trim(); return t.content.firstChild; };
+  const esc = (s) => String(s ?? "").replace(/[&<>"']/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" }[c]));
+  const main = () => document.getElementById("main");
+  const PHASE_COLORS = { data_load: "#f59e0b", forward: "#3b82f6", backward: "#8b5cf6", optimizer_step: "#10b981", other: "#9ca3af" };
+  const PALETTE = ["#3b82f6", "#f59e0b", "#10b981", "#ef4444", "#8b5cf6", "#06b6d4", "#ec4899", "#84cc16", "#f97316", "#6366f1", "#14b8a6", "#a855f7"];
+  // span colours other than the phases' own (so an epoch never looks like data_load)
+  const SPAN_PALETTE = ["#64748b", "#0891b2", "#db2777", "#65a30d", "#ea580c", "#4f46e5", "#0d9488", "#be123c", "#a16207", "#7c3aed"];
+  const CONFIG = { displaylogo: false, responsive: true };
+
+  function fmtNs(ns) {
+    if (ns === null || ns === undefined || Number.isNaN(ns)) return "–";
+    const a = Math.abs(ns);
+    if (a >= 60e9) return (ns / 60e9).toFixed(1) + "m";
+    if (a >= 1e9) return (ns / 1e9).toFixed(2) + "s";
+    if (a >= 1e6) return (ns / 1e6).toFixed(2) + "ms";
+    if (a >= 1e3) return (ns / 1e3).toFixed(1) + "µs";
+    return Math.round(ns) + "ns";
+  }
+  const fmtBytes = (n) => n >= 1 << 30 ? (n / (1 << 30)).toFixed(1) + " GB" : n >= 1 << 20 ? (n / (1 << 20)).toFixed(1) + " MB" : n >= 1024 ? (n / 1024).toFixed(1) + " KB" : n + " B";
+  const fmtDate = (ns) => ns ? new Date(ns / 1e6).toISOString().replace("T", " ").slice(0, 19) : "–";
+  const fmtNum = (v) => typeof v === "number" ? (Number.isInteger(v) ? String(v) : v.toPrecision(6)) : esc(v);
+  function colorOf(name, names) {  // by position in the session's list of names: distinct and stable
+    const i = names ? names.indexOf(name) : -1;
+    if (PHASE_COLORS[name]) return PHASE_COLORS[name];
+    if (i >= 0) return SPAN_PALETTE[i % SPAN_PALETTE.length];
+    let h = 0;
+    for (const c of String(name)) h = (h * 31 + c.charCodeAt(0)) >>> 0;
+    return SPAN_PALETTE[h % SPAN_PALETTE.length];
+  }
+
+  async function api(url) {
+    const r = await fetch(url);
+    const doc = await r.json();
+    if (!r.ok) throw new Error(doc.error || r.statusText);
+    return doc;
+  }
+
+  function fail(err) {
+    main().innerHTML = "";
+    main().appendChild($(`<p class="error">${esc(err.message || err)}</p>`));
+  }
+
+  async function plot(div, traces, layout) {
+    const base = { margin: { l: 60, r: 20, t: 36, b: 44 }, paper_bgcolor: "#fff", plot_bgcolor: "#fff", font: { size: 12 } };
+    for (const [k, v] of Object.entries(layout)) {  // plotly.js 3 takes axis titles as {text}
+      if (/^[xy]axis\d*$/.test(k) && typeof v.title === "string") v.title = { text: v.title };
+    }
+    await Plotly.react(div, traces, Object.assign(base, layout), CONFIG);
+    div.dataset.drawn = String(traces.reduce((n, t) => n + ((t.x || t.z || []).length || 0), 0));
+  }
+
+  function chartDiv(parent, id, height) {
+    const d = $(`<div class="chart" id="${id}" style="height:${height || 360}px"></div>`);
+    parent.appendChild(d);
+    return d;
+  }
+
+  function sessionNav(sid, active) {
+    const nav = document.getElementById("nav");
+    nav.innerHTML = `<a href="/">Runs</a>` + ["timeline", "steps", "marks", "snapshots", "requests"].map(
+      (v) => `<a href="/session/${sid}/${v}" class="${v === active ? "active" : ""}">${v[0].toUpperCase() + v.slice(1)}</a>`).join("");
+    api(`/api/session/${sid}`).then((s) => {
+      document.getElementById("status").innerHTML = `session <code>${esc(sid.slice(0, 12))}</code> ` +
+        `<span class="badge ${s.status}">${s.status}</span>` + (s.run_id ? ` · <a href="/run/${encodeURIComponent(s.run_id)}">run ${esc(s.run_id)}</a>` : "");
+    }).catch(() => {});
+  }
+
+  // ------------------------------------------------------------------------------ runs
+  async function runsPage() {
+    document.getElementById("nav").innerHTML = `<a href="/" class="active">Runs</a>`;
+    let timer = null;
+    async function refresh() {
+      const doc = await api("/api/sessions");
+      const m = main();
+      const checked = new Set([...m.querySelectorAll("input.pick:checked")].map((i) => i.value));
+      m.innerHTML = "";
+      m.appendChild($(`<h1>Sessions <span class="muted">(${doc.sessions.length}, from ${doc.spools.map(esc).join(", ")})</span></h1>`));
+      if (!doc.sessions.length) {
+        m.appendChild($(`<p class="muted">No traces found in this spool yet. Run a script that calls <code>ci.profile()</code>; sessions appear here on their own.</p>`));
+      } else {
+        const rows = doc.sessions.map((s) => `<tr data-session="${s.id}">
+          <td><input type="checkbox" class="pick" value="${s.id}" ${checked.has(s.id) ? "checked" : ""}></td>
+          <td><a href="/session/${s.id}/timeline"><code>${s.id.slice(0, 12)}</code></a></td>
+          <td><span class="badge ${s.status}">${s.status}</span></td>
+          <td>${fmtDate(s.started_ns)}</td><td class="num">${s.live ? "(live)" : fmtNs(s.duration_ns)}</td>
+          <td class="num">${s.spans}</td><td class="num">${s.marks}</td><td class="num">${s.snapshots}</td>
+          <td class="num">${fmtBytes(s.bytes)}</td>
+          <td>${s.run_id ? `<a href="/run/${encodeURIComponent(s.run_id)}">${esc(s.run_id)}</a>` : ""}</td><td class="num">${s.rank ?? ""}</td>
+          <td>${esc(s.host || "")}</td>
+          <td><a href="/session/${s.id}/steps">steps</a> · <a href="/session/${s.id}/marks">marks</a> · <a href="/session/${s.id}/snapshots">snapshots</a> · <a href="/session/${s.id}/requests">requests</a></td></tr>`).join("");
+        m.appendChild($(`<table id="sessions"><thead><tr><th></th><th>Session</th><th>Status</th><th>Started (UTC)</th><th class="num">Duration</th>
+          <th class="num">Spans</th><th class="num">Marks</th><th class="num">Snapshots</th><th class="num">Size</th><th>Run</th><th class="num">Rank</th><th>Host</th><th>Views</th></tr></thead><tbody>${rows}</tbody></table>`));
+        const btn = $(`<p><button id="compare">Compare marks of the checked sessions</button></p>`);
+        btn.querySelector("button").onclick = () => {
+          const ids = [...m.querySelectorAll("input.pick:checked")].map((i) => i.value);
+          if (ids.length) location.href = "/marks?" + ids.map((i) => "session=" + i).join("&");
+        };
+        m.appendChild(btn);
+      }
+      const live = doc.sessions.some((s) => s.live);
+      document.getElementById("status").textContent = (live ? "live sessions: refreshing every 2 s" : "refreshing every 10 s") + ` · ${new Date().toLocaleTimeString()}`;
+      clearTimeout(timer);
+      timer = setTimeout(() => refresh().catch(fail), live ? 2000 : 10000);
+    }
+    await refresh();
+  }
+
+  // ------------------------------------------------------------------------------ timeline
+  async function timelinePage() {
+    const sid = body().session;
+    sessionNav(sid, "timeline");
+    const q = new URLSearchParams(location.search);
+    const m = main();
+    m.innerHTML = `<h1>Timeline</h1><div class="controls muted" id="tl-info">Drag to zoom, double-click to reset, shift-drag or the pan tool to pan, scroll to zoom.</div>`;
+    const div = chartDiv(m, "timeline", 520);
+    let pending = null, seq = 0, total = null;
+
+    function traces(doc) {
+      const byName = new Map();
+      for (const s of doc.spans) {
+        if (!byName.has(s.name)) byName.set(s.name, []);
+        byName.get(s.name).push(s);
+      }
+      const out = [];
+      for (const [name, spans] of byName) {
+        out.push({
+          type: "bar", orientation: "h", name, marker: { color: colorOf(name, doc.names), line: { width: 0.5, color: "#fff" } },
+          text: spans.map((s) => s.label), textposition: "inside", insidetextanchor: "start", textangle: 0,
+          textfont: { color: "#fff", size: 11 },
+          base: spans.map((s) => s.start / 1e6), x: spans.map((s) => Math.max((s.end - s.start) / 1e6, 1e-9)),
+          y: spans.map((s) => s.depth), width: 0.9,
+          customdata: spans.map((s) => [s.label, fmtNs(s.end - s.start), fmtNs(s.cpu_ns), s.gpu_ns == null ? "–" : fmtNs(s.gpu_ns), esc(s.attrs).slice(0, 160), fmtNs(s.start), s.open ? " (open)" : ""]),
+          hovertemplate: "<b>%{customdata[0]}</b>%{customdata[6]}<br>start %{customdata[5]}, wall %{customdata[1]}<br>cpu %{customdata[2]}, gpu %{customdata[3]}<br>%{customdata[4]}<extra></extra>",
+        });
+      }
+      if (doc.blocks.length) {
+        out.push({
+          type: "bar", orientation: "h", name: "(small spans)", marker: { color: doc.blocks.map((b) => colorOf(b.name, doc.names)), opacity: 0.45 },
+          base: doc.blocks.map((b) => b.start / 1e6), x: doc.blocks.map((b) => Math.max((b.end - b.start) / 1e6, 1e-9)),
+          y: doc.blocks.map((b) => b.depth), width: 0.9,
+          customdata: doc.blocks.map((b) => [b.count, fmtNs(b.total_ns), b.name]),
+          hovertemplate: "%{customdata[0]} spans too small to draw at this zoom (mostly %{customdata[2]})<br>summed wall %{customdata[1]}<extra></extra>",
+        });
+      }
+      if (doc.marks.length) {
+        out.push({
+          type: "scatter", mode: "markers", name: "marks", x: doc.marks.map((k) => k.t / 1e6), y: doc.marks.map(() => -0.8),
+          marker: { symbol: "line-ns-open", size: 10, color: "#111827" },
+          customdata: doc.marks.map((k) => [k.name, k.value === null ? "NaN" : fmtNum(k.value)]),
+          hovertemplate: "mark <b>%{customdata[0]}</b> = %{customdata[1]}<br>%{x:.3f} ms<extra></extra>",
+        });
+      }
+      return out;
+    }
+
+    async function load(t0, t1) {
+      const mine = ++seq;
+      const px = Math.max(200, div.clientWidth || 1200);
+      const params = new URLSearchParams({ px });
+      if (t0 !== null) params.set("t0", Math.floor(t0));
+      if (t1 !== null) params.set("t1", Math.ceil(t1));
+      const doc = await api(`/api/session/${sid}/timeline?${params}`);
+      if (mine !== seq) return;
+      if (total === null) total = doc.duration_ns;
+      document.getElementById("tl-info").textContent =
+        `${doc.visible} spans in view: ${doc.spans.length} drawn one by one, the rest merged into ${doc.blocks.length} blocks · ` +
+        `window ${fmtNs(doc.t0)} – ${fmtNs(doc.t1)} of ${fmtNs(doc.duration_ns)}. Drag to zoom, double-click to reset.`;
+      await plot(div, traces(doc), {
+        barmode: "overlay", showlegend: true, legend: { orientation: "h", y: -0.2 }, uniformtext: { mode: "hide", minsize: 9 }, hovermode: "closest", uirevision: "tl",
+        dragmode: "zoom",
+        xaxis: { title: "ms since session start", range: [doc.t0 / 1e6, doc.t1 / 1e6], zeroline: false },
+        yaxis: { title: "depth", fixedrange: true, range: [doc.max_depth + 0.6, -1.3],
+          tickvals: [-0.8, ...Array.from({ length: doc.max_depth + 1 }, (_, i) => i)],
+          ticktext: ["marks", ...Array.from({ length: doc.max_depth + 1 }, (_, i) => String(i))] },
+      });
+      const url = new URL(location.href);
+      url.searchParams.set("t0", doc.t0); url.searchParams.set("t1", doc.t1);
+      history.replaceState(null, "", url);
+    }
+
+    const t0 = q.has("t0") ? Number(q.get("t0")) : null;
+    const t1 = q.has("t1") ? Number(q.get("t1")) : null;
+    await load(t0, t1);
+    div.on("plotly_relayout", (ev) => {
+      let a = null, b = null;
+      if (ev["xaxis.range[0]"] !== undefined) { a = ev["xaxis.range[0]"]; b = ev["xaxis.range[1]"]; }
+      else if (Array.isArray(ev["xaxis.range"])) { [a, b] = ev["xaxis.range"]; }
+      else if (ev["xaxis.autorange"]) { clearTimeout(pending); pending = setTimeout(() => load(0, total).catch(fail), 30); return; }
+      else return;
+      clearTimeout(pending);
+      pending = setTimeout(() => load(Math.max(0, a * 1e6), b * 1e6).catch(fail), 60);
+    });
+  }
+
+  // ------------------------------------------------------------------------------ steps
+  async function stepsPage() {
+    const sid = body().session;
+    sessionNav(sid, "steps");
+    const doc = await api(`/api/session/${sid}/steps`);
+    const m = main();
+    m.innerHTML = "<h1>Step breakdown</h1>";
+    if (!doc.steps) {
+      m.appendChild($(`<p class="muted">No training steps in this session (no <code>batch</code> or <code>step</code> spans: use <code>ci.batches(...)</code>).</p>`));
+      return;
+    }
+    const tot = Object.values(doc.totals).reduce((a, b) => a + b, 0) || 1;
+    m.appendChild($(`<p class="muted">${doc.steps} <code>${esc(doc.step_name)}</code> spans, median ${fmtNs(doc.p50_ns)}` +
+      (doc.group > 1 ? `; each bar is the mean of ${doc.group} consecutive steps` : "") + ". Share of step time: " +
+      Object.entries(doc.totals).map(([k, v]) => `${k} ${(100 * v / tot).toFixed(1)}%`).join(", ") + "</p>"));
+    const div = chartDiv(m, "steps", 420);
+    const traces = Object.entries(doc.bars).map(([phase, ys]) => ({
+      type: "bar", name: phase, x: doc.x, y: ys.map((v) => v / 1e6), marker: { color: PHASE_COLORS[phase] },
+      customdata: doc.labels, hovertemplate: `%{customdata}<br>${phase}: %{y:.3f} ms<extra></extra>`,
+    }));
+    await plot(div, traces, { barmode: "stack", bargap: 0.05, xaxis: { title: "step" }, yaxis: { title: "ms" }, legend: { orientation: "h", y: 1.1 } });
+    m.appendChild($("<h2>Slowest steps</h2>"));
+    const rows = doc.slowest.map((s) => {
+      const pad = Math.max(1000, (s.end - s.start) * 0.1);
+      return `<tr><td><a href="/session/${sid}/timeline?t0=${Math.max(0, Math.floor(s.start - pad))}&t1=${Math.ceil(s.end + pad)}">${esc(s.label)}</a></td>
+        <td class="num">${fmtNs(s.wall_ns)}</td>${["data_load", "forward", "backward", "optimizer_step", "other"].map((p) => `<td class="num">${fmtNs(s[p])}</td>`).join("")}</tr>`;
+    }).join("");
+    m.appendChild($(`<table id="slowest"><thead><tr><th>Step</th><th class="num">Wall</th><th class="num">data_load</th><th class="num">forward</th>
+      <th class="num">backward</th><th class="num">optimizer_step</th><th class="num">other</th></tr></thead><tbody>${rows}</tbody></table>`));
+  }
+
+  // ------------------------------------------------------------------------------ marks
+  function smooth(ys, w) {  // exponential moving average, debiased (as TensorBoard's slider)
+    if (!w) return ys;
+    let last = 0, n = 0;
+    return ys.map((y) => {
+      if (y === null || !Number.isFinite(y)) return y;
+      last = last * w + (1 - w) * y; n++;
+      return last / (1 - Math.pow(w, n));
+    });
+  }
+
+  async function marksPage() {
+    const ids = (body().session || "").split(",").filter(Boolean);
+    if (ids.length === 1) sessionNav(ids[0], "marks");
+    else document.getElementById("nav").innerHTML = `<a href="/">Runs</a><a class="active">Marks (${ids.length} sessions)</a>`;
+    const m = main();
+    if (!ids.length) { m.innerHTML = `<p class="muted">Pick sessions on the <a href="/">runs page</a>.</p>`; return; }
+    m.innerHTML = `<h1>Marks</h1><div class="controls">
+      <label>x axis <select id="xaxis"><option value="step">step (n-th value)</option><option value="time">time since session start</option></select></label>
+      <label>smoothing <input type="range" id="smooth" min="0" max="0.99" step="0.01" value="0"> <span id="smooth-v">0</span></label>
+      <label><input type="checkbox" id="logy"> log scale</label></div><div class="grid" id="charts"></div>
+      <h2>Summary marks</h2><div id="summary"></div>`;
+    let doc = null;
+    async function fetchAll() {
+      const x = document.getElementById("xaxis").value;
+      doc = await api(`/api/marks?x=${x}&` + ids.map((i) => "session=" + i).join("&"));
+      await draw();
+    }
+    async function draw() {
+      const w = Number(document.getElementById("smooth").value);
+      document.getElementById("smooth-v").textContent = w.toFixed(2);
+      const logy = document.getElementById("logy").checked;
+      const names = [...new Set(doc.sessions.flatMap((s) => Object.keys(s.series)))].sort();
+      const grid = document.getElementById("charts");
+      if (!names.length) grid.innerHTML = `<p class="muted">No point marks (<code>ci.mark(name, value)</code>) in ${ids.length > 1 ? "these sessions" : "this session"}.</p>`;
+      for (const name of names) {
+        const id = "mark-" + name.replace(/[^A-Za-z0-9_-]/g, "_");
+        const div = document.getElementById(id) || chartDiv(grid, id, 320);
+        const traces = [];
+        doc.sessions.forEach((s, k) => {
+          const ser = s.series[name];
+          if (!ser) return;
+          const color = PALETTE[k % PALETTE.length];
+          const label = s.session.slice(0, 8);
+          const xs = doc.x === "time" ? ser.x.map((v) => v / 1e9) : ser.x;
+          if (w) traces.push({ type: "scatter", mode: "lines", name: label + " raw", x: xs, y: ser.y, line: { color, width: 1 }, opacity: 0.25, showlegend: false, hoverinfo: "skip" });
+          traces.push({ type: "scatter", mode: "lines", name: label, x: xs, y: smooth(ser.y, w), line: { color, width: 2 } });
+        });
+        await plot(div, traces, { title: { text: name, x: 0.02 }, xaxis: { title: doc.x === "time" ? "s since session start" : "step" },
+          yaxis: { type: logy ? "log" : "linear" }, showlegend: ids.length > 1, legend: { orientation: "h", y: -0.2 } });
+      }
+      const rows = doc.sessions.flatMap((s) => s.summary.map((r) => `<tr><td><code>${s.session.slice(0, 8)}</code></td><td>${esc(r.name)}</td><td>${esc(r.span)}</td><td class="num">${fmtNum(r.value)}</td></tr>`));
+      document.getElementById("summary").innerHTML = rows.length
+        ? `<table id="summary-marks"><thead><tr><th>Session</th><th>Mark</th><th>Span</th><th class="num">Value</th></tr></thead><tbody>${rows.join("")}</tbody></table>`
+        : `<p class="muted">No summary marks.</p>`;
+    }
+    document.getElementById("xaxis").onchange = () => fetchAll().catch(fail);
+    document.getElementById("smooth").oninput = () => draw().catch(fail);
+    document.getElementById("logy").onchange = () => draw().catch(fail);
+    await fetchAll();
+  }
+
+  // ------------------------------------------------------------------------------ snapshots
+  async function snapshotsPage() {
+    const sid = body().session;
+    sessionNav(sid, "snapshots");
+    const doc = await api(`/api/session/${sid}/snapshots`);
+    const m = main();
+    m.innerHTML = "<h1>Snapshots</h1>";
+    if (!doc.tensors.length) {
+      m.appendChild($(`<p class="muted">No snapshots in this session (wrap a model with <code>ci.wrap(model)</code> and loop with <code>ci.epochs(...)</code>).</p>`));
+      return;
+    }
+    const pick = $(`<div class="controls"><label>tensor <select id="tensor">${doc.tensors.map((t, i) =>
+      `<option value="${i}">${esc(t.tensor)} (${esc(t.role)}${t.shape ? ", " + esc(JSON.stringify(t.shape)) : ""})</option>`).join("")}</select></label></div>`);
+    m.appendChild(pick);
+    const stats = chartDiv(m, "snap-stats", 320);
+    const heat = chartDiv(m, "snap-hist", 380);
+    async function draw() {
+      const t = doc.tensors[Number(document.getElementById("tensor").value)];
+      const xs = t.labels;
+      await plot(stats, ["mean", "std", "norm"].map((k, i) => ({ type: "scatter", mode: "lines+markers", name: k, x: xs, y: t[k], yaxis: k === "norm" ? "y2" : "y", line: { color: PALETTE[i] } })),
+        { title: { text: `${t.tensor}: mean, std, norm per snapshot`, x: 0.02 }, margin: { l: 60, r: 70, t: 36, b: 44 }, yaxis: { title: "mean / std" }, yaxis2: { title: "norm", overlaying: "y", side: "right" }, legend: { orientation: "h", y: -0.2 } });
+      await plot(heat, [{ type: "heatmap", x: xs, y: t.hist_edges, z: t.hist_z, colorscale: "Viridis", colorbar: { title: { text: "share" } },
+        hovertemplate: "%{x}<br>value ≈ %{y:.4g}<br>share %{z:.3f}<extra></extra>" }],
+        { title: { text: `${t.tensor}: distribution per snapshot`, x: 0.02 }, yaxis: { title: "value" } });
+    }
+    document.getElementById("tensor").onchange = () => draw().catch(fail);
+    await draw();
+  }
+
+  // ------------------------------------------------------------------------------ requests
+  async function requestsPage() {
+    const sid = body().session;
+    sessionNav(sid, "requests");
+    const doc = await api(`/api/session/${sid}/requests`);
+    const m = main();
+    m.innerHTML = "<h1>Requests</h1>";
+    if (!doc.requests) {
+      m.appendChild($(`<p class="muted">No <code>@ci.inference</code> requests in this session.</p>`));
+      return;
+    }
+    m.appendChild($(`<p class="muted">${doc.requests} requests · latency p50 ${fmtNs(doc.overall.p50)}, p95 ${fmtNs(doc.overall.p95)}, p99 ${fmtNs(doc.overall.p99)}</p>`));
+    const lat = chartDiv(m, "latency", 340);
+    const xs = doc.windows.map((w) => w.t / 1e9);
+    await plot(lat, ["p50", "p95", "p99"].map((k, i) => ({ type: "scatter", mode: "lines+markers", name: k, x: xs, y: doc.windows.map((w) => w[k] / 1e6), line: { color: PALETTE[i] } })),
+      { title: { text: "latency over time", x: 0.02 }, xaxis: { title: "s since session start" }, yaxis: { title: "ms" } });
+    const grid = $(`<div class="grid"></div>`);
+    m.appendChild(grid);
+    if (doc.ttft_ns.length) {
+      await plot(chartDiv(grid, "ttft", 300), [{ type: "histogram", x: doc.ttft_ns.map((v) => v / 1e6), marker: { color: PALETTE[3] } }],
+        { title: { text: `time to first token (${doc.ttft_ns.length} streams)`, x: 0.02 }, xaxis: { title: "ms" }, yaxis: { title: "requests" } });
+    }
+    if (doc.tokens_per_s.length) {
+      await plot(chartDiv(grid, "tps", 300), [{ type: "histogram", x: doc.tokens_per_s, marker: { color: PALETTE[2] } }],
+        { title: { text: `tokens/s (${doc.tokens_per_s.length} requests)`, x: 0.02 }, xaxis: { title: "tokens/s" }, yaxis: { title: "requests" } });
+    }
+    m.appendChild($("<h2>Slowest requests</h2>"));
+    const rows = doc.slowest.map((r) => {
+      const pad = Math.max(1000, (r.end - r.start) * 0.1);
+      return `<tr><td><a href="/session/${sid}/timeline?t0=${Math.max(0, Math.floor(r.start - pad))}&t1=${Math.ceil(r.end + pad)}"><code>${esc(r.request_id || "?")}</code></a></td>
+        <td class="num">${fmtNs(r.latency_ns)}</td><td class="num">${fmtNs(r.ttft_ns)}</td><td class="num">${r.tokens ?? "–"}</td>
+        <td class="num">${r.tokens_per_s == null ? "–" : r.tokens_per_s.toFixed(1)}</td><td>${esc(r.stream_end || "")}</td><td class="error">${esc(r.error || "")}</td></tr>`;
+    }).join("");
+    m.appendChild($(`<table id="slowest"><thead><tr><th>Request</th><th class="num">Latency</th><th class="num">TTFT</th><th class="num">Tokens</th>
+      <th class="num">Tokens/s</th><th>Stream end</th><th>Error</th></tr></thead><tbody>${rows}</tbody></table>`));
+  }
+
+  // ------------------------------------------------------------------------------ ranks
+  async function ranksPage() {
+    const run = body().run;
+    document.getElementById("nav").innerHTML = `<a href="/">Runs</a><a class="active">Run ${esc(run)}</a>`;
+    const doc = await api(`/api/run/${encodeURIComponent(run)}/ranks`);
+    const m = main();
+    m.innerHTML = `<h1>Run ${esc(run)}: ranks</h1><p class="muted">Median rank's median step: ${fmtNs(doc.median_p50_ns)}. A rank more than 1.2× slower is flagged.</p>`;
+    const labels = doc.ranks.map((r) => "rank " + (r.rank ?? "?"));
+    await plot(chartDiv(m, "ranks", 360), [
+      { type: "bar", name: "p50 step", x: labels, y: doc.ranks.map((r) => (r.p50_ns ?? 0) / 1e6), marker: { color: doc.ranks.map((r) => r.straggler ? "#ef4444" : PALETTE[0]) } },
+      { type: "bar", name: "p95 step", x: labels, y: doc.ranks.map((r) => (r.p95_ns ?? 0) / 1e6), marker: { color: PALETTE[5] } },
+      { type: "scatter", mode: "markers", name: "data_load share", x: labels, y: doc.ranks.map((r) => 100 * (r.data_load_share ?? 0)), yaxis: "y2", marker: { size: 12, color: PHASE_COLORS.data_load } },
+    ], { barmode: "group", yaxis: { title: "ms" }, yaxis2: { title: "data_load %", overlaying: "y", side: "right", range: [0, 100] }, legend: { orientation: "h", y: 1.12 } });
+    const rows = doc.ranks.map((r) => `<tr><td>${r.rank ?? "?"}</td><td><a href="/session/${r.session}/steps"><code>${r.session.slice(0, 12)}</code></a></td>
+      <td class="num">${r.steps}</td><td class="num">${fmtNs(r.p50_ns)}</td><td class="num">${fmtNs(r.p95_ns)}</td><td class="num">${fmtNs(r.max_ns)}</td>
+      <td class="num">${r.data_load_share == null ? "–" : (100 * r.data_load_share).toFixed(1) + "%"}</td>
+      <td>${r.straggler ? `<span class="badge crashed">straggler ${r.vs_median.toFixed(2)}×</span>` : (r.vs_median ? r.vs_median.toFixed(2) + "×" : "")}</td></tr>`).join("");
+    m.appendChild($(`<table id="ranks-table"><thead><tr><th>Rank</th><th>Session</th><th class="num">Steps</th><th class="num">p50</th><th class="num">p95</th><th class="num">max</th><th class="num">data_load</th><th>vs median</th></tr></thead><tbody>${rows}</tbody></table>`));
+  }
+
+  const PAGES = { runs: runsPage, timeline: timelinePage, steps: stepsPage, marks: marksPage, snapshots: snapshotsPage, requests: requestsPage, ranks: ranksPage };
+
+  function start() {
+    const page = PAGES[document.body.dataset.page];
+    document.addEventListener("DOMContentLoaded", () => {
+      page().then(() => { document.body.dataset.ready = "1"; }).catch((e) => { fail(e); document.body.dataset.ready = "error"; });
+    });
+  }
+
+  return { start, fmtNs };
+})();

@@ -1,0 +1,50 @@
+"""`cirron ui`: start the local web viewer (the work is in :mod:`cirron.ui`)."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import typer
+
+from cirron.spool import paths
+from cirron_cli.render import fail, warn
+
+
+def ui(
+    spool: list[str] | None = typer.Option(
+        None, "--spool", help="Spool directory to read (repeat for several; globs accepted).",
+        show_default=str(paths.DEFAULT_SPOOL_DIR)),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on."),
+    port: int = typer.Option(8050, "--port", help="Port to listen on (0: any free port)."),
+    open_browser: bool = typer.Option(False, "--open", help="Open the viewer in the default browser."),
+) -> None:
+    """Browse the spool in a local web viewer: timelines, step breakdown, mark charts, snapshots."""
+    from cirron.ui import INSTALL_HINT, UI_PACKAGES
+
+    missing = [p for p in UI_PACKAGES if importlib.util.find_spec(p) is None]
+    if missing:
+        fail(f"cirron ui needs {', '.join(missing)}: {INSTALL_HINT}")
+    if not 0 <= port <= 65535:
+        fail(f"Invalid --port: {port} (expected 0-65535)", 2)
+    from cirron.ui.data import expand_spools
+    from cirron.ui.server import ListenError, is_loopback, serve
+
+    dirs = expand_spools(spool or [str(paths.DEFAULT_SPOOL_DIR)])
+    if not dirs:
+        fail(f"No spool directory matches {' '.join(spool or [])}")
+    for d in dirs:
+        if d.exists() and not d.is_dir():
+            fail(f"Spool path {d} is not a directory")
+        if not d.exists():
+            warn(f"no spool at {d} yet; its sessions will appear once a run writes there")
+    if not is_loopback(host):
+        warn(f"listening on {host}: anyone who can reach this machine on that port can read these traces "
+             "(the viewer has no authentication)")
+    try:
+        serve(dirs, host, port, open_browser, echo=typer.echo)
+    except ListenError as exc:
+        fail(str(exc))
+
+
+def register(app: typer.Typer) -> None:
+    app.command("ui")(ui)

@@ -1,0 +1,33 @@
+"""Fixtures of the ``cirron ui`` tests: spools made by real runs, a real ``cirron ui`` over them."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+pytest.importorskip("starlette", reason="cirron ui needs the 'ui' extra: pip install 'cirron[ui]'")
+pytest.importorskip("uvicorn", reason="cirron ui needs the 'ui' extra: pip install 'cirron[ui]'")
+pytest.importorskip("plotly", reason="cirron ui needs the 'ui' extra: pip install 'cirron[ui]'")
+
+from ui_helpers import Runs, UIServer, make_run
+
+
+@pytest.fixture(scope="session")
+def runs(tmp_path_factory: pytest.TempPathFactory) -> Runs:
+    pytest.importorskip("torch")
+    base = tmp_path_factory.mktemp("ui-runs")
+    train = make_run("train", base / "train")
+    inference = make_run("inference", base / "inference")
+    for rank in (0, 1):
+        ranks = make_run("rank", base / "ranks", RANK=str(rank), WORLD_SIZE="2", CIRRON_RUN_ID="run-42")
+    return Runs(train, inference, ranks)
+
+
+@pytest.fixture(scope="session")
+def ui_server(runs: Runs) -> Iterator[UIServer]:
+    server = UIServer("--spool", str(runs.train), "--spool", str(runs.inference), "--spool", str(runs.ranks))
+    try:
+        yield server
+    finally:
+        server.stop()

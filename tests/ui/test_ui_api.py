@@ -1,0 +1,261 @@
+"""The viewer's JSON API and server behaviour, over HTTP against a real ``cirron ui`` (uvicorn)."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+import httpx
+import pytest
+from ui_helpers import Runs, UIServer
+
+TIMEOUT = 30.0
+
+
+def get(server: UIServer, path: str, **params) -> dict:
+    r = httpx.get(server.url + path, params=params, timeout=TIMEOUT)
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def session_of(server: UIServer, spool: Path) -> dict:
+    found = [s for s in get(server, "/api/sessions")["sessions"] if s["spool"] == str(spool.resolve())]
+    assert found, f"no session from {spool}"
+    return found[0]
+
+
+def test_sessions_table_lists_every_spool(ui_server: UIServer, runs: Runs) -> None:
+    doc = get(ui_server, "/api/sessions")
+    assert doc["spools"] == [str(p.resolve()) for p in (runs.train, runs.inference, runs.ranks)]
+    sessions = doc["sessions"]
+    assert len(sessions) == 4  # train, inference, two ranks
+    starts = [s["started_ns"] for s in sessions]
+    assert starts == sorted(starts, reverse=True)  # newest first
+    train = session_of(ui_server, runs.train)
+    assert train["status"] == "ended" and not train["live"]
+    assert train["spans"] > 100 and train["marks"] == 4 * 12 * 2 + 4 and train["snapshots"] > 0
+    ranked = [s for s in sessions if s["run_id"] == "run-42"]
+    assert sorted(s["rank"] for s in ranked) == [0, 1]
+
+
+def test_timeline_sends_only_the_window_and_aggregates_the_rest(ui_server: UIServer, runs: Runs) -> None:
+    sid = session_of(ui_server, runs.train)["id"]
+    full = get(ui_server, f"/api/session/{sid}/timeline", px=200)
+    assert full["t0"] == 0 and full["t1"] == full["duration_ns"]
+    # every visible span is either drawn or counted in a block, never lost
+    assert len(full["spans"]) + sum(b["count"] for b in full["blocks"]) == full["visible"]
+    assert full["blocks"], "at 200 px the millisecond-long batch spans must be merged"
+    assert {s["name"] for s in full["spans"]} >= {"cirron.session", "epoch"}
+    assert full["marks"] and all(0 <= m["t"] <= full["t1"] for m in full["marks"])
+    # zoom into the first batch: fewer spans overall, the ones drawn are the ones in the window
+    first_batch = min((s for s in full["spans"] + full["blocks"] if s["name"] == "batch"), key=lambda s: s["start"])
+    t0, t1 = first_batch["start"], first_batch["end"]
+    zoom = get(ui_server, f"/api/session/{sid}/timeline", t0=t0, t1=t1, px=1000)
+    assert zoom["visible"] < full["visible"]
+    assert all(s["end"] >= t0 and s["start"] <= t1 for s in zoom["spans"])
+    names = {s["name"] for s in zoom["spans"]}
+    assert {"batch", "forward", "backward", "optimizer_step", "data_load"} <= names
+    fwd = next(s for s in zoom["spans"] if s["name"] == "forward")
+    assert fwd["cpu_ns"] is not None and fwd["depth"] == 3 and fwd["label"] == "forward"
+
+
+def test_steps_split_each_batch_into_phases(ui_server: UIServer, runs: Runs) -> None:
+    sid = session_of(ui_server, runs.train)["id"]
+    doc = get(ui_server, f"/api/session/{sid}/steps")
+    assert doc["steps"] == 4 * 12 and doc["step_name"] == "batch"
+    assert set(doc["bars"]) == {"data_load", "forward", "backward", "optimizer_step", "other"}
+    assert all(len(v) == 48 for v in doc["bars"].values())
+    assert doc["labels"][0] == "epoch[0] batch[0]" and doc["labels"][-1] == "epoch[3] batch[11]"
+    # the loader sleeps 1 ms per batch: data_load is never less than that
+    assert min(doc["bars"]["data_load"]) >= 1_000_000
+    slow = doc["slowest"]
+    assert len(slow) == 20 and [s["wall_ns"] for s in slow] == sorted((s["wall_ns"] for s in slow), reverse=True)
+    for s in slow:
+        assert sum(s[p] for p in ("data_load", "forward", "backward", "optimizer_step", "other")) == s["wall_ns"]
+
+
+def test_marks_series_and_summary_overlaid(ui_server: UIServer, runs: Runs) -> None:
+    a = session_of(ui_server, runs.train)["id"]
+    ranks = [s["id"] for s in get(ui_server, "/api/sessions")["sessions"] if s["run_id"]]
+    doc = get(ui_server, "/api/marks", session=[a, *ranks])
+    assert [s["session"] for s in doc["sessions"]] == [a, *ranks]
+    train = doc["sessions"][0]
+    assert set(train["series"]) == {"loss", "lr"}
+    loss = train["series"]["loss"]
+    assert loss["x"] == list(range(48)) and len(loss["y"]) == 48 and all(0 < y < 2 for y in loss["y"])
+    assert [r["name"] for r in train["summary"]] == ["epoch_loss"] * 4
+    assert [r["span"] for r in train["summary"]] == [f"epoch[{i}]" for i in range(4)]
+    assert all("loss" in s["series"] for s in doc["sessions"][1:])
+    by_time = get(ui_server, "/api/marks", session=a, x="time")
+    xs = by_time["sessions"][0]["series"]["loss"]["x"]
+    assert xs == sorted(xs) and xs[0] > 0
+
+
+def test_snapshots_stats_and_histograms_per_tensor(ui_server: UIServer, runs: Runs) -> None:
+    sid = session_of(ui_server, runs.train)["id"]
+    doc = get(ui_server, f"/api/session/{sid}/snapshots")
+    tensors = {(t["tensor"], t["role"]): t for t in doc["tensors"]}
+    w = tensors[("0.weight", "weight")]
+    assert w["x"] == [0, 1, 2, 3] and w["labels"] == [f"epoch[{i}]" for i in range(4)]
+    assert all(v is not None and v > 0 for v in w["norm"] + w["std"])
+    assert len(w["hist_z"]) == len(w["hist_edges"]) == 48
+    for col in range(4):  # each epoch's histogram is a distribution over the common grid
+        assert sum(row[col] for row in w["hist_z"]) == pytest.approx(1.0)
+
+
+def test_requests_latency_ttft_and_slowest(ui_server: UIServer, runs: Runs) -> None:
+    sid = session_of(ui_server, runs.inference)["id"]
+    doc = get(ui_server, f"/api/session/{sid}/requests")
+    assert doc["requests"] == 80
+    assert doc["overall"]["p50"] <= doc["overall"]["p95"] <= doc["overall"]["p99"]
+    assert sum(w["count"] for w in doc["windows"]) == 80
+    assert len(doc["ttft_ns"]) == 40 and all(v > 0 for v in doc["ttft_ns"])  # the 40 streams
+    assert len(doc["tokens_per_s"]) == 80
+    lat = [r["latency_ns"] for r in doc["slowest"]]
+    assert len(lat) == 20 and lat == sorted(lat, reverse=True)
+    assert all(r["request_id"] for r in doc["slowest"])
+    # a training session has no requests: an empty answer, not an error
+    train = session_of(ui_server, runs.train)["id"]
+    assert get(ui_server, f"/api/session/{train}/requests")["requests"] == 0
+
+
+def test_ranks_flag_the_slow_rank(ui_server: UIServer) -> None:
+    doc = get(ui_server, "/api/run/run-42/ranks")
+    assert [r["rank"] for r in doc["ranks"]] == [0, 1]
+    r0, r1 = doc["ranks"]
+    assert r0["steps"] == r1["steps"] == 60
+    assert r1["straggler"] and not r0["straggler"]
+    assert r1["data_load_share"] > r0["data_load_share"]
+
+
+def test_pages_and_assets_are_served_locally(ui_server: UIServer, runs: Runs) -> None:
+    sid = session_of(ui_server, runs.train)["id"]
+    for path in ["/", f"/session/{sid}/timeline", f"/session/{sid}/steps", f"/session/{sid}/marks",
+                 f"/session/{sid}/snapshots", f"/session/{sid}/requests", f"/marks?session={sid}", "/run/run-42"]:
+        r = httpx.get(ui_server.url + path, timeout=TIMEOUT)
+        assert r.status_code == 200 and "text/html" in r.headers["content-type"], path
+        assert "http://" not in r.text and "https://" not in r.text  # nothing fetched from elsewhere
+    r = httpx.get(ui_server.url + f"/session/{sid}", timeout=TIMEOUT, follow_redirects=True)
+    assert r.status_code == 200 and str(r.url).endswith("/timeline")
+    js = httpx.get(ui_server.url + "/static/plotly.min.js", timeout=TIMEOUT)
+    assert js.status_code == 200 and len(js.content) > 1_000_000 and b"plotly" in js.content[:2000].lower()
+    for asset in ("app.js", "style.css"):
+        assert httpx.get(ui_server.url + "/static/" + asset, timeout=TIMEOUT).status_code == 200
+    assert httpx.get(ui_server.url + "/static/..%2fapp.py", timeout=TIMEOUT).status_code == 404
+
+
+def test_errors_are_json_and_writes_are_refused(ui_server: UIServer) -> None:
+    r = httpx.get(ui_server.url + "/api/session/nope/steps", timeout=TIMEOUT)
+    assert r.status_code == 404 and "nope" in r.json()["error"]
+    r = httpx.get(ui_server.url + "/api/run/nope/ranks", timeout=TIMEOUT)
+    assert r.status_code == 404
+    sid = get(ui_server, "/api/sessions")["sessions"][0]["id"]
+    r = httpx.get(ui_server.url + f"/api/session/{sid}/timeline", params={"t0": "soon"}, timeout=TIMEOUT)
+    assert r.status_code == 400 and "t0" in r.json()["error"]
+    r = httpx.get(ui_server.url + "/api/marks", params={"session": sid, "x": "bogus"}, timeout=TIMEOUT)
+    assert r.status_code == 400
+    for method in ("POST", "PUT", "DELETE"):
+        assert httpx.request(method, ui_server.url + "/api/sessions", timeout=TIMEOUT).status_code == 405
+
+
+def _snapshot_tree(root: Path) -> dict[str, tuple[int, int]]:
+    return {str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns) for p in root.rglob("*") if p.is_file()}
+
+
+def test_server_is_read_only_and_stops_cleanly_on_ctrl_c(runs: Runs) -> None:
+    cirron_dir = runs.train.parent
+    before = _snapshot_tree(cirron_dir)
+    server = UIServer("--spool", str(runs.train))
+    try:
+        sid = get(server, "/api/sessions")["sessions"][0]["id"]
+        for view in ("timeline", "steps", "snapshots", "requests"):
+            get(server, f"/api/session/{sid}/{view}")
+        get(server, "/api/marks", session=sid)
+    finally:
+        code, out, err = server.stop()
+    assert code == 0, err
+    assert "http://127.0.0.1:" in out and "Traceback" not in err
+    assert _snapshot_tree(cirron_dir) == before
+
+
+def test_live_session_is_badged_and_new_sessions_appear(tmp_path: Path, runs: Runs) -> None:
+    """A session written later shows up without a restart; one whose root is open is live while
+    its writer holds the liveness lock, and crashed once the lock is gone."""
+    import fcntl
+    import json
+    import shutil
+
+    from cirron.spool import paths
+
+    spool = tmp_path / "spool"
+    shutil.copytree(runs.inference, spool)
+    server = UIServer("--spool", str(spool))
+    try:
+        assert len(get(server, "/api/sessions")["sessions"]) == 1
+        for f in runs.train.iterdir():  # a second run writes into the same spool
+            if f.is_file():
+                shutil.copy(f, spool / f.name)
+        sessions = get(server, "/api/sessions")["sessions"]
+        assert len(sessions) == 2
+        sid = sessions[0]["id"]
+        for f in spool.glob("*.json"):  # the newest session's root never closed, as in a running process
+            d = json.loads(f.read_text())
+            d["spans"] = [dict(s, end_ns=None) if s["id"] == sid else s for s in d["spans"]]
+            f.write_text(json.dumps(d))
+        lock_path = paths.live_lock_path(spool, sid)
+        lock_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(lock_path, "w") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            status = {s["id"]: s["status"] for s in get(server, "/api/sessions")["sessions"]}
+            assert status[sid] == "live"
+        status = {s["id"]: s["status"] for s in get(server, "/api/sessions")["sessions"]}
+        assert status[sid] == "crashed"
+    finally:
+        code, _out, err = server.stop()
+    assert code == 0, err
+
+
+def test_non_loopback_bind_warns(runs: Runs) -> None:
+    server = UIServer("--spool", str(runs.train), "--host", "0.0.0.0")
+    code, _out, err = server.stop()
+    assert code == 0
+    assert "Warning: listening on 0.0.0.0" in err and "no authentication" in err
+
+
+def test_busy_port_is_a_one_line_error(runs: Runs) -> None:
+    import subprocess
+    import sys
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen(1)
+        port = s.getsockname()[1]
+        r = subprocess.run([sys.executable, "-m", "cirron_cli.app", "ui", "--spool", str(runs.train), "--port", str(port)],
+                           capture_output=True, text=True, timeout=60, check=False)
+    assert r.returncode == 1
+    assert r.stderr.strip().splitlines()[-1].startswith(f"Error: cannot listen on 127.0.0.1:{port}")
+    assert "Traceback" not in r.stderr
+
+
+def test_spool_that_is_a_file_is_an_error(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    f = tmp_path / "not-a-dir"
+    f.write_text("x")
+    r = subprocess.run([sys.executable, "-m", "cirron_cli.app", "ui", "--spool", str(f), "--port", "0"],
+                       capture_output=True, text=True, timeout=60, check=False)
+    assert r.returncode == 1 and r.stderr.strip() == f"Error: Spool path {f} is not a directory"
+
+
+def test_missing_extra_gives_the_install_hint(monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib.util
+
+    from cirron_cli.app import app
+    from typer.testing import CliRunner
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "plotly" else real(name, *a))
+    result = CliRunner().invoke(app, ["ui"])
+    assert result.exit_code == 1
+    assert "cirron ui needs plotly: pip install 'cirron[ui]'" in result.output

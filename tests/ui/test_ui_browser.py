@@ -1,0 +1,196 @@
+"""Every page of ``cirron ui`` in a real headless Chromium (selenium + chromedriver).
+
+Each page must finish loading, every chart on it must hold data and have drawn SVG, and the
+browser console must stay free of errors. Screenshots go to ``$CIRRON_UI_SCREENSHOTS`` when set
+(``CIRRON_UI_SCREENSHOTS=docs/img python -m pytest tests/ui`` refreshes the docs' images),
+else to the test's temporary directory.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from ui_helpers import Runs, UIServer
+
+pytestmark = pytest.mark.slow
+
+SHOTS = os.environ.get("CIRRON_UI_SCREENSHOTS")  # read at import: the autouse fixture clears CIRRON_*
+PAGE_TIMEOUT = 60
+
+
+def _find_chromium() -> tuple[str, str] | None:
+    browser = next((p for p in map(shutil.which, ("chromium", "chromium-browser", "google-chrome")) if p), None)
+    driver = shutil.which("chromedriver")
+    return (browser, driver) if browser and driver else None
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
+    webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed (pip install selenium)")
+    found = _find_chromium()
+    if found is None:
+        pytest.skip("no Chromium here: apt-get install -y chromium chromium-driver")
+    from selenium.webdriver.chrome.service import Service
+
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = found[0]
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                "--no-first-run", "--window-size=1400,1000",
+                f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}"):
+        opts.add_argument(arg)
+    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(service=Service(found[1]), options=opts)
+    driver.set_page_load_timeout(PAGE_TIMEOUT)
+    driver.set_script_timeout(PAGE_TIMEOUT)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def _shot_dir(tmp_path: Path) -> Path:
+    d = Path(SHOTS) if SHOTS else tmp_path
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+def open_page(driver, url: str) -> None:
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    driver.get(url)
+    WebDriverWait(driver, PAGE_TIMEOUT, poll_frequency=0.1).until(
+        lambda d: d.execute_script("return document.body.dataset.ready"))
+    ready = driver.execute_script("return document.body.dataset.ready")
+    assert ready == "1", driver.find_element("id", "main").text
+
+
+def charts(driver) -> list[dict]:
+    """Per plotly chart on the page: its traces, data points and drawn SVG shapes."""
+    return driver.execute_script("""
+        return [...document.querySelectorAll('.js-plotly-plot')].map(gd => ({
+          id: gd.id,
+          traces: gd.data.length,
+          points: gd.data.reduce((n, t) => n + ((t.x || t.z || []).length || 0), 0),
+          shapes: gd.querySelectorAll('.plot path, .plot image, .heatmaplayer image, .barlayer path, .scatterlayer path').length,
+        }));""")
+
+
+def console_errors(driver) -> list[str]:
+    return [e["message"] for e in driver.get_log("browser") if e["level"] == "SEVERE"]
+
+
+def check_page(driver, url: str, shot: Path, min_charts: int) -> list[dict]:
+    driver.get_log("browser")  # drop what earlier pages left
+    open_page(driver, url)
+    drawn = charts(driver)
+    driver.save_screenshot(str(shot))
+    assert len(drawn) >= min_charts, drawn
+    for c in drawn:
+        assert c["traces"] > 0 and c["points"] > 0, c
+        assert c["shapes"] > 0, f"chart {c['id']} has data but drew nothing: {c}"
+    assert console_errors(driver) == []
+    return drawn
+
+
+def _sessions(server: UIServer) -> list[dict]:
+    return httpx.get(server.url + "/api/sessions", timeout=30).json()["sessions"]
+
+
+def _sid(server: UIServer, spool: Path) -> str:
+    return next(s["id"] for s in _sessions(server) if s["spool"] == str(spool.resolve()))
+
+
+def test_runs_page(browser, ui_server: UIServer, tmp_path: Path) -> None:
+    check_page(browser, ui_server.url + "/", _shot_dir(tmp_path) / "ui-runs.png", 0)
+    rows = browser.find_elements("css selector", "#sessions tbody tr")
+    assert len(rows) == len(_sessions(ui_server)) == 4
+    assert "ended" in rows[0].text
+
+
+def test_timeline_page_zooms_through_the_server(browser, ui_server: UIServer, runs: Runs, tmp_path: Path) -> None:
+    sid = _sid(ui_server, runs.train)
+    drawn = check_page(browser, f"{ui_server.url}/session/{sid}/timeline", _shot_dir(tmp_path) / "ui-timeline.png", 1)
+    before = drawn[0]["points"]
+    # zoom into the first epoch, as a drag would: the page asks the server for that window
+    epoch = next(s for s in httpx.get(f"{ui_server.url}/api/session/{sid}/timeline?px=1200", timeout=30).json()["spans"]
+                 if s["name"] == "epoch")
+    browser.execute_script("Plotly.relayout(document.getElementById('timeline'), {'xaxis.range': arguments[0]});",
+                           [epoch["start"] / 1e6, (epoch["start"] + (epoch["end"] - epoch["start"]) / 6) / 1e6])
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    WebDriverWait(browser, PAGE_TIMEOUT, poll_frequency=0.1).until(
+        lambda d: f"t0={epoch['start']}" in d.current_url)
+    WebDriverWait(browser, PAGE_TIMEOUT, poll_frequency=0.1).until(
+        lambda d: charts(d)[0]["points"] != before)
+    names = browser.execute_script("return document.getElementById('timeline').data.map(t => t.name)")
+    assert {"forward", "backward", "data_load"} <= set(names)
+    browser.save_screenshot(str(_shot_dir(tmp_path) / "ui-timeline-zoomed.png"))
+    assert console_errors(browser) == []
+
+
+def test_steps_page(browser, ui_server: UIServer, runs: Runs, tmp_path: Path) -> None:
+    sid = _sid(ui_server, runs.train)
+    check_page(browser, f"{ui_server.url}/session/{sid}/steps", _shot_dir(tmp_path) / "ui-steps.png", 1)
+    names = browser.execute_script("return document.getElementById('steps').data.map(t => t.name)")
+    assert names == ["data_load", "forward", "backward", "optimizer_step", "other"]
+    assert len(browser.find_elements("css selector", "#slowest tbody tr")) == 20
+    link = browser.find_element("css selector", "#slowest tbody tr a").get_attribute("href")
+    assert f"/session/{sid}/timeline?t0=" in link
+
+
+def test_marks_page_smoothing_and_log_scale(browser, ui_server: UIServer, runs: Runs, tmp_path: Path) -> None:
+    sid = _sid(ui_server, runs.train)
+    check_page(browser, f"{ui_server.url}/session/{sid}/marks", _shot_dir(tmp_path) / "ui-marks.png", 2)
+    assert len(browser.find_elements("css selector", "#summary-marks tbody tr")) == 4
+    browser.execute_script("const s = document.getElementById('smooth'); s.value = '0.8'; s.dispatchEvent(new Event('input'));"
+                           "const l = document.getElementById('logy'); l.checked = true; l.dispatchEvent(new Event('change'));")
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    WebDriverWait(browser, PAGE_TIMEOUT, poll_frequency=0.1).until(lambda d: d.execute_script(
+        "const gd = document.getElementById('mark-loss'); return gd.layout.yaxis.type === 'log' && gd.data.length === 2"))
+    raw, smoothed = browser.execute_script("const gd = document.getElementById('mark-loss'); return [gd.data[0].y, gd.data[1].y]")
+    assert len(raw) == len(smoothed) == 48 and raw != smoothed
+    assert console_errors(browser) == []
+
+
+def test_marks_of_several_sessions_overlaid(browser, ui_server: UIServer, runs: Runs, tmp_path: Path) -> None:
+    ids = [s["id"] for s in _sessions(ui_server) if s["run_id"]] + [_sid(ui_server, runs.train)]
+    url = f"{ui_server.url}/marks?" + "&".join(f"session={i}" for i in ids)
+    check_page(browser, url, _shot_dir(tmp_path) / "ui-marks-compare.png", 2)
+    traces = browser.execute_script("return document.getElementById('mark-loss').data.length")
+    assert traces == 3
+
+
+def test_snapshots_page(browser, ui_server: UIServer, runs: Runs, tmp_path: Path) -> None:
+    sid = _sid(ui_server, runs.train)
+    check_page(browser, f"{ui_server.url}/session/{sid}/snapshots", _shot_dir(tmp_path) / "ui-snapshots.png", 2)
+    z = browser.execute_script("return document.getElementById('snap-hist').data[0].z")
+    assert len(z) == 48 and len(z[0]) == 4
+
+
+def test_requests_page(browser, ui_server: UIServer, runs: Runs, tmp_path: Path) -> None:
+    sid = _sid(ui_server, runs.inference)
+    check_page(browser, f"{ui_server.url}/session/{sid}/requests", _shot_dir(tmp_path) / "ui-requests.png", 3)
+    assert len(browser.find_elements("css selector", "#slowest tbody tr")) == 20
+
+
+def test_ranks_page(browser, ui_server: UIServer, tmp_path: Path) -> None:
+    check_page(browser, f"{ui_server.url}/run/run-42", _shot_dir(tmp_path) / "ui-ranks.png", 1)
+    assert "straggler" in browser.find_element("id", "ranks-table").text
+
+
+def test_pages_without_data_say_so(browser, ui_server: UIServer, runs: Runs) -> None:
+    sid = _sid(ui_server, runs.inference)
+    for view, text in (("steps", "No training steps"), ("snapshots", "No snapshots")):
+        open_page(browser, f"{ui_server.url}/session/{sid}/{view}")
+        assert text in browser.find_element("id", "main").text
+    train = _sid(ui_server, runs.train)
+    open_page(browser, f"{ui_server.url}/session/{train}/requests")
+    assert "No @ci.inference requests" in browser.find_element("id", "main").text
+    assert console_errors(browser) == []
