@@ -107,7 +107,6 @@ def create_app(data: SpoolData) -> Starlette:
     def api_sessions(request: Request) -> Response:
         sessions = data.sessions()
         return JSONResponse({"spools": [str(s.dir) for s in data.spools],
-                             "unreadable_files": sum(s.unreadable for s in data.spools),
                              "sessions": [s.to_json() for s in sessions]})
 
     def api_session(request: Request) -> Response:

@@ -1,11 +1,12 @@
 """The viewer's data layer: spool → compact, query-ready views of sessions.
 
 The only module of :mod:`cirron.ui` that reads the spool, and it reads it only through the
-public read API of :mod:`cirron.spool` (``list_batch_files``, ``load_spool``); the web
-layer (:mod:`cirron.ui.app`) asks it for plain JSON-ready dicts.
+read API of :mod:`cirron.spool` (:class:`cirron.spool.catalog.Catalog`: session summaries,
+runs, one session loaded at a time); the web layer (:mod:`cirron.ui.app`) asks it for plain
+JSON-ready dicts.
 
-* **Sessions** come from a ``fields="summary"`` read of every spool, redone only when a
-  spool's batch files change (new, grown or removed files: a live run keeps adding them).
+* **Sessions** come from a catalog of each spool, opened again only when that spool's batch
+  files change (new, grown or removed files: a live run keeps adding them).
 * **One session's views** (:class:`SessionData`) are built from a full read of the batch files
   holding that session, then kept as numpy columns (spans sorted by start, with depth and name
   codes), so a timeline window, the step table and the mark series are array operations, not
@@ -13,15 +14,14 @@ layer (:mod:`cirron.ui.app`) asks it for plain JSON-ready dicts.
   files changed is rebuilt on its next request.
 * **Ranks**: sessions of one run (same ``run_id`` on their root span) compared step by step.
 
-Switch-over notes for the "big spools" work: when :mod:`cirron.spool` exposes its index and
-streaming per-session reader, ``_read_summary`` and ``_read_session`` are the two places that
-change; when it exposes rank statistics, :meth:`SpoolData.ranks` calls them instead of
+Switch-over notes for the "big spools" work: while the catalog's summaries carry no root-span
+attributes, ``_run_of`` reads each session's first batch file for ``run_id``/``rank``; when
+:mod:`cirron.spool` exposes rank statistics, :meth:`SpoolData.ranks` calls them instead of
 computing them from the step tables here.
 """
 
 from __future__ import annotations
 
-import glob
 import math
 import threading
 from collections import OrderedDict
@@ -33,6 +33,8 @@ from typing import Any
 import numpy as np
 
 from cirron.spool import Session, children_index, list_batch_files, load_spool, walk_tree
+from cirron.spool.catalog import Catalog
+from cirron.spool.catalog import SessionInfo as CatalogInfo
 
 #: Names of the phases a training step is split into (stacked bars of the step breakdown).
 PHASES = ("data_load", "forward", "backward", "optimizer_step")
@@ -50,18 +52,6 @@ CACHED_SESSIONS = 3
 
 class UnknownSession(LookupError):
     """No session with that id in the spools being viewed."""
-
-
-def expand_spools(patterns: Sequence[str]) -> list[Path]:
-    """Each ``--spool`` value as directories: globs expanded, duplicates dropped, order kept."""
-    out: list[Path] = []
-    for p in patterns:
-        hits = sorted(glob.glob(p)) if glob.has_magic(p) else [p]
-        for h in hits:
-            path = Path(h).resolve()
-            if path not in out:
-                out.append(path)
-    return out
 
 
 def _num(v: Any) -> float | None:
@@ -100,34 +90,34 @@ def _short_json(v: Any, limit: int = 200) -> str:
 # ============================================================================ session views
 
 
-@dataclass
+@dataclass(frozen=True)
 class SessionInfo:
-    """One row of the sessions table (from the summary read)."""
+    """One row of the sessions table: the catalog's summary, with the run it belongs to."""
 
-    id: str
-    spool: Path
-    started_ns: int | None
-    ended_ns: int | None
-    status: str
-    spans: int
-    marks: int
-    snapshots: int
-    bytes: int
-    files: tuple[Path, ...]
-    resource: dict = field(default_factory=dict)
-    #: Filled lazily from the root span's attrs (a summary read has no attrs).
-    run_id: str | None = None
-    rank: int | None = None
+    summary: CatalogInfo
+    run_id: str | None
+    rank: int | None
+
+    @property
+    def id(self) -> str:
+        return self.summary.id
+
+    @property
+    def status(self) -> str:
+        return self.summary.status
+
+    @property
+    def started_ns(self) -> int | None:
+        return self.summary.started_ns
 
     def to_json(self) -> dict:
-        dur = (self.ended_ns - self.started_ns
-               if self.ended_ns is not None and self.started_ns is not None else None)
+        s = self.summary
+        dur = s.ended_ns - s.started_ns if s.ended_ns is not None and s.started_ns is not None else None
         return {
-            "id": self.id, "spool": str(self.spool), "started_ns": self.started_ns,
-            "ended_ns": self.ended_ns, "duration_ns": dur, "status": self.status, "live": self.status == "live",
-            "spans": self.spans, "marks": self.marks, "snapshots": self.snapshots, "bytes": self.bytes,
-            "run_id": self.run_id, "rank": self.rank, "host": self.resource.get("host"),
-            "pid": self.resource.get("pid"),
+            "id": s.id, "spool": str(s.spool), "started_ns": s.started_ns, "ended_ns": s.ended_ns,
+            "duration_ns": dur, "status": s.status, "live": s.live, "spans": s.spans, "marks": s.marks,
+            "snapshots": s.snapshots, "bytes": s.bytes, "run_id": self.run_id, "rank": self.rank,
+            "host": s.host, "pid": s.resource.get("pid"),
         }
 
 
@@ -535,8 +525,8 @@ def _rebin_histograms(hists: list[dict | None], bins: int) -> tuple[list[float],
 class _SpoolState:
     dir: Path
     fingerprint: tuple = ()
+    catalog: Catalog | None = None
     sessions: list[SessionInfo] = field(default_factory=list)
-    unreadable: int = 0
 
 
 class SpoolData:
@@ -549,50 +539,42 @@ class SpoolData:
         self.spools = [_SpoolState(Path(d)) for d in spool_dirs]
         self._lock = threading.RLock()
         self._views: OrderedDict[str, tuple[tuple, SessionData]] = OrderedDict()
-        self._run_info: dict[str, tuple[str | None, int | None]] = {}
+        self._run_of: dict[str, tuple[str | None, int | None]] = {}
         self._cached = cached
 
     # ---------------------------------------------------------------- sessions
 
     def sessions(self) -> list[SessionInfo]:
-        """Every session of every spool, newest first (summary reads refreshed when files change)."""
+        """Every session of every spool, newest first (re-read when a spool's files change)."""
         with self._lock:
             out: list[SessionInfo] = []
             for sp in self.spools:
                 files = list_batch_files(sp.dir, lambda _m: None)
                 fp = tuple((f.path.name, f.size) for f in files)
-                if fp != sp.fingerprint or any(s.status == "live" for s in sp.sessions):
-                    sp.sessions, sp.unreadable = self._read_summary(sp.dir)
+                if sp.catalog is None or fp != sp.fingerprint or any(s.status == "live" for s in sp.sessions):
+                    sp.catalog = Catalog([sp.dir], lambda _m: None)
+                    sp.sessions = [SessionInfo(s, *self._run_of_session(s)) for s in sp.catalog.sessions]
                     sp.fingerprint = fp
                 out.extend(sp.sessions)
-            for info in out:
-                self._fill_run_info(info)
             out.sort(key=lambda s: (s.started_ns or 0, s.id), reverse=True)
             return out
 
-    @staticmethod
-    def _read_summary(spool_dir: Path) -> tuple[list[SessionInfo], int]:
-        spool = load_spool(spool_dir, lambda _m: None, fields="summary")
-        infos = [SessionInfo(id=s.id, spool=spool_dir, started_ns=s.started_ns, ended_ns=s.ended_ns, status=s.status,
-                             spans=len(s.spans), marks=len(s.marks), snapshots=len(s.snapshots), bytes=s.bytes,
-                             files=tuple(f.path for f in s.files), resource=dict(s.resource))
-                 for s in spool.sessions]
-        return infos, len(spool.unreadable)
-
-    def _fill_run_info(self, info: SessionInfo) -> None:
-        """``run_id`` and ``rank`` from the root span's attrs: one batch file read per session."""
-        if info.id not in self._run_info:
-            run_id, rank = None, info.resource.get("rank")
+    def _run_of_session(self, info: CatalogInfo) -> tuple[str | None, int | None]:
+        """``(run_id, rank)``: from the catalog when its summary has them, else from the root
+        span's attrs in the session's first batch file (read once per session)."""
+        if info.run_id is not None or info.attrs:
+            return info.run_id, info.rank
+        if info.id not in self._run_of:
+            run_id, rank = None, info.rank
             if info.files:
-                first = [f for f in list_batch_files(info.spool, lambda _m: None) if f.path == info.files[0]]
-                spool = load_spool(info.spool, lambda _m: None, files=first)
+                spool = load_spool(info.spool, lambda _m: None, files=info.files[:1])
                 root = spool.spans.get(info.id)
                 attrs = root.get("attrs") if root is not None else None
                 if isinstance(attrs, dict):
                     run_id = attrs.get("run_id") if isinstance(attrs.get("run_id"), str) else None
                     rank = attrs.get("rank") if type(attrs.get("rank")) is int else rank
-            self._run_info[info.id] = (run_id, rank if type(rank) is int else None)
-        info.run_id, info.rank = self._run_info[info.id]
+            self._run_of[info.id] = (run_id, rank)
+        return self._run_of[info.id]
 
     def info(self, session_id: str) -> SessionInfo:
         for s in self.sessions():
@@ -605,7 +587,7 @@ class SpoolData:
     def session(self, session_id: str) -> SessionData:
         """The views of one session, built on first use and rebuilt when its files change."""
         info = self.info(session_id)
-        key = (info.files, info.bytes, info.status)
+        key = (info.summary.files, info.status)
         with self._lock:
             hit = self._views.get(session_id)
             if hit is not None and hit[0] == key:
@@ -614,19 +596,10 @@ class SpoolData:
             self._views.pop(session_id, None)
             while len(self._views) >= self._cached:  # free before building the next one
                 self._views.popitem(last=False)
-            data = SessionData(info, self._read_session(info))
+            catalog = next(sp.catalog for sp in self.spools if sp.dir == info.summary.spool)
+            data = SessionData(info, catalog.load(info.summary))
             self._views[session_id] = (key, data)
             return data
-
-    @staticmethod
-    def _read_session(info: SessionInfo) -> Session:
-        wanted = set(info.files)
-        files = [f for f in list_batch_files(info.spool, lambda _m: None) if f.path in wanted]
-        spool = load_spool(info.spool, lambda _m: None, files=files)
-        for s in spool.sessions:
-            if s.id == info.id:
-                return s
-        raise UnknownSession(info.id)
 
     # ---------------------------------------------------------------- across sessions
 

@@ -26,10 +26,9 @@ def ui(
         fail(f"cirron ui needs {', '.join(missing)}: {INSTALL_HINT}")
     if not 0 <= port <= 65535:
         fail(f"Invalid --port: {port} (expected 0-65535)", 2)
-    from cirron.ui.data import expand_spools
     from cirron.ui.server import ListenError, is_loopback, serve
 
-    dirs = expand_spools(spool or [str(paths.DEFAULT_SPOOL_DIR)])
+    dirs = paths.resolve_spools(spool or [str(paths.DEFAULT_SPOOL_DIR)], warn)
     if not dirs:
         fail(f"No spool directory matches {' '.join(spool or [])}")
     for d in dirs:
