@@ -33,7 +33,7 @@ def test_sessions_table_lists_every_spool(ui_server: UIServer, runs: Runs) -> No
     assert starts == sorted(starts, reverse=True)  # newest first
     train = session_of(ui_server, runs.train)
     assert train["status"] == "ended" and not train["live"]
-    assert train["spans"] > 100 and train["marks"] == 4 * 12 * 2 + 4 and train["snapshots"] > 0
+    assert train["spans"] > 100 and train["marks"] >= 4 * 12 * 2 + 4 and train["snapshots"] > 0
     ranked = [s for s in sessions if s["run_id"] == "run-42"]
     assert sorted(s["rank"] for s in ranked) == [0, 1]
 
@@ -76,12 +76,12 @@ def test_steps_split_each_batch_into_phases(ui_server: UIServer, runs: Runs) -> 
 
 def test_marks_series_and_summary_overlaid(ui_server: UIServer, runs: Runs) -> None:
     a = session_of(ui_server, runs.train)["id"]
-    ranks = [s["id"] for s in get(ui_server, "/api/sessions")["sessions"] if s["run_id"]]
+    ranks = [s["id"] for s in get(ui_server, "/api/sessions")["sessions"] if s["run_id"] == "run-42"]
     doc = get(ui_server, "/api/marks", session=[a, *ranks])
     assert [s["session"] for s in doc["sessions"]] == [a, *ranks]
     train = doc["sessions"][0]
-    assert set(train["series"]) == {"loss", "lr"}
-    loss = train["series"]["loss"]
+    assert {"train_loss", "lr"} <= set(train["series"])
+    loss = train["series"]["train_loss"]
     assert loss["x"] == list(range(48)) and len(loss["y"]) == 48 and all(0 < y < 2 for y in loss["y"])
     assert [r["name"] for r in train["summary"]] == ["epoch_loss"] * 4
     assert [r["span"] for r in train["summary"]] == [f"epoch[{i}]" for i in range(4)]
