@@ -159,7 +159,11 @@ def test_errors_are_json_and_writes_are_refused(ui_server: UIServer) -> None:
 
 
 def _snapshot_tree(root: Path) -> dict[str, tuple[int, int]]:
-    return {str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns) for p in root.rglob("*") if p.is_file()}
+    """Every file under ``root`` but the spool index (a cache any reader may refresh, see cirron.spool.index)."""
+    from cirron.spool.index import INDEX_NAME
+
+    return {str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns) for p in root.rglob("*")
+            if p.is_file() and p.name != INDEX_NAME}
 
 
 def test_server_is_read_only_and_stops_cleanly_on_ctrl_c(runs: Runs) -> None:
