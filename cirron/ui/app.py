@@ -152,7 +152,8 @@ def create_app(data: SpoolData) -> Starlette:
     async def not_found(request: Request, exc: Exception) -> Response:
         return JSONResponse({"error": f"unknown session or run: {exc}"}, status_code=404)
 
-    async def http_error(request: Request, exc: HTTPException) -> Response:
+    async def http_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
         return JSONResponse({"error": exc.detail}, status_code=exc.status_code)
 
     async def internal_error(request: Request, exc: Exception) -> Response:

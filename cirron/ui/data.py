@@ -249,9 +249,10 @@ class SessionData:
             ts = ts - self.t0_ns if type(ts) is int else 0
             value = m.get("value")
             if m.get("kind") == "summary":
+                shown = value if not isinstance(value, float) or math.isfinite(value) else str(value)
                 self.summary_marks.append({
-                    "name": name, "value": value if not isinstance(value, float) or math.isfinite(value) else str(value),
-                    "span": span_labels.get(m.get("span_id"), "(session)"), "span_id": m.get("span_id"), "t": ts})
+                    "name": name, "value": shown, "span": span_labels.get(m.get("span_id"), "(session)"),
+                    "span_id": m.get("span_id"), "t": ts})
                 continue
             v = _num(value)
             if v is not None:
@@ -596,7 +597,8 @@ class SpoolData:
             self._views.pop(session_id, None)
             while len(self._views) >= self._cached:  # free before building the next one
                 self._views.popitem(last=False)
-            catalog = next(sp.catalog for sp in self.spools if sp.dir == info.summary.spool)
+            catalog = next(sp.catalog for sp in self.spools if sp.dir == info.summary.spool and sp.catalog)
+            assert catalog is not None  # sessions() opened it
             data = SessionData(info, catalog.load(info.summary))
             self._views[session_id] = (key, data)
             return data

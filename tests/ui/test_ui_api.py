@@ -255,8 +255,9 @@ def test_spool_that_is_a_file_is_an_error(tmp_path: Path) -> None:
 def test_missing_extra_gives_the_install_hint(monkeypatch: pytest.MonkeyPatch) -> None:
     import importlib.util
 
-    from cirron_cli.app import app
     from typer.testing import CliRunner
+
+    from cirron_cli.app import app
 
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "plotly" else real(name, *a))
