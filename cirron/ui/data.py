@@ -32,6 +32,8 @@ from typing import Any
 
 import numpy as np
 
+from cirron._format import label_of, span_label
+from cirron._schema import decode_float
 from cirron.spool import Session, children_index, list_batch_files, load_spool, walk_tree
 from cirron.spool.catalog import Catalog
 from cirron.spool.catalog import SessionInfo as CatalogInfo
@@ -55,26 +57,18 @@ class UnknownSession(LookupError):
 
 
 def _num(v: Any) -> float | None:
-    """A mark value or stat as a float (``"NaN"``/``"Infinity"`` strings included); else None."""
+    """A mark value or stat as a float (the non-finite strings included); else None."""
+    v = decode_float(v)
     t = type(v)
     if t is float or t is int:
         return float(v)
     if t is bool:
         return 1.0 if v else 0.0
-    if t is str and v in ("NaN", "Infinity", "-Infinity"):
-        return float(v.lower().replace("infinity", "inf"))
     return None
 
 
 def _json_float(v: float) -> float | None:
     return v if math.isfinite(v) else None
-
-
-def _label(span: Any) -> str:
-    name = span.get("name")
-    name = name if isinstance(name, str) else str(name)
-    idx = span.get("index")
-    return f"{name}[{idx}]" if type(idx) is int else name
 
 
 def _short_json(v: Any, limit: int = 200) -> str:
@@ -177,7 +171,7 @@ class SessionData:
         s = self.recs[i]
         attrs = s.get("attrs")
         return {
-            "i": i, "label": _label(s), "name": self.names[self.name[i]], "depth": int(self.depth[i]),
+            "i": i, "label": label_of(s), "name": self.names[self.name[i]], "depth": int(self.depth[i]),
             "start": int(self.start[i]), "end": int(self.end[i]), "open": bool(self.open[i]),
             "cpu_ns": s.get("cpu_ns"), "gpu_ns": s.get("gpu_ns"), "memory_peak_bytes": s.get("memory_peak_bytes"),
             "attrs": _short_json(attrs) if isinstance(attrs, dict) and attrs else "",
@@ -241,7 +235,7 @@ class SessionData:
     def _build_marks(self, session: Session) -> None:
         points: dict[str, list[tuple[int, float]]] = {}
         self.summary_marks: list[dict] = []
-        span_labels = {s["id"]: _label(s) for s in self.recs}
+        span_labels = {s["id"]: label_of(s) for s in self.recs}
         for m in session.marks:
             name = m.get("name")
             name = name if isinstance(name, str) else str(name)
@@ -364,9 +358,8 @@ class SessionData:
 
     def _step_label(self, i: int) -> str:
         ep = self._epoch_of(i)
-        idx = self.recs[i].get("index")
-        core = f"{self.names[self.name[i]]}[{idx}]" if type(idx) is int else self.names[self.name[i]]
-        return f"epoch[{ep}] {core}" if ep is not None else core
+        core = label_of(self.recs[i])
+        return f"{span_label('epoch', ep)} {core}" if ep is not None else core
 
     def step_stats(self) -> dict:
         """Per-step wall distribution and data-loading share (the rank comparison's input)."""
@@ -454,7 +447,7 @@ class SessionData:
                 i = self.index_of.get(r.get("span_id"))
                 idx = self.recs[i].get("index") if i is not None else None
                 xs.append(idx if type(idx) is int else k)
-                labels.append(_label(self.recs[i]) if i is not None else f"#{k}")
+                labels.append(label_of(self.recs[i]) if i is not None else f"#{k}")
                 st = r["stats"]
                 for key, column in stats.items():
                     v = _num(st.get(key))
