@@ -22,6 +22,7 @@ from cirron._env import env as _env
 from cirron._env import secret as _secret
 from cirron._flush.batch import GilBudget
 from cirron._flush.collector import Collector, TraceStore, resource_attributes
+from cirron._losses import loss_line
 from cirron._native import compiled_speedups
 from cirron._ranks import detect_rank
 from cirron._record.span import NOOP_SCOPE, PyRecorder, Recorder, Scope, scope_factory
@@ -101,6 +102,11 @@ class Cirron:
         self._workers: Any = None
         #: Problems met while starting the session (unreadable config, …), each warned about once.
         self._warned: set[str] = set()
+        #: This process records into another process's session (below a ``cirron.process`` root).
+        self._is_worker = False
+        self._worker_mark: Any = None
+        #: Pids of this session's workers that died before writing all they recorded (at shutdown).
+        self.workers_lost: list[int] = []
         # The hot-path entry points are the recorder's own bound methods: no extra call layer.
         self.mark = self._rec.mark
         if not enabled_in_env():
@@ -185,6 +191,8 @@ class Cirron:
         """Resolve the configuration and open the session root; False when it says disabled."""
         self._config = self._resolve_config(overrides, inline, path)
         cfg = self._config
+        self._is_worker = False
+        self.workers_lost = []
         for problem in cfg.problems:
             self._warn_once(f"cirron: {problem}")
         self._set_recording(cfg.enabled)
@@ -497,7 +505,26 @@ class Cirron:
         self._signals.uninstall()
         if self._workers is not None:
             self._workers.uninstall()
-        self._warn_losses()
+        self._account_for_workers()
+
+    def _account_for_workers(self) -> None:
+        """At the end of a session: a worker lets go of its mark; a parent looks for workers that
+        died before writing everything. Then the one warning line, if anything was lost."""
+        from cirron._workers import lost_workers
+
+        try:
+            losses = self._losses()
+            mark, self._worker_mark = self._worker_mark, None
+            if mark is not None:
+                mark.release(everything_written=not any(losses))
+            elif not self._is_worker and self.session_id is not None and "spool" in self.config.output:
+                self.workers_lost = lost_workers(self.config.spool_dir, self.session_id)
+            line = loss_line(self.session_id, losses, self.workers_lost)
+        except Exception as exc:  # noqa: BLE001 - the exit must go on
+            self._rec.note_internal_error(exc)
+            return
+        if line is not None:
+            self._warn_once(line)
 
     def _losses(self) -> list[Any]:
         """What this session did not keep: per sink, and in the buffers (full, or not drained in time)."""
@@ -514,17 +541,6 @@ class Cirron:
             buffers.add("spans_not_drained_in_time", totals["spans_pending"] + c_spans)
             buffers.add("marks_not_drained_in_time", totals["marks_pending"] + c_marks)
         return [buffers] + [sink_loss(sink.state()) for sink in self._sinks]
-
-    def _warn_losses(self) -> None:
-        from cirron._losses import loss_line
-
-        try:
-            line = loss_line(self.session_id, self._losses())
-        except Exception as exc:  # noqa: BLE001 - the exit must go on
-            self._rec.note_internal_error(exc)
-            return
-        if line is not None:
-            self._warn_once(line)
 
     def _warn_once(self, line: str) -> None:
         """One line on stderr, never twice the same one from this instance."""
@@ -592,6 +608,9 @@ class Cirron:
         self._atexit_registered = False
         if self._workers is not None:
             self._workers.active = False  # the parent's to undo; a forked child never patches back
+        if self._worker_mark is not None:
+            self._worker_mark.forget_after_fork()
+            self._worker_mark = None
         if (was_running or was_worker) and old_root is not None:
             # Records of this child go below a process root of its own, under the span that was
             # open when it was forked (the parent's root if none; a never-written root's parent).
@@ -617,11 +636,25 @@ class Cirron:
         root._cpu0 = time.process_time_ns()  # the process root's CPU time is the whole process's
         self._rec.root = root
         self._rec.current.set(None)
+        self._is_worker = True
         self._resource = dict(self._resource, pid=os.getpid())
 
     def _wait_for_first_record(self) -> None:
         self._restart_pending = True
         self._rec.buffers.on_new_buffer = self._start_in_child
+
+    def _take_worker_mark(self) -> None:
+        """Held until this worker has written what it recorded (see :class:`cirron._workers.WorkerMark`)."""
+        from cirron._workers import WorkerMark
+
+        if "spool" not in self.config.output or self.session_id is None:
+            return
+        try:
+            mark = WorkerMark(self.config.spool_dir, self.session_id)
+            mark.take()
+        except (OSError, ValueError):
+            return  # an unwritable spool: the spool sink counts and reports that itself
+        self._worker_mark = mark
 
     def _join_parent_session(self, info: dict[str, Any]) -> None:
         """This process is a worker of a session started in another process (see
@@ -680,6 +713,7 @@ class Cirron:
                 self._state = State.RUNNING
                 self._register_atexit()
                 self._signals.install()  # a spawned worker's own; a forked one has the parent's
+                self._take_worker_mark()
                 import multiprocessing.util
 
                 # multiprocessing children leave through os._exit and skip atexit.
@@ -739,6 +773,7 @@ class Cirron:
             "last_flush_ok": service.last_flush_ok if service else None,
             "last_flush_problem": service.last_flush_problem if service else None,
             "config_problems": config_problems,
+            "workers_lost": list(self.workers_lost),
             "internal_errors": self._rec.internal_errors,
             "compiled": compiled_speedups(),
             "sinks": sinks,

@@ -56,9 +56,15 @@ def _plural(n: int, word: str) -> str:
     return f"{n:,} {word}" if n == 1 else f"{n:,} {word}s"
 
 
-def loss_line(session_id: str | None, losses: Iterable[Loss]) -> str | None:
-    """The one warning line for ``losses``, or None when nothing was lost."""
+def loss_line(session_id: str | None, losses: Iterable[Loss], lost_workers: Iterable[int] = ()) -> str | None:
+    """The one warning line for ``losses`` and the worker processes that died before writing
+    what they recorded (their pids), or None when nothing was lost."""
     parts = []
+    pids = list(lost_workers)
+    if pids:
+        which = ", ".join(str(p) for p in pids)
+        parts.append(f"{_plural(len(pids), 'worker process').replace('processs', 'processes')} (pid {which}) "
+                     "ended before writing what it recorded since its last flush (killed?)")
     for loss in losses:
         if not loss:
             continue

@@ -17,19 +17,30 @@ How a worker learns where to write:
   it to the span open at that moment, for that child only.
 
 Either way the worker starts its own flush service on its first record (a worker that records
-nothing writes nothing), holds no liveness lock (the session is the parent's), and writes what it
-holds when it ends: at a normal exit, at ``multiprocessing``'s own exit (which skips atexit), and
-on SIGTERM (``Pool.terminate()``, loky's shutdown), through the same handler the parent has.
+nothing writes nothing) and writes what it holds when it ends: at a normal exit, at
+``multiprocessing``'s own exit (which skips atexit), and on SIGTERM (``Pool.terminate()``,
+loky's shutdown), through the same handler the parent has.
+
+A worker that records holds a :class:`WorkerMark` (``.live/<session>.<pid>.worker``, flock'ed)
+until it has written everything. One left behind and no longer locked is a worker that died
+before that (SIGKILL, the OOM killer): the parent finds it at its own shutdown
+(:func:`lost_workers`), counts it in ``health()`` and names it in its exit warning.
 """
 
 from __future__ import annotations
 
+import fcntl
+import glob
 import json
 import os
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
+
+from cirron._safeopen import open_regular_fd
+from cirron.spool.paths import hold_lock, is_safe_id, live_dir
 
 #: Set by ``ci.profile()`` in the parent: JSON with where and under which span a worker writes.
 ENV_PARENT_SESSION = "CIRRON_PARENT_SESSION"
@@ -72,8 +83,8 @@ def inherited_session(environ: Any = None) -> dict[str, Any] | None:
         return None
     try:
         info = json.loads(raw)
-        if int(info["pid"]) == os.getpid() or not isinstance(info["session_id"], str):
-            return None  # set by this very process
+        if int(info["pid"]) == os.getpid() or not is_safe_id(info["session_id"]):
+            return None  # set by this very process, or not an id a path may be made of
         info["span"] = int(info["span"])
         str(info["spool_dir"])
     except (ValueError, TypeError, KeyError):
@@ -160,3 +171,78 @@ class WorkerPropagation:
         if original is not None:
             WorkerPropagation._patched = None
             mp_process.BaseProcess.start = original  # type: ignore[method-assign]
+
+
+def worker_mark_path(spool_dir: str | os.PathLike[str], session_id: str, pid: int) -> Path:
+    """``ValueError`` for a session id that is not :func:`cirron.spool.paths.is_safe_id`."""
+    if not is_safe_id(session_id):
+        raise ValueError(f"unsafe session id {session_id!r}")
+    return live_dir(spool_dir) / f"{session_id}.{pid}.worker"
+
+
+class WorkerMark:
+    """A worker's own lock file: held while it records, removed once all it recorded is written."""
+
+    def __init__(self, spool_dir: str | os.PathLike[str], session_id: str) -> None:
+        self.path = worker_mark_path(spool_dir, session_id, os.getpid())
+        self._fd: int | None = None
+
+    def take(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._fd = hold_lock(self.path)
+
+    def release(self, everything_written: bool) -> None:
+        """Let go of the lock; the file goes too unless something was lost (the parent counts it)."""
+        fd, self._fd = self._fd, None
+        if fd is None:
+            return
+        if everything_written:
+            try:
+                self.path.unlink()
+            except OSError:
+                pass
+        os.close(fd)
+
+    def forget_after_fork(self) -> None:
+        """In a forked child: close our copy so the lock lives and dies with this worker only."""
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+
+def lost_workers(spool_dir: str | os.PathLike[str], session_id: str) -> list[int]:
+    """Pids of the session's workers that ended without writing all they recorded. Their marks
+    are removed (each is counted once); workers still running are left alone."""
+    lost: list[int] = []
+    if not is_safe_id(session_id):
+        return lost
+    try:
+        paths = sorted(live_dir(spool_dir).glob(f"{glob.escape(session_id)}.*.worker"))
+    except OSError:
+        return lost
+    for path in paths:
+        try:
+            fd = open_regular_fd(path, follow_symlinks=False)  # never a FIFO that blocks, never a link
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            continue  # still held: the worker is running and will write for itself
+        else:
+            lost.append(_pid_of(path))
+            try:
+                path.unlink()
+            except OSError:
+                pass
+        finally:
+            os.close(fd)
+    return [pid for pid in lost if pid]
+
+
+def _pid_of(path: Path) -> int:
+    part = path.name.rsplit(".", 2)[-2]
+    return int(part) if part.isdigit() else 0

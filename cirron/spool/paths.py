@@ -101,6 +101,18 @@ def is_session_live(spool_dir: str | os.PathLike[str], session_id: str) -> bool:
         os.close(fd)
 
 
+def hold_lock(path: str | os.PathLike[str]) -> int:
+    """Create ``path`` if needed and hold an exclusive flock on it; the fd, to close to let go.
+    OSError when another process holds it."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        raise
+    return fd
+
+
 _GLOB_CHARS = re.compile(r"[*?[]")
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from cirron._atomic import atomic_write
 from cirron._safeopen import open_regular
 from cirron._schema import BATCH_NAME_RE, batch_file_name
-from cirron.spool.paths import TMP_PREFIX, is_safe_id, live_dir, live_lock_path, snapshots_dir
+from cirron.spool.paths import TMP_PREFIX, hold_lock, is_safe_id, live_dir, live_lock_path, snapshots_dir
 
 __all__ = ["SpoolFullError", "SpoolWriter", "atomic_write"]
 
@@ -64,13 +64,7 @@ class SpoolWriter:
         self._remove_orphaned_temporaries()
         if self.session_id is not None and self.take_lock and self._lock_fd is None:
             live_dir(self.spool_dir).mkdir(exist_ok=True)
-            fd = os.open(live_lock_path(self.spool_dir, self.session_id), os.O_RDWR | os.O_CREAT, 0o644)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
-                os.close(fd)
-                raise
-            self._lock_fd = fd
+            self._lock_fd = hold_lock(live_lock_path(self.spool_dir, self.session_id))
 
     def _remove_orphaned_temporaries(self) -> None:
         """Temporary files left by writers that died mid-write (their pid is gone)."""

@@ -28,12 +28,12 @@ def work(n):
 """
 
 
-def run_program(code: str, cwd: Path, timeout: float = 120, env: dict | None = None) -> subprocess.CompletedProcess:
+def run_program(code: str, cwd: Path, timeout: float = 120, expect_loss: bool = False) -> subprocess.CompletedProcess:
     (cwd / "prog.py").write_text(textwrap.dedent(code))
-    result = subprocess.run([sys.executable, "prog.py"], cwd=cwd, capture_output=True, text=True, timeout=timeout,
-                            env=dict(os.environ, **(env or {})))
+    result = subprocess.run([sys.executable, "prog.py"], cwd=cwd, capture_output=True, text=True, timeout=timeout)
     assert result.returncode == 0, result.stderr
-    assert "Traceback" not in result.stderr and "not kept" not in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr
+    assert ("not kept" in result.stderr) == expect_loss, result.stderr
     return result
 
 
@@ -54,6 +54,7 @@ def check_workers(cwd: Path, made: int, under: str = "submit") -> dict:
     roots = {s["id"]: s for s in by_name(spans, "cirron.process")}
     assert roots and all(r["parent_id"] == parent["id"] and r["end_ns"] is not None for r in roots.values())
     assert all(s["parent_id"] in roots and s["pid"] == roots[s["parent_id"]]["pid"] != parent["pid"] for s in work)
+    assert not list((cwd / ".cirron" / "spool" / ".live").glob("*.worker"))  # every worker wrote all it had
     (session,) = listed(cwd)
     # one session holds every span on disk: the work, the worker roots, the parent's own
     assert session["spans"] == len(spans) >= made + len(roots) + 2
@@ -165,6 +166,36 @@ if __name__ == "__main__":
     assert list(range(20)) == sorted(s["attrs"]["n"] for s in work)[:20]
     stuck = by_name(data["spans"], "stuck")
     assert len(stuck) == 2 and all(s["end_ns"] is not None and s["attrs"].get("interrupted") == "SIGTERM" for s in stuck)
+
+
+def test_worker_killed_by_sigkill_is_counted_and_named(tmp_path: Path) -> None:
+    # SIGKILL leaves a worker no chance to write: the parent names it in health() and in its
+    # one exit line; what the worker flushed before is kept.
+    result = run_program(WORK + """
+def killed(n):
+    work(n)
+    ci.flush()
+    with ci.scope("lost"):
+        pass
+    os.kill(os.getpid(), 9)
+
+if __name__ == "__main__":
+    import json, multiprocessing as mp
+    ci.profile(flush_interval=60)
+    with ci.scope("submit"):
+        p = mp.get_context("spawn").Process(target=killed, args=(0,))
+        p.start()
+        p.join(60)
+        assert p.exitcode == -9
+    ci.shutdown()
+    print(json.dumps({"pid": p.pid, "lost": ci.health()["workers_lost"]}))
+""", tmp_path, expect_loss=True)
+    report = json.loads(result.stdout)
+    assert report["lost"] == [report["pid"]]
+    (line,) = result.stderr.splitlines()
+    assert f"1 worker process (pid {report['pid']}) ended before writing" in line
+    data = read_spool(tmp_path / ".cirron" / "spool")
+    assert by_name(data["spans"], "work") and not by_name(data["spans"], "lost")
 
 
 @pytest.mark.slow
