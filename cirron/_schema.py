@@ -19,6 +19,12 @@ BATCH_NAME_RE = re.compile(r"^(\d{1,25})-([0-9a-f]{32})\.json$")
 #: Name of the root span every session hangs from.
 SESSION_SPAN_NAME = "cirron.session"
 
+#: Names of the spans ``ci.epochs()`` / ``ci.batches()`` open (their ``index`` is the epoch/batch
+#: number) and of the waiting-for-input child of each batch.
+EPOCH_SPAN_NAME = "epoch"
+BATCH_SPAN_NAME = "batch"
+DATA_LOAD_SPAN_NAME = "data_load"
+
 #: ``span_id`` of marks recorded while no session existed.
 ROOT_SENTINEL = "root"
 

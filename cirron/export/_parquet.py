@@ -10,7 +10,8 @@ key-value metadata.
 Records arrive as chunks (:mod:`cirron.spool.stream`) and are written as they come, so memory
 holds one chunk. With ``partition_by`` (``session``, ``rank`` or ``run``) each table is a
 directory of ``<column>=<value>/part-<n>.parquet`` files (hive layout: the partition column lives
-in the path, not in the files; a missing value is ``__HIVE_DEFAULT_PARTITION__``), which DuckDB,
+in the path, not in the files, and holds the session's value; a missing one is
+``__HIVE_DEFAULT_PARTITION__``), which DuckDB,
 Polars and Spark read as one table.
 """
 
@@ -181,6 +182,11 @@ def _partition_dir(column: str, value: Any) -> str:
     return f"{column}={quote(text, safe='')}"
 
 
+def _partition_value(info: Any, partition_by: str | None) -> Any:
+    """The session-level value a chunk's rows are partitioned by."""
+    return {"session": info.id, "rank": info.rank, "run": info.run_id}[partition_by or ""]
+
+
 def _as_chunks(items: Iterable[Any]) -> Iterable[Any]:
     """Chunks as they are; a plain :class:`Session` becomes one chunk."""
     from cirron.spool.stream import chunk_of_session
@@ -218,7 +224,7 @@ def write_parquet(chunks: Iterable[Any], out_dir: str | os.PathLike[str], partit
                     if column is None:
                         key, path = (name, ""), tmp / name
                     else:
-                        part = _partition_dir(column, table.column(column)[0].as_py() if table.num_rows else None)
+                        part = _partition_dir(column, _partition_value(chunk.session, partition_by))
                         key = (name, part)
                         path = tmp / name / part / "part-0.parquet"
                         table = table.drop_columns([column])
@@ -230,14 +236,19 @@ def write_parquet(chunks: Iterable[Any], out_dir: str | os.PathLike[str], partit
                         w = writers[key] = pq.ParquetWriter(path, table.schema.with_metadata(_metadata()))
                     if table.num_rows:
                         w.write_table(table)
-            # Tables nothing was written to still get their (empty) file or directory.
+            # A table nothing was written to still gets an empty file with its columns (partitioned:
+            # in the null partition), so readers see zero rows rather than no table.
             empty = _Empty()
             for name, build in zip(names, builders):
-                if column is None and (name, "") not in writers:
-                    table = build(empty)
-                    pq.write_table(table.replace_schema_metadata(_metadata()), tmp / name)
-                elif column is not None:
-                    Path(tmp / name).mkdir(exist_ok=True)
+                if any(k[0] == name for k in writers):
+                    continue
+                table = build(empty).replace_schema_metadata(_metadata())
+                if column is None:
+                    pq.write_table(table, tmp / name)
+                else:
+                    path = tmp / name / _partition_dir(column, None) / "part-0.parquet"
+                    path.parent.mkdir(parents=True)
+                    pq.write_table(table.drop_columns([column]), path)
             for w in writers.values():
                 w.add_key_value_metadata({"cirron.writers": safe_dumps(list(written.values())).decode()})
         finally:

@@ -9,10 +9,20 @@ Session reconstruction and dedupe live in one module, :mod:`cirron.spool.reconst
     for session in spool.sessions:          # oldest first
         print(session.id, session.status, len(session.spans))
 
-Plain synchronous code with no heavy imports (orjson only), so the CLI, the exporters and
+Several spools, summaries from the index, one session at a time (:mod:`cirron.spool.catalog`)::
+
+    from cirron.spool import open_catalog
+    cat = open_catalog(["runs/*/.cirron/spool"])
+    for info in cat.sessions:               # SessionInfo, no record read when the index is warm
+        print(info.id, info.status, info.spans, info.rank, info.run_id)
+    session = cat.load(cat.sessions[-1])
+
+Plain synchronous code with no heavy imports (orjson only; numpy only in
+:mod:`cirron.spool.stream` and :mod:`cirron.spool.ranks`), so the CLI, the exporters and
 ``ci.trace()`` can all use it.
 """
 
+from cirron.spool.catalog import Catalog, Run, SessionInfo, open_catalog
 from cirron.spool.reader import BatchFile, iter_batches, list_batch_files, read_batch
 from cirron.spool.reconstruct import (
     ORPHAN_SESSION_ID,
@@ -30,9 +40,12 @@ from cirron.spool.sessions import Spool, load_sessions, load_spool
 __all__ = [
     "ORPHAN_SESSION_ID",
     "BatchFile",
+    "Catalog",
     "Reconstruction",
     "Reconstructor",
+    "Run",
     "Session",
+    "SessionInfo",
     "Spool",
     "assign_sessions",
     "children_index",
@@ -41,6 +54,7 @@ __all__ = [
     "load_sessions",
     "load_spool",
     "merge_span",
+    "open_catalog",
     "read_batch",
     "reconstruct",
     "walk_tree",

@@ -15,16 +15,14 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
-import numpy as np
-
+from cirron._schema import BATCH_SPAN_NAME, DATA_LOAD_SPAN_NAME, EPOCH_SPAN_NAME
 from cirron.spool.catalog import Catalog, Run, SessionInfo
-from cirron.spool.stream import BATCH_SPAN_NAME, EPOCH_SPAN_NAME, iter_chunks
 
 __all__ = ["STEP_NAMES", "RankReport", "RankStats", "StepStats", "compare_ranks"]
 
 #: The span names cirron's training helpers record, compared whatever their depth.
-DATA_LOAD_SPAN_NAME = "data_load"
 STEP_NAMES = (EPOCH_SPAN_NAME, BATCH_SPAN_NAME, DATA_LOAD_SPAN_NAME, "forward", "backward", "optimizer_step")
 DEFAULT_THRESHOLD = 0.10
 
@@ -71,11 +69,15 @@ class RankReport:
         return [r for r in self.ranks if r.straggler]
 
 
-def _pct(a: np.ndarray, q: float) -> int | None:
+def _pct(a: Any, q: float) -> int | None:
+    import numpy as np
+
     return int(np.percentile(a, q, method="nearest")) if len(a) else None
 
 
 def _stats(walls: list[int], cpus: list[int]) -> StepStats:
+    import numpy as np
+
     w = np.array(walls, dtype=np.int64)
     c = np.array(cpus, dtype=np.int64)
     return StepStats(count=len(w), wall_p50=_pct(w, 50), wall_p95=_pct(w, 95),
@@ -86,6 +88,8 @@ def _stats(walls: list[int], cpus: list[int]) -> StepStats:
 def _collect(cat: Catalog, info: SessionInfo) -> tuple[dict[str, StepStats], dict[str, int]]:
     """Per span name (the step names and the names right below the root): stats; and the count
     of spans right below the root per name."""
+    from cirron.spool.stream import iter_chunks
+
     walls: dict[str, list[int]] = {}
     cpus: dict[str, list[int]] = {}
     top: dict[str, int] = {}
@@ -140,8 +144,9 @@ def compare_ranks(cat: Catalog, run: Run, threshold: float = DEFAULT_THRESHOLD) 
                 base = info.ended_ns - info.started_ns
             rs.data_load_share = load.wall_total / base if base else None
         ranks.append(rs)
-    p50s = [r.step_p50 for r in ranks if r.step_p50 is not None]
-    median = int(np.median(p50s)) if p50s else None
+    p50s = sorted(r.step_p50 for r in ranks if r.step_p50 is not None)
+    mid = len(p50s) // 2
+    median = (p50s[mid] if len(p50s) % 2 else (p50s[mid - 1] + p50s[mid]) // 2) if p50s else None
     for r in ranks:
         if r.step_p50 is not None and median:
             r.vs_median = r.step_p50 / median - 1

@@ -27,17 +27,14 @@ from typing import Any
 
 import numpy as np
 
-from cirron._schema import ROOT_SENTINEL
+from cirron._schema import BATCH_SPAN_NAME, EPOCH_SPAN_NAME, ROOT_SENTINEL
 from cirron.spool.catalog import Catalog, SessionInfo, info_from_session
 from cirron.spool.reader import read_batch
 from cirron.spool.reconstruct import paused_gc
 from cirron.spool.sessions import Session
 
-__all__ = ["BATCH_SPAN_NAME", "EPOCH_SPAN_NAME", "Chunk", "chunk_of_session", "iter_chunks", "span_status"]
+__all__ = ["Chunk", "chunk_of_session", "iter_chunks", "span_status"]
 
-#: Names of the spans ``ci.epochs()`` / ``ci.batches()`` open, whose ``index`` the analyst columns carry.
-EPOCH_SPAN_NAME = "epoch"
-BATCH_SPAN_NAME = "batch"
 _KIND_EPOCH, _KIND_BATCH = 1, 2
 _MASK64 = (1 << 64) - 1
 #: How many parent links are followed at most when looking for the enclosing epoch/batch.

@@ -168,3 +168,21 @@ def test_json_and_csv_streamed_match_counts(ranks, tmp_path):
     doc = json.loads(out.read_text())
     assert len(doc["spans"]) == n_spans and len({s["id"] for s in doc["spans"]}) == n_spans
     assert len(doc["marks"]) == n_marks
+
+
+def test_partitioned_table_without_rows_reads_as_empty(tmp_path):
+    duckdb = pytest.importorskip("duckdb")
+    f = SpoolFactory(tmp_path / "one")
+    try:
+        root = f.span("cirron.session", attrs={"rank": 1})
+        f.write_batch([root], session_id=root["id"])
+        out = tmp_path / "ds"
+        assert run("traces", "export", "--format", "parquet", "--partition-by", "rank", "--output", str(out),
+                   "--spool", str(f.spool_dir)).exit_code == 0
+        con = duckdb.connect()
+        assert con.execute(f"SELECT COUNT(*) FROM read_parquet('{out}/marks/**/*.parquet', "
+                           "hive_partitioning=true)").fetchone()[0] == 0
+        assert con.execute(f"SELECT rank FROM read_parquet('{out}/spans/**/*.parquet', "
+                           "hive_partitioning=true)").fetchall() == [(1,)]
+    finally:
+        f.close()
