@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Iterable, Sequence
-from typing import NoReturn, TextIO
+from typing import Any, NoReturn, TextIO
 
 import typer
 
@@ -31,36 +31,29 @@ def box_table(
     rows: Iterable[Sequence[object]],
     right: Iterable[int] = (),
     center: Iterable[int] = (),
+    *,
+    headers_follow: bool = False,
 ) -> str:
-    """A box-drawn table in the style of the seed's examples. ``right``/``center`` are column indexes."""
+    """A box-drawn table in the style of the seed's examples, drawn by rich (so wide characters
+    keep the columns aligned). ``right``/``center`` are column indexes; headers are left-aligned
+    unless ``headers_follow`` aligns them like their column."""
+    import io
+
+    from rich import box
+    from rich.console import Console
+    from rich.table import Table
+    from rich.text import Text
+
     right, center = set(right), set(center)
-    cells = [[str(c) for c in row] for row in rows]
-    widths = [len(h) for h in headers]
-    for row in cells:
-        for i, c in enumerate(row):
-            widths[i] = max(widths[i], len(c))
-
-    def line(values: Sequence[str], header: bool = False) -> str:
-        out = []
-        for i, v in enumerate(values):
-            w = widths[i]
-            if header:
-                out.append(f" {v.ljust(w)} ")
-            elif i in center:
-                out.append(f" {v.center(w)} ")
-            elif i in right:
-                out.append(f" {v.rjust(w)} ")
-            else:
-                out.append(f" {v.ljust(w)} ")
-        return "│" + "│".join(out) + "│"
-
-    def rule(left: str, mid: str, rgt: str) -> str:
-        return left + mid.join("─" * (w + 2) for w in widths) + rgt
-
-    lines = [rule("┌", "┬", "┐"), line(headers, header=True), rule("├", "┼", "┤")]
-    lines += [line(r) for r in cells]
-    lines.append(rule("└", "┴", "┘"))
-    return "\n".join(lines)
+    table = Table(box=box.SQUARE, header_style="", pad_edge=True, padding=(0, 1))
+    for i, h in enumerate(headers):
+        justify: Any = "right" if i in right else "center" if i in center else "left"
+        table.add_column(Text(h, justify=justify if headers_follow else "left"), justify=justify, no_wrap=True)
+    for row in rows:
+        table.add_row(*(Text(str(c)) for c in row))
+    out = io.StringIO()
+    Console(file=out, width=1_000_000, color_system=None, highlight=False, emoji=False, markup=False).print(table)
+    return out.getvalue().rstrip("\n")
 
 
 def use_color(no_color: bool = False, stream: TextIO | None = None) -> bool:
@@ -127,10 +120,4 @@ def aligned_table(
     headers: Sequence[str], rows: Sequence[Sequence[object]], right: Iterable[int] = (), center: Iterable[int] = ()
 ) -> str:
     """:func:`box_table` with the headers of right-aligned columns right-aligned too (``│     SIZE │``)."""
-    right = set(right)
-    cells = [[str(c) for c in r] for r in rows]
-    hdrs = []
-    for i, h in enumerate(headers):
-        w = max([len(h)] + [len(r[i]) for r in cells])
-        hdrs.append(h.rjust(w) if i in right else h)
-    return box_table(hdrs, cells, right=right, center=center)
+    return box_table(headers, rows, right=right, center=center, headers_follow=True)

@@ -8,11 +8,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from spool_factory import SpoolFactory
 
 from cirron._errors import CirronConfigError
 from cirron.export.otlp_http import OtlpSettings
 from cirron.status import probe, probe_collector, resolve_status
-from spool_factory import SpoolFactory
 
 
 @pytest.fixture
