@@ -14,10 +14,7 @@ JSON-ready dicts.
   files changed is rebuilt on its next request.
 * **Ranks**: sessions of one run (same ``run_id`` on their root span) compared step by step.
 
-Switch-over notes for the "big spools" work: while the catalog's summaries carry no root-span
-attributes, ``_run_of`` reads each session's first batch file for ``run_id``/``rank``; when
-:mod:`cirron.spool` exposes rank statistics, :meth:`SpoolData.ranks` calls them instead of
-computing them from the step tables here.
+The rank comparison is :mod:`cirron.spool.ranks`' (what ``cirron traces ranks`` prints).
 """
 
 from __future__ import annotations
@@ -34,7 +31,7 @@ import numpy as np
 
 from cirron._format import label_of, span_label
 from cirron._schema import decode_float
-from cirron.spool import Session, children_index, list_batch_files, load_spool, walk_tree
+from cirron.spool import Session, children_index, list_batch_files, walk_tree
 from cirron.spool.catalog import Catalog
 from cirron.spool.catalog import SessionInfo as CatalogInfo
 
@@ -86,11 +83,9 @@ def _short_json(v: Any, limit: int = 200) -> str:
 
 @dataclass(frozen=True)
 class SessionInfo:
-    """One row of the sessions table: the catalog's summary, with the run it belongs to."""
+    """One row of the sessions table (the catalog's summary of a session)."""
 
     summary: CatalogInfo
-    run_id: str | None
-    rank: int | None
 
     @property
     def id(self) -> str:
@@ -110,7 +105,7 @@ class SessionInfo:
         return {
             "id": s.id, "spool": str(s.spool), "started_ns": s.started_ns, "ended_ns": s.ended_ns,
             "duration_ns": dur, "status": s.status, "live": s.live, "spans": s.spans, "marks": s.marks,
-            "snapshots": s.snapshots, "bytes": s.bytes, "run_id": self.run_id, "rank": self.rank,
+            "snapshots": s.snapshots, "bytes": s.bytes, "run_id": s.run_id, "rank": s.rank,
             "host": s.host, "pid": s.resource.get("pid"),
         }
 
@@ -361,17 +356,6 @@ class SessionData:
         core = label_of(self.recs[i])
         return f"{span_label('epoch', ep)} {core}" if ep is not None else core
 
-    def step_stats(self) -> dict:
-        """Per-step wall distribution and data-loading share (the rank comparison's input)."""
-        rows = self.step_rows
-        if rows.size == 0:
-            return {"steps": 0}
-        wall = (self.end[rows] - self.start[rows]).astype(np.float64)
-        dl = self.phase_ns[PHASES.index("data_load")].astype(np.float64)
-        return {"steps": int(rows.size), "p50_ns": float(np.percentile(wall, 50)),
-                "p95_ns": float(np.percentile(wall, 95)), "max_ns": float(wall.max()),
-                "data_load_share": float(dl.sum() / wall.sum()) if wall.sum() > 0 else 0.0}
-
     # ---------------------------------------------------------------- requests
 
     def _build_requests(self) -> None:
@@ -533,7 +517,6 @@ class SpoolData:
         self.spools = [_SpoolState(Path(d)) for d in spool_dirs]
         self._lock = threading.RLock()
         self._views: OrderedDict[str, tuple[tuple, SessionData]] = OrderedDict()
-        self._run_of: dict[str, tuple[str | None, int | None]] = {}
         self._cached = cached
 
     # ---------------------------------------------------------------- sessions
@@ -547,28 +530,11 @@ class SpoolData:
                 fp = tuple((f.path.name, f.size) for f in files)
                 if sp.catalog is None or fp != sp.fingerprint or any(s.status == "live" for s in sp.sessions):
                     sp.catalog = Catalog([sp.dir], lambda _m: None)
-                    sp.sessions = [SessionInfo(s, *self._run_of_session(s)) for s in sp.catalog.sessions]
+                    sp.sessions = [SessionInfo(s) for s in sp.catalog.sessions]
                     sp.fingerprint = fp
                 out.extend(sp.sessions)
             out.sort(key=lambda s: (s.started_ns or 0, s.id), reverse=True)
             return out
-
-    def _run_of_session(self, info: CatalogInfo) -> tuple[str | None, int | None]:
-        """``(run_id, rank)``: from the catalog when its summary has them, else from the root
-        span's attrs in the session's first batch file (read once per session)."""
-        if info.run_id is not None or info.attrs:
-            return info.run_id, info.rank
-        if info.id not in self._run_of:
-            run_id, rank = None, info.rank
-            if info.files:
-                spool = load_spool(info.spool, lambda _m: None, files=info.files[:1])
-                root = spool.spans.get(info.id)
-                attrs = root.get("attrs") if root is not None else None
-                if isinstance(attrs, dict):
-                    run_id = attrs.get("run_id") if isinstance(attrs.get("run_id"), str) else None
-                    rank = attrs.get("rank") if type(attrs.get("rank")) is int else rank
-            self._run_of[info.id] = (run_id, rank)
-        return self._run_of[info.id]
 
     def info(self, session_id: str) -> SessionInfo:
         for s in self.sessions():
@@ -601,29 +567,23 @@ class SpoolData:
     def marks(self, session_ids: Sequence[str], x: str = "step") -> dict:
         return {"x": x, "sessions": [self.session(sid).marks(x) for sid in session_ids]}
 
-    def runs(self) -> dict[str, list[SessionInfo]]:
-        """Sessions grouped by ``run_id`` (only runs with a run id)."""
-        out: dict[str, list[SessionInfo]] = {}
-        for s in self.sessions():
-            if s.run_id is not None:
-                out.setdefault(s.run_id, []).append(s)
-        return out
-
     def ranks(self, run_id: str) -> dict:
-        """Per rank of a run: step count, p50/p95/max step wall, data-loading share; the ranks
-        slower than 1.2x the median rank's p50 are flagged as stragglers."""
-        members = sorted(self.runs().get(run_id, []), key=lambda s: (s.rank if s.rank is not None else -1, s.id))
-        if not members:
-            raise UnknownSession(run_id)
-        rows = []
-        for s in members:
-            st = self.session(s.id).step_stats()
-            rows.append({"rank": s.rank, "session": s.id, **st})
-        p50s = [r["p50_ns"] for r in rows if r.get("steps")]
-        median = float(np.median(p50s)) if p50s else None
-        for r in rows:
-            ratio = r["p50_ns"] / median if median and r.get("steps") else None
-            r["vs_median"] = ratio
-            r["straggler"] = bool(ratio is not None and ratio > 1.2)
-        return {"run_id": run_id, "median_p50_ns": median, "ranks": rows}
+        """The rank comparison of ``cirron traces ranks`` (:func:`cirron.spool.ranks.compare_ranks`)
+        for one run, whose ranks may sit in different spools."""
+        from cirron.spool.ranks import compare_ranks
 
+        self.sessions()  # the spools' catalogs, fresh
+        catalog = Catalog([sp.dir for sp in self.spools], lambda _m: None)
+        run = next((r for r in catalog.runs() if r.id == run_id), None)
+        if run is None:
+            raise UnknownSession(run_id)
+        report = compare_ranks(catalog, run)
+        rows = []
+        for r in report.ranks:
+            st = report.step and r.steps.get(report.step)
+            rows.append({"rank": r.rank, "session": r.session.id, "steps": st.count if st else 0,
+                         "p50_ns": r.step_p50, "p95_ns": st.wall_p95 if st else None,
+                         "max_ns": st.wall_max if st else None, "data_load_share": r.data_load_share,
+                         "vs_median": None if r.vs_median is None else 1 + r.vs_median, "straggler": r.straggler})
+        return {"run_id": run_id, "step": report.step, "threshold": report.threshold,
+                "median_p50_ns": report.median_step_ns, "ranks": rows}

@@ -362,13 +362,13 @@ const cirronUI = (() => {
     document.getElementById("nav").innerHTML = `<a href="/">Runs</a><a class="active">Run ${esc(run)}</a>`;
     const doc = await api(`/api/run/${encodeURIComponent(run)}/ranks`);
     const m = main();
-    m.innerHTML = `<h1>Run ${esc(run)}: ranks</h1><p class="muted">Median rank's median step: ${fmtNs(doc.median_p50_ns)}. A rank more than 1.2× slower is flagged.</p>`;
+    m.innerHTML = `<h1>Run ${esc(run)}: ranks</h1><p class="muted">Compared on <code>${esc(doc.step || "?")}</code> spans. Median rank's median step: ${fmtNs(doc.median_p50_ns)}. A rank more than ${Math.round(100 * doc.threshold)}% slower is flagged as a straggler.</p>`;
     const labels = doc.ranks.map((r) => "rank " + (r.rank ?? "?"));
     await plot(chartDiv(m, "ranks", 360), [
       { type: "bar", name: "p50 step", x: labels, y: doc.ranks.map((r) => (r.p50_ns ?? 0) / 1e6), marker: { color: doc.ranks.map((r) => r.straggler ? "#ef4444" : PALETTE[0]) } },
       { type: "bar", name: "p95 step", x: labels, y: doc.ranks.map((r) => (r.p95_ns ?? 0) / 1e6), marker: { color: PALETTE[5] } },
       { type: "scatter", mode: "markers", name: "data_load share", x: labels, y: doc.ranks.map((r) => 100 * (r.data_load_share ?? 0)), yaxis: "y2", marker: { size: 12, color: PHASE_COLORS.data_load } },
-    ], { barmode: "group", yaxis: { title: "ms" }, yaxis2: { title: "data_load %", overlaying: "y", side: "right", range: [0, 100] }, legend: { orientation: "h", y: 1.12 } });
+    ], { barmode: "group", margin: { l: 60, r: 80, t: 36, b: 44 }, yaxis: { title: "ms" }, yaxis2: { title: "data_load %", overlaying: "y", side: "right", range: [0, 100] }, legend: { orientation: "h", y: 1.12 } });
     const rows = doc.ranks.map((r) => `<tr><td>${r.rank ?? "?"}</td><td><a href="/session/${r.session}/steps"><code>${r.session.slice(0, 12)}</code></a></td>
       <td class="num">${r.steps}</td><td class="num">${fmtNs(r.p50_ns)}</td><td class="num">${fmtNs(r.p95_ns)}</td><td class="num">${fmtNs(r.max_ns)}</td>
       <td class="num">${r.data_load_share == null ? "–" : (100 * r.data_load_share).toFixed(1) + "%"}</td>
