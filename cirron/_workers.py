@@ -39,9 +39,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from cirron._safeopen import open_regular_fd
-from cirron.spool.paths import hold_lock, is_safe_id, live_dir
-
 #: Set by ``ci.profile()`` in the parent: JSON with where and under which span a worker writes.
 ENV_PARENT_SESSION = "CIRRON_PARENT_SESSION"
 #: Name of a worker's process root span.
@@ -81,6 +78,8 @@ def inherited_session(environ: Any = None) -> dict[str, Any] | None:
     raw = (environ or os.environ).get(ENV_PARENT_SESSION)
     if not raw:
         return None
+    from cirron.spool.paths import is_safe_id  # only in a worker: `import cirron` stays light
+
     try:
         info = json.loads(raw)
         if int(info["pid"]) == os.getpid() or not is_safe_id(info["session_id"]):
@@ -175,6 +174,8 @@ class WorkerPropagation:
 
 def worker_mark_path(spool_dir: str | os.PathLike[str], session_id: str, pid: int) -> Path:
     """``ValueError`` for a session id that is not :func:`cirron.spool.paths.is_safe_id`."""
+    from cirron.spool.paths import is_safe_id, live_dir
+
     if not is_safe_id(session_id):
         raise ValueError(f"unsafe session id {session_id!r}")
     return live_dir(spool_dir) / f"{session_id}.{pid}.worker"
@@ -188,6 +189,8 @@ class WorkerMark:
         self._fd: int | None = None
 
     def take(self) -> None:
+        from cirron.spool.paths import hold_lock
+
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._fd = hold_lock(self.path)
 
@@ -216,6 +219,9 @@ class WorkerMark:
 def lost_workers(spool_dir: str | os.PathLike[str], session_id: str) -> list[int]:
     """Pids of the session's workers that ended without writing all they recorded. Their marks
     are removed (each is counted once); workers still running are left alone."""
+    from cirron._safeopen import open_regular_fd
+    from cirron.spool.paths import is_safe_id, live_dir
+
     lost: list[int] = []
     if not is_safe_id(session_id):
         return lost

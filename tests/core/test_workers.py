@@ -272,3 +272,13 @@ def test_four_ranks_share_one_spool(tmp_path: Path) -> None:
     assert len(names) == len(set(names))
     sessions = listed(tmp_path)
     assert sorted(s["spans"] for s in sessions) == [201] * 4 and sum(s["marks"] for s in sessions) == 800
+
+
+def test_import_stays_light_outside_a_worker(tmp_path: Path) -> None:
+    # Joining a parent's session is decided at `import cirron`; a process that is not a worker
+    # must not pay for the spool reader to find that out.
+    result = run_program("""
+import sys, cirron
+assert "cirron.spool" not in sys.modules, sorted(m for m in sys.modules if m.startswith("cirron"))
+""", tmp_path)
+    assert result.stderr == ""
