@@ -25,6 +25,7 @@ from cirron._flush.collector import Collector, TraceStore, resource_attributes
 from cirron._losses import loss_line
 from cirron._native import compiled_speedups
 from cirron._ranks import detect_rank
+from cirron._record.loop_exit import GRACE_S, LoopExits, uncaught_exception
 from cirron._record.span import NOOP_SCOPE, PyRecorder, Recorder, Scope, scope_factory
 from cirron._schema import SESSION_SPAN_NAME
 from cirron._version import __version__
@@ -75,6 +76,7 @@ class Cirron:
         # _pure_python: the pure-Python recorder even where the C one is built (the twins' contract tests).
         # (The two recorders have one interface: PyRecorder stands in for Recorder everywhere.)
         self._rec: Recorder = cast(Recorder, PyRecorder(mark_cap)) if _pure_python else Recorder(mark_cap)
+        self._loop_exits = LoopExits(self._rec)
         self._scope_factory = None if _pure_python else scope_factory(self._rec, types.MethodType(Cirron.scope, self))
         if self._scope_factory is not None:  # the same call as the scope() method below, made in C
             self.scope = self._scope_factory  # type: ignore[method-assign]
@@ -272,6 +274,8 @@ class Cirron:
 
     def _atexit(self) -> None:
         try:
+            # A loop left by the exception that is ending the process records it as its cause.
+            self._loop_exits.resolve(uncaught_exception())
             self.shutdown()
         except Exception:  # noqa: BLE001 - never turn the host's exit into a traceback
             pass
@@ -315,10 +319,12 @@ class Cirron:
         if rec.disabled:
             yield from iterable
             return
+        if self._loop_exits:
+            self._loop_exits.resolve()  # a new loop: the last one that ended early was not an error
         for i, item in enumerate(iterable):
             scope = self._on_device(rec.scope_type(rec, "epoch", None, index=i), gpu)
             scope.__enter__()
-            yield from _yield_inside(scope, item)
+            yield from _yield_inside(scope, item, self._loop_exits)
             if self._snapshots is not None:
                 from cirron.integrations import epoch_end_snapshots
 
@@ -331,6 +337,8 @@ class Cirron:
         if rec.disabled:
             yield from iterable
             return
+        if self._loop_exits:
+            self._loop_exits.resolve()  # a new loop: the last one that ended early was not an error
         it = iter(iterable)
         if hasattr(it, "cirron_quiet"):
             it.cirron_quiet = True  # a DataLoader the torch integration times: batches() does it here
@@ -351,7 +359,7 @@ class Cirron:
                 span.start_ns = t0
                 span._cpu0 -= c1 - c0
                 rec.record_closed("data_load", span, t0, t1, c1 - c0, {"data_load_ns": load_ns})
-            yield from _yield_inside(scope, item)
+            yield from _yield_inside(scope, item, self._loop_exits)
             scope.__exit__(None, None, None)
             i += 1
 
@@ -382,6 +390,8 @@ class Cirron:
 
     def _flush_sync(self, final: bool = False) -> list[Any]:
         """Drain and write every sync sink. Runs in the service's worker thread (or the caller's)."""
+        if self._loop_exits:
+            self._loop_exits.resolve(older_than=None if final else GRACE_S)
         with self._collector.lock:
             batches = self._collector.collect(self.session_id, self._resource)
             for sink in self._sinks:
@@ -876,13 +886,14 @@ def _device_info() -> dict[str, Any]:
     return session_device_attrs()
 
 
-def _yield_inside(scope: Scope, item: T) -> Iterator[T]:
+def _yield_inside(scope: Scope, item: T, loop_exits: LoopExits) -> Iterator[T]:
     """Yield ``item`` with ``scope`` open. Leaving the loop early closes the generator: the span
-    ends cleanly; an exception thrown in closes it with the error."""
+    ends there and waits for the cause (:mod:`cirron._record.loop_exit`); an exception thrown
+    in closes it with the error."""
     try:
         yield item
     except GeneratorExit:
-        scope.__exit__(None, None, None)
+        loop_exits.defer(scope)
         raise
     except BaseException as exc:
         scope.__exit__(type(exc), exc, exc.__traceback__)

@@ -5,9 +5,14 @@ else. The shapes differ on purpose, each as its reference doc specifies (docs/re
 
 * :func:`trace_line` (``ci.trace()``, seed 001) is a compact in-process summary, one line per span:
   ``epoch[0] - 142us lr=0.1 {loss=0.25}`` — attributes and the latest value of each mark inline.
-* :func:`view_span_line` and :func:`view_mark_line` (``cirron traces view`` and the ``log``/``stdout``
-  sinks, seed 000) show the whole record: ``epoch[0] — 42.1ms lr=0.1``, then every mark on a line of
-  its own, ``ci.mark loss=0.25``.
+* :func:`view_span_line` and :func:`view_mark_line` (``cirron traces view``, seed 000) show the
+  whole record: ``epoch[0] — 42.1ms lr=0.1``, then every mark on a line of its own,
+  ``ci.mark loss=0.25``.
+* :func:`path_span_line` and :func:`path_mark_line` (the ``log``/``stdout`` sinks) are the view's
+  lines with the span's path instead of an indent, so each reads on its own as the run goes:
+  ``epoch[0]/batch[3]/forward — 1.2ms``, ``epoch[0]/batch[3]: ci.mark loss=0.25``.
+
+A ``request`` span's label names its endpoint: ``request chat``.
 
 Non-finite floats are named as the spool writes them (:func:`cirron._schema.encode_float`).
 """
@@ -28,15 +33,36 @@ def _plain(text: str, role: str) -> str:
     return text
 
 
-def span_label(name: object, index: object) -> str:
-    """``name[index]`` for an indexed span (epochs, batches), else ``name``."""
+#: The span ``@ci.inference`` opens per call; its label names the endpoint it serves.
+REQUEST_SPAN = "request"
+
+
+def span_label(name: object, index: object, attrs: object = None) -> str:
+    """``name[index]`` for an indexed span (epochs, batches), ``request <endpoint>`` for a
+    request span with an ``endpoint`` attr, else ``name``."""
     text = name if isinstance(name, str) else ("?" if name is None else str(name))
-    return f"{text}[{index}]" if type(index) is int else text
+    if type(index) is int:
+        return f"{text}[{index}]"
+    if text == REQUEST_SPAN and isinstance(attrs, Mapping):
+        endpoint = attrs.get("endpoint")
+        if isinstance(endpoint, str) and endpoint:
+            return f"{text} {endpoint}"
+    return text
 
 
 def label_of(span: Mapping[str, Any] | Any) -> str:
     """The label of a span record (a dict or a reader record struct)."""
-    return span_label(span.get("name"), span.get("index"))
+    return span_label(span.get("name"), span.get("index"), span.get("attrs"))
+
+
+def label_attrs(span: Mapping[str, Any] | Any) -> Mapping[str, object]:
+    """The attrs a line shows after the label: all of them, less what the label says already."""
+    attrs = span.get("attrs")
+    if not isinstance(attrs, Mapping):
+        return {}
+    if span.get("name") == REQUEST_SPAN and "endpoint" in attrs and label_of(span) != REQUEST_SPAN:
+        return {k: v for k, v in attrs.items() if k != "endpoint"}
+    return attrs
 
 
 #: (below this many ns, unit, ns per unit)
@@ -129,6 +155,18 @@ def view_span_line(depth: int, label: str, duration: str, attrs: str = "", paint
     :func:`format_duration_ns` result, or the view's ``(live)``/``(crashed)`` for an open span)."""
     line = f"{'  ' * depth}{paint(label, 'label')} — {paint(duration, 'duration')}"
     return f"{line} {paint(attrs, 'attrs')}" if attrs else line
+
+
+def path_span_line(path: str, duration: str, attrs: str = "") -> str:
+    """One span of the ``log``/``stdout`` sinks: ``epoch[0]/batch[3]/forward — 1.2ms lr=0.1``."""
+    return view_span_line(0, path, duration, attrs)
+
+
+def path_mark_line(path: str, name: object, value: str, summary: bool = False) -> str:
+    """One mark of the ``log``/``stdout`` sinks: ``epoch[0]/batch[3]: ci.mark loss=0.25``
+    (a mark outside every scope has no path)."""
+    line = view_mark_line(0, name, value, summary)
+    return f"{path}: {line}" if path else line
 
 
 def view_mark_line(depth: int, name: object, value: str, summary: bool = False, paint: Painter = _plain) -> str:

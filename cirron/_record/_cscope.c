@@ -1161,7 +1161,7 @@ typedef struct {
 static PyTypeObject RequestBase_Type;
 /* Set by configure_requests(): instrument.py's _CURRENT variable. */
 static PyObject *current_request = NULL;
-static PyObject *s_request, *s_request_id, *s_finish_slow;
+static PyObject *s_request, *s_request_id, *s_endpoint, *s_finish_slow;
 
 #define REQUEST_FIELDS(X) X(rec) X(span) X(rid) X(ctx) X(t0) X(c0) X(coro) X(ended) X(streaming) X(chunks) \
     X(first_ns) X(last_ns) X(stream_usage) X(prompt) X(completion) X(in_generate)
@@ -1199,15 +1199,18 @@ static void Request_dealloc(RequestObject *self) {
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
-/* RequestBase(rec): open the request span under the caller's current span (or the root) and
- * bind it, with the request, in a copy of the caller's context; the caller's is not touched. */
+/* RequestBase(rec, endpoint=None): open the request span (attrs request_id and, when given,
+ * endpoint) under the caller's current span (or the root) and bind it, with the request, in a
+ * copy of the caller's context; the caller's is not touched. */
 static int Request_init(RequestObject *self, PyObject *args, PyObject *kwds) {
-    if ((kwds != NULL && PyDict_GET_SIZE(kwds)) || PyTuple_GET_SIZE(args) != 1 ||
+    Py_ssize_t nargs = PyTuple_GET_SIZE(args);
+    if ((kwds != NULL && PyDict_GET_SIZE(kwds)) || nargs < 1 || nargs > 2 ||
         !PyObject_TypeCheck(PyTuple_GET_ITEM(args, 0), &RecorderBase_Type)) {
-        PyErr_SetString(PyExc_TypeError, "RequestBase(rec) takes one recorder");
+        PyErr_SetString(PyExc_TypeError, "RequestBase(rec, endpoint=None) takes a recorder and an endpoint name");
         return -1;
     }
     PyObject *rec = PyTuple_GET_ITEM(args, 0);
+    PyObject *endpoint = nargs == 2 ? PyTuple_GET_ITEM(args, 1) : Py_None;
     if (current_request == NULL) {
         PyErr_SetString(PyExc_RuntimeError, "_cscope.configure_requests() was not called");
         return -1;
@@ -1223,6 +1226,7 @@ static int Request_init(RequestObject *self, PyObject *args, PyObject *kwds) {
     if (PyContextVar_Get(r->current, NULL, &parent) < 0) goto error;
     if (IS_NONE(parent)) Py_XSETREF(parent, Py_NewRef(r->root ? r->root : Py_None));
     if ((attrs = PyDict_New()) == NULL || PyDict_SetItem(attrs, s_request_id, rid) < 0) goto error;
+    if (!IS_NONE(endpoint) && PyDict_SetItem(attrs, s_endpoint, endpoint) < 0) goto error;
     span = Recorder_start_span(rec, (PyObject *[]){s_request, attrs, Py_None, parent}, 4, NULL);
     if (span == NULL) goto error;
     ScopeObject *sp = (ScopeObject *)span;
@@ -1492,7 +1496,8 @@ PyMODINIT_FUNC PyInit__cscope(void) {
     INTERN(s_append, "append"); INTERN(s_gpu_ns, "gpu_ns"); INTERN(s_memory_peak_bytes, "memory_peak_bytes");
     INTERN(s_note_internal_error, "note_internal_error"); INTERN(s_reenter, "_reenter");
     INTERN(s_note_exception, "_note_exception"); INTERN(s_id, "id"); INTERN(s_exit, "__exit__");
-    INTERN(s_request, "request"); INTERN(s_request_id, "request_id"); INTERN(s_finish_slow, "_finish_slow");
+    INTERN(s_request, "request"); INTERN(s_request_id, "request_id"); INTERN(s_endpoint, "endpoint");
+    INTERN(s_finish_slow, "_finish_slow");
     if (PyType_Ready(&Row_Type) < 0 || PyType_Ready(&Attrs_Type) < 0 || PyType_Ready(&RequestBase_Type) < 0 || PyType_Ready(&ScopeBase_Type) < 0 || PyType_Ready(&RecorderBase_Type) < 0 ||
         PyType_Ready(&Factory_Type) < 0)
         return NULL;

@@ -68,13 +68,14 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 class InferenceDecorator(Protocol):
-    """The type of ``ci.inference``: ``@ci.inference`` or ``@ci.inference(config=...)``; the
-    decorated function keeps its exact signature."""
+    """The type of ``ci.inference``: ``@ci.inference`` or ``@ci.inference(name=..., config=...)``;
+    the decorated function keeps its exact signature."""
 
     @overload
-    def __call__(self, fn: F, /, *, config: Mapping[str, Any] | None = None) -> F: ...
+    def __call__(self, fn: F, /, *, name: str | None = None, config: Mapping[str, Any] | None = None) -> F: ...
     @overload
-    def __call__(self, fn: None = None, /, *, config: Mapping[str, Any] | None = None) -> Callable[[F], F]: ...
+    def __call__(self, fn: None = None, /, *, name: str | None = None,
+                 config: Mapping[str, Any] | None = None) -> Callable[[F], F]: ...
 
 __all__ = ["current_request_id", "inference_decorator"]
 
@@ -138,11 +139,12 @@ class _PyRequestBase:
         "chunks", "first_ns", "last_ns", "stream_usage", "prompt", "completion", "in_generate", "coro",
     )
 
-    def __init__(self, rec: Recorder) -> None:
+    def __init__(self, rec: Recorder, endpoint: str | None = None) -> None:
         self.rec = rec
         self.rid = _uuid4()
+        attrs = {"request_id": self.rid} if endpoint is None else {"request_id": self.rid, "endpoint": endpoint}
         # Opened without becoming current in the caller's context; it is bound in self.ctx.
-        span = rec.start_span("request", {"request_id": self.rid}, parent=rec.current.get() or rec.root)
+        span = rec.start_span("request", attrs, parent=rec.current.get() or rec.root)
         self.span = span
         self.t0 = span.start_ns
         self.cpu = 0
@@ -802,8 +804,11 @@ def _generate_counts(model: Any, args: tuple, kwargs: dict, out: Any) -> tuple[i
 # --------------------------------------------------------------------------- the decorator
 
 
-def _instrument(c: Cirron, fn: Callable[..., Any], config: Mapping[str, Any] | None) -> Callable[..., Any]:
+def _instrument(c: Cirron, fn: Callable[..., Any], config: Mapping[str, Any] | None,
+                endpoint: str | None = None) -> Callable[..., Any]:
     rec = c._rec
+    endpoint = endpoint or getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None) or repr(fn)
+    routes = _RouteFinder()
 
     modules = sys.modules
 
@@ -813,7 +818,11 @@ def _instrument(c: Cirron, fn: Callable[..., Any], config: Mapping[str, Any] | N
         try:
             if not _GENERATE_HOOKED and _GENERATION_MODULE in modules:
                 _maybe_hook_generate()
-            return _Request(rec)
+            req = _Request(rec, endpoint)
+            route = routes.find(wrapper)
+            if route is not None:
+                req.span.set_attr("route", route)
+            return req
         except Exception as exc:  # noqa: BLE001 - no span, the call still runs
             rec.note_internal_error(exc)
             return None
@@ -908,24 +917,68 @@ def _instrument(c: Cirron, fn: Callable[..., Any], config: Mapping[str, Any] | N
     return wrapper
 
 
+class _RouteFinder:
+    """The route template of an endpoint, where the web framework says it.
+
+    Flask: the request's ``url_rule`` (asked on every request: one function may serve several
+    rules). Starlette/FastAPI: the route whose ``endpoint`` is our wrapper, found once among the
+    objects that refer to the wrapper (a route holds it in its ``__dict__``) and then kept; a
+    function called directly, outside any route, is looked up again a few times at most.
+    """
+
+    __slots__ = ("route", "tries")
+    MAX_TRIES = 3
+
+    def __init__(self) -> None:
+        self.route: str | None = None
+        self.tries = 0
+
+    def find(self, wrapper: Any) -> str | None:
+        if self.route is not None:
+            return self.route
+        modules = sys.modules
+        flask = modules.get("flask")
+        if flask is not None and flask.has_request_context():
+            rule = flask.request.url_rule
+            return rule.rule if rule is not None else None
+        if "starlette" not in modules or self.tries >= self.MAX_TRIES:
+            return None
+        self.tries += 1
+        import gc
+
+        # A route's __dict__ (it has the compiled path_regex; a request's ASGI scope does not).
+        paths = {d["path"] for d in gc.get_referrers(wrapper)
+                 if type(d) is dict and d.get("endpoint") is wrapper and isinstance(d.get("path"), str)
+                 and "path_regex" in d}
+        if len(paths) == 1:
+            self.route = paths.pop()
+        return self.route
+
+
 def inference_decorator(c: Cirron) -> InferenceDecorator:
     """The ``inference`` decorator bound to one :class:`~cirron.Cirron` instance."""
 
     @overload
-    def inference(fn: F, *, config: Mapping[str, Any] | None = None) -> F: ...
+    def inference(fn: F, *, name: str | None = None, config: Mapping[str, Any] | None = None) -> F: ...
     @overload
-    def inference(fn: None = None, *, config: Mapping[str, Any] | None = None) -> Callable[[F], F]: ...
+    def inference(fn: None = None, *, name: str | None = None,
+                  config: Mapping[str, Any] | None = None) -> Callable[[F], F]: ...
 
-    def inference(fn: Any = None, *, config: Mapping[str, Any] | None = None) -> Any:
-        """``@ci.inference`` / ``@ci.inference(config=...)``: one ``request`` span per call."""
+    def inference(fn: Any = None, *, name: str | None = None, config: Mapping[str, Any] | None = None) -> Any:
+        """``@ci.inference`` / ``@ci.inference(name=..., config=...)``: one ``request`` span per
+        call, its ``endpoint`` attr ``name`` or else the function's qualified name."""
         if config is not None and not isinstance(config, Mapping):
             from cirron._errors import CirronConfigError
 
             raise CirronConfigError(f"ci.inference(config=...) takes a dict, not {type(config).__qualname__}")
+        if name is not None and (not isinstance(name, str) or not name):
+            from cirron._errors import CirronConfigError
+
+            raise CirronConfigError(f"ci.inference(name=...) takes a non-empty str, not {name!r}")
         if fn is None:
-            return lambda f: inference(f, config=config)
+            return lambda f: inference(f, name=name, config=config)
         if not callable(fn):
             raise TypeError(f"ci.inference decorates a function, not {type(fn).__qualname__}")
-        return _instrument(c, fn, config)
+        return _instrument(c, fn, config, name)
 
     return inference

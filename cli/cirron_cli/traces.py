@@ -26,7 +26,7 @@ from typing import Any, Optional
 import orjson
 import typer
 
-from cirron._format import format_view_value, label_of, view_mark_line, view_span_line
+from cirron._format import format_view_value, label_attrs, label_of, view_mark_line, view_span_line
 from cirron._safeopen import open_regular
 from cirron._schema import ROOT_SENTINEL
 from cirron.export._common import json_scalar
@@ -188,7 +188,17 @@ def _attr_text(span: dict, is_root: bool) -> str:
             if v is not None:
                 parts.append(f"{k}={format_view_value(v)}")
         return " ".join(parts)
-    return " ".join(f"{k}={format_view_value(v)}" for k, v in attrs.items())
+    return " ".join(f"{k}={format_view_value(v)}" for k, v in label_attrs(span).items())
+
+
+def _name_matches(span: dict, text: str) -> bool:
+    """``--name``: the span's name contains ``text``, or a request's endpoint does."""
+    name = span.get("name")
+    if isinstance(name, str) and text in name:
+        return True
+    attrs = span.get("attrs")
+    endpoint = attrs.get("endpoint") if isinstance(attrs, dict) else None
+    return isinstance(endpoint, str) and text in endpoint
 
 
 class _SessionView:
@@ -206,7 +216,7 @@ class _SessionView:
         matched: set[str] | None = None
         keep: set[str] | None = None
         if name is not None:
-            matched = {sid for sid, s in by_id.items() if isinstance(s.get("name"), str) and name in s["name"]}
+            matched = {sid for sid, s in by_id.items() if _name_matches(s, name)}
             keep = set()
             for sid in matched:
                 cur: Any = sid

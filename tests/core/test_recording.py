@@ -294,16 +294,42 @@ def test_stdout_and_log_sinks_print_one_line_per_span(spool_dir: Path, capsys: p
         with c.scope("outer", k="v"):
             with c.scope("inner"):
                 c.mark("loss", 0.5)
+        c.mark("top", 1)
         c.flush()
     out = capsys.readouterr().out.splitlines()
-    # Indented as the tree view indents: the session root at 0, then one level per parent.
-    assert any(line.startswith("  outer — ") and line.endswith("k=v") for line in out), out
-    assert any(line.startswith("    inner — ") for line in out), out
-    assert "      ci.mark loss=0.5" in out
+    # Each line carries its path, in the order things happened: mark, inner, outer, top-level mark.
+    assert [line.split(" — ")[0] for line in out] == ["outer/inner: ci.mark loss=0.5", "outer/inner", "outer",
+                                                      "ci.mark top=1"], out
+    assert out[2].endswith(" k=v") and re.fullmatch(r"outer/inner — [0-9.]+(ns|us|ms|s)", out[1])
     logged = [r.getMessage() for r in caplog.records if r.name == "cirron"]
-    assert any(m.startswith("    inner — ") for m in logged)
+    assert logged == out
     c.shutdown()
     assert not spool_dir.exists()  # no spool sink was asked for
+
+
+def test_stdout_sink_names_open_ancestors_as_the_run_goes(spool_dir: Path,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    c = Cirron(spool_dir=spool_dir, output="stdout", flush_interval=60)
+    c.profile()
+
+    @c.inference(name="chat")
+    def chat() -> dict:
+        return {"usage": {"prompt_tokens": 3, "completion_tokens": 4}}
+
+    for _e in c.epochs(range(1)):
+        for _b in c.batches(range(3)):
+            with c.scope("forward"):
+                pass
+        c.flush()  # mid-epoch: the epoch is still open, its batches are printed under its name
+        mid = capsys.readouterr().out.splitlines()
+        assert [m.split(" — ")[0] for m in mid if "/forward" in m] == [f"epoch[0]/batch[{i}]/forward" for i in range(3)]
+        assert not any(m.startswith("epoch[0] — ") for m in mid)
+    chat()
+    c.shutdown()
+    out = capsys.readouterr().out
+    assert "request chat — " in out and "request chat: ci.mark prompt_tokens=3 (summary)" in out
+    assert "endpoint=" not in out
+    assert out.rstrip().splitlines()[-1].startswith("cirron.session — ")
 
 
 def test_stale_temporaries_of_dead_writers_are_removed(spool_dir: Path) -> None:

@@ -62,6 +62,7 @@ def test_live_and_exported_spans_are_identical(otlp_env: Receiver, tmp_path: Pat
     usage = next(s for s in requests if "gen_ai.usage.input_tokens" in s["attrs"])
     assert (usage["attrs"]["gen_ai.usage.input_tokens"], usage["attrs"]["gen_ai.usage.output_tokens"]) == (18, 29)
     assert usage["attrs"]["llm.token_count.total"] == 47 and usage["attrs"]["gen_ai.operation.name"] == "chat"
+    assert usage["attrs"]["endpoint"] == "_llm_work.<locals>.chat"  # the endpoint travels too
     streamed = next(s for s in requests if s is not usage)
     assert "gen_ai.usage.output_tokens" not in streamed["attrs"]
     res = usage["resource"]
