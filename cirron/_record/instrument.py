@@ -818,8 +818,8 @@ def _instrument(c: Cirron, fn: Callable[..., Any], config: Mapping[str, Any] | N
         try:
             if not _GENERATE_HOOKED and _GENERATION_MODULE in modules:
                 _maybe_hook_generate()
+            route = routes.find(wrapper)  # before the span opens: a first lookup is not the request's time
             req = _Request(rec, endpoint)
-            route = routes.find(wrapper)
             if route is not None:
                 req.span.set_attr("route", route)
             return req
