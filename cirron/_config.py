@@ -9,6 +9,7 @@ The source of every value is kept (``Config.sources``) so ``cirron status`` can 
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -48,7 +49,7 @@ _FIELDS: dict[str, tuple[str, str, Any]] = {
     "sample_rate": (ENV_SAMPLE_RATE, "pos_float", 0.01),
     "trace_buffer_max_spans": (ENV_TRACE_BUFFER_MAX_SPANS, "pos_int", 100_000),
     "mark_buffer_capacity": (ENV_MARK_BUFFER_CAPACITY, "pos_int", 65_536),
-    "max_spool_bytes": (ENV_MAX_SPOOL_BYTES, "pos_int", 1 << 30),
+    "max_spool_bytes": (ENV_MAX_SPOOL_BYTES, "bytes", 1 << 30),
     "shutdown_timeout": (ENV_SHUTDOWN_TIMEOUT, "pos_float", 5.0),
     "enabled": (ENV_ENABLED, "bool", True),
     #: None: the integrations whose package is imported when the session starts (autodetect).
@@ -132,6 +133,12 @@ def _parse(name: str, kind: str, value: Any, source: str) -> Any:
         if isinstance(names, str) or not isinstance(names, (list, tuple)):
             raise CirronConfigError(f"{where} must be a list of names, got {value!r}")
         return tuple(str(n).strip() for n in names if str(n).strip())
+    if kind == "bytes":
+        size = parse_byte_size(value)
+        if size is None:
+            raise CirronConfigError(f"{where} must be a positive size in bytes (1073741824, 1GB, 512MiB), "
+                                    f"got {value!r}")
+        return size
     if kind in ("pos_float", "pos_int"):
         try:
             num = float(value) if kind == "pos_float" else int(value)
@@ -141,6 +148,28 @@ def _parse(name: str, kind: str, value: Any, source: str) -> Any:
             raise CirronConfigError(f"{where} must be a positive number, got {value!r}")
         return num
     raise AssertionError(kind)
+
+
+_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]i?b?|b)?\s*$", re.I)
+_SIZE_UNITS = {"": 1, "b": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12,
+               "ki": 2**10, "mi": 2**20, "gi": 2**30, "ti": 2**40}
+
+
+def parse_byte_size(value: Any) -> int | None:
+    """``1073741824``, ``"1GB"`` (10^9), ``"1GiB"`` (2^30), ``"512 MiB"``, ``"1.5G"`` → bytes; None
+    when it is not a positive size."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value if value > 0 else None
+    if not isinstance(value, str):
+        return None
+    m = _SIZE_RE.match(value)
+    if m is None:
+        return None
+    unit = (m.group(2) or "").lower().removesuffix("b")
+    size = int(float(m.group(1)) * _SIZE_UNITS[unit])
+    return size if size > 0 else None
 
 
 def check_inline(inline: Any) -> dict[str, Any]:

@@ -10,6 +10,7 @@ import importlib.util
 from importlib import metadata
 
 from cirron._errors import CirronDependencyError
+from cirron._version import DISTRIBUTION
 
 #: import name → (distribution name, cirron extra that installs it)
 OPTIONAL: dict[str, tuple[str, str]] = {
@@ -74,7 +75,7 @@ class MissingDependencies(CirronDependencyError):
         others = [n for n in missing if ALIASES.get(n, n) not in OPTIONAL]
         parts = []
         if extras:
-            parts.append(f"pip install 'cirron[{','.join(extras)}]'")
+            parts.append(f"pip install '{DISTRIBUTION}[{','.join(extras)}]'")
         if others:
             parts.append("pip install " + " ".join(others))
         Exception.__init__(self, f"missing optional dependencies: {', '.join(missing)}. Install with: "

@@ -29,7 +29,9 @@ class CirronDependencyError(CirronError, ImportError):
     """An optional dependency is missing; the message carries the pip command that installs it."""
 
     def __init__(self, package: str, feature: str, extra: str | None = None) -> None:
-        hint = f"pip install 'cirron[{extra}]'" if extra else f"pip install {package}"
+        from cirron._version import DISTRIBUTION
+
+        hint = f"pip install '{DISTRIBUTION}[{extra}]'" if extra else f"pip install {package}"
         super().__init__(f"{feature} needs {package}, which is not installed. Install it with: {hint}")
         self.package = package
         self.feature = feature

@@ -97,7 +97,8 @@ def resolve(cfg: Any, name: str) -> Path | str:
         raw = _entry_path(name, data[name])
         if raw.startswith("platform://"):
             raise CirronConfigError(
-                f"dataset alias {name!r} points at {raw!r}, which is not a local file; use source='platform'"
+                f"dataset alias {name!r} points at {raw!r}, which the platform would serve; downloading from "
+                "the platform is not supported by this SDK version: download it and point the alias at the copy"
             )
         if remote_scheme(raw):
             return raw  # type: ignore[return-value]

@@ -38,7 +38,7 @@ What the sink does with each batch the flush service hands it:
   (the records stay queued for the background retries).
 
 ``http/protobuf`` (the OpenTelemetry default) needs the ``otlp`` extra
-(``pip install 'cirron[otlp]'``); without it ``ci.profile(output="otlp")`` raises
+(``pip install 'cirron-trace[otlp]'``); without it ``ci.profile(output="otlp")`` raises
 :class:`cirron.CirronDependencyError` right away rather than failing later in the background.
 """
 

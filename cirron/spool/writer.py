@@ -126,6 +126,10 @@ class SpoolWriter:
             self._used = self.used_bytes()
         if self._used + incoming <= self.max_bytes:
             return
+        if incoming > self.max_bytes:  # no eviction can make room: keep the older sessions
+            self.refused_writes += 1
+            raise SpoolFullError(f"a write of {incoming} bytes is larger than the cap of spool {self.spool_dir} "
+                                 f"({self.max_bytes} bytes); nothing was evicted")
         for session_id, files in self._finished_sessions_oldest_first():
             self._evict(session_id, files)
             self._used = self.used_bytes()

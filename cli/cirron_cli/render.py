@@ -102,6 +102,12 @@ def format_iso_ns(ns: int | None) -> str:
     return dt.strftime("%Y-%m-%dT%H:%M:%S") + f".{rem // 1_000_000:03d}Z"
 
 
+def json_ns(v: object) -> str | None:
+    """A nanosecond timestamp in ``--json`` output: a decimal string (int64 stays exact in every
+    JSON reader), ``None`` when unknown. Every ``--json`` uses this."""
+    return str(v) if type(v) is int else None
+
+
 def short_id(session_id: str, n: int = 8) -> str:
     """The first ``n`` characters and ``…`` (ids that are not longer are shown whole)."""
     return session_id if len(session_id) <= n or session_id.startswith("(") else session_id[:n] + "…"

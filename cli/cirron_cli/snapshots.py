@@ -212,7 +212,7 @@ def snapshots_cmd(
     rows = sorted(groups.values(), key=lambda g: (g["start_ns"] if type(g["start_ns"]) is int else 0, g["span_id"]))
     if as_json:
         _echo_json({"dir": str(loaded[0][0].resolve()), "dirs": [str(d.resolve()) for d, _x in loaded],
-                    "spans": rows})
+                    "spans": [dict(g, start_ns=render.json_ns(g["start_ns"])) for g in rows]})
         return
     n = len(rows)
     where = f"Spool: {loaded[0][0].resolve()}" if len(loaded) == 1 else f"Spools: {len(loaded)} directories"
@@ -390,7 +390,7 @@ def _export_blobs(headers: list[st.SafetensorsHeader], raw: str) -> list[Path]:
 
 
 def snapshot_cmd(
-    span_id: str = typer.Argument(..., help="Span id (prefix allowed)."),
+    span_id: str | None = typer.Argument(None, help="Span id (prefix allowed); optional with --file."),
     tensor: str | None = typer.Argument(None, help="Tensor name, verbatim (e.g. 2.weight)."),
     spool: list[str] = typer.Option([DEFAULT_SPOOL], "--spool", show_default=True,
                                     help="Spool directory to read (repeatable; globs allowed)."),
@@ -401,7 +401,18 @@ def snapshot_cmd(
     as_json: bool = typer.Option(False, "--json", help="Machine-readable JSON."),
     no_color: bool = typer.Option(False, "--no-color", help="Disable ANSI colour."),
 ) -> None:
-    """Inspect one span's snapshots: stats, safetensors headers, histogram, preview and export."""
+    """Inspect one span's snapshots: stats, safetensors headers, histogram, preview and export.
+
+    With --file the span may be left out: the file's own metadata names it.
+    """
+    if file is not None and span_id is not None and tensor is None:
+        # One argument beside --file: a tensor of that file, unless it is not one (then a span).
+        if any(t.name == span_id for t in _read_headers([file])[0].tensors):
+            span_id, tensor = None, span_id
+    if span_id is None:
+        if file is None:
+            fail("Missing argument 'SPAN_ID' (or pass --file PATH to inspect a safetensors file)", 2)
+        span_id = _read_headers([file])[0].metadata.get("span_id") or ""
     if (preview is not None or tail is not None) and tensor is None:
         fail("--preview/--tail need a tensor name: cirron traces snapshot <span> <tensor> --preview N")
     loaded = [(d, _load(d)) for d in _spool_dirs(spool)]
@@ -418,7 +429,7 @@ def snapshot_cmd(
         sid = rec.get("span_id")
         if isinstance(sid, str):
             by_span.setdefault(sid, []).append(rec)
-    matches = sorted(s for s in by_span if s.startswith(span_id))
+    matches = sorted(s for s in by_span if s.startswith(span_id)) if span_id else []
     if len(matches) > 1 and span_id not in by_span:
         shown = ", ".join(_short(m) for m in matches[:5])
         fail(f"Span id {span_id} is ambiguous: it matches {len(matches)} spans ({shown})")
@@ -500,7 +511,7 @@ def snapshot_cmd(
         return
 
     bold = (lambda s: f"\x1b[1m{s}\x1b[0m") if color else (lambda s: s)
-    typer.echo(f"{bold('Span')}     {full_id}")
+    typer.echo(f"{bold('Span')}     {full_id or '-'}")
     typer.echo(f"{bold('Name')}     {label_of(span_rec) if span_rec else '(unknown)'}")
     typer.echo(f"{bold('Session')}  {session_id or '-'}")
     typer.echo(f"{bold('Records')}  {len(records)} snapshot record{'' if len(records) == 1 else 's'}")

@@ -97,6 +97,7 @@ def flush(
 
     show_bar = sys.stderr.isatty() and not json_out
     last_error = ""
+    last_status: int | None = None
     interrupted = False
     with httpx.Client(timeout=timeout) as client:
         progress = None
@@ -132,6 +133,7 @@ def flush(
                 except OTLPExportError as exc:
                     summary["failed"] += 1
                     last_error = str(exc)
+                    last_status = exc.status
                     if exc.status in (401, 403):
                         break  # every other file would be refused the same way
                     continue
@@ -146,6 +148,7 @@ def flush(
             if progress is not None:
                 progress.stop()
     not_sent = len(pending) - summary["uploaded"] - summary["skipped"]
+    refused = last_status in (401, 403)
     if json_out:
         summary["error"] = last_error or None
         report()
@@ -157,6 +160,10 @@ def flush(
         typer.echo(f"Interrupted: {render.plural(not_sent, 'batch file')} left; run `cirron spool flush` again "
                    "to resume.", err=True)
         raise typer.Exit(EXIT_INTERRUPTED)
+    if not_sent and refused:  # running again would be refused the same way
+        fail(f"{render.plural(not_sent, 'batch file')} not uploaded: the platform refused the API key "
+             f"({last_error}). Check it with `cirron status`, set a valid one with `cirron auth login "
+             "--api-key …` (or CIRRON_API_KEY), then run `cirron spool flush` again.")
     if not_sent:
         fail(f"{render.plural(not_sent, 'batch file')} not uploaded ({last_error}). "
              "Run `cirron spool flush` again to resume.")

@@ -158,10 +158,6 @@ def parse_iso_date(text: str) -> int | None:
         return None
 
 
-def _ns_str(v: Any) -> str | None:
-    return str(v) if type(v) is int else None
-
-
 # ============================================================================ view
 
 #: Styles of the parts of a view line (cirron._format.view_span_line / view_mark_line).
@@ -323,8 +319,8 @@ class _SessionView:
                 sp = node["span"]
                 out_nodes.append({
                     "type": "span", "depth": node["depth"], "id": sp["id"], "parent_id": sp.get("parent_id"),
-                    "name": sp.get("name"), "index": sp.get("index"), "start_ns": _ns_str(sp.get("start_ns")),
-                    "end_ns": _ns_str(sp.get("end_ns")), "duration_ns": _ns_str(_wall(sp)),
+                    "name": sp.get("name"), "index": sp.get("index"), "start_ns": render.json_ns(sp.get("start_ns")),
+                    "end_ns": render.json_ns(sp.get("end_ns")), "duration_ns": render.json_ns(_wall(sp)),
                     "attrs": _limit_depth(sp.get("attrs") or {}, 32),
                 })
             elif t == "mark":
@@ -333,7 +329,7 @@ class _SessionView:
                 out_nodes.append({
                     "type": "mark", "depth": node["depth"], "id": m["id"], "span_id": m.get("span_id"),
                     "name": m.get("name"), "value": _json_scalar(v), "value_type": m.get("value_type"),
-                    "kind": m.get("kind"), "ts_ns": _ns_str(m.get("ts_ns")),
+                    "kind": m.get("kind"), "ts_ns": render.json_ns(m.get("ts_ns")),
                 })
             elif t == "collapsed":
                 out_nodes.append({"type": "collapsed", "depth": node["depth"], "spans": node["spans"],
@@ -350,8 +346,8 @@ def _json_scalar(v: Any) -> Any:
 def _session_summary(s: SessionInfo) -> dict:
     return {
         "id": s.id,
-        "started_ns": _ns_str(s.started_ns),
-        "ended_ns": _ns_str(s.ended_ns),
+        "started_ns": render.json_ns(s.started_ns),
+        "ended_ns": render.json_ns(s.ended_ns),
         "live": s.live,
         "crashed": s.crashed,
         "spans": s.spans,
@@ -525,7 +521,7 @@ def _duration_text(s: SessionInfo) -> str:
 
 
 def _run_summary(r: Any) -> dict:
-    return {"id": r.id, "started_ns": _ns_str(r.started_ns), "ranks": r.ranks,
+    return {"id": r.id, "started_ns": render.json_ns(r.started_ns), "ranks": r.ranks,
             "sessions": [s.id for s in r.sessions]}
 
 

@@ -355,6 +355,40 @@ def test_disk_cap_evicts_oldest_finished_sessions(tmp_path: Path) -> None:
     assert sum(p.stat().st_size for p in spool.rglob("*") if p.is_file()) <= int(sizes * 0.8)
 
 
+def test_a_cap_smaller_than_one_batch_evicts_nothing(tmp_path: Path) -> None:
+    spool = tmp_path / ".cirron" / "spool"
+    c = Cirron(spool_dir=spool, flush_interval=60)
+    c.profile()
+    with c.scope("old"):
+        pass
+    c.shutdown()
+    before = sorted(p.name for p in batch_files(spool))
+    c = Cirron(spool_dir=spool, flush_interval=60, max_spool_bytes=64)  # smaller than any batch
+    c.profile()
+    with c.scope("new"):
+        pass
+    c.shutdown()
+    h = c.health()["sinks"]["spool"]
+    assert h["refused_writes"] >= 1 and h["evicted_sessions"] == 0
+    assert before and set(before) <= {p.name for p in batch_files(spool)}  # the older session is intact
+
+
+@pytest.mark.parametrize("value,expected", [("1GB", 10**9), ("1GiB", 2**30), ("512 MiB", 512 * 2**20),
+                                            ("1.5k", 1500), ("4096", 4096), (2048, 2048)])
+def test_disk_cap_takes_units(monkeypatch: pytest.MonkeyPatch, value: object, expected: int) -> None:
+    assert Cirron(max_spool_bytes=value).config.max_spool_bytes == expected
+    monkeypatch.setenv("CIRRON_MAX_SPOOL_BYTES", str(value))
+    assert Cirron().config.max_spool_bytes == expected
+
+
+@pytest.mark.parametrize("value", ["0", "-1GB", "lots", "1XB", True])
+def test_bad_disk_cap_is_a_config_error(value: object) -> None:
+    from cirron import CirronConfigError
+
+    with pytest.raises(CirronConfigError, match="max_spool_bytes"):
+        Cirron(max_spool_bytes=value)
+
+
 @pytest.mark.parametrize("where", ["loop_thread", "other_thread"])
 def test_sync_shutdown_inside_async_profiling_ends_cleanly(spool_dir: Path, where: str) -> None:
     import asyncio

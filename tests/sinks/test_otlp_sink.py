@@ -242,7 +242,7 @@ def test_missing_protobuf_dependency_fails_at_profile(otlp_env: Receiver, tmp_pa
                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "opentelemetry.proto.collector.trace.v1.trace_service_pb2", None)
     c = cirron.Cirron(spool_dir=tmp_path / "spool", output=["otlp"], flush_interval=0.05)
-    with pytest.raises(CirronDependencyError, match=r"pip install 'cirron\[otlp\]'"):
+    with pytest.raises(CirronDependencyError, match=r"pip install 'cirron-trace\[otlp\]'"):
         c.profile()
     c.shutdown()
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json")  # json needs no extra

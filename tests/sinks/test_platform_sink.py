@@ -97,12 +97,13 @@ def test_spool_flush_errors_are_one_line(platform_receiver: Receiver, tmp_path: 
     assert res.exit_code == 1
     assert res.output.strip().startswith("Error: No API key configured")
     assert "Traceback" not in res.output
-    # Refused key: stops at the first file, nothing marked, resumable.
+    # Refused key: stops at the first file, nothing marked; the message says to fix the key first.
     rcv.plan = [("status", 401, {}, b'{"error":"bad key"}')]
     res = runner.invoke(app, ["spool", "flush", "--spool", str(spool), "--endpoint", rcv.url],
                         env={"CIRRON_API_KEY": "wrong-key-000000"})
     assert res.exit_code == 1
-    assert "Error:" in res.output and "HTTP 401" in res.output and "again to resume" in res.output
+    assert "Error:" in res.output and "HTTP 401" in res.output and "refused the API key" in res.output
+    assert "cirron auth login" in res.output and "again to resume" not in res.output
     assert rcv.attempts == 1 and UploadState(spool).uploaded_ids() == set()
     # Bad endpoint.
     res = runner.invoke(app, ["spool", "flush", "--spool", str(spool), "--endpoint", "ftp://x"],

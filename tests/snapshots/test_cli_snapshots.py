@@ -56,6 +56,8 @@ def test_snapshots_table(demo) -> None:
     doc = json.loads(r3.output)
     assert [g["name"] for g in doc["spans"]] == ["epoch[0]", "epoch[1]", "epoch[2]"]
     assert doc["spans"][0]["with_blob"] == 4 and doc["spans"][0]["modes"] == ["full"]
+    # timestamps as every other --json writes them: decimal strings
+    assert all(isinstance(g["start_ns"], str) and int(g["start_ns"]) > 0 for g in doc["spans"])
 
 
 def test_snapshots_errors(demo, tmp_path: Path) -> None:
@@ -307,3 +309,24 @@ def test_snapshot_of_a_session_without_spans_names_its_batch_session(factory) ->
     r = run("traces", "snapshot", span_id[:12], "--json", "--spool", str(factory.spool_dir))
     assert r.exit_code == 0, r.output
     assert json.loads(r.output)["session_id"] == "5e55" * 8
+
+
+def test_snapshot_file_without_a_span(demo, tmp_path: Path) -> None:
+    import numpy as np
+
+    from cirron import safetensors_io as st
+
+    blob = next(Path(demo["spool"]).parent.joinpath("snapshots").rglob("weights.safetensors"))
+    h = st.read_header(blob)
+    name = h.tensors[0].name
+    r = run("traces", "snapshot", "--file", str(blob), name, "--preview", "2", "--spool", demo["spool"], "--no-color")
+    assert r.exit_code == 0, r.output
+    assert f"Span     {h.metadata['span_id']}" in r.output and "first 2:" in r.output  # named by the file
+    foreign = tmp_path / "other.safetensors"
+    st.write_file(foreign, [("a", "F32", [3], np.ones(3, dtype=np.float32).tobytes())])
+    r = run("traces", "snapshot", "--file", str(foreign), "a", "--preview", "3", "--spool", str(tmp_path / "none"),
+            "--no-color")
+    assert r.exit_code == 0, r.output
+    assert "Span     -" in r.output and "first 3: [1, 1, 1]" in r.output
+    r = run("traces", "snapshot", "--spool", demo["spool"])
+    assert r.exit_code == 2 and "Missing argument 'SPAN_ID'" in r.output

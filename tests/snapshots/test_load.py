@@ -61,8 +61,9 @@ def test_alias_from_project_file(tmp_path: Path, spool_dir: Path) -> None:
     assert c.load("train").tolist() == [1.0, 1.0, 1.0]
     with pytest.raises(CirronConfigError, match="does not exist"):
         c.load("test")
-    with pytest.raises(CirronConfigError, match="not a local file"):
+    with pytest.raises(CirronConfigError, match="not supported by this SDK version") as ei:
         c.load("remote")
+    assert "source='platform'" not in str(ei.value)  # no advice that leads to "not supported"
     with pytest.raises(CirronConfigError, match=r"aliases: remote, test, train"):
         c.load("nope")
 
