@@ -6,9 +6,9 @@ from collections.abc import Iterator
 
 import pytest
 
-pytest.importorskip("starlette", reason="cirron ui needs the 'ui' extra: pip install 'cirron[ui]'")
-pytest.importorskip("uvicorn", reason="cirron ui needs the 'ui' extra: pip install 'cirron[ui]'")
-pytest.importorskip("plotly", reason="cirron ui needs the 'ui' extra: pip install 'cirron[ui]'")
+pytest.importorskip("starlette", reason="cirron ui needs the 'ui' extra: pip install 'cirron-trace[ui]'")
+pytest.importorskip("uvicorn", reason="cirron ui needs the 'ui' extra: pip install 'cirron-trace[ui]'")
+pytest.importorskip("plotly", reason="cirron ui needs the 'ui' extra: pip install 'cirron-trace[ui]'")
 
 from ui_helpers import Runs, UIServer, make_run
 

@@ -263,4 +263,4 @@ def test_missing_extra_gives_the_install_hint(monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "plotly" else real(name, *a))
     result = CliRunner().invoke(app, ["ui"])
     assert result.exit_code == 1
-    assert "cirron ui needs plotly: pip install 'cirron[ui]'" in result.output
+    assert "cirron ui needs plotly: pip install 'cirron-trace[ui]'" in result.output
