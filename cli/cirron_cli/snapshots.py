@@ -172,21 +172,27 @@ def snapshots_cmd(
     as_json: bool = typer.Option(False, "--json", help="Machine-readable JSON."),
 ) -> None:
     """Table of the spans that recorded weight/gradient snapshots."""
-    loaded = [(d, _load(d)) for d in _spool_dirs(spool)]
-    if not any(data.sessions or data.snapshots for _d, data in loaded):
+    from cirron.spool.catalog import open_catalog
+
+    dirs = _spool_dirs(spool)
+    for d in dirs:
+        if d.exists() and not d.is_dir():
+            fail(f"Spool path {d} is not a directory")
+    cat = open_catalog(dirs, warn)
+    if not cat.sessions:
         render.no_traces(err=True)
         raise typer.Exit(1)
-    chosen: list[tuple[Any, Any]] = []
-    for _d, data in loaded:
-        chosen.extend((data, sess) for sess in (data.find(session) if session else data.sessions))
-    if session and not chosen:
+    infos = cat.find(session) if session else cat.sessions
+    if session and not infos:
         fail(f"No session found matching {session}")
+    # Only sessions that recorded snapshots are read, one at a time (the index knows which).
+    chosen = ((s, {x["id"]: x for x in s.spans}) for s in cat.iter_load(i for i in infos if i.snapshots))
     span_prefix = span or span_id
     if span and span_id and not span.startswith(span_id) and not span_id.startswith(span):
         fail(f"--span {span} and the positional span id {span_id} disagree")
 
     groups: dict[str, dict[str, Any]] = {}
-    for data, sess in chosen:
+    for sess, spans_by_id in chosen:
         for rec in sess.snapshots:
             sid = rec.get("span_id")
             if not isinstance(sid, str):
@@ -195,7 +201,7 @@ def snapshots_cmd(
                 continue
             g = groups.get(sid)
             if g is None:
-                sp = data.spans.get(sid)
+                sp = spans_by_id.get(sid)
                 g = groups[sid] = {
                     "session_id": sess.id, "span_id": sid, "name": label_of(sp) if sp else "(unknown)",
                     "start_ns": sp.get("start_ns") if sp else None,
@@ -211,11 +217,11 @@ def snapshots_cmd(
         fail(f"No snapshots found for span {span_prefix}")
     rows = sorted(groups.values(), key=lambda g: (g["start_ns"] if type(g["start_ns"]) is int else 0, g["span_id"]))
     if as_json:
-        _echo_json({"dir": str(loaded[0][0].resolve()), "dirs": [str(d.resolve()) for d, _x in loaded],
+        _echo_json({"dir": str(dirs[0].resolve()), "dirs": [str(d.resolve()) for d in dirs],
                     "spans": [dict(g, start_ns=render.json_ns(g["start_ns"])) for g in rows]})
         return
     n = len(rows)
-    where = f"Spool: {loaded[0][0].resolve()}" if len(loaded) == 1 else f"Spools: {len(loaded)} directories"
+    where = f"Spool: {dirs[0].resolve()}" if len(dirs) == 1 else f"Spools: {len(dirs)} directories"
     typer.echo(f"{where}  ({n} span{'' if n == 1 else 's'} with snapshots)")
     if not rows:
         typer.echo("No snapshots recorded. Wrap a model with ci.wrap() and loop with ci.epochs() to take some.")
