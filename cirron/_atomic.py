@@ -20,6 +20,41 @@ def temporary_name(path: Path) -> Path:
     return path.with_name(f"{TMP_PREFIX}{os.getpid()}-{os.urandom(4).hex()}-{path.name}")
 
 
+def _pid_gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # it exists, owned by someone else
+        return False
+    return False
+
+
+def remove_orphaned_temporaries(directory: str | os.PathLike[str]) -> int:
+    """Delete the temporary files (:func:`temporary_name`) in ``directory`` whose writer died
+    mid-write (its pid is gone); returns how many. Only regular files are touched."""
+    removed = 0
+    try:
+        it = os.scandir(directory)
+    except OSError:
+        return 0
+    with it:
+        for entry in it:
+            if not entry.name.startswith(TMP_PREFIX):
+                continue
+            pid = entry.name[len(TMP_PREFIX):].split("-", 1)[0]
+            if not pid.isdigit() or int(pid) == os.getpid():
+                continue
+            try:
+                if not entry.is_file(follow_symlinks=False) or not _pid_gone(int(pid)):
+                    continue
+                os.unlink(entry.path)
+                removed += 1
+            except OSError:
+                pass
+    return removed
+
+
 @contextlib.contextmanager
 def atomic_file(path: str | os.PathLike[str], *, fsync: bool = False) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success it replaces ``path`` in one rename,

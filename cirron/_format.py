@@ -33,6 +33,20 @@ def _plain(text: str, role: str) -> str:
     return text
 
 
+_CONTROL_RE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def _escape_one(m: re.Match[str]) -> str:
+    c = ord(m.group())
+    return f"\\x{c:02x}" if c < 0x100 else f"\\u{c:04x}"
+
+
+def escape_control(text: str) -> str:
+    """``text`` safe to print on a terminal: control characters (escape sequences, bells, carriage
+    returns, line breaks...) from names and values become visible ``\\xNN`` escapes."""
+    return _CONTROL_RE.sub(_escape_one, text)
+
+
 #: The span ``@ci.inference`` opens per call; its label names the endpoint it serves.
 REQUEST_SPAN = "request"
 
@@ -142,19 +156,20 @@ def format_attrs(attrs: Mapping[str, object] | None) -> str:
 def trace_line(depth: int, label: str, wall_ns: int | None, attrs: Mapping[str, object] | None,
                latest_marks: Mapping[str, object] | None) -> str:
     """One span of ``ci.trace()``: ``  epoch[0] - 142us lr=0.1 {loss=0.25}``."""
-    parts = [f"{'  ' * depth}{label} - {format_duration_short(wall_ns)}"]
+    parts = [f"{'  ' * depth}{escape_control(label)} - {format_duration_short(wall_ns)}"]
     if attrs:
-        parts.append(format_attrs(attrs))
+        parts.append(escape_control(format_attrs(attrs)))
     if latest_marks:
-        parts.append("{" + ", ".join(f"{k}={format_value(v)}" for k, v in latest_marks.items()) + "}")
+        marks = ", ".join(f"{k}={format_value(v)}" for k, v in latest_marks.items())
+        parts.append("{" + escape_control(marks) + "}")
     return " ".join(parts)
 
 
 def view_span_line(depth: int, label: str, duration: str, attrs: str = "", paint: Painter = _plain) -> str:
     """One span of the view: ``  epoch[0] — 42.1ms lr=0.1``. ``duration`` is already text (a
     :func:`format_duration_ns` result, or the view's ``(live)``/``(crashed)`` for an open span)."""
-    line = f"{'  ' * depth}{paint(label, 'label')} — {paint(duration, 'duration')}"
-    return f"{line} {paint(attrs, 'attrs')}" if attrs else line
+    line = f"{'  ' * depth}{paint(escape_control(label), 'label')} — {paint(duration, 'duration')}"
+    return f"{line} {paint(escape_control(attrs), 'attrs')}" if attrs else line
 
 
 def path_span_line(path: str, duration: str, attrs: str = "") -> str:
@@ -171,5 +186,5 @@ def path_mark_line(path: str, name: object, value: str, summary: bool = False) -
 
 def view_mark_line(depth: int, name: object, value: str, summary: bool = False, paint: Painter = _plain) -> str:
     """One mark of the view, on its own line below its span: ``    ci.mark loss=0.25 (summary)``."""
-    text = f"ci.mark {name}={value}{' (summary)' if summary else ''}"
+    text = escape_control(f"ci.mark {name}={value}") + (" (summary)" if summary else "")
     return f"{'  ' * depth}{paint(text, 'mark')}"

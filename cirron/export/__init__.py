@@ -20,7 +20,15 @@ from typing import Any
 
 import orjson
 
-from cirron.export._common import NoSessionFound, NoTracesFound, atomic_dir, atomic_file
+from cirron.export._common import (
+    STDOUT,
+    NoSessionFound,
+    NoTracesFound,
+    OutputRefused,
+    atomic_dir,
+    atomic_file,
+    check_output,
+)
 from cirron.export._csv import CSV_COLUMNS, write_csv
 from cirron.export._json import write_json
 from cirron.export._otlp import (
@@ -39,11 +47,14 @@ __all__ = [
     "DEFAULT_OUTPUTS",
     "FORMATS",
     "PARQUET_FILES",
+    "STDOUT",
     "NoSessionFound",
     "NoTracesFound",
+    "OutputRefused",
     "atomic_dir",
     "atomic_file",
     "build_request",
+    "check_output",
     "encode_resource_spans",
     "encode_session",
     "otlp_request",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import stat
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,11 +13,58 @@ from typing import Any
 
 import msgspec
 
-from cirron._atomic import atomic_file
+from cirron._atomic import atomic_file as _atomic_file
 from cirron._schema import encode_float, encode_int
 from cirron.spool.reader import safe_dumps
 
-__all__ = ["atomic_dir", "atomic_file", "attrs_json", "attrs_text", "duration_ns", "json_scalar"]
+__all__ = ["OutputRefused", "atomic_dir", "atomic_file", "attrs_json", "attrs_text", "check_output", "duration_ns",
+           "json_scalar"]
+
+#: ``--output -``: the single-file formats write to standard output.
+STDOUT = "-"
+
+
+class OutputRefused(OSError):
+    """The output path names something an export must not replace (one-line message)."""
+
+
+def _kind(mode: int) -> str | None:
+    if stat.S_ISLNK(mode):
+        return "a symlink"
+    if stat.S_ISDIR(mode):
+        return "a directory"
+    if stat.S_ISFIFO(mode):
+        return "a FIFO"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    return None
+
+
+def check_output(path: str | os.PathLike[str], *, directory: bool = False) -> None:
+    """Refuse (:class:`OutputRefused`) an output path that is a symlink, device, FIFO, socket or
+    (for a file export) a directory: an export only ever replaces a regular file, or fills a
+    real directory (``directory=True``)."""
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise OutputRefused(exc.errno, f"Cannot write {path}: {exc.strerror or exc}") from None
+    kind = _kind(mode)
+    if kind is None or (directory and kind == "a directory"):
+        return
+    hint = " (use --output - for standard output)" if kind != "a directory" else ""
+    raise OutputRefused(f"Cannot write {path}: it is {kind}, which an export never replaces{hint}")
+
+
+@contextlib.contextmanager
+def atomic_file(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """:func:`cirron._atomic.atomic_file` for an export's output, after :func:`check_output`."""
+    check_output(path)
+    with _atomic_file(path) as tmp:
+        yield tmp
 
 
 @contextlib.contextmanager
@@ -28,6 +76,9 @@ def atomic_dir(path: str | os.PathLike[str], names: tuple[str, ...]) -> Iterator
     aside first and removed once the new one is in place (a file there is never replaced by a
     directory: that fails with an ``OSError``)."""
     path = Path(path)
+    check_output(path, directory=True)
+    for n in names:
+        check_output(path / n, directory=True)
     path.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".cirron-export-", dir=path))
     try:
@@ -41,6 +92,7 @@ def atomic_dir(path: str | os.PathLike[str], names: tuple[str, ...]) -> Iterator
                     os.replace(dst, tmp / f".old-{n}")
                 os.replace(src, dst)
             else:
+                check_output(dst)
                 os.chmod(src, 0o644 & ~_umask())
                 os.replace(src, dst)
     finally:

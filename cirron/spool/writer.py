@@ -11,10 +11,10 @@ import re
 import shutil
 from pathlib import Path
 
-from cirron._atomic import atomic_write
+from cirron._atomic import atomic_write, remove_orphaned_temporaries
 from cirron._safeopen import open_regular
 from cirron._schema import BATCH_NAME_RE, batch_file_name
-from cirron.spool.paths import TMP_PREFIX, hold_lock, is_safe_id, live_dir, live_lock_path, snapshots_dir
+from cirron.spool.paths import hold_lock, is_safe_id, live_dir, live_lock_path, snapshots_dir
 
 __all__ = ["SpoolFullError", "SpoolWriter", "atomic_write"]
 
@@ -67,22 +67,18 @@ class SpoolWriter:
             self._lock_fd = hold_lock(live_lock_path(self.spool_dir, self.session_id))
 
     def _remove_orphaned_temporaries(self) -> None:
-        """Temporary files left by writers that died mid-write (their pid is gone)."""
-        for entry in os.scandir(self.spool_dir):
-            if not entry.name.startswith(TMP_PREFIX):
-                continue
-            pid = entry.name[len(TMP_PREFIX):].split("-", 1)[0]
-            if not pid.isdigit() or int(pid) == os.getpid():
-                continue
-            try:
-                os.kill(int(pid), 0)
-            except ProcessLookupError:
-                try:
-                    os.unlink(entry.path)
-                except OSError:
-                    pass
-            except OSError:
-                pass
+        """Temporary files left by writers that died mid-write (their pid is gone): in the spool
+        and in every snapshot directory (a blob being written when the process was killed)."""
+        remove_orphaned_temporaries(self.spool_dir)
+        snaps = snapshots_dir(self.spool_dir)
+        remove_orphaned_temporaries(snaps)
+        try:
+            with os.scandir(snaps) as it:
+                span_dirs = [e.path for e in it if e.is_dir(follow_symlinks=False)]
+        except OSError:
+            return
+        for d in span_dirs:
+            remove_orphaned_temporaries(d)
 
     def close(self) -> None:
         """Release the liveness lock: from now on readers see the session as finished or crashed."""

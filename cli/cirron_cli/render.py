@@ -9,7 +9,10 @@ from typing import Any, NoReturn, TextIO
 
 import typer
 
-from cirron._format import format_duration_ns  # noqa: F401  (re-exported for the commands)
+from cirron._format import (
+    escape_control,
+    format_duration_ns,  # noqa: F401  (re-exported for the commands)
+)
 
 _SIZE_UNITS = ("KB", "MB", "GB", "TB", "PB")
 
@@ -50,7 +53,7 @@ def box_table(
         justify: Any = "right" if i in right else "center" if i in center else "left"
         table.add_column(Text(h, justify=justify if headers_follow else "left"), justify=justify, no_wrap=True)
     for row in rows:
-        table.add_row(*(Text(str(c)) for c in row))
+        table.add_row(*(Text(escape_control(str(c))) for c in row))
     out = io.StringIO()
     Console(file=out, width=1_000_000, color_system=None, highlight=False, emoji=False, markup=False).print(table)
     return out.getvalue().rstrip("\n")
@@ -66,12 +69,12 @@ def use_color(no_color: bool = False, stream: TextIO | None = None) -> bool:
 
 def fail(message: str, code: int = 1) -> NoReturn:
     """Print ``Error: <message>`` on stderr and exit with ``code``."""
-    typer.echo(f"Error: {message}", err=True)
+    typer.echo(f"Error: {escape_control(message)}", err=True)
     raise typer.Exit(code)
 
 
 def warn(message: str) -> None:
-    typer.echo(f"Warning: {message}", err=True)
+    typer.echo(f"Warning: {escape_control(message)}", err=True)
 
 
 # ---------------------------------------------------------------- added for traces/spool commands

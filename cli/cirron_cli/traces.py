@@ -555,17 +555,38 @@ _EXTS = {"otel": ".otlp.json", "otlp": ".otlp.json", "csv": ".csv", "json": ".js
 
 
 def _file_target(output: str | None, fmt: str) -> Path:
+    """The file an export writes: ``--output`` (inside it when it is a real directory), refused
+    when it is a symlink, device, FIFO or socket (:func:`cirron.export._common.check_output`)."""
     from cirron.export import DEFAULT_OUTPUTS
+    from cirron.export._common import OutputRefused, check_output
 
     path = Path(output) if output else Path(DEFAULT_OUTPUTS[fmt])
-    if path.is_dir():
+    if path.is_dir() and not path.is_symlink():
         path = path / ("cirron-traces" + _EXTS[fmt])
+    try:
+        check_output(path)
+    except OutputRefused as exc:
+        fail(str(exc))
     parent = path.parent
     if not parent.is_dir():
         fail(f"Cannot write {path}: directory {parent} does not exist")
     if not os.access(parent, os.W_OK):
         fail(f"Cannot write {path}: permission denied")
     return path
+
+
+@contextlib.contextmanager
+def _stdout_target() -> Iterator[Path]:
+    """A private temporary file an export writes; its content then goes to standard output."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="cirron-export-") as d:
+        path = Path(d) / "out"
+        yield path
+        with open(path, "rb") as fh:
+            out = sys.stdout.buffer
+            shutil.copyfileobj(fh, out, 1 << 20)
+            out.flush()
 
 
 def _parse_headers(values: list[str]) -> dict[str, str]:
@@ -657,33 +678,41 @@ def export(
     from cirron import export as ex
     from cirron._errors import CirronDependencyError
 
+    to_stdout = output == ex.STDOUT
+    target: Path | str = ex.STDOUT
     try:
         if fmt == "parquet":
+            if to_stdout:
+                fail("--output - (standard output) works with the single-file formats, not parquet", EXIT_USAGE)
             target = Path(output) if output else Path(ex.DEFAULT_OUTPUTS[fmt])
-            if target.exists() and not target.is_dir():
+            if target.is_symlink() or (target.exists() and not target.is_dir()):
+                ex.check_output(target, directory=True)
                 fail(f"Cannot write {target}: not a directory (parquet export writes three files into a directory)")
             ex.write_parquet(_iter_chunks(cat, chosen, fields), target, partition_by=partition_by)
-        elif fmt == "csv":
-            target = _file_target(output, fmt)
-            rows = ex.write_csv(_iter_chunks(cat, chosen, fields), target)
-            typer.echo(f"Exported {render.plural(rows, 'span')} to {target}")
-            return
-        elif fmt == "json":
-            target = _file_target(output, fmt)
-            ex.write_json(_iter_chunks(cat, chosen, fields), target)
         else:
-            target = _file_target(output, fmt)
-            sessions = _iter_loaded(cat, chosen, fields, progress=True)
-            if fmt == "perfetto":
-                starts = [s.started_ns for s in chosen if s.started_ns is not None]
-                ex.write_perfetto(sessions, target, base_ns=min(starts) if starts else None)
-            else:
-                ex.write_otlp_json(sessions, target)
+            with contextlib.ExitStack() as stack:
+                path = stack.enter_context(_stdout_target()) if to_stdout else _file_target(output, fmt)
+                target = ex.STDOUT if to_stdout else path
+                if fmt == "csv":
+                    rows = ex.write_csv(_iter_chunks(cat, chosen, fields), path)
+                    what = render.plural(rows, "span")
+                elif fmt == "json":
+                    ex.write_json(_iter_chunks(cat, chosen, fields), path)
+                else:
+                    sessions = _iter_loaded(cat, chosen, fields, progress=True)
+                    if fmt == "perfetto":
+                        starts = [s.started_ns for s in chosen if s.started_ns is not None]
+                        ex.write_perfetto(sessions, path, base_ns=min(starts) if starts else None)
+                    else:
+                        ex.write_otlp_json(sessions, path)
     except CirronDependencyError as exc:
+        fail(str(exc))
+    except ex.OutputRefused as exc:
         fail(str(exc))
     except OSError as exc:
         fail(f"Cannot write {target}: {exc.strerror or exc}")
-    typer.echo(f"Exported {what} to {target}")
+    # the data itself may be on standard output: the summary then goes to stderr
+    typer.echo(f"Exported {what} to {'standard output' if to_stdout else target}", err=to_stdout)
 
 
 def _otlp_settings(endpoint: str, protocol: OtlpProtocol | None, headers: dict[str, str],
