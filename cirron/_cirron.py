@@ -27,6 +27,7 @@ from cirron._native import compiled_speedups
 from cirron._ranks import detect_rank
 from cirron._record.loop_exit import GRACE_S, LoopExits, uncaught_exception
 from cirron._record.span import NOOP_SCOPE, PyRecorder, Recorder, Scope, scope_factory
+from cirron._redact import redact_tree
 from cirron._schema import SESSION_SPAN_NAME
 from cirron._version import __version__
 
@@ -758,7 +759,7 @@ class Cirron:
             or self._collector.last_job_error or self._rec.last_internal_error
         runtime_error = getattr(self._runtime, "error", None)
         config_problems = list(self._config.problems) if self._config is not None else []
-        return {
+        return redact_tree({
             "running": self._state is State.RUNNING,
             "state": self._state.value,
             "session_id": self.session_id,
@@ -788,7 +789,7 @@ class Cirron:
             "compiled": compiled_speedups(),
             "sinks": sinks,
             "snapshots": self._snapshots.health() if self._snapshots is not None else None,
-        }
+        })
 
     # -- configuration helpers -------------------------------------------------------------------
 

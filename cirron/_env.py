@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import threading
 from pathlib import Path
 from typing import Any
 
-from cirron._errors import CirronSecretNotFound
+from cirron._errors import CirronConfigError, CirronSecretNotFound
+from cirron._redact import remember
+from cirron._safeopen import open_regular
 
 SECRETS_MOUNT = Path("/etc/cirron/secrets")
 ENV_SECRET_PREFIX = "CIRRON_SECRET_"
@@ -54,17 +57,40 @@ def env(name: str, default: Any = None) -> Any:
     return value
 
 
+#: What a secret name may be: letters, digits, ``_``, ``-`` and ``.`` (not first), 1 to 128 long.
+SECRET_NAME_RE = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,127}")
+
+
+def check_secret_name(name: object) -> str:
+    """``name`` if it is a valid secret name (:data:`SECRET_NAME_RE`, no ``..``); else
+    :class:`CirronConfigError`: a name never becomes a path outside the secrets mount."""
+    if type(name) is not str or not SECRET_NAME_RE.fullmatch(name) or ".." in name:
+        raise CirronConfigError(
+            f"invalid secret name {str(name)[:80]!r}: use letters, digits, '_', '-' and '.' "
+            "(not first, no '..'), at most 128 characters"
+        )
+    return name
+
+
 def secret(name: str, mount: Path | None = None) -> str:
-    """``CIRRON_SECRET_<NAME>`` (hyphens → underscores, upper case), else ``/etc/cirron/secrets/<name>``."""
-    var = ENV_SECRET_PREFIX + name.replace("-", "_").upper()
+    """``CIRRON_SECRET_<NAME>`` (hyphens and dots → underscores, upper case), else the file
+    ``/etc/cirron/secrets/<name>``. The value is redacted (``***``) from then on in everything
+    cirron writes (:mod:`cirron._redact`)."""
+    check_secret_name(name)
+    var = ENV_SECRET_PREFIX + name.replace("-", "_").replace(".", "_").upper()
     value = os.environ.get(var)
     if value is not None:
+        remember(value)
         return value
     path = (mount or SECRETS_MOUNT) / name
     try:
-        return path.read_text(encoding="utf-8").rstrip("\r\n")
+        with open_regular(path) as fh:
+            value = fh.read().decode("utf-8").rstrip("\r\n")
     except (OSError, UnicodeDecodeError):
         pass
+    else:
+        remember(value)
+        return value
     raise CirronSecretNotFound(
         f"secret {name!r} not found: set the environment variable {var} or mount it at {path} "
         "(on the platform, configure it in the workspace's Secrets settings)"

@@ -13,6 +13,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from cirron._redact import redact
+
 
 @dataclass
 class Loss:
@@ -82,7 +84,7 @@ def loss_line(session_id: str | None, losses: Iterable[Loss], lost_workers: Iter
 def warn(line: str) -> None:
     """Write ``line`` to stderr; a closed or broken stderr is not our failure to report."""
     try:
-        sys.stderr.write(line.replace("\n", " ") + "\n")
+        sys.stderr.write(redact(line).replace("\n", " ") + "\n")
         sys.stderr.flush()
     except Exception:  # noqa: BLE001
         pass

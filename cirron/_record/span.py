@@ -31,6 +31,7 @@ from cirron._errors import CirronMarkTypeError
 from cirron._guard import reraise_internal_errors
 from cirron._ids import IDS, hex_id
 from cirron._record.buffer import BufferRegistry
+from cirron._redact import redact
 
 MAX_MARK_STR_BYTES = 256
 
@@ -54,8 +55,12 @@ _cscope = native.load("cirron._record._cscope")
 
 
 def _error_text(exc: BaseException) -> str:
-    msg = str(exc)
-    return f"{type(exc).__name__}: {msg}" if msg else type(exc).__name__
+    """``Type: message`` with any ``ci.secret()`` value redacted (it goes to the spool, OTLP, logs)."""
+    try:
+        msg = str(exc)
+    except Exception:  # noqa: BLE001 - a broken __str__ is the user's exception, not ours to raise
+        msg = ""
+    return redact(f"{type(exc).__name__}: {msg}") if msg else type(exc).__name__
 
 
 class PyRecorderBase:

@@ -28,6 +28,7 @@ from typing import Any
 import orjson
 
 from cirron._errors import CirronError
+from cirron._redact import body_snippet, install_log_filter, redact
 
 __all__ = [
     "COMPRESSIONS",
@@ -47,7 +48,7 @@ __all__ = [
     "send_otlp",
 ]
 
-_log = logging.getLogger("cirron.export")
+_log = install_log_filter(logging.getLogger("cirron.export"))
 
 PROTOCOLS = ("http/json", "http/protobuf")
 #: The retry policy of a one-off export (the live sink has its own, shorter budget).
@@ -267,7 +268,7 @@ class _Attempts:
                     self.warn(f"OTLP receiver accepted the export partially: {rejected} span(s) rejected"
                               + (f" ({msg})" if msg else ""))
             return SendResult(status, self.attempt, rejected, msg)
-        snippet = text[:200].strip().replace("\n", " ")
+        snippet = body_snippet(text)
         self.last_error = f"HTTP {status}" + (f": {snippet}" if snippet else "")
         if status not in RETRYABLE_STATUS:
             who = "OTLP receiver" if self.otlp else "Receiver"
@@ -277,7 +278,7 @@ class _Attempts:
         return None
 
     def on_transport_error(self, exc: BaseException) -> None:
-        self.last_error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        self.last_error = redact(f"{type(exc).__name__}: {exc}") if str(exc) else type(exc).__name__
         self.last_status = None
 
     def next_delay(self) -> float | None:

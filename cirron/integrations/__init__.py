@@ -26,6 +26,7 @@ import sys
 from typing import Any, ClassVar
 
 from cirron._errors import CirronConfigError
+from cirron._redact import redact
 
 #: Integration name → the package it needs. Trainers first: they claim epoch/step before torch.
 INTEGRATIONS: dict[str, str] = {
@@ -129,7 +130,7 @@ _SAID: set[str] = set()
 def _say_once(line: str) -> None:
     if line not in _SAID:
         _SAID.add(line)
-        print(line, file=sys.stderr)
+        print(redact(line), file=sys.stderr)
 
 
 def current_installed(c: Any) -> Installed:
@@ -155,7 +156,7 @@ def close_span(c: Any, scope: Any, error: str | None = None) -> None:
         return
     try:
         if error is not None and scope.span is not None:
-            scope.span.set_attr("error", error)
+            scope.span.set_attr("error", redact(error))
         if c._rec.current.get() is scope:
             scope.__exit__(None, None, None)
         else:

@@ -19,10 +19,11 @@ import sys
 
 from cirron._flush.batch import Batch
 from cirron._format import format_duration_ns, format_view_value, label_attrs, label_of, path_mark_line, path_span_line
+from cirron._redact import install_log_filter
 from cirron._schema import ROOT_SENTINEL, decode_mark_value
 from cirron.sinks import Sink
 
-logger = logging.getLogger("cirron")
+logger = install_log_filter(logging.getLogger("cirron"))
 #: Spans remembered for paths; a closed span is forgotten once its batch is printed.
 _MAX_TRACKED = 100_000
 _MAX_DEPTH = 256

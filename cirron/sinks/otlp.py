@@ -53,11 +53,12 @@ import anyio
 
 from cirron._errors import require
 from cirron._flush.batch import Batch
+from cirron._redact import install_log_filter
 from cirron._schema import ROOT_SENTINEL
 from cirron.export.otlp_http import OtlpSettings
 from cirron.sinks import Sink
 
-_log = logging.getLogger("cirron.otlp")
+_log = install_log_filter(logging.getLogger("cirron.otlp"))
 
 #: Spans per OTLP request (the OpenTelemetry SDK's default ``max_export_batch_size``).
 EXPORT_BATCH_SPANS = 512

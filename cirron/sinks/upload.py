@@ -24,9 +24,10 @@ from pathlib import Path
 from typing import Any
 
 from cirron._flush.batch import Batch
+from cirron._redact import install_log_filter
 from cirron.sinks import Sink
 
-_log = logging.getLogger("cirron.upload")
+_log = install_log_filter(logging.getLogger("cirron.upload"))
 
 UPLOADED_DIR_NAME = ".uploaded"
 WORKSPACE_HEADER = "X-Cirron-Workspace"

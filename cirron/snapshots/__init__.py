@@ -43,12 +43,13 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from cirron._redact import install_log_filter
 from cirron._schema import strict_json
 from cirron.spool.paths import snapshot_span_dir
 
 __all__ = ["SnapshotManager", "blob_every", "dtype_name", "manager", "snapshot"]
 
-log = logging.getLogger("cirron")
+log = install_log_filter(logging.getLogger("cirron"))
 
 MODES = ("off", "stats", "sampled", "full")
 WEIGHTS_FILE = "weights.safetensors"

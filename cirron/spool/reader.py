@@ -28,6 +28,7 @@ from typing import Annotated, Any, Optional
 import msgspec
 import orjson
 
+from cirron._redact import install_log_filter
 from cirron._safeopen import NotRegularFile, open_regular
 from cirron._schema import (
     BATCH_NAME_RE,
@@ -53,7 +54,7 @@ __all__ = [
     "safe_dumps",
 ]
 
-_log = logging.getLogger("cirron.spool")
+_log = install_log_filter(logging.getLogger("cirron.spool"))
 
 WarningCallback = Callable[[str], None]
 

@@ -13,6 +13,7 @@ from cirron._format import (
     escape_control,
     format_duration_ns,  # noqa: F401  (re-exported for the commands)
 )
+from cirron._redact import redact
 
 _SIZE_UNITS = ("KB", "MB", "GB", "TB", "PB")
 
@@ -69,12 +70,12 @@ def use_color(no_color: bool = False, stream: TextIO | None = None) -> bool:
 
 def fail(message: str, code: int = 1) -> NoReturn:
     """Print ``Error: <message>`` on stderr and exit with ``code``."""
-    typer.echo(f"Error: {escape_control(message)}", err=True)
+    typer.echo(f"Error: {escape_control(redact(message))}", err=True)
     raise typer.Exit(code)
 
 
 def warn(message: str) -> None:
-    typer.echo(f"Warning: {escape_control(message)}", err=True)
+    typer.echo(f"Warning: {escape_control(redact(message))}", err=True)
 
 
 # ---------------------------------------------------------------- added for traces/spool commands
