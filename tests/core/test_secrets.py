@@ -67,7 +67,7 @@ def test_log_lines_are_redacted(monkeypatch: pytest.MonkeyPatch, caplog: pytest.
 
 
 def test_secret_in_exception_or_internal_error_never_reaches_spool_or_health(tmp_path: Path):
-    code = f"""
+    code = """
 import cirron as ci
 ci.profile()
 tok = ci.secret("token")
