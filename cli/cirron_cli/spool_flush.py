@@ -1,18 +1,13 @@
-"""`cirron spool flush`: upload the batch files the platform does not have yet.
-
-Resumable and idempotent: each accepted batch gets a marker under ``<spool>/.uploaded/`` (shared
-with the live ``platform`` sink) and every request carries ``Idempotency-Key: <batch_id>``, so an
-interrupted or repeated flush sends each batch at most once more, never loses one.
-"""
+"""`cirron spool flush`: renders what :mod:`cirron.spool.upload` plans and does (resumable and
+idempotent by batch id)."""
 
 from __future__ import annotations
 
 import sys
-from typing import Optional
+from typing import Any, Optional
 
 import typer
 
-from cirron._safeopen import open_regular
 from cirron_cli import render
 from cirron_cli.render import fail, format_bytes, warn
 from cirron_cli.spool_cmd import SpoolOpt, _check_dir
@@ -50,21 +45,18 @@ def flush(
 
     import orjson
 
-    from cirron.export.otlp_http import OTLPExportError
-    from cirron.sinks.upload import UploadState, batches_url, upload_file_sync
-    from cirron.spool.reader import list_batch_files
+    from cirron.sinks.upload import batches_url
+    from cirron.spool.upload import plan_upload, upload_pending
 
     p = _check_dir(spool)
     api_endpoint, api_key, workspace_id = _resolve_platform(endpoint, workspace)
     if not re.match(r"^https?://[^/\s]+", api_endpoint):
         fail(f"Invalid platform endpoint: {api_endpoint} (expected an http:// or https:// URL)")
-    files = list_batch_files(p, warn) if p.is_dir() else []
-    state = UploadState(p)
-    done = state.uploaded_ids()
-    pending = [bf for bf in files if bf.batch_id not in done]
+    plan = plan_upload(p, warn)
+    files, pending = plan.files, plan.pending
     url = batches_url(api_endpoint)
     summary = {"endpoint": url, "spool": str(p.resolve()), "batch_files": len(files),
-               "already_uploaded": len(files) - len(pending), "pending": len(pending), "uploaded": 0,
+               "already_uploaded": plan.already_uploaded, "pending": len(pending), "uploaded": 0,
                "skipped": 0, "failed": 0, "bytes_uploaded": 0, "dry_run": dry_run}
 
     def report() -> None:
@@ -93,70 +85,34 @@ def flush(
     if not api_key:
         fail("No API key configured. Run `cirron auth login --api-key <key>` or set CIRRON_API_KEY.")
 
-    import httpx
+    progress: Any = None
+    if sys.stderr.isatty() and not json_out:
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    show_bar = sys.stderr.isatty() and not json_out
-    last_error = ""
-    last_status: int | None = None
-    interrupted = False
-    with httpx.Client(timeout=timeout) as client:
-        progress = None
-        task = None
-        if show_bar:
-            from rich.console import Console
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-            progress = Progress(TextColumn("Uploading"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                                console=Console(stderr=True), transient=True)
-            progress.start()
-            task = progress.add_task("upload", total=len(pending))
-        try:
-            for bf in pending:
-                try:
-                    with open_regular(bf.path, follow_symlinks=False) as fh:
-                        body = fh.read()
-                except FileNotFoundError:  # cleared or evicted meanwhile
-                    summary["skipped"] += 1
-                    continue
-                except OSError as exc:
-                    warn(f"Skipping {bf.name}: {exc.strerror or exc}")
-                    summary["skipped"] += 1
-                    continue
-                try:
-                    orjson.loads(body)
-                except orjson.JSONDecodeError:
-                    warn(f"Skipping {bf.name}: not a complete JSON batch file")
-                    summary["skipped"] += 1
-                    continue
-                try:
-                    upload_file_sync(client, url, api_key, workspace_id, bf.batch_id, body, timeout=timeout)
-                except OTLPExportError as exc:
-                    summary["failed"] += 1
-                    last_error = str(exc)
-                    last_status = exc.status
-                    if exc.status in (401, 403):
-                        break  # every other file would be refused the same way
-                    continue
-                state.mark_uploaded(bf.batch_id)
-                summary["uploaded"] += 1
-                summary["bytes_uploaded"] += len(body)
-                if progress is not None:
-                    progress.advance(task)
-        except KeyboardInterrupt:
-            interrupted = True
-        finally:
-            if progress is not None:
-                progress.stop()
-    not_sent = len(pending) - summary["uploaded"] - summary["skipped"]
-    refused = last_status in (401, 403)
+        progress = Progress(TextColumn("Uploading"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                            console=Console(stderr=True), transient=True)
+        progress.start()
+        task = progress.add_task("upload", total=len(pending))
+    try:
+        result = upload_pending(plan, url, api_key, workspace_id, timeout, warn,
+                                on_uploaded=(lambda _bf: progress.advance(task)) if progress is not None else None)
+    finally:
+        if progress is not None:
+            progress.stop()
+    summary.update(uploaded=result.uploaded, skipped=result.skipped, failed=result.failed,
+                   bytes_uploaded=result.bytes_uploaded)
+    last_error = result.error or ""
+    not_sent = len(pending) - result.uploaded - result.skipped
+    refused = result.status in (401, 403)
     if json_out:
-        summary["error"] = last_error or None
+        summary["error"] = result.error
         report()
-    elif summary["uploaded"] or not not_sent:
-        typer.echo(f"Uploaded {render.plural(summary['uploaded'], 'batch file')} "
-                   f"({format_bytes(summary['bytes_uploaded'])}) to {url}"
-                   + (f"; {summary['already_uploaded']} already there" if summary["already_uploaded"] else ""))
-    if interrupted:
+    elif result.uploaded or not not_sent:
+        typer.echo(f"Uploaded {render.plural(result.uploaded, 'batch file')} "
+                   f"({format_bytes(result.bytes_uploaded)}) to {url}"
+                   + (f"; {plan.already_uploaded} already there" if plan.already_uploaded else ""))
+    if result.interrupted:
         typer.echo(f"Interrupted: {render.plural(not_sent, 'batch file')} left; run `cirron spool flush` again "
                    "to resume.", err=True)
         raise typer.Exit(EXIT_INTERRUPTED)
@@ -167,4 +123,3 @@ def flush(
     if not_sent:
         fail(f"{render.plural(not_sent, 'batch file')} not uploaded ({last_error}). "
              "Run `cirron spool flush` again to resume.")
-
