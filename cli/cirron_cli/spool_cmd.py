@@ -12,6 +12,7 @@ import typer
 
 from cirron.spool import paths
 from cirron.spool.reader import list_batch_files, read_batch
+from cirron.spool.retention import plan_clear
 from cirron.spool.sessions import load_spool
 from cirron_cli import render
 from cirron_cli.render import fail, format_bytes, warn
@@ -77,22 +78,20 @@ def clear_files(
     yes: bool = typer.Option(False, "--yes", "-y", help="Skip the confirmation prompt."),
     spool: str = SpoolOpt,
 ) -> None:
-    """Delete every batch file (snapshot blobs stay; files of live sessions are kept)."""
+    """Delete every batch file (snapshot blobs stay; files of live or unfinished sessions are kept)."""
     from cirron_cli.traces import EXIT_INTERRUPTED, _confirm, _Interrupt
 
     p = _check_dir(spool)
     try:
         sp = load_spool(p, warn, fields="summary")
-        live = {s.id for s in sp.sessions if s.live}
-        keep: set[Path] = set()
-        if live:
-            for path, owners in sp.file_sessions.items():
-                if owners & live:
-                    keep.add(path)
+        plan = plan_clear(sp.sessions)
+        protected = {s.id for s in plan.live} | {s.id for s in plan.unfinished}
+        keep = {path for path, owners in sp.file_sessions.items() if owners & protected}
         doomed = [bf for bf in list_batch_files(p, lambda _m: None) if bf.path not in keep]
         if keep:
-            typer.echo(f"Keeping {render.plural(len(keep), 'batch file')} of "
-                       f"{render.plural(len(live), 'live session')}", err=True)
+            whose = [render.plural(len(group), kind) for group, kind in
+                     ((plan.live, "live session"), (plan.unfinished, "unfinished session")) if group]
+            typer.echo(f"Keeping {render.plural(len(keep), 'batch file')} of {' and '.join(whose)}", err=True)
         if not doomed:
             typer.echo("Nothing to delete.")
             return

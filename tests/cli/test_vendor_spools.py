@@ -186,3 +186,13 @@ def test_clear_never_deletes_a_run_that_may_still_be_writing(spool: Path):
     assert len(before) == 4
     r = run("traces", "clear", "--keep", "0", "--yes", "--spool", str(spool))
     assert [s["id"] for s in sessions_json(spool)] == ["(orphan spans)"]
+
+
+def test_spool_clear_keeps_the_files_of_a_run_that_may_still_be_writing(spool: Path):
+    r = run("spool", "clear", "--yes", "--spool", str(spool))
+    assert r.exit_code == 0, r.output
+    assert "of 1 unfinished session" in r.stderr
+    for n in ROOTLESS:
+        assert all((spool / f).exists() for f in RUNS[n]["files"])
+    finished = [n for n in RUNS if n not in ROOTLESS]
+    assert finished and not any((spool / f).exists() for n in finished for f in RUNS[n]["files"])
