@@ -2,7 +2,8 @@
 
 * ``forward``: the top-level module call only (a module called while no other module's forward
   is running), with attr ``module=<ClassName>``. Submodules are not spans; loss modules
-  (``nn.*Loss``) are not spans either: their scalar output becomes a ``loss`` mark instead.
+  (``nn.*Loss``) are not spans either: their scalar output becomes a ``loss`` mark instead,
+  except inside ``ci.batches``, where the user marks the loss by hand.
 * ``backward``: from the moment gradients reach a top-level module's output until the autograd
   engine has finished the pass. ``optimizer_step``: ``Optimizer.step`` of any optimizer.
 * ``DataLoader`` iteration: each batch fetched is a ``data_load`` span (attr ``data_load_ns``)
@@ -138,6 +139,8 @@ class TorchIntegration(_TorchHooks):
     # -- loss ---------------------------------------------------------------------------------------
 
     def _note_loss(self, output: Any) -> None:
+        if self._in_user_batches():
+            return
         try:
             if isinstance(output, torch.Tensor) and output.numel() == 1:
                 if output.is_cuda:  # reading it now would wait for the GPU: read it at the step's end
@@ -146,6 +149,16 @@ class TorchIntegration(_TorchHooks):
                     self.c.mark("loss", float(output.detach()))
         except Exception as exc:  # noqa: BLE001
             self.c._rec.note_internal_error(exc)
+
+    def _in_user_batches(self) -> bool:
+        """Whether a ``ci.batches`` span is open: a hand-instrumented loop, whose owner marks the loss
+        (``ci.mark("loss", ...)``) where they choose; a second, automatic series would double it."""
+        span = self.c._rec.current.get()
+        while span is not None:
+            if span.name == "batch" and span is not self._step:
+                return True
+            span = span.parent
+        return False
 
     def _flush_loss(self) -> None:
         pending, self._loss_pending = self._loss_pending, []

@@ -206,3 +206,23 @@ def test_sessions_stopping_in_any_order_leave_torch_as_it_was(spool_dir) -> None
     b.shutdown()
     assert DataLoader.__dict__["__iter__"] is before
     assert [r["name"] for r in db["roots"]] == ["epoch", "epoch"]  # b saw both runs
+
+
+def test_no_automatic_loss_mark_inside_the_users_batches(spool_dir) -> None:
+    c = Cirron(spool_dir=spool_dir, output="none")
+    c.profile(frameworks=["torch"])
+    model, loader = _model(), _loader()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    loss_fn = torch.nn.MSELoss()
+    for _ in c.epochs(range(1)):
+        for x, y in c.batches(loader):
+            opt.zero_grad()
+            loss = loss_fn(model(x), y)
+            loss.backward()
+            opt.step()
+            c.mark("loss", loss.item())
+    d = c.trace(format="dict")
+    c.shutdown()
+    batches = d["roots"][0]["children"]
+    assert len(batches) == 2
+    assert all([m["name"] for m in b["marks"]] == ["loss"] for b in batches)
