@@ -12,9 +12,10 @@ from cirron.spool.sessions import Session
 
 __all__ = ["CSV_COLUMNS", "write_csv"]
 
+#: The seed's fifteen columns, then which writer (``cirron`` or ``other``) and version wrote the session.
 CSV_COLUMNS = (
     "session_id", "span_id", "parent_id", "name", "index", "start_ns", "end_ns", "duration_ns", "cpu_ns", "gpu_ns",
-    "memory_peak_bytes", "thread_id", "pid", "rank", "attrs_json",
+    "memory_peak_bytes", "thread_id", "pid", "rank", "attrs_json", "writer", "sdk_version",
 )
 
 
@@ -30,7 +31,8 @@ def write_csv(items: Iterable[Any], path: str | os.PathLike[str]) -> int:
         w = csv.writer(fh)
         w.writerow(CSV_COLUMNS)
         for sess in items:
-            sid = sess.id if isinstance(sess, Session) else sess.session.id
+            info = sess if isinstance(sess, Session) else sess.session
+            sid, writer, version = info.id, _cell(info.writer), _cell(info.sdk_version)
             out = []
             for s in sess.spans:
                 st, en = s.get("start_ns"), s.get("end_ns")
@@ -39,7 +41,7 @@ def write_csv(items: Iterable[Any], path: str | os.PathLike[str]) -> int:
                     _cell(st), _cell(en), en - st if (type(st) is int and type(en) is int) else "",
                     _cell(s.get("cpu_ns")), _cell(s.get("gpu_ns")), _cell(s.get("memory_peak_bytes")),
                     _cell(s.get("thread_id")), _cell(s.get("pid")), _cell(s.get("rank")),
-                    attrs_text(s.get("attrs")),
+                    attrs_text(s.get("attrs")), writer, version,
                 ))
             w.writerows(out)
             rows += len(out)

@@ -130,6 +130,7 @@ def test_export_csv_perfetto_parquet(spool: Path, tmp_path: Path):
         rows = list(csv.DictReader(fh))
     assert len(rows) == TOTAL["spans"]
     assert sum(row["session_id"] == "(orphan spans)" for row in rows) == sum(RUNS[n]["spans"] for n in ROOTLESS)
+    assert {(row["writer"], row["sdk_version"]) for row in rows} == {("other", "0.3.0")}
 
     pf = tmp_path / "t.perfetto.json"
     assert run("traces", "export", "--format", "perfetto", "--output", str(pf), "--spool", str(spool)).exit_code == 0

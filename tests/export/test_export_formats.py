@@ -135,7 +135,8 @@ def test_csv_columns_and_rows(factory: SpoolFactory, tmp_path):
         rows = list(csv.reader(fh))
     assert tuple(rows[0]) == CSV_COLUMNS
     assert rows[0] == ["session_id", "span_id", "parent_id", "name", "index", "start_ns", "end_ns", "duration_ns",
-                       "cpu_ns", "gpu_ns", "memory_peak_bytes", "thread_id", "pid", "rank", "attrs_json"]
+                       "cpu_ns", "gpu_ns", "memory_peak_bytes", "thread_id", "pid", "rank", "attrs_json",
+                       "writer", "sdk_version"]
     body = [dict(zip(rows[0], r)) for r in rows[1:]]
     assert len(body) == len(s["spans"])  # the root written twice (open, closed) appears once
     root = next(r for r in body if r["name"] == "cirron.session")
@@ -143,6 +144,7 @@ def test_csv_columns_and_rows(factory: SpoolFactory, tmp_path):
     dl = next(r for r in body if r["name"] == "data_load")
     assert json.loads(dl["attrs_json"]) == {"data_load_ns": 4541667}
     assert {r["session_id"] for r in body} == {s["root"]}
+    assert {(r["writer"], r["sdk_version"]) for r in body} == {("cirron", "0.1.0")}
 
 
 def test_csv_session_filter_and_unknown_prefix(factory: SpoolFactory, tmp_path):
