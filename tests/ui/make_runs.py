@@ -39,7 +39,7 @@ def train(epochs: int = 4, batches: int = 12) -> None:
             loss = loss_fn(model(xb), yb)
             loss.backward()
             opt.step()
-            ci.mark("train_loss", loss.item(), step=step)
+            ci.mark("loss", loss.item(), step=step)
             ci.mark("lr", opt.param_groups[0]["lr"])
             total += loss.item()
         ci.mark("epoch_loss", total / batches, kind="summary")

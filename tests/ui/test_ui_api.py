@@ -80,8 +80,8 @@ def test_marks_series_and_summary_overlaid(ui_server: UIServer, runs: Runs) -> N
     doc = get(ui_server, "/api/marks", session=[a, *ranks])
     assert [s["session"] for s in doc["sessions"]] == [a, *ranks]
     train = doc["sessions"][0]
-    assert {"train_loss", "lr"} <= set(train["series"])
-    loss = train["series"]["train_loss"]
+    assert {"loss", "lr"} <= set(train["series"])
+    loss = train["series"]["loss"]
     assert loss["x"] == list(range(48)) and len(loss["y"]) == 48 and all(0 < y < 2 for y in loss["y"])
     assert [r["name"] for r in train["summary"]] == ["epoch_loss"] * 4
     assert [r["span"] for r in train["summary"]] == [f"epoch[{i}]" for i in range(4)]

@@ -153,8 +153,8 @@ def test_marks_page_smoothing_and_log_scale(browser, ui_server: UIServer, runs: 
     from selenium.webdriver.support.ui import WebDriverWait
 
     WebDriverWait(browser, PAGE_TIMEOUT, poll_frequency=0.1).until(lambda d: d.execute_script(
-        "const gd = document.getElementById('mark-train_loss'); return gd.layout.yaxis.type === 'log' && gd.data.length === 2"))
-    raw, smoothed = browser.execute_script("const gd = document.getElementById('mark-train_loss'); return [gd.data[0].y, gd.data[1].y]")
+        "const gd = document.getElementById('mark-loss'); return gd.layout.yaxis.type === 'log' && gd.data.length === 2"))
+    raw, smoothed = browser.execute_script("const gd = document.getElementById('mark-loss'); return [gd.data[0].y, gd.data[1].y]")
     assert len(raw) == len(smoothed) == 48 and raw != smoothed
     assert console_errors(browser) == []
 
