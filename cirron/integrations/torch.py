@@ -52,6 +52,7 @@ class TorchIntegration(_TorchHooks):
         self._train_loader: weakref.ref[Any] | None = None
         self._epoch: Any = None
         self._epoch_index = 0
+        self._epoch_trained = False
         self._step: Any = None
         self._step_index = 0
         self._loss_pending: list[Any] = []
@@ -133,6 +134,7 @@ class TorchIntegration(_TorchHooks):
 
     def _opt_post(self, opt: Any, args: Any, kwargs: Any) -> None:
         super()._opt_post(opt, args, kwargs)
+        self._epoch_trained = True
         self._flush_loss()
         self._close_step()
 
@@ -180,6 +182,7 @@ class TorchIntegration(_TorchHooks):
                 self._close_epoch()
                 self._epoch = self._open("epoch", self._epoch_index)
                 self._epoch_index += 1
+                self._epoch_trained = False
                 self._step_index = 0
         except Exception as exc:  # noqa: BLE001
             self.c._rec.note_internal_error(exc)
@@ -222,8 +225,16 @@ class TorchIntegration(_TorchHooks):
             close_span(self.c, step)
 
     def _yield_to_trainer(self) -> None:
-        """A trainer starts a run and opens epochs and steps itself: end the implicit ones."""
+        """A trainer starts a run and opens epochs and steps itself: end the implicit ones. Where
+        nothing was trained in them (Keras reads a batch and builds the model before its callbacks
+        run), they were the trainer's setup, not an epoch and a step."""
         self._flush_loss()
+        if not self._epoch_trained:
+            for scope, name in ((self._epoch, "setup"), (self._step, "setup_batch")):
+                if scope is not None and scope.span is not None:
+                    scope.span.name, scope.span.index = name, None
+            if self._epoch is not None:
+                self._epoch_index -= 1
         self._close_step()
         epoch, self._epoch = self._epoch, None
         close_span(self.c, epoch)

@@ -1,8 +1,9 @@
 """Hugging Face ``transformers.Trainer``: epochs, steps, evaluation and logged metrics.
 
 ``ci.profile(frameworks=["transformers"])`` (or autodetected once ``transformers.trainer`` is
-imported) adds :class:`CirronCallback` to every ``Trainer`` built afterwards and puts
-``Trainer.evaluate`` in an ``evaluate`` span; by hand: ``Trainer(..., callbacks=[CirronCallback()])``.
+imported) adds :class:`CirronCallback` to every ``Trainer`` built afterwards; by hand:
+``Trainer(..., callbacks=[CirronCallback()])``. Either way the callback puts that trainer's
+``evaluate`` in an ``evaluate`` span (no callback hook runs before an evaluation starts).
 Logged numbers (``loss``, ``learning_rate``, ``grad_norm``, ``eval_*``) become marks, the model
 is registered for epoch-end snapshots.
 """
@@ -10,12 +11,12 @@ is registered for epoch-end snapshots.
 from __future__ import annotations
 
 import functools
+import sys
 from typing import Any
 
 import transformers.trainer as hf_trainer
 from transformers import TrainerCallback
 
-from cirron.integrations import SharedPatch
 from cirron.integrations._trainer import TrainerSpans
 
 
@@ -33,8 +34,22 @@ class CirronCallback(TrainerCallback):
             cirron = ci.default()
         self.spans = TrainerSpans(cirron, "transformers")
 
+    def on_init_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self._time_evaluate()
+
     def on_train_begin(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> None:
+        self._time_evaluate()  # a callback added after the Trainer was built saw no on_init_end
         self.spans.train_begin(model)
+
+    def _time_evaluate(self) -> None:
+        """Put the calling ``Trainer``'s ``evaluate`` in an ``evaluate`` span, once per trainer.
+        Callback hooks are not given the trainer: it is the ``self`` of a frame a few calls up."""
+        try:
+            trainer = _calling_trainer()
+            if trainer is not None and getattr(trainer.evaluate, "_cirron_spans", None) is not self.spans:
+                trainer.evaluate = _in_evaluate_span(trainer.evaluate, self.spans)
+        except Exception as exc:  # noqa: BLE001 - a callback never breaks the user's training
+            self.spans.c._rec.note_internal_error(exc)
 
     def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         self.spans.train_end()
@@ -59,18 +74,27 @@ class CirronCallback(TrainerCallback):
             self.spans.log(logs, step=state.global_step)
 
 
-def _in_evaluate_span(original: Any, sessions: list[Any]) -> Any:
+def _calling_trainer() -> Any:
+    frame: Any = sys._getframe(2)
+    for _ in range(8):  # the callback's hook ← CallbackHandler.call_event ← on_* ← the Trainer
+        if frame is None:
+            return None
+        me = frame.f_locals.get("self")
+        if isinstance(me, hf_trainer.Trainer):
+            return me
+        frame = frame.f_back
+    return None
+
+
+def _in_evaluate_span(original: Any, spans: TrainerSpans) -> Any:
     @functools.wraps(original)
-    def evaluate(trainer: Any, *args: Any, **kwargs: Any) -> Any:
-        mine = [cb for cb in trainer.callback_handler.callbacks
-                if isinstance(cb, CirronCallback) and cb.spans.c in sessions]
-        for cb in mine:
-            cb.spans.eval_begin()
+    def evaluate(*args: Any, **kwargs: Any) -> Any:
+        spans.eval_begin()
         try:
-            return original(trainer, *args, **kwargs)
+            return original(*args, **kwargs)
         finally:
-            for cb in mine:
-                cb.spans.eval_end()  # nothing left to do when on_evaluate closed it
+            spans.eval_end()  # nothing left to do when on_evaluate closed it
+    evaluate._cirron_spans = spans  # type: ignore[attr-defined]
     return evaluate
 
 
@@ -81,12 +105,10 @@ class _Installed:
         self.callback = type("CirronCallback", (CirronCallback,), {"bound": c})
         defaults: list[Any] = hf_trainer.DEFAULT_CALLBACKS
         defaults.append(self.callback)
-        self.patch = SharedPatch.join(hf_trainer.Trainer, "evaluate", _in_evaluate_span, c)
 
     def uninstall(self) -> None:
         if self.callback in hf_trainer.DEFAULT_CALLBACKS:
             hf_trainer.DEFAULT_CALLBACKS.remove(self.callback)
-        self.patch.leave(self.c)
 
 
 def install(c: Any, installed: Any) -> _Installed:

@@ -79,3 +79,18 @@ def test_callback_by_hand_and_uninstalled_at_shutdown(tmp_path, spool_dir) -> No
     c2.shutdown()
     assert [r["name"] for r in d["roots"] if r["name"] == "epoch"] == ["epoch", "epoch"]
     assert len(find(d["roots"], "step")) == 4 and not find(d["roots"], "forward")  # torch not enabled
+    evals = find(d["roots"], "evaluate")  # no class patch here: the callback times evaluate itself
+    assert len(evals) == 2 and "eval_loss" in [m["name"] for m in evals[0]["marks"]]
+
+
+def test_callback_by_hand_times_a_later_evaluate_call(tmp_path, spool_dir) -> None:  # noqa: ANN001
+    from cirron.integrations.transformers import CirronCallback
+
+    c = Cirron(spool_dir=spool_dir, output="none")
+    c.profile(frameworks=["torch"])
+    trainer = _trainer(tmp_path, callbacks=[CirronCallback(c)])
+    trainer.evaluate()
+    d = c.trace(format="dict")
+    c.shutdown()
+    evals = [r for r in d["roots"] if r["name"] == "evaluate"]
+    assert len(evals) == 1 and "forward" in names(evals[0]), [shape(r) for r in d["roots"]]

@@ -13,7 +13,7 @@ np = pytest.importorskip("numpy")
 keras = pytest.importorskip("keras")
 if keras.backend.backend() != "torch":
     pytest.skip("keras was imported with another backend", allow_module_level=True)
-from integration_trees import find, marks, shape  # noqa: E402
+from integration_trees import find, marks, names, shape  # noqa: E402
 
 from cirron import Cirron  # noqa: E402
 
@@ -72,3 +72,20 @@ def test_keras_restored_and_callback_by_hand(spool_dir) -> None:  # noqa: ANN001
     c2.shutdown()
     assert len(find(d["roots"], "epoch")) == 1 and len(find(d["roots"], "step")) == 2
     assert len(find(d["roots"], "optimizer_step")) == 2 and not find(d["roots"], "forward")
+
+
+def test_callback_by_hand_with_torch_on_counts_only_trained_epochs(spool_dir) -> None:  # noqa: ANN001
+    from cirron.integrations.keras import CirronCallback
+
+    c = Cirron(spool_dir=spool_dir, output="none")
+    c.profile(frameworks=["torch"])  # keras's fit is not patched: Keras reads a batch before the callback runs
+    x, y = _data()
+    _model().fit(x, y, batch_size=4, epochs=2, verbose=0, callbacks=[CirronCallback(c)])
+    d = c.trace(format="dict")
+    c.shutdown()
+    roots = d["roots"]
+    assert [e["index"] for e in find(roots, "epoch")] == [0, 1], [shape(r) for r in roots]
+    assert len(find(roots, "step")) == 4 and len(find(roots, "optimizer_step")) == 4
+    setup = [r for r in roots if r["name"] == "setup"]  # the batch Keras read to build the model
+    assert len(setup) == 1 and "data_load" in names(setup[0])
+
