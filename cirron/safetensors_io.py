@@ -149,11 +149,13 @@ def _is_int(x: Any) -> bool:
     return type(x) is int
 
 
-def read_header(path: str | os.PathLike[str], *, max_header_bytes: int = MAX_HEADER_BYTES) -> SafetensorsHeader:
-    """Read and validate the header of ``path``. Raises :class:`SafetensorsError` with a one-line reason."""
+def read_header(path: str | os.PathLike[str], *, max_header_bytes: int = MAX_HEADER_BYTES,
+                follow_symlinks: bool = True) -> SafetensorsHeader:
+    """Read and validate the header of ``path``. Raises :class:`SafetensorsError` with a one-line reason
+    (also for a symlink when ``follow_symlinks`` is false)."""
     path = Path(path)
     try:
-        with open_regular(path) as f:
+        with open_regular(path, follow_symlinks=follow_symlinks) as f:
             file_size = os.fstat(f.fileno()).st_size
             return _parse_header(f, path, file_size, max_header_bytes)
     except SafetensorsError:

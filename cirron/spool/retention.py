@@ -15,9 +15,16 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
-__all__ = ["ClearPlan", "plan_clear"]
+from cirron.safetensors_io import SafetensorsError, read_header
+from cirron.spool import paths
+
+if TYPE_CHECKING:
+    from cirron.spool.sessions import Session, Spool
+
+__all__ = ["ClearPlan", "DeleteGroup", "SpoolClearPlan", "plan_clear", "plan_spool_clear", "snapshot_dir_sessions"]
 
 T = TypeVar("T")
 
@@ -60,3 +67,122 @@ def plan_clear(entries: Sequence[T], cutoff_ns: int | None = None, keep: int | N
         eligible = [e for e in eligible if id(e) not in kept]
     plan.eligible = eligible
     return plan
+
+
+#: Paths deleted together, all below one ``.cirron/`` directory (the first item):
+#: ``(cirron_root, files, snapshot_dirs)``.
+DeleteGroup = tuple[Path, list[Path], list[Path]]
+
+
+@dataclass
+class SpoolClearPlan:
+    """Everything ``clear`` would do across the chosen spools, before anything is deleted."""
+
+    #: Sessions to delete, oldest first.
+    eligible: list[Session] = field(default_factory=list)
+    #: Live sessions, never touched.
+    live: list[Session] = field(default_factory=list)
+    #: Unfinished sessions kept because they may still be writing.
+    unfinished: list[Session] = field(default_factory=list)
+    #: One group per eligible session: its batch files (only those holding no other session's
+    #: records), its liveness lock and its snapshot dirs.
+    groups: list[DeleteGroup] = field(default_factory=list)
+    #: Snapshot dirs no surviving session references, as ``(cirron_root, dir)``.
+    orphan_dirs: list[tuple[Path, Path]] = field(default_factory=list)
+    #: Bytes of the batch files to delete.
+    n_bytes: int = 0
+    #: Snapshot dirs to delete (orphans included).
+    n_dirs: int = 0
+    #: Spans of the eligible sessions.
+    n_spans: int = 0
+
+
+def plan_spool_clear(spools: Sequence[tuple[Path, Spool]], cutoff_ns: int | None = None,
+                     keep: int | None = None, prune_orphans: bool = True) -> SpoolClearPlan:
+    """What ``clear`` deletes in ``spools`` (``(spool_dir, loaded spool)`` pairs): the sessions
+    :func:`plan_clear` allows, and the files and snapshot dirs that belong to them alone."""
+    everything = sorted(((d, s) for d, sp in spools for s in sp.sessions),
+                        key=lambda ds: (ds[1].started_ns if ds[1].started_ns is not None else 0, ds[1].id))
+    rule = plan_clear(everything, cutoff_ns, keep, session=lambda ds: ds[1])
+    plan = SpoolClearPlan(eligible=[s for _d, s in rule.eligible], live=[s for _d, s in rule.live],
+                          unfinished=[s for _d, s in rule.unfinished])
+    for spool_dir, sp in spools:
+        _plan_one_spool(plan, sp, spool_dir, [s for d, s in rule.eligible if d == spool_dir], prune_orphans)
+    return plan
+
+
+def _snapshot_ids(s: Session) -> set[Any]:
+    return {x["id"] for x in s.spans} | {x.get("span_id") for x in s.snapshots}
+
+
+def _plan_one_spool(plan: SpoolClearPlan, sp: Spool, spool_dir: Path, eligible: list[Session],
+                    prune_orphans: bool) -> None:
+    """Adds to ``plan`` what deleting ``eligible`` (sessions of the one spool ``sp``) removes there."""
+    base = paths.cirron_root(spool_dir)
+    doomed = {s.id for s in eligible}
+    snap_root = paths.snapshots_dir(spool_dir)
+    claimed: set[Path] = set()
+    doomed_dirs: set[Path] = set()
+    for s in eligible:
+        # A batch file goes only when every session it holds records of is being deleted.
+        files: list[Path] = []
+        for bf in s.files:
+            owners = sp.file_sessions.get(bf.path, set()) - {None}
+            if owners <= doomed and bf.path not in claimed:
+                claimed.add(bf.path)
+                files.append(bf.path)
+                plan.n_bytes += bf.size
+        dirs = [snap_root / sid for sid in _snapshot_ids(s) if paths.is_safe_id(sid)]
+        dirs = [d for d in dirs if d.is_dir() and not d.is_symlink()]
+        if paths.is_safe_id(s.id):
+            lock = paths.live_lock_path(spool_dir, s.id)
+            if lock.is_file() and not lock.is_symlink():
+                files.append(lock)
+        doomed_dirs.update(dirs)
+        plan.n_dirs += len(dirs)
+        plan.n_spans += len(s.spans)
+        plan.groups.append((base, files, dirs))
+    if not prune_orphans or not snap_root.is_dir():
+        return
+
+    kept_sessions = {s.id for s in sp.sessions if s.id not in doomed}  # live ones included
+    referenced: set[Any] = set()
+    for s in sp.sessions:
+        if s.id not in doomed:
+            referenced |= _snapshot_ids(s)
+    # Records that belong to no session still reference their dirs.
+    attached = {x["id"] for s in sp.sessions for x in s.spans}
+    referenced.update(k for k in sp.spans if k not in attached)
+    try:
+        entries = sorted(snap_root.iterdir())
+    except OSError:
+        entries = []
+    for d in entries:
+        if d.name.startswith(".") or d in doomed_dirs or d.name in referenced:
+            continue
+        if not d.is_dir() or d.is_symlink():
+            continue
+        if snapshot_dir_sessions(d) & kept_sessions:
+            continue
+        plan.orphan_dirs.append((base, d))
+        plan.n_dirs += 1
+
+
+def snapshot_dir_sessions(d: Path) -> set[str]:
+    """``session_id`` values in the metadata of the safetensors files in the snapshot dir ``d``
+    (best effort: unreadable or invalid files and symlinks are skipped)."""
+    out: set[str] = set()
+    try:
+        entries = list(d.iterdir())
+    except OSError:
+        return out
+    for f in entries:
+        if f.suffix != ".safetensors" or f.is_symlink() or not f.is_file():
+            continue
+        try:
+            sid = read_header(f, follow_symlinks=False).metadata.get("session_id")
+        except SafetensorsError:
+            continue
+        if sid:
+            out.add(sid)
+    return out

@@ -19,7 +19,6 @@ import shutil
 import signal
 import sys
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
@@ -27,14 +26,13 @@ import orjson
 import typer
 
 from cirron._format import format_view_value, label_attrs, label_of, view_mark_line, view_span_line
-from cirron._safeopen import open_regular
 from cirron._schema import ROOT_SENTINEL
 from cirron.export._common import json_scalar
 from cirron.spool import paths
 from cirron.spool.catalog import Catalog, SessionInfo, open_catalog
 from cirron.spool.reader import _limit_depth
-from cirron.spool.retention import plan_clear
-from cirron.spool.sessions import Session, Spool, load_spool
+from cirron.spool.retention import DeleteGroup, SpoolClearPlan, plan_spool_clear
+from cirron.spool.sessions import Session, load_spool
 from cirron_cli import render
 from cirron_cli.render import fail, format_bytes, format_duration_ns, style, use_color, warn
 
@@ -774,33 +772,6 @@ class _Interrupt:
             signal.signal(signal.SIGINT, self._old)
 
 
-def _snapshot_dir_sessions(d: Path) -> set[str]:
-    """``session_id`` values from the safetensors headers in a snapshot dir (best effort)."""
-    out: set[str] = set()
-    try:
-        entries = list(d.iterdir())
-    except OSError:
-        return out
-    for f in entries:
-        if f.suffix != ".safetensors" or not f.is_file() or f.is_symlink():
-            continue
-        try:
-            with open_regular(f, follow_symlinks=False) as fh:
-                head = fh.read(8)
-                if len(head) < 8:
-                    continue
-                n = int.from_bytes(head, "little")
-                if n <= 0 or n > 100_000_000:
-                    continue
-                meta = orjson.loads(fh.read(n)).get("__metadata__") or {}
-        except (OSError, ValueError, AttributeError):
-            continue
-        sid = meta.get("session_id") if isinstance(meta, dict) else None
-        if isinstance(sid, str):
-            out.add(sid)
-    return out
-
-
 class _Deleter:
     """Deletes groups of paths atomically: every path of a group is renamed into a trash dir
     first, then removed; a group whose renames fail halfway is put back. Each ``.cirron/``
@@ -847,11 +818,7 @@ class _Deleter:
             shutil.rmtree(trash, ignore_errors=True)
 
 
-#: Paths deleted together, all below one ``.cirron/`` directory (the first item).
-_Group = tuple[Path, list[Path], list[Path]]
-
-
-def _delete_groups(groups: list[_Group], intr: _Interrupt) -> tuple[_Deleter, bool]:
+def _delete_groups(groups: list[DeleteGroup], intr: _Interrupt) -> tuple[_Deleter, bool]:
     d = _Deleter()
     try:
         with _progress("Deleting", enabled=len(groups) > 1, total=len(groups)) as tick:
@@ -904,115 +871,24 @@ def clear(
 def _clear(cutoff: int | None, keep: int | None, yes: bool, prune: bool, spool: list[str]) -> None:
     cat = open_spools(spool)
     loaded = [(d, load_spool(d, warn, fields="summary")) for d in cat.spools]
-    everything = sorted(((d, s) for d, sp in loaded for s in sp.sessions),
-                        key=lambda ds: (ds[1].started_ns if ds[1].started_ns is not None else 0, ds[1].id))
-    rule = plan_clear(everything, cutoff, keep, session=lambda ds: ds[1])
-    live = [s for _d, s in rule.live]
-    unfinished = [s for _d, s in rule.unfinished]
-    eligible = rule.eligible
-    groups: list[_Group] = []
-    orphan_dirs: list[tuple[Path, Path]] = []
-    n_bytes = n_dirs = n_spans = 0
-    for spool_dir, sp in loaded:
-        mine = [s for d, s in eligible if d == spool_dir]
-        plan = _plan_clear(sp, spool_dir, mine, prune)
-        base = paths.cirron_root(spool_dir)
-        groups.extend((base, files, dirs) for files, dirs in plan.groups)
-        orphan_dirs.extend((base, d) for d in plan.orphan_dirs)
-        n_bytes += plan.n_bytes
-        n_dirs += plan.n_dirs
-        n_spans += plan.n_spans
-    _run_clear(live, unfinished, [s for _d, s in eligible], groups, orphan_dirs, n_bytes, n_dirs, n_spans, yes)
+    _run_clear(plan_spool_clear(loaded, cutoff, keep, prune), yes)
 
 
-@dataclass
-class _ClearPlan:
-    groups: list[tuple[list[Path], list[Path]]]
-    orphan_dirs: list[Path]
-    n_bytes: int
-    n_dirs: int
-    n_spans: int
-
-
-def _plan_clear(sp: Spool, spool_dir: Path, eligible: list[Session], prune: bool) -> _ClearPlan:
-    """What deleting ``eligible`` (sessions of the one spool ``sp``) removes there."""
-    live = [s for s in sp.sessions if s.live]
-    doomed = {s.id for s in eligible}
-    # Files: a file goes only when every session it holds records of is being deleted.
-    groups: list[tuple[list[Path], list[Path]]] = []
-    snap_root = paths.snapshots_dir(spool_dir)
-    claimed: set[Path] = set()
-    n_bytes = 0
-    n_dirs = 0
-    n_spans = 0
-    for s in eligible:
-        files = []
-        for bf in s.files:
-            owners = sp.file_sessions.get(bf.path, set()) - {None}
-            if owners <= doomed and bf.path not in claimed:
-                claimed.add(bf.path)
-                files.append(bf.path)
-                n_bytes += bf.size
-        span_ids = {x["id"] for x in s.spans} | {x.get("span_id") for x in s.snapshots}
-        dirs = []
-        for sid in span_ids:
-            if paths.is_safe_id(sid):
-                d = snap_root / sid
-                if d.is_dir() and not d.is_symlink():
-                    dirs.append(d)
-        if paths.is_safe_id(s.id):
-            lock = paths.live_lock_path(spool_dir, s.id)
-            if lock.is_file() and not lock.is_symlink():
-                files.append(lock)
-        n_dirs += len(dirs)
-        n_spans += len(s.spans)
-        groups.append((files, dirs))
-
-    orphan_dirs: list[Path] = []
-    if prune and snap_root.is_dir():
-        surviving = {s.id for s in sp.sessions if s.id not in doomed}
-        referenced: set[str | None] = set()
-        for s in sp.sessions:
-            if s.id in doomed:
-                continue
-            referenced.update(x["id"] for x in s.spans)
-            referenced.update(x.get("span_id") for x in s.snapshots)
-        # Records that belong to no session still reference their dirs.
-        attached = {x["id"] for s in sp.sessions for x in s.spans}
-        referenced.update(k for k in sp.spans if k not in attached)
-        doomed_dirs = {d for _, ds in groups for d in ds}
-        try:
-            entries = sorted(snap_root.iterdir())
-        except OSError:
-            entries = []
-        for d in entries:
-            if d.name.startswith(".") or d in doomed_dirs or d.name in referenced:
-                continue
-            if not d.is_dir() or d.is_symlink():
-                continue
-            if _snapshot_dir_sessions(d) & (surviving | {s.id for s in live}):
-                continue
-            orphan_dirs.append(d)
-    n_dirs += len(orphan_dirs)
-    return _ClearPlan(groups, orphan_dirs, n_bytes, n_dirs, n_spans)
-
-
-def _run_clear(live: list[Session], unfinished: list[Session], eligible: list[Session], groups: list[_Group],
-               orphan_dirs: list[tuple[Path, Path]], n_bytes: int, n_dirs: int, n_spans: int, yes: bool) -> None:
-    for s in live:
+def _run_clear(plan: SpoolClearPlan, yes: bool) -> None:
+    for s in plan.live:
         typer.echo(f"Keeping live session {render.short_id(s.id)} (its writer still holds the lock)", err=True)
-    for s in unfinished:
+    for s in plan.unfinished:
         typer.echo(f"Keeping unfinished session {render.short_id(s.id)} (no closed root and no liveness lock: "
                    "its writer may still be writing)", err=True)
-    if not eligible and not orphan_dirs:
+    if not plan.eligible and not plan.orphan_dirs:
         typer.echo("Nothing to delete.")
         return
-    question = (f"Delete {render.plural(len(eligible), 'session')} ({n_spans:,} spans, {format_bytes(n_bytes)}, "
-                f"{n_dirs:,} snapshot dirs)?")
+    question = (f"Delete {render.plural(len(plan.eligible), 'session')} ({plan.n_spans:,} spans, "
+                f"{format_bytes(plan.n_bytes)}, {plan.n_dirs:,} snapshot dirs)?")
     if not yes and not _confirm(question):
         typer.echo("Aborted.", err=True)
         raise typer.Exit(1)
-    groups.extend((base, [], [d]) for base, d in orphan_dirs)
+    groups: list[DeleteGroup] = [*plan.groups, *((base, [], [d]) for base, d in plan.orphan_dirs)]
     with _Interrupt() as intr:
         try:
             deleter, interrupted = _delete_groups(groups, intr)
@@ -1022,7 +898,7 @@ def _run_clear(live: list[Session], unfinished: list[Session], eligible: list[Se
     if interrupted:
         typer.echo(f"Interrupted: deleted {summary} before stopping.", err=True)
         raise typer.Exit(EXIT_INTERRUPTED)
-    typer.echo(f"Deleted {render.plural(len(eligible), 'session')} ({summary}).")
+    typer.echo(f"Deleted {render.plural(len(plan.eligible), 'session')} ({summary}).")
 
 
 __all__ = ["parse_duration_ns", "parse_iso_date", "traces_app"]
