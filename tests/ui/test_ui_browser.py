@@ -129,7 +129,8 @@ def test_timeline_page_zooms_through_the_server(browser, ui_server: UIServer, ru
     WebDriverWait(browser, PAGE_TIMEOUT, poll_frequency=0.1).until(
         lambda d: charts(d)[0]["points"] != before)
     names = browser.execute_script("return document.getElementById('timeline').data.map(t => t.name)")
-    assert {"forward", "backward", "data_load"} <= set(names)
+    # the window's spans are drawn; how many are under a pixel (merged) depends on the machine's speed
+    assert {"forward", "data_load"} <= set(names) and ({"backward", "(small spans)"} & set(names))
     browser.save_screenshot(str(_shot_dir(tmp_path) / "ui-timeline-zoomed.png"))
     assert console_errors(browser) == []
 
