@@ -10,21 +10,14 @@ import sys
 from pathlib import Path
 
 import pytest
+from cli_helpers import run_cli as run
 from spool_factory import SpoolFactory
-from typer.testing import CliRunner
 
 from cirron.spool.index import INDEX_NAME
-from cirron_cli.app import app
 
-runner = CliRunner()
 CIRRON = Path(sys.executable).parent / "cirron"
 
 
-def run(*args: str, **kw):
-    r = runner.invoke(app, list(args), **kw)
-    assert "Traceback" not in r.output
-    assert r.exception is None or isinstance(r.exception, SystemExit), repr(r.exception)
-    return r
 
 
 def tree(path: Path) -> set[str]:

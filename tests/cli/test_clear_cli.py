@@ -6,20 +6,12 @@ import json
 import signal
 
 import pytest
+from cli_helpers import run_cli as run
 from spool_factory import BASE_NS, MS, SpoolFactory
-from typer.testing import CliRunner
 
-from cirron_cli.app import app
-
-runner = CliRunner()
 DAY = 86_400 * 10**9
 
 
-def run(*args: str, input: str | None = None):
-    r = runner.invoke(app, list(args), input=input)
-    assert "Traceback" not in r.output
-    assert r.exception is None or isinstance(r.exception, SystemExit), repr(r.exception)
-    return r
 
 
 def ids(factory: SpoolFactory) -> set[str]:

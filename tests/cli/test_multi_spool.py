@@ -6,19 +6,8 @@ import json
 from pathlib import Path
 
 import pytest
+from cli_helpers import run_cli as run
 from spool_factory import BASE_NS, SpoolFactory
-from typer.testing import CliRunner
-
-from cirron_cli.app import app
-
-runner = CliRunner()
-
-
-def run(*args: str, input: str | None = None):
-    r = runner.invoke(app, list(args), input=input)
-    assert "Traceback" not in r.output
-    assert r.exception is None or isinstance(r.exception, SystemExit), repr(r.exception)
-    return r
 
 
 @pytest.fixture

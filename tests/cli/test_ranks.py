@@ -10,11 +10,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
-
-from cirron_cli.app import app
-
-runner = CliRunner()
+from cli_helpers import run_cli as run
 
 RANK_SCRIPT = textwrap.dedent("""
     import os, time
@@ -36,11 +32,6 @@ RANK_SCRIPT = textwrap.dedent("""
 """)
 
 
-def run(*args: str):
-    r = runner.invoke(app, list(args))
-    assert "Traceback" not in r.output
-    assert r.exception is None or isinstance(r.exception, SystemExit), repr(r.exception)
-    return r
 
 
 @pytest.fixture(scope="module")

@@ -11,9 +11,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
-
-from cirron_cli.app import app
+from cli_helpers import run_cli as run
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "vendor"
 MANIFEST = json.loads((FIXTURE / "manifest.json").read_text())
@@ -21,14 +19,8 @@ RUNS = {r["run"]: r for r in MANIFEST["runs"]}
 TOTAL = {k: sum(r[k] for r in MANIFEST["runs"]) for k in ("spans", "marks", "snapshots")}
 ROOTLESS = ("no_shutdown", "killed")  # their cirron.session root was never written
 
-runner = CliRunner()
 
 
-def run(*args: str, input: str | None = None):
-    r = runner.invoke(app, list(args), input=input)
-    assert "Traceback" not in r.output
-    assert r.exception is None or isinstance(r.exception, SystemExit), repr(r.exception)
-    return r
 
 
 @pytest.fixture

@@ -6,22 +6,15 @@ import json
 from pathlib import Path
 
 import pytest
+from cli_helpers import run_cli as run
 from spool_factory import BASE_NS, MS, SpoolFactory, new_id
-from typer.testing import CliRunner
 
 from cirron.spool.catalog import open_catalog
 from cirron.spool.stream import iter_chunks
-from cirron_cli.app import app
 
 pq = pytest.importorskip("pyarrow.parquet")
-runner = CliRunner()
 
 
-def run(*args: str):
-    r = runner.invoke(app, list(args))
-    assert "Traceback" not in r.output
-    assert r.exception is None or isinstance(r.exception, SystemExit), repr(r.exception)
-    return r
 
 
 def training_session(f: SpoolFactory, *, rank: int, run_id: str | None, start: int, slow: int = 1,
