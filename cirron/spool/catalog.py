@@ -28,7 +28,7 @@ from typing import Any
 
 from cirron.spool import paths
 from cirron.spool.reader import BatchFile, WarningCallback, default_warning
-from cirron.spool.reconstruct import is_unfinished, writer_name
+from cirron.spool.reconstruct import is_unfinished, session_status, writer_name
 from cirron.spool.sessions import Session, load_spool
 
 __all__ = ["Catalog", "Run", "SessionInfo", "open_catalog"]
@@ -74,11 +74,7 @@ class SessionInfo:
     @property
     def status(self) -> str:
         """``"ended"``, ``"live"``, ``"crashed"`` or ``"unfinished"``."""
-        if self.live:
-            return "live"
-        if self.crashed:
-            return "crashed"
-        return "unfinished" if self.unfinished else "ended"
+        return session_status(self.live, self.crashed, self.unfinished)
 
     @property
     def bytes(self) -> int:

@@ -55,6 +55,7 @@ __all__ = [
     "place_by_window",
     "place_loose",
     "reconstruct",
+    "session_status",
     "session_windows",
     "span_wins",
     "use_orphan_session",
@@ -232,6 +233,15 @@ def is_unfinished(lock_protocol: bool, has_root: bool, root_end_ns: object) -> b
     return not lock_protocol and (not has_root or root_end_ns is None)
 
 
+def session_status(live: bool, crashed: bool, unfinished: bool) -> str:
+    """``"live"``, ``"crashed"``, ``"unfinished"`` or ``"ended"``, in that order of precedence."""
+    if live:
+        return "live"
+    if crashed:
+        return "crashed"
+    return "unfinished" if unfinished else "ended"
+
+
 # --------------------------------------------------------------------------- sessions
 
 
@@ -293,13 +303,7 @@ class Session:
     @property
     def status(self) -> str:
         """``"ended"``, ``"live"``, ``"crashed"`` or ``"unfinished"`` (:attr:`unfinished`)."""
-        if self.live:
-            return "live"
-        if self.crashed:
-            return "crashed"
-        if self.unfinished:
-            return "unfinished"
-        return "ended"
+        return session_status(self.live, self.crashed, self.unfinished)
 
     @property
     def bytes(self) -> int:
