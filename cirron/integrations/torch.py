@@ -141,7 +141,7 @@ class TorchIntegration(_TorchHooks):
     # -- loss ---------------------------------------------------------------------------------------
 
     def _note_loss(self, output: Any) -> None:
-        if self._in_user_batches():
+        if self._inside(("batch",)):  # ci.batches: its owner marks the loss; a second series would double it
             return
         try:
             if isinstance(output, torch.Tensor) and output.numel() == 1:
@@ -151,16 +151,6 @@ class TorchIntegration(_TorchHooks):
                     self.c.mark("loss", float(output.detach()))
         except Exception as exc:  # noqa: BLE001
             self.c._rec.note_internal_error(exc)
-
-    def _in_user_batches(self) -> bool:
-        """Whether a ``ci.batches`` span is open: a hand-instrumented loop, whose owner marks the loss
-        (``ci.mark("loss", ...)``) where they choose; a second, automatic series would double it."""
-        span = self.c._rec.current.get()
-        while span is not None:
-            if span.name == "batch" and span is not self._step:
-                return True
-            span = span.parent
-        return False
 
     def _flush_loss(self) -> None:
         pending, self._loss_pending = self._loss_pending, []
@@ -188,9 +178,9 @@ class TorchIntegration(_TorchHooks):
             self.c._rec.note_internal_error(exc)
         return _LoaderIter(self, it)
 
-    def _inside(self, names: tuple[str, ...], claim: str) -> bool:
+    def _inside(self, names: tuple[str, ...], claim: str | None = None) -> bool:
         """Whether a trainer claims ``claim`` now, or a user span of one of ``names`` is open."""
-        if self.installed.claimed(claim):
+        if claim is not None and self.installed.claimed(claim):
             return True
         mine = (self._epoch, self._step)
         span = self.c._rec.current.get()
