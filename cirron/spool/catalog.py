@@ -176,6 +176,12 @@ class Catalog:
         self.sessions  # noqa: B018  (fills the map)
         return self._file_sessions
 
+    def clear_source(self, spool_dir: Path) -> Any:
+        """What :func:`cirron.spool.retention.plan_spool_clear` needs of ``spool_dir`` (one of
+        :attr:`spools`), from the index: batch files are read only to match snapshot dirs."""
+        self.sessions  # noqa: B018  (fills the maps)
+        return _IndexedClearSource(self, spool_dir)
+
     def find(self, prefix: str) -> list[SessionInfo]:
         """Sessions whose id starts with ``prefix``, oldest first."""
         return [s for s in self.sessions if s.id.startswith(prefix)]
@@ -213,6 +219,61 @@ class Catalog:
         for info in infos:
             yield self.load(info, fields)
 
+    def _streamable(self, info: SessionInfo) -> bool:
+        self.sessions  # noqa: B018  (the summary says how the spool must be read)
+        return info.streamable and info.spool not in self._whole
+
+    def iter_snapshots(self, infos: Iterable[SessionInfo]) -> Iterator[tuple[SessionInfo, Any]]:
+        """The snapshot records of each session (deduped by id, last write wins), reading its batch
+        files one at a time; only sessions the index counts snapshots in are worth passing."""
+        from cirron.spool.reader import read_batch
+
+        for info in infos:
+            if not self._streamable(info):
+                yield from ((info, r) for r in self.load(info).snapshots)
+                continue
+            kept: dict[str, Any] = {}
+            for bf in info.files:
+                batch = read_batch(bf, lambda _m: None, "full")
+                if batch is not None:
+                    for r in batch["snapshots"]:
+                        kept.pop(r.id, None)  # a rewrite moves to where it was last written
+                        kept[r.id] = r
+            yield from ((info, r) for r in kept.values())
+
+    def spool_snapshots(self, spool_dir: Path) -> list[tuple[SessionInfo | None, Any]]:
+        """Every snapshot record of one spool with its session (None: a batch of no session),
+        from the sessions the index counts snapshots in; a spool with records of no session is
+        read whole."""
+        infos = [s for s in self.sessions if s.spool == spool_dir]
+        loose = any(None in owners for p, owners in self.file_sessions.items() if p.parent == spool_dir)
+        if spool_dir in self._whole or loose:
+            sp = load_spool(spool_dir, lambda _m: None)
+            by_id = {s.id: s for s in infos}
+            return [(by_id.get(sess.id), r) for sess in sp.sessions for r in sess.snapshots] + [
+                (None, r) for r in sp.snapshots.values() if r.session is None]
+        return list(self.iter_snapshots(i for i in infos if i.snapshots))
+
+    def find_spans(self, info: SessionInfo, span_ids: set[str]) -> dict[str, Any]:
+        """The records of the spans ``span_ids`` in ``info``'s session (the dedupe's winners; ids
+        it does not hold are left out), reading its batch files one at a time."""
+        from cirron.spool.reader import read_batch
+        from cirron.spool.reconstruct import span_wins
+
+        if not span_ids:
+            return {}
+        if not self._streamable(info):
+            return {s["id"]: s for s in self.load(info).spans if s["id"] in span_ids}
+        found: dict[str, Any] = {}
+        for bf in info.files:
+            batch = read_batch(bf, lambda _m: None, "full")
+            for s in batch["spans"] if batch is not None else ():
+                if s.id in span_ids:
+                    old = found.get(s.id)
+                    if old is None or span_wins(old.end_ns, s.end_ns):
+                        found[s.id] = s
+        return found
+
     def iter_spans(self, info: SessionInfo, start_ns: int | None = None, end_ns: int | None = None,
                    fields: str = "full") -> Iterator[Any]:
         """Spans of one session (deduped) that overlap ``[start_ns, end_ns]``, by start time.
@@ -234,6 +295,43 @@ class Catalog:
             out.append(sp)
         out.sort(key=lambda sp: (sp.get("start_ns"), sp.get("id")))
         return iter(out)
+
+
+class _IndexedClearSource:
+    """One spool's sessions as the index summarises them, for planning a clear
+    (:class:`cirron.spool.retention.ClearSource`)."""
+
+    def __init__(self, cat: Catalog, spool_dir: Path) -> None:
+        self._cat = cat
+        self.dir = spool_dir
+        self.sessions = [s for s in cat.sessions if s.spool == spool_dir]
+        self.file_sessions = cat.file_sessions
+
+    def snapshot_refs(self, names: set[str]) -> dict[str, set[str | None]]:
+        """Read the spool's batch files one at a time (summary fields) for the records named by
+        ``names``; a spool whose files hold records of several sessions is rebuilt whole instead."""
+        from cirron.spool.reader import read_batch
+
+        files = sorted({bf.path: bf for s in self.sessions for bf in s.files}.values(),
+                       key=lambda b: (b.created_ns, b.batch_id))
+        whole = self.dir in self._cat._whole or any(
+            len(self.file_sessions.get(bf.path, set()) - {None}) > 1 for bf in files)
+        if whole or any(s.is_orphan for s in self.sessions):
+            return load_spool(self.dir, lambda _m: None, fields="summary").snapshot_refs(names)
+        out: dict[str, set[str | None]] = {}
+        quiet = lambda _m: None  # noqa: E731 - the summary already reported every file
+        for bf in files:
+            batch = read_batch(bf, quiet, "summary")
+            if batch is None:
+                continue
+            owner = next(iter(self.file_sessions.get(bf.path, set()) - {None}), None)
+            if owner is None:
+                continue
+            hits = [sp.id for sp in batch["spans"] if sp.id in names]
+            hits += [x.span_id for x in batch["snapshots"] if x.span_id in names]
+            for h in hits:
+                out.setdefault(h, set()).add(owner)
+        return out
 
 
 def _rank_key(s: SessionInfo) -> tuple[int, int, str]:

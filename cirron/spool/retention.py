@@ -16,15 +16,16 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
 from cirron.safetensors_io import SafetensorsError, read_header
 from cirron.spool import paths
 
 if TYPE_CHECKING:
-    from cirron.spool.sessions import Session, Spool
+    from cirron.spool.sessions import Session
 
-__all__ = ["ClearPlan", "DeleteGroup", "SpoolClearPlan", "plan_clear", "plan_spool_clear", "snapshot_dir_sessions"]
+__all__ = ["ClearPlan", "ClearSource", "DeleteGroup", "SpoolClearPlan", "plan_clear", "plan_spool_clear",
+           "snapshot_dir_sessions"]
 
 T = TypeVar("T")
 
@@ -97,9 +98,26 @@ class SpoolClearPlan:
     n_spans: int = 0
 
 
-def plan_spool_clear(spools: Sequence[tuple[Path, Spool]], cutoff_ns: int | None = None,
+class ClearSource(Protocol):
+    """What planning a clear needs of one spool: a loaded :class:`~cirron.spool.sessions.Spool`,
+    or the index's summaries (:meth:`cirron.spool.catalog.Catalog.clear_source`), which read no
+    batch file unless snapshot dirs must be matched to their sessions."""
+
+    @property
+    def sessions(self) -> Sequence[Any]: ...  # Session or SessionInfo
+
+    @property
+    def file_sessions(self) -> dict[Path, set[str | None]]: ...
+
+    def snapshot_refs(self, names: set[str]) -> dict[str, set[str | None]]:
+        """For each of ``names`` that a span id or a snapshot's span id is equal to, the sessions
+        holding those records (None: spans of no session)."""
+        ...
+
+
+def plan_spool_clear(spools: Sequence[tuple[Path, ClearSource]], cutoff_ns: int | None = None,
                      keep: int | None = None, prune_orphans: bool = True) -> SpoolClearPlan:
-    """What ``clear`` deletes in ``spools`` (``(spool_dir, loaded spool)`` pairs): the sessions
+    """What ``clear`` deletes in ``spools`` (``(spool_dir, source)`` pairs): the sessions
     :func:`plan_clear` allows, and the files and snapshot dirs that belong to them alone."""
     everything = sorted(((d, s) for d, sp in spools for s in sp.sessions),
                         key=lambda ds: (ds[1].started_ns if ds[1].started_ns is not None else 0, ds[1].id))
@@ -111,16 +129,27 @@ def plan_spool_clear(spools: Sequence[tuple[Path, Spool]], cutoff_ns: int | None
     return plan
 
 
-def _snapshot_ids(s: Session) -> set[Any]:
-    return {x["id"] for x in s.spans} | {x.get("span_id") for x in s.snapshots}
+def _span_count(s: Any) -> int:
+    return s.spans if type(s.spans) is int else len(s.spans)
 
 
-def _plan_one_spool(plan: SpoolClearPlan, sp: Spool, spool_dir: Path, eligible: list[Session],
+def _snapshot_dir_names(snap_root: Path) -> set[str]:
+    """Names of the real directories under ``snapshots/`` (hidden ones aside)."""
+    try:
+        entries = list(snap_root.iterdir())
+    except OSError:
+        return set()
+    return {d.name for d in entries if not d.name.startswith(".") and d.is_dir() and not d.is_symlink()}
+
+
+def _plan_one_spool(plan: SpoolClearPlan, sp: ClearSource, spool_dir: Path, eligible: list[Any],
                     prune_orphans: bool) -> None:
     """Adds to ``plan`` what deleting ``eligible`` (sessions of the one spool ``sp``) removes there."""
     base = paths.cirron_root(spool_dir)
     doomed = {s.id for s in eligible}
     snap_root = paths.snapshots_dir(spool_dir)
+    names = _snapshot_dir_names(snap_root)
+    refs = sp.snapshot_refs(names) if names else {}
     claimed: set[Path] = set()
     doomed_dirs: set[Path] = set()
     for s in eligible:
@@ -132,35 +161,24 @@ def _plan_one_spool(plan: SpoolClearPlan, sp: Spool, spool_dir: Path, eligible: 
                 claimed.add(bf.path)
                 files.append(bf.path)
                 plan.n_bytes += bf.size
-        dirs = [snap_root / sid for sid in _snapshot_ids(s) if paths.is_safe_id(sid)]
-        dirs = [d for d in dirs if d.is_dir() and not d.is_symlink()]
+        dirs = [snap_root / n for n in sorted(names) if s.id in refs.get(n, ()) and paths.is_safe_id(n)]
         if paths.is_safe_id(s.id):
             lock = paths.live_lock_path(spool_dir, s.id)
             if lock.is_file() and not lock.is_symlink():
                 files.append(lock)
         doomed_dirs.update(dirs)
         plan.n_dirs += len(dirs)
-        plan.n_spans += len(s.spans)
+        plan.n_spans += _span_count(s)
         plan.groups.append((base, files, dirs))
-    if not prune_orphans or not snap_root.is_dir():
+    if not prune_orphans or not names:
         return
 
     kept_sessions = {s.id for s in sp.sessions if s.id not in doomed}  # live ones included
-    referenced: set[Any] = set()
-    for s in sp.sessions:
-        if s.id not in doomed:
-            referenced |= _snapshot_ids(s)
-    # Records that belong to no session still reference their dirs.
-    attached = {x["id"] for s in sp.sessions for x in s.spans}
-    referenced.update(k for k in sp.spans if k not in attached)
-    try:
-        entries = sorted(snap_root.iterdir())
-    except OSError:
-        entries = []
-    for d in entries:
-        if d.name.startswith(".") or d in doomed_dirs or d.name in referenced:
-            continue
-        if not d.is_dir() or d.is_symlink():
+    # Records of a kept session, or spans of no session, still reference their dirs.
+    referenced = {n for n, owners in refs.items() if any(o is None or o not in doomed for o in owners)}
+    for name in sorted(names):
+        d = snap_root / name
+        if d in doomed_dirs or name in referenced:
             continue
         if snapshot_dir_sessions(d) & kept_sessions:
             continue

@@ -65,6 +65,24 @@ class Spool:
         """Sessions whose id starts with ``prefix``."""
         return [s for s in self.sessions if s.id.startswith(prefix)]
 
+    def snapshot_refs(self, names: set[str]) -> dict[str, set[str | None]]:
+        """For each of ``names`` equal to a span id or a snapshot's span id, the sessions holding
+        those records (None: spans of no session); see :class:`cirron.spool.retention.ClearSource`."""
+        out: dict[str, set[str | None]] = {}
+        attached: set[str] = set()
+        for sess in self.sessions:
+            for sp in sess.spans:
+                attached.add(sp["id"])
+                if sp["id"] in names:
+                    out.setdefault(sp["id"], set()).add(sess.id)
+            for snap in sess.snapshots:
+                sid = snap.get("span_id")
+                if sid in names:
+                    out.setdefault(sid, set()).add(sess.id)
+        for sid in names.intersection(self.spans).difference(attached):
+            out.setdefault(sid, set()).add(None)
+        return out
+
     @property
     def referenced_span_ids(self) -> set[str]:
         ids = set(self.spans)

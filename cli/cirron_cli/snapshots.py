@@ -38,14 +38,6 @@ def _spool_dirs(spools: list[str]) -> list[Path]:
     return dirs or [Path(spools[0])]
 
 
-def _load(spool_dir: Path) -> Any:
-    from cirron.spool import load_spool
-
-    if spool_dir.exists() and not spool_dir.is_dir():
-        fail(f"Spool path {spool_dir} is not a directory")
-    return load_spool(spool_dir, on_warning=warn)
-
-
 def _short(id_: str | None) -> str:
     return render.short_id(id_) if id_ else "-"
 
@@ -186,14 +178,15 @@ def snapshots_cmd(
     if session and not infos:
         fail(f"No session found matching {session}")
     # Only sessions that recorded snapshots are read, one at a time (the index knows which).
-    chosen = ((s, {x["id"]: x for x in s.spans}) for s in cat.iter_load(i for i in infos if i.snapshots))
     span_prefix = span or span_id
     if span and span_id and not span.startswith(span_id) and not span_id.startswith(span):
         fail(f"--span {span} and the positional span id {span_id} disagree")
 
     groups: dict[str, dict[str, Any]] = {}
-    for sess, spans_by_id in chosen:
-        for rec in sess.snapshots:
+    for sess in (i for i in infos if i.snapshots):
+        records = [r for _i, r in cat.iter_snapshots([sess])]
+        spans_by_id = cat.find_spans(sess, {r.get("span_id") for r in records if isinstance(r.get("span_id"), str)})
+        for rec in records:
             sid = rec.get("span_id")
             if not isinstance(sid, str):
                 continue
@@ -421,20 +414,32 @@ def snapshot_cmd(
         span_id = _read_headers([file])[0].metadata.get("span_id") or ""
     if (preview is not None or tail is not None) and tensor is None:
         fail("--preview/--tail need a tensor name: cirron traces snapshot <span> <tensor> --preview N")
-    loaded = [(d, _load(d)) for d in _spool_dirs(spool)]
+    from cirron.spool.catalog import open_catalog
+
+    dirs = _spool_dirs(spool)
+    for d in dirs:
+        if d.exists() and not d.is_dir():
+            fail(f"Spool path {d} is not a directory")
+    cat = open_catalog(dirs, warn)
+    # Only sessions the index counts snapshots in are read, one batch file at a time.
+    by_spool = {d: cat.spool_snapshots(d) for d in cat.spools}
     # The spool holding snapshots of this span (the first one given when none does).
-    spool_dir, data = next(((d, x) for d, x in loaded
-                            if any(isinstance(r.get("span_id"), str) and r["span_id"].startswith(span_id)
-                                   for r in x.snapshots.values())), loaded[0])
-    if not data.sessions and not data.snapshots and file is None:
+    spool_dir = next((d for d in cat.spools
+                      if any(isinstance(r.get("span_id"), str) and r["span_id"].startswith(span_id)
+                             for _i, r in by_spool.get(d, ()))), cat.spools[0] if cat.spools else dirs[0])
+    pairs = by_spool.get(spool_dir, [])
+    if not pairs and not any(s.spool == spool_dir for s in cat.sessions) and file is None:
         render.no_traces(err=True)
         raise typer.Exit(1)
 
     by_span: dict[str, list[dict]] = {}
-    for rec in data.snapshots.values():
+    owner: dict[str, Any] = {}
+    for info, rec in pairs:
         sid = rec.get("span_id")
         if isinstance(sid, str):
             by_span.setdefault(sid, []).append(rec)
+            if info is not None:
+                owner.setdefault(sid, info)
     matches = sorted(s for s in by_span if s.startswith(span_id)) if span_id else []
     if len(matches) > 1 and span_id not in by_span:
         shown = ", ".join(_short(m) for m in matches[:5])
@@ -447,8 +452,9 @@ def snapshot_cmd(
         fail(f"No snapshots found for span {span_id}")
     records = by_span.get(full_id, [])
     records.sort(key=lambda r: 0 if r.get("role") != "gradient" else 1)  # stable: weights first
-    span_rec = data.spans.get(full_id)
-    session_id = next((s.id for s in data.sessions for r in s.snapshots if r.get("span_id") == full_id), None)
+    info = owner.get(full_id)
+    span_rec = cat.find_spans(info, {full_id}).get(full_id) if info is not None else None
+    session_id = info.id if info is not None else None
     if session_id is None and records:
         session_id = records[0].get("batch_session")
 

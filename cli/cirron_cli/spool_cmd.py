@@ -11,9 +11,9 @@ from typing import Optional
 import typer
 
 from cirron.spool import paths
+from cirron.spool.catalog import open_catalog
 from cirron.spool.reader import list_batch_files, read_batch
 from cirron.spool.retention import plan_clear
-from cirron.spool.sessions import load_spool
 from cirron_cli import render
 from cirron_cli.render import fail, format_bytes, warn
 
@@ -83,10 +83,10 @@ def clear_files(
 
     p = _check_dir(spool)
     try:
-        sp = load_spool(p, warn, fields="summary")
-        plan = plan_clear(sp.sessions)
+        cat = open_catalog([p], warn)
+        plan = plan_clear(cat.sessions)
         protected = {s.id for s in plan.live} | {s.id for s in plan.unfinished}
-        keep = {path for path, owners in sp.file_sessions.items() if owners & protected}
+        keep = {path for path, owners in cat.file_sessions.items() if owners & protected}
         doomed = [bf for bf in list_batch_files(p, lambda _m: None) if bf.path not in keep]
         if keep:
             whose = [render.plural(len(group), kind) for group, kind in

@@ -32,7 +32,7 @@ from cirron.spool import paths
 from cirron.spool.catalog import Catalog, SessionInfo, open_catalog
 from cirron.spool.reader import _limit_depth
 from cirron.spool.retention import DeleteGroup, SpoolClearPlan, plan_spool_clear
-from cirron.spool.sessions import Session, load_spool
+from cirron.spool.sessions import Session
 from cirron_cli import render
 from cirron_cli.render import fail, format_bytes, format_duration_ns, style, use_color, warn
 
@@ -870,8 +870,8 @@ def clear(
 
 def _clear(cutoff: int | None, keep: int | None, yes: bool, prune: bool, spool: list[str]) -> None:
     cat = open_spools(spool)
-    loaded = [(d, load_spool(d, warn, fields="summary")) for d in cat.spools]
-    _run_clear(plan_spool_clear(loaded, cutoff, keep, prune), yes)
+    sources = [(d, cat.clear_source(d)) for d in cat.spools]
+    _run_clear(plan_spool_clear(sources, cutoff, keep, prune), yes)
 
 
 def _run_clear(plan: SpoolClearPlan, yes: bool) -> None:

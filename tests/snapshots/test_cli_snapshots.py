@@ -330,3 +330,40 @@ def test_snapshot_file_without_a_span(demo, tmp_path: Path) -> None:
     assert "Span     -" in r.output and "first 3: [1, 1, 1]" in r.output
     r = run("traces", "snapshot", "--spool", demo["spool"])
     assert r.exit_code == 2 and "Missing argument 'SPAN_ID'" in r.output
+
+
+def test_snapshot_commands_read_only_the_files_of_sessions_with_snapshots(factory, monkeypatch) -> None:
+    """The index says which sessions hold snapshots: the batch files of the others are never read."""
+    from cirron.spool import reader as spool_reader
+    from cirron.spool import sessions as spool_sessions
+    from cirron.spool.catalog import open_catalog
+
+    plain = [factory.session(start_ns=10**18 + i * 10**9) for i in range(3)]
+    with_snaps = factory.session(start_ns=2 * 10**18, snapshots=True)
+    for eid in with_snaps["epochs"]:
+        st.write_file(factory.snapshots_dir / eid / "weights.safetensors", [("w", "F32", [1], b"\0" * 4)],
+                      {"span_id": eid}, fsync=False)
+    sp = str(factory.spool_dir)
+    open_catalog([sp]).sessions  # noqa: B018  (builds the index)
+    read: list[str] = []
+    real = spool_reader.read_batch
+
+    def counting(bf, *a, **k):
+        read.append(bf.name)
+        return real(bf, *a, **k)
+
+    monkeypatch.setattr(spool_reader, "read_batch", counting)
+    monkeypatch.setattr(spool_sessions, "read_batch", counting)
+    eid = with_snaps["epochs"][0]
+    for args in (["snapshots", "--json"], ["snapshot", eid, "--json"]):
+        read.clear()
+        r = run("traces", *args, "--spool", sp)
+        assert r.exit_code == 0, r.output
+        assert eid in r.output
+        assert read and all(name in {bf.name for bf in factory.spool_dir.glob("*.json")} for name in read)
+        plain_files = {f.name for s in open_catalog([sp]).sessions if s.id in {p["root"] for p in plain}
+                       for f in s.files}
+        assert not plain_files & set(read)
+    r = run("traces", "snapshot", eid, "--json", "--spool", sp)
+    assert json.loads(r.output)["session_id"] == with_snaps["root"]
+    assert json.loads(r.output)["name"] == "epoch[0]"

@@ -5,19 +5,62 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 from spool_factory import BASE_NS, MS, SpoolFactory
 
 from cirron.safetensors_io import write_file
 from cirron.spool import paths
+from cirron.spool import reader as spool_reader
+from cirron.spool import sessions as spool_sessions
+from cirron.spool.catalog import open_catalog
 from cirron.spool.retention import plan_spool_clear, snapshot_dir_sessions
 from cirron.spool.sessions import load_spool
 
 DAY = 86_400 * 10**9
 
 
+@pytest.fixture(params=["loaded", "indexed"])
+def source(request: pytest.FixtureRequest) -> str:
+    """Every plan is made from a loaded spool and from the index's summaries: same answer."""
+    return request.param
+
+
+_SOURCE = {"kind": "loaded"}
+
+
+@pytest.fixture(autouse=True)
+def _use_source(source: str) -> None:
+    _SOURCE["kind"] = source
+
+
 def loaded(factory: SpoolFactory) -> list:
     d = factory.spool_dir
+    if _SOURCE["kind"] == "indexed":
+        return [(d, open_catalog([d]).clear_source(d))]
     return [(d, load_spool(d, fields="summary"))]
+
+
+def test_indexed_plan_reads_no_batch_file_without_snapshot_dirs(factory: SpoolFactory, monkeypatch):
+    factory.session(epochs=2)
+    factory.session(epochs=1, start_ns=BASE_NS + DAY)
+    d = factory.spool_dir
+    open_catalog([d]).sessions  # noqa: B018  (builds the index)
+    reads = []
+    real = spool_reader.read_batch
+    monkeypatch.setattr(spool_reader, "read_batch", lambda *a, **k: reads.append(a) or real(*a, **k))
+    monkeypatch.setattr(spool_sessions, "read_batch", lambda *a, **k: reads.append(a) or real(*a, **k))
+    plan = plan_spool_clear([(d, open_catalog([d]).clear_source(d))])
+    assert len(plan.eligible) == 2 and plan.n_spans > 0 and reads == []
+
+
+def test_indexed_plan_matches_snapshot_dirs_by_reading_files(factory: SpoolFactory):
+    a = factory.session(epochs=2, snapshots=True)
+    b = factory.session(epochs=1, snapshots=True, start_ns=BASE_NS + DAY)
+    d = factory.spool_dir
+    plan = plan_spool_clear([(d, open_catalog([d]).clear_source(d))], cutoff_ns=BASE_NS + DAY // 2)
+    assert [s.id for s in plan.eligible] == [a["root"]]
+    assert sorted(x.name for x in plan.groups[0][2]) == sorted(a["epochs"])
+    assert not set(b["epochs"]) & {x.name for _b, _f, dirs in plan.groups for x in dirs}
 
 
 def snapshot_dir_for(factory: SpoolFactory, name: str, session_id: str | None) -> Path:
