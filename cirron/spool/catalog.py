@@ -251,7 +251,7 @@ class Catalog:
             sp = load_spool(spool_dir, lambda _m: None)
             by_id = {s.id: s for s in infos}
             return [(by_id.get(sess.id), r) for sess in sp.sessions for r in sess.snapshots] + [
-                (None, r) for r in sp.snapshots.values() if r.session is None]
+                (None, r) for r in sp.snapshots.values() if r.get("session") is None]
         return list(self.iter_snapshots(i for i in infos if i.snapshots))
 
     def find_spans(self, info: SessionInfo, span_ids: set[str]) -> dict[str, Any]:

@@ -434,12 +434,12 @@ def snapshot_cmd(
 
     by_span: dict[str, list[dict]] = {}
     owner: dict[str, Any] = {}
-    for info, rec in pairs:
+    for rec_info, rec in pairs:
         sid = rec.get("span_id")
         if isinstance(sid, str):
             by_span.setdefault(sid, []).append(rec)
-            if info is not None:
-                owner.setdefault(sid, info)
+            if rec_info is not None:
+                owner.setdefault(sid, rec_info)
     matches = sorted(s for s in by_span if s.startswith(span_id)) if span_id else []
     if len(matches) > 1 and span_id not in by_span:
         shown = ", ".join(_short(m) for m in matches[:5])
@@ -452,9 +452,9 @@ def snapshot_cmd(
         fail(f"No snapshots found for span {span_id}")
     records = by_span.get(full_id, [])
     records.sort(key=lambda r: 0 if r.get("role") != "gradient" else 1)  # stable: weights first
-    info = owner.get(full_id)
-    span_rec = cat.find_spans(info, {full_id}).get(full_id) if info is not None else None
-    session_id = info.id if info is not None else None
+    owner_info = owner.get(full_id)
+    span_rec = cat.find_spans(owner_info, {full_id}).get(full_id) if owner_info is not None else None
+    session_id = owner_info.id if owner_info is not None else None
     if session_id is None and records:
         session_id = records[0].get("batch_session")
 
