@@ -5,6 +5,7 @@ default :class:`Cirron`. Build your own ``Cirron(...)`` for an independent profi
 """
 
 from typing import TYPE_CHECKING as _TYPE_CHECKING
+from typing import Final as _Final
 
 from cirron._cirron import Cirron
 from cirron._errors import (
@@ -23,25 +24,25 @@ from cirron._version import __version__
 _DEFAULT = Cirron(_lazy=True)
 _DEFAULT._share_with_workers()  # in a worker process of a profiled parent: record into its session
 
-aflush = _DEFAULT.aflush
-ashutdown = _DEFAULT.ashutdown
-batches = _DEFAULT.batches
-deps = _DEFAULT.deps
-env = _DEFAULT.env
-epochs = _DEFAULT.epochs
-flush = _DEFAULT.flush
-health = _DEFAULT.health
-load = _DEFAULT.load
-mark = _DEFAULT.mark
-profile = _DEFAULT.profile
-profiling = _DEFAULT.profiling
-scope = _DEFAULT.scope
-secret = _DEFAULT.secret
-shutdown = _DEFAULT.shutdown
-snapshot = _DEFAULT.snapshot
-trace = _DEFAULT.trace
-watch = _DEFAULT.watch
-wrap = _DEFAULT.wrap
+aflush: _Final = _DEFAULT.aflush
+ashutdown: _Final = _DEFAULT.ashutdown
+batches: _Final = _DEFAULT.batches
+deps: _Final = _DEFAULT.deps
+env: _Final = _DEFAULT.env
+epochs: _Final = _DEFAULT.epochs
+flush: _Final = _DEFAULT.flush
+health: _Final = _DEFAULT.health
+load: _Final = _DEFAULT.load
+mark: _Final = _DEFAULT.mark
+profile: _Final = _DEFAULT.profile
+profiling: _Final = _DEFAULT.profiling
+scope: _Final = _DEFAULT.scope
+secret: _Final = _DEFAULT.secret
+shutdown: _Final = _DEFAULT.shutdown
+snapshot: _Final = _DEFAULT.snapshot
+trace: _Final = _DEFAULT.trace
+watch: _Final = _DEFAULT.watch
+wrap: _Final = _DEFAULT.wrap
 
 
 if _TYPE_CHECKING:

@@ -12,6 +12,7 @@ import contextlib
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 TMP_PREFIX = ".tmp-"
 
@@ -96,7 +97,7 @@ def atomic_write(path: str | os.PathLike[str], data: bytes | list[bytes], fsync:
 _IOV_MAX = 512
 
 
-def _writev_all(fd: int, pieces: list) -> None:
+def _writev_all(fd: int, pieces: list[Any]) -> None:
     views = [memoryview(p) for p in pieces if len(p)]
     while views:
         written = os.writev(fd, views[:_IOV_MAX])

@@ -15,7 +15,7 @@ import types
 import weakref
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Final, TypeVar, cast
 
 from cirron._config import Config, enabled_in_env
 from cirron._env import env as _env
@@ -111,7 +111,7 @@ class Cirron:
         #: Pids of this session's workers that died before writing all they recorded (at shutdown).
         self.workers_lost: list[int] = []
         # The hot-path entry points are the recorder's own bound methods: no extra call layer.
-        self.mark = self._rec.mark
+        self.mark: Final = self._rec.mark
         if not enabled_in_env():
             self._set_recording(False)
         _INSTANCES.add(self)

@@ -16,7 +16,8 @@ from cirron.spool.reconstruct import children_index
 FORMATS = ("tree", "dict", "json", "df")
 
 
-def build_nodes(spans: list[tuple], marks: dict[int, list], name: str | None, last: int | None) -> dict[str, Any]:
+def build_nodes(spans: list[tuple[Any, ...]], marks: dict[int, list[Any]], name: str | None,
+                last: int | None) -> dict[str, Any]:
     """The ``format="dict"`` structure: ``{"roots": [...], "span_count": n}``.
 
     ``spans`` are closed-span tuples (``_record.span.CLOSED_FIELDS``; open spans with end None).
@@ -26,7 +27,7 @@ def build_nodes(spans: list[tuple], marks: dict[int, list], name: str | None, la
     by_id = {s[0]: s for s in wanted}
     wanted.sort(key=lambda s: (s[4], s[0]))
 
-    def node(s: tuple) -> dict[str, Any]:
+    def node(s: tuple[Any, ...]) -> dict[str, Any]:
         wall = s[5] - s[4] if s[5] is not None else None
         return {
             "id": hex_id(s[0]),
@@ -50,7 +51,7 @@ def build_nodes(spans: list[tuple], marks: dict[int, list], name: str | None, la
     top, children = children_index(recs.values())
     count = 0
 
-    def build(r: dict) -> dict[str, Any]:
+    def build(r: dict[str, Any]) -> dict[str, Any]:
         nonlocal count
         count += 1
         root = node(r["rec"])
@@ -147,7 +148,8 @@ def in_notebook() -> bool:
     return shell is not None and type(shell).__name__ == "ZMQInteractiveShell"
 
 
-def render(spans: list[tuple], marks: dict, format: str, name: str | None, last: int | None) -> Any:
+def render(spans: list[tuple[Any, ...]], marks: dict[int, list[Any]], format: str, name: str | None,
+           last: int | None) -> Any:
     if format not in FORMATS:
         raise CirronConfigError(f"ci.trace() format must be one of {', '.join(FORMATS)}, not {format!r}")
     if last is not None and (not isinstance(last, int) or last < 0):

@@ -217,7 +217,7 @@ class _TorchHooks:
         p = self._first_param
         return p is not None and p.is_cuda
 
-    def _stack(self) -> list:
+    def _stack(self) -> list[Any]:
         try:
             return self._local.stack
         except AttributeError:

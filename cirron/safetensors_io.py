@@ -24,11 +24,14 @@ import struct
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from cirron._atomic import atomic_file
 from cirron._errors import CirronSpoolError
 from cirron._safeopen import NotRegularFile, open_regular
+
+if TYPE_CHECKING:
+    import numpy as np
 
 __all__ = [
     "DTYPES",
@@ -315,7 +318,7 @@ def _decode_f8(b: int, name: str) -> float:
     return sign * (1 + m / 4) * 2.0 ** (e - 15)
 
 
-def to_numpy(header: SafetensorsHeader, info: TensorInfo):  # noqa: ANN201
+def to_numpy(header: SafetensorsHeader, info: TensorInfo) -> np.ndarray[Any, Any]:
     """One tensor as a numpy array (BF16 and F8 upcast to float32). Reads only its bytes."""
     import numpy as np
 

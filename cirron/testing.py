@@ -47,8 +47,8 @@ class ManualClock:
     """Wall and CPU time that move only when the test says so (both in ns)."""
 
     def __init__(self, start_ns: int = 1_700_000_000_000_000_000) -> None:
-        self.wall_ns = start_ns
-        self.cpu_ns = 0
+        self.wall_ns: int = start_ns
+        self.cpu_ns: int = 0
 
     def advance(self, ns: int, *, cpu_ns: int | None = None) -> None:
         """Move wall time by ``ns`` and CPU time by ``cpu_ns`` (by default the same amount)."""
@@ -187,6 +187,6 @@ def _fixture() -> Any:
 
 
 try:
-    cirron_capture = _fixture()
+    cirron_capture: Any = _fixture()  # a pytest fixture object
 except ImportError:  # pytest is not installed: the fixture is only for pytest users
     pass

@@ -52,7 +52,7 @@ class SpanOut(msgspec.Struct, gc=False):
     thread_id: int
     pid: int
     rank: int
-    attrs: dict
+    attrs: dict[str, Any]
 
 
 class MarkOut(msgspec.Struct, gc=False):
@@ -66,7 +66,7 @@ class MarkOut(msgspec.Struct, gc=False):
     kind: str
     ts_ns: int
     thread_id: int
-    attrs: dict
+    attrs: dict[str, Any]
 
 
 _ENCODER = msgspec.json.Encoder()
@@ -76,14 +76,14 @@ _INF = float("inf")
 _cencode = native.load("cirron._flush._cencode")
 
 
-def span_record(row: tuple, pid: int, rank: int, root_id: int, root_hex: str | None) -> SpanOut:
+def span_record(row: tuple[Any, ...], pid: int, rank: int, root_id: int, root_hex: str | None) -> SpanOut:
     """The spool record of a closed-layout span tuple (``cirron._record.span.CLOSED_FIELDS``)."""
     sid, parent, name, index, start, end, cpu, gpu, mem, tid, attrs = row
     return SpanOut(hex_id(sid), hex_id(parent) if parent else (root_hex if sid != root_id else None), name,
                       index, start, end, cpu, gpu, mem, tid, pid, rank, strict_json(attrs) if attrs else {})
 
 
-def mark_record(row: tuple, mark_id: int) -> MarkOut:
+def mark_record(row: tuple[Any, ...], mark_id: int) -> MarkOut:
     """The spool record of a mark ``(span_id, name, value, kind, ts_ns, attrs, thread_id)``
     (``cirron._record.span.MARK_TUPLE_FIELDS``)."""
     span_id, name, value, kind, ts, attrs, tid = row
@@ -166,24 +166,24 @@ class Batch:
     the sinks that read ``batch.spans`` / ``batch.marks``, only when asked.
     """
 
-    def __init__(self, session_id: str | None, resource: dict[str, Any], span_lists: list[list[tuple]],
-                 mark_rows: list[tuple], mark_ids: list[int], snapshots: list[dict[str, Any]],
+    def __init__(self, session_id: str | None, resource: dict[str, Any], span_lists: list[list[tuple[Any, ...]]],
+                 mark_rows: list[tuple[Any, ...]], mark_ids: list[int], snapshots: list[dict[str, Any]],
                  closed_spans: int, root: tuple[int, str | None] = (0, None)) -> None:
         self.session_id = session_id
         self.resource = resource
         #: Span tuples in ``cirron._record.span.CLOSED_FIELDS`` layout, closed ones first.
-        self.span_lists = span_lists
-        self.mark_rows = mark_rows
-        self.mark_ids = mark_ids
+        self.span_lists: list[list[tuple[Any, ...]]] = span_lists
+        self.mark_rows: list[tuple[Any, ...]] = mark_rows
+        self.mark_ids: list[int] = mark_ids
         self.snapshots = snapshots
         #: Span records among ``spans`` that are the final (closed) version: counted as written.
         self.closed_spans = closed_spans
         #: The session root's id and hex: a span without a parent hangs under it.
         self.root = root
-        self.span_count = sum(map(len, span_lists))
-        self.mark_count = len(mark_rows)
-        self.created_ns = time.time_ns()
-        self.batch_id = random_hex()
+        self.span_count: int = sum(map(len, span_lists))
+        self.mark_count: int = len(mark_rows)
+        self.created_ns: int = time.time_ns()
+        self.batch_id: str = random_hex()
         self._spans: list[dict[str, Any]] | None = None
         self._marks: list[dict[str, Any]] | None = None
         #: Set by a sink that holds on to the batch after ``write_sync`` (to retry it later).
@@ -235,7 +235,7 @@ class Batch:
         pid, rank = self.resource["pid"], self.resource["rank"]
         root_id, root_hex = self.root
 
-        def in_python(rows: list[tuple]) -> bytes:
+        def in_python(rows: list[tuple[Any, ...]]) -> bytes:
             return encode_records([span_record(row, pid, rank, root_id, root_hex) for row in rows])
 
         step = ENCODE_STEP if _cencode is not None else ENCODE_STEP // 4
@@ -250,7 +250,7 @@ class Batch:
     def _mark_pieces(self) -> Iterator[bytes]:
         rows, ids = self.mark_rows, self.mark_ids
 
-        def in_python(rows: list[tuple], ids: list[int]) -> bytes:
+        def in_python(rows: list[tuple[Any, ...]], ids: list[int]) -> bytes:
             return encode_records(list(map(mark_record, rows, ids)))
 
         step = ENCODE_STEP if _cencode is not None else ENCODE_STEP // 4

@@ -30,7 +30,7 @@ from cirron._record.span import MARK_TUPLE_FIELDS, Recorder, Scope
 TRACE_POINT_MARKS_PER_SPAN = 1024
 
 
-def open_tuple(span: Scope) -> tuple:
+def open_tuple(span: Scope) -> tuple[Any, ...]:
     """An open span in the closed-tuple layout, ``end_ns`` None."""
     parent = span.parent
     return (span.id, parent.id if parent is not None else 0, span.name, span.index, span.start_ns, None, None,
@@ -50,20 +50,20 @@ class TraceStore:
 
     def __init__(self, max_spans: int, open_spans: dict[int, Any] | None = None) -> None:
         self.max_spans = max_spans
-        self._chunks: deque[list[tuple]] = deque()
+        self._chunks: deque[list[tuple[Any, ...]]] = deque()
         self._count = 0
-        self.marks: dict[int, list[tuple] | SpanMarks] = {}
+        self.marks: dict[int, list[tuple[Any, ...]] | SpanMarks] = {}
         #: The recorder's open spans: their marks are kept until the span itself arrives.
         self.open_spans = open_spans if open_spans is not None else {}
         #: Lists that fell out of the window, freed by :meth:`release_evicted` off the lock.
-        self._evicted: list[list[tuple]] = []
+        self._evicted: list[list[tuple[Any, ...]]] = []
         self._lock = threading.Lock()
 
-    def add(self, span_lists: list[list[tuple]], marks: list[tuple]) -> None:
+    def add(self, span_lists: list[list[tuple[Any, ...]]], marks: list[tuple[Any, ...]]) -> None:
         self.add_marks(marks)
         self.add_spans(span_lists)
 
-    def add_spans(self, span_lists: list[list[tuple]]) -> None:
+    def add_spans(self, span_lists: list[list[tuple[Any, ...]]]) -> None:
         with self._lock:
             for spans in span_lists:
                 if spans:
@@ -89,11 +89,11 @@ class TraceStore:
         open_ids = self.open_spans
         self.marks = {k: v for k, v in self.marks.items() if k in keep or k in open_ids or k == 0}
 
-    def _window(self) -> list[tuple]:
+    def _window(self) -> list[tuple[Any, ...]]:
         spans = [sp for chunk in self._chunks for sp in chunk]
         return spans[-self.max_spans :] if len(spans) > self.max_spans else spans
 
-    def add_marks(self, marks: list[tuple]) -> None:
+    def add_marks(self, marks: list[tuple[Any, ...]]) -> None:
         if not marks:
             return
         with self._lock:
@@ -110,7 +110,7 @@ class TraceStore:
                 else:
                     kept.add(mark)
 
-    def snapshot(self, open_spans: list[Scope]) -> tuple[list[tuple], dict[int, list]]:
+    def snapshot(self, open_spans: list[Scope]) -> tuple[list[tuple[Any, ...]], dict[int, list[Any]]]:
         with self._lock:
             spans = self._window() + [open_tuple(s) for s in open_spans]
             ids = {sp[0] for sp in spans}
@@ -128,25 +128,25 @@ class SpanMarks:
 
     __slots__ = ("summary", "points")
 
-    def __init__(self, marks: list[tuple]) -> None:
-        self.summary: list[tuple] = untrack([])
-        self.points: deque[tuple] = untrack(deque(maxlen=TRACE_POINT_MARKS_PER_SPAN))
+    def __init__(self, marks: list[tuple[Any, ...]]) -> None:
+        self.summary: list[tuple[Any, ...]] = untrack([])
+        self.points: deque[tuple[Any, ...]] = untrack(deque(maxlen=TRACE_POINT_MARKS_PER_SPAN))
         for mark in marks:
             self.add(mark)
 
-    def add(self, mark: tuple) -> None:
+    def add(self, mark: tuple[Any, ...]) -> None:
         if mark[3] == "summary":
             self.summary.append(mark)
         else:
             self.points.append(mark)
 
-    def in_time_order(self) -> list[tuple]:
+    def in_time_order(self) -> list[tuple[Any, ...]]:
         if not self.summary:
             return list(self.points)
         return sorted([*self.summary, *self.points], key=_mark_ts)
 
 
-def _in_time_order(kept: list[tuple] | SpanMarks) -> list[tuple]:
+def _in_time_order(kept: list[tuple[Any, ...]] | SpanMarks) -> list[tuple[Any, ...]]:
     """A span's marks for ``ci.trace()``: every summary mark and the newest 1,024 point marks."""
     if type(kept) is list:
         if sum(1 for m in kept if m[3] != "summary") <= TRACE_POINT_MARKS_PER_SPAN:
@@ -174,8 +174,8 @@ class Collector:
         self._snapshots: deque[dict[str, Any]] = deque()
         self._jobs: deque[Callable[[], None]] = deque()
         # Records drained while nothing was there to write them (before ci.profile()).
-        self._backlog_spans: deque[tuple] = deque()
-        self._backlog_marks: deque[tuple] = deque()
+        self._backlog_spans: deque[tuple[Any, ...]] = deque()
+        self._backlog_marks: deque[tuple[Any, ...]] = deque()
         self.backlog_max_spans = backlog_max_spans
         self.backlog_max_marks = backlog_max_marks
         self.drops: dict[str, int] = {}
@@ -207,7 +207,7 @@ class Collector:
 
     # -- draining --------------------------------------------------------------------------
 
-    def _drain(self, budget: GilBudget) -> tuple[list[list[tuple]], list[tuple]]:
+    def _drain(self, budget: GilBudget) -> tuple[list[list[tuple[Any, ...]]], list[tuple[Any, ...]]]:
         spans, marks = self.rec.buffers.drain(budget.tick)
         self.trace.add(spans, marks)
         return spans, marks
@@ -277,8 +277,8 @@ def _chunked(records: list[Any]) -> list[list[Any]]:
     return [records[i : i + DRAIN_CHUNK] for i in range(0, len(records), DRAIN_CHUNK)]
 
 
-def _split(session_id: str | None, resource: dict[str, Any], span_lists: list[list[tuple]], closed: int,
-           marks: list[tuple], mark_ids: list[int], snaps: list[dict[str, Any]],
+def _split(session_id: str | None, resource: dict[str, Any], span_lists: list[list[tuple[Any, ...]]], closed: int,
+           marks: list[tuple[Any, ...]], mark_ids: list[int], snaps: list[dict[str, Any]],
            root: tuple[int, str | None]) -> list[Batch]:
     """One batch, or several when the records exceed a batch's bounds. ``span_lists`` hold the
     ``closed`` closed spans first, then the open ones."""
@@ -287,7 +287,7 @@ def _split(session_id: str | None, resource: dict[str, Any], span_lists: list[li
         return []
     if span_total <= MAX_SPANS_PER_BATCH and len(marks) <= MAX_MARKS_PER_BATCH:
         return [Batch(session_id, resource, span_lists, marks, mark_ids, snaps, closed, root)]
-    groups: list[list[list[tuple]]] = [[]]
+    groups: list[list[list[tuple[Any, ...]]]] = [[]]
     size = 0
     for rows in span_lists:  # each list holds at most DRAIN_CHUNK spans
         if size + len(rows) > MAX_SPANS_PER_BATCH and groups[-1]:

@@ -43,24 +43,26 @@ DRAIN_CHUNK = 4096
 
 
 class ThreadBuffer:
+    """The records one thread has made and the flush service has not taken yet, with its counts."""
+
     __slots__ = (
         "spans", "marks", "thread", "thread_id", "mark_capacity", "span_capacity",
         "spans_dropped", "marks_dropped", "spans_drained", "marks_drained",
     )
 
     def __init__(self, mark_capacity: int, span_capacity: int) -> None:
-        self.thread = threading.current_thread()
-        self.thread_id = threading.get_ident()
+        self.thread: threading.Thread = threading.current_thread()
+        self.thread_id: int = threading.get_ident()
         self.spans: deque[Any] = untrack(deque())
         self.marks: deque[tuple[Any, ...]] = untrack(deque())
-        self.mark_capacity = mark_capacity
-        self.span_capacity = span_capacity
+        self.mark_capacity: int = mark_capacity
+        self.span_capacity: int = span_capacity
         # The owner thread only counts drops; the flush service counts what it took out.
         # Recorded = drained + still buffered + dropped, with no counting on the hot path.
-        self.spans_dropped = 0
-        self.marks_dropped = 0
-        self.spans_drained = 0
-        self.marks_drained = 0
+        self.spans_dropped: int = 0
+        self.marks_dropped: int = 0
+        self.spans_drained: int = 0
+        self.marks_drained: int = 0
 
 
 class BufferRegistry:
@@ -69,13 +71,15 @@ class BufferRegistry:
     def __init__(self, mark_capacity: int, span_capacity: int = SPAN_BUFFER_CAPACITY) -> None:
         self.mark_capacity = mark_capacity
         self.span_capacity = span_capacity
-        self.local = threading.local()
+        self.local: threading.local = threading.local()
         self._lock = threading.Lock()
         self._buffers: list[ThreadBuffer] = []
         #: Called (once per new thread buffer) while set; a forked child starts its service here.
         self.on_new_buffer: Callable[[], None] | None = None
         # Counters of buffers whose thread ended and that were emptied and dropped.
-        self.retired = {"spans_recorded": 0, "spans_dropped": 0, "marks_recorded": 0, "marks_dropped": 0}
+        self.retired: dict[str, int] = {
+            "spans_recorded": 0, "spans_dropped": 0, "marks_recorded": 0, "marks_dropped": 0,
+        }
 
     def new_thread_buffer(self) -> ThreadBuffer:
         tb = ThreadBuffer(self.mark_capacity, self.span_capacity)

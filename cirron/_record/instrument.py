@@ -605,7 +605,7 @@ def _token_id_counts(out: Any) -> tuple[int | None, int | None] | None:
     return len(prompt_ids), completion
 
 
-def _batch_token_counts(results: list) -> tuple[int | None, int | None] | None:
+def _batch_token_counts(results: list[Any]) -> tuple[int | None, int | None] | None:
     """``LLM.generate(prompts)``: a list of ``RequestOutput``, one per prompt, summed."""
     prompt = completion = 0
     for out in results:
@@ -743,7 +743,8 @@ def _note_global(exc: BaseException) -> None:
         pass
 
 
-def _traced_generate(req: _Request, original: Callable[..., Any], model: Any, args: tuple, kwargs: dict) -> Any:
+def _traced_generate(req: _Request, original: Callable[..., Any], model: Any, args: tuple[Any, ...],
+                     kwargs: dict[str, Any]) -> Any:
     req.in_generate = True
     scope = Scope(req.rec, "generate", None)
     scope.__enter__()
@@ -766,7 +767,7 @@ def _traced_generate(req: _Request, original: Callable[..., Any], model: Any, ar
     return out
 
 
-def _generate_counts(model: Any, args: tuple, kwargs: dict, out: Any) -> tuple[int, int] | None:
+def _generate_counts(model: Any, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> tuple[int, int] | None:
     ids = kwargs.get("input_ids")
     if ids is None:
         ids = kwargs.get("inputs")

@@ -146,12 +146,12 @@ class _RecorderState:
         )
         self.buffers = BufferRegistry(mark_capacity)
         #: The buffers' thread-local (``local.tb`` is this thread's buffer once it has one).
-        self.local = self.buffers.local
+        self.local: threading.local = self.buffers.local
         #: Spans entered and not yet closed, by id (the flush service writes them as open).
         self.open: dict[int, Scope] = {}
         #: The open ``cirron.session`` span while a session runs.
         self.root: Scope | None = None
-        self.internal_errors = 0
+        self.internal_errors: int = 0
         self.last_internal_error: str | None = None
 
     def reset_after_fork(self) -> None:
@@ -274,14 +274,34 @@ class _ScopeMethods:
             self._more = {}
         self._more[key] = value
 
-    gpu_ns = property(lambda self: self._get("gpu_ns"), lambda self, v: self._set("gpu_ns", v),
-                      doc="GPU time of the span in ns, set by whoever measured it (e.g. CUDA events).")
-    memory_peak_bytes = property(lambda self: self._get("memory_peak_bytes"),
-                                 lambda self, v: self._set("memory_peak_bytes", v),
-                                 doc="Peak memory while the span was open, when measured.")
-    written_open = property(lambda self: bool(self._get("written_open")),
-                            lambda self, v: self._set("written_open", v),
-                            doc="The flush service has written this span as open.")
+    @property
+    def gpu_ns(self) -> int | None:
+        """GPU time of the span in ns, set by whoever measured it (e.g. CUDA events)."""
+        v: int | None = self._get("gpu_ns")
+        return v
+
+    @gpu_ns.setter
+    def gpu_ns(self, v: int | None) -> None:
+        self._set("gpu_ns", v)
+
+    @property
+    def memory_peak_bytes(self) -> int | None:
+        """Peak memory while the span was open, when measured."""
+        v: int | None = self._get("memory_peak_bytes")
+        return v
+
+    @memory_peak_bytes.setter
+    def memory_peak_bytes(self, v: int | None) -> None:
+        self._set("memory_peak_bytes", v)
+
+    @property
+    def written_open(self) -> bool:
+        """The flush service has written this span as open."""
+        return bool(self._get("written_open"))
+
+    @written_open.setter
+    def written_open(self, v: bool) -> None:
+        self._set("written_open", v)
 
     @property
     def span(self) -> Scope | None:
@@ -398,10 +418,12 @@ class PyScope(_ScopeMethods):
     )
 
     def __init__(self, rec: Recorder, name: str, attrs: Attrs | None, index: int | None = None) -> None:
+        # (Annotated again here: pyright takes an unannotated assignment in a slotted subclass
+        # for a new declaration of the field.)
         self._rec = rec
-        self.name = name
-        self.attrs = attrs
-        self.index = index
+        self.name: str = name
+        self.attrs: Attrs | None = attrs
+        self.index: int | None = index
         self.id = None
         self.end_ns = None
         self.cpu_ns = None
@@ -414,14 +436,14 @@ class PyScope(_ScopeMethods):
         rec = self._rec
         cur = rec.current
         try:
-            self.parent = cur.get() or rec.root
+            self.parent: Scope | None = cur.get() or rec.root
             self.id = sid = next(IDS.ids)
-            self.thread_id = _get_ident()
+            self.thread_id: int = _get_ident()
             self._token = cur.set(self)
             rec.open[sid] = self
         except Exception as exc:  # pragma: no cover
             rec.note_internal_error(exc)
-        self.start_ns = time_ns()
+        self.start_ns: int = time_ns()
         self._cpu0 = thread_time_ns()
         return self
 

@@ -78,7 +78,7 @@ DEFAULT_OUTPUTS = {
 }
 
 
-def otlp_request(sessions: Sequence[Session]) -> dict:
+def otlp_request(sessions: Sequence[Session]) -> dict[str, Any]:
     """One OTLP/JSON ``ExportTraceServiceRequest`` with a ``ResourceSpans`` per session."""
     return build_request([encode_session(s) for s in sessions])
 

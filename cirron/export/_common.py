@@ -105,7 +105,7 @@ def _umask() -> int:
     return m
 
 
-def duration_ns(rec: dict) -> int | None:
+def duration_ns(rec: dict[str, Any]) -> int | None:
     s, e = rec.get("start_ns"), rec.get("end_ns")
     if type(s) is int and type(e) is int:
         return e - s

@@ -18,11 +18,11 @@ from cirron.spool.reader import _limit_depth
 __all__ = ["write_json"]
 
 
-def _clean(rec: Any, fields: tuple[str, ...]) -> dict:
+def _clean(rec: Any, fields: tuple[str, ...]) -> dict[str, Any]:
     return {f: rec.get(f) for f in fields}
 
 
-def _dumps(rec: dict) -> bytes:
+def _dumps(rec: dict[str, Any]) -> bytes:
     try:
         return orjson.dumps(rec)
     except (TypeError, orjson.JSONEncodeError):  # nested too deep for the encoder
@@ -46,7 +46,8 @@ def write_json(items: Iterable[Any], path: str | os.PathLike[str]) -> int:
     with atomic_file(path) as tmp, open(tmp, "wb") as fh, \
             tempfile.TemporaryFile(dir=parent) as marks_fh, tempfile.TemporaryFile(dir=parent) as snaps_fh:
         fh.write(head + b',"spans":[')
-        writers: dict[str, dict] = {}  # which writer and version wrote each session: "sessions", after the records
+        # which writer and version wrote each session: "sessions", after the records
+        writers: dict[str, dict[str, Any]] = {}
         for s in items:
             info = getattr(s, "session", s)  # a chunk's session summary, or the session itself
             writers.setdefault(info.id, {"session_id": info.id, "writer": info.writer, "sdk_version": info.sdk_version})
@@ -63,7 +64,7 @@ def write_json(items: Iterable[Any], path: str | os.PathLike[str]) -> int:
     return n
 
 
-def _mark(m: Any) -> dict:
+def _mark(m: Any) -> dict[str, Any]:
     c = _clean(m, MARK_FIELDS)
     c["value"] = json_scalar(c["value"])
     return c

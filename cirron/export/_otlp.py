@@ -96,11 +96,11 @@ def derive_span_id(span_id: str) -> str:
 _blake2b = hashlib.blake2b
 
 
-def _double(x: float) -> dict:
+def _double(x: float) -> dict[str, Any]:
     return {"doubleValue": encode_float(x)}
 
 
-def any_value(value: Any, _depth: int = 0) -> dict:
+def any_value(value: Any, _depth: int = 0) -> dict[str, Any]:
     """An OTLP ``AnyValue`` for a JSON-like Python value."""
     t = type(value)
     if t is bool:
@@ -131,7 +131,7 @@ def any_value(value: Any, _depth: int = 0) -> dict:
     return {"stringValue": str(value)}
 
 
-def encode_attributes(attrs: Mapping[str, Any] | None) -> list[dict]:
+def encode_attributes(attrs: Mapping[str, Any] | None) -> list[dict[str, Any]]:
     """``[{"key", "value": AnyValue}]``; ``None`` values are left out."""
     if not attrs or not (type(attrs) is dict or isinstance(attrs, Mapping)):
         return []
@@ -143,7 +143,7 @@ def _getter(rec: Any) -> Any:
     return rec.get if type(rec) is dict else rec.__getattribute__
 
 
-def _event(mark: Any) -> dict:
+def _event(mark: Any) -> dict[str, Any]:
     g = _getter(mark)
     ts = g("ts_ns")
     v = g("value")
@@ -257,16 +257,16 @@ def iter_encoded_spans(
     marks: Iterable[Mapping[str, Any]] = (),
     *,
     open_end_ns: int | None = None,
-) -> Iterator[dict]:
+) -> Iterator[dict[str, Any]]:
     """The OTLP ``Span`` dicts of one session, one at a time (see :func:`encode_resource_spans`)."""
     spans = spans if isinstance(spans, Sequence) else list(spans)
     trace_id = derive_trace_id(session_id)
     ids = {s["id"] for s in spans}
     root_id = next((s["id"] for s in spans if is_session_root(s)), None)
     requests = {s["id"] for s in spans if s.get("name") == REQUEST_SPAN_NAME}
-    events: dict[str, list[dict]] = {}
+    events: dict[str, list[dict[str, Any]]] = {}
     raw: dict[str, list[Any]] = {}  # the marks of request spans, for their GenAI attributes
-    unwritten: dict[str, list[dict]] = {}  # marks of a span never written, in a session without root
+    unwritten: dict[str, list[dict[str, Any]]] = {}  # marks of a span never written, in a session without root
     for m in marks:
         sid = mark_span_id(m.get("span_id"), ids, root_id)
         if sid is not None:
@@ -286,8 +286,8 @@ def iter_encoded_spans(
         yield _encode_span(placeholder, trace_id, evs, open_end_ns)
 
 
-def _encode_span(s: Any, trace_id: str, events: list[dict] | None, open_end_ns: int | None,
-                 marks: Sequence[Any] = ()) -> dict:
+def _encode_span(s: Any, trace_id: str, events: list[dict[str, Any]] | None, open_end_ns: int | None,
+                 marks: Sequence[Any] = ()) -> dict[str, Any]:
     g = _getter(s)
     start = g("start_ns")
     if type(start) is not int:
@@ -338,7 +338,7 @@ def _encode_span(s: Any, trace_id: str, events: list[dict] | None, open_end_ns: 
 
 def resource_spans_shell(
     session_id: str, resource: Mapping[str, Any] | None, sdk_version: str | None = None, writer: str = "cirron"
-) -> dict:
+) -> dict[str, Any]:
     """A ``ResourceSpans`` with an empty span list (fill ``["scopeSpans"][0]["spans"]``)."""
     return {
         "resource": {"attributes": encode_attributes(resource_attributes(session_id, resource, sdk_version,
@@ -356,7 +356,7 @@ def encode_resource_spans(
     sdk_version: str | None = None,
     open_end_ns: int | None = None,
     writer: str = "cirron",
-) -> dict:
+) -> dict[str, Any]:
     """One ``ResourceSpans`` for one session.
 
     ``spans`` are spool span records (dicts or :mod:`cirron.spool` records); ``marks`` become
@@ -370,7 +370,7 @@ def encode_resource_spans(
     return rs
 
 
-def encode_session(session: Any) -> dict:
+def encode_session(session: Any) -> dict[str, Any]:
     """``encode_resource_spans`` for a :class:`cirron.spool.Session`."""
     return encode_resource_spans(
         session.id, session.resource, session.spans, session.marks,
@@ -378,6 +378,6 @@ def encode_session(session: Any) -> dict:
     )
 
 
-def build_request(resource_spans: Sequence[dict]) -> dict:
+def build_request(resource_spans: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """An ``ExportTraceServiceRequest`` (OTLP/JSON) wrapping the given ``ResourceSpans``."""
     return {"resourceSpans": list(resource_spans)}

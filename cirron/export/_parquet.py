@@ -147,7 +147,7 @@ class _Tables:
     def snapshots(self, chunk: Any) -> Any:
         pa, i64, f64, s = self.pa, self.i64, self.f64, self.s
         info = chunk.session
-        n: dict[str, list] = {c: [] for c in SNAPSHOT_COLUMNS if c != "ts"}
+        n: dict[str, list[Any]] = {c: [] for c in SNAPSHOT_COLUMNS if c != "ts"}
         for x in chunk.snapshots:
             st = x.get("stats") if isinstance(x.get("stats"), dict) else {}
             shape = x.get("shape")
@@ -212,7 +212,8 @@ def write_parquet(chunks: Iterable[Any], out_dir: str | os.PathLike[str], partit
     n_spans = 0
     with atomic_dir(out_dir, names) as tmp:
         writers: dict[tuple[str, str], Any] = {}
-        written: dict[str, dict] = {}  # which writer and version wrote each session: "cirron.writers" metadata
+        # which writer and version wrote each session: "cirron.writers" metadata
+        written: dict[str, dict[str, Any]] = {}
         try:
             for chunk in _as_chunks(chunks):
                 n_spans += len(chunk.spans)
@@ -264,10 +265,10 @@ class _Empty:
         from cirron.spool.catalog import SessionInfo
 
         self.session = SessionInfo("", Path(), None, None, None, False, False, 0, 0, 0, ())
-        self.spans: list = []
-        self.marks: list = []
-        self.snapshots: list = []
-        self.span_epoch: list = []
-        self.span_batch: list = []
-        self.mark_epoch: list = []
-        self.mark_batch: list = []
+        self.spans: list[Any] = []
+        self.marks: list[Any] = []
+        self.snapshots: list[Any] = []
+        self.span_epoch: list[Any] = []
+        self.span_batch: list[Any] = []
+        self.mark_epoch: list[Any] = []
+        self.mark_batch: list[Any] = []

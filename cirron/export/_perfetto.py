@@ -20,6 +20,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
 
 import orjson
 
@@ -31,7 +32,7 @@ from cirron.spool.sessions import Session
 __all__ = ["iter_trace_events", "to_trace_events", "write_perfetto"]
 
 
-def iter_trace_events(sessions: Iterable[Session], base_ns: int | None = None) -> Iterator[dict]:
+def iter_trace_events(sessions: Iterable[Session], base_ns: int | None = None) -> Iterator[dict[str, Any]]:
     """The trace events of ``sessions``, one at a time (metadata events come before their use).
 
     ``base_ns`` is the time every ``ts`` counts from; without it, the earliest start of the
@@ -42,7 +43,7 @@ def iter_trace_events(sessions: Iterable[Session], base_ns: int | None = None) -
         starts = [x for sess in sessions for x in (sess.started_ns,) if type(x) is int]
         for sess in sessions:
             if sess.root is None:
-                starts.extend(s.get("start_ns") for s in sess.spans if type(s.get("start_ns")) is int)
+                starts.extend(s["start_ns"] for s in sess.spans if type(s.get("start_ns")) is int)
         base_ns = min(starts) if starts else 0
     base = base_ns
     pid_of: dict[tuple[str, object], int] = {}
@@ -51,7 +52,7 @@ def iter_trace_events(sessions: Iterable[Session], base_ns: int | None = None) -
     for sess in sessions:
         last = sess.last_ns or base
         span_pid: dict[str, int] = {}
-        tracks: dict[tuple[int, int], list[tuple[int, int, dict]]] = {}
+        tracks: dict[tuple[int, int], list[tuple[int, int, dict[str, Any]]]] = {}
         for s in sess.spans:
             g = _getter(s)
             rank = g("rank")
@@ -111,11 +112,11 @@ def iter_trace_events(sessions: Iterable[Session], base_ns: int | None = None) -
     yield {"ph": "M", "name": "cirron_base_ns", "pid": 0, "tid": 0, "args": {"base_ns": str(base)}}
 
 
-def _track_events(pid: int, tid: int, spans: list[tuple[int, int, dict]], base: int,
-                  threads: set[tuple[int, int]]) -> Iterator[dict]:
+def _track_events(pid: int, tid: int, spans: list[tuple[int, int, dict[str, Any]]], base: int,
+                  threads: set[tuple[int, int]]) -> Iterator[dict[str, Any]]:
     """B/E events of one thread's spans, properly nested per track (overlaps go to extra tracks)."""
     spans.sort(key=lambda x: (x[0], -x[1]))
-    lanes: list[list[tuple[int, dict]]] = []  # per track: the stack of open (end, event) pairs
+    lanes: list[list[tuple[int, dict[str, Any]]]] = []  # per track: the stack of open (end, event) pairs
     lane_tids: list[int] = []
     lane_of: dict[str, int] = {}
     for start, end, span in spans:
@@ -151,11 +152,11 @@ def _overlap_tid(tid: int, lane: int) -> int:
     return -(abs(tid) * 64 + lane)
 
 
-def to_trace_events(sessions: Sequence[Session]) -> dict:
+def to_trace_events(sessions: Sequence[Session]) -> dict[str, Any]:
     return {"traceEvents": list(iter_trace_events(sessions)), "displayTimeUnit": "ns"}
 
 
-def _dumps(ev: dict) -> bytes:
+def _dumps(ev: dict[str, Any]) -> bytes:
     try:
         return orjson.dumps(ev)
     except (TypeError, orjson.JSONEncodeError):

@@ -194,10 +194,10 @@ class SharedPatch:
     def __init__(self, owner: Any, name: str, make: Any) -> None:
         self.owner = owner
         self.name = name
-        self.had_own = name in owner.__dict__
-        self.saved = owner.__dict__.get(name)
+        self.had_own: bool = name in owner.__dict__
+        self.saved: Any = owner.__dict__.get(name)
         self.members: list[Any] = []
-        self.replacement = make(getattr(owner, name), self.members)
+        self.replacement: Any = make(getattr(owner, name), self.members)
         setattr(owner, name, self.replacement)
 
     def leave(self, member: Any) -> None:

@@ -32,7 +32,7 @@ class CirronCallback(keras.callbacks.Callback):
 
             cirron = ci.default()
         self.c = cirron
-        self.spans = TrainerSpans(cirron, "keras")
+        self.spans: TrainerSpans = TrainerSpans(cirron, "keras")
         self._steps: _OptimizerSpans | None = None
 
     def on_train_begin(self, logs: Any = None) -> None:
@@ -99,7 +99,8 @@ class _Installed:
 
     def __init__(self, c: Any) -> None:
         self.c = c
-        self.patches = [SharedPatch.join(keras.Model, name, _with_callback, c) for name in ("fit", "evaluate")]
+        self.patches: list[SharedPatch] = [SharedPatch.join(keras.Model, name, _with_callback, c)
+                                           for name in ("fit", "evaluate")]
 
     def uninstall(self) -> None:
         for patch in self.patches:

@@ -27,7 +27,7 @@ class CirronCallback(Callback):
             import cirron as ci
 
             cirron = ci.default()
-        self.spans = TrainerSpans(cirron, "lightning")
+        self.spans: TrainerSpans = TrainerSpans(cirron, "lightning")
 
     def on_fit_start(self, trainer: Any, pl_module: Any) -> None:
         self.spans.train_begin(pl_module)
@@ -73,7 +73,7 @@ def _with_callbacks(original: Any, sessions: list[Any]) -> Any:
 class _Installed:
     def __init__(self, c: Any) -> None:
         self.c = c
-        self.patch = SharedPatch.join(Trainer, "__init__", _with_callbacks, c)
+        self.patch: SharedPatch = SharedPatch.join(Trainer, "__init__", _with_callbacks, c)
 
     def uninstall(self) -> None:
         self.patch.leave(self.c)

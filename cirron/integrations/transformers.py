@@ -32,7 +32,7 @@ class CirronCallback(TrainerCallback):
             import cirron as ci
 
             cirron = ci.default()
-        self.spans = TrainerSpans(cirron, "transformers")
+        self.spans: TrainerSpans = TrainerSpans(cirron, "transformers")
 
     def on_init_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         self._time_evaluate()
@@ -102,7 +102,7 @@ class _Installed:
     def __init__(self, c: Any) -> None:
         self.c = c
         # The Trainer instantiates the classes it finds in this list: a subclass bound to ``c``.
-        self.callback = type("CirronCallback", (CirronCallback,), {"bound": c})
+        self.callback: type[Any] = type("CirronCallback", (CirronCallback,), {"bound": c})
         defaults: list[Any] = hf_trainer.DEFAULT_CALLBACKS
         defaults.append(self.callback)
 

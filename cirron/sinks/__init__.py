@@ -18,15 +18,17 @@ from cirron._flush.batch import Batch
 
 
 class Sink:
+    """Where the flush service sends each batch; subclasses write it somewhere."""
+
     name = "sink"
     is_async = False
 
     def __init__(self) -> None:
-        self.batches_written = 0
-        self.spans_written = 0
-        self.marks_written = 0
-        self.snapshots_written = 0
-        self.errors = 0
+        self.batches_written: int = 0
+        self.spans_written: int = 0
+        self.marks_written: int = 0
+        self.snapshots_written: int = 0
+        self.errors: int = 0
         self.last_error: str | None = None
         self.dropped: dict[str, int] = {}
 

@@ -23,13 +23,15 @@ from cirron._redact import install_log_filter
 from cirron._schema import ROOT_SENTINEL, decode_mark_value
 from cirron.sinks import Sink
 
-logger = install_log_filter(logging.getLogger("cirron"))
+logger: logging.Logger = install_log_filter(logging.getLogger("cirron"))
 #: Spans remembered for paths; a closed span is forgotten once its batch is printed.
 _MAX_TRACKED = 100_000
 _MAX_DEPTH = 256
 
 
 class ConsoleSink(Sink):
+    """``output="log"``/``"stdout"``: each span and mark as a line, with its path, as it is written."""
+
     def __init__(self, name: str) -> None:
         super().__init__()
         self.name = name

@@ -115,7 +115,7 @@ class OtlpSink(Sink):
 
     def __init__(self, owner: Any, settings: OtlpSettings | None = None) -> None:
         super().__init__()
-        self.settings = settings or OtlpSettings.from_env()
+        self.settings: OtlpSettings = settings or OtlpSettings.from_env()
         if self.settings.protocol == "http/protobuf":
             # Fail at profile() time, in the user's thread, with the pip hint; not later in the background.
             require("opentelemetry.proto.collector.trace.v1.trace_service_pb2", "OTLP http/protobuf export", "otlp")
@@ -123,7 +123,7 @@ class OtlpSink(Sink):
         self._owner = owner
         cfg = getattr(owner, "_config", None)
         shutdown_timeout = getattr(cfg, "shutdown_timeout", 5.0) or 5.0
-        self.final_budget = min(self.settings.timeout, FINAL_FLUSH_FRACTION * shutdown_timeout)
+        self.final_budget: float = min(self.settings.timeout, FINAL_FLUSH_FRACTION * shutdown_timeout)
         self._client: Any = None
         self._root: Any = None
         self._session_id: str | None = None
@@ -146,9 +146,9 @@ class OtlpSink(Sink):
         #: Set to wake the background sender; ``_progress`` is set whenever the queue moved on.
         self._kick: anyio.Event | None = None
         self._progress: anyio.Event | None = None
-        self.requests_sent = 0
-        self.retries = 0
-        self.spans_rejected = 0
+        self.requests_sent: int = 0
+        self.retries: int = 0
+        self.spans_rejected: int = 0
 
     # -- lifecycle -----------------------------------------------------------------------------
 

@@ -14,16 +14,18 @@ MAX_RETAINED_RECORDS = 500_000
 
 
 class SpoolSink(Sink):
+    """``output="spool"``: each batch as one JSON file under ``.cirron/spool/`` (cirron.spool.writer)."""
+
     name = "spool"
 
     def __init__(self, owner: Any) -> None:
         super().__init__()
         cfg = owner._config
-        self.writer = SpoolWriter(cfg.spool_dir, owner.session_id, cfg.max_spool_bytes)
+        self.writer: SpoolWriter = SpoolWriter(cfg.spool_dir, owner.session_id, cfg.max_spool_bytes)
         self._failed: deque[Batch] = deque()
         self._retained = 0
         self._last_reason = "write_error"
-        self.opened = False
+        self.opened: bool = False
 
     def open(self) -> None:
         self.writer.open()

@@ -65,8 +65,8 @@ class UploadState:
     """Which batches the platform already has: marker files under ``<spool>/.uploaded/``."""
 
     def __init__(self, spool_dir: str | os.PathLike[str]) -> None:
-        self.spool_dir = Path(spool_dir)
-        self.dir = self.spool_dir / UPLOADED_DIR_NAME
+        self.spool_dir: Path = Path(spool_dir)
+        self.dir: Path = self.spool_dir / UPLOADED_DIR_NAME
 
     def is_uploaded(self, batch_id: str) -> bool:
         return (self.dir / batch_id).exists()
@@ -130,15 +130,15 @@ class PlatformSink(Sink):
         cfg = owner._config if getattr(owner, "_config", None) is not None else owner.config
         self.api_key: str | None = cfg.api_key
         self.workspace_id: str | None = cfg.workspace_id
-        self.url = batches_url(cfg.api_endpoint)
-        self.state_store = UploadState(cfg.spool_dir)
+        self.url: str = batches_url(cfg.api_endpoint)
+        self.state_store: UploadState = UploadState(cfg.spool_dir)
         self._client: Any = None
         self._warned = False
         self._cooldown_until = 0.0
         #: Batches (and their records) the platform has not taken yet; they wait in the spool.
-        self.batches_deferred = 0
-        self.spans_deferred = 0
-        self.marks_deferred = 0
+        self.batches_deferred: int = 0
+        self.spans_deferred: int = 0
+        self.marks_deferred: int = 0
 
     async def start(self) -> None:
         import httpx
@@ -188,7 +188,7 @@ class PlatformSink(Sink):
         self.marks_deferred += batch.mark_count
 
     def _warn_once(self, message: str) -> None:
-        self.last_error = self.last_error or message
+        self.last_error: str | None = self.last_error or message
         if not self._warned:
             self._warned = True
             _log.warning("cirron platform upload: %s", message)

@@ -49,7 +49,7 @@ from cirron.spool.paths import snapshot_span_dir
 
 __all__ = ["SnapshotManager", "blob_every", "dtype_name", "manager", "snapshot"]
 
-log = install_log_filter(logging.getLogger("cirron"))
+log: logging.Logger = install_log_filter(logging.getLogger("cirron"))
 
 MODES = ("off", "stats", "sampled", "full")
 WEIGHTS_FILE = "weights.safetensors"
@@ -347,13 +347,13 @@ class SnapshotManager:
         self._guard: _InPlaceJob | None = None
         #: modules whose staging buffers may still need warming up (see warm_up)
         self._unwarmed: list[Any] = []
-        self.errors = 0
+        self.errors: int = 0
         self.last_error: str | None = None
         #: snapshots whose in-place tensors changed while being read
-        self.inconsistent = 0
+        self.inconsistent: int = 0
         #: times a hook waited for an in-place snapshot, and for how long in total
-        self.barrier_waits = 0
-        self.barrier_wait_ns = 0
+        self.barrier_waits: int = 0
+        self.barrier_wait_ns: int = 0
 
     # -- registration ---------------------------------------------------------------------------
 

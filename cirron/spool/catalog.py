@@ -53,9 +53,9 @@ class SessionInfo:
     snapshots: int
     files: tuple[BatchFile, ...]
     sdk_version: str | None = None
-    resource: dict = field(default_factory=dict)
+    resource: dict[str, Any] = field(default_factory=dict)
     #: The root span's attributes (``run_id``, ``rank``, ``world_size``, ``host``...).
-    attrs: dict = field(default_factory=dict)
+    attrs: dict[str, Any] = field(default_factory=dict)
     is_orphan: bool = False
     #: Its batch files hold its records and nothing else, so it can be read file by file
     #: (:mod:`cirron.spool.stream`) instead of being rebuilt whole.
@@ -144,8 +144,8 @@ class Catalog:
 
     def __init__(self, spools: Sequence[str | os.PathLike[str]], on_warning: WarningCallback | None = None,
                  *, use_index: bool = True) -> None:
-        self.spools = [Path(s) for s in spools]
-        self.on_warning = on_warning or default_warning
+        self.spools: list[Path] = [Path(s) for s in spools]
+        self.on_warning: WarningCallback = on_warning or default_warning
         self.use_index = use_index
         self._sessions: list[SessionInfo] | None = None
         self._file_sessions: dict[Path, set[str | None]] = {}

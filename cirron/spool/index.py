@@ -110,7 +110,7 @@ class SpoolSummary:
 
     dir: Path
     #: Oldest first.
-    sessions: list  # list[SessionInfo]
+    sessions: list[Any]  # list[SessionInfo]
     #: For each readable batch file, the sessions its records belong to (None: no session).
     file_sessions: dict[Path, set[str | None]]
     #: The batch files listed for this answer (readable or not).
@@ -169,7 +169,7 @@ def _fingerprint(files: Iterable[tuple[BatchFile, _StatKey]]) -> list[tuple[str,
     return sorted((bf.name, *key) for bf, key in files)
 
 
-def _build_group(spool_dir: Path, files: list[BatchFile], fingerprint: list) -> _GroupEntry:
+def _build_group(spool_dir: Path, files: list[BatchFile], fingerprint: list[Any]) -> _GroupEntry:
     """Rebuild the sessions of ``files`` (one reconstruction, summary fields) and check whether
     they stand on their own."""
     warnings: dict[str, list[str]] = {}
@@ -209,7 +209,7 @@ def _build_group(spool_dir: Path, files: list[BatchFile], fingerprint: list) -> 
     return _GroupEntry(fingerprint, contained, sessions, owners, warnings)
 
 
-def _plain(d: dict) -> dict:
+def _plain(d: dict[str, Any]) -> dict[str, Any]:
     """``d`` as msgpack can store it (anything odd becomes its JSON text)."""
     try:
         _ENCODER.encode(d)

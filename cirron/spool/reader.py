@@ -154,7 +154,7 @@ def _valid_id(v: Any) -> bool:
     return type(v) is str and v != ""
 
 
-def _clean_records(raw: Any, int_fields: tuple[str, ...], rec_type: type) -> tuple[list, int]:
+def _clean_records(raw: Any, int_fields: tuple[str, ...], rec_type: type) -> tuple[list[Any], int]:
     """Keep dict records with a non-empty string id; coerce int fields; convert to ``rec_type``.
     Returns (records, dropped)."""
     if not isinstance(raw, list):
@@ -276,7 +276,7 @@ class _Record(msgspec.Struct, gc=False):
     def __contains__(self, key: str) -> bool:
         return key in self.__struct_fields__
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return {f: getattr(self, f) for f in self.__struct_fields__}
 
 
@@ -449,7 +449,7 @@ _TYPES = {
 }
 
 
-def _finish(obj: Any, name: str, warn: WarningCallback, dropped: int = 0) -> dict:
+def _finish(obj: Any, name: str, warn: WarningCallback, dropped: int = 0) -> dict[str, Any]:
     version = obj.schema_version
     if type(version) is int and version > SCHEMA_VERSION:
         warn(
@@ -507,7 +507,7 @@ def _decode_attrs(raw: Any) -> Any:
         return None
 
 
-def _slow_path(data: bytes, name: str, fields: str, warn: WarningCallback) -> dict | None:
+def _slow_path(data: bytes, name: str, fields: str, warn: WarningCallback) -> dict[str, Any] | None:
     """Generic parse + clean-up for files the typed decoder refused (odd types, huge numbers,
     deep nesting), converted into the same record structs."""
     try:
@@ -535,7 +535,7 @@ def read_batch(
     batch: BatchFile | str | os.PathLike[str],
     on_warning: WarningCallback | None = None,
     fields: str = "full",
-) -> dict | None:
+) -> dict[str, Any] | None:
     """Read and normalise one batch file, or return ``None`` (after one warning) if it is unusable.
 
     Returns a dict with the batch's top-level fields and ``spans``/``marks``/``snapshots`` as

@@ -67,6 +67,8 @@ __all__ = [
 ORPHAN_SESSION_ID = "(orphan spans)"
 
 K = TypeVar("K", bound=Hashable)
+#: A span, mark or snapshot as the spool holds it: one JSON object.
+Record = dict[str, Any]
 
 
 # --------------------------------------------------------------------------- the rules
@@ -96,7 +98,7 @@ def mark_span_id(span_id: object, span_ids: Iterable[object] | Mapping[Any, Any]
     return root_id
 
 
-def merge_span(spans: dict[str, dict], span: dict) -> bool:
+def merge_span(spans: dict[str, Record], span: Record) -> bool:
     """Put ``span`` into ``spans`` (by id) unless :func:`span_wins` says the kept one stays.
     Returns whether it was stored."""
     sid = span["id"]
@@ -158,7 +160,7 @@ def _start_key(span: Mapping[str, Any]) -> tuple[int, Any]:
     return (s if type(s) is int else 0, span.get("id", ""))
 
 
-def _reach(start: Iterable[Any], children: Mapping[Any, list[dict]], reached: set[Any]) -> None:
+def _reach(start: Iterable[Any], children: Mapping[Any, list[Record]], reached: set[Any]) -> None:
     stack = list(start)
     while stack:
         x = stack.pop()
@@ -168,7 +170,8 @@ def _reach(start: Iterable[Any], children: Mapping[Any, list[dict]], reached: se
         stack.extend(c["id"] for c in children.get(x, ()))
 
 
-def children_index(spans: Iterable[dict], root_ids: Iterable[Any] = ()) -> tuple[list[dict], dict[Any, list[dict]]]:
+def children_index(spans: Iterable[Record],
+                   root_ids: Iterable[Any] = ()) -> tuple[list[Record], dict[Any, list[Record]]]:
     """``(top_level, children)`` for a set of spans: ``children[parent_id]`` sorted by ``start_ns``
     (then id).
 
@@ -178,8 +181,8 @@ def children_index(spans: Iterable[dict], root_ids: Iterable[Any] = ()) -> tuple
     """
     by_id = {s["id"]: s for s in spans}
     roots = set(root_ids)
-    children: dict[Any, list[dict]] = {}
-    top: list[dict] = []
+    children: dict[Any, list[Record]] = {}
+    top: list[Record] = []
     for sid, s in by_id.items():
         p = s.get("parent_id")
         if sid in roots or p is None or p not in by_id or p == sid:
@@ -205,9 +208,9 @@ def children_index(spans: Iterable[dict], root_ids: Iterable[Any] = ()) -> tuple
     return top, children
 
 
-def walk_tree(top: list[dict], children: Mapping[Any, list[dict]]) -> Iterator[tuple[dict, int]]:
+def walk_tree(top: list[Record], children: Mapping[Any, list[Record]]) -> Iterator[tuple[Record, int]]:
     """Pre-order ``(span, depth)`` over a forest, children in ``start_ns`` order; no recursion."""
-    stack: list[tuple[dict, int]] = [(s, 0) for s in reversed(top)]
+    stack: list[tuple[Record, int]] = [(s, 0) for s in reversed(top)]
     seen: set[Any] = set()
     while stack:
         span, depth = stack.pop()
@@ -255,10 +258,10 @@ class Session:
     """
 
     id: str
-    root: Any
-    spans: list[Any] = field(default_factory=list)
-    marks: list[Any] = field(default_factory=list)
-    snapshots: list[Any] = field(default_factory=list)
+    root: Record | None
+    spans: list[Record] = field(default_factory=list)
+    marks: list[Record] = field(default_factory=list)
+    snapshots: list[Record] = field(default_factory=list)
     files: list[Any] = field(default_factory=list)
     live: bool = False
     crashed: bool = False
@@ -329,7 +332,7 @@ class Session:
     def root_id(self) -> str | None:
         return self.root["id"] if self.root is not None else None
 
-    def tree(self) -> tuple[list[dict], dict[str, list[dict]]]:
+    def tree(self) -> tuple[list[Record], dict[str, list[Record]]]:
         """``(top_level, children)`` as :func:`children_index` builds them; spans placed in the
         session without a parent in it (another writer's thread or request spans) hang under
         the root."""
@@ -344,12 +347,12 @@ class Session:
             top = [s for s in top if s["id"] == rid]
         return top, children
 
-    def marks_by_span(self) -> dict[str, list[dict]]:
+    def marks_by_span(self) -> dict[str, list[Record]]:
         """Marks grouped under the span they belong to (:func:`mark_span_id`), by ``ts_ns``.
         Without a root, marks of unknown spans go under the ``"root"`` sentinel."""
         ids = {s["id"] for s in self.spans}
         root_id = self.root["id"] if self.root else ROOT_SENTINEL
-        out: dict[str, list[dict]] = {}
+        out: dict[str, list[Record]] = {}
         for m in self.marks:
             out.setdefault(mark_span_id(m.get("span_id"), ids, root_id), []).append(m)
         for lst in out.values():
@@ -398,10 +401,10 @@ class Reconstructor:
         self.marks: dict[str, Any] = {}
         self.snapshots: dict[str, Any] = {}
         self._batches: list[_Batch] = []
-        self._meta: dict[str, tuple[dict, str | None]] = {}
+        self._meta: dict[str, tuple[Record, str | None]] = {}
         self._dup_marks: set[str] = set()
         self._dup_snaps: set[str] = set()
-        self._dups: list = []  # span records that lost the dedupe (their batch still maps to the session)
+        self._dups: list[Any] = []  # span records that lost the dedupe (their batch still maps to the session)
 
     def add_batch(self, batch: Mapping[str, Any], source: Any = None) -> None:
         """Add one batch (as :func:`cirron.spool.reader.read_batch` returns it); ``source`` is
@@ -425,14 +428,14 @@ class Reconstructor:
         self._batches.append(b)
 
     @staticmethod
-    def _add_last_wins(into: dict[str, Any], recs: list, dup_ids: set[str]) -> None:
+    def _add_last_wins(into: dict[str, Any], recs: list[Any], dup_ids: set[str]) -> None:
         n = len(into)
         for r in recs:
             into[r.id] = r
         if len(into) - n != len(recs):  # some ids repeated: remember them for the winner check
             dup_ids.update(r.id for r in recs)
 
-    def _assign(self) -> list:
+    def _assign(self) -> list[Any]:
         """Set ``rec.session`` on every span (:func:`assign_owners`); returns the roots."""
         spans = self.spans
         roots = [rec for rec in spans.values() if rec.parent_id is None and rec.name == SESSION_SPAN_NAME]
@@ -441,7 +444,7 @@ class Reconstructor:
             rec.session = owner[sid]
         return roots
 
-    def _place_foreign(self, roots: list) -> int:
+    def _place_foreign(self, roots: list[Any]) -> int:
         """Spans of writers without the lock protocol that reach no root (parentless thread and
         request spans, runs whose root was never written): :func:`place_loose`. Returns how
         many spans were placed."""

@@ -17,6 +17,7 @@ import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from cirron.spool import paths
 from cirron.spool.reader import BatchFile, WarningCallback, default_warning, list_batch_files, read_batch
@@ -52,9 +53,9 @@ class Spool:
 
     dir: Path
     files: list[BatchFile]
-    spans: dict[str, dict]
-    marks: dict[str, dict]
-    snapshots: dict[str, dict]
+    spans: dict[str, dict[str, Any]]
+    marks: dict[str, dict[str, Any]]
+    snapshots: dict[str, dict[str, Any]]
     sessions: list[Session]  # oldest first
     #: For each readable batch file, the sessions its records belong to (None: no session).
     file_sessions: dict[Path, set[str | None]]

@@ -43,7 +43,7 @@ class SpoolWriter:
 
     def __init__(self, spool_dir: Path, session_id: str | None, max_bytes: int = DEFAULT_MAX_SPOOL_BYTES,
                  fsync: bool = True) -> None:
-        self.spool_dir = Path(spool_dir).absolute()  # a later os.chdir() must not move the spool
+        self.spool_dir: Path = Path(spool_dir).absolute()  # a later os.chdir() must not move the spool
         self.session_id = session_id
         self.max_bytes = max_bytes
         self.fsync = fsync
@@ -51,11 +51,11 @@ class SpoolWriter:
         self.take_lock = True
         self._lock_fd: int | None = None
         self._used: int | None = None
-        self.batches_written = 0
-        self.bytes_written = 0
-        self.evicted_sessions = 0
-        self.evicted_files = 0
-        self.refused_writes = 0
+        self.batches_written: int = 0
+        self.bytes_written: int = 0
+        self.evicted_sessions: int = 0
+        self.evicted_files: int = 0
+        self.refused_writes: int = 0
 
     # -- lifecycle -----------------------------------------------------------------------
 

@@ -416,7 +416,7 @@ class SessionData:
             tensor = sn.get("tensor")
             if not isinstance(tensor, str) or not isinstance(sn.get("stats"), dict):
                 continue
-            role = sn.get("role") if isinstance(sn.get("role"), str) else ""
+            role = r if isinstance(r := sn.get("role"), str) else ""
             by_tensor.setdefault((tensor, role), []).append(sn)
         self.snapshot_groups = by_tensor
 

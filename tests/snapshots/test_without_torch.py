@@ -6,6 +6,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+#: This checkout: the child imports its cirron, whatever an installed copy points at.
+REPO = Path(__file__).resolve().parents[2]
+
 SCRIPT = r"""
 import sys
 sys.modules["torch"] = None          # any `import torch` now raises ImportError
@@ -27,7 +30,7 @@ print("ok")
 
 def test_numpy_only_snapshots(tmp_path: Path) -> None:
     r = subprocess.run([sys.executable, "-c", SCRIPT], cwd=tmp_path, capture_output=True, text=True, timeout=60,
-                       env={"CIRRON_NO_PROJECT_FILE": "1", "PATH": "/usr/bin:/bin"})
+                       env={"CIRRON_NO_PROJECT_FILE": "1", "PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO)})
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "ok"
     blobs = sorted((tmp_path / ".cirron" / "snapshots").glob("*/weights.safetensors"))
