@@ -49,8 +49,14 @@ def url_for(sock: socket.socket, host: str) -> str:
     return f"http://{shown}:{port}/"
 
 
+def open_in_browser(url: str, warn: Callable[[str], None]) -> None:
+    """Hand ``url`` to the user's browser (``$BROWSER``, else the desktop's); say so when none took it."""
+    if not webbrowser.open(url):
+        warn(f"--open: no web browser could be started here; open {url} yourself")
+
+
 def serve(spools: Sequence[Path], host: str, port: int, open_browser: bool = False,
-          echo: Callable[[str], None] = print) -> None:
+          echo: Callable[[str], None] = print, warn: Callable[[str], None] = print) -> None:
     """Serve ``spools`` on ``host:port`` until interrupted (returns normally on Ctrl-C)."""
     import uvicorn
 
@@ -66,7 +72,7 @@ def serve(spools: Sequence[Path], host: str, port: int, open_browser: bool = Fal
         echo(f"cirron ui: serving {', '.join(str(s) for s in spools)}")
         echo(f"cirron ui: open {url}  (Ctrl-C to stop)")
         if open_browser:
-            threading.Thread(target=webbrowser.open, args=(url,), daemon=True).start()
+            threading.Thread(target=open_in_browser, args=(url, warn), daemon=True).start()
         server.run(sockets=[sock])
     except KeyboardInterrupt:  # before uvicorn took over SIGINT, or re-raised by it after a clean stop
         pass

@@ -40,7 +40,7 @@ def ui(
         warn(f"listening on {host}: anyone who can reach this machine on that port can read these traces "
              "(the viewer has no authentication)")
     try:
-        serve(dirs, host, port, open_browser, echo=typer.echo)
+        serve(dirs, host, port, open_browser, echo=typer.echo, warn=warn)
     except ListenError as exc:
         fail(str(exc))
 

@@ -264,3 +264,66 @@ def test_missing_extra_gives_the_install_hint(monkeypatch: pytest.MonkeyPatch) -
     result = CliRunner().invoke(app, ["ui"])
     assert result.exit_code == 1
     assert "cirron ui needs plotly: pip install 'cirron-trace[ui]'" in result.output
+
+
+def _recording_browser(where: Path, record: Path) -> str:
+    """An executable that writes the URL it is given to ``record``: a ``$BROWSER`` for the tests
+    (Python's webbrowser runs ``$BROWSER URL``; the variable names one program, no arguments)."""
+    import sys
+
+    script = where / "browser"
+    script.write_text(f"#!{sys.executable}\nimport os, sys\nopen({str(record)!r} + '.part', 'w').write(sys.argv[1])\n"
+                      f"os.replace({str(record)!r} + '.part', {str(record)!r})\n")  # whole, or not there
+    script.chmod(0o755)
+    return str(script)
+
+
+def test_open_flag_opens_the_served_url_in_the_browser(tmp_path: Path, runs: Runs) -> None:
+    """``--open`` hands the URL it prints to the user's browser: ``$BROWSER`` (which Python's
+    webbrowser module honours) is a script that records what it was given."""
+    import time
+
+    got = tmp_path / "opened.txt"
+    server = UIServer("--spool", str(runs.train), "--open", env={"BROWSER": _recording_browser(tmp_path, got)})
+    try:
+        deadline = time.monotonic() + 30
+        while not got.exists():
+            assert time.monotonic() < deadline, "cirron ui --open did not start the browser within 30 s"
+            assert server.proc.poll() is None, "cirron ui exited"
+            time.sleep(0.05)
+        opened = got.read_text()
+        assert opened == server.url + "/"
+        r = httpx.get(opened, timeout=TIMEOUT)
+        assert r.status_code == 200 and 'data-page="runs"' in r.text
+    finally:
+        code, _out, err = server.stop()
+    assert code == 0, err
+
+
+def test_open_without_a_browser_says_so(tmp_path: Path, runs: Runs) -> None:
+    """Where no browser can be started (a headless box: nothing on PATH, no display, a $BROWSER
+    that fails), --open says so in one line and the server keeps serving."""
+    failing = tmp_path / "no-browser"
+    failing.write_text("#!/bin/sh\nexit 1\n")
+    failing.chmod(0o755)
+    empty = tmp_path / "empty-path"
+    empty.mkdir()
+    server = UIServer("--spool", str(runs.train), "--open",
+                      env={"BROWSER": str(failing), "PATH": str(empty), "DISPLAY": "", "WAYLAND_DISPLAY": ""})
+    try:
+        server.wait_for("stderr", f"Warning: --open: no web browser could be started here; open {server.url}/ yourself")
+        get(server, "/api/sessions")  # still serving
+    finally:
+        code, _out, err = server.stop()
+    assert code == 0 and "Traceback" not in err, err
+
+
+def test_without_open_no_browser_is_started(tmp_path: Path, runs: Runs) -> None:
+    got = tmp_path / "opened.txt"
+    server = UIServer("--spool", str(runs.train), env={"BROWSER": _recording_browser(tmp_path, got)})
+    try:
+        get(server, "/api/sessions")  # served and answering, yet no browser
+    finally:
+        code, _out, err = server.stop()
+    assert code == 0, err
+    assert not got.exists()

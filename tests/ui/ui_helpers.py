@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import queue
 import signal
 import subprocess
 import sys
@@ -33,39 +32,49 @@ class Runs:
 
 
 class UIServer:
-    """``cirron ui --port 0`` as a subprocess: the URL is read from its first lines."""
+    """``cirron ui --port 0`` as a subprocess: the URL is read from its first lines; its stdout
+    and stderr are collected as they come."""
 
-    def __init__(self, *args: str, cwd: Path | None = None) -> None:
+    def __init__(self, *args: str, cwd: Path | None = None, env: dict[str, str] | None = None) -> None:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "cirron_cli.app", "ui", "--port", "0", *args],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=cwd)
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=cwd,
+            env=None if env is None else {**os.environ, **env})
         self.lines: list[str] = []
+        self.err_lines: list[str] = []
+        self._pumps = [threading.Thread(target=self._pump, args=(pipe, out), daemon=True)
+                       for pipe, out in ((self.proc.stdout, self.lines), (self.proc.stderr, self.err_lines))]
+        for t in self._pumps:
+            t.start()
         self.url = self._read_url()
 
+    @staticmethod
+    def _pump(pipe, into: list[str]) -> None:
+        for line in pipe:
+            into.append(line)
+
+    def wait_for(self, what: str, text: str, timeout: float = 30) -> None:
+        """Until ``text`` is in the server's ``what`` ("stdout" or "stderr"), bounded."""
+        lines = self.lines if what == "stdout" else self.err_lines
+        deadline = time.monotonic() + timeout
+        while not any(text in line for line in list(lines)):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                for t in self._pumps:
+                    t.join(timeout=5)
+                if any(text in line for line in list(lines)):
+                    return
+                raise AssertionError(f"cirron ui never wrote {text!r} to {what}: "
+                                     f"{''.join(self.lines)}{''.join(self.err_lines)}")
+            time.sleep(0.02)
+
     def _read_url(self) -> str:
-        lines: queue.Queue[str | None] = queue.Queue()
-
-        def pump() -> None:
-            for line in self.proc.stdout:
-                lines.put(line)
-            lines.put(None)
-
-        threading.Thread(target=pump, daemon=True).start()
-        self._rest = lines
-        deadline = time.monotonic() + 30
-        while (left := deadline - time.monotonic()) > 0:
-            try:
-                line = lines.get(timeout=left)
-            except queue.Empty:
-                break
-            if line is None:
-                break
-            self.lines.append(line)
-            if " open http" in line:
-                return line.split(" open ", 1)[1].split()[0].rstrip("/")
-        self.proc.kill()
-        err = self.proc.stderr.read()
-        raise AssertionError(f"cirron ui did not print its URL: {''.join(self.lines)}{err}")
+        try:
+            self.wait_for("stdout", " open http")
+        except AssertionError:
+            self.proc.kill()
+            raise
+        line = next(line for line in self.lines if " open http" in line)
+        return line.split(" open ", 1)[1].split()[0].rstrip("/")
 
     def stop(self) -> tuple[int, str, str]:
         """Ctrl-C (SIGINT), as a user would; returns (exit code, stdout, stderr)."""
@@ -77,7 +86,6 @@ class UIServer:
             self.proc.kill()
             self.proc.wait(timeout=10)
             raise AssertionError("cirron ui did not stop on SIGINT within 15 s") from None
-        err = self.proc.stderr.read()
-        while (line := self._rest.get(timeout=10)) is not None:
-            self.lines.append(line)
-        return self.proc.returncode, "".join(self.lines), err
+        for t in self._pumps:
+            t.join(timeout=10)
+        return self.proc.returncode, "".join(self.lines), "".join(self.err_lines)
