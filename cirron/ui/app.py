@@ -107,7 +107,7 @@ def create_app(data: SpoolData) -> Starlette:
     def api_sessions(request: Request) -> Response:
         sessions = data.sessions()
         return JSONResponse({"spools": [str(s.dir) for s in data.spools],
-                             "sessions": [s.to_json() for s in sessions]})
+                             "sessions": [s.to_json() for s in sessions], "warnings": data.warnings()})
 
     def api_session(request: Request) -> Response:
         return JSONResponse(data.info(session_id(request)).to_json())

@@ -166,7 +166,8 @@ class SessionData:
         s = self.recs[i]
         attrs = s.get("attrs")
         return {
-            "i": i, "label": label_of(s), "name": self.names[self.name[i]], "depth": int(self.depth[i]),
+            "i": i, "parent": int(self.parent[i]), "label": label_of(s), "name": self.names[self.name[i]],
+            "depth": int(self.depth[i]),
             "start": int(self.start[i]), "end": int(self.end[i]), "open": bool(self.open[i]),
             "cpu_ns": s.get("cpu_ns"), "gpu_ns": s.get("gpu_ns"), "memory_peak_bytes": s.get("memory_peak_bytes"),
             "attrs": _short_json(attrs) if isinstance(attrs, dict) and attrs else "",
@@ -505,6 +506,12 @@ class _SpoolState:
     fingerprint: tuple = ()
     catalog: Catalog | None = None
     sessions: list[SessionInfo] = field(default_factory=list)
+    #: What the reader skipped in this spool (a corrupt or truncated batch file...), each once.
+    warnings: list[str] = field(default_factory=list)
+
+    def warn(self, message: str) -> None:
+        if message not in self.warnings:
+            self.warnings.append(message)
 
 
 class SpoolData:
@@ -529,12 +536,18 @@ class SpoolData:
                 files = list_batch_files(sp.dir, lambda _m: None)
                 fp = tuple((f.path.name, f.size) for f in files)
                 if sp.catalog is None or fp != sp.fingerprint or any(s.status == "live" for s in sp.sessions):
-                    sp.catalog = Catalog([sp.dir], lambda _m: None)
+                    sp.warnings = []
+                    sp.catalog = Catalog([sp.dir], sp.warn)
                     sp.sessions = [SessionInfo(s) for s in sp.catalog.sessions]
                     sp.fingerprint = fp
                 out.extend(sp.sessions)
             out.sort(key=lambda s: (s.started_ns or 0, s.id), reverse=True)
             return out
+
+    def warnings(self) -> list[str]:
+        """What reading the spools skipped so far (each message once)."""
+        with self._lock:
+            return [w for sp in self.spools for w in sp.warnings]
 
     def info(self, session_id: str) -> SessionInfo:
         for s in self.sessions():

@@ -66,6 +66,9 @@ def serve(spools: Sequence[Path], host: str, port: int, open_browser: bool = Fal
     app = create_app(SpoolData(spools))
     sock = bind(host, port)
     url = url_for(sock, host)
+    if not is_loopback(host):
+        warn(f"listening on {host}: anyone who can reach this machine on that port can read these traces "
+             "(the viewer has no authentication)")
     config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off", timeout_graceful_shutdown=3)
     server = uvicorn.Server(config)
     try:

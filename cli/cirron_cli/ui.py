@@ -26,19 +26,19 @@ def ui(
         fail(f"cirron ui needs {', '.join(missing)}: {INSTALL_HINT}")
     if not 0 <= port <= 65535:
         fail(f"Invalid --port: {port} (expected 0-65535)", 2)
-    from cirron.ui.server import ListenError, is_loopback, serve
+    from cirron.ui.server import ListenError, serve
 
-    dirs = paths.resolve_spools(spool or [str(paths.DEFAULT_SPOOL_DIR)], warn)
+    notes: list[str] = []
+    dirs = paths.resolve_spools(spool or [str(paths.DEFAULT_SPOOL_DIR)], notes.append)
     if not dirs:
         fail(f"No spool directory matches {' '.join(spool or [])}")
+    for note in notes:
+        warn(note)
     for d in dirs:
         if d.exists() and not d.is_dir():
             fail(f"Spool path {d} is not a directory")
-        if not d.exists():
-            warn(f"no spool at {d} yet; its sessions will appear once a run writes there")
-    if not is_loopback(host):
-        warn(f"listening on {host}: anyone who can reach this machine on that port can read these traces "
-             "(the viewer has no authentication)")
+        if not d.exists() and d == paths.DEFAULT_SPOOL_DIR:  # resolve_spools names any other missing one
+            warn(f"no spool at {d} yet; sessions will appear once a run writes there")
     try:
         serve(dirs, host, port, open_browser, echo=typer.echo, warn=warn)
     except ListenError as exc:

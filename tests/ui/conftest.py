@@ -10,18 +10,19 @@ pytest.importorskip("starlette", reason="cirron ui needs the 'ui' extra: pip ins
 pytest.importorskip("uvicorn", reason="cirron ui needs the 'ui' extra: pip install 'cirron-trace[ui]'")
 pytest.importorskip("plotly", reason="cirron ui needs the 'ui' extra: pip install 'cirron-trace[ui]'")
 
-from ui_helpers import Runs, UIServer, make_run
+from ui_helpers import Runs, UIServer, make_run, serve_and_record
 
 
 @pytest.fixture(scope="session")
 def runs(tmp_path_factory: pytest.TempPathFactory) -> Runs:
     pytest.importorskip("torch")
+    pytest.importorskip("fastapi")
     base = tmp_path_factory.mktemp("ui-runs")
     train = make_run("train", base / "train")
-    inference = make_run("inference", base / "inference")
+    served = serve_and_record(base / "inference")
     for rank in (0, 1):
         ranks = make_run("rank", base / "ranks", RANK=str(rank), WORLD_SIZE="2", CIRRON_RUN_ID="run-42")
-    return Runs(train, inference, ranks)
+    return Runs(train, served, ranks)
 
 
 @pytest.fixture(scope="session")

@@ -1,9 +1,9 @@
-"""Real runs for the UI tests: a small torch training loop with snapshots, and an
-``@ci.inference`` workload with streamed results. Each runs in its own process.
+"""Real runs for the UI tests: a small torch training loop with snapshots, and the ranks of a
+run. Each runs in its own process (the served ``@ci.inference`` run is serve_app.py).
 
     python tests/ui/make_runs.py train DIR      # writes DIR/.cirron/
-    python tests/ui/make_runs.py inference DIR
     RANK=1 CIRRON_RUN_ID=r python tests/ui/make_runs.py rank DIR   # one rank of a run (rank 1: slow loader)
+    python tests/ui/make_runs.py live DIR       # keeps writing until DIR/stop exists
 """
 
 from __future__ import annotations
@@ -46,27 +46,6 @@ def train(epochs: int = 4, batches: int = 12) -> None:
     ci.shutdown()
 
 
-def inference(n: int = 40) -> None:
-    ci.profile()
-
-    @ci.inference
-    def predict(prompt: str) -> dict:
-        time.sleep(0.001 * (1 + len(prompt) % 7))
-        return {"text": prompt[::-1], "usage": {"prompt_tokens": len(prompt), "completion_tokens": 8,
-                                                 "total_tokens": len(prompt) + 8}}
-
-    @ci.inference
-    def generate(prompt: str):
-        for i in range(6 + len(prompt) % 5):
-            time.sleep(0.0005)
-            yield f"tok{i} "
-
-    for i in range(n):
-        predict(f"prompt number {i}")
-        "".join(generate(f"stream {i}"))
-    ci.shutdown()
-
-
 def rank(steps: int = 30) -> None:
     """A numpy-only step loop; rank 1's data loading is made slow on purpose (a straggler)."""
     import numpy as np
@@ -82,7 +61,8 @@ def rank(steps: int = 30) -> None:
 
     for _epoch in ci.epochs(range(2)):
         for xb in ci.batches(loader()):
-            with ci.scope("forward"):
+            with ci.scope("forward"):  # 2 ms on every rank: the data_load share tells the ranks apart
+                time.sleep(0.002)
                 loss = float(((xb - w) ** 2).mean())
             with ci.scope("backward"):
                 g = 2 * (w - xb) / xb.size
@@ -92,8 +72,25 @@ def rank(steps: int = 30) -> None:
     ci.shutdown()
 
 
+def live(stop_file: str = "stop") -> None:
+    """A run still going: a step with a loss mark every 20 ms, flushed every 0.2 s, until the
+    file ``stop`` appears (or two minutes pass)."""
+    ci.profile(flush_interval=0.2)
+    deadline = time.monotonic() + 120
+    step = 0
+    for _epoch in ci.epochs(range(10**6)):
+        for _ in ci.batches(range(10)):
+            with ci.scope("forward"):
+                time.sleep(0.02)
+            ci.mark("loss", 1.0 / (1 + step))
+            step += 1
+        if os.path.exists(stop_file) or time.monotonic() > deadline:
+            break
+    ci.shutdown()
+
+
 if __name__ == "__main__":
     what, where = sys.argv[1], sys.argv[2]
     os.makedirs(where, exist_ok=True)
     os.chdir(where)
-    {"train": train, "inference": inference, "rank": rank}[what]()
+    {"train": train, "rank": rank, "live": live}[what]()

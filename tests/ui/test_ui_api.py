@@ -103,17 +103,53 @@ def test_snapshots_stats_and_histograms_per_tensor(ui_server: UIServer, runs: Ru
         assert sum(row[col] for row in w["hist_z"]) == pytest.approx(1.0)
 
 
-def test_requests_latency_ttft_and_slowest(ui_server: UIServer, runs: Runs) -> None:
-    sid = session_of(ui_server, runs.inference)["id"]
-    doc = get(ui_server, f"/api/session/{sid}/requests")
-    assert doc["requests"] == 80
-    assert doc["overall"]["p50"] <= doc["overall"]["p95"] <= doc["overall"]["p99"]
-    assert sum(w["count"] for w in doc["windows"]) == 80
-    assert len(doc["ttft_ns"]) == 40 and all(v > 0 for v in doc["ttft_ns"])  # the 40 streams
-    assert len(doc["tokens_per_s"]) == 80
-    lat = [r["latency_ns"] for r in doc["slowest"]]
-    assert len(lat) == 20 and lat == sorted(lat, reverse=True)
-    assert all(r["request_id"] for r in doc["slowest"])
+def _bounded_sorted(values: list[float], low: list[float], high: list[float]) -> None:
+    """Each of ``values`` lies between its request's ``low`` and ``high``, which of the lists are
+    unordered: then the k-th smallest value lies between the k-th smallest bounds."""
+    assert len(values) == len(low) == len(high)
+    for v, lo, hi in zip(sorted(values), sorted(low), sorted(high)):
+        assert lo * (1 - 1e-9) <= v <= hi * (1 + 1e-9), (v, lo, hi)
+
+
+def test_requests_of_a_real_fastapi_server_match_what_was_sent(ui_server: UIServer, runs: Runs) -> None:
+    """The spool of a FastAPI app under uvicorn, stopped by SIGTERM: every request the client sent
+    is there, and each figure lies between what the server was told to take and what the client saw."""
+    import numpy as np
+
+    served = runs.served
+    assert served.exit_code in (0, -15) and "Traceback" not in served.stderr, served.stderr
+    info = session_of(ui_server, runs.inference)
+    assert info["status"] == "ended"  # SIGTERM: uvicorn's graceful stop closed the session
+    doc = get(ui_server, f"/api/session/{info['id']}/requests")
+    sent = served.sent
+    assert doc["requests"] == len(sent) == 83
+    assert sum(w["count"] for w in doc["windows"]) == len(sent)
+    assert all(w["p50"] <= w["p95"] <= w["p99"] for w in doc["windows"])
+    low = np.array([r.min_ns for r in sent], dtype=float)
+    high = np.array([r.client_ns for r in sent], dtype=float)
+    for name, q in (("p50", 50), ("p95", 95), ("p99", 99)):
+        assert np.percentile(low, q) <= doc["overall"][name] <= np.percentile(high, q), name
+    streams = [r for r in sent if r.kind == "stream"]
+    _bounded_sorted(doc["ttft_ns"], [r.min_ttft_ns for r in streams], [r.client_ttft_ns for r in streams])
+    _bounded_sorted(doc["tokens_per_s"], [r.tokens / r.client_ns * 1e9 for r in sent],
+                    [r.tokens / r.min_ns * 1e9 for r in sent])
+    by_id = {r.request_id: r for r in sent}
+    slowest = doc["slowest"]
+    assert len(slowest) == 20 and [r["latency_ns"] for r in slowest] == sorted((r["latency_ns"] for r in slowest), reverse=True)
+    assert [by_id[r["request_id"]].min_ns for r in slowest[:3]] == [300_000_000, 150_000_000, 80_000_000]
+    for row in slowest:
+        mine = by_id[row["request_id"]]
+        assert mine.min_ns <= row["latency_ns"] <= mine.client_ns
+        assert row["tokens"] == mine.tokens
+        if mine.kind == "stream":
+            assert row["stream_end"] == "exhausted" and mine.min_ttft_ns <= row["ttft_ns"] <= mine.client_ttft_ns
+        else:
+            assert row["ttft_ns"] is None and row["stream_end"] is None
+    # the slowest request's window on the timeline holds its span
+    top = slowest[0]
+    view = get(ui_server, f"/api/session/{info['id']}/timeline", t0=top["start"], t1=top["end"], px=1000)
+    assert any(s["name"] == "request" and top["request_id"] in s["attrs"] and s["start"] == top["start"]
+               for s in view["spans"])
     # a training session has no requests: an empty answer, not an error
     train = session_of(ui_server, runs.train)["id"]
     assert get(ui_server, f"/api/session/{train}/requests")["requests"] == 0

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from ui_helpers import Runs, UIServer
+from ui_helpers import LiveRun, Runs, UIServer
 
 pytestmark = pytest.mark.slow
 
@@ -177,9 +177,43 @@ def test_snapshots_page(browser, ui_server: UIServer, runs: Runs, tmp_path: Path
 
 
 def test_requests_page(browser, ui_server: UIServer, runs: Runs, tmp_path: Path) -> None:
+    """The requests of the real FastAPI run: the figures the page prints are the API's, the
+    distributions hold every stream and request, and the slowest request links to its timeline."""
     sid = _sid(ui_server, runs.inference)
+    api = httpx.get(f"{ui_server.url}/api/session/{sid}/requests", timeout=30).json()
     check_page(browser, f"{ui_server.url}/session/{sid}/requests", _shot_dir(tmp_path) / "ui-requests.png", 3)
-    assert len(browser.find_elements("css selector", "#slowest tbody tr")) == 20
+    summary = browser.find_element("id", "req-summary").text
+    for name in ("p50", "p95", "p99"):
+        shown = browser.execute_script("return cirronUI.fmtNs(arguments[0])", api["overall"][name])
+        assert f"{name} {shown}" in summary, (name, shown, summary)
+    n_ttft, n_tps = browser.execute_script(
+        "return [document.getElementById('ttft').data[0].x.length, document.getElementById('tps').data[0].x.length]")
+    assert n_ttft == sum(r.kind == "stream" for r in runs.served.sent) == 20
+    assert n_tps == len(runs.served.sent)
+    rows = browser.find_elements("css selector", "#slowest tbody tr")
+    assert len(rows) == 20
+    slowest = max(runs.served.sent, key=lambda r: r.min_ns)
+    link = rows[0].find_element("css selector", "a")
+    assert link.text == slowest.request_id
+    link.click()
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    WebDriverWait(browser, PAGE_TIMEOUT, poll_frequency=0.1).until(
+        lambda d: "/timeline" in d.current_url and d.execute_script("return document.body.dataset.ready") == "1")
+    hovers = browser.execute_script("""
+        const gd = document.getElementById('timeline');
+        return gd.data.filter(t => t.name === 'request').flatMap(t => t.customdata.map(c => c[4]));""")
+    assert any(slowest.request_id in h for h in hovers), hovers
+    # the four client threads overlapped: requests that overlap in time are on rows of their own
+    bars = browser.execute_script("""
+        const t = document.getElementById('timeline').data.find(t => t.name === 'request');
+        return t.base.map((b, k) => [b, b + t.x[k], t.y[k]]);""")
+    for k, (a0, a1, ya) in enumerate(bars):
+        for b0, b1, yb in bars[k + 1:]:
+            assert not (a0 < b1 and b0 < a1 and ya == yb), ((a0, a1, ya), (b0, b1, yb))
+    assert len({y for _, _, y in bars}) > 1
+    browser.save_screenshot(str(_shot_dir(tmp_path) / "ui-requests-slowest-timeline.png"))
+    assert console_errors(browser) == []
 
 
 def test_ranks_page(browser, ui_server: UIServer, tmp_path: Path) -> None:
@@ -196,3 +230,61 @@ def test_pages_without_data_say_so(browser, ui_server: UIServer, runs: Runs) -> 
     open_page(browser, f"{ui_server.url}/session/{train}/requests")
     assert "No @ci.inference requests" in browser.find_element("id", "main").text
     assert console_errors(browser) == []
+
+
+def test_empty_spool_page_says_so(browser, tmp_path: Path) -> None:
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    server = UIServer("--spool", str(spool))
+    try:
+        open_page(browser, server.url + "/")
+        assert "No traces found in this spool yet" in browser.find_element("id", "main").text
+        assert console_errors(browser) == []
+    finally:
+        server.stop()
+
+
+def test_runs_page_names_a_corrupt_batch_file(browser, runs: Runs, tmp_path: Path) -> None:
+    spool = tmp_path / "spool"
+    shutil.copytree(runs.train, spool)
+    batch = sorted(spool.glob("*.json"))[-1]
+    batch.write_bytes(batch.read_bytes()[:100])
+    server = UIServer("--spool", str(spool))
+    try:
+        open_page(browser, server.url + "/")
+        warning = browser.find_element("id", "warnings").text
+        assert batch.name in warning and "could not be read" in warning
+        assert len(browser.find_elements("css selector", "#sessions tbody tr")) == 1
+        assert console_errors(browser) == []
+    finally:
+        server.stop()
+
+
+def test_live_run_refreshes_on_its_own(browser, tmp_path: Path) -> None:
+    """While a run writes, the runs page badges it live and the marks chart grows without a reload."""
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    run = LiveRun(tmp_path / "live")
+    server = None
+    try:
+        WebDriverWait(browser, PAGE_TIMEOUT, poll_frequency=0.1).until(lambda _d: any(run.spool.glob("*.json")))
+        server = UIServer("--spool", str(run.spool))
+        open_page(browser, server.url + "/")
+        WebDriverWait(browser, PAGE_TIMEOUT, poll_frequency=0.2).until(
+            lambda d: "live" in d.find_element("css selector", "#sessions tbody tr .badge").text)
+        assert "refreshing every 2 s" in browser.find_element("id", "status").text
+        sid = _sessions(server)[0]["id"]
+        open_page(browser, f"{server.url}/session/{sid}/marks")
+        points = "return document.getElementById('mark-loss').data[0].y.length"
+        first = browser.execute_script(points)
+        WebDriverWait(browser, PAGE_TIMEOUT, poll_frequency=0.2).until(lambda d: d.execute_script(points) > first)
+        run.stop()
+        open_page(browser, server.url + "/")
+        WebDriverWait(browser, PAGE_TIMEOUT, poll_frequency=0.2).until(
+            lambda d: "ended" in d.find_element("css selector", "#sessions tbody tr .badge").text)
+        assert console_errors(browser) == []
+    finally:
+        if run.proc.poll() is None:
+            run.stop()
+        if server is not None:
+            server.stop()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import queue
 import signal
 import subprocess
 import sys
@@ -24,11 +25,127 @@ def make_run(kind: str, where: Path, **env: str) -> Path:
     return where / ".cirron" / "spool"
 
 
+class LiveRun:
+    """``make_runs.py live`` in its own process: a run that keeps writing until stopped."""
+
+    def __init__(self, where: Path) -> None:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("CIRRON_")}
+        self.where = where
+        self.spool = where / ".cirron" / "spool"
+        self.proc = subprocess.Popen([sys.executable, str(HERE / "make_runs.py"), "live", str(where)], env=env,
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+    def stop(self) -> None:
+        (self.where / "stop").touch()
+        try:
+            _out, err = self.proc.communicate(timeout=RUN_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+            raise AssertionError("the live run did not stop") from None
+        assert self.proc.returncode == 0, err
+
+
+@dataclass
+class Sent:
+    """One request the test client sent to the served app, with what it knows of it: the server
+    took at least ``min_ns`` (its sleeps) and at most ``client_ns`` (the client's round trip)."""
+    request_id: str
+    kind: str  # "predict" or "stream"
+    tokens: int
+    min_ns: int
+    client_ns: int
+    min_ttft_ns: int | None = None  # streams: the sleep before the first token
+    client_ttft_ns: int | None = None  # streams: until the client had the first token
+
+
+@dataclass
+class Served:
+    spool: Path
+    sent: list[Sent]
+    exit_code: int
+    stderr: str
+
+
+def _predict(client, delay_ms: float, tokens: int) -> Sent:
+    t = time.perf_counter_ns()
+    r = client.post("/predict", json={"delay_ms": delay_ms, "tokens": tokens})
+    took = time.perf_counter_ns() - t
+    r.raise_for_status()
+    return Sent(r.headers["x-request-id"], "predict", tokens, int(delay_ms * 1e6), took)
+
+
+def _stream(client, tokens: int, first_ms: float, gap_ms: float) -> Sent:
+    t = time.perf_counter_ns()
+    first = None
+    got = 0
+    with client.stream("GET", "/stream", params={"tokens": tokens, "first_ms": first_ms, "gap_ms": gap_ms}) as r:
+        r.raise_for_status()
+        rid = r.headers["x-request-id"]
+        for line in r.iter_lines():
+            if line.startswith("data: {"):
+                got += 1
+                if first is None:
+                    first = time.perf_counter_ns() - t
+    took = time.perf_counter_ns() - t
+    assert got == tokens, (got, tokens)
+    return Sent(rid, "stream", tokens, int((first_ms + gap_ms * (tokens - 1)) * 1e6), took,
+                int(first_ms * 1e6), first)
+
+
+def serve_and_record(where: Path) -> Served:
+    """Run ``serve_app.py`` (FastAPI under uvicorn, ``@ci.inference``) in its own process, send it
+    plain and streamed requests from four threads, stop it with SIGTERM as a process manager
+    would, and return its spool with what the client saw."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import httpx
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CIRRON_")}
+    proc = subprocess.Popen([sys.executable, str(HERE / "serve_app.py"), str(where)], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        first: queue.Queue[str] = queue.Queue()
+        threading.Thread(target=lambda: first.put(proc.stdout.readline()), daemon=True).start()
+        try:
+            line = first.get(timeout=RUN_TIMEOUT)
+        except queue.Empty:
+            raise AssertionError("serve_app.py did not say its port") from None
+        assert line.startswith("port "), line + proc.stderr.read()
+        base = f"http://127.0.0.1:{int(line.split()[1])}"
+        with httpx.Client(base_url=base, timeout=30) as client:
+            deadline = time.monotonic() + RUN_TIMEOUT
+            while True:  # the port is bound before uvicorn (and the lifespan) starts answering
+                try:
+                    if client.get("/health").status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                assert proc.poll() is None and time.monotonic() < deadline, "serve_app.py never answered"
+                time.sleep(0.05)
+            jobs = [(_predict, 2 + i % 6, 4 + i % 9) for i in range(60)]
+            jobs += [(_predict, ms, 16) for ms in (80, 150, 300)]  # the slowest three, in this order
+            jobs += [(_stream, 5 + i % 4, 10 + i, 1) for i in range(20)]
+            with ThreadPoolExecutor(4) as pool:
+                sent = list(pool.map(lambda job: job[0](client, *job[1:]), jobs))
+        proc.send_signal(signal.SIGTERM)
+        _out, err = proc.communicate(timeout=RUN_TIMEOUT)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
+    return Served(where / ".cirron" / "spool", sent, proc.returncode, err)
+
+
 @dataclass
 class Runs:
     train: Path
-    inference: Path
+    served: Served
     ranks: Path
+
+    @property
+    def inference(self) -> Path:
+        return self.served.spool
 
 
 class UIServer:

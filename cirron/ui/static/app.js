@@ -14,12 +14,21 @@ const cirronUI = (() => {
 
   function fmtNs(ns) {
     if (ns === null || ns === undefined || Number.isNaN(ns)) return "–";
+    if (ns === 0) return "0";
     const a = Math.abs(ns);
     if (a >= 60e9) return (ns / 60e9).toFixed(1) + "m";
     if (a >= 1e9) return (ns / 1e9).toFixed(2) + "s";
     if (a >= 1e6) return (ns / 1e6).toFixed(2) + "ms";
     if (a >= 1e3) return (ns / 1e3).toFixed(1) + "µs";
     return Math.round(ns) + "ns";
+  }
+  // a unit for durations around `ns` (the largest shown): axes read 12.5 µs, not 0.0125 ms
+  function unitOf(ns) {
+    const a = Math.abs(ns || 0);
+    if (a >= 1e9) return { div: 1e9, label: "s" };
+    if (a >= 1e6) return { div: 1e6, label: "ms" };
+    if (a >= 1e3) return { div: 1e3, label: "µs" };
+    return { div: 1, label: "ns" };
   }
   const fmtBytes = (n) => n >= 1 << 30 ? (n / (1 << 30)).toFixed(1) + " GB" : n >= 1 << 20 ? (n / (1 << 20)).toFixed(1) + " MB" : n >= 1024 ? (n / 1024).toFixed(1) + " KB" : n + " B";
   const fmtDate = (ns) => ns ? new Date(ns / 1e6).toISOString().replace("T", " ").slice(0, 19) : "–";
@@ -60,6 +69,17 @@ const cirronUI = (() => {
     return d;
   }
 
+  // while one of `sids` is live, call `redraw` every 2 s (the data keeps growing)
+  function refreshWhileLive(sids, redraw) {
+    async function tick() {
+      const live = (await Promise.all(sids.map((sid) => api(`/api/session/${sid}`)))).some((s) => s.live);
+      if (!live) return;
+      await redraw();
+      setTimeout(() => tick().catch(fail), 2000);
+    }
+    setTimeout(() => tick().catch(fail), 2000);
+  }
+
   function sessionNav(sid, active) {
     const nav = document.getElementById("nav");
     nav.innerHTML = `<a href="/">Runs</a>` + ["timeline", "steps", "marks", "snapshots", "requests"].map(
@@ -80,6 +100,10 @@ const cirronUI = (() => {
       const checked = new Set([...m.querySelectorAll("input.pick:checked")].map((i) => i.value));
       m.innerHTML = "";
       m.appendChild($(`<h1>Sessions <span class="muted">(${doc.sessions.length}, from ${doc.spools.map(esc).join(", ")})</span></h1>`));
+      if (doc.warnings.length) {
+        m.appendChild($(`<div class="warning" id="warnings"><b>Some of the spool could not be read</b> (what was readable is shown):<ul>${
+          doc.warnings.map((w) => `<li>${esc(w)}</li>`).join("")}</ul></div>`));
+      }
       if (!doc.sessions.length) {
         m.appendChild($(`<p class="muted">No traces found in this spool yet. Run a script that calls <code>ci.profile()</code>; sessions appear here on their own.</p>`));
       } else {
@@ -90,7 +114,7 @@ const cirronUI = (() => {
           <td>${fmtDate(s.started_ns)}</td><td class="num">${s.live ? "(live)" : fmtNs(s.duration_ns)}</td>
           <td class="num">${s.spans}</td><td class="num">${s.marks}</td><td class="num">${s.snapshots}</td>
           <td class="num">${fmtBytes(s.bytes)}</td>
-          <td>${s.run_id ? `<a href="/run/${encodeURIComponent(s.run_id)}">${esc(s.run_id)}</a>` : ""}</td><td class="num">${s.rank ?? ""}</td>
+          <td>${s.run_id ? `<a href="/run/${encodeURIComponent(s.run_id)}" title="${esc(s.run_id)}">${esc(s.run_id.length > 16 ? s.run_id.slice(0, 12) + "…" : s.run_id)}</a>` : ""}</td><td class="num">${s.rank ?? ""}</td>
           <td>${esc(s.host || "")}</td>
           <td><a href="/session/${s.id}/steps">steps</a> · <a href="/session/${s.id}/marks">marks</a> · <a href="/session/${s.id}/snapshots">snapshots</a> · <a href="/session/${s.id}/requests">requests</a></td></tr>`).join("");
         m.appendChild($(`<table id="sessions"><thead><tr><th></th><th>Session</th><th>Status</th><th>Started (UTC)</th><th class="num">Duration</th>
@@ -120,7 +144,31 @@ const cirronUI = (() => {
     const div = chartDiv(m, "timeline", 520);
     let pending = null, seq = 0, total = null;
 
-    function traces(doc) {
+    // Rows: a span goes on the first row below its parent that is free over its time, so spans
+    // that overlap (concurrent requests, threads) sit side by side instead of on top of each other.
+    // Without overlap a span's row is its depth.
+    function layout(doc) {
+      const rowOf = new Map(), busy = [];
+      const order = [...doc.spans].sort((a, b) => a.start - b.start || a.depth - b.depth);
+      let overlap = false;
+      for (const s of order) {
+        const above = rowOf.has(s.parent) ? rowOf.get(s.parent) : s.depth - 1;
+        let r = above + 1;
+        while (busy[r] !== undefined && busy[r] > s.start) r++;
+        busy[r] = Math.max(busy[r] ?? -Infinity, s.end);
+        rowOf.set(s.i, r);
+        if (r !== s.depth) overlap = true;
+      }
+      const base = [];  // merged blocks go on the first row of their depth
+      for (let d = 0; d <= doc.max_depth; d++) {
+        const rows = doc.spans.filter((s) => s.depth === d).map((s) => rowOf.get(s.i));
+        base[d] = rows.length ? Math.min(...rows) : (d ? base[d - 1] + 1 : 0);
+      }
+      const rows = Math.max(doc.max_depth, ...rowOf.values(), ...doc.blocks.map((b) => base[b.depth]));
+      return { row: (s) => rowOf.get(s.i), blockRow: (b) => base[b.depth], rows, overlap };
+    }
+
+    function traces(doc, lay) {
       const byName = new Map();
       for (const s of doc.spans) {
         if (!byName.has(s.name)) byName.set(s.name, []);
@@ -129,21 +177,28 @@ const cirronUI = (() => {
       const out = [];
       for (const [name, spans] of byName) {
         out.push({
-          type: "bar", orientation: "h", name, marker: { color: colorOf(name, doc.names), line: { width: 0.5, color: "#fff" } },
+          type: "bar", orientation: "h", name, legendgroup: name, marker: { color: colorOf(name, doc.names), line: { width: 0.5, color: "#fff" } },
           text: spans.map((s) => s.label), textposition: "inside", insidetextanchor: "start", textangle: 0,
           textfont: { color: "#fff", size: 11 },
           base: spans.map((s) => s.start / 1e6), x: spans.map((s) => Math.max((s.end - s.start) / 1e6, 1e-9)),
-          y: spans.map((s) => s.depth), width: 0.9,
-          customdata: spans.map((s) => [s.label, fmtNs(s.end - s.start), fmtNs(s.cpu_ns), s.gpu_ns == null ? "–" : fmtNs(s.gpu_ns), esc(s.attrs).slice(0, 160), fmtNs(s.start), s.open ? " (open)" : ""]),
-          hovertemplate: "<b>%{customdata[0]}</b>%{customdata[6]}<br>start %{customdata[5]}, wall %{customdata[1]}<br>cpu %{customdata[2]}, gpu %{customdata[3]}<br>%{customdata[4]}<extra></extra>",
+          y: spans.map(lay.row), width: 0.9,
+          customdata: spans.map((s) => [s.label, fmtNs(s.end - s.start), fmtNs(s.cpu_ns), s.gpu_ns == null ? "–" : fmtNs(s.gpu_ns), esc(s.attrs).slice(0, 160), fmtNs(s.start), s.open ? " (open)" : "", s.depth]),
+          hovertemplate: "<b>%{customdata[0]}</b>%{customdata[6]} (depth %{customdata[7]})<br>start %{customdata[5]}, wall %{customdata[1]}<br>cpu %{customdata[2]}, gpu %{customdata[3]}<br>%{customdata[4]}<extra></extra>",
         });
       }
-      if (doc.blocks.length) {
+      // spans too small to draw at this zoom, merged per name: faint, in their name's colour and legend entry
+      const blocksByName = new Map();
+      for (const b of doc.blocks) {
+        if (!blocksByName.has(b.name)) blocksByName.set(b.name, []);
+        blocksByName.get(b.name).push(b);
+      }
+      for (const [name, blocks] of blocksByName) {
         out.push({
-          type: "bar", orientation: "h", name: "(small spans)", marker: { color: doc.blocks.map((b) => colorOf(b.name, doc.names)), opacity: 0.45 },
-          base: doc.blocks.map((b) => b.start / 1e6), x: doc.blocks.map((b) => Math.max((b.end - b.start) / 1e6, 1e-9)),
-          y: doc.blocks.map((b) => b.depth), width: 0.9,
-          customdata: doc.blocks.map((b) => [b.count, fmtNs(b.total_ns), b.name]),
+          type: "bar", orientation: "h", name: byName.has(name) ? name + " (merged)" : name, legendgroup: name, showlegend: !byName.has(name),
+          marker: { color: colorOf(name, doc.names), opacity: 0.45 },
+          base: blocks.map((b) => b.start / 1e6), x: blocks.map((b) => Math.max((b.end - b.start) / 1e6, 1e-9)),
+          y: blocks.map(lay.blockRow), width: 0.9,
+          customdata: blocks.map((b) => [b.count, fmtNs(b.total_ns), b.name]),
           hovertemplate: "%{customdata[0]} spans too small to draw at this zoom (mostly %{customdata[2]})<br>summed wall %{customdata[1]}<extra></extra>",
         });
       }
@@ -158,34 +213,62 @@ const cirronUI = (() => {
       return out;
     }
 
-    async function load(t0, t1) {
-      const mine = ++seq;
+    async function fetchWindow(t0, t1) {
       const px = Math.max(200, div.clientWidth || 1200);
       const params = new URLSearchParams({ px });
       if (t0 !== null) params.set("t0", Math.floor(t0));
       if (t1 !== null) params.set("t1", Math.ceil(t1));
-      const doc = await api(`/api/session/${sid}/timeline?${params}`);
+      return api(`/api/session/${sid}/timeline?${params}`);
+    }
+
+    async function load(t0, t1, note) {
+      const mine = ++seq;
+      const doc = await fetchWindow(t0, t1);
       if (mine !== seq) return;
+      await draw(doc, note);
+    }
+
+    async function draw(doc, note) {
       if (total === null) total = doc.duration_ns;
+      const merged = doc.blocks.reduce((n, b) => n + b.count, 0);
       document.getElementById("tl-info").textContent =
-        `${doc.visible} spans in view: ${doc.spans.length} drawn one by one, the rest merged into ${doc.blocks.length} blocks · ` +
-        `window ${fmtNs(doc.t0)} – ${fmtNs(doc.t1)} of ${fmtNs(doc.duration_ns)}. Drag to zoom, double-click to reset.`;
-      await plot(div, traces(doc), {
-        barmode: "overlay", showlegend: true, legend: { orientation: "h", y: -0.2 }, uniformtext: { mode: "hide", minsize: 9 }, hovermode: "closest", uirevision: "tl",
+        `${doc.visible} spans in view` + (merged ? `: ${doc.spans.length} drawn one by one, ${merged} too small to draw at this zoom merged into faint blocks` : ", all drawn") +
+        ` · window ${fmtNs(doc.t0)} – ${fmtNs(doc.t1)} of ${fmtNs(doc.duration_ns)}. ` + (note || "Drag to zoom, double-click for the whole session.");
+      const lay = layout(doc);
+      const height = Math.min(1400, Math.max(520, 60 * (lay.rows + 2) + 170));
+      div.style.height = height + "px";
+      await plot(div, traces(doc, lay), {
+        height, barmode: "overlay", showlegend: true, legend: { orientation: "h", y: -0.2 }, uniformtext: { mode: "hide", minsize: 9 }, hovermode: "closest", uirevision: "tl",
         dragmode: "zoom",
         xaxis: { title: "ms since session start", range: [doc.t0 / 1e6, doc.t1 / 1e6], zeroline: false },
-        yaxis: { title: "depth", fixedrange: true, range: [doc.max_depth + 0.6, -1.3],
-          tickvals: [-0.8, ...Array.from({ length: doc.max_depth + 1 }, (_, i) => i)],
-          ticktext: ["marks", ...Array.from({ length: doc.max_depth + 1 }, (_, i) => String(i))] },
+        yaxis: { title: lay.overlap ? "nesting (overlapping spans side by side)" : "depth", fixedrange: true, range: [lay.rows + 0.6, -1.3],
+          tickvals: [-0.8, ...Array.from({ length: lay.rows + 1 }, (_, i) => i)],
+          ticktext: ["marks", ...Array.from({ length: lay.rows + 1 }, (_, i) => lay.overlap ? "" : String(i))] },
       });
       const url = new URL(location.href);
       url.searchParams.set("t0", doc.t0); url.searchParams.set("t1", doc.t1);
       history.replaceState(null, "", url);
     }
 
-    const t0 = q.has("t0") ? Number(q.get("t0")) : null;
-    const t1 = q.has("t1") ? Number(q.get("t1")) : null;
-    await load(t0, t1);
+    // The first view: the whole session, or where its spans are when they fill little of it
+    // (a short training loop after a long import).
+    async function first() {
+      const doc = await fetchWindow(null, null);
+      const below = [...doc.spans, ...doc.blocks].filter((s) => s.depth > 0);
+      if (below.length) {
+        const a = Math.min(...below.map((s) => s.start)), b = Math.max(...below.map((s) => s.end));
+        if (b - a < 0.5 * doc.duration_ns) {
+          const pad = Math.max(1000, (b - a) * 0.03);
+          total = doc.duration_ns;
+          return load(Math.max(0, a - pad), Math.min(doc.duration_ns, b + pad),
+            "Zoomed onto the session's spans (they fill little of it); double-click for the whole session.");
+        }
+      }
+      return draw(doc);
+    }
+
+    if (q.has("t0") || q.has("t1")) await load(q.has("t0") ? Number(q.get("t0")) : null, q.has("t1") ? Number(q.get("t1")) : null);
+    else await first();
     div.on("plotly_relayout", (ev) => {
       let a = null, b = null;
       if (ev["xaxis.range[0]"] !== undefined) { a = ev["xaxis.range[0]"]; b = ev["xaxis.range[1]"]; }
@@ -201,31 +284,38 @@ const cirronUI = (() => {
   async function stepsPage() {
     const sid = body().session;
     sessionNav(sid, "steps");
-    const doc = await api(`/api/session/${sid}/steps`);
     const m = main();
-    m.innerHTML = "<h1>Step breakdown</h1>";
-    if (!doc.steps) {
-      m.appendChild($(`<p class="muted">No training steps in this session (no <code>batch</code> or <code>step</code> spans: use <code>ci.batches(...)</code>).</p>`));
-      return;
+    async function draw() {
+      const doc = await api(`/api/session/${sid}/steps`);
+      m.innerHTML = "<h1>Step breakdown</h1>";
+      if (!doc.steps) {
+        m.appendChild($(`<p class="muted">No training steps in this session (no <code>batch</code> or <code>step</code> spans: use <code>ci.batches(...)</code>).</p>`));
+        return;
+      }
+      const tot = Object.values(doc.totals).reduce((a, b) => a + b, 0) || 1;
+      m.appendChild($(`<p class="muted">${doc.steps} <code>${esc(doc.step_name)}</code> spans, median ${fmtNs(doc.p50_ns)}` +
+        (doc.group > 1 ? `; each bar is the mean of ${doc.group} consecutive steps` : "") + ". Share of step time: " +
+        Object.entries(doc.totals).map(([k, v]) => `${k} ${(100 * v / tot).toFixed(1)}%`).join(", ") + "</p>"));
+      const div = chartDiv(m, "steps", 420);
+      const phases = Object.keys(doc.bars);
+      const unit = unitOf(Math.max(...doc.x.map((_, j) => phases.reduce((n, p) => n + doc.bars[p][j], 0))));
+      const traces = Object.entries(doc.bars).map(([phase, ys]) => ({
+        type: "bar", name: phase, x: doc.x, y: ys.map((v) => v / unit.div), marker: { color: PHASE_COLORS[phase] },
+        customdata: doc.labels, hovertemplate: `%{customdata}<br>${phase}: %{y:.3f} ${unit.label}<extra></extra>`,
+      }));
+      await plot(div, traces, { barmode: "stack", bargap: 0.05, xaxis: { title: doc.group > 1 ? `step (bars of ${doc.group})` : "step" },
+        yaxis: { title: unit.label }, legend: { orientation: "h", y: 1.1, traceorder: "normal" } });
+      m.appendChild($("<h2>Slowest steps</h2>"));
+      const rows = doc.slowest.map((s) => {
+        const pad = Math.max(1000, (s.end - s.start) * 0.1);
+        return `<tr><td><a href="/session/${sid}/timeline?t0=${Math.max(0, Math.floor(s.start - pad))}&t1=${Math.ceil(s.end + pad)}">${esc(s.label)}</a></td>
+          <td class="num">${fmtNs(s.wall_ns)}</td>${["data_load", "forward", "backward", "optimizer_step", "other"].map((p) => `<td class="num">${fmtNs(s[p])}</td>`).join("")}</tr>`;
+      }).join("");
+      m.appendChild($(`<table id="slowest"><thead><tr><th>Step</th><th class="num">Wall</th><th class="num">data_load</th><th class="num">forward</th>
+        <th class="num">backward</th><th class="num">optimizer_step</th><th class="num">other</th></tr></thead><tbody>${rows}</tbody></table>`));
     }
-    const tot = Object.values(doc.totals).reduce((a, b) => a + b, 0) || 1;
-    m.appendChild($(`<p class="muted">${doc.steps} <code>${esc(doc.step_name)}</code> spans, median ${fmtNs(doc.p50_ns)}` +
-      (doc.group > 1 ? `; each bar is the mean of ${doc.group} consecutive steps` : "") + ". Share of step time: " +
-      Object.entries(doc.totals).map(([k, v]) => `${k} ${(100 * v / tot).toFixed(1)}%`).join(", ") + "</p>"));
-    const div = chartDiv(m, "steps", 420);
-    const traces = Object.entries(doc.bars).map(([phase, ys]) => ({
-      type: "bar", name: phase, x: doc.x, y: ys.map((v) => v / 1e6), marker: { color: PHASE_COLORS[phase] },
-      customdata: doc.labels, hovertemplate: `%{customdata}<br>${phase}: %{y:.3f} ms<extra></extra>`,
-    }));
-    await plot(div, traces, { barmode: "stack", bargap: 0.05, xaxis: { title: "step" }, yaxis: { title: "ms" }, legend: { orientation: "h", y: 1.1 } });
-    m.appendChild($("<h2>Slowest steps</h2>"));
-    const rows = doc.slowest.map((s) => {
-      const pad = Math.max(1000, (s.end - s.start) * 0.1);
-      return `<tr><td><a href="/session/${sid}/timeline?t0=${Math.max(0, Math.floor(s.start - pad))}&t1=${Math.ceil(s.end + pad)}">${esc(s.label)}</a></td>
-        <td class="num">${fmtNs(s.wall_ns)}</td>${["data_load", "forward", "backward", "optimizer_step", "other"].map((p) => `<td class="num">${fmtNs(s[p])}</td>`).join("")}</tr>`;
-    }).join("");
-    m.appendChild($(`<table id="slowest"><thead><tr><th>Step</th><th class="num">Wall</th><th class="num">data_load</th><th class="num">forward</th>
-      <th class="num">backward</th><th class="num">optimizer_step</th><th class="num">other</th></tr></thead><tbody>${rows}</tbody></table>`));
+    await draw();
+    refreshWhileLive([sid], draw);
   }
 
   // ------------------------------------------------------------------------------ marks
@@ -265,7 +355,7 @@ const cirronUI = (() => {
       if (!names.length) grid.innerHTML = `<p class="muted">No point marks (<code>ci.mark(name, value)</code>) in ${ids.length > 1 ? "these sessions" : "this session"}.</p>`;
       for (const name of names) {
         const id = "mark-" + name.replace(/[^A-Za-z0-9_-]/g, "_");
-        const div = document.getElementById(id) || chartDiv(grid, id, 320);
+        const div = document.getElementById(id) || chartDiv(grid, id, ids.length > 1 ? 360 : 320);
         const traces = [];
         doc.sessions.forEach((s, k) => {
           const ser = s.series[name];
@@ -276,8 +366,13 @@ const cirronUI = (() => {
           if (w) traces.push({ type: "scatter", mode: "lines", name: label + " raw", x: xs, y: ser.y, line: { color, width: 1 }, opacity: 0.25, showlegend: false, hoverinfo: "skip" });
           traces.push({ type: "scatter", mode: "lines", name: label, x: xs, y: smooth(ser.y, w), line: { color, width: 2 } });
         });
+        const ys = traces.flatMap((t) => t.y).filter((v) => v !== null && Number.isFinite(v));
+        const flat = !logy && ys.length && ys.every((v) => v === ys[0]);  // e.g. a constant learning rate: centre it
+        const yaxis = { type: logy ? "log" : "linear" };
+        if (flat) yaxis.range = ys[0] ? [ys[0] - Math.abs(ys[0]), ys[0] + Math.abs(ys[0])] : [-1, 1];
         await plot(div, traces, { title: { text: name, x: 0.02 }, xaxis: { title: doc.x === "time" ? "s since session start" : "step" },
-          yaxis: { type: logy ? "log" : "linear" }, showlegend: ids.length > 1, legend: { orientation: "h", y: -0.2 } });
+          yaxis, showlegend: ids.length > 1, legend: { orientation: "h", y: -0.3, yanchor: "top" },
+          margin: { l: 60, r: 20, t: 36, b: ids.length > 1 ? 84 : 44 } });
       }
       const rows = doc.sessions.flatMap((s) => s.summary.map((r) => `<tr><td><code>${s.session.slice(0, 8)}</code></td><td>${esc(r.name)}</td><td>${esc(r.span)}</td><td class="num">${fmtNum(r.value)}</td></tr>`));
       document.getElementById("summary").innerHTML = rows.length
@@ -288,6 +383,7 @@ const cirronUI = (() => {
     document.getElementById("smooth").oninput = () => draw().catch(fail);
     document.getElementById("logy").onchange = () => draw().catch(fail);
     await fetchAll();
+    refreshWhileLive(ids, fetchAll);
   }
 
   // ------------------------------------------------------------------------------ snapshots
@@ -304,13 +400,15 @@ const cirronUI = (() => {
     const pick = $(`<div class="controls"><label>tensor <select id="tensor">${doc.tensors.map((t, i) =>
       `<option value="${i}">${esc(t.tensor)} (${esc(t.role)}${t.shape ? ", " + esc(JSON.stringify(t.shape)) : ""})</option>`).join("")}</select></label></div>`);
     m.appendChild(pick);
+    const firstWeight = doc.tensors.findIndex((t) => /weight$/.test(t.tensor));
+    if (firstWeight > 0) document.getElementById("tensor").value = String(firstWeight);
     const stats = chartDiv(m, "snap-stats", 320);
     const heat = chartDiv(m, "snap-hist", 380);
     async function draw() {
       const t = doc.tensors[Number(document.getElementById("tensor").value)];
       const xs = t.labels;
       await plot(stats, ["mean", "std", "norm"].map((k, i) => ({ type: "scatter", mode: "lines+markers", name: k, x: xs, y: t[k], yaxis: k === "norm" ? "y2" : "y", line: { color: PALETTE[i] } })),
-        { title: { text: `${t.tensor}: mean, std, norm per snapshot`, x: 0.02 }, margin: { l: 60, r: 70, t: 36, b: 44 }, yaxis: { title: "mean / std" }, yaxis2: { title: "norm", overlaying: "y", side: "right" }, legend: { orientation: "h", y: -0.2 } });
+        { title: { text: `${t.tensor}: mean, std, norm per snapshot`, x: 0.02 }, margin: { l: 60, r: 70, t: 36, b: 44 }, yaxis: { title: "mean / std" }, yaxis2: { title: "norm", overlaying: "y", side: "right", tickmode: "auto", showgrid: false }, legend: { orientation: "h", y: -0.2 } });
       await plot(heat, [{ type: "heatmap", x: xs, y: t.hist_edges, z: t.hist_z, colorscale: "Viridis", colorbar: { title: { text: "share" } },
         hovertemplate: "%{x}<br>value ≈ %{y:.4g}<br>share %{z:.3f}<extra></extra>" }],
         { title: { text: `${t.tensor}: distribution per snapshot`, x: 0.02 }, yaxis: { title: "value" } });
@@ -330,16 +428,18 @@ const cirronUI = (() => {
       m.appendChild($(`<p class="muted">No <code>@ci.inference</code> requests in this session.</p>`));
       return;
     }
-    m.appendChild($(`<p class="muted">${doc.requests} requests · latency p50 ${fmtNs(doc.overall.p50)}, p95 ${fmtNs(doc.overall.p95)}, p99 ${fmtNs(doc.overall.p99)}</p>`));
+    m.appendChild($(`<p class="muted" id="req-summary">${doc.requests} requests · latency p50 ${fmtNs(doc.overall.p50)}, p95 ${fmtNs(doc.overall.p95)}, p99 ${fmtNs(doc.overall.p99)}</p>`));
     const lat = chartDiv(m, "latency", 340);
     const xs = doc.windows.map((w) => w.t / 1e9);
-    await plot(lat, ["p50", "p95", "p99"].map((k, i) => ({ type: "scatter", mode: "lines+markers", name: k, x: xs, y: doc.windows.map((w) => w[k] / 1e6), line: { color: PALETTE[i] } })),
-      { title: { text: "latency over time", x: 0.02 }, xaxis: { title: "s since session start" }, yaxis: { title: "ms" } });
+    const lu = unitOf(Math.max(...doc.windows.map((w) => w.p99)));
+    await plot(lat, ["p50", "p95", "p99"].map((k, i) => ({ type: "scatter", mode: "lines+markers", name: k, x: xs, y: doc.windows.map((w) => w[k] / lu.div), line: { color: PALETTE[i] } })),
+      { title: { text: "latency over time", x: 0.02 }, xaxis: { title: "s since session start" }, yaxis: { title: lu.label, rangemode: "tozero" } });
     const grid = $(`<div class="grid"></div>`);
     m.appendChild(grid);
     if (doc.ttft_ns.length) {
-      await plot(chartDiv(grid, "ttft", 300), [{ type: "histogram", x: doc.ttft_ns.map((v) => v / 1e6), marker: { color: PALETTE[3] } }],
-        { title: { text: `time to first token (${doc.ttft_ns.length} streams)`, x: 0.02 }, xaxis: { title: "ms" }, yaxis: { title: "requests" } });
+      const tu = unitOf(Math.max(...doc.ttft_ns));
+      await plot(chartDiv(grid, "ttft", 300), [{ type: "histogram", x: doc.ttft_ns.map((v) => v / tu.div), marker: { color: PALETTE[3] } }],
+        { title: { text: `time to first token (${doc.ttft_ns.length} streams)`, x: 0.02 }, xaxis: { title: tu.label }, yaxis: { title: "streams" } });
     }
     if (doc.tokens_per_s.length) {
       await plot(chartDiv(grid, "tps", 300), [{ type: "histogram", x: doc.tokens_per_s, marker: { color: PALETTE[2] } }],
@@ -364,11 +464,14 @@ const cirronUI = (() => {
     const m = main();
     m.innerHTML = `<h1>Run ${esc(run)}: ranks</h1><p class="muted">Compared on <code>${esc(doc.step || "?")}</code> spans. Median rank's median step: ${fmtNs(doc.median_p50_ns)}. A rank more than ${Math.round(100 * doc.threshold)}% slower is flagged as a straggler.</p>`;
     const labels = doc.ranks.map((r) => "rank " + (r.rank ?? "?"));
+    const unit = unitOf(Math.max(...doc.ranks.map((r) => r.p95_ns ?? 0)));
     await plot(chartDiv(m, "ranks", 360), [
-      { type: "bar", name: "p50 step", x: labels, y: doc.ranks.map((r) => (r.p50_ns ?? 0) / 1e6), marker: { color: doc.ranks.map((r) => r.straggler ? "#ef4444" : PALETTE[0]) } },
-      { type: "bar", name: "p95 step", x: labels, y: doc.ranks.map((r) => (r.p95_ns ?? 0) / 1e6), marker: { color: PALETTE[5] } },
-      { type: "scatter", mode: "markers", name: "data_load share", x: labels, y: doc.ranks.map((r) => 100 * (r.data_load_share ?? 0)), yaxis: "y2", marker: { size: 12, color: PHASE_COLORS.data_load } },
-    ], { barmode: "group", margin: { l: 60, r: 80, t: 36, b: 44 }, yaxis: { title: "ms" }, yaxis2: { title: "data_load %", overlaying: "y", side: "right", range: [0, 100] }, legend: { orientation: "h", y: 1.12 } });
+      { type: "bar", name: "p50 step (red: straggler)", x: labels, y: doc.ranks.map((r) => (r.p50_ns ?? 0) / unit.div), marker: { color: doc.ranks.map((r) => r.straggler ? "#ef4444" : PALETTE[0]) } },
+      { type: "bar", name: "p95 step", x: labels, y: doc.ranks.map((r) => (r.p95_ns ?? 0) / unit.div), marker: { color: PALETTE[5] } },
+      { type: "scatter", mode: "markers", name: "data_load share of step time", x: labels, y: doc.ranks.map((r) => 100 * (r.data_load_share ?? 0)), yaxis: "y2", marker: { size: 12, color: PHASE_COLORS.data_load, symbol: "diamond" } },
+    ], { barmode: "group", margin: { l: 60, r: 80, t: 36, b: 44 }, yaxis: { title: unit.label },
+      yaxis2: { title: "data_load %", overlaying: "y", side: "right", range: [0, 105], tickmode: "array", tickvals: [0, 25, 50, 75, 100], showgrid: false },
+      legend: { orientation: "h", y: 1.12 } });
     const rows = doc.ranks.map((r) => `<tr><td>${r.rank ?? "?"}</td><td><a href="/session/${r.session}/steps"><code>${r.session.slice(0, 12)}</code></a></td>
       <td class="num">${r.steps}</td><td class="num">${fmtNs(r.p50_ns)}</td><td class="num">${fmtNs(r.p95_ns)}</td><td class="num">${fmtNs(r.max_ns)}</td>
       <td class="num">${r.data_load_share == null ? "–" : (100 * r.data_load_share).toFixed(1) + "%"}</td>
