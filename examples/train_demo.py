@@ -4,7 +4,8 @@
     cirron traces view --depth 2           # read the same run back from disk
 
 Logistic regression on a synthetic two-class problem: every epoch and batch is a span, the
-forward/backward/update steps are scopes, and the loss and accuracy are marks.
+forward/backward/update steps are scopes, the loss and accuracy are marks, and the weights are
+snapshotted at every epoch's end (``cirron ui`` draws their histograms).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ def main(epochs: int = 3, batch_size: int = 512, lr: float = 0.5) -> None:
     x, y = make_data()
     w = np.zeros(x.shape[1], dtype=np.float32)
     b = np.float32(0.0)
+    ci.wrap({"w": w}, name="linear")  # updated in place below: each epoch's end records linear.w
 
     for _epoch in ci.epochs(range(epochs)):
         for xb, yb in ci.batches(batches_of(x, y, batch_size)):

@@ -95,6 +95,9 @@ def check_page(driver, url: str, shot: Path, min_charts: int) -> list[dict]:
         assert c["traces"] > 0 and c["points"] > 0, c
         assert c["shapes"] > 0, f"chart {c['id']} has data but drew nothing: {c}"
     assert console_errors(driver) == []
+    origin = url.split("/", 3)[:3]
+    loaded = driver.execute_script("return performance.getEntriesByType('resource').map(e => e.name)")
+    assert loaded and all(u.split("/", 3)[:3] == origin for u in loaded), loaded  # nothing from elsewhere
     return drawn
 
 
@@ -167,6 +170,7 @@ def test_marks_of_several_sessions_overlaid(browser, ui_server: UIServer, runs: 
     check_page(browser, url, _shot_dir(tmp_path) / "ui-marks-compare.png", 2)
     traces = browser.execute_script("return document.getElementById('mark-loss').data.map(t => t.name)")
     assert len(traces) == 3, traces
+    assert sorted(t.split(" · ")[0] for t in traces[:2]) == ["rank 0", "rank 1"]  # a run's sessions by rank
 
 
 def test_snapshots_page(browser, ui_server: UIServer, runs: Runs, tmp_path: Path) -> None:
@@ -288,3 +292,30 @@ def test_live_run_refreshes_on_its_own(browser, tmp_path: Path) -> None:
             run.stop()
         if server is not None:
             server.stop()
+
+
+def test_readme_demo_shows_loss_steps_timeline_and_weights(browser, tmp_path: Path) -> None:
+    """The issue's "done when": run the README's demo, then ``cirron ui``, and see the loss curve,
+    the step breakdown, the timeline and the weight histograms without writing plotting code."""
+    import subprocess
+    import sys
+
+    demo = Path(__file__).resolve().parents[2] / "examples" / "train_demo.py"
+    subprocess.run([sys.executable, str(demo)], cwd=tmp_path, check=True, capture_output=True, timeout=120)
+    server = UIServer(cwd=tmp_path)  # the default spool, .cirron/spool, as a user would
+    try:
+        sid = _sessions(server)[0]["id"]
+        base = f"{server.url}/session/{sid}"
+        check_page(browser, base + "/marks", tmp_path / "marks.png", 1)
+        assert len(browser.execute_script("return document.getElementById('mark-loss').data[0].y")) == 12
+        check_page(browser, base + "/steps", tmp_path / "steps.png", 1)
+        assert len(browser.execute_script("return document.getElementById('steps').data[0].y")) == 12
+        check_page(browser, base + "/timeline", tmp_path / "timeline.png", 1)
+        names = browser.execute_script("return document.getElementById('timeline').data.map(t => t.name)")
+        assert "epoch" in names and any(n.startswith("batch") for n in names)  # drawn, or merged at this zoom
+        check_page(browser, base + "/snapshots", tmp_path / "snapshots.png", 2)
+        z = browser.execute_script("return document.getElementById('snap-hist').data[0].z")
+        assert len(z[0]) == 3  # one histogram per epoch
+    finally:
+        code, _out, err = server.stop()
+    assert code == 0, err

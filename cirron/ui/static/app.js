@@ -341,6 +341,12 @@ const cirronUI = (() => {
       <label><input type="checkbox" id="logy"> log scale</label></div><div class="grid" id="charts"></div>
       <h2>Summary marks</h2><div id="summary"></div>`;
     let doc = null;
+    // sessions of one run are told apart by rank ("rank 1 · 436f722b"), others by id
+    const infos = new Map((await api("/api/sessions")).sessions.map((s) => [s.id, s]));
+    const labelOf = (sid) => {
+      const info = infos.get(sid);
+      return (info && info.run_id && ids.length > 1 && info.rank != null ? `rank ${info.rank} · ` : "") + sid.slice(0, 8);
+    };
     async function fetchAll() {
       const x = document.getElementById("xaxis").value;
       doc = await api(`/api/marks?x=${x}&` + ids.map((i) => "session=" + i).join("&"));
@@ -361,7 +367,7 @@ const cirronUI = (() => {
           const ser = s.series[name];
           if (!ser) return;
           const color = PALETTE[k % PALETTE.length];
-          const label = s.session.slice(0, 8);
+          const label = labelOf(s.session);
           const xs = doc.x === "time" ? ser.x.map((v) => v / 1e9) : ser.x;
           if (w) traces.push({ type: "scatter", mode: "lines", name: label + " raw", x: xs, y: ser.y, line: { color, width: 1 }, opacity: 0.25, showlegend: false, hoverinfo: "skip" });
           traces.push({ type: "scatter", mode: "lines", name: label, x: xs, y: smooth(ser.y, w), line: { color, width: 2 } });
@@ -374,7 +380,7 @@ const cirronUI = (() => {
           yaxis, showlegend: ids.length > 1, legend: { orientation: "h", y: -0.3, yanchor: "top" },
           margin: { l: 60, r: 20, t: 36, b: ids.length > 1 ? 84 : 44 } });
       }
-      const rows = doc.sessions.flatMap((s) => s.summary.map((r) => `<tr><td><code>${s.session.slice(0, 8)}</code></td><td>${esc(r.name)}</td><td>${esc(r.span)}</td><td class="num">${fmtNum(r.value)}</td></tr>`));
+      const rows = doc.sessions.flatMap((s) => s.summary.map((r) => `<tr><td><code>${esc(labelOf(s.session))}</code></td><td>${esc(r.name)}</td><td>${esc(r.span)}</td><td class="num">${fmtNum(r.value)}</td></tr>`));
       document.getElementById("summary").innerHTML = rows.length
         ? `<table id="summary-marks"><thead><tr><th>Session</th><th>Mark</th><th>Span</th><th class="num">Value</th></tr></thead><tbody>${rows.join("")}</tbody></table>`
         : `<p class="muted">No summary marks.</p>`;
