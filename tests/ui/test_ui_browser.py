@@ -319,3 +319,21 @@ def test_readme_demo_shows_loss_steps_timeline_and_weights(browser, tmp_path: Pa
     finally:
         code, _out, err = server.stop()
     assert code == 0, err
+
+
+def test_requests_without_streams_or_tokens_say_so(browser, tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    script = ("import cirron as ci\nci.profile()\n@ci.inference\ndef predict(x):\n    return x * 2\n"
+              "for i in range(5):\n    predict(i)\nci.shutdown()\n")
+    subprocess.run([sys.executable, "-c", script], cwd=tmp_path, check=True, capture_output=True, timeout=120)
+    server = UIServer(cwd=tmp_path)
+    try:
+        sid = _sessions(server)[0]["id"]
+        check_page(browser, f"{server.url}/session/{sid}/requests", tmp_path / "requests.png", 1)
+        note = browser.find_element("id", "req-missing").text
+        assert "no time to first token" in note and "no tokens/s" in note
+        assert browser.find_elements("id", "ttft") == [] and browser.find_elements("id", "tps") == []
+    finally:
+        server.stop()

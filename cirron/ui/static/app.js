@@ -180,7 +180,8 @@ const cirronUI = (() => {
           type: "bar", orientation: "h", name, legendgroup: name, marker: { color: colorOf(name, doc.names), line: { width: 0.5, color: "#fff" } },
           text: spans.map((s) => s.label), textposition: "inside", insidetextanchor: "start", textangle: 0,
           textfont: { color: "#fff", size: 11 },
-          base: spans.map((s) => s.start / 1e6), x: spans.map((s) => Math.max((s.end - s.start) / 1e6, 1e-9)),
+          // cut to the window, so a span that began before it still shows its label at the left edge
+          base: spans.map((s) => Math.max(s.start, doc.t0) / 1e6), x: spans.map((s) => Math.max((Math.min(s.end, doc.t1) - Math.max(s.start, doc.t0)) / 1e6, 1e-9)),
           y: spans.map(lay.row), width: 0.9,
           customdata: spans.map((s) => [s.label, fmtNs(s.end - s.start), fmtNs(s.cpu_ns), s.gpu_ns == null ? "–" : fmtNs(s.gpu_ns), esc(s.attrs).slice(0, 160), fmtNs(s.start), s.open ? " (open)" : "", s.depth]),
           hovertemplate: "<b>%{customdata[0]}</b>%{customdata[6]} (depth %{customdata[7]})<br>start %{customdata[5]}, wall %{customdata[1]}<br>cpu %{customdata[2]}, gpu %{customdata[3]}<br>%{customdata[4]}<extra></extra>",
@@ -447,6 +448,9 @@ const cirronUI = (() => {
       await plot(chartDiv(grid, "ttft", 300), [{ type: "histogram", x: doc.ttft_ns.map((v) => v / tu.div), marker: { color: PALETTE[3] } }],
         { title: { text: `time to first token (${doc.ttft_ns.length} streams)`, x: 0.02 }, xaxis: { title: tu.label }, yaxis: { title: "streams" } });
     }
+    const missing = [doc.ttft_ns.length ? "" : "no streamed responses, so no time to first token",
+      doc.tokens_per_s.length ? "" : "no token counts, so no tokens/s (return an OpenAI-style usage, or ci.mark(\"tokens\", n))"].filter(Boolean);
+    if (missing.length) m.appendChild($(`<p class="muted" id="req-missing">In this session: ${esc(missing.join("; "))}.</p>`));
     if (doc.tokens_per_s.length) {
       await plot(chartDiv(grid, "tps", 300), [{ type: "histogram", x: doc.tokens_per_s, marker: { color: PALETTE[2] } }],
         { title: { text: `tokens/s (${doc.tokens_per_s.length} requests)`, x: 0.02 }, xaxis: { title: "tokens/s" }, yaxis: { title: "requests" } });
