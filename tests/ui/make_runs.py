@@ -67,7 +67,7 @@ def rank(steps: int = 30) -> None:
             with ci.scope("backward"):
                 g = 2 * (w - xb) / xb.size
             with ci.scope("optimizer_step"):
-                w -= 0.1 * g
+                w -= (0.05 if slow else 0.1) * g  # the ranks' loss curves differ
             ci.mark("loss", loss)
     ci.shutdown()
 

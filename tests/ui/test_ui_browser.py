@@ -19,7 +19,9 @@ from ui_helpers import LiveRun, Runs, UIServer
 
 pytestmark = pytest.mark.slow
 
-SHOTS = os.environ.get("CIRRON_UI_SCREENSHOTS")  # read at import: the autouse fixture clears CIRRON_*
+# read at import, against the directory pytest was started in: each test then runs in a
+# temporary directory with CIRRON_* cleared (tests/conftest.py)
+SHOTS = os.path.abspath(os.environ["CIRRON_UI_SCREENSHOTS"]) if os.environ.get("CIRRON_UI_SCREENSHOTS") else None
 PAGE_TIMEOUT = 60
 
 
@@ -171,6 +173,7 @@ def test_marks_of_several_sessions_overlaid(browser, ui_server: UIServer, runs: 
     traces = browser.execute_script("return document.getElementById('mark-loss').data.map(t => t.name)")
     assert len(traces) == 3, traces
     assert sorted(t.split(" · ")[0] for t in traces[:2]) == ["rank 0", "rank 1"]  # a run's sessions by rank
+    assert traces[2] == ids[2][:8]  # a session alone in its run: by id
 
 
 def test_snapshots_page(browser, ui_server: UIServer, runs: Runs, tmp_path: Path) -> None:

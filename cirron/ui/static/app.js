@@ -142,7 +142,7 @@ const cirronUI = (() => {
     const m = main();
     m.innerHTML = `<h1>Timeline</h1><div class="controls muted" id="tl-info">Drag to zoom, double-click to reset, shift-drag or the pan tool to pan, scroll to zoom.</div>`;
     const div = chartDiv(m, "timeline", 520);
-    let pending = null, seq = 0, total = null;
+    let pending = null, seq = 0;
 
     // Rows: a span goes on the first row below its parent that is free over its time, so spans
     // that overlap (concurrent requests, threads) sit side by side instead of on top of each other.
@@ -230,7 +230,6 @@ const cirronUI = (() => {
     }
 
     async function draw(doc, note) {
-      if (total === null) total = doc.duration_ns;
       const merged = doc.blocks.reduce((n, b) => n + b.count, 0);
       document.getElementById("tl-info").textContent =
         `${doc.visible} spans in view` + (merged ? `: ${doc.spans.length} drawn one by one, ${merged} too small to draw at this zoom merged into faint blocks` : ", all drawn") +
@@ -260,7 +259,6 @@ const cirronUI = (() => {
         const a = Math.min(...below.map((s) => s.start)), b = Math.max(...below.map((s) => s.end));
         if (b - a < 0.5 * doc.duration_ns) {
           const pad = Math.max(1000, (b - a) * 0.03);
-          total = doc.duration_ns;
           return load(Math.max(0, a - pad), Math.min(doc.duration_ns, b + pad),
             "Zoomed onto the session's spans (they fill little of it); double-click for the whole session.");
         }
@@ -274,7 +272,7 @@ const cirronUI = (() => {
       let a = null, b = null;
       if (ev["xaxis.range[0]"] !== undefined) { a = ev["xaxis.range[0]"]; b = ev["xaxis.range[1]"]; }
       else if (Array.isArray(ev["xaxis.range"])) { [a, b] = ev["xaxis.range"]; }
-      else if (ev["xaxis.autorange"]) { clearTimeout(pending); pending = setTimeout(() => load(0, total).catch(fail), 30); return; }
+      else if (ev["xaxis.autorange"]) { clearTimeout(pending); pending = setTimeout(() => load(null, null).catch(fail), 30); return; }
       else return;
       clearTimeout(pending);
       pending = setTimeout(() => load(Math.max(0, a * 1e6), b * 1e6).catch(fail), 60);
@@ -342,11 +340,13 @@ const cirronUI = (() => {
       <label><input type="checkbox" id="logy"> log scale</label></div><div class="grid" id="charts"></div>
       <h2>Summary marks</h2><div id="summary"></div>`;
     let doc = null;
-    // sessions of one run are told apart by rank ("rank 1 · 436f722b"), others by id
+    // compared sessions of one run are told apart by rank ("rank 1 · 436f722b"), others by id
     const infos = new Map((await api("/api/sessions")).sessions.map((s) => [s.id, s]));
+    const runOf = (sid) => infos.get(sid)?.run_id;
     const labelOf = (sid) => {
       const info = infos.get(sid);
-      return (info && info.run_id && ids.length > 1 && info.rank != null ? `rank ${info.rank} · ` : "") + sid.slice(0, 8);
+      const shared = info && info.run_id && info.rank != null && ids.some((o) => o !== sid && runOf(o) === info.run_id);
+      return (shared ? `rank ${info.rank} · ` : "") + sid.slice(0, 8);
     };
     async function fetchAll() {
       const x = document.getElementById("xaxis").value;
