@@ -46,15 +46,15 @@ class Chunk:
     """Winning records of one session, in write order, with per-record analyst columns."""
 
     session: SessionInfo
-    spans: list
-    marks: list
-    snapshots: list
+    spans: list[Any]
+    marks: list[Any]
+    snapshots: list[Any]
     #: Index of the nearest ``epoch``/``batch`` span at or above each span (None: none).
-    span_epoch: list = field(default_factory=list)
-    span_batch: list = field(default_factory=list)
+    span_epoch: list[Any] = field(default_factory=list)
+    span_batch: list[Any] = field(default_factory=list)
     #: The same for the span each mark hangs from.
-    mark_epoch: list = field(default_factory=list)
-    mark_batch: list = field(default_factory=list)
+    mark_epoch: list[Any] = field(default_factory=list)
+    mark_batch: list[Any] = field(default_factory=list)
 
 
 def span_status(end_ns: Any, attrs_text: str) -> tuple[str, str | None]:
@@ -140,7 +140,7 @@ def _enclosing(join: np.ndarray, parent: np.ndarray, has_parent: np.ndarray, kin
     return epoch, batch
 
 
-def _none_list(a: np.ndarray) -> list:
+def _none_list(a: np.ndarray) -> list[Any]:
     return [None if v < 0 else int(v) for v in a.tolist()]
 
 
@@ -232,7 +232,7 @@ def _plan(info: SessionInfo) -> _Plan:
     order = np.argsort(join[win_rows], kind="stable")
     sorted_keys = join[win_rows][order]
 
-    def attach(hi_l: list, lo_l: list, tgt: list, att: list) -> tuple[np.ndarray, ...]:
+    def attach(hi_l: list[Any], lo_l: list[Any], tgt: list[Any], att: list[Any]) -> tuple[np.ndarray, ...]:
         mhi, mlo = np.array(hi_l, dtype=u64), np.array(lo_l, dtype=u64)
         keep = _winners(mhi, mlo, None)
         t = np.array(tgt, dtype=u64)

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from numpy.typing import NDArray
 
 from cirron._format import label_of, span_label
 from cirron._schema import decode_float
@@ -99,7 +100,7 @@ class SessionInfo:
     def started_ns(self) -> int | None:
         return self.summary.started_ns
 
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, Any]:
         s = self.summary
         dur = s.ended_ns - s.started_ns if s.ended_ns is not None and s.started_ns is not None else None
         return {
@@ -112,6 +113,30 @@ class SessionInfo:
 
 class SessionData:
     """Everything the pages of one session show, as arrays built once from its records."""
+
+    # Built by the _build_* methods below; one entry per span (in start order) unless noted.
+    info: SessionInfo
+    t0_ns: int
+    start: NDArray[np.int64]
+    end: NDArray[np.int64]
+    open: NDArray[np.bool_]
+    depth: NDArray[np.int32]
+    #: Span names; ``name`` holds each span's index into it.
+    names: list[str]
+    name: NDArray[np.int32]
+    recs: list[Any]
+    index_of: dict[Any, int]
+    parent: NDArray[np.int64]
+    duration_ns: int
+    # Marks: every tick in time order, its series (index into ``mark_tick_names``) and value.
+    mark_ts: NDArray[np.int64]
+    mark_tick_names: list[str]
+    mark_tick_name: NDArray[np.int32]
+    mark_tick_value: NDArray[np.float64]
+    # Steps: the span row of each step, and the time of each phase within it.
+    step_rows: NDArray[np.int64]
+    phase_ns: NDArray[np.int64]
+    request_rows: NDArray[np.int64]
 
     def __init__(self, info: SessionInfo, session: Session) -> None:
         self.info = info
@@ -162,7 +187,7 @@ class SessionData:
         self.parent = np.array([self.index_of.get(s.get("parent_id"), -1) for s in self.recs], dtype=np.int64)
         self.duration_ns = int(self.end.max(initial=0))
 
-    def _span_json(self, i: int) -> dict:
+    def _span_json(self, i: int) -> dict[str, Any]:
         s = self.recs[i]
         attrs = s.get("attrs")
         return {
@@ -173,7 +198,7 @@ class SessionData:
             "attrs": _short_json(attrs) if isinstance(attrs, dict) and attrs else "",
         }
 
-    def timeline(self, t0: int | None, t1: int | None, px: int) -> dict:
+    def timeline(self, t0: int | None, t1: int | None, px: int) -> dict[str, Any]:
         """The spans visible in ``[t0, t1)`` (ns since the session start) at ``px`` pixels wide.
 
         Spans of at least a pixel come one by one (the :data:`MAX_WINDOW_SPANS` longest when
@@ -205,7 +230,7 @@ class SessionData:
                 "max_depth": int(self.depth.max(initial=0)), "names": self.names, "spans": spans,
                 "blocks": blocks, "marks": marks, "visible": int(vis.size)}
 
-    def _aggregate(self, idx: np.ndarray, lo: int, hi: int, px: int) -> list[dict]:
+    def _aggregate(self, idx: np.ndarray, lo: int, hi: int, px: int) -> list[dict[str, Any]]:
         if idx.size == 0:
             return []
         n_buckets = max(1, px // 4)
@@ -230,7 +255,7 @@ class SessionData:
 
     def _build_marks(self, session: Session) -> None:
         points: dict[str, list[tuple[int, float]]] = {}
-        self.summary_marks: list[dict] = []
+        self.summary_marks: list[dict[str, Any]] = []
         span_labels = {s["id"]: label_of(s) for s in self.recs}
         for m in session.marks:
             name = m.get("name")
@@ -267,7 +292,7 @@ class SessionData:
             self.mark_tick_name = np.zeros(0, dtype=np.int32)
             self.mark_tick_value = np.zeros(0)
 
-    def _mark_ticks(self, lo: int, hi: int, px: int) -> list[dict]:
+    def _mark_ticks(self, lo: int, hi: int, px: int) -> list[dict[str, Any]]:
         a, b = np.searchsorted(self.mark_ts, [lo, hi + 1])
         sel = np.arange(a, b)
         if sel.size > MAX_POINTS:  # one tick per pixel column is all that can be seen
@@ -276,7 +301,7 @@ class SessionData:
         return [{"t": int(self.mark_ts[i]), "name": self.mark_tick_names[int(self.mark_tick_name[i])],
                  "value": _json_float(float(self.mark_tick_value[i]))} for i in sel]
 
-    def marks(self, x: str) -> dict:
+    def marks(self, x: str) -> dict[str, Any]:
         """Point-mark series (``x``: ``step`` = n-th value of that name, ``time`` = ns since start)."""
         series = {}
         for name, (ts, vals) in self.mark_series.items():
@@ -319,7 +344,7 @@ class SessionData:
             p = int(self.parent[p])
         return None
 
-    def steps(self, slowest: int = 20) -> dict:
+    def steps(self, slowest: int = 20) -> dict[str, Any]:
         rows = self.step_rows
         wall = self.end[rows] - self.start[rows]
         other = np.maximum(wall - self.phase_ns.sum(axis=0), 0)
@@ -371,7 +396,7 @@ class SessionData:
                 if v is not None:
                     self.request_marks.setdefault(m["span_id"], {})[m["name"]] = v
 
-    def requests(self, slowest: int = 20) -> dict:
+    def requests(self, slowest: int = 20) -> dict[str, Any]:
         rows = self.request_rows
         n = rows.size
         lat = (self.end[rows] - self.start[rows]).astype(np.float64)
@@ -421,12 +446,12 @@ class SessionData:
             by_tensor.setdefault((tensor, role), []).append(sn)
         self.snapshot_groups = by_tensor
 
-    def snapshots(self, bins: int = 48) -> dict:
+    def snapshots(self, bins: int = 48) -> dict[str, Any]:
         out = []
         for (tensor, role), recs in sorted(self.snapshot_groups.items()):
             recs = sorted(recs, key=lambda r: r.get("ts_ns") if type(r.get("ts_ns")) is int else 0)
             xs, labels = [], []
-            stats: dict[str, list] = {"mean": [], "std": [], "norm": [], "min": [], "max": []}
+            stats: dict[str, list[Any]] = {"mean": [], "std": [], "norm": [], "min": [], "max": []}
             hists = []
             for k, r in enumerate(recs):
                 i = self.index_of.get(r.get("span_id"))
@@ -463,7 +488,7 @@ def _decimate(values: np.ndarray, limit: int) -> np.ndarray:
     return np.unique(np.concatenate(keep))
 
 
-def _rebin_histograms(hists: list[dict | None], bins: int) -> tuple[list[float], list[list[float]]]:
+def _rebin_histograms(hists: list[dict[str, Any] | None], bins: int) -> tuple[list[float], list[list[float]]]:
     """Put each snapshot's histogram (its own min..max) on one common grid: ``z[bin][snapshot]``,
     each column normalised to fractions so epochs of different sizes compare."""
     ranges = []
@@ -503,7 +528,7 @@ def _rebin_histograms(hists: list[dict | None], bins: int) -> tuple[list[float],
 @dataclass
 class _SpoolState:
     dir: Path
-    fingerprint: tuple = ()
+    fingerprint: tuple[Any, ...] = ()
     catalog: Catalog | None = None
     sessions: list[SessionInfo] = field(default_factory=list)
     #: What the reader skipped in this spool (a corrupt or truncated batch file...), each once.
@@ -521,9 +546,9 @@ class SpoolData:
     """
 
     def __init__(self, spool_dirs: Iterable[str | Path], cached: int = CACHED_SESSIONS) -> None:
-        self.spools = [_SpoolState(Path(d)) for d in spool_dirs]
+        self.spools: list[_SpoolState] = [_SpoolState(Path(d)) for d in spool_dirs]
         self._lock = threading.RLock()
-        self._views: OrderedDict[str, tuple[tuple, SessionData]] = OrderedDict()
+        self._views: OrderedDict[str, tuple[tuple[Any, ...], SessionData]] = OrderedDict()
         self._cached = cached
 
     # ---------------------------------------------------------------- sessions
@@ -577,10 +602,10 @@ class SpoolData:
 
     # ---------------------------------------------------------------- across sessions
 
-    def marks(self, session_ids: Sequence[str], x: str = "step") -> dict:
+    def marks(self, session_ids: Sequence[str], x: str = "step") -> dict[str, Any]:
         return {"x": x, "sessions": [self.session(sid).marks(x) for sid in session_ids]}
 
-    def ranks(self, run_id: str) -> dict:
+    def ranks(self, run_id: str) -> dict[str, Any]:
         """The rank comparison of ``cirron traces ranks`` (:func:`cirron.spool.ranks.compare_ranks`)
         for one run, whose ranks may sit in different spools."""
         from cirron.spool.ranks import compare_ranks
