@@ -60,12 +60,17 @@ RETRYABLE_STATUS = frozenset({429, 502, 503, 504})
 
 
 class OTLPExportError(CirronError):
-    """The receiver refused the request, or it could not be delivered before the deadline."""
+    """The receiver refused the request, or it could not be delivered before the deadline.
 
-    def __init__(self, message: str, status: int | None = None, attempts: int = 0) -> None:
+    ``transient``: a later try may succeed (no answer, or 429/502/503/504); a refusal or a
+    receiver whose TLS certificate cannot be verified is not transient."""
+
+    def __init__(self, message: str, status: int | None = None, attempts: int = 0,
+                 transient: bool | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.attempts = attempts
+        self.transient = (status is None or status in RETRYABLE_STATUS) if transient is None else transient
 
 
 @dataclass
@@ -278,6 +283,12 @@ class _Attempts:
         return None
 
     def on_transport_error(self, exc: BaseException) -> None:
+        """Note a failed attempt; raise at once when retrying cannot help (an unverifiable certificate)."""
+        bad_cert = _certificate_failure(exc)
+        if bad_cert is not None:
+            raise OTLPExportError(f"could not {self.what} to {self.url}: its TLS certificate was refused "
+                                  f"({bad_cert}); set OTEL_EXPORTER_OTLP_CERTIFICATE to the CA file that signed it",
+                                  None, self.attempt, transient=False)
         self.last_error = redact(f"{type(exc).__name__}: {exc}") if str(exc) else type(exc).__name__
         self.last_status = None
 
@@ -296,6 +307,21 @@ class _Attempts:
     def give_up(self) -> OTLPExportError:
         return OTLPExportError(f"could not {self.what} to {self.url} after {self.attempt} attempt(s): "
                                f"{self.last_error}", self.last_status, self.attempt)
+
+
+def _certificate_failure(exc: BaseException) -> str | None:
+    """``"CERTIFICATE_VERIFY_FAILED: <why>"`` when ``exc`` (or what it wraps) is a TLS certificate
+    verification failure, else ``None``."""
+    import ssl
+
+    seen: BaseException | None = exc
+    for _ in range(8):  # httpx wraps httpcore's error, which wraps the ssl one
+        if seen is None:
+            return None
+        if isinstance(seen, ssl.SSLCertVerificationError):
+            return f"{seen.reason or 'CERTIFICATE_VERIFY_FAILED'}: {seen.verify_message or seen}"
+        seen = seen.__cause__ or seen.__context__
+    return None
 
 
 def post_with_retries(client: Any, url: str, body: bytes, headers: Mapping[str, str], *,

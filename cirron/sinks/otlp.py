@@ -135,6 +135,7 @@ class OtlpSink(Sink):
         self._writes = 0
         self._stop_deadline: float | None = None
         self._warned_partial = False
+        self._warned_refused = False
         #: Requests waiting to be sent, oldest first.
         self._queue: deque[_QueuedExport] = deque()
         self._queued_spans = 0
@@ -384,7 +385,7 @@ class OtlpSink(Sink):
 
     async def _export(self, item: _QueuedExport, max_attempts: int) -> str:
         """One request with its retries: ``ok`` | ``dropped`` (refused/unencodable) | ``retry`` | ``cut``."""
-        from cirron.export.otlp_http import RETRYABLE_STATUS, OTLPExportError, apost_with_retries
+        from cirron.export.otlp_http import OTLPExportError, apost_with_retries
 
         spans, marks = item.n_spans, item.n_marks
         if item.body is None:
@@ -424,8 +425,9 @@ class OtlpSink(Sink):
         if isinstance(result, OTLPExportError):
             self.retries += max(0, result.attempts - 1)
             self.note_error(result)
-            if result.status is None or result.status in RETRYABLE_STATUS:
+            if result.transient:
                 return "retry"
+            self._warn_refused(result)
             self._drop("export_failed", spans=spans, marks=marks)
             return "dropped"
         if isinstance(result, BaseException):
@@ -454,6 +456,11 @@ class OtlpSink(Sink):
         if self._stop_deadline is None:
             self._stop_deadline = now + self.final_budget
         return max(0.0, self._stop_deadline - now)
+
+    def _warn_refused(self, exc: BaseException) -> None:
+        if not self._warned_refused:
+            self._warned_refused = True
+            _log.warning("cirron otlp sink: %s; the spans are dropped (counted in health())", exc)
 
     def _warn_partial(self, message: str) -> None:
         if not self._warned_partial:

@@ -4,7 +4,6 @@ request spans, and ``export --endpoint`` honouring the OTEL_EXPORTER_OTLP_* vari
 
 from __future__ import annotations
 
-import datetime as dt
 import gzip
 import ssl
 import threading
@@ -13,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from netutil import self_signed_cert, server_tls
 from spool_factory import BASE_NS, MS, SpoolFactory, new_id
 from typer.testing import CliRunner
 
@@ -252,40 +252,21 @@ def test_bad_otel_variable_is_a_one_line_usage_error(factory: SpoolFactory, monk
 # ----------------------------------------------------------------------------------- TLS
 
 
-def _self_signed(tmp: Path) -> tuple[Path, Path]:
-    pytest.importorskip("cryptography")
-    import ipaddress
-
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
-    now = dt.datetime.now(dt.timezone.utc)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-            .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(minutes=1))
-            .not_valid_after(now + dt.timedelta(hours=1))
-            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
-            .sign(key, hashes.SHA256()))
-    cert_path, key_path = tmp / "cert.pem", tmp / "key.pem"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
-    return cert_path, key_path
-
-
 def test_endpoint_verifies_the_receiver_with_otel_certificate(factory: SpoolFactory, tmp_path: Path,
                                                               monkeypatch: pytest.MonkeyPatch) -> None:
     factory.session(epochs=1)
-    cert, key = _self_signed(tmp_path)
-    server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    server_ctx.load_cert_chain(cert, key)
-    with Receiver(tls=server_ctx) as rx:
-        r = _export(factory.spool_dir, "--endpoint", rx.url, "--timeout", "2")
-        assert r.exit_code == 1 and "CERTIFICATE_VERIFY_FAILED" in r.stderr  # an unknown CA is refused
+    cert, key = self_signed_cert(tmp_path)
+    with Receiver(tls=server_tls(cert, key)) as rx:
+        r = _export(factory.spool_dir, "--endpoint", rx.url)
+        # an unknown CA is refused at once (no retries), in one line naming the variable to set
+        assert r.exit_code == 1 and "CERTIFICATE_VERIFY_FAILED" in r.stderr and "self-signed" in r.stderr
+        assert "OTEL_EXPORTER_OTLP_CERTIFICATE" in r.stderr and "after 1 attempt" not in r.stderr
+        assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.output
+        other, _ = self_signed_cert(tmp_path, "other")
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_CERTIFICATE", str(other))  # a CA that did not sign it
+        r = _export(factory.spool_dir, "--endpoint", rx.url)
+        assert r.exit_code == 1 and "CERTIFICATE_VERIFY_FAILED" in r.stderr
+        assert len(r.stderr.strip().splitlines()) == 1
         monkeypatch.setenv("OTEL_EXPORTER_OTLP_CERTIFICATE", str(cert))
         r = _export(factory.spool_dir, "--endpoint", rx.url)
         assert r.exit_code == 0, r.output

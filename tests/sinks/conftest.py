@@ -10,14 +10,16 @@ from __future__ import annotations
 
 import gzip
 import http.server
+import ssl
 import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pytest
-from netutil import free_port  # noqa: F401  (re-exported for the sink tests)
+from netutil import free_port, self_signed_cert, server_tls  # noqa: F401  (free_port: re-exported)
 
 
 def wait_for(pred: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:
@@ -172,11 +174,13 @@ def _make_handler(rcv: Receiver, otlp: bool) -> type[http.server.BaseHTTPRequest
     return Handler
 
 
-def _serve(otlp: bool) -> Iterator[Receiver]:
+def _serve(otlp: bool, tls: ssl.SSLContext | None = None) -> Iterator[Receiver]:
     rcv = Receiver(url="")
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _make_handler(rcv, otlp))
     server.daemon_threads = True
-    rcv.url = f"http://127.0.0.1:{server.server_address[1]}"
+    if tls is not None:
+        server.socket = tls.wrap_socket(server.socket, server_side=True)
+    rcv.url = f"{'https' if tls else 'http'}://127.0.0.1:{server.server_address[1]}"
     t = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     t.start()
     try:
@@ -190,6 +194,14 @@ def _serve(otlp: bool) -> Iterator[Receiver]:
 @pytest.fixture
 def otlp_receiver() -> Iterator[Receiver]:
     yield from _serve(otlp=True)
+
+
+@pytest.fixture
+def https_otlp_receiver(tmp_path: Path) -> Iterator[tuple[Receiver, Path]]:
+    """An OTLP receiver over HTTPS with a self-signed certificate (handed back with it)."""
+    cert, key = self_signed_cert(tmp_path, "receiver")
+    for rcv in _serve(otlp=True, tls=server_tls(cert, key)):
+        yield rcv, cert
 
 
 @pytest.fixture
