@@ -16,7 +16,8 @@ Conventions followed:
   ``service.version`` is the project version; ``telemetry.sdk.{name,language,version}`` name the
   program that wrote the session (``cirron``, ``python``, the session's own ``sdk_version``);
   every ``OTEL_RESOURCE_ATTRIBUTES`` entry wins over what cirron derives, except
-  ``cirron.session.id``;
+  ``cirron.session.id``; ``openinference.project.name`` (Arize Phoenix's project) is the
+  service name unless ``OTEL_RESOURCE_ATTRIBUTES`` sets it;
 * ``request`` spans (``@ci.inference``) have span kind SERVER and the GenAI semantic-convention
   attributes (:func:`genai_attributes`); every other span is INTERNAL.
 """
@@ -72,6 +73,8 @@ _RESOURCE_KEYS = {
 #: Keys cirron sets on every resource itself (an OTEL_RESOURCE_ATTRIBUTES entry may still override
 #: all but the session id).
 _SESSION_KEY = "cirron.session.id"
+#: Arize Phoenix files spans under the project this resource attribute names (else "default").
+_PHOENIX_PROJECT_KEY = "openinference.project.name"
 
 #: Token-count marks of a request span (``@ci.inference`` summary marks), first found wins.
 #: ``tokens`` is not among them: for a stream without usage it is the number of chunks.
@@ -195,6 +198,7 @@ def resource_attributes(session_id: str, resource: Mapping[str, Any] | None, sdk
     service = env.get("OTEL_SERVICE_NAME", "").strip()
     if service:
         attrs["service.name"] = service
+    attrs.setdefault(_PHOENIX_PROJECT_KEY, attrs["service.name"])
     attrs[_SESSION_KEY] = session_id
     return attrs
 

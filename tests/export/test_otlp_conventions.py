@@ -66,8 +66,13 @@ def test_resource_follows_otel_service_name_and_resource_attributes() -> None:
     assert a["deployment.environment"] == "prod" and a["host.name"] == "h,2"
     assert a["cirron.session.id"] == "sess"  # the session's identity is not overridable
     assert "broken" not in a
+    assert a["openinference.project.name"] == "from-attrs"  # Phoenix files it under the service's project
     env["OTEL_SERVICE_NAME"] = "trainer"
-    assert resource_attributes("sess", {}, "1", environ=env)["service.name"] == "trainer"  # beats everything
+    a = resource_attributes("sess", {}, "1", environ=env)
+    assert a["service.name"] == a["openinference.project.name"] == "trainer"  # beats everything
+    env["OTEL_RESOURCE_ATTRIBUTES"] = "openinference.project.name=chat-api"
+    a = resource_attributes("sess", {}, "1", environ=env)
+    assert a["service.name"] == "trainer" and a["openinference.project.name"] == "chat-api"  # set explicitly
 
 
 def test_file_export_carries_the_env_resource(factory: SpoolFactory, tmp_path: Path,
