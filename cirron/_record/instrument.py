@@ -809,17 +809,17 @@ def _instrument(c: Cirron, fn: Callable[..., Any], config: Mapping[str, Any] | N
                 endpoint: str | None = None) -> Callable[..., Any]:
     rec = c._rec
     endpoint = endpoint or getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None) or repr(fn)
-    routes = _RouteFinder()
+    routes = _RouteFinder(getattr(fn, "__module__", None))
 
     modules = sys.modules
 
-    def start() -> _Request | None:
+    def start(args: tuple[Any, ...], kwargs: dict[str, Any]) -> _Request | None:
         if rec.disabled:  # ci.profile(enabled=False) / CIRRON_ENABLED=0: the call just runs
             return None
         try:
             if not _GENERATE_HOOKED and _GENERATION_MODULE in modules:
                 _maybe_hook_generate()
-            route = routes.find(wrapper)  # before the span opens: a first lookup is not the request's time
+            route = routes.find(wrapper, args, kwargs)  # before the span opens: a lookup is not the request's time
             req = _Request(rec, endpoint)
             if route is not None:
                 req.span.set_attr("route", route)
@@ -831,7 +831,7 @@ def _instrument(c: Cirron, fn: Callable[..., Any], config: Mapping[str, Any] | N
     if inspect.isasyncgenfunction(fn):
         @functools.wraps(fn)
         async def agen_wrapper(*args: Any, **kwargs: Any) -> Any:
-            req = start()
+            req = start(args, kwargs)
             if req is None:
                 async for item in fn(*args, **kwargs):
                     yield item
@@ -870,7 +870,7 @@ def _instrument(c: Cirron, fn: Callable[..., Any], config: Mapping[str, Any] | N
     elif inspect.isgeneratorfunction(fn):
         @functools.wraps(fn)
         def gen_wrapper(*args: Any, **kwargs: Any) -> Any:
-            req = start()
+            req = start(args, kwargs)
             if req is None:
                 return (yield from fn(*args, **kwargs))
             try:
@@ -885,7 +885,7 @@ def _instrument(c: Cirron, fn: Callable[..., Any], config: Mapping[str, Any] | N
     elif inspect.iscoroutinefunction(fn):
         @functools.wraps(fn)
         async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
-            req = start()
+            req = start(args, kwargs)
             if req is None:
                 return await fn(*args, **kwargs)
             try:
@@ -902,7 +902,7 @@ def _instrument(c: Cirron, fn: Callable[..., Any], config: Mapping[str, Any] | N
     else:
         @functools.wraps(fn)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
-            req = start()
+            req = start(args, kwargs)
             if req is None:
                 return fn(*args, **kwargs)
             try:
@@ -922,19 +922,28 @@ class _RouteFinder:
     """The route template of an endpoint, where the web framework says it.
 
     Flask: the request's ``url_rule`` (asked on every request: one function may serve several
-    rules). Starlette/FastAPI: the route whose ``endpoint`` is our wrapper, found once among the
-    objects that refer to the wrapper (a route holds it in its ``__dict__``) and then kept; a
-    function called directly, outside any route, is looked up again a few times at most.
+    rules). Starlette/FastAPI: the route the router matched, which it puts in the request's ASGI
+    scope (``scope["route"]``); the scope is reached from a ``Request`` argument of the endpoint,
+    else from the frames that called it (an ``async`` endpoint runs under the router's frames).
+    A sync FastAPI endpoint without a ``Request`` parameter runs in a worker thread that reaches
+    neither: its route is looked up in the route table of the application its own module or
+    ``__main__`` holds (where ``uvicorn module:app`` finds it), and, for an application built
+    elsewhere (a factory, a router included from another module), among the objects that refer
+    to the endpoint (a route holds it). Found once and then kept; a function called directly,
+    outside any route, is looked up a few times at most.
     """
 
-    __slots__ = ("route", "tries")
+    __slots__ = ("module", "route", "tries")
     MAX_TRIES = 3
+    #: Frames above the endpoint searched for the router's ``request`` / ``scope``.
+    MAX_FRAMES = 6
 
-    def __init__(self) -> None:
+    def __init__(self, module: str | None) -> None:
+        self.module = module
         self.route: str | None = None
         self.tries = 0
 
-    def find(self, wrapper: Any) -> str | None:
+    def find(self, wrapper: Any, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> str | None:
         if self.route is not None:
             return self.route
         modules = sys.modules
@@ -945,15 +954,93 @@ class _RouteFinder:
         if "starlette" not in modules or self.tries >= self.MAX_TRIES:
             return None
         self.tries += 1
-        import gc
-
-        # A route's __dict__ (it has the compiled path_regex; a request's ASGI scope does not).
-        paths = {d["path"] for d in gc.get_referrers(wrapper)
-                 if type(d) is dict and d.get("endpoint") is wrapper and isinstance(d.get("path"), str)
-                 and "path_regex" in d}
-        if len(paths) == 1:
-            self.route = paths.pop()
+        self.route = _route_in_scope(_asgi_scope(args, kwargs), wrapper) or self._from_frames(wrapper)
+        if self.route is None:
+            self.route = _route_in_apps(wrapper, self.module) or _route_among_referrers(wrapper)
         return self.route
+
+    def _from_frames(self, wrapper: Any) -> str | None:
+        frame = sys._getframe(3)  # _from_frames, find, start: then the endpoint's wrapper
+        for _ in range(self.MAX_FRAMES):
+            frame = frame.f_back  # type: ignore[assignment]
+            if frame is None:
+                return None
+            names = frame.f_code.co_varnames
+            if "request" in names or "scope" in names:
+                local = frame.f_locals
+                scope = _asgi_scope((local.get("request"),), {}) or local.get("scope")
+                route = _route_in_scope(scope, wrapper)
+                if route is not None:
+                    return route
+        return None
+
+
+def _asgi_scope(args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> Any:
+    """The ASGI scope of a Starlette ``Request`` among the arguments, if one is there."""
+    for a in (*args, *kwargs.values()):
+        scope = getattr(a, "scope", None) if a is not None and not isinstance(a, (str, bytes, int, float)) else None
+        if type(scope) is dict and "type" in scope:
+            return scope
+    return None
+
+
+def _route_in_scope(scope: Any, wrapper: Any) -> str | None:
+    """The path template of the route the router put in ``scope``, when it is ``wrapper``'s and
+    its template matches the request's path (within its Mount): a router that records the
+    route without the prefix it was included under gives no template rather than a wrong one."""
+    if type(scope) is not dict:
+        return None
+    route = scope.get("route")
+    path, regex = getattr(route, "path", None), getattr(route, "path_regex", None)
+    if getattr(route, "endpoint", None) is not wrapper or not isinstance(path, str) or regex is None:
+        return None
+    request_path, root = scope.get("path"), scope.get("root_path") or ""
+    if not isinstance(request_path, str):
+        return None
+    if root and request_path.startswith(root + "/"):
+        request_path = request_path[len(root):]
+    return path if regex.match(request_path) else None
+
+
+def _route_in_apps(wrapper: Any, module: str | None) -> str | None:
+    """``wrapper``'s path template in the Starlette/FastAPI application held by its module or
+    ``__main__``, when it has exactly one."""
+    apps_mod = sys.modules.get("starlette.applications")
+    if apps_mod is None:
+        return None
+    app_type = apps_mod.Starlette
+    paths: set[str] = set()
+    for mod in {sys.modules.get(module or ""), sys.modules.get("__main__")}:
+        namespace = getattr(mod, "__dict__", None)
+        if type(namespace) is dict:
+            for v in list(namespace.values()):
+                if issubclass(type(v), app_type):  # type(): no attribute of an arbitrary global is read
+                    _collect_paths(v.router.routes, wrapper, "", paths, 0)
+    return paths.pop() if len(paths) == 1 else None
+
+
+def _route_among_referrers(wrapper: Any) -> str | None:
+    """``wrapper``'s path template from the route objects that hold it (a walk of the heap: the
+    last resort), when it has exactly one."""
+    import gc
+
+    # A route's __dict__ (it has the compiled path_regex; a request's ASGI scope does not).
+    paths = {d["path"] for d in gc.get_referrers(wrapper)
+             if type(d) is dict and d.get("endpoint") is wrapper and isinstance(d.get("path"), str)
+             and "path_regex" in d}
+    return paths.pop() if len(paths) == 1 else None
+
+
+def _collect_paths(routes: Any, wrapper: Any, prefix: str, out: set[str], depth: int) -> None:
+    if depth > 8 or not isinstance(routes, (list, tuple)):
+        return
+    for r in routes:
+        path = getattr(r, "path", None)
+        if getattr(r, "endpoint", None) is wrapper and isinstance(path, str):
+            out.add(prefix + path)
+        sub = getattr(r, "routes", None)  # a Mount (its path is a prefix) or a Host
+        if sub:
+            _collect_paths(sub, wrapper, prefix + (path if isinstance(path, str) else ""), out, depth + 1)
 
 
 def inference_decorator(c: Cirron) -> InferenceDecorator:
