@@ -9,6 +9,7 @@ from __future__ import annotations
 import atexit
 import enum
 import os
+import sys
 import threading
 import time
 import types
@@ -894,11 +895,20 @@ def _yield_inside(scope: Scope, item: T, loop_exits: LoopExits) -> Iterator[T]:
     try:
         yield item
     except GeneratorExit:
-        loop_exits.defer(scope)
+        loop_exits.defer(scope, _loop_frame())
         raise
     except BaseException as exc:
         scope.__exit__(type(exc), exc, exc.__traceback__)
         raise
+
+
+def _loop_frame() -> Any:
+    """The frame that runs the ``for`` over a ``ci.epochs``/``ci.batches`` generator being closed:
+    the first one above the generators of this module."""
+    f: types.FrameType | None = sys._getframe(2)
+    while f is not None and f.f_code.co_filename == __file__:
+        f = f.f_back
+    return f
 
 
 def _finalize_child(ref: weakref.ref[Cirron]) -> None:
