@@ -31,7 +31,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from cirron._format import label_of, span_label
-from cirron._schema import decode_float
+from cirron._schema import decode_float, encode_float
 from cirron.spool import Session, children_index, list_batch_files, walk_tree
 from cirron.spool.catalog import Catalog
 from cirron.spool.catalog import SessionInfo as CatalogInfo
@@ -264,7 +264,7 @@ class SessionData:
             ts = ts - self.t0_ns if type(ts) is int else 0
             value = m.get("value")
             if m.get("kind") == "summary":
-                shown = value if not isinstance(value, float) or math.isfinite(value) else str(value)
+                shown = encode_float(value) if isinstance(value, float) else value
                 self.summary_marks.append({
                     "name": name, "value": shown, "span": span_labels.get(m.get("span_id"), "(session)"),
                     "span_id": m.get("span_id"), "t": ts})
