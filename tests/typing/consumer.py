@@ -27,7 +27,7 @@ from cirron import (
     CirronWrapError,
 )
 from cirron.spool import Session, Spool, iter_batches, load_sessions, load_spool
-from cirron.testing import Capture, CapturedSpan, ManualClock, capture
+from cirron.testing import Capture, CapturedMark, CapturedSpan, ManualClock, capture
 
 
 def train(data: list[float]) -> float:
@@ -105,6 +105,9 @@ def instance_api(tmp: str) -> None:
     health: dict[str, Any] = c.health()
     assert isinstance(health["internal_errors"], int)
     assert ci.default() is not c
+    assert_type(c.running, bool)
+    current = c.current_span()
+    print(c.config, current.name if current is not None else None)
     ci.health()
 
 
@@ -115,6 +118,10 @@ def config_and_data() -> None:
     except CirronSecretNotFound:
         key = ""
     data: Any = ci.load("train")
+    found: dict[str, str | None] = ci.deps()
+    model = ci.watch({"w": [0.0]}, name="weights")
+    assert_type(model, dict[str, list[float]])
+    print(found)
     ci.wrap({"w": [0.0]})
     ci.snapshot({"w": [0.0]}, blobs=False)
     ci.trace()
@@ -146,7 +153,16 @@ def testing_helpers() -> None:
     spans: list[CapturedSpan] = rec.spans
     assert spans[0].duration_ns == 5_000 and rec.span("step").label == "step"
     marks: dict[str, list[Any]] = rec.marks_of("step")
+    first: list[CapturedMark] = spans[0].marks
+    print(first)
     print(marks, rec.tree(), rec.profiler.health())
+
+
+def test_with_fixture(cirron_capture: Capture) -> None:
+    """How a user's pytest test receives ``cirron.testing.cirron_capture``."""
+    with ci.scope("step"):
+        ci.mark("loss", 0.5)
+    assert cirron_capture.span("step").marks[0].value == 0.5
 
 
 asyncio.run(serve())
