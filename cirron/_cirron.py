@@ -566,6 +566,8 @@ class Cirron:
         """SIGTERM/SIGINT (see :mod:`cirron._signals`): write what we hold before the signal goes on."""
         from cirron._flush.runtime import ThreadRuntime
 
+        if self._pid != os.getpid():
+            return  # a forked child before its session state was reset: nothing of its own yet
         if self._state is not State.RUNNING or not isinstance(self._runtime, ThreadRuntime):
             return
         timeout = self.config.shutdown_timeout
@@ -601,7 +603,6 @@ class Cirron:
         was_worker = self._restart_pending  # a worker that had not recorded yet (a forkserver, say)
         old_root = self._rec.root
         anchor = self._rec.current.get()
-        self._pid = os.getpid()
         self._rec.reset_after_fork()
         self._trace.reset_after_fork(self._rec.open)
         self._collector.reset_after_fork()
@@ -618,6 +619,7 @@ class Cirron:
         self._service = None
         self._sinks = []
         self._atexit_registered = False
+        self._signals.forget_after_fork()
         if self._workers is not None:
             self._workers.active = False  # the parent's to undo; a forked child never patches back
         if self._worker_mark is not None:
@@ -635,6 +637,7 @@ class Cirron:
             self._restart_pending = False
             self._rec.buffers.on_new_buffer = None
             self._state = State.IDLE if self._state is State.IDLE else State.CLOSED
+        self._pid = os.getpid()  # last: until here the state is the parent's (see _on_signal)
 
     def _open_process_root(self, parent: Any) -> None:
         """Open this worker's ``cirron.process`` span below ``parent`` (a span of another process)."""
@@ -724,7 +727,7 @@ class Cirron:
                 self._runtime.start(wait=None)
                 self._state = State.RUNNING
                 self._register_atexit()
-                self._signals.install()  # a spawned worker's own; a forked one has the parent's
+                self._signals.install()
                 self._take_worker_mark()
                 import multiprocessing.util
 
@@ -962,12 +965,19 @@ _INSTANCES: weakref.WeakSet[Cirron] = weakref.WeakSet()
 
 
 def _after_fork_all() -> None:
-    for inst in list(_INSTANCES):
-        try:
-            inst._after_fork_in_child()
-        except Exception:  # noqa: BLE001 - a child must come up whatever happens
-            pass
+    from cirron._signals import release_after_fork
+
+    try:
+        for inst in list(_INSTANCES):
+            try:
+                inst._after_fork_in_child()
+            except Exception:  # noqa: BLE001 - a child must come up whatever happens
+                pass
+    finally:
+        release_after_fork()  # a SIGTERM held since the fork is handled now, by a child that is ready
 
 
 if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_all)
+    from cirron._signals import hold_for_fork, release_after_fork
+
+    os.register_at_fork(before=hold_for_fork, after_in_parent=release_after_fork, after_in_child=_after_fork_all)

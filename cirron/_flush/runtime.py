@@ -57,6 +57,10 @@ class ThreadRuntime:
 
     def call(self, fn: Callable[..., Awaitable[Any]], *args: Any, timeout: float) -> Any:
         """Run ``fn(*args)`` on the service loop and wait at most ``timeout`` s; TimeoutError after."""
+        thread = self._thread
+        if thread is None or not thread.is_alive():
+            # e.g. a forked child's copy of the parent's runtime: its portal would never answer
+            raise RuntimeError("flush service is not running")
         if not self._ready.wait(timeout):
             raise TimeoutError("flush service did not start in time")
         portal = self._portal

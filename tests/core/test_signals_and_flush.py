@@ -167,6 +167,68 @@ def test_shutdown_gives_back_the_earlier_handler(tmp_path: Path) -> None:
     assert proc.returncode == 0 and out.strip() == "ok", err
 
 
+def test_sigterm_ends_a_main_thread_asleep_in_c_as_without_cirron(tmp_path: Path) -> None:
+    # The signal's C-level handler runs in another thread, so the main thread's sleep on a
+    # multiprocessing lock is never interrupted and no Python handler would run: a Pool worker
+    # woken by its lock's owner but not yet scheduled when terminate() comes is in that state.
+    # Without cirron the default action ends the process; with cirron it must end too, -15,
+    # with the span it was in closed as interrupted and on disk.
+    code = """
+        import signal, threading
+        import multiprocessing as mp
+        import cirron as ci
+
+        def main_thread_asleep():
+            with open(f"/proc/self/task/{threading.main_thread().native_id}/stat") as f:
+                return f.read().rsplit(")", 1)[1].split()[0] == "S"
+
+        def send_from_here():
+            while not main_thread_asleep():
+                pass
+            signal.pthread_kill(threading.get_ident(), signal.SIGTERM)
+
+        ci.profile(flush_interval=60)
+        lock = mp.get_context("fork").Lock()
+        lock.acquire()
+        threading.Thread(target=send_from_here, daemon=True).start()
+        with ci.scope("waiting"):
+            lock.acquire()
+    """
+    proc = start(code, tmp_path)
+    try:
+        _, err = proc.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
+        raise AssertionError("SIGTERM did not end a process whose main thread sleeps in C") from None
+    assert proc.returncode == -signal.SIGTERM, err
+    (waiting,) = by_name(read_spool(tmp_path / ".cirron" / "spool")["spans"], "waiting")
+    assert waiting["end_ns"] is not None and waiting["attrs"]["interrupted"] == "SIGTERM"
+
+
+def test_the_signal_wakeup_fd_is_left_to_the_host(tmp_path: Path) -> None:
+    # cirron watches the wakeup fd only while no one else has set one, and gives it back.
+    code = """
+        import os, signal, cirron as ci
+        r, w = os.pipe()
+        os.set_blocking(w, False)
+        ci.profile(flush_interval=60)
+        theirs_later = signal.set_wakeup_fd(w)  # the host sets its own after profile(): it wins
+        ci.shutdown()
+        assert signal.set_wakeup_fd(-1) == w, "shutdown took the host's wakeup fd away"
+        signal.set_wakeup_fd(w)
+        ci.profile(flush_interval=60)                 # set before profile(): cirron leaves it alone
+        assert signal.set_wakeup_fd(w) == w
+        ci.shutdown()
+        assert signal.set_wakeup_fd(-1) == w
+        print("ok", theirs_later != -1)
+    """
+    proc = start(code, tmp_path)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert out.split() == ["ok", "True"]
+
+
 # -- the environment: run without the privilege to read what the file modes forbid ---------------
 
 
