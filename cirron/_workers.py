@@ -19,7 +19,8 @@ How a worker learns where to write:
 Either way the worker starts its own flush service on its first record (a worker that records
 nothing writes nothing) and writes what it holds when it ends: at a normal exit, at
 ``multiprocessing``'s own exit (which skips atexit), and on SIGTERM (``Pool.terminate()``,
-loky's shutdown), through the same handler the parent has.
+loky's shutdown), through a handler like the parent's that it installs with its first record
+(until then it has the handlers that were there before cirron's: see :mod:`cirron._signals`).
 
 A worker that records holds a :class:`WorkerMark` (``.live/<session>.<pid>.worker``, flock'ed)
 until it has written everything. One left behind and no longer locked is a worker that died
