@@ -109,6 +109,8 @@ class Cirron:
         #: This process records into another process's session (below a ``cirron.process`` root).
         self._is_worker = False
         self._worker_mark: Any = None
+        #: In a worker: the process roots below the spans that submitted its tasks (cirron._workers).
+        self._task_roots: Any = None
         #: Pids of this session's workers that died before writing all they recorded (at shutdown).
         self.workers_lost: list[int] = []
         # The hot-path entry points are the recorder's own bound methods: no extra call layer.
@@ -504,6 +506,8 @@ class Cirron:
 
     def _close_root(self) -> None:
         root = self._rec.root
+        if self._task_roots is not None:
+            self._task_roots.close()
         if root is not None and root.end_ns is None:
             root._close(None, time.process_time_ns(), time.time_ns())
 
@@ -585,9 +589,10 @@ class Cirron:
         main = threading.get_ident()
         root = self._rec.root
         now = time.time_ns()
+        roots = self._task_roots
         for span in list(self._rec.open.values()):
-            if span is root or span.end_ns is not None:
-                continue
+            if span is root or span.end_ns is not None or (roots is not None and roots.is_one(span)):
+                continue  # roots are closed by the shutdown that follows
             try:
                 span.set_attr("interrupted", interrupted)
                 span._token = None  # leave the context variables alone: other threads own theirs
@@ -635,6 +640,7 @@ class Cirron:
             self._wait_for_first_record()
         else:
             self._restart_pending = False
+            self._task_roots = None
             self._rec.buffers.on_new_buffer = None
             self._state = State.IDLE if self._state is State.IDLE else State.CLOSED
         self._pid = os.getpid()  # last: until here the state is the parent's (see _on_signal)
@@ -651,6 +657,9 @@ class Cirron:
         root._cpu0 = time.process_time_ns()  # the process root's CPU time is the whole process's
         self._rec.root = root
         self._rec.current.set(None)
+        from cirron._workers import TaskRoots
+
+        self._task_roots = TaskRoots(self._rec)
         self._is_worker = True
         self._resource = dict(self._resource, pid=os.getpid())
 
@@ -690,9 +699,10 @@ class Cirron:
 
     def _share_with_workers(self) -> None:
         """Make this (the default) instance the one worker processes record through."""
-        from cirron._workers import WorkerPropagation, inherited_session
+        from cirron._workers import WorkerPropagation, inherited_session, run_tasks_through
 
         self._workers = WorkerPropagation(self)
+        run_tasks_through(self)
         info = inherited_session()
         if info is not None:
             try:

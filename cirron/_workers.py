@@ -4,9 +4,17 @@ A worker is any process started while a session runs: a ``multiprocessing`` chil
 forkserver or spawn; ``Process``, ``Pool``, ``ProcessPoolExecutor``), a joblib/loky worker, a
 PyTorch ``DataLoader`` worker. Its records go to the parent's spool, in batches of its own (its own
 pid in ``resource``), under the parent's ``session_id``, below a **process root**: a span named
-``cirron.process`` whose parent is the span that was open in the parent when the worker was
-started (else the parent's session root). ``cirron traces view`` shows the worker's spans inside
+``cirron.process`` whose parent is the span that was open in the parent when the work was
+submitted (else the parent's session root). ``cirron traces view`` shows the worker's spans inside
 the parent's tree and ``list`` counts them with the session.
+
+Which span a task was submitted under: while the session runs, ``Pool.apply_async``/``map``/
+``imap``/``starmap``, ``ProcessPoolExecutor.submit``/``map`` and ``joblib.Parallel`` wrap the
+callable in a :class:`SubmittedTask` that carries the id of the span open in the submitting thread.
+In the worker, the task's spans go below a process root under that span (one per submitting span,
+opened on its first task): a reused worker's tasks each hang where they were submitted. Work that
+is not submitted that way (a ``Process`` target) goes below the process root opened when the
+worker started, under the span open at that moment.
 
 How a worker learns where to write:
 
@@ -35,10 +43,11 @@ import glob
 import json
 import os
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 #: Set by ``ci.profile()`` in the parent: JSON with where and under which span a worker writes.
 ENV_PARENT_SESSION = "CIRRON_PARENT_SESSION"
@@ -92,12 +101,156 @@ def inherited_session(environ: Any = None) -> dict[str, Any] | None:
     return info
 
 
+class SubmittedTask:
+    """A callable handed to a pool, with the span open in the parent when it was submitted."""
+
+    __slots__ = ("fn", "span_id", "pid")
+
+    def __init__(self, fn: Any, span_id: int, pid: int) -> None:
+        self.fn = fn
+        self.span_id = span_id
+        self.pid = pid
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        owner = _TASK_OWNER[0]
+        roots = None if owner is None or self.pid == os.getpid() else owner._task_roots
+        if roots is None:  # run in the submitting process (its spans are right), or not a worker
+            return self.fn(*args, **kwargs)
+        return roots.run(self.span_id, self.fn, args, kwargs)
+
+    def __getattr__(self, name: str) -> Any:  # __name__, __module__, ... for those who look
+        if name in SubmittedTask.__slots__:
+            raise AttributeError(name)  # not set yet (unpickling)
+        return getattr(self.fn, name)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (SubmittedTask, (self.fn, self.span_id, self.pid))
+
+
+#: The instance a worker runs submitted tasks through (see :func:`run_tasks_through`).
+_TASK_OWNER: list[Any] = [None]
+
+
+def run_tasks_through(owner: Any) -> None:
+    """Make ``owner`` (the default instance, at ``import cirron``) the one that runs submitted tasks."""
+    _TASK_OWNER[0] = owner
+
+
+class TaskRoots:
+    """In a worker: the process roots below the spans that submitted work to it, one per span."""
+
+    def __init__(self, rec: Any) -> None:
+        self._rec = rec
+        self._by_span: dict[int, Any] = {}
+        self._lock = threading.Lock()
+
+    def run(self, span_id: int, fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        rec = self._rec
+        root = rec.root
+        if root is None:  # the worker's session has ended
+            return fn(*args, **kwargs)
+        parent = root.parent
+        target = root if parent is not None and parent.id == span_id else self._root_below(span_id)
+        token = rec.current.set(target)
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            rec.current.reset(token)
+
+    def _root_below(self, span_id: int) -> Any:
+        root = self._by_span.get(span_id)
+        if root is not None:
+            return root
+        from cirron._record.span import PyRecorderBase
+
+        with self._lock:
+            root = self._by_span.get(span_id)
+            if root is None:
+                attrs = {"pid": os.getpid(), "parent_pid": os.getppid()}
+                parent: Any = RemoteSpan(span_id)
+                # like the first process root: opening it makes no buffer, so a task that records
+                # nothing leaves the worker writing nothing
+                root = PyRecorderBase.start_span(self._rec, PROCESS_SPAN_NAME, attrs, parent=parent)
+                root._cpu0 = time.process_time_ns()
+                self._by_span[span_id] = root
+        return root
+
+    def is_one(self, span: Any) -> bool:
+        return self._by_span.get(getattr(span.parent, "id", -1)) is span
+
+    def close(self) -> None:
+        """At the worker's end, with its first process root."""
+        cpu, end = time.process_time_ns(), time.time_ns()
+        roots, self._by_span = self._by_span, {}
+        for root in roots.values():
+            if root.end_ns is None:
+                root._close(None, cpu, end)
+
+
+class _TaggedCalls:
+    """joblib's iterable of ``(function, args, kwargs)``, each function a :class:`SubmittedTask`."""
+
+    def __init__(self, calls: Any, span_id: int) -> None:
+        self._calls = calls
+        self._span_id = span_id
+        self._pid = os.getpid()
+
+    def __iter__(self) -> Iterator[Any]:
+        for fn, args, kwargs in self._calls:
+            yield SubmittedTask(fn, self._span_id, self._pid), args, kwargs
+
+
+class _SizedTaggedCalls(_TaggedCalls):
+    """The same for an iterable with a length (joblib counts the tasks of those)."""
+
+    def __len__(self) -> int:
+        return len(self._calls)
+
+
+def _submitting(method: Any, position: int, propagation: WorkerPropagation) -> Any:
+    """``method`` with its callable (argument ``position``, after self) wrapped in a SubmittedTask."""
+
+    def submit(*args: Any, **kwargs: Any) -> Any:
+        span = propagation.submitting_span()
+        if span is not None and len(args) > position:
+            args = (*args[:position], SubmittedTask(args[position], span, os.getpid()), *args[position + 1:])
+        return method(*args, **kwargs)
+
+    submit.__wrapped__ = method  # type: ignore[attr-defined]
+    submit.__doc__ = method.__doc__
+    return submit
+
+
+def _parallel_call(method: Any, propagation: WorkerPropagation) -> Any:
+    def call(parallel: Any, iterable: Any) -> Any:
+        span = propagation.submitting_span()
+        if span is not None:
+            iterable = (_SizedTaggedCalls if hasattr(iterable, "__len__") else _TaggedCalls)(iterable, span)
+        return method(parallel, iterable)
+
+    call.__wrapped__ = method  # type: ignore[attr-defined]
+    call.__doc__ = method.__doc__
+    return call
+
+
+#: (module, class, method, position of the callable after self); joblib's whole call is wrapped.
+SUBMIT_METHODS = (
+    ("multiprocessing.pool", "Pool", "apply_async", 1),
+    ("multiprocessing.pool", "Pool", "_map_async", 1),  # map, map_async, starmap, starmap_async
+    ("multiprocessing.pool", "Pool", "imap", 1),
+    ("multiprocessing.pool", "Pool", "imap_unordered", 1),
+    ("concurrent.futures.process", "ProcessPoolExecutor", "submit", 1),  # and map, through submit
+)
+
+
 class WorkerPropagation:
     """While the default instance's session runs: the environment variable, and the span open
     when a ``multiprocessing`` process is started written into it for that start."""
 
     _lock = threading.Lock()
     _patched: Any = None  # the original BaseProcess.start while ours is installed
+    #: (class, name, original) of each submit method patched while ours is installed.
+    _submit_patches: ClassVar[list[tuple[Any, str, Any]]] = []
 
     def __init__(self, owner: Any) -> None:
         self._owner = owner
@@ -113,6 +266,7 @@ class WorkerPropagation:
         os.environ[ENV_PARENT_SESSION] = describe_session(owner, root)
         self.active = True
         self._patch_process_start()
+        self.patch_submits()
 
     def uninstall(self) -> None:
         if not self.active:
@@ -123,6 +277,40 @@ class WorkerPropagation:
         else:
             os.environ[ENV_PARENT_SESSION] = self._previous
         self._unpatch_process_start()
+        self._unpatch_submits()
+
+    def submitting_span(self) -> int | None:
+        """The id of the span open in this thread (the session root if none), while ours runs."""
+        if not self.active:
+            return None
+        rec = self._owner._rec
+        span = rec.current.get() or rec.root
+        return None if span is None else span.id
+
+    def patch_submits(self) -> None:
+        """Wrap the submit methods of the pools imported by now (again at each process start, so
+        a pool module imported after ``ci.profile()`` is wrapped before its first task)."""
+        import sys
+
+        with self._lock:
+            done = {(cls, name) for cls, name, _ in WorkerPropagation._submit_patches}
+            targets = [(sys.modules.get(m), c, n, pos) for m, c, n, pos in SUBMIT_METHODS]
+            targets.append((sys.modules.get("joblib.parallel"), "Parallel", "__call__", -1))
+            for module, cls_name, name, position in targets:
+                cls = getattr(module, cls_name, None)
+                original = cls.__dict__.get(name) if cls is not None else None
+                if original is None or (cls, name) in done:
+                    continue
+                wrapper = (_parallel_call(original, self) if position < 0
+                           else _submitting(original, position, self))
+                setattr(cls, name, wrapper)
+                WorkerPropagation._submit_patches.append((cls, name, original))
+
+    def _unpatch_submits(self) -> None:
+        with self._lock:
+            patches, WorkerPropagation._submit_patches = WorkerPropagation._submit_patches, []
+        for cls, name, original in patches:
+            setattr(cls, name, original)
 
     @contextmanager
     def span_for_child(self) -> Iterator[None]:
@@ -156,6 +344,8 @@ class WorkerPropagation:
         propagation = self
 
         def start(process: Any, *args: Any, **kwargs: Any) -> Any:
+            if propagation.active:
+                propagation.patch_submits()
             with propagation.span_for_child():
                 return original(process, *args, **kwargs)
 

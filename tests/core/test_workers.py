@@ -132,6 +132,63 @@ if __name__ == "__main__":
     assert result.stdout.split() == ["-15", "held"]
 
 
+SUBMIT_FROM_TWO_SCOPES = {
+    # One pool, made before either scope and reused: each task must hang from the scope it was
+    # submitted from, not from where (or when) its worker process started.
+    "Pool": """
+        with mp.get_context(method).Pool(2) as pool:
+            with ci.scope("a"):
+                assert sum(pool.map(work, range(10))) == 45
+            with ci.scope("b"):
+                done = [r.get(60) for r in [pool.apply_async(work, (n,)) for n in range(10, 15)]]
+                done += [*pool.imap(work, range(15, 18)), *pool.starmap(work, [(18,), (19,)])]
+                assert sorted(done) == list(range(10, 20))
+""",
+    "ProcessPoolExecutor": """
+        with ProcessPoolExecutor(2, mp_context=mp.get_context(method)) as pool:
+            with ci.scope("a"):
+                assert sum(pool.map(work, range(10))) == 45
+            with ci.scope("b"):
+                assert sorted(pool.submit(work, n).result(60) for n in range(10, 20)) == list(range(10, 20))
+""",
+    "joblib": """
+        from joblib import Parallel, delayed
+        with Parallel(n_jobs=2) as parallel:  # loky: its workers are reused by both calls
+            with ci.scope("a"):
+                assert sum(parallel(delayed(work)(n) for n in range(10))) == 45
+            with ci.scope("b"):
+                assert sum(parallel([delayed(work)(n) for n in range(10, 20)])) == 145
+""",
+}
+
+
+@pytest.mark.parametrize(("pool", "method"), [("Pool", "fork"), ("Pool", "spawn"),
+                                              ("ProcessPoolExecutor", "forkserver"), ("joblib", "loky")])
+def test_a_reused_worker_puts_each_task_below_the_span_it_was_submitted_from(
+        tmp_path: Path, pool: str, method: str) -> None:
+    if pool == "joblib":
+        pytest.importorskip("joblib")
+    run_program(WORK + f"""
+if __name__ == "__main__":
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+    method = "{method}"
+    ci.profile(flush_interval=60)
+    {textwrap.indent(textwrap.dedent(SUBMIT_FROM_TWO_SCOPES[pool]), "    ").strip()}
+""", tmp_path)
+    spans = read_spool(tmp_path / ".cirron" / "spool")["spans"]
+    roots = {s["id"]: s for s in by_name(spans, "cirron.process")}
+    (a,), (b,) = by_name(spans, "a"), by_name(spans, "b")
+    work = by_name(spans, "work")
+    assert sorted(s["attrs"]["n"] for s in work) == list(range(20))
+    for s in work:
+        root = roots[s["parent_id"]]
+        assert root["parent_id"] == (a if s["attrs"]["n"] < 10 else b)["id"], s["attrs"]
+        assert s["pid"] == root["pid"] != a["pid"] and root["end_ns"] is not None
+    (session,) = listed(tmp_path)
+    assert session["spans"] == len(spans) and session["marks"] == 20
+
+
 @pytest.mark.parametrize("method", ["forkserver", "spawn"])
 def test_process_started_inside_a_span_is_below_it(tmp_path: Path, method: str) -> None:
     run_program(WORK + f"""
