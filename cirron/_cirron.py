@@ -113,6 +113,8 @@ class Cirron:
         self._task_roots: Any = None
         #: Pids of this session's workers that died before writing all they recorded (at shutdown).
         self.workers_lost: list[int] = []
+        #: What those workers last reported holding unwritten, summed.
+        self.workers_lost_unwritten = {"spans": 0, "marks": 0}
         # The hot-path entry points are the recorder's own bound methods: no extra call layer.
         self.mark: Final = self._rec.mark
         if not enabled_in_env():
@@ -199,6 +201,7 @@ class Cirron:
         cfg = self._config
         self._is_worker = False
         self.workers_lost = []
+        self.workers_lost_unwritten = {"spans": 0, "marks": 0}
         for problem in cfg.problems:
             self._warn_once(f"cirron: {problem}")
         self._set_recording(cfg.enabled)
@@ -533,9 +536,14 @@ class Cirron:
             mark, self._worker_mark = self._worker_mark, None
             if mark is not None:
                 mark.release(everything_written=not any(losses))
-            elif not self._is_worker and self.session_id is not None and "spool" in self.config.output:
-                self.workers_lost = lost_workers(self.config.spool_dir, self.session_id)
-            line = loss_line(self.session_id, losses, self.workers_lost)
+            lost = []
+            if mark is None and not self._is_worker and self.session_id is not None \
+                    and "spool" in self.config.output:
+                lost = lost_workers(self.config.spool_dir, self.session_id)
+                self.workers_lost = [w.pid for w in lost]
+                self.workers_lost_unwritten = {"spans": sum(w.spans or 0 for w in lost),
+                                               "marks": sum(w.marks or 0 for w in lost)}
+            line = loss_line(self.session_id, losses, lost)
         except Exception as exc:  # noqa: BLE001 - the exit must go on
             self._rec.note_internal_error(exc)
             return
@@ -679,6 +687,29 @@ class Cirron:
         except (OSError, ValueError):
             return  # an unwritable spool: the spool sink counts and reports that itself
         self._worker_mark = mark
+        if self._service is not None:
+            self._service.on_look = self._report_unwritten
+
+    def _report_unwritten(self) -> None:
+        """In a worker, at each look of its flush service: what it holds unwritten, into its mark,
+        for the parent to count should the worker be killed before writing it."""
+        mark = self._worker_mark
+        lock = self._collector.lock
+        if mark is None or not lock.acquire(blocking=False):
+            return  # a flush is under way: the next look reports
+        try:
+            primary = _primary({sink.name: sink.state() for sink in self._sinks})
+            spans, marks = self._unwritten(self._rec.buffers.totals(), primary)
+        finally:
+            lock.release()
+        mark.publish(spans, marks)
+
+    def _unwritten(self, totals: dict[str, int], primary: dict[str, Any] | None) -> tuple[int, int]:
+        """Closed spans and marks recorded and not written yet: in the thread buffers, drained
+        and not handed to the primary sink, held by it (the collector's lock held)."""
+        c_spans, c_marks = self._collector.pending()
+        return (totals["spans_pending"] + c_spans + (primary["spans_pending"] if primary else 0),
+                totals["marks_pending"] + c_marks + (primary["marks_pending"] if primary else 0))
 
     def _join_parent_session(self, info: dict[str, Any]) -> None:
         """This process is a worker of a session started in another process (see
@@ -752,9 +783,9 @@ class Cirron:
         """A plain dict: running state, buffered/written/dropped counts, errors, sink states."""
         with self._collector.lock:
             totals = self._rec.buffers.totals()
-            c_spans, c_marks = self._collector.pending()
             sinks = {s.name: s.state() for s in self._sinks}
-            primary = sinks.get("spool") or (next(iter(sinks.values())) if sinks else None)
+            primary = _primary(sinks)
+            spans_pending, marks_pending = self._unwritten(totals, primary)
         drops: dict[str, int] = {}
         if totals["spans_dropped"]:
             drops["spans_buffer_full"] = totals["spans_dropped"]
@@ -765,8 +796,6 @@ class Cirron:
                 drops[k] = drops.get(k, 0) + v
         spans_dropped = sum(v for k, v in drops.items() if k.startswith("spans_"))
         marks_dropped = sum(v for k, v in drops.items() if k.startswith("marks_"))
-        spans_pending = totals["spans_pending"] + c_spans + (primary["spans_pending"] if primary else 0)
-        marks_pending = totals["marks_pending"] + c_marks + (primary["marks_pending"] if primary else 0)
         errors = [s["last_error"] for s in sinks.values() if s["last_error"]]
         service = self._service
         last_error = (errors[-1] if errors else None) or (service.last_error if service else None) \
@@ -799,6 +828,7 @@ class Cirron:
             "last_flush_problem": service.last_flush_problem if service else None,
             "config_problems": config_problems,
             "workers_lost": list(self.workers_lost),
+            "workers_lost_unwritten": dict(self.workers_lost_unwritten),
             "internal_errors": self._rec.internal_errors,
             "compiled": compiled_speedups(),
             "sinks": sinks,
@@ -922,6 +952,11 @@ def _loop_frame() -> Any:
     while f is not None and f.f_code.co_filename == __file__:
         f = f.f_back
     return f
+
+
+def _primary(sinks: dict[str, dict[str, Any]]) -> dict[str, Any] | None:
+    """The state of the sink whose counts ``health()`` gives: the spool, else the first one."""
+    return sinks.get("spool") or (next(iter(sinks.values())) if sinks else None)
 
 
 def _finalize_child(ref: weakref.ref[Cirron]) -> None:

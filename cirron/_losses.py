@@ -58,15 +58,21 @@ def _plural(n: int, word: str) -> str:
     return f"{n:,} {word}" if n == 1 else f"{n:,} {word}s"
 
 
-def loss_line(session_id: str | None, losses: Iterable[Loss], lost_workers: Iterable[int] = ()) -> str | None:
+def loss_line(session_id: str | None, losses: Iterable[Loss], lost_workers: Iterable[Any] = ()) -> str | None:
     """The one warning line for ``losses`` and the worker processes that died before writing
-    what they recorded (their pids), or None when nothing was lost."""
+    what they recorded (:class:`cirron._workers.LostWorker`), or None when nothing was lost."""
     parts = []
-    pids = list(lost_workers)
-    if pids:
-        which = ", ".join(str(p) for p in pids)
-        parts.append(f"{_plural(len(pids), 'worker process').replace('processs', 'processes')} (pid {which}) "
-                     "ended before writing what it recorded since its last flush (killed?)")
+    workers = list(lost_workers)
+    if workers:
+        which = ", ".join(str(w.pid) for w in workers)
+        part = (f"{_plural(len(workers), 'worker process').replace('processs', 'processes')} (pid {which}) "
+                "ended before writing what it recorded since its last flush (killed?)")
+        reported = [w for w in workers if w.spans is not None]
+        spans, marks = sum(w.spans for w in reported), sum(w.marks for w in reported)
+        if spans or marks:
+            what = " and ".join(_plural(n, w) for n, w in ((spans, "span"), (marks, "mark")) if n)
+            part += f": {what} by {'their' if len(workers) > 1 else 'its'} last report"
+        parts.append(part)
     for loss in losses:
         if not loss:
             continue

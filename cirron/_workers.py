@@ -47,7 +47,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NamedTuple
 
 #: Set by ``ci.profile()`` in the parent: JSON with where and under which span a worker writes.
 ENV_PARENT_SESSION = "CIRRON_PARENT_SESSION"
@@ -373,11 +373,26 @@ def worker_mark_path(spool_dir: str | os.PathLike[str], session_id: str, pid: in
 
 
 class WorkerMark:
-    """A worker's own lock file: held while it records, removed once all it recorded is written."""
+    """A worker's own lock file: held while it records, removed once all it recorded is written.
+
+    Its content is the worker's last report of what it holds unwritten (:meth:`publish`, at each
+    look of its flush service, every :data:`cirron._flush.service.POLL_MAX_S` at most): what the
+    parent counts as lost if the worker is killed before it writes."""
 
     def __init__(self, spool_dir: str | os.PathLike[str], session_id: str) -> None:
         self.path = worker_mark_path(spool_dir, session_id, os.getpid())
         self._fd: int | None = None
+        self._published: tuple[int, int] | None = None
+
+    def publish(self, spans: int, marks: int) -> None:
+        """Write ``{"spans": .., "marks": ..}`` (closed spans and marks not written yet) if changed."""
+        fd = self._fd
+        if fd is None or self._published == (spans, marks):
+            return
+        data = json.dumps({"spans": spans, "marks": marks}).encode()
+        os.pwrite(fd, data, 0)
+        os.ftruncate(fd, len(data))
+        self._published = (spans, marks)
 
     def take(self) -> None:
         from cirron.spool.paths import hold_lock
@@ -407,13 +422,30 @@ class WorkerMark:
                 pass
 
 
-def lost_workers(spool_dir: str | os.PathLike[str], session_id: str) -> list[int]:
-    """Pids of the session's workers that ended without writing all they recorded. Their marks
-    are removed (each is counted once); workers still running are left alone."""
+class LostWorker(NamedTuple):
+    """A worker that ended without writing all it recorded, and what it last said it held
+    unwritten (None where it never said: killed before its flush service first looked)."""
+
+    pid: int
+    spans: int | None
+    marks: int | None
+
+
+def _last_report(fd: int) -> tuple[int | None, int | None]:
+    try:
+        report = json.loads(os.pread(fd, 256, 0) or b"null")
+        return int(report["spans"]), int(report["marks"])
+    except (OSError, ValueError, TypeError, KeyError):
+        return None, None
+
+
+def lost_workers(spool_dir: str | os.PathLike[str], session_id: str) -> list[LostWorker]:
+    """The session's workers that ended without writing all they recorded. Their marks are
+    removed (each is counted once); workers still running are left alone."""
     from cirron._safeopen import open_regular_fd
     from cirron.spool.paths import is_safe_id, live_dir
 
-    lost: list[int] = []
+    lost: list[LostWorker] = []
     if not is_safe_id(session_id):
         return lost
     try:
@@ -430,14 +462,14 @@ def lost_workers(spool_dir: str | os.PathLike[str], session_id: str) -> list[int
         except OSError:
             continue  # still held: the worker is running and will write for itself
         else:
-            lost.append(_pid_of(path))
+            lost.append(LostWorker(_pid_of(path), *_last_report(fd)))
             try:
                 path.unlink()
             except OSError:
                 pass
         finally:
             os.close(fd)
-    return [pid for pid in lost if pid]
+    return [worker for worker in lost if worker.pid]
 
 
 def _pid_of(path: Path) -> int:

@@ -68,6 +68,8 @@ class FlushService:
         #: Whether the last flush got everything drained into every sink, and if not, why.
         self.last_flush_ok: bool | None = None
         self.last_flush_problem: str | None = None
+        #: Called at each look at the buffers (a worker reports what it holds unwritten there).
+        self.on_look: Callable[[], None] | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -103,6 +105,11 @@ class FlushService:
                 self._wake = anyio.Event()
             now = time.monotonic()
             fill = self._buffer_fill()
+            if self.on_look is not None:
+                try:
+                    self.on_look()
+                except Exception as exc:  # noqa: BLE001 - the loop must survive a bad tick
+                    self.last_error = f"{type(exc).__name__}: {exc}"
             if now > seen_at:
                 rate = max(0.0, (fill - seen_fill) / (now - seen_at))
             if now >= next_flush or fill >= EARLY_FLUSH_FILL:

@@ -274,30 +274,42 @@ if __name__ == "__main__":
 
 def test_worker_killed_by_sigkill_is_counted_and_named(tmp_path: Path) -> None:
     # SIGKILL leaves a worker no chance to write: the parent names it in health() and in its
-    # one exit line; what the worker flushed before is kept.
+    # one exit line, with what the worker last reported holding unwritten; what the worker
+    # flushed before is kept.
     result = run_program(WORK + """
+import glob, json, time
+
 def killed(n):
     work(n)
     ci.flush()
     with ci.scope("lost"):
-        pass
+        ci.mark("gone", 1)
+        ci.mark("gone", 2)
+    (mark,) = glob.glob(f".cirron/spool/.live/*.{os.getpid()}.worker")
+    deadline = time.monotonic() + 60
+    while json.loads(open(mark).read() or "{}") != {"spans": 1, "marks": 2}:  # its flush thread reports
+        assert time.monotonic() < deadline, open(mark).read()
+        time.sleep(0.01)
     os.kill(os.getpid(), 9)
 
 if __name__ == "__main__":
-    import json, multiprocessing as mp
+    import multiprocessing as mp
     ci.profile(flush_interval=60)
     with ci.scope("submit"):
         p = mp.get_context("spawn").Process(target=killed, args=(0,))
         p.start()
-        p.join(60)
+        p.join(90)
         assert p.exitcode == -9
     ci.shutdown()
-    print(json.dumps({"pid": p.pid, "lost": ci.health()["workers_lost"]}))
+    h = ci.health()
+    print(json.dumps({"pid": p.pid, "lost": h["workers_lost"], "unwritten": h["workers_lost_unwritten"]}))
 """, tmp_path, expect_loss=True)
     report = json.loads(result.stdout)
     assert report["lost"] == [report["pid"]]
+    assert report["unwritten"] == {"spans": 1, "marks": 2}
     (line,) = result.stderr.splitlines()
     assert f"1 worker process (pid {report['pid']}) ended before writing" in line
+    assert "1 span and 2 marks by its last report" in line
     data = read_spool(tmp_path / ".cirron" / "spool")
     assert by_name(data["spans"], "work") and not by_name(data["spans"], "lost")
 
