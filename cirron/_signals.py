@@ -144,12 +144,14 @@ class _Waker:
                 pass
 
     def _until_handled(self, signum: int, main: int | None) -> None:
+        """Only while ours is the installed handler of a fatal ``signum``: a host's own handler
+        (installed after ours) keeps Python's rules, as it would without us."""
         chain = self._chain
-        started = chain.fatal_started
-        if main is None or not chain.is_fatal(signum):
-            return  # a host's handler keeps Python's own rules, as it would without us
-        while not started.wait(NUDGE_S) and chain.is_fatal(signum):
-            signal.pthread_kill(main, signum)
+        while main is not None and chain.is_fatal(signum) and signal.getsignal(signum) == chain.handle:
+            if chain.fatal_started.wait(NUDGE_S):
+                return
+            if signal.getsignal(signum) == chain.handle:
+                signal.pthread_kill(main, signum)
 
 
 class SignalChain:
