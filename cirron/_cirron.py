@@ -114,7 +114,7 @@ class Cirron:
         #: Pids of this session's workers that died before writing all they recorded (at shutdown).
         self.workers_lost: list[int] = []
         #: What those workers last reported holding unwritten, summed.
-        self.workers_lost_unwritten = {"spans": 0, "marks": 0}
+        self.workers_lost_unwritten: dict[str, int] = {"spans": 0, "marks": 0}
         # The hot-path entry points are the recorder's own bound methods: no extra call layer.
         self.mark: Final = self._rec.mark
         if not enabled_in_env():

@@ -70,7 +70,7 @@ class OTLPExportError(CirronError):
         super().__init__(message)
         self.status = status
         self.attempts = attempts
-        self.transient = (status is None or status in RETRYABLE_STATUS) if transient is None else transient
+        self.transient: bool = (status is None or status in RETRYABLE_STATUS) if transient is None else transient
 
 
 @dataclass
