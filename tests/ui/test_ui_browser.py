@@ -211,6 +211,9 @@ def test_requests_page(browser, ui_server: UIServer, runs: Runs, tmp_path: Path)
         const gd = document.getElementById('timeline');
         return gd.data.filter(t => t.name === 'request').flatMap(t => t.customdata.map(c => c[4]));""")
     assert any(slowest.request_id in h for h in hovers), hovers
+    top = api["slowest"][0]
+    shaded = browser.execute_script("return document.getElementById('timeline').layout.shapes")
+    assert [(s["x0"], s["x1"]) for s in shaded] == [(top["start"] / 1e6, top["end"] / 1e6)]  # the linked request
     # the four client threads overlapped: requests that overlap in time are on rows of their own
     bars = browser.execute_script("""
         const t = document.getElementById('timeline').data.find(t => t.name === 'request');

@@ -143,6 +143,10 @@ const cirronUI = (() => {
     m.innerHTML = `<h1>Timeline</h1><div class="controls muted" id="tl-info">Drag to zoom, double-click to reset, shift-drag or the pan tool to pan, scroll to zoom.</div>`;
     const div = chartDiv(m, "timeline", 520);
     let pending = null, seq = 0;
+    // ?focus=START-END (ns): the step or request a link came from, shaded behind the bars
+    const focus = /^(\d+)-(\d+)$/.exec(q.get("focus") || "");
+    const shapes = focus ? [{ type: "rect", xref: "x", yref: "paper", x0: Number(focus[1]) / 1e6, x1: Number(focus[2]) / 1e6, y0: 0, y1: 1,
+      layer: "below", fillcolor: "rgba(250, 204, 21, 0.25)", line: { color: "#ca8a04", width: 1, dash: "dot" } }] : [];
 
     // Rows: a span goes on the first row below its parent that is free over its time, so spans
     // that overlap (concurrent requests, threads) sit side by side instead of on top of each other.
@@ -233,12 +237,12 @@ const cirronUI = (() => {
       const merged = doc.blocks.reduce((n, b) => n + b.count, 0);
       document.getElementById("tl-info").textContent =
         `${doc.visible} spans in view` + (merged ? `: ${doc.spans.length} drawn one by one, ${merged} too small to draw at this zoom merged into faint blocks` : ", all drawn") +
-        ` · window ${fmtNs(doc.t0)} – ${fmtNs(doc.t1)} of ${fmtNs(doc.duration_ns)}. ` + (note || "Drag to zoom, double-click for the whole session.");
+        ` · window ${fmtNs(doc.t0)} – ${fmtNs(doc.t1)} of ${fmtNs(doc.duration_ns)}. ` + (note || "Drag to zoom, double-click for the whole session.") + (focus ? " The linked span's time is shaded." : "");
       const lay = layout(doc);
       const height = Math.min(1400, Math.max(520, 60 * (lay.rows + 2) + 170));
       div.style.height = height + "px";
       await plot(div, traces(doc, lay), {
-        height, barmode: "overlay", showlegend: true, legend: { orientation: "h", y: -0.2 }, uniformtext: { mode: "hide", minsize: 9 }, hovermode: "closest", uirevision: "tl",
+        height, shapes, barmode: "overlay", showlegend: true, legend: { orientation: "h", y: -0.2 }, uniformtext: { mode: "hide", minsize: 9 }, hovermode: "closest", uirevision: "tl",
         dragmode: "zoom",
         xaxis: { title: "ms since session start", range: [doc.t0 / 1e6, doc.t1 / 1e6], zeroline: false },
         yaxis: { title: lay.overlap ? "nesting (overlapping spans side by side)" : "depth", fixedrange: true, range: [lay.rows + 0.6, -1.3],
@@ -307,7 +311,7 @@ const cirronUI = (() => {
       m.appendChild($("<h2>Slowest steps</h2>"));
       const rows = doc.slowest.map((s) => {
         const pad = Math.max(1000, (s.end - s.start) * 0.1);
-        return `<tr><td><a href="/session/${sid}/timeline?t0=${Math.max(0, Math.floor(s.start - pad))}&t1=${Math.ceil(s.end + pad)}">${esc(s.label)}</a></td>
+        return `<tr><td><a href="/session/${sid}/timeline?t0=${Math.max(0, Math.floor(s.start - pad))}&t1=${Math.ceil(s.end + pad)}&focus=${s.start}-${s.end}">${esc(s.label)}</a></td>
           <td class="num">${fmtNs(s.wall_ns)}</td>${["data_load", "forward", "backward", "optimizer_step", "other"].map((p) => `<td class="num">${fmtNs(s[p])}</td>`).join("")}</tr>`;
       }).join("");
       m.appendChild($(`<table id="slowest"><thead><tr><th>Step</th><th class="num">Wall</th><th class="num">data_load</th><th class="num">forward</th>
@@ -458,7 +462,7 @@ const cirronUI = (() => {
     m.appendChild($("<h2>Slowest requests</h2>"));
     const rows = doc.slowest.map((r) => {
       const pad = Math.max(1000, (r.end - r.start) * 0.1);
-      return `<tr><td><a href="/session/${sid}/timeline?t0=${Math.max(0, Math.floor(r.start - pad))}&t1=${Math.ceil(r.end + pad)}"><code>${esc(r.request_id || "?")}</code></a></td>
+      return `<tr><td><a href="/session/${sid}/timeline?t0=${Math.max(0, Math.floor(r.start - pad))}&t1=${Math.ceil(r.end + pad)}&focus=${r.start}-${r.end}"><code>${esc(r.request_id || "?")}</code></a></td>
         <td class="num">${fmtNs(r.latency_ns)}</td><td class="num">${fmtNs(r.ttft_ns)}</td><td class="num">${r.tokens ?? "–"}</td>
         <td class="num">${r.tokens_per_s == null ? "–" : r.tokens_per_s.toFixed(1)}</td><td>${esc(r.stream_end || "")}</td><td class="error">${esc(r.error || "")}</td></tr>`;
     }).join("");
