@@ -136,7 +136,15 @@ def test_requests_of_a_real_fastapi_server_match_what_was_sent(ui_server: UIServ
     by_id = {r.request_id: r for r in sent}
     slowest = doc["slowest"]
     assert len(slowest) == 20 and [r["latency_ns"] for r in slowest] == sorted((r["latency_ns"] for r in slowest), reverse=True)
-    assert [by_id[r["request_id"]].min_ns for r in slowest[:3]] == [300_000_000, 150_000_000, 80_000_000]
+    # each request made slow on purpose ranks no lower than the others that could have beaten it
+    # (whose client-side time exceeds its server-side sleep): exact on a quiet machine, still true
+    # under load, where a quick request may take longer than a slow one was told to
+    ranked = [by_id[r["request_id"]] for r in slowest]
+    for want in (300_000_000, 150_000_000, 80_000_000):
+        slow = next(r for r in sent if r.min_ns == want)
+        rivals = sum(1 for r in sent if r is not slow and r.client_ns > slow.min_ns)
+        if rivals < len(slowest):
+            assert slow in ranked and ranked.index(slow) <= rivals, (want, rivals)
     for row in slowest:
         mine = by_id[row["request_id"]]
         assert mine.min_ns <= row["latency_ns"] <= mine.client_ns
