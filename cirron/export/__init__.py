@@ -40,6 +40,7 @@ from cirron.export._otlp import (
 )
 from cirron.export._parquet import PARQUET_FILES, write_parquet
 from cirron.export._perfetto import to_trace_events, write_perfetto
+from cirron.spool.catalog import SessionInfo
 from cirron.spool.sessions import Session
 
 __all__ = [
@@ -99,11 +100,15 @@ def _write_chunked(fh: Any, items: Iterator[bytes], chunk: int = 5000) -> int:
     return n
 
 
-def write_otlp_json(sessions: Iterable[Session], path: str | os.PathLike[str]) -> int:
-    """Write the OTLP/JSON request to ``path`` atomically, streamed span by span (memory stays
-    flat however many spans); returns the number of spans."""
+def write_otlp_json(sessions: Iterable[Session | SessionInfo], path: str | os.PathLike[str]) -> int:
+    """Write the OTLP/JSON request to ``path`` atomically, streamed span by span; returns the
+    number of spans.
+
+    Each item is a rebuilt :class:`Session`, or the :class:`~cirron.spool.catalog.SessionInfo` of
+    a streamable session, which is read from its batch files span by span
+    (:func:`cirron.spool.outline.iter_span_marks`): memory then stays flat however big it is."""
     n = 0
-    with atomic_file(path) as tmp, open(tmp, "wb") as fh:
+    with atomic_file(path) as tmp, open(tmp, "wb", buffering=1 << 20) as fh:
         fh.write(b'{"resourceSpans":[')
         for i, sess in enumerate(sessions):
             if i:
@@ -111,8 +116,26 @@ def write_otlp_json(sessions: Iterable[Session], path: str | os.PathLike[str]) -
             shell = orjson.dumps(resource_spans_shell(sess.id, sess.resource, sess.sdk_version, sess.writer))
             head, tail = shell[:-4], shell[-4:]  # ...,"spans":[   |   ]}]}
             fh.write(head)
-            spans = iter_encoded_spans(sess.id, sess.spans, sess.marks, open_end_ns=sess.last_ns)
-            n += _write_chunked(fh, (orjson.dumps(sp) for sp in spans))
+            if isinstance(sess, Session):
+                spans = iter_encoded_spans(sess.id, sess.spans, sess.marks, open_end_ns=sess.last_ns)
+                n += _write_chunked(fh, (orjson.dumps(sp) for sp in spans))
+            else:
+                n += _write_streamed_spans(fh, sess)
             fh.write(tail)
         fh.write(b"]}")
+    return n
+
+
+def _write_streamed_spans(fh: Any, info: SessionInfo) -> int:
+    from cirron.export._otlp import derive_trace_id, event_bytes, is_genai_mark, span_json_pieces
+    from cirron.spool.outline import iter_span_marks
+
+    trace_id = derive_trace_id(info.id)
+    n = 0
+    for item in iter_span_marks(info, event_bytes, is_genai_mark):
+        if n:
+            fh.write(b",")
+        for piece in span_json_pieces(item, trace_id, info.last_ns):
+            fh.write(piece)
+        n += 1
     return n

@@ -47,11 +47,14 @@ __all__ = [
     "encode_attributes",
     "encode_resource_spans",
     "encode_session",
+    "event_bytes",
     "genai_attributes",
+    "is_genai_mark",
     "iter_encoded_spans",
     "parse_resource_attributes",
     "resource_attributes",
     "resource_spans_shell",
+    "span_json_pieces",
 ]
 
 SCOPE_NAME = "cirron"
@@ -288,6 +291,38 @@ def iter_encoded_spans(
         placeholder = {"id": sid, "name": "(span not written)", "start_ns": ts, "end_ns": ts,
                        "attrs": {"cirron.placeholder": True}}
         yield _encode_span(placeholder, trace_id, evs, open_end_ns)
+
+
+def event_bytes(mark: Any) -> bytes:
+    """One mark as the OTLP/JSON bytes of its span event (what :func:`iter_encoded_spans` nests)."""
+    import orjson
+
+    return orjson.dumps(_event(mark))
+
+
+def is_genai_mark(mark: Any) -> bool:
+    """Whether a mark feeds the GenAI attributes of its ``request`` span (:func:`genai_attributes`)."""
+    return _getter(mark)("name") in _LLM_MARKS
+
+
+def span_json_pieces(item: Any, trace_id: str, open_end_ns: int | None = None) -> Iterator[bytes]:
+    """The OTLP/JSON bytes of one span, in pieces, from a ``(span, encoded events, raw GenAI
+    marks)`` item (:class:`cirron.spool.outline.SpanMarks`, events made by :func:`event_bytes`).
+    Joined, they equal ``orjson.dumps`` of what :func:`iter_encoded_spans` yields; a span with
+    millions of events is never held whole."""
+    import orjson
+
+    span = _encode_span(item.span, trace_id, None, open_end_ns, item.raw)
+    status = span.pop("status", None)
+    head = orjson.dumps(span)[:-1]
+    first = next(item.encoded, None)
+    if first is None:
+        yield head
+    else:
+        yield head + b',"events":[' + first
+        yield from (b"," + e for e in item.encoded)
+        yield b"]"
+    yield (b',"status":' + orjson.dumps(status) + b"}") if status is not None else b"}"
 
 
 def _encode_span(s: Any, trace_id: str, events: list[dict[str, Any]] | None, open_end_ns: int | None,

@@ -219,7 +219,9 @@ class Catalog:
         for info in infos:
             yield self.load(info, fields)
 
-    def _streamable(self, info: SessionInfo) -> bool:
+    def streamable(self, info: SessionInfo) -> bool:
+        """Whether ``info``'s session can be read from its batch files one at a time
+        (:attr:`SessionInfo.streamable` in a spool the index could split by session)."""
         self.sessions  # noqa: B018  (the summary says how the spool must be read)
         return info.streamable and info.spool not in self._whole
 
@@ -229,7 +231,7 @@ class Catalog:
         from cirron.spool.reader import read_batch
 
         for info in infos:
-            if not self._streamable(info):
+            if not self.streamable(info):
                 yield from ((info, r) for r in self.load(info).snapshots)
                 continue
             kept: dict[str, Any] = {}
@@ -262,7 +264,7 @@ class Catalog:
 
         if not span_ids:
             return {}
-        if not self._streamable(info):
+        if not self.streamable(info):
             return {s["id"]: s for s in self.load(info).spans if s["id"] in span_ids}
         found: dict[str, Any] = {}
         for bf in info.files:

@@ -7,7 +7,8 @@ rules below are written once.
 Rules (spec section 3 and the ``cirron traces`` reference):
 
 * spans dedupe by ``id``: the record with ``end_ns`` wins, the later one among equals
-  (:func:`span_wins`); marks and snapshots dedupe by ``id``, last write wins;
+  (:func:`span_wins`); marks and snapshots dedupe by ``id``, last write wins; a session lists its
+  records in the order their winning records were written (what a streaming reader sees);
 * a session is rooted at each ``cirron.session`` span whose ``parent_id`` is null
   (:func:`is_session_root`); every other span belongs to the session its ``parent_id`` chain
   reaches (:func:`assign_owners`, iterative, linear, safe on cycles);
@@ -419,6 +420,7 @@ class Reconstructor:
             old = setdefault(s.id, s)
             if old is not s:
                 if span_wins(old.end_ns, s.end_ns):
+                    del spans[s.id]  # the winner takes the place where it was written
                     spans[s.id] = s
                     self._dups.append(old)
                 else:

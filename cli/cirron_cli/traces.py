@@ -112,6 +112,16 @@ def _iter_loaded(cat: Catalog, chosen: list[SessionInfo], fields: str = "full",
             tick()
 
 
+def _iter_streamed(cat: Catalog, chosen: list[SessionInfo]) -> Iterator[Session | SessionInfo]:
+    """Each chosen session as an exporter that streams takes it: the summary of one that can be
+    read file by file (:meth:`Catalog.streamable`), else the session rebuilt; a progress bar per
+    session on a TTY."""
+    with _progress("Exporting", total=len(chosen)) as tick:
+        for info in chosen:
+            yield info if cat.streamable(info) else cat.load(info)
+            tick()
+
+
 def _select(cat: Catalog, prefix: str | None) -> list[SessionInfo]:
     if prefix is None:
         return list(cat.sessions)
@@ -696,13 +706,12 @@ def export(
                     what = render.plural(rows, "span")
                 elif fmt == "json":
                     ex.write_json(_iter_chunks(cat, chosen, fields), path)
+                elif fmt == "perfetto":
+                    starts = [s.started_ns for s in chosen if s.started_ns is not None]
+                    ex.write_perfetto(_iter_loaded(cat, chosen, fields, progress=True), path,
+                                      base_ns=min(starts) if starts else None)
                 else:
-                    sessions = _iter_loaded(cat, chosen, fields, progress=True)
-                    if fmt == "perfetto":
-                        starts = [s.started_ns for s in chosen if s.started_ns is not None]
-                        ex.write_perfetto(sessions, path, base_ns=min(starts) if starts else None)
-                    else:
-                        ex.write_otlp_json(sessions, path)
+                    ex.write_otlp_json(_iter_streamed(cat, chosen), path)
     except CirronDependencyError as exc:
         fail(str(exc))
     except ex.OutputRefused as exc:

@@ -1,0 +1,286 @@
+"""One big session, span by span with its marks, in bounded memory (two passes over its files).
+
+The exports that nest marks inside their span (OTLP events) need, for each span, every mark
+that hangs from it. Rebuilding the session whole holds all its records; for a session whose
+batch files hold nothing else (:attr:`~cirron.spool.catalog.SessionInfo.streamable`) this module
+does it in two passes instead:
+
+1. an *outline* pass reads the files with summary fields and keeps, per record, its 128-bit id
+   key (and for marks the key of their span) in numpy arrays, about 40 bytes a record; the dedupe
+   winners (:func:`cirron.spool.reconstruct.span_wins`, last write wins for marks) and each
+   winning mark's span (its own, else the session root, as
+   :func:`cirron.spool.reconstruct.mark_span_id` says) are computed on them;
+2. the files are read again, one at a time, and each winning span is yielded with its marks.
+
+Spans come in the order :class:`~cirron.spool.reconstruct.Reconstructor` gives them (where their
+winning record was written) and marks in write order, so what is built from this stream equals
+what is built from the rebuilt session. A mark written before its span is kept, encoded by the
+caller, until the span arrives; past :data:`SPILL_BYTES` such marks go to a temporary file. A mark
+written after its span's winning record (rare: a summary added after the span closed) is read
+ahead, before the second pass, from the files holding such marks.
+
+Memory: the arrays (about 40 bytes per span or mark record of the session), one batch file's
+records, and at most :data:`SPILL_BYTES` of encoded marks waiting for their span.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import tempfile
+from array import array
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from cirron._schema import ROOT_SENTINEL
+from cirron.spool.catalog import SessionInfo
+from cirron.spool.reader import BatchFile, read_batch
+from cirron.spool.reconstruct import paused_gc
+
+__all__ = ["SPILL_BYTES", "SpanMarks", "iter_span_marks"]
+
+#: Encoded marks waiting for their span are held in memory up to this many bytes, then spilled.
+SPILL_BYTES = 32 << 20
+
+_MASK64 = (1 << 64) - 1
+
+
+def _keys(ids: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """128-bit keys ``(hi, lo)`` of ids (see :func:`cirron.spool.stream._key`)."""
+    from cirron.spool.stream import _key
+
+    n = len(ids)
+    hi = np.empty(n, dtype=np.uint64)
+    lo = np.empty(n, dtype=np.uint64)
+    for i, rec_id in enumerate(ids):
+        if type(rec_id) is str and len(rec_id) == 32:
+            try:
+                v = int(rec_id, 16)
+            except ValueError:
+                pass
+            else:
+                hi[i] = v >> 64
+                lo[i] = v & _MASK64
+                continue
+        hi[i], lo[i] = _key(rec_id)
+    return hi, lo
+
+
+def _last_of_each(hi: np.ndarray, lo: np.ndarray, closed: np.ndarray | None) -> np.ndarray:
+    from cirron.spool.stream import _winners
+
+    return _winners(hi, lo, closed)
+
+
+@dataclass
+class _Outline:
+    files: list[BatchFile]
+    #: Per file (and one past the end): its first span row and first mark row.
+    span_start: np.ndarray
+    mark_start: np.ndarray
+    span_win: np.ndarray
+    #: Per mark row: the span row it hangs from (-1: not a winning mark of the session).
+    mark_target: np.ndarray
+
+
+def _outline(info: SessionInfo) -> _Outline:
+    quiet = lambda _m: None  # noqa: E731 - the summary pass already reported every file
+    files: list[BatchFile] = []
+    s_parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+    m_parts: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
+    span_start = [0]
+    mark_start = [0]
+    for bf in info.files:
+        batch = read_batch(bf, quiet, "summary")
+        if batch is None:
+            continue
+        files.append(bf)
+        spans, marks = batch["spans"], batch["marks"]
+        hi, lo = _keys([s.id for s in spans])
+        s_parts.append((hi, lo, np.fromiter((s.end_ns is not None for s in spans), dtype=bool, count=len(spans))))
+        own = batch["session_id"] == info.id
+        mhi, mlo = _keys([m.id for m in marks])
+        targets = [m.span_id for m in marks]
+        on_span = np.fromiter((t is not None and t != ROOT_SENTINEL for t in targets), dtype=bool, count=len(marks))
+        thi, tlo = _keys([t if t is not None and t != ROOT_SENTINEL else "" for t in targets])
+        # 1: on a span id; 0: on the sentinel (or none) in the session's own batch; -1: neither
+        m_parts.append((mhi, mlo, thi, tlo, np.where(on_span, 1, 0 if own else -1).astype(np.int8)))
+        span_start.append(span_start[-1] + len(spans))
+        mark_start.append(mark_start[-1] + len(marks))
+        del batch, spans, marks, targets
+    u64 = np.uint64
+    shi = np.concatenate([p[0] for p in s_parts]) if s_parts else np.empty(0, u64)
+    slo = np.concatenate([p[1] for p in s_parts]) if s_parts else np.empty(0, u64)
+    closed = np.concatenate([p[2] for p in s_parts]) if s_parts else np.empty(0, bool)
+    del s_parts
+    span_win = _last_of_each(shi, slo, closed)
+    del closed
+    win_rows = np.flatnonzero(span_win)
+    whi, wlo = shi[win_rows], slo[win_rows]
+    del shi, slo
+    order = np.lexsort((wlo, whi))
+    whi, wlo, win_rows = whi[order], wlo[order], win_rows[order]
+    del order
+
+    def find(hi: np.ndarray, lo: np.ndarray) -> np.ndarray:
+        """The winning span row of each key, -1 where the session has no such span."""
+        if not len(win_rows):
+            return np.full(len(hi), -1, dtype=np.int64)
+        pos = np.searchsorted(whi, hi, side="left")
+        out = np.full(len(hi), -1, dtype=np.int64)
+        # equal hi runs are short (distinct ids differ in hi almost always): walk them
+        for _ in range(64):
+            ok = pos < len(whi)
+            ok[ok] &= whi[pos[ok]] == hi[ok]
+            if not ok.any():
+                break
+            hit = ok.copy()
+            hit[ok] &= wlo[pos[ok]] == lo[ok]
+            out[hit] = win_rows[pos[hit]]
+            pos = np.where(ok & ~hit & (out < 0), pos + 1, len(whi))
+        return out
+
+    root_hi, root_lo = _keys([info.id])
+    root_row = int(find(root_hi, root_lo)[0])
+    mhi = np.concatenate([p[0] for p in m_parts]) if m_parts else np.empty(0, u64)
+    mlo = np.concatenate([p[1] for p in m_parts]) if m_parts else np.empty(0, u64)
+    mark_win = _last_of_each(mhi, mlo, None)
+    del mhi, mlo
+    target = np.full(len(mark_win), -1, dtype=np.int64)
+    row = 0
+    for _mhi, _mlo, thi, tlo, attached in m_parts:
+        n = len(thi)
+        hit = find(thi, tlo)
+        hit = np.where(attached == 1, hit, -1)
+        # a mark on a span the session does not hold (or on the sentinel) hangs from the root;
+        # a sentinel mark of another session's batch is not this session's
+        own = np.where(hit >= 0, hit, np.where((attached == 1) | (attached == 0), root_row, -1))
+        target[row:row + n] = own
+        row += n
+    del m_parts
+    target[~mark_win] = -1
+    return _Outline(files, np.array(span_start, dtype=np.int64), np.array(mark_start, dtype=np.int64),
+                    span_win, target)
+
+
+class _MarkStore:
+    """Encoded marks waiting for their span, by span row, in arrival order; in memory up to
+    :data:`SPILL_BYTES`, then in a temporary file."""
+
+    def __init__(self) -> None:
+        self._mem: dict[int, list[tuple[bytes, Any]]] = {}
+        self._mem_bytes = 0
+        self._file: Any = None
+        self._spilled: dict[int, array] = {}
+        self._raw_spilled: dict[int, list[Any]] = {}
+
+    def add(self, row: int, data: bytes, raw: Any) -> None:
+        if self._file is None and self._mem_bytes + len(data) <= SPILL_BYTES:
+            self._mem.setdefault(row, []).append((data, raw))
+            self._mem_bytes += len(data)
+            return
+        if self._file is None:
+            self._file = tempfile.TemporaryFile(prefix="cirron-marks-")
+        fh = self._file
+        fh.seek(0, os.SEEK_END)
+        off = fh.tell()
+        fh.write(data)
+        self._spilled.setdefault(row, array("q")).extend((off, len(data)))
+        if raw is not None:
+            self._raw_spilled.setdefault(row, []).append(raw)
+
+    def take(self, row: int) -> tuple[list[bytes], Iterator[bytes], list[Any]]:
+        """The marks held for ``row``, removed from the store: those in memory, those read back
+        lazily from the spill file (consume them before the next :meth:`add`), and the raw ones."""
+        mem = self._mem.pop(row, ())
+        data = [d for d, _r in mem]
+        raws = [r for _d, r in mem if r is not None]
+        self._mem_bytes -= sum(len(d) for d in data)
+        spilled = self._spilled.pop(row, None)
+        if spilled is None:
+            return data, iter(()), raws
+        raws.extend(self._raw_spilled.pop(row, ()))
+        return data, self._read_back(spilled), raws
+
+    def _read_back(self, spilled: array) -> Iterator[bytes]:
+        fh = self._file
+        for i in range(0, len(spilled), 2):
+            fh.seek(spilled[i])
+            yield fh.read(spilled[i + 1])
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+
+
+@dataclass
+class SpanMarks:
+    """One winning span record and its marks: ``encoded`` (what the caller's ``encode`` made of
+    each, in write order; consume it before asking for the next span) and ``raw`` (the records
+    ``keep_raw`` asked to keep, in write order)."""
+
+    span: Any
+    encoded: Iterator[bytes]
+    raw: list[Any]
+
+
+def iter_span_marks(info: SessionInfo, encode: Callable[[Any], bytes],
+                    keep_raw: Callable[[Any], bool] = lambda _m: False) -> Iterator[SpanMarks]:
+    """The winning spans of a streamable session with their marks (see the module docstring)."""
+    with paused_gc():
+        ol = _outline(info)
+    quiet = lambda _m: None  # noqa: E731
+    mark_rows = np.flatnonzero(ol.mark_target >= 0)
+    mark_file = np.searchsorted(ol.mark_start, mark_rows, side="right") - 1
+    span_file = np.searchsorted(ol.span_start, ol.mark_target[mark_rows], side="right") - 1
+    late = mark_rows[mark_file > span_file]  # written after their span's winning record
+    del mark_rows, mark_file, span_file
+    early = _MarkStore()
+    late_store = _MarkStore()
+    try:
+        if len(late):
+            late_files = np.unique(np.searchsorted(ol.mark_start, late, side="right") - 1)
+            late_set = set(late.tolist())
+            for fi in late_files.tolist():
+                batch = read_batch(ol.files[fi], quiet, "full")
+                base = int(ol.mark_start[fi])
+                for j, m in enumerate(batch["marks"] if batch is not None else ()):
+                    if base + j in late_set:
+                        late_store.add(int(ol.mark_target[base + j]), encode(m), m if keep_raw(m) else None)
+            del late_set
+        late_rows = set(late.tolist()) if len(late) else set()
+        for fi, bf in enumerate(ol.files):
+            batch = read_batch(bf, quiet, "full")
+            if batch is None:
+                continue
+            s0, m0 = int(ol.span_start[fi]), int(ol.mark_start[fi])
+            local: dict[int, list[tuple[bytes, Any]]] = {}
+            targets = ol.mark_target[m0:m0 + len(batch["marks"])].tolist()
+            for j, m in enumerate(batch["marks"]):
+                t = targets[j]
+                if t < 0 or (m0 + j) in late_rows:
+                    continue
+                rec = (encode(m), m if keep_raw(m) else None)
+                if t >= s0 + len(batch["spans"]):
+                    early.add(t, *rec)
+                else:
+                    local.setdefault(t, []).append(rec)
+            win = ol.span_win[s0:s0 + len(batch["spans"])].tolist()
+            for j, s in enumerate(batch["spans"]):
+                if not win[j]:
+                    continue
+                row = s0 + j
+                mem, spilled, raws = early.take(row)
+                here = local.pop(row, ())
+                late_mem, late_spilled, late_raws = late_store.take(row)
+                raws.extend(r for _d, r in here if r is not None)
+                raws.extend(late_raws)
+                encoded = itertools.chain(mem, spilled, (d for d, _r in here), late_mem, late_spilled)
+                yield SpanMarks(s, encoded, raws)
+            del batch, local
+    finally:
+        early.close()
+        late_store.close()
