@@ -22,6 +22,8 @@ from typing import Any
 
 import pytest
 
+from cirron._schema import ROOT_SENTINEL
+
 BASE_NS = 1_776_486_598_051_509_000
 MS = 1_000_000
 
@@ -275,3 +277,42 @@ def factory(tmp_path: Path) -> Iterator[SpoolFactory]:
         yield f
     finally:
         f.close()
+
+
+def hard_session(factory: SpoolFactory) -> str:
+    """A session that makes streaming hard: a root written open first and closed last, spans
+    rewritten in later batches, marks written before their span (on the root sentinel, on an open
+    epoch), a mark written after its span closed, a mark id rewritten, a request span whose token
+    counts arrive in two batches, an error status and a non-finite value. Returns the root id."""
+    f = factory
+    root = f.span("cirron.session", start_ns=BASE_NS, dur_ns=900 * MS, attrs={"sdk_version": "0.1.0", "rank": 0})
+    rid = root["id"]
+    e0 = f.span("epoch", parent_id=rid, index=0, start_ns=BASE_NS + MS, dur_ns=400 * MS)
+    e1 = f.span("epoch", parent_id=rid, index=1, start_ns=BASE_NS + 500 * MS, dur_ns=300 * MS)
+    b0 = f.span("batch", parent_id=e0["id"], index=0, start_ns=BASE_NS + 2 * MS, dur_ns=10 * MS)
+    fwd = f.span("forward", parent_id=b0["id"], start_ns=BASE_NS + 3 * MS, dur_ns=5 * MS,
+                 attrs={"error": "ValueError: boom"})
+    req = f.span("request", parent_id=rid, start_ns=BASE_NS + 600 * MS, dur_ns=20 * MS,
+                 attrs={"model": "m1", "provider": "acme"})
+    dup_mark = f.mark(e0["id"], "lr", 0.1, ts_ns=BASE_NS + 5 * MS)
+    # batch 1: root and epoch 0 open, first marks (sentinel, open epoch, a mark id rewritten later)
+    f.write_batch([dict(root, end_ns=None), dict(e0, end_ns=None), b0, fwd],
+                  [f.mark(ROOT_SENTINEL, "loss", 1.0, ts_ns=BASE_NS + 4 * MS),
+                   f.mark(rid, "loss", 0.9, ts_ns=BASE_NS + 6 * MS), dup_mark,
+                   f.mark(b0["id"], "acc", "NaN", value_type="float", ts_ns=BASE_NS + 7 * MS)],
+                  session_id=rid)
+    # batch 2: epoch 0 closes, the request with one token count; more root marks
+    f.write_batch([e0, req, dict(e1, end_ns=None)],
+                  [f.mark(req["id"], "prompt_tokens", 12, kind="summary", ts_ns=BASE_NS + 620 * MS),
+                   f.mark(ROOT_SENTINEL, "loss", 0.5, ts_ns=BASE_NS + 610 * MS),
+                   dict(dup_mark, value=0.2)],
+                  session_id=rid)
+    # batch 3: a mark on batch 0 after it closed two batches ago; the other token count late
+    f.write_batch([e1],
+                  [f.mark(b0["id"], "grad_norm", 3.5, kind="summary", ts_ns=BASE_NS + 810 * MS),
+                   f.mark(req["id"], "completion_tokens", 30, kind="summary", ts_ns=BASE_NS + 811 * MS),
+                   f.mark(e1["id"], "note", "text value", ts_ns=BASE_NS + 812 * MS)],
+                  session_id=rid)
+    # batch 4: the root closes
+    f.write_batch([root], [f.mark(rid, "final", 1, kind="summary", ts_ns=BASE_NS + 899 * MS)], session_id=rid)
+    return rid

@@ -284,3 +284,224 @@ def iter_span_marks(info: SessionInfo, encode: Callable[[Any], bytes],
     finally:
         early.close()
         late_store.close()
+
+
+# --------------------------------------------------------------------------- the view's tree
+
+#: Node kinds of :class:`ViewOutline` (what ``cirron traces view`` prints, in order).
+NODE_SPAN, NODE_MARK, NODE_COLLAPSED = 0, 1, 2
+_NO_TIME = np.iinfo(np.int64).min
+
+
+def _plain_ids(ids: list[Any]) -> bool:
+    """Whether every id is 32 lowercase hex digits (their 128-bit keys then sort as the ids do)."""
+    for x in ids:
+        if type(x) is not str or len(x) != 32 or not (x.islower() or x.isdigit()):
+            return False
+    return True
+
+
+def _times(values: list[Any]) -> np.ndarray:
+    return np.fromiter((v if type(v) is int else _NO_TIME for v in values), dtype=np.int64, count=len(values))
+
+
+@dataclass
+class ViewOutline:
+    """The nodes ``cirron traces view`` prints for one streamable session, in order, from one
+    summary pass (:func:`view_outline`); the caller reads the files again for their records."""
+
+    files: list[BatchFile]
+    span_start: np.ndarray
+    mark_start: np.ndarray
+    #: Per node, in print order: its kind, its span row / mark row / collapsed index, its depth.
+    kind: np.ndarray
+    ref: np.ndarray
+    depth: np.ndarray
+    #: Per collapsed node: how many spans it hides and the wall time of its top ones.
+    collapsed_spans: np.ndarray
+    collapsed_ns: np.ndarray
+    root_row: int
+
+
+def view_outline(info: SessionInfo, depth: int | None, min_wall_ns: int | None) -> ViewOutline | None:
+    """What ``view`` prints of ``info``'s session (its tree to ``depth``, spans shorter than
+    ``min_wall_ns`` hidden with what hangs below them), as the whole-session view computes it
+    (``cirron_cli.traces``), keeping about 50 bytes per record. ``None`` when the session's ids
+    are not all 32 lowercase hex digits (their order would then need the ids themselves)."""
+    with paused_gc():
+        return _view_outline(info, depth, min_wall_ns)
+
+
+def _view_outline(info: SessionInfo, depth: int | None, min_wall_ns: int | None) -> ViewOutline | None:
+    quiet = lambda _m: None  # noqa: E731
+    files: list[BatchFile] = []
+    sp: dict[str, list[np.ndarray]] = {k: [] for k in ("hi", "lo", "pjoin", "has_p", "closed", "start", "end")}
+    mk: dict[str, list[np.ndarray]] = {k: [] for k in ("hi", "lo", "tjoin", "att", "ts")}
+    span_start, mark_start = [0], [0]
+    for bf in info.files:
+        batch = read_batch(bf, quiet, "export")  # summary reads leave out the marks' times
+        if batch is None:
+            continue
+        files.append(bf)
+        spans, marks = batch["spans"], batch["marks"]
+        ids = [s.id for s in spans]
+        if not _plain_ids(ids):
+            return None
+        hi, lo = _keys(ids)
+        sp["hi"].append(hi)
+        sp["lo"].append(lo)
+        parents = [s.parent_id for s in spans]
+        phi, plo = _keys([p if p is not None else "" for p in parents])
+        sp["pjoin"].append(phi ^ plo)
+        sp["has_p"].append(np.fromiter((p is not None for p in parents), dtype=bool, count=len(spans)))
+        sp["closed"].append(np.fromiter((s.end_ns is not None for s in spans), dtype=bool, count=len(spans)))
+        sp["start"].append(_times([s.start_ns for s in spans]))
+        sp["end"].append(_times([s.end_ns for s in spans]))
+        own = batch["session_id"] == info.id
+        mhi, mlo = _keys([m.id for m in marks])
+        targets = [m.span_id for m in marks]
+        on_span = np.fromiter((t is not None and t != ROOT_SENTINEL for t in targets), dtype=bool, count=len(marks))
+        thi, tlo = _keys([t if t is not None and t != ROOT_SENTINEL else "" for t in targets])
+        mk["hi"].append(mhi)
+        mk["lo"].append(mlo)
+        mk["tjoin"].append(thi ^ tlo)
+        mk["att"].append(np.where(on_span, 1, 0 if own else -1).astype(np.int8))
+        mk["ts"].append(_times([m.ts_ns for m in marks]))
+        span_start.append(span_start[-1] + len(spans))
+        mark_start.append(mark_start[-1] + len(marks))
+        del batch, spans, marks
+    cat = {k: (np.concatenate(v) if v else np.empty(0, np.uint64)) for k, v in sp.items()}
+    del sp
+    win = _last_of_each(cat["hi"], cat["lo"], cat["closed"].astype(bool))
+    rows = np.flatnonzero(win)
+    del win
+    whi, wlo = cat.pop("hi")[rows], cat.pop("lo")[rows]
+    pjoin, has_p = cat.pop("pjoin")[rows], cat.pop("has_p")[rows].astype(bool)
+    start, end = cat.pop("start")[rows].astype(np.int64), cat.pop("end")[rows].astype(np.int64)
+    del cat
+    n = len(rows)
+    join = whi ^ wlo
+    by_join = np.argsort(join, kind="stable")
+    sorted_join = join[by_join]
+
+    def lookup(keys: np.ndarray) -> np.ndarray:
+        if not n:
+            return np.full(len(keys), -1, dtype=np.int64)
+        pos = np.minimum(np.searchsorted(sorted_join, keys), n - 1)
+        return np.where(sorted_join[pos] == keys, by_join[pos], -1)
+
+    root_hi, root_lo = _keys([info.id])
+    root_idx = int(lookup(root_hi ^ root_lo)[0])
+    if root_idx < 0:
+        return None
+    parent = np.where(has_p, lookup(pjoin), -1)
+    parent[root_idx] = -1
+    del pjoin, has_p
+    valid = (start != _NO_TIME) & (end != _NO_TIME)
+    wall = np.where(valid, end - start, 0)
+    visible = np.ones(n, dtype=bool) if min_wall_ns is None else ~(valid & (wall < min_wall_ns))
+    visible[root_idx] = True
+    # depth and reachability (a span shows when it and all its ancestors are visible)
+    level = np.full(n, -1, dtype=np.int32)
+    level[root_idx] = 0
+    reach = np.zeros(n, dtype=bool)
+    reach[root_idx] = True
+    frontier = np.array([root_idx])
+    by_parent = np.argsort(parent, kind="stable")
+    sorted_parent = parent[by_parent]
+    levels: list[np.ndarray] = []
+    d = 0
+    while len(frontier):
+        lo_pos = np.searchsorted(sorted_parent, frontier, side="left")
+        hi_pos = np.searchsorted(sorted_parent, frontier, side="right")
+        kids = np.concatenate([by_parent[a:b] for a, b in zip(lo_pos.tolist(), hi_pos.tolist())]) if len(
+            frontier) else np.empty(0, np.int64)
+        kids = kids[level[kids] < 0]  # never revisit (a cycle cannot reach here, but be safe)
+        d += 1
+        level[kids] = d
+        kids = kids[visible[kids]]
+        reach[kids] = True
+        if len(kids):
+            levels.append(kids)
+        frontier = kids
+    del by_parent, sorted_parent
+    limit = np.iinfo(np.int32).max if depth is None else depth
+    shown = reach & (level <= limit)
+    # collapsed nodes: below each shown span at the limit, its reachable descendants
+    coll_idx = np.flatnonzero(shown & (level == limit)) if depth is not None else np.empty(0, np.int64)
+    coll_spans = np.zeros(0, dtype=np.int64)
+    coll_ns = np.zeros(0, dtype=np.int64)
+    if len(coll_idx):
+        desc = np.zeros(n, dtype=np.int64)
+        for kids in reversed(levels):
+            np.add.at(desc, parent[kids], desc[kids] + 1)
+        child_wall = np.zeros(n, dtype=np.int64)
+        timed = np.concatenate(levels) if levels else np.empty(0, np.int64)
+        timed = timed[valid[timed]]
+        np.add.at(child_wall, parent[timed], wall[timed])
+        coll_spans, coll_ns = desc[coll_idx], child_wall[coll_idx]
+        keep = coll_spans > 0
+        coll_idx, coll_spans, coll_ns = coll_idx[keep], coll_spans[keep], coll_ns[keep]
+        del desc, child_wall
+    del levels, visible, reach, wall, valid
+
+    # marks: the last write of each id, hanging from its span (the root when unknown)
+    mcat = {k: (np.concatenate(v) if v else np.empty(0, np.uint64)) for k, v in mk.items()}
+    del mk
+    mwin = _last_of_each(mcat.pop("hi"), mcat.pop("lo"), None) if len(mcat["tjoin"]) else np.zeros(0, bool)
+    att = mcat["att"].astype(np.int8)
+    hit = np.where(att == 1, lookup(mcat["tjoin"].astype(np.uint64)), -1)
+    target = np.where(hit >= 0, hit, np.where(att >= 0, root_idx, -1))
+    target[~mwin] = -1
+    expand = shown & (level < limit)
+    mark_ok = (target >= 0)
+    mark_ok[mark_ok] &= expand[target[mark_ok]]
+    mark_rows = np.flatnonzero(mark_ok)
+    mark_parent = target[mark_rows]
+    mark_ts = mcat["ts"].astype(np.int64)[mark_rows]
+    mark_ts = np.where(mark_ts == _NO_TIME, 0, mark_ts)
+    del mcat, hit, target, mark_ok
+
+    # children of every expanded span, spans then marks at equal times, in print order
+    child_idx = np.flatnonzero(shown & (parent >= 0))
+    child_idx = child_idx[expand[parent[child_idx]]]
+    c_parent = np.concatenate([parent[child_idx], mark_parent])
+    c_time = np.concatenate([np.where(start[child_idx] == _NO_TIME, 0, start[child_idx]), mark_ts])
+    c_group = np.concatenate([np.zeros(len(child_idx), np.int8), np.ones(len(mark_rows), np.int8)])
+    tie1 = np.concatenate([whi[child_idx], mark_rows.astype(np.uint64)])
+    tie2 = np.concatenate([wlo[child_idx], np.zeros(len(mark_rows), np.uint64)])
+    c_kind = np.concatenate([np.full(len(child_idx), NODE_SPAN, np.int8), np.full(len(mark_rows), NODE_MARK, np.int8)])
+    c_ref = np.concatenate([rows[child_idx], mark_rows])
+    c_span = np.concatenate([child_idx, np.full(len(mark_rows), -1, np.int64)])
+    order = np.lexsort((tie2, tie1, c_group, c_time, c_parent))
+    c_parent, c_kind, c_ref, c_span = c_parent[order], c_kind[order], c_ref[order], c_span[order]
+    del c_time, c_group, tie1, tie2, order, whi, wlo, mark_parent, mark_ts
+    coll_of = dict(zip(coll_idx.tolist(), range(len(coll_idx))))
+
+    kinds: list[int] = []
+    refs: list[int] = []
+    depths: list[int] = []
+    stack: list[tuple[int, int, int, int]] = [(NODE_SPAN, int(rows[root_idx]), root_idx, 0)]
+    lv = level
+    while stack:
+        k, ref, idx, d = stack.pop()
+        kinds.append(k)
+        refs.append(ref)
+        depths.append(d)
+        if k != NODE_SPAN:
+            continue
+        c = coll_of.get(idx)
+        if c is not None:
+            kinds.append(NODE_COLLAPSED)
+            refs.append(c)
+            depths.append(d + 1)
+            continue
+        if lv[idx] >= limit:
+            continue
+        a = int(np.searchsorted(c_parent, idx, side="left"))
+        b = int(np.searchsorted(c_parent, idx, side="right"))
+        for j in range(b - 1, a - 1, -1):
+            stack.append((int(c_kind[j]), int(c_ref[j]), int(c_span[j]), d + 1))
+    return ViewOutline(files, np.array(span_start, np.int64), np.array(mark_start, np.int64),
+                       np.array(kinds, np.int8), np.array(refs, np.int64), np.array(depths, np.int32),
+                       coll_spans, coll_ns, int(rows[root_idx]))

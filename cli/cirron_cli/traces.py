@@ -288,36 +288,9 @@ class _SessionView:
             for _, _, k, x in reversed(merged):
                 stack.append((k, x, d + 1))
 
-    def open_text(self) -> str:
-        return f"({self.session.status})" if self.session.status != "ended" else "(open)"
-
     def lines(self, color: bool) -> Iterator[str]:
-        def paint(text: str, role: str) -> str:  # the duration comes styled by its state
-            styles = _VIEW_STYLES.get(role)
-            return style(text, styles, color=color) if styles else text
-
         for node in self.nodes:
-            indent = "  " * node["depth"]
-            t = node["type"]
-            if t == "header":
-                yield indent + style(node["name"], "bold", color=color)
-            elif t == "span":
-                span = node["span"]
-                w = _wall(span)
-                if w is None:
-                    dur = style(self.open_text(), "green" if self.session.live else "red", color=color)
-                else:
-                    dur = style(format_duration_ns(w), "yellow", color=color)
-                yield view_span_line(node["depth"], label_of(span), dur, _attr_text(span, node["root"]), paint)
-            elif t == "mark":
-                m = node["mark"]
-                yield view_mark_line(node["depth"], m.get("name"), format_view_value(_mark_value(m)),
-                                     m.get("kind") == "summary", paint)
-            else:
-                yield indent + style(
-                    f"… {format_duration_ns(node['duration_ns'])} ({render.plural(node['spans'], 'span')}, collapsed)",
-                    "dim", color=color,
-                )
+            yield _node_line(node, self.info, color)
 
     def to_json(self) -> dict:
         out_nodes = []
@@ -343,6 +316,104 @@ class _SessionView:
                 out_nodes.append({"type": "collapsed", "depth": node["depth"], "spans": node["spans"],
                                   "duration_ns": str(node["duration_ns"])})
         return {**_session_summary(self.info), "nodes": out_nodes}
+
+
+def _node_line(node: dict, info: SessionInfo, color: bool) -> str:
+    """One printed line of ``view``: a header, span, mark or collapsed node of ``info``'s session."""
+    def paint(text: str, role: str) -> str:  # the duration comes styled by its state
+        styles = _VIEW_STYLES.get(role)
+        return style(text, styles, color=color) if styles else text
+
+    indent = "  " * node["depth"]
+    t = node["type"]
+    if t == "header":
+        return indent + style(node["name"], "bold", color=color)
+    if t == "span":
+        span = node["span"]
+        w = _wall(span)
+        if w is None:
+            open_text = f"({info.status})" if info.status != "ended" else "(open)"
+            dur = style(open_text, "green" if info.live else "red", color=color)
+        else:
+            dur = style(format_duration_ns(w), "yellow", color=color)
+        return view_span_line(node["depth"], label_of(span), dur, _attr_text(span, node["root"]), paint)
+    if t == "mark":
+        m = node["mark"]
+        return view_mark_line(node["depth"], m.get("name"), format_view_value(_mark_value(m)),
+                              m.get("kind") == "summary", paint)
+    return indent + style(
+        f"… {format_duration_ns(node['duration_ns'])} ({render.plural(node['spans'], 'span')}, collapsed)",
+        "dim", color=color,
+    )
+
+
+def _streamed_view_lines(info: SessionInfo, depth: int | None, min_wall: int | None,
+                         color: bool) -> Iterator[str] | None:
+    """The lines of ``view`` for a session read file by file (:func:`cirron.spool.outline.view_outline`):
+    the records of the printed nodes are rendered as the files are read, kept in a temporary file,
+    and printed in tree order. ``None`` when the session cannot be read that way."""
+    import tempfile
+
+    import numpy as np
+
+    from cirron.spool import outline as ol
+    from cirron.spool.reader import read_batch
+
+    plan = ol.view_outline(info, depth, min_wall)
+    if plan is None:
+        return None
+    n = len(plan.kind)
+    off = np.zeros(n, dtype=np.int64)
+    length = np.zeros(n, dtype=np.int64)
+    spill = tempfile.TemporaryFile(prefix="cirron-view-")
+
+    def positions(kind: int) -> tuple[np.ndarray, np.ndarray]:
+        pos = np.flatnonzero(plan.kind == kind)
+        order = np.argsort(plan.ref[pos], kind="stable")
+        return pos[order], plan.ref[pos][order]
+
+    span_pos, span_refs = positions(ol.NODE_SPAN)
+    mark_pos, mark_refs = positions(ol.NODE_MARK)
+    for fi, bf in enumerate(plan.files):
+        s0, s1 = int(plan.span_start[fi]), int(plan.span_start[fi + 1])
+        m0, m1 = int(plan.mark_start[fi]), int(plan.mark_start[fi + 1])
+        sa, sb = np.searchsorted(span_refs, [s0, s1])
+        ma, mb = np.searchsorted(mark_refs, [m0, m1])
+        if sa == sb and ma == mb:
+            continue
+        batch = read_batch(bf, lambda _m: None, "full")
+        if batch is None:
+            continue
+        for pos, ref in zip(span_pos[sa:sb].tolist(), span_refs[sa:sb].tolist()):
+            node = {"type": "span", "depth": int(plan.depth[pos]), "span": batch["spans"][ref - s0],
+                    "root": ref == plan.root_row}
+            _spill_line(spill, off, length, pos, _node_line(node, info, color))
+        for pos, ref in zip(mark_pos[ma:mb].tolist(), mark_refs[ma:mb].tolist()):
+            node = {"type": "mark", "depth": int(plan.depth[pos]), "mark": batch["marks"][ref - m0]}
+            _spill_line(spill, off, length, pos, _node_line(node, info, color))
+        del batch
+
+    def lines() -> Iterator[str]:
+        with spill:
+            for pos in range(n):
+                if plan.kind[pos] == ol.NODE_COLLAPSED:
+                    c = int(plan.ref[pos])
+                    node = {"type": "collapsed", "depth": int(plan.depth[pos]),
+                            "spans": int(plan.collapsed_spans[c]), "duration_ns": int(plan.collapsed_ns[c])}
+                    yield _node_line(node, info, color)
+                elif length[pos]:
+                    spill.seek(int(off[pos]))
+                    yield spill.read(int(length[pos])).decode("utf-8")
+
+    return lines()
+
+
+def _spill_line(spill: Any, off: Any, length: Any, pos: int, line: str) -> None:
+    data = line.encode("utf-8", "surrogatepass")
+    spill.seek(0, os.SEEK_END)
+    off[pos] = spill.tell()
+    length[pos] = len(data)
+    spill.write(data)
 
 
 def _json_scalar(v: Any) -> Any:
@@ -423,16 +494,20 @@ def view(
     out = sys.stdout
     if json_out:
         out.write("[")
-    for i, (info, sess) in enumerate(zip(chosen, cat.iter_load(chosen))):
-        v = _SessionView(info, sess, name, depth, min_ns)
-        if json_out:
-            out.write(("," if i else "") + orjson.dumps(v.to_json(), option=orjson.OPT_INDENT_2).decode())
-            continue
+    for i, info in enumerate(chosen):
+        streamed = None
+        if not json_out and name is None and cat.streamable(info):
+            streamed = _streamed_view_lines(info, depth, min_ns, color)
+        if streamed is None:
+            v = _SessionView(info, cat.load(info), name, depth, min_ns)
+            if json_out:
+                out.write(("," if i else "") + orjson.dumps(v.to_json(), option=orjson.OPT_INDENT_2).decode())
+                continue
         if i:
             out.write("\n")
         if run is not None:
             out.write(style(_rank_header(info), "bold", "magenta", color=color) + "\n")
-        for line in v.lines(color):
+        for line in streamed if streamed is not None else v.lines(color):
             out.write(line + "\n")
     if json_out:
         out.write("]\n")

@@ -1,0 +1,47 @@
+"""``traces view`` of a session read file by file prints what the rebuilt session's view prints."""
+
+from __future__ import annotations
+
+import pytest
+from spool_factory import BASE_NS, MS, SpoolFactory, hard_session
+
+from cirron.spool.catalog import open_catalog
+from cirron_cli.traces import _SessionView, _streamed_view_lines
+
+
+@pytest.fixture
+def cat(factory: SpoolFactory):
+    hard_session(factory)
+    factory.session(start_ns=BASE_NS + 10**12, split=True, epochs=3)
+    return open_catalog([factory.spool_dir])
+
+
+@pytest.mark.parametrize("depth", [None, 0, 1, 2, 3])
+@pytest.mark.parametrize("min_wall", [None, 6 * MS, 30 * MS])
+@pytest.mark.parametrize("color", [False, True])
+def test_streamed_view_equals_the_rebuilt_sessions(cat, depth, min_wall, color):
+    assert len(cat.sessions) == 2
+    for info in cat.sessions:
+        assert cat.streamable(info)
+        streamed = _streamed_view_lines(info, depth, min_wall, color)
+        assert streamed is not None
+        whole = _SessionView(info, cat.load(info), None, depth, min_wall).lines(color)
+        assert list(streamed) == list(whole)
+
+
+def test_view_prints_the_streamed_lines(cat):
+    from cli_helpers import run_cli
+
+    info = cat.sessions[0]
+    r = run_cli("traces", "view", "--session", info.id, "--depth", "1", "--spool", str(info.spool))
+    assert r.exit_code == 0, r.output
+    expected = list(_SessionView(info, cat.load(info), None, 1, None).lines(False))
+    assert r.output.splitlines() == expected
+    assert "ci.mark loss=1" in r.output and "… " in r.output
+
+
+def test_ids_that_do_not_sort_as_keys_use_the_rebuilt_session(factory: SpoolFactory):
+    root = factory.span("cirron.session", id="Root-Not-Hex", dur_ns=MS)
+    factory.write_batch([root, factory.span("step", parent_id="Root-Not-Hex")], session_id="Root-Not-Hex")
+    info = open_catalog([factory.spool_dir]).sessions[0]
+    assert _streamed_view_lines(info, 1, None, False) is None
