@@ -105,7 +105,7 @@ def measure(cmd: list[str], cwd: Path) -> tuple[float, float, int, float]:
     if _TIME and os.path.exists("/usr/bin/time"):
         t0 = time.perf_counter()
         p = subprocess.run(["/usr/bin/time", "-v", *cmd], cwd=cwd, env=env, stdout=subprocess.DEVNULL,
-                           stderr=subprocess.PIPE, text=True)
+                           stderr=subprocess.PIPE, text=True, input="n\n")  # a clear's prompt: declined
         wall = time.perf_counter() - t0
         m = re.search(r"Maximum resident set size \(kbytes\): (\d+)", p.stderr)
         rss = int(m.group(1)) / 1024 if m else float("nan")
@@ -180,6 +180,9 @@ def _commands(work: Path, spool: Path) -> list[tuple[str, list[str]]]:
         ("traces ranks", [*c, "traces", "ranks", *sp]),
         ("traces snapshots", [*c, "traces", "snapshots", *sp]),
         ("spool list", [*c, "spool", "list", *sp]),
+        # the clears plan everything and delete nothing: an old cutoff, a declined prompt
+        ("traces clear --before 2000-01-01", [*c, "traces", "clear", "--before", "2000-01-01", *sp]),
+        ("spool clear (declined)", [*c, "spool", "clear", "--spool", str(spool)]),
         ("export parquet", [*c, "traces", "export", "--format", "parquet", "--output", str(out / "pq"), *sp]),
         ("export parquet --partition-by session",
          [*c, "traces", "export", "--format", "parquet", "--partition-by", "session", "--output",

@@ -70,9 +70,32 @@ def _keys(ids: list[str]) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _last_of_each(hi: np.ndarray, lo: np.ndarray, closed: np.ndarray | None) -> np.ndarray:
-    from cirron.spool.stream import _winners
+    """Boolean mask of the rows that win the dedupe of their key (rows in write order): the last
+    closed one, else the last one (``closed=None``: the last one), as
+    :func:`cirron.spool.stream._winners` decides, with fewer temporaries (a stable sort keeps
+    equal keys in row order)."""
+    n = len(hi)
+    keep = np.zeros(n, dtype=bool)
+    if n == 0:
+        return keep
+    order = np.lexsort((closed, lo, hi) if closed is not None else (lo, hi))
+    h = hi[order]
+    last = np.empty(n, dtype=bool)
+    last[-1] = True
+    np.not_equal(h[1:], h[:-1], out=last[:-1])
+    del h
+    lo_sorted = lo[order]
+    last[:-1] |= lo_sorted[1:] != lo_sorted[:-1]
+    del lo_sorted
+    keep[order[last]] = True
+    return keep
 
-    return _winners(hi, lo, closed)
+
+def _stack(parts: list[np.ndarray], dtype: Any) -> np.ndarray:
+    """The per-file arrays as one, freeing them as it goes."""
+    out = np.concatenate(parts) if parts else np.empty(0, dtype=dtype)
+    parts.clear()
+    return out
 
 
 @dataclass
@@ -370,15 +393,19 @@ def _view_outline(info: SessionInfo, depth: int | None, min_wall_ns: int | None)
         span_start.append(span_start[-1] + len(spans))
         mark_start.append(mark_start[-1] + len(marks))
         del batch, spans, marks
-    cat = {k: (np.concatenate(v) if v else np.empty(0, np.uint64)) for k, v in sp.items()}
+    # marks first: their per-file arrays as one before the spans' temporaries exist
+    mcat = {k: _stack(v, np.uint64) for k, v in mk.items()}
+    del mk
+    hi, lo, closed = _stack(sp["hi"], np.uint64), _stack(sp["lo"], np.uint64), _stack(sp["closed"], bool)
+    rows = np.flatnonzero(_last_of_each(hi, lo, closed))
+    del closed
+    whi, wlo = hi[rows], lo[rows]
+    del hi, lo
+    pjoin = _stack(sp["pjoin"], np.uint64)[rows]
+    has_p = _stack(sp["has_p"], bool)[rows].astype(bool)
+    start = _stack(sp["start"], np.int64)[rows].astype(np.int64)
+    end = _stack(sp["end"], np.int64)[rows].astype(np.int64)
     del sp
-    win = _last_of_each(cat["hi"], cat["lo"], cat["closed"].astype(bool))
-    rows = np.flatnonzero(win)
-    del win
-    whi, wlo = cat.pop("hi")[rows], cat.pop("lo")[rows]
-    pjoin, has_p = cat.pop("pjoin")[rows], cat.pop("has_p")[rows].astype(bool)
-    start, end = cat.pop("start")[rows].astype(np.int64), cat.pop("end")[rows].astype(np.int64)
-    del cat
     n = len(rows)
     join = whi ^ wlo
     by_join = np.argsort(join, kind="stable")
@@ -446,8 +473,6 @@ def _view_outline(info: SessionInfo, depth: int | None, min_wall_ns: int | None)
     del levels, visible, reach, wall, valid
 
     # marks: the last write of each id, hanging from its span (the root when unknown)
-    mcat = {k: (np.concatenate(v) if v else np.empty(0, np.uint64)) for k, v in mk.items()}
-    del mk
     mwin = _last_of_each(mcat.pop("hi"), mcat.pop("lo"), None) if len(mcat["tjoin"]) else np.zeros(0, bool)
     att = mcat["att"].astype(np.int8)
     hit = np.where(att == 1, lookup(mcat["tjoin"].astype(np.uint64)), -1)
