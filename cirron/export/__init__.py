@@ -40,7 +40,7 @@ from cirron.export._otlp import (
 )
 from cirron.export._parquet import PARQUET_FILES, write_parquet
 from cirron.export._perfetto import to_trace_events, write_perfetto
-from cirron.spool.catalog import SessionInfo
+from cirron.spool.catalog import Catalog, SessionInfo
 from cirron.spool.sessions import Session
 
 __all__ = [
@@ -116,26 +116,35 @@ def write_otlp_json(sessions: Iterable[Session | SessionInfo], path: str | os.Pa
             shell = orjson.dumps(resource_spans_shell(sess.id, sess.resource, sess.sdk_version, sess.writer))
             head, tail = shell[:-4], shell[-4:]  # ...,"spans":[   |   ]}]}
             fh.write(head)
-            if isinstance(sess, Session):
+            streamed = None if isinstance(sess, Session) else _streamed_spans(sess)
+            if streamed is not None:
+                n += _write_streamed_spans(fh, sess.id, sess.last_ns, streamed)
+            else:
+                if not isinstance(sess, Session):  # ids the outline cannot sort: rebuilt whole
+                    sess = Catalog([sess.spool], lambda _m: None).load(sess)
                 spans = iter_encoded_spans(sess.id, sess.spans, sess.marks, open_end_ns=sess.last_ns)
                 n += _write_chunked(fh, (orjson.dumps(sp) for sp in spans))
-            else:
-                n += _write_streamed_spans(fh, sess)
             fh.write(tail)
         fh.write(b"]}")
     return n
 
 
-def _write_streamed_spans(fh: Any, info: SessionInfo) -> int:
-    from cirron.export._otlp import derive_trace_id, event_bytes, is_genai_mark, span_json_pieces
+def _streamed_spans(info: SessionInfo) -> Iterator[Any] | None:
+    from cirron.export._otlp import event_bytes, is_genai_mark
     from cirron.spool.outline import iter_span_marks
 
-    trace_id = derive_trace_id(info.id)
+    return iter_span_marks(info, event_bytes, is_genai_mark)
+
+
+def _write_streamed_spans(fh: Any, session_id: str, open_end_ns: int | None, items: Iterator[Any]) -> int:
+    from cirron.export._otlp import derive_trace_id, span_json_pieces
+
+    trace_id = derive_trace_id(session_id)
     n = 0
-    for item in iter_span_marks(info, event_bytes, is_genai_mark):
+    for item in items:
         if n:
             fh.write(b",")
-        for piece in span_json_pieces(item, trace_id, info.last_ns):
+        for piece in span_json_pieces(item, trace_id, open_end_ns):
             fh.write(piece)
         n += 1
     return n

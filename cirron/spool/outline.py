@@ -1,17 +1,16 @@
-"""One big session, span by span with its marks, in bounded memory (two passes over its files).
+"""One big session read in bounded memory: two passes over its batch files instead of a rebuild.
 
-The exports that nest marks inside their span (OTLP events) need, for each span, every mark
-that hangs from it. Rebuilding the session whole holds all its records; for a session whose
-batch files hold nothing else (:attr:`~cirron.spool.catalog.SessionInfo.streamable`) this module
-does it in two passes instead:
+Rebuilding a session whole holds all its records. For a session whose batch files hold nothing
+else (:attr:`~cirron.spool.catalog.SessionInfo.streamable`) the readers here make two passes:
 
-1. an *outline* pass reads the files with summary fields and keeps, per record, its 128-bit id
-   key (and for marks the key of their span) in numpy arrays, about 40 bytes a record; the dedupe
-   winners (:func:`cirron.spool.reconstruct.span_wins`, last write wins for marks) and each
-   winning mark's span (its own, else the session root, as
+1. :func:`session_columns` reads the files once and keeps, per record, its 128-bit id key, its
+   parent's (or for a mark its span's) key and its times in numpy arrays, about 80 bytes a
+   record; the dedupe winners (:func:`cirron.spool.reconstruct.span_wins`, last write wins for
+   marks), each span's parent and each mark's span (its own, else the session root, as
    :func:`cirron.spool.reconstruct.mark_span_id` says) are computed on them;
-2. the files are read again, one at a time, and each winning span is yielded with its marks.
+2. the files are read again, one at a time, for the records a command prints or writes.
 
+:func:`iter_span_marks` yields each winning span with its marks (OTLP nests marks in their span).
 Spans come in the order :class:`~cirron.spool.reconstruct.Reconstructor` gives them (where their
 winning record was written) and marks in write order, so what is built from this stream equals
 what is built from the rebuilt session. A mark written before its span is kept, encoded by the
@@ -19,8 +18,11 @@ caller, until the span arrives; past :data:`SPILL_BYTES` such marks go to a temp
 written after its span's winning record (rare: a summary added after the span closed) is read
 ahead, before the second pass, from the files holding such marks.
 
-Memory: the arrays (about 40 bytes per span or mark record of the session), one batch file's
-records, and at most :data:`SPILL_BYTES` of encoded marks waiting for their span.
+:func:`view_outline` computes the nodes ``cirron traces view`` prints (the tree to a depth,
+hidden spans, collapsed counts) on the columns.
+
+Memory: the columns, one batch file's records, and at most :data:`SPILL_BYTES` of encoded marks
+waiting for their span.
 """
 
 from __future__ import annotations
@@ -98,97 +100,6 @@ def _stack(parts: list[np.ndarray], dtype: Any) -> np.ndarray:
     return out
 
 
-@dataclass
-class _Outline:
-    files: list[BatchFile]
-    #: Per file (and one past the end): its first span row and first mark row.
-    span_start: np.ndarray
-    mark_start: np.ndarray
-    span_win: np.ndarray
-    #: Per mark row: the span row it hangs from (-1: not a winning mark of the session).
-    mark_target: np.ndarray
-
-
-def _outline(info: SessionInfo) -> _Outline:
-    quiet = lambda _m: None  # noqa: E731 - the summary pass already reported every file
-    files: list[BatchFile] = []
-    s_parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
-    m_parts: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
-    span_start = [0]
-    mark_start = [0]
-    for bf in info.files:
-        batch = read_batch(bf, quiet, "summary")
-        if batch is None:
-            continue
-        files.append(bf)
-        spans, marks = batch["spans"], batch["marks"]
-        hi, lo = _keys([s.id for s in spans])
-        s_parts.append((hi, lo, np.fromiter((s.end_ns is not None for s in spans), dtype=bool, count=len(spans))))
-        own = batch["session_id"] == info.id
-        mhi, mlo = _keys([m.id for m in marks])
-        targets = [m.span_id for m in marks]
-        on_span = np.fromiter((t is not None and t != ROOT_SENTINEL for t in targets), dtype=bool, count=len(marks))
-        thi, tlo = _keys([t if t is not None and t != ROOT_SENTINEL else "" for t in targets])
-        # 1: on a span id; 0: on the sentinel (or none) in the session's own batch; -1: neither
-        m_parts.append((mhi, mlo, thi, tlo, np.where(on_span, 1, 0 if own else -1).astype(np.int8)))
-        span_start.append(span_start[-1] + len(spans))
-        mark_start.append(mark_start[-1] + len(marks))
-        del batch, spans, marks, targets
-    u64 = np.uint64
-    shi = np.concatenate([p[0] for p in s_parts]) if s_parts else np.empty(0, u64)
-    slo = np.concatenate([p[1] for p in s_parts]) if s_parts else np.empty(0, u64)
-    closed = np.concatenate([p[2] for p in s_parts]) if s_parts else np.empty(0, bool)
-    del s_parts
-    span_win = _last_of_each(shi, slo, closed)
-    del closed
-    win_rows = np.flatnonzero(span_win)
-    whi, wlo = shi[win_rows], slo[win_rows]
-    del shi, slo
-    order = np.lexsort((wlo, whi))
-    whi, wlo, win_rows = whi[order], wlo[order], win_rows[order]
-    del order
-
-    def find(hi: np.ndarray, lo: np.ndarray) -> np.ndarray:
-        """The winning span row of each key, -1 where the session has no such span."""
-        if not len(win_rows):
-            return np.full(len(hi), -1, dtype=np.int64)
-        pos = np.searchsorted(whi, hi, side="left")
-        out = np.full(len(hi), -1, dtype=np.int64)
-        # equal hi runs are short (distinct ids differ in hi almost always): walk them
-        for _ in range(64):
-            ok = pos < len(whi)
-            ok[ok] &= whi[pos[ok]] == hi[ok]
-            if not ok.any():
-                break
-            hit = ok.copy()
-            hit[ok] &= wlo[pos[ok]] == lo[ok]
-            out[hit] = win_rows[pos[hit]]
-            pos = np.where(ok & ~hit & (out < 0), pos + 1, len(whi))
-        return out
-
-    root_hi, root_lo = _keys([info.id])
-    root_row = int(find(root_hi, root_lo)[0])
-    mhi = np.concatenate([p[0] for p in m_parts]) if m_parts else np.empty(0, u64)
-    mlo = np.concatenate([p[1] for p in m_parts]) if m_parts else np.empty(0, u64)
-    mark_win = _last_of_each(mhi, mlo, None)
-    del mhi, mlo
-    target = np.full(len(mark_win), -1, dtype=np.int64)
-    row = 0
-    for _mhi, _mlo, thi, tlo, attached in m_parts:
-        n = len(thi)
-        hit = find(thi, tlo)
-        hit = np.where(attached == 1, hit, -1)
-        # a mark on a span the session does not hold (or on the sentinel) hangs from the root;
-        # a sentinel mark of another session's batch is not this session's
-        own = np.where(hit >= 0, hit, np.where((attached == 1) | (attached == 0), root_row, -1))
-        target[row:row + n] = own
-        row += n
-    del m_parts
-    target[~mark_win] = -1
-    return _Outline(files, np.array(span_start, dtype=np.int64), np.array(mark_start, dtype=np.int64),
-                    span_win, target)
-
-
 class _MarkStore:
     """Encoded marks waiting for their span, by span row, in arrival order; in memory up to
     :data:`SPILL_BYTES`, then in a temporary file."""
@@ -251,10 +162,38 @@ class SpanMarks:
 
 
 def iter_span_marks(info: SessionInfo, encode: Callable[[Any], bytes],
-                    keep_raw: Callable[[Any], bool] = lambda _m: False) -> Iterator[SpanMarks]:
-    """The winning spans of a streamable session with their marks (see the module docstring)."""
-    with paused_gc():
-        ol = _outline(info)
+                    keep_raw: Callable[[Any], bool] = lambda _m: False) -> Iterator[SpanMarks] | None:
+    """The winning spans of a streamable session with their marks (see the module docstring);
+    ``None`` when :func:`session_columns` cannot outline it."""
+    cols = session_columns(info)
+    if cols is None:
+        return None
+    return _iter_span_marks(cols, encode, keep_raw)
+
+
+@dataclass
+class _Outline:
+    files: list[BatchFile]
+    span_start: np.ndarray
+    mark_start: np.ndarray
+    #: Per span row: whether it wins the dedupe.
+    span_win: np.ndarray
+    #: Per mark row: the span row it hangs from (-1: not a winning mark of the session).
+    mark_target: np.ndarray
+
+
+def _by_row(cols: SessionColumns) -> _Outline:
+    span_win = np.zeros(int(cols.span_start[-1]), dtype=bool)
+    span_win[cols.rows] = True
+    target = np.full(int(cols.mark_start[-1]), -1, dtype=np.int64)
+    target[cols.mark_rows] = cols.rows[cols.mark_target]
+    return _Outline(cols.files, cols.span_start, cols.mark_start, span_win, target)
+
+
+def _iter_span_marks(cols: SessionColumns, encode: Callable[[Any], bytes],
+                     keep_raw: Callable[[Any], bool]) -> Iterator[SpanMarks]:
+    ol = _by_row(cols)
+    del cols
     quiet = lambda _m: None  # noqa: E731
     mark_rows = np.flatnonzero(ol.mark_target >= 0)
     mark_file = np.searchsorted(ol.mark_start, mark_rows, side="right") - 1
@@ -355,10 +294,51 @@ def view_outline(info: SessionInfo, depth: int | None, min_wall_ns: int | None) 
         return _view_outline(info, depth, min_wall_ns)
 
 
-def _view_outline(info: SessionInfo, depth: int | None, min_wall_ns: int | None) -> ViewOutline | None:
+_NO_INT = np.iinfo(np.int64).min
+
+
+@dataclass
+class SessionColumns:
+    """One summary-like pass over a streamable session (:func:`session_columns`): its winning
+    spans (``idx`` below: their position among the winners, in write order) and winning marks."""
+
+    files: list[BatchFile]
+    #: Per file (and one past the end): its first span row and first mark row.
+    span_start: np.ndarray
+    mark_start: np.ndarray
+    #: Per winning span: its row, id key, times (``_NO_TIME`` when unknown), parent's idx (-1: none).
+    rows: np.ndarray
+    hi: np.ndarray
+    lo: np.ndarray
+    start: np.ndarray
+    end: np.ndarray
+    parent: np.ndarray
+    root_idx: int
+    #: Per winning span, when asked: thread id and rank (``_NO_INT`` when unknown).
+    thread: np.ndarray | None
+    rank: np.ndarray | None
+    #: Per winning mark of the session, in write order: its row, time (0 when unknown), the idx of
+    #: its own span (-1: not a span of the session) and of the span it hangs from (its own, else
+    #: the root).
+    mark_rows: np.ndarray
+    mark_ts: np.ndarray
+    mark_span: np.ndarray
+    mark_target: np.ndarray
+
+
+def session_columns(info: SessionInfo, *, threads: bool = False) -> SessionColumns | None:
+    """Columns of ``info``'s session from one pass over its batch files, about 80 bytes per
+    record (``threads``: 16 more per span). ``None`` when its ids are not all 32 lowercase hex
+    digits (their keys would not sort as the ids do) or it has no root."""
+    with paused_gc():
+        return _session_columns(info, threads)
+
+
+def _session_columns(info: SessionInfo, threads: bool) -> SessionColumns | None:
     quiet = lambda _m: None  # noqa: E731
     files: list[BatchFile] = []
-    sp: dict[str, list[np.ndarray]] = {k: [] for k in ("hi", "lo", "pjoin", "has_p", "closed", "start", "end")}
+    names = ["hi", "lo", "pjoin", "has_p", "closed", "start", "end"] + (["thread", "rank"] if threads else [])
+    sp: dict[str, list[np.ndarray]] = {k: [] for k in names}
     mk: dict[str, list[np.ndarray]] = {k: [] for k in ("hi", "lo", "tjoin", "att", "ts")}
     span_start, mark_start = [0], [0]
     for bf in info.files:
@@ -380,6 +360,9 @@ def _view_outline(info: SessionInfo, depth: int | None, min_wall_ns: int | None)
         sp["closed"].append(np.fromiter((s.end_ns is not None for s in spans), dtype=bool, count=len(spans)))
         sp["start"].append(_times([s.start_ns for s in spans]))
         sp["end"].append(_times([s.end_ns for s in spans]))
+        if threads:
+            sp["thread"].append(_times([s.thread_id for s in spans]))
+            sp["rank"].append(_times([s.rank for s in spans]))
         own = batch["session_id"] == info.id
         mhi, mlo = _keys([m.id for m in marks])
         targets = [m.span_id for m in marks]
@@ -388,6 +371,7 @@ def _view_outline(info: SessionInfo, depth: int | None, min_wall_ns: int | None)
         mk["hi"].append(mhi)
         mk["lo"].append(mlo)
         mk["tjoin"].append(thi ^ tlo)
+        # 1: on a span id; 0: on the sentinel (or none) in the session's own batch; -1: neither
         mk["att"].append(np.where(on_span, 1, 0 if own else -1).astype(np.int8))
         mk["ts"].append(_times([m.ts_ns for m in marks]))
         span_start.append(span_start[-1] + len(spans))
@@ -405,11 +389,14 @@ def _view_outline(info: SessionInfo, depth: int | None, min_wall_ns: int | None)
     has_p = _stack(sp["has_p"], bool)[rows].astype(bool)
     start = _stack(sp["start"], np.int64)[rows].astype(np.int64)
     end = _stack(sp["end"], np.int64)[rows].astype(np.int64)
+    thread = _stack(sp["thread"], np.int64)[rows].astype(np.int64) if threads else None
+    rank = _stack(sp["rank"], np.int64)[rows].astype(np.int64) if threads else None
     del sp
     n = len(rows)
     join = whi ^ wlo
     by_join = np.argsort(join, kind="stable")
     sorted_join = join[by_join]
+    del join
 
     def lookup(keys: np.ndarray) -> np.ndarray:
         if not n:
@@ -424,6 +411,29 @@ def _view_outline(info: SessionInfo, depth: int | None, min_wall_ns: int | None)
     parent = np.where(has_p, lookup(pjoin), -1)
     parent[root_idx] = -1
     del pjoin, has_p
+
+    mwin = _last_of_each(mcat.pop("hi"), mcat.pop("lo"), None)
+    att = mcat.pop("att").astype(np.int8)
+    own_span = np.where(att == 1, lookup(mcat.pop("tjoin").astype(np.uint64)), -1)
+    member = mwin & ((own_span >= 0) | (att >= 0))
+    del mwin
+    mark_rows = np.flatnonzero(member)
+    own_span = own_span[mark_rows]
+    mark_ts = mcat.pop("ts").astype(np.int64)[mark_rows]
+    mark_ts = np.where(mark_ts == _NO_TIME, 0, mark_ts)
+    del mcat, att, member
+    return SessionColumns(files, np.array(span_start, np.int64), np.array(mark_start, np.int64), rows, whi, wlo,
+                          start, end, parent, root_idx, thread, rank, mark_rows, mark_ts, own_span,
+                          np.where(own_span >= 0, own_span, root_idx))
+
+
+def _view_outline(info: SessionInfo, depth: int | None, min_wall_ns: int | None) -> ViewOutline | None:
+    cols = _session_columns(info, False)
+    if cols is None:
+        return None
+    rows, whi, wlo, start, end = cols.rows, cols.hi, cols.lo, cols.start, cols.end
+    parent, root_idx = cols.parent, cols.root_idx
+    n = len(rows)
     valid = (start != _NO_TIME) & (end != _NO_TIME)
     wall = np.where(valid, end - start, 0)
     visible = np.ones(n, dtype=bool) if min_wall_ns is None else ~(valid & (wall < min_wall_ns))
@@ -472,20 +482,13 @@ def _view_outline(info: SessionInfo, depth: int | None, min_wall_ns: int | None)
         del desc, child_wall
     del levels, visible, reach, wall, valid
 
-    # marks: the last write of each id, hanging from its span (the root when unknown)
-    mwin = _last_of_each(mcat.pop("hi"), mcat.pop("lo"), None) if len(mcat["tjoin"]) else np.zeros(0, bool)
-    att = mcat["att"].astype(np.int8)
-    hit = np.where(att == 1, lookup(mcat["tjoin"].astype(np.uint64)), -1)
-    target = np.where(hit >= 0, hit, np.where(att >= 0, root_idx, -1))
-    target[~mwin] = -1
+    # marks: shown under an expanded span
     expand = shown & (level < limit)
-    mark_ok = (target >= 0)
-    mark_ok[mark_ok] &= expand[target[mark_ok]]
-    mark_rows = np.flatnonzero(mark_ok)
-    mark_parent = target[mark_rows]
-    mark_ts = mcat["ts"].astype(np.int64)[mark_rows]
-    mark_ts = np.where(mark_ts == _NO_TIME, 0, mark_ts)
-    del mcat, hit, target, mark_ok
+    ok = expand[cols.mark_target]
+    mark_rows = cols.mark_rows[ok]
+    mark_parent = cols.mark_target[ok]
+    mark_ts = cols.mark_ts[ok]
+    del ok
 
     # children of every expanded span, spans then marks at equal times, in print order
     child_idx = np.flatnonzero(shown & (parent >= 0))
@@ -527,6 +530,6 @@ def _view_outline(info: SessionInfo, depth: int | None, min_wall_ns: int | None)
         b = int(np.searchsorted(c_parent, idx, side="right"))
         for j in range(b - 1, a - 1, -1):
             stack.append((int(c_kind[j]), int(c_ref[j]), int(c_span[j]), d + 1))
-    return ViewOutline(files, np.array(span_start, np.int64), np.array(mark_start, np.int64),
+    return ViewOutline(cols.files, cols.span_start, cols.mark_start,
                        np.array(kinds, np.int8), np.array(refs, np.int64), np.array(depths, np.int32),
                        coll_spans, coll_ns, int(rows[root_idx]))

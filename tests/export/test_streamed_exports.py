@@ -63,3 +63,14 @@ def test_cli_otel_export_streams_and_matches(spool: Path, tmp_path: Path):
     cat = open_catalog([spool])
     ex.write_otlp_json([cat.load(s) for s in cat.sessions], tmp_path / "rebuilt.json")
     assert out.read_bytes() == (tmp_path / "rebuilt.json").read_bytes()
+
+
+def test_ids_the_outline_cannot_sort_are_exported_from_the_rebuilt_session(factory: SpoolFactory, tmp_path: Path):
+    root = factory.span("cirron.session", id="Root-Not-Hex")
+    factory.write_batch([root, factory.span("step", id="Step-1", parent_id="Root-Not-Hex")],
+                        [factory.mark("Step-1", "loss", 0.5)], session_id="Root-Not-Hex")
+    cat = open_catalog([factory.spool_dir])
+    ex.write_otlp_json(list(cat.sessions), tmp_path / "a.json")
+    ex.write_otlp_json([cat.load(s) for s in cat.sessions], tmp_path / "b.json")
+    assert (tmp_path / "a.json").read_bytes() == (tmp_path / "b.json").read_bytes()
+    assert b'"loss"' in (tmp_path / "a.json").read_bytes()
