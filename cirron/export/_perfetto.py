@@ -26,99 +26,131 @@ import orjson
 
 from cirron.export._common import atomic_file
 from cirron.export._otlp import _getter
+from cirron.spool.catalog import SessionInfo
 from cirron.spool.reader import _limit_depth
 from cirron.spool.sessions import Session
 
 __all__ = ["iter_trace_events", "to_trace_events", "write_perfetto"]
 
 
-def iter_trace_events(sessions: Iterable[Session], base_ns: int | None = None) -> Iterator[dict[str, Any]]:
+def iter_trace_events(sessions: Iterable[Session | SessionInfo], base_ns: int | None = None) -> Iterator[dict | bytes]:
     """The trace events of ``sessions``, one at a time (metadata events come before their use).
 
     ``base_ns`` is the time every ``ts`` counts from; without it, the earliest start of the
-    sessions (which are then held in memory to find it).
+    sessions (which are then held in memory to find it). An item may be the
+    :class:`~cirron.spool.catalog.SessionInfo` of a streamable session: it is then read in two
+    passes over its batch files (:func:`_streamed_events`) and its events come already encoded.
     """
     if base_ns is None:
         sessions = list(sessions)
         starts = [x for sess in sessions for x in (sess.started_ns,) if type(x) is int]
         for sess in sessions:
-            if sess.root is None:
-                starts.extend(s["start_ns"] for s in sess.spans if type(s.get("start_ns")) is int)
+            if isinstance(sess, Session) and sess.root is None:
+                starts.extend(s.get("start_ns") for s in sess.spans if type(s.get("start_ns")) is int)
         base_ns = min(starts) if starts else 0
     base = base_ns
     pid_of: dict[tuple[str, object], int] = {}
     threads: set[tuple[int, int]] = set()
 
-    for sess in sessions:
-        last = sess.last_ns or base
-        span_pid: dict[str, int] = {}
-        tracks: dict[tuple[int, int], list[tuple[int, int, dict[str, Any]]]] = {}
-        for s in sess.spans:
-            g = _getter(s)
-            rank = g("rank")
-            if type(rank) is not int:
-                rank = 0
-            key = (sess.id, rank)
-            pid = pid_of.get(key)
-            if pid is None:
-                pid = pid_of[key] = len(pid_of) + 1
-                label = f"session {sess.id[:8]} rank {rank}"
-                yield {"ph": "M", "name": "process_name", "pid": pid, "tid": 0, "args": {"name": label}}
-                yield {"ph": "M", "name": "process_labels", "pid": pid, "tid": 0,
-                       "args": {"labels": f"writer {sess.writer} {sess.sdk_version or 'unknown'}"}}
-            sid = g("id")
-            span_pid[sid] = pid
-            tid = g("thread_id")
-            if type(tid) is not int:
-                tid = 0
-            start = g("start_ns")
-            if type(start) is not int:
-                start = base
-            end = g("end_ns")
-            attrs = g("attrs")
-            args = dict(attrs) if type(attrs) is dict else {}
-            idx = g("index")
-            if type(idx) is int:
-                args["index"] = idx
-            args["span_id"] = sid
-            if type(end) is not int:
-                end = max(start, last)
-                args["cirron.open"] = True
-            name = g("name")
-            span = {"name": name if type(name) is str else str(name), "args": args, "id": sid, "parent": g("parent_id")}
-            tracks.setdefault((pid, tid), []).append((start, max(end, start), span))
-        for (pid, tid), spans in tracks.items():
-            yield from _track_events(pid, tid, spans, base, threads)
-        default_pid = next(iter(span_pid.values()), None)
-        for m in sess.marks:
-            g = _getter(m)
-            ts = g("ts_ns")
-            if type(ts) is not int:
+    for item in sessions:
+        if not isinstance(item, Session):
+            streamed = _streamed_events(item, base, pid_of, threads)
+            if streamed is not None:
+                yield from streamed
                 continue
-            pid = span_pid.get(g("span_id"), default_pid)
-            if pid is None:
-                continue
-            v = g("value")
-            name = g("name")
-            name = name if type(name) is str else str(name)
-            t = type(v)
-            if (t is int or t is bool) or (t is float and math.isfinite(v)):
-                yield {"ph": "C", "name": name, "pid": pid, "ts": (ts - base) / 1000.0, "args": {name: float(v)}}
-            else:
-                tid = g("thread_id")
-                shown = v if isinstance(v, str) else repr(v)
-                yield {"ph": "i", "s": "t", "name": f"{name}={shown}", "pid": pid,
-                       "tid": tid if type(tid) is int else 0, "ts": (ts - base) / 1000.0}
+            from cirron.spool.catalog import Catalog
+
+            item = Catalog([item.spool], lambda _m: None).load(item)  # ids the outline cannot sort
+        yield from _session_events(item, base, pid_of, threads)
     yield {"ph": "M", "name": "cirron_base_ns", "pid": 0, "tid": 0, "args": {"base_ns": str(base)}}
 
 
-def _track_events(pid: int, tid: int, spans: list[tuple[int, int, dict[str, Any]]], base: int,
-                  threads: set[tuple[int, int]]) -> Iterator[dict[str, Any]]:
-    """B/E events of one thread's spans, properly nested per track (overlaps go to extra tracks)."""
-    spans.sort(key=lambda x: (x[0], -x[1]))
-    lanes: list[list[tuple[int, dict[str, Any]]]] = []  # per track: the stack of open (end, event) pairs
+def _process_events(pid: int, session_id: str, rank: int, writer: str, sdk_version: str | None) -> list[dict]:
+    return [{"ph": "M", "name": "process_name", "pid": pid, "tid": 0,
+             "args": {"name": f"session {session_id[:8]} rank {rank}"}},
+            {"ph": "M", "name": "process_labels", "pid": pid, "tid": 0,
+             "args": {"labels": f"writer {writer} {sdk_version or 'unknown'}"}}]
+
+
+def _span_args(g: Any, open_: bool) -> dict:
+    attrs = g("attrs")
+    args = dict(attrs) if type(attrs) is dict else {}
+    idx = g("index")
+    if type(idx) is int:
+        args["index"] = idx
+    args["span_id"] = g("id")
+    if open_:
+        args["cirron.open"] = True
+    return args
+
+
+def _mark_event(m: Any, pid: int, base: int) -> dict | None:
+    g = _getter(m)
+    ts = g("ts_ns")
+    if type(ts) is not int:
+        return None
+    v = g("value")
+    name = g("name")
+    name = name if type(name) is str else str(name)
+    t = type(v)
+    if (t is int or t is bool) or (t is float and math.isfinite(v)):
+        return {"ph": "C", "name": name, "pid": pid, "ts": (ts - base) / 1000.0, "args": {name: float(v)}}
+    tid = g("thread_id")
+    shown = v if isinstance(v, str) else repr(v)
+    return {"ph": "i", "s": "t", "name": f"{name}={shown}", "pid": pid,
+            "tid": tid if type(tid) is int else 0, "ts": (ts - base) / 1000.0}
+
+
+def _session_events(sess: Session, base: int, pid_of: dict[tuple[str, object], int],
+                    threads: set[tuple[int, int]]) -> Iterator[dict]:
+    last = sess.last_ns or base
+    span_pid: dict[str, int] = {}
+    tracks: dict[tuple[int, int], list[tuple[int, int, dict]]] = {}
+    for s in sess.spans:
+        g = _getter(s)
+        rank = g("rank")
+        if type(rank) is not int:
+            rank = 0
+        key = (sess.id, rank)
+        pid = pid_of.get(key)
+        if pid is None:
+            pid = pid_of[key] = len(pid_of) + 1
+            yield from _process_events(pid, sess.id, rank, sess.writer, sess.sdk_version)
+        sid = g("id")
+        span_pid[sid] = pid
+        tid = g("thread_id")
+        if type(tid) is not int:
+            tid = 0
+        start = g("start_ns")
+        if type(start) is not int:
+            start = base
+        end = g("end_ns")
+        args = _span_args(g, type(end) is not int)
+        if type(end) is not int:
+            end = max(start, last)
+        name = g("name")
+        span = {"name": name if type(name) is str else str(name), "args": args, "id": sid, "parent": g("parent_id")}
+        tracks.setdefault((pid, tid), []).append((start, max(end, start), span))
+    for (pid, tid), spans in tracks.items():
+        spans.sort(key=lambda x: (x[0], -x[1]))
+        yield from _track_events(pid, tid, spans, base, threads)
+    default_pid = next(iter(span_pid.values()), None)
+    for m in sess.marks:
+        pid = span_pid.get(_getter(m)("span_id"), default_pid)
+        if pid is not None:
+            ev = _mark_event(m, pid, base)
+            if ev is not None:
+                yield ev
+
+
+def _track_events(pid: int, tid: int, spans: Iterable[tuple[int, int, dict]], base: int,
+                  threads: set[tuple[int, int]], lane_of: Any = None) -> Iterator[dict]:
+    """B/E events of one thread's spans (sorted by start, longest first), properly nested per
+    track (overlaps go to extra tracks). ``lane_of`` remembers each span's track by its ``id``
+    (a dict unless given)."""
+    lanes: list[list[tuple[int, dict]]] = []  # per track: the stack of open (end, event) pairs
     lane_tids: list[int] = []
-    lane_of: dict[str, int] = {}
+    lane_of = {} if lane_of is None else lane_of
     for start, end, span in spans:
         for stack in lanes:
             while stack and stack[-1][0] <= start:
@@ -147,16 +179,143 @@ def _track_events(pid: int, tid: int, spans: list[tuple[int, int, dict[str, Any]
             yield stack.pop()[1]
 
 
+class _Lanes:
+    """``lane_of`` of :func:`_track_events` for spans numbered 0..n-1 (-1: none), two bytes each."""
+
+    def __init__(self, n: int) -> None:
+        import numpy as np
+
+        self._a = np.full(n, -1, dtype=np.int32)
+
+    def get(self, i: int) -> int | None:
+        v = int(self._a[i]) if i >= 0 else -1
+        return None if v < 0 else v
+
+    def __setitem__(self, i: int, lane: int) -> None:
+        self._a[i] = lane
+
+
+def _streamed_events(info: SessionInfo, base: int, pid_of: dict[tuple[str, object], int],
+                     threads: set[tuple[int, int]]) -> Iterator[bytes] | None:
+    """The events of a streamable session, encoded, equal to :func:`_session_events`' for its
+    rebuild, from two passes over its batch files (:func:`cirron.spool.outline.session_columns`):
+    each span's name and args and each mark's event are encoded as the files are read and kept
+    in temporary files, then the tracks are swept in start order. ``None`` when the session
+    cannot be outlined."""
+    from cirron.spool.outline import session_columns
+
+    cols = session_columns(info, threads=True)
+    return None if cols is None else _streamed(cols, info, base, pid_of, threads)
+
+
+def _streamed(cols: Any, info: SessionInfo, base: int, pid_of: dict[tuple[str, object], int],
+              threads: set[tuple[int, int]]) -> Iterator[bytes]:
+    import tempfile
+
+    import numpy as np
+
+    from cirron.spool.outline import NO_INT, NO_TIME
+    from cirron.spool.reader import read_batch
+
+    n = len(cols.rows)
+    last = info.last_ns or base
+    rank = np.where(cols.rank == NO_INT, 0, cols.rank)
+    tid = np.where(cols.thread == NO_INT, 0, cols.thread)
+    start = np.where(cols.start == NO_TIME, base, cols.start)
+    is_open = cols.end == NO_TIME
+    end = np.maximum(np.where(is_open, np.maximum(start, last), cols.end), start)
+    pid = np.zeros(n, dtype=np.int64)
+    if n:  # a process per rank, in the order the ranks first appear
+        ranks, first, which = np.unique(rank, return_index=True, return_inverse=True)
+        for u in np.argsort(first, kind="stable").tolist():
+            r = int(ranks[u])
+            p = pid_of.get((info.id, r))
+            if p is None:
+                p = pid_of[(info.id, r)] = len(pid_of) + 1
+                for ev in _process_events(p, info.id, r, info.writer, info.sdk_version):
+                    yield _dumps(ev)
+            pid[which.reshape(-1) == u] = p
+    default_pid = int(pid[0]) if n else None
+    with tempfile.TemporaryFile(prefix="cirron-perfetto-") as spans_tmp, \
+            tempfile.TemporaryFile(prefix="cirron-perfetto-") as marks_tmp:
+        off = np.zeros(n, dtype=np.int64)
+        name_len = np.zeros(n, dtype=np.int32)
+        args_len = np.zeros(n, dtype=np.int32)
+        for fi, bf in enumerate(cols.files):
+            s0, s1 = int(cols.span_start[fi]), int(cols.span_start[fi + 1])
+            m0, m1 = int(cols.mark_start[fi]), int(cols.mark_start[fi + 1])
+            batch = read_batch(bf, lambda _m: None, "full")
+            if batch is None:
+                continue
+            a, b = np.searchsorted(cols.rows, [s0, s1]).tolist()
+            for i, row in zip(range(a, b), cols.rows[a:b].tolist()):
+                g = _getter(batch["spans"][row - s0])
+                name = g("name")
+                name_json = orjson.dumps(name if type(name) is str else str(name))
+                args_json = _dumps_args(_span_args(g, bool(is_open[i])))
+                off[i] = spans_tmp.tell()
+                name_len[i], args_len[i] = len(name_json), len(args_json)
+                spans_tmp.write(name_json + args_json)
+            a, b = np.searchsorted(cols.mark_rows, [m0, m1]).tolist()
+            for k, row in zip(range(a, b), cols.mark_rows[a:b].tolist()):
+                own = int(cols.mark_span[k])
+                p = int(pid[own]) if own >= 0 else default_pid
+                mark_ev = _mark_event(batch["marks"][row - m0], p, base) if p is not None else None
+                if mark_ev is not None:
+                    marks_tmp.write(_dumps(mark_ev) + b"\n")
+            del batch
+
+        def span_of(i: int, parent: int) -> dict:
+            spans_tmp.seek(int(off[i]))
+            data = spans_tmp.read(int(name_len[i]) + int(args_len[i]))
+            nl = int(name_len[i])
+            return {"name": orjson.Fragment(data[:nl]), "args": orjson.Fragment(data[nl:]), "id": i,
+                    "parent": parent}
+
+        if n:  # tracks in the order their first span comes, each swept in start order
+            keys = np.stack([pid, tid], axis=1)
+            _u, t_first, t_of = np.unique(keys, axis=0, return_index=True, return_inverse=True)
+            t_of = t_of.reshape(-1)
+            t_rank = np.empty(len(t_first), dtype=np.int64)
+            t_rank[np.argsort(t_first, kind="stable")] = np.arange(len(t_first))
+            span_track = t_rank[t_of]
+            del keys, t_of
+            order = np.lexsort((np.arange(n), -end, start, span_track))
+            bounds = np.searchsorted(span_track[order], np.arange(len(t_first) + 1)).tolist()
+            lanes = _Lanes(n)
+            parent = cols.parent
+            for t in range(len(t_first)):
+                members = order[bounds[t]:bounds[t + 1]]
+                first_i = int(members[0])
+                track_pid, track_tid = int(pid[first_i]), int(tid[first_i])
+                items = ((int(start[i]), int(end[i]),
+                          span_of(i, int(parent[i]) if parent[i] >= 0 and span_track[parent[i]] == t else -1))
+                         for i in members.tolist())
+                for ev in _track_events(track_pid, track_tid, items, base, threads, lanes):
+                    yield _dumps(ev)
+        marks_tmp.seek(0)
+        for line in marks_tmp:
+            yield line[:-1]
+
+
+def _dumps_args(args: dict) -> bytes:
+    """``args`` as :func:`_dumps` writes them inside an event."""
+    try:
+        return orjson.dumps(args)
+    except (TypeError, orjson.JSONEncodeError):
+        return orjson.dumps(_limit_depth(args, 16), default=str)
+
+
 def _overlap_tid(tid: int, lane: int) -> int:
     """A track id for the ``lane``-th level of overlap on thread ``tid`` (never a real thread's)."""
     return -(abs(tid) * 64 + lane)
 
 
-def to_trace_events(sessions: Sequence[Session]) -> dict[str, Any]:
+def to_trace_events(sessions: Sequence[Session]) -> dict:
     return {"traceEvents": list(iter_trace_events(sessions)), "displayTimeUnit": "ns"}
 
 
-def _dumps(ev: dict[str, Any]) -> bytes:
+def _dumps(ev: dict) -> bytes:
     try:
         return orjson.dumps(ev)
     except (TypeError, orjson.JSONEncodeError):
@@ -164,10 +323,13 @@ def _dumps(ev: dict[str, Any]) -> bytes:
         return orjson.dumps(ev, default=str)
 
 
-def write_perfetto(sessions: Iterable[Session], path: str | os.PathLike[str], base_ns: int | None = None) -> int:
+def write_perfetto(sessions: Iterable[Session | SessionInfo], path: str | os.PathLike[str],
+                   base_ns: int | None = None) -> int:
     """Write the trace-event JSON to ``path`` atomically, streamed; returns the number of span events.
 
-    With ``base_ns`` (see :func:`iter_trace_events`) sessions are read and written one at a time."""
+    With ``base_ns`` (see :func:`iter_trace_events`) sessions are read and written one at a time;
+    a streamable session given by its :class:`~cirron.spool.catalog.SessionInfo` is read in two
+    passes over its batch files, in bounded memory."""
     from cirron.export import _write_chunked
 
     n = 0
@@ -175,9 +337,10 @@ def write_perfetto(sessions: Iterable[Session], path: str | os.PathLike[str], ba
     def events() -> Iterator[bytes]:
         nonlocal n
         for ev in iter_trace_events(sessions, base_ns):
-            if ev["ph"] in ("B", "X"):  # one per span
+            data = ev if isinstance(ev, bytes) else _dumps(ev)
+            if data.startswith((b'{"ph":"B"', b'{"ph":"X"')):  # one per span
                 n += 1
-            yield _dumps(ev)
+            yield data
 
     with atomic_file(path) as tmp, open(tmp, "wb") as fh:
         fh.write(b'{"displayTimeUnit":"ns","traceEvents":[')

@@ -295,6 +295,8 @@ def view_outline(info: SessionInfo, depth: int | None, min_wall_ns: int | None) 
 
 
 _NO_INT = np.iinfo(np.int64).min
+#: What :class:`SessionColumns` holds for an unknown time or integer.
+NO_TIME, NO_INT = _NO_TIME, _NO_INT
 
 
 @dataclass

@@ -783,8 +783,7 @@ def export(
                     ex.write_json(_iter_chunks(cat, chosen, fields), path)
                 elif fmt == "perfetto":
                     starts = [s.started_ns for s in chosen if s.started_ns is not None]
-                    ex.write_perfetto(_iter_loaded(cat, chosen, fields, progress=True), path,
-                                      base_ns=min(starts) if starts else None)
+                    ex.write_perfetto(_iter_streamed(cat, chosen), path, base_ns=min(starts) if starts else None)
                 else:
                     ex.write_otlp_json(_iter_streamed(cat, chosen), path)
     except CirronDependencyError as exc:

@@ -14,6 +14,7 @@ import pytest
 from spool_factory import BASE_NS, SpoolFactory, hard_session
 
 from cirron import export as ex
+from cirron._schema import ROOT_SENTINEL
 from cirron.spool import outline
 from cirron.spool.catalog import open_catalog
 
@@ -74,3 +75,47 @@ def test_ids_the_outline_cannot_sort_are_exported_from_the_rebuilt_session(facto
     ex.write_otlp_json([cat.load(s) for s in cat.sessions], tmp_path / "b.json")
     assert (tmp_path / "a.json").read_bytes() == (tmp_path / "b.json").read_bytes()
     assert b'"loss"' in (tmp_path / "a.json").read_bytes()
+
+
+def thread_mix(factory: SpoolFactory) -> None:
+    """A second rank and thread, overlapping spans on one thread, a zero-length span, an open one."""
+    f = factory
+    root = f.span("cirron.session", start_ns=BASE_NS + 10**13, dur_ns=None, attrs={"rank": 0})
+    rid = root["id"]
+    t0 = BASE_NS + 10**13
+    a = f.span("request", parent_id=rid, start_ns=t0 + 1000, dur_ns=5000, thread_id=7)
+    b = f.span("request", parent_id=rid, start_ns=t0 + 2000, dur_ns=6000, thread_id=7)  # overlaps a
+    c = f.span("child", parent_id=b["id"], start_ns=t0 + 2500, dur_ns=100, thread_id=7)
+    z = f.span("instant", parent_id=rid, start_ns=t0 + 3000, dur_ns=0, thread_id=8, rank=1)
+    o = f.span("still_open", parent_id=rid, start_ns=t0 + 4000, dur_ns=None, thread_id=8, rank=1)
+    f.write_batch([root, a, c], [f.mark(a["id"], "tokens", 3, ts_ns=t0 + 1500)], session_id=rid)
+    f.write_batch([b, z, o], [f.mark(z["id"], "state", "warm", ts_ns=t0 + 3000),
+                              f.mark(ROOT_SENTINEL, "loose", 1.0, ts_ns=t0 + 3100)], session_id=rid)
+
+
+@pytest.mark.parametrize("given_base", [True, False])
+def test_streamed_perfetto_equals_the_rebuilt_sessions(spool: Path, factory: SpoolFactory, tmp_path: Path,
+                                                       given_base: bool):
+    thread_mix(factory)
+    cat = open_catalog([spool])
+    assert len(cat.sessions) == 3 and all(cat.streamable(s) for s in cat.sessions)
+    base = min(s.started_ns for s in cat.sessions) if given_base else None
+    n = ex.write_perfetto(list(cat.sessions), tmp_path / "streamed.json", base_ns=base)
+    m = ex.write_perfetto([cat.load(s) for s in cat.sessions], tmp_path / "rebuilt.json", base_ns=base)
+    streamed = (tmp_path / "streamed.json").read_bytes()
+    assert streamed == (tmp_path / "rebuilt.json").read_bytes()
+    assert n == m == sum(s.spans for s in cat.sessions)
+    assert b"(overlapping 1)" in streamed and b'"ph":"X"' in streamed and b'"cirron.open":true' in streamed
+
+
+def test_cli_perfetto_export_matches(spool: Path, factory: SpoolFactory, tmp_path: Path):
+    from cli_helpers import run_cli
+
+    thread_mix(factory)
+    out = tmp_path / "cli.json"
+    r = run_cli("traces", "export", "--format", "perfetto", "--output", str(out), "--spool", str(spool))
+    assert r.exit_code == 0, r.output
+    cat = open_catalog([spool])
+    base = min(s.started_ns for s in cat.sessions)
+    ex.write_perfetto([cat.load(s) for s in cat.sessions], tmp_path / "rebuilt.json", base_ns=base)
+    assert out.read_bytes() == (tmp_path / "rebuilt.json").read_bytes()
