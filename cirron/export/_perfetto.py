@@ -33,7 +33,8 @@ from cirron.spool.sessions import Session
 __all__ = ["iter_trace_events", "to_trace_events", "write_perfetto"]
 
 
-def iter_trace_events(sessions: Iterable[Session | SessionInfo], base_ns: int | None = None) -> Iterator[dict | bytes]:
+def iter_trace_events(sessions: Iterable[Session | SessionInfo],
+                      base_ns: int | None = None) -> Iterator[dict[str, Any] | bytes]:
     """The trace events of ``sessions``, one at a time (metadata events come before their use).
 
     ``base_ns`` is the time every ``ts`` counts from; without it, the earliest start of the
@@ -46,7 +47,7 @@ def iter_trace_events(sessions: Iterable[Session | SessionInfo], base_ns: int | 
         starts = [x for sess in sessions for x in (sess.started_ns,) if type(x) is int]
         for sess in sessions:
             if isinstance(sess, Session) and sess.root is None:
-                starts.extend(s.get("start_ns") for s in sess.spans if type(s.get("start_ns")) is int)
+                starts.extend(s["start_ns"] for s in sess.spans if type(s.get("start_ns")) is int)
         base_ns = min(starts) if starts else 0
     base = base_ns
     pid_of: dict[tuple[str, object], int] = {}
@@ -65,14 +66,14 @@ def iter_trace_events(sessions: Iterable[Session | SessionInfo], base_ns: int | 
     yield {"ph": "M", "name": "cirron_base_ns", "pid": 0, "tid": 0, "args": {"base_ns": str(base)}}
 
 
-def _process_events(pid: int, session_id: str, rank: int, writer: str, sdk_version: str | None) -> list[dict]:
+def _process_events(pid: int, session_id: str, rank: int, writer: str, sdk_version: str | None) -> list[dict[str, Any]]:
     return [{"ph": "M", "name": "process_name", "pid": pid, "tid": 0,
              "args": {"name": f"session {session_id[:8]} rank {rank}"}},
             {"ph": "M", "name": "process_labels", "pid": pid, "tid": 0,
              "args": {"labels": f"writer {writer} {sdk_version or 'unknown'}"}}]
 
 
-def _span_args(g: Any, open_: bool) -> dict:
+def _span_args(g: Any, open_: bool) -> dict[str, Any]:
     attrs = g("attrs")
     args = dict(attrs) if type(attrs) is dict else {}
     idx = g("index")
@@ -84,7 +85,7 @@ def _span_args(g: Any, open_: bool) -> dict:
     return args
 
 
-def _mark_event(m: Any, pid: int, base: int) -> dict | None:
+def _mark_event(m: Any, pid: int, base: int) -> dict[str, Any] | None:
     g = _getter(m)
     ts = g("ts_ns")
     if type(ts) is not int:
@@ -102,10 +103,10 @@ def _mark_event(m: Any, pid: int, base: int) -> dict | None:
 
 
 def _session_events(sess: Session, base: int, pid_of: dict[tuple[str, object], int],
-                    threads: set[tuple[int, int]]) -> Iterator[dict]:
+                    threads: set[tuple[int, int]]) -> Iterator[dict[str, Any]]:
     last = sess.last_ns or base
     span_pid: dict[str, int] = {}
-    tracks: dict[tuple[int, int], list[tuple[int, int, dict]]] = {}
+    tracks: dict[tuple[int, int], list[tuple[int, int, dict[str, Any]]]] = {}
     for s in sess.spans:
         g = _getter(s)
         rank = g("rank")
@@ -143,12 +144,12 @@ def _session_events(sess: Session, base: int, pid_of: dict[tuple[str, object], i
                 yield ev
 
 
-def _track_events(pid: int, tid: int, spans: Iterable[tuple[int, int, dict]], base: int,
-                  threads: set[tuple[int, int]], lane_of: Any = None) -> Iterator[dict]:
+def _track_events(pid: int, tid: int, spans: Iterable[tuple[int, int, dict[str, Any]]], base: int,
+                  threads: set[tuple[int, int]], lane_of: Any = None) -> Iterator[dict[str, Any]]:
     """B/E events of one thread's spans (sorted by start, longest first), properly nested per
     track (overlaps go to extra tracks). ``lane_of`` remembers each span's track by its ``id``
     (a dict unless given)."""
-    lanes: list[list[tuple[int, dict]]] = []  # per track: the stack of open (end, event) pairs
+    lanes: list[list[tuple[int, dict[str, Any]]]] = []  # per track: the stack of open (end, event) pairs
     lane_tids: list[int] = []
     lane_of = {} if lane_of is None else lane_of
     for start, end, span in spans:
@@ -265,7 +266,7 @@ def _streamed(cols: Any, info: SessionInfo, base: int, pid_of: dict[tuple[str, o
                     marks_tmp.write(_dumps(mark_ev) + b"\n")
             del batch
 
-        def span_of(i: int, parent: int) -> dict:
+        def span_of(i: int, parent: int) -> dict[str, Any]:
             spans_tmp.seek(int(off[i]))
             data = spans_tmp.read(int(name_len[i]) + int(args_len[i]))
             nl = int(name_len[i])
@@ -298,7 +299,7 @@ def _streamed(cols: Any, info: SessionInfo, base: int, pid_of: dict[tuple[str, o
             yield line[:-1]
 
 
-def _dumps_args(args: dict) -> bytes:
+def _dumps_args(args: dict[str, Any]) -> bytes:
     """``args`` as :func:`_dumps` writes them inside an event."""
     try:
         return orjson.dumps(args)
@@ -311,11 +312,11 @@ def _overlap_tid(tid: int, lane: int) -> int:
     return -(abs(tid) * 64 + lane)
 
 
-def to_trace_events(sessions: Sequence[Session]) -> dict:
+def to_trace_events(sessions: Sequence[Session]) -> dict[str, Any]:
     return {"traceEvents": list(iter_trace_events(sessions)), "displayTimeUnit": "ns"}
 
 
-def _dumps(ev: dict) -> bytes:
+def _dumps(ev: dict[str, Any]) -> bytes:
     try:
         return orjson.dumps(ev)
     except (TypeError, orjson.JSONEncodeError):
