@@ -169,9 +169,19 @@ def _fingerprint(files: Iterable[tuple[BatchFile, _StatKey]]) -> list[tuple[str,
     return sorted((bf.name, *key) for bf, key in files)
 
 
+#: A group of at least this many batch files is first summarised in a light pass
+#: (:func:`_summarize_one_session`), which holds about 60 bytes a record instead of the records.
+LIGHT_PASS_FILES = 16
+
+
 def _build_group(spool_dir: Path, files: list[BatchFile], fingerprint: list[Any]) -> _GroupEntry:
     """Rebuild the sessions of ``files`` (one reconstruction, summary fields) and check whether
-    they stand on their own."""
+    they stand on their own; a big group of one self-contained session is summarised in a light
+    pass instead (same answer, bounded memory)."""
+    if len(files) >= LIGHT_PASS_FILES:
+        light = _summarize_one_session(files, fingerprint)
+        if light is not None:
+            return light
     warnings: dict[str, list[str]] = {}
     current: list[str] = []
 
@@ -207,6 +217,138 @@ def _build_group(spool_dir: Path, files: list[BatchFile], fingerprint: list[Any]
         ))
     owners = {p.name: sorted("" if o is None else o for o in os_) for p, os_ in sp.file_sessions.items()}
     return _GroupEntry(fingerprint, contained, sessions, owners, warnings)
+
+
+def _summarize_one_session(files: list[BatchFile], fingerprint: list[Any]) -> _GroupEntry | None:
+    """The group entry :func:`_build_group` makes for ``files``, from numpy keys of their records
+    (:mod:`cirron.spool.outline`'s rules), when they hold exactly one session of cirron's writer
+    that stands on its own (its root's id is the batches' ``session_id``, every span reaches it,
+    every mark and snapshot hangs from one of its spans or the sentinel); else ``None``."""
+    import numpy as np
+
+    from cirron._schema import SESSION_SPAN_NAME
+    from cirron.spool.outline import _keys, _last_of_each, _stack, _times
+    from cirron.spool.reader import _decode_attrs, read_batch
+    from cirron.spool.reconstruct import paused_gc
+
+    files = sorted(files, key=lambda b: (b.created_ns, b.batch_id))
+    warnings: dict[str, list[str]] = {}
+    ok_files: list[BatchFile] = []
+    cols: dict[str, list[Any]] = {k: [] for k in ("hi", "lo", "pjoin", "has_p", "closed", "start", "end",
+                                                    "mhi", "mlo", "mt", "mon", "mts", "nhi", "nlo", "nt", "non")}
+    roots: list[tuple[int, Any]] = []
+    sid: str | None = None
+    first_meta: tuple[dict[str, Any], str | None] | None = None
+    sdk_seen: str | None = None
+    row = 0
+    with paused_gc():
+        for bf in files:
+            current: list[str] = []
+            batch = read_batch(bf, current.append, "export")
+            if current:
+                warnings[bf.name] = current
+            if batch is None:
+                continue
+            if not batch["lock_protocol"] or batch["session_id"] is None or sid not in (None, batch["session_id"]):
+                return None
+            sid = batch["session_id"]
+            ok_files.append(bf)
+            if first_meta is None:
+                first_meta = (batch["resource"], batch["sdk_version"])
+            if sdk_seen is None and type(batch["sdk_version"]) is str:
+                sdk_seen = batch["sdk_version"]
+            spans = batch["spans"]
+            hi, lo = _keys([x.id for x in spans])
+            cols["hi"].append(hi)
+            cols["lo"].append(lo)
+            parents = [x.parent_id for x in spans]
+            phi, plo = _keys([p if p is not None else "" for p in parents])
+            cols["pjoin"].append(phi ^ plo)
+            cols["has_p"].append(np.fromiter((p is not None for p in parents), dtype=bool, count=len(spans)))
+            cols["closed"].append(np.fromiter((x.end_ns is not None for x in spans), dtype=bool, count=len(spans)))
+            cols["start"].append(_times([x.start_ns for x in spans]))
+            cols["end"].append(_times([x.end_ns for x in spans]))
+            for j, x in enumerate(spans):
+                if x.parent_id is None and x.name == SESSION_SPAN_NAME:
+                    roots.append((row + j, x))
+            row += len(spans)
+            for recs, (khi, klo, kt, kon) in ((batch["marks"], ("mhi", "mlo", "mt", "mon")),
+                                             (batch["snapshots"], ("nhi", "nlo", "nt", "non"))):
+                rhi, rlo = _keys([r.id for r in recs])
+                targets = [r.span_id for r in recs]
+                on = np.fromiter((t is not None and t != ROOT_SENTINEL for t in targets), dtype=bool, count=len(recs))
+                thi, tlo = _keys([t if t is not None and t != ROOT_SENTINEL else "" for t in targets])
+                cols[khi].append(rhi)
+                cols[klo].append(rlo)
+                cols[kt].append(thi ^ tlo)
+                cols[kon].append(on)
+            cols["mts"].append(_times([m.ts_ns for m in batch["marks"]]))
+            del batch, spans
+        u64 = np.uint64
+        hi, lo, closed = _stack(cols["hi"], u64), _stack(cols["lo"], u64), _stack(cols["closed"], bool)
+        win = _last_of_each(hi, lo, closed)
+        rows = np.flatnonzero(win)
+        win_roots = [(r, x) for r, x in roots if win[r]]
+        if len(win_roots) != 1 or win_roots[0][1].id != sid:
+            return None
+        root_row, root = win_roots[0]
+        del closed, win
+        join = (hi ^ lo)[rows]
+        del hi, lo
+        pjoin = _stack(cols["pjoin"], u64)[rows]
+        has_p = _stack(cols["has_p"], bool)[rows].astype(bool)
+        start = _stack(cols["start"], np.int64)[rows]
+        end = _stack(cols["end"], np.int64)[rows]
+        n = len(rows)
+        by_join = np.argsort(join, kind="stable")
+        sorted_join = join[by_join]
+
+        def lookup(keys: np.ndarray) -> np.ndarray:
+            pos = np.minimum(np.searchsorted(sorted_join, keys), n - 1)
+            return np.where(sorted_join[pos] == keys, by_join[pos], -1)
+
+        root_idx = int(np.searchsorted(rows, root_row))
+        parent = np.where(has_p, lookup(pjoin), -1)
+        parent[root_idx] = -1
+        # every span must reach the root through spans of the group
+        reached = np.zeros(n, dtype=bool)
+        reached[root_idx] = True
+        for _ in range(n + 1):
+            todo = ~reached & (parent >= 0)
+            todo[todo] = reached[parent[todo]]
+            if not todo.any():
+                break
+            reached |= todo
+        if not reached.all():
+            return None
+        counts = []
+        for khi, klo, kt, kon in (("mhi", "mlo", "mt", "mon"), ("nhi", "nlo", "nt", "non")):
+            rwin = _last_of_each(_stack(cols[khi], u64), _stack(cols[klo], u64), None)
+            t, on = _stack(cols[kt], u64), _stack(cols[kon], bool).astype(bool)
+            if n and on.any() and (lookup(t[on]) < 0).any():
+                return None  # a mark or snapshot on a span the group does not hold
+            counts.append(int(rwin.sum()))
+            if khi == "mhi":
+                mts = _stack(cols["mts"], np.int64)[rwin]
+    no_time = np.iinfo(np.int64).min
+    times = np.concatenate([start[start != no_time], end[end != no_time], mts[mts != no_time]])
+    last_ns = int(times.max()) if len(times) else None
+    resource = dict(first_meta[0]) if first_meta is not None else {}
+    sdk = sdk_seen
+    if first_meta is not None and first_meta[1] is not None:
+        sdk = first_meta[1]
+    attrs = _decode_attrs(root.attrs)
+    if sdk is None and isinstance(attrs, dict) and isinstance(attrs.get("sdk_version"), str):
+        sdk = attrs["sdk_version"]
+    if "pid" not in resource and root.pid is not None:
+        resource["pid"] = root.pid
+    entry = _SessionEntry(
+        id=root.id, started_ns=root.start_ns, ended_ns=root.end_ns, last_ns=last_ns, open=root.end_ns is None,
+        spans=n, marks=counts[0], snapshots=counts[1], files=[f.name for f in ok_files], sdk_version=sdk,
+        resource=_plain(resource), attrs=_plain(attrs if isinstance(attrs, dict) else {}), is_orphan=False,
+        lock_protocol=True,
+    )
+    return _GroupEntry(fingerprint, True, [entry], {f.name: [root.id] for f in ok_files}, warnings)
 
 
 def _plain(d: dict[str, Any]) -> dict[str, Any]:

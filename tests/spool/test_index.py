@@ -186,3 +186,81 @@ def test_concurrent_writer(factory: SpoolFactory):
         th.join(timeout=30)
     assert not th.is_alive() and not errors
     check(factory.spool_dir)
+
+
+# --------------------------------------------------------------------------- the light pass
+
+
+def _groups_both_ways(spool_dir: Path, monkeypatch) -> list[tuple]:
+    """Each header group's entry from the light pass and from the reconstruction."""
+    from cirron.spool import index as spool_index
+    from cirron.spool.reader import list_batch_files
+
+    files = list_batch_files(spool_dir, lambda _m: None)
+    groups: dict = {}
+    for bf in files:
+        sid, _ok = spool_index._read_header(bf)
+        groups.setdefault(sid, []).append(bf)
+    out = []
+    for members in groups.values():
+        fp = spool_index._fingerprint((bf, spool_index._stat_key(bf)) for bf in members)
+        light = spool_index._summarize_one_session(members, fp)
+        monkeypatch.setattr(spool_index, "LIGHT_PASS_FILES", 10**9)
+        full = spool_index._build_group(spool_dir, members, fp)
+        monkeypatch.undo()
+        out.append((light, full))
+    return out
+
+
+def test_light_pass_summaries_equal_the_reconstructions(factory: SpoolFactory, monkeypatch):
+    from spool_factory import hard_session
+
+    hard_session(factory)
+    factory.session(start_ns=BASE_NS + 10**12, split=True, snapshots=True)
+    factory.session(start_ns=BASE_NS + 2 * 10**12, open_root=True)
+    factory.write_raw(factory.batch_name(), b'{"schema_version": 1, "session_id": "' + b"ab" * 16 + b'", "spans": [')
+    pairs = _groups_both_ways(factory.spool_dir, monkeypatch)
+    assert len(pairs) == 4
+    compared = 0
+    for light, full in pairs:
+        if light is None:  # the truncated file's group: no session to summarise
+            assert not full.sessions
+            continue
+        assert msgspec_equal(light, full)
+        compared += 1
+    assert compared == 3
+
+
+def msgspec_equal(a, b) -> bool:
+    import msgspec
+
+    return msgspec.msgpack.encode(a) == msgspec.msgpack.encode(b)
+
+
+def test_light_pass_declines_what_it_cannot_summarise(factory: SpoolFactory, monkeypatch):
+    from cirron.spool import index as spool_index
+
+    a = factory.span("cirron.session", dur_ns=MS)
+    b = factory.span("cirron.session", dur_ns=MS, start_ns=BASE_NS + 10 * MS)
+    factory.write_batch([a, b], session_id=a["id"])  # two roots under one header
+    stray = factory.span("step", parent_id="f" * 32)
+    root = factory.span("cirron.session", dur_ns=MS)
+    factory.write_batch([root, stray], session_id=root["id"])  # a span that reaches no root
+    for light, full in _groups_both_ways(factory.spool_dir, monkeypatch):
+        assert light is None
+    assert spool_index.LIGHT_PASS_FILES > 1
+
+
+def test_big_groups_are_indexed_by_the_light_pass(factory: SpoolFactory, monkeypatch):
+    from cirron.spool import index as spool_index
+
+    for i in range(3):
+        factory.session(start_ns=BASE_NS + i * 10**12, split=True)
+    expected = fresh(factory.spool_dir)
+    calls = []
+    real = spool_index._summarize_one_session
+    monkeypatch.setattr(spool_index, "LIGHT_PASS_FILES", 1)
+    monkeypatch.setattr(spool_index, "_summarize_one_session", lambda *a: calls.append(1) or real(*a))
+    summary = summarize_spool(factory.spool_dir, lambda _m: None, use_index=False)
+    assert len(calls) == 3
+    assert sorted(_norm(s) for s in summary.sessions) == sorted(expected)
