@@ -144,3 +144,24 @@ class NoSessionFound(LookupError):
     def __init__(self, prefix: str) -> None:
         super().__init__(prefix)
         self.prefix = prefix
+
+
+def arrow_text(arr: Any) -> memoryview:
+    """The bytes of a string array's values, back to back (what a writer of joined lines needs)."""
+    import numpy as np
+
+    if hasattr(arr, "combine_chunks"):
+        arr = arr.combine_chunks()
+    width = np.int64 if str(arr.type) == "large_string" else np.int32
+    offsets = np.frombuffer(arr.buffers()[1], dtype=width)[arr.offset: arr.offset + len(arr) + 1]
+    if len(arr) == 0:
+        return memoryview(b"")
+    return memoryview(arr.buffers()[2])[int(offsets[0]): int(offsets[-1])]
+
+
+def join_lines(columns: list, separator: str, end: str) -> Any:
+    """One string per row: the columns' texts joined by ``separator``, followed by ``end``."""
+    import pyarrow.compute as pc
+
+    line = pc.binary_join_element_wise(*columns, separator)
+    return pc.binary_join_element_wise(line, "", end)

@@ -7,7 +7,7 @@ import os
 from collections.abc import Iterable
 from typing import Any
 
-from cirron.export._common import atomic_file, attrs_text
+from cirron.export._common import arrow_text, atomic_file, attrs_text, join_lines
 from cirron.spool.sessions import Session
 
 __all__ = ["CSV_COLUMNS", "write_csv"]
@@ -31,6 +31,9 @@ def write_csv(items: Iterable[Any], path: str | os.PathLike[str]) -> int:
         w = csv.writer(fh)
         w.writerow(CSV_COLUMNS)
         for sess in items:
+            if type(sess).__name__ == "SessionColumns":
+                rows += _write_columns(fh, sess)
+                continue
             info = sess if isinstance(sess, Session) else sess.session
             sid, writer, version = info.id, _cell(info.writer), _cell(info.sdk_version)
             out = []
@@ -46,3 +49,48 @@ def write_csv(items: Iterable[Any], path: str | os.PathLike[str]) -> int:
             w.writerows(out)
             rows += len(out)
     return rows
+
+
+#: Rows turned into text at a time from Arrow columns (bounds the text held in memory).
+_SLICE_ROWS = 65_536
+
+
+def _field(col: Any) -> Any:
+    """A string column as ``csv.writer`` (QUOTE_MINIMAL) writes it: quoted, with doubled quotes,
+    when it holds a comma, a quote or a line break; null as an empty field."""
+    import pyarrow.compute as pc
+
+    col = pc.fill_null(col, "")
+    need = pc.match_substring_regex(col, '[,"\r\n]')
+    if not pc.any(need).as_py():
+        return col
+    quoted = pc.binary_join_element_wise('"', pc.replace_substring(col, '"', '""'), '"', "")
+    return pc.if_else(need, quoted, col)
+
+
+def _int_field(col: Any) -> Any:
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    return pc.fill_null(pc.cast(col, pa.string()), "")
+
+
+def _write_columns(fh: Any, cols: Any) -> int:
+    """Write the spans of a :class:`cirron.spool.columnar.SessionColumns` as the rows above."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    info = cols.session
+    consts = [_field(pa.array([v], pa.string()))[0].as_py() for v in (info.id, info.writer, info.sdk_version)]
+    sid, writer, version = consts
+    t = cols.spans
+    for start in range(0, t.num_rows, _SLICE_ROWS):
+        s = t.slice(start, _SLICE_ROWS)
+        ints = {c: _int_field(s[c]) for c in ("index", "start_ns", "end_ns", "cpu_ns", "gpu_ns", "memory_peak_bytes",
+                                              "thread_id", "pid", "rank")}
+        fields = [sid, _field(s["id"]), _field(s["parent_id"]), _field(s["name"]), ints["index"], ints["start_ns"],
+                  ints["end_ns"], _int_field(pc.subtract(s["end_ns"], s["start_ns"])), ints["cpu_ns"], ints["gpu_ns"],
+                  ints["memory_peak_bytes"], ints["thread_id"], ints["pid"], ints["rank"], _field(s["attrs"]),
+                  writer, version]
+        fh.write(bytes(arrow_text(join_lines(fields, ",", "\r\n"))).decode("utf-8"))
+    return t.num_rows

@@ -51,6 +51,12 @@ def write_json(items: Iterable[Any], path: str | os.PathLike[str]) -> int:
         for s in items:
             info = getattr(s, "session", s)  # a chunk's session summary, or the session itself
             writers.setdefault(info.id, {"session_id": info.id, "writer": info.writer, "sdk_version": info.sdk_version})
+            if type(s).__name__ == "SessionColumns":
+                n += _write_texts(fh, n, _span_texts(s))
+                m += _write_texts(marks_fh, m, _mark_texts(s))
+                k += _write_chunked_after(snaps_fh, k, (_dumps(_clean(x, SNAPSHOT_FIELDS)) for x in s.snapshots),
+                                          _write_chunked)
+                continue
             spans = sorted(s.spans, key=lambda r: (r.get("start_ns") or 0))
             n += _write_chunked_after(fh, n, (_dumps(_clean(x, SPAN_FIELDS)) for x in spans), _write_chunked)
             m += _write_chunked_after(marks_fh, m, (_dumps(_mark(x)) for x in s.marks), _write_chunked)
@@ -85,3 +91,115 @@ def _write_chunked_after(fh: Any, already: int, items: Any, write_chunked: Any) 
                 yield it
 
     return write_chunked(fh, gen())
+
+
+# ---------------------------------------------------------------------------- from Arrow columns
+# The records of a cirron.spool.columnar.SessionColumns, encoded column by column into exactly the
+# bytes the per-record encoder above writes.
+
+#: Rows encoded at a time (bounds the text held in memory).
+_SLICE_ROWS = 65_536
+#: Raw JSON text of attrs that re-encoding could change (whitespace, escapes, floats, "-0", long
+#: integers); those rows go through the per-record encoder, the others are copied as they are.
+_NOT_CANONICAL = r'[\s\\]|[0-9][.eE]|-0|[0-9]{16}'
+#: Characters a JSON string encoder escapes.
+_ESCAPED = '["\\\\\x00-\x1f]'
+
+
+def _write_texts(fh: Any, already: int, texts: Any) -> int:
+    """Continue a JSON array that already has ``already`` members with ``texts`` (string arrays
+    of encoded members, each followed by a comma)."""
+    from cirron.export._common import arrow_text
+
+    n = 0
+    for arr in texts:
+        if not len(arr):
+            continue
+        data = arrow_text(arr)
+        fh.write(data[:-1] if not (already or n) else b"," + bytes(data[:-1]))
+        n += len(arr)
+    return n
+
+
+def _json_strings(col: Any) -> Any:
+    """A string column as JSON texts (``null`` for null)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    out = pc.binary_join_element_wise('"', col, '"', "")
+    need = pc.fill_null(pc.match_substring_regex(col, _ESCAPED), False)
+    if pc.any(need).as_py():
+        exact = [orjson.dumps(v).decode() for v in col.to_pylist()]
+        out = pc.if_else(need, pa.array(exact, pa.string()), out)
+    return pc.fill_null(out, "null")
+
+
+def _json_ints(col: Any) -> Any:
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    return pc.fill_null(pc.cast(col, pa.string()), "null")
+
+
+def _json_attrs(col: Any) -> Any:
+    """Raw attrs texts as the per-record encoder writes the decoded value."""
+    import msgspec
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    need = pc.fill_null(pc.match_substring_regex(col, _NOT_CANONICAL), False)
+    rows = np.flatnonzero(need.to_numpy(zero_copy_only=False))
+    if not rows.size:
+        return col
+    texts = col.to_pylist()
+    for i in rows.tolist():
+        texts[i] = _dumps({"attrs": msgspec.json.decode(texts[i])})[9:-1].decode()
+    return pa.array(texts, pa.string())
+
+
+def _record_texts(fields: list[tuple[str, Any]]) -> Any:
+    from cirron.export._common import join_lines
+
+    parts: list[Any] = []
+    for i, (name, text) in enumerate(fields):
+        parts.append(("{" if i == 0 else ",") + orjson.dumps(name).decode() + ":")
+        parts.append(text)
+    parts.append("}")
+    return join_lines(parts, "", ",")
+
+
+def _span_texts(cols: Any) -> Any:
+    """Spans sorted by start within each batch file, as the chunks of the reference path are."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    t = cols.spans
+    start = pc.fill_null(t["start_ns"], 0).to_numpy(zero_copy_only=False)
+    order = np.lexsort((np.arange(t.num_rows), start, t["file"].to_numpy(zero_copy_only=False)))
+    t = t.take(pa.array(order))
+    for a in range(0, t.num_rows, _SLICE_ROWS):
+        s = t.slice(a, _SLICE_ROWS)
+        yield _record_texts([(f, _json_strings(s[f]) if f in ("id", "parent_id", "name") else
+                              _json_attrs(s[f]) if f == "attrs" else _json_ints(s[f])) for f in SPAN_FIELDS])
+
+
+def _mark_values(values: list) -> Any:
+    import numpy as np
+    import pyarrow as pa
+
+    if set(map(type, values)) <= {float} and np.isfinite(np.array(values, dtype=np.float64)).all():
+        texts = orjson.dumps(values)[1:-1].split(b",") if values else []
+        return pa.array(texts, pa.binary()).cast(pa.string())
+    return pa.array([_dumps({"value": json_scalar(v)})[9:-1].decode() for v in values], pa.string())
+
+
+def _mark_texts(cols: Any) -> Any:
+    t = cols.marks
+    for a in range(0, t.num_rows, _SLICE_ROWS):
+        s = t.slice(a, _SLICE_ROWS)
+        values = _mark_values(cols.mark_values[a: a + _SLICE_ROWS])
+        yield _record_texts([(f, values if f == "value" else _json_strings(s[f]) if f in (
+            "id", "span_id", "name", "value_type", "kind") else _json_attrs(s[f]) if f == "attrs" else _json_ints(s[f]))
+            for f in MARK_FIELDS])

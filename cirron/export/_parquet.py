@@ -93,6 +93,8 @@ class _Tables:
     def spans(self, chunk: Any) -> Any:
         from cirron.spool.stream import span_status
 
+        if _is_columns(chunk):
+            return self._spans_of_columns(chunk)
         pa, i64, s = self.pa, self.i64, self.s
         spans = chunk.spans
         n = len(spans)
@@ -119,6 +121,8 @@ class _Tables:
         return pa.table({c: data[c] for c in SPAN_COLUMNS})
 
     def marks(self, chunk: Any) -> Any:
+        if _is_columns(chunk):
+            return self._marks_of_columns(chunk)
         pa, i64, f64, s = self.pa, self.i64, self.f64, self.s
         marks = chunk.marks
         n = len(marks)
@@ -142,6 +146,45 @@ class _Tables:
             "batch": pa.array(chunk.mark_batch, i64),
             "rank": pa.array([info.rank] * n, i64),
             "run_id": pa.array([info.run_id] * n, s),
+        })
+
+    # Columns read by cirron.spool.columnar: the same tables, built with Arrow kernels.
+
+    def _index(self, a: Any) -> Any:
+        """An int64 column of a numpy index array, null where it is -1."""
+        return self.pa.array(a, self.i64, mask=a < 0)
+
+    def _constant(self, value: Any, n: int, typ: Any) -> Any:
+        return self.pa.repeat(self.pa.scalar(value, typ), n)
+
+    def _spans_of_columns(self, cols: Any) -> Any:
+        pa, pc, s = self.pa, self.pc, self.s
+        t = cols.spans
+        n = t.num_rows
+        info = cols.session
+        status, error = span_status_columns(t["end_ns"], t["attrs"])
+        data = {
+            "session_id": self._constant(info.id, n, s), "span_id": t["id"], "parent_id": t["parent_id"],
+            "name": t["name"],
+            **{c: t[c] for c in _SPAN_INTS},
+            "duration_ns": pc.subtract(t["end_ns"], t["start_ns"]),
+            "attrs_json": t["attrs"], "start": self._stamp(t["start_ns"]), "end": self._stamp(t["end_ns"]),
+            "status": status, "error": error, "epoch": self._index(cols.span_epoch),
+            "batch": self._index(cols.span_batch), "run_id": self._constant(info.run_id, n, s),
+        }
+        return pa.table({c: data[c] for c in SPAN_COLUMNS})
+
+    def _marks_of_columns(self, cols: Any) -> Any:
+        s, i64 = self.s, self.i64
+        t = cols.marks
+        n = t.num_rows
+        info = cols.session
+        return self.pa.table({
+            "session_id": self._constant(info.id, n, s), "mark_id": t["id"], "span_id": t["span_id"],
+            "name": t["name"], "value": t["value"], "value_text": t["value_text"], "value_type": t["value_type"],
+            "kind": t["kind"], "ts_ns": t["ts_ns"], "thread_id": t["thread_id"], "attrs_json": t["attrs"],
+            "ts": self._stamp(t["ts_ns"]), "epoch": self._index(cols.mark_epoch), "batch": self._index(cols.mark_batch),
+            "rank": self._constant(info.rank, n, i64), "run_id": self._constant(info.run_id, n, s),
         })
 
     def snapshots(self, chunk: Any) -> Any:
@@ -170,6 +213,33 @@ class _Tables:
         cols = {c: pa.array(v, ntypes.get(c, s)) for c, v in n.items()}
         cols["ts"] = self._stamp(cols["ts_ns"])
         return pa.table({c: cols[c] for c in SNAPSHOT_COLUMNS})
+
+
+def _is_columns(chunk: Any) -> bool:
+    return type(chunk).__name__ == "SessionColumns"
+
+
+def span_status_columns(end_ns: Any, attrs: Any) -> tuple[Any, Any]:
+    """The ``status`` and ``error`` columns (:func:`cirron.spool.stream.span_status` per row): only
+    the rows whose attrs mention ``"error"`` or ``"interrupted"`` are parsed."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    from cirron.spool.stream import span_status
+
+    closed = pc.is_valid(end_ns)
+    status = pc.if_else(closed, "ok", "open")
+    error = pa.nulls(len(end_ns), pa.string())
+    maybe = pc.and_(closed, pc.or_(pc.match_substring(attrs, '"error"'), pc.match_substring(attrs, '"interrupted"')))
+    rows = np.flatnonzero(pc.fill_null(maybe, False).to_numpy(zero_copy_only=False))
+    if rows.size:
+        st = np.array(status.to_pylist(), dtype=object)
+        err = np.full(len(end_ns), None, dtype=object)
+        for i, text in zip(rows.tolist(), attrs.take(pa.array(rows)).to_pylist()):
+            st[i], err[i] = span_status(0, text)
+        status, error = pa.array(st, pa.string()), pa.array(err, pa.string())
+    return status, error
 
 
 def _metadata() -> dict[bytes, bytes]:

@@ -314,9 +314,21 @@ def chunk_of_session(sess: Session, info: SessionInfo | None = None) -> Chunk:
     return Chunk(info, sess.spans, sess.marks, sess.snapshots, _none_list(epoch), _none_list(batch), m_e, m_b)
 
 
-def iter_chunks(cat: Catalog, infos: Sequence[SessionInfo], fields: str = "export") -> Iterator[Chunk]:
-    """The records of ``infos``, session after session, in chunks (see the module docstring)."""
+def iter_chunks(cat: Catalog, infos: Sequence[SessionInfo], fields: str = "export", *,
+                columnar: bool = False) -> Iterator[Any]:
+    """The records of ``infos``, session after session, in chunks (see the module docstring).
+
+    With ``columnar``, each session :mod:`cirron.spool.columnar` can read comes as one
+    :class:`~cirron.spool.columnar.SessionColumns` instead (the same records, as Arrow columns);
+    the others as chunks."""
     for info in infos:
+        if columnar:
+            from cirron.spool.columnar import can_read, read_columns
+
+            cols = read_columns(info) if can_read(info) else None
+            if cols is not None:
+                yield cols
+                continue
         if info.streamable:
             yield from _chunks_streamed(info, fields)
         else:

@@ -1,0 +1,402 @@
+"""One session's records as Arrow columns: the fast reader behind the exports and the viewer.
+
+For a session whose batch files hold its records and nothing else (:attr:`SessionInfo.streamable`,
+what cirron's writer produces) and that is not too big (:data:`MAX_SESSION_BYTES`),
+:func:`read_columns` reads each batch file once (:func:`cirron.spool.reader.read_batch`, so the
+tolerant reading of other writers' spellings applies), turns its records into Arrow columns
+straight away, and then does the rest on whole columns:
+
+* dedupe by id (:func:`cirron.spool.reconstruct.span_wins`: the last closed record of a span,
+  else its last one; the last record of a mark or snapshot), with Arrow's hash kernels;
+* each winning span's parent row, and from it the enclosing ``epoch`` and ``batch`` index of every
+  span and mark (pointer jumping in numpy);
+* which marks belong to the session (the rules of :mod:`cirron.spool.stream`: a mark on one of its
+  spans, or on the ``"root"`` sentinel in one of the session's own batches).
+
+The result, :class:`SessionColumns`, holds the same winning records in the same order as
+:func:`cirron.spool.stream.iter_chunks` yields them, so an exporter writes identical content from
+either. Anything the columns cannot carry exactly (a name or kind that is not a string, a
+session too big to hold) makes :func:`read_columns` return ``None`` and the caller reads the
+session the reference way. pyarrow is imported here, so only by the features that read columns.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from operator import attrgetter
+from typing import Annotated, Any, Optional
+
+import msgspec
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from cirron._schema import BATCH_SPAN_NAME, EPOCH_SPAN_NAME, ROOT_SENTINEL
+from cirron.spool.catalog import SessionInfo
+from cirron.spool.reader import _INT64_MAX, _INT64_MIN, read_batch
+
+__all__ = ["MARK_COLUMNS", "MAX_SESSION_BYTES", "SPAN_COLUMNS", "SessionColumns", "can_read", "read_columns"]
+
+#: Sessions whose batch files are bigger than this are read the reference (bounded, two-pass)
+#: way: the columns of one session take about 0.6 bytes per byte of JSON.
+MAX_SESSION_BYTES = 256 << 20
+#: How many parent links are followed at most when looking for the enclosing epoch/batch.
+_MAX_DEPTH = 256
+
+SPAN_COLUMNS = ("id", "parent_id", "name", "index", "start_ns", "end_ns", "cpu_ns", "gpu_ns", "memory_peak_bytes",
+                "thread_id", "pid", "rank")
+MARK_COLUMNS = ("id", "span_id", "name", "value_type", "kind", "ts_ns", "thread_id")
+_SPAN_TYPES = (pa.string(), pa.string(), pa.string(), *[pa.int64()] * 9)
+_MARK_TYPES = (pa.string(), pa.string(), pa.string(), pa.string(), pa.string(), pa.int64(), pa.int64())
+_STR_COLUMNS = ("name",)
+_MARK_STR_COLUMNS = ("name", "value_type", "kind")
+
+
+_Id = Annotated[str, msgspec.Meta(min_length=1)]
+_Int = Optional[Annotated[int, msgspec.Meta(ge=_INT64_MIN, le=_INT64_MAX)]]
+
+
+class _Unsupported(Exception):
+    """The records hold something the columns cannot carry exactly."""
+
+
+@dataclass
+class SessionColumns:
+    """The winning records of one session, in write order, as columns.
+
+    ``spans``: :data:`SPAN_COLUMNS` plus ``attrs`` (the raw JSON text of each record's attrs) and
+    ``file`` (the position of its batch file in the session's files). ``marks``:
+    :data:`MARK_COLUMNS`, ``value`` (float64: floats, ints and bools), ``value_text`` (string
+    values), ``attrs`` and ``file``; :attr:`mark_values` keeps the values as read (for JSON).
+    The epoch/batch arrays are int64, -1 where there is none.
+    """
+
+    session: SessionInfo
+    spans: pa.Table
+    marks: pa.Table
+    snapshots: list
+    span_epoch: np.ndarray
+    span_batch: np.ndarray
+    mark_epoch: np.ndarray
+    mark_batch: np.ndarray
+    mark_values: list
+    #: Row of each winning span's parent among the winning spans (-1: not among them).
+    span_parent: np.ndarray
+
+
+def can_read(info: SessionInfo) -> bool:
+    """Whether :func:`read_columns` can read ``info`` (it may still find it cannot)."""
+    return info.streamable and info.bytes <= MAX_SESSION_BYTES
+
+
+def _raw_text(raws: list) -> pa.Array:
+    """A string array of ``msgspec.Raw`` JSON texts, built from one concatenated buffer."""
+    n = len(raws)
+    offsets = np.zeros(n + 1, dtype=np.int64)
+    np.cumsum(np.fromiter(map(len, raws), dtype=np.int64, count=n), out=offsets[1:])
+    data = b"".join(raws)
+    arr = pa.LargeStringArray.from_buffers(n, pa.py_buffer(offsets), pa.py_buffer(data))
+    try:
+        arr.validate(full=True)
+    except pa.ArrowInvalid:  # not UTF-8: decoded with replacement, as the reference does
+        return pa.array([bytes(r).decode("utf-8", "replace") for r in raws], pa.string())
+    return arr.cast(pa.string())
+
+
+def _np(arr: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    """A numpy array of a column without nulls (chunks combined; no pandas involved)."""
+    if isinstance(arr, pa.ChunkedArray):
+        arr = arr.combine_chunks()
+    return arr.to_numpy(zero_copy_only=False)
+
+
+def _strings_ok(values: list) -> bool:
+    return all(type(v) is str or v is None for v in values)
+
+
+def _columns(records: list, names: tuple, types: tuple, str_cols: tuple) -> dict[str, pa.Array]:
+    out = {}
+    for c, t in zip(names, types):
+        values = list(map(attrgetter(c), records))
+        if c in str_cols and not _strings_ok(values):
+            raise _Unsupported(c)
+        out[c] = pa.array(values, t)
+    return out
+
+
+def _floats(values: list) -> pa.Array:
+    # through numpy: pa.array(list, pa.float64()) converts element by element, 50 times slower
+    return pa.array(np.array(values, dtype=np.float64))
+
+
+def _mark_value_columns(values: list) -> tuple[pa.Array, pa.Array]:
+    """``(value, value_text)`` as the Parquet export defines them."""
+    types = set(map(type, values))
+    if types <= {float}:
+        return _floats(values), pa.nulls(len(values), pa.string())
+    num: list = []
+    text: list = []
+    for v in values:
+        t = type(v)
+        if t is float:
+            num.append(v)
+        elif t is bool or t is int:
+            try:
+                num.append(float(v))
+            except OverflowError:
+                num.append(None)
+        else:
+            num.append(None)
+        text.append(v if t is str else None)
+    return pa.array(num, pa.float64()), pa.array(text, pa.string())
+
+
+def _winners(ids: pa.ChunkedArray | pa.Array, closed: np.ndarray | None) -> np.ndarray:
+    """Boolean mask of the rows that win the dedupe by id (rows are in write order)."""
+    n = len(ids)
+    keep = np.ones(n, dtype=bool)
+    if n == 0:
+        return keep
+    enc = pc.dictionary_encode(ids)
+    if isinstance(enc, pa.ChunkedArray):
+        enc = enc.combine_chunks()
+    if len(enc.dictionary) == n:  # no id repeats: every record wins
+        return keep
+    codes = _np(enc.indices)
+    row = np.arange(n)
+    keys = (row,) if closed is None else (row, closed)
+    order = np.lexsort((*keys, codes))
+    c = codes[order]
+    last = np.ones(n, dtype=bool)
+    last[:-1] = c[1:] != c[:-1]
+    keep[:] = False
+    keep[order[last]] = True
+    return keep
+
+
+def _lookup(values: pa.ChunkedArray | pa.Array, keys: pa.Array) -> np.ndarray:
+    """Row of each value among ``keys`` (-1: null or not there)."""
+    pos = pc.index_in(values, value_set=keys)
+    return _np(pc.fill_null(pos, -1)).astype(np.int64, copy=False)
+
+
+def _enclosing(parent: np.ndarray, kind_epoch: np.ndarray, kind_batch: np.ndarray,
+               index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Index of the nearest epoch/batch span at or above each span (-1: none)."""
+    epoch = np.where(kind_epoch, index, -1)
+    batch = np.where(kind_batch, index, -1)
+    ptr = parent.copy()
+    for _ in range(_MAX_DEPTH):
+        todo = (ptr >= 0) & ((epoch < 0) | (batch < 0))
+        if not todo.any():
+            break
+        rows = np.flatnonzero(todo)
+        p = ptr[rows]
+        e_miss = epoch[rows] < 0
+        epoch[rows[e_miss]] = np.where(kind_epoch[p[e_miss]], index[p[e_miss]], -1)
+        b_miss = batch[rows] < 0
+        batch[rows[b_miss]] = np.where(kind_batch[p[b_miss]], index[p[b_miss]], -1)
+        ptr[rows] = parent[p]
+    return epoch, batch
+
+
+def _snapshots(batches: list[tuple[bool, list]], win_ids: set) -> list:
+    """Winning snapshots of the session (last write wins), in write order."""
+    last: dict[str, int] = {}
+    flat: list[tuple[bool, Any]] = []
+    for own, snaps in batches:
+        for sn in snaps:
+            last[sn.id] = len(flat)
+            flat.append((own, sn))
+    out = []
+    for i, (own, sn) in enumerate(flat):
+        if last[sn.id] != i:
+            continue
+        sid = sn.span_id
+        if (sid is not None and sid != ROOT_SENTINEL and sid in win_ids) or \
+                ((sid is None or sid == ROOT_SENTINEL) and own):
+            out.append(sn)
+    return out
+
+
+def read_columns(info: SessionInfo) -> SessionColumns | None:
+    """``info``'s winning records as columns, or ``None`` when this reader cannot read it exactly
+    (see the module docstring); the caller then reads it the reference way."""
+    if not can_read(info):
+        return None
+    try:
+        return _read(info)
+    except _Unsupported:
+        return None
+
+
+class _Span(msgspec.Struct, gc=False):
+    id: _Id
+    parent_id: Optional[str] = None
+    name: Optional[str] = None
+    index: _Int = None
+    start_ns: _Int = None
+    end_ns: _Int = None
+    cpu_ns: _Int = None
+    gpu_ns: _Int = None
+    memory_peak_bytes: _Int = None
+    thread_id: _Int = None
+    pid: _Int = None
+    rank: _Int = None
+    attrs: msgspec.Raw = msgspec.field(default_factory=lambda: msgspec.Raw(b"{}"))
+
+
+class _Mark(msgspec.Struct, gc=False):
+    id: _Id
+    span_id: Optional[str] = None
+    name: Optional[str] = None
+    value: Any = None
+    value_type: Optional[str] = None
+    kind: Optional[str] = None
+    ts_ns: _Int = None
+    thread_id: _Int = None
+    attrs: msgspec.Raw = msgspec.field(default_factory=lambda: msgspec.Raw(b"{}"))
+
+
+class _Batch(msgspec.Struct, gc=False):
+    session_id: Any = msgspec.UNSET
+    spans: Optional[list[_Span]] = None
+    marks: Optional[list[_Mark]] = None
+    snapshots: Any = None
+
+
+_DECODER = msgspec.json.Decoder(_Batch)
+
+_FileCols = tuple[dict, dict, list, Any, list]
+
+
+def _fast_file(data: bytes) -> _FileCols | None:
+    """One batch file's columns, decoded straight into the fields the columns need; ``None`` when
+    the file needs :func:`read_batch`'s care: anything the strict types refuse (quoted or
+    out-of-range integers, odd types, records without an id), mark values that are not plain
+    floats, snapshots, or a writer without the lock protocol (whose spellings
+    :mod:`cirron.spool.tolerant` maps)."""
+    try:
+        batch = _DECODER.decode(data)
+    except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):
+        return None
+    if batch.session_id is msgspec.UNSET or batch.snapshots:
+        return None
+    spans = batch.spans or []
+    marks = batch.marks or []
+    values = [m.value for m in marks]
+    if not set(map(type, values)) <= {float}:
+        return None
+    spans_c = {c: pa.array(list(map(attrgetter(c), spans)), t) for c, t in zip(SPAN_COLUMNS, _SPAN_TYPES)}
+    parent = spans_c["parent_id"]
+    if len(parent) and pc.any(pc.equal(parent, "")).as_py():  # "no parent" from a writer that does not use null
+        spans_c["parent_id"] = pc.if_else(pc.equal(parent, "").fill_null(False), pa.scalar(None, pa.string()), parent)
+    spans_c["attrs"] = _raw_text([s.attrs for s in spans])
+    marks_c = {c: pa.array(list(map(attrgetter(c), marks)), t) for c, t in zip(MARK_COLUMNS, _MARK_TYPES)}
+    marks_c["value"] = _floats(values)
+    marks_c["value_text"] = pa.nulls(len(values), pa.string())
+    marks_c["attrs"] = _raw_text([m.attrs for m in marks])
+    sid = batch.session_id
+    return spans_c, marks_c, values, sid if type(sid) is str and sid else None, []
+
+
+def _careful_file(bf: Any) -> _FileCols | None:
+    """One batch file's columns from :func:`read_batch` (every tolerance of the reference reader)."""
+    batch = read_batch(bf, lambda _m: None, "export")
+    if batch is None:
+        return None
+    spans, marks = batch["spans"], batch["marks"]
+    spans_c = _columns(spans, SPAN_COLUMNS, _SPAN_TYPES, _STR_COLUMNS)
+    spans_c["attrs"] = _raw_text([s.attrs for s in spans])
+    marks_c = _columns(marks, MARK_COLUMNS, _MARK_TYPES, _MARK_STR_COLUMNS)
+    values = [m.value for m in marks]
+    marks_c["value"], marks_c["value_text"] = _mark_value_columns(values)
+    marks_c["attrs"] = _raw_text([m.attrs for m in marks])
+    return spans_c, marks_c, values, batch["session_id"], batch["snapshots"]
+
+
+def _read_file(bf: Any) -> _FileCols | None:
+    from cirron._safeopen import open_regular
+
+    try:
+        with open_regular(bf.path, follow_symlinks=False) as fh:
+            data = fh.read()
+    except OSError:
+        data = None
+    fast = _fast_file(data) if data else None
+    return fast if fast is not None else _careful_file(bf)
+
+
+def _read(info: SessionInfo) -> SessionColumns:
+    span_batches: list[pa.RecordBatch] = []
+    mark_batches: list[pa.RecordBatch] = []
+    mark_values: list = []
+    snaps: list[tuple[bool, list]] = []
+    for file_no, bf in enumerate(info.files):
+        got = _read_file(bf)
+        if got is None:
+            continue
+        spans_c, marks_c, values, session_id, file_snaps = got
+        own = session_id == info.id
+        spans_c["file"] = pa.array(np.full(len(spans_c["id"]), file_no, dtype=np.int32))
+        span_batches.append(pa.RecordBatch.from_pydict(spans_c))
+        marks_c["file"] = pa.array(np.full(len(values), file_no, dtype=np.int32))
+        # 1: hangs from a span id; 0: from the sentinel (or none) in a batch of the session; -1: neither
+        sid = marks_c["span_id"]
+        on_span = pc.and_kleene(pc.is_valid(sid), pc.not_equal(sid, ROOT_SENTINEL)).fill_null(False)
+        marks_c["attached"] = pa.array(np.where(_np(on_span), 1, 0 if own else -1)
+                                       .astype(np.int8))
+        mark_batches.append(pa.RecordBatch.from_pydict(marks_c))
+        mark_values.extend(values)
+        if file_snaps:
+            snaps.append((own, file_snaps))
+        del got, spans_c, marks_c
+
+    spans_t = _table(span_batches, _span_schema())
+    marks_t = _table(mark_batches, _mark_schema())
+    del span_batches, mark_batches
+
+    keep = _winners(spans_t["id"], _np(pc.is_valid(spans_t["end_ns"])))
+    if not keep.all():
+        spans_t = spans_t.filter(pa.array(keep))
+    win_ids = spans_t["id"].combine_chunks()
+    parent = _lookup(spans_t["parent_id"], win_ids)
+    names = spans_t["name"]
+    index = spans_t["index"]
+    has_index = _np(pc.is_valid(index))
+    kind_e = _np(pc.equal(names, EPOCH_SPAN_NAME).fill_null(False)) & has_index
+    kind_b = _np(pc.equal(names, BATCH_SPAN_NAME).fill_null(False)) & has_index
+    index_np = _np(pc.fill_null(index, -1))
+    span_epoch, span_batch = _enclosing(parent, kind_e, kind_b, index_np)
+
+    keep_m = _winners(marks_t["id"], None)
+    row = _lookup(marks_t["span_id"], win_ids)
+    attached = _np(marks_t["attached"])
+    hit = (attached == 1) & (row >= 0)
+    keep_m &= hit | (attached == 0)
+    safe = np.maximum(row, 0)
+    mark_epoch = np.where(hit, span_epoch[safe] if len(span_epoch) else -1, -1)[keep_m]
+    mark_batch = np.where(hit, span_batch[safe] if len(span_batch) else -1, -1)[keep_m]
+    marks_t = marks_t.drop_columns(["attached"])
+    if not keep_m.all():
+        marks_t = marks_t.filter(pa.array(keep_m))
+        mark_values = [v for v, k in zip(mark_values, keep_m.tolist()) if k]
+    win_set = set(win_ids.to_pylist()) if snaps else set()
+    return SessionColumns(info, spans_t, marks_t, _snapshots(snaps, win_set), span_epoch, span_batch,
+                          mark_epoch, mark_batch, mark_values, parent)
+
+
+def _span_schema() -> pa.Schema:
+    return pa.schema([*zip(SPAN_COLUMNS, _SPAN_TYPES), ("attrs", pa.string()), ("file", pa.int32())])
+
+
+def _mark_schema() -> pa.Schema:
+    return pa.schema([*zip(MARK_COLUMNS, _MARK_TYPES), ("value", pa.float64()), ("value_text", pa.string()),
+                      ("attrs", pa.string()), ("file", pa.int32()), ("attached", pa.int8())])
+
+
+def _table(batches: list[pa.RecordBatch], schema: pa.Schema) -> pa.Table:
+    if not batches:
+        return schema.empty_table()
+    return pa.Table.from_batches([b.select(schema.names) for b in batches], schema).combine_chunks()
+

@@ -1,0 +1,187 @@
+"""The fast columnar path of the exports (cirron.spool.columnar) writes exactly what the reference
+path (record by record, cirron.spool.stream's chunks) writes: Parquet tables equal, CSV and JSON
+byte for byte, on varied spools. Where the fast reader cannot read a session exactly, it says so
+(``read_columns`` returns None) and the export reads that session the reference way."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("pyarrow")
+import pyarrow.parquet as pq  # noqa: E402
+from spool_factory import BASE_NS, MS, SpoolFactory, new_id  # noqa: E402
+
+from cirron.export import PARQUET_FILES, write_csv, write_json, write_parquet  # noqa: E402
+from cirron.spool import (  # noqa: E402
+    columnar,
+    list_batch_files,
+    open_catalog,  # noqa: E402
+)
+from cirron.spool.stream import iter_chunks  # noqa: E402
+
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
+
+
+def _export_all(spool: Path, out: Path, fast: bool) -> dict[str, int]:
+    """Every columnar-capable export of ``spool`` into ``out``; returns how many sessions each
+    path took (``columns`` / ``chunks``)."""
+    cat = open_catalog([spool], lambda _m: None)
+    kinds = {"columns": 0, "chunks": 0}
+
+    def items(fields: str, count: bool = False):
+        seen: set[str] = set()
+        for item in iter_chunks(cat, cat.sessions, fields, columnar=fast):
+            if count and item.session.id not in seen:
+                seen.add(item.session.id)
+                kinds["columns" if isinstance(item, columnar.SessionColumns) else "chunks"] += 1
+            yield item
+
+    write_parquet(items("export", count=True), out / "pq")
+    write_parquet(items("export"), out / "pq-session", partition_by="session")
+    write_csv(items("export"), out / "t.csv")
+    write_json(items("full"), out / "t.json")
+    return kinds
+
+
+def _tables(d: Path) -> dict[str, object]:
+    return {n: pq.read_table(d / n) for n in PARQUET_FILES}
+
+
+def _rows(table) -> list[dict]:
+    """Rows with NaN made comparable (a NaN never equals itself)."""
+    return [{k: "NaN" if isinstance(v, float) and math.isnan(v) else v for k, v in r.items()}
+            for r in table.to_pylist()]
+
+
+def assert_same_exports(spool: Path, tmp: Path) -> dict[str, int]:
+    ref, fast = tmp / "ref", tmp / "fast"
+    _export_all(spool, ref, fast=False)
+    kinds = _export_all(spool, fast, fast=True)
+    for name, table in _tables(ref / "pq").items():
+        other = pq.read_table(fast / "pq" / name)
+        assert other.schema.equals(table.schema, check_metadata=True), name
+        assert _rows(other) == _rows(table), name
+    parts = sorted(p.relative_to(ref) for p in (ref / "pq-session").rglob("*.parquet"))
+    assert parts == sorted(p.relative_to(fast) for p in (fast / "pq-session").rglob("*.parquet"))
+    for part in parts:
+        assert _rows(pq.read_table(fast / part)) == _rows(pq.read_table(ref / part)), part
+    assert (fast / "t.csv").read_bytes() == (ref / "t.csv").read_bytes()
+    assert (fast / "t.json").read_bytes() == (ref / "t.json").read_bytes()
+    return kinds
+
+
+def test_training_sessions_with_rewritten_roots_and_snapshots(factory: SpoolFactory, tmp_path):
+    factory.session(epochs=3, split=True)  # the root is written open, then closed: a duplicate id
+    factory.session(start_ns=BASE_NS + 10**9, snapshots=True)
+    factory.session(start_ns=BASE_NS + 2 * 10**9, open_root=True)
+    kinds = assert_same_exports(factory.spool_dir, tmp_path)
+    assert kinds == {"columns": 3, "chunks": 0}
+
+
+def test_bench_spool(tmp_path):
+    from bench_cli import generate
+
+    spool = tmp_path / ".cirron" / "spool"
+    generate(spool, 20_000, 20_000, 8, n_sessions=2)
+    kinds = assert_same_exports(spool, tmp_path / "out")
+    assert kinds == {"columns": 2, "chunks": 0}
+    cat = open_catalog([spool])
+    cols = columnar.read_columns(cat.sessions[0])
+    assert cols is not None and cols.spans.num_rows == 10_000 and cols.marks.num_rows == 10_000
+    # every span below an epoch knows it; batches (and what they hold) know their own index
+    names = cols.spans["name"].to_pylist()
+    assert all(e >= 0 for e, n in zip(cols.span_epoch, names) if n != "cirron.session")
+    assert all(b >= 0 for b, n in zip(cols.span_batch, names) if n in ("batch", "forward", "backward"))
+
+
+def test_odd_values_escapes_and_duplicates(factory: SpoolFactory, tmp_path):
+    root = new_id()
+    epoch = new_id()
+    names = ["a,b", 'say "hi"', "two\nlines", "tab\there", "back\\slash", "ünïcode ✓", "cr\rhere", ""]
+    spans = [factory.span("cirron.session", id=root, dur_ns=10**9,
+                          attrs={"sdk_version": "0.1.0", "run_id": "r,1", "lr": 1e-05, "x": 1.50}),
+             factory.span("epoch", id=epoch, parent_id=root, index=0, dur_ns=10**8,
+                          attrs={"nested": {"deep": [1, 2.5, {"z": None}]}, "neg": -0.0})]
+    spans += [factory.span(n, parent_id=epoch, start_ns=BASE_NS + i * MS, attrs={"label": n, "big": 2**62, "huge": [2**64]})
+              for i, n in enumerate(names)]
+    spans.append(factory.span("batch", parent_id=epoch, index=7, attrs={"error": "ValueError: bad, very"}))
+    spans.append(factory.span("step", parent_id=epoch, attrs={"interrupted": "SIGTERM"}))
+    dup_mark = new_id()
+    marks = [factory.mark(epoch, "loss", float("nan"), value_type="float"),
+             factory.mark(epoch, "inf", float("inf"), value_type="float"),
+             factory.mark(epoch, "count", 3),
+             factory.mark(epoch, "flag", True),
+             factory.mark(epoch, "text", "a \"quoted\", text"),
+             factory.mark("root", "early", 1.0),
+             factory.mark(epoch, "dup", 1.0, id=dup_mark)]
+    for m in marks[:2]:  # strict JSON: non-finite floats as strings
+        m["value"] = {"loss": "NaN", "inf": "Infinity"}[m["name"]]
+    factory.write_raw(factory.batch_name(), json.dumps({
+        "schema_version": 1, "sdk_version": "0.1.0", "batch_id": new_id(), "created_ns": BASE_NS,
+        "session_id": root, "resource": {"pid": 1}, "spans": spans[:3], "marks": marks, "snapshots": []},
+        indent=2).encode())  # pretty-printed: attrs' raw text holds whitespace
+    later = [dict(spans[1], end_ns=None)] + spans[3:]  # an open copy of a closed span comes later: it loses
+    factory.write_batch(later, [factory.mark(epoch, "dup", 9.0, id=dup_mark)], session_id=root)
+    # integers written as strings by another implementation: read by the careful path
+    quoted = factory.span("forward", parent_id=epoch, attrs={"q": 1})
+    quoted["start_ns"] = str(quoted["start_ns"])
+    factory.write_batch([quoted], session_id=root)
+    factory.write_raw(factory.batch_name(), b'{"schema_version": 1, "session_id": "' + root.encode() + b'", "spa')
+    kinds = assert_same_exports(factory.spool_dir, tmp_path)
+    assert kinds == {"columns": 1, "chunks": 0}
+    cat = open_catalog([factory.spool_dir], lambda _m: None)
+    cols = columnar.read_columns(cat.sessions[0])
+    by_name = dict(zip(cols.marks["name"].to_pylist(), cols.marks["value"].to_pylist()))
+    assert by_name["dup"] == 9.0 and by_name["early"] == 1.0
+    assert cols.spans["id"].to_pylist().count(epoch) == 1
+
+
+def test_careful_route_for_files_the_strict_decoder_refuses(factory: SpoolFactory):
+    root = new_id()
+    span = factory.span("cirron.session", id=root)
+    span["start_ns"] = str(span["start_ns"])
+    path = factory.write_batch([span], session_id=root)
+    assert columnar._fast_file(path.read_bytes()) is None
+    (bf,) = list_batch_files(factory.spool_dir)
+    got = columnar._read_file(bf)
+    assert got is not None and got[0]["start_ns"].to_pylist() == [BASE_NS]
+
+
+def test_sessions_the_fast_reader_cannot_read_fall_back(factory: SpoolFactory, tmp_path):
+    factory.session()
+    odd = factory.session(start_ns=BASE_NS + 10**9)
+    # a span name that is not a string: the columns (strings) cannot carry it exactly
+    root_odd = odd["root"]
+    factory.write_batch([factory.span(42, parent_id=root_odd)], session_id=root_odd)
+    # records the index cannot place by their batch's header: the spool is rebuilt whole
+    factory.write_batch([factory.span("x", parent_id=None)], [factory.mark(new_id(), "lost", 2.0)],
+                        session_id=root_odd)
+    cat = open_catalog([factory.spool_dir], lambda _m: None)
+    by_id = {s.id: s for s in cat.sessions}
+    assert not by_id[root_odd].streamable and columnar.read_columns(by_id[root_odd]) is None
+    kinds = assert_same_exports(factory.spool_dir, tmp_path)
+    assert kinds["columns"] == 0 and kinds["chunks"] >= 2
+
+
+def test_big_sessions_are_read_the_bounded_way(factory: SpoolFactory, monkeypatch, tmp_path):
+    factory.session()
+    monkeypatch.setattr(columnar, "MAX_SESSION_BYTES", 10)
+    kinds = assert_same_exports(factory.spool_dir, tmp_path)
+    assert kinds == {"columns": 0, "chunks": 1}
+
+
+def test_foreign_writer_spools(tmp_path):
+    """The vendor SDK's spool (no lock protocol, rootless runs): whatever the fast reader takes is
+    exported as the reference path does, the rest falls back."""
+    dst = tmp_path / "project"
+    shutil.copytree(FIXTURES / "vendor" / "project", dst, symlinks=True)
+    spool = dst / ".cirron" / "spool"
+    kinds = assert_same_exports(spool, tmp_path)
+    assert kinds["columns"] + kinds["chunks"] == len(open_catalog([spool], lambda _m: None).sessions) >= 4
