@@ -159,7 +159,7 @@ def arrow_text(arr: Any) -> memoryview:
     return memoryview(arr.buffers()[2])[int(offsets[0]): int(offsets[-1])]
 
 
-def join_lines(columns: list, separator: str, end: str) -> Any:
+def join_lines(columns: list[Any], separator: str, end: str) -> Any:
     """One string per row: the columns' texts joined by ``separator``, followed by ``end``."""
     import pyarrow.compute as pc
 

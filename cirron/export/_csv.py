@@ -33,6 +33,7 @@ def write_csv(items: Iterable[Any], path: str | os.PathLike[str]) -> int:
         for sess in items:
             if type(sess).__name__ == "SessionColumns":
                 rows += _write_columns(fh, sess)
+                del sess  # before the next one is read
                 continue
             info = sess if isinstance(sess, Session) else sess.session
             sid, writer, version = info.id, _cell(info.writer), _cell(info.sdk_version)

@@ -56,6 +56,7 @@ def write_json(items: Iterable[Any], path: str | os.PathLike[str]) -> int:
                 m += _write_texts(marks_fh, m, _mark_texts(s))
                 k += _write_chunked_after(snaps_fh, k, (_dumps(_clean(x, SNAPSHOT_FIELDS)) for x in s.snapshots),
                                           _write_chunked)
+                del s  # before the next one is read
                 continue
             spans = sorted(s.spans, key=lambda r: (r.get("start_ns") or 0))
             n += _write_chunked_after(fh, n, (_dumps(_clean(x, SPAN_FIELDS)) for x in spans), _write_chunked)
@@ -178,14 +179,13 @@ def _span_texts(cols: Any) -> Any:
     t = cols.spans
     start = pc.fill_null(t["start_ns"], 0).to_numpy(zero_copy_only=False)
     order = np.lexsort((np.arange(t.num_rows), start, t["file"].to_numpy(zero_copy_only=False)))
-    t = t.take(pa.array(order))
     for a in range(0, t.num_rows, _SLICE_ROWS):
-        s = t.slice(a, _SLICE_ROWS)
+        s = t.take(pa.array(order[a: a + _SLICE_ROWS]))
         yield _record_texts([(f, _json_strings(s[f]) if f in ("id", "parent_id", "name") else
                               _json_attrs(s[f]) if f == "attrs" else _json_ints(s[f])) for f in SPAN_FIELDS])
 
 
-def _mark_values(values: list) -> Any:
+def _mark_values(values: list[Any]) -> Any:
     import numpy as np
     import pyarrow as pa
 
@@ -199,7 +199,7 @@ def _mark_texts(cols: Any) -> Any:
     t = cols.marks
     for a in range(0, t.num_rows, _SLICE_ROWS):
         s = t.slice(a, _SLICE_ROWS)
-        values = _mark_values(cols.mark_values[a: a + _SLICE_ROWS])
+        values = _mark_values(cols.values(a, a + _SLICE_ROWS))
         yield _record_texts([(f, values if f == "value" else _json_strings(s[f]) if f in (
             "id", "span_id", "name", "value_type", "kind") else _json_attrs(s[f]) if f == "attrs" else _json_ints(s[f]))
             for f in MARK_FIELDS])

@@ -215,6 +215,17 @@ class _Tables:
         return pa.table({c: cols[c] for c in SNAPSHOT_COLUMNS})
 
 
+#: Rows per row group at most (a session read as columns comes whole).
+ROW_GROUP_ROWS = 65_536
+#: Columns whose values are (nearly) all distinct: a dictionary page would only cost time.
+_DISTINCT = frozenset({"span_id", "parent_id", "mark_id", "snapshot_id", "attrs_json", "stats_json", "start_ns",
+                       "end_ns", "duration_ns", "cpu_ns", "ts_ns", "start", "end", "ts", "value", "blob_uri"})
+
+
+def _dictionary_columns(schema: Any) -> list[str]:
+    return [n for n in schema.names if n not in _DISTINCT]
+
+
 def _is_columns(chunk: Any) -> bool:
     return type(chunk).__name__ == "SessionColumns"
 
@@ -262,7 +273,10 @@ def _as_chunks(items: Iterable[Any]) -> Iterable[Any]:
     from cirron.spool.stream import chunk_of_session
 
     for item in items:
-        yield chunk_of_session(item) if isinstance(item, Session) else item
+        out = chunk_of_session(item) if isinstance(item, Session) else item
+        del item
+        yield out
+        del out  # before the next one is read
 
 
 def write_parquet(chunks: Iterable[Any], out_dir: str | os.PathLike[str], partition_by: str | None = None) -> int:
@@ -304,9 +318,14 @@ def write_parquet(chunks: Iterable[Any], out_dir: str | os.PathLike[str], partit
                     w = writers.get(key)
                     if w is None:
                         path.parent.mkdir(parents=True, exist_ok=True)
-                        w = writers[key] = pq.ParquetWriter(path, table.schema.with_metadata(_metadata()))
+                        w = writers[key] = pq.ParquetWriter(path, table.schema.with_metadata(_metadata()),
+                                                            use_dictionary=_dictionary_columns(table.schema))
                     if table.num_rows:
-                        w.write_table(table)
+                        w.write_table(table, row_group_size=ROW_GROUP_ROWS)
+                columns_done = _is_columns(chunk)
+                del chunk, table  # before the next one is read
+                if columns_done:
+                    tables.pa.default_memory_pool().release_unused()
             # A table nothing was written to still gets an empty file with its columns (partitioned:
             # in the null partition), so readers see zero rows rather than no table.
             empty = _Empty()

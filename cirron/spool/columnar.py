@@ -67,21 +67,30 @@ class SessionColumns:
     ``spans``: :data:`SPAN_COLUMNS` plus ``attrs`` (the raw JSON text of each record's attrs) and
     ``file`` (the position of its batch file in the session's files). ``marks``:
     :data:`MARK_COLUMNS`, ``value`` (float64: floats, ints and bools), ``value_text`` (string
-    values), ``attrs`` and ``file``; :attr:`mark_values` keeps the values as read (for JSON).
+    values), ``attrs`` and ``file``; :meth:`values` gives the values as read (for JSON).
     The epoch/batch arrays are int64, -1 where there is none.
     """
 
     session: SessionInfo
     spans: pa.Table
     marks: pa.Table
-    snapshots: list
+    snapshots: list[Any]
     span_epoch: np.ndarray
     span_batch: np.ndarray
     mark_epoch: np.ndarray
     mark_batch: np.ndarray
-    mark_values: list
+    #: The mark values as read, when some are not floats (``None``: each is the float in ``value``).
+    mark_values: list[Any] | None
     #: Row of each winning span's parent among the winning spans (-1: not among them).
     span_parent: np.ndarray
+
+
+    def values(self, start: int = 0, stop: int | None = None) -> list[Any]:
+        """The values of marks ``start:stop`` as read (bools, ints, strings and floats)."""
+        if self.mark_values is not None:
+            return self.mark_values[start:stop]
+        n = self.marks.num_rows if stop is None else min(stop, self.marks.num_rows)
+        return self.marks["value"].slice(start, max(0, n - start)).to_pylist()
 
 
 def can_read(info: SessionInfo) -> bool:
@@ -89,7 +98,7 @@ def can_read(info: SessionInfo) -> bool:
     return info.streamable and info.bytes <= MAX_SESSION_BYTES
 
 
-def _raw_text(raws: list) -> pa.Array:
+def _raw_text(raws: list[Any]) -> pa.Array:
     """A string array of ``msgspec.Raw`` JSON texts, built from one concatenated buffer."""
     n = len(raws)
     offsets = np.zeros(n + 1, dtype=np.int64)
@@ -110,11 +119,12 @@ def _np(arr: pa.Array | pa.ChunkedArray) -> np.ndarray:
     return arr.to_numpy(zero_copy_only=False)
 
 
-def _strings_ok(values: list) -> bool:
+def _strings_ok(values: list[Any]) -> bool:
     return all(type(v) is str or v is None for v in values)
 
 
-def _columns(records: list, names: tuple, types: tuple, str_cols: tuple) -> dict[str, pa.Array]:
+def _columns(records: list[Any], names: tuple[str, ...], types: tuple[Any, ...],
+             str_cols: tuple[str, ...]) -> dict[str, pa.Array]:
     out = {}
     for c, t in zip(names, types):
         values = list(map(attrgetter(c), records))
@@ -124,18 +134,18 @@ def _columns(records: list, names: tuple, types: tuple, str_cols: tuple) -> dict
     return out
 
 
-def _floats(values: list) -> pa.Array:
+def _floats(values: list[Any]) -> pa.Array:
     # through numpy: pa.array(list, pa.float64()) converts element by element, 50 times slower
     return pa.array(np.array(values, dtype=np.float64))
 
 
-def _mark_value_columns(values: list) -> tuple[pa.Array, pa.Array]:
+def _mark_value_columns(values: list[Any]) -> tuple[pa.Array, pa.Array]:
     """``(value, value_text)`` as the Parquet export defines them."""
     types = set(map(type, values))
     if types <= {float}:
         return _floats(values), pa.nulls(len(values), pa.string())
-    num: list = []
-    text: list = []
+    num: list[Any] = []
+    text: list[Any] = []
     for v in values:
         t = type(v)
         if t is float:
@@ -155,13 +165,9 @@ def _winners(ids: pa.ChunkedArray | pa.Array, closed: np.ndarray | None) -> np.n
     """Boolean mask of the rows that win the dedupe by id (rows are in write order)."""
     n = len(ids)
     keep = np.ones(n, dtype=bool)
-    if n == 0:
+    if n == 0 or pc.count_distinct(ids).as_py() == n:  # no id repeats: every record wins
         return keep
-    enc = pc.dictionary_encode(ids)
-    if isinstance(enc, pa.ChunkedArray):
-        enc = enc.combine_chunks()
-    if len(enc.dictionary) == n:  # no id repeats: every record wins
-        return keep
+    enc = pc.dictionary_encode(ids.combine_chunks() if isinstance(ids, pa.ChunkedArray) else ids)
     codes = _np(enc.indices)
     row = np.arange(n)
     keys = (row,) if closed is None else (row, closed)
@@ -200,7 +206,7 @@ def _enclosing(parent: np.ndarray, kind_epoch: np.ndarray, kind_batch: np.ndarra
     return epoch, batch
 
 
-def _snapshots(batches: list[tuple[bool, list]], win_ids: set) -> list:
+def _snapshots(batches: list[tuple[bool, list[Any]]], win_ids: set[str]) -> list[Any]:
     """Winning snapshots of the session (last write wins), in write order."""
     last: dict[str, int] = {}
     flat: list[tuple[bool, Any]] = []
@@ -328,11 +334,23 @@ def _read_file(bf: Any) -> _FileCols | None:
 
 
 def _read(info: SessionInfo) -> SessionColumns:
+    from cirron.spool.reconstruct import paused_gc
+
+    with paused_gc():  # millions of short-lived lists: the cyclic GC would rescan them over and over
+        return _read_session(info)
+
+
+def _read_session(info: SessionInfo) -> SessionColumns:
     span_batches: list[pa.RecordBatch] = []
     mark_batches: list[pa.RecordBatch] = []
-    mark_values: list = []
+    #: Mark values of the files whose values are not all floats (by position in mark_batches).
+    odd_values: dict[int, list] = {}
+    mark_lengths: list[int] = []
     snaps: list[tuple[bool, list]] = []
+    pool = pa.default_memory_pool()
     for file_no, bf in enumerate(info.files):
+        if file_no % 16 == 15:
+            pool.release_unused()  # give back what the files read so far no longer need
         got = _read_file(bf)
         if got is None:
             continue
@@ -346,8 +364,10 @@ def _read(info: SessionInfo) -> SessionColumns:
         on_span = pc.and_kleene(pc.is_valid(sid), pc.not_equal(sid, ROOT_SENTINEL)).fill_null(False)
         marks_c["attached"] = pa.array(np.where(_np(on_span), 1, 0 if own else -1)
                                        .astype(np.int8))
+        if not set(map(type, values)) <= {float}:
+            odd_values[len(mark_batches)] = values
         mark_batches.append(pa.RecordBatch.from_pydict(marks_c))
-        mark_values.extend(values)
+        mark_lengths.append(len(values))
         if file_snaps:
             snaps.append((own, file_snaps))
         del got, spans_c, marks_c
@@ -378,9 +398,17 @@ def _read(info: SessionInfo) -> SessionColumns:
     mark_epoch = np.where(hit, span_epoch[safe] if len(span_epoch) else -1, -1)[keep_m]
     mark_batch = np.where(hit, span_batch[safe] if len(span_batch) else -1, -1)[keep_m]
     marks_t = marks_t.drop_columns(["attached"])
+    mark_values: list[Any] | None = None
+    if odd_values:
+        mark_values = []
+        start = 0
+        for i, length in enumerate(mark_lengths):
+            mark_values.extend(odd_values[i] if i in odd_values else marks_t["value"].slice(start, length).to_pylist())
+            start += length
     if not keep_m.all():
         marks_t = marks_t.filter(pa.array(keep_m))
-        mark_values = [v for v, k in zip(mark_values, keep_m.tolist()) if k]
+        if mark_values is not None:
+            mark_values = [v for v, k in zip(mark_values, keep_m.tolist()) if k]
     win_set = set(win_ids.to_pylist()) if snaps else set()
     return SessionColumns(info, spans_t, marks_t, _snapshots(snaps, win_set), span_epoch, span_batch,
                           mark_epoch, mark_batch, mark_values, parent)
@@ -398,5 +426,5 @@ def _mark_schema() -> pa.Schema:
 def _table(batches: list[pa.RecordBatch], schema: pa.Schema) -> pa.Table:
     if not batches:
         return schema.empty_table()
-    return pa.Table.from_batches([b.select(schema.names) for b in batches], schema).combine_chunks()
+    return pa.Table.from_batches([b.select(schema.names) for b in batches], schema)
 

@@ -328,6 +328,7 @@ def iter_chunks(cat: Catalog, infos: Sequence[SessionInfo], fields: str = "expor
             cols = read_columns(info) if can_read(info) else None
             if cols is not None:
                 yield cols
+                del cols  # before the next session is read: one session's columns in memory at a time
                 continue
         if info.streamable:
             yield from _chunks_streamed(info, fields)

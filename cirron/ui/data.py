@@ -30,9 +30,9 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from cirron._format import label_of, span_label
+from cirron._format import span_label
 from cirron._schema import decode_float, encode_float
-from cirron.spool import Session, children_index, list_batch_files, walk_tree
+from cirron.spool import Session, list_batch_files
 from cirron.spool.catalog import Catalog
 from cirron.spool.catalog import SessionInfo as CatalogInfo
 
@@ -111,6 +111,112 @@ class SessionInfo:
         }
 
 
+@dataclass
+class SessionRecords:
+    """One session's records as columns: what :class:`SessionData` is built from.
+
+    Made from the fast columnar reader's answer (:func:`records_of_columns`) or, for a session it
+    cannot read, from the session rebuilt record by record (:func:`records_of_session`)."""
+
+    started_ns: int | None
+    span_id: Any  # pyarrow string arrays / int64 arrays (nullable), one entry per span
+    span_parent: np.ndarray  # row of each span's parent among the spans, -1 for none
+    span_name: Any
+    span_index: Any
+    span_start: Any
+    span_end: Any
+    span_cpu: Any
+    span_gpu: Any
+    span_memory: Any
+    span_attrs: Any  # JSON text
+    mark_span: Any
+    mark_name: Any
+    mark_kind: Any
+    mark_ts: Any
+    mark_values: list[Any]  # as read (the point charts take the numbers, the summary table the values)
+    snapshots: list[Any]
+
+
+def records_of_columns(cols: Any) -> SessionRecords:
+    """From :class:`cirron.spool.columnar.SessionColumns`."""
+    s, m = cols.spans, cols.marks
+    return SessionRecords(
+        started_ns=cols.session.started_ns, span_id=s["id"], span_parent=cols.span_parent, span_name=s["name"],
+        span_index=s["index"], span_start=s["start_ns"], span_end=s["end_ns"], span_cpu=s["cpu_ns"],
+        span_gpu=s["gpu_ns"], span_memory=s["memory_peak_bytes"], span_attrs=s["attrs"], mark_span=m["span_id"],
+        mark_name=m["name"], mark_kind=m["kind"], mark_ts=m["ts_ns"], mark_values=cols.values(),
+        snapshots=cols.snapshots)
+
+
+def _text(v: Any) -> str:
+    return v if isinstance(v, str) else str(v)
+
+
+def records_of_session(session: Session) -> SessionRecords:
+    """From a session rebuilt record by record (:meth:`cirron.spool.catalog.Catalog.load`)."""
+    import pyarrow as pa
+
+    from cirron.export._common import attrs_text
+
+    spans, marks = session.spans, session.marks
+    ids = [sp["id"] for sp in spans]
+    row = {sid: i for i, sid in enumerate(ids)}
+    i64, st = pa.int64(), pa.string()
+
+    def ints(recs: list[Any], key: str) -> Any:
+        return pa.array([v if type(v := r.get(key)) is int else None for r in recs], i64)
+
+    def texts(recs: list[Any], key: str) -> Any:
+        return pa.array([None if (v := r.get(key)) is None else _text(v) for r in recs], st)
+
+    return SessionRecords(
+        started_ns=session.started_ns, span_id=pa.array(ids, st),
+        span_parent=np.array([row.get(sp.get("parent_id"), -1) for sp in spans], dtype=np.int64),
+        span_name=pa.array([_text(sp.get("name")) for sp in spans], st), span_index=ints(spans, "index"),
+        span_start=ints(spans, "start_ns"), span_end=ints(spans, "end_ns"), span_cpu=ints(spans, "cpu_ns"),
+        span_gpu=ints(spans, "gpu_ns"), span_memory=ints(spans, "memory_peak_bytes"),
+        span_attrs=pa.array([attrs_text(sp.get("attrs")) for sp in spans], st), mark_span=texts(marks, "span_id"),
+        mark_name=pa.array([_text(mk.get("name")) for mk in marks], st), mark_kind=texts(marks, "kind"),
+        mark_ts=ints(marks, "ts_ns"), mark_values=[mk.get("value") for mk in marks],
+        snapshots=list(session.snapshots))
+
+
+def _np(arr: Any, fill: Any) -> np.ndarray:
+    import pyarrow.compute as pc
+
+    arr = pc.fill_null(arr, fill)
+    if hasattr(arr, "combine_chunks"):
+        arr = arr.combine_chunks()
+    return arr.to_numpy(zero_copy_only=False)
+
+
+#: How many parent links are followed at most (a parent_id cycle stops there).
+_MAX_DEPTH = 256
+
+
+def _depths(parent: np.ndarray) -> np.ndarray:
+    depth = np.zeros(parent.size, dtype=np.int32)
+    ptr = parent.copy()
+    for _ in range(_MAX_DEPTH):
+        live = np.flatnonzero(ptr >= 0)
+        if not live.size:
+            break
+        depth[live] += 1
+        ptr[live] = parent[ptr[live]]
+    return depth
+
+
+def _decode_attrs(text: str | None) -> Any:
+    if not text or text == "{}":
+        return {}
+    import orjson
+
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return None
+
+
 class SessionData:
     """Everything the pages of one session show, as arrays built once from its records."""
 
@@ -124,9 +230,11 @@ class SessionData:
     #: Span names; ``name`` holds each span's index into it.
     names: list[str]
     name: NDArray[np.int32]
-    recs: list[Any]
-    index_of: dict[Any, int]
+    #: Row of each span's parent (-1: none).
     parent: NDArray[np.int64]
+    #: Span columns (Arrow arrays, in the same order as the rows).
+    ids: Any
+    index: Any
     duration_ns: int
     # Marks: every tick in time order, its series (index into ``mark_tick_names``) and value.
     mark_ts: NDArray[np.int64]
@@ -138,65 +246,106 @@ class SessionData:
     phase_ns: NDArray[np.int64]
     request_rows: NDArray[np.int64]
 
-    def __init__(self, info: SessionInfo, session: Session) -> None:
+    def __init__(self, info: SessionInfo, records: SessionRecords | Session) -> None:
+        if isinstance(records, Session):
+            records = records_of_session(records)
         self.info = info
-        self._build_spans(session)
-        self._build_marks(session)
+        self._build_spans(records)
+        self._build_marks(records)
         self._build_steps()
         self._build_requests()
-        self._build_snapshots(session)
+        self._build_snapshots(records)
 
     # ---------------------------------------------------------------- spans / timeline
 
-    def _build_spans(self, session: Session) -> None:
-        root_ids = [session.root["id"]] if session.root is not None else []
-        top, children = children_index(session.spans, root_ids)
-        recs: list[Any] = []
-        depths: list[int] = []
-        for span, depth in walk_tree(top, children):
-            recs.append(span)
-            depths.append(depth)
-        starts = np.array([s.get("start_ns") if type(s.get("start_ns")) is int else -1 for s in recs], dtype=np.int64)
-        ends = np.array([s.get("end_ns") if type(s.get("end_ns")) is int else -1 for s in recs], dtype=np.int64)
+    def _build_spans(self, r: SessionRecords) -> None:
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        starts = _np(r.span_start, -1).astype(np.int64)
+        ends = _np(r.span_end, -1).astype(np.int64)
+        depth = _depths(r.span_parent)
         known = starts[starts >= 0]
         t0 = int(known.min()) if known.size else 0
-        if session.started_ns is not None:
-            t0 = min(t0, session.started_ns) if known.size else session.started_ns
+        if r.started_ns is not None:
+            t0 = min(t0, r.started_ns) if known.size else r.started_ns
         last = int(max(ends.max(initial=-1), starts.max(initial=-1)))
-        for m in session.marks:
-            ts = m.get("ts_ns")
-            if type(ts) is int and ts > last:
-                last = ts
+        if len(r.mark_ts):
+            mark_last = pc.max(r.mark_ts).as_py()
+            if mark_last is not None and mark_last > last:
+                last = mark_last
         self.t0_ns = t0
-        self.open = ends < 0
+        is_open = ends < 0
         starts[starts < 0] = t0
-        ends[self.open] = max(last, t0)
+        ends[is_open] = max(last, t0)
         ends = np.maximum(ends, starts)
-        order = np.argsort(starts, kind="stable")
+        # by start; a parent before the spans that start with it; then by id (as the tree's pre-order)
+        take = pc.sort_indices(pa.table({"s": starts, "d": depth, "id": r.span_id}),
+                               sort_keys=[("s", "ascending"), ("d", "ascending"), ("id", "ascending")])
+        order = take.to_numpy()
         self.start = starts[order] - t0
         self.end = ends[order] - t0
-        self.open = self.open[order]
-        self.depth = np.array(depths, dtype=np.int32)[order]
-        names: dict[str, int] = {}
-        codes = [names.setdefault(s.get("name") if isinstance(s.get("name"), str) else str(s.get("name")), len(names))
-                 for s in recs]
-        self.names = list(names)
-        self.name = np.array(codes, dtype=np.int32)[order]
-        self.recs = [recs[i] for i in order.tolist()]
-        self.index_of = {s["id"]: i for i, s in enumerate(self.recs)}
-        self.parent = np.array([self.index_of.get(s.get("parent_id"), -1) for s in self.recs], dtype=np.int64)
+        self.open = is_open[order]
+        self.depth = depth[order]
+        names = pc.fill_null(r.span_name, "None").take(take)
+        enc = pc.dictionary_encode(names)
+        if hasattr(enc, "combine_chunks"):
+            enc = enc.combine_chunks()
+        self.names = enc.dictionary.to_pylist()
+        self.name = enc.indices.to_numpy(zero_copy_only=False).astype(np.int32)
+        new_row = np.empty(order.size, dtype=np.int64)
+        new_row[order] = np.arange(order.size)
+        p = r.span_parent[order]
+        self.parent = np.where(p >= 0, new_row[np.maximum(p, 0)], -1)
+        self.ids = r.span_id.take(take)
+        self.index = r.span_index.take(take)
+        self._index_np = _np(self.index, np.iinfo(np.int64).min)
+        self._cpu = r.span_cpu.take(take)
+        self._gpu = r.span_gpu.take(take)
+        self._memory = r.span_memory.take(take)
+        self._attrs = r.span_attrs.take(take)
         self.duration_ns = int(self.end.max(initial=0))
 
-    def _span_json(self, i: int) -> dict[str, Any]:
-        s = self.recs[i]
-        attrs = s.get("attrs")
-        return {
-            "i": i, "parent": int(self.parent[i]), "label": label_of(s), "name": self.names[self.name[i]],
-            "depth": int(self.depth[i]),
-            "start": int(self.start[i]), "end": int(self.end[i]), "open": bool(self.open[i]),
-            "cpu_ns": s.get("cpu_ns"), "gpu_ns": s.get("gpu_ns"), "memory_peak_bytes": s.get("memory_peak_bytes"),
-            "attrs": _short_json(attrs) if isinstance(attrs, dict) and attrs else "",
-        }
+    def _index_of(self, i: int) -> int | None:
+        v = int(self._index_np[i])
+        return None if v == np.iinfo(np.int64).min else v
+
+    def _label(self, i: int, attrs: Any = None) -> str:
+        if attrs is None and self.names[self.name[i]] == REQUEST_SPAN:
+            attrs = _decode_attrs(self._attrs[i].as_py())
+        return span_label(self.names[self.name[i]], self._index_of(i), attrs)
+
+    def _rows_of(self, span_ids: Iterable[Any]) -> dict[Any, int]:
+        """Rows of the spans with these ids (those that exist)."""
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        wanted = [s for s in set(span_ids) if isinstance(s, str)]
+        if not wanted:
+            return {}
+        rows = pc.index_in(pa.array(wanted, pa.string()), value_set=self.ids.combine_chunks()
+                           if hasattr(self.ids, "combine_chunks") else self.ids).to_pylist()
+        return {s: r for s, r in zip(wanted, rows) if r is not None}
+
+    def _spans_json(self, rows: np.ndarray) -> list[dict[str, Any]]:
+        import pyarrow as pa
+
+        take = pa.array(rows.astype(np.int64))
+        cpu = self._cpu.take(take).to_pylist()
+        gpu = self._gpu.take(take).to_pylist()
+        memory = self._memory.take(take).to_pylist()
+        attrs = self._attrs.take(take).to_pylist()
+        out = []
+        for k, i in enumerate(rows.tolist()):
+            a = _decode_attrs(attrs[k])
+            out.append({
+                "i": i, "parent": int(self.parent[i]), "label": self._label(i, a), "name": self.names[self.name[i]],
+                "depth": int(self.depth[i]),
+                "start": int(self.start[i]), "end": int(self.end[i]), "open": bool(self.open[i]),
+                "cpu_ns": cpu[k], "gpu_ns": gpu[k], "memory_peak_bytes": memory[k],
+                "attrs": _short_json(a) if isinstance(a, dict) and a else "",
+            })
+        return out
 
     def timeline(self, t0: int | None, t1: int | None, px: int) -> dict[str, Any]:
         """The spans visible in ``[t0, t1)`` (ns since the session start) at ``px`` pixels wide.
@@ -223,7 +372,7 @@ class SessionData:
             big = np.sort(big[keep_mask])
         else:
             small = vis[~big_mask]
-        spans = [self._span_json(int(i)) for i in big]
+        spans = self._spans_json(big)
         blocks = self._aggregate(small, lo, hi, px)
         marks = self._mark_ticks(lo, hi, px)
         return {"t0": lo, "t1": hi, "px": px, "session_start_ns": self.t0_ns, "duration_ns": self.duration_ns,
@@ -253,42 +402,62 @@ class SessionData:
 
     # ---------------------------------------------------------------- marks
 
-    def _build_marks(self, session: Session) -> None:
-        points: dict[str, list[tuple[int, float]]] = {}
+    def _build_marks(self, r: SessionRecords) -> None:
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        n = len(r.mark_values)
+        ts_all = _np(pc.subtract(r.mark_ts, self.t0_ns), 0).astype(np.int64) if n else np.zeros(0, dtype=np.int64)
+        summary = _np(pc.equal(r.mark_kind, "summary"), False).astype(bool) if n else np.zeros(0, dtype=bool)
+        names_all = pc.fill_null(r.mark_name, "None")
+        # summary marks: a table (few)
         self.summary_marks: list[dict[str, Any]] = []
-        span_labels = {s["id"]: label_of(s) for s in self.recs}
-        for m in session.marks:
-            name = m.get("name")
-            name = name if isinstance(name, str) else str(name)
-            ts = m.get("ts_ns")
-            ts = ts - self.t0_ns if type(ts) is int else 0
-            value = m.get("value")
-            if m.get("kind") == "summary":
+        srows = np.flatnonzero(summary)
+        if srows.size:
+            take = pa.array(srows)
+            s_names = names_all.take(take).to_pylist()
+            s_spans = r.mark_span.take(take).to_pylist()
+            span_rows = self._rows_of(s_spans)
+            for k, i in enumerate(srows.tolist()):
+                value = r.mark_values[i]
                 shown = encode_float(value) if isinstance(value, float) else value
+                row = span_rows.get(s_spans[k])
                 self.summary_marks.append({
-                    "name": name, "value": shown, "span": span_labels.get(m.get("span_id"), "(session)"),
-                    "span_id": m.get("span_id"), "t": ts})
-                continue
-            v = _num(value)
-            if v is not None:
-                points.setdefault(name, []).append((ts, v))
+                    "name": s_names[k], "value": shown, "span": self._label(row) if row is not None else "(session)",
+                    "span_id": s_spans[k], "t": int(ts_all[i])})
+        self.summary_marks.sort(key=lambda m: (m["name"], m["t"]))
+        # point marks: one series per name, by time
+        if set(map(type, r.mark_values)) <= {float}:
+            values = np.array(r.mark_values, dtype=np.float64)
+            numeric = np.ones(n, dtype=bool)
+        else:
+            nums = [_num(v) for v in r.mark_values]
+            numeric = np.array([v is not None for v in nums], dtype=bool)
+            values = np.array([np.nan if v is None else v for v in nums], dtype=np.float64)
+        rows = np.flatnonzero(numeric & ~summary)
         self.mark_series: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-        for name, pts in points.items():
-            pts.sort(key=lambda p: p[0])
-            self.mark_series[name] = (np.array([p[0] for p in pts], dtype=np.int64),
-                                      np.array([p[1] for p in pts], dtype=np.float64))
-        self.summary_marks.sort(key=lambda r: (r["name"], r["t"]))
-        all_ts = [ts for ts, _ in self.mark_series.values()]
-        self.mark_ts = np.sort(np.concatenate(all_ts)) if all_ts else np.zeros(0, dtype=np.int64)
-        tick_names = [np.full(ts.size, i, dtype=np.int32) for i, ts in enumerate(all_ts)]
+        if rows.size:
+            enc = pc.dictionary_encode(names_all.take(pa.array(rows)))
+            if hasattr(enc, "combine_chunks"):
+                enc = enc.combine_chunks()
+            codes = enc.indices.to_numpy(zero_copy_only=False)
+            ts, vals = ts_all[rows], values[rows]
+            order = np.lexsort((np.arange(rows.size), ts, codes))
+            codes, ts, vals = codes[order], ts[order], vals[order]
+            cuts = np.flatnonzero(np.diff(codes)) + 1
+            for a, b in zip(np.concatenate([[0], cuts]).tolist(), np.concatenate([cuts, [codes.size]]).tolist()):
+                self.mark_series[enc.dictionary[int(codes[a])].as_py()] = (ts[a:b], vals[a:b])
+        all_ts = [t for t, _ in self.mark_series.values()]
         self.mark_tick_names = list(self.mark_series)
         if all_ts:
-            ts_all = np.concatenate(all_ts)
-            order = np.argsort(ts_all, kind="stable")
-            self.mark_ts = ts_all[order]
-            self.mark_tick_name = np.concatenate(tick_names)[order]
+            ts_cat = np.concatenate(all_ts)
+            order = np.argsort(ts_cat, kind="stable")
+            self.mark_ts = ts_cat[order]
+            self.mark_tick_name = np.concatenate([np.full(t.size, i, dtype=np.int32)
+                                                  for i, t in enumerate(all_ts)])[order]
             self.mark_tick_value = np.concatenate([v for _, v in self.mark_series.values()])[order]
         else:
+            self.mark_ts = np.zeros(0, dtype=np.int64)
             self.mark_tick_name = np.zeros(0, dtype=np.int32)
             self.mark_tick_value = np.zeros(0)
 
@@ -320,18 +489,27 @@ class SessionData:
         if step_code is None:
             return
         steps = np.flatnonzero(self.name == step_code)
-        row_of = np.full(len(self.recs), -1, dtype=np.int64)
+        row_of = np.full(self.name.size, -1, dtype=np.int64)
         row_of[steps] = np.arange(steps.size)
-        phase_codes = {self.names.index(p): k for k, p in enumerate(PHASES) if p in self.names}
+        phase_of_code = np.full(len(self.names), -1, dtype=np.int64)
+        for k, p in enumerate(PHASES):
+            if p in self.names:
+                phase_of_code[self.names.index(p)] = k
+        phase = phase_of_code[self.name]
+        rows = np.flatnonzero(phase >= 0)
+        # the nearest step above each phase span, unless another phase span comes first (no double count)
+        up = self.parent[rows]
+        for _ in range(_MAX_DEPTH):
+            climb = np.flatnonzero(up >= 0)
+            climb = climb[(row_of[up[climb]] < 0) & (phase[up[climb]] < 0)]
+            if not climb.size:
+                break
+            up[climb] = self.parent[up[climb]]
+        hit = up >= 0
+        hit[hit] = row_of[up[hit]] >= 0
         phase_ns = np.zeros((len(PHASES), steps.size), dtype=np.int64)
-        is_phase = np.isin(self.name, list(phase_codes))
-        for i in np.flatnonzero(is_phase).tolist():
-            # the nearest step above it, unless another phase span comes first (no double count)
-            p = int(self.parent[i])
-            while p >= 0 and row_of[p] < 0 and self.name[p] not in phase_codes:
-                p = int(self.parent[p])
-            if p >= 0 and row_of[p] >= 0:
-                phase_ns[phase_codes[int(self.name[i])], row_of[p]] += self.end[i] - self.start[i]
+        r = rows[hit]
+        np.add.at(phase_ns, (phase[r], row_of[up[hit]]), self.end[r] - self.start[r])
         self.step_rows = steps
         self.phase_ns = phase_ns
 
@@ -339,8 +517,7 @@ class SessionData:
         p = int(self.parent[i])
         while p >= 0:
             if self.names[self.name[p]] == "epoch":
-                idx = self.recs[p].get("index")
-                return idx if type(idx) is int else None
+                return self._index_of(p)
             p = int(self.parent[p])
         return None
 
@@ -379,7 +556,7 @@ class SessionData:
 
     def _step_label(self, i: int) -> str:
         ep = self._epoch_of(i)
-        core = label_of(self.recs[i])
+        core = self._label(i)
         return f"{span_label('epoch', ep)} {core}" if ep is not None else core
 
     # ---------------------------------------------------------------- requests
@@ -389,7 +566,7 @@ class SessionData:
         self.request_rows = np.flatnonzero(self.name == code) if code is not None else np.zeros(0, dtype=np.int64)
         wanted = {"ttft_ns", "tokens_per_s", "tokens"}
         self.request_marks: dict[str, dict[str, float]] = {}
-        ids = {self.recs[i]["id"] for i in self.request_rows.tolist()}
+        ids = set(self.ids.take(self.request_rows).to_pylist()) if self.request_rows.size else set()
         for m in self.summary_marks:
             if m["name"] in wanted and m["span_id"] in ids:
                 v = _num(m["value"])
@@ -413,8 +590,9 @@ class SessionData:
                     windows.append({"t": float((edges[w] + edges[w + 1]) / 2), "count": int(vals.size),
                                     "p50": p50, "p95": p95, "p99": p99})
         ttft, tps = [], []
-        for i in rows.tolist():
-            extra = self.request_marks.get(self.recs[i]["id"], {})
+        ids = self.ids.take(rows).to_pylist() if n else []
+        for rid in ids:
+            extra = self.request_marks.get(rid, {})
             if "ttft_ns" in extra:
                 ttft.append(extra["ttft_ns"])
             if "tokens_per_s" in extra:
@@ -422,9 +600,9 @@ class SessionData:
         slow = []
         for k in (np.argsort(-lat, kind="stable")[:slowest].tolist() if n else []):
             i = int(rows[k])
-            rec = self.recs[i]
-            attrs = rec.get("attrs") if isinstance(rec.get("attrs"), dict) else {}
-            extra = self.request_marks.get(rec["id"], {})
+            decoded = _decode_attrs(self._attrs[i].as_py())
+            attrs = decoded if isinstance(decoded, dict) else {}
+            extra = self.request_marks.get(ids[k], {})
             slow.append({"request_id": attrs.get("request_id"), "start": int(self.start[i]), "end": int(self.end[i]),
                          "latency_ns": int(lat[k]), "ttft_ns": extra.get("ttft_ns"), "tokens": extra.get("tokens"),
                          "tokens_per_s": extra.get("tokens_per_s"), "error": attrs.get("error"),
@@ -436,9 +614,10 @@ class SessionData:
 
     # ---------------------------------------------------------------- snapshots
 
-    def _build_snapshots(self, session: Session) -> None:
+    def _build_snapshots(self, records: SessionRecords) -> None:
         by_tensor: dict[tuple[str, str], list[Any]] = {}
-        for sn in session.snapshots:
+        self._snapshot_rows = self._rows_of(sn.get("span_id") for sn in records.snapshots)
+        for sn in records.snapshots:
             tensor = sn.get("tensor")
             if not isinstance(tensor, str) or not isinstance(sn.get("stats"), dict):
                 continue
@@ -454,10 +633,10 @@ class SessionData:
             stats: dict[str, list[Any]] = {"mean": [], "std": [], "norm": [], "min": [], "max": []}
             hists = []
             for k, r in enumerate(recs):
-                i = self.index_of.get(r.get("span_id"))
-                idx = self.recs[i].get("index") if i is not None else None
+                i = self._snapshot_rows.get(r.get("span_id"))
+                idx = self._index_of(i) if i is not None else None
                 xs.append(idx if type(idx) is int else k)
-                labels.append(label_of(self.recs[i]) if i is not None else f"#{k}")
+                labels.append(self._label(i) if i is not None else f"#{k}")
                 st = r["stats"]
                 for key, column in stats.items():
                     v = _num(st.get(key))
@@ -596,7 +775,12 @@ class SpoolData:
                 self._views.popitem(last=False)
             catalog = next(sp.catalog for sp in self.spools if sp.dir == info.summary.spool and sp.catalog)
             assert catalog is not None  # sessions() opened it
-            data = SessionData(info, catalog.load(info.summary))
+            from cirron.spool.columnar import can_read, read_columns
+
+            cols = read_columns(info.summary) if can_read(info.summary) else None
+            records = records_of_columns(cols) if cols is not None else records_of_session(catalog.load(info.summary))
+            del cols
+            data = SessionData(info, records)
             self._views[session_id] = (key, data)
             return data
 

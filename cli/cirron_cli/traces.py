@@ -101,6 +101,7 @@ def _iter_chunks(cat: Catalog, chosen: list[SessionInfo], fields: str) -> Iterat
                 tick()
             last = chunk.session
             yield chunk
+            del chunk  # before the next one is read
 
 
 def _iter_loaded(cat: Catalog, chosen: list[SessionInfo], fields: str = "full",
