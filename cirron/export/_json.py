@@ -122,14 +122,48 @@ def _write_texts(fh: Any, already: int, texts: Any) -> int:
     return n
 
 
+def _column_bytes(col: Any) -> Any:
+    import numpy as np
+
+    from cirron.export._common import arrow_text
+
+    return np.frombuffer(arrow_text(col), dtype=np.uint8)
+
+
+def _may_need_escapes(col: Any) -> bool:
+    """Whether any value of a string column holds a quote, a backslash or a control character (one
+    scan of its bytes; the rows are then found one by one)."""
+    b = _column_bytes(col)
+    return bool(((b < 0x20) | (b == 0x22) | (b == 0x5C)).any())
+
+
+def _may_change(col: Any) -> bool:
+    """Whether any raw attrs text of the column could read differently re-encoded (see
+    :data:`_NOT_CANONICAL`; one scan of its bytes, the rows are then found one by one)."""
+    import numpy as np
+
+    b = _column_bytes(col)
+    if not b.size:
+        return False
+    if ((b == 0x20) | (b == 0x09) | (b == 0x0A) | (b == 0x0D) | (b == 0x5C)).any():
+        return True
+    digit = (b >= 0x30) & (b <= 0x39)
+    after = b[1:]
+    if (digit[:-1] & ((after == 0x2E) | (after == 0x65) | (after == 0x45))).any():
+        return True
+    if ((b[:-1] == 0x2D) & (after == 0x30)).any():
+        return True
+    runs = np.concatenate([[0], np.cumsum(digit)])
+    return bool(b.size >= 16 and ((runs[16:] - runs[:-16]) == 16).any())
+
+
 def _json_strings(col: Any) -> Any:
     """A string column as JSON texts (``null`` for null)."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
     out = pc.binary_join_element_wise('"', col, '"', "")
-    need = pc.fill_null(pc.match_substring_regex(col, _ESCAPED), False)
-    if pc.any(need).as_py():
+    if _may_need_escapes(col) and pc.any(need := pc.fill_null(pc.match_substring_regex(col, _ESCAPED), False)).as_py():
         exact = [orjson.dumps(v).decode() for v in col.to_pylist()]
         out = pc.if_else(need, pa.array(exact, pa.string()), out)
     return pc.fill_null(out, "null")
@@ -149,6 +183,8 @@ def _json_attrs(col: Any) -> Any:
     import pyarrow as pa
     import pyarrow.compute as pc
 
+    if not _may_change(col):
+        return col
     need = pc.fill_null(pc.match_substring_regex(col, _NOT_CANONICAL), False)
     rows = np.flatnonzero(need.to_numpy(zero_copy_only=False))
     if not rows.size:

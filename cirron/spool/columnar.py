@@ -225,13 +225,14 @@ def _snapshots(batches: list[tuple[bool, list[Any]]], win_ids: set[str]) -> list
     return out
 
 
-def read_columns(info: SessionInfo) -> SessionColumns | None:
+def read_columns(info: SessionInfo, *, marks: bool = True) -> SessionColumns | None:
     """``info``'s winning records as columns, or ``None`` when this reader cannot read it exactly
-    (see the module docstring); the caller then reads it the reference way."""
+    (see the module docstring); the caller then reads it the reference way. With ``marks=False``
+    only the spans are read (the marks table is empty): what a spans-only export needs."""
     if not can_read(info):
         return None
     try:
-        return _read(info)
+        return _read(info, marks)
     except _Unsupported:
         return None
 
@@ -271,25 +272,31 @@ class _Batch(msgspec.Struct, gc=False):
     snapshots: Any = None
 
 
-_DECODER = msgspec.json.Decoder(_Batch)
+class _SpansBatch(msgspec.Struct, gc=False):
+    session_id: Any = msgspec.UNSET
+    spans: Optional[list[_Span]] = None
+    snapshots: Any = None
+
+
+_DECODERS: dict[bool, Any] = {True: msgspec.json.Decoder(_Batch), False: msgspec.json.Decoder(_SpansBatch)}
 
 _FileCols = tuple[dict, dict, list, Any, list]
 
 
-def _fast_file(data: bytes) -> _FileCols | None:
+def _fast_file(data: bytes, with_marks: bool = True) -> _FileCols | None:
     """One batch file's columns, decoded straight into the fields the columns need; ``None`` when
     the file needs :func:`read_batch`'s care: anything the strict types refuse (quoted or
     out-of-range integers, odd types, records without an id), mark values that are not plain
     floats, snapshots, or a writer without the lock protocol (whose spellings
     :mod:`cirron.spool.tolerant` maps)."""
     try:
-        batch = _DECODER.decode(data)
+        batch = _DECODERS[with_marks].decode(data)
     except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):
         return None
     if batch.session_id is msgspec.UNSET or batch.snapshots:
         return None
     spans = batch.spans or []
-    marks = batch.marks or []
+    marks = (batch.marks or []) if with_marks else []
     values = [m.value for m in marks]
     if not set(map(type, values)) <= {float}:
         return None
@@ -306,12 +313,12 @@ def _fast_file(data: bytes) -> _FileCols | None:
     return spans_c, marks_c, values, sid if type(sid) is str and sid else None, []
 
 
-def _careful_file(bf: Any) -> _FileCols | None:
+def _careful_file(bf: Any, with_marks: bool = True) -> _FileCols | None:
     """One batch file's columns from :func:`read_batch` (every tolerance of the reference reader)."""
     batch = read_batch(bf, lambda _m: None, "export")
     if batch is None:
         return None
-    spans, marks = batch["spans"], batch["marks"]
+    spans, marks = batch["spans"], batch["marks"] if with_marks else []
     spans_c = _columns(spans, SPAN_COLUMNS, _SPAN_TYPES, _STR_COLUMNS)
     spans_c["attrs"] = _raw_text([s.attrs for s in spans])
     marks_c = _columns(marks, MARK_COLUMNS, _MARK_TYPES, _MARK_STR_COLUMNS)
@@ -321,7 +328,7 @@ def _careful_file(bf: Any) -> _FileCols | None:
     return spans_c, marks_c, values, batch["session_id"], batch["snapshots"]
 
 
-def _read_file(bf: Any) -> _FileCols | None:
+def _read_file(bf: Any, with_marks: bool = True) -> _FileCols | None:
     from cirron._safeopen import open_regular
 
     try:
@@ -329,18 +336,18 @@ def _read_file(bf: Any) -> _FileCols | None:
             data = fh.read()
     except OSError:
         data = None
-    fast = _fast_file(data) if data else None
-    return fast if fast is not None else _careful_file(bf)
+    fast = _fast_file(data, with_marks) if data else None
+    return fast if fast is not None else _careful_file(bf, with_marks)
 
 
-def _read(info: SessionInfo) -> SessionColumns:
+def _read(info: SessionInfo, with_marks: bool) -> SessionColumns:
     from cirron.spool.reconstruct import paused_gc
 
     with paused_gc():  # millions of short-lived lists: the cyclic GC would rescan them over and over
-        return _read_session(info)
+        return _read_session(info, with_marks)
 
 
-def _read_session(info: SessionInfo) -> SessionColumns:
+def _read_session(info: SessionInfo, with_marks: bool) -> SessionColumns:
     span_batches: list[pa.RecordBatch] = []
     mark_batches: list[pa.RecordBatch] = []
     #: Mark values of the files whose values are not all floats (by position in mark_batches).
@@ -351,7 +358,7 @@ def _read_session(info: SessionInfo) -> SessionColumns:
     for file_no, bf in enumerate(info.files):
         if file_no % 16 == 15:
             pool.release_unused()  # give back what the files read so far no longer need
-        got = _read_file(bf)
+        got = _read_file(bf, with_marks)
         if got is None:
             continue
         spans_c, marks_c, values, session_id, file_snaps = got

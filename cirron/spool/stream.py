@@ -315,17 +315,17 @@ def chunk_of_session(sess: Session, info: SessionInfo | None = None) -> Chunk:
 
 
 def iter_chunks(cat: Catalog, infos: Sequence[SessionInfo], fields: str = "export", *,
-                columnar: bool = False) -> Iterator[Any]:
+                columnar: bool = False, marks: bool = True) -> Iterator[Any]:
     """The records of ``infos``, session after session, in chunks (see the module docstring).
 
     With ``columnar``, each session :mod:`cirron.spool.columnar` can read comes as one
     :class:`~cirron.spool.columnar.SessionColumns` instead (the same records, as Arrow columns);
-    the others as chunks."""
+    the others as chunks. ``marks=False``: a spans-only reader may leave the columns' marks out."""
     for info in infos:
         if columnar:
             from cirron.spool.columnar import can_read, read_columns
 
-            cols = read_columns(info) if can_read(info) else None
+            cols = read_columns(info, marks=marks) if can_read(info) else None
             if cols is not None:
                 yield cols
                 del cols  # before the next session is read: one session's columns in memory at a time

@@ -89,14 +89,14 @@ def _pick_sessions(spools: list[str], prefix: str | None, last: int | None) -> t
     return cat, chosen
 
 
-def _iter_chunks(cat: Catalog, chosen: list[SessionInfo], fields: str) -> Iterator[Any]:
+def _iter_chunks(cat: Catalog, chosen: list[SessionInfo], fields: str, marks: bool = True) -> Iterator[Any]:
     """The chosen sessions' records in chunks, or as Arrow columns where the fast reader can read
     them (:func:`cirron.spool.stream.iter_chunks`), with a progress bar per session on a TTY."""
     from cirron.spool.stream import iter_chunks
 
     with _progress("Exporting", total=len(chosen)) as tick:
         last = None
-        for chunk in iter_chunks(cat, chosen, fields, columnar=True):
+        for chunk in iter_chunks(cat, chosen, fields, columnar=True, marks=marks):
             if last is not None and chunk.session is not last:
                 tick()
             last = chunk.session
@@ -778,7 +778,7 @@ def export(
                 path = stack.enter_context(_stdout_target()) if to_stdout else _file_target(output, fmt)
                 target = ex.STDOUT if to_stdout else path
                 if fmt == "csv":
-                    rows = ex.write_csv(_iter_chunks(cat, chosen, fields), path)
+                    rows = ex.write_csv(_iter_chunks(cat, chosen, fields, marks=False), path)
                     what = render.plural(rows, "span")
                 elif fmt == "json":
                     ex.write_json(_iter_chunks(cat, chosen, fields), path)
