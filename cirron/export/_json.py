@@ -99,7 +99,7 @@ def _write_chunked_after(fh: Any, already: int, items: Any, write_chunked: Any) 
 # bytes the per-record encoder above writes.
 
 #: Rows encoded at a time (bounds the text held in memory).
-_SLICE_ROWS = 65_536
+_SLICE_ROWS = 16_384
 #: Raw JSON text of attrs that re-encoding could change (whitespace, escapes, floats, "-0", long
 #: integers); those rows go through the per-record encoder, the others are copied as they are.
 _NOT_CANONICAL = r'[\s\\]|[0-9][.eE]|-0|[0-9]{16}'

@@ -85,9 +85,13 @@ def test_training_sessions_with_rewritten_roots_and_snapshots(factory: SpoolFact
     assert kinds == {"columns": 3, "chunks": 0}
 
 
-def test_bench_spool(tmp_path):
+def test_bench_spool(tmp_path, monkeypatch):
     from bench_cli import generate
 
+    from cirron.export import _csv, _json
+
+    for module in (_csv, _json):  # several slices per session, as on big spools
+        monkeypatch.setattr(module, "_SLICE_ROWS", 3_000)
     spool = tmp_path / ".cirron" / "spool"
     generate(spool, 20_000, 20_000, 8, n_sessions=2)
     kinds = assert_same_exports(spool, tmp_path / "out")
