@@ -227,14 +227,21 @@ def _summarize_one_session(files: list[BatchFile], fingerprint: list[Any]) -> _G
     import numpy as np
 
     from cirron._schema import SESSION_SPAN_NAME
-    from cirron.spool.outline import _keys, _last_of_each, _stack, _times
+    from cirron.spool.outline import (
+        SPAN_KEY_COLUMNS,
+        append_span_keys,
+        last_of_each,
+        stack_parts,
+        target_keys,
+        time_column,
+    )
     from cirron.spool.reader import _decode_attrs, read_batch
     from cirron.spool.reconstruct import paused_gc
 
     files = sorted(files, key=lambda b: (b.created_ns, b.batch_id))
     warnings: dict[str, list[str]] = {}
     ok_files: list[BatchFile] = []
-    cols: dict[str, list[Any]] = {k: [] for k in ("hi", "lo", "pjoin", "has_p", "closed", "start", "end",
+    cols: dict[str, list[Any]] = {k: [] for k in (*SPAN_KEY_COLUMNS,
                                                     "mhi", "mlo", "mt", "mon", "mts", "nhi", "nlo", "nt", "non")}
     roots: list[tuple[int, Any]] = []
     sid: str | None = None
@@ -258,35 +265,23 @@ def _summarize_one_session(files: list[BatchFile], fingerprint: list[Any]) -> _G
             if sdk_seen is None and type(batch["sdk_version"]) is str:
                 sdk_seen = batch["sdk_version"]
             spans = batch["spans"]
-            hi, lo = _keys([x.id for x in spans])
-            cols["hi"].append(hi)
-            cols["lo"].append(lo)
-            parents = [x.parent_id for x in spans]
-            phi, plo = _keys([p if p is not None else "" for p in parents])
-            cols["pjoin"].append(phi ^ plo)
-            cols["has_p"].append(np.fromiter((p is not None for p in parents), dtype=bool, count=len(spans)))
-            cols["closed"].append(np.fromiter((x.end_ns is not None for x in spans), dtype=bool, count=len(spans)))
-            cols["start"].append(_times([x.start_ns for x in spans]))
-            cols["end"].append(_times([x.end_ns for x in spans]))
+            append_span_keys(cols, spans)
             for j, x in enumerate(spans):
                 if x.parent_id is None and x.name == SESSION_SPAN_NAME:
                     roots.append((row + j, x))
             row += len(spans)
             for recs, (khi, klo, kt, kon) in ((batch["marks"], ("mhi", "mlo", "mt", "mon")),
                                              (batch["snapshots"], ("nhi", "nlo", "nt", "non"))):
-                rhi, rlo = _keys([r.id for r in recs])
-                targets = [r.span_id for r in recs]
-                on = np.fromiter((t is not None and t != ROOT_SENTINEL for t in targets), dtype=bool, count=len(recs))
-                thi, tlo = _keys([t if t is not None and t != ROOT_SENTINEL else "" for t in targets])
+                rhi, rlo, tjoin, on = target_keys(recs)
                 cols[khi].append(rhi)
                 cols[klo].append(rlo)
-                cols[kt].append(thi ^ tlo)
+                cols[kt].append(tjoin)
                 cols[kon].append(on)
-            cols["mts"].append(_times([m.ts_ns for m in batch["marks"]]))
+            cols["mts"].append(time_column([m.ts_ns for m in batch["marks"]]))
             del batch, spans
         u64 = np.uint64
-        hi, lo, closed = _stack(cols["hi"], u64), _stack(cols["lo"], u64), _stack(cols["closed"], bool)
-        win = _last_of_each(hi, lo, closed)
+        hi, lo, closed = stack_parts(cols["hi"], u64), stack_parts(cols["lo"], u64), stack_parts(cols["closed"], bool)
+        win = last_of_each(hi, lo, closed)
         rows = np.flatnonzero(win)
         win_roots = [(r, x) for r, x in roots if win[r]]
         if len(win_roots) != 1 or win_roots[0][1].id != sid:
@@ -295,10 +290,10 @@ def _summarize_one_session(files: list[BatchFile], fingerprint: list[Any]) -> _G
         del closed, win
         join = (hi ^ lo)[rows]
         del hi, lo
-        pjoin = _stack(cols["pjoin"], u64)[rows]
-        has_p = _stack(cols["has_p"], bool)[rows].astype(bool)
-        start = _stack(cols["start"], np.int64)[rows]
-        end = _stack(cols["end"], np.int64)[rows]
+        pjoin = stack_parts(cols["pjoin"], u64)[rows]
+        has_p = stack_parts(cols["has_p"], bool)[rows].astype(bool)
+        start = stack_parts(cols["start"], np.int64)[rows]
+        end = stack_parts(cols["end"], np.int64)[rows]
         n = len(rows)
         by_join = np.argsort(join, kind="stable")
         sorted_join = join[by_join]
@@ -323,13 +318,13 @@ def _summarize_one_session(files: list[BatchFile], fingerprint: list[Any]) -> _G
             return None
         counts = []
         for khi, klo, kt, kon in (("mhi", "mlo", "mt", "mon"), ("nhi", "nlo", "nt", "non")):
-            rwin = _last_of_each(_stack(cols[khi], u64), _stack(cols[klo], u64), None)
-            t, on = _stack(cols[kt], u64), _stack(cols[kon], bool).astype(bool)
+            rwin = last_of_each(stack_parts(cols[khi], u64), stack_parts(cols[klo], u64), None)
+            t, on = stack_parts(cols[kt], u64), stack_parts(cols[kon], bool).astype(bool)
             if n and on.any() and (lookup(t[on]) < 0).any():
                 return None  # a mark or snapshot on a span the group does not hold
             counts.append(int(rwin.sum()))
             if khi == "mhi":
-                mts = _stack(cols["mts"], np.int64)[rwin]
+                mts = stack_parts(cols["mts"], np.int64)[rwin]
     no_time = np.iinfo(np.int64).min
     times = np.concatenate([start[start != no_time], end[end != no_time], mts[mts != no_time]])
     last_ns = int(times.max()) if len(times) else None

@@ -50,7 +50,7 @@ SPILL_BYTES = 32 << 20
 _MASK64 = (1 << 64) - 1
 
 
-def _keys(ids: list[str]) -> tuple[np.ndarray, np.ndarray]:
+def id_keys(ids: list[str]) -> tuple[np.ndarray, np.ndarray]:
     """128-bit keys ``(hi, lo)`` of ids (see :func:`cirron.spool.stream._key`)."""
     from cirron.spool.stream import _key
 
@@ -71,7 +71,7 @@ def _keys(ids: list[str]) -> tuple[np.ndarray, np.ndarray]:
     return hi, lo
 
 
-def _last_of_each(hi: np.ndarray, lo: np.ndarray, closed: np.ndarray | None) -> np.ndarray:
+def last_of_each(hi: np.ndarray, lo: np.ndarray, closed: np.ndarray | None) -> np.ndarray:
     """Boolean mask of the rows that win the dedupe of their key (rows in write order): the last
     closed one, else the last one (``closed=None``: the last one), as
     :func:`cirron.spool.stream._winners` decides, with fewer temporaries (a stable sort keeps
@@ -93,7 +93,7 @@ def _last_of_each(hi: np.ndarray, lo: np.ndarray, closed: np.ndarray | None) -> 
     return keep
 
 
-def _stack(parts: list[np.ndarray], dtype: Any) -> np.ndarray:
+def stack_parts(parts: list[np.ndarray], dtype: Any) -> np.ndarray:
     """The per-file arrays as one, freeing them as it goes."""
     out = np.concatenate(parts) if parts else np.empty(0, dtype=dtype)
     parts.clear()
@@ -255,6 +255,35 @@ NODE_SPAN, NODE_MARK, NODE_COLLAPSED = 0, 1, 2
 _NO_TIME = np.iinfo(np.int64).min
 
 
+#: The key columns :func:`append_span_keys` adds per batch: id halves, the parent's joined key,
+#: whether there is a parent, whether the span is closed, and its times.
+SPAN_KEY_COLUMNS = ("hi", "lo", "pjoin", "has_p", "closed", "start", "end")
+
+
+def append_span_keys(cols: dict[str, list[np.ndarray]], spans: list[Any]) -> None:
+    """Append one batch's span key columns (:data:`SPAN_KEY_COLUMNS`) to ``cols``."""
+    hi, lo = id_keys([s.id for s in spans])
+    cols["hi"].append(hi)
+    cols["lo"].append(lo)
+    parents = [s.parent_id for s in spans]
+    phi, plo = id_keys([p if p is not None else "" for p in parents])
+    cols["pjoin"].append(phi ^ plo)
+    cols["has_p"].append(np.fromiter((p is not None for p in parents), dtype=bool, count=len(spans)))
+    cols["closed"].append(np.fromiter((s.end_ns is not None for s in spans), dtype=bool, count=len(spans)))
+    cols["start"].append(time_column([s.start_ns for s in spans]))
+    cols["end"].append(time_column([s.end_ns for s in spans]))
+
+
+def target_keys(recs: list[Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Key columns of marks or snapshots: their id halves, the joined key of the span each names,
+    and whether it names a span (rather than the root sentinel or none)."""
+    hi, lo = id_keys([r.id for r in recs])
+    targets = [r.span_id for r in recs]
+    on_span = np.fromiter((t is not None and t != ROOT_SENTINEL for t in targets), dtype=bool, count=len(recs))
+    thi, tlo = id_keys([t if t is not None and t != ROOT_SENTINEL else "" for t in targets])
+    return hi, lo, thi ^ tlo, on_span
+
+
 def _plain_ids(ids: list[Any]) -> bool:
     """Whether every id is 32 lowercase hex digits (their 128-bit keys then sort as the ids do)."""
     for x in ids:
@@ -263,7 +292,7 @@ def _plain_ids(ids: list[Any]) -> bool:
     return True
 
 
-def _times(values: list[Any]) -> np.ndarray:
+def time_column(values: list[Any]) -> np.ndarray:
     return np.fromiter((v if type(v) is int else _NO_TIME for v in values), dtype=np.int64, count=len(values))
 
 
@@ -339,7 +368,7 @@ def session_columns(info: SessionInfo, *, threads: bool = False) -> SessionColum
 def _session_columns(info: SessionInfo, threads: bool) -> SessionColumns | None:
     quiet = lambda _m: None  # noqa: E731
     files: list[BatchFile] = []
-    names = ["hi", "lo", "pjoin", "has_p", "closed", "start", "end"] + (["thread", "rank"] if threads else [])
+    names = [*SPAN_KEY_COLUMNS] + (["thread", "rank"] if threads else [])
     sp: dict[str, list[np.ndarray]] = {k: [] for k in names}
     mk: dict[str, list[np.ndarray]] = {k: [] for k in ("hi", "lo", "tjoin", "att", "ts")}
     span_start, mark_start = [0], [0]
@@ -352,47 +381,35 @@ def _session_columns(info: SessionInfo, threads: bool) -> SessionColumns | None:
         ids = [s.id for s in spans]
         if not _plain_ids(ids):
             return None
-        hi, lo = _keys(ids)
-        sp["hi"].append(hi)
-        sp["lo"].append(lo)
-        parents = [s.parent_id for s in spans]
-        phi, plo = _keys([p if p is not None else "" for p in parents])
-        sp["pjoin"].append(phi ^ plo)
-        sp["has_p"].append(np.fromiter((p is not None for p in parents), dtype=bool, count=len(spans)))
-        sp["closed"].append(np.fromiter((s.end_ns is not None for s in spans), dtype=bool, count=len(spans)))
-        sp["start"].append(_times([s.start_ns for s in spans]))
-        sp["end"].append(_times([s.end_ns for s in spans]))
+        append_span_keys(sp, spans)
         if threads:
-            sp["thread"].append(_times([s.thread_id for s in spans]))
-            sp["rank"].append(_times([s.rank for s in spans]))
+            sp["thread"].append(time_column([s.thread_id for s in spans]))
+            sp["rank"].append(time_column([s.rank for s in spans]))
         own = batch["session_id"] == info.id
-        mhi, mlo = _keys([m.id for m in marks])
-        targets = [m.span_id for m in marks]
-        on_span = np.fromiter((t is not None and t != ROOT_SENTINEL for t in targets), dtype=bool, count=len(marks))
-        thi, tlo = _keys([t if t is not None and t != ROOT_SENTINEL else "" for t in targets])
+        mhi, mlo, tjoin, on_span = target_keys(marks)
         mk["hi"].append(mhi)
         mk["lo"].append(mlo)
-        mk["tjoin"].append(thi ^ tlo)
+        mk["tjoin"].append(tjoin)
         # 1: on a span id; 0: on the sentinel (or none) in the session's own batch; -1: neither
         mk["att"].append(np.where(on_span, 1, 0 if own else -1).astype(np.int8))
-        mk["ts"].append(_times([m.ts_ns for m in marks]))
+        mk["ts"].append(time_column([m.ts_ns for m in marks]))
         span_start.append(span_start[-1] + len(spans))
         mark_start.append(mark_start[-1] + len(marks))
         del batch, spans, marks
     # marks first: their per-file arrays as one before the spans' temporaries exist
-    mcat = {k: _stack(v, np.uint64) for k, v in mk.items()}
+    mcat = {k: stack_parts(v, np.uint64) for k, v in mk.items()}
     del mk
-    hi, lo, closed = _stack(sp["hi"], np.uint64), _stack(sp["lo"], np.uint64), _stack(sp["closed"], bool)
-    rows = np.flatnonzero(_last_of_each(hi, lo, closed))
+    hi, lo, closed = stack_parts(sp["hi"], np.uint64), stack_parts(sp["lo"], np.uint64), stack_parts(sp["closed"], bool)
+    rows = np.flatnonzero(last_of_each(hi, lo, closed))
     del closed
     whi, wlo = hi[rows], lo[rows]
     del hi, lo
-    pjoin = _stack(sp["pjoin"], np.uint64)[rows]
-    has_p = _stack(sp["has_p"], bool)[rows].astype(bool)
-    start = _stack(sp["start"], np.int64)[rows].astype(np.int64)
-    end = _stack(sp["end"], np.int64)[rows].astype(np.int64)
-    thread = _stack(sp["thread"], np.int64)[rows].astype(np.int64) if threads else None
-    rank = _stack(sp["rank"], np.int64)[rows].astype(np.int64) if threads else None
+    pjoin = stack_parts(sp["pjoin"], np.uint64)[rows]
+    has_p = stack_parts(sp["has_p"], bool)[rows].astype(bool)
+    start = stack_parts(sp["start"], np.int64)[rows].astype(np.int64)
+    end = stack_parts(sp["end"], np.int64)[rows].astype(np.int64)
+    thread = stack_parts(sp["thread"], np.int64)[rows].astype(np.int64) if threads else None
+    rank = stack_parts(sp["rank"], np.int64)[rows].astype(np.int64) if threads else None
     del sp
     n = len(rows)
     join = whi ^ wlo
@@ -406,7 +423,7 @@ def _session_columns(info: SessionInfo, threads: bool) -> SessionColumns | None:
         pos = np.minimum(np.searchsorted(sorted_join, keys), n - 1)
         return np.where(sorted_join[pos] == keys, by_join[pos], -1)
 
-    root_hi, root_lo = _keys([info.id])
+    root_hi, root_lo = id_keys([info.id])
     root_idx = int(lookup(root_hi ^ root_lo)[0])
     if root_idx < 0:
         return None
@@ -414,7 +431,7 @@ def _session_columns(info: SessionInfo, threads: bool) -> SessionColumns | None:
     parent[root_idx] = -1
     del pjoin, has_p
 
-    mwin = _last_of_each(mcat.pop("hi"), mcat.pop("lo"), None)
+    mwin = last_of_each(mcat.pop("hi"), mcat.pop("lo"), None)
     att = mcat.pop("att").astype(np.int8)
     own_span = np.where(att == 1, lookup(mcat.pop("tjoin").astype(np.uint64)), -1)
     member = mwin & ((own_span >= 0) | (att >= 0))
