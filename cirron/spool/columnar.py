@@ -32,6 +32,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from cirron._schema import BATCH_SPAN_NAME, EPOCH_SPAN_NAME, ROOT_SENTINEL
+from cirron.spool.arrays import enclosing_steps, last_of_each
 from cirron.spool.catalog import SessionInfo
 from cirron.spool.reader import _INT64_MAX, _INT64_MIN, read_batch
 
@@ -40,8 +41,6 @@ __all__ = ["MARK_COLUMNS", "MAX_SESSION_BYTES", "SPAN_COLUMNS", "SessionColumns"
 #: Sessions whose batch files are bigger than this are read the reference (bounded, two-pass)
 #: way: the columns of one session take about 0.6 bytes per byte of JSON.
 MAX_SESSION_BYTES = 256 << 20
-#: How many parent links are followed at most when looking for the enclosing epoch/batch.
-_MAX_DEPTH = 256
 
 SPAN_COLUMNS = ("id", "parent_id", "name", "index", "start_ns", "end_ns", "cpu_ns", "gpu_ns", "memory_peak_bytes",
                 "thread_id", "pid", "rank")
@@ -164,46 +163,17 @@ def _mark_value_columns(values: list[Any]) -> tuple[pa.Array, pa.Array]:
 def _winners(ids: pa.ChunkedArray | pa.Array, closed: np.ndarray | None) -> np.ndarray:
     """Boolean mask of the rows that win the dedupe by id (rows are in write order)."""
     n = len(ids)
-    keep = np.ones(n, dtype=bool)
     if n == 0 or pc.count_distinct(ids).as_py() == n:  # no id repeats: every record wins
-        return keep
+        return np.ones(n, dtype=bool)
     enc = pc.dictionary_encode(ids.combine_chunks() if isinstance(ids, pa.ChunkedArray) else ids)
-    codes = _np(enc.indices)
-    row = np.arange(n)
-    keys = (row,) if closed is None else (row, closed)
-    order = np.lexsort((*keys, codes))
-    c = codes[order]
-    last = np.ones(n, dtype=bool)
-    last[:-1] = c[1:] != c[:-1]
-    keep[:] = False
-    keep[order[last]] = True
-    return keep
+    codes = _np(enc.indices).astype(np.uint64)
+    return last_of_each(codes, np.zeros(n, dtype=np.uint64), closed)
 
 
 def _lookup(values: pa.ChunkedArray | pa.Array, keys: pa.Array) -> np.ndarray:
     """Row of each value among ``keys`` (-1: null or not there)."""
     pos = pc.index_in(values, value_set=keys)
     return _np(pc.fill_null(pos, -1)).astype(np.int64, copy=False)
-
-
-def _enclosing(parent: np.ndarray, kind_epoch: np.ndarray, kind_batch: np.ndarray,
-               index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Index of the nearest epoch/batch span at or above each span (-1: none)."""
-    epoch = np.where(kind_epoch, index, -1)
-    batch = np.where(kind_batch, index, -1)
-    ptr = parent.copy()
-    for _ in range(_MAX_DEPTH):
-        todo = (ptr >= 0) & ((epoch < 0) | (batch < 0))
-        if not todo.any():
-            break
-        rows = np.flatnonzero(todo)
-        p = ptr[rows]
-        e_miss = epoch[rows] < 0
-        epoch[rows[e_miss]] = np.where(kind_epoch[p[e_miss]], index[p[e_miss]], -1)
-        b_miss = batch[rows] < 0
-        batch[rows[b_miss]] = np.where(kind_batch[p[b_miss]], index[p[b_miss]], -1)
-        ptr[rows] = parent[p]
-    return epoch, batch
 
 
 def _snapshots(batches: list[tuple[bool, list[Any]]], win_ids: set[str]) -> list[Any]:
@@ -394,7 +364,7 @@ def _read_session(info: SessionInfo, with_marks: bool) -> SessionColumns:
     kind_e = _np(pc.equal(names, EPOCH_SPAN_NAME).fill_null(False)) & has_index
     kind_b = _np(pc.equal(names, BATCH_SPAN_NAME).fill_null(False)) & has_index
     index_np = _np(pc.fill_null(index, -1))
-    span_epoch, span_batch = _enclosing(parent, kind_e, kind_b, index_np)
+    span_epoch, span_batch = enclosing_steps(parent, kind_e, kind_b, index_np)
 
     keep_m = _winners(marks_t["id"], None)
     row = _lookup(marks_t["span_id"], win_ids)

@@ -227,10 +227,10 @@ def _summarize_one_session(files: list[BatchFile], fingerprint: list[Any]) -> _G
     import numpy as np
 
     from cirron._schema import SESSION_SPAN_NAME
+    from cirron.spool.arrays import last_of_each
     from cirron.spool.outline import (
         SPAN_KEY_COLUMNS,
         append_span_keys,
-        last_of_each,
         stack_parts,
         target_keys,
         time_column,

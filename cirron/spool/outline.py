@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 
 from cirron._schema import ROOT_SENTINEL
+from cirron.spool.arrays import last_of_each
 from cirron.spool.catalog import SessionInfo
 from cirron.spool.reader import BatchFile, read_batch
 from cirron.spool.reconstruct import paused_gc
@@ -69,28 +70,6 @@ def id_keys(ids: list[str]) -> tuple[np.ndarray, np.ndarray]:
                 continue
         hi[i], lo[i] = _key(rec_id)
     return hi, lo
-
-
-def last_of_each(hi: np.ndarray, lo: np.ndarray, closed: np.ndarray | None) -> np.ndarray:
-    """Boolean mask of the rows that win the dedupe of their key (rows in write order): the last
-    closed one, else the last one (``closed=None``: the last one), as
-    :func:`cirron.spool.stream._winners` decides, with fewer temporaries (a stable sort keeps
-    equal keys in row order)."""
-    n = len(hi)
-    keep = np.zeros(n, dtype=bool)
-    if n == 0:
-        return keep
-    order = np.lexsort((closed, lo, hi) if closed is not None else (lo, hi))
-    h = hi[order]
-    last = np.empty(n, dtype=bool)
-    last[-1] = True
-    np.not_equal(h[1:], h[:-1], out=last[:-1])
-    del h
-    lo_sorted = lo[order]
-    last[:-1] |= lo_sorted[1:] != lo_sorted[:-1]
-    del lo_sorted
-    keep[order[last]] = True
-    return keep
 
 
 def stack_parts(parts: list[np.ndarray], dtype: Any) -> np.ndarray:

@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from cirron._schema import BATCH_SPAN_NAME, EPOCH_SPAN_NAME, ROOT_SENTINEL
+from cirron.spool.arrays import enclosing_steps, last_of_each
 from cirron.spool.catalog import Catalog, SessionInfo, info_from_session
 from cirron.spool.reader import read_batch
 from cirron.spool.reconstruct import paused_gc
@@ -37,8 +38,6 @@ __all__ = ["Chunk", "chunk_of_session", "iter_chunks", "span_status"]
 
 _KIND_EPOCH, _KIND_BATCH = 1, 2
 _MASK64 = (1 << 64) - 1
-#: How many parent links are followed at most when looking for the enclosing epoch/batch.
-_MAX_DEPTH = 256
 
 
 @dataclass
@@ -93,22 +92,6 @@ def _join_key(hi: np.ndarray, lo: np.ndarray) -> np.ndarray:
     return hi ^ lo
 
 
-def _winners(hi: np.ndarray, lo: np.ndarray, closed: np.ndarray | None) -> np.ndarray:
-    """Boolean mask of the records that win the dedupe (rows are in write order)."""
-    n = len(hi)
-    keep = np.zeros(n, dtype=bool)
-    if n == 0:
-        return keep
-    row = np.arange(n)
-    keys = (row,) if closed is None else (row, closed)
-    order = np.lexsort((*keys, lo, hi))  # last key sorts first: by id, then closed, then row
-    h, l_ = hi[order], lo[order]
-    last = np.ones(n, dtype=bool)
-    last[:-1] = (h[1:] != h[:-1]) | (l_[1:] != l_[:-1])
-    keep[order[last]] = True
-    return keep
-
-
 def _enclosing(join: np.ndarray, parent: np.ndarray, has_parent: np.ndarray, kind: np.ndarray,
                index: np.ndarray, keep: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """For every span row, the index of the nearest epoch and batch span at or above it (-1: none),
@@ -125,19 +108,7 @@ def _enclosing(join: np.ndarray, parent: np.ndarray, has_parent: np.ndarray, kin
     pos_c = np.minimum(pos, len(sorted_keys) - 1)
     found = has_parent & (len(sorted_keys) > 0) & (sorted_keys[pos_c] == parent)
     parent_row = np.where(found, win_rows[order[pos_c]], -1)
-    ptr = parent_row.copy()
-    for _ in range(_MAX_DEPTH):
-        todo = (ptr >= 0) & ((epoch < 0) | (batch < 0))
-        if not todo.any():
-            break
-        rows = np.flatnonzero(todo)
-        p = ptr[rows]
-        e_miss = epoch[rows] < 0
-        epoch[rows[e_miss]] = np.where(kind[p[e_miss]] == _KIND_EPOCH, index[p[e_miss]], -1)
-        b_miss = batch[rows] < 0
-        batch[rows[b_miss]] = np.where(kind[p[b_miss]] == _KIND_BATCH, index[p[b_miss]], -1)
-        ptr[rows] = parent_row[p]
-    return epoch, batch
+    return enclosing_steps(parent_row, kind == _KIND_EPOCH, kind == _KIND_BATCH, index)
 
 
 def _none_list(a: np.ndarray) -> list[Any]:
@@ -220,7 +191,7 @@ def _plan(info: SessionInfo) -> _Plan:
     u64 = np.uint64
     shi, slo = np.array(s_hi, dtype=u64), np.array(s_lo, dtype=u64)
     join = _join_key(shi, slo)
-    keep_spans = _winners(shi, slo, np.array(s_closed, dtype=bool))
+    keep_spans = last_of_each(shi, slo, np.array(s_closed, dtype=bool))
     kind_a = np.array(kind, dtype=np.int8)
     index_a = np.array(index, dtype=np.int64)
     epoch, batch_ = _enclosing(join, np.array(p_join, dtype=u64), np.array(p_has, dtype=bool), kind_a, index_a,
@@ -234,7 +205,7 @@ def _plan(info: SessionInfo) -> _Plan:
 
     def attach(hi_l: list[Any], lo_l: list[Any], tgt: list[Any], att: list[Any]) -> tuple[np.ndarray, ...]:
         mhi, mlo = np.array(hi_l, dtype=u64), np.array(lo_l, dtype=u64)
-        keep = _winners(mhi, mlo, None)
+        keep = last_of_each(mhi, mlo, None)
         t = np.array(tgt, dtype=u64)
         a = np.array(att, dtype=np.int8)
         if len(sorted_keys):

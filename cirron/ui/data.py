@@ -33,6 +33,7 @@ from numpy.typing import NDArray
 from cirron._format import span_label
 from cirron._schema import decode_float, encode_float
 from cirron.spool import Session, list_batch_files
+from cirron.spool.arrays import MAX_DEPTH
 from cirron.spool.catalog import Catalog
 from cirron.spool.catalog import SessionInfo as CatalogInfo
 
@@ -190,14 +191,12 @@ def _np(arr: Any, fill: Any) -> np.ndarray:
     return arr.to_numpy(zero_copy_only=False)
 
 
-#: How many parent links are followed at most (a parent_id cycle stops there).
-_MAX_DEPTH = 256
 
 
 def _depths(parent: np.ndarray) -> np.ndarray:
     depth = np.zeros(parent.size, dtype=np.int32)
     ptr = parent.copy()
-    for _ in range(_MAX_DEPTH):
+    for _ in range(MAX_DEPTH):
         live = np.flatnonzero(ptr >= 0)
         if not live.size:
             break
@@ -499,7 +498,7 @@ class SessionData:
         rows = np.flatnonzero(phase >= 0)
         # the nearest step above each phase span, unless another phase span comes first (no double count)
         up = self.parent[rows]
-        for _ in range(_MAX_DEPTH):
+        for _ in range(MAX_DEPTH):
             climb = np.flatnonzero(up >= 0)
             climb = climb[(row_of[up[climb]] < 0) & (phase[up[climb]] < 0)]
             if not climb.size:
