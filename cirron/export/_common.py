@@ -146,6 +146,12 @@ class NoSessionFound(LookupError):
         self.prefix = prefix
 
 
+def is_columns(item: Any) -> bool:
+    """Whether ``item`` is a :class:`cirron.spool.columnar.SessionColumns` (checked by name, so
+    exporters need not import pyarrow to tell)."""
+    return type(item).__name__ == "SessionColumns"
+
+
 def arrow_text(arr: Any) -> memoryview:
     """The bytes of a string array's values, back to back (what a writer of joined lines needs)."""
     import numpy as np

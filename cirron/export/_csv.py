@@ -7,7 +7,7 @@ import os
 from collections.abc import Iterable
 from typing import Any
 
-from cirron.export._common import arrow_text, atomic_file, attrs_text, join_lines
+from cirron.export._common import arrow_text, atomic_file, attrs_text, is_columns, join_lines
 from cirron.spool.sessions import Session
 
 __all__ = ["CSV_COLUMNS", "write_csv"]
@@ -31,7 +31,7 @@ def write_csv(items: Iterable[Any], path: str | os.PathLike[str]) -> int:
         w = csv.writer(fh)
         w.writerow(CSV_COLUMNS)
         for sess in items:
-            if type(sess).__name__ == "SessionColumns":
+            if is_columns(sess):
                 rows += _write_columns(fh, sess)
                 del sess  # before the next one is read
                 continue

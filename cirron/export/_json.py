@@ -12,7 +12,7 @@ import orjson
 
 from cirron._schema import MARK_FIELDS, SCHEMA_VERSION, SNAPSHOT_FIELDS, SPAN_FIELDS
 from cirron._version import __version__
-from cirron.export._common import atomic_file, json_scalar
+from cirron.export._common import atomic_file, is_columns, json_scalar
 from cirron.spool.reader import _limit_depth
 
 __all__ = ["write_json"]
@@ -51,7 +51,7 @@ def write_json(items: Iterable[Any], path: str | os.PathLike[str]) -> int:
         for s in items:
             info = getattr(s, "session", s)  # a chunk's session summary, or the session itself
             writers.setdefault(info.id, {"session_id": info.id, "writer": info.writer, "sdk_version": info.sdk_version})
-            if type(s).__name__ == "SessionColumns":
+            if is_columns(s):
                 n += _write_texts(fh, n, _span_texts(s))
                 m += _write_texts(marks_fh, m, _mark_texts(s))
                 k += _write_chunked_after(snaps_fh, k, (_dumps(_clean(x, SNAPSHOT_FIELDS)) for x in s.snapshots),

@@ -26,7 +26,7 @@ from urllib.parse import quote
 
 from cirron._errors import require
 from cirron._schema import SCHEMA_VERSION, decode_float
-from cirron.export._common import atomic_dir, attrs_text
+from cirron.export._common import atomic_dir, attrs_text, is_columns
 from cirron.spool.reader import safe_dumps
 from cirron.spool.sessions import Session
 
@@ -93,7 +93,7 @@ class _Tables:
     def spans(self, chunk: Any) -> Any:
         from cirron.spool.stream import span_status
 
-        if _is_columns(chunk):
+        if is_columns(chunk):
             return self._spans_of_columns(chunk)
         pa, i64, s = self.pa, self.i64, self.s
         spans = chunk.spans
@@ -121,7 +121,7 @@ class _Tables:
         return pa.table({c: data[c] for c in SPAN_COLUMNS})
 
     def marks(self, chunk: Any) -> Any:
-        if _is_columns(chunk):
+        if is_columns(chunk):
             return self._marks_of_columns(chunk)
         pa, i64, f64, s = self.pa, self.i64, self.f64, self.s
         marks = chunk.marks
@@ -226,10 +226,6 @@ def _dictionary_columns(schema: Any) -> list[str]:
     return [n for n in schema.names if n not in _DISTINCT]
 
 
-def _is_columns(chunk: Any) -> bool:
-    return type(chunk).__name__ == "SessionColumns"
-
-
 def span_status_columns(end_ns: Any, attrs: Any) -> tuple[Any, Any]:
     """The ``status`` and ``error`` columns (:func:`cirron.spool.stream.span_status` per row): only
     the rows whose attrs mention ``"error"`` or ``"interrupted"`` are parsed."""
@@ -322,7 +318,7 @@ def write_parquet(chunks: Iterable[Any], out_dir: str | os.PathLike[str], partit
                                                             use_dictionary=_dictionary_columns(table.schema))
                     if table.num_rows:
                         w.write_table(table, row_group_size=ROW_GROUP_ROWS)
-                columns_done = _is_columns(chunk)
+                columns_done = is_columns(chunk)
                 del chunk, table  # before the next one is read
                 if columns_done:
                     tables.pa.default_memory_pool().release_unused()
