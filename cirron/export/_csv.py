@@ -7,6 +7,7 @@ import os
 from collections.abc import Iterable
 from typing import Any
 
+from cirron._schema import SPAN_INT_FIELDS
 from cirron.export._common import arrow_text, atomic_file, attrs_text, is_columns, join_lines
 from cirron.spool.sessions import Session
 
@@ -87,8 +88,7 @@ def _write_columns(fh: Any, cols: Any) -> int:
     t = cols.spans
     for start in range(0, t.num_rows, _SLICE_ROWS):
         s = t.slice(start, _SLICE_ROWS)
-        ints = {c: _int_field(s[c]) for c in ("index", "start_ns", "end_ns", "cpu_ns", "gpu_ns", "memory_peak_bytes",
-                                              "thread_id", "pid", "rank")}
+        ints = {c: _int_field(s[c]) for c in SPAN_INT_FIELDS}
         fields = [sid, _field(s["id"]), _field(s["parent_id"]), _field(s["name"]), ints["index"], ints["start_ns"],
                   ints["end_ns"], _int_field(pc.subtract(s["end_ns"], s["start_ns"])), ints["cpu_ns"], ints["gpu_ns"],
                   ints["memory_peak_bytes"], ints["thread_id"], ints["pid"], ints["rank"], _field(s["attrs"]),

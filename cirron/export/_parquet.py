@@ -25,7 +25,7 @@ from typing import Any
 from urllib.parse import quote
 
 from cirron._errors import require
-from cirron._schema import SCHEMA_VERSION, decode_float
+from cirron._schema import SCHEMA_VERSION, SPAN_INT_FIELDS, decode_float
 from cirron.export._common import atomic_dir, attrs_text, is_columns
 from cirron.spool.reader import safe_dumps
 from cirron.spool.sessions import Session
@@ -38,8 +38,6 @@ PARQUET_SCHEMA_VERSION = 2
 #: ``--partition-by`` value → the column that names each partition.
 PARTITION_COLUMNS = {"session": "session_id", "rank": "rank", "run": "run_id"}
 HIVE_NULL = "__HIVE_DEFAULT_PARTITION__"
-
-_SPAN_INTS = ("index", "start_ns", "end_ns", "cpu_ns", "gpu_ns", "memory_peak_bytes", "thread_id", "pid", "rank")
 
 SPAN_COLUMNS = (
     "session_id", "span_id", "parent_id", "name", "index", "start_ns", "end_ns", "duration_ns", "cpu_ns",
@@ -107,7 +105,7 @@ class _Tables:
             "parent_id": pa.array([x.parent_id for x in spans], s),
             "name": pa.array([_str(x.name) for x in spans], s),
         }
-        for c in _SPAN_INTS:
+        for c in SPAN_INT_FIELDS:
             data[c] = pa.array(list(map(attrgetter(c), spans)), i64)
         data["duration_ns"] = self.pc.subtract(data["end_ns"], data["start_ns"])
         data["attrs_json"] = pa.array(attrs, s)
@@ -166,7 +164,7 @@ class _Tables:
         data = {
             "session_id": self._constant(info.id, n, s), "span_id": t["id"], "parent_id": t["parent_id"],
             "name": t["name"],
-            **{c: t[c] for c in _SPAN_INTS},
+            **{c: t[c] for c in SPAN_INT_FIELDS},
             "duration_ns": pc.subtract(t["end_ns"], t["start_ns"]),
             "attrs_json": t["attrs"], "start": self._stamp(t["start_ns"]), "end": self._stamp(t["end_ns"]),
             "status": status, "error": error, "epoch": self._index(cols.span_epoch),
