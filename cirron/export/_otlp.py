@@ -30,6 +30,7 @@ import os
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
+from cirron._format import REQUEST_SPAN
 from cirron._schema import ROOT_SENTINEL, decode_mark_value, encode_float
 from cirron._version import __version__
 from cirron.spool.reconstruct import is_session_root, mark_span_id
@@ -58,7 +59,7 @@ __all__ = [
 ]
 
 SCOPE_NAME = "cirron"
-REQUEST_SPAN_NAME = "request"
+REQUEST_SPAN_NAME = REQUEST_SPAN
 SPAN_KIND_INTERNAL = 1
 SPAN_KIND_SERVER = 2
 STATUS_CODE_ERROR = 2

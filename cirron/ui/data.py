@@ -30,19 +30,17 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from cirron._format import span_label
-from cirron._schema import decode_float, encode_float
+from cirron._format import REQUEST_SPAN, span_label
+from cirron._schema import BATCH_SPAN_NAME, DATA_LOAD_SPAN_NAME, EPOCH_SPAN_NAME, decode_float, encode_float
 from cirron.spool import Session, list_batch_files
 from cirron.spool.arrays import MAX_DEPTH
 from cirron.spool.catalog import Catalog
 from cirron.spool.catalog import SessionInfo as CatalogInfo
 
 #: Names of the phases a training step is split into (stacked bars of the step breakdown).
-PHASES = ("data_load", "forward", "backward", "optimizer_step")
+PHASES = (DATA_LOAD_SPAN_NAME, "forward", "backward", "optimizer_step")
 #: Span names that mark one training step, by preference (``ci.batches`` writes ``batch``).
-STEP_NAMES = ("batch", "step")
-#: Span name ``@ci.inference`` gives each request.
-REQUEST_SPAN = "request"
+STEP_NAMES = (BATCH_SPAN_NAME, "step")
 #: At most this many single spans in one timeline answer; the rest are aggregated.
 MAX_WINDOW_SPANS = 4000
 #: At most this many points per mark series, per step-breakdown chart, per tick row.
@@ -515,7 +513,7 @@ class SessionData:
     def _epoch_of(self, i: int) -> int | None:
         p = int(self.parent[i])
         while p >= 0:
-            if self.names[self.name[p]] == "epoch":
+            if self.names[self.name[p]] == EPOCH_SPAN_NAME:
                 return self._index_of(p)
             p = int(self.parent[p])
         return None
@@ -556,7 +554,7 @@ class SessionData:
     def _step_label(self, i: int) -> str:
         ep = self._epoch_of(i)
         core = self._label(i)
-        return f"{span_label('epoch', ep)} {core}" if ep is not None else core
+        return f"{span_label(EPOCH_SPAN_NAME, ep)} {core}" if ep is not None else core
 
     # ---------------------------------------------------------------- requests
 
