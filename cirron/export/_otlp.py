@@ -31,7 +31,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 from cirron._format import REQUEST_SPAN
-from cirron._schema import ROOT_SENTINEL, decode_mark_value, encode_float
+from cirron._schema import INT64_MAX, INT64_MIN, ROOT_SENTINEL, decode_mark_value, encode_float
 from cirron._version import __version__
 from cirron.spool.reconstruct import is_session_root, mark_span_id
 
@@ -63,7 +63,6 @@ REQUEST_SPAN_NAME = REQUEST_SPAN
 SPAN_KIND_INTERNAL = 1
 SPAN_KIND_SERVER = 2
 STATUS_CODE_ERROR = 2
-_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 _MAX_VALUE_DEPTH = 16
 
 _RESOURCE_KEYS = {
@@ -113,7 +112,7 @@ def any_value(value: Any, _depth: int = 0) -> dict[str, Any]:
     if t is bool:
         return {"boolValue": value}
     if t is int:
-        if _INT64_MIN <= value <= _INT64_MAX:
+        if INT64_MIN <= value <= INT64_MAX:
             return {"intValue": str(value)}
         return {"stringValue": str(value)}
     if t is float:
