@@ -28,6 +28,7 @@ from cirron.export._common import (
     atomic_dir,
     atomic_file,
     check_output,
+    write_members,
 )
 from cirron.export._csv import CSV_COLUMNS, write_csv
 from cirron.export._json import write_json
@@ -84,22 +85,6 @@ def otlp_request(sessions: Sequence[Session]) -> dict[str, Any]:
     return build_request([encode_session(s) for s in sessions])
 
 
-def _write_chunked(fh: Any, items: Iterator[bytes], chunk: int = 5000) -> int:
-    """Write JSON array members (already encoded) comma-separated, in chunks; returns the count."""
-    n = 0
-    buf: list[bytes] = []
-    for item in items:
-        buf.append(item)
-        if len(buf) >= chunk:
-            fh.write((b"," if n else b"") + b",".join(buf))
-            n += len(buf)
-            buf.clear()
-    if buf:
-        fh.write((b"," if n else b"") + b",".join(buf))
-        n += len(buf)
-    return n
-
-
 def write_otlp_json(sessions: Iterable[Session | SessionInfo], path: str | os.PathLike[str]) -> int:
     """Write the OTLP/JSON request to ``path`` atomically, streamed span by span; returns the
     number of spans.
@@ -123,7 +108,7 @@ def write_otlp_json(sessions: Iterable[Session | SessionInfo], path: str | os.Pa
                 if not isinstance(sess, Session):  # ids the outline cannot sort: rebuilt whole
                     sess = Catalog([sess.spool], lambda _m: None).load(sess)
                 spans = iter_encoded_spans(sess.id, sess.spans, sess.marks, open_end_ns=sess.last_ns)
-                n += _write_chunked(fh, (orjson.dumps(sp) for sp in spans))
+                n += write_members(fh, (orjson.dumps(sp) for sp in spans))
             fh.write(tail)
         fh.write(b"]}")
     return n

@@ -7,7 +7,7 @@ import os
 import shutil
 import stat
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -144,6 +144,23 @@ class NoSessionFound(LookupError):
     def __init__(self, prefix: str) -> None:
         super().__init__(prefix)
         self.prefix = prefix
+
+
+def write_members(fh: Any, items: Iterable[bytes], already: int = 0, chunk: int = 5000) -> int:
+    """Write JSON array members (already encoded) comma-separated, in chunks, continuing an array
+    that already has ``already`` members; returns the count written."""
+    n = 0
+    buf: list[bytes] = []
+    for item in items:
+        buf.append(item)
+        if len(buf) >= chunk:
+            fh.write((b"," if n or already else b"") + b",".join(buf))
+            n += len(buf)
+            buf.clear()
+    if buf:
+        fh.write((b"," if n or already else b"") + b",".join(buf))
+        n += len(buf)
+    return n
 
 
 def is_columns(item: Any) -> bool:

@@ -12,7 +12,7 @@ import orjson
 
 from cirron._schema import MARK_FIELDS, SCHEMA_VERSION, SNAPSHOT_FIELDS, SPAN_FIELDS
 from cirron._version import __version__
-from cirron.export._common import atomic_file, is_columns, json_scalar
+from cirron.export._common import arrow_text, atomic_file, is_columns, json_scalar, write_members
 from cirron.spool.reader import _limit_depth
 
 __all__ = ["write_json"]
@@ -38,7 +38,6 @@ def write_json(items: Iterable[Any], path: str | os.PathLike[str]) -> int:
     ``items`` are sessions or chunks (:mod:`cirron.spool.stream`); spans are in start order within
     each. Spans go straight to the file; marks and snapshots wait in two unlinked temporary files
     beside it until everything is read, so memory holds one session or chunk whatever the total."""
-    from cirron.export import _write_chunked
 
     head = orjson.dumps({"schema_version": SCHEMA_VERSION, "sdk_version": __version__})[:-1]
     n = m = k = 0
@@ -54,15 +53,13 @@ def write_json(items: Iterable[Any], path: str | os.PathLike[str]) -> int:
             if is_columns(s):
                 n += _write_texts(fh, n, _span_texts(s))
                 m += _write_texts(marks_fh, m, _mark_texts(s))
-                k += _write_chunked_after(snaps_fh, k, (_dumps(_clean(x, SNAPSHOT_FIELDS)) for x in s.snapshots),
-                                          _write_chunked)
+                k += write_members(snaps_fh, (_dumps(_clean(x, SNAPSHOT_FIELDS)) for x in s.snapshots), k)
                 del s  # before the next one is read
                 continue
             spans = sorted(s.spans, key=lambda r: (r.get("start_ns") or 0))
-            n += _write_chunked_after(fh, n, (_dumps(_clean(x, SPAN_FIELDS)) for x in spans), _write_chunked)
-            m += _write_chunked_after(marks_fh, m, (_dumps(_mark(x)) for x in s.marks), _write_chunked)
-            k += _write_chunked_after(snaps_fh, k, (_dumps(_clean(x, SNAPSHOT_FIELDS)) for x in s.snapshots),
-                                      _write_chunked)
+            n += write_members(fh, (_dumps(_clean(x, SPAN_FIELDS)) for x in spans), n)
+            m += write_members(marks_fh, (_dumps(_mark(x)) for x in s.marks), m)
+            k += write_members(snaps_fh, (_dumps(_clean(x, SNAPSHOT_FIELDS)) for x in s.snapshots), k)
         for label, side in ((b'],"marks":[', marks_fh), (b'],"snapshots":[', snaps_fh)):
             fh.write(label)
             side.seek(0)
@@ -75,23 +72,6 @@ def _mark(m: Any) -> dict[str, Any]:
     c = _clean(m, MARK_FIELDS)
     c["value"] = json_scalar(c["value"])
     return c
-
-
-def _write_chunked_after(fh: Any, already: int, items: Any, write_chunked: Any) -> int:
-    """Continue a JSON array that already has ``already`` members."""
-    first = True
-
-    def gen():  # prefix the first member with a comma when the array is not empty
-        nonlocal first
-        for it in items:
-            if first and already:
-                first = False
-                yield b"," + it
-            else:
-                first = False
-                yield it
-
-    return write_chunked(fh, gen())
 
 
 # ---------------------------------------------------------------------------- from Arrow columns
@@ -110,8 +90,6 @@ _ESCAPED = '["\\\\\x00-\x1f]'
 def _write_texts(fh: Any, already: int, texts: Any) -> int:
     """Continue a JSON array that already has ``already`` members with ``texts`` (string arrays
     of encoded members, each followed by a comma)."""
-    from cirron.export._common import arrow_text
-
     n = 0
     for arr in texts:
         if not len(arr):
@@ -124,8 +102,6 @@ def _write_texts(fh: Any, already: int, texts: Any) -> int:
 
 def _column_bytes(col: Any) -> Any:
     import numpy as np
-
-    from cirron.export._common import arrow_text
 
     return np.frombuffer(arrow_text(col), dtype=np.uint8)
 

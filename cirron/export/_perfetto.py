@@ -24,7 +24,7 @@ from typing import Any
 
 import orjson
 
-from cirron.export._common import atomic_file
+from cirron.export._common import atomic_file, write_members
 from cirron.export._otlp import _getter
 from cirron.spool.catalog import SessionInfo
 from cirron.spool.reader import _limit_depth
@@ -331,7 +331,6 @@ def write_perfetto(sessions: Iterable[Session | SessionInfo], path: str | os.Pat
     With ``base_ns`` (see :func:`iter_trace_events`) sessions are read and written one at a time;
     a streamable session given by its :class:`~cirron.spool.catalog.SessionInfo` is read in two
     passes over its batch files, in bounded memory."""
-    from cirron.export import _write_chunked
 
     n = 0
 
@@ -345,6 +344,6 @@ def write_perfetto(sessions: Iterable[Session | SessionInfo], path: str | os.Pat
 
     with atomic_file(path) as tmp, open(tmp, "wb") as fh:
         fh.write(b'{"displayTimeUnit":"ns","traceEvents":[')
-        _write_chunked(fh, events())
+        write_members(fh, events())
         fh.write(b"]}")
     return n
