@@ -23,7 +23,7 @@ from cirron._env import env as _env
 from cirron._env import secret as _secret
 from cirron._flush.batch import GilBudget
 from cirron._flush.collector import Collector, TraceStore, resource_attributes
-from cirron._losses import loss_line
+from cirron._losses import Loss, loss_line, sink_loss, warn
 from cirron._native import compiled_speedups
 from cirron._ranks import detect_rank
 from cirron._record.loop_exit import GRACE_S, LoopExits, uncaught_exception
@@ -552,8 +552,6 @@ class Cirron:
 
     def _losses(self) -> list[Any]:
         """What this session did not keep: per sink, and in the buffers (full, or not drained in time)."""
-        from cirron._losses import Loss, sink_loss
-
         buffers = Loss("buffers")
         totals = self._rec.buffers.totals()
         buffers.add("spans_buffer_full", totals["spans_dropped"])
@@ -568,8 +566,6 @@ class Cirron:
 
     def _warn_once(self, line: str) -> None:
         """One line on stderr, never twice the same one from this instance."""
-        from cirron._losses import warn
-
         if line not in self._warned:
             self._warned.add(line)
             warn(line)
