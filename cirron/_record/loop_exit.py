@@ -193,7 +193,5 @@ def _went_through(exc: BaseException, frame: FrameType) -> bool:
 
 def uncaught_exception() -> BaseException | None:
     """The exception that is ending the process, when one is (read from the exit handler)."""
-    import sys
-
     exc = getattr(sys, "last_exc", None) or getattr(sys, "last_value", None)
     return exc if isinstance(exc, BaseException) else None
