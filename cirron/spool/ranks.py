@@ -25,6 +25,8 @@ __all__ = ["STEP_NAMES", "RankReport", "RankStats", "StepStats", "compare_ranks"
 #: The span names cirron's training helpers record, compared whatever their depth.
 STEP_NAMES = (EPOCH_SPAN_NAME, BATCH_SPAN_NAME, DATA_LOAD_SPAN_NAME, "forward", "backward", "optimizer_step")
 DEFAULT_THRESHOLD = 0.10
+#: A straggler whose data-loading share exceeds the median rank's by more than this waits on input.
+DATA_LOAD_MARGIN = 0.05
 
 
 @dataclass
@@ -67,6 +69,20 @@ class RankReport:
     @property
     def stragglers(self) -> list[RankStats]:
         return [r for r in self.ranks if r.straggler]
+
+    @property
+    def median_data_load_share(self) -> float | None:
+        """The median rank's data-loading share (the upper one of an even count); None when no rank has one."""
+        shares = sorted(r.data_load_share for r in self.ranks if r.data_load_share is not None)
+        return shares[len(shares) // 2] if shares else None
+
+    def waits_on_input(self, r: RankStats) -> bool | None:
+        """Whether rank ``r`` is slow because of its input pipeline: its data-loading share is more
+        than :data:`DATA_LOAD_MARGIN` above the median rank's. None when either share is unknown."""
+        median = self.median_data_load_share
+        if r.data_load_share is None or median is None:
+            return None
+        return r.data_load_share > median + DATA_LOAD_MARGIN
 
 
 def _pct(a: Any, q: float) -> int | None:

@@ -107,12 +107,11 @@ def _render(rep: RankReport, color: bool) -> None:
         typer.echo(f"No straggler: every rank is within {rep.threshold * 100:.0f}% of the median rank "
                    f"({_ns(rep.median_step_ns)} per {rep.step or 'step'}).")
         return
-    shares = sorted(r.data_load_share for r in rep.ranks if r.data_load_share is not None)
-    median_share = shares[len(shares) // 2] if shares else None
+    median_share = rep.median_data_load_share
     for r in rep.stragglers:
         why = ""
-        if r.data_load_share is not None and median_share is not None:
-            loading = r.data_load_share > median_share + 0.05
+        loading = rep.waits_on_input(r)
+        if loading is not None:
             why = (f"; data loading takes {_pct(r.data_load_share)} of its {rep.step} time vs {_pct(median_share)} "
                    f"on the median rank" + (" — it is waiting on input" if loading else " — not data loading"))
         typer.echo(f"Straggler: rank {r.rank} is {_pct(r.vs_median)} slower than the median rank "
