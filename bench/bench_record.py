@@ -29,25 +29,28 @@ from pathlib import Path
 INNER = 200  # calls per timing sample
 
 
-def measure_pair(ours: Callable[[int], None], theirs: Callable[[int], None], samples: int) -> tuple[float, float]:
-    """Median over ``samples`` of the mean ns per call, cirron and OTel samples interleaved so a
-    noisy neighbour slows both sides alike."""
-    ours(INNER * 5)
-    theirs(INNER * 5)
-    a, b = [], []
+def measure_interleaved(fns: tuple[Callable[[int], None], ...], samples: int) -> list[float]:
+    """Median over ``samples`` of the mean ns per call of each of ``fns``, their samples interleaved
+    so a noisy neighbour slows every side alike."""
+    for f in fns:
+        f(INNER * 5)
+    out: list[list[float]] = [[] for _ in fns]
     gc.disable()
     try:
         for _ in range(samples):
-            t0 = time.perf_counter_ns()
-            ours(INNER)
-            t1 = time.perf_counter_ns()
-            theirs(INNER)
-            t2 = time.perf_counter_ns()
-            a.append((t1 - t0) / INNER)
-            b.append((t2 - t1) / INNER)
+            for i, f in enumerate(fns):
+                t0 = time.perf_counter_ns()
+                f(INNER)
+                out[i].append((time.perf_counter_ns() - t0) / INNER)
     finally:
         gc.enable()
-    return statistics.median(a), statistics.median(b)
+    return [statistics.median(x) for x in out]
+
+
+def measure_pair(ours: Callable[[int], None], theirs: Callable[[int], None], samples: int) -> tuple[float, float]:
+    """:func:`measure_interleaved` of cirron and OTel."""
+    a, b = measure_interleaved((ours, theirs), samples)
+    return a, b
 
 
 def measure_pair_async(ours: Callable[[int], object], theirs: Callable[[int], object], samples: int) -> tuple[float, float]:
@@ -247,19 +250,7 @@ def run_twins(samples: int) -> list[tuple[str, float, float, float]]:
                 pass
 
     def three(fns: tuple[Callable[[int], None], ...]) -> tuple[float, float, float]:
-        for f in fns:
-            f(INNER * 5)
-        out: list[list[float]] = [[], [], []]
-        gc.disable()
-        try:
-            for _ in range(samples):
-                for i, f in enumerate(fns):
-                    t0 = time.perf_counter_ns()
-                    f(INNER)
-                    out[i].append((time.perf_counter_ns() - t0) / INNER)
-        finally:
-            gc.enable()
-        a, b, c = (statistics.median(x) for x in out)
+        a, b, c = measure_interleaved(fns, samples)
         return a, b, c
 
     with tempfile.TemporaryDirectory() as tmp:
