@@ -16,11 +16,14 @@ HERE = Path(__file__).resolve().parent
 RUN_TIMEOUT = 90
 
 
+def _child_env(**extra: str) -> dict[str, str]:
+    """The environment of a run or server started here: the test's, less its ``CIRRON_*`` settings."""
+    return {**{k: v for k, v in os.environ.items() if not k.startswith("CIRRON_")}, **extra}
+
+
 def make_run(kind: str, where: Path, **env: str) -> Path:
     """Run ``make_runs.py kind`` in its own process (bounded); return the spool it wrote."""
-    full_env = {k: v for k, v in os.environ.items() if not k.startswith("CIRRON_")}
-    full_env.update(env)
-    subprocess.run([sys.executable, str(HERE / "make_runs.py"), kind, str(where)], env=full_env, check=True,
+    subprocess.run([sys.executable, str(HERE / "make_runs.py"), kind, str(where)], env=_child_env(**env), check=True,
                    timeout=RUN_TIMEOUT, capture_output=True)
     return where / ".cirron" / "spool"
 
@@ -29,10 +32,9 @@ class LiveRun:
     """``make_runs.py live`` in its own process: a run that keeps writing until stopped."""
 
     def __init__(self, where: Path) -> None:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("CIRRON_")}
         self.where = where
         self.spool = where / ".cirron" / "spool"
-        self.proc = subprocess.Popen([sys.executable, str(HERE / "make_runs.py"), "live", str(where)], env=env,
+        self.proc = subprocess.Popen([sys.executable, str(HERE / "make_runs.py"), "live", str(where)], env=_child_env(),
                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
     def stop(self) -> None:
@@ -101,8 +103,7 @@ def serve_and_record(where: Path) -> Served:
 
     import httpx
 
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CIRRON_")}
-    proc = subprocess.Popen([sys.executable, str(HERE / "serve_app.py"), str(where)], env=env,
+    proc = subprocess.Popen([sys.executable, str(HERE / "serve_app.py"), str(where)], env=_child_env(),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         first: queue.Queue[str] = queue.Queue()
