@@ -12,7 +12,7 @@ import math
 import os
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 
@@ -23,6 +23,9 @@ from cirron.spool import paths as spool_paths
 from cirron.spool.tolerant import blob_key_candidates, resolve_blob_uri
 from cirron_cli import render
 from cirron_cli.render import fail, format_bytes, use_color, warn
+
+if TYPE_CHECKING:
+    from cirron.spool.catalog import Catalog
 
 DEFAULT_SPOOL = str(spool_paths.DEFAULT_SPOOL_DIR)
 BLOB_FILES = ("weights.safetensors", "gradients.safetensors")
@@ -36,6 +39,17 @@ def _spool_dirs(spools: list[str]) -> list[Path]:
     """The directories of the ``--spool`` values (globs expanded); at least one."""
     dirs = spool_paths.resolve_spools(spools, warn)
     return dirs or [Path(spools[0])]
+
+
+def _open_spools(spools: list[str]) -> tuple[list[Path], Catalog]:
+    """The directories of the ``--spool`` values and their catalog; one that is not a directory is refused."""
+    from cirron.spool.catalog import open_catalog
+
+    dirs = _spool_dirs(spools)
+    for d in dirs:
+        if d.exists() and not d.is_dir():
+            fail(f"Spool path {d} is not a directory")
+    return dirs, open_catalog(dirs, warn)
 
 
 def _short(id_: str | None) -> str:
@@ -164,13 +178,7 @@ def snapshots_cmd(
     as_json: bool = typer.Option(False, "--json", help="Machine-readable JSON."),
 ) -> None:
     """Table of the spans that recorded weight/gradient snapshots."""
-    from cirron.spool.catalog import open_catalog
-
-    dirs = _spool_dirs(spool)
-    for d in dirs:
-        if d.exists() and not d.is_dir():
-            fail(f"Spool path {d} is not a directory")
-    cat = open_catalog(dirs, warn)
+    dirs, cat = _open_spools(spool)
     if not cat.sessions:
         render.no_traces(err=True)
         raise typer.Exit(1)
@@ -414,13 +422,7 @@ def snapshot_cmd(
         span_id = _read_headers([file])[0].metadata.get("span_id") or ""
     if (preview is not None or tail is not None) and tensor is None:
         fail("--preview/--tail need a tensor name: cirron traces snapshot <span> <tensor> --preview N")
-    from cirron.spool.catalog import open_catalog
-
-    dirs = _spool_dirs(spool)
-    for d in dirs:
-        if d.exists() and not d.is_dir():
-            fail(f"Spool path {d} is not a directory")
-    cat = open_catalog(dirs, warn)
+    dirs, cat = _open_spools(spool)
     # Only sessions the index counts snapshots in are read, one batch file at a time.
     by_spool = {d: cat.spool_snapshots(d) for d in cat.spools}
     # The spool holding snapshots of this span (the first one given when none does).
