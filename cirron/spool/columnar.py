@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from operator import attrgetter
-from typing import Annotated, Any, Optional
+from typing import Any, Optional
 
 import msgspec
 import numpy as np
@@ -34,7 +34,7 @@ import pyarrow.compute as pc
 from cirron._schema import BATCH_SPAN_NAME, EPOCH_SPAN_NAME, ROOT_SENTINEL
 from cirron.spool.arrays import enclosing_steps, last_of_each
 from cirron.spool.catalog import SessionInfo
-from cirron.spool.reader import _INT64_MAX, _INT64_MIN, read_batch
+from cirron.spool.reader import _Id, _Int, read_batch
 
 __all__ = ["MARK_COLUMNS", "MAX_SESSION_BYTES", "SPAN_COLUMNS", "SessionColumns", "can_read", "read_columns"]
 
@@ -49,10 +49,6 @@ _SPAN_TYPES = (pa.string(), pa.string(), pa.string(), *[pa.int64()] * 9)
 _MARK_TYPES = (pa.string(), pa.string(), pa.string(), pa.string(), pa.string(), pa.int64(), pa.int64())
 _STR_COLUMNS = ("name",)
 _MARK_STR_COLUMNS = ("name", "value_type", "kind")
-
-
-_Id = Annotated[str, msgspec.Meta(min_length=1)]
-_Int = Optional[Annotated[int, msgspec.Meta(ge=_INT64_MIN, le=_INT64_MAX)]]
 
 
 class _Unsupported(Exception):
