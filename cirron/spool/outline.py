@@ -181,18 +181,16 @@ def _iter_span_marks(cols: SessionColumns, encode: Callable[[Any], bytes],
     del mark_rows, mark_file, span_file
     early = _MarkStore()
     late_store = _MarkStore()
+    late_rows = set(late.tolist())
     try:
-        if len(late):
+        if late_rows:
             late_files = np.unique(np.searchsorted(ol.mark_start, late, side="right") - 1)
-            late_set = set(late.tolist())
             for fi in late_files.tolist():
                 batch = read_batch(ol.files[fi], quiet, "full")
                 base = int(ol.mark_start[fi])
                 for j, m in enumerate(batch["marks"] if batch is not None else ()):
-                    if base + j in late_set:
+                    if base + j in late_rows:
                         late_store.add(int(ol.mark_target[base + j]), encode(m), m if keep_raw(m) else None)
-            del late_set
-        late_rows = set(late.tolist()) if len(late) else set()
         for fi, bf in enumerate(ol.files):
             batch = read_batch(bf, quiet, "full")
             if batch is None:
