@@ -447,8 +447,7 @@ def _view_outline(info: SessionInfo, depth: int | None, min_wall_ns: int | None)
     while len(frontier):
         lo_pos = np.searchsorted(sorted_parent, frontier, side="left")
         hi_pos = np.searchsorted(sorted_parent, frontier, side="right")
-        kids = np.concatenate([by_parent[a:b] for a, b in zip(lo_pos.tolist(), hi_pos.tolist())]) if len(
-            frontier) else np.empty(0, np.int64)
+        kids = np.concatenate([by_parent[a:b] for a, b in zip(lo_pos.tolist(), hi_pos.tolist())])
         kids = kids[level[kids] < 0]  # never revisit (a cycle cannot reach here, but be safe)
         d += 1
         level[kids] = d
