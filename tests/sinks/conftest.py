@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gzip
 import http.server
+import os
 import ssl
 import threading
 import time
@@ -212,14 +213,21 @@ def platform_receiver() -> Iterator[Receiver]:
 @pytest.fixture
 def otlp_env(monkeypatch: pytest.MonkeyPatch, otlp_receiver: Receiver) -> Receiver:
     """Point the ``otlp`` sink at the test receiver (and nothing else from the host's env)."""
-    import os
+    without_host_settings(monkeypatch, ("OTEL_EXPORTER_OTLP_", "CIRRON_"),
+                          OTEL_EXPORTER_OTLP_TRACES_ENDPOINT=otlp_receiver.url + "/v1/traces")
+    return otlp_receiver
 
+
+def without_host_settings(monkeypatch: pytest.MonkeyPatch, prefixes: tuple[str, ...] = ("OTEL_", "CIRRON_"),
+                          **settings: str) -> None:
+    """Forget the host's variables starting with ``prefixes``, but keep the isolated
+    ``CIRRON_CONFIG_FILE`` (so no test reads the developer's own config), then set ``settings``."""
     for k in list(os.environ):
-        if k.startswith(("OTEL_EXPORTER_OTLP_", "CIRRON_")):
+        if k.startswith(prefixes) and k != "CIRRON_CONFIG_FILE":
             monkeypatch.delenv(k)
     monkeypatch.setenv("CIRRON_NO_PROJECT_FILE", "1")
-    monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", otlp_receiver.url + "/v1/traces")
-    return otlp_receiver
+    for k, v in settings.items():
+        monkeypatch.setenv(k, v)
 
 
 @pytest.fixture(autouse=True)

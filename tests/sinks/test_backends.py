@@ -27,7 +27,7 @@ from receiver_venv import BackendServer, backend_python, run_in
 import cirron
 from cirron.export._otlp import derive_trace_id
 
-from .conftest import wait_for
+from .conftest import wait_for, without_host_settings
 
 pytest.importorskip("opentelemetry.proto.collector.trace.v1.trace_service_pb2")
 
@@ -43,13 +43,8 @@ INGEST_TIMEOUT_S = 60
 
 
 def _clean_env(monkeypatch: pytest.MonkeyPatch, endpoint: str, service: str) -> None:
-    for k in list(os.environ):
-        if k.startswith(("OTEL_", "CIRRON_")):
-            monkeypatch.delenv(k)
-    monkeypatch.setenv("CIRRON_NO_PROJECT_FILE", "1")
-    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint)
-    monkeypatch.setenv("OTEL_SERVICE_NAME", service)
-    monkeypatch.setenv("OTEL_RESOURCE_ATTRIBUTES", "deployment.environment=test")
+    without_host_settings(monkeypatch, OTEL_EXPORTER_OTLP_ENDPOINT=endpoint, OTEL_SERVICE_NAME=service,
+                          OTEL_RESOURCE_ATTRIBUTES="deployment.environment=test")
 
 
 def _serve_requests(spool: Path) -> str:

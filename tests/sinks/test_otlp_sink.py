@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -15,7 +16,7 @@ from cirron._errors import CirronConfigError, CirronDependencyError
 from cirron.export._otlp import derive_span_id
 from cirron.export.otlp_http import OtlpSettings
 
-from .conftest import Receiver, free_port, wait_for
+from .conftest import Receiver, free_port, wait_for, without_host_settings
 
 
 def _profiler(tmp_path: Path, **kw: Any) -> cirron.Cirron:
@@ -411,3 +412,13 @@ def test_outage_is_retried_in_the_background_without_new_records(otlp_env: Recei
     finally:
         c.shutdown()
     assert not c.health()["sinks"]["otlp"]["dropped"]
+
+
+def test_test_env_forgets_host_settings_but_keeps_the_isolated_config(monkeypatch: pytest.MonkeyPatch) -> None:
+    isolated = os.environ["CIRRON_CONFIG_FILE"]
+    monkeypatch.setenv("OTEL_SERVICE_NAME", "from-the-host")
+    monkeypatch.setenv("CIRRON_SINKS", "console")
+    without_host_settings(monkeypatch, OTEL_EXPORTER_OTLP_ENDPOINT="http://127.0.0.1:9")
+    assert "OTEL_SERVICE_NAME" not in os.environ and "CIRRON_SINKS" not in os.environ
+    assert os.environ["CIRRON_CONFIG_FILE"] == isolated and not Path(isolated).is_relative_to(Path.home())
+    assert os.environ["OTEL_EXPORTER_OTLP_ENDPOINT"] == "http://127.0.0.1:9"

@@ -6,7 +6,6 @@ traceback, a retry loop or a wait in the user's program."""
 from __future__ import annotations
 
 import logging
-import os
 import time
 from pathlib import Path
 
@@ -15,7 +14,7 @@ from cli_helpers import run_cli
 
 import cirron
 
-from .conftest import Receiver, self_signed_cert
+from .conftest import Receiver, self_signed_cert, without_host_settings
 
 pytest.importorskip("opentelemetry.proto.collector.trace.v1.trace_service_pb2")
 
@@ -23,11 +22,7 @@ pytest.importorskip("opentelemetry.proto.collector.trace.v1.trace_service_pb2")
 @pytest.fixture
 def https_env(monkeypatch: pytest.MonkeyPatch, https_otlp_receiver: tuple[Receiver, Path]) -> tuple[Receiver, Path]:
     rcv, cert = https_otlp_receiver
-    for k in list(os.environ):
-        if k.startswith(("OTEL_", "CIRRON_")):
-            monkeypatch.delenv(k)
-    monkeypatch.setenv("CIRRON_NO_PROJECT_FILE", "1")
-    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", rcv.url)
+    without_host_settings(monkeypatch, OTEL_EXPORTER_OTLP_ENDPOINT=rcv.url)
     return rcv, cert
 
 

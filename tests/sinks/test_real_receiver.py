@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 import cirron
 from cirron_cli.app import app
 
-from .conftest import free_port, wait_for
+from .conftest import free_port, wait_for, without_host_settings
 
 sink_mod = pytest.importorskip("oteltest.sink")
 
@@ -71,14 +71,8 @@ def oteltest_receiver(monkeypatch: pytest.MonkeyPatch) -> Any:
     sink = sink_mod.HttpSink(listener, __import__("logging").getLogger("oteltest"), port=port)
     sink.start()
     wait_for(lambda: sink.httpd is not None, what="oteltest sink listening")
-    import os
-
-    for k in list(os.environ):
-        if k.startswith(("OTEL_", "CIRRON_")):
-            monkeypatch.delenv(k)
-    monkeypatch.setenv("CIRRON_NO_PROJECT_FILE", "1")
-    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", f"http://127.0.0.1:{port}")
-    monkeypatch.setenv("OTEL_SERVICE_NAME", "llm-server")
+    without_host_settings(monkeypatch, OTEL_EXPORTER_OTLP_ENDPOINT=f"http://127.0.0.1:{port}",
+                          OTEL_SERVICE_NAME="llm-server")
     yield listener
     sink.stop()
 
