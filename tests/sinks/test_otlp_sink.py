@@ -142,7 +142,8 @@ def test_dropped_connection_is_retried(otlp_env: Receiver, tmp_path: Path) -> No
     try:
         with c.scope("work"):
             pass
-        wait_for(lambda: "work" in rcv.span_names(), what="delivery after dropped connections")
+        # two retries with backoff: allow for a loaded machine
+        wait_for(lambda: "work" in rcv.span_names(), timeout=30, what="delivery after dropped connections")
     finally:
         c.shutdown()
     assert rcv.attempts >= 3
@@ -209,12 +210,13 @@ def test_hanging_receiver_never_blocks_user_and_shutdown_is_bounded(otlp_env: Re
         with c.scope("s"):
             c.mark("m", i)
     elapsed = time.perf_counter() - t0
-    assert elapsed < max(3 * baseline, baseline + 0.5), (elapsed, baseline)
+    # The loop must not wait on the hanging receiver; the margin over the baseline is for a loaded machine.
+    assert elapsed < max(3 * baseline, baseline + 2.0), (elapsed, baseline)
     wait_for(lambda: rcv.attempts >= 1, what="a request in flight")
     t0 = time.perf_counter()
     c.shutdown()
     took = time.perf_counter() - t0
-    assert took < 2.0 + 1.5, took
+    assert took < 2.0 + 3.0, took  # shutdown_timeout, plus a loaded machine's margin
     h = c.health()
     otlp = h["sinks"]["otlp"]
     assert otlp["spans_written"] == 0
