@@ -51,7 +51,7 @@ _STR_COLUMNS = ("name",)
 _MARK_STR_COLUMNS = ("name", "value_type", "kind")
 
 
-class _Unsupported(Exception):
+class Unsupported(Exception):
     """The records hold something the columns cannot carry exactly."""
 
 
@@ -124,7 +124,7 @@ def _columns(records: list[Any], names: tuple[str, ...], types: tuple[Any, ...],
     for c, t in zip(names, types):
         values = list(map(attrgetter(c), records))
         if c in str_cols and not _strings_ok(values):
-            raise _Unsupported(c)
+            raise Unsupported(c)
         out[c] = pa.array(values, t)
     return out
 
@@ -199,7 +199,7 @@ def read_columns(info: SessionInfo, *, marks: bool = True) -> SessionColumns | N
         return None
     try:
         return _read(info, marks)
-    except _Unsupported:
+    except Unsupported:
         return None
 
 
@@ -294,7 +294,7 @@ def _careful_file(bf: Any, with_marks: bool = True) -> _FileCols | None:
     return spans_c, marks_c, values, batch["session_id"], batch["snapshots"]
 
 
-def _read_file(bf: Any, with_marks: bool = True) -> _FileCols | None:
+def read_file(bf: Any, with_marks: bool = True) -> _FileCols | None:
     from cirron._safeopen import open_regular
 
     try:
@@ -304,6 +304,24 @@ def _read_file(bf: Any, with_marks: bool = True) -> _FileCols | None:
         data = None
     fast = _fast_file(data, with_marks) if data else None
     return fast if fast is not None else _careful_file(bf, with_marks)
+
+
+def file_batches(info: SessionInfo, file_no: int, got: _FileCols) -> tuple[pa.RecordBatch, pa.RecordBatch, list,
+                                                                         bool, list]:
+    """One batch file's columns (what :func:`read_file` read) as a span and a mark record batch
+    (:func:`span_schema`, :func:`mark_schema`: with the file's position and each mark's
+    ``attached`` code), its mark values as read, whether it is one of ``info``'s own batches, and
+    its snapshots."""
+    spans_c, marks_c, values, session_id, file_snaps = got
+    own = session_id == info.id
+    spans_c["file"] = pa.array(np.full(len(spans_c["id"]), file_no, dtype=np.int32))
+    marks_c["file"] = pa.array(np.full(len(values), file_no, dtype=np.int32))
+    # 1: hangs from a span id; 0: from the sentinel (or none) in a batch of the session; -1: neither
+    sid = marks_c["span_id"]
+    on_span = pc.and_kleene(pc.is_valid(sid), pc.not_equal(sid, ROOT_SENTINEL)).fill_null(False)
+    marks_c["attached"] = pa.array(np.where(_np(on_span), 1, 0 if own else -1).astype(np.int8))
+    return (pa.RecordBatch.from_pydict(spans_c, schema=span_schema()),
+            pa.RecordBatch.from_pydict(marks_c, schema=mark_schema()), values, own, file_snaps)
 
 
 def _read(info: SessionInfo, with_marks: bool) -> SessionColumns:
@@ -324,29 +342,21 @@ def _read_session(info: SessionInfo, with_marks: bool) -> SessionColumns:
     for file_no, bf in enumerate(info.files):
         if file_no % 16 == 15:
             pool.release_unused()  # give back what the files read so far no longer need
-        got = _read_file(bf, with_marks)
+        got = read_file(bf, with_marks)
         if got is None:
             continue
-        spans_c, marks_c, values, session_id, file_snaps = got
-        own = session_id == info.id
-        spans_c["file"] = pa.array(np.full(len(spans_c["id"]), file_no, dtype=np.int32))
-        span_batches.append(pa.RecordBatch.from_pydict(spans_c))
-        marks_c["file"] = pa.array(np.full(len(values), file_no, dtype=np.int32))
-        # 1: hangs from a span id; 0: from the sentinel (or none) in a batch of the session; -1: neither
-        sid = marks_c["span_id"]
-        on_span = pc.and_kleene(pc.is_valid(sid), pc.not_equal(sid, ROOT_SENTINEL)).fill_null(False)
-        marks_c["attached"] = pa.array(np.where(_np(on_span), 1, 0 if own else -1)
-                                       .astype(np.int8))
+        span_batch, mark_batch, values, own, file_snaps = file_batches(info, file_no, got)
+        span_batches.append(span_batch)
         if not set(map(type, values)) <= {float}:
             odd_values[len(mark_batches)] = values
-        mark_batches.append(pa.RecordBatch.from_pydict(marks_c))
+        mark_batches.append(mark_batch)
         mark_lengths.append(len(values))
         if file_snaps:
             snaps.append((own, file_snaps))
-        del got, spans_c, marks_c
+        del got, span_batch, mark_batch
 
-    spans_t = _table(span_batches, _span_schema())
-    marks_t = _table(mark_batches, _mark_schema())
+    spans_t = _table(span_batches, span_schema())
+    marks_t = _table(mark_batches, mark_schema())
     del span_batches, mark_batches
 
     keep = _winners(spans_t["id"], _np(pc.is_valid(spans_t["end_ns"])))
@@ -387,11 +397,11 @@ def _read_session(info: SessionInfo, with_marks: bool) -> SessionColumns:
                           mark_epoch, mark_batch, mark_values, parent)
 
 
-def _span_schema() -> pa.Schema:
+def span_schema() -> pa.Schema:
     return pa.schema([*zip(SPAN_COLUMNS, _SPAN_TYPES), ("attrs", pa.string()), ("file", pa.int32())])
 
 
-def _mark_schema() -> pa.Schema:
+def mark_schema() -> pa.Schema:
     return pa.schema([*zip(MARK_COLUMNS, _MARK_TYPES), ("value", pa.float64()), ("value_text", pa.string()),
                       ("attrs", pa.string()), ("file", pa.int32()), ("attached", pa.int8())])
 

@@ -290,17 +290,26 @@ def iter_chunks(cat: Catalog, infos: Sequence[SessionInfo], fields: str = "expor
     """The records of ``infos``, session after session, in chunks (see the module docstring).
 
     With ``columnar``, each session :mod:`cirron.spool.columnar` can read comes as one
-    :class:`~cirron.spool.columnar.SessionColumns` instead (the same records, as Arrow columns);
-    the others as chunks. ``marks=False``: a spans-only reader may leave the columns' marks out."""
+    :class:`~cirron.spool.columnar.SessionColumns` instead (the same records, as Arrow columns),
+    a streamable one too big for that as several (:func:`cirron.spool.pieces.iter_pieces`); the
+    others as chunks. ``marks=False``: a spans-only reader may leave the columns' marks out."""
     for info in infos:
         if columnar:
             from cirron.spool.columnar import can_read, read_columns
 
-            cols = read_columns(info, marks=marks) if can_read(info) else None
-            if cols is not None:
-                yield cols
-                del cols  # before the next session is read: one session's columns in memory at a time
-                continue
+            if can_read(info):
+                cols = read_columns(info, marks=marks)
+                if cols is not None:
+                    yield cols
+                    del cols  # before the next session is read: one session's columns in memory at a time
+                    continue
+            elif info.streamable:  # too big to hold whole: in pieces, from one pass and a spill
+                from cirron.spool.pieces import iter_pieces
+
+                pieces = iter_pieces(info, marks=marks)
+                if pieces is not None:
+                    yield from pieces
+                    continue
         if info.streamable:
             yield from _chunks_streamed(info, fields)
         else:

@@ -22,6 +22,7 @@ from cirron.spool import (  # noqa: E402
     columnar,
     list_batch_files,
     open_catalog,  # noqa: E402
+    pieces,
 )
 from cirron.spool.stream import iter_chunks  # noqa: E402
 
@@ -105,7 +106,9 @@ def test_bench_spool(tmp_path, monkeypatch):
     assert all(b >= 0 for b, n in zip(cols.span_batch, names) if n in ("batch", "forward", "backward"))
 
 
-def test_odd_values_escapes_and_duplicates(factory: SpoolFactory, tmp_path):
+def _odd_spool(factory: SpoolFactory) -> str:
+    """Names and attrs that need escapes, odd mark values, duplicates, pretty-printed JSON, quoted
+    integers and a truncated file, in one session; returns the id of its epoch span."""
     root = new_id()
     epoch = new_id()
     names = ["a,b", 'say "hi"', "two\nlines", "tab\there", "back\\slash", "ünïcode ✓", "cr\rhere", ""]
@@ -138,6 +141,11 @@ def test_odd_values_escapes_and_duplicates(factory: SpoolFactory, tmp_path):
     quoted["start_ns"] = str(quoted["start_ns"])
     factory.write_batch([quoted], session_id=root)
     factory.write_raw(factory.batch_name(), b'{"schema_version": 1, "session_id": "' + root.encode() + b'", "spa')
+    return epoch
+
+
+def test_odd_values_escapes_and_duplicates(factory: SpoolFactory, tmp_path):
+    epoch = _odd_spool(factory)
     kinds = assert_same_exports(factory.spool_dir, tmp_path)
     assert kinds == {"columns": 1, "chunks": 0}
     cat = open_catalog([factory.spool_dir], lambda _m: None)
@@ -154,7 +162,7 @@ def test_careful_route_for_files_the_strict_decoder_refuses(factory: SpoolFactor
     path = factory.write_batch([span], session_id=root)
     assert columnar._fast_file(path.read_bytes()) is None
     (bf,) = list_batch_files(factory.spool_dir)
-    got = columnar._read_file(bf)
+    got = columnar.read_file(bf)
     assert got is not None and got[0]["start_ns"].to_pylist() == [BASE_NS]
 
 
@@ -174,11 +182,87 @@ def test_sessions_the_fast_reader_cannot_read_fall_back(factory: SpoolFactory, t
     assert kinds["columns"] == 0 and kinds["chunks"] >= 2
 
 
-def test_big_sessions_are_read_the_bounded_way(factory: SpoolFactory, monkeypatch, tmp_path):
-    factory.session()
+@pytest.fixture
+def big(monkeypatch):
+    """Every session counts as too big to hold whole: read in pieces of a few records."""
     monkeypatch.setattr(columnar, "MAX_SESSION_BYTES", 10)
+    monkeypatch.setattr(pieces, "PIECE_ROWS", 3)
+
+
+def test_big_sessions_are_read_in_pieces(factory: SpoolFactory, big, tmp_path):
+    factory.session(epochs=3, split=True)
+    factory.session(start_ns=BASE_NS + 10**9, snapshots=True)
+    factory.session(start_ns=BASE_NS + 2 * 10**9, open_root=True)
+    kinds = assert_same_exports(factory.spool_dir, tmp_path)
+    assert kinds == {"columns": 3, "chunks": 0}
+    cat = open_catalog([factory.spool_dir], lambda _m: None)
+    got = list(pieces.iter_pieces(cat.sessions[0]))
+    assert len(got) > 1 and all(p.spans.num_rows + p.marks.num_rows + len(p.snapshots) for p in got)
+
+
+def test_big_bench_session_in_pieces(tmp_path, big, monkeypatch):
+    from bench_cli import generate
+
+    monkeypatch.setattr(pieces, "PIECE_ROWS", 2_000)
+    spool = tmp_path / ".cirron" / "spool"
+    generate(spool, 20_000, 20_000, 8, n_sessions=2)
+    kinds = assert_same_exports(spool, tmp_path / "out")
+    assert kinds == {"columns": 2, "chunks": 0}
+    cat = open_catalog([spool])
+    got = list(pieces.iter_pieces(cat.sessions[0]))
+    assert sum(p.spans.num_rows for p in got) == 10_000 and sum(p.marks.num_rows for p in got) == 10_000
+    assert all(p.spans.num_rows < 10_000 for p in got)
+
+
+def test_big_session_odd_values_escapes_and_duplicates(factory: SpoolFactory, big, tmp_path):
+    epoch = _odd_spool(factory)
+    kinds = assert_same_exports(factory.spool_dir, tmp_path)
+    assert kinds == {"columns": 1, "chunks": 0}
+    cat = open_catalog([factory.spool_dir], lambda _m: None)
+    got = list(pieces.iter_pieces(cat.sessions[0]))
+    assert len(got) > 1
+    values = {n: v for p in got for n, v in zip(p.marks["name"].to_pylist(), p.values())}
+    assert values["dup"] == 9.0 and values["count"] == 3 and values["flag"] is True
+    assert [i for p in got for i in p.spans["id"].to_pylist()].count(epoch) == 1
+
+
+def test_big_foreign_writer_spools(big, tmp_path):
+    test_foreign_writer_spools(tmp_path)
+
+
+def test_big_session_the_columns_cannot_carry_falls_back(factory: SpoolFactory, big, tmp_path):
+    root = factory.session()["root"]
+    factory.write_batch([factory.span(42, parent_id=root)], session_id=root)  # a name that is not a string
+    cat = open_catalog([factory.spool_dir], lambda _m: None)
+    assert cat.sessions[0].streamable and pieces.iter_pieces(cat.sessions[0]) is None
     kinds = assert_same_exports(factory.spool_dir, tmp_path)
     assert kinds == {"columns": 0, "chunks": 1}
+
+
+def test_spill_is_removed(factory: SpoolFactory, big, tmp_path, monkeypatch):
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    factory.session(epochs=3)
+    cat = open_catalog([factory.spool_dir], lambda _m: None)
+    it = pieces.iter_pieces(cat.sessions[0])
+    assert it is not None and list(tmp_path.glob("cirron-spill-*"))
+    next(it)
+    it.close()  # an export that stops early (an error writing) leaves no spill behind
+    assert not list(tmp_path.glob("cirron-spill-*"))
+    assert list(pieces.iter_pieces(cat.sessions[0]))
+    assert not list(tmp_path.glob("cirron-spill-*"))
+
+
+def test_id_keys_match_the_reference_keys():
+    import pyarrow as pa
+
+    from cirron.spool.stream import _key
+
+    ids = [new_id(), new_id().upper(), None, "root", "", "0x" + "a" * 30, "g" * 32, "é" * 16, "short"]
+    hi, lo = pieces.id_keys(pa.array(ids, pa.string()))
+    for i, x in enumerate(ids):
+        assert (int(hi[i]), int(lo[i])) == ((0, 0) if x is None else _key(x)), x
 
 
 def test_foreign_writer_spools(tmp_path):
