@@ -33,7 +33,7 @@ from numpy.typing import NDArray
 from cirron._format import REQUEST_SPAN, span_label
 from cirron._schema import BATCH_SPAN_NAME, DATA_LOAD_SPAN_NAME, EPOCH_SPAN_NAME, decode_float, encode_float
 from cirron.spool import Session, list_batch_files
-from cirron.spool.arrays import MAX_DEPTH
+from cirron.spool.arrays import MAX_DEPTH, enclosing_steps
 from cirron.spool.catalog import Catalog
 from cirron.spool.catalog import SessionInfo as CatalogInfo
 
@@ -238,8 +238,10 @@ class SessionData:
     mark_tick_names: list[str]
     mark_tick_name: NDArray[np.int32]
     mark_tick_value: NDArray[np.float64]
-    # Steps: the span row of each step, and the time of each phase within it.
+    # Steps: the span row of each step, the index of its epoch (-1: none), and the time of each
+    # phase within it.
     step_rows: NDArray[np.int64]
+    step_epoch: NDArray[np.int64]
     phase_ns: NDArray[np.int64]
     request_rows: NDArray[np.int64]
 
@@ -482,10 +484,12 @@ class SessionData:
     def _build_steps(self) -> None:
         step_code = next((self.names.index(n) for n in STEP_NAMES if n in self.names), None)
         self.step_rows = np.zeros(0, dtype=np.int64)
+        self.step_epoch = np.zeros(0, dtype=np.int64)
         self.phase_ns = np.zeros((len(PHASES), 0), dtype=np.int64)
         if step_code is None:
             return
         steps = np.flatnonzero(self.name == step_code)
+        self.step_epoch = self._epochs()[steps]
         row_of = np.full(self.name.size, -1, dtype=np.int64)
         row_of[steps] = np.arange(steps.size)
         phase_of_code = np.full(len(self.names), -1, dtype=np.int64)
@@ -510,13 +514,16 @@ class SessionData:
         self.step_rows = steps
         self.phase_ns = phase_ns
 
-    def _epoch_of(self, i: int) -> int | None:
-        p = int(self.parent[i])
-        while p >= 0:
-            if self.names[self.name[p]] == EPOCH_SPAN_NAME:
-                return self._index_of(p)
-            p = int(self.parent[p])
-        return None
+    def _epochs(self) -> np.ndarray:
+        """The index of each span's enclosing epoch (-1: none), by the spool's shared rule
+        (:func:`cirron.spool.arrays.enclosing_steps`: parent links followed at most
+        :data:`~cirron.spool.arrays.MAX_DEPTH` deep, so a parent_id cycle cannot hang)."""
+        has_index = self._index_np != np.iinfo(np.int64).min
+        is_epoch = has_index & (self.name == self.names.index(EPOCH_SPAN_NAME)) if EPOCH_SPAN_NAME in self.names \
+            else np.zeros(self.name.size, dtype=bool)
+        index = np.where(has_index, self._index_np, -1)
+        epoch, _batch = enclosing_steps(self.parent, is_epoch, np.zeros(self.name.size, dtype=bool), index)
+        return epoch
 
     def steps(self, slowest: int = 20) -> dict[str, Any]:
         rows = self.step_rows
@@ -536,12 +543,12 @@ class SessionData:
 
         bars = {p: per_bar(self.phase_ns[k]) for k, p in enumerate(PHASES)}
         bars["other"] = per_bar(other)
-        labels = [self._step_label(int(rows[e])) for e in edges.tolist()] if n else []
+        labels = [self._step_label(e) for e in edges.tolist()] if n else []
         worst = np.argsort(-wall, kind="stable")[:slowest] if n else np.zeros(0, dtype=np.int64)
         slow = []
         for k in worst.tolist():
             i = int(rows[k])
-            slow.append({"step": k, "label": self._step_label(i), "start": int(self.start[i]),
+            slow.append({"step": k, "label": self._step_label(k), "start": int(self.start[i]),
                          "end": int(self.end[i]), "wall_ns": int(wall[k]),
                          **{p: int(self.phase_ns[j, k]) for j, p in enumerate(PHASES)}, "other": int(other[k])})
         totals = {p: int(self.phase_ns[k].sum()) for k, p in enumerate(PHASES)}
@@ -551,10 +558,11 @@ class SessionData:
                 "slowest": slow, "totals": totals,
                 "p50_ns": float(np.median(wall)) if n else None}
 
-    def _step_label(self, i: int) -> str:
-        ep = self._epoch_of(i)
-        core = self._label(i)
-        return f"{span_label(EPOCH_SPAN_NAME, ep)} {core}" if ep is not None else core
+    def _step_label(self, k: int) -> str:
+        """The label of the ``k``-th step, with its epoch's when it has one."""
+        ep = int(self.step_epoch[k])
+        core = self._label(int(self.step_rows[k]))
+        return f"{span_label(EPOCH_SPAN_NAME, ep)} {core}" if ep >= 0 else core
 
     # ---------------------------------------------------------------- requests
 

@@ -144,3 +144,33 @@ def test_live_run_is_badged_and_its_data_grows(tmp_path: Path) -> None:
         if server is not None:
             code, _out, err = server.stop()
             assert code == 0, err
+
+
+def test_parent_cycle_is_served_not_hung(tmp_path: Path) -> None:
+    """A foreign or corrupt spool whose parent_id links loop (a -> b -> a, a step under them, no
+    epoch on the way): every view is answered within the timeout (parent links are followed at
+    most MAX_DEPTH deep), the spans shown as the reader groups them."""
+    from spool_factory import BASE_NS, MS, SpoolFactory, new_id
+
+    factory = SpoolFactory(tmp_path)
+    a, b, step = new_id(), new_id(), new_id()
+    spans = [factory.span("loop_a", id=a, parent_id=b, dur_ns=10 * MS),
+             factory.span("loop_b", id=b, parent_id=a, start_ns=BASE_NS + MS, dur_ns=5 * MS),
+             factory.span("batch", id=step, parent_id=a, index=7, start_ns=BASE_NS + 2 * MS, dur_ns=2 * MS),
+             factory.span("forward", parent_id=step, start_ns=BASE_NS + 2 * MS, dur_ns=MS)]
+    factory.write_batch(spans, [factory.mark(step, "loss", 0.5, ts_ns=BASE_NS + 3 * MS)], session_id=new_id())
+    factory.close()
+    server = UIServer("--spool", str(factory.spool_dir))
+    try:
+        listed = sessions(server)["sessions"]
+        assert [s["spans"] for s in listed] == [4]
+        sid = listed[0]["id"]
+        for view in ("timeline", "steps", "snapshots", "requests"):
+            r = httpx.get(f"{server.url}/api/session/{sid}/{view}", timeout=TIMEOUT)
+            assert r.status_code == 200, (view, r.text)
+        steps = httpx.get(f"{server.url}/api/session/{sid}/steps", timeout=TIMEOUT).json()
+        assert steps["labels"] == ["batch[7]"] and steps["bars"]["forward"] == [MS]  # no epoch above it
+        assert httpx.get(f"{server.url}/api/marks", params={"session": sid}, timeout=TIMEOUT).status_code == 200
+    finally:
+        code, _out, err = server.stop()
+    assert code == 0 and "Traceback" not in err, err
