@@ -93,6 +93,7 @@ def create_app(data: SpoolData) -> Starlette:
         if view not in SESSION_VIEWS:
             raise HTTPException(404, f"no view named {view}")
         sid = session_id(request)
+        data.warm(sid)  # read the session while the browser loads the page's scripts
         return _page(view, f"{view.capitalize()} {sid[:8]}", session=sid)
 
     async def compare_marks_page(request: Request) -> Response:

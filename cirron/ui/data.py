@@ -132,8 +132,15 @@ class SessionRecords:
     mark_name: Any
     mark_kind: Any
     mark_ts: Any
-    mark_values: list[Any]  # as read (the point charts take the numbers, the summary table the values)
+    #: Each mark's value as a number (NaN: not a number), what the point charts take.
+    mark_number: np.ndarray
+    #: The values as read, for the summary table; ``None`` when every value is the float in ``mark_number``.
+    mark_values: list[Any] | None
     snapshots: list[Any]
+
+    def mark_value(self, i: int) -> Any:
+        """Mark ``i``'s value as read."""
+        return float(self.mark_number[i]) if self.mark_values is None else self.mark_values[i]
 
 
 def records_of_columns(cols: Any) -> SessionRecords:
@@ -143,8 +150,13 @@ def records_of_columns(cols: Any) -> SessionRecords:
         started_ns=cols.session.started_ns, span_id=s["id"], span_parent=cols.span_parent, span_name=s["name"],
         span_index=s["index"], span_start=s["start_ns"], span_end=s["end_ns"], span_cpu=s["cpu_ns"],
         span_gpu=s["gpu_ns"], span_memory=s["memory_peak_bytes"], span_attrs=s["attrs"], mark_span=m["span_id"],
-        mark_name=m["name"], mark_kind=m["kind"], mark_ts=m["ts_ns"], mark_values=cols.values(),
-        snapshots=cols.snapshots)
+        mark_name=m["name"], mark_kind=m["kind"], mark_ts=m["ts_ns"],
+        mark_number=_numbers(cols.mark_values) if cols.mark_values is not None else _np(m["value"], math.nan),
+        mark_values=cols.mark_values, snapshots=cols.snapshots)
+
+
+def _numbers(values: list[Any]) -> np.ndarray:
+    return np.array([math.nan if (v := _num(x)) is None else v for x in values], dtype=np.float64)
 
 
 def _text(v: Any) -> str:
@@ -158,6 +170,7 @@ def records_of_session(session: Session) -> SessionRecords:
     from cirron.export._common import attrs_text
 
     spans, marks = session.spans, session.marks
+    values = [mk.get("value") for mk in marks]
     ids = [sp["id"] for sp in spans]
     row = {sid: i for i, sid in enumerate(ids)}
     i64, st = pa.int64(), pa.string()
@@ -176,7 +189,7 @@ def records_of_session(session: Session) -> SessionRecords:
         span_gpu=ints(spans, "gpu_ns"), span_memory=ints(spans, "memory_peak_bytes"),
         span_attrs=pa.array([attrs_text(sp.get("attrs")) for sp in spans], st), mark_span=texts(marks, "span_id"),
         mark_name=pa.array([_text(mk.get("name")) for mk in marks], st), mark_kind=texts(marks, "kind"),
-        mark_ts=ints(marks, "ts_ns"), mark_values=[mk.get("value") for mk in marks],
+        mark_ts=ints(marks, "ts_ns"), mark_number=_numbers(values), mark_values=values,
         snapshots=list(session.snapshots))
 
 
@@ -229,9 +242,8 @@ class SessionData:
     name: NDArray[np.int32]
     #: Row of each span's parent (-1: none).
     parent: NDArray[np.int64]
-    #: Span columns (Arrow arrays, in the same order as the rows).
-    ids: Any
-    index: Any
+    #: Row of each span in the records it was built from (Arrow columns kept in that order).
+    _src: NDArray[np.int64]
     duration_ns: int
     # Marks: every tick in time order, its series (index into ``mark_tick_names``) and value.
     mark_ts: NDArray[np.int64]
@@ -254,6 +266,7 @@ class SessionData:
         self._build_steps()
         self._build_requests()
         self._build_snapshots(records)
+        del self._build_ids, self._build_new_row
 
     # ---------------------------------------------------------------- spans / timeline
 
@@ -286,50 +299,63 @@ class SessionData:
         self.end = ends[order] - t0
         self.open = is_open[order]
         self.depth = depth[order]
-        names = pc.fill_null(r.span_name, "None").take(take)
-        enc = pc.dictionary_encode(names)
+        del take, starts, ends, depth, is_open
+        enc = pc.dictionary_encode(pc.fill_null(r.span_name, "None"))
         if hasattr(enc, "combine_chunks"):
             enc = enc.combine_chunks()
-        self.names = enc.dictionary.to_pylist()
-        self.name = enc.indices.to_numpy(zero_copy_only=False).astype(np.int32)
+        codes = enc.indices.to_numpy(zero_copy_only=False)[order]
+        # names numbered in order of first appearance on the timeline (their colours follow it)
+        used, first = np.unique(codes, return_index=True)
+        by_first = used[np.argsort(first)]
+        renumber = np.zeros(len(enc.dictionary), dtype=np.int32)
+        renumber[by_first] = np.arange(by_first.size, dtype=np.int32)
+        dictionary = enc.dictionary.to_pylist()
+        self.names = [dictionary[c] for c in by_first.tolist()]
+        self.name = renumber[codes]
+        del enc, codes
         new_row = np.empty(order.size, dtype=np.int64)
         new_row[order] = np.arange(order.size)
         p = r.span_parent[order]
         self.parent = np.where(p >= 0, new_row[np.maximum(p, 0)], -1)
-        self.ids = r.span_id.take(take)
-        self.index = r.span_index.take(take)
-        self._index_np = _np(self.index, np.iinfo(np.int64).min)
-        self._cpu = r.span_cpu.take(take)
-        self._gpu = r.span_gpu.take(take)
-        self._memory = r.span_memory.take(take)
-        self._attrs = r.span_attrs.take(take)
+        del p
+        self._index_np = _np(r.span_index, np.iinfo(np.int64).min)[order]
+        # The columns only shown for a few spans at a time stay in read order: ``_src`` maps a
+        # span row to its row there (no sorted copies of them are made).
+        self._src = order
+        self._cpu, self._gpu, self._memory = r.span_cpu, r.span_gpu, r.span_memory
+        self._attrs = r.span_attrs
+        # ids are only needed while the views are built (marks and snapshots name their span by id)
+        self._build_ids = r.span_id.combine_chunks() if hasattr(r.span_id, "combine_chunks") else r.span_id
+        self._build_new_row = new_row
         self.duration_ns = int(self.end.max(initial=0))
 
     def _index_of(self, i: int) -> int | None:
         v = int(self._index_np[i])
         return None if v == np.iinfo(np.int64).min else v
 
+    def _attrs_of(self, i: int) -> Any:
+        return _decode_attrs(self._attrs[int(self._src[i])].as_py())
+
     def _label(self, i: int, attrs: Any = None) -> str:
         if attrs is None and self.names[self.name[i]] == REQUEST_SPAN:
-            attrs = _decode_attrs(self._attrs[i].as_py())
+            attrs = self._attrs_of(i)
         return span_label(self.names[self.name[i]], self._index_of(i), attrs)
 
     def _rows_of(self, span_ids: Iterable[Any]) -> dict[Any, int]:
-        """Rows of the spans with these ids (those that exist)."""
+        """Rows of the spans with these ids (those that exist); only while the views are built."""
         import pyarrow as pa
         import pyarrow.compute as pc
 
         wanted = [s for s in set(span_ids) if isinstance(s, str)]
         if not wanted:
             return {}
-        rows = pc.index_in(pa.array(wanted, pa.string()), value_set=self.ids.combine_chunks()
-                           if hasattr(self.ids, "combine_chunks") else self.ids).to_pylist()
-        return {s: r for s, r in zip(wanted, rows) if r is not None}
+        rows = pc.index_in(pa.array(wanted, pa.string()), value_set=self._build_ids).to_pylist()
+        return {s: int(self._build_new_row[r]) for s, r in zip(wanted, rows) if r is not None}
 
     def _spans_json(self, rows: np.ndarray) -> list[dict[str, Any]]:
         import pyarrow as pa
 
-        take = pa.array(rows.astype(np.int64))
+        take = pa.array(self._src[rows])
         cpu = self._cpu.take(take).to_pylist()
         gpu = self._gpu.take(take).to_pylist()
         memory = self._memory.take(take).to_pylist()
@@ -405,7 +431,7 @@ class SessionData:
         import pyarrow as pa
         import pyarrow.compute as pc
 
-        n = len(r.mark_values)
+        n = len(r.mark_number)
         ts_all = _np(pc.subtract(r.mark_ts, self.t0_ns), 0).astype(np.int64) if n else np.zeros(0, dtype=np.int64)
         summary = _np(pc.equal(r.mark_kind, "summary"), False).astype(bool) if n else np.zeros(0, dtype=bool)
         names_all = pc.fill_null(r.mark_name, "None")
@@ -418,7 +444,7 @@ class SessionData:
             s_spans = r.mark_span.take(take).to_pylist()
             span_rows = self._rows_of(s_spans)
             for k, i in enumerate(srows.tolist()):
-                value = r.mark_values[i]
+                value = r.mark_value(i)
                 shown = encode_float(value) if isinstance(value, float) else value
                 row = span_rows.get(s_spans[k])
                 self.summary_marks.append({
@@ -426,13 +452,11 @@ class SessionData:
                     "span_id": s_spans[k], "t": int(ts_all[i])})
         self.summary_marks.sort(key=lambda m: (m["name"], m["t"]))
         # point marks: one series per name, by time
-        if set(map(type, r.mark_values)) <= {float}:
-            values = np.array(r.mark_values, dtype=np.float64)
+        values = r.mark_number
+        if r.mark_values is None:
             numeric = np.ones(n, dtype=bool)
-        else:
-            nums = [_num(v) for v in r.mark_values]
-            numeric = np.array([v is not None for v in nums], dtype=bool)
-            values = np.array([np.nan if v is None else v for v in nums], dtype=np.float64)
+        else:  # a NaN that was read as a number ("NaN", float("nan")) is a point; a string is not
+            numeric = np.array([_num(v) is not None for v in r.mark_values], dtype=bool)
         rows = np.flatnonzero(numeric & ~summary)
         self.mark_series: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         if rows.size:
@@ -570,13 +594,18 @@ class SessionData:
         code = self.names.index(REQUEST_SPAN) if REQUEST_SPAN in self.names else None
         self.request_rows = np.flatnonzero(self.name == code) if code is not None else np.zeros(0, dtype=np.int64)
         wanted = {"ttft_ns", "tokens_per_s", "tokens"}
-        self.request_marks: dict[str, dict[str, float]] = {}
-        ids = set(self.ids.take(self.request_rows).to_pylist()) if self.request_rows.size else set()
-        for m in self.summary_marks:
-            if m["name"] in wanted and m["span_id"] in ids:
-                v = _num(m["value"])
-                if v is not None:
-                    self.request_marks.setdefault(m["span_id"], {})[m["name"]] = v
+        #: The request numbers of each request span row (from the summary marks on it).
+        self.request_marks: dict[int, dict[str, float]] = {}
+        if not self.request_rows.size:
+            return
+        picked = [m for m in self.summary_marks if m["name"] in wanted]
+        rows = self._rows_of(m["span_id"] for m in picked)
+        is_request = np.zeros(self.name.size, dtype=bool)
+        is_request[self.request_rows] = True
+        for m in picked:
+            row = rows.get(m["span_id"])
+            if row is not None and is_request[row] and (v := _num(m["value"])) is not None:
+                self.request_marks.setdefault(row, {})[m["name"]] = v
 
     def requests(self, slowest: int = 20) -> dict[str, Any]:
         rows = self.request_rows
@@ -595,9 +624,8 @@ class SessionData:
                     windows.append({"t": float((edges[w] + edges[w + 1]) / 2), "count": int(vals.size),
                                     "p50": p50, "p95": p95, "p99": p99})
         ttft, tps = [], []
-        ids = self.ids.take(rows).to_pylist() if n else []
-        for rid in ids:
-            extra = self.request_marks.get(rid, {})
+        for row in rows.tolist():
+            extra = self.request_marks.get(row, {})
             if "ttft_ns" in extra:
                 ttft.append(extra["ttft_ns"])
             if "tokens_per_s" in extra:
@@ -605,9 +633,9 @@ class SessionData:
         slow = []
         for k in (np.argsort(-lat, kind="stable")[:slowest].tolist() if n else []):
             i = int(rows[k])
-            decoded = _decode_attrs(self._attrs[i].as_py())
+            decoded = self._attrs_of(i)
             attrs = decoded if isinstance(decoded, dict) else {}
-            extra = self.request_marks.get(ids[k], {})
+            extra = self.request_marks.get(i, {})
             slow.append({"request_id": attrs.get("request_id"), "start": int(self.start[i]), "end": int(self.end[i]),
                          "latency_ns": int(lat[k]), "ttft_ns": extra.get("ttft_ns"), "tokens": extra.get("tokens"),
                          "tokens_per_s": extra.get("tokens_per_s"), "error": attrs.get("error"),
@@ -706,6 +734,27 @@ def _rebin_histograms(hists: list[dict[str, Any] | None], bins: int) -> tuple[li
     return ((edges[:-1] + edges[1:]) / 2).tolist(), z.tolist()
 
 
+def _read_records(info: SessionInfo, catalog: Catalog) -> SessionRecords:
+    """A session's records: from the columnar reader when it can read it, else rebuilt record by record."""
+    from cirron.spool.columnar import can_read, read_columns
+
+    cols = read_columns(info.summary) if can_read(info.summary) else None
+    if cols is None:
+        return records_of_session(catalog.load(info.summary))
+    records = records_of_columns(cols)
+    del cols  # with it, the columns the views do not use
+    _give_back_memory()
+    return records
+
+
+def _give_back_memory() -> None:
+    """Return the memory a session's read freed to the system, so that building its views reuses
+    less of the process's peak (the C allocator's pool trims the heap; see cirron.ui.server)."""
+    import pyarrow as pa
+
+    pa.default_memory_pool().release_unused()
+
+
 # ============================================================================ spools
 
 
@@ -732,6 +781,9 @@ class SpoolData:
     def __init__(self, spool_dirs: Iterable[str | Path], cached: int = CACHED_SESSIONS) -> None:
         self.spools: list[_SpoolState] = [_SpoolState(Path(d)) for d in spool_dirs]
         self._lock = threading.RLock()
+        #: Held while a session's views are built: one at a time (two would double the peak
+        #: memory), and without holding ``_lock``, so the other pages answer meanwhile.
+        self._build_lock = threading.Lock()
         self._views: OrderedDict[str, tuple[tuple[Any, ...], SessionData]] = OrderedDict()
         self._cached = cached
 
@@ -770,24 +822,43 @@ class SpoolData:
         """The views of one session, built on first use and rebuilt when its files change."""
         info = self.info(session_id)
         key = (info.summary.files, info.status)
+        hit = self._cached_view(session_id, key)
+        if hit is not None:
+            return hit
+        with self._build_lock:
+            hit = self._cached_view(session_id, key)  # built by another request meanwhile
+            if hit is not None:
+                return hit
+            with self._lock:
+                self._views.pop(session_id, None)
+                while len(self._views) >= self._cached:  # free before building the next one
+                    self._views.popitem(last=False)
+                catalog = next(sp.catalog for sp in self.spools if sp.dir == info.summary.spool and sp.catalog)
+            assert catalog is not None  # sessions() opened it
+            data = SessionData(info, _read_records(info, catalog))
+            _give_back_memory()
+            with self._lock:
+                self._views[session_id] = (key, data)
+            return data
+
+    def _cached_view(self, session_id: str, key: tuple[Any, ...]) -> SessionData | None:
         with self._lock:
             hit = self._views.get(session_id)
-            if hit is not None and hit[0] == key:
-                self._views.move_to_end(session_id)
-                return hit[1]
-            self._views.pop(session_id, None)
-            while len(self._views) >= self._cached:  # free before building the next one
-                self._views.popitem(last=False)
-            catalog = next(sp.catalog for sp in self.spools if sp.dir == info.summary.spool and sp.catalog)
-            assert catalog is not None  # sessions() opened it
-            from cirron.spool.columnar import can_read, read_columns
+            if hit is None or hit[0] != key:
+                return None
+            self._views.move_to_end(session_id)
+            return hit[1]
 
-            cols = read_columns(info.summary) if can_read(info.summary) else None
-            records = records_of_columns(cols) if cols is not None else records_of_session(catalog.load(info.summary))
-            del cols
-            data = SessionData(info, records)
-            self._views[session_id] = (key, data)
-            return data
+    def warm(self, session_id: str) -> None:
+        """Start building ``session_id``'s views in the background (a page of it is being
+        loaded: its data request will find them ready, or wait for this build)."""
+        def build() -> None:
+            try:
+                self.session(session_id)
+            except Exception:  # noqa: BLE001 - the page's own data request reports what is wrong
+                pass
+
+        threading.Thread(target=build, name=f"cirron-ui-warm-{session_id[:12]}", daemon=True).start()
 
     # ---------------------------------------------------------------- across sessions
 

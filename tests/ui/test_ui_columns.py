@@ -109,3 +109,43 @@ def test_server_data_uses_the_columns_and_falls_back(factory: SpoolFactory, monk
     monkeypatch.setattr(columnar, "MAX_SESSION_BYTES", 0)  # too big for the columns: records instead
     slow = SpoolData([factory.spool_dir]).session(sid).timeline(None, None, 800)
     assert _same(fast, slow) and fast["spans"]
+
+
+def test_session_page_starts_reading_its_session(factory: SpoolFactory, monkeypatch):
+    """Opening a session's page starts building its views at once (while the browser loads the
+    page's scripts), before any data request; the sessions table still answers during a build,
+    and the data request that comes meanwhile waits for that one build instead of starting another."""
+    import threading
+
+    from starlette.testclient import TestClient
+
+    import cirron.ui.data as ui_data
+    from cirron.ui.app import create_app
+
+    factory.session()
+    data = SpoolData([factory.spool_dir])
+    sid = data.sessions()[0].id
+    started, release = threading.Event(), threading.Event()
+    reads = []
+    real_read = ui_data._read_records
+
+    def slow_read(info, catalog):
+        reads.append(info.id)
+        started.set()
+        assert release.wait(30)
+        return real_read(info, catalog)
+
+    monkeypatch.setattr(ui_data, "_read_records", slow_read)
+    with TestClient(create_app(data)) as client:
+        assert client.get(f"/session/{sid}/timeline").status_code == 200
+        assert started.wait(30), "the page did not start reading its session"
+        assert [s["id"] for s in client.get("/api/sessions").json()["sessions"]] == [sid]  # not blocked
+        answer: list = []
+        waiter = threading.Thread(target=lambda: answer.append(client.get(f"/api/session/{sid}/timeline")))
+        waiter.start()
+        waiter.join(0.3)
+        assert waiter.is_alive()  # waits for the build under way
+        release.set()
+        waiter.join(30)
+        assert answer[0].status_code == 200 and answer[0].json()["spans"]
+    assert reads == [sid]  # one read, shared by the page's warm-up and its data request
