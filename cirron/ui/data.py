@@ -849,6 +849,19 @@ class SpoolData:
             self._views.move_to_end(session_id)
             return hit[1]
 
+    def prepare(self) -> None:
+        """Get ready for the first page in the background: list the sessions and load the
+        columnar reader (pyarrow takes a few hundred ms to import, better spent before the user
+        opens a session than after)."""
+        def run() -> None:
+            try:
+                import cirron.spool.columnar  # noqa: F401
+                self.sessions()
+            except Exception:  # noqa: BLE001 - the pages report what is wrong when they ask
+                pass
+
+        threading.Thread(target=run, name="cirron-ui-prepare", daemon=True).start()
+
     def warm(self, session_id: str) -> None:
         """Start building ``session_id``'s views in the background (a page of it is being
         loaded: its data request will find them ready, or wait for this build)."""

@@ -70,7 +70,9 @@ def serve(spools: Sequence[Path], host: str, port: int, open_browser: bool = Fal
     from cirron.ui.app import create_app
     from cirron.ui.data import SpoolData
 
-    app = create_app(SpoolData(spools))
+    data = SpoolData(spools)
+    data.prepare()
+    app = create_app(data)
     sock = bind(host, port)
     url = url_for(sock, host)
     if not is_loopback(host):

@@ -149,3 +149,17 @@ def test_session_page_starts_reading_its_session(factory: SpoolFactory, monkeypa
         waiter.join(30)
         assert answer[0].status_code == 200 and answer[0].json()["spans"]
     assert reads == [sid]  # one read, shared by the page's warm-up and its data request
+
+
+def test_prepare_lists_the_sessions_in_the_background(factory: SpoolFactory):
+    import time
+
+    factory.session()
+    data = SpoolData([factory.spool_dir])
+    assert data.spools[0].catalog is None
+    data.prepare()
+    deadline = time.monotonic() + 30
+    while data.spools[0].catalog is None:
+        assert time.monotonic() < deadline, "prepare() never listed the sessions"
+        time.sleep(0.01)
+    assert len(data.spools[0].sessions) == 1
