@@ -116,7 +116,8 @@ def create_app(data: SpoolData) -> Starlette:
     def api_timeline(request: Request) -> Response:
         view = data.session(session_id(request))
         px = param_int(request, "px") or 1200
-        return JSONResponse(view.timeline(param_int(request, "t0"), param_int(request, "t1"), px))
+        fit = request.query_params.get("fit") == "1"
+        return JSONResponse(view.timeline(param_int(request, "t0"), param_int(request, "t1"), px, fit))
 
     def api_steps(request: Request) -> Response:
         return JSONResponse(data.session(session_id(request)).steps())

@@ -372,13 +372,20 @@ class SessionData:
             })
         return out
 
-    def timeline(self, t0: int | None, t1: int | None, px: int) -> dict[str, Any]:
+    def timeline(self, t0: int | None, t1: int | None, px: int, fit: bool = False) -> dict[str, Any]:
         """The spans visible in ``[t0, t1)`` (ns since the session start) at ``px`` pixels wide.
 
         Spans of at least a pixel come one by one (the :data:`MAX_WINDOW_SPANS` longest when
         more); smaller ones are merged per depth into blocks of a few pixels each, carrying
-        their count and summed wall time.
+        their count and summed wall time. With ``fit`` and no window given (the page's first
+        view), the window is the spans below the session root, padded, when they fill less than
+        half of the session (a short loop after a long import); ``fitted`` says so.
         """
+        fitted = False
+        if fit and t0 is None and t1 is None:
+            window = self._fit_window()
+            if window is not None:
+                (t0, t1), fitted = window, True
         lo = 0 if t0 is None else max(0, int(t0))
         hi = self.duration_ns if t1 is None else int(t1)
         if hi <= lo:
@@ -402,7 +409,17 @@ class SessionData:
         marks = self._mark_ticks(lo, hi, px)
         return {"t0": lo, "t1": hi, "px": px, "session_start_ns": self.t0_ns, "duration_ns": self.duration_ns,
                 "max_depth": int(self.depth.max(initial=0)), "names": self.names, "spans": spans,
-                "blocks": blocks, "marks": marks, "visible": int(vis.size)}
+                "blocks": blocks, "marks": marks, "visible": int(vis.size), "fitted": fitted}
+
+    def _fit_window(self) -> tuple[int, int] | None:
+        below = self.depth > 0
+        if not below.any():
+            return None
+        a, b = int(self.start[below].min()), int(self.end[below].max())
+        if b - a >= 0.5 * self.duration_ns:
+            return None
+        pad = max(1000, (b - a) * 0.03)
+        return max(0, math.floor(a - pad)), min(self.duration_ns, math.ceil(b + pad))
 
     def _aggregate(self, idx: np.ndarray, lo: int, hi: int, px: int) -> list[dict[str, Any]]:
         if idx.size == 0:

@@ -163,3 +163,33 @@ def test_prepare_lists_the_sessions_in_the_background(factory: SpoolFactory):
         assert time.monotonic() < deadline, "prepare() never listed the sessions"
         time.sleep(0.01)
     assert len(data.spools[0].sessions) == 1
+
+
+def test_first_view_fits_the_spans_when_they_fill_little_of_the_session(factory: SpoolFactory):
+    """The page's first view (fit): the spans below the root, padded by 3%, when they fill less
+    than half of the session (a short loop after a long import); else the whole session."""
+    root, epoch = new_id(), new_id()
+    late = BASE_NS + 9000 * MS
+    factory.write_batch([factory.span("cirron.session", id=root, dur_ns=10_000 * MS),
+                         factory.span("epoch", id=epoch, parent_id=root, index=0, start_ns=late, dur_ns=100 * MS),
+                         factory.span("batch", parent_id=epoch, index=0, start_ns=late + MS, dur_ns=50 * MS)],
+                        session_id=root)
+    data = SpoolData([factory.spool_dir])
+    view = data.session(data.sessions()[0].id)
+    fitted = view.timeline(None, None, 800, fit=True)
+    assert fitted["fitted"] is True
+    assert (fitted["t0"], fitted["t1"]) == (9000 * MS - 3 * MS, 9100 * MS + 3 * MS)
+    assert {s["name"] for s in fitted["spans"]} == {"cirron.session", "epoch", "batch"}
+    whole = view.timeline(None, None, 800)
+    assert whole["fitted"] is False and (whole["t0"], whole["t1"]) == (0, 10_000 * MS)
+    assert view.timeline(0, 5000 * MS, 800, fit=True)["fitted"] is False  # a window asked for is kept
+
+
+def test_first_view_is_the_whole_session_when_its_spans_fill_it(factory: SpoolFactory):
+    root = new_id()
+    factory.write_batch([factory.span("cirron.session", id=root, dur_ns=100 * MS),
+                         factory.span("epoch", parent_id=root, index=0, start_ns=BASE_NS + 40 * MS, dur_ns=50 * MS)],
+                        session_id=root)
+    data = SpoolData([factory.spool_dir])
+    doc = data.session(data.sessions()[0].id).timeline(None, None, 800, fit=True)
+    assert doc["fitted"] is False and (doc["t0"], doc["t1"]) == (0, 100 * MS)

@@ -218,9 +218,10 @@ const cirronUI = (() => {
       return out;
     }
 
-    async function fetchWindow(t0, t1) {
+    async function fetchWindow(t0, t1, fit) {
       const px = Math.max(200, div.clientWidth || 1200);
       const params = new URLSearchParams({ px });
+      if (fit) params.set("fit", "1");
       if (t0 !== null) params.set("t0", Math.floor(t0));
       if (t1 !== null) params.set("t1", Math.ceil(t1));
       return api(`/api/session/${sid}/timeline?${params}`);
@@ -255,19 +256,10 @@ const cirronUI = (() => {
     }
 
     // The first view: the whole session, or where its spans are when they fill little of it
-    // (a short training loop after a long import).
+    // (a short training loop after a long import): the server picks that window (fit=1).
     async function first() {
-      const doc = await fetchWindow(null, null);
-      const below = [...doc.spans, ...doc.blocks].filter((s) => s.depth > 0);
-      if (below.length) {
-        const a = Math.min(...below.map((s) => s.start)), b = Math.max(...below.map((s) => s.end));
-        if (b - a < 0.5 * doc.duration_ns) {
-          const pad = Math.max(1000, (b - a) * 0.03);
-          return load(Math.max(0, a - pad), Math.min(doc.duration_ns, b + pad),
-            "Zoomed onto the session's spans (they fill little of it); double-click for the whole session.");
-        }
-      }
-      return draw(doc);
+      const doc = await fetchWindow(null, null, true);
+      return draw(doc, doc.fitted ? "Zoomed onto the session's spans (they fill little of it); double-click for the whole session." : null);
     }
 
     if (q.has("t0") || q.has("t1")) await load(q.has("t0") ? Number(q.get("t0")) : null, q.has("t1") ? Number(q.get("t1")) : null);
