@@ -101,8 +101,11 @@ def write_otlp_json(sessions: Iterable[Session | SessionInfo], path: str | os.Pa
             shell = orjson.dumps(resource_spans_shell(sess.id, sess.resource, sess.sdk_version, sess.writer))
             head, tail = shell[:-4], shell[-4:]  # ...,"spans":[   |   ]}]}
             fh.write(head)
-            streamed = None if isinstance(sess, Session) else _streamed_spans(sess)
-            if streamed is not None:
+            fast = None if isinstance(sess, Session) else _columns_spans(fh, sess)
+            streamed = None if isinstance(sess, Session) or fast is not None else _streamed_spans(sess)
+            if fast is not None:
+                n += fast
+            elif streamed is not None:
                 n += _write_streamed_spans(fh, sess.id, sess.last_ns, streamed)
             else:
                 if not isinstance(sess, Session):  # ids the outline cannot sort: rebuilt whole
@@ -112,6 +115,22 @@ def write_otlp_json(sessions: Iterable[Session | SessionInfo], path: str | os.Pa
             fh.write(tail)
         fh.write(b"]}")
     return n
+
+
+def _columns_spans(fh: Any, info: SessionInfo) -> int | None:
+    """Write the spans of a session :func:`cirron.spool.columnar.read_columns` can hold, encoded
+    from its columns; ``None`` (nothing written) when it cannot."""
+    from cirron.spool.columnar import can_read, read_columns
+
+    cols = read_columns(info) if can_read(info) else None
+    if cols is None:
+        return None
+    from cirron.export._otlp_columns import CannotEncode, write_spans
+
+    try:
+        return write_spans(fh, cols, info.last_ns)
+    except CannotEncode:
+        return None
 
 
 def _streamed_spans(info: SessionInfo) -> Iterator[Any] | None:

@@ -1,0 +1,367 @@
+"""The OTLP/JSON spans of one session encoded from its Arrow columns (:mod:`cirron.spool.columnar`).
+
+The bytes are exactly what :func:`cirron.export._otlp.iter_encoded_spans` gives for the rebuilt
+session, but each piece of a span or event is built for a whole column at once (Arrow string
+kernels), so no Python object is made per record: ids become JSON strings in one pass, integers
+decimal text in one cast, floats go through one ``orjson.dumps`` of the column. What cannot be
+built that way goes through the per-record encoder, one value or one row at a time:
+
+* attrs: each distinct raw text is decoded and encoded once (most spans share a handful);
+* span ids: BLAKE2b per id (the parent's is looked up by row when the parent is in the session);
+* ``request`` spans (their GenAI attributes come from their marks) and non-float mark values.
+
+Spans are encoded :data:`SLICE_SPANS` at a time, each with its events, so the text in memory is
+bounded whatever the session's size.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from typing import Any
+
+import msgspec
+import numpy as np
+import orjson
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from cirron._schema import ROOT_SENTINEL, SESSION_SPAN_NAME, decode_mark_value
+from cirron.export._common import arrow_text
+from cirron.export._json import _json_strings
+from cirron.export._otlp import (
+    _LLM_MARKS,
+    REQUEST_SPAN_NAME,
+    STATUS_CODE_ERROR,
+    _encode_span,
+    any_value,
+    derive_span_id,
+    derive_trace_id,
+    encode_attributes,
+)
+from cirron.spool.columnar import SPAN_COLUMNS
+
+__all__ = ["SLICE_SPANS", "CannotEncode", "write_spans"]
+
+#: Spans encoded at a time (with their events).
+SLICE_SPANS = 8192
+
+_NONFINITE = {"nan": '"NaN"', "inf": '"Infinity"', "-inf": '"-Infinity"'}
+
+
+class CannotEncode(Exception):
+    """The columns hold something only the per-record encoder reads the same way (raised before
+    anything is written)."""
+
+
+def _decode(text: str) -> Any:
+    try:
+        return msgspec.json.decode(text)
+    except (msgspec.DecodeError, RecursionError) as exc:
+        raise CannotEncode(str(exc)) from None
+
+
+def _distinct(col: pa.ChunkedArray | pa.Array) -> tuple[list[Any], np.ndarray]:
+    """The decoded distinct attrs texts of a column and each row's position among them."""
+    col = pc.fill_null(col, "{}")
+    texts = pc.unique(col)
+    which = pc.index_in(col, value_set=texts)
+    if isinstance(which, pa.ChunkedArray):
+        which = which.combine_chunks()
+    return [_decode(t) for t in texts.to_pylist()], which.to_numpy(zero_copy_only=False)
+
+
+def _table_text(values: list[str | None], which: np.ndarray) -> pa.Array:
+    """``values[which[i]]`` for every row (``None`` values stay null)."""
+    return pa.array(values, pa.string()).take(pa.array(which))
+
+
+def _join(*parts: Any) -> pa.Array:
+    """Row-wise concatenation; a null part is left out."""
+    return pc.binary_join_element_wise(*parts, "", null_handling="replace", null_replacement="")
+
+
+def _piece(*parts: Any) -> pa.Array:
+    """Row-wise concatenation, null where any part is null (an optional piece)."""
+    return pc.binary_join_element_wise(*parts, "")
+
+
+def _ints(col: Any) -> pa.Array:
+    return pc.cast(col, pa.string())
+
+
+def _floats(values: np.ndarray) -> pa.Array:
+    """Floats as ``orjson`` writes each one, non-finite ones as the strings OTLP/JSON uses."""
+    n = len(values)
+    if n == 0:
+        return pa.array([], pa.string())
+    data = np.frombuffer(orjson.dumps(values.tolist()), dtype=np.uint8)[1:-1]
+    commas = np.flatnonzero(data == 0x2C)
+    if len(commas) != n - 1:  # cannot happen: a float's text has no comma
+        raise CannotEncode("float text")
+    offsets = np.empty(n + 1, dtype=np.int64)
+    offsets[0] = 0
+    offsets[1:-1] = commas - np.arange(n - 1)
+    offsets[-1] = len(data) - (n - 1)
+    kept = data[data != 0x2C]
+    out = pa.LargeStringArray.from_buffers(n, pa.py_buffer(offsets), pa.py_buffer(kept.tobytes())).cast(pa.string())
+    bad = ~np.isfinite(values)
+    if bad.any():
+        text = [_NONFINITE["nan" if v != v else ("inf" if v > 0 else "-inf")] for v in values[bad].tolist()]
+        out = pc.replace_with_mask(out, pa.array(bad), pa.array(text, pa.string()))
+    return out
+
+
+def _or_default(col: Any, default: str) -> Any:
+    """``col`` where it is a non-empty string, else ``default``."""
+    ok = pc.fill_null(pc.not_equal(col, ""), False)
+    return pc.if_else(ok, col, default)
+
+
+def _np(col: Any, fill: int) -> np.ndarray:
+    if isinstance(col, pa.ChunkedArray):
+        col = col.combine_chunks()
+    return pc.fill_null(col, fill).to_numpy(zero_copy_only=False)
+
+
+class _Columns:
+    """A table's columns by name, each as one array (combined on first use, a slice or a take
+    combined on its own: the whole table is never copied)."""
+
+    def __init__(self, table: pa.Table) -> None:
+        self._t = table
+        self._whole: dict[str, pa.Array] = {}
+
+    def __getitem__(self, name: str) -> pa.Array:
+        got = self._whole.get(name)
+        if got is None:
+            got = self._whole[name] = self._t[name].combine_chunks()
+        return got
+
+    def slice(self, a: int, n: int) -> _Columns:
+        return _Columns(self._t.slice(a, n))
+
+    def take(self, rows: np.ndarray) -> _Columns:
+        return _Columns(self._t.take(pa.array(rows)))
+
+
+def _span_hex(ids: pa.Array) -> pa.Array:
+    """:func:`derive_span_id` of every id (the one per-record step: BLAKE2b has no array form)."""
+    blake, person = hashlib.blake2b, b"cirron.span"
+    raw = ids.cast(pa.binary())
+    out = pa.concat_arrays([pa.array([blake(b, digest_size=8, person=person).hexdigest()
+                                      for b in raw.slice(a, SLICE_SPANS).to_pylist()], pa.string())
+                            for a in range(0, len(raw), SLICE_SPANS)] or [pa.array([], pa.string())])
+    zero = pc.equal(out, "0000000000000000")
+    return pc.if_else(zero, "0" * 15 + "1", out) if pc.any(zero).as_py() else out  # as derive_span_id
+
+
+class _SessionText:
+    """What every slice of one session shares: derived ids, attrs tables, each mark's span."""
+
+    def __init__(self, cols: Any, open_end_ns: int | None) -> None:
+        spans = _Columns(cols.spans)
+        marks = self.m = _Columns(cols.marks)
+        self.s = spans
+        self.n_spans = cols.spans.num_rows
+        self.cols = cols
+        self.open_end_ns = open_end_ns
+        self.trace_id = derive_trace_id(cols.session.id)
+        ids = spans["id"]
+        self.ids = ids
+        self.hex = _span_hex(ids)
+        parent_row = np.asarray(cols.span_parent, dtype=np.int64)
+        parent_id = spans["parent_id"]
+        has_parent = pc.fill_null(pc.not_equal(parent_id, ""), False).to_numpy(zero_copy_only=False)
+        parent_hex = self.hex.take(pa.array(np.maximum(parent_row, 0))) if len(ids) else self.hex
+        away = np.flatnonzero(has_parent & (parent_row < 0))  # parent not among the session's spans
+        if len(away):
+            hexes = [derive_span_id(p) for p in parent_id.take(pa.array(away)).to_pylist()]
+            mask = np.zeros(len(ids), dtype=bool)
+            mask[away] = True
+            parent_hex = pc.replace_with_mask(parent_hex, pa.array(mask), pa.array(hexes, pa.string()))
+        self.parent_hex = pc.if_else(pa.array(has_parent), parent_hex, pa.scalar(None, pa.string()))
+
+        decoded, self.span_attr = _distinct(cols.spans["attrs"])
+        items: list[str | None] = []
+        status: list[str | None] = []
+        for a in decoded:
+            attrs = a if isinstance(a, Mapping) else None
+            enc = orjson.dumps(encode_attributes(attrs))[1:-1].decode()
+            items.append(enc + "," if enc else "")
+            err = attrs.get("error") if attrs else None
+            status.append(None if err is None else ',"status":' + orjson.dumps(
+                {"code": STATUS_CODE_ERROR, "message": str(err)}).decode())
+        self.span_items, self.span_status = items, status
+
+        names = spans["name"]
+        self.names = names
+        self.request = pc.fill_null(pc.equal(names, REQUEST_SPAN_NAME), False).to_numpy(zero_copy_only=False)
+        root = np.flatnonzero(pc.fill_null(pc.and_(pc.equal(names, SESSION_SPAN_NAME),
+                                                   pc.is_null(parent_id)), False).to_numpy(zero_copy_only=False))
+        root_row = int(root[0]) if len(root) else -1
+
+        mark_span = marks["span_id"]
+        row = pc.fill_null(pc.index_in(mark_span, value_set=ids), -1).to_numpy(zero_copy_only=False).astype(np.int64)
+        row[pc.fill_null(pc.equal(mark_span, ROOT_SENTINEL), False).to_numpy(zero_copy_only=False)] = -1
+        self.mark_target = np.where(row >= 0, row, root_row)
+        del row
+        pa.default_memory_pool().release_unused()  # the hash table of index_in
+        self.mark_order = np.argsort(self.mark_target, kind="stable")
+        self.sorted_target = self.mark_target[self.mark_order]
+        decoded_m, self.mark_attr = _distinct(cols.marks["attrs"])
+        extra: list[str | None] = []
+        for a in decoded_m:
+            kept = [e for e in encode_attributes(a) if e["key"] not in ("value", "kind")] if a else []
+            extra.append("".join("," + orjson.dumps(e).decode() for e in kept))
+        self.mark_extra = extra
+        self.mark_values = cols.mark_values
+        self.requests = np.flatnonzero(self.request)
+
+    # ------------------------------------------------------------------ events
+    def events(self, rows: np.ndarray) -> pa.Array:
+        """The OTLP/JSON events of marks ``rows`` (in that order)."""
+        marks = self.m
+        take = pa.array(rows)
+        ts = np.maximum(_np(marks["ts_ns"].take(take), 0), 0)
+        names = _json_strings(_or_default(marks["name"].take(take), "mark"))
+        kinds = _json_strings(pc.fill_null(marks["kind"].take(take), "point"))
+        values = self._values(rows)
+        extra = _table_text(self.mark_extra, self.mark_attr[rows])
+        return _join('{"timeUnixNano":"', _ints(pa.array(ts)), '","name":', names,
+                     ',"attributes":[{"key":"value","value":', values,
+                     '},{"key":"kind","value":{"stringValue":', kinds, "}}", extra, "]}")
+
+    def _values(self, rows: np.ndarray) -> pa.Array:
+        marks = self.m
+        floats = _np(marks["value"].take(pa.array(rows)), 0).astype(np.float64)
+        text = _piece('{"doubleValue":', _floats(floats), "}")
+        if self.mark_values is None:
+            return text
+        given = [self.mark_values[i] for i in rows.tolist()]
+        odd = np.fromiter((type(v) is not float for v in given), dtype=bool, count=len(given))
+        if not odd.any():
+            return text
+        types = marks["value_type"].take(pa.array(rows[odd])).to_pylist()
+        exact = [orjson.dumps(any_value(decode_mark_value(v, t))).decode()
+                 for v, t in zip((v for v, o in zip(given, odd.tolist()) if o), types)]
+        return pc.replace_with_mask(text, pa.array(odd), pa.array(exact, pa.string()))
+
+    def grouped_events(self, a: int, b: int) -> pa.Array:
+        """Per span ``a:b``: ``,"events":[...]`` (null for a span without marks)."""
+        lo, hi = np.searchsorted(self.sorted_target, [a, b]).tolist()
+        rows = self.mark_order[lo:hi]
+        counts = np.bincount(self.sorted_target[lo:hi] - a, minlength=b - a)
+        offsets = np.zeros(b - a + 1, dtype=np.int32)
+        np.cumsum(counts, out=offsets[1:])
+        joined = pc.binary_join(pa.ListArray.from_arrays(pa.array(offsets), self.events(rows)), ",")
+        return pc.if_else(pa.array(counts > 0), _piece(',"events":[', joined, "]"), pa.scalar(None, pa.string()))
+
+    # ------------------------------------------------------------------- spans
+    def spans(self, a: int, b: int) -> pa.Array:
+        """The OTLP/JSON text of spans ``a:b``."""
+        s = self.s.slice(a, b - a)
+        start = _np(s["start_ns"], 0)
+        end_given = pc.is_valid(s["end_ns"]).to_numpy(zero_copy_only=False)
+        end = _np(s["end_ns"], 0)
+        if not end_given.all():
+            oe = self.open_end_ns
+            end = np.where(end_given, end, np.maximum(start, oe) if oe else start)
+        attr = self.span_attr[a:b]
+
+        def field(key: str, col: Any) -> pa.Array:
+            return _piece(',{"key":"' + key + '","value":{"intValue":"', _ints(col), '"}}')
+
+        head = _join(
+            '{"traceId":"', self.trace_id, '","spanId":"', self.hex.slice(a, b - a),
+            '","name":', _json_strings(_or_default(self.names.slice(a, b - a), "span")),
+            ',"kind":1,"startTimeUnixNano":"', _ints(pa.array(np.maximum(start, 0))),
+            '","endTimeUnixNano":"', _ints(pa.array(np.maximum(end, 0))), '","attributes":[',
+            _table_text(self.span_items, attr),
+            '{"key":"cirron.span.id","value":{"stringValue":', _json_strings(self.ids.slice(a, b - a)), "}}",
+            field("cirron.index", s["index"]), field("cirron.cpu_ns", s["cpu_ns"]),
+            field("cirron.gpu_ns", s["gpu_ns"]), field("cirron.memory_peak_bytes", s["memory_peak_bytes"]),
+            field("thread.id", s["thread_id"]),
+            pc.if_else(pa.array(end_given), pa.scalar(None, pa.string()),
+                       ',{"key":"cirron.open","value":{"boolValue":true}}'),
+            "]", _piece(',"parentSpanId":"', self.parent_hex.slice(a, b - a), '"'))
+        status = _table_text(self.span_status, attr)
+        lo, hi = np.searchsorted(self.requests, [a, b]).tolist()
+        if hi > lo:  # request spans: GenAI attributes from their marks, the per-record way
+            heads, stats = zip(*(self._request_pieces(i) for i in self.requests[lo:hi].tolist()))
+            mask = np.zeros(b - a, dtype=bool)
+            mask[self.requests[lo:hi] - a] = True
+            head = pc.replace_with_mask(head, pa.array(mask), pa.array(heads, pa.string()))
+            status = pc.if_else(pa.array(mask), pa.array(_spread(stats, mask), pa.string()), status)
+        return _join(head, self.grouped_events(a, b), status, "}")
+
+    def _record(self, i: int) -> dict[str, Any]:
+        s = self.s
+        rec = {c: s[c][i].as_py() for c in SPAN_COLUMNS}
+        rec["attrs"] = _decode(s["attrs"][i].as_py() or "{}")
+        return rec
+
+    def _request_pieces(self, i: int) -> tuple[str, str | None]:
+        lo, hi = np.searchsorted(self.sorted_target, [i, i + 1]).tolist()
+        marks = self.m
+        raw = []
+        for k in self.mark_order[lo:hi].tolist():
+            name = marks["name"][k].as_py()
+            if name in _LLM_MARKS:
+                value = self.mark_values[k] if self.mark_values is not None else marks["value"][k].as_py()
+                raw.append({"name": name, "value": value})
+        span = _encode_span(self._record(i), self.trace_id, None, self.open_end_ns, raw)
+        status = span.pop("status", None)
+        head = orjson.dumps(span)[:-1].decode()
+        return head, None if status is None else ',"status":' + orjson.dumps(status).decode()
+
+    # ------------------------------------------------------------ placeholders
+    def placeholders(self) -> list[bytes]:
+        """Spans for marks whose span the session does not hold (a session without root)."""
+        rows = np.flatnonzero(self.mark_target < 0)
+        if not len(rows):
+            return []
+        groups: dict[str, list[int]] = {}
+        for k, own in zip(rows.tolist(), self.m["span_id"].take(pa.array(rows)).to_pylist()):
+            groups.setdefault(own if type(own) is str and own else ROOT_SENTINEL, []).append(k)
+        out = []
+        ts = np.maximum(_np(self.m["ts_ns"], 0), 0)
+        for sid, ks in groups.items():
+            t = int(ts[ks].min())
+            placeholder = {"id": sid, "name": "(span not written)", "start_ns": t, "end_ns": t,
+                           "attrs": {"cirron.placeholder": True}}
+            span = _encode_span(placeholder, self.trace_id, None, self.open_end_ns)
+            events = bytes(arrow_text(pc.binary_join_element_wise(self.events(np.array(ks, dtype=np.int64)), "", ",")))
+            out.append(orjson.dumps(span)[:-1] + b',"events":[' + events[:-1] + b"]}")
+        return out
+
+
+def _spread(values: tuple[Any, ...], mask: np.ndarray) -> list[Any]:
+    """``values`` placed at the true positions of ``mask`` (``None`` elsewhere)."""
+    out: list[Any] = [None] * len(mask)
+    for i, v in zip(np.flatnonzero(mask).tolist(), values):
+        out[i] = v
+    return out
+
+
+def write_spans(fh: Any, cols: Any, open_end_ns: int | None) -> int:
+    """Write the comma-separated OTLP/JSON spans of one session's columns (what goes between
+    ``"spans":[`` and ``]``); returns how many. Raises :class:`CannotEncode` before writing
+    anything when the columns need the per-record encoder."""
+    text = _SessionText(cols, open_end_ns)
+    n = text.n_spans
+    written = 0
+    for a in range(0, n, SLICE_SPANS):
+        b = min(n, a + SLICE_SPANS)
+        chunk = pc.binary_join_element_wise(text.spans(a, b), "", ",")
+        data = arrow_text(chunk)
+        fh.write(b"," if written else b"")
+        fh.write(data[:-1])
+        written += b - a
+        del chunk, data
+        if a % (8 * SLICE_SPANS) == 0:
+            pa.default_memory_pool().release_unused()
+    for placeholder in text.placeholders():
+        fh.write(b"," + placeholder if written else placeholder)
+        written += 1
+    return written
