@@ -146,14 +146,19 @@ class NoSessionFound(LookupError):
         self.prefix = prefix
 
 
-def write_members(fh: Any, items: Iterable[bytes], already: int = 0, chunk: int = 5000) -> int:
-    """Write JSON array members (already encoded) comma-separated, in chunks, continuing an array
-    that already has ``already`` members; returns the count written."""
+def write_members(fh: Any, items: Iterable[bytes], already: int = 0, chunk: int = 5000,
+                  chunk_bytes: int = 1 << 20) -> int:
+    """Write JSON array members (already encoded) comma-separated, in chunks of ``chunk`` members
+    or ``chunk_bytes`` bytes, continuing an array that already has ``already`` members; returns
+    the number of items written (an item may itself be several members, comma-separated)."""
     n = 0
+    size = 0
     buf: list[bytes] = []
     for item in items:
         buf.append(item)
-        if len(buf) >= chunk:
+        size += len(item)
+        if len(buf) >= chunk or size >= chunk_bytes:
+            size = 0
             fh.write((b"," if n or already else b"") + b",".join(buf))
             n += len(buf)
             buf.clear()

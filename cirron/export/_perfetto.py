@@ -42,6 +42,13 @@ def iter_trace_events(sessions: Iterable[Session | SessionInfo],
     :class:`~cirron.spool.catalog.SessionInfo` of a streamable session: it is then read in two
     passes over its batch files (:func:`_streamed_events`) and its events come already encoded.
     """
+    return _events(sessions, base_ns, columns=False)  # type: ignore[return-value]
+
+
+def _events(sessions: Iterable[Session | SessionInfo], base_ns: int | None,
+            columns: bool) -> Iterator[dict[str, Any] | bytes | Any]:
+    """:func:`iter_trace_events`; with ``columns``, a session the columnar reader holds comes as
+    :class:`cirron.export._perfetto_columns.Encoded` runs of events."""
     if base_ns is None:
         sessions = list(sessions)
         starts = [x for sess in sessions for x in (sess.started_ns,) if type(x) is int]
@@ -55,6 +62,10 @@ def iter_trace_events(sessions: Iterable[Session | SessionInfo],
 
     for item in sessions:
         if not isinstance(item, Session):
+            encoded = _column_events(item, base, pid_of, threads) if columns else None
+            if encoded is not None:
+                yield from encoded
+                continue
             streamed = _streamed_events(item, base, pid_of, threads)
             if streamed is not None:
                 yield from streamed
@@ -194,6 +205,29 @@ class _Lanes:
 
     def __setitem__(self, i: int, lane: int) -> None:
         self._a[i] = lane
+
+
+def _column_events(info: SessionInfo, base: int, pid_of: dict[tuple[str, object], int],
+                   threads: set[tuple[int, int]]) -> Iterator[Any] | None:
+    """The events of a session :func:`cirron.spool.columnar.read_columns` can hold, encoded from
+    its columns (:mod:`cirron.export._perfetto_columns`); ``None`` when it cannot."""
+    from cirron.spool.columnar import can_read, read_columns
+
+    cols = read_columns(info) if can_read(info) else None
+    if cols is None:
+        return None
+    import itertools
+
+    from cirron.export import _perfetto_columns
+
+    events = _perfetto_columns.session_events(cols, info, base, pid_of, threads)
+    try:
+        first = next(events)
+    except StopIteration:
+        return iter(())
+    except _perfetto_columns.CannotEncode:
+        return None
+    return itertools.chain((first,), events)
 
 
 def _streamed_events(info: SessionInfo, base: int, pid_of: dict[tuple[str, object], int],
@@ -336,13 +370,17 @@ def write_perfetto(sessions: Iterable[Session | SessionInfo], path: str | os.Pat
 
     def events() -> Iterator[bytes]:
         nonlocal n
-        for ev in iter_trace_events(sessions, base_ns):
+        for ev in _events(sessions, base_ns, columns=True):
+            if not isinstance(ev, (bytes, dict)):  # a run of events encoded from columns
+                n += ev.spans
+                yield ev.data
+                continue
             data = ev if isinstance(ev, bytes) else _dumps(ev)
             if data.startswith((b'{"ph":"B"', b'{"ph":"X"')):  # one per span
                 n += 1
             yield data
 
-    with atomic_file(path) as tmp, open(tmp, "wb") as fh:
+    with atomic_file(path) as tmp, open(tmp, "wb", buffering=1 << 20) as fh:
         fh.write(b'{"displayTimeUnit":"ns","traceEvents":[')
         write_members(fh, events())
         fh.write(b"]}")

@@ -1,0 +1,349 @@
+"""The trace events of one session encoded from its Arrow columns (:mod:`cirron.spool.columnar`).
+
+The bytes are exactly what :func:`cirron.export._perfetto._session_events` gives for the rebuilt
+session. The pieces of every event are built a column at a time (see
+:mod:`cirron.export._otlp_columns`); the order of a thread's begin/end events comes from sorting:
+
+* a thread's spans are sorted by start (longest first); the end of span ``j`` is due just before
+  the first span that starts at or after it ends, and the ends due at one place come innermost
+  first. When the events in that order nest properly (checked on their depths), every span fits
+  the thread's first track and that order is the sweep's of :func:`_track_events`;
+* a thread whose spans overlap without nesting (concurrent requests, sessions that overlap) is
+  swept span by span by :func:`_sweep`, the sweep of :func:`_track_events` on plain integers.
+
+Span args are built from each distinct attrs text once; attrs that carry a key the args add
+(``index``, ``span_id``, ``cirron.open``) or that ``orjson`` cannot write go the per-record way,
+as do marks whose value is not a finite float.
+"""
+
+from __future__ import annotations
+
+from array import array
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import orjson
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from cirron.export._json import _json_strings
+from cirron.export._otlp_columns import CannotEncode, _Columns, _distinct, _floats, _join, _np, _table_text
+from cirron.export._perfetto import _dumps, _dumps_args, _mark_event, _process_events, _span_args
+
+__all__ = ["SLICE_EVENTS", "Encoded", "session_events"]
+
+#: Events encoded at a time.
+SLICE_EVENTS = 32_768
+_ARGS_KEYS = ("index", "span_id", "cirron.open")
+_B, _E, _X, _TEXT = 0, 1, 2, 3
+
+
+@dataclass
+class Encoded:
+    """Events already encoded, comma-separated, ``spans`` of them one per span."""
+
+    data: memoryview | bytes
+    spans: int
+
+
+def _release() -> None:
+    """Hand the memory Arrow's pool keeps for reuse back (what a slice's text took)."""
+    pa.default_memory_pool().release_unused()
+
+
+def _check_range(ns: np.ndarray, base: int) -> None:
+    """Refuse times whose distance to ``base`` an int64 cannot hold."""
+    if len(ns) and (int(ns.max()) - base > 2**63 - 1 or int(ns.min()) - base < -(2**63)):
+        raise CannotEncode("time out of range")
+
+
+def _ts(ns: np.ndarray, base: int) -> pa.Array:
+    """``(ns - base) / 1000.0`` as ``orjson`` writes each (what the per-record encoder computes)."""
+    _check_range(ns, base)
+    return _floats((ns - np.int64(base)).astype(np.float64) / 1000.0)
+
+
+class _SessionEvents:
+    def __init__(self, cols: Any, base: int) -> None:
+        self.s = _Columns(cols.spans)
+        self.m = _Columns(cols.marks)
+        self.cols = cols
+        self.base = base
+        decoded, self.attr = _distinct(cols.spans["attrs"])
+        inner: list[str | None] = []
+        for a in decoded:
+            if type(a) is not dict:
+                a = {}
+            text = None
+            if not any(k in a for k in _ARGS_KEYS):
+                try:
+                    text = orjson.dumps(a)[1:-1].decode()
+                except (TypeError, orjson.JSONEncodeError):
+                    pass
+            inner.append(text if not text else text + ",")  # None: the per-record way
+        self.attr_inner = inner
+        self.slow_attr = np.array([t is None for t in inner] or [False], dtype=bool)
+        self.decoded = decoded
+
+    def args(self, rows: np.ndarray, is_open: np.ndarray) -> pa.Array:
+        """The args JSON of spans ``rows``."""
+        take = pa.array(rows)
+        idx = self.s["index"].take(take)
+        ids = self.s["id"].take(take)
+        which = self.attr[rows]
+        text = _join("{", _table_text(self.attr_inner, which),
+                     pc.binary_join_element_wise('"index":', pc.cast(idx, pa.string()), ",", ""),
+                     '"span_id":', _json_strings(ids),
+                     pc.if_else(pa.array(is_open), ',"cirron.open":true', pa.scalar(None, pa.string())), "}")
+        slow = self.slow_attr[which]
+        if slow.any():
+            exact = []
+            for k in np.flatnonzero(slow).tolist():
+                rec = {"attrs": self.decoded[which[k]], "index": idx[k].as_py(), "id": ids[k].as_py()}
+                exact.append(_dumps_args(_span_args(rec.get, bool(is_open[k]))).decode())
+            text = pc.replace_with_mask(text, pa.array(slow), pa.array(exact, pa.string()))
+        return text
+
+
+def session_events(cols: Any, info: Any, base: int, pid_of: dict[tuple[str, object], int],
+                   threads: set[tuple[int, int]]) -> Iterator[bytes | Encoded]:
+    """The events of one session's columns (see the module docstring). Raises
+    :class:`CannotEncode` before yielding anything when the columns need the per-record way."""
+    enc = _SessionEvents(cols, base)
+    s = enc.s
+    n = cols.spans.num_rows
+    last = info.last_ns or base
+    rank = _np(s["rank"], 0)
+    tid = _np(s["thread_id"], 0)
+    start = _np(s["start_ns"], base)
+    is_open = pc.is_null(s["end_ns"]).to_numpy(zero_copy_only=False)
+    end = np.maximum(np.where(is_open, np.maximum(start, last), _np(s["end_ns"], 0)), start)
+    start_ts, end_ts = _ts(start, base), _ts(end, base)  # checked before anything is yielded
+    names = _json_strings(pc.fill_null(s["name"], "None"))
+    _check_range(_np(enc.m["ts_ns"], base), base)
+    pid = np.zeros(n, dtype=np.int64)
+    if n:  # a process per rank, in the order the ranks first appear
+        ranks, first, which = np.unique(rank, return_index=True, return_inverse=True)
+        for u in np.argsort(first, kind="stable").tolist():
+            r = int(ranks[u])
+            p = pid_of.get((info.id, r))
+            if p is None:
+                p = pid_of[(info.id, r)] = len(pid_of) + 1
+                for ev in _process_events(p, info.id, r, info.writer, info.sdk_version):
+                    yield _dumps(ev)
+            pid[which.reshape(-1) == u] = p
+    if n:
+        kinds, rows, texts, track_tid = _span_order(enc, pid, tid, start, end, threads)
+        _release()
+        yield from _encode_events(enc, kinds, rows, texts, pid, track_tid, start_ts, end_ts, names, is_open)
+    yield from _mark_events(enc, pid, base)
+
+
+def _span_order(enc: _SessionEvents, pid: np.ndarray, tid: np.ndarray, start: np.ndarray, end: np.ndarray,
+                threads: set[tuple[int, int]]
+                ) -> tuple[np.ndarray, np.ndarray, list[bytes], np.ndarray]:
+    """Every span event of the session in output order: its kind (B, E, X, or already encoded
+    text) and its span row (for text: the position in the returned list); and per span the tid
+    of the track it is drawn on."""
+    n = len(pid)
+    keys = np.stack([pid, tid], axis=1)
+    _u, t_first, t_of = np.unique(keys, axis=0, return_index=True, return_inverse=True)
+    t_of = t_of.reshape(-1)
+    t_rank = np.empty(len(t_first), dtype=np.int64)
+    t_rank[np.argsort(t_first, kind="stable")] = np.arange(len(t_first))
+    track = t_rank[t_of]
+    order = np.lexsort((np.arange(n), -end, start, track))
+    bounds = np.searchsorted(track[order], np.arange(len(t_first) + 1)).tolist()
+    parent = np.asarray(enc.cols.span_parent, dtype=np.int64)
+    kinds: list[np.ndarray] = []
+    rows: list[np.ndarray] = []
+    texts: list[bytes] = []
+    track_tid = tid.copy()  # per span: the tid of the track it is drawn on
+    for t in range(len(t_first)):
+        members = order[bounds[t]:bounds[t + 1]]
+        key = (int(pid[members[0]]), int(tid[members[0]]))
+        nested = _nested_order(start[members], end[members])
+        if nested is not None:
+            kinds_t, local = nested
+            opened = [(0, 0)]
+        else:  # spans that overlap without nesting: swept span by span
+            in_track = np.full(n, -1, dtype=np.int64)
+            in_track[members] = np.arange(len(members))
+            par = np.where(parent[members] >= 0, in_track[np.maximum(parent[members], 0)], -1)
+            codes, lanes, opened = _sweep(start[members].data, end[members].data, par.data)
+            code = np.frombuffer(codes, dtype=np.int64)
+            kinds_t, local = code & 3, code >> 2
+            lane = np.frombuffer(lanes, dtype=np.int64) - 1
+            del codes, lanes
+            over = lane > 0
+            track_tid[members[over]] = -(np.abs(key[1]) * 64 + lane[over])
+        rows_t = members[local]
+        at = 0
+        for place, lane_no in opened:  # each track's name, before its first event
+            t_id = key[1] if lane_no == 0 else -(abs(key[1]) * 64 + lane_no)
+            kinds.append(kinds_t[at:place])
+            rows.append(rows_t[at:place])
+            at = place
+            if (key[0], t_id) in threads:
+                continue
+            threads.add((key[0], t_id))
+            label = f"thread {key[1]}" if lane_no == 0 else f"thread {key[1]} (overlapping {lane_no})"
+            kinds.append(np.array([_TEXT]))
+            rows.append(np.array([len(texts)]))
+            texts.append(_dumps({"ph": "M", "name": "thread_name", "pid": key[0], "tid": t_id,
+                                 "args": {"name": label}}))
+        kinds.append(kinds_t[at:])
+        rows.append(rows_t[at:])
+    return np.concatenate(kinds), np.concatenate(rows), texts, track_tid
+
+
+def _sweep(start: Any, end: Any, parent: Any) -> tuple[array, array, list[tuple[int, int]]]:
+    """:func:`cirron.export._perfetto._track_events`' sweep on plain integers (int64 sequences):
+    the events (span position * 4 + kind), each span's track, and where each track is first used."""
+    ends: list[list[int]] = []
+    held: list[list[int]] = []
+    out = array("q")
+    lane = array("q", bytes(8 * len(start)))
+    opened: list[tuple[int, int]] = []
+    append = out.append
+    for i, (s, e, p) in enumerate(zip(start, end, parent)):
+        for stack, rows in zip(ends, held):
+            while stack and stack[-1] <= s:
+                stack.pop()
+                append(rows.pop() * 4 + _E)
+        chosen = lane[p] - 1 if p >= 0 else -1  # lanes are kept plus one (0: not placed yet)
+        if chosen < 0 or not (not ends[chosen] or ends[chosen][-1] >= e):
+            chosen = next((k for k, stack in enumerate(ends) if not stack or stack[-1] >= e), -1)
+        if chosen < 0:
+            chosen = len(ends)
+            ends.append([])
+            held.append([])
+            opened.append((len(out), chosen))
+        lane[i] = chosen + 1
+        if e == s:
+            append(i * 4 + _X)
+        else:
+            append(i * 4 + _B)
+            ends[chosen].append(e)
+            held[chosen].append(i)
+    for rows in held:
+        while rows:
+            append(rows.pop() * 4 + _E)
+    return out, lane, opened
+
+
+def _nested_order(start: np.ndarray, end: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """For one thread's spans (sorted by start, longest first): the kinds and span positions of
+    their B/E/X events when they all nest on one track, else ``None``."""
+    m = len(start)
+    zero = end == start
+    if ((start[1:] < end[:-1]) & (end[1:] > end[:-1]) & ~zero[:-1]).any():
+        return None  # a span still open when the next one starts ends before it: they cross
+    jj = np.flatnonzero(~zero).astype(np.int32)
+    due = np.searchsorted(start, end[jj], side="left").astype(np.int32)  # the end is written before this span
+    seq = np.lexsort((np.concatenate([np.zeros(m, dtype=np.int32), -jj]),
+                      np.concatenate([np.zeros(m, dtype=np.int64), end[jj]]),
+                      np.concatenate([np.ones(m, dtype=np.int8), np.zeros(len(jj), dtype=np.int8)]),
+                      np.concatenate([np.arange(m, dtype=np.int32), due])))
+    del due
+    is_end = seq >= m
+    local = np.where(is_end, jj[np.maximum(seq - m, 0)], seq).astype(np.int32)
+    del seq
+    kinds = np.where(is_end, _E, np.where(zero[local], _X, _B)).astype(np.int8)
+    del is_end
+    # they nest iff, for every span, the depth first falls below its begin's depth at its own end
+    paired = kinds != _X
+    k2, l2 = kinds[paired], local[paired]
+    del paired
+    depth = np.cumsum(np.where(k2 == _B, 1, -1), dtype=np.int64)
+    if len(depth) and depth.min() < 0:
+        return None
+    where_b = np.empty(m, dtype=np.int64)
+    where_e = np.empty(m, dtype=np.int64)
+    places = np.arange(len(k2), dtype=np.int64)
+    where_b[l2[k2 == _B]] = places[k2 == _B]
+    where_e[l2[k2 == _E]] = places[k2 == _E]
+    del k2, l2
+    if len(jj):
+        width = len(places) + 1
+        level_key = depth * width + places
+        del places
+        level_key.sort()
+        b = where_b[jj]
+        want = depth[b] - 1
+        hit = np.searchsorted(level_key, want * width + b + 1)
+        ok = hit < len(level_key)
+        found = np.where(ok, level_key[np.minimum(hit, len(level_key) - 1)], -1)
+        if not (ok.all() and (found // width == want).all() and (found % width == where_e[jj]).all()):
+            return None
+    return kinds, local
+
+
+def _encode_events(enc: _SessionEvents, kinds: np.ndarray, rows: np.ndarray, texts: list[bytes], pid: np.ndarray,
+                   tid: np.ndarray, start_ts: pa.Array, end_ts: pa.Array, names: pa.Array,
+                   is_open: np.ndarray) -> Iterator[Encoded]:
+    text_table = pa.array([t.decode() for t in texts], pa.string())
+    heads = pa.array(['{"ph":"B","name":', '{"ph":"E","name":', '{"ph":"X","name":', ""], pa.string())
+    for a in range(0, len(kinds), SLICE_EVENTS):
+        k = kinds[a:a + SLICE_EVENTS]
+        r = rows[a:a + SLICE_EVENTS]
+        is_text = k == _TEXT
+        span = np.where(is_text, 0, r)
+        take = pa.array(span)
+        is_end = pa.array(k == _E)
+        args = enc.args(span, is_open[span])
+        tail = pc.if_else(pa.array(k == _B), "}", pc.if_else(
+            pa.array(k == _X), _join(',"dur":0.0,"args":', args, "}"), _join(',"args":', args, "}")))
+        built = _join(heads.take(pa.array(k)), names.take(take), ',"cat":"cirron","pid":',
+                      pc.cast(pa.array(pid[span]), pa.string()), ',"tid":', pc.cast(pa.array(tid[span]), pa.string()),
+                      ',"ts":', pc.if_else(is_end, end_ts.take(take), start_ts.take(take)), tail)
+        if is_text.any():
+            built = pc.if_else(pa.array(is_text), text_table.take(pa.array(np.where(is_text, r, 0))), built)
+        data = pc.binary_join(pa.ListArray.from_arrays(pa.array([0, len(k)], pa.int32()), built), ",")
+        yield Encoded(data[0].as_buffer(), int(((k == _B) | (k == _X)).sum()))
+        del data, built, args, tail
+        _release()
+
+
+def _mark_events(enc: _SessionEvents, pid: np.ndarray, base: int) -> Iterator[bytes | Encoded]:
+    m = enc.m
+    n = enc.cols.marks.num_rows
+    if not n or not len(pid):
+        return
+    row = pc.fill_null(pc.index_in(m["span_id"], value_set=enc.s["id"]), -1).to_numpy(zero_copy_only=False)
+    mark_pid = np.where(row >= 0, pid[np.maximum(row, 0)], pid[0])
+    has_ts = pc.is_valid(m["ts_ns"]).to_numpy(zero_copy_only=False)
+    ts = _np(m["ts_ns"], base)
+    values = _np(m["value"], 0).astype(np.float64)
+    plain = has_ts & np.isfinite(values)
+    given = enc.cols.mark_values
+    if given is not None:
+        plain &= np.fromiter((type(v) is float for v in given), dtype=bool, count=n)
+    names = _json_strings(pc.fill_null(m["name"], "None"))
+    for a in range(0, n, SLICE_EVENTS):
+        b = min(n, a + SLICE_EVENTS)
+        fast = plain[a:b]
+        name = names.slice(a, b - a)
+        built = _join('{"ph":"C","name":', name, ',"pid":', pc.cast(pa.array(mark_pid[a:b]), pa.string()),
+                      ',"ts":', _ts(ts[a:b], base), ',"args":{', name, ":", _floats(values[a:b]), "}}")
+        keep = fast.copy()
+        slow = np.flatnonzero(~fast & has_ts[a:b])
+        if len(slow):
+            exact = []
+            for i in (slow + a).tolist():
+                rec = {"ts_ns": int(ts[i]), "value": given[i] if given is not None else float(values[i]),
+                       "name": m["name"][i].as_py(), "thread_id": m["thread_id"][i].as_py()}
+                ev = _mark_event(rec, int(mark_pid[i]), base)
+                exact.append(_dumps(ev).decode() if ev is not None else None)
+            mask = np.zeros(b - a, dtype=bool)
+            mask[slow] = True
+            built = pc.replace_with_mask(built, pa.array(mask), pa.array(exact, pa.string()))
+            keep[slow] = [e is not None for e in exact]
+        kept = built.filter(pa.array(keep))
+        if len(kept):
+            data = pc.binary_join(pa.ListArray.from_arrays(pa.array([0, len(kept)], pa.int32()), kept), ",")
+            yield Encoded(data[0].as_buffer(), 0)
+        del built, kept
+        _release()
