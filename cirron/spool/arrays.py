@@ -1,11 +1,91 @@
-"""Two session rules on whole numpy columns, shared by every reader that works on arrays (the
+"""Ids as numpy keys, and two session rules on whole numpy columns, shared by every reader that works on arrays (the
 streamed exports, the outline of big sessions, the columnar reader, the index's light summary):
 which copy of a record wins the dedupe, and the epoch and batch each span belongs to. The
 record-by-record rules in :mod:`cirron.spool.reconstruct` decide the same."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
+
+#: Nibble value of each byte of a hex digit, 255 for any other byte.
+_NIBBLE = np.full(256, 255, dtype=np.uint8)
+for _i, _c in enumerate(b"0123456789abcdef"):
+    _NIBBLE[_c] = _i
+for _i, _c in enumerate(b"ABCDEF"):
+    _NIBBLE[_c] = 10 + _i
+_HEX_LEN = 32
+_HEX_DIGITS = b"0123456789abcdefABCDEF"
+
+
+def id_keys(ids: list[Any]) -> tuple[np.ndarray, np.ndarray]:
+    """128-bit keys ``(hi, lo)`` of ids, as :func:`cirron.spool.stream._key` makes them: the id
+    itself when it is 32 hex digits (decoded here on whole arrays), else a BLAKE2 digest."""
+    from cirron.spool.stream import _key
+
+    n = len(ids)
+    hi = np.empty(n, dtype=np.uint64)
+    lo = np.empty(n, dtype=np.uint64)
+    slow: Any = range(n)
+    try:
+        lens = np.fromiter(map(len, ids), dtype=np.int64, count=n)
+        hexlike = np.flatnonzero(lens == _HEX_LEN)
+        picked = ids if len(hexlike) == n else [ids[i] for i in hexlike.tolist()]
+        text = "".join(picked).encode("ascii")
+    except (TypeError, UnicodeEncodeError):  # not all strings, or non-ASCII (int() takes other digits)
+        hexlike = None
+    if hexlike is not None:
+        if not text.translate(None, _HEX_DIGITS):  # all hex digits: decode them in one call
+            rows = hexlike
+            halves = np.frombuffer(bytes.fromhex(text.decode("ascii")), dtype=">u8").reshape(len(rows), 2)
+        else:
+            nib = _NIBBLE[np.frombuffer(text, dtype=np.uint8)].reshape(len(hexlike), _HEX_LEN)
+            good = (nib != 255).all(axis=1)
+            rows, nib = hexlike[good], nib[good]
+            halves = ((nib[:, 0::2] << 4) | nib[:, 1::2]).view(">u8")  # 16 bytes, big-endian: (hi, lo)
+        hi[rows] = halves[:, 0]
+        lo[rows] = halves[:, 1]
+        if len(rows) < n:
+            todo = np.ones(n, dtype=bool)
+            todo[rows] = False
+            slow = np.flatnonzero(todo).tolist()
+        else:
+            slow = ()
+    for i in slow:
+        hi[i], lo[i] = _key(ids[i])
+    return hi, lo
+
+
+class Column:
+    """A numpy column filled part by part (one batch file at a time) in one buffer that doubles as
+    it fills. Unlike parts joined at the end, it never holds the data twice, and it leaves no
+    freed parts behind in the heap (where they would stay counted in the process's memory); the
+    buffer's unwritten tail takes no memory (big arrays are mapped lazily)."""
+
+    def __init__(self, dtype: Any, capacity: int = 1 << 16) -> None:
+        self._buf: np.ndarray = np.empty(capacity, dtype=dtype)
+        self._n = 0
+
+    def __len__(self) -> int:
+        return self._n
+
+    def append(self, part: Any) -> None:
+        end = self._n + len(part)
+        if end > len(self._buf):
+            grown = np.empty(max(end, 2 * len(self._buf)), dtype=self._buf.dtype)
+            grown[:self._n] = self._buf[:self._n]
+            self._buf = grown
+        self._buf[self._n:end] = part
+        self._n = end
+
+    def take(self) -> np.ndarray:
+        """The values appended so far (the column is empty afterwards)."""
+        out = self._buf[:self._n]
+        self._buf = np.empty(0, dtype=out.dtype)  # the column keeps no hold on the returned values
+        self._n = 0
+        return out
+
 
 #: How many parent links are followed at most (a parent_id cycle stops there).
 MAX_DEPTH = 256
@@ -16,20 +96,25 @@ def last_of_each(hi: np.ndarray, lo: np.ndarray, closed: np.ndarray | None) -> n
     order): the last closed one, else the last one (``closed=None``: the last one). A stable
     sort keeps equal keys in row order, so no row column is needed."""
     n = len(hi)
+    if not _repeats(hi):  # every key is distinct (the common case): no row-order sort needed
+        return np.ones(n, dtype=bool)
     keep = np.zeros(n, dtype=bool)
-    if n == 0:
-        return keep
     order = np.lexsort((closed, lo, hi) if closed is not None else (lo, hi))
-    h = hi[order]
     last = np.empty(n, dtype=bool)
     last[-1] = True
-    np.not_equal(h[1:], h[:-1], out=last[:-1])
-    del h
-    lo_sorted = lo[order]
-    last[:-1] |= lo_sorted[1:] != lo_sorted[:-1]
-    del lo_sorted
+    buf = np.take(hi, order)
+    np.not_equal(buf[1:], buf[:-1], out=last[:-1])
+    np.take(lo, order, out=buf)  # one buffer for both sorted columns
+    last[:-1] |= buf[1:] != buf[:-1]
+    del buf
     keep[order[last]] = True
     return keep
+
+
+def _repeats(a: np.ndarray) -> bool:
+    """Whether a value occurs twice in ``a``."""
+    s = np.sort(a)
+    return bool((s[1:] == s[:-1]).any())
 
 
 def enclosing_steps(parent_row: np.ndarray, is_epoch: np.ndarray, is_batch: np.ndarray,

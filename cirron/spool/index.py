@@ -24,6 +24,7 @@ import contextlib
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from operator import attrgetter
 from pathlib import Path
 from typing import Any
 
@@ -152,12 +153,29 @@ def _save_index(spool_dir: Path, idx: _Index) -> None:
             tmp.write_bytes(_ENCODER.encode(idx))
 
 
+#: How much of a batch file is read first for its header (cirron's writer puts it before the records).
+_HEAD_BYTES = 16 << 10
+_SPANS_KEY = b'"spans":'
+
+
 def _read_header(bf: BatchFile) -> tuple[str | None, bool]:
     """``(session_id, parsed)`` of a batch file's header; ``parsed`` is False when the file is not
-    a readable JSON object (the full read then reports why)."""
+    a readable JSON object (the full read then reports why).
+
+    The header fields come before ``"spans"`` in cirron's files: the head of the file up to that
+    key, closed with ``"spans":null}``, is decoded instead of the whole file when it names a
+    session (a ``"spans"`` key nested deeper leaves braces open, so that head does not decode).
+    Anything else is decoded whole."""
     try:
         with open_regular(bf.path, follow_symlinks=False) as fh:
-            data = fh.read()
+            head = fh.read(_HEAD_BYTES)
+            cut = head.find(_SPANS_KEY)
+            if cut > 0:
+                with contextlib.suppress(msgspec.DecodeError, msgspec.ValidationError, RecursionError):
+                    sid = _HEADER.decode(head[:cut] + b'"spans":null}').session_id
+                    if isinstance(sid, str) and sid:
+                        return sid, True
+            data = head + fh.read()
         hdr = _HEADER.decode(data)
     except (OSError, msgspec.DecodeError, msgspec.ValidationError, RecursionError):
         return None, False
@@ -223,89 +241,161 @@ def _summarize_one_session(files: list[BatchFile], fingerprint: list[Any]) -> _G
     """The group entry :func:`_build_group` makes for ``files``, from numpy keys of their records
     (:mod:`cirron.spool.outline`'s rules), when they hold exactly one session of cirron's writer
     that stands on its own (its root's id is the batches' ``session_id``, every span reaches it,
-    every mark and snapshot hangs from one of its spans or the sentinel); else ``None``."""
-    import numpy as np
+    every mark and snapshot hangs from one of its spans or the sentinel); else ``None``.
 
-    from cirron._schema import SESSION_SPAN_NAME
-    from cirron.spool.arrays import last_of_each
-    from cirron.spool.outline import (
-        SPAN_KEY_COLUMNS,
-        append_span_keys,
-        stack_parts,
-        target_keys,
-        time_column,
-    )
-    from cirron.spool.reader import _decode_attrs, read_batch
+    Memory: about 34 bytes per span and 33 per mark (:class:`_LightKeys`), plus one batch file's
+    records; each column is let go as soon as the rules above are checked on it."""
     from cirron.spool.reconstruct import paused_gc
 
-    files = sorted(files, key=lambda b: (b.created_ns, b.batch_id))
-    warnings: dict[str, list[str]] = {}
-    ok_files: list[BatchFile] = []
-    cols: dict[str, list[Any]] = {k: [] for k in (*SPAN_KEY_COLUMNS,
-                                                    "mhi", "mlo", "mt", "mon", "mts", "nhi", "nlo", "nt", "non")}
-    roots: list[tuple[int, Any]] = []
-    sid: str | None = None
-    first_meta: tuple[dict[str, Any], str | None] | None = None
-    sdk_seen: str | None = None
-    row = 0
     with paused_gc():
+        keys = _LightKeys()
+        files = sorted(files, key=lambda b: (b.created_ns, b.batch_id))
+        if not keys.read(files):
+            return None
+        return keys.summarize(fingerprint)
+
+
+class _LightKeys:
+    """Per record key columns of one session's batch files, collected file by file."""
+
+    def __init__(self) -> None:
+        #: Spans: id halves, the parent's joined key, whether there is one, whether the span is
+        #: closed, its latest time. Marks and snapshots: id halves, the joined key of the span
+        #: they name, whether they name one; marks also their time.
+        import numpy as np
+
+        from cirron.spool.arrays import Column
+
+        u64, i64 = np.uint64, np.int64
+        self.cols: dict[str, Column] = {k: Column(t) for k, t in (
+            ("hi", u64), ("lo", u64), ("pjoin", u64), ("has_p", bool), ("closed", bool), ("tmax", i64),
+            ("mhi", u64), ("mlo", u64), ("mt", u64), ("mon", bool), ("mts", i64),
+            ("nhi", u64), ("nlo", u64), ("nt", u64), ("non", bool))}
+        self.roots: list[tuple[int, Any]] = []
+        self.rows = 0
+        self.sid: str | None = None
+        self.first_meta: tuple[dict[str, Any], str | None] | None = None
+        self.sdk_seen: str | None = None
+        self.warnings: dict[str, list[str]] = {}
+        self.ok_files: list[BatchFile] = []
+
+    def read(self, files: list[BatchFile]) -> bool:
+        """Read ``files`` in order; False as soon as they are not one session of cirron's writer."""
+        from cirron.spool.reader import read_batch
+
         for bf in files:
             current: list[str] = []
-            batch = read_batch(bf, current.append, "export")
+            batch = read_batch(bf, current.append, "keys")
             if current:
-                warnings[bf.name] = current
+                self.warnings[bf.name] = current
             if batch is None:
                 continue
-            if not batch["lock_protocol"] or batch["session_id"] is None or sid not in (None, batch["session_id"]):
-                return None
-            sid = batch["session_id"]
-            ok_files.append(bf)
-            if first_meta is None:
-                first_meta = (batch["resource"], batch["sdk_version"])
-            if sdk_seen is None and type(batch["sdk_version"]) is str:
-                sdk_seen = batch["sdk_version"]
-            spans = batch["spans"]
-            append_span_keys(cols, spans)
-            for j, x in enumerate(spans):
-                if x.parent_id is None and x.name == SESSION_SPAN_NAME:
-                    roots.append((row + j, x))
-            row += len(spans)
-            for recs, (khi, klo, kt, kon) in ((batch["marks"], ("mhi", "mlo", "mt", "mon")),
-                                             (batch["snapshots"], ("nhi", "nlo", "nt", "non"))):
-                rhi, rlo, tjoin, on = target_keys(recs)
-                cols[khi].append(rhi)
-                cols[klo].append(rlo)
-                cols[kt].append(tjoin)
-                cols[kon].append(on)
-            cols["mts"].append(time_column([m.ts_ns for m in batch["marks"]]))
-            del batch, spans
-        u64 = np.uint64
-        hi, lo, closed = stack_parts(cols["hi"], u64), stack_parts(cols["lo"], u64), stack_parts(cols["closed"], bool)
-        win = last_of_each(hi, lo, closed)
-        rows = np.flatnonzero(win)
-        win_roots = [(r, x) for r, x in roots if win[r]]
-        if len(win_roots) != 1 or win_roots[0][1].id != sid:
+            if not batch["lock_protocol"] or batch["session_id"] is None or self.sid not in (None, batch["session_id"]):
+                return False
+            self.sid = batch["session_id"]
+            self.ok_files.append(bf)
+            if self.first_meta is None:
+                self.first_meta = (batch["resource"], batch["sdk_version"])
+            if self.sdk_seen is None and type(batch["sdk_version"]) is str:
+                self.sdk_seen = batch["sdk_version"]
+            self._add_spans(batch["spans"])
+            self._add_targets(batch["marks"], "m", with_time=True)
+            self._add_targets(batch["snapshots"], "n", with_time=False)
+            del batch  # before the next file is read
+        return True
+
+    def _add_spans(self, spans: list[Any]) -> None:
+        import numpy as np
+
+        from cirron._schema import SESSION_SPAN_NAME
+        from cirron.spool.arrays import id_keys
+        from cirron.spool.outline import time_column
+
+        c = self.cols
+        hi, lo = id_keys(list(map(attrgetter("id"), spans)))
+        c["hi"].append(hi)
+        c["lo"].append(lo)
+        parents = list(map(attrgetter("parent_id"), spans))
+        has_p = np.fromiter(map(_is_not_none, parents), dtype=bool, count=len(parents))
+        phi, plo = id_keys([p if p is not None else "" for p in parents])
+        c["pjoin"].append(phi ^ plo)
+        c["has_p"].append(has_p)
+        ends = list(map(attrgetter("end_ns"), spans))
+        c["closed"].append(np.fromiter(map(_is_not_none, ends), dtype=bool, count=len(ends)))
+        end = time_column(ends)
+        c["tmax"].append(np.maximum(time_column(list(map(attrgetter("start_ns"), spans))), end))
+        for j in np.flatnonzero(~has_p).tolist():
+            if spans[j].name == SESSION_SPAN_NAME:
+                self.roots.append((self.rows + j, spans[j]))
+        self.rows += len(spans)
+
+    def _add_targets(self, recs: list[Any], p: str, with_time: bool) -> None:
+        from cirron.spool.outline import target_keys, time_column
+
+        c = self.cols
+        rhi, rlo, tjoin, on = target_keys(recs)
+        c[p + "hi"].append(rhi)
+        c[p + "lo"].append(rlo)
+        c[p + "t"].append(tjoin)
+        c[p + "on"].append(on)
+        if with_time:
+            c[p + "ts"].append(time_column(list(map(attrgetter("ts_ns"), recs))))
+
+    def _take(self, name: str, dtype: Any = None) -> Any:
+        return self.cols[name].take()
+
+    def summarize(self, fingerprint: list[Any]) -> _GroupEntry | None:
+        import numpy as np
+
+        from cirron.spool.arrays import last_of_each
+        from cirron.spool.reader import _decode_attrs
+
+        u64, i64 = np.uint64, np.int64
+        # Marks and snapshots first: their ids, times and dedupe are then let go before the spans'.
+        counts = []
+        last_ns: int | None = None
+        for p in ("m", "n"):
+            rwin = last_of_each(self._take(p + "hi", u64), self._take(p + "lo", u64), None)
+            counts.append(int(rwin.sum()))
+            if p == "m":
+                last_ns = _max_time(self._take("mts", i64), where=rwin)
+            del rwin
+        hi, lo = self._take("hi", u64), self._take("lo", u64)
+        win = last_of_each(hi, lo, self._take("closed", bool))
+        win_roots = [(r, x) for r, x in self.roots if win[r]]
+        if len(win_roots) != 1 or win_roots[0][1].id != self.sid:
             return None
         root_row, root = win_roots[0]
-        del closed, win
-        join = (hi ^ lo)[rows]
+        dups = not win.all()
+        rows = np.flatnonzero(win) if dups else None
+        del win
+
+        hi ^= lo  # the joined key of each span
+        join = _rows_of(hi, rows)
         del hi, lo
-        pjoin = stack_parts(cols["pjoin"], u64)[rows]
-        has_p = stack_parts(cols["has_p"], bool)[rows].astype(bool)
-        start = stack_parts(cols["start"], np.int64)[rows]
-        end = stack_parts(cols["end"], np.int64)[rows]
-        n = len(rows)
+        n = len(join)
+        span_last = _max_time(_rows_of(self._take("tmax", i64), rows))
+        if span_last is not None:
+            last_ns = span_last if last_ns is None else max(last_ns, span_last)
         by_join = np.argsort(join, kind="stable")
-        sorted_join = join[by_join]
+        sorted_join = np.take(join, by_join, out=join)  # join is not needed in row order any more
+        del join
 
-        def lookup(keys: np.ndarray) -> np.ndarray:
-            pos = np.minimum(np.searchsorted(sorted_join, keys), n - 1)
-            return np.where(sorted_join[pos] == keys, by_join[pos], -1)
+        def lookup(keys: Any) -> Any:
+            """Row of the span of each joined key (-1: none), a slice at a time (small temporaries)."""
+            out = np.empty(len(keys), dtype=np.int64)
+            for i in range(0, len(keys), _LOOKUP_ROWS):
+                k = keys[i:i + _LOOKUP_ROWS]
+                pos = np.minimum(np.searchsorted(sorted_join, k), n - 1)
+                out[i:i + _LOOKUP_ROWS] = np.where(sorted_join[pos] == k, by_join[pos], -1)
+            return out
 
-        root_idx = int(np.searchsorted(rows, root_row))
-        parent = np.where(has_p, lookup(pjoin), -1)
-        parent[root_idx] = -1
         # every span must reach the root through spans of the group
+        parent = lookup(_rows_of(self._take("pjoin", u64), rows))
+        parent[~_rows_of(self._take("has_p", bool), rows)] = -1
+        root_idx = int(np.searchsorted(rows, root_row)) if rows is not None else root_row
+        del rows
+        parent[root_idx] = -1
         reached = np.zeros(n, dtype=bool)
         reached[root_idx] = True
         for _ in range(n + 1):
@@ -316,34 +406,53 @@ def _summarize_one_session(files: list[BatchFile], fingerprint: list[Any]) -> _G
             reached |= todo
         if not reached.all():
             return None
-        counts = []
-        for khi, klo, kt, kon in (("mhi", "mlo", "mt", "mon"), ("nhi", "nlo", "nt", "non")):
-            rwin = last_of_each(stack_parts(cols[khi], u64), stack_parts(cols[klo], u64), None)
-            t, on = stack_parts(cols[kt], u64), stack_parts(cols[kon], bool).astype(bool)
+        del parent, reached, todo
+        for p in ("m", "n"):
+            t, on = self._take(p + "t", u64), self._take(p + "on", bool)
             if n and on.any() and (lookup(t[on]) < 0).any():
                 return None  # a mark or snapshot on a span the group does not hold
-            counts.append(int(rwin.sum()))
-            if khi == "mhi":
-                mts = stack_parts(cols["mts"], np.int64)[rwin]
-    no_time = np.iinfo(np.int64).min
-    times = np.concatenate([start[start != no_time], end[end != no_time], mts[mts != no_time]])
-    last_ns = int(times.max()) if len(times) else None
-    resource = dict(first_meta[0]) if first_meta is not None else {}
-    sdk = sdk_seen
-    if first_meta is not None and first_meta[1] is not None:
-        sdk = first_meta[1]
-    attrs = _decode_attrs(root.attrs)
-    if sdk is None and isinstance(attrs, dict) and isinstance(attrs.get("sdk_version"), str):
-        sdk = attrs["sdk_version"]
-    if "pid" not in resource and root.pid is not None:
-        resource["pid"] = root.pid
-    entry = _SessionEntry(
-        id=root.id, started_ns=root.start_ns, ended_ns=root.end_ns, last_ns=last_ns, open=root.end_ns is None,
-        spans=n, marks=counts[0], snapshots=counts[1], files=[f.name for f in ok_files], sdk_version=sdk,
-        resource=_plain(resource), attrs=_plain(attrs if isinstance(attrs, dict) else {}), is_orphan=False,
-        lock_protocol=True,
-    )
-    return _GroupEntry(fingerprint, True, [entry], {f.name: [root.id] for f in ok_files}, warnings)
+            del t, on
+        resource = dict(self.first_meta[0]) if self.first_meta is not None else {}
+        sdk = self.sdk_seen
+        if self.first_meta is not None and self.first_meta[1] is not None:
+            sdk = self.first_meta[1]
+        attrs = _decode_attrs(root.attrs)
+        if sdk is None and isinstance(attrs, dict) and isinstance(attrs.get("sdk_version"), str):
+            sdk = attrs["sdk_version"]
+        if "pid" not in resource and root.pid is not None:
+            resource["pid"] = root.pid
+        files = self.ok_files
+        entry = _SessionEntry(
+            id=root.id, started_ns=root.start_ns, ended_ns=root.end_ns, last_ns=last_ns, open=root.end_ns is None,
+            spans=n, marks=counts[0], snapshots=counts[1], files=[f.name for f in files], sdk_version=sdk,
+            resource=_plain(resource), attrs=_plain(attrs if isinstance(attrs, dict) else {}), is_orphan=False,
+            lock_protocol=True,
+        )
+        return _GroupEntry(fingerprint, True, [entry], {f.name: [root.id] for f in files}, self.warnings)
+
+
+#: Keys looked up per slice (bounds the temporaries of a lookup).
+_LOOKUP_ROWS = 1 << 16
+#: "No time" in the int64 time columns (:func:`cirron.spool.outline.time_column`).
+_NO_TIME = -(1 << 63)
+
+
+def _rows_of(a: Any, rows: Any) -> Any:
+    """The winning rows of a span column (the column itself when every row wins: ``rows`` None)."""
+    return a if rows is None else a[rows]
+
+
+def _is_not_none(v: Any) -> bool:
+    return v is not None
+
+
+def _max_time(a: Any, where: Any = None) -> int | None:
+    """The latest time in ``a`` (rows of ``where`` only), None when there is none."""
+    if where is None:
+        m = int(a.max(initial=_NO_TIME))
+    else:
+        m = int(a.max(initial=_NO_TIME, where=where))
+    return None if m == _NO_TIME else m
 
 
 def _plain(d: dict[str, Any]) -> dict[str, Any]:

@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 
 from cirron._schema import ROOT_SENTINEL
-from cirron.spool.arrays import last_of_each
+from cirron.spool.arrays import id_keys, last_of_each
 from cirron.spool.catalog import SessionInfo
 from cirron.spool.reader import BatchFile, read_batch
 from cirron.spool.reconstruct import paused_gc
@@ -47,29 +47,6 @@ __all__ = ["SPILL_BYTES", "SpanMarks", "iter_span_marks"]
 
 #: Encoded marks waiting for their span are held in memory up to this many bytes, then spilled.
 SPILL_BYTES = 32 << 20
-
-_MASK64 = (1 << 64) - 1
-
-
-def id_keys(ids: list[str]) -> tuple[np.ndarray, np.ndarray]:
-    """128-bit keys ``(hi, lo)`` of ids (see :func:`cirron.spool.stream._key`)."""
-    from cirron.spool.stream import _key
-
-    n = len(ids)
-    hi = np.empty(n, dtype=np.uint64)
-    lo = np.empty(n, dtype=np.uint64)
-    for i, rec_id in enumerate(ids):
-        if type(rec_id) is str and len(rec_id) == 32:
-            try:
-                v = int(rec_id, 16)
-            except ValueError:
-                pass
-            else:
-                hi[i] = v >> 64
-                lo[i] = v & _MASK64
-                continue
-        hi[i], lo[i] = _key(rec_id)
-    return hi, lo
 
 
 def stack_parts(parts: list[np.ndarray], dtype: Any) -> np.ndarray:
@@ -270,6 +247,12 @@ def _plain_ids(ids: list[Any]) -> bool:
 
 
 def time_column(values: list[Any]) -> np.ndarray:
+    """Integers as int64, anything else as :data:`_NO_TIME`."""
+    if set(map(type, values)) <= {int}:  # the common case, converted in one call
+        try:
+            return np.array(values, dtype=np.int64)
+        except OverflowError:
+            pass
     return np.fromiter((v if type(v) is int else _NO_TIME for v in values), dtype=np.int64, count=len(values))
 
 

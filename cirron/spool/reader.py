@@ -172,7 +172,7 @@ def _clean_records(raw: Any, int_fields: tuple[str, ...], rec_type: type) -> tup
         for k in ("parent_id", "span_id"):
             if k in rec and not _valid_id(rec[k]):
                 rec[k] = None
-        if rec_type is SpanExport or rec_type is MarkExport or rec_type is SpanSummary:
+        if rec_type is SpanExport or rec_type is MarkExport or rec_type is SpanSummary or rec_type is SpanKey:
             a = rec.get("attrs")
             rec["attrs"] = msgspec.Raw(b"{}" if a is None else safe_dumps(a))
         try:
@@ -404,6 +404,45 @@ class MarkExport(_Record):
     session: Optional[str] = msgspec.field(default=None, name="~cirron.session")
 
 
+class SpanKey(_Record):
+    """The span fields a light pass over a session keeps as numpy keys (``fields="keys"``);
+    ``attrs`` stays raw JSON text (decode it with :func:`_decode_attrs` for the few that matter)."""
+
+    id: _Id
+    parent_id: Optional[str] = None
+    name: Any = None
+    index: _Int = None
+    start_ns: _Int = None
+    end_ns: _Int = None
+    cpu_ns: _Int = None
+    attrs: msgspec.Raw = msgspec.field(default_factory=lambda: msgspec.Raw(b"{}"))
+    pid: _Int = None
+    session: Optional[str] = msgspec.field(default=None, name="~cirron.session")
+
+
+class TargetKey(_Record):
+    """A mark or snapshot as a light pass keeps it (``fields="keys"``): its id, the span it hangs
+    from and its time. Unlike the other field sets, ``batch_session`` is not filled in."""
+
+    id: _Id
+    span_id: Optional[str] = None
+    ts_ns: _Int = None
+    batch_session: Optional[str] = msgspec.field(default=None, name="~cirron.batch_session")
+    session: Optional[str] = msgspec.field(default=None, name="~cirron.session")
+
+
+class _KeysBatch(msgspec.Struct, gc=False):
+    schema_version: Any = None
+    sdk_version: Any = None
+    batch_id: Any = None
+    created_ns: Any = None
+    session_id: Any = msgspec.UNSET  # absent: a writer without the liveness-lock protocol
+    resource: Any = None
+    spans: Optional[list[SpanKey]] = None
+    marks: Optional[list[TargetKey]] = None
+    snapshots: Optional[list[TargetKey]] = None
+
+
 class _ExportBatch(msgspec.Struct, gc=False):
     schema_version: Any = None
     sdk_version: Any = None
@@ -440,12 +479,13 @@ class _SummaryBatch(msgspec.Struct, gc=False):
     snapshots: Optional[list[SnapshotSummary]] = None
 
 
-_BATCH_TYPES = {"full": _FullBatch, "summary": _SummaryBatch, "export": _ExportBatch}
+_BATCH_TYPES = {"full": _FullBatch, "summary": _SummaryBatch, "export": _ExportBatch, "keys": _KeysBatch}
 _DECODERS = {k: msgspec.json.Decoder(v) for k, v in _BATCH_TYPES.items()}
 _TYPES = {
     "full": (SpanRecord, MarkRecord, SnapshotRecord),
     "summary": (SpanSummary, MarkSummary, SnapshotSummary),
     "export": (SpanExport, MarkExport, SnapshotRecord),
+    "keys": (SpanKey, TargetKey, TargetKey),
 }
 
 
@@ -463,13 +503,15 @@ def _finish(obj: Any, name: str, warn: WarningCallback, dropped: int = 0) -> dic
     sid = sid if _valid_id(sid) else None
     marks = obj.marks or []
     snaps = obj.snapshots or []
-    for m in marks:
+    # keys reads hold no value or snapshot fields to normalise, and leave batch_session unset
+    keys = type(obj) is _KeysBatch
+    for m in () if keys else marks:
         m.batch_session = sid
         if m.get("value_type") == "float" and type(m.get("value")) is str:
             m.value = decode_mark_value(m.value, "float")
         elif not lock_protocol:
             normalize_mark(m)
-    for sn in snaps:
+    for sn in () if keys else snaps:
         sn.batch_session = sid
         normalize_snapshot(sn)
     spans = obj.spans or []
@@ -540,7 +582,8 @@ def read_batch(
 
     Returns a dict with the batch's top-level fields and ``spans``/``marks``/``snapshots`` as
     lists of record structs (:class:`SpanRecord`, :class:`MarkRecord`, :class:`SnapshotRecord`;
-    with ``fields="summary"`` only the fields session reconstruction needs).
+    with ``fields="summary"`` only the fields session reconstruction needs; ``fields="keys"``:
+    :class:`SpanKey` and :class:`TargetKey`, for passes that keep numpy keys of every record).
     """
     warn = on_warning or default_warning
     path = batch.path if isinstance(batch, BatchFile) else Path(batch)

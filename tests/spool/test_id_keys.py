@@ -1,0 +1,28 @@
+"""The vectorised id keys equal the one-id rule (cirron.spool.stream._key) for every kind of id."""
+
+from __future__ import annotations
+
+import random
+import uuid
+
+import pytest
+
+from cirron.spool.arrays import id_keys
+from cirron.spool.stream import _key
+
+ODD = ["", "x", "A" * 32, "0x" + "1" * 30, " " + "f" * 31, "g" * 32, "1_" + "2" * 30, "abc",
+       uuid.uuid4().hex.upper(), "a b" + "c" * 29, "f" * 31, "f" * 33, "é" * 32]
+NON_ASCII = ["\u0663" * 32, "\u00e9" + "a" * 31]  # int(..., 16) takes other scripts' digits
+
+
+@pytest.mark.parametrize("extra", [[], ODD, NON_ASCII, ODD + NON_ASCII])
+def test_id_keys_equal_the_one_id_rule(extra):
+    ids = [uuid.uuid4().hex for _ in range(300)] + extra
+    random.Random(len(extra)).shuffle(ids)
+    hi, lo = id_keys(ids)
+    assert [(int(h), int(lo_)) for h, lo_ in zip(hi, lo)] == [_key(i) for i in ids]
+
+
+def test_id_keys_of_nothing():
+    hi, lo = id_keys([])
+    assert len(hi) == len(lo) == 0
