@@ -87,6 +87,40 @@ class Column:
         return out
 
 
+#: Keys looked up per slice by :class:`KeyIndex` (bounds the temporaries of a lookup).
+LOOKUP_ROWS = 1 << 16
+
+
+class KeyIndex:
+    """Rows of 64-bit keys, for looking keys up: the rows of ``keys`` where ``rows`` is true
+    (all rows when it is None), sorted once; a lookup goes a slice at a time, so its temporaries
+    stay small whatever the number of keys."""
+
+    def __init__(self, keys: np.ndarray, rows: np.ndarray | None = None) -> None:
+        self._rows = None if rows is None or rows.all() else np.flatnonzero(rows)
+        picked = keys if self._rows is None else keys[self._rows]
+        self._order = np.argsort(picked, kind="stable")
+        self._sorted = picked[self._order]
+        if self._rows is not None:  # row numbers of the whole column, in key order
+            self._order = self._rows[self._order]
+            self._rows = None
+
+    def __len__(self) -> int:
+        return len(self._sorted)
+
+    def lookup(self, keys: np.ndarray) -> np.ndarray:
+        """The row holding each key (the first in row order among equal ones), -1 where none does."""
+        out = np.full(len(keys), -1, dtype=np.int64)
+        n = len(self._sorted)
+        if n == 0:
+            return out
+        for i in range(0, len(keys), LOOKUP_ROWS):
+            k = keys[i:i + LOOKUP_ROWS]
+            pos = np.minimum(np.searchsorted(self._sorted, k), n - 1)
+            out[i:i + LOOKUP_ROWS] = np.where(self._sorted[pos] == k, self._order[pos], -1)
+        return out
+
+
 #: How many parent links are followed at most (a parent_id cycle stops there).
 MAX_DEPTH = 256
 

@@ -347,7 +347,7 @@ class _LightKeys:
     def summarize(self, fingerprint: list[Any]) -> _GroupEntry | None:
         import numpy as np
 
-        from cirron.spool.arrays import last_of_each
+        from cirron.spool.arrays import KeyIndex, last_of_each
         from cirron.spool.reader import _decode_attrs
 
         u64, i64 = np.uint64, np.int64
@@ -377,18 +377,9 @@ class _LightKeys:
         span_last = _max_time(_rows_of(self._take("tmax", i64), rows))
         if span_last is not None:
             last_ns = span_last if last_ns is None else max(last_ns, span_last)
-        by_join = np.argsort(join, kind="stable")
-        sorted_join = np.take(join, by_join, out=join)  # join is not needed in row order any more
+        spans_by_key = KeyIndex(join)
         del join
-
-        def lookup(keys: Any) -> Any:
-            """Row of the span of each joined key (-1: none), a slice at a time (small temporaries)."""
-            out = np.empty(len(keys), dtype=np.int64)
-            for i in range(0, len(keys), _LOOKUP_ROWS):
-                k = keys[i:i + _LOOKUP_ROWS]
-                pos = np.minimum(np.searchsorted(sorted_join, k), n - 1)
-                out[i:i + _LOOKUP_ROWS] = np.where(sorted_join[pos] == k, by_join[pos], -1)
-            return out
+        lookup = spans_by_key.lookup
 
         # every span must reach the root through spans of the group
         parent = lookup(_rows_of(self._take("pjoin", u64), rows))
@@ -431,8 +422,6 @@ class _LightKeys:
         return _GroupEntry(fingerprint, True, [entry], {f.name: [root.id] for f in files}, self.warnings)
 
 
-#: Keys looked up per slice (bounds the temporaries of a lookup).
-_LOOKUP_ROWS = 1 << 16
 #: "No time" in the int64 time columns (:func:`cirron.spool.outline.time_column`).
 _NO_TIME = -(1 << 63)
 

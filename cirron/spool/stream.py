@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from cirron._schema import BATCH_SPAN_NAME, EPOCH_SPAN_NAME, ROOT_SENTINEL
+from cirron._schema import BATCH_SPAN_NAME, EPOCH_SPAN_NAME
 from cirron.spool.arrays import enclosing_steps, last_of_each
 from cirron.spool.catalog import Catalog, SessionInfo, info_from_session
 from cirron.spool.reader import read_batch
@@ -96,18 +96,13 @@ def _enclosing(join: np.ndarray, parent: np.ndarray, has_parent: np.ndarray, kin
                index: np.ndarray, keep: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """For every span row, the index of the nearest epoch and batch span at or above it (-1: none),
     following parent links among the winning records."""
-    n = len(join)
-    epoch = np.where(kind == _KIND_EPOCH, index, -1)
-    batch = np.where(kind == _KIND_BATCH, index, -1)
-    if n == 0:
-        return epoch, batch
-    win_rows = np.flatnonzero(keep)
-    order = np.argsort(join[win_rows], kind="stable")
-    sorted_keys = join[win_rows][order]
-    pos = np.searchsorted(sorted_keys, parent)
-    pos_c = np.minimum(pos, len(sorted_keys) - 1)
-    found = has_parent & (len(sorted_keys) > 0) & (sorted_keys[pos_c] == parent)
-    parent_row = np.where(found, win_rows[order[pos_c]], -1)
+    from cirron.spool.arrays import KeyIndex
+
+    if len(join) == 0:
+        empty = np.empty(0, dtype=np.int64)
+        return empty, empty.copy()
+    parent_row = KeyIndex(join, keep).lookup(parent)
+    parent_row[~has_parent] = -1
     return enclosing_steps(parent_row, kind == _KIND_EPOCH, kind == _KIND_BATCH, index)
 
 
@@ -132,98 +127,77 @@ class _Plan:
 
 
 def _plan(info: SessionInfo) -> _Plan:
-    s_hi: list[int] = []
-    s_lo: list[int] = []
-    s_closed: list[bool] = []
-    p_join: list[int] = []
-    p_has: list[bool] = []
-    kind: list[int] = []
-    index: list[int] = []
-    m_hi: list[int] = []
-    m_lo: list[int] = []
-    m_target: list[int] = []
-    # 1: hangs from a span id; 0: from the sentinel (or no span) in the session's own batch; -1: neither
-    m_attached: list[int] = []
-    n_hi: list[int] = []
-    n_lo: list[int] = []
-    n_target: list[int] = []
-    n_attached: list[int] = []
+    from cirron.spool.arrays import Column, KeyIndex, id_keys
+    from cirron.spool.outline import target_keys
+
+    u64 = np.uint64
+    span_cols = {k: Column(t) for k, t in (("hi", u64), ("lo", u64), ("closed", bool), ("pjoin", u64),
+                                           ("has_p", bool), ("kind", np.int8), ("index", np.int64))}
+    # per mark and snapshot: id halves, the joined key of its span, and 1: hangs from a span id;
+    # 0: from the sentinel (or no span) in the session's own batch; -1: neither
+    target_cols = [{k: Column(t) for k, t in (("hi", u64), ("lo", u64), ("t", u64), ("att", np.int8))}
+                   for _ in range(2)]
     quiet = lambda _m: None  # noqa: E731 - the summary pass already reported every file
     for bf in info.files:
-        batch = read_batch(bf, quiet, "summary")
+        batch = read_batch(bf, quiet, "keys")
         if batch is None:
             continue
         own_batch = batch["session_id"] == info.id
-        for s in batch["spans"]:
-            h, lo = _key(s.id)
-            s_hi.append(h)
-            s_lo.append(lo)
-            s_closed.append(s.end_ns is not None)
-            p = s.parent_id
-            if p is None:
-                p_join.append(0)
-                p_has.append(False)
-            else:
-                ph, pl = _key(p)
-                p_join.append(ph ^ pl)
-                p_has.append(True)
-            name = s.name
-            idx = s.index
-            k = _KIND_EPOCH if name == EPOCH_SPAN_NAME else (_KIND_BATCH if name == BATCH_SPAN_NAME else 0)
-            kind.append(k if type(idx) is int else 0)
-            index.append(idx if k and type(idx) is int else -1)
-        for recs, hi_l, lo_l, tgt, att in ((batch["marks"], m_hi, m_lo, m_target, m_attached),
-                                           (batch["snapshots"], n_hi, n_lo, n_target, n_attached)):
-            for r in recs:
-                h, lo = _key(r.id)
-                hi_l.append(h)
-                lo_l.append(lo)
-                sid = r.span_id
-                if sid is not None and sid != ROOT_SENTINEL:
-                    th, tl = _key(sid)
-                    tgt.append(th ^ tl)
-                    att.append(1)
-                else:
-                    tgt.append(0)
-                    att.append(0 if own_batch else -1)
-        del batch
+        spans = batch["spans"]
+        n = len(spans)
+        hi, lo = id_keys([s.id for s in spans])
+        span_cols["hi"].append(hi)
+        span_cols["lo"].append(lo)
+        span_cols["closed"].append(np.fromiter((s.end_ns is not None for s in spans), dtype=bool, count=n))
+        parents = [s.parent_id for s in spans]
+        phi, plo = id_keys([p if p is not None else "" for p in parents])
+        has_p = np.fromiter((p is not None for p in parents), dtype=bool, count=n)
+        span_cols["pjoin"].append(np.where(has_p, phi ^ plo, u64(0)))
+        span_cols["has_p"].append(has_p)
+        kinds = [(_KIND_EPOCH if s.name == EPOCH_SPAN_NAME else _KIND_BATCH if s.name == BATCH_SPAN_NAME else 0)
+                 if type(s.index) is int else 0 for s in spans]
+        span_cols["kind"].append(np.array(kinds, dtype=np.int8))
+        span_cols["index"].append(np.fromiter((s.index if k else -1 for s, k in zip(spans, kinds)),
+                                              dtype=np.int64, count=n))
+        for recs, cols in ((batch["marks"], target_cols[0]), (batch["snapshots"], target_cols[1])):
+            rhi, rlo, tjoin, on = target_keys(recs)
+            cols["hi"].append(rhi)
+            cols["lo"].append(rlo)
+            cols["t"].append(np.where(on, tjoin, u64(0)))
+            cols["att"].append(np.where(on, 1, 0 if own_batch else -1).astype(np.int8))
+        del batch, spans
 
-    u64 = np.uint64
-    shi, slo = np.array(s_hi, dtype=u64), np.array(s_lo, dtype=u64)
+    shi, slo = span_cols["hi"].take(), span_cols["lo"].take()
     join = _join_key(shi, slo)
-    keep_spans = last_of_each(shi, slo, np.array(s_closed, dtype=bool))
-    kind_a = np.array(kind, dtype=np.int8)
-    index_a = np.array(index, dtype=np.int64)
-    epoch, batch_ = _enclosing(join, np.array(p_join, dtype=u64), np.array(p_has, dtype=bool), kind_a, index_a,
+    keep_spans = last_of_each(shi, slo, span_cols["closed"].take())
+    del shi, slo
+    kind_a = span_cols["kind"].take()
+    index_a = span_cols["index"].take()
+    epoch, batch_ = _enclosing(join, span_cols["pjoin"].take(), span_cols["has_p"].take(), kind_a, index_a,
                                keep_spans)
+    del kind_a, index_a
 
-    # Marks: the epoch/batch of their span; a mark on an unknown span hangs from the root (it is
-    # in the session when its batch is the session's, as the reconstruction rules say).
-    win_rows = np.flatnonzero(keep_spans)
-    order = np.argsort(join[win_rows], kind="stable")
-    sorted_keys = join[win_rows][order]
+    spans_by_key = KeyIndex(join, keep_spans)
+    del join
 
-    def attach(hi_l: list[Any], lo_l: list[Any], tgt: list[Any], att: list[Any]) -> tuple[np.ndarray, ...]:
-        mhi, mlo = np.array(hi_l, dtype=u64), np.array(lo_l, dtype=u64)
+    def attach(cols: dict[str, Any]) -> tuple[np.ndarray, ...]:
+        mhi, mlo = cols["hi"].take(), cols["lo"].take()
         keep = last_of_each(mhi, mlo, None)
-        t = np.array(tgt, dtype=u64)
-        a = np.array(att, dtype=np.int8)
-        if len(sorted_keys):
-            pos = np.minimum(np.searchsorted(sorted_keys, t), len(sorted_keys) - 1)
-            hit = (a == 1) & (sorted_keys[pos] == t)
-            row = np.where(hit, win_rows[order[pos]], -1)
-        else:
-            hit = np.zeros(len(t), dtype=bool)
-            row = np.full(len(t), -1)
+        del mhi, mlo
+        a = cols["att"].take()
+        row = spans_by_key.lookup(cols["t"].take())
+        row[a != 1] = -1
+        hit = row >= 0
         # A streamable session's marks on span ids all hit (the index checked), so a mark is in
         # it when it hangs from a span or from the sentinel in one of the session's own batches.
         member = hit | (a == 0)
+        del a
         e = np.where(hit, epoch[np.maximum(row, 0)] if len(epoch) else -1, -1)
         b = np.where(hit, batch_[np.maximum(row, 0)] if len(batch_) else -1, -1)
         return keep, member, e, b
 
-    keep_m, mark_in, mark_e, mark_b = attach(m_hi, m_lo, m_target, m_attached)
-    keep_n, snap_in, _e, _b = attach(n_hi, n_lo, n_target, n_attached)
+    keep_m, mark_in, mark_e, mark_b = attach(target_cols[0])
+    keep_n, snap_in, _e, _b = attach(target_cols[1])
     return _Plan(keep_spans, keep_m, keep_n, epoch, batch_, mark_e, mark_b, mark_in, snap_in)
 
 
