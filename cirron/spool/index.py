@@ -245,14 +245,11 @@ def _summarize_one_session(files: list[BatchFile], fingerprint: list[Any]) -> _G
 
     Memory: about 34 bytes per span and 33 per mark (:class:`_LightKeys`), plus one batch file's
     records; each column is let go as soon as the rules above are checked on it."""
+    from cirron.spool.arrays import returned_memory
     from cirron.spool.reconstruct import paused_gc
 
-    with paused_gc():
-        keys = _LightKeys()
-        files = sorted(files, key=lambda b: (b.created_ns, b.batch_id))
-        if not keys.read(files):
-            return None
-        return keys.summarize(fingerprint)
+    with returned_memory(), paused_gc():
+        return _LightKeys().summarize_files(files, fingerprint)
 
 
 class _LightKeys:
@@ -278,6 +275,10 @@ class _LightKeys:
         self.sdk_seen: str | None = None
         self.warnings: dict[str, list[str]] = {}
         self.ok_files: list[BatchFile] = []
+
+    def summarize_files(self, files: list[BatchFile], fingerprint: list[Any]) -> _GroupEntry | None:
+        files = sorted(files, key=lambda b: (b.created_ns, b.batch_id))
+        return self.summarize(fingerprint) if self.read(files) else None
 
     def read(self, files: list[BatchFile]) -> bool:
         """Read ``files`` in order; False as soon as they are not one session of cirron's writer."""

@@ -103,9 +103,10 @@ def _stats(w: Any, c: Any) -> StepStats:
 def _collect(cat: Catalog, info: SessionInfo) -> tuple[dict[str, StepStats], dict[str, int]]:
     """Per span name (the step names and the names right below the root): stats; and the count
     of spans right below the root per name."""
+    from cirron.spool.arrays import returned_memory
     from cirron.spool.reconstruct import paused_gc
 
-    with paused_gc():
+    with returned_memory(), paused_gc():
         cols = _SpanTimes()
         if cat.streamable(info):
             cols.read_files(info)

@@ -202,7 +202,9 @@ def _plan(info: SessionInfo) -> _Plan:
 
 
 def _chunks_streamed(info: SessionInfo, fields: str) -> Iterator[Chunk]:
-    with paused_gc():
+    from cirron.spool.arrays import returned_memory
+
+    with returned_memory(), paused_gc():
         plan = _plan(info)
     quiet = lambda _m: None  # noqa: E731
     si = mi = ni = 0

@@ -26,3 +26,21 @@ def test_id_keys_equal_the_one_id_rule(extra):
 def test_id_keys_of_nothing():
     hi, lo = id_keys([])
     assert len(hi) == len(lo) == 0
+
+
+@pytest.mark.parametrize("libc", ["found", None])
+def test_returned_memory_leaves_the_arrays_alone(monkeypatch, libc):
+    """The glibc tuning (its effect on peak memory is measured by bench/bench_cli.py) changes no
+    value, and without glibc the context does nothing."""
+    import numpy as np
+
+    from cirron.spool import arrays
+
+    if libc is None:
+        monkeypatch.setattr(arrays, "_LIBC", [None])
+    elif arrays._glibc() is None:
+        pytest.skip("not glibc")
+    with arrays.returned_memory():
+        a = np.arange(4 << 20)
+    with arrays.returned_memory():
+        assert int(a.sum()) == (4 << 20) * ((4 << 20) - 1) // 2
