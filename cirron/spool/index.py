@@ -153,29 +153,12 @@ def _save_index(spool_dir: Path, idx: _Index) -> None:
             tmp.write_bytes(_ENCODER.encode(idx))
 
 
-#: How much of a batch file is read first for its header (cirron's writer puts it before the records).
-_HEAD_BYTES = 16 << 10
-_SPANS_KEY = b'"spans":'
-
-
 def _read_header(bf: BatchFile) -> tuple[str | None, bool]:
     """``(session_id, parsed)`` of a batch file's header; ``parsed`` is False when the file is not
-    a readable JSON object (the full read then reports why).
-
-    The header fields come before ``"spans"`` in cirron's files: the head of the file up to that
-    key, closed with ``"spans":null}``, is decoded instead of the whole file when it names a
-    session (a ``"spans"`` key nested deeper leaves braces open, so that head does not decode).
-    Anything else is decoded whole."""
+    a readable JSON object (the full read then reports why)."""
     try:
         with open_regular(bf.path, follow_symlinks=False) as fh:
-            head = fh.read(_HEAD_BYTES)
-            cut = head.find(_SPANS_KEY)
-            if cut > 0:
-                with contextlib.suppress(msgspec.DecodeError, msgspec.ValidationError, RecursionError):
-                    sid = _HEADER.decode(head[:cut] + b'"spans":null}').session_id
-                    if isinstance(sid, str) and sid:
-                        return sid, True
-            data = head + fh.read()
+            data = fh.read()
         hdr = _HEADER.decode(data)
     except (OSError, msgspec.DecodeError, msgspec.ValidationError, RecursionError):
         return None, False

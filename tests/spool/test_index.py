@@ -265,39 +265,3 @@ def test_big_groups_are_indexed_by_the_light_pass(factory: SpoolFactory, monkeyp
     summary = summarize_spool(factory.spool_dir, lambda _m: None, use_index=False)
     assert len(calls) == 3
     assert sorted(_norm(s) for s in summary.sessions) == sorted(expected)
-
-
-# --------------------------------------------------------------------------- headers
-
-
-@pytest.mark.parametrize("body, expected", [
-    (b'{"session_id": "%s", "spans": []}', "s1"),
-    (b'{"schema_version": 1, "resource": {"spans": [1], "x": "\\"spans\\":"}, "session_id": "%s", "spans": []}', "s1"),
-    (b'{"spans": [], "session_id": "%s"}', "s1"),  # the header after the records: read whole
-    (b'{"session_id": "%s", "spans" : []}', "s1"),
-    (b'{"session_id": "", "spans": []}', None),
-    (b'{"spans": [{"id": "a"}]}', None),
-])
-def test_header_session_id(factory: SpoolFactory, body: bytes, expected):
-    from cirron.spool import index as spool_index
-    from cirron.spool.reader import list_batch_files
-
-    data = body % b"s1" if b"%s" in body else body
-    factory.write_raw(factory.batch_name(), data)
-    (bf,) = list_batch_files(factory.spool_dir, lambda _m: None)
-    assert spool_index._read_header(bf) == (expected, True)
-
-
-def test_header_of_a_truncated_or_foreign_file(factory: SpoolFactory):
-    from cirron.spool import index as spool_index
-
-    truncated = factory.write_raw(factory.batch_name(), b'{"session_id": "s1", "spans": [{"id": ')
-    array = factory.write_raw(factory.batch_name(), b'[1, 2]')
-    files = {bf.path: bf for bf in spool_reader.list_batch_files(factory.spool_dir, lambda _m: None)}
-    # the head names the session; the full read of the group then reports the truncation
-    assert spool_index._read_header(files[truncated]) == ("s1", True)
-    assert spool_index._read_header(files[array]) == (None, False)
-    warnings: list[str] = []
-    assert indexed(factory.spool_dir, warnings).sessions == []
-    assert any("truncated" in w for w in warnings)
-    check(factory.spool_dir)
