@@ -35,7 +35,7 @@ from cirron.export._perfetto import _dumps, _dumps_args, _mark_event, _process_e
 __all__ = ["SLICE_EVENTS", "Encoded", "session_events"]
 
 #: Events encoded at a time.
-SLICE_EVENTS = 32_768
+SLICE_EVENTS = 16_384
 _ARGS_KEYS = ("index", "span_id", "cirron.open")
 _B, _E, _X, _TEXT = 0, 1, 2, 3
 
@@ -123,6 +123,7 @@ def session_events(cols: Any, info: Any, base: int, pid_of: dict[tuple[str, obje
     start_ts, end_ts = _ts(start, base), _ts(end, base)  # checked before anything is yielded
     names = _json_strings(pc.fill_null(s["name"], "None"))
     _check_range(_np(enc.m["ts_ns"], base), base)
+    _release()
     pid = np.zeros(n, dtype=np.int64)
     if n:  # a process per rank, in the order the ranks first appear
         ranks, first, which = np.unique(rank, return_index=True, return_inverse=True)
@@ -314,6 +315,8 @@ def _mark_events(enc: _SessionEvents, pid: np.ndarray, base: int) -> Iterator[by
         return
     row = pc.fill_null(pc.index_in(m["span_id"], value_set=enc.s["id"]), -1).to_numpy(zero_copy_only=False)
     mark_pid = np.where(row >= 0, pid[np.maximum(row, 0)], pid[0])
+    del row
+    _release()  # the hash table of index_in
     has_ts = pc.is_valid(m["ts_ns"]).to_numpy(zero_copy_only=False)
     ts = _np(m["ts_ns"], base)
     values = _np(m["value"], 0).astype(np.float64)
@@ -321,11 +324,10 @@ def _mark_events(enc: _SessionEvents, pid: np.ndarray, base: int) -> Iterator[by
     given = enc.cols.mark_values
     if given is not None:
         plain &= np.fromiter((type(v) is float for v in given), dtype=bool, count=n)
-    names = _json_strings(pc.fill_null(m["name"], "None"))
     for a in range(0, n, SLICE_EVENTS):
         b = min(n, a + SLICE_EVENTS)
         fast = plain[a:b]
-        name = names.slice(a, b - a)
+        name = _json_strings(pc.fill_null(m["name"].slice(a, b - a), "None"))
         built = _join('{"ph":"C","name":', name, ',"pid":', pc.cast(pa.array(mark_pid[a:b]), pa.string()),
                       ',"ts":', _ts(ts[a:b], base), ',"args":{', name, ":", _floats(values[a:b]), "}}")
         keep = fast.copy()
