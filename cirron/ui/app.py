@@ -20,7 +20,7 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, HTMLResponse, RedirectResponse, Response
 from starlette.routing import Route
 
-from cirron.ui.data import SpoolData, UnknownSession
+from cirron.ui.data import SessionTooBig, SpoolData, UnknownSession
 
 STATIC_DIR = Path(__file__).parent / "static"
 #: The views of one session, in the order of its tab bar.
@@ -47,7 +47,8 @@ class JSONResponse(Response):
         return orjson.dumps(content, option=orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS)
 
 
-def _page(page: str, title: str, **data: str) -> HTMLResponse:
+def _page(page: str, title: str, message: str | None = None, **data: str) -> HTMLResponse:
+    content = '<p class="loading">Loading…</p>' if message is None else f'<p class="error">{html.escape(message)}</p>'
     attrs = " ".join(f'data-{k}="{html.escape(v, quote=True)}"' for k, v in data.items())
     body = f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
@@ -58,7 +59,7 @@ def _page(page: str, title: str, **data: str) -> HTMLResponse:
 <script src="/static/app.js"></script>
 </head><body data-page="{page}" {attrs}>
 <header><a class="brand" href="/">cirron</a><nav id="nav"></nav><span id="status"></span></header>
-<main id="main"><p class="loading">Loading…</p></main>
+<main id="main">{content}</main>
 <script>cirronUI.start();</script>
 </body></html>"""
     return HTMLResponse(body)
@@ -94,7 +95,7 @@ def create_app(data: SpoolData) -> Starlette:
             raise HTTPException(404, f"no view named {view}")
         sid = session_id(request)
         data.warm(sid)  # read the session while the browser loads the page's scripts
-        return _page(view, f"{view.capitalize()} {sid[:8]}", session=sid)
+        return _page(view, f"{view.capitalize()} {sid[:8]}", data.refusal(sid), session=sid)
 
     async def compare_marks_page(request: Request) -> Response:
         return _page("marks", "Marks", session=",".join(request.query_params.getlist("session")))
@@ -154,6 +155,9 @@ def create_app(data: SpoolData) -> Starlette:
     async def not_found(request: Request, exc: Exception) -> Response:
         return JSONResponse({"error": f"unknown session or run: {exc}"}, status_code=404)
 
+    async def too_big(request: Request, exc: Exception) -> Response:
+        return JSONResponse({"error": str(exc)}, status_code=413)
+
     async def http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)
         return JSONResponse({"error": exc.detail}, status_code=exc.status_code)
@@ -179,4 +183,4 @@ def create_app(data: SpoolData) -> Starlette:
         Route("/static/{name}", static),
     ]
     return Starlette(routes=routes, exception_handlers={
-        UnknownSession: not_found, HTTPException: http_error, Exception: internal_error})
+        UnknownSession: not_found, SessionTooBig: too_big, HTTPException: http_error, Exception: internal_error})

@@ -47,10 +47,33 @@ MAX_WINDOW_SPANS = 4000
 MAX_POINTS = 2000
 #: How many sessions' views stay in memory.
 CACHED_SESSIONS = 3
+#: Sessions whose batch files hold more JSON than this are not viewed: the viewer holds a
+#: session's columns in memory (about 0.6 bytes per byte of JSON, the columnar reader's limit),
+#: and beyond it the server would take gigabytes. Their pages say so and name the tools that
+#: read any size in bounded memory.
+MAX_VIEW_BYTES = 256 << 20
 
 
 class UnknownSession(LookupError):
     """No session with that id in the spools being viewed."""
+
+
+class SessionTooBig(Exception):
+    """A session over :data:`MAX_VIEW_BYTES`; the message says its size, the limit and what to use."""
+
+
+def _mb(n: int) -> str:
+    return f"{n / (1 << 20):,.1f} MB"
+
+
+def too_big(info: SessionInfo) -> str | None:
+    """Why ``info`` cannot be viewed (one line), or ``None`` when it can."""
+    size = info.summary.bytes
+    if size <= MAX_VIEW_BYTES:
+        return None
+    return (f"session {info.id} holds {_mb(size)} of batch JSON, over the viewer's limit of "
+            f"{_mb(MAX_VIEW_BYTES)}: read it with `cirron traces view --session {info.id[:12]}` "
+            f"or `cirron traces export --format parquet --session {info.id[:12]}`")
 
 
 def _num(v: Any) -> float | None:
@@ -106,7 +129,7 @@ class SessionInfo:
             "id": s.id, "spool": str(s.spool), "started_ns": s.started_ns, "ended_ns": s.ended_ns,
             "duration_ns": dur, "status": s.status, "live": s.live, "spans": s.spans, "marks": s.marks,
             "snapshots": s.snapshots, "bytes": s.bytes, "run_id": s.run_id, "rank": s.rank,
-            "host": s.host, "pid": s.resource.get("pid"),
+            "host": s.host, "pid": s.resource.get("pid"), "too_big": too_big(self),
         }
 
 
@@ -833,11 +856,21 @@ class SpoolData:
                 return s
         raise UnknownSession(session_id)
 
+    def refusal(self, session_id: str) -> str | None:
+        """Why ``session_id`` cannot be viewed (see :func:`too_big`); ``None`` when it can or is unknown."""
+        try:
+            return too_big(self.info(session_id))
+        except UnknownSession:
+            return None
+
     # ---------------------------------------------------------------- one session
 
     def session(self, session_id: str) -> SessionData:
         """The views of one session, built on first use and rebuilt when its files change."""
         info = self.info(session_id)
+        refused = too_big(info)
+        if refused is not None:
+            raise SessionTooBig(refused)
         key = (info.summary.files, info.status)
         hit = self._cached_view(session_id, key)
         if hit is not None:
@@ -881,7 +914,11 @@ class SpoolData:
 
     def warm(self, session_id: str) -> None:
         """Start building ``session_id``'s views in the background (a page of it is being
-        loaded: its data request will find them ready, or wait for this build)."""
+        loaded: its data request will find them ready, or wait for this build); nothing for a
+        session too big to view."""
+        if self.refusal(session_id) is not None:
+            return
+
         def build() -> None:
             try:
                 self.session(session_id)

@@ -116,7 +116,8 @@ const cirronUI = (() => {
           <td class="num">${fmtBytes(s.bytes)}</td>
           <td>${s.run_id ? `<a href="/run/${encodeURIComponent(s.run_id)}" title="${esc(s.run_id)}">${esc(s.run_id.length > 16 ? s.run_id.slice(0, 12) + "…" : s.run_id)}</a>` : ""}</td><td class="num">${s.rank ?? ""}</td>
           <td>${esc(s.host || "")}</td>
-          <td><a href="/session/${s.id}/steps">steps</a> · <a href="/session/${s.id}/marks">marks</a> · <a href="/session/${s.id}/snapshots">snapshots</a> · <a href="/session/${s.id}/requests">requests</a></td></tr>`).join("");
+          <td>${s.too_big ? `<span class="muted too-big" title="${esc(s.too_big)}">too big to view here</span>` :
+            `<a href="/session/${s.id}/steps">steps</a> · <a href="/session/${s.id}/marks">marks</a> · <a href="/session/${s.id}/snapshots">snapshots</a> · <a href="/session/${s.id}/requests">requests</a>`}</td></tr>`).join("");
         m.appendChild($(`<table id="sessions"><thead><tr><th></th><th>Session</th><th>Status</th><th>Started (UTC)</th><th class="num">Duration</th>
           <th class="num">Spans</th><th class="num">Marks</th><th class="num">Snapshots</th><th class="num">Size</th><th>Run</th><th class="num">Rank</th><th>Host</th><th>Views</th></tr></thead><tbody>${rows}</tbody></table>`));
         const btn = $(`<p><button id="compare">Compare marks of the checked sessions</button></p>`);

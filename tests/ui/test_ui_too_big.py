@@ -1,0 +1,97 @@
+"""A session too big for the viewer's in-memory views (cirron.ui.data.MAX_VIEW_BYTES, lowered here)
+is refused at once, with one line that says its size, the limit and what to use instead, and is
+never read; the sessions table still lists it and the other sessions are served as before."""
+
+from __future__ import annotations
+
+import html
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+import pytest
+from spool_factory import BASE_NS, SpoolFactory
+
+import cirron.ui.data as ui_data
+from cirron.ui.app import create_app
+from cirron.ui.data import SpoolData
+from cirron.ui.server import bind, url_for
+
+
+@pytest.fixture
+def factory(tmp_path: Path) -> Iterator[SpoolFactory]:
+    f = SpoolFactory(tmp_path / "spool-factory")
+    try:
+        yield f
+    finally:
+        f.close()
+
+
+@contextmanager
+def serving(data: SpoolData) -> Iterator[str]:
+    """A real uvicorn over ``data`` on a free port of 127.0.0.1, in a thread; its base URL."""
+    import uvicorn
+
+    sock = bind("127.0.0.1", 0)
+    server = uvicorn.Server(uvicorn.Config(create_app(data), log_level="warning", lifespan="off"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    try:
+        started = threading.Event()
+        while not server.started:
+            assert thread.is_alive(), "uvicorn stopped before it started"
+            started.wait(0.01)
+        yield url_for(sock, "127.0.0.1").rstrip("/")
+    finally:
+        server.should_exit = True
+        thread.join(15)
+        sock.close()
+        assert not thread.is_alive(), "uvicorn did not stop"
+
+
+def test_session_over_the_limit_is_refused_at_once(factory: SpoolFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    small = factory.session(epochs=2)["root"]
+    big = factory.session(epochs=30, start_ns=BASE_NS + 10**10)["root"]
+    data = SpoolData([factory.spool_dir])
+    sizes = {s.id: s.summary.bytes for s in data.sessions()}
+    assert sizes[big] > sizes[small]
+    monkeypatch.setattr(ui_data, "MAX_VIEW_BYTES", sizes[small])
+    reads: list[str] = []
+    real_read = ui_data._read_records
+
+    def counted_read(info, catalog):  # type: ignore[no-untyped-def]
+        reads.append(info.id)
+        return real_read(info, catalog)
+
+    monkeypatch.setattr(ui_data, "_read_records", counted_read)
+    with serving(data) as url, httpx.Client(base_url=url, timeout=30) as client:
+        errors = []
+        for path in ("timeline", "steps", "snapshots", "requests"):
+            r = client.get(f"/api/session/{big}/{path}")
+            assert r.status_code == 413, (path, r.text)
+            errors.append(r.json()["error"])
+        r = client.get("/api/marks", params={"session": f"{small},{big}"})
+        assert r.status_code == 413
+        errors.append(r.json()["error"])
+        error = errors[0]
+        assert set(errors) == {error} and "\n" not in error
+        assert f"{sizes[big] / (1 << 20):,.1f} MB" in error and f"limit of {sizes[small] / (1 << 20):,.1f} MB" in error
+        assert f"cirron traces view --session {big[:12]}" in error
+        assert f"cirron traces export --format parquet --session {big[:12]}" in error
+
+        for view in ("timeline", "marks"):  # the page itself says so, before any script runs
+            page = client.get(f"/session/{big}/{view}")
+            assert page.status_code == 200 and f'<p class="error">{html.escape(error)}</p>' in page.text
+            assert "Loading" not in page.text
+
+        listed = {s["id"]: s for s in client.get("/api/sessions").json()["sessions"]}
+        assert listed[big]["too_big"] == error and listed[big]["bytes"] == sizes[big]
+        assert listed[small]["too_big"] is None
+        assert client.get(f"/api/session/{big}").json()["id"] == big  # its summary still answers
+
+        small_page = client.get(f"/session/{small}/timeline")
+        assert small_page.status_code == 200 and "Loading" in small_page.text
+        assert client.get(f"/api/session/{small}/timeline").json()["spans"]
+    assert reads == [small]  # the big session was never read
