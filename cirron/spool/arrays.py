@@ -169,21 +169,34 @@ MAX_DEPTH = 256
 
 def last_of_each(hi: np.ndarray, lo: np.ndarray, closed: np.ndarray | None) -> np.ndarray:
     """Boolean mask of the rows that win the dedupe of their key ``(hi, lo)`` (rows in write
-    order): the last closed one, else the last one (``closed=None``: the last one). A stable
-    sort keeps equal keys in row order, so no row column is needed."""
+    order): the last closed one, else the last one (``closed=None``: the last one).
+
+    When keys repeat, one stable sort on ``hi`` finds the rows whose ``hi`` is unique (each its
+    own winner); only the rows that share a ``hi`` with another (copies of one record, rarely two
+    ids) are sorted on the whole key, so the temporaries are one index and one key column."""
     n = len(hi)
     if not _repeats(hi):  # every key is distinct (the common case): no row-order sort needed
         return np.ones(n, dtype=bool)
     keep = np.zeros(n, dtype=bool)
-    order = np.lexsort((closed, lo, hi) if closed is not None else (lo, hi))
-    last = np.empty(n, dtype=bool)
+    order = np.argsort(hi, kind="stable")
+    h = hi[order]
+    tie = np.zeros(n, dtype=bool)  # shares its hi with a neighbour in sorted order
+    np.equal(h[1:], h[:-1], out=tie[1:])
+    del h
+    tie[:-1] |= tie[1:]
+    keep[order[~tie]] = True
+    if not tie.any():
+        return keep
+    sub = np.sort(order[tie])  # in write order, so the stable sort below keeps copies in it
+    del order, tie
+    s_hi, s_lo = hi[sub], lo[sub]
+    sub_order = np.lexsort((closed[sub], s_lo, s_hi) if closed is not None else (s_lo, s_hi))
+    h, lo_sorted = s_hi[sub_order], s_lo[sub_order]
+    last = np.empty(len(sub), dtype=bool)
     last[-1] = True
-    buf = np.take(hi, order)
-    np.not_equal(buf[1:], buf[:-1], out=last[:-1])
-    np.take(lo, order, out=buf)  # one buffer for both sorted columns
-    last[:-1] |= buf[1:] != buf[:-1]
-    del buf
-    keep[order[last]] = True
+    np.not_equal(h[1:], h[:-1], out=last[:-1])
+    last[:-1] |= lo_sorted[1:] != lo_sorted[:-1]
+    keep[sub[sub_order[last]]] = True
     return keep
 
 

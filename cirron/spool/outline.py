@@ -121,7 +121,7 @@ def iter_span_marks(info: SessionInfo, encode: Callable[[Any], bytes],
                     keep_raw: Callable[[Any], bool] = lambda _m: False) -> Iterator[SpanMarks] | None:
     """The winning spans of a streamable session with their marks (see the module docstring);
     ``None`` when :func:`session_columns` cannot outline it."""
-    cols = session_columns(info)
+    cols = session_columns(info, times=False)
     if cols is None:
         return None
     return _iter_span_marks(cols, encode, keep_raw)
@@ -141,7 +141,7 @@ class _Outline:
 def _by_row(cols: SessionColumns) -> _Outline:
     span_win = np.zeros(int(cols.span_start[-1]), dtype=bool)
     span_win[cols.rows] = True
-    target = np.full(int(cols.mark_start[-1]), -1, dtype=np.int64)
+    target = np.full(int(cols.mark_start[-1]), -1, dtype=cols.rows.dtype)
     target[cols.mark_rows] = cols.rows[cols.mark_target]
     return _Outline(cols.files, cols.span_start, cols.mark_start, span_win, target)
 
@@ -158,16 +158,18 @@ def _iter_span_marks(cols: SessionColumns, encode: Callable[[Any], bytes],
     del mark_rows, mark_file, span_file
     early = _MarkStore()
     late_store = _MarkStore()
-    late_rows = set(late.tolist())
+    is_late = np.zeros(len(ol.mark_target), dtype=bool)
+    is_late[late] = True
     try:
-        if late_rows:
+        if len(late):
             late_files = np.unique(np.searchsorted(ol.mark_start, late, side="right") - 1)
             for fi in late_files.tolist():
                 batch = read_batch(ol.files[fi], quiet, "full")
                 base = int(ol.mark_start[fi])
                 for j, m in enumerate(batch["marks"] if batch is not None else ()):
-                    if base + j in late_rows:
+                    if is_late[base + j]:
                         late_store.add(int(ol.mark_target[base + j]), encode(m), m if keep_raw(m) else None)
+        del late
         for fi, bf in enumerate(ol.files):
             batch = read_batch(bf, quiet, "full")
             if batch is None:
@@ -175,9 +177,10 @@ def _iter_span_marks(cols: SessionColumns, encode: Callable[[Any], bytes],
             s0, m0 = int(ol.span_start[fi]), int(ol.mark_start[fi])
             local: dict[int, list[tuple[bytes, Any]]] = {}
             targets = ol.mark_target[m0:m0 + len(batch["marks"])].tolist()
+            late_here = is_late[m0:m0 + len(batch["marks"])].tolist()
             for j, m in enumerate(batch["marks"]):
                 t = targets[j]
-                if t < 0 or (m0 + j) in late_rows:
+                if t < 0 or late_here[j]:
                     continue
                 rec = (encode(m), m if keep_raw(m) else None)
                 if t >= s0 + len(batch["spans"]):
@@ -288,160 +291,305 @@ _NO_INT = np.iinfo(np.int64).min
 NO_TIME, NO_INT = _NO_TIME, _NO_INT
 
 
+#: A session's key columns are held in memory up to this many bytes while its files are read,
+#: then in temporary files, and read back one column at a time (:class:`_ColumnSpill`).
+COLUMNS_IN_MEMORY = 32 << 20
+
+
+#: Items read at once when a spilled column is read back for some of its rows.
+_TAKE_CHUNK = 1 << 20
+
+
+class _ColumnSpill:
+    """Named columns built file by file: in memory up to :data:`COLUMNS_IN_MEMORY` bytes, then
+    appended to a temporary file each. :meth:`take` hands a column back whole, once."""
+
+    def __init__(self) -> None:
+        self._parts: dict[str, list[np.ndarray]] = {}
+        self._dtype: dict[str, np.dtype[Any]] = {}
+        self._files: dict[str, Any] = {}
+        self._held = 0
+
+    def add(self, name: str, values: np.ndarray) -> None:
+        self._parts.setdefault(name, []).append(values)
+        self._dtype[name] = values.dtype
+        self._held += values.nbytes
+        if self._held > COLUMNS_IN_MEMORY:
+            for key in self._parts:
+                self._flush(key)
+            self._held = 0
+
+    def settle(self) -> None:
+        """Once anything went to disk, send the rest there too (so it is not held meanwhile)."""
+        if self._files:
+            for key in self._parts:
+                self._flush(key)
+            self._held = 0
+
+    def _flush(self, name: str) -> None:
+        parts = self._parts[name]
+        if not parts:
+            return
+        fh = self._files.get(name)
+        if fh is None:
+            fh = self._files[name] = tempfile.TemporaryFile(prefix="cirron-columns-")
+        for part in parts:
+            fh.write(part.tobytes())
+        parts.clear()
+
+    def take(self, name: str, rows: np.ndarray | None = None) -> np.ndarray:
+        """Column ``name`` (only its ``rows``, ascending, when given), once."""
+        dtype = self._dtype.get(name, np.dtype(np.int64))
+        fh = self._files.pop(name, None)
+        parts = self._parts.pop(name, [])
+        if fh is None:
+            whole = stack_parts(parts, dtype)
+            return whole if rows is None else whole[rows]
+        with fh:
+            for part in parts:
+                fh.write(part.tobytes())
+            parts.clear()
+            fh.seek(0)
+            if rows is None:
+                return np.fromfile(fh, dtype=dtype)
+            out = np.empty(len(rows), dtype=dtype)
+            done = first = 0
+            while done < len(rows):  # a slice of the file at a time
+                chunk = np.fromfile(fh, dtype=dtype, count=_TAKE_CHUNK)
+                if not len(chunk):
+                    break
+                end = int(np.searchsorted(rows, first + len(chunk), side="left"))
+                out[done:end] = chunk[rows[done:end] - first]
+                done, first = end, first + len(chunk)
+            return out
+
+    def close(self) -> None:
+        for fh in self._files.values():
+            fh.close()
+        self._files.clear()
+        self._parts.clear()
+
+
+def _index_dtype(n: int) -> type[np.signedinteger[Any]]:
+    """The narrowest of int32/int64 that numbers ``n`` rows (and -1)."""
+    return np.int32 if n < np.iinfo(np.int32).max else np.int64
+
+
 @dataclass
 class SessionColumns:
     """One summary-like pass over a streamable session (:func:`session_columns`): its winning
-    spans (``idx`` below: their position among the winners, in write order) and winning marks."""
+    spans (``idx`` below: their position among the winners, in write order) and winning marks.
+    Rows and idx are int32 (int64 past 2**31 records)."""
 
     files: list[BatchFile]
     #: Per file (and one past the end): its first span row and first mark row.
     span_start: np.ndarray
     mark_start: np.ndarray
-    #: Per winning span: its row, id key, times (``_NO_TIME`` when unknown), parent's idx (-1: none).
+    #: Per winning span: its row, times (``_NO_TIME`` when unknown; ``None`` unless asked), its
+    #: parent's idx (-1: none).
     rows: np.ndarray
-    hi: np.ndarray
-    lo: np.ndarray
-    start: np.ndarray
-    end: np.ndarray
+    start: np.ndarray | None
+    end: np.ndarray | None
     parent: np.ndarray
     root_idx: int
+    #: Per winning span, when asked: its position in id order (ids are 32 hex digits: their order).
+    id_rank: np.ndarray | None
     #: Per winning span, when asked: thread id and rank (``_NO_INT`` when unknown).
     thread: np.ndarray | None
     rank: np.ndarray | None
-    #: Per winning mark of the session, in write order: its row, time (0 when unknown), the idx of
-    #: its own span (-1: not a span of the session) and of the span it hangs from (its own, else
-    #: the root).
+    #: Per winning mark of the session, in write order: its row, time (0 when unknown; ``None``
+    #: unless times are asked), the idx of its own span (-1: not a span of the session) and of the
+    #: span it hangs from (its own, else the root).
     mark_rows: np.ndarray
-    mark_ts: np.ndarray
+    mark_ts: np.ndarray | None
     mark_span: np.ndarray
     mark_target: np.ndarray
 
 
-def session_columns(info: SessionInfo, *, threads: bool = False) -> SessionColumns | None:
-    """Columns of ``info``'s session from one pass over its batch files, about 80 bytes per
-    record (``threads``: 16 more per span). ``None`` when its ids are not all 32 lowercase hex
-    digits (their keys would not sort as the ids do) or it has no root."""
+def session_columns(info: SessionInfo, *, threads: bool = False, times: bool = True,
+                    id_order: bool = False) -> SessionColumns | None:
+    """Columns of ``info``'s session from one pass over its batch files. ``threads``: each span's
+    thread and rank; ``times``: span and mark times; ``id_order``: each span's rank in id order.
+    ``None`` when its ids are not all 32 lowercase hex digits (their keys would not sort as the
+    ids do) or it has no root.
+
+    Memory: while the files are read, at most :data:`COLUMNS_IN_MEMORY` bytes of keys (the rest
+    waits in temporary files); then one key column at a time (8 bytes a record) with its sort
+    index, and what is returned: about 20 bytes a winning span (36 with times, 52 with threads)
+    and 12 a winning mark (20 with times)."""
     with paused_gc():
-        return _session_columns(info, threads)
+        return _session_columns(info, threads, times, id_order)
 
 
-def _session_columns(info: SessionInfo, threads: bool) -> SessionColumns | None:
+def _session_columns(info: SessionInfo, threads: bool, times: bool, id_order: bool) -> SessionColumns | None:
     quiet = lambda _m: None  # noqa: E731
     files: list[BatchFile] = []
-    names = [*SPAN_KEY_COLUMNS] + (["thread", "rank"] if threads else [])
-    sp: dict[str, list[np.ndarray]] = {k: [] for k in names}
-    mk: dict[str, list[np.ndarray]] = {k: [] for k in ("hi", "lo", "tjoin", "att", "ts")}
     span_start, mark_start = [0], [0]
-    for bf in info.files:
-        batch = read_batch(bf, quiet, "export")  # summary reads leave out the marks' times
-        if batch is None:
-            continue
-        files.append(bf)
-        spans, marks = batch["spans"], batch["marks"]
-        ids = [s.id for s in spans]
-        if not _plain_ids(ids):
-            return None
-        append_span_keys(sp, spans)
-        if threads:
-            sp["thread"].append(time_column([s.thread_id for s in spans]))
-            sp["rank"].append(time_column([s.rank for s in spans]))
-        own = batch["session_id"] == info.id
-        mhi, mlo, tjoin, on_span = target_keys(marks)
-        mk["hi"].append(mhi)
-        mk["lo"].append(mlo)
-        mk["tjoin"].append(tjoin)
-        # 1: on a span id; 0: on the sentinel (or none) in the session's own batch; -1: neither
-        mk["att"].append(np.where(on_span, 1, 0 if own else -1).astype(np.int8))
-        mk["ts"].append(time_column([m.ts_ns for m in marks]))
-        span_start.append(span_start[-1] + len(spans))
-        mark_start.append(mark_start[-1] + len(marks))
-        del batch, spans, marks
-    # marks first: their per-file arrays as one before the spans' temporaries exist
-    mcat = {k: stack_parts(v, np.uint64) for k, v in mk.items()}
-    del mk
-    hi, lo, closed = stack_parts(sp["hi"], np.uint64), stack_parts(sp["lo"], np.uint64), stack_parts(sp["closed"], bool)
-    rows = np.flatnonzero(last_of_each(hi, lo, closed))
-    del closed
-    whi, wlo = hi[rows], lo[rows]
-    del hi, lo
-    pjoin = stack_parts(sp["pjoin"], np.uint64)[rows]
-    has_p = stack_parts(sp["has_p"], bool)[rows].astype(bool)
-    start = stack_parts(sp["start"], np.int64)[rows].astype(np.int64)
-    end = stack_parts(sp["end"], np.int64)[rows].astype(np.int64)
-    thread = stack_parts(sp["thread"], np.int64)[rows].astype(np.int64) if threads else None
-    rank = stack_parts(sp["rank"], np.int64)[rows].astype(np.int64) if threads else None
-    del sp
-    n = len(rows)
+    col = _ColumnSpill()
+    try:
+        for bf in info.files:
+            batch = read_batch(bf, quiet, "export")  # summary reads leave out the marks' times
+            if batch is None:
+                continue
+            files.append(bf)
+            spans, marks = batch["spans"], batch["marks"]
+            if not _plain_ids([s.id for s in spans]):
+                return None
+            keys: dict[str, list[np.ndarray]] = {k: [] for k in SPAN_KEY_COLUMNS}
+            append_span_keys(keys, spans)
+            for k, v in keys.items():
+                if times or k not in ("start", "end"):
+                    col.add(k, v[0])
+            if threads:
+                col.add("thread", time_column([s.thread_id for s in spans]))
+                col.add("rank", time_column([s.rank for s in spans]))
+            own = batch["session_id"] == info.id
+            mhi, mlo, tjoin, on_span = target_keys(marks)
+            col.add("mhi", mhi)
+            col.add("mlo", mlo)
+            col.add("tjoin", tjoin)
+            # 1: on a span id; 0: on the sentinel (or none) in the session's own batch; -1: neither
+            col.add("att", np.where(on_span, 1, 0 if own else -1).astype(np.int8))
+            if times:
+                col.add("ts", time_column([m.ts_ns for m in marks]))
+            span_start.append(span_start[-1] + len(spans))
+            mark_start.append(mark_start[-1] + len(marks))
+            del batch, spans, marks, keys
+        col.settle()
+        _release_memory()
+        return _columns_from(col, info, files, span_start, mark_start, threads, times, id_order)
+    finally:
+        col.close()
+
+
+def _columns_from(col: _ColumnSpill, info: SessionInfo, files: list[BatchFile], span_start: list[int],
+                  mark_start: list[int], threads: bool, times: bool, id_order: bool) -> SessionColumns | None:
+    """The dedupe, parents and marks' spans, one key column at a time."""
+    idx_t = _index_dtype(max(span_start[-1], mark_start[-1]))
+    member = last_of_each(col.take("mhi"), col.take("mlo"), None)
+    _release_memory()
+    hi, lo = col.take("hi"), col.take("lo")
+    rows = np.flatnonzero(last_of_each(hi, lo, col.take("closed"))).astype(idx_t)
+    whi = hi[rows]
+    del hi
+    wlo = lo[rows]
+    del lo
+    _release_memory()
+    id_rank = _id_rank(whi, wlo, idx_t) if id_order else None
     join = whi ^ wlo
-    by_join = np.argsort(join, kind="stable")
+    root_hi, root_lo = id_keys([info.id])
+    del whi, wlo
+    by_join = np.argsort(join, kind="stable").astype(idx_t)
     sorted_join = join[by_join]
     del join
+    _release_memory()
 
-    def lookup(keys: np.ndarray) -> np.ndarray:
-        if not n:
-            return np.full(len(keys), -1, dtype=np.int64)
-        pos = np.minimum(np.searchsorted(sorted_join, keys), n - 1)
-        return np.where(sorted_join[pos] == keys, by_join[pos], -1)
-
-    root_hi, root_lo = id_keys([info.id])
-    root_idx = int(lookup(root_hi ^ root_lo)[0])
+    root_idx = int(_lookup(sorted_join, by_join, root_hi ^ root_lo)[0])
     if root_idx < 0:
         return None
-    parent = np.where(has_p, lookup(pjoin), -1)
+    parent = _lookup(sorted_join, by_join, col.take("pjoin", rows))
+    parent[~col.take("has_p", rows)] = -1
     parent[root_idx] = -1
-    del pjoin, has_p
-
-    mwin = last_of_each(mcat.pop("hi"), mcat.pop("lo"), None)
-    att = mcat.pop("att").astype(np.int8)
-    own_span = np.where(att == 1, lookup(mcat.pop("tjoin").astype(np.uint64)), -1)
-    member = mwin & ((own_span >= 0) | (att >= 0))
-    del mwin
-    mark_rows = np.flatnonzero(member)
+    att = col.take("att")
+    on_span = att == 1
+    own_span = np.full(len(att), -1, dtype=idx_t)
+    own_span[on_span] = _lookup(sorted_join, by_join, col.take("tjoin", np.flatnonzero(on_span)))
+    del on_span, sorted_join, by_join
+    member &= (own_span >= 0) | (att >= 0)
+    del att
+    mark_rows = np.flatnonzero(member).astype(idx_t)
+    del member
     own_span = own_span[mark_rows]
-    mark_ts = mcat.pop("ts").astype(np.int64)[mark_rows]
-    mark_ts = np.where(mark_ts == _NO_TIME, 0, mark_ts)
-    del mcat, att, member
-    return SessionColumns(files, np.array(span_start, np.int64), np.array(mark_start, np.int64), rows, whi, wlo,
-                          start, end, parent, root_idx, thread, rank, mark_rows, mark_ts, own_span,
-                          np.where(own_span >= 0, own_span, root_idx))
+    mark_target = np.where(own_span >= 0, own_span, root_idx).astype(idx_t)
+    _release_memory()
+    start = col.take("start", rows) if times else None
+    end = col.take("end", rows) if times else None
+    thread = col.take("thread", rows) if threads else None
+    rank = col.take("rank", rows) if threads else None
+    mark_ts = None
+    if times:
+        mark_ts = col.take("ts", mark_rows)
+        mark_ts[mark_ts == _NO_TIME] = 0
+    return SessionColumns(files, np.array(span_start, np.int64), np.array(mark_start, np.int64), rows,
+                          start, end, parent, root_idx, id_rank, thread, rank, mark_rows, mark_ts, own_span,
+                          mark_target)
+
+
+def _release_memory() -> None:
+    """Hand the memory freed so far back to the system (glibc keeps freed blocks of its heap,
+    so the process would otherwise stay as big as its largest moment)."""
+    if _malloc_trim is not None:
+        _malloc_trim(0)
+
+
+def _load_malloc_trim() -> Any:
+    try:
+        import ctypes
+
+        return ctypes.CDLL("libc.so.6").malloc_trim
+    except (OSError, AttributeError):  # not glibc
+        return None
+
+
+_malloc_trim = _load_malloc_trim()
+
+
+#: Keys looked up at once among the winning spans (bounds the lookup's temporaries).
+_LOOKUP_CHUNK = 1 << 20
+
+
+def _lookup(sorted_join: np.ndarray, by_join: np.ndarray, keys: np.ndarray) -> np.ndarray:
+    """For each joined key, the idx of the winning span with it (-1: none), a slice at a time;
+    ``sorted_join`` is the winners' joined keys in order and ``by_join`` their idx."""
+    out = np.full(len(keys), -1, dtype=by_join.dtype)
+    n = len(sorted_join)
+    if not n:
+        return out
+    for i in range(0, len(keys), _LOOKUP_CHUNK):
+        part = keys[i:i + _LOOKUP_CHUNK]
+        pos = np.searchsorted(sorted_join, part)
+        np.minimum(pos, n - 1, out=pos)
+        hit = sorted_join[pos] == part
+        out[i:i + len(part)][hit] = by_join[pos[hit]]
+    return out
+
+
+def _id_rank(hi: np.ndarray, lo: np.ndarray, idx_t: Any) -> np.ndarray:
+    """Each key's position in ``(hi, lo)`` order (the keys are distinct)."""
+    order = np.argsort(hi, kind="stable")
+    h = hi[order]
+    if len(h) > 1 and (h[1:] == h[:-1]).any():  # two ids share their upper half: sort on both
+        order = np.lexsort((lo, hi))
+    del h
+    out = np.empty(len(hi), dtype=idx_t)
+    out[order] = np.arange(len(hi), dtype=idx_t)
+    return out
 
 
 def _view_outline(info: SessionInfo, depth: int | None, min_wall_ns: int | None) -> ViewOutline | None:
-    cols = _session_columns(info, False)
+    cols = _session_columns(info, False, True, True)
     if cols is None:
         return None
-    rows, whi, wlo, start, end = cols.rows, cols.hi, cols.lo, cols.start, cols.end
-    parent, root_idx = cols.parent, cols.root_idx
+    assert cols.start is not None and cols.end is not None and cols.mark_ts is not None
+    assert cols.id_rank is not None
+    rows, start, end, parent, root_idx = cols.rows, cols.start, cols.end, cols.parent, cols.root_idx
+    cols.mark_span = None  # type: ignore[assignment]
     n = len(rows)
     valid = (start != _NO_TIME) & (end != _NO_TIME)
-    wall = np.where(valid, end - start, 0)
+    wall = end - start
+    wall[~valid] = 0
+    cols.end = end = None  # type: ignore[assignment]
     visible = np.ones(n, dtype=bool) if min_wall_ns is None else ~(valid & (wall < min_wall_ns))
     visible[root_idx] = True
-    # depth and reachability (a span shows when it and all its ancestors are visible)
-    level = np.full(n, -1, dtype=np.int32)
-    level[root_idx] = 0
+    level, levels = _levels(parent, root_idx, visible)
     reach = np.zeros(n, dtype=bool)
     reach[root_idx] = True
-    frontier = np.array([root_idx])
-    by_parent = np.argsort(parent, kind="stable")
-    sorted_parent = parent[by_parent]
-    levels: list[np.ndarray] = []
-    d = 0
-    while len(frontier):
-        lo_pos = np.searchsorted(sorted_parent, frontier, side="left")
-        hi_pos = np.searchsorted(sorted_parent, frontier, side="right")
-        kids = np.concatenate([by_parent[a:b] for a, b in zip(lo_pos.tolist(), hi_pos.tolist())])
-        kids = kids[level[kids] < 0]  # never revisit (a cycle cannot reach here, but be safe)
-        d += 1
-        level[kids] = d
-        kids = kids[visible[kids]]
+    for kids in levels:
         reach[kids] = True
-        if len(kids):
-            levels.append(kids)
-        frontier = kids
-    del by_parent, sorted_parent
+    del visible
     limit = np.iinfo(np.int32).max if depth is None else depth
     shown = reach & (level <= limit)
+    del reach
     # collapsed nodes: below each shown span at the limit, its reachable descendants
     coll_idx = np.flatnonzero(shown & (level == limit)) if depth is not None else np.empty(0, np.int64)
     coll_spans = np.zeros(0, dtype=np.int64)
@@ -450,64 +598,125 @@ def _view_outline(info: SessionInfo, depth: int | None, min_wall_ns: int | None)
         desc = np.zeros(n, dtype=np.int64)
         for kids in reversed(levels):
             np.add.at(desc, parent[kids], desc[kids] + 1)
+        coll_spans = desc[coll_idx]
+        del desc
         child_wall = np.zeros(n, dtype=np.int64)
-        timed = np.concatenate(levels) if levels else np.empty(0, np.int64)
-        timed = timed[valid[timed]]
-        np.add.at(child_wall, parent[timed], wall[timed])
-        coll_spans, coll_ns = desc[coll_idx], child_wall[coll_idx]
+        for kids in levels:
+            timed = kids[valid[kids]]
+            np.add.at(child_wall, parent[timed], wall[timed])
+        coll_ns = child_wall[coll_idx]
+        del child_wall
         keep = coll_spans > 0
         coll_idx, coll_spans, coll_ns = coll_idx[keep], coll_spans[keep], coll_ns[keep]
-        del desc, child_wall
-    del levels, visible, reach, wall, valid
+    del levels, wall, valid
+    _release_memory()
 
-    # marks: shown under an expanded span
+    # the children of every expanded span, spans then marks at equal times, in print order; a
+    # child is its span idx, or for a mark -1 - its position in ``mark_rows``
     expand = shown & (level < limit)
     ok = expand[cols.mark_target]
     mark_rows = cols.mark_rows[ok]
     mark_parent = cols.mark_target[ok]
     mark_ts = cols.mark_ts[ok]
     del ok
-
-    # children of every expanded span, spans then marks at equal times, in print order
+    cols.mark_rows = cols.mark_target = cols.mark_ts = None  # type: ignore[assignment]
     child_idx = np.flatnonzero(shown & (parent >= 0))
     child_idx = child_idx[expand[parent[child_idx]]]
-    c_parent = np.concatenate([parent[child_idx], mark_parent])
-    c_time = np.concatenate([np.where(start[child_idx] == _NO_TIME, 0, start[child_idx]), mark_ts])
-    c_group = np.concatenate([np.zeros(len(child_idx), np.int8), np.ones(len(mark_rows), np.int8)])
-    tie1 = np.concatenate([whi[child_idx], mark_rows.astype(np.uint64)])
-    tie2 = np.concatenate([wlo[child_idx], np.zeros(len(mark_rows), np.uint64)])
-    c_kind = np.concatenate([np.full(len(child_idx), NODE_SPAN, np.int8), np.full(len(mark_rows), NODE_MARK, np.int8)])
-    c_ref = np.concatenate([rows[child_idx], mark_rows])
-    c_span = np.concatenate([child_idx, np.full(len(mark_rows), -1, np.int64)])
-    order = np.lexsort((tie2, tie1, c_group, c_time, c_parent))
-    c_parent, c_kind, c_ref, c_span = c_parent[order], c_kind[order], c_ref[order], c_span[order]
-    del c_time, c_group, tie1, tie2, order, whi, wlo, mark_parent, mark_ts
-    coll_of = dict(zip(coll_idx.tolist(), range(len(coll_idx))))
+    del shown, expand
+    span_time = start[child_idx]
+    span_time[span_time == _NO_TIME] = 0
+    cols.start = start = None  # type: ignore[assignment]
+    idx_t = rows.dtype
+    c_parent = np.concatenate([parent[child_idx], mark_parent]).astype(idx_t)
+    order = np.lexsort((np.concatenate([cols.id_rank[child_idx], np.arange(len(mark_rows), dtype=idx_t)]),
+                        np.concatenate([np.zeros(len(child_idx), np.int8), np.ones(len(mark_rows), np.int8)]),
+                        np.concatenate([span_time, mark_ts]), c_parent))
+    del span_time, mark_ts, mark_parent
+    cols.id_rank = None
+    c_parent = c_parent[order]
+    c_node = np.concatenate([child_idx.astype(idx_t), -1 - np.arange(len(mark_rows), dtype=idx_t)])[order]
+    del order, child_idx
+    _release_memory()
+    first_child = np.searchsorted(c_parent, np.arange(n + 1, dtype=idx_t)).astype(idx_t)
+    del c_parent
+    coll_at = np.full(n, -1, dtype=idx_t)
+    coll_at[coll_idx] = np.arange(len(coll_idx))
+    kinds, refs, depths = _preorder(root_idx, limit, _as_array(rows), _as_array(level), _as_array(first_child),
+                                    _as_array(c_node), _as_array(mark_rows), _as_array(coll_at))
+    return ViewOutline(cols.files, cols.span_start, cols.mark_start,
+                       np.frombuffer(kinds, np.int8), np.frombuffer(refs, np.int64), np.frombuffer(depths, np.int32),
+                       coll_spans, coll_ns, int(rows[root_idx]))
 
-    kinds: list[int] = []
-    refs: list[int] = []
-    depths: list[int] = []
-    stack: list[tuple[int, int, int, int]] = [(NODE_SPAN, int(rows[root_idx]), root_idx, 0)]
-    lv = level
-    while stack:
-        k, ref, idx, d = stack.pop()
-        kinds.append(k)
-        refs.append(ref)
+
+def _levels(parent: np.ndarray, root_idx: int, visible: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Each span's depth below the root (-1: unreached) and, per depth from 1, the spans shown
+    there (a span shows when it and all its ancestors are ``visible``)."""
+    n = len(parent)
+    level = np.full(n, -1, dtype=np.int32)
+    level[root_idx] = 0
+    by_parent = np.argsort(parent, kind="stable").astype(parent.dtype)
+    sorted_parent = parent[by_parent]
+    levels: list[np.ndarray] = []
+    frontier = np.array([root_idx], dtype=parent.dtype)
+    d = 0
+    while len(frontier):
+        lo_pos = np.searchsorted(sorted_parent, frontier, side="left")
+        counts = np.searchsorted(sorted_parent, frontier, side="right") - lo_pos
+        total = int(counts.sum())
+        if not total:
+            break
+        # the positions lo_pos[i] .. lo_pos[i] + counts[i] - 1 of every frontier span, as one array
+        nonempty = counts > 0
+        starts, counts = lo_pos[nonempty], counts[nonempty]
+        pos = np.repeat(starts - (np.cumsum(counts) - counts), counts)
+        pos += np.arange(total)
+        kids = by_parent[pos]
+        del pos, starts, counts, lo_pos
+        kids = kids[level[kids] < 0]  # never revisit (a cycle cannot reach here, but be safe)
+        d += 1
+        level[kids] = d
+        kids = kids[visible[kids]]
+        if len(kids):
+            levels.append(kids)
+        frontier = kids
+    return level, levels
+
+
+def _as_array(values: np.ndarray) -> memoryview:
+    """A view of ``values`` whose items index as Python ints (faster than numpy's scalars)."""
+    return np.ascontiguousarray(values).data
+
+
+def _preorder(root_idx: int, limit: int, rows: memoryview, level: memoryview, first_child: memoryview,
+              c_node: memoryview, mark_rows: memoryview, coll_at: memoryview) -> tuple[array, array, array]:
+    """The view's nodes in print order (kind, ref, depth), walking the sorted children."""
+    kinds, refs, depths = array("b"), array("q"), array("i")
+    stack: list[list[int]] = []  # per open span: [next child, end, depth of its children]
+
+    def enter(idx: int, d: int) -> None:
+        kinds.append(NODE_SPAN)
+        refs.append(rows[idx])
         depths.append(d)
-        if k != NODE_SPAN:
-            continue
-        c = coll_of.get(idx)
-        if c is not None:
+        c = coll_at[idx]
+        if c >= 0:
             kinds.append(NODE_COLLAPSED)
             refs.append(c)
             depths.append(d + 1)
-            continue
-        if lv[idx] >= limit:
-            continue
-        a = int(np.searchsorted(c_parent, idx, side="left"))
-        b = int(np.searchsorted(c_parent, idx, side="right"))
-        for j in range(b - 1, a - 1, -1):
-            stack.append((int(c_kind[j]), int(c_ref[j]), int(c_span[j]), d + 1))
-    return ViewOutline(cols.files, cols.span_start, cols.mark_start,
-                       np.array(kinds, np.int8), np.array(refs, np.int64), np.array(depths, np.int32),
-                       coll_spans, coll_ns, int(rows[root_idx]))
+        elif level[idx] < limit and first_child[idx] < first_child[idx + 1]:
+            stack.append([first_child[idx], first_child[idx + 1], d + 1])
+
+    enter(root_idx, 0)
+    while stack:
+        top = stack[-1]
+        j, d = top[0], top[2]
+        top[0] = j + 1
+        if j + 1 >= top[1]:
+            stack.pop()
+        v = c_node[j]
+        if v < 0:
+            kinds.append(NODE_MARK)
+            refs.append(mark_rows[-1 - v])
+            depths.append(d)
+        else:
+            enter(v, d)
+    return kinds, refs, depths
