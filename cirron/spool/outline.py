@@ -4,10 +4,12 @@ Rebuilding a session whole holds all its records. For a session whose batch file
 else (:attr:`~cirron.spool.catalog.SessionInfo.streamable`) the readers here make two passes:
 
 1. :func:`session_columns` reads the files once and keeps, per record, its 128-bit id key, its
-   parent's (or for a mark its span's) key and its times in numpy arrays, about 80 bytes a
-   record; the dedupe winners (:func:`cirron.spool.reconstruct.span_wins`, last write wins for
-   marks), each span's parent and each mark's span (its own, else the session root, as
-   :func:`cirron.spool.reconstruct.mark_span_id` says) are computed on them;
+   parent's (or for a mark its span's) key and its times in numpy arrays (held in memory up to
+   :data:`COLUMNS_IN_MEMORY` bytes, then in temporary files, :class:`_ColumnSpill`); the dedupe
+   winners (:func:`cirron.spool.reconstruct.span_wins`, last write wins for marks), each span's
+   parent and each mark's span (its own, else the session root, as
+   :func:`cirron.spool.reconstruct.mark_span_id` says) are then computed one key column at a
+   time, and only what the caller asked for is kept (int32 rows and indices);
 2. the files are read again, one at a time, for the records a command prints or writes.
 
 :func:`iter_span_marks` yields each winning span with its marks (OTLP nests marks in their span).
@@ -21,8 +23,13 @@ ahead, before the second pass, from the files holding such marks.
 :func:`view_outline` computes the nodes ``cirron traces view`` prints (the tree to a depth,
 hidden spans, collapsed counts) on the columns.
 
-Memory: the columns, one batch file's records, and at most :data:`SPILL_BYTES` of encoded marks
-waiting for their span.
+Memory: one batch file's records; while reading, :data:`COLUMNS_IN_MEMORY` bytes of keys; then
+one key column (8 bytes a record) with its sort index at a time; then what the command keeps:
+about 20 bytes per winning span and 12 per mark for :func:`iter_span_marks` (with at most
+:data:`SPILL_BYTES` of encoded marks waiting for their span), about 40 per span and mark for
+:func:`view_outline`. Freed blocks are handed back to the system between the steps
+(:func:`_release_memory`), so the peak is the largest step, not their sum. Measured on one session of
+2.5M spans and 2.5M marks: ``view --depth 2`` 250 MB, ``export --format otel`` 185 MB.
 """
 
 from __future__ import annotations

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from spool_factory import BASE_NS, MS, SpoolFactory, hard_session
 
+from cirron.spool import outline
 from cirron.spool.catalog import open_catalog
 from cirron_cli.traces import _SessionView, _streamed_view_lines
 
@@ -19,7 +20,10 @@ def cat(factory: SpoolFactory):
 @pytest.mark.parametrize("depth", [None, 0, 1, 2, 3])
 @pytest.mark.parametrize("min_wall", [None, 6 * MS, 30 * MS])
 @pytest.mark.parametrize("color", [False, True])
-def test_streamed_view_equals_the_rebuilt_sessions(cat, depth, min_wall, color):
+@pytest.mark.parametrize("columns_on_disk", [False, True])
+def test_streamed_view_equals_the_rebuilt_sessions(cat, depth, min_wall, color, columns_on_disk, monkeypatch):
+    if columns_on_disk:  # the light pass's key columns wait in temporary files
+        monkeypatch.setattr(outline, "COLUMNS_IN_MEMORY", 0)
     assert len(cat.sessions) == 2
     for info in cat.sessions:
         assert cat.streamable(info)

@@ -37,9 +37,13 @@ def spool(factory: SpoolFactory) -> Path:
 
 
 @pytest.mark.parametrize("spill", [False, True])
-def test_streamed_otlp_equals_the_rebuilt_sessions(spool: Path, tmp_path: Path, monkeypatch, spill: bool):
+@pytest.mark.parametrize("columns_on_disk", [False, True])
+def test_streamed_otlp_equals_the_rebuilt_sessions(spool: Path, tmp_path: Path, monkeypatch, spill: bool,
+                                                   columns_on_disk: bool):
     if spill:
         monkeypatch.setattr(outline, "SPILL_BYTES", 0)
+    if columns_on_disk:
+        monkeypatch.setattr(outline, "COLUMNS_IN_MEMORY", 0)
     cat = open_catalog([spool])
     assert len(cat.sessions) == 2 and all(cat.streamable(s) for s in cat.sessions)
     ex.write_otlp_json(list(cat.sessions), tmp_path / "streamed.json")
@@ -103,8 +107,11 @@ def thread_mix(factory: SpoolFactory) -> None:
 
 
 @pytest.mark.parametrize("given_base", [True, False])
+@pytest.mark.parametrize("columns_on_disk", [False, True])
 def test_streamed_perfetto_equals_the_rebuilt_sessions(spool: Path, factory: SpoolFactory, tmp_path: Path,
-                                                       given_base: bool):
+                                                       given_base: bool, columns_on_disk: bool, monkeypatch):
+    if columns_on_disk:
+        monkeypatch.setattr(outline, "COLUMNS_IN_MEMORY", 0)
     thread_mix(factory)
     cat = open_catalog([spool])
     assert len(cat.sessions) == 3 and all(cat.streamable(s) for s in cat.sessions)
