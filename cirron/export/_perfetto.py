@@ -239,7 +239,7 @@ def _streamed_events(info: SessionInfo, base: int, pid_of: dict[tuple[str, objec
     cannot be outlined."""
     from cirron.spool.outline import session_columns
 
-    cols = session_columns(info, threads=True)
+    cols = session_columns(info, threads=True, mark_times=False)
     return None if cols is None else _streamed(cols, info, base, pid_of, threads)
 
 
@@ -254,14 +254,20 @@ def _streamed(cols: Any, info: SessionInfo, base: int, pid_of: dict[tuple[str, o
 
     n = len(cols.rows)
     last = info.last_ns or base
-    rank = np.where(cols.rank == NO_INT, 0, cols.rank)
-    tid = np.where(cols.thread == NO_INT, 0, cols.thread)
-    start = np.where(cols.start == NO_TIME, base, cols.start)
-    is_open = cols.end == NO_TIME
-    end = np.maximum(np.where(is_open, np.maximum(start, last), cols.end), start)
-    pid = np.zeros(n, dtype=np.int64)
+    # the columns are rewritten in place and let go as soon as they are used (a big session's
+    # columns are most of what this holds)
+    rank, tid, start, end = cols.rank, cols.thread, cols.start, cols.end
+    cols.rank = cols.thread = cols.start = cols.end = None
+    rank[rank == NO_INT] = 0
+    tid[tid == NO_INT] = 0
+    start[start == NO_TIME] = base
+    is_open = end == NO_TIME
+    end[is_open] = np.maximum(start[is_open], last)
+    np.maximum(end, start, out=end)
+    pid = np.zeros(n, dtype=np.int32)
     if n:  # a process per rank, in the order the ranks first appear
-        ranks, first, which = np.unique(rank, return_index=True, return_inverse=True)
+        ranks, first, which = _distinct(rank)
+        rank_pid = np.zeros(len(ranks), dtype=np.int32)
         for u in np.argsort(first, kind="stable").tolist():
             r = int(ranks[u])
             p = pid_of.get((info.id, r))
@@ -269,7 +275,10 @@ def _streamed(cols: Any, info: SessionInfo, base: int, pid_of: dict[tuple[str, o
                 p = pid_of[(info.id, r)] = len(pid_of) + 1
                 for ev in _process_events(p, info.id, r, info.writer, info.sdk_version):
                     yield _dumps(ev)
-            pid[which.reshape(-1) == u] = p
+            rank_pid[u] = p
+        pid = rank_pid[which]
+        del which
+    del rank
     default_pid = int(pid[0]) if n else None
     with tempfile.TemporaryFile(prefix="cirron-perfetto-") as spans_tmp, \
             tempfile.TemporaryFile(prefix="cirron-perfetto-") as marks_tmp:
@@ -299,6 +308,8 @@ def _streamed(cols: Any, info: SessionInfo, base: int, pid_of: dict[tuple[str, o
                 if mark_ev is not None:
                     marks_tmp.write(_dumps(mark_ev) + b"\n")
             del batch
+        del is_open
+        cols.rows = cols.mark_rows = cols.mark_span = cols.mark_target = None
 
         def span_of(i: int, parent: int) -> dict[str, Any]:
             spans_tmp.seek(int(off[i]))
@@ -308,29 +319,62 @@ def _streamed(cols: Any, info: SessionInfo, base: int, pid_of: dict[tuple[str, o
                     "parent": parent}
 
         if n:  # tracks in the order their first span comes, each swept in start order
-            keys = np.stack([pid, tid], axis=1)
-            _u, t_first, t_of = np.unique(keys, axis=0, return_index=True, return_inverse=True)
-            t_of = t_of.reshape(-1)
-            t_rank = np.empty(len(t_first), dtype=np.int64)
+            tids, _f, tid_code = _distinct(tid)
+            key = pid.astype(np.int64) * len(tids) + tid_code
+            del tid_code
+            _u, t_first, t_of = _distinct(key)
+            del key
+            firsts = np.sort(t_first)  # track t's first span
+            t_pid, t_tid = pid[firsts].tolist(), tid[firsts].tolist()
+            del pid, tid, firsts
+            t_rank = np.empty(len(t_first), dtype=np.int32)
             t_rank[np.argsort(t_first, kind="stable")] = np.arange(len(t_first))
             span_track = t_rank[t_of]
-            del keys, t_of
-            order = np.lexsort((np.arange(n), -end, start, span_track))
+            del t_of
+            order = np.lexsort((np.arange(n, dtype=np.int32), -end, start, span_track)).astype(np.int32)
             bounds = np.searchsorted(span_track[order], np.arange(len(t_first) + 1)).tolist()
             lanes = _Lanes(n)
             parent = cols.parent
+
+            def track_items(t: int) -> Iterator[tuple[int, int, dict[str, Any]]]:
+                for c in range(bounds[t], bounds[t + 1], _SWEEP_CHUNK):
+                    members = order[c:min(c + _SWEEP_CHUNK, bounds[t + 1])]
+                    for i, b, e, p in zip(members.tolist(), start[members].tolist(), end[members].tolist(),
+                                          parent[members].tolist()):
+                        yield b, e, span_of(i, p if p >= 0 and span_track[p] == t else -1)
+
             for t in range(len(t_first)):
-                members = order[bounds[t]:bounds[t + 1]]
-                first_i = int(members[0])
-                track_pid, track_tid = int(pid[first_i]), int(tid[first_i])
-                items = ((int(start[i]), int(end[i]),
-                          span_of(i, int(parent[i]) if parent[i] >= 0 and span_track[parent[i]] == t else -1))
-                         for i in members.tolist())
-                for ev in _track_events(track_pid, track_tid, items, base, threads, lanes):
+                for ev in _track_events(t_pid[t], t_tid[t], track_items(t), base, threads, lanes):
                     yield _dumps(ev)
         marks_tmp.seek(0)
         for line in marks_tmp:
             yield line[:-1]
+
+
+def _distinct(values: Any) -> tuple[Any, Any, Any]:
+    """``np.unique(values, return_index=True, return_inverse=True)`` with an int32 inverse, in
+    a few masks for the usual handful of distinct values (ranks, threads) rather than a sort of
+    the whole column with its int64 temporaries."""
+    import numpy as np
+
+    uniq = np.unique(values)
+    if len(uniq) > _FEW:
+        uniq, first, inverse = np.unique(values, return_index=True, return_inverse=True)
+        return uniq, first, inverse.reshape(-1).astype(np.int32)
+    inverse = np.empty(len(values), dtype=np.int32)
+    first = np.empty(len(uniq), dtype=np.int64)
+    for code, v in enumerate(uniq.tolist()):
+        hit = values == v
+        inverse[hit] = code
+        first[code] = int(np.argmax(hit))
+    return uniq, first, inverse
+
+
+#: Up to this many distinct values, :func:`_distinct` uses a mask per value.
+_FEW = 64
+
+#: Spans of a track whose times are turned into Python ints at once in the sweep.
+_SWEEP_CHUNK = 1 << 16
 
 
 def _dumps_args(args: dict[str, Any]) -> bytes:

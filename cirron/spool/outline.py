@@ -414,9 +414,10 @@ class SessionColumns:
 
 
 def session_columns(info: SessionInfo, *, threads: bool = False, times: bool = True,
-                    id_order: bool = False) -> SessionColumns | None:
+                    mark_times: bool | None = None, id_order: bool = False) -> SessionColumns | None:
     """Columns of ``info``'s session from one pass over its batch files. ``threads``: each span's
-    thread and rank; ``times``: span and mark times; ``id_order``: each span's rank in id order.
+    thread and rank; ``times``: span times, and mark times unless ``mark_times`` says otherwise;
+    ``id_order``: each span's rank in id order.
     ``None`` when its ids are not all 32 lowercase hex digits (their keys would not sort as the
     ids do) or it has no root.
 
@@ -425,10 +426,11 @@ def session_columns(info: SessionInfo, *, threads: bool = False, times: bool = T
     index, and what is returned: about 20 bytes a winning span (36 with times, 52 with threads)
     and 12 a winning mark (20 with times)."""
     with paused_gc():
-        return _session_columns(info, threads, times, id_order)
+        return _session_columns(info, threads, times, times if mark_times is None else mark_times, id_order)
 
 
-def _session_columns(info: SessionInfo, threads: bool, times: bool, id_order: bool) -> SessionColumns | None:
+def _session_columns(info: SessionInfo, threads: bool, times: bool, mark_times: bool,
+                     id_order: bool) -> SessionColumns | None:
     quiet = lambda _m: None  # noqa: E731
     files: list[BatchFile] = []
     span_start, mark_start = [0], [0]
@@ -457,20 +459,21 @@ def _session_columns(info: SessionInfo, threads: bool, times: bool, id_order: bo
             col.add("tjoin", tjoin)
             # 1: on a span id; 0: on the sentinel (or none) in the session's own batch; -1: neither
             col.add("att", np.where(on_span, 1, 0 if own else -1).astype(np.int8))
-            if times:
+            if mark_times:
                 col.add("ts", time_column([m.ts_ns for m in marks]))
             span_start.append(span_start[-1] + len(spans))
             mark_start.append(mark_start[-1] + len(marks))
             del batch, spans, marks, keys
         col.settle()
         _release_memory()
-        return _columns_from(col, info, files, span_start, mark_start, threads, times, id_order)
+        return _columns_from(col, info, files, span_start, mark_start, threads, times, mark_times, id_order)
     finally:
         col.close()
 
 
 def _columns_from(col: _ColumnSpill, info: SessionInfo, files: list[BatchFile], span_start: list[int],
-                  mark_start: list[int], threads: bool, times: bool, id_order: bool) -> SessionColumns | None:
+                  mark_start: list[int], threads: bool, times: bool, mark_times: bool,
+                  id_order: bool) -> SessionColumns | None:
     """The dedupe, parents and marks' spans, one key column at a time."""
     idx_t = _index_dtype(max(span_start[-1], mark_start[-1]))
     member = last_of_each(col.take("mhi"), col.take("mlo"), None)
@@ -514,7 +517,7 @@ def _columns_from(col: _ColumnSpill, info: SessionInfo, files: list[BatchFile], 
     thread = col.take("thread", rows) if threads else None
     rank = col.take("rank", rows) if threads else None
     mark_ts = None
-    if times:
+    if mark_times:
         mark_ts = col.take("ts", mark_rows)
         mark_ts[mark_ts == _NO_TIME] = 0
     return SessionColumns(files, np.array(span_start, np.int64), np.array(mark_start, np.int64), rows,
@@ -574,7 +577,7 @@ def _id_rank(hi: np.ndarray, lo: np.ndarray, idx_t: Any) -> np.ndarray:
 
 
 def _view_outline(info: SessionInfo, depth: int | None, min_wall_ns: int | None) -> ViewOutline | None:
-    cols = _session_columns(info, False, True, True)
+    cols = _session_columns(info, False, True, True, True)
     if cols is None:
         return None
     assert cols.start is not None and cols.end is not None and cols.mark_ts is not None

@@ -108,8 +108,13 @@ def thread_mix(factory: SpoolFactory) -> None:
 
 @pytest.mark.parametrize("given_base", [True, False])
 @pytest.mark.parametrize("columns_on_disk", [False, True])
+@pytest.mark.parametrize("few", [64, 0])
 def test_streamed_perfetto_equals_the_rebuilt_sessions(spool: Path, factory: SpoolFactory, tmp_path: Path,
-                                                       given_base: bool, columns_on_disk: bool, monkeypatch):
+                                                       given_base: bool, columns_on_disk: bool, few: int,
+                                                       monkeypatch):
+    from cirron.export import _perfetto
+
+    monkeypatch.setattr(_perfetto, "_FEW", few)  # 0: ranks and threads numbered by one sort
     if columns_on_disk:
         monkeypatch.setattr(outline, "COLUMNS_IN_MEMORY", 0)
     thread_mix(factory)
@@ -135,3 +140,17 @@ def test_cli_perfetto_export_matches(spool: Path, factory: SpoolFactory, tmp_pat
     base = min(s.started_ns for s in cat.sessions)
     ex.write_perfetto([cat.load(s) for s in cat.sessions], tmp_path / "rebuilt.json", base_ns=base)
     assert out.read_bytes() == (tmp_path / "rebuilt.json").read_bytes()
+
+
+@pytest.mark.parametrize("few", [64, 0])
+def test_distinct_values_are_numpys_unique(monkeypatch, few: int):
+    import numpy as np
+
+    from cirron.export import _perfetto
+
+    monkeypatch.setattr(_perfetto, "_FEW", few)
+    values = np.array([7, -3, 7, 2**40, -3, 0, 7], dtype=np.int64)
+    uniq, first, inverse = _perfetto._distinct(values)
+    want = np.unique(values, return_index=True, return_inverse=True)
+    assert uniq.tolist() == want[0].tolist() and first.tolist() == want[1].tolist()
+    assert inverse.dtype == np.int32 and inverse.tolist() == want[2].reshape(-1).tolist()
