@@ -165,6 +165,8 @@ class KeyIndex:
 
 #: How many parent links are followed at most (a parent_id cycle stops there).
 MAX_DEPTH = 256
+#: Rows walked up together by :func:`enclosing_steps`.
+WALK_ROWS = 1 << 19
 
 
 def last_of_each(hi: np.ndarray, lo: np.ndarray, closed: np.ndarray | None) -> np.ndarray:
@@ -209,19 +211,21 @@ def _repeats(a: np.ndarray) -> bool:
 def enclosing_steps(parent_row: np.ndarray, is_epoch: np.ndarray, is_batch: np.ndarray,
                     index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """For every span row, the ``index`` of the nearest epoch and batch span at or above it (-1:
-    none), following ``parent_row`` links (-1: no parent)."""
+    none), following ``parent_row`` links (-1: no parent). Rows are walked up a block at a time
+    (each row's walk reads only its own state), which bounds the temporaries."""
     epoch = np.where(is_epoch, index, -1)
     batch = np.where(is_batch, index, -1)
-    ptr = parent_row.copy()
-    for _ in range(MAX_DEPTH):
-        todo = (ptr >= 0) & ((epoch < 0) | (batch < 0))
-        if not todo.any():
-            break
-        rows = np.flatnonzero(todo)
-        p = ptr[rows]
-        e_miss = epoch[rows] < 0
-        epoch[rows[e_miss]] = np.where(is_epoch[p[e_miss]], index[p[e_miss]], -1)
-        b_miss = batch[rows] < 0
-        batch[rows[b_miss]] = np.where(is_batch[p[b_miss]], index[p[b_miss]], -1)
-        ptr[rows] = parent_row[p]
+    for a in range(0, len(parent_row), WALK_ROWS):
+        e, b = epoch[a: a + WALK_ROWS], batch[a: a + WALK_ROWS]  # views: written through
+        ptr = parent_row[a: a + WALK_ROWS].copy()
+        for _ in range(MAX_DEPTH):
+            rows = np.flatnonzero((ptr >= 0) & ((e < 0) | (b < 0)))
+            if not rows.size:
+                break
+            p = ptr[rows]
+            e_miss = e[rows] < 0
+            e[rows[e_miss]] = np.where(is_epoch[p[e_miss]], index[p[e_miss]], -1)
+            b_miss = b[rows] < 0
+            b[rows[b_miss]] = np.where(is_batch[p[b_miss]], index[p[b_miss]], -1)
+            ptr[rows] = parent_row[p]
     return epoch, batch

@@ -30,7 +30,7 @@ from __future__ import annotations
 import pickle
 import tempfile
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -94,70 +94,88 @@ def id_keys(ids: pa.Array) -> tuple[np.ndarray, np.ndarray]:
     return hi, lo
 
 
-@dataclass
-class _Keys:
-    """Pass 1's per-record keys, appended file by file."""
+#: The key files pass 1 writes beside the spill (name → dtype): per span its id's joined key
+#: (``hi ^ lo``), its 128-bit key, its parent's joined key and flags (:data:`_CLOSED`...); per
+#: epoch/batch span its row and index; per mark its id's joined and 128-bit keys, its span's
+#: joined key and how it is attached (1: to a span id, 0: to the sentinel or none in one of the
+#: session's own batches, -1: neither).
+_KEY_FILES = {"s_join": np.uint64, "s_hi": np.uint64, "s_lo": np.uint64, "s_parent": np.uint64, "s_flags": np.uint8,
+              "s_step_row": np.int64, "s_step_index": np.int64,
+              "m_join": np.uint64, "m_hi": np.uint64, "m_lo": np.uint64, "m_target": np.uint64, "m_att": np.int8}
+_CLOSED, _HAS_PARENT, _EPOCH, _BATCH = 1, 2, 4, 8
+#: Keys looked up at a time (bounds the lookup's temporaries).
+_LOOKUP_ROWS = 1 << 20
 
-    s_hi: list[np.ndarray] = field(default_factory=list)
-    s_lo: list[np.ndarray] = field(default_factory=list)
-    s_closed: list[np.ndarray] = field(default_factory=list)
-    s_parent: list[np.ndarray] = field(default_factory=list)
-    s_has_parent: list[np.ndarray] = field(default_factory=list)
-    #: 1: an epoch, 2: a batch (with an integer index); 0: neither
-    s_kind: list[np.ndarray] = field(default_factory=list)
-    #: The epoch/batch spans: their rows and their index
-    s_step_rows: list[np.ndarray] = field(default_factory=list)
-    s_step_index: list[np.ndarray] = field(default_factory=list)
-    m_hi: list[np.ndarray] = field(default_factory=list)
-    m_lo: list[np.ndarray] = field(default_factory=list)
-    m_target: list[np.ndarray] = field(default_factory=list)
-    m_attached: list[np.ndarray] = field(default_factory=list)
-    #: Snapshots: (file, position in the file, own batch, id, span id)
-    snaps: list[tuple[int, int, bool, Any, Any]] = field(default_factory=list)
-    n_spans: int = 0
+
+class _Keys:
+    """Pass 1's per-record keys, appended file by file to files in the spill directory, so memory
+    holds none of them while the batch files are parsed."""
+
+    def __init__(self, directory: Path) -> None:
+        self.dir = directory
+        self._out = {name: open(directory / f"{name}.bin", "wb") for name in _KEY_FILES}  # noqa: SIM115
+        #: Snapshots: (spilled file, position in it, own batch, id, span id)
+        self.snaps: list[tuple[int, int, bool, Any, Any]] = []
+        self.n_spans = 0
+
+    def _write(self, name: str, a: np.ndarray) -> None:
+        np.ascontiguousarray(a, dtype=_KEY_FILES[name]).tofile(self._out[name])
 
     def add(self, spans: pa.RecordBatch, marks: pa.RecordBatch | None) -> None:
         hi, lo = id_keys(spans.column("id"))
-        self.s_hi.append(hi)
-        self.s_lo.append(lo)
-        self.s_closed.append(spans.column("end_ns").is_valid().to_numpy(zero_copy_only=False))
+        self._write("s_hi", hi)
+        self._write("s_lo", lo)
+        self._write("s_join", hi ^ lo)
         parent = spans.column("parent_id")
         phi, plo = id_keys(parent)
-        self.s_parent.append(phi ^ plo)
-        self.s_has_parent.append(parent.is_valid().to_numpy(zero_copy_only=False))
+        self._write("s_parent", phi ^ plo)
         names, index = spans.column("name"), spans.column("index")
         has_index = index.is_valid().to_numpy(zero_copy_only=False)
         epoch = pc.equal(names, EPOCH_SPAN_NAME).fill_null(False).to_numpy(zero_copy_only=False) & has_index
         batch = pc.equal(names, BATCH_SPAN_NAME).fill_null(False).to_numpy(zero_copy_only=False) & has_index
-        kind = np.where(epoch, 1, np.where(batch, 2, 0)).astype(np.int8)
-        self.s_kind.append(kind)
-        steps = np.flatnonzero(kind)
+        flags = (np.where(spans.column("end_ns").is_valid().to_numpy(zero_copy_only=False), _CLOSED, 0)
+                 | np.where(parent.is_valid().to_numpy(zero_copy_only=False), _HAS_PARENT, 0)
+                 | np.where(epoch, _EPOCH, 0) | np.where(batch, _BATCH, 0))
+        self._write("s_flags", flags)
+        steps = np.flatnonzero(epoch | batch)
         if steps.size:
-            self.s_step_rows.append(steps + self.n_spans)
-            self.s_step_index.append(index.take(pa.array(steps)).to_numpy(zero_copy_only=False))
+            self._write("s_step_row", steps + self.n_spans)
+            self._write("s_step_index", index.take(pa.array(steps)).to_numpy(zero_copy_only=False))
         self.n_spans += len(spans)
         if marks is None:
             return
         mhi, mlo = id_keys(marks.column("id"))
-        self.m_hi.append(mhi)
-        self.m_lo.append(mlo)
+        self._write("m_hi", mhi)
+        self._write("m_lo", mlo)
+        self._write("m_join", mhi ^ mlo)
         attached = marks.column("attached")
         on_span = pc.equal(attached, 1)  # only these look their span up: leave the others' ids out
         thi, tlo = id_keys(pc.if_else(on_span, marks.column("span_id"), pa.scalar(None, pa.string())))
-        self.m_target.append(thi ^ tlo)
-        self.m_attached.append(attached.to_numpy(zero_copy_only=False))
+        self._write("m_target", thi ^ tlo)
+        self._write("m_att", attached.to_numpy(zero_copy_only=False))
 
+    def close(self) -> None:
+        for fh in self._out.values():
+            fh.close()
 
-def _stack(parts: list[np.ndarray], dtype: Any) -> np.ndarray:
-    out = np.concatenate(parts).astype(dtype, copy=False) if parts else np.empty(0, dtype=dtype)
-    parts.clear()
-    return out
+    def load(self, name: str) -> np.ndarray:
+        return np.fromfile(self.dir / f"{name}.bin", dtype=_KEY_FILES[name])
+
+    def rows(self, name: str, rows: np.ndarray) -> np.ndarray:
+        """Some rows of a key file, without reading the rest."""
+        if not rows.size:
+            return np.empty(0, dtype=_KEY_FILES[name])
+        mm = np.memmap(self.dir / f"{name}.bin", dtype=_KEY_FILES[name], mode="r")
+        out = np.array(mm[rows])
+        del mm
+        return out
 
 
 @dataclass
 class _Plan:
     """Pass 2's instructions: per record row (in write order) whether it is written and, per
-    written span/mark, its enclosing epoch and batch (-1: none); the written snapshots."""
+    written span/mark, its enclosing epoch and batch (-1: none) and a span's parent row among the
+    winners (int32 where the values fit); the written snapshots."""
 
     keep_spans: np.ndarray
     keep_marks: np.ndarray
@@ -166,63 +184,124 @@ class _Plan:
     span_parent: np.ndarray
     mark_epoch: np.ndarray
     mark_batch: np.ndarray
-    #: (file, position in the file) of each winning snapshot
+    #: (spilled file, position in the file) of each winning snapshot
     snaps: set[tuple[int, int]]
+
+
+class _Joined:
+    """The winning spans' joined keys, sorted, to find a span row by the key of its id."""
+
+    def __init__(self, sorted_join: np.ndarray, by_join: np.ndarray) -> None:
+        self.sorted_join, self.by_join = sorted_join, by_join
+
+    def lookup(self, targets: np.ndarray) -> np.ndarray:
+        """Winner row of each target key (-1: none), as int32 (int64 past 2**31 spans)."""
+        n = len(self.sorted_join)
+        out = np.full(len(targets), -1, dtype=self.by_join.dtype)
+        if not n:
+            return out
+        for a in range(0, len(targets), _LOOKUP_ROWS):
+            t = targets[a: a + _LOOKUP_ROWS]
+            pos = np.searchsorted(self.sorted_join, t)
+            np.minimum(pos, n - 1, out=pos)
+            found = self.sorted_join[pos] == t
+            out[a: a + len(t)] = np.where(found, self.by_join[pos], -1)
+        return out
+
+
+def _rows_dtype(n: int) -> Any:
+    return np.int32 if n < np.iinfo(np.int32).max else np.int64
+
+
+def _dedupe(keys: _Keys, prefix: str, closed: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The dedupe of :func:`cirron.spool.arrays.last_of_each` on the 128-bit keys: the joined
+    keys are sorted once; only rows whose joined key repeats read their full key. Returns the
+    winner mask and the joined keys sorted with their rows (what :class:`_Joined` needs)."""
+    join = keys.load(f"{prefix}_join")
+    n = len(join)
+    order = np.argsort(join, kind="stable").astype(_rows_dtype(n))
+    sorted_join = join[order]
+    del join
+    keep = np.ones(n, dtype=bool)
+    if n < 2:
+        return keep, sorted_join, order
+    repeat = sorted_join[1:] == sorted_join[:-1]
+    if not repeat.any():
+        return keep, sorted_join, order
+    in_group = np.zeros(n, dtype=bool)
+    in_group[1:] |= repeat
+    in_group[:-1] |= repeat
+    del repeat
+    cand = np.sort(order[in_group])  # in write order, as last_of_each wants them
+    del in_group
+    keep[cand] = last_of_each(keys.rows(f"{prefix}_hi", cand), keys.rows(f"{prefix}_lo", cand),
+                              None if closed is None else closed[cand])
+    return keep, sorted_join, order
 
 
 def _plan(keys: _Keys) -> _Plan:
     # each step frees what it no longer needs before the next one sorts
-    keep_m = last_of_each(_stack(keys.m_hi, np.uint64), _stack(keys.m_lo, np.uint64), None)
-    hi, lo = _stack(keys.s_hi, np.uint64), _stack(keys.s_lo, np.uint64)
-    keep = last_of_each(hi, lo, _stack(keys.s_closed, bool))
-    win_rows = np.flatnonzero(keep)
-    join = hi[win_rows]
-    join ^= lo[win_rows]
-    del hi, lo
-    by_join = np.argsort(join, kind="stable")
-    sorted_join = join[by_join]
-    del join
-    n = len(win_rows)
+    flags = keys.load("s_flags")
+    keep, sorted_join, order = _dedupe(keys, "s", (flags & _CLOSED).astype(bool))
+    n_all = len(keep)
+    win_rows: np.ndarray | None = None
+    if not keep.all():
+        won = keep[order]
+        win_idx = (np.cumsum(keep) - 1).astype(order.dtype)
+        order = win_idx[order[won]]
+        sorted_join = sorted_join[won]
+        del won, win_idx
+        win_rows = np.flatnonzero(keep)
+        flags = flags[win_rows]
+    joined = _Joined(sorted_join, order)
+    del sorted_join, order
+    n = len(flags)
 
-    def lookup(targets: np.ndarray) -> np.ndarray:
-        """Row among the winners of each target key (-1: none)."""
-        if not n:
-            return np.full(len(targets), -1, dtype=np.int64)
-        pos = np.searchsorted(sorted_join, targets)
-        np.minimum(pos, n - 1, out=pos)
-        found = sorted_join[pos] == targets
-        return np.where(found, by_join[pos], -1)
-
-    parent = _stack(keys.s_parent, np.uint64)[win_rows]
-    has_parent = _stack(keys.s_has_parent, bool)[win_rows]
-    parent_row = np.where(has_parent, lookup(parent), -1)
-    del parent, has_parent
-    kind = _stack(keys.s_kind, np.int8)[win_rows]
+    parent = keys.load("s_parent")
+    if win_rows is not None:
+        parent = parent[win_rows]
+    parent_row = joined.lookup(parent)
+    del parent
+    parent_row[(flags & _HAS_PARENT) == 0] = -1
     index = np.full(n, -1, dtype=np.int64)
-    step_rows = _stack(keys.s_step_rows, np.int64)
-    step_index = _stack(keys.s_step_index, np.int64)
-    # the winning step spans: their position among the winners
-    at = np.searchsorted(win_rows, step_rows)
-    won = (at < n) & (win_rows[np.minimum(at, max(n - 1, 0))] == step_rows) if n else np.zeros(0, bool)
-    index[at[won]] = step_index[won]
-    del step_rows, step_index, at, won, win_rows
-    span_epoch, span_batch = enclosing_steps(parent_row, kind == 1, kind == 2, index)
-    del kind, index
+    step_rows, step_index = keys.load("s_step_row"), keys.load("s_step_index")
+    if win_rows is not None:  # the winning step spans, at their row among the winners
+        at = np.searchsorted(win_rows, step_rows)
+        won_step = (at < n) & (win_rows[np.minimum(at, max(n - 1, 0))] == step_rows) if n else at < 0
+        step_rows, step_index = at[won_step], step_index[won_step]
+        del at, won_step
+    index[step_rows] = step_index
+    del step_rows, step_index, win_rows
 
-    attached = _stack(keys.m_attached, np.int8)
-    row = lookup(_stack(keys.m_target, np.uint64))
-    hit = (attached == 1) & (row >= 0)
-    keep_m &= hit | (attached == 0)
-    del attached
-    row = row[keep_m]
-    hit = hit[keep_m]
-    np.maximum(row, 0, out=row)
-    mark_epoch = np.where(hit, span_epoch[row] if n else -1, -1)
-    mark_batch = np.where(hit, span_batch[row] if n else -1, -1)
-    del row, hit
-    snaps = _winning_snapshots(keys.snaps, lookup)
-    return _Plan(keep, keep_m, _compact(span_epoch), _compact(span_batch), _compact(parent_row),
-                 _compact(mark_epoch), _compact(mark_batch), snaps)
+    m_row: np.ndarray | None = None
+    keep_m = np.zeros(0, dtype=bool)
+    if (keys.dir / "m_join.bin").stat().st_size:
+        keep_m, sorted_m, _order_m = _dedupe(keys, "m", None)
+        del sorted_m, _order_m
+        attached = keys.load("m_att")
+        m_row = joined.lookup(keys.load("m_target"))
+        hit = (attached == 1) & (m_row >= 0)
+        keep_m &= hit | (attached == 0)
+        del attached
+        m_row = m_row[keep_m]
+        m_row[~hit[keep_m]] = -1
+        del hit
+    snaps = _winning_snapshots(keys.snaps, joined)
+    del joined
+
+    span_epoch, span_batch = enclosing_steps(parent_row, (flags & _EPOCH) != 0, (flags & _BATCH) != 0, index)
+    del flags, index
+    span_epoch, span_batch = _compact(span_epoch), _compact(span_batch)
+    if m_row is not None and n:
+        safe = np.maximum(m_row, 0)
+        mark_epoch = np.where(m_row >= 0, span_epoch[safe], -1).astype(span_epoch.dtype)
+        mark_batch = np.where(m_row >= 0, span_batch[safe], -1).astype(span_batch.dtype)
+        del safe
+    else:
+        mark_epoch = mark_batch = np.full(int(keep_m.sum()), -1, dtype=np.int32)
+    del m_row
+    assert n_all == len(keep)
+    return _Plan(keep, keep_m, span_epoch, span_batch, parent_row, mark_epoch, mark_batch, snaps)
 
 
 def _compact(a: np.ndarray) -> np.ndarray:
@@ -233,7 +312,7 @@ def _compact(a: np.ndarray) -> np.ndarray:
     return a
 
 
-def _winning_snapshots(snaps: list[tuple[int, int, bool, Any, Any]], lookup: Any) -> set[tuple[int, int]]:
+def _winning_snapshots(snaps: list[tuple[int, int, bool, Any, Any]], joined: _Joined) -> set[tuple[int, int]]:
     """The rule of :func:`cirron.spool.columnar._snapshots` (last write wins; kept when on a
     winning span, or on the root sentinel or none in one of the session's own batches)."""
     from cirron.spool.stream import _key
@@ -248,8 +327,8 @@ def _winning_snapshots(snaps: list[tuple[int, int, bool, Any, Any]], lookup: Any
         if sid is None or sid == ROOT_SENTINEL:
             ok = own
         else:
-            h, lo_ = _key(sid)
-            ok = bool(lookup(np.array([h ^ lo_], dtype=np.uint64))[0] >= 0)
+            h, lo = _key(sid)
+            ok = bool(joined.lookup(np.array([h ^ lo], dtype=np.uint64))[0] >= 0)
         if ok:
             out.add((f, j))
     return out
@@ -310,7 +389,7 @@ def iter_pieces(info: SessionInfo, *, marks: bool = True) -> Iterator[SessionCol
 def _first_pass(info: SessionInfo, directory: Path, with_marks: bool) -> tuple[_Spill, _Plan]:
     from cirron.spool.reconstruct import paused_gc
 
-    keys = _Keys()
+    keys = _Keys(directory)
     spill = _Spill(directory, with_marks)
     pool = pa.default_memory_pool()
     try:
@@ -330,6 +409,7 @@ def _first_pass(info: SessionInfo, directory: Path, with_marks: bool) -> tuple[_
                     pool.release_unused()
     finally:
         spill.finish()
+        keys.close()
     return spill, _plan(keys)
 
 
