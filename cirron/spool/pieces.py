@@ -8,9 +8,10 @@ several :class:`~cirron.spool.columnar.SessionColumns` (each holds whole batch f
 another:
 
 1. each batch file is parsed once (:func:`cirron.spool.columnar.read_file`, fast or careful as
-   there), its Arrow columns are spilled to temporary Arrow IPC files and only compact keys stay
-   in memory: per span its 128-bit id key, whether it is closed, its parent's key and whether it
-   is an ``epoch``/``batch`` step; per mark its id key, its span's key and how it is attached;
+   there), its Arrow columns are spilled to temporary Arrow IPC files and compact keys to files
+   beside them: per span its id key (64-bit joined and 128-bit), whether it is closed, its
+   parent's key and whether it is an ``epoch``/``batch`` step; per mark its id key, its span's
+   key and how it is attached;
 2. the rules of :func:`~cirron.spool.columnar.read_columns` are applied to the keys (the dedupe
    of :func:`cirron.spool.arrays.last_of_each`, parent rows, the enclosing epoch/batch of
    :func:`cirron.spool.arrays.enclosing_steps`, which marks belong to the session), leaving per
@@ -18,10 +19,11 @@ another:
 3. the spilled columns are read back a few files at a time, filtered to the winners, and the
    epoch/batch attached.
 
-Memory: about 40 bytes per span and 30 per mark during step 2 (the keys and their sort), then
-17 bytes per record (winner flags, epoch, batch), plus one piece. Disk: the spill, about as big as
-the columns (0.6 bytes per byte of JSON), in the temporary directory, removed when the iteration
-ends. Ids are keyed by their 128 bits when they are 32 hex digits, else by a BLAKE2 digest
+Memory: no keys while the files are parsed (they go to files beside the spill); about 35 bytes
+per record while the rules run (each sort with little else in memory), then about 20 (winner
+flags, epoch, batch, parent row), plus one piece. Disk: the spill, about as big as the columns
+(0.6 bytes per byte of JSON) plus 50 bytes per record of keys, in the temporary directory,
+removed when the iteration ends. Ids are keyed by their 128 bits when they are 32 hex digits, else by a BLAKE2 digest
 (:func:`cirron.spool.stream._key`), as the reference's streamed reader does.
 """
 
@@ -240,10 +242,11 @@ def _dedupe(keys: _Keys, prefix: str, closed: np.ndarray | None) -> tuple[np.nda
 
 
 def _plan(keys: _Keys) -> _Plan:
-    # each step frees what it no longer needs before the next one sorts
+    # in an order where each sort runs with little else in memory
+    has_marks = (keys.dir / "m_join.bin").stat().st_size > 0
+    keep_m = _dedupe(keys, "m", None)[0] if has_marks else np.zeros(0, dtype=bool)
     flags = keys.load("s_flags")
     keep, sorted_join, order = _dedupe(keys, "s", (flags & _CLOSED).astype(bool))
-    n_all = len(keep)
     win_rows: np.ndarray | None = None
     if not keep.all():
         won = keep[order]
@@ -257,12 +260,25 @@ def _plan(keys: _Keys) -> _Plan:
     del sorted_join, order
     n = len(flags)
 
+    m_row: np.ndarray | None = None
+    if has_marks:
+        attached = keys.load("m_att")
+        m_row = joined.lookup(keys.load("m_target"))
+        hit = (attached == 1) & (m_row >= 0)
+        keep_m &= hit | (attached == 0)
+        del attached
+        m_row = m_row[keep_m]
+        m_row[~hit[keep_m]] = -1
+        del hit
     parent = keys.load("s_parent")
     if win_rows is not None:
         parent = parent[win_rows]
     parent_row = joined.lookup(parent)
     del parent
     parent_row[(flags & _HAS_PARENT) == 0] = -1
+    snaps = _winning_snapshots(keys.snaps, joined)
+    del joined
+
     index = np.full(n, -1, dtype=np.int64)
     step_rows, step_index = keys.load("s_step_row"), keys.load("s_step_index")
     if win_rows is not None:  # the winning step spans, at their row among the winners
@@ -272,23 +288,6 @@ def _plan(keys: _Keys) -> _Plan:
         del at, won_step
     index[step_rows] = step_index
     del step_rows, step_index, win_rows
-
-    m_row: np.ndarray | None = None
-    keep_m = np.zeros(0, dtype=bool)
-    if (keys.dir / "m_join.bin").stat().st_size:
-        keep_m, sorted_m, _order_m = _dedupe(keys, "m", None)
-        del sorted_m, _order_m
-        attached = keys.load("m_att")
-        m_row = joined.lookup(keys.load("m_target"))
-        hit = (attached == 1) & (m_row >= 0)
-        keep_m &= hit | (attached == 0)
-        del attached
-        m_row = m_row[keep_m]
-        m_row[~hit[keep_m]] = -1
-        del hit
-    snaps = _winning_snapshots(keys.snaps, joined)
-    del joined
-
     span_epoch, span_batch = enclosing_steps(parent_row, (flags & _EPOCH) != 0, (flags & _BATCH) != 0, index)
     del flags, index
     span_epoch, span_batch = _compact(span_epoch), _compact(span_batch)
@@ -300,7 +299,6 @@ def _plan(keys: _Keys) -> _Plan:
     else:
         mark_epoch = mark_batch = np.full(int(keep_m.sum()), -1, dtype=np.int32)
     del m_row
-    assert n_all == len(keep)
     return _Plan(keep, keep_m, span_epoch, span_batch, parent_row, mark_epoch, mark_batch, snaps)
 
 
@@ -367,6 +365,25 @@ class _Spill:
         self._extra.close()
 
 
+#: Allocations at least this big always come from ``mmap`` (see :func:`_fixed_mmap_threshold`).
+MMAP_THRESHOLD = 8 << 20
+
+
+def _fixed_mmap_threshold() -> None:
+    """Make glibc serve every allocation of :data:`MMAP_THRESHOLD` or more with ``mmap``, and so
+    give it back when freed. By default glibc raises that threshold each time such a block is
+    freed (up to 32 MB); the plan's sequence of 10-20 MB arrays then lands in the heap, whose
+    freed middle is never returned: about 55 MB more resident through the second pass on 2.5M
+    spans + 2.5M marks. Smaller blocks (a batch file's bytes) keep the heap's speed. A no-op
+    where the C library has no ``mallopt``."""
+    import ctypes
+
+    try:
+        ctypes.CDLL(None).mallopt(-3, MMAP_THRESHOLD)  # -3: M_MMAP_THRESHOLD
+    except (OSError, AttributeError):
+        pass
+
+
 def iter_pieces(info: SessionInfo, *, marks: bool = True) -> Iterator[SessionColumns] | None:
     """``info``'s winning records as :class:`SessionColumns` pieces (see the module docstring), or
     ``None`` when the columns cannot carry them exactly (then read the session the reference
@@ -374,6 +391,7 @@ def iter_pieces(info: SessionInfo, *, marks: bool = True) -> Iterator[SessionCol
     same piece (-1: none, or in another piece)."""
     if not info.streamable:
         return None
+    _fixed_mmap_threshold()
     tmp = tempfile.TemporaryDirectory(prefix="cirron-spill-")
     try:
         spill, plan = _first_pass(info, Path(tmp.name), marks)
