@@ -41,7 +41,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from cirron._schema import BATCH_SPAN_NAME, EPOCH_SPAN_NAME, ROOT_SENTINEL
-from cirron.spool.arrays import enclosing_steps, last_of_each
+from cirron.spool.arrays import _NIBBLE, enclosing_steps, last_of_each, returned_memory
 from cirron.spool.catalog import SessionInfo
 from cirron.spool.columnar import (
     SessionColumns,
@@ -58,16 +58,13 @@ __all__ = ["PIECE_ROWS", "iter_pieces"]
 #: a piece holds this many. One Parquet row group each.
 PIECE_ROWS = 65_536
 
-_HEX = np.full(256, 255, dtype=np.uint8)
-for _i, _c in enumerate(b"0123456789abcdef"):
-    _HEX[_c] = _i
-for _i, _c in enumerate(b"ABCDEF"):
-    _HEX[_c] = 10 + _i
 
 
 def id_keys(ids: pa.Array) -> tuple[np.ndarray, np.ndarray]:
     """128-bit keys ``(hi, lo)`` of a string column (nulls give ``(0, 0)``): the id's own bits
-    when it is 32 hex digits, else :func:`cirron.spool.stream._key` (the same keys either way)."""
+    when it is 32 hex digits, else :func:`cirron.spool.stream._key` (the same keys either way;
+    :func:`cirron.spool.arrays.id_keys` does this for a list of ids, this one reads the Arrow
+    buffers without making Python strings)."""
     from cirron.spool.stream import _key
 
     n = len(ids)
@@ -82,7 +79,7 @@ def id_keys(ids: pa.Array) -> tuple[np.ndarray, np.ndarray]:
     plain = valid & (np.diff(offsets) == 32)
     rows = np.flatnonzero(plain)
     if rows.size:
-        nib = _HEX[data[offsets[rows, None] + np.arange(32)]]
+        nib = _NIBBLE[data[offsets[rows, None] + np.arange(32)]]
         good = (nib != 255).all(axis=1)
         packed = (nib[:, 0::2] << 4) | nib[:, 1::2]
         words = np.ascontiguousarray(packed).view(">u8").astype(np.uint64)
@@ -365,25 +362,6 @@ class _Spill:
         self._extra.close()
 
 
-#: Allocations at least this big always come from ``mmap`` (see :func:`_fixed_mmap_threshold`).
-MMAP_THRESHOLD = 8 << 20
-
-
-def _fixed_mmap_threshold() -> None:
-    """Make glibc serve every allocation of :data:`MMAP_THRESHOLD` or more with ``mmap``, and so
-    give it back when freed. By default glibc raises that threshold each time such a block is
-    freed (up to 32 MB); the plan's sequence of 10-20 MB arrays then lands in the heap, whose
-    freed middle is never returned: about 55 MB more resident through the second pass on 2.5M
-    spans + 2.5M marks. Smaller blocks (a batch file's bytes) keep the heap's speed. A no-op
-    where the C library has no ``mallopt``."""
-    import ctypes
-
-    try:
-        ctypes.CDLL(None).mallopt(-3, MMAP_THRESHOLD)  # -3: M_MMAP_THRESHOLD
-    except (OSError, AttributeError):
-        pass
-
-
 def iter_pieces(info: SessionInfo, *, marks: bool = True) -> Iterator[SessionColumns] | None:
     """``info``'s winning records as :class:`SessionColumns` pieces (see the module docstring), or
     ``None`` when the columns cannot carry them exactly (then read the session the reference
@@ -391,7 +369,6 @@ def iter_pieces(info: SessionInfo, *, marks: bool = True) -> Iterator[SessionCol
     same piece (-1: none, or in another piece)."""
     if not info.streamable:
         return None
-    _fixed_mmap_threshold()
     tmp = tempfile.TemporaryDirectory(prefix="cirron-spill-")
     try:
         spill, plan = _first_pass(info, Path(tmp.name), marks)
@@ -428,7 +405,8 @@ def _first_pass(info: SessionInfo, directory: Path, with_marks: bool) -> tuple[_
     finally:
         spill.finish()
         keys.close()
-    return spill, _plan(keys)
+    with returned_memory():  # its big temporaries go back to the system, not to a heap kept through pass 2
+        return spill, _plan(keys)
 
 
 def _second_pass(info: SessionInfo, spill: _Spill, plan: _Plan, tmp: tempfile.TemporaryDirectory) -> \
