@@ -34,7 +34,7 @@ import pyarrow.compute as pc
 from cirron._schema import BATCH_SPAN_NAME, EPOCH_SPAN_NAME, ROOT_SENTINEL
 from cirron.spool.arrays import enclosing_steps, last_of_each
 from cirron.spool.catalog import SessionInfo
-from cirron.spool.reader import _Id, _Int, read_batch
+from cirron.spool.reader import NONSTRICT_JSON, _Id, _Int, read_batch
 
 __all__ = ["MARK_COLUMNS", "MAX_SESSION_BYTES", "SPAN_COLUMNS", "SessionColumns", "can_read", "read_columns"]
 
@@ -284,6 +284,8 @@ def _careful_file(bf: Any, with_marks: bool = True) -> _FileCols | None:
     batch = read_batch(bf, lambda _m: None, "export")
     if batch is None:
         return None
+    if batch.get(NONSTRICT_JSON):  # its attrs lost their non-finite numbers (OTLP keeps them)
+        raise Unsupported("non-strict JSON")
     spans, marks = batch["spans"], batch["marks"] if with_marks else []
     spans_c = _columns(spans, SPAN_COLUMNS, _SPAN_TYPES, _STR_COLUMNS)
     spans_c["attrs"] = _raw_text([s.attrs for s in spans])

@@ -244,17 +244,19 @@ def _truncate_deep(text: str, limit: int = MAX_NESTING) -> str:
     return "".join(out)
 
 
-def _parse(data: bytes) -> Any:
-    """Parse strict JSON fast; fall back for too-deep nesting and out-of-range numbers."""
+def _parse(data: bytes) -> tuple[Any, bool]:
+    """Parse strict JSON fast; fall back for too-deep nesting and out-of-range numbers. Also says
+    whether the text was strict JSON (else it may hold non-finite numbers, which no strict JSON
+    text of the parsed values, such as a raw ``attrs``, can carry)."""
     try:
-        return orjson.loads(data)
+        return orjson.loads(data), True
     except orjson.JSONDecodeError as exc:
         msg = str(exc)
         if "depth" in msg or "recursion" in msg.lower():
             text = data.decode("utf-8")
-            return orjson.loads(_truncate_deep(text))
+            return orjson.loads(_truncate_deep(text)), True
         # e.g. 1e400 or a bare NaN from a non-strict writer: the stdlib parser accepts them.
-        return json.loads(data)
+        return json.loads(data), False
 
 
 class _Record(msgspec.Struct, gc=False):
@@ -549,11 +551,16 @@ def _decode_attrs(raw: Any) -> Any:
         return None
 
 
+#: Set in a batch read from non-strict JSON (bare NaN/Infinity, 1e400): its raw ``attrs`` texts
+#: hold ``null`` where the file had a non-finite number.
+NONSTRICT_JSON = "nonstrict_json"
+
+
 def _slow_path(data: bytes, name: str, fields: str, warn: WarningCallback) -> dict[str, Any] | None:
     """Generic parse + clean-up for files the typed decoder refused (odd types, huge numbers,
     deep nesting), converted into the same record structs."""
     try:
-        obj = _parse(data)
+        obj, strict = _parse(data)
     except (ValueError, RecursionError, UnicodeDecodeError):
         warn(f"skipping {name}: not valid JSON (corrupt or truncated)")
         return None
@@ -570,7 +577,10 @@ def _slow_path(data: bytes, name: str, fields: str, warn: WarningCallback) -> di
         created_ns=obj.get("created_ns"), session_id=obj.get("session_id", msgspec.UNSET), resource=obj.get("resource"),
         spans=spans, marks=marks, snapshots=snaps,
     )
-    return _finish(b, name, warn, d1 + d2 + d3)
+    out = _finish(b, name, warn, d1 + d2 + d3)
+    if not strict:
+        out[NONSTRICT_JSON] = True
+    return out
 
 
 def read_batch(

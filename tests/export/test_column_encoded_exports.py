@@ -21,6 +21,7 @@ from cirron._schema import ROOT_SENTINEL  # noqa: E402
 from cirron.export import _otlp_columns  # noqa: E402
 from cirron.spool import columnar  # noqa: E402
 from cirron.spool.catalog import open_catalog  # noqa: E402
+from cirron.spool.reader import list_batch_files  # noqa: E402
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
@@ -247,3 +248,20 @@ def test_sorted_nesting_equals_the_sweep():
             kinds, local = got
             assert kinds.tolist() == (code & 3).tolist() and local.tolist() == (code >> 2).tolist()
     assert said_nested > 150
+
+
+def test_non_finite_attrs_of_a_non_strict_writer_are_kept(factory: SpoolFactory, tmp_path, monkeypatch):
+    """A bare ``Infinity`` in a span's attrs (a writer that is not strict JSON): the raw attrs the
+    columns carry would say ``null``, so the session is read the reference way and keeps it."""
+    root = factory.session()["root"]
+    span = factory.span("step", parent_id=root, attrs={"ratio": float("inf"), "n": 3})
+    name = factory.batch_name()
+    factory.write_raw(name, json.dumps({"schema_version": 1, "session_id": root, "spans": [span],
+                                        "marks": []}).encode())
+    (bf,) = [b for b in list_batch_files(factory.spool_dir) if b.path.name == name]
+    with pytest.raises(columnar.Unsupported):
+        columnar.read_file(bf)
+    assert assert_same(factory.spool_dir, tmp_path, "otel", monkeypatch) == 0
+    doc = json.loads((tmp_path / "fast.json").read_text())
+    (step,) = [s for rs in doc["resourceSpans"] for ss in rs["scopeSpans"] for s in ss["spans"] if s["name"] == "step"]
+    assert {"key": "ratio", "value": {"doubleValue": "Infinity"}} in step["attributes"]
