@@ -5,8 +5,6 @@ record-by-record rules in :mod:`cirron.spool.reconstruct` decide the same."""
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -87,46 +85,6 @@ class Column:
         self._buf = np.empty(0, dtype=out.dtype)  # the column keeps no hold on the returned values
         self._n = 0
         return out
-
-
-@contextlib.contextmanager
-def returned_memory() -> Iterator[None]:
-    """Around a pass that builds and drops big arrays: memory it frees goes back to the system.
-
-    glibc raises its mmap threshold each time a big block is freed, so the next arrays of a few MB
-    come from the heap, where freed ones stay counted in the process's memory and add up from one
-    session's pass to the next (+70 MB on the second session of 2.5M spans). The threshold is
-    pinned at :data:`MAP_BYTES` (blocks above it are mapped and unmapped when freed) and the heap
-    is trimmed after the pass. Elsewhere than glibc this does nothing."""
-    libc = _glibc()
-    if libc is not None:
-        libc.mallopt(_M_MMAP_THRESHOLD, MAP_BYTES)
-    try:
-        yield
-    finally:
-        if libc is not None:
-            libc.malloc_trim(0)
-
-
-#: Blocks of at least this many bytes are mapped by :func:`returned_memory`.
-MAP_BYTES = 1 << 20
-_M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
-_LIBC: list[Any] = []
-
-
-def _glibc() -> Any:
-    if not _LIBC:
-        lib = None
-        try:
-            import ctypes
-
-            cand = ctypes.CDLL(None)
-            if hasattr(cand, "mallopt") and hasattr(cand, "malloc_trim") and hasattr(cand, "gnu_get_libc_version"):
-                lib = cand
-        except (OSError, AttributeError):
-            pass
-        _LIBC.append(lib)
-    return _LIBC[0]
 
 
 #: Keys looked up per slice by :class:`KeyIndex` (bounds the temporaries of a lookup).

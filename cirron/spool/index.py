@@ -228,7 +228,7 @@ def _summarize_one_session(files: list[BatchFile], fingerprint: list[Any]) -> _G
 
     Memory: about 34 bytes per span and 33 per mark (:class:`_LightKeys`), plus one batch file's
     records; each column is let go as soon as the rules above are checked on it."""
-    from cirron.spool.arrays import returned_memory
+    from cirron._memory import returned_memory
     from cirron.spool.reconstruct import paused_gc
 
     with returned_memory(), paused_gc():

@@ -44,6 +44,7 @@ from typing import Any
 
 import numpy as np
 
+from cirron._memory import trim
 from cirron._schema import ROOT_SENTINEL
 from cirron.spool.arrays import id_keys, last_of_each
 from cirron.spool.catalog import SessionInfo
@@ -465,7 +466,7 @@ def _session_columns(info: SessionInfo, threads: bool, times: bool, mark_times: 
             mark_start.append(mark_start[-1] + len(marks))
             del batch, spans, marks, keys
         col.settle()
-        _release_memory()
+        trim()
         return _columns_from(col, info, files, span_start, mark_start, threads, times, mark_times, id_order)
     finally:
         col.close()
@@ -477,14 +478,14 @@ def _columns_from(col: _ColumnSpill, info: SessionInfo, files: list[BatchFile], 
     """The dedupe, parents and marks' spans, one key column at a time."""
     idx_t = _index_dtype(max(span_start[-1], mark_start[-1]))
     member = last_of_each(col.take("mhi"), col.take("mlo"), None)
-    _release_memory()
+    trim()
     hi, lo = col.take("hi"), col.take("lo")
     rows = np.flatnonzero(last_of_each(hi, lo, col.take("closed"))).astype(idx_t)
     whi = hi[rows]
     del hi
     wlo = lo[rows]
     del lo
-    _release_memory()
+    trim()
     id_rank = _id_rank(whi, wlo, idx_t) if id_order else None
     join = whi ^ wlo
     root_hi, root_lo = id_keys([info.id])
@@ -492,7 +493,7 @@ def _columns_from(col: _ColumnSpill, info: SessionInfo, files: list[BatchFile], 
     by_join = np.argsort(join, kind="stable").astype(idx_t)
     sorted_join = join[by_join]
     del join
-    _release_memory()
+    trim()
 
     root_idx = int(_lookup(sorted_join, by_join, root_hi ^ root_lo)[0])
     if root_idx < 0:
@@ -511,7 +512,7 @@ def _columns_from(col: _ColumnSpill, info: SessionInfo, files: list[BatchFile], 
     del member
     own_span = own_span[mark_rows]
     mark_target = np.where(own_span >= 0, own_span, root_idx).astype(idx_t)
-    _release_memory()
+    trim()
     start = col.take("start", rows) if times else None
     end = col.take("end", rows) if times else None
     thread = col.take("thread", rows) if threads else None
@@ -525,23 +526,6 @@ def _columns_from(col: _ColumnSpill, info: SessionInfo, files: list[BatchFile], 
                           mark_target)
 
 
-def _release_memory() -> None:
-    """Hand the memory freed so far back to the system (glibc keeps freed blocks of its heap,
-    so the process would otherwise stay as big as its largest moment)."""
-    if _malloc_trim is not None:
-        _malloc_trim(0)
-
-
-def _load_malloc_trim() -> Any:
-    try:
-        import ctypes
-
-        return ctypes.CDLL("libc.so.6").malloc_trim
-    except (OSError, AttributeError):  # not glibc
-        return None
-
-
-_malloc_trim = _load_malloc_trim()
 
 
 #: Keys looked up at once among the winning spans (bounds the lookup's temporaries).
@@ -619,7 +603,7 @@ def _view_outline(info: SessionInfo, depth: int | None, min_wall_ns: int | None)
         keep = coll_spans > 0
         coll_idx, coll_spans, coll_ns = coll_idx[keep], coll_spans[keep], coll_ns[keep]
     del levels, wall, valid
-    _release_memory()
+    trim()
 
     # the children of every expanded span, spans then marks at equal times, in print order; a
     # child is its span idx, or for a mark -1 - its position in ``mark_rows``
@@ -646,7 +630,7 @@ def _view_outline(info: SessionInfo, depth: int | None, min_wall_ns: int | None)
     c_parent = c_parent[order]
     c_node = np.concatenate([child_idx.astype(idx_t), -1 - np.arange(len(mark_rows), dtype=idx_t)])[order]
     del order, child_idx
-    _release_memory()
+    trim()
     first_child = np.searchsorted(c_parent, np.arange(n + 1, dtype=idx_t)).astype(idx_t)
     del c_parent
     coll_at = np.full(n, -1, dtype=idx_t)

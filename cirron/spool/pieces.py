@@ -40,8 +40,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from cirron._memory import returned_memory
 from cirron._schema import BATCH_SPAN_NAME, EPOCH_SPAN_NAME, ROOT_SENTINEL
-from cirron.spool.arrays import _NIBBLE, enclosing_steps, last_of_each, returned_memory
+from cirron.spool.arrays import _NIBBLE, enclosing_steps, last_of_each
 from cirron.spool.catalog import SessionInfo
 from cirron.spool.columnar import (
     SessionColumns,

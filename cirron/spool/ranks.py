@@ -103,7 +103,7 @@ def _stats(w: Any, c: Any) -> StepStats:
 def _collect(cat: Catalog, info: SessionInfo) -> tuple[dict[str, StepStats], dict[str, int]]:
     """Per span name (the step names and the names right below the root): stats; and the count
     of spans right below the root per name."""
-    from cirron.spool.arrays import returned_memory
+    from cirron._memory import returned_memory
     from cirron.spool.reconstruct import paused_gc
 
     with returned_memory(), paused_gc():

@@ -202,7 +202,7 @@ def _plan(info: SessionInfo) -> _Plan:
 
 
 def _chunks_streamed(info: SessionInfo, fields: str) -> Iterator[Chunk]:
-    from cirron.spool.arrays import returned_memory
+    from cirron._memory import returned_memory
 
     with returned_memory(), paused_gc():
         plan = _plan(info)

@@ -4,9 +4,7 @@ until Ctrl-C."""
 from __future__ import annotations
 
 import ipaddress
-import os
 import socket
-import sys
 import threading
 import webbrowser
 from collections.abc import Callable, Sequence
@@ -60,11 +58,6 @@ def open_in_browser(url: str, warn: Callable[[str], None]) -> None:
 def serve(spools: Sequence[Path], host: str, port: int, open_browser: bool = False,
           echo: Callable[[str], None] = print, warn: Callable[[str], None] = print) -> None:
     """Serve ``spools`` on ``host:port`` until interrupted (returns normally on Ctrl-C)."""
-    if "pyarrow" not in sys.modules:
-        # Arrow's default allocator (mimalloc) keeps the pages a session's read freed, so a
-        # long-running viewer stays at the peak of its biggest read (306 MB against 253 MB with
-        # the C allocator for a 250,000-span session, at the same speed); a user's choice wins.
-        os.environ.setdefault("ARROW_DEFAULT_MEMORY_POOL", "system")
     import uvicorn
 
     from cirron.ui.app import create_app

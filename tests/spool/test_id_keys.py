@@ -34,13 +34,13 @@ def test_returned_memory_leaves_the_arrays_alone(monkeypatch, libc):
     value, and without glibc the context does nothing."""
     import numpy as np
 
-    from cirron.spool import arrays
+    from cirron import _memory
 
     if libc is None:
-        monkeypatch.setattr(arrays, "_LIBC", [None])
-    elif arrays._glibc() is None:
+        monkeypatch.setattr(_memory, "_LIBC", [None])
+    elif _memory._glibc() is None:
         pytest.skip("not glibc")
-    with arrays.returned_memory():
+    with _memory.returned_memory():
         a = np.arange(4 << 20)
-    with arrays.returned_memory():
+    with _memory.returned_memory():
         assert int(a.sum()) == (4 << 20) * ((4 << 20) - 1) // 2

@@ -1,0 +1,60 @@
+"""Handing freed memory back to the system, so a reader's peak is its largest moment and not the
+sum of its passes. glibc only; elsewhere every function here does nothing.
+
+glibc raises its mmap threshold each time a big block is freed, after which arrays of a few MB
+come from the heap, where freed blocks stay counted in the process's resident memory (+70 MB on
+the second session of 2.5M spans). :func:`map_big_blocks` pins the threshold at
+:data:`MAP_BYTES`, so blocks above it are mapped and unmapped on their own, and :func:`trim`
+returns the heap's free memory."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import Any
+
+__all__ = ["MAP_BYTES", "map_big_blocks", "returned_memory", "trim"]
+
+#: Blocks of at least this many bytes are mapped on their own once :func:`map_big_blocks` ran.
+MAP_BYTES = 256 << 10
+_M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
+_LIBC: list[Any] = []
+
+
+def _glibc() -> Any:
+    if not _LIBC:
+        lib = None
+        try:
+            import ctypes
+
+            cand = ctypes.CDLL(None)
+            if hasattr(cand, "mallopt") and hasattr(cand, "malloc_trim") and hasattr(cand, "gnu_get_libc_version"):
+                lib = cand
+        except (OSError, AttributeError):
+            pass
+        _LIBC.append(lib)
+    return _LIBC[0]
+
+
+def map_big_blocks() -> None:
+    """Pin glibc's mmap threshold at :data:`MAP_BYTES` for the rest of the process."""
+    libc = _glibc()
+    if libc is not None:
+        libc.mallopt(_M_MMAP_THRESHOLD, MAP_BYTES)
+
+
+def trim() -> None:
+    """Return the free memory of glibc's heap to the system."""
+    libc = _glibc()
+    if libc is not None:
+        libc.malloc_trim(0)
+
+
+@contextlib.contextmanager
+def returned_memory() -> Iterator[None]:
+    """Around a pass that builds and drops big arrays: what it frees goes back to the system."""
+    map_big_blocks()
+    try:
+        yield
+    finally:
+        trim()
