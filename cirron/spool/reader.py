@@ -172,7 +172,7 @@ def _clean_records(raw: Any, int_fields: tuple[str, ...], rec_type: type) -> tup
         for k in ("parent_id", "span_id"):
             if k in rec and not _valid_id(rec[k]):
                 rec[k] = None
-        if rec_type is SpanExport or rec_type is MarkExport or rec_type is SpanSummary or rec_type is SpanKey:
+        if rec_type is SpanExport or rec_type is MarkExport or rec_type is SpanSummary:
             a = rec.get("attrs")
             rec["attrs"] = msgspec.Raw(b"{}" if a is None else safe_dumps(a))
         try:
@@ -341,8 +341,9 @@ class SnapshotRecord(_Record):
 
 
 class SpanSummary(_Record):
-    """The span fields session reconstruction needs (``fields="summary"`` reads); ``attrs`` only
-    on top-level spans."""
+    """The span fields session reconstruction needs (``fields="summary"`` reads; ``attrs`` only
+    on top-level spans), and those a light pass keeps as numpy keys (``fields="keys"``; ``attrs``
+    stays raw JSON text: decode it with :func:`_decode_attrs` for the few that matter)."""
 
     id: _Id
     parent_id: Optional[str] = None
@@ -406,22 +407,6 @@ class MarkExport(_Record):
     session: Optional[str] = msgspec.field(default=None, name="~cirron.session")
 
 
-class SpanKey(_Record):
-    """The span fields a light pass over a session keeps as numpy keys (``fields="keys"``);
-    ``attrs`` stays raw JSON text (decode it with :func:`_decode_attrs` for the few that matter)."""
-
-    id: _Id
-    parent_id: Optional[str] = None
-    name: Any = None
-    index: _Int = None
-    start_ns: _Int = None
-    end_ns: _Int = None
-    cpu_ns: _Int = None
-    attrs: msgspec.Raw = msgspec.field(default_factory=lambda: msgspec.Raw(b"{}"))
-    pid: _Int = None
-    session: Optional[str] = msgspec.field(default=None, name="~cirron.session")
-
-
 class TargetKey(_Record):
     """A mark or snapshot as a light pass keeps it (``fields="keys"``): its id, the span it hangs
     from and its time. Unlike the other field sets, ``batch_session`` is not filled in."""
@@ -440,7 +425,7 @@ class _KeysBatch(msgspec.Struct, gc=False):
     created_ns: Any = None
     session_id: Any = msgspec.UNSET  # absent: a writer without the liveness-lock protocol
     resource: Any = None
-    spans: Optional[list[SpanKey]] = None
+    spans: Optional[list[SpanSummary]] = None
     marks: Optional[list[TargetKey]] = None
     snapshots: Optional[list[TargetKey]] = None
 
@@ -487,7 +472,7 @@ _TYPES = {
     "full": (SpanRecord, MarkRecord, SnapshotRecord),
     "summary": (SpanSummary, MarkSummary, SnapshotSummary),
     "export": (SpanExport, MarkExport, SnapshotRecord),
-    "keys": (SpanKey, TargetKey, TargetKey),
+    "keys": (SpanSummary, TargetKey, TargetKey),
 }
 
 
@@ -593,7 +578,7 @@ def read_batch(
     Returns a dict with the batch's top-level fields and ``spans``/``marks``/``snapshots`` as
     lists of record structs (:class:`SpanRecord`, :class:`MarkRecord`, :class:`SnapshotRecord`;
     with ``fields="summary"`` only the fields session reconstruction needs; ``fields="keys"``:
-    :class:`SpanKey` and :class:`TargetKey`, for passes that keep numpy keys of every record).
+    :class:`SpanSummary` and :class:`TargetKey`, for passes that keep numpy keys of every record).
     """
     warn = on_warning or default_warning
     path = batch.path if isinstance(batch, BatchFile) else Path(batch)
