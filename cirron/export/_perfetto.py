@@ -264,20 +264,8 @@ def _streamed(cols: Any, info: SessionInfo, base: int, pid_of: dict[tuple[str, o
     is_open = end == NO_TIME
     end[is_open] = np.maximum(start[is_open], last)
     np.maximum(end, start, out=end)
-    pid = np.zeros(n, dtype=np.int32)
-    if n:  # a process per rank, in the order the ranks first appear
-        ranks, first, which = _distinct(rank)
-        rank_pid = np.zeros(len(ranks), dtype=np.int32)
-        for u in np.argsort(first, kind="stable").tolist():
-            r = int(ranks[u])
-            p = pid_of.get((info.id, r))
-            if p is None:
-                p = pid_of[(info.id, r)] = len(pid_of) + 1
-                for ev in _process_events(p, info.id, r, info.writer, info.sdk_version):
-                    yield _dumps(ev)
-            rank_pid[u] = p
-        pid = rank_pid[which]
-        del which
+    pid, new_processes = rank_processes(info, rank, pid_of)
+    yield from new_processes
     del rank
     default_pid = int(pid[0]) if n else None
     with tempfile.TemporaryFile(prefix="cirron-perfetto-") as spans_tmp, \
@@ -349,6 +337,25 @@ def _streamed(cols: Any, info: SessionInfo, base: int, pid_of: dict[tuple[str, o
         marks_tmp.seek(0)
         for line in marks_tmp:
             yield line[:-1]
+
+
+def rank_processes(info: SessionInfo, rank: Any, pid_of: dict[tuple[str, object], int]) -> tuple[Any, list[bytes]]:
+    """Each span row's process id: one process per rank of the session, numbered across the
+    export in the order the ranks first appear (``pid_of`` is updated); and the encoded events
+    that name the processes new to the export."""
+    import numpy as np
+
+    ranks, first, which = _distinct(rank)
+    rank_pid = np.zeros(len(ranks), dtype=np.int32)
+    events: list[bytes] = []
+    for u in np.argsort(first, kind="stable").tolist():
+        r = int(ranks[u])
+        p = pid_of.get((info.id, r))
+        if p is None:
+            p = pid_of[(info.id, r)] = len(pid_of) + 1
+            events.extend(_dumps(ev) for ev in _process_events(p, info.id, r, info.writer, info.sdk_version))
+        rank_pid[u] = p
+    return rank_pid[which], events
 
 
 def _distinct(values: Any) -> tuple[Any, Any, Any]:

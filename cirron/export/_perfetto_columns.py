@@ -30,7 +30,7 @@ import pyarrow.compute as pc
 
 from cirron.export._json import _json_strings
 from cirron.export._otlp_columns import CannotEncode, _Columns, _distinct, _floats, _join, _np, _table_text
-from cirron.export._perfetto import _dumps, _dumps_args, _mark_event, _process_events, _span_args
+from cirron.export._perfetto import _dumps, _dumps_args, _mark_event, _span_args, rank_processes
 
 __all__ = ["SLICE_EVENTS", "Encoded", "session_events"]
 
@@ -124,17 +124,8 @@ def session_events(cols: Any, info: Any, base: int, pid_of: dict[tuple[str, obje
     names = _json_strings(pc.fill_null(s["name"], "None"))
     _check_range(_np(enc.m["ts_ns"], base), base)
     _release()
-    pid = np.zeros(n, dtype=np.int64)
-    if n:  # a process per rank, in the order the ranks first appear
-        ranks, first, which = np.unique(rank, return_index=True, return_inverse=True)
-        for u in np.argsort(first, kind="stable").tolist():
-            r = int(ranks[u])
-            p = pid_of.get((info.id, r))
-            if p is None:
-                p = pid_of[(info.id, r)] = len(pid_of) + 1
-                for ev in _process_events(p, info.id, r, info.writer, info.sdk_version):
-                    yield _dumps(ev)
-            pid[which.reshape(-1) == u] = p
+    pid, new_processes = rank_processes(info, rank, pid_of)
+    yield from new_processes
     if n:
         kinds, rows, texts, track_tid = _span_order(enc, pid, tid, start, end, threads)
         _release()
