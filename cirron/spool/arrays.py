@@ -19,6 +19,15 @@ _HEX_LEN = 32
 _HEX_DIGITS = b"0123456789abcdefABCDEF"
 
 
+def hex_halves(digits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For the ASCII bytes of ids of 32 characters (one id per row): which rows are 32 hex
+    digits, and for those rows the id's 128 bits as two big-endian 64-bit halves ``(hi, lo)``."""
+    nib = _NIBBLE[digits]
+    good = (nib != 255).all(axis=1)
+    nib = nib[good]
+    return good, np.ascontiguousarray((nib[:, 0::2] << 4) | nib[:, 1::2]).view(">u8")
+
+
 def id_keys(ids: list[Any]) -> tuple[np.ndarray, np.ndarray]:
     """128-bit keys ``(hi, lo)`` of ids, as :func:`cirron.spool.stream._key` makes them: the id
     itself when it is 32 hex digits (decoded here on whole arrays), else a BLAKE2 digest."""
@@ -40,10 +49,8 @@ def id_keys(ids: list[Any]) -> tuple[np.ndarray, np.ndarray]:
             rows = hexlike
             halves = np.frombuffer(bytes.fromhex(text.decode("ascii")), dtype=">u8").reshape(len(rows), 2)
         else:
-            nib = _NIBBLE[np.frombuffer(text, dtype=np.uint8)].reshape(len(hexlike), _HEX_LEN)
-            good = (nib != 255).all(axis=1)
-            rows, nib = hexlike[good], nib[good]
-            halves = ((nib[:, 0::2] << 4) | nib[:, 1::2]).view(">u8")  # 16 bytes, big-endian: (hi, lo)
+            good, halves = hex_halves(np.frombuffer(text, dtype=np.uint8).reshape(len(hexlike), _HEX_LEN))
+            rows = hexlike[good]
         hi[rows] = halves[:, 0]
         lo[rows] = halves[:, 1]
         if len(rows) < n:

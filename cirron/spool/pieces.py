@@ -42,7 +42,7 @@ import pyarrow.compute as pc
 
 from cirron._memory import returned_memory
 from cirron._schema import BATCH_SPAN_NAME, EPOCH_SPAN_NAME, ROOT_SENTINEL
-from cirron.spool.arrays import _NIBBLE, enclosing_steps, last_of_each
+from cirron.spool.arrays import enclosing_steps, hex_halves, last_of_each
 from cirron.spool.catalog import SessionInfo
 from cirron.spool.columnar import (
     SessionColumns,
@@ -80,12 +80,9 @@ def id_keys(ids: pa.Array) -> tuple[np.ndarray, np.ndarray]:
     plain = valid & (np.diff(offsets) == 32)
     rows = np.flatnonzero(plain)
     if rows.size:
-        nib = _NIBBLE[data[offsets[rows, None] + np.arange(32)]]
-        good = (nib != 255).all(axis=1)
-        packed = (nib[:, 0::2] << 4) | nib[:, 1::2]
-        words = np.ascontiguousarray(packed).view(">u8").astype(np.uint64)
-        hi[rows[good]] = words[good, 0]
-        lo[rows[good]] = words[good, 1]
+        good, halves = hex_halves(data[offsets[rows, None] + np.arange(32)])
+        hi[rows[good]] = halves[:, 0]
+        lo[rows[good]] = halves[:, 1]
         plain[rows[~good]] = False
     odd = np.flatnonzero(valid & ~plain)
     if odd.size:
