@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -10,7 +11,18 @@ pytest.importorskip("starlette", reason="cirron ui needs the 'ui' extra: pip ins
 pytest.importorskip("uvicorn", reason="cirron ui needs the 'ui' extra: pip install 'cirron-trace[ui]'")
 pytest.importorskip("plotly", reason="cirron ui needs the 'ui' extra: pip install 'cirron-trace[ui]'")
 
+from spool_factory import SpoolFactory
 from ui_helpers import Runs, UIServer, make_run, serve_and_record
+
+
+@pytest.fixture
+def factory(tmp_path: Path) -> Iterator[SpoolFactory]:
+    """A spool written record by record, in a directory of its own under the test's tmp dir."""
+    f = SpoolFactory(tmp_path / "spool-factory")
+    try:
+        yield f
+    finally:
+        f.close()
 
 
 @pytest.fixture(scope="session")

@@ -6,10 +6,8 @@ from __future__ import annotations
 
 import math
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 from spool_factory import BASE_NS, MS, SpoolFactory, new_id
 from ui_helpers import Runs
 
@@ -18,15 +16,6 @@ from cirron.spool.columnar import read_columns
 from cirron.ui.data import SessionData, SessionInfo, SpoolData, records_of_columns, records_of_session
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
-
-
-@pytest.fixture
-def factory(tmp_path: Path) -> Iterator[SpoolFactory]:
-    f = SpoolFactory(tmp_path / "spool-factory")
-    try:
-        yield f
-    finally:
-        f.close()
 
 
 def _same(a: object, b: object) -> bool:

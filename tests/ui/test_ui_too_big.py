@@ -8,7 +8,6 @@ import html
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 
 import httpx
 import pytest
@@ -18,15 +17,6 @@ import cirron.ui.data as ui_data
 from cirron.ui.app import create_app
 from cirron.ui.data import SpoolData
 from cirron.ui.server import bind, url_for
-
-
-@pytest.fixture
-def factory(tmp_path: Path) -> Iterator[SpoolFactory]:
-    f = SpoolFactory(tmp_path / "spool-factory")
-    try:
-        yield f
-    finally:
-        f.close()
 
 
 @contextmanager
