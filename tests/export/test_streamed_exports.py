@@ -11,10 +11,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from spool_factory import BASE_NS, SpoolFactory, hard_session
+from spool_factory import BASE_NS, SpoolFactory, hard_session, thread_mix
 
 from cirron import export as ex
-from cirron._schema import ROOT_SENTINEL
 from cirron.spool import outline
 from cirron.spool.catalog import open_catalog
 
@@ -90,20 +89,6 @@ def test_ids_the_outline_cannot_sort_are_exported_from_the_rebuilt_session(facto
     assert b'"loss"' in (tmp_path / "a.json").read_bytes()
 
 
-def thread_mix(factory: SpoolFactory) -> None:
-    """A second rank and thread, overlapping spans on one thread, a zero-length span, an open one."""
-    f = factory
-    root = f.span("cirron.session", start_ns=BASE_NS + 10**13, dur_ns=None, attrs={"rank": 0})
-    rid = root["id"]
-    t0 = BASE_NS + 10**13
-    a = f.span("request", parent_id=rid, start_ns=t0 + 1000, dur_ns=5000, thread_id=7)
-    b = f.span("request", parent_id=rid, start_ns=t0 + 2000, dur_ns=6000, thread_id=7)  # overlaps a
-    c = f.span("child", parent_id=b["id"], start_ns=t0 + 2500, dur_ns=100, thread_id=7)
-    z = f.span("instant", parent_id=rid, start_ns=t0 + 3000, dur_ns=0, thread_id=8, rank=1)
-    o = f.span("still_open", parent_id=rid, start_ns=t0 + 4000, dur_ns=None, thread_id=8, rank=1)
-    f.write_batch([root, a, c], [f.mark(a["id"], "tokens", 3, ts_ns=t0 + 1500)], session_id=rid)
-    f.write_batch([b, z, o], [f.mark(z["id"], "state", "warm", ts_ns=t0 + 3000),
-                              f.mark(ROOT_SENTINEL, "loose", 1.0, ts_ns=t0 + 3100)], session_id=rid)
 
 
 @pytest.mark.parametrize("given_base", [True, False])
