@@ -418,49 +418,36 @@ class TargetKey(_Record):
     session: Optional[str] = msgspec.field(default=None, name="~cirron.session")
 
 
-class _KeysBatch(msgspec.Struct, gc=False):
+class _BatchHeader(msgspec.Struct, gc=False):
+    """The top-level fields of a batch file; each field set's batch adds its record lists."""
+
     schema_version: Any = None
     sdk_version: Any = None
     batch_id: Any = None
     created_ns: Any = None
     session_id: Any = msgspec.UNSET  # absent: a writer without the liveness-lock protocol
     resource: Any = None
+
+
+class _KeysBatch(_BatchHeader, gc=False):
     spans: Optional[list[SpanSummary]] = None
     marks: Optional[list[TargetKey]] = None
     snapshots: Optional[list[TargetKey]] = None
 
 
-class _ExportBatch(msgspec.Struct, gc=False):
-    schema_version: Any = None
-    sdk_version: Any = None
-    batch_id: Any = None
-    created_ns: Any = None
-    session_id: Any = msgspec.UNSET  # absent: a writer without the liveness-lock protocol
-    resource: Any = None
+class _ExportBatch(_BatchHeader, gc=False):
     spans: Optional[list[SpanExport]] = None
     marks: Optional[list[MarkExport]] = None
     snapshots: Optional[list[SnapshotRecord]] = None
 
 
-class _FullBatch(msgspec.Struct, gc=False):
-    schema_version: Any = None
-    sdk_version: Any = None
-    batch_id: Any = None
-    created_ns: Any = None
-    session_id: Any = msgspec.UNSET  # absent: a writer without the liveness-lock protocol
-    resource: Any = None
+class _FullBatch(_BatchHeader, gc=False):
     spans: Optional[list[SpanRecord]] = None
     marks: Optional[list[MarkRecord]] = None
     snapshots: Optional[list[SnapshotRecord]] = None
 
 
-class _SummaryBatch(msgspec.Struct, gc=False):
-    schema_version: Any = None
-    sdk_version: Any = None
-    batch_id: Any = None
-    created_ns: Any = None
-    session_id: Any = msgspec.UNSET  # absent: a writer without the liveness-lock protocol
-    resource: Any = None
+class _SummaryBatch(_BatchHeader, gc=False):
     spans: Optional[list[SpanSummary]] = None
     marks: Optional[list[MarkSummary]] = None
     snapshots: Optional[list[SnapshotSummary]] = None
