@@ -838,8 +838,9 @@ class SpoolData:
                 fp = tuple((f.path.name, f.size) for f in files)
                 if sp.catalog is None or fp != sp.fingerprint or any(s.status == "live" for s in sp.sessions):
                     sp.warnings = []
-                    sp.catalog = Catalog([sp.dir], sp.warn)
-                    sp.sessions = [SessionInfo(s) for s in sp.catalog.sessions]
+                    catalog = Catalog([sp.dir], sp.warn)
+                    sp.sessions = [SessionInfo(s) for s in catalog.sessions]
+                    sp.catalog = catalog  # last: whoever sees the catalog sees its sessions
                     sp.fingerprint = fp
                 out.extend(sp.sessions)
             out.sort(key=lambda s: (s.started_ns or 0, s.id), reverse=True)
