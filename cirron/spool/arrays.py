@@ -13,16 +13,19 @@ import numpy as np
 _NIBBLE = np.full(256, 255, dtype=np.uint8)
 for _i, _c in enumerate(b"0123456789abcdef"):
     _NIBBLE[_c] = _i
+#: The same for lowercase hex digits only (uppercase ones are 255 too).
+_LOWER_NIBBLE = _NIBBLE.copy()
 for _i, _c in enumerate(b"ABCDEF"):
     _NIBBLE[_c] = 10 + _i
 _HEX_LEN = 32
 _HEX_DIGITS = b"0123456789abcdefABCDEF"
 
 
-def hex_halves(digits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def hex_halves(digits: np.ndarray, *, lower_only: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """For the ASCII bytes of ids of 32 characters (one id per row): which rows are 32 hex
-    digits, and for those rows the id's 128 bits as two big-endian 64-bit halves ``(hi, lo)``."""
-    nib = _NIBBLE[digits]
+    digits (``lower_only``: 32 lowercase hex digits), and for those rows the id's 128 bits as two
+    big-endian 64-bit halves ``(hi, lo)``."""
+    nib = (_LOWER_NIBBLE if lower_only else _NIBBLE)[digits]
     good = (nib != 255).all(axis=1)
     nib = nib[good]
     return good, np.ascontiguousarray((nib[:, 0::2] << 4) | nib[:, 1::2]).view(">u8")
@@ -126,6 +129,66 @@ class KeyIndex:
             pos = np.minimum(np.searchsorted(self._sorted, k), n - 1)
             out[i:i + LOOKUP_ROWS] = np.where(self._sorted[pos] == k, self._order[pos], -1)
         return out
+
+
+class PairIndex:
+    """Rows of distinct 128-bit keys ``(hi, lo)``, for looking keys up exactly. The keys are
+    sorted on one half, one that does not repeat among them when there is one (then a lookup
+    compares the other half of the one candidate); when both halves repeat, a lookup merges the
+    queries into the keys sorted on the whole key."""
+
+    def __init__(self, hi: np.ndarray, lo: np.ndarray) -> None:
+        self._hi, self._lo = hi, lo
+        self._by_hi = True
+        self._order: np.ndarray | None = None
+        for half, by_hi in ((hi, True), (lo, False)):
+            order = np.argsort(half, kind="stable")
+            s = half[order]
+            if not (s[1:] == s[:-1]).any():
+                self._order, self._sorted, self._by_hi = order, s, by_hi
+                return
+            del order, s
+
+    def __len__(self) -> int:
+        return len(self._hi)
+
+    def lookup(self, hi: np.ndarray, lo: np.ndarray) -> np.ndarray:
+        """The row holding each key ``(hi, lo)``, -1 where none does."""
+        if self._order is None:
+            return _merge_lookup(self._hi, self._lo, hi, lo)
+        out = np.full(len(hi), -1, dtype=np.int64)
+        n = len(self._sorted)
+        if n == 0:
+            return out
+        probe, check, other = (hi, lo, self._lo) if self._by_hi else (lo, hi, self._hi)
+        for i in range(0, len(probe), LOOKUP_ROWS):
+            k = probe[i:i + LOOKUP_ROWS]
+            pos = np.minimum(np.searchsorted(self._sorted, k), n - 1)
+            row = self._order[pos]
+            out[i:i + LOOKUP_ROWS] = np.where((self._sorted[pos] == k) & (other[row] == check[i:i + LOOKUP_ROWS]),
+                                              row, -1)
+        return out
+
+
+def _merge_lookup(hi: np.ndarray, lo: np.ndarray, q_hi: np.ndarray, q_lo: np.ndarray) -> np.ndarray:
+    """:meth:`PairIndex.lookup` when both halves repeat among the keys: keys and queries sorted
+    together on the whole key (each key before the queries equal to it), so a query's key, if
+    there is one, is the last key before it."""
+    n, m = len(hi), len(q_hi)
+    out = np.full(m, -1, dtype=np.int64)
+    if not n or not m:
+        return out
+    all_hi, all_lo = np.concatenate([hi, q_hi]), np.concatenate([lo, q_lo])
+    order = np.lexsort((np.arange(n + m) >= n, all_lo, all_hi))
+    is_key = order < n
+    last_key = np.where(is_key, np.arange(n + m), -1)
+    np.maximum.accumulate(last_key, out=last_key)
+    at = np.flatnonzero(~is_key)
+    cand = last_key[at]
+    q, k = order[at], order[np.maximum(cand, 0)]
+    hit = (cand >= 0) & (all_hi[k] == all_hi[q]) & (all_lo[k] == all_lo[q])
+    out[q - n] = np.where(hit, k, -1)
+    return out
 
 
 #: How many parent links are followed at most (a parent_id cycle stops there).

@@ -7,7 +7,8 @@ tolerant reading of other writers' spellings applies), turns its records into Ar
 straight away, and then does the rest on whole columns:
 
 * dedupe by id (:func:`cirron.spool.reconstruct.span_wins`: the last closed record of a span,
-  else its last one; the last record of a mark or snapshot), with Arrow's hash kernels;
+  else its last one; the last record of a mark or snapshot), on the 128 bits of the ids that
+  are 32 lowercase hex digits (sorted numpy keys) and on the text of the others;
 * each winning span's parent row, and from it the enclosing ``epoch`` and ``batch`` index of every
   span and mark (pointer jumping in numpy);
 * which marks belong to the session (the rules of :mod:`cirron.spool.stream`: a mark on one of its
@@ -32,7 +33,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from cirron._schema import BATCH_SPAN_NAME, EPOCH_SPAN_NAME, ROOT_SENTINEL
-from cirron.spool.arrays import enclosing_steps, last_of_each
+from cirron.spool.arrays import PairIndex, enclosing_steps, hex_halves, last_of_each
 from cirron.spool.catalog import SessionInfo
 from cirron.spool.reader import NONSTRICT_JSON, _Id, _Int, read_batch
 
@@ -156,20 +157,122 @@ def _mark_value_columns(values: list[Any]) -> tuple[pa.Array, pa.Array]:
     return pa.array(num, pa.float64()), pa.array(text, pa.string())
 
 
-def _winners(ids: pa.ChunkedArray | pa.Array, closed: np.ndarray | None) -> np.ndarray:
+_LOWER_HEX = b"0123456789abcdef"
+
+
+class _Ids:
+    """A string column of ids with, where an id is 32 lowercase hex digits (``good``), its 128
+    bits as two 64-bit halves; the dedupe and the lookups work on those and compare the text of
+    the other ids (another spelling of the same number, uppercase for one, is another id)."""
+
+    def __init__(self, col: pa.ChunkedArray | pa.Array, good: np.ndarray, hi: np.ndarray, lo: np.ndarray) -> None:
+        self.col, self.good, self.hi, self.lo = col, good, hi, lo
+
+    @classmethod
+    def of(cls, col: pa.ChunkedArray | pa.Array) -> _Ids:
+        n = len(col)
+        good = np.zeros(n, dtype=bool)
+        hi = np.zeros(n, dtype=np.uint64)
+        lo = np.zeros(n, dtype=np.uint64)
+        at = 0
+        for chunk in col.chunks if isinstance(col, pa.ChunkedArray) else [col]:
+            m = len(chunk)
+            if m:
+                _hex_rows(chunk, good[at:at + m], hi[at:at + m], lo[at:at + m])
+            at += m
+        return cls(col, good, hi, lo)
+
+    def filter(self, keep: np.ndarray) -> _Ids:
+        return _Ids(self.col.filter(pa.array(keep)), self.good[keep], self.hi[keep], self.lo[keep])
+
+    def text(self, rows: np.ndarray) -> pa.Array:
+        """The ids of ``rows``, as one array."""
+        got = self.col.take(pa.array(rows))
+        return got.combine_chunks() if isinstance(got, pa.ChunkedArray) else got
+
+
+def _hex_rows(chunk: pa.Array, good: np.ndarray, hi: np.ndarray, lo: np.ndarray) -> None:
+    """Fill ``good``/``hi``/``lo`` (see :class:`_Ids`) for one chunk of a string column, from its
+    buffers (no Python strings)."""
+    m = len(chunk)
+    if not pa.types.is_string(chunk.type) and not pa.types.is_large_string(chunk.type):
+        chunk = chunk.cast(pa.string())
+    bufs = chunk.buffers()
+    width = np.int64 if pa.types.is_large_string(chunk.type) else np.int32
+    offsets = np.frombuffer(bufs[1], dtype=width)[chunk.offset: chunk.offset + m + 1].astype(np.int64)
+    if bufs[2] is None:
+        return
+    data = np.frombuffer(bufs[2], dtype=np.uint8)
+    plain = np.diff(offsets) == 32
+    if chunk.null_count:
+        plain &= _np(chunk.is_valid())
+    rows = np.flatnonzero(plain)
+    if not rows.size:
+        return
+    if rows.size == m and offsets[-1] - offsets[0] == 32 * m:  # all 32 characters, back to back: one call
+        text = data[offsets[0]:offsets[-1]].tobytes()
+        if not text.translate(None, _LOWER_HEX):
+            halves = np.frombuffer(bytes.fromhex(text.decode("ascii")), dtype=">u8").reshape(m, 2)
+            good[:] = True
+            hi[:] = halves[:, 0]
+            lo[:] = halves[:, 1]
+            return
+    ok, halves = hex_halves(data[offsets[rows, None] + np.arange(32)], lower_only=True)
+    rows = rows[ok]
+    good[rows] = True
+    hi[rows] = halves[:, 0]
+    lo[rows] = halves[:, 1]
+
+
+def _winners(ids: _Ids, closed: np.ndarray | None) -> np.ndarray:
     """Boolean mask of the rows that win the dedupe by id (rows are in write order)."""
+    if ids.good.all():
+        return last_of_each(ids.hi, ids.lo, closed)
+    # an id of 32 lowercase hex digits never equals one that is not: the two kinds dedupe apart
+    keep = np.zeros(len(ids.good), dtype=bool)
+    pairs, texts = np.flatnonzero(ids.good), np.flatnonzero(~ids.good)
+    if pairs.size:
+        keep[pairs] = last_of_each(ids.hi[pairs], ids.lo[pairs], None if closed is None else closed[pairs])
+    keep[texts] = _text_winners(ids.text(texts), None if closed is None else closed[texts])
+    return keep
+
+
+def _text_winners(ids: pa.Array, closed: np.ndarray | None) -> np.ndarray:
+    """:func:`_winners` by the ids' text."""
     n = len(ids)
-    if n == 0 or pc.count_distinct(ids).as_py() == n:  # no id repeats: every record wins
+    if pc.count_distinct(ids).as_py() == n:  # no id repeats: every record wins
         return np.ones(n, dtype=bool)
-    enc = pc.dictionary_encode(ids.combine_chunks() if isinstance(ids, pa.ChunkedArray) else ids)
-    codes = _np(enc.indices).astype(np.uint64)
+    codes = _np(pc.dictionary_encode(ids).indices).astype(np.uint64)
     return last_of_each(codes, np.zeros(n, dtype=np.uint64), closed)
 
 
-def _lookup(values: pa.ChunkedArray | pa.Array, keys: pa.Array) -> np.ndarray:
-    """Row of each value among ``keys`` (-1: null or not there)."""
-    pos = pc.index_in(values, value_set=keys)
-    return _np(pc.fill_null(pos, -1)).astype(np.int64, copy=False)
+class _IdIndex:
+    """Rows of distinct ids (:class:`_Ids`), to look ids up: by their 128 bits, or by their text
+    for the ids that are not 32 lowercase hex digits."""
+
+    def __init__(self, keys: _Ids) -> None:
+        self._hex_rows = np.flatnonzero(keys.good)
+        self._pairs = PairIndex(keys.hi[self._hex_rows], keys.lo[self._hex_rows])
+        self._text_rows = np.flatnonzero(~keys.good)
+        self._text = keys.text(self._text_rows) if self._text_rows.size else None
+
+    def lookup(self, values: _Ids) -> np.ndarray:
+        """Row of each value among the keys (-1: null or not there)."""
+        out = np.full(len(values.good), -1, dtype=np.int64)
+        rows = np.flatnonzero(values.good) if not values.good.all() else None
+        hi, lo = (values.hi, values.lo) if rows is None else (values.hi[rows], values.lo[rows])
+        if len(self._pairs) and len(hi):
+            found = self._pairs.lookup(hi, lo)
+            at = np.where(found >= 0, self._hex_rows[np.maximum(found, 0)], -1)
+            if rows is None:
+                out = at
+            else:
+                out[rows] = at
+        if self._text is not None and rows is not None:
+            rows = np.flatnonzero(~values.good)
+            pos = _np(pc.fill_null(pc.index_in(values.text(rows), value_set=self._text), -1)).astype(np.int64)
+            out[rows] = np.where(pos >= 0, self._text_rows[np.maximum(pos, 0)], -1)
+        return out
 
 
 def _snapshots(batches: list[tuple[bool, list[Any]]], win_ids: set[str]) -> list[Any]:
@@ -361,11 +464,13 @@ def _read_session(info: SessionInfo, with_marks: bool) -> SessionColumns:
     marks_t = _table(mark_batches, mark_schema())
     del span_batches, mark_batches
 
-    keep = _winners(spans_t["id"], _np(pc.is_valid(spans_t["end_ns"])))
+    span_ids = _Ids.of(spans_t["id"])
+    keep = _winners(span_ids, _np(pc.is_valid(spans_t["end_ns"])))
     if not keep.all():
         spans_t = spans_t.filter(pa.array(keep))
-    win_ids = spans_t["id"].combine_chunks()
-    parent = _lookup(spans_t["parent_id"], win_ids)
+        span_ids = span_ids.filter(keep)
+    by_id = _IdIndex(span_ids)
+    parent = by_id.lookup(_Ids.of(spans_t["parent_id"]))
     names = spans_t["name"]
     index = spans_t["index"]
     has_index = _np(pc.is_valid(index))
@@ -374,8 +479,8 @@ def _read_session(info: SessionInfo, with_marks: bool) -> SessionColumns:
     index_np = _np(pc.fill_null(index, -1))
     span_epoch, span_batch = enclosing_steps(parent, kind_e, kind_b, index_np)
 
-    keep_m = _winners(marks_t["id"], None)
-    row = _lookup(marks_t["span_id"], win_ids)
+    keep_m = _winners(_Ids.of(marks_t["id"]), None)
+    row = by_id.lookup(_Ids.of(marks_t["span_id"]))
     attached = _np(marks_t["attached"])
     hit = (attached == 1) & (row >= 0)
     keep_m &= hit | (attached == 0)
@@ -394,7 +499,7 @@ def _read_session(info: SessionInfo, with_marks: bool) -> SessionColumns:
         marks_t = marks_t.filter(pa.array(keep_m))
         if mark_values is not None:
             mark_values = [v for v, k in zip(mark_values, keep_m.tolist()) if k]
-    win_set = set(win_ids.to_pylist()) if snaps else set()
+    win_set = set(span_ids.col.to_pylist()) if snaps else set()
     return SessionColumns(info, spans_t, marks_t, _snapshots(snaps, win_set), span_epoch, span_batch,
                           mark_epoch, mark_batch, mark_values, parent)
 

@@ -17,6 +17,7 @@ pytest.importorskip("pyarrow")
 import pyarrow.parquet as pq  # noqa: E402
 from spool_factory import BASE_NS, MS, SpoolFactory, new_id  # noqa: E402
 
+from cirron._schema import ROOT_SENTINEL  # noqa: E402
 from cirron.export import PARQUET_FILES, write_csv, write_json, write_parquet  # noqa: E402
 from cirron.spool import (  # noqa: E402
     columnar,
@@ -180,6 +181,53 @@ def test_sessions_the_fast_reader_cannot_read_fall_back(factory: SpoolFactory, t
     assert not by_id[root_odd].streamable and columnar.read_columns(by_id[root_odd]) is None
     kinds = assert_same_exports(factory.spool_dir, tmp_path)
     assert kinds["columns"] == 0 and kinds["chunks"] >= 2
+
+
+def _id_kinds_spool(factory: SpoolFactory) -> dict[str, str]:
+    """One session whose ids are of every kind the columnar reader keys differently: random hex,
+    counters (all share their upper 64 bits), a grid of halves (both halves repeat), uppercase
+    hex, and ids that are not 32 hex digits; each kind written twice (an open copy, then the
+    closed one), with parents and marks of every kind (a spool whose records all reach the
+    session: one with records that hang from nothing is not read as columns). Returns an id of each kind."""
+    root = new_id()
+    epoch = new_id()
+    kinds = {"hex": new_id(), "counter": f"{7:032x}", "grid": f"{2:016x}{1:016x}", "upper": new_id().upper(),
+             "text": "span-7", "short": "ab" * 15, "long": "cd" * 17}
+    spans = [factory.span("cirron.session", id=root, dur_ns=10**9),
+             factory.span("epoch", id=epoch, parent_id=root, index=3)]
+    spans += [factory.span(f"c{k}", id=f"{k:032x}", parent_id=epoch) for k in range(1, 6)]
+    spans += [factory.span(f"g{a}{b}", id=f"{a:016x}{b:016x}", parent_id=epoch) for a in (1, 2) for b in (2, 3)]
+    spans += [factory.span(f"k-{k}", id=i, parent_id=epoch, start_ns=BASE_NS + MS) for k, i in kinds.items()]
+    # a child of each kind, and a batch step below the text id: epoch/batch reach through every kind
+    spans += [factory.span(f"child-{k}", parent_id=i, start_ns=BASE_NS + 2 * MS) for k, i in kinds.items()]
+    spans.append(factory.span("batch", id="batch-of-text", parent_id=kinds["text"], index=5))
+    spans.append(factory.span("forward", parent_id="batch-of-text"))
+    marks = [factory.mark(i, f"m-{k}", 1.0, id=f"mark-{k}" if k in ("text", "short") else None)
+             for k, i in kinds.items()]
+    marks.append(factory.mark(ROOT_SENTINEL, "on-root", 3.0))
+    factory.write_batch([dict(s, end_ns=None) for s in spans[2:]], marks, session_id=root)
+    factory.write_batch(spans, [dict(m, value=m["value"] + 10) for m in marks], session_id=root)
+    factory.write_batch([dict(spans[-1], end_ns=None)], session_id=root)  # a later open copy loses
+    return kinds
+
+
+def test_ids_of_every_kind_dedupe_and_link_as_text(factory: SpoolFactory, tmp_path):
+    kinds = _id_kinds_spool(factory)
+    assert assert_same_exports(factory.spool_dir, tmp_path) == {"columns": 1, "chunks": 0}
+    cat = open_catalog([factory.spool_dir], lambda _m: None)
+    cols = columnar.read_columns(cat.sessions[0])
+    ids = cols.spans["id"].to_pylist()
+    assert len(ids) == len(set(ids)) and set(kinds.values()) <= set(ids)
+    assert all(e is not None for e in cols.spans["end_ns"].to_pylist())
+    names = cols.spans["name"].to_pylist()
+    parent = [names[p] if p >= 0 else None for p in cols.span_parent]
+    by_name = dict(zip(names, zip(parent, cols.span_epoch.tolist(), cols.span_batch.tolist())))
+    for k in kinds:
+        assert by_name[f"child-{k}"] == (f"k-{k}", 3, -1), k
+    assert by_name["forward"] == ("batch", 3, 5)
+    assert by_name["g22"][0] == by_name["c5"][0] == "epoch"
+    marks = dict(zip(cols.marks["name"].to_pylist(), cols.marks["value"].to_pylist()))
+    assert marks == {**{f"m-{k}": 11.0 for k in kinds}, "on-root": 13.0}
 
 
 @pytest.fixture

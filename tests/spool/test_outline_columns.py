@@ -53,3 +53,24 @@ def test_spilled_columns_come_back_whole_or_by_rows(monkeypatch, in_memory: int)
         assert store.take("nothing").tolist() == []
     finally:
         store.close()
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_pair_index_finds_each_key_by_both_halves(seed: int):
+    """Keys whose halves repeat (one, the other, both or neither) are found exactly; a key that
+    shares one half with a stored one, or none, is not found."""
+    from cirron.spool.arrays import PairIndex
+
+    rng = np.random.default_rng(seed)
+    span = [(2**63, 2**63), (4, 2**63), (2**63, 4), (3, 3)][seed % 4]
+    keys = {(int(rng.integers(0, span[0])), int(rng.integers(0, span[1]))) for _ in range(int(rng.integers(0, 12)))}
+    keys_l = list(keys)
+    hi = np.array([k[0] for k in keys_l], dtype=np.uint64)
+    lo = np.array([k[1] for k in keys_l], dtype=np.uint64)
+    queries = keys_l + [(int(rng.integers(0, span[0])), int(rng.integers(0, span[1]))) for _ in range(20)]
+    queries += [(h, lo_ + 1) for h, lo_ in keys_l[:3]] + [(h + 1, lo_) for h, lo_ in keys_l[:3]]
+    rng.shuffle(queries)
+    got = PairIndex(hi, lo).lookup(np.array([q[0] for q in queries], dtype=np.uint64),
+                                   np.array([q[1] for q in queries], dtype=np.uint64))
+    row = {k: i for i, k in enumerate(keys_l)}
+    assert got.tolist() == [row.get(q, -1) for q in queries]
