@@ -360,11 +360,13 @@ class _Spill:
         self._extra.close()
 
 
-def iter_pieces(info: SessionInfo, *, marks: bool = True) -> Iterator[SessionColumns] | None:
+def iter_pieces(info: SessionInfo, *, marks: bool = True,
+                session_parents: bool = False) -> Iterator[SessionColumns] | None:
     """``info``'s winning records as :class:`SessionColumns` pieces (see the module docstring), or
     ``None`` when the columns cannot carry them exactly (then read the session the reference
     way). ``marks=False``: spans only. The pieces' ``span_parent`` is the parent's row in the
-    same piece (-1: none, or in another piece)."""
+    same piece (-1: none, or in another piece); with ``session_parents`` its row among all the
+    session's winning spans (-1: none), for a caller that joins the pieces."""
     if not info.streamable:
         return None
     tmp = tempfile.TemporaryDirectory(prefix="cirron-spill-")
@@ -376,7 +378,7 @@ def iter_pieces(info: SessionInfo, *, marks: bool = True) -> Iterator[SessionCol
     except BaseException:
         tmp.cleanup()
         raise
-    return _second_pass(info, spill, plan, tmp)
+    return _second_pass(info, spill, plan, tmp, session_parents)
 
 
 def _first_pass(info: SessionInfo, directory: Path, with_marks: bool) -> tuple[_Spill, _Plan]:
@@ -407,8 +409,8 @@ def _first_pass(info: SessionInfo, directory: Path, with_marks: bool) -> tuple[_
         return spill, _plan(keys)
 
 
-def _second_pass(info: SessionInfo, spill: _Spill, plan: _Plan, tmp: tempfile.TemporaryDirectory) -> \
-        Iterator[SessionColumns]:
+def _second_pass(info: SessionInfo, spill: _Spill, plan: _Plan, tmp: tempfile.TemporaryDirectory,
+                 session_parents: bool) -> Iterator[SessionColumns]:
     try:
         spans_in = pa.ipc.open_file(pa.OSFile(str(spill.dir / "spans.arrow")))
         marks_in = pa.ipc.open_file(pa.OSFile(str(spill.dir / "marks.arrow"))) if spill._marks is not None else None
@@ -420,7 +422,7 @@ def _second_pass(info: SessionInfo, spill: _Spill, plan: _Plan, tmp: tempfile.Te
                 group.append(k)
                 rows += max(n_spans, n_marks if marks_in is not None else 0)
                 if rows >= PIECE_ROWS or k == len(spill.files) - 1:
-                    piece = _piece(info, spill, plan, cursor, group, spans_in, marks_in, extra)
+                    piece = _piece(info, spill, plan, cursor, group, spans_in, marks_in, extra, session_parents)
                     group, rows = [], 0
                     if piece is not None:
                         yield piece
@@ -441,14 +443,15 @@ class _Cursor:
 
 
 def _piece(info: SessionInfo, spill: _Spill, plan: _Plan, cur: _Cursor, group: list[int], spans_in: Any,
-           marks_in: Any, extra: Any) -> SessionColumns | None:
+           marks_in: Any, extra: Any, session_parents: bool) -> SessionColumns | None:
     span_t = pa.Table.from_batches([spans_in.get_batch(k) for k in group], span_schema())
     n_s = span_t.num_rows
     keep = plan.keep_spans[cur.span: cur.span + n_s]
     w0, w1 = cur.win_span, cur.win_span + int(keep.sum())
     span_t = span_t.filter(pa.array(keep)) if not keep.all() else span_t
     parent = plan.span_parent[w0:w1]
-    parent = np.where((parent >= w0) & (parent < w1), parent - w0, -1)
+    if not session_parents:
+        parent = np.where((parent >= w0) & (parent < w1), parent - w0, -1)
     cur.span += n_s
     cur.win_span = w1
 

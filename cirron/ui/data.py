@@ -239,6 +239,37 @@ def _depths(parent: np.ndarray) -> np.ndarray:
     return depth
 
 
+def _place_spans(starts: np.ndarray, ends: np.ndarray, started_ns: int | None,
+                 mark_last: int | None) -> tuple[int, np.ndarray]:
+    """Put spans with unknown (-1) times on the timeline, in place: the session's time origin is
+    its first known span start (or its start when earlier) and an unknown start becomes it; an
+    open span ends at the last time anything happened (span or mark); no span ends before it
+    starts. Returns the origin and which spans are open."""
+    known = starts[starts >= 0]
+    t0 = int(known.min()) if known.size else 0
+    if started_ns is not None:
+        t0 = min(t0, started_ns) if known.size else started_ns
+    del known
+    last = int(max(ends.max(initial=-1), starts.max(initial=-1)))
+    if mark_last is not None and mark_last > last:
+        last = mark_last
+    is_open = ends < 0
+    starts[starts < 0] = t0
+    ends[is_open] = max(last, t0)
+    np.maximum(ends, starts, out=ends)
+    return t0, is_open
+
+
+def _by_first_use(codes: np.ndarray, n_names: int) -> tuple[np.ndarray, np.ndarray]:
+    """Names numbered in order of first appearance on the timeline (their colours follow it):
+    the codes in that order, and the new number of each code."""
+    used, first = np.unique(codes, return_index=True)
+    by_first = used[np.argsort(first)]
+    renumber = np.zeros(n_names, dtype=np.int32)
+    renumber[by_first] = np.arange(by_first.size, dtype=np.int32)
+    return by_first, renumber
+
+
 def _decode_attrs(text: str | None) -> Any:
     if not text or text == "{}":
         return {}
@@ -300,20 +331,9 @@ class SessionData:
         starts = _np(r.span_start, -1).astype(np.int64)
         ends = _np(r.span_end, -1).astype(np.int64)
         depth = _depths(r.span_parent)
-        known = starts[starts >= 0]
-        t0 = int(known.min()) if known.size else 0
-        if r.started_ns is not None:
-            t0 = min(t0, r.started_ns) if known.size else r.started_ns
-        last = int(max(ends.max(initial=-1), starts.max(initial=-1)))
-        if len(r.mark_ts):
-            mark_last = pc.max(r.mark_ts).as_py()
-            if mark_last is not None and mark_last > last:
-                last = mark_last
+        mark_last = pc.max(r.mark_ts).as_py() if len(r.mark_ts) else None
+        t0, is_open = _place_spans(starts, ends, r.started_ns, mark_last)
         self.t0_ns = t0
-        is_open = ends < 0
-        starts[starts < 0] = t0
-        ends[is_open] = max(last, t0)
-        ends = np.maximum(ends, starts)
         # by start; a parent before the spans that start with it; then by id (as the tree's pre-order)
         take = pc.sort_indices(pa.table({"s": starts, "d": depth, "id": r.span_id}),
                                sort_keys=[("s", "ascending"), ("d", "ascending"), ("id", "ascending")])
@@ -327,11 +347,7 @@ class SessionData:
         if hasattr(enc, "combine_chunks"):
             enc = enc.combine_chunks()
         codes = enc.indices.to_numpy(zero_copy_only=False)[order]
-        # names numbered in order of first appearance on the timeline (their colours follow it)
-        used, first = np.unique(codes, return_index=True)
-        by_first = used[np.argsort(first)]
-        renumber = np.zeros(len(enc.dictionary), dtype=np.int32)
-        renumber[by_first] = np.arange(by_first.size, dtype=np.int32)
+        by_first, renumber = _by_first_use(codes, len(enc.dictionary))
         dictionary = enc.dictionary.to_pylist()
         self.names = [dictionary[c] for c in by_first.tolist()]
         self.name = renumber[codes]
