@@ -36,6 +36,7 @@ from cirron.spool import Session, list_batch_files
 from cirron.spool.arrays import MAX_DEPTH, enclosing_steps
 from cirron.spool.catalog import Catalog
 from cirron.spool.catalog import SessionInfo as CatalogInfo
+from cirron.ui.window import DepthIndex, merge_blocks
 
 #: Names of the phases a training step is split into (stacked bars of the step breakdown).
 PHASES = (DATA_LOAD_SPAN_NAME, "forward", "backward", "optimizer_step")
@@ -47,10 +48,11 @@ MAX_WINDOW_SPANS = 4000
 MAX_POINTS = 2000
 #: How many sessions' views stay in memory.
 CACHED_SESSIONS = 3
-#: Sessions whose batch files hold more JSON than this are not viewed: the viewer holds a
-#: session's columns in memory (about 0.6 bytes per byte of JSON, the columnar reader's limit),
-#: and beyond it the server would take gigabytes. Their pages say so and name the tools that
-#: read any size in bounded memory.
+#: A session over the columnar reader's limit is read piece by piece (:mod:`cirron.ui.bigsession`)
+#: when its batch files hold nothing else; one whose records share batch files with other
+#: sessions' can only be rebuilt whole, so beyond this many bytes of batch JSON it is not viewed
+#: (the server would take gigabytes). Their pages say so and name the tools that read any size
+#: in bounded memory.
 MAX_VIEW_BYTES = 256 << 20
 
 
@@ -68,9 +70,14 @@ def _mb(n: int) -> str:
 
 def too_big(info: SessionInfo) -> str | None:
     """Why ``info`` cannot be viewed (one line), or ``None`` when it can."""
-    size = info.summary.bytes
-    if size <= MAX_VIEW_BYTES:
+    if info.summary.bytes <= MAX_VIEW_BYTES or info.streamable:
         return None
+    return refusal_text(info)
+
+
+def refusal_text(info: SessionInfo) -> str:
+    """The one line that refuses ``info``'s session: its size, the limit, what reads it instead."""
+    size = info.summary.bytes
     return (f"session {info.id} holds {_mb(size)} of batch JSON, over the viewer's limit of "
             f"{_mb(MAX_VIEW_BYTES)}: read it with `cirron traces view --session {info.id[:12]}` "
             f"or `cirron traces export --format parquet --session {info.id[:12]}`")
@@ -109,6 +116,9 @@ class SessionInfo:
     """One row of the sessions table (the catalog's summary of a session)."""
 
     summary: CatalogInfo
+    #: Whether its batch files can be read one at a time (:meth:`cirron.spool.catalog.Catalog.streamable`):
+    #: then a session of any size is viewed (piece by piece when big).
+    streamable: bool = False
 
     @property
     def id(self) -> str:
@@ -310,6 +320,7 @@ class SessionData:
     step_epoch: NDArray[np.int64]
     phase_ns: NDArray[np.int64]
     request_rows: NDArray[np.int64]
+    _by_depth: DepthIndex | None = None
 
     def __init__(self, info: SessionInfo, records: SessionRecords | Session) -> None:
         if isinstance(records, Session):
@@ -321,6 +332,9 @@ class SessionData:
         self._build_requests()
         self._build_snapshots(records)
         del self._build_ids, self._build_new_row
+
+    def close(self) -> None:
+        """Let go of what the views hold outside memory (nothing here; see :mod:`cirron.ui.bigsession`)."""
 
     # ---------------------------------------------------------------- spans / timeline
 
@@ -391,14 +405,16 @@ class SessionData:
         rows = pc.index_in(pa.array(wanted, pa.string()), value_set=self._build_ids).to_pylist()
         return {s: int(self._build_new_row[r]) for s, r in zip(wanted, rows) if r is not None}
 
-    def _spans_json(self, rows: np.ndarray) -> list[dict[str, Any]]:
+    def _details(self, rows: np.ndarray) -> tuple[list[Any], list[Any], list[Any], list[Any]]:
+        """cpu_ns, gpu_ns, memory_peak_bytes and attrs (JSON text) of the spans at ``rows``."""
         import pyarrow as pa
 
         take = pa.array(self._src[rows])
-        cpu = self._cpu.take(take).to_pylist()
-        gpu = self._gpu.take(take).to_pylist()
-        memory = self._memory.take(take).to_pylist()
-        attrs = self._attrs.take(take).to_pylist()
+        return (self._cpu.take(take).to_pylist(), self._gpu.take(take).to_pylist(),
+                self._memory.take(take).to_pylist(), self._attrs.take(take).to_pylist())
+
+    def _spans_json(self, rows: np.ndarray) -> list[dict[str, Any]]:
+        cpu, gpu, memory, attrs = self._details(rows)
         out = []
         for k, i in enumerate(rows.tolist()):
             a = _decode_attrs(attrs[k])
@@ -431,24 +447,35 @@ class SessionData:
             hi = lo + 1
         px = max(50, min(int(px), 10_000))
         ns_per_px = (hi - lo) / px
-        vis = np.nonzero((self.end >= lo) & (self.start <= hi))[0]
-        dur = self.end[vis] - self.start[vis]
-        big_mask = dur >= ns_per_px
-        big = vis[big_mask]
-        if big.size > MAX_WINDOW_SPANS:
+        parts = self._depth_index().visible(self.start, self.end, lo, hi)
+        big_parts, small_parts = [], []
+        for d, rows in parts:
+            long = (self.end[rows] - self.start[rows]) >= ns_per_px
+            big_parts.append(rows[long])
+            small_parts.append((d, rows[~long]))
+        big = np.sort(np.concatenate(big_parts)) if big_parts else np.zeros(0, dtype=np.int64)
+        late = big[:0]
+        if big.size > MAX_WINDOW_SPANS:  # the longest come alone, the others join the blocks
             keep = np.argsort(-(self.end[big] - self.start[big]), kind="stable")[:MAX_WINDOW_SPANS]
             keep_mask = np.zeros(big.size, dtype=bool)
             keep_mask[keep] = True
-            small = np.concatenate([vis[~big_mask], big[~keep_mask]])
-            big = np.sort(big[keep_mask])
-        else:
-            small = vis[~big_mask]
+            late = big[~keep_mask]
+            big = big[keep_mask]
+            late_depth = self.depth[late]
+            small_parts = [(d, np.sort(np.concatenate([rows, late[late_depth == d]]))) for d, rows in small_parts]
         spans = self._spans_json(big)
-        blocks = self._aggregate(small, lo, hi, px)
+        blocks = merge_blocks(small_parts, late, self.start, self.end, self.name, self.names, lo, hi, px)
         marks = self._mark_ticks(lo, hi, px)
         return {"t0": lo, "t1": hi, "px": px, "session_start_ns": self.t0_ns, "duration_ns": self.duration_ns,
                 "max_depth": int(self.depth.max(initial=0)), "names": self.names, "spans": spans,
-                "blocks": blocks, "marks": marks, "visible": int(vis.size), "fitted": fitted}
+                "blocks": blocks, "marks": marks, "visible": sum(int(rows.size) for _d, rows in parts),
+                "fitted": fitted}
+
+    def _depth_index(self) -> DepthIndex:
+        """The spans by depth (:class:`cirron.ui.window.DepthIndex`), made on the first timeline request."""
+        if self._by_depth is None:
+            self._by_depth = DepthIndex(self.end, self.depth)
+        return self._by_depth
 
     def _fit_window(self) -> tuple[int, int] | None:
         below = self.depth > 0
@@ -459,27 +486,6 @@ class SessionData:
             return None
         pad = max(1000, (b - a) * 0.03)
         return max(0, math.floor(a - pad)), min(self.duration_ns, math.ceil(b + pad))
-
-    def _aggregate(self, idx: np.ndarray, lo: int, hi: int, px: int) -> list[dict[str, Any]]:
-        if idx.size == 0:
-            return []
-        n_buckets = max(1, px // 4)
-        width = (hi - lo) / n_buckets
-        bucket = np.clip(((self.start[idx] - lo) / width).astype(np.int64), 0, n_buckets - 1)
-        key = self.depth[idx].astype(np.int64) * n_buckets + bucket
-        order = np.argsort(key, kind="stable")
-        key, idx = key[order], idx[order]
-        cut = np.flatnonzero(np.diff(key)) + 1
-        first = np.concatenate([[0], cut])
-        count = np.diff(np.concatenate([first, [key.size]]))
-        x0 = np.minimum.reduceat(self.start[idx], first)
-        x1 = np.maximum.reduceat(self.end[idx], first)
-        total = np.add.reduceat(self.end[idx] - self.start[idx], first)
-        # the most common name in each block colours it
-        top_name = self.name[idx[first]]
-        return [{"depth": int(key[f] // n_buckets), "start": int(a), "end": int(b), "count": int(c),
-                 "total_ns": int(t), "name": self.names[int(nm)]}
-                for f, a, b, c, t, nm in zip(first.tolist(), x0, x1, count, total, top_name)]
 
     # ---------------------------------------------------------------- marks
 
@@ -570,9 +576,11 @@ class SessionData:
             return
         steps = np.flatnonzero(self.name == step_code)
         self.step_epoch = self._epochs()[steps]
-        row_of = np.full(self.name.size, -1, dtype=np.int64)
+        # per span: its step number (-1: not a step) and phase (-1: none), as small as they fit
+        row_of: NDArray[np.signedinteger[Any]] = np.full(self.name.size, -1,
+                                                         dtype=np.int32 if steps.size < 2**31 - 1 else np.int64)
         row_of[steps] = np.arange(steps.size)
-        phase_of_code = np.full(len(self.names), -1, dtype=np.int64)
+        phase_of_code = np.full(len(self.names), -1, dtype=np.int8)
         for k, p in enumerate(PHASES):
             if p in self.names:
                 phase_of_code[self.names.index(p)] = k
@@ -790,6 +798,23 @@ def _rebin_histograms(hists: list[dict[str, Any] | None], bins: int) -> tuple[li
     return ((edges[:-1] + edges[1:]) / 2).tolist(), z.tolist()
 
 
+def _views_of(info: SessionInfo, catalog: Catalog) -> SessionData:
+    """``info``'s views: read whole (:func:`_read_records`) when the columnar reader takes it, else
+    piece by piece when its files hold only its records (:mod:`cirron.ui.bigsession`); a session
+    that neither reads (records the columns cannot carry) is rebuilt whole up to :data:`MAX_VIEW_BYTES`."""
+    from cirron.spool.columnar import can_read
+
+    if info.streamable and not can_read(info.summary):
+        from cirron.ui.bigsession import read_big_session
+
+        big = read_big_session(info)
+        if big is not None:
+            return big
+        if info.summary.bytes > MAX_VIEW_BYTES:
+            raise SessionTooBig(refusal_text(info))
+    return SessionData(info, _read_records(info, catalog))
+
+
 def _read_records(info: SessionInfo, catalog: Catalog) -> SessionRecords:
     """A session's records: from the columnar reader when it can read it, else rebuilt record by record."""
     from cirron.spool.columnar import can_read, read_columns
@@ -855,7 +880,7 @@ class SpoolData:
                 if sp.catalog is None or fp != sp.fingerprint or any(s.status == "live" for s in sp.sessions):
                     sp.warnings = []
                     catalog = Catalog([sp.dir], sp.warn)
-                    sp.sessions = [SessionInfo(s) for s in catalog.sessions]
+                    sp.sessions = [SessionInfo(s, catalog.streamable(s)) for s in catalog.sessions]
                     sp.catalog = catalog  # last: whoever sees the catalog sees its sessions
                     sp.fingerprint = fp
                 out.extend(sp.sessions)
@@ -897,16 +922,24 @@ class SpoolData:
             if hit is not None:
                 return hit
             with self._lock:
-                self._views.pop(session_id, None)
+                stale = self._views.pop(session_id, None)
+                if stale is not None:
+                    stale[1].close()
                 while len(self._views) >= self._cached:  # free before building the next one
-                    self._views.popitem(last=False)
+                    self._views.popitem(last=False)[1][1].close()
                 catalog = next(sp.catalog for sp in self.spools if sp.dir == info.summary.spool and sp.catalog)
             assert catalog is not None  # sessions() opened it
-            data = SessionData(info, _read_records(info, catalog))
+            data = _views_of(info, catalog)
             _give_back_memory()
             with self._lock:
                 self._views[session_id] = (key, data)
             return data
+
+    def close(self) -> None:
+        """Drop the cached views and their temporary files (the server stops)."""
+        with self._lock:
+            while self._views:
+                self._views.popitem()[1][1].close()
 
     def _cached_view(self, session_id: str, key: tuple[Any, ...]) -> SessionData | None:
         with self._lock:

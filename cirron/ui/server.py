@@ -83,3 +83,4 @@ def serve(spools: Sequence[Path], host: str, port: int, open_browser: bool = Fal
         pass
     finally:
         sock.close()
+        data.close()  # the temporary files of the sessions read piece by piece

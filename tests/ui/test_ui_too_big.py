@@ -1,52 +1,36 @@
-"""A session too big for the viewer's in-memory views (cirron.ui.data.MAX_VIEW_BYTES, lowered here)
-is refused at once, with one line that says its size, the limit and what to use instead, and is
-never read; the sessions table still lists it and the other sessions are served as before."""
+"""A session that can only be rebuilt whole (its records share batch files with another session's)
+and is too big for that (cirron.ui.data.MAX_VIEW_BYTES, lowered here) is refused at once, with one
+line that says its size, the limit and what to use instead, and is never read; the sessions table
+still lists it and the other sessions, a bigger one whose files hold only its records included,
+are served as before."""
 
 from __future__ import annotations
 
 import html
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
+from pathlib import Path
 
 import httpx
 import pytest
 from spool_factory import BASE_NS, SpoolFactory
+from ui_helpers import serving
 
 import cirron.ui.data as ui_data
-from cirron.ui.app import create_app
 from cirron.ui.data import SpoolData
-from cirron.ui.server import bind, url_for
 
 
-@contextmanager
-def serving(data: SpoolData) -> Iterator[str]:
-    """A real uvicorn over ``data`` on a free port of 127.0.0.1, in a thread; its base URL."""
-    import uvicorn
-
-    sock = bind("127.0.0.1", 0)
-    server = uvicorn.Server(uvicorn.Config(create_app(data), log_level="warning", lifespan="off"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    try:
-        started = threading.Event()
-        while not server.started:
-            assert thread.is_alive(), "uvicorn stopped before it started"
-            started.wait(0.01)
-        yield url_for(sock, "127.0.0.1").rstrip("/")
-    finally:
-        server.should_exit = True
-        thread.join(15)
-        sock.close()
-        assert not thread.is_alive(), "uvicorn did not stop"
-
-
-def test_session_over_the_limit_is_refused_at_once(factory: SpoolFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_session_over_the_limit_is_refused_at_once(factory: SpoolFactory, tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     small = factory.session(epochs=2)["root"]
     big = factory.session(epochs=30, start_ns=BASE_NS + 10**10)["root"]
-    data = SpoolData([factory.spool_dir])
+    # a span of the big session written in the small one's batch: neither can be read file by file
+    factory.write_batch([factory.span("batch", parent_id=big, start_ns=BASE_NS + 10**10 + 5)], session_id=small)
+    other = SpoolFactory(tmp_path / "other")  # a spool of its own: read file by file
+    separate = other.session(epochs=30, start_ns=BASE_NS + 2 * 10**10)["root"]
+    other.close()
+    data = SpoolData([factory.spool_dir, other.spool_dir])
     sizes = {s.id: s.summary.bytes for s in data.sessions()}
-    assert sizes[big] > sizes[small]
+    assert sizes[big] > sizes[small] and sizes[separate] > sizes[small]
+    assert [s.streamable for s in data.sessions()] == [True, False, False]
     monkeypatch.setattr(ui_data, "MAX_VIEW_BYTES", sizes[small])
     reads: list[str] = []
     real_read = ui_data._read_records
@@ -84,4 +68,6 @@ def test_session_over_the_limit_is_refused_at_once(factory: SpoolFactory, monkey
         small_page = client.get(f"/session/{small}/timeline")
         assert small_page.status_code == 200 and "Loading" in small_page.text
         assert client.get(f"/api/session/{small}/timeline").json()["spans"]
-    assert reads == [small]  # the big session was never read
+        assert listed[separate]["too_big"] is None
+        assert client.get(f"/api/session/{separate}/timeline").json()["spans"]
+    assert reads == [small, separate]  # the big session was never read

@@ -9,8 +9,11 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
 RUN_TIMEOUT = 90
@@ -207,3 +210,29 @@ class UIServer:
         for t in self._pumps:
             t.join(timeout=10)
         return self.proc.returncode, "".join(self.lines), "".join(self.err_lines)
+
+
+@contextmanager
+def serving(data: Any) -> Iterator[str]:
+    """A real uvicorn over ``data`` (a :class:`cirron.ui.data.SpoolData`) on a free port of
+    127.0.0.1, in a thread; its base URL."""
+    import uvicorn
+
+    from cirron.ui.app import create_app
+    from cirron.ui.server import bind, url_for
+
+    sock = bind("127.0.0.1", 0)
+    server = uvicorn.Server(uvicorn.Config(create_app(data), log_level="warning", lifespan="off"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    try:
+        started = threading.Event()
+        while not server.started:
+            assert thread.is_alive(), "uvicorn stopped before it started"
+            started.wait(0.01)
+        yield url_for(sock, "127.0.0.1").rstrip("/")
+    finally:
+        server.should_exit = True
+        thread.join(15)
+        sock.close()
+        assert not thread.is_alive(), "uvicorn did not stop"
