@@ -48,7 +48,7 @@ MAX_WINDOW_SPANS = 4000
 MAX_POINTS = 2000
 #: How many sessions' views stay in memory.
 CACHED_SESSIONS = 3
-#: A session over the columnar reader's limit is read piece by piece (:mod:`cirron.ui.bigsession`)
+#: A session over the columnar reader's limit is read piece by piece (:mod:`cirron.ui._bigsession`)
 #: when its batch files hold nothing else; one whose records share batch files with other
 #: sessions' can only be rebuilt whole, so beyond this many bytes of batch JSON it is not viewed
 #: (the server would take gigabytes). Their pages say so and name the tools that read any size
@@ -334,7 +334,7 @@ class SessionData:
         del self._build_ids, self._build_new_row
 
     def close(self) -> None:
-        """Let go of what the views hold outside memory (nothing here; see :mod:`cirron.ui.bigsession`)."""
+        """Let go of what the views hold outside memory (nothing here; see :mod:`cirron.ui._bigsession`)."""
 
     # ---------------------------------------------------------------- spans / timeline
 
@@ -800,12 +800,12 @@ def _rebin_histograms(hists: list[dict[str, Any] | None], bins: int) -> tuple[li
 
 def _views_of(info: SessionInfo, catalog: Catalog) -> SessionData:
     """``info``'s views: read whole (:func:`_read_records`) when the columnar reader takes it, else
-    piece by piece when its files hold only its records (:mod:`cirron.ui.bigsession`); a session
+    piece by piece when its files hold only its records (:mod:`cirron.ui._bigsession`); a session
     that neither reads (records the columns cannot carry) is rebuilt whole up to :data:`MAX_VIEW_BYTES`."""
     from cirron.spool.columnar import can_read
 
     if info.streamable and not can_read(info.summary):
-        from cirron.ui.bigsession import read_big_session
+        from cirron.ui._bigsession import read_big_session
 
         big = read_big_session(info)
         if big is not None:

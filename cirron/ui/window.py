@@ -29,9 +29,10 @@ class DepthIndex:
 
     def __init__(self, end: np.ndarray, depth: np.ndarray) -> None:
         n = depth.size
-        self.by_depth = np.argsort(depth, kind="stable").astype(np.int32 if n < 2**31 - 1 else np.int64)
+        self.by_depth: np.ndarray = np.argsort(depth, kind="stable").astype(np.int32 if n < 2**31 - 1 else np.int64)
         counts = np.bincount(depth, minlength=1) if n else np.zeros(1, dtype=np.int64)
-        self.at = np.concatenate([[0], np.cumsum(counts)]).tolist()
+        #: Where each depth's spans start in ``by_depth`` (and one past the last).
+        self.at: list[int] = np.concatenate([[0], np.cumsum(counts)]).tolist()
         #: Per depth: per block of its spans, the latest end of it and of the blocks before it.
         self.latest_end: list[np.ndarray] = []
         for d in range(len(counts)):

@@ -1,5 +1,5 @@
 """Sessions over the columnar reader's limit (lowered here) are viewed piece by piece
-(cirron.ui.bigsession): every API answer equals the one of the same session read whole, from a
+(cirron.ui._bigsession): every API answer equals the one of the same session read whole, from a
 real uvicorn; the temporary files go when the session leaves the cache or the server stops, and
 the spool is never written."""
 
@@ -17,7 +17,7 @@ from ui_helpers import Runs, serving
 
 import cirron.spool.columnar as columnar
 import cirron.spool.pieces as pieces
-import cirron.ui.bigsession as bigsession
+import cirron.ui._bigsession as bigsession
 from cirron.ui.data import SpoolData
 
 
