@@ -19,6 +19,7 @@ from hatchling.builders.hooks.plugin.interface import BuildHookInterface
 EXTENSIONS = [
     ("cirron/_record/_cscope.c", "cirron/_record/_cscope"),
     ("cirron/_flush/_cencode.c", "cirron/_flush/_cencode"),
+    ("cirron/spool/_cbatch.c", "cirron/spool/_cbatch"),
 ]
 
 

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import sys
 from pathlib import Path
 
 import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the shared helpers (cbatch_check)
 
 # The cirron_capture fixture users get from cirron.testing (tests/core/test_testing_helpers.py).
 pytest_plugins = ["cirron.testing"]
@@ -18,6 +22,18 @@ def _isolated_cirron_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Non
             monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("CIRRON_CONFIG_FILE", str(tmp_path / "home-config.toml"))
     monkeypatch.chdir(tmp_path)
+
+
+@pytest.fixture(autouse=True)
+def _compiled_batch_parser_agrees(tmp_path: Path) -> object:
+    """Every batch file a test leaves in a spool under its tmp_path is read by the compiled parser
+    (cirron/spool/_cbatch.c) exactly as by the msgspec decoder, or left to it (tests/cbatch_check.py)."""
+    yield
+    if importlib.util.find_spec("cirron.spool._cbatch") is None or importlib.util.find_spec("pyarrow") is None:
+        return
+    from cbatch_check import check_spools_under
+
+    check_spools_under(tmp_path)
 
 
 @pytest.fixture

@@ -1,0 +1,841 @@
+/* One spool batch file's records as column buffers, parsed straight from its JSON bytes: the
+ * optional fast path of cirron.spool.columnar._fast_file (its msgspec decoder is the reference;
+ * the tests check that both give the same columns).
+ *
+ * parse(data, with_marks) returns the columns, or None where the file is not plainly what
+ * cirron's writer makes and msgspec's reading of it must decide: invalid JSON or UTF-8 anywhere,
+ * a duplicate field, a field of another type than columnar._Span / _Mark declare, an integer
+ * outside int64, a mark value that is not a JSON float, a float that overflows, snapshots, no
+ * session_id or one that is neither a string nor null, nesting deeper than MAX_DEPTH. Declining
+ * is always safe; accepting means giving exactly what the msgspec decoder gives.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+
+/* Deeper nesting inside a skipped value is left to msgspec (which has its own recursion limit). */
+#define MAX_DEPTH 64
+
+typedef struct {
+    char *data;
+    Py_ssize_t len, cap;
+} Buf;
+
+static int buf_grow(Buf *b, Py_ssize_t extra) {
+    Py_ssize_t cap = b->cap ? b->cap : 1024;
+    while (cap < b->len + extra) cap *= 2;
+    char *d = PyMem_Realloc(b->data, cap);
+    if (d == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    b->data = d;
+    b->cap = cap;
+    return 0;
+}
+
+static inline int buf_reserve(Buf *b, Py_ssize_t extra) {
+    return b->len + extra <= b->cap ? 0 : buf_grow(b, extra);
+}
+
+static inline int buf_put(Buf *b, const void *s, Py_ssize_t n) {
+    if (buf_reserve(b, n) < 0) return -1;
+    memcpy(b->data + b->len, s, n);
+    b->len += n;
+    return 0;
+}
+
+/* ------------------------------------------------------------------ columns */
+
+enum { K_ID, K_STR, K_PARENT, K_INT, K_FLOAT, K_RAW };
+
+typedef struct {
+    int kind;
+    Buf data;    /* K_INT: int64 values; K_FLOAT: float64 values; strings: their UTF-8 */
+    Buf offsets; /* strings: int32 offsets into data */
+    Buf valid;   /* validity bitmap (bit set: not null), least significant bit first */
+    Py_ssize_t nulls;
+} Col;
+
+static int col_start(Col *c, Py_ssize_t rows_hint) {
+    memset(&c->data, 0, sizeof(Buf));
+    memset(&c->offsets, 0, sizeof(Buf));
+    memset(&c->valid, 0, sizeof(Buf));
+    c->nulls = 0;
+    if (c->kind == K_INT || c->kind == K_FLOAT) return buf_reserve(&c->data, 8 * (rows_hint + 1));
+    int32_t zero = 0;
+    return buf_put(&c->offsets, &zero, 4);
+}
+
+static void col_free(Col *c) {
+    PyMem_Free(c->data.data);
+    PyMem_Free(c->offsets.data);
+    PyMem_Free(c->valid.data);
+}
+
+/* Mark row `row` valid or null in the bitmap. */
+static inline int col_validity(Col *c, Py_ssize_t row, int valid) {
+    Py_ssize_t need = row / 8 + 1;
+    if (need > c->valid.len) {
+        if (buf_reserve(&c->valid, need - c->valid.len) < 0) return -1;
+        memset(c->valid.data + c->valid.len, 0, need - c->valid.len);
+        c->valid.len = need;
+    }
+    if (valid) c->valid.data[row / 8] |= (char)(1 << (row % 8));
+    else c->nulls++;
+    return 0;
+}
+
+/* End a string row: its bytes are already in data. */
+static inline int str_end(Col *c, Py_ssize_t row, int valid) {
+    if (c->data.len > INT32_MAX) return 0;
+    int32_t off = (int32_t)c->data.len;
+    if (buf_put(&c->offsets, &off, 4) < 0) return -1;
+    return col_validity(c, row, valid) < 0 ? -1 : 1;
+}
+
+static inline int num_put(Col *c, Py_ssize_t row, const void *v8, int valid) {
+    if (buf_put(&c->data, v8, 8) < 0) return -1;
+    return col_validity(c, row, valid) < 0 ? -1 : 1;
+}
+
+/* (validity or None, null count, values) or (validity or None, null count, offsets, data). */
+static PyObject *col_result(Col *c) {
+    PyObject *valid = c->nulls ? PyBytes_FromStringAndSize(c->valid.data, c->valid.len) : Py_NewRef(Py_None);
+    if (valid == NULL) return NULL;
+    if (c->kind == K_INT || c->kind == K_FLOAT)
+        return Py_BuildValue("(Nny#)", valid, c->nulls, c->data.data ? c->data.data : "", c->data.len);
+    return Py_BuildValue("(Nny#y#)", valid, c->nulls, c->offsets.data, c->offsets.len,
+                         c->data.data ? c->data.data : "", c->data.len);
+}
+
+/* ------------------------------------------------------------------ JSON scanning */
+
+typedef struct {
+    const unsigned char *p, *end;
+    int depth;
+    Buf scratch; /* a decoded key or session id */
+} P;
+
+/* Returns of the parsing steps: 1 read, 0 decline (msgspec decides), -1 Python error set. */
+#define TRY(expr) do { int _r = (expr); if (_r <= 0) return _r; } while (0)
+
+static inline void skip_ws(P *s) {
+    while (s->p < s->end && (*s->p == ' ' || *s->p == '\n' || *s->p == '\r' || *s->p == '\t')) s->p++;
+}
+
+/* The next non-blank byte, or -1 at the end of the input. */
+static inline int peek(P *s) {
+    if (s->p < s->end && *s->p > ' ') return *s->p;
+    skip_ws(s);
+    return s->p < s->end ? *s->p : -1;
+}
+
+static int literal(P *s, const char *word, Py_ssize_t n) {
+    if (s->end - s->p < n || memcmp(s->p, word, n) != 0) return 0;
+    s->p += n;
+    return 1;
+}
+
+/* Bytes that stand for themselves inside a JSON string: printable ASCII but '"' and '\'. */
+static unsigned char PLAIN[256];
+
+static void init_plain(void) {
+    for (int c = 0x20; c < 0x80; c++) PLAIN[c] = c != '"' && c != '\\';
+}
+
+#define ONES 0x0101010101010101ULL
+#define HIGHS 0x8080808080808080ULL
+
+/* Whether one of the 8 bytes at p is not PLAIN (a quote, a backslash, a control or non-ASCII
+ * byte): the usual "has a zero byte" bit tricks, exact for each condition. */
+static inline int word_has_special(const unsigned char *p) {
+    uint64_t x;
+    memcpy(&x, p, 8);
+    uint64_t quote = x ^ (ONES * '"'), bslash = x ^ (ONES * '\\');
+    uint64_t special = ((quote - ONES) & ~quote) | ((bslash - ONES) & ~bslash) | ((x - ONES * 0x20) & ~x) | x;
+    return (special & HIGHS) != 0;
+}
+
+/* The first byte at or after p that is not PLAIN, or end. */
+static inline const unsigned char *plain_run(const unsigned char *p, const unsigned char *end) {
+    while (end - p >= 8 && !word_has_special(p)) p += 8;
+    while (p < end && PLAIN[*p]) p++;
+    return p;
+}
+
+/* Length of the well-formed UTF-8 sequence at p (as Python's strict decoder accepts: no
+ * overlongs, no surrogates, nothing above U+10FFFF), or 0. */
+static Py_ssize_t utf8_len(const unsigned char *p, const unsigned char *end) {
+    unsigned char c = p[0];
+    Py_ssize_t n;
+    unsigned char lo = 0x80, hi = 0xBF;
+    if (c >= 0xC2 && c <= 0xDF) n = 2;
+    else if (c >= 0xE0 && c <= 0xEF) {
+        n = 3;
+        if (c == 0xE0) lo = 0xA0;
+        else if (c == 0xED) hi = 0x9F;
+    } else if (c >= 0xF0 && c <= 0xF4) {
+        n = 4;
+        if (c == 0xF0) lo = 0x90;
+        else if (c == 0xF4) hi = 0x8F;
+    } else return 0;
+    if (end - p < n || p[1] < lo || p[1] > hi) return 0;
+    for (Py_ssize_t i = 2; i < n; i++)
+        if ((p[i] & 0xC0) != 0x80) return 0;
+    return n;
+}
+
+static int hex4(const unsigned char *p, unsigned *out) {
+    unsigned v = 0;
+    for (int i = 0; i < 4; i++) {
+        unsigned char c = p[i];
+        v <<= 4;
+        if (c >= '0' && c <= '9') v |= c - '0';
+        else if (c >= 'a' && c <= 'f') v |= c - 'a' + 10;
+        else if (c >= 'A' && c <= 'F') v |= c - 'A' + 10;
+        else return 0;
+    }
+    *out = v;
+    return 1;
+}
+
+/* The string at s->p (its opening quote), checked, its decoded UTF-8 appended to `out` (NULL:
+ * only checked). A lone UTF-16 surrogate escape declines, as msgspec refuses it. */
+static int string(P *s, Buf *out) {
+    s->p++;
+    const unsigned char *run = s->p;
+    for (;;) {
+        s->p = plain_run(s->p, s->end);
+        if (s->p >= s->end) return 0;
+        unsigned char c = *s->p;
+        if (c == '"') {
+            if (out && buf_put(out, run, s->p - run) < 0) return -1;
+            s->p++;
+            return 1;
+        }
+        if (c >= 0x80) {
+            Py_ssize_t n = utf8_len(s->p, s->end);
+            if (n == 0) return 0;
+            s->p += n;
+            continue;
+        }
+        if (c != '\\') return 0; /* a control character */
+        if (out && buf_put(out, run, s->p - run) < 0) return -1;
+        if (s->end - s->p < 2) return 0;
+        char one;
+        switch (s->p[1]) {
+        case '"': one = '"'; break;
+        case '\\': one = '\\'; break;
+        case '/': one = '/'; break;
+        case 'b': one = '\b'; break;
+        case 'f': one = '\f'; break;
+        case 'n': one = '\n'; break;
+        case 'r': one = '\r'; break;
+        case 't': one = '\t'; break;
+        case 'u': one = 0; break;
+        default: return 0;
+        }
+        if (s->p[1] != 'u') {
+            s->p += 2;
+            if (out && buf_put(out, &one, 1) < 0) return -1;
+            run = s->p;
+            continue;
+        }
+        unsigned cp, lo;
+        if (s->end - s->p < 6 || !hex4(s->p + 2, &cp)) return 0;
+        s->p += 6;
+        if (cp >= 0xDC00 && cp <= 0xDFFF) return 0;
+        if (cp >= 0xD800 && cp <= 0xDBFF) {
+            if (s->end - s->p < 6 || s->p[0] != '\\' || s->p[1] != 'u' || !hex4(s->p + 2, &lo)) return 0;
+            if (lo < 0xDC00 || lo > 0xDFFF) return 0;
+            s->p += 6;
+            cp = 0x10000 + (((cp - 0xD800) << 10) | (lo - 0xDC00));
+        }
+        if (out) {
+            unsigned char u[4];
+            Py_ssize_t n;
+            if (cp < 0x80) {
+                u[0] = (unsigned char)cp;
+                n = 1;
+            } else if (cp < 0x800) {
+                u[0] = 0xC0 | (cp >> 6);
+                u[1] = 0x80 | (cp & 0x3F);
+                n = 2;
+            } else if (cp < 0x10000) {
+                u[0] = 0xE0 | (cp >> 12);
+                u[1] = 0x80 | ((cp >> 6) & 0x3F);
+                u[2] = 0x80 | (cp & 0x3F);
+                n = 3;
+            } else {
+                u[0] = 0xF0 | (cp >> 18);
+                u[1] = 0x80 | ((cp >> 12) & 0x3F);
+                u[2] = 0x80 | ((cp >> 6) & 0x3F);
+                u[3] = 0x80 | (cp & 0x3F);
+                n = 4;
+            }
+            if (buf_put(out, u, n) < 0) return -1;
+        }
+        run = s->p;
+    }
+}
+
+static inline int is_digit(unsigned char c) { return c >= '0' && c <= '9'; }
+
+/* A JSON number at s->p: its extent and whether it has a fraction or an exponent (msgspec's
+ * floats; the others are its ints). */
+typedef struct {
+    const unsigned char *start, *end;
+    int is_float;
+} Num;
+
+static int number(P *s, Num *n) {
+    const unsigned char *p = s->p, *end = s->end;
+    n->start = p;
+    n->is_float = 0;
+    if (p < end && *p == '-') p++;
+    if (p >= end || !is_digit(*p)) return 0;
+    if (*p == '0') {
+        p++;
+        if (p < end && is_digit(*p)) return 0;
+    } else {
+        while (p < end && is_digit(*p)) p++;
+    }
+    if (p < end && *p == '.') {
+        n->is_float = 1;
+        p++;
+        if (p >= end || !is_digit(*p)) return 0;
+        while (p < end && is_digit(*p)) p++;
+    }
+    if (p < end && (*p == 'e' || *p == 'E')) {
+        n->is_float = 1;
+        p++;
+        if (p < end && (*p == '+' || *p == '-')) p++;
+        if (p >= end || !is_digit(*p)) return 0;
+        while (p < end && is_digit(*p)) p++;
+    }
+    s->p = p;
+    n->end = p;
+    return 1;
+}
+
+/* The integer at s->p, when it fits int64 (else, or when the number is a float, decline: what
+ * _Int accepts). */
+static inline int int_value(P *s, int64_t *out) {
+    const unsigned char *p = s->p, *end = s->end;
+    int neg = p < end && *p == '-';
+    p += neg;
+    if (p >= end || !is_digit(*p)) return 0;
+    uint64_t v = 0;
+    if (*p == '0') {
+        p++;
+    } else {
+        const unsigned char *fast = end - p > 18 ? p + 18 : end; /* 18 digits always fit */
+        while (p < fast && is_digit(*p)) v = v * 10 + (*p++ - '0');
+        uint64_t limit = neg ? (uint64_t)1 << 63 : ((uint64_t)1 << 63) - 1;
+        for (; p < end && is_digit(*p); p++) {
+            unsigned d = *p - '0';
+            if (v > (limit - d) / 10) return 0;
+            v = v * 10 + d;
+        }
+    }
+    if (p < end && (is_digit(*p) || *p == '.' || *p == 'e' || *p == 'E')) return 0;
+    s->p = p;
+    *out = neg ? (int64_t)(0 - v) : (int64_t)v;
+    return 1;
+}
+
+#include "_pow10.h"
+
+/* man * 10**q correctly rounded to a double (man != 0, at most 19 digits), by Eisel and
+ * Lemire's algorithm: 0 where it cannot decide (then strtod does). */
+static int eisel_lemire(uint64_t man, int64_t q, double *out) {
+    if (q < POW10_MIN || q > POW10_MAX) return 0;
+    int clz = __builtin_clzll(man);
+    man <<= clz;
+    /* floor(q * log2(10)) + 64 + the exponent bias, minus the normalisation shift */
+    uint64_t exp2 = (uint64_t)(((217706 * q) >> 16) + 64 + 1023) - (uint64_t)clz;
+    const uint64_t *pw = POW10_128[q - POW10_MIN];
+    unsigned __int128 x = (unsigned __int128)man * pw[0];
+    uint64_t hi = (uint64_t)(x >> 64), lo = (uint64_t)x;
+    if ((hi & 0x1FF) == 0x1FF && lo + man < man) { /* the low word of the power may carry */
+        unsigned __int128 y = (unsigned __int128)man * pw[1];
+        uint64_t yhi = (uint64_t)(y >> 64), ylo = (uint64_t)y;
+        uint64_t mhi = hi, mlo = lo + yhi;
+        if (mlo < lo) mhi++;
+        if ((mhi & 0x1FF) == 0x1FF && mlo + 1 == 0 && ylo + man < man) return 0;
+        hi = mhi;
+        lo = mlo;
+    }
+    uint64_t msb = hi >> 63;
+    uint64_t mant = hi >> (msb + 9);
+    exp2 -= 1 ^ msb;
+    if (lo == 0 && (hi & 0x1FF) == 0 && (mant & 3) == 1) return 0; /* half-way: undecided */
+    mant += mant & 1;
+    mant >>= 1;
+    if (mant >> 53) {
+        mant >>= 1;
+        exp2++;
+    }
+    if (exp2 - 1 >= 0x7FF - 1) return 0; /* subnormal or infinite: strtod decides */
+    uint64_t bits = exp2 << 52 | (mant & ((1ULL << 52) - 1));
+    memcpy(out, &bits, 8);
+    return 1;
+}
+
+static const double POW10[23] = {1e0,  1e1,  1e2,  1e3,  1e4,  1e5,  1e6,  1e7,  1e8,  1e9,  1e10, 1e11,
+                                 1e12, 1e13, 1e14, 1e15, 1e16, 1e17, 1e18, 1e19, 1e20, 1e21, 1e22};
+
+/* CPython's correctly rounded strtod of the text [start, end). */
+static int strtod_of(const unsigned char *start, const unsigned char *end, double *out) {
+    char small[64], *text = small;
+    Py_ssize_t len = end - start;
+    if (len >= (Py_ssize_t)sizeof small) {
+        text = PyMem_Malloc(len + 1);
+        if (text == NULL) {
+            PyErr_NoMemory();
+            return -1;
+        }
+    }
+    memcpy(text, start, len);
+    text[len] = '\0';
+    char *stop = NULL;
+    double v = PyOS_string_to_double(text, &stop, NULL);
+    int whole = stop == text + len;
+    if (text != small) PyMem_Free(text);
+    if (v == -1.0 && PyErr_Occurred()) return -1;
+    if (!whole) return 0;
+    *out = v;
+    return 1;
+}
+
+/* The number at s->p when it is a float (it has a fraction or an exponent: what msgspec makes a
+ * float), correctly rounded; an integer or a float that overflows declines (msgspec refuses the
+ * latter: "Number out of range"). */
+static inline int float_value(P *s, double *out) {
+    const unsigned char *start = s->p, *p = start, *end = s->end;
+    int neg = p < end && *p == '-';
+    p += neg;
+    if (p >= end || !is_digit(*p)) return 0;
+    uint64_t man = 0;
+    int64_t digits = 0, q = 0;
+    int is_float = 0;
+    if (*p == '0') {
+        p++;
+    } else {
+        for (; p < end && is_digit(*p); p++, digits++) man = man * 10 + (*p - '0');
+    }
+    if (p < end && *p == '.') {
+        is_float = 1;
+        const unsigned char *frac = ++p;
+        for (; p < end && is_digit(*p); p++, q--) {
+            if (man || *p != '0') digits++;
+            man = man * 10 + (*p - '0');
+        }
+        if (p == frac) return 0;
+    }
+    if (p < end && (*p == 'e' || *p == 'E')) {
+        is_float = 1;
+        p++;
+        int eneg = 0;
+        if (p < end && (*p == '+' || *p == '-')) eneg = *p++ == '-';
+        const unsigned char *ed = p;
+        int64_t e = 0;
+        for (; p < end && is_digit(*p); p++)
+            if (e < 100000) e = e * 10 + (*p - '0');
+        if (p == ed) return 0;
+        q += eneg ? -e : e;
+    }
+    if (!is_float || (p < end && is_digit(*p))) return 0;
+    s->p = p;
+    double v;
+    if (digits == 0) { /* all zeros (man may have wrapped around when there are more than 19 digits) */
+        v = 0.0;
+    } else if (digits <= 15 && q >= -22 && q <= 22) { /* both exact doubles: one rounding */
+        v = (double)man;
+        v = q >= 0 ? v * POW10[q] : v / POW10[-q];
+    } else if (digits > 19 || !eisel_lemire(man, q, &v)) {
+        TRY(strtod_of(start + neg, p, &v));
+    }
+    if (isinf(v)) return 0;
+    *out = neg ? -v : v;
+    return 1;
+}
+
+static int skip_value(P *s);
+
+/* The object key at s->p (its opening quote), decoded: in place where it has no escape and is
+ * ASCII, else in s->scratch. */
+static inline int key(P *s, const char **out, Py_ssize_t *len) {
+    const unsigned char *start = s->p + 1, *q = plain_run(start, s->end);
+    if (q < s->end && *q == '"') {
+        *out = (const char *)start;
+        *len = q - start;
+        s->p = q + 1;
+        return 1;
+    }
+    s->scratch.len = 0;
+    TRY(string(s, &s->scratch));
+    *out = s->scratch.data;
+    *len = s->scratch.len;
+    return 1;
+}
+
+/* The object or array at s->p, checked. */
+static int skip_container(P *s, unsigned char close) {
+    if (++s->depth > MAX_DEPTH) return 0;
+    s->p++;
+    int c = peek(s);
+    if (c == close) {
+        s->p++;
+        s->depth--;
+        return 1;
+    }
+    for (;;) {
+        if (close == '}') {
+            if (peek(s) != '"') return 0;
+            TRY(string(s, NULL));
+            if (peek(s) != ':') return 0;
+            s->p++;
+        }
+        TRY(skip_value(s));
+        c = peek(s);
+        if (c == close) {
+            s->p++;
+            s->depth--;
+            return 1;
+        }
+        if (c != ',') return 0;
+        s->p++;
+    }
+}
+
+/* Any JSON value at the next non-blank byte, checked and skipped. */
+static int skip_value(P *s) {
+    Num n;
+    switch (peek(s)) {
+    case -1: return 0;
+    case '{': return skip_container(s, '}');
+    case '[': return skip_container(s, ']');
+    case '"': return string(s, NULL);
+    case 't': return literal(s, "true", 4);
+    case 'f': return literal(s, "false", 5);
+    case 'n': return literal(s, "null", 4);
+    default: return number(s, &n);
+    }
+}
+
+/* ------------------------------------------------------------------ records */
+
+typedef struct {
+    const char *name;
+    Py_ssize_t len;
+    int kind;
+} Field;
+
+#define F(name, kind) {name, sizeof(name) - 1, kind}
+
+/* The fields of columnar._Span and columnar._Mark, in the order cirron's writer puts them. */
+static const Field SPAN_FIELDS[] = {
+    F("id", K_ID),           F("parent_id", K_PARENT), F("name", K_STR),       F("index", K_INT),
+    F("start_ns", K_INT),    F("end_ns", K_INT),       F("cpu_ns", K_INT),     F("gpu_ns", K_INT),
+    F("memory_peak_bytes", K_INT), F("thread_id", K_INT), F("pid", K_INT),     F("rank", K_INT),
+    F("attrs", K_RAW),
+};
+static const Field MARK_FIELDS[] = {
+    F("id", K_ID),         F("span_id", K_STR),   F("name", K_STR),      F("value", K_FLOAT),
+    F("value_type", K_STR), F("kind", K_STR),     F("ts_ns", K_INT),     F("thread_id", K_INT),
+    F("attrs", K_RAW),
+};
+#define N_SPAN_FIELDS ((int)(sizeof SPAN_FIELDS / sizeof SPAN_FIELDS[0]))
+#define N_MARK_FIELDS ((int)(sizeof MARK_FIELDS / sizeof MARK_FIELDS[0]))
+#define MAX_FIELDS N_SPAN_FIELDS
+
+typedef struct {
+    const Field *fields;
+    int nfields;
+    Col cols[MAX_FIELDS];
+    Py_ssize_t rows;
+} Table;
+
+/* The field named `key`, trying first the one after `prev` (the writer's order), or -1. */
+static inline int field_of(const Table *t, const char *key, Py_ssize_t len, int prev) {
+    const Field *f = t->fields;
+    int next = prev + 1;
+    if (next < t->nfields && f[next].len == len && memcmp(f[next].name, key, len) == 0) return next;
+    for (int i = 0; i < t->nfields; i++)
+        if (f[i].len == len && memcmp(f[i].name, key, len) == 0) return i;
+    return -1;
+}
+
+/* The next value, into column c as row `row`. */
+static int field_value(P *s, Col *c, Py_ssize_t row) {
+    int ch = peek(s);
+    switch (c->kind) {
+    case K_ID:
+    case K_STR:
+    case K_PARENT: {
+        if (ch == 'n' && c->kind != K_ID) {
+            TRY(literal(s, "null", 4));
+            return str_end(c, row, 0);
+        }
+        if (ch != '"') return 0;
+        Py_ssize_t before = c->data.len;
+        TRY(string(s, &c->data));
+        int empty = c->data.len == before;
+        if (empty && c->kind == K_ID) return 0;             /* _Id: a non-empty string */
+        return str_end(c, row, !(empty && c->kind == K_PARENT)); /* "" parent: none */
+    }
+    case K_INT: {
+        int64_t v = 0;
+        if (ch == 'n') {
+            TRY(literal(s, "null", 4));
+            return num_put(c, row, &v, 0);
+        }
+        TRY(int_value(s, &v));
+        return num_put(c, row, &v, 1);
+    }
+    case K_FLOAT: {
+        double v;
+        TRY(float_value(s, &v));
+        return num_put(c, row, &v, 1);
+    }
+    default: { /* K_RAW: the value's text as written */
+        if (ch < 0) return 0;
+        const unsigned char *start = s->p;
+        TRY(skip_value(s));
+        if (buf_put(&c->data, start, s->p - start) < 0) return -1;
+        return str_end(c, row, 1);
+    }
+    }
+}
+
+/* A field a record left out: null, {} for attrs; a record without an id or a mark without a
+ * value declines. */
+static int field_missing(Col *c, Py_ssize_t row) {
+    int64_t zero = 0;
+    switch (c->kind) {
+    case K_ID:
+    case K_FLOAT: return 0;
+    case K_INT: return num_put(c, row, &zero, 0);
+    case K_RAW:
+        if (buf_put(&c->data, "{}", 2) < 0) return -1;
+        return str_end(c, row, 1);
+    default: return str_end(c, row, 0);
+    }
+}
+
+static int record(P *s, Table *t) {
+    if (peek(s) != '{') return 0;
+    s->p++;
+    uint32_t seen = 0;
+    int prev = -1;
+    Py_ssize_t row = t->rows;
+    int c = peek(s);
+    if (c != '}') {
+        for (;;) {
+            if (c != '"') return 0;
+            const char *k;
+            Py_ssize_t klen;
+            TRY(key(s, &k, &klen));
+            if (peek(s) != ':') return 0;
+            s->p++;
+            int f = field_of(t, k, klen, prev);
+            if (f < 0) {
+                TRY(skip_value(s));
+            } else {
+                if (seen & (1u << f)) return 0; /* a duplicate field */
+                seen |= 1u << f;
+                prev = f;
+                TRY(field_value(s, &t->cols[f], row));
+            }
+            c = peek(s);
+            if (c == '}') break;
+            if (c != ',') return 0;
+            s->p++;
+            c = peek(s);
+        }
+    }
+    s->p++;
+    for (int f = 0; f < t->nfields; f++)
+        if (!(seen & (1u << f))) TRY(field_missing(&t->cols[f], row));
+    t->rows++;
+    return 1;
+}
+
+/* `null` or an array of records. */
+static int records(P *s, Table *t) {
+    int c = peek(s);
+    if (c == 'n') return literal(s, "null", 4);
+    if (c != '[') return 0;
+    s->p++;
+    if (peek(s) == ']') {
+        s->p++;
+        return 1;
+    }
+    for (;;) {
+        TRY(record(s, t));
+        c = peek(s);
+        if (c == ']') {
+            s->p++;
+            return 1;
+        }
+        if (c != ',') return 0;
+        s->p++;
+    }
+}
+
+/* snapshots: only null or an empty array stay on this path. */
+static int no_snapshots(P *s) {
+    int c = peek(s);
+    if (c == 'n') return literal(s, "null", 4);
+    if (c != '[') return 0;
+    s->p++;
+    if (peek(s) != ']') return 0;
+    s->p++;
+    return 1;
+}
+
+/* session_id: a string (None when empty) or null. */
+static int session_id(P *s, PyObject **out) {
+    int c = peek(s);
+    if (c == 'n') {
+        TRY(literal(s, "null", 4));
+        *out = Py_NewRef(Py_None);
+        return 1;
+    }
+    if (c != '"') return 0;
+    s->scratch.len = 0;
+    TRY(string(s, &s->scratch));
+    *out = s->scratch.len ? PyUnicode_DecodeUTF8(s->scratch.data, s->scratch.len, "strict") : Py_NewRef(Py_None);
+    return *out == NULL ? -1 : 1;
+}
+
+static int key_is(const char *key, Py_ssize_t len, const char *name) {
+    return (Py_ssize_t)strlen(name) == len && memcmp(name, key, len) == 0;
+}
+
+static int batch(P *s, Table *spans, Table *marks, PyObject **sid) {
+    int seen_sid = 0, seen_spans = 0, seen_marks = 0, seen_snaps = 0;
+    if (peek(s) != '{') return 0;
+    s->p++;
+    int c = peek(s);
+    if (c != '}') {
+        for (;;) {
+            if (c != '"') return 0;
+            const char *k;
+            Py_ssize_t klen;
+            TRY(key(s, &k, &klen));
+            if (peek(s) != ':') return 0;
+            s->p++;
+            if (key_is(k, klen, "session_id")) {
+                if (seen_sid++) return 0;
+                TRY(session_id(s, sid));
+            } else if (key_is(k, klen, "spans")) {
+                if (seen_spans++) return 0;
+                TRY(records(s, spans));
+            } else if (marks != NULL && key_is(k, klen, "marks")) {
+                if (seen_marks++) return 0;
+                TRY(records(s, marks));
+            } else if (key_is(k, klen, "snapshots")) {
+                if (seen_snaps++) return 0;
+                TRY(no_snapshots(s));
+            } else {
+                TRY(skip_value(s));
+            }
+            c = peek(s);
+            if (c == '}') break;
+            if (c != ',') return 0;
+            s->p++;
+            c = peek(s);
+        }
+    }
+    s->p++;
+    if (peek(s) != -1) return 0; /* trailing characters */
+    return seen_sid ? 1 : 0;
+}
+
+static int table_start(Table *t, const Field *fields, int nfields, Py_ssize_t rows_hint) {
+    t->fields = fields;
+    t->nfields = nfields;
+    t->rows = 0;
+    for (int i = 0; i < nfields; i++) t->cols[i].kind = fields[i].kind;
+    int rc = 0;
+    for (int i = 0; i < nfields; i++)
+        if (col_start(&t->cols[i], rows_hint) < 0) rc = -1; /* every column is started: col_free is safe */
+    return rc;
+}
+
+static void table_free(Table *t) {
+    for (int i = 0; i < t->nfields; i++) col_free(&t->cols[i]);
+}
+
+/* (rows, {field name: column}). */
+static PyObject *table_result(Table *t) {
+    PyObject *cols = PyDict_New();
+    if (cols == NULL) return NULL;
+    for (int i = 0; i < t->nfields; i++) {
+        PyObject *col = col_result(&t->cols[i]);
+        if (col == NULL || PyDict_SetItemString(cols, t->fields[i].name, col) < 0) {
+            Py_XDECREF(col);
+            Py_DECREF(cols);
+            return NULL;
+        }
+        Py_DECREF(col);
+    }
+    return Py_BuildValue("(nN)", t->rows, cols);
+}
+
+/* parse(data, with_marks) -> (session_id, (rows, span columns), (rows, mark columns)) or None; see
+ * the top of this file. */
+static PyObject *parse(PyObject *Py_UNUSED(m), PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "parse(data, with_marks)");
+        return NULL;
+    }
+    int with_marks = PyObject_IsTrue(args[1]);
+    if (with_marks < 0) return NULL;
+    Py_buffer view;
+    if (PyObject_GetBuffer(args[0], &view, PyBUF_SIMPLE) < 0) return NULL;
+    /* cirron's records take about 500 bytes each: a first guess that spares most regrowing */
+    Py_ssize_t hint = view.len / 1000 + 16;
+    P s = {(const unsigned char *)view.buf, (const unsigned char *)view.buf + view.len, 0, {NULL, 0, 0}};
+    Table spans, marks;
+    PyObject *sid = NULL, *out = NULL;
+    int ok = 0;
+    int started = table_start(&spans, SPAN_FIELDS, N_SPAN_FIELDS, hint);
+    started |= table_start(&marks, MARK_FIELDS, N_MARK_FIELDS, with_marks ? hint : 0);
+    if (started == 0) ok = batch(&s, &spans, with_marks ? &marks : NULL, &sid);
+    if (ok > 0) {
+        PyObject *sp = table_result(&spans), *mk = sp ? table_result(&marks) : NULL;
+        if (sp != NULL && mk != NULL) out = PyTuple_Pack(3, sid, sp, mk);
+        Py_XDECREF(sp);
+        Py_XDECREF(mk);
+    } else if (ok == 0 && started == 0) {
+        out = Py_NewRef(Py_None);
+    }
+    Py_XDECREF(sid);
+    table_free(&spans);
+    table_free(&marks);
+    PyMem_Free(s.scratch.data);
+    PyBuffer_Release(&view);
+    return out;
+}
+
+static PyMethodDef module_methods[] = {
+    {"parse", (PyCFunction)(void (*)(void))parse, METH_FASTCALL,
+     "parse($module, data, with_marks, /)\n--\n\n"
+     "A batch file's span and mark columns as buffers, or None where msgspec must read it."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module_def = {
+    PyModuleDef_HEAD_INIT, "_cbatch", "C parser of spool batch files into column buffers.", -1, module_methods,
+};
+
+PyMODINIT_FUNC PyInit__cbatch(void) {
+    init_plain();
+    return PyModule_Create(&module_def);
+}
