@@ -101,14 +101,69 @@ static inline int num_put(Col *c, Py_ssize_t row, const void *v8, int valid) {
     return col_validity(c, row, valid) < 0 ? -1 : 1;
 }
 
+/* A block of memory a column was built in, handed to Python as is (its buffer is what the Arrow
+ * array reads): the bytes are not copied again. */
+typedef struct {
+    PyObject_HEAD
+    char *data;
+    Py_ssize_t len;
+} BlockObject;
+
+static int block_getbuffer(PyObject *self, Py_buffer *view, int flags) {
+    BlockObject *b = (BlockObject *)self;
+    return PyBuffer_FillInfo(view, self, b->data, b->len, 1, flags);
+}
+
+static void block_dealloc(PyObject *self) {
+    PyMem_Free(((BlockObject *)self)->data);
+    Py_TYPE(self)->tp_free(self);
+}
+
+static PyBufferProcs block_as_buffer = {block_getbuffer, NULL};
+
+static PyTypeObject BlockType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "cirron.spool._cbatch.Block",
+    .tp_basicsize = sizeof(BlockObject),
+    .tp_dealloc = block_dealloc,
+    .tp_as_buffer = &block_as_buffer,
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "Read-only bytes of one column buffer.",
+};
+
+/* A Block that takes over b's memory, cut to its length (b is left empty). */
+static PyObject *block_of(Buf *b) {
+    if (b->data == NULL && buf_grow(b, 1) < 0) return NULL; /* a valid pointer even when empty */
+    if (b->cap > b->len + 4096) {
+        char *cut = PyMem_Realloc(b->data, b->len ? b->len : 1);
+        if (cut != NULL) b->data = cut;
+    }
+    BlockObject *out = PyObject_New(BlockObject, &BlockType);
+    if (out == NULL) return NULL;
+    out->data = b->data;
+    out->len = b->len;
+    b->data = NULL;
+    b->len = b->cap = 0;
+    return (PyObject *)out;
+}
+
 /* (validity or None, null count, values) or (validity or None, null count, offsets, data). */
 static PyObject *col_result(Col *c) {
-    PyObject *valid = c->nulls ? PyBytes_FromStringAndSize(c->valid.data, c->valid.len) : Py_NewRef(Py_None);
-    if (valid == NULL) return NULL;
-    if (c->kind == K_INT || c->kind == K_FLOAT)
-        return Py_BuildValue("(Nny#)", valid, c->nulls, c->data.data ? c->data.data : "", c->data.len);
-    return Py_BuildValue("(Nny#y#)", valid, c->nulls, c->offsets.data, c->offsets.len,
-                         c->data.data ? c->data.data : "", c->data.len);
+    int text = c->kind != K_INT && c->kind != K_FLOAT;
+    PyObject *out = PyTuple_New(text ? 4 : 3);
+    if (out == NULL) return NULL;
+    PyObject *items[4] = {c->nulls ? block_of(&c->valid) : Py_NewRef(Py_None), PyLong_FromSsize_t(c->nulls),
+                          block_of(text ? &c->offsets : &c->data), text ? block_of(&c->data) : NULL};
+    int failed = 0;
+    for (int i = 0; i < PyTuple_GET_SIZE(out); i++) {
+        if (items[i] == NULL) failed = 1;
+        else PyTuple_SET_ITEM(out, i, items[i]);
+    }
+    if (failed) {
+        Py_DECREF(out); /* releases the items already in it */
+        return NULL;
+    }
+    return out;
 }
 
 /* ------------------------------------------------------------------ JSON scanning */
@@ -560,11 +615,9 @@ typedef struct {
     Py_ssize_t rows;
 } Table;
 
-/* The field named `key`, trying first the one after `prev` (the writer's order), or -1. */
-static inline int field_of(const Table *t, const char *key, Py_ssize_t len, int prev) {
+/* The field named `key`, or -1. */
+static inline int field_of(const Table *t, const char *key, Py_ssize_t len) {
     const Field *f = t->fields;
-    int next = prev + 1;
-    if (next < t->nfields && f[next].len == len && memcmp(f[next].name, key, len) == 0) return next;
     for (int i = 0; i < t->nfields; i++)
         if (f[i].len == len && memcmp(f[i].name, key, len) == 0) return i;
     return -1;
@@ -637,12 +690,19 @@ static int record(P *s, Table *t) {
     if (c != '}') {
         for (;;) {
             if (c != '"') return 0;
-            const char *k;
-            Py_ssize_t klen;
-            TRY(key(s, &k, &klen));
-            if (peek(s) != ':') return 0;
-            s->p++;
-            int f = field_of(t, k, klen, prev);
+            int f = prev + 1;
+            const Field *guess = f < t->nfields ? &t->fields[f] : NULL;
+            if (guess != NULL && s->end - s->p > guess->len + 2 && s->p[guess->len + 1] == '"' &&
+                s->p[guess->len + 2] == ':' && memcmp(s->p + 1, guess->name, guess->len) == 0) {
+                s->p += guess->len + 3; /* "name": of the field the writer puts next */
+            } else {
+                const char *k;
+                Py_ssize_t klen;
+                TRY(key(s, &k, &klen));
+                if (peek(s) != ':') return 0;
+                s->p++;
+                f = field_of(t, k, klen);
+            }
             if (f < 0) {
                 TRY(skip_value(s));
             } else {
@@ -837,5 +897,6 @@ static struct PyModuleDef module_def = {
 
 PyMODINIT_FUNC PyInit__cbatch(void) {
     init_plain();
+    if (PyType_Ready(&BlockType) < 0) return NULL;
     return PyModule_Create(&module_def);
 }

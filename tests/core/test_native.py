@@ -195,10 +195,12 @@ def test_compiled_modules_are_built_from_the_current_sources() -> None:
     if not linker or shutil.which(linker[0]) is None:
         pytest.skip("no C compiler: the pure-Python twins are what runs here")
     package = Path(importlib.util.find_spec("cirron").origin).parent
-    for module, source in (("cirron._record._cscope", "_record/_cscope.c"), ("cirron._flush._cencode", "_flush/_cencode.c")):
+    for module, source, headers in (("cirron._record._cscope", "_record/_cscope.c", ["_row.h", "_u128.h"]),
+                                    ("cirron._flush._cencode", "_flush/_cencode.c", ["_row.h", "_u128.h"]),
+                                    ("cirron.spool._cbatch", "spool/_cbatch.c", ["spool/_pow10.h"])):
         spec = importlib.util.find_spec(module)
         assert spec is not None and spec.origin is not None, f"{module} was not built (see the install's warnings)"
-        sources = [package / source, package / "_row.h", package / "_u128.h"]
+        sources = [package / source, *(package / h for h in headers)]
         if all(p.exists() for p in sources):  # an install from the source tree
             built = Path(spec.origin).stat().st_mtime
             stale = [p.name for p in sources if p.stat().st_mtime > built]
