@@ -425,3 +425,24 @@ def test_read_file_takes_the_compiled_path(compiled: Any, tmp_path: Path, monkey
 
 def test_the_powers_of_ten_header_is_generated() -> None:
     assert (REPO / "cirron" / "spool" / "_pow10.h").read_text() == header()
+
+
+def test_the_decoders_structs_are_the_ones_the_parser_knows() -> None:
+    """_cbatch.c reads the fields of these structs with these types; a change to either side
+    must change the other (then update SPAN_FIELDS / MARK_FIELDS / batch() in _cbatch.c)."""
+    import msgspec
+
+    def shape(struct: type) -> list[tuple[str, str]]:
+        return [(f.name, repr(f.type)) for f in msgspec.structs.fields(struct)]
+
+    from typing import Optional
+
+    opt_str, any_ = repr(Optional[str]), repr(Any)
+    ints = [(n, repr(columnar._Int)) for n in columnar.SPAN_COLUMNS[3:]]
+    raw = ("attrs", repr(msgspec.Raw))
+    assert shape(columnar._Span) == [("id", repr(columnar._Id)), ("parent_id", opt_str), ("name", opt_str), *ints, raw]
+    assert shape(columnar._Mark) == [("id", repr(columnar._Id)), ("span_id", opt_str), ("name", opt_str),
+                                     ("value", any_), ("value_type", opt_str), ("kind", opt_str),
+                                     ("ts_ns", repr(columnar._Int)), ("thread_id", repr(columnar._Int)), raw]
+    assert [f.name for f in msgspec.structs.fields(columnar._Batch)] == ["session_id", "spans", "marks", "snapshots"]
+    assert [f.name for f in msgspec.structs.fields(columnar._SpansBatch)] == ["session_id", "spans", "snapshots"]
