@@ -55,7 +55,7 @@ def _page(page: str, title: str, message: str | None = None, **data: str) -> HTM
 <title>{html.escape(title)} · cirron</title>
 <link rel="icon" href="/static/favicon.svg" type="image/svg+xml">
 <link rel="stylesheet" href="/static/style.css">
-<script src="/static/plotly.min.js"></script>
+<script defer src="/static/plotly.min.js"></script>
 <script src="/static/app.js"></script>
 </head><body data-page="{page}" {attrs}>
 <header><a class="brand" href="/">cirron</a><nav id="nav"></nav><span id="status"></span></header>

@@ -54,7 +54,15 @@ const cirronUI = (() => {
     main().appendChild($(`<p class="error">${esc(err.message || err)}</p>`));
   }
 
+  // plotly.js (4.8 MB) is a deferred script: the page asks for its data and builds its DOM
+  // while the browser loads and starts it, and waits for it only to draw.
+  const plotlyLoaded = new Promise((resolve) => {
+    if (document.readyState === "loading") document.addEventListener("DOMContentLoaded", resolve, { once: true });
+    else resolve();
+  });
+
   async function plot(div, traces, layout) {
+    await plotlyLoaded;
     const base = { margin: { l: 60, r: 20, t: 36, b: 44 }, paper_bgcolor: "#fff", plot_bgcolor: "#fff", font: { size: 12 } };
     for (const [k, v] of Object.entries(layout)) {  // plotly.js 3 takes axis titles as {text}
       if (/^[xy]axis\d*$/.test(k) && typeof v.title === "string") v.title = { text: v.title };
@@ -488,11 +496,9 @@ const cirronUI = (() => {
 
   const PAGES = { runs: runsPage, timeline: timelinePage, steps: stepsPage, marks: marksPage, snapshots: snapshotsPage, requests: requestsPage, ranks: ranksPage };
 
-  function start() {
+  function start() {  // called at the end of the body: the page's DOM is there, plotly.js may not be yet
     const page = PAGES[document.body.dataset.page];
-    document.addEventListener("DOMContentLoaded", () => {
-      page().then(() => { document.body.dataset.ready = "1"; }).catch((e) => { fail(e); document.body.dataset.ready = "error"; });
-    });
+    page().then(() => { document.body.dataset.ready = "1"; }).catch((e) => { fail(e); document.body.dataset.ready = "error"; });
   }
 
   return { start, fmtNs };
