@@ -139,6 +139,10 @@ def test_timeline_page_zooms_through_the_server(browser, ui_server: UIServer, ru
     assert {"forward", "backward", "data_load"} <= set(names)
     browser.save_screenshot(str(_shot_dir(tmp_path) / "ui-timeline-zoomed.png"))
     assert console_errors(browser) == []
+    # a window's edges travel in ms (plotly's axis) and come back as the ns asked for, float noise
+    # and all (1000001 / 1e6 * 1e6 is 1000000.9999999999 in a double)
+    browser.execute_script("Plotly.relayout(document.getElementById('timeline'), {'xaxis.range': [1000001 / 1e6, 1000017 / 1e6]});")
+    WebDriverWait(browser, PAGE_TIMEOUT, poll_frequency=0.1).until(lambda d: "t0=1000001&t1=1000017" in d.current_url)
 
 
 def test_steps_page(browser, ui_server: UIServer, runs: Runs, tmp_path: Path) -> None:

@@ -231,8 +231,10 @@ const cirronUI = (() => {
       const px = Math.max(200, div.clientWidth || 1200);
       const params = new URLSearchParams({ px });
       if (fit) params.set("fit", "1");
-      if (t0 !== null) params.set("t0", Math.floor(t0));
-      if (t1 !== null) params.set("t1", Math.ceil(t1));
+      // to the nearest ns: a window given in ms (a drag, a relayout) comes back as ns with float
+      // noise (1000001 / 1e6 * 1e6 is 1000000.9999999999), and the address bar must show the ns asked for
+      if (t0 !== null) params.set("t0", Math.round(t0));
+      if (t1 !== null) params.set("t1", Math.round(t1));
       return api(`/api/session/${sid}/timeline?${params}`);
     }
 
