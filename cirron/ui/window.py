@@ -11,7 +11,7 @@ block of :data:`BLOCK` of them, the latest end so far: the spans of a depth that
 on the running latest end (within a block, by their own end), so a narrow window reads only the
 spans near it. Within one depth the spans stay in start order, so the blocks of the timeline
 (per depth, a bucket of a few pixels by start) are runs of consecutive spans: merged with
-``reduceat``, no sort.
+``reduceat``, no sort; each is named after its most common span name (:func:`block_names`).
 """
 
 from __future__ import annotations
@@ -73,8 +73,8 @@ def merge_blocks(parts: list[tuple[int, np.ndarray]], late: np.ndarray, start: n
                  name: np.ndarray, names: list[str], lo: int, hi: int, px: int) -> list[dict[str, Any]]:
     """The small spans of a window merged per depth into blocks of about 4 pixels by start
     (``parts``: per depth, its rows in start order). Each block carries its count, extent, summed
-    wall time and the name of its first span, the spans in ``late`` (long spans left out of a
-    crowded window) counting after the others."""
+    wall time and its most common span name (:func:`block_names`), the spans in ``late`` (long
+    spans left out of a crowded window) weighing less than any other."""
     n_buckets = max(1, px // 4)
     width = (hi - lo) / n_buckets
     out: list[dict[str, Any]] = []
@@ -89,15 +89,40 @@ def merge_blocks(parts: list[tuple[int, np.ndarray]], late: np.ndarray, start: n
         x1 = np.maximum.reduceat(e, first)
         total = np.add.reduceat(e - s, first)
         del s, e, bucket
-        if late.size:
-            pos = np.arange(rows.size)
-            pos[np.isin(rows, late)] += rows.size  # a late span names its block only when nothing else is in it
-            top = np.minimum.reduceat(pos, first) % rows.size
-        else:
-            top = first
-        top_name = name[rows[top]]
+        is_late = np.isin(rows, late) if late.size else None
+        top_name = block_names(name[rows], count, is_late, len(names))
         out.extend({"depth": d, "start": int(a), "end": int(b), "count": int(c), "total_ns": int(t),
                     "name": names[int(nm)]}
                    for a, b, c, t, nm in zip(x0.tolist(), x1.tolist(), count.tolist(), total.tolist(),
                                              top_name.tolist()))
     return out
+
+
+#: Blocks times names up to which :func:`block_names` counts in one table (16 MB), not by a sort.
+DENSE_COUNTS = 1 << 21
+
+
+def block_names(codes: np.ndarray, count: np.ndarray, is_late: np.ndarray | None, n_names: int) -> np.ndarray:
+    """The name code of each block: the most common among its spans, the lowest code on a tie
+    (the name first on the timeline). ``codes``: the name code of each span, block after block,
+    ``count`` spans each; a span of ``is_late`` weighs less than any other: it decides only
+    between names the others tie on, or in a block of nothing but late spans."""
+    n_blocks = count.size
+    block = np.repeat(np.arange(n_blocks, dtype=np.int64), count)
+    # a span not late outweighs all the late ones of its block together
+    weight = None if is_late is None else np.where(is_late, 1.0, codes.size + 1.0)
+    if n_blocks * n_names <= DENSE_COUNTS:
+        table = np.bincount(block * n_names + codes, weights=weight, minlength=n_blocks * n_names)
+        return table.reshape(n_blocks, n_names).argmax(axis=1)
+    # many names: the runs of one (block, name) after a sort, the heaviest run of each block
+    key = block * n_names + codes
+    order = np.argsort(key, kind="stable")
+    key = key[order]
+    run = np.concatenate([[0], np.flatnonzero(np.diff(key)) + 1])
+    score = np.add.reduceat(np.ones(key.size) if weight is None else weight[order], run)
+    run_block = key[run] // n_names
+    block_first_run = np.searchsorted(run_block, np.arange(n_blocks))
+    best = np.maximum.reduceat(score, block_first_run)
+    top = np.flatnonzero(score == best[run_block])
+    top = top[np.concatenate([[True], np.diff(run_block[top]) != 0])]  # the lowest code of each block's best
+    return key[run[top]] % n_names
