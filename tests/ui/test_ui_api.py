@@ -52,8 +52,14 @@ def test_timeline_sends_only_the_window_and_aggregates_the_rest(ui_server: UISer
     t0, t1 = first_batch["start"], first_batch["end"]
     zoom = get(ui_server, f"/api/session/{sid}/timeline", t0=t0, t1=t1, px=1000)
     assert zoom["visible"] < full["visible"]
+    assert len(zoom["spans"]) + sum(b["count"] for b in zoom["blocks"]) == zoom["visible"]
     assert all(s["end"] >= t0 and s["start"] <= t1 for s in zoom["spans"])
-    names = {s["name"] for s in zoom["spans"]}
+    # a span of at least a pixel comes one by one, a smaller one in a block named after its spans:
+    # which phases are under a pixel depends on the machine's load (a loaded machine stretches a
+    # batch to 100+ ms while its optimizer_step stays near 0.1 ms, under a pixel of 1000)
+    ns_per_px = (t1 - t0) / 1000
+    assert all(s["end"] - s["start"] >= ns_per_px for s in zoom["spans"])
+    names = {s["name"] for s in zoom["spans"]} | {b["name"] for b in zoom["blocks"]}
     assert {"batch", "forward", "backward", "optimizer_step", "data_load"} <= names
     fwd = next(s for s in zoom["spans"] if s["name"] == "forward")
     assert fwd["cpu_ns"] is not None and fwd["depth"] == 3 and fwd["label"] == "forward"
