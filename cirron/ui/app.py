@@ -7,6 +7,7 @@ nothing from the internet. Only ``GET`` routes exist, so the server cannot chang
 
 from __future__ import annotations
 
+import hashlib
 import html
 import importlib.util
 import logging
@@ -40,6 +41,52 @@ def plotly_js_path() -> Path:
     return path
 
 
+class Assets:
+    """The scripts, style and icon of the pages: plotly.js from the ``plotly`` package, the rest
+    from :data:`STATIC_DIR`.
+
+    A page names each asset with its version (``/static/app.js?v=...``, from the file's size and
+    modification time), and an asset asked for at its current version may be cached for good: a
+    browser then neither downloads plotly.js (4.8 MB) again nor compiles it again (its code cache
+    follows the cached file) on the next page. Asked for without it, or at another version (a
+    page from before an upgrade), the answer must be revalidated (``no-cache``), so a browser
+    never keeps an old app.js beside a new server.
+    """
+
+    def __init__(self) -> None:
+        self.plotly_js = plotly_js_path()
+
+    def path(self, name: str) -> Path | None:
+        if name == "plotly.min.js":
+            return self.plotly_js
+        path = STATIC_DIR / name
+        return path if "/" not in name and path.is_file() else None
+
+    @staticmethod
+    def version(path: Path) -> str:
+        st = path.stat()
+        return hashlib.blake2b(f"{st.st_size}:{st.st_mtime_ns}".encode(), digest_size=6).hexdigest()
+
+    def url(self, name: str) -> str:
+        path = self.path(name)
+        assert path is not None, name
+        return f"/static/{name}?v={self.version(path)}"
+
+    def response(self, name: str, version: str | None) -> Response:
+        path = self.path(name)
+        if path is None:
+            raise HTTPException(404, f"no asset named {name}")
+        cache = "public, max-age=31536000, immutable" if version == self.version(path) else "no-cache"
+        media_type = "text/javascript" if name.endswith(".js") else None
+        return _AssetResponse(path, media_type=media_type, headers={"Cache-Control": cache})
+
+
+class _AssetResponse(FileResponse):
+    # plotly.js in five sends, not 75: each send waits for the GIL, which a session's read holds
+    # while the browser loads the page's scripts
+    chunk_size = 1 << 20
+
+
 class JSONResponse(Response):
     media_type = "application/json"
 
@@ -47,16 +94,16 @@ class JSONResponse(Response):
         return orjson.dumps(content, option=orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS)
 
 
-def _page(page: str, title: str, message: str | None = None, **data: str) -> HTMLResponse:
+def _page(assets: Assets, page: str, title: str, message: str | None = None, **data: str) -> HTMLResponse:
     content = '<p class="loading">Loading…</p>' if message is None else f'<p class="error">{html.escape(message)}</p>'
     attrs = " ".join(f'data-{k}="{html.escape(v, quote=True)}"' for k, v in data.items())
     body = f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
 <title>{html.escape(title)} · cirron</title>
-<link rel="icon" href="/static/favicon.svg" type="image/svg+xml">
-<link rel="stylesheet" href="/static/style.css">
-<script defer src="/static/plotly.min.js"></script>
-<script src="/static/app.js"></script>
+<link rel="icon" href="{assets.url("favicon.svg")}" type="image/svg+xml">
+<link rel="stylesheet" href="{assets.url("style.css")}">
+<script defer src="{assets.url("plotly.min.js")}"></script>
+<script src="{assets.url("app.js")}"></script>
 </head><body data-page="{page}" {attrs}>
 <header><a class="brand" href="/">cirron</a><nav id="nav"></nav><span id="status"></span></header>
 <main id="main">{content}</main>
@@ -67,7 +114,7 @@ def _page(page: str, title: str, message: str | None = None, **data: str) -> HTM
 
 def create_app(data: SpoolData) -> Starlette:
     """The viewer's ASGI app over ``data``."""
-    plotly_js = plotly_js_path()
+    assets = Assets()
 
     def session_id(request: Request) -> str:
         return request.path_params["sid"]
@@ -84,7 +131,7 @@ def create_app(data: SpoolData) -> Starlette:
     # ------------------------------------------------------------------ pages
 
     async def runs_page(request: Request) -> Response:
-        return _page("runs", "Runs")
+        return _page(assets, "runs", "Runs")
 
     async def session_root(request: Request) -> Response:
         return RedirectResponse(f"/session/{session_id(request)}/timeline")
@@ -95,14 +142,14 @@ def create_app(data: SpoolData) -> Starlette:
             raise HTTPException(404, f"no view named {view}")
         sid = session_id(request)
         data.warm(sid)  # read the session while the browser loads the page's scripts
-        return _page(view, f"{view.capitalize()} {sid[:8]}", data.refusal(sid), session=sid)
+        return _page(assets, view, f"{view.capitalize()} {sid[:8]}", data.refusal(sid), session=sid)
 
     async def compare_marks_page(request: Request) -> Response:
-        return _page("marks", "Marks", session=",".join(request.query_params.getlist("session")))
+        return _page(assets, "marks", "Marks", session=",".join(request.query_params.getlist("session")))
 
     async def run_page(request: Request) -> Response:
         run = request.path_params["run"]
-        return _page("ranks", f"Run {run}", run=run)
+        return _page(assets, "ranks", f"Run {run}", run=run)
 
     # ------------------------------------------------------------------ API (sync: run in the thread pool)
 
@@ -144,13 +191,7 @@ def create_app(data: SpoolData) -> Starlette:
     # ------------------------------------------------------------------ assets and errors
 
     async def static(request: Request) -> Response:
-        name = request.path_params["name"]
-        if name == "plotly.min.js":
-            return FileResponse(plotly_js, media_type="text/javascript")
-        path = STATIC_DIR / name
-        if "/" in name or not path.is_file():
-            raise HTTPException(404, f"no asset named {name}")
-        return FileResponse(path)
+        return assets.response(request.path_params["name"], request.query_params.get("v"))
 
     async def not_found(request: Request, exc: Exception) -> Response:
         return JSONResponse({"error": f"unknown session or run: {exc}"}, status_code=404)

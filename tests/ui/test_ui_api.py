@@ -194,6 +194,24 @@ def test_pages_and_assets_are_served_locally(ui_server: UIServer, runs: Runs) ->
     assert httpx.get(ui_server.url + "/static/..%2fapp.py", timeout=TIMEOUT).status_code == 404
 
 
+def test_pages_name_their_assets_by_version_and_only_those_are_cached_for_good(ui_server: UIServer) -> None:
+    import re
+
+    page = httpx.get(ui_server.url + "/", timeout=TIMEOUT).text
+    urls = re.findall(r'(?:src|href)="(/static/[^"]+)"', page)
+    assert sorted(u.split("?")[0] for u in urls) == ["/static/app.js", "/static/favicon.svg", "/static/plotly.min.js",
+                                                    "/static/style.css"]
+    for url in urls:
+        assert re.fullmatch(r"/static/[\w.]+\?v=[0-9a-f]{12}", url), url
+        r = httpx.get(ui_server.url + url, timeout=TIMEOUT)
+        assert r.status_code == 200 and r.headers["cache-control"] == "public, max-age=31536000, immutable", url
+        # the same file without its version, or at another one (a page from before an upgrade): revalidated
+        for stale in (url.split("?")[0], url.split("?")[0] + "?v=000000000000"):
+            r = httpx.get(ui_server.url + stale, timeout=TIMEOUT)
+            assert r.status_code == 200 and r.headers["cache-control"] == "no-cache", stale
+    assert "defer" in next(line for line in page.splitlines() if "plotly.min.js" in line)
+
+
 def test_errors_are_json_and_writes_are_refused(ui_server: UIServer) -> None:
     r = httpx.get(ui_server.url + "/api/session/nope/steps", timeout=TIMEOUT)
     assert r.status_code == 404 and "nope" in r.json()["error"]
