@@ -328,7 +328,6 @@ class SessionData:
         self.info = info
         self._build_spans(records)
         self._build_marks(records)
-        self._build_steps()
         self._build_requests()
         self._build_snapshots(records)
         del self._build_ids, self._build_new_row
@@ -567,15 +566,28 @@ class SessionData:
 
     # ---------------------------------------------------------------- steps
 
+    #: Held while the step table is built on first use (it is not built with the session's other views).
+    _steps_lock = threading.Lock()
+
+    def _ensure_steps(self) -> None:
+        """Build the step table on the first request for it: the first view, the timeline, does
+        not need it (on a 250,000-span session it takes as long as the timeline's answer)."""
+        if "step_rows" in self.__dict__:
+            return
+        with self._steps_lock:
+            if "step_rows" not in self.__dict__:  # built by another request meanwhile
+                self._build_steps()
+
     def _build_steps(self) -> None:
+        """``step_epoch``, ``phase_ns``, then ``step_rows`` (last: set, the table is whole)."""
         step_code = next((self.names.index(n) for n in STEP_NAMES if n in self.names), None)
-        self.step_rows = np.zeros(0, dtype=np.int64)
-        self.step_epoch = np.zeros(0, dtype=np.int64)
-        self.phase_ns = np.zeros((len(PHASES), 0), dtype=np.int64)
         if step_code is None:
+            self.step_epoch = np.zeros(0, dtype=np.int64)
+            self.phase_ns = np.zeros((len(PHASES), 0), dtype=np.int64)
+            self.step_rows = np.zeros(0, dtype=np.int64)
             return
         steps = np.flatnonzero(self.name == step_code)
-        self.step_epoch = self._epochs()[steps]
+        step_epoch = self._epochs()[steps]
         # per span: its step number (-1: not a step) and phase (-1: none), as small as they fit
         row_of: NDArray[np.signedinteger[Any]] = np.full(self.name.size, -1,
                                                          dtype=np.int32 if steps.size < 2**31 - 1 else np.int64)
@@ -599,8 +611,9 @@ class SessionData:
         phase_ns = np.zeros((len(PHASES), steps.size), dtype=np.int64)
         r = rows[hit]
         np.add.at(phase_ns, (phase[r], row_of[up[hit]]), self.end[r] - self.start[r])
-        self.step_rows = steps
+        self.step_epoch = step_epoch
         self.phase_ns = phase_ns
+        self.step_rows = steps
 
     def _epochs(self) -> np.ndarray:
         """The index of each span's enclosing epoch (-1: none), by the spool's shared rule
@@ -614,6 +627,7 @@ class SessionData:
         return epoch
 
     def steps(self, slowest: int = 20) -> dict[str, Any]:
+        self._ensure_steps()
         rows = self.step_rows
         wall = self.end[rows] - self.start[rows]
         other = np.maximum(wall - self.phase_ns.sum(axis=0), 0)

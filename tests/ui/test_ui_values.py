@@ -59,3 +59,27 @@ def test_block_names_by_count_table_and_by_sort_agree(monkeypatch) -> None:
         monkeypatch.setattr(window, "DENSE_COUNTS", limit)
         assert window.block_names(codes, count, None, 7).tolist() == want_plain, limit
         assert window.block_names(codes, count, late, 7).tolist() == want_late, limit
+
+
+def test_step_table_is_built_on_its_first_request_once(factory) -> None:
+    """The first view (the timeline) does not wait for the step table; the steps requests that
+    come at once (the page and a refresh) all get the same, whole table."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from spool_factory import BASE_NS, MS, new_id
+
+    root, epoch = new_id(), new_id()
+    spans = [factory.span("cirron.session", id=root, dur_ns=100 * MS),
+             factory.span("epoch", id=epoch, parent_id=root, index=0, dur_ns=90 * MS)]
+    for k in range(6):
+        step = new_id()
+        spans += [factory.span("batch", id=step, parent_id=epoch, index=k, start_ns=BASE_NS + 10 * k * MS, dur_ns=9 * MS),
+                  factory.span("forward", parent_id=step, start_ns=BASE_NS + 10 * k * MS, dur_ns=(k + 1) * MS)]
+    factory.write_batch(spans, session_id=root)
+    view = SpoolData([factory.spool_dir]).session(root)
+    assert view.timeline(None, None, 800)["spans"]
+    assert "step_rows" not in vars(view)  # not built for the timeline
+    with ThreadPoolExecutor(4) as pool:
+        docs = list(pool.map(lambda _i: view.steps(), range(8)))
+    assert docs[0]["steps"] == 6 and docs[0]["bars"]["forward"] == [k * MS for k in range(1, 7)]
+    assert docs[0]["labels"][0] == "epoch[0] batch[0]" and all(d == docs[0] for d in docs)
