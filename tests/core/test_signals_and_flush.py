@@ -6,11 +6,13 @@ from __future__ import annotations
 import json
 import os
 import random
+import select
 import shutil
 import signal
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -38,16 +40,32 @@ def start(code: str, cwd: Path, env: dict | None = None) -> subprocess.Popen:
 
 
 def signal_after(proc: subprocess.Popen, lines: int, sig: int, timeout: float = 90) -> tuple[list[str], str]:
-    """Read ``lines`` stdout lines, send ``sig``, then collect the rest; bounded by ``timeout``."""
-    seen = [proc.stdout.readline().strip() for _ in range(lines)]
+    """Read ``lines`` stdout lines, send ``sig``, then collect the rest; bounded by ``timeout``.
+
+    The lines are read from the pipe itself: ``communicate()`` reads the pipe too, so whatever a
+    buffered ``proc.stdout.readline()`` had taken in beyond the lines it returned would be lost
+    (a busy machine lets the program print several lines before the test reads one)."""
+    deadline = time.monotonic() + timeout
+    fd = proc.stdout.fileno()
+    head = b""
+    while head.count(b"\n") < lines:
+        ready, _, _ = select.select([fd], [], [], max(0.0, deadline - time.monotonic()))
+        chunk = os.read(fd, 65536) if ready else b""
+        if not chunk:
+            proc.kill()
+            proc.communicate()
+            got = head.count(b"\n")
+            raise AssertionError(f"the process printed {got} of {lines} lines, then "
+                                 + ("stopped" if ready else f"nothing more within {timeout} s"))
+        head += chunk
     proc.send_signal(sig)
     try:
-        out, err = proc.communicate(timeout=timeout)
+        out, err = proc.communicate(timeout=max(1.0, deadline - time.monotonic()))
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.communicate()
         raise AssertionError("the process did not end after the signal") from None
-    return seen + out.split(), err
+    return head.decode().split() + out.split(), err
 
 
 def stopped_cleanly(code: str, cwd: Path, sig: int, last_line: str) -> tuple[list[str], dict]:
