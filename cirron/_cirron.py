@@ -30,6 +30,7 @@ from cirron._record.loop_exit import GRACE_S, LoopExits, uncaught_exception
 from cirron._record.span import NOOP_SCOPE, PyRecorder, Recorder, Scope, scope_factory
 from cirron._redact import redact_tree
 from cirron._schema import SESSION_SPAN_NAME
+from cirron._signals import signals_deferred
 from cirron._version import __version__
 
 if TYPE_CHECKING:
@@ -172,7 +173,7 @@ class Cirron:
         ``enabled=False`` (or ``CIRRON_ENABLED=0``) starts nothing and turns recording off;
         ``frameworks`` names the integrations to hook in (default: those imported already);
         ``config`` is an inline ``profiling`` section; ``path`` the cirron.yaml to use."""
-        with self._lifecycle:
+        with signals_deferred(), self._lifecycle:
             if self._state is State.RUNNING:
                 return self
             if self._restart_pending:  # a worker of another process's session: join it now
@@ -433,7 +434,8 @@ class Cirron:
             if runtime.is_service_thread():
                 self._flush_sync()  # called from the service's own loop: write in place
                 return True
-            return bool(runtime.call(self._service.flush, timeout=timeout))
+            with signals_deferred():
+                return bool(runtime.call(self._service.flush, timeout=timeout))
         except Exception as exc:  # noqa: BLE001
             self._rec.note_internal_error(exc)
             return False
@@ -455,7 +457,7 @@ class Cirron:
 
     def shutdown(self, timeout: float | None = None) -> bool:
         """Close the session root, write everything, stop the service. Safe to call twice."""
-        with self._lifecycle:
+        with signals_deferred(), self._lifecycle:
             if self._state is not State.RUNNING:
                 return True
             timeout = self.config.shutdown_timeout if timeout is None else timeout
@@ -747,7 +749,7 @@ class Cirron:
 
     def _start_in_child(self) -> None:
         """First record in a forked child: a flush service of its own, writing to the same spool."""
-        with self._lifecycle:
+        with signals_deferred(), self._lifecycle:
             if not self._restart_pending:
                 return
             self._restart_pending = False
@@ -777,7 +779,7 @@ class Cirron:
 
     def health(self) -> dict[str, Any]:
         """A plain dict: running state, buffered/written/dropped counts, errors, sink states."""
-        with self._collector.lock:
+        with signals_deferred(), self._collector.lock:
             totals = self._rec.buffers.totals()
             sinks = {s.name: s.state() for s in self._sinks}
             primary = _primary(sinks)
@@ -1006,8 +1008,9 @@ _INSTANCES: weakref.WeakSet[Cirron] = weakref.WeakSet()
 
 
 def _after_fork_all() -> None:
-    from cirron._signals import release_after_fork
+    from cirron._signals import forget_deferral_after_fork, release_after_fork
 
+    forget_deferral_after_fork()
     try:
         for inst in list(_INSTANCES):
             try:

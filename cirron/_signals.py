@@ -26,7 +26,14 @@ Held, it waits in the kernel and is handled, like any other, once the child is r
 child puts the earlier handlers back at once (it has nothing to write yet, so the signal's own
 action is exact) and installs ours again with its first record.
 
-A Python handler runs in the main thread, between bytecodes. A signal that arrives while the main
+A Python handler runs in the main thread, between bytecodes: inside whatever the main thread was
+doing, locks it held included. Where that is cirron's own work that our handler would do again
+(a shutdown, a flush, a process start: :func:`signals_deferred`), the signal is handled when that
+work ends. Handled inside it, a SIGTERM reaching a ``Pool`` worker while it shut its session down
+at its exit ran a second shutdown inside the first, which waited for a lock the first held
+(``threading.Event.wait``'s), and the worker never ended.
+
+A signal that arrives while the main
 thread is in C code that goes back to sleep without returning to Python (a ``multiprocessing``
 lock woken by its owner but not yet run when the signal comes: a ``Pool`` worker at
 ``terminate()`` on a loaded machine) would wait there forever, where the default action would
@@ -41,7 +48,8 @@ import os
 import signal
 import threading
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 #: The signals a job is stopped with (Kubernetes, Slurm, ``docker stop``, Ctrl-C).
@@ -55,6 +63,44 @@ _INSTALLED: weakref.WeakSet[SignalChain] = weakref.WeakSet()
 #: The signal mask each forking thread had before :func:`hold_for_fork`, by thread id (the same
 #: id in the child, where the forking thread is the only one).
 _MASKS_BEFORE_FORK: dict[int, Any] = {}
+
+
+class _Deferral:
+    """Main thread only: how deep it is in :func:`signals_deferred`, and the signals caught there."""
+
+    def __init__(self) -> None:
+        self.depth = 0
+        #: (chain, signal, frame, handler before ours, fatal) of each signal caught meanwhile.
+        self.pending: list[tuple[SignalChain, int, Any, Any, bool]] = []
+
+
+_DEFERRAL = _Deferral()
+
+
+@contextmanager
+def signals_deferred() -> Iterator[None]:
+    """Around cirron's own work in the main thread that our handler would do again (see the
+    module's docstring): a signal caught meanwhile is handled when the outermost such block ends.
+    Other threads never run a Python handler, so nothing they hold is in its way."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    _DEFERRAL.depth += 1
+    try:
+        yield
+    finally:
+        _DEFERRAL.depth = max(0, _DEFERRAL.depth - 1)  # 0 already in a child forked inside
+        if not _DEFERRAL.depth and _DEFERRAL.pending:
+            pending, _DEFERRAL.pending = _DEFERRAL.pending, []
+            for chain, signum, frame, prior, fatal in pending:
+                chain.hand_on(signum, frame, prior, fatal)
+
+
+def forget_deferral_after_fork() -> None:
+    """In a forked child: the blocks the parent's main thread was in are not the child's (a
+    ``multiprocessing`` fork child never leaves them), so its signals are handled as they come."""
+    _DEFERRAL.depth = 0
+    _DEFERRAL.pending = []
 
 
 def hold_for_fork() -> None:
@@ -232,6 +278,13 @@ class SignalChain:
             if self.fatal_started.is_set():
                 return  # sent again by the waker after we had started: we are ending already
             self.fatal_started.set()
+        if _DEFERRAL.depth:
+            _DEFERRAL.pending.append((self, signum, frame, prior, fatal))
+            return
+        self.hand_on(signum, frame, prior, fatal)
+
+    def hand_on(self, signum: int, frame: Any, prior: Any, fatal: bool) -> None:
+        """The owner's work, then what ``prior`` (the handler before ours) would have done."""
         work = self._on_signal()
         if work is not None:
             try:

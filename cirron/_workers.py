@@ -292,7 +292,9 @@ class WorkerPropagation:
         a pool module imported after ``ci.profile()`` is wrapped before its first task)."""
         import sys
 
-        with self._lock:
+        from cirron._signals import signals_deferred
+
+        with signals_deferred(), self._lock:
             done = {(cls, name) for cls, name, _ in WorkerPropagation._submit_patches}
             targets = [(sys.modules.get(m), c, n, pos) for m, c, n, pos in SUBMIT_METHODS]
             targets.append((sys.modules.get("joblib.parallel"), "Parallel", "__call__", -1))
@@ -307,7 +309,9 @@ class WorkerPropagation:
                 WorkerPropagation._submit_patches.append((cls, name, original))
 
     def _unpatch_submits(self) -> None:
-        with self._lock:
+        from cirron._signals import signals_deferred
+
+        with signals_deferred(), self._lock:
             patches, WorkerPropagation._submit_patches = WorkerPropagation._submit_patches, []
         for cls, name, original in patches:
             setattr(cls, name, original)
@@ -320,7 +324,10 @@ class WorkerPropagation:
         if span is None or span.id is None:
             yield
             return
-        with self._lock:
+        from cirron._signals import signals_deferred
+
+        # the lock is held through the start (a fork, a spawn): a signal waits for its end
+        with signals_deferred(), self._lock:
             saved = os.environ.get(ENV_PARENT_SESSION)
             try:
                 os.environ[ENV_PARENT_SESSION] = describe_session(owner, span)

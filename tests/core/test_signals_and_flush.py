@@ -131,6 +131,64 @@ def test_host_handler_installed_before_runs_and_session_goes_on(tmp_path: Path) 
     assert len(by_name(data["spans"], "step")) == len(out) - 1
 
 
+# A signal handled while the main thread holds the lock of the Event that ThreadRuntime.call waits
+# on (seen in a Pool worker: SIGTERM from terminate() while the worker shut its session down at its
+# exit, handled inside Event.wait; the handler's own shutdown waited for that lock forever).
+HELD_EVENT = """
+    import os, signal, threading, cirron as ci
+
+    class HeldEvent(threading.Event):
+        def wait(self, timeout=None):
+            with self._cond:
+                if SEND[0]:
+                    SEND[0] = False
+                    signal.raise_signal(SIG)  # handled at the next call, with the lock held
+                signaled = self._flag
+                if not signaled:
+                    signaled = self._cond.wait(timeout)
+                return signaled
+
+    SEND = [False]
+    SIG = signal.SIGTERM
+    {setup}
+    ci.profile(flush_interval=60)
+    runtime = ci._DEFAULT._runtime
+    ready, runtime._ready = runtime._ready, HeldEvent()
+    ready.wait(10)
+    runtime._ready.set()
+    with ci.scope("work"):
+        ci.mark("m", 1)
+    SEND[0] = True
+    {call}
+    print("went on", flush=True)
+"""
+
+
+@pytest.mark.parametrize("call", ["ci.shutdown()", "ci.flush()"])
+def test_sigterm_during_our_own_shutdown_or_flush_is_handled_after_it(tmp_path: Path, call: str) -> None:
+    proc = start(HELD_EVENT.format(setup="", call=call), tmp_path)
+    try:
+        out, err = proc.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
+        raise AssertionError("the program hung: its SIGTERM handler waited on a lock its own thread held") from None
+    assert proc.returncode == -signal.SIGTERM, err
+    assert out == "" and "Traceback" not in err
+    data = read_spool(tmp_path / ".cirron" / "spool")
+    (work,) = by_name(data["spans"], "work")
+    (root,) = by_name(data["spans"], "cirron.session")
+    assert work["end_ns"] is not None and root["end_ns"] is not None and len(data["marks"]) == 1
+
+
+def test_host_handler_caught_during_our_flush_runs_after_it(tmp_path: Path) -> None:
+    setup = "SEEN = []\n    signal.signal(SIG, lambda s, f: SEEN.append(s))"
+    proc = start(HELD_EVENT.format(setup=setup, call="assert ci.flush() and SEEN == [SIG]"), tmp_path)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert out == "went on\n"
+
+
 def test_sigint_raises_keyboardinterrupt_as_without_cirron_and_spans_record_it(tmp_path: Path) -> None:
     code = """
         import time, cirron as ci
