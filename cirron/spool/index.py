@@ -5,7 +5,9 @@ inode), the ``session_id`` of its header and the warnings reading it gave; and f
 batch files sharing a header ``session_id``, the summaries of the sessions rebuilt from them
 (:class:`~cirron.spool.catalog.SessionInfo` fields) and which sessions each file holds records of.
 A group's entry is valid only for the exact files it was built from, so a new, removed, truncated
-or rewritten batch file makes just its group be rebuilt. The batch files stay the only source of
+or rewritten batch file makes just its group be rebuilt. It also keeps, for ``cirron spool list``,
+each file's *listing* (:func:`list_batches`: the record counts and warnings of a summary read), valid
+for the one version of the file it was read from. The batch files stay the only source of
 truth: a missing, stale, unreadable or corrupt index is rebuilt from them, a reader that cannot
 write the index still answers (it just rebuilds each time), and the index is replaced in one
 rename, so a crash mid-update leaves the previous index or none.
@@ -37,11 +39,12 @@ from cirron.spool import paths
 from cirron.spool.reader import BatchFile, WarningCallback, list_batch_files
 from cirron.spool.sessions import load_spool
 
-__all__ = ["INDEX_NAME", "INDEX_VERSION", "SpoolSummary", "index_path", "summarize_spool"]
+__all__ = ["INDEX_NAME", "INDEX_VERSION", "BatchListing", "SpoolSummary", "index_path", "list_batches",
+           "summarize_spool"]
 
 INDEX_NAME = ".index.msgpack"
 #: Bumped whenever the stored shape or the grouping rules change: an index of another version is rebuilt.
-INDEX_VERSION = 3
+INDEX_VERSION = 4
 #: Key of the group holding batch files whose header names no session.
 _NO_SESSION = ""
 #: Key of the one group used when the spool is not made of self-contained groups.
@@ -90,10 +93,27 @@ class _GroupEntry(msgspec.Struct):
     warnings: dict[str, list[str]]
 
 
+class _Listing(msgspec.Struct, array_like=True):
+    """One batch file as ``cirron spool list`` shows it, for the version of it ``key`` names."""
+
+    key: tuple[int, int, int, int]
+    #: The session of the header, as the reader takes it (None: none, or not a valid id).
+    session_id: str | None
+    #: Record counts; None where the file could not be read.
+    spans: int | None
+    marks: int | None
+    snapshots: int | None
+    #: The warnings the read gave (replayed on every use, as a fresh read would).
+    warnings: list[str]
+
+
 class _Index(msgspec.Struct):
     version: int
     files: dict[str, _FileEntry]
     groups: dict[str, _GroupEntry]
+    #: File name → its listing (:func:`list_batches`); kept apart from ``files``, whose entries
+    #: only :func:`summarize_spool` makes (from a header read, not a summary read).
+    listings: dict[str, _Listing] = msgspec.field(default_factory=dict)
 
 
 class _Header(msgspec.Struct):
@@ -514,5 +534,64 @@ def summarize_spool(spool_dir: str | os.PathLike[str], on_warning: WarningCallba
             ))
     sessions.sort(key=lambda s: (s.started_ns if s.started_ns is not None else 0, s.id))
     if use_index and (read_any or old is None or set(old_files) != set(new_files)):
-        _save_index(spool_dir, _Index(INDEX_VERSION, new_files, groups))
+        listings = {n: v for n, v in old.listings.items() if n in new_files} if old is not None else {}
+        _save_index(spool_dir, _Index(INDEX_VERSION, new_files, groups, listings))
     return SpoolSummary(spool_dir, sessions, file_sessions, files, from_index=not read_any, whole=_WHOLE in groups)
+
+
+@dataclass(frozen=True)
+class BatchListing:
+    """One batch file with what :func:`list_batches` found in it."""
+
+    file: BatchFile
+    session_id: str | None
+    #: None where the file could not be read (its warning says why).
+    spans: int | None
+    marks: int | None
+    snapshots: int | None
+
+    @property
+    def readable(self) -> bool:
+        return self.spans is not None
+
+
+def _listing_of(bf: BatchFile, key: _StatKey) -> _Listing:
+    """A summary read of ``bf`` (``key`` taken before it: a file replaced meanwhile is read again
+    next time, its key no longer matching)."""
+    from cirron.spool.reader import read_batch
+
+    warnings: list[str] = []
+    batch = read_batch(bf, warnings.append, "summary")
+    if batch is None:
+        return _Listing(key, None, None, None, None, warnings)
+    return _Listing(key, batch["session_id"], len(batch["spans"]), len(batch["marks"]), len(batch["snapshots"]),
+                    warnings)
+
+
+def list_batches(spool_dir: str | os.PathLike[str], on_warning: WarningCallback, *,
+                 use_index: bool = True) -> tuple[list[BatchListing], bool]:
+    """Every batch file of ``spool_dir``, oldest first, with its session and record counts, and
+    whether the answer came without reading any batch file. A file is read (one summary read)
+    only when the index holds no listing of its current version; warnings are given in file order
+    either way."""
+    spool_dir = Path(spool_dir)
+    files = list_batch_files(spool_dir, on_warning)
+    old = _load_index(spool_dir) if use_index else None
+    old_listings = old.listings if old is not None else {}
+    listings: dict[str, _Listing] = {}
+    out = []
+    read_any = False
+    for bf in files:
+        key = _stat_key(bf)
+        listing = old_listings.get(bf.name)
+        if listing is None or tuple(listing.key) != key:
+            listing = _listing_of(bf, key)
+            read_any = True
+        listings[bf.name] = listing
+        for message in listing.warnings:
+            on_warning(message)
+        out.append(BatchListing(bf, listing.session_id, listing.spans, listing.marks, listing.snapshots))
+    if use_index and (read_any or set(old_listings) != set(listings)):
+        idx = old if old is not None else _Index(INDEX_VERSION, {}, {})
+        _save_index(spool_dir, _Index(INDEX_VERSION, idx.files, idx.groups, listings))
+    return out, not read_any

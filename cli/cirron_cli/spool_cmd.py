@@ -12,7 +12,8 @@ import typer
 
 from cirron.spool import paths
 from cirron.spool.catalog import open_catalog
-from cirron.spool.reader import list_batch_files, read_batch
+from cirron.spool.index import list_batches
+from cirron.spool.reader import list_batch_files
 from cirron.spool.retention import plan_clear
 from cirron_cli import render
 from cirron_cli.render import fail, format_bytes, warn
@@ -35,23 +36,21 @@ def list_files(
     json_out: bool = typer.Option(False, "--json", help="Machine-readable JSON."),
     no_color: bool = typer.Option(False, "--no-color", help="Disable ANSI colour."),
 ) -> None:
-    """Table of batch files, oldest first, with their record counts."""
+    """Table of batch files, oldest first, with their record counts (from the spool's index for
+    the files it knows as they are now)."""
     p = _check_dir(spool)
-    files = list_batch_files(p, warn)
-    rows = []
-    for bf in files:
-        batch = read_batch(bf, warn, "summary")
-        rows.append({
-            "file": bf.name,
-            "bytes": bf.size,
-            "created_ns": str(bf.created_ns),
-            "batch_id": bf.batch_id,
-            "session_id": batch["session_id"] if batch else None,
-            "readable": batch is not None,
-            "spans": len(batch["spans"]) if batch else None,
-            "marks": len(batch["marks"]) if batch else None,
-            "snapshots": len(batch["snapshots"]) if batch else None,
-        })
+    listed, _warm = list_batches(p, warn)
+    rows = [{
+        "file": b.file.name,
+        "bytes": b.file.size,
+        "created_ns": str(b.file.created_ns),
+        "batch_id": b.file.batch_id,
+        "session_id": b.session_id,
+        "readable": b.readable,
+        "spans": b.spans,
+        "marks": b.marks,
+        "snapshots": b.snapshots,
+    } for b in listed]
     abs_dir = str(p.resolve())
     if json_out:
         import orjson

@@ -167,6 +167,20 @@ def test_spool_list_table_and_json(factory: SpoolFactory):
     assert data["files"][0]["created_ns"].isdigit()
 
 
+def test_spool_list_answers_the_same_from_its_index(factory: SpoolFactory):
+    from cirron.spool.index import index_path
+
+    factory.session(split=True, snapshots=True)
+    factory.write_raw(factory.batch_name(), b"garbage")
+    cold = [run("spool", "list", *more, "--spool", str(factory.spool_dir)) for more in ([], ["--json"])]
+    assert index_path(factory.spool_dir).is_file()
+    warm = [run("spool", "list", *more, "--spool", str(factory.spool_dir)) for more in ([], ["--json"])]
+    assert [(r.stdout, r.stderr) for r in warm] == [(r.stdout, r.stderr) for r in cold]
+    assert "not valid JSON" in warm[0].stderr
+    files = json.loads(warm[1].stdout)["files"]
+    assert [f["readable"] for f in files] == [True, True, False] and files[-1]["spans"] is None
+
+
 def test_spool_clear_keeps_live_files(factory: SpoolFactory):
     done = factory.session(epochs=1)
     live = factory.session(open_root=True, epochs=1, start_ns=BASE_NS + DAY)

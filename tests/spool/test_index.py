@@ -12,7 +12,7 @@ from spool_factory import BASE_NS, MS, SpoolFactory, new_id
 
 from cirron.spool import reader as spool_reader
 from cirron.spool.catalog import info_from_session
-from cirron.spool.index import index_path, summarize_spool
+from cirron.spool.index import index_path, list_batches, summarize_spool
 from cirron.spool.sessions import load_spool
 
 
@@ -32,11 +32,30 @@ def indexed(spool_dir: Path, warnings: list | None = None):
     return summarize_spool(spool_dir, out.append)
 
 
+def listed_fresh(spool_dir: Path, warnings: list | None = None) -> list[tuple]:
+    """What ``cirron spool list`` showed before the index: one summary read of every batch file."""
+    out = []
+    for bf in spool_reader.list_batch_files(spool_dir, lambda _m: None):
+        b = spool_reader.read_batch(bf, (warnings if warnings is not None else []).append, "summary")
+        out.append((bf.name, b and b["session_id"], b is not None, *(
+            (len(b["spans"]), len(b["marks"]), len(b["snapshots"])) if b else (None, None, None))))
+    return out
+
+
+def listed(spool_dir: Path, warnings: list | None = None) -> list[tuple]:
+    batches, _warm = list_batches(spool_dir, (warnings if warnings is not None else []).append)
+    return [(b.file.name, b.session_id, b.readable, b.spans, b.marks, b.snapshots) for b in batches]
+
+
 def check(spool_dir: Path) -> None:
     summary = indexed(spool_dir)
     assert [_norm(s) for s in summary.sessions] == fresh(spool_dir, summary.files)
     assert [_norm(s) for s in summarize_spool(spool_dir, lambda _m: None, use_index=False).sessions] == \
         fresh(spool_dir, summary.files)
+    w_indexed: list[str] = []
+    w_fresh: list[str] = []
+    assert listed(spool_dir, w_indexed) == listed_fresh(spool_dir, w_fresh)
+    assert w_indexed == w_fresh
 
 
 def test_warm_index_reads_no_batch_file(factory: SpoolFactory, monkeypatch):
@@ -54,6 +73,46 @@ def test_warm_index_reads_no_batch_file(factory: SpoolFactory, monkeypatch):
     second = indexed(factory.spool_dir)
     assert second.from_index
     assert [_norm(s) for s in second.sessions] == [_norm(s) for s in first.sessions]
+
+
+def test_warm_listing_reads_no_batch_file_and_keeps_the_sessions_index(factory: SpoolFactory, monkeypatch):
+    import cirron.spool.index as index_mod
+
+    for i in range(3):
+        factory.session(start_ns=BASE_NS + i * 10**9, split=True)
+    factory.write_raw(factory.batch_name(), b'{"schema_version": 1, "spans": [{"id": "a"')
+    w1: list[str] = []
+    first, warm = list_batches(factory.spool_dir, w1.append)
+    assert not warm and index_path(factory.spool_dir).is_file()
+    indexed(factory.spool_dir)  # the sessions' summaries join the listings in the same index
+
+    def no_reads(*_a, **_k):
+        raise AssertionError("a warm index must not read batch files")
+
+    monkeypatch.setattr(spool_reader, "read_batch", no_reads)
+    monkeypatch.setattr("cirron.spool.sessions.read_batch", no_reads)
+    monkeypatch.setattr(index_mod, "_read_header", no_reads)
+    monkeypatch.setattr(index_mod, "_build_group", no_reads)
+    w2: list[str] = []
+    second, warm = list_batches(factory.spool_dir, w2.append)
+    assert warm and second == first and w2 == w1 and len(w1) == 1 and "not valid JSON" in w1[0]
+    assert [b.readable for b in second] == [True] * 6 + [False]
+    assert indexed(factory.spool_dir).from_index  # the listing's save kept the sessions' entries
+
+
+def test_a_listing_is_read_again_once_its_file_changes(factory: SpoolFactory):
+    factory.session(split=True)
+    list_batches(factory.spool_dir, lambda _m: None)
+    first = sorted(factory.spool_dir.glob("*.json"))[0]
+    st = first.stat()
+    text = first.read_bytes()
+    # the same name, size, mtime and inode, no longer a JSON object
+    first.write_bytes(b"[" + text[1:])
+    os.utime(first, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert not listed(factory.spool_dir)[0][2]
+    check(factory.spool_dir)
+    factory.write_batch([factory.span("late")])
+    check(factory.spool_dir)
 
 
 def test_warnings_are_replayed_from_the_index(factory: SpoolFactory):
@@ -180,12 +239,25 @@ def test_concurrent_writer(factory: SpoolFactory):
             rounds += 1
             summary = indexed(factory.spool_dir)
             assert [_norm(s) for s in summary.sessions] == fresh(factory.spool_dir, summary.files)
+            batches, _warm = list_batches(factory.spool_dir, lambda _m: None)
+            for b in batches:  # each listing is of the file as it was at least when listed
+                one = listed_fresh_file(b.file)
+                assert one is None or one == (b.session_id, b.readable, b.spans, b.marks, b.snapshots)
             assert rounds < 500
     finally:
         stop.set()
         th.join(timeout=30)
     assert not th.is_alive() and not errors
     check(factory.spool_dir)
+
+
+def listed_fresh_file(bf) -> tuple | None:
+    """One file's listing read now (None if it went meanwhile: a writer may replace it)."""
+    if not bf.path.exists():
+        return None
+    b = spool_reader.read_batch(bf, lambda _m: None, "summary")
+    return (b and b["session_id"], b is not None, *(
+        (len(b["spans"]), len(b["marks"]), len(b["snapshots"])) if b else (None, None, None)))
 
 
 # --------------------------------------------------------------------------- the light pass
