@@ -23,6 +23,8 @@ session the reference way. pyarrow is imported here, so only by the features tha
 
 from __future__ import annotations
 
+import os
+import threading
 from dataclasses import dataclass
 from operator import attrgetter
 from typing import Any, Optional
@@ -364,7 +366,7 @@ def _array(arrow_type: pa.DataType, rows: int, col: tuple) -> pa.Array:
                                                     *map(pa.py_buffer, buffers)], null_count=nulls)
 
 
-def _compiled_file(data: bytes, with_marks: bool) -> _FileCols | None:
+def _compiled_file(data: bytes | memoryview, with_marks: bool) -> _FileCols | None:
     """What :func:`_fast_file`'s decoder would give, from the compiled parser (no Python object
     per record), or ``None`` where that parser is absent or leaves the file to the decoder."""
     got = None if _cbatch is None else _cbatch.parse(data, with_marks)
@@ -381,7 +383,7 @@ def _compiled_file(data: bytes, with_marks: bool) -> _FileCols | None:
     return spans_c, marks_c, value.tolist(), sid, []
 
 
-def _fast_file(data: bytes, with_marks: bool = True) -> _FileCols | None:
+def _fast_file(data: bytes | memoryview, with_marks: bool = True) -> _FileCols | None:
     """One batch file's columns, decoded straight into the fields the columns need; ``None`` when
     the file needs :func:`read_batch`'s care: anything the strict types refuse (quoted or
     out-of-range integers, odd types, records without an id), mark values that are not plain
@@ -432,15 +434,36 @@ def _careful_file(bf: Any, with_marks: bool = True) -> _FileCols | None:
     return spans_c, marks_c, values, batch["session_id"], batch["snapshots"]
 
 
+#: Batch files up to this size are read into one buffer per thread, used again for the next file:
+#: a fresh buffer for each would be fresh pages (page faults) each time.
+_REUSED_BUFFER_MAX = 16 << 20
+_read_buffers = threading.local()
+
+
+def _file_bytes(fh: Any) -> bytes | memoryview:
+    """All of ``fh``: up to :data:`_REUSED_BUFFER_MAX` in this thread's reused buffer (so valid
+    until this thread's next call; nothing :func:`_fast_file` returns refers to it)."""
+    size = os.fstat(fh.fileno()).st_size
+    if size > _REUSED_BUFFER_MAX:
+        return fh.read()
+    buf = getattr(_read_buffers, "buf", None)
+    if buf is None or len(buf) < size:
+        buf = _read_buffers.buf = bytearray(max(size, 1 << 20))
+    got = fh.readinto(memoryview(buf)[:size]) or 0
+    rest = fh.read()  # the file grew meanwhile (or a short read)
+    return memoryview(buf)[:got] if not rest else bytes(buf[:got]) + rest
+
+
 def read_file(bf: Any, with_marks: bool = True) -> _FileCols | None:
     from cirron._safeopen import open_regular
 
     try:
         with open_regular(bf.path, follow_symlinks=False) as fh:
-            data = fh.read()
+            data: bytes | memoryview | None = _file_bytes(fh)
     except OSError:
         data = None
     fast = _fast_file(data, with_marks) if data else None
+    del data
     return fast if fast is not None else _careful_file(bf, with_marks)
 
 

@@ -446,3 +446,19 @@ def test_the_decoders_structs_are_the_ones_the_parser_knows() -> None:
                                      ("ts_ns", repr(columnar._Int)), ("thread_id", repr(columnar._Int)), raw]
     assert [f.name for f in msgspec.structs.fields(columnar._Batch)] == ["session_id", "spans", "marks", "snapshots"]
     assert [f.name for f in msgspec.structs.fields(columnar._SpansBatch)] == ["session_id", "spans", "snapshots"]
+
+
+def test_files_are_read_whole_into_the_reused_buffer(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "b.json"
+    path.write_bytes(dumps(batch()))
+    with path.open("rb") as fh:
+        first = columnar._file_bytes(fh)
+        assert isinstance(first, memoryview) and bytes(first) == dumps(batch())
+    del first
+    real_fstat = os.fstat
+    monkeypatch.setattr(columnar.os, "fstat", lambda fd: os.stat_result((*real_fstat(fd)[:6], 10, *real_fstat(fd)[7:])))
+    with path.open("rb") as fh:  # it grew after its size was taken: the rest is read too
+        assert bytes(columnar._file_bytes(fh)) == dumps(batch())
+    monkeypatch.setattr(columnar, "_REUSED_BUFFER_MAX", 5)
+    with path.open("rb") as fh:  # too big to keep a buffer for
+        assert columnar._file_bytes(fh) == dumps(batch())
