@@ -138,6 +138,10 @@ class _Columns:
             got = self._whole[name] = self._t[name].combine_chunks()
         return got
 
+    def drop(self, keep: tuple[str, ...] = ()) -> None:
+        """Let the combined columns go, but ``keep``."""
+        self._whole = {k: v for k, v in self._whole.items() if k in keep}
+
     def slice(self, a: int, n: int) -> _Columns:
         return _Columns(self._t.slice(a, n))
 
@@ -160,6 +164,7 @@ class _SessionText:
     """What every slice of one session shares: derived ids, attrs tables, each mark's span."""
 
     def __init__(self, cols: Any, open_end_ns: int | None) -> None:
+        pa.default_memory_pool().release_unused()  # what reading the columns left in Arrow's pool
         spans = _Columns(cols.spans)
         marks = self.m = _Columns(cols.marks)
         self.s = spans

@@ -30,6 +30,7 @@ import pyarrow.compute as pc
 
 from cirron.export._json import _json_strings
 from cirron.export._otlp_columns import CannotEncode, _Columns, _distinct, _floats, _join, _np, _table_text
+from cirron.export._perfetto import _distinct as _codes
 from cirron.export._perfetto import _dumps, _dumps_args, _mark_event, _span_args, rank_processes
 
 __all__ = ["SLICE_EVENTS", "Encoded", "session_events"]
@@ -111,6 +112,7 @@ def session_events(cols: Any, info: Any, base: int, pid_of: dict[tuple[str, obje
                    threads: set[tuple[int, int]]) -> Iterator[bytes | Encoded]:
     """The events of one session's columns (see the module docstring). Raises
     :class:`CannotEncode` before yielding anything when the columns need the per-record way."""
+    _release()  # what reading the columns left in Arrow's pool (40 MB a 250K-span session)
     enc = _SessionEvents(cols, base)
     s = enc.s
     n = cols.spans.num_rows
@@ -128,8 +130,14 @@ def session_events(cols: Any, info: Any, base: int, pid_of: dict[tuple[str, obje
     yield from new_processes
     if n:
         kinds, rows, texts, track_tid = _span_order(enc, pid, tid, start, end, threads)
+        del rank, tid, start, end
         _release()
         yield from _encode_events(enc, kinds, rows, texts, pid, track_tid, start_ts, end_ts, names, is_open)
+        del kinds, rows, texts, track_tid
+    # the marks need none of the spans' arrays but their ids and pids: let the rest go first
+    del start_ts, end_ts, names, is_open
+    enc.s.drop(keep=("id",))
+    _release()
     yield from _mark_events(enc, pid, base)
 
 
@@ -140,14 +148,18 @@ def _span_order(enc: _SessionEvents, pid: np.ndarray, tid: np.ndarray, start: np
     text) and its span row (for text: the position in the returned list); and per span the tid
     of the track it is drawn on."""
     n = len(pid)
-    keys = np.stack([pid, tid], axis=1)
-    _u, t_first, t_of = np.unique(keys, axis=0, return_index=True, return_inverse=True)
-    t_of = t_of.reshape(-1)
-    t_rank = np.empty(len(t_first), dtype=np.int64)
+    tids, _f, tid_code = _codes(tid)  # (pid, tid) pairs numbered without sorting them
+    key = pid.astype(np.int64) * len(tids) + tid_code
+    del tid_code
+    _u, t_first, t_of = _codes(key)
+    del key
+    t_rank = np.empty(len(t_first), dtype=np.int32)
     t_rank[np.argsort(t_first, kind="stable")] = np.arange(len(t_first))
     track = t_rank[t_of]
-    order = np.lexsort((np.arange(n), -end, start, track))
+    del t_of
+    order = np.lexsort((np.arange(n, dtype=np.int32), -end, start, track))
     bounds = np.searchsorted(track[order], np.arange(len(t_first) + 1)).tolist()
+    del track
     parent = np.asarray(enc.cols.span_parent, dtype=np.int64)
     kinds: list[np.ndarray] = []
     rows: list[np.ndarray] = []
@@ -234,37 +246,47 @@ def _nested_order(start: np.ndarray, end: np.ndarray) -> tuple[np.ndarray, np.nd
     if ((start[1:] < end[:-1]) & (end[1:] > end[:-1]) & ~zero[:-1]).any():
         return None  # a span still open when the next one starts ends before it: they cross
     jj = np.flatnonzero(~zero).astype(np.int32)
-    due = np.searchsorted(start, end[jj], side="left").astype(np.int32)  # the end is written before this span
-    seq = np.lexsort((np.concatenate([np.zeros(m, dtype=np.int32), -jj]),
-                      np.concatenate([np.zeros(m, dtype=np.int64), end[jj]]),
-                      np.concatenate([np.ones(m, dtype=np.int8), np.zeros(len(jj), dtype=np.int8)]),
-                      np.concatenate([np.arange(m, dtype=np.int32), due])))
+    ends_at = end[jj]
+    due = np.searchsorted(start, ends_at, side="left").astype(np.int32)  # the end is written before this span
+    # the events in order: at each place, the ends due there (by end time, innermost first), then
+    # the span that starts there; the ends alone are sorted, the begins slot in between them
+    by_due = np.lexsort((-jj, ends_at, due))
+    del ends_at
+    begin_at = np.arange(m, dtype=np.int64)
+    begin_at += np.cumsum(np.bincount(due, minlength=m + 1)[:m])
     del due
-    is_end = seq >= m
-    local = np.where(is_end, jj[np.maximum(seq - m, 0)], seq).astype(np.int32)
-    del seq
-    kinds = np.where(is_end, _E, np.where(zero[local], _X, _B)).astype(np.int8)
+    is_end = np.ones(m + len(jj), dtype=bool)
+    is_end[begin_at] = False
+    local = np.empty(m + len(jj), dtype=np.int32)
+    local[begin_at] = np.arange(m, dtype=np.int32)
+    del begin_at
+    local[is_end] = jj[by_due]
+    del by_due
+    kinds = zero[local].astype(np.int8) * np.int8(_X)
+    kinds[is_end] = _E
     del is_end
     # they nest iff, for every span, the depth first falls below its begin's depth at its own end
     paired = kinds != _X
     k2, l2 = kinds[paired], local[paired]
     del paired
-    depth = np.cumsum(np.where(k2 == _B, 1, -1), dtype=np.int64)
+    depth = np.cumsum(np.where(k2 == _B, np.int8(1), np.int8(-1)), dtype=np.int32)
     if len(depth) and depth.min() < 0:
         return None
-    where_b = np.empty(m, dtype=np.int64)
-    where_e = np.empty(m, dtype=np.int64)
-    places = np.arange(len(k2), dtype=np.int64)
+    where_b = np.empty(m, dtype=np.int32)
+    where_e = np.empty(m, dtype=np.int32)
+    places = np.arange(len(k2), dtype=np.int32)
     where_b[l2[k2 == _B]] = places[k2 == _B]
     where_e[l2[k2 == _E]] = places[k2 == _E]
     del k2, l2
     if len(jj):
         width = len(places) + 1
-        level_key = depth * width + places
+        level_key = depth.astype(np.int64)
+        level_key *= width
+        level_key += places
         del places
         level_key.sort()
         b = where_b[jj]
-        want = depth[b] - 1
+        want = depth[b].astype(np.int64) - 1
         hit = np.searchsorted(level_key, want * width + b + 1)
         ok = hit < len(level_key)
         found = np.where(ok, level_key[np.minimum(hit, len(level_key) - 1)], -1)
@@ -304,9 +326,14 @@ def _mark_events(enc: _SessionEvents, pid: np.ndarray, base: int) -> Iterator[by
     n = enc.cols.marks.num_rows
     if not n or not len(pid):
         return
-    row = pc.fill_null(pc.index_in(m["span_id"], value_set=enc.s["id"]), -1).to_numpy(zero_copy_only=False)
-    mark_pid = np.where(row >= 0, pid[np.maximum(row, 0)], pid[0])
-    del row
+    mark_pid = np.empty(n, dtype=pid.dtype)
+    at = 0
+    # on the column's chunks as they are (one hash table, no combined copy of the column)
+    for chunk in pc.index_in(enc.cols.marks["span_id"], value_set=enc.s["id"]).chunks:
+        row = pc.fill_null(chunk, -1).to_numpy(zero_copy_only=False)
+        mark_pid[at:at + len(row)] = np.where(row >= 0, pid[np.maximum(row, 0)], pid[0])
+        at += len(row)
+    enc.s.drop()
     _release()  # the hash table of index_in
     has_ts = pc.is_valid(m["ts_ns"]).to_numpy(zero_copy_only=False)
     ts = _np(m["ts_ns"], base)
