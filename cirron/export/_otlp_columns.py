@@ -224,8 +224,9 @@ class _SessionText:
         self.requests = np.flatnonzero(self.request)
 
     # ------------------------------------------------------------------ events
-    def events(self, rows: np.ndarray) -> pa.Array:
-        """The OTLP/JSON events of marks ``rows`` (in that order)."""
+    def events(self, rows: np.ndarray, before: Any = "", after: Any = "") -> pa.Array:
+        """The OTLP/JSON events of marks ``rows`` (in that order), each between ``before`` and
+        ``after`` (a string or a column of them)."""
         marks = self.m
         take = pa.array(rows)
         ts = np.maximum(_np(marks["ts_ns"].take(take), 0), 0)
@@ -233,9 +234,9 @@ class _SessionText:
         kinds = _json_strings(pc.fill_null(marks["kind"].take(take), "point"))
         values = self._values(rows)
         extra = _table_text(self.mark_extra, self.mark_attr[rows])
-        return _join('{"timeUnixNano":"', _ints(pa.array(ts)), '","name":', names,
+        return _join(before, '{"timeUnixNano":"', _ints(pa.array(ts)), '","name":', names,
                      ',"attributes":[{"key":"value","value":', values,
-                     '},{"key":"kind","value":{"stringValue":', kinds, "}}", extra, "]}")
+                     '},{"key":"kind","value":{"stringValue":', kinds, "}}", extra, "]}", after)
 
     def _values(self, rows: np.ndarray) -> pa.Array:
         marks = self.m
@@ -253,19 +254,31 @@ class _SessionText:
         return pc.replace_with_mask(text, pa.array(odd), pa.array(exact, pa.string()))
 
     def grouped_events(self, a: int, b: int) -> pa.Array:
-        """Per span ``a:b``: ``,"events":[...]`` (null for a span without marks)."""
+        """Per span ``a:b``: ``,"events":[...]`` (null for a span without marks).
+
+        Each event is built with what comes before it (``,"events":[`` for a span's first, else
+        ``,``) and after it (``]`` after a span's last), so a span's text is a run of the events'
+        text: the result shares their buffer and only has offsets of its own."""
         lo, hi = np.searchsorted(self.sorted_target, [a, b]).tolist()
-        rows = self.mark_order[lo:hi]
-        counts = np.bincount(self.sorted_target[lo:hi] - a, minlength=b - a)
-        offsets = np.zeros(b - a + 1, dtype=np.int32)
-        np.cumsum(counts, out=offsets[1:])
-        joined = pc.binary_join(pa.ListArray.from_arrays(pa.array(offsets), self.events(rows)), ",")
-        return pc.if_else(pa.array(counts > 0), _piece(',"events":[', joined, "]"), pa.scalar(None, pa.string()))
+        if hi == lo:
+            return pa.nulls(b - a, pa.string())
+        target = self.sorted_target[lo:hi] - a
+        new = np.ones(hi - lo + 1, dtype=bool)  # where a span's run of events starts (or ends)
+        new[1:-1] = target[1:] != target[:-1]
+        text = self.events(self.mark_order[lo:hi], pc.if_else(pa.array(new[:-1]), ',"events":[', ","),
+                           pc.if_else(pa.array(new[1:]), "]", pa.scalar(None, pa.string())))
+        if text.type != pa.string() or text.offset:
+            text = text.cast(pa.string()).take(pa.array(np.arange(len(text))))
+        runs = np.zeros(b - a + 1, dtype=np.int64)
+        np.cumsum(np.bincount(target, minlength=b - a), out=runs[1:])
+        event_at = np.frombuffer(text.buffers()[1], dtype=np.int32)[:len(text) + 1]
+        return pa.StringArray.from_buffers(b - a, pa.py_buffer(event_at[runs]), text.buffers()[2])
 
     # ------------------------------------------------------------------- spans
     def spans(self, a: int, b: int) -> pa.Array:
-        """The OTLP/JSON text of spans ``a:b``."""
+        """The OTLP/JSON text of spans ``a:b``, each followed by a comma."""
         s = self.s.slice(a, b - a)
+        events = self.grouped_events(a, b)
         start = _np(s["start_ns"], 0)
         end_given = pc.is_valid(s["end_ns"]).to_numpy(zero_copy_only=False)
         end = _np(s["end_ns"], 0)
@@ -277,7 +290,7 @@ class _SessionText:
         def field(key: str, col: Any) -> pa.Array:
             return _piece(',{"key":"' + key + '","value":{"intValue":"', _ints(col), '"}}')
 
-        head = _join(
+        text = _join(
             '{"traceId":"', self.trace_id, '","spanId":"', self.hex.slice(a, b - a),
             '","name":', _json_strings(_or_default(self.names.slice(a, b - a), "span")),
             ',"kind":1,"startTimeUnixNano":"', _ints(pa.array(np.maximum(start, 0))),
@@ -289,16 +302,19 @@ class _SessionText:
             field("thread.id", s["thread_id"]),
             pc.if_else(pa.array(end_given), pa.scalar(None, pa.string()),
                        ',{"key":"cirron.open","value":{"boolValue":true}}'),
-            "]", _piece(',"parentSpanId":"', self.parent_hex.slice(a, b - a), '"'))
-        status = _table_text(self.span_status, attr)
+            "]", _piece(',"parentSpanId":"', self.parent_hex.slice(a, b - a), '"'),
+            events, _table_text(self.span_status, attr), "},")
         lo, hi = np.searchsorted(self.requests, [a, b]).tolist()
         if hi > lo:  # request spans: GenAI attributes from their marks, the per-record way
-            heads, stats = zip(*(self._request_pieces(i) for i in self.requests[lo:hi].tolist()))
+            rows = self.requests[lo:hi]
+            exact = []
+            for i, own in zip(rows.tolist(), events.take(pa.array(rows - a)).to_pylist()):
+                head, status = self._request_pieces(i)
+                exact.append(head + (own or "") + (status or "") + "},")
             mask = np.zeros(b - a, dtype=bool)
-            mask[self.requests[lo:hi] - a] = True
-            head = pc.replace_with_mask(head, pa.array(mask), pa.array(heads, pa.string()))
-            status = pc.if_else(pa.array(mask), pa.array(_spread(stats, mask), pa.string()), status)
-        return _join(head, self.grouped_events(a, b), status, "}")
+            mask[rows - a] = True
+            text = pc.replace_with_mask(text, pa.array(mask), pa.array(exact, pa.string()))
+        return text
 
     def _record(self, i: int) -> dict[str, Any]:
         s = self.s
@@ -341,14 +357,6 @@ class _SessionText:
         return out
 
 
-def _spread(values: tuple[Any, ...], mask: np.ndarray) -> list[Any]:
-    """``values`` placed at the true positions of ``mask`` (``None`` elsewhere)."""
-    out: list[Any] = [None] * len(mask)
-    for i, v in zip(np.flatnonzero(mask).tolist(), values):
-        out[i] = v
-    return out
-
-
 def write_spans(fh: Any, cols: Any, open_end_ns: int | None) -> int:
     """Write the comma-separated OTLP/JSON spans of one session's columns (what goes between
     ``"spans":[`` and ``]``); returns how many. Raises :class:`CannotEncode` before writing
@@ -358,7 +366,7 @@ def write_spans(fh: Any, cols: Any, open_end_ns: int | None) -> int:
     written = 0
     for a in range(0, n, SLICE_SPANS):
         b = min(n, a + SLICE_SPANS)
-        chunk = pc.binary_join_element_wise(text.spans(a, b), "", ",")
+        chunk = text.spans(a, b)
         data = arrow_text(chunk)
         fh.write(b"," if written else b"")
         fh.write(data[:-1])
