@@ -28,6 +28,7 @@ import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from cirron.export._common import arrow_text
 from cirron.export._json import _json_strings
 from cirron.export._otlp_columns import CannotEncode, _Columns, _distinct, _floats, _join, _np, _table_text
 from cirron.export._perfetto import _distinct as _codes
@@ -298,7 +299,7 @@ def _nested_order(start: np.ndarray, end: np.ndarray) -> tuple[np.ndarray, np.nd
 def _encode_events(enc: _SessionEvents, kinds: np.ndarray, rows: np.ndarray, texts: list[bytes], pid: np.ndarray,
                    tid: np.ndarray, start_ts: pa.Array, end_ts: pa.Array, names: pa.Array,
                    is_open: np.ndarray) -> Iterator[Encoded]:
-    text_table = pa.array([t.decode() for t in texts], pa.string())
+    text_table = pa.array([t.decode() + "," for t in texts], pa.string())
     heads = pa.array(['{"ph":"B","name":', '{"ph":"E","name":', '{"ph":"X","name":', ""], pa.string())
     for a in range(0, len(kinds), SLICE_EVENTS):
         k = kinds[a:a + SLICE_EVENTS]
@@ -307,18 +308,28 @@ def _encode_events(enc: _SessionEvents, kinds: np.ndarray, rows: np.ndarray, tex
         span = np.where(is_text, 0, r)
         take = pa.array(span)
         is_end = pa.array(k == _E)
-        args = enc.args(span, is_open[span])
-        tail = pc.if_else(pa.array(k == _B), "}", pc.if_else(
-            pa.array(k == _X), _join(',"dur":0.0,"args":', args, "}"), _join(',"args":', args, "}")))
+        tail = _tails(enc, k, span, is_open)
         built = _join(heads.take(pa.array(k)), names.take(take), ',"cat":"cirron","pid":',
                       pc.cast(pa.array(pid[span]), pa.string()), ',"tid":', pc.cast(pa.array(tid[span]), pa.string()),
                       ',"ts":', pc.if_else(is_end, end_ts.take(take), start_ts.take(take)), tail)
         if is_text.any():
             built = pc.if_else(pa.array(is_text), text_table.take(pa.array(np.where(is_text, r, 0))), built)
-        data = pc.binary_join(pa.ListArray.from_arrays(pa.array([0, len(k)], pa.int32()), built), ",")
-        yield Encoded(data[0].as_buffer(), int(((k == _B) | (k == _X)).sum()))
-        del data, built, args, tail
-        _release()
+        yield Encoded(arrow_text(built)[:-1], int(((k == _B) | (k == _X)).sum()))
+        del built, tail
+        if a % (4 * SLICE_EVENTS) == 0:
+            _release()
+
+
+def _tails(enc: _SessionEvents, kinds: np.ndarray, span: np.ndarray, is_open: np.ndarray) -> pa.Array:
+    """What ends each event, with the comma after it: ``}`` for a begin, the args for an end or
+    a complete event (built for those alone)."""
+    with_args = (kinds == _E) | (kinds == _X)
+    rows = span[with_args]
+    tails = _join(pc.if_else(pa.array(kinds[with_args] == _X), ',"dur":0.0,"args":', ',"args":'),
+                  enc.args(rows, is_open[rows]), "},")
+    where = np.full(len(kinds), len(tails), dtype=np.int64)  # the others: the plain "},"
+    where[with_args] = np.arange(len(tails))
+    return pa.concat_arrays([tails, pa.array(["},"], pa.string())]).take(pa.array(where))
 
 
 def _mark_events(enc: _SessionEvents, pid: np.ndarray, base: int) -> Iterator[bytes | Encoded]:
@@ -326,13 +337,14 @@ def _mark_events(enc: _SessionEvents, pid: np.ndarray, base: int) -> Iterator[by
     n = enc.cols.marks.num_rows
     if not n or not len(pid):
         return
-    mark_pid = np.empty(n, dtype=pid.dtype)
-    at = 0
-    # on the column's chunks as they are (one hash table, no combined copy of the column)
-    for chunk in pc.index_in(enc.cols.marks["span_id"], value_set=enc.s["id"]).chunks:
-        row = pc.fill_null(chunk, -1).to_numpy(zero_copy_only=False)
-        mark_pid[at:at + len(row)] = np.where(row >= 0, pid[np.maximum(row, 0)], pid[0])
-        at += len(row)
+    mark_pid = np.full(n, pid[0], dtype=pid.dtype)
+    if (pid != pid[0]).any():  # several processes: a mark's is its span's
+        at = 0
+        # on the column's chunks as they are (one hash table, no combined copy of the column)
+        for chunk in pc.index_in(enc.cols.marks["span_id"], value_set=enc.s["id"]).chunks:
+            row = pc.fill_null(chunk, -1).to_numpy(zero_copy_only=False)
+            mark_pid[at:at + len(row)] = np.where(row >= 0, pid[np.maximum(row, 0)], pid[0])
+            at += len(row)
     enc.s.drop()
     _release()  # the hash table of index_in
     has_ts = pc.is_valid(m["ts_ns"]).to_numpy(zero_copy_only=False)
@@ -347,7 +359,7 @@ def _mark_events(enc: _SessionEvents, pid: np.ndarray, base: int) -> Iterator[by
         fast = plain[a:b]
         name = _json_strings(pc.fill_null(m["name"].slice(a, b - a), "None"))
         built = _join('{"ph":"C","name":', name, ',"pid":', pc.cast(pa.array(mark_pid[a:b]), pa.string()),
-                      ',"ts":', _ts(ts[a:b], base), ',"args":{', name, ":", _floats(values[a:b]), "}}")
+                      ',"ts":', _ts(ts[a:b], base), ',"args":{', name, ":", _floats(values[a:b]), "}},")
         keep = fast.copy()
         slow = np.flatnonzero(~fast & has_ts[a:b])
         if len(slow):
@@ -356,14 +368,14 @@ def _mark_events(enc: _SessionEvents, pid: np.ndarray, base: int) -> Iterator[by
                 rec = {"ts_ns": int(ts[i]), "value": given[i] if given is not None else float(values[i]),
                        "name": m["name"][i].as_py(), "thread_id": m["thread_id"][i].as_py()}
                 ev = _mark_event(rec, int(mark_pid[i]), base)
-                exact.append(_dumps(ev).decode() if ev is not None else None)
+                exact.append(_dumps(ev).decode() + "," if ev is not None else None)
             mask = np.zeros(b - a, dtype=bool)
             mask[slow] = True
             built = pc.replace_with_mask(built, pa.array(mask), pa.array(exact, pa.string()))
             keep[slow] = [e is not None for e in exact]
         kept = built.filter(pa.array(keep))
         if len(kept):
-            data = pc.binary_join(pa.ListArray.from_arrays(pa.array([0, len(kept)], pa.int32()), kept), ",")
-            yield Encoded(data[0].as_buffer(), 0)
+            yield Encoded(arrow_text(kept)[:-1], 0)
         del built, kept
-        _release()
+        if a % (4 * SLICE_EVENTS) == 0:
+            _release()
