@@ -290,6 +290,7 @@ class BigSessionData(SessionData):
 
     #: While the views are built: the decoded attrs of the request spans summary marks are on.
     _attrs_ahead: dict[int, Any] | None = None
+    cached_alone = True
 
     def __init__(self, info: SessionInfo, read: _Read, tmp: tempfile.TemporaryDirectory[str]) -> None:
         self.info = info
@@ -305,7 +306,7 @@ class BigSessionData(SessionData):
         SessionData._build_marks(self, summary)  # the summary table (point marks: below)
         self._build_requests()
         self._build_snapshots(summary)
-        del self._sorted_join, self._by_join, self._new_row, summary
+        del self._id_rows, summary
         self._attrs_ahead = None
         trim()
         self._build_point_marks(read)
@@ -361,12 +362,8 @@ class BigSessionData(SessionData):
         del epoch
         self._src = order
         del order
-        join = cols.load("hi", np.uint64)
-        join ^= cols.load("lo", np.uint64)
-        self._by_join = np.argsort(join, kind="stable").astype(np.int32)
-        self._sorted_join = join[self._by_join]
-        del join
-        self._new_row = new_row
+        self._id_rows = self._find_ids(read, new_row)
+        del new_row
         self.duration_ns = int(self.end.max(initial=0))
 
     def _order(self, starts: np.ndarray, depth: np.ndarray, read: _Read) -> np.ndarray:
@@ -409,25 +406,29 @@ class BigSessionData(SessionData):
     def _epochs(self) -> np.ndarray:
         return self._epoch
 
-    def _rows_of(self, span_ids: Iterable[Any]) -> dict[Any, int]:
+    def _find_ids(self, read: _Read, new_row: np.ndarray) -> dict[str, int]:
+        """The rows of the spans that summary marks and snapshots name (the only ids asked for),
+        found by one pass over the spans' id keys."""
         from cirron.spool.pieces import id_keys
 
-        wanted = [s for s in set(span_ids) if isinstance(s, str)]
-        n = self._sorted_join.size
-        if not wanted or not n:
+        wanted = {s for s in read.summary_span if isinstance(s, str)}
+        wanted.update(s for sn in read.snapshots if isinstance(s := sn.get("span_id"), str))
+        if not wanted or not new_row.size:
             return {}
-        ids = pa.array(wanted, pa.string())
-        hi, lo = id_keys(ids)
-        keys = hi ^ lo
-        first = np.searchsorted(self._sorted_join, keys)
-        stop = np.searchsorted(self._sorted_join, keys, side="right")
-        # the winners with each wanted id's joined key (one, unless two ids share it): the one with that id
-        which = np.repeat(np.arange(len(wanted)), stop - first)
-        cand = self._by_join[np.concatenate([np.arange(a, b) for a, b in zip(first.tolist(), stop.tolist())])] \
-            if which.size else np.zeros(0, dtype=self._by_join.dtype)
-        got = self._span_details.take(cand, ["id"])["id"]
-        return {wanted[k]: int(self._new_row[row])
-                for k, row, sid in zip(which.tolist(), cand.tolist(), got) if sid == wanted[k]}
+        hi, lo = id_keys(pa.array(sorted(wanted), pa.string()))
+        keys = np.sort(hi ^ lo)
+        del hi, lo
+        join = read.columns.load("hi", np.uint64)
+        join ^= read.columns.load("lo", np.uint64)
+        at = np.searchsorted(keys, join)
+        np.minimum(at, keys.size - 1, out=at)
+        rows = np.flatnonzero(keys[at] == join)  # a wanted id's key (or another id's with the same key)
+        del join, at
+        got = self._span_details.take(rows, ["id"])["id"]
+        return {sid: int(new_row[r]) for r, sid in zip(rows.tolist(), got) if sid in wanted}
+
+    def _rows_of(self, span_ids: Iterable[Any]) -> dict[Any, int]:
+        return {s: row for s in set(span_ids) if isinstance(s, str) and (row := self._id_rows.get(s)) is not None}
 
     def _attrs_of(self, i: int) -> Any:
         if self._attrs_ahead is not None and i in self._attrs_ahead:

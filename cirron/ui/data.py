@@ -46,8 +46,10 @@ STEP_NAMES = (BATCH_SPAN_NAME, "step")
 MAX_WINDOW_SPANS = 4000
 #: At most this many points per mark series, per step-breakdown chart, per tick row.
 MAX_POINTS = 2000
-#: How many sessions' views stay in memory.
+#: How many sessions' views stay in memory (a session read piece by piece stays alone).
 CACHED_SESSIONS = 3
+#: Spans whose step is looked up at a time while the step table is built.
+_STEP_CHUNK = 1 << 18
 #: A session over the columnar reader's limit is read piece by piece (:mod:`cirron.ui._bigsession`)
 #: when its batch files hold nothing else; one whose records share batch files with other
 #: sessions' can only be rebuilt whole, so beyond this many bytes of batch JSON it is not viewed
@@ -321,6 +323,9 @@ class SessionData:
     phase_ns: NDArray[np.int64]
     request_rows: NDArray[np.int64]
     _by_depth: DepthIndex | None = None
+    #: Whether these views are cached only alone (a big session read piece by piece: two would
+    #: pass the server's memory bound).
+    cached_alone = False
 
     def __init__(self, info: SessionInfo, records: SessionRecords | Session) -> None:
         if isinstance(records, Session):
@@ -597,20 +602,21 @@ class SessionData:
             if p in self.names:
                 phase_of_code[self.names.index(p)] = k
         phase = phase_of_code[self.name]
-        rows = np.flatnonzero(phase >= 0)
-        # the nearest step above each phase span, unless another phase span comes first (no double count)
-        up = self.parent[rows]
-        for _ in range(MAX_DEPTH):
-            climb = np.flatnonzero(up >= 0)
-            climb = climb[(row_of[up[climb]] < 0) & (phase[up[climb]] < 0)]
-            if not climb.size:
-                break
-            up[climb] = self.parent[up[climb]]
-        hit = up >= 0
-        hit[hit] = row_of[up[hit]] >= 0
         phase_ns = np.zeros((len(PHASES), steps.size), dtype=np.int64)
-        r = rows[hit]
-        np.add.at(phase_ns, (phase[r], row_of[up[hit]]), self.end[r] - self.start[r])
+        for a in range(0, phase.size, _STEP_CHUNK):  # a slice of the spans at a time: bounded temporaries
+            rows = a + np.flatnonzero(phase[a:a + _STEP_CHUNK] >= 0)
+            # the nearest step above each phase span, unless another phase span comes first (no double count)
+            up = self.parent[rows]
+            for _ in range(MAX_DEPTH):
+                climb = np.flatnonzero(up >= 0)
+                climb = climb[(row_of[up[climb]] < 0) & (phase[up[climb]] < 0)]
+                if not climb.size:
+                    break
+                up[climb] = self.parent[up[climb]]
+            hit = up >= 0
+            hit[hit] = row_of[up[hit]] >= 0
+            r = rows[hit]
+            np.add.at(phase_ns, (phase[r], row_of[up[hit]]), self.end[r] - self.start[r])
         self.step_epoch = step_epoch
         self.phase_ns = phase_ns
         self.step_rows = steps
@@ -816,9 +822,7 @@ def _views_of(info: SessionInfo, catalog: Catalog) -> SessionData:
     """``info``'s views: read whole (:func:`_read_records`) when the columnar reader takes it, else
     piece by piece when its files hold only its records (:mod:`cirron.ui._bigsession`); a session
     that neither reads (records the columns cannot carry) is rebuilt whole up to :data:`MAX_VIEW_BYTES`."""
-    from cirron.spool.columnar import can_read
-
-    if info.streamable and not can_read(info.summary):
+    if _read_in_pieces(info):
         from cirron.ui._bigsession import read_big_session
 
         big = read_big_session(info)
@@ -827,6 +831,13 @@ def _views_of(info: SessionInfo, catalog: Catalog) -> SessionData:
         if info.summary.bytes > MAX_VIEW_BYTES:
             raise SessionTooBig(refusal_text(info))
     return SessionData(info, _read_records(info, catalog))
+
+
+def _read_in_pieces(info: SessionInfo) -> bool:
+    """Whether ``info`` is too big for the columnar reader and can be read piece by piece."""
+    from cirron.spool.columnar import can_read
+
+    return info.streamable and not can_read(info.summary)
 
 
 def _read_records(info: SessionInfo, catalog: Catalog) -> SessionRecords:
@@ -939,7 +950,8 @@ class SpoolData:
                 stale = self._views.pop(session_id, None)
                 if stale is not None:
                     stale[1].close()
-                while len(self._views) >= self._cached:  # free before building the next one
+                alone = _read_in_pieces(info) or any(v.cached_alone for _k, v in self._views.values())
+                while self._views and (alone or len(self._views) >= self._cached):  # free before building
                     self._views.popitem(last=False)[1][1].close()
                 catalog = next(sp.catalog for sp in self.spools if sp.dir == info.summary.spool and sp.catalog)
             assert catalog is not None  # sessions() opened it

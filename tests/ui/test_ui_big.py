@@ -124,6 +124,21 @@ def _tree(root: Path) -> dict[str, tuple[int, int]]:
             if p.is_file() and p.name != INDEX_NAME}
 
 
+def test_big_session_is_cached_alone(factory: SpoolFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two sessions read piece by piece are never held at once, nor one with others (the memory bound)."""
+    small = factory.session(epochs=2)["root"]
+    big = factory.session(epochs=3, start_ns=BASE_NS + 10**10)["root"]
+    data = SpoolData([factory.spool_dir])
+    sizes = {s.id: s.summary.bytes for s in data.sessions()}
+    monkeypatch.setattr(columnar, "MAX_SESSION_BYTES", sizes[small])  # only the big one is over it
+    first = data.session(small)
+    assert data.session(small) is first  # cached
+    assert isinstance(data.session(big), bigsession.BigSessionData)
+    again = data.session(small)
+    assert again is not first and not isinstance(again, bigsession.BigSessionData)  # read again: big left
+    assert data.session(small) is again
+
+
 def test_temporary_files_go_with_the_session(factory: SpoolFactory, tmp_path: Path,
                                             monkeypatch: pytest.MonkeyPatch) -> None:
     first = factory.session(epochs=3)["root"]
@@ -132,7 +147,7 @@ def test_temporary_files_go_with_the_session(factory: SpoolFactory, tmp_path: Pa
     temp.mkdir()
     monkeypatch.setattr(tempfile, "tempdir", str(temp))
     monkeypatch.setattr(columnar, "MAX_SESSION_BYTES", 0)
-    data = SpoolData([factory.spool_dir], cached=1)
+    data = SpoolData([factory.spool_dir])  # three sessions cached, but a big one only alone
     data.sessions()  # the spool index, written by any reader, before the spool is compared
     before = _tree(factory.spool_dir)
 
@@ -145,7 +160,7 @@ def test_temporary_files_go_with_the_session(factory: SpoolFactory, tmp_path: Pa
         assert held.startswith("cirron-ui-") and any((temp / held).iterdir())
         assert client.get(f"/api/session/{first}/timeline", params={"t0": 0, "t1": 10**7}).status_code == 200
         assert client.get(f"/api/session/{second}/steps").json()["steps"] == 0
-        (now,) = ours()  # the first session left the cache (one kept) with its files
+        (now,) = ours()  # the first session left the cache with its files
         assert now != held
         assert client.get(f"/api/session/{second}/timeline").json()["spans"][0]["cpu_ns"] is not None
     data.close()  # the server stops
