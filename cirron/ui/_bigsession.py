@@ -285,18 +285,48 @@ class _SeriesByName(Mapping[str, tuple[np.ndarray, np.ndarray]]):
         return len(self._data.mark_tick_names)
 
 
+class _OnDisk:
+    """An array attribute read from the views' temporary directory: each access maps the file
+    anew, so the pages a request reads leave the process with the request (a mapping kept open
+    would keep them all in its resident memory). Assigned values are held in memory until the
+    views put the array on disk (``_on_disk`` names it)."""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    def __get__(self, obj: Any, objtype: Any = None) -> Any:
+        if obj is None:
+            return self
+        dtype = obj._on_disk.get(self.name)
+        if dtype is None:
+            return obj.__dict__[self.name]
+        path = Path(obj._tmp.name) / f"{self.name}.bin"
+        if not path.stat().st_size:
+            return np.empty(0, dtype=dtype)
+        return np.memmap(path, dtype=dtype, mode="r")
+
+    def __set__(self, obj: Any, value: Any) -> None:
+        obj.__dict__[self.name] = value
+
+
 class BigSessionData(SessionData):
     """:class:`SessionData` built from the piece-wise read (see the module docstring)."""
 
     #: While the views are built: the decoded attrs of the request spans summary marks are on.
     _attrs_ahead: dict[int, Any] | None = None
     cached_alone = True
+    mark_ts = _OnDisk()  # type: ignore[assignment]
+    mark_tick_name = _OnDisk()  # type: ignore[assignment]
+    mark_tick_value = _OnDisk()  # type: ignore[assignment]
 
     def __init__(self, info: SessionInfo, read: _Read, tmp: tempfile.TemporaryDirectory[str]) -> None:
         self.info = info
         self._tmp = tmp
+        #: Arrays kept on disk (their dtype by name), read through :class:`_OnDisk`.
+        self._on_disk: dict[str, Any] = {}
         self._span_details = _Details(read.details, read.batch_rows)
         self._build_big_spans(read)
+        self._depth_index()  # now, while less is in memory than after the marks
         trim()
         self._build_steps()
         del self._epoch  # only the steps' epochs are shown
@@ -454,11 +484,14 @@ class BigSessionData(SessionData):
         del known
         name = cols.load("m_name", np.int32)
         order = np.lexsort((name, ts))  # by time, then series, then write order (lexsort is stable)
-        self.mark_ts = ts[order]
+        # kept on disk, in that order: a request maps what it reads of them (see _OnDisk)
+        directory = Path(self._tmp.name)
+        ts[order].tofile(directory / "mark_ts.bin")
         del ts
-        self.mark_tick_name = name[order]
+        name[order].tofile(directory / "mark_tick_name.bin")
         del name
-        self.mark_tick_value = cols.load("m_value", np.float64)[order]
+        cols.load("m_value", np.float64)[order].tofile(directory / "mark_tick_value.bin")
         del order
+        self._on_disk = {"mark_ts": np.int64, "mark_tick_name": np.int32, "mark_tick_value": np.float64}
         self.mark_tick_names = list(read.mark_names)
         self.mark_series = _SeriesByName(self)  # type: ignore[assignment]

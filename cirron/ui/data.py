@@ -36,6 +36,7 @@ from cirron.spool import Session, list_batch_files
 from cirron.spool.arrays import MAX_DEPTH, enclosing_steps
 from cirron.spool.catalog import Catalog
 from cirron.spool.catalog import SessionInfo as CatalogInfo
+from cirron.ui.window import CHUNK as WINDOW_CHUNK
 from cirron.ui.window import DepthIndex, merge_blocks
 
 #: Names of the phases a training step is split into (stacked bars of the step breakdown).
@@ -454,7 +455,10 @@ class SessionData:
         parts = self._depth_index().visible(self.start, self.end, lo, hi)
         big_parts, small_parts = [], []
         for d, rows in parts:
-            long = (self.end[rows] - self.start[rows]) >= ns_per_px
+            long = np.zeros(rows.size, dtype=bool)
+            for c in range(0, rows.size, WINDOW_CHUNK):  # bounded temporaries on millions of spans
+                part = rows[c:c + WINDOW_CHUNK]
+                long[c:c + WINDOW_CHUNK] = (self.end[part] - self.start[part]) >= ns_per_px
             big_parts.append(rows[long])
             small_parts.append((d, rows[~long]))
         big = np.sort(np.concatenate(big_parts)) if big_parts else np.zeros(0, dtype=np.int64)
@@ -551,13 +555,18 @@ class SessionData:
             self.mark_tick_value = np.zeros(0)
 
     def _mark_ticks(self, lo: int, hi: int, px: int) -> list[dict[str, Any]]:
-        a, b = np.searchsorted(self.mark_ts, [lo, hi + 1])
-        sel = np.arange(a, b)
-        if sel.size > MAX_POINTS:  # one tick per pixel column is all that can be seen
-            col = ((self.mark_ts[sel] - lo) * px // max(1, hi - lo))
-            sel = sel[np.concatenate([[True], np.diff(col) != 0])]
-        return [{"t": int(self.mark_ts[i]), "name": self.mark_tick_names[int(self.mark_tick_name[i])],
-                 "value": _json_float(float(self.mark_tick_value[i]))} for i in sel]
+        all_ts = self.mark_ts
+        a, b = np.searchsorted(all_ts, [lo, hi + 1]).tolist()
+        ts = all_ts[a:b]
+        if ts.size > MAX_POINTS:  # one tick per pixel column is all that can be seen
+            col = ((ts - lo) * px // max(1, hi - lo))
+            keep = np.flatnonzero(np.concatenate([[True], np.diff(col) != 0]))
+            del col
+        else:
+            keep = np.arange(ts.size)
+        names, values = self.mark_tick_name[a + keep], self.mark_tick_value[a + keep]
+        return [{"t": t, "name": self.mark_tick_names[c], "value": _json_float(v)}
+                for t, c, v in zip(ts[keep].tolist(), names.tolist(), values.tolist())]
 
     def marks(self, x: str) -> dict[str, Any]:
         """Point-mark series (``x``: ``step`` = n-th value of that name, ``time`` = ns since start)."""
@@ -645,7 +654,7 @@ class SessionData:
         def per_bar(a: np.ndarray) -> list[float]:
             if n == 0:
                 return []
-            sums = np.add.reduceat(a, edges)
+            sums = np.add.reduceat(a, edges, dtype=np.int64)
             counts = np.diff(np.concatenate([edges, [n]]))
             return (sums / counts).tolist()
 

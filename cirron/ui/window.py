@@ -69,32 +69,47 @@ class DepthIndex:
         return out
 
 
+#: Spans merged at a time (bounds the temporaries of a window of millions of spans).
+CHUNK = 1 << 18
+
+
 def merge_blocks(parts: list[tuple[int, np.ndarray]], late: np.ndarray, start: np.ndarray, end: np.ndarray,
                  name: np.ndarray, names: list[str], lo: int, hi: int, px: int) -> list[dict[str, Any]]:
     """The small spans of a window merged per depth into blocks of about 4 pixels by start
     (``parts``: per depth, its rows in start order). Each block carries its count, extent, summed
     wall time and its most common span name (:func:`block_names`), the spans in ``late`` (long
-    spans left out of a crowded window) weighing less than any other."""
+    spans left out of a crowded window) weighing less than any other. About :data:`CHUNK` spans
+    are merged at a time, each slice ending where a block ends."""
     n_buckets = max(1, px // 4)
     width = (hi - lo) / n_buckets
     out: list[dict[str, Any]] = []
-    for d, rows in parts:
-        if not rows.size:
-            continue
-        s, e = start[rows], end[rows]
-        bucket = np.clip(((s - lo) / width).astype(np.int64), 0, n_buckets - 1)
-        first = np.concatenate([[0], np.flatnonzero(np.diff(bucket)) + 1])
-        count = np.diff(np.concatenate([first, [rows.size]]))
-        x0 = np.minimum.reduceat(s, first)
-        x1 = np.maximum.reduceat(e, first)
-        total = np.add.reduceat(e - s, first)
-        del s, e, bucket
-        is_late = np.isin(rows, late) if late.size else None
-        top_name = block_names(name[rows], count, is_late, len(names))
-        out.extend({"depth": d, "start": int(a), "end": int(b), "count": int(c), "total_ns": int(t),
-                    "name": names[int(nm)]}
-                   for a, b, c, t, nm in zip(x0.tolist(), x1.tolist(), count.tolist(), total.tolist(),
-                                             top_name.tolist()))
+    for d, depth_rows in parts:
+        c, size, n = 0, CHUNK, depth_rows.size
+        while c < n:
+            rows = depth_rows[c:c + size]
+            s, e = start[rows], end[rows]
+            bucket = np.clip(((s - lo) / width).astype(np.int64), 0, n_buckets - 1)
+            first = np.concatenate([[0], np.flatnonzero(np.diff(bucket)) + 1])
+            del bucket
+            if c + rows.size < n:  # the slice's last block may go on after it: leave it to the next slice
+                if first.size == 1:
+                    size *= 2
+                    continue
+                cut = int(first[-1])
+                rows, s, e, first = rows[:cut], s[:cut], e[:cut], first[:-1]
+            count = np.diff(np.concatenate([first, [rows.size]]))
+            x0 = np.minimum.reduceat(s, first)
+            x1 = np.maximum.reduceat(e, first)
+            total = np.add.reduceat(e - s, first)
+            del s, e
+            is_late = np.isin(rows, late) if late.size else None
+            top_name = block_names(name[rows], count, is_late, len(names))
+            out.extend({"depth": d, "start": int(a), "end": int(b), "count": int(ct), "total_ns": int(t),
+                        "name": names[int(nm)]}
+                       for a, b, ct, t, nm in zip(x0.tolist(), x1.tolist(), count.tolist(), total.tolist(),
+                                                  top_name.tolist()))
+            c += rows.size
+            size = CHUNK
     return out
 
 
