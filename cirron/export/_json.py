@@ -94,8 +94,9 @@ def _write_texts(fh: Any, already: int, texts: Any) -> int:
     for arr in texts:
         if not len(arr):
             continue
-        data = arrow_text(arr)
-        fh.write(data[:-1] if not (already or n) else b"," + bytes(data[:-1]))
+        if already or n:
+            fh.write(b",")
+        fh.write(arrow_text(arr)[:-1])
         n += len(arr)
     return n
 
@@ -192,7 +193,13 @@ def _span_texts(cols: Any) -> Any:
     start = pc.fill_null(t["start_ns"], 0).to_numpy(zero_copy_only=False)
     order = np.lexsort((np.arange(t.num_rows), start, t["file"].to_numpy(zero_copy_only=False)))
     for a in range(0, t.num_rows, _SLICE_ROWS):
-        s = t.take(pa.array(order[a: a + _SLICE_ROWS]))
+        # the rows of a slice lie in a few neighbouring files (chunks): take from those alone, not
+        # from the whole table (whose chunks a take would concatenate each time)
+        rows = order[a: a + _SLICE_ROWS]
+        first = int(rows.min())
+        s = t.slice(first, int(rows.max()) + 1 - first)
+        if not (len(s) == len(rows) and (np.diff(rows) == 1).all()):  # else already in order
+            s = s.take(pa.array(rows - first))
         yield _record_texts([(f, _json_strings(s[f]) if f in ("id", "parent_id", "name") else
                               _json_attrs(s[f]) if f == "attrs" else _json_ints(s[f])) for f in SPAN_FIELDS])
 
