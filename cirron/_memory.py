@@ -5,7 +5,9 @@ glibc raises its mmap threshold each time a big block is freed, after which arra
 come from the heap, where freed blocks stay counted in the process's resident memory (+70 MB on
 the second session of 2.5M spans). :func:`map_big_blocks` pins the threshold at
 :data:`MAP_BYTES`, so blocks above it are mapped and unmapped on their own, and :func:`trim`
-returns the heap's free memory."""
+returns the heap's free memory. A command whose big blocks are buffers freed and allocated
+again slice after slice (the column exports) undoes the pin with :func:`reuse_heap`: mapped, each
+such block costs its pages' faults again (seconds of system time on an export of 1M spans)."""
 
 from __future__ import annotations
 
@@ -13,11 +15,16 @@ import contextlib
 from collections.abc import Iterator
 from typing import Any
 
-__all__ = ["MAP_BYTES", "map_big_blocks", "returned_memory", "trim"]
+__all__ = ["MAP_BYTES", "map_big_blocks", "returned_memory", "reuse_heap", "trim"]
 
 #: Blocks of at least this many bytes are mapped on their own once :func:`map_big_blocks` ran.
 MAP_BYTES = 256 << 10
-_M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
+#: With :func:`reuse_heap`: blocks below this come from the heap (glibc's own ceiling for the threshold
+#: it raises by itself), and the heap's free top is kept until it exceeds :data:`KEEP_TOP_BYTES`.
+HEAP_BYTES = 32 << 20
+KEEP_TOP_BYTES = 64 << 20
+_M_MMAP_THRESHOLD = -3  # glibc's mallopt parameters
+_M_TRIM_THRESHOLD = -1
 _LIBC: list[Any] = []
 
 
@@ -41,6 +48,16 @@ def map_big_blocks() -> None:
     libc = _glibc()
     if libc is not None:
         libc.mallopt(_M_MMAP_THRESHOLD, MAP_BYTES)
+
+
+def reuse_heap() -> None:
+    """Undo :func:`map_big_blocks` for the rest of the process: blocks up to :data:`HEAP_BYTES`
+    come from the heap and are reused once freed, as glibc does by itself once its threshold rose.
+    For commands that measured as low a peak this way (the column exports)."""
+    libc = _glibc()
+    if libc is not None:
+        libc.mallopt(_M_MMAP_THRESHOLD, HEAP_BYTES)
+        libc.mallopt(_M_TRIM_THRESHOLD, KEEP_TOP_BYTES)
 
 
 def trim() -> None:

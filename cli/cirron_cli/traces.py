@@ -747,6 +747,13 @@ def export(
     if partition_by is not None and partition_by not in ("session", "rank", "run"):
         fail(f"Invalid --partition-by: {partition_by} (expected session, rank or run)", EXIT_USAGE)
     fields = "export" if fmt in ("parquet", "csv") else "full"
+    if fmt in ("csv", "json"):
+        # their encoders free and allocate multi-MB buffers slice after slice: reused from the heap,
+        # not mapped afresh each time (1M spans: json 3.1 -> 1.4 s of system time at 254 MB against
+        # 246; csv 1.7 -> 0.7 s at 252 MB against 219; parquet would peak at 297 MB: it keeps the pin)
+        from cirron._memory import reuse_heap
+
+        reuse_heap()
     cat, chosen = _pick_sessions(spool, session, None)
     if not chosen:
         render.no_traces(err=True)

@@ -44,3 +44,20 @@ def test_returned_memory_leaves_the_arrays_alone(monkeypatch, libc):
         a = np.arange(4 << 20)
     with _memory.returned_memory():
         assert int(a.sum()) == (4 << 20) * ((4 << 20) - 1) // 2
+
+
+@pytest.mark.parametrize("libc", ["found", None])
+def test_reuse_heap_leaves_the_arrays_alone(monkeypatch, libc):
+    import numpy as np
+
+    from cirron import _memory
+
+    if libc is None:
+        monkeypatch.setattr(_memory, "_LIBC", [None])
+    elif _memory._glibc() is None:
+        pytest.skip("not glibc")
+    a = np.arange(4 << 20)
+    _memory.reuse_heap()
+    b = np.arange(4 << 20)
+    _memory.map_big_blocks()  # back to the pin the CLI sets, for the tests that follow
+    assert int(a.sum()) == int(b.sum()) == (4 << 20) * ((4 << 20) - 1) // 2
