@@ -767,8 +767,10 @@ def export(
             return
 
     from cirron import export as ex
+    from cirron._arrow_setup import skip_pandas_check
     from cirron._errors import CirronDependencyError
 
+    skip_pandas_check()
     to_stdout = output == ex.STDOUT
     target: Path | str = ex.STDOUT
     try:
