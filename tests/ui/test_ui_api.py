@@ -395,3 +395,33 @@ def test_without_open_no_browser_is_started(tmp_path: Path, runs: Runs) -> None:
         code, _out, err = server.stop()
     assert code == 0, err
     assert not got.exists()
+
+
+def test_connections_the_server_accepts_send_without_nagle_delay() -> None:
+    """An answer goes out as its headers then its body: with Nagle's algorithm on, the body waited
+    for the ACK of the headers, 40 ms of delayed ACK on every request after a connection's first."""
+    import asyncio
+
+    from cirron.ui.server import bind
+
+    async def accepted_nodelay() -> int:
+        sock = bind("127.0.0.1", 0)
+        seen: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+
+        def on_connect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            conn = writer.get_extra_info("socket")
+            seen.set_result(conn.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+            writer.close()
+
+        server = await asyncio.start_server(on_connect, sock=sock)
+        try:
+            _r, w = await asyncio.open_connection(*sock.getsockname()[:2])
+            try:
+                return await asyncio.wait_for(seen, TIMEOUT)
+            finally:
+                w.close()
+        finally:
+            server.close()
+            await server.wait_closed()
+
+    assert asyncio.run(accepted_nodelay()) != 0
