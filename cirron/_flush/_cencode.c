@@ -12,32 +12,7 @@
 
 #include "../_u128.h"
 #include "../_row.h"
-
-typedef struct {
-    char *data;
-    Py_ssize_t len, cap;
-} Buf;
-
-static int buf_reserve(Buf *b, Py_ssize_t extra) {
-    if (b->len + extra <= b->cap) return 0;
-    Py_ssize_t cap = b->cap ? b->cap : 4096;
-    while (cap < b->len + extra) cap *= 2;
-    char *d = PyMem_Realloc(b->data, cap);
-    if (d == NULL) {
-        PyErr_NoMemory();
-        return -1;
-    }
-    b->data = d;
-    b->cap = cap;
-    return 0;
-}
-
-static int buf_put(Buf *b, const char *s, Py_ssize_t n) {
-    if (buf_reserve(b, n) < 0) return -1;
-    memcpy(b->data + b->len, s, n);
-    b->len += n;
-    return 0;
-}
+#include "../_buf.h"
 
 /* A string literal: its size is known here, so the copy compiles to a few moves. */
 #define PUT_LIT(b, s) \
