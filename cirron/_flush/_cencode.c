@@ -13,17 +13,13 @@
 #include "../_u128.h"
 #include "../_row.h"
 #include "../_buf.h"
+#include "../_jtext.h"
 
 /* A string literal: its size is known here, so the copy compiles to a few moves. */
 #define PUT_LIT(b, s) \
     (buf_reserve((b), (Py_ssize_t)(sizeof(s) - 1)) < 0 \
          ? -1 \
          : (memcpy((b)->data + (b)->len, (s), sizeof(s) - 1), (b)->len += (Py_ssize_t)(sizeof(s) - 1), 0))
-
-static const char DIGIT_PAIRS[] =
-    "00010203040506070809101112131415161718192021222324252627282930313233343536373839"
-    "40414243444546474849505152535455565758596061626364656667686970717273747576777879"
-    "8081828384858687888990919293949596979899";
 
 /* 1: written, 0: not a plain int that fits 64 bits (caller falls back), -1: error. */
 static int put_int(Buf *b, PyObject *v) {
@@ -32,22 +28,7 @@ static int put_int(Buf *b, PyObject *v) {
     long long x = PyLong_AsLongLongAndOverflow(v, &overflow);
     if (overflow) return 0;
     if (x == -1 && PyErr_Occurred()) return -1;
-    char tmp[24], *end = tmp + sizeof tmp, *p = end;
-    unsigned long long u = x < 0 ? 0ULL - (unsigned long long)x : (unsigned long long)x;
-    while (u >= 100) {
-        unsigned d = (unsigned)(u % 100) * 2;
-        u /= 100;
-        *--p = DIGIT_PAIRS[d + 1];
-        *--p = DIGIT_PAIRS[d];
-    }
-    if (u >= 10) {
-        *--p = DIGIT_PAIRS[u * 2 + 1];
-        *--p = DIGIT_PAIRS[u * 2];
-    } else {
-        *--p = (char)('0' + u);
-    }
-    if (x < 0) *--p = '-';
-    return buf_put(b, p, end - p) < 0 ? -1 : 1;
+    return jt_put_int64(b, (int64_t)x) < 0 ? -1 : 1;
 }
 
 static int put_int_or_null(Buf *b, PyObject *v) {
@@ -55,7 +36,7 @@ static int put_int_or_null(Buf *b, PyObject *v) {
     return put_int(b, v);
 }
 
-/* A JSON string from a str: escapes as the stdlib and msgspec do; non-ASCII stays UTF-8. */
+/* A JSON string from a str (see _jtext.h). */
 static int put_str(Buf *b, PyObject *v) {
     if (!PyUnicode_CheckExact(v)) return 0;
     Py_ssize_t n;
@@ -64,33 +45,7 @@ static int put_str(Buf *b, PyObject *v) {
         PyErr_Clear(); /* lone surrogates: the fallback decides */
         return 0;
     }
-    if (buf_reserve(b, n * 6 + 2) < 0) return -1;
-    char *o = b->data + b->len;
-    *o++ = '"';
-    static const char hexd[] = "0123456789abcdef";
-    for (Py_ssize_t i = 0; i < n; i++) {
-        unsigned char c = (unsigned char)s[i];
-        if (c >= 0x20 && c != '"' && c != '\\') {
-            *o++ = (char)c;
-            continue;
-        }
-        *o++ = '\\';
-        switch (c) {
-        case '"': *o++ = '"'; break;
-        case '\\': *o++ = '\\'; break;
-        case '\n': *o++ = 'n'; break;
-        case '\r': *o++ = 'r'; break;
-        case '\t': *o++ = 't'; break;
-        case '\b': *o++ = 'b'; break;
-        case '\f': *o++ = 'f'; break;
-        default:
-            *o++ = 'u'; *o++ = '0'; *o++ = '0';
-            *o++ = hexd[c >> 4]; *o++ = hexd[c & 15];
-        }
-    }
-    *o++ = '"';
-    b->len = o - b->data;
-    return 1;
+    return jt_put_str(b, s, n) < 0 ? -1 : 1;
 }
 
 /* "000102...ff": the two hex digits of every byte. */

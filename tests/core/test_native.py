@@ -96,6 +96,17 @@ def test_span_encoder_matches_the_python_records(layout: str) -> None:
     assert [r[2] for r in fallbacks] == ["nested", "keys", "huge", "flag", "gpu", "id past 128 bits"]
 
 
+def test_span_encoder_writes_strings_and_ints_byte_for_byte_as_orjson() -> None:
+    """The shared JSON text rules (``_jtext.h``): every ASCII byte, control characters included,
+    non-ASCII kept as UTF-8, and int64 at both ends."""
+    sid = next(IDS.ids)
+    name = "".join(map(chr, range(0x80))) + "é 中 \u2028 \U0001f600 \\u0041"
+    rows = [(next(IDS.ids), sid, name, None, -(1 << 63), (1 << 63) - 1, 0, None, None, -1, None),
+            (next(IDS.ids), sid, "", None, 9, 10, 99, None, None, 100, None)]
+    out = _cencode.encode_spans(rows, 321, 2, ROOT[0], ROOT[1], None)
+    assert out == b",".join(orjson.dumps(r) for r in _python_spans(rows))
+
+
 def test_frozen_attrs_of_recorded_spans_and_marks_encode_as_their_dicts() -> None:
     pytest.importorskip("cirron._record._cscope", reason="the C scope was not built")
     from cirron import Cirron
@@ -196,7 +207,8 @@ def test_compiled_modules_are_built_from_the_current_sources() -> None:
         pytest.skip("no C compiler: the pure-Python twins are what runs here")
     package = Path(importlib.util.find_spec("cirron").origin).parent
     for module, source, headers in (("cirron._record._cscope", "_record/_cscope.c", ["_row.h", "_u128.h"]),
-                                    ("cirron._flush._cencode", "_flush/_cencode.c", ["_row.h", "_u128.h"]),
+                                    ("cirron._flush._cencode", "_flush/_cencode.c",
+                                     ["_row.h", "_u128.h", "_buf.h", "_jtext.h"]),
                                     ("cirron.spool._cbatch", "spool/_cbatch.c", ["spool/_pow10.h"])):
         spec = importlib.util.find_spec(module)
         assert spec is not None and spec.origin is not None, f"{module} was not built (see the install's warnings)"
