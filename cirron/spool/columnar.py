@@ -36,7 +36,7 @@ import pyarrow.compute as pc
 
 from cirron import _native as native
 from cirron._schema import BATCH_SPAN_NAME, EPOCH_SPAN_NAME, ROOT_SENTINEL
-from cirron.spool.arrays import PairIndex, enclosing_steps, hex_halves, last_of_each
+from cirron.spool.arrays import PairIndex, enclosing_steps, hex_halves, last_of_each, packed_hex_halves
 from cirron.spool.catalog import SessionInfo
 from cirron.spool.reader import NONSTRICT_JSON, _Id, _Int, read_batch
 
@@ -160,9 +160,6 @@ def _mark_value_columns(values: list[Any]) -> tuple[pa.Array, pa.Array]:
     return pa.array(num, pa.float64()), pa.array(text, pa.string())
 
 
-_LOWER_HEX = b"0123456789abcdef"
-
-
 class _Ids:
     """A string column of ids with, where an id is 32 lowercase hex digits (``good``), its 128
     bits as two 64-bit halves; the dedupe and the lookups work on those and compare the text of
@@ -213,9 +210,8 @@ def _hex_rows(chunk: pa.Array, good: np.ndarray, hi: np.ndarray, lo: np.ndarray)
     if not rows.size:
         return
     if rows.size == m and offsets[-1] - offsets[0] == 32 * m:  # all 32 characters, back to back: one call
-        text = data[offsets[0]:offsets[-1]].tobytes()
-        if not text.translate(None, _LOWER_HEX):
-            halves = np.frombuffer(bytes.fromhex(text.decode("ascii")), dtype=">u8").reshape(m, 2)
+        halves = packed_hex_halves(data[offsets[0]:offsets[-1]].tobytes(), lower_only=True)
+        if halves is not None:
             good[:] = True
             hi[:] = halves[:, 0]
             lo[:] = halves[:, 1]

@@ -42,7 +42,7 @@ import pyarrow.compute as pc
 
 from cirron._memory import returned_memory
 from cirron._schema import BATCH_SPAN_NAME, EPOCH_SPAN_NAME, ROOT_SENTINEL
-from cirron.spool.arrays import enclosing_steps, hex_halves, last_of_each
+from cirron.spool.arrays import enclosing_steps, hex_halves, last_of_each, packed_hex_halves
 from cirron.spool.catalog import SessionInfo
 from cirron.spool.columnar import (
     SessionColumns,
@@ -58,7 +58,6 @@ __all__ = ["PIECE_ROWS", "iter_pieces"]
 #: Records (spans, or marks when there are more) per piece, at least: whole files are added until
 #: a piece holds this many. One Parquet row group each.
 PIECE_ROWS = 65_536
-
 
 
 def id_keys(ids: pa.Array) -> tuple[np.ndarray, np.ndarray]:
@@ -78,6 +77,10 @@ def id_keys(ids: pa.Array) -> tuple[np.ndarray, np.ndarray]:
     offsets = np.frombuffer(ids.buffers()[1], dtype=np.int64)[ids.offset: ids.offset + n + 1]
     data = np.frombuffer(ids.buffers()[2], dtype=np.uint8) if ids.buffers()[2] is not None else np.zeros(0, np.uint8)
     plain = valid & (np.diff(offsets) == 32)
+    if plain.all() and offsets[n] - offsets[0] == 32 * n:  # all 32 characters, back to back: one call
+        halves = packed_hex_halves(data[offsets[0]:offsets[n]].tobytes())
+        if halves is not None:
+            return halves[:, 0].astype(np.uint64), halves[:, 1].astype(np.uint64)
     rows = np.flatnonzero(plain)
     if rows.size:
         good, halves = hex_halves(data[offsets[rows, None] + np.arange(32)])
@@ -198,11 +201,14 @@ class _Joined:
         if not n:
             return out
         for a in range(0, len(targets), _LOOKUP_ROWS):
-            t = targets[a: a + _LOOKUP_ROWS]
+            # searched in key order: each search starts where the last ended, in memory still cached
+            # (in write order every search was a random walk over all the keys: 2.5M marks 4.6 -> 0.4 s)
+            order = np.argsort(targets[a: a + _LOOKUP_ROWS])
+            t = targets[a: a + _LOOKUP_ROWS][order]
             pos = np.searchsorted(self.sorted_join, t)
             np.minimum(pos, n - 1, out=pos)
             found = self.sorted_join[pos] == t
-            out[a: a + len(t)] = np.where(found, self.by_join[pos], -1)
+            out[a + order] = np.where(found, self.by_join[pos], -1)
         return out
 
 

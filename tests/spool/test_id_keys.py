@@ -61,3 +61,23 @@ def test_reuse_heap_leaves_the_arrays_alone(monkeypatch, libc):
     b = np.arange(4 << 20)
     _memory.map_big_blocks()  # back to the pin the CLI sets, for the tests that follow
     assert int(a.sum()) == int(b.sum()) == (4 << 20) * ((4 << 20) - 1) // 2
+
+
+def test_returned_memory_puts_back_the_heap_reuse_of_the_column_exports():
+    """A big session's first pass pins the mmap threshold; its pieces are then written with the
+    heap reused again, as the csv/json exports asked (else each slice's buffers fault afresh)."""
+    from cirron import _memory
+
+    if _memory._glibc() is None:
+        pytest.skip("not glibc")
+    try:
+        _memory.reuse_heap()
+        with _memory.returned_memory():
+            assert _memory._mode[0] is _memory.map_big_blocks
+        assert _memory._mode[0] is _memory.reuse_heap
+        _memory.map_big_blocks()
+        with _memory.returned_memory():
+            pass
+        assert _memory._mode[0] is _memory.map_big_blocks
+    finally:
+        _memory.map_big_blocks()  # back to the pin the CLI sets, for the tests that follow
