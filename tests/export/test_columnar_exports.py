@@ -252,6 +252,7 @@ def test_big_bench_session_in_pieces(tmp_path, big, monkeypatch):
     from bench_cli import generate
 
     monkeypatch.setattr(pieces, "PIECE_ROWS", 2_000)
+    monkeypatch.setattr(pieces, "_LOOKUP_ROWS", 999)  # lookups in several slices, each sorted
     spool = tmp_path / ".cirron" / "spool"
     generate(spool, 20_000, 20_000, 8, n_sessions=2)
     kinds = assert_same_exports(spool, tmp_path / "out")
@@ -311,6 +312,9 @@ def test_id_keys_match_the_reference_keys():
     hi, lo = pieces.id_keys(pa.array(ids, pa.string()))
     for i, x in enumerate(ids):
         assert (int(hi[i]), int(lo[i])) == ((0, 0) if x is None else _key(x)), x
+    plain = [new_id(), new_id().upper(), new_id()]  # back to back: decoded in one call
+    hi, lo = pieces.id_keys(pa.array(plain, pa.string()).slice(1))
+    assert [(int(h), int(lo_)) for h, lo_ in zip(hi, lo)] == [_key(x) for x in plain[1:]]
 
 
 def test_foreign_writer_spools(tmp_path):
