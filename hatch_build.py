@@ -20,6 +20,7 @@ EXTENSIONS = [
     ("cirron/_record/_cscope.c", "cirron/_record/_cscope"),
     ("cirron/_flush/_cencode.c", "cirron/_flush/_cencode"),
     ("cirron/spool/_cbatch.c", "cirron/spool/_cbatch"),
+    ("cirron/export/_cperfetto.c", "cirron/export/_cperfetto"),
 ]
 
 

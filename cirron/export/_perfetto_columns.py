@@ -28,6 +28,7 @@ import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from cirron import _native as native
 from cirron.export._common import arrow_text
 from cirron.export._json import _json_strings
 from cirron.export._otlp_columns import CannotEncode, _Columns, _distinct, _floats, _join, _np, _table_text
@@ -35,6 +36,8 @@ from cirron.export._perfetto import _distinct as _codes
 from cirron.export._perfetto import _dumps, _dumps_args, _mark_event, _span_args, rank_processes
 
 __all__ = ["SLICE_EVENTS", "Encoded", "session_events"]
+
+_cperfetto = native.load("cirron.export._cperfetto")
 
 #: Events encoded at a time.
 SLICE_EVENTS = 16_384
@@ -101,12 +104,15 @@ class _SessionEvents:
                      pc.if_else(pa.array(is_open), ',"cirron.open":true', pa.scalar(None, pa.string())), "}")
         slow = self.slow_attr[which]
         if slow.any():
-            exact = []
-            for k in np.flatnonzero(slow).tolist():
-                rec = {"attrs": self.decoded[which[k]], "index": idx[k].as_py(), "id": ids[k].as_py()}
-                exact.append(_dumps_args(_span_args(rec.get, bool(is_open[k]))).decode())
+            exact = [self.exact_args(int(rows[k]), bool(is_open[k])).decode() for k in np.flatnonzero(slow).tolist()]
             text = pc.replace_with_mask(text, pa.array(slow), pa.array(exact, pa.string()))
         return text
+
+    def exact_args(self, row: int, open_: bool) -> bytes:
+        """The per-record args of span ``row`` (for attrs the columns cannot write)."""
+        rec = {"attrs": self.decoded[self.attr[row]], "index": self.s["index"][row].as_py(),
+               "id": self.s["id"][row].as_py()}
+        return _dumps_args(_span_args(rec.get, open_))
 
 
 def session_events(cols: Any, info: Any, base: int, pid_of: dict[tuple[str, object], int],
@@ -123,9 +129,18 @@ def session_events(cols: Any, info: Any, base: int, pid_of: dict[tuple[str, obje
     start = _np(s["start_ns"], base)
     is_open = pc.is_null(s["end_ns"]).to_numpy(zero_copy_only=False)
     end = np.maximum(np.where(is_open, np.maximum(start, last), _np(s["end_ns"], 0)), start)
-    start_ts, end_ts = _ts(start, base), _ts(end, base)  # checked before anything is yielded
+    for ns in (start, end, _np(enc.m["ts_ns"], base)):  # checked before anything is yielded
+        _check_range(ns, base)
+    if _cperfetto is not None:
+        from cirron.export import _perfetto_native
+
+        _perfetto_native.check(tid)
+        pid, new_processes = rank_processes(info, rank, pid_of)
+        del rank
+        yield from _perfetto_native.session_events(enc, base, pid, tid, start, end, is_open, new_processes, threads)
+        return
+    start_ts, end_ts = _ts(start, base), _ts(end, base)
     names = _json_strings(pc.fill_null(s["name"], "None"))
-    _check_range(_np(enc.m["ts_ns"], base), base)
     _release()
     pid, new_processes = rank_processes(info, rank, pid_of)
     yield from new_processes
@@ -149,24 +164,15 @@ def _span_order(enc: _SessionEvents, pid: np.ndarray, tid: np.ndarray, start: np
     text) and its span row (for text: the position in the returned list); and per span the tid
     of the track it is drawn on."""
     n = len(pid)
-    tids, _f, tid_code = _codes(tid)  # (pid, tid) pairs numbered without sorting them
-    key = pid.astype(np.int64) * len(tids) + tid_code
-    del tid_code
-    _u, t_first, t_of = _codes(key)
-    del key
-    t_rank = np.empty(len(t_first), dtype=np.int32)
-    t_rank[np.argsort(t_first, kind="stable")] = np.arange(len(t_first))
-    track = t_rank[t_of]
-    del t_of
-    order = np.lexsort((np.arange(n, dtype=np.int32), -end, start, track))
-    bounds = np.searchsorted(track[order], np.arange(len(t_first) + 1)).tolist()
+    track, order, bounds = track_order(pid, tid, start, end)
+    bounds = bounds.tolist()
     del track
     parent = np.asarray(enc.cols.span_parent, dtype=np.int64)
     kinds: list[np.ndarray] = []
     rows: list[np.ndarray] = []
     texts: list[bytes] = []
     track_tid = tid.copy()  # per span: the tid of the track it is drawn on
-    for t in range(len(t_first)):
+    for t in range(len(bounds) - 1):
         members = order[bounds[t]:bounds[t + 1]]
         key = (int(pid[members[0]]), int(tid[members[0]]))
         nested = _nested_order(start[members], end[members])
@@ -187,21 +193,48 @@ def _span_order(enc: _SessionEvents, pid: np.ndarray, tid: np.ndarray, start: np
         rows_t = members[local]
         at = 0
         for place, lane_no in opened:  # each track's name, before its first event
-            t_id = key[1] if lane_no == 0 else -(abs(key[1]) * 64 + lane_no)
             kinds.append(kinds_t[at:place])
             rows.append(rows_t[at:place])
             at = place
-            if (key[0], t_id) in threads:
-                continue
-            threads.add((key[0], t_id))
-            label = f"thread {key[1]}" if lane_no == 0 else f"thread {key[1]} (overlapping {lane_no})"
-            kinds.append(np.array([_TEXT]))
-            rows.append(np.array([len(texts)]))
-            texts.append(_dumps({"ph": "M", "name": "thread_name", "pid": key[0], "tid": t_id,
-                                 "args": {"name": label}}))
+            named = thread_name(key[0], key[1], lane_no, threads)
+            if named is not None:
+                kinds.append(np.array([_TEXT]))
+                rows.append(np.array([len(texts)]))
+                texts.append(named)
         kinds.append(kinds_t[at:])
         rows.append(rows_t[at:])
     return np.concatenate(kinds), np.concatenate(rows), texts, track_tid
+
+
+def thread_name(pid: int, tid: int, lane: int, threads: set[tuple[int, int]]) -> bytes | None:
+    """The metadata event naming lane ``lane`` of thread ``tid`` (lane 0: the thread itself),
+    or ``None`` when the export has named it already (``threads`` is updated)."""
+    t_id = tid if lane == 0 else -(abs(tid) * 64 + lane)
+    if (pid, t_id) in threads:
+        return None
+    threads.add((pid, t_id))
+    label = f"thread {tid}" if lane == 0 else f"thread {tid} (overlapping {lane})"
+    return _dumps({"ph": "M", "name": "thread_name", "pid": pid, "tid": t_id, "args": {"name": label}})
+
+
+def track_order(pid: np.ndarray, tid: np.ndarray, start: np.ndarray, end: np.ndarray
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The session's threads (one per (pid, tid), numbered in the order their first span comes):
+    each span's thread (int32), the spans in output order (by thread, then start, longest first,
+    then row) and where each thread's spans begin in it (one more bound at the end)."""
+    n = len(pid)
+    tids, _f, tid_code = _codes(tid)  # (pid, tid) pairs numbered without sorting them
+    key = pid.astype(np.int64) * len(tids) + tid_code
+    del tid_code
+    _u, t_first, t_of = _codes(key)
+    del key
+    t_rank = np.empty(len(t_first), dtype=np.int32)
+    t_rank[np.argsort(t_first, kind="stable")] = np.arange(len(t_first))
+    track = t_rank[t_of]
+    del t_of
+    order = np.lexsort((np.arange(n, dtype=np.int32), -end, start, track))
+    bounds = np.searchsorted(track[order], np.arange(len(t_first) + 1))
+    return track, order, bounds
 
 
 def _sweep(start: Any, end: Any, parent: Any) -> tuple[array, array, list[tuple[int, int]]]:
@@ -332,11 +365,34 @@ def _tails(enc: _SessionEvents, kinds: np.ndarray, span: np.ndarray, is_open: np
     return pa.concat_arrays([tails, pa.array(["},"], pa.string())]).take(pa.array(where))
 
 
-def _mark_events(enc: _SessionEvents, pid: np.ndarray, base: int) -> Iterator[bytes | Encoded]:
+@dataclass
+class _Marks:
+    """What every mark event needs from the session: each mark's process, time and value, and
+    which marks are plain counters (``plain``) whose event the column encoders write."""
+
+    pid: np.ndarray
+    has_ts: np.ndarray
+    ts: np.ndarray
+    values: np.ndarray
+    plain: np.ndarray
+    given: Any
+
+    def exact(self, enc: _SessionEvents, i: int, base: int) -> bytes | None:
+        """The per-record event of mark ``i`` (``None``: it has none)."""
+        m = enc.m
+        rec = {"ts_ns": int(self.ts[i]), "value": self.given[i] if self.given is not None else float(self.values[i]),
+               "name": m["name"][i].as_py(), "thread_id": m["thread_id"][i].as_py()}
+        ev = _mark_event(rec, int(self.pid[i]), base)
+        return _dumps(ev) if ev is not None else None
+
+
+def _marks(enc: _SessionEvents, pid: np.ndarray, base: int) -> _Marks | None:
+    """The session's marks (``None`` when it has none or no process to draw them in); the spans'
+    combined columns are let go."""
     m = enc.m
     n = enc.cols.marks.num_rows
     if not n or not len(pid):
-        return
+        return None
     mark_pid = np.full(n, pid[0], dtype=pid.dtype)
     if (pid != pid[0]).any():  # several processes: a mark's is its span's
         at = 0
@@ -348,30 +404,35 @@ def _mark_events(enc: _SessionEvents, pid: np.ndarray, base: int) -> Iterator[by
     enc.s.drop()
     _release()  # the hash table of index_in
     has_ts = pc.is_valid(m["ts_ns"]).to_numpy(zero_copy_only=False)
-    ts = _np(m["ts_ns"], base)
     values = _np(m["value"], 0).astype(np.float64)
     plain = has_ts & np.isfinite(values)
     given = enc.cols.mark_values
     if given is not None:
         plain &= np.fromiter((type(v) is float for v in given), dtype=bool, count=n)
+    return _Marks(mark_pid, has_ts, _np(m["ts_ns"], base), values, plain, given)
+
+
+def _mark_events(enc: _SessionEvents, pid: np.ndarray, base: int) -> Iterator[bytes | Encoded]:
+    marks = _marks(enc, pid, base)
+    if marks is None:
+        return
+    m = enc.m
+    n = len(marks.pid)
     for a in range(0, n, SLICE_EVENTS):
         b = min(n, a + SLICE_EVENTS)
-        fast = plain[a:b]
+        fast = marks.plain[a:b]
         name = _json_strings(pc.fill_null(m["name"].slice(a, b - a), "None"))
-        built = _join('{"ph":"C","name":', name, ',"pid":', pc.cast(pa.array(mark_pid[a:b]), pa.string()),
-                      ',"ts":', _ts(ts[a:b], base), ',"args":{', name, ":", _floats(values[a:b]), "}},")
+        built = _join('{"ph":"C","name":', name, ',"pid":', pc.cast(pa.array(marks.pid[a:b]), pa.string()),
+                      ',"ts":', _ts(marks.ts[a:b], base), ',"args":{', name, ":", _floats(marks.values[a:b]), "}},")
         keep = fast.copy()
-        slow = np.flatnonzero(~fast & has_ts[a:b])
+        slow = np.flatnonzero(~fast & marks.has_ts[a:b])
         if len(slow):
-            exact = []
-            for i in (slow + a).tolist():
-                rec = {"ts_ns": int(ts[i]), "value": given[i] if given is not None else float(values[i]),
-                       "name": m["name"][i].as_py(), "thread_id": m["thread_id"][i].as_py()}
-                ev = _mark_event(rec, int(mark_pid[i]), base)
-                exact.append(_dumps(ev).decode() + "," if ev is not None else None)
+            exact = [marks.exact(enc, i, base) for i in (slow + a).tolist()]
             mask = np.zeros(b - a, dtype=bool)
             mask[slow] = True
-            built = pc.replace_with_mask(built, pa.array(mask), pa.array(exact, pa.string()))
+            built = pc.replace_with_mask(built, pa.array(mask),
+                                         pa.array([e.decode() + "," if e is not None else None for e in exact],
+                                                  pa.string()))
             keep[slow] = [e is not None for e in exact]
         kept = built.filter(pa.array(keep))
         if len(kept):

@@ -250,3 +250,183 @@ def test_non_finite_attrs_of_a_non_strict_writer_are_kept(factory: SpoolFactory,
     doc = json.loads((tmp_path / "fast.json").read_text())
     (step,) = [s for rs in doc["resourceSpans"] for ss in rs["scopeSpans"] for s in ss["spans"] if s["name"] == "step"]
     assert {"key": "ratio", "value": {"doubleValue": "Infinity"}} in step["attributes"]
+
+
+def random_session(factory: SpoolFactory, seed: int) -> None:
+    """A session of random trees on a few threads of two ranks: nested spans, spans that overlap
+    without nesting (some with their parent on another thread), zero-length and open spans, equal
+    starts and ends; odd names, ids, attrs and mark values; written in several batches, some spans
+    open first and closed later."""
+    import random
+
+    rng = random.Random(seed)
+    f = factory
+    root = f.span("cirron.session", start_ns=BASE_NS, dur_ns=10**9, attrs={"sdk_version": "0.1.0"})
+    rid = root["id"]
+    names = ["step", "forward", "fetch", 'q"uote', "new\nline", "ünï ✓", "\x01ctl", "back\\slash", ""]
+    attrs = [{}, {"lr": 0.001}, {"batch_size": 32, "tag": "a\tb"}, {"index": 3}, {"span_id": "x"},
+             {"cirron.open": False}, {"deep": {"x": [1, {"y": None}]}}, {"big": 2**63 - 1}]
+    spans, marks = [root], []
+    for k in range(rng.randint(20, 120)):
+        parent = rng.choice(spans)
+        start = BASE_NS + rng.choice([0, rng.randrange(0, 10**9, 1000), parent["start_ns"]])
+        dur = rng.choice([0, None, rng.randrange(1, 10**8), rng.randrange(1, 10**6) * 1000])
+        span_id = rng.choice([new_id(), new_id(), f'odd"{k}\\id'])
+        spans.append(f.span(rng.choice(names), id=span_id, parent_id=parent["id"], start_ns=start, dur_ns=dur,
+                            index=rng.choice([None, k, -k]), attrs=dict(rng.choice(attrs)),
+                            thread_id=rng.choice([7, 7, 7, 9, -3, 0]), rank=rng.choice([0, 0, 1])))
+    values = [0.5, -0.0, 1e-300, 1e16, 3, True, "text \"v\"", "NaN", "Infinity", "-Infinity", 2**70]
+    for k in range(rng.randint(5, 60)):
+        v = rng.choice(values)
+        vt = "float" if v in ("NaN", "Infinity", "-Infinity") else ("int" if v == 2**70 else None)
+        marks.append(f.mark(rng.choice(spans)["id"] if k % 7 else ROOT_SENTINEL, rng.choice(names[:6]), v,
+                            value_type=vt, ts_ns=BASE_NS + rng.randrange(-10**6, 2 * 10**9)))
+    late = [s for s in spans[1:] if s["end_ns"] is not None and rng.random() < 0.2]
+    cut = len(spans) // 2
+    f.write_batch([dict(s, end_ns=None) if s in late else s for s in spans[:cut]], marks[:len(marks) // 2],
+                  session_id=rid)
+    f.write_batch(spans[cut:], marks[len(marks) // 2:], session_id=rid)
+    f.write_batch(late, [], session_id=rid)
+
+
+@pytest.fixture(params=["compiled", "python"])
+def perfetto_encoder(request, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Each column-encoded perfetto test with the compiled encoder and with its pure-Python twin."""
+    from cirron.export import _perfetto_columns
+
+    if request.param == "python":
+        monkeypatch.setattr(_perfetto_columns, "_cperfetto", None)
+    elif _perfetto_columns._cperfetto is None:
+        pytest.skip("the compiled perfetto encoder is not built here")
+    return request.param
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_perfetto_random_sessions(factory: SpoolFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                  perfetto_encoder: str, seed: int):
+    random_session(factory, seed)
+    factory.session(start_ns=BASE_NS + 10**9, split=True)
+    assert assert_same(factory.spool_dir, tmp_path, "perfetto", monkeypatch) == 2
+
+
+def test_perfetto_encoders_agree_on_hard_sessions(factory: SpoolFactory, tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch, perfetto_encoder: str):
+    hard_session(factory)
+    thread_mix(factory)
+    odd_session(factory)
+    random_session(factory, 99)
+    assert assert_same(factory.spool_dir, tmp_path, "perfetto", monkeypatch) == 4
+
+
+def test_compiled_and_python_perfetto_bytes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """The bench spool (overlapping epochs, so every session takes the sweep) exported both ways."""
+    from bench_cli import generate
+
+    from cirron.export import _perfetto_columns
+
+    if _perfetto_columns._cperfetto is None:
+        pytest.skip("the compiled perfetto encoder is not built here")
+    spool = tmp_path / ".cirron" / "spool"
+    generate(spool, 20_000, 20_000, 6, n_sessions=2)
+    monkeypatch.setattr(_perfetto_columns, "SLICE_EVENTS", 5_000)
+    from cirron.export import _perfetto_native
+
+    monkeypatch.setattr(_perfetto_native, "SLICE_EVENTS", 3_000)
+    infos = list(open_catalog([spool], lambda _m: None).sessions)
+    base = min(s.started_ns for s in infos)
+    ex.write_perfetto(infos, tmp_path / "compiled.json", base_ns=base)
+    monkeypatch.setattr(_perfetto_columns, "_cperfetto", None)
+    ex.write_perfetto(infos, tmp_path / "python.json", base_ns=base)
+    data = (tmp_path / "compiled.json").read_bytes()
+    assert data == (tmp_path / "python.json").read_bytes()
+    assert b"(overlapping 1)" in data and data.count(b'"ph":"B"') > 10_000
+
+
+def test_compiled_sweep_equals_the_python_sweep():
+    """The compiled sweep gives the Python sweep's events, lanes and new lanes on random threads,
+    parents included (the parent's lane is tried first)."""
+    import numpy as np
+
+    from cirron.export import _perfetto_columns
+    from cirron.export._perfetto_columns import _sweep
+
+    if _perfetto_columns._cperfetto is None:
+        pytest.skip("the compiled perfetto encoder is not built here")
+    rng = np.random.default_rng(3)
+    for trial in range(300):
+        start, end = _random_track(rng, int(rng.integers(1, 80)), laminar=trial % 3 == 0)
+        n = len(start)
+        parent = np.where(rng.random(n) < 0.5, rng.integers(-1, n, n), -1).astype(np.int64)
+        codes, lanes, opened = _sweep(start.data, end.data, parent.data)
+        order = np.arange(n, dtype=np.int64)
+        c_codes, c_lanes, c_opened = _perfetto_columns._cperfetto.sweep(
+            order, np.zeros(n, dtype=np.int32), start, end, parent, np.array([0, n], dtype=np.int64))
+        assert np.frombuffer(c_codes, dtype=np.int64).tolist() == np.frombuffer(codes, dtype=np.int64).tolist()
+        assert (np.frombuffer(c_lanes, dtype=np.int32) + 1).tolist() == np.frombuffer(lanes, dtype=np.int64).tolist()
+        assert [(place, lane) for place, _t, lane in c_opened] == opened
+
+
+def test_compiled_encoder_refuses_bad_columns():
+    """Columns that do not fit together are a ValueError, never a read past a buffer."""
+    import numpy as np
+
+    from cirron.export import _perfetto_columns
+
+    c = _perfetto_columns._cperfetto
+    if c is None:
+        pytest.skip("the compiled perfetto encoder is not built here")
+    one = dict(name_off=np.array([0, 1], dtype=np.int64), names=b"a", pid=np.zeros(1, dtype=np.int32),
+               tid=np.zeros(1, dtype=np.int64), starts=b"[0.0]", ends=b"[1.0]", attr=np.zeros(1, dtype=np.int32),
+               args_off=np.array([0, 0], dtype=np.int64), args=b"", slow=np.zeros(1, dtype=np.uint8),
+               index=np.zeros(1, dtype=np.int64), has_index=np.zeros(1, dtype=np.uint8),
+               id_off=np.array([0, 1], dtype=np.int64), ids=b"x", has_id=np.ones(1, dtype=np.uint8),
+               open=np.zeros(1, dtype=np.uint8), exact={})
+    spans = c.Spans(**one)
+    assert spans.encode(np.array([0, 1], dtype=np.int64), [], 0) == (
+        b'{"ph":"B","name":"a","cat":"cirron","pid":0,"tid":0,"ts":0.0},'
+        b'{"ph":"E","name":"a","cat":"cirron","pid":0,"tid":0,"ts":1.0,"args":{"span_id":"x"}}', 1)
+    for bad in (dict(name_off=np.array([0, 5], dtype=np.int64)), dict(starts=b"[0.0,1.0]"), dict(ends=b"0.0"),
+                dict(attr=np.ones(1, dtype=np.int32)), dict(pid=np.zeros(2, dtype=np.int32))):
+        with pytest.raises(ValueError):
+            c.Spans(**{**one, **bad})
+    with pytest.raises(ValueError):
+        spans.encode(np.array([4], dtype=np.int64), [], 0)  # row 1: not in these columns
+    with pytest.raises(ValueError):
+        spans.encode(np.array([3], dtype=np.int64), [], 0)  # text 0: none given
+    with pytest.raises(ValueError):
+        c.sweep(np.array([5], dtype=np.int64), np.zeros(1, dtype=np.int32), np.zeros(1, dtype=np.int64),
+                np.zeros(1, dtype=np.int64), np.full(1, -1, dtype=np.int64), np.array([0, 1], dtype=np.int64))
+
+
+def test_perfetto_without_the_compiled_encoder(tmp_path: Path):
+    """With CIRRON_PURE_PYTHON=1, or where the module was not built (its import fails), the
+    pure-Python twin writes the same file."""
+    import os
+    import subprocess
+
+    from bench_cli import generate
+
+    spool = tmp_path / ".cirron" / "spool"
+    generate(spool, 3_000, 3_000, 6, n_sessions=2)
+    root = Path(__file__).resolve().parents[2]
+    code = ("import sys\n"
+            "if sys.argv[2] == 'absent': sys.modules['cirron.export._cperfetto'] = None\n"
+            "from cirron.export import _perfetto_columns\n"
+            "from cirron.spool.catalog import open_catalog\n"
+            "from cirron import export\n"
+            "infos = list(open_catalog([sys.argv[1]], lambda m: None).sessions)\n"
+            "export.write_perfetto(infos, sys.argv[3], base_ns=min(s.started_ns for s in infos))\n"
+            "print(_perfetto_columns._cperfetto is None)\n")
+    outs = {}
+    for how in ("default", "pure", "absent"):
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(root), str(root / "cli")]))
+        env.pop("CIRRON_PURE_PYTHON", None)
+        if how == "pure":
+            env["CIRRON_PURE_PYTHON"] = "1"
+        out = tmp_path / f"{how}.json"
+        r = subprocess.run([sys.executable, "-c", code, str(spool), how, str(out)], env=env, capture_output=True,
+                           text=True, timeout=120)
+        assert r.returncode == 0, r.stderr
+        outs[how] = (r.stdout.strip(), out.read_bytes())
+    assert outs["pure"][0] == outs["absent"][0] == "True"
+    assert outs["pure"][1] == outs["absent"][1] == outs["default"][1]

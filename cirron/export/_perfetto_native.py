@@ -1,0 +1,166 @@
+"""The trace events of one session's columns written by the compiled encoder
+(``cirron/export/_cperfetto.c``): the fast twin of the Arrow-kernel path of
+:mod:`cirron.export._perfetto_columns`, byte for byte the same (the tests compare them, and both
+with the per-record encoder).
+
+What stays in Python is what is made once per session or per distinct value: the float texts of
+each time and value column (one ``orjson`` call each), the args text of each distinct attrs, the
+thread names, and the per-record text of the rare spans and marks the columns cannot write.
+
+The entry points also serve a session encoded piece by piece:
+
+* :func:`span_events` is the light pass over a whole session: from its int columns alone
+  (process, thread, start, end, parent row) it gives every span event in output order and each
+  span's track id;
+* :func:`span_columns` makes the compiled encoder's columns of a run of the session's span rows;
+  their ``encode(events, texts, row_base)`` writes a run of those events whose spans are among
+  them (``row_base``: the session row of the columns' first span).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import orjson
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from cirron.export import _perfetto_columns
+from cirron.export._otlp_columns import CannotEncode
+from cirron.export._perfetto_columns import (
+    Encoded,
+    _marks,
+    _release,
+    _SessionEvents,
+    thread_name,
+    track_order,
+)
+
+__all__ = ["check", "session_events", "span_columns", "span_events"]
+
+#: The compiled module (this one runs only where it was built).
+_cperfetto: Any = _perfetto_columns._cperfetto
+
+#: Events encoded at a time (about 8 MB of text).
+SLICE_EVENTS = 1 << 16
+
+#: A thread id whose overlap tracks' ids (``-(|tid| * 64 + lane)``) an int64 holds.
+_TID_LIMIT = 2**56
+
+_TEXT = 3
+
+
+def check(tid: np.ndarray) -> None:
+    """Refuse thread ids whose overlap tracks' ids an int64 cannot hold (before anything is written)."""
+    if len(tid) and (int(tid.max()) > _TID_LIMIT or int(tid.min()) < -_TID_LIMIT):
+        raise CannotEncode("thread id out of range")
+
+
+def float_list(values: np.ndarray) -> bytes:
+    """The floats as a JSON list, each as ``orjson`` writes it (the compiled encoder splits it)."""
+    return orjson.dumps(np.ascontiguousarray(values, dtype=np.float64), option=orjson.OPT_SERIALIZE_NUMPY)
+
+
+def _times(ns: np.ndarray, base: int) -> bytes:
+    """``(ns - base) / 1000.0`` (what the per-record encoder computes) as a JSON list."""
+    return float_list((ns - np.int64(base)).astype(np.float64) / 1000.0)
+
+
+def text_buffers(arr: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, Any]:
+    """A string array's int64 offsets and its data buffer."""
+    if isinstance(arr, pa.ChunkedArray):
+        arr = arr.combine_chunks()
+    width = np.int64 if pa.types.is_large_string(arr.type) else np.int32
+    bufs = arr.buffers()
+    if len(arr) == 0 or bufs[1] is None:
+        return np.zeros(len(arr) + 1, dtype=np.int64), b""
+    offsets = np.frombuffer(bufs[1], dtype=width)[arr.offset: arr.offset + len(arr) + 1].astype(np.int64)
+    return offsets, bufs[2] if bufs[2] is not None else b""
+
+
+def span_events(pid: np.ndarray, tid: np.ndarray, start: np.ndarray, end: np.ndarray, parent: np.ndarray,
+                threads: set[tuple[int, int]]) -> tuple[np.ndarray, list[bytes], np.ndarray]:
+    """Every span event of a session in output order, as ``row * 4 + kind`` (B 0, E 1, X 2; 3: the
+    thread-name text of that number in the returned list), and each span's track id. ``parent``
+    is each span's parent row (-1: none); ``threads`` (the tracks the export has named) is updated."""
+    track, order, bounds = track_order(pid, tid, start, end)
+    events_b, lanes_b, opened = _cperfetto.sweep(order.astype(np.int64, copy=False), track.astype(np.int32, copy=False),
+                                                 start, end, parent, bounds.astype(np.int64, copy=False))
+    del track
+    events = np.frombuffer(events_b, dtype=np.int64)
+    lanes = np.frombuffer(lanes_b, dtype=np.int32)
+    track_tid = tid.copy()
+    over = lanes > 0
+    track_tid[over] = -(np.abs(tid[over]) * 64 + lanes[over])
+    del over, lanes
+    texts: list[bytes] = []
+    places: list[int] = []
+    for place, t, lane in opened:  # each track's name, before its first event
+        first = int(order[bounds[t]])
+        named = thread_name(int(pid[first]), int(tid[first]), lane, threads)
+        if named is not None:
+            places.append(place)
+            texts.append(named)
+    if places:
+        events = np.insert(events, places, np.arange(len(texts), dtype=np.int64) * 4 + _TEXT)
+    return events, texts, track_tid
+
+
+def span_columns(enc: _SessionEvents, pid: np.ndarray, track_tid: np.ndarray, start: np.ndarray, end: np.ndarray,
+                 is_open: np.ndarray, base: int) -> Any:
+    """The compiled encoder's columns of ``enc``'s spans (rows as in ``enc``): their
+    ``encode(events, texts, row_base)`` writes events (see :func:`span_events`) whose spans are
+    among them, the first of them being the session's row ``row_base``, and gives the text and
+    how many spans the events begin."""
+    s = enc.s
+    inner = [(t or "").encode() for t in enc.attr_inner]
+    inner_off = np.zeros(len(inner) + 1, dtype=np.int64)
+    np.cumsum([len(t) for t in inner], out=inner_off[1:])
+    slow = np.array([t is None for t in enc.attr_inner], dtype=np.uint8)
+    attr = np.ascontiguousarray(enc.attr, dtype=np.int32)
+    name_off, names = text_buffers(pc.fill_null(s["name"], "None"))
+    id_off, ids = text_buffers(s["id"])
+    return _cperfetto.Spans(
+        name_off=name_off, names=names,
+        pid=np.ascontiguousarray(pid, dtype=np.int32), tid=np.ascontiguousarray(track_tid, dtype=np.int64),
+        starts=_times(start, base), ends=_times(end, base),
+        attr=attr, args_off=inner_off, args=b"".join(inner), slow=slow,
+        index=np.ascontiguousarray(pc.fill_null(s["index"], 0).to_numpy(zero_copy_only=False), dtype=np.int64),
+        has_index=pc.is_valid(s["index"]).to_numpy(zero_copy_only=False).view(np.uint8),
+        id_off=id_off, ids=ids, has_id=pc.is_valid(s["id"]).to_numpy(zero_copy_only=False).view(np.uint8),
+        open=np.ascontiguousarray(is_open).view(np.uint8),
+        exact={int(i): enc.exact_args(int(i), bool(is_open[i])) for i in np.flatnonzero(slow[attr])})
+
+
+def session_events(enc: _SessionEvents, base: int, pid: np.ndarray, tid: np.ndarray, start: np.ndarray,
+                   end: np.ndarray, is_open: np.ndarray, new_processes: list[bytes],
+                   threads: set[tuple[int, int]]) -> Iterator[bytes | Encoded]:
+    """:func:`cirron.export._perfetto_columns.session_events` by the compiled encoder."""
+    yield from new_processes
+    if len(pid):
+        parent = np.ascontiguousarray(enc.cols.span_parent, dtype=np.int64)
+        events, texts, track_tid = span_events(pid, tid, start, end, parent, threads)
+        del parent
+        spans = span_columns(enc, pid, track_tid, start, end, is_open, base)
+        del track_tid, start, end, is_open
+        for a in range(0, len(events), SLICE_EVENTS):
+            data, begun = spans.encode(events[a:a + SLICE_EVENTS], texts, 0)
+            yield Encoded(data, begun)
+        del spans, events
+    marks = _marks(enc, pid, base)  # lets the spans' columns go
+    if marks is None:
+        return
+    n = len(marks.pid)
+    exact = {int(i): marks.exact(enc, int(i), base) for i in np.flatnonzero(~marks.plain & marks.has_ts)}
+    name_off, names = text_buffers(pc.fill_null(enc.m["name"], "None"))
+    cols = _cperfetto.Marks(name_off=name_off, names=names, pid=np.ascontiguousarray(marks.pid, dtype=np.int32),
+                            ts=_times(marks.ts, base), values=float_list(marks.values),
+                            plain=marks.plain.view(np.uint8), exact=exact)
+    del marks, name_off, names
+    for a in range(0, n, SLICE_EVENTS):
+        data = cols.encode(a, min(n, a + SLICE_EVENTS))
+        if data:
+            yield Encoded(data, 0)
+    _release()
