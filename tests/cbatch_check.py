@@ -68,15 +68,31 @@ def compiled_result(data: bytes, with_marks: bool) -> Any:
         columnar._cbatch = saved
 
 
+def check_header(data: bytes) -> bool:
+    """``_cbatch.session_of`` gives the session id the index's header decoder gives (a non-empty
+    string, else None), or declines; whether it read ``data``."""
+    import importlib
+
+    from cirron.spool.index import _HEADER
+
+    got = importlib.import_module("cirron.spool._cbatch").session_of(data)
+    if got is None:
+        return False
+    sid = _HEADER.decode(data).session_id
+    assert got == (sid if type(sid) is str and sid else None,)
+    return True
+
+
 def check_bytes(data: bytes) -> bool:
-    """Checks the contract on ``data`` for both readings (with and without marks); whether the
-    compiled parser read it (rather than declined)."""
+    """Checks the contract on ``data`` for both readings (with and without marks) and for the
+    header's session id; whether the compiled parser read it (rather than declined)."""
     read = False
     for with_marks in (True, False):
         got = compiled_result(data, with_marks)
         if got is not None:
             assert_same_columns(got, decoder_result(data, with_marks))
             read = True
+    assert check_header(data) or not read  # what the parser reads, the header scan reads too
     return read
 
 

@@ -8,6 +8,11 @@
  * outside int64, a mark value that is not a JSON float, a float that overflows, snapshots, no
  * session_id or one that is neither a string nor null, nesting deeper than MAX_DEPTH. Declining
  * is always safe; accepting means giving exactly what the msgspec decoder gives.
+ *
+ * The parse itself runs without the GIL (so several threads parse files at once): its buffers come
+ * from the raw allocator (CIRRON_BUF_NOGIL), the session id is kept as bytes, the rare number only
+ * CPython's strtod can round takes the GIL back for that call, and the buffers become Python
+ * objects once the parse is over and the GIL is held again.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -15,6 +20,7 @@
 #include <stdint.h>
 #include <string.h>
 
+#define CIRRON_BUF_NOGIL
 #include "../_buf.h"
 
 /* Deeper nesting inside a skipped value is left to msgspec (which has its own recursion limit). */
@@ -43,9 +49,9 @@ static int col_start(Col *c, Py_ssize_t rows_hint) {
 }
 
 static void col_free(Col *c) {
-    PyMem_Free(c->data.data);
-    PyMem_Free(c->offsets.data);
-    PyMem_Free(c->valid.data);
+    buf_free(&c->data);
+    buf_free(&c->offsets);
+    buf_free(&c->valid);
 }
 
 /* Mark row `row` valid or null in the bitmap. */
@@ -88,7 +94,7 @@ static int block_getbuffer(PyObject *self, Py_buffer *view, int flags) {
 }
 
 static void block_dealloc(PyObject *self) {
-    PyMem_Free(((BlockObject *)self)->data);
+    BUF_FREE(((BlockObject *)self)->data);
     Py_TYPE(self)->tp_free(self);
 }
 
@@ -106,9 +112,9 @@ static PyTypeObject BlockType = {
 
 /* A Block that takes over b's memory, cut to its length (b is left empty). */
 static PyObject *block_of(Buf *b) {
-    if (b->data == NULL && buf_grow(b, 1) < 0) return NULL; /* a valid pointer even when empty */
+    if (b->data == NULL && buf_grow(b, 1) < 0) return PyErr_NoMemory(); /* a valid pointer even when empty */
     if (b->cap > b->len + 4096) {
-        char *cut = PyMem_Realloc(b->data, b->len ? b->len : 1);
+        char *cut = BUF_REALLOC(b->data, b->len ? b->len : 1);
         if (cut != NULL) b->data = cut;
     }
     BlockObject *out = PyObject_New(BlockObject, &BlockType);
@@ -144,10 +150,14 @@ static PyObject *col_result(Col *c) {
 typedef struct {
     const unsigned char *p, *end;
     int depth;
-    Buf scratch; /* a decoded key or session id */
+    Buf scratch; /* a decoded key */
+    Buf sid;     /* the session id's decoded UTF-8 (sid_null: it was null) */
+    int sid_null;
+    PyThreadState *released; /* the GIL is released (by this thread state) while the parse runs */
 } P;
 
-/* Returns of the parsing steps: 1 read, 0 decline (msgspec decides), -1 Python error set. */
+/* Returns of the parsing steps: 1 read, 0 decline (msgspec decides), -1 error (a Python error
+ * set when it holds the GIL, else a failed allocation). */
 #define TRY(expr) do { int _r = (expr); if (_r <= 0) return _r; } while (0)
 
 static inline void skip_ws(P *s) {
@@ -416,7 +426,8 @@ static int eisel_lemire(uint64_t man, int64_t q, double *out) {
 static const double POW10[23] = {1e0,  1e1,  1e2,  1e3,  1e4,  1e5,  1e6,  1e7,  1e8,  1e9,  1e10, 1e11,
                                  1e12, 1e13, 1e14, 1e15, 1e16, 1e17, 1e18, 1e19, 1e20, 1e21, 1e22};
 
-/* CPython's correctly rounded strtod of the text [start, end). */
+/* CPython's correctly rounded strtod of the text [start, end); called with the GIL (it shares
+ * CPython's own state). */
 static int strtod_of(const unsigned char *start, const unsigned char *end, double *out) {
     char small[64], *text = small;
     Py_ssize_t len = end - start;
@@ -485,7 +496,10 @@ static inline int float_value(P *s, double *out) {
         v = (double)man;
         v = q >= 0 ? v * POW10[q] : v / POW10[-q];
     } else if (digits > 19 || !eisel_lemire(man, q, &v)) {
-        TRY(strtod_of(start + neg, p, &v));
+        PyEval_RestoreThread(s->released);
+        int rc = strtod_of(start + neg, p, &v);
+        s->released = PyEval_SaveThread();
+        TRY(rc);
     }
     if (isinf(v)) return 0;
     *out = neg ? -v : v;
@@ -731,26 +745,25 @@ static int no_snapshots(P *s) {
     return 1;
 }
 
-/* session_id: a string (None when empty) or null. */
-static int session_id(P *s, PyObject **out) {
+/* session_id: a string (None when empty) or null, into s->sid. */
+static int session_id(P *s) {
     int c = peek(s);
     if (c == 'n') {
-        TRY(literal(s, "null", 4));
-        *out = Py_NewRef(Py_None);
-        return 1;
+        s->sid_null = 1;
+        return literal(s, "null", 4);
     }
     if (c != '"') return 0;
-    s->scratch.len = 0;
-    TRY(string(s, &s->scratch));
-    *out = s->scratch.len ? PyUnicode_DecodeUTF8(s->scratch.data, s->scratch.len, "strict") : Py_NewRef(Py_None);
-    return *out == NULL ? -1 : 1;
+    return string(s, &s->sid);
 }
 
 static int key_is(const char *key, Py_ssize_t len, const char *name) {
     return (Py_ssize_t)strlen(name) == len && memcmp(name, key, len) == 0;
 }
 
-static int batch(P *s, Table *spans, Table *marks, PyObject **sid) {
+/* The batch object: its records into spans and marks (marks NULL: skipped); with spans NULL only
+ * its session id is read (every other field is checked and skipped, and a batch without one has
+ * a null session id). */
+static int batch(P *s, Table *spans, Table *marks) {
     int seen_sid = 0, seen_spans = 0, seen_marks = 0, seen_snaps = 0;
     if (peek(s) != '{') return 0;
     s->p++;
@@ -765,14 +778,14 @@ static int batch(P *s, Table *spans, Table *marks, PyObject **sid) {
             s->p++;
             if (key_is(k, klen, "session_id")) {
                 if (seen_sid++) return 0;
-                TRY(session_id(s, sid));
-            } else if (key_is(k, klen, "spans")) {
+                TRY(session_id(s));
+            } else if (spans != NULL && key_is(k, klen, "spans")) {
                 if (seen_spans++) return 0;
                 TRY(records(s, spans));
             } else if (marks != NULL && key_is(k, klen, "marks")) {
                 if (seen_marks++) return 0;
                 TRY(records(s, marks));
-            } else if (key_is(k, klen, "snapshots")) {
+            } else if (spans != NULL && key_is(k, klen, "snapshots")) {
                 if (seen_snaps++) return 0;
                 TRY(no_snapshots(s));
             } else {
@@ -787,7 +800,8 @@ static int batch(P *s, Table *spans, Table *marks, PyObject **sid) {
     }
     s->p++;
     if (peek(s) != -1) return 0; /* trailing characters */
-    return seen_sid ? 1 : 0;
+    if (!seen_sid) s->sid_null = 1;
+    return seen_sid || spans == NULL ? 1 : 0;
 }
 
 static int table_start(Table *t, const Field *fields, int nfields, Py_ssize_t rows_hint) {
@@ -821,6 +835,12 @@ static PyObject *table_result(Table *t) {
     return Py_BuildValue("(nN)", t->rows, cols);
 }
 
+/* The session id of the batch's P after a successful parse: a str, or None (null or empty). */
+static PyObject *sid_of(P *s) {
+    if (s->sid_null || s->sid.len == 0) return Py_NewRef(Py_None);
+    return PyUnicode_DecodeUTF8(s->sid.data, s->sid.len, "strict");
+}
+
 /* parse(data, with_marks) -> (session_id, (rows, span columns), (rows, mark columns)) or None; see
  * the top of this file. */
 static PyObject *parse(PyObject *Py_UNUSED(m), PyObject *const *args, Py_ssize_t nargs) {
@@ -834,15 +854,20 @@ static PyObject *parse(PyObject *Py_UNUSED(m), PyObject *const *args, Py_ssize_t
     if (PyObject_GetBuffer(args[0], &view, PyBUF_SIMPLE) < 0) return NULL;
     /* cirron's records take about 500 bytes each: a first guess that spares most regrowing */
     Py_ssize_t hint = view.len / 1000 + 16;
-    P s = {(const unsigned char *)view.buf, (const unsigned char *)view.buf + view.len, 0, {NULL, 0, 0}};
+    P s = {(const unsigned char *)view.buf, (const unsigned char *)view.buf + view.len, 0, {NULL, 0, 0},
+           {NULL, 0, 0}, 0, NULL};
     Table spans, marks;
     PyObject *sid = NULL, *out = NULL;
     int ok = 0;
+    s.released = PyEval_SaveThread();
     int started = table_start(&spans, SPAN_FIELDS, N_SPAN_FIELDS, hint);
     started |= table_start(&marks, MARK_FIELDS, N_MARK_FIELDS, with_marks ? hint : 0);
-    if (started == 0) ok = batch(&s, &spans, with_marks ? &marks : NULL, &sid);
+    if (started == 0) ok = batch(&s, &spans, with_marks ? &marks : NULL);
+    PyEval_RestoreThread(s.released);
+    if ((ok < 0 || started < 0) && !PyErr_Occurred()) PyErr_NoMemory();
     if (ok > 0) {
-        PyObject *sp = table_result(&spans), *mk = sp ? table_result(&marks) : NULL;
+        sid = sid_of(&s);
+        PyObject *sp = sid ? table_result(&spans) : NULL, *mk = sp ? table_result(&marks) : NULL;
         if (sp != NULL && mk != NULL) out = PyTuple_Pack(3, sid, sp, mk);
         Py_XDECREF(sp);
         Py_XDECREF(mk);
@@ -852,12 +877,42 @@ static PyObject *parse(PyObject *Py_UNUSED(m), PyObject *const *args, Py_ssize_t
     Py_XDECREF(sid);
     table_free(&spans);
     table_free(&marks);
-    PyMem_Free(s.scratch.data);
+    buf_free(&s.scratch);
+    buf_free(&s.sid);
+    PyBuffer_Release(&view);
+    return out;
+}
+
+/* session_of(data) -> (session_id,) or None; see module_methods. */
+static PyObject *session_of(PyObject *Py_UNUSED(m), PyObject *data) {
+    Py_buffer view;
+    if (PyObject_GetBuffer(data, &view, PyBUF_SIMPLE) < 0) return NULL;
+    P s = {(const unsigned char *)view.buf, (const unsigned char *)view.buf + view.len, 0, {NULL, 0, 0},
+           {NULL, 0, 0}, 0, NULL};
+    s.released = PyEval_SaveThread();
+    int ok = batch(&s, NULL, NULL);
+    PyEval_RestoreThread(s.released);
+    PyObject *out = NULL;
+    if (ok > 0) {
+        PyObject *sid = sid_of(&s);
+        out = sid == NULL ? NULL : PyTuple_Pack(1, sid);
+        Py_XDECREF(sid);
+    } else if (ok == 0) {
+        out = Py_NewRef(Py_None);
+    } else if (!PyErr_Occurred()) {
+        PyErr_NoMemory();
+    }
+    buf_free(&s.scratch);
+    buf_free(&s.sid);
     PyBuffer_Release(&view);
     return out;
 }
 
 static PyMethodDef module_methods[] = {
+    {"session_of", (PyCFunction)session_of, METH_O,
+     "session_of($module, data, /)\n--\n\n"
+     "(session_id,) of a batch file that is one valid JSON object (session_id a str, or None when\n"
+     "null, empty or absent), or None where msgspec must read it. Runs without the GIL."},
     {"parse", (PyCFunction)(void (*)(void))parse, METH_FASTCALL,
      "parse($module, data, with_marks, /)\n--\n\n"
      "A batch file's span and mark columns as buffers, or None where msgspec must read it."},

@@ -23,8 +23,8 @@ session the reference way. pyarrow is imported here, so only by the features tha
 
 from __future__ import annotations
 
-import os
-import threading
+from collections.abc import Generator
+from contextlib import closing
 from dataclasses import dataclass
 from operator import attrgetter
 from typing import Any, Optional
@@ -38,6 +38,7 @@ from cirron import _native as native
 from cirron._schema import BATCH_SPAN_NAME, EPOCH_SPAN_NAME, ROOT_SENTINEL
 from cirron.spool.arrays import PairIndex, enclosing_steps, hex_halves, last_of_each, packed_hex_halves
 from cirron.spool.catalog import SessionInfo
+from cirron.spool.parallel import file_bytes, ordered_map
 from cirron.spool.reader import NONSTRICT_JSON, _Id, _Int, read_batch
 
 __all__ = ["MARK_COLUMNS", "MAX_SESSION_BYTES", "SPAN_COLUMNS", "SessionColumns", "can_read", "read_columns"]
@@ -349,6 +350,8 @@ class _SpansBatch(msgspec.Struct, gc=False):
 _DECODERS: dict[bool, Any] = {True: msgspec.json.Decoder(_Batch), False: msgspec.json.Decoder(_SpansBatch)}
 
 _FileCols = tuple[dict, dict, list, Any, list]
+#: What :func:`file_batches` makes of one file.
+FileBatches = tuple[pa.RecordBatch, pa.RecordBatch, list, bool, list]
 
 
 #: The compiled parser of batch files into column buffers (``_cbatch.c``), when built and wanted.
@@ -430,32 +433,12 @@ def _careful_file(bf: Any, with_marks: bool = True) -> _FileCols | None:
     return spans_c, marks_c, values, batch["session_id"], batch["snapshots"]
 
 
-#: Batch files up to this size are read into one buffer per thread, used again for the next file:
-#: a fresh buffer for each would be fresh pages (page faults) each time.
-_REUSED_BUFFER_MAX = 16 << 20
-_read_buffers = threading.local()
-
-
-def _file_bytes(fh: Any) -> bytes | memoryview:
-    """All of ``fh``: up to :data:`_REUSED_BUFFER_MAX` in this thread's reused buffer (so valid
-    until this thread's next call; nothing :func:`_fast_file` returns refers to it)."""
-    size = os.fstat(fh.fileno()).st_size
-    if size > _REUSED_BUFFER_MAX:
-        return fh.read()
-    buf = getattr(_read_buffers, "buf", None)
-    if buf is None or len(buf) < size:
-        buf = _read_buffers.buf = bytearray(max(size, 1 << 20))
-    got = fh.readinto(memoryview(buf)[:size]) or 0
-    rest = fh.read()  # the file grew meanwhile (or a short read)
-    return memoryview(buf)[:got] if not rest else bytes(buf[:got]) + rest
-
-
 def read_file(bf: Any, with_marks: bool = True) -> _FileCols | None:
     from cirron._safeopen import open_regular
 
     try:
         with open_regular(bf.path, follow_symlinks=False) as fh:
-            data: bytes | memoryview | None = _file_bytes(fh)
+            data: bytes | memoryview | None = file_bytes(fh)
     except OSError:
         data = None
     fast = _fast_file(data, with_marks) if data else None
@@ -463,8 +446,7 @@ def read_file(bf: Any, with_marks: bool = True) -> _FileCols | None:
     return fast if fast is not None else _careful_file(bf, with_marks)
 
 
-def file_batches(info: SessionInfo, file_no: int, got: _FileCols) -> tuple[pa.RecordBatch, pa.RecordBatch, list,
-                                                                         bool, list]:
+def file_batches(info: SessionInfo, file_no: int, got: _FileCols) -> FileBatches:
     """One batch file's columns (what :func:`read_file` read) as a span and a mark record batch
     (:func:`span_schema`, :func:`mark_schema`: with the file's position and each mark's
     ``attached`` code), its mark values as read, whether it is one of ``info``'s own batches, and
@@ -479,6 +461,21 @@ def file_batches(info: SessionInfo, file_no: int, got: _FileCols) -> tuple[pa.Re
     marks_c["attached"] = pa.array(np.where(_np(on_span), 1, 0 if own else -1).astype(np.int8))
     return (pa.RecordBatch.from_pydict(spans_c, schema=span_schema()),
             pa.RecordBatch.from_pydict(marks_c, schema=mark_schema()), values, own, file_snaps)
+
+
+def read_session_files(info: SessionInfo, with_marks: bool = True) -> Generator[tuple[int, FileBatches], None, None]:
+    """``(position, file_batches(...))`` of each of ``info``'s batch files that :func:`read_file`
+    can read, in the files' order, parsed on :func:`cirron.spool.parallel.read_threads` threads
+    (a few files ahead of the caller). Close it when stopping early."""
+    def one(item: tuple[int, Any]) -> tuple[int, FileBatches] | None:
+        file_no, bf = item
+        got = read_file(bf, with_marks)
+        return None if got is None else (file_no, file_batches(info, file_no, got))
+
+    with closing(ordered_map(one, enumerate(info.files))) as results:
+        for done in results:
+            if done is not None:
+                yield done
 
 
 def _read(info: SessionInfo, with_marks: bool) -> SessionColumns:
@@ -496,21 +493,18 @@ def _read_session(info: SessionInfo, with_marks: bool) -> SessionColumns:
     mark_lengths: list[int] = []
     snaps: list[tuple[bool, list]] = []
     pool = pa.default_memory_pool()
-    for file_no, bf in enumerate(info.files):
-        if file_no % 16 == 15:
-            pool.release_unused()  # give back what the files read so far no longer need
-        got = read_file(bf, with_marks)
-        if got is None:
-            continue
-        span_batch, mark_batch, values, own, file_snaps = file_batches(info, file_no, got)
-        span_batches.append(span_batch)
-        if not set(map(type, values)) <= {float}:
-            odd_values[len(mark_batches)] = values
-        mark_batches.append(mark_batch)
-        mark_lengths.append(len(values))
-        if file_snaps:
-            snaps.append((own, file_snaps))
-        del got, span_batch, mark_batch
+    with closing(read_session_files(info, with_marks)) as files:
+        for k, (_file_no, (span_batch, mark_batch, values, own, file_snaps)) in enumerate(files):
+            if k % 16 == 15:
+                pool.release_unused()  # give back what the files read so far no longer need
+            span_batches.append(span_batch)
+            if not set(map(type, values)) <= {float}:
+                odd_values[len(mark_batches)] = values
+            mark_batches.append(mark_batch)
+            mark_lengths.append(len(values))
+            if file_snaps:
+                snaps.append((own, file_snaps))
+            del span_batch, mark_batch
 
     spans_t = _table(span_batches, span_schema())
     marks_t = _table(mark_batches, mark_schema())

@@ -32,6 +32,7 @@ from __future__ import annotations
 import pickle
 import tempfile
 from collections.abc import Iterator
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -47,9 +48,8 @@ from cirron.spool.catalog import SessionInfo
 from cirron.spool.columnar import (
     SessionColumns,
     Unsupported,
-    file_batches,
     mark_schema,
-    read_file,
+    read_session_files,
     span_schema,
 )
 
@@ -394,13 +394,8 @@ def _first_pass(info: SessionInfo, directory: Path, with_marks: bool) -> tuple[_
     spill = _Spill(directory, with_marks)
     pool = pa.default_memory_pool()
     try:
-        with paused_gc():
-            for file_no, bf in enumerate(info.files):
-                got = read_file(bf, with_marks)
-                if got is None:
-                    continue
-                span_batch, mark_batch, values, own, snaps = file_batches(info, file_no, got)
-                del got
+        with paused_gc(), closing(read_session_files(info, with_marks)) as files:
+            for file_no, (span_batch, mark_batch, values, own, snaps) in files:
                 keys.add(span_batch, mark_batch if with_marks else None)
                 for j, sn in enumerate(snaps):
                     keys.snaps.append((len(spill.files), j, own, sn.id, sn.span_id))

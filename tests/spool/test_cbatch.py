@@ -22,7 +22,13 @@ from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from cbatch_check import assert_same_columns, check_bytes, check_spools_under, decoder_result  # noqa: E402
+from cbatch_check import (  # noqa: E402
+    assert_same_columns,
+    check_bytes,
+    check_header,
+    check_spools_under,
+    decoder_result,
+)
 from gen_pow10 import header  # noqa: E402
 
 from cirron.spool import columnar, list_batch_files  # noqa: E402
@@ -202,6 +208,31 @@ DECLINED = [
 def test_what_it_cannot_vouch_for_is_left_to_the_decoder(compiled: Any, data: bytes) -> None:
     assert columnar._compiled_file(data, True) is None
     check_bytes(data)
+
+
+HEADERS = [
+    (dumps(batch()), SID),
+    (dumps(batch(snapshots=[{"id": "x"}])), SID),  # snapshots: the columns decline, the header does not care
+    (b'{"spans": [], "marks": []}', None),
+    (b'{"session_id": null}', None),
+    (b'{"session_id": ""}', None),
+    (b'{"a": 1e400, "b": [123456789012345678901234567890], "session_id": "x"}', "x"),
+    (b'{"session_id": "\\u00e9t\xc3\xa9"}', "\u00e9t\u00e9"),
+    (b'{"session_id": 3}', "declined"),
+    (b'{"session_id": "a", "session_id": "b"}', "declined"),
+    (b'[1]', "declined"),
+    (dumps(batch())[:-1], "declined"),
+    (b'{"session_id": "\xff"}', "declined"),
+]
+
+
+@pytest.mark.parametrize(("data", "want"), HEADERS, ids=range(len(HEADERS)))
+def test_the_header_scan_gives_the_decoders_session_id(compiled: Any, data: bytes, want: str | None) -> None:
+    if want == "declined":  # the decoder decides
+        assert compiled.session_of(data) is None
+    else:
+        assert compiled.session_of(data) == (want,)
+        assert check_header(data)
 
 
 def test_an_empty_parent_is_none_and_missing_attrs_are_an_empty_object(compiled: Any) -> None:
@@ -449,16 +480,18 @@ def test_the_decoders_structs_are_the_ones_the_parser_knows() -> None:
 
 
 def test_files_are_read_whole_into_the_reused_buffer(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from cirron.spool import parallel
+
     path = tmp_path / "b.json"
     path.write_bytes(dumps(batch()))
     with path.open("rb") as fh:
-        first = columnar._file_bytes(fh)
+        first = parallel.file_bytes(fh)
         assert isinstance(first, memoryview) and bytes(first) == dumps(batch())
     del first
     real_fstat = os.fstat
-    monkeypatch.setattr(columnar.os, "fstat", lambda fd: os.stat_result((*real_fstat(fd)[:6], 10, *real_fstat(fd)[7:])))
+    monkeypatch.setattr(parallel.os, "fstat", lambda fd: os.stat_result((*real_fstat(fd)[:6], 10, *real_fstat(fd)[7:])))
     with path.open("rb") as fh:  # it grew after its size was taken: the rest is read too
-        assert bytes(columnar._file_bytes(fh)) == dumps(batch())
-    monkeypatch.setattr(columnar, "_REUSED_BUFFER_MAX", 5)
+        assert bytes(parallel.file_bytes(fh)) == dumps(batch())
+    monkeypatch.setattr(parallel, "_REUSED_BUFFER_MAX", 5)
     with path.open("rb") as fh:  # too big to keep a buffer for
-        assert columnar._file_bytes(fh) == dumps(batch())
+        assert parallel.file_bytes(fh) == dumps(batch())
