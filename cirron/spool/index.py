@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from operator import attrgetter
 from pathlib import Path
@@ -32,10 +32,12 @@ from typing import Any
 
 import msgspec
 
+from cirron import _native as native
 from cirron._atomic import atomic_file
 from cirron._safeopen import open_regular
 from cirron._schema import ROOT_SENTINEL
 from cirron.spool import paths
+from cirron.spool.parallel import file_bytes, ordered_map
 from cirron.spool.reader import BatchFile, WarningCallback, list_batch_files
 from cirron.spool.sessions import load_spool
 
@@ -121,6 +123,8 @@ class _Header(msgspec.Struct):
 
 
 _HEADER = msgspec.json.Decoder(_Header)
+#: The compiled scan of a batch file's session id (``_cbatch.session_of``), when built and wanted.
+_cbatch = native.load("cirron.spool._cbatch")
 _ENCODER = msgspec.msgpack.Encoder()
 _DECODER = msgspec.msgpack.Decoder(_Index)
 
@@ -175,15 +179,20 @@ def _save_index(spool_dir: Path, idx: _Index) -> None:
 
 def _read_header(bf: BatchFile) -> tuple[str | None, bool]:
     """``(session_id, parsed)`` of a batch file's header; ``parsed`` is False when the file is not
-    a readable JSON object (the full read then reports why)."""
+    a readable JSON object (the full read then reports why). The compiled scan (no GIL: several
+    threads read headers at once) reads what it can vouch for, the decoder the rest."""
     try:
         with open_regular(bf.path, follow_symlinks=False) as fh:
-            data = fh.read()
-        hdr = _HEADER.decode(data)
+            data = file_bytes(fh)
+        got = None if _cbatch is None else _cbatch.session_of(data)
+        sid = got[0] if got is not None else _HEADER.decode(data).session_id
     except (OSError, msgspec.DecodeError, msgspec.ValidationError, RecursionError):
         return None, False
-    sid = hdr.session_id
     return (sid if isinstance(sid, str) and sid else None), True
+
+
+def _changed(entry: _FileEntry | None, key: _StatKey) -> bool:
+    return entry is None or (entry.size, entry.mtime_ns, entry.ctime_ns, entry.ino) != key
 
 
 def _fingerprint(files: Iterable[tuple[BatchFile, _StatKey]]) -> list[tuple[str, int, int, int, int]]:
@@ -246,13 +255,21 @@ def _summarize_one_session(files: list[BatchFile], fingerprint: list[Any]) -> _G
     that stands on its own (its root's id is the batches' ``session_id``, every span reaches it,
     every mark and snapshot hangs from one of its spans or the sentinel); else ``None``.
 
-    Memory: about 34 bytes per span and 33 per mark (:class:`_LightKeys`), plus one batch file's
-    records; each column is let go as soon as the rules above are checked on it."""
+    Memory: about 34 bytes per span and 33 per mark (:class:`_LightKeys`), plus a few batch files'
+    records (read ahead); each column is let go as soon as the rules above are checked on it."""
     from cirron._memory import returned_memory
     from cirron.spool.reconstruct import paused_gc
 
     with returned_memory(), paused_gc():
         return _LightKeys().summarize_files(files, fingerprint)
+
+
+def _keys_read(bf: BatchFile) -> tuple[dict[str, Any] | None, list[str]]:
+    """A keys read of ``bf`` and the warnings it gave."""
+    from cirron.spool.reader import read_batch
+
+    warnings: list[str] = []
+    return read_batch(bf, warnings.append, "keys"), warnings
 
 
 class _LightKeys:
@@ -284,12 +301,13 @@ class _LightKeys:
         return self.summarize(fingerprint) if self.read(files) else None
 
     def read(self, files: list[BatchFile]) -> bool:
-        """Read ``files`` in order; False as soon as they are not one session of cirron's writer."""
-        from cirron.spool.reader import read_batch
+        """Read ``files`` in order (the next ones are read meanwhile on another thread: see
+        :mod:`cirron.spool.parallel`); False as soon as they are not one session of cirron's writer."""
+        with contextlib.closing(ordered_map(_keys_read, files)) as batches:
+            return self._read(files, batches)
 
-        for bf in files:
-            current: list[str] = []
-            batch = read_batch(bf, current.append, "keys")
+    def _read(self, files: list[BatchFile], batches: Iterator[tuple[dict[str, Any] | None, list[str]]]) -> bool:
+        for bf, (batch, current) in zip(files, batches):
             if current:
                 self.warnings[bf.name] = current
             if batch is None:
@@ -471,14 +489,14 @@ def summarize_spool(spool_dir: str | os.PathLike[str], on_warning: WarningCallba
     old_groups = old.groups if old is not None else {}
     new_files: dict[str, _FileEntry] = {}
     by_group: dict[str, list[tuple[BatchFile, _StatKey]]] = {}
-    read_any = False
-    for bf in files:
-        key = _stat_key(bf)
-        entry = old_files.get(bf.name)
-        if entry is None or (entry.size, entry.mtime_ns, entry.ctime_ns, entry.ino) != key:
-            sid, ok = _read_header(bf)
-            read_any = True
-            entry = _FileEntry(*key, sid, ok)
+    keys = [_stat_key(bf) for bf in files]
+    stale = [bf for bf, key in zip(files, keys) if _changed(old_files.get(bf.name), key)]
+    with contextlib.closing(ordered_map(_read_header, stale)) as headers:
+        fresh = dict(zip([bf.name for bf in stale], headers))
+    read_any = bool(fresh)
+    for bf, key in zip(files, keys):
+        header = fresh.get(bf.name)
+        entry = _FileEntry(*key, *header) if header is not None else old_files[bf.name]
         new_files[bf.name] = entry
         by_group.setdefault(entry.session_id or _NO_SESSION, []).append((bf, key))
 
@@ -555,9 +573,10 @@ class BatchListing:
         return self.spans is not None
 
 
-def _listing_of(bf: BatchFile, key: _StatKey) -> _Listing:
-    """A summary read of ``bf`` (``key`` taken before it: a file replaced meanwhile is read again
+def _listing_of(file: tuple[BatchFile, _StatKey]) -> _Listing:
+    """A summary read of a file (its key taken before it: a file replaced meanwhile is read again
     next time, its key no longer matching)."""
+    bf, key = file
     from cirron.spool.reader import read_batch
 
     warnings: list[str] = []
@@ -580,13 +599,14 @@ def list_batches(spool_dir: str | os.PathLike[str], on_warning: WarningCallback,
     old_listings = old.listings if old is not None else {}
     listings: dict[str, _Listing] = {}
     out = []
-    read_any = False
+    keys = [_stat_key(bf) for bf in files]
+    stale = [(bf, key) for bf, key in zip(files, keys)
+             if (had := old_listings.get(bf.name)) is None or tuple(had.key) != key]
+    with contextlib.closing(ordered_map(_listing_of, stale)) as fresh_listings:
+        fresh = {bf.name: listing for (bf, _k), listing in zip(stale, fresh_listings)}
+    read_any = bool(fresh)
     for bf in files:
-        key = _stat_key(bf)
-        listing = old_listings.get(bf.name)
-        if listing is None or tuple(listing.key) != key:
-            listing = _listing_of(bf, key)
-            read_any = True
+        listing = fresh.get(bf.name) or old_listings[bf.name]
         listings[bf.name] = listing
         for message in listing.warnings:
             on_warning(message)

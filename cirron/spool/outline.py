@@ -48,6 +48,7 @@ from cirron._memory import trim
 from cirron._schema import ROOT_SENTINEL
 from cirron.spool.arrays import id_keys, last_of_each
 from cirron.spool.catalog import SessionInfo
+from cirron.spool.parallel import ordered_map
 from cirron.spool.reader import BatchFile, read_batch
 from cirron.spool.reconstruct import paused_gc
 
@@ -432,13 +433,12 @@ def session_columns(info: SessionInfo, *, threads: bool = False, times: bool = T
 
 def _session_columns(info: SessionInfo, threads: bool, times: bool, mark_times: bool,
                      id_order: bool) -> SessionColumns | None:
-    quiet = lambda _m: None  # noqa: E731
     files: list[BatchFile] = []
     span_start, mark_start = [0], [0]
     col = _ColumnSpill()
+    batches = ordered_map(_export_read, info.files)  # the next files are read meanwhile on another thread
     try:
-        for bf in info.files:
-            batch = read_batch(bf, quiet, "export")  # summary reads leave out the marks' times
+        for bf, batch in zip(info.files, batches):
             if batch is None:
                 continue
             files.append(bf)
@@ -469,7 +469,12 @@ def _session_columns(info: SessionInfo, threads: bool, times: bool, mark_times: 
         trim()
         return _columns_from(col, info, files, span_start, mark_start, threads, times, mark_times, id_order)
     finally:
+        batches.close()
         col.close()
+
+
+def _export_read(bf: BatchFile) -> dict[str, Any] | None:
+    return read_batch(bf, lambda _m: None, "export")  # summary reads leave out the marks' times
 
 
 def _columns_from(col: _ColumnSpill, info: SessionInfo, files: list[BatchFile], span_start: list[int],
