@@ -111,6 +111,18 @@ class Column:
 LOOKUP_ROWS = 1 << 16
 
 
+def search_sorted(sorted_keys: np.ndarray, needles: np.ndarray) -> np.ndarray:
+    """``np.searchsorted(sorted_keys, needles)`` clipped to the last position (``sorted_keys`` not
+    empty), searched in the needles' order: each search then starts where the one before ended,
+    in memory still cached; in their own order each is a random walk over all the keys (2.5M keys
+    looked up in 2.5M: 3-5x the time)."""
+    order = np.argsort(needles)
+    pos = np.empty(len(needles), dtype=np.intp)
+    pos[order] = np.searchsorted(sorted_keys, needles[order])
+    np.minimum(pos, len(sorted_keys) - 1, out=pos)
+    return pos
+
+
 class KeyIndex:
     """Rows of 64-bit keys, for looking keys up: the rows of ``keys`` where ``rows`` is true
     (all rows when it is None), sorted once; a lookup goes a slice at a time, so its temporaries
@@ -136,7 +148,7 @@ class KeyIndex:
             return out
         for i in range(0, len(keys), LOOKUP_ROWS):
             k = keys[i:i + LOOKUP_ROWS]
-            pos = np.minimum(np.searchsorted(self._sorted, k), n - 1)
+            pos = search_sorted(self._sorted, k)
             out[i:i + LOOKUP_ROWS] = np.where(self._sorted[pos] == k, self._order[pos], -1)
         return out
 
@@ -173,7 +185,7 @@ class PairIndex:
         probe, check, other = (hi, lo, self._lo) if self._by_hi else (lo, hi, self._hi)
         for i in range(0, len(probe), LOOKUP_ROWS):
             k = probe[i:i + LOOKUP_ROWS]
-            pos = np.minimum(np.searchsorted(self._sorted, k), n - 1)
+            pos = search_sorted(self._sorted, k)
             row = self._order[pos]
             out[i:i + LOOKUP_ROWS] = np.where((self._sorted[pos] == k) & (other[row] == check[i:i + LOOKUP_ROWS]),
                                               row, -1)

@@ -46,7 +46,7 @@ import numpy as np
 
 from cirron._memory import trim
 from cirron._schema import ROOT_SENTINEL
-from cirron.spool.arrays import id_keys, last_of_each
+from cirron.spool.arrays import id_keys, last_of_each, search_sorted
 from cirron.spool.catalog import SessionInfo
 from cirron.spool.parallel import ordered_map
 from cirron.spool.reader import BatchFile, read_batch
@@ -546,8 +546,7 @@ def _lookup(sorted_join: np.ndarray, by_join: np.ndarray, keys: np.ndarray) -> n
         return out
     for i in range(0, len(keys), _LOOKUP_CHUNK):
         part = keys[i:i + _LOOKUP_CHUNK]
-        pos = np.searchsorted(sorted_join, part)
-        np.minimum(pos, n - 1, out=pos)
+        pos = search_sorted(sorted_join, part)
         hit = sorted_join[pos] == part
         out[i:i + len(part)][hit] = by_join[pos[hit]]
     return out

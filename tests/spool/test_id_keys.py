@@ -81,3 +81,16 @@ def test_returned_memory_puts_back_the_heap_reuse_of_the_column_exports():
         assert _memory._mode[0] is _memory.map_big_blocks
     finally:
         _memory.map_big_blocks()  # back to the pin the CLI sets, for the tests that follow
+
+
+def test_search_sorted_finds_what_searchsorted_finds():
+    import numpy as np
+
+    from cirron.spool.arrays import search_sorted
+
+    rng = np.random.default_rng(7)
+    keys = np.sort(rng.integers(0, 1000, 300).astype(np.uint64))
+    needles = rng.integers(0, 1100, 2000).astype(np.uint64)  # some past the last key
+    want = np.minimum(np.searchsorted(keys, needles), len(keys) - 1)
+    assert (search_sorted(keys, needles) == want).all()
+    assert search_sorted(keys, needles[:0]).size == 0
