@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 import threading
 from collections import deque
-from collections.abc import Callable, Generator, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator, Sized
 from typing import Any, TypeVar
 
 __all__ = ["THREADS_ENV", "file_bytes", "ordered_map", "read_threads"]
@@ -53,7 +53,7 @@ def ordered_map(fn: Callable[[T], R], items: Iterable[T], threads: int | None = 
     exhaust it) to stop: the items not started are dropped and the running ones awaited, so no
     thread outlives it."""
     n = read_threads() if threads is None else threads
-    if n <= 1:
+    if n <= 1 or (isinstance(items, Sized) and len(items) < 2):  # no thread for a lone file
         yield from map(fn, items)
     else:
         yield from _threaded(fn, iter(items), n)

@@ -95,6 +95,11 @@ def test_stopping_early_leaves_no_thread():
 def test_one_thread_works_on_the_calling_thread():
     names = list(ordered_map(lambda _i: threading.current_thread().name, range(5), threads=1))
     assert names == [threading.current_thread().name] * 5
+    # a lone item (a session of one batch file) starts no thread either
+    assert list(ordered_map(lambda _i: threading.current_thread().name, [0], threads=2)) == [
+        threading.current_thread().name]
+    names = list(ordered_map(lambda _i: threading.current_thread().name, [0, 1], threads=2))
+    assert all(name.startswith("cirron-read") for name in names)
 
 
 def test_the_compiled_parser_lets_other_threads_run():
