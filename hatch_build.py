@@ -21,6 +21,7 @@ EXTENSIONS = [
     ("cirron/_flush/_cencode.c", "cirron/_flush/_cencode"),
     ("cirron/spool/_cbatch.c", "cirron/spool/_cbatch"),
     ("cirron/export/_cperfetto.c", "cirron/export/_cperfetto"),
+    ("cirron/export/_cotlp.c", "cirron/export/_cotlp"),
 ]
 
 

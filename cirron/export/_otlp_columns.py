@@ -16,6 +16,7 @@ bounded whatever the session's size.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Mapping
 from typing import Any
@@ -26,6 +27,7 @@ import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from cirron import _native
 from cirron._schema import ROOT_SENTINEL, SESSION_SPAN_NAME, decode_mark_value
 from cirron.export._common import arrow_text
 from cirron.export._json import _json_strings
@@ -42,6 +44,9 @@ from cirron.export._otlp import (
 from cirron.spool.columnar import SPAN_COLUMNS
 
 __all__ = ["SLICE_SPANS", "CannotEncode", "write_spans"]
+
+#: The compiled encoder (``_cotlp.c``), when built and wanted; else the Arrow-kernel twin below.
+_cotlp = _native.load("cirron.export._cotlp")
 
 #: Spans encoded at a time (with their events).
 SLICE_SPANS = 8192
@@ -174,18 +179,8 @@ class _SessionText:
         self.trace_id = derive_trace_id(cols.session.id)
         ids = spans["id"]
         self.ids = ids
-        self.hex = _span_hex(ids)
-        parent_row = np.asarray(cols.span_parent, dtype=np.int64)
         parent_id = spans["parent_id"]
-        has_parent = pc.fill_null(pc.not_equal(parent_id, ""), False).to_numpy(zero_copy_only=False)
-        parent_hex = self.hex.take(pa.array(np.maximum(parent_row, 0))) if len(ids) else self.hex
-        away = np.flatnonzero(has_parent & (parent_row < 0))  # parent not among the session's spans
-        if len(away):
-            hexes = [derive_span_id(p) for p in parent_id.take(pa.array(away)).to_pylist()]
-            mask = np.zeros(len(ids), dtype=bool)
-            mask[away] = True
-            parent_hex = pc.replace_with_mask(parent_hex, pa.array(mask), pa.array(hexes, pa.string()))
-        self.parent_hex = pc.if_else(pa.array(has_parent), parent_hex, pa.scalar(None, pa.string()))
+        self.parent_row = np.ascontiguousarray(cols.span_parent, dtype=np.int64)
 
         decoded, self.span_attr = _distinct(cols.spans["attrs"])
         items: list[str | None] = []
@@ -222,6 +217,25 @@ class _SessionText:
         self.mark_extra = extra
         self.mark_values = cols.mark_values
         self.requests = np.flatnonzero(self.request)
+
+    @functools.cached_property
+    def hex(self) -> pa.Array:
+        """:func:`derive_span_id` of every span (the twin's; the C encoder hashes on its own)."""
+        return _span_hex(self.ids)
+
+    @functools.cached_property
+    def parent_hex(self) -> pa.Array:
+        """:func:`derive_span_id` of every span's parent (null: none)."""
+        ids, parent_row, parent_id = self.ids, self.parent_row, self.s["parent_id"]
+        has_parent = pc.fill_null(pc.not_equal(parent_id, ""), False).to_numpy(zero_copy_only=False)
+        parent_hex = self.hex.take(pa.array(np.maximum(parent_row, 0))) if len(ids) else self.hex
+        away = np.flatnonzero(has_parent & (parent_row < 0))  # parent not among the session's spans
+        if len(away):
+            hexes = [derive_span_id(p) for p in parent_id.take(pa.array(away)).to_pylist()]
+            mask = np.zeros(len(ids), dtype=bool)
+            mask[away] = True
+            parent_hex = pc.replace_with_mask(parent_hex, pa.array(mask), pa.array(hexes, pa.string()))
+        return pc.if_else(pa.array(has_parent), parent_hex, pa.scalar(None, pa.string()))
 
     # ------------------------------------------------------------------ events
     def events(self, rows: np.ndarray, before: Any = "", after: Any = "") -> pa.Array:
@@ -357,21 +371,96 @@ class _SessionText:
         return out
 
 
+def _arrow(col: pa.Array) -> tuple[Any, ...]:
+    """An array's buffers as the C encoder takes them: ``(validity or None, offset, *rest)``."""
+    bufs = col.buffers()
+    return (bufs[0], col.offset, *bufs[1:])
+
+
+class _CompiledSpans:
+    """The span text made by ``_cotlp.encode`` from the session's column buffers; what it takes
+    as text (attrs, float texts, request spans, values that are not floats) comes from the
+    :class:`_SessionText` it is built on."""
+
+    def __init__(self, text: _SessionText) -> None:
+        assert _cotlp is not None
+        s, m = text.s, text.m
+        for name, typ in (("id", pa.string()), ("name", pa.string()), ("parent_id", pa.string())):
+            if s[name].type != typ:
+                raise CannotEncode(f"span {name}: {s[name].type}")
+        for name in ("name", "kind"):
+            if m[name].type != pa.string():
+                raise CannotEncode(f"mark {name}: {m[name].type}")
+        if s["id"].null_count:
+            raise CannotEncode("span without id")
+        self.text = text
+        ids = _arrow(s["id"])
+        self.spec = (
+            text.trace_id.encode(), _cotlp.digests(ids, text.n_spans), ids, _arrow(s["name"]),
+            _arrow(s["parent_id"]), text.parent_row, _arrow(s["start_ns"]), _arrow(s["end_ns"]),
+            *(_arrow(s[c]) for c in ("index", "cpu_ns", "gpu_ns", "memory_peak_bytes", "thread_id")),
+            np.ascontiguousarray(text.span_attr, dtype=np.int64),
+            [(t or "").encode() for t in text.span_items],
+            [None if t is None else t.encode() for t in text.span_status],
+            text.open_end_ns or None,
+            np.ascontiguousarray(text.mark_order, dtype=np.int64), np.ascontiguousarray(text.sorted_target),
+            _arrow(m["ts_ns"]), _arrow(m["name"]), _arrow(m["kind"]),
+            np.ascontiguousarray(text.mark_attr, dtype=np.int64), [(t or "").encode() for t in text.mark_extra])
+        self.values = _np(m["value"], 0).astype(np.float64)
+
+    def spans(self, a: int, b: int) -> bytes:
+        """The OTLP/JSON text of spans ``a:b``, comma-separated."""
+        text = self.text
+        lo, hi = np.searchsorted(text.sorted_target, [a, b]).tolist()
+        rows = text.mark_order[lo:hi]
+        vals = np.ascontiguousarray(self.values[rows])
+        ftext = orjson.dumps(vals, option=orjson.OPT_SERIALIZE_NUMPY)
+        value_over = None
+        if text.mark_values is not None:
+            given = [text.mark_values[i] for i in rows.tolist()]
+            odd = [j for j, v in enumerate(given) if type(v) is not float]
+            if odd:
+                odd_rows = rows[odd]
+                types = text.m["value_type"].take(pa.array(odd_rows)).to_pylist()
+                value_over = {k: orjson.dumps(any_value(decode_mark_value(given[j], t)))
+                              for k, j, t in zip(odd_rows.tolist(), odd, types)}
+        request_over = None
+        r_lo, r_hi = np.searchsorted(text.requests, [a, b]).tolist()
+        if r_hi > r_lo:
+            request_over = {}
+            for i in text.requests[r_lo:r_hi].tolist():
+                head, status = text._request_pieces(i)
+                request_over[i] = (head.encode(), None if status is None else status.encode())
+        assert _cotlp is not None
+        return _cotlp.encode(self.spec, a, b, lo, hi, vals, ftext, value_over, request_over)
+
+
 def write_spans(fh: Any, cols: Any, open_end_ns: int | None) -> int:
     """Write the comma-separated OTLP/JSON spans of one session's columns (what goes between
     ``"spans":[`` and ``]``); returns how many. Raises :class:`CannotEncode` before writing
-    anything when the columns need the per-record encoder."""
+    anything when the columns need the per-record encoder.
+
+    ``cols`` (a :class:`cirron.spool.columnar.SessionColumns`) may hold any subset of a session's
+    spans with the marks that target them (one piece of a big session): ``span_parent`` then
+    names rows of that subset, -1 for a parent outside it."""
     text = _SessionText(cols, open_end_ns)
+    compiled = _CompiledSpans(text) if _cotlp is not None else None
     n = text.n_spans
     written = 0
     for a in range(0, n, SLICE_SPANS):
         b = min(n, a + SLICE_SPANS)
-        chunk = text.spans(a, b)
-        data = arrow_text(chunk)
-        fh.write(b"," if written else b"")
-        fh.write(data[:-1])
+        if written:
+            fh.write(b",")
+        if compiled is not None:
+            data: Any = compiled.spans(a, b)
+            fh.write(data)
+        else:
+            chunk = text.spans(a, b)
+            data = arrow_text(chunk)
+            fh.write(data[:-1])
+            del chunk
         written += b - a
-        del chunk, data
+        del data
         if a % (8 * SLICE_SPANS) == 0:
             pa.default_memory_pool().release_unused()
     for placeholder in text.placeholders():

@@ -1,0 +1,642 @@
+/* OTLP/JSON text of a session's spans straight from its Arrow column buffers: the optional fast
+ * path of cirron.export._otlp_columns (its Arrow-kernel encoder is the pure-Python twin and the
+ * per-record encoder cirron.export._otlp the reference; the tests check all give the same bytes).
+ *
+ * What stays in Python is handed in as text: attrs (encoded once per distinct raw text), float
+ * mark values (one orjson call per slice), the pieces of `request` spans and of mark values that
+ * are not floats. Span ids go through BLAKE2b here (derive_span_id: digest 8, person
+ * "cirron.span").
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stdint.h>
+#include <string.h>
+#include <math.h>
+
+#include "../_buf.h"
+
+#define PUT_LIT(b, s) buf_put((b), (s), (Py_ssize_t)(sizeof(s) - 1))
+
+/* ------------------------------------------------------------------ BLAKE2b (RFC 7693) */
+
+static const uint64_t B2_IV[8] = {
+    0x6a09e667f3bcc908ULL, 0xbb67ae8584caa73bULL, 0x3c6ef372fe94f82bULL, 0xa54ff53a5f1d36f1ULL,
+    0x510e527fade682d1ULL, 0x9b05688c2b3e6c1fULL, 0x1f83d9abfb41bd6bULL, 0x5be0cd19137e2179ULL,
+};
+
+static const uint8_t B2_SIGMA[12][16] = {
+    {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15},
+    {14, 10, 4, 8, 9, 15, 13, 6, 1, 12, 0, 2, 11, 7, 5, 3},
+    {11, 8, 12, 0, 5, 2, 15, 13, 10, 14, 3, 6, 7, 1, 9, 4},
+    {7, 9, 3, 1, 13, 12, 11, 14, 2, 6, 5, 10, 4, 0, 15, 8},
+    {9, 0, 5, 7, 2, 4, 10, 15, 14, 1, 11, 12, 6, 8, 3, 13},
+    {2, 12, 6, 10, 0, 11, 8, 3, 4, 13, 7, 5, 15, 14, 1, 9},
+    {12, 5, 1, 15, 14, 13, 4, 10, 0, 7, 6, 3, 9, 2, 8, 11},
+    {13, 11, 7, 14, 12, 1, 3, 9, 5, 0, 15, 4, 8, 6, 2, 10},
+    {6, 15, 14, 9, 11, 3, 0, 8, 12, 2, 13, 7, 1, 4, 10, 5},
+    {10, 2, 8, 4, 7, 6, 1, 5, 15, 11, 9, 14, 3, 12, 13, 0},
+    {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15},
+    {14, 10, 4, 8, 9, 15, 13, 6, 1, 12, 0, 2, 11, 7, 5, 3},
+};
+
+static inline uint64_t rotr64(uint64_t x, int n) { return (x >> n) | (x << (64 - n)); }
+
+static inline uint64_t load64(const uint8_t *p) {
+    uint64_t v = 0;
+    for (int i = 7; i >= 0; i--) v = (v << 8) | p[i];
+    return v;
+}
+
+#define B2_G(a, b, c, d, x, y)          \
+    do {                                \
+        a = a + b + (x);                \
+        d = rotr64(d ^ a, 32);          \
+        c = c + d;                      \
+        b = rotr64(b ^ c, 24);          \
+        a = a + b + (y);                \
+        d = rotr64(d ^ a, 16);          \
+        c = c + d;                      \
+        b = rotr64(b ^ c, 63);          \
+    } while (0)
+
+static void b2_compress(uint64_t h[8], const uint8_t block[128], uint64_t t, int last) {
+    uint64_t m[16], v[16];
+    for (int i = 0; i < 16; i++) m[i] = load64(block + 8 * i);
+    for (int i = 0; i < 8; i++) {
+        v[i] = h[i];
+        v[i + 8] = B2_IV[i];
+    }
+    v[12] ^= t;
+    if (last) v[14] = ~v[14];
+#pragma GCC unroll 12
+    for (int r = 0; r < 12; r++) {
+        const uint8_t *s = B2_SIGMA[r];
+        B2_G(v[0], v[4], v[8], v[12], m[s[0]], m[s[1]]);
+        B2_G(v[1], v[5], v[9], v[13], m[s[2]], m[s[3]]);
+        B2_G(v[2], v[6], v[10], v[14], m[s[4]], m[s[5]]);
+        B2_G(v[3], v[7], v[11], v[15], m[s[6]], m[s[7]]);
+        B2_G(v[0], v[5], v[10], v[15], m[s[8]], m[s[9]]);
+        B2_G(v[1], v[6], v[11], v[12], m[s[10]], m[s[11]]);
+        B2_G(v[2], v[7], v[8], v[13], m[s[12]], m[s[13]]);
+        B2_G(v[3], v[4], v[9], v[14], m[s[14]], m[s[15]]);
+    }
+    for (int i = 0; i < 8; i++) h[i] ^= v[i] ^ v[i + 8];
+}
+
+/* The first 8 bytes (little-endian in the word) of BLAKE2b-64 of s, person "cirron.span". */
+static uint64_t span_digest(const uint8_t *s, Py_ssize_t n) {
+    static const uint8_t person[16] = "cirron.span";
+    uint64_t h[8];
+    memcpy(h, B2_IV, sizeof h);
+    h[0] ^= 0x01010000ULL | 8; /* digest length 8, no key, fanout 1, depth 1 */
+    h[6] ^= load64(person);
+    h[7] ^= load64(person + 8);
+    uint8_t block[128];
+    uint64_t t = 0;
+    while (n > 128) {
+        t += 128;
+        b2_compress(h, s, t, 0);
+        s += 128;
+        n -= 128;
+    }
+    memset(block, 0, sizeof block);
+    memcpy(block, s, (size_t)n);
+    t += (uint64_t)n;
+    b2_compress(h, block, t, 1);
+    return h[0];
+}
+
+static const char HEXD[] = "0123456789abcdef";
+
+/* derive_span_id's 16 hex characters (never all zeros). */
+static void put_digest_hex(char *o, uint64_t d) {
+    if (d == 0) {
+        memcpy(o, "0000000000000001", 16);
+        return;
+    }
+    for (int i = 0; i < 8; i++) {
+        unsigned byte = (unsigned)(d >> (8 * i)) & 0xff;
+        o[2 * i] = HEXD[byte >> 4];
+        o[2 * i + 1] = HEXD[byte & 15];
+    }
+}
+
+/* ------------------------------------------------------------------ JSON text */
+
+static const char DIGIT_PAIRS[] =
+    "00010203040506070809101112131415161718192021222324252627282930313233343536373839"
+    "40414243444546474849505152535455565758596061626364656667686970717273747576777879"
+    "8081828384858687888990919293949596979899";
+
+static int put_i64(Buf *b, int64_t x) {
+    char tmp[24], *end = tmp + sizeof tmp, *p = end;
+    uint64_t u = x < 0 ? 0ULL - (uint64_t)x : (uint64_t)x;
+    while (u >= 100) {
+        unsigned d = (unsigned)(u % 100) * 2;
+        u /= 100;
+        *--p = DIGIT_PAIRS[d + 1];
+        *--p = DIGIT_PAIRS[d];
+    }
+    if (u >= 10) {
+        *--p = DIGIT_PAIRS[u * 2 + 1];
+        *--p = DIGIT_PAIRS[u * 2];
+    } else {
+        *--p = (char)('0' + u);
+    }
+    if (x < 0) *--p = '-';
+    return buf_put(b, p, end - p);
+}
+
+/* A JSON string of UTF-8 text, escaped as orjson does (non-ASCII and DEL stay as they are). */
+static int put_json_str(Buf *b, const char *s, Py_ssize_t n) {
+    if (buf_reserve(b, n * 6 + 2) < 0) return -1;
+    char *o = b->data + b->len;
+    *o++ = '"';
+    for (Py_ssize_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if (c >= 0x20 && c != '"' && c != '\\') {
+            *o++ = (char)c;
+            continue;
+        }
+        *o++ = '\\';
+        switch (c) {
+        case '"': *o++ = '"'; break;
+        case '\\': *o++ = '\\'; break;
+        case '\n': *o++ = 'n'; break;
+        case '\r': *o++ = 'r'; break;
+        case '\t': *o++ = 't'; break;
+        case '\b': *o++ = 'b'; break;
+        case '\f': *o++ = 'f'; break;
+        default:
+            *o++ = 'u'; *o++ = '0'; *o++ = '0';
+            *o++ = HEXD[c >> 4]; *o++ = HEXD[c & 15];
+        }
+    }
+    *o++ = '"';
+    b->len = o - b->data;
+    return 0;
+}
+
+static int put_bytes_obj(Buf *b, PyObject *o) {
+    if (!PyBytes_Check(o)) {
+        PyErr_SetString(PyExc_TypeError, "expected bytes");
+        return -1;
+    }
+    return buf_put(b, PyBytes_AS_STRING(o), PyBytes_GET_SIZE(o));
+}
+
+/* ------------------------------------------------------------------ Arrow columns */
+
+/* One Arrow array: a (validity or None, offset, buffer[, data]) tuple from Python. */
+typedef struct {
+    Py_ssize_t n, off;
+    const uint8_t *valid;   /* NULL: no nulls */
+    const int64_t *i64;     /* int64 values */
+    const int32_t *offs;    /* string offsets */
+    const char *data;       /* string bytes */
+    Py_ssize_t data_len;
+} Col;
+
+typedef struct {
+    Py_buffer views[64];
+    int used;
+} Views;
+
+static void views_release(Views *v) {
+    for (int i = 0; i < v->used; i++) PyBuffer_Release(&v->views[i]);
+    v->used = 0;
+}
+
+static int get_view(Views *v, PyObject *o, Py_buffer **out) {
+    if (v->used >= 64) {
+        PyErr_SetString(PyExc_RuntimeError, "too many buffers");
+        return -1;
+    }
+    if (PyObject_GetBuffer(o, &v->views[v->used], PyBUF_SIMPLE) < 0) return -1;
+    *out = &v->views[v->used++];
+    return 0;
+}
+
+/* kind: 'i' int64, 's' string. n: the rows the column must hold. */
+static int get_col(Views *v, PyObject *t, char kind, Py_ssize_t n, Col *c) {
+    memset(c, 0, sizeof *c);
+    Py_ssize_t want = kind == 's' ? 4 : 3;
+    if (!PyTuple_Check(t) || PyTuple_GET_SIZE(t) != want) {
+        PyErr_SetString(PyExc_TypeError, "column: expected (validity, offset, buffers...)");
+        return -1;
+    }
+    c->n = n;
+    c->off = PyLong_AsSsize_t(PyTuple_GET_ITEM(t, 1));
+    if (c->off < 0) {
+        if (!PyErr_Occurred()) PyErr_SetString(PyExc_ValueError, "column: negative offset");
+        return -1;
+    }
+    Py_buffer *bv;
+    PyObject *validity = PyTuple_GET_ITEM(t, 0);
+    if (validity != Py_None) {
+        if (get_view(v, validity, &bv) < 0) return -1;
+        if (bv->len * 8 < c->off + n) goto short_buffer;
+        c->valid = bv->buf;
+    }
+    if (kind == 'i') {
+        if (get_view(v, PyTuple_GET_ITEM(t, 2), &bv) < 0) return -1;
+        if (bv->len / 8 < c->off + n) goto short_buffer;
+        c->i64 = (const int64_t *)bv->buf + c->off;
+        return 0;
+    }
+    if (get_view(v, PyTuple_GET_ITEM(t, 2), &bv) < 0) return -1;
+    if (bv->len / 4 < c->off + n + 1) goto short_buffer;
+    c->offs = (const int32_t *)bv->buf + c->off;
+    PyObject *data = PyTuple_GET_ITEM(t, 3);
+    if (data == Py_None) {
+        c->data = "";
+        c->data_len = 0;
+    } else {
+        if (get_view(v, data, &bv) < 0) return -1;
+        c->data = bv->buf;
+        c->data_len = bv->len;
+    }
+    for (Py_ssize_t i = 0; i < n; i++) /* offsets that stay inside the data */
+        if (c->offs[i] < 0 || c->offs[i] > c->offs[i + 1] || c->offs[i + 1] > c->data_len) {
+            PyErr_SetString(PyExc_ValueError, "column: string offsets out of range");
+            return -1;
+        }
+    return 0;
+short_buffer:
+    PyErr_SetString(PyExc_ValueError, "column: buffer shorter than its rows");
+    return -1;
+}
+
+static inline int col_valid(const Col *c, Py_ssize_t i) {
+    if (c->valid == NULL) return 1;
+    Py_ssize_t k = c->off + i;
+    return (c->valid[k >> 3] >> (k & 7)) & 1;
+}
+
+static inline const char *col_str(const Col *c, Py_ssize_t i, Py_ssize_t *len) {
+    *len = c->offs[i + 1] - c->offs[i];
+    return c->data + c->offs[i];
+}
+
+/* A contiguous buffer of n int64 (or float64) values. */
+static int get_i64s(Views *v, PyObject *o, Py_ssize_t n, const int64_t **out) {
+    Py_buffer *bv;
+    if (get_view(v, o, &bv) < 0) return -1;
+    if (bv->len / 8 < n) {
+        PyErr_SetString(PyExc_ValueError, "array shorter than its rows");
+        return -1;
+    }
+    *out = bv->buf;
+    return 0;
+}
+
+static Py_ssize_t buf_len(Views *v, PyObject *o) {
+    Py_buffer *bv;
+    if (get_view(v, o, &bv) < 0) return -1;
+    return bv->len;
+}
+
+/* ------------------------------------------------------------------ digests */
+
+static PyObject *digests(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "digests(ids, n)");
+        return NULL;
+    }
+    Py_ssize_t n = PyLong_AsSsize_t(args[1]);
+    if (n < 0) {
+        if (!PyErr_Occurred()) PyErr_SetString(PyExc_ValueError, "negative n");
+        return NULL;
+    }
+    Views v = {.used = 0};
+    Col ids;
+    if (get_col(&v, args[0], 's', n, &ids) < 0) {
+        views_release(&v);
+        return NULL;
+    }
+    PyObject *out = PyBytes_FromStringAndSize(NULL, n * 8);
+    if (out != NULL) {
+        uint64_t *d = (uint64_t *)PyBytes_AS_STRING(out);
+        for (Py_ssize_t i = 0; i < n; i++) {
+            Py_ssize_t len;
+            const char *s = col_str(&ids, i, &len);
+            d[i] = span_digest((const uint8_t *)s, len);
+        }
+    }
+    views_release(&v);
+    return out;
+}
+
+/* ------------------------------------------------------------------ spans */
+
+enum { S_TRACE, S_DIGESTS, S_ID, S_NAME, S_PARENT, S_PARENT_ROW, S_START, S_END, S_INDEX, S_CPU, S_GPU, S_MEM,
+       S_THREAD, S_ATTR, S_ITEMS, S_STATUS, S_OPEN_END, M_ORDER, M_TARGET, M_TS, M_NAME, M_KIND, M_ATTR, M_EXTRA,
+       SPEC_LEN };
+
+static const char *const FIELD_KEYS[] = {
+    ",{\"key\":\"cirron.index\",\"value\":{\"intValue\":\"",
+    ",{\"key\":\"cirron.cpu_ns\",\"value\":{\"intValue\":\"",
+    ",{\"key\":\"cirron.gpu_ns\",\"value\":{\"intValue\":\"",
+    ",{\"key\":\"cirron.memory_peak_bytes\",\"value\":{\"intValue\":\"",
+    ",{\"key\":\"thread.id\",\"value\":{\"intValue\":\"",
+};
+
+typedef struct {
+    const char *trace;
+    const uint64_t *digest;
+    Col id, name, parent, start, end, fields[5], m_ts, m_name, m_kind;
+    const int64_t *parent_row, *attr, *order, *target, *m_attr;
+    PyObject *items, *status, *extra;
+    int64_t open_end;
+    Py_ssize_t n, m;
+    /* this slice */
+    const double *vals;
+    const char *ftext, *ftext_end;
+    PyObject *value_over, *request_over;
+} Enc;
+
+static int bad_index(const char *what) {
+    PyErr_Format(PyExc_ValueError, "%s out of range", what);
+    return -1;
+}
+
+/* One mark's event (k: its row among the marks; j: its position in this slice's values). */
+static int put_event(Buf *b, Enc *e, Py_ssize_t k, Py_ssize_t j) {
+    Py_ssize_t len;
+    const char *s;
+    if (PUT_LIT(b, "{\"timeUnixNano\":\"") < 0) return -1;
+    int64_t ts = col_valid(&e->m_ts, k) ? e->m_ts.i64[k] : 0;
+    if (put_i64(b, ts < 0 ? 0 : ts) < 0 || PUT_LIT(b, "\",\"name\":") < 0) return -1;
+    s = col_valid(&e->m_name, k) ? col_str(&e->m_name, k, &len) : (len = 0, "");
+    if ((len ? put_json_str(b, s, len) : PUT_LIT(b, "\"mark\"")) < 0) return -1;
+    if (PUT_LIT(b, ",\"attributes\":[{\"key\":\"value\",\"value\":") < 0) return -1;
+    /* this value's float text: up to the next comma of the slice's orjson list */
+    const char *f = e->ftext, *fe = f;
+    while (fe < e->ftext_end && *fe != ',') fe++;
+    if (f >= e->ftext_end) {
+        PyErr_SetString(PyExc_ValueError, "fewer float texts than marks");
+        return -1;
+    }
+    e->ftext = fe + 1;
+    PyObject *over = NULL;
+    if (e->value_over != NULL) {
+        PyObject *key = PyLong_FromSsize_t(k);
+        if (key == NULL) return -1;
+        over = PyDict_GetItemWithError(e->value_over, key);
+        Py_DECREF(key);
+        if (over == NULL && PyErr_Occurred()) return -1;
+    }
+    if (over != NULL) {
+        if (put_bytes_obj(b, over) < 0) return -1;
+    } else {
+        double x = e->vals[j];
+        if (PUT_LIT(b, "{\"doubleValue\":") < 0) return -1;
+        if (isnan(x)) {
+            if (PUT_LIT(b, "\"NaN\"") < 0) return -1;
+        } else if (isinf(x)) {
+            if ((x > 0 ? PUT_LIT(b, "\"Infinity\"") : PUT_LIT(b, "\"-Infinity\"")) < 0) return -1;
+        } else if (buf_put(b, f, fe - f) < 0) {
+            return -1;
+        }
+        if (PUT_LIT(b, "}") < 0) return -1;
+    }
+    if (PUT_LIT(b, "},{\"key\":\"kind\",\"value\":{\"stringValue\":") < 0) return -1;
+    if (col_valid(&e->m_kind, k)) {
+        s = col_str(&e->m_kind, k, &len);
+        if (put_json_str(b, s, len) < 0) return -1;
+    } else if (PUT_LIT(b, "\"point\"") < 0) {
+        return -1;
+    }
+    if (PUT_LIT(b, "}}") < 0) return -1;
+    int64_t a = e->m_attr[k];
+    if (a < 0 || a >= PyList_GET_SIZE(e->extra)) return bad_index("mark attrs");
+    if (put_bytes_obj(b, PyList_GET_ITEM(e->extra, a)) < 0) return -1;
+    return PUT_LIT(b, "]}");
+}
+
+/* ,"events":[...] of span row i: marks at sorted positions *pos.. that target it. */
+static int put_events(Buf *b, Enc *e, Py_ssize_t i, Py_ssize_t *pos, Py_ssize_t hi, Py_ssize_t lo) {
+    Py_ssize_t p = *pos;
+    if (p >= hi || e->target[p] != i) return 0;
+    if (PUT_LIT(b, ",\"events\":[") < 0) return -1;
+    for (; p < hi && e->target[p] == i; p++) {
+        int64_t k = e->order[p];
+        if (k < 0 || k >= e->m) return bad_index("mark order");
+        if (p != *pos && PUT_LIT(b, ",") < 0) return -1;
+        if (put_event(b, e, (Py_ssize_t)k, p - lo) < 0) return -1;
+    }
+    *pos = p;
+    return PUT_LIT(b, "]");
+}
+
+static int put_span(Buf *b, Enc *e, Py_ssize_t i, Py_ssize_t *pos, Py_ssize_t hi, Py_ssize_t lo) {
+    Py_ssize_t len;
+    const char *s;
+    int64_t attr = e->attr[i];
+    if (attr < 0 || attr >= PyList_GET_SIZE(e->items)) return bad_index("span attrs");
+    PyObject *status = PyList_GET_ITEM(e->status, attr);
+    PyObject *request = NULL;
+    if (e->request_over != NULL) {
+        PyObject *key = PyLong_FromSsize_t(i);
+        if (key == NULL) return -1;
+        request = PyDict_GetItemWithError(e->request_over, key);
+        Py_DECREF(key);
+        if (request == NULL && PyErr_Occurred()) return -1;
+    }
+    if (request != NULL) { /* (head, status or None) made the per-record way */
+        if (!PyTuple_Check(request) || PyTuple_GET_SIZE(request) != 2) {
+            PyErr_SetString(PyExc_TypeError, "request piece: expected (head, status)");
+            return -1;
+        }
+        if (put_bytes_obj(b, PyTuple_GET_ITEM(request, 0)) < 0) return -1;
+        status = PyTuple_GET_ITEM(request, 1);
+    } else {
+        if (buf_reserve(b, 128) < 0) return -1;
+        char *o = b->data + b->len;
+        memcpy(o, "{\"traceId\":\"", 12);
+        memcpy(o + 12, e->trace, 32);
+        memcpy(o + 44, "\",\"spanId\":\"", 12);
+        put_digest_hex(o + 56, e->digest[i]);
+        memcpy(o + 72, "\",\"name\":", 9);
+        b->len += 81;
+        s = col_valid(&e->name, i) ? col_str(&e->name, i, &len) : (len = 0, "");
+        if ((len ? put_json_str(b, s, len) : PUT_LIT(b, "\"span\"")) < 0) return -1;
+        int64_t start = col_valid(&e->start, i) ? e->start.i64[i] : 0;
+        int open = !col_valid(&e->end, i);
+        int64_t end = e->end.i64[i];
+        if (open) {
+            int64_t oe = e->open_end ? e->open_end : start;
+            end = start > oe ? start : oe;
+        }
+        if (PUT_LIT(b, ",\"kind\":1,\"startTimeUnixNano\":\"") < 0 || put_i64(b, start < 0 ? 0 : start) < 0 ||
+            PUT_LIT(b, "\",\"endTimeUnixNano\":\"") < 0 || put_i64(b, end < 0 ? 0 : end) < 0 ||
+            PUT_LIT(b, "\",\"attributes\":[") < 0)
+            return -1;
+        if (put_bytes_obj(b, PyList_GET_ITEM(e->items, attr)) < 0) return -1;
+        if (PUT_LIT(b, "{\"key\":\"cirron.span.id\",\"value\":{\"stringValue\":") < 0) return -1;
+        s = col_str(&e->id, i, &len);
+        if (put_json_str(b, s, len) < 0 || PUT_LIT(b, "}}") < 0) return -1;
+        for (int f = 0; f < 5; f++) {
+            if (!col_valid(&e->fields[f], i)) continue;
+            if (buf_put(b, FIELD_KEYS[f], (Py_ssize_t)strlen(FIELD_KEYS[f])) < 0 ||
+                put_i64(b, e->fields[f].i64[i]) < 0 || PUT_LIT(b, "\"}}") < 0)
+                return -1;
+        }
+        if (open && PUT_LIT(b, ",{\"key\":\"cirron.open\",\"value\":{\"boolValue\":true}}") < 0) return -1;
+        if (PUT_LIT(b, "]") < 0) return -1;
+        if (col_valid(&e->parent, i)) {
+            s = col_str(&e->parent, i, &len);
+            if (len) {
+                int64_t row = e->parent_row[i];
+                uint64_t d = row >= 0 && row < e->n ? e->digest[row] : span_digest((const uint8_t *)s, len);
+                if (buf_reserve(b, 34) < 0) return -1;
+                char *p = b->data + b->len;
+                memcpy(p, ",\"parentSpanId\":\"", 17);
+                put_digest_hex(p + 17, d);
+                p[33] = '"';
+                b->len += 34;
+            }
+        }
+    }
+    if (put_events(b, e, i, pos, hi, lo) < 0) return -1;
+    if (status != Py_None && put_bytes_obj(b, status) < 0) return -1;
+    return PUT_LIT(b, "}");
+}
+
+/* encode(spec, a, b, lo, hi, vals, ftext, value_over, request_over) -> bytes
+ *
+ * Spans a:b, comma-separated; their marks are at positions lo:hi of the marks sorted by target
+ * span (spec's order/target), `vals` their float values in that order and `ftext` the orjson
+ * list of them; value_over {mark row: value text} and request_over {span row: (head, status)}
+ * replace what is made here (None: nothing to replace). */
+static PyObject *encode(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 9) {
+        PyErr_SetString(PyExc_TypeError, "encode(spec, a, b, lo, hi, vals, ftext, value_over, request_over)");
+        return NULL;
+    }
+    PyObject *spec = args[0];
+    if (!PyTuple_Check(spec) || PyTuple_GET_SIZE(spec) != SPEC_LEN) {
+        PyErr_SetString(PyExc_TypeError, "encode: bad spec");
+        return NULL;
+    }
+    Py_ssize_t a = PyLong_AsSsize_t(args[1]), bb = PyLong_AsSsize_t(args[2]);
+    Py_ssize_t lo = PyLong_AsSsize_t(args[3]), hi = PyLong_AsSsize_t(args[4]);
+    if (PyErr_Occurred()) return NULL;
+    Enc e;
+    memset(&e, 0, sizeof e);
+    Views v = {.used = 0};
+    Buf out = {NULL, 0, 0};
+    PyObject *result = NULL;
+    Py_buffer *bv;
+
+#define SPEC(k) PyTuple_GET_ITEM(spec, k)
+    if (get_view(&v, SPEC(S_TRACE), &bv) < 0) goto done;
+    if (bv->len != 32) {
+        PyErr_SetString(PyExc_ValueError, "trace id: 32 hex characters");
+        goto done;
+    }
+    e.trace = bv->buf;
+    Py_ssize_t dlen = buf_len(&v, SPEC(S_DIGESTS));
+    if (dlen < 0) goto done;
+    e.n = dlen / 8;
+    e.digest = v.views[v.used - 1].buf;
+    Py_ssize_t m_len = buf_len(&v, SPEC(M_ORDER));
+    if (m_len < 0) goto done;
+    m_len /= 8;
+    if (a < 0 || bb < a || bb > e.n || lo < 0 || hi < lo || hi > m_len) {
+        PyErr_SetString(PyExc_ValueError, "encode: slice out of range");
+        goto done;
+    }
+    if (get_col(&v, SPEC(S_ID), 's', e.n, &e.id) < 0 || get_col(&v, SPEC(S_NAME), 's', e.n, &e.name) < 0 ||
+        get_col(&v, SPEC(S_PARENT), 's', e.n, &e.parent) < 0 ||
+        get_i64s(&v, SPEC(S_PARENT_ROW), e.n, &e.parent_row) < 0 ||
+        get_col(&v, SPEC(S_START), 'i', e.n, &e.start) < 0 || get_col(&v, SPEC(S_END), 'i', e.n, &e.end) < 0 ||
+        get_i64s(&v, SPEC(S_ATTR), e.n, &e.attr) < 0 || get_i64s(&v, SPEC(M_ORDER), m_len, &e.order) < 0 ||
+        get_i64s(&v, SPEC(M_TARGET), m_len, &e.target) < 0)
+        goto done;
+    for (int f = 0; f < 5; f++)
+        if (get_col(&v, SPEC(S_INDEX + f), 'i', e.n, &e.fields[f]) < 0) goto done;
+    if (e.id.valid != NULL) {
+        PyErr_SetString(PyExc_ValueError, "span ids: nulls");
+        goto done;
+    }
+    Py_ssize_t n_marks = -1;
+    {
+        PyObject *t = SPEC(M_TS);
+        if (!PyTuple_Check(t) || PyTuple_GET_SIZE(t) != 3) {
+            PyErr_SetString(PyExc_TypeError, "mark ts: bad column");
+            goto done;
+        }
+        /* the mark columns hold every mark row that order names; their length is the attr array's */
+        n_marks = buf_len(&v, SPEC(M_ATTR));
+        if (n_marks < 0) goto done;
+        n_marks /= 8;
+        e.m_attr = v.views[v.used - 1].buf;
+    }
+    if (get_col(&v, SPEC(M_TS), 'i', n_marks, &e.m_ts) < 0 || get_col(&v, SPEC(M_NAME), 's', n_marks, &e.m_name) < 0 ||
+        get_col(&v, SPEC(M_KIND), 's', n_marks, &e.m_kind) < 0)
+        goto done;
+    e.m = n_marks; /* order names rows of these columns (checked as it is read) */
+    e.items = SPEC(S_ITEMS);
+    e.status = SPEC(S_STATUS);
+    e.extra = SPEC(M_EXTRA);
+    if (!PyList_Check(e.items) || !PyList_Check(e.status) || !PyList_Check(e.extra) ||
+        PyList_GET_SIZE(e.items) != PyList_GET_SIZE(e.status)) {
+        PyErr_SetString(PyExc_TypeError, "encode: attrs texts must be lists (items and status alike)");
+        goto done;
+    }
+    e.open_end = SPEC(S_OPEN_END) == Py_None ? 0 : PyLong_AsLongLong(SPEC(S_OPEN_END));
+    if (PyErr_Occurred()) goto done;
+    if (get_view(&v, args[5], &bv) < 0) goto done;
+    if (bv->len / 8 < hi - lo) {
+        PyErr_SetString(PyExc_ValueError, "fewer values than marks");
+        goto done;
+    }
+    e.vals = bv->buf;
+    if (get_view(&v, args[6], &bv) < 0) goto done;
+    e.ftext = bv->buf;
+    e.ftext_end = e.ftext + bv->len;
+    if (bv->len >= 2 && e.ftext[0] == '[' && e.ftext_end[-1] == ']') {
+        e.ftext++;
+        e.ftext_end--;
+    }
+    e.value_over = args[7] == Py_None ? NULL : args[7];
+    e.request_over = args[8] == Py_None ? NULL : args[8];
+    if ((e.value_over && !PyDict_Check(e.value_over)) || (e.request_over && !PyDict_Check(e.request_over))) {
+        PyErr_SetString(PyExc_TypeError, "encode: overrides must be dicts");
+        goto done;
+    }
+#undef SPEC
+
+    /* about what a span and an event take, so the text seldom moves while it grows */
+    if (buf_reserve(&out, (bb - a) * 640 + (hi - lo) * 192 + 4096) < 0) goto done;
+    Py_ssize_t pos = lo;
+    while (pos < hi && e.target[pos] < a) pos++; /* (none: lo is where span a's marks start) */
+    for (Py_ssize_t i = a; i < bb; i++) {
+        if (i != a && PUT_LIT(&out, ",") < 0) goto done;
+        if (put_span(&out, &e, i, &pos, hi, lo) < 0) goto done;
+    }
+    if (pos != hi) {
+        PyErr_SetString(PyExc_ValueError, "encode: marks outside the slice's spans");
+        goto done;
+    }
+    result = PyBytes_FromStringAndSize(out.data ? out.data : "", out.len);
+done:
+    PyMem_Free(out.data);
+    views_release(&v);
+    return result;
+}
+
+static PyMethodDef module_methods[] = {
+    {"digests", (PyCFunction)(void (*)(void))digests, METH_FASTCALL,
+     "digests(ids, n): the BLAKE2b span digests (8 bytes each) of a string column's n rows."},
+    {"encode", (PyCFunction)(void (*)(void))encode, METH_FASTCALL,
+     "encode(spec, a, b, lo, hi, vals, ftext, value_over, request_over): OTLP/JSON text of spans a:b."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module_def = {
+    PyModuleDef_HEAD_INIT, "_cotlp", "C encoder of OTLP/JSON spans from Arrow columns.", -1, module_methods,
+};
+
+PyMODINIT_FUNC PyInit__cotlp(void) { return PyModule_Create(&module_def); }
