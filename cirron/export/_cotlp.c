@@ -14,6 +14,7 @@
 #include <math.h>
 
 #include "../_buf.h"
+#include "../_jtext.h"
 
 #define PUT_LIT(b, s) buf_put((b), (s), (Py_ssize_t)(sizeof(s) - 1))
 
@@ -122,60 +123,6 @@ static void put_digest_hex(char *o, uint64_t d) {
 }
 
 /* ------------------------------------------------------------------ JSON text */
-
-static const char DIGIT_PAIRS[] =
-    "00010203040506070809101112131415161718192021222324252627282930313233343536373839"
-    "40414243444546474849505152535455565758596061626364656667686970717273747576777879"
-    "8081828384858687888990919293949596979899";
-
-static int put_i64(Buf *b, int64_t x) {
-    char tmp[24], *end = tmp + sizeof tmp, *p = end;
-    uint64_t u = x < 0 ? 0ULL - (uint64_t)x : (uint64_t)x;
-    while (u >= 100) {
-        unsigned d = (unsigned)(u % 100) * 2;
-        u /= 100;
-        *--p = DIGIT_PAIRS[d + 1];
-        *--p = DIGIT_PAIRS[d];
-    }
-    if (u >= 10) {
-        *--p = DIGIT_PAIRS[u * 2 + 1];
-        *--p = DIGIT_PAIRS[u * 2];
-    } else {
-        *--p = (char)('0' + u);
-    }
-    if (x < 0) *--p = '-';
-    return buf_put(b, p, end - p);
-}
-
-/* A JSON string of UTF-8 text, escaped as orjson does (non-ASCII and DEL stay as they are). */
-static int put_json_str(Buf *b, const char *s, Py_ssize_t n) {
-    if (buf_reserve(b, n * 6 + 2) < 0) return -1;
-    char *o = b->data + b->len;
-    *o++ = '"';
-    for (Py_ssize_t i = 0; i < n; i++) {
-        unsigned char c = (unsigned char)s[i];
-        if (c >= 0x20 && c != '"' && c != '\\') {
-            *o++ = (char)c;
-            continue;
-        }
-        *o++ = '\\';
-        switch (c) {
-        case '"': *o++ = '"'; break;
-        case '\\': *o++ = '\\'; break;
-        case '\n': *o++ = 'n'; break;
-        case '\r': *o++ = 'r'; break;
-        case '\t': *o++ = 't'; break;
-        case '\b': *o++ = 'b'; break;
-        case '\f': *o++ = 'f'; break;
-        default:
-            *o++ = 'u'; *o++ = '0'; *o++ = '0';
-            *o++ = HEXD[c >> 4]; *o++ = HEXD[c & 15];
-        }
-    }
-    *o++ = '"';
-    b->len = o - b->data;
-    return 0;
-}
 
 static int put_bytes_obj(Buf *b, PyObject *o) {
     if (!PyBytes_Check(o)) {
@@ -366,9 +313,9 @@ static int put_event(Buf *b, Enc *e, Py_ssize_t k, Py_ssize_t j) {
     const char *s;
     if (PUT_LIT(b, "{\"timeUnixNano\":\"") < 0) return -1;
     int64_t ts = col_valid(&e->m_ts, k) ? e->m_ts.i64[k] : 0;
-    if (put_i64(b, ts < 0 ? 0 : ts) < 0 || PUT_LIT(b, "\",\"name\":") < 0) return -1;
+    if (jt_put_int64(b, ts < 0 ? 0 : ts) < 0 || PUT_LIT(b, "\",\"name\":") < 0) return -1;
     s = col_valid(&e->m_name, k) ? col_str(&e->m_name, k, &len) : (len = 0, "");
-    if ((len ? put_json_str(b, s, len) : PUT_LIT(b, "\"mark\"")) < 0) return -1;
+    if ((len ? jt_put_str(b, s, len) : PUT_LIT(b, "\"mark\"")) < 0) return -1;
     if (PUT_LIT(b, ",\"attributes\":[{\"key\":\"value\",\"value\":") < 0) return -1;
     /* this value's float text: up to the next comma of the slice's orjson list */
     const char *f = e->ftext, *fe = f;
@@ -403,7 +350,7 @@ static int put_event(Buf *b, Enc *e, Py_ssize_t k, Py_ssize_t j) {
     if (PUT_LIT(b, "},{\"key\":\"kind\",\"value\":{\"stringValue\":") < 0) return -1;
     if (col_valid(&e->m_kind, k)) {
         s = col_str(&e->m_kind, k, &len);
-        if (put_json_str(b, s, len) < 0) return -1;
+        if (jt_put_str(b, s, len) < 0) return -1;
     } else if (PUT_LIT(b, "\"point\"") < 0) {
         return -1;
     }
@@ -460,7 +407,7 @@ static int put_span(Buf *b, Enc *e, Py_ssize_t i, Py_ssize_t *pos, Py_ssize_t hi
         memcpy(o + 72, "\",\"name\":", 9);
         b->len += 81;
         s = col_valid(&e->name, i) ? col_str(&e->name, i, &len) : (len = 0, "");
-        if ((len ? put_json_str(b, s, len) : PUT_LIT(b, "\"span\"")) < 0) return -1;
+        if ((len ? jt_put_str(b, s, len) : PUT_LIT(b, "\"span\"")) < 0) return -1;
         int64_t start = col_valid(&e->start, i) ? e->start.i64[i] : 0;
         int open = !col_valid(&e->end, i);
         int64_t end = e->end.i64[i];
@@ -468,18 +415,18 @@ static int put_span(Buf *b, Enc *e, Py_ssize_t i, Py_ssize_t *pos, Py_ssize_t hi
             int64_t oe = e->open_end ? e->open_end : start;
             end = start > oe ? start : oe;
         }
-        if (PUT_LIT(b, ",\"kind\":1,\"startTimeUnixNano\":\"") < 0 || put_i64(b, start < 0 ? 0 : start) < 0 ||
-            PUT_LIT(b, "\",\"endTimeUnixNano\":\"") < 0 || put_i64(b, end < 0 ? 0 : end) < 0 ||
+        if (PUT_LIT(b, ",\"kind\":1,\"startTimeUnixNano\":\"") < 0 || jt_put_int64(b, start < 0 ? 0 : start) < 0 ||
+            PUT_LIT(b, "\",\"endTimeUnixNano\":\"") < 0 || jt_put_int64(b, end < 0 ? 0 : end) < 0 ||
             PUT_LIT(b, "\",\"attributes\":[") < 0)
             return -1;
         if (put_bytes_obj(b, PyList_GET_ITEM(e->items, attr)) < 0) return -1;
         if (PUT_LIT(b, "{\"key\":\"cirron.span.id\",\"value\":{\"stringValue\":") < 0) return -1;
         s = col_str(&e->id, i, &len);
-        if (put_json_str(b, s, len) < 0 || PUT_LIT(b, "}}") < 0) return -1;
+        if (jt_put_str(b, s, len) < 0 || PUT_LIT(b, "}}") < 0) return -1;
         for (int f = 0; f < 5; f++) {
             if (!col_valid(&e->fields[f], i)) continue;
             if (buf_put(b, FIELD_KEYS[f], (Py_ssize_t)strlen(FIELD_KEYS[f])) < 0 ||
-                put_i64(b, e->fields[f].i64[i]) < 0 || PUT_LIT(b, "\"}}") < 0)
+                jt_put_int64(b, e->fields[f].i64[i]) < 0 || PUT_LIT(b, "\"}}") < 0)
                 return -1;
         }
         if (open && PUT_LIT(b, ",{\"key\":\"cirron.open\",\"value\":{\"boolValue\":true}}") < 0) return -1;
