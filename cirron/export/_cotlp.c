@@ -43,9 +43,15 @@ static const uint8_t B2_SIGMA[12][16] = {
 static inline uint64_t rotr64(uint64_t x, int n) { return (x >> n) | (x << (64 - n)); }
 
 static inline uint64_t load64(const uint8_t *p) {
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+    uint64_t v;
+    memcpy(&v, p, 8);
+    return v;
+#else
     uint64_t v = 0;
     for (int i = 7; i >= 0; i--) v = (v << 8) | p[i];
     return v;
+#endif
 }
 
 #define B2_G(a, b, c, d, x, y)          \
@@ -450,15 +456,71 @@ static int put_span(Buf *b, Enc *e, Py_ssize_t i, Py_ssize_t *pos, Py_ssize_t hi
     return PUT_LIT(b, "}");
 }
 
-/* encode(spec, a, b, lo, hi, vals, ftext, value_over, request_over) -> bytes
+/* ------------------------------------------------------------------ the text's buffer */
+
+/* One Buf kept in a capsule from slice to slice, so its pages are touched once, not once per
+ * slice (a fresh multi-MB block each time is mapped afresh: page faults by the million). */
+#define SCRATCH_NAME "cirron.export._cotlp.scratch"
+#define FLUSH_BYTES (4 << 20)
+
+static void scratch_free(PyObject *capsule) {
+    Buf *b = PyCapsule_GetPointer(capsule, SCRATCH_NAME);
+    if (b != NULL) {
+        PyMem_Free(b->data);
+        PyMem_Free(b);
+    }
+}
+
+static PyObject *scratch(PyObject *self, PyObject *unused) {
+    Buf *b = PyMem_Calloc(1, sizeof(Buf));
+    if (b == NULL) return PyErr_NoMemory();
+    PyObject *capsule = PyCapsule_New(b, SCRATCH_NAME, scratch_free);
+    if (capsule == NULL) PyMem_Free(b);
+    return capsule;
+}
+
+/* Hands the text to write(memoryview) and empties the buffer. The view is released after the
+ * call; if the callee kept an export of it, the buffer is left to it and a new one begins. */
+static int flush(Buf *b, PyObject *write) {
+    if (b->len == 0) return 0;
+    PyObject *view = PyMemoryView_FromMemory(b->data, b->len, PyBUF_READ);
+    if (view == NULL) return -1;
+    PyObject *r = PyObject_CallOneArg(write, view);
+    Py_XDECREF(r);
+    PyObject *released = PyObject_CallMethod(view, "release", NULL);
+    Py_DECREF(view);
+    if (released == NULL) { /* still exported: never free or reuse that memory */
+        PyErr_Clear();
+        b->data = NULL;
+        b->cap = 0;
+    } else {
+        Py_DECREF(released);
+    }
+    b->len = 0;
+    return r == NULL ? -1 : 0;
+}
+
+/* encode(spec, a, b, lo, hi, vals, ftext, value_over, request_over, scratch, write) -> int
  *
- * Spans a:b, comma-separated; their marks are at positions lo:hi of the marks sorted by target
+ * Writes spans a:b, comma-separated, through write(memoryview) (a few MB at a time, built in
+ * the scratch() buffer); returns how many bytes. Their marks are at positions lo:hi of the marks sorted by target
  * span (spec's order/target), `vals` their float values in that order and `ftext` the orjson
  * list of them; value_over {mark row: value text} and request_over {span row: (head, status)}
  * replace what is made here (None: nothing to replace). */
 static PyObject *encode(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs != 9) {
-        PyErr_SetString(PyExc_TypeError, "encode(spec, a, b, lo, hi, vals, ftext, value_over, request_over)");
+    if (nargs != 11) {
+        PyErr_SetString(PyExc_TypeError,
+                        "encode(spec, a, b, lo, hi, vals, ftext, value_over, request_over, scratch, write)");
+        return NULL;
+    }
+    if (!PyCapsule_IsValid(args[9], SCRATCH_NAME)) {
+        PyErr_SetString(PyExc_TypeError, "encode: scratch must come from scratch()");
+        return NULL;
+    }
+    Buf *outp = PyCapsule_GetPointer(args[9], SCRATCH_NAME);
+    PyObject *write = args[10];
+    if (!PyCallable_Check(write)) {
+        PyErr_SetString(PyExc_TypeError, "encode: write must be callable");
         return NULL;
     }
     PyObject *spec = args[0];
@@ -472,7 +534,9 @@ static PyObject *encode(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     Enc e;
     memset(&e, 0, sizeof e);
     Views v = {.used = 0};
-    Buf out = {NULL, 0, 0};
+    Buf *out = outp;
+    Py_ssize_t total = 0;
+    out->len = 0;
     PyObject *result = NULL;
     Py_buffer *bv;
 
@@ -555,21 +619,25 @@ static PyObject *encode(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     }
 #undef SPEC
 
-    /* about what a span and an event take, so the text seldom moves while it grows */
-    if (buf_reserve(&out, (bb - a) * 640 + (hi - lo) * 192 + 4096) < 0) goto done;
     Py_ssize_t pos = lo;
     while (pos < hi && e.target[pos] < a) pos++; /* (none: lo is where span a's marks start) */
     for (Py_ssize_t i = a; i < bb; i++) {
-        if (i != a && PUT_LIT(&out, ",") < 0) goto done;
-        if (put_span(&out, &e, i, &pos, hi, lo) < 0) goto done;
+        if (i != a && PUT_LIT(out, ",") < 0) goto done;
+        if (put_span(out, &e, i, &pos, hi, lo) < 0) goto done;
+        if (out->len >= FLUSH_BYTES) {
+            total += out->len;
+            if (flush(out, write) < 0) goto done;
+        }
     }
     if (pos != hi) {
         PyErr_SetString(PyExc_ValueError, "encode: marks outside the slice's spans");
         goto done;
     }
-    result = PyBytes_FromStringAndSize(out.data ? out.data : "", out.len);
+    total += out->len;
+    if (flush(out, write) < 0) goto done;
+    result = PyLong_FromSsize_t(total);
 done:
-    PyMem_Free(out.data);
+    out->len = 0;
     views_release(&v);
     return result;
 }
@@ -578,7 +646,9 @@ static PyMethodDef module_methods[] = {
     {"digests", (PyCFunction)(void (*)(void))digests, METH_FASTCALL,
      "digests(ids, n): the BLAKE2b span digests (8 bytes each) of a string column's n rows."},
     {"encode", (PyCFunction)(void (*)(void))encode, METH_FASTCALL,
-     "encode(spec, a, b, lo, hi, vals, ftext, value_over, request_over): OTLP/JSON text of spans a:b."},
+     "encode(spec, a, b, lo, hi, vals, ftext, value_over, request_over, scratch, write): OTLP/JSON text of "
+     "spans a:b through write; returns its size."},
+    {"scratch", scratch, METH_NOARGS, "scratch(): the buffer encode builds its text in (kept between calls)."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -407,9 +407,11 @@ class _CompiledSpans:
             _arrow(m["ts_ns"]), _arrow(m["name"]), _arrow(m["kind"]),
             np.ascontiguousarray(text.mark_attr, dtype=np.int64), [(t or "").encode() for t in text.mark_extra])
         self.values = _np(m["value"], 0).astype(np.float64)
+        self.scratch = _cotlp.scratch()
 
-    def spans(self, a: int, b: int) -> bytes:
-        """The OTLP/JSON text of spans ``a:b``, comma-separated."""
+    def write(self, a: int, b: int, write: Any) -> int:
+        """Write the OTLP/JSON text of spans ``a:b``, comma-separated, through ``write`` (it gets
+        memoryviews valid during the call only); returns how many bytes."""
         text = self.text
         lo, hi = np.searchsorted(text.sorted_target, [a, b]).tolist()
         rows = text.mark_order[lo:hi]
@@ -432,7 +434,7 @@ class _CompiledSpans:
                 head, status = text._request_pieces(i)
                 request_over[i] = (head.encode(), None if status is None else status.encode())
         assert _cotlp is not None
-        return _cotlp.encode(self.spec, a, b, lo, hi, vals, ftext, value_over, request_over)
+        return _cotlp.encode(self.spec, a, b, lo, hi, vals, ftext, value_over, request_over, self.scratch, write)
 
 
 def write_spans(fh: Any, cols: Any, open_end_ns: int | None) -> int:
@@ -452,15 +454,13 @@ def write_spans(fh: Any, cols: Any, open_end_ns: int | None) -> int:
         if written:
             fh.write(b",")
         if compiled is not None:
-            data: Any = compiled.spans(a, b)
-            fh.write(data)
+            compiled.write(a, b, fh.write)
         else:
             chunk = text.spans(a, b)
             data = arrow_text(chunk)
             fh.write(data[:-1])
-            del chunk
+            del chunk, data
         written += b - a
-        del data
         if a % (8 * SLICE_SPANS) == 0:
             pa.default_memory_pool().release_unused()
     for placeholder in text.placeholders():

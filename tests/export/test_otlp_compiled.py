@@ -140,12 +140,13 @@ def test_export_takes_the_compiled_path_and_matches_the_reference(factory: Spool
                                                                   monkeypatch: pytest.MonkeyPatch, compiled: Any):
     calls = []
 
-    def spy(*args: Any) -> bytes:
+    def spy(*args: Any) -> int:
         calls.append(args[1:3])
         return compiled.encode(*args)
 
     monkeypatch.setattr(_otlp_columns, "_cotlp", type("Spy", (), {"encode": staticmethod(spy),
-                                                                   "digests": staticmethod(compiled.digests)}))
+                                                                   "digests": staticmethod(compiled.digests),
+                                                                   "scratch": staticmethod(compiled.scratch)}))
     assert assert_same(_hard_spool(factory), tmp_path, "otel", monkeypatch) == 4
     assert calls
 
@@ -166,14 +167,33 @@ def test_bad_arguments_raise_instead_of_reading_past_buffers(factory: SpoolFacto
     (info, cols), *_ = _sessions(factory.spool_dir)
     spans = _otlp_columns._CompiledSpans(_otlp_columns._SessionText(cols, info.last_ns))
     n = cols.spans.num_rows
-    vals = np.zeros(0)
+    vals, got = np.zeros(0), io.BytesIO()
     for a, b in ((0, n + 1), (-1, 1), (2, 1)):
         with pytest.raises(ValueError, match="out of range"):
-            compiled.encode(spans.spec, a, b, 0, 0, vals, b"[]", None, None)
+            compiled.encode(spans.spec, a, b, 0, 0, vals, b"[]", None, None, spans.scratch, got.write)
     with pytest.raises(ValueError, match="shorter"):
         compiled.digests(_otlp_columns._arrow(pa.array(["a"])), 2)
     with pytest.raises(TypeError):
-        compiled.encode(spans.spec[:-1], 0, 1, 0, 0, vals, b"[]", None, None)
+        compiled.encode(spans.spec[:-1], 0, 1, 0, 0, vals, b"[]", None, None, spans.scratch, got.write)
+    with pytest.raises(TypeError):
+        compiled.encode(spans.spec, 0, 1, 0, 0, vals, b"[]", None, None, object(), got.write)
+    assert got.getvalue() == b""
+
+
+def test_a_view_kept_by_the_writer_is_released(factory: SpoolFactory, compiled: Any):
+    """The memoryviews handed to ``write`` are released after each call (their buffer is reused
+    for the next text): one kept is unusable, not a window on later text."""
+    hard_session(factory)
+    (info, cols), *_ = _sessions(factory.spool_dir)
+    spans = _otlp_columns._CompiledSpans(_otlp_columns._SessionText(cols, info.last_ns))
+    kept: list[Any] = []
+    spans.write(0, 2, kept.append)
+    with pytest.raises(ValueError):
+        bytes(kept[0])
+    out = io.BytesIO()
+    spans.write(0, cols.spans.num_rows, out.write)
+    first, _ = _encode(cols, info.last_ns, compiled)
+    assert out.getvalue() == first[:out.tell()] and len(kept) == 1
 
 
 @pytest.mark.parametrize("how", ["missing", "pure"])
