@@ -22,6 +22,7 @@ EXTENSIONS = [
     ("cirron/spool/_cbatch.c", "cirron/spool/_cbatch"),
     ("cirron/export/_cperfetto.c", "cirron/export/_cperfetto"),
     ("cirron/export/_cotlp.c", "cirron/export/_cotlp"),
+    ("cirron/export/_cjson.c", "cirron/export/_cjson"),
 ]
 
 

@@ -10,12 +10,16 @@ from typing import Any
 
 import orjson
 
+from cirron import _native as native
 from cirron._schema import MARK_FIELDS, SCHEMA_VERSION, SNAPSHOT_FIELDS, SPAN_FIELDS
 from cirron._version import __version__
 from cirron.export._common import arrow_text, atomic_file, is_columns, json_scalar, write_members
 from cirron.spool.reader import _limit_depth
 
 __all__ = ["write_json"]
+
+#: The compiled encoder of rows from Arrow columns (see :mod:`cirron._native`), when built.
+_cjson = native.load("cirron.export._cjson")
 
 
 def _clean(rec: Any, fields: tuple[str, ...]) -> dict[str, Any]:
@@ -75,8 +79,10 @@ def _mark(m: Any) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------- from Arrow columns
-# The records of a cirron.spool.columnar.SessionColumns, encoded column by column into exactly the
-# bytes the per-record encoder above writes.
+# The records of a cirron.spool.columnar.SessionColumns, encoded into exactly the bytes the
+# per-record encoder above writes: row by row from the Arrow buffers by the compiled encoder
+# (_cjson.c; what is not per-row work, float texts and re-encoded attrs, is done here first), or
+# column by column by pyarrow's string kernels, its pure-Python twin.
 
 #: Rows encoded at a time (bounds the text held in memory).
 _SLICE_ROWS = 16_384
@@ -88,16 +94,16 @@ _ESCAPED = '["\\\\\x00-\x1f]'
 
 
 def _write_texts(fh: Any, already: int, texts: Any) -> int:
-    """Continue a JSON array that already has ``already`` members with ``texts`` (string arrays
-    of encoded members, each followed by a comma)."""
+    """Continue a JSON array that already has ``already`` members with ``texts`` (pairs of a
+    member count and the members' bytes, comma-separated)."""
     n = 0
-    for arr in texts:
-        if not len(arr):
+    for count, text in texts:
+        if not count:
             continue
         if already or n:
             fh.write(b",")
-        fh.write(arrow_text(arr)[:-1])
-        n += len(arr)
+        fh.write(text)
+        n += count
     return n
 
 
@@ -172,7 +178,8 @@ def _json_attrs(col: Any) -> Any:
     return pa.array(texts, pa.string())
 
 
-def _record_texts(fields: list[tuple[str, Any]]) -> Any:
+def _record_texts(fields: list[tuple[str, Any]]) -> tuple[int, memoryview]:
+    """The pure-Python twin of :func:`_encoded_rows`: the rows of columns of JSON texts."""
     from cirron.export._common import join_lines
 
     parts: list[Any] = []
@@ -180,7 +187,50 @@ def _record_texts(fields: list[tuple[str, Any]]) -> Any:
         parts.append(("{" if i == 0 else ",") + orjson.dumps(name).decode() + ":")
         parts.append(text)
     parts.append("}")
-    return join_lines(parts, "", ",")
+    lines = join_lines(parts, "", ",")
+    return len(lines), arrow_text(lines)[:-1]
+
+
+def _prefixes(fields: tuple[str, ...]) -> list[bytes]:
+    return [(b"{" if i == 0 else b",") + orjson.dumps(f) + b":" for i, f in enumerate(fields)]
+
+
+_SPAN_PREFIXES = _prefixes(SPAN_FIELDS)
+_MARK_PREFIXES = _prefixes(MARK_FIELDS)
+_STRING_FIELDS = frozenset(("id", "parent_id", "span_id", "name", "value_type", "kind"))
+
+
+def _arrow_column(prefix: bytes, arr: Any, kind: str) -> tuple[Any, ...]:
+    """The compiled encoder's description of an Arrow array (``kind``: ``i`` ints, ``s`` strings
+    to quote, ``r`` JSON texts)."""
+    import pyarrow as pa
+
+    if isinstance(arr, pa.ChunkedArray):
+        arr = arr.combine_chunks()
+    bufs = arr.buffers()
+    valid = bufs[0] if arr.null_count else None
+    if kind == "i":
+        return prefix, kind, valid, None, bufs[1], arr.offset
+    if arr.type == pa.large_string():
+        kind = kind.upper()
+    return prefix, kind, valid, bufs[1], bufs[2], arr.offset
+
+
+def _encoded_rows(prefixes: list[bytes], fields: tuple[str, ...], s: Any, values: Any = None,
+                  order: Any = None) -> tuple[int, bytes]:
+    """Rows of the table slice ``s`` (in ``order``, int64 row numbers, if given) as the per-record
+    encoder writes them, by the compiled encoder; ``values`` stands for the ``value`` field."""
+    spec = []
+    for prefix, f in zip(prefixes, fields):
+        if f == "value":
+            spec.append((prefix, *values))
+        elif f == "attrs":
+            spec.append(_arrow_column(prefix, _json_attrs(s[f].combine_chunks()), "r"))
+        else:
+            spec.append(_arrow_column(prefix, s[f], "s" if f in _STRING_FIELDS else "i"))
+    n = s.num_rows if order is None else len(order)
+    assert _cjson is not None
+    return n, _cjson.encode_rows(spec, n, order)
 
 
 def _span_texts(cols: Any) -> Any:
@@ -198,7 +248,11 @@ def _span_texts(cols: Any) -> Any:
         rows = order[a: a + _SLICE_ROWS]
         first = int(rows.min())
         s = t.slice(first, int(rows.max()) + 1 - first)
-        if not (len(s) == len(rows) and (np.diff(rows) == 1).all()):  # else already in order
+        in_order = len(s) == len(rows) and bool((np.diff(rows) == 1).all())
+        if _cjson is not None:
+            yield _encoded_rows(_SPAN_PREFIXES, SPAN_FIELDS, s, order=None if in_order else rows - first)
+            continue
+        if not in_order:
             s = s.take(pa.array(rows - first))
         yield _record_texts([(f, _json_strings(s[f]) if f in ("id", "parent_id", "name") else
                               _json_attrs(s[f]) if f == "attrs" else _json_ints(s[f])) for f in SPAN_FIELDS])
@@ -214,10 +268,27 @@ def _mark_values(values: list[Any]) -> Any:
     return pa.array([_dumps({"value": json_scalar(v)})[9:-1].decode() for v in values], pa.string())
 
 
+def _compiled_mark_values(cols: Any, a: int, b: int) -> tuple[Any, ...]:
+    """The ``value`` texts of marks ``a:b`` for the compiled encoder: finite floats by one orjson
+    call over the column (their texts joined by commas), anything else value by value."""
+    import numpy as np
+
+    if cols.mark_values is None:
+        floats = cols.marks["value"].slice(a, b - a).combine_chunks()
+        if not floats.null_count:
+            x = floats.to_numpy()
+            if np.isfinite(x).all():
+                return "j", None, None, orjson.dumps(x, option=orjson.OPT_SERIALIZE_NUMPY)[1:-1], 0
+    return "l", None, None, [_dumps({"value": json_scalar(v)})[9:-1] for v in cols.values(a, b)], 0
+
+
 def _mark_texts(cols: Any) -> Any:
     t = cols.marks
     for a in range(0, t.num_rows, _SLICE_ROWS):
         s = t.slice(a, _SLICE_ROWS)
+        if _cjson is not None:
+            yield _encoded_rows(_MARK_PREFIXES, MARK_FIELDS, s, _compiled_mark_values(cols, a, a + s.num_rows))
+            continue
         values = _mark_values(cols.values(a, a + _SLICE_ROWS))
         yield _record_texts([(f, values if f == "value" else _json_strings(s[f]) if f in (
             "id", "span_id", "name", "value_type", "kind") else _json_attrs(s[f]) if f == "attrs" else _json_ints(s[f]))

@@ -209,7 +209,8 @@ def test_compiled_modules_are_built_from_the_current_sources() -> None:
     for module, source, headers in (("cirron._record._cscope", "_record/_cscope.c", ["_row.h", "_u128.h"]),
                                     ("cirron._flush._cencode", "_flush/_cencode.c",
                                      ["_row.h", "_u128.h", "_buf.h", "_jtext.h"]),
-                                    ("cirron.spool._cbatch", "spool/_cbatch.c", ["spool/_pow10.h"])):
+                                    ("cirron.spool._cbatch", "spool/_cbatch.c", ["spool/_pow10.h"]),
+                                    ("cirron.export._cjson", "export/_cjson.c", ["_buf.h", "_jtext.h"])):
         spec = importlib.util.find_spec(module)
         assert spec is not None and spec.origin is not None, f"{module} was not built (see the install's warnings)"
         sources = [package / source, *(package / h for h in headers)]
