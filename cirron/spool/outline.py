@@ -286,13 +286,16 @@ class ViewOutline:
     root_row: int
 
 
-def view_outline(info: SessionInfo, depth: int | None, min_wall_ns: int | None) -> ViewOutline | None:
+def view_outline(info: SessionInfo, depth: int | None, min_wall_ns: int | None,
+                 match: Callable[[Any], bool] | None = None) -> ViewOutline | None:
     """What ``view`` prints of ``info``'s session (its tree to ``depth``, spans shorter than
-    ``min_wall_ns`` hidden with what hangs below them), as the whole-session view computes it
+    ``min_wall_ns`` hidden with what hangs below them; with ``match``, ``--name``'s filter: only
+    the spans it accepts (given each span record as read with ``fields="export"``) and their
+    ancestors, and the marks of the accepted ones), as the whole-session view computes it
     (``cirron_cli.traces``), keeping about 50 bytes per record. ``None`` when the session's ids
     are not all 32 lowercase hex digits (their order would then need the ids themselves)."""
     with paused_gc():
-        return _view_outline(info, depth, min_wall_ns)
+        return _view_outline(info, depth, min_wall_ns, match)
 
 
 _NO_INT = np.iinfo(np.int64).min
@@ -413,6 +416,8 @@ class SessionColumns:
     mark_ts: np.ndarray | None
     mark_span: np.ndarray
     mark_target: np.ndarray
+    #: Per winning span, when a test was given: whether it passes it.
+    matched: np.ndarray | None = None
 
 
 def session_columns(info: SessionInfo, *, threads: bool = False, times: bool = True,
@@ -432,7 +437,7 @@ def session_columns(info: SessionInfo, *, threads: bool = False, times: bool = T
 
 
 def _session_columns(info: SessionInfo, threads: bool, times: bool, mark_times: bool,
-                     id_order: bool) -> SessionColumns | None:
+                     id_order: bool, match: Callable[[Any], bool] | None = None) -> SessionColumns | None:
     files: list[BatchFile] = []
     span_start, mark_start = [0], [0]
     col = _ColumnSpill()
@@ -450,6 +455,8 @@ def _session_columns(info: SessionInfo, threads: bool, times: bool, mark_times: 
             for k, v in keys.items():
                 if times or k not in ("start", "end"):
                     col.add(k, v[0])
+            if match is not None:
+                col.add("match", np.fromiter(map(match, spans), dtype=bool, count=len(spans)))
             if threads:
                 col.add("thread", time_column([s.thread_id for s in spans]))
                 col.add("rank", time_column([s.rank for s in spans]))
@@ -467,7 +474,10 @@ def _session_columns(info: SessionInfo, threads: bool, times: bool, mark_times: 
             del batch, spans, marks, keys
         col.settle()
         trim()
-        return _columns_from(col, info, files, span_start, mark_start, threads, times, mark_times, id_order)
+        out = _columns_from(col, info, files, span_start, mark_start, threads, times, mark_times, id_order)
+        if out is not None and match is not None:
+            out.matched = col.take("match", out.rows)
+        return out
     finally:
         batches.close()
         col.close()
@@ -564,8 +574,9 @@ def _id_rank(hi: np.ndarray, lo: np.ndarray, idx_t: Any) -> np.ndarray:
     return out
 
 
-def _view_outline(info: SessionInfo, depth: int | None, min_wall_ns: int | None) -> ViewOutline | None:
-    cols = _session_columns(info, False, True, True, True)
+def _view_outline(info: SessionInfo, depth: int | None, min_wall_ns: int | None,
+                  match: Callable[[Any], bool] | None) -> ViewOutline | None:
+    cols = _session_columns(info, False, True, True, True, match)
     if cols is None:
         return None
     assert cols.start is not None and cols.end is not None and cols.mark_ts is not None
@@ -578,6 +589,8 @@ def _view_outline(info: SessionInfo, depth: int | None, min_wall_ns: int | None)
     wall[~valid] = 0
     cols.end = end = None  # type: ignore[assignment]
     visible = np.ones(n, dtype=bool) if min_wall_ns is None else ~(valid & (wall < min_wall_ns))
+    if cols.matched is not None:
+        visible &= _with_ancestors(cols.matched, parent)
     visible[root_idx] = True
     level, levels = _levels(parent, root_idx, visible)
     reach = np.zeros(n, dtype=bool)
@@ -613,6 +626,9 @@ def _view_outline(info: SessionInfo, depth: int | None, min_wall_ns: int | None)
     # child is its span idx, or for a mark -1 - its position in ``mark_rows``
     expand = shown & (level < limit)
     ok = expand[cols.mark_target]
+    if cols.matched is not None:  # only the marks of the spans the test accepted
+        ok &= cols.matched[cols.mark_target]
+    cols.matched = None
     mark_rows = cols.mark_rows[ok]
     mark_parent = cols.mark_target[ok]
     mark_ts = cols.mark_ts[ok]
@@ -644,6 +660,18 @@ def _view_outline(info: SessionInfo, depth: int | None, min_wall_ns: int | None)
     return ViewOutline(cols.files, cols.span_start, cols.mark_start,
                        np.frombuffer(kinds, np.int8), np.frombuffer(refs, np.int64), np.frombuffer(depths, np.int32),
                        coll_spans, coll_ns, int(rows[root_idx]))
+
+
+def _with_ancestors(marked: np.ndarray, parent: np.ndarray) -> np.ndarray:
+    """``marked`` with every ancestor of a marked span marked too."""
+    out = marked.copy()
+    cur = np.flatnonzero(marked)
+    while cur.size:
+        up = np.unique(parent[cur])
+        up = up[up >= 0]
+        cur = up[~out[up]]
+        out[cur] = True
+    return out
 
 
 def _levels(parent: np.ndarray, root_idx: int, visible: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import enum
+import functools
 import os
 import re
 import secrets
@@ -294,29 +295,74 @@ class _SessionView:
             yield _node_line(node, self.info, color)
 
     def to_json(self) -> dict:
-        out_nodes = []
-        for node in self.nodes:
-            t = node["type"]
-            if t == "span":
-                sp = node["span"]
-                out_nodes.append({
-                    "type": "span", "depth": node["depth"], "id": sp["id"], "parent_id": sp.get("parent_id"),
-                    "name": sp.get("name"), "index": sp.get("index"), "start_ns": render.json_ns(sp.get("start_ns")),
-                    "end_ns": render.json_ns(sp.get("end_ns")), "duration_ns": render.json_ns(_wall(sp)),
-                    "attrs": _limit_depth(sp.get("attrs") or {}, 32),
-                })
-            elif t == "mark":
-                m = node["mark"]
-                v = m.get("value")
-                out_nodes.append({
-                    "type": "mark", "depth": node["depth"], "id": m["id"], "span_id": m.get("span_id"),
-                    "name": m.get("name"), "value": _json_scalar(v), "value_type": m.get("value_type"),
-                    "kind": m.get("kind"), "ts_ns": render.json_ns(m.get("ts_ns")),
-                })
-            elif t == "collapsed":
-                out_nodes.append({"type": "collapsed", "depth": node["depth"], "spans": node["spans"],
-                                  "duration_ns": str(node["duration_ns"])})
-        return {**_session_summary(self.info), "nodes": out_nodes}
+        return {**_session_summary(self.info), "nodes": [j for node in self.nodes if (j := _node_json(node))]}
+
+
+def _node_json(node: dict) -> dict | None:
+    """One node of ``view --json`` (``None``: a header, which JSON leaves out)."""
+    t = node["type"]
+    if t == "span":
+        sp = node["span"]
+        return {
+            "type": "span", "depth": node["depth"], "id": sp["id"], "parent_id": sp.get("parent_id"),
+            "name": sp.get("name"), "index": sp.get("index"), "start_ns": render.json_ns(sp.get("start_ns")),
+            "end_ns": render.json_ns(sp.get("end_ns")), "duration_ns": render.json_ns(_wall(sp)),
+            "attrs": _limit_depth(sp.get("attrs") or {}, 32),
+        }
+    if t == "mark":
+        m = node["mark"]
+        v = m.get("value")
+        return {
+            "type": "mark", "depth": node["depth"], "id": m["id"], "span_id": m.get("span_id"),
+            "name": m.get("name"), "value": _json_scalar(v), "value_type": m.get("value_type"),
+            "kind": m.get("kind"), "ts_ns": render.json_ns(m.get("ts_ns")),
+        }
+    if t == "collapsed":
+        return {"type": "collapsed", "depth": node["depth"], "spans": node["spans"],
+                "duration_ns": str(node["duration_ns"])}
+    return None
+
+
+#: What a node of ``view --json`` is indented by inside its session's object.
+_JSON_NODE_INDENT = b"    "
+
+
+def _node_json_text(node: dict) -> str:
+    """One node of ``view --json`` as the whole session's ``orjson.dumps(..., OPT_INDENT_2)`` writes
+    it inside the ``"nodes"`` list."""
+    text = orjson.dumps(_node_json(node), option=orjson.OPT_INDENT_2)
+    return (_JSON_NODE_INDENT + text.replace(b"\n", b"\n" + _JSON_NODE_INDENT)).decode()
+
+
+def _session_json_text(info: SessionInfo, nodes: Iterator[str]) -> Iterator[str]:
+    """A session of ``view --json`` with ``nodes`` (:func:`_node_json_text`), in the bytes the whole
+    session's ``orjson.dumps({...summary, "nodes": [...]}, OPT_INDENT_2)`` writes."""
+    head = orjson.dumps(_session_summary(info), option=orjson.OPT_INDENT_2).decode()
+    yield head[:-2] + ',\n  "nodes": ['
+    first = True
+    for text in nodes:
+        yield ("\n" if first else ",\n") + text
+        first = False
+    yield "]\n}" if first else "\n  ]\n}"
+
+
+def _export_name_matches(text: str) -> Callable[[Any], bool]:
+    """``--name``'s test (:func:`_name_matches`) on a span read with ``fields="export"`` (its attrs
+    as raw JSON text, decoded only where an ``endpoint`` key can be)."""
+    from cirron.spool.reader import _decode_attrs
+
+    def match(span: Any) -> bool:
+        name = span.name
+        if isinstance(name, str) and text in name:
+            return True
+        raw = bytes(span.attrs)
+        if b"ndpoint" not in raw and b"\\" not in raw:  # the key, or an escape that could spell it
+            return False
+        attrs = _decode_attrs(span.attrs)
+        endpoint = attrs.get("endpoint") if isinstance(attrs, dict) else None
+        return isinstance(endpoint, str) and text in endpoint
+
+    return match
 
 
 def _node_line(node: dict, info: SessionInfo, color: bool) -> str:
@@ -348,11 +394,12 @@ def _node_line(node: dict, info: SessionInfo, color: bool) -> str:
     )
 
 
-def _streamed_view_lines(info: SessionInfo, depth: int | None, min_wall: int | None,
-                         color: bool) -> Iterator[str] | None:
-    """The lines of ``view`` for a session read file by file (:func:`cirron.spool.outline.view_outline`):
-    the records of the printed nodes are rendered as the files are read, kept in a temporary file,
-    and printed in tree order. ``None`` when the session cannot be read that way."""
+def _streamed_view_lines(info: SessionInfo, depth: int | None, min_wall: int | None, name: str | None,
+                         render_node: Callable[[dict], str]) -> Iterator[str] | None:
+    """The nodes of ``view`` for a session read file by file (:func:`cirron.spool.outline.view_outline`),
+    each as ``render_node`` writes it (a line, or ``--json``'s text): the records of the printed nodes
+    are rendered as the files are read, kept in a temporary file, and given back in tree order.
+    ``None`` when the session cannot be read that way."""
     import tempfile
 
     import numpy as np
@@ -360,7 +407,7 @@ def _streamed_view_lines(info: SessionInfo, depth: int | None, min_wall: int | N
     from cirron.spool import outline as ol
     from cirron.spool.reader import read_batch
 
-    plan = ol.view_outline(info, depth, min_wall)
+    plan = ol.view_outline(info, depth, min_wall, None if name is None else _export_name_matches(name))
     if plan is None:
         return None
     n = len(plan.kind)
@@ -388,10 +435,10 @@ def _streamed_view_lines(info: SessionInfo, depth: int | None, min_wall: int | N
         for pos, ref in zip(span_pos[sa:sb].tolist(), span_refs[sa:sb].tolist()):
             node = {"type": "span", "depth": int(plan.depth[pos]), "span": batch["spans"][ref - s0],
                     "root": ref == plan.root_row}
-            _spill_line(spill, off, length, pos, _node_line(node, info, color))
+            _spill_line(spill, off, length, pos, render_node(node))
         for pos, ref in zip(mark_pos[ma:mb].tolist(), mark_refs[ma:mb].tolist()):
             node = {"type": "mark", "depth": int(plan.depth[pos]), "mark": batch["marks"][ref - m0]}
-            _spill_line(spill, off, length, pos, _node_line(node, info, color))
+            _spill_line(spill, off, length, pos, render_node(node))
         del batch
 
     def lines() -> Iterator[str]:
@@ -401,7 +448,7 @@ def _streamed_view_lines(info: SessionInfo, depth: int | None, min_wall: int | N
                     c = int(plan.ref[pos])
                     node = {"type": "collapsed", "depth": int(plan.depth[pos]),
                             "spans": int(plan.collapsed_spans[c]), "duration_ns": int(plan.collapsed_ns[c])}
-                    yield _node_line(node, info, color)
+                    yield render_node(node)
                 elif length[pos]:
                     spill.seek(int(off[pos]))
                     yield spill.read(int(length[pos])).decode("utf-8")
@@ -497,13 +544,20 @@ def view(
         out.write("[")
     for i, info in enumerate(chosen):
         streamed = None
-        if not json_out and name is None and cat.streamable(info):
-            streamed = _streamed_view_lines(info, depth, min_ns, color)
+        if cat.streamable(info):
+            render_node = _node_json_text if json_out else functools.partial(_node_line, info=info, color=color)
+            streamed = _streamed_view_lines(info, depth, min_ns, name, render_node)
+        if json_out:
+            out.write("," if i else "")
+            if streamed is not None:
+                for text in _session_json_text(info, streamed):
+                    out.write(text)
+            else:
+                v = _SessionView(info, cat.load(info), name, depth, min_ns)
+                out.write(orjson.dumps(v.to_json(), option=orjson.OPT_INDENT_2).decode())
+            continue
         if streamed is None:
             v = _SessionView(info, cat.load(info), name, depth, min_ns)
-            if json_out:
-                out.write(("," if i else "") + orjson.dumps(v.to_json(), option=orjson.OPT_INDENT_2).decode())
-                continue
         if i:
             out.write("\n")
         if run is not None:
