@@ -124,6 +124,69 @@ static inline const char *text_at(const Texts *t, Py_ssize_t i, Py_ssize_t *len)
     return CH(t->data) + t->off[i];
 }
 
+/* Timestamps in microseconds, (ns - base) / 1000.0 as the per-record encoder computes them: the
+ * JSON list orjson wrote, or the int64 nanoseconds ns - base themselves where every one is below
+ * TIME_INT_LIMIT in magnitude. There the double nearest k / 1000 is less than 2^43, so its ulp is
+ * below 0.001: the exact decimal of k / 1000 (at most three decimals, trailing zeros dropped, at
+ * least one) reads back as that double and no shorter decimal does, which makes it the shortest
+ * text orjson writes (the tests compare the two on millions of values and at the limit). */
+#define TIME_INT_LIMIT ((int64_t)1000 << 43)
+#define TIME_MAX 32
+
+typedef struct {
+    Texts list;
+    Arr ints;
+    int is_ints;
+} Times;
+
+static void times_release(Times *t) {
+    texts_release(&t->list);
+    arr_release(&t->ints);
+}
+
+static int times_get(PyObject *obj, Py_ssize_t n, Times *t, const char *what) {
+    if (PyBytes_Check(obj)) return texts_of_list(obj, n, &t->list, what);
+    t->is_ints = 1;
+    if (arr_get(obj, &t->ints, 8, what) < 0) return -1;
+    if (t->ints.n != n) {
+        PyErr_Format(PyExc_ValueError, "%s: %zd times for %zd rows", what, t->ints.n, n);
+        return -1;
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        int64_t k = I64(t->ints)[i];
+        if (k <= -TIME_INT_LIMIT || k >= TIME_INT_LIMIT) {
+            PyErr_Format(PyExc_ValueError, "%s: a time too far from the base to be written exactly", what);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+static inline Py_ssize_t time_room(const Times *t, Py_ssize_t i) {
+    return t->is_ints ? TIME_MAX : (Py_ssize_t)(t->list.off[i + 1] - t->list.off[i]);
+}
+
+static inline char *put_time(char *o, const Times *t, Py_ssize_t i) {
+    if (!t->is_ints) {
+        Py_ssize_t len;
+        const char *p = text_at(&t->list, i, &len);
+        memcpy(o, p, len);
+        return o + len;
+    }
+    int64_t k = I64(t->ints)[i];
+    uint64_t a = k < 0 ? 0ULL - (uint64_t)k : (uint64_t)k;
+    unsigned f = (unsigned)(a % 1000);
+    if (k < 0) *o++ = '-';
+    o = jt_write_int64(o, (int64_t)(a / 1000));
+    *o++ = '.';
+    *o++ = (char)('0' + f / 100);
+    if ((f %= 100) != 0) {
+        *o++ = (char)('0' + f / 10);
+        if ((f %= 10) != 0) *o++ = (char)('0' + f);
+    }
+    return o;
+}
+
 /* ------------------------------------------------------------------ sweep */
 
 typedef struct {
@@ -144,6 +207,68 @@ static int stack_push(Stack *s, int64_t row) {
     }
     s->rows[s->len++] = row;
     return 0;
+}
+
+/* The end times qsort's comparator reads (set under the GIL, for one call). */
+static const int64_t *tie_end;
+
+/* Longest first, then by row. */
+static int tie_cmp(const void *pa, const void *pb) {
+    int64_t a = *(const int64_t *)pa, b = *(const int64_t *)pb;
+    if (tie_end[a] != tie_end[b]) return tie_end[a] > tie_end[b] ? -1 : 1;
+    return (a > b) - (a < b);
+}
+
+static PyObject *sort_ties(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 4) {
+        PyErr_SetString(PyExc_TypeError, "sort_ties(order, track, start, end)");
+        return NULL;
+    }
+    Py_buffer ob;
+    Arr track = {0}, start = {0}, end = {0};
+    PyObject *result = NULL;
+    if (PyObject_GetBuffer(args[0], &ob, PyBUF_WRITABLE) < 0) return NULL;
+    if (arr_get(args[1], &track, 4, "track") < 0 || arr_get(args[2], &start, 8, "start") < 0 ||
+        arr_get(args[3], &end, 8, "end") < 0)
+        goto done;
+    Py_ssize_t n = start.n;
+    int64_t *ord = (int64_t *)ob.buf;
+    if (ob.len != 8 * n || track.n != n || end.n != n) {
+        PyErr_SetString(PyExc_ValueError, "sort_ties: arrays of different lengths");
+        goto done;
+    }
+    for (Py_ssize_t i = 0; i < n; i++)
+        if (ord[i] < 0 || ord[i] >= n) {
+            PyErr_SetString(PyExc_ValueError, "sort_ties: a row out of range");
+            goto done;
+        }
+    const int32_t *tr = I32(track);
+    const int64_t *st = I64(start), *en = I64(end);
+    tie_end = en;
+    for (Py_ssize_t a = 0, b; a < n; a = b) {
+        for (b = a + 1; b < n && st[ord[b]] == st[ord[a]] && tr[ord[b]] == tr[ord[a]]; b++) {
+        }
+        if (b - a > 16) {
+            qsort(ord + a, b - a, sizeof(int64_t), tie_cmp);
+            continue;
+        }
+        for (Py_ssize_t i = a + 1; i < b; i++) { /* insertion sort: runs are short */
+            int64_t x = ord[i];
+            Py_ssize_t j = i;
+            while (j > a && tie_cmp(&ord[j - 1], &x) > 0) {
+                ord[j] = ord[j - 1];
+                j--;
+            }
+            ord[j] = x;
+        }
+    }
+    result = Py_NewRef(Py_None);
+done:
+    PyBuffer_Release(&ob);
+    arr_release(&track);
+    arr_release(&start);
+    arr_release(&end);
+    return result;
 }
 
 static inline int put_event(Buf *out, int64_t row, int kind) {
@@ -274,7 +399,7 @@ typedef struct {
     Py_ssize_t n;
     Texts name;           /* the span's name (a null one already "None") */
     Arr pid, tid;         /* int32 process, int64 track id */
-    Texts start, end;     /* the timestamps' texts (orjson lists) */
+    Times start, end;
     Arr attr;             /* int32 code of the span's attrs among the distinct ones */
     Texts inner;          /* per code: the attrs' members as args text, each with its comma */
     Arr slow;             /* uint8 per code: the args are given whole in `exact` */
@@ -287,7 +412,9 @@ typedef struct {
 
 static void spans_dealloc(PyObject *self) {
     SpansObject *c = (SpansObject *)self;
-    Texts *texts[] = {&c->name, &c->start, &c->end, &c->inner, &c->id};
+    Texts *texts[] = {&c->name, &c->inner, &c->id};
+    times_release(&c->start);
+    times_release(&c->end);
     Arr *arrs[] = {&c->pid, &c->tid, &c->attr, &c->slow, &c->index, &c->has_index, &c->has_id, &c->open};
     for (size_t k = 0; k < sizeof texts / sizeof texts[0]; k++) texts_release(texts[k]);
     for (size_t k = 0; k < sizeof arrs / sizeof arrs[0]; k++) arr_release(arrs[k]);
@@ -321,7 +448,7 @@ static PyObject *spans_new(PyTypeObject *type, PyObject *args, PyObject *kw) {
     }
     if (texts_get(name_off, names, n, &c->name, "names") < 0 || texts_get(id_off, ids, n, &c->id, "ids") < 0 ||
         texts_get(inner_off, inner, c->slow.n, &c->inner, "args") < 0 ||
-        texts_of_list(starts, n, &c->start, "starts") < 0 || texts_of_list(ends, n, &c->end, "ends") < 0)
+        times_get(starts, n, &c->start, "starts") < 0 || times_get(ends, n, &c->end, "ends") < 0)
         goto fail;
     for (Py_ssize_t i = 0; i < n; i++)
         if (I32(c->attr)[i] < 0 || I32(c->attr)[i] >= c->slow.n) {
@@ -376,10 +503,10 @@ static int put_args(Buf *b, const SpansObject *c, Py_ssize_t i) {
 
 static int put_span_event(Buf *b, const SpansObject *c, Py_ssize_t i, int kind) {
     static const char *heads[] = {"{\"ph\":\"B\",\"name\":", "{\"ph\":\"E\",\"name\":", "{\"ph\":\"X\",\"name\":"};
-    Py_ssize_t name_len, ts_len;
+    Py_ssize_t name_len;
     const char *name = text_at(&c->name, i, &name_len);
-    const char *ts = text_at(kind == EV_E ? &c->end : &c->start, i, &ts_len);
-    if (buf_reserve(b, JT_STR_MAX(name_len) + ts_len + 2 * JT_INT64_MAX + 96) < 0) return -1;
+    const Times *ts = kind == EV_E ? &c->end : &c->start;
+    if (buf_reserve(b, JT_STR_MAX(name_len) + time_room(ts, i) + 2 * JT_INT64_MAX + 96) < 0) return -1;
     char *o = b->data + b->len;
     memcpy(o, heads[kind], 17);
     o += 17;
@@ -389,8 +516,7 @@ static int put_span_event(Buf *b, const SpansObject *c, Py_ssize_t i, int kind) 
     LIT(o, ",\"tid\":");
     o = jt_write_int64(o, I64(c->tid)[i]);
     LIT(o, ",\"ts\":");
-    memcpy(o, ts, ts_len);
-    o += ts_len;
+    o = put_time(o, ts, i);
     if (kind == EV_B) {
         *o++ = '}';
         b->len = o - b->data;
@@ -472,7 +598,8 @@ static PyTypeObject SpansType = {
 typedef struct {
     PyObject_HEAD
     Py_ssize_t n;
-    Texts name, ts, value;
+    Texts name, value;
+    Times ts;
     Arr pid, plain; /* int32 process; uint8 whether the mark is a plain counter */
     PyObject *exact; /* dict: position -> the event's bytes, or None for no event */
     Buf out;
@@ -481,7 +608,7 @@ typedef struct {
 static void marks_dealloc(PyObject *self) {
     MarksObject *c = (MarksObject *)self;
     texts_release(&c->name);
-    texts_release(&c->ts);
+    times_release(&c->ts);
     texts_release(&c->value);
     arr_release(&c->pid);
     arr_release(&c->plain);
@@ -505,7 +632,7 @@ static PyObject *marks_new(PyTypeObject *type, PyObject *args, PyObject *kw) {
         PyErr_SetString(PyExc_ValueError, "mark columns of different lengths");
         goto fail;
     }
-    if (texts_get(name_off, names, n, &c->name, "names") < 0 || texts_of_list(ts, n, &c->ts, "ts") < 0 ||
+    if (texts_get(name_off, names, n, &c->name, "names") < 0 || times_get(ts, n, &c->ts, "ts") < 0 ||
         texts_of_list(values, n, &c->value, "values") < 0)
         goto fail;
     return (PyObject *)c;
@@ -545,9 +672,9 @@ static PyObject *marks_encode(PyObject *self, PyObject *const *args, Py_ssize_t 
                 return NULL;
             continue;
         }
-        Py_ssize_t nl, tl, vl;
-        const char *nm = text_at(&c->name, i, &nl), *t = text_at(&c->ts, i, &tl), *v = text_at(&c->value, i, &vl);
-        if (buf_reserve(out, 2 * JT_STR_MAX(nl) + tl + vl + JT_INT64_MAX + 64) < 0) return NULL;
+        Py_ssize_t nl, vl;
+        const char *nm = text_at(&c->name, i, &nl), *v = text_at(&c->value, i, &vl);
+        if (buf_reserve(out, 2 * JT_STR_MAX(nl) + time_room(&c->ts, i) + vl + JT_INT64_MAX + 64) < 0) return NULL;
         char *o = out->data + out->len;
         if (out->len) *o++ = ',';
         LIT(o, "{\"ph\":\"C\",\"name\":");
@@ -557,8 +684,7 @@ static PyObject *marks_encode(PyObject *self, PyObject *const *args, Py_ssize_t 
         LIT(o, ",\"pid\":");
         o = jt_write_int64(o, I32(c->pid)[i]);
         LIT(o, ",\"ts\":");
-        memcpy(o, t, tl);
-        o += tl;
+        o = put_time(o, &c->ts, i);
         LIT(o, ",\"args\":{");
         memcpy(o, quoted, ql);
         o += ql;
@@ -591,6 +717,10 @@ static PyTypeObject MarksType = {
 };
 
 static PyMethodDef module_methods[] = {
+    {"sort_ties", (PyCFunction)(void (*)(void))sort_ties, METH_FASTCALL,
+     "sort_ties($module, order, track, start, end, /)\n--\n\n"
+     "Rows sorted by thread and start (in order, in place) put longest first, then by row, where\n"
+     "those are equal."},
     {"sweep", (PyCFunction)(void (*)(void))sweep, METH_FASTCALL,
      "sweep($module, order, track, start, end, parent, bounds, /)\n--\n\n"
      "The B/E/X events (row * 4 + kind, int64 bytes) of a session's threads in output order, each\n"

@@ -232,7 +232,13 @@ def track_order(pid: np.ndarray, tid: np.ndarray, start: np.ndarray, end: np.nda
     t_rank[np.argsort(t_first, kind="stable")] = np.arange(len(t_first))
     track = t_rank[t_of]
     del t_of
-    order = np.lexsort((np.arange(n, dtype=np.int32), -end, start, track))
+    if _cperfetto is None:
+        order = np.lexsort((np.arange(n, dtype=np.int32), -end, start, track))
+    else:  # spans come about in start order: a stable sort by start is quick, then the ties
+        order = np.argsort(start, kind="stable").astype(np.int64, copy=False)
+        if len(t_first) > 1:
+            order = order[np.argsort(track[order], kind="stable")]
+        _cperfetto.sort_ties(order, track, start, end)
     bounds = np.searchsorted(track[order], np.arange(len(t_first) + 1))
     return track, order, bounds
 

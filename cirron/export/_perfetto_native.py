@@ -63,9 +63,18 @@ def float_list(values: np.ndarray) -> bytes:
     return orjson.dumps(np.ascontiguousarray(values, dtype=np.float64), option=orjson.OPT_SERIALIZE_NUMPY)
 
 
-def _times(ns: np.ndarray, base: int) -> bytes:
-    """``(ns - base) / 1000.0`` (what the per-record encoder computes) as a JSON list."""
-    return float_list((ns - np.int64(base)).astype(np.float64) / 1000.0)
+#: Below this many nanoseconds from the base, the compiled encoder writes a time itself (see
+#: ``TIME_INT_LIMIT`` in _cperfetto.c: the exact decimal of the microseconds is orjson's text).
+TIME_INT_LIMIT = 1000 << 43
+
+
+def _times(ns: np.ndarray, base: int) -> bytes | np.ndarray:
+    """``(ns - base) / 1000.0`` (what the per-record encoder computes) for the compiled encoder:
+    ``ns - base`` where it writes them all itself, else the floats' JSON list."""
+    since = ns - np.int64(base)  # the range was checked: no overflow
+    if not len(since) or (int(since.max()) < TIME_INT_LIMIT and int(since.min()) > -TIME_INT_LIMIT):
+        return np.ascontiguousarray(since, dtype=np.int64)
+    return float_list(since.astype(np.float64) / 1000.0)
 
 
 def text_buffers(arr: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, Any]:
