@@ -155,6 +155,16 @@ def write_members(fh: Any, items: Iterable[bytes], already: int = 0, chunk: int 
     size = 0
     buf: list[bytes] = []
     for item in items:
+        if len(item) >= chunk_bytes:  # written as it is, not copied into a joined chunk
+            if buf:
+                fh.write((b"," if n or already else b"") + b",".join(buf))
+                n += len(buf)
+                buf.clear()
+                size = 0
+            fh.write(b"," if n or already else b"")
+            fh.write(item)
+            n += 1
+            continue
         buf.append(item)
         size += len(item)
         if len(buf) >= chunk or size >= chunk_bytes:
