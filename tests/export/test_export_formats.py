@@ -272,3 +272,20 @@ def test_unknown_format(factory: SpoolFactory, tmp_path):
     r = run("traces", "export", "--format", "xml", "--spool", str(factory.spool_dir))
     assert r.exit_code == 2 and "Invalid value for '--format'" in r.stderr
     assert "'xml' is not one of" in r.stderr and "'perfetto'" in r.stderr
+
+
+def test_write_members_joins_small_items_and_writes_big_ones_whole():
+    """Members come out comma-separated in order whatever their sizes, continuing an array that
+    has members already; the count is of the items."""
+    import io
+
+    from cirron.export._common import write_members
+
+    items = [b"1", b"22", b"x" * 50, b"3", b"y" * 10, b"z" * 10, b"4"]
+    for already in (0, 2):
+        for chunk, chunk_bytes in ((2, 1 << 20), (100, 8), (1, 1), (100, 1 << 20)):
+            fh = io.BytesIO()
+            assert write_members(fh, iter(items), already=already, chunk=chunk, chunk_bytes=chunk_bytes) == len(items)
+            assert fh.getvalue() == (b"," if already else b"") + b",".join(items)
+    fh = io.BytesIO()
+    assert write_members(fh, iter([]), already=3) == 0 and fh.getvalue() == b""
