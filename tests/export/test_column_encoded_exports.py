@@ -485,7 +485,7 @@ def test_compiled_tie_order_is_the_sort():
     if c is None:
         pytest.skip("the compiled perfetto encoder is not built here")
     rng = np.random.default_rng(5)
-    for trial in range(60):
+    for _trial in range(60):
         n = int(rng.integers(1, 3000))
         start = rng.integers(0, int(rng.choice([3, 50, 10**9])), n).astype(np.int64)
         end = start + rng.integers(0, int(rng.choice([2, 100])), n)
