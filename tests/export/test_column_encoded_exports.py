@@ -495,3 +495,15 @@ def test_compiled_tie_order_is_the_sort():
         order = order[np.argsort(track[order], kind="stable")].astype(np.int64)
         c.sort_ties(order, track, start, end)
         assert order.tolist() == want.tolist()
+
+
+def test_perfetto_thread_ids_beyond_overlap_track_ids(factory: SpoolFactory, tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch, perfetto_encoder: str):
+    """A thread id whose overlap tracks' ids an int64 cannot hold: the compiled encoder leaves the
+    session to the per-record one, the same file comes out."""
+    root = factory.span("cirron.session", dur_ns=10 * MS)
+    kids = [factory.span("step", parent_id=root["id"], start_ns=BASE_NS + i * MS, dur_ns=MS, thread_id=2**60 + i % 2)
+            for i in range(4)]
+    factory.write_batch([root, *kids], [factory.mark(kids[0]["id"], "loss", 0.5)], session_id=root["id"])
+    assert_same(factory.spool_dir, tmp_path, "perfetto", monkeypatch)
+    assert b'"tid":1152921504606846977' in (tmp_path / "fast.json").read_bytes()
