@@ -171,7 +171,7 @@ class _SessionText:
     def __init__(self, cols: Any, open_end_ns: int | None) -> None:
         pa.default_memory_pool().release_unused()  # what reading the columns left in Arrow's pool
         spans = _Columns(cols.spans)
-        marks = self.m = _Columns(cols.marks)
+        self.m = _Columns(cols.marks)
         self.s = spans
         self.n_spans = cols.spans.num_rows
         self.cols = cols
@@ -201,14 +201,22 @@ class _SessionText:
                                                    pc.is_null(parent_id)), False).to_numpy(zero_copy_only=False))
         root_row = int(root[0]) if len(root) else -1
 
-        mark_span = marks["span_id"]
-        row = pc.fill_null(pc.index_in(mark_span, value_set=ids), -1).to_numpy(zero_copy_only=False).astype(np.int64)
+        mark_span = cols.marks["span_id"]
+        row = getattr(cols, "mark_span", None)  # the reader's lookup, when it kept it
+        if row is None or len(row) != cols.marks.num_rows:
+            row = pc.fill_null(pc.index_in(mark_span, value_set=ids), -1).to_numpy(zero_copy_only=False)
+            pa.default_memory_pool().release_unused()  # the hash table of index_in
+        row = np.array(row, dtype=np.int64)
         row[pc.fill_null(pc.equal(mark_span, ROOT_SENTINEL), False).to_numpy(zero_copy_only=False)] = -1
         self.mark_target = np.where(row >= 0, row, root_row)
         del row
-        pa.default_memory_pool().release_unused()  # the hash table of index_in
-        self.mark_order = np.argsort(self.mark_target, kind="stable")
-        self.sorted_target = self.mark_target[self.mark_order]
+        target = self.mark_target
+        if len(target) < 2 or bool((target[1:] >= target[:-1]).all()):  # marks already in span order
+            self.mark_order = np.arange(len(target), dtype=np.int64)
+            self.sorted_target = target
+        else:
+            self.mark_order = np.argsort(target, kind="stable")
+            self.sorted_target = target[self.mark_order]
         decoded_m, self.mark_attr = _distinct(cols.marks["attrs"])
         extra: list[str | None] = []
         for a in decoded_m:

@@ -83,6 +83,9 @@ class SessionColumns:
     mark_values: list[Any] | None
     #: Row of each winning span's parent among the winning spans (-1: not among them).
     span_parent: np.ndarray
+    #: Row of each winning mark's ``span_id`` among the winning spans (-1: not among them, or
+    #: null); ``None`` where the reader did not keep it (the encoders then look the ids up).
+    mark_span: np.ndarray | None = None
 
 
     def values(self, start: int = 0, stop: int | None = None) -> list[Any]:
@@ -545,9 +548,10 @@ def _read_session(info: SessionInfo, with_marks: bool) -> SessionColumns:
         marks_t = marks_t.filter(pa.array(keep_m))
         if mark_values is not None:
             mark_values = [v for v, k in zip(mark_values, keep_m.tolist()) if k]
+        row = row[keep_m]
     win_set = set(span_ids.col.to_pylist()) if snaps else set()
     return SessionColumns(info, spans_t, marks_t, _snapshots(snaps, win_set), span_epoch, span_batch,
-                          mark_epoch, mark_batch, mark_values, parent)
+                          mark_epoch, mark_batch, mark_values, parent, row)
 
 
 def span_schema() -> pa.Schema:

@@ -105,7 +105,10 @@ def _piece(cols: Any, keep: np.ndarray) -> Any:
     mark_keep = np.array([s in ids for s in cols.marks["span_id"].to_pylist()], dtype=bool)
     marks = cols.marks.filter(pa.array(mark_keep))
     values = None if cols.mark_values is None else [v for v, k in zip(cols.mark_values, mark_keep) if k]
+    mark_span = cols.mark_span[mark_keep]
+    mark_span = np.where(mark_span >= 0, new_row[np.maximum(mark_span, 0)], -1)
     return dataclasses.replace(cols, spans=spans, marks=marks, span_parent=parent, mark_values=values,
+                               mark_span=mark_span,
                                span_epoch=cols.span_epoch[rows], span_batch=cols.span_batch[rows],
                                mark_epoch=cols.mark_epoch[mark_keep], mark_batch=cols.mark_batch[mark_keep])
 
@@ -221,3 +224,20 @@ def test_without_the_module_the_twin_writes_the_same_export(factory: SpoolFactor
 
     export.write_otlp_json(list(open_catalog([spool], lambda _m: None).sessions), tmp_path / "here.json")
     assert (tmp_path / "twin.json").read_bytes() == (tmp_path / "here.json").read_bytes()
+
+
+def test_the_readers_mark_rows_are_the_lookup_of_their_span_ids(factory: SpoolFactory):
+    """The encoder takes each mark's span row from the reader (``mark_span``) instead of
+    looking its id up again: the same rows, ids that are not 32 lowercase hex digits included."""
+    import pyarrow.compute as pc
+
+    _hard_spool(factory)
+    rows = 0
+    for info, cols in _sessions(factory.spool_dir):
+        assert cols.mark_span is not None
+        want = pc.fill_null(pc.index_in(cols.marks["span_id"], value_set=cols.spans["id"].combine_chunks()), -1)
+        assert cols.mark_span.tolist() == want.to_pylist()
+        rows += int((cols.mark_span >= 0).sum())
+        without = dataclasses.replace(cols, mark_span=None)
+        assert _encode(without, info.last_ns, None) == _encode(cols, info.last_ns, None)
+    assert rows > 10
