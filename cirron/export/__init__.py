@@ -102,6 +102,8 @@ def write_otlp_json(sessions: Iterable[Session | SessionInfo], path: str | os.Pa
             head, tail = shell[:-4], shell[-4:]  # ...,"spans":[   |   ]}]}
             fh.write(head)
             fast = None if isinstance(sess, Session) else _columns_spans(fh, sess)
+            if fast is None and not isinstance(sess, Session):
+                fast = _piece_spans(fh, sess)
             streamed = None if isinstance(sess, Session) or fast is not None else _streamed_spans(sess)
             if fast is not None:
                 n += fast
@@ -131,6 +133,19 @@ def _columns_spans(fh: Any, info: SessionInfo) -> int | None:
         return write_spans(fh, cols, info.last_ns)
     except CannotEncode:
         return None
+
+
+def _piece_spans(fh: Any, info: SessionInfo) -> int | None:
+    """Write the spans of a streamable session too big for :func:`_columns_spans`, encoded from
+    its columns piece by piece (:mod:`cirron.export._otlp_pieces`); ``None`` (nothing written)
+    when it cannot."""
+    from cirron.spool.columnar import can_read
+
+    if not info.streamable or can_read(info):
+        return None
+    from cirron.export._otlp_pieces import write_spans_in_pieces
+
+    return write_spans_in_pieces(fh, info, info.last_ns)
 
 
 def _streamed_spans(info: SessionInfo) -> Iterator[Any] | None:

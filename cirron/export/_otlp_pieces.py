@@ -1,0 +1,197 @@
+"""The OTLP/JSON spans of a session too big for whole columns, encoded piece by piece.
+
+:func:`cirron.spool.pieces.iter_pieces` gives the session's winning records in pieces; a mark is
+an event of its span (and a GenAI ``request`` span takes attributes from its marks), so a piece's
+spans are encoded with every mark that hangs from them, wherever in the session those are:
+
+1. the pieces are read once: each piece's spans and marks go to temporary Arrow IPC files, the
+   exact keys of its span ids to a :class:`~cirron.export._piecewise.SpanIndex`, its marks' keys
+   of their ``span_id`` to a file;
+2. each piece's marks are read back and appended to the file of the piece that holds their span
+   (the session's root for marks on the sentinel or on no span of the session; a file of their
+   own, written last as placeholder spans, when there is no root), so each file holds its marks
+   in session order;
+3. each piece's spans are encoded with their marks by the column encoder
+   (:func:`cirron.export._otlp_columns.write_spans`): the same bytes as for the whole session.
+
+Memory: about 16 bytes per span for the index, plus one piece and its marks. Disk: the pieces'
+columns twice at most (about 0.6 bytes per byte of JSON each), besides the spill of
+:func:`~cirron.spool.pieces.iter_pieces` while it runs; removed when the export ends or fails.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Generator
+from pathlib import Path
+from typing import Any, cast
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from cirron._schema import ROOT_SENTINEL, SESSION_SPAN_NAME
+from cirron.export._otlp_columns import CannotEncode, write_spans
+from cirron.export._piecewise import SpanIndex, Spill, exact_keys
+from cirron.spool.catalog import SessionInfo
+
+__all__ = ["write_spans_in_pieces"]
+
+
+class _Commas:
+    """A file that puts a comma before the next piece's text when spans were written before."""
+
+    def __init__(self, fh: Any) -> None:
+        self.fh = fh
+        self.pending = False
+
+    def write(self, data: bytes | memoryview) -> None:
+        if not len(data):
+            return
+        if self.pending:
+            self.fh.write(b",")
+            self.pending = False
+        self.fh.write(data)
+
+
+def write_spans_in_pieces(fh: Any, info: SessionInfo, open_end_ns: int | None) -> int | None:
+    """:func:`~cirron.export._otlp_columns.write_spans` for a session read piece by piece (see the
+    module docstring); ``None``, with nothing written, when the pieces cannot carry it or the
+    column encoder cannot encode it (then it is read the reference way)."""
+    from cirron.spool.columnar import SessionColumns
+    from cirron.spool.pieces import iter_pieces
+
+    if not fh.seekable():
+        return None
+    pieces = iter_pieces(info, session_parents=True)
+    if pieces is None:
+        return None
+    start = fh.tell()
+    with tempfile.TemporaryDirectory(prefix="cirron-otlp-") as tmp:
+        try:
+            plan = _read_pieces(pieces, Path(tmp))
+            out = _Commas(fh)
+            n = 0
+            empty = np.zeros(0, dtype=np.int64)
+            for k in range(plan.n_pieces + 1):
+                spans, _ = plan.spans.read(k, plan.span_schema) if k < plan.n_pieces else (None, None)
+                marks, values = plan.routed.read(k, plan.mark_schema)
+                if spans is None:  # the marks of no span, in a session without root: placeholders
+                    if not marks.num_rows:
+                        continue
+                    spans = plan.span_schema.empty_table()
+                parent = spans["_parent"].to_numpy() if spans.num_rows else empty
+                cols = SessionColumns(info, spans.drop_columns(["_parent"]), marks, [], empty, empty, empty, empty,
+                                      values, parent)
+                del spans, marks, values
+                out.pending = n > 0
+                n += write_spans(out, cols, open_end_ns)
+                del cols
+                pa.default_memory_pool().release_unused()
+            return n
+        except CannotEncode:
+            fh.seek(start)
+            fh.truncate()
+            return None
+        finally:
+            cast(Generator[Any, None, None], pieces).close()  # its spill goes now, read to the end or not
+
+
+class _Plan:
+    def __init__(self, directory: Path) -> None:
+        self.spans = Spill(directory, "spans")
+        self.marks = Spill(directory, "marks")
+        self.routed = Spill(directory, "routed")
+        self.index = SpanIndex()
+        self.n_pieces = 0
+        self.piece_start: list[int] = [0]
+        self.root = -1
+        self.span_schema: Any = None
+        self.mark_schema: Any = None
+        #: (parent row, key of the parent's id as the child names it) of spans whose parent is in
+        #: another piece: the encoder derives such a parent's span id from that text
+        self.away: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+
+
+def _read_pieces(pieces: Any, directory: Path) -> _Plan:
+    plan = _Plan(directory)
+    keys_dir = directory / "keys"
+    keys_dir.mkdir()
+    for k, piece in enumerate(pieces):
+        plan.n_pieces = k + 1
+        spans = piece.spans
+        n = spans.num_rows
+        row0 = plan.piece_start[-1]
+        plan.piece_start.append(row0 + n)
+        hi, lo, _valid = exact_keys(spans["id"])
+        plan.index.add(hi, lo)
+        del hi, lo
+        names, parent_id = spans["name"], spans["parent_id"]
+        if plan.root < 0 and n:
+            root = pc.fill_null(pc.and_(pc.equal(names, SESSION_SPAN_NAME), pc.is_null(parent_id)), False)
+            at = np.flatnonzero(root.to_numpy(zero_copy_only=False) if not isinstance(root, pa.ChunkedArray)
+                                else root.combine_chunks().to_numpy(zero_copy_only=False))
+            if len(at):
+                plan.root = row0 + int(at[0])
+        parent = np.asarray(piece.span_parent, dtype=np.int64)
+        inside = (parent >= row0) & (parent < row0 + n)
+        away = np.flatnonzero((parent >= 0) & ~inside)
+        if len(away):
+            phi, plo, _v = exact_keys(parent_id.take(pa.array(away)))
+            plan.away.append((parent[away], phi, plo))
+        local = np.where(inside, parent - row0, -1)
+        spans = spans.append_column("_parent", pa.array(local, pa.int64()))
+        plan.span_schema = spans.schema
+        plan.spans.append(k, spans)
+        del spans, local, parent
+        marks = piece.marks
+        plan.mark_schema = marks.schema
+        mhi, mlo, mvalid = exact_keys(marks["span_id"])
+        sentinel = pc.fill_null(pc.equal(marks["span_id"], ROOT_SENTINEL), False)
+        sentinel = sentinel.combine_chunks() if isinstance(sentinel, pa.ChunkedArray) else sentinel
+        mvalid &= ~sentinel.to_numpy(zero_copy_only=False)
+        np.save(keys_dir / f"{k}.npy", np.stack([mhi, mlo, mvalid.astype(np.uint64)]))
+        plan.marks.append(k, marks, piece.mark_values)
+        del marks, piece, mhi, mlo, mvalid
+    plan.spans.close()
+    plan.marks.close()
+    plan.index.seal()
+    _check_away(plan)
+    _route_marks(plan, keys_dir)
+    return plan
+
+
+def _check_away(plan: _Plan) -> None:
+    """A parent in another piece is named by the child with its exact id (else the whole
+    session's encoder, which takes the parent's own id, would write another span id)."""
+    for rows, hi, lo in plan.away:
+        if not (plan.index.lookup(hi, lo, np.ones(len(hi), dtype=bool)) == rows).all():
+            raise CannotEncode("a parent named by another spelling of its id")
+    plan.away = []
+
+
+def _route_marks(plan: _Plan, keys_dir: Path) -> None:
+    starts = np.asarray(plan.piece_start[:-1], dtype=np.int64)
+    orphans = plan.n_pieces  # the marks of no span in a session without root
+    for k in range(plan.n_pieces):
+        marks, values = plan.marks.read(k, plan.mark_schema)
+        if not marks.num_rows:
+            continue
+        hi, lo, valid = np.load(keys_dir / f"{k}.npy")
+        (keys_dir / f"{k}.npy").unlink()
+        row = plan.index.lookup(hi, lo, valid.astype(bool))
+        del hi, lo, valid
+        row[row < 0] = plan.root
+        target = np.where(row >= 0, np.searchsorted(starts, row, side="right") - 1, orphans)
+        del row
+        order = np.argsort(target, kind="stable")
+        sorted_target = target[order]
+        bounds = np.flatnonzero(np.diff(sorted_target)) + 1
+        for a, b in zip([0, *bounds.tolist()], [*bounds.tolist(), len(order)]):
+            rows = order[a:b]
+            run = marks.take(pa.array(rows)) if (a, b) != (0, len(order)) else marks
+            plan.routed.append(int(sorted_target[a]), run,
+                               None if values is None else [values[i] for i in rows.tolist()])
+        del marks, values, order, target
+        pa.default_memory_pool().release_unused()
+    plan.routed.close()

@@ -1,0 +1,200 @@
+"""OTLP/JSON and Perfetto exports of sessions too big for whole columns, encoded piece by piece
+(cirron.export._otlp_pieces, cirron.export._perfetto_pieces), write the same bytes as the whole
+columns' encoders. The threshold is lowered so every session here counts as big and is read in
+pieces of a few records: marks then hang from spans of other pieces (before and after theirs),
+parents are in other pieces, request spans take attributes from marks of other pieces."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("pyarrow")
+from spool_factory import BASE_NS, MS, SpoolFactory, hard_session, new_id, thread_mix  # noqa: E402
+
+from cirron import export as ex  # noqa: E402
+from cirron._schema import ROOT_SENTINEL  # noqa: E402
+from cirron.export import _otlp_pieces  # noqa: E402
+from cirron.spool import columnar, pieces  # noqa: E402
+from cirron.spool.catalog import open_catalog  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from test_column_encoded_exports import odd_session  # noqa: E402
+
+FORMATS = ["otel"]
+
+
+def _write(fmt: str, items: list, path: Path, base: int | None) -> None:
+    if fmt == "otel":
+        ex.write_otlp_json(items, path)
+    else:
+        ex.write_perfetto(items, path, base_ns=base)
+
+
+def _no_streamed_path(m: pytest.MonkeyPatch) -> None:
+    def refuse(*_a, **_k):
+        raise AssertionError("a big session took the per-record streamed path")
+
+    m.setattr(ex, "_streamed_spans", refuse)
+
+
+def assert_same_in_pieces(spool: Path, tmp: Path, fmt: str, monkeypatch: pytest.MonkeyPatch,
+                          piece_rows: int = 3, strict: bool = True) -> int:
+    """The export of ``spool`` with every session read in pieces of ``piece_rows`` records equals
+    the whole columns' export; returns how many sessions were encoded piece by piece (with
+    ``strict``, every session is: none takes the per-record streamed path)."""
+    cat = open_catalog([spool], lambda _m: None)
+    infos = list(cat.sessions)
+    base = min((s.started_ns for s in infos if type(s.started_ns) is int), default=None)
+    _write(fmt, infos, tmp / "whole.json", base)
+    used = []
+    real = _otlp_pieces.write_spans_in_pieces
+
+    def spy(*args, **kwargs):
+        got = real(*args, **kwargs)
+        used.append(got is not None)
+        return got
+
+    with monkeypatch.context() as m:
+        m.setattr(columnar, "MAX_SESSION_BYTES", 10)
+        m.setattr(pieces, "PIECE_ROWS", piece_rows)
+        m.setattr(_otlp_pieces, "write_spans_in_pieces", spy)
+        if strict:
+            _no_streamed_path(m)
+        _write(fmt, infos, tmp / "pieces.json", base)
+    whole = (tmp / "whole.json").read_bytes()
+    assert (tmp / "pieces.json").read_bytes() == whole
+    json.loads(whole)
+    return sum(used)
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("piece_rows", [1, 3, 1000])
+def test_hard_sessions(factory: SpoolFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fmt: str,
+                       piece_rows: int):
+    hard_session(factory)
+    factory.session(start_ns=BASE_NS + 10**12, split=True)
+    thread_mix(factory)
+    assert assert_same_in_pieces(factory.spool_dir, tmp_path, fmt, monkeypatch, piece_rows) == 3
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_odd_values_escapes_and_attrs(factory: SpoolFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                      fmt: str):
+    odd_session(factory)
+    assert assert_same_in_pieces(factory.spool_dir, tmp_path, fmt, monkeypatch) == 1
+
+
+def _far_marks_session(f: SpoolFactory) -> None:
+    """Marks written long before and long after their span, on the sentinel and on the root from
+    every batch; a request span whose token counts come from far batches; deep parents in other
+    pieces; several ranks and threads."""
+    root = f.span("cirron.session", start_ns=BASE_NS, dur_ns=10**9, attrs={"rank": 0})
+    rid = root["id"]
+    req = f.span("request", parent_id=rid, start_ns=BASE_NS + 5 * MS, dur_ns=MS, attrs={"model": "m"})
+    f.write_batch([dict(root, end_ns=None)], [f.mark(req["id"], "prompt_tokens", 4, ts_ns=BASE_NS + 5 * MS)],
+                  session_id=rid)
+    parent = rid
+    for i in range(12):
+        s = f.span("step", parent_id=parent, index=i, start_ns=BASE_NS + (10 + i) * MS, dur_ns=(50 - i) * MS,
+                   thread_id=i % 2, rank=i % 3)
+        f.write_batch([s], [f.mark(ROOT_SENTINEL, "loss", float(i), ts_ns=BASE_NS + (11 + i) * MS),
+                            f.mark(rid, "lr", i * 0.5, ts_ns=BASE_NS + (12 + i) * MS),
+                            f.mark(req["id"] if i == 6 else s["id"], "completion_tokens" if i == 6 else "x", i)],
+                      session_id=rid)
+        parent = s["id"] if i % 4 else rid
+    f.write_batch([req, root], [f.mark(req["id"], "early-late", "text")], session_id=rid)
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("piece_rows", [1, 4])
+def test_marks_and_parents_in_other_pieces(factory: SpoolFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                           fmt: str, piece_rows: int):
+    _far_marks_session(factory)
+    assert assert_same_in_pieces(factory.spool_dir, tmp_path, fmt, monkeypatch, piece_rows) == 1
+
+
+def test_session_without_root_gets_placeholders_last(factory: SpoolFactory, tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch):
+    """Marks on the sentinel of a session without root hang from a placeholder span after all the others.
+    The index never streams such a session (it is the ``(orphan spans)`` one), so its pieces are
+    read here directly, under the batches' session id (which makes the sentinel marks its own)."""
+    import dataclasses
+    import io
+
+    from cirron.export._otlp_columns import write_spans
+
+    f = factory
+    sid = new_id()
+    spans = [f.span("work", start_ns=BASE_NS + i * MS) for i in range(5)]
+    for i, s in enumerate(spans):
+        f.write_batch([s], [f.mark(ROOT_SENTINEL, "orphan", float(i)), f.mark(s["id"], "own", 1.0),
+                            f.mark("not-a-span", "lost", 2.0)], session_id=sid)
+    (info,) = open_catalog([f.spool_dir], lambda _m: None).sessions
+    info = dataclasses.replace(info, id=sid, streamable=True)
+    whole = io.BytesIO()
+    n = write_spans(whole, columnar._read(info, True), None)
+    monkeypatch.setattr(pieces, "PIECE_ROWS", 2)
+    got = io.BytesIO()
+    assert _otlp_pieces.write_spans_in_pieces(got, info, None) == n == 6
+    assert got.getvalue() == whole.getvalue()
+    out = json.loads(b"[" + got.getvalue() + b"]")
+    assert [s["name"] for s in out] == ["work"] * 5 + ["(span not written)"]
+    assert [e["name"] for e in out[-1]["events"]] == ["orphan"] * 5  # a mark on no span of the session is dropped
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_bench_sessions(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fmt: str):
+    from bench_cli import generate
+
+    spool = tmp_path / ".cirron" / "spool"
+    generate(spool, 20_000, 20_000, 8, n_sessions=2)
+    assert assert_same_in_pieces(spool, tmp_path, fmt, monkeypatch, piece_rows=2_000) == 2
+
+
+def test_a_parent_named_by_another_spelling_takes_the_per_record_path(factory: SpoolFactory, tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch):
+    """A child names its parent in uppercase: the pieces find the parent (its key), the whole
+    session's encoder would too, but derives the parent's span id from the text. The piece path
+    declines before writing anything and the export still equals the whole session's."""
+    f = factory
+    root = f.span("cirron.session", start_ns=BASE_NS, dur_ns=10**8)
+    rid = root["id"]
+    child = f.span("child", parent_id=rid.upper(), start_ns=BASE_NS + MS, dur_ns=MS)
+    f.write_batch([child], [f.mark(child["id"], "m", 1.0)], session_id=rid)
+    f.write_batch([root], [], session_id=rid)
+    cat = open_catalog([f.spool_dir], lambda _m: None)
+    ex.write_otlp_json(list(cat.sessions), tmp_path / "whole.json")
+    with monkeypatch.context() as m:
+        m.setattr(columnar, "MAX_SESSION_BYTES", 10)
+        m.setattr(pieces, "PIECE_ROWS", 1)
+        assert _otlp_pieces.write_spans_in_pieces(open(tmp_path / "x", "wb+"), cat.sessions[0], None) is None
+        ex.write_otlp_json(list(cat.sessions), tmp_path / "pieces.json")
+    assert (tmp_path / "pieces.json").read_bytes() == (tmp_path / "whole.json").read_bytes()
+
+
+def test_temporary_files_are_removed_on_error(factory: SpoolFactory, tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch):
+    import tempfile
+
+    hard_session(factory)
+    spill = tmp_path / "spill"
+    spill.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(spill))
+    monkeypatch.setattr(columnar, "MAX_SESSION_BYTES", 10)
+    monkeypatch.setattr(pieces, "PIECE_ROWS", 2)
+
+    def boom(*_a, **_k):
+        assert any(spill.iterdir())  # the pieces are spilled by now
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(_otlp_pieces, "write_spans", boom)
+    cat = open_catalog([factory.spool_dir], lambda _m: None)
+    with pytest.raises(KeyboardInterrupt):
+        ex.write_otlp_json(list(cat.sessions), tmp_path / "out.json")
+    assert not any(spill.iterdir())
+    assert not (tmp_path / "out.json").exists()
