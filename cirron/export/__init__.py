@@ -90,8 +90,9 @@ def write_otlp_json(sessions: Iterable[Session | SessionInfo], path: str | os.Pa
     number of spans.
 
     Each item is a rebuilt :class:`Session`, or the :class:`~cirron.spool.catalog.SessionInfo` of
-    a streamable session, which is read from its batch files span by span
-    (:func:`cirron.spool.outline.iter_span_marks`): memory then stays flat however big it is."""
+    a streamable session, which is read into Arrow columns, whole or piece by piece when it is big
+    (:mod:`cirron.export._otlp_pieces`), or else from its batch files span by span
+    (:func:`cirron.spool.outline.iter_span_marks`): memory then stays bounded however big it is."""
     n = 0
     with atomic_file(path) as tmp, open(tmp, "wb", buffering=1 << 20) as fh:
         fh.write(b'{"resourceSpans":[')

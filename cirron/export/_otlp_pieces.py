@@ -75,7 +75,7 @@ def write_spans_in_pieces(fh: Any, info: SessionInfo, open_end_ns: int | None) -
             empty = np.zeros(0, dtype=np.int64)
             for k in range(plan.n_pieces + 1):
                 spans, _ = plan.spans.read(k, plan.span_schema) if k < plan.n_pieces else (None, None)
-                marks, values = plan.routed.read(k, plan.mark_schema)
+                marks, values = _in_session_order(*plan.routed.read(k, plan.mark_schema))
                 if spans is None:  # the marks of no span, in a session without root: placeholders
                     if not marks.num_rows:
                         continue
@@ -97,11 +97,23 @@ def write_spans_in_pieces(fh: Any, info: SessionInfo, open_end_ns: int | None) -
             cast(Generator[Any, None, None], pieces).close()  # its spill goes now, read to the end or not
 
 
+def _in_session_order(marks: pa.Table, values: list[Any] | None) -> tuple[pa.Table, list[Any] | None]:
+    """A piece's marks (those of its own and those routed to it later) in session order."""
+    row = marks["_mrow"].to_numpy()
+    if len(row) > 1 and (row[1:] < row[:-1]).any():
+        order = np.argsort(row, kind="stable")
+        marks = marks.take(pa.array(order))
+        values = None if values is None else [values[i] for i in order.tolist()]
+    return marks.drop_columns(["_mrow"]), values
+
+
 class _Plan:
     def __init__(self, directory: Path) -> None:
         self.spans = Spill(directory, "spans")
         self.marks = Spill(directory, "marks")
         self.routed = Spill(directory, "routed")
+        self.dir = directory
+        self.n_marks = 0
         self.index = SpanIndex()
         self.n_pieces = 0
         self.piece_start: list[int] = [0]
@@ -115,8 +127,6 @@ class _Plan:
 
 def _read_pieces(pieces: Any, directory: Path) -> _Plan:
     plan = _Plan(directory)
-    keys_dir = directory / "keys"
-    keys_dir.mkdir()
     for k, piece in enumerate(pieces):
         plan.n_pieces = k + 1
         spans = piece.spans
@@ -144,21 +154,50 @@ def _read_pieces(pieces: Any, directory: Path) -> _Plan:
         plan.span_schema = spans.schema
         plan.spans.append(k, spans)
         del spans, local, parent
-        marks = piece.marks
-        plan.mark_schema = marks.schema
-        mhi, mlo, mvalid = exact_keys(marks["span_id"])
-        sentinel = pc.fill_null(pc.equal(marks["span_id"], ROOT_SENTINEL), False)
-        sentinel = sentinel.combine_chunks() if isinstance(sentinel, pa.ChunkedArray) else sentinel
-        mvalid &= ~sentinel.to_numpy(zero_copy_only=False)
-        np.save(keys_dir / f"{k}.npy", np.stack([mhi, mlo, mvalid.astype(np.uint64)]))
-        plan.marks.append(k, marks, piece.mark_values)
-        del marks, piece, mhi, mlo, mvalid
+        _add_marks(plan, k, piece)
+        del piece
     plan.spans.close()
     plan.marks.close()
     plan.index.seal()
     _check_away(plan)
-    _route_marks(plan, keys_dir)
+    _route_marks(plan)
     return plan
+
+
+def _add_marks(plan: _Plan, k: int, piece: Any) -> None:
+    """Piece ``k``'s marks that hang from a span of the same piece go to that piece's file now;
+    the others are spilled with the keys of their span ids, for :func:`_route_marks`."""
+    marks = piece.marks
+    m = marks.num_rows
+    marks = marks.append_column("_mrow", pa.array(np.arange(plan.n_marks, plan.n_marks + m, dtype=np.int64)))
+    plan.n_marks += m
+    plan.mark_schema = marks.schema
+    if not m:
+        return
+    span_id = _combined(marks["span_id"])
+    local = pc.fill_null(pc.index_in(span_id, value_set=_combined(piece.spans["id"])), -1)
+    local = local.to_numpy(zero_copy_only=False)
+    sentinel = pc.fill_null(pc.equal(span_id, ROOT_SENTINEL), False).to_numpy(zero_copy_only=False)
+    here = (local >= 0) & ~sentinel
+    values = piece.mark_values
+    if here.all():
+        plan.routed.append(k, marks, values)
+        return
+    if here.any():
+        plan.routed.append(k, marks.filter(pa.array(here)), _pick(values, here))
+    rest = ~here
+    hi, lo, valid = exact_keys(span_id.filter(pa.array(rest)))
+    valid &= ~sentinel[rest]
+    np.save(plan.dir / f"keys-{k}.npy", np.stack([hi, lo, valid.astype(np.uint64)]))
+    plan.marks.append(k, marks.filter(pa.array(rest)), _pick(values, rest))
+
+
+def _combined(col: pa.Array | pa.ChunkedArray) -> pa.Array:
+    return col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+
+
+def _pick(values: list[Any] | None, keep: np.ndarray) -> list[Any] | None:
+    return None if values is None else [v for v, k in zip(values, keep.tolist()) if k]
 
 
 def _check_away(plan: _Plan) -> None:
@@ -170,15 +209,17 @@ def _check_away(plan: _Plan) -> None:
     plan.away = []
 
 
-def _route_marks(plan: _Plan, keys_dir: Path) -> None:
+def _route_marks(plan: _Plan) -> None:
+    """The spilled marks to the file of the piece that holds their span."""
     starts = np.asarray(plan.piece_start[:-1], dtype=np.int64)
     orphans = plan.n_pieces  # the marks of no span in a session without root
     for k in range(plan.n_pieces):
         marks, values = plan.marks.read(k, plan.mark_schema)
         if not marks.num_rows:
             continue
-        hi, lo, valid = np.load(keys_dir / f"{k}.npy")
-        (keys_dir / f"{k}.npy").unlink()
+        keys = plan.dir / f"keys-{k}.npy"
+        hi, lo, valid = np.load(keys)
+        keys.unlink()
         row = plan.index.lookup(hi, lo, valid.astype(bool))
         del hi, lo, valid
         row[row < 0] = plan.root

@@ -1,5 +1,5 @@
-"""OTLP/JSON and Perfetto exports of sessions too big for whole columns, encoded piece by piece
-(cirron.export._otlp_pieces, cirron.export._perfetto_pieces), write the same bytes as the whole
+"""OTLP/JSON exports of sessions too big for whole columns, encoded piece by piece
+(cirron.export._otlp_pieces), write the same bytes as the whole
 columns' encoders. The threshold is lowered so every session here counts as big and is read in
 pieces of a few records: marks then hang from spans of other pieces (before and after theirs),
 parents are in other pieces, request spans take attributes from marks of other pieces."""
@@ -52,7 +52,8 @@ def assert_same_in_pieces(spool: Path, tmp: Path, fmt: str, monkeypatch: pytest.
     base = min((s.started_ns for s in infos if type(s.started_ns) is int), default=None)
     _write(fmt, infos, tmp / "whole.json", base)
     used = []
-    real = _otlp_pieces.write_spans_in_pieces
+    module, name = _otlp_pieces, "write_spans_in_pieces"
+    real = getattr(module, name)
 
     def spy(*args, **kwargs):
         got = real(*args, **kwargs)
@@ -62,7 +63,7 @@ def assert_same_in_pieces(spool: Path, tmp: Path, fmt: str, monkeypatch: pytest.
     with monkeypatch.context() as m:
         m.setattr(columnar, "MAX_SESSION_BYTES", 10)
         m.setattr(pieces, "PIECE_ROWS", piece_rows)
-        m.setattr(_otlp_pieces, "write_spans_in_pieces", spy)
+        m.setattr(module, name, spy)
         if strict:
             _no_streamed_path(m)
         _write(fmt, infos, tmp / "pieces.json", base)
@@ -198,3 +199,4 @@ def test_temporary_files_are_removed_on_error(factory: SpoolFactory, tmp_path: P
         ex.write_otlp_json(list(cat.sessions), tmp_path / "out.json")
     assert not any(spill.iterdir())
     assert not (tmp_path / "out.json").exists()
+

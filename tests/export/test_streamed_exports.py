@@ -20,11 +20,12 @@ from cirron.spool.catalog import open_catalog
 
 @pytest.fixture(autouse=True)
 def _streamed_path(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Every session too big for the columns: these exports take the streamed path (the column
-    path is compared with it in test_column_encoded_exports.py)."""
+    """Every session too big for the columns, and not encoded piece by piece: these exports take
+    the streamed path (the column path is compared with it in test_column_encoded_exports.py)."""
     from cirron.spool import columnar
 
     monkeypatch.setattr(columnar, "MAX_SESSION_BYTES", 0)
+    monkeypatch.setattr(ex, "_piece_spans", lambda _fh, _info: None)
 
 
 @pytest.fixture
