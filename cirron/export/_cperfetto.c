@@ -271,9 +271,17 @@ done:
     return result;
 }
 
+/* out is the bytes object returned, sized for the two events a span gives at most (checked all
+ * the same: it cannot grow) */
 static inline int put_event(Buf *out, int64_t row, int kind) {
+    if (out->len + 8 > out->cap) {
+        PyErr_SetString(PyExc_ValueError, "sweep: more events than spans");
+        return -1;
+    }
     int64_t code = row * 4 + kind;
-    return buf_put(out, &code, 8);
+    memcpy(out->data + out->len, &code, 8);
+    out->len += 8;
+    return 0;
 }
 
 static PyObject *sweep(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
@@ -285,7 +293,7 @@ static PyObject *sweep(PyObject *self, PyObject *const *args, Py_ssize_t nargs) 
     Buf out = {0}, lanes = {0};
     Stack *stacks = NULL;
     Py_ssize_t n_stacks = 0, cap_stacks = 0;
-    PyObject *opened = NULL, *result = NULL;
+    PyObject *opened = NULL, *result = NULL, *out_bytes = NULL, *lane_bytes = NULL;
     if (arr_get(args[0], &order, 8, "order") < 0 || arr_get(args[1], &track, 4, "track") < 0 ||
         arr_get(args[2], &start, 8, "start") < 0 || arr_get(args[3], &end, 8, "end") < 0 ||
         arr_get(args[4], &parent, 8, "parent") < 0 || arr_get(args[5], &bounds, 8, "bounds") < 0)
@@ -308,7 +316,14 @@ static PyObject *sweep(PyObject *self, PyObject *const *args, Py_ssize_t nargs) 
             PyErr_SetString(PyExc_ValueError, "sweep: bounds out of order");
             goto done;
         }
-    if (buf_reserve(&out, 16 * n + 8) < 0 || buf_reserve(&lanes, 4 * n + 4) < 0) goto done;
+    /* written straight into the bytes returned (no copy of a big session's events at the end) */
+    out_bytes = PyBytes_FromStringAndSize(NULL, 16 * n + 8);
+    lane_bytes = PyBytes_FromStringAndSize(NULL, 4 * n + 4);
+    if (out_bytes == NULL || lane_bytes == NULL) goto done;
+    out.data = PyBytes_AS_STRING(out_bytes);
+    out.cap = 16 * n + 8;
+    lanes.data = PyBytes_AS_STRING(lane_bytes);
+    lanes.cap = 4 * n + 4;
     int32_t *lane = (int32_t *)lanes.data;
     for (Py_ssize_t i = 0; i < n; i++) lane[i] = -1;
     lanes.len = 4 * n;
@@ -373,13 +388,13 @@ static PyObject *sweep(PyObject *self, PyObject *const *args, Py_ssize_t nargs) 
                 if (put_event(&out, q->rows[--q->len], EV_E) < 0) goto done;
         }
     }
-    result = Py_BuildValue("(y#y#O)", out.data ? out.data : "", out.len, lanes.data ? lanes.data : "", lanes.len,
-                           opened);
+    if (_PyBytes_Resize(&out_bytes, out.len) < 0 || _PyBytes_Resize(&lane_bytes, lanes.len) < 0) goto done;
+    result = PyTuple_Pack(3, out_bytes, lane_bytes, opened);
 done:
     for (Py_ssize_t k = 0; k < cap_stacks; k++) PyMem_Free(stacks[k].rows);
     PyMem_Free(stacks);
-    PyMem_Free(out.data);
-    PyMem_Free(lanes.data);
+    Py_XDECREF(out_bytes);
+    Py_XDECREF(lane_bytes);
     Py_XDECREF(opened);
     arr_release(&order);
     arr_release(&track);

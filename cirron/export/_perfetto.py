@@ -63,6 +63,8 @@ def _events(sessions: Iterable[Session | SessionInfo], base_ns: int | None,
     for item in sessions:
         if not isinstance(item, Session):
             encoded = _column_events(item, base, pid_of, threads) if columns else None
+            if encoded is None and columns:
+                encoded = _piece_events(item, base, pid_of, threads)
             if encoded is not None:
                 yield from encoded
                 continue
@@ -228,6 +230,19 @@ def _column_events(info: SessionInfo, base: int, pid_of: dict[tuple[str, object]
     except _perfetto_columns.CannotEncode:
         return None
     return itertools.chain((first,), events)
+
+
+def _piece_events(info: SessionInfo, base: int, pid_of: dict[tuple[str, object], int],
+                  threads: set[tuple[int, int]]) -> Iterator[Any] | None:
+    """The events of a streamable session too big for :func:`_column_events`, encoded from its
+    columns piece by piece (:mod:`cirron.export._perfetto_pieces`); ``None`` when it cannot."""
+    from cirron.spool.columnar import can_read
+
+    if not info.streamable or can_read(info):
+        return None
+    from cirron.export._perfetto_pieces import session_events_in_pieces
+
+    return session_events_in_pieces(info, base, pid_of, threads)
 
 
 def _streamed_events(info: SessionInfo, base: int, pid_of: dict[tuple[str, object], int],

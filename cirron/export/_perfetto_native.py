@@ -38,7 +38,7 @@ from cirron.export._perfetto_columns import (
     track_order,
 )
 
-__all__ = ["check", "session_events", "span_columns", "span_events"]
+__all__ = ["check", "mark_events", "session_events", "span_columns", "span_events"]
 
 #: The compiled module (this one runs only where it was built).
 _cperfetto: Any = _perfetto_columns._cperfetto
@@ -98,8 +98,10 @@ def span_events(pid: np.ndarray, tid: np.ndarray, start: np.ndarray, end: np.nda
     events_b, lanes_b, opened = _cperfetto.sweep(order.astype(np.int64, copy=False), track.astype(np.int32, copy=False),
                                                  start, end, parent, bounds.astype(np.int64, copy=False))
     del track
-    events = np.frombuffer(events_b, dtype=np.int64)
+    firsts = order[bounds[:-1]]  # each track's first span
+    del order  # (as the buffers below: let go before the copies, a big session's peak is here)
     lanes = np.frombuffer(lanes_b, dtype=np.int32)
+    del lanes_b
     track_tid = tid.copy()
     over = lanes > 0
     track_tid[over] = -(np.abs(tid[over]) * 64 + lanes[over])
@@ -107,11 +109,13 @@ def span_events(pid: np.ndarray, tid: np.ndarray, start: np.ndarray, end: np.nda
     texts: list[bytes] = []
     places: list[int] = []
     for place, t, lane in opened:  # each track's name, before its first event
-        first = int(order[bounds[t]])
+        first = int(firsts[t])
         named = thread_name(int(pid[first]), int(tid[first]), lane, threads)
         if named is not None:
             places.append(place)
             texts.append(named)
+    events = np.frombuffer(events_b, dtype=np.int64)
+    del events_b
     if places:
         events = np.insert(events, places, np.arange(len(texts), dtype=np.int64) * 4 + _TEXT)
     return events, texts, track_tid
@@ -158,7 +162,13 @@ def session_events(enc: _SessionEvents, base: int, pid: np.ndarray, tid: np.ndar
             data, begun = spans.encode(events[a:a + SLICE_EVENTS], texts, 0)
             yield Encoded(data, begun)
         del spans, events
-    marks = _marks(enc, pid, base)  # lets the spans' columns go
+    yield from mark_events(enc, pid, base)
+
+
+def mark_events(enc: _SessionEvents, pid: np.ndarray, base: int) -> Iterator[Encoded]:
+    """The events of ``enc``'s marks (``pid``: the process of each of ``enc``'s spans, a mark's is
+    its span's), by the compiled encoder; the spans' combined columns are let go."""
+    marks = _marks(enc, pid, base)
     if marks is None:
         return
     n = len(marks.pid)

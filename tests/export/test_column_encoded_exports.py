@@ -18,7 +18,7 @@ from spool_factory import BASE_NS, MS, SpoolFactory, hard_session, new_id, threa
 
 from cirron import export as ex  # noqa: E402
 from cirron._schema import ROOT_SENTINEL  # noqa: E402
-from cirron.export import _otlp_columns  # noqa: E402
+from cirron.export import _otlp_columns, _perfetto  # noqa: E402
 from cirron.spool import columnar  # noqa: E402
 from cirron.spool.catalog import open_catalog  # noqa: E402
 from cirron.spool.reader import list_batch_files  # noqa: E402
@@ -55,6 +55,7 @@ def assert_same(spool: Path, tmp: Path, fmt: str, monkeypatch: pytest.MonkeyPatc
     with monkeypatch.context() as m:
         m.setattr(columnar, "MAX_SESSION_BYTES", 0)  # every session the streamed way
         m.setattr(ex, "_piece_spans", lambda _fh, _info: None)  # (test_piece_encoded_exports.py: the pieces)
+        m.setattr(_perfetto, "_piece_events", lambda *_a: None)
         _write(fmt, infos, tmp / "streamed.json", base)
     fast = (tmp / "fast.json").read_bytes()
     if rebuilt:

@@ -1,5 +1,5 @@
-"""OTLP/JSON exports of sessions too big for whole columns, encoded piece by piece
-(cirron.export._otlp_pieces), write the same bytes as the whole
+"""OTLP/JSON and Perfetto exports of sessions too big for whole columns, encoded piece by piece
+(cirron.export._otlp_pieces, cirron.export._perfetto_pieces), write the same bytes as the whole
 columns' encoders. The threshold is lowered so every session here counts as big and is read in
 pieces of a few records: marks then hang from spans of other pieces (before and after theirs),
 parents are in other pieces, request spans take attributes from marks of other pieces."""
@@ -17,7 +17,7 @@ from spool_factory import BASE_NS, MS, SpoolFactory, hard_session, new_id, threa
 
 from cirron import export as ex  # noqa: E402
 from cirron._schema import ROOT_SENTINEL  # noqa: E402
-from cirron.export import _otlp_pieces  # noqa: E402
+from cirron.export import _otlp_pieces, _perfetto, _perfetto_columns, _perfetto_pieces  # noqa: E402
 from cirron.spool import columnar, pieces  # noqa: E402
 from cirron.spool.catalog import open_catalog  # noqa: E402
 
@@ -25,7 +25,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from test_column_encoded_exports import odd_session  # noqa: E402
 
-FORMATS = ["otel"]
+#: perfetto-pure: the Arrow-kernel twin of the compiled encoder, whole and in pieces
+FORMATS = ["otel", "perfetto", "perfetto-pure"]
+
+
+@pytest.fixture(autouse=True)
+def _encoder(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    callspec = getattr(request.node, "callspec", None)
+    fmt = callspec.params.get("fmt") if callspec else None
+    if fmt == "perfetto-pure":
+        monkeypatch.setattr(_perfetto_columns, "_cperfetto", None)
+        monkeypatch.setattr(_perfetto_pieces, "_cperfetto", None)
+    elif fmt == "perfetto" and _perfetto_columns._cperfetto is None:
+        pytest.skip("the compiled perfetto encoder is not built")
 
 
 def _write(fmt: str, items: list, path: Path, base: int | None) -> None:
@@ -40,6 +52,7 @@ def _no_streamed_path(m: pytest.MonkeyPatch) -> None:
         raise AssertionError("a big session took the per-record streamed path")
 
     m.setattr(ex, "_streamed_spans", refuse)
+    m.setattr(_perfetto, "_streamed_events", refuse)
 
 
 def assert_same_in_pieces(spool: Path, tmp: Path, fmt: str, monkeypatch: pytest.MonkeyPatch,
@@ -52,7 +65,8 @@ def assert_same_in_pieces(spool: Path, tmp: Path, fmt: str, monkeypatch: pytest.
     base = min((s.started_ns for s in infos if type(s.started_ns) is int), default=None)
     _write(fmt, infos, tmp / "whole.json", base)
     used = []
-    module, name = _otlp_pieces, "write_spans_in_pieces"
+    module, name = (_otlp_pieces, "write_spans_in_pieces") if fmt == "otel" else \
+        (_perfetto_pieces, "session_events_in_pieces")
     real = getattr(module, name)
 
     def spy(*args, **kwargs):
@@ -200,3 +214,32 @@ def test_temporary_files_are_removed_on_error(factory: SpoolFactory, tmp_path: P
     assert not any(spill.iterdir())
     assert not (tmp_path / "out.json").exists()
 
+
+def test_temporary_files_are_removed_when_perfetto_is_interrupted(factory: SpoolFactory, tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch):
+    """Ctrl-C after the first events were written: the spill goes, no output is left."""
+    import tempfile
+
+    hard_session(factory)
+    thread_mix(factory)
+    spill = tmp_path / "spill"
+    spill.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(spill))
+    monkeypatch.setattr(columnar, "MAX_SESSION_BYTES", 10)
+    monkeypatch.setattr(pieces, "PIECE_ROWS", 2)
+    real = _perfetto_pieces._run_events
+    seen = []
+
+    def interrupted(*args, **kwargs):
+        for ev in real(*args, **kwargs):
+            seen.append(ev)
+            yield ev
+            assert any(spill.iterdir())
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(_perfetto_pieces, "_run_events", interrupted)
+    cat = open_catalog([factory.spool_dir], lambda _m: None)
+    with pytest.raises(KeyboardInterrupt):
+        ex.write_perfetto(list(cat.sessions), tmp_path / "out.json", base_ns=BASE_NS)
+    assert seen and not any(spill.iterdir())
+    assert not (tmp_path / "out.json").exists()

@@ -14,6 +14,7 @@ import pytest
 from spool_factory import BASE_NS, SpoolFactory, hard_session, thread_mix
 
 from cirron import export as ex
+from cirron.export import _perfetto
 from cirron.spool import outline
 from cirron.spool.catalog import open_catalog
 
@@ -26,6 +27,7 @@ def _streamed_path(monkeypatch: pytest.MonkeyPatch) -> None:
 
     monkeypatch.setattr(columnar, "MAX_SESSION_BYTES", 0)
     monkeypatch.setattr(ex, "_piece_spans", lambda _fh, _info: None)
+    monkeypatch.setattr(_perfetto, "_piece_events", lambda *_a: None)
 
 
 @pytest.fixture

@@ -1,0 +1,310 @@
+"""The trace events of a session too big for whole columns, encoded piece by piece.
+
+The order of a session's span events and the track each span is drawn on come from the whole
+session (a thread's spans sorted by start, swept or checked to nest), but only from a few numbers
+per span; the text of an event needs the span's name, ids and attrs. So:
+
+1. the pieces of :func:`cirron.spool.pieces.iter_pieces` are read once: per span its rank,
+   thread, start, end, whether it is open and its parent go to files (about 40 bytes a span),
+   the pieces' spans and marks to temporary Arrow IPC files, the exact keys of span ids
+   (:func:`~cirron.export._piecewise.exact_keys`) to files, and what could stop the column
+   encoder (attrs it cannot read, times out of range) is found before anything is written;
+2. the order and tracks are computed on those numbers as for the whole session
+   (:func:`cirron.export._perfetto_native.span_events`, the compiled sweep, or its pure-Python
+   twin :func:`cirron.export._perfetto_columns._span_order`);
+3. the events are cut in runs of :data:`RUN_EVENTS`; each piece's spans are appended to the file
+   of every run that holds one of their events;
+4. each run's events are encoded from its spans by the column encoder (compiled or not), then
+   each piece's marks (their process is their span's, found by its id's key).
+
+The bytes are those of :func:`cirron.export._perfetto_columns.session_events` for the whole
+session. Memory: about 70 bytes per span while the order is computed by the compiled sweep (the
+pure-Python twin's nesting check needs about twice that), then about 40, plus one run's spans.
+Disk: the pieces' columns twice at most (about 0.6 bytes per byte of JSON each), besides the
+spill of :func:`~cirron.spool.pieces.iter_pieces` while it runs; removed when the export ends or
+fails.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Generator, Iterator
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any, cast
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from cirron._memory import returned_memory, trim
+from cirron.export._json import _json_strings
+from cirron.export._otlp_columns import _Columns, _np
+from cirron.export._perfetto import rank_processes
+from cirron.export._perfetto_columns import (
+    _B,
+    _E,
+    _TEXT,
+    _X,
+    Encoded,
+    _check_range,
+    _cperfetto,
+    _encode_events,
+    _mark_events,
+    _SessionEvents,
+    _span_order,
+    _ts,
+)
+from cirron.export._piecewise import SpanIndex, Spill, exact_keys
+from cirron.spool.catalog import SessionInfo
+
+__all__ = ["RUN_EVENTS", "session_events_in_pieces"]
+
+#: Events converted at a time.
+_LOOKUP_ROWS = 1 << 20
+
+#: Events encoded from one run's spans (a multiple of both encoders' slices).
+RUN_EVENTS = 1 << 17
+
+#: The per-span numbers step 1 writes (name → dtype).
+_NUMBERS = {"rank": np.int64, "tid": np.int64, "start": np.int64, "end": np.int64, "open": np.bool_,
+            "parent": np.int64, "key_hi": np.uint64, "key_lo": np.uint64}
+
+
+def session_events_in_pieces(info: SessionInfo, base: int, pid_of: dict[tuple[str, object], int],
+                             threads: set[tuple[int, int]]) -> Iterator[bytes | Encoded] | None:
+    """:func:`cirron.export._perfetto_columns.session_events` for a session read piece by piece
+    (see the module docstring); ``None`` when the pieces cannot carry it or the column encoder
+    cannot encode it (then it is read the reference way). ``pid_of`` and ``threads`` are only
+    updated once events come."""
+    from cirron.export._otlp_columns import CannotEncode
+    from cirron.spool.pieces import iter_pieces
+
+    pieces = iter_pieces(info, session_parents=True)
+    if pieces is None:
+        return None
+    events = _events(info, pieces, base, pid_of, threads)
+    try:
+        first = next(events)
+    except StopIteration:
+        return iter(())
+    except CannotEncode:
+        return None
+
+    def chained() -> Iterator[bytes | Encoded]:
+        yield first
+        yield from events
+
+    return chained()
+
+
+def _events(info: SessionInfo, pieces: Iterator[Any], base: int, pid_of: dict[tuple[str, object], int],
+            threads: set[tuple[int, int]]) -> Generator[bytes | Encoded, None, None]:
+    with tempfile.TemporaryDirectory(prefix="cirron-perfetto-") as tmp:
+        try:
+            plan = _read_pieces(info, pieces, Path(tmp), base)
+        finally:
+            cast(Generator[Any, None, None], pieces).close()  # its spill goes now
+        yield from _session_events(plan, info, base, pid_of, threads)
+
+
+class _Plan:
+    def __init__(self, directory: Path) -> None:
+        self.dir = directory
+        self.spans = Spill(directory, "spans")
+        self.marks = Spill(directory, "marks")
+        self.runs = Spill(directory, "runs")
+        self.numbers = {k: open(directory / f"{k}.bin", "wb") for k in _NUMBERS}  # noqa: SIM115
+        self.n_pieces = 0
+        self.n_spans = 0
+        self.n_marks = 0
+        self.span_schema: Any = None
+        self.mark_schema: Any = None
+
+    def add(self, name: str, values: np.ndarray) -> None:
+        np.ascontiguousarray(values, dtype=_NUMBERS[name]).tofile(self.numbers[name])
+
+    def load(self, name: str) -> np.ndarray:
+        return np.fromfile(self.dir / f"{name}.bin", dtype=_NUMBERS[name])
+
+
+def _read_pieces(info: SessionInfo, pieces: Iterator[Any], directory: Path, base: int) -> _Plan:
+    """Step 1 (see the module docstring); raises :class:`CannotEncode` for what the column
+    encoder could not encode."""
+    plan = _Plan(directory)
+    last = info.last_ns or base
+    for k, piece in enumerate(pieces):
+        plan.n_pieces = k + 1
+        spans = piece.spans
+        _SessionEvents(piece, base)  # reads every distinct attrs text: raises now for one it cannot
+        start = _np(spans["start_ns"], base)
+        is_open = pc.is_null(spans["end_ns"])
+        is_open = (is_open.combine_chunks() if isinstance(is_open, pa.ChunkedArray) else is_open
+                   ).to_numpy(zero_copy_only=False)
+        end = np.maximum(np.where(is_open, np.maximum(start, last), _np(spans["end_ns"], 0)), start)
+        _check_range(start, base)
+        _check_range(end, base)
+        _check_range(_np(piece.marks["ts_ns"], base), base)
+        plan.add("rank", _np(spans["rank"], 0))
+        plan.add("tid", _np(spans["thread_id"], 0))
+        plan.add("start", start)
+        plan.add("end", end)
+        plan.add("open", is_open)
+        plan.add("parent", piece.span_parent)
+        hi, lo, _valid = exact_keys(spans["id"])
+        plan.add("key_hi", hi)
+        plan.add("key_lo", lo)
+        del start, end, is_open, hi, lo
+        rows = pa.array(np.arange(plan.n_spans, plan.n_spans + spans.num_rows, dtype=np.int64))
+        spans = spans.append_column("_row", rows)
+        plan.span_schema = spans.schema
+        plan.spans.append(k, spans)
+        plan.n_spans += spans.num_rows
+        plan.mark_schema = piece.marks.schema
+        plan.marks.append(k, piece.marks, piece.mark_values)
+        plan.n_marks += piece.marks.num_rows
+        del spans, piece
+    for fh in plan.numbers.values():
+        fh.close()
+    plan.spans.close()
+    plan.marks.close()
+    return plan
+
+
+def _session_events(plan: _Plan, info: SessionInfo, base: int, pid_of: dict[tuple[str, object], int],
+                    threads: set[tuple[int, int]]) -> Iterator[bytes | Encoded]:
+    pa.default_memory_pool().release_unused()  # what the pieces left, before the order's peak
+    trim()
+    tid = plan.load("tid")
+    if _cperfetto is not None:
+        from cirron.export import _perfetto_native
+
+        _perfetto_native.check(tid)  # raises before anything is written
+    pid, new_processes = rank_processes(info, plan.load("rank"), pid_of)
+    yield from new_processes
+    if plan.n_spans:
+        start, end = plan.load("start"), plan.load("end")
+        kinds, rows, texts, track_tid = _order(plan, pid, tid, start, end, threads)
+        del tid
+        _route_spans(plan, kinds, rows)
+        is_open = plan.load("open")
+        for r in range(0, len(kinds), RUN_EVENTS):
+            yield from _run_events(plan, r // RUN_EVENTS, kinds[r:r + RUN_EVENTS], rows[r:r + RUN_EVENTS], texts,
+                                   pid, track_tid, start, end, is_open, base)
+            pa.default_memory_pool().release_unused()
+        del kinds, rows, track_tid, start, end, is_open
+    yield from _marks(plan, pid, base)
+
+
+def _order(plan: _Plan, pid: np.ndarray, tid: np.ndarray, start: np.ndarray, end: np.ndarray,
+           threads: set[tuple[int, int]]) -> tuple[np.ndarray, np.ndarray, list[bytes], np.ndarray]:
+    """Step 2: the kind and row of every span event in output order (for a thread's name: its
+    place in the texts), the texts, and each span's track id."""
+    n = plan.n_spans
+    if _cperfetto is not None:
+        from cirron.export._perfetto_native import span_events
+
+        with returned_memory():
+            events, texts, track_tid = span_events(pid, tid, start, end, plan.load("parent"), threads)
+        kinds = np.empty(len(events), dtype=np.int8)
+        rows = np.empty(len(events), dtype=np.int32 if n < 2**31 - 1 else np.int64)
+        for a in range(0, len(events), _LOOKUP_ROWS):  # (no int64 temporary of every event)
+            part = events[a:a + _LOOKUP_ROWS]
+            kinds[a:a + len(part)] = part & 3
+            rows[a:a + len(part)] = part >> 2
+        return kinds, rows, texts, track_tid
+    parent = SimpleNamespace(cols=SimpleNamespace(span_parent=plan.load("parent")))
+    with returned_memory():
+        kinds, rows, texts, track_tid = _span_order(parent, pid, tid, start, end, threads)  # type: ignore[arg-type]
+    return kinds, rows.astype(np.int32) if n < 2**31 - 1 else rows, texts, track_tid
+
+
+def _route_spans(plan: _Plan, kinds: np.ndarray, rows: np.ndarray) -> None:
+    """Step 3: each piece's spans to the runs that hold their events."""
+    n = plan.n_spans
+    run_of = (np.arange(len(kinds), dtype=np.int64) // RUN_EVENTS).astype(np.int32)
+    begin_run = np.full(n, -1, dtype=np.int32)
+    end_run = np.full(n, -1, dtype=np.int32)
+    opens = (kinds == _B) | (kinds == _X)
+    begin_run[rows[opens]] = run_of[opens]
+    del opens
+    ends = kinds == _E
+    end_run[rows[ends]] = run_of[ends]
+    del ends, run_of
+    at = 0
+    for k in range(plan.n_pieces):
+        spans, _ = plan.spans.read(k, plan.span_schema)
+        m = spans.num_rows
+        b, e = begin_run[at:at + m], end_run[at:at + m]
+        other = np.flatnonzero((e >= 0) & (e != b))
+        local = np.concatenate([np.arange(m, dtype=np.int64), other])
+        run = np.concatenate([b, e[other]])
+        order = np.lexsort((local, run))
+        local, run = local[order], run[order]
+        bounds = np.flatnonzero(np.diff(run)) + 1
+        for a, z in zip([0, *bounds.tolist()], [*bounds.tolist(), len(run)]):
+            if a < z:
+                plan.runs.append(int(run[a]), spans.take(pa.array(local[a:z])))
+        at += m
+        del spans
+    plan.runs.close()
+
+
+def _run_events(plan: _Plan, r: int, kinds: np.ndarray, rows: np.ndarray, texts: list[bytes], pid: np.ndarray,
+                track_tid: np.ndarray, start: np.ndarray, end: np.ndarray, is_open: np.ndarray,
+                base: int) -> Iterator[Encoded]:
+    """The events of run ``r`` (its ``kinds`` and ``rows``), from the spans routed to it."""
+    spans, _ = plan.runs.read(r, plan.span_schema)
+    held = spans["_row"].to_numpy()  # ascending: the pieces' spans were appended in order
+    spans = spans.drop_columns(["_row"])
+    local = np.where(kinds == _TEXT, rows, np.searchsorted(held, rows)).astype(np.int64)
+    enc = _SessionEvents(SimpleNamespace(spans=spans, marks=plan.mark_schema.empty_table()), base)
+    if _cperfetto is not None:
+        from cirron.export._perfetto_native import SLICE_EVENTS, span_columns
+
+        cols = span_columns(enc, pid[held], track_tid[held], start[held], end[held], is_open[held], base)
+        events = local * 4 + kinds
+        for a in range(0, len(events), SLICE_EVENTS):
+            data, begun = cols.encode(events[a:a + SLICE_EVENTS], texts, 0)
+            yield Encoded(data, begun)
+        return
+    names = _json_strings(pc.fill_null(enc.s["name"], "None"))
+    yield from _encode_events(enc, kinds, local, texts, pid[held], track_tid[held], _ts(start[held], base),
+                              _ts(end[held], base), names, is_open[held])
+
+
+def _marks(plan: _Plan, pid: np.ndarray, base: int) -> Iterator[bytes | Encoded]:
+    """Step 4: the mark events, each piece's (the process of a mark is its span's when the session
+    has several)."""
+    if not plan.n_marks or not len(pid):
+        return
+    encode: Any = _mark_events
+    if _cperfetto is not None:
+        from cirron.export import _perfetto_native
+
+        encode = _perfetto_native.mark_events
+    index = None
+    if (pid != pid[0]).any():
+        index = SpanIndex()
+        index.add(plan.load("key_hi"), plan.load("key_lo"))
+        index.seal()
+    for k in range(plan.n_pieces):
+        marks, values = plan.marks.read(k, plan.mark_schema)
+        if not marks.num_rows:
+            continue
+        span_pid = pid[:1]
+        span_ids: Any = pa.array([None], pa.string())
+        if index is not None:
+            # a stand-in for the session's spans: each distinct span id the marks name, with the
+            # process of the span it names (the first: none, the default)
+            hi, lo, valid = exact_keys(marks["span_id"])
+            row = index.lookup(hi, lo, valid)
+            del hi, lo, valid
+            named, first = np.unique(row, return_index=True)
+            first = first[named >= 0]
+            span_ids = pa.concat_arrays([span_ids, marks["span_id"].take(pa.array(first)).combine_chunks()])
+            span_pid = np.concatenate([pid[:1], pid[row[first]]])
+        cols = SimpleNamespace(spans=pa.table({"id": span_ids}), marks=marks, mark_values=values)
+        enc = SimpleNamespace(s=_Columns(cols.spans), m=_Columns(marks), cols=cols)
+        yield from encode(enc, span_pid, base)
+        del marks, values, enc, cols
