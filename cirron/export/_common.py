@@ -203,3 +203,87 @@ def join_lines(columns: list[Any], separator: str, end: str) -> Any:
 
     line = pc.binary_join_element_wise(*columns, separator)
     return pc.binary_join_element_wise(line, "", end)
+
+
+class WriteBehind:
+    """Writes done by a thread, in order, at most ``depth`` blocks behind the caller: the kernel's
+    copy of one block into the page cache (the write releases the GIL) overlaps the encoding of the
+    next. :meth:`file` gives a file-like object for one file; a failed write is raised by the next
+    call, or by :meth:`drain`. Use as a context manager: leaving it drains (or, on an error, stops)
+    the thread."""
+
+    def __init__(self, depth: int = 4) -> None:
+        import queue
+        import threading
+
+        self._queue: Any = queue.Queue(depth)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="cirron-write-behind", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while (item := self._queue.get()) is not None:
+            fh, data = item
+            if self._error is None:
+                try:
+                    fh.write(data)
+                except BaseException as exc:  # handed to the caller's thread
+                    self._error = exc
+
+    def _raise(self) -> None:
+        if self._error is not None:
+            raise self._error
+
+    def write(self, fh: Any, data: Any) -> None:
+        self._raise()
+        self._queue.put((fh, data))
+
+    def file(self, fh: Any) -> Any:
+        """A file-like object whose ``write`` is queued for ``fh``."""
+        return _BehindFile(self, fh)
+
+    def drain(self) -> None:
+        """Wait for every queued write; raise the first one that failed."""
+        if self._thread.is_alive():
+            self._queue.put(None)
+            self._thread.join()
+        self._raise()
+
+    def __enter__(self) -> WriteBehind:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if exc[0] is not None:
+            self._error = self._error or RuntimeError("abandoned")  # the queued writes are skipped
+            with contextlib.suppress(BaseException):
+                self.drain()
+            return
+        self.drain()
+
+
+class _BehindFile:
+    def __init__(self, behind: WriteBehind, fh: Any) -> None:
+        self._behind, self._fh = behind, fh
+
+    def write(self, data: Any) -> None:
+        self._behind.write(self._fh, data)
+
+
+def append_file(dst: Any, src: Any) -> None:
+    """Append all of the binary file ``src`` to the buffered binary file ``dst``: copied by the
+    kernel (``copy_file_range``) where it can, else through memory."""
+    dst.flush()
+    src.flush()
+    size = os.fstat(src.fileno()).st_size
+    done = 0
+    copy = getattr(os, "copy_file_range", None)
+    if copy is not None:
+        with contextlib.suppress(OSError):  # not supported here: the rest goes through memory
+            while done < size:
+                n = copy(src.fileno(), dst.fileno(), size - done, done)
+                if n <= 0:
+                    break
+                done += n
+        dst.seek(0, os.SEEK_END)
+    src.seek(done)
+    shutil.copyfileobj(src, dst, 1 << 20)

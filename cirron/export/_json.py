@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import tempfile
 from collections.abc import Iterable
 from typing import Any
@@ -13,7 +12,15 @@ import orjson
 from cirron import _native as native
 from cirron._schema import MARK_FIELDS, SCHEMA_VERSION, SNAPSHOT_FIELDS, SPAN_FIELDS
 from cirron._version import __version__
-from cirron.export._common import arrow_text, atomic_file, is_columns, json_scalar, write_members
+from cirron.export._common import (
+    WriteBehind,
+    append_file,
+    arrow_text,
+    atomic_file,
+    is_columns,
+    json_scalar,
+    write_members,
+)
 from cirron.spool.reader import _limit_depth
 
 __all__ = ["write_json"]
@@ -46,29 +53,31 @@ def write_json(items: Iterable[Any], path: str | os.PathLike[str]) -> int:
     head = orjson.dumps({"schema_version": SCHEMA_VERSION, "sdk_version": __version__})[:-1]
     n = m = k = 0
     parent = os.path.dirname(os.path.abspath(path))
-    with atomic_file(path) as tmp, open(tmp, "wb") as fh, \
-            tempfile.TemporaryFile(dir=parent) as marks_fh, tempfile.TemporaryFile(dir=parent) as snaps_fh:
-        fh.write(head + b',"spans":[')
+    with atomic_file(path) as tmp, open(tmp, "wb") as out, \
+            tempfile.TemporaryFile(dir=parent) as marks_out, tempfile.TemporaryFile(dir=parent) as snaps_out:
+        out.write(head + b',"spans":[')
         # which writer and version wrote each session: "sessions", after the records
         writers: dict[str, dict[str, Any]] = {}
-        for s in items:
-            info = getattr(s, "session", s)  # a chunk's session summary, or the session itself
-            writers.setdefault(info.id, {"session_id": info.id, "writer": info.writer, "sdk_version": info.sdk_version})
-            if is_columns(s):
-                n += _write_texts(fh, n, _span_texts(s))
-                m += _write_texts(marks_fh, m, _mark_texts(s))
+        with WriteBehind() as behind:
+            fh, marks_fh, snaps_fh = behind.file(out), behind.file(marks_out), behind.file(snaps_out)
+            for s in items:
+                info = getattr(s, "session", s)  # a chunk's session summary, or the session itself
+                writers.setdefault(info.id, {"session_id": info.id, "writer": info.writer,
+                                             "sdk_version": info.sdk_version})
+                if is_columns(s):
+                    n += _write_texts(fh, n, _span_texts(s))
+                    m += _write_texts(marks_fh, m, _mark_texts(s))
+                    k += write_members(snaps_fh, (_dumps(_clean(x, SNAPSHOT_FIELDS)) for x in s.snapshots), k)
+                    del s  # before the next one is read
+                    continue
+                spans = sorted(s.spans, key=lambda r: (r.get("start_ns") or 0))
+                n += write_members(fh, (_dumps(_clean(x, SPAN_FIELDS)) for x in spans), n)
+                m += write_members(marks_fh, (_dumps(_mark(x)) for x in s.marks), m)
                 k += write_members(snaps_fh, (_dumps(_clean(x, SNAPSHOT_FIELDS)) for x in s.snapshots), k)
-                del s  # before the next one is read
-                continue
-            spans = sorted(s.spans, key=lambda r: (r.get("start_ns") or 0))
-            n += write_members(fh, (_dumps(_clean(x, SPAN_FIELDS)) for x in spans), n)
-            m += write_members(marks_fh, (_dumps(_mark(x)) for x in s.marks), m)
-            k += write_members(snaps_fh, (_dumps(_clean(x, SNAPSHOT_FIELDS)) for x in s.snapshots), k)
-        for label, side in ((b'],"marks":[', marks_fh), (b'],"snapshots":[', snaps_fh)):
-            fh.write(label)
-            side.seek(0)
-            shutil.copyfileobj(side, fh, 1 << 20)
-        fh.write(b'],"sessions":' + orjson.dumps(list(writers.values())) + b"}")
+        for label, side in ((b'],"marks":[', marks_out), (b'],"snapshots":[', snaps_out)):
+            out.write(label)
+            append_file(out, side)
+        out.write(b'],"sessions":' + orjson.dumps(list(writers.values())) + b"}")
     return n
 
 

@@ -233,3 +233,48 @@ def test_columns_reader_is_what_the_export_reads(factory: SpoolFactory) -> None:
     _odd_session(factory)
     cat = open_catalog([factory.spool_dir], lambda _m: None)
     assert columnar.read_columns(cat.sessions[0]) is not None
+
+
+# ---------------------------------------------------------------- writing
+
+def test_marks_are_appended_through_memory_where_the_kernel_cannot_copy(
+        factory: SpoolFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    hard_session(factory)
+    _export(factory.spool_dir, tmp_path / "kernel.json", columns=True)
+    calls = []
+
+    def refuse(*args: object) -> int:
+        calls.append(args)
+        raise OSError(18, "Invalid cross-device link")
+
+    monkeypatch.setattr(os, "copy_file_range", refuse, raising=False)
+    _export(factory.spool_dir, tmp_path / "memory.json", columns=True)
+    assert calls and (tmp_path / "memory.json").read_bytes() == (tmp_path / "kernel.json").read_bytes()
+
+
+def test_a_failed_write_fails_the_export_and_leaves_nothing(factory: SpoolFactory, tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """The writes run on a thread: a disk-full error there still ends the export, with no output
+    file and no temporary file left."""
+    from cirron.export import _common
+
+    factory.session(epochs=3)
+    real = _common.WriteBehind.write
+    count = []
+
+    def full(self: object, fh: object, data: object) -> None:
+        count.append(1)
+        if len(count) == 2:
+            def broken(_data: object) -> None:
+                raise OSError(28, "No space left on device")
+            fh = type("Full", (), {"write": staticmethod(broken)})()
+        real(self, fh, data)
+
+    monkeypatch.setattr(_common.WriteBehind, "write", full)
+    out = tmp_path / "out" / "t.json"
+    out.parent.mkdir()
+    with pytest.raises(OSError, match="No space left"):
+        _export(factory.spool_dir, out, columns=True)
+    assert list(out.parent.iterdir()) == []
+    import threading
+    assert not [t for t in threading.enumerate() if t.name == "cirron-write-behind"]
