@@ -2,15 +2,18 @@
  * (cirron/export/_json.py; its Python encoder from whole columns is the reference, and the tests
  * check that both write the same bytes).
  *
- * encode_rows(columns, n, order=None) -> bytes: n objects joined by commas. Each column is a tuple
- * (prefix, kind, validity, offsets, data, offset): `prefix` is written before the value (e.g.
- * b'{"id":' or b',"name":'), and after the last column of a row comes '}'. Kinds:
+ * encode_rows(columns, n, order=None, *, row_end=b"}", row_sep=b",", null=b"null") -> bytes: n rows,
+ * each its columns then `row_end`, joined by `row_sep` (JSON objects by default; the CSV export
+ * passes its own). Each column is a tuple (prefix, kind, validity, offsets, data, offset): `prefix`
+ * is written before the value (e.g. b'{"id":' or b',"name":'). Kinds:
  *   'i'      int64 values (`data`), decimal
  *   's' 'S'  string with int32 / int64 offsets, written as a JSON string
  *   'r' 'R'  string with int32 / int64 offsets holding JSON text, copied as it is
+ *   'c' 'C'  string with int32 / int64 offsets, written as a CSV field (csv.writer's QUOTE_MINIMAL:
+ *            quoted, its quotes doubled, when it holds a comma, a quote, CR or LF)
  *   'j'      `data` is bytes: the texts of the rows joined by commas (texts without commas)
  *   'l'      `data` is a list of bytes, the text of each row
- * `validity` is the Arrow validity bitmap or None (no nulls: a null is written `null`), `offset` the
+ * `validity` is the Arrow validity bitmap or None (no nulls; a null is written as `null`), `offset` the
  * array's offset into its buffers. `order`, a buffer of int64, gives the source row of each output
  * row (default: row k is row k). Every index and offset is checked against the buffers' sizes. */
 #define PY_SSIZE_T_CLEAN
@@ -85,8 +88,8 @@ static int col_init(Col *c, PyObject *spec) {
         if (get_view(c, data, &c->data, &c->data_len) < 0) return -1;
         c->rows = c->data_len / 8 - offset;
         break;
-    case 's': case 'r': case 'S': case 'R': {
-        int width = (c->kind == 's' || c->kind == 'r') ? 4 : 8;
+    case 's': case 'r': case 'c': case 'S': case 'R': case 'C': {
+        int width = (c->kind == 's' || c->kind == 'r' || c->kind == 'c') ? 4 : 8;
         if (get_view(c, offsets, &c->offsets, &olen) < 0 || get_view(c, data, &c->data, &c->data_len) < 0) return -1;
         c->rows = olen / width - 1 - offset;
         break;
@@ -123,7 +126,7 @@ static int col_init(Col *c, PyObject *spec) {
 }
 
 static inline Py_ssize_t str_offset(const Col *c, Py_ssize_t i) {
-    if (c->kind == 's' || c->kind == 'r') {
+    if (c->kind == 's' || c->kind == 'r' || c->kind == 'c') {
         int32_t v;
         memcpy(&v, c->offsets + i * 4, 4);
         return v;
@@ -142,15 +145,36 @@ static inline int str_span(const Col *c, Py_ssize_t i, Py_ssize_t *start, Py_ssi
     return 0;
 }
 
+/* Whether csv.writer (QUOTE_MINIMAL) quotes a field. */
+static inline int csv_needs_quotes(const char *s, Py_ssize_t n) {
+    for (Py_ssize_t i = 0; i < n; i++)
+        if (s[i] == ',' || s[i] == '"' || s[i] == '\r' || s[i] == '\n') return 1;
+    return 0;
+}
+
+static inline char *write_csv_field(char *o, const char *s, Py_ssize_t n) {
+    if (!csv_needs_quotes(s, n)) {
+        memcpy(o, s, (size_t)n);
+        return o + n;
+    }
+    *o++ = '"';
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (s[i] == '"') *o++ = '"';
+        *o++ = s[i];
+    }
+    *o++ = '"';
+    return o;
+}
+
 static inline int is_null(const Col *c, Py_ssize_t i) {
     return c->valid != NULL && !((c->valid[i >> 3] >> (i & 7)) & 1);
 }
 
 /* The most bytes the value of row i (already offset) of c takes. */
-static inline int value_room(const Col *c, Py_ssize_t i, Py_ssize_t *room) {
+static inline int value_room(const Col *c, Py_ssize_t i, Py_ssize_t null_len, Py_ssize_t *room) {
     Py_ssize_t start, len;
     if (is_null(c, i)) {
-        *room = 4;
+        *room = null_len;
         return 0;
     }
     switch (c->kind) {
@@ -163,6 +187,10 @@ static inline int value_room(const Col *c, Py_ssize_t i, Py_ssize_t *room) {
         if (str_span(c, i, &start, &len) < 0) return -1;
         *room = len;
         return 0;
+    case 'c': case 'C':
+        if (str_span(c, i, &start, &len) < 0) return -1;
+        *room = 2 * len + 2;
+        return 0;
     case 'j': *room = c->starts[i + 1] - 1 - c->starts[i]; return 0;
     default: { /* 'l' */
         PyObject *item = PyList_GET_ITEM(c->list, i);
@@ -174,11 +202,11 @@ static inline int value_room(const Col *c, Py_ssize_t i, Py_ssize_t *room) {
 }
 
 /* Writes the value of row i (already offset; value_room said it fits) at o; returns the end. */
-static inline char *write_value(char *o, const Col *c, Py_ssize_t i) {
+static inline char *write_value(char *o, const Col *c, Py_ssize_t i, const char *null, Py_ssize_t null_len) {
     Py_ssize_t start, len;
     if (is_null(c, i)) {
-        memcpy(o, "null", 4);
-        return o + 4;
+        memcpy(o, null, (size_t)null_len);
+        return o + null_len;
     }
     switch (c->kind) {
     case 'i': {
@@ -189,6 +217,9 @@ static inline char *write_value(char *o, const Col *c, Py_ssize_t i) {
     case 's': case 'S':
         str_span(c, i, &start, &len);
         return jt_write_str(o, c->data + start, len);
+    case 'c': case 'C':
+        str_span(c, i, &start, &len);
+        return write_csv_field(o, c->data + start, len);
     case 'r': case 'R':
         str_span(c, i, &start, &len);
         break;
@@ -207,10 +238,12 @@ static inline char *write_value(char *o, const Col *c, Py_ssize_t i) {
 }
 
 static PyObject *encode_rows(PyObject *Py_UNUSED(self), PyObject *args, PyObject *kwargs) {
-    static char *kwlist[] = {"columns", "n", "order", NULL};
+    static char *kwlist[] = {"columns", "n", "order", "row_end", "row_sep", "null", NULL};
     PyObject *columns, *order_obj = Py_None;
-    Py_ssize_t n;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O!n|O", kwlist, &PyList_Type, &columns, &n, &order_obj))
+    Py_ssize_t n, end_len = 1, sep_len = 1, null_len = 4;
+    const char *row_end = "}", *row_sep = ",", *null = "null";
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O!n|O$y#y#y#", kwlist, &PyList_Type, &columns, &n, &order_obj,
+                                     &row_end, &end_len, &row_sep, &sep_len, &null, &null_len))
         return NULL;
     if (n < 0) {
         bad("negative row count");
@@ -223,7 +256,7 @@ static PyObject *encode_rows(PyObject *Py_UNUSED(self), PyObject *args, PyObject
     int have_order = 0;
     const int64_t *order = NULL;
     PyObject *out = NULL;
-    Py_ssize_t ready = 0, fixed = 2; /* a row's comma and closing brace */
+    Py_ssize_t ready = 0, fixed = sep_len + end_len;
     for (; ready < ncols; ready++) {
         if (col_init(&cols[ready], PyList_GET_ITEM(columns, ready)) < 0) {
             col_release(&cols[ready]);
@@ -259,7 +292,7 @@ static PyObject *encode_rows(PyObject *Py_UNUSED(self), PyObject *args, PyObject
         Py_ssize_t row = order ? (Py_ssize_t)order[k] : k, need = fixed;
         for (Py_ssize_t j = 0; j < ncols; j++) {
             Py_ssize_t room;
-            if (value_room(&cols[j], row + cols[j].offset, &room) < 0) goto fail;
+            if (value_room(&cols[j], row + cols[j].offset, null_len, &room) < 0) goto fail;
             need += room;
         }
         if (len + need > cap) {
@@ -267,12 +300,16 @@ static PyObject *encode_rows(PyObject *Py_UNUSED(self), PyObject *args, PyObject
             if (_PyBytes_Resize(&out, cap) < 0) goto fail;
         }
         char *o = PyBytes_AS_STRING(out) + len;
-        if (k) *o++ = ',';
+        if (k) {
+            memcpy(o, row_sep, (size_t)sep_len);
+            o += sep_len;
+        }
         for (Py_ssize_t j = 0; j < ncols; j++) {
             memcpy(o, cols[j].prefix, (size_t)cols[j].prefix_len);
-            o = write_value(o + cols[j].prefix_len, &cols[j], row + cols[j].offset);
+            o = write_value(o + cols[j].prefix_len, &cols[j], row + cols[j].offset, null, null_len);
         }
-        *o++ = '}';
+        memcpy(o, row_end, (size_t)end_len);
+        o += end_len;
         len = o - PyBytes_AS_STRING(out);
     }
     if (_PyBytes_Resize(&out, len) < 0) goto fail;
@@ -288,7 +325,8 @@ done:
 
 static PyMethodDef methods[] = {
     {"encode_rows", (PyCFunction)(void (*)(void))encode_rows, METH_VARARGS | METH_KEYWORDS,
-     "encode_rows(columns, n, order=None)\n--\n\nRows of Arrow columns as JSON objects joined by commas."},
+     "encode_rows(columns, n, order=None, *, row_end=b'}', row_sep=b',', null=b'null')\n--\n\n"
+     "Rows of Arrow columns as JSON objects joined by commas (or CSV lines)."},
     {NULL, NULL, 0, NULL},
 };
 

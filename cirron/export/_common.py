@@ -287,3 +287,19 @@ def append_file(dst: Any, src: Any) -> None:
         dst.seek(0, os.SEEK_END)
     src.seek(done)
     shutil.copyfileobj(src, dst, 1 << 20)
+
+
+def arrow_column(prefix: bytes, arr: Any, kind: str) -> tuple[Any, ...]:
+    """An Arrow array as a column of ``cirron.export._cjson.encode_rows``, the compiled row encoder
+    (``kind``: ``i`` ints, ``s`` strings to quote, ``r`` JSON texts, ``c`` CSV fields)."""
+    import pyarrow as pa
+
+    if isinstance(arr, pa.ChunkedArray):
+        arr = arr.combine_chunks()
+    bufs = arr.buffers()
+    valid = bufs[0] if arr.null_count else None
+    if kind == "i":
+        return prefix, kind, valid, None, bufs[1], arr.offset
+    if arr.type == pa.large_string():
+        kind = kind.upper()
+    return prefix, kind, valid, bufs[1], bufs[2], arr.offset

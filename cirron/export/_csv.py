@@ -7,8 +7,9 @@ import os
 from collections.abc import Iterable
 from typing import Any
 
+from cirron import _native as native
 from cirron._schema import SPAN_INT_FIELDS
-from cirron.export._common import arrow_text, atomic_file, attrs_text, is_columns, join_lines
+from cirron.export._common import arrow_column, arrow_text, atomic_file, attrs_text, is_columns, join_lines
 from cirron.spool.sessions import Session
 
 __all__ = ["CSV_COLUMNS", "write_csv"]
@@ -53,6 +54,9 @@ def write_csv(items: Iterable[Any], path: str | os.PathLike[str]) -> int:
     return rows
 
 
+#: The compiled row encoder (see :mod:`cirron._native`), when built.
+_cjson = native.load("cirron.export._cjson")
+
 #: Rows turned into text at a time from Arrow columns (bounds the text held in memory).
 _SLICE_ROWS = 65_536
 
@@ -80,7 +84,6 @@ def _int_field(col: Any) -> Any:
 def _write_columns(fh: Any, cols: Any) -> int:
     """Write the spans of a :class:`cirron.spool.columnar.SessionColumns` as the rows above."""
     import pyarrow as pa
-    import pyarrow.compute as pc
 
     info = cols.session
     consts = [_field(pa.array([v], pa.string()))[0].as_py() for v in (info.id, info.writer, info.sdk_version)]
@@ -88,10 +91,36 @@ def _write_columns(fh: Any, cols: Any) -> int:
     t = cols.spans
     for start in range(0, t.num_rows, _SLICE_ROWS):
         s = t.slice(start, _SLICE_ROWS)
+        duration = _durations(s)
+        fh.flush()  # the header's text first: the rows go to the bytes underneath
+        if _cjson is not None:
+            values = {c: duration if c == "duration_ns" else s[c] for c in _COLUMNS}
+            spec = [arrow_column(f"{sid},".encode() if c == "id" else b",", v,
+                                 "i" if pa.types.is_integer(v.type) else "c") for c, v in values.items()]
+            fh.buffer.write(_cjson.encode_rows(spec, s.num_rows, row_end=f",{writer},{version}\r\n".encode(),
+                                               row_sep=b"", null=b""))
+            continue
         ints = {c: _int_field(s[c]) for c in SPAN_INT_FIELDS}
         fields = [sid, _field(s["id"]), _field(s["parent_id"]), _field(s["name"]), ints["index"], ints["start_ns"],
-                  ints["end_ns"], _int_field(pc.subtract(s["end_ns"], s["start_ns"])), ints["cpu_ns"], ints["gpu_ns"],
+                  ints["end_ns"], _int_field(duration), ints["cpu_ns"], ints["gpu_ns"],
                   ints["memory_peak_bytes"], ints["thread_id"], ints["pid"], ints["rank"], _field(s["attrs"]),
                   writer, version]
-        fh.write(bytes(arrow_text(join_lines(fields, ",", "\r\n"))).decode("utf-8"))
+        fh.buffer.write(arrow_text(join_lines(fields, ",", "\r\n")))
     return t.num_rows
+
+
+def _durations(s: Any) -> Any:
+    """``end_ns - start_ns`` of a slice of spans: int64, or exact decimal texts where one overflows."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    try:
+        return pc.subtract_checked(s["end_ns"], s["start_ns"])
+    except pa.ArrowInvalid:  # past int64: Python's ints, as the per-record writer computes them
+        return pa.array([None if a is None or b is None else str(b - a)
+                         for a, b in zip(s["start_ns"].to_pylist(), s["end_ns"].to_pylist())], pa.string())
+
+
+#: The span columns of a row from Arrow columns, between its session id and its writer.
+_COLUMNS = ("id", "parent_id", "name", "index", "start_ns", "end_ns", "duration_ns", "cpu_ns", "gpu_ns",
+            "memory_peak_bytes", "thread_id", "pid", "rank", "attrs")

@@ -15,6 +15,7 @@ from cirron._version import __version__
 from cirron.export._common import (
     WriteBehind,
     append_file,
+    arrow_column,
     arrow_text,
     atomic_file,
     is_columns,
@@ -209,22 +210,6 @@ _MARK_PREFIXES = _prefixes(MARK_FIELDS)
 _STRING_FIELDS = frozenset(("id", "parent_id", "span_id", "name", "value_type", "kind"))
 
 
-def _arrow_column(prefix: bytes, arr: Any, kind: str) -> tuple[Any, ...]:
-    """The compiled encoder's description of an Arrow array (``kind``: ``i`` ints, ``s`` strings
-    to quote, ``r`` JSON texts)."""
-    import pyarrow as pa
-
-    if isinstance(arr, pa.ChunkedArray):
-        arr = arr.combine_chunks()
-    bufs = arr.buffers()
-    valid = bufs[0] if arr.null_count else None
-    if kind == "i":
-        return prefix, kind, valid, None, bufs[1], arr.offset
-    if arr.type == pa.large_string():
-        kind = kind.upper()
-    return prefix, kind, valid, bufs[1], bufs[2], arr.offset
-
-
 def _encoded_rows(prefixes: list[bytes], fields: tuple[str, ...], s: Any, values: Any = None,
                   order: Any = None) -> tuple[int, bytes]:
     """Rows of the table slice ``s`` (in ``order``, int64 row numbers, if given) as the per-record
@@ -234,9 +219,9 @@ def _encoded_rows(prefixes: list[bytes], fields: tuple[str, ...], s: Any, values
         if f == "value":
             spec.append((prefix, *values))
         elif f == "attrs":
-            spec.append(_arrow_column(prefix, _json_attrs(s[f].combine_chunks()), "r"))
+            spec.append(arrow_column(prefix, _json_attrs(s[f].combine_chunks()), "r"))
         else:
-            spec.append(_arrow_column(prefix, s[f], "s" if f in _STRING_FIELDS else "i"))
+            spec.append(arrow_column(prefix, s[f], "s" if f in _STRING_FIELDS else "i"))
     n = s.num_rows if order is None else len(order)
     assert _cjson is not None
     return n, _cjson.encode_rows(spec, n, order)

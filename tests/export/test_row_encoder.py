@@ -1,7 +1,7 @@
-"""The JSON export from Arrow columns writes the bytes of the per-record encoder, with the compiled
-row encoder (cirron/export/_cjson.c, on the shared cirron/_jtext.h) and with its pure-Python twin,
-on sessions that make encoding hard; the compiled encoder checks what it is given; without the
-build the twin runs."""
+"""The JSON and CSV exports from Arrow columns write the bytes of the per-record encoders, with the
+compiled row encoder (cirron/export/_cjson.c, on the shared cirron/_jtext.h) and with its
+pure-Python twin, on sessions that make encoding hard; the compiled encoder checks what it is
+given; without the build the twin runs."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ import numpy as np  # noqa: E402
 from spool_factory import BASE_NS, MS, SpoolFactory, hard_session, new_id, thread_mix  # noqa: E402
 
 from cirron._schema import ROOT_SENTINEL  # noqa: E402
-from cirron.export import _json, write_json  # noqa: E402
+from cirron.export import _csv, _json, write_csv, write_json  # noqa: E402
 from cirron.export._common import is_columns  # noqa: E402
 from cirron.spool import columnar, open_catalog  # noqa: E402
 from cirron.spool.stream import iter_chunks  # noqa: E402
@@ -95,6 +95,33 @@ def test_odd_session(factory: SpoolFactory, tmp_path: Path, monkeypatch: pytest.
     assert assert_same_json(factory.spool_dir, tmp_path, monkeypatch) == 1
 
 
+def _export_csv(spool: Path, out: Path, *, columns: bool) -> int:
+    cat = open_catalog([spool], lambda _m: None)
+    seen = []
+
+    def items():
+        for item in iter_chunks(cat, cat.sessions, "export", columnar=columns, marks=False):
+            seen.append(is_columns(item))
+            yield item
+
+    write_csv(items(), out)
+    return sum(seen)
+
+
+def test_csv_of_odd_and_hard_sessions(factory: SpoolFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """CSV fields quoted as csv.writer quotes them (commas, quotes, CR, LF), empty for null."""
+    _odd_session(factory)
+    hard_session(factory)
+    thread_mix(factory)
+    _export_csv(factory.spool_dir, tmp_path / "ref.csv", columns=False)
+    assert _export_csv(factory.spool_dir, tmp_path / "c.csv", columns=True) == 3
+    monkeypatch.setattr(_csv, "_cjson", None)
+    _export_csv(factory.spool_dir, tmp_path / "py.csv", columns=True)
+    ref = (tmp_path / "ref.csv").read_bytes()
+    assert (tmp_path / "c.csv").read_bytes() == ref and (tmp_path / "py.csv").read_bytes() == ref
+    assert b'"id ""quoted"""' in ref
+
+
 def test_hard_and_mixed_sessions(factory: SpoolFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     hard_session(factory)
     thread_mix(factory)
@@ -151,6 +178,17 @@ def test_compiled_rows_equal_the_python_twin(seed: int) -> None:
     order = np.random.default_rng(seed).permutation(t.num_rows).astype(np.int64)
     _, shuffled = _json._encoded_rows(prefixes, fields, t, order=order)
     assert shuffled == _json._encoded_rows(prefixes, fields, t.take(pa.array(order)))[1]
+
+
+def test_csv_rows() -> None:
+    arr = pa.array(["plain", 'q"uote', "com,ma", "cr\rlf\n", None, ""])
+    _, offsets, data = arr.buffers()
+    ints = pa.array([1, None, -3, 4, 5, 6], pa.int64())
+    out = _cjson.encode_rows([(b"S,", "c", arr.buffers()[0], offsets, data, 0),
+                              (b",", "i", ints.buffers()[0], None, ints.buffers()[1], 0)], 6,
+                             row_end=b",w,v\r\n", row_sep=b"", null=b"")
+    assert out == (b'S,plain,1,w,v\r\nS,"q""uote",,w,v\r\nS,"com,ma",-3,w,v\r\nS,"cr\rlf\n",4,w,v\r\n'
+                   b"S,,5,w,v\r\nS,,6,w,v\r\n")
 
 
 def test_joined_and_listed_values() -> None:
