@@ -5,6 +5,7 @@ record-by-record rules in :mod:`cirron.spool.reconstruct` decide the same."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -189,6 +190,68 @@ class PairIndex:
             row = self._order[pos]
             out[i:i + LOOKUP_ROWS] = np.where((self._sorted[pos] == k) & (other[row] == check[i:i + LOOKUP_ROWS]),
                                               row, -1)
+        return out
+
+
+class JoinedIndex:
+    """Rows of distinct 128-bit keys ``(hi, lo)``, looked up exactly while holding only their
+    joined keys ``hi ^ lo``, sorted (``order``: the row of each). A key is ``(hi ^ lo, hi)`` as
+    well, so a lookup finds each query's candidate row by its joined key, then compares the
+    ``hi`` half of the candidates alone (``hi_of(rows)`` fetches those, from memory or from a
+    file); joined keys that repeat among the keys (two ids, rarely) are resolved on the whole
+    key among those rows alone, as :func:`_merge_lookup` does."""
+
+    def __init__(self, sorted_join: np.ndarray, order: np.ndarray, hi_of: Callable[[np.ndarray], np.ndarray]) -> None:
+        self._sorted, self._order, self._hi_of = sorted_join, order, hi_of
+        self._rep_join: np.ndarray | None = None
+        if len(sorted_join) > 1:
+            repeat = sorted_join[1:] == sorted_join[:-1]
+            if repeat.any():
+                group = np.zeros(len(sorted_join), dtype=bool)
+                group[1:] |= repeat
+                group[:-1] |= repeat
+                self._rep_join = sorted_join[group]
+                self._rep_rows = order[group]
+                self._rep_hi = hi_of(self._rep_rows)
+
+    @classmethod
+    def of(cls, join: np.ndarray, hi_of: Callable[[np.ndarray], np.ndarray], dtype: Any = np.int64,
+           rows: np.ndarray | None = None) -> JoinedIndex:
+        """The index of the keys whose joined keys are ``join`` (only its ``rows`` when given; row
+        numbers of the whole column either way, as ``dtype``)."""
+        if rows is None:
+            order = np.argsort(join, kind="stable").astype(dtype)
+            return cls(join[order], order, hi_of)
+        picked = join[rows]
+        order = np.argsort(picked, kind="stable")
+        return cls(picked[order], rows[order].astype(dtype), hi_of)
+
+    def __len__(self) -> int:
+        return len(self._sorted)
+
+    def lookup(self, join: np.ndarray, hi_of: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+        """The row holding each query key (-1: none), in the dtype of ``order``: the queries'
+        joined keys ``join``, and ``hi_of(queries)`` the ``hi`` half of some of them."""
+        out = np.full(len(join), -1, dtype=self._order.dtype)
+        if not len(self._sorted):
+            return out
+        for i in range(0, len(join), LOOKUP_ROWS):
+            k = join[i:i + LOOKUP_ROWS]
+            pos = search_sorted(self._sorted, k)
+            hit = np.flatnonzero(self._sorted[pos] == k)
+            if not hit.size:
+                continue
+            query, rows = hit + i, self._order[pos[hit]]
+            q_hi = hi_of(query)
+            exact = self._hi_of(rows) == q_hi
+            out[query[exact]] = rows[exact]
+            if self._rep_join is not None:
+                k = k[hit]
+                at = search_sorted(self._rep_join, k)
+                rep = np.flatnonzero(self._rep_join[at] == k)
+                if rep.size:
+                    found = _merge_lookup(self._rep_join, self._rep_hi, k[rep], q_hi[rep])
+                    out[query[rep]] = np.where(found >= 0, self._rep_rows[np.maximum(found, 0)], -1)
         return out
 
 

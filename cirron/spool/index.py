@@ -46,7 +46,7 @@ __all__ = ["INDEX_NAME", "INDEX_VERSION", "BatchListing", "SpoolSummary", "index
 
 INDEX_NAME = ".index.msgpack"
 #: Bumped whenever the stored shape or the grouping rules change: an index of another version is rebuilt.
-INDEX_VERSION = 4
+INDEX_VERSION = 5  # 5: the light pass compares whole ids (4 took ids with equal hi ^ lo for one)
 #: Key of the group holding batch files whose header names no session.
 _NO_SESSION = ""
 #: Key of the one group used when the spool is not made of self-contained groups.
@@ -276,18 +276,19 @@ class _LightKeys:
     """Per record key columns of one session's batch files, collected file by file."""
 
     def __init__(self) -> None:
-        #: Spans: id halves, the parent's joined key, whether there is one, whether the span is
-        #: closed, its latest time. Marks and snapshots: id halves, the joined key of the span
-        #: they name, whether they name one; marks also their time.
+        #: Spans: id halves, the parent's joined key and its hi half (the two make the whole
+        #: key), whether there is one, whether the span is closed, its latest time. Marks and
+        #: snapshots: id halves, the joined key of the span they name and its hi half, whether
+        #: they name one; marks also their time.
         import numpy as np
 
         from cirron.spool.arrays import Column
 
         u64, i64 = np.uint64, np.int64
         self.cols: dict[str, Column] = {k: Column(t) for k, t in (
-            ("hi", u64), ("lo", u64), ("pjoin", u64), ("has_p", bool), ("closed", bool), ("tmax", i64),
-            ("mhi", u64), ("mlo", u64), ("mt", u64), ("mon", bool), ("mts", i64),
-            ("nhi", u64), ("nlo", u64), ("nt", u64), ("non", bool))}
+            ("hi", u64), ("lo", u64), ("pjoin", u64), ("phi", u64), ("has_p", bool), ("closed", bool),
+            ("tmax", i64), ("mhi", u64), ("mlo", u64), ("mt", u64), ("mth", u64), ("mon", bool), ("mts", i64),
+            ("nhi", u64), ("nlo", u64), ("nt", u64), ("nth", u64), ("non", bool))}
         self.roots: list[tuple[int, Any]] = []
         self.rows = 0
         self.sid: str | None = None
@@ -341,6 +342,7 @@ class _LightKeys:
         has_p = np.fromiter(map(_is_not_none, parents), dtype=bool, count=len(parents))
         phi, plo = id_keys([p if p is not None else "" for p in parents])
         c["pjoin"].append(phi ^ plo)
+        c["phi"].append(phi)
         c["has_p"].append(has_p)
         ends = list(map(attrgetter("end_ns"), spans))
         c["closed"].append(np.fromiter(map(_is_not_none, ends), dtype=bool, count=len(ends)))
@@ -355,10 +357,11 @@ class _LightKeys:
         from cirron.spool.outline import target_keys, time_column
 
         c = self.cols
-        rhi, rlo, tjoin, on = target_keys(recs)
+        rhi, rlo, thi, tlo, on = target_keys(recs)
         c[p + "hi"].append(rhi)
         c[p + "lo"].append(rlo)
-        c[p + "t"].append(tjoin)
+        c[p + "t"].append(thi ^ tlo)
+        c[p + "th"].append(thi)
         c[p + "on"].append(on)
         if with_time:
             c[p + "ts"].append(time_column(list(map(attrgetter("ts_ns"), recs))))
@@ -369,7 +372,7 @@ class _LightKeys:
     def summarize(self, fingerprint: list[Any]) -> _GroupEntry | None:
         import numpy as np
 
-        from cirron.spool.arrays import KeyIndex, last_of_each
+        from cirron.spool.arrays import JoinedIndex, last_of_each
         from cirron.spool.reader import _decode_attrs
 
         u64, i64 = np.uint64, np.int64
@@ -392,19 +395,22 @@ class _LightKeys:
         rows = np.flatnonzero(win) if dups else None
         del win
 
-        hi ^= lo  # the joined key of each span
-        join = _rows_of(hi, rows)
-        del hi, lo
+        lo ^= hi  # the joined key of each span
+        join = _rows_of(lo, rows)
+        del lo
+        hi = _rows_of(hi, rows)
         n = len(join)
         span_last = _max_time(_rows_of(self._take("tmax", i64), rows))
         if span_last is not None:
             last_ns = span_last if last_ns is None else max(last_ns, span_last)
-        spans_by_key = KeyIndex(join)
+        spans_by_key = JoinedIndex.of(join, hi.__getitem__)
         del join
-        lookup = spans_by_key.lookup
+
+        def lookup(join: Any, join_hi: Any) -> Any:
+            return spans_by_key.lookup(join, join_hi.__getitem__)
 
         # every span must reach the root through spans of the group
-        parent = lookup(_rows_of(self._take("pjoin", u64), rows))
+        parent = lookup(_rows_of(self._take("pjoin", u64), rows), _rows_of(self._take("phi", u64), rows))
         parent[~_rows_of(self._take("has_p", bool), rows)] = -1
         root_idx = int(np.searchsorted(rows, root_row)) if rows is not None else root_row
         del rows
@@ -421,10 +427,10 @@ class _LightKeys:
             return None
         del parent, reached, todo
         for p in ("m", "n"):
-            t, on = self._take(p + "t", u64), self._take(p + "on", bool)
-            if n and on.any() and (lookup(t[on]) < 0).any():
+            t, th, on = self._take(p + "t", u64), self._take(p + "th", u64), self._take(p + "on", bool)
+            if n and on.any() and (lookup(t[on], th[on]) < 0).any():
                 return None  # a mark or snapshot on a span the group does not hold
-            del t, on
+            del t, th, on
         resource = dict(self.first_meta[0]) if self.first_meta is not None else {}
         sdk = self.sdk_seen
         if self.first_meta is not None and self.first_meta[1] is not None:

@@ -46,7 +46,7 @@ import numpy as np
 
 from cirron._memory import trim
 from cirron._schema import ROOT_SENTINEL
-from cirron.spool.arrays import id_keys, last_of_each, search_sorted
+from cirron.spool.arrays import JoinedIndex, id_keys, last_of_each
 from cirron.spool.catalog import SessionInfo
 from cirron.spool.parallel import ordered_map
 from cirron.spool.reader import BatchFile, read_batch
@@ -221,9 +221,10 @@ NODE_SPAN, NODE_MARK, NODE_COLLAPSED = 0, 1, 2
 _NO_TIME = np.iinfo(np.int64).min
 
 
-#: The key columns :func:`append_span_keys` adds per batch: id halves, the parent's joined key,
-#: whether there is a parent, whether the span is closed, and its times.
-SPAN_KEY_COLUMNS = ("hi", "lo", "pjoin", "has_p", "closed", "start", "end")
+#: The key columns :func:`append_span_keys` adds per batch: id halves, the parent's joined key
+#: and its hi half (the two make the whole key), whether there is a parent, whether the span is
+#: closed, and its times.
+SPAN_KEY_COLUMNS = ("hi", "lo", "pjoin", "phi", "has_p", "closed", "start", "end")
 
 
 def append_span_keys(cols: dict[str, list[np.ndarray]], spans: list[Any]) -> None:
@@ -234,20 +235,21 @@ def append_span_keys(cols: dict[str, list[np.ndarray]], spans: list[Any]) -> Non
     parents = [s.parent_id for s in spans]
     phi, plo = id_keys([p if p is not None else "" for p in parents])
     cols["pjoin"].append(phi ^ plo)
+    cols["phi"].append(phi)
     cols["has_p"].append(np.fromiter((p is not None for p in parents), dtype=bool, count=len(spans)))
     cols["closed"].append(np.fromiter((s.end_ns is not None for s in spans), dtype=bool, count=len(spans)))
     cols["start"].append(time_column([s.start_ns for s in spans]))
     cols["end"].append(time_column([s.end_ns for s in spans]))
 
 
-def target_keys(recs: list[Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Key columns of marks or snapshots: their id halves, the joined key of the span each names,
-    and whether it names a span (rather than the root sentinel or none)."""
+def target_keys(recs: list[Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Key columns of marks or snapshots: their id halves, the halves of the key of the span each
+    names, and whether it names a span (rather than the root sentinel or none)."""
     hi, lo = id_keys([r.id for r in recs])
     targets = [r.span_id for r in recs]
     on_span = np.fromiter((t is not None and t != ROOT_SENTINEL for t in targets), dtype=bool, count=len(recs))
     thi, tlo = id_keys([t if t is not None and t != ROOT_SENTINEL else "" for t in targets])
-    return hi, lo, thi ^ tlo, on_span
+    return hi, lo, thi, tlo, on_span
 
 
 def _plain_ids(ids: list[Any]) -> bool:
@@ -461,10 +463,11 @@ def _session_columns(info: SessionInfo, threads: bool, times: bool, mark_times: 
                 col.add("thread", time_column([s.thread_id for s in spans]))
                 col.add("rank", time_column([s.rank for s in spans]))
             own = batch["session_id"] == info.id
-            mhi, mlo, tjoin, on_span = target_keys(marks)
+            mhi, mlo, thi, tlo, on_span = target_keys(marks)
             col.add("mhi", mhi)
             col.add("mlo", mlo)
-            col.add("tjoin", tjoin)
+            col.add("tjoin", thi ^ tlo)
+            col.add("thi", thi)
             # 1: on a span id; 0: on the sentinel (or none) in the session's own batch; -1: neither
             col.add("att", np.where(on_span, 1, 0 if own else -1).astype(np.int8))
             if mark_times:
@@ -504,23 +507,25 @@ def _columns_from(col: _ColumnSpill, info: SessionInfo, files: list[BatchFile], 
     id_rank = _id_rank(whi, wlo, idx_t) if id_order else None
     join = whi ^ wlo
     root_hi, root_lo = id_keys([info.id])
-    del whi, wlo
-    by_join = np.argsort(join, kind="stable").astype(idx_t)
-    sorted_join = join[by_join]
+    del wlo
+    spans_by_key = JoinedIndex.of(join, whi.__getitem__, idx_t)
     del join
     trim()
 
-    root_idx = int(_lookup(sorted_join, by_join, root_hi ^ root_lo)[0])
+    root_idx = int(spans_by_key.lookup(root_hi ^ root_lo, root_hi.__getitem__)[0])
     if root_idx < 0:
         return None
-    parent = _lookup(sorted_join, by_join, col.take("pjoin", rows))
+    p_hi = col.take("phi", rows)
+    parent = spans_by_key.lookup(col.take("pjoin", rows), p_hi.__getitem__)
+    del p_hi
     parent[~col.take("has_p", rows)] = -1
     parent[root_idx] = -1
     att = col.take("att")
-    on_span = att == 1
+    on_span = np.flatnonzero(att == 1)
     own_span = np.full(len(att), -1, dtype=idx_t)
-    own_span[on_span] = _lookup(sorted_join, by_join, col.take("tjoin", np.flatnonzero(on_span)))
-    del on_span, sorted_join, by_join
+    t_hi = col.take("thi", on_span)
+    own_span[on_span] = spans_by_key.lookup(col.take("tjoin", on_span), t_hi.__getitem__)
+    del on_span, t_hi, spans_by_key, whi
     member &= (own_span >= 0) | (att >= 0)
     del att
     mark_rows = np.flatnonzero(member).astype(idx_t)
@@ -541,25 +546,6 @@ def _columns_from(col: _ColumnSpill, info: SessionInfo, files: list[BatchFile], 
                           mark_target)
 
 
-
-
-#: Keys looked up at once among the winning spans (bounds the lookup's temporaries).
-_LOOKUP_CHUNK = 1 << 20
-
-
-def _lookup(sorted_join: np.ndarray, by_join: np.ndarray, keys: np.ndarray) -> np.ndarray:
-    """For each joined key, the idx of the winning span with it (-1: none), a slice at a time;
-    ``sorted_join`` is the winners' joined keys in order and ``by_join`` their idx."""
-    out = np.full(len(keys), -1, dtype=by_join.dtype)
-    n = len(sorted_join)
-    if not n:
-        return out
-    for i in range(0, len(keys), _LOOKUP_CHUNK):
-        part = keys[i:i + _LOOKUP_CHUNK]
-        pos = search_sorted(sorted_join, part)
-        hit = sorted_join[pos] == part
-        out[i:i + len(part)][hit] = by_join[pos[hit]]
-    return out
 
 
 def _id_rank(hi: np.ndarray, lo: np.ndarray, idx_t: Any) -> np.ndarray:

@@ -10,8 +10,8 @@ another:
 1. each batch file is parsed once (:func:`cirron.spool.columnar.read_file`, fast or careful as
    there), its Arrow columns are spilled to temporary Arrow IPC files and compact keys to files
    beside them: per span its id key (64-bit joined and 128-bit), whether it is closed, its
-   parent's key and whether it is an ``epoch``/``batch`` step; per mark its id key, its span's
-   key and how it is attached;
+   parent's key (joined, and its ``hi`` half: the lookups compare whole keys) and whether it is
+   an ``epoch``/``batch`` step; per mark its id key, its span's key and how it is attached;
 2. the rules of :func:`~cirron.spool.columnar.read_columns` are applied to the keys (the dedupe
    of :func:`cirron.spool.arrays.last_of_each`, parent rows, the enclosing epoch/batch of
    :func:`cirron.spool.arrays.enclosing_steps`, which marks belong to the session), leaving per
@@ -22,7 +22,7 @@ another:
 Memory: no keys while the files are parsed (they go to files beside the spill); about 35 bytes
 per record while the rules run (each sort with little else in memory), then about 20 (winner
 flags, epoch, batch, parent row), plus one piece. Disk: the spill, about as big as the columns
-(0.6 bytes per byte of JSON) plus 50 bytes per record of keys, in the temporary directory,
+(0.6 bytes per byte of JSON) plus 60 bytes per record of keys, in the temporary directory,
 removed when the iteration ends. Ids are keyed by their 128 bits when they are 32 hex digits, else by a BLAKE2 digest
 (:func:`cirron.spool.stream._key`), as the reference's streamed reader does.
 """
@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import pickle
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,7 +43,7 @@ import pyarrow.compute as pc
 
 from cirron._memory import returned_memory
 from cirron._schema import BATCH_SPAN_NAME, EPOCH_SPAN_NAME, ROOT_SENTINEL
-from cirron.spool.arrays import enclosing_steps, hex_halves, last_of_each, packed_hex_halves, search_sorted
+from cirron.spool.arrays import JoinedIndex, enclosing_steps, hex_halves, last_of_each, packed_hex_halves
 from cirron.spool.catalog import SessionInfo
 from cirron.spool.columnar import (
     SessionColumns,
@@ -95,16 +95,15 @@ def id_keys(ids: pa.Array) -> tuple[np.ndarray, np.ndarray]:
 
 
 #: The key files pass 1 writes beside the spill (name → dtype): per span its id's joined key
-#: (``hi ^ lo``), its 128-bit key, its parent's joined key and flags (:data:`_CLOSED`...); per
-#: epoch/batch span its row and index; per mark its id's joined and 128-bit keys, its span's
-#: joined key and how it is attached (1: to a span id, 0: to the sentinel or none in one of the
-#: session's own batches, -1: neither).
-_KEY_FILES = {"s_join": np.uint64, "s_hi": np.uint64, "s_lo": np.uint64, "s_parent": np.uint64, "s_flags": np.uint8,
-              "s_step_row": np.int64, "s_step_index": np.int64,
-              "m_join": np.uint64, "m_hi": np.uint64, "m_lo": np.uint64, "m_target": np.uint64, "m_att": np.int8}
+#: (``hi ^ lo``), its 128-bit key, its parent's joined key and ``hi`` half (the two make the
+#: whole key) and flags (:data:`_CLOSED`...); per epoch/batch span its row and index; per mark
+#: its id's joined and 128-bit keys, its span's joined key and ``hi`` half and how it is attached
+#: (1: to a span id, 0: to the sentinel or none in one of the session's own batches, -1: neither).
+_KEY_FILES = {"s_join": np.uint64, "s_hi": np.uint64, "s_lo": np.uint64, "s_parent": np.uint64,
+              "s_parent_hi": np.uint64, "s_flags": np.uint8, "s_step_row": np.int64, "s_step_index": np.int64,
+              "m_join": np.uint64, "m_hi": np.uint64, "m_lo": np.uint64, "m_target": np.uint64,
+              "m_target_hi": np.uint64, "m_att": np.int8}
 _CLOSED, _HAS_PARENT, _EPOCH, _BATCH = 1, 2, 4, 8
-#: Keys looked up at a time (bounds the lookup's temporaries).
-_LOOKUP_ROWS = 1 << 20
 
 
 class _Keys:
@@ -129,6 +128,7 @@ class _Keys:
         parent = spans.column("parent_id")
         phi, plo = id_keys(parent)
         self._write("s_parent", phi ^ plo)
+        self._write("s_parent_hi", phi)
         names, index = spans.column("name"), spans.column("index")
         has_index = index.is_valid().to_numpy(zero_copy_only=False)
         epoch = pc.equal(names, EPOCH_SPAN_NAME).fill_null(False).to_numpy(zero_copy_only=False) & has_index
@@ -152,6 +152,7 @@ class _Keys:
         on_span = pc.equal(attached, 1)  # only these look their span up: leave the others' ids out
         thi, tlo = id_keys(pc.if_else(on_span, marks.column("span_id"), pa.scalar(None, pa.string())))
         self._write("m_target", thi ^ tlo)
+        self._write("m_target_hi", thi)
         self._write("m_att", attached.to_numpy(zero_copy_only=False))
 
     def close(self) -> None:
@@ -160,6 +161,11 @@ class _Keys:
 
     def load(self, name: str) -> np.ndarray:
         return np.fromfile(self.dir / f"{name}.bin", dtype=_KEY_FILES[name])
+
+    def reader(self, name: str, numbering: np.ndarray | None) -> Callable[[np.ndarray], np.ndarray]:
+        """:meth:`rows` of ``name`` as a function of row numbers (``numbering[r]``: the row of
+        number ``r``; None: the row itself)."""
+        return lambda r: self.rows(name, r if numbering is None else numbering[r])
 
     def rows(self, name: str, rows: np.ndarray) -> np.ndarray:
         """Some rows of a key file, without reading the rest."""
@@ -188,26 +194,6 @@ class _Plan:
     snaps: set[tuple[int, int]]
 
 
-class _Joined:
-    """The winning spans' joined keys, sorted, to find a span row by the key of its id."""
-
-    def __init__(self, sorted_join: np.ndarray, by_join: np.ndarray) -> None:
-        self.sorted_join, self.by_join = sorted_join, by_join
-
-    def lookup(self, targets: np.ndarray) -> np.ndarray:
-        """Winner row of each target key (-1: none), as int32 (int64 past 2**31 spans)."""
-        n = len(self.sorted_join)
-        out = np.full(len(targets), -1, dtype=self.by_join.dtype)
-        if not n:
-            return out
-        for a in range(0, len(targets), _LOOKUP_ROWS):
-            t = targets[a: a + _LOOKUP_ROWS]
-            pos = search_sorted(self.sorted_join, t)
-            found = self.sorted_join[pos] == t
-            out[a: a + len(t)] = np.where(found, self.by_join[pos], -1)
-        return out
-
-
 def _rows_dtype(n: int) -> Any:
     return np.int32 if n < np.iinfo(np.int32).max else np.int64
 
@@ -215,7 +201,7 @@ def _rows_dtype(n: int) -> Any:
 def _dedupe(keys: _Keys, prefix: str, closed: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The dedupe of :func:`cirron.spool.arrays.last_of_each` on the 128-bit keys: the joined
     keys are sorted once; only rows whose joined key repeats read their full key. Returns the
-    winner mask and the joined keys sorted with their rows (what :class:`_Joined` needs)."""
+    winner mask and the joined keys sorted with their rows (what :class:`~cirron.spool.arrays.JoinedIndex` needs)."""
     join = keys.load(f"{prefix}_join")
     n = len(join)
     order = np.argsort(join, kind="stable").astype(_rows_dtype(n))
@@ -253,14 +239,15 @@ def _plan(keys: _Keys) -> _Plan:
         del won, win_idx
         win_rows = np.flatnonzero(keep)
         flags = flags[win_rows]
-    joined = _Joined(sorted_join, order)
+    # a winner's row among the winners → its row among all spans (what the key files hold)
+    joined = JoinedIndex(sorted_join, order, keys.reader("s_hi", win_rows))
     del sorted_join, order
     n = len(flags)
 
     m_row: np.ndarray | None = None
     if has_marks:
         attached = keys.load("m_att")
-        m_row = joined.lookup(keys.load("m_target"))
+        m_row = joined.lookup(keys.load("m_target"), keys.reader("m_target_hi", None))
         hit = (attached == 1) & (m_row >= 0)
         keep_m &= hit | (attached == 0)
         del attached
@@ -270,7 +257,7 @@ def _plan(keys: _Keys) -> _Plan:
     parent = keys.load("s_parent")
     if win_rows is not None:
         parent = parent[win_rows]
-    parent_row = joined.lookup(parent)
+    parent_row = joined.lookup(parent, keys.reader("s_parent_hi", win_rows))
     del parent
     parent_row[(flags & _HAS_PARENT) == 0] = -1
     snaps = _winning_snapshots(keys.snaps, joined)
@@ -307,7 +294,7 @@ def _compact(a: np.ndarray) -> np.ndarray:
     return a
 
 
-def _winning_snapshots(snaps: list[tuple[int, int, bool, Any, Any]], joined: _Joined) -> set[tuple[int, int]]:
+def _winning_snapshots(snaps: list[tuple[int, int, bool, Any, Any]], joined: JoinedIndex) -> set[tuple[int, int]]:
     """The rule of :func:`cirron.spool.columnar._snapshots` (last write wins; kept when on a
     winning span, or on the root sentinel or none in one of the session's own batches)."""
     from cirron.spool.stream import _key
@@ -323,7 +310,8 @@ def _winning_snapshots(snaps: list[tuple[int, int, bool, Any, Any]], joined: _Jo
             ok = own
         else:
             h, lo = _key(sid)
-            ok = bool(joined.lookup(np.array([h ^ lo], dtype=np.uint64))[0] >= 0)
+            key_hi = np.array([h], dtype=np.uint64)
+            ok = bool(joined.lookup(key_hi ^ np.uint64(lo), key_hi.__getitem__)[0] >= 0)
         if ok:
             out.add((f, j))
     return out

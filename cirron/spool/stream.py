@@ -92,16 +92,22 @@ def _join_key(hi: np.ndarray, lo: np.ndarray) -> np.ndarray:
     return hi ^ lo
 
 
-def _enclosing(join: np.ndarray, parent: np.ndarray, has_parent: np.ndarray, kind: np.ndarray,
-               index: np.ndarray, keep: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """For every span row, the index of the nearest epoch and batch span at or above it (-1: none),
-    following parent links among the winning records."""
-    from cirron.spool.arrays import KeyIndex
+def _spans_by_key(join: np.ndarray, hi: np.ndarray, keep: np.ndarray) -> Any:
+    """The winning spans (``keep``), to find the row of a span by its whole key."""
+    from cirron.spool.arrays import JoinedIndex
 
-    if len(join) == 0:
+    return JoinedIndex.of(join, hi.__getitem__, rows=np.flatnonzero(keep))
+
+
+def _enclosing(spans_by_key: Any, parent: np.ndarray, parent_hi: np.ndarray, has_parent: np.ndarray,
+               kind: np.ndarray, index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For every span row, the index of the nearest epoch and batch span at or above it (-1: none),
+    following parent links (joined keys ``parent`` and their ``hi`` halves) among the winning
+    records (``spans_by_key``: :func:`_spans_by_key`)."""
+    if len(parent) == 0:
         empty = np.empty(0, dtype=np.int64)
         return empty, empty.copy()
-    parent_row = KeyIndex(join, keep).lookup(parent)
+    parent_row = spans_by_key.lookup(parent, parent_hi.__getitem__)
     parent_row[~has_parent] = -1
     return enclosing_steps(parent_row, kind == _KIND_EPOCH, kind == _KIND_BATCH, index)
 
@@ -127,15 +133,16 @@ class _Plan:
 
 
 def _plan(info: SessionInfo) -> _Plan:
-    from cirron.spool.arrays import Column, KeyIndex, id_keys
+    from cirron.spool.arrays import Column, id_keys
     from cirron.spool.outline import target_keys
 
     u64 = np.uint64
     span_cols = {k: Column(t) for k, t in (("hi", u64), ("lo", u64), ("closed", bool), ("pjoin", u64),
-                                           ("has_p", bool), ("kind", np.int8), ("index", np.int64))}
-    # per mark and snapshot: id halves, the joined key of its span, and 1: hangs from a span id;
+                                           ("phi", u64), ("has_p", bool), ("kind", np.int8), ("index", np.int64))}
+    # per mark and snapshot: id halves, the joined key of its span and its hi half, and 1: hangs from a span id;
     # 0: from the sentinel (or no span) in the session's own batch; -1: neither
-    target_cols = [{k: Column(t) for k, t in (("hi", u64), ("lo", u64), ("t", u64), ("att", np.int8))}
+    target_cols = [{k: Column(t) for k, t in (("hi", u64), ("lo", u64), ("t", u64), ("thi", u64),
+                                                                 ("att", np.int8))}
                    for _ in range(2)]
     quiet = lambda _m: None  # noqa: E731 - the summary pass already reported every file
     for bf in info.files:
@@ -153,6 +160,7 @@ def _plan(info: SessionInfo) -> _Plan:
         phi, plo = id_keys([p if p is not None else "" for p in parents])
         has_p = np.fromiter((p is not None for p in parents), dtype=bool, count=n)
         span_cols["pjoin"].append(np.where(has_p, phi ^ plo, u64(0)))
+        span_cols["phi"].append(np.where(has_p, phi, u64(0)))
         span_cols["has_p"].append(has_p)
         kinds = [(_KIND_EPOCH if s.name == EPOCH_SPAN_NAME else _KIND_BATCH if s.name == BATCH_SPAN_NAME else 0)
                  if type(s.index) is int else 0 for s in spans]
@@ -160,32 +168,34 @@ def _plan(info: SessionInfo) -> _Plan:
         span_cols["index"].append(np.fromiter((s.index if k else -1 for s, k in zip(spans, kinds)),
                                               dtype=np.int64, count=n))
         for recs, cols in ((batch["marks"], target_cols[0]), (batch["snapshots"], target_cols[1])):
-            rhi, rlo, tjoin, on = target_keys(recs)
+            rhi, rlo, thi, tlo, on = target_keys(recs)
             cols["hi"].append(rhi)
             cols["lo"].append(rlo)
-            cols["t"].append(np.where(on, tjoin, u64(0)))
+            cols["t"].append(np.where(on, thi ^ tlo, u64(0)))
+            cols["thi"].append(np.where(on, thi, u64(0)))
             cols["att"].append(np.where(on, 1, 0 if own_batch else -1).astype(np.int8))
         del batch, spans
 
     shi, slo = span_cols["hi"].take(), span_cols["lo"].take()
     join = _join_key(shi, slo)
     keep_spans = last_of_each(shi, slo, span_cols["closed"].take())
-    del shi, slo
+    del slo
+    spans_by_key = _spans_by_key(join, shi, keep_spans)
+    del join
     kind_a = span_cols["kind"].take()
     index_a = span_cols["index"].take()
-    epoch, batch_ = _enclosing(join, span_cols["pjoin"].take(), span_cols["has_p"].take(), kind_a, index_a,
-                               keep_spans)
+    epoch, batch_ = _enclosing(spans_by_key, span_cols["pjoin"].take(), span_cols["phi"].take(),
+                               span_cols["has_p"].take(), kind_a, index_a)
     del kind_a, index_a
-
-    spans_by_key = KeyIndex(join, keep_spans)
-    del join
 
     def attach(cols: dict[str, Any]) -> tuple[np.ndarray, ...]:
         mhi, mlo = cols["hi"].take(), cols["lo"].take()
         keep = last_of_each(mhi, mlo, None)
         del mhi, mlo
         a = cols["att"].take()
-        row = spans_by_key.lookup(cols["t"].take())
+        t_hi = cols["thi"].take()
+        row = spans_by_key.lookup(cols["t"].take(), t_hi.__getitem__)
+        del t_hi
         row[a != 1] = -1
         hit = row >= 0
         # A streamable session's marks on span ids all hit (the index checked), so a mark is in
@@ -239,6 +249,7 @@ def chunk_of_session(sess: Session, info: SessionInfo | None = None) -> Chunk:
     hi = np.empty(n, dtype=np.uint64)
     lo = np.empty(n, dtype=np.uint64)
     p_join = np.zeros(n, dtype=np.uint64)
+    p_hi = np.zeros(n, dtype=np.uint64)
     p_has = np.zeros(n, dtype=bool)
     kind = np.zeros(n, dtype=np.int8)
     index = np.full(n, -1, dtype=np.int64)
@@ -247,13 +258,14 @@ def chunk_of_session(sess: Session, info: SessionInfo | None = None) -> Chunk:
         parent = s.get("parent_id")
         if parent is not None:
             ph, pl = _key(parent)
-            p_join[i] = ph ^ pl
+            p_join[i], p_hi[i] = ph ^ pl, ph
             p_has[i] = True
         idx, name = s.get("index"), s.get("name")
         if type(idx) is int and name in (EPOCH_SPAN_NAME, BATCH_SPAN_NAME):
             kind[i] = _KIND_EPOCH if name == EPOCH_SPAN_NAME else _KIND_BATCH
             index[i] = idx
-    epoch, batch = _enclosing(_join_key(hi, lo), p_join, p_has, kind, index, np.ones(n, dtype=bool))
+    spans_by_key = _spans_by_key(_join_key(hi, lo), hi, np.ones(n, dtype=bool))
+    epoch, batch = _enclosing(spans_by_key, p_join, p_hi, p_has, kind, index)
     by_id = {s["id"]: i for i, s in enumerate(sess.spans)}
     rows = [by_id.get(m.get("span_id"), -1) for m in sess.marks]
     m_e = [None if r < 0 or epoch[r] < 0 else int(epoch[r]) for r in rows]

@@ -11,6 +11,7 @@ import shutil
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 pytest.importorskip("pyarrow")
@@ -20,6 +21,7 @@ from spool_factory import BASE_NS, MS, SpoolFactory, new_id  # noqa: E402
 from cirron._schema import ROOT_SENTINEL  # noqa: E402
 from cirron.export import PARQUET_FILES, write_csv, write_json, write_parquet  # noqa: E402
 from cirron.spool import (  # noqa: E402
+    arrays,
     columnar,
     list_batch_files,
     open_catalog,  # noqa: E402
@@ -252,7 +254,7 @@ def test_big_bench_session_in_pieces(tmp_path, big, monkeypatch):
     from bench_cli import generate
 
     monkeypatch.setattr(pieces, "PIECE_ROWS", 2_000)
-    monkeypatch.setattr(pieces, "_LOOKUP_ROWS", 999)  # lookups in several slices, each sorted
+    monkeypatch.setattr(arrays, "LOOKUP_ROWS", 999)  # lookups in several slices, each sorted
     spool = tmp_path / ".cirron" / "spool"
     generate(spool, 20_000, 20_000, 8, n_sessions=2)
     kinds = assert_same_exports(spool, tmp_path / "out")
@@ -277,6 +279,94 @@ def test_big_session_odd_values_escapes_and_duplicates(factory: SpoolFactory, bi
 
 def test_big_foreign_writer_spools(big, tmp_path):
     test_foreign_writer_spools(tmp_path)
+
+
+def _twin(thread: int, counter: int) -> str:
+    """An id of a foreign writer's kind: thread, then counter, 64 bits each (so (1, 2) and (2, 1)
+    share their joined key ``hi ^ lo``)."""
+    return f"{thread:016x}{counter:016x}"
+
+
+def _xor_twins_spool(factory: SpoolFactory) -> str:
+    """A session whose spans (1, 2) and (2, 1) are in different epochs, each with a child and a
+    mark, and a span (1, 3) beside them (joined key 2, as theirs is 3). Returns its root id."""
+    root, e1, e2 = new_id(), new_id(), new_id()
+    spans = [factory.span("cirron.session", id=root, dur_ns=10**9),
+             factory.span("epoch", id=e1, parent_id=root, index=1),
+             factory.span("epoch", id=e2, parent_id=root, index=2),
+             factory.span("a", id=_twin(1, 2), parent_id=e1), factory.span("b", id=_twin(2, 1), parent_id=e2),
+             factory.span("c", id=_twin(1, 3), parent_id=e2),
+             factory.span("child-b", id=_twin(9, 9), parent_id=_twin(2, 1)),
+             factory.span("child-a", id=_twin(8, 8), parent_id=_twin(1, 2))]
+    marks = [factory.mark(_twin(2, 1), "on-b", 2.0), factory.mark(_twin(1, 2), "on-a", 1.0),
+             factory.mark(_twin(9, 9), "on-child-b", 3.0)]
+    factory.write_batch(spans[:4], marks[:1], session_id=root)
+    factory.write_batch(spans[4:], marks[1:], session_id=root)
+    return root
+
+
+def test_big_sessions_key_ids_exactly_not_by_their_joined_key(factory: SpoolFactory, big, tmp_path):
+    root = _xor_twins_spool(factory)
+    assert assert_same_exports(factory.spool_dir, tmp_path) == {"columns": 1, "chunks": 0}
+    info = open_catalog([factory.spool_dir], lambda _m: None).sessions[0]
+    got = list(pieces.iter_pieces(info, session_parents=True))
+    assert len(got) > 1
+    ids = [i for p in got for i in p.spans["id"].to_pylist()]
+    names = [n for p in got for n in p.spans["name"].to_pylist()]
+    parent = [r for p in got for r in p.span_parent.tolist()]
+    epoch = [e for p in got for e in p.span_epoch.tolist()]
+    assert sorted(zip(names, [names[r] if r >= 0 else None for r in parent], epoch), key=str) == sorted([
+        ("cirron.session", None, -1), ("epoch", "cirron.session", 1), ("epoch", "cirron.session", 2),
+        ("a", "epoch", 1), ("b", "epoch", 2), ("c", "epoch", 2), ("child-a", "a", 1), ("child-b", "b", 2)], key=str)
+    marks = {n: e for p in got for n, e in zip(p.marks["name"].to_pylist(), p.mark_epoch.tolist())}
+    assert marks == {"on-a": 1, "on-b": 2, "on-child-b": 2}
+    with pytest.MonkeyPatch.context() as m:  # the same session read whole
+        m.setattr(columnar, "MAX_SESSION_BYTES", 1 << 30)
+        whole = columnar.read_columns(info)
+    assert whole is not None and whole.spans["id"].to_pylist() == ids and ids.count(root) == 1
+    assert whole.span_parent.tolist() == parent and whole.span_epoch.tolist() == epoch
+    assert whole.marks["name"].to_pylist() == [n for p in got for n in p.marks["name"].to_pylist()]
+    assert whole.mark_epoch.tolist() == [e for p in got for e in p.mark_epoch.tolist()]
+
+
+@pytest.mark.parametrize("orphan", ["parent", "mark"])
+def test_a_missing_span_is_not_the_span_that_shares_its_joined_key(big, tmp_path, monkeypatch, orphan):
+    """A parent, or a mark's span, that the session does not hold, named by an id whose joined
+    key is a real span's: the session does not hang together (also for the index's light pass
+    over sessions of many files), and is read the reference way."""
+    from cirron.spool import index as spool_index
+
+    monkeypatch.setattr(spool_index, "LIGHT_PASS_FILES", 1)
+    factory = SpoolFactory(tmp_path / "project")
+    try:
+        root = new_id()
+        spans = [factory.span("cirron.session", id=root, dur_ns=10**9),
+                 factory.span("real", id=_twin(3, 5), parent_id=root)]
+        factory.write_batch(spans, [factory.mark(root, "on-root", 1.0)], session_id=root)
+        if orphan == "parent":
+            factory.write_batch([factory.span("dangling", parent_id=_twin(6, 0))], session_id=root)
+        else:
+            factory.write_batch([], [factory.mark(_twin(0, 6), "on-missing", 4.0)], session_id=root)
+        info = open_catalog([factory.spool_dir], lambda _m: None).sessions[0]
+        assert not info.streamable
+        assert pieces.iter_pieces(info) is None and columnar.read_columns(info) is None
+        assert assert_same_exports(factory.spool_dir, tmp_path / "out") == {"columns": 0, "chunks": 1}
+    finally:
+        factory.close()
+
+
+def test_joined_index_finds_whole_keys():
+    rng = np.random.default_rng(7)
+    hi = rng.integers(0, 6, 400, dtype=np.uint64)  # joined keys repeat, and so do both halves
+    lo = rng.integers(0, 6, 400, dtype=np.uint64)
+    keep = arrays.last_of_each(hi, lo, None)
+    hi, lo = hi[keep], lo[keep]
+    q_hi = rng.integers(0, 7, 300, dtype=np.uint64)
+    q_lo = rng.integers(0, 7, 300, dtype=np.uint64)
+    index = arrays.JoinedIndex.of(hi ^ lo, lambda r: hi[r])
+    got = index.lookup(q_hi ^ q_lo, lambda q: q_hi[q])
+    want = arrays.PairIndex(hi, lo).lookup(q_hi, q_lo)
+    assert got.tolist() == want.tolist() and (got >= 0).any() and (got < 0).any()
 
 
 def test_big_session_the_columns_cannot_carry_falls_back(factory: SpoolFactory, big, tmp_path):
