@@ -229,6 +229,11 @@ class JoinedIndex:
     def __len__(self) -> int:
         return len(self._sorted)
 
+    @property
+    def dtype(self) -> Any:
+        """The dtype of the rows :meth:`lookup` returns."""
+        return self._order.dtype
+
     def lookup(self, join: np.ndarray, hi_of: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
         """The row holding each query key (-1: none), in the dtype of ``order``: the queries'
         joined keys ``join``, and ``hi_of(queries)`` the ``hi`` half of some of them."""

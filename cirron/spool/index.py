@@ -286,9 +286,11 @@ class _LightKeys:
 
         u64, i64 = np.uint64, np.int64
         self.cols: dict[str, Column] = {k: Column(t) for k, t in (
-            ("hi", u64), ("lo", u64), ("pjoin", u64), ("phi", u64), ("has_p", bool), ("closed", bool),
-            ("tmax", i64), ("mhi", u64), ("mlo", u64), ("mt", u64), ("mth", u64), ("mon", bool), ("mts", i64),
-            ("nhi", u64), ("nlo", u64), ("nt", u64), ("nth", u64), ("non", bool))}
+            ("hi", u64), ("lo", u64), ("pjoin", u64), ("has_p", bool), ("closed", bool),
+            ("tmax", i64), ("mhi", u64), ("mlo", u64), ("mt", u64), ("mon", bool), ("mts", i64),
+            ("nhi", u64), ("nlo", u64), ("nt", u64), ("non", bool))}
+        #: the hi halves of the parents' and targets' keys, only read a block at a time
+        self.his = {k: _DiskColumn() for k in ("phi", "mth", "nth")}
         self.roots: list[tuple[int, Any]] = []
         self.rows = 0
         self.sid: str | None = None
@@ -342,7 +344,7 @@ class _LightKeys:
         has_p = np.fromiter(map(_is_not_none, parents), dtype=bool, count=len(parents))
         phi, plo = id_keys([p if p is not None else "" for p in parents])
         c["pjoin"].append(phi ^ plo)
-        c["phi"].append(phi)
+        self.his["phi"].append(phi)
         c["has_p"].append(has_p)
         ends = list(map(attrgetter("end_ns"), spans))
         c["closed"].append(np.fromiter(map(_is_not_none, ends), dtype=bool, count=len(ends)))
@@ -361,7 +363,7 @@ class _LightKeys:
         c[p + "hi"].append(rhi)
         c[p + "lo"].append(rlo)
         c[p + "t"].append(thi ^ tlo)
-        c[p + "th"].append(thi)
+        self.his[p + "th"].append(thi)
         c[p + "on"].append(on)
         if with_time:
             c[p + "ts"].append(time_column(list(map(attrgetter("ts_ns"), recs))))
@@ -406,11 +408,8 @@ class _LightKeys:
         spans_by_key = JoinedIndex.of(join, hi.__getitem__)
         del join
 
-        def lookup(join: Any, join_hi: Any) -> Any:
-            return spans_by_key.lookup(join, join_hi.__getitem__)
-
         # every span must reach the root through spans of the group
-        parent = lookup(_rows_of(self._take("pjoin", u64), rows), _rows_of(self._take("phi", u64), rows))
+        parent = _lookup_blocks(spans_by_key, self._take("pjoin", u64), self.his["phi"], rows)
         parent[~_rows_of(self._take("has_p", bool), rows)] = -1
         root_idx = int(np.searchsorted(rows, root_row)) if rows is not None else root_row
         del rows
@@ -427,10 +426,10 @@ class _LightKeys:
             return None
         del parent, reached, todo
         for p in ("m", "n"):
-            t, th, on = self._take(p + "t", u64), self._take(p + "th", u64), self._take(p + "on", bool)
-            if n and on.any() and (lookup(t[on], th[on]) < 0).any():
+            t, on = self._take(p + "t", u64), np.flatnonzero(self._take(p + "on", bool))
+            if n and on.size and (_lookup_blocks(spans_by_key, t, self.his[p + "th"], on) < 0).any():
                 return None  # a mark or snapshot on a span the group does not hold
-            del t, th, on
+            del t, on
         resource = dict(self.first_meta[0]) if self.first_meta is not None else {}
         sdk = self.sdk_seen
         if self.first_meta is not None and self.first_meta[1] is not None:
@@ -452,6 +451,51 @@ class _LightKeys:
 
 #: "No time" in the int64 time columns (:func:`cirron.spool.outline.time_column`).
 _NO_TIME = -(1 << 63)
+
+
+class _DiskColumn:
+    """A uint64 column appended to a temporary file, read back a block at a time."""
+
+    def __init__(self) -> None:
+        import tempfile
+
+        self._fh = tempfile.TemporaryFile(prefix="cirron-index-")
+
+    def append(self, part: Any) -> None:
+        part.tofile(self._fh)
+
+    def blocks(self, rows: int) -> Iterator[Any]:
+        """The column in blocks of ``rows`` values (the file is closed after the last)."""
+        import numpy as np
+
+        with self._fh:
+            self._fh.seek(0)
+            while len(block := np.fromfile(self._fh, dtype=np.uint64, count=rows)):
+                yield block
+
+
+#: Keys read back per block by :func:`_lookup_blocks`.
+_LOOKUP_BLOCK = 1 << 18
+
+
+def _lookup_blocks(spans: Any, join: Any, his: _DiskColumn, rows: Any) -> Any:
+    """``spans``' row (:class:`cirron.spool.arrays.JoinedIndex`) of the keys whose joined keys are
+    ``join`` and hi halves ``his`` (only ``rows``, ascending, when given)."""
+    import numpy as np
+
+    out = np.empty(len(join) if rows is None else len(rows), dtype=spans.dtype)
+    first = done = 0
+    for block in his.blocks(_LOOKUP_BLOCK):
+        end = first + len(block)
+        if rows is None:
+            out[first:end] = spans.lookup(join[first:end], block.__getitem__)
+        else:
+            stop = int(np.searchsorted(rows, end))
+            at = rows[done:stop]
+            out[done:stop] = spans.lookup(join[at], block[at - first].__getitem__)
+            done = stop
+        first = end
+    return out
 
 
 def _rows_of(a: Any, rows: Any) -> Any:

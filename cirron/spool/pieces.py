@@ -104,6 +104,8 @@ _KEY_FILES = {"s_join": np.uint64, "s_hi": np.uint64, "s_lo": np.uint64, "s_pare
               "m_join": np.uint64, "m_hi": np.uint64, "m_lo": np.uint64, "m_target": np.uint64,
               "m_target_hi": np.uint64, "m_att": np.int8}
 _CLOSED, _HAS_PARENT, _EPOCH, _BATCH = 1, 2, 4, 8
+#: Keys read from the key files per lookup block (bounds what a lookup holds).
+_LOOKUP_BLOCK = 1 << 18
 
 
 class _Keys:
@@ -166,6 +168,30 @@ class _Keys:
         """:meth:`rows` of ``name`` as a function of row numbers (``numbering[r]``: the row of
         number ``r``; None: the row itself)."""
         return lambda r: self.rows(name, r if numbering is None else numbering[r])
+
+    def lookup(self, index: JoinedIndex, name: str, rows: np.ndarray | None) -> np.ndarray:
+        """``index``'s row of each key of key files ``name`` (joined keys) and ``name_hi`` (their
+        hi halves): only ``rows`` (ascending) when given. The files are read a block at a time,
+        so memory holds none of them whole."""
+        total = len(rows) if rows is not None else (self.dir / f"{name}.bin").stat().st_size // 8
+        out = np.empty(total, dtype=index.dtype)
+        for a in range(0, total, _LOOKUP_BLOCK):
+            if rows is None:
+                first, at = a, None
+                count = min(_LOOKUP_BLOCK, total - a)
+            else:
+                block = rows[a:a + _LOOKUP_BLOCK]
+                first = int(block[0])
+                count, at = int(block[-1]) - first + 1, block - first
+            join, hi = (self._slice(f, first, count) for f in (name, f"{name}_hi"))
+            if at is not None:
+                join, hi = join[at], hi[at]
+            out[a:a + len(join)] = index.lookup(join, hi.__getitem__)
+        return out
+
+    def _slice(self, name: str, first: int, count: int) -> np.ndarray:
+        dtype = np.dtype(_KEY_FILES[name])
+        return np.fromfile(self.dir / f"{name}.bin", dtype=dtype, count=count, offset=first * dtype.itemsize)
 
     def rows(self, name: str, rows: np.ndarray) -> np.ndarray:
         """Some rows of a key file, without reading the rest."""
@@ -247,18 +273,14 @@ def _plan(keys: _Keys) -> _Plan:
     m_row: np.ndarray | None = None
     if has_marks:
         attached = keys.load("m_att")
-        m_row = joined.lookup(keys.load("m_target"), keys.reader("m_target_hi", None))
+        m_row = keys.lookup(joined, "m_target", None)
         hit = (attached == 1) & (m_row >= 0)
         keep_m &= hit | (attached == 0)
         del attached
         m_row = m_row[keep_m]
         m_row[~hit[keep_m]] = -1
         del hit
-    parent = keys.load("s_parent")
-    if win_rows is not None:
-        parent = parent[win_rows]
-    parent_row = joined.lookup(parent, keys.reader("s_parent_hi", win_rows))
-    del parent
+    parent_row = keys.lookup(joined, "s_parent", win_rows)
     parent_row[(flags & _HAS_PARENT) == 0] = -1
     snaps = _winning_snapshots(keys.snaps, joined)
     del joined

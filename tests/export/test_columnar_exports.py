@@ -237,6 +237,7 @@ def big(monkeypatch):
     """Every session counts as too big to hold whole: read in pieces of a few records."""
     monkeypatch.setattr(columnar, "MAX_SESSION_BYTES", 10)
     monkeypatch.setattr(pieces, "PIECE_ROWS", 3)
+    monkeypatch.setattr(pieces, "_LOOKUP_BLOCK", 2)  # keys read from their files in blocks of two
 
 
 def test_big_sessions_are_read_in_pieces(factory: SpoolFactory, big, tmp_path):
@@ -255,6 +256,7 @@ def test_big_bench_session_in_pieces(tmp_path, big, monkeypatch):
 
     monkeypatch.setattr(pieces, "PIECE_ROWS", 2_000)
     monkeypatch.setattr(arrays, "LOOKUP_ROWS", 999)  # lookups in several slices, each sorted
+    monkeypatch.setattr(pieces, "_LOOKUP_BLOCK", 4_321)  # keys read from their files in several blocks
     spool = tmp_path / ".cirron" / "spool"
     generate(spool, 20_000, 20_000, 8, n_sessions=2)
     kinds = assert_same_exports(spool, tmp_path / "out")
@@ -305,7 +307,11 @@ def _xor_twins_spool(factory: SpoolFactory) -> str:
     return root
 
 
-def test_big_sessions_key_ids_exactly_not_by_their_joined_key(factory: SpoolFactory, big, tmp_path):
+def test_big_sessions_key_ids_exactly_not_by_their_joined_key(factory: SpoolFactory, big, tmp_path, monkeypatch):
+    from cirron.spool import index as spool_index
+
+    monkeypatch.setattr(spool_index, "LIGHT_PASS_FILES", 1)  # the index's light pass takes the session too
+    monkeypatch.setattr(spool_index, "_LOOKUP_BLOCK", 3)
     root = _xor_twins_spool(factory)
     assert assert_same_exports(factory.spool_dir, tmp_path) == {"columns": 1, "chunks": 0}
     info = open_catalog([factory.spool_dir], lambda _m: None).sessions[0]
@@ -337,6 +343,7 @@ def test_a_missing_span_is_not_the_span_that_shares_its_joined_key(big, tmp_path
     from cirron.spool import index as spool_index
 
     monkeypatch.setattr(spool_index, "LIGHT_PASS_FILES", 1)
+    monkeypatch.setattr(spool_index, "_LOOKUP_BLOCK", 1)
     factory = SpoolFactory(tmp_path / "project")
     try:
         root = new_id()
