@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import signal
 import sys
+from typing import Any
 
 import typer
 
@@ -56,8 +58,22 @@ def _register_commands() -> None:
 _register_commands()
 
 
+def exit_on_sigterm() -> None:
+    """Make SIGTERM (``kill``, ``timeout``, a job scheduler) end the command the way Ctrl-C does:
+    the stack unwinds, so a half-written export's temporary file and the viewer's temporary files
+    are removed, where the default action would leave them behind. A SIGTERM the parent chose to
+    ignore stays ignored."""
+    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _exit_for_signal)
+
+
+def _exit_for_signal(signum: int, _frame: Any) -> None:
+    raise SystemExit(128 + signum)
+
+
 def main() -> None:
     """Console-script entry point: every error is one ``Error: …`` line, never a traceback."""
+    exit_on_sigterm()
     # Arrow's own allocator (mimalloc) keeps freed memory for reuse: a command that reads one
     # session after another, or a long-running `cirron ui`, would stay at the peak of its biggest
     # read (306 MB against 253 MB for a 250,000-span session in the viewer, at the same speed).
