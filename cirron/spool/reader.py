@@ -19,6 +19,7 @@ import json
 import logging
 import math
 import os
+import re
 import stat
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -244,6 +245,19 @@ def _truncate_deep(text: str, limit: int = MAX_NESTING) -> str:
     return "".join(out)
 
 
+#: A JSON text's ``\\`` escapes (matched so that a ``\u`` after one is not read as an escape), its
+#: surrogate pairs, and its lone surrogate escapes, the only ones of the three that are 6 bytes.
+_SURROGATE_ESCAPES = re.compile(
+    rb"\\\\|\\u[dD][89abAB][0-9a-fA-F]{2}\\u[dD][c-fC-F][0-9a-fA-F]{2}|\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
+
+
+def _replace_lone_surrogates(data: bytes) -> bytes:
+    """``data`` with each escaped lone UTF-16 surrogate (``"\\ud800"``, valid JSON but no
+    character) replaced by U+FFFD, as a decoder that replaces errors would read it: strings holding
+    them cannot be encoded as UTF-8, so every export and view would fail on them."""
+    return _SURROGATE_ESCAPES.sub(lambda m: b"\\ufffd" if len(m.group()) == 6 else m.group(), data)
+
+
 def _parse(data: bytes) -> tuple[Any, bool]:
     """Parse strict JSON fast; fall back for too-deep nesting and out-of-range numbers. Also says
     whether the text was strict JSON (else it may hold non-finite numbers, which no strict JSON
@@ -252,6 +266,10 @@ def _parse(data: bytes) -> tuple[Any, bool]:
         return orjson.loads(data), True
     except orjson.JSONDecodeError as exc:
         msg = str(exc)
+        if "surrogate" in msg:
+            repaired = _replace_lone_surrogates(data)
+            if repaired != data:
+                return _parse(repaired)
         if "depth" in msg or "recursion" in msg.lower():
             text = data.decode("utf-8")
             return orjson.loads(_truncate_deep(text)), True

@@ -118,6 +118,22 @@ def test_sdk_writes_ints_beyond_int64_as_decimal_strings(tmp_path: Path):
     assert marks["y"]["value"] == 2**63 - 1
 
 
+def test_lone_surrogate_escapes_are_read_as_replacement_characters(factory: SpoolFactory, tmp_path: Path):
+    """Another writer's ``"\\ud800"`` is valid JSON but no character: it is read as U+FFFD, so every
+    command works (each one failed with a traceback when the string could not be encoded)."""
+    root = factory.span("cirron.session", dur_ns=100 * MS)
+    step = factory.span("a\ud800b", parent_id=root["id"], attrs={"k\udc00": "v\ud83d\ude00"})
+    mark = factory.mark(step["id"], "m\udfff", "x\ud800\ud800y")
+    factory.write_batch([root, step], [mark], session_id=root["id"])
+    assert b"\\ud800" in next(factory.spool_dir.glob("*.json")).read_bytes()
+    for r in check_every_command(tmp_path, factory.spool_dir):
+        assert r.returncode == 0, (r.args, r.stderr)
+    doc = json.loads((tmp_path / "out" / "t.json").read_text())
+    span = next(s for s in doc["spans"] if s["name"] != "cirron.session")
+    assert span["name"] == "a\ufffdb" and span["attrs"] == {"k\ufffd": "v\U0001f600"}
+    assert doc["marks"][0]["name"] == "m\ufffd" and doc["marks"][0]["value"] == "x\ufffd\ufffdy"
+
+
 @pytest.mark.slow
 def test_control_characters_are_escaped_on_the_terminal(factory: SpoolFactory, tmp_path: Path):
     root = factory.span("cirron.session", dur_ns=100 * MS)
