@@ -59,6 +59,7 @@ __all__ = [
     "check_output",
     "encode_resource_spans",
     "encode_session",
+    "iter_otlp_requests",
     "otlp_request",
     "to_trace_events",
     "write_csv",
@@ -83,6 +84,57 @@ DEFAULT_OUTPUTS = {
 def otlp_request(sessions: Sequence[Session]) -> dict[str, Any]:
     """One OTLP/JSON ``ExportTraceServiceRequest`` with a ``ResourceSpans`` per session."""
     return build_request([encode_session(s) for s in sessions])
+
+
+#: What one request of :func:`iter_otlp_requests` holds at most by default: the OTel SDK's batch
+#: processor sends 512 spans a request, the OTel Collector's OTLP/HTTP receiver refuses bodies past
+#: 20 MiB; 2,048 spans or about 4 MiB of OTLP/JSON stays well inside both.
+OTLP_REQUEST_SPANS = 2048
+OTLP_REQUEST_BYTES = 4 << 20
+
+
+def iter_otlp_requests(sessions: Iterable[Session | SessionInfo], max_spans: int | None = None,
+                       max_bytes: int | None = None) -> Iterator[tuple[bytes, int]]:
+    """The OTLP/JSON ``ExportTraceServiceRequest`` bodies of ``sessions``, streamed; yields
+    ``(body, spans)``. Each holds one ``ResourceSpans`` (the session's resource) with at most
+    ``max_spans`` spans and about ``max_bytes`` bytes of them (defaults :data:`OTLP_REQUEST_SPANS`,
+    :data:`OTLP_REQUEST_BYTES`); a single span bigger than that goes alone.
+
+    Items as for :func:`write_otlp_json`; a :class:`SessionInfo` is read span by span
+    (:func:`cirron.spool.outline.iter_span_marks`), so memory holds one request, not one session.
+    Each span's bytes are those the single-file export writes for it."""
+    max_spans = max(1, OTLP_REQUEST_SPANS if max_spans is None else max_spans)
+    max_bytes = OTLP_REQUEST_BYTES if max_bytes is None else max_bytes
+    for sess in sessions:
+        shell = orjson.dumps({"resourceSpans": [resource_spans_shell(sess.id, sess.resource, sess.sdk_version,
+                                                                    sess.writer)]})
+        head, tail = shell[:-6], shell[-6:]  # ...,"spans":[   |   ]}]}]}
+        buf: list[bytes] = []
+        size = 0
+        for span in _otlp_span_bytes(sess):
+            if buf and (len(buf) >= max_spans or size + len(span) > max_bytes):
+                yield head + b",".join(buf) + tail, len(buf)
+                buf, size = [], 0
+            buf.append(span)
+            size += len(span) + 1
+        if buf:
+            yield head + b",".join(buf) + tail, len(buf)
+
+
+def _otlp_span_bytes(sess: Session | SessionInfo) -> Iterator[bytes]:
+    """One session's spans as OTLP/JSON bytes, one at a time."""
+    streamed = None if isinstance(sess, Session) else _streamed_spans(sess)
+    if streamed is not None:
+        from cirron.export._otlp import derive_trace_id, span_json_pieces
+
+        trace_id = derive_trace_id(sess.id)
+        for item in streamed:
+            yield b"".join(span_json_pieces(item, trace_id, sess.last_ns))
+        return
+    if not isinstance(sess, Session):  # ids the outline cannot sort: rebuilt whole
+        sess = Catalog([sess.spool], lambda _m: None).load(sess)
+    for sp in iter_encoded_spans(sess.id, sess.spans, sess.marks, open_end_ns=sess.last_ns):
+        yield orjson.dumps(sp)
 
 
 def write_otlp_json(sessions: Iterable[Session | SessionInfo], path: str | os.PathLike[str]) -> int:

@@ -21,7 +21,7 @@ import json
 import logging
 import random
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,6 +40,7 @@ __all__ = [
     "SendResult",
     "apost_with_retries",
     "encode_body",
+    "encode_json_body",
     "parse_otlp_headers",
     "parse_retry_after",
     "post_with_retries",
@@ -79,6 +80,25 @@ class SendResult:
     attempts: int
     rejected_spans: int = 0
     error_message: str = ""
+
+
+@dataclass
+class StreamResult:
+    """What :meth:`OtlpSettings.send_stream` delivered: requests, spans, attempts in all."""
+
+    requests: int = 0
+    spans: int = 0
+    attempts: int = 0
+    rejected_spans: int = 0
+    status: int | None = None  # the last answer's
+
+
+class OTLPStreamError(OTLPExportError):
+    """A request of :meth:`OtlpSettings.send_stream` failed; ``sent`` says what went before it."""
+
+    def __init__(self, cause: OTLPExportError, sent: StreamResult) -> None:
+        super().__init__(str(cause), cause.status, cause.attempts, cause.transient)
+        self.sent = sent
 
 
 def resolve_traces_url(endpoint: str) -> str:
@@ -222,6 +242,19 @@ def encode_body(request: Mapping[str, Any], protocol: str = "http/protobuf",
     if protocol not in PROTOCOLS:
         raise ValueError(f"unknown OTLP protocol {protocol!r} (expected one of {', '.join(PROTOCOLS)})")
     body, ctype = _encode(request, protocol)
+    return _finish_body(body, ctype, compression)
+
+
+def encode_json_body(request: bytes, protocol: str = "http/protobuf",
+                     compression: str | None = None) -> tuple[bytes, dict[str, str]]:
+    """:func:`encode_body` of a request already encoded as OTLP/JSON bytes (sent as they are
+    under ``http/json``)."""
+    if protocol == "http/json":
+        return _finish_body(request, "application/json", compression)
+    return encode_body(orjson.loads(request), protocol, compression)
+
+
+def _finish_body(body: bytes, ctype: str, compression: str | None) -> tuple[bytes, dict[str, str]]:
     hdrs = {"Content-Type": ctype, "User-Agent": "cirron-otlp"}
     if compression == "gzip":
         body = gzip.compress(body, compresslevel=6)
@@ -593,6 +626,34 @@ class OtlpSettings:
         return _post_request(request, self.endpoint, protocol=self.protocol, headers=self.headers,
                              compression=self.compression, verify=self.ssl_context(), client=policy.pop("client", None),
                              sleep=policy.pop("sleep", time.sleep), **policy)
+
+    def send_stream(self, requests: Iterable[tuple[bytes, int]], **policy: Any) -> StreamResult:
+        """POST each ``(OTLP/JSON body, spans)`` of ``requests`` in turn (one connection for all,
+        each request under the retry policy of :meth:`send`); stops at the first that fails,
+        raising :class:`OTLPStreamError` with what was sent before it."""
+        import httpx
+
+        policy.setdefault("timeout", self.timeout)
+        policy.setdefault("deadline", DEFAULT_DEADLINE_S)
+        policy.setdefault("max_attempts", DEFAULT_MAX_ATTEMPTS)
+        policy.setdefault("base_backoff", DEFAULT_BASE_BACKOFF_S)
+        policy.setdefault("max_backoff", DEFAULT_MAX_BACKOFF_S)
+        url = self.endpoint
+        done = StreamResult()
+        with httpx.Client(timeout=policy["timeout"], verify=self.ssl_context()) as client:
+            for request, spans in requests:
+                body, hdrs = encode_json_body(request, self.protocol, self.compression)
+                hdrs.update(self.headers or {})
+                try:
+                    res = post_with_retries(client, url, body, hdrs, **policy)
+                except OTLPExportError as exc:
+                    raise OTLPStreamError(exc, done) from None
+                done.requests += 1
+                done.spans += spans
+                done.attempts += res.attempts
+                done.rejected_spans += res.rejected_spans
+                done.status = res.status
+        return done
 
     def masked(self) -> dict[str, Any]:
         """For ``cirron status``: header values hidden (they usually carry tokens)."""

@@ -19,7 +19,7 @@ import secrets
 import shutil
 import signal
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, Optional
 
@@ -776,7 +776,7 @@ def export(
         None, "--compression",
         help="otel --endpoint: body compression (default: OTEL_EXPORTER_OTLP_COMPRESSION, else none)."),
     timeout: float = typer.Option(30.0, "--timeout", metavar="SECONDS",
-                                  help="otel --endpoint: overall deadline, retries included."),
+                                  help="otel --endpoint: deadline of each request, retries included."),
     partition_by: Optional[str] = typer.Option(
         None, "--partition-by", metavar="session|rank|run",
         help="parquet: write a hive-partitioned dataset (one directory per session, rank or run)."),
@@ -825,7 +825,7 @@ def export(
             reuse_heap()
 
     if settings is not None:
-        _send(list(_iter_loaded(cat, chosen)), settings, timeout, what)
+        _send(_iter_streamed(cat, chosen), settings, timeout, n_spans, len(chosen))
         if output is None:
             return
 
@@ -887,20 +887,26 @@ def _otlp_settings(endpoint: str, protocol: OtlpProtocol | None, headers: dict[s
                              compression=compression.value if compression else None)
 
 
-def _send(chosen: list[Session], settings: Any, timeout: float, what: str) -> None:
+def _send(chosen: Iterable[Session | SessionInfo], settings: Any, timeout: float, n_spans: int,
+          n_sessions: int) -> None:
+    """POST the chosen sessions' spans in requests of a receiver's size (:func:`iter_otlp_requests`),
+    one after another; stops at the first that fails, saying how much went before it."""
     from cirron._errors import CirronDependencyError
-    from cirron.export import otlp_request
-    from cirron.export.otlp_http import OTLPExportError
+    from cirron.export import iter_otlp_requests
+    from cirron.export.otlp_http import OTLPStreamError
 
-    req = otlp_request(chosen)
     try:
-        res = settings.send(req, deadline=timeout, timeout=min(settings.timeout, timeout), on_warning=warn)
+        res = settings.send_stream(iter_otlp_requests(chosen), deadline=timeout,
+                                   timeout=min(settings.timeout, timeout), on_warning=warn)
     except CirronDependencyError as exc:
         fail(str(exc))
-    except OTLPExportError as exc:
-        fail(str(exc))
-    attempts = render.plural(res.attempts, "attempt")
-    typer.echo(f"Sent {what} to {settings.endpoint} (HTTP {res.status}, {attempts})")
+    except OTLPStreamError as exc:
+        fail(f"{exc} ({exc.sent.spans:,} of {render.plural(n_spans, 'span')} sent in "
+             f"{render.plural(exc.sent.requests, 'request')} before it)")
+    what = f"{render.plural(res.spans, 'span')} from {render.plural(n_sessions, 'session')}"
+    answer = f"HTTP {res.status}, " if res.status is not None else ""
+    typer.echo(f"Sent {what} to {settings.endpoint} ({render.plural(res.requests, 'request')}, {answer}"
+               f"{render.plural(res.attempts, 'attempt')})")
 
 
 # ============================================================================ clear

@@ -41,7 +41,8 @@ class Receiver:
                     msg.ParseFromString(body)
                 else:
                     msg = json_format.Parse(_json_ids_to_b64(body), pb2.ExportTraceServiceRequest())
-                receiver.requests.append({"path": self.path, "headers": dict(self.headers), "msg": msg})
+                receiver.requests.append({"path": self.path, "headers": dict(self.headers), "msg": msg,
+                                          "body": body})
                 status, headers, payload = receiver.script.pop(0) if receiver.script else (200, {}, b"{}")
                 self.send_response(status)
                 for k, v in headers.items():
@@ -108,6 +109,106 @@ def test_cli_posts_to_receiver(factory: SpoolFactory, protocol):
     assert "Content-Encoding" not in req["headers"]  # the OTel default: no compression
     assert req["headers"]["x-api-key"] == "secret"
     _tree_ok(req["msg"], s)
+
+
+def _chunked_sessions(factory: SpoolFactory, monkeypatch, spans_per_request: int = 7) -> list[dict]:
+    """Two sessions of 51 and 31 spans (the first in two batch files), sent 7 spans a request."""
+    import cirron.export
+
+    monkeypatch.setattr(cirron.export, "OTLP_REQUEST_SPANS", spans_per_request)
+    return [factory.session(epochs=10, split=True), factory.session(epochs=6, start_ns=2_000_000_000_000_000_000)]
+
+
+def _file_export(factory: SpoolFactory, tmp_path) -> dict:
+    out = tmp_path / "single.otlp.json"
+    r = runner.invoke(app, ["traces", "export", "--format", "otel", "--output", str(out),
+                            "--spool", str(factory.spool_dir)])
+    assert r.exit_code == 0, r.output
+    import orjson
+
+    return orjson.loads(out.read_bytes())
+
+
+@pytest.mark.parametrize("protocol", ["http/json", "http/protobuf"])
+@pytest.mark.parametrize("compression", ["none", "gzip"])
+def test_big_sessions_arrive_in_several_requests_equal_to_the_file(factory: SpoolFactory, monkeypatch, tmp_path,
+                                                                      protocol, compression):
+    import orjson
+
+    sessions = _chunked_sessions(factory, monkeypatch)
+    doc = _file_export(factory, tmp_path)
+    with Receiver() as rx:
+        r = runner.invoke(app, ["traces", "export", "--format", "otel", "--endpoint", rx.url, "--protocol", protocol,
+                                "--compression", compression, "--spool", str(factory.spool_dir)])
+    assert r.exit_code == 0, r.output
+    n_spans = sum(len(s["spans"]) for s in sessions)
+    assert n_spans == 82
+    assert len(rx.requests) == 8 + 5  # ceil(51 / 7) + ceil(31 / 7): a session never shares a request
+    assert f"Sent 82 spans from 2 sessions to {rx.url}/v1/traces (13 requests, HTTP 200, 13 attempts)" in r.stdout
+    for req in rx.requests:
+        assert ("Content-Encoding" in req["headers"]) == (compression == "gzip")
+        assert len(req["msg"].resource_spans) == 1
+        assert 1 <= len(req["msg"].resource_spans[0].scope_spans[0].spans) <= 7
+    def session_of(rs):
+        return next(a["value"]["stringValue"] for a in rs["resource"]["attributes"] if a["key"] == "cirron.session.id")
+
+    resources = {session_of(rs): rs for rs in doc["resourceSpans"]}
+    assert len(resources) == 2
+    if protocol == "http/json":  # each span: the very bytes the single file holds
+        sent = sorted(orjson.dumps(sp) for req in rx.requests for sp in
+                      orjson.loads(req["body"])["resourceSpans"][0]["scopeSpans"][0]["spans"])
+        assert sent == sorted(orjson.dumps(sp) for rs in doc["resourceSpans"] for sp in rs["scopeSpans"][0]["spans"])
+        for req in rx.requests:  # and each request's resource is its session's
+            rs = orjson.loads(req["body"])["resourceSpans"][0]
+            assert {**rs, "scopeSpans": None} == {**resources[session_of(rs)], "scopeSpans": None}
+    file_msg = json_format.Parse(_json_ids_to_b64(orjson.dumps(doc)), pb2.ExportTraceServiceRequest())
+    want = sorted(sp.SerializeToString(deterministic=True)
+                  for rs in file_msg.resource_spans for sp in rs.scope_spans[0].spans)
+    got = sorted(sp.SerializeToString(deterministic=True)
+                 for req in rx.requests for sp in req["msg"].resource_spans[0].scope_spans[0].spans)
+    assert got == want
+    file_resources = {rs.resource.SerializeToString(deterministic=True) for rs in file_msg.resource_spans}
+    assert {req["msg"].resource_spans[0].resource.SerializeToString(deterministic=True)
+            for req in rx.requests} == file_resources
+
+
+def test_a_refusal_midway_stops_and_says_how_much_was_sent(factory: SpoolFactory, monkeypatch):
+    _chunked_sessions(factory, monkeypatch)
+    with Receiver([(200, {}, b"{}"), (200, {}, b"{}"), (400, {}, b'{"message": "too big"}')]) as rx:
+        r = runner.invoke(app, ["traces", "export", "--format", "otel", "--endpoint", rx.url,
+                                "--spool", str(factory.spool_dir)])
+    assert r.exit_code == 1
+    assert len(rx.requests) == 3  # nothing sent after the refusal
+    assert "Traceback" not in r.output
+    (line,) = r.stderr.strip().splitlines()
+    assert line.startswith("Error: OTLP receiver at") and "HTTP 400" in line
+    assert line.endswith("(14 of 82 spans sent in 2 requests before it)")
+
+
+def test_requests_stay_under_the_byte_bound(factory: SpoolFactory):
+    import orjson
+
+    from cirron.export import iter_otlp_requests
+    from cirron.spool.catalog import Catalog
+
+    factory.session(epochs=10)
+    cat = Catalog([factory.spool_dir], lambda _m: None)
+    (info,) = cat.sessions
+    whole = [sp for body, _ in iter_otlp_requests([info], max_spans=10_000, max_bytes=1 << 30)
+             for sp in orjson.loads(body)["resourceSpans"][0]["scopeSpans"][0]["spans"]]
+    biggest = max(len(orjson.dumps(sp)) for sp in whole)
+    bound = 3 * biggest
+    chunks = list(iter_otlp_requests([info], max_spans=10_000, max_bytes=bound))
+    assert len(chunks) > 3
+    spans = []
+    for body, n in chunks:
+        got = orjson.loads(body)["resourceSpans"][0]["scopeSpans"][0]["spans"]
+        assert len(got) == n
+        assert sum(len(orjson.dumps(sp)) + 1 for sp in got) <= bound
+        spans += got
+    assert spans == whole
+    # a span bigger than the bound goes alone
+    assert [n for _, n in iter_otlp_requests([info], max_bytes=1)] == [1] * len(whole)
 
 
 def test_retry_after_then_success(factory: SpoolFactory):
