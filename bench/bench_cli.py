@@ -207,6 +207,21 @@ def _mkdir(p: Path) -> Path:
     return p
 
 
+def _empty_outputs(out: Path) -> None:
+    """Remove what the last command wrote under ``out`` (keeping the directories made for the
+    peer): at 10M the outputs add up to over 20 GB, and a kept work dir's old outputs would make
+    the next run's exports run out of disk beside them."""
+    if not out.is_dir():
+        return
+    for p in out.iterdir():
+        children = list(p.iterdir()) if p.is_dir() and not p.is_symlink() else [p]
+        for c in children:
+            if c.is_dir() and not c.is_symlink():
+                shutil.rmtree(c, ignore_errors=True)
+            else:
+                c.unlink(missing_ok=True)
+
+
 def _run_table(label: str, runs: list[tuple[str, list[str]]], cwd: Path, before: dict[str, object] | None = None,
                ) -> dict[str, tuple[float, float, int, float]]:
     print(f"\n## {label}  (load average {os.getloadavg()[0]:.1f})", flush=True)
@@ -217,6 +232,7 @@ def _run_table(label: str, runs: list[tuple[str, list[str]]], cwd: Path, before:
         if callable(hook):
             hook()
         wall, rss, rc, cpu = measure(cmd, cwd)
+        _empty_outputs(cwd / "out")
         results[name] = (wall, rss, rc, cpu)
         print(f"{name:<40} {wall:>8.2f} {cpu:>8.2f} {rss:>12.0f} {rc:>3}", flush=True)
     return results
