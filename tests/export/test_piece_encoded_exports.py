@@ -192,16 +192,21 @@ def test_a_parent_named_by_another_spelling_takes_the_per_record_path(factory: S
     assert (tmp_path / "pieces.json").read_bytes() == (tmp_path / "whole.json").read_bytes()
 
 
-def test_temporary_files_are_removed_on_error(factory: SpoolFactory, tmp_path: Path,
-                                              monkeypatch: pytest.MonkeyPatch):
+def _tiny_pieces_spilled_to(spill: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Every session is read in pieces of two records, spilled under ``spill``."""
     import tempfile
 
-    hard_session(factory)
-    spill = tmp_path / "spill"
     spill.mkdir()
     monkeypatch.setattr(tempfile, "tempdir", str(spill))
     monkeypatch.setattr(columnar, "MAX_SESSION_BYTES", 10)
     monkeypatch.setattr(pieces, "PIECE_ROWS", 2)
+    return spill
+
+
+def test_temporary_files_are_removed_on_error(factory: SpoolFactory, tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch):
+    hard_session(factory)
+    spill = _tiny_pieces_spilled_to(tmp_path / "spill", monkeypatch)
 
     def boom(*_a, **_k):
         assert any(spill.iterdir())  # the pieces are spilled by now
@@ -218,15 +223,9 @@ def test_temporary_files_are_removed_on_error(factory: SpoolFactory, tmp_path: P
 def test_temporary_files_are_removed_when_perfetto_is_interrupted(factory: SpoolFactory, tmp_path: Path,
                                                                   monkeypatch: pytest.MonkeyPatch):
     """Ctrl-C after the first events were written: the spill goes, no output is left."""
-    import tempfile
-
     hard_session(factory)
     thread_mix(factory)
-    spill = tmp_path / "spill"
-    spill.mkdir()
-    monkeypatch.setattr(tempfile, "tempdir", str(spill))
-    monkeypatch.setattr(columnar, "MAX_SESSION_BYTES", 10)
-    monkeypatch.setattr(pieces, "PIECE_ROWS", 2)
+    spill = _tiny_pieces_spilled_to(tmp_path / "spill", monkeypatch)
     real = _perfetto_pieces._run_events
     seen = []
 
