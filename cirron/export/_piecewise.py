@@ -18,12 +18,10 @@ import numpy as np
 import pyarrow as pa
 
 from cirron.export._otlp_columns import CannotEncode
+from cirron.spool.arrays import JoinedIndex
 from cirron.spool.columnar import _Ids
 
 __all__ = ["SpanIndex", "Spill", "exact_keys"]
-
-#: Keys looked up at a time (bounds the lookup's temporaries).
-_LOOKUP_ROWS = 1 << 20
 
 
 def exact_keys(col: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -62,28 +60,16 @@ class SpanIndex:
         self._join = []
         self.hi = np.concatenate(self._hi) if self._hi else np.zeros(0, np.uint64)
         self._hi = []
-        order = np.argsort(join, kind="stable")
-        self.sorted_join = join[order]
+        self._index = JoinedIndex.of(join, self.hi.__getitem__, np.int32 if self.n < 2**31 - 1 else np.int64)
         del join
-        self.order = order.astype(np.int32) if self.n < 2**31 - 1 else order
-        del order
-        if self.n > 1 and (self.sorted_join[1:] == self.sorted_join[:-1]).any():
+        if self._index.repeats_a_key():
             raise CannotEncode("two spans share a key")
 
     def lookup(self, hi: np.ndarray, lo: np.ndarray, valid: np.ndarray) -> np.ndarray:
         """Row of each key's span (-1: none), int64."""
-        out = np.full(len(hi), -1, dtype=np.int64)
-        n = len(self.sorted_join)
-        if not n:
-            return out
-        for a in range(0, len(hi), _LOOKUP_ROWS):
-            h, lo_ = hi[a:a + _LOOKUP_ROWS], lo[a:a + _LOOKUP_ROWS]
-            join = h ^ lo_
-            pos = np.minimum(np.searchsorted(self.sorted_join, join), n - 1)
-            row = self.order[pos].astype(np.int64)
-            found = (self.sorted_join[pos] == join) & (self.hi[row] == h) & valid[a:a + len(h)]
-            out[a:a + len(h)] = np.where(found, row, -1)
-        return out
+        rows = self._index.lookup(hi ^ lo, hi.__getitem__).astype(np.int64)
+        rows[~valid] = -1
+        return rows
 
 
 class Spill:

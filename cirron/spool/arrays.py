@@ -229,6 +229,14 @@ class JoinedIndex:
     def __len__(self) -> int:
         return len(self._sorted)
 
+    def repeats_a_key(self) -> bool:
+        """Whether two rows hold the same whole key (not only the same joined key)."""
+        if self._rep_join is None:
+            return False
+        order = np.lexsort((self._rep_hi, self._rep_join))
+        join, hi = self._rep_join[order], self._rep_hi[order]
+        return bool(((join[1:] == join[:-1]) & (hi[1:] == hi[:-1])).any())
+
     @property
     def dtype(self) -> Any:
         """The dtype of the rows :meth:`lookup` returns."""

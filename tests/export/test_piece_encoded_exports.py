@@ -242,3 +242,26 @@ def test_temporary_files_are_removed_when_perfetto_is_interrupted(factory: Spool
         ex.write_perfetto(list(cat.sessions), tmp_path / "out.json", base_ns=BASE_NS)
     assert seen and not any(spill.iterdir())
     assert not (tmp_path / "out.json").exists()
+
+
+def test_span_index_finds_ids_whose_joined_keys_collide_and_refuses_repeated_ids():
+    import numpy as np
+
+    from cirron.export._otlp_columns import CannotEncode
+    from cirron.export._piecewise import SpanIndex
+
+    hi = np.array([1, 2, 7, 3], dtype=np.uint64)
+    lo = np.array([2, 1, 0, 5], dtype=np.uint64)  # (1, 2) and (2, 1): both join to 3
+    index = SpanIndex()
+    index.add(hi[:2], lo[:2])
+    index.add(hi[2:], lo[2:])
+    index.seal()
+    q_hi = np.array([2, 1, 6, 3, 0], dtype=np.uint64)
+    q_lo = np.array([1, 2, 0, 5, 3], dtype=np.uint64)  # (6, 0) and (0, 3) are nobody's
+    valid = np.array([True, True, True, False, True])
+    assert index.lookup(q_hi, q_lo, valid).tolist() == [1, 0, -1, -1, -1]
+
+    twice = SpanIndex()
+    twice.add(np.array([4, 4], dtype=np.uint64), np.array([9, 9], dtype=np.uint64))
+    with pytest.raises(CannotEncode):
+        twice.seal()
