@@ -10,9 +10,10 @@ import typer
 
 from cirron._memory import map_big_blocks
 from cirron._version import __version__
-from cirron_cli import _help
+from cirron_cli import _coerce, _help
 
 _help.install()
+_coerce.install()
 
 app = typer.Typer(
     name="cirron",
