@@ -154,6 +154,7 @@ typedef struct {
     Buf sid;     /* the session id's decoded UTF-8 (sid_null: it was null) */
     int sid_null;
     PyThreadState *released; /* the GIL is released (by this thread state) while the parse runs */
+    int any; /* inside a field msgspec decodes as a Python value (Any): numbers it may refuse decline */
 } P;
 
 /* Returns of the parsing steps: 1 read, 0 decline (msgspec decides), -1 error (a Python error
@@ -565,7 +566,15 @@ static int skip_value(P *s) {
     case 't': return literal(s, "true", 4);
     case 'f': return literal(s, "false", 5);
     case 'n': return literal(s, "null", 4);
-    default: return number(s, &n);
+    default:
+        TRY(number(s, &n));
+        /* an Any field holds what msgspec makes of the number: a float that overflows ("Number out
+         * of range") or an int too long for Python's int() is refused; only short plain ones stay */
+        if (s->any && n.end - n.start > 40) return 0;
+        if (s->any && n.is_float)
+            for (const unsigned char *q = n.start; q < n.end; q++)
+                if (*q == 'e' || *q == 'E') return 0;
+        return 1;
     }
 }
 
@@ -908,6 +917,356 @@ static PyObject *session_of(PyObject *Py_UNUSED(m), PyObject *data) {
     return out;
 }
 
+/* ------------------------------------------------------------------ keys: the index's light pass */
+
+/* keys(data, empty_hi, empty_lo) reads what cirron.spool.index's light pass keeps of a batch file
+ * (see _file_keys_of there; its msgspec reading, "keys" fields of cirron.spool.reader, is the
+ * reference): per record its id as a 128-bit key, the key of the id it names (a span's parent, a
+ * mark's or snapshot's span), a flag or two and one time. It declines (None) where that reading
+ * could differ: anything parse() declines but snapshots and mark values (which a keys read does
+ * not decode), an id that is not 32 hex digits (msgspec's reading hashes those), a field of
+ * another type than SpanSummary / TargetKey declare, a number in an Any field that msgspec may
+ * refuse. Runs without the GIL. */
+
+/* The columns of one record list: id key halves, named id's key halves, flags, a time. */
+enum { KC_HI, KC_LO, KC_THI, KC_TLO, KC_FLAG, KC_FLAG2, KC_TIME, N_KC };
+
+typedef struct {
+    Buf c[N_KC];
+    Py_ssize_t rows;
+} KeyCols;
+
+/* The record fields a keys read decodes; the others are skipped. */
+enum { KF_ID, KF_REF, KF_ANY, KF_INT, KF_T1, KF_T2, KF_OPTSTR, KF_RAW };
+
+static const Field SPAN_KEY_FIELDS[] = {
+    F("id", KF_ID),       F("parent_id", KF_REF), F("name", KF_ANY), F("index", KF_INT),
+    F("start_ns", KF_T1), F("end_ns", KF_T2),     F("cpu_ns", KF_INT), F("pid", KF_INT),
+    F("attrs", KF_RAW),   F("~cirron.session", KF_OPTSTR),
+};
+static const Field TARGET_KEY_FIELDS[] = {
+    F("id", KF_ID), F("span_id", KF_REF), F("ts_ns", KF_T1), F("~cirron.batch_session", KF_OPTSTR),
+    F("~cirron.session", KF_OPTSTR),
+};
+#define N_SPAN_KEY_FIELDS ((int)(sizeof SPAN_KEY_FIELDS / sizeof SPAN_KEY_FIELDS[0]))
+#define N_TARGET_KEY_FIELDS ((int)(sizeof TARGET_KEY_FIELDS / sizeof TARGET_KEY_FIELDS[0]))
+
+/* "No time" in the time columns (cirron.spool.outline.time_column's _NO_TIME). */
+#define NO_TIME INT64_MIN
+
+static signed char HEXV[256];
+
+static void init_hex(void) {
+    memset(HEXV, -1, sizeof HEXV);
+    for (int c = 0; c < 10; c++) HEXV['0' + c] = (signed char)c;
+    for (int c = 0; c < 6; c++) HEXV['a' + c] = HEXV['A' + c] = (signed char)(10 + c);
+}
+
+/* The 32 hex digits at p as two big-endian halves; 0 when one is not a hex digit. */
+static inline int hex_key(const unsigned char *p, uint64_t *hi, uint64_t *lo) {
+    uint64_t h[2] = {0, 0};
+    for (int i = 0; i < 32; i++) {
+        int v = HEXV[p[i]];
+        if (v < 0) return 0;
+        h[i >> 4] = h[i >> 4] << 4 | (uint64_t)v;
+    }
+    *hi = h[0];
+    *lo = h[1];
+    return 1;
+}
+
+enum { ID_HEX = 1, ID_EMPTY, ID_ROOT, ID_OTHER };
+
+/* The string at s->p as an id: ID_HEX (32 hex digits: its key), ID_EMPTY, ID_ROOT ("root") or
+ * ID_OTHER; 0 or -1 as the other steps. */
+static int id_string(P *s, uint64_t *hi, uint64_t *lo) {
+    const unsigned char *q = s->p + 1;
+    if (s->end - q > 32 && q[32] == '"' && hex_key(q, hi, lo)) {
+        s->p = q + 33;
+        return ID_HEX;
+    }
+    s->scratch.len = 0;
+    TRY(string(s, &s->scratch));
+    const unsigned char *d = (const unsigned char *)s->scratch.data;
+    Py_ssize_t n = s->scratch.len;
+    if (n == 32 && hex_key(d, hi, lo)) return ID_HEX;
+    if (n == 0) return ID_EMPTY;
+    if (n == 4 && memcmp(d, "root", 4) == 0) return ID_ROOT;
+    return ID_OTHER;
+}
+
+/* An _Int field (null or an int64) into *v (NO_TIME and *set 0 for null). */
+static inline int int_or_null(P *s, int64_t *v, int *set) {
+    if (peek(s) == 'n') {
+        *set = 0;
+        *v = NO_TIME;
+        return literal(s, "null", 4);
+    }
+    *set = 1;
+    return int_value(s, v);
+}
+
+typedef struct {
+    P s;
+    uint64_t empty_hi, empty_lo; /* the key of the empty id (what a record naming no id gets) */
+    const unsigned char *data;
+    Buf roots; /* per span without a parent: its row and its record's extent in data (3 int64) */
+} KeyRead;
+
+static int key_put(KeyCols *t, int col, const void *v, Py_ssize_t n) { return buf_put(&t->c[col], v, n); }
+
+/* One record of a span list (span) or of a mark or snapshot list. */
+static int key_record(KeyRead *k, KeyCols *t, int span) {
+    P *s = &k->s;
+    if (peek(s) != '{') return 0;
+    const unsigned char *start = s->p++;
+    const Field *fields = span ? SPAN_KEY_FIELDS : TARGET_KEY_FIELDS;
+    int nfields = span ? N_SPAN_KEY_FIELDS : N_TARGET_KEY_FIELDS;
+    uint32_t seen = 0;
+    uint64_t hi = 0, lo = 0, thi = k->empty_hi, tlo = k->empty_lo;
+    unsigned char ref = 0, closed = 0;
+    int64_t t1 = NO_TIME, t2 = NO_TIME, ignored;
+    int c = peek(s), set;
+    if (c != '}') {
+        for (;;) {
+            if (c != '"') return 0;
+            const char *name;
+            Py_ssize_t nlen;
+            TRY(key(s, &name, &nlen));
+            if (peek(s) != ':') return 0;
+            s->p++;
+            int f = -1;
+            for (int i = 0; i < nfields; i++)
+                if (fields[i].len == nlen && memcmp(fields[i].name, name, nlen) == 0) {
+                    f = i;
+                    break;
+                }
+            if (f < 0) {
+                TRY(skip_value(s));
+            } else {
+                if (seen & (1u << f)) return 0; /* a duplicate field */
+                seen |= 1u << f;
+                int r;
+                switch (fields[f].kind) {
+                case KF_ID:
+                    if (peek(s) != '"') return 0;
+                    r = id_string(s, &hi, &lo);
+                    if (r <= 0) return r;
+                    if (r != ID_HEX) return 0;
+                    break;
+                case KF_REF:
+                    if (peek(s) == 'n') {
+                        TRY(literal(s, "null", 4));
+                        break;
+                    }
+                    if (peek(s) != '"') return 0;
+                    r = id_string(s, &thi, &tlo);
+                    if (r <= 0) return r;
+                    if (r == ID_HEX) ref = 1;
+                    else if (r == ID_EMPTY) ref = !span; /* a span's "" parent: none; a mark's "": a span id */
+                    else if (r != ID_ROOT || span) return 0; /* "root": the sentinel, for marks and snapshots */
+                    if (r != ID_HEX) {
+                        thi = k->empty_hi;
+                        tlo = k->empty_lo;
+                    }
+                    break;
+                case KF_ANY:
+                    s->any = 1;
+                    TRY(skip_value(s));
+                    s->any = 0;
+                    break;
+                case KF_INT: TRY(int_or_null(s, &ignored, &set)); break;
+                case KF_T1: TRY(int_or_null(s, &t1, &set)); break;
+                case KF_T2:
+                    TRY(int_or_null(s, &t2, &set));
+                    closed = (unsigned char)set;
+                    break;
+                case KF_OPTSTR:
+                    if (peek(s) == 'n') TRY(literal(s, "null", 4));
+                    else if (peek(s) == '"') TRY(string(s, NULL));
+                    else return 0;
+                    break;
+                default: TRY(skip_value(s)); break;
+                }
+            }
+            c = peek(s);
+            if (c == '}') break;
+            if (c != ',') return 0;
+            s->p++;
+            c = peek(s);
+        }
+    }
+    s->p++;
+    if (!(seen & 1u)) return 0; /* no id */
+    int64_t time = span && t2 > t1 ? t2 : t1;
+    if (key_put(t, KC_HI, &hi, 8) < 0 || key_put(t, KC_LO, &lo, 8) < 0 || key_put(t, KC_THI, &thi, 8) < 0 ||
+        key_put(t, KC_TLO, &tlo, 8) < 0 || key_put(t, KC_FLAG, &ref, 1) < 0 || key_put(t, KC_TIME, &time, 8) < 0 ||
+        (span && key_put(t, KC_FLAG2, &closed, 1) < 0))
+        return -1;
+    if (span && !ref) {
+        int64_t root[3] = {t->rows, start - k->data, s->p - k->data};
+        if (buf_put(&k->roots, root, sizeof root) < 0) return -1;
+    }
+    t->rows++;
+    return 1;
+}
+
+/* `null` or an array of records. */
+static int key_records(KeyRead *k, KeyCols *t, int span) {
+    P *s = &k->s;
+    int c = peek(s);
+    if (c == 'n') return literal(s, "null", 4);
+    if (c != '[') return 0;
+    s->p++;
+    if (peek(s) == ']') {
+        s->p++;
+        return 1;
+    }
+    for (;;) {
+        TRY(key_record(k, t, span));
+        c = peek(s);
+        if (c == ']') {
+            s->p++;
+            return 1;
+        }
+        if (c != ',') return 0;
+        s->p++;
+    }
+}
+
+/* The header fields a keys read decodes as Python values; their extents are returned. */
+static const char *const HEADER_VALUES[] = {"schema_version", "sdk_version", "resource", "batch_id", "created_ns"};
+#define N_HEADER_VALUES 3 /* of them, those whose extent is returned */
+
+/* The batch object; `ranges` gets the extents of the first N_HEADER_VALUES header values (-1: absent). */
+static int key_batch(KeyRead *k, KeyCols lists[3], Py_ssize_t ranges[2 * N_HEADER_VALUES], int *has_sid) {
+    P *s = &k->s;
+    static const char *const LISTS[3] = {"spans", "marks", "snapshots"};
+    uint32_t seen = 0;
+    if (peek(s) != '{') return 0;
+    s->p++;
+    int c = peek(s);
+    if (c != '}') {
+        for (;;) {
+            if (c != '"') return 0;
+            const char *name;
+            Py_ssize_t nlen;
+            TRY(key(s, &name, &nlen));
+            if (peek(s) != ':') return 0;
+            s->p++;
+            int done = 0;
+            if (key_is(name, nlen, "session_id")) {
+                if (seen & 1u) return 0;
+                seen |= 1u;
+                TRY(session_id(s));
+                done = 1;
+            }
+            for (int i = 0; i < 3 && !done; i++)
+                if (key_is(name, nlen, LISTS[i])) {
+                    if (seen & (2u << i)) return 0;
+                    seen |= 2u << i;
+                    TRY(key_records(k, &lists[i], i == 0));
+                    done = 1;
+                }
+            for (int i = 0; i < (int)(sizeof HEADER_VALUES / sizeof HEADER_VALUES[0]) && !done; i++)
+                if (key_is(name, nlen, HEADER_VALUES[i])) {
+                    if (seen & (16u << i)) return 0;
+                    seen |= 16u << i;
+                    if (peek(s) < 0) return 0;
+                    const unsigned char *start = s->p;
+                    s->any = 1;
+                    TRY(skip_value(s));
+                    s->any = 0;
+                    if (i < N_HEADER_VALUES) {
+                        ranges[2 * i] = start - k->data;
+                        ranges[2 * i + 1] = s->p - k->data;
+                    }
+                    done = 1;
+                }
+            if (!done) TRY(skip_value(s));
+            c = peek(s);
+            if (c == '}') break;
+            if (c != ',') return 0;
+            s->p++;
+            c = peek(s);
+        }
+    }
+    s->p++;
+    if (peek(s) != -1) return 0; /* trailing characters */
+    *has_sid = (seen & 1u) != 0;
+    if (!*has_sid) s->sid_null = 1;
+    return 1;
+}
+
+/* The (hi, lo, thi, tlo, flag, flag2, time) blocks of one record list. */
+static PyObject *key_cols_result(KeyCols *t) {
+    PyObject *blocks = PyTuple_New(N_KC);
+    if (blocks == NULL) return NULL;
+    for (int i = 0; i < N_KC; i++) {
+        PyObject *b = block_of(&t->c[i]);
+        if (b == NULL) {
+            Py_DECREF(blocks);
+            return NULL;
+        }
+        PyTuple_SET_ITEM(blocks, i, b);
+    }
+    return blocks;
+}
+
+/* keys(data, empty_hi, empty_lo) -> (session_id, has_session_id, header extents, spans, marks,
+ * snapshots, roots) or None; see above. */
+static PyObject *keys(PyObject *Py_UNUSED(m), PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "keys(data, empty_hi, empty_lo)");
+        return NULL;
+    }
+    unsigned long long ehi = PyLong_AsUnsignedLongLong(args[1]), elo = PyLong_AsUnsignedLongLong(args[2]);
+    if (PyErr_Occurred()) return NULL;
+    Py_buffer view;
+    if (PyObject_GetBuffer(args[0], &view, PyBUF_SIMPLE) < 0) return NULL;
+    KeyRead k;
+    memset(&k, 0, sizeof k);
+    k.data = (const unsigned char *)view.buf;
+    k.s.p = k.data;
+    k.s.end = k.data + view.len;
+    k.empty_hi = ehi;
+    k.empty_lo = elo;
+    KeyCols lists[3];
+    memset(lists, 0, sizeof lists);
+    Py_ssize_t ranges[2 * N_HEADER_VALUES];
+    for (int i = 0; i < 2 * N_HEADER_VALUES; i++) ranges[i] = -1;
+    int has_sid = 0;
+    k.s.released = PyEval_SaveThread();
+    int ok = key_batch(&k, lists, ranges, &has_sid);
+    PyEval_RestoreThread(k.s.released);
+    PyObject *out = NULL;
+    if (ok > 0) {
+        PyObject *sid = sid_of(&k.s);
+        PyObject *parts[3] = {NULL, NULL, NULL};
+        int failed = sid == NULL;
+        for (int i = 0; i < 3 && !failed; i++)
+            if ((parts[i] = key_cols_result(&lists[i])) == NULL) failed = 1;
+        PyObject *roots = failed ? NULL : PyBytes_FromStringAndSize(k.roots.data, k.roots.len);
+        if (roots != NULL)
+            out = Py_BuildValue("(OO(nnnnnn)OOOO)", sid, has_sid ? Py_True : Py_False, ranges[0], ranges[1],
+                                ranges[2], ranges[3], ranges[4], ranges[5], parts[0], parts[1], parts[2], roots);
+        Py_XDECREF(sid);
+        for (int i = 0; i < 3; i++) Py_XDECREF(parts[i]);
+        Py_XDECREF(roots);
+    } else if (ok == 0) {
+        out = Py_NewRef(Py_None);
+    } else if (!PyErr_Occurred()) {
+        PyErr_NoMemory();
+    }
+    for (int i = 0; i < 3; i++)
+        for (int j = 0; j < N_KC; j++) buf_free(&lists[i].c[j]);
+    buf_free(&k.roots);
+    buf_free(&k.s.scratch);
+    buf_free(&k.s.sid);
+    PyBuffer_Release(&view);
+    return out;
+}
+
 static PyMethodDef module_methods[] = {
     {"session_of", (PyCFunction)session_of, METH_O,
      "session_of($module, data, /)\n--\n\n"
@@ -916,6 +1275,9 @@ static PyMethodDef module_methods[] = {
     {"parse", (PyCFunction)(void (*)(void))parse, METH_FASTCALL,
      "parse($module, data, with_marks, /)\n--\n\n"
      "A batch file's span and mark columns as buffers, or None where msgspec must read it."},
+    {"keys", (PyCFunction)(void (*)(void))keys, METH_FASTCALL,
+     "keys($module, data, empty_hi, empty_lo, /)\n--\n\n"
+     "What the index's light pass keeps of a batch file's records, or None where msgspec must read it."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -925,6 +1287,7 @@ static struct PyModuleDef module_def = {
 
 PyMODINIT_FUNC PyInit__cbatch(void) {
     init_plain();
+    init_hex();
     if (PyType_Ready(&BlockType) < 0) return NULL;
     return PyModule_Create(&module_def);
 }

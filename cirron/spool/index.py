@@ -26,7 +26,6 @@ import contextlib
 import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from operator import attrgetter
 from pathlib import Path
 from typing import Any
 
@@ -264,14 +263,6 @@ def _summarize_one_session(files: list[BatchFile], fingerprint: list[Any]) -> _G
         return _LightKeys().summarize_files(files, fingerprint)
 
 
-def _keys_read(bf: BatchFile) -> tuple[dict[str, Any] | None, list[str]]:
-    """A keys read of ``bf`` and the warnings it gave."""
-    from cirron.spool.reader import read_batch
-
-    warnings: list[str] = []
-    return read_batch(bf, warnings.append, "keys"), warnings
-
-
 class _LightKeys:
     """Per record key columns of one session's batch files, collected file by file."""
 
@@ -306,67 +297,52 @@ class _LightKeys:
     def read(self, files: list[BatchFile]) -> bool:
         """Read ``files`` in order (the next ones are read meanwhile on another thread: see
         :mod:`cirron.spool.parallel`); False as soon as they are not one session of cirron's writer."""
-        with contextlib.closing(ordered_map(_keys_read, files)) as batches:
+        from cirron.spool.batchkeys import read_keys
+
+        with contextlib.closing(ordered_map(read_keys, files)) as batches:
             return self._read(files, batches)
 
-    def _read(self, files: list[BatchFile], batches: Iterator[tuple[dict[str, Any] | None, list[str]]]) -> bool:
-        for bf, (batch, current) in zip(files, batches):
+    def _read(self, files: list[BatchFile], batches: Iterator[tuple[Any, list[str]]]) -> bool:
+        for bf, (keys, current) in zip(files, batches):
             if current:
                 self.warnings[bf.name] = current
-            if batch is None:
+            if keys is None:
                 continue
-            if not batch["lock_protocol"] or batch["session_id"] is None or self.sid not in (None, batch["session_id"]):
+            if not keys.lock_protocol or keys.session_id is None or self.sid not in (None, keys.session_id):
                 return False
-            self.sid = batch["session_id"]
+            self.sid = keys.session_id
             self.ok_files.append(bf)
             if self.first_meta is None:
-                self.first_meta = (batch["resource"], batch["sdk_version"])
-            if self.sdk_seen is None and type(batch["sdk_version"]) is str:
-                self.sdk_seen = batch["sdk_version"]
-            self._add_spans(batch["spans"])
-            self._add_targets(batch["marks"], "m", with_time=True)
-            self._add_targets(batch["snapshots"], "n", with_time=False)
-            del batch  # before the next file is read
+                self.first_meta = (keys.resource, keys.sdk_version)
+            if self.sdk_seen is None and type(keys.sdk_version) is str:
+                self.sdk_seen = keys.sdk_version
+            self._add_spans(keys)
+            self._add_targets(keys.marks, "m")
+            self._add_targets(keys.snapshots, "n")
+            del keys  # before the next file is read
         return True
 
-    def _add_spans(self, spans: list[Any]) -> None:
-        import numpy as np
+    def _add_spans(self, keys: Any) -> None:
+        c, sp = self.cols, keys.spans
+        c["hi"].append(sp["hi"])
+        c["lo"].append(sp["lo"])
+        c["pjoin"].append(sp["phi"] ^ sp["plo"])
+        self.his["phi"].append(sp["phi"])
+        c["has_p"].append(sp["has_p"])
+        c["closed"].append(sp["closed"])
+        c["tmax"].append(sp["tmax"])
+        self.roots.extend((self.rows + j, rec) for j, rec in keys.roots)
+        self.rows += len(sp["hi"])
 
-        from cirron._schema import SESSION_SPAN_NAME
-        from cirron.spool.arrays import id_keys
-        from cirron.spool.outline import time_column
-
+    def _add_targets(self, recs: dict[str, Any], p: str) -> None:
         c = self.cols
-        hi, lo = id_keys(list(map(attrgetter("id"), spans)))
-        c["hi"].append(hi)
-        c["lo"].append(lo)
-        parents = list(map(attrgetter("parent_id"), spans))
-        has_p = np.fromiter(map(_is_not_none, parents), dtype=bool, count=len(parents))
-        phi, plo = id_keys([p if p is not None else "" for p in parents])
-        c["pjoin"].append(phi ^ plo)
-        self.his["phi"].append(phi)
-        c["has_p"].append(has_p)
-        ends = list(map(attrgetter("end_ns"), spans))
-        c["closed"].append(np.fromiter(map(_is_not_none, ends), dtype=bool, count=len(ends)))
-        end = time_column(ends)
-        c["tmax"].append(np.maximum(time_column(list(map(attrgetter("start_ns"), spans))), end))
-        for j in np.flatnonzero(~has_p).tolist():
-            if spans[j].name == SESSION_SPAN_NAME:
-                self.roots.append((self.rows + j, spans[j]))
-        self.rows += len(spans)
-
-    def _add_targets(self, recs: list[Any], p: str, with_time: bool) -> None:
-        from cirron.spool.outline import target_keys, time_column
-
-        c = self.cols
-        rhi, rlo, thi, tlo, on = target_keys(recs)
-        c[p + "hi"].append(rhi)
-        c[p + "lo"].append(rlo)
-        c[p + "t"].append(thi ^ tlo)
-        self.his[p + "th"].append(thi)
-        c[p + "on"].append(on)
-        if with_time:
-            c[p + "ts"].append(time_column(list(map(attrgetter("ts_ns"), recs))))
+        c[p + "hi"].append(recs["hi"])
+        c[p + "lo"].append(recs["lo"])
+        c[p + "t"].append(recs["thi"] ^ recs["tlo"])
+        self.his[p + "th"].append(recs["thi"])
+        c[p + "on"].append(recs["on"])
+        if "ts" in recs:
+            c[p + "ts"].append(recs["ts"])
 
     def _take(self, name: str, dtype: Any = None) -> Any:
         return self.cols[name].take()
@@ -503,10 +479,6 @@ def _rows_of(a: Any, rows: Any) -> Any:
     return a if rows is None else a[rows]
 
 
-def _is_not_none(v: Any) -> bool:
-    return v is not None
-
-
 def _max_time(a: Any, where: Any = None) -> int | None:
     """The latest time in ``a`` (rows of ``where`` only), None when there is none."""
     if where is None:
@@ -627,9 +599,15 @@ def _listing_of(file: tuple[BatchFile, _StatKey]) -> _Listing:
     """A summary read of a file (its key taken before it: a file replaced meanwhile is read again
     next time, its key no longer matching)."""
     bf, key = file
+    from cirron.spool.batchkeys import read_compiled_keys
     from cirron.spool.reader import read_batch
 
-    warnings: list[str] = []
+    compiled = read_compiled_keys(bf)  # without the GIL: the read threads count files at once
+    if compiled is not None:
+        keys, warnings = compiled
+        return _Listing(key, keys.session_id, len(keys.spans["hi"]), len(keys.marks["hi"]),
+                        len(keys.snapshots["hi"]), warnings)
+    warnings = []
     batch = read_batch(bf, warnings.append, "summary")
     if batch is None:
         return _Listing(key, None, None, None, None, warnings)

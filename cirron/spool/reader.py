@@ -51,8 +51,11 @@ __all__ = [
     "coerce_int",
     "iter_batches",
     "list_batch_files",
+    "parse_batch",
     "read_batch",
+    "read_error",
     "safe_dumps",
+    "warn_newer_schema",
 ]
 
 _log = install_log_filter(logging.getLogger("cirron.spool"))
@@ -481,13 +484,18 @@ _TYPES = {
 }
 
 
-def _finish(obj: Any, name: str, warn: WarningCallback, dropped: int = 0) -> dict[str, Any]:
-    version = obj.schema_version
+def warn_newer_schema(version: Any, name: str, warn: WarningCallback) -> None:
+    """The warning a batch file written for a newer schema than this reader's gives."""
     if type(version) is int and version > SCHEMA_VERSION:
         warn(
             f"{name} has schema_version {version}, newer than this reader's {SCHEMA_VERSION}; "
             "reading it best-effort"
         )
+
+
+def _finish(obj: Any, name: str, warn: WarningCallback, dropped: int = 0) -> dict[str, Any]:
+    version = obj.schema_version
+    warn_newer_schema(version, name, warn)
     if dropped:
         warn(f"{name}: ignored {dropped} malformed record(s)")
     sid = obj.session_id
@@ -591,15 +599,24 @@ def read_batch(
     try:
         with open_regular(path, follow_symlinks=False) as fh:
             data = fh.read()
-    except NotRegularFile:
-        warn(f"skipping {name}: not a regular file")
-        return None
-    except FileNotFoundError:
-        warn(f"skipping {name}: removed while reading")
-        return None
     except OSError as exc:
-        warn(f"skipping {name}: {exc.strerror or exc}")
+        warn(read_error(name, exc))
         return None
+    return parse_batch(data, name, warn, fields)
+
+
+def read_error(name: str, exc: OSError) -> str:
+    """The warning for a batch file ``name`` that could not be read."""
+    if isinstance(exc, NotRegularFile):
+        return f"skipping {name}: not a regular file"
+    if isinstance(exc, FileNotFoundError):
+        return f"skipping {name}: removed while reading"
+    return f"skipping {name}: {exc.strerror or exc}"
+
+
+def parse_batch(data: bytes, name: str, warn: WarningCallback, fields: str = "full") -> dict[str, Any] | None:
+    """What :func:`read_batch` gives for a file ``name`` holding ``data`` (the records may refer
+    to ``data``: pass bytes that stay as they are)."""
     if not data.strip():
         warn(f"skipping {name}: empty file")
         return None

@@ -26,7 +26,9 @@ from cbatch_check import (  # noqa: E402
     assert_same_columns,
     check_bytes,
     check_header,
+    check_keys,
     check_spools_under,
+    compiled_keys,
     decoder_result,
 )
 from gen_pow10 import header  # noqa: E402
@@ -235,6 +237,95 @@ def test_the_header_scan_gives_the_decoders_session_id(compiled: Any, data: byte
         assert check_header(data)
 
 
+def snap(i: int = 0, **over: Any) -> dict:
+    rec = {"id": f"{i + 10**7:032x}", "span_id": f"{0:032x}", "tensor": "0.weight", "role": "weight",
+           "dtype": "F32", "shape": [2, 2], "mode": "full", "ts_ns": 1_776_486_601_901_509_000 + i, "stats": {}}
+    rec.update(over)
+    return rec
+
+
+ROOT = span(0, name="cirron.session", attrs={"run_id": "r1", "rank": 0})
+#: What the index's light pass reads with the keys scan: only ids, the ids records name, times
+#: and the root's record are decoded, so a mark value or a span name of any type is read.
+KEYS_READ = [
+    batch(spans=[ROOT, span(1), span(2, end_ns=None)]),
+    batch(snapshots=[snap(1), snap(2, span_id="root"), snap(3, span_id=None, ts_ns=None)]),
+    batch(marks=[mark(1, value=v) for v in (1, True, "x", None, [1], 1.5)]),
+    batch(marks=[{k: v for k, v in mark(1).items() if k != "value"}]),
+    batch(marks=[mark(1, span_id="root"), mark(2, span_id=""), mark(3, span_id=None), mark(4, ts_ns=None)]),
+    batch(spans=[span(1, parent_id=""), span(2, parent_id=None, name=5), span(3, name={"a": [1, None]})]),
+    batch(spans=[span(1, id="ABCDEF" + "0" * 26), span(2, parent_id="A" * 32)]),
+    batch(spans=[span(1, gpu_ns="odd", thread_id=1.5, rank=[], memory_peak_bytes={})]),  # not keys fields
+    batch(spans=[span(1, start_ns=None, end_ns=None), span(2, start_ns=5, end_ns=3), span(3, start_ns=INT64_MIN)]),
+    batch(spans=[{"id": f"{7:032x}"}], marks=[{"id": f"{8:032x}"}], snapshots=[{"id": f"{9:032x}"}]),
+    batch(spans=[ROOT, dict(ROOT, id=f"{5:032x}", name="other root")]),
+    batch(spans=[span(1, **{"~cirron.session": "s"})], marks=[mark(1, **{"~cirron.batch_session": None})]),
+    batch(schema_version=99, sdk_version=3, resource=[1, 2]),                  # warned; odd types let go
+    batch(schema_version=1.5, sdk_version=None, resource=None, batch_id={"a": [0.5]}, created_ns="x"),
+    batch(resource={"big": 123456789012345678901234567890, "f": -0.0}),
+    {k: v for k, v in batch().items() if k != "session_id"},                    # a writer without the lock
+    batch(session_id=None), batch(session_id=""), batch(spans=None, marks=None, snapshots=None),
+    {"session_id": SID, "unknown": [1e300, {"x": -1e-300}]},                    # skipped, as msgspec skips it
+]
+
+
+@pytest.mark.parametrize("doc", KEYS_READ, ids=range(len(KEYS_READ)))
+def test_the_keys_scan_reads_the_writers_shapes_and_agrees(compiled: Any, doc: dict) -> None:
+    data = dumps(doc)
+    assert check_keys(data)
+    check_bytes(data)
+
+
+def test_the_keys_scan_reads_any_spelling(compiled: Any) -> None:
+    doc = batch(spans=[ROOT, span(1)], snapshots=[snap(1)])
+    assert check_keys(json.dumps(doc, indent=1, ensure_ascii=True).encode())
+    text = dumps(doc)
+    escaped = text.replace(f'"id":"{1:032x}"'.encode(), rb'"\u0069d":"' + rb"\u0030" * 31 + b'1"')
+    assert escaped != text and check_keys(escaped)
+
+
+KEYS_DECLINED = [
+    batch(spans=[span(1, id="not-hex")]), batch(spans=[span(1, id="")]), batch(spans=[span(1, id=5)]),
+    batch(spans=[span(1, parent_id="root")]), batch(spans=[span(1, parent_id="g" * 32)]),
+    batch(spans=[span(1, parent_id=7)]), batch(marks=[mark(1, span_id="abc")]), batch(marks=[mark(1, id="m")]),
+    batch(marks=[mark(1, span_id=[])]), batch(snapshots=[snap(1, id="s")]), batch(snapshots=[snap(1, ts_ns="5")]),
+    batch(spans=[span(1, start_ns=1.0)]), batch(spans=[span(1, cpu_ns=2**63)]), batch(spans=[span(1, pid=True)]),
+    batch(spans=[span(1, **{"~cirron.session": 5})]), batch(marks=[mark(1, **{"~cirron.session": {}})]),
+    batch(spans=[{k: v for k, v in span(1).items() if k != "id"}]), batch(spans=[5]), batch(marks={}),
+    batch(spans=[span(1, name=10**50)]),
+]
+KEYS_DECLINED_TEXT = [
+    dumps(batch()).replace(b'"name":"forward"', b'"name":1e400'),
+    dumps(batch()).replace(b'"name":"forward"', b'"name":[1E2]'),
+    dumps(batch()).replace(b'"pid":1000,"host"', b'"pid":1e400,"host"'),
+    dumps(batch()).replace(b'"created_ns":1776486598052509000', b'"created_ns":-1e309'),
+    dumps(batch()).replace(b'"schema_version":1', b'"schema_version":' + b"9" * 5000),
+    dumps(batch()).replace(b'"start_ns"', b'"start_ns":1,"start_ns"', 1),
+    dumps(batch()).replace(b'"schema_version":1', b'"schema_version":1,"schema_version":2'),
+    dumps(batch()).replace(b'"resource"', b'"resource":{},"resource"'),
+]
+
+
+@pytest.mark.parametrize("data", [dumps(d) for d in KEYS_DECLINED] + KEYS_DECLINED_TEXT,
+                         ids=range(len(KEYS_DECLINED) + len(KEYS_DECLINED_TEXT)))
+def test_what_the_keys_scan_cannot_vouch_for_is_left_to_the_decoder(compiled: Any, data: bytes) -> None:
+    assert compiled_keys(data, lambda _m: None) is None
+    check_bytes(data)
+
+
+def test_the_keys_scan_returns_the_roots_record_and_the_writers_keys(compiled: Any) -> None:
+    import msgspec
+
+    from cirron.spool.batchkeys import keys_of_bytes
+
+    got = keys_of_bytes(dumps(batch(spans=[span(1), ROOT], marks=[mark(1, span_id="root")])), "b.json", print)
+    assert got is not None
+    assert [(row, rec.id, msgspec.json.decode(rec.attrs)) for row, rec in got.roots] == [(1, ROOT["id"], ROOT["attrs"])]
+    assert got.spans["hi"].tolist() == [0, 0] and got.spans["lo"].tolist() == [1, 0]
+    assert got.spans["has_p"].tolist() == [True, False] and got.marks["on"].tolist() == [False]
+    assert got.resource == batch()["resource"] and got.sdk_version == "0.1.0" and got.session_id == SID
+
+
 def test_an_empty_parent_is_none_and_missing_attrs_are_an_empty_object(compiled: Any) -> None:
     got = columnar._compiled_file(dumps(batch(spans=[span(1, parent_id=""), {"id": "b"}])), True)
     assert got is not None
@@ -407,6 +498,31 @@ def test_writer_shaped_documents_are_read(data: st.DataObject) -> None:
     rng.shuffle(keys)
     text = _spell({k: doc[k] for k in keys}, rng).encode()
     assert read(text)
+
+
+@FUZZ
+@given(st.data())
+def test_writer_shaped_documents_are_read_by_the_keys_scan(data: st.DataObject) -> None:
+    """Ids of 32 hex digits, anything in the fields a keys read does not decode, any spelling:
+    the keys scan must read them, and agree."""
+    pytest.importorskip("cirron.spool._cbatch")
+    rng = data.draw(st.randoms(use_true_random=False))
+    n = data.draw(st.integers(0, 5))
+    hex_ids = st.integers(0, 2**128 - 1).map(lambda v: f"{v:032x}")
+    times = st.none() | st.integers(INT64_MIN, INT64_MAX)
+    named = st.none() | st.sampled_from(["", "root"]) | hex_ids
+    spans = [span(i, name=data.draw(_TEXT | st.sampled_from(["cirron.session", None, 3])), attrs=data.draw(_JSON),
+                  parent_id=data.draw(st.none() | st.just("") | hex_ids.filter(lambda x: x != "root")),
+                  start_ns=data.draw(times), end_ns=data.draw(times)) for i in range(n)]
+    marks = [mark(i, value=data.draw(_JSON), span_id=data.draw(named), ts_ns=data.draw(times))
+             for i in range(n)]
+    snaps = [snap(i, span_id=data.draw(named), stats=data.draw(_JSON)) for i in range(data.draw(st.integers(0, 3)))]
+    doc = batch(spans=spans, marks=marks, snapshots=snaps)
+    keys = list(doc)
+    rng.shuffle(keys)
+    text = _spell({k: doc[k] for k in keys}, rng).encode()
+    assert check_keys(text)
+    check_bytes(text)
 
 
 # ----------------------------------------------------------------- without the module

@@ -186,7 +186,10 @@ def _random_session(factory: SpoolFactory, rnd: random.Random, t: int) -> dict:
                            split=rnd.random() < 0.5)
 
 
-def test_random_appends_deletions_and_truncation(factory: SpoolFactory):
+@pytest.mark.parametrize("light", [False, True], ids=["reconstruction", "light-pass"])
+def test_random_appends_deletions_and_truncation(factory: SpoolFactory, monkeypatch, light: bool):
+    if light:  # every group through the light pass (and its compiled keys scan, where built)
+        monkeypatch.setattr("cirron.spool.index.LIGHT_PASS_FILES", 1)
     rnd = random.Random(1234)
     t = BASE_NS
     for _step in range(40):
@@ -337,3 +340,71 @@ def test_big_groups_are_indexed_by_the_light_pass(factory: SpoolFactory, monkeyp
     summary = summarize_spool(factory.spool_dir, lambda _m: None, use_index=False)
     assert len(calls) == 3
     assert sorted(_norm(s) for s in summary.sessions) == sorted(expected)
+
+
+def _odd_spool(factory: SpoolFactory) -> None:
+    """Sessions the compiled keys scan reads, and files it leaves to msgspec (ids that are not 32
+    hex digits, a truncated file, a newer schema) in the same groups."""
+    from spool_factory import hard_session
+
+    hard_session(factory)
+    factory.session(start_ns=BASE_NS + 10**12, split=True, snapshots=True)
+    factory.session(start_ns=BASE_NS + 2 * 10**12, open_root=True)
+    root = factory.span("cirron.session", id="session-" + new_id()[:8], start_ns=BASE_NS + 3 * 10**12, dur_ns=MS)
+    factory.write_batch([root, factory.span("step", id="s-1", parent_id=root["id"], start_ns=BASE_NS + 3 * 10**12)],
+                        [factory.mark("s-1", "loss", 0.5)], session_id=root["id"])
+    name = factory.batch_name()
+    good = factory.write_batch([factory.span("extra", parent_id=root["id"], start_ns=BASE_NS + 3 * 10**12)],
+                               session_id=root["id"])
+    factory.write_raw(name, good.read_bytes()[:-20])  # a truncated copy in the same group
+    factory.write_batch([factory.span("late", parent_id=root["id"], start_ns=BASE_NS + 3 * 10**12)],
+                        session_id=root["id"], schema_version=9)
+
+
+def test_the_compiled_keys_scan_builds_the_index_msgspec_builds(factory: SpoolFactory, monkeypatch):
+    """Every group through the light pass, with and without the compiled keys scan: the same
+    index, byte for byte, and the same warnings; the compiled scan did read files."""
+    from cirron.spool import batchkeys
+
+    if batchkeys._cbatch is None:
+        pytest.skip("the C batch parser was not built")
+    _odd_spool(factory)
+    monkeypatch.setattr("cirron.spool.index.LIGHT_PASS_FILES", 1)
+    built = {}
+    compiled_reads = []
+    real = batchkeys._compiled_keys
+    monkeypatch.setattr(batchkeys, "_compiled_keys", lambda *a: compiled_reads.append(r := real(*a)) or r)
+    for way, module in (("msgspec", None), ("compiled", batchkeys._cbatch)):
+        monkeypatch.setattr(batchkeys, "_cbatch", module)
+        index_path(factory.spool_dir).unlink(missing_ok=True)
+        warnings: list[str] = []
+        summary = summarize_spool(factory.spool_dir, warnings.append)
+        assert [_norm(s) for s in summary.sessions] == fresh(factory.spool_dir, summary.files)
+        built[way] = (index_path(factory.spool_dir).read_bytes(), warnings)
+    assert built["compiled"] == built["msgspec"]
+    assert any("newer than this reader" in w for w in built["compiled"][1])
+    read = [r for r in compiled_reads if r is not None]
+    assert len(read) >= 6 and len(read) < len(compiled_reads)  # some files left to msgspec
+
+
+def test_without_the_compiled_modules_the_index_is_the_same(factory: SpoolFactory, tmp_path: Path):
+    """``CIRRON_PURE_PYTHON=1`` (or a build without a compiler) builds the same index."""
+    import subprocess
+    import sys
+
+    _odd_spool(factory)
+    code = ("import sys\n"
+            "from cirron.spool import batchkeys, index\n"
+            "index.LIGHT_PASS_FILES = 1\n"
+            "print(batchkeys._cbatch is None)\n"
+            "index.summarize_spool(sys.argv[1], lambda _m: None)\n")
+    built = []
+    for pure in ("1", "0"):
+        index_path(factory.spool_dir).unlink(missing_ok=True)
+        env = {**os.environ, "CIRRON_PURE_PYTHON": pure}
+        out = subprocess.run([sys.executable, "-c", code, str(factory.spool_dir)], capture_output=True, text=True,
+                             timeout=120, env=env, check=False)
+        assert out.returncode == 0, out.stderr
+        built.append((out.stdout.strip(), index_path(factory.spool_dir).read_bytes()))
+    assert built[0][0] == "True"
+    assert built[0][1] == built[1][1]
