@@ -209,12 +209,7 @@ static int get_col(Views *v, PyObject *t, char kind, Py_ssize_t n, Col *c) {
         c->data = bv->buf;
         c->data_len = bv->len;
     }
-    for (Py_ssize_t i = 0; i < n; i++) /* offsets that stay inside the data */
-        if (c->offs[i] < 0 || c->offs[i] > c->offs[i + 1] || c->offs[i + 1] > c->data_len) {
-            PyErr_SetString(PyExc_ValueError, "column: string offsets out of range");
-            return -1;
-        }
-    return 0;
+    return 0; /* each string's offsets are checked as it is read (col_str) */
 short_buffer:
     PyErr_SetString(PyExc_ValueError, "column: buffer shorter than its rows");
     return -1;
@@ -226,9 +221,17 @@ static inline int col_valid(const Col *c, Py_ssize_t i) {
     return (c->valid[k >> 3] >> (k & 7)) & 1;
 }
 
+/* Row i's string, or NULL when its offsets leave the data (nothing set: see bad_offsets). */
 static inline const char *col_str(const Col *c, Py_ssize_t i, Py_ssize_t *len) {
-    *len = c->offs[i + 1] - c->offs[i];
-    return c->data + c->offs[i];
+    int32_t a = c->offs[i], z = c->offs[i + 1];
+    if (a < 0 || a > z || z > c->data_len) return NULL;
+    *len = z - a;
+    return c->data + a;
+}
+
+static int bad_offsets(void) {
+    PyErr_SetString(PyExc_ValueError, "column: string offsets out of range");
+    return -1;
 }
 
 /* A contiguous buffer of n int64 (or float64) values. */
@@ -270,10 +273,21 @@ static PyObject *digests(PyObject *self, PyObject *const *args, Py_ssize_t nargs
     PyObject *out = PyBytes_FromStringAndSize(NULL, n * 8);
     if (out != NULL) {
         uint64_t *d = (uint64_t *)PyBytes_AS_STRING(out);
+        int bad = 0;
+        Py_BEGIN_ALLOW_THREADS /* the views and `out` stay ours: another thread may run meanwhile */
         for (Py_ssize_t i = 0; i < n; i++) {
             Py_ssize_t len;
             const char *s = col_str(&ids, i, &len);
+            if (s == NULL) {
+                bad = 1;
+                break;
+            }
             d[i] = span_digest((const uint8_t *)s, len);
+        }
+        Py_END_ALLOW_THREADS
+        if (bad) {
+            Py_CLEAR(out);
+            bad_offsets();
         }
     }
     views_release(&v);
@@ -321,6 +335,7 @@ static int put_event(Buf *b, Enc *e, Py_ssize_t k, Py_ssize_t j) {
     int64_t ts = col_valid(&e->m_ts, k) ? e->m_ts.i64[k] : 0;
     if (jt_put_int64(b, ts < 0 ? 0 : ts) < 0 || PUT_LIT(b, "\",\"name\":") < 0) return -1;
     s = col_valid(&e->m_name, k) ? col_str(&e->m_name, k, &len) : (len = 0, "");
+    if (s == NULL) return bad_offsets();
     if ((len ? jt_put_str(b, s, len) : PUT_LIT(b, "\"mark\"")) < 0) return -1;
     if (PUT_LIT(b, ",\"attributes\":[{\"key\":\"value\",\"value\":") < 0) return -1;
     /* this value's float text: up to the next comma of the slice's orjson list */
@@ -356,6 +371,7 @@ static int put_event(Buf *b, Enc *e, Py_ssize_t k, Py_ssize_t j) {
     if (PUT_LIT(b, "},{\"key\":\"kind\",\"value\":{\"stringValue\":") < 0) return -1;
     if (col_valid(&e->m_kind, k)) {
         s = col_str(&e->m_kind, k, &len);
+        if (s == NULL) return bad_offsets();
         if (jt_put_str(b, s, len) < 0) return -1;
     } else if (PUT_LIT(b, "\"point\"") < 0) {
         return -1;
@@ -413,6 +429,7 @@ static int put_span(Buf *b, Enc *e, Py_ssize_t i, Py_ssize_t *pos, Py_ssize_t hi
         memcpy(o + 72, "\",\"name\":", 9);
         b->len += 81;
         s = col_valid(&e->name, i) ? col_str(&e->name, i, &len) : (len = 0, "");
+        if (s == NULL) return bad_offsets();
         if ((len ? jt_put_str(b, s, len) : PUT_LIT(b, "\"span\"")) < 0) return -1;
         int64_t start = col_valid(&e->start, i) ? e->start.i64[i] : 0;
         int open = !col_valid(&e->end, i);
@@ -428,6 +445,7 @@ static int put_span(Buf *b, Enc *e, Py_ssize_t i, Py_ssize_t *pos, Py_ssize_t hi
         if (put_bytes_obj(b, PyList_GET_ITEM(e->items, attr)) < 0) return -1;
         if (PUT_LIT(b, "{\"key\":\"cirron.span.id\",\"value\":{\"stringValue\":") < 0) return -1;
         s = col_str(&e->id, i, &len);
+        if (s == NULL) return bad_offsets();
         if (jt_put_str(b, s, len) < 0 || PUT_LIT(b, "}}") < 0) return -1;
         for (int f = 0; f < 5; f++) {
             if (!col_valid(&e->fields[f], i)) continue;
@@ -439,6 +457,7 @@ static int put_span(Buf *b, Enc *e, Py_ssize_t i, Py_ssize_t *pos, Py_ssize_t hi
         if (PUT_LIT(b, "]") < 0) return -1;
         if (col_valid(&e->parent, i)) {
             s = col_str(&e->parent, i, &len);
+            if (s == NULL) return bad_offsets();
             if (len) {
                 int64_t row = e->parent_row[i];
                 uint64_t d = row >= 0 && row < e->n ? e->digest[row] : span_digest((const uint8_t *)s, len);
@@ -456,54 +475,101 @@ static int put_span(Buf *b, Enc *e, Py_ssize_t i, Py_ssize_t *pos, Py_ssize_t hi
     return PUT_LIT(b, "}");
 }
 
-/* ------------------------------------------------------------------ the text's buffer */
+/* ------------------------------------------------------------------ the text's blocks */
 
-/* One Buf kept in a capsule from slice to slice, so its pages are touched once, not once per
- * slice (a fresh multi-MB block each time is mapped afresh: page faults by the million). */
+/* The text is built in Blocks: read-only buffer objects handed to write() when full. A scratch()
+ * keeps a few of them from slice to slice and reuses one only when nothing else holds it (its
+ * reference count is 1), so its pages are touched once, not once per slice (a fresh multi-MB
+ * block each time is mapped afresh: page faults by the million), and a writer may keep a block
+ * (a write-behind thread writing it while the next one fills) without ever seeing it change. */
 #define SCRATCH_NAME "cirron.export._cotlp.scratch"
 #define FLUSH_BYTES (4 << 20)
+#define RING 4
+
+typedef struct {
+    PyObject_HEAD
+    Buf b;
+} Block;
+
+static int block_getbuffer(PyObject *self, Py_buffer *view, int flags) {
+    Block *k = (Block *)self;
+    return PyBuffer_FillInfo(view, self, k->b.data != NULL ? k->b.data : "", k->b.len, 1, flags);
+}
+
+static void block_dealloc(PyObject *self) {
+    buf_free(&((Block *)self)->b);
+    Py_TYPE(self)->tp_free(self);
+}
+
+static Py_ssize_t block_len(PyObject *self) { return ((Block *)self)->b.len; }
+
+static PyBufferProcs block_buffer = {block_getbuffer, NULL};
+static PySequenceMethods block_sequence = {.sq_length = block_len};
+
+static PyTypeObject BlockType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "cirron.export._cotlp.Block",
+    .tp_basicsize = sizeof(Block),
+    .tp_dealloc = block_dealloc,
+    .tp_as_buffer = &block_buffer,
+    .tp_as_sequence = &block_sequence,
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "A block of encoded text (a read-only buffer; len() is its size in bytes).",
+};
+
+typedef struct {
+    Block *ring[RING];
+    int next;
+} Scratch;
 
 static void scratch_free(PyObject *capsule) {
-    Buf *b = PyCapsule_GetPointer(capsule, SCRATCH_NAME);
-    if (b != NULL) {
-        PyMem_Free(b->data);
-        PyMem_Free(b);
+    Scratch *sc = PyCapsule_GetPointer(capsule, SCRATCH_NAME);
+    if (sc != NULL) {
+        for (int i = 0; i < RING; i++) Py_XDECREF(sc->ring[i]);
+        PyMem_Free(sc);
     }
 }
 
 static PyObject *scratch(PyObject *self, PyObject *unused) {
-    Buf *b = PyMem_Calloc(1, sizeof(Buf));
-    if (b == NULL) return PyErr_NoMemory();
-    PyObject *capsule = PyCapsule_New(b, SCRATCH_NAME, scratch_free);
-    if (capsule == NULL) PyMem_Free(b);
+    Scratch *sc = PyMem_Calloc(1, sizeof(Scratch));
+    if (sc == NULL) return PyErr_NoMemory();
+    PyObject *capsule = PyCapsule_New(sc, SCRATCH_NAME, scratch_free);
+    if (capsule == NULL) PyMem_Free(sc);
     return capsule;
 }
 
-/* Hands the text to write(memoryview) and empties the buffer. The view is released after the
- * call; if the callee kept an export of it, the buffer is left to it and a new one begins. */
-static int flush(Buf *b, PyObject *write) {
-    if (b->len == 0) return 0;
-    PyObject *view = PyMemoryView_FromMemory(b->data, b->len, PyBUF_READ);
-    if (view == NULL) return -1;
-    PyObject *r = PyObject_CallOneArg(write, view);
-    Py_XDECREF(r);
-    PyObject *released = PyObject_CallMethod(view, "release", NULL);
-    Py_DECREF(view);
-    if (released == NULL) { /* still exported: never free or reuse that memory */
-        PyErr_Clear();
-        b->data = NULL;
-        b->cap = 0;
-    } else {
-        Py_DECREF(released);
+/* An empty block only the scratch holds: the first free one of the ring from `next` on, else a
+ * new one (in place of the one at `next`, left to whoever holds it). */
+static Block *take_block(Scratch *sc) {
+    for (int i = 0; i < RING; i++) {
+        int k = (sc->next + i) % RING;
+        Block *got = sc->ring[k];
+        if (got != NULL && Py_REFCNT(got) == 1) {
+            sc->next = (k + 1) % RING;
+            got->b.len = 0;
+            return got;
+        }
     }
-    b->len = 0;
+    Block *fresh = PyObject_New(Block, &BlockType);
+    if (fresh == NULL) return NULL;
+    memset(&fresh->b, 0, sizeof fresh->b);
+    Py_XSETREF(sc->ring[sc->next], fresh);
+    sc->next = (sc->next + 1) % RING;
+    return fresh;
+}
+
+/* Hands the block to write(block), unless it is empty. */
+static int hand(Block *blk, PyObject *write) {
+    if (blk->b.len == 0) return 0;
+    PyObject *r = PyObject_CallOneArg(write, (PyObject *)blk);
+    Py_XDECREF(r);
     return r == NULL ? -1 : 0;
 }
 
 /* encode(spec, a, b, lo, hi, vals, ftext, value_over, request_over, scratch, write) -> int
  *
- * Writes spans a:b, comma-separated, through write(memoryview) (a few MB at a time, built in
- * the scratch() buffer); returns how many bytes. Their marks are at positions lo:hi of the marks sorted by target
+ * Writes spans a:b, comma-separated, through write(block) (a read-only buffer of a few MB, one of
+ * the scratch()'s blocks: write may keep it, it is then never reused); returns how many bytes. Their marks are at positions lo:hi of the marks sorted by target
  * span (spec's order/target), `vals` their float values in that order and `ftext` the orjson
  * list of them; value_over {mark row: value text} and request_over {span row: (head, status)}
  * replace what is made here (None: nothing to replace). */
@@ -517,7 +583,7 @@ static PyObject *encode(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
         PyErr_SetString(PyExc_TypeError, "encode: scratch must come from scratch()");
         return NULL;
     }
-    Buf *outp = PyCapsule_GetPointer(args[9], SCRATCH_NAME);
+    Scratch *sc = PyCapsule_GetPointer(args[9], SCRATCH_NAME);
     PyObject *write = args[10];
     if (!PyCallable_Check(write)) {
         PyErr_SetString(PyExc_TypeError, "encode: write must be callable");
@@ -534,9 +600,9 @@ static PyObject *encode(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     Enc e;
     memset(&e, 0, sizeof e);
     Views v = {.used = 0};
-    Buf *out = outp;
+    Block *blk = NULL;
+    Buf *out = NULL;
     Py_ssize_t total = 0;
-    out->len = 0;
     PyObject *result = NULL;
     Py_buffer *bv;
 
@@ -619,6 +685,8 @@ static PyObject *encode(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     }
 #undef SPEC
 
+    if ((blk = take_block(sc)) == NULL) goto done;
+    out = &blk->b;
     Py_ssize_t pos = lo;
     while (pos < hi && e.target[pos] < a) pos++; /* (none: lo is where span a's marks start) */
     for (Py_ssize_t i = a; i < bb; i++) {
@@ -626,7 +694,8 @@ static PyObject *encode(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
         if (put_span(out, &e, i, &pos, hi, lo) < 0) goto done;
         if (out->len >= FLUSH_BYTES) {
             total += out->len;
-            if (flush(out, write) < 0) goto done;
+            if (hand(blk, write) < 0 || (blk = take_block(sc)) == NULL) goto done;
+            out = &blk->b;
         }
     }
     if (pos != hi) {
@@ -634,10 +703,9 @@ static PyObject *encode(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
         goto done;
     }
     total += out->len;
-    if (flush(out, write) < 0) goto done;
+    if (hand(blk, write) < 0) goto done;
     result = PyLong_FromSsize_t(total);
 done:
-    out->len = 0;
     views_release(&v);
     return result;
 }
@@ -647,8 +715,8 @@ static PyMethodDef module_methods[] = {
      "digests(ids, n): the BLAKE2b span digests (8 bytes each) of a string column's n rows."},
     {"encode", (PyCFunction)(void (*)(void))encode, METH_FASTCALL,
      "encode(spec, a, b, lo, hi, vals, ftext, value_over, request_over, scratch, write): OTLP/JSON text of "
-     "spans a:b through write; returns its size."},
-    {"scratch", scratch, METH_NOARGS, "scratch(): the buffer encode builds its text in (kept between calls)."},
+     "spans a:b through write (in blocks, read-only buffers); returns its size."},
+    {"scratch", scratch, METH_NOARGS, "scratch(): the blocks encode builds its text in (reused between calls)."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -656,4 +724,7 @@ static struct PyModuleDef module_def = {
     PyModuleDef_HEAD_INIT, "_cotlp", "C encoder of OTLP/JSON spans from Arrow columns.", -1, module_methods,
 };
 
-PyMODINIT_FUNC PyInit__cotlp(void) { return PyModule_Create(&module_def); }
+PyMODINIT_FUNC PyInit__cotlp(void) {
+    if (PyType_Ready(&BlockType) < 0) return NULL;
+    return PyModule_Create(&module_def);
+}

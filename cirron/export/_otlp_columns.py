@@ -29,7 +29,7 @@ import pyarrow.compute as pc
 
 from cirron import _native
 from cirron._schema import ROOT_SENTINEL, SESSION_SPAN_NAME, decode_mark_value
-from cirron.export._common import arrow_text
+from cirron.export._common import WriteBehind, arrow_text
 from cirron.export._json import _json_strings
 from cirron.export._otlp import (
     _LLM_MARKS,
@@ -168,9 +168,9 @@ def _span_hex(ids: pa.Array) -> pa.Array:
 class _SessionText:
     """What every slice of one session shares: derived ids, attrs tables, each mark's span."""
 
-    def __init__(self, cols: Any, open_end_ns: int | None) -> None:
+    def __init__(self, cols: Any, open_end_ns: int | None, spans: _Columns | None = None) -> None:
         pa.default_memory_pool().release_unused()  # what reading the columns left in Arrow's pool
-        spans = _Columns(cols.spans)
+        spans = _Columns(cols.spans) if spans is None else spans
         self.m = _Columns(cols.marks)
         self.s = spans
         self.n_spans = cols.spans.num_rows
@@ -385,26 +385,33 @@ def _arrow(col: pa.Array) -> tuple[Any, ...]:
     return (bufs[0], col.offset, *bufs[1:])
 
 
+def _check_compiled(s: _Columns, m: _Columns) -> None:
+    """Raise :class:`CannotEncode` unless ``_cotlp.encode`` can read these span and mark columns."""
+    for name, typ in (("id", pa.string()), ("name", pa.string()), ("parent_id", pa.string())):
+        if s[name].type != typ:
+            raise CannotEncode(f"span {name}: {s[name].type}")
+    for name in ("name", "kind"):
+        if m[name].type != pa.string():
+            raise CannotEncode(f"mark {name}: {m[name].type}")
+    if s["id"].null_count:
+        raise CannotEncode("span without id")
+
+
 class _CompiledSpans:
     """The span text made by ``_cotlp.encode`` from the session's column buffers; what it takes
     as text (attrs, float texts, request spans, values that are not floats) comes from the
-    :class:`_SessionText` it is built on."""
+    :class:`_SessionText` it is built on. ``digests``: ``_cotlp.digests`` of the span ids, when
+    already computed."""
 
-    def __init__(self, text: _SessionText) -> None:
+    def __init__(self, text: _SessionText, digests: bytes | None = None) -> None:
         assert _cotlp is not None
         s, m = text.s, text.m
-        for name, typ in (("id", pa.string()), ("name", pa.string()), ("parent_id", pa.string())):
-            if s[name].type != typ:
-                raise CannotEncode(f"span {name}: {s[name].type}")
-        for name in ("name", "kind"):
-            if m[name].type != pa.string():
-                raise CannotEncode(f"mark {name}: {m[name].type}")
-        if s["id"].null_count:
-            raise CannotEncode("span without id")
+        _check_compiled(s, m)
         self.text = text
         ids = _arrow(s["id"])
         self.spec = (
-            text.trace_id.encode(), _cotlp.digests(ids, text.n_spans), ids, _arrow(s["name"]),
+            text.trace_id.encode(), _cotlp.digests(ids, text.n_spans) if digests is None else digests, ids,
+            _arrow(s["name"]),
             _arrow(s["parent_id"]), text.parent_row, _arrow(s["start_ns"]), _arrow(s["end_ns"]),
             *(_arrow(s[c]) for c in ("index", "cpu_ns", "gpu_ns", "memory_peak_bytes", "thread_id")),
             np.ascontiguousarray(text.span_attr, dtype=np.int64),
@@ -419,7 +426,7 @@ class _CompiledSpans:
 
     def write(self, a: int, b: int, write: Any) -> int:
         """Write the OTLP/JSON text of spans ``a:b``, comma-separated, through ``write`` (it gets
-        memoryviews valid during the call only); returns how many bytes."""
+        read-only buffers of a few MB, never changed while it holds one); returns how many bytes."""
         text = self.text
         lo, hi = np.searchsorted(text.sorted_target, [a, b]).tolist()
         rows = text.mark_order[lo:hi]
@@ -452,26 +459,42 @@ def write_spans(fh: Any, cols: Any, open_end_ns: int | None) -> int:
 
     ``cols`` (a :class:`cirron.spool.columnar.SessionColumns`) may hold any subset of a session's
     spans with the marks that target them (one piece of a big session): ``span_parent`` then
-    names rows of that subset, -1 for a parent outside it."""
-    text = _SessionText(cols, open_end_ns)
-    compiled = _CompiledSpans(text) if _cotlp is not None else None
+    names rows of that subset, -1 for a parent outside it.
+
+    Two cores at work: the span ids are hashed on a thread (``_cotlp.digests`` runs without the
+    GIL) while the session's shared text is prepared, and a write-behind thread hands each block of
+    text to ``fh`` while the next one is encoded."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    spans = _Columns(cols.spans)
+    with ThreadPoolExecutor(1, thread_name_prefix="cirron-digests") as pool:
+        digests = None
+        if _cotlp is not None:
+            _check_compiled(spans, _Columns(cols.marks))
+            digests = pool.submit(_cotlp.digests, _arrow(spans["id"]), cols.spans.num_rows)
+        text = _SessionText(cols, open_end_ns, spans)
+        compiled = _CompiledSpans(text, digests.result()) if digests is not None else None
     n = text.n_spans
     written = 0
-    for a in range(0, n, SLICE_SPANS):
-        b = min(n, a + SLICE_SPANS)
-        if written:
-            fh.write(b",")
-        if compiled is not None:
-            compiled.write(a, b, fh.write)
-        else:
-            chunk = text.spans(a, b)
-            data = arrow_text(chunk)
-            fh.write(data[:-1])
-            del chunk, data
-        written += b - a
-        if a % (8 * SLICE_SPANS) == 0:
-            pa.default_memory_pool().release_unused()
-    for placeholder in text.placeholders():
-        fh.write(b"," + placeholder if written else placeholder)
-        written += 1
+    # at most one block queued and one being written: with the one being encoded, the scratch's
+    # blocks are reused (none mapped afresh)
+    with WriteBehind(depth=1) as behind:
+        out = behind.file(fh)
+        for a in range(0, n, SLICE_SPANS):
+            b = min(n, a + SLICE_SPANS)
+            if written:
+                out.write(b",")
+            if compiled is not None:
+                compiled.write(a, b, out.write)
+            else:
+                chunk = text.spans(a, b)
+                data = arrow_text(chunk)
+                out.write(data[:-1])
+                del chunk, data
+            written += b - a
+            if a % (8 * SLICE_SPANS) == 0:
+                pa.default_memory_pool().release_unused()
+        for placeholder in text.placeholders():
+            out.write(b"," + placeholder if written else placeholder)
+            written += 1
     return written

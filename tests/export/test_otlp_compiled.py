@@ -183,20 +183,26 @@ def test_bad_arguments_raise_instead_of_reading_past_buffers(factory: SpoolFacto
     assert got.getvalue() == b""
 
 
-def test_a_view_kept_by_the_writer_is_released(factory: SpoolFactory, compiled: Any):
-    """The memoryviews handed to ``write`` are released after each call (their buffer is reused
-    for the next text): one kept is unusable, not a window on later text."""
+def test_blocks_kept_by_the_writer_keep_their_text(factory: SpoolFactory, compiled: Any):
+    """``write`` gets read-only blocks of text; one it keeps (a write-behind thread writing it
+    later) is never filled again, so it still holds the text it was handed with."""
     hard_session(factory)
     (info, cols), *_ = _sessions(factory.spool_dir)
     spans = _otlp_columns._CompiledSpans(_otlp_columns._SessionText(cols, info.last_ns))
+    n = cols.spans.num_rows
     kept: list[Any] = []
-    spans.write(0, 2, kept.append)
-    with pytest.raises(ValueError):
-        bytes(kept[0])
-    out = io.BytesIO()
-    spans.write(0, cols.spans.num_rows, out.write)
-    first, _ = _encode(cols, info.last_ns, compiled)
-    assert out.getvalue() == first[:out.tell()] and len(kept) == 1
+    for a in range(n):
+        spans.write(a, a + 1, kept.append)
+    whole, _ = _encode(cols, info.last_ns, compiled)
+    assert n > 4 and b",".join(bytes(k) for k in kept) == whole
+    assert len({id(k) for k in kept}) == n
+    with pytest.raises(TypeError):
+        memoryview(kept[0])[:1] = b"x"
+    dropped = io.BytesIO()  # a writer that keeps nothing: the blocks are reused, the text the same
+    for a in range(n):
+        dropped.write(b"," if a else b"")
+        spans.write(a, a + 1, dropped.write)
+    assert dropped.getvalue() == whole
 
 
 @pytest.mark.parametrize("how", ["missing", "pure"])
