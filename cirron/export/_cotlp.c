@@ -6,8 +6,13 @@
  * mark values (one orjson call per slice), the pieces of `request` spans and of mark values that
  * are not floats. Span ids go through BLAKE2b here (derive_span_id: digest 8, person
  * "cirron.span").
+ *
+ * encode and digests run without the GIL (encode holds it where it calls Python: to hand a full
+ * block to write(), and throughout a slice that has pieces to take from dicts), so a write-behind
+ * thread writes one block while the next is built.
  */
 #define PY_SSIZE_T_CLEAN
+#define CIRRON_BUF_NOGIL /* the text is built without the GIL (encode) */
 #include <Python.h>
 #include <stdint.h>
 #include <string.h>
@@ -140,6 +145,14 @@ static int put_bytes_obj(Buf *b, PyObject *o) {
 
 /* ------------------------------------------------------------------ Arrow columns */
 
+/* A piece of text from a bytes object (n -1: none). */
+typedef struct {
+    const char *s;
+    Py_ssize_t n;
+} Text;
+
+static inline int put_text(Buf *b, const Text *t) { return t->n > 0 ? buf_put(b, t->s, t->n) : 0; }
+
 /* One Arrow array: a (validity or None, offset, buffer[, data]) tuple from Python. */
 typedef struct {
     Py_ssize_t n, off;
@@ -229,8 +242,10 @@ static inline const char *col_str(const Col *c, Py_ssize_t i, Py_ssize_t *len) {
     return c->data + a;
 }
 
+#define BAD_OFFSETS "column: string offsets out of range"
+
 static int bad_offsets(void) {
-    PyErr_SetString(PyExc_ValueError, "column: string offsets out of range");
+    PyErr_SetString(PyExc_ValueError, BAD_OFFSETS);
     return -1;
 }
 
@@ -313,17 +328,21 @@ typedef struct {
     const uint64_t *digest;
     Col id, name, parent, start, end, fields[5], m_ts, m_name, m_kind;
     const int64_t *parent_row, *attr, *order, *target, *m_attr;
-    PyObject *items, *status, *extra;
     int64_t open_end;
     Py_ssize_t n, m;
     /* this slice */
     const double *vals;
     const char *ftext, *ftext_end;
     PyObject *value_over, *request_over;
+    /* the texts of the attrs lists (status: n -1 for None), read without the GIL */
+    Text *items, *status, *extra;
+    Py_ssize_t n_items, n_extra;
+    const char *err; /* what went wrong (ValueError), set without the GIL; NULL: out of memory */
 } Enc;
 
-static int bad_index(const char *what) {
-    PyErr_Format(PyExc_ValueError, "%s out of range", what);
+/* Records what went wrong (raised once the GIL is held again). */
+static int fail(Enc *e, const char *err) {
+    e->err = err;
     return -1;
 }
 
@@ -335,19 +354,16 @@ static int put_event(Buf *b, Enc *e, Py_ssize_t k, Py_ssize_t j) {
     int64_t ts = col_valid(&e->m_ts, k) ? e->m_ts.i64[k] : 0;
     if (jt_put_int64(b, ts < 0 ? 0 : ts) < 0 || PUT_LIT(b, "\",\"name\":") < 0) return -1;
     s = col_valid(&e->m_name, k) ? col_str(&e->m_name, k, &len) : (len = 0, "");
-    if (s == NULL) return bad_offsets();
+    if (s == NULL) return fail(e, BAD_OFFSETS);
     if ((len ? jt_put_str(b, s, len) : PUT_LIT(b, "\"mark\"")) < 0) return -1;
     if (PUT_LIT(b, ",\"attributes\":[{\"key\":\"value\",\"value\":") < 0) return -1;
     /* this value's float text: up to the next comma of the slice's orjson list */
     const char *f = e->ftext, *fe = f;
     while (fe < e->ftext_end && *fe != ',') fe++;
-    if (f >= e->ftext_end) {
-        PyErr_SetString(PyExc_ValueError, "fewer float texts than marks");
-        return -1;
-    }
+    if (f >= e->ftext_end) return fail(e, "fewer float texts than marks");
     e->ftext = fe + 1;
     PyObject *over = NULL;
-    if (e->value_over != NULL) {
+    if (e->value_over != NULL) { /* (the GIL is held when there are overrides) */
         PyObject *key = PyLong_FromSsize_t(k);
         if (key == NULL) return -1;
         over = PyDict_GetItemWithError(e->value_over, key);
@@ -371,15 +387,15 @@ static int put_event(Buf *b, Enc *e, Py_ssize_t k, Py_ssize_t j) {
     if (PUT_LIT(b, "},{\"key\":\"kind\",\"value\":{\"stringValue\":") < 0) return -1;
     if (col_valid(&e->m_kind, k)) {
         s = col_str(&e->m_kind, k, &len);
-        if (s == NULL) return bad_offsets();
+        if (s == NULL) return fail(e, BAD_OFFSETS);
         if (jt_put_str(b, s, len) < 0) return -1;
     } else if (PUT_LIT(b, "\"point\"") < 0) {
         return -1;
     }
     if (PUT_LIT(b, "}}") < 0) return -1;
     int64_t a = e->m_attr[k];
-    if (a < 0 || a >= PyList_GET_SIZE(e->extra)) return bad_index("mark attrs");
-    if (put_bytes_obj(b, PyList_GET_ITEM(e->extra, a)) < 0) return -1;
+    if (a < 0 || a >= e->n_extra) return fail(e, "mark attrs out of range");
+    if (put_text(b, &e->extra[a]) < 0) return -1;
     return PUT_LIT(b, "]}");
 }
 
@@ -390,7 +406,7 @@ static int put_events(Buf *b, Enc *e, Py_ssize_t i, Py_ssize_t *pos, Py_ssize_t 
     if (PUT_LIT(b, ",\"events\":[") < 0) return -1;
     for (; p < hi && e->target[p] == i; p++) {
         int64_t k = e->order[p];
-        if (k < 0 || k >= e->m) return bad_index("mark order");
+        if (k < 0 || k >= e->m) return fail(e, "mark order out of range");
         if (p != *pos && PUT_LIT(b, ",") < 0) return -1;
         if (put_event(b, e, (Py_ssize_t)k, p - lo) < 0) return -1;
     }
@@ -402,10 +418,10 @@ static int put_span(Buf *b, Enc *e, Py_ssize_t i, Py_ssize_t *pos, Py_ssize_t hi
     Py_ssize_t len;
     const char *s;
     int64_t attr = e->attr[i];
-    if (attr < 0 || attr >= PyList_GET_SIZE(e->items)) return bad_index("span attrs");
-    PyObject *status = PyList_GET_ITEM(e->status, attr);
+    if (attr < 0 || attr >= e->n_items) return fail(e, "span attrs out of range");
+    Text status = e->status[attr];
     PyObject *request = NULL;
-    if (e->request_over != NULL) {
+    if (e->request_over != NULL) { /* (the GIL is held when there are overrides) */
         PyObject *key = PyLong_FromSsize_t(i);
         if (key == NULL) return -1;
         request = PyDict_GetItemWithError(e->request_over, key);
@@ -418,7 +434,16 @@ static int put_span(Buf *b, Enc *e, Py_ssize_t i, Py_ssize_t *pos, Py_ssize_t hi
             return -1;
         }
         if (put_bytes_obj(b, PyTuple_GET_ITEM(request, 0)) < 0) return -1;
-        status = PyTuple_GET_ITEM(request, 1);
+        PyObject *own = PyTuple_GET_ITEM(request, 1);
+        if (own == Py_None) {
+            status.n = -1;
+        } else if (PyBytes_Check(own)) {
+            status.s = PyBytes_AS_STRING(own);
+            status.n = PyBytes_GET_SIZE(own);
+        } else {
+            PyErr_SetString(PyExc_TypeError, "request piece: status must be bytes or None");
+            return -1;
+        }
     } else {
         if (buf_reserve(b, 128) < 0) return -1;
         char *o = b->data + b->len;
@@ -429,7 +454,7 @@ static int put_span(Buf *b, Enc *e, Py_ssize_t i, Py_ssize_t *pos, Py_ssize_t hi
         memcpy(o + 72, "\",\"name\":", 9);
         b->len += 81;
         s = col_valid(&e->name, i) ? col_str(&e->name, i, &len) : (len = 0, "");
-        if (s == NULL) return bad_offsets();
+        if (s == NULL) return fail(e, BAD_OFFSETS);
         if ((len ? jt_put_str(b, s, len) : PUT_LIT(b, "\"span\"")) < 0) return -1;
         int64_t start = col_valid(&e->start, i) ? e->start.i64[i] : 0;
         int open = !col_valid(&e->end, i);
@@ -442,10 +467,10 @@ static int put_span(Buf *b, Enc *e, Py_ssize_t i, Py_ssize_t *pos, Py_ssize_t hi
             PUT_LIT(b, "\",\"endTimeUnixNano\":\"") < 0 || jt_put_int64(b, end < 0 ? 0 : end) < 0 ||
             PUT_LIT(b, "\",\"attributes\":[") < 0)
             return -1;
-        if (put_bytes_obj(b, PyList_GET_ITEM(e->items, attr)) < 0) return -1;
+        if (put_text(b, &e->items[attr]) < 0) return -1;
         if (PUT_LIT(b, "{\"key\":\"cirron.span.id\",\"value\":{\"stringValue\":") < 0) return -1;
         s = col_str(&e->id, i, &len);
-        if (s == NULL) return bad_offsets();
+        if (s == NULL) return fail(e, BAD_OFFSETS);
         if (jt_put_str(b, s, len) < 0 || PUT_LIT(b, "}}") < 0) return -1;
         for (int f = 0; f < 5; f++) {
             if (!col_valid(&e->fields[f], i)) continue;
@@ -457,7 +482,7 @@ static int put_span(Buf *b, Enc *e, Py_ssize_t i, Py_ssize_t *pos, Py_ssize_t hi
         if (PUT_LIT(b, "]") < 0) return -1;
         if (col_valid(&e->parent, i)) {
             s = col_str(&e->parent, i, &len);
-            if (s == NULL) return bad_offsets();
+            if (s == NULL) return fail(e, BAD_OFFSETS);
             if (len) {
                 int64_t row = e->parent_row[i];
                 uint64_t d = row >= 0 && row < e->n ? e->digest[row] : span_digest((const uint8_t *)s, len);
@@ -471,7 +496,7 @@ static int put_span(Buf *b, Enc *e, Py_ssize_t i, Py_ssize_t *pos, Py_ssize_t hi
         }
     }
     if (put_events(b, e, i, pos, hi, lo) < 0) return -1;
-    if (status != Py_None && put_bytes_obj(b, status) < 0) return -1;
+    if (put_text(b, &status) < 0) return -1;
     return PUT_LIT(b, "}");
 }
 
@@ -520,6 +545,7 @@ static PyTypeObject BlockType = {
 typedef struct {
     Block *ring[RING];
     int next;
+    int busy; /* an encode is filling its blocks */
 } Scratch;
 
 static void scratch_free(PyObject *capsule) {
@@ -566,6 +592,33 @@ static int hand(Block *blk, PyObject *write) {
     return r == NULL ? -1 : 0;
 }
 
+/* The texts of a list of bytes (or None, where `none_ok`), kept alive by *hold (a tuple of them). */
+static Text *texts_of(PyObject *list, int none_ok, PyObject **hold, Py_ssize_t *n) {
+    *hold = PySequence_Tuple(list);
+    if (*hold == NULL) return NULL;
+    *n = PyTuple_GET_SIZE(*hold);
+    Text *t = PyMem_Malloc(sizeof(Text) * (size_t)(*n ? *n : 1));
+    if (t == NULL) {
+        PyErr_NoMemory();
+        return NULL;
+    }
+    for (Py_ssize_t i = 0; i < *n; i++) {
+        PyObject *o = PyTuple_GET_ITEM(*hold, i);
+        if (o == Py_None && none_ok) {
+            t[i].s = NULL;
+            t[i].n = -1;
+        } else if (PyBytes_Check(o)) {
+            t[i].s = PyBytes_AS_STRING(o);
+            t[i].n = PyBytes_GET_SIZE(o);
+        } else {
+            PyErr_SetString(PyExc_TypeError, "encode: attrs texts must be bytes");
+            PyMem_Free(t);
+            return NULL;
+        }
+    }
+    return t;
+}
+
 /* encode(spec, a, b, lo, hi, vals, ftext, value_over, request_over, scratch, write) -> int
  *
  * Writes spans a:b, comma-separated, through write(block) (a read-only buffer of a few MB, one of
@@ -584,6 +637,10 @@ static PyObject *encode(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
         return NULL;
     }
     Scratch *sc = PyCapsule_GetPointer(args[9], SCRATCH_NAME);
+    if (sc->busy) {
+        PyErr_SetString(PyExc_RuntimeError, "encode: scratch in use by another encode");
+        return NULL;
+    }
     PyObject *write = args[10];
     if (!PyCallable_Check(write)) {
         PyErr_SetString(PyExc_TypeError, "encode: write must be callable");
@@ -604,6 +661,10 @@ static PyObject *encode(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     Buf *out = NULL;
     Py_ssize_t total = 0;
     PyObject *result = NULL;
+    PyObject *hold[3] = {NULL, NULL, NULL};
+    PyThreadState *released = NULL; /* the GIL, while let go */
+    int failed = 0;
+    sc->busy = 1;
     Py_buffer *bv;
 
 #define SPEC(k) PyTuple_GET_ITEM(spec, k)
@@ -654,14 +715,16 @@ static PyObject *encode(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
         get_col(&v, SPEC(M_KIND), 's', n_marks, &e.m_kind) < 0)
         goto done;
     e.m = n_marks; /* order names rows of these columns (checked as it is read) */
-    e.items = SPEC(S_ITEMS);
-    e.status = SPEC(S_STATUS);
-    e.extra = SPEC(M_EXTRA);
-    if (!PyList_Check(e.items) || !PyList_Check(e.status) || !PyList_Check(e.extra) ||
-        PyList_GET_SIZE(e.items) != PyList_GET_SIZE(e.status)) {
+    if (!PyList_Check(SPEC(S_ITEMS)) || !PyList_Check(SPEC(S_STATUS)) || !PyList_Check(SPEC(M_EXTRA)) ||
+        PyList_GET_SIZE(SPEC(S_ITEMS)) != PyList_GET_SIZE(SPEC(S_STATUS))) {
         PyErr_SetString(PyExc_TypeError, "encode: attrs texts must be lists (items and status alike)");
         goto done;
     }
+    Py_ssize_t n_status;
+    if ((e.items = texts_of(SPEC(S_ITEMS), 0, &hold[0], &e.n_items)) == NULL ||
+        (e.status = texts_of(SPEC(S_STATUS), 1, &hold[1], &n_status)) == NULL ||
+        (e.extra = texts_of(SPEC(M_EXTRA), 0, &hold[2], &e.n_extra)) == NULL)
+        goto done;
     e.open_end = SPEC(S_OPEN_END) == Py_None ? 0 : PyLong_AsLongLong(SPEC(S_OPEN_END));
     if (PyErr_Occurred()) goto done;
     if (get_view(&v, args[5], &bv) < 0) goto done;
@@ -687,16 +750,35 @@ static PyObject *encode(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 
     if ((blk = take_block(sc)) == NULL) goto done;
     out = &blk->b;
+    /* overrides are looked up in dicts: then the GIL stays held */
+    int nogil = e.value_over == NULL && e.request_over == NULL;
+    if (nogil) released = PyEval_SaveThread();
     Py_ssize_t pos = lo;
     while (pos < hi && e.target[pos] < a) pos++; /* (none: lo is where span a's marks start) */
     for (Py_ssize_t i = a; i < bb; i++) {
-        if (i != a && PUT_LIT(out, ",") < 0) goto done;
-        if (put_span(out, &e, i, &pos, hi, lo) < 0) goto done;
+        if ((i != a && PUT_LIT(out, ",") < 0) || put_span(out, &e, i, &pos, hi, lo) < 0) {
+            failed = 1;
+            break;
+        }
         if (out->len >= FLUSH_BYTES) {
             total += out->len;
+            if (released != NULL) PyEval_RestoreThread(released);
+            released = NULL;
             if (hand(blk, write) < 0 || (blk = take_block(sc)) == NULL) goto done;
             out = &blk->b;
+            if (nogil) released = PyEval_SaveThread();
         }
+    }
+    if (released != NULL) PyEval_RestoreThread(released);
+    released = NULL;
+    if (failed) {
+        if (!PyErr_Occurred()) {
+            if (e.err != NULL)
+                PyErr_SetString(PyExc_ValueError, e.err);
+            else
+                PyErr_NoMemory();
+        }
+        goto done;
     }
     if (pos != hi) {
         PyErr_SetString(PyExc_ValueError, "encode: marks outside the slice's spans");
@@ -706,6 +788,11 @@ static PyObject *encode(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     if (hand(blk, write) < 0) goto done;
     result = PyLong_FromSsize_t(total);
 done:
+    sc->busy = 0;
+    PyMem_Free(e.items);
+    PyMem_Free(e.status);
+    PyMem_Free(e.extra);
+    for (int k = 0; k < 3; k++) Py_XDECREF(hold[k]);
     views_release(&v);
     return result;
 }
