@@ -107,8 +107,7 @@ class Spill:
         path = self._path(k, "arrow")
         if not path.exists():
             return schema.empty_table(), None
-        with pa.OSFile(str(path)) as f:
-            table = pa.ipc.open_file(f).read_all()
+        table = pa.ipc.open_file(pa.memory_map(str(path))).read_all()  # mapped: no copy into fresh pages
         runs = []
         with open(self._path(k, "pickle"), "rb") as fh:
             while True:

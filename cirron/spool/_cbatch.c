@@ -1267,6 +1267,111 @@ static PyObject *keys(PyObject *Py_UNUSED(m), PyObject *const *args, Py_ssize_t 
     return out;
 }
 
+/* ---------------------------------------------------------------- id keys */
+
+/* The byte that two hex digits spell, by the two bytes read as a little-endian 16-bit number; -1
+ * where either byte is not a hex digit. */
+static int16_t hex_pair[65536];
+
+static void init_hex_pairs(void) {
+    signed char value[256];
+    memset(value, -1, sizeof value);
+    for (int i = 0; i < 10; i++) value['0' + i] = (signed char)i;
+    for (int i = 0; i < 6; i++) value['a' + i] = value['A' + i] = (signed char)(10 + i);
+    for (int k = 0; k < 65536; k++) {
+        signed char a = value[k & 255], b = value[k >> 8];
+        hex_pair[k] = (int16_t)(a < 0 || b < 0 ? -1 : a << 4 | b);
+    }
+}
+
+/* The 64 bits that 16 hex digits at `d` spell; `*bad` goes negative where one is not a digit. */
+static inline uint64_t hex_half(const unsigned char *d, int *bad) {
+    uint64_t x = 0;
+    int chk = 0;
+    for (int j = 0; j < 16; j += 2) {
+        int16_t b = hex_pair[d[j] | d[j + 1] << 8];
+        chk |= b;
+        x = x << 8 | (uint8_t)b;
+    }
+    *bad |= chk;
+    return x;
+}
+
+/* hex_keys(offsets, data, validity, offset, n) -> (hi, lo, plain): for the n strings of an Arrow
+ * string array (int32 offsets) from row `offset`, the 128 bits of each that is 32 hex digits as two
+ * 64-bit halves (bytearrays of native uint64s) and a bytearray of flags (1: such an id; 0: null or
+ * anything else, whose halves are 0 and left to the caller). Runs without the GIL. */
+static PyObject *hex_keys(PyObject *Py_UNUSED(m), PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 5) {
+        PyErr_SetString(PyExc_TypeError, "hex_keys(offsets, data, validity, offset, n)");
+        return NULL;
+    }
+    Py_ssize_t first = PyLong_AsSsize_t(args[3]), n = PyLong_AsSsize_t(args[4]);
+    if ((first == -1 || n == -1) && PyErr_Occurred()) return NULL;
+    if (first < 0 || n < 0) {
+        PyErr_SetString(PyExc_ValueError, "hex_keys: negative offset or length");
+        return NULL;
+    }
+    Py_buffer off = {0}, data = {0}, valid = {0};
+    int has_valid = args[2] != Py_None;
+    PyObject *hi = NULL, *lo = NULL, *plain = NULL, *out = NULL;
+    if (PyObject_GetBuffer(args[0], &off, PyBUF_SIMPLE) < 0) return NULL;
+    if (PyObject_GetBuffer(args[1], &data, PyBUF_SIMPLE) < 0) goto done;
+    if (has_valid && PyObject_GetBuffer(args[2], &valid, PyBUF_SIMPLE) < 0) goto done;
+    if (off.len < (first + n + (n > 0)) * (Py_ssize_t)sizeof(int32_t) ||
+        (has_valid && valid.len * 8 < first + n)) {
+        PyErr_SetString(PyExc_ValueError, "hex_keys: buffers shorter than the rows");
+        goto done;
+    }
+    hi = PyByteArray_FromStringAndSize(NULL, n * 8);
+    lo = hi ? PyByteArray_FromStringAndSize(NULL, n * 8) : NULL;
+    plain = lo ? PyByteArray_FromStringAndSize(NULL, n) : NULL;
+    if (plain == NULL) goto done;
+    {
+        const int32_t *o = (const int32_t *)off.buf + first;
+        const unsigned char *d = (const unsigned char *)data.buf, *v = (const unsigned char *)valid.buf;
+        uint64_t *h = (uint64_t *)PyByteArray_AS_STRING(hi), *l = (uint64_t *)PyByteArray_AS_STRING(lo);
+        unsigned char *p = (unsigned char *)PyByteArray_AS_STRING(plain);
+        Py_ssize_t dlen = data.len;
+        int bad = 0;
+        Py_BEGIN_ALLOW_THREADS
+        for (Py_ssize_t i = 0; i < n; i++) {
+            Py_ssize_t r = first + i;
+            h[i] = l[i] = 0;
+            p[i] = 0;
+            if (has_valid && !(v[r >> 3] >> (r & 7) & 1)) continue;
+            int32_t a = o[i], b = o[i + 1];
+            if (a < 0 || b < a || b > dlen) {
+                bad = 1;
+                break;
+            }
+            if (b - a != 32) continue;
+            int chk = 0;
+            uint64_t x = hex_half(d + a, &chk), y = hex_half(d + a + 16, &chk);
+            int ok = chk >= 0;
+            if (ok) {
+                h[i] = x;
+                l[i] = y;
+                p[i] = 1;
+            }
+        }
+        Py_END_ALLOW_THREADS
+        if (bad) {
+            PyErr_SetString(PyExc_ValueError, "hex_keys: offsets outside the data");
+            goto done;
+        }
+    }
+    out = PyTuple_Pack(3, hi, lo, plain);
+done:
+    Py_XDECREF(hi);
+    Py_XDECREF(lo);
+    Py_XDECREF(plain);
+    PyBuffer_Release(&off);
+    if (data.obj) PyBuffer_Release(&data);
+    if (valid.obj) PyBuffer_Release(&valid);
+    return out;
+}
+
 static PyMethodDef module_methods[] = {
     {"session_of", (PyCFunction)session_of, METH_O,
      "session_of($module, data, /)\n--\n\n"
@@ -1278,6 +1383,9 @@ static PyMethodDef module_methods[] = {
     {"keys", (PyCFunction)(void (*)(void))keys, METH_FASTCALL,
      "keys($module, data, empty_hi, empty_lo, /)\n--\n\n"
      "What the index's light pass keeps of a batch file's records, or None where msgspec must read it."},
+    {"hex_keys", (PyCFunction)(void (*)(void))hex_keys, METH_FASTCALL,
+     "hex_keys($module, offsets, data, validity, offset, n, /)\n--\n\n"
+     "(hi, lo, plain) of an Arrow string array's ids that are 32 hex digits; without the GIL."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -1288,6 +1396,7 @@ static struct PyModuleDef module_def = {
 PyMODINIT_FUNC PyInit__cbatch(void) {
     init_plain();
     init_hex();
+    init_hex_pairs();
     if (PyType_Ready(&BlockType) < 0) return NULL;
     return PyModule_Create(&module_def);
 }

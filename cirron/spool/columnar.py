@@ -23,11 +23,11 @@ session the reference way. pyarrow is imported here, so only by the features tha
 
 from __future__ import annotations
 
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from contextlib import closing
 from dataclasses import dataclass
 from operator import attrgetter
-from typing import Any, Optional
+from typing import Any, Optional, TypeVar
 
 import msgspec
 import numpy as np
@@ -352,6 +352,7 @@ class _SpansBatch(msgspec.Struct, gc=False):
 
 _DECODERS: dict[bool, Any] = {True: msgspec.json.Decoder(_Batch), False: msgspec.json.Decoder(_SpansBatch)}
 
+_T = TypeVar("_T")
 _FileCols = tuple[dict, dict, list, Any, list]
 #: What :func:`file_batches` makes of one file.
 FileBatches = tuple[pa.RecordBatch, pa.RecordBatch, list, bool, list]
@@ -470,10 +471,17 @@ def read_session_files(info: SessionInfo, with_marks: bool = True) -> Generator[
     """``(position, file_batches(...))`` of each of ``info``'s batch files that :func:`read_file`
     can read, in the files' order, parsed on :func:`cirron.spool.parallel.read_threads` threads
     (a few files ahead of the caller). Close it when stopping early."""
-    def one(item: tuple[int, Any]) -> tuple[int, FileBatches] | None:
+    return map_session_files(info, with_marks, lambda file_no, batches: (file_no, batches))
+
+
+def map_session_files(info: SessionInfo, with_marks: bool,
+                      then: Callable[[int, FileBatches], _T]) -> Generator[_T, None, None]:
+    """:func:`read_session_files` with ``then(position, file_batches(...))`` of each file, computed
+    on the reading threads too (work that releases the GIL then runs beside the caller's)."""
+    def one(item: tuple[int, Any]) -> _T | None:
         file_no, bf = item
         got = read_file(bf, with_marks)
-        return None if got is None else (file_no, file_batches(info, file_no, got))
+        return None if got is None else then(file_no, file_batches(info, file_no, got))
 
     with closing(ordered_map(one, enumerate(info.files))) as results:
         for done in results:

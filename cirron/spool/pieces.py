@@ -46,10 +46,12 @@ from cirron._schema import BATCH_SPAN_NAME, EPOCH_SPAN_NAME, ROOT_SENTINEL
 from cirron.spool.arrays import JoinedIndex, enclosing_steps, hex_halves, last_of_each, packed_hex_halves
 from cirron.spool.catalog import SessionInfo
 from cirron.spool.columnar import (
+    FileBatches,
     SessionColumns,
     Unsupported,
+    _cbatch,
+    map_session_files,
     mark_schema,
-    read_session_files,
     span_schema,
 )
 
@@ -68,6 +70,16 @@ def id_keys(ids: pa.Array) -> tuple[np.ndarray, np.ndarray]:
     from cirron.spool.stream import _key
 
     n = len(ids)
+    if n and ids.type == pa.string() and _cbatch is not None:
+        validity, offsets, data = ids.buffers()
+        hi_b, lo_b, plain_b = _cbatch.hex_keys(offsets, b"" if data is None else data, validity, ids.offset, n)
+        hi, lo = np.frombuffer(hi_b, dtype=np.uint64), np.frombuffer(lo_b, dtype=np.uint64)
+        odd = np.flatnonzero(np.frombuffer(plain_b, dtype=np.uint8) == 0)
+        if odd.size and ids.null_count:
+            odd = odd[ids.is_valid().to_numpy(zero_copy_only=False)[odd]]
+        for i, text in zip(odd.tolist(), ids.take(pa.array(odd)).to_pylist()):
+            hi[i], lo[i] = _key(text)
+        return hi, lo
     hi = np.zeros(n, dtype=np.uint64)
     lo = np.zeros(n, dtype=np.uint64)
     if not n:
@@ -122,40 +134,43 @@ class _Keys:
     def _write(self, name: str, a: np.ndarray) -> None:
         np.ascontiguousarray(a, dtype=_KEY_FILES[name]).tofile(self._out[name])
 
-    def add(self, spans: pa.RecordBatch, marks: pa.RecordBatch | None) -> None:
+    @staticmethod
+    def of(spans: pa.RecordBatch, marks: pa.RecordBatch | None) -> dict[str, np.ndarray]:
+        """One file's keys (what :meth:`add` writes; step rows counted in the file). Touches no
+        state, so it runs on the reading threads."""
+        out: dict[str, np.ndarray] = {}
         hi, lo = id_keys(spans.column("id"))
-        self._write("s_hi", hi)
-        self._write("s_lo", lo)
-        self._write("s_join", hi ^ lo)
+        out["s_hi"], out["s_lo"], out["s_join"] = hi, lo, hi ^ lo
         parent = spans.column("parent_id")
         phi, plo = id_keys(parent)
-        self._write("s_parent", phi ^ plo)
-        self._write("s_parent_hi", phi)
+        out["s_parent"], out["s_parent_hi"] = phi ^ plo, phi
         names, index = spans.column("name"), spans.column("index")
         has_index = index.is_valid().to_numpy(zero_copy_only=False)
         epoch = pc.equal(names, EPOCH_SPAN_NAME).fill_null(False).to_numpy(zero_copy_only=False) & has_index
         batch = pc.equal(names, BATCH_SPAN_NAME).fill_null(False).to_numpy(zero_copy_only=False) & has_index
-        flags = (np.where(spans.column("end_ns").is_valid().to_numpy(zero_copy_only=False), _CLOSED, 0)
-                 | np.where(parent.is_valid().to_numpy(zero_copy_only=False), _HAS_PARENT, 0)
-                 | np.where(epoch, _EPOCH, 0) | np.where(batch, _BATCH, 0))
-        self._write("s_flags", flags)
+        out["s_flags"] = (np.where(spans.column("end_ns").is_valid().to_numpy(zero_copy_only=False), _CLOSED, 0)
+                          | np.where(parent.is_valid().to_numpy(zero_copy_only=False), _HAS_PARENT, 0)
+                          | np.where(epoch, _EPOCH, 0) | np.where(batch, _BATCH, 0))
         steps = np.flatnonzero(epoch | batch)
         if steps.size:
-            self._write("s_step_row", steps + self.n_spans)
-            self._write("s_step_index", index.take(pa.array(steps)).to_numpy(zero_copy_only=False))
-        self.n_spans += len(spans)
+            out["s_step_row"] = steps
+            out["s_step_index"] = index.take(pa.array(steps)).to_numpy(zero_copy_only=False)
         if marks is None:
-            return
+            return out
         mhi, mlo = id_keys(marks.column("id"))
-        self._write("m_hi", mhi)
-        self._write("m_lo", mlo)
-        self._write("m_join", mhi ^ mlo)
+        out["m_hi"], out["m_lo"], out["m_join"] = mhi, mlo, mhi ^ mlo
         attached = marks.column("attached")
         on_span = pc.equal(attached, 1)  # only these look their span up: leave the others' ids out
         thi, tlo = id_keys(pc.if_else(on_span, marks.column("span_id"), pa.scalar(None, pa.string())))
-        self._write("m_target", thi ^ tlo)
-        self._write("m_target_hi", thi)
-        self._write("m_att", attached.to_numpy(zero_copy_only=False))
+        out["m_target"], out["m_target_hi"] = thi ^ tlo, thi
+        out["m_att"] = attached.to_numpy(zero_copy_only=False)
+        return out
+
+    def add(self, n_spans: int, keys: dict[str, np.ndarray]) -> None:
+        """Append one file's keys (:meth:`of`) of its ``n_spans`` spans."""
+        for name, a in keys.items():
+            self._write(name, a + self.n_spans if name == "s_step_row" else a)
+        self.n_spans += n_spans
 
     def close(self) -> None:
         for fh in self._out.values():
@@ -399,10 +414,15 @@ def _first_pass(info: SessionInfo, directory: Path, with_marks: bool) -> tuple[_
     keys = _Keys(directory)
     spill = _Spill(directory, with_marks)
     pool = pa.default_memory_pool()
+
+    def with_keys(file_no: int, got: FileBatches) -> tuple[int, FileBatches, dict[str, np.ndarray]]:
+        return file_no, got, _Keys.of(got[0], got[1] if with_marks else None)
+
     try:
-        with paused_gc(), closing(read_session_files(info, with_marks)) as files:
-            for file_no, (span_batch, mark_batch, values, own, snaps) in files:
-                keys.add(span_batch, mark_batch if with_marks else None)
+        with paused_gc(), closing(map_session_files(info, with_marks, with_keys)) as files:
+            for file_no, (span_batch, mark_batch, values, own, snaps), file_keys in files:
+                keys.add(len(span_batch), file_keys)
+                del file_keys
                 for j, sn in enumerate(snaps):
                     keys.snaps.append((len(spill.files), j, own, sn.id, sn.span_id))
                 spill.add(file_no, span_batch, mark_batch if with_marks else None, values, snaps)
@@ -419,8 +439,8 @@ def _first_pass(info: SessionInfo, directory: Path, with_marks: bool) -> tuple[_
 def _second_pass(info: SessionInfo, spill: _Spill, plan: _Plan, tmp: tempfile.TemporaryDirectory,
                  session_parents: bool) -> Iterator[SessionColumns]:
     try:
-        spans_in = pa.ipc.open_file(pa.OSFile(str(spill.dir / "spans.arrow")))
-        marks_in = pa.ipc.open_file(pa.OSFile(str(spill.dir / "marks.arrow"))) if spill._marks is not None else None
+        spans_in = _Mapped(spill.dir / "spans.arrow")
+        marks_in = _Mapped(spill.dir / "marks.arrow") if spill._marks is not None else None
         with open(spill.dir / "extra.pickle", "rb") as extra:
             group: list[int] = []
             rows = 0
@@ -439,6 +459,19 @@ def _second_pass(info: SessionInfo, spill: _Spill, plan: _Plan, tmp: tempfile.Te
         tmp.cleanup()
 
 
+class _Mapped:
+    """An Arrow IPC file read by memory mapping (no copy into fresh pages), mapped afresh for each
+    piece: a mapping's touched pages count as resident until it goes, so one mapping of the whole
+    file would hold the whole spill by the last piece."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = str(path)
+
+    def batches(self, group: list[int]) -> list[pa.RecordBatch]:
+        reader = pa.ipc.open_file(pa.memory_map(self.path))
+        return [reader.get_batch(k) for k in group]
+
+
 @dataclass
 class _Cursor:
     """Where the next piece starts: span/mark rows (all records) and winning span/mark rows."""
@@ -451,7 +484,7 @@ class _Cursor:
 
 def _piece(info: SessionInfo, spill: _Spill, plan: _Plan, cur: _Cursor, group: list[int], spans_in: Any,
            marks_in: Any, extra: Any, session_parents: bool) -> SessionColumns | None:
-    span_t = pa.Table.from_batches([spans_in.get_batch(k) for k in group], span_schema())
+    span_t = pa.Table.from_batches(spans_in.batches(group), span_schema())
     n_s = span_t.num_rows
     keep = plan.keep_spans[cur.span: cur.span + n_s]
     w0, w1 = cur.win_span, cur.win_span + int(keep.sum())
@@ -477,7 +510,7 @@ def _piece(info: SessionInfo, spill: _Spill, plan: _Plan, cur: _Cursor, group: l
         snaps.extend(sn for j, sn in enumerate(file_snaps) if (k, j) in plan.snaps)
 
     if marks_in is not None:
-        mark_t = pa.Table.from_batches([marks_in.get_batch(k) for k in group], mark_schema())
+        mark_t = pa.Table.from_batches(marks_in.batches(group), mark_schema())
     else:
         mark_t = mark_schema().empty_table()
     n_m = mark_t.num_rows

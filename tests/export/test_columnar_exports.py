@@ -400,18 +400,29 @@ def test_spill_is_removed(factory: SpoolFactory, big, tmp_path, monkeypatch):
     assert not list(tmp_path.glob("cirron-spill-*"))
 
 
-def test_id_keys_match_the_reference_keys():
+@pytest.mark.parametrize("compiled", [True, False], ids=["compiled", "numpy"])
+def test_id_keys_match_the_reference_keys(compiled, monkeypatch):
     import pyarrow as pa
 
     from cirron.spool.stream import _key
 
-    ids = [new_id(), new_id().upper(), None, "root", "", "0x" + "a" * 30, "g" * 32, "é" * 16, "short"]
-    hi, lo = pieces.id_keys(pa.array(ids, pa.string()))
-    for i, x in enumerate(ids):
-        assert (int(hi[i]), int(lo[i])) == ((0, 0) if x is None else _key(x)), x
+    if compiled and pieces._cbatch is None:
+        pytest.skip("the compiled batch parser is not built")
+    if not compiled:
+        monkeypatch.setattr(pieces, "_cbatch", None)
+    # bytes beside the hex digits ('/' ':' '@' 'G' '`' 'g') are not digits
+    near = [new_id()[:31] + c for c in "/:@G`g"] + [c + new_id()[1:] for c in "/:@G`g"]
+    ids = [new_id(), new_id().upper(), None, "root", "", "0x" + "a" * 30, "g" * 32, "é" * 16, "short",
+           *near, new_id()[:16] + "\x00" + new_id()[:15]]
+    for arr in (pa.array(ids, pa.string()), pa.array(ids, pa.string()).slice(2, 9)):
+        hi, lo = pieces.id_keys(arr)
+        for i, x in enumerate(arr.to_pylist()):
+            assert (int(hi[i]), int(lo[i])) == ((0, 0) if x is None else _key(x)), x
     plain = [new_id(), new_id().upper(), new_id()]  # back to back: decoded in one call
     hi, lo = pieces.id_keys(pa.array(plain, pa.string()).slice(1))
     assert [(int(h), int(lo_)) for h, lo_ in zip(hi, lo)] == [_key(x) for x in plain[1:]]
+    hi, lo = pieces.id_keys(pa.array([None, None], pa.string()))
+    assert not hi.any() and not lo.any()
 
 
 def test_foreign_writer_spools(tmp_path):
