@@ -241,10 +241,11 @@ def _route_spans(plan: _Plan, kinds: np.ndarray, rows: np.ndarray) -> None:
         run = np.concatenate([b, e[other]])
         order = np.lexsort((local, run))
         local, run = local[order], run[order]
+        spans = spans.take(pa.array(local))  # one take, then a slice per run
         bounds = np.flatnonzero(np.diff(run)) + 1
         for a, z in zip([0, *bounds.tolist()], [*bounds.tolist(), len(run)]):
             if a < z:
-                plan.runs.append(int(run[a]), spans.take(pa.array(local[a:z])))
+                plan.runs.append(int(run[a]), spans.slice(a, z - a))
         at += m
         del spans
     plan.runs.close()

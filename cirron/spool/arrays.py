@@ -124,12 +124,55 @@ def search_sorted(sorted_keys: np.ndarray, needles: np.ndarray) -> np.ndarray:
     return pos
 
 
+#: A bucket of :func:`searcher` holding more keys than this sends lookups to :func:`search_sorted`.
+_WIDEST_BUCKET = 32
+
+
+def searcher(sorted_keys: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
+    """:func:`search_sorted` over ``sorted_keys`` (not empty) as a function of the needles. For
+    uint64 keys spread evenly (ids, their joined keys) it finds each needle's place from a table of
+    where each run of keys sharing their top bits starts, then steps through the few keys of that
+    run a step at a time for the needles still short of their place: no sort of the needles (the
+    most of :func:`search_sorted`'s time), 3x faster on 2.5M keys; keys bunched on a few top bits
+    (or of another dtype) go the sorted way."""
+    n = len(sorted_keys)
+    if sorted_keys.dtype != np.uint64 or n < 2:
+        return lambda needles: search_sorted(sorted_keys, needles)
+    bits = min(n.bit_length() - 1, 24)  # a key or two per bucket: a table of 4 bytes per 1-2 keys
+    shift = np.uint64(64 - bits)
+    counts = np.bincount((sorted_keys >> shift).astype(np.intp), minlength=1 << bits)
+    if int(counts.max()) > _WIDEST_BUCKET:
+        return lambda needles: search_sorted(sorted_keys, needles)
+    starts = np.zeros(len(counts) + 1, dtype=np.int32 if n < 2**31 - 1 else np.int64)
+    np.cumsum(counts, out=starts[1:])
+    del counts
+
+    def search(needles: np.ndarray) -> np.ndarray:
+        needles = needles.astype(np.uint64, copy=False)
+        bucket = (needles >> shift).astype(np.intp)
+        pos: np.ndarray = starts[bucket].astype(np.intp)
+        end: np.ndarray = starts[bucket + 1].astype(np.intp)
+        del bucket
+        live = np.flatnonzero(pos < end)  # the needles whose bucket has keys left to step past
+        while live.size:
+            at = pos[live]
+            short = sorted_keys[at] < needles[live]
+            live = live[short]
+            pos[live] = at[short] + 1
+            live = live[pos[live] < end[live]]
+        np.minimum(pos, n - 1, out=pos)
+        return pos
+
+    return search
+
+
 class KeyIndex:
     """Rows of 64-bit keys, for looking keys up: the rows of ``keys`` where ``rows`` is true
     (all rows when it is None), sorted once; a lookup goes a slice at a time, so its temporaries
     stay small whatever the number of keys."""
 
     def __init__(self, keys: np.ndarray, rows: np.ndarray | None = None) -> None:
+        self._search: Callable[[np.ndarray], np.ndarray] | None = None
         self._rows = None if rows is None or rows.all() else np.flatnonzero(rows)
         picked = keys if self._rows is None else keys[self._rows]
         self._order = np.argsort(picked, kind="stable")
@@ -147,9 +190,11 @@ class KeyIndex:
         n = len(self._sorted)
         if n == 0:
             return out
+        if self._search is None:
+            self._search = searcher(self._sorted)
         for i in range(0, len(keys), LOOKUP_ROWS):
             k = keys[i:i + LOOKUP_ROWS]
-            pos = search_sorted(self._sorted, k)
+            pos = self._search(k)
             out[i:i + LOOKUP_ROWS] = np.where(self._sorted[pos] == k, self._order[pos], -1)
         return out
 
@@ -162,6 +207,7 @@ class PairIndex:
 
     def __init__(self, hi: np.ndarray, lo: np.ndarray) -> None:
         self._hi, self._lo = hi, lo
+        self._search: Callable[[np.ndarray], np.ndarray] | None = None
         self._by_hi = True
         self._order: np.ndarray | None = None
         for half, by_hi in ((hi, True), (lo, False)):
@@ -184,9 +230,11 @@ class PairIndex:
         if n == 0:
             return out
         probe, check, other = (hi, lo, self._lo) if self._by_hi else (lo, hi, self._hi)
+        if self._search is None:
+            self._search = searcher(self._sorted)
         for i in range(0, len(probe), LOOKUP_ROWS):
             k = probe[i:i + LOOKUP_ROWS]
-            pos = search_sorted(self._sorted, k)
+            pos = self._search(k)
             row = self._order[pos]
             out[i:i + LOOKUP_ROWS] = np.where((self._sorted[pos] == k) & (other[row] == check[i:i + LOOKUP_ROWS]),
                                               row, -1)
@@ -203,6 +251,7 @@ class JoinedIndex:
 
     def __init__(self, sorted_join: np.ndarray, order: np.ndarray, hi_of: Callable[[np.ndarray], np.ndarray]) -> None:
         self._sorted, self._order, self._hi_of = sorted_join, order, hi_of
+        self._search: Callable[[np.ndarray], np.ndarray] | None = None
         self._rep_join: np.ndarray | None = None
         if len(sorted_join) > 1:
             repeat = sorted_join[1:] == sorted_join[:-1]
@@ -248,9 +297,11 @@ class JoinedIndex:
         out = np.full(len(join), -1, dtype=self._order.dtype)
         if not len(self._sorted):
             return out
+        if self._search is None:
+            self._search = searcher(self._sorted)
         for i in range(0, len(join), LOOKUP_ROWS):
             k = join[i:i + LOOKUP_ROWS]
-            pos = search_sorted(self._sorted, k)
+            pos = self._search(k)
             hit = np.flatnonzero(self._sorted[pos] == k)
             if not hit.size:
                 continue

@@ -94,3 +94,31 @@ def test_search_sorted_finds_what_searchsorted_finds():
     want = np.minimum(np.searchsorted(keys, needles), len(keys) - 1)
     assert (search_sorted(keys, needles) == want).all()
     assert search_sorted(keys, needles[:0]).size == 0
+
+
+@pytest.mark.parametrize("spread", ["even", "bunched", "int64"])
+def test_searcher_finds_what_searchsorted_finds(spread):
+    """The bucket table (keys spread evenly over 64 bits) and its fallbacks (keys bunched on a few
+    top bits, another dtype) place every needle as np.searchsorted does: on a key, between keys,
+    before the first, past the last, on repeated keys."""
+    import numpy as np
+
+    from cirron.spool.arrays import searcher
+
+    rng = np.random.default_rng(11)
+    for n in (1, 2, 3, 17, 5000):
+        if spread == "even":
+            keys = rng.integers(1, 2**63, n, dtype=np.uint64) * np.uint64(2)
+        elif spread == "bunched":
+            keys = rng.integers(0, 1000, n).astype(np.uint64)
+        else:
+            keys = rng.integers(0, 2**62, n, dtype=np.int64)
+        keys = np.sort(np.concatenate([keys, keys[: n // 3]]))  # some repeat
+        dtype = keys.dtype
+        ends = np.array([0, np.iinfo(dtype).max, keys[0], keys[-1], keys[-1] + 1], dtype=dtype)
+        needles = np.concatenate([keys[rng.integers(0, len(keys), 3 * n)], keys + 1, ends]).astype(dtype)
+        rng.shuffle(needles)
+        want = np.minimum(np.searchsorted(keys, needles), len(keys) - 1)
+        search = searcher(keys)
+        assert (search(needles) == want).all(), n
+        assert search(needles[:0]).size == 0
