@@ -33,6 +33,7 @@ import pyarrow.compute as pc
 from cirron._schema import ROOT_SENTINEL, SESSION_SPAN_NAME
 from cirron.export._otlp_columns import CannotEncode, write_spans
 from cirron.export._piecewise import SpanIndex, Spill, exact_keys
+from cirron.spool.arrays import JoinedIndex
 from cirron.spool.catalog import SessionInfo
 
 __all__ = ["write_spans_in_pieces"]
@@ -133,9 +134,8 @@ def _read_pieces(pieces: Any, directory: Path) -> _Plan:
         n = spans.num_rows
         row0 = plan.piece_start[-1]
         plan.piece_start.append(row0 + n)
-        hi, lo, _valid = exact_keys(spans["id"])
-        plan.index.add(hi, lo)
-        del hi, lo
+        span_keys = exact_keys(spans["id"])
+        plan.index.add(span_keys[0], span_keys[1])
         names, parent_id = spans["name"], spans["parent_id"]
         if plan.root < 0 and n:
             root = pc.fill_null(pc.and_(pc.equal(names, SESSION_SPAN_NAME), pc.is_null(parent_id)), False)
@@ -154,8 +154,8 @@ def _read_pieces(pieces: Any, directory: Path) -> _Plan:
         plan.span_schema = spans.schema
         plan.spans.append(k, spans)
         del spans, local, parent
-        _add_marks(plan, k, piece)
-        del piece
+        _add_marks(plan, k, piece, span_keys)
+        del piece, span_keys
     plan.spans.close()
     plan.marks.close()
     plan.index.seal()
@@ -164,9 +164,10 @@ def _read_pieces(pieces: Any, directory: Path) -> _Plan:
     return plan
 
 
-def _add_marks(plan: _Plan, k: int, piece: Any) -> None:
-    """Piece ``k``'s marks that hang from a span of the same piece go to that piece's file now;
-    the others are spilled with the keys of their span ids, for :func:`_route_marks`."""
+def _add_marks(plan: _Plan, k: int, piece: Any, span_keys: tuple[np.ndarray, np.ndarray, np.ndarray]) -> None:
+    """Piece ``k``'s marks that hang from a span of the same piece (``span_keys``: the exact keys of
+    its span ids) go to that piece's file now; the others are spilled with the keys of their span
+    ids, for :func:`_route_marks`."""
     marks = piece.marks
     m = marks.num_rows
     marks = marks.append_column("_mrow", pa.array(np.arange(plan.n_marks, plan.n_marks + m, dtype=np.int64)))
@@ -175,8 +176,8 @@ def _add_marks(plan: _Plan, k: int, piece: Any) -> None:
     if not m:
         return
     span_id = _combined(marks["span_id"])
-    local = pc.fill_null(pc.index_in(span_id, value_set=_combined(piece.spans["id"])), -1)
-    local = local.to_numpy(zero_copy_only=False)
+    hi, lo, valid = exact_keys(span_id)
+    local = _local_rows(span_keys, hi, lo, valid)
     sentinel = pc.fill_null(pc.equal(span_id, ROOT_SENTINEL), False).to_numpy(zero_copy_only=False)
     here = (local >= 0) & ~sentinel
     values = piece.mark_values
@@ -186,10 +187,22 @@ def _add_marks(plan: _Plan, k: int, piece: Any) -> None:
     if here.any():
         plan.routed.append(k, marks.filter(pa.array(here)), _pick(values, here))
     rest = ~here
-    hi, lo, valid = exact_keys(span_id.filter(pa.array(rest)))
-    valid &= ~sentinel[rest]
+    hi, lo, valid = hi[rest], lo[rest], valid[rest] & ~sentinel[rest]
     np.save(plan.dir / f"keys-{k}.npy", np.stack([hi, lo, valid.astype(np.uint64)]))
     plan.marks.append(k, marks.filter(pa.array(rest)), _pick(values, rest))
+
+
+def _local_rows(span_keys: tuple[np.ndarray, np.ndarray, np.ndarray], hi: np.ndarray, lo: np.ndarray,
+                valid: np.ndarray) -> np.ndarray:
+    """The row among a piece's spans (their exact keys ``span_keys``) of the span each key names,
+    -1 where none does or the key is not ``valid`` (a null id names no span, and no span is
+    named by a null id)."""
+    shi, slo, svalid = span_keys
+    rows = None if svalid.all() else np.flatnonzero(svalid)
+    index = JoinedIndex.of(shi ^ slo, shi.__getitem__, rows=rows)
+    local = index.lookup(hi ^ lo, hi.__getitem__)
+    local[~valid] = -1
+    return local
 
 
 def _combined(col: pa.Array | pa.ChunkedArray) -> pa.Array:

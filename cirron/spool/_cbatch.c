@@ -1270,26 +1270,29 @@ static PyObject *keys(PyObject *Py_UNUSED(m), PyObject *const *args, Py_ssize_t 
 /* ---------------------------------------------------------------- id keys */
 
 /* The byte that two hex digits spell, by the two bytes read as a little-endian 16-bit number; -1
- * where either byte is not a hex digit. */
-static int16_t hex_pair[65536];
+ * where either byte is not a hex digit ([1]: lowercase ones only). */
+static int16_t hex_pair[2][65536];
 
 static void init_hex_pairs(void) {
-    signed char value[256];
+    signed char value[2][256];
     memset(value, -1, sizeof value);
-    for (int i = 0; i < 10; i++) value['0' + i] = (signed char)i;
-    for (int i = 0; i < 6; i++) value['a' + i] = value['A' + i] = (signed char)(10 + i);
-    for (int k = 0; k < 65536; k++) {
-        signed char a = value[k & 255], b = value[k >> 8];
-        hex_pair[k] = (int16_t)(a < 0 || b < 0 ? -1 : a << 4 | b);
+    for (int i = 0; i < 10; i++) value[0]['0' + i] = value[1]['0' + i] = (signed char)i;
+    for (int i = 0; i < 6; i++) value[0]['a' + i] = value[0]['A' + i] = value[1]['a' + i] = (signed char)(10 + i);
+    for (int t = 0; t < 2; t++) {
+        for (int k = 0; k < 65536; k++) {
+            signed char a = value[t][k & 255], b = value[t][k >> 8];
+            hex_pair[t][k] = (int16_t)(a < 0 || b < 0 ? -1 : a << 4 | b);
+        }
     }
 }
 
-/* The 64 bits that 16 hex digits at `d` spell; `*bad` goes negative where one is not a digit. */
-static inline uint64_t hex_half(const unsigned char *d, int *bad) {
+/* The 64 bits that 16 hex digits at `d` spell (`pair`: a table of hex_pair); `*bad` goes negative
+ * where one is not a digit. */
+static inline uint64_t hex_half(const int16_t *pair, const unsigned char *d, int *bad) {
     uint64_t x = 0;
     int chk = 0;
     for (int j = 0; j < 16; j += 2) {
-        int16_t b = hex_pair[d[j] | d[j + 1] << 8];
+        int16_t b = pair[d[j] | d[j + 1] << 8];
         chk |= b;
         x = x << 8 | (uint8_t)b;
     }
@@ -1297,15 +1300,19 @@ static inline uint64_t hex_half(const unsigned char *d, int *bad) {
     return x;
 }
 
-/* hex_keys(offsets, data, validity, offset, n) -> (hi, lo, plain): for the n strings of an Arrow
- * string array (int32 offsets) from row `offset`, the 128 bits of each that is 32 hex digits as two
+/* hex_keys(offsets, data, validity, offset, n, lower_only) -> (hi, lo, plain): for the n strings of
+ * an Arrow string array (int32 offsets) from row `offset`, the 128 bits of each that is 32 hex digits
+ * (lowercase ones only when `lower_only` is true) as two
  * 64-bit halves (bytearrays of native uint64s) and a bytearray of flags (1: such an id; 0: null or
  * anything else, whose halves are 0 and left to the caller). Runs without the GIL. */
 static PyObject *hex_keys(PyObject *Py_UNUSED(m), PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs != 5) {
-        PyErr_SetString(PyExc_TypeError, "hex_keys(offsets, data, validity, offset, n)");
+    if (nargs != 6) {
+        PyErr_SetString(PyExc_TypeError, "hex_keys(offsets, data, validity, offset, n, lower_only)");
         return NULL;
     }
+    int lower_only = PyObject_IsTrue(args[5]);
+    if (lower_only < 0) return NULL;
+    const int16_t *pair = hex_pair[lower_only];
     Py_ssize_t first = PyLong_AsSsize_t(args[3]), n = PyLong_AsSsize_t(args[4]);
     if ((first == -1 || n == -1) && PyErr_Occurred()) return NULL;
     if (first < 0 || n < 0) {
@@ -1347,7 +1354,7 @@ static PyObject *hex_keys(PyObject *Py_UNUSED(m), PyObject *const *args, Py_ssiz
             }
             if (b - a != 32) continue;
             int chk = 0;
-            uint64_t x = hex_half(d + a, &chk), y = hex_half(d + a + 16, &chk);
+            uint64_t x = hex_half(pair, d + a, &chk), y = hex_half(pair, d + a + 16, &chk);
             int ok = chk >= 0;
             if (ok) {
                 h[i] = x;
@@ -1384,7 +1391,7 @@ static PyMethodDef module_methods[] = {
      "keys($module, data, empty_hi, empty_lo, /)\n--\n\n"
      "What the index's light pass keeps of a batch file's records, or None where msgspec must read it."},
     {"hex_keys", (PyCFunction)(void (*)(void))hex_keys, METH_FASTCALL,
-     "hex_keys($module, offsets, data, validity, offset, n, /)\n--\n\n"
+     "hex_keys($module, offsets, data, validity, offset, n, lower_only, /)\n--\n\n"
      "(hi, lo, plain) of an Arrow string array's ids that are 32 hex digits; without the GIL."},
     {NULL, NULL, 0, NULL},
 };

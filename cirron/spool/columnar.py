@@ -202,6 +202,12 @@ def _hex_rows(chunk: pa.Array, good: np.ndarray, hi: np.ndarray, lo: np.ndarray)
     if not pa.types.is_string(chunk.type) and not pa.types.is_large_string(chunk.type):
         chunk = chunk.cast(pa.string())
     bufs = chunk.buffers()
+    if _cbatch is not None and chunk.type == pa.string():
+        h, lo_, plain = _cbatch.hex_keys(bufs[1], b"" if bufs[2] is None else bufs[2], bufs[0], chunk.offset, m, True)
+        good[:] = np.frombuffer(plain, dtype=np.bool_)
+        hi[:] = np.frombuffer(h, dtype=np.uint64)
+        lo[:] = np.frombuffer(lo_, dtype=np.uint64)
+        return
     width = np.int64 if pa.types.is_large_string(chunk.type) else np.int32
     offsets = np.frombuffer(bufs[1], dtype=width)[chunk.offset: chunk.offset + m + 1].astype(np.int64)
     if bufs[2] is None:

@@ -72,7 +72,7 @@ def id_keys(ids: pa.Array) -> tuple[np.ndarray, np.ndarray]:
     n = len(ids)
     if n and ids.type == pa.string() and _cbatch is not None:
         validity, offsets, data = ids.buffers()
-        hi_b, lo_b, plain_b = _cbatch.hex_keys(offsets, b"" if data is None else data, validity, ids.offset, n)
+        hi_b, lo_b, plain_b = _cbatch.hex_keys(offsets, b"" if data is None else data, validity, ids.offset, n, False)
         hi, lo = np.frombuffer(hi_b, dtype=np.uint64), np.frombuffer(lo_b, dtype=np.uint64)
         odd = np.flatnonzero(np.frombuffer(plain_b, dtype=np.uint8) == 0)
         if odd.size and ids.null_count:

@@ -425,6 +425,25 @@ def test_id_keys_match_the_reference_keys(compiled, monkeypatch):
     assert not hi.any() and not lo.any()
 
 
+def test_exact_id_keys_compiled_and_numpy_agree(monkeypatch):
+    """The exact keys of the column encoders (lowercase hex ids by their bits, the rest by text)
+    are the same from the compiled decoder as from numpy, nulls and slices included."""
+    import pyarrow as pa
+
+    from cirron.spool import columnar
+
+    if columnar._cbatch is None:
+        pytest.skip("the compiled batch parser is not built")
+    ids = [new_id(), new_id().upper(), None, "", "g" * 32, "é" * 16, new_id()[:31] + "G", new_id()[:31] + "/",
+           "0x" + "a" * 30, new_id()]
+    chunked = pa.chunked_array([pa.array(ids, pa.string()), pa.array(ids, pa.string()).slice(3, 5)])
+    got = columnar._Ids.of(chunked)
+    monkeypatch.setattr(columnar, "_cbatch", None)
+    want = columnar._Ids.of(chunked)
+    assert (got.good == want.good).all() and (got.hi == want.hi).all() and (got.lo == want.lo).all()
+    assert got.good.tolist()[:3] == [True, False, False]
+
+
 def test_foreign_writer_spools(tmp_path):
     """The vendor SDK's spool (no lock protocol, rootless runs): whatever the fast reader takes is
     exported as the reference path does, the rest falls back."""
