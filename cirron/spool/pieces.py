@@ -265,10 +265,20 @@ def _dedupe(keys: _Keys, prefix: str, closed: np.ndarray | None) -> tuple[np.nda
     return keep, sorted_join, order
 
 
+def _mark_winners(keys: _Keys) -> np.ndarray:
+    """The dedupe of the marks: :func:`_dedupe` when a joined key repeats, else every mark (a
+    plain sort tells, without the argsort that only the repeats need)."""
+    join = np.sort(keys.load("m_join"))
+    repeats = len(join) > 1 and bool((join[1:] == join[:-1]).any())
+    n = len(join)
+    del join
+    return _dedupe(keys, "m", None)[0] if repeats else np.ones(n, dtype=bool)
+
+
 def _plan(keys: _Keys) -> _Plan:
     # in an order where each sort runs with little else in memory
     has_marks = (keys.dir / "m_join.bin").stat().st_size > 0
-    keep_m = _dedupe(keys, "m", None)[0] if has_marks else np.zeros(0, dtype=bool)
+    keep_m = _mark_winners(keys) if has_marks else np.zeros(0, dtype=bool)
     flags = keys.load("s_flags")
     keep, sorted_join, order = _dedupe(keys, "s", (flags & _CLOSED).astype(bool))
     win_rows: np.ndarray | None = None
