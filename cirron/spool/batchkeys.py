@@ -162,6 +162,8 @@ def read_compiled_keys(bf: BatchFile) -> tuple[FileKeys, list[str]] | None:
     """:func:`read_keys` where the compiled scan reads ``bf``, else None (the caller reads it). A
     file it reads holds records that a ``fields="summary"`` read keeps every one of, with the same
     warnings: ``cirron spool list`` counts them from here."""
+    if _cbatch is None:
+        return None
     keys, warnings = _read(bf, _compiled_keys)
     return None if keys is None else (keys, warnings)
 

@@ -190,6 +190,93 @@ def _read_header(bf: BatchFile) -> tuple[str | None, bool]:
     return (sid if isinstance(sid, str) and sid else None), True
 
 
+def _scan_one(bf: BatchFile) -> tuple[tuple[str | None, bool], Any, list[str]]:
+    """A stale file's header, with its light-pass keys and their warnings where the compiled keys
+    scan reads it (else None and the header scan's reading)."""
+    from cirron.spool.batchkeys import read_compiled_keys
+
+    compiled = read_compiled_keys(bf)
+    if compiled is None:
+        return _read_header(bf), None, []
+    keys, warnings = compiled
+    return (keys.session_id, True), keys, warnings
+
+
+#: A run's light pass: the fingerprint of its files and the entry (None: the light pass declines).
+_Run = tuple[list[tuple[str, int, int, int, int]], "_GroupEntry | None"]
+
+
+def _scan_stale(stale: list[tuple[BatchFile, _StatKey]]) -> tuple[dict[str, tuple[str | None, bool]],
+                                                                     dict[str, _Run | None]]:
+    """The headers of the ``stale`` files (by name) and, by session id, the light pass of each
+    session whose stale files come one after another (a *run*, cirron's writer's usual order),
+    done on the way so that each file is read once: the entry stands for the group of exactly the
+    run's files (its fingerprint), and None marks a session seen in several runs, in a file the
+    compiled scan left to the decoder, or in fewer than :data:`LIGHT_PASS_FILES` files. Only a
+    few files' keys are held besides the run's columns."""
+    from cirron._memory import returned_memory
+    from cirron.spool.reconstruct import paused_gc
+
+    headers: dict[str, tuple[str | None, bool]] = {}
+    runs: dict[str, _Run | None] = {}
+    run = _RunKeys(None)
+
+    def close(run: _RunKeys) -> None:
+        if run.sid is None:
+            return
+        runs[run.sid] = None if run.sid in runs else run.result()
+
+    with returned_memory(), paused_gc(), contextlib.closing(
+            ordered_map(_scan_one, [bf for bf, _k in stale])) as scanned:
+        for (bf, key), (header, keys, warnings) in zip(stale, scanned):
+            headers[bf.name] = header
+            if header[0] != run.sid:
+                close(run)
+                run = _RunKeys(header[0])
+            run.add(bf, key, keys, warnings)
+            del keys  # before the next file is read
+        close(run)
+    return headers, runs
+
+
+class _RunKeys:
+    """The light pass of one run of a session's files (:func:`_scan_stale`); the first files'
+    keys are held until the run is long enough to be worth one."""
+
+    def __init__(self, sid: str | None) -> None:
+        self.sid = sid
+        self.files: list[tuple[BatchFile, _StatKey]] = []
+        self.held: list[tuple[BatchFile, Any, list[str]]] = []
+        self.light: _LightKeys | None = None
+        self.ok = True  # every file read by the compiled scan, and the light pass still goes on
+        self.declined = False  # the light pass found the files are not one session of cirron's writer
+
+    def add(self, bf: BatchFile, key: _StatKey, keys: Any, warnings: list[str]) -> None:
+        self.files.append((bf, key))
+        if keys is None or self.sid is None:  # no session: the group is rebuilt by itself
+            self.ok = False
+        if not self.ok or self.declined:
+            self.held.clear()
+            self.light = None  # its columns are let go at once
+            return
+        self.held.append((bf, keys, warnings))
+        if self.light is None and len(self.files) >= LIGHT_PASS_FILES:
+            self.light = _LightKeys()
+        if self.light is not None:
+            for f, k, w in self.held:
+                if not self.light.add(f, k, w):
+                    self.declined = True
+                    self.light = None
+                    break
+            self.held.clear()
+
+    def result(self) -> _Run | None:
+        if not self.ok or len(self.files) < LIGHT_PASS_FILES:
+            return None
+        fp = _fingerprint(self.files)
+        return fp, None if self.light is None else self.light.summarize(fp)
+
+
 def _changed(entry: _FileEntry | None, key: _StatKey) -> bool:
     return entry is None or (entry.size, entry.mtime_ns, entry.ctime_ns, entry.ino) != key
 
@@ -203,14 +290,14 @@ def _fingerprint(files: Iterable[tuple[BatchFile, _StatKey]]) -> list[tuple[str,
 LIGHT_PASS_FILES = 16
 
 
-def _build_group(spool_dir: Path, files: list[BatchFile], fingerprint: list[Any]) -> _GroupEntry:
+def _build_group(spool_dir: Path, files: list[BatchFile], fingerprint: list[Any], light: bool = True) -> _GroupEntry:
     """Rebuild the sessions of ``files`` (one reconstruction, summary fields) and check whether
     they stand on their own; a big group of one self-contained session is summarised in a light
-    pass instead (same answer, bounded memory)."""
-    if len(files) >= LIGHT_PASS_FILES:
-        light = _summarize_one_session(files, fingerprint)
-        if light is not None:
-            return light
+    pass instead (same answer, bounded memory). ``light=False``: the light pass is known to decline."""
+    if light and len(files) >= LIGHT_PASS_FILES:
+        entry = _summarize_one_session(files, fingerprint)
+        if entry is not None:
+            return entry
     warnings: dict[str, list[str]] = {}
     current: list[str] = []
 
@@ -304,22 +391,29 @@ class _LightKeys:
 
     def _read(self, files: list[BatchFile], batches: Iterator[tuple[Any, list[str]]]) -> bool:
         for bf, (keys, current) in zip(files, batches):
-            if current:
-                self.warnings[bf.name] = current
-            if keys is None:
-                continue
-            if not keys.lock_protocol or keys.session_id is None or self.sid not in (None, keys.session_id):
+            if not self.add(bf, keys, current):
                 return False
-            self.sid = keys.session_id
-            self.ok_files.append(bf)
-            if self.first_meta is None:
-                self.first_meta = (keys.resource, keys.sdk_version)
-            if self.sdk_seen is None and type(keys.sdk_version) is str:
-                self.sdk_seen = keys.sdk_version
-            self._add_spans(keys)
-            self._add_targets(keys.marks, "m")
-            self._add_targets(keys.snapshots, "n")
             del keys  # before the next file is read
+        return True
+
+    def add(self, bf: BatchFile, keys: Any, warnings: list[str]) -> bool:
+        """Take the keys of the next file (None: unreadable, ``warnings`` say why); False when the
+        files are not one session of cirron's writer."""
+        if warnings:
+            self.warnings[bf.name] = warnings
+        if keys is None:
+            return True
+        if not keys.lock_protocol or keys.session_id is None or self.sid not in (None, keys.session_id):
+            return False
+        self.sid = keys.session_id
+        self.ok_files.append(bf)
+        if self.first_meta is None:
+            self.first_meta = (keys.resource, keys.sdk_version)
+        if self.sdk_seen is None and type(keys.sdk_version) is str:
+            self.sdk_seen = keys.sdk_version
+        self._add_spans(keys)
+        self._add_targets(keys.marks, "m")
+        self._add_targets(keys.snapshots, "n")
         return True
 
     def _add_spans(self, keys: Any) -> None:
@@ -512,9 +606,8 @@ def summarize_spool(spool_dir: str | os.PathLike[str], on_warning: WarningCallba
     new_files: dict[str, _FileEntry] = {}
     by_group: dict[str, list[tuple[BatchFile, _StatKey]]] = {}
     keys = [_stat_key(bf) for bf in files]
-    stale = [bf for bf, key in zip(files, keys) if _changed(old_files.get(bf.name), key)]
-    with contextlib.closing(ordered_map(_read_header, stale)) as headers:
-        fresh = dict(zip([bf.name for bf in stale], headers))
+    stale = [(bf, key) for bf, key in zip(files, keys) if _changed(old_files.get(bf.name), key)]
+    fresh, runs = _scan_stale(stale)
     read_any = bool(fresh)
     for bf, key in zip(files, keys):
         header = fresh.get(bf.name)
@@ -534,7 +627,11 @@ def summarize_spool(spool_dir: str | os.PathLike[str], on_warning: WarningCallba
             fp = _fingerprint(members)
             g = old_groups.get(gid)
             if g is None or g.fingerprint != fp:
-                g = _build_group(spool_dir, [bf for bf, _k in members], fp)
+                run = runs.get(gid)
+                if run is not None and run[0] == fp and run[1] is not None:
+                    g = run[1]  # its light pass, done while its files were scanned
+                else:
+                    g = _build_group(spool_dir, [bf for bf, _k in members], fp, light=run is None or run[0] != fp)
                 read_any = True
             groups[gid] = g
             ids = {s.id for s in g.sessions}

@@ -136,7 +136,8 @@ def test_only_the_changed_session_is_rebuilt(factory: SpoolFactory, monkeypatch)
     import cirron.spool.index as index_mod
 
     real = index_mod._build_group
-    monkeypatch.setattr(index_mod, "_build_group", lambda d, files, fp: built.append(len(files)) or real(d, files, fp))
+    monkeypatch.setattr(index_mod, "_build_group",
+                        lambda d, files, fp, **kw: built.append(len(files)) or real(d, files, fp, **kw))
     indexed(factory.spool_dir)
     assert built == [2]
     check(factory.spool_dir)
@@ -334,12 +335,70 @@ def test_big_groups_are_indexed_by_the_light_pass(factory: SpoolFactory, monkeyp
         factory.session(start_ns=BASE_NS + i * 10**12, split=True)
     expected = fresh(factory.spool_dir)
     calls = []
-    real = spool_index._summarize_one_session
+    real = spool_index._LightKeys.summarize
     monkeypatch.setattr(spool_index, "LIGHT_PASS_FILES", 1)
-    monkeypatch.setattr(spool_index, "_summarize_one_session", lambda *a: calls.append(1) or real(*a))
+    monkeypatch.setattr(spool_index._LightKeys, "summarize", lambda self, fp: calls.append(1) or real(self, fp))
     summary = summarize_spool(factory.spool_dir, lambda _m: None, use_index=False)
     assert len(calls) == 3
     assert sorted(_norm(s) for s in summary.sessions) == sorted(expected)
+
+
+def _count_reads(monkeypatch) -> list[str]:
+    """Names of the batch files read whole from now on (by the keys scans, the header scan or the decoder)."""
+    from cirron.spool import batchkeys, reader
+    from cirron.spool import index as spool_index
+
+    reads: list[str] = []
+    real_keys, real_header, real_batch = batchkeys._read, spool_index._read_header, reader.read_batch
+    monkeypatch.setattr(batchkeys, "_read", lambda bf, *a: reads.append(bf.name) or real_keys(bf, *a))
+    monkeypatch.setattr(spool_index, "_read_header", lambda bf: reads.append(bf.name) or real_header(bf))
+    monkeypatch.setattr(reader, "read_batch", lambda bf, *a, **k: reads.append(bf.name) or real_batch(bf, *a, **k))
+    return reads
+
+
+def test_a_session_written_in_one_run_is_read_once(factory: SpoolFactory, monkeypatch):
+    """Cold: the light pass of a session whose files come one after another is done while its
+    files are scanned for their headers; each file is read once."""
+    from cirron.spool import batchkeys
+
+    if batchkeys._cbatch is None:
+        pytest.skip("the C batch parser was not built")
+    for i in range(3):
+        factory.session(start_ns=BASE_NS + i * 10**12, split=True)
+    monkeypatch.setattr("cirron.spool.index.LIGHT_PASS_FILES", 2)
+    expected = fresh(factory.spool_dir)
+    reads = _count_reads(monkeypatch)
+    summary = summarize_spool(factory.spool_dir, lambda _m: None)
+    assert sorted(_norm(s) for s in summary.sessions) == sorted(expected)
+    assert sorted(reads) == sorted(p.name for p in factory.spool_dir.glob("*.json"))
+
+
+def test_interleaved_sessions_are_read_again_group_by_group(factory: SpoolFactory, monkeypatch):
+    """Two sessions whose batch files alternate: no run holds a whole session, so each group is
+    read again by itself; the answers and the index are those of the decoder's path."""
+    from cirron.spool import batchkeys
+
+    a = factory.span("cirron.session", dur_ns=900 * MS)
+    b = factory.span("cirron.session", start_ns=BASE_NS + MS, dur_ns=900 * MS)
+    for step in range(3):
+        for root in (a, b):
+            child = factory.span("step", parent_id=root["id"], index=step, start_ns=root["start_ns"] + (step + 1) * MS)
+            spans = [child] + ([dict(root, end_ns=None)] if step == 0 else [root] if step == 2 else [])
+            factory.write_batch(spans, [factory.mark(child["id"], "loss", 0.5, ts_ns=child["start_ns"])],
+                                session_id=root["id"])
+    monkeypatch.setattr("cirron.spool.index.LIGHT_PASS_FILES", 2)
+    expected = fresh(factory.spool_dir)
+    reads = _count_reads(monkeypatch)
+    summary = summarize_spool(factory.spool_dir, lambda _m: None)
+    assert sorted(_norm(s) for s in summary.sessions) == sorted(expected)
+    assert len(summary.sessions) == 2 and not summary.whole
+    if batchkeys._cbatch is not None:
+        assert len(reads) == 12  # scanned once, then read again by each group's light pass
+        built = index_path(factory.spool_dir).read_bytes()
+        monkeypatch.setattr(batchkeys, "_cbatch", None)
+        index_path(factory.spool_dir).unlink()
+        summarize_spool(factory.spool_dir, lambda _m: None)
+        assert index_path(factory.spool_dir).read_bytes() == built
 
 
 def _odd_spool(factory: SpoolFactory) -> None:
