@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import sys
 from collections.abc import Iterable, Sequence
 from typing import Any, NoReturn, TextIO
@@ -30,6 +31,12 @@ def format_bytes(n: int | float) -> str:
     raise AssertionError("unreachable")
 
 
+#: A cell of printable ASCII (and ``…``) is one terminal column per character, so :func:`box_table`
+#: draws it without rich (whose import is a third of a warm ``traces list``); anything else (wide
+#: characters, combining marks, tabs, edge spaces that rich trims) is measured and drawn by rich.
+_ONE_COLUMN = re.compile(r"(?:[!-~…](?:[ -~…]*[!-~…])?)?")
+
+
 def box_table(
     headers: Sequence[str],
     rows: Iterable[Sequence[object]],
@@ -38,9 +45,50 @@ def box_table(
     *,
     headers_follow: bool = False,
 ) -> str:
-    """A box-drawn table in the style of the seed's examples, drawn by rich (so wide characters
-    keep the columns aligned). ``right``/``center`` are column indexes; headers are left-aligned
-    unless ``headers_follow`` aligns them like their column."""
+    """A box-drawn table in the style of the seed's examples (rich's ``box.SQUARE``, so wide
+    characters keep the columns aligned). ``right``/``center`` are column indexes; headers are
+    left-aligned unless ``headers_follow`` aligns them like their column."""
+    right, center = set(right), set(center)
+    cells = [[escape_control(str(c)) for c in row] for row in rows]
+    if all(len(row) == len(headers) and all(_ONE_COLUMN.fullmatch(c) for c in row) for row in [headers, *cells]):
+        return _plain_box_table(headers, cells, right, center, headers_follow)
+    return _rich_box_table(headers, cells, right, center, headers_follow)
+
+
+def _justify(text: str, width: int, how: str) -> str:
+    pad = width - len(text)
+    if how == "right":
+        return " " * pad + text
+    if how == "center":
+        return " " * (pad // 2) + text + " " * (pad - pad // 2)
+    return text + " " * pad
+
+
+def _plain_box_table(
+    headers: Sequence[str], cells: list[list[str]], right: set[int], center: set[int], headers_follow: bool
+) -> str:
+    """What :func:`_rich_box_table` draws, for cells of one column per character."""
+    if not headers:
+        return ""
+    hows = ["right" if i in right else "center" if i in center else "left" for i in range(len(headers))]
+    widths = [max(len(c) for c in column) for column in zip(headers, *cells)]
+
+    def line(left: str, mid: str, end: str) -> str:
+        return left + mid.join("─" * (w + 2) for w in widths) + end
+
+    def row(values: Sequence[str], aligns: Sequence[str]) -> str:
+        return "│" + "│".join(f" {_justify(v, w, a)} " for v, w, a in zip(values, widths, aligns)) + "│"
+
+    out = [line("┌", "┬", "┐"), row(headers, hows if headers_follow else ["left"] * len(headers)),
+           line("├", "┼", "┤")]
+    out += [row(r, hows) for r in cells]
+    out.append(line("└", "┴", "┘"))
+    return "\n".join(out)
+
+
+def _rich_box_table(
+    headers: Sequence[str], cells: list[list[str]], right: set[int], center: set[int], headers_follow: bool
+) -> str:
     import io
 
     from rich import box
@@ -48,13 +96,12 @@ def box_table(
     from rich.table import Table
     from rich.text import Text
 
-    right, center = set(right), set(center)
     table = Table(box=box.SQUARE, header_style="", pad_edge=True, padding=(0, 1))
     for i, h in enumerate(headers):
         justify: Any = "right" if i in right else "center" if i in center else "left"
         table.add_column(Text(h, justify=justify if headers_follow else "left"), justify=justify, no_wrap=True)
-    for row in rows:
-        table.add_row(*(Text(escape_control(str(c))) for c in row))
+    for row in cells:
+        table.add_row(*(Text(c) for c in row))
     out = io.StringIO()
     Console(file=out, width=1_000_000, color_system=None, highlight=False, emoji=False, markup=False).print(table)
     return out.getvalue().rstrip("\n")
