@@ -92,6 +92,15 @@ def encode_int(x: int) -> int | str:
     return x if INT64_MIN <= x <= INT64_MAX else str(x)
 
 
+def json_scalar(value: Any) -> Any:
+    """A mark value ready for strict JSON (non-finite floats and ints outside int64 as strings)."""
+    if type(value) is float:
+        return encode_float(value)
+    if type(value) is int:
+        return encode_int(value)
+    return value
+
+
 def strict_json(value: Any, _depth: int = 0) -> Any:
     """Make ``value`` encodable as RFC 8259 JSON: non-finite floats become strings, ints outside
     int64 become decimal strings (:func:`encode_int`), tuples become lists, non-string keys become

@@ -14,7 +14,7 @@ from typing import Any
 import msgspec
 
 from cirron._atomic import atomic_file as _atomic_file
-from cirron._schema import encode_float, encode_int
+from cirron._schema import json_scalar
 from cirron.spool.reader import safe_dumps
 
 __all__ = ["OutputRefused", "atomic_dir", "atomic_file", "attrs_json", "attrs_text", "check_output", "duration_ns",
@@ -123,15 +123,6 @@ def attrs_text(a: Any) -> str:
 
 def attrs_json(rec: Any) -> str:
     return attrs_text(rec.get("attrs"))
-
-
-def json_scalar(value: Any) -> Any:
-    """A mark value ready for strict JSON (non-finite floats and ints outside int64 as strings)."""
-    if type(value) is float:
-        return encode_float(value)
-    if type(value) is int:
-        return encode_int(value)
-    return value
 
 
 class NoTracesFound(Exception):

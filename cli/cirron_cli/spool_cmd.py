@@ -14,7 +14,6 @@ from cirron.spool import paths
 from cirron.spool.catalog import open_catalog
 from cirron.spool.index import list_batches
 from cirron.spool.reader import list_batch_files
-from cirron.spool.retention import plan_clear
 from cirron_cli import render
 from cirron_cli.render import fail, format_bytes, warn
 
@@ -78,6 +77,7 @@ def clear_files(
     spool: str = SpoolOpt,
 ) -> None:
     """Delete every batch file (snapshot blobs stay; files of live or unfinished sessions are kept)."""
+    from cirron.spool.retention import plan_clear
     from cirron_cli.traces import EXIT_INTERRUPTED, _confirm, _Interrupt
 
     p = _check_dir(spool)

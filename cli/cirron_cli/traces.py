@@ -15,27 +15,27 @@ import enum
 import functools
 import os
 import re
-import secrets
 import shutil
 import signal
 import sys
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import orjson
 import typer
 
 from cirron._format import format_view_value, label_attrs, label_of, view_mark_line, view_span_line
-from cirron._schema import ROOT_SENTINEL
-from cirron.export._common import json_scalar
+from cirron._schema import ROOT_SENTINEL, json_scalar
 from cirron.spool import paths
 from cirron.spool.catalog import Catalog, SessionInfo, open_catalog
 from cirron.spool.reader import _limit_depth
-from cirron.spool.retention import DeleteGroup, SpoolClearPlan, plan_spool_clear
 from cirron.spool.sessions import Session
 from cirron_cli import render
 from cirron_cli.render import fail, format_bytes, format_duration_ns, style, use_color, warn
+
+if TYPE_CHECKING:
+    from cirron.spool.retention import DeleteGroup, SpoolClearPlan
 
 traces_app = typer.Typer(
     help="Read, view, export and clear the traces in the local spool.", no_args_is_help=True
@@ -947,6 +947,8 @@ class _Deleter:
     def _trash_dir(self, base: Path) -> Path:
         trash = self.trash.get(base)
         if trash is None:
+            import secrets
+
             trash = self.trash[base] = base / f".cirron-trash-{os.getpid()}-{secrets.token_hex(4)}"
             trash.mkdir()
         return trash
@@ -1031,6 +1033,8 @@ def clear(
 
 
 def _clear(cutoff: int | None, keep: int | None, yes: bool, prune: bool, spool: list[str]) -> None:
+    from cirron.spool.retention import plan_spool_clear
+
     cat = open_spools(spool)
     sources = [(d, cat.clear_source(d)) for d in cat.spools]
     _run_clear(plan_spool_clear(sources, cutoff, keep, prune), yes)
