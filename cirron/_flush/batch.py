@@ -2,8 +2,8 @@
 
 A batch keeps the hot path's tuples and encodes them in chunks, handing the GIL over between
 chunks, so a recording thread is never stalled behind a big batch: with the compiled encoder
-(``_cencode.c``) straight from the tuples, else through msgspec structs. Sinks that want plain
-dicts read ``batch.spans`` / ``batch.marks``.
+(``_cencode.c``) straight from the tuples, else through msgspec structs (:mod:`cirron._flush.records`).
+Sinks that want plain dicts read ``batch.spans`` / ``batch.marks``.
 """
 
 from __future__ import annotations
@@ -11,14 +11,15 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Iterable, Iterator
-from typing import Any
-
-import msgspec
+from typing import TYPE_CHECKING, Any
 
 from cirron import _native as native
-from cirron._ids import hex_id, random_hex
-from cirron._schema import ROOT_SENTINEL, SCHEMA_VERSION, encode_float, encode_int, scrub_text, strict_json
+from cirron._ids import random_hex
+from cirron._schema import ROOT_SENTINEL, SCHEMA_VERSION
 from cirron._version import __version__
+
+if TYPE_CHECKING:
+    from cirron._flush.records import MarkOut, SpanOut
 
 #: Longest stretch of GIL-holding work between two voluntary hand-overs. A recording thread
 #: waits at most about this long for the flush service; a longer slice lets the service keep
@@ -37,63 +38,8 @@ RELEASE_STEP = 4096
 ENCODE_STEP = 2048
 
 
-class SpanOut(msgspec.Struct, gc=False):
-    """A span as the flush service writes it (the reader's twin is ``cirron.spool.reader.SpanRecord``)."""
-
-    id: str
-    parent_id: str | None
-    name: str
-    index: int | None
-    start_ns: int
-    end_ns: int | None
-    cpu_ns: int | None
-    gpu_ns: int | None
-    memory_peak_bytes: int | None
-    thread_id: int
-    pid: int
-    rank: int
-    attrs: dict[str, Any]
-
-
-class MarkOut(msgspec.Struct, gc=False):
-    """A mark as the flush service writes it."""
-
-    id: str
-    span_id: str
-    name: str
-    value: Any
-    value_type: str
-    kind: str
-    ts_ns: int
-    thread_id: int
-    attrs: dict[str, Any]
-
-
-_ENCODER = msgspec.json.Encoder()
-_VALUE_TYPES = {float: "float", int: "int", str: "str", bool: "bool"}
-_INF = float("inf")
 #: The compiled encoder of span and mark rows, when built (see :mod:`cirron._native`).
 _cencode = native.load("cirron._flush._cencode")
-
-
-def span_record(row: tuple[Any, ...], pid: int, rank: int, root_id: int, root_hex: str | None) -> SpanOut:
-    """The spool record of a closed-layout span tuple (``cirron._record.span.CLOSED_FIELDS``)."""
-    sid, parent, name, index, start, end, cpu, gpu, mem, tid, attrs = row
-    return SpanOut(hex_id(sid), hex_id(parent) if parent else (root_hex if sid != root_id else None), name,
-                      index, start, end, cpu, gpu, mem, tid, pid, rank, strict_json(attrs) if attrs else {})
-
-
-def mark_record(row: tuple[Any, ...], mark_id: int) -> MarkOut:
-    """The spool record of a mark ``(span_id, name, value, kind, ts_ns, attrs, thread_id)``
-    (``cirron._record.span.MARK_TUPLE_FIELDS``)."""
-    span_id, name, value, kind, ts, attrs, tid = row
-    vt = _VALUE_TYPES.get(type(value), "str")
-    if vt == "float" and (value != value or value == _INF or value == -_INF):
-        value = encode_float(value)
-    elif vt == "int":
-        value = encode_int(value)
-    return MarkOut(hex_id(mark_id), hex_id(span_id) if span_id else ROOT_SENTINEL, name, value, vt, kind, ts,
-                      tid, strict_json(attrs) if attrs else {})
 
 
 class GilBudget:
@@ -148,16 +94,6 @@ def _join_pieces(pieces: Iterable[bytes], out: list[bytes]) -> None:
     out.append(b"]")
 
 
-def encode_records(records: list[Any]) -> bytes:
-    """The JSON objects of ``records`` joined by commas. A string that is not valid UTF-8 (a
-    span named from an undecodable file name) is written escaped rather than failing the batch."""
-    try:
-        encoded = _ENCODER.encode(records)
-    except UnicodeEncodeError:
-        encoded = _ENCODER.encode(scrub_text(msgspec.to_builtins(records)))
-    return encoded[1:-1]
-
-
 class Batch:
     """One spool batch: the unit every sink receives.
 
@@ -190,6 +126,8 @@ class Batch:
         self.kept = False
 
     def span_records(self) -> Iterator[SpanOut]:
+        from cirron._flush.records import span_record
+
         pid, rank = self.resource["pid"], self.resource["rank"]
         root_id, root_hex = self.root
         for rows in self.span_lists:
@@ -197,17 +135,23 @@ class Batch:
                 yield span_record(row, pid, rank, root_id, root_hex)
 
     def mark_records(self) -> Iterator[MarkOut]:
+        from cirron._flush.records import mark_record
+
         return map(mark_record, self.mark_rows, self.mark_ids)
 
     @property
     def spans(self) -> list[dict[str, Any]]:
         if self._spans is None:
+            import msgspec
+
             self._spans = msgspec.to_builtins(list(self.span_records()))
         return self._spans
 
     @property
     def marks(self) -> list[dict[str, Any]]:
         if self._marks is None:
+            import msgspec
+
             self._marks = msgspec.to_builtins(list(self.mark_records()))
         return self._marks
 
@@ -224,14 +168,18 @@ class Batch:
     def json_chunks(self) -> list[bytes]:
         """The batch as strict JSON (records are already sanitised: no bare NaN/Infinity), in
         pieces that a writer can hand to ``writelines`` without joining them first."""
-        out = [_ENCODER.encode(self.header())[:-1], b',"spans":']
+        from cirron._flush.records import ENCODER
+
+        out = [ENCODER.encode(self.header())[:-1], b',"spans":']
         _join_pieces(self._span_pieces(), out)
         out.append(b',"marks":')
         _join_pieces(self._mark_pieces(), out)
-        out += [b',"snapshots":', _ENCODER.encode(self.snapshots), b"}\n"]
+        out += [b',"snapshots":', ENCODER.encode(self.snapshots), b"}\n"]
         return out
 
     def _span_pieces(self) -> Iterator[bytes]:
+        from cirron._flush.records import encode_records, span_record
+
         pid, rank = self.resource["pid"], self.resource["rank"]
         root_id, root_hex = self.root
 
@@ -248,6 +196,8 @@ class Batch:
                     yield _cencode.encode_spans(chunk, pid, rank, root_id, root_hex, lambda row: in_python([row]))
 
     def _mark_pieces(self) -> Iterator[bytes]:
+        from cirron._flush.records import encode_records, mark_record
+
         rows, ids = self.mark_rows, self.mark_ids
 
         def in_python(rows: list[tuple[Any, ...]], ids: list[int]) -> bytes:

@@ -14,7 +14,8 @@ import orjson
 import pytest
 
 from cirron._flush import batch as batch_mod
-from cirron._flush.batch import Batch, mark_record, span_record
+from cirron._flush.batch import Batch
+from cirron._flush.records import ENCODER, mark_record, span_record
 from cirron._ids import IDS
 from cirron._native import PURE_PYTHON_ENV
 from cirron._record import span as span_mod
@@ -88,7 +89,7 @@ def test_span_encoder_matches_the_python_records(layout: str) -> None:
 
     def fallback(row: tuple) -> bytes:
         fallbacks.append(row)
-        return batch_mod._ENCODER.encode(span_record(row, 321, 2, *ROOT))
+        return ENCODER.encode(span_record(row, 321, 2, *ROOT))
 
     out = _cencode.encode_spans(rows, 321, 2, ROOT[0], ROOT[1], fallback)
     assert orjson.loads(b"[" + out + b"]") == _python_spans(rows)
@@ -142,7 +143,7 @@ def test_mark_encoder_matches_the_python_records(layout: str) -> None:
 
     def fallback(row: tuple, mark_id: int) -> bytes:
         fallbacks.append(row[1])
-        return batch_mod._ENCODER.encode(mark_record(row, mark_id))
+        return ENCODER.encode(mark_record(row, mark_id))
 
     out = _cencode.encode_marks(rows, ids, ROOT_SENTINEL, fallback)
     expected = msgspec.to_builtins([mark_record(r, i) for r, i in zip(rows, ids)])

@@ -21,7 +21,7 @@ def test_all_is_sorted_and_complete() -> None:
 
 def test_import_does_not_pull_heavy_libraries() -> None:
     heavy = ["pyarrow", "safetensors", "pydantic", "numpy", "httpx", "typer", "rich", "uvicorn", "torch",
-             "pandas", "anyio", "yaml"]
+             "pandas", "anyio", "yaml", "msgspec"]
     code = f"import sys, cirron; print(' '.join(m for m in {heavy!r} if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
     assert out.stdout.strip() == ""
