@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import os
 import sys
-import uuid
 from dataclasses import dataclass
 
 ENV_RUN_ID = "CIRRON_RUN_ID"
@@ -68,5 +67,7 @@ def detect_rank() -> RankInfo:
         elastic = None
     run_id = elastic or os.environ.get(ENV_RUN_ID) or None
     if run_id is None and world == 1:
+        import uuid  # only here: importing uuid (and platform) is not part of import cirron
+
         run_id = uuid.uuid4().hex
     return RankInfo(rank, world, local, run_id)

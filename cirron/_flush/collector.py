@@ -7,7 +7,6 @@ flush service's worker thread, or directly from ``ci.trace()``/``flush()`` when 
 from __future__ import annotations
 
 import os
-import socket
 import threading
 from collections import deque
 from collections.abc import Callable
@@ -159,6 +158,8 @@ _mark_ts = itemgetter(MARK_TUPLE_FIELDS.index("ts_ns"))
 
 
 def resource_attributes(rank: int, world_size: int, project: str | None, project_version: str | None) -> dict[str, Any]:
+    import socket  # once per session; not part of import cirron
+
     res: dict[str, Any] = {"pid": os.getpid(), "host": socket.gethostname(), "rank": rank, "world_size": world_size}
     if project is not None:
         res["project"] = project
