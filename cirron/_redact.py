@@ -13,10 +13,12 @@ would turn every text into stars); no real credential is that short.
 
 from __future__ import annotations
 
-import logging
 import re
 import threading
-from typing import Any, TypeVar, cast
+from typing import TYPE_CHECKING, Any, TypeVar, cast
+
+if TYPE_CHECKING:
+    import logging
 
 __all__ = [
     "BODY_SNIPPET_CHARS",
@@ -83,8 +85,9 @@ def body_snippet(text: str, limit: int = BODY_SNIPPET_CHARS) -> str:
     return one_line if len(one_line) <= limit else one_line[: limit - 1] + "…"
 
 
-class RedactingFilter(logging.Filter):
-    """Redacts the formatted message of every record that passes (installed on cirron's loggers)."""
+class RedactingFilter:
+    """Redacts the formatted message of every record that passes (installed on cirron's loggers).
+    A plain object with ``filter()``, which logging accepts: ``import cirron`` leaves logging out."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         if _pattern is not None:
