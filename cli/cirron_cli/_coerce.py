@@ -12,7 +12,7 @@ error messages are unchanged.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from enum import Enum
 from functools import cached_property
 from typing import Any
@@ -88,7 +88,8 @@ def install() -> None:
     base: Any = getattr(_coercion, "RuntimeParam", None)
     build: Any = getattr(_coercion, "build_runtime_param", None)
     parameter: Any = getattr(core, "_TyperParameter", None)
-    if base is None or build is None or not hasattr(parameter, "get_runtime_param"):
+    known = base is not None and [f.name for f in fields(base)] == ["parameter_info", "annotation"]
+    if not known or build is None or not hasattr(parameter, "get_runtime_param"):
         return  # pragma: no cover - another typer: its own coercion runs unchanged
 
     @dataclass(frozen=True)
@@ -108,7 +109,8 @@ def install() -> None:
     def get_runtime_param(self: Any) -> Any:
         if self._runtime_param is None:
             desc = self.type_descriptor
-            self._runtime_param = PassthroughParam(desc.parameter_info, desc.annotation, desc)
+            self._runtime_param = PassthroughParam(parameter_info=desc.parameter_info, annotation=desc.annotation,
+                                                   descriptor=desc)
         return self._runtime_param
 
     parameter.get_runtime_param = get_runtime_param
