@@ -19,9 +19,11 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <stdint.h>
+#include <limits.h>
 #include <string.h>
 
 #include "../_jtext.h"
+#include "../_pyview.h"
 
 typedef struct {
     const char *prefix;
@@ -33,27 +35,20 @@ typedef struct {
     Py_ssize_t data_len, offset, rows;
     Py_ssize_t *starts; /* 'j': where each text starts (rows + 1 entries, the last one past the end) */
     PyObject *list;     /* 'l' */
-    Py_buffer views[3];
-    int nviews;
 } Col;
 
-static void col_release(Col *c) {
-    for (int i = 0; i < c->nviews; i++) PyBuffer_Release(&c->views[i]);
-    c->nviews = 0;
-    PyMem_Free(c->starts);
-    c->starts = NULL;
-}
+/* Buffers a column takes (validity, offsets, data): the pool holds this many per column. */
+#define COL_VIEWS 3
 
 /* A buffer argument (None: NULL, length 0). */
-static int get_view(Col *c, PyObject *obj, const char **data, Py_ssize_t *len) {
+static int get_view(PvPool *p, PyObject *obj, const char **data, Py_ssize_t *len) {
     if (obj == Py_None) {
         *data = NULL;
         *len = 0;
         return 0;
     }
-    Py_buffer *v = &c->views[c->nviews];
-    if (PyObject_GetBuffer(obj, v, PyBUF_SIMPLE) < 0) return -1;
-    c->nviews++;
+    Py_buffer *v;
+    if (pv_get(p, obj, &v) < 0) return -1;
     *data = v->buf;
     *len = v->len;
     return 0;
@@ -64,7 +59,7 @@ static int bad(const char *what) {
     return -1;
 }
 
-static int col_init(Col *c, PyObject *spec) {
+static int col_init(Col *c, PyObject *spec, PvPool *p) {
     PyObject *prefix, *kind, *valid, *offsets, *data;
     Py_ssize_t offset;
     if (!PyTuple_Check(spec) ||
@@ -80,23 +75,23 @@ static int col_init(Col *c, PyObject *spec) {
     c->offset = offset;
     const char *vdata;
     Py_ssize_t vlen;
-    if (get_view(c, valid, &vdata, &vlen) < 0) return -1;
+    if (get_view(p, valid, &vdata, &vlen) < 0) return -1;
     c->valid = (const uint8_t *)vdata;
     Py_ssize_t olen = 0;
     switch (c->kind) {
     case 'i':
-        if (get_view(c, data, &c->data, &c->data_len) < 0) return -1;
+        if (get_view(p, data, &c->data, &c->data_len) < 0) return -1;
         c->rows = c->data_len / 8 - offset;
         break;
     case 's': case 'r': case 'c': case 'S': case 'R': case 'C': {
         int width = (c->kind == 's' || c->kind == 'r' || c->kind == 'c') ? 4 : 8;
-        if (get_view(c, offsets, &c->offsets, &olen) < 0 || get_view(c, data, &c->data, &c->data_len) < 0) return -1;
+        if (get_view(p, offsets, &c->offsets, &olen) < 0 || get_view(p, data, &c->data, &c->data_len) < 0) return -1;
         c->rows = olen / width - 1 - offset;
         break;
     }
     case 'j': {
         if (!PyBytes_Check(data)) return bad("a joined column's data is bytes");
-        if (get_view(c, data, &c->data, &c->data_len) < 0) return -1;
+        if (get_view(p, data, &c->data, &c->data_len) < 0) return -1;
         Py_ssize_t count = 1;
         for (Py_ssize_t i = 0; i < c->data_len; i++) count += c->data[i] == ',';
         if (c->data_len == 0) count = 0;
@@ -121,7 +116,7 @@ static int col_init(Col *c, PyObject *spec) {
     default:
         return bad("unknown kind");
     }
-    if (c->valid != NULL && vlen * 8 < c->offset + c->rows) return bad("validity bitmap too short");
+    if (c->valid != NULL && !pv_bitmap_holds(vlen, c->offset + c->rows)) return bad("validity bitmap too short");
     return 0;
 }
 
@@ -139,7 +134,7 @@ static inline Py_ssize_t str_offset(const Col *c, Py_ssize_t i) {
 /* A string value's bytes (offsets checked against the data). */
 static inline int str_span(const Col *c, Py_ssize_t i, Py_ssize_t *start, Py_ssize_t *len) {
     Py_ssize_t a = str_offset(c, i), e = str_offset(c, i + 1);
-    if (a < 0 || e < a || e > c->data_len) return bad("string offsets out of bounds");
+    if (!pv_span_ok(a, e, c->data_len)) return bad("string offsets out of bounds");
     *start = a;
     *len = e - a;
     return 0;
@@ -167,7 +162,7 @@ static inline char *write_csv_field(char *o, const char *s, Py_ssize_t n) {
 }
 
 static inline int is_null(const Col *c, Py_ssize_t i) {
-    return c->valid != NULL && !((c->valid[i >> 3] >> (i & 7)) & 1);
+    return !pv_bit(c->valid, i);
 }
 
 /* The most bytes the value of row i (already offset) of c takes. */
@@ -250,31 +245,35 @@ static PyObject *encode_rows(PyObject *Py_UNUSED(self), PyObject *args, PyObject
         return NULL;
     }
     Py_ssize_t ncols = PyList_GET_SIZE(columns);
+    if (ncols > (INT_MAX - 1) / COL_VIEWS) {
+        bad("too many columns");
+        return NULL;
+    }
     Col *cols = PyMem_Calloc(ncols ? (size_t)ncols : 1, sizeof(Col));
-    if (cols == NULL) return PyErr_NoMemory();
-    Py_buffer order_view = {0};
-    int have_order = 0;
+    PvPool pool = {PyMem_Calloc((size_t)(ncols * COL_VIEWS + 1), sizeof(Py_buffer)), 0, (int)(ncols * COL_VIEWS + 1)};
+    if (cols == NULL || pool.views == NULL) {
+        PyMem_Free(cols);
+        PyMem_Free(pool.views);
+        return PyErr_NoMemory();
+    }
     const int64_t *order = NULL;
     PyObject *out = NULL;
-    Py_ssize_t ready = 0, fixed = sep_len + end_len;
-    for (; ready < ncols; ready++) {
-        if (col_init(&cols[ready], PyList_GET_ITEM(columns, ready)) < 0) {
-            col_release(&cols[ready]);
-            goto fail;
-        }
-        fixed += cols[ready].prefix_len;
+    Py_ssize_t fixed = sep_len + end_len;
+    for (Py_ssize_t j = 0; j < ncols; j++) {
+        if (col_init(&cols[j], PyList_GET_ITEM(columns, j), &pool) < 0) goto fail;
+        fixed += cols[j].prefix_len;
     }
     Py_ssize_t limit = PY_SSIZE_T_MAX; /* rows every column has */
     for (Py_ssize_t j = 0; j < ncols; j++)
         if (cols[j].rows < limit) limit = cols[j].rows;
     if (order_obj != Py_None) {
-        if (PyObject_GetBuffer(order_obj, &order_view, PyBUF_SIMPLE) < 0) goto fail;
-        have_order = 1;
-        if (order_view.len != n * 8) {
+        Py_buffer *order_view;
+        if (pv_get(&pool, order_obj, &order_view) < 0) goto fail;
+        if (order_view->len != n * 8) {
             bad("order holds one int64 per row");
             goto fail;
         }
-        order = order_view.buf;
+        order = order_view->buf;
         for (Py_ssize_t k = 0; k < n; k++)
             if (order[k] < 0 || order[k] >= limit) {
                 bad("order names a row the columns do not have");
@@ -317,9 +316,10 @@ static PyObject *encode_rows(PyObject *Py_UNUSED(self), PyObject *args, PyObject
 fail:
     Py_CLEAR(out);
 done:
-    for (Py_ssize_t j = 0; j < ready; j++) col_release(&cols[j]);
+    for (Py_ssize_t j = 0; j < ncols; j++) PyMem_Free(cols[j].starts);
     PyMem_Free(cols);
-    if (have_order) PyBuffer_Release(&order_view);
+    pv_release(&pool);
+    PyMem_Free(pool.views);
     return out;
 }
 

@@ -20,6 +20,7 @@
 
 #include "../_buf.h"
 #include "../_jtext.h"
+#include "../_pyview.h"
 
 #define PUT_LIT(b, s) buf_put((b), (s), (Py_ssize_t)(sizeof(s) - 1))
 
@@ -213,8 +214,6 @@ static int put_bytes_obj(Buf *b, PyObject *o) {
     return buf_put(b, PyBytes_AS_STRING(o), PyBytes_GET_SIZE(o));
 }
 
-/* ------------------------------------------------------------------ Arrow columns */
-
 /* A piece of text from a bytes object (n -1: none). */
 typedef struct {
     const char *s;
@@ -222,120 +221,6 @@ typedef struct {
 } Text;
 
 static inline int put_text(Buf *b, const Text *t) { return t->n > 0 ? buf_put(b, t->s, t->n) : 0; }
-
-/* One Arrow array: a (validity or None, offset, buffer[, data]) tuple from Python. */
-typedef struct {
-    Py_ssize_t n, off;
-    const uint8_t *valid;   /* NULL: no nulls */
-    const int64_t *i64;     /* int64 values */
-    const int32_t *offs;    /* string offsets */
-    const char *data;       /* string bytes */
-    Py_ssize_t data_len;
-} Col;
-
-typedef struct {
-    Py_buffer views[64];
-    int used;
-} Views;
-
-static void views_release(Views *v) {
-    for (int i = 0; i < v->used; i++) PyBuffer_Release(&v->views[i]);
-    v->used = 0;
-}
-
-static int get_view(Views *v, PyObject *o, Py_buffer **out) {
-    if (v->used >= 64) {
-        PyErr_SetString(PyExc_RuntimeError, "too many buffers");
-        return -1;
-    }
-    if (PyObject_GetBuffer(o, &v->views[v->used], PyBUF_SIMPLE) < 0) return -1;
-    *out = &v->views[v->used++];
-    return 0;
-}
-
-/* kind: 'i' int64, 's' string. n: the rows the column must hold. */
-static int get_col(Views *v, PyObject *t, char kind, Py_ssize_t n, Col *c) {
-    memset(c, 0, sizeof *c);
-    Py_ssize_t want = kind == 's' ? 4 : 3;
-    if (!PyTuple_Check(t) || PyTuple_GET_SIZE(t) != want) {
-        PyErr_SetString(PyExc_TypeError, "column: expected (validity, offset, buffers...)");
-        return -1;
-    }
-    c->n = n;
-    c->off = PyLong_AsSsize_t(PyTuple_GET_ITEM(t, 1));
-    if (c->off < 0) {
-        if (!PyErr_Occurred()) PyErr_SetString(PyExc_ValueError, "column: negative offset");
-        return -1;
-    }
-    Py_buffer *bv;
-    PyObject *validity = PyTuple_GET_ITEM(t, 0);
-    if (validity != Py_None) {
-        if (get_view(v, validity, &bv) < 0) return -1;
-        if (bv->len * 8 < c->off + n) goto short_buffer;
-        c->valid = bv->buf;
-    }
-    if (kind == 'i') {
-        if (get_view(v, PyTuple_GET_ITEM(t, 2), &bv) < 0) return -1;
-        if (bv->len / 8 < c->off + n) goto short_buffer;
-        c->i64 = (const int64_t *)bv->buf + c->off;
-        return 0;
-    }
-    if (get_view(v, PyTuple_GET_ITEM(t, 2), &bv) < 0) return -1;
-    if (bv->len / 4 < c->off + n + 1) goto short_buffer;
-    c->offs = (const int32_t *)bv->buf + c->off;
-    PyObject *data = PyTuple_GET_ITEM(t, 3);
-    if (data == Py_None) {
-        c->data = "";
-        c->data_len = 0;
-    } else {
-        if (get_view(v, data, &bv) < 0) return -1;
-        c->data = bv->buf;
-        c->data_len = bv->len;
-    }
-    return 0; /* each string's offsets are checked as it is read (col_str) */
-short_buffer:
-    PyErr_SetString(PyExc_ValueError, "column: buffer shorter than its rows");
-    return -1;
-}
-
-static inline int col_valid(const Col *c, Py_ssize_t i) {
-    if (c->valid == NULL) return 1;
-    Py_ssize_t k = c->off + i;
-    return (c->valid[k >> 3] >> (k & 7)) & 1;
-}
-
-/* Row i's string, or NULL when its offsets leave the data (nothing set: see bad_offsets). */
-static inline const char *col_str(const Col *c, Py_ssize_t i, Py_ssize_t *len) {
-    int32_t a = c->offs[i], z = c->offs[i + 1];
-    if (a < 0 || a > z || z > c->data_len) return NULL;
-    *len = z - a;
-    return c->data + a;
-}
-
-#define BAD_OFFSETS "column: string offsets out of range"
-
-static int bad_offsets(void) {
-    PyErr_SetString(PyExc_ValueError, BAD_OFFSETS);
-    return -1;
-}
-
-/* A contiguous buffer of n int64 (or float64) values. */
-static int get_i64s(Views *v, PyObject *o, Py_ssize_t n, const int64_t **out) {
-    Py_buffer *bv;
-    if (get_view(v, o, &bv) < 0) return -1;
-    if (bv->len / 8 < n) {
-        PyErr_SetString(PyExc_ValueError, "array shorter than its rows");
-        return -1;
-    }
-    *out = bv->buf;
-    return 0;
-}
-
-static Py_ssize_t buf_len(Views *v, PyObject *o) {
-    Py_buffer *bv;
-    if (get_view(v, o, &bv) < 0) return -1;
-    return bv->len;
-}
 
 /* ------------------------------------------------------------------ digests */
 
@@ -349,10 +234,10 @@ static PyObject *digests(PyObject *self, PyObject *const *args, Py_ssize_t nargs
         if (!PyErr_Occurred()) PyErr_SetString(PyExc_ValueError, "negative n");
         return NULL;
     }
-    Views v = {.used = 0};
-    Col ids;
-    if (get_col(&v, args[0], 's', n, &ids) < 0) {
-        views_release(&v);
+    PV_POOL(v, 3); /* an id column's validity, offsets and data */
+    PvCol ids;
+    if (pv_col(&v, args[0], 's', n, &ids) < 0) {
+        pv_release(&v);
         return NULL;
     }
     PyObject *out = PyBytes_FromStringAndSize(NULL, n * 8);
@@ -365,7 +250,7 @@ static PyObject *digests(PyObject *self, PyObject *const *args, Py_ssize_t nargs
         Py_ssize_t len[4], row[4];
         int k = 0;
         for (Py_ssize_t i = 0; i < n; i++) {
-            const char *s = col_str(&ids, i, &len[k]);
+            const char *s = pv_str(&ids, i, &len[k]);
             if (s == NULL) {
                 bad = 1;
                 break;
@@ -387,10 +272,10 @@ static PyObject *digests(PyObject *self, PyObject *const *args, Py_ssize_t nargs
         Py_END_ALLOW_THREADS
         if (bad) {
             Py_CLEAR(out);
-            bad_offsets();
+            PyErr_SetString(PyExc_ValueError, PV_BAD_OFFSETS);
         }
     }
-    views_release(&v);
+    pv_release(&v);
     return out;
 }
 
@@ -411,7 +296,7 @@ static const char *const FIELD_KEYS[] = {
 typedef struct {
     const char *trace;
     const uint64_t *digest;
-    Col id, name, parent, start, end, fields[5], m_ts, m_name, m_kind;
+    PvCol id, name, parent, start, end, fields[5], m_ts, m_name, m_kind;
     const int64_t *parent_row, *attr, *order, *target, *m_attr;
     int64_t open_end;
     Py_ssize_t n, m;
@@ -436,10 +321,10 @@ static int put_event(Buf *b, Enc *e, Py_ssize_t k, Py_ssize_t j) {
     Py_ssize_t len;
     const char *s;
     if (PUT_LIT(b, "{\"timeUnixNano\":\"") < 0) return -1;
-    int64_t ts = col_valid(&e->m_ts, k) ? e->m_ts.i64[k] : 0;
+    int64_t ts = pv_valid(&e->m_ts, k) ? e->m_ts.i64[k] : 0;
     if (jt_put_int64(b, ts < 0 ? 0 : ts) < 0 || PUT_LIT(b, "\",\"name\":") < 0) return -1;
-    s = col_valid(&e->m_name, k) ? col_str(&e->m_name, k, &len) : (len = 0, "");
-    if (s == NULL) return fail(e, BAD_OFFSETS);
+    s = pv_valid(&e->m_name, k) ? pv_str(&e->m_name, k, &len) : (len = 0, "");
+    if (s == NULL) return fail(e, PV_BAD_OFFSETS);
     if ((len ? jt_put_str(b, s, len) : PUT_LIT(b, "\"mark\"")) < 0) return -1;
     if (PUT_LIT(b, ",\"attributes\":[{\"key\":\"value\",\"value\":") < 0) return -1;
     /* this value's float text: up to the next comma of the slice's orjson list */
@@ -470,9 +355,9 @@ static int put_event(Buf *b, Enc *e, Py_ssize_t k, Py_ssize_t j) {
         if (PUT_LIT(b, "}") < 0) return -1;
     }
     if (PUT_LIT(b, "},{\"key\":\"kind\",\"value\":{\"stringValue\":") < 0) return -1;
-    if (col_valid(&e->m_kind, k)) {
-        s = col_str(&e->m_kind, k, &len);
-        if (s == NULL) return fail(e, BAD_OFFSETS);
+    if (pv_valid(&e->m_kind, k)) {
+        s = pv_str(&e->m_kind, k, &len);
+        if (s == NULL) return fail(e, PV_BAD_OFFSETS);
         if (jt_put_str(b, s, len) < 0) return -1;
     } else if (PUT_LIT(b, "\"point\"") < 0) {
         return -1;
@@ -538,11 +423,11 @@ static int put_span(Buf *b, Enc *e, Py_ssize_t i, Py_ssize_t *pos, Py_ssize_t hi
         put_digest_hex(o + 56, e->digest[i]);
         memcpy(o + 72, "\",\"name\":", 9);
         b->len += 81;
-        s = col_valid(&e->name, i) ? col_str(&e->name, i, &len) : (len = 0, "");
-        if (s == NULL) return fail(e, BAD_OFFSETS);
+        s = pv_valid(&e->name, i) ? pv_str(&e->name, i, &len) : (len = 0, "");
+        if (s == NULL) return fail(e, PV_BAD_OFFSETS);
         if ((len ? jt_put_str(b, s, len) : PUT_LIT(b, "\"span\"")) < 0) return -1;
-        int64_t start = col_valid(&e->start, i) ? e->start.i64[i] : 0;
-        int open = !col_valid(&e->end, i);
+        int64_t start = pv_valid(&e->start, i) ? e->start.i64[i] : 0;
+        int open = !pv_valid(&e->end, i);
         int64_t end = e->end.i64[i];
         if (open) {
             int64_t oe = e->open_end ? e->open_end : start;
@@ -554,20 +439,20 @@ static int put_span(Buf *b, Enc *e, Py_ssize_t i, Py_ssize_t *pos, Py_ssize_t hi
             return -1;
         if (put_text(b, &e->items[attr]) < 0) return -1;
         if (PUT_LIT(b, "{\"key\":\"cirron.span.id\",\"value\":{\"stringValue\":") < 0) return -1;
-        s = col_str(&e->id, i, &len);
-        if (s == NULL) return fail(e, BAD_OFFSETS);
+        s = pv_str(&e->id, i, &len);
+        if (s == NULL) return fail(e, PV_BAD_OFFSETS);
         if (jt_put_str(b, s, len) < 0 || PUT_LIT(b, "}}") < 0) return -1;
         for (int f = 0; f < 5; f++) {
-            if (!col_valid(&e->fields[f], i)) continue;
+            if (!pv_valid(&e->fields[f], i)) continue;
             if (buf_put(b, FIELD_KEYS[f], (Py_ssize_t)strlen(FIELD_KEYS[f])) < 0 ||
                 jt_put_int64(b, e->fields[f].i64[i]) < 0 || PUT_LIT(b, "\"}}") < 0)
                 return -1;
         }
         if (open && PUT_LIT(b, ",{\"key\":\"cirron.open\",\"value\":{\"boolValue\":true}}") < 0) return -1;
         if (PUT_LIT(b, "]") < 0) return -1;
-        if (col_valid(&e->parent, i)) {
-            s = col_str(&e->parent, i, &len);
-            if (s == NULL) return fail(e, BAD_OFFSETS);
+        if (pv_valid(&e->parent, i)) {
+            s = pv_str(&e->parent, i, &len);
+            if (s == NULL) return fail(e, PV_BAD_OFFSETS);
             if (len) {
                 int64_t row = e->parent_row[i];
                 uint64_t d = row >= 0 && row < e->n ? e->digest[row] : span_digest((const uint8_t *)s, len);
@@ -741,7 +626,7 @@ static PyObject *encode(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     if (PyErr_Occurred()) return NULL;
     Enc e;
     memset(&e, 0, sizeof e);
-    Views v = {.used = 0};
+    PV_POOL(v, 64);
     Block *blk = NULL;
     Buf *out = NULL;
     Py_ssize_t total = 0;
@@ -753,32 +638,30 @@ static PyObject *encode(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     Py_buffer *bv;
 
 #define SPEC(k) PyTuple_GET_ITEM(spec, k)
-    if (get_view(&v, SPEC(S_TRACE), &bv) < 0) goto done;
+    if (pv_get(&v, SPEC(S_TRACE), &bv) < 0) goto done;
     if (bv->len != 32) {
         PyErr_SetString(PyExc_ValueError, "trace id: 32 hex characters");
         goto done;
     }
     e.trace = bv->buf;
-    Py_ssize_t dlen = buf_len(&v, SPEC(S_DIGESTS));
-    if (dlen < 0) goto done;
-    e.n = dlen / 8;
-    e.digest = v.views[v.used - 1].buf;
-    Py_ssize_t m_len = buf_len(&v, SPEC(M_ORDER));
-    if (m_len < 0) goto done;
-    m_len /= 8;
+    if (pv_get(&v, SPEC(S_DIGESTS), &bv) < 0) goto done;
+    e.n = bv->len / 8;
+    e.digest = bv->buf;
+    if (pv_get(&v, SPEC(M_ORDER), &bv) < 0) goto done;
+    Py_ssize_t m_len = bv->len / 8;
     if (a < 0 || bb < a || bb > e.n || lo < 0 || hi < lo || hi > m_len) {
         PyErr_SetString(PyExc_ValueError, "encode: slice out of range");
         goto done;
     }
-    if (get_col(&v, SPEC(S_ID), 's', e.n, &e.id) < 0 || get_col(&v, SPEC(S_NAME), 's', e.n, &e.name) < 0 ||
-        get_col(&v, SPEC(S_PARENT), 's', e.n, &e.parent) < 0 ||
-        get_i64s(&v, SPEC(S_PARENT_ROW), e.n, &e.parent_row) < 0 ||
-        get_col(&v, SPEC(S_START), 'i', e.n, &e.start) < 0 || get_col(&v, SPEC(S_END), 'i', e.n, &e.end) < 0 ||
-        get_i64s(&v, SPEC(S_ATTR), e.n, &e.attr) < 0 || get_i64s(&v, SPEC(M_ORDER), m_len, &e.order) < 0 ||
-        get_i64s(&v, SPEC(M_TARGET), m_len, &e.target) < 0)
+    if (pv_col(&v, SPEC(S_ID), 's', e.n, &e.id) < 0 || pv_col(&v, SPEC(S_NAME), 's', e.n, &e.name) < 0 ||
+        pv_col(&v, SPEC(S_PARENT), 's', e.n, &e.parent) < 0 ||
+        pv_i64s(&v, SPEC(S_PARENT_ROW), e.n, &e.parent_row) < 0 ||
+        pv_col(&v, SPEC(S_START), 'i', e.n, &e.start) < 0 || pv_col(&v, SPEC(S_END), 'i', e.n, &e.end) < 0 ||
+        pv_i64s(&v, SPEC(S_ATTR), e.n, &e.attr) < 0 || pv_i64s(&v, SPEC(M_ORDER), m_len, &e.order) < 0 ||
+        pv_i64s(&v, SPEC(M_TARGET), m_len, &e.target) < 0)
         goto done;
     for (int f = 0; f < 5; f++)
-        if (get_col(&v, SPEC(S_INDEX + f), 'i', e.n, &e.fields[f]) < 0) goto done;
+        if (pv_col(&v, SPEC(S_INDEX + f), 'i', e.n, &e.fields[f]) < 0) goto done;
     if (e.id.valid != NULL) {
         PyErr_SetString(PyExc_ValueError, "span ids: nulls");
         goto done;
@@ -791,13 +674,12 @@ static PyObject *encode(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
             goto done;
         }
         /* the mark columns hold every mark row that order names; their length is the attr array's */
-        n_marks = buf_len(&v, SPEC(M_ATTR));
-        if (n_marks < 0) goto done;
-        n_marks /= 8;
-        e.m_attr = v.views[v.used - 1].buf;
+        if (pv_get(&v, SPEC(M_ATTR), &bv) < 0) goto done;
+        n_marks = bv->len / 8;
+        e.m_attr = bv->buf;
     }
-    if (get_col(&v, SPEC(M_TS), 'i', n_marks, &e.m_ts) < 0 || get_col(&v, SPEC(M_NAME), 's', n_marks, &e.m_name) < 0 ||
-        get_col(&v, SPEC(M_KIND), 's', n_marks, &e.m_kind) < 0)
+    if (pv_col(&v, SPEC(M_TS), 'i', n_marks, &e.m_ts) < 0 || pv_col(&v, SPEC(M_NAME), 's', n_marks, &e.m_name) < 0 ||
+        pv_col(&v, SPEC(M_KIND), 's', n_marks, &e.m_kind) < 0)
         goto done;
     e.m = n_marks; /* order names rows of these columns (checked as it is read) */
     if (!PyList_Check(SPEC(S_ITEMS)) || !PyList_Check(SPEC(S_STATUS)) || !PyList_Check(SPEC(M_EXTRA)) ||
@@ -812,13 +694,13 @@ static PyObject *encode(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
         goto done;
     e.open_end = SPEC(S_OPEN_END) == Py_None ? 0 : PyLong_AsLongLong(SPEC(S_OPEN_END));
     if (PyErr_Occurred()) goto done;
-    if (get_view(&v, args[5], &bv) < 0) goto done;
-    if (bv->len / 8 < hi - lo) {
+    if (pv_get(&v, args[5], &bv) < 0) goto done;
+    if (!pv_holds(bv->len, 8, hi - lo)) {
         PyErr_SetString(PyExc_ValueError, "fewer values than marks");
         goto done;
     }
     e.vals = bv->buf;
-    if (get_view(&v, args[6], &bv) < 0) goto done;
+    if (pv_get(&v, args[6], &bv) < 0) goto done;
     e.ftext = bv->buf;
     e.ftext_end = e.ftext + bv->len;
     if (bv->len >= 2 && e.ftext[0] == '[' && e.ftext_end[-1] == ']') {
@@ -878,7 +760,7 @@ done:
     PyMem_Free(e.status);
     PyMem_Free(e.extra);
     for (int k = 0; k < 3; k++) Py_XDECREF(hold[k]);
-    views_release(&v);
+    pv_release(&v);
     return result;
 }
 

@@ -20,6 +20,7 @@
 
 #include "../_buf.h"
 #include "../_jtext.h"
+#include "../_pyview.h"
 
 enum { EV_B = 0, EV_E = 1, EV_X = 2, EV_TEXT = 3 };
 
@@ -36,14 +37,11 @@ typedef struct {
 
 static int arr_get(PyObject *obj, Arr *a, Py_ssize_t item, const char *what) {
     if (PyObject_GetBuffer(obj, &a->v, PyBUF_SIMPLE) < 0) return -1;
-    if (a->v.len % item) {
+    if (pv_count(&a->v, item, what, &a->n) < 0) {
         PyBuffer_Release(&a->v);
         a->v.obj = NULL;
-        PyErr_Format(PyExc_ValueError, "%s: %zd bytes is not a whole number of %zd-byte values", what,
-                     a->v.len, item);
         return -1;
     }
-    a->n = a->v.len / item;
     return 0;
 }
 

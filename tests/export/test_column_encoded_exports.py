@@ -393,6 +393,8 @@ def test_compiled_encoder_refuses_bad_columns():
                 dict(attr=np.ones(1, dtype=np.int32)), dict(pid=np.zeros(2, dtype=np.int32))):
         with pytest.raises(ValueError):
             c.Spans(**{**one, **bad})
+    with pytest.raises(ValueError, match="tid: 12 bytes is not a whole number of 8-byte values"):
+        c.Spans(**{**one, "tid": b"\0" * 12})  # a buffer cut inside a value
     with pytest.raises(ValueError):
         spans.encode(np.array([4], dtype=np.int64), [], 0)  # row 1: not in these columns
     with pytest.raises(ValueError):
