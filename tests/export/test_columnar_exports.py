@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 pytest.importorskip("pyarrow")
+import pyarrow as pa  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 from spool_factory import BASE_NS, MS, SpoolFactory, new_id  # noqa: E402
 
@@ -59,7 +60,12 @@ def _tables(d: Path) -> dict[str, object]:
 
 
 def _rows(table) -> list[dict]:
-    """Rows with NaN made comparable (a NaN never equals itself)."""
+    """Rows with NaN made comparable (a NaN never equals itself) and timestamps as their int64
+    nanoseconds (as Python datetimes they need pandas, which an in-process export before this
+    test may have told pyarrow to do without)."""
+    for i, field in enumerate(table.schema):
+        if pa.types.is_timestamp(field.type):
+            table = table.set_column(i, field.name, table.column(i).cast(pa.int64()))
     return [{k: "NaN" if isinstance(v, float) and math.isnan(v) else v for k, v in r.items()}
             for r in table.to_pylist()]
 
