@@ -721,8 +721,8 @@ static int record(P *s, Table *t) {
     return 1;
 }
 
-/* `null` or an array of records. */
-static int records(P *s, Table *t) {
+/* `null` or an array whose items `item(ctx)` reads, one after another, from s. */
+static int null_or_array(P *s, int (*item)(void *ctx), void *ctx) {
     int c = peek(s);
     if (c == 'n') return literal(s, "null", 4);
     if (c != '[') return 0;
@@ -732,7 +732,7 @@ static int records(P *s, Table *t) {
         return 1;
     }
     for (;;) {
-        TRY(record(s, t));
+        TRY(item(ctx));
         c = peek(s);
         if (c == ']') {
             s->p++;
@@ -741,6 +741,22 @@ static int records(P *s, Table *t) {
         if (c != ',') return 0;
         s->p++;
     }
+}
+
+typedef struct {
+    P *s;
+    Table *t;
+} RecordsOf;
+
+static int record_item(void *ctx) {
+    RecordsOf *r = ctx;
+    return record(r->s, r->t);
+}
+
+/* `null` or an array of records. */
+static int records(P *s, Table *t) {
+    RecordsOf r = {s, t};
+    return null_or_array(s, record_item, &r);
 }
 
 /* snapshots: only null or an empty array stay on this path. */
@@ -1111,27 +1127,21 @@ static int key_record(KeyRead *k, KeyCols *t, int span) {
     return 1;
 }
 
+typedef struct {
+    KeyRead *k;
+    KeyCols *t;
+    int span;
+} KeyRecordsOf;
+
+static int key_record_item(void *ctx) {
+    KeyRecordsOf *r = ctx;
+    return key_record(r->k, r->t, r->span);
+}
+
 /* `null` or an array of records. */
 static int key_records(KeyRead *k, KeyCols *t, int span) {
-    P *s = &k->s;
-    int c = peek(s);
-    if (c == 'n') return literal(s, "null", 4);
-    if (c != '[') return 0;
-    s->p++;
-    if (peek(s) == ']') {
-        s->p++;
-        return 1;
-    }
-    for (;;) {
-        TRY(key_record(k, t, span));
-        c = peek(s);
-        if (c == ']') {
-            s->p++;
-            return 1;
-        }
-        if (c != ',') return 0;
-        s->p++;
-    }
+    KeyRecordsOf r = {k, t, span};
+    return null_or_array(&k->s, key_record_item, &r);
 }
 
 /* The header fields a keys read decodes as Python values; their extents are returned. */
