@@ -46,7 +46,8 @@ static const uint8_t B2_SIGMA[12][16] = {
     {14, 10, 4, 8, 9, 15, 13, 6, 1, 12, 0, 2, 11, 7, 5, 3},
 };
 
-static inline uint64_t rotr64(uint64_t x, int n) { return (x >> n) | (x << (64 - n)); }
+/* Rotation right of 64-bit words: of one uint64_t, or of each lane of a vector of them. */
+#define ROTR64(x, n) (((x) >> (n)) | ((x) << (64 - (n))))
 
 static inline uint64_t load64(const uint8_t *p) {
 #if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
@@ -60,16 +61,29 @@ static inline uint64_t load64(const uint8_t *p) {
 #endif
 }
 
-#define B2_G(a, b, c, d, x, y)          \
-    do {                                \
-        a = a + b + (x);                \
-        d = rotr64(d ^ a, 32);          \
-        c = c + d;                      \
-        b = rotr64(b ^ c, 24);          \
-        a = a + b + (y);                \
-        d = rotr64(d ^ a, 16);          \
-        c = c + d;                      \
-        b = rotr64(b ^ c, 63);          \
+#define B2_G(a, b, c, d, x, y) \
+    do {                       \
+        a = a + b + (x);       \
+        d = ROTR64(d ^ a, 32); \
+        c = c + d;             \
+        b = ROTR64(b ^ c, 24); \
+        a = a + b + (y);       \
+        d = ROTR64(d ^ a, 16); \
+        c = c + d;             \
+        b = ROTR64(b ^ c, 63); \
+    } while (0)
+
+/* One round of BLAKE2b on the working words v with the message words m, permuted by sg. */
+#define B2_ROUND(v, m, sg)                                   \
+    do {                                                     \
+        B2_G(v[0], v[4], v[8], v[12], m[sg[0]], m[sg[1]]);   \
+        B2_G(v[1], v[5], v[9], v[13], m[sg[2]], m[sg[3]]);   \
+        B2_G(v[2], v[6], v[10], v[14], m[sg[4]], m[sg[5]]);  \
+        B2_G(v[3], v[7], v[11], v[15], m[sg[6]], m[sg[7]]);  \
+        B2_G(v[0], v[5], v[10], v[15], m[sg[8]], m[sg[9]]);  \
+        B2_G(v[1], v[6], v[11], v[12], m[sg[10]], m[sg[11]]); \
+        B2_G(v[2], v[7], v[8], v[13], m[sg[12]], m[sg[13]]);  \
+        B2_G(v[3], v[4], v[9], v[14], m[sg[14]], m[sg[15]]);  \
     } while (0)
 
 static void b2_compress(uint64_t h[8], const uint8_t block[128], uint64_t t, int last) {
@@ -82,17 +96,7 @@ static void b2_compress(uint64_t h[8], const uint8_t block[128], uint64_t t, int
     v[12] ^= t;
     if (last) v[14] = ~v[14];
 #pragma GCC unroll 12
-    for (int r = 0; r < 12; r++) {
-        const uint8_t *s = B2_SIGMA[r];
-        B2_G(v[0], v[4], v[8], v[12], m[s[0]], m[s[1]]);
-        B2_G(v[1], v[5], v[9], v[13], m[s[2]], m[s[3]]);
-        B2_G(v[2], v[6], v[10], v[14], m[s[4]], m[s[5]]);
-        B2_G(v[3], v[7], v[11], v[15], m[s[6]], m[s[7]]);
-        B2_G(v[0], v[5], v[10], v[15], m[s[8]], m[s[9]]);
-        B2_G(v[1], v[6], v[11], v[12], m[s[10]], m[s[11]]);
-        B2_G(v[2], v[7], v[8], v[13], m[s[12]], m[s[13]]);
-        B2_G(v[3], v[4], v[9], v[14], m[s[14]], m[s[15]]);
-    }
+    for (int r = 0; r < 12; r++) B2_ROUND(v, m, B2_SIGMA[r]);
     for (int i = 0; i < 8; i++) h[i] ^= v[i] ^ v[i + 8];
 }
 
@@ -124,19 +128,6 @@ static uint64_t span_digest(const uint8_t *s, Py_ssize_t n) {
 #define B2_LANES 4
 typedef uint64_t u64x4 __attribute__((vector_size(32)));
 
-#define ROTV(x, n) (((x) >> (n)) | ((x) << (64 - (n))))
-#define B2_GV(a, b, c, d, x, y) \
-    do {                        \
-        a = a + b + (x);        \
-        d = ROTV(d ^ a, 32);    \
-        c = c + d;              \
-        b = ROTV(b ^ c, 24);    \
-        a = a + b + (y);        \
-        d = ROTV(d ^ a, 16);    \
-        c = c + d;              \
-        b = ROTV(b ^ c, 63);    \
-    } while (0)
-
 /* span_digest of four strings of at most 128 bytes each. */
 __attribute__((target("avx2"))) static void span_digest4(const uint8_t *const s[4], const Py_ssize_t n[4],
                                                           uint64_t out[4]) {
@@ -159,17 +150,7 @@ __attribute__((target("avx2"))) static void span_digest4(const uint8_t *const s[
     v[12] ^= (u64x4){(uint64_t)n[0], (uint64_t)n[1], (uint64_t)n[2], (uint64_t)n[3]};
     v[14] = ~v[14];
 #pragma GCC unroll 12
-    for (int r = 0; r < 12; r++) {
-        const uint8_t *sg = B2_SIGMA[r];
-        B2_GV(v[0], v[4], v[8], v[12], m[sg[0]], m[sg[1]]);
-        B2_GV(v[1], v[5], v[9], v[13], m[sg[2]], m[sg[3]]);
-        B2_GV(v[2], v[6], v[10], v[14], m[sg[4]], m[sg[5]]);
-        B2_GV(v[3], v[7], v[11], v[15], m[sg[6]], m[sg[7]]);
-        B2_GV(v[0], v[5], v[10], v[15], m[sg[8]], m[sg[9]]);
-        B2_GV(v[1], v[6], v[11], v[12], m[sg[10]], m[sg[11]]);
-        B2_GV(v[2], v[7], v[8], v[13], m[sg[12]], m[sg[13]]);
-        B2_GV(v[3], v[4], v[9], v[14], m[sg[14]], m[sg[15]]);
-    }
+    for (int r = 0; r < 12; r++) B2_ROUND(v, m, B2_SIGMA[r]);
     u64x4 first = v[0] ^ v[8];
     for (int l = 0; l < 4; l++) out[l] = h[0] ^ first[l];
 }
