@@ -10,7 +10,8 @@ spans are encoded with every mark that hangs from them, wherever in the session 
 2. each piece's marks are read back and appended to the file of the piece that holds their span
    (the session's root for marks on the sentinel or on no span of the session; a file of their
    own, written last as placeholder spans, when there is no root), so each file holds its marks
-   in session order;
+   in session order, each with the row of its span in that piece (the encoder need not look the
+   ids up again);
 3. each piece's spans are encoded with their marks by the column encoder
    (:func:`cirron.export._otlp_columns.write_spans`): the same bytes as for the whole session.
 
@@ -76,15 +77,17 @@ def write_spans_in_pieces(fh: Any, info: SessionInfo, open_end_ns: int | None) -
             empty = np.zeros(0, dtype=np.int64)
             for k in range(plan.n_pieces + 1):
                 spans, _ = plan.spans.read(k, plan.span_schema) if k < plan.n_pieces else (None, None)
-                marks, values = _in_session_order(*plan.routed.read(k, plan.mark_schema))
+                marks, values = _in_session_order(*plan.routed.read(k, plan.routed_schema))
+                mark_span = marks["_mspan"].to_numpy()
+                marks = marks.drop_columns(["_mspan"])
                 if spans is None:  # the marks of no span, in a session without root: placeholders
                     if not marks.num_rows:
                         continue
                     spans = plan.span_schema.empty_table()
                 parent = spans["_parent"].to_numpy() if spans.num_rows else empty
                 cols = SessionColumns(info, spans.drop_columns(["_parent"]), marks, [], empty, empty, empty, empty,
-                                      values, parent)
-                del spans, marks, values
+                                      values, parent, mark_span)
+                del spans, marks, values, mark_span
                 out.pending = n > 0
                 n += write_spans(out, cols, open_end_ns)
                 del cols
@@ -121,6 +124,9 @@ class _Plan:
         self.root = -1
         self.span_schema: Any = None
         self.mark_schema: Any = None
+        #: the marks' schema in the files of their span's piece: with ``_mspan``, the row there of
+        #: each mark's span (-1: none, the root's marks), so the encoder need not look the ids up
+        self.routed_schema: Any = None
         #: (parent row, key of the parent's id as the child names it) of spans whose parent is in
         #: another piece: the encoder derives such a parent's span id from that text
         self.away: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
@@ -173,6 +179,7 @@ def _add_marks(plan: _Plan, k: int, piece: Any, span_keys: tuple[np.ndarray, np.
     marks = marks.append_column("_mrow", pa.array(np.arange(plan.n_marks, plan.n_marks + m, dtype=np.int64)))
     plan.n_marks += m
     plan.mark_schema = marks.schema
+    plan.routed_schema = marks.schema.append(pa.field("_mspan", pa.int64()))
     if not m:
         return
     span_id = _combined(marks["span_id"])
@@ -182,14 +189,20 @@ def _add_marks(plan: _Plan, k: int, piece: Any, span_keys: tuple[np.ndarray, np.
     here = (local >= 0) & ~sentinel
     values = piece.mark_values
     if here.all():
-        plan.routed.append(k, marks, values)
+        plan.routed.append(k, _with_span_rows(marks, local), values)
         return
     if here.any():
-        plan.routed.append(k, marks.filter(pa.array(here)), _pick(values, here))
+        plan.routed.append(k, _with_span_rows(marks.filter(pa.array(here)), local[here]), _pick(values, here))
     rest = ~here
     hi, lo, valid = hi[rest], lo[rest], valid[rest] & ~sentinel[rest]
     np.save(plan.dir / f"keys-{k}.npy", np.stack([hi, lo, valid.astype(np.uint64)]))
     plan.marks.append(k, marks.filter(pa.array(rest)), _pick(values, rest))
+
+
+def _with_span_rows(marks: pa.Table, rows: np.ndarray) -> pa.Table:
+    """``marks`` (about to go to the file of their span's piece) with ``_mspan``: ``rows``, the
+    row of each one's span in that piece (-1: none)."""
+    return marks.append_column("_mspan", pa.array(rows, pa.int64()))
 
 
 def _local_rows(span_keys: tuple[np.ndarray, np.ndarray, np.ndarray], hi: np.ndarray, lo: np.ndarray,
@@ -235,8 +248,9 @@ def _route_marks(plan: _Plan) -> None:
         keys.unlink()
         row = plan.index.lookup(hi, lo, valid.astype(bool))
         del hi, lo, valid
-        row[row < 0] = plan.root
-        target = np.where(row >= 0, np.searchsorted(starts, row, side="right") - 1, orphans)
+        target = np.where(row >= 0, row, plan.root)
+        target = np.where(target >= 0, np.searchsorted(starts, target, side="right") - 1, orphans)
+        local = np.where(row >= 0, row - starts[np.minimum(target, plan.n_pieces - 1)], -1)
         del row
         order = np.argsort(target, kind="stable")
         sorted_target = target[order]
@@ -244,8 +258,8 @@ def _route_marks(plan: _Plan) -> None:
         for a, b in zip([0, *bounds.tolist()], [*bounds.tolist(), len(order)]):
             rows = order[a:b]
             run = marks.take(pa.array(rows)) if (a, b) != (0, len(order)) else marks
-            plan.routed.append(int(sorted_target[a]), run,
+            plan.routed.append(int(sorted_target[a]), _with_span_rows(run, local[rows]),
                                None if values is None else [values[i] for i in rows.tolist()])
-        del marks, values, order, target
+        del marks, values, order, target, local
         pa.default_memory_pool().release_unused()
     plan.routed.close()

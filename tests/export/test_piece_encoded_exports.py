@@ -80,11 +80,28 @@ def assert_same_in_pieces(spool: Path, tmp: Path, fmt: str, monkeypatch: pytest.
         m.setattr(module, name, spy)
         if strict:
             _no_streamed_path(m)
+        if fmt == "otel":
+            m.setattr(_otlp_pieces, "write_spans", _checking_mark_rows(_otlp_pieces.write_spans))
         _write(fmt, infos, tmp / "pieces.json", base)
     whole = (tmp / "whole.json").read_bytes()
     assert (tmp / "pieces.json").read_bytes() == whole
     json.loads(whole)
     return sum(used)
+
+
+def _checking_mark_rows(write_spans):
+    """``write_spans`` that first checks the row the pieces give for each mark's span
+    (``mark_span``) is the one the encoder would look up itself: the first span of the piece
+    whose id is the mark's ``span_id``, exactly (-1: none)."""
+    import pyarrow.compute as pc
+
+    def checked(fh, cols, open_end_ns):
+        assert cols.mark_span is not None and len(cols.mark_span) == cols.marks.num_rows
+        looked_up = pc.fill_null(pc.index_in(cols.marks["span_id"], value_set=cols.spans["id"].combine_chunks()), -1)
+        assert cols.mark_span.tolist() == looked_up.to_pylist()
+        return write_spans(fh, cols, open_end_ns)
+
+    return checked
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
