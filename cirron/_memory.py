@@ -15,7 +15,7 @@ import contextlib
 from collections.abc import Iterator
 from typing import Any
 
-__all__ = ["MAP_BYTES", "map_big_blocks", "returned_memory", "reuse_heap", "trim"]
+__all__ = ["MAP_BYTES", "map_big_blocks", "returned_memory", "reuse_heap", "reused_heap", "trim"]
 
 #: Blocks of at least this many bytes are mapped on their own once :func:`map_big_blocks` ran.
 MAP_BYTES = 256 << 10
@@ -86,3 +86,20 @@ def returned_memory() -> Iterator[None]:
         trim()
         if before is reuse_heap:
             reuse_heap()
+
+
+@contextlib.contextmanager
+def reused_heap() -> Iterator[None]:
+    """Around a pass whose big blocks are buffers freed and allocated again slice after slice,
+    in a command that pinned the threshold (:func:`map_big_blocks`): the blocks come from the
+    heap (:func:`reuse_heap`) for the pass, then the pin applies again and the heap's free memory
+    goes back. Elsewhere (glibc's own threshold already rises to reuse them) it changes nothing."""
+    if _mode[0] is not map_big_blocks:
+        yield
+        return
+    reuse_heap()
+    try:
+        yield
+    finally:
+        map_big_blocks()
+        trim()

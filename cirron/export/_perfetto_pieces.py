@@ -6,23 +6,24 @@ per span; the text of an event needs the span's name, ids and attrs. So:
 
 1. the pieces of :func:`cirron.spool.pieces.iter_pieces` are read once: per span its rank,
    thread, start, end, whether it is open and its parent go to files (about 40 bytes a span),
-   the pieces' spans and marks to temporary Arrow IPC files, the exact keys of span ids
+   each piece's span columns the events are written from (id, name, index, attrs) to an Arrow
+   IPC file of its own, its marks' to a temporary Arrow IPC file, the exact keys of span ids
    (:func:`~cirron.export._piecewise.exact_keys`) to files, and what could stop the column
    encoder (attrs it cannot read, times out of range) is found before anything is written;
 2. the order and tracks are computed on those numbers as for the whole session
    (:func:`cirron.export._perfetto_native.span_events`, the compiled sweep, or its pure-Python
    twin :func:`cirron.export._perfetto_columns._span_order`);
-3. the events are cut in runs of :data:`RUN_EVENTS`; each piece's spans are appended to the file
-   of every run that holds one of their events;
-4. each run's events are encoded from its spans by the column encoder (compiled or not), then
-   each piece's marks (their process is their span's, found by its id's key).
+3. the events are cut in runs of :data:`RUN_EVENTS`; each run's spans are read from the pieces'
+   files by memory mapping (a range of a piece's rows, as when spans were written in order, is
+   a slice of the file; scattered rows are taken) and its events encoded by the column encoder
+   (compiled or not), its slices' text reusing the heap (:func:`cirron._memory.reused_heap`);
+4. then each piece's marks (their process is their span's, found by its id's key).
 
 The bytes are those of :func:`cirron.export._perfetto_columns.session_events` for the whole
 session. Memory: about 70 bytes per span while the order is computed by the compiled sweep (the
 pure-Python twin's nesting check needs about twice that), then about 40, plus one run's spans.
-Disk: the pieces' columns twice at most (about 0.6 bytes per byte of JSON each), besides the
-spill of :func:`~cirron.spool.pieces.iter_pieces` while it runs; removed when the export ends or
-fails.
+Disk: the pieces' span and mark columns the events need, besides the spill of
+:func:`~cirron.spool.pieces.iter_pieces` while it runs; removed when the export ends or fails.
 """
 
 from __future__ import annotations
@@ -37,15 +38,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from cirron._memory import returned_memory, trim
+from cirron._memory import returned_memory, reused_heap, trim
 from cirron.export._json import _json_strings
 from cirron.export._otlp_columns import _Columns, _np
 from cirron.export._perfetto import rank_processes
 from cirron.export._perfetto_columns import (
-    _B,
-    _E,
     _TEXT,
-    _X,
     Encoded,
     _check_range,
     _cperfetto,
@@ -108,24 +106,66 @@ def _events(info: SessionInfo, pieces: Iterator[Any], base: int, pid_of: dict[tu
         yield from _session_events(plan, info, base, pid_of, threads)
 
 
+#: The span and mark columns the events are encoded from (the other numbers go to files).
+_SPAN_TEXT = ("id", "name", "index", "attrs")
+_MARK_COLUMNS = ("span_id", "name", "ts_ns", "thread_id", "value")
+
+
 class _Plan:
     def __init__(self, directory: Path) -> None:
         self.dir = directory
-        self.spans = Spill(directory, "spans")
         self.marks = Spill(directory, "marks")
-        self.runs = Spill(directory, "runs")
         self.numbers = {k: open(directory / f"{k}.bin", "wb") for k in _NUMBERS}  # noqa: SIM115
-        self.n_pieces = 0
-        self.n_spans = 0
+        #: the session row of each piece's first span, then the number of spans
+        self.piece_start = [0]
         self.n_marks = 0
         self.span_schema: Any = None
         self.mark_schema: Any = None
+
+    @property
+    def n_pieces(self) -> int:
+        return len(self.piece_start) - 1
+
+    @property
+    def n_spans(self) -> int:
+        return self.piece_start[-1]
 
     def add(self, name: str, values: np.ndarray) -> None:
         np.ascontiguousarray(values, dtype=_NUMBERS[name]).tofile(self.numbers[name])
 
     def load(self, name: str) -> np.ndarray:
         return np.fromfile(self.dir / f"{name}.bin", dtype=_NUMBERS[name])
+
+    def _spans_path(self, k: int) -> str:
+        return str(self.dir / f"spans-{k}.arrow")
+
+    def add_spans(self, spans: pa.Table) -> None:
+        """The next piece's span columns, to a file of its own."""
+        with pa.ipc.new_file(self._spans_path(self.n_pieces), spans.schema) as out:
+            out.write_table(spans)
+        self.span_schema = spans.schema
+        self.piece_start.append(self.n_spans + spans.num_rows)
+
+    def spans(self, rows: np.ndarray) -> pa.Table:
+        """The span columns of session ``rows`` (ascending, distinct), read from the pieces'
+        files by memory mapping: a range of a piece's rows is a slice of its file, the others
+        are taken; only the pages of those rows are read."""
+        if not len(rows):
+            return self.span_schema.empty_table()
+        starts = np.asarray(self.piece_start, dtype=np.int64)
+        piece = np.searchsorted(starts, rows, side="right") - 1
+        cuts = (np.flatnonzero(np.diff(piece)) + 1).tolist()
+        parts = []
+        for a, z in zip([0, *cuts], [*cuts, len(rows)]):
+            k = int(piece[a])
+            table = pa.ipc.open_file(pa.memory_map(self._spans_path(k))).read_all()
+            local = rows[a:z] - starts[k]
+            first = int(local[0])
+            if int(local[-1]) - first + 1 == z - a:
+                parts.append(table.slice(first, z - a))
+            else:
+                parts.append(table.take(pa.array(local)))
+        return pa.concat_tables(parts) if len(parts) > 1 else parts[0]
 
 
 def _read_pieces(info: SessionInfo, pieces: Iterator[Any], directory: Path, base: int) -> _Plan:
@@ -134,7 +174,6 @@ def _read_pieces(info: SessionInfo, pieces: Iterator[Any], directory: Path, base
     plan = _Plan(directory)
     last = info.last_ns or base
     for k, piece in enumerate(pieces):
-        plan.n_pieces = k + 1
         spans = piece.spans
         _SessionEvents(piece, base)  # reads every distinct attrs text: raises now for one it cannot
         start = _np(spans["start_ns"], base)
@@ -155,18 +194,14 @@ def _read_pieces(info: SessionInfo, pieces: Iterator[Any], directory: Path, base
         plan.add("key_hi", hi)
         plan.add("key_lo", lo)
         del start, end, is_open, hi, lo
-        rows = pa.array(np.arange(plan.n_spans, plan.n_spans + spans.num_rows, dtype=np.int64))
-        spans = spans.append_column("_row", rows)
-        plan.span_schema = spans.schema
-        plan.spans.append(k, spans)
-        plan.n_spans += spans.num_rows
-        plan.mark_schema = piece.marks.schema
-        plan.marks.append(k, piece.marks, piece.mark_values)
-        plan.n_marks += piece.marks.num_rows
-        del spans, piece
+        plan.add_spans(spans.select(_SPAN_TEXT))
+        marks = piece.marks.select(_MARK_COLUMNS)
+        plan.mark_schema = marks.schema
+        plan.marks.append(k, marks, piece.mark_values)
+        plan.n_marks += marks.num_rows
+        del spans, marks, piece
     for fh in plan.numbers.values():
         fh.close()
-    plan.spans.close()
     plan.marks.close()
     return plan
 
@@ -186,14 +221,15 @@ def _session_events(plan: _Plan, info: SessionInfo, base: int, pid_of: dict[tupl
         start, end = plan.load("start"), plan.load("end")
         kinds, rows, texts, track_tid = _order(plan, pid, tid, start, end, threads)
         del tid
-        _route_spans(plan, kinds, rows)
         is_open = plan.load("open")
-        for r in range(0, len(kinds), RUN_EVENTS):
-            yield from _run_events(plan, r // RUN_EVENTS, kinds[r:r + RUN_EVENTS], rows[r:r + RUN_EVENTS], texts,
-                                   pid, track_tid, start, end, is_open, base)
-            pa.default_memory_pool().release_unused()
+        with reused_heap():  # each slice's text, freed and allocated again
+            for r in range(0, len(kinds), RUN_EVENTS):
+                yield from _run_events(plan, kinds[r:r + RUN_EVENTS], rows[r:r + RUN_EVENTS], texts,
+                                       pid, track_tid, start, end, is_open, base)
+                pa.default_memory_pool().release_unused()
         del kinds, rows, track_tid, start, end, is_open
-    yield from _marks(plan, pid, base)
+    with reused_heap():
+        yield from _marks(plan, pid, base)
 
 
 def _order(plan: _Plan, pid: np.ndarray, tid: np.ndarray, start: np.ndarray, end: np.ndarray,
@@ -219,45 +255,15 @@ def _order(plan: _Plan, pid: np.ndarray, tid: np.ndarray, start: np.ndarray, end
     return kinds, rows.astype(np.int32) if n < 2**31 - 1 else rows, texts, track_tid
 
 
-def _route_spans(plan: _Plan, kinds: np.ndarray, rows: np.ndarray) -> None:
-    """Step 3: each piece's spans to the runs that hold their events."""
-    n = plan.n_spans
-    run_of = (np.arange(len(kinds), dtype=np.int64) // RUN_EVENTS).astype(np.int32)
-    begin_run = np.full(n, -1, dtype=np.int32)
-    end_run = np.full(n, -1, dtype=np.int32)
-    opens = (kinds == _B) | (kinds == _X)
-    begin_run[rows[opens]] = run_of[opens]
-    del opens
-    ends = kinds == _E
-    end_run[rows[ends]] = run_of[ends]
-    del ends, run_of
-    at = 0
-    for k in range(plan.n_pieces):
-        spans, _ = plan.spans.read(k, plan.span_schema)
-        m = spans.num_rows
-        b, e = begin_run[at:at + m], end_run[at:at + m]
-        other = np.flatnonzero((e >= 0) & (e != b))
-        local = np.concatenate([np.arange(m, dtype=np.int64), other])
-        run = np.concatenate([b, e[other]])
-        order = np.lexsort((local, run))
-        local, run = local[order], run[order]
-        spans = spans.take(pa.array(local))  # one take, then a slice per run
-        bounds = np.flatnonzero(np.diff(run)) + 1
-        for a, z in zip([0, *bounds.tolist()], [*bounds.tolist(), len(run)]):
-            if a < z:
-                plan.runs.append(int(run[a]), spans.slice(a, z - a))
-        at += m
-        del spans
-    plan.runs.close()
-
-
-def _run_events(plan: _Plan, r: int, kinds: np.ndarray, rows: np.ndarray, texts: list[bytes], pid: np.ndarray,
+def _run_events(plan: _Plan, kinds: np.ndarray, rows: np.ndarray, texts: list[bytes], pid: np.ndarray,
                 track_tid: np.ndarray, start: np.ndarray, end: np.ndarray, is_open: np.ndarray,
                 base: int) -> Iterator[Encoded]:
-    """The events of run ``r`` (its ``kinds`` and ``rows``), from the spans routed to it."""
-    spans, _ = plan.runs.read(r, plan.span_schema)
-    held = spans["_row"].to_numpy()  # ascending: the pieces' spans were appended in order
-    spans = spans.drop_columns(["_row"])
+    """The events of a run (its ``kinds`` and ``rows``), from the pieces' spans they are of."""
+    held = np.unique(rows[kinds != _TEXT])
+    if not len(held):  # thread names alone
+        yield Encoded(b",".join(texts[r] for r in rows.tolist()), 0)
+        return
+    spans = plan.spans(held)
     local = np.where(kinds == _TEXT, rows, np.searchsorted(held, rows)).astype(np.int64)
     enc = _SessionEvents(SimpleNamespace(spans=spans, marks=plan.mark_schema.empty_table()), base)
     if _cperfetto is not None:

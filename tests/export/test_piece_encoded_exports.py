@@ -282,3 +282,70 @@ def test_span_index_finds_ids_whose_joined_keys_collide_and_refuses_repeated_ids
     twice.add(np.array([4, 4], dtype=np.uint64), np.array([9, 9], dtype=np.uint64))
     with pytest.raises(CannotEncode):
         twice.seal()
+
+
+def _shuffled_threads_session(f: SpoolFactory, seed: int) -> None:
+    """Nested steps on three threads of two ranks, overlapping requests on one, open spans, a
+    zero-length one; written in batches of random sizes in a random order (children and parents
+    far apart, late spans first), marks on random spans."""
+    import random
+
+    rnd = random.Random(seed)
+    root = f.span("cirron.session", start_ns=BASE_NS, dur_ns=None, attrs={"rank": 0})
+    rid = root["id"]
+    spans = [root]
+    for thread, rank in ((11, 0), (12, 0), (21, 1)):
+        t = BASE_NS + thread * MS
+        for e in range(3):
+            epoch = f.span("epoch", parent_id=rid, index=e, start_ns=t, dur_ns=None if (e, thread) == (2, 12) else 90 * MS,
+                           thread_id=thread, rank=rank)
+            spans.append(epoch)
+            for b in range(4):
+                batch = f.span("batch", parent_id=epoch["id"], index=b, start_ns=t + (1 + 20 * b) * MS, dur_ns=15 * MS,
+                               thread_id=thread, rank=rank, attrs={"size": b})
+                fwd = f.span("forward", parent_id=batch["id"], start_ns=t + (2 + 20 * b) * MS, dur_ns=5 * MS,
+                             thread_id=thread, rank=rank)
+                bwd = f.span("backward", parent_id=batch["id"], start_ns=t + (7 + 20 * b) * MS,
+                             dur_ns=0 if b == 3 else 6 * MS, thread_id=thread, rank=rank)
+                spans += [batch, fwd, bwd]
+            t += 100 * MS
+    t = BASE_NS + 400 * MS
+    spans += [f.span("request", parent_id=rid, start_ns=t + i * 1000, dur_ns=5000 - i * 300, thread_id=31,
+                     attrs={"model": f"m{i % 2}"}) for i in range(8)]  # overlapping, not nesting
+    marks = [f.mark(rnd.choice(spans)["id"], rnd.choice(["loss", "lr", "tokens"]), rnd.random(),
+                    ts_ns=BASE_NS + rnd.randrange(500 * MS)) for _ in range(60)]
+    rnd.shuffle(spans)
+    while spans:
+        k = rnd.randint(1, 9)
+        f.write_batch(spans[:k], [marks.pop() for _ in range(min(len(marks), rnd.randint(0, 6)))], session_id=rid)
+        spans = spans[k:]
+
+
+@pytest.mark.parametrize("fmt", ["perfetto", "perfetto-pure"])
+@pytest.mark.parametrize("run_events", [1, 7, 50])
+@pytest.mark.parametrize("piece_rows", [2, 25])
+def test_events_cut_in_small_runs(factory: SpoolFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fmt: str,
+                                  run_events: int, piece_rows: int):
+    """Runs of a few events, each of spans from several pieces (a range of one piece's rows, or
+    rows here and there), give the whole session's bytes: out-of-order spans, open spans, several
+    threads and ranks, overlapping spans."""
+    _shuffled_threads_session(factory, seed=run_events * 100 + piece_rows)
+    hard_session(factory)
+    thread_mix(factory)
+    monkeypatch.setattr(_perfetto_pieces, "RUN_EVENTS", run_events)
+    assert assert_same_in_pieces(factory.spool_dir, tmp_path, fmt, monkeypatch, piece_rows) == 3
+
+
+def test_run_spans_are_read_from_the_pieces_files(tmp_path: Path):
+    """A run's spans come from the pieces' files in session order: a range of a piece is a slice,
+    scattered rows are taken, across pieces."""
+    import numpy as np
+    import pyarrow as pa
+
+    plan = _perfetto_pieces._Plan(tmp_path)
+    for first, n in ((0, 4), (4, 3), (7, 5)):
+        plan.add_spans(pa.table({"id": [f"s{i}" for i in range(first, first + n)], "n": list(range(first, first + n))}))
+    for rows in ([], [0], [1, 2, 3], [3, 4], [0, 2, 6, 7, 11], list(range(12)), [5, 9, 10]):
+        got = plan.spans(np.array(rows, dtype=np.int32))
+        assert got["n"].to_pylist() == rows
+        assert got["id"].to_pylist() == [f"s{i}" for i in rows]

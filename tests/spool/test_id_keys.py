@@ -83,6 +83,26 @@ def test_returned_memory_puts_back_the_heap_reuse_of_the_column_exports():
         _memory.map_big_blocks()  # back to the pin the CLI sets, for the tests that follow
 
 
+def test_reused_heap_reuses_it_for_a_pass_under_the_pin_only():
+    """Under the CLI's pin, a pass of slice buffers reuses the heap, then the pin applies again;
+    where nothing pinned the threshold (a library caller), the pass changes nothing."""
+    from cirron import _memory
+
+    if _memory._glibc() is None:
+        pytest.skip("not glibc")
+    try:
+        _memory.map_big_blocks()
+        with _memory.reused_heap():
+            assert _memory._mode[0] is _memory.reuse_heap
+        assert _memory._mode[0] is _memory.map_big_blocks
+        _memory._mode[0] = None
+        with _memory.reused_heap():
+            assert _memory._mode[0] is None
+        assert _memory._mode[0] is None
+    finally:
+        _memory.map_big_blocks()  # back to the pin the CLI sets, for the tests that follow
+
+
 def test_search_sorted_finds_what_searchsorted_finds():
     import numpy as np
 
