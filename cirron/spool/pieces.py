@@ -43,7 +43,14 @@ import pyarrow.compute as pc
 
 from cirron._memory import returned_memory
 from cirron._schema import BATCH_SPAN_NAME, EPOCH_SPAN_NAME, ROOT_SENTINEL
-from cirron.spool.arrays import JoinedIndex, enclosing_steps, hex_halves, last_of_each, packed_hex_halves
+from cirron.spool.arrays import (
+    JoinedIndex,
+    PairIndex,
+    enclosing_steps,
+    hex_halves,
+    last_of_each,
+    packed_hex_halves,
+)
 from cirron.spool.catalog import SessionInfo
 from cirron.spool.columnar import (
     FileBatches,
@@ -106,15 +113,36 @@ def id_keys(ids: pa.Array) -> tuple[np.ndarray, np.ndarray]:
     return hi, lo
 
 
+def _local_rows(hi: np.ndarray, lo: np.ndarray) -> Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]:
+    """A lookup of keys among one batch file's span keys ``(hi, lo)``: the row (int32) of each
+    key ``(q_hi, q_lo)`` where ``wanted`` is true and a span of the file has it, -1 elsewhere. Most
+    parents and marks are in their span's batch file: the plan's lookups in the whole session
+    (random reads over all its keys, on one thread) are left with the few others, and this work
+    runs on the reading threads."""
+    index = PairIndex(hi, lo)
+
+    def find(q_hi: np.ndarray, q_lo: np.ndarray, wanted: np.ndarray) -> np.ndarray:
+        out = np.full(len(q_hi), -1, dtype=np.int32)
+        rows = np.flatnonzero(wanted)
+        if rows.size and len(index):
+            out[rows] = index.lookup(q_hi[rows], q_lo[rows])
+        return out
+
+    return find
+
+
 #: The key files pass 1 writes beside the spill (name → dtype): per span its id's joined key
 #: (``hi ^ lo``), its 128-bit key, its parent's joined key and ``hi`` half (the two make the
-#: whole key) and flags (:data:`_CLOSED`...); per epoch/batch span its row and index; per mark
-#: its id's joined and 128-bit keys, its span's joined key and ``hi`` half and how it is attached
-#: (1: to a span id, 0: to the sentinel or none in one of the session's own batches, -1: neither).
+#: whole key), flags (:data:`_CLOSED`...) and its parent's row in the same batch file
+#: (:func:`_local_rows`); per epoch/batch span its row and index; per mark its id's joined and
+#: 128-bit keys, its span's joined key and ``hi`` half, how it is attached (1: to a span id, 0:
+#: to the sentinel or none in one of the session's own batches, -1: neither) and its span's row
+#: in the same batch file.
 _KEY_FILES = {"s_join": np.uint64, "s_hi": np.uint64, "s_lo": np.uint64, "s_parent": np.uint64,
-              "s_parent_hi": np.uint64, "s_flags": np.uint8, "s_step_row": np.int64, "s_step_index": np.int64,
+              "s_parent_hi": np.uint64, "s_flags": np.uint8, "s_local_parent": np.int32,
+              "s_step_row": np.int64, "s_step_index": np.int64,
               "m_join": np.uint64, "m_hi": np.uint64, "m_lo": np.uint64, "m_target": np.uint64,
-              "m_target_hi": np.uint64, "m_att": np.int8}
+              "m_target_hi": np.uint64, "m_att": np.int8, "m_local_target": np.int32}
 _CLOSED, _HAS_PARENT, _EPOCH, _BATCH = 1, 2, 4, 8
 #: Keys read from the key files per lookup block (bounds what a lookup holds).
 _LOOKUP_BLOCK = 1 << 18
@@ -130,6 +158,9 @@ class _Keys:
         #: Snapshots: (spilled file, position in it, own batch, id, span id)
         self.snaps: list[tuple[int, int, bool, Any, Any]] = []
         self.n_spans = 0
+        #: Per batch file: its first span row, and its number of marks
+        self.file_spans: list[int] = []
+        self.file_marks: list[int] = []
 
     def _write(self, name: str, a: np.ndarray) -> None:
         np.ascontiguousarray(a, dtype=_KEY_FILES[name]).tofile(self._out[name])
@@ -148,9 +179,12 @@ class _Keys:
         has_index = index.is_valid().to_numpy(zero_copy_only=False)
         epoch = pc.equal(names, EPOCH_SPAN_NAME).fill_null(False).to_numpy(zero_copy_only=False) & has_index
         batch = pc.equal(names, BATCH_SPAN_NAME).fill_null(False).to_numpy(zero_copy_only=False) & has_index
+        has_parent = parent.is_valid().to_numpy(zero_copy_only=False)
         out["s_flags"] = (np.where(spans.column("end_ns").is_valid().to_numpy(zero_copy_only=False), _CLOSED, 0)
-                          | np.where(parent.is_valid().to_numpy(zero_copy_only=False), _HAS_PARENT, 0)
+                          | np.where(has_parent, _HAS_PARENT, 0)
                           | np.where(epoch, _EPOCH, 0) | np.where(batch, _BATCH, 0))
+        find = _local_rows(hi, lo)
+        out["s_local_parent"] = find(phi, plo, has_parent)
         steps = np.flatnonzero(epoch | batch)
         if steps.size:
             out["s_step_row"] = steps
@@ -164,13 +198,24 @@ class _Keys:
         thi, tlo = id_keys(pc.if_else(on_span, marks.column("span_id"), pa.scalar(None, pa.string())))
         out["m_target"], out["m_target_hi"] = thi ^ tlo, thi
         out["m_att"] = attached.to_numpy(zero_copy_only=False)
+        out["m_local_target"] = find(thi, tlo, out["m_att"] == 1)
         return out
 
     def add(self, n_spans: int, keys: dict[str, np.ndarray]) -> None:
         """Append one file's keys (:meth:`of`) of its ``n_spans`` spans."""
         for name, a in keys.items():
             self._write(name, a + self.n_spans if name == "s_step_row" else a)
+        self.file_spans.append(self.n_spans)
+        self.file_marks.append(len(keys.get("m_att", ())))
         self.n_spans += n_spans
+
+    def local_rows(self, name: str, counts: list[int]) -> np.ndarray:
+        """Key file ``name`` of rows in the same batch file (:func:`_local_rows`) as span rows
+        of the whole session (-1 stays -1); ``counts``: its rows per batch file."""
+        dtype = _rows_dtype(self.n_spans)
+        local = self.load(name).astype(dtype)
+        np.add(local, np.repeat(np.array(self.file_spans, dtype=dtype), counts), out=local, where=local >= 0)
+        return local
 
     def close(self) -> None:
         for fh in self._out.values():
@@ -188,20 +233,21 @@ class _Keys:
         """``index``'s row of each key of key files ``name`` (joined keys) and ``name_hi`` (their
         hi halves): only ``rows`` (ascending) when given. The files are read a block at a time,
         so memory holds none of them whole."""
-        total = len(rows) if rows is not None else (self.dir / f"{name}.bin").stat().st_size // 8
-        out = np.empty(total, dtype=index.dtype)
-        for a in range(0, total, _LOOKUP_BLOCK):
+        size = (self.dir / f"{name}.bin").stat().st_size // 8
+        out = np.empty(len(rows) if rows is not None else size, dtype=index.dtype)
+        for first in range(0, size, _LOOKUP_BLOCK):
+            count = min(_LOOKUP_BLOCK, size - first)
             if rows is None:
-                first, at = a, None
-                count = min(_LOOKUP_BLOCK, total - a)
-            else:
-                block = rows[a:a + _LOOKUP_BLOCK]
-                first = int(block[0])
-                count, at = int(block[-1]) - first + 1, block - first
+                at, put = None, slice(first, first + count)
+            else:  # the rows among this block's
+                start, stop = np.searchsorted(rows, (first, first + count))
+                if start == stop:
+                    continue
+                at, put = rows[start:stop] - first, slice(start, stop)
             join, hi = (self._slice(f, first, count) for f in (name, f"{name}_hi"))
             if at is not None:
                 join, hi = join[at], hi[at]
-            out[a:a + len(join)] = index.lookup(join, hi.__getitem__)
+            out[put] = index.lookup(join, hi.__getitem__)
         return out
 
     def _slice(self, name: str, first: int, count: int) -> np.ndarray:
@@ -281,8 +327,11 @@ def _plan(keys: _Keys) -> _Plan:
     keep_m = _mark_winners(keys) if has_marks else np.zeros(0, dtype=bool)
     flags = keys.load("s_flags")
     keep, sorted_join, order = _dedupe(keys, "s", (flags & _CLOSED).astype(bool))
+    # every span record won (no two hold one key): a key found in its batch file is the row the
+    # whole session's index would give, and only the keys not found there are looked up in it
+    local = bool(keep.all())
     win_rows: np.ndarray | None = None
-    if not keep.all():
+    if not local:
         won = keep[order]
         win_idx = (np.cumsum(keep) - 1).astype(order.dtype)
         order = win_idx[order[won]]
@@ -298,14 +347,26 @@ def _plan(keys: _Keys) -> _Plan:
     m_row: np.ndarray | None = None
     if has_marks:
         attached = keys.load("m_att")
-        m_row = keys.lookup(joined, "m_target", None)
+        if local:
+            m_row = keys.local_rows("m_local_target", keys.file_marks)
+            rest = np.flatnonzero((m_row < 0) & (attached == 1))
+            if rest.size:
+                m_row[rest] = keys.lookup(joined, "m_target", rest)
+        else:
+            m_row = keys.lookup(joined, "m_target", None)
         hit = (attached == 1) & (m_row >= 0)
         keep_m &= hit | (attached == 0)
         del attached
         m_row = m_row[keep_m]
         m_row[~hit[keep_m]] = -1
         del hit
-    parent_row = keys.lookup(joined, "s_parent", win_rows)
+    if local:
+        parent_row = keys.local_rows("s_local_parent", np.diff([*keys.file_spans, keys.n_spans]).tolist())
+        rest = np.flatnonzero((parent_row < 0) & ((flags & _HAS_PARENT) != 0))
+        if rest.size:
+            parent_row[rest] = keys.lookup(joined, "s_parent", rest)
+    else:
+        parent_row = keys.lookup(joined, "s_parent", win_rows)
     parent_row[(flags & _HAS_PARENT) == 0] = -1
     snaps = _winning_snapshots(keys.snaps, joined)
     del joined

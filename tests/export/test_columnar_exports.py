@@ -341,6 +341,50 @@ def test_big_sessions_key_ids_exactly_not_by_their_joined_key(factory: SpoolFact
     assert whole.mark_epoch.tolist() == [e for p in got for e in p.mark_epoch.tolist()]
 
 
+def test_big_session_looks_up_in_the_whole_session_only_what_its_batch_file_lacks(factory: SpoolFactory, big,
+                                                                                 tmp_path, monkeypatch):
+    """Parents and marks' spans are found in their own batch file first (exactly, also where the
+    file's spans share either half of their keys); the plan looks up in the whole session only
+    those in another file. The records are the ones the reference reader gives."""
+    root, epoch, a, b, c = (new_id() for _ in range(5))
+    spans = [factory.span("cirron.session", id=root, dur_ns=10**9),
+             factory.span("epoch", id=epoch, parent_id=root, index=4),
+             factory.span("a", id=a, parent_id=epoch),
+             factory.span("batch", id=b, parent_id=a, index=7),  # its parent is in the first file
+             factory.span("c", id=c, parent_id=b),
+             factory.span("twin-1", id=_twin(5, 1), parent_id=epoch),
+             factory.span("twin-2", id=_twin(5, 2), parent_id=_twin(5, 1)),
+             factory.span("twin-3", id=_twin(6, 1), parent_id=_twin(5, 2))]  # both halves repeat in the file
+    marks = [factory.mark(a, "on-a", 1.0), factory.mark(a, "on-a-later", 2.0), factory.mark(c, "on-c", 3.0),
+             factory.mark(_twin(5, 2), "on-twin-2", 4.0), factory.mark(_twin(6, 1), "on-twin-3", 5.0)]
+    factory.write_batch(spans[:3], marks[:1], session_id=root)
+    factory.write_batch(spans[3:5], marks[1:3], session_id=root)
+    factory.write_batch(spans[5:], marks[3:], session_id=root)
+    looked_up: dict[str, int] = {}
+    real = pieces._Keys.lookup
+
+    def counted(self, index, name, rows):
+        looked_up[name] = looked_up.get(name, 0) + (len(rows) if rows is not None else -1)
+        return real(self, index, name, rows)
+
+    monkeypatch.setattr(pieces._Keys, "lookup", counted)
+    assert assert_same_exports(factory.spool_dir, tmp_path) == {"columns": 1, "chunks": 0}
+    info = open_catalog([factory.spool_dir], lambda _m: None).sessions[0]
+    looked_up.clear()
+    got = list(pieces.iter_pieces(info, session_parents=True))
+    assert looked_up == {"s_parent": 2, "m_target": 1}  # the parents of batch and twin-1; on-a-later's span
+    names = [n for p in got for n in p.spans["name"].to_pylist()]
+    parent = [names[r] if r >= 0 else None for p in got for r in p.span_parent.tolist()]
+    steps = [(e, b) for p in got for e, b in zip(p.span_epoch.tolist(), p.span_batch.tolist())]
+    assert list(zip(names, parent, steps)) == [
+        ("cirron.session", None, (-1, -1)), ("epoch", "cirron.session", (4, -1)), ("a", "epoch", (4, -1)),
+        ("batch", "a", (4, 7)), ("c", "batch", (4, 7)), ("twin-1", "epoch", (4, -1)), ("twin-2", "twin-1", (4, -1)),
+        ("twin-3", "twin-2", (4, -1))]
+    marks = {n: (e, b) for p in got for n, e, b in zip(p.marks["name"].to_pylist(), p.mark_epoch.tolist(),
+                                                         p.mark_batch.tolist())}
+    assert marks == {"on-a": (4, -1), "on-a-later": (4, -1), "on-c": (4, 7), "on-twin-2": (4, -1), "on-twin-3": (4, -1)}
+
+
 @pytest.mark.parametrize("orphan", ["parent", "mark"])
 def test_a_missing_span_is_not_the_span_that_shares_its_joined_key(big, tmp_path, monkeypatch, orphan):
     """A parent, or a mark's span, that the session does not hold, named by an id whose joined
