@@ -212,8 +212,8 @@ def _scan_stale(stale: list[tuple[BatchFile, _StatKey]]) -> tuple[dict[str, tupl
     session whose stale files come one after another (a *run*, cirron's writer's usual order),
     done on the way so that each file is read once: the entry stands for the group of exactly the
     run's files (its fingerprint), and None marks a session seen in several runs, in a file the
-    compiled scan left to the decoder, or in fewer than :data:`LIGHT_PASS_FILES` files. Only a
-    few files' keys are held besides the run's columns."""
+    compiled scan left to the decoder, or in files of fewer than :data:`LIGHT_PASS_BYTES` bytes
+    in all. Only a few files' keys are held besides the run's columns."""
     from cirron._memory import returned_memory
     from cirron.spool.reconstruct import paused_gc
 
@@ -241,11 +241,12 @@ def _scan_stale(stale: list[tuple[BatchFile, _StatKey]]) -> tuple[dict[str, tupl
 
 class _RunKeys:
     """The light pass of one run of a session's files (:func:`_scan_stale`); the first files'
-    keys are held until the run is long enough to be worth one."""
+    keys are held until the run is big enough to be worth one."""
 
     def __init__(self, sid: str | None) -> None:
         self.sid = sid
         self.files: list[tuple[BatchFile, _StatKey]] = []
+        self.size = 0  # bytes of the run's files
         self.held: list[tuple[BatchFile, Any, list[str]]] = []
         self.light: _LightKeys | None = None
         self.ok = True  # every file read by the compiled scan, and the light pass still goes on
@@ -253,6 +254,7 @@ class _RunKeys:
 
     def add(self, bf: BatchFile, key: _StatKey, keys: Any, warnings: list[str]) -> None:
         self.files.append((bf, key))
+        self.size += key[0]
         if keys is None or self.sid is None:  # no session: the group is rebuilt by itself
             self.ok = False
         if not self.ok or self.declined:
@@ -260,7 +262,7 @@ class _RunKeys:
             self.light = None  # its columns are let go at once
             return
         self.held.append((bf, keys, warnings))
-        if self.light is None and len(self.files) >= LIGHT_PASS_FILES:
+        if self.light is None and self.size >= LIGHT_PASS_BYTES:
             self.light = _LightKeys()
         if self.light is not None:
             for f, k, w in self.held:
@@ -271,7 +273,7 @@ class _RunKeys:
             self.held.clear()
 
     def result(self) -> _Run | None:
-        if not self.ok or len(self.files) < LIGHT_PASS_FILES:
+        if not self.ok or self.size < LIGHT_PASS_BYTES:
             return None
         fp = _fingerprint(self.files)
         return fp, None if self.light is None else self.light.summarize(fp)
@@ -285,16 +287,18 @@ def _fingerprint(files: Iterable[tuple[BatchFile, _StatKey]]) -> list[tuple[str,
     return sorted((bf.name, *key) for bf, key in files)
 
 
-#: A group of at least this many batch files is first summarised in a light pass
+#: A group of batch files of at least this many bytes is first summarised in a light pass
 #: (:func:`_summarize_one_session`), which holds about 60 bytes a record instead of the records.
-LIGHT_PASS_FILES = 16
+#: Below it the light pass's fixed cost (a few dozen numpy calls) outweighs what it saves on the
+#: reconstruction; above it, it is faster, even more so when the keys come from the header scan.
+LIGHT_PASS_BYTES = 1 << 17
 
 
 def _build_group(spool_dir: Path, files: list[BatchFile], fingerprint: list[Any], light: bool = True) -> _GroupEntry:
     """Rebuild the sessions of ``files`` (one reconstruction, summary fields) and check whether
     they stand on their own; a big group of one self-contained session is summarised in a light
     pass instead (same answer, bounded memory). ``light=False``: the light pass is known to decline."""
-    if light and len(files) >= LIGHT_PASS_FILES:
+    if light and sum(bf.size for bf in files) >= LIGHT_PASS_BYTES:
         entry = _summarize_one_session(files, fingerprint)
         if entry is not None:
             return entry
@@ -524,24 +528,47 @@ _NO_TIME = -(1 << 63)
 
 
 class _DiskColumn:
-    """A uint64 column appended to a temporary file, read back a block at a time."""
+    """A uint64 column read back a block at a time: held in memory up to :data:`_SPILL_VALUES`
+    values, then appended to a temporary file (a small session's columns never touch the disk)."""
 
     def __init__(self) -> None:
-        import tempfile
-
-        self._fh = tempfile.TemporaryFile(prefix="cirron-index-")
+        self._parts: list[Any] = []
+        self._held = 0
+        self._fh: Any = None
 
     def append(self, part: Any) -> None:
-        part.tofile(self._fh)
+        if self._fh is None:
+            self._parts.append(part)
+            self._held += len(part)
+            if self._held <= _SPILL_VALUES:
+                return
+            import tempfile
+
+            self._fh = tempfile.TemporaryFile(prefix="cirron-index-")
+            for held in self._parts:
+                held.tofile(self._fh)
+            self._parts.clear()
+        else:
+            part.tofile(self._fh)
 
     def blocks(self, rows: int) -> Iterator[Any]:
         """The column in blocks of ``rows`` values (the file is closed after the last)."""
         import numpy as np
 
+        if self._fh is None:
+            whole = np.concatenate(self._parts) if self._parts else np.empty(0, dtype=np.uint64)
+            self._parts.clear()
+            for first in range(0, len(whole), rows):
+                yield whole[first:first + rows]
+            return
         with self._fh:
             self._fh.seek(0)
             while len(block := np.fromfile(self._fh, dtype=np.uint64, count=rows)):
                 yield block
+
+
+#: Values a :class:`_DiskColumn` holds in memory before it spills them to a file (2 MiB).
+_SPILL_VALUES = 1 << 18
 
 
 #: Keys read back per block by :func:`_lookup_blocks`.

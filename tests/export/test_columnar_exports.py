@@ -316,7 +316,7 @@ def _xor_twins_spool(factory: SpoolFactory) -> str:
 def test_big_sessions_key_ids_exactly_not_by_their_joined_key(factory: SpoolFactory, big, tmp_path, monkeypatch):
     from cirron.spool import index as spool_index
 
-    monkeypatch.setattr(spool_index, "LIGHT_PASS_FILES", 1)  # the index's light pass takes the session too
+    monkeypatch.setattr(spool_index, "LIGHT_PASS_BYTES", 0)  # the index's light pass takes the session too
     monkeypatch.setattr(spool_index, "_LOOKUP_BLOCK", 3)
     root = _xor_twins_spool(factory)
     assert assert_same_exports(factory.spool_dir, tmp_path) == {"columns": 1, "chunks": 0}
@@ -392,7 +392,7 @@ def test_a_missing_span_is_not_the_span_that_shares_its_joined_key(big, tmp_path
     over sessions of many files), and is read the reference way."""
     from cirron.spool import index as spool_index
 
-    monkeypatch.setattr(spool_index, "LIGHT_PASS_FILES", 1)
+    monkeypatch.setattr(spool_index, "LIGHT_PASS_BYTES", 0)
     monkeypatch.setattr(spool_index, "_LOOKUP_BLOCK", 1)
     factory = SpoolFactory(tmp_path / "project")
     try:

@@ -190,7 +190,7 @@ def _random_session(factory: SpoolFactory, rnd: random.Random, t: int) -> dict:
 @pytest.mark.parametrize("light", [False, True], ids=["reconstruction", "light-pass"])
 def test_random_appends_deletions_and_truncation(factory: SpoolFactory, monkeypatch, light: bool):
     if light:  # every group through the light pass (and its compiled keys scan, where built)
-        monkeypatch.setattr("cirron.spool.index.LIGHT_PASS_FILES", 1)
+        monkeypatch.setattr("cirron.spool.index.LIGHT_PASS_BYTES", 0)
     rnd = random.Random(1234)
     t = BASE_NS
     for _step in range(40):
@@ -281,7 +281,7 @@ def _groups_both_ways(spool_dir: Path, monkeypatch) -> list[tuple]:
     for members in groups.values():
         fp = spool_index._fingerprint((bf, spool_index._stat_key(bf)) for bf in members)
         light = spool_index._summarize_one_session(members, fp)
-        monkeypatch.setattr(spool_index, "LIGHT_PASS_FILES", 10**9)
+        monkeypatch.setattr(spool_index, "LIGHT_PASS_BYTES", 1 << 62)
         full = spool_index._build_group(spool_dir, members, fp)
         monkeypatch.undo()
         out.append((light, full))
@@ -314,7 +314,6 @@ def msgspec_equal(a, b) -> bool:
 
 
 def test_light_pass_declines_what_it_cannot_summarise(factory: SpoolFactory, monkeypatch):
-    from cirron.spool import index as spool_index
 
     a = factory.span("cirron.session", dur_ns=MS)
     b = factory.span("cirron.session", dur_ns=MS, start_ns=BASE_NS + 10 * MS)
@@ -325,7 +324,6 @@ def test_light_pass_declines_what_it_cannot_summarise(factory: SpoolFactory, mon
     for light, full in _groups_both_ways(factory.spool_dir, monkeypatch):
         assert light is None
         assert len(full.sessions) != 1 or not full.self_contained  # the reconstruction's verdict agrees
-    assert spool_index.LIGHT_PASS_FILES > 1
 
 
 def test_big_groups_are_indexed_by_the_light_pass(factory: SpoolFactory, monkeypatch):
@@ -336,11 +334,81 @@ def test_big_groups_are_indexed_by_the_light_pass(factory: SpoolFactory, monkeyp
     expected = fresh(factory.spool_dir)
     calls = []
     real = spool_index._LightKeys.summarize
-    monkeypatch.setattr(spool_index, "LIGHT_PASS_FILES", 1)
+    monkeypatch.setattr(spool_index, "LIGHT_PASS_BYTES", 0)
     monkeypatch.setattr(spool_index._LightKeys, "summarize", lambda self, fp: calls.append(1) or real(self, fp))
     summary = summarize_spool(factory.spool_dir, lambda _m: None, use_index=False)
     assert len(calls) == 3
     assert sorted(_norm(s) for s in summary.sessions) == sorted(expected)
+
+
+def _light_pass_calls(monkeypatch) -> list[int]:
+    """One entry per group summarised by the light pass from now on."""
+    from cirron.spool import index as spool_index
+
+    calls: list[int] = []
+    real = spool_index._LightKeys.summarize
+    monkeypatch.setattr(spool_index._LightKeys, "summarize", lambda self, fp: calls.append(1) or real(self, fp))
+    return calls
+
+
+def test_sessions_of_a_few_files_are_keyed_by_the_light_pass(factory: SpoolFactory, monkeypatch):
+    """A session of a few batch files worth :data:`LIGHT_PASS_BYTES` is summarised by the light
+    pass as its files are scanned (each file read once), and the index is byte for byte the one
+    the reconstruction of every group builds; a smaller session is rebuilt whole."""
+    from cirron.spool import batchkeys
+    from cirron.spool import index as spool_index
+
+    for i in range(3):
+        factory.session(start_ns=BASE_NS + i * 10**12, epochs=120, split=True)
+    factory.session(start_ns=BASE_NS + 3 * 10**12, split=True)  # a few KB: below the threshold
+    groups: dict[str, list] = {}
+    for bf in spool_reader.list_batch_files(factory.spool_dir, lambda _m: None):
+        groups.setdefault(spool_index._read_header(bf)[0], []).append(bf)
+    big = {bf.name for files in groups.values() if sum(bf.size for bf in files) >= spool_index.LIGHT_PASS_BYTES
+           for bf in files}
+    assert [len(files) for files in groups.values()] == [2] * 4 and len(big) == 6
+
+    calls = _light_pass_calls(monkeypatch)
+    reads = _count_reads(monkeypatch)
+    summary = summarize_spool(factory.spool_dir, lambda _m: None)
+    assert [_norm(s) for s in summary.sessions] == fresh(factory.spool_dir, summary.files)
+    light_index = index_path(factory.spool_dir).read_bytes()
+    assert len(calls) == 3
+    if batchkeys._cbatch is not None:  # the keys come with the header scan: one read each
+        assert sorted(n for n in reads if n in big) == sorted(big)
+
+    monkeypatch.setattr(spool_index, "LIGHT_PASS_BYTES", 1 << 62)  # every group reconstructed
+    index_path(factory.spool_dir).unlink()
+    calls.clear()
+    summarize_spool(factory.spool_dir, lambda _m: None)
+    assert not calls and index_path(factory.spool_dir).read_bytes() == light_index
+
+
+def test_the_light_pass_spills_big_key_columns_to_disk_with_the_same_answer(factory: SpoolFactory, monkeypatch):
+    """The hi halves of parents and targets stay in memory up to ``_SPILL_VALUES`` values, then go
+    to a temporary file: both ways build the same index."""
+    import tempfile
+
+    from cirron.spool import index as spool_index
+
+    for i in range(2):
+        factory.session(start_ns=BASE_NS + i * 10**12, epochs=3, split=True, snapshots=True)
+    monkeypatch.setattr(spool_index, "LIGHT_PASS_BYTES", 0)
+    calls = _light_pass_calls(monkeypatch)
+    built = []
+    spills: list[str] = []
+    real_temp = tempfile.TemporaryFile
+    monkeypatch.setattr(tempfile, "TemporaryFile", lambda *a, **k: spills.append(k.get("prefix", "")) or real_temp(*a, **k))
+    for spill_values in (1 << 30, 1):
+        monkeypatch.setattr(spool_index, "_SPILL_VALUES", spill_values)
+        index_path(factory.spool_dir).unlink(missing_ok=True)
+        summary = summarize_spool(factory.spool_dir, lambda _m: None)
+        assert [_norm(s) for s in summary.sessions] == fresh(factory.spool_dir, summary.files)
+        built.append((index_path(factory.spool_dir).read_bytes(), len(calls), len(spills)))
+    (in_memory, calls_1, spills_1), (spilled, calls_2, spills_2) = built
+    assert calls_1 == 2 and calls_2 == 4  # both ways through the light pass
+    assert spills_1 == 0 and spills_2 == 6  # three spilled columns per session, only when asked
+    assert spilled == in_memory
 
 
 def _count_reads(monkeypatch) -> list[str]:
@@ -365,7 +433,7 @@ def test_a_session_written_in_one_run_is_read_once(factory: SpoolFactory, monkey
         pytest.skip("the C batch parser was not built")
     for i in range(3):
         factory.session(start_ns=BASE_NS + i * 10**12, split=True)
-    monkeypatch.setattr("cirron.spool.index.LIGHT_PASS_FILES", 2)
+    monkeypatch.setattr("cirron.spool.index.LIGHT_PASS_BYTES", 0)
     expected = fresh(factory.spool_dir)
     reads = _count_reads(monkeypatch)
     summary = summarize_spool(factory.spool_dir, lambda _m: None)
@@ -386,7 +454,7 @@ def test_interleaved_sessions_are_read_again_group_by_group(factory: SpoolFactor
             spans = [child] + ([dict(root, end_ns=None)] if step == 0 else [root] if step == 2 else [])
             factory.write_batch(spans, [factory.mark(child["id"], "loss", 0.5, ts_ns=child["start_ns"])],
                                 session_id=root["id"])
-    monkeypatch.setattr("cirron.spool.index.LIGHT_PASS_FILES", 2)
+    monkeypatch.setattr("cirron.spool.index.LIGHT_PASS_BYTES", 0)
     expected = fresh(factory.spool_dir)
     reads = _count_reads(monkeypatch)
     summary = summarize_spool(factory.spool_dir, lambda _m: None)
@@ -428,7 +496,7 @@ def test_the_compiled_keys_scan_builds_the_index_msgspec_builds(factory: SpoolFa
     if batchkeys._cbatch is None:
         pytest.skip("the C batch parser was not built")
     _odd_spool(factory)
-    monkeypatch.setattr("cirron.spool.index.LIGHT_PASS_FILES", 1)
+    monkeypatch.setattr("cirron.spool.index.LIGHT_PASS_BYTES", 0)
     built = {}
     compiled_reads = []
     real = batchkeys._compiled_keys
@@ -454,7 +522,7 @@ def test_without_the_compiled_modules_the_index_is_the_same(factory: SpoolFactor
     _odd_spool(factory)
     code = ("import sys\n"
             "from cirron.spool import batchkeys, index\n"
-            "index.LIGHT_PASS_FILES = 1\n"
+            "index.LIGHT_PASS_BYTES = 0\n"
             "print(batchkeys._cbatch is None)\n"
             "index.summarize_spool(sys.argv[1], lambda _m: None)\n")
     built = []
