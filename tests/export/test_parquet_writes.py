@@ -1,0 +1,83 @@
+"""``export --format parquet`` writes a chunk's tables on threads (cirron.export._parquet._TableWrites):
+the files hold what one thread writes, a failed write surfaces as the export's error and leaves no
+output, and no writing thread outlives the export. Constant text columns (session_id, run_id) are
+made from their buffers and equal pyarrow's own repeat."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+pa = pytest.importorskip("pyarrow")
+pq = pytest.importorskip("pyarrow.parquet")
+from spool_factory import BASE_NS, SpoolFactory  # noqa: E402
+
+from cirron.export import write_parquet  # noqa: E402
+from cirron.export._parquet import PARQUET_FILES, _repeated_text  # noqa: E402
+from cirron.spool import open_catalog  # noqa: E402
+from cirron.spool.parallel import THREADS_ENV  # noqa: E402
+from cirron.spool.stream import iter_chunks  # noqa: E402
+
+
+def _export(spool_dir, out) -> int:
+    cat = open_catalog([spool_dir], lambda _m: None)
+    return write_parquet(iter_chunks(cat, cat.sessions, columnar=True), out)
+
+
+def _writer_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name.startswith("cirron-parquet")]
+
+
+def test_tables_written_on_threads_equal_those_written_on_one(factory: SpoolFactory, tmp_path, monkeypatch):
+    for i in range(3):
+        factory.session(start_ns=BASE_NS + i * 10**12, split=True, snapshots=i == 1)
+    seen: set[str] = set()
+    real = pq.ParquetWriter.write_table
+
+    def spy(self, *a, **k):
+        seen.add(threading.current_thread().name)
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(pq.ParquetWriter, "write_table", spy)
+    out = {}
+    for threads in ("1", "2"):
+        monkeypatch.setenv(THREADS_ENV, threads)
+        seen.clear()
+        assert _export(factory.spool_dir, tmp_path / threads) > 0
+        assert not _writer_threads()
+        if threads == "1":
+            assert seen == {threading.current_thread().name}
+        else:
+            assert seen and all(name.startswith("cirron-parquet") for name in seen)
+        out[threads] = {name: pq.read_table(tmp_path / threads / name) for name in PARQUET_FILES}
+    for name in PARQUET_FILES:
+        assert out["2"][name].equals(out["1"][name]), name
+        assert out["2"][name].num_rows > 0, name
+
+
+def test_a_failed_write_on_a_thread_is_the_exports_error(factory: SpoolFactory, tmp_path, monkeypatch):
+    for i in range(2):
+        factory.session(start_ns=BASE_NS + i * 10**12)
+    monkeypatch.setenv(THREADS_ENV, "2")
+    real = pq.ParquetWriter.write_table
+
+    def failing(self, table, *a, **k):
+        if "mark_id" in table.column_names:
+            raise OSError(28, "No space left on device")
+        return real(self, table, *a, **k)
+
+    monkeypatch.setattr(pq.ParquetWriter, "write_table", failing)
+    out = tmp_path / "out"
+    with pytest.raises(OSError, match="No space left"):
+        _export(factory.spool_dir, out)
+    assert not _writer_threads()
+    assert not out.exists() or list(out.iterdir()) == []
+
+
+@pytest.mark.parametrize("value", ["0123456789abcdef0123456789abcdef", "", "run-é-中", "x"])
+@pytest.mark.parametrize("n", [0, 1, 1000])
+def test_a_constant_text_column_equals_pyarrows_repeat(value: str, n: int):
+    got = _repeated_text(pa, value, n)
+    got.validate(full=True)
+    assert got.type == pa.string() and got.equals(pa.repeat(pa.scalar(value, pa.string()), n))
