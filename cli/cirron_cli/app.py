@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import signal
 import sys
-from typing import Any
+from typing import Any, NoReturn
 
 import typer
 
@@ -103,5 +103,43 @@ def main() -> None:
     sys.exit(rv if isinstance(rv, int) else 0)
 
 
+def run() -> NoReturn:
+    """The ``cirron`` program: :func:`main`, then :func:`leave` with its exit status."""
+    try:
+        main()
+    except SystemExit as exc:
+        leave(exc.code)
+    leave(0)
+
+
+def leave(code: str | int | None) -> NoReturn:
+    """End the process with ``code`` as a normal exit would, without the interpreter's teardown
+    (freeing every module and object one by one: ~40 ms of CPU after an export has loaded pyarrow)
+    when nothing else needs it: no other thread is running, standard output and error flush, and
+    the ``atexit`` handlers have run. Otherwise (or for a message as the code) a normal exit."""
+    import atexit
+    import os
+    import threading
+
+    if code is None:
+        code = 0
+    if type(code) is not int or threading.active_count() > 1 or not _flushed():
+        sys.exit(code)
+    atexit._run_exitfuncs()
+    if threading.active_count() > 1 or not _flushed():  # a handler started a thread or wrote
+        sys.exit(code)
+    os._exit(code & 0xFF)
+
+
+def _flushed() -> bool:
+    try:
+        for stream in (sys.stdout, sys.stderr):
+            if stream is not None:
+                stream.flush()
+    except (OSError, ValueError):  # a closed pipe or stream: the normal exit reports it
+        return False
+    return True
+
+
 if __name__ == "__main__":
-    main()
+    run()

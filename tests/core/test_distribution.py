@@ -20,7 +20,7 @@ def test_pyproject_names_the_distribution() -> None:
         import tomli as tomllib
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     assert project["name"] == DISTRIBUTION == "cirron-trace"
-    assert project["scripts"] == {"cirron": "cirron_cli.app:main"}
+    assert project["scripts"] == {"cirron": "cirron_cli.app:run"}
 
 
 def test_install_hints_use_the_distribution_name() -> None:
