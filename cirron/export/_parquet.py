@@ -291,11 +291,17 @@ def _as_chunks(items: Iterable[Any]) -> Iterable[Any]:
         del out  # before the next one is read
 
 
+#: A chunk whose tables hold at most this many bytes may still be written while the next chunk is
+#: read (a session of 25,000 spans: ~15 MB); a bigger one is written before the next is read.
+WRITE_BEHIND_BYTES = 32 << 20
+
+
 class _TableWrites:
     """A chunk's tables written to their files on a thread each (the Parquet encoding releases the
-    GIL), while the caller builds the chunk's next table; :meth:`wait` before the next chunk, so
-    memory still holds one chunk. With one read thread (:func:`cirron.spool.parallel.read_threads`)
-    everything is written on the calling thread."""
+    GIL), while the caller builds the chunk's next table, and, for a small chunk, while the next
+    chunk is read (:meth:`chunk_done`): memory holds at most one chunk besides a small one. With
+    one read thread (:func:`cirron.spool.parallel.read_threads`) everything is written on the
+    calling thread."""
 
     def __init__(self) -> None:
         from cirron.spool.parallel import read_threads
@@ -303,6 +309,7 @@ class _TableWrites:
         self._threads = min(read_threads(), len(PARQUET_FILES))
         self._pool: Any = None
         self._pending: list[Any] = []
+        self._bytes = 0
 
     def write(self, writer: Any, table: Any) -> None:
         """``table`` appended to ``writer``'s file: at once, or on a thread (one table per writer
@@ -315,10 +322,18 @@ class _TableWrites:
 
             self._pool = ThreadPoolExecutor(self._threads, thread_name_prefix="cirron-parquet")
         self._pending.append(self._pool.submit(writer.write_table, table, row_group_size=ROW_GROUP_ROWS))
+        self._bytes += table.nbytes
+
+    def chunk_done(self) -> None:
+        """The chunk's tables are all handed over: wait for their writes unless they are small
+        enough (:data:`WRITE_BEHIND_BYTES`) to stay in memory while the next chunk is read."""
+        if self._bytes > WRITE_BEHIND_BYTES:
+            self.wait()
 
     def wait(self) -> None:
         """Every table handed over so far is written; raises the first write's error."""
         pending, self._pending = self._pending, []
+        self._bytes = 0
         errors = [exc for fut in pending if (exc := fut.exception()) is not None]
         if errors:
             raise errors[0]
@@ -355,6 +370,7 @@ def write_parquet(chunks: Iterable[Any], out_dir: str | os.PathLike[str], partit
         writes = _TableWrites()
         try:
             for chunk in _as_chunks(chunks):
+                writes.wait()  # the last chunk's, before this one's tables go to the same files
                 n_spans += len(chunk.spans)
                 info = chunk.session
                 written.setdefault(info.id, {"session_id": info.id, "writer": info.writer,
@@ -377,11 +393,12 @@ def write_parquet(chunks: Iterable[Any], out_dir: str | os.PathLike[str], partit
                                                             use_dictionary=_dictionary_columns(table.schema))
                     if table.num_rows:
                         writes.write(w, table)
-                writes.wait()
+                writes.chunk_done()
                 columns_done = is_columns(chunk)
                 del chunk, table  # before the next one is read
                 if columns_done:
                     tables.pa.default_memory_pool().release_unused()
+            writes.wait()
             # A table nothing was written to still gets an empty file with its columns (partitioned:
             # in the null partition), so readers see zero rows rather than no table.
             empty = _Empty()

@@ -5,6 +5,7 @@ made from their buffers and equal pyarrow's own repeat."""
 
 from __future__ import annotations
 
+import re
 import threading
 
 import pytest
@@ -73,6 +74,63 @@ def test_a_failed_write_on_a_thread_is_the_exports_error(factory: SpoolFactory, 
         _export(factory.spool_dir, out)
     assert not _writer_threads()
     assert not out.exists() or list(out.iterdir()) == []
+
+
+def _chunks_logging(spool_dir, log: list, asked=None):
+    """The spool's chunks; ``("read", k)`` logged (and ``asked`` set) when chunk k >= 1 is asked for."""
+    cat = open_catalog([spool_dir], lambda _m: None)
+    for k, chunk in enumerate(iter_chunks(cat, cat.sessions, columnar=True)):
+        yield chunk
+        del chunk
+        log.append(("read", k + 1))
+        if asked is not None:
+            asked.set()
+
+
+def test_a_small_chunk_is_written_while_the_next_is_read(factory: SpoolFactory, tmp_path, monkeypatch):
+    for i in range(3):
+        factory.session(start_ns=BASE_NS + i * 10**12)
+    monkeypatch.setenv(THREADS_ENV, "2")
+    log: list = []
+    next_asked = threading.Event()
+    overlapped = []
+    real = pq.ParquetWriter.write_table
+
+    def spy(self, table, *a, **k):
+        if not any(e[0] == "wrote" for e in log):  # the first chunk's writes wait for the next read
+            overlapped.append(next_asked.wait(30))
+        real(self, table, *a, **k)
+        log.append(("wrote", table.num_rows))
+
+    monkeypatch.setattr(pq.ParquetWriter, "write_table", spy)
+    assert write_parquet(_chunks_logging(factory.spool_dir, log, next_asked), tmp_path / "out") > 0
+    assert overlapped and all(overlapped)
+    assert not _writer_threads()
+    monkeypatch.setattr(pq.ParquetWriter, "write_table", real)
+    monkeypatch.setenv(THREADS_ENV, "1")
+    _export(factory.spool_dir, tmp_path / "one")
+    for name in PARQUET_FILES:
+        assert pq.read_table(tmp_path / "out" / name).equals(pq.read_table(tmp_path / "one" / name)), name
+
+
+def test_a_big_chunk_is_written_before_the_next_is_read(factory: SpoolFactory, tmp_path, monkeypatch):
+    from cirron.export import _parquet
+
+    for i in range(3):
+        factory.session(start_ns=BASE_NS + i * 10**12)
+    monkeypatch.setenv(THREADS_ENV, "2")
+    monkeypatch.setattr(_parquet, "WRITE_BEHIND_BYTES", 0)
+    log: list = []
+    real = pq.ParquetWriter.write_table
+
+    def spy(self, table, *a, **k):
+        real(self, table, *a, **k)
+        log.append(("wrote", table.num_rows))
+
+    monkeypatch.setattr(pq.ParquetWriter, "write_table", spy)
+    write_parquet(_chunks_logging(factory.spool_dir, log), tmp_path / "out")
+    order = "".join("r" if e[0] == "read" else "w" for e in log)
+    assert re.fullmatch(r"(ww+r){3}", order), order  # each chunk's writes end before the next is read
 
 
 @pytest.mark.parametrize("value", ["0123456789abcdef0123456789abcdef", "", "run-é-中", "x"])
