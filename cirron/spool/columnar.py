@@ -36,6 +36,7 @@ import pyarrow.compute as pc
 
 from cirron import _native as native
 from cirron._schema import BATCH_SPAN_NAME, EPOCH_SPAN_NAME, ROOT_SENTINEL
+from cirron.spool import prefetch
 from cirron.spool.arrays import PairIndex, enclosing_steps, hex_halves, last_of_each, packed_hex_halves
 from cirron.spool.catalog import SessionInfo
 from cirron.spool.parallel import file_bytes, ordered_map
@@ -378,7 +379,11 @@ def _array(arrow_type: pa.DataType, rows: int, col: tuple) -> pa.Array:
 def _compiled_file(data: bytes | memoryview, with_marks: bool) -> _FileCols | None:
     """What :func:`_fast_file`'s decoder would give, from the compiled parser (no Python object
     per record), or ``None`` where that parser is absent or leaves the file to the decoder."""
-    got = None if _cbatch is None else _cbatch.parse(data, with_marks)
+    return _parsed_columns(None if _cbatch is None else _cbatch.parse(data, with_marks))
+
+
+def _parsed_columns(got: Any) -> _FileCols | None:
+    """:func:`_compiled_file` of what ``_cbatch.parse`` gave (None: it declined)."""
     if got is None:
         return None
     sid, (n_spans, span_cols), (n_marks, mark_cols) = got
@@ -446,6 +451,9 @@ def _careful_file(bf: Any, with_marks: bool = True) -> _FileCols | None:
 def read_file(bf: Any, with_marks: bool = True) -> _FileCols | None:
     from cirron._safeopen import open_regular
 
+    early = _parsed_columns(prefetch.take(bf.path, with_marks))  # parsed while pyarrow was imported
+    if early is not None:
+        return early
     try:
         with open_regular(bf.path, follow_symlinks=False) as fh:
             data: bytes | memoryview | None = file_bytes(fh)

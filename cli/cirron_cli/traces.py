@@ -812,6 +812,9 @@ def export(
     if not chosen:
         render.no_traces(err=True)
         raise typer.Exit(1)
+    from cirron.spool import prefetch
+
+    prefetch.start(chosen, with_marks=fmt != "csv")  # parsed while pyarrow is imported
     n_spans = sum(s.spans for s in chosen)
     what = f"{render.plural(n_spans, 'span')} from {render.plural(len(chosen), 'session')}"
     if fmt == "perfetto":
@@ -865,6 +868,7 @@ def export(
         fail(str(exc))
     except OSError as exc:
         fail(f"Cannot write {target}: {exc.strerror or exc}")
+    prefetch.stop()
     # the data itself may be on standard output: the summary then goes to stderr
     typer.echo(f"Exported {what} to {'standard output' if to_stdout else target}", err=to_stdout)
 

@@ -42,3 +42,13 @@ def test_listing_commands_with_a_warm_index_run_without_heavy_libraries(factory)
         printed, loaded = _loaded_after(command, "list", "--spool", str(factory.spool_dir))
         assert "┌" in printed  # the command drew its table
         assert loaded == [], command
+
+
+def test_the_early_parse_of_batch_files_imports_no_heavy_library() -> None:
+    """An export starts parsing batch files (cirron.spool.prefetch) before it imports pyarrow: the
+    parse runs beside that import only if it needs neither pyarrow nor numpy itself."""
+    code = ("import sys, cirron.spool.prefetch\n"
+            f"print(' '.join(sorted(m for m in sys.modules if m.split('.')[0] in {HEAVY!r})))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == []
