@@ -291,17 +291,18 @@ def _as_chunks(items: Iterable[Any]) -> Iterable[Any]:
         del out  # before the next one is read
 
 
-#: A chunk whose tables hold at most this many bytes may still be written while the next chunk is
-#: read (a session of 25,000 spans: ~15 MB); a bigger one is written before the next is read.
+#: A chunk's tables are written on threads while they hold at most this many bytes together (a
+#: session of 25,000 spans: ~13 MB), and may still be being written while the next chunk is read;
+#: a bigger chunk (a 250,000-span session: ~130 MB) is written on the calling thread, one table
+#: after the other, as two Parquet writers at work at once would hold both their buffers.
 WRITE_BEHIND_BYTES = 32 << 20
 
 
 class _TableWrites:
-    """A chunk's tables written to their files on a thread each (the Parquet encoding releases the
-    GIL), while the caller builds the chunk's next table, and, for a small chunk, while the next
-    chunk is read (:meth:`chunk_done`): memory holds at most one chunk besides a small one. With
-    one read thread (:func:`cirron.spool.parallel.read_threads`) everything is written on the
-    calling thread."""
+    """A small chunk's tables written to their files on threads (the Parquet encoding releases the
+    GIL) while the caller builds the chunk's next table and reads the next chunk; memory then holds
+    one small chunk besides the next (:data:`WRITE_BEHIND_BYTES`). A big chunk, or everything with
+    one read thread (:func:`cirron.spool.parallel.read_threads`), is written on the calling thread."""
 
     def __init__(self) -> None:
         from cirron.spool.parallel import read_threads
@@ -312,9 +313,11 @@ class _TableWrites:
         self._bytes = 0
 
     def write(self, writer: Any, table: Any) -> None:
-        """``table`` appended to ``writer``'s file: at once, or on a thread (one table per writer
-        between two :meth:`wait`)."""
-        if self._threads <= 1:
+        """``table`` appended to ``writer``'s file: on a thread while the chunk's tables stay
+        within :data:`WRITE_BEHIND_BYTES`, else at once (after the writes still running)."""
+        self._bytes += table.nbytes
+        if self._threads <= 1 or self._bytes > WRITE_BEHIND_BYTES:
+            self.wait()
             writer.write_table(table, row_group_size=ROW_GROUP_ROWS)
             return
         if self._pool is None:
@@ -322,18 +325,15 @@ class _TableWrites:
 
             self._pool = ThreadPoolExecutor(self._threads, thread_name_prefix="cirron-parquet")
         self._pending.append(self._pool.submit(writer.write_table, table, row_group_size=ROW_GROUP_ROWS))
-        self._bytes += table.nbytes
 
     def chunk_done(self) -> None:
-        """The chunk's tables are all handed over: wait for their writes unless they are small
-        enough (:data:`WRITE_BEHIND_BYTES`) to stay in memory while the next chunk is read."""
-        if self._bytes > WRITE_BEHIND_BYTES:
-            self.wait()
+        """The chunk's tables are all handed over; those still being written are let be while
+        the next chunk is read, and :meth:`wait` ends them before its tables are written."""
+        self._bytes = 0
 
     def wait(self) -> None:
         """Every table handed over so far is written; raises the first write's error."""
         pending, self._pending = self._pending, []
-        self._bytes = 0
         errors = [exc for fut in pending if (exc := fut.exception()) is not None]
         if errors:
             raise errors[0]

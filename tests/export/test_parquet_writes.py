@@ -1,5 +1,6 @@
-"""``export --format parquet`` writes a chunk's tables on threads (cirron.export._parquet._TableWrites):
-the files hold what one thread writes, a failed write surfaces as the export's error and leaves no
+"""``export --format parquet`` writes a small chunk's tables on threads (cirron.export._parquet._TableWrites),
+also while the next chunk is read, and a big chunk's one after the other on the calling thread: the
+files hold what one thread writes, a failed write surfaces as the export's error and leaves no
 output, and no writing thread outlives the export. Constant text columns (session_id, run_id) are
 made from their buffers and equal pyarrow's own repeat."""
 
@@ -125,10 +126,12 @@ def test_a_big_chunk_is_written_before_the_next_is_read(factory: SpoolFactory, t
 
     def spy(self, table, *a, **k):
         real(self, table, *a, **k)
-        log.append(("wrote", table.num_rows))
+        log.append(("wrote", threading.current_thread().name))
 
     monkeypatch.setattr(pq.ParquetWriter, "write_table", spy)
     write_parquet(_chunks_logging(factory.spool_dir, log), tmp_path / "out")
+    # one table after the other, on the calling thread: two writers at once would hold both buffers
+    assert {e[1] for e in log if e[0] == "wrote"} == {threading.current_thread().name}
     order = "".join("r" if e[0] == "read" else "w" for e in log)
     assert re.fullmatch(r"(ww+r){3}", order), order  # each chunk's writes end before the next is read
 
