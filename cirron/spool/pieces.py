@@ -322,11 +322,14 @@ def _mark_winners(keys: _Keys) -> np.ndarray:
 
 
 def _plan(keys: _Keys) -> _Plan:
-    # in an order where each sort runs with little else in memory
+    from concurrent.futures import ThreadPoolExecutor
+
     has_marks = (keys.dir / "m_join.bin").stat().st_size > 0
-    keep_m = _mark_winners(keys) if has_marks else np.zeros(0, dtype=bool)
-    flags = keys.load("s_flags")
-    keep, sorted_join, order = _dedupe(keys, "s", (flags & _CLOSED).astype(bool))
+    with ThreadPoolExecutor(1, thread_name_prefix="cirron-plan") as pool:  # the two sorts side by side
+        marks_done = pool.submit(_mark_winners, keys) if has_marks else None
+        flags = keys.load("s_flags")
+        keep, sorted_join, order = _dedupe(keys, "s", (flags & _CLOSED).astype(bool))
+        keep_m = marks_done.result() if marks_done is not None else np.zeros(0, dtype=bool)
     # every span record won (no two hold one key): a key found in its batch file is the row the
     # whole session's index would give, and only the keys not found there are looked up in it
     local = bool(keep.all())
