@@ -11,18 +11,22 @@ another:
    there), its Arrow columns are spilled to temporary Arrow IPC files and compact keys to files
    beside them: per span its id key (64-bit joined and 128-bit), whether it is closed, its
    parent's key (joined, and its ``hi`` half: the lookups compare whole keys) and whether it is
-   an ``epoch``/``batch`` step; per mark its id key, its span's key and how it is attached;
+   an ``epoch``/``batch`` step; per mark its id key, its span's key and how it is attached; and
+   the row of a span's parent and of a mark's span when that span is in the same batch file
+   (found on the reading threads);
 2. the rules of :func:`~cirron.spool.columnar.read_columns` are applied to the keys (the dedupe
    of :func:`cirron.spool.arrays.last_of_each`, parent rows, the enclosing epoch/batch of
    :func:`cirron.spool.arrays.enclosing_steps`, which marks belong to the session), leaving per
-   record whether it is written and its epoch/batch;
+   record whether it is written and its epoch/batch; when no span record lost the dedupe, only
+   the parents and marks' spans not found in their own batch file are looked up among all the
+   session's keys;
 3. the spilled columns are read back a few files at a time, filtered to the winners, and the
    epoch/batch attached.
 
 Memory: no keys while the files are parsed (they go to files beside the spill); about 35 bytes
-per record while the rules run (each sort with little else in memory), then about 20 (winner
-flags, epoch, batch, parent row), plus one piece. Disk: the spill, about as big as the columns
-(0.6 bytes per byte of JSON) plus 60 bytes per record of keys, in the temporary directory,
+per record while the rules run (the spans' and the marks' sorts side by side), then about 20
+(winner flags, epoch, batch, parent row), plus one piece. Disk: the spill, about as big as the
+columns (0.6 bytes per byte of JSON) plus 45 bytes per span and per mark of keys, in the temporary directory,
 removed when the iteration ends. Ids are keyed by their 128 bits when they are 32 hex digits, else by a BLAKE2 digest
 (:func:`cirron.spool.stream._key`), as the reference's streamed reader does.
 """
