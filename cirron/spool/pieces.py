@@ -150,6 +150,8 @@ _KEY_FILES = {"s_join": np.uint64, "s_hi": np.uint64, "s_lo": np.uint64, "s_pare
 _CLOSED, _HAS_PARENT, _EPOCH, _BATCH = 1, 2, 4, 8
 #: Keys read from the key files per lookup block (bounds what a lookup holds).
 _LOOKUP_BLOCK = 1 << 18
+#: Bytes buffered per key file while pass 1 appends to it.
+_KEY_BUFFER = 256 << 10
 
 
 class _Keys:
@@ -158,7 +160,8 @@ class _Keys:
 
     def __init__(self, directory: Path) -> None:
         self.dir = directory
-        self._out = {name: open(directory / f"{name}.bin", "wb") for name in _KEY_FILES}  # noqa: SIM115
+        self._out = {name: open(directory / f"{name}.bin", "wb", buffering=_KEY_BUFFER)  # noqa: SIM115
+                     for name in _KEY_FILES}
         #: Snapshots: (spilled file, position in it, own batch, id, span id)
         self.snaps: list[tuple[int, int, bool, Any, Any]] = []
         self.n_spans = 0
@@ -167,7 +170,9 @@ class _Keys:
         self.file_marks: list[int] = []
 
     def _write(self, name: str, a: np.ndarray) -> None:
-        np.ascontiguousarray(a, dtype=_KEY_FILES[name]).tofile(self._out[name])
+        # through the file's buffer: a write of its own per file's keys (ndarray.tofile) gave up
+        # the GIL each time, and waited to get it back from the reading threads
+        self._out[name].write(np.ascontiguousarray(a, dtype=_KEY_FILES[name]).data)
 
     @staticmethod
     def of(spans: pa.RecordBatch, marks: pa.RecordBatch | None) -> dict[str, np.ndarray]:
