@@ -1,31 +1,33 @@
 """The OTLP/JSON spans of a session too big for whole columns, encoded piece by piece.
 
-:func:`cirron.spool.pieces.iter_pieces` gives the session's winning records in pieces; a mark is
-an event of its span (and a GenAI ``request`` span takes attributes from its marks), so a piece's
-spans are encoded with every mark that hangs from them, wherever in the session those are:
+:func:`cirron.spool.pieces.read_pieces` gives the session's winning records in pieces, as often as
+they are read; a mark is an event of its span (and a GenAI ``request`` span takes attributes from
+its marks), so a piece's spans are encoded with every mark that hangs from them, wherever in the
+session those are:
 
-1. the pieces are read once: each piece's spans and marks go to temporary Arrow IPC files, the
-   exact keys of its span ids to a :class:`~cirron.export._piecewise.SpanIndex`, its marks' keys
-   of their ``span_id`` to a file;
-2. each piece's marks are read back and appended to the file of the piece that holds their span
-   (the session's root for marks on the sentinel or on no span of the session; a file of their
-   own, written last as placeholder spans, when there is no root), so each file holds its marks
-   in session order, each with the row of its span in that piece (the encoder need not look the
-   ids up again);
-3. each piece's spans are encoded with their marks by the column encoder
+1. the pieces are read a first time for their keys: the exact keys of their span ids go to a
+   :class:`~cirron.export._piecewise.SpanIndex`; each mark whose span is in its own piece stays
+   there (the row of its span in the piece goes to a small file), the others (on the sentinel,
+   on a span of another piece or of none) are spilled to temporary Arrow IPC files with the keys
+   of their ``span_id``;
+2. the spilled marks are routed to the file of the piece that holds their span (the session's
+   root for marks on the sentinel or on no span of the session; a file of their own, written last
+   as placeholder spans, when there is no root), each with the row of its span there;
+3. the pieces are read again and each piece's spans are encoded with its own marks and those
+   routed to it, in session order, by the column encoder
    (:func:`cirron.export._otlp_columns.write_spans`): the same bytes as for the whole session.
 
-Memory: about 16 bytes per span for the index, plus one piece and its marks. Disk: the pieces'
-columns twice at most (about 0.6 bytes per byte of JSON each), besides the spill of
-:func:`~cirron.spool.pieces.iter_pieces` while it runs; removed when the export ends or fails.
+Memory: about 16 bytes per span for the index, plus one piece and its marks. Disk: 4 bytes per
+mark, and the columns of the marks that are not in their span's piece twice at most (usually
+few: a mark is written in the batch of its span or before it), besides the spill of
+:func:`~cirron.spool.pieces.read_pieces`; removed when the export ends or fails.
 """
 
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Generator
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -60,88 +62,65 @@ def write_spans_in_pieces(fh: Any, info: SessionInfo, open_end_ns: int | None) -
     """:func:`~cirron.export._otlp_columns.write_spans` for a session read piece by piece (see the
     module docstring); ``None``, with nothing written, when the pieces cannot carry it or the
     column encoder cannot encode it (then it is read the reference way)."""
-    from cirron.spool.columnar import SessionColumns
-    from cirron.spool.pieces import iter_pieces
+    from cirron.spool.pieces import read_pieces
 
     if not fh.seekable():
         return None
-    pieces = iter_pieces(info, session_parents=True)
+    pieces = read_pieces(info, session_parents=True)
     if pieces is None:
         return None
     start = fh.tell()
-    with tempfile.TemporaryDirectory(prefix="cirron-otlp-") as tmp:
+    with pieces, tempfile.TemporaryDirectory(prefix="cirron-otlp-") as tmp:
         try:
-            plan = _read_pieces(pieces, Path(tmp))
-            out = _Commas(fh)
-            n = 0
-            empty = np.zeros(0, dtype=np.int64)
-            for k in range(plan.n_pieces + 1):
-                spans, _ = plan.spans.read(k, plan.span_schema) if k < plan.n_pieces else (None, None)
-                marks, values = _in_session_order(*plan.routed.read(k, plan.routed_schema))
-                mark_span = marks["_mspan"].to_numpy()
-                marks = marks.drop_columns(["_mspan"])
-                if spans is None:  # the marks of no span, in a session without root: placeholders
-                    if not marks.num_rows:
-                        continue
-                    spans = plan.span_schema.empty_table()
-                parent = spans["_parent"].to_numpy() if spans.num_rows else empty
-                cols = SessionColumns(info, spans.drop_columns(["_parent"]), marks, [], empty, empty, empty, empty,
-                                      values, parent, mark_span)
-                del spans, marks, values, mark_span
-                out.pending = n > 0
-                n += write_spans(out, cols, open_end_ns)
-                del cols
-                pa.default_memory_pool().release_unused()
-            return n
+            plan = _read_keys(pieces, Path(tmp))
+            return _write(fh, info, pieces, plan, open_end_ns)
         except CannotEncode:
             fh.seek(start)
             fh.truncate()
             return None
-        finally:
-            cast(Generator[Any, None, None], pieces).close()  # its spill goes now, read to the end or not
-
-
-def _in_session_order(marks: pa.Table, values: list[Any] | None) -> tuple[pa.Table, list[Any] | None]:
-    """A piece's marks (those of its own and those routed to it later) in session order."""
-    row = marks["_mrow"].to_numpy()
-    if len(row) > 1 and (row[1:] < row[:-1]).any():
-        order = np.argsort(row, kind="stable")
-        marks = marks.take(pa.array(order))
-        values = None if values is None else [values[i] for i in order.tolist()]
-    return marks.drop_columns(["_mrow"]), values
 
 
 class _Plan:
     def __init__(self, directory: Path) -> None:
-        self.spans = Spill(directory, "spans")
-        self.marks = Spill(directory, "marks")
+        #: the marks that are not in their span's piece, as read (with ``_mrow``)...
+        self.away_marks = Spill(directory, "marks")
+        #: ...and routed to the file of their span's piece (with ``_mspan``)
         self.routed = Spill(directory, "routed")
         self.dir = directory
         self.n_marks = 0
-        self.index = SpanIndex()
+        #: the row among the session's marks of each piece's first
+        self.mark_start: list[int] = []
         self.n_pieces = 0
         self.piece_start: list[int] = [0]
         self.root = -1
         self.span_schema: Any = None
+        #: the schema of a piece's marks with ``_mrow``, their row among the session's marks
         self.mark_schema: Any = None
-        #: the marks' schema in the files of their span's piece: with ``_mspan``, the row there of
-        #: each mark's span (-1: none, the root's marks), so the encoder need not look the ids up
+        #: ... and with ``_mspan``, the row of each one's span in the piece it is encoded with
+        #: (-1: none, the root's marks), so the encoder need not look the ids up
         self.routed_schema: Any = None
         #: (parent row, key of the parent's id as the child names it) of spans whose parent is in
         #: another piece: the encoder derives such a parent's span id from that text
         self.away: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
 
+    def stay_path(self, k: int) -> Path:
+        """Per mark of piece ``k``: the row of its span in the piece, -1 where it is routed."""
+        return self.dir / f"stay-{k}.npy"
 
-def _read_pieces(pieces: Any, directory: Path) -> _Plan:
+
+def _read_keys(pieces: Any, directory: Path) -> _Plan:
+    """Steps 1 and 2 of the module docstring."""
     plan = _Plan(directory)
+    index = SpanIndex()
     for k, piece in enumerate(pieces):
         plan.n_pieces = k + 1
         spans = piece.spans
         n = spans.num_rows
         row0 = plan.piece_start[-1]
         plan.piece_start.append(row0 + n)
+        plan.span_schema = spans.schema
         span_keys = exact_keys(spans["id"])
-        plan.index.add(span_keys[0], span_keys[1])
+        index.add(span_keys[0], span_keys[1])
         names, parent_id = spans["name"], spans["parent_id"]
         if plan.root < 0 and n:
             root = pc.fill_null(pc.and_(pc.equal(names, SESSION_SPAN_NAME), pc.is_null(parent_id)), False)
@@ -150,36 +129,31 @@ def _read_pieces(pieces: Any, directory: Path) -> _Plan:
             if len(at):
                 plan.root = row0 + int(at[0])
         parent = np.asarray(piece.span_parent, dtype=np.int64)
-        inside = (parent >= row0) & (parent < row0 + n)
-        away = np.flatnonzero((parent >= 0) & ~inside)
+        away = np.flatnonzero((parent >= 0) & ((parent < row0) | (parent >= row0 + n)))
         if len(away):
             phi, plo, _v = exact_keys(parent_id.take(pa.array(away)))
             plan.away.append((parent[away], phi, plo))
-        local = np.where(inside, parent - row0, -1)
-        spans = spans.append_column("_parent", pa.array(local, pa.int64()))
-        plan.span_schema = spans.schema
-        plan.spans.append(k, spans)
-        del spans, local, parent
+        del spans, parent
         _add_marks(plan, k, piece, span_keys)
         del piece, span_keys
-    plan.spans.close()
-    plan.marks.close()
-    plan.index.seal()
-    _check_away(plan)
-    _route_marks(plan)
-    return plan
+    plan.away_marks.close()
+    index.seal()
+    _check_away(plan, index)
+    _route_marks(plan, index)
+    return plan  # without the index: step 3 needs none
 
 
 def _add_marks(plan: _Plan, k: int, piece: Any, span_keys: tuple[np.ndarray, np.ndarray, np.ndarray]) -> None:
-    """Piece ``k``'s marks that hang from a span of the same piece (``span_keys``: the exact keys of
-    its span ids) go to that piece's file now; the others are spilled with the keys of their span
-    ids, for :func:`_route_marks`."""
+    """Which of piece ``k``'s marks hang from a span of the same piece (``span_keys``: the exact
+    keys of its span ids), and that span's row there; the others are spilled with the keys of
+    their span ids, for :func:`_route_marks`."""
     marks = piece.marks
     m = marks.num_rows
-    marks = marks.append_column("_mrow", pa.array(np.arange(plan.n_marks, plan.n_marks + m, dtype=np.int64)))
+    m0 = plan.n_marks
+    plan.mark_start.append(m0)
     plan.n_marks += m
-    plan.mark_schema = marks.schema
-    plan.routed_schema = marks.schema.append(pa.field("_mspan", pa.int64()))
+    plan.mark_schema = marks.schema.append(pa.field("_mrow", pa.int64()))
+    plan.routed_schema = plan.mark_schema.append(pa.field("_mspan", pa.int64()))
     if not m:
         return
     span_id = _combined(marks["span_id"])
@@ -187,22 +161,14 @@ def _add_marks(plan: _Plan, k: int, piece: Any, span_keys: tuple[np.ndarray, np.
     local = _local_rows(span_keys, hi, lo, valid)
     sentinel = pc.fill_null(pc.equal(span_id, ROOT_SENTINEL), False).to_numpy(zero_copy_only=False)
     here = (local >= 0) & ~sentinel
-    values = piece.mark_values
+    np.save(plan.stay_path(k), np.where(here, local, -1).astype(np.int32))
     if here.all():
-        plan.routed.append(k, _with_span_rows(marks, local), values)
         return
-    if here.any():
-        plan.routed.append(k, _with_span_rows(marks.filter(pa.array(here)), local[here]), _pick(values, here))
-    rest = ~here
+    rest = np.flatnonzero(~here)
+    away = marks.take(pa.array(rest)).append_column("_mrow", pa.array(rest + m0, pa.int64()))
     hi, lo, valid = hi[rest], lo[rest], valid[rest] & ~sentinel[rest]
     np.save(plan.dir / f"keys-{k}.npy", np.stack([hi, lo, valid.astype(np.uint64)]))
-    plan.marks.append(k, marks.filter(pa.array(rest)), _pick(values, rest))
-
-
-def _with_span_rows(marks: pa.Table, rows: np.ndarray) -> pa.Table:
-    """``marks`` (about to go to the file of their span's piece) with ``_mspan``: ``rows``, the
-    row of each one's span in that piece (-1: none)."""
-    return marks.append_column("_mspan", pa.array(rows, pa.int64()))
+    plan.away_marks.append(k, away, _pick(piece.mark_values, rest))
 
 
 def _local_rows(span_keys: tuple[np.ndarray, np.ndarray, np.ndarray], hi: np.ndarray, lo: np.ndarray,
@@ -222,31 +188,31 @@ def _combined(col: pa.Array | pa.ChunkedArray) -> pa.Array:
     return col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
 
 
-def _pick(values: list[Any] | None, keep: np.ndarray) -> list[Any] | None:
-    return None if values is None else [v for v, k in zip(values, keep.tolist()) if k]
+def _pick(values: list[Any] | None, rows: np.ndarray) -> list[Any] | None:
+    return None if values is None else [values[i] for i in rows.tolist()]
 
 
-def _check_away(plan: _Plan) -> None:
+def _check_away(plan: _Plan, index: SpanIndex) -> None:
     """A parent in another piece is named by the child with its exact id (else the whole
     session's encoder, which takes the parent's own id, would write another span id)."""
     for rows, hi, lo in plan.away:
-        if not (plan.index.lookup(hi, lo, np.ones(len(hi), dtype=bool)) == rows).all():
+        if not (index.lookup(hi, lo, np.ones(len(hi), dtype=bool)) == rows).all():
             raise CannotEncode("a parent named by another spelling of its id")
     plan.away = []
 
 
-def _route_marks(plan: _Plan) -> None:
+def _route_marks(plan: _Plan, index: SpanIndex) -> None:
     """The spilled marks to the file of the piece that holds their span."""
     starts = np.asarray(plan.piece_start[:-1], dtype=np.int64)
     orphans = plan.n_pieces  # the marks of no span in a session without root
     for k in range(plan.n_pieces):
-        marks, values = plan.marks.read(k, plan.mark_schema)
+        marks, values = plan.away_marks.read(k, plan.mark_schema)
         if not marks.num_rows:
             continue
         keys = plan.dir / f"keys-{k}.npy"
         hi, lo, valid = np.load(keys)
         keys.unlink()
-        row = plan.index.lookup(hi, lo, valid.astype(bool))
+        row = index.lookup(hi, lo, valid.astype(bool))
         del hi, lo, valid
         target = np.where(row >= 0, row, plan.root)
         target = np.where(target >= 0, np.searchsorted(starts, target, side="right") - 1, orphans)
@@ -258,8 +224,81 @@ def _route_marks(plan: _Plan) -> None:
         for a, b in zip([0, *bounds.tolist()], [*bounds.tolist(), len(order)]):
             rows = order[a:b]
             run = marks.take(pa.array(rows)) if (a, b) != (0, len(order)) else marks
-            plan.routed.append(int(sorted_target[a]), _with_span_rows(run, local[rows]),
-                               None if values is None else [values[i] for i in rows.tolist()])
+            plan.routed.append(int(sorted_target[a]), run.append_column("_mspan", pa.array(local[rows], pa.int64())),
+                               _pick(values, rows))
         del marks, values, order, target, local
         pa.default_memory_pool().release_unused()
     plan.routed.close()
+
+
+def _write(fh: Any, info: SessionInfo, pieces: Any, plan: _Plan, open_end_ns: int | None) -> int:
+    """Step 3 of the module docstring: the spans of each piece, then the placeholders of a
+    session without root; returns how many."""
+    from cirron.spool.columnar import SessionColumns
+
+    out = _Commas(fh)
+    n = 0
+    empty = np.zeros(0, dtype=np.int64)
+    no_rows = np.zeros(0, dtype=np.int32)
+
+    def encode(spans: pa.Table, parent: np.ndarray, marks: pa.Table, values: list[Any] | None,
+               mark_span: np.ndarray) -> None:
+        nonlocal n
+        cols = SessionColumns(info, spans, marks, [], empty, empty, empty, empty, values, parent, mark_span)
+        out.pending = n > 0
+        n += write_spans(out, cols, open_end_ns)
+
+    if not plan.n_pieces:
+        return 0
+    for k, piece in enumerate(pieces):
+        row0, row1 = plan.piece_start[k], plan.piece_start[k + 1]
+        parent = np.asarray(piece.span_parent, dtype=np.int64)
+        parent = np.where((parent >= row0) & (parent < row1), parent - row0, -1)
+        stay = np.load(plan.stay_path(k)) if piece.marks.num_rows else no_rows
+        marks, values, mark_span = _piece_marks(plan, k, piece, stay)
+        del stay
+        encode(piece.spans, parent, marks, values, mark_span)
+        del piece, parent, marks, values, mark_span
+        pa.default_memory_pool().release_unused()
+    marks, values = plan.routed.read(plan.n_pieces, plan.routed_schema)
+    if marks.num_rows:  # the marks of no span, in a session without root: placeholders
+        marks, values = _in_session_order(marks, values)
+        encode(plan.span_schema.empty_table(), empty, marks.drop_columns(["_mrow", "_mspan"]), values,
+               _combined(marks["_mspan"]).to_numpy())
+    return n
+
+
+def _piece_marks(plan: _Plan, k: int, piece: Any, stay: np.ndarray) -> tuple[pa.Table, list[Any] | None, np.ndarray]:
+    """Piece ``k``'s marks to encode with its spans: its own that stay (``stay``: the row of each
+    one's span, -1 where routed away) and those routed to it, in session order; their values
+    (``None``: the floats of ``value``) and the rows of their spans."""
+    marks, values = piece.marks, piece.mark_values
+    keep = stay >= 0
+    if not keep.all():
+        rows = np.flatnonzero(keep)
+        marks, values, stay = marks.take(pa.array(rows)), _pick(values, rows), stay[rows]
+    else:
+        rows = None
+    routed, routed_values = plan.routed.read(k, plan.routed_schema)
+    if not routed.num_rows:
+        return marks, values, stay.astype(np.int64)
+    own_rows = (np.arange(piece.marks.num_rows, dtype=np.int64) if rows is None else rows) + plan.mark_start[k]
+    own = marks.append_column("_mrow", pa.array(own_rows)).append_column("_mspan", pa.array(stay.astype(np.int64)))
+    both = pa.concat_tables([own, routed])
+    if values is None and routed_values is None:
+        all_values = None
+    else:
+        all_values = [*(values if values is not None else marks["value"].to_pylist()),
+                      *(routed_values if routed_values is not None else routed["value"].to_pylist())]
+    both, all_values = _in_session_order(both, all_values)
+    return both.drop_columns(["_mrow", "_mspan"]), all_values, _combined(both["_mspan"]).to_numpy()
+
+
+def _in_session_order(marks: pa.Table, values: list[Any] | None) -> tuple[pa.Table, list[Any] | None]:
+    """Marks (a piece's own and those routed to it) in session order (by ``_mrow``)."""
+    row = _combined(marks["_mrow"]).to_numpy()
+    if len(row) > 1 and (row[1:] < row[:-1]).any():
+        order = np.argsort(row, kind="stable")
+        marks = marks.take(pa.array(order))
+        values = None if values is None else [values[i] for i in order.tolist()]
+    return marks, values

@@ -5,6 +5,7 @@ record-by-record rules in :mod:`cirron.spool.reconstruct` decide the same."""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -297,11 +298,14 @@ class JoinedIndex:
         out = np.full(len(join), -1, dtype=self._order.dtype)
         if not len(self._sorted):
             return out
-        if self._search is None:
-            self._search = searcher(self._sorted)
+        search = self._search
+        if search is None and len(join) <= len(self._sorted) >> 6:  # a few: not worth the searcher's table
+            search = functools.partial(search_sorted, self._sorted)
+        elif search is None:
+            search = self._search = searcher(self._sorted)
         for i in range(0, len(join), LOOKUP_ROWS):
             k = join[i:i + LOOKUP_ROWS]
-            pos = self._search(k)
+            pos = search(k)
             hit = np.flatnonzero(self._sorted[pos] == k)
             if not hit.size:
                 continue

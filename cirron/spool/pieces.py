@@ -5,7 +5,7 @@ byte of JSON, so it reads sessions up to :data:`~cirron.spool.columnar.MAX_SESSI
 bigger streamable session :func:`iter_pieces` gives the same records, in the same order, as
 several :class:`~cirron.spool.columnar.SessionColumns` (each holds whole batch files, at least
 :data:`PIECE_ROWS` records when the session has that many), which the exporters write one after
-another:
+another (:func:`read_pieces` gives them as :class:`Pieces`, for an exporter that reads them twice):
 
 1. each batch file is parsed once (:func:`cirron.spool.columnar.read_file`, fast or careful as
    there), its Arrow columns are spilled to temporary Arrow IPC files and compact keys to files
@@ -66,7 +66,7 @@ from cirron.spool.columnar import (
     span_schema,
 )
 
-__all__ = ["PIECE_ROWS", "iter_pieces"]
+__all__ = ["PIECE_ROWS", "Pieces", "iter_pieces", "read_pieces"]
 
 #: Records (spans, or marks when there are more) per piece, at least: whole files are added until
 #: a piece holds this many. One Parquet row group each.
@@ -477,6 +477,38 @@ def iter_pieces(info: SessionInfo, *, marks: bool = True,
     way). ``marks=False``: spans only. The pieces' ``span_parent`` is the parent's row in the
     same piece (-1: none, or in another piece); with ``session_parents`` its row among all the
     session's winning spans (-1: none), for a caller that joins the pieces."""
+    pieces = read_pieces(info, marks=marks, session_parents=session_parents)
+    return None if pieces is None else _second_pass(info, pieces.spill, pieces.plan, pieces.tmp, session_parents)
+
+
+class Pieces:
+    """The pieces of :func:`iter_pieces`, to be read more than once: each iteration gives the same
+    pieces (step 3 again, cheap next to steps 1 and 2) until :meth:`close` removes the spill (a
+    ``with`` block closes it too)."""
+
+    def __init__(self, info: SessionInfo, spill: _Spill, plan: _Plan, tmp: tempfile.TemporaryDirectory[str],
+                 session_parents: bool) -> None:
+        self.info: SessionInfo = info
+        self.spill: _Spill = spill
+        self.plan: _Plan = plan
+        self.tmp: tempfile.TemporaryDirectory[str] = tmp
+        self.session_parents: bool = session_parents
+
+    def __iter__(self) -> Iterator[SessionColumns]:
+        return _second_pass(self.info, self.spill, self.plan, None, self.session_parents)
+
+    def close(self) -> None:
+        self.tmp.cleanup()
+
+    def __enter__(self) -> Pieces:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+
+def read_pieces(info: SessionInfo, *, marks: bool = True, session_parents: bool = False) -> Pieces | None:
+    """What :func:`iter_pieces` reads, as :class:`Pieces` a caller may iterate several times."""
     if not info.streamable:
         return None
     tmp = tempfile.TemporaryDirectory(prefix="cirron-spill-")
@@ -488,7 +520,7 @@ def iter_pieces(info: SessionInfo, *, marks: bool = True,
     except BaseException:
         tmp.cleanup()
         raise
-    return _second_pass(info, spill, plan, tmp, session_parents)
+    return Pieces(info, spill, plan, tmp, session_parents)
 
 
 def _first_pass(info: SessionInfo, directory: Path, with_marks: bool) -> tuple[_Spill, _Plan]:
@@ -521,8 +553,9 @@ def _first_pass(info: SessionInfo, directory: Path, with_marks: bool) -> tuple[_
         return spill, _plan(keys)
 
 
-def _second_pass(info: SessionInfo, spill: _Spill, plan: _Plan, tmp: tempfile.TemporaryDirectory,
+def _second_pass(info: SessionInfo, spill: _Spill, plan: _Plan, tmp: tempfile.TemporaryDirectory | None,
                  session_parents: bool) -> Iterator[SessionColumns]:
+    """Step 3; ``tmp`` (the spill) is removed when it ends, if given."""
     try:
         spans_in = _Mapped(spill.dir / "spans.arrow")
         marks_in = _Mapped(spill.dir / "marks.arrow") if spill._marks is not None else None
@@ -540,7 +573,8 @@ def _second_pass(info: SessionInfo, spill: _Spill, plan: _Plan, tmp: tempfile.Te
                         yield piece
                     del piece  # its memory serves the next piece (Arrow's pool keeps it)
     finally:
-        tmp.cleanup()
+        if tmp is not None:
+            tmp.cleanup()
 
 
 class _Mapped:

@@ -273,6 +273,28 @@ def test_big_bench_session_in_pieces(tmp_path, big, monkeypatch):
     assert all(p.spans.num_rows < 10_000 for p in got)
 
 
+def test_pieces_read_again_are_the_same_until_closed(factory: SpoolFactory, big, tmp_path, monkeypatch):
+    """read_pieces: each read gives the same pieces (what the exports that read a session twice
+    rely on); closing removes the spill."""
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    factory.session(epochs=3, split=True)
+    cat = open_catalog([factory.spool_dir], lambda _m: None)
+    with pieces.read_pieces(cat.sessions[0], session_parents=True) as got:
+        first = [(p.spans, p.marks, p.span_parent.tolist(), p.mark_epoch.tolist()) for p in got]
+        assert len(first) > 1
+        for _ in range(2):
+            again = [(p.spans, p.marks, p.span_parent.tolist(), p.mark_epoch.tolist()) for p in got]
+            assert len(again) == len(first)
+            for (s1, m1, p1, e1), (s2, m2, p2, e2) in zip(first, again):
+                assert s1.equals(s2) and m1.equals(m2) and p1 == p2 and e1 == e2
+        want = [(p.spans, p.marks) for p in pieces.iter_pieces(cat.sessions[0], session_parents=True)]
+        assert all(s1.equals(s2) and m1.equals(m2) for (s1, m1, _p, _e), (s2, m2) in zip(first, want))
+        assert list(tmp_path.glob("cirron-spill-*"))
+    assert not list(tmp_path.glob("cirron-spill-*"))
+
+
 def test_big_session_odd_values_escapes_and_duplicates(factory: SpoolFactory, big, tmp_path):
     epoch = _odd_spool(factory)
     kinds = assert_same_exports(factory.spool_dir, tmp_path)

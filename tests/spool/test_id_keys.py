@@ -142,3 +142,29 @@ def test_searcher_finds_what_searchsorted_finds(spread):
         search = searcher(keys)
         assert (search(needles) == want).all(), n
         assert search(needles[:0]).size == 0
+
+
+def test_joined_index_finds_a_few_keys_as_it_finds_many():
+    """A lookup of a few keys (searched without the bucket table, which costs a pass over all the
+    keys) finds what a lookup of many finds, before and after the table is built, joined keys
+    that repeat among the keys included."""
+    import numpy as np
+
+    from cirron.spool.arrays import JoinedIndex
+
+    rng = np.random.default_rng(5)
+    n = 20_000
+    hi = rng.integers(1, 2**63, n, dtype=np.uint64)
+    lo = rng.integers(1, 2**63, n, dtype=np.uint64)
+    hi[1], lo[1] = lo[0], hi[0]  # (a, b) and (b, a): one joined key
+    q_hi = np.concatenate([hi[[0, 1, 7, n - 1]], [np.uint64(3)], hi[:2]])
+    q_lo = np.concatenate([lo[[0, 1, 7, n - 1]], [np.uint64(4)], lo[1::-1]])  # the last two: nobody's
+    want = [0, 1, 7, n - 1, -1, -1, -1]
+
+    index = JoinedIndex.of(hi ^ lo, hi.__getitem__)
+    assert index.lookup(q_hi ^ q_lo, q_hi.__getitem__).tolist() == want
+    assert index._search is None  # a few keys: no table
+    many_hi, many_lo = np.concatenate([hi, q_hi]), np.concatenate([lo, q_lo])
+    found = index.lookup(many_hi ^ many_lo, many_hi.__getitem__)
+    assert found.tolist() == list(range(n)) + want and index._search is not None
+    assert index.lookup(q_hi ^ q_lo, q_hi.__getitem__).tolist() == want
