@@ -567,8 +567,8 @@ class _DiskColumn:
                 yield block
 
 
-#: Values a :class:`_DiskColumn` holds in memory before it spills them to a file (2 MiB).
-_SPILL_VALUES = 1 << 18
+#: Values a :class:`_DiskColumn` holds in memory before it spills them to a file (512 KiB).
+_SPILL_VALUES = 1 << 16
 
 
 #: Keys read back per block by :func:`_lookup_blocks`.
