@@ -376,10 +376,11 @@ def rank_processes(info: SessionInfo, rank: Any, pid_of: dict[tuple[str, object]
 def _distinct(values: Any) -> tuple[Any, Any, Any]:
     """``np.unique(values, return_index=True, return_inverse=True)`` with an int32 inverse, in
     a few masks for the usual handful of distinct values (ranks, threads) rather than a sort of
-    the whole column with its int64 temporaries."""
+    the whole column with its int64 temporaries (the distinct values are found by hashing)."""
     import numpy as np
+    import pyarrow.compute as pc
 
-    uniq = np.unique(values)
+    uniq = np.sort(pc.unique(values).to_numpy()) if len(values) else np.unique(values)
     if len(uniq) > _FEW:
         uniq, first, inverse = np.unique(values, return_index=True, return_inverse=True)
         return uniq, first, inverse.reshape(-1).astype(np.int32)

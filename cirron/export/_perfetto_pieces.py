@@ -100,7 +100,8 @@ def _events(info: SessionInfo, pieces: Iterator[Any], base: int, pid_of: dict[tu
             threads: set[tuple[int, int]]) -> Generator[bytes | Encoded, None, None]:
     with tempfile.TemporaryDirectory(prefix="cirron-perfetto-") as tmp:
         try:
-            plan = _read_pieces(info, pieces, Path(tmp), base)
+            with reused_heap():  # each piece's arrays, freed and allocated again
+                plan = _read_pieces(info, pieces, Path(tmp), base)
         finally:
             cast(Generator[Any, None, None], pieces).close()  # its spill goes now
         yield from _session_events(plan, info, base, pid_of, threads)
@@ -259,12 +260,12 @@ def _run_events(plan: _Plan, kinds: np.ndarray, rows: np.ndarray, texts: list[by
                 track_tid: np.ndarray, start: np.ndarray, end: np.ndarray, is_open: np.ndarray,
                 base: int) -> Iterator[Encoded]:
     """The events of a run (its ``kinds`` and ``rows``), from the pieces' spans they are of."""
-    held = np.unique(rows[kinds != _TEXT])
-    if not len(held):  # thread names alone
+    is_text = kinds == _TEXT
+    if is_text.all():  # thread names alone
         yield Encoded(b",".join(texts[r] for r in rows.tolist()), 0)
         return
+    held, local = _rows_held(rows, is_text)
     spans = plan.spans(held)
-    local = np.where(kinds == _TEXT, rows, np.searchsorted(held, rows)).astype(np.int64)
     enc = _SessionEvents(SimpleNamespace(spans=spans, marks=plan.mark_schema.empty_table()), base)
     if _cperfetto is not None:
         from cirron.export._perfetto_native import SLICE_EVENTS, span_columns
@@ -278,6 +279,22 @@ def _run_events(plan: _Plan, kinds: np.ndarray, rows: np.ndarray, texts: list[by
     names = _json_strings(pc.fill_null(enc.s["name"], "None"))
     yield from _encode_events(enc, kinds, local, texts, pid[held], track_tid[held], _ts(start[held], base),
                               _ts(end[held], base), names, is_open[held])
+
+
+def _rows_held(rows: np.ndarray, is_text: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The distinct span rows of a run's events (ascending) and each event's place among them
+    (a text event keeps its row: its place in the texts). Marked in a map of the rows' range
+    (a run's rows are mostly a few neighbouring ranges) rather than sorted."""
+    span_rows = rows[~is_text]
+    lo, hi = int(span_rows.min()), int(span_rows.max())
+    if hi - lo > 64 * len(span_rows):  # scattered far apart: a sort is cheaper than the map
+        held = np.unique(span_rows)
+        return held, np.where(is_text, rows, np.searchsorted(held, rows)).astype(np.int64)
+    place = np.zeros(hi - lo + 1, dtype=np.int32)
+    place[span_rows - lo] = 1
+    held = np.flatnonzero(place) + lo
+    place[held - lo] = np.arange(len(held), dtype=np.int32)
+    return held, np.where(is_text, rows, place[np.clip(rows - lo, 0, hi - lo)]).astype(np.int64)
 
 
 def _marks(plan: _Plan, pid: np.ndarray, base: int) -> Iterator[bytes | Encoded]:

@@ -349,3 +349,23 @@ def test_run_spans_are_read_from_the_pieces_files(tmp_path: Path):
         got = plan.spans(np.array(rows, dtype=np.int32))
         assert got["n"].to_pylist() == rows
         assert got["id"].to_pylist() == [f"s{i}" for i in rows]
+
+
+@pytest.mark.parametrize("spread", ["near", "far"])
+def test_rows_held_by_a_run(spread: str):
+    """A run's distinct span rows and each event's place among them, by the map of the rows'
+    range or by sorting when they are far apart; text events keep their row."""
+    import numpy as np
+
+    rng = np.random.default_rng(3)
+    width = 300 if spread == "near" else 10**7
+    rows = rng.integers(5000, 5000 + width, 200).astype(np.int32)
+    rows = np.concatenate([rows, rows[:50]])  # a span's begin and end in one run
+    is_text = np.zeros(len(rows), dtype=bool)
+    is_text[[0, 7, 199]] = True  # texts: the row is a place in the texts
+    rows[is_text] = [2, 0, 1]
+    held, local = _perfetto_pieces._rows_held(rows, is_text)
+    want = np.unique(rows[~is_text])
+    assert held.tolist() == want.tolist()
+    assert local[~is_text].tolist() == np.searchsorted(want, rows[~is_text]).tolist()
+    assert local[is_text].tolist() == [2, 0, 1]
