@@ -10,6 +10,9 @@
  * encode_spans(events, texts, row_base, cols) writes a run of those events from the spans'
  * columns, which may hold any contiguous run of the session's rows (row_base is the first):
  * a caller can encode piece by piece. encode_marks(a, b, cols) writes counter events of marks.
+ * Both let the GIL go while they write (taking it back for a thread name, or for a span or mark
+ * whose text is given whole), so a thread can encode the next slice while another writes the last;
+ * one object encodes for one thread at a time.
  *
  * Float texts (timestamps, mark values) come in made: one orjson call per column, split at its
  * commas by the caller, so they are byte for byte orjson's. */
@@ -18,6 +21,8 @@
 #include <stdint.h>
 #include <string.h>
 
+/* the encoders fill their buffers without the GIL (another thread writes the last slice meanwhile) */
+#define CIRRON_BUF_NOGIL
 #include "../_buf.h"
 #include "../_jtext.h"
 #include "../_pyview.h"
@@ -421,6 +426,7 @@ typedef struct {
     Arr has_id, open;     /* uint8 */
     PyObject *exact;      /* dict: position in these columns -> the args' bytes */
     Buf out;
+    int busy;             /* an encode is writing into out (without the GIL) */
 } SpansObject;
 
 static void spans_dealloc(PyObject *self) {
@@ -432,7 +438,7 @@ static void spans_dealloc(PyObject *self) {
     for (size_t k = 0; k < sizeof texts / sizeof texts[0]; k++) texts_release(texts[k]);
     for (size_t k = 0; k < sizeof arrs / sizeof arrs[0]; k++) arr_release(arrs[k]);
     Py_XDECREF(c->exact);
-    PyMem_Free(c->out.data);
+    buf_free(&c->out);
     Py_TYPE(self)->tp_free(self);
 }
 
@@ -543,6 +549,18 @@ static int put_span_event(Buf *b, const SpansObject *c, Py_ssize_t i, int kind) 
     return 0;
 }
 
+/* Failures of an encoder that let the GIL go: set once it holds it again. */
+enum { ENC_OK = 0, ENC_SET, ENC_NO_MEMORY };
+
+static int encoder_claim(int *busy) {
+    if (*busy) {
+        PyErr_SetString(PyExc_RuntimeError, "encode: already encoding in another thread");
+        return -1;
+    }
+    *busy = 1;
+    return 0;
+}
+
 static PyObject *spans_encode(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     SpansObject *c = (SpansObject *)self;
     if (nargs != 3 || !PyList_Check(args[1])) {
@@ -556,29 +574,53 @@ static PyObject *spans_encode(PyObject *self, PyObject *const *args, Py_ssize_t 
     PyObject *texts = args[1], *result = NULL;
     Buf *out = &c->out;
     Py_ssize_t spans = 0;
-    out->len = 0;
+    /* checked with the GIL: every span row is in the columns, every text is there */
     for (Py_ssize_t k = 0; k < events.n; k++) {
         int64_t code = I64(events)[k], row = code >> 2;
-        int kind = (int)(code & 3);
-        if (k && buf_put(out, ",", 1) < 0) goto done;
-        if (kind == EV_TEXT) {
+        if ((code & 3) == EV_TEXT) {
             if (row < 0 || row >= PyList_GET_SIZE(texts) || !PyBytes_Check(PyList_GET_ITEM(texts, row))) {
                 PyErr_SetString(PyExc_ValueError, "encode: no such text");
                 goto done;
             }
-            PyObject *t = PyList_GET_ITEM(texts, row);
-            if (buf_put(out, PyBytes_AS_STRING(t), PyBytes_GET_SIZE(t)) < 0) goto done;
-            continue;
-        }
-        int64_t i = row - base;
-        if (i < 0 || i >= c->n) {
+        } else if (row - base < 0 || row - base >= c->n) {
             PyErr_Format(PyExc_ValueError, "encode: span row %lld is not in the columns", (long long)row);
             goto done;
         }
-        if (put_span_event(out, c, (Py_ssize_t)i, kind) < 0) goto done;
+    }
+    if (encoder_claim(&c->busy) < 0) goto done;
+    Py_INCREF(texts); /* held while the GIL is let go */
+    int err = ENC_OK;
+    out->len = 0;
+    PyThreadState *ts = PyEval_SaveThread();
+    for (Py_ssize_t k = 0; k < events.n && err == ENC_OK; k++) {
+        int64_t code = I64(events)[k], row = code >> 2;
+        int kind = (int)(code & 3);
+        if (k && buf_put(out, ",", 1) < 0) {
+            err = ENC_NO_MEMORY;
+            break;
+        }
+        if (kind == EV_TEXT) {
+            PyEval_RestoreThread(ts);
+            PyObject *t = PyList_GET_ITEM(texts, row);
+            if (buf_put(out, PyBytes_AS_STRING(t), PyBytes_GET_SIZE(t)) < 0) err = ENC_NO_MEMORY;
+            ts = PyEval_SaveThread();
+            continue;
+        }
+        Py_ssize_t i = (Py_ssize_t)(row - base);
+        if (U8(c->slow)[I32(c->attr)[i]] && kind != EV_B) { /* its args are in the dict */
+            PyEval_RestoreThread(ts);
+            if (put_span_event(out, c, i, kind) < 0) err = PyErr_Occurred() ? ENC_SET : ENC_NO_MEMORY;
+            ts = PyEval_SaveThread();
+        } else if (put_span_event(out, c, i, kind) < 0) {
+            err = ENC_NO_MEMORY;
+        }
         spans += kind != EV_E;
     }
-    {
+    PyEval_RestoreThread(ts);
+    c->busy = 0;
+    Py_DECREF(texts);
+    if (err == ENC_NO_MEMORY) PyErr_NoMemory();
+    if (err == ENC_OK) {
         PyObject *data = PyBytes_FromStringAndSize(out->data ? out->data : "", out->len);
         if (data != NULL) result = Py_BuildValue("(Nn)", data, spans);
     }
@@ -616,6 +658,7 @@ typedef struct {
     Arr pid, plain; /* int32 process; uint8 whether the mark is a plain counter */
     PyObject *exact; /* dict: position -> the event's bytes, or None for no event */
     Buf out;
+    int busy;        /* an encode is writing into out (without the GIL) */
 } MarksObject;
 
 static void marks_dealloc(PyObject *self) {
@@ -626,7 +669,7 @@ static void marks_dealloc(PyObject *self) {
     arr_release(&c->pid);
     arr_release(&c->plain);
     Py_XDECREF(c->exact);
-    PyMem_Free(c->out.data);
+    buf_free(&c->out);
     Py_TYPE(self)->tp_free(self);
 }
 
@@ -666,28 +709,37 @@ static PyObject *marks_encode(PyObject *self, PyObject *const *args, Py_ssize_t 
         PyErr_SetString(PyExc_ValueError, "encode: marks out of range");
         return NULL;
     }
+    if (encoder_claim(&c->busy) < 0) return NULL;
     Buf *out = &c->out;
     out->len = 0;
-    for (Py_ssize_t i = a; i < b; i++) {
+    int err = ENC_OK;
+    PyThreadState *ts = PyEval_SaveThread();
+    for (Py_ssize_t i = a; i < b && err == ENC_OK; i++) {
         if (!U8(c->plain)[i]) { /* the per-record event, or none */
+            PyEval_RestoreThread(ts);
             PyObject *key = PyLong_FromSsize_t(i);
-            if (key == NULL) return NULL;
-            PyObject *text = PyDict_GetItemWithError(c->exact, key);
-            Py_DECREF(key);
-            if (text == NULL && PyErr_Occurred()) return NULL;
-            if (text == NULL || text == Py_None) continue;
-            if (!PyBytes_Check(text)) {
-                PyErr_SetString(PyExc_TypeError, "exact mark events must be bytes");
-                return NULL;
+            PyObject *text = key == NULL ? NULL : PyDict_GetItemWithError(c->exact, key);
+            Py_XDECREF(key);
+            if (text == NULL && PyErr_Occurred()) {
+                err = ENC_SET;
+            } else if (text != NULL && text != Py_None) {
+                if (!PyBytes_Check(text)) {
+                    PyErr_SetString(PyExc_TypeError, "exact mark events must be bytes");
+                    err = ENC_SET;
+                } else if ((out->len && buf_put(out, ",", 1) < 0) ||
+                           buf_put(out, PyBytes_AS_STRING(text), PyBytes_GET_SIZE(text)) < 0) {
+                    err = ENC_NO_MEMORY;
+                }
             }
-            if ((out->len && buf_put(out, ",", 1) < 0) ||
-                buf_put(out, PyBytes_AS_STRING(text), PyBytes_GET_SIZE(text)) < 0)
-                return NULL;
+            ts = PyEval_SaveThread();
             continue;
         }
         Py_ssize_t nl, vl;
         const char *nm = text_at(&c->name, i, &nl), *v = text_at(&c->value, i, &vl);
-        if (buf_reserve(out, 2 * JT_STR_MAX(nl) + time_room(&c->ts, i) + vl + JT_INT64_MAX + 64) < 0) return NULL;
+        if (buf_reserve(out, 2 * JT_STR_MAX(nl) + time_room(&c->ts, i) + vl + JT_INT64_MAX + 64) < 0) {
+            err = ENC_NO_MEMORY;
+            break;
+        }
         char *o = out->data + out->len;
         if (out->len) *o++ = ',';
         LIT(o, "{\"ph\":\"C\",\"name\":");
@@ -707,6 +759,10 @@ static PyObject *marks_encode(PyObject *self, PyObject *const *args, Py_ssize_t 
         LIT(o, "}}");
         out->len = o - out->data;
     }
+    PyEval_RestoreThread(ts);
+    c->busy = 0;
+    if (err == ENC_NO_MEMORY) PyErr_NoMemory();
+    if (err != ENC_OK) return NULL;
     return PyBytes_FromStringAndSize(out->data ? out->data : "", out->len);
 }
 

@@ -15,11 +15,15 @@ The entry points also serve a session encoded piece by piece:
 * :func:`span_columns` makes the compiled encoder's columns of a run of the session's span rows;
   their ``encode(events, texts, row_base)`` writes a run of those events whose spans are among
   them (``row_base``: the session row of the columns' first span).
+
+The encoders let the GIL go while they write a slice, so :func:`encoded_ahead` has a worker
+thread write each slice while the one before is written out and the next run is made ready.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import numpy as np
@@ -38,7 +42,8 @@ from cirron.export._perfetto_columns import (
     track_order,
 )
 
-__all__ = ["check", "mark_events", "session_events", "span_columns", "span_events"]
+__all__ = ["Job", "check", "encoded_ahead", "mark_events", "mark_jobs", "session_events", "span_columns",
+           "span_events", "span_jobs"]
 
 #: The compiled module (this one runs only where it was built).
 _cperfetto: Any = _perfetto_columns._cperfetto
@@ -50,6 +55,46 @@ SLICE_EVENTS = 1 << 16
 _TID_LIMIT = 2**56
 
 _TEXT = 3
+
+#: A slice to encode (its events, or ``None`` for none), or events already encoded.
+Job = Callable[[], Encoded | None] | Encoded | bytes
+
+
+def encoded_ahead(jobs: Iterable[Job]) -> Iterator[bytes | Encoded]:
+    """The events of ``jobs`` in order, each callable run in a worker thread one ahead: while the
+    caller writes a slice, the next is encoded (the compiled encoders let the GIL go) and the
+    jobs after it are made ready. At most two slices are held; the worker is joined on return,
+    error or close."""
+    from concurrent.futures import Future, ThreadPoolExecutor
+
+    pending: deque[Any] = deque()
+    with ThreadPoolExecutor(1, thread_name_prefix="cirron-perfetto") as pool:
+        try:
+            for job in jobs:
+                pending.append(pool.submit(job) if callable(job) else job)
+                while len(pending) > 1:
+                    head = pending.popleft()
+                    done = head.result() if isinstance(head, Future) else head
+                    if done is not None:
+                        yield done
+            while pending:
+                head = pending.popleft()
+                done = head.result() if isinstance(head, Future) else head
+                if done is not None:
+                    yield done
+        finally:
+            for left in pending:
+                if isinstance(left, Future):
+                    left.cancel()
+
+
+def span_jobs(spans: Any, events: np.ndarray, texts: list[bytes]) -> Iterator[Callable[[], Encoded]]:
+    """The slices of ``events`` to encode from the compiled columns ``spans`` (see :func:`span_columns`)."""
+    def job(part: np.ndarray) -> Callable[[], Encoded]:
+        return lambda: Encoded(*spans.encode(part, texts, 0))
+
+    for a in range(0, len(events), SLICE_EVENTS):
+        yield job(events[a:a + SLICE_EVENTS])
 
 
 def check(tid: np.ndarray) -> None:
@@ -158,16 +203,22 @@ def session_events(enc: _SessionEvents, base: int, pid: np.ndarray, tid: np.ndar
         del parent
         spans = span_columns(enc, pid, track_tid, start, end, is_open, base)
         del track_tid, start, end, is_open
-        for a in range(0, len(events), SLICE_EVENTS):
-            data, begun = spans.encode(events[a:a + SLICE_EVENTS], texts, 0)
-            yield Encoded(data, begun)
+        yield from encoded_ahead(span_jobs(spans, events, texts))
         del spans, events
-    yield from mark_events(enc, pid, base)
+    yield from encoded_ahead(mark_jobs(enc, pid, base))
 
 
 def mark_events(enc: _SessionEvents, pid: np.ndarray, base: int) -> Iterator[Encoded]:
     """The events of ``enc``'s marks (``pid``: the process of each of ``enc``'s spans, a mark's is
     its span's), by the compiled encoder; the spans' combined columns are let go."""
+    for job in mark_jobs(enc, pid, base):
+        done = job()
+        if done is not None:
+            yield done
+
+
+def mark_jobs(enc: _SessionEvents, pid: np.ndarray, base: int) -> Iterator[Callable[[], Encoded | None]]:
+    """:func:`mark_events` as slices to encode (``None``: a slice without events)."""
     marks = _marks(enc, pid, base)
     if marks is None:
         return
@@ -178,8 +229,13 @@ def mark_events(enc: _SessionEvents, pid: np.ndarray, base: int) -> Iterator[Enc
                             ts=_times(marks.ts, base), values=float_list(marks.values),
                             plain=marks.plain.view(np.uint8), exact=exact)
     del marks, name_off, names
+
+    def job(a: int, b: int) -> Callable[[], Encoded | None]:
+        def encode() -> Encoded | None:
+            data = cols.encode(a, b)
+            return Encoded(data, 0) if data else None
+        return encode
+
     for a in range(0, n, SLICE_EVENTS):
-        data = cols.encode(a, min(n, a + SLICE_EVENTS))
-        if data:
-            yield Encoded(data, 0)
+        yield job(a, min(n, a + SLICE_EVENTS))
     _release()

@@ -53,6 +53,7 @@ from cirron.export._perfetto_columns import (
     _span_order,
     _ts,
 )
+from cirron.export._perfetto_native import Job, encoded_ahead
 from cirron.export._piecewise import SpanIndex, Spill, exact_keys
 from cirron.spool.catalog import SessionInfo
 
@@ -223,14 +224,18 @@ def _session_events(plan: _Plan, info: SessionInfo, base: int, pid_of: dict[tupl
         kinds, rows, texts, track_tid = _order(plan, pid, tid, start, end, threads)
         del tid
         is_open = plan.load("open")
-        with reused_heap():  # each slice's text, freed and allocated again
+
+        def runs() -> Iterator[Job]:
             for r in range(0, len(kinds), RUN_EVENTS):
                 yield from _run_events(plan, kinds[r:r + RUN_EVENTS], rows[r:r + RUN_EVENTS], texts,
                                        pid, track_tid, start, end, is_open, base)
                 pa.default_memory_pool().release_unused()
+
+        with reused_heap():  # each slice's text, freed and allocated again
+            yield from encoded_ahead(runs())
         del kinds, rows, track_tid, start, end, is_open
     with reused_heap():
-        yield from _marks(plan, pid, base)
+        yield from encoded_ahead(_marks(plan, pid, base))
 
 
 def _order(plan: _Plan, pid: np.ndarray, tid: np.ndarray, start: np.ndarray, end: np.ndarray,
@@ -258,8 +263,10 @@ def _order(plan: _Plan, pid: np.ndarray, tid: np.ndarray, start: np.ndarray, end
 
 def _run_events(plan: _Plan, kinds: np.ndarray, rows: np.ndarray, texts: list[bytes], pid: np.ndarray,
                 track_tid: np.ndarray, start: np.ndarray, end: np.ndarray, is_open: np.ndarray,
-                base: int) -> Iterator[Encoded]:
-    """The events of a run (its ``kinds`` and ``rows``), from the pieces' spans they are of."""
+                base: int) -> Iterator[Job]:
+    """The events of a run (its ``kinds`` and ``rows``), from the pieces' spans they are of: the
+    compiled encoder's slices to encode (see :func:`~cirron.export._perfetto_native.encoded_ahead`),
+    or the events encoded."""
     is_text = kinds == _TEXT
     if is_text.all():  # thread names alone
         yield Encoded(b",".join(texts[r] for r in rows.tolist()), 0)
@@ -268,13 +275,10 @@ def _run_events(plan: _Plan, kinds: np.ndarray, rows: np.ndarray, texts: list[by
     spans = plan.spans(held)
     enc = _SessionEvents(SimpleNamespace(spans=spans, marks=plan.mark_schema.empty_table()), base)
     if _cperfetto is not None:
-        from cirron.export._perfetto_native import SLICE_EVENTS, span_columns
+        from cirron.export._perfetto_native import span_columns, span_jobs
 
         cols = span_columns(enc, pid[held], track_tid[held], start[held], end[held], is_open[held], base)
-        events = local * 4 + kinds
-        for a in range(0, len(events), SLICE_EVENTS):
-            data, begun = cols.encode(events[a:a + SLICE_EVENTS], texts, 0)
-            yield Encoded(data, begun)
+        yield from span_jobs(cols, local * 4 + kinds, texts)
         return
     names = _json_strings(pc.fill_null(enc.s["name"], "None"))
     yield from _encode_events(enc, kinds, local, texts, pid[held], track_tid[held], _ts(start[held], base),
@@ -297,7 +301,7 @@ def _rows_held(rows: np.ndarray, is_text: np.ndarray) -> tuple[np.ndarray, np.nd
     return held, np.where(is_text, rows, place[np.clip(rows - lo, 0, hi - lo)]).astype(np.int64)
 
 
-def _marks(plan: _Plan, pid: np.ndarray, base: int) -> Iterator[bytes | Encoded]:
+def _marks(plan: _Plan, pid: np.ndarray, base: int) -> Iterator[Job]:
     """Step 4: the mark events, each piece's (the process of a mark is its span's when the session
     has several)."""
     if not plan.n_marks or not len(pid):
@@ -306,7 +310,7 @@ def _marks(plan: _Plan, pid: np.ndarray, base: int) -> Iterator[bytes | Encoded]
     if _cperfetto is not None:
         from cirron.export import _perfetto_native
 
-        encode = _perfetto_native.mark_events
+        encode = _perfetto_native.mark_jobs
     index = None
     if (pid != pid[0]).any():
         index = SpanIndex()

@@ -511,3 +511,96 @@ def test_perfetto_thread_ids_beyond_overlap_track_ids(factory: SpoolFactory, tmp
     factory.write_batch([root, *kids], [factory.mark(kids[0]["id"], "loss", 0.5)], session_id=root["id"])
     assert_same(factory.spool_dir, tmp_path, "perfetto", monkeypatch)
     assert b'"tid":1152921504606846977' in (tmp_path / "fast.json").read_bytes()
+
+
+def test_compiled_encoders_write_without_the_gil_and_take_it_back_for_given_texts():
+    """A span whose args are given whole, a thread name, a mark given whole: the encoder takes
+    the GIL back for them; a missing one is an error, after which the same columns encode again;
+    several threads encode their own columns at once, each getting what one thread gets."""
+    import threading
+
+    import numpy as np
+
+    from cirron.export import _perfetto_columns
+
+    c = _perfetto_columns._cperfetto
+    if c is None:
+        pytest.skip("the compiled perfetto encoder is not built here")
+    n = 2000
+    names = b"".join(b"s%d" % i for i in range(n))
+    name_off = np.concatenate([[0], np.cumsum([len(b"s%d" % i) for i in range(n)])]).astype(np.int64)
+    attr = (np.arange(n) % 2).astype(np.int32)  # code 1: args given whole
+    cols = dict(name_off=name_off, names=names, pid=np.zeros(n, dtype=np.int32), tid=np.ones(n, dtype=np.int64),
+                starts=np.arange(n, dtype=np.int64) * 1000, ends=np.arange(n, dtype=np.int64) * 1000 + 500,
+                attr=attr, args_off=np.array([0, 8, 8], dtype=np.int64), args=b'"a":1.5,',
+                slow=np.array([0, 1], dtype=np.uint8), index=np.arange(n, dtype=np.int64),
+                has_index=np.ones(n, dtype=np.uint8), id_off=np.arange(n + 1, dtype=np.int64) * 2,
+                ids=b"ab" * n, has_id=np.ones(n, dtype=np.uint8), open=np.zeros(n, dtype=np.uint8),
+                exact={i: b'{"given":%d}' % i for i in range(1, n, 2)})
+    events = np.concatenate([[3], np.arange(n, dtype=np.int64) * 4, np.arange(n, dtype=np.int64) * 4 + 1])
+    spans = c.Spans(**cols)
+    data, begun = spans.encode(events, [b'{"thread":"t"}'], 0)
+    assert begun == n
+    got = data.split(b",{")
+    assert got[0] == b'{"thread":"t"}'
+    assert b'"ts":0.5,"args":{"a":1.5,"index":0,"span_id":"ab"}}' in data
+    assert data.endswith(b'"ts":1999.5,"args":{"given":1999}}')
+    broken = c.Spans(**{**cols, "exact": {}})
+    with pytest.raises(KeyError):
+        broken.encode(events, [b"{}"], 0)
+    assert broken.encode(events[:n + 1], [b"{}"], 0)[1] == n  # begins only: no args needed; usable again
+
+    results: dict[int, bytes] = {}
+
+    def encode(k: int) -> None:
+        own = c.Spans(**cols)
+        results[k] = b"".join(own.encode(events[a:a + 97], [b'{"thread":"t"}'], 0)[0] for a in range(0, len(events), 97))
+
+    threads = [threading.Thread(target=encode, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    one = b"".join(spans.encode(events[a:a + 97], [b'{"thread":"t"}'], 0)[0] for a in range(0, len(events), 97))
+    assert results == dict.fromkeys(range(4), one)
+
+    marks = c.Marks(name_off=np.array([0, 1, 2], dtype=np.int64), names=b"ab", pid=np.zeros(2, dtype=np.int32),
+                    ts=np.array([0, 1000], dtype=np.int64), values=b"[1.0,2.0]", plain=np.array([1, 0], dtype=np.uint8),
+                    exact={1: b'{"given":"mark"}'})
+    assert marks.encode(0, 2) == b'{"ph":"C","name":"a","pid":0,"ts":0.0,"args":{"a":1.0}},{"given":"mark"}'
+    lost = c.Marks(name_off=np.array([0, 1, 2], dtype=np.int64), names=b"ab", pid=np.zeros(2, dtype=np.int32),
+                   ts=np.array([0, 1000], dtype=np.int64), values=b"[1.0,2.0]", plain=np.array([1, 0], dtype=np.uint8),
+                   exact={1: "not bytes"})
+    with pytest.raises(TypeError):
+        lost.encode(0, 2)
+    assert lost.encode(0, 1).startswith(b'{"ph":"C"')
+
+
+def test_encoded_ahead_keeps_the_order_and_raises_in_turn():
+    """Slices encoded one ahead in a worker thread come out in order, empty ones left out, events
+    already encoded passed through; a failing slice raises when its turn comes, after the ones before."""
+    import threading
+
+    from cirron.export._perfetto_columns import Encoded
+    from cirron.export._perfetto_native import encoded_ahead
+
+    workers = set()
+
+    def slice_(k: int):
+        def job():
+            workers.add(threading.current_thread().name)
+            return None if k == 2 else Encoded(b"%d" % k, 1)
+        return job
+
+    got = list(encoded_ahead([slice_(0), b"made", slice_(1), slice_(2), Encoded(b"x", 0), slice_(3)]))
+    assert [g if isinstance(g, bytes) else g.data for g in got] == [b"0", b"made", b"1", b"x", b"3"]
+    assert workers and threading.current_thread().name not in workers
+
+    def boom():
+        raise ValueError("slice 2")
+
+    out = []
+    with pytest.raises(ValueError, match="slice 2"):
+        for ev in encoded_ahead([slice_(0), slice_(1), boom, slice_(3)]):
+            out.append(ev.data)
+    assert out == [b"0", b"1"]
