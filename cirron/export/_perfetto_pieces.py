@@ -7,9 +7,8 @@ per span; the text of an event needs the span's name, ids and attrs. So:
 1. the pieces of :func:`cirron.spool.pieces.iter_pieces` are read once: per span its rank,
    thread, start, end, whether it is open and its parent go to files (about 40 bytes a span),
    each piece's span columns the events are written from (id, name, index, attrs) to an Arrow
-   IPC file of its own, its marks' to a temporary Arrow IPC file, the exact keys of span ids
-   (:func:`~cirron.export._piecewise.exact_keys`) to files, and what could stop the column
-   encoder (attrs it cannot read, times out of range) is found before anything is written;
+   IPC file of its own, its marks' to a temporary Arrow IPC file, and what could stop the
+   column encoder (attrs it cannot read, times out of range) is found before anything is written;
 2. the order and tracks are computed on those numbers as for the whole session
    (:func:`cirron.export._perfetto_native.span_events`, the compiled sweep, or its pure-Python
    twin :func:`cirron.export._perfetto_columns._span_order`);
@@ -17,7 +16,8 @@ per span; the text of an event needs the span's name, ids and attrs. So:
    files by memory mapping (a range of a piece's rows, as when spans were written in order, is
    a slice of the file; scattered rows are taken) and its events encoded by the column encoder
    (compiled or not), its slices' text reusing the heap (:func:`cirron._memory.reused_heap`);
-4. then each piece's marks (their process is their span's, found by its id's key).
+4. then each piece's marks (their process is their span's, found by the exact key of its id,
+   :func:`~cirron.export._piecewise.exact_keys`, when the session has several processes).
 
 The bytes are those of :func:`cirron.export._perfetto_columns.session_events` for the whole
 session. Memory: about 70 bytes per span while the order is computed by the compiled sweep (the
@@ -67,7 +67,7 @@ RUN_EVENTS = 1 << 17
 
 #: The per-span numbers step 1 writes (name → dtype).
 _NUMBERS = {"rank": np.int64, "tid": np.int64, "start": np.int64, "end": np.int64, "open": np.bool_,
-            "parent": np.int64, "key_hi": np.uint64, "key_lo": np.uint64}
+            "parent": np.int64}
 
 
 def session_events_in_pieces(info: SessionInfo, base: int, pid_of: dict[tuple[str, object], int],
@@ -148,6 +148,10 @@ class _Plan:
         self.span_schema = spans.schema
         self.piece_start.append(self.n_spans + spans.num_rows)
 
+    def piece_spans(self, k: int) -> pa.Table:
+        """Piece ``k``'s span columns, memory-mapped."""
+        return pa.ipc.open_file(pa.memory_map(self._spans_path(k))).read_all()
+
     def spans(self, rows: np.ndarray) -> pa.Table:
         """The span columns of session ``rows`` (ascending, distinct), read from the pieces'
         files by memory mapping: a range of a piece's rows is a slice of its file, the others
@@ -160,7 +164,7 @@ class _Plan:
         parts = []
         for a, z in zip([0, *cuts], [*cuts, len(rows)]):
             k = int(piece[a])
-            table = pa.ipc.open_file(pa.memory_map(self._spans_path(k))).read_all()
+            table = self.piece_spans(k)
             local = rows[a:z] - starts[k]
             first = int(local[0])
             if int(local[-1]) - first + 1 == z - a:
@@ -192,10 +196,7 @@ def _read_pieces(info: SessionInfo, pieces: Iterator[Any], directory: Path, base
         plan.add("end", end)
         plan.add("open", is_open)
         plan.add("parent", piece.span_parent)
-        hi, lo, _valid = exact_keys(spans["id"])
-        plan.add("key_hi", hi)
-        plan.add("key_lo", lo)
-        del start, end, is_open, hi, lo
+        del start, end, is_open
         plan.add_spans(spans.select(_SPAN_TEXT))
         marks = piece.marks.select(_MARK_COLUMNS)
         plan.mark_schema = marks.schema
@@ -313,8 +314,10 @@ def _marks(plan: _Plan, pid: np.ndarray, base: int) -> Iterator[Job]:
         encode = _perfetto_native.mark_jobs
     index = None
     if (pid != pid[0]).any():
-        index = SpanIndex()
-        index.add(plan.load("key_hi"), plan.load("key_lo"))
+        index = SpanIndex()  # keyed only here: a session of one process needs no keys
+        for k in range(plan.n_pieces):
+            hi, lo, _valid = exact_keys(plan.piece_spans(k)["id"])
+            index.add(hi, lo)
         index.seal()
     for k in range(plan.n_pieces):
         marks, values = plan.marks.read(k, plan.mark_schema)
