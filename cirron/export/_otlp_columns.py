@@ -43,7 +43,7 @@ from cirron.export._otlp import (
 )
 from cirron.spool.columnar import SPAN_COLUMNS
 
-__all__ = ["SLICE_SPANS", "CannotEncode", "write_spans"]
+__all__ = ["SLICE_SPANS", "CannotEncode", "Prepared", "prepare_spans", "write_prepared", "write_spans"]
 
 #: The compiled encoder (``_cotlp.c``), when built and wanted; else the Arrow-kernel twin below.
 _cotlp = _native.load("cirron.export._cotlp")
@@ -464,6 +464,21 @@ def write_spans(fh: Any, cols: Any, open_end_ns: int | None) -> int:
     Two cores at work: the span ids are hashed on a thread (``_cotlp.digests`` runs without the
     GIL) while the session's shared text is prepared, and a write-behind thread hands each block of
     text to ``fh`` while the next one is encoded."""
+    return write_prepared(fh, prepare_spans(cols, open_end_ns))
+
+
+class Prepared:
+    """What :func:`write_prepared` writes the spans from: the session's shared text and, where
+    the compiled encoder runs, its column buffers."""
+
+    def __init__(self, text: _SessionText, compiled: _CompiledSpans | None) -> None:
+        self.text, self.compiled = text, compiled
+
+
+def prepare_spans(cols: Any, open_end_ns: int | None) -> Prepared:
+    """The first half of :func:`write_spans`, which writes nothing (and raises
+    :class:`CannotEncode` where it cannot encode): a caller may prepare one piece of a session
+    while the one before is written."""
     from concurrent.futures import ThreadPoolExecutor
 
     spans = _Columns(cols.spans)
@@ -474,6 +489,12 @@ def write_spans(fh: Any, cols: Any, open_end_ns: int | None) -> int:
             digests = pool.submit(_cotlp.digests, _arrow(spans["id"]), cols.spans.num_rows)
         text = _SessionText(cols, open_end_ns, spans)
         compiled = _CompiledSpans(text, digests.result()) if digests is not None else None
+    return Prepared(text, compiled)
+
+
+def write_prepared(fh: Any, prepared: Prepared) -> int:
+    """The second half of :func:`write_spans`: write the spans; returns how many."""
+    text, compiled = prepared.text, prepared.compiled
     n = text.n_spans
     written = 0
     # at most one block queued and one being written: with the one being encoded, the scratch's

@@ -16,6 +16,8 @@ session those are:
 3. the pieces are read again and each piece's spans are encoded with its own marks and those
    routed to it, in session order, by the column encoder
    (:func:`cirron.export._otlp_columns.write_spans`): the same bytes as for the whole session.
+   A piece is written (the compiled encoder, without the GIL) on a thread while the next one is
+   prepared (attrs, ids' digests: Python's share of the work).
 
 Memory: about 16 bytes per span for the index, plus one piece and its marks. Disk: 4 bytes per
 mark, and the columns of the marks that are not in their span's piece twice at most (usually
@@ -34,7 +36,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from cirron._schema import ROOT_SENTINEL, SESSION_SPAN_NAME
-from cirron.export._otlp_columns import CannotEncode, write_spans
+from cirron.export._otlp_columns import CannotEncode, prepare_spans, write_prepared
 from cirron.export._piecewise import SpanIndex, Spill, exact_keys
 from cirron.spool.arrays import JoinedIndex
 from cirron.spool.catalog import SessionInfo
@@ -233,10 +235,25 @@ def _route_marks(plan: _Plan, index: SpanIndex) -> None:
 
 def _write(fh: Any, info: SessionInfo, pieces: Any, plan: _Plan, open_end_ns: int | None) -> int:
     """Step 3 of the module docstring: the spans of each piece, then the placeholders of a
-    session without root; returns how many."""
+    session without root; returns how many. A piece is written (the compiled encoder, without
+    the GIL) on a thread while the next one is prepared."""
+    from concurrent.futures import Future, ThreadPoolExecutor
+
+    if not plan.n_pieces:
+        return 0
+    with ThreadPoolExecutor(1, thread_name_prefix="cirron-otlp-pieces") as writer:
+        writing: list[Future[int]] = []
+        n = _write_pieces(_Commas(fh), info, pieces, plan, open_end_ns, writer, writing)
+        return n + sum(w.result() for w in writing)
+
+
+def _write_pieces(out: _Commas, info: SessionInfo, pieces: Any, plan: _Plan, open_end_ns: int | None, writer: Any,
+                  writing: list[Any]) -> int:
+    """:func:`_write`'s loop: each piece is prepared, then handed to ``writer`` once the piece
+    before is written (``writing``: the one being written). Returns how many spans were written
+    before the last piece."""
     from cirron.spool.columnar import SessionColumns
 
-    out = _Commas(fh)
     n = 0
     empty = np.zeros(0, dtype=np.int64)
     no_rows = np.zeros(0, dtype=np.int32)
@@ -245,11 +262,13 @@ def _write(fh: Any, info: SessionInfo, pieces: Any, plan: _Plan, open_end_ns: in
                mark_span: np.ndarray) -> None:
         nonlocal n
         cols = SessionColumns(info, spans, marks, [], empty, empty, empty, empty, values, parent, mark_span)
+        prepared = prepare_spans(cols, open_end_ns)
+        del cols
+        if writing:
+            n += writing.pop().result()
         out.pending = n > 0
-        n += write_spans(out, cols, open_end_ns)
+        writing.append(writer.submit(write_prepared, out, prepared))
 
-    if not plan.n_pieces:
-        return 0
     for k, piece in enumerate(pieces):
         row0, row1 = plan.piece_start[k], plan.piece_start[k + 1]
         parent = np.asarray(piece.span_parent, dtype=np.int64)

@@ -81,7 +81,7 @@ def assert_same_in_pieces(spool: Path, tmp: Path, fmt: str, monkeypatch: pytest.
         if strict:
             _no_streamed_path(m)
         if fmt == "otel":
-            m.setattr(_otlp_pieces, "write_spans", _checking_mark_rows(_otlp_pieces.write_spans))
+            m.setattr(_otlp_pieces, "prepare_spans", _checking_mark_rows(_otlp_pieces.prepare_spans))
         _write(fmt, infos, tmp / "pieces.json", base)
     whole = (tmp / "whole.json").read_bytes()
     assert (tmp / "pieces.json").read_bytes() == whole
@@ -89,17 +89,17 @@ def assert_same_in_pieces(spool: Path, tmp: Path, fmt: str, monkeypatch: pytest.
     return sum(used)
 
 
-def _checking_mark_rows(write_spans):
-    """``write_spans`` that first checks the row the pieces give for each mark's span
+def _checking_mark_rows(prepare_spans):
+    """``prepare_spans`` that first checks the row the pieces give for each mark's span
     (``mark_span``) is the one the encoder would look up itself: the first span of the piece
     whose id is the mark's ``span_id``, exactly (-1: none)."""
     import pyarrow.compute as pc
 
-    def checked(fh, cols, open_end_ns):
+    def checked(cols, open_end_ns):
         assert cols.mark_span is not None and len(cols.mark_span) == cols.marks.num_rows
         looked_up = pc.fill_null(pc.index_in(cols.marks["span_id"], value_set=cols.spans["id"].combine_chunks()), -1)
         assert cols.mark_span.tolist() == looked_up.to_pylist()
-        return write_spans(fh, cols, open_end_ns)
+        return prepare_spans(cols, open_end_ns)
 
     return checked
 
@@ -229,7 +229,7 @@ def test_temporary_files_are_removed_on_error(factory: SpoolFactory, tmp_path: P
         assert any(spill.iterdir())  # the pieces are spilled by now
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(_otlp_pieces, "write_spans", boom)
+    monkeypatch.setattr(_otlp_pieces, "prepare_spans", boom)
     cat = open_catalog([factory.spool_dir], lambda _m: None)
     with pytest.raises(KeyboardInterrupt):
         ex.write_otlp_json(list(cat.sessions), tmp_path / "out.json")
@@ -369,3 +369,31 @@ def test_rows_held_by_a_run(spread: str):
     assert held.tolist() == want.tolist()
     assert local[~is_text].tolist() == np.searchsorted(want, rows[~is_text]).tolist()
     assert local[is_text].tolist() == [2, 0, 1]
+
+
+def test_a_piece_the_encoder_declines_after_others_were_written_leaves_nothing(
+        factory: SpoolFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """Pieces are written on a thread while the next is prepared: when the encoder declines a
+    later piece, the pieces being written are waited for, then all their text is taken back."""
+    from cirron.export._otlp_columns import CannotEncode
+
+    hard_session(factory)
+    (info,) = open_catalog([factory.spool_dir], lambda _m: None).sessions
+    real = _otlp_pieces.prepare_spans
+    calls = []
+
+    def declines_the_third(cols, open_end_ns):
+        calls.append(cols.spans.num_rows)
+        if len(calls) == 3:
+            raise CannotEncode("test")
+        return real(cols, open_end_ns)
+
+    monkeypatch.setattr(columnar, "MAX_SESSION_BYTES", 10)
+    monkeypatch.setattr(pieces, "PIECE_ROWS", 2)
+    monkeypatch.setattr(_otlp_pieces, "prepare_spans", declines_the_third)
+    with open(tmp_path / "out", "wb+") as fh:
+        fh.write(b"head")
+        assert _otlp_pieces.write_spans_in_pieces(fh, info, None) is None
+        assert fh.tell() == 4
+    assert len(calls) == 3 and sum(calls[:2]) > 0
+    assert (tmp_path / "out").read_bytes() == b"head"
