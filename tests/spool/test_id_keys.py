@@ -63,44 +63,44 @@ def test_reuse_heap_leaves_the_arrays_alone(monkeypatch, libc):
     assert int(a.sum()) == int(b.sum()) == (4 << 20) * ((4 << 20) - 1) // 2
 
 
-def test_returned_memory_puts_back_the_heap_reuse_of_the_column_exports():
+@pytest.fixture
+def glibc_memory():
+    """cirron._memory where glibc is tuned (else the test is skipped); the CLI's pin is put back
+    afterwards, for the tests that follow."""
+    from cirron import _memory
+
+    if _memory._glibc() is None:
+        pytest.skip("not glibc")
+    yield _memory
+    _memory.map_big_blocks()
+
+
+def test_returned_memory_puts_back_the_heap_reuse_of_the_column_exports(glibc_memory):
     """A big session's first pass pins the mmap threshold; its pieces are then written with the
     heap reused again, as the csv/json exports asked (else each slice's buffers fault afresh)."""
-    from cirron import _memory
-
-    if _memory._glibc() is None:
-        pytest.skip("not glibc")
-    try:
-        _memory.reuse_heap()
-        with _memory.returned_memory():
-            assert _memory._mode[0] is _memory.map_big_blocks
-        assert _memory._mode[0] is _memory.reuse_heap
-        _memory.map_big_blocks()
-        with _memory.returned_memory():
-            pass
-        assert _memory._mode[0] is _memory.map_big_blocks
-    finally:
-        _memory.map_big_blocks()  # back to the pin the CLI sets, for the tests that follow
+    m = glibc_memory
+    m.reuse_heap()
+    with m.returned_memory():
+        assert m._mode[0] is m.map_big_blocks
+    assert m._mode[0] is m.reuse_heap
+    m.map_big_blocks()
+    with m.returned_memory():
+        pass
+    assert m._mode[0] is m.map_big_blocks
 
 
-def test_reused_heap_reuses_it_for_a_pass_under_the_pin_only():
+def test_reused_heap_reuses_it_for_a_pass_under_the_pin_only(glibc_memory):
     """Under the CLI's pin, a pass of slice buffers reuses the heap, then the pin applies again;
     where nothing pinned the threshold (a library caller), the pass changes nothing."""
-    from cirron import _memory
-
-    if _memory._glibc() is None:
-        pytest.skip("not glibc")
-    try:
-        _memory.map_big_blocks()
-        with _memory.reused_heap():
-            assert _memory._mode[0] is _memory.reuse_heap
-        assert _memory._mode[0] is _memory.map_big_blocks
-        _memory._mode[0] = None
-        with _memory.reused_heap():
-            assert _memory._mode[0] is None
-        assert _memory._mode[0] is None
-    finally:
-        _memory.map_big_blocks()  # back to the pin the CLI sets, for the tests that follow
+    m = glibc_memory
+    m.map_big_blocks()
+    with m.reused_heap():
+        assert m._mode[0] is m.reuse_heap
+    assert m._mode[0] is m.map_big_blocks
+    m._mode[0] = None
+    with m.reused_heap():
+        assert m._mode[0] is None
+    assert m._mode[0] is None
 
 
 def test_search_sorted_finds_what_searchsorted_finds():
