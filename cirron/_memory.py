@@ -25,6 +25,7 @@ HEAP_BYTES = 32 << 20
 KEEP_TOP_BYTES = 64 << 20
 _M_MMAP_THRESHOLD = -3  # glibc's mallopt parameters
 _M_TRIM_THRESHOLD = -1
+_M_ARENA_MAX = -8
 _LIBC: list[Any] = []
 #: The mode the last of :func:`map_big_blocks` / :func:`reuse_heap` set (``None``: glibc's own),
 #: so that :func:`returned_memory` can put it back.
@@ -47,10 +48,14 @@ def _glibc() -> Any:
 
 
 def map_big_blocks() -> None:
-    """Pin glibc's mmap threshold at :data:`MAP_BYTES` for the rest of the process."""
+    """Pin glibc's mmap threshold at :data:`MAP_BYTES` for the rest of the process, and keep one
+    malloc arena: every thread's blocks then come from the one heap that :func:`trim` returns,
+    not from a heap per thread each keeping its own free memory (a big session's encoding thread
+    in ``export --format perfetto``: 333 -> 293 MB at 10M spans, same time)."""
     libc = _glibc()
     if libc is not None:
         libc.mallopt(_M_MMAP_THRESHOLD, MAP_BYTES)
+        libc.mallopt(_M_ARENA_MAX, 1)
         _mode[0] = map_big_blocks
 
 
