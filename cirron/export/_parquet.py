@@ -291,18 +291,20 @@ def _as_chunks(items: Iterable[Any]) -> Iterable[Any]:
         del out  # before the next one is read
 
 
-#: A chunk's tables are written on threads while they hold at most this many bytes together (a
-#: session of 25,000 spans: ~13 MB), and may still be being written while the next chunk is read;
-#: a bigger chunk (a 250,000-span session: ~130 MB) is written on the calling thread, one table
-#: after the other, as two Parquet writers at work at once would hold both their buffers.
-WRITE_BEHIND_BYTES = 32 << 20
+#: Bytes of tables being written on threads at once, at most: a table that does not fit beside
+#: those still being written waits for them, and one bigger than this alone is written on the
+#: calling thread. The tables of a session of 25,000 spans (~13 MB) are all written while the
+#: next session is read; of a 250,000-span session (spans ~70 MB, marks ~60 MB) the marks are,
+#: the spans are written first on the calling thread (with both at once, and the next session's
+#: columns, the export peaked past 300 MB).
+WRITE_BEHIND_BYTES = 64 << 20
 
 
 class _TableWrites:
-    """A small chunk's tables written to their files on threads (the Parquet encoding releases the
-    GIL) while the caller builds the chunk's next table and reads the next chunk; memory then holds
-    one small chunk besides the next (:data:`WRITE_BEHIND_BYTES`). A big chunk, or everything with
-    one read thread (:func:`cirron.spool.parallel.read_threads`), is written on the calling thread."""
+    """Tables written to their files on threads (the Parquet encoding releases the GIL) while the
+    caller builds the chunk's next table and reads the next chunk, :data:`WRITE_BEHIND_BYTES` of
+    them at most; with one read thread (:func:`cirron.spool.parallel.read_threads`) everything is
+    written on the calling thread."""
 
     def __init__(self) -> None:
         from cirron.spool.parallel import read_threads
@@ -310,30 +312,28 @@ class _TableWrites:
         self._threads = min(read_threads(), len(PARQUET_FILES))
         self._pool: Any = None
         self._pending: list[Any] = []
-        self._bytes = 0
+        self._bytes = 0  # of the tables in _pending
 
     def write(self, writer: Any, table: Any) -> None:
-        """``table`` appended to ``writer``'s file: on a thread while the chunk's tables stay
-        within :data:`WRITE_BEHIND_BYTES`, else at once (after the writes still running)."""
-        self._bytes += table.nbytes
-        if self._threads <= 1 or self._bytes > WRITE_BEHIND_BYTES:
+        """``table`` appended to ``writer``'s file: on a thread when it fits beside the tables
+        still being written (after those, when it does not), at once when it is too big alone."""
+        size = table.nbytes
+        if self._threads <= 1 or size > WRITE_BEHIND_BYTES:
             self.wait()
             writer.write_table(table, row_group_size=ROW_GROUP_ROWS)
             return
+        if self._bytes + size > WRITE_BEHIND_BYTES:
+            self.wait()
         if self._pool is None:
             from concurrent.futures import ThreadPoolExecutor
 
             self._pool = ThreadPoolExecutor(self._threads, thread_name_prefix="cirron-parquet")
         self._pending.append(self._pool.submit(writer.write_table, table, row_group_size=ROW_GROUP_ROWS))
-
-    def chunk_done(self) -> None:
-        """The chunk's tables are all handed over; those still being written are let be while
-        the next chunk is read, and :meth:`wait` ends them before its tables are written."""
-        self._bytes = 0
+        self._bytes += size
 
     def wait(self) -> None:
         """Every table handed over so far is written; raises the first write's error."""
-        pending, self._pending = self._pending, []
+        pending, self._pending, self._bytes = self._pending, [], 0
         errors = [exc for fut in pending if (exc := fut.exception()) is not None]
         if errors:
             raise errors[0]
@@ -342,7 +342,7 @@ class _TableWrites:
         """Wait for the writes still running (their errors are the caller's to raise) and stop the threads."""
         for fut in self._pending:
             fut.exception()
-        self._pending = []
+        self._pending, self._bytes = [], 0
         if self._pool is not None:
             self._pool.shutdown(wait=True)
             self._pool = None
@@ -393,7 +393,6 @@ def write_parquet(chunks: Iterable[Any], out_dir: str | os.PathLike[str], partit
                                                             use_dictionary=_dictionary_columns(table.schema))
                     if table.num_rows:
                         writes.write(w, table)
-                writes.chunk_done()
                 columns_done = is_columns(chunk)
                 del chunk, table  # before the next one is read
                 if columns_done:

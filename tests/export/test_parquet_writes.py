@@ -1,6 +1,6 @@
-"""``export --format parquet`` writes a small chunk's tables on threads (cirron.export._parquet._TableWrites),
-also while the next chunk is read, and a big chunk's one after the other on the calling thread: the
-files hold what one thread writes, a failed write surfaces as the export's error and leaves no
+"""``export --format parquet`` writes its tables on threads (cirron.export._parquet._TableWrites),
+also while the next chunk is read, with at most WRITE_BEHIND_BYTES of them being written at once (a
+table bigger than that alone is written on the calling thread): the files hold what one thread writes, a failed write surfaces as the export's error and leaves no
 output, and no writing thread outlives the export. Constant text columns (session_id, run_id) are
 made from their buffers and equal pyarrow's own repeat."""
 
@@ -134,6 +134,57 @@ def test_a_big_chunk_is_written_before_the_next_is_read(factory: SpoolFactory, t
     assert {e[1] for e in log if e[0] == "wrote"} == {threading.current_thread().name}
     order = "".join("r" if e[0] == "read" else "w" for e in log)
     assert re.fullmatch(r"(ww+r){3}", order), order  # each chunk's writes end before the next is read
+
+
+def test_tables_being_written_at_once_stay_within_the_budget(factory: SpoolFactory, tmp_path, monkeypatch):
+    from cirron.export import _parquet
+
+    for i in range(3):
+        factory.session(start_ns=BASE_NS + i * 10**12)
+    monkeypatch.setenv(THREADS_ENV, "2")
+    real = pq.ParquetWriter.write_table
+    sizes: dict[str, int] = {}
+
+    def measure(self, table, *a, **k):
+        sizes[table.column_names[1]] = max(sizes.get(table.column_names[1], 0), table.nbytes)
+        return real(self, table, *a, **k)
+
+    monkeypatch.setattr(pq.ParquetWriter, "write_table", measure)
+    _export(factory.spool_dir, tmp_path / "sizes")
+    (small, small_bytes), (big, big_bytes) = sorted(sizes.items(), key=lambda kv: kv[1])[-2:]
+    assert small_bytes < big_bytes
+    monkeypatch.setattr(_parquet, "WRITE_BEHIND_BYTES", small_bytes)  # the smaller table fits, the bigger not
+    lock = threading.Lock()
+    writing = [0, 0]  # bytes being written now, the most at once
+    on_threads = [0, 0]  # the same for the writer threads alone
+    threads: dict[str, set[str]] = {small: set(), big: set()}
+
+    def spy(self, table, *a, **k):
+        behind = threading.current_thread().name.startswith("cirron-parquet")
+        with lock:
+            writing[0] += table.nbytes
+            writing[1] = max(writing[1], writing[0])
+            if behind:
+                on_threads[0] += table.nbytes
+                on_threads[1] = max(on_threads[1], on_threads[0])
+        threads.setdefault(table.column_names[1], set()).add(threading.current_thread().name)
+        try:
+            return real(self, table, *a, **k)
+        finally:
+            with lock:
+                writing[0] -= table.nbytes
+                if behind:
+                    on_threads[0] -= table.nbytes
+
+    monkeypatch.setattr(pq.ParquetWriter, "write_table", spy)
+    assert _export(factory.spool_dir, tmp_path / "out") > 0
+    assert threads[big] == {threading.current_thread().name}  # too big alone: on the calling thread
+    assert threads[small] and all(name.startswith("cirron-parquet") for name in threads[small])
+    # the tables on threads never together pass the budget, and nothing is written beside the big one
+    assert on_threads[1] <= small_bytes and writing[1] == big_bytes
+    assert not _writer_threads()
+    for name in PARQUET_FILES:
+        assert pq.read_table(tmp_path / "out" / name).equals(pq.read_table(tmp_path / "sizes" / name)), name
 
 
 @pytest.mark.parametrize("value", ["0123456789abcdef0123456789abcdef", "", "run-é-中", "x"])
