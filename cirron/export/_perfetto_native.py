@@ -68,20 +68,21 @@ def encoded_ahead(jobs: Iterable[Job]) -> Iterator[bytes | Encoded]:
     from concurrent.futures import Future, ThreadPoolExecutor
 
     pending: deque[Any] = deque()
+
+    def handed_over(keep: int) -> Iterator[bytes | Encoded]:
+        """The events of the pending jobs, oldest first, until ``keep`` are left."""
+        while len(pending) > keep:
+            head = pending.popleft()
+            done = head.result() if isinstance(head, Future) else head
+            if done is not None:
+                yield done
+
     with ThreadPoolExecutor(1, thread_name_prefix="cirron-perfetto") as pool:
         try:
             for job in jobs:
                 pending.append(pool.submit(job) if callable(job) else job)
-                while len(pending) > 1:
-                    head = pending.popleft()
-                    done = head.result() if isinstance(head, Future) else head
-                    if done is not None:
-                        yield done
-            while pending:
-                head = pending.popleft()
-                done = head.result() if isinstance(head, Future) else head
-                if done is not None:
-                    yield done
+                yield from handed_over(1)
+            yield from handed_over(0)
         finally:
             for left in pending:
                 if isinstance(left, Future):
