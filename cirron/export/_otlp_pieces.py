@@ -43,6 +43,9 @@ from cirron.spool.catalog import SessionInfo
 
 __all__ = ["write_spans_in_pieces"]
 
+#: A piece's own mark that is encoded with another piece's spans (in a piece's marks' span rows).
+_AWAY = -2
+
 
 class _Commas:
     """A file that puts a comma before the next piece's text when spans were written before."""
@@ -68,14 +71,16 @@ def write_spans_in_pieces(fh: Any, info: SessionInfo, open_end_ns: int | None) -
 
     if not fh.seekable():
         return None
-    pieces = read_pieces(info, session_parents=True)
+    pieces = read_pieces(info, session_parents=True, mark_spans=True)
     if pieces is None:
         return None
     start = fh.tell()
     with pieces, tempfile.TemporaryDirectory(prefix="cirron-otlp-") as tmp:
         try:
-            plan = _read_keys(pieces, Path(tmp))
-            return _write(fh, info, pieces, plan, open_end_ns)
+            marks: _Routes | _Plan | None = _Routes.of(pieces, Path(tmp))
+            if marks is None:
+                marks = _read_keys(pieces, Path(tmp))
+            return _write(fh, info, pieces, marks, open_end_ns)
         except CannotEncode:
             fh.seek(start)
             fh.truncate()
@@ -90,12 +95,9 @@ class _Plan:
         self.routed = Spill(directory, "routed")
         self.dir = directory
         self.n_marks = 0
-        #: the row among the session's marks of each piece's first
-        self.mark_start: list[int] = []
         self.n_pieces = 0
         self.piece_start: list[int] = [0]
         self.root = -1
-        self.span_schema: Any = None
         #: the schema of a piece's marks with ``_mrow``, their row among the session's marks
         self.mark_schema: Any = None
         #: ... and with ``_mspan``, the row of each one's span in the piece it is encoded with
@@ -106,8 +108,92 @@ class _Plan:
         self.away: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
 
     def stay_path(self, k: int) -> Path:
-        """Per mark of piece ``k``: the row of its span in the piece, -1 where it is routed."""
+        """Per mark of piece ``k``: the row of its span in the piece, :data:`_AWAY` where it is routed."""
         return self.dir / f"stay-{k}.npy"
+
+    def of_piece(self, k: int, piece: Any, row0: int, m0: int) -> tuple[pa.Table, list[Any] | None, np.ndarray]:
+        """Piece ``k``'s marks to encode with its spans (its first span and mark are the
+        session's ``row0`` and ``m0``): see :func:`_piece_marks`."""
+        stay = np.load(self.stay_path(k)) if piece.marks.num_rows else np.zeros(0, dtype=np.int32)
+        routed, routed_values = self.routed.read(k, self.routed_schema)
+        return _piece_marks(piece, stay, m0, routed, routed_values)
+
+    def orphans(self) -> tuple[pa.Table, list[Any] | None] | None:
+        """The marks of no span in a session without root (with ``_mrow`` and ``_mspan``), to be
+        written as placeholder spans; ``None`` where there are none."""
+        if not self.n_pieces:
+            return None
+        marks, values = self.routed.read(self.n_pieces, self.routed_schema)
+        return (marks, values) if marks.num_rows else None
+
+
+class _Routes:
+    """Where each mark is encoded, from the pieces' own rows of the marks' spans: what
+    :func:`_read_keys` finds by reading the pieces a first time, when the pieces' keys are exact
+    (:attr:`~cirron.spool.pieces.Pieces.exact_ids`), every mark has a span or a root to go to and
+    none goes to a piece before its own. A mark on a span of a later piece is spilled while its
+    own piece is written and read back with that piece."""
+
+    def __init__(self, mark_span: np.ndarray, root: int, span_end: np.ndarray, directory: Path) -> None:
+        #: per mark (in session order) the row of its span in the session (-1: the root's marks)
+        self.mark_span = mark_span
+        self.root = root
+        self.span_end = span_end
+        self.ahead = Spill(directory, "ahead")
+
+    @classmethod
+    def of(cls, pieces: Any, directory: Path) -> _Routes | None:
+        mark_span = pieces.mark_span
+        if mark_span is None or not pieces.exact_ids:
+            return None
+        target = np.where(mark_span >= 0, mark_span, pieces.root)
+        if (target < 0).any():  # marks of no span, in a session without root: placeholders
+            return None
+        span_end, mark_end = pieces.bounds()
+        span_start = np.concatenate([[0], span_end[:-1]])
+        if (target < np.repeat(span_start, np.diff(mark_end, prepend=0))).any():  # on an earlier piece's span
+            return None
+        return cls(mark_span, pieces.root, span_end, directory)
+
+    def of_piece(self, _k: int, piece: Any, row0: int, m0: int) -> tuple[pa.Table, list[Any] | None, np.ndarray]:
+        """As :meth:`_Plan.of_piece`: the piece's marks on its own spans and those spilled for it
+        by the pieces before; its marks on a later piece's spans are spilled for that one."""
+        n, m = piece.spans.num_rows, piece.marks.num_rows
+        span = self.mark_span[m0:m0 + m].astype(np.int64)
+        target = np.where(span >= 0, span, self.root)
+        ahead = np.flatnonzero(target >= row0 + n)
+        if len(ahead):
+            self._spill_ahead(piece, ahead, m0, span[ahead], target[ahead])
+        stay = np.where(span >= 0, span - row0, -1)
+        stay[ahead] = _AWAY
+        if not n:
+            return piece.marks.schema.empty_table(), None, np.zeros(0, dtype=np.int64)
+        schema = piece.marks.schema.append(pa.field("_mrow", pa.int64())).append(pa.field("_mspan", pa.int64()))
+        routed, routed_values = self.ahead.read(int(np.searchsorted(self.span_end, row0, side="right")), schema)
+        if routed.num_rows:
+            at = routed.schema.get_field_index("_mspan")
+            span = _combined(routed["_mspan"]).to_numpy()
+            routed = routed.set_column(at, "_mspan", pa.array(np.where(span >= 0, span - row0, -1)))
+        return _piece_marks(piece, stay, m0, routed, routed_values)
+
+    def _spill_ahead(self, piece: Any, rows: np.ndarray, m0: int, span: np.ndarray, target: np.ndarray) -> None:
+        """Marks ``rows`` of a piece, to be encoded with the spans of rows ``target`` of later
+        pieces, to the spill of each one's piece (``_mspan``: the row of the mark's own span in
+        the session, -1 for the root's marks)."""
+        where = np.searchsorted(self.span_end, target, side="right")
+        marks = piece.marks.take(pa.array(rows)).append_column("_mrow", pa.array(rows + m0, pa.int64()))
+        marks = marks.append_column("_mspan", pa.array(span, pa.int64()))
+        values = _pick(piece.mark_values, rows)
+        order = np.argsort(where, kind="stable")
+        sorted_where = where[order]
+        bounds = np.flatnonzero(np.diff(sorted_where)) + 1
+        for a, b in zip([0, *bounds.tolist()], [*bounds.tolist(), len(order)]):
+            run = order[a:b]
+            self.ahead.append(int(sorted_where[a]), marks.take(pa.array(run)), _pick(values, run))
+
+    def orphans(self) -> None:
+        """None: :meth:`of` leaves the sessions with marks for placeholders to :func:`_read_keys`."""
+        return None
 
 
 def _read_keys(pieces: Any, directory: Path) -> _Plan:
@@ -120,7 +206,6 @@ def _read_keys(pieces: Any, directory: Path) -> _Plan:
         n = spans.num_rows
         row0 = plan.piece_start[-1]
         plan.piece_start.append(row0 + n)
-        plan.span_schema = spans.schema
         span_keys = exact_keys(spans["id"])
         index.add(span_keys[0], span_keys[1])
         names, parent_id = spans["name"], spans["parent_id"]
@@ -152,7 +237,6 @@ def _add_marks(plan: _Plan, k: int, piece: Any, span_keys: tuple[np.ndarray, np.
     marks = piece.marks
     m = marks.num_rows
     m0 = plan.n_marks
-    plan.mark_start.append(m0)
     plan.n_marks += m
     plan.mark_schema = marks.schema.append(pa.field("_mrow", pa.int64()))
     plan.routed_schema = plan.mark_schema.append(pa.field("_mspan", pa.int64()))
@@ -163,7 +247,7 @@ def _add_marks(plan: _Plan, k: int, piece: Any, span_keys: tuple[np.ndarray, np.
     local = _local_rows(span_keys, hi, lo, valid)
     sentinel = pc.fill_null(pc.equal(span_id, ROOT_SENTINEL), False).to_numpy(zero_copy_only=False)
     here = (local >= 0) & ~sentinel
-    np.save(plan.stay_path(k), np.where(here, local, -1).astype(np.int32))
+    np.save(plan.stay_path(k), np.where(here, local, _AWAY).astype(np.int32))
     if here.all():
         return
     rest = np.flatnonzero(~here)
@@ -233,22 +317,20 @@ def _route_marks(plan: _Plan, index: SpanIndex) -> None:
     plan.routed.close()
 
 
-def _write(fh: Any, info: SessionInfo, pieces: Any, plan: _Plan, open_end_ns: int | None) -> int:
+def _write(fh: Any, info: SessionInfo, pieces: Any, plan: _Plan | _Routes, open_end_ns: int | None) -> int:
     """Step 3 of the module docstring: the spans of each piece, then the placeholders of a
     session without root; returns how many. A piece is written (the compiled encoder, without
     the GIL) on a thread while the next one is prepared."""
     from concurrent.futures import Future, ThreadPoolExecutor
 
-    if not plan.n_pieces:
-        return 0
     with ThreadPoolExecutor(1, thread_name_prefix="cirron-otlp-pieces") as writer:
         writing: list[Future[int]] = []
         n = _write_pieces(_Commas(fh), info, pieces, plan, open_end_ns, writer, writing)
         return n + sum(w.result() for w in writing)
 
 
-def _write_pieces(out: _Commas, info: SessionInfo, pieces: Any, plan: _Plan, open_end_ns: int | None, writer: Any,
-                  writing: list[Any]) -> int:
+def _write_pieces(out: _Commas, info: SessionInfo, pieces: Any, plan: _Plan | _Routes, open_end_ns: int | None,
+                  writer: Any, writing: list[Any]) -> int:
     """:func:`_write`'s loop: each piece is prepared, then handed to ``writer`` once the piece
     before is written (``writing``: the one being written). Returns how many spans were written
     before the last piece."""
@@ -256,7 +338,6 @@ def _write_pieces(out: _Commas, info: SessionInfo, pieces: Any, plan: _Plan, ope
 
     n = 0
     empty = np.zeros(0, dtype=np.int64)
-    no_rows = np.zeros(0, dtype=np.int32)
 
     def encode(spans: pa.Table, parent: np.ndarray, marks: pa.Table, values: list[Any] | None,
                mark_span: np.ndarray) -> None:
@@ -269,39 +350,45 @@ def _write_pieces(out: _Commas, info: SessionInfo, pieces: Any, plan: _Plan, ope
         out.pending = n > 0
         writing.append(writer.submit(write_prepared, out, prepared))
 
+    row0 = m0 = 0
+    span_schema = None
     for k, piece in enumerate(pieces):
-        row0, row1 = plan.piece_start[k], plan.piece_start[k + 1]
+        row1 = row0 + piece.spans.num_rows
+        span_schema = piece.spans.schema
         parent = np.asarray(piece.span_parent, dtype=np.int64)
         parent = np.where((parent >= row0) & (parent < row1), parent - row0, -1)
-        stay = np.load(plan.stay_path(k)) if piece.marks.num_rows else no_rows
-        marks, values, mark_span = _piece_marks(plan, k, piece, stay)
-        del stay
+        marks, values, mark_span = plan.of_piece(k, piece, row0, m0)
+        m0 += piece.marks.num_rows
         encode(piece.spans, parent, marks, values, mark_span)
         del piece, parent, marks, values, mark_span
+        row0 = row1
         pa.default_memory_pool().release_unused()
-    marks, values = plan.routed.read(plan.n_pieces, plan.routed_schema)
-    if marks.num_rows:  # the marks of no span, in a session without root: placeholders
-        marks, values = _in_session_order(marks, values)
-        encode(plan.span_schema.empty_table(), empty, marks.drop_columns(["_mrow", "_mspan"]), values,
+    orphans = plan.orphans()
+    if orphans is not None and span_schema is not None:  # the marks of no span, in a session without root
+        marks, values = _in_session_order(*orphans)
+        encode(span_schema.empty_table(), empty, marks.drop_columns(["_mrow", "_mspan"]), values,
                _combined(marks["_mspan"]).to_numpy())
     return n
 
 
-def _piece_marks(plan: _Plan, k: int, piece: Any, stay: np.ndarray) -> tuple[pa.Table, list[Any] | None, np.ndarray]:
-    """Piece ``k``'s marks to encode with its spans: its own that stay (``stay``: the row of each
-    one's span, -1 where routed away) and those routed to it, in session order; their values
-    (``None``: the floats of ``value``) and the rows of their spans."""
+def _piece_marks(piece: Any, stay: np.ndarray, m0: int, routed: pa.Table,
+                 routed_values: list[Any] | None) -> tuple[pa.Table, list[Any] | None, np.ndarray]:
+    """A piece's marks to encode with its spans: its own that stay (``stay``: the row of each
+    one's span in the piece, -1 for the root's marks, :data:`_AWAY` where routed away; ``m0``:
+    the row of its first among the session's marks) and those routed to it (with ``_mrow``, their
+    row among the session's marks, and ``_mspan``, their span's row in the piece), in session
+    order; their values (``None``: the floats of ``value``) and the rows of their spans (-1: the
+    root's)."""
     marks, values = piece.marks, piece.mark_values
-    keep = stay >= 0
+    keep = stay != _AWAY
     if not keep.all():
         rows = np.flatnonzero(keep)
         marks, values, stay = marks.take(pa.array(rows)), _pick(values, rows), stay[rows]
     else:
         rows = None
-    routed, routed_values = plan.routed.read(k, plan.routed_schema)
     if not routed.num_rows:
         return marks, values, stay.astype(np.int64)
-    own_rows = (np.arange(piece.marks.num_rows, dtype=np.int64) if rows is None else rows) + plan.mark_start[k]
+    own_rows = (np.arange(piece.marks.num_rows, dtype=np.int64) if rows is None else rows) + m0
     own = marks.append_column("_mrow", pa.array(own_rows)).append_column("_mspan", pa.array(stay.astype(np.int64)))
     both = pa.concat_tables([own, routed])
     if values is None and routed_values is None:

@@ -74,7 +74,7 @@ class SpanIndex:
 
 class Spill:
     """Arrow tables (with optional Python values beside them) kept in numbered files of a
-    temporary directory, appended to and read back whole."""
+    temporary directory, appended to and read back whole (each file once)."""
 
     def __init__(self, directory: Path, prefix: str) -> None:
         self.dir, self.prefix = directory, prefix
@@ -103,7 +103,11 @@ class Spill:
     def read(self, k: int, schema: pa.Schema) -> tuple[pa.Table, list[Any] | None]:
         """File ``k``'s table (empty with ``schema`` when nothing was added) and its values, one per
         row where any run had values (the others' from ``value_of``), else ``None``; the file is
-        removed once read."""
+        removed once read (it is closed first if it was still being appended to)."""
+        writer = self._writers.pop(k, None)
+        if writer is not None:
+            writer.close()
+            self._values.pop(k).close()
         path = self._path(k, "arrow")
         if not path.exists():
             return schema.empty_table(), None

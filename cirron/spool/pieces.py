@@ -46,7 +46,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from cirron._memory import returned_memory
-from cirron._schema import BATCH_SPAN_NAME, EPOCH_SPAN_NAME, ROOT_SENTINEL
+from cirron._schema import BATCH_SPAN_NAME, EPOCH_SPAN_NAME, ROOT_SENTINEL, SESSION_SPAN_NAME
 from cirron.spool.arrays import (
     JoinedIndex,
     PairIndex,
@@ -117,6 +117,20 @@ def id_keys(ids: pa.Array) -> tuple[np.ndarray, np.ndarray]:
     return hi, lo
 
 
+def _any_upper_hex(ids: pa.Array) -> bool:
+    """Whether any text of a string column holds an uppercase A-F. Without one, two ids share a
+    key only when their texts are equal (the keys take the bits of a 32-digit hex id whatever its
+    case, where the column encoders compare texts); a few bytes more than the column's (a slice's
+    buffer) may be looked at, which can only say yes where no would do."""
+    if ids.type != pa.string():
+        return len(ids) > 0  # not looked at: taken as holding one
+    data = ids.buffers()[2]
+    if data is None:
+        return False
+    text = np.frombuffer(data, dtype=np.uint8)
+    return bool(((text - np.uint8(ord("A"))) < 6).any())
+
+
 def _local_rows(hi: np.ndarray, lo: np.ndarray) -> Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]:
     """A lookup of keys among one batch file's span keys ``(hi, lo)``: the row (int32) of each
     key ``(q_hi, q_lo)`` where ``wanted`` is true and a span of the file has it, -1 elsewhere. Most
@@ -141,13 +155,17 @@ def _local_rows(hi: np.ndarray, lo: np.ndarray) -> Callable[[np.ndarray, np.ndar
 #: (:func:`_local_rows`); per epoch/batch span its row and index; per mark its id's joined and
 #: 128-bit keys, its span's joined key and ``hi`` half, how it is attached (1: to a span id, 0:
 #: to the sentinel or none in one of the session's own batches, -1: neither) and its span's row
-#: in the same batch file.
+#: in the same batch file; per batch file whether an id, a parent's or a mark's span id in it holds
+#: an uppercase A-F (:func:`_any_upper_hex`).
 _KEY_FILES = {"s_join": np.uint64, "s_hi": np.uint64, "s_lo": np.uint64, "s_parent": np.uint64,
               "s_parent_hi": np.uint64, "s_flags": np.uint8, "s_local_parent": np.int32,
               "s_step_row": np.int64, "s_step_index": np.int64,
               "m_join": np.uint64, "m_hi": np.uint64, "m_lo": np.uint64, "m_target": np.uint64,
-              "m_target_hi": np.uint64, "m_att": np.int8, "m_local_target": np.int32}
-_CLOSED, _HAS_PARENT, _EPOCH, _BATCH = 1, 2, 4, 8
+              "m_target_hi": np.uint64, "m_att": np.int8, "m_local_target": np.int32,
+              "f_upper": np.uint8}
+#: s_flags: a closed span, one with a parent, an epoch or batch step, a session's root span (named
+#: ``cirron.session``, without parent)
+_CLOSED, _HAS_PARENT, _EPOCH, _BATCH, _ROOT = 1, 2, 4, 8, 16
 #: Keys read from the key files per lookup block (bounds what a lookup holds).
 _LOOKUP_BLOCK = 1 << 18
 #: Bytes buffered per key file while pass 1 appends to it.
@@ -189,9 +207,11 @@ class _Keys:
         epoch = pc.equal(names, EPOCH_SPAN_NAME).fill_null(False).to_numpy(zero_copy_only=False) & has_index
         batch = pc.equal(names, BATCH_SPAN_NAME).fill_null(False).to_numpy(zero_copy_only=False) & has_index
         has_parent = parent.is_valid().to_numpy(zero_copy_only=False)
+        root = pc.equal(names, SESSION_SPAN_NAME).fill_null(False).to_numpy(zero_copy_only=False) & ~has_parent
         out["s_flags"] = (np.where(spans.column("end_ns").is_valid().to_numpy(zero_copy_only=False), _CLOSED, 0)
                           | np.where(has_parent, _HAS_PARENT, 0)
-                          | np.where(epoch, _EPOCH, 0) | np.where(batch, _BATCH, 0))
+                          | np.where(epoch, _EPOCH, 0) | np.where(batch, _BATCH, 0) | np.where(root, _ROOT, 0))
+        upper = _any_upper_hex(spans.column("id")) or _any_upper_hex(parent)
         find = _local_rows(hi, lo)
         out["s_local_parent"] = find(phi, plo, has_parent)
         steps = np.flatnonzero(epoch | batch)
@@ -199,6 +219,7 @@ class _Keys:
             out["s_step_row"] = steps
             out["s_step_index"] = index.take(pa.array(steps)).to_numpy(zero_copy_only=False)
         if marks is None:
+            out["f_upper"] = np.array([upper])
             return out
         mhi, mlo = id_keys(marks.column("id"))
         out["m_hi"], out["m_lo"], out["m_join"] = mhi, mlo, mhi ^ mlo
@@ -208,6 +229,7 @@ class _Keys:
         out["m_target"], out["m_target_hi"] = thi ^ tlo, thi
         out["m_att"] = attached.to_numpy(zero_copy_only=False)
         out["m_local_target"] = find(thi, tlo, out["m_att"] == 1)
+        out["f_upper"] = np.array([upper or _any_upper_hex(marks.column("span_id"))])
         return out
 
     def add(self, n_spans: int, keys: dict[str, np.ndarray]) -> None:
@@ -288,6 +310,15 @@ class _Plan:
     mark_batch: np.ndarray
     #: (spilled file, position in the file) of each winning snapshot
     snaps: set[tuple[int, int]]
+    #: Row of each written mark's span among the written spans (-1: none, on the sentinel or no
+    #: span), when asked for (:func:`read_pieces`'s ``mark_spans``)
+    mark_span: np.ndarray | None
+    #: Row of the session's root span among the written spans (the first named
+    #: ``cirron.session`` without parent; -1: none)
+    root: int
+    #: Whether no id, parent or mark's span id holds an uppercase A-F: then two of them share a key
+    #: only when their texts are equal
+    exact_ids: bool
 
 
 def _rows_dtype(n: int) -> Any:
@@ -330,7 +361,7 @@ def _mark_winners(keys: _Keys) -> np.ndarray:
     return _dedupe(keys, "m", None)[0] if repeats else np.ones(n, dtype=bool)
 
 
-def _plan(keys: _Keys) -> _Plan:
+def _plan(keys: _Keys, mark_spans: bool = False) -> _Plan:
     from concurrent.futures import ThreadPoolExecutor
 
     has_marks = (keys.dir / "m_join.bin").stat().st_size > 0
@@ -382,6 +413,9 @@ def _plan(keys: _Keys) -> _Plan:
     parent_row[(flags & _HAS_PARENT) == 0] = -1
     snaps = _winning_snapshots(keys.snaps, joined)
     del joined
+    roots = np.flatnonzero(flags & _ROOT)
+    root = int(roots[0]) if roots.size else -1
+    del roots
 
     index = np.full(n, -1, dtype=np.int64)
     step_rows, step_index = keys.load("s_step_row"), keys.load("s_step_index")
@@ -402,8 +436,13 @@ def _plan(keys: _Keys) -> _Plan:
         del safe
     else:
         mark_epoch = mark_batch = np.full(int(keep_m.sum()), -1, dtype=np.int32)
+    mark_span = None
+    if mark_spans:
+        mark_span = m_row if m_row is not None else np.zeros(0, dtype=np.int32)
     del m_row
-    return _Plan(keep, keep_m, span_epoch, span_batch, parent_row, mark_epoch, mark_batch, snaps)
+    exact_ids = not keys.load("f_upper").any()
+    return _Plan(keep, keep_m, span_epoch, span_batch, parent_row, mark_epoch, mark_batch, snaps, mark_span, root,
+                 exact_ids)
 
 
 def _compact(a: np.ndarray) -> np.ndarray:
@@ -494,8 +533,35 @@ class Pieces:
         self.tmp: tempfile.TemporaryDirectory[str] = tmp
         self.session_parents: bool = session_parents
 
+    @property
+    def mark_span(self) -> np.ndarray | None:
+        """Row of each written mark's span among the written spans, in session order (-1: none,
+        on the sentinel or no span); ``None`` unless :func:`read_pieces` was asked to keep it."""
+        return self.plan.mark_span
+
+    @property
+    def root(self) -> int:
+        """Row of the session's root span among the written spans (the first named
+        ``cirron.session`` without parent), -1 where there is none."""
+        return self.plan.root
+
+    @property
+    def exact_ids(self) -> bool:
+        """Whether no id, parent or mark's span id holds an uppercase A-F, so two of them name
+        the same span only when their texts are equal (the keys here take a hex id's bits
+        whatever its case; the column encoders compare texts)."""
+        return self.plan.exact_ids
+
     def __iter__(self) -> Iterator[SessionColumns]:
         return _second_pass(self.info, self.spill, self.plan, None, self.session_parents)
+
+    def bounds(self) -> tuple[np.ndarray, np.ndarray]:
+        """Where each piece's spans and marks end among the session's winning ones, in iteration
+        order; a piece of neither (not given by iteration) ends where the one before it does."""
+        with_marks = self.spill._marks is not None
+        ends = np.cumsum([len(g) for g in _groups(self.spill, with_marks)], dtype=np.int64)
+        return (_winners_before(self.plan.keep_spans, [f[1] for f in self.spill.files], ends),
+                _winners_before(self.plan.keep_marks, [f[2] for f in self.spill.files] if with_marks else [], ends))
 
     def close(self) -> None:
         self.tmp.cleanup()
@@ -507,13 +573,16 @@ class Pieces:
         self.close()
 
 
-def read_pieces(info: SessionInfo, *, marks: bool = True, session_parents: bool = False) -> Pieces | None:
-    """What :func:`iter_pieces` reads, as :class:`Pieces` a caller may iterate several times."""
+def read_pieces(info: SessionInfo, *, marks: bool = True, session_parents: bool = False,
+                mark_spans: bool = False) -> Pieces | None:
+    """What :func:`iter_pieces` reads, as :class:`Pieces` a caller may iterate several times.
+    ``mark_spans``: keep the row of each written mark's span (:attr:`Pieces.mark_span`), 4 bytes a
+    mark."""
     if not info.streamable:
         return None
     tmp = tempfile.TemporaryDirectory(prefix="cirron-spill-")
     try:
-        spill, plan = _first_pass(info, Path(tmp.name), marks)
+        spill, plan = _first_pass(info, Path(tmp.name), marks, mark_spans)
     except Unsupported:
         tmp.cleanup()
         return None
@@ -523,7 +592,7 @@ def read_pieces(info: SessionInfo, *, marks: bool = True, session_parents: bool 
     return Pieces(info, spill, plan, tmp, session_parents)
 
 
-def _first_pass(info: SessionInfo, directory: Path, with_marks: bool) -> tuple[_Spill, _Plan]:
+def _first_pass(info: SessionInfo, directory: Path, with_marks: bool, mark_spans: bool) -> tuple[_Spill, _Plan]:
     from cirron.spool.reconstruct import paused_gc
 
     keys = _Keys(directory)
@@ -550,7 +619,7 @@ def _first_pass(info: SessionInfo, directory: Path, with_marks: bool) -> tuple[_
     # what pass 1 leaves goes back once, before the plan's sorts
     pool.release_unused()
     with returned_memory():  # its big temporaries go back to the system, not to a heap kept through pass 2
-        return spill, _plan(keys)
+        return spill, _plan(keys, mark_spans)
 
 
 def _second_pass(info: SessionInfo, spill: _Spill, plan: _Plan, tmp: tempfile.TemporaryDirectory | None,
@@ -560,21 +629,40 @@ def _second_pass(info: SessionInfo, spill: _Spill, plan: _Plan, tmp: tempfile.Te
         spans_in = _Mapped(spill.dir / "spans.arrow")
         marks_in = _Mapped(spill.dir / "marks.arrow") if spill._marks is not None else None
         with open(spill.dir / "extra.pickle", "rb") as extra:
-            group: list[int] = []
-            rows = 0
             cursor = _Cursor()
-            for k, (_file_no, n_spans, n_marks, _x) in enumerate(spill.files):
-                group.append(k)
-                rows += max(n_spans, n_marks if marks_in is not None else 0)
-                if rows >= PIECE_ROWS or k == len(spill.files) - 1:
-                    piece = _piece(info, spill, plan, cursor, group, spans_in, marks_in, extra, session_parents)
-                    group, rows = [], 0
-                    if piece is not None:
-                        yield piece
-                    del piece  # its memory serves the next piece (Arrow's pool keeps it)
+            for group in _groups(spill, marks_in is not None):
+                piece = _piece(info, spill, plan, cursor, group, spans_in, marks_in, extra, session_parents)
+                if piece is not None:
+                    yield piece
+                del piece  # its memory serves the next piece (Arrow's pool keeps it)
     finally:
         if tmp is not None:
             tmp.cleanup()
+
+
+def _winners_before(keep: np.ndarray, counts: list[int], ends: np.ndarray) -> np.ndarray:
+    """How many of the records (``keep``: whether each is written; ``counts``: records per spilled
+    file) of the spilled files before each of ``ends`` are written."""
+    if not counts:
+        return np.zeros(len(ends), dtype=np.int64)
+    records = np.cumsum([0, *counts], dtype=np.int64)
+    written = np.zeros(len(keep) + 1, dtype=np.int64)
+    np.cumsum(keep, out=written[1:])
+    return written[records[ends]]
+
+
+def _groups(spill: _Spill, with_marks: bool) -> list[list[int]]:
+    """The spilled files of each piece: whole files, until a piece holds :data:`PIECE_ROWS` records."""
+    groups: list[list[int]] = []
+    group: list[int] = []
+    rows = 0
+    for k, (_file_no, n_spans, n_marks, _x) in enumerate(spill.files):
+        group.append(k)
+        rows += max(n_spans, n_marks if with_marks else 0)
+        if rows >= PIECE_ROWS or k == len(spill.files) - 1:
+            groups.append(group)
+            group, rows = [], 0
+    return groups
 
 
 class _Mapped:

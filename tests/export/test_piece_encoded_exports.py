@@ -150,6 +150,101 @@ def test_marks_and_parents_in_other_pieces(factory: SpoolFactory, tmp_path: Path
     assert assert_same_in_pieces(factory.spool_dir, tmp_path, fmt, monkeypatch, piece_rows) == 1
 
 
+def _first_reads(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Counts the sessions whose pieces the OTLP export reads a first time for their keys."""
+    reads: list[int] = []
+    real = _otlp_pieces._read_keys
+
+    def counted(*args, **kwargs):
+        reads.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(_otlp_pieces, "_read_keys", counted)
+    return reads
+
+
+@pytest.mark.parametrize("piece_rows", [1, 4])
+def test_marks_on_later_pieces_are_carried_without_a_first_read(factory: SpoolFactory, tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch, piece_rows: int):
+    """Marks on the sentinel (the root closes in the last batch), on the root and on a request
+    span written after them go to their span's piece from the pieces' own rows: the pieces are
+    read once, and the bytes are the whole session's."""
+    _far_marks_session(factory)
+    reads = _first_reads(monkeypatch)
+    assert assert_same_in_pieces(factory.spool_dir, tmp_path, "otel", monkeypatch, piece_rows) == 1
+    assert reads == []
+
+
+def test_a_mark_on_an_earlier_piece_is_found_by_a_first_read(factory: SpoolFactory, tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch):
+    """A mark written after its span's piece: that piece is written by then, so the marks are
+    routed by a first read of the pieces (and the bytes are still the whole session's)."""
+    f = factory
+    root = f.span("cirron.session", start_ns=BASE_NS, dur_ns=10**8)
+    rid = root["id"]
+    early = f.span("early", parent_id=rid, start_ns=BASE_NS + MS)
+    f.write_batch([root, early], [f.mark(early["id"], "own", 1.0)], session_id=rid)
+    for i in range(4):
+        s = f.span("step", parent_id=rid, index=i, start_ns=BASE_NS + (2 + i) * MS)
+        f.write_batch([s], [f.mark(s["id"], "x", float(i))], session_id=rid)
+    f.write_batch([], [f.mark(early["id"], "late", 2.0)], session_id=rid)
+    reads = _first_reads(monkeypatch)
+    assert assert_same_in_pieces(f.spool_dir, tmp_path, "otel", monkeypatch, piece_rows=2) == 1
+    assert reads == [1]
+
+
+def test_uppercase_ids_are_joined_by_a_first_read(factory: SpoolFactory, tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch):
+    """Ids in uppercase hex, spelled alike everywhere: the pieces' keys would also join another
+    spelling of them, so the marks are routed by exact keys (a first read), same bytes."""
+    f = factory
+    root = f.span("cirron.session", id=new_id().upper(), start_ns=BASE_NS, dur_ns=10**8)
+    rid = root["id"]
+    for i in range(4):
+        s = f.span("step", id=new_id().upper(), parent_id=rid, index=i, start_ns=BASE_NS + (2 + i) * MS)
+        f.write_batch([s], [f.mark(s["id"], "x", float(i)), f.mark(ROOT_SENTINEL, "top", 1.0)], session_id=rid)
+    f.write_batch([root], [], session_id=rid)
+    reads = _first_reads(monkeypatch)
+    assert assert_same_in_pieces(f.spool_dir, tmp_path, "otel", monkeypatch, piece_rows=2) == 1
+    assert reads == [1]
+
+
+def test_pieces_give_each_marks_span_root_and_bounds(factory: SpoolFactory, monkeypatch: pytest.MonkeyPatch):
+    """What the pieces keep for a caller that routes marks itself: the row of each mark's span
+    among the session's spans (-1: the sentinel), the root's row (its closed record, the winner,
+    is written last), whether ids are exact, and where each piece ends."""
+    import pyarrow as pa
+
+    f = factory
+    root = f.span("cirron.session", start_ns=BASE_NS, dur_ns=10**8)
+    rid = root["id"]
+    steps = [f.span("step", parent_id=rid, index=i, start_ns=BASE_NS + (2 + i) * MS) for i in range(3)]
+    f.write_batch([dict(root, end_ns=None)], [f.mark(ROOT_SENTINEL, "top", 0.0)], session_id=rid)
+    for s in steps:
+        f.write_batch([s], [f.mark(s["id"], "x", 1.0), f.mark(steps[-1]["id"], "ahead", 2.0)], session_id=rid)
+    f.write_batch([root], [], session_id=rid)
+    monkeypatch.setattr(columnar, "MAX_SESSION_BYTES", 10)
+    monkeypatch.setattr(pieces, "PIECE_ROWS", 2)
+    (info,) = open_catalog([f.spool_dir], lambda _m: None).sessions
+    with pieces.read_pieces(info, session_parents=True, mark_spans=True) as got:
+        span_ids = pa.concat_tables([p.spans for p in got])["id"].to_pylist()
+        mark_targets = pa.concat_tables([p.marks for p in got])["span_id"].to_pylist()
+        assert span_ids == [s["id"] for s in steps] + [rid]  # the open root lost to the closed one
+        assert got.mark_span.tolist() == [span_ids.index(t) if t in span_ids else -1 for t in mark_targets]
+        assert got.mark_span.tolist()[0] == -1 and got.root == 3 and got.exact_ids
+        span_end, mark_end = got.bounds()
+        sizes = [(p.spans.num_rows, p.marks.num_rows) for p in got]
+        nonempty = [(int(b - a), int(d - c)) for a, b, c, d in zip([0, *span_end[:-1]], span_end, [0, *mark_end[:-1]],
+                                                                  mark_end) if b > a or d > c]
+        assert nonempty == sizes and len(sizes) > 1
+    with pieces.read_pieces(info) as plain:
+        assert plain.mark_span is None
+    f.write_batch([f.span("odd", id=new_id().upper(), parent_id=rid)], [], session_id=rid)
+    (info,) = open_catalog([f.spool_dir], lambda _m: None).sessions
+    with pieces.read_pieces(info) as upper:
+        assert not upper.exact_ids
+
+
 def test_session_without_root_gets_placeholders_last(factory: SpoolFactory, tmp_path: Path,
                                                      monkeypatch: pytest.MonkeyPatch):
     """Marks on the sentinel of a session without root hang from a placeholder span after all the others.
