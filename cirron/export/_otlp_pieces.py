@@ -3,7 +3,14 @@
 :func:`cirron.spool.pieces.read_pieces` gives the session's winning records in pieces, as often as
 they are read; a mark is an event of its span (and a GenAI ``request`` span takes attributes from
 its marks), so a piece's spans are encoded with every mark that hangs from them, wherever in the
-session those are:
+session those are.
+
+Usually the pieces' own rows of the marks' spans (:func:`~cirron.spool.pieces.read_pieces`'s
+``mark_spans``) say where each mark goes (:class:`_Routes`): the pieces are read once, and a mark on
+a span of a later piece waits in a temporary file until that piece is encoded. Where they cannot
+(an id with an uppercase hex digit, whose key would also match another spelling; a mark on a span
+of an earlier piece; marks of no span in a session without root), the marks are routed by exact
+keys:
 
 1. the pieces are read a first time for their keys: the exact keys of their span ids go to a
    :class:`~cirron.export._piecewise.SpanIndex`; each mark whose span is in its own piece stays
@@ -19,7 +26,8 @@ session those are:
    A piece is written (the compiled encoder, without the GIL) on a thread while the next one is
    prepared (attrs, ids' digests: Python's share of the work).
 
-Memory: about 16 bytes per span for the index, plus one piece and its marks. Disk: 4 bytes per
+Memory: 4 bytes per mark (its span's row) and, with a first read, about 16 bytes per span for the
+index, plus one piece and its marks. Disk: 4 bytes per
 mark, and the columns of the marks that are not in their span's piece twice at most (usually
 few: a mark is written in the batch of its span or before it), besides the spill of
 :func:`~cirron.spool.pieces.read_pieces`; removed when the export ends or fails.
