@@ -28,6 +28,7 @@ from cirron.export._common import (
     atomic_dir,
     atomic_file,
     check_output,
+    open_output,
     write_members,
 )
 from cirron.export._csv import CSV_COLUMNS, write_csv
@@ -146,7 +147,7 @@ def write_otlp_json(sessions: Iterable[Session | SessionInfo], path: str | os.Pa
     (:mod:`cirron.export._otlp_pieces`), or else from its batch files span by span
     (:func:`cirron.spool.outline.iter_span_marks`): memory then stays bounded however big it is."""
     n = 0
-    with atomic_file(path) as tmp, open(tmp, "wb", buffering=1 << 20) as fh:
+    with atomic_file(path) as tmp, open_output(tmp) as fh:
         fh.write(b'{"resourceSpans":[')
         for i, sess in enumerate(sessions):
             if i:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import shutil
 import stat
@@ -17,11 +18,18 @@ from cirron._atomic import atomic_file as _atomic_file
 from cirron._schema import json_scalar
 from cirron.spool.reader import safe_dumps
 
-__all__ = ["OutputRefused", "atomic_dir", "atomic_file", "attrs_json", "attrs_text", "check_output", "duration_ns",
-           "json_scalar"]
+__all__ = ["DIRECT_AFTER_BYTES", "OUTPUT_BLOCK_BYTES", "OutputRefused", "atomic_dir", "atomic_file", "attrs_json",
+           "attrs_text", "check_output", "duration_ns", "json_scalar", "open_output"]
 
 #: ``--output -``: the single-file formats write to standard output.
 STDOUT = "-"
+
+#: An output file (:func:`open_output`) is written in blocks of this many bytes...
+OUTPUT_BLOCK_BYTES = 1 << 20
+#: ...which go to disk around the page cache once it holds this many, where the file system allows.
+DIRECT_AFTER_BYTES = 256 << 20
+#: What a write around the page cache must be aligned to: file offset, size and memory.
+_ALIGN = 4096
 
 
 class OutputRefused(OSError):
@@ -65,6 +73,143 @@ def atomic_file(path: str | os.PathLike[str]) -> Iterator[Path]:
     check_output(path)
     with _atomic_file(path) as tmp:
         yield tmp
+
+
+def open_output(path: str | os.PathLike[str], mode: str = "wb", **text: Any) -> Any:
+    """A new binary file (``"wb"``; ``"w"``: text, with ``text``'s options of ``open``) for an
+    export's output. It is written in blocks of :data:`OUTPUT_BLOCK_BYTES`; once it holds
+    :data:`DIRECT_AFTER_BYTES`, its whole blocks go straight to disk (``O_DIRECT``), not through
+    the page cache, where the file system allows it. Exports of several GB were dominated by the
+    kernel's copies into the page cache: 2 GB written through it took 0.6 to 5.8 s of system time
+    on this machine from one run to the next, and 7 GB around it 4.4 s of wall time, 0.35 s of
+    system time. A smaller file, and a file system without ``O_DIRECT``, are written as usual."""
+    out = _OutputFile(path)
+    try:
+        return io.TextIOWrapper(out, **text) if "b" not in mode else out
+    except BaseException:
+        out.close()
+        raise
+
+
+class _OutputFile(io.BufferedIOBase):
+    """:func:`open_output`'s file: writes gather in a page-aligned block; a full block is written
+    with ``O_DIRECT`` once the file is big enough and the block starts at an aligned offset (the
+    first bytes of a block are written as usual to get there). ``flush``, ``seek`` and
+    ``truncate`` write what the block holds the usual way (a partial block cannot go around the
+    cache), and later blocks go around it again once aligned."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        import mmap
+
+        super().__init__()
+        self.name = os.fspath(path)
+        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_CLOEXEC", 0), 0o666)
+        self._block = mmap.mmap(-1, OUTPUT_BLOCK_BYTES)
+        self._staged = 0
+        #: the file offset: what was written before the block's bytes
+        self._pos = 0
+        #: O_DIRECT is set on the file (:meth:`_around_cache`), or could be (``None``: refused)
+        self._direct: bool | None = False if hasattr(os, "O_DIRECT") else None
+
+    def writable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def fileno(self) -> int:
+        return self._fd
+
+    def tell(self) -> int:
+        return self._pos + self._staged
+
+    def write(self, data: Any) -> int:
+        if self.closed:
+            raise ValueError("write to closed file")
+        src = memoryview(data).cast("B")
+        n = len(src)
+        while len(src):
+            take = min(len(src), OUTPUT_BLOCK_BYTES - self._staged)
+            self._block[self._staged:self._staged + take] = src[:take]
+            self._staged += take
+            src = src[take:]
+            if self._staged == OUTPUT_BLOCK_BYTES:
+                self._write_block()
+        return n
+
+    def flush(self) -> None:
+        if self._staged:
+            self._through_cache()
+            self._write_all(memoryview(self._block)[:self._staged])
+            self._staged = 0
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        self.flush()
+        self._pos = os.lseek(self._fd, offset, whence)
+        return self._pos
+
+    def truncate(self, size: int | None = None) -> int:
+        self.flush()
+        size = self._pos if size is None else size
+        os.ftruncate(self._fd, size)
+        return size
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        try:
+            self.flush()
+        finally:
+            os.close(self._fd)
+            self._block.close()
+            super().close()
+
+    def _write_block(self) -> None:
+        """Write the full block: around the page cache where it may, else as usual."""
+        if self._direct is False and self._pos >= DIRECT_AFTER_BYTES:
+            lead = -self._pos % _ALIGN
+            if lead:  # as usual up to an aligned offset; the rest waits for the next block
+                self._write_all(memoryview(self._block)[:lead])
+                self._block.move(0, lead, self._staged - lead)
+                self._staged -= lead
+                return
+            self._around_cache()
+        block = memoryview(self._block)[:self._staged]
+        if self._direct:
+            start = self._pos
+            try:
+                self._write_all(block)
+            except OSError:  # the file system took O_DIRECT but not such a write: as usual from now on
+                self._through_cache()
+                self._direct = None
+                block = block[self._pos - start:]
+            else:
+                block = block[:0]
+        self._write_all(block)
+        self._staged = 0
+
+    def _write_all(self, data: memoryview) -> None:
+        while len(data):
+            n = os.write(self._fd, data)
+            self._pos += n
+            data = data[n:]
+
+    def _around_cache(self) -> None:
+        import fcntl
+
+        try:
+            fcntl.fcntl(self._fd, fcntl.F_SETFL, fcntl.fcntl(self._fd, fcntl.F_GETFL) | os.O_DIRECT)
+        except OSError:  # not on this file system (tmpfs, some FUSE ones)
+            self._direct = None
+        else:
+            self._direct = True
+
+    def _through_cache(self) -> None:
+        if self._direct:
+            import fcntl
+
+            fcntl.fcntl(self._fd, fcntl.F_SETFL, fcntl.fcntl(self._fd, fcntl.F_GETFL) & ~os.O_DIRECT)
+            self._direct = False
 
 
 @contextlib.contextmanager

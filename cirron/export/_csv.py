@@ -9,7 +9,7 @@ from typing import Any
 
 from cirron import _native as native
 from cirron._schema import SPAN_INT_FIELDS
-from cirron.export._common import arrow_column, arrow_text, atomic_file, attrs_text, is_columns, join_lines
+from cirron.export._common import arrow_column, arrow_text, atomic_file, attrs_text, is_columns, join_lines, open_output
 from cirron.spool.sessions import Session
 
 __all__ = ["CSV_COLUMNS", "write_csv"]
@@ -29,7 +29,7 @@ def write_csv(items: Iterable[Any], path: str | os.PathLike[str]) -> int:
     """Write the spans of ``items`` (sessions, or chunks of :mod:`cirron.spool.stream`) to ``path``
     atomically, as they come; returns rows written."""
     rows = 0
-    with atomic_file(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as fh:
+    with atomic_file(path) as tmp, open_output(tmp, "w", newline="", encoding="utf-8") as fh:
         w = csv.writer(fh)
         w.writerow(CSV_COLUMNS)
         for sess in items:

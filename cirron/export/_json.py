@@ -20,6 +20,7 @@ from cirron.export._common import (
     atomic_file,
     is_columns,
     json_scalar,
+    open_output,
     write_members,
 )
 from cirron.spool.reader import _limit_depth
@@ -54,7 +55,7 @@ def write_json(items: Iterable[Any], path: str | os.PathLike[str]) -> int:
     head = orjson.dumps({"schema_version": SCHEMA_VERSION, "sdk_version": __version__})[:-1]
     n = m = k = 0
     parent = os.path.dirname(os.path.abspath(path))
-    with atomic_file(path) as tmp, open(tmp, "wb") as out, \
+    with atomic_file(path) as tmp, open_output(tmp) as out, \
             tempfile.TemporaryFile(dir=parent) as marks_out, tempfile.TemporaryFile(dir=parent) as snaps_out:
         out.write(head + b',"spans":[')
         # which writer and version wrote each session: "sessions", after the records

@@ -24,7 +24,7 @@ from typing import Any
 
 import orjson
 
-from cirron.export._common import atomic_file, write_members
+from cirron.export._common import atomic_file, open_output, write_members
 from cirron.export._otlp import _getter
 from cirron.spool.catalog import SessionInfo
 from cirron.spool.reader import _limit_depth
@@ -447,7 +447,7 @@ def write_perfetto(sessions: Iterable[Session | SessionInfo], path: str | os.Pat
                 n += 1
             yield data
 
-    with atomic_file(path) as tmp, open(tmp, "wb", buffering=1 << 20) as fh:
+    with atomic_file(path) as tmp, open_output(tmp) as fh:
         fh.write(b'{"displayTimeUnit":"ns","traceEvents":[')
         write_members(fh, events())
         fh.write(b"]}")
