@@ -140,6 +140,17 @@ def span_events(pid: np.ndarray, tid: np.ndarray, start: np.ndarray, end: np.nda
     """Every span event of a session in output order, as ``row * 4 + kind`` (B 0, E 1, X 2; 3: the
     thread-name text of that number in the returned list), and each span's track id. ``parent``
     is each span's parent row (-1: none); ``threads`` (the tracks the export has named) is updated."""
+    events, places, texts, track_tid = span_events_apart(pid, tid, start, end, parent, threads)
+    if places:
+        events = np.insert(events, places, np.arange(len(texts), dtype=np.int64) * 4 + _TEXT)
+    return events, texts, track_tid
+
+
+def span_events_apart(pid: np.ndarray, tid: np.ndarray, start: np.ndarray, end: np.ndarray, parent: np.ndarray,
+                      threads: set[tuple[int, int]]) -> tuple[np.ndarray, list[int], list[bytes], np.ndarray]:
+    """:func:`span_events` with the thread names' events left out: each text goes before the
+    event of the given place (ascending, ``np.insert``'s indices), for a caller that puts them in
+    while it converts the events (without a second copy of every event)."""
     track, order, bounds = track_order(pid, tid, start, end)
     events_b, lanes_b, opened = _cperfetto.sweep(order.astype(np.int64, copy=False), track.astype(np.int32, copy=False),
                                                  start, end, parent, bounds.astype(np.int64, copy=False))
@@ -162,9 +173,7 @@ def span_events(pid: np.ndarray, tid: np.ndarray, start: np.ndarray, end: np.nda
             texts.append(named)
     events = np.frombuffer(events_b, dtype=np.int64)
     del events_b
-    if places:
-        events = np.insert(events, places, np.arange(len(texts), dtype=np.int64) * 4 + _TEXT)
-    return events, texts, track_tid
+    return events, places, texts, track_tid
 
 
 def span_columns(enc: _SessionEvents, pid: np.ndarray, track_tid: np.ndarray, start: np.ndarray, end: np.ndarray,
