@@ -188,16 +188,10 @@ class _Routes:
         """Marks ``rows`` of a piece, to be encoded with the spans of rows ``target`` of later
         pieces, to the spill of each one's piece (``_mspan``: the row of the mark's own span in
         the session, -1 for the root's marks)."""
-        where = np.searchsorted(self.span_end, target, side="right")
         marks = piece.marks.take(pa.array(rows)).append_column("_mrow", pa.array(rows + m0, pa.int64()))
         marks = marks.append_column("_mspan", pa.array(span, pa.int64()))
-        values = _pick(piece.mark_values, rows)
-        order = np.argsort(where, kind="stable")
-        sorted_where = where[order]
-        bounds = np.flatnonzero(np.diff(sorted_where)) + 1
-        for a, b in zip([0, *bounds.tolist()], [*bounds.tolist(), len(order)]):
-            run = order[a:b]
-            self.ahead.append(int(sorted_where[a]), marks.take(pa.array(run)), _pick(values, run))
+        self.ahead.append_each(np.searchsorted(self.span_end, target, side="right"), marks,
+                               _pick(piece.mark_values, rows))
 
     def orphans(self) -> None:
         """None: :meth:`of` leaves the sessions with marks for placeholders to :func:`_read_keys`."""
@@ -312,15 +306,8 @@ def _route_marks(plan: _Plan, index: SpanIndex) -> None:
         target = np.where(target >= 0, np.searchsorted(starts, target, side="right") - 1, orphans)
         local = np.where(row >= 0, row - starts[np.minimum(target, plan.n_pieces - 1)], -1)
         del row
-        order = np.argsort(target, kind="stable")
-        sorted_target = target[order]
-        bounds = np.flatnonzero(np.diff(sorted_target)) + 1
-        for a, b in zip([0, *bounds.tolist()], [*bounds.tolist(), len(order)]):
-            rows = order[a:b]
-            run = marks.take(pa.array(rows)) if (a, b) != (0, len(order)) else marks
-            plan.routed.append(int(sorted_target[a]), run.append_column("_mspan", pa.array(local[rows], pa.int64())),
-                               _pick(values, rows))
-        del marks, values, order, target, local
+        plan.routed.append_each(target, marks.append_column("_mspan", pa.array(local, pa.int64())), values)
+        del marks, values, target, local
         pa.default_memory_pool().release_unused()
     plan.routed.close()
 

@@ -95,6 +95,16 @@ class Spill:
         pickle.dump((table.num_rows, values), self._values[k], protocol=pickle.HIGHEST_PROTOCOL)
         self.rows[k] = self.rows.get(k, 0) + table.num_rows
 
+    def append_each(self, keys: np.ndarray, table: pa.Table, values: list[Any] | None = None) -> None:
+        """Add each row of ``table`` to file ``keys[row]`` (rows of one key keep their order)."""
+        order = np.argsort(keys, kind="stable")
+        sorted_keys = keys[order]
+        bounds = np.flatnonzero(np.diff(sorted_keys)) + 1
+        for a, b in zip([0, *bounds.tolist()], [*bounds.tolist(), len(order)]):
+            rows = order[a:b]
+            run = table.take(pa.array(rows)) if (a, b) != (0, len(order)) else table
+            self.append(int(sorted_keys[a]), run, None if values is None else [values[i] for i in rows.tolist()])
+
     def close(self) -> None:
         for k in list(self._writers):
             self._writers.pop(k).close()
